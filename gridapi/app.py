@@ -1,0 +1,87 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from flask import Flask, g, request
+from flask_smorest import Api
+
+from . import __version__
+from .config import Settings
+from .db import make_engine, make_sessionmaker, spatial_extension_version, sqlite_write_intent
+from .errors import register_error_handlers
+from .extensions import AppState, close_session
+from .jsonio import OrjsonProvider
+from .services.routing import RoutingIndex
+
+API_DESCRIPTION = """
+gridapi maps the administrative tree (province → city → county → township → village/community)
+and the grids (网格) that tile it, and answers the question asked thousands of times a day:
+*which grid, and which offices, are responsible for this point?*
+
+Coordinates are GeoJSON order, `[lon, lat]`, in WGS-84 unless a `crs` says otherwise.
+Every error has the same body: `{"code", "status", "message", "errors"}`, where `errors`
+maps the request location and field path to messages (`{"json": {"points": {"3": [...]}}}`).
+"""
+
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def create_app(config: Settings | dict[str, Any] | None = None, *,
+               check_database: bool = True) -> Flask:
+    """Return a configured application.
+
+    ``config`` is a Settings, or a dict of overrides on top of the GRIDAPI_* environment.
+    With ``check_database`` the spatial extension is checked at once, so a missing SpatiaLite
+    or PostGIS stops start-up with a message saying what to install.
+    """
+    settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__)
+    app.json = OrjsonProvider(app)
+    app.config.update(
+        MAX_CONTENT_LENGTH=int(settings.max_body_mb * 1024 * 1024),
+        API_TITLE="gridapi",
+        API_VERSION=__version__,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "info": {"description": API_DESCRIPTION,
+                     "license": {"name": "Apache-2.0"}},
+            "servers": [{"url": "/", "description": "This server"}],
+        },
+    )
+    engine = make_engine(settings.database_url, spatialite_path=settings.spatialite_path,
+                         pool_size=settings.db_pool_size,
+                         statement_timeout_ms=settings.db_statement_timeout_ms)
+    if check_database:
+        spatial_extension_version(engine)
+    app.extensions["gridapi"] = AppState(
+        settings=settings, engine=engine, sessions=make_sessionmaker(engine),
+        routing=RoutingIndex(engine, settings.routing_snap_meters,
+                             settings.routing_refresh_seconds))
+    # One Api per application: flask-smorest keeps the spec on the Api object.
+    api = Api(app)
+    app.extensions["gridapi_api"] = api
+    register_error_handlers(app)
+    from .resources import register_blueprints
+
+    register_blueprints(app, api)
+
+    @app.before_request
+    def _request_context() -> None:
+        g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        sqlite_write_intent.set(request.method in _WRITE_METHODS)
+
+    @app.after_request
+    def _request_id_header(response):  # type: ignore[no-untyped-def]
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+    app.teardown_appcontext(close_session)
+    return app

@@ -1,0 +1,289 @@
+"""The `gridapi` command: serve, migrate, import regions and grids, demo data, the spec."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import Settings
+from .db import SpatialExtensionMissing
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+    from .db import make_engine
+
+    return make_engine(settings.database_url, spatialite_path=settings.spatialite_path)
+
+
+def _bump_generation_note() -> None:
+    click.echo("Routing in running servers picks the change up within "
+               "GRIDAPI_ROUTING_REFRESH_SECONDS.")
+
+
+@click.group()
+@click.version_option(package_name="gridapi")
+def main() -> None:
+    """gridapi: grid-based community governance API."""
+
+
+# --- database -------------------------------------------------------------------------------
+
+@main.group()
+def db() -> None:
+    """Database schema migrations (the same chain for SpatiaLite and PostGIS)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Migrate the database up (creates it and the spatial extension if needed)."""
+    from . import migrations
+
+    settings = _settings()
+    engine = _engine(settings)
+    try:
+        migrations.upgrade(engine, revision)
+    except SpatialExtensionMissing as exc:
+        raise click.ClickException(str(exc)) from exc
+    except Exception as exc:
+        if "postgis" in str(exc).lower() and "extension" in str(exc).lower():
+            raise click.ClickException(
+                "PostGIS could not be enabled: install it on the server (apt-get install "
+                f"postgresql-15-postgis-3) and run as a role that may create extensions. ({exc})"
+            ) from exc
+        raise
+    click.echo(f"database at revision {migrations.current_revision(engine)} "
+               f"({settings.engine_name})")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Migrate the database down to REVISION ('base' removes every table)."""
+    from . import migrations
+
+    engine = _engine(_settings())
+    migrations.downgrade(engine, revision)
+    click.echo(f"database at revision {migrations.current_revision(engine)}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database's revision."""
+    from . import migrations
+
+    click.echo(migrations.current_revision(_engine(_settings())) or "none")
+
+
+# --- regions --------------------------------------------------------------------------------
+
+@main.group()
+def regions() -> None:
+    """The administrative tree."""
+
+
+@regions.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def regions_import(file: Path) -> None:
+    """Import regions from FILE: CSV (code,name), a JSON list or a GeoJSON FeatureCollection.
+
+    Parents are derived from the codes; ancestors must exist or be in the same file. All or
+    nothing: a file with any bad row imports nothing.
+    """
+    from .errors import Unprocessable
+    from .services.regions import import_regions, parse_region_file
+
+    sessions = _sessions()
+    try:
+        rows = parse_region_file(file.read_bytes(), file.name)
+    except Unprocessable as exc:
+        raise click.ClickException(exc.message) from exc
+    with sessions.begin() as session:
+        result = import_regions(session, rows)
+        if result.errors:
+            session.rollback()
+            for err in result.errors[:50]:
+                click.echo(f"row {err['row']} ({err['code']}): {err['message']}", err=True)
+            raise click.ClickException(f"{len(result.errors)} row(s) have errors; nothing was "
+                                       "imported.")
+    summary = result.as_dict()
+    click.echo(f"regions: {summary['created']} created, {summary['updated']} updated, "
+               f"{summary['unchanged']} unchanged")
+
+
+def _sessions():  # type: ignore[no-untyped-def]
+    from .db import make_sessionmaker
+
+    settings = _settings()
+    engine = _engine(settings)
+    try:
+        from .db import spatial_extension_version
+
+        spatial_extension_version(engine)
+    except SpatialExtensionMissing as exc:
+        raise click.ClickException(str(exc)) from exc
+    return make_sessionmaker(engine)
+
+
+# --- grids ----------------------------------------------------------------------------------
+
+@main.group()
+def grids() -> None:
+    """Grid versions: import, validation report, activation."""
+
+
+@grids.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--region", help="The region whose grid set this is (default: derived).")
+@click.option("--label", help="A label for the version.")
+@click.option("--activate", is_flag=True, help="Activate the version if it has no errors.")
+@click.option("--force", is_flag=True, help="With --activate: activate despite errors.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the full validation report (JSON) here.")
+def grids_import(file: Path, region: str | None, label: str | None, activate: bool,
+                 force: bool, report_path: Path | None) -> None:
+    """Import a GeoJSON FeatureCollection of grids (properties code, name[, type])."""
+    from .errors import DomainError
+    from .services.grids import activate_version, import_grid_version
+
+    settings = _settings()
+    sessions = _sessions()
+    try:
+        collection = json.loads(file.read_bytes())
+    except ValueError as exc:
+        raise click.ClickException(f"{file} is not valid JSON: {exc}") from exc
+    try:
+        with sessions.begin() as session:
+            version = import_grid_version(session, collection, region_code=region, label=label,
+                                          source=file.name,
+                                          tolerance_m2=settings.grid_tolerance_m2)
+            vid, errors, warnings = version.id, version.error_count, version.warning_count
+            report = version.report
+    except DomainError as exc:
+        detail = f" {json.dumps(exc.errors, ensure_ascii=False)}" if exc.errors else ""
+        raise click.ClickException(exc.message + detail) from exc
+    click.echo(f"version {vid} (region {version.region_code}): {version.grid_count} grids, "
+               f"{errors} error(s), {warnings} warning(s)")
+    _print_report(report)
+    if report_path:
+        report_path.write_text(json.dumps(report, ensure_ascii=False, indent=2))
+    if activate:
+        if errors and not force:
+            raise click.ClickException(f"version {vid} has errors and was not activated; "
+                                       "fix the file or pass --force")
+        with sessions.begin() as session:
+            activate_version(session, vid, force=force)
+        click.echo(f"version {vid} activated")
+        _bump_generation_note()
+
+
+def _print_report(report: dict[str, Any], limit: int = 30) -> None:
+    lines: list[str] = []
+    for problem in report.get("feature_problems", []):
+        lines.append(f"  feature {problem.get('index')} ({problem.get('code')}): "
+                     f"{problem.get('message')}")
+    for grid in report.get("grids", []):
+        for problem in grid.get("problems", []):
+            lines.append(f"  grid {grid.get('code')}: [{problem.get('severity')}] "
+                         f"{problem.get('message')}")
+    for community in report.get("communities", []):
+        for problem in community.get("problems", []):
+            lines.append(f"  community {community.get('code')}: [{problem.get('severity')}] "
+                         f"{problem.get('message')}")
+    for line in lines[:limit]:
+        click.echo(line)
+    if len(lines) > limit:
+        click.echo(f"  … and {len(lines) - limit} more (use --report FILE for all)")
+
+
+@grids.command("activate")
+@click.argument("version_id", type=int)
+@click.option("--force", is_flag=True, help="Activate despite validation errors.")
+def grids_activate(version_id: int, force: bool) -> None:
+    """Activate a grid version."""
+    from .errors import DomainError
+    from .services.grids import activate_version
+
+    try:
+        with _sessions().begin() as session:
+            activate_version(session, version_id, force=force)
+    except DomainError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"version {version_id} activated")
+    _bump_generation_note()
+
+
+@grids.command("versions")
+def grids_versions() -> None:
+    """List grid versions."""
+    from .services.grids import list_versions
+
+    with _sessions().begin() as session:
+        for v in list_versions(session, limit=1000):
+            click.echo(f"{v.id}\t{v.region_code}\t{v.status}\t{v.grid_count} grids\t"
+                       f"{v.error_count} errors\t{v.label or ''}")
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+@main.command("demo-data")
+@click.option("--seed", default=2024, show_default=True)
+def demo_data(seed: int) -> None:
+    """Build a deterministic demo county (~10 townships, ~100 communities, ~1,000 grids)."""
+    from .services.demo import load_demo_county
+
+    with _sessions().begin() as session:
+        summary = load_demo_county(session, seed=seed, tolerance_m2=_settings().grid_tolerance_m2)
+    click.echo(summary)
+
+
+# --- spec -----------------------------------------------------------------------------------
+
+@main.group()
+def openapi() -> None:
+    """The OpenAPI document."""
+
+
+@openapi.command("write")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def openapi_write(path: Path) -> None:
+    """Write the OpenAPI document generated from the code to PATH."""
+    from .spec import spec_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(spec_json())
+    click.echo(f"wrote {path}")
+
+
+# --- serving --------------------------------------------------------------------------------
+
+@main.command("serve")
+@click.option("--host", default=None, help="Default GRIDAPI_HOST (127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Default GRIDAPI_PORT (5000).")
+@click.option("--workers", default=None, type=int, help="Default GRIDAPI_WORKERS or automatic.")
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the API under gunicorn (several workers on PostGIS; WAL mode on SQLite)."""
+    from .serving import run
+
+    settings = _settings()
+    try:
+        run(settings, host=host or settings.host, port=port or settings.port,
+            workers=workers or settings.workers)
+    except SpatialExtensionMissing as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

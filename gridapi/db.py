@@ -1,0 +1,129 @@
+"""Engines for SQLite + SpatiaLite and PostgreSQL + PostGIS, and the one session per request."""
+
+from __future__ import annotations
+
+import contextvars
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+# Write requests open SQLite transactions with BEGIN IMMEDIATE, so two writers queue on the
+# busy timeout instead of failing when a read transaction tries to upgrade to a write.
+sqlite_write_intent: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "sqlite_write_intent", default=False
+)
+
+
+class SpatialExtensionMissing(RuntimeError):
+    """The database has no usable spatial extension; the message says what to install."""
+
+
+def sqlite_dbapi() -> Any:
+    """Return a DB-API module whose SQLite can load extensions (stdlib first, then sqlean)."""
+    if hasattr(sqlite3.Connection, "enable_load_extension"):
+        return sqlite3
+    try:
+        import sqlean  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - sqlean is a declared dependency
+        raise SpatialExtensionMissing(
+            "This Python's sqlite3 cannot load extensions and sqlean.py is not installed: "
+            "pip install sqlean.py"
+        ) from exc
+    return sqlean.dbapi2
+
+
+def make_engine(database_url: str, *, spatialite_path: str = "mod_spatialite",
+                pool_size: int = 5, statement_timeout_ms: int = 30000) -> Engine:
+    """Return an engine for the URL with the spatial extension wired in.
+
+    Raises SpatialExtensionMissing when SpatiaLite cannot be loaded.
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        return _make_sqlite_engine(database_url, spatialite_path)
+    if url.get_backend_name() == "postgresql":
+        if url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg")
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_recycle=1800,
+            connect_args={"options": f"-c statement_timeout={int(statement_timeout_ms)}",
+                          "connect_timeout": 5},
+        )
+    raise ValueError(
+        f"unsupported database URL {database_url!r}: use sqlite:///PATH or "
+        "postgresql+psycopg://USER@HOST/DB"
+    )
+
+
+def _make_sqlite_engine(database_url: str, spatialite_path: str) -> Engine:
+    url = make_url(database_url)
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, module=sqlite_dbapi(), connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the driver so BEGIN is emitted when SQLAlchemy
+        # starts a transaction (SAVEPOINTs then work as documented).
+        dbapi_conn.isolation_level = None
+        try:
+            dbapi_conn.enable_load_extension(True)
+            dbapi_conn.load_extension(spatialite_path)
+            dbapi_conn.enable_load_extension(False)
+        except Exception as exc:
+            raise SpatialExtensionMissing(
+                f"SpatiaLite could not be loaded ({spatialite_path}: {exc}). Install it with "
+                "'apt-get install libsqlite3-mod-spatialite' or point GRIDAPI_SPATIALITE_PATH "
+                "at mod_spatialite."
+            ) from exc
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if sqlite_write_intent.get() else "BEGIN")
+
+    return engine
+
+
+def spatial_extension_version(engine: Engine) -> str:
+    """Return the spatial extension's version string.
+
+    Raises SpatialExtensionMissing with what to install when there is none.
+    """
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            return "SpatiaLite " + conn.execute(text("SELECT spatialite_version()")).scalar_one()
+        row = conn.execute(
+            text("SELECT installed_version, default_version FROM pg_available_extensions "
+                 "WHERE name = 'postgis'")
+        ).first()
+        if row is None:
+            raise SpatialExtensionMissing(
+                "PostGIS is not installed on the PostgreSQL server. Install it with "
+                "'apt-get install postgresql-15-postgis-3' (match your PostgreSQL version), "
+                "then run 'gridapi db upgrade'."
+            )
+        if row[0] is None:
+            raise SpatialExtensionMissing(
+                "PostGIS is available but not enabled in this database: run 'gridapi db "
+                "upgrade' (it runs CREATE EXTENSION postgis), as a role allowed to do so."
+            )
+        return "PostGIS " + conn.execute(text("SELECT postgis_lib_version()")).scalar_one()
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Return the session factory; sessions never expire loaded objects on commit."""
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)

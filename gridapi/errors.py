@@ -1,0 +1,104 @@
+"""Domain errors with an HTTP status, and the one error body every response uses."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask, g, jsonify
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class DomainError(Exception):
+    """An error a client can act on; ``status`` is the HTTP status it answers with."""
+
+    status: int = 400
+
+    def __init__(self, message: str, *, errors: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors
+        self.headers = headers or {}
+
+
+class NotFound(DomainError):
+    status = 404
+
+
+class Conflict(DomainError):
+    status = 409
+
+
+class Unprocessable(DomainError):
+    """Input that parsed but makes no sense; ``errors`` maps field paths to messages."""
+
+    status = 422
+
+
+class ServiceUnavailable(DomainError):
+    status = 503
+
+
+def error_body(status: int, message: str | None = None,
+               errors: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return the error body: ``{"code", "status", "message"[, "errors"]}``."""
+    body: dict[str, Any] = {"code": status, "status": HTTPStatus(status).phrase}
+    body["message"] = message or HTTPStatus(status).description
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every failure with the one error body; never a traceback or SQL."""
+
+    @app.errorhandler(DomainError)
+    def _domain(exc: DomainError):  # type: ignore[no-untyped-def]
+        return jsonify(error_body(exc.status, exc.message, exc.errors)), exc.status, exc.headers
+
+    @app.errorhandler(IntegrityError)
+    def _integrity(exc: IntegrityError):  # type: ignore[no-untyped-def]
+        log.info("integrity error: %s", exc.orig)
+        return jsonify(error_body(409, "The change conflicts with existing data.")), 409
+
+    @app.errorhandler(OperationalError)
+    def _operational(exc: OperationalError):  # type: ignore[no-untyped-def]
+        log.warning("database unavailable: %s", exc.orig)
+        body = error_body(503, "The database is unavailable; retry shortly.")
+        return jsonify(body), 503, {"Retry-After": "2"}
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        if isinstance(exc, HTTPException):
+            return _http(exc)
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return jsonify(error_body(503, "The database connection was lost; retry.")), 503, {
+                "Retry-After": "2"}
+        log.exception("unhandled error (request %s)", g.get("request_id"))
+        message = f"An unexpected error occurred (request id {g.get('request_id', '-')})."
+        return jsonify(error_body(500, message)), 500
+
+    def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
+        status = exc.code or 500
+        data = getattr(exc, "data", None) or {}
+        errors = data.get("messages")
+        message = data.get("message") or (exc.description if status != 500 else None)
+        if status == 413:
+            message = "The request body is larger than the configured limit (GRIDAPI_MAX_BODY_MB)."
+        if status == 400 and errors and "json" in errors and isinstance(errors["json"], list):
+            message = "The request body is not valid JSON."
+        response = jsonify(error_body(status, message, errors))
+        response.status_code = status
+        headers = data.get("headers") or {}
+        if hasattr(exc, "get_headers"):
+            for key, value in exc.get_headers():
+                if key.lower() != "content-type":
+                    headers.setdefault(key, value)
+        return response, status, headers
+
+    app.register_error_handler(HTTPException, _http)

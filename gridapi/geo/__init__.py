@@ -1,0 +1,1 @@
+"""Geometry helpers: geodesic measurement and validation of grid boundary files."""

@@ -1,0 +1,70 @@
+"""Running the Alembic chain from the CLI and the tests, on either engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from geoalchemy2 import alembic_helpers
+from sqlalchemy.engine import Engine
+
+from alembic import command
+
+ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+
+# Tables SpatiaLite and PostGIS create for themselves; never part of our schema.
+_SYSTEM_TABLE_PREFIXES = (
+    "spatial_ref_sys", "geometry_columns", "views_geometry_columns", "virts_geometry_columns",
+    "spatialite_history", "sql_statements_log", "idx_", "sqlite_", "vector_layers",
+    "geom_cols_ref_sys", "spatial_ref_sys_aux", "spatialite_", "data_licenses",
+    "ElementaryGeometries", "KNN", "SpatialIndex", "topology", "layer", "rl2map",
+    "vector_coverages", "raster_coverages", "wms_", "SE_", "ISO_", "networks",
+    "topologies", "stored_", "iso_", "se_", "geometry_columns_",
+)
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool,
+                   compare_to: Any) -> bool:
+    """Return False for the spatial extensions' own tables and their spatial index tables."""
+    if type_ == "table" and name and name.startswith(_SYSTEM_TABLE_PREFIXES):
+        return False
+    if type_ == "table" and name in {"KNN2", "alembic_version"}:
+        return False
+    return alembic_helpers.include_object(obj, name, type_, reflected, compare_to)
+
+
+def alembic_config(engine: Engine | None = None) -> Config:
+    """Return an Alembic config bound to ``engine`` (or to GRIDAPI_DATABASE_URL)."""
+    if not ALEMBIC_DIR.is_dir():
+        raise RuntimeError(f"migrations not found at {ALEMBIC_DIR}: install gridapi from its "
+                           "source tree (pip install -e .)")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ALEMBIC_DIR))
+    if engine is not None:
+        cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database behind ``engine`` up to ``revision``."""
+    with engine.begin() as conn:
+        cfg = alembic_config(engine)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Migrate the database behind ``engine`` down to ``revision`` ('base' empties it)."""
+    with engine.begin() as conn:
+        cfg = alembic_config(engine)
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """Return the revision the database is at, or None when it was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

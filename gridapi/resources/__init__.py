@@ -1,0 +1,15 @@
+"""HTTP resources: one flask-smorest Blueprint per resource, registered here."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_smorest import Api
+
+from . import docs, grids, health, locate, regions
+
+
+def register_blueprints(app: Flask, api: Api) -> None:
+    """Register every API blueprint on ``api`` and the docs page on ``app``."""
+    for blueprint in (health.blp, regions.blp, grids.versions_blp, grids.blp, locate.blp):
+        api.register_blueprint(blueprint)
+    app.register_blueprint(docs.bp)

@@ -1,0 +1,135 @@
+"""Grid versions (import, report, activate) and grids (list, get, GeoJSON export)."""
+
+from __future__ import annotations
+
+from flask import Response, stream_with_context
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from ..extensions import commit, db_session, state
+from ..schemas.grids import (
+    ActivateSchema,
+    FeatureCollectionSchema,
+    GridByCodeArgsSchema,
+    GridDetailSchema,
+    GridExportArgsSchema,
+    GridPageSchema,
+    GridQueryArgsSchema,
+    GridVersionDetailSchema,
+    GridVersionImportArgsSchema,
+    GridVersionListSchema,
+    GridVersionQueryArgsSchema,
+)
+from ..services import grids as svc
+
+versions_blp = Blueprint(
+    "grid-versions", __name__, url_prefix="/api/v1/grid-versions",
+    description="A region's grid set is loaded as a version: import → validation report → "
+                "activate. Earlier versions are kept.")
+blp = Blueprint("grids", __name__, url_prefix="/api/v1/grids",
+                description="The grids (网格) in service, or of a given version.")
+
+
+@versions_blp.route("")
+class GridVersions(MethodView):
+    @versions_blp.arguments(GridVersionQueryArgsSchema, location="query")
+    @versions_blp.response(200, GridVersionListSchema)
+    def get(self, args):
+        """List grid versions, newest first"""
+        limit = args.pop("limit")
+        items = svc.list_versions(db_session(), limit=limit + 1, **args)
+        return {"items": items[:limit],
+                "next": items[limit - 1].id if len(items) > limit else None}
+
+    @versions_blp.arguments(GridVersionImportArgsSchema, location="query")
+    @versions_blp.arguments(FeatureCollectionSchema)
+    @versions_blp.response(201, GridVersionDetailSchema)
+    def post(self, args, collection):
+        """Import a grid set as a draft version
+
+        The body is a GeoJSON FeatureCollection (WGS-84/CGCS2000 lon/lat) whose features carry
+        `code` (15 digits), `name` and optionally `type` (basic|dedicated). The answer is the
+        draft version with its validation report; activate it to put it in service.
+        """
+        version = svc.import_grid_version(
+            db_session(), collection, region_code=args.get("region"), label=args.get("label"),
+            source=args.get("source"), tolerance_m2=state().settings.grid_tolerance_m2)
+        commit()
+        return version
+
+
+@versions_blp.route("/<int:version_id>")
+class GridVersionsById(MethodView):
+    @versions_blp.response(200, GridVersionDetailSchema)
+    def get(self, version_id):
+        """Get a grid version with its validation report"""
+        return svc.get_version(db_session(), version_id)
+
+
+@versions_blp.route("/<int:version_id>/activate")
+class GridVersionActivation(MethodView):
+    @versions_blp.arguments(ActivateSchema, required=False)
+    @versions_blp.response(200, GridVersionDetailSchema)
+    def post(self, data, version_id):
+        """Activate a grid version
+
+        Its grids go into service and routing uses them at once in every server process. It
+        retires the active versions of its region and of regions inside it. A version whose
+        report has errors is refused (409) unless `force` is true.
+        """
+        version = svc.activate_version(db_session(), version_id,
+                                       force=bool((data or {}).get("force")))
+        commit()
+        state().routing.invalidate()
+        return version
+
+
+@versions_blp.route("/<int:version_id>/grids")
+class GridVersionGrids(MethodView):
+    @versions_blp.response(200, {"type": "object"}, content_type="application/geo+json")
+    def get(self, version_id):
+        """Get a version's grids as a GeoJSON FeatureCollection"""
+        svc.get_version(db_session(), version_id)
+        return _geojson_response(version_id=version_id)
+
+
+@blp.route("")
+class Grids(MethodView):
+    @blp.arguments(GridQueryArgsSchema, location="query")
+    @blp.response(200, GridPageSchema)
+    def get(self, args):
+        """List grids in service (or of a version), by code"""
+        limit = args.pop("limit")
+        filters = {"region": args.get("region"), "community": args.get("community"),
+                   "grid_type": args.get("type"), "q": args.get("q"),
+                   "version_id": args.get("version")}
+        items = svc.list_grids(db_session(), after=args.get("after"), limit=limit + 1, **filters)
+        return {"items": items[:limit],
+                "next": items[limit - 1].code if len(items) > limit else None}
+
+
+@blp.route("/export")
+class GridsExport(MethodView):
+    @blp.arguments(GridExportArgsSchema, location="query")
+    @blp.response(200, {"type": "object"}, content_type="application/geo+json")
+    def get(self, args):
+        """Export grids in service as GeoJSON (for the phones' offline maps)
+
+        A region's subtree, or every grid in service. Properties: `code`, `name`, `type`,
+        `community_code`, `version_id`. Streamed.
+        """
+        return _geojson_response(region=args.get("region"), version_id=args.get("version"))
+
+
+@blp.route("/<string:code>")
+class GridsByCode(MethodView):
+    @blp.arguments(GridByCodeArgsSchema, location="query")
+    @blp.response(200, GridDetailSchema)
+    def get(self, args, code):
+        """Get a grid in service (or of a version) by its 15-digit code, with its geometry"""
+        return svc.get_grid(db_session(), code, args.get("version"))
+
+
+def _geojson_response(**filters) -> Response:  # type: ignore[no-untyped-def]
+    chunks = svc.iter_geojson(db_session(), **filters)
+    return Response(stream_with_context(chunks), mimetype="application/geo+json")

@@ -1,0 +1,56 @@
+"""Health: liveness (no I/O) and readiness with the engine and spatial extension."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import fields
+
+from ..db import spatial_extension_version
+from ..extensions import state
+from ..schemas.common import StrictSchema
+
+blp = Blueprint("health", __name__, url_prefix="/api/v1/health",
+                description="Is the service up, and on which database?")
+
+
+class HealthSchema(StrictSchema):
+    status = fields.String(required=True, metadata={"example": "ok"})
+    engine = fields.String(required=True, metadata={"example": "postgis"})
+    spatial = fields.String(required=True, metadata={"example": "PostGIS 3.3.2"})
+    database = fields.String(required=True, metadata={"example": "PostgreSQL 15.19"})
+    grids_in_service = fields.Integer(required=True)
+    index_generation = fields.Integer(required=True)
+
+
+class LiveSchema(StrictSchema):
+    status = fields.String(required=True, metadata={"example": "ok"})
+
+
+@blp.route("")
+class Health(MethodView):
+    @blp.response(200, HealthSchema)
+    def get(self):
+        """Readiness: database engine, spatial extension version, grids in service
+
+        Touches the database; use `/api/v1/health/live` for a check without I/O.
+        """
+        st = state()
+        spatial = spatial_extension_version(st.engine)
+        with st.engine.connect() as conn:
+            if st.engine.dialect.name == "sqlite":
+                database = "SQLite " + conn.exec_driver_sql("SELECT sqlite_version()").scalar()
+            else:
+                database = "PostgreSQL " + conn.exec_driver_sql("SHOW server_version").scalar()
+        snap = st.routing.snapshot()
+        return {"status": "ok", "engine": st.settings.engine_name, "spatial": spatial,
+                "database": database, "grids_in_service": len(snap),
+                "index_generation": snap.generation}
+
+
+@blp.route("/live")
+class Live(MethodView):
+    @blp.response(200, LiveSchema)
+    def get(self):
+        """Liveness: the process answers (no database access)"""
+        return {"status": "ok"}

@@ -1,0 +1,1 @@
+"""Marshmallow schemas: validation and (de)serialisation only; unknown fields are rejected."""

@@ -1,0 +1,91 @@
+"""Schemas of the administrative tree."""
+
+from __future__ import annotations
+
+from marshmallow import fields, validate
+
+from ..codes import LEVELS
+from .common import GeoJSONGeometry, PageArgsSchema, StrictSchema
+
+CODE12 = validate.Regexp(r"^\d{12}$", error="must be a 12-digit statistical division code")
+
+
+class RegionSchema(StrictSchema):
+    code = fields.String(required=True, metadata={"example": "320508019044"})
+    name = fields.String(required=True, metadata={"example": "平江社区"})
+    level = fields.String(required=True, validate=validate.OneOf(LEVELS))
+    parent_code = fields.String(allow_none=True)
+    valid_from = fields.Date(allow_none=True)
+    valid_to = fields.Date(allow_none=True)
+    has_boundary = fields.Boolean()
+
+
+class RegionDetailSchema(RegionSchema):
+    boundary = GeoJSONGeometry(allow_none=True, attribute="boundary_geojson",
+                               data_key="boundary",
+                               metadata={"description": "MultiPolygon, WGS-84 [lon, lat]."})
+
+
+class RegionPageSchema(StrictSchema):
+    items = fields.List(fields.Nested(RegionSchema), required=True)
+    next = fields.String(allow_none=True, metadata={
+        "description": "Pass as `after` to get the next page; null on the last page."})
+
+
+class RegionListSchema(StrictSchema):
+    items = fields.List(fields.Nested(RegionSchema), required=True)
+
+
+class RegionQueryArgsSchema(PageArgsSchema):
+    level = fields.String(validate=validate.OneOf(LEVELS))
+    parent = fields.String(validate=CODE12, metadata={"description": "Direct children of."})
+    within = fields.String(validate=CODE12, metadata={"description": "Whole subtree of."})
+    q = fields.String(validate=validate.Length(min=1, max=100),
+                      metadata={"description": "Part of the name."})
+    on = fields.Date(metadata={"description": "Regions valid on this day (default today)."})
+    after = fields.String(validate=CODE12, metadata={"description": "Cursor: codes after."})
+
+
+class OnDateArgsSchema(StrictSchema):
+    on = fields.Date(metadata={"description": "The version valid on this day (default today)."})
+
+
+class SubtreeArgsSchema(OnDateArgsSchema):
+    max_level = fields.String(validate=validate.OneOf(LEVELS),
+                              metadata={"description": "Stop at this level."})
+
+
+class RegionCreateSchema(StrictSchema):
+    code = fields.String(required=True, validate=CODE12)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    level = fields.String(validate=validate.OneOf(LEVELS),
+                          metadata={"description": "Optional; must match the code."})
+    parent_code = fields.String(validate=CODE12,
+                                metadata={"description": "Optional; must match the code."})
+    boundary = GeoJSONGeometry(allow_none=True)
+    valid_from = fields.Date(allow_none=True)
+    valid_to = fields.Date(allow_none=True)
+
+
+class RegionUpdateSchema(StrictSchema):
+    name = fields.String(validate=validate.Length(min=1, max=100))
+    boundary = GeoJSONGeometry(allow_none=True)
+    valid_from = fields.Date(allow_none=True)
+    valid_to = fields.Date(allow_none=True)
+    effective_from = fields.Date(metadata={
+        "description": "Start a new period on this day instead of correcting the current one; "
+                       "the current row then ends the day before (history is kept)."})
+
+
+class RegionImportRowSchema(StrictSchema):
+    code = fields.String(required=True)
+    name = fields.String(required=True)
+    level = fields.String(validate=validate.OneOf(LEVELS))
+    boundary = GeoJSONGeometry(allow_none=True)
+
+
+class RegionImportResultSchema(StrictSchema):
+    created = fields.Integer(required=True)
+    updated = fields.Integer(required=True)
+    unchanged = fields.Integer(required=True)
+    errors = fields.List(fields.Dict(), required=True)

@@ -1,0 +1,1 @@
+"""Domain logic: plain functions that take a Session, may flush, never commit."""

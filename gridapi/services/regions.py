@@ -1,0 +1,355 @@
+"""The administrative tree: validate codes, read the tree, create, update and import regions."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from ..codes import LEVEL_DEPTH, InvalidCode, parent_candidates, region_level, subtree_prefix
+from ..errors import Conflict, NotFound, Unprocessable
+from ..geo.shapes import GeometryError, multipolygon_from_geojson, to_db
+from ..models import Region
+
+
+def valid_on(day: date):  # type: ignore[no-untyped-def]
+    """Return the SQL condition 'valid on ``day``'."""
+    return and_(or_(Region.valid_from.is_(None), Region.valid_from <= day),
+                or_(Region.valid_to.is_(None), Region.valid_to >= day))
+
+
+def get_region(session: Session, code: str, on: date | None = None) -> Region:
+    """Return the region with ``code`` valid on ``on`` (default today).
+
+    Raises NotFound when there is none.
+    """
+    row = session.scalars(
+        select(Region).where(Region.code == code, valid_on(on or date.today()))
+        .order_by(Region.valid_from.desc()).limit(1)
+    ).first()
+    if row is None:
+        raise NotFound(f"No region with code {code!r}.")
+    return row
+
+
+def list_regions(session: Session, *, level: str | None = None, parent: str | None = None,
+                 within: str | None = None, q: str | None = None, on: date | None = None,
+                 after: str | None = None, limit: int = 100) -> list[Region]:
+    """Return regions valid on ``on`` ordered by code, ``limit`` after the cursor ``after``."""
+    stmt = select(Region).where(valid_on(on or date.today()))
+    if level:
+        stmt = stmt.where(Region.level == level)
+    if parent:
+        stmt = stmt.where(Region.parent_code == parent)
+    if within:
+        prefix = _prefix_or_422(within, "within")
+        stmt = stmt.where(Region.code.startswith(prefix, autoescape=True), Region.code != within)
+    if q:
+        stmt = stmt.where(Region.name.contains(q, autoescape=True))
+    if after:
+        stmt = stmt.where(Region.code > after)
+    return list(session.scalars(stmt.order_by(Region.code).limit(limit)))
+
+
+def _prefix_or_422(code: str, field_name: str) -> str:
+    try:
+        return subtree_prefix(code)
+    except InvalidCode as exc:
+        raise Unprocessable(f"Invalid {field_name}.", errors={"query": {field_name: [str(exc)]}})
+
+
+def children(session: Session, code: str, on: date | None = None) -> list[Region]:
+    """Return the direct children of the region ``code``. Raises NotFound."""
+    get_region(session, code, on)
+    return list(session.scalars(
+        select(Region).where(Region.parent_code == code, valid_on(on or date.today()))
+        .order_by(Region.code)))
+
+
+def ancestors(session: Session, code: str, on: date | None = None) -> list[Region]:
+    """Return the ancestors of ``code``, parent first, up to the province. Raises NotFound."""
+    day = on or date.today()
+    region = get_region(session, code, day)
+    chain: list[Region] = []
+    while region.parent_code:
+        parent = session.scalars(
+            select(Region).where(Region.code == region.parent_code, valid_on(day))).first()
+        if parent is None:
+            break
+        chain.append(parent)
+        region = parent
+    return chain
+
+
+def subtree(session: Session, code: str, on: date | None = None,
+            max_level: str | None = None) -> list[Region]:
+    """Return the region ``code`` and everything under it, by code. Raises NotFound."""
+    day = on or date.today()
+    get_region(session, code, day)
+    stmt = select(Region).where(Region.code.startswith(subtree_prefix(code)), valid_on(day))
+    if max_level:
+        stmt = stmt.where(Region.level.in_(
+            [lv for lv, d in LEVEL_DEPTH.items() if d <= LEVEL_DEPTH[max_level]]))
+    return list(session.scalars(stmt.order_by(Region.code)))
+
+
+def current_codes(session: Session, codes: set[str]) -> set[str]:
+    """Return which of ``codes`` are regions valid today."""
+    found: set[str] = set()
+    items = sorted(codes)
+    for i in range(0, len(items), 500):
+        found.update(session.scalars(
+            select(Region.code).where(Region.code.in_(items[i:i + 500]), valid_on(date.today()))))
+    return found
+
+
+def check_code(code: str, level: str | None = None) -> str:
+    """Return the level of ``code``; Unprocessable when malformed or not of ``level``."""
+    try:
+        implied = region_level(code)
+    except InvalidCode as exc:
+        raise Unprocessable("Invalid region code.", errors={"json": {"code": [str(exc)]}})
+    if level is not None and level != implied:
+        raise Unprocessable("Level does not match the code.", errors={"json": {"level": [
+            f"the code {code} is a {implied} code, not {level}"]}})
+    return implied
+
+
+def derive_parent(code: str, existing: set[str]) -> str | None:
+    """Return the nearest parent of ``code`` among ``existing`` codes (None for a province).
+
+    Raises Unprocessable naming the missing ancestor.
+    """
+    candidates = parent_candidates(code)
+    if not candidates:
+        return None
+    for candidate in candidates:
+        if candidate in existing:
+            return candidate
+    raise Unprocessable("The parent region does not exist.", errors={"json": {"code": [
+        f"no parent for {code}: create {' or '.join(candidates)} first"]}})
+
+
+def create_region(session: Session, *, code: str, name: str, level: str | None = None,
+                  parent_code: str | None = None, boundary: dict | None = None,
+                  valid_from: date | None = None, valid_to: date | None = None) -> Region:
+    """Create a region, deriving its level and parent from the code.
+
+    Raises Unprocessable for a bad code, level, parent or boundary; Conflict when the code
+    is already current.
+    """
+    level = check_code(code, level)
+    existing = current_codes(session, {code, *parent_candidates(code)})
+    if code in existing:
+        raise Conflict(f"Region {code} already exists.")
+    parent = derive_parent(code, existing)
+    if parent_code is not None and parent_code != parent:
+        raise Unprocessable("Parent does not match the code.", errors={"json": {"parent_code": [
+            f"the code {code} implies parent {parent}, not {parent_code}"]}})
+    region = Region(code=code, name=name, level=level, parent_code=parent,
+                    boundary=to_db(_boundary_or_422(boundary)), valid_from=valid_from,
+                    valid_to=valid_to)
+    session.add(region)
+    session.flush()
+    return region
+
+
+def _boundary_or_422(boundary: dict | None, path: tuple[str, ...] = ("json", "boundary")):
+    if boundary is None:
+        return None
+    try:
+        geom = multipolygon_from_geojson(boundary)
+    except GeometryError as exc:
+        raise Unprocessable("Invalid boundary.", errors=_nest(path, [str(exc)]))
+    if not geom.is_valid:
+        import shapely
+
+        raise Unprocessable("Invalid boundary.", errors=_nest(
+            path, [f"invalid geometry: {shapely.is_valid_reason(geom)}"]))
+    return geom
+
+
+def _nest(path: tuple[str, ...], value: Any) -> dict:
+    out: Any = value
+    for key in reversed(path):
+        out = {key: out}
+    return out
+
+
+def update_region(session: Session, code: str, changes: dict[str, Any]) -> Region:
+    """Change a region's name, boundary or validity and return the current row.
+
+    With ``effective_from`` the change starts a new period: the current row ends the day
+    before and a new row carries the new values, so history is never overwritten. Without
+    it the current row is corrected in place. Raises NotFound, Unprocessable, Conflict.
+    """
+    region = get_region(session, code)
+    effective = changes.pop("effective_from", None)
+    if "boundary" in changes:
+        changes["boundary"] = to_db(_boundary_or_422(changes["boundary"]))
+    if effective is None:
+        for key, value in changes.items():
+            setattr(region, key, value)
+        if region.valid_to and region.valid_from and region.valid_to < region.valid_from:
+            raise Unprocessable("valid_to is before valid_from.",
+                                errors={"json": {"valid_to": ["must not be before valid_from"]}})
+        session.flush()
+        return region
+    if region.valid_from is not None and effective <= region.valid_from:
+        raise Conflict(f"The current period of {code} starts on {region.valid_from}; a new "
+                       "period must start later.")
+    successor = Region(code=region.code, level=region.level, name=region.name,
+                       parent_code=region.parent_code, boundary=region.boundary,
+                       valid_from=effective, valid_to=None)
+    for key, value in changes.items():
+        setattr(successor, key, value)
+    region.valid_to = effective - timedelta(days=1)
+    session.flush()
+    session.add(successor)
+    session.flush()
+    return successor
+
+
+@dataclass
+class ImportResult:
+    """What an import did, or would have done: counts and row-level errors."""
+
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"created": len(self.created), "updated": len(self.updated),
+                "unchanged": len(self.unchanged), "errors": self.errors}
+
+
+def parse_region_file(content: bytes, filename: str = "") -> list[dict[str, Any]]:
+    """Return rows ``{"code", "name", ...}`` from CSV, a JSON list or a GeoJSON FeatureCollection.
+
+    Raises Unprocessable when the file is none of these.
+    """
+    text = content.decode("utf-8-sig", errors="strict") if content else ""
+    stripped = text.lstrip()
+    if stripped.startswith(("[", "{")):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise Unprocessable(f"{filename or 'file'} is not valid JSON: {exc}")
+        if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+            rows = []
+            for feature in data.get("features") or []:
+                props = dict((feature or {}).get("properties") or {})
+                if feature.get("geometry") is not None:
+                    props["boundary"] = feature["geometry"]
+                rows.append(props)
+            return rows
+        if not isinstance(data, list):
+            raise Unprocessable("A JSON region file must be a list of objects with code and "
+                                "name, or a GeoJSON FeatureCollection.")
+        return data
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not {"code", "name"} <= {f.strip() for f in reader.fieldnames}:
+        raise Unprocessable("A CSV region file needs the columns code,name.")
+    return [{k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+            for row in reader]
+
+
+def import_regions(session: Session, rows: list[Any]) -> ImportResult:
+    """Create or rename regions from ``rows``; parents derive from codes.
+
+    All or nothing: when any row has an error, nothing is written and the result lists
+    every error (the caller answers 422). Ancestors must exist or be in the same rows.
+    """
+    result = ImportResult()
+    parsed: dict[str, dict[str, Any]] = {}
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            result.errors.append({"row": index, "code": None, "message": "not an object"})
+            continue
+        code = str(row.get("code") or "").strip()
+        name = str(row.get("name") or "").strip()
+        try:
+            level = region_level(code)
+        except InvalidCode as exc:
+            result.errors.append({"row": index, "code": code or None, "message": str(exc)})
+            continue
+        if row.get("level") and row["level"] != level:
+            result.errors.append({"row": index, "code": code,
+                                  "message": f"level {row['level']} does not match the code "
+                                             f"({level})"})
+            continue
+        if not name or len(name) > 100:
+            result.errors.append({"row": index, "code": code,
+                                  "message": "name is required (at most 100 characters)"})
+            continue
+        if code in parsed:
+            result.errors.append({"row": index, "code": code, "message": "duplicate code"})
+            continue
+        boundary = None
+        if row.get("boundary") is not None:
+            try:
+                boundary = multipolygon_from_geojson(row["boundary"])
+                if not boundary.is_valid:
+                    import shapely
+
+                    boundary = shapely.make_valid(boundary)
+                    from ..geo.shapes import as_multipolygon
+
+                    boundary = as_multipolygon(boundary)
+            except GeometryError as exc:
+                result.errors.append({"row": index, "code": code, "message": f"boundary {exc}"})
+                continue
+        parsed[code] = {"row": index, "code": code, "name": name, "level": level,
+                        "boundary": boundary}
+
+    wanted = set(parsed)
+    for item in parsed.values():
+        wanted.update(parent_candidates(item["code"]))
+    existing_rows = {r.code: r for r in _current_rows(session, wanted)}
+    known = set(existing_rows) | set(parsed)
+    for code in sorted(parsed, key=lambda c: (LEVEL_DEPTH[parsed[c]["level"]], c)):
+        item = parsed[code]
+        candidates = parent_candidates(code)
+        parent = next((c for c in candidates if c in known), None)
+        if candidates and parent is None:
+            result.errors.append({"row": item["row"], "code": code, "message":
+                                  f"ancestor {' or '.join(candidates)} is neither in the "
+                                  "database nor in the file"})
+            continue
+        item["parent"] = parent
+    if result.errors:
+        result.errors.sort(key=lambda e: e["row"])
+        return result
+
+    for code in sorted(parsed, key=lambda c: (LEVEL_DEPTH[parsed[c]["level"]], c)):
+        item = parsed[code]
+        current = existing_rows.get(code)
+        if current is None:
+            session.add(Region(code=code, name=item["name"], level=item["level"],
+                               parent_code=item["parent"], boundary=to_db(item["boundary"])))
+            result.created.append(code)
+        elif current.name != item["name"] or item["boundary"] is not None:
+            current.name = item["name"]
+            if item["boundary"] is not None:
+                current.boundary = to_db(item["boundary"])
+            result.updated.append(code)
+        else:
+            result.unchanged.append(code)
+    session.flush()
+    return result
+
+
+def _current_rows(session: Session, codes: set[str]) -> list[Region]:
+    items = sorted(codes)
+    out: list[Region] = []
+    for i in range(0, len(items), 500):
+        out.extend(session.scalars(
+            select(Region).where(Region.code.in_(items[i:i + 500]), valid_on(date.today()))))
+    return out

@@ -1,0 +1,255 @@
+"""Point routing: which grid, and which regions, are responsible for a point.
+
+Answers come from an in-process index over the grids in service (shapely STRtree over
+prepared geometries, vectorised for batches). The database stays the source of truth: every
+process rebuilds its index when the generation counter in ``index_generations`` moves.
+
+Semantics, in order:
+1. *covers*: a grid answers for a point inside it or on its boundary (edge or vertex);
+2. tie-break when several grids cover the point: a grid whose interior holds the point
+   ("inside") beats grids that only touch it ("boundary"); then the lowest grid code wins;
+3. a point no grid covers snaps to the nearest grid within the snap distance (geodesic
+   metres; ties again to the lowest code), method "snapped";
+4. otherwise no grid (method "none") and the regions are the smallest region whose known
+   boundary covers the point, and its ancestors.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.strtree import STRtree
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Engine
+
+from ..codes import LEVEL_DEPTH, ancestor_prefix_codes
+from ..geo.geodesy import distance_m, metres_to_degrees
+from ..models import Grid, Region
+from .regions import valid_on
+
+log = logging.getLogger(__name__)
+
+INSIDE, BOUNDARY, SNAPPED, NONE = "inside", "boundary", "snapped", "none"
+_METHOD_NAMES = (INSIDE, BOUNDARY, SNAPPED, NONE)
+
+
+@dataclass(frozen=True)
+class Match:
+    """The answer for one point: grid index (-1 for none), method, snap distance."""
+
+    grid: int
+    method: str
+    distance_m: float | None = None
+
+
+class IndexSnapshot:
+    """An immutable index of the grids in service at one generation."""
+
+    def __init__(self, generation: int, rows: list[Any], regions: dict[str, dict[str, Any]],
+                 region_shapes: list[tuple[str, Any]], snap_meters: float) -> None:
+        self.generation = generation
+        self.snap_meters = snap_meters
+        self.built_at = time.time()
+        # Rows arrive ordered by code, so a lower index is a lower code: the tie-break.
+        self.geoms = np.array([r[-1] for r in rows], dtype=object) if rows else np.empty(
+            0, dtype=object)
+        if len(self.geoms):
+            self.geoms = shapely.from_wkb(self.geoms)
+            shapely.prepare(self.geoms)
+        self.tree = STRtree(self.geoms)
+        self.regions = regions
+        chains: dict[str, list[dict[str, Any]]] = {}
+        self.grids: list[dict[str, Any]] = []
+        self.chains: list[list[dict[str, Any]]] = []
+        for grid_id, code, name, gtype, community, version_id, _ in rows:
+            self.grids.append({"id": grid_id, "code": code, "name": name, "type": gtype,
+                               "community_code": community, "version_id": version_id})
+            if community not in chains:
+                chains[community] = region_chain(community, regions)
+            self.chains.append(chains[community])
+        region_shapes.sort(key=lambda item: (-LEVEL_DEPTH[regions[item[0]]["level"]], item[0]))
+        self.region_codes = [code for code, _ in region_shapes]
+        region_geoms = np.array([g for _, g in region_shapes], dtype=object)
+        if len(region_geoms):
+            shapely.prepare(region_geoms)
+        self.region_geoms = region_geoms
+        self.region_tree = STRtree(region_geoms)
+
+    def __len__(self) -> int:
+        return len(self.grids)
+
+    def locate(self, lon: float, lat: float) -> Match:
+        """Return the match for one WGS-84 point."""
+        cand = self.tree.query(shapely.points(lon, lat))
+        if cand.size:
+            geoms = self.geoms[cand]
+            hit = shapely.intersects_xy(geoms, lon, lat)
+            if hit.any():
+                cand, geoms = cand[hit], geoms[hit]
+                inner = shapely.contains_xy(geoms, lon, lat)
+                if inner.any():
+                    return Match(int(cand[inner].min()), INSIDE)
+                return Match(int(cand.min()), BOUNDARY)
+        return self._snap(lon, lat)
+
+    def locate_many(self, lons: np.ndarray, lats: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                        np.ndarray]:
+        """Return (grid index or -1, method code, snap distance or NaN) arrays for points.
+
+        Method codes index ``("inside", "boundary", "snapped", "none")``.
+        """
+        n = len(lons)
+        grid = np.full(n, -1, dtype=np.int64)
+        method = np.full(n, 3, dtype=np.int8)
+        dist = np.full(n, np.nan)
+        if n == 0:
+            return grid, method, dist
+        if len(self.grids):
+            inp, tre = self.tree.query(shapely.points(lons, lats))
+            if inp.size:
+                hit = shapely.intersects_xy(self.geoms[tre], lons[inp], lats[inp])
+                inp, tre = inp[hit], tre[hit]
+                inner = shapely.contains_xy(self.geoms[tre], lons[inp], lats[inp])
+                big = len(self.grids)
+                key = np.where(inner, tre, tre + big)
+                best = np.full(n, 2 * big, dtype=np.int64)
+                np.minimum.at(best, inp, key)
+                found = best < 2 * big
+                grid[found] = best[found] % big
+                method[found] = np.where(best[found] < big, 0, 1)
+        for i in np.flatnonzero(grid < 0):
+            match = self._snap(float(lons[i]), float(lats[i]))
+            grid[i] = match.grid
+            method[i] = _METHOD_NAMES.index(match.method)
+            if match.distance_m is not None:
+                dist[i] = match.distance_m
+        return grid, method, dist
+
+    def _snap(self, lon: float, lat: float) -> Match:
+        if not len(self.grids) or self.snap_meters <= 0:
+            return Match(-1, NONE)
+        point = shapely.points(lon, lat)
+        radius = metres_to_degrees(self.snap_meters, lat)
+        cand = self.tree.query(point, predicate="dwithin", distance=radius)
+        best: tuple[float, int] | None = None
+        for i in sorted(int(c) for c in cand):
+            nearest = shapely.shortest_line(self.geoms[i], point)
+            x, y = nearest.coords[0]
+            d = distance_m(lon, lat, x, y)
+            if d <= self.snap_meters and (best is None or d < best[0]):
+                best = (d, i)
+        if best is None:
+            return Match(-1, NONE)
+        return Match(best[1], SNAPPED, round(best[0], 2))
+
+    def regions_for_point(self, lon: float, lat: float) -> list[dict[str, Any]]:
+        """Return the chain of the smallest region whose boundary covers the point, or []."""
+        if not self.region_codes:
+            return []
+        cand = self.region_tree.query(shapely.points(lon, lat))
+        if cand.size:
+            cand = np.sort(cand)  # sorted deepest level first, then code
+            hit = shapely.intersects_xy(self.region_geoms[cand], lon, lat)
+            if hit.any():
+                code = self.region_codes[int(cand[hit][0])]
+                return region_chain(code, self.regions)
+        return []
+
+    def answer(self, match: Match, lon: float, lat: float) -> dict[str, Any]:
+        """Return the API answer for a match: grid, regions, point, method[, distance_m]."""
+        if match.grid >= 0:
+            out = {"grid": self.grids[match.grid], "regions": self.chains[match.grid]}
+        else:
+            out = {"grid": None, "regions": self.regions_for_point(lon, lat)}
+        out["point"] = {"type": "Point", "coordinates": [lon, lat]}
+        out["method"] = match.method
+        if match.distance_m is not None:
+            out["distance_m"] = match.distance_m
+        return out
+
+
+def region_chain(code: str, regions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return ``code`` and its ancestors as API dicts, smallest first (missing ones skipped)."""
+    chain: list[dict[str, Any]] = []
+    current: str | None = code if code in regions else None
+    if current is None:
+        current = next((c for c in ancestor_prefix_codes(code) if c in regions), None)
+    seen: set[str] = set()
+    while current and current in regions and current not in seen:
+        seen.add(current)
+        chain.append(regions[current]["api"])
+        current = regions[current]["parent_code"]
+    return chain
+
+
+class RoutingIndex:
+    """The per-process holder of the current snapshot; refreshes when the generation moves."""
+
+    def __init__(self, engine: Engine, snap_meters: float, refresh_seconds: float) -> None:
+        self.engine = engine
+        self.snap_meters = snap_meters
+        self.refresh_seconds = refresh_seconds
+        self._snapshot: IndexSnapshot | None = None
+        self._checked_at = 0.0
+        self._lock = threading.Lock()
+
+    def invalidate(self) -> None:
+        """Make the next call check the generation (after this process activated a version)."""
+        self._checked_at = 0.0
+
+    def snapshot(self) -> IndexSnapshot:
+        """Return a snapshot no older than the refresh interval allows."""
+        snap = self._snapshot
+        now = time.monotonic()
+        if snap is not None and now - self._checked_at < self.refresh_seconds:
+            return snap
+        with self._lock:
+            if self._snapshot is not None and time.monotonic() - self._checked_at < \
+                    self.refresh_seconds:
+                return self._snapshot
+            generation = current_generation(self.engine)
+            if self._snapshot is None or self._snapshot.generation != generation:
+                started = time.perf_counter()
+                self._snapshot = build_snapshot(self.engine, generation, self.snap_meters)
+                log.info("routing index generation %s: %d grids in %.2f s", generation,
+                         len(self._snapshot), time.perf_counter() - started)
+            self._checked_at = time.monotonic()
+            return self._snapshot
+
+
+def current_generation(engine: Engine) -> int:
+    """Return the generation of the grids in service."""
+    with engine.connect() as conn:
+        value = conn.execute(
+            text("SELECT generation FROM index_generations WHERE name = 'grids'")).scalar()
+    return int(value or 0)
+
+
+def build_snapshot(engine: Engine, generation: int, snap_meters: float) -> IndexSnapshot:
+    """Load the grids in service and the current regions and index them."""
+    from datetime import date
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Grid.id, Grid.code, Grid.name, Grid.type, Grid.community_code,
+                   Grid.version_id, func.ST_AsBinary(Grid.geom))
+            .where(Grid.in_service.is_(True)).order_by(Grid.code)).all()
+        region_rows = conn.execute(
+            select(Region.code, Region.name, Region.level, Region.parent_code,
+                   func.ST_AsBinary(Region.boundary))
+            .where(valid_on(date.today()))).all()
+    regions: dict[str, dict[str, Any]] = {}
+    shapes: list[tuple[str, Any]] = []
+    for code, name, level, parent, wkb in region_rows:
+        regions[code] = {"level": level, "parent_code": parent,
+                         "api": {"code": code, "name": name, "level": level}}
+        if wkb is not None:
+            shapes.append((code, shapely.from_wkb(bytes(wkb))))
+    return IndexSnapshot(generation, [tuple(r[:-1]) + (bytes(r[-1]),) for r in rows], regions,
+                         shapes, snap_meters)
