@@ -508,7 +508,8 @@ def build_demo_county(
         {"code": COUNTY[0], "name": COUNTY[1], "level": "county", "boundary": county_geom},
     ]
     township_names: set[str] = set()
-    grid_units: list[tuple[str, str, shapely.Geometry, bool]] = []  # (community code, name,...)
+    grid_units: list[tuple[str, shapely.Geometry]] = []  # (community code, geometry)
+    # (community code, name, indices into grid_units in reading order, is a village)
     communities: list[tuple[str, str, list[int], bool]] = []
     for t in sorted(t_ids, key=lambda t: t_code[t]):
         is_street = t in streets
@@ -557,7 +558,7 @@ def build_demo_county(
                     c not in urban,
                 )
             )
-            grid_units.extend((c_full, c_name, g, c not in urban) for g in g_geom)
+            grid_units.extend((c_full, g) for g in g_geom)
 
     # About 5% of grids are dedicated (a school, market or enterprise), at most two per community
     # and only in communities with at least three grids, so no community is all "dedicated".
@@ -580,19 +581,18 @@ def build_demo_county(
         special = [g for g in members if g in dedicated]
         stem = c_name.removesuffix("社区").removesuffix("村")
         used: set[str] = set()
-        kinds: set[str] = set()
+        places: set[str] = set()
         for seq, g in enumerate(basic + special, start=1):
             if g in dedicated:
-                kind = _dedicated_kind(rng, is_village, kinds)
-                make = partial(_dedicated_name, rng, kind, stem, is_village)
-                name = _pick(make, set(), used)
-                kind = "dedicated"
+                place = _dedicated_kind(rng, is_village, places)
+                make = partial(_dedicated_name, rng, place, stem, is_village)
+                name, kind = _pick(make, set(), used), "dedicated"
             else:
                 name, kind = f"{c_name}第{seq}网格", "basic"
             features.append(
                 _feature(
                     {"code": f"{c_full}{seq:03d}", "name": name, "type": kind},
-                    _geojson_multipolygon(grid_units[g][2]),
+                    _geojson_multipolygon(grid_units[g][1]),
                 )
             )
 

@@ -1,0 +1,133 @@
+"""Fixtures: every engine-marked test runs on SQLite/SpatiaLite and on PostgreSQL/PostGIS.
+
+SQLite tests get a fresh copy of a migrated database file; PostgreSQL tests share one
+migrated database that is truncated after each test (the routing index reads through its own
+connections, so data must really be committed). Without a reachable PostGIS the PostGIS
+half is skipped locally, and fails when GRIDAPI_REQUIRE_POSTGIS=1 (as in CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Engine, make_url
+
+from gridapi.config import Settings
+from gridapi.db import make_engine
+
+from .factories import Factory
+
+ENGINES = ("sqlite", "postgis")
+PG_URL = os.environ.get("GRIDAPI_TEST_POSTGRES_URL",
+                        "postgresql+psycopg://postgres@127.0.0.1:5432/gridapi_test")
+REQUIRE_POSTGIS = os.environ.get("GRIDAPI_REQUIRE_POSTGIS") == "1" or os.environ.get("CI") == "true"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine_name" in metafunc.fixturenames:
+        metafunc.parametrize("engine_name", ENGINES, scope="session")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gridapi import migrations
+
+    path = tmp_path_factory.mktemp("template") / "template.sqlite3"
+    engine = make_engine(f"sqlite:///{path}")
+    migrations.upgrade(engine)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return path
+
+
+def _create_pg_database(url: str) -> None:
+    target = make_url(url)
+    admin = make_engine(target.set(database="postgres").render_as_string(hide_password=False))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgis_url() -> str:
+    from gridapi import migrations
+
+    try:
+        _create_pg_database(PG_URL)
+        engine = make_engine(PG_URL)
+        migrations.upgrade(engine)
+        engine.dispose()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        message = f"PostGIS not available at {PG_URL}: {exc}"
+        if REQUIRE_POSTGIS:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return PG_URL
+
+
+TABLES = ("grids", "grid_versions", "regions")
+
+
+def _truncate(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        conn.execute(text("UPDATE index_generations SET generation = 0"))
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, engine_name: str, tmp_path: Path) -> Iterator[str]:
+    if engine_name == "sqlite":
+        template = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "gridapi.sqlite3"
+        shutil.copy(template, path)
+        yield f"sqlite:///{path}"
+        return
+    url = request.getfixturevalue("postgis_url")
+    yield url
+    engine = make_engine(url)
+    _truncate(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, data_dir=str(tmp_path / "data"),
+                    routing_refresh_seconds=0.0, log_level="WARNING")
+
+
+@pytest.fixture
+def app(settings: Settings):  # type: ignore[no-untyped-def]
+    from gridapi import create_app
+
+    application = create_app(settings)
+    application.config["TESTING"] = True
+    yield application
+    application.extensions["gridapi"].engine.dispose()
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture
+def engine(app) -> Engine:  # type: ignore[no-untyped-def]
+    return app.extensions["gridapi"].engine
+
+
+@pytest.fixture
+def session(app):  # type: ignore[no-untyped-def]
+    with app.extensions["gridapi"].sessions() as s:
+        yield s
+
+
+@pytest.fixture
+def factory(client) -> Factory:  # type: ignore[no-untyped-def]
+    return Factory(client)

@@ -1,0 +1,200 @@
+"""Point routing on both engines: inside, edges, vertices, gaps, outside, batches, CRS."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from sqlalchemy import text
+
+from gridapi import create_app
+from gridapi.geo.crs import wgs84_to_bd09, wgs84_to_gcj02
+
+from ..factories import (
+    COMMUNITY_A,
+    COMMUNITY_B,
+    LAT0,
+    LON0,
+    STEP,
+    TOWNSHIP,
+    collection,
+    feature,
+    square,
+)
+
+A1, A2, B1, B2 = COMMUNITY_A + "001", COMMUNITY_A + "002", COMMUNITY_B + "001", COMMUNITY_B + "002"
+
+
+@pytest.fixture
+def tiled(factory):
+    factory.regions()
+    return factory.grid_version()
+
+
+def test_point_inside_a_grid(factory, tiled):
+    answer = factory.locate(LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP)
+    assert answer["grid"]["code"] == A1
+    assert answer["method"] == "inside"
+    assert answer["grid"]["version_id"] == tiled["id"]
+    assert [r["level"] for r in answer["regions"]] == [
+        "village", "township", "county", "city", "province"]
+    assert answer["regions"][0]["code"] == COMMUNITY_A
+    assert answer["point"] == {"type": "Point",
+                               "coordinates": [LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP]}
+    assert "distance_m" not in answer
+
+
+def test_point_on_shared_edge_goes_to_lowest_code(factory, tiled):
+    # The edge between A1 and A2; both cover it, neither contains it.
+    answer = factory.locate(LON0 + STEP, LAT0 + 0.5 * STEP)
+    assert (answer["grid"]["code"], answer["method"]) == (A1, "boundary")
+    # The edge between communities A and B (A2 | B1).
+    answer = factory.locate(LON0 + 2 * STEP, LAT0 + 0.25 * STEP)
+    assert (answer["grid"]["code"], answer["method"]) == (A2, "boundary")
+
+
+def test_point_on_shared_vertex_and_outer_vertex(factory, tiled):
+    answer = factory.locate(LON0 + 2 * STEP, LAT0 + STEP)  # A2, B1 corner
+    assert (answer["grid"]["code"], answer["method"]) == (A2, "boundary")
+    answer = factory.locate(LON0, LAT0)  # outer corner of A1 only
+    assert (answer["grid"]["code"], answer["method"]) == (A1, "boundary")
+
+
+def test_interior_beats_boundary_where_grids_overlap(factory):
+    factory.regions(with_boundaries=False)
+    # B1 overlaps A1's right half; a point on A1's right edge is inside B... no: use a point on
+    # A1's edge that lies in B1's interior.
+    fc = collection(feature(A1, square(0, 0)), feature(B1, square(0.5, 0)))
+    factory.grid_version(fc, force=True)
+    answer = factory.locate(LON0 + STEP, LAT0 + 0.5 * STEP)  # A1's east edge, inside B1
+    assert (answer["grid"]["code"], answer["method"]) == (B1, "inside")
+    answer = factory.locate(LON0 + 0.75 * STEP, LAT0 + 0.5 * STEP)  # inside both
+    assert (answer["grid"]["code"], answer["method"]) == (A1, "inside")
+
+
+def test_gap_snaps_to_nearest_grid_within_distance(factory):
+    factory.regions(with_boundaries=False)
+    # A gap 0.0004° (~38 m) wide between A1 and A2.
+    fc = collection(feature(A1, square(0, 0)), feature(A2, square(1.04, 0)))
+    factory.grid_version(fc, force=True)
+    lat = LAT0 + 0.5 * STEP
+    near_a1 = factory.locate(LON0 + STEP + 0.0001, lat)  # ~9.5 m from A1, ~28.5 m from A2
+    assert (near_a1["grid"]["code"], near_a1["method"]) == (A1, "snapped")
+    assert 8.5 < near_a1["distance_m"] < 10.5
+    near_a2 = factory.locate(LON0 + 1.04 * STEP - 0.0001, lat)
+    assert (near_a2["grid"]["code"], near_a2["method"]) == (A2, "snapped")
+
+
+def test_point_beyond_snap_distance_has_no_grid_but_regions(factory, tiled):
+    # 0.002° north of the tiling (~220 m): inside no grid and no region boundary.
+    answer = factory.locate(LON0 + 0.5 * STEP, LAT0 + STEP + 0.002)
+    assert answer["grid"] is None
+    assert answer["method"] == "none"
+    assert answer["regions"] == []
+
+
+def test_point_in_a_region_without_grids_gets_that_region(factory):
+    factory.regions()
+    factory.grid_version(collection(feature(A1, square(0, 0)), feature(A2, square(1, 0))),
+                         force=True)  # community B has no grids: gap error
+    answer = factory.locate(LON0 + 3.5 * STEP, LAT0 + 0.5 * STEP)
+    assert answer["grid"] is None and answer["method"] == "none"
+    assert answer["regions"][0]["code"] == COMMUNITY_B
+
+
+def test_snap_distance_is_configurable(settings, factory):
+    factory.regions(with_boundaries=False)
+    factory.grid_version(collection(feature(A1, square(0, 0))))
+    strict = create_app(settings.__class__(**{**settings.__dict__, "routing_snap_meters": 5}))
+    point = f"lon={LON0 + STEP + 0.0001!r}&lat={LAT0 + 0.5 * STEP!r}"  # ~9.5 m east of A1
+    assert strict.test_client().get(f"/api/v1/locate?{point}").get_json()["method"] == "none"
+    strict.extensions["gridapi"].engine.dispose()
+
+
+def test_batch_answers_in_order_and_matches_single(factory, client, tiled):
+    rng = random.Random(7)
+    points = [[LON0 + rng.uniform(-0.005, 0.045), LAT0 + rng.uniform(-0.005, 0.015)]
+              for _ in range(300)]
+    points += [[LON0 + STEP, LAT0 + 0.5 * STEP], [LON0 + 2 * STEP, LAT0 + STEP], [0.0, 0.0]]
+    r = client.post("/api/v1/locate/batch", json={"points": points})
+    assert r.status_code == 200
+    results = r.get_json()["results"]
+    assert len(results) == len(points)
+    for point, result in zip(points, results, strict=True):
+        assert result == factory.locate(*point)
+
+
+def test_gcj02_and_bd09_are_converted_before_routing(factory, tiled, client):
+    lon, lat = LON0 + 1.7 * STEP, LAT0 + 0.5 * STEP  # inside A2, 300 m from B1
+    glon, glat = wgs84_to_gcj02(lon, lat)
+    blon, blat = wgs84_to_bd09(lon, lat)
+    for crs, (x, y) in (("gcj02", (glon, glat)), ("bd09", (blon, blat)),
+                        ("cgcs2000", (lon, lat)), ("wgs84", (lon, lat))):
+        answer = factory.locate(x, y, crs)
+        assert answer["grid"]["code"] == A2, crs
+        got_lon, got_lat = answer["point"]["coordinates"]
+        assert abs(got_lon - lon) < 1e-7 and abs(got_lat - lat) < 1e-7, crs
+    r = client.post("/api/v1/locate/batch", json={"crs": "gcj02", "points": [[glon, glat]]})
+    assert r.get_json()["results"][0]["grid"]["code"] == A2
+    # Treating the GCJ-02 point as WGS-84 lands ~500 m off, in another grid.
+    assert factory.locate(glon, glat)["grid"]["code"] != A2
+
+
+def test_activation_switches_routing_in_another_process_without_restart(settings, factory,
+                                                                        client):
+    factory.regions(with_boundaries=False)
+    first = factory.grid_version(collection(feature(A1, square(0, 0))))
+    other_process = create_app(settings).test_client()  # its own engine and index
+    point = f"lon={LON0 + 0.5 * STEP!r}&lat={LAT0 + 0.5 * STEP!r}"
+    assert other_process.get(f"/api/v1/locate?{point}").get_json()["grid"]["code"] == A1
+    second = factory.grid_version(collection(feature(A2, square(0, 0))))
+    answer = other_process.get(f"/api/v1/locate?{point}").get_json()
+    assert answer["grid"]["code"] == A2
+    assert answer["grid"]["version_id"] == second["id"] != first["id"]
+    versions = {v["id"]: v["status"] for v in
+                client.get("/api/v1/grid-versions").get_json()["items"]}
+    assert versions == {first["id"]: "retired", second["id"]: "active"}
+    # Re-activating the old version (rolling back) works the same way.
+    client.post(f"/api/v1/grid-versions/{first['id']}/activate", json={})
+    assert other_process.get(f"/api/v1/locate?{point}").get_json()["grid"]["code"] == A1
+
+
+def test_version_of_a_smaller_region_shadows_the_larger_one(factory, client):
+    factory.regions(with_boundaries=False)
+    township = factory.grid_version()  # region derived: the township (both communities)
+    assert township["region_code"] == TOWNSHIP
+    redraw = collection(feature(COMMUNITY_A + "003", square(0, 0, 2)))  # one grid for A
+    community = factory.grid_version(redraw, region=COMMUNITY_A)
+    assert factory.locate(LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP)["grid"]["code"] == \
+        COMMUNITY_A + "003"
+    b = factory.locate(LON0 + 2.5 * STEP, LAT0 + 0.5 * STEP)["grid"]
+    assert (b["code"], b["version_id"]) == (B1, township["id"])
+    statuses = {v["id"]: v["status"] for v in
+                client.get("/api/v1/grid-versions").get_json()["items"]}
+    assert statuses == {township["id"]: "active", community["id"]: "active"}
+
+
+def test_index_agrees_with_database_covers_query(factory, client, engine, tiled):
+    """The in-process index and the engine's own ST_Covers give the same grid everywhere."""
+    rng = random.Random(11)
+    points = [(LON0 + rng.uniform(-0.002, 0.042), LAT0 + rng.uniform(-0.002, 0.012))
+              for _ in range(400)]
+    # Every vertex and edge midpoint of the lattice, where ties happen.
+    points += [(LON0 + i * STEP / 2, LAT0 + j * STEP / 2) for i in range(9) for j in range(3)]
+    r = client.post("/api/v1/locate/batch", json={"points": [list(p) for p in points]})
+    results = r.get_json()["results"]
+    sql = text(
+        "SELECT code FROM grids WHERE in_service AND "
+        "ST_Covers(geom, ST_GeomFromText(:wkt, 4326)) "
+        "ORDER BY CASE WHEN ST_Contains(geom, ST_GeomFromText(:wkt, 4326)) THEN 0 ELSE 1 END, "
+        "code LIMIT 1")
+    checked = 0
+    with engine.connect() as conn:
+        for (lon, lat), result in zip(points, results, strict=True):
+            expected = conn.execute(sql, {"wkt": f"POINT({lon!r} {lat!r})"}).scalar()
+            if result["method"] in ("inside", "boundary"):
+                assert result["grid"]["code"] == expected, (lon, lat)
+                checked += 1
+            else:
+                assert expected is None, (lon, lat)
+    assert checked > 250
