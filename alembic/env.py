@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from alembic import context
 from geoalchemy2 import alembic_helpers
 
+from alembic import context
 from gridapi.config import Settings
 from gridapi.db import make_engine
 from gridapi.migrations import include_object

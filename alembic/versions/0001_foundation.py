@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 import geoalchemy2
 import sqlalchemy as sa
-from alembic import op
 from geoalchemy2 import alembic_helpers  # noqa: F401  (registers the geospatial operations)
 
+from alembic import op
 from gridapi.models.base import UTCDateTime
 
 revision = "0001"

@@ -1,4 +1,10 @@
-"""Geodesic measurements on the WGS-84 ellipsoid for lon/lat (EPSG:4326) geometries."""
+"""Geodesic measurements on the WGS-84 ellipsoid for lon/lat (EPSG:4326) geometries.
+
+pyproj is deliberately not used: its bundled PROJ clashes with the system PROJ that
+mod_spatialite loads into the same process (a double free at exit). Areas come from the
+ellipsoid's exact equal-area (authalic) cylindrical projection, which shapely then measures;
+distances from geographiclib, Karney's reference implementation in pure Python.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,13 @@ from collections.abc import Iterable
 
 import numpy as np
 import shapely
-from pyproj import Geod
+from geographiclib.geodesic import Geodesic
 from shapely.geometry.base import BaseGeometry
-
-# One Geod for the whole process: constructing it parses the ellipsoid definition each time.
-_GEOD = Geod(ellps="WGS84")
 
 _A = 6378137.0  # WGS-84 semi-major axis (m)
 _F = 1.0 / 298.257223563  # WGS-84 flattening
 _E2 = _F * (2.0 - _F)  # first eccentricity squared
+_E = math.sqrt(_E2)
 
 # The meridian radius of curvature M = a(1 - e²)/(1 - e² sin²φ)^1.5 is smallest at the equator,
 # so no degree of latitude anywhere is shorter than this.
@@ -23,80 +27,42 @@ _MIN_METRES_PER_DEGREE_LAT = _A * (1.0 - _E2) * math.pi / 180.0
 # Absorbs floating-point rounding so the bound stays on the safe side.
 _SAFETY = 1.000001
 
-_POLYGON = 3
-_COLLECTION_TYPES = (4, 5, 6, 7)  # MultiPoint, MultiLineString, MultiPolygon, GeometryCollection
+
+def _q(sin_phi: np.ndarray | float) -> np.ndarray | float:
+    # Snyder (1987) eq. 3-12: the authalic function q(φ).
+    return (1.0 - _E2) * (sin_phi / (1.0 - _E2 * sin_phi * sin_phi) -
+                          np.log((1.0 - _E * sin_phi) / (1.0 + _E * sin_phi)) / (2.0 * _E))
 
 
-def _polygon_parts(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Explode geometries down to single Polygons.
+_QP = float(_q(1.0))
+_RQ = _A * math.sqrt(_QP / 2.0)  # authalic radius
 
-    Returns (polygons, owner) where owner[i] is the index in ``geoms`` that polygons[i] came from;
-    non-polygonal parts (points, lines) are dropped because they have no area.
-    """
-    parts, owner = shapely.get_parts(geoms, return_index=True)
-    # get_parts only goes one level down; nested GeometryCollections need further passes.
-    while True:
-        type_ids = shapely.get_type_id(parts)
-        nested = np.isin(type_ids, _COLLECTION_TYPES)
-        if not nested.any():
-            break
-        sub, sub_owner = shapely.get_parts(parts[nested], return_index=True)
-        keep = ~nested
-        parts = np.concatenate([parts[keep], sub])
-        owner = np.concatenate([owner[keep], owner[nested][sub_owner]])
-    polygonal = shapely.get_type_id(parts) == _POLYGON
-    return parts[polygonal], owner[polygonal]
+
+def _equal_area(coords: np.ndarray) -> np.ndarray:
+    """Project lon/lat degrees to the ellipsoid's cylindrical equal-area plane (metres)."""
+    lam = np.radians(coords[:, 0])
+    q = _q(np.sin(np.radians(coords[:, 1])))
+    return np.column_stack([_RQ * lam, _RQ * q / _QP])
 
 
 def areas_m2(geoms: Iterable[BaseGeometry | None]) -> np.ndarray:
-    """Geodesic areas in m² of many lon/lat geometries at once.
+    """Return the areas in m² of many lon/lat geometries at once (0.0 for None or empty).
 
-    Returns a float64 array with one entry per input: the area of the polygonal parts (exterior
-    rings minus holes), 0.0 for None, empty and non-polygonal geometries. Ring orientation does
-    not matter. Results are meaningful for valid geometries only (an invalid polygon whose hole
-    lies outside its shell may be clamped to 0).
+    Exact for the ellipsoid up to the difference between a geodesic edge and a straight edge
+    in the equal-area plane, far below a square metre for grid-sized polygons.
     """
     arr = np.asarray(list(geoms) if not isinstance(geoms, np.ndarray) else geoms, dtype=object)
     arr = arr.ravel()
-    result = np.zeros(len(arr), dtype=np.float64)
     if len(arr) == 0:
-        return result
-    polygons, owner = _polygon_parts(arr)
-    if len(polygons) == 0:
-        return result
-    rings, ring_polygon = shapely.get_rings(polygons, return_index=True)
-    if len(rings) == 0:
-        return result
-    # get_rings lists each polygon's exterior first, then its holes.
-    is_exterior = np.ones(len(rings), dtype=bool)
-    is_exterior[1:] = ring_polygon[1:] != ring_polygon[:-1]
-    coords, coord_ring = shapely.get_coordinates(rings, return_index=True)
-    counts = np.bincount(coord_ring, minlength=len(rings))
-    ends = np.cumsum(counts)
-    starts = ends - counts
-    lons = coords[:, 0]
-    lats = coords[:, 1]
-    ring_area = np.empty(len(rings), dtype=np.float64)
-    polygon_area_perimeter = _GEOD.polygon_area_perimeter
-    for k in range(len(rings)):
-        # Rings are closed (last point == first); the geodesic routine closes them itself.
-        s, e = starts[k], ends[k] - 1
-        if e - s < 3:
-            ring_area[k] = 0.0
-            continue
-        ring_area[k] = abs(polygon_area_perimeter(lons[s:e], lats[s:e])[0])
-    # Using |area| of each ring with a fixed sign makes the result independent of orientation.
-    signed = np.where(is_exterior, ring_area, -ring_area)
-    per_polygon = np.bincount(ring_polygon, weights=signed, minlength=len(polygons))
-    result += np.bincount(owner, weights=per_polygon, minlength=len(arr))
-    return np.maximum(result, 0.0)
+        return np.zeros(0, dtype=np.float64)
+    projected = shapely.transform(arr, _equal_area)
+    return np.nan_to_num(shapely.area(projected), nan=0.0)
 
 
 def area_m2(geom: BaseGeometry) -> float:
-    """Absolute geodesic area in m² of a lon/lat (multi)polygon on the WGS-84 ellipsoid.
+    """Return the area in m² of a lon/lat (multi)polygon on the WGS-84 ellipsoid.
 
-    Returns 0.0 for empty or non-polygonal geometries; polygonal parts of a GeometryCollection
-    are summed. Raises TypeError if ``geom`` is not a shapely geometry.
+    Returns 0.0 for empty or non-polygonal geometries. Raises TypeError for a non-geometry.
     """
     if not isinstance(geom, BaseGeometry):
         raise TypeError(f"expected a shapely geometry, got {type(geom).__name__}")
@@ -104,12 +70,8 @@ def area_m2(geom: BaseGeometry) -> float:
 
 
 def distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
-    """Geodesic distance in metres between two lon/lat points on the WGS-84 ellipsoid.
-
-    Returns a non-negative float.
-    """
-    _, _, dist = _GEOD.inv(lon1, lat1, lon2, lat2)
-    return float(dist)
+    """Return the geodesic distance in metres between two lon/lat points (WGS-84)."""
+    return float(Geodesic.WGS84.Inverse(lat1, lon1, lat2, lon2, Geodesic.DISTANCE)["s12"])
 
 
 def metres_to_degrees(metres: float, lat: float) -> float:

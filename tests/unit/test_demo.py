@@ -107,10 +107,6 @@ def test_deterministic_across_processes() -> None:
     assert out.stdout.strip() == expected
 
 
-def test_default_build_is_fast(built: tuple[DemoCounty, float]) -> None:
-    assert built[1] < 5.0
-
-
 # ---- counts and the fixed top of the tree ----------------------------------------------------
 
 

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from geographiclib.geodesic import Geodesic
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pyproj import Geod
 from shapely.geometry import GeometryCollection, LineString, MultiPolygon, Point, Polygon, box
 
 from gridapi.geo.geodesy import area_m2, areas_m2, distance_m, metres_to_degrees
@@ -120,8 +120,9 @@ def test_distance_is_symmetric_and_zero_on_same_point() -> None:
 )
 def test_search_radius_is_never_too_small(lat: float, metres: float, azimuth: float) -> None:
     radius = metres_to_degrees(metres, lat)
-    lon, lat2, _ = Geod(ellps="WGS84").fwd(LON0, lat, azimuth, metres)
-    # 1e-12° (~0.1 µm) absorbs the rounding of pyproj's own forward computation.
+    _d = Geodesic.WGS84.Direct(lat, LON0, azimuth, metres)
+    lon, lat2 = _d["lon2"], _d["lat2"]
+    # 1e-12° (~0.1 µm) absorbs the rounding of geographiclib's own forward computation.
     assert abs(lon - LON0) <= radius + 1e-12
     assert abs(lat2 - lat) <= radius + 1e-12
 
@@ -130,7 +131,7 @@ def test_search_radius_is_not_wastefully_large() -> None:
     # 1 km at 31.3°N: about 0.0105° of longitude is needed; the bound should stay close to it.
     radius = metres_to_degrees(1000, LAT0)
     needed = max(
-        abs(Geod(ellps="WGS84").fwd(LON0, LAT0, az, 1000)[0] - LON0) for az in range(0, 360, 5)
+        abs(Geodesic.WGS84.Direct(LAT0, LON0, az, 1000)["lon2"] - LON0) for az in range(0, 360, 5)
     )
     assert needed <= radius <= needed * 1.01
 
@@ -145,3 +146,15 @@ def test_search_radius_edge_cases() -> None:
         metres_to_degrees(float("nan"), LAT0)
     with pytest.raises(ValueError):
         metres_to_degrees(10, 91)
+
+
+def test_area_matches_geographiclib_exact_geodesic_polygon() -> None:
+    """An irregular county-sized polygon (20 km edges): within 0.01% of Karney's exact area."""
+    ring = [(120.50, 31.20), (120.74, 31.22), (120.71, 31.41), (120.58, 31.38),
+            (120.52, 31.30), (120.50, 31.20)]
+    poly = Geodesic.WGS84.Polygon()
+    for lon, lat in ring[:-1]:
+        poly.AddPoint(lat, lon)
+    _, _, exact = poly.Compute(False, True)
+    ours = area_m2(Polygon(ring))
+    assert abs(ours - abs(exact)) / abs(exact) < 1e-4
