@@ -76,12 +76,18 @@ def create_app(config: Settings | dict[str, Any] | None = None, *,
     @app.before_request
     def _request_context() -> None:
         g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-        sqlite_write_intent.set(request.method in _WRITE_METHODS)
+        g.write_intent_token = sqlite_write_intent.set(request.method in _WRITE_METHODS)
 
     @app.after_request
     def _request_id_header(response):  # type: ignore[no-untyped-def]
         response.headers["X-Request-ID"] = g.get("request_id", "")
         return response
+
+    @app.teardown_request
+    def _reset_write_intent(_exc: BaseException | None) -> None:
+        token = g.pop("write_intent_token", None)
+        if token is not None:
+            sqlite_write_intent.reset(token)
 
     app.teardown_appcontext(close_session)
     return app

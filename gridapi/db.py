@@ -7,6 +7,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+# Imported before any connection loads mod_spatialite: SQLite loads extensions with
+# RTLD_GLOBAL, which puts the system GEOS in the global symbol scope; a shapely loaded after
+# that binds its GEOS calls to the wrong library and crashes. Loaded first, shapely's own
+# GEOS is bound at once (Python loads extensions with RTLD_NOW).
+import shapely  # noqa: F401  isort: skip
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker

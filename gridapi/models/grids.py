@@ -84,6 +84,12 @@ class Grid(Base):
         Index("ix_grids_code_in_service", "code", "in_service"),
     )
 
+    @property
+    def geometry(self) -> dict[str, Any] | None:
+        from ..geo.shapes import from_db, to_geojson
+
+        return to_geojson(from_db(self.geom))
+
 
 class IndexGeneration(Base):
     """A counter bumped whenever the grids in service change, so every process can refresh."""
@@ -93,9 +99,3 @@ class IndexGeneration(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     generation: Mapped[int] = mapped_column(Integer, default=0)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-    @property
-    def geometry(self) -> dict[str, Any] | None:
-        from ..geo.shapes import from_db, to_geojson
-
-        return to_geojson(from_db(self.geom))

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Response, stream_with_context
+from flask import Response
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..extensions import commit, db_session, state
 from ..schemas.grids import (
@@ -21,6 +20,7 @@ from ..schemas.grids import (
     GridVersionQueryArgsSchema,
 )
 from ..services import grids as svc
+from .blueprint import Blueprint
 
 versions_blp = Blueprint(
     "grid-versions", __name__, url_prefix="/api/v1/grid-versions",
@@ -131,5 +131,12 @@ class GridsByCode(MethodView):
 
 
 def _geojson_response(**filters) -> Response:  # type: ignore[no-untyped-def]
-    chunks = svc.iter_geojson(db_session(), **filters)
-    return Response(stream_with_context(chunks), mimetype="application/geo+json")
+    # The body is produced after the view returns, so it gets a session of its own that the
+    # generator closes, rather than the request's (already torn down by then).
+    sessions = state().sessions
+
+    def chunks():  # type: ignore[no-untyped-def]
+        with sessions() as session:
+            yield from svc.iter_geojson(session, **filters)
+
+    return Response(chunks(), mimetype="application/geo+json")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields
 
 from ..db import spatial_extension_version
 from ..extensions import state
 from ..schemas.common import StrictSchema
+from .blueprint import Blueprint
 
 blp = Blueprint("health", __name__, url_prefix="/api/v1/health",
                 description="Is the service up, and on which database?")

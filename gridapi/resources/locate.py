@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 from flask import Response
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..extensions import state
 from ..geo.crs import to_wgs84, to_wgs84_many
@@ -17,6 +16,7 @@ from ..schemas.locate import (
     LocateResultSchema,
 )
 from ..services.routing import _METHOD_NAMES, Match
+from .blueprint import Blueprint
 
 blp = Blueprint("locate", __name__, url_prefix="/api/v1/locate",
                 description="Which grid, and which regions, are responsible for a point.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
@@ -20,6 +19,7 @@ from ..schemas.regions import (
     SubtreeArgsSchema,
 )
 from ..services import regions as svc
+from .blueprint import Blueprint
 
 blp = Blueprint("regions", __name__, url_prefix="/api/v1/regions",
                 description="The administrative tree: province → city → county → township → "

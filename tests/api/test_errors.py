@@ -1,0 +1,85 @@
+"""One error body everywhere: 400, 404, 405, 413, 422 and 500 without a traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from gridapi import create_app
+
+ERROR_KEYS = {"code", "status", "message"}
+
+
+def _assert_error(response, status: int) -> dict:
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert ERROR_KEYS <= set(body) <= ERROR_KEYS | {"errors"}
+    assert body["code"] == status
+    return body
+
+
+def test_422_names_every_bad_field_and_its_location(client):
+    body = _assert_error(client.get("/api/v1/locate?lon=181&lat=-91&crs=utm&x=1"), 422)
+    assert set(body["errors"]["query"]) == {"lon", "lat", "crs", "x"}
+    assert body["errors"]["query"]["x"] == ["Unknown field."]
+    body = _assert_error(client.get("/api/v1/locate?lat=31"), 422)
+    assert body["errors"]["query"]["lon"] == ["Missing data for required field."]
+    body = _assert_error(client.get("/api/v1/locate?lon=nan&lat=31"), 422)
+    assert "lon" in body["errors"]["query"]
+
+
+@pytest.mark.parametrize("points, index", [
+    ([[120.6, 31.3], [120.6]], "1"),
+    ([[120.6, 31.3], [120.6, 95]], "1"),
+    ([[200, 31.3]], "0"),
+    ([["a", 31.3]], "0"),
+    ([[True, 31.3]], "0"),
+])
+def test_batch_points_errors_point_at_the_item(client, points, index):
+    body = _assert_error(client.post("/api/v1/locate/batch", json={"points": points}), 422)
+    assert index in body["errors"]["json"]["points"]
+
+
+def test_batch_limits_and_unknown_crs(client):
+    too_many = [[120.6, 31.3]] * 10_001
+    body = _assert_error(client.post("/api/v1/locate/batch", json={"points": too_many}), 422)
+    assert "at most 10000" in str(body["errors"]["json"]["points"])
+    body = _assert_error(client.post("/api/v1/locate/batch",
+                                     json={"points": [], "crs": "gcj-02"}), 422)
+    assert "crs" in body["errors"]["json"]
+    assert client.post("/api/v1/locate/batch", json={"points": []}).get_json() == {"results": []}
+
+
+def test_malformed_json_is_400(client):
+    body = _assert_error(client.post("/api/v1/locate/batch", data="{\"points\": [",
+                                     content_type="application/json"), 400)
+    assert "JSON" in body["message"]
+
+
+def test_unknown_route_and_code_are_404_and_wrong_method_405(client):
+    _assert_error(client.get("/api/v1/nothing-here"), 404)
+    body = _assert_error(client.get("/api/v1/regions/320508999000"), 404)
+    assert "320508999000" in body["message"]
+    _assert_error(client.delete("/api/v1/locate"), 405)
+
+
+def test_oversized_body_is_413(settings):
+    small = create_app(settings.__class__(**{**settings.__dict__, "max_body_mb": 0.001}))
+    body = _assert_error(small.test_client().post(
+        "/api/v1/locate/batch", json={"points": [[120.6, 31.3]] * 200}), 413)
+    assert "GRIDAPI_MAX_BODY_MB" in body["message"]
+    small.extensions["gridapi"].engine.dispose()
+
+
+def test_unexpected_error_is_500_without_internals(app, client, monkeypatch):
+    from gridapi.services import routing
+
+    def explode(*_args):
+        raise RuntimeError("secret internal detail SELECT * FROM grids")
+
+    monkeypatch.setattr(routing.IndexSnapshot, "locate", explode)
+    response = client.get("/api/v1/locate?lon=120.6&lat=31.3")
+    body = _assert_error(response, 500)
+    text = response.get_data(as_text=True)
+    assert "secret" not in text and "Traceback" not in text and "SELECT" not in text
+    assert response.headers["X-Request-ID"] in body["message"]

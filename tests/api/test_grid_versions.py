@@ -1,0 +1,179 @@
+"""Grid versions over HTTP: import report, activation rules, history, GeoJSON export."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import func, select
+
+from gridapi.models import Grid, GridVersion
+
+from ..factories import (
+    COMMUNITY_A,
+    COMMUNITY_B,
+    TOWNSHIP,
+    clean_tiling,
+    collection,
+    feature,
+    square,
+    to_multi,
+)
+
+A1, A2, B1, B2 = COMMUNITY_A + "001", COMMUNITY_A + "002", COMMUNITY_B + "001", COMMUNITY_B + "002"
+CELL_M2 = 1.058e6  # a 0.01° cell at lat 31.3: about 950.6 m × 1,113 m
+
+
+def _problems(report: dict, code: str) -> dict[str, dict]:
+    for grid in report["grids"]:
+        if grid["code"] == code:
+            return {p["kind"]: p for p in grid["problems"]}
+    return {}
+
+
+def test_clean_import_has_no_errors_and_is_a_draft(factory, client):
+    factory.regions()
+    r = client.post("/api/v1/grid-versions?label=2026%E7%89%88", json=clean_tiling())
+    assert r.status_code == 201
+    version = r.get_json()
+    assert version["status"] == "draft"
+    assert version["region_code"] == TOWNSHIP
+    assert (version["grid_count"], version["error_count"]) == (4, 0)
+    assert version["report"]["ok"] is True
+    assert version["label"] == "2026版"
+    # A draft routes nothing.
+    assert factory.locate(120.605, 31.305)["grid"] is None
+
+
+def test_report_lists_overlap_gap_self_intersection_and_outside(factory, client, session):
+    factory.regions()
+    bowtie = {"type": "Polygon", "coordinates": [[
+        [120.62, 31.30], [120.63, 31.31], [120.63, 31.30], [120.62, 31.31], [120.62, 31.30]]]}
+    fc = collection(
+        feature(A1, square(0, 0)),
+        feature(A2, square(0.75, 0)),         # overlaps A1 by a quarter cell
+        feature(B1, bowtie),                   # self-intersecting ring
+        feature(B2, square(3, 0, 1.5)),        # half a cell sticks out of community B
+    )
+    r = client.post("/api/v1/grid-versions", json=fc)
+    assert r.status_code == 201
+    version = r.get_json()
+    report = version["report"]
+    assert version["error_count"] > 0 and report["ok"] is False
+
+    overlap = _problems(report, A2)["overlap"]
+    assert overlap["with"] == A1
+    assert 0.24 * CELL_M2 < overlap["area_m2"] < 0.28 * CELL_M2
+
+    invalid = _problems(report, B1)["invalid_geometry"]
+    assert "Self-intersection" in invalid["message"]
+
+    outside = _problems(report, B2)["outside_community"]
+    assert 1.22 * CELL_M2 < outside["area_m2"] < 1.28 * CELL_M2  # 2.25 cells, 1 inside B
+
+    gaps = {c["code"]: c for c in report["communities"]}
+    # A2 shifted left by a quarter cell leaves a quarter cell of community A uncovered.
+    assert 0.24 * CELL_M2 < gaps[COMMUNITY_A]["gap_area_m2"] < 0.26 * CELL_M2
+    # Community B (2 cells): the bow-tie covers half of cell 2, B2 covers cell 3 → ½ cell gap.
+    assert 0.45 * CELL_M2 < gaps[COMMUNITY_B]["gap_area_m2"] < 0.56 * CELL_M2
+
+    # Nothing is activated: 409 with the count, the version stays a draft.
+    r = client.post(f"/api/v1/grid-versions/{version['id']}/activate", json={})
+    assert r.status_code == 409
+    assert "error" in r.get_json()["message"]
+    assert session.scalar(select(GridVersion.status).where(
+        GridVersion.id == version["id"])) == "draft"
+    assert session.scalar(select(func.count()).select_from(Grid).where(Grid.in_service)) == 0
+
+    # Forced, it goes into service, and the repaired bow-tie still routes.
+    r = client.post(f"/api/v1/grid-versions/{version['id']}/activate", json={"force": True})
+    assert r.status_code == 200
+    assert r.get_json()["forced"] is True
+    assert factory.locate(120.6225, 31.3025)["grid"]["code"] == B1
+
+
+def test_unknown_community_and_bad_features_are_reported(factory, client):
+    factory.regions(with_boundaries=False)
+    fc = collection(
+        feature(A1, square(0, 0)),
+        feature("320508001099001", square(1, 0)),          # community 099 not in the tree
+        feature("32050800100", square(2, 0)),               # 11 digits
+        {"type": "Feature", "properties": {"code": A2, "name": "线"},
+         "geometry": {"type": "LineString", "coordinates": [[120.6, 31.3], [120.7, 31.4]]}},
+    )
+    version = client.post("/api/v1/grid-versions", json=fc).get_json()
+    kinds = {p["kind"] for p in version["report"]["feature_problems"]}
+    assert {"code_format", "geometry_type"} <= kinds
+    assert "unknown_community" in _problems(version["report"], "320508001099001")
+    assert version["grid_count"] == 2
+
+
+def test_activation_keeps_history_and_versions_stay_queryable(factory, client):
+    factory.regions()
+    first = factory.grid_version()
+    redrawn = collection(feature(A1, to_multi(square(0, 0, 2))), feature(B1, square(2, 0, 2)))
+    second = factory.grid_version(redrawn, force=True)  # gaps are fine for this test
+    assert factory.locate(120.615, 31.305)["grid"]["version_id"] == second["id"]
+
+    old = client.get(f"/api/v1/grid-versions/{first['id']}").get_json()
+    assert old["status"] == "retired" and old["retired_at"] is not None
+    # The retired version's grids are still there, by version.
+    grids = client.get(f"/api/v1/grids?version={first['id']}").get_json()["items"]
+    assert [g["code"] for g in grids] == [A1, A2, B1, B2]
+    assert all(not g["in_service"] for g in grids)
+    one = client.get(f"/api/v1/grids/{A2}?version={first['id']}")
+    assert one.status_code == 200 and one.get_json()["geometry"]["type"] == "MultiPolygon"
+    # A2 is not in service any more.
+    assert client.get(f"/api/v1/grids/{A2}").status_code == 404
+    fc = json.loads(client.get(f"/api/v1/grid-versions/{first['id']}/grids", buffered=True).data)
+    assert len(fc["features"]) == 4
+
+
+def test_export_is_geojson_of_grids_in_service(factory, client):
+    factory.regions()
+    factory.grid_version()
+    r = client.get(f"/api/v1/grids/export?region={COMMUNITY_B}", buffered=True)
+    assert r.status_code == 200
+    assert r.mimetype == "application/geo+json"
+    fc = json.loads(r.data)
+    assert fc["type"] == "FeatureCollection"
+    props = [f["properties"] for f in fc["features"]]
+    assert [(p["code"], p["type"]) for p in props] == [(B1, "basic"), (B2, "dedicated")]
+    assert all(p["name"] for p in props)
+    assert fc["features"][0]["geometry"]["type"] == "MultiPolygon"
+    everything = json.loads(client.get("/api/v1/grids/export", buffered=True).data)
+    assert len(everything["features"]) == 4
+
+
+def test_import_needs_regions_and_a_feature_collection(factory, client):
+    r = client.post("/api/v1/grid-versions", json=clean_tiling())
+    assert r.status_code == 422
+    assert "import the regions first" in r.get_json()["message"]
+    factory.regions()
+    r = client.post("/api/v1/grid-versions", json={"type": "Feature", "features": []})
+    assert r.status_code == 422
+    assert "type" in r.get_json()["errors"]["json"]
+    r = client.post("/api/v1/grid-versions", json={"type": "FeatureCollection", "features": [],
+                                                   "extra": 1})
+    assert r.status_code == 422
+    assert r.get_json()["errors"]["json"]["extra"] == ["Unknown field."]
+    r = client.post(f"/api/v1/grid-versions?region={COMMUNITY_A}", json=clean_tiling())
+    assert r.status_code == 422  # B's grids are not inside community A
+    assert client.post("/api/v1/grid-versions/999/activate", json={}).status_code == 404
+
+
+def test_grid_list_filters_and_pagination(factory, client):
+    factory.regions()
+    factory.grid_version()
+    seen, after = [], ""
+    while True:
+        page = client.get(f"/api/v1/grids?limit=3{after}").get_json()
+        seen += [g["code"] for g in page["items"]]
+        if not page["next"]:
+            break
+        after = f"&after={page['next']}"
+    assert seen == [A1, A2, B1, B2]
+    assert [g["code"] for g in client.get(
+        f"/api/v1/grids?community={COMMUNITY_A}").get_json()["items"]] == [A1, A2]
+    assert [g["code"] for g in client.get(
+        "/api/v1/grids?type=dedicated").get_json()["items"]] == [B2]
+    assert client.get("/api/v1/grids/320508001001999").status_code == 404

@@ -1,0 +1,89 @@
+"""`gridapi serve` under gunicorn on both engines: several workers answer correctly and live."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .factories import COMMUNITY_A, LAT0, LON0, STEP
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port: int, path: str, body: dict | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    if body is None:
+        conn.request("GET", path)
+    else:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    data = json.loads(response.read() or b"{}")
+    conn.close()
+    return response.status, data
+
+
+def test_serve_runs_workers_that_route(factory, database_url, tmp_path: Path):
+    factory.regions()
+    factory.grid_version()
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "GRIDAPI_DATABASE_URL": database_url, "GRIDAPI_PORT": str(port),
+           "GRIDAPI_WORKERS": "2", "GRIDAPI_LOG_LEVEL": "WARNING"}
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gridapi.cli", "serve"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if _get(port, "/api/v1/health/live")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        point = (LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP)
+        for _ in range(20):  # enough requests to reach both workers
+            status, answer = _get(port, f"/api/v1/locate?lon={point[0]}&lat={point[1]}")
+            assert status == 200, answer
+            assert answer["grid"]["code"] == COMMUNITY_A + "001"
+        status, batch = _get(port, "/api/v1/locate/batch", {"points": [list(point)] * 50})
+        assert status == 200 and len(batch["results"]) == 50
+        status, health = _get(port, "/api/v1/health")
+        assert status == 200 and health["grids_in_service"] == 4
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert "SIGSEGV" not in text and "Traceback" not in text, text
+
+
+def test_spatialite_loaded_before_shapely_does_not_break_shapely(tmp_path: Path):
+    """SQLite loads mod_spatialite with RTLD_GLOBAL; shapely must still use its own GEOS."""
+    script = f"""
+from gridapi.db import make_engine
+engine = make_engine("sqlite:///{tmp_path / 'x.sqlite3'}")
+with engine.connect() as conn:
+    conn.exec_driver_sql("SELECT spatialite_version()")
+import shapely
+from shapely.strtree import STRtree
+boxes = shapely.box([0, 1, 2], 0, [1, 2, 3], 1)
+assert len(shapely.from_wkb(shapely.to_wkb(boxes))) == 3
+assert list(STRtree(boxes).query(shapely.points(1.5, 0.5), predicate="intersects")) == [1]
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
