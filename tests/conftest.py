@@ -23,8 +23,11 @@ from gridapi.db import make_engine
 from .factories import Factory
 
 ENGINES = ("sqlite", "postgis")
-PG_URL = os.environ.get("GRIDAPI_TEST_POSTGRES_URL",
-                        "postgresql+psycopg://postgres@127.0.0.1:5432/gridapi_test")
+_PG_BASE = make_url(os.environ.get("GRIDAPI_TEST_POSTGRES_URL",
+                                  "postgresql+psycopg://postgres@127.0.0.1:5432/gridapi_test"))
+# One database per test session, so concurrent runs on one server never see each other.
+PG_URL = _PG_BASE.set(database=f"{_PG_BASE.database}_{os.getpid()}").render_as_string(
+    hide_password=False)
 REQUIRE_POSTGIS = os.environ.get("GRIDAPI_REQUIRE_POSTGIS") == "1" or os.environ.get("CI") == "true"
 
 
@@ -46,21 +49,21 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _create_pg_database(url: str) -> None:
+def _pg_admin(url: str, *statements: str) -> None:
     target = make_url(url)
     admin = make_engine(target.set(database="postgres").render_as_string(hide_password=False))
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+        for statement in statements:
+            conn.execute(text(statement.format(db=target.database)))
     admin.dispose()
 
 
 @pytest.fixture(scope="session")
-def postgis_url() -> str:
+def postgis_url() -> Iterator[str]:
     from gridapi import migrations
 
     try:
-        _create_pg_database(PG_URL)
+        _pg_admin(PG_URL, 'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)', 'CREATE DATABASE "{db}"')
         engine = make_engine(PG_URL)
         migrations.upgrade(engine)
         engine.dispose()
@@ -69,7 +72,8 @@ def postgis_url() -> str:
         if REQUIRE_POSTGIS:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    return PG_URL
+    yield PG_URL
+    _pg_admin(PG_URL, 'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 TABLES = ("grids", "grid_versions", "regions")
