@@ -30,8 +30,9 @@ maps the request location and field path to messages (`{"json": {"points": {"3":
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def create_app(config: Settings | dict[str, Any] | None = None, *,
-               check_database: bool = True) -> Flask:
+def create_app(
+    config: Settings | dict[str, Any] | None = None, *, check_database: bool = True
+) -> Flask:
     """Return a configured application.
 
     ``config`` is a Settings, or a dict of overrides on top of the GRIDAPI_* environment.
@@ -39,8 +40,9 @@ def create_app(config: Settings | dict[str, Any] | None = None, *,
     or PostGIS stops start-up with a message saying what to install.
     """
     settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.config.update(
@@ -51,20 +53,26 @@ def create_app(config: Settings | dict[str, Any] | None = None, *,
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         API_SPEC_OPTIONS={
-            "info": {"description": API_DESCRIPTION,
-                     "license": {"name": "Apache-2.0"}},
+            "info": {"description": API_DESCRIPTION, "license": {"name": "Apache-2.0"}},
             "servers": [{"url": "/", "description": "This server"}],
         },
     )
-    engine = make_engine(settings.database_url, spatialite_path=settings.spatialite_path,
-                         pool_size=settings.db_pool_size,
-                         statement_timeout_ms=settings.db_statement_timeout_ms)
+    engine = make_engine(
+        settings.database_url,
+        spatialite_path=settings.spatialite_path,
+        pool_size=settings.db_pool_size,
+        statement_timeout_ms=settings.db_statement_timeout_ms,
+    )
     if check_database:
         spatial_extension_version(engine)
     app.extensions["gridapi"] = AppState(
-        settings=settings, engine=engine, sessions=make_sessionmaker(engine),
-        routing=RoutingIndex(engine, settings.routing_snap_meters,
-                             settings.routing_refresh_seconds))
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        routing=RoutingIndex(
+            engine, settings.routing_snap_meters, settings.routing_refresh_seconds
+        ),
+    )
     # One Api per application: flask-smorest keeps the spec on the Api object.
     api = Api(app)
     app.extensions["gridapi_api"] = api

@@ -27,8 +27,9 @@ def _engine(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _bump_generation_note() -> None:
-    click.echo("Routing in running servers picks the change up within "
-               "GRIDAPI_ROUTING_REFRESH_SECONDS.")
+    click.echo(
+        "Routing in running servers picks the change up within GRIDAPI_ROUTING_REFRESH_SECONDS."
+    )
 
 
 @click.group()
@@ -38,6 +39,7 @@ def main() -> None:
 
 
 # --- database -------------------------------------------------------------------------------
+
 
 @main.group()
 def db() -> None:
@@ -63,8 +65,9 @@ def db_upgrade(revision: str) -> None:
                 f"postgresql-15-postgis-3) and run as a role that may create extensions. ({exc})"
             ) from exc
         raise
-    click.echo(f"database at revision {migrations.current_revision(engine)} "
-               f"({settings.engine_name})")
+    click.echo(
+        f"database at revision {migrations.current_revision(engine)} ({settings.engine_name})"
+    )
 
 
 @db.command("downgrade")
@@ -88,6 +91,7 @@ def db_current() -> None:
 
 # --- regions --------------------------------------------------------------------------------
 
+
 @main.group()
 def regions() -> None:
     """The administrative tree."""
@@ -95,7 +99,19 @@ def regions() -> None:
 
 @regions.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def regions_import(file: Path) -> None:
+@click.option(
+    "--code-field",
+    default="code",
+    show_default=True,
+    help="Column or property holding the 12-digit code (e.g. QHDM).",
+)
+@click.option(
+    "--name-field",
+    default="name",
+    show_default=True,
+    help="Column or property holding the name (e.g. MC).",
+)
+def regions_import(file: Path, code_field: str, name_field: str) -> None:
     """Import regions from FILE: CSV (code,name), a JSON list or a GeoJSON FeatureCollection.
 
     Parents are derived from the codes; ancestors must exist or be in the same file. All or
@@ -106,7 +122,9 @@ def regions_import(file: Path) -> None:
 
     sessions = _sessions()
     try:
-        rows = parse_region_file(file.read_bytes(), file.name)
+        rows = parse_region_file(
+            file.read_bytes(), file.name, code_field=code_field, name_field=name_field
+        )
     except Unprocessable as exc:
         raise click.ClickException(exc.message) from exc
     with sessions.begin() as session:
@@ -115,11 +133,14 @@ def regions_import(file: Path) -> None:
             session.rollback()
             for err in result.errors[:50]:
                 click.echo(f"row {err['row']} ({err['code']}): {err['message']}", err=True)
-            raise click.ClickException(f"{len(result.errors)} row(s) have errors; nothing was "
-                                       "imported.")
+            raise click.ClickException(
+                f"{len(result.errors)} row(s) have errors; nothing was imported."
+            )
     summary = result.as_dict()
-    click.echo(f"regions: {summary['created']} created, {summary['updated']} updated, "
-               f"{summary['unchanged']} unchanged")
+    click.echo(
+        f"regions: {summary['created']} created, {summary['updated']} updated, "
+        f"{summary['unchanged']} unchanged"
+    )
 
 
 def _sessions():  # type: ignore[no-untyped-def]
@@ -138,6 +159,7 @@ def _sessions():  # type: ignore[no-untyped-def]
 
 # --- grids ----------------------------------------------------------------------------------
 
+
 @main.group()
 def grids() -> None:
     """Grid versions: import, validation report, activation."""
@@ -149,10 +171,34 @@ def grids() -> None:
 @click.option("--label", help="A label for the version.")
 @click.option("--activate", is_flag=True, help="Activate the version if it has no errors.")
 @click.option("--force", is_flag=True, help="With --activate: activate despite errors.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the full validation report (JSON) here.")
-def grids_import(file: Path, region: str | None, label: str | None, activate: bool,
-                 force: bool, report_path: Path | None) -> None:
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the full validation report (JSON) here.",
+)
+@click.option(
+    "--code-field",
+    default="code",
+    show_default=True,
+    help="Property holding the 15-digit grid code (e.g. WGBM).",
+)
+@click.option(
+    "--name-field",
+    default="name",
+    show_default=True,
+    help="Property holding the grid name (e.g. WGMC).",
+)
+def grids_import(
+    file: Path,
+    region: str | None,
+    label: str | None,
+    activate: bool,
+    force: bool,
+    report_path: Path | None,
+    code_field: str,
+    name_field: str,
+) -> None:
     """Import a GeoJSON FeatureCollection of grids (properties code, name[, type])."""
     from .errors import DomainError
     from .services.grids import activate_version, import_grid_version
@@ -163,44 +209,69 @@ def grids_import(file: Path, region: str | None, label: str | None, activate: bo
         collection = json.loads(file.read_bytes())
     except ValueError as exc:
         raise click.ClickException(f"{file} is not valid JSON: {exc}") from exc
+    _rename_properties(collection, {code_field: "code", name_field: "name"})
     try:
         with sessions.begin() as session:
-            version = import_grid_version(session, collection, region_code=region, label=label,
-                                          source=file.name,
-                                          tolerance_m2=settings.grid_tolerance_m2)
+            version = import_grid_version(
+                session,
+                collection,
+                region_code=region,
+                label=label,
+                source=file.name,
+                tolerance_m2=settings.grid_tolerance_m2,
+            )
             vid, errors, warnings = version.id, version.error_count, version.warning_count
             report = version.report
     except DomainError as exc:
         detail = f" {json.dumps(exc.errors, ensure_ascii=False)}" if exc.errors else ""
         raise click.ClickException(exc.message + detail) from exc
-    click.echo(f"version {vid} (region {version.region_code}): {version.grid_count} grids, "
-               f"{errors} error(s), {warnings} warning(s)")
+    click.echo(
+        f"version {vid} (region {version.region_code}): {version.grid_count} grids, "
+        f"{errors} error(s), {warnings} warning(s)"
+    )
     _print_report(report)
     if report_path:
         report_path.write_text(json.dumps(report, ensure_ascii=False, indent=2))
     if activate:
         if errors and not force:
-            raise click.ClickException(f"version {vid} has errors and was not activated; "
-                                       "fix the file or pass --force")
+            raise click.ClickException(
+                f"version {vid} has errors and was not activated; fix the file or pass --force"
+            )
         with sessions.begin() as session:
             activate_version(session, vid, force=force)
         click.echo(f"version {vid} activated")
         _bump_generation_note()
 
 
+def _rename_properties(collection: Any, names: dict[str, str]) -> None:
+    names = {src: dst for src, dst in names.items() if src != dst}
+    if not names or not isinstance(collection, dict):
+        return
+    for feature in collection.get("features") or []:
+        props = feature.get("properties") if isinstance(feature, dict) else None
+        if isinstance(props, dict):
+            for src, dst in names.items():
+                if src in props:
+                    props[dst] = props.pop(src)
+
+
 def _print_report(report: dict[str, Any], limit: int = 30) -> None:
     lines: list[str] = []
     for problem in report.get("feature_problems", []):
-        lines.append(f"  feature {problem.get('index')} ({problem.get('code')}): "
-                     f"{problem.get('message')}")
+        lines.append(
+            f"  feature {problem.get('index')} ({problem.get('code')}): {problem.get('message')}"
+        )
     for grid in report.get("grids", []):
         for problem in grid.get("problems", []):
-            lines.append(f"  grid {grid.get('code')}: [{problem.get('severity')}] "
-                         f"{problem.get('message')}")
+            lines.append(
+                f"  grid {grid.get('code')}: [{problem.get('severity')}] {problem.get('message')}"
+            )
     for community in report.get("communities", []):
         for problem in community.get("problems", []):
-            lines.append(f"  community {community.get('code')}: [{problem.get('severity')}] "
-                         f"{problem.get('message')}")
+            lines.append(
+                f"  community {community.get('code')}: [{problem.get('severity')}] "
+                f"{problem.get('message')}"
+            )
     for line in lines[:limit]:
         click.echo(line)
     if len(lines) > limit:
@@ -231,11 +302,14 @@ def grids_versions() -> None:
 
     with _sessions().begin() as session:
         for v in list_versions(session, limit=1000):
-            click.echo(f"{v.id}\t{v.region_code}\t{v.status}\t{v.grid_count} grids\t"
-                       f"{v.error_count} errors\t{v.label or ''}")
+            click.echo(
+                f"{v.id}\t{v.region_code}\t{v.status}\t{v.grid_count} grids\t"
+                f"{v.error_count} errors\t{v.label or ''}"
+            )
 
 
 # --- demo -----------------------------------------------------------------------------------
+
 
 @main.command("demo-data")
 @click.option("--seed", default=2024, show_default=True)
@@ -249,6 +323,7 @@ def demo_data(seed: int) -> None:
 
 
 # --- spec -----------------------------------------------------------------------------------
+
 
 @main.group()
 def openapi() -> None:
@@ -268,6 +343,7 @@ def openapi_write(path: Path) -> None:
 
 # --- serving --------------------------------------------------------------------------------
 
+
 @main.command("serve")
 @click.option("--host", default=None, help="Default GRIDAPI_HOST (127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Default GRIDAPI_PORT (5000).")
@@ -278,12 +354,15 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 
     settings = _settings()
     try:
-        run(settings, host=host or settings.host, port=port or settings.port,
-            workers=workers or settings.workers)
+        run(
+            settings,
+            host=host or settings.host,
+            port=port or settings.port,
+            workers=workers or settings.workers,
+        )
     except SpatialExtensionMissing as exc:
         raise click.ClickException(str(exc)) from exc
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

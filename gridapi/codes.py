@@ -8,14 +8,47 @@ LEVELS = ("province", "city", "county", "township", "village")
 LEVEL_DEPTH = {level: depth for depth, level in enumerate(LEVELS)}
 
 # GB/T 2260 province-level codes (including 71 Taiwan, 81 Hong Kong, 82 Macao).
-PROVINCE_CODES = frozenset({
-    "11", "12", "13", "14", "15", "21", "22", "23", "31", "32", "33", "34", "35", "36", "37",
-    "41", "42", "43", "44", "45", "46", "50", "51", "52", "53", "54", "61", "62", "63", "64",
-    "65", "71", "81", "82",
-})
+PROVINCE_CODES = frozenset(
+    {
+        "11",
+        "12",
+        "13",
+        "14",
+        "15",
+        "21",
+        "22",
+        "23",
+        "31",
+        "32",
+        "33",
+        "34",
+        "35",
+        "36",
+        "37",
+        "41",
+        "42",
+        "43",
+        "44",
+        "45",
+        "46",
+        "50",
+        "51",
+        "52",
+        "53",
+        "54",
+        "61",
+        "62",
+        "63",
+        "64",
+        "65",
+        "71",
+        "81",
+        "82",
+    }
+)
 
-_REGION_RE = re.compile(r"^\d{12}$")
-_GRID_RE = re.compile(r"^\d{15}$")
+_REGION_RE = re.compile(r"[0-9]{12}")
+_GRID_RE = re.compile(r"[0-9]{15}")
 
 
 class InvalidCode(ValueError):
@@ -29,7 +62,7 @@ def region_level(code: str) -> str:
     province-administered county-level cities sit under the pseudo-city xx90; both are valid.
     Raises InvalidCode when the code is not a well-formed division code.
     """
-    if not isinstance(code, str) or not _REGION_RE.match(code):
+    if not isinstance(code, str) or not _REGION_RE.fullmatch(code):
         raise InvalidCode("must be exactly 12 digits")
     if code[:2] not in PROVINCE_CODES:
         raise InvalidCode(f"province digits {code[:2]} are not a GB/T 2260 province code")
@@ -125,7 +158,7 @@ def validate_grid_code(code: str) -> str:
     Raises InvalidCode unless the first 12 digits are a village/community code and the
     sequence (13-15) is not 000.
     """
-    if not isinstance(code, str) or not _GRID_RE.match(code):
+    if not isinstance(code, str) or not _GRID_RE.fullmatch(code):
         raise InvalidCode("a grid code must be exactly 15 digits")
     community = code[:12]
     try:
@@ -137,3 +170,20 @@ def validate_grid_code(code: str) -> str:
     if code[12:] == "000":
         raise InvalidCode("the grid sequence (digits 13-15) must not be 000")
     return community
+
+
+def normalize_code(value: object) -> object:
+    """Return a code as a digit string when it came as a number or with spaces.
+
+    Boundary files converted from spreadsheets and shapefiles often carry codes as integers
+    or integral floats; anything else is returned unchanged for validation to refuse.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer() and 0 < value < 1e16:
+        return str(int(value))
+    if isinstance(value, str):
+        return value.strip()
+    return value

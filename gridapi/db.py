@@ -41,8 +41,13 @@ def sqlite_dbapi() -> Any:
     return sqlean.dbapi2
 
 
-def make_engine(database_url: str, *, spatialite_path: str = "mod_spatialite",
-                pool_size: int = 5, statement_timeout_ms: int = 30000) -> Engine:
+def make_engine(
+    database_url: str,
+    *,
+    spatialite_path: str = "mod_spatialite",
+    pool_size: int = 5,
+    statement_timeout_ms: int = 30000,
+) -> Engine:
     """Return an engine for the URL with the spatial extension wired in.
 
     Raises SpatialExtensionMissing when SpatiaLite cannot be loaded.
@@ -59,8 +64,10 @@ def make_engine(database_url: str, *, spatialite_path: str = "mod_spatialite",
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_recycle=1800,
-            connect_args={"options": f"-c statement_timeout={int(statement_timeout_ms)}",
-                          "connect_timeout": 5},
+            connect_args={
+                "options": f"-c statement_timeout={int(statement_timeout_ms)}",
+                "connect_timeout": 5,
+            },
         )
     raise ValueError(
         f"unsupported database URL {database_url!r}: use sqlite:///PATH or "
@@ -112,8 +119,10 @@ def spatial_extension_version(engine: Engine) -> str:
         if engine.dialect.name == "sqlite":
             return "SpatiaLite " + conn.execute(text("SELECT spatialite_version()")).scalar_one()
         row = conn.execute(
-            text("SELECT installed_version, default_version FROM pg_available_extensions "
-                 "WHERE name = 'postgis'")
+            text(
+                "SELECT installed_version, default_version FROM pg_available_extensions "
+                "WHERE name = 'postgis'"
+            )
         ).first()
         if row is None:
             raise SpatialExtensionMissing(

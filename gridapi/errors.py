@@ -18,8 +18,13 @@ class DomainError(Exception):
 
     status: int = 400
 
-    def __init__(self, message: str, *, errors: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.errors = errors
@@ -44,14 +49,16 @@ class ServiceUnavailable(DomainError):
     status = 503
 
 
-def error_body(status: int, message: str | None = None,
-               errors: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return the error body: ``{"code", "status", "message"[, "errors"]}``."""
-    body: dict[str, Any] = {"code": status, "status": HTTPStatus(status).phrase}
-    body["message"] = message or HTTPStatus(status).description
-    if errors:
-        body["errors"] = errors
-    return body
+def error_body(
+    status: int, message: str | None = None, errors: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Return the error body: ``{"code", "status", "message", "errors"}`` (errors may be {})."""
+    return {
+        "code": status,
+        "status": HTTPStatus(status).phrase,
+        "message": message or HTTPStatus(status).description,
+        "errors": errors or {},
+    }
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -77,8 +84,11 @@ def register_error_handlers(app: Flask) -> None:
         if isinstance(exc, HTTPException):
             return _http(exc)
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            return jsonify(error_body(503, "The database connection was lost; retry.")), 503, {
-                "Retry-After": "2"}
+            return (
+                jsonify(error_body(503, "The database connection was lost; retry.")),
+                503,
+                {"Retry-After": "2"},
+            )
         log.exception("unhandled error (request %s)", g.get("request_id"))
         message = f"An unexpected error occurred (request id {g.get('request_id', '-')})."
         return jsonify(error_body(500, message)), 500

@@ -14,6 +14,7 @@ from .config import Settings
 if TYPE_CHECKING:
     from .services.routing import RoutingIndex
 
+
 @dataclass
 class AppState:
     """What one application instance holds: settings, engine, session factory, routing index."""

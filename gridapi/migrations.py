@@ -15,17 +15,42 @@ ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
 
 # Tables SpatiaLite and PostGIS create for themselves; never part of our schema.
 _SYSTEM_TABLE_PREFIXES = (
-    "spatial_ref_sys", "geometry_columns", "views_geometry_columns", "virts_geometry_columns",
-    "spatialite_history", "sql_statements_log", "idx_", "sqlite_", "vector_layers",
-    "geom_cols_ref_sys", "spatial_ref_sys_aux", "spatialite_", "data_licenses",
-    "ElementaryGeometries", "KNN", "SpatialIndex", "topology", "layer", "rl2map",
-    "vector_coverages", "raster_coverages", "wms_", "SE_", "ISO_", "networks",
-    "topologies", "stored_", "iso_", "se_", "geometry_columns_",
+    "spatial_ref_sys",
+    "geometry_columns",
+    "views_geometry_columns",
+    "virts_geometry_columns",
+    "spatialite_history",
+    "sql_statements_log",
+    "idx_",
+    "sqlite_",
+    "vector_layers",
+    "geom_cols_ref_sys",
+    "spatial_ref_sys_aux",
+    "spatialite_",
+    "data_licenses",
+    "ElementaryGeometries",
+    "KNN",
+    "SpatialIndex",
+    "topology",
+    "layer",
+    "rl2map",
+    "vector_coverages",
+    "raster_coverages",
+    "wms_",
+    "SE_",
+    "ISO_",
+    "networks",
+    "topologies",
+    "stored_",
+    "iso_",
+    "se_",
+    "geometry_columns_",
 )
 
 
-def include_object(obj: Any, name: str | None, type_: str, reflected: bool,
-                   compare_to: Any) -> bool:
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
     """Return False for the spatial extensions' own tables and their spatial index tables."""
     if type_ == "table" and name and name.startswith(_SYSTEM_TABLE_PREFIXES):
         return False
@@ -37,8 +62,10 @@ def include_object(obj: Any, name: str | None, type_: str, reflected: bool,
 def alembic_config(engine: Engine | None = None) -> Config:
     """Return an Alembic config bound to ``engine`` (or to GRIDAPI_DATABASE_URL)."""
     if not ALEMBIC_DIR.is_dir():
-        raise RuntimeError(f"migrations not found at {ALEMBIC_DIR}: install gridapi from its "
-                           "source tree (pip install -e .)")
+        raise RuntimeError(
+            f"migrations not found at {ALEMBIC_DIR}: install gridapi from its "
+            "source tree (pip install -e .)"
+        )
     cfg = Config()
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))
     if engine is not None:

@@ -23,11 +23,15 @@ from gridapi.db import make_engine
 from .factories import Factory
 
 ENGINES = ("sqlite", "postgis")
-_PG_BASE = make_url(os.environ.get("GRIDAPI_TEST_POSTGRES_URL",
-                                  "postgresql+psycopg://postgres@127.0.0.1:5432/gridapi_test"))
+_PG_BASE = make_url(
+    os.environ.get(
+        "GRIDAPI_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/gridapi_test"
+    )
+)
 # One database per test session, so concurrent runs on one server never see each other.
 PG_URL = _PG_BASE.set(database=f"{_PG_BASE.database}_{os.getpid()}").render_as_string(
-    hide_password=False)
+    hide_password=False
+)
 REQUIRE_POSTGIS = os.environ.get("GRIDAPI_REQUIRE_POSTGIS") == "1" or os.environ.get("CI") == "true"
 
 
@@ -102,8 +106,12 @@ def database_url(request: pytest.FixtureRequest, engine_name: str, tmp_path: Pat
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=database_url, data_dir=str(tmp_path / "data"),
-                    routing_refresh_seconds=0.0, log_level="WARNING")
+    return Settings(
+        database_url=database_url,
+        data_dir=str(tmp_path / "data"),
+        routing_refresh_seconds=0.0,
+        log_level="WARNING",
+    )
 
 
 @pytest.fixture

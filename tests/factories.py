@@ -11,29 +11,33 @@ LON0, LAT0 = 120.60, 31.30
 STEP = 0.01  # about 950 m × 1,110 m
 
 
-def square(col: float, row: float, size: float = 1.0, *, lon0: float = LON0,
-           lat0: float = LAT0) -> dict[str, Any]:
+def square(
+    col: float, row: float, size: float = 1.0, *, lon0: float = LON0, lat0: float = LAT0
+) -> dict[str, Any]:
     """Return a GeoJSON Polygon: the cell at (col, row) of a 0.01° lattice, ``size`` cells wide."""
     x0, y0 = lon0 + col * STEP, lat0 + row * STEP
     # Computed from the lattice, not from x0, so shared edges are bit-for-bit equal.
     x1, y1 = lon0 + (col + size) * STEP, lat0 + (row + size) * STEP
-    return {"type": "Polygon",
-            "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
+    return {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
 
 
 def rectangle(col0: float, row0: float, col1: float, row1: float) -> dict[str, Any]:
-    x0, y0, x1, y1 = (LON0 + col0 * STEP, LAT0 + row0 * STEP, LON0 + col1 * STEP,
-                      LAT0 + row1 * STEP)
-    return {"type": "Polygon",
-            "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
+    x0, y0, x1, y1 = (
+        LON0 + col0 * STEP,
+        LAT0 + row0 * STEP,
+        LON0 + col1 * STEP,
+        LAT0 + row1 * STEP,
+    )
+    return {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
 
 
 def to_multi(polygon: dict[str, Any]) -> dict[str, Any]:
     return {"type": "MultiPolygon", "coordinates": [polygon["coordinates"]]}
 
 
-def feature(code: str, geometry: dict[str, Any], name: str | None = None,
-            grid_type: str | None = None) -> dict[str, Any]:
+def feature(
+    code: str, geometry: dict[str, Any], name: str | None = None, grid_type: str | None = None
+) -> dict[str, Any]:
     props: dict[str, Any] = {"code": code, "name": name or f"第{code[-3:]}网格"}
     if grid_type:
         props["type"] = grid_type
@@ -83,15 +87,22 @@ class Factory:
         r = self.client.post("/api/v1/regions/import", json=region_rows(with_boundaries))
         assert r.status_code == 200, r.get_json()
 
-    def grid_version(self, fc: dict[str, Any] | None = None, *, activate: bool = True,
-                     force: bool = False, **args: str) -> dict[str, Any]:
+    def grid_version(
+        self,
+        fc: dict[str, Any] | None = None,
+        *,
+        activate: bool = True,
+        force: bool = False,
+        **args: str,
+    ) -> dict[str, Any]:
         query = "&".join(f"{k}={v}" for k, v in args.items())
         r = self.client.post(f"/api/v1/grid-versions?{query}", json=fc or clean_tiling())
         assert r.status_code == 201, r.get_json()
         version = r.get_json()
         if activate:
-            r = self.client.post(f"/api/v1/grid-versions/{version['id']}/activate",
-                                 json={"force": force})
+            r = self.client.post(
+                f"/api/v1/grid-versions/{version['id']}/activate", json={"force": force}
+            )
             assert r.status_code == 200, r.get_json()
             version = r.get_json()
         return version

@@ -16,8 +16,9 @@ OUR_TABLES = {"regions", "grid_versions", "grids", "index_generations"}
 def test_models_and_migrations_agree(database_url):
     engine = make_engine(database_url)
     with engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={
-            "include_object": migrations.include_object, "compare_type": True})
+        ctx = MigrationContext.configure(
+            conn, opts={"include_object": migrations.include_object, "compare_type": True}
+        )
         diff = compare_metadata(ctx, Base.metadata)
     engine.dispose()
     assert diff == []

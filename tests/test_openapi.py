@@ -14,7 +14,8 @@ SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 
 def test_committed_spec_is_current():
     assert SPEC_PATH.read_text() == spec_json(), (
-        "openapi/openapi.json is stale: run `gridapi openapi write openapi/openapi.json`")
+        "openapi/openapi.json is stale: run `gridapi openapi write openapi/openapi.json`"
+    )
 
 
 def test_spec_is_valid_openapi():
@@ -30,7 +31,8 @@ def test_every_operation_is_documented():
             assert op.get("summary"), f"{method.upper()} {path} has no summary"
             assert op.get("tags"), f"{method.upper()} {path} has no tag"
             assert "default" in op["responses"] or any(
-                code.startswith(("4", "5")) for code in op["responses"]), path
+                code.startswith(("4", "5")) for code in op["responses"]
+            ), path
 
 
 def test_spec_is_served_and_docs_need_no_network(client):

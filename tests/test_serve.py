@@ -38,11 +38,20 @@ def test_serve_runs_workers_that_route(factory, database_url, tmp_path: Path):
     factory.grid_version()
     port = _free_port()
     log = tmp_path / "serve.log"
-    env = {**os.environ, "GRIDAPI_DATABASE_URL": database_url, "GRIDAPI_PORT": str(port),
-           "GRIDAPI_WORKERS": "2", "GRIDAPI_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "GRIDAPI_DATABASE_URL": database_url,
+        "GRIDAPI_PORT": str(port),
+        "GRIDAPI_WORKERS": "2",
+        "GRIDAPI_LOG_LEVEL": "WARNING",
+    }
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gridapi.cli", "serve"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridapi.cli", "serve"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -73,7 +82,7 @@ def test_spatialite_loaded_before_shapely_does_not_break_shapely(tmp_path: Path)
     """SQLite loads mod_spatialite with RTLD_GLOBAL; shapely must still use its own GEOS."""
     script = f"""
 from gridapi.db import make_engine
-engine = make_engine("sqlite:///{tmp_path / 'x.sqlite3'}")
+engine = make_engine("sqlite:///{tmp_path / "x.sqlite3"}")
 with engine.connect() as conn:
     conn.exec_driver_sql("SELECT spatialite_version()")
 import shapely
@@ -83,7 +92,8 @@ assert len(shapely.from_wkb(shapely.to_wkb(boxes))) == 3
 assert list(STRtree(boxes).query(shapely.points(1.5, 0.5), predicate="intersects")) == [1]
 print("ok")
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

@@ -38,24 +38,42 @@ def upgrade() -> None:
         sa.Column("level", sa.String(16), nullable=False),
         sa.Column("name", sa.String(100), nullable=False),
         sa.Column("parent_code", sa.String(12), nullable=True),
-        sa.Column("boundary", geoalchemy2.Geometry("MULTIPOLYGON", srid=4326,
-                                                   spatial_index=False), nullable=True),
+        sa.Column(
+            "boundary",
+            geoalchemy2.Geometry("MULTIPOLYGON", srid=4326, spatial_index=False),
+            nullable=True,
+        ),
         sa.Column("valid_from", sa.Date(), nullable=True),
         sa.Column("valid_to", sa.Date(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
-        sa.CheckConstraint("level IN ('province', 'city', 'county', 'township', 'village')",
-                           name=op.f("ck_regions_level")),
+        sa.CheckConstraint(
+            "level IN ('province', 'city', 'county', 'township', 'village')",
+            name=op.f("ck_regions_level"),
+        ),
         sa.CheckConstraint("length(code) = 12", name=op.f("ck_regions_code_length")),
-        sa.CheckConstraint("valid_to IS NULL OR valid_from IS NULL OR valid_to >= valid_from",
-                           name=op.f("ck_regions_validity")),
+        sa.CheckConstraint(
+            "valid_to IS NULL OR valid_from IS NULL OR valid_to >= valid_from",
+            name=op.f("ck_regions_validity"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_regions")),
     )
-    op.create_geospatial_index("idx_regions_boundary", "regions", ["boundary"],
-                               unique=False, postgresql_using="gist", postgresql_ops={})
-    op.create_index("ix_regions_code_current", "regions", ["code"], unique=True,
-                    sqlite_where=sa.text("valid_to IS NULL"),
-                    postgresql_where=sa.text("valid_to IS NULL"))
+    op.create_geospatial_index(
+        "idx_regions_boundary",
+        "regions",
+        ["boundary"],
+        unique=False,
+        postgresql_using="gist",
+        postgresql_ops={},
+    )
+    op.create_index(
+        "ix_regions_code_current",
+        "regions",
+        ["code"],
+        unique=True,
+        sqlite_where=sa.text("valid_to IS NULL"),
+        postgresql_where=sa.text("valid_to IS NULL"),
+    )
     op.create_index("ix_regions_parent_code", "regions", ["parent_code"])
     op.create_index("ix_regions_code_valid_from", "regions", ["code", "valid_from"])
 
@@ -74,12 +92,14 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("activated_at", UTCDateTime(), nullable=True),
         sa.Column("retired_at", UTCDateTime(), nullable=True),
-        sa.CheckConstraint("status IN ('draft', 'active', 'retired')",
-                           name=op.f("ck_grid_versions_status")),
+        sa.CheckConstraint(
+            "status IN ('draft', 'active', 'retired')", name=op.f("ck_grid_versions_status")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_grid_versions")),
     )
-    op.create_index("ix_grid_versions_region_code_status", "grid_versions",
-                    ["region_code", "status"])
+    op.create_index(
+        "ix_grid_versions_region_code_status", "grid_versions", ["region_code", "status"]
+    )
 
     op.create_geospatial_table(
         "grids",
@@ -92,17 +112,30 @@ def upgrade() -> None:
         sa.Column("county_code", sa.String(6), nullable=False),
         sa.Column("area_m2", sa.Float(), nullable=False),
         sa.Column("in_service", sa.Boolean(), nullable=False),
-        sa.Column("geom", geoalchemy2.Geometry("MULTIPOLYGON", srid=4326, spatial_index=False),
-                  nullable=False),
+        sa.Column(
+            "geom",
+            geoalchemy2.Geometry("MULTIPOLYGON", srid=4326, spatial_index=False),
+            nullable=False,
+        ),
         sa.CheckConstraint("type IN ('basic', 'dedicated')", name=op.f("ck_grids_type")),
         sa.CheckConstraint("length(code) = 15", name=op.f("ck_grids_code_length")),
-        sa.ForeignKeyConstraint(["version_id"], ["grid_versions.id"], ondelete="CASCADE",
-                                name=op.f("fk_grids_version_id_grid_versions")),
+        sa.ForeignKeyConstraint(
+            ["version_id"],
+            ["grid_versions.id"],
+            ondelete="CASCADE",
+            name=op.f("fk_grids_version_id_grid_versions"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_grids")),
         sa.UniqueConstraint("version_id", "code", name=op.f("uq_grids_version_id_code")),
     )
-    op.create_geospatial_index("idx_grids_geom", "grids", ["geom"], unique=False,
-                               postgresql_using="gist", postgresql_ops={})
+    op.create_geospatial_index(
+        "idx_grids_geom",
+        "grids",
+        ["geom"],
+        unique=False,
+        postgresql_using="gist",
+        postgresql_ops={},
+    )
     op.create_index("ix_grids_community_code", "grids", ["community_code"])
     op.create_index("ix_grids_code_in_service", "grids", ["code", "in_service"])
 
@@ -113,11 +146,15 @@ def upgrade() -> None:
         sa.Column("changed_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_index_generations")),
     )
-    generations = sa.table("index_generations", sa.column("name", sa.String),
-                           sa.column("generation", sa.Integer),
-                           sa.column("changed_at", UTCDateTime()))
-    op.bulk_insert(generations, [{"name": "grids", "generation": 0,
-                                  "changed_at": datetime.now(UTC)}])
+    generations = sa.table(
+        "index_generations",
+        sa.column("name", sa.String),
+        sa.column("generation", sa.Integer),
+        sa.column("changed_at", UTCDateTime()),
+    )
+    op.bulk_insert(
+        generations, [{"name": "grids", "generation": 0, "changed_at": datetime.now(UTC)}]
+    )
 
 
 def downgrade() -> None:
@@ -131,6 +168,5 @@ def downgrade() -> None:
     op.drop_index("ix_regions_code_valid_from", table_name="regions")
     op.drop_index("ix_regions_parent_code", table_name="regions")
     op.drop_index("ix_regions_code_current", table_name="regions")
-    op.drop_geospatial_index("idx_regions_boundary", table_name="regions",
-                             column_name="boundary")
+    op.drop_geospatial_index("idx_regions_boundary", table_name="regions", column_name="boundary")
     op.drop_geospatial_table("regions")

@@ -30,8 +30,10 @@ _SAFETY = 1.000001
 
 def _q(sin_phi: np.ndarray | float) -> np.ndarray | float:
     # Snyder (1987) eq. 3-12: the authalic function q(φ).
-    return (1.0 - _E2) * (sin_phi / (1.0 - _E2 * sin_phi * sin_phi) -
-                          np.log((1.0 - _E * sin_phi) / (1.0 + _E * sin_phi)) / (2.0 * _E))
+    return (1.0 - _E2) * (
+        sin_phi / (1.0 - _E2 * sin_phi * sin_phi)
+        - np.log((1.0 - _E * sin_phi) / (1.0 + _E * sin_phi)) / (2.0 * _E)
+    )
 
 
 _QP = float(_q(1.0))

@@ -15,7 +15,7 @@ import shapely
 from shapely.geometry import MultiPolygon, shape
 from shapely.geometry.base import BaseGeometry
 
-from gridapi.codes import InvalidCode, validate_grid_code
+from gridapi.codes import InvalidCode, normalize_code, validate_grid_code
 from gridapi.geo.geodesy import areas_m2
 
 GRID_TYPES = ("basic", "dedicated")
@@ -259,7 +259,7 @@ def _parse_feature(index: int, feature: Any) -> tuple[ParsedGrid | None, list[Pr
     props = feature.get("properties")
     if not isinstance(props, Mapping):
         props = {}
-    raw_code = props.get("code")
+    raw_code = normalize_code(props.get("code"))
     code = raw_code if isinstance(raw_code, str) else (None if raw_code is None else str(raw_code))
     where = _describe(index, code)
     problems: list[Problem] = []

@@ -71,8 +71,7 @@ class Grid(Base):
     county_code: Mapped[str] = mapped_column(String(6))
     area_m2: Mapped[float] = mapped_column(Float)
     in_service: Mapped[bool] = mapped_column(Boolean, default=False)
-    geom = mapped_column(Geometry("MULTIPOLYGON", srid=4326, spatial_index=True),
-                         nullable=False)
+    geom = mapped_column(Geometry("MULTIPOLYGON", srid=4326, spatial_index=True), nullable=False)
 
     version: Mapped[GridVersion] = relationship(back_populates="grids", lazy="raise")
 

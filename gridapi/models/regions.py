@@ -27,9 +27,7 @@ class Region(Base):
     level: Mapped[str] = mapped_column(String(16))
     name: Mapped[str] = mapped_column(String(100))
     parent_code: Mapped[str | None] = mapped_column(String(12))
-    boundary = mapped_column(
-        Geometry("MULTIPOLYGON", srid=4326, spatial_index=True), nullable=True
-    )
+    boundary = mapped_column(Geometry("MULTIPOLYGON", srid=4326, spatial_index=True), nullable=True)
     valid_from: Mapped[date | None] = mapped_column(Date)
     valid_to: Mapped[date | None] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -40,10 +38,16 @@ class Region(Base):
             "level IN ('province', 'city', 'county', 'township', 'village')", name="level"
         ),
         CheckConstraint("length(code) = 12", name="code_length"),
-        CheckConstraint("valid_to IS NULL OR valid_from IS NULL OR valid_to >= valid_from",
-                        name="validity"),
-        Index("ix_regions_code_current", "code", unique=True,
-              sqlite_where=text("valid_to IS NULL"), postgresql_where=text("valid_to IS NULL")),
+        CheckConstraint(
+            "valid_to IS NULL OR valid_from IS NULL OR valid_to >= valid_from", name="validity"
+        ),
+        Index(
+            "ix_regions_code_current",
+            "code",
+            unique=True,
+            sqlite_where=text("valid_to IS NULL"),
+            postgresql_where=text("valid_to IS NULL"),
+        ),
         Index("ix_regions_parent_code", "parent_code"),
         Index("ix_regions_code_valid_from", "code", "valid_from"),
     )

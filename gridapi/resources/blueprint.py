@@ -8,8 +8,11 @@ from webargs.flaskparser import FlaskParser
 
 class StrictParser(FlaskParser):
     # webargs ignores unknown query parameters by default; None defers to the schema (RAISE).
-    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
-                                   "query": None, "querystring": None}
+    DEFAULT_UNKNOWN_BY_LOCATION = {
+        **FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
+        "query": None,
+        "querystring": None,
+    }
 
 
 class Blueprint(flask_smorest.Blueprint):

@@ -23,11 +23,18 @@ from ..services import grids as svc
 from .blueprint import Blueprint
 
 versions_blp = Blueprint(
-    "grid-versions", __name__, url_prefix="/api/v1/grid-versions",
+    "grid-versions",
+    __name__,
+    url_prefix="/api/v1/grid-versions",
     description="A region's grid set is loaded as a version: import → validation report → "
-                "activate. Earlier versions are kept.")
-blp = Blueprint("grids", __name__, url_prefix="/api/v1/grids",
-                description="The grids (网格) in service, or of a given version.")
+    "activate. Earlier versions are kept.",
+)
+blp = Blueprint(
+    "grids",
+    __name__,
+    url_prefix="/api/v1/grids",
+    description="The grids (网格) in service, or of a given version.",
+)
 
 
 @versions_blp.route("")
@@ -38,8 +45,7 @@ class GridVersions(MethodView):
         """List grid versions, newest first"""
         limit = args.pop("limit")
         items = svc.list_versions(db_session(), limit=limit + 1, **args)
-        return {"items": items[:limit],
-                "next": items[limit - 1].id if len(items) > limit else None}
+        return {"items": items[:limit], "next": items[limit - 1].id if len(items) > limit else None}
 
     @versions_blp.arguments(GridVersionImportArgsSchema, location="query")
     @versions_blp.arguments(FeatureCollectionSchema)
@@ -52,8 +58,13 @@ class GridVersions(MethodView):
         draft version with its validation report; activate it to put it in service.
         """
         version = svc.import_grid_version(
-            db_session(), collection, region_code=args.get("region"), label=args.get("label"),
-            source=args.get("source"), tolerance_m2=state().settings.grid_tolerance_m2)
+            db_session(),
+            collection,
+            region_code=args.get("region"),
+            label=args.get("label"),
+            source=args.get("source"),
+            tolerance_m2=state().settings.grid_tolerance_m2,
+        )
         commit()
         return version
 
@@ -77,8 +88,9 @@ class GridVersionActivation(MethodView):
         retires the active versions of its region and of regions inside it. A version whose
         report has errors is refused (409) unless `force` is true.
         """
-        version = svc.activate_version(db_session(), version_id,
-                                       force=bool((data or {}).get("force")))
+        version = svc.activate_version(
+            db_session(), version_id, force=bool((data or {}).get("force"))
+        )
         commit()
         state().routing.invalidate()
         return version
@@ -100,12 +112,18 @@ class Grids(MethodView):
     def get(self, args):
         """List grids in service (or of a version), by code"""
         limit = args.pop("limit")
-        filters = {"region": args.get("region"), "community": args.get("community"),
-                   "grid_type": args.get("type"), "q": args.get("q"),
-                   "version_id": args.get("version")}
+        filters = {
+            "region": args.get("region"),
+            "community": args.get("community"),
+            "grid_type": args.get("type"),
+            "q": args.get("q"),
+            "version_id": args.get("version"),
+        }
         items = svc.list_grids(db_session(), after=args.get("after"), limit=limit + 1, **filters)
-        return {"items": items[:limit],
-                "next": items[limit - 1].code if len(items) > limit else None}
+        return {
+            "items": items[:limit],
+            "next": items[limit - 1].code if len(items) > limit else None,
+        }
 
 
 @blp.route("/export")

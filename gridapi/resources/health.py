@@ -10,8 +10,12 @@ from ..extensions import state
 from ..schemas.common import StrictSchema
 from .blueprint import Blueprint
 
-blp = Blueprint("health", __name__, url_prefix="/api/v1/health",
-                description="Is the service up, and on which database?")
+blp = Blueprint(
+    "health",
+    __name__,
+    url_prefix="/api/v1/health",
+    description="Is the service up, and on which database?",
+)
 
 
 class HealthSchema(StrictSchema):
@@ -43,9 +47,14 @@ class Health(MethodView):
             else:
                 database = "PostgreSQL " + conn.exec_driver_sql("SHOW server_version").scalar()
         snap = st.routing.snapshot()
-        return {"status": "ok", "engine": st.settings.engine_name, "spatial": spatial,
-                "database": database, "grids_in_service": len(snap),
-                "index_generation": snap.generation}
+        return {
+            "status": "ok",
+            "engine": st.settings.engine_name,
+            "spatial": spatial,
+            "database": database,
+            "grids_in_service": len(snap),
+            "index_generation": snap.generation,
+        }
 
 
 @blp.route("/live")

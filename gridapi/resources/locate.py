@@ -18,8 +18,12 @@ from ..schemas.locate import (
 from ..services.routing import _METHOD_NAMES, Match
 from .blueprint import Blueprint
 
-blp = Blueprint("locate", __name__, url_prefix="/api/v1/locate",
-                description="Which grid, and which regions, are responsible for a point.")
+blp = Blueprint(
+    "locate",
+    __name__,
+    url_prefix="/api/v1/locate",
+    description="Which grid, and which regions, are responsible for a point.",
+)
 
 ROUTING_DOC = """
 Semantics: a grid *covers* a point inside it or on its edge; where several grids cover it, a

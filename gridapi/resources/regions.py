@@ -21,9 +21,13 @@ from ..schemas.regions import (
 from ..services import regions as svc
 from .blueprint import Blueprint
 
-blp = Blueprint("regions", __name__, url_prefix="/api/v1/regions",
-                description="The administrative tree: province → city → county → township → "
-                            "village/community, keyed by the 12-digit statistical code.")
+blp = Blueprint(
+    "regions",
+    __name__,
+    url_prefix="/api/v1/regions",
+    description="The administrative tree: province → city → county → township → "
+    "village/community, keyed by the 12-digit statistical code.",
+)
 
 
 @blp.route("")
@@ -38,8 +42,10 @@ class Regions(MethodView):
         """
         limit = args.pop("limit")
         items = svc.list_regions(db_session(), limit=limit + 1, **args)
-        return {"items": items[:limit], "next": items[limit - 1].code if len(items) > limit
-                else None}
+        return {
+            "items": items[:limit],
+            "next": items[limit - 1].code if len(items) > limit else None,
+        }
 
     @blp.arguments(RegionCreateSchema)
     @blp.response(201, RegionDetailSchema)
@@ -69,9 +75,10 @@ class RegionsImport(MethodView):
         """
         result = svc.import_regions(db_session(), rows)
         if result.errors:
-            raise Unprocessable(f"{len(result.errors)} row(s) have errors; nothing was imported.",
-                                errors={"json": {str(e["row"]): {"code": [e["message"]]}
-                                                 for e in result.errors}})
+            raise Unprocessable(
+                f"{len(result.errors)} row(s) have errors; nothing was imported.",
+                errors={"json": {str(e["row"]): {"code": [e["message"]]} for e in result.errors}},
+            )
         commit()
         state().routing.invalidate()
         return result.as_dict()
@@ -124,6 +131,3 @@ class RegionSubtree(MethodView):
     def get(self, args, code):
         """List a region and everything under it, by code"""
         return {"items": svc.subtree(db_session(), code, args.get("on"), args.get("max_level"))}
-
-
-

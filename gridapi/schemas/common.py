@@ -15,8 +15,11 @@ class StrictSchema(Schema):
 
 
 class PageArgsSchema(StrictSchema):
-    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000),
-                           metadata={"description": "Page size (1-1000)."})
+    limit = fields.Integer(
+        load_default=100,
+        validate=validate.Range(min=1, max=1000),
+        metadata={"description": "Page size (1-1000)."},
+    )
 
 
 class GeoJSONGeometry(fields.Dict):
@@ -31,6 +34,9 @@ class GeoJSONGeometry(fields.Dict):
 
 class PointSchema(StrictSchema):
     type = fields.String(required=True, validate=validate.Equal("Point"))
-    coordinates = fields.List(fields.Float(allow_nan=False), required=True,
-                              validate=validate.Length(equal=2),
-                              metadata={"description": "[lon, lat] in WGS-84 (EPSG:4326)."})
+    coordinates = fields.List(
+        fields.Float(allow_nan=False),
+        required=True,
+        validate=validate.Length(equal=2),
+        metadata={"description": "[lon, lat] in WGS-84 (EPSG:4326)."},
+    )

@@ -25,9 +25,13 @@ class GridVersionSchema(StrictSchema):
 
 
 class GridVersionDetailSchema(GridVersionSchema):
-    report = fields.Dict(required=True, metadata={
-        "description": "The validation report: per grid invalid geometry, overlaps (m²), parts "
-                       "outside the community (m²); per community the gaps (m²)."})
+    report = fields.Dict(
+        required=True,
+        metadata={
+            "description": "The validation report: per grid invalid geometry, overlaps (m²), parts "
+            "outside the community (m²); per community the gaps (m²)."
+        },
+    )
 
 
 class GridVersionListSchema(StrictSchema):
@@ -42,26 +46,36 @@ class GridVersionQueryArgsSchema(PageArgsSchema):
 
 
 class GridVersionImportArgsSchema(StrictSchema):
-    region = fields.String(validate=CODE12, metadata={
-        "description": "The region whose grid set this is (default: the deepest region "
-                       "containing every grid)."})
+    region = fields.String(
+        validate=CODE12,
+        metadata={
+            "description": "The region whose grid set this is (default: the deepest region "
+            "containing every grid)."
+        },
+    )
     label = fields.String(validate=validate.Length(max=200))
     source = fields.String(validate=validate.Length(max=300))
 
 
 class FeatureCollectionSchema(StrictSchema):
     type = fields.String(required=True, validate=validate.Equal("FeatureCollection"))
-    features = fields.List(fields.Dict(), required=True, metadata={
-        "description": "Features with a Polygon/MultiPolygon in WGS-84 and properties code "
-                       "(15 digits), name and optional type (basic|dedicated)."})
+    features = fields.List(
+        fields.Dict(),
+        required=True,
+        metadata={
+            "description": "Features with a Polygon/MultiPolygon in WGS-84 and properties code "
+            "(15 digits), name and optional type (basic|dedicated)."
+        },
+    )
     name = fields.String()
     bbox = fields.List(fields.Float())
     crs = fields.Dict(metadata={"description": "Ignored: coordinates must be WGS-84/CGCS2000."})
 
 
 class ActivateSchema(StrictSchema):
-    force = fields.Boolean(load_default=False, metadata={
-        "description": "Activate even though the report has errors."})
+    force = fields.Boolean(
+        load_default=False, metadata={"description": "Activate even though the report has errors."}
+    )
 
 
 class GridSchema(StrictSchema):
@@ -90,9 +104,10 @@ class GridQueryArgsSchema(PageArgsSchema):
     community = fields.String(validate=CODE12)
     type = fields.String(validate=validate.OneOf(GRID_TYPES))
     q = fields.String(validate=validate.Length(min=1, max=100))
-    version = fields.Integer(metadata={"description": "Grids of this version instead of the "
-                                                      "grids in service."})
-    after = fields.String(validate=validate.Regexp(r"^\d{15}$"))
+    version = fields.Integer(
+        metadata={"description": "Grids of this version instead of the grids in service."}
+    )
+    after = fields.String(validate=validate.Regexp(r"^[0-9]{15}\Z"))
 
 
 class GridExportArgsSchema(StrictSchema):

@@ -7,7 +7,7 @@ from marshmallow import fields, validate
 from ..codes import LEVELS
 from .common import GeoJSONGeometry, PageArgsSchema, StrictSchema
 
-CODE12 = validate.Regexp(r"^\d{12}$", error="must be a 12-digit statistical division code")
+CODE12 = validate.Regexp(r"^[0-9]{12}\Z", error="must be a 12-digit statistical division code")
 
 
 class RegionSchema(StrictSchema):
@@ -21,15 +21,20 @@ class RegionSchema(StrictSchema):
 
 
 class RegionDetailSchema(RegionSchema):
-    boundary = GeoJSONGeometry(allow_none=True, attribute="boundary_geojson",
-                               data_key="boundary",
-                               metadata={"description": "MultiPolygon, WGS-84 [lon, lat]."})
+    boundary = GeoJSONGeometry(
+        allow_none=True,
+        attribute="boundary_geojson",
+        data_key="boundary",
+        metadata={"description": "MultiPolygon, WGS-84 [lon, lat]."},
+    )
 
 
 class RegionPageSchema(StrictSchema):
     items = fields.List(fields.Nested(RegionSchema), required=True)
-    next = fields.String(allow_none=True, metadata={
-        "description": "Pass as `after` to get the next page; null on the last page."})
+    next = fields.String(
+        allow_none=True,
+        metadata={"description": "Pass as `after` to get the next page; null on the last page."},
+    )
 
 
 class RegionListSchema(StrictSchema):
@@ -40,8 +45,9 @@ class RegionQueryArgsSchema(PageArgsSchema):
     level = fields.String(validate=validate.OneOf(LEVELS))
     parent = fields.String(validate=CODE12, metadata={"description": "Direct children of."})
     within = fields.String(validate=CODE12, metadata={"description": "Whole subtree of."})
-    q = fields.String(validate=validate.Length(min=1, max=100),
-                      metadata={"description": "Part of the name."})
+    q = fields.String(
+        validate=validate.Length(min=1, max=100), metadata={"description": "Part of the name."}
+    )
     on = fields.Date(metadata={"description": "Regions valid on this day (default today)."})
     after = fields.String(validate=CODE12, metadata={"description": "Cursor: codes after."})
 
@@ -51,17 +57,20 @@ class OnDateArgsSchema(StrictSchema):
 
 
 class SubtreeArgsSchema(OnDateArgsSchema):
-    max_level = fields.String(validate=validate.OneOf(LEVELS),
-                              metadata={"description": "Stop at this level."})
+    max_level = fields.String(
+        validate=validate.OneOf(LEVELS), metadata={"description": "Stop at this level."}
+    )
 
 
 class RegionCreateSchema(StrictSchema):
     code = fields.String(required=True, validate=CODE12)
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
-    level = fields.String(validate=validate.OneOf(LEVELS),
-                          metadata={"description": "Optional; must match the code."})
-    parent_code = fields.String(validate=CODE12,
-                                metadata={"description": "Optional; must match the code."})
+    level = fields.String(
+        validate=validate.OneOf(LEVELS), metadata={"description": "Optional; must match the code."}
+    )
+    parent_code = fields.String(
+        validate=CODE12, metadata={"description": "Optional; must match the code."}
+    )
     boundary = GeoJSONGeometry(allow_none=True)
     valid_from = fields.Date(allow_none=True)
     valid_to = fields.Date(allow_none=True)
@@ -72,9 +81,12 @@ class RegionUpdateSchema(StrictSchema):
     boundary = GeoJSONGeometry(allow_none=True)
     valid_from = fields.Date(allow_none=True)
     valid_to = fields.Date(allow_none=True)
-    effective_from = fields.Date(metadata={
-        "description": "Start a new period on this day instead of correcting the current one; "
-                       "the current row then ends the day before (history is kept)."})
+    effective_from = fields.Date(
+        metadata={
+            "description": "Start a new period on this day instead of correcting the current one; "
+            "the current row then ends the day before (history is kept)."
+        }
+    )
 
 
 class RegionImportRowSchema(StrictSchema):

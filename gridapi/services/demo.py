@@ -20,20 +20,30 @@ def load_demo_county(session: Session, *, seed: int = 2024, tolerance_m2: float 
     """
     label = f"demo county (seed {seed})"
     county = build_demo_county(seed=seed)
-    rows = [{"code": r["code"], "name": r["name"], "level": r["level"],
-             "boundary": None if r.get("boundary") is None else mapping(r["boundary"])}
-            for r in county.regions]
+    rows = [
+        {
+            "code": r["code"],
+            "name": r["name"],
+            "level": r["level"],
+            "boundary": None if r.get("boundary") is None else mapping(r["boundary"]),
+        }
+        for r in county.regions
+    ]
     result = import_regions(session, rows)
     if result.errors:
         raise Unprocessable(f"demo regions failed: {result.errors[:3]}")
-    existing = session.scalars(select(GridVersion).where(GridVersion.label == label)
-                               .order_by(GridVersion.id.desc())).first()
+    existing = session.scalars(
+        select(GridVersion).where(GridVersion.label == label).order_by(GridVersion.id.desc())
+    ).first()
     if existing is None:
-        version = import_grid_version(session, county.grids, label=label, source="demo",
-                                      tolerance_m2=tolerance_m2)
+        version = import_grid_version(
+            session, county.grids, label=label, source="demo", tolerance_m2=tolerance_m2
+        )
     else:
         version = existing
     activate_version(session, version.id)
-    return (f"demo county {county.regions[2]['name']} ({county.regions[2]['code']}): "
-            f"{len(county.regions)} regions ({len(result.created)} new), grid version "
-            f"{version.id} with {version.grid_count} grids, {version.error_count} errors, active")
+    return (
+        f"demo county {county.regions[2]['name']} ({county.regions[2]['code']}): "
+        f"{len(county.regions)} regions ({len(result.created)} new), grid version "
+        f"{version.id} with {version.grid_count} grids, {version.error_count} errors, active"
+    )

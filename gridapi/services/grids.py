@@ -10,7 +10,7 @@ import shapely
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from ..codes import InvalidCode, ancestor_prefix_codes, subtree_prefix
+from ..codes import InvalidCode, ancestor_prefix_codes, normalize_code, subtree_prefix
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.shapes import to_db
 from ..geo.validation import validate_grid_features
@@ -22,9 +22,15 @@ from .regions import valid_on
 MAX_FEATURES = 250_000
 
 
-def import_grid_version(session: Session, collection: Any, *, region_code: str | None = None,
-                        label: str | None = None, source: str | None = None,
-                        tolerance_m2: float = 1.0) -> GridVersion:
+def import_grid_version(
+    session: Session,
+    collection: Any,
+    *,
+    region_code: str | None = None,
+    label: str | None = None,
+    source: str | None = None,
+    tolerance_m2: float = 1.0,
+) -> GridVersion:
     """Store a FeatureCollection as a draft version of a region's grid set, with its report.
 
     The region defaults to the deepest existing region that contains every grid's community.
@@ -32,36 +38,61 @@ def import_grid_version(session: Session, collection: Any, *, region_code: str |
     errors and can only be activated with force. Raises Unprocessable for input that is not a
     FeatureCollection of grids or when no region covers the grids.
     """
-    if not isinstance(collection, dict) or collection.get("type") != "FeatureCollection" or \
-            not isinstance(collection.get("features"), list):
-        raise Unprocessable("Expected a GeoJSON FeatureCollection.", errors={
-            "json": {"type": ["must be 'FeatureCollection' with a 'features' list"]}})
+    if (
+        not isinstance(collection, dict)
+        or collection.get("type") != "FeatureCollection"
+        or not isinstance(collection.get("features"), list)
+    ):
+        raise Unprocessable(
+            "Expected a GeoJSON FeatureCollection.",
+            errors={"json": {"type": ["must be 'FeatureCollection' with a 'features' list"]}},
+        )
     features = collection["features"]
     if not features:
-        raise Unprocessable("The FeatureCollection has no features.",
-                            errors={"json": {"features": ["must not be empty"]}})
+        raise Unprocessable(
+            "The FeatureCollection has no features.",
+            errors={"json": {"features": ["must not be empty"]}},
+        )
     if len(features) > MAX_FEATURES:
-        raise Unprocessable(f"At most {MAX_FEATURES} grids per version.",
-                            errors={"json": {"features": ["too many features"]}})
+        raise Unprocessable(
+            f"At most {MAX_FEATURES} grids per version.",
+            errors={"json": {"features": ["too many features"]}},
+        )
     communities = _community_codes(features)
     boundaries: dict[str, Any] = {}
     if communities:
         for code, wkb in session.execute(
-                select(Region.code, func.ST_AsBinary(Region.boundary))
-                .where(Region.code.in_(sorted(communities)), Region.level == "village",
-                       valid_on(date.today()))):
+            select(Region.code, func.ST_AsBinary(Region.boundary)).where(
+                Region.code.in_(sorted(communities)),
+                Region.level == "village",
+                valid_on(date.today()),
+            )
+        ):
             boundaries[code] = None if wkb is None else shapely.from_wkb(bytes(wkb))
     region = _version_region(session, region_code, communities)
     report = validate_grid_features(features, boundaries, tolerance_m2=tolerance_m2)
     prefix = subtree_prefix(region)
     outside = sorted({g.code for g in report.grids if not g.community_code.startswith(prefix)})
     if outside:
-        raise Unprocessable(f"Grids outside region {region}.", errors={"json": {
-            "region": [f"grid {c} is not in the subtree of {region}" for c in outside[:20]]}})
-    version = GridVersion(region_code=region, status="draft", label=label, source=source,
-                          grid_count=len(report.grids), error_count=report.error_count,
-                          warning_count=report.warning_count, report=report.as_dict(),
-                          forced=False)
+        raise Unprocessable(
+            f"Grids outside region {region}.",
+            errors={
+                "json": {
+                    "region": [f"grid {c} is not in the subtree of {region}" for c in outside[:20]]
+                }
+            },
+        )
+    version = GridVersion(
+        region_code=region,
+        status="draft",
+        label=label,
+        source=source,
+        grid_count=len(report.grids),
+        error_count=report.error_count,
+        warning_count=report.warning_count,
+        report=report.as_dict(),
+        forced=False,
+    )
     session.add(version)
     session.flush()
     seen: set[str] = set()
@@ -70,13 +101,22 @@ def import_grid_version(session: Session, collection: Any, *, region_code: str |
         if g.code in seen:  # duplicates are reported; the first copy is kept
             continue
         seen.add(g.code)
-        rows.append({"version_id": version.id, "code": g.code, "name": g.name[:200],
-                     "type": g.type, "community_code": g.community_code,
-                     "county_code": g.community_code[:6], "area_m2": g.area_m2,
-                     "in_service": False, "geom": to_db(g.geometry)})
+        rows.append(
+            {
+                "version_id": version.id,
+                "code": g.code,
+                "name": g.name[:200],
+                "type": g.type,
+                "community_code": g.community_code,
+                "county_code": g.community_code[:6],
+                "area_m2": g.area_m2,
+                "in_service": False,
+                "geom": to_db(g.geometry),
+            }
+        )
     version.grid_count = len(rows)
     for i in range(0, len(rows), 1000):
-        session.execute(insert(Grid), rows[i:i + 1000])
+        session.execute(insert(Grid), rows[i : i + 1000])
     session.flush()
     return version
 
@@ -85,39 +125,48 @@ def _community_codes(features: list[Any]) -> set[str]:
     out = set()
     for f in features:
         props = (f or {}).get("properties") if isinstance(f, dict) else None
-        code = str((props or {}).get("code") or "")
-        if len(code) == 15 and code.isdigit():
+        code = normalize_code((props or {}).get("code"))
+        if isinstance(code, str) and len(code) == 15 and code.isdigit():
             out.add(code[:12])
     return out
 
 
 def _version_region(session: Session, region_code: str | None, communities: set[str]) -> str:
     if region_code:
-        exists = session.scalar(select(func.count()).select_from(Region).where(
-            Region.code == region_code, valid_on(date.today())))
+        exists = session.scalar(
+            select(func.count())
+            .select_from(Region)
+            .where(Region.code == region_code, valid_on(date.today()))
+        )
         if not exists:
-            raise Unprocessable("Unknown region.", errors={"json": {"region": [
-                f"no region with code {region_code}"]}})
+            raise Unprocessable(
+                "Unknown region.",
+                errors={"json": {"region": [f"no region with code {region_code}"]}},
+            )
         try:
             subtree_prefix(region_code)
         except InvalidCode as exc:
             raise Unprocessable("Invalid region.", errors={"json": {"region": [str(exc)]}})
         return region_code
     if not communities:
-        raise Unprocessable("No feature has a well-formed grid code, so the version's region "
-                            "cannot be derived.", errors={"json": {"features": [
-                                "no feature with a 15-digit code"]}})
+        raise Unprocessable(
+            "No feature has a well-formed grid code, so the version's region cannot be derived.",
+            errors={"json": {"features": ["no feature with a 15-digit code"]}},
+        )
     first = sorted(communities)[0]
     candidates = [first, *ancestor_prefix_codes(first)]  # deepest first
     common = [c for c in candidates if all(x.startswith(subtree_prefix(c)) for x in communities)]
-    existing = set(session.scalars(select(Region.code).where(
-        Region.code.in_(common), valid_on(date.today()))))
+    existing = set(
+        session.scalars(select(Region.code).where(Region.code.in_(common), valid_on(date.today())))
+    )
     for code in common:
         if code in existing:
             return code
-    raise Unprocessable("No region in the tree contains these grids: import the regions first "
-                        "(gridapi regions import).", errors={"json": {"features": [
-                            f"none of {', '.join(common)} exists"]}})
+    raise Unprocessable(
+        "No region in the tree contains these grids: import the regions first "
+        "(gridapi regions import).",
+        errors={"json": {"features": [f"none of {', '.join(common)} exists"]}},
+    )
 
 
 def get_version(session: Session, version_id: int) -> GridVersion:
@@ -128,8 +177,14 @@ def get_version(session: Session, version_id: int) -> GridVersion:
     return version
 
 
-def list_versions(session: Session, *, region: str | None = None, status: str | None = None,
-                  limit: int = 100, after: int | None = None) -> list[GridVersion]:
+def list_versions(
+    session: Session,
+    *,
+    region: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+    after: int | None = None,
+) -> list[GridVersion]:
     """Return versions, newest first, optionally of a region subtree and a status."""
     stmt = select(GridVersion)
     if region:
@@ -152,21 +207,35 @@ def activate_version(session: Session, version_id: int, *, force: bool = False) 
     if version.status == "active":
         return version
     if version.error_count and not force:
-        raise Conflict(f"Grid version {version_id} has {version.error_count} validation "
-                       "error(s); fix the file or activate with force=true.",
-                       errors={"report": version.report.get("summary") or {
-                           "error_count": version.error_count}})
+        raise Conflict(
+            f"Grid version {version_id} has {version.error_count} validation "
+            "error(s); fix the file or activate with force=true.",
+            errors={
+                "report": version.report.get("summary") or {"error_count": version.error_count}
+            },
+        )
     # Serialises activations: the generation row is locked until this transaction ends.
-    session.execute(update(IndexGeneration).where(IndexGeneration.name == "grids").values(
-        generation=IndexGeneration.generation + 1, changed_at=utcnow()))
+    session.execute(
+        update(IndexGeneration)
+        .where(IndexGeneration.name == "grids")
+        .values(generation=IndexGeneration.generation + 1, changed_at=utcnow())
+    )
     prefix = subtree_prefix(version.region_code)
     now = utcnow()
-    session.execute(update(GridVersion).where(
-        GridVersion.status == "active", GridVersion.id != version.id,
-        GridVersion.region_code.startswith(prefix)).values(status="retired", retired_at=now))
-    session.execute(update(Grid).where(Grid.in_service.is_(True),
-                                       Grid.community_code.startswith(prefix))
-                    .values(in_service=False))
+    session.execute(
+        update(GridVersion)
+        .where(
+            GridVersion.status == "active",
+            GridVersion.id != version.id,
+            GridVersion.region_code.startswith(prefix),
+        )
+        .values(status="retired", retired_at=now)
+    )
+    session.execute(
+        update(Grid)
+        .where(Grid.in_service.is_(True), Grid.community_code.startswith(prefix))
+        .values(in_service=False)
+    )
     session.execute(update(Grid).where(Grid.version_id == version.id).values(in_service=True))
     version.status = "active"
     version.activated_at = now
@@ -176,13 +245,21 @@ def activate_version(session: Session, version_id: int, *, force: bool = False) 
     return version
 
 
-def grids_query(*, region: str | None = None, community: str | None = None,
-                version_id: int | None = None, grid_type: str | None = None,
-                q: str | None = None):  # type: ignore[no-untyped-def]
+def grids_query(
+    *,
+    region: str | None = None,
+    community: str | None = None,
+    version_id: int | None = None,
+    grid_type: str | None = None,
+    q: str | None = None,
+):  # type: ignore[no-untyped-def]
     """Return a select of grids: in service, or of one version when ``version_id`` is given."""
     stmt = select(Grid)
-    stmt = stmt.where(Grid.version_id == version_id) if version_id else stmt.where(
-        Grid.in_service.is_(True))
+    stmt = (
+        stmt.where(Grid.version_id == version_id)
+        if version_id
+        else stmt.where(Grid.in_service.is_(True))
+    )
     if region:
         stmt = stmt.where(Grid.community_code.startswith(subtree_prefix(region)))
     if community:
@@ -194,8 +271,9 @@ def grids_query(*, region: str | None = None, community: str | None = None,
     return stmt
 
 
-def list_grids(session: Session, *, after: str | None = None, limit: int = 100,
-               **filters: Any) -> list[Grid]:
+def list_grids(
+    session: Session, *, after: str | None = None, limit: int = 100, **filters: Any
+) -> list[Grid]:
     """Return grids ordered by code after the cursor ``after``."""
     stmt = grids_query(**filters)
     if after:
@@ -213,9 +291,18 @@ def get_grid(session: Session, code: str, version_id: int | None = None) -> Grid
 
 def iter_geojson(session: Session, chunk: int = 500, **filters: Any) -> Iterator[bytes]:
     """Yield a GeoJSON FeatureCollection of grids in pieces, so memory stays flat."""
-    stmt = grids_query(**filters).with_only_columns(
-        Grid.code, Grid.name, Grid.type, Grid.community_code, Grid.version_id,
-        func.ST_AsBinary(Grid.geom)).order_by(Grid.code)
+    stmt = (
+        grids_query(**filters)
+        .with_only_columns(
+            Grid.code,
+            Grid.name,
+            Grid.type,
+            Grid.community_code,
+            Grid.version_id,
+            func.ST_AsBinary(Grid.geom),
+        )
+        .order_by(Grid.code)
+    )
     yield b'{"type":"FeatureCollection","features":['
     first = True
     result = session.execute(stmt.execution_options(yield_per=chunk))
@@ -223,10 +310,18 @@ def iter_geojson(session: Session, chunk: int = 500, **filters: Any) -> Iterator
         geoms = shapely.to_geojson(shapely.from_wkb([bytes(r[-1]) for r in part]))
         pieces = []
         for row, geom in zip(part, geoms, strict=True):
-            props = dumps_bytes({"code": row[0], "name": row[1], "type": row[2],
-                                 "community_code": row[3], "version_id": row[4]})
-            pieces.append(b'{"type":"Feature","properties":' + props + b',"geometry":' +
-                          geom.encode() + b"}")
+            props = dumps_bytes(
+                {
+                    "code": row[0],
+                    "name": row[1],
+                    "type": row[2],
+                    "community_code": row[3],
+                    "version_id": row[4],
+                }
+            )
+            pieces.append(
+                b'{"type":"Feature","properties":' + props + b',"geometry":' + geom.encode() + b"}"
+            )
         yield (b"" if first else b",") + b",".join(pieces)
         first = False
     yield b"]}"

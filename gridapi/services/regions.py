@@ -9,19 +9,29 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+import shapely
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from ..codes import LEVEL_DEPTH, InvalidCode, parent_candidates, region_level, subtree_prefix
+from ..codes import (
+    LEVEL_DEPTH,
+    InvalidCode,
+    normalize_code,
+    parent_candidates,
+    region_level,
+    subtree_prefix,
+)
 from ..errors import Conflict, NotFound, Unprocessable
-from ..geo.shapes import GeometryError, multipolygon_from_geojson, to_db
+from ..geo.shapes import GeometryError, from_db, multipolygon_from_geojson, to_db
 from ..models import Region
 
 
 def valid_on(day: date):  # type: ignore[no-untyped-def]
     """Return the SQL condition 'valid on ``day``'."""
-    return and_(or_(Region.valid_from.is_(None), Region.valid_from <= day),
-                or_(Region.valid_to.is_(None), Region.valid_to >= day))
+    return and_(
+        or_(Region.valid_from.is_(None), Region.valid_from <= day),
+        or_(Region.valid_to.is_(None), Region.valid_to >= day),
+    )
 
 
 def get_region(session: Session, code: str, on: date | None = None) -> Region:
@@ -30,17 +40,27 @@ def get_region(session: Session, code: str, on: date | None = None) -> Region:
     Raises NotFound when there is none.
     """
     row = session.scalars(
-        select(Region).where(Region.code == code, valid_on(on or date.today()))
-        .order_by(Region.valid_from.desc()).limit(1)
+        select(Region)
+        .where(Region.code == code, valid_on(on or date.today()))
+        .order_by(Region.valid_from.desc().nulls_last())
+        .limit(1)
     ).first()
     if row is None:
         raise NotFound(f"No region with code {code!r}.")
     return row
 
 
-def list_regions(session: Session, *, level: str | None = None, parent: str | None = None,
-                 within: str | None = None, q: str | None = None, on: date | None = None,
-                 after: str | None = None, limit: int = 100) -> list[Region]:
+def list_regions(
+    session: Session,
+    *,
+    level: str | None = None,
+    parent: str | None = None,
+    within: str | None = None,
+    q: str | None = None,
+    on: date | None = None,
+    after: str | None = None,
+    limit: int = 100,
+) -> list[Region]:
     """Return regions valid on ``on`` ordered by code, ``limit`` after the cursor ``after``."""
     stmt = select(Region).where(valid_on(on or date.today()))
     if level:
@@ -67,9 +87,13 @@ def _prefix_or_422(code: str, field_name: str) -> str:
 def children(session: Session, code: str, on: date | None = None) -> list[Region]:
     """Return the direct children of the region ``code``. Raises NotFound."""
     get_region(session, code, on)
-    return list(session.scalars(
-        select(Region).where(Region.parent_code == code, valid_on(on or date.today()))
-        .order_by(Region.code)))
+    return list(
+        session.scalars(
+            select(Region)
+            .where(Region.parent_code == code, valid_on(on or date.today()))
+            .order_by(Region.code)
+        )
+    )
 
 
 def ancestors(session: Session, code: str, on: date | None = None) -> list[Region]:
@@ -79,7 +103,8 @@ def ancestors(session: Session, code: str, on: date | None = None) -> list[Regio
     chain: list[Region] = []
     while region.parent_code:
         parent = session.scalars(
-            select(Region).where(Region.code == region.parent_code, valid_on(day))).first()
+            select(Region).where(Region.code == region.parent_code, valid_on(day))
+        ).first()
         if parent is None:
             break
         chain.append(parent)
@@ -87,15 +112,17 @@ def ancestors(session: Session, code: str, on: date | None = None) -> list[Regio
     return chain
 
 
-def subtree(session: Session, code: str, on: date | None = None,
-            max_level: str | None = None) -> list[Region]:
+def subtree(
+    session: Session, code: str, on: date | None = None, max_level: str | None = None
+) -> list[Region]:
     """Return the region ``code`` and everything under it, by code. Raises NotFound."""
     day = on or date.today()
     get_region(session, code, day)
     stmt = select(Region).where(Region.code.startswith(subtree_prefix(code)), valid_on(day))
     if max_level:
-        stmt = stmt.where(Region.level.in_(
-            [lv for lv, d in LEVEL_DEPTH.items() if d <= LEVEL_DEPTH[max_level]]))
+        stmt = stmt.where(
+            Region.level.in_([lv for lv, d in LEVEL_DEPTH.items() if d <= LEVEL_DEPTH[max_level]])
+        )
     return list(session.scalars(stmt.order_by(Region.code)))
 
 
@@ -104,8 +131,13 @@ def current_codes(session: Session, codes: set[str]) -> set[str]:
     found: set[str] = set()
     items = sorted(codes)
     for i in range(0, len(items), 500):
-        found.update(session.scalars(
-            select(Region.code).where(Region.code.in_(items[i:i + 500]), valid_on(date.today()))))
+        found.update(
+            session.scalars(
+                select(Region.code).where(
+                    Region.code.in_(items[i : i + 500]), valid_on(date.today())
+                )
+            )
+        )
     return found
 
 
@@ -116,8 +148,10 @@ def check_code(code: str, level: str | None = None) -> str:
     except InvalidCode as exc:
         raise Unprocessable("Invalid region code.", errors={"json": {"code": [str(exc)]}})
     if level is not None and level != implied:
-        raise Unprocessable("Level does not match the code.", errors={"json": {"level": [
-            f"the code {code} is a {implied} code, not {level}"]}})
+        raise Unprocessable(
+            "Level does not match the code.",
+            errors={"json": {"level": [f"the code {code} is a {implied} code, not {level}"]}},
+        )
     return implied
 
 
@@ -132,32 +166,88 @@ def derive_parent(code: str, existing: set[str]) -> str | None:
     for candidate in candidates:
         if candidate in existing:
             return candidate
-    raise Unprocessable("The parent region does not exist.", errors={"json": {"code": [
-        f"no parent for {code}: create {' or '.join(candidates)} first"]}})
+    raise Unprocessable(
+        "The parent region does not exist.",
+        errors={
+            "json": {"code": [f"no parent for {code}: create {' or '.join(candidates)} first"]}
+        },
+    )
 
 
-def create_region(session: Session, *, code: str, name: str, level: str | None = None,
-                  parent_code: str | None = None, boundary: dict | None = None,
-                  valid_from: date | None = None, valid_to: date | None = None) -> Region:
+def create_region(
+    session: Session,
+    *,
+    code: str,
+    name: str,
+    level: str | None = None,
+    parent_code: str | None = None,
+    boundary: dict | None = None,
+    valid_from: date | None = None,
+    valid_to: date | None = None,
+) -> Region:
     """Create a region, deriving its level and parent from the code.
 
     Raises Unprocessable for a bad code, level, parent or boundary; Conflict when the code
     is already current.
     """
     level = check_code(code, level)
+    _check_period(valid_from, valid_to)
     existing = current_codes(session, {code, *parent_candidates(code)})
     if code in existing:
         raise Conflict(f"Region {code} already exists.")
+    _check_no_overlap(session, code, valid_from, valid_to)
     parent = derive_parent(code, existing)
     if parent_code is not None and parent_code != parent:
-        raise Unprocessable("Parent does not match the code.", errors={"json": {"parent_code": [
-            f"the code {code} implies parent {parent}, not {parent_code}"]}})
-    region = Region(code=code, name=name, level=level, parent_code=parent,
-                    boundary=to_db(_boundary_or_422(boundary)), valid_from=valid_from,
-                    valid_to=valid_to)
+        raise Unprocessable(
+            "Parent does not match the code.",
+            errors={
+                "json": {
+                    "parent_code": [f"the code {code} implies parent {parent}, not {parent_code}"]
+                }
+            },
+        )
+    region = Region(
+        code=code,
+        name=name,
+        level=level,
+        parent_code=parent,
+        boundary=to_db(_boundary_or_422(boundary)),
+        valid_from=valid_from,
+        valid_to=valid_to,
+    )
     session.add(region)
     session.flush()
     return region
+
+
+def _check_period(
+    valid_from: date | None, valid_to: date | None, start_field: str = "valid_from"
+) -> None:
+    if valid_from is not None and valid_to is not None and valid_to < valid_from:
+        raise Unprocessable(
+            f"valid_to is before {start_field}.",
+            errors={"json": {"valid_to": [f"must not be before {start_field} ({valid_from})"]}},
+        )
+
+
+def _check_no_overlap(
+    session: Session,
+    code: str,
+    valid_from: date | None,
+    valid_to: date | None,
+    exclude: int | None = None,
+) -> None:
+    """Raise Conflict when the period would overlap another period of the same code."""
+    start, end = valid_from or date.min, valid_to or date.max
+    for other in session.scalars(select(Region).where(Region.code == code)):
+        if other.id == exclude:
+            continue
+        if start <= (other.valid_to or date.max) and (other.valid_from or date.min) <= end:
+            raise Conflict(
+                f"The period overlaps the period of {code} from "
+                f"{other.valid_from or 'the beginning'} to "
+                f"{other.valid_to or 'now'}; periods of one code never overlap."
+            )
 
 
 def _boundary_or_422(boundary: dict | None, path: tuple[str, ...] = ("json", "boundary")):
@@ -168,10 +258,10 @@ def _boundary_or_422(boundary: dict | None, path: tuple[str, ...] = ("json", "bo
     except GeometryError as exc:
         raise Unprocessable("Invalid boundary.", errors=_nest(path, [str(exc)]))
     if not geom.is_valid:
-        import shapely
-
-        raise Unprocessable("Invalid boundary.", errors=_nest(
-            path, [f"invalid geometry: {shapely.is_valid_reason(geom)}"]))
+        raise Unprocessable(
+            "Invalid boundary.",
+            errors=_nest(path, [f"invalid geometry: {shapely.is_valid_reason(geom)}"]),
+        )
     return geom
 
 
@@ -196,17 +286,25 @@ def update_region(session: Session, code: str, changes: dict[str, Any]) -> Regio
     if effective is None:
         for key, value in changes.items():
             setattr(region, key, value)
-        if region.valid_to and region.valid_from and region.valid_to < region.valid_from:
-            raise Unprocessable("valid_to is before valid_from.",
-                                errors={"json": {"valid_to": ["must not be before valid_from"]}})
+        _check_period(region.valid_from, region.valid_to)
+        _check_no_overlap(session, code, region.valid_from, region.valid_to, exclude=region.id)
         session.flush()
         return region
+    _check_period(effective, changes.get("valid_to"), start_field="effective_from")
     if region.valid_from is not None and effective <= region.valid_from:
-        raise Conflict(f"The current period of {code} starts on {region.valid_from}; a new "
-                       "period must start later.")
-    successor = Region(code=region.code, level=region.level, name=region.name,
-                       parent_code=region.parent_code, boundary=region.boundary,
-                       valid_from=effective, valid_to=None)
+        raise Conflict(
+            f"The current period of {code} starts on {region.valid_from}; a new "
+            "period must start later."
+        )
+    successor = Region(
+        code=region.code,
+        level=region.level,
+        name=region.name,
+        parent_code=region.parent_code,
+        boundary=region.boundary,
+        valid_from=effective,
+        valid_to=None,
+    )
     for key, value in changes.items():
         setattr(successor, key, value)
     region.valid_to = effective - timedelta(days=1)
@@ -226,15 +324,39 @@ class ImportResult:
     errors: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"created": len(self.created), "updated": len(self.updated),
-                "unchanged": len(self.unchanged), "errors": self.errors}
+        return {
+            "created": len(self.created),
+            "updated": len(self.updated),
+            "unchanged": len(self.unchanged),
+            "errors": self.errors,
+        }
 
 
-def parse_region_file(content: bytes, filename: str = "") -> list[dict[str, Any]]:
+def parse_region_file(
+    content: bytes, filename: str = "", *, code_field: str = "code", name_field: str = "name"
+) -> list[dict[str, Any]]:
     """Return rows ``{"code", "name", ...}`` from CSV, a JSON list or a GeoJSON FeatureCollection.
 
+    ``code_field`` and ``name_field`` name the columns or properties to read them from.
     Raises Unprocessable when the file is none of these.
     """
+    rows = _parse_region_rows(content, filename, code_field, name_field)
+    if (code_field, name_field) == ("code", "name"):
+        return rows
+    renamed = []
+    for row in rows:
+        if isinstance(row, dict):
+            row = dict(row)
+            for src, dst in ((code_field, "code"), (name_field, "name")):
+                if src in row and src != dst:
+                    row[dst] = row.pop(src)
+        renamed.append(row)
+    return renamed
+
+
+def _parse_region_rows(
+    content: bytes, filename: str, code_field: str, name_field: str
+) -> list[Any]:
     text = content.decode("utf-8-sig", errors="strict") if content else ""
     stripped = text.lstrip()
     if stripped.startswith(("[", "{")):
@@ -251,14 +373,20 @@ def parse_region_file(content: bytes, filename: str = "") -> list[dict[str, Any]
                 rows.append(props)
             return rows
         if not isinstance(data, list):
-            raise Unprocessable("A JSON region file must be a list of objects with code and "
-                                "name, or a GeoJSON FeatureCollection.")
+            raise Unprocessable(
+                "A JSON region file must be a list of objects with code and "
+                "name, or a GeoJSON FeatureCollection."
+            )
         return data
     reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or not {"code", "name"} <= {f.strip() for f in reader.fieldnames}:
-        raise Unprocessable("A CSV region file needs the columns code,name.")
-    return [{k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
-            for row in reader]
+    if not reader.fieldnames or not {code_field, name_field} <= {
+        f.strip() for f in reader.fieldnames
+    }:
+        raise Unprocessable(f"A CSV region file needs the columns {code_field},{name_field}.")
+    return [
+        {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+        for row in reader
+    ]
 
 
 def import_regions(session: Session, rows: list[Any]) -> ImportResult:
@@ -273,7 +401,8 @@ def import_regions(session: Session, rows: list[Any]) -> ImportResult:
         if not isinstance(row, dict):
             result.errors.append({"row": index, "code": None, "message": "not an object"})
             continue
-        code = str(row.get("code") or "").strip()
+        code = normalize_code(row.get("code"))
+        code = code if isinstance(code, str) else ""
         name = str(row.get("name") or "").strip()
         try:
             level = region_level(code)
@@ -281,13 +410,18 @@ def import_regions(session: Session, rows: list[Any]) -> ImportResult:
             result.errors.append({"row": index, "code": code or None, "message": str(exc)})
             continue
         if row.get("level") and row["level"] != level:
-            result.errors.append({"row": index, "code": code,
-                                  "message": f"level {row['level']} does not match the code "
-                                             f"({level})"})
+            result.errors.append(
+                {
+                    "row": index,
+                    "code": code,
+                    "message": f"level {row['level']} does not match the code ({level})",
+                }
+            )
             continue
         if not name or len(name) > 100:
-            result.errors.append({"row": index, "code": code,
-                                  "message": "name is required (at most 100 characters)"})
+            result.errors.append(
+                {"row": index, "code": code, "message": "name is required (at most 100 characters)"}
+            )
             continue
         if code in parsed:
             result.errors.append({"row": index, "code": code, "message": "duplicate code"})
@@ -296,18 +430,26 @@ def import_regions(session: Session, rows: list[Any]) -> ImportResult:
         if row.get("boundary") is not None:
             try:
                 boundary = multipolygon_from_geojson(row["boundary"])
-                if not boundary.is_valid:
-                    import shapely
-
-                    boundary = shapely.make_valid(boundary)
-                    from ..geo.shapes import as_multipolygon
-
-                    boundary = as_multipolygon(boundary)
             except GeometryError as exc:
                 result.errors.append({"row": index, "code": code, "message": f"boundary {exc}"})
                 continue
-        parsed[code] = {"row": index, "code": code, "name": name, "level": level,
-                        "boundary": boundary}
+            if not boundary.is_valid:
+                result.errors.append(
+                    {
+                        "row": index,
+                        "code": code,
+                        "message": "boundary is an "
+                        f"invalid geometry: {shapely.is_valid_reason(boundary)}",
+                    }
+                )
+                continue
+        parsed[code] = {
+            "row": index,
+            "code": code,
+            "name": name,
+            "level": level,
+            "boundary": boundary,
+        }
 
     wanted = set(parsed)
     for item in parsed.values():
@@ -319,9 +461,14 @@ def import_regions(session: Session, rows: list[Any]) -> ImportResult:
         candidates = parent_candidates(code)
         parent = next((c for c in candidates if c in known), None)
         if candidates and parent is None:
-            result.errors.append({"row": item["row"], "code": code, "message":
-                                  f"ancestor {' or '.join(candidates)} is neither in the "
-                                  "database nor in the file"})
+            result.errors.append(
+                {
+                    "row": item["row"],
+                    "code": code,
+                    "message": f"ancestor {' or '.join(candidates)} is neither in the "
+                    "database nor in the file",
+                }
+            )
             continue
         item["parent"] = parent
     if result.errors:
@@ -332,10 +479,17 @@ def import_regions(session: Session, rows: list[Any]) -> ImportResult:
         item = parsed[code]
         current = existing_rows.get(code)
         if current is None:
-            session.add(Region(code=code, name=item["name"], level=item["level"],
-                               parent_code=item["parent"], boundary=to_db(item["boundary"])))
+            session.add(
+                Region(
+                    code=code,
+                    name=item["name"],
+                    level=item["level"],
+                    parent_code=item["parent"],
+                    boundary=to_db(item["boundary"]),
+                )
+            )
             result.created.append(code)
-        elif current.name != item["name"] or item["boundary"] is not None:
+        elif current.name != item["name"] or _boundary_changed(current, item["boundary"]):
             current.name = item["name"]
             if item["boundary"] is not None:
                 current.boundary = to_db(item["boundary"])
@@ -346,10 +500,20 @@ def import_regions(session: Session, rows: list[Any]) -> ImportResult:
     return result
 
 
+def _boundary_changed(region: Region, boundary: Any) -> bool:
+    if boundary is None:
+        return False
+    stored = from_db(region.boundary)
+    return stored is None or not stored.equals(boundary)
+
+
 def _current_rows(session: Session, codes: set[str]) -> list[Region]:
     items = sorted(codes)
     out: list[Region] = []
     for i in range(0, len(items), 500):
-        out.extend(session.scalars(
-            select(Region).where(Region.code.in_(items[i:i + 500]), valid_on(date.today()))))
+        out.extend(
+            session.scalars(
+                select(Region).where(Region.code.in_(items[i : i + 500]), valid_on(date.today()))
+            )
+        )
     return out

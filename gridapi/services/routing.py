@@ -51,14 +51,21 @@ class Match:
 class IndexSnapshot:
     """An immutable index of the grids in service at one generation."""
 
-    def __init__(self, generation: int, rows: list[Any], regions: dict[str, dict[str, Any]],
-                 region_shapes: list[tuple[str, Any]], snap_meters: float) -> None:
+    def __init__(
+        self,
+        generation: int,
+        rows: list[Any],
+        regions: dict[str, dict[str, Any]],
+        region_shapes: list[tuple[str, Any]],
+        snap_meters: float,
+    ) -> None:
         self.generation = generation
         self.snap_meters = snap_meters
         self.built_at = time.time()
         # Rows arrive ordered by code, so a lower index is a lower code: the tie-break.
-        self.geoms = np.array([r[-1] for r in rows], dtype=object) if rows else np.empty(
-            0, dtype=object)
+        self.geoms = (
+            np.array([r[-1] for r in rows], dtype=object) if rows else np.empty(0, dtype=object)
+        )
         if len(self.geoms):
             self.geoms = shapely.from_wkb(self.geoms)
             shapely.prepare(self.geoms)
@@ -68,8 +75,16 @@ class IndexSnapshot:
         self.grids: list[dict[str, Any]] = []
         self.chains: list[list[dict[str, Any]]] = []
         for grid_id, code, name, gtype, community, version_id, _ in rows:
-            self.grids.append({"id": grid_id, "code": code, "name": name, "type": gtype,
-                               "community_code": community, "version_id": version_id})
+            self.grids.append(
+                {
+                    "id": grid_id,
+                    "code": code,
+                    "name": name,
+                    "type": gtype,
+                    "community_code": community,
+                    "version_id": version_id,
+                }
+            )
             if community not in chains:
                 chains[community] = region_chain(community, regions)
             self.chains.append(chains[community])
@@ -98,8 +113,9 @@ class IndexSnapshot:
                 return Match(int(cand.min()), BOUNDARY)
         return self._snap(lon, lat)
 
-    def locate_many(self, lons: np.ndarray, lats: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                                        np.ndarray]:
+    def locate_many(
+        self, lons: np.ndarray, lats: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return (grid index or -1, method code, snap distance or NaN) arrays for points.
 
         Method codes index ``("inside", "boundary", "snapped", "none")``.
@@ -210,15 +226,21 @@ class RoutingIndex:
         if snap is not None and now - self._checked_at < self.refresh_seconds:
             return snap
         with self._lock:
-            if self._snapshot is not None and time.monotonic() - self._checked_at < \
-                    self.refresh_seconds:
+            if (
+                self._snapshot is not None
+                and time.monotonic() - self._checked_at < self.refresh_seconds
+            ):
                 return self._snapshot
             generation = current_generation(self.engine)
             if self._snapshot is None or self._snapshot.generation != generation:
                 started = time.perf_counter()
                 self._snapshot = build_snapshot(self.engine, generation, self.snap_meters)
-                log.info("routing index generation %s: %d grids in %.2f s", generation,
-                         len(self._snapshot), time.perf_counter() - started)
+                log.info(
+                    "routing index generation %s: %d grids in %.2f s",
+                    generation,
+                    len(self._snapshot),
+                    time.perf_counter() - started,
+                )
             self._checked_at = time.monotonic()
             return self._snapshot
 
@@ -227,7 +249,8 @@ def current_generation(engine: Engine) -> int:
     """Return the generation of the grids in service."""
     with engine.connect() as conn:
         value = conn.execute(
-            text("SELECT generation FROM index_generations WHERE name = 'grids'")).scalar()
+            text("SELECT generation FROM index_generations WHERE name = 'grids'")
+        ).scalar()
     return int(value or 0)
 
 
@@ -237,19 +260,37 @@ def build_snapshot(engine: Engine, generation: int, snap_meters: float) -> Index
 
     with engine.connect() as conn:
         rows = conn.execute(
-            select(Grid.id, Grid.code, Grid.name, Grid.type, Grid.community_code,
-                   Grid.version_id, func.ST_AsBinary(Grid.geom))
-            .where(Grid.in_service.is_(True)).order_by(Grid.code)).all()
+            select(
+                Grid.id,
+                Grid.code,
+                Grid.name,
+                Grid.type,
+                Grid.community_code,
+                Grid.version_id,
+                func.ST_AsBinary(Grid.geom),
+            )
+            .where(Grid.in_service.is_(True))
+            .order_by(Grid.code)
+        ).all()
         region_rows = conn.execute(
-            select(Region.code, Region.name, Region.level, Region.parent_code,
-                   func.ST_AsBinary(Region.boundary))
-            .where(valid_on(date.today()))).all()
+            select(
+                Region.code,
+                Region.name,
+                Region.level,
+                Region.parent_code,
+                func.ST_AsBinary(Region.boundary),
+            ).where(valid_on(date.today()))
+        ).all()
     regions: dict[str, dict[str, Any]] = {}
     shapes: list[tuple[str, Any]] = []
     for code, name, level, parent, wkb in region_rows:
-        regions[code] = {"level": level, "parent_code": parent,
-                         "api": {"code": code, "name": name, "level": level}}
+        regions[code] = {
+            "level": level,
+            "parent_code": parent,
+            "api": {"code": code, "name": name, "level": level},
+        }
         if wkb is not None:
             shapes.append((code, shapely.from_wkb(bytes(wkb))))
-    return IndexSnapshot(generation, [tuple(r[:-1]) + (bytes(r[-1]),) for r in rows], regions,
-                         shapes, snap_meters)
+    return IndexSnapshot(
+        generation, [tuple(r[:-1]) + (bytes(r[-1]),) for r in rows], regions, shapes, snap_meters
+    )

@@ -46,13 +46,17 @@ def test_clean_import_has_no_errors_and_is_a_draft(factory, client):
 
 def test_report_lists_overlap_gap_self_intersection_and_outside(factory, client, session):
     factory.regions()
-    bowtie = {"type": "Polygon", "coordinates": [[
-        [120.62, 31.30], [120.63, 31.31], [120.63, 31.30], [120.62, 31.31], [120.62, 31.30]]]}
+    bowtie = {
+        "type": "Polygon",
+        "coordinates": [
+            [[120.62, 31.30], [120.63, 31.31], [120.63, 31.30], [120.62, 31.31], [120.62, 31.30]]
+        ],
+    }
     fc = collection(
         feature(A1, square(0, 0)),
-        feature(A2, square(0.75, 0)),         # overlaps A1 by a quarter cell
-        feature(B1, bowtie),                   # self-intersecting ring
-        feature(B2, square(3, 0, 1.5)),        # half a cell sticks out of community B
+        feature(A2, square(0.75, 0)),  # overlaps A1 by a quarter cell
+        feature(B1, bowtie),  # self-intersecting ring
+        feature(B2, square(3, 0, 1.5)),  # half a cell sticks out of community B
     )
     r = client.post("/api/v1/grid-versions", json=fc)
     assert r.status_code == 201
@@ -80,8 +84,9 @@ def test_report_lists_overlap_gap_self_intersection_and_outside(factory, client,
     r = client.post(f"/api/v1/grid-versions/{version['id']}/activate", json={})
     assert r.status_code == 409
     assert "error" in r.get_json()["message"]
-    assert session.scalar(select(GridVersion.status).where(
-        GridVersion.id == version["id"])) == "draft"
+    assert (
+        session.scalar(select(GridVersion.status).where(GridVersion.id == version["id"])) == "draft"
+    )
     assert session.scalar(select(func.count()).select_from(Grid).where(Grid.in_service)) == 0
 
     # Forced, it goes into service, and the repaired bow-tie still routes.
@@ -95,10 +100,13 @@ def test_unknown_community_and_bad_features_are_reported(factory, client):
     factory.regions(with_boundaries=False)
     fc = collection(
         feature(A1, square(0, 0)),
-        feature("320508001099001", square(1, 0)),          # community 099 not in the tree
-        feature("32050800100", square(2, 0)),               # 11 digits
-        {"type": "Feature", "properties": {"code": A2, "name": "线"},
-         "geometry": {"type": "LineString", "coordinates": [[120.6, 31.3], [120.7, 31.4]]}},
+        feature("320508001099001", square(1, 0)),  # community 099 not in the tree
+        feature("32050800100", square(2, 0)),  # 11 digits
+        {
+            "type": "Feature",
+            "properties": {"code": A2, "name": "线"},
+            "geometry": {"type": "LineString", "coordinates": [[120.6, 31.3], [120.7, 31.4]]},
+        },
     )
     version = client.post("/api/v1/grid-versions", json=fc).get_json()
     kinds = {p["kind"] for p in version["report"]["feature_problems"]}
@@ -152,8 +160,9 @@ def test_import_needs_regions_and_a_feature_collection(factory, client):
     r = client.post("/api/v1/grid-versions", json={"type": "Feature", "features": []})
     assert r.status_code == 422
     assert "type" in r.get_json()["errors"]["json"]
-    r = client.post("/api/v1/grid-versions", json={"type": "FeatureCollection", "features": [],
-                                                   "extra": 1})
+    r = client.post(
+        "/api/v1/grid-versions", json={"type": "FeatureCollection", "features": [], "extra": 1}
+    )
     assert r.status_code == 422
     assert r.get_json()["errors"]["json"]["extra"] == ["Unknown field."]
     r = client.post(f"/api/v1/grid-versions?region={COMMUNITY_A}", json=clean_tiling())
@@ -172,8 +181,10 @@ def test_grid_list_filters_and_pagination(factory, client):
             break
         after = f"&after={page['next']}"
     assert seen == [A1, A2, B1, B2]
-    assert [g["code"] for g in client.get(
-        f"/api/v1/grids?community={COMMUNITY_A}").get_json()["items"]] == [A1, A2]
-    assert [g["code"] for g in client.get(
-        "/api/v1/grids?type=dedicated").get_json()["items"]] == [B2]
+    assert [
+        g["code"] for g in client.get(f"/api/v1/grids?community={COMMUNITY_A}").get_json()["items"]
+    ] == [A1, A2]
+    assert [g["code"] for g in client.get("/api/v1/grids?type=dedicated").get_json()["items"]] == [
+        B2
+    ]
     assert client.get("/api/v1/grids/320508001001999").status_code == 404

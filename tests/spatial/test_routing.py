@@ -37,10 +37,17 @@ def test_point_inside_a_grid(factory, tiled):
     assert answer["method"] == "inside"
     assert answer["grid"]["version_id"] == tiled["id"]
     assert [r["level"] for r in answer["regions"]] == [
-        "village", "township", "county", "city", "province"]
+        "village",
+        "township",
+        "county",
+        "city",
+        "province",
+    ]
     assert answer["regions"][0]["code"] == COMMUNITY_A
-    assert answer["point"] == {"type": "Point",
-                               "coordinates": [LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP]}
+    assert answer["point"] == {
+        "type": "Point",
+        "coordinates": [LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP],
+    }
     assert "distance_m" not in answer
 
 
@@ -95,8 +102,9 @@ def test_point_beyond_snap_distance_has_no_grid_but_regions(factory, tiled):
 
 def test_point_in_a_region_without_grids_gets_that_region(factory):
     factory.regions()
-    factory.grid_version(collection(feature(A1, square(0, 0)), feature(A2, square(1, 0))),
-                         force=True)  # community B has no grids: gap error
+    factory.grid_version(
+        collection(feature(A1, square(0, 0)), feature(A2, square(1, 0))), force=True
+    )  # community B has no grids: gap error
     answer = factory.locate(LON0 + 3.5 * STEP, LAT0 + 0.5 * STEP)
     assert answer["grid"] is None and answer["method"] == "none"
     assert answer["regions"][0]["code"] == COMMUNITY_B
@@ -113,8 +121,9 @@ def test_snap_distance_is_configurable(settings, factory):
 
 def test_batch_answers_in_order_and_matches_single(factory, client, tiled):
     rng = random.Random(7)
-    points = [[LON0 + rng.uniform(-0.005, 0.045), LAT0 + rng.uniform(-0.005, 0.015)]
-              for _ in range(300)]
+    points = [
+        [LON0 + rng.uniform(-0.005, 0.045), LAT0 + rng.uniform(-0.005, 0.015)] for _ in range(300)
+    ]
     points += [[LON0 + STEP, LAT0 + 0.5 * STEP], [LON0 + 2 * STEP, LAT0 + STEP], [0.0, 0.0]]
     r = client.post("/api/v1/locate/batch", json={"points": points})
     assert r.status_code == 200
@@ -128,8 +137,12 @@ def test_gcj02_and_bd09_are_converted_before_routing(factory, tiled, client):
     lon, lat = LON0 + 1.7 * STEP, LAT0 + 0.5 * STEP  # inside A2, 300 m from B1
     glon, glat = wgs84_to_gcj02(lon, lat)
     blon, blat = wgs84_to_bd09(lon, lat)
-    for crs, (x, y) in (("gcj02", (glon, glat)), ("bd09", (blon, blat)),
-                        ("cgcs2000", (lon, lat)), ("wgs84", (lon, lat))):
+    for crs, (x, y) in (
+        ("gcj02", (glon, glat)),
+        ("bd09", (blon, blat)),
+        ("cgcs2000", (lon, lat)),
+        ("wgs84", (lon, lat)),
+    ):
         answer = factory.locate(x, y, crs)
         assert answer["grid"]["code"] == A2, crs
         got_lon, got_lat = answer["point"]["coordinates"]
@@ -140,8 +153,7 @@ def test_gcj02_and_bd09_are_converted_before_routing(factory, tiled, client):
     assert factory.locate(glon, glat)["grid"]["code"] != A2
 
 
-def test_activation_switches_routing_in_another_process_without_restart(settings, factory,
-                                                                        client):
+def test_activation_switches_routing_in_another_process_without_restart(settings, factory, client):
     factory.regions(with_boundaries=False)
     first = factory.grid_version(collection(feature(A1, square(0, 0))))
     other_process = create_app(settings).test_client()  # its own engine and index
@@ -151,8 +163,9 @@ def test_activation_switches_routing_in_another_process_without_restart(settings
     answer = other_process.get(f"/api/v1/locate?{point}").get_json()
     assert answer["grid"]["code"] == A2
     assert answer["grid"]["version_id"] == second["id"] != first["id"]
-    versions = {v["id"]: v["status"] for v in
-                client.get("/api/v1/grid-versions").get_json()["items"]}
+    versions = {
+        v["id"]: v["status"] for v in client.get("/api/v1/grid-versions").get_json()["items"]
+    }
     assert versions == {first["id"]: "retired", second["id"]: "active"}
     # Re-activating the old version (rolling back) works the same way.
     client.post(f"/api/v1/grid-versions/{first['id']}/activate", json={})
@@ -165,20 +178,23 @@ def test_version_of_a_smaller_region_shadows_the_larger_one(factory, client):
     assert township["region_code"] == TOWNSHIP
     redraw = collection(feature(COMMUNITY_A + "003", square(0, 0, 2)))  # one grid for A
     community = factory.grid_version(redraw, region=COMMUNITY_A)
-    assert factory.locate(LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP)["grid"]["code"] == \
-        COMMUNITY_A + "003"
+    assert (
+        factory.locate(LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP)["grid"]["code"] == COMMUNITY_A + "003"
+    )
     b = factory.locate(LON0 + 2.5 * STEP, LAT0 + 0.5 * STEP)["grid"]
     assert (b["code"], b["version_id"]) == (B1, township["id"])
-    statuses = {v["id"]: v["status"] for v in
-                client.get("/api/v1/grid-versions").get_json()["items"]}
+    statuses = {
+        v["id"]: v["status"] for v in client.get("/api/v1/grid-versions").get_json()["items"]
+    }
     assert statuses == {township["id"]: "active", community["id"]: "active"}
 
 
 def test_index_agrees_with_database_covers_query(factory, client, engine, tiled):
     """The in-process index and the engine's own ST_Covers give the same grid everywhere."""
     rng = random.Random(11)
-    points = [(LON0 + rng.uniform(-0.002, 0.042), LAT0 + rng.uniform(-0.002, 0.012))
-              for _ in range(400)]
+    points = [
+        (LON0 + rng.uniform(-0.002, 0.042), LAT0 + rng.uniform(-0.002, 0.012)) for _ in range(400)
+    ]
     # Every vertex and edge midpoint of the lattice, where ties happen.
     points += [(LON0 + i * STEP / 2, LAT0 + j * STEP / 2) for i in range(9) for j in range(3)]
     r = client.post("/api/v1/locate/batch", json={"points": [list(p) for p in points]})
@@ -187,7 +203,8 @@ def test_index_agrees_with_database_covers_query(factory, client, engine, tiled)
         "SELECT code FROM grids WHERE in_service AND "
         "ST_Covers(geom, ST_GeomFromText(:wkt, 4326)) "
         "ORDER BY CASE WHEN ST_Contains(geom, ST_GeomFromText(:wkt, 4326)) THEN 0 ELSE 1 END, "
-        "code LIMIT 1")
+        "code LIMIT 1"
+    )
     checked = 0
     with engine.connect() as conn:
         for (lon, lat), result in zip(points, results, strict=True):

@@ -150,8 +150,14 @@ def test_search_radius_edge_cases() -> None:
 
 def test_area_matches_geographiclib_exact_geodesic_polygon() -> None:
     """An irregular county-sized polygon (20 km edges): within 0.01% of Karney's exact area."""
-    ring = [(120.50, 31.20), (120.74, 31.22), (120.71, 31.41), (120.58, 31.38),
-            (120.52, 31.30), (120.50, 31.20)]
+    ring = [
+        (120.50, 31.20),
+        (120.74, 31.22),
+        (120.71, 31.41),
+        (120.58, 31.38),
+        (120.52, 31.30),
+        (120.50, 31.20),
+    ]
     poly = Geodesic.WGS84.Polygon()
     for lon, lat in ring[:-1]:
         poly.AddPoint(lat, lon)

@@ -294,7 +294,7 @@ def test_empty_and_zero_area_geometries() -> None:
         "320505001001000",  # sequence 000
         "32050500100100a",
         "３２０５０５００１００１００１",  # full-width digits are not ASCII digits
-        320505001001001,  # a number, not a string
+        320505001.5,  # a number that is not an integer
         None,
     ],
 )
@@ -440,3 +440,11 @@ def test_removed_cells_are_exactly_the_gaps(cols: int, rows: int, data: st.DataO
     assert c["gap_area_m2"] == pytest.approx(expected, rel=0.01)
     assert report.ok is (not removed)
     assert all(g.problems == [] for g in report.grids)
+
+
+@pytest.mark.parametrize("code", [320505001001001, 320505001001001.0, " 320505001001001 "])
+def test_codes_from_spreadsheets_are_normalised(code: Any) -> None:
+    """Shapefile and spreadsheet exports carry codes as numbers or with spaces."""
+    report = validate_grid_features([feature(code, polygon(cell(0, 0)))], {COMMUNITY: None})
+    assert [g.code for g in report.grids] == ["320505001001001"]
+    assert report.feature_problems == []

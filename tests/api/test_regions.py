@@ -1,0 +1,667 @@
+"""The administrative tree over HTTP: create, read, list, navigate, update and import regions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from gridapi.models import Region
+
+from ..factories import (
+    CITY,
+    COMMUNITY_A,
+    COMMUNITY_B,
+    COUNTY,
+    LAT0,
+    LON0,
+    PROVINCE,
+    STEP,
+    TOWNSHIP,
+    rectangle,
+    region_rows,
+)
+
+TREE = [PROVINCE, CITY, COUNTY, TOWNSHIP, COMMUNITY_A, COMMUNITY_B]
+BOWTIE = {
+    "type": "Polygon",
+    "coordinates": [
+        [[120.60, 31.30], [120.61, 31.31], [120.61, 31.30], [120.60, 31.31], [120.60, 31.30]]
+    ],
+}
+POINT = {"type": "Point", "coordinates": [120.60, 31.30]}
+
+# 东莞: a city without counties; 仙桃: a province-administered county-level city; 北京.
+GUANGDONG, DONGGUAN, DONGCHENG_DG = "440000000000", "441900000000", "441900003000"
+HUBEI, HUBEI_PSEUDO_CITY, XIANTAO = "420000000000", "429000000000", "429004000000"
+BEIJING, BEIJING_DISTRICTS, DONGCHENG_BJ = "110000000000", "110100000000", "110101000000"
+
+
+def create(client: Any, code: str, name: str, **extra: Any) -> Any:
+    return client.post("/api/v1/regions", json={"code": code, "name": name, **extra})
+
+
+def created(client: Any, code: str, name: str, **extra: Any) -> dict[str, Any]:
+    r = create(client, code, name, **extra)
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()
+
+
+def codes(response: Any) -> list[str]:
+    assert response.status_code == 200, response.get_json()
+    return [item["code"] for item in response.get_json()["items"]]
+
+
+def region_count(session: Any) -> int:
+    """Rows in the regions table, read in a fresh transaction."""
+    session.rollback()
+    count = session.scalar(select(func.count()).select_from(Region))
+    session.rollback()
+    return count
+
+
+def assert_error(response: Any, status: int, *path: str) -> dict[str, Any]:
+    """Check the standard error body and that ``errors`` holds ``path`` (location, field...)."""
+    assert response.status_code == status, response.get_json()
+    body = response.get_json()
+    assert body["code"] == status
+    assert isinstance(body["status"], str) and body["status"]
+    assert isinstance(body["message"], str) and body["message"]
+    assert set(body) <= {"code", "status", "message", "errors"}
+    node: Any = body.get("errors")
+    for key in path:
+        assert isinstance(node, dict) and key in node, (path, body)
+        node = node[key]
+    if path:
+        assert node, body
+    return body
+
+
+@pytest.fixture
+def tree(factory):
+    factory.regions()
+
+
+# ---- create ----------------------------------------------------------------------------------
+
+
+def test_create_derives_level_and_parent(client):
+    expected = [
+        (PROVINCE, "江苏省", "province", None),
+        (CITY, "苏州市", "city", PROVINCE),
+        (COUNTY, "姑苏区", "county", CITY),
+        (TOWNSHIP, "平江街道", "township", COUNTY),
+        (COMMUNITY_A, "平江社区", "village", TOWNSHIP),
+    ]
+    for code, name, level, parent in expected:
+        body = created(client, code, name)
+        assert (body["code"], body["name"], body["level"], body["parent_code"]) == (
+            code,
+            name,
+            level,
+            parent,
+        )
+        assert body["has_boundary"] is False and body["boundary"] is None
+        assert body["valid_from"] is None and body["valid_to"] is None
+    assert client.get(f"/api/v1/regions/{COMMUNITY_A}").get_json()["parent_code"] == TOWNSHIP
+
+
+def test_create_accepts_matching_level_and_parent_and_a_boundary(client, factory):
+    factory.regions(with_boundaries=False)
+    boundary = rectangle(4, 0, 6, 1)
+    body = created(
+        client,
+        "320508001003",
+        "新社区",
+        level="village",
+        parent_code=TOWNSHIP,
+        boundary=boundary,
+        valid_from="2024-01-01",
+    )
+    assert (body["level"], body["parent_code"], body["valid_from"]) == (
+        "village",
+        TOWNSHIP,
+        "2024-01-01",
+    )
+    assert body["has_boundary"] is True
+    assert body["boundary"]["type"] == "MultiPolygon"
+    assert body["boundary"]["coordinates"] == [boundary["coordinates"]]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"code": "32050800100", "name": "短"}, "code"),  # 11 digits
+        ({"code": "32050800100A", "name": "字母"}, "code"),  # a letter
+        ({"code": "990000000000", "name": "无此省"}, "code"),  # province 99
+        ({"code": "320001000000", "name": "市00"}, "code"),  # city 00
+        ({"code": "320508000001", "name": "乡000"}, "code"),  # township 000
+        ({"code": "320508001003", "name": "错级", "level": "township"}, "level"),
+        ({"code": "320508001003", "name": "错父", "parent_code": COUNTY}, "parent_code"),
+        ({"code": "320508002001", "name": "无父"}, "code"),  # no 320508002000
+        ({"code": "320508001003", "name": "多余", "population": 3}, "population"),
+        ({"code": "320508001003", "name": "长" * 101}, "name"),
+        ({"code": "320508001003", "name": ""}, "name"),
+        ({"code": "320508001003"}, "name"),
+        ({"code": "320508001003", "name": "点", "boundary": POINT}, "boundary"),
+        ({"code": "320508001003", "name": "蝴蝶", "boundary": BOWTIE}, "boundary"),
+        ({"code": "320508001003", "name": "无坐标", "boundary": {"type": "Polygon"}}, "boundary"),
+    ],
+)
+def test_create_rejects_bad_input_with_the_field_path(client, factory, session, payload, field):
+    factory.regions(with_boundaries=False)
+    r = client.post("/api/v1/regions", json=payload)
+    assert_error(r, 422, "json", field)
+    assert region_count(session) == len(TREE)
+
+
+def test_create_missing_parent_names_the_parent_to_create(client):
+    created(client, PROVINCE, "江苏省")
+    body = assert_error(create(client, COUNTY, "姑苏区"), 422, "json", "code")
+    assert CITY in body["errors"]["json"]["code"][0]
+
+
+def test_create_duplicate_current_code_is_409(client, tree):
+    r = create(client, COMMUNITY_A, "另一个平江社区")
+    assert_error(r, 409)
+    assert COMMUNITY_A in r.get_json()["message"]
+    assert client.get(f"/api/v1/regions/{COMMUNITY_A}").get_json()["name"] == "平江社区"
+
+
+def test_create_with_valid_to_before_valid_from_is_422(client, tree):
+    r = create(client, "320508001003", "倒序", valid_from="2021-01-01", valid_to="2020-01-01")
+    assert_error(r, 422, "json", "valid_to")
+
+
+def test_create_code_with_trailing_newline_is_422(client, tree):
+    assert_error(create(client, "320508001003\n", "换行"), 422, "json", "code")
+
+
+def test_create_code_with_full_width_digit_is_422(client, tree):
+    assert_error(create(client, "32050800100５", "全角"), 422, "json", "code")
+
+
+# ---- get -------------------------------------------------------------------------------------
+
+
+def test_get_region_with_boundary(client, tree):
+    r = client.get(f"/api/v1/regions/{COMMUNITY_A}")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert (body["code"], body["name"], body["level"], body["parent_code"]) == (
+        COMMUNITY_A,
+        "平江社区",
+        "village",
+        TOWNSHIP,
+    )
+    assert body["has_boundary"] is True
+    assert body["boundary"]["type"] == "MultiPolygon"
+    ring = body["boundary"]["coordinates"][0][0]
+    lons, lats = [p[0] for p in ring], [p[1] for p in ring]
+    assert min(lons) == pytest.approx(LON0) and max(lons) == pytest.approx(LON0 + 2 * STEP)
+    assert min(lats) == pytest.approx(LAT0) and max(lats) == pytest.approx(LAT0 + STEP)
+    province = client.get(f"/api/v1/regions/{PROVINCE}").get_json()
+    assert province["has_boundary"] is False and province["boundary"] is None
+
+
+def test_get_unknown_code_is_404_with_the_standard_body(client, tree):
+    r = client.get("/api/v1/regions/320508009999")
+    body = assert_error(r, 404)
+    assert body["status"] == "Not Found"
+    assert "320508009999" in body["message"]
+
+
+def test_not_found_body_has_every_key(client, tree):
+    body = client.get("/api/v1/regions/320508009999").get_json()
+    assert set(body) == {"code", "status", "message", "errors"}
+
+
+def test_bad_on_date_is_422(client, tree):
+    assert_error(client.get(f"/api/v1/regions/{COMMUNITY_A}?on=yesterday"), 422, "query", "on")
+
+
+# ---- list ------------------------------------------------------------------------------------
+
+
+def test_list_all_ordered_by_code(client, tree):
+    r = client.get("/api/v1/regions")
+    assert codes(r) == TREE
+    assert r.get_json()["next"] is None
+    assert "boundary" not in r.get_json()["items"][0]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("level=village", [COMMUNITY_A, COMMUNITY_B]),
+        ("level=province", [PROVINCE]),
+        (f"parent={TOWNSHIP}", [COMMUNITY_A, COMMUNITY_B]),
+        (f"parent={PROVINCE}", [CITY]),
+        (f"within={CITY}", [COUNTY, TOWNSHIP, COMMUNITY_A, COMMUNITY_B]),
+        (f"within={TOWNSHIP}", [COMMUNITY_A, COMMUNITY_B]),
+        (f"within={COMMUNITY_A}", []),
+        (f"within={CITY}&level=township", [TOWNSHIP]),
+        ("q=平江", [TOWNSHIP, COMMUNITY_A]),
+        ("q=观前", [COMMUNITY_B]),
+        ("q=苏", [PROVINCE, CITY, COUNTY]),
+        ("q=%25", []),  # '%' is matched literally, not as a wildcard
+        ("q=_", []),
+        ("q=平江&level=village", [COMMUNITY_A]),
+    ],
+)
+def test_list_filters(client, tree, query, expected):
+    assert codes(client.get(f"/api/v1/regions?{query}")) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("level=town", "level"),
+        ("parent=3205", "parent"),
+        ("within=320508000001", "within"),  # twelve digits, but not a division code
+        ("after=abc", "after"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+    ],
+)
+def test_list_rejects_bad_query_with_the_field_path(client, tree, query, field):
+    assert_error(client.get(f"/api/v1/regions?{query}"), 422, "query", field)
+
+
+def test_list_rejects_an_unknown_query_parameter(client, tree):
+    # A misspelt filter must not silently list everything.
+    assert_error(client.get(f"/api/v1/regions?parent_code={TOWNSHIP}"), 422, "query", "parent_code")
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 4, 7, 12, 13, 100])
+def test_keyset_pagination_returns_every_row_exactly_once(client, factory, limit):
+    extra = [{"code": f"320508001{n:03d}", "name": f"社区{n}"} for n in range(3, 10)]
+    r = client.post("/api/v1/regions/import", json=region_rows() + extra)
+    assert r.status_code == 200, r.get_json()
+    everything = codes(client.get("/api/v1/regions?limit=1000"))
+    assert len(everything) == 13
+    seen: list[str] = []
+    url = f"/api/v1/regions?limit={limit}"
+    for _ in range(20):
+        page = client.get(url)
+        items = codes(page)
+        assert 0 < len(items) <= limit
+        seen += items
+        cursor = page.get_json()["next"]
+        if cursor is None:
+            break
+        assert cursor == items[-1]
+        url = f"/api/v1/regions?limit={limit}&after={cursor}"
+    assert seen == everything
+
+
+def test_pagination_combines_with_filters(client, factory):
+    extra = [{"code": f"320508001{n:03d}", "name": f"社区{n}"} for n in range(3, 8)]
+    client.post("/api/v1/regions/import", json=region_rows() + extra)
+    first = client.get(f"/api/v1/regions?parent={TOWNSHIP}&limit=4").get_json()
+    assert [i["code"] for i in first["items"]] == [f"320508001{n:03d}" for n in range(1, 5)]
+    second = client.get(f"/api/v1/regions?parent={TOWNSHIP}&limit=4&after={first['next']}")
+    assert codes(second) == [f"320508001{n:03d}" for n in range(5, 8)]
+    assert second.get_json()["next"] is None
+
+
+# ---- children, ancestors, subtree ------------------------------------------------------------
+
+
+def test_children(client, tree):
+    assert codes(client.get(f"/api/v1/regions/{TOWNSHIP}/children")) == [COMMUNITY_A, COMMUNITY_B]
+    assert codes(client.get(f"/api/v1/regions/{PROVINCE}/children")) == [CITY]
+    assert codes(client.get(f"/api/v1/regions/{COMMUNITY_A}/children")) == []
+
+
+def test_ancestors_parent_first_up_to_the_province(client, tree):
+    r = client.get(f"/api/v1/regions/{COMMUNITY_A}/ancestors")
+    assert codes(r) == [TOWNSHIP, COUNTY, CITY, PROVINCE]
+    assert [i["level"] for i in r.get_json()["items"]] == ["township", "county", "city", "province"]
+    assert codes(client.get(f"/api/v1/regions/{PROVINCE}/ancestors")) == []
+
+
+def test_subtree_with_and_without_max_level(client, tree):
+    assert codes(client.get(f"/api/v1/regions/{COUNTY}/subtree")) == TREE[2:]
+    assert codes(client.get(f"/api/v1/regions/{PROVINCE}/subtree")) == TREE
+    assert codes(client.get(f"/api/v1/regions/{PROVINCE}/subtree?max_level=county")) == TREE[:3]
+    assert codes(client.get(f"/api/v1/regions/{CITY}/subtree?max_level=township")) == [
+        CITY,
+        COUNTY,
+        TOWNSHIP,
+    ]
+    assert codes(client.get(f"/api/v1/regions/{COMMUNITY_B}/subtree")) == [COMMUNITY_B]
+    r = client.get(f"/api/v1/regions/{CITY}/subtree?max_level=street")
+    assert_error(r, 422, "query", "max_level")
+
+
+@pytest.mark.parametrize("path", ["children", "ancestors", "subtree"])
+def test_navigation_of_an_unknown_code_is_404(client, tree, path):
+    body = assert_error(client.get(f"/api/v1/regions/320508009000/{path}"), 404)
+    assert "320508009000" in body["message"]
+
+
+# ---- special shapes of the tree --------------------------------------------------------------
+
+
+def test_dongguan_township_directly_under_the_city(client):
+    created(client, GUANGDONG, "广东省")
+    assert created(client, DONGGUAN, "东莞市")["parent_code"] == GUANGDONG
+    township = created(client, DONGCHENG_DG, "东城街道")
+    assert (township["level"], township["parent_code"]) == ("township", DONGGUAN)
+    community = created(client, "441900003001", "东城社区")
+    assert community["parent_code"] == DONGCHENG_DG
+    assert codes(client.get(f"/api/v1/regions/{DONGGUAN}/children")) == [DONGCHENG_DG]
+    assert codes(client.get("/api/v1/regions/441900003001/ancestors")) == [
+        DONGCHENG_DG,
+        DONGGUAN,
+        GUANGDONG,
+    ]
+
+
+def test_dongguan_township_without_the_city_is_refused(client):
+    created(client, GUANGDONG, "广东省")
+    body = assert_error(create(client, DONGCHENG_DG, "东城街道"), 422, "json", "code")
+    assert DONGGUAN in body["errors"]["json"]["code"][0]
+
+
+def test_xiantao_under_the_pseudo_city(client):
+    created(client, HUBEI, "湖北省")
+    created(client, HUBEI_PSEUDO_CITY, "省直辖县级行政区划")
+    body = created(client, XIANTAO, "仙桃市")
+    assert (body["level"], body["parent_code"]) == ("county", HUBEI_PSEUDO_CITY)
+    assert codes(client.get(f"/api/v1/regions/{XIANTAO}/ancestors")) == [HUBEI_PSEUDO_CITY, HUBEI]
+
+
+def test_xiantao_directly_under_the_province_without_the_pseudo_city(client):
+    created(client, HUBEI, "湖北省")
+    body = created(client, XIANTAO, "仙桃市")
+    assert (body["level"], body["parent_code"]) == ("county", HUBEI)
+    assert codes(client.get(f"/api/v1/regions/{HUBEI}/children")) == [XIANTAO]
+    assert codes(client.get(f"/api/v1/regions/{XIANTAO}/ancestors")) == [HUBEI]
+    assert created(client, "429004001000", "沙嘴街道")["parent_code"] == XIANTAO
+    assert codes(client.get(f"/api/v1/regions/{HUBEI}/subtree")) == [HUBEI, XIANTAO, "429004001000"]
+    r = create(client, "429005000000", "潜江市", parent_code=HUBEI_PSEUDO_CITY)
+    assert_error(r, 422, "json", "parent_code")
+
+
+def test_beijing_districts_under_shixiaqu(client):
+    created(client, BEIJING, "北京市")
+    assert created(client, BEIJING_DISTRICTS, "市辖区")["level"] == "city"
+    district = created(client, DONGCHENG_BJ, "东城区")
+    assert (district["level"], district["parent_code"]) == ("county", BEIJING_DISTRICTS)
+    assert codes(client.get(f"/api/v1/regions/{DONGCHENG_BJ}/ancestors")) == [
+        BEIJING_DISTRICTS,
+        BEIJING,
+    ]
+    assert codes(client.get(f"/api/v1/regions?within={BEIJING}")) == [
+        BEIJING_DISTRICTS,
+        DONGCHENG_BJ,
+    ]
+
+
+# ---- update ----------------------------------------------------------------------------------
+
+
+def test_patch_renames_in_place(client, tree, session):
+    r = client.patch(f"/api/v1/regions/{COMMUNITY_A}", json={"name": "平江路社区"})
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["name"], r.get_json()["valid_from"]) == ("平江路社区", None)
+    assert client.get(f"/api/v1/regions/{COMMUNITY_A}").get_json()["name"] == "平江路社区"
+    # A correction rewrites the row: no history, the old name is gone on every day.
+    old = client.get(f"/api/v1/regions/{COMMUNITY_A}?on=2000-01-01").get_json()
+    assert old["name"] == "平江路社区"
+    assert region_count(session) == len(TREE)
+    assert client.get(f"/api/v1/regions/{COMMUNITY_A}").get_json()["has_boundary"] is True
+
+
+def test_patch_boundary_in_place(client, tree):
+    r = client.patch(f"/api/v1/regions/{COMMUNITY_A}", json={"boundary": rectangle(0, 0, 1, 1)})
+    assert r.status_code == 200, r.get_json()
+    ring = client.get(f"/api/v1/regions/{COMMUNITY_A}").get_json()["boundary"]["coordinates"]
+    assert max(p[0] for p in ring[0][0]) == pytest.approx(LON0 + STEP)
+
+
+def test_patch_with_effective_from_keeps_the_old_period(client, tree, session):
+    r = client.patch(
+        f"/api/v1/regions/{COMMUNITY_A}",
+        json={"name": "新平江社区", "effective_from": "2020-01-01"},
+    )
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert (body["name"], body["valid_from"], body["valid_to"]) == (
+        "新平江社区",
+        "2020-01-01",
+        None,
+    )
+    assert body["parent_code"] == TOWNSHIP and body["has_boundary"] is True
+
+    current = client.get(f"/api/v1/regions/{COMMUNITY_A}").get_json()
+    assert current["name"] == "新平江社区"
+    old = client.get(f"/api/v1/regions/{COMMUNITY_A}?on=2019-06-01").get_json()
+    assert (old["name"], old["valid_to"]) == ("平江社区", "2019-12-31")
+    assert client.get(f"/api/v1/regions/{COMMUNITY_A}?on=2020-01-01").get_json()["name"] == (
+        "新平江社区"
+    )
+    assert client.get(f"/api/v1/regions/{COMMUNITY_A}?on=2019-12-31").get_json()["name"] == (
+        "平江社区"
+    )
+
+    names = {
+        i["code"]: i["name"]
+        for i in client.get(f"/api/v1/regions?parent={TOWNSHIP}&on=2019-06-01").get_json()["items"]
+    }
+    assert names == {COMMUNITY_A: "平江社区", COMMUNITY_B: "观前社区"}
+    assert codes(client.get("/api/v1/regions?q=新平江")) == [COMMUNITY_A]
+    assert codes(client.get(f"/api/v1/regions/{TOWNSHIP}/children")) == [COMMUNITY_A, COMMUNITY_B]
+    assert region_count(session) == len(TREE) + 1
+
+
+def test_second_period_must_start_later(client, tree):
+    url = f"/api/v1/regions/{COMMUNITY_A}"
+    assert client.patch(url, json={"name": "一", "effective_from": "2020-01-01"}).status_code == 200
+    assert_error(client.patch(url, json={"name": "二", "effective_from": "2020-01-01"}), 409)
+    assert client.get(url).get_json()["name"] == "一"
+
+
+def test_periods_of_a_code_never_overlap(client, tree):
+    url = f"/api/v1/regions/{COMMUNITY_A}"
+    assert client.patch(url, json={"name": "新", "effective_from": "2020-01-01"}).status_code == 200
+    client.patch(url, json={"valid_from": "2019-01-01"})  # into the previous period
+    listed = codes(client.get(f"/api/v1/regions?parent={TOWNSHIP}&on=2019-06-01"))
+    assert listed == [COMMUNITY_A, COMMUNITY_B]
+
+
+def test_patch_valid_to_before_valid_from_is_422_and_changes_nothing(client, tree):
+    url = f"/api/v1/regions/{COMMUNITY_A}"
+    r = client.patch(
+        url, json={"name": "倒序", "valid_from": "2021-01-01", "valid_to": "2020-01-01"}
+    )
+    assert_error(r, 422, "json", "valid_to")
+    body = client.get(url).get_json()
+    assert (body["name"], body["valid_from"], body["valid_to"]) == ("平江社区", None, None)
+
+
+def test_patch_effective_from_after_valid_to_is_422(client, tree):
+    r = client.patch(
+        f"/api/v1/regions/{COMMUNITY_A}",
+        json={"effective_from": "2021-01-01", "valid_to": "2020-01-01"},
+    )
+    assert_error(r, 422, "json", "valid_to")
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"name": ""}, "name"),
+        ({"name": None}, "name"),
+        ({"code": "320508001009"}, "code"),  # the code cannot be changed
+        ({"level": "township"}, "level"),
+        ({"boundary": BOWTIE}, "boundary"),
+        ({"boundary": POINT}, "boundary"),
+        ({"effective_from": "soon"}, "effective_from"),
+    ],
+)
+def test_patch_rejects_bad_input(client, tree, payload, field):
+    url = f"/api/v1/regions/{COMMUNITY_A}"
+    assert_error(client.patch(url, json=payload), 422, "json", field)
+    assert client.get(url).get_json()["name"] == "平江社区"
+
+
+def test_patch_unknown_code_is_404(client, tree):
+    assert_error(client.patch("/api/v1/regions/320508001009", json={"name": "无"}), 404)
+
+
+# ---- bulk import -----------------------------------------------------------------------------
+
+
+def test_import_derives_parents_from_rows_in_any_order(client, session):
+    rows = list(reversed(region_rows()))  # villages first, the province last
+    r = client.post("/api/v1/regions/import", json=rows)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json() == {"created": 6, "updated": 0, "unchanged": 0, "errors": []}
+    items = client.get("/api/v1/regions").get_json()["items"]
+    assert [(i["code"], i["parent_code"]) for i in items] == [
+        (PROVINCE, None),
+        (CITY, PROVINCE),
+        (COUNTY, CITY),
+        (TOWNSHIP, COUNTY),
+        (COMMUNITY_A, TOWNSHIP),
+        (COMMUNITY_B, TOWNSHIP),
+    ]
+    assert [i["has_boundary"] for i in items] == [False, False, False, True, True, True]
+    assert region_count(session) == 6
+
+
+def test_import_below_existing_ancestors(client, tree):
+    rows = [
+        {"code": "320508002001", "name": "观前社区二"},
+        {"code": "320508002000", "name": "观前街道", "level": "township"},
+    ]
+    r = client.post("/api/v1/regions/import", json=rows)
+    assert r.get_json()["created"] == 2
+    assert codes(client.get(f"/api/v1/regions/{COUNTY}/children")) == [TOWNSHIP, "320508002000"]
+    assert codes(client.get("/api/v1/regions/320508002001/ancestors")) == [
+        "320508002000",
+        COUNTY,
+        CITY,
+        PROVINCE,
+    ]
+
+
+def test_import_special_shapes(client):
+    rows = [
+        {"code": DONGCHENG_DG, "name": "东城街道"},
+        {"code": DONGGUAN, "name": "东莞市"},
+        {"code": GUANGDONG, "name": "广东省"},
+        {"code": XIANTAO, "name": "仙桃市"},
+        {"code": HUBEI, "name": "湖北省"},
+        {"code": DONGCHENG_BJ, "name": "东城区"},
+        {"code": BEIJING_DISTRICTS, "name": "市辖区"},
+        {"code": BEIJING, "name": "北京市"},
+    ]
+    r = client.post("/api/v1/regions/import", json=rows)
+    assert r.get_json()["created"] == 8, r.get_json()
+    parents = {
+        i["code"]: i["parent_code"] for i in client.get("/api/v1/regions").get_json()["items"]
+    }
+    assert parents[DONGCHENG_DG] == DONGGUAN
+    assert parents[XIANTAO] == HUBEI
+    assert parents[DONGCHENG_BJ] == BEIJING_DISTRICTS
+
+
+def test_import_is_all_or_nothing(client, session):
+    rows = region_rows()
+    rows.insert(2, {"code": "32050800000X", "name": "坏行"})
+    r = client.post("/api/v1/regions/import", json=rows)
+    body = assert_error(r, 422, "json", "2", "code")
+    assert set(body["errors"]["json"]) == {"2"}
+    assert "nothing" in body["message"]
+    assert region_count(session) == 0
+    assert codes(client.get("/api/v1/regions")) == []
+
+
+def test_import_lists_every_bad_row(client, tree, session):
+    rows = [
+        {"code": "320508001003", "name": "好行"},
+        {"code": "990000000000", "name": "无此省"},
+        {"code": "320508001004", "name": ""},
+        {"code": "320508001005", "name": "错级", "level": "township"},
+        {"code": "320508009001", "name": "无父"},
+        {"code": "320508001003", "name": "重复"},
+    ]
+    r = client.post("/api/v1/regions/import", json=rows)
+    errors = assert_error(r, 422, "json")["errors"]["json"]
+    assert sorted(errors, key=int) == ["1", "2", "3", "4", "5"]
+    assert "320508009000" in errors["4"]["code"][0]  # names the missing ancestor
+    assert region_count(session) == len(TREE)
+    assert_error(client.get("/api/v1/regions/320508001003"), 404)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"code": "320508001003", "name": "多余", "population": 3},
+        {"code": "320508001003"},
+        {"name": "无码"},
+        {"code": "320508001003", "name": "错级", "level": "town"},
+    ],
+)
+def test_import_rejects_malformed_rows_through_the_schema(client, tree, session, row):
+    r = client.post("/api/v1/regions/import", json=[{"code": "320508001004", "name": "好"}, row])
+    assert_error(r, 422, "json", "1")
+    assert region_count(session) == len(TREE)
+
+
+def test_import_rejects_a_body_that_is_not_a_list(client):
+    assert_error(client.post("/api/v1/regions/import", json={"code": PROVINCE}), 422, "json")
+
+
+def test_reimport_without_boundaries_changes_nothing(client, factory, session):
+    factory.regions(with_boundaries=False)
+    r = client.post("/api/v1/regions/import", json=region_rows(with_boundaries=False))
+    assert r.get_json() == {"created": 0, "updated": 0, "unchanged": 6, "errors": []}
+    assert region_count(session) == 6
+
+
+def test_reimport_with_the_same_boundaries_changes_nothing(client, tree, session):
+    r = client.post("/api/v1/regions/import", json=region_rows())
+    assert r.status_code == 200
+    assert r.get_json() == {"created": 0, "updated": 0, "unchanged": 6, "errors": []}
+
+
+def test_reimport_renames(client, tree, session):
+    rows = region_rows()
+    rows[4]["name"] = "平江路社区"
+    for row in rows:
+        row.pop("boundary", None)  # rows without a boundary keep the stored one
+    r = client.post("/api/v1/regions/import", json=rows)
+    assert r.get_json() == {"created": 0, "updated": 1, "unchanged": 5, "errors": []}
+    body = client.get(f"/api/v1/regions/{COMMUNITY_A}").get_json()
+    assert (body["name"], body["has_boundary"]) == ("平江路社区", True)
+    assert region_count(session) == 6
+
+
+@pytest.mark.parametrize(
+    "boundary",
+    [
+        POINT,
+        {"type": "Polygon", "coordinates": [[[200, 31], [201, 31], [201, 32], [200, 31]]]},
+        {"type": "Polygon", "coordinates": [[[120.6]]]},
+    ],
+)
+def test_import_rejects_unusable_boundaries(client, factory, session, boundary):
+    rows = region_rows(with_boundaries=False)
+    rows[5]["boundary"] = boundary
+    r = client.post("/api/v1/regions/import", json=rows)
+    assert_error(r, 422, "json", "5")
+    assert region_count(session) == 0
+
+
+def test_import_rejects_a_self_intersecting_boundary(client, session):
+    rows = region_rows(with_boundaries=False)
+    rows[5]["boundary"] = BOWTIE
+    r = client.post("/api/v1/regions/import", json=rows)
+    assert_error(r, 422, "json", "5")
+    assert region_count(session) == 0

@@ -1,0 +1,328 @@
+"""The `gridapi` command on both engines: region and grid imports, migrations, demo data."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import func, select
+
+from gridapi import create_app
+from gridapi.cli import main
+from gridapi.models import GridVersion, Region
+
+from .factories import (
+    CITY,
+    COMMUNITY_A,
+    COMMUNITY_B,
+    COUNTY,
+    LAT0,
+    LON0,
+    PROVINCE,
+    STEP,
+    TOWNSHIP,
+    collection,
+    feature,
+    rectangle,
+    region_rows,
+    square,
+)
+
+A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
+CSV_TEXT = (
+    "code,name\n"
+    f"{PROVINCE},江苏省\n{CITY},苏州市\n{COUNTY},姑苏区\n{TOWNSHIP},平江街道\n"
+    f"{COMMUNITY_A},平江社区\n{COMMUNITY_B},观前社区\n"
+)
+
+
+def run(database_url: str, *args: str) -> Result:
+    return CliRunner().invoke(
+        main, list(args), env={"GRIDAPI_DATABASE_URL": database_url}, catch_exceptions=False
+    )
+
+
+def write(tmp_path: Path, name: str, content: str | bytes | Any) -> Path:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    else:
+        path.write_text(json.dumps(content, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def count(session: Any, model: type) -> int:
+    """Rows of ``model`` in a fresh transaction (the CLI commits through its own engine)."""
+    session.rollback()
+    n = session.scalar(select(func.count()).select_from(model))
+    session.rollback()
+    return n
+
+
+@pytest.fixture
+def api(settings) -> Iterator[Any]:
+    """A client of an application created after the CLI ran, like a server started later."""
+    made: list[Any] = []
+
+    def make() -> Any:
+        application = create_app(settings)
+        made.append(application)
+        return application.test_client()
+
+    yield make
+    for application in made:
+        application.extensions["gridapi"].engine.dispose()
+
+
+# ---- regions import --------------------------------------------------------------------------
+
+
+def assert_tree(client: Any) -> None:
+    items = client.get("/api/v1/regions").get_json()["items"]
+    assert [(i["code"], i["name"], i["parent_code"]) for i in items] == [
+        (PROVINCE, "江苏省", None),
+        (CITY, "苏州市", PROVINCE),
+        (COUNTY, "姑苏区", CITY),
+        (TOWNSHIP, "平江街道", COUNTY),
+        (COMMUNITY_A, "平江社区", TOWNSHIP),
+        (COMMUNITY_B, "观前社区", TOWNSHIP),
+    ]
+
+
+@pytest.mark.parametrize(
+    "encoded", [CSV_TEXT.encode("utf-8"), CSV_TEXT.encode("utf-8-sig")], ids=["utf8", "utf8-bom"]
+)
+def test_regions_import_csv(database_url, tmp_path, api, encoded):
+    path = write(tmp_path, "regions.csv", encoded)
+    result = run(database_url, "regions", "import", str(path))
+    assert result.exit_code == 0, result.output
+    assert "6 created, 0 updated, 0 unchanged" in result.output
+    assert_tree(api())
+    again = run(database_url, "regions", "import", str(path))
+    assert again.exit_code == 0, again.output
+    assert "0 created, 0 updated, 6 unchanged" in again.output
+
+
+def test_regions_import_csv_with_reordered_columns_and_spaces(database_url, tmp_path, api):
+    lines = ["name, code"] + [f"{r['name']}, {r['code']}" for r in reversed(region_rows())]
+    path = write(tmp_path, "regions.csv", "\n".join(lines) + "\n")
+    result = run(database_url, "regions", "import", str(path))
+    assert result.exit_code == 0, result.output
+    assert_tree(api())
+
+
+def test_regions_import_json_list(database_url, tmp_path, api):
+    path = write(tmp_path, "regions.json", region_rows(with_boundaries=False))
+    result = run(database_url, "regions", "import", str(path))
+    assert result.exit_code == 0, result.output
+    assert "6 created" in result.output
+    assert_tree(api())
+
+
+def test_regions_import_geojson_stores_boundaries(database_url, tmp_path, api):
+    rows = region_rows(with_boundaries=True)
+    fc = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"code": r["code"], "name": r["name"]},
+                "geometry": r.get("boundary"),
+            }
+            for r in rows
+        ],
+    }
+    path = write(tmp_path, "regions.geojson", fc)
+    result = run(database_url, "regions", "import", str(path))
+    assert result.exit_code == 0, result.output
+    client = api()
+    assert_tree(client)
+    flags = [i["has_boundary"] for i in client.get("/api/v1/regions").get_json()["items"]]
+    assert flags == [False, False, False, True, True, True]
+    boundary = client.get(f"/api/v1/regions/{COMMUNITY_B}").get_json()["boundary"]
+    assert boundary == {
+        "type": "MultiPolygon",
+        "coordinates": [rectangle(2, 0, 4, 1)["coordinates"]],
+    }
+
+
+def test_regions_import_missing_ancestor_writes_nothing(database_url, tmp_path, session):
+    lines = CSV_TEXT.splitlines()
+    del lines[4]  # 平江街道 320508001000, the parent of both communities
+    path = write(tmp_path, "regions.csv", "\n".join(lines) + "\n")
+    result = run(database_url, "regions", "import", str(path))
+    assert result.exit_code != 0
+    assert TOWNSHIP in result.output
+    assert "nothing was imported" in result.output
+    assert count(session, Region) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("regions.csv", "id,title\n1,x\n"),
+        ("regions.json", "[{"),
+        ("regions.json", {"code": PROVINCE, "name": "江苏省"}),
+    ],
+)
+def test_regions_import_unreadable_file_fails(database_url, tmp_path, session, name, content):
+    result = run(database_url, "regions", "import", str(write(tmp_path, name, content)))
+    assert result.exit_code != 0
+    assert "Error" in result.output
+    assert count(session, Region) == 0
+
+
+# ---- grids import ----------------------------------------------------------------------------
+
+
+def _version_id(output: str) -> int:
+    match = re.search(r"version (\d+) \(region", output)
+    assert match, output
+    return int(match.group(1))
+
+
+def test_grids_import_activate_routes_points(database_url, tmp_path, factory, api):
+    factory.regions(with_boundaries=False)
+    path = write(
+        tmp_path, "grids.geojson", collection(feature(A1, square(0, 0)), feature(A2, square(1, 0)))
+    )
+    result = run(database_url, "grids", "import", str(path), "--activate", "--label", "2026版")
+    assert result.exit_code == 0, result.output
+    vid = _version_id(result.output)
+    assert "2 grids, 0 error(s)" in result.output
+    assert f"version {vid} activated" in result.output
+
+    client = api()
+    version = client.get(f"/api/v1/grid-versions/{vid}").get_json()
+    assert (version["status"], version["label"], version["grid_count"]) == ("active", "2026版", 2)
+    for lon, code in ((LON0 + 0.5 * STEP, A1), (LON0 + 1.5 * STEP, A2)):
+        answer = client.get(f"/api/v1/locate?lon={lon!r}&lat={LAT0 + 0.5 * STEP!r}").get_json()
+        assert (answer["grid"]["code"], answer["grid"]["version_id"]) == (code, vid)
+
+
+def test_grids_import_without_activate_leaves_a_draft(database_url, tmp_path, factory, api):
+    factory.regions(with_boundaries=False)
+    path = write(tmp_path, "grids.geojson", collection(feature(A1, square(0, 0))))
+    result = run(database_url, "grids", "import", str(path))
+    assert result.exit_code == 0, result.output
+    vid = _version_id(result.output)
+    client = api()
+    assert client.get(f"/api/v1/grid-versions/{vid}").get_json()["status"] == "draft"
+    answer = client.get(f"/api/v1/locate?lon={LON0 + 0.5 * STEP!r}&lat={LAT0 + 0.5 * STEP!r}")
+    assert answer.get_json()["grid"] is None
+
+
+def test_grids_import_overlap_needs_force(database_url, tmp_path, factory, api, session):
+    factory.regions(with_boundaries=False)
+    path = write(
+        tmp_path,
+        "grids.geojson",
+        collection(feature(A1, square(0, 0)), feature(A2, square(0.5, 0))),
+    )
+    refused = run(database_url, "grids", "import", str(path), "--activate")
+    assert refused.exit_code != 0
+    vid = _version_id(refused.output)
+    assert "not activated" in refused.output and "--force" in refused.output
+    assert "overlap" in refused.output.lower()
+    client = api()
+    assert client.get(f"/api/v1/grid-versions/{vid}").get_json()["status"] == "draft"
+    point = f"lon={LON0 + 0.25 * STEP!r}&lat={LAT0 + 0.5 * STEP!r}"
+    assert client.get(f"/api/v1/locate?{point}").get_json()["grid"] is None
+
+    forced = run(database_url, "grids", "import", str(path), "--activate", "--force")
+    assert forced.exit_code == 0, forced.output
+    forced_id = _version_id(forced.output)
+    assert forced_id != vid
+    assert f"version {forced_id} activated" in forced.output
+    client = api()
+    version = client.get(f"/api/v1/grid-versions/{forced_id}").get_json()
+    assert version["status"] == "active" and version["forced"] is True
+    answer = client.get(f"/api/v1/locate?{point}").get_json()
+    assert (answer["grid"]["code"], answer["grid"]["version_id"]) == (A1, forced_id)
+    assert count(session, GridVersion) == 2
+
+
+def test_grids_import_writes_the_report(database_url, tmp_path, factory):
+    factory.regions(with_boundaries=False)
+    path = write(
+        tmp_path,
+        "grids.geojson",
+        collection(feature(A1, square(0, 0)), feature(A2, square(0.5, 0))),
+    )
+    report_path = tmp_path / "out" / "report.json"
+    report_path.parent.mkdir()
+    result = run(database_url, "grids", "import", str(path), "--report", str(report_path))
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    assert report["ok"] is False and report["error_count"] >= 1
+    assert report["grid_count"] == 2
+    kinds = {p["kind"] for g in report["grids"] for p in g["problems"]}
+    assert "overlap" in kinds
+    assert {g["code"] for g in report["grids"]} <= {A1, A2}
+
+
+def test_grids_import_without_regions_fails(database_url, tmp_path, session):
+    path = write(tmp_path, "grids.geojson", collection(feature(A1, square(0, 0))))
+    result = run(database_url, "grids", "import", str(path), "--activate")
+    assert result.exit_code != 0
+    assert "regions import" in result.output
+    assert count(session, GridVersion) == 0
+
+
+def test_grids_import_not_json_fails(database_url, tmp_path):
+    result = run(database_url, "grids", "import", str(write(tmp_path, "g.geojson", "{nope")))
+    assert result.exit_code != 0
+    assert "not valid JSON" in result.output
+
+
+# ---- database and demo -----------------------------------------------------------------------
+
+
+def test_db_current_prints_the_revision(database_url):
+    result = run(database_url, "db", "current")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "0001"
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    """A migrated SQLite database: the demo data is checked on SQLite only (it is slow)."""
+    path = tmp_path / "demo.sqlite3"
+    shutil.copy(sqlite_template, path)
+    return f"sqlite:///{path}"
+
+
+def test_demo_data_loads_once(sqlite_url):
+    first = run(sqlite_url, "demo-data")
+    assert first.exit_code == 0, first.output
+    summary = re.search(
+        r"(\d+) regions \((\d+) new\), grid version (\d+) with (\d+) grids, "
+        r"(\d+) errors, active",
+        first.output,
+    )
+    assert summary, first.output
+    regions, new, version, grids, errors = map(int, summary.groups())
+    assert regions == new > 100
+    assert grids > 800 and errors == 0
+    assert "姑苏区" in first.output
+
+    second = run(sqlite_url, "demo-data")
+    assert second.exit_code == 0, second.output
+    again = re.search(
+        r"(\d+) regions \((\d+) new\), grid version (\d+) with (\d+) grids", second.output
+    )
+    assert again, second.output
+    assert (int(again.group(1)), int(again.group(2)), int(again.group(3)), int(again.group(4))) == (
+        regions,
+        0,
+        version,
+        grids,
+    )
