@@ -21,26 +21,6 @@ CRS_FIELD_DOC = (
 )
 
 
-class LocateArgsSchema(StrictSchema):
-    lon = fields.Float(
-        required=True,
-        allow_nan=False,
-        validate=validate.Range(-180, 180),
-        metadata={"example": 120.62},
-    )
-    lat = fields.Float(
-        required=True,
-        allow_nan=False,
-        validate=validate.Range(-90, 90),
-        metadata={"example": 31.31},
-    )
-    crs = fields.String(
-        load_default="wgs84",
-        validate=validate.OneOf(SUPPORTED_CRS),
-        metadata={"description": CRS_FIELD_DOC},
-    )
-
-
 class PointArray(fields.Field):
     """A list of [lon, lat] pairs, returned as two float arrays; validated in one pass."""
 

@@ -24,12 +24,14 @@ from typing import Any
 
 import numpy as np
 import shapely
+from shapely import Point
 from shapely.strtree import STRtree
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
 from ..codes import LEVEL_DEPTH, ancestor_prefix_codes
 from ..geo.geodesy import distance_m, metres_to_degrees
+from ..jsonio import dumps_bytes
 from ..models import Grid, Region
 from .regions import valid_on
 
@@ -95,22 +97,24 @@ class IndexSnapshot:
             shapely.prepare(region_geoms)
         self.region_geoms = region_geoms
         self.region_tree = STRtree(region_geoms)
+        self._encoded: dict[int, bytes] = {}
 
     def __len__(self) -> int:
         return len(self.grids)
 
     def locate(self, lon: float, lat: float) -> Match:
         """Return the match for one WGS-84 point."""
-        cand = self.tree.query(shapely.points(lon, lat))
+        cand = self.tree.query(Point(lon, lat))
         if cand.size:
             geoms = self.geoms[cand]
+            # Interior first: most points are inside exactly one grid, so one predicate pass
+            # usually decides; the boundary pass runs only for points on edges or in gaps.
+            inner = shapely.contains_xy(geoms, lon, lat)
+            if inner.any():
+                return Match(int(cand[inner].min()), INSIDE)
             hit = shapely.intersects_xy(geoms, lon, lat)
             if hit.any():
-                cand, geoms = cand[hit], geoms[hit]
-                inner = shapely.contains_xy(geoms, lon, lat)
-                if inner.any():
-                    return Match(int(cand[inner].min()), INSIDE)
-                return Match(int(cand.min()), BOUNDARY)
+                return Match(int(cand[hit].min()), BOUNDARY)
         return self._snap(lon, lat)
 
     def locate_many(
@@ -128,17 +132,18 @@ class IndexSnapshot:
             return grid, method, dist
         if len(self.grids):
             inp, tre = self.tree.query(shapely.points(lons, lats))
-            if inp.size:
-                hit = shapely.intersects_xy(self.geoms[tre], lons[inp], lats[inp])
-                inp, tre = inp[hit], tre[hit]
-                inner = shapely.contains_xy(self.geoms[tre], lons[inp], lats[inp])
-                big = len(self.grids)
-                key = np.where(inner, tre, tre + big)
-                best = np.full(n, 2 * big, dtype=np.int64)
-                np.minimum.at(best, inp, key)
-                found = best < 2 * big
-                grid[found] = best[found] % big
-                method[found] = np.where(best[found] < big, 0, 1)
+            none = len(self.grids)
+            for code, predicate in ((0, shapely.contains_xy), (1, shapely.intersects_xy)):
+                open_pairs = grid[inp] < 0
+                inp, tre = inp[open_pairs], tre[open_pairs]
+                if not inp.size:
+                    break
+                hit = predicate(self.geoms[tre], lons[inp], lats[inp])
+                best = np.full(n, none, dtype=np.int64)
+                np.minimum.at(best, inp[hit], tre[hit])
+                found = best < none
+                grid[found] = best[found]
+                method[found] = code
         for i in np.flatnonzero(grid < 0):
             match = self._snap(float(lons[i]), float(lats[i]))
             grid[i] = match.grid
@@ -177,17 +182,37 @@ class IndexSnapshot:
                 return region_chain(code, self.regions)
         return []
 
-    def answer(self, match: Match, lon: float, lat: float) -> dict[str, Any]:
-        """Return the API answer for a match: grid, regions, point, method[, distance_m]."""
+    def encode_answer(self, match: Match, lon: float, lat: float) -> bytes:
+        """Return the API answer as JSON bytes: grid, regions, point, method[, distance_m].
+
+        The grid and region part is encoded once per grid and reused: batches answer
+        thousands of points with a handful of grids.
+        """
         if match.grid >= 0:
-            out = {"grid": self.grids[match.grid], "regions": self.chains[match.grid]}
+            head = self._encoded.get(match.grid)
+            if head is None:
+                head = (
+                    b'{"grid":'
+                    + dumps_bytes(self.grids[match.grid])
+                    + b',"regions":'
+                    + dumps_bytes(self.chains[match.grid])
+                )
+                self._encoded[match.grid] = head
         else:
-            out = {"grid": None, "regions": self.regions_for_point(lon, lat)}
-        out["point"] = {"type": "Point", "coordinates": [lon, lat]}
-        out["method"] = match.method
+            head = b'{"grid":null,"regions":' + dumps_bytes(self.regions_for_point(lon, lat))
+        # repr() of a finite float is the shortest round-tripping form, valid JSON.
+        tail = (
+            b',"point":{"type":"Point","coordinates":['
+            + repr(lon).encode()
+            + b","
+            + repr(lat).encode()
+            + b']},"method":"'
+            + match.method.encode()
+            + b'"'
+        )
         if match.distance_m is not None:
-            out["distance_m"] = match.distance_m
-        return out
+            tail += b',"distance_m":' + repr(float(match.distance_m)).encode()
+        return head + tail + b"}"
 
 
 def region_chain(code: str, regions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
