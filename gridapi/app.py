@@ -10,11 +10,15 @@ from flask import Flask, g, request
 from flask_smorest import Api
 
 from . import __version__
+from .auth import PrincipalCache
 from .config import Settings
 from .db import make_engine, make_sessionmaker, spatial_extension_version, sqlite_write_intent
 from .errors import register_error_handlers
 from .extensions import AppState, close_session
 from .jsonio import OrjsonProvider
+from .limits import limiter
+from .security.passwords import configure as configure_password_hashing
+from .security.tokens import TokenSigner
 from .services.routing import RoutingIndex
 
 API_DESCRIPTION = """
@@ -28,6 +32,38 @@ maps the request location and field path to messages (`{"json": {"points": {"3":
 """
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _document_security(api: Api) -> None:
+    from .resources.blueprint import ERROR_RESPONSES
+
+    api.spec.components.security_scheme(
+        "bearerAuth",
+        {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "Access token from POST /api/v1/auth/token (15 minutes).",
+        },
+    )
+    api.spec.components.security_scheme(
+        "apiKey",
+        {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-API-Key",
+            "description": "A third-party client's key (also accepted as 'Authorization: "
+            "Bearer gk_…').",
+        },
+    )
+    for name, description in ERROR_RESPONSES.items():
+        api.spec.components.response(
+            name,
+            {
+                "description": description,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+        )
 
 
 def create_app(
@@ -57,6 +93,7 @@ def create_app(
             "servers": [{"url": "/", "description": "This server"}],
         },
     )
+    configure_password_hashing(settings.argon2_time_cost, settings.argon2_memory_kib)
     engine = make_engine(
         settings.database_url,
         spatialite_path=settings.spatialite_path,
@@ -72,10 +109,25 @@ def create_app(
         routing=RoutingIndex(
             engine, settings.routing_snap_meters, settings.routing_refresh_seconds
         ),
+        tokens=TokenSigner(
+            key=settings.key_bytes("secret_key"),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            lifetime_seconds=settings.access_token_minutes * 60,
+        ),
+        principals=PrincipalCache(settings.auth_cache_seconds),
+        phone_key=settings.key_bytes("blind_index_key"),
     )
     # One Api per application: flask-smorest keeps the spec on the Api object.
     api = Api(app)
     app.extensions["gridapi_api"] = api
+    _document_security(api)
+    app.config.update(
+        RATELIMIT_STORAGE_URI=settings.redis_url or "memory://",
+        RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_ENABLED=True,
+    )
+    limiter.init_app(app)
     register_error_handlers(app)
     from .resources import register_blueprints
 

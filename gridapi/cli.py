@@ -11,6 +11,8 @@ import click
 
 from .config import Settings
 from .db import SpatialExtensionMissing
+from .scope import Scope
+from .services.audit import Actor, record
 
 
 def _settings() -> Settings:
@@ -24,6 +26,15 @@ def _engine(settings: Settings):  # type: ignore[no-untyped-def]
     from .db import make_engine
 
     return make_engine(settings.database_url, spatialite_path=settings.spatialite_path)
+
+
+EVERYTHING = Scope.everything()  # the command line acts for the operator of the machine
+
+
+def _cli_actor() -> Actor:
+    import getpass
+
+    return Actor("cli", f"cli:{getpass.getuser()}", "gridapi command line")
 
 
 def _bump_generation_note() -> None:
@@ -128,7 +139,16 @@ def regions_import(file: Path, code_field: str, name_field: str) -> None:
     except Unprocessable as exc:
         raise click.ClickException(exc.message) from exc
     with sessions.begin() as session:
-        result = import_regions(session, rows)
+        result = import_regions(session, rows, scope=EVERYTHING)
+        if not result.errors:
+            record(
+                session,
+                _cli_actor(),
+                "region.import",
+                "region",
+                None,
+                summary={**result.as_dict(), "file": file.name},
+            )
         if result.errors:
             session.rollback()
             for err in result.errors[:50]:
@@ -145,8 +165,10 @@ def regions_import(file: Path, code_field: str, name_field: str) -> None:
 
 def _sessions():  # type: ignore[no-untyped-def]
     from .db import make_sessionmaker
+    from .security.passwords import configure
 
     settings = _settings()
+    configure(settings.argon2_time_cost, settings.argon2_memory_kib)
     engine = _engine(settings)
     try:
         from .db import spatial_extension_version
@@ -219,6 +241,20 @@ def grids_import(
                 label=label,
                 source=file.name,
                 tolerance_m2=settings.grid_tolerance_m2,
+                scope=EVERYTHING,
+            )
+            record(
+                session,
+                _cli_actor(),
+                "grid_version.import",
+                "grid_version",
+                version.id,
+                region_code=version.region_code,
+                summary={
+                    "grids": version.grid_count,
+                    "errors": version.error_count,
+                    "file": file.name,
+                },
             )
             vid, errors, warnings = version.id, version.error_count, version.warning_count
             report = version.report
@@ -238,7 +274,16 @@ def grids_import(
                 f"version {vid} has errors and was not activated; fix the file or pass --force"
             )
         with sessions.begin() as session:
-            activate_version(session, vid, force=force)
+            activated = activate_version(session, vid, force=force, scope=EVERYTHING)
+            record(
+                session,
+                _cli_actor(),
+                "grid_version.activate",
+                "grid_version",
+                vid,
+                region_code=activated.region_code,
+                summary={"force": force},
+            )
         click.echo(f"version {vid} activated")
         _bump_generation_note()
 
@@ -288,7 +333,16 @@ def grids_activate(version_id: int, force: bool) -> None:
 
     try:
         with _sessions().begin() as session:
-            activate_version(session, version_id, force=force)
+            activated = activate_version(session, version_id, force=force, scope=EVERYTHING)
+            record(
+                session,
+                _cli_actor(),
+                "grid_version.activate",
+                "grid_version",
+                version_id,
+                region_code=activated.region_code,
+                summary={"force": force},
+            )
     except DomainError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"version {version_id} activated")
@@ -301,11 +355,173 @@ def grids_versions() -> None:
     from .services.grids import list_versions
 
     with _sessions().begin() as session:
-        for v in list_versions(session, limit=1000):
+        for v in list_versions(session, limit=1000, scope=EVERYTHING):
             click.echo(
                 f"{v.id}\t{v.region_code}\t{v.status}\t{v.grid_count} grids\t"
                 f"{v.error_count} errors\t{v.label or ''}"
             )
+
+
+# --- users and clients ----------------------------------------------------------------------
+
+
+@main.group()
+def users() -> None:
+    """User accounts."""
+
+
+@users.command("create")
+@click.option("--username", required=True)
+@click.option("--password", required=True, help="Must meet the password policy.")
+@click.option(
+    "--role",
+    required=True,
+    help="grid_worker, grid_chief, community_officer, "
+    "township_office, county_centre, city_centre, department or admin.",
+)
+@click.option("--scope", "scope_region", help="Region code: the account sees its subtree.")
+@click.option("--grids", help="Comma-separated grid codes (a worker's roster, from today).")
+@click.option("--phone", help="Mainland mobile number (sign-in by phone).")
+@click.option("--name", "display_name", help="Display name.")
+def users_create(
+    username: str,
+    password: str,
+    role: str,
+    scope_region: str | None,
+    grids: str | None,
+    phone: str | None,
+    display_name: str | None,
+) -> None:
+    """Create a user account."""
+    from .errors import DomainError
+    from .services.identity import create_user
+
+    settings = _settings()
+    grid_list = [g.strip() for g in grids.split(",") if g.strip()] if grids else None
+    try:
+        with _sessions().begin() as session:
+            user = create_user(
+                session,
+                scope=EVERYTHING,
+                actor_rank=None,
+                username=username,
+                password=password,
+                role=role,
+                display_name=display_name,
+                phone=phone,
+                scope_region=scope_region,
+                grids=grid_list,
+                phone_key=settings.key_bytes("blind_index_key"),
+            )
+            record(
+                session,
+                _cli_actor(),
+                "user.create",
+                "user",
+                user.id,
+                region_code=user.region_code,
+                summary={
+                    "username": username,
+                    "role": role,
+                    "scope": scope_region,
+                    "grids": grid_list,
+                },
+            )
+            user_id = user.id
+    except DomainError as exc:
+        raise click.ClickException(_describe(exc)) from exc
+    click.echo(f"user {user_id} {username} ({role}) created")
+
+
+def _describe(exc: Any) -> str:
+    detail = f" {json.dumps(exc.errors, ensure_ascii=False)}" if exc.errors else ""
+    return exc.message + detail
+
+
+@users.command("list")
+def users_list() -> None:
+    """List user accounts."""
+    from .services.identity import current_grids, list_users
+
+    with _sessions().begin() as session:
+        for user in list_users(session, EVERYTHING, limit=100_000):
+            where = user.scope_region_code or ",".join(current_grids(session, user.id)) or "-"
+            state_ = "active" if user.is_active else "disabled"
+            click.echo(f"{user.id}\t{user.username}\t{user.role_name}\t{where}\t{state_}")
+
+
+@users.command("reset-password")
+@click.option("--username", required=True)
+@click.option("--password", required=True)
+def users_reset_password(username: str, password: str) -> None:
+    """Set a new password for an account (its sessions end)."""
+    from sqlalchemy import select
+
+    from .errors import DomainError
+    from .models import User
+    from .services.identity import set_password
+
+    try:
+        with _sessions().begin() as session:
+            user = session.scalars(select(User).where(User.username == username)).first()
+            if user is None:
+                raise click.ClickException(f"no user {username!r}")
+            set_password(session, user, password, field_name="password")
+            record(
+                session,
+                _cli_actor(),
+                "user.password_reset",
+                "user",
+                user.id,
+                region_code=user.region_code,
+            )
+    except DomainError as exc:
+        raise click.ClickException(_describe(exc)) from exc
+    click.echo(f"password of {username} reset")
+
+
+@main.group()
+def clients() -> None:
+    """Third-party API clients."""
+
+
+@clients.command("create")
+@click.option("--name", required=True)
+@click.option("--scopes", required=True, help="Comma-separated, e.g. cases:read,cases:write.")
+@click.option("--scope", "scope_region", help="Region code the client may see (default all).")
+@click.option("--rate-limit", help="e.g. '600 per minute' (default GRIDAPI_CLIENT_RATE_LIMIT).")
+def clients_create(
+    name: str, scopes: str, scope_region: str | None, rate_limit: str | None
+) -> None:
+    """Register a client; its API key is printed once, alone on the last line."""
+    from .errors import DomainError
+    from .services.identity import create_client
+
+    settings = _settings()
+    try:
+        with _sessions().begin() as session:
+            client, key = create_client(
+                session,
+                name=name,
+                scopes=[s.strip() for s in scopes.split(",") if s.strip()],
+                scope_region=scope_region,
+                rate_limit=rate_limit or settings.client_rate_limit,
+                created_by="cli",
+            )
+            record(
+                session,
+                _cli_actor(),
+                "client.create",
+                "client",
+                client.id,
+                region_code=scope_region,
+                summary={"name": name, "scopes": client.scopes},
+            )
+            client_id, prefix = client.id, client.key_prefix
+    except DomainError as exc:
+        raise click.ClickException(_describe(exc)) from exc
+    click.echo(f"client {client_id} {name} (key prefix {prefix}); the key is shown once:")
+    click.echo(key)
 
 
 # --- demo -----------------------------------------------------------------------------------
@@ -315,11 +531,19 @@ def grids_versions() -> None:
 @click.option("--seed", default=2024, show_default=True)
 def demo_data(seed: int) -> None:
     """Build a deterministic demo county (~10 townships, ~100 communities, ~1,000 grids)."""
-    from .services.demo import load_demo_county
+    from .services.demo import DEMO_PASSWORD, load_demo_county, load_demo_users
 
+    settings = _settings()
     with _sessions().begin() as session:
-        summary = load_demo_county(session, seed=seed, tolerance_m2=_settings().grid_tolerance_m2)
+        summary = load_demo_county(session, seed=seed, tolerance_m2=settings.grid_tolerance_m2)
+        accounts = load_demo_users(
+            session, settings.demo_password or DEMO_PASSWORD, settings.key_bytes("blind_index_key")
+        )
     click.echo(summary)
+    hint = "" if settings.demo_password else "; set GRIDAPI_DEMO_PASSWORD to choose another"
+    click.echo(f"Demo accounts, password {settings.demo_password or DEMO_PASSWORD}{hint}:")
+    for username, role, where in accounts:
+        click.echo(f"  {username:<18} {role:<18} {where}")
 
 
 # --- spec -----------------------------------------------------------------------------------

@@ -28,6 +28,20 @@ class Settings:
     spatialite_path: str = "mod_spatialite"
     db_pool_size: int = 5
     db_statement_timeout_ms: int = 30000
+    secret_key: str = ""  # empty: a key is generated once and kept in <data_dir>/secret.key
+    blind_index_key: str = ""  # empty: generated once into <data_dir>/blind_index.key
+    jwt_issuer: str = "gridapi"
+    jwt_audience: str = "gridapi"
+    access_token_minutes: int = 15
+    refresh_token_days: int = 30
+    redis_url: str = ""
+    login_rate_account: str = "5 per 15 minutes"
+    login_rate_address: str = "30 per 15 minutes"
+    client_rate_limit: str = "600 per minute"
+    auth_cache_seconds: float = 5.0
+    demo_password: str = ""
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -54,6 +68,32 @@ class Settings:
                 raise ValueError(f"{key}={raw!r} is not a valid {f.type}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    def key_bytes(self, name: str) -> bytes:
+        """Return the key ``secret_key`` or ``blind_index_key`` as bytes.
+
+        An empty setting means a development key, generated once and kept (mode 0600) under
+        ``data_dir``; production deployments set both variables.
+        """
+        value = getattr(self, name)
+        if value:
+            return value.encode()
+        import secrets
+
+        path = Path(self.data_dir) / f"{name.removesuffix('_key')}.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+            try:  # the first writer wins; workers starting together read the same key
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+        return path.read_text().strip().encode()
 
     @property
     def engine_name(self) -> str:

@@ -12,17 +12,22 @@ from sqlalchemy.orm import Session, sessionmaker
 from .config import Settings
 
 if TYPE_CHECKING:
+    from .auth import PrincipalCache
+    from .security.tokens import TokenSigner
     from .services.routing import RoutingIndex
 
 
 @dataclass
 class AppState:
-    """What one application instance holds: settings, engine, session factory, routing index."""
+    """What one application instance holds: settings, engine, sessions, index, credentials."""
 
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     routing: RoutingIndex
+    tokens: TokenSigner
+    principals: PrincipalCache
+    phone_key: bytes
 
 
 def state() -> AppState:

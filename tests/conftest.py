@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine, make_url
 from gridapi.config import Settings
 from gridapi.db import make_engine
 
-from .factories import Factory
+from .factories import Accounts, Factory
 
 ENGINES = ("sqlite", "postgis")
 _PG_BASE = make_url(
@@ -80,11 +80,22 @@ def postgis_url() -> Iterator[str]:
     _pg_admin(PG_URL, 'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
-TABLES = ("grids", "grid_versions", "regions")
+TABLES = (
+    "grids",
+    "grid_versions",
+    "regions",
+    "audit_log",
+    "refresh_tokens",
+    "grid_assignments",
+    "users",
+    "departments",
+    "api_clients",
+)
 
 
 def _truncate(engine: Engine) -> None:
     with engine.begin() as conn:
+        # TRUNCATE fires no row triggers: the audit log stays append-only for the application.
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
         conn.execute(text("UPDATE index_generations SET generation = 0"))
 
@@ -125,8 +136,20 @@ def app(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
+def anon_client(app):  # type: ignore[no-untyped-def]
+    """A client that sends no credentials."""
     return app.test_client()
+
+
+@pytest.fixture
+def client(app, accounts):  # type: ignore[no-untyped-def]
+    """A client signed in as an unrestricted admin."""
+    return accounts.client("admin")
+
+
+@pytest.fixture
+def accounts(app) -> Accounts:  # type: ignore[no-untyped-def]
+    return Accounts(app)
 
 
 @pytest.fixture

@@ -111,3 +111,69 @@ class Factory:
         r = self.client.get(f"/api/v1/locate?lon={lon!r}&lat={lat!r}&crs={crs}")
         assert r.status_code == 200, r.get_json()
         return r.get_json()
+
+
+PASSWORD = "Test-Passw0rd!"
+
+
+class Accounts:
+    """Creates accounts through the service layer and signs them in with real tokens."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.ids: dict[str, int] = {}
+
+    def create(
+        self,
+        username: str,
+        role: str,
+        *,
+        scope_region: str | None = None,
+        grids: list[str] | None = None,
+        phone: str | None = None,
+        password: str = PASSWORD,
+    ) -> int:
+        from sqlalchemy import select
+
+        from gridapi.models import User
+        from gridapi.scope import Scope
+        from gridapi.services.identity import create_user
+
+        st = self.app.extensions["gridapi"]
+        with st.sessions.begin() as session:
+            existing = session.scalars(select(User.id).where(User.username == username)).first()
+            if existing is not None:  # another app on the same database made it already
+                self.ids[username] = existing
+                return existing
+            user = create_user(
+                session,
+                scope=Scope.everything(),
+                actor_rank=None,
+                username=username,
+                password=password,
+                role=role,
+                phone=phone,
+                scope_region=scope_region,
+                grids=grids,
+                phone_key=st.phone_key,
+            )
+            self.ids[username] = user.id
+            return user.id
+
+    def token(self, username: str) -> str:
+        st = self.app.extensions["gridapi"]
+        from gridapi.models import User
+
+        with st.sessions() as session:
+            user = session.get(User, self.ids[username])
+            return st.tokens.issue(
+                subject=str(user.id), claims={"ver": user.token_version, "role": user.role_name}
+            )
+
+    def client(self, username: str, role: str | None = None, **scope: Any) -> Any:
+        """Return a test client signed in as ``username`` (created first when new)."""
+        if username not in self.ids:
+            self.create(username, role or username, **scope)
+        client = self.app.test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {self.token(username)}"
+        return client

@@ -10,7 +10,19 @@ from gridapi import migrations
 from gridapi.db import make_engine
 from gridapi.models import Base
 
-OUR_TABLES = {"regions", "grid_versions", "grids", "index_generations"}
+OUR_TABLES = {
+    "regions",
+    "grid_versions",
+    "grids",
+    "index_generations",
+    "roles",
+    "users",
+    "grid_assignments",
+    "departments",
+    "api_clients",
+    "refresh_tokens",
+    "audit_log",
+}
 
 
 def test_models_and_migrations_agree(database_url):
@@ -26,12 +38,12 @@ def test_models_and_migrations_agree(database_url):
 
 def test_downgrade_to_base_and_upgrade_again(database_url):
     engine = make_engine(database_url)
-    assert migrations.current_revision(engine) == "0001"
+    assert migrations.current_revision(engine) == "0002"
     migrations.downgrade(engine, "base")
     assert migrations.current_revision(engine) is None
     assert not OUR_TABLES & set(inspect(engine).get_table_names())
     migrations.upgrade(engine)
-    assert migrations.current_revision(engine) == "0001"
+    assert migrations.current_revision(engine) == "0002"
     assert set(inspect(engine).get_table_names()) >= OUR_TABLES
     indexes = {ix["name"] for ix in inspect(engine).get_indexes("grids")}
     assert {"idx_grids_geom", "ix_grids_community_code"} <= indexes

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from gridapi.services.identity import create_client
+
 from .factories import COMMUNITY_A, LAT0, LON0, STEP
 
 
@@ -21,21 +23,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(port: int, path: str, body: dict | None = None) -> tuple[int, dict]:
+def _get(port: int, path: str, body: dict | None = None, key: str = "") -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"X-API-Key": key} if key else {}
     if body is None:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers)
     else:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        headers["Content-Type"] = "application/json"
+        conn.request("POST", path, json.dumps(body), headers)
     response = conn.getresponse()
     data = json.loads(response.read() or b"{}")
     conn.close()
     return response.status, data
 
 
-def test_serve_runs_workers_that_route(factory, database_url, tmp_path: Path):
+def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Path):
     factory.regions()
     factory.grid_version()
+    with app.extensions["gridapi"].sessions.begin() as session:
+        _, key = create_client(
+            session,
+            name="serve test",
+            scopes=["grids:read"],
+            scope_region=None,
+            rate_limit="1000 per minute",
+            created_by=None,
+        )
     port = _free_port()
     log = tmp_path / "serve.log"
     env = {
@@ -64,10 +77,11 @@ def test_serve_runs_workers_that_route(factory, database_url, tmp_path: Path):
             time.sleep(0.2)
         point = (LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP)
         for _ in range(20):  # enough requests to reach both workers
-            status, answer = _get(port, f"/api/v1/locate?lon={point[0]}&lat={point[1]}")
+            status, answer = _get(port, f"/api/v1/locate?lon={point[0]}&lat={point[1]}", key=key)
             assert status == 200, answer
             assert answer["grid"]["code"] == COMMUNITY_A + "001"
-        status, batch = _get(port, "/api/v1/locate/batch", {"points": [list(point)] * 50})
+        status, batch = _get(port, "/api/v1/locate/batch", {"points": [list(point)] * 50}, key)
+        assert _get(port, "/api/v1/locate?lon=1&lat=1")[0] == 401
         assert status == 200 and len(batch["results"]) == 50
         status, health = _get(port, "/api/v1/health")
         assert status == 200 and health["grids_in_service"] == 4

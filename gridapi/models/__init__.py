@@ -2,6 +2,28 @@
 
 from .base import Base
 from .grids import Grid, GridVersion, IndexGeneration
+from .identity import (
+    ApiClient,
+    AuditEntry,
+    Department,
+    GridAssignment,
+    RefreshToken,
+    Role,
+    User,
+)
 from .regions import Region
 
-__all__ = ["Base", "Grid", "GridVersion", "IndexGeneration", "Region"]
+__all__ = [
+    "ApiClient",
+    "AuditEntry",
+    "Base",
+    "Department",
+    "Grid",
+    "GridAssignment",
+    "GridVersion",
+    "IndexGeneration",
+    "RefreshToken",
+    "Region",
+    "Role",
+    "User",
+]

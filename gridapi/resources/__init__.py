@@ -5,11 +5,22 @@ from __future__ import annotations
 from flask import Flask
 from flask_smorest import Api
 
-from . import docs, grids, health, locate, regions
+from . import audit, auth, clients, departments, docs, grids, health, locate, regions, users
 
 
 def register_blueprints(app: Flask, api: Api) -> None:
     """Register every API blueprint on ``api`` and the docs page on ``app``."""
-    for blueprint in (health.blp, regions.blp, grids.versions_blp, grids.blp, locate.blp):
+    for blueprint in (
+        health.blp,
+        auth.blp,
+        regions.blp,
+        grids.versions_blp,
+        grids.blp,
+        locate.blp,
+        users.blp,
+        departments.blp,
+        clients.blp,
+        audit.blp,
+    ):
         api.register_blueprint(blueprint)
     app.register_blueprint(docs.bp)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from flask import Response
 from flask.views import MethodView
 
+from ..auditing import audit
+from ..auth import current_principal
 from ..extensions import commit, db_session, state
 from ..schemas.grids import (
     ActivateSchema,
@@ -37,16 +39,22 @@ blp = Blueprint(
 )
 
 
+def _scope():  # type: ignore[no-untyped-def]
+    return current_principal().scope
+
+
 @versions_blp.route("")
 class GridVersions(MethodView):
+    @versions_blp.requires("grids:read")
     @versions_blp.arguments(GridVersionQueryArgsSchema, location="query")
     @versions_blp.response(200, GridVersionListSchema)
     def get(self, args):
         """List grid versions, newest first"""
         limit = args.pop("limit")
-        items = svc.list_versions(db_session(), limit=limit + 1, **args)
+        items = svc.list_versions(db_session(), limit=limit + 1, scope=_scope(), **args)
         return {"items": items[:limit], "next": items[limit - 1].id if len(items) > limit else None}
 
+    @versions_blp.requires("grids:write")
     @versions_blp.arguments(GridVersionImportArgsSchema, location="query")
     @versions_blp.arguments(FeatureCollectionSchema)
     @versions_blp.response(201, GridVersionDetailSchema)
@@ -64,6 +72,19 @@ class GridVersions(MethodView):
             label=args.get("label"),
             source=args.get("source"),
             tolerance_m2=state().settings.grid_tolerance_m2,
+            scope=_scope(),
+        )
+        audit(
+            "grid_version.import",
+            "grid_version",
+            version.id,
+            region_code=version.region_code,
+            summary={
+                "grids": version.grid_count,
+                "errors": version.error_count,
+                "label": version.label,
+                "source": version.source,
+            },
         )
         commit()
         return version
@@ -71,14 +92,16 @@ class GridVersions(MethodView):
 
 @versions_blp.route("/<int:version_id>")
 class GridVersionsById(MethodView):
+    @versions_blp.requires("grids:read")
     @versions_blp.response(200, GridVersionDetailSchema)
     def get(self, version_id):
         """Get a grid version with its validation report"""
-        return svc.get_version(db_session(), version_id)
+        return svc.get_version(db_session(), version_id, scope=_scope())
 
 
 @versions_blp.route("/<int:version_id>/activate")
 class GridVersionActivation(MethodView):
+    @versions_blp.requires("grids:write")
     @versions_blp.arguments(ActivateSchema, required=False)
     @versions_blp.response(200, GridVersionDetailSchema)
     def post(self, data, version_id):
@@ -88,8 +111,14 @@ class GridVersionActivation(MethodView):
         retires the active versions of its region and of regions inside it. A version whose
         report has errors is refused (409) unless `force` is true.
         """
-        version = svc.activate_version(
-            db_session(), version_id, force=bool((data or {}).get("force"))
+        force = bool((data or {}).get("force"))
+        version = svc.activate_version(db_session(), version_id, force=force, scope=_scope())
+        audit(
+            "grid_version.activate",
+            "grid_version",
+            version.id,
+            region_code=version.region_code,
+            summary={"force": force},
         )
         commit()
         state().routing.invalidate()
@@ -98,15 +127,17 @@ class GridVersionActivation(MethodView):
 
 @versions_blp.route("/<int:version_id>/grids")
 class GridVersionGrids(MethodView):
+    @versions_blp.requires("grids:read")
     @versions_blp.response(200, {"type": "object"}, content_type="application/geo+json")
     def get(self, version_id):
         """Get a version's grids as a GeoJSON FeatureCollection"""
-        svc.get_version(db_session(), version_id)
+        svc.get_version(db_session(), version_id, scope=_scope())
         return _geojson_response(version_id=version_id)
 
 
 @blp.route("")
 class Grids(MethodView):
+    @blp.requires("grids:read")
     @blp.arguments(GridQueryArgsSchema, location="query")
     @blp.response(200, GridPageSchema)
     def get(self, args):
@@ -118,6 +149,7 @@ class Grids(MethodView):
             "grid_type": args.get("type"),
             "q": args.get("q"),
             "version_id": args.get("version"),
+            "scope": _scope(),
         }
         items = svc.list_grids(db_session(), after=args.get("after"), limit=limit + 1, **filters)
         return {
@@ -128,6 +160,7 @@ class Grids(MethodView):
 
 @blp.route("/export")
 class GridsExport(MethodView):
+    @blp.requires("grids:read")
     @blp.arguments(GridExportArgsSchema, location="query")
     @blp.response(200, {"type": "object"}, content_type="application/geo+json")
     def get(self, args):
@@ -141,17 +174,19 @@ class GridsExport(MethodView):
 
 @blp.route("/<string:code>")
 class GridsByCode(MethodView):
+    @blp.requires("grids:read")
     @blp.arguments(GridByCodeArgsSchema, location="query")
     @blp.response(200, GridDetailSchema)
     def get(self, args, code):
         """Get a grid in service (or of a version) by its 15-digit code, with its geometry"""
-        return svc.get_grid(db_session(), code, args.get("version"))
+        return svc.get_grid(db_session(), code, args.get("version"), scope=_scope())
 
 
 def _geojson_response(**filters) -> Response:  # type: ignore[no-untyped-def]
     # The body is produced after the view returns, so it gets a session of its own that the
     # generator closes, rather than the request's (already torn down by then).
     sessions = state().sessions
+    filters["scope"] = _scope()
 
     def chunks():  # type: ignore[no-untyped-def]
         with sessions() as session:

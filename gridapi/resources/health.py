@@ -33,6 +33,7 @@ class LiveSchema(StrictSchema):
 
 @blp.route("")
 class Health(MethodView):
+    @blp.public
     @blp.response(200, HealthSchema)
     def get(self):
         """Readiness: database engine, spatial extension version, grids in service
@@ -59,6 +60,7 @@ class Health(MethodView):
 
 @blp.route("/live")
 class Live(MethodView):
+    @blp.public
     @blp.response(200, LiveSchema)
     def get(self):
         """Liveness: the process answers (no database access)"""

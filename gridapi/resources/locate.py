@@ -8,6 +8,7 @@ from http import HTTPStatus
 from flask import Response, request
 from flask.views import MethodView
 
+from ..auth import current_principal
 from ..errors import Unprocessable
 from ..extensions import state
 from ..geo.crs import SUPPORTED_CRS, to_wgs84, to_wgs84_many
@@ -97,6 +98,9 @@ def _json(body: bytes) -> Response:
 
 
 ROUTING_DOC = """
+Answers are limited to the caller's scope: a point whose grid lies outside it answers like a
+point outside every grid, and only regions the caller may see are listed.
+
 Semantics: a grid *covers* a point inside it or on its edge; where several grids cover it, a
 grid whose interior holds the point beats grids it only touches, then the lowest grid code
 wins. A point in a gap snaps to the nearest grid within `GRIDAPI_ROUTING_SNAP_METERS`
@@ -107,6 +111,7 @@ is the smallest region whose boundary covers the point, if any.
 
 @blp.route("")
 class Locate(MethodView):
+    @blp.requires("grids:read")
     @blp.doc(parameters=_QUERY_PARAMETERS)
     @blp.alt_response(422, description="Invalid query: `errors.query` names each field.")
     @blp.response(200, LocateResultSchema)
@@ -115,13 +120,15 @@ class Locate(MethodView):
         lon, lat, crs = parse_locate_query(request.args)
         lon, lat = to_wgs84(lon, lat, crs)
         snap = state().routing.snapshot()
-        return _json(snap.encode_answer(snap.locate(lon, lat), lon, lat))
+        scope = current_principal().scope
+        return _json(snap.encode_answer(snap.locate(lon, lat), lon, lat, scope))
 
     get.__doc__ = (get.__doc__ or "") + "\n" + ROUTING_DOC
 
 
 @blp.route("/batch")
 class LocateBatch(MethodView):
+    @blp.requires("grids:read")
     @blp.arguments(LocateBatchSchema())
     @blp.response(200, LocateBatchResultSchema)
     def post(self, data):
@@ -130,11 +137,12 @@ class LocateBatch(MethodView):
         if data["crs"] not in ("wgs84", "cgcs2000") and len(lons):
             lons, lats = to_wgs84_many(lons, lats, data["crs"])
         snap = state().routing.snapshot()
+        scope = current_principal().scope
         grid, method, dist = snap.locate_many(lons, lats)
         names = [_METHOD_NAMES[m] for m in method.tolist()]
         distances = [None if math.isnan(d) else d for d in dist.tolist()]
         parts = [
-            snap.encode_answer(Match(g, names[i], distances[i]), lon, lat)
+            snap.encode_answer(Match(g, names[i], distances[i]), lon, lat, scope)
             for i, (g, lon, lat) in enumerate(
                 zip(grid.tolist(), lons.tolist(), lats.tolist(), strict=True)
             )

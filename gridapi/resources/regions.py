@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask.views import MethodView
 
+from ..auditing import audit
+from ..auth import current_principal
 from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
 from ..schemas.regions import (
@@ -30,8 +32,28 @@ blp = Blueprint(
 )
 
 
+def _scope():  # type: ignore[no-untyped-def]
+    return current_principal().scope
+
+
+def _common_region(rows: list[dict]) -> str | None:
+    """Return the deepest code that is an ancestor-or-self of every imported row."""
+    codes = [str(r.get("code")) for r in rows if r.get("code")]
+    if not codes:
+        return None
+    prefix = codes[0]
+    for code in codes[1:]:
+        while not code.startswith(prefix):
+            prefix = prefix[:-1]
+    for n in (12, 9, 6, 4, 2):
+        if len(prefix) >= n:
+            return prefix[:n].ljust(12, "0")
+    return None
+
+
 @blp.route("")
 class Regions(MethodView):
+    @blp.requires("regions:read")
     @blp.arguments(RegionQueryArgsSchema, location="query")
     @blp.response(200, RegionPageSchema)
     def get(self, args):
@@ -41,12 +63,13 @@ class Regions(MethodView):
         and validity day (`on`). Ordered by code; keyset pagination with `after`.
         """
         limit = args.pop("limit")
-        items = svc.list_regions(db_session(), limit=limit + 1, **args)
+        items = svc.list_regions(db_session(), limit=limit + 1, scope=_scope(), **args)
         return {
             "items": items[:limit],
             "next": items[limit - 1].code if len(items) > limit else None,
         }
 
+    @blp.requires("regions:write")
     @blp.arguments(RegionCreateSchema)
     @blp.response(201, RegionDetailSchema)
     def post(self, data):
@@ -56,7 +79,14 @@ class Regions(MethodView):
         Cities without counties (东莞 4419) and province-administered county-level cities are
         accepted.
         """
-        region = svc.create_region(db_session(), **data)
+        region = svc.create_region(db_session(), scope=_scope(), **data)
+        audit(
+            "region.create",
+            "region",
+            region.code,
+            region_code=region.code,
+            summary={k: v for k, v in data.items() if k != "boundary"},
+        )
         commit()
         state().routing.invalidate()
         return region
@@ -64,6 +94,7 @@ class Regions(MethodView):
 
 @blp.route("/import")
 class RegionsImport(MethodView):
+    @blp.requires("regions:write")
     @blp.arguments(RegionImportRowSchema(many=True))
     @blp.response(200, RegionImportResultSchema)
     def post(self, rows):
@@ -73,12 +104,23 @@ class RegionsImport(MethodView):
         codes; ancestors must exist or be in the same list. All or nothing: when any row is
         wrong nothing is written and the 422 lists every row's error.
         """
-        result = svc.import_regions(db_session(), rows)
+        result = svc.import_regions(db_session(), rows, scope=_scope())
         if result.errors:
             raise Unprocessable(
                 f"{len(result.errors)} row(s) have errors; nothing was imported.",
                 errors={"json": {str(e["row"]): {"code": [e["message"]]} for e in result.errors}},
             )
+        audit(
+            "region.import",
+            "region",
+            None,
+            region_code=_common_region(rows),
+            summary={
+                **result.as_dict(),
+                "created_codes": result.created[:50],
+                "updated_codes": result.updated[:50],
+            },
+        )
         commit()
         state().routing.invalidate()
         return result.as_dict()
@@ -86,12 +128,14 @@ class RegionsImport(MethodView):
 
 @blp.route("/<string:code>")
 class RegionsByCode(MethodView):
+    @blp.requires("regions:read")
     @blp.arguments(OnDateArgsSchema, location="query")
     @blp.response(200, RegionDetailSchema)
     def get(self, args, code):
         """Get a region by code, with its boundary"""
-        return svc.get_region(db_session(), code, args.get("on"))
+        return svc.get_region(db_session(), code, args.get("on"), scope=_scope())
 
+    @blp.requires("regions:write")
     @blp.arguments(RegionUpdateSchema)
     @blp.response(200, RegionDetailSchema)
     def patch(self, data, code):
@@ -100,7 +144,11 @@ class RegionsByCode(MethodView):
         Corrects the current row in place, or with `effective_from` starts a new period so
         the old name and boundary stay queryable with `on`.
         """
-        region = svc.update_region(db_session(), code, data)
+        summary = {k: v for k, v in data.items() if k != "boundary"}
+        if "boundary" in data:
+            summary["boundary_changed"] = True
+        region = svc.update_region(db_session(), code, data, scope=_scope())
+        audit("region.update", "region", code, region_code=code, summary=summary)
         commit()
         state().routing.invalidate()
         return region
@@ -108,26 +156,33 @@ class RegionsByCode(MethodView):
 
 @blp.route("/<string:code>/children")
 class RegionChildren(MethodView):
+    @blp.requires("regions:read")
     @blp.arguments(OnDateArgsSchema, location="query")
     @blp.response(200, RegionListSchema)
     def get(self, args, code):
         """List the direct children of a region"""
-        return {"items": svc.children(db_session(), code, args.get("on"))}
+        return {"items": svc.children(db_session(), code, args.get("on"), scope=_scope())}
 
 
 @blp.route("/<string:code>/ancestors")
 class RegionAncestors(MethodView):
+    @blp.requires("regions:read")
     @blp.arguments(OnDateArgsSchema, location="query")
     @blp.response(200, RegionListSchema)
     def get(self, args, code):
         """List the ancestors of a region, parent first, up to the province"""
-        return {"items": svc.ancestors(db_session(), code, args.get("on"))}
+        return {"items": svc.ancestors(db_session(), code, args.get("on"), scope=_scope())}
 
 
 @blp.route("/<string:code>/subtree")
 class RegionSubtree(MethodView):
+    @blp.requires("regions:read")
     @blp.arguments(SubtreeArgsSchema, location="query")
     @blp.response(200, RegionListSchema)
     def get(self, args, code):
         """List a region and everything under it, by code"""
-        return {"items": svc.subtree(db_session(), code, args.get("on"), args.get("max_level"))}
+        return {
+            "items": svc.subtree(
+                db_session(), code, args.get("on"), args.get("max_level"), scope=_scope()
+            )
+        }

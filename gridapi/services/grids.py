@@ -17,6 +17,7 @@ from ..geo.validation import validate_grid_features
 from ..jsonio import dumps_bytes
 from ..models import Grid, GridVersion, IndexGeneration, Region
 from ..models.base import utcnow
+from ..scope import Scope
 from .regions import valid_on
 
 MAX_FEATURES = 250_000
@@ -30,6 +31,7 @@ def import_grid_version(
     label: str | None = None,
     source: str | None = None,
     tolerance_m2: float = 1.0,
+    scope: Scope,
 ) -> GridVersion:
     """Store a FeatureCollection as a draft version of a region's grid set, with its report.
 
@@ -69,7 +71,7 @@ def import_grid_version(
             )
         ):
             boundaries[code] = None if wkb is None else shapely.from_wkb(bytes(wkb))
-    region = _version_region(session, region_code, communities)
+    region = _version_region(session, region_code, communities, scope)
     report = validate_grid_features(features, boundaries, tolerance_m2=tolerance_m2)
     prefix = subtree_prefix(region)
     outside = sorted({g.code for g in report.grids if not g.community_code.startswith(prefix)})
@@ -131,9 +133,12 @@ def _community_codes(features: list[Any]) -> set[str]:
     return out
 
 
-def _version_region(session: Session, region_code: str | None, communities: set[str]) -> str:
+def _version_region(
+    session: Session, region_code: str | None, communities: set[str], scope: Scope
+) -> str:
+    # A region outside the caller's scope is treated exactly like a missing one.
     if region_code:
-        exists = session.scalar(
+        exists = scope.covers_region(region_code) and session.scalar(
             select(func.count())
             .select_from(Region)
             .where(Region.code == region_code, valid_on(date.today()))
@@ -160,7 +165,7 @@ def _version_region(session: Session, region_code: str | None, communities: set[
         session.scalars(select(Region.code).where(Region.code.in_(common), valid_on(date.today())))
     )
     for code in common:
-        if code in existing:
+        if code in existing and scope.covers_region(code):
             return code
     raise Unprocessable(
         "No region in the tree contains these grids: import the regions first "
@@ -169,11 +174,15 @@ def _version_region(session: Session, region_code: str | None, communities: set[
     )
 
 
-def get_version(session: Session, version_id: int) -> GridVersion:
-    """Return a version. Raises NotFound."""
-    version = session.get(GridVersion, version_id)
+def get_version(session: Session, version_id: int, *, scope: Scope) -> GridVersion:
+    """Return a version of a region inside ``scope``. Raises NotFound."""
+    version = session.scalars(
+        select(GridVersion).where(
+            GridVersion.id == version_id, scope.region_condition(GridVersion.region_code)
+        )
+    ).first()
     if version is None:
-        raise NotFound(f"No grid version {version_id}.")
+        raise NotFound("The grid version does not exist or is outside your scope.")
     return version
 
 
@@ -184,9 +193,10 @@ def list_versions(
     status: str | None = None,
     limit: int = 100,
     after: int | None = None,
+    scope: Scope,
 ) -> list[GridVersion]:
-    """Return versions, newest first, optionally of a region subtree and a status."""
-    stmt = select(GridVersion)
+    """Return versions inside ``scope``, newest first, optionally of a subtree and status."""
+    stmt = select(GridVersion).where(scope.region_condition(GridVersion.region_code))
     if region:
         stmt = stmt.where(GridVersion.region_code.startswith(subtree_prefix(region)))
     if status:
@@ -196,14 +206,16 @@ def list_versions(
     return list(session.scalars(stmt.order_by(GridVersion.id.desc()).limit(limit)))
 
 
-def activate_version(session: Session, version_id: int, *, force: bool = False) -> GridVersion:
+def activate_version(
+    session: Session, version_id: int, *, force: bool = False, scope: Scope
+) -> GridVersion:
     """Put a version's grids in service, retiring the versions it replaces.
 
     A version of region R replaces every active version of R or of a region inside R; an
     active version of an ancestor of R stays active but its grids inside R leave service.
     Raises NotFound; Conflict when the version has errors and ``force`` is false.
     """
-    version = get_version(session, version_id)
+    version = get_version(session, version_id, scope=scope)
     if version.status == "active":
         return version
     if version.error_count and not force:
@@ -252,9 +264,10 @@ def grids_query(
     version_id: int | None = None,
     grid_type: str | None = None,
     q: str | None = None,
+    scope: Scope,
 ):  # type: ignore[no-untyped-def]
-    """Return a select of grids: in service, or of one version when ``version_id`` is given."""
-    stmt = select(Grid)
+    """Return a select of grids inside ``scope``: in service, or of one version."""
+    stmt = select(Grid).where(scope.grid_condition(Grid.code, Grid.community_code))
     stmt = (
         stmt.where(Grid.version_id == version_id)
         if version_id
@@ -281,11 +294,13 @@ def list_grids(
     return list(session.scalars(stmt.order_by(Grid.code).limit(limit)))
 
 
-def get_grid(session: Session, code: str, version_id: int | None = None) -> Grid:
+def get_grid(session: Session, code: str, version_id: int | None = None, *, scope: Scope) -> Grid:
     """Return the grid in service with ``code`` (or of a version). Raises NotFound."""
-    grid = session.scalars(grids_query(version_id=version_id).where(Grid.code == code)).first()
+    grid = session.scalars(
+        grids_query(version_id=version_id, scope=scope).where(Grid.code == code)
+    ).first()
     if grid is None:
-        raise NotFound(f"No grid with code {code!r}.")
+        raise NotFound("The grid does not exist or is outside your scope.")
     return grid
 
 

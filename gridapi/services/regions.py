@@ -24,6 +24,7 @@ from ..codes import (
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.shapes import GeometryError, from_db, multipolygon_from_geojson, to_db
 from ..models import Region
+from ..scope import Scope
 
 
 def valid_on(day: date):  # type: ignore[no-untyped-def]
@@ -34,19 +35,28 @@ def valid_on(day: date):  # type: ignore[no-untyped-def]
     )
 
 
-def get_region(session: Session, code: str, on: date | None = None) -> Region:
-    """Return the region with ``code`` valid on ``on`` (default today).
+def region_not_found() -> NotFound:
+    # One message for missing and out-of-scope regions: the two must answer alike.
+    return NotFound("The region does not exist or is outside your scope.")
+
+
+def get_region(session: Session, code: str, on: date | None = None, *, scope: Scope) -> Region:
+    """Return the region with ``code`` valid on ``on`` (default today) that ``scope`` sees.
 
     Raises NotFound when there is none.
     """
     row = session.scalars(
         select(Region)
-        .where(Region.code == code, valid_on(on or date.today()))
+        .where(
+            Region.code == code,
+            valid_on(on or date.today()),
+            scope.region_condition(Region.code, with_ancestors=True),
+        )
         .order_by(Region.valid_from.desc().nulls_last())
         .limit(1)
     ).first()
     if row is None:
-        raise NotFound(f"No region with code {code!r}.")
+        raise region_not_found()
     return row
 
 
@@ -60,9 +70,12 @@ def list_regions(
     on: date | None = None,
     after: str | None = None,
     limit: int = 100,
+    scope: Scope,
 ) -> list[Region]:
-    """Return regions valid on ``on`` ordered by code, ``limit`` after the cursor ``after``."""
-    stmt = select(Region).where(valid_on(on or date.today()))
+    """Return regions valid on ``on`` that ``scope`` sees, by code, after the cursor."""
+    stmt = select(Region).where(
+        valid_on(on or date.today()), scope.region_condition(Region.code, with_ancestors=True)
+    )
     if level:
         stmt = stmt.where(Region.level == level)
     if parent:
@@ -84,22 +97,26 @@ def _prefix_or_422(code: str, field_name: str) -> str:
         raise Unprocessable(f"Invalid {field_name}.", errors={"query": {field_name: [str(exc)]}})
 
 
-def children(session: Session, code: str, on: date | None = None) -> list[Region]:
-    """Return the direct children of the region ``code``. Raises NotFound."""
-    get_region(session, code, on)
+def children(session: Session, code: str, on: date | None = None, *, scope: Scope) -> list[Region]:
+    """Return the direct children of the region ``code`` that ``scope`` sees."""
+    get_region(session, code, on, scope=scope)
     return list(
         session.scalars(
             select(Region)
-            .where(Region.parent_code == code, valid_on(on or date.today()))
+            .where(
+                Region.parent_code == code,
+                valid_on(on or date.today()),
+                scope.region_condition(Region.code, with_ancestors=True),
+            )
             .order_by(Region.code)
         )
     )
 
 
-def ancestors(session: Session, code: str, on: date | None = None) -> list[Region]:
+def ancestors(session: Session, code: str, on: date | None = None, *, scope: Scope) -> list[Region]:
     """Return the ancestors of ``code``, parent first, up to the province. Raises NotFound."""
     day = on or date.today()
-    region = get_region(session, code, day)
+    region = get_region(session, code, day, scope=scope)
     chain: list[Region] = []
     while region.parent_code:
         parent = session.scalars(
@@ -113,12 +130,21 @@ def ancestors(session: Session, code: str, on: date | None = None) -> list[Regio
 
 
 def subtree(
-    session: Session, code: str, on: date | None = None, max_level: str | None = None
+    session: Session,
+    code: str,
+    on: date | None = None,
+    max_level: str | None = None,
+    *,
+    scope: Scope,
 ) -> list[Region]:
-    """Return the region ``code`` and everything under it, by code. Raises NotFound."""
+    """Return the region ``code`` and everything under it that ``scope`` sees, by code."""
     day = on or date.today()
-    get_region(session, code, day)
-    stmt = select(Region).where(Region.code.startswith(subtree_prefix(code)), valid_on(day))
+    get_region(session, code, day, scope=scope)
+    stmt = select(Region).where(
+        Region.code.startswith(subtree_prefix(code)),
+        valid_on(day),
+        scope.region_condition(Region.code, with_ancestors=True),
+    )
     if max_level:
         stmt = stmt.where(
             Region.level.in_([lv for lv, d in LEVEL_DEPTH.items() if d <= LEVEL_DEPTH[max_level]])
@@ -184,13 +210,19 @@ def create_region(
     boundary: dict | None = None,
     valid_from: date | None = None,
     valid_to: date | None = None,
+    scope: Scope,
 ) -> Region:
-    """Create a region, deriving its level and parent from the code.
+    """Create a region inside ``scope``, deriving its level and parent from the code.
 
-    Raises Unprocessable for a bad code, level, parent or boundary; Conflict when the code
-    is already current.
+    Raises Unprocessable for a bad code, level, parent or boundary (a parent outside the
+    scope counts as missing); Conflict when the code is already current.
     """
     level = check_code(code, level)
+    if not scope.covers_region(code):
+        raise Unprocessable(
+            "The parent region does not exist.",
+            errors={"json": {"code": [f"{code} is not inside your scope"]}},
+        )
     _check_period(valid_from, valid_to)
     existing = current_codes(session, {code, *parent_candidates(code)})
     if code in existing:
@@ -272,14 +304,16 @@ def _nest(path: tuple[str, ...], value: Any) -> dict:
     return out
 
 
-def update_region(session: Session, code: str, changes: dict[str, Any]) -> Region:
+def update_region(session: Session, code: str, changes: dict[str, Any], *, scope: Scope) -> Region:
     """Change a region's name, boundary or validity and return the current row.
 
     With ``effective_from`` the change starts a new period: the current row ends the day
     before and a new row carries the new values, so history is never overwritten. Without
     it the current row is corrected in place. Raises NotFound, Unprocessable, Conflict.
     """
-    region = get_region(session, code)
+    region = get_region(session, code, scope=scope)
+    if not scope.covers_region(code):
+        raise region_not_found()
     effective = changes.pop("effective_from", None)
     if "boundary" in changes:
         changes["boundary"] = to_db(_boundary_or_422(changes["boundary"]))
@@ -389,8 +423,8 @@ def _parse_region_rows(
     ]
 
 
-def import_regions(session: Session, rows: list[Any]) -> ImportResult:
-    """Create or rename regions from ``rows``; parents derive from codes.
+def import_regions(session: Session, rows: list[Any], *, scope: Scope) -> ImportResult:
+    """Create or rename regions inside ``scope`` from ``rows``; parents derive from codes.
 
     All or nothing: when any row has an error, nothing is written and the result lists
     every error (the caller answers 422). Ancestors must exist or be in the same rows.
@@ -408,6 +442,9 @@ def import_regions(session: Session, rows: list[Any]) -> ImportResult:
             level = region_level(code)
         except InvalidCode as exc:
             result.errors.append({"row": index, "code": code or None, "message": str(exc)})
+            continue
+        if not scope.covers_region(code):
+            result.errors.append({"row": index, "code": code, "message": "not inside your scope"})
             continue
         if row.get("level") and row["level"] != level:
             result.errors.append(

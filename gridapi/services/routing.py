@@ -33,6 +33,7 @@ from ..codes import LEVEL_DEPTH, ancestor_prefix_codes
 from ..geo.geodesy import distance_m, metres_to_degrees
 from ..jsonio import dumps_bytes
 from ..models import Grid, Region
+from ..scope import Scope
 from .regions import valid_on
 
 log = logging.getLogger(__name__)
@@ -182,12 +183,19 @@ class IndexSnapshot:
                 return region_chain(code, self.regions)
         return []
 
-    def encode_answer(self, match: Match, lon: float, lat: float) -> bytes:
+    def encode_answer(self, match: Match, lon: float, lat: float, scope: Scope) -> bytes:
         """Return the API answer as JSON bytes: grid, regions, point, method[, distance_m].
 
+        A grid outside ``scope`` answers as no grid, with only the regions the scope sees.
         The grid and region part is encoded once per grid and reused: batches answer
         thousands of points with a handful of grids.
         """
+        if (
+            match.grid >= 0
+            and not scope.unrestricted
+            and not scope.covers_grid(self.grids[match.grid]["code"])
+        ):
+            match = Match(-1, NONE)
         if match.grid >= 0:
             head = self._encoded.get(match.grid)
             if head is None:
@@ -199,7 +207,10 @@ class IndexSnapshot:
                 )
                 self._encoded[match.grid] = head
         else:
-            head = b'{"grid":null,"regions":' + dumps_bytes(self.regions_for_point(lon, lat))
+            chain = self.regions_for_point(lon, lat)
+            if not scope.unrestricted:
+                chain = [r for r in chain if scope.sees_region(r["code"])]
+            head = b'{"grid":null,"regions":' + dumps_bytes(chain)
         # repr() of a finite float is the shortest round-tripping form, valid JSON.
         tail = (
             b',"point":{"type":"Point","coordinates":['

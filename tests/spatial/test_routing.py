@@ -17,6 +17,7 @@ from ..factories import (
     LON0,
     STEP,
     TOWNSHIP,
+    Accounts,
     collection,
     feature,
     square,
@@ -115,7 +116,8 @@ def test_snap_distance_is_configurable(settings, factory):
     factory.grid_version(collection(feature(A1, square(0, 0))))
     strict = create_app(settings.__class__(**{**settings.__dict__, "routing_snap_meters": 5}))
     point = f"lon={LON0 + STEP + 0.0001!r}&lat={LAT0 + 0.5 * STEP!r}"  # ~9.5 m east of A1
-    assert strict.test_client().get(f"/api/v1/locate?{point}").get_json()["method"] == "none"
+    strict_client = Accounts(strict).client("admin")
+    assert strict_client.get(f"/api/v1/locate?{point}").get_json()["method"] == "none"
     strict.extensions["gridapi"].engine.dispose()
 
 
@@ -156,7 +158,7 @@ def test_gcj02_and_bd09_are_converted_before_routing(factory, tiled, client):
 def test_activation_switches_routing_in_another_process_without_restart(settings, factory, client):
     factory.regions(with_boundaries=False)
     first = factory.grid_version(collection(feature(A1, square(0, 0))))
-    other_process = create_app(settings).test_client()  # its own engine and index
+    other_process = Accounts(create_app(settings)).client("admin2", "admin")  # own engine, index
     point = f"lon={LON0 + 0.5 * STEP!r}&lat={LAT0 + 0.5 * STEP!r}"
     assert other_process.get(f"/api/v1/locate?{point}").get_json()["grid"]["code"] == A1
     second = factory.grid_version(collection(feature(A2, square(0, 0))))

@@ -1,0 +1,189 @@
+"""Who is calling: bearer access tokens for people, API keys for apps; permission checks.
+
+Every operation declares a permission with ``@blp.requires(...)`` (or ``@blp.public``); the
+declaration is both enforced here and published in the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+
+from flask import g, request
+
+from .errors import DomainError
+from .extensions import state
+from .scope import Scope
+from .security.tokens import InvalidToken, api_key_prefix, digest, same_digest
+
+# The pseudo-permission of operations any authenticated caller may use (sign-out, /me).
+AUTHENTICATED = "authenticated"
+
+
+class Unauthorized(DomainError):
+    status = 401
+
+    def __init__(
+        self, message: str = "Authentication is required: send a bearer access token or an API key."
+    ) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="gridapi"'})
+
+
+class Forbidden(DomainError):
+    status = 403
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: a user or an API client, with permissions and scope."""
+
+    kind: str  # "user" | "client"
+    id: int
+    name: str
+    role: str | None
+    rank: int
+    permissions: frozenset[str]
+    scope: Scope
+    region_code: str | None = None
+    rate_limit: str | None = None
+
+    def can(self, permission: str) -> bool:
+        return permission in self.permissions
+
+    @property
+    def actor_id(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+
+class PrincipalCache:
+    """A short per-process cache of principals, so a request need not reload its user.
+
+    Entries live ``ttl`` seconds: a disabled user or a revoked key stops working within
+    that time in every process (at once in the process that made the change).
+    """
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._items: dict[tuple[str, Any], tuple[float, Principal | None]] = {}
+
+    def get(self, key: tuple[str, Any]) -> tuple[bool, Principal | None]:
+        item = self._items.get(key)
+        if item is None or time.monotonic() - item[0] > self.ttl:
+            return False, None
+        return True, item[1]
+
+    def put(self, key: tuple[str, Any], value: Principal | None) -> None:
+        if self.ttl > 0:
+            if len(self._items) > 10_000:
+                self._items.clear()
+            self._items[key] = (time.monotonic(), value)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def _credentials() -> tuple[str, str] | None:
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
+        value = value.strip()
+        return ("key", value) if api_key_prefix(value) else ("token", value)
+    key = request.headers.get("X-API-Key", "")
+    if key:
+        return "key", key.strip()
+    return None
+
+
+def current_principal(required: bool = True) -> Principal | None:
+    """Return the caller, authenticating once per request.
+
+    Raises Unauthorized for bad credentials, or for none when ``required``.
+    """
+    if "principal" in g:
+        principal = g.principal
+    else:
+        creds = _credentials()
+        principal = None if creds is None else _authenticate(*creds)
+        g.principal = principal
+    if principal is None and required:
+        raise Unauthorized()
+    return principal
+
+
+def _authenticate(kind: str, value: str) -> Principal:
+    from .services import identity
+
+    st = state()
+    cache: PrincipalCache = st.principals
+    if kind == "token":
+        try:
+            claims = st.tokens.verify(value)
+            user_id, version = int(claims["sub"]), int(claims.get("ver", -1))
+        except (InvalidToken, KeyError, ValueError):
+            raise Unauthorized("The access token is invalid or expired.") from None
+        hit, principal = cache.get(("user", user_id, version))
+        if not hit:
+            with st.sessions() as session:
+                principal = identity.user_principal(session, user_id, version)
+            cache.put(("user", user_id, version), principal)
+        if principal is None:
+            raise Unauthorized("The access token is no longer valid.")
+        return principal
+    prefix = api_key_prefix(value)
+    if prefix is None:
+        raise Unauthorized("The API key is invalid or revoked.")
+    hit, principal = cache.get(("client", prefix, digest(value)))
+    if not hit:
+        with st.sessions() as session:
+            principal = identity.client_principal(session, prefix, value)
+        cache.put(("client", prefix, digest(value)), principal)
+    if principal is None:
+        raise Unauthorized("The API key is invalid or revoked.")
+    _check_client_rate(principal)
+    return principal
+
+
+def _check_client_rate(principal: Principal) -> None:
+    from limits import parse
+
+    from .limits import TooManyRequests, limiter_strategy
+
+    if not principal.rate_limit:
+        return
+    item = parse(principal.rate_limit)
+    strategy = limiter_strategy()
+    if not strategy.hit(item, "client", str(principal.id)):
+        reset, _ = strategy.get_window_stats(item, "client", str(principal.id))
+        raise TooManyRequests(retry_after=max(1, int(reset - time.time())))
+
+
+def check_permission(permission: str) -> Principal:
+    """Return the caller if it holds ``permission``; Unauthorized or Forbidden otherwise."""
+    principal = current_principal()
+    assert principal is not None
+    if permission != AUTHENTICATED and not principal.can(permission):
+        raise Forbidden(f"This operation needs the permission {permission!r}.")
+    return principal
+
+
+def requires_permission(permission: str):  # type: ignore[no-untyped-def]
+    """Decorate a view: authenticate the caller and check ``permission`` before it runs."""
+
+    def decorator(func):  # type: ignore[no-untyped-def]
+        @wraps(func)
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            check_permission(permission)
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def secret_matches(stored_hash: str, secret: str) -> bool:
+    """Return whether ``secret`` hashes to ``stored_hash`` (constant time)."""
+    return same_digest(stored_hash, digest(secret))

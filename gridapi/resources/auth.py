@@ -1,0 +1,202 @@
+"""Sign-in, token refresh, sign-out, password change, and who am I."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_limiter.util import get_remote_address
+
+from ..auditing import audit, request_actor
+from ..auth import AUTHENTICATED, Unauthorized, current_principal
+from ..extensions import commit, db_session, state
+from ..limits import limiter, login_username_key
+from ..schemas.identity import (
+    LoginSchema,
+    MeSchema,
+    PasswordChangeSchema,
+    RefreshSchema,
+    TokenSchema,
+)
+from ..services import identity as svc
+from ..services.audit import Actor
+from .blueprint import Blueprint
+
+blp = Blueprint(
+    "auth",
+    __name__,
+    url_prefix="/api/v1",
+    description="Sign-in for people: short-lived access tokens, rotating refresh tokens.",
+)
+
+
+def _failed(response) -> bool:  # type: ignore[no-untyped-def]
+    return response.status_code == 401
+
+
+def _account_limit() -> str:
+    return state().settings.login_rate_account
+
+
+def _address_limit() -> str:
+    return state().settings.login_rate_address
+
+
+def _tokens_body(issued: svc.IssuedTokens) -> dict:
+    return {
+        "access_token": issued.access_token,
+        "refresh_token": issued.refresh_token,
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+    }
+
+
+@blp.route("/auth/token")
+class AuthToken(MethodView):
+    @blp.public
+    @limiter.limit(
+        _address_limit,
+        key_func=lambda: f"address:{get_remote_address()}",
+        deduct_when=_failed,
+        scope="login-address",
+    )
+    @limiter.limit(
+        _account_limit, key_func=login_username_key, deduct_when=_failed, scope="login-account"
+    )
+    @blp.arguments(LoginSchema)
+    @blp.response(200, TokenSchema)
+    @blp.alt_response(401, response="UNAUTHORIZED")
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
+    def post(self, data):
+        """Sign in with a username (or phone number) and password
+
+        Returns an access token (a JWT, valid `expires_in` seconds) and a single-use refresh
+        token. Failed attempts are throttled per account and per client address (429 with
+        Retry-After).
+        """
+        st = state()
+        session = db_session()
+        try:
+            issued = svc.login(
+                session,
+                data["username"],
+                data["password"],
+                signer=st.tokens,
+                phone_key=st.phone_key,
+                refresh_days=st.settings.refresh_token_days,
+            )
+        except svc.LoginFailed:
+            raise Unauthorized(
+                "The username, phone number or password is wrong, or the account is disabled."
+            ) from None
+        user = issued.user
+        audit(
+            "auth.login",
+            "user",
+            user.id,
+            region_code=user.region_code,
+            actor=Actor(
+                "user",
+                f"user:{user.id}",
+                user.username,
+                request_actor().request_id,
+                request_actor().address,
+            ),
+        )
+        commit()
+        return _tokens_body(issued)
+
+
+@blp.route("/auth/refresh")
+class AuthRefresh(MethodView):
+    @blp.public
+    @blp.arguments(RefreshSchema)
+    @blp.response(200, TokenSchema)
+    @blp.alt_response(401, response="UNAUTHORIZED")
+    def post(self, data):
+        """Exchange a refresh token for a new token pair
+
+        The refresh token is single use. Presenting one that was already used revokes its
+        whole family: the next refresh of either holder fails and the user signs in again.
+        """
+        st = state()
+        session = db_session()
+        try:
+            issued = svc.refresh(
+                session,
+                data["refresh_token"],
+                signer=st.tokens,
+                refresh_days=st.settings.refresh_token_days,
+            )
+        except svc.RefreshRejected as exc:
+            if exc.reuse:
+                # Commit the family revocation (and its audit row) before refusing.
+                audit(
+                    "auth.refresh_reuse",
+                    "user",
+                    exc.user_id,
+                    actor=Actor("system", None, "refresh-reuse-detection"),
+                )
+                commit()
+            raise Unauthorized("The refresh token is invalid, expired or revoked.") from None
+        commit()
+        return _tokens_body(issued)
+
+
+@blp.route("/auth/logout")
+class AuthLogout(MethodView):
+    @blp.requires(AUTHENTICATED)
+    @blp.arguments(RefreshSchema)
+    @blp.response(204)
+    def post(self, data):
+        """Sign out: revoke the refresh token's family
+
+        The access token stays valid until it expires (at most its lifetime).
+        """
+        principal = current_principal()
+        if principal.kind != "user":
+            raise Unauthorized("Only people sign out; API keys are revoked by an admin.")
+        svc.logout(db_session(), data["refresh_token"], principal.id)
+        audit("auth.logout", "user", principal.id, region_code=principal.region_code)
+        commit()
+
+
+@blp.route("/auth/password")
+class AuthPassword(MethodView):
+    @blp.requires(AUTHENTICATED)
+    @blp.arguments(PasswordChangeSchema)
+    @blp.response(204)
+    def post(self, data):
+        """Change your own password
+
+        Every token issued before stops working: sign in again with the new password.
+        """
+        principal = current_principal()
+        if principal.kind != "user":
+            raise Unauthorized("API keys have no password.")
+        svc.change_password(
+            db_session(), principal.id, data["current_password"], data["new_password"]
+        )
+        audit("user.password_change", "user", principal.id, region_code=principal.region_code)
+        commit()
+        state().principals.clear()
+
+
+@blp.route("/me")
+class Me(MethodView):
+    @blp.requires(AUTHENTICATED)
+    @blp.response(200, MeSchema)
+    def get(self):
+        """Who the caller is: role, permissions and area scope"""
+        p = current_principal()
+        scope = {
+            "unrestricted": p.scope.unrestricted,
+            "region_prefixes": list(p.scope.prefixes),
+            "grids": sorted(p.scope.grid_codes),
+        }
+        return {
+            "kind": p.kind,
+            "id": p.id,
+            "name": p.name,
+            "role": p.role,
+            "permissions": sorted(p.permissions),
+            "scope": scope,
+        }

@@ -1,0 +1,103 @@
+"""Access tokens (short-lived JWT, HS256, fixed issuer/audience/key id) and opaque secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+ALGORITHM = "HS256"
+API_KEY_PREFIX = "gk_"
+
+
+class InvalidToken(Exception):
+    """The token is malformed, forged, expired or for another audience."""
+
+
+@dataclass(frozen=True)
+class TokenSigner:
+    """Signs and verifies access tokens with one key; the key id names that key."""
+
+    key: bytes
+    issuer: str
+    audience: str
+    lifetime_seconds: int
+
+    @property
+    def key_id(self) -> str:
+        return hashlib.sha256(b"gridapi-kid" + self.key).hexdigest()[:16]
+
+    def issue(self, *, subject: str, claims: dict[str, Any]) -> str:
+        """Return a signed access token for ``subject`` with extra ``claims``."""
+        now = int(time.time())
+        payload = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": subject,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.lifetime_seconds,
+            "jti": uuid.uuid4().hex,
+            **claims,
+        }
+        return jwt.encode(
+            payload, self.key, algorithm=ALGORITHM, headers={"kid": self.key_id, "typ": "JWT"}
+        )
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Return the claims of a valid token. Raises InvalidToken for anything else."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise InvalidToken("malformed token") from exc
+        if header.get("alg") != ALGORITHM or header.get("kid") != self.key_id:
+            raise InvalidToken("unexpected algorithm or key id")
+        try:
+            return jwt.decode(
+                token,
+                self.key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iat", "nbf", "sub", "iss", "aud"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise InvalidToken(str(exc)) from exc
+
+
+def new_secret(nbytes: int = 32) -> str:
+    """Return a new URL-safe random secret (refresh tokens, API keys)."""
+    return secrets.token_urlsafe(nbytes)
+
+
+def digest(secret: str) -> str:
+    """Return the SHA-256 hex digest of a high-entropy secret (refresh token, API key).
+
+    A fast hash is right here: the secrets are random and long, unlike passwords.
+    """
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def same_digest(a: str, b: str) -> bool:
+    """Compare two digests in constant time."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def new_api_key() -> tuple[str, str]:
+    """Return (full key shown once, its visible prefix)."""
+    prefix = secrets.token_hex(4)
+    return f"{API_KEY_PREFIX}{prefix}_{new_secret(30)}", prefix
+
+
+def api_key_prefix(key: str) -> str | None:
+    """Return the visible prefix of an API key, or None when it is not shaped like one."""
+    if not key.startswith(API_KEY_PREFIX):
+        return None
+    prefix, _, rest = key[len(API_KEY_PREFIX) :].partition("_")
+    return prefix if len(prefix) == 8 and rest else None

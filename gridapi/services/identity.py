@@ -1,0 +1,730 @@
+"""Users, grid rosters, departments, API clients, sign-in and token rotation."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from ..codes import subtree_prefix
+from ..errors import Conflict, NotFound, Unprocessable
+from ..models import ApiClient, Department, Grid, GridAssignment, RefreshToken, Role, User
+from ..models.base import utcnow
+from ..scope import Scope
+from ..security.passwords import hash_password, needs_rehash, password_problems, verify_password
+from ..security.permissions import CLIENT_SCOPES, ROLE_RANK
+from ..security.tokens import digest, new_api_key, new_secret, same_digest
+from .regions import get_region
+
+PHONE_RE = re.compile(r"1[3-9][0-9]{9}")
+
+
+def phone_index(phone: str, key: bytes) -> str:
+    """Return the keyed hash (HMAC-SHA256) a phone number is looked up by."""
+    return hmac.new(key, b"phone:" + phone.encode(), hashlib.sha256).hexdigest()
+
+
+def mask_phone(phone: str) -> str:
+    """Return 138****5678 for 13812345678."""
+    return phone[:3] + "****" + phone[-4:]
+
+
+def _not_found(kind: str) -> NotFound:
+    # One message for missing and out-of-scope objects, so the two answer byte for byte alike.
+    return NotFound(f"The {kind} does not exist or is outside your scope.")
+
+
+# --- principals -----------------------------------------------------------------------------
+
+
+def user_principal(session: Session, user_id: int, token_version: int):  # type: ignore[no-untyped-def]
+    """Return the Principal of an active user whose tokens are still current, else None."""
+    from ..auth import Principal
+
+    user = session.get(User, user_id)
+    if user is None or not user.is_active or user.token_version != token_version:
+        return None
+    role = session.get(Role, user.role_name)
+    return Principal(
+        kind="user",
+        id=user.id,
+        name=user.username,
+        role=user.role_name,
+        rank=role.rank if role else 0,
+        permissions=frozenset(role.permissions if role else ()),
+        scope=user_scope(session, user),
+        region_code=user.region_code,
+    )
+
+
+def user_scope(session: Session, user: User, on: date | None = None) -> Scope:
+    """Return the scope of a user: admins everything, else the region or the grids."""
+    if user.role_name == "admin" and not user.scope_region_code:
+        return Scope.everything()
+    if user.scope_region_code:
+        return Scope.of_region(user.scope_region_code)
+    return Scope.of_grids(current_grids(session, user.id, on))
+
+
+def current_grids(session: Session, user_id: int, on: date | None = None) -> list[str]:
+    """Return the codes of the grids a user is assigned to on ``on`` (default today)."""
+    day = on or date.today()
+    return list(
+        session.scalars(
+            select(GridAssignment.grid_code).where(
+                GridAssignment.user_id == user_id,
+                GridAssignment.valid_from <= day,
+                or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to >= day),
+            )
+        )
+    )
+
+
+def client_principal(session: Session, prefix: str, key: str):  # type: ignore[no-untyped-def]
+    """Return the Principal of an unrevoked client whose key matches, else None."""
+    from ..auth import Principal
+
+    client = session.scalars(select(ApiClient).where(ApiClient.key_prefix == prefix)).first()
+    if (
+        client is None
+        or client.revoked_at is not None
+        or not same_digest(client.key_hash, digest(key))
+    ):
+        return None
+    scope = (
+        Scope.of_region(client.scope_region_code)
+        if client.scope_region_code
+        else Scope.everything()
+    )
+    return Principal(
+        kind="client",
+        id=client.id,
+        name=client.name,
+        role=None,
+        rank=0,
+        permissions=frozenset(client.scopes),
+        scope=scope,
+        region_code=client.scope_region_code,
+        rate_limit=client.rate_limit,
+    )
+
+
+# --- sign-in --------------------------------------------------------------------------------
+
+
+@dataclass
+class IssuedTokens:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    user: User
+
+
+class LoginFailed(Exception):
+    """Wrong username, phone or password, or a disabled account (one message for all)."""
+
+
+def find_login_user(session: Session, login: str, phone_key: bytes) -> User | None:
+    """Return the user a sign-in names, by username or by phone number."""
+    login = login.strip()
+    user = session.scalars(select(User).where(User.username == login)).first()
+    if user is None and PHONE_RE.fullmatch(login):
+        user = session.scalars(
+            select(User).where(User.phone_hmac == phone_index(login, phone_key))
+        ).first()
+    return user
+
+
+def login(
+    session: Session, login_name: str, password: str, *, signer, phone_key: bytes, refresh_days: int
+) -> IssuedTokens:  # type: ignore[no-untyped-def]
+    """Check the credentials and issue a token pair; rehash an outdated password hash.
+
+    Raises LoginFailed.
+    """
+    user = find_login_user(session, login_name, phone_key)
+    ok = verify_password(user.password_hash if user else None, password)
+    if not ok or user is None or not user.is_active:
+        raise LoginFailed
+    if needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+    return _issue(session, user, signer, refresh_days, family=uuid.uuid4().hex)
+
+
+def _issue(session: Session, user: User, signer, refresh_days: int, family: str) -> IssuedTokens:  # type: ignore[no-untyped-def]
+    refresh = new_secret()
+    session.add(
+        RefreshToken(
+            user_id=user.id,
+            family_id=family,
+            token_hash=digest(refresh),
+            expires_at=utcnow() + timedelta(days=refresh_days),
+        )
+    )
+    session.flush()
+    access = signer.issue(
+        subject=str(user.id), claims={"ver": user.token_version, "role": user.role_name}
+    )
+    return IssuedTokens(access, refresh, signer.lifetime_seconds, user)
+
+
+class RefreshRejected(Exception):
+    """The refresh token is unknown, expired, revoked or was used before."""
+
+    def __init__(self, reuse: bool = False, user_id: int | None = None) -> None:
+        super().__init__()
+        self.reuse = reuse
+        self.user_id = user_id
+
+
+def refresh(session: Session, token: str, *, signer, refresh_days: int) -> IssuedTokens:  # type: ignore[no-untyped-def]
+    """Rotate a refresh token: mark it used and issue a new pair in the same family.
+
+    A token presented a second time means it was stolen or replayed: its whole family is
+    revoked (RefreshRejected with ``reuse``), so neither holder can go on.
+    """
+    row = session.scalars(
+        select(RefreshToken).where(RefreshToken.token_hash == digest(token)).with_for_update()
+    ).first()
+    if row is None:
+        raise RefreshRejected
+    now = utcnow()
+    if row.used_at is not None or row.revoked_at is not None:
+        if row.used_at is not None:
+            revoke_family(session, row.family_id)
+            raise RefreshRejected(reuse=True, user_id=row.user_id)
+        raise RefreshRejected
+    if row.expires_at <= now:
+        raise RefreshRejected
+    user = session.get(User, row.user_id)
+    if user is None or not user.is_active:
+        raise RefreshRejected
+    # Guarded update: of two concurrent uses of one token, only one can mark it used.
+    marked = session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.id == row.id, RefreshToken.used_at.is_(None))
+        .values(used_at=now)
+    )
+    if marked.rowcount != 1:
+        revoke_family(session, row.family_id)
+        raise RefreshRejected(reuse=True, user_id=row.user_id)
+    return _issue(session, user, signer, refresh_days, family=row.family_id)
+
+
+def revoke_family(session: Session, family_id: str) -> None:
+    """Revoke every token of a refresh family."""
+    session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+
+
+def logout(session: Session, token: str, user_id: int) -> bool:
+    """Revoke the family of a refresh token the user holds; return whether one was found."""
+    row = session.scalars(
+        select(RefreshToken).where(
+            RefreshToken.token_hash == digest(token), RefreshToken.user_id == user_id
+        )
+    ).first()
+    if row is None:
+        return False
+    revoke_family(session, row.family_id)
+    return True
+
+
+def change_password(session: Session, user_id: int, current: str, new: str) -> User:
+    """Change a user's own password; every token issued before stops working.
+
+    Raises Unprocessable for a wrong current password or a weak new one.
+    """
+    user = session.get(User, user_id)
+    if user is None:
+        raise _not_found("user")
+    if not verify_password(user.password_hash, current):
+        raise Unprocessable(
+            "The current password is wrong.", errors={"json": {"current_password": ["is wrong"]}}
+        )
+    set_password(session, user, new)
+    return user
+
+
+def set_password(session: Session, user: User, new: str, field_name: str = "new_password") -> None:
+    """Set a password that passes the policy and end every session of the user."""
+    problems = password_problems(new, username=user.username)
+    if problems:
+        raise Unprocessable(
+            "The password does not meet the policy.", errors={"json": {field_name: problems}}
+        )
+    user.password_hash = hash_password(new)
+    user.password_changed_at = utcnow()
+    user.token_version += 1
+    session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    session.flush()
+
+
+# --- users ----------------------------------------------------------------------------------
+
+
+def _check_role_grant(session: Session, actor_rank: int | None, role: str) -> Role:
+    role_row = session.get(Role, role)
+    if role_row is None:
+        raise Unprocessable("Unknown role.", errors={"json": {"role": [f"no role {role!r}"]}})
+    if actor_rank is not None and actor_rank < ROLE_RANK["admin"] and role_row.rank >= actor_rank:
+        raise Unprocessable(
+            "You may not give this role.",
+            errors={
+                "json": {
+                    "role": [f"your role may only give roles below its own rank, not {role!r}"]
+                }
+            },
+        )
+    return role_row
+
+
+def _grid_in_service(session: Session, code: str, scope: Scope) -> Grid | None:
+    return session.scalars(
+        select(Grid).where(
+            Grid.code == code,
+            Grid.in_service.is_(True),
+            scope.grid_condition(Grid.code, Grid.community_code),
+        )
+    ).first()
+
+
+def create_user(
+    session: Session,
+    *,
+    scope: Scope,
+    actor_rank: int | None,
+    username: str,
+    password: str,
+    role: str,
+    display_name: str | None = None,
+    phone: str | None = None,
+    scope_region: str | None = None,
+    grids: list[str] | None = None,
+    primary_grid: str | None = None,
+    department_id: int | None = None,
+    phone_key: bytes,
+) -> User:
+    """Create a user inside the caller's scope. Raises Unprocessable or Conflict."""
+    _check_role_grant(session, actor_rank, role)
+    errors: dict[str, list[str]] = {}
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{3,64}", username):
+        errors["username"] = ["3-64 letters, digits, '_', '.' or '-'"]
+    if phone is not None and not PHONE_RE.fullmatch(phone):
+        errors["phone"] = ["must be a mainland mobile number (11 digits starting 13-19)"]
+    if scope_region and grids:
+        errors["grids"] = ["give either scope_region or grids, not both"]
+    if role != "admin" and not scope_region and not grids:
+        errors["scope_region"] = ["every account but an admin needs a region or grids"]
+    if errors:
+        raise Unprocessable("Invalid user.", errors={"json": errors})
+    region_code = None
+    if scope_region:
+        if not scope.covers_region(scope_region):
+            raise Unprocessable(
+                "Unknown region.",
+                errors={"json": {"scope_region": [f"no region {scope_region} in your scope"]}},
+            )
+        get_region(session, scope_region, scope=scope)
+        region_code = scope_region
+    grid_rows = []
+    for code in grids or []:
+        grid = _grid_in_service(session, code, scope)
+        if grid is None:
+            raise Unprocessable(
+                "Unknown grid.", errors={"json": {"grids": [f"no grid {code} in your scope"]}}
+            )
+        grid_rows.append(grid)
+    if grid_rows:
+        region_code = (primary_grid or grid_rows[0].code)[:12]
+    if primary_grid and primary_grid not in (grids or []):
+        raise Unprocessable(
+            "Invalid primary grid.", errors={"json": {"primary_grid": ["must be one of grids"]}}
+        )
+    if department_id is not None:
+        dept = session.get(Department, department_id)
+        if dept is None or not scope.covers_region(dept.region_code):
+            raise Unprocessable(
+                "Unknown department.",
+                errors={"json": {"department_id": ["no such department in your scope"]}},
+            )
+    if session.scalars(select(User.id).where(User.username == username)).first():
+        raise Conflict(f"The username {username!r} is taken.")
+    hmac_value = phone_index(phone, phone_key) if phone else None
+    if hmac_value and session.scalars(select(User.id).where(User.phone_hmac == hmac_value)).first():
+        raise Conflict("The phone number belongs to another account.")
+    problems = password_problems(password, username=username, phone=phone or "")
+    if problems:
+        raise Unprocessable(
+            "The password does not meet the policy.", errors={"json": {"password": problems}}
+        )
+    user = User(
+        username=username,
+        display_name=display_name or username,
+        phone_hmac=hmac_value,
+        phone_masked=mask_phone(phone) if phone else None,
+        password_hash=hash_password(password),
+        role_name=role,
+        scope_region_code=scope_region,
+        region_code=region_code,
+        department_id=department_id,
+        is_active=True,
+        token_version=0,
+    )
+    session.add(user)
+    session.flush()
+    for grid in grid_rows:
+        session.add(
+            GridAssignment(
+                user_id=user.id,
+                grid_code=grid.code,
+                county_code=grid.county_code,
+                is_primary=grid.code == (primary_grid or grid_rows[0].code),
+                valid_from=date.today(),
+            )
+        )
+    session.flush()
+    return user
+
+
+def users_query(scope: Scope):  # type: ignore[no-untyped-def]
+    """Return a select of the users inside ``scope``."""
+    return (
+        select(User).where(scope.region_condition(User.region_code))
+        if not scope.unrestricted
+        else select(User)
+    )
+
+
+def get_user(session: Session, user_id: int, scope: Scope) -> User:
+    """Return a user inside the scope. Raises NotFound otherwise."""
+    user = session.scalars(users_query(scope).where(User.id == user_id)).first()
+    if user is None:
+        raise _not_found("user")
+    return user
+
+
+def list_users(
+    session: Session,
+    scope: Scope,
+    *,
+    role: str | None = None,
+    region: str | None = None,
+    q: str | None = None,
+    after: int | None = None,
+    limit: int = 100,
+) -> list[User]:
+    """Return users inside the scope ordered by id."""
+    stmt = users_query(scope)
+    if role:
+        stmt = stmt.where(User.role_name == role)
+    if region:
+        stmt = stmt.where(User.region_code.startswith(subtree_prefix(region)))
+    if q:
+        stmt = stmt.where(
+            or_(
+                User.username.contains(q, autoescape=True),
+                User.display_name.contains(q, autoescape=True),
+            )
+        )
+    if after:
+        stmt = stmt.where(User.id > after)
+    return list(session.scalars(stmt.order_by(User.id).limit(limit)))
+
+
+def update_user(
+    session: Session,
+    user_id: int,
+    changes: dict[str, Any],
+    *,
+    scope: Scope,
+    actor_rank: int | None,
+    actor_id: int | None,
+) -> User:
+    """Change a user's name, role, activity or scope. Raises NotFound, Unprocessable."""
+    user = get_user(session, user_id, scope)
+    role_row = session.get(Role, user.role_name)
+    if (
+        actor_rank is not None
+        and actor_rank < ROLE_RANK["admin"]
+        and role_row
+        and role_row.rank >= actor_rank
+    ):
+        raise _not_found("user")  # a peer or superior: not yours to change
+    if "role" in changes:
+        _check_role_grant(session, actor_rank, changes["role"])
+        user.role_name = changes["role"]
+        user.token_version += 1
+    if "display_name" in changes:
+        user.display_name = changes["display_name"]
+    if "is_active" in changes:
+        if actor_id == user.id and not changes["is_active"]:
+            raise Unprocessable(
+                "You cannot disable yourself.",
+                errors={"json": {"is_active": ["not for your own account"]}},
+            )
+        user.is_active = changes["is_active"]
+        user.token_version += 1
+    if "scope_region" in changes:
+        code = changes["scope_region"]
+        if not scope.covers_region(code):
+            raise Unprocessable(
+                "Unknown region.",
+                errors={"json": {"scope_region": [f"no region {code} in your scope"]}},
+            )
+        get_region(session, code, scope=scope)
+        user.scope_region_code = code
+        user.region_code = code
+        user.token_version += 1
+    session.flush()
+    return user
+
+
+def assign_grid(
+    session: Session,
+    user_id: int,
+    grid_code: str,
+    *,
+    scope: Scope,
+    valid_from: date | None = None,
+    is_primary: bool = False,
+) -> GridAssignment:
+    """Put a user on a grid's roster from ``valid_from`` (default today)."""
+    user = get_user(session, user_id, scope)
+    grid = _grid_in_service(session, grid_code, scope)
+    if grid is None:
+        raise Unprocessable(
+            "Unknown grid.", errors={"json": {"grid": [f"no grid {grid_code} in your scope"]}}
+        )
+    start = valid_from or date.today()
+    open_rows = session.scalars(
+        select(GridAssignment).where(
+            GridAssignment.user_id == user.id,
+            GridAssignment.grid_code == grid_code,
+            or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to >= start),
+        )
+    ).all()
+    if open_rows:
+        raise Conflict(f"The user is already on the roster of grid {grid_code}.")
+    if is_primary:
+        session.execute(
+            update(GridAssignment).where(GridAssignment.user_id == user.id).values(is_primary=False)
+        )
+    row = GridAssignment(
+        user_id=user.id,
+        grid_code=grid_code,
+        county_code=grid.county_code,
+        is_primary=is_primary,
+        valid_from=start,
+    )
+    session.add(row)
+    if user.scope_region_code is None:
+        user.token_version += 1  # the scope changed
+        if user.region_code is None or is_primary:
+            user.region_code = grid_code[:12]
+    session.flush()
+    return row
+
+
+def end_assignment(
+    session: Session, user_id: int, grid_code: str, *, scope: Scope, valid_to: date | None = None
+) -> GridAssignment:
+    """End a user's current assignment to a grid on ``valid_to`` (default today)."""
+    user = get_user(session, user_id, scope)
+    row = session.scalars(
+        select(GridAssignment).where(
+            GridAssignment.user_id == user.id,
+            GridAssignment.grid_code == grid_code,
+            GridAssignment.valid_to.is_(None),
+        )
+    ).first()
+    if row is None:
+        raise _not_found("assignment")
+    end = valid_to or date.today()
+    if end < row.valid_from:
+        raise Unprocessable(
+            "The end is before the start.",
+            errors={"json": {"valid_to": [f"must not be before {row.valid_from}"]}},
+        )
+    row.valid_to = end
+    user.token_version += 1
+    session.flush()
+    return row
+
+
+def roster(
+    session: Session, grid_code: str, scope: Scope, on: date | None = None
+) -> list[tuple[GridAssignment, User]]:
+    """Return who was responsible for a grid on a day (default today)."""
+    if _grid_in_service(session, grid_code, scope) is None:
+        raise _not_found("grid")
+    day = on or date.today()
+    return list(
+        session.execute(
+            select(GridAssignment, User)
+            .join(User, User.id == GridAssignment.user_id)
+            .where(
+                GridAssignment.grid_code == grid_code,
+                GridAssignment.valid_from <= day,
+                or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to >= day),
+            )
+            .order_by(GridAssignment.is_primary.desc(), User.id)
+        ).tuples()
+    )
+
+
+def assignments_of(session: Session, user_id: int) -> list[GridAssignment]:
+    """Return every assignment of a user, newest first (the history)."""
+    return list(
+        session.scalars(
+            select(GridAssignment)
+            .where(GridAssignment.user_id == user_id)
+            .order_by(GridAssignment.valid_from.desc(), GridAssignment.id.desc())
+        )
+    )
+
+
+# --- departments ----------------------------------------------------------------------------
+
+
+def create_department(
+    session: Session, *, scope: Scope, code: str, name: str, region_code: str
+) -> Department:
+    """Create a functional department serving a region in scope."""
+    if not scope.covers_region(region_code):
+        raise Unprocessable(
+            "Unknown region.",
+            errors={"json": {"region_code": [f"no region {region_code} in your scope"]}},
+        )
+    get_region(session, region_code, scope=scope)
+    if session.scalars(select(Department.id).where(Department.code == code)).first():
+        raise Conflict(f"A department with code {code!r} exists.")
+    dept = Department(code=code, name=name, region_code=region_code, is_active=True)
+    session.add(dept)
+    session.flush()
+    return dept
+
+
+def list_departments(session: Session, scope: Scope, region: str | None = None) -> list[Department]:
+    """Return departments serving regions in scope or above it (dispatch targets)."""
+    stmt = select(Department).where(
+        scope.region_condition(Department.region_code, with_ancestors=True)
+    )
+    if region:
+        stmt = stmt.where(Department.region_code.startswith(subtree_prefix(region)))
+    return list(session.scalars(stmt.order_by(Department.code)))
+
+
+def get_department(session: Session, dept_id: int, scope: Scope) -> Department:
+    dept = session.scalars(
+        select(Department).where(
+            Department.id == dept_id,
+            scope.region_condition(Department.region_code, with_ancestors=True),
+        )
+    ).first()
+    if dept is None:
+        raise _not_found("department")
+    return dept
+
+
+def update_department(
+    session: Session, dept_id: int, changes: dict[str, Any], *, scope: Scope
+) -> Department:
+    dept = session.scalars(
+        select(Department).where(
+            Department.id == dept_id, scope.region_condition(Department.region_code)
+        )
+    ).first()
+    if dept is None:
+        raise _not_found("department")
+    for key in ("name", "is_active"):
+        if key in changes:
+            setattr(dept, key, changes[key])
+    session.flush()
+    return dept
+
+
+# --- API clients ----------------------------------------------------------------------------
+
+
+def create_client(
+    session: Session,
+    *,
+    name: str,
+    scopes: list[str],
+    scope_region: str | None,
+    rate_limit: str,
+    created_by: str | None,
+) -> tuple[ApiClient, str]:
+    """Register an app; return it and its key (shown once, only a digest is kept)."""
+    from limits import parse
+
+    bad = sorted(set(scopes) - CLIENT_SCOPES)
+    if bad or not scopes:
+        raise Unprocessable(
+            "Invalid scopes.",
+            errors={
+                "json": {
+                    "scopes": [
+                        f"allowed: {', '.join(sorted(CLIENT_SCOPES))}"
+                        + (f"; not {bad}" if bad else "")
+                    ]
+                }
+            },
+        )
+    try:
+        parse(rate_limit)
+    except ValueError:
+        raise Unprocessable(
+            "Invalid rate limit.",
+            errors={"json": {"rate_limit": ["e.g. '600 per minute' or '10/second'"]}},
+        )
+    if scope_region:
+        get_region(session, scope_region, scope=Scope.everything())
+    key, prefix = new_api_key()
+    client = ApiClient(
+        name=name,
+        key_prefix=prefix,
+        key_hash=digest(key),
+        scopes=sorted(set(scopes)),
+        scope_region_code=scope_region,
+        rate_limit=rate_limit,
+        created_by=created_by,
+    )
+    session.add(client)
+    session.flush()
+    return client, key
+
+
+def list_clients(session: Session) -> list[ApiClient]:
+    return list(session.scalars(select(ApiClient).order_by(ApiClient.id)))
+
+
+def get_client(session: Session, client_id: int) -> ApiClient:
+    client = session.get(ApiClient, client_id)
+    if client is None:
+        raise _not_found("client")
+    return client
+
+
+def revoke_client(session: Session, client_id: int) -> ApiClient:
+    """Revoke an app's key; it stops working at once (or within the auth cache time)."""
+    client = get_client(session, client_id)
+    if client.revoked_at is None:
+        client.revoked_at = utcnow()
+    session.flush()
+    return client
