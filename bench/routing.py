@@ -110,6 +110,22 @@ class SizeResult:
 # --------------------------------------------------------------------------------------------
 
 
+
+# Every routing call is authenticated like a third-party app's: an API key with grids:read.
+AUTH: dict[str, str] = {}
+
+
+def create_bench_key(engine: Engine) -> str:
+    """Register an API client in the bench database and return its key."""
+    from sqlalchemy.orm import Session
+
+    from gridapi.services.identity import create_client
+
+    with Session(engine) as session, session.begin():
+        _, key = create_client(session, name="bench", scopes=["grids:read"], scope_region=None,
+                               rate_limit="100000000 per minute", created_by="bench")
+    return key
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -404,7 +420,7 @@ def load_test(
     reconnects = [0] * clients
     errors: list[str] = []
     stop_at = [0.0]
-    headers = {"Content-Type": "application/json", "Connection": "keep-alive"}
+    headers = {"Content-Type": "application/json", "Connection": "keep-alive", **AUTH}
 
     def worker(k: int) -> None:
         conn = http.client.HTTPConnection(host, port, timeout=120)
@@ -483,7 +499,7 @@ def bench_http(
             "POST",
             "/api/v1/locate/batch",
             body=bodies[0],
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **AUTH},
         )
         resp = conn.getresponse()
         payload = resp.read()
@@ -573,6 +589,7 @@ def profile(
     buf.write("```\n\n")
     app = create_app({"database_url": url, "log_level": "WARNING"})
     client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = AUTH["X-API-Key"]
     client.get("/api/v1/health/live")
     client.get("/api/v1/locate?lon=117&lat=27")
     for name, calls in (
@@ -630,6 +647,7 @@ def run_size(size: int, args: argparse.Namespace, log_dir: Path) -> tuple[SizeRe
     engine = make_engine(url)
     t0 = time.perf_counter()
     synthetic.load(engine, gs)
+    AUTH["X-API-Key"] = create_bench_key(engine)
     res.setup["load into database (s)"] = time.perf_counter() - t0
     bounds = gs.bounds
     del gs

@@ -6,6 +6,8 @@ declaration is both enforced here and published in the OpenAPI document.
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from dataclasses import dataclass
 from functools import wraps
@@ -60,25 +62,32 @@ class Principal:
 class PrincipalCache:
     """A short per-process cache of principals, so a request need not reload its user.
 
-    Entries live ``ttl`` seconds: a disabled user or a revoked key stops working within
-    that time in every process (at once in the process that made the change).
+    Entries live ``ttl`` seconds (never past the credential's own expiry): a disabled user or
+    a revoked key stops working within that time in every process, and at once in the
+    process that made the change.
     """
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._items: dict[tuple[str, Any], tuple[float, Principal | None]] = {}
+        self._items: dict[tuple[Any, ...], tuple[float, Principal | None]] = {}
 
-    def get(self, key: tuple[str, Any]) -> tuple[bool, Principal | None]:
+    def get(self, key: tuple[Any, ...]) -> tuple[bool, Principal | None]:
         item = self._items.get(key)
-        if item is None or time.monotonic() - item[0] > self.ttl:
+        if item is None or time.monotonic() > item[0]:
             return False, None
         return True, item[1]
 
-    def put(self, key: tuple[str, Any], value: Principal | None) -> None:
-        if self.ttl > 0:
+    def put(
+        self, key: tuple[Any, ...], value: Principal | None, expires_at: float | None = None
+    ) -> None:
+        """Keep ``value`` for ``ttl`` seconds, or until ``expires_at`` (epoch) if sooner."""
+        if self.ttl <= 0:
+            return
+        lifetime = self.ttl if expires_at is None else min(self.ttl, expires_at - time.time())
+        if lifetime > 0:
             if len(self._items) > 10_000:
                 self._items.clear()
-            self._items[key] = (time.monotonic(), value)
+            self._items[key] = (time.monotonic() + lifetime, value)
 
     def clear(self) -> None:
         self._items.clear()
@@ -120,6 +129,11 @@ def _authenticate(kind: str, value: str) -> Principal:
     st = state()
     cache: PrincipalCache = st.principals
     if kind == "token":
+        # A token already verified in this process skips the signature check until the
+        # cache entry ends (at most ttl, never past the token's expiry).
+        hit, principal = cache.get(("jwt", value))
+        if hit and principal is not None:
+            return principal
         try:
             claims = st.tokens.verify(value)
             user_id, version = int(claims["sub"]), int(claims.get("ver", -1))
@@ -132,6 +146,7 @@ def _authenticate(kind: str, value: str) -> Principal:
             cache.put(("user", user_id, version), principal)
         if principal is None:
             raise Unauthorized("The access token is no longer valid.")
+        cache.put(("jwt", value), principal, expires_at=float(claims["exp"]))
         return principal
     prefix = api_key_prefix(value)
     if prefix is None:
@@ -147,13 +162,53 @@ def _authenticate(kind: str, value: str) -> Principal:
     return principal
 
 
-def _check_client_rate(principal: Principal) -> None:
+@functools.lru_cache(maxsize=256)
+def _parse_limit(limit: str):  # type: ignore[no-untyped-def]
     from limits import parse
 
+    return parse(limit)
+
+
+class LocalRateLimiter:
+    """Fixed-window request counters per API key, kept in this process.
+
+    Used when there is no shared store (no GRIDAPI_REDIS_URL): flask-limiter's memory
+    storage is per process too, and this costs a dictionary lookup instead of a lock.
+    """
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple[int, str], tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key: int, limit: str) -> int | None:
+        """Count a request; return None when allowed, else the seconds until the reset."""
+        item = _parse_limit(limit)
+        period = item.get_expiry()
+        now = time.time()
+        window = int(now // period)
+        with self._lock:
+            start, count = self._windows.get((key, limit), (window, 0))
+            if start != window:
+                start, count = window, 0
+            if count >= item.amount:
+                return max(1, int((window + 1) * period - now))
+            self._windows[(key, limit)] = (start, count + 1)
+        return None
+
+
+def _check_client_rate(principal: Principal) -> None:
     from .limits import TooManyRequests, limiter_strategy
 
     if not principal.rate_limit:
         return
+    st = state()
+    if not st.settings.redis_url:
+        wait = st.client_limits.hit(principal.id, principal.rate_limit)
+        if wait is not None:
+            raise TooManyRequests(retry_after=wait)
+        return
+    from limits import parse
+
     item = parse(principal.rate_limit)
     strategy = limiter_strategy()
     if not strategy.hit(item, "client", str(principal.id)):

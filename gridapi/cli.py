@@ -539,6 +539,16 @@ def demo_data(seed: int) -> None:
         accounts = load_demo_users(
             session, settings.demo_password or DEMO_PASSWORD, settings.key_bytes("blind_index_key")
         )
+        record(
+            session,
+            _cli_actor(),
+            "demo.load",
+            "region",
+            "320508000000",
+            region_code="320508000000",
+            summary={"seed": seed, "accounts": len(accounts)},
+        )
+
     click.echo(summary)
     hint = "" if settings.demo_password else "; set GRIDAPI_DEMO_PASSWORD to choose another"
     click.echo(f"Demo accounts, password {settings.demo_password or DEMO_PASSWORD}{hint}:")

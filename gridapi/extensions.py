@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .config import Settings
 
 if TYPE_CHECKING:
-    from .auth import PrincipalCache
+    from .auth import LocalRateLimiter, PrincipalCache
     from .security.tokens import TokenSigner
     from .services.routing import RoutingIndex
 
@@ -28,6 +28,7 @@ class AppState:
     tokens: TokenSigner
     principals: PrincipalCache
     phone_key: bytes
+    client_limits: LocalRateLimiter
 
 
 def state() -> AppState:
