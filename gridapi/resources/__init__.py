@@ -5,7 +5,19 @@ from __future__ import annotations
 from flask import Flask
 from flask_smorest import Api
 
-from . import audit, auth, clients, departments, docs, grids, health, locate, regions, users
+from . import (
+    audit,
+    auth,
+    categories,
+    clients,
+    departments,
+    docs,
+    grids,
+    health,
+    locate,
+    regions,
+    users,
+)
 
 
 def register_blueprints(app: Flask, api: Api) -> None:
@@ -21,6 +33,7 @@ def register_blueprints(app: Flask, api: Api) -> None:
         departments.blp,
         clients.blp,
         audit.blp,
+        categories.blp,
     ):
         api.register_blueprint(blueprint)
     app.register_blueprint(docs.bp)

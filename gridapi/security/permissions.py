@@ -17,6 +17,7 @@ PERMISSIONS = {
     "cases:read": "Read cases",
     "cases:write": "Report and handle cases",
     "webhooks:manage": "Manage webhook subscriptions",
+    "categories:write": "Create and change case categories",
 }
 
 # The scopes an admin may grant a third-party client (a subset of the permissions).

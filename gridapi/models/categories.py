@@ -1,0 +1,61 @@
+"""Case categories (事件分类): a two-level taxonomy kept as data, with time limits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, CheckConstraint, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base, UTCDateTime, utcnow
+
+LIMIT_UNITS = ("hours", "days")
+ATTRIBUTE_TYPES = ("string", "text", "number", "date", "single_choice", "multiple_choice")
+
+
+class Category(Base):
+    """A class (2-digit code) or subclass (4-digit code) of cases.
+
+    Time limits are counted on the working calendar, in working hours or working days.
+    ``default_handler`` is ``township``, ``county`` or ``department:<code>``.
+    """
+
+    __tablename__ = "categories"
+
+    code: Mapped[str] = mapped_column(String(4), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    parent_code: Mapped[str | None] = mapped_column(ForeignKey("categories.code"))
+    accept_limit: Mapped[int] = mapped_column(Integer, default=2)
+    accept_unit: Mapped[str] = mapped_column(String(8), default="hours")
+    handle_limit: Mapped[int] = mapped_column(Integer, default=5)
+    handle_unit: Mapped[str] = mapped_column(String(8), default="days")
+    verify_limit: Mapped[int] = mapped_column(Integer, default=1)
+    verify_unit: Mapped[str] = mapped_column(String(8), default="days")
+    default_handler: Mapped[str] = mapped_column(String(64), default="township")
+    intake_standard: Mapped[str] = mapped_column(Text, default="")
+    closure_standard: Mapped[str] = mapped_column(Text, default="")
+    sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    duplicate_radius_m: Mapped[float] = mapped_column(Float, default=50.0)
+    attributes: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    sort_order: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("length(code) IN (2, 4)", name="code_length"),
+        CheckConstraint(
+            "accept_unit IN ('hours', 'days') AND handle_unit IN ('hours', 'days') "
+            "AND verify_unit IN ('hours', 'days')",
+            name="units",
+        ),
+        CheckConstraint(
+            "accept_limit > 0 AND handle_limit > 0 AND verify_limit > 0", name="limits"
+        ),
+        CheckConstraint("duplicate_radius_m >= 0", name="radius"),
+    )
+
+    @property
+    def level(self) -> int:
+        return 1 if len(self.code) == 2 else 2

@@ -1,0 +1,89 @@
+"""Schemas of case categories."""
+
+from __future__ import annotations
+
+from marshmallow import fields, validate
+
+from ..models.categories import ATTRIBUTE_TYPES, LIMIT_UNITS
+from .common import StrictSchema
+
+UNIT = validate.OneOf(LIMIT_UNITS)
+
+
+class AttributeSchema(StrictSchema):
+    code = fields.String(required=True, metadata={"example": "hazard"})
+    label = fields.String(required=True, metadata={"example": "隐患类型"})
+    type = fields.String(required=True, validate=validate.OneOf(ATTRIBUTE_TYPES))
+    required = fields.Boolean()
+    # Read with .get(): marshmallow falls back to getattr, and dict.values is a method.
+    values = fields.Function(
+        lambda attr: attr.get("values"),
+        metadata={"description": "Choices, for choice types.", "type": "array",
+                  "items": {"type": "string"}},
+    )
+    description = fields.String()
+
+
+class CategorySchema(StrictSchema):
+    code = fields.String(required=True, metadata={"example": "5301"})
+    name = fields.String(required=True, metadata={"example": "消防安全隐患"})
+    parent_code = fields.String(allow_none=True)
+    level = fields.Integer(required=True, metadata={"description": "1 = class, 2 = subclass."})
+    accept_limit = fields.Integer(required=True)
+    accept_unit = fields.String(required=True, validate=UNIT)
+    handle_limit = fields.Integer(required=True)
+    handle_unit = fields.String(required=True, validate=UNIT)
+    verify_limit = fields.Integer(required=True)
+    verify_unit = fields.String(required=True, validate=UNIT)
+    default_handler = fields.String(
+        required=True, metadata={"description": "township, county or department:<code>."}
+    )
+    intake_standard = fields.String(required=True)
+    closure_standard = fields.String(required=True)
+    sensitive = fields.Boolean(required=True)
+    urgent = fields.Boolean(required=True)
+    duplicate_radius_m = fields.Float(required=True)
+    attributes = fields.List(fields.Nested(AttributeSchema), required=True)
+    is_active = fields.Boolean(required=True)
+
+
+class CategoryListSchema(StrictSchema):
+    items = fields.List(fields.Nested(CategorySchema), required=True)
+
+
+class CategoryQueryArgsSchema(StrictSchema):
+    include_inactive = fields.Boolean(load_default=False)
+
+
+_LIMIT = validate.Range(min=1, max=1000)
+
+
+class CategoryUpdateSchema(StrictSchema):
+    name = fields.String(validate=validate.Length(min=1, max=100))
+    accept_limit = fields.Integer(validate=_LIMIT)
+    accept_unit = fields.String(validate=UNIT)
+    handle_limit = fields.Integer(validate=_LIMIT)
+    handle_unit = fields.String(validate=UNIT)
+    verify_limit = fields.Integer(validate=_LIMIT)
+    verify_unit = fields.String(validate=UNIT)
+    default_handler = fields.String(validate=validate.Length(max=64))
+    intake_standard = fields.String(validate=validate.Length(max=5000))
+    closure_standard = fields.String(validate=validate.Length(max=5000))
+    sensitive = fields.Boolean()
+    urgent = fields.Boolean()
+    duplicate_radius_m = fields.Float(validate=validate.Range(min=0, max=5000))
+    attributes = fields.List(
+        fields.Dict(),
+        metadata={"description": "Attribute definitions: code, label, type, required, values."},
+    )
+    is_active = fields.Boolean()
+
+
+class CategoryCreateSchema(CategoryUpdateSchema):
+    code = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            r"^([0-9]{2}|[0-9]{4})\Z", error="2 digits for a class, 4 for a subclass"
+        ),
+    )
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))

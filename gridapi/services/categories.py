@@ -1,0 +1,180 @@
+"""Case categories: reading the taxonomy, editing it, and checking a report's attributes."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..errors import Conflict, NotFound, Unprocessable
+from ..models import Category
+from ..models.categories import ATTRIBUTE_TYPES
+
+_HANDLER_RE = re.compile(r"^(township|county|department:[A-Za-z0-9_.\-]{2,32})$")
+_ATTR_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+def list_categories(session: Session, *, include_inactive: bool = False) -> list[Category]:
+    """Return categories, classes before their subclasses, in display order."""
+    stmt = select(Category)
+    if not include_inactive:
+        stmt = stmt.where(Category.is_active.is_(True))
+    return list(session.scalars(stmt.order_by(Category.sort_order, Category.code)))
+
+
+def get_category(session: Session, code: str) -> Category:
+    """Return a category. Raises NotFound."""
+    category = session.get(Category, code)
+    if category is None:
+        raise NotFound("The category does not exist.")
+    return category
+
+
+def attribute_schema_problems(attributes: Any) -> list[str]:
+    """Return what is wrong with an attribute schema (empty when it is fine)."""
+    if not isinstance(attributes, list):
+        return ["must be a list of attribute definitions"]
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, attr in enumerate(attributes):
+        where = f"attribute {i}"
+        if not isinstance(attr, dict):
+            problems.append(f"{where}: must be an object")
+            continue
+        unknown = set(attr) - {"code", "label", "type", "required", "values", "description"}
+        if unknown:
+            problems.append(f"{where}: unknown keys {sorted(unknown)}")
+        code = attr.get("code")
+        if not isinstance(code, str) or not _ATTR_CODE_RE.match(code):
+            problems.append(f"{where}: code must be lower-case letters, digits and _")
+        elif code in seen:
+            problems.append(f"{where}: duplicate code {code!r}")
+        else:
+            seen.add(code)
+        if not isinstance(attr.get("label"), str) or not attr["label"].strip():
+            problems.append(f"{where}: label is required")
+        kind = attr.get("type")
+        if kind not in ATTRIBUTE_TYPES:
+            problems.append(f"{where}: type must be one of {', '.join(ATTRIBUTE_TYPES)}")
+        values = attr.get("values")
+        if kind in ("single_choice", "multiple_choice"):
+            if (
+                not isinstance(values, list)
+                or not values
+                or not all(isinstance(v, str) and v for v in values)
+                or len(set(values)) != len(values)
+            ):
+                problems.append(f"{where}: a choice needs a list of distinct non-empty values")
+        elif values is not None:
+            problems.append(f"{where}: values are only for choices")
+        if "required" in attr and not isinstance(attr["required"], bool):
+            problems.append(f"{where}: required must be true or false")
+    return problems
+
+
+def check_attributes(category: Category, values: Any) -> dict[str, Any]:
+    """Return the report's attribute values, cleaned, for ``category``'s schema.
+
+    Raises Unprocessable naming each attribute that is missing, unknown or of the wrong type.
+    """
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise Unprocessable(
+            "Invalid attributes.",
+            errors={"json": {"attributes": ["must be an object of attribute codes to values"]}},
+        )
+    schema = {a["code"]: a for a in category.attributes or []}
+    errors: dict[str, list[str]] = {}
+    cleaned: dict[str, Any] = {}
+    for code in values:
+        if code not in schema:
+            errors[code] = [f"unknown attribute for category {category.code}"]
+    for code, attr in schema.items():
+        value = values.get(code)
+        if value is None or value == "" or value == []:
+            if attr.get("required"):
+                errors[code] = ["required"]
+            continue
+        problem, clean = _check_value(attr, value)
+        if problem:
+            errors[code] = [problem]
+        else:
+            cleaned[code] = clean
+    if errors:
+        raise Unprocessable("Invalid attributes.", errors={"json": {"attributes": errors}})
+    return cleaned
+
+
+def _check_value(attr: dict[str, Any], value: Any) -> tuple[str | None, Any]:
+    kind = attr["type"]
+    if kind in ("string", "text"):
+        limit = 200 if kind == "string" else 5000
+        if not isinstance(value, str):
+            return "must be text", None
+        if len(value) > limit:
+            return f"at most {limit} characters", None
+        return None, value.strip()
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number", None
+        if value != value or value in (float("inf"), float("-inf")):
+            return "must be a finite number", None
+        return None, value
+    if kind == "date":
+        try:
+            return None, date.fromisoformat(value).isoformat()
+        except (TypeError, ValueError):
+            return "must be a date (YYYY-MM-DD)", None
+    if kind == "single_choice":
+        if value not in attr["values"]:
+            return f"must be one of: {', '.join(attr['values'])}", None
+        return None, value
+    if not isinstance(value, list) or not all(v in attr["values"] for v in value):
+        return f"must be a list of: {', '.join(attr['values'])}", None
+    return None, list(dict.fromkeys(value))
+
+
+def _check_definition(data: dict[str, Any]) -> None:
+    errors: dict[str, list[str]] = {}
+    if "attributes" in data:
+        problems = attribute_schema_problems(data["attributes"])
+        if problems:
+            errors["attributes"] = problems
+    handler = data.get("default_handler")
+    if handler is not None and not _HANDLER_RE.match(handler):
+        errors["default_handler"] = ["township, county or department:<code>"]
+    if errors:
+        raise Unprocessable("Invalid category.", errors={"json": errors})
+
+
+def create_category(session: Session, data: dict[str, Any]) -> Category:
+    """Create a class (2 digits) or a subclass (4 digits under an existing class)."""
+    code = data["code"]
+    _check_definition(data)
+    if session.get(Category, code) is not None:
+        raise Conflict(f"Category {code} exists.")
+    parent = None
+    if len(code) == 4:
+        parent = session.get(Category, code[:2])
+        if parent is None:
+            raise Unprocessable(
+                "The class does not exist.",
+                errors={"json": {"code": [f"create the class {code[:2]} first"]}},
+            )
+    category = Category(**{**data, "parent_code": parent.code if parent else None})
+    session.add(category)
+    session.flush()
+    return category
+
+
+def update_category(session: Session, code: str, changes: dict[str, Any]) -> Category:
+    """Change a category's limits, standards, flags or attribute schema."""
+    category = get_category(session, code)
+    _check_definition(changes)
+    for key, value in changes.items():
+        setattr(category, key, value)
+    session.flush()
+    return category
