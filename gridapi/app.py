@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -38,6 +39,7 @@ _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # source on every request, which costs tens of microseconds on some virtual machines.
 _REQUEST_ID_PREFIX = uuid.uuid4().hex[:12]
 _request_counter = itertools.count(1)
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 
 
 def _next_request_id() -> str:
@@ -146,7 +148,9 @@ def create_app(
 
     @app.before_request
     def _request_context() -> None:
-        g.request_id = request.headers.get("X-Request-ID") or _next_request_id()
+        sent = request.headers.get("X-Request-ID", "")
+        # A caller's id is kept only when it is short and plain: it goes into logs and rows.
+        g.request_id = sent if _REQUEST_ID_RE.fullmatch(sent) else _next_request_id()
         g.write_intent_token = sqlite_write_intent.set(request.method in _WRITE_METHODS)
 
     @app.after_request

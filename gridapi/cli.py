@@ -466,7 +466,13 @@ def users_reset_password(username: str, password: str) -> None:
             user = session.scalars(select(User).where(User.username == username)).first()
             if user is None:
                 raise click.ClickException(f"no user {username!r}")
-            set_password(session, user, password, field_name="password")
+            set_password(
+                session,
+                user,
+                password,
+                field_name="password",
+                phone_key=_settings().key_bytes("blind_index_key"),
+            )
             record(
                 session,
                 _cli_actor(),

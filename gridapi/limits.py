@@ -31,7 +31,18 @@ def limiter_strategy():  # type: ignore[no-untyped-def]
 
 
 def login_username_key() -> str:
-    """Return the throttling key of the account a sign-in names."""
+    """Return the throttling key of the account a sign-in names.
+
+    The account is resolved first, so failures by username and by phone number count
+    together; a name that matches no account is throttled by its text.
+    """
+    from .extensions import state
+    from .services.identity import find_login_user
+
     data = request.get_json(silent=True) or {}
-    username = data.get("username") if isinstance(data, dict) else None
-    return f"account:{str(username or '').strip().lower()}"
+    login = data.get("username") if isinstance(data, dict) else None
+    login = str(login or "").strip()
+    st = state()
+    with st.sessions() as session:
+        user = find_login_user(session, login, st.phone_key) if login else None
+    return f"account:user:{user.id}" if user else f"account:name:{login.lower()}"

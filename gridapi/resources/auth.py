@@ -173,7 +173,11 @@ class AuthPassword(MethodView):
         if principal.kind != "user":
             raise Unauthorized("API keys have no password.")
         svc.change_password(
-            db_session(), principal.id, data["current_password"], data["new_password"]
+            db_session(),
+            principal.id,
+            data["current_password"],
+            data["new_password"],
+            phone_key=state().phone_key,
         )
         audit("user.password_change", "user", principal.id, region_code=principal.region_code)
         commit()

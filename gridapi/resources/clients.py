@@ -53,9 +53,8 @@ class Clients(MethodView):
             summary={"name": client.name, "scopes": client.scopes, "prefix": client.key_prefix},
         )
         commit()
-        out = ClientSchema().dump(client)
-        out["api_key"] = key
-        return out
+        client.api_key = key  # shown in this answer only; never stored
+        return client
 
 
 @blp.route("/<int:client_id>")

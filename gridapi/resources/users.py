@@ -145,7 +145,7 @@ class UserPassword(MethodView):
         svc.update_user(
             session, user_id, {}, scope=p.scope, actor_rank=p.rank, actor_id=None
         )  # refuses peers and superiors like any change
-        svc.set_password(session, user, data["new_password"])
+        svc.set_password(session, user, data["new_password"], phone_key=state().phone_key)
         audit("user.password_reset", "user", user.id, region_code=user.region_code)
         _changed()
 

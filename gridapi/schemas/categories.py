@@ -18,8 +18,11 @@ class AttributeSchema(StrictSchema):
     # Read with .get(): marshmallow falls back to getattr, and dict.values is a method.
     values = fields.Function(
         lambda attr: attr.get("values"),
-        metadata={"description": "Choices, for choice types.", "type": "array",
-                  "items": {"type": "string"}},
+        metadata={
+            "description": "Choices, for choice types.",
+            "type": "array",
+            "items": {"type": "string"},
+        },
     )
     description = fields.String()
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..codes import subtree_prefix
@@ -34,6 +34,15 @@ def phone_index(phone: str, key: bytes) -> str:
 def mask_phone(phone: str) -> str:
     """Return 138****5678 for 13812345678."""
     return phone[:3] + "****" + phone[-4:]
+
+
+def _region_or_422(session: Session, code: str, scope: Scope, field_name: str) -> None:
+    try:
+        get_region(session, code, scope=scope)
+    except NotFound:
+        raise Unprocessable(
+            "Unknown region.", errors={"json": {field_name: [f"no region {code} in your scope"]}}
+        ) from None
 
 
 def _not_found(kind: str) -> NotFound:
@@ -81,7 +90,7 @@ def current_grids(session: Session, user_id: int, on: date | None = None) -> lis
             select(GridAssignment.grid_code).where(
                 GridAssignment.user_id == user_id,
                 GridAssignment.valid_from <= day,
-                or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to >= day),
+                or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > day),
             )
         )
     )
@@ -134,12 +143,12 @@ class LoginFailed(Exception):
 def find_login_user(session: Session, login: str, phone_key: bytes) -> User | None:
     """Return the user a sign-in names, by username or by phone number."""
     login = login.strip()
-    user = session.scalars(select(User).where(User.username == login)).first()
-    if user is None and PHONE_RE.fullmatch(login):
-        user = session.scalars(
+    if PHONE_RE.fullmatch(login):
+        return session.scalars(
             select(User).where(User.phone_hmac == phone_index(login, phone_key))
         ).first()
-    return user
+    # Usernames are case-insensitive at sign-in (and unique regardless of case).
+    return session.scalars(select(User).where(func.lower(User.username) == login.lower())).first()
 
 
 def login(
@@ -240,7 +249,9 @@ def logout(session: Session, token: str, user_id: int) -> bool:
     return True
 
 
-def change_password(session: Session, user_id: int, current: str, new: str) -> User:
+def change_password(
+    session: Session, user_id: int, current: str, new: str, phone_key: bytes | None = None
+) -> User:
     """Change a user's own password; every token issued before stops working.
 
     Raises Unprocessable for a wrong current password or a weak new one.
@@ -252,13 +263,29 @@ def change_password(session: Session, user_id: int, current: str, new: str) -> U
         raise Unprocessable(
             "The current password is wrong.", errors={"json": {"current_password": ["is wrong"]}}
         )
-    set_password(session, user, new)
+    set_password(session, user, new, phone_key=phone_key)
     return user
 
 
-def set_password(session: Session, user: User, new: str, field_name: str = "new_password") -> None:
-    """Set a password that passes the policy and end every session of the user."""
+def set_password(
+    session: Session,
+    user: User,
+    new: str,
+    field_name: str = "new_password",
+    phone_key: bytes | None = None,
+) -> None:
+    """Set a password that passes the policy and end every session of the user.
+
+    Only the phone number's keyed hash is stored, so a number inside the new password is
+    found by hashing each 11-digit run (``phone_key`` is the blind-index key).
+    """
     problems = password_problems(new, username=user.username)
+    if user.phone_hmac and phone_key:
+        runs = {new[i : i + 11] for i in range(len(new) - 10)}
+        if any(
+            PHONE_RE.fullmatch(r) and phone_index(r, phone_key) == user.phone_hmac for r in runs
+        ):
+            problems.append("must not contain the phone number")
     if problems:
         raise Unprocessable(
             "The password does not meet the policy.", errors={"json": {field_name: problems}}
@@ -266,12 +293,16 @@ def set_password(session: Session, user: User, new: str, field_name: str = "new_
     user.password_hash = hash_password(new)
     user.password_changed_at = utcnow()
     user.token_version += 1
+    _revoke_refresh_tokens(session, user.id)
+    session.flush()
+
+
+def _revoke_refresh_tokens(session: Session, user_id: int) -> None:
     session.execute(
         update(RefreshToken)
-        .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
-    session.flush()
 
 
 # --- users ----------------------------------------------------------------------------------
@@ -324,6 +355,8 @@ def create_user(
     errors: dict[str, list[str]] = {}
     if not re.fullmatch(r"[A-Za-z0-9_.\-]{3,64}", username):
         errors["username"] = ["3-64 letters, digits, '_', '.' or '-'"]
+    elif PHONE_RE.fullmatch(username):
+        errors["username"] = ["must not look like a phone number (people sign in by phone too)"]
     if phone is not None and not PHONE_RE.fullmatch(phone):
         errors["phone"] = ["must be a mainland mobile number (11 digits starting 13-19)"]
     if scope_region and grids:
@@ -339,7 +372,7 @@ def create_user(
                 "Unknown region.",
                 errors={"json": {"scope_region": [f"no region {scope_region} in your scope"]}},
             )
-        get_region(session, scope_region, scope=scope)
+        _region_or_422(session, scope_region, scope, "scope_region")
         region_code = scope_region
     grid_rows = []
     for code in grids or []:
@@ -362,7 +395,9 @@ def create_user(
                 "Unknown department.",
                 errors={"json": {"department_id": ["no such department in your scope"]}},
             )
-    if session.scalars(select(User.id).where(User.username == username)).first():
+    if session.scalars(
+        select(User.id).where(func.lower(User.username) == username.lower())
+    ).first():
         raise Conflict(f"The username {username!r} is taken.")
     hmac_value = phone_index(phone, phone_key) if phone else None
     if hmac_value and session.scalars(select(User.id).where(User.phone_hmac == hmac_value)).first():
@@ -402,12 +437,20 @@ def create_user(
 
 
 def users_query(scope: Scope):  # type: ignore[no-untyped-def]
-    """Return a select of the users inside ``scope``."""
-    return (
-        select(User).where(scope.region_condition(User.region_code))
-        if not scope.unrestricted
-        else select(User)
-    )
+    """Return a select of the users inside ``scope``: living in its regions, or on the
+    current roster of one of its grids."""
+    if scope.unrestricted:
+        return select(User)
+    condition = scope.region_condition(User.region_code)
+    if scope.grid_codes:
+        today = date.today()
+        on_roster = select(GridAssignment.user_id).where(
+            GridAssignment.grid_code.in_(sorted(scope.grid_codes)),
+            GridAssignment.valid_from <= today,
+            or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > today),
+        )
+        condition = or_(condition, User.id.in_(on_roster))
+    return select(User).where(condition)
 
 
 def get_user(session: Session, user_id: int, scope: Scope) -> User:
@@ -479,6 +522,8 @@ def update_user(
             )
         user.is_active = changes["is_active"]
         user.token_version += 1
+        if not user.is_active:  # its sessions end and do not come back on re-enabling
+            _revoke_refresh_tokens(session, user.id)
     if "scope_region" in changes:
         code = changes["scope_region"]
         if not scope.covers_region(code):
@@ -486,7 +531,7 @@ def update_user(
                 "Unknown region.",
                 errors={"json": {"scope_region": [f"no region {code} in your scope"]}},
             )
-        get_region(session, code, scope=scope)
+        _region_or_422(session, code, scope, "scope_region")
         user.scope_region_code = code
         user.region_code = code
         user.token_version += 1
@@ -515,7 +560,7 @@ def assign_grid(
         select(GridAssignment).where(
             GridAssignment.user_id == user.id,
             GridAssignment.grid_code == grid_code,
-            or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to >= start),
+            or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > start),
         )
     ).all()
     if open_rows:
@@ -543,7 +588,11 @@ def assign_grid(
 def end_assignment(
     session: Session, user_id: int, grid_code: str, *, scope: Scope, valid_to: date | None = None
 ) -> GridAssignment:
-    """End a user's current assignment to a grid on ``valid_to`` (default today)."""
+    """End a user's current assignment to a grid: from ``valid_to`` on (default today) the
+    grid is no longer theirs. ``valid_to`` is the first day off, so ending today takes
+    effect at once. Raises NotFound for a grid or user outside the scope."""
+    if not scope.covers_grid(grid_code):
+        raise _not_found("assignment")
     user = get_user(session, user_id, scope)
     row = session.scalars(
         select(GridAssignment).where(
@@ -580,10 +629,10 @@ def roster(
             .where(
                 GridAssignment.grid_code == grid_code,
                 GridAssignment.valid_from <= day,
-                or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to >= day),
+                or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > day),
             )
             .order_by(GridAssignment.is_primary.desc(), User.id)
-        ).tuples()
+        ).all()
     )
 
 
@@ -610,7 +659,7 @@ def create_department(
             "Unknown region.",
             errors={"json": {"region_code": [f"no region {region_code} in your scope"]}},
         )
-    get_region(session, region_code, scope=scope)
+    _region_or_422(session, region_code, scope, "region_code")
     if session.scalars(select(Department.id).where(Department.code == code)).first():
         raise Conflict(f"A department with code {code!r} exists.")
     dept = Department(code=code, name=name, region_code=region_code, is_active=True)

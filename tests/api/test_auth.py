@@ -1,0 +1,549 @@
+"""Sign-in, access tokens, API keys, refresh rotation, sign-out, throttling, password change."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import jwt
+import pytest
+from argon2 import PasswordHasher
+from sqlalchemy import select, update
+
+from gridapi.models import AuditEntry, User
+from gridapi.security.tokens import TokenSigner
+
+from ..factories import COMMUNITY_A, PASSWORD, TOWNSHIP
+
+PHONE = "13812345678"
+NEW_PASSWORD = "Brand-New-Pa55!"
+
+
+def sign_in(client: Any, login: str, password: str = PASSWORD) -> Any:
+    return client.post("/api/v1/auth/token", json={"username": login, "password": password})
+
+
+def tokens(client: Any, login: str, password: str = PASSWORD) -> dict[str, Any]:
+    r = sign_in(client, login, password)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def refresh(client: Any, refresh_token: str) -> Any:
+    return client.post("/api/v1/auth/refresh", json={"refresh_token": refresh_token})
+
+
+def me(client: Any, token: str) -> Any:
+    return client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_unauthorized(response: Any) -> dict[str, Any]:
+    assert response.status_code == 401, response.get_json()
+    body = response.get_json()
+    assert body["code"] == 401 and body["message"]
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    return body
+
+
+def signer(app: Any, **changes: Any) -> TokenSigner:
+    """A signer like the application's, with ``changes``."""
+    own = app.extensions["gridapi"].tokens
+    values = {
+        "key": own.key,
+        "issuer": own.issuer,
+        "audience": own.audience,
+        "lifetime_seconds": own.lifetime_seconds,
+        **changes,
+    }
+    return TokenSigner(**values)
+
+
+def b64(part: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
+
+
+def audit_actions(session: Any, action: str) -> list[AuditEntry]:
+    session.rollback()
+    return list(session.scalars(select(AuditEntry).where(AuditEntry.action == action)))
+
+
+@pytest.fixture
+def alice(factory: Any, accounts: Any) -> int:
+    """A community officer who can sign in by username 'alice' or by phone."""
+    factory.regions()
+    return accounts.create("alice", "community_officer", scope_region=COMMUNITY_A, phone=PHONE)
+
+
+@pytest.fixture
+def bob(factory: Any, accounts: Any, alice: int) -> int:
+    return accounts.create("bob", "township_office", scope_region=TOWNSHIP)
+
+
+# ---- sign-in ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("login", ["alice", PHONE, f"  {PHONE} "])
+def test_sign_in_by_username_or_phone_returns_a_token_pair(
+    anon_client: Any, alice: int, login: str
+) -> None:
+    r = sign_in(anon_client, login)
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert set(body) == {"access_token", "refresh_token", "token_type", "expires_in"}
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 900
+    assert body["access_token"].count(".") == 2
+    assert body["refresh_token"] and body["refresh_token"] != body["access_token"]
+
+
+def test_the_access_token_works_on_me(anon_client: Any, alice: int) -> None:
+    r = me(anon_client, tokens(anon_client, PHONE)["access_token"])
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert (body["kind"], body["id"], body["name"]) == ("user", alice, "alice")
+    assert body["role"] == "community_officer"
+    assert "users:read" in body["permissions"] and "users:write" not in body["permissions"]
+    assert body["scope"]["unrestricted"] is False
+    assert body["scope"]["region_prefixes"] == [COMMUNITY_A]
+
+
+def test_a_sign_in_is_audited(anon_client: Any, alice: int, session: Any) -> None:
+    tokens(anon_client, "alice")
+    (row,) = audit_actions(session, "auth.login")
+    assert (row.actor_type, row.actor_id, row.object_id) == ("user", f"user:{alice}", str(alice))
+
+
+def test_wrong_password_unknown_user_and_disabled_user_answer_alike(
+    anon_client: Any, client: Any, alice: int, bob: int
+) -> None:
+    r = client.patch(f"/api/v1/users/{bob}", json={"is_active": False})
+    assert r.status_code == 200, r.get_json()
+    bodies = [
+        assert_unauthorized(sign_in(anon_client, "alice", PASSWORD + "x")),
+        assert_unauthorized(sign_in(anon_client, "nobody")),
+        assert_unauthorized(sign_in(anon_client, "13900000000")),
+        assert_unauthorized(sign_in(anon_client, "bob")),
+    ]
+    assert all(body == bodies[0] for body in bodies)
+    assert "password" not in json.dumps(bodies[0]["errors"])
+
+
+def test_no_credentials_answers_401(anon_client: Any, alice: int) -> None:
+    assert_unauthorized(anon_client.get("/api/v1/me"))
+
+
+def test_a_username_shaped_like_a_phone_does_not_shadow_sign_in_by_phone(
+    anon_client: Any, client: Any, alice: int
+) -> None:
+    r = client.post(
+        "/api/v1/users",
+        json={
+            "username": PHONE,
+            "password": "Other-Passw0rd!",
+            "role": "grid_worker",
+            "scope_region": COMMUNITY_A,
+        },
+    )
+    if r.status_code == 422:  # refusing such usernames is a fix too
+        return
+    assert r.status_code == 201, r.get_json()
+    assert sign_in(anon_client, PHONE).status_code == 200  # alice, by her phone
+
+
+# ---- access tokens that are refused ----------------------------------------------------------
+
+
+def _refused_tokens(app: Any, user_id: int) -> dict[str, str]:
+    own = app.extensions["gridapi"].tokens
+    good = own.issue(subject=str(user_id), claims={"ver": 0, "role": "admin"})
+    payload = own.verify(good)
+    header, body, signature = good.split(".")
+    return {
+        "alg none": f"{b64({'alg': 'none', 'typ': 'JWT', 'kid': own.key_id})}.{body}.",
+        "alg none by PyJWT": jwt.encode(
+            payload, None, algorithm="none", headers={"kid": own.key_id}
+        ),
+        "wrong key": signer(app, key=b"x" * 64).issue(subject=str(user_id), claims={"ver": 0}),
+        "wrong key, right kid": jwt.encode(
+            payload, b"x" * 64, algorithm="HS256", headers={"kid": own.key_id}
+        ),
+        "expired": signer(app, lifetime_seconds=-10).issue(subject=str(user_id), claims={"ver": 0}),
+        "wrong audience": signer(app, audience="elsewhere").issue(
+            subject=str(user_id), claims={"ver": 0}
+        ),
+        "wrong issuer": signer(app, issuer="elsewhere").issue(
+            subject=str(user_id), claims={"ver": 0}
+        ),
+        "wrong kid": jwt.encode(payload, own.key, algorithm="HS256", headers={"kid": "0" * 16}),
+        "other subject, old signature": f"{header}.{b64({**payload, 'sub': '999'})}.{signature}",
+        "garbage": "garbage",
+        "three dots": "a.b.c",
+        "unknown user": own.issue(subject="999999", claims={"ver": 0}),
+        "no version": own.issue(subject=str(user_id), claims={}),
+    }
+
+
+def test_forged_expired_and_foreign_tokens_are_refused(
+    app: Any, client: Any, accounts: Any
+) -> None:
+    admin = accounts.ids["admin"]
+    for name, token in _refused_tokens(app, admin).items():
+        r = me(app.test_client(), token)
+        assert r.status_code == 401, (name, r.get_json())
+    # The control: the same user with a genuine token gets in.
+    assert me(app.test_client(), accounts.token("admin")).status_code == 200
+
+
+@pytest.mark.parametrize("header", ["Basic YWxpY2U6eA==", "Bearer", "Bearer   ", "Token abc"])
+def test_malformed_authorization_headers_are_refused(anon_client: Any, header: str) -> None:
+    assert_unauthorized(anon_client.get("/api/v1/me", headers={"Authorization": header}))
+
+
+def test_the_token_of_a_disabled_user_is_refused(anon_client: Any, client: Any, alice: int) -> None:
+    access = tokens(anon_client, "alice")["access_token"]
+    assert me(anon_client, access).status_code == 200
+    r = client.patch(f"/api/v1/users/{alice}", json={"is_active": False})
+    assert r.status_code == 200 and r.get_json()["is_active"] is False
+    assert_unauthorized(me(anon_client, access))
+    assert_unauthorized(anon_client.get("/api/v1/regions", headers=_bearer(access)))
+
+
+def test_a_disabled_user_cannot_refresh(anon_client: Any, client: Any, alice: int) -> None:
+    pair = tokens(anon_client, "alice")
+    assert client.patch(f"/api/v1/users/{alice}", json={"is_active": False}).status_code == 200
+    assert_unauthorized(refresh(anon_client, pair["refresh_token"]))
+
+
+def test_re_enabling_an_account_does_not_revive_its_old_sessions(
+    anon_client: Any, client: Any, alice: int
+) -> None:
+    pair = tokens(anon_client, "alice")
+    assert client.patch(f"/api/v1/users/{alice}", json={"is_active": False}).status_code == 200
+    assert client.patch(f"/api/v1/users/{alice}", json={"is_active": True}).status_code == 200
+    assert_unauthorized(me(anon_client, pair["access_token"]))
+    assert_unauthorized(refresh(anon_client, pair["refresh_token"]))
+
+
+def test_a_role_change_ends_the_old_tokens(anon_client: Any, client: Any, alice: int) -> None:
+    access = tokens(anon_client, "alice")["access_token"]
+    r = client.patch(f"/api/v1/users/{alice}", json={"role": "grid_chief"})
+    assert r.status_code == 200, r.get_json()
+    assert_unauthorized(me(anon_client, access))
+    assert me(anon_client, tokens(anon_client, "alice")["access_token"]).get_json()["role"] == (
+        "grid_chief"
+    )
+
+
+# ---- API keys --------------------------------------------------------------------------------
+
+
+def make_key(app: Any, **extra: Any) -> dict[str, Any]:
+    """Register an API client through the service layer (POST /api/v1/clients answers 500)."""
+    from gridapi.services.identity import create_client
+
+    values: dict[str, Any] = {
+        "name": "hotline",
+        "scopes": ["grids:read", "regions:read"],
+        "scope_region": None,
+        "rate_limit": "600 per minute",
+        "created_by": "test",
+        **extra,
+    }
+    with app.extensions["gridapi"].sessions.begin() as session:
+        row, key = create_client(session, **values)
+        return {"id": row.id, "key_prefix": row.key_prefix, "api_key": key}
+
+
+def test_registering_a_client_over_http_shows_its_key_once(app: Any, client: Any) -> None:
+    r = client.post("/api/v1/clients", json={"name": "hotline", "scopes": ["grids:read"]})
+    assert r.status_code == 201, r.get_json()
+    created = r.get_json()
+    assert created["api_key"].startswith(f"gk_{created['key_prefix']}_")
+    r = app.test_client().get("/api/v1/grids", headers={"X-API-Key": created["api_key"]})
+    assert r.status_code == 200
+
+
+def test_an_api_key_works_as_x_api_key_and_as_bearer(app: Any, client: Any) -> None:
+    created = make_key(app)
+    key = created["api_key"]
+    assert key.startswith(f"gk_{created['key_prefix']}_")
+    anon = app.test_client()
+    for headers in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"}):
+        r = anon.get("/api/v1/me", headers=headers)
+        assert r.status_code == 200, r.get_json()
+        body = r.get_json()
+        assert (body["kind"], body["id"], body["name"]) == ("client", created["id"], "hotline")
+        assert body["permissions"] == ["grids:read", "regions:read"]
+        assert anon.get("/api/v1/grids", headers=headers).status_code == 200
+
+
+def test_an_api_key_gets_only_its_scopes(app: Any, client: Any) -> None:
+    key = make_key(app, scopes=["grids:read"])["api_key"]
+    r = app.test_client().get("/api/v1/regions", headers={"X-API-Key": key})
+    assert r.status_code == 403, r.get_json()
+
+
+def test_the_key_is_shown_once(app: Any, client: Any) -> None:
+    created = make_key(app)
+    listed = client.get(f"/api/v1/clients/{created['id']}")
+    assert listed.status_code == 200
+    assert "api_key" not in listed.get_json()
+    assert created["api_key"] not in listed.get_data(as_text=True)
+    assert created["api_key"] not in client.get("/api/v1/clients").get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "key", ["gk_00000000_doesnotexist", "gk_short_x", "gk_", "not-a-key-at-all"]
+)
+def test_unknown_and_malformed_keys_are_refused(app: Any, client: Any, key: str) -> None:
+    real = make_key(app)
+    assert_unauthorized(app.test_client().get("/api/v1/grids", headers={"X-API-Key": key}))
+    # The right prefix with the wrong secret is refused too.
+    forged = f"gk_{real['key_prefix']}_{'A' * 40}"
+    assert_unauthorized(app.test_client().get("/api/v1/grids", headers={"X-API-Key": forged}))
+
+
+def test_a_revoked_key_is_refused(app: Any, client: Any) -> None:
+    created = make_key(app)
+    anon = app.test_client()
+    headers = {"X-API-Key": created["api_key"]}
+    assert anon.get("/api/v1/grids", headers=headers).status_code == 200
+    r = client.delete(f"/api/v1/clients/{created['id']}")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["revoked_at"] is not None
+    assert_unauthorized(anon.get("/api/v1/grids", headers=headers))
+    assert_unauthorized(
+        anon.get("/api/v1/grids", headers={"Authorization": f"Bearer {created['api_key']}"})
+    )
+
+
+def test_a_key_has_its_own_rate_limit(app: Any, client: Any) -> None:
+    limited = make_key(app, rate_limit="3 per minute")["api_key"]
+    other = make_key(app, name="resident-app")["api_key"]
+    anon = app.test_client()
+    for _ in range(3):
+        r = anon.get("/api/v1/grids", headers={"X-API-Key": limited})
+        assert r.status_code == 200, r.get_json()
+    r = anon.get("/api/v1/grids", headers={"X-API-Key": limited})
+    assert r.status_code == 429, r.get_json()
+    assert r.get_json()["code"] == 429
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    # Another key from the same address is not affected.
+    assert anon.get("/api/v1/grids", headers={"X-API-Key": other}).status_code == 200
+
+
+def test_a_key_cannot_sign_out_or_change_a_password(app: Any, client: Any) -> None:
+    key = make_key(app)["api_key"]
+    anon = app.test_client()
+    r = anon.post(
+        "/api/v1/auth/logout", json={"refresh_token": "x" * 43}, headers={"X-API-Key": key}
+    )
+    assert_unauthorized(r)
+    r = anon.post(
+        "/api/v1/auth/password",
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+        headers={"X-API-Key": key},
+    )
+    assert_unauthorized(r)
+
+
+# ---- refresh rotation and sign-out -----------------------------------------------------------
+
+
+def test_a_refresh_returns_a_new_pair(anon_client: Any, alice: int) -> None:
+    first = tokens(anon_client, "alice")
+    r = refresh(anon_client, first["refresh_token"])
+    assert r.status_code == 200, r.get_json()
+    second = r.get_json()
+    assert second["token_type"] == "Bearer" and second["expires_in"] == 900
+    assert second["refresh_token"] != first["refresh_token"]
+    assert second["access_token"] != first["access_token"]
+    assert me(anon_client, second["access_token"]).get_json()["id"] == alice
+    assert refresh(anon_client, second["refresh_token"]).status_code == 200
+
+
+def test_reusing_a_refresh_token_revokes_the_whole_family(
+    anon_client: Any, alice: int, session: Any
+) -> None:
+    first = tokens(anon_client, "alice")
+    second = refresh(anon_client, first["refresh_token"]).get_json()
+    third = refresh(anon_client, second["refresh_token"]).get_json()
+    # The first token comes back (stolen and replayed): refused, and its family dies.
+    assert_unauthorized(refresh(anon_client, first["refresh_token"]))
+    assert_unauthorized(refresh(anon_client, third["refresh_token"]))
+    (row,) = audit_actions(session, "auth.refresh_reuse")
+    assert (row.object_type, row.object_id) == ("user", str(alice))
+    # Another sign-in of the same person (another device) is a family of its own.
+    assert refresh(anon_client, tokens(anon_client, "alice")["refresh_token"]).status_code == 200
+
+
+@pytest.mark.parametrize("token", ["x" * 43, "not-a-refresh-token"])
+def test_an_unknown_refresh_token_is_refused(anon_client: Any, alice: int, token: str) -> None:
+    assert_unauthorized(refresh(anon_client, token))
+
+
+def test_an_access_token_is_not_a_refresh_token(anon_client: Any, alice: int) -> None:
+    access = tokens(anon_client, "alice")["access_token"]
+    r = refresh(anon_client, access)
+    assert r.status_code in (401, 422), r.get_json()
+
+
+def test_logout_revokes_the_family_and_only_it(anon_client: Any, alice: int) -> None:
+    phone = tokens(anon_client, "alice")
+    rotated = refresh(anon_client, phone["refresh_token"]).get_json()
+    laptop = tokens(anon_client, "alice")
+    r = anon_client.post(
+        "/api/v1/auth/logout",
+        json={"refresh_token": rotated["refresh_token"]},
+        headers=_bearer(rotated["access_token"]),
+    )
+    assert r.status_code == 204, r.get_json()
+    assert_unauthorized(refresh(anon_client, rotated["refresh_token"]))
+    assert refresh(anon_client, laptop["refresh_token"]).status_code == 200
+
+
+def test_logout_needs_an_access_token(anon_client: Any, alice: int) -> None:
+    pair = tokens(anon_client, "alice")
+    r = anon_client.post("/api/v1/auth/logout", json={"refresh_token": pair["refresh_token"]})
+    assert_unauthorized(r)
+    assert refresh(anon_client, pair["refresh_token"]).status_code == 200
+
+
+def test_logout_cannot_revoke_another_users_tokens(anon_client: Any, alice: int, bob: int) -> None:
+    alices = tokens(anon_client, "alice")
+    bobs = tokens(anon_client, "bob")
+    r = anon_client.post(
+        "/api/v1/auth/logout",
+        json={"refresh_token": alices["refresh_token"]},
+        headers=_bearer(bobs["access_token"]),
+    )
+    assert r.status_code == 204
+    assert refresh(anon_client, alices["refresh_token"]).status_code == 200
+
+
+# ---- throttling ------------------------------------------------------------------------------
+
+
+def test_five_failures_lock_the_account_even_for_the_right_password(
+    anon_client: Any, alice: int, bob: int
+) -> None:
+    for _ in range(5):
+        assert_unauthorized(sign_in(anon_client, "alice", "Wrong-Passw0rd!"))
+    r = sign_in(anon_client, "alice")
+    assert r.status_code == 429, r.get_json()
+    assert r.get_json()["code"] == 429
+    assert int(r.headers["Retry-After"]) >= 1
+    # The same name in another case or padded is the same account.
+    assert sign_in(anon_client, " ALICE ").status_code == 429
+    # Another account from the same address is not locked out.
+    assert sign_in(anon_client, "bob").status_code == 200
+
+
+def test_successful_sign_ins_do_not_count(anon_client: Any, alice: int) -> None:
+    for _ in range(4):
+        assert_unauthorized(sign_in(anon_client, "alice", "Wrong-Passw0rd!"))
+    for _ in range(6):
+        assert sign_in(anon_client, "alice").status_code == 200
+    assert_unauthorized(sign_in(anon_client, "alice", "Wrong-Passw0rd!"))
+    assert sign_in(anon_client, "alice").status_code == 429
+
+
+def test_the_address_limit_is_higher_and_covers_every_name(
+    anon_client: Any, alice: int, bob: int
+) -> None:
+    for n in range(30):  # 3 failures for each of 10 names: no account reaches its limit
+        assert_unauthorized(sign_in(anon_client, f"guess{n % 10}", "Wrong-Passw0rd!"))
+    r = sign_in(anon_client, "bob")
+    assert r.status_code == 429, r.get_json()
+    assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_failures_by_username_and_by_phone_count_for_one_account(
+    anon_client: Any, alice: int
+) -> None:
+    for _ in range(5):
+        assert_unauthorized(sign_in(anon_client, "alice", "Wrong-Passw0rd!"))
+    assert sign_in(anon_client, PHONE, "Wrong-Passw0rd!").status_code == 429
+
+
+# ---- password change -------------------------------------------------------------------------
+
+
+def change_password(client: Any, access: str, current: str, new: str) -> Any:
+    return client.post(
+        "/api/v1/auth/password",
+        json={"current_password": current, "new_password": new},
+        headers=_bearer(access),
+    )
+
+
+def test_a_wrong_current_password_is_refused(anon_client: Any, alice: int) -> None:
+    access = tokens(anon_client, "alice")["access_token"]
+    r = change_password(anon_client, access, "Not-The-Passw0rd", NEW_PASSWORD)
+    assert r.status_code == 422, r.get_json()
+    assert "current_password" in r.get_json()["errors"]["json"]
+    assert sign_in(anon_client, "alice").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "weak", ["short1A!", "alllowercaseletters", "Xx-alice-2024", "Password123"]
+)
+def test_a_weak_new_password_is_refused(anon_client: Any, alice: int, weak: str) -> None:
+    access = tokens(anon_client, "alice")["access_token"]
+    r = change_password(anon_client, access, PASSWORD, weak)
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"]["json"]["new_password"]
+    assert sign_in(anon_client, "alice").status_code == 200
+    assert me(anon_client, access).status_code == 200
+
+
+def test_a_new_password_containing_the_phone_number_is_refused(
+    anon_client: Any, alice: int
+) -> None:
+    access = tokens(anon_client, "alice")["access_token"]
+    r = change_password(anon_client, access, PASSWORD, f"Xy-{PHONE}")
+    assert r.status_code == 422, r.status_code
+    assert r.get_json()["errors"]["json"]["new_password"]
+
+
+def test_after_a_change_only_the_new_password_works_and_old_tokens_die(
+    anon_client: Any, alice: int, session: Any
+) -> None:
+    before = tokens(anon_client, "alice")
+    other_device = tokens(anon_client, PHONE)
+    r = change_password(anon_client, before["access_token"], PASSWORD, NEW_PASSWORD)
+    assert r.status_code == 204, r.get_json()
+    assert_unauthorized(sign_in(anon_client, "alice"))
+    after = tokens(anon_client, "alice", NEW_PASSWORD)
+    assert me(anon_client, after["access_token"]).status_code == 200
+    for old in (before, other_device):
+        assert_unauthorized(me(anon_client, old["access_token"]))
+        assert_unauthorized(refresh(anon_client, old["refresh_token"]))
+    assert refresh(anon_client, after["refresh_token"]).status_code == 200
+    (row,) = audit_actions(session, "user.password_change")
+    assert row.object_id == str(alice)
+
+
+# ---- rehash on sign-in -----------------------------------------------------------------------
+
+
+def test_an_outdated_hash_is_upgraded_at_sign_in(
+    anon_client: Any, alice: int, session: Any, settings: Any
+) -> None:
+    old_hash = PasswordHasher(time_cost=2, memory_cost=2048).hash(PASSWORD)
+    session.execute(update(User).where(User.id == alice).values(password_hash=old_hash))
+    session.commit()
+    assert sign_in(anon_client, "alice").status_code == 200
+    session.rollback()
+    new_hash = session.scalar(select(User.password_hash).where(User.id == alice))
+    assert new_hash != old_hash
+    assert f"m={settings.argon2_memory_kib},t={settings.argon2_time_cost}," in new_hash
+    assert PasswordHasher().verify(new_hash, PASSWORD)
+    assert sign_in(anon_client, "alice").status_code == 200
+    session.rollback()
+    assert session.scalar(select(User.password_hash).where(User.id == alice)) == new_hash

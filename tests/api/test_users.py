@@ -1,0 +1,524 @@
+"""Accounts, roles, grid rosters with history, scope that follows assignments, departments."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from gridapi.models import User
+from gridapi.security.permissions import ROLES
+
+from ..factories import (
+    COMMUNITY_A,
+    COMMUNITY_B,
+    COUNTY,
+    PASSWORD,
+    TOWNSHIP,
+    clean_tiling,
+    collection,
+    feature,
+    rectangle,
+    region_rows,
+    square,
+)
+
+A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
+B1 = COMMUNITY_B + "001"
+# A second township of the same county, east of the first, with one community and one grid.
+TOWNSHIP_2, COMMUNITY_C = "320508002000", "320508002001"
+C1 = COMMUNITY_C + "001"
+OTHER_COUNTY = "320506000000"
+PHONE = "13812345678"
+NEW_PASSWORD = "Brand-New-Pa55!"
+TODAY = date.today()
+
+
+def days_ago(n: int) -> str:
+    return (TODAY - timedelta(days=n)).isoformat()
+
+
+@pytest.fixture
+def world(client: Any, factory: Any) -> None:
+    """Two townships of one county; grids A1, A2 (community A), B1, B2 (B) and C1 (C)."""
+    rows = [
+        *region_rows(),
+        {"code": TOWNSHIP_2, "name": "双塔街道", "boundary": rectangle(4, 0, 5, 1)},
+        {"code": COMMUNITY_C, "name": "双塔社区", "boundary": rectangle(4, 0, 5, 1)},
+    ]
+    r = client.post("/api/v1/regions/import", json=rows)
+    assert r.status_code == 200, r.get_json()
+    factory.grid_version(collection(*clean_tiling()["features"], feature(C1, square(4, 0))))
+
+
+@pytest.fixture
+def office(world: None, accounts: Any) -> Any:
+    """The 平安办 of the first township."""
+    return accounts.client("office", "township_office", scope_region=TOWNSHIP)
+
+
+def new_user(client: Any, username: str, role: str = "grid_worker", **extra: Any) -> Any:
+    body = {"username": username, "password": PASSWORD, "role": role, **extra}
+    return client.post("/api/v1/users", json=body)
+
+
+def created(client: Any, username: str, role: str = "grid_worker", **extra: Any) -> dict:
+    r = new_user(client, username, role, **extra)
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()
+
+
+def error_fields(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_json()
+    body = response.get_json()
+    assert body["code"] == status
+    return body["errors"].get("json", {})
+
+
+def sign_in(client: Any, login: str, password: str = PASSWORD) -> Any:
+    return client.post("/api/v1/auth/token", json={"username": login, "password": password})
+
+
+def tokens(client: Any, login: str, password: str = PASSWORD) -> dict[str, Any]:
+    r = sign_in(client, login, password)
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def roster(client: Any, grid: str, on: str | None = None) -> list[str]:
+    r = client.get(f"/api/v1/grids/{grid}/roster" + (f"?on={on}" if on else ""))
+    assert r.status_code == 200, r.get_json()
+    return [item["user"]["username"] for item in r.get_json()["items"]]
+
+
+# ---- creating accounts -----------------------------------------------------------------------
+
+
+def test_a_township_office_creates_a_worker_on_a_grid_of_its_township(
+    office: Any, anon_client: Any, session: Any
+) -> None:
+    r = new_user(office, "wang", grids=[A1], phone=PHONE, display_name="张三")
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert body["username"] == "wang" and body["display_name"] == "张三"
+    assert body["role"] == "grid_worker"
+    assert body["phone"] == "138****5678"
+    assert body["region_code"] == COMMUNITY_A and body["scope_region"] is None
+    assert body["is_active"] is True
+    assert PHONE not in r.get_data(as_text=True)
+    assert "password" not in body
+    for path in (f"/api/v1/users/{body['id']}", "/api/v1/users", f"/api/v1/grids/{A1}/roster"):
+        page = office.get(path)
+        assert page.status_code == 200, (path, page.get_json())
+        assert PHONE not in page.get_data(as_text=True) and "138****5678" in page.get_data(
+            as_text=True
+        )
+    stored = session.scalars(select(User).where(User.username == "wang")).one()
+    assert PHONE not in (stored.phone_hmac or "") and stored.phone_masked == "138****5678"
+    assert PASSWORD not in stored.password_hash
+    # The new worker signs in by phone and is on the grid's roster from today.
+    assert sign_in(anon_client, PHONE).status_code == 200
+    assert roster(office, A1) == ["wang"]
+
+
+@pytest.mark.parametrize("role", ["grid_chief", "community_officer", "department", "grid_worker"])
+def test_a_township_office_gives_roles_below_its_own(office: Any, role: str) -> None:
+    assert created(office, f"u-{role}", role, scope_region=COMMUNITY_A)["role"] == role
+
+
+@pytest.mark.parametrize("role", ["township_office", "county_centre", "city_centre", "admin"])
+def test_a_township_office_may_not_give_its_own_rank_or_above(office: Any, role: str) -> None:
+    errors = error_fields(new_user(office, "climber", role, scope_region=TOWNSHIP), 422)
+    assert "role" in errors
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"grids": [C1]}, "grids"),
+        ({"grids": [A1, C1]}, "grids"),
+        ({"scope_region": TOWNSHIP_2}, "scope_region"),
+        ({"scope_region": COMMUNITY_C}, "scope_region"),
+        ({"scope_region": COUNTY}, "scope_region"),
+    ],
+)
+def test_a_township_office_may_not_reach_outside_its_township(
+    office: Any, extra: dict[str, Any], field: str, session: Any
+) -> None:
+    errors = error_fields(new_user(office, "outsider", **extra), 422)
+    assert field in errors
+    assert session.scalars(select(User).where(User.username == "outsider")).first() is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"username": "no spaces allowed", "scope_region": COMMUNITY_A}, "username"),
+        ({"phone": "12345", "scope_region": COMMUNITY_A}, "phone"),
+        ({"password": "short", "scope_region": COMMUNITY_A}, "password"),
+        ({"password": f"Ab-{PHONE}", "phone": PHONE, "scope_region": COMMUNITY_A}, "password"),
+        ({}, "scope_region"),
+        ({"scope_region": COMMUNITY_A, "grids": [A1]}, "grids"),
+        ({"grids": ["123"]}, "grids"),
+        ({"role": "emperor", "scope_region": COMMUNITY_A}, "role"),
+    ],
+)
+def test_invalid_accounts_are_refused_naming_the_field(
+    office: Any, extra: dict[str, Any], field: str
+) -> None:
+    body = {"username": "wu9", "password": PASSWORD, "role": "grid_worker", **extra}
+    errors = error_fields(office.post("/api/v1/users", json=body), 422)
+    assert field in errors, errors
+
+
+def test_a_taken_username_or_phone_is_a_conflict(office: Any) -> None:
+    created(office, "wang", grids=[A1], phone=PHONE)
+    assert new_user(office, "wang", grids=[A2]).status_code == 409
+    assert new_user(office, "zhao", grids=[A2], phone=PHONE).status_code == 409
+
+
+def test_a_community_officer_reads_accounts_but_cannot_create_them(
+    office: Any, accounts: Any
+) -> None:
+    created(office, "w-a", grids=[A1])
+    created(office, "w-b", grids=[B1])
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    r = new_user(officer, "zhao", grids=[A2])
+    assert r.status_code == 403, r.get_json()
+    r = officer.get("/api/v1/users")
+    assert r.status_code == 200, r.get_json()
+    assert sorted(u["username"] for u in r.get_json()["items"]) == ["officer", "w-a"]
+
+
+def test_a_grid_worker_cannot_read_accounts(world: None, accounts: Any) -> None:
+    worker = accounts.client("wang", "grid_worker", grids=[A1])
+    assert worker.get("/api/v1/users").status_code == 403
+    assert worker.get(f"/api/v1/grids/{A1}/roster").status_code == 403
+
+
+def test_a_grid_chief_reads_the_accounts_on_its_grids_roster(office: Any, accounts: Any) -> None:
+    wang = created(office, "wang", grids=[A1])
+    created(office, "zhao", grids=[B1])
+    chief = accounts.client("chief", "grid_chief", grids=[A1])
+    assert set(roster(chief, A1)) == {"wang", "chief"}
+    assert chief.get(f"/api/v1/users/{wang['id']}").status_code == 200
+    names = {u["username"] for u in chief.get("/api/v1/users").get_json()["items"]}
+    assert names == {"wang", "chief"}
+
+
+def test_each_office_lists_only_the_accounts_of_its_township(office: Any, accounts: Any) -> None:
+    created(office, "w-a", grids=[A1])
+    other = accounts.client("office2", "township_office", scope_region=TOWNSHIP_2)
+    created(other, "w-c", grids=[C1])
+    names = {u["username"] for u in office.get("/api/v1/users").get_json()["items"]}
+    assert names == {"office", "w-a"}
+    names = {u["username"] for u in other.get("/api/v1/users").get_json()["items"]}
+    assert names == {"office2", "w-c"}
+    w_c = accounts.create("w-c", "grid_worker")  # already there: returns its id
+    assert office.get(f"/api/v1/users/{w_c}").status_code == 404
+
+
+# ---- rosters ---------------------------------------------------------------------------------
+
+
+def test_the_roster_answers_who_was_responsible_on_a_past_day_and_today(office: Any) -> None:
+    w1 = created(office, "wang", grids=[A1])
+    w2 = created(office, "zhao", grids=[B1])
+    r = office.post(
+        f"/api/v1/users/{w2['id']}/assignments", json={"grid": A1, "valid_from": days_ago(30)}
+    )
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["valid_from"] == days_ago(30) and r.get_json()["valid_to"] is None
+    r = office.post(
+        f"/api/v1/users/{w2['id']}/assignments/{A1}/end", json={"valid_to": days_ago(10)}
+    )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["valid_to"] == days_ago(10)
+
+    assert roster(office, A1, days_ago(40)) == []
+    assert roster(office, A1, days_ago(20)) == ["zhao"]
+    assert roster(office, A1, days_ago(11)) == ["zhao"]
+    assert roster(office, A1, days_ago(10)) == []  # valid_to is the first day off
+    assert roster(office, A1) == ["wang"]
+    assert roster(office, A1, TODAY.isoformat()) == ["wang"]
+    assert roster(office, B1) == ["zhao"]
+
+    history = office.get(f"/api/v1/users/{w2['id']}/assignments")
+    assert history.status_code == 200
+    items = history.get_json()["items"]
+    assert [(a["grid_code"], a["valid_to"]) for a in items] == [
+        (B1, None),
+        (A1, days_ago(10)),
+    ]
+    assert w1["id"] != w2["id"]
+
+
+def test_the_roster_body(office: Any) -> None:
+    w1 = created(office, "wang", grids=[A1], phone=PHONE)
+    r = office.get(f"/api/v1/grids/{A1}/roster?on={TODAY.isoformat()}")
+    body = r.get_json()
+    assert body["grid_code"] == A1 and body["on"] == TODAY.isoformat()
+    (entry,) = body["items"]
+    assert entry["user"]["id"] == w1["id"] and entry["user"]["phone"] == "138****5678"
+    assert entry["is_primary"] is True and entry["valid_from"] == TODAY.isoformat()
+
+
+def test_assignment_errors(office: Any, accounts: Any) -> None:
+    w1 = created(office, "wang", grids=[A1])
+    path = f"/api/v1/users/{w1['id']}/assignments"
+    assert office.post(path, json={"grid": A1}).status_code == 409  # already on it
+    assert "grid" in error_fields(office.post(path, json={"grid": C1}), 422)  # not its township
+    assert office.post(path, json={"grid": "999999999999001"}).status_code == 422
+    r = office.post(f"{path}/{A2}/end", json={})
+    assert r.status_code == 404, r.get_json()  # not on A2
+    r = office.post(f"{path}/{A1}/end", json={"valid_to": days_ago(1)})
+    assert "valid_to" in error_fields(r, 422)  # before the start
+    assert office.post("/api/v1/users/999999/assignments", json={"grid": A2}).status_code == 404
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    assert officer.post(path, json={"grid": A2}).status_code == 403
+    assert office.get(f"/api/v1/grids/{C1}/roster").status_code == 404
+
+
+def test_an_office_cannot_end_an_assignment_on_another_townships_grid(
+    office: Any, accounts: Any
+) -> None:
+    wang = created(office, "wang", grids=[A1])
+    county = accounts.client("county", "county_centre", scope_region=COUNTY)
+    r = county.post(f"/api/v1/users/{wang['id']}/assignments", json={"grid": C1})
+    assert r.status_code == 201, r.get_json()
+    r = office.post(f"/api/v1/users/{wang['id']}/assignments/{C1}/end", json={})
+    assert r.status_code == 404, r.get_json()
+
+
+# ---- the scope of a worker follows its assignments ------------------------------------------
+
+
+def _me(client: Any, access: str) -> dict[str, Any]:
+    r = client.get("/api/v1/me", headers=bearer(access))
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def _fresh_access(client: Any, pair: dict[str, Any]) -> dict[str, Any]:
+    r = client.post("/api/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
+
+
+def _grid_status(client: Any, access: str, code: str) -> int:
+    return client.get(f"/api/v1/grids/{code}", headers=bearer(access)).status_code
+
+
+def test_a_workers_scope_follows_its_assignments(office: Any, anon_client: Any) -> None:
+    w1 = created(office, "wang", grids=[A1])
+    pair = tokens(anon_client, "wang")
+    assert _me(anon_client, pair["access_token"])["scope"]["grids"] == [A1]
+    assert _grid_status(anon_client, pair["access_token"], A2) == 404
+
+    r = office.post(
+        f"/api/v1/users/{w1['id']}/assignments", json={"grid": A2, "valid_from": days_ago(5)}
+    )
+    assert r.status_code == 201, r.get_json()
+    # The scope changed: the old access token ends, a refreshed one carries the new scope.
+    assert anon_client.get("/api/v1/me", headers=bearer(pair["access_token"])).status_code == 401
+    pair = _fresh_access(anon_client, pair)
+    assert _me(anon_client, pair["access_token"])["scope"]["grids"] == [A1, A2]
+    assert _grid_status(anon_client, pair["access_token"], A2) == 200
+    listed = anon_client.get("/api/v1/grids", headers=bearer(pair["access_token"]))
+    assert [g["code"] for g in listed.get_json()["items"]] == [A1, A2]
+
+    r = office.post(
+        f"/api/v1/users/{w1['id']}/assignments/{A2}/end", json={"valid_to": days_ago(1)}
+    )
+    assert r.status_code == 200, r.get_json()
+    pair = _fresh_access(anon_client, pair)
+    assert _me(anon_client, pair["access_token"])["scope"]["grids"] == [A1]
+    assert _grid_status(anon_client, pair["access_token"], A2) == 404
+
+
+def test_ending_an_assignment_today_takes_the_grid_away_now(office: Any, anon_client: Any) -> None:
+    w1 = created(office, "wang", grids=[A1, A2])
+    r = office.post(f"/api/v1/users/{w1['id']}/assignments/{A2}/end", json={})
+    assert r.status_code == 200, r.get_json()
+    assert roster(office, A2) == []
+    access = tokens(anon_client, "wang")["access_token"]
+    assert _me(anon_client, access)["scope"]["grids"] == [A1]
+    assert _grid_status(anon_client, access, A2) == 404
+
+
+# ---- changing accounts -----------------------------------------------------------------------
+
+
+def test_patch_role_and_activity(office: Any, anon_client: Any) -> None:
+    w1 = created(office, "wang", grids=[A1])
+    r = office.patch(
+        f"/api/v1/users/{w1['id']}", json={"role": "grid_chief", "display_name": "李四"}
+    )
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["role"], r.get_json()["display_name"]) == ("grid_chief", "李四")
+    assert "role" in error_fields(
+        office.patch(f"/api/v1/users/{w1['id']}", json={"role": "county_centre"}), 422
+    )
+    assert "role" in error_fields(
+        office.patch(f"/api/v1/users/{w1['id']}", json={"role": "township_office"}), 422
+    )
+    access = tokens(anon_client, "wang")["access_token"]
+    r = office.patch(f"/api/v1/users/{w1['id']}", json={"is_active": False})
+    assert r.status_code == 200 and r.get_json()["is_active"] is False
+    assert anon_client.get("/api/v1/me", headers=bearer(access)).status_code == 401
+    assert sign_in(anon_client, "wang").status_code == 401
+    r = office.patch(f"/api/v1/users/{w1['id']}", json={"is_active": True})
+    assert r.status_code == 200 and r.get_json()["is_active"] is True
+    assert sign_in(anon_client, "wang").status_code == 200
+
+
+def test_an_admin_cannot_disable_itself(client: Any, accounts: Any) -> None:
+    r = client.patch(f"/api/v1/users/{accounts.ids['admin']}", json={"is_active": False})
+    assert "is_active" in error_fields(r, 422)
+
+
+@pytest.mark.parametrize(
+    ("role", "scope"),
+    [
+        ("county_centre", TOWNSHIP),  # inside the township, but of a higher rank
+        ("county_centre", COUNTY),
+        ("township_office", TOWNSHIP),  # a peer
+        ("admin", None),
+    ],
+)
+def test_a_township_office_cannot_change_a_peer_or_superior(
+    office: Any, accounts: Any, anon_client: Any, role: str, scope: str | None
+) -> None:
+    target = accounts.create("boss", role, scope_region=scope)
+    missing = office.patch("/api/v1/users/999999", json={"display_name": "x"})
+    assert missing.status_code == 404
+    for call in (
+        lambda: office.patch(f"/api/v1/users/{target}", json={"display_name": "x"}),
+        lambda: office.patch(f"/api/v1/users/{target}", json={"is_active": False}),
+        lambda: office.post(
+            f"/api/v1/users/{target}/password", json={"new_password": NEW_PASSWORD}
+        ),
+    ):
+        r = call()
+        assert r.status_code == 404, r.get_json()
+        assert r.get_json() == missing.get_json()
+    assert sign_in(anon_client, "boss").status_code == 200
+
+
+def test_a_password_reset_by_an_office_ends_the_users_sessions(
+    office: Any, anon_client: Any, session: Any
+) -> None:
+    w1 = created(office, "wang", grids=[A1])
+    pair = tokens(anon_client, "wang")
+    r = office.post(f"/api/v1/users/{w1['id']}/password", json={"new_password": "weak"})
+    assert "new_password" in error_fields(r, 422)
+    assert anon_client.get("/api/v1/me", headers=bearer(pair["access_token"])).status_code == 200
+
+    r = office.post(f"/api/v1/users/{w1['id']}/password", json={"new_password": NEW_PASSWORD})
+    assert r.status_code == 204, r.get_data(as_text=True)
+    assert anon_client.get("/api/v1/me", headers=bearer(pair["access_token"])).status_code == 401
+    r = anon_client.post("/api/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert r.status_code == 401
+    assert sign_in(anon_client, "wang").status_code == 401
+    assert sign_in(anon_client, "wang", NEW_PASSWORD).status_code == 200
+
+
+# ---- departments and roles -------------------------------------------------------------------
+
+
+@pytest.fixture
+def county(world: None, accounts: Any) -> Any:
+    return accounts.client("county", "county_centre", scope_region=COUNTY)
+
+
+def test_departments_create_list_get_patch(county: Any, office: Any, client: Any) -> None:
+    body = {"code": "gusu-fire", "name": "姑苏区消防救援大队", "region_code": COUNTY}
+    r = county.post("/api/v1/departments", json=body)
+    assert r.status_code == 201, r.get_json()
+    dept = r.get_json()
+    assert {k: dept[k] for k in body} == body and dept["is_active"] is True
+    assert county.post("/api/v1/departments", json=body).status_code == 409
+
+    r = county.post(
+        "/api/v1/departments",
+        json={"code": "pj-market", "name": "平江市场监管所", "region_code": TOWNSHIP},
+    )
+    assert r.status_code == 201, r.get_json()
+
+    listed = county.get("/api/v1/departments").get_json()["items"]
+    assert [d["code"] for d in listed] == ["gusu-fire", "pj-market"]
+    only = county.get(f"/api/v1/departments?region={TOWNSHIP}").get_json()["items"]
+    assert [d["code"] for d in only] == ["pj-market"]
+    assert county.get(f"/api/v1/departments/{dept['id']}").get_json() == dept
+
+    r = county.patch(
+        f"/api/v1/departments/{dept['id']}", json={"name": "消防救援大队", "is_active": False}
+    )
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["name"], r.get_json()["is_active"]) == ("消防救援大队", False)
+
+    # The township office sees the county's departments (dispatch targets) but cannot write.
+    seen = office.get("/api/v1/departments").get_json()["items"]
+    assert {d["code"] for d in seen} == {"gusu-fire", "pj-market"}
+    assert office.get(f"/api/v1/departments/{dept['id']}").status_code == 200
+    assert (
+        office.post(
+            "/api/v1/departments", json={**body, "code": "x1", "region_code": TOWNSHIP}
+        ).status_code
+        == 403
+    )
+    assert office.patch(f"/api/v1/departments/{dept['id']}", json={"name": "x"}).status_code == 403
+
+
+def test_departments_stay_inside_the_scope(county: Any, client: Any, accounts: Any) -> None:
+    r = client.post("/api/v1/regions", json={"code": OTHER_COUNTY, "name": "吴中区"})
+    assert r.status_code == 201, r.get_json()
+    r = county.post(
+        "/api/v1/departments",
+        json={"code": "wz-fire", "name": "吴中消防", "region_code": OTHER_COUNTY},
+    )
+    assert "region_code" in error_fields(r, 422)
+    r = client.post(
+        "/api/v1/departments",
+        json={"code": "wz-fire", "name": "吴中消防", "region_code": OTHER_COUNTY},
+    )
+    assert r.status_code == 201, r.get_json()
+    other = r.get_json()["id"]
+    assert county.get(f"/api/v1/departments/{other}").status_code == 404
+    assert county.patch(f"/api/v1/departments/{other}", json={"name": "x"}).status_code == 404
+    assert county.get("/api/v1/departments").get_json()["items"] == []
+    worker = accounts.client("wang", "grid_worker", grids=[A1])
+    assert worker.get("/api/v1/departments").status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"code": "x", "name": "n", "region_code": COUNTY}, "code"),
+        ({"code": "ok-code", "name": "", "region_code": COUNTY}, "name"),
+        ({"code": "ok-code", "name": "n", "region_code": "12"}, "region_code"),
+        ({"code": "ok-code", "name": "n", "region_code": OTHER_COUNTY}, "region_code"),
+        ({"code": "ok-code", "name": "n", "region_code": "320508999000"}, "region_code"),
+    ],
+)
+def test_invalid_departments_are_refused(county: Any, payload: dict, field: str) -> None:
+    assert field in error_fields(county.post("/api/v1/departments", json=payload), 422)
+
+
+def test_roles_are_listed_with_their_permissions(office: Any, accounts: Any) -> None:
+    r = office.get("/api/v1/roles")
+    assert r.status_code == 200, r.get_json()
+    items = r.get_json()["items"]
+    assert {i["name"]: (i["title"], i["rank"], sorted(i["permissions"])) for i in items} == {
+        name: (title, rank, sorted(perms)) for name, title, rank, perms in ROLES
+    }
+    ranks = [i["rank"] for i in items]
+    assert ranks == sorted(ranks) and items[-1]["name"] == "admin"
+    worker = accounts.client("wang", "grid_worker", grids=[A1])
+    assert worker.get("/api/v1/roles").status_code == 403
