@@ -110,7 +110,6 @@ class SizeResult:
 # --------------------------------------------------------------------------------------------
 
 
-
 # Every routing call is authenticated like a third-party app's: an API key with grids:read.
 AUTH: dict[str, str] = {}
 
@@ -122,9 +121,16 @@ def create_bench_key(engine: Engine) -> str:
     from gridapi.services.identity import create_client
 
     with Session(engine) as session, session.begin():
-        _, key = create_client(session, name="bench", scopes=["grids:read"], scope_region=None,
-                               rate_limit="100000000 per minute", created_by="bench")
+        _, key = create_client(
+            session,
+            name="bench",
+            scopes=["grids:read"],
+            scope_region=None,
+            rate_limit="100000000 per minute",
+            created_by="bench",
+        )
     return key
+
 
 def _cpu_model() -> str:
     try:

@@ -108,8 +108,11 @@ def _grant_admin(permission: str) -> None:
     bind = op.get_bind()
     current = bind.execute(sa.select(roles.c.permissions).where(roles.c.name == "admin")).scalar()
     if current is not None and permission not in current:
-        bind.execute(roles.update().where(roles.c.name == "admin").values(
-            permissions=sorted([*current, permission])))
+        bind.execute(
+            roles.update()
+            .where(roles.c.name == "admin")
+            .values(permissions=sorted([*current, permission]))
+        )
 
 
 def downgrade() -> None:

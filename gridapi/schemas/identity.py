@@ -122,8 +122,10 @@ class AssignmentSchema(StrictSchema):
     grid_code = fields.String(required=True)
     is_primary = fields.Boolean(required=True)
     valid_from = fields.Date(required=True)
-    valid_to = fields.Date(allow_none=True, metadata={
-        "description": "The first day the assignment no longer holds (null: open)."})
+    valid_to = fields.Date(
+        allow_none=True,
+        metadata={"description": "The first day the assignment no longer holds (null: open)."},
+    )
 
 
 class AssignmentListSchema(StrictSchema):
@@ -137,9 +139,12 @@ class AssignmentCreateSchema(StrictSchema):
 
 
 class AssignmentEndSchema(StrictSchema):
-    valid_to = fields.Date(metadata={
-        "description": "The first day the grid is no longer the account's (default today: "
-                       "at once)."})
+    valid_to = fields.Date(
+        metadata={
+            "description": "The first day the grid is no longer the account's (default today: "
+            "at once)."
+        }
+    )
 
 
 class RosterEntrySchema(StrictSchema):
