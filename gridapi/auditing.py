@@ -6,14 +6,17 @@ from typing import Any
 
 from flask import g, has_request_context, request
 
-from .auth import current_principal
+from .auth import Unauthorized, current_principal
 from .extensions import db_session
 from .services.audit import Actor, record
 
 
 def request_actor() -> Actor:
     """Return the actor of the current request (the caller, its request id and address)."""
-    principal = current_principal(required=False) if has_request_context() else None
+    try:
+        principal = current_principal(required=False) if has_request_context() else None
+    except Unauthorized:  # bad credentials on a public operation: act as anonymous
+        principal = None
     if principal is None:
         return Actor(
             "anonymous",

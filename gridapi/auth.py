@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import g, request
 
+from .db import sqlite_write_intent
 from .errors import DomainError
 from .extensions import state
 from .scope import Scope
@@ -124,6 +125,16 @@ def current_principal(required: bool = True) -> Principal | None:
 
 
 def _authenticate(kind: str, value: str) -> Principal:
+    # Credentials are read in a session of their own, as a plain read: on SQLite a write
+    # request's BEGIN IMMEDIATE here would wait on the request's own write lock.
+    token = sqlite_write_intent.set(False)
+    try:
+        return _authenticate_read(kind, value)
+    finally:
+        sqlite_write_intent.reset(token)
+
+
+def _authenticate_read(kind: str, value: str) -> Principal:
     from .services import identity
 
     st = state()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from flask import g, request
 from flask.views import MethodView
 from flask_limiter.util import get_remote_address
 
-from ..auditing import audit, request_actor
-from ..auth import AUTHENTICATED, Unauthorized, current_principal
+from ..auditing import audit
+from ..auth import AUTHENTICATED, Forbidden, Unauthorized, current_principal
 from ..extensions import commit, db_session, state
 from ..limits import limiter, login_username_key
 from ..schemas.identity import (
@@ -88,17 +89,14 @@ class AuthToken(MethodView):
                 "The username, phone number or password is wrong, or the account is disabled."
             ) from None
         user = issued.user
+        # The actor is the account that signed in, whatever credentials the request carried.
         audit(
             "auth.login",
             "user",
             user.id,
             region_code=user.region_code,
             actor=Actor(
-                "user",
-                f"user:{user.id}",
-                user.username,
-                request_actor().request_id,
-                request_actor().address,
+                "user", f"user:{user.id}", user.username, g.get("request_id"), request.remote_addr
             ),
         )
         commit()
@@ -153,7 +151,7 @@ class AuthLogout(MethodView):
         """
         principal = current_principal()
         if principal.kind != "user":
-            raise Unauthorized("Only people sign out; API keys are revoked by an admin.")
+            raise Forbidden("Only people sign out; API keys are revoked by an admin.")
         svc.logout(db_session(), data["refresh_token"], principal.id)
         audit("auth.logout", "user", principal.id, region_code=principal.region_code)
         commit()
@@ -171,7 +169,7 @@ class AuthPassword(MethodView):
         """
         principal = current_principal()
         if principal.kind != "user":
-            raise Unauthorized("API keys have no password.")
+            raise Forbidden("API keys have no password.")
         svc.change_password(
             db_session(),
             principal.id,

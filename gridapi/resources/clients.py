@@ -44,6 +44,7 @@ class Clients(MethodView):
             scope_region=data.get("scope_region"),
             rate_limit=data.get("rate_limit") or state().settings.client_rate_limit,
             created_by=current_principal().name,
+            scope=current_principal().scope,
         )
         audit(
             "client.create",

@@ -142,9 +142,7 @@ class UserPassword(MethodView):
         p = current_principal()
         session = db_session()
         user = svc.get_user(session, user_id, p.scope)
-        svc.update_user(
-            session, user_id, {}, scope=p.scope, actor_rank=p.rank, actor_id=None
-        )  # refuses peers and superiors like any change
+        svc.changeable_user(session, user_id, scope=p.scope, actor_rank=p.rank)
         svc.set_password(session, user, data["new_password"], phone_key=state().phone_key)
         audit("user.password_reset", "user", user.id, region_code=user.region_code)
         _changed()
@@ -170,6 +168,7 @@ class UserAssignments(MethodView):
             user_id,
             data["grid"],
             scope=current_principal().scope,
+            actor_rank=current_principal().rank,
             valid_from=data.get("valid_from"),
             is_primary=data["is_primary"],
         )
@@ -200,6 +199,7 @@ class UserAssignmentEnd(MethodView):
             user_id,
             grid_code,
             scope=current_principal().scope,
+            actor_rank=current_principal().rank,
             valid_to=(data or {}).get("valid_to"),
         )
         audit(

@@ -363,6 +363,8 @@ def create_user(
         errors["grids"] = ["give either scope_region or grids, not both"]
     if role != "admin" and not scope_region and not grids:
         errors["scope_region"] = ["every account but an admin needs a region or grids"]
+    elif not scope_region and not grids and not scope.unrestricted:
+        errors["scope_region"] = ["an account you create must stay inside your own area"]
     if errors:
         raise Unprocessable("Invalid user.", errors={"json": errors})
     region_code = None
@@ -489,6 +491,25 @@ def list_users(
     return list(session.scalars(stmt.order_by(User.id).limit(limit)))
 
 
+def changeable_user(
+    session: Session, user_id: int, *, scope: Scope, actor_rank: int | None
+) -> User:
+    """Return a user the caller may change: in scope and of a lower rank (admins: any).
+
+    A peer or superior answers like a missing user. Raises NotFound.
+    """
+    user = get_user(session, user_id, scope)
+    role_row = session.get(Role, user.role_name)
+    if (
+        actor_rank is not None
+        and actor_rank < ROLE_RANK["admin"]
+        and role_row
+        and role_row.rank >= actor_rank
+    ):
+        raise _not_found("user")
+    return user
+
+
 def update_user(
     session: Session,
     user_id: int,
@@ -499,15 +520,7 @@ def update_user(
     actor_id: int | None,
 ) -> User:
     """Change a user's name, role, activity or scope. Raises NotFound, Unprocessable."""
-    user = get_user(session, user_id, scope)
-    role_row = session.get(Role, user.role_name)
-    if (
-        actor_rank is not None
-        and actor_rank < ROLE_RANK["admin"]
-        and role_row
-        and role_row.rank >= actor_rank
-    ):
-        raise _not_found("user")  # a peer or superior: not yours to change
+    user = changeable_user(session, user_id, scope=scope, actor_rank=actor_rank)
     if "role" in changes:
         _check_role_grant(session, actor_rank, changes["role"])
         user.role_name = changes["role"]
@@ -545,11 +558,12 @@ def assign_grid(
     grid_code: str,
     *,
     scope: Scope,
+    actor_rank: int | None = None,
     valid_from: date | None = None,
     is_primary: bool = False,
 ) -> GridAssignment:
     """Put a user on a grid's roster from ``valid_from`` (default today)."""
-    user = get_user(session, user_id, scope)
+    user = changeable_user(session, user_id, scope=scope, actor_rank=actor_rank)
     grid = _grid_in_service(session, grid_code, scope)
     if grid is None:
         raise Unprocessable(
@@ -586,14 +600,20 @@ def assign_grid(
 
 
 def end_assignment(
-    session: Session, user_id: int, grid_code: str, *, scope: Scope, valid_to: date | None = None
+    session: Session,
+    user_id: int,
+    grid_code: str,
+    *,
+    scope: Scope,
+    actor_rank: int | None = None,
+    valid_to: date | None = None,
 ) -> GridAssignment:
     """End a user's current assignment to a grid: from ``valid_to`` on (default today) the
     grid is no longer theirs. ``valid_to`` is the first day off, so ending today takes
     effect at once. Raises NotFound for a grid or user outside the scope."""
     if not scope.covers_grid(grid_code):
         raise _not_found("assignment")
-    user = get_user(session, user_id, scope)
+    user = changeable_user(session, user_id, scope=scope, actor_rank=actor_rank)
     row = session.scalars(
         select(GridAssignment).where(
             GridAssignment.user_id == user.id,
@@ -718,8 +738,14 @@ def create_client(
     scope_region: str | None,
     rate_limit: str,
     created_by: str | None,
+    scope: Scope | None = None,
 ) -> tuple[ApiClient, str]:
-    """Register an app; return it and its key (shown once, only a digest is kept)."""
+    """Register an app inside the caller's ``scope`` (None: the machine's operator, as the
+    command line); return it and its key (shown once, only a digest is kept).
+
+    Raises Unprocessable.
+    """
+    scope = scope or Scope.everything()
     from limits import parse
 
     bad = sorted(set(scopes) - CLIENT_SCOPES)
@@ -743,7 +769,19 @@ def create_client(
             errors={"json": {"rate_limit": ["e.g. '600 per minute' or '10/second'"]}},
         )
     if scope_region:
-        get_region(session, scope_region, scope=Scope.everything())
+        _region_or_422(session, scope_region, scope, "scope_region")
+        if not scope.covers_region(scope_region):
+            raise Unprocessable(
+                "Unknown region.",
+                errors={"json": {"scope_region": [f"no region {scope_region} in your scope"]}},
+            )
+    elif not scope.unrestricted:
+        raise Unprocessable(
+            "A scope is required.",
+            errors={
+                "json": {"scope_region": ["you may only register clients inside your own area"]}
+            },
+        )
     key, prefix = new_api_key()
     client = ApiClient(
         name=name,
