@@ -30,7 +30,7 @@ class Clients(MethodView):
     @blp.response(200, ClientListSchema)
     def get(self):
         """List API clients"""
-        return {"items": svc.list_clients(db_session())}
+        return {"items": svc.list_clients(db_session(), current_principal().scope)}
 
     @blp.requires("clients:manage")
     @blp.arguments(ClientCreateSchema)
@@ -64,13 +64,13 @@ class ClientsById(MethodView):
     @blp.response(200, ClientSchema)
     def get(self, client_id):
         """Get an API client"""
-        return svc.get_client(db_session(), client_id)
+        return svc.get_client(db_session(), client_id, current_principal().scope)
 
     @blp.requires("clients:manage")
     @blp.response(200, ClientSchema)
     def delete(self, client_id):
         """Revoke an API client's key"""
-        client = svc.revoke_client(db_session(), client_id)
+        client = svc.revoke_client(db_session(), client_id, current_principal().scope)
         audit("client.revoke", "client", client.id, region_code=client.scope_region_code)
         commit()
         state().principals.clear()

@@ -797,20 +797,27 @@ def create_client(
     return client, key
 
 
-def list_clients(session: Session) -> list[ApiClient]:
-    return list(session.scalars(select(ApiClient).order_by(ApiClient.id)))
+def _clients(scope: Scope):  # type: ignore[no-untyped-def]
+    # A client without an area sees everything, so only unrestricted callers see it.
+    return select(ApiClient).where(scope.region_condition(ApiClient.scope_region_code))
 
 
-def get_client(session: Session, client_id: int) -> ApiClient:
-    client = session.get(ApiClient, client_id)
+def list_clients(session: Session, scope: Scope) -> list[ApiClient]:
+    """Return the clients whose area lies inside ``scope``."""
+    return list(session.scalars(_clients(scope).order_by(ApiClient.id)))
+
+
+def get_client(session: Session, client_id: int, scope: Scope) -> ApiClient:
+    """Return a client inside ``scope``. Raises NotFound."""
+    client = session.scalars(_clients(scope).where(ApiClient.id == client_id)).first()
     if client is None:
         raise _not_found("client")
     return client
 
 
-def revoke_client(session: Session, client_id: int) -> ApiClient:
+def revoke_client(session: Session, client_id: int, scope: Scope) -> ApiClient:
     """Revoke an app's key; it stops working at once (or within the auth cache time)."""
-    client = get_client(session, client_id)
+    client = get_client(session, client_id, scope)
     if client.revoked_at is None:
         client.revoked_at = utcnow()
     session.flush()
