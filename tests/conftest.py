@@ -93,8 +93,25 @@ TABLES = (
 )
 
 
+def _category_seed() -> list[dict]:
+    """The category seed rows of the migration that creates the table."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "alembic" / "versions" / "0003_categories.py"
+    spec = importlib.util.spec_from_file_location("gridapi_migration_0003", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.seed_rows()
+
+
 def _truncate(engine: Engine) -> None:
+    from gridapi.models import Category
+
     with engine.begin() as conn:
+        # Categories are seed data: put them back as the migration left them.
+        conn.execute(text("UPDATE categories SET parent_code = NULL"))
+        conn.execute(text("DELETE FROM categories"))
+        conn.execute(Category.__table__.insert(), _category_seed())
         # TRUNCATE fires no row triggers: the audit log stays append-only for the application.
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
         conn.execute(text("UPDATE index_generations SET generation = 0"))

@@ -152,8 +152,8 @@ class AuthLogout(MethodView):
         principal = current_principal()
         if principal.kind != "user":
             raise Forbidden("Only people sign out; API keys are revoked by an admin.")
-        svc.logout(db_session(), data["refresh_token"], principal.id)
-        audit("auth.logout", "user", principal.id, region_code=principal.region_code)
+        if svc.logout(db_session(), data["refresh_token"], principal.id):
+            audit("auth.logout", "user", principal.id, region_code=principal.region_code)
         commit()
 
 

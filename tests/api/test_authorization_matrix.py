@@ -1,0 +1,730 @@
+"""Every operation of the OpenAPI document × every caller × in and out of the caller's scope.
+
+The operations come from the generated spec, the permission each needs from its
+``x-permission`` and what each role holds from ``gridapi.security.permissions.ROLES``; only
+the requests are written here, in ``REQUESTS``. A new operation fails
+``test_operation_answers_every_caller`` until it gets an entry there: that is how it
+declares what it does for each caller.
+
+Expected answers:
+
+* a public operation (``x-permission`` null) answers its documented 2xx to anyone;
+* elsewhere an anonymous caller gets 401, and a caller without the permission 403;
+* otherwise an object in the caller's scope answers the documented 2xx, and an object out of
+  the caller's scope answers like a missing one: ``Case.out``, 404 for an id in the path,
+  422 for a create that references a region or a grid, 200 for a filtered list.
+
+Deviations by design are listed, with their reason, in ``DESIGNED``.
+
+``World`` builds what every test starts from: the township and communities A and B of
+``tests/factories.py`` with grids A1, A2, B1, B2 (a grid version per community), and in
+another city county 320602 with community C and grids C1, C2, out of scope for every caller
+but the unrestricted admin; in each community a department, a worker and an API client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+
+from gridapi.auth import AUTHENTICATED
+from gridapi.scope import Scope
+from gridapi.security.permissions import PERMISSIONS, ROLES
+from gridapi.spec import spec_dict
+
+from ..factories import (
+    CITY,
+    COMMUNITY_A,
+    COMMUNITY_B,
+    COUNTY,
+    LAT0,
+    LON0,
+    PASSWORD,
+    STEP,
+    TOWNSHIP,
+    collection,
+    feature,
+    rectangle,
+    region_rows,
+    square,
+)
+
+OUT_CITY, OUT_COUNTY, OUT_TOWNSHIP = "320600000000", "320602000000", "320602001000"
+COMMUNITY_C = "320602001001"
+OTHER_TOWNSHIP = "320508002000"  # in the home county, with no communities
+OUT_COL = 20  # community C lies 20 cells east of community A
+NEW_PASSWORD = "An0ther-Passw0rd!"
+NOWHERE = (100.0, 40.0)  # far from every grid and region
+MISSING_ID = 987_654
+CLIENT_SCOPES = ("grids:read", "regions:read")
+
+
+@dataclasses.dataclass(frozen=True)
+class Area:
+    """A community, its township and two of its grids; ``name`` keys the world's objects."""
+
+    name: str
+    township: str
+    community: str
+    grids: tuple[str, str]
+
+
+AREAS = {
+    "A": Area("A", TOWNSHIP, COMMUNITY_A, (COMMUNITY_A + "001", COMMUNITY_A + "002")),
+    "B": Area("B", TOWNSHIP, COMMUNITY_B, (COMMUNITY_B + "001", COMMUNITY_B + "002")),
+    "C": Area("C", OUT_TOWNSHIP, COMMUNITY_C, (COMMUNITY_C + "001", COMMUNITY_C + "002")),
+}
+# Well-formed codes of nothing, in the home county (inside the scope of its centres).
+MISSING = Area("missing", "320508009000", "320508009001", ("320508009001001", "320508009001002"))
+A1, A2 = AREAS["A"].grids
+B1 = AREAS["B"].grids[0]
+C1 = AREAS["C"].grids[0]
+COLUMNS = {
+    A1: 0,
+    A2: 1,
+    B1: 2,
+    AREAS["B"].grids[1]: 3,
+    C1: OUT_COL,
+    AREAS["C"].grids[1]: OUT_COL + 1,
+}
+
+# The callers: an account of each role (Accounts.create arguments), an API client, nobody.
+ACTORS: dict[str, dict[str, Any]] = {
+    "grid_worker": {"role": "grid_worker", "grids": [A1]},
+    "grid_chief": {"role": "grid_chief", "grids": [A1, A2]},
+    "community_officer": {"role": "community_officer", "scope_region": COMMUNITY_A},
+    "department": {"role": "department", "scope_region": COUNTY},
+    "township_office": {"role": "township_office", "scope_region": TOWNSHIP},
+    "county_centre": {"role": "county_centre", "scope_region": COUNTY},
+    "city_centre": {"role": "city_centre", "scope_region": CITY},
+    "admin": {"role": "admin"},
+    "api_client": {"scopes": CLIENT_SCOPES, "scope_region": COUNTY},
+    "anonymous": {},
+}
+ROLE_PERMISSIONS = {name: frozenset(permissions) for name, _, _, permissions in ROLES}
+
+SPEC = spec_dict()
+OPERATIONS = sorted(
+    (method.upper(), path)
+    for path, item in SPEC["paths"].items()
+    for method in item
+    if method in ("get", "put", "post", "patch", "delete")
+)
+
+
+def spec_operation(method: str, path: str) -> dict[str, Any]:
+    return SPEC["paths"][path][method.lower()]
+
+
+def success_status(method: str, path: str) -> int:
+    """Return the one 2xx status the spec documents for the operation."""
+    codes = [int(c) for c in spec_operation(method, path)["responses"] if c.startswith("2")]
+    assert len(codes) == 1, f"{method} {path} documents {codes} as success"
+    return codes[0]
+
+
+def actor_permissions(spec: dict[str, Any]) -> frozenset[str]:
+    if "scopes" in spec:
+        return frozenset(spec["scopes"])
+    return ROLE_PERMISSIONS[spec["role"]] if spec else frozenset()
+
+
+def actor_scope(spec: dict[str, Any]) -> Scope:
+    if spec.get("scope_region"):
+        return Scope.of_region(spec["scope_region"])
+    if spec.get("grids"):
+        return Scope.of_grids(spec["grids"])
+    return Scope.everything()
+
+
+def center(grid: str) -> tuple[float, float]:
+    """Return the middle of ``grid``, or a point far from everything for an unknown grid."""
+    if grid not in COLUMNS:
+        return NOWHERE
+    return (round(LON0 + (COLUMNS[grid] + 0.5) * STEP, 6), round(LAT0 + 0.5 * STEP, 6))
+
+
+def grids_of(area: Area) -> dict[str, Any]:
+    """Return a FeatureCollection of the area's two grids (unknown grids go far east)."""
+    return collection(
+        *(feature(code, square(COLUMNS.get(code, 60 + i), 0)) for i, code in enumerate(area.grids))
+    )
+
+
+def world_regions() -> list[dict[str, Any]]:
+    c_box = rectangle(OUT_COL, 0, OUT_COL + 2, 1)
+    return [
+        *region_rows(),
+        {"code": OTHER_TOWNSHIP, "name": "双塔街道", "boundary": rectangle(0, 2, 4, 3)},
+        {"code": OUT_CITY, "name": "南通市"},
+        {"code": OUT_COUNTY, "name": "崇川区"},
+        {"code": OUT_TOWNSHIP, "name": "城东街道", "boundary": c_box},
+        {"code": COMMUNITY_C, "name": "城东社区", "boundary": c_box},
+    ]
+
+
+def ok(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
+    return response.get_json()
+
+
+# Categories are global, and on PostgreSQL the table is not truncated between tests: the
+# ``world`` fixture removes the ones a test made, and codes are never reused in a process.
+_CATEGORY_CODES = itertools.count(10)
+
+
+# --- the world ------------------------------------------------------------------------------
+
+
+class World:
+    """What every test starts from, made through the API by an unrestricted ``setup`` admin
+    (API clients through the service layer: the API shows a key only once)."""
+
+    def __init__(self, app: Any, accounts: Any) -> None:
+        self.app = app
+        self.accounts = accounts
+        self.serial = itertools.count(100)
+        self.setup = accounts.client("setup", "admin")
+        self.anonymous = app.test_client()
+        self.ids: dict[str, int] = {}
+        self.usernames: dict[int, str] = {}
+        self.actors: dict[str, dict[str, Any]] = {}
+        self.clients: dict[str, Any] = {}
+        self.categories: list[str] = []  # made here; removed again by the ``world`` fixture
+
+    @classmethod
+    def build(cls, app: Any, accounts: Any) -> World:
+        world = cls(app, accounts)
+        ok(world.setup.post("/api/v1/regions/import", json=world_regions()))
+        for area in AREAS.values():
+            world.ids[f"version_{area.name}"] = version = world.draft(area)
+            ok(world.setup.post(f"/api/v1/grid-versions/{version}/activate"))
+            world.ids[f"dept_{area.name}"] = world.department(area)
+            world.ids[f"member_{area.name}"] = world.user(area)
+            world.ids[f"client_{area.name}"] = world.api_client(area.community)[0]
+        for name, spec in ACTORS.items():
+            world.add_actor(name, spec)
+        return world
+
+    # -- callers
+
+    def add_actor(self, name: str, spec: dict[str, Any]) -> None:
+        self.actors[name] = spec
+        self.clients[name] = self.caller(spec, f"actor_{name}")
+
+    def caller(self, spec: dict[str, Any], username: str) -> Any:
+        """Return a test client for a new caller made after ``spec``."""
+        if not spec:
+            return self.anonymous
+        client = self.app.test_client()
+        if "scopes" in spec:
+            _, key = self.api_client(spec["scope_region"], spec["scopes"])
+            client.environ_base["HTTP_X_API_KEY"] = key
+            return client
+        kwargs = {k: v for k, v in spec.items() if k != "role"}
+        return self.accounts.client(username, spec["role"], **kwargs)
+
+    def fresh_caller(self, actor: str) -> tuple[Any, str | None]:
+        """Return a new account like ``actor``, signed in, and its refresh token.
+
+        For password changes and sign-out, which end the caller's sessions. Apps and nobody
+        are returned as they are (they have no password and no refresh token).
+        """
+        spec = self.actors[actor]
+        if not spec or "scopes" in spec:
+            return self.clients[actor], None
+        username = f"fresh{next(self.serial)}"
+        self.caller(spec, username)
+        tokens = ok(self.anonymous.post("/api/v1/auth/token", json=self.credentials(username)))
+        client = self.app.test_client()
+        client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tokens['access_token']}"
+        return client, tokens["refresh_token"]
+
+    def api_client(
+        self, scope_region: str | None, scopes: tuple[str, ...] = CLIENT_SCOPES
+    ) -> tuple[int, str]:
+        from gridapi.services.identity import create_client
+
+        with self.app.extensions["gridapi"].sessions.begin() as session:
+            client, key = create_client(
+                session,
+                name=f"app {next(self.serial)}",
+                scopes=list(scopes),
+                scope_region=scope_region,
+                rate_limit="100000 per minute",
+                created_by="tests",
+            )
+            return client.id, key
+
+    # -- objects; writes get fresh ones, so that no call depends on another
+
+    def username(self) -> str:
+        return f"user{next(self.serial)}"
+
+    def credentials(self, username: str) -> dict[str, str]:
+        return {"username": username, "password": PASSWORD}
+
+    def user(self, area: Area) -> int:
+        username = self.username()
+        body = {"username": username, "password": PASSWORD, "role": "grid_worker"}
+        user_id = ok(self.setup.post("/api/v1/users", json={**body, "grids": [area.grids[0]]}), 201)
+        self.usernames[user_id["id"]] = username
+        return user_id["id"]
+
+    def refresh_token(self, user_id: int) -> str:
+        body = self.credentials(self.usernames[user_id])
+        return ok(self.anonymous.post("/api/v1/auth/token", json=body))["refresh_token"]
+
+    def region_code(self, township: str) -> str:
+        return township[:9] + f"{next(self.serial):03d}"
+
+    def region(self, area: Area) -> str:
+        code = self.region_code(area.township)
+        ok(self.setup.post("/api/v1/regions", json={"code": code, "name": f"社区{code[-3:]}"}), 201)
+        return code
+
+    def department(self, area: Area) -> int:
+        body = {"code": f"D{next(self.serial)}", "name": "消防", "region_code": area.community}
+        return ok(self.setup.post("/api/v1/departments", json=body), 201)["id"]
+
+    def draft(self, area: Area) -> int:
+        return ok(self.setup.post("/api/v1/grid-versions", json=grids_of(area)), 201)["id"]
+
+    def category_code(self) -> str:
+        """Return an unused subclass code of the test class 99 (made when missing)."""
+        if self.setup.get("/api/v1/categories/99").status_code == 404:
+            ok(self.setup.post("/api/v1/categories", json={"code": "99", "name": "测试"}), 201)
+            self.categories.append("99")
+        code = f"99{next(_CATEGORY_CODES):02d}"
+        self.categories.insert(0, code)
+        return code
+
+    def category(self) -> str:
+        code = self.category_code()
+        ok(self.setup.post("/api/v1/categories", json={"code": code, "name": "测试小类"}), 201)
+        return code
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Call:
+    """A concrete request: path parameters, query, JSON body, and who sends it when not the
+    caller under test itself (a fresh account like it, for password changes and sign-out)."""
+
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    query: dict[str, Any] | None = None
+    json: Any = None
+    sender: Any = None
+
+
+@dataclasses.dataclass
+class Ctx:
+    """What a request builder gets: the world, the caller, and which objects to use.
+
+    ``variant`` "in" uses the objects of area A, "out" those of ``out_area`` (C unless a test
+    says otherwise) and "missing" codes and ids of nothing (``missing``, ``missing_id``).
+    """
+
+    world: World
+    actor: str
+    variant: str
+    out_area: str = "C"
+    missing: Area = MISSING
+    missing_id: int = MISSING_ID
+
+    @property
+    def area(self) -> Area:
+        if self.variant == "missing":
+            return self.missing
+        return AREAS["A" if self.variant == "in" else self.out_area]
+
+    def object(self, kind: str) -> int:
+        """Return the id of the area's ``kind`` (version, dept, member, client)."""
+        if self.variant == "missing":
+            return self.missing_id
+        return self.world.ids[f"{kind}_{self.area.name}"]
+
+    def fresh(self, make: Callable[[Area], Any], missing: Any = None) -> Any:
+        """Return a new object of the area, or ``missing`` (default the missing id)."""
+        if self.variant == "missing":
+            return self.missing_id if missing is None else missing
+        return make(self.area)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """How to call an operation, and what an out-of-scope (or missing) object answers.
+
+    ``out`` None: the operation touches nothing that has an area (the caller itself, public
+    or global data), so it is only called with the "in" variant.
+    """
+
+    build: Callable[[Ctx], Call]
+    out: int | None
+
+
+def plain(c: Ctx) -> Call:
+    return Call()
+
+
+def filtered(name: str, attribute: str = "community") -> Callable[[Ctx], Call]:
+    return lambda c: Call(query={name: getattr(c.area, attribute)})
+
+
+def region(c: Ctx) -> Call:
+    return Call(params={"code": c.area.community})
+
+
+def new_region(c: Ctx) -> dict[str, str]:
+    return {"code": c.world.region_code(c.area.township), "name": "新社区"}
+
+
+def version(c: Ctx) -> Call:
+    return Call(params={"version_id": c.object("version")})
+
+
+def fresh_user(c: Ctx) -> int:
+    return c.fresh(c.world.user)
+
+
+def sign_in(c: Ctx) -> Call:
+    return Call(json=c.world.credentials(c.world.usernames[c.world.ids["member_A"]]))
+
+
+def refresh(c: Ctx) -> Call:
+    return Call(json={"refresh_token": c.world.refresh_token(c.world.ids["member_A"])})
+
+
+def logout(c: Ctx) -> Call:
+    """Sign out with one's own refresh token; someone else's or an unknown one does nothing."""
+    if c.variant == "in":
+        sender, token = c.world.fresh_caller(c.actor)
+        if token is None:  # nobody, or an app: any real token will do
+            token = c.world.refresh_token(c.world.ids["member_A"])
+        return Call(json={"refresh_token": token}, sender=sender)
+    other = c.fresh(lambda area: c.world.refresh_token(c.object("member")), missing="x" * 43)
+    return Call(json={"refresh_token": other})
+
+
+def change_password(c: Ctx) -> Call:
+    sender, _ = c.world.fresh_caller(c.actor)
+    return Call(json={"current_password": PASSWORD, "new_password": NEW_PASSWORD}, sender=sender)
+
+
+def import_version(c: Ctx) -> Call:
+    if c.variant == "missing":  # a province nobody created: no region can hold the grids
+        area = Area(
+            "missing", "110101009000", "110101009001", ("110101009001001", "110101009001002")
+        )
+        return Call(json=grids_of(area))
+    return Call(json=grids_of(c.area))
+
+
+def new_user(c: Ctx) -> Call:
+    body = {"username": c.world.username(), "password": PASSWORD, "role": "grid_worker"}
+    return Call(json={**body, "grids": [c.area.grids[0]]})
+
+
+def end_assignment(c: Ctx) -> Call:
+    return Call(params={"user_id": fresh_user(c), "grid_code": c.area.grids[0]})
+
+
+def new_department(c: Ctx) -> Call:
+    code = f"D{next(c.world.serial)}"
+    return Call(json={"code": code, "name": "市场监管", "region_code": c.area.community})
+
+
+def new_client(c: Ctx) -> Call:
+    return Call(
+        json={"name": "12345热线", "scopes": ["grids:read"], "scope_region": c.area.community}
+    )
+
+
+REQUESTS: dict[tuple[str, str], Case] = {
+    # health and sign-in: public
+    ("GET", "/api/v1/health"): Case(plain, out=None),
+    ("GET", "/api/v1/health/live"): Case(plain, out=None),
+    ("POST", "/api/v1/auth/token"): Case(sign_in, out=None),
+    ("POST", "/api/v1/auth/refresh"): Case(refresh, out=None),
+    # the caller itself
+    ("POST", "/api/v1/auth/logout"): Case(logout, out=204),
+    ("POST", "/api/v1/auth/password"): Case(change_password, out=None),
+    ("GET", "/api/v1/me"): Case(plain, out=None),
+    # regions
+    ("GET", "/api/v1/regions"): Case(filtered("parent", "township"), out=200),
+    ("POST", "/api/v1/regions"): Case(lambda c: Call(json=new_region(c)), out=422),
+    ("POST", "/api/v1/regions/import"): Case(lambda c: Call(json=[new_region(c)]), out=422),
+    ("GET", "/api/v1/regions/{code}"): Case(region, out=404),
+    ("PATCH", "/api/v1/regions/{code}"): Case(
+        lambda c: Call(
+            params={"code": c.fresh(c.world.region, missing=c.area.community)},
+            json={"name": "改名社区"},
+        ),
+        out=404,
+    ),
+    ("GET", "/api/v1/regions/{code}/children"): Case(region, out=404),
+    ("GET", "/api/v1/regions/{code}/ancestors"): Case(region, out=404),
+    ("GET", "/api/v1/regions/{code}/subtree"): Case(region, out=404),
+    # grid versions and grids
+    ("GET", "/api/v1/grid-versions"): Case(filtered("region"), out=200),
+    ("POST", "/api/v1/grid-versions"): Case(import_version, out=422),
+    ("GET", "/api/v1/grid-versions/{version_id}"): Case(version, out=404),
+    ("POST", "/api/v1/grid-versions/{version_id}/activate"): Case(
+        lambda c: Call(params={"version_id": c.fresh(c.world.draft)}, json={"force": False}),
+        out=404,
+    ),
+    ("GET", "/api/v1/grid-versions/{version_id}/grids"): Case(version, out=404),
+    ("GET", "/api/v1/grids"): Case(filtered("community"), out=200),
+    ("GET", "/api/v1/grids/export"): Case(filtered("region"), out=200),
+    ("GET", "/api/v1/grids/{code}"): Case(
+        lambda c: Call(params={"code": c.area.grids[0]}), out=404
+    ),
+    # routing: a point in a grid out of scope answers like a point in no grid
+    ("GET", "/api/v1/locate"): Case(
+        lambda c: Call(query=dict(zip(("lon", "lat"), center(c.area.grids[0]), strict=True))),
+        out=200,
+    ),
+    ("POST", "/api/v1/locate/batch"): Case(
+        lambda c: Call(json={"points": [list(center(c.area.grids[0]))]}), out=200
+    ),
+    # users and rosters
+    ("GET", "/api/v1/roles"): Case(plain, out=None),
+    ("GET", "/api/v1/users"): Case(filtered("region"), out=200),
+    ("POST", "/api/v1/users"): Case(new_user, out=422),
+    ("GET", "/api/v1/users/{user_id}"): Case(
+        lambda c: Call(params={"user_id": c.object("member")}), out=404
+    ),
+    ("PATCH", "/api/v1/users/{user_id}"): Case(
+        lambda c: Call(params={"user_id": fresh_user(c)}, json={"display_name": "新名字"}),
+        out=404,
+    ),
+    ("POST", "/api/v1/users/{user_id}/password"): Case(
+        lambda c: Call(params={"user_id": fresh_user(c)}, json={"new_password": NEW_PASSWORD}),
+        out=404,
+    ),
+    ("GET", "/api/v1/users/{user_id}/assignments"): Case(
+        lambda c: Call(params={"user_id": c.object("member")}), out=404
+    ),
+    ("POST", "/api/v1/users/{user_id}/assignments"): Case(
+        lambda c: Call(params={"user_id": fresh_user(c)}, json={"grid": c.area.grids[1]}),
+        out=404,
+    ),
+    ("POST", "/api/v1/users/{user_id}/assignments/{grid_code}/end"): Case(end_assignment, out=404),
+    ("GET", "/api/v1/grids/{grid_code}/roster"): Case(
+        lambda c: Call(params={"grid_code": c.area.grids[0]}), out=404
+    ),
+    # departments
+    ("GET", "/api/v1/departments"): Case(filtered("region"), out=200),
+    ("POST", "/api/v1/departments"): Case(new_department, out=422),
+    ("GET", "/api/v1/departments/{dept_id}"): Case(
+        lambda c: Call(params={"dept_id": c.object("dept")}), out=404
+    ),
+    ("PATCH", "/api/v1/departments/{dept_id}"): Case(
+        lambda c: Call(params={"dept_id": c.fresh(c.world.department)}, json={"name": "应急管理"}),
+        out=404,
+    ),
+    # API clients: admins only, every client whatever its area
+    ("GET", "/api/v1/clients"): Case(plain, out=None),
+    ("POST", "/api/v1/clients"): Case(new_client, out=422),
+    ("GET", "/api/v1/clients/{client_id}"): Case(
+        lambda c: Call(params={"client_id": c.object("client")}), out=404
+    ),
+    ("DELETE", "/api/v1/clients/{client_id}"): Case(
+        lambda c: Call(
+            params={"client_id": c.fresh(lambda area: c.world.api_client(area.community)[0])}
+        ),
+        out=404,
+    ),
+    # audit
+    ("GET", "/api/v1/audit"): Case(filtered("object_id"), out=200),
+    # case categories: one taxonomy for everybody
+    ("GET", "/api/v1/categories"): Case(plain, out=None),
+    ("POST", "/api/v1/categories"): Case(
+        lambda c: Call(json={"code": c.world.category_code(), "name": "新小类"}),
+        out=None,
+    ),
+    ("GET", "/api/v1/categories/{code}"): Case(lambda c: Call(params={"code": "0101"}), out=None),
+    ("PATCH", "/api/v1/categories/{code}"): Case(
+        lambda c: Call(params={"code": c.world.category()}, json={"handle_limit": 3}), out=None
+    ),
+}
+
+
+# --- expectations ---------------------------------------------------------------------------
+
+Cell = tuple[str, str, str, str]  # method, path, actor, variant
+
+# Answers that differ from the general rule by design, and why.
+DESIGNED: dict[Cell, tuple[int, str]] = {
+    **{
+        (method, path, actor, "in"): (
+            404,
+            "an account scoped to grids sees grids, never a grid version (a region's object)",
+        )
+        for method, path in (
+            ("GET", "/api/v1/grid-versions/{version_id}"),
+            ("GET", "/api/v1/grid-versions/{version_id}/grids"),
+        )
+        for actor in ("grid_worker", "grid_chief")
+    },
+    **{
+        ("POST", path, "api_client", variant): (
+            403,
+            "for people only: an app has no password and no refresh token (the spec's "
+            "x-permission 'authenticated' does not say so)",
+        )
+        for path, variants in (
+            ("/api/v1/auth/logout", ("in", "out", "missing")),
+            ("/api/v1/auth/password", ("in",)),
+        )
+        for variant in variants
+    },
+}
+
+
+def expected_status(cell: Cell, actor_spec: dict[str, Any]) -> int:
+    """Return the status the matrix expects (see the module docstring)."""
+    method, path, actor, variant = cell
+    permission = spec_operation(method, path)["x-permission"]
+    success = success_status(method, path)
+    if permission is None:
+        return success
+    if not actor_spec:
+        return 401
+    if permission != AUTHENTICATED and permission not in actor_permissions(actor_spec):
+        return 403
+    if cell in DESIGNED:
+        return DESIGNED[cell][0]
+    case = REQUESTS[(method, path)]
+    if variant == "in" or case.out is None:
+        return success
+    if variant == "out" and actor_scope(actor_spec).covers_region(COMMUNITY_C):
+        return success
+    return case.out
+
+
+def variants(case: Case) -> tuple[str, ...]:
+    return ("in",) if case.out is None else ("in", "out", "missing")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A request built and ready to send (built first: builders may make objects)."""
+
+    sender: Any
+    method: str
+    url: str
+    call: Call
+
+    def send(self) -> Any:
+        return self.sender.open(
+            self.url, method=self.method, query_string=self.call.query, json=self.call.json
+        )
+
+
+def prepare(ctx: Ctx, method: str, path: str) -> Prepared:
+    call = REQUESTS[(method, path)].build(ctx)
+    sender = call.sender or ctx.world.clients[ctx.actor]
+    return Prepared(sender, method, path.format(**call.params), call)
+
+
+def describe(response: Any) -> str:
+    return f"{response.status_code} {response.get_data(as_text=True)[:300]}"
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(settings):  # type: ignore[no-untyped-def]
+    """Cheap password hashing: every test makes a few dozen accounts."""
+    return dataclasses.replace(settings, argon2_time_cost=1, argon2_memory_kib=1024)
+
+
+@pytest.fixture
+def app(app):  # type: ignore[no-untyped-def]
+    """The application, with a 1 s SQLite busy timeout: these tests make one request at a
+    time, so any wait for a lock is a deadlock and should not cost the default 30 s."""
+    engine = app.extensions["gridapi"].engine
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _short_busy_timeout(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.execute("PRAGMA busy_timeout=1000")
+
+        engine.dispose()
+    return app
+
+
+@pytest.fixture
+def world(app, accounts, engine):  # type: ignore[no-untyped-def]
+    """The world of ``World.build``; the categories it made are removed afterwards."""
+    built = World.build(app, accounts)
+    yield built
+    with engine.begin() as conn:
+        for code in built.categories:  # subclasses first
+            conn.execute(text("DELETE FROM categories WHERE code = :code"), {"code": code})
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_spec_declares_a_permission_and_security_for_every_operation():
+    for method, path in OPERATIONS:
+        op = spec_operation(method, path)
+        assert "x-permission" in op, f"{method} {path}: no x-permission (use @blp.requires)"
+        permission = op["x-permission"]
+        assert permission in {None, AUTHENTICATED, *PERMISSIONS}, (method, path, permission)
+        if permission is None:
+            assert op["security"] == [], f"{method} {path} is public but declares security"
+        else:
+            assert op["security"], f"{method} {path} needs {permission} but declares no security"
+            assert {"401", "403"} <= set(op["responses"]), (method, path)
+
+
+def test_every_request_entry_is_an_operation_of_the_spec():
+    stale = sorted(set(REQUESTS) - set(OPERATIONS))
+    assert not stale, f"REQUESTS has entries for operations the spec does not have: {stale}"
+
+
+def test_roles_in_the_database_hold_the_permissions_of_the_code(client):
+    items = ok(client.get("/api/v1/roles"))["items"]
+    assert {r["name"]: set(r["permissions"]) for r in items} == {
+        name: set(permissions) for name, permissions in ROLE_PERMISSIONS.items()
+    }
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=" ".join)
+def test_operation_answers_every_caller(world, operation):
+    method, path = operation
+    assert operation in REQUESTS, (
+        f"{method} {path} has no entry in REQUESTS ({__name__}): add one that builds its "
+        "request in and out of the caller's scope and says what an out-of-scope or missing "
+        "object answers (Case.out), so that its authorization is tested for every role"
+    )
+    problems = []
+    for actor, spec in ACTORS.items():
+        for variant in variants(REQUESTS[operation]):
+            cell = (method, path, actor, variant)
+            expected = expected_status(cell, spec)
+            response = prepare(Ctx(world, actor, variant), method, path).send()
+            if response.status_code != expected:
+                problems.append(f"{actor} {variant}: expected {expected}, got {describe(response)}")
+    assert not problems, f"{method} {path}:\n" + "\n".join(problems)
+
+
+def test_sign_in_ignores_a_stale_authorization_header(app, accounts):
+    """A public operation does not read credentials: an expired token left on the request
+    must not spoil a sign-in with the right password (it answered 401 before e5967f8)."""
+    accounts.create("signer", "admin")
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer expired.or.forged"
+    r = client.post("/api/v1/auth/token", json={"username": "signer", "password": PASSWORD})
+    assert r.status_code == 200, describe(r)
