@@ -362,6 +362,45 @@ def grids_versions() -> None:
             )
 
 
+# --- calendar -------------------------------------------------------------------------------
+
+
+@main.group()
+def calendar() -> None:
+    """The working calendar: holidays and weekend days worked in exchange (调休)."""
+
+
+@calendar.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def calendar_import(file: Path) -> None:
+    """Import a year's arrangement (the holidays_cn.json format), replacing those years."""
+    from .errors import DomainError
+    from .services.calendar import import_days
+
+    settings = _settings()
+    try:
+        data = json.loads(file.read_bytes())
+    except ValueError as exc:
+        raise click.ClickException(f"{file} is not valid JSON: {exc}") from exc
+    try:
+        with _sessions().begin() as session:
+            result = import_days(session, data, settings.working_hours, settings.timezone)
+            record(
+                session,
+                _cli_actor(),
+                "calendar.import",
+                "calendar",
+                None,
+                summary={**result, "file": file.name},
+            )
+    except DomainError as exc:
+        raise click.ClickException(_describe(exc)) from exc
+    click.echo(
+        f"calendar: {result['years']} year(s), {result['holidays']} holidays, "
+        f"{result['workdays']} workdays"
+    )
+
+
 # --- users and clients ----------------------------------------------------------------------
 
 

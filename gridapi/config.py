@@ -40,6 +40,8 @@ class Settings:
     client_rate_limit: str = "600 per minute"
     auth_cache_seconds: float = 5.0
     demo_password: str = ""
+    working_hours: str = "08:30-12:00,13:30-17:30"
+    timezone: str = "Asia/Shanghai"
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
 

@@ -93,25 +93,27 @@ TABLES = (
 )
 
 
-def _category_seed() -> list[dict]:
-    """The category seed rows of the migration that creates the table."""
+def _migration_seed(filename: str) -> list[dict]:
+    """The seed rows of the migration that creates a seeded table."""
     import importlib.util
 
-    path = Path(__file__).resolve().parent.parent / "alembic" / "versions" / "0003_categories.py"
-    spec = importlib.util.spec_from_file_location("gridapi_migration_0003", path)
+    path = Path(__file__).resolve().parent.parent / "alembic" / "versions" / filename
+    spec = importlib.util.spec_from_file_location(f"gridapi_migration_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module.seed_rows()
 
 
 def _truncate(engine: Engine) -> None:
-    from gridapi.models import Category
+    from gridapi.models import CalendarDay, Category
 
     with engine.begin() as conn:
-        # Categories are seed data: put them back as the migration left them.
+        # Categories and calendar days are seed data: put them back as the migrations left them.
         conn.execute(text("UPDATE categories SET parent_code = NULL"))
         conn.execute(text("DELETE FROM categories"))
-        conn.execute(Category.__table__.insert(), _category_seed())
+        conn.execute(Category.__table__.insert(), _migration_seed("0003_categories.py"))
+        conn.execute(text("DELETE FROM calendar_days"))
+        conn.execute(CalendarDay.__table__.insert(), _migration_seed("0004_calendar.py"))
         # TRUNCATE fires no row triggers: the audit log stays append-only for the application.
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
         conn.execute(text("UPDATE index_generations SET generation = 0"))

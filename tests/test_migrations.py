@@ -24,6 +24,8 @@ OUR_TABLES = {
     "api_clients",
     "refresh_tokens",
     "audit_log",
+    "categories",
+    "calendar_days",
 }
 
 

@@ -1,7 +1,7 @@
 """SQLAlchemy models; importing this package registers every table on ``Base.metadata``."""
 
 from .base import Base
-from .categories import Category
+from .categories import CalendarDay, Category
 from .grids import Grid, GridVersion, IndexGeneration
 from .identity import (
     ApiClient,
@@ -18,6 +18,7 @@ __all__ = [
     "ApiClient",
     "AuditEntry",
     "Base",
+    "CalendarDay",
     "Category",
     "Department",
     "Grid",

@@ -1,11 +1,21 @@
-"""Case categories (事件分类): a two-level taxonomy kept as data, with time limits."""
+"""Case categories (事件分类) with their time limits, and the working calendar they run on."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, CheckConstraint, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Date,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, UTCDateTime, utcnow
@@ -59,3 +69,17 @@ class Category(Base):
     @property
     def level(self) -> int:
         return 1 if len(self.code) == 2 else 2
+
+
+class CalendarDay(Base):
+    """A day that departs from the Monday-Friday rule: a holiday, or a weekend day worked
+    in exchange (调休). Deadlines are counted on these rows and the working hours."""
+
+    __tablename__ = "calendar_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    name: Mapped[str] = mapped_column(String(50), default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (CheckConstraint("kind IN ('holiday', 'workday')", name="kind"),)

@@ -8,6 +8,7 @@ from flask_smorest import Api
 from . import (
     audit,
     auth,
+    calendar,
     categories,
     clients,
     departments,
@@ -34,6 +35,7 @@ def register_blueprints(app: Flask, api: Api) -> None:
         clients.blp,
         audit.blp,
         categories.blp,
+        calendar.blp,
     ):
         api.register_blueprint(blueprint)
     app.register_blueprint(docs.bp)

@@ -18,6 +18,7 @@ PERMISSIONS = {
     "cases:write": "Report and handle cases",
     "webhooks:manage": "Manage webhook subscriptions",
     "categories:write": "Create and change case categories",
+    "calendar:write": "Edit and import the working calendar (holidays, 调休)",
 }
 
 # The scopes an admin may grant a third-party client (a subset of the permissions).

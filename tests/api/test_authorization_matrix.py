@@ -25,6 +25,7 @@ but the unrestricted admin; in each community a department, a worker and an API 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -175,6 +176,7 @@ def ok(response: Any, status: int = 200) -> Any:
 
 # Categories are global, and on PostgreSQL the table is not truncated between tests: the
 # ``world`` fixture removes the ones a test made, and codes are never reused in a process.
+_CALENDAR_DAYS = itertools.count(1)
 _CATEGORY_CODES = itertools.count(10)
 
 
@@ -303,6 +305,14 @@ class World:
         code = f"99{next(_CATEGORY_CODES):02d}"
         self.categories.insert(0, code)
         return code
+
+    def calendar_day(self) -> str:
+        """Return a day (far in the future) just put into the calendar, to delete."""
+        day = (
+            datetime.date(2099, 1, 1) + datetime.timedelta(days=next(_CALENDAR_DAYS))
+        ).isoformat()
+        ok(self.setup.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}), 200)
+        return day
 
     def category(self) -> str:
         code = self.category_code()
@@ -553,6 +563,18 @@ REQUESTS: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/categories/{code}"): Case(lambda c: Call(params={"code": "0101"}), out=None),
     ("PATCH", "/api/v1/categories/{code}"): Case(
         lambda c: Call(params={"code": c.world.category()}, json={"handle_limit": 3}), out=None
+    ),
+    # the working calendar: one for everybody
+    ("GET", "/api/v1/calendar"): Case(plain, out=None),
+    ("POST", "/api/v1/calendar/import"): Case(
+        lambda c: Call(json={"version": 1, "years": {"2098": {"holidays": ["2098-01-01"]}}}),
+        out=None,
+    ),
+    ("PUT", "/api/v1/calendar/{day}"): Case(
+        lambda c: Call(params={"day": "2098-10-08"}, json={"kind": "holiday"}), out=None
+    ),
+    ("DELETE", "/api/v1/calendar/{day}"): Case(
+        lambda c: Call(params={"day": c.world.calendar_day()}), out=None
     ),
 }
 

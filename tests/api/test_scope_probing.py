@@ -60,6 +60,8 @@ ID_OPERATIONS = [op for op in OPERATIONS if "{" in op[1]]
 GLOBAL = {
     ("GET", "/api/v1/categories/{code}"): "one taxonomy for everybody",
     ("PATCH", "/api/v1/categories/{code}"): "one taxonomy for everybody",
+    ("PUT", "/api/v1/calendar/{day}"): "one working calendar for everybody",
+    ("DELETE", "/api/v1/calendar/{day}"): "one working calendar for everybody",
 }
 TABLES = (
     "regions",

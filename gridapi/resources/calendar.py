@@ -1,0 +1,89 @@
+"""The working calendar deadlines are counted on: holidays, 调休 workdays, working hours."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from flask.views import MethodView
+
+from ..auditing import audit
+from ..auth import AUTHENTICATED
+from ..errors import NotFound
+from ..extensions import commit, db_session, state
+from ..schemas.calendar import (
+    CalendarDaySchema,
+    CalendarDayUpdateSchema,
+    CalendarImportResultSchema,
+    CalendarImportSchema,
+    CalendarQueryArgsSchema,
+    CalendarSchema,
+)
+from ..services import calendar as svc
+from .blueprint import Blueprint
+
+blp = Blueprint(
+    "calendar",
+    __name__,
+    url_prefix="/api/v1/calendar",
+    description="Holidays and the weekend days worked in exchange (调休), as data.",
+)
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise NotFound("The day is not in the calendar.") from None
+
+
+@blp.route("")
+class Calendar(MethodView):
+    @blp.requires(AUTHENTICATED)
+    @blp.arguments(CalendarQueryArgsSchema, location="query")
+    @blp.response(200, CalendarSchema)
+    def get(self, args):
+        """The working hours and the days that depart from Monday-Friday"""
+        settings = state().settings
+        return {
+            "working_hours": settings.working_hours,
+            "timezone": settings.timezone,
+            "items": svc.list_days(db_session(), args.get("year")),
+        }
+
+
+@blp.route("/import")
+class CalendarImport(MethodView):
+    @blp.requires("calendar:write")
+    @blp.arguments(CalendarImportSchema)
+    @blp.response(200, CalendarImportResultSchema)
+    def post(self, data):
+        """Import a year's arrangement (the State Council notice), replacing those years
+
+        All or nothing: a file with any bad date changes nothing.
+        """
+        settings = state().settings
+        result = svc.import_days(db_session(), data, settings.working_hours, settings.timezone)
+        audit("calendar.import", "calendar", None, summary=result)
+        commit()
+        return result
+
+
+@blp.route("/<string:day>")
+class CalendarDay(MethodView):
+    @blp.requires("calendar:write")
+    @blp.arguments(CalendarDayUpdateSchema)
+    @blp.response(200, CalendarDaySchema)
+    def put(self, data, day):
+        """Mark a day as a holiday or as a weekend day worked in exchange"""
+        row = svc.set_day(db_session(), _day(day), data["kind"], data["name"])
+        audit("calendar.set", "calendar", day, summary=data)
+        commit()
+        return row
+
+    @blp.requires("calendar:write")
+    @blp.response(204)
+    def delete(self, day):
+        """Return a day to the Monday-Friday rule"""
+        svc.remove_day(db_session(), _day(day))
+        audit("calendar.remove", "calendar", day)
+        commit()

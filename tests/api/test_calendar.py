@@ -1,0 +1,78 @@
+"""The working calendar as data: seeded, read, edited and imported by admins."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from click.testing import CliRunner
+
+from gridapi.cli import main
+from gridapi.services.calendar import working_calendar
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def test_the_seeded_2026_arrangement_is_served(accounts, anon_client):
+    worker = accounts.client("reader1", "admin")
+    r = worker.get("/api/v1/calendar?year=2026")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["working_hours"] == "08:30-12:00,13:30-17:30"
+    days = {d["date"]: d["kind"] for d in body["items"]}
+    assert days["2026-10-01"] == "holiday" and days["2026-10-10"] == "workday"
+    assert days["2026-02-14"] == "workday"
+    assert anon_client.get("/api/v1/calendar").status_code == 401
+
+
+def test_admin_edits_days_and_deadlines_follow(client, accounts, session, factory):
+    factory.regions()
+    # Friday 2026-12-04 16:30 + 4 working hours is Monday 11:30 ...
+    start = datetime(2026, 12, 4, 16, 30, tzinfo=SHANGHAI)
+    cal = working_calendar(session, "08:30-12:00,13:30-17:30", "Asia/Shanghai")
+    assert cal.add_working_hours(start, 4) == datetime(2026, 12, 7, 11, 30, tzinfo=SHANGHAI)
+    # ... until Saturday is worked in exchange and Monday is a holiday.
+    assert (
+        client.put(
+            "/api/v1/calendar/2026-12-05", json={"kind": "workday", "name": "调休"}
+        ).status_code
+        == 200
+    )
+    assert client.put("/api/v1/calendar/2026-12-07", json={"kind": "holiday"}).status_code == 200
+    session.rollback()
+    cal = working_calendar(session, "08:30-12:00,13:30-17:30", "Asia/Shanghai")
+    assert cal.add_working_hours(start, 4) == datetime(2026, 12, 5, 11, 30, tzinfo=SHANGHAI)
+    # A weekday cannot be a workday in exchange; removing returns the day to the rule.
+    r = client.put("/api/v1/calendar/2026-12-08", json={"kind": "workday"})
+    assert r.status_code == 422 and "kind" in r.get_json()["errors"]["json"]
+    assert client.delete("/api/v1/calendar/2026-12-07").status_code == 204
+    assert client.delete("/api/v1/calendar/2026-12-07").status_code == 404
+    county = accounts.client("county1", "county_centre", scope_region="320508000000")
+    assert county.put("/api/v1/calendar/2026-12-12", json={"kind": "workday"}).status_code == 403
+    actions = [e["action"] for e in client.get("/api/v1/audit").get_json()["items"]]
+    assert actions.count("calendar.set") == 2 and actions.count("calendar.remove") == 1
+
+
+def test_import_replaces_a_year_all_or_nothing(client, database_url, settings, tmp_path):
+    year = {"holidays": ["2027-01-01", "2027-02-06", "2027-02-07"], "workdays": ["2027-02-13"]}
+    r = client.post("/api/v1/calendar/import", json={"version": 1, "years": {"2027": year}})
+    assert r.status_code == 200 and r.get_json() == {"years": 1, "holidays": 3, "workdays": 1}
+    days = {d["date"] for d in client.get("/api/v1/calendar?year=2027").get_json()["items"]}
+    assert days == {"2027-01-01", "2027-02-06", "2027-02-07", "2027-02-13"}
+    bad = {
+        "version": 1,
+        "years": {"2027": {"holidays": ["2027-01-01"], "workdays": ["2027-02-10"]}},
+    }
+    assert client.post("/api/v1/calendar/import", json=bad).status_code == 422  # a Wednesday
+    assert {d["date"] for d in client.get("/api/v1/calendar?year=2027").get_json()["items"]} == days
+    # The command line takes the same file.
+    path = tmp_path / "2028.json"
+    path.write_text(json.dumps({"version": 1, "years": {"2028": {"holidays": ["2028-10-02"]}}}))
+    env = {"GRIDAPI_DATABASE_URL": database_url, "GRIDAPI_DATA_DIR": settings.data_dir}
+    result = CliRunner().invoke(main, ["calendar", "import", str(path)], env=env)
+    assert result.exit_code == 0, result.output
+    assert [d["date"] for d in client.get("/api/v1/calendar?year=2028").get_json()["items"]] == [
+        "2028-10-02"
+    ]
+    assert date(2028, 10, 2).weekday() == 0
