@@ -19,7 +19,7 @@ from .db import sqlite_write_intent
 from .errors import DomainError
 from .extensions import state
 from .scope import Scope
-from .security.tokens import InvalidToken, api_key_prefix, digest, same_digest
+from .security.tokens import InvalidToken, api_key_prefix, digest
 
 # The pseudo-permission of operations any authenticated caller may use (sign-out, /me).
 AUTHENTICATED = "authenticated"
@@ -248,8 +248,3 @@ def requires_permission(permission: str):  # type: ignore[no-untyped-def]
         return wrapper
 
     return decorator
-
-
-def secret_matches(stored_hash: str, secret: str) -> bool:
-    """Return whether ``secret`` hashes to ``stored_hash`` (constant time)."""
-    return same_digest(stored_hash, digest(secret))

@@ -340,10 +340,3 @@ def iter_geojson(session: Session, chunk: int = 500, **filters: Any) -> Iterator
         yield (b"" if first else b",") + b",".join(pieces)
         first = False
     yield b"]}"
-
-
-def grid_geometry(grid: Grid) -> Any:
-    """Return the shapely geometry of a grid."""
-    from ..geo.shapes import from_db
-
-    return from_db(grid.geom)
