@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..codes import subtree_prefix
@@ -82,6 +82,15 @@ def user_scope(session: Session, user: User, on: date | None = None) -> Scope:
     return Scope.of_grids(current_grids(session, user.id, on))
 
 
+def assignment_holds_on(day: date):  # type: ignore[no-untyped-def]
+    """Return the condition 'the assignment holds on ``day``' (``valid_to`` is the first day
+    off), the one place the roster's period semantics are written."""
+    return and_(
+        GridAssignment.valid_from <= day,
+        or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > day),
+    )
+
+
 def current_grids(session: Session, user_id: int, on: date | None = None) -> list[str]:
     """Return the codes of the grids a user is assigned to on ``on`` (default today)."""
     day = on or date.today()
@@ -89,8 +98,7 @@ def current_grids(session: Session, user_id: int, on: date | None = None) -> lis
         session.scalars(
             select(GridAssignment.grid_code).where(
                 GridAssignment.user_id == user_id,
-                GridAssignment.valid_from <= day,
-                or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > day),
+                assignment_holds_on(day),
             )
         )
     )
@@ -448,8 +456,7 @@ def users_query(scope: Scope):  # type: ignore[no-untyped-def]
         today = date.today()
         on_roster = select(GridAssignment.user_id).where(
             GridAssignment.grid_code.in_(sorted(scope.grid_codes)),
-            GridAssignment.valid_from <= today,
-            or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > today),
+            assignment_holds_on(today),
         )
         condition = or_(condition, User.id.in_(on_roster))
     return select(User).where(condition)
@@ -648,8 +655,7 @@ def roster(
             .join(User, User.id == GridAssignment.user_id)
             .where(
                 GridAssignment.grid_code == grid_code,
-                GridAssignment.valid_from <= day,
-                or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > day),
+                assignment_holds_on(day),
             )
             .order_by(GridAssignment.is_primary.desc(), User.id)
         ).all()
