@@ -579,7 +579,8 @@ def demo_data(seed: int) -> None:
     from .services.demo import DEMO_PASSWORD, load_demo_county, load_demo_users
 
     settings = _settings()
-    with _sessions().begin() as session:
+    sessions = _sessions()
+    with sessions.begin() as session:
         summary = load_demo_county(session, seed=seed, tolerance_m2=settings.grid_tolerance_m2)
         accounts = load_demo_users(
             session, settings.demo_password or DEMO_PASSWORD, settings.key_bytes("blind_index_key")
@@ -594,7 +595,22 @@ def demo_data(seed: int) -> None:
             summary={"seed": seed, "accounts": len(accounts)},
         )
 
+    # Cases go in a second transaction: routing reads the grids activated by the first.
+    from datetime import UTC, datetime
+
+    from .services.calendar import working_calendar
+    from .services.demo import load_demo_cases
+    from .services.routing import build_snapshot, current_generation
+
+    engine = sessions.kw["bind"]
+    snapshot = build_snapshot(engine, current_generation(engine), settings.routing_snap_meters)
+    with sessions.begin() as session:
+        calendar = working_calendar(session, settings.working_hours, settings.timezone)
+        cases = load_demo_cases(
+            session, snapshot=snapshot, calendar=calendar, now=datetime.now(UTC)
+        )
     click.echo(summary)
+    click.echo(f"{cases} demo cases reported and carried along the workflow")
     hint = "" if settings.demo_password else "; set GRIDAPI_DEMO_PASSWORD to choose another"
     click.echo(f"Demo accounts, password {settings.demo_password or DEMO_PASSWORD}{hint}:")
     for username, role, where in accounts:
@@ -629,9 +645,13 @@ def openapi_write(path: Path) -> None:
 @click.option("--workers", default=None, type=int, help="Default GRIDAPI_WORKERS or automatic.")
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the API under gunicorn (several workers on PostGIS; WAL mode on SQLite)."""
-    from .serving import run
+    from .serving import jobs_in_serve, run
 
     settings = _settings()
+    try:
+        jobs_in_serve(settings)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         run(
             settings,
@@ -641,6 +661,54 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         )
     except SpatialExtensionMissing as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command("worker")
+@click.option("--once", is_flag=True, help="Run every job once, print a line per job, exit.")
+@click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone.")
+def worker(once: bool, parent_pid: int | None) -> None:
+    """Run the background jobs: overdue cases, supervision, escalation, expired keys.
+
+    Without --once, runs them every GRIDAPI_WORKER_INTERVAL_SECONDS until SIGTERM or SIGINT.
+    Several workers may run at once.
+    """
+    import logging
+    import os
+    import signal
+    import threading
+
+    from .services import jobs
+
+    settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    sessions = _sessions()
+    options = jobs.JobOptions.from_settings(settings)
+    if once:
+        results = jobs.run_jobs(sessions, jobs.utcnow(), options)
+        for result in results:
+            click.echo(result.summary())
+        if any(r.errors for r in results):
+            sys.exit(1)
+        return
+    stop = threading.Event()
+    handlers = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    if parent_pid:  # started by `gridapi serve`: end with it, even if it was killed
+
+        def watch_parent() -> None:
+            while not stop.wait(1.0):
+                if os.getppid() != parent_pid:
+                    stop.set()
+
+        threading.Thread(target=watch_parent, daemon=True).start()
+    try:
+        jobs.run_forever(sessions, options, interval=settings.worker_interval_seconds, stop=stop)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,6 +22,8 @@ class Settings:
     workers: int = 0  # 0 = chosen from the engine and the number of cores
     log_level: str = "INFO"
     max_body_mb: float = 32.0
+    attachment_max_mb: float = 10.0
+    attachment_max_megapixels: float = 40.0
     routing_snap_meters: float = 50.0
     routing_refresh_seconds: float = 2.0
     grid_tolerance_m2: float = 1.0
@@ -44,6 +46,13 @@ class Settings:
     timezone: str = "Asia/Shanghai"
     argon2_time_cost: int = 3
     argon2_memory_kib: int = 65536
+    idempotency_days: int = 7
+    duplicate_window_hours: float = 72.0
+    calendar_cache_seconds: float = 10.0
+    worker_interval_seconds: float = 60.0
+    worker_in_serve: str = "auto"  # auto: on with SQLite, off with PostgreSQL; on; off
+    supervision_yellow_hours: float = 0.0
+    supervision_red_hours: float = 24.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, g, jsonify
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,12 @@ def register_error_handlers(app: Flask) -> None:
     def _operational(exc: OperationalError):  # type: ignore[no-untyped-def]
         log.warning("database unavailable: %s", exc.orig)
         body = error_body(503, "The database is unavailable; retry shortly.")
+        return jsonify(body), 503, {"Retry-After": "2"}
+
+    @app.errorhandler(PoolTimeout)
+    def _pool_exhausted(exc: PoolTimeout):  # type: ignore[no-untyped-def]
+        log.warning("no database connection free: %s", exc)
+        body = error_body(503, "The server is busy; retry shortly.")
         return jsonify(body), 503, {"Retry-After": "2"}
 
     @app.errorhandler(Exception)

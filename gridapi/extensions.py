@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from flask import current_app, g
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from .auth import LocalRateLimiter, PrincipalCache
     from .security.tokens import TokenSigner
     from .services.routing import RoutingIndex
+    from .workcalendar import WorkingCalendar
 
 
 @dataclass
@@ -29,6 +32,24 @@ class AppState:
     principals: PrincipalCache
     phone_key: bytes
     client_limits: LocalRateLimiter
+    _calendar: tuple[float, WorkingCalendar] | None = field(default=None, repr=False)
+    _calendar_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def calendar(self, session: Session) -> WorkingCalendar:
+        """Return the working calendar, re-read at most every ``calendar_cache_seconds``
+        (at once in this process after an edit: see ``forget_calendar``)."""
+        cached = self._calendar
+        if cached is not None and time.monotonic() < cached[0]:
+            return cached[1]
+        from .services.calendar import working_calendar
+
+        calendar = working_calendar(session, self.settings.working_hours, self.settings.timezone)
+        with self._calendar_lock:
+            self._calendar = (time.monotonic() + self.settings.calendar_cache_seconds, calendar)
+        return calendar
+
+    def forget_calendar(self) -> None:
+        self._calendar = None
 
 
 def state() -> AppState:

@@ -9,10 +9,29 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import false, or_, true
+from sqlalchemy import and_, false, or_, true
 from sqlalchemy.sql import ColumnElement
 
 from .codes import ancestor_prefix_codes, subtree_prefix
+
+
+def _prefix_bound(prefix: str) -> str | None:
+    """Return the smallest digit string above every string starting with ``prefix``, or None."""
+    digits = prefix.rstrip("9")
+    if not digits:
+        return None
+    return digits[:-1] + str(int(digits[-1]) + 1)
+
+
+def starts_with(column: ColumnElement[str], prefix: str) -> ColumnElement[bool]:
+    """Return 'column starts with prefix' as a range for digit codes, so that B-tree indexes
+    serve it under any collation (PostgreSQL uses an index for LIKE only with C collation)."""
+    if not prefix.isdigit() or not prefix.isascii():
+        return column.startswith(prefix, autoescape=True)
+    bound = _prefix_bound(prefix)
+    if bound is None:
+        return column >= prefix
+    return and_(column >= prefix, column < bound)
 
 
 @dataclass(frozen=True)
@@ -74,7 +93,7 @@ class Scope:
         """Return the condition 'the region code in ``column`` is in scope'."""
         if self.unrestricted:
             return true()
-        parts = [column.startswith(p, autoescape=True) for p in self.prefixes]
+        parts = [starts_with(column, p) for p in self.prefixes]
         if with_ancestors and self.ancestors:
             parts.append(column.in_(sorted(self.ancestors)))
         return or_(*parts) if parts else false()
@@ -85,7 +104,7 @@ class Scope:
         """Return the condition 'the grid is in scope'."""
         if self.unrestricted:
             return true()
-        parts = [community_column.startswith(p, autoescape=True) for p in self.prefixes]
+        parts = [starts_with(community_column, p) for p in self.prefixes]
         if self.grid_codes:
             parts.append(code_column.in_(sorted(self.grid_codes)))
         return or_(*parts) if parts else false()

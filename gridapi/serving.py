@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from dataclasses import fields
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -45,8 +48,53 @@ def _post_worker_init(worker: Any) -> None:
         app.extensions["gridapi"].routing.snapshot()
 
 
+def jobs_in_serve(settings: Settings) -> bool:
+    """Return whether `gridapi serve` runs the background jobs (GRIDAPI_WORKER_IN_SERVE).
+
+    ``auto``: with SQLite, the embedded default, yes; with PostgreSQL run `gridapi worker`
+    as its own service. Raises ValueError for another value.
+    """
+    mode = settings.worker_in_serve.strip().lower()
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"GRIDAPI_WORKER_IN_SERVE={settings.worker_in_serve!r}: auto, on or off")
+    return mode == "on" or (mode == "auto" and settings.engine_name == "sqlite")
+
+
+class JobsProcess:
+    """The one `gridapi worker` beside a server: started and stopped by the gunicorn master.
+
+    A separate process, not a thread in the master (which forks the web workers) nor one
+    per web worker (which would run the jobs N times). It gets the server's settings and
+    stops by itself when the master is gone.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, arbiter: Any) -> None:
+        env = dict(os.environ)
+        for f in fields(self.settings):
+            env[f"GRIDAPI_{f.name.upper()}"] = str(getattr(self.settings, f.name))
+        command = [sys.executable, "-m", "gridapi.cli", "worker", "--parent-pid", str(os.getpid())]
+        self.process = subprocess.Popen(command, env=env)
+        arbiter.log.info("Background jobs: gridapi worker (pid: %s)", self.process.pid)
+
+    def stop(self, arbiter: Any) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
-    """Serve until interrupted. Raises SpatialExtensionMissing before starting."""
+    """Serve until interrupted. Raises SpatialExtensionMissing before starting, ValueError
+    for an invalid GRIDAPI_WORKER_IN_SERVE."""
+    with_jobs = jobs_in_serve(settings)
     engine = make_engine(settings.database_url, spatialite_path=settings.spatialite_path)
     spatial_extension_version(engine)
     engine.dispose()
@@ -62,4 +110,7 @@ def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
         "loglevel": settings.log_level.lower(),
         "post_worker_init": _post_worker_init,
     }
+    if with_jobs:
+        jobs = JobsProcess(settings)
+        options.update(when_ready=jobs.start, on_exit=jobs.stop)
     _Gunicorn(settings, options).run()

@@ -81,6 +81,12 @@ def postgis_url() -> Iterator[str]:
 
 
 TABLES = (
+    "case_attachments",
+    "notifications",
+    "case_events",
+    "cases",
+    "case_counters",
+    "idempotency_keys",
     "grids",
     "grid_versions",
     "regions",
@@ -108,14 +114,14 @@ def _truncate(engine: Engine) -> None:
     from gridapi.models import CalendarDay, Category
 
     with engine.begin() as conn:
+        # TRUNCATE fires no row triggers: the audit log stays append-only for the application.
+        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
         # Categories and calendar days are seed data: put them back as the migrations left them.
         conn.execute(text("UPDATE categories SET parent_code = NULL"))
         conn.execute(text("DELETE FROM categories"))
         conn.execute(Category.__table__.insert(), _migration_seed("0003_categories.py"))
         conn.execute(text("DELETE FROM calendar_days"))
         conn.execute(CalendarDay.__table__.insert(), _migration_seed("0004_calendar.py"))
-        # TRUNCATE fires no row triggers: the audit log stays append-only for the application.
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
         conn.execute(text("UPDATE index_generations SET generation = 0"))
 
 

@@ -26,6 +26,12 @@ OUR_TABLES = {
     "audit_log",
     "categories",
     "calendar_days",
+    "cases",
+    "case_events",
+    "case_attachments",
+    "case_counters",
+    "idempotency_keys",
+    "notifications",
 }
 
 

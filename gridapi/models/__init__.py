@@ -1,6 +1,14 @@
 """SQLAlchemy models; importing this package registers every table on ``Base.metadata``."""
 
 from .base import Base
+from .cases import (
+    Case,
+    CaseAttachment,
+    CaseCounter,
+    CaseEvent,
+    IdempotencyKey,
+    Notification,
+)
 from .categories import CalendarDay, Category
 from .grids import Grid, GridVersion, IndexGeneration
 from .identity import (
@@ -19,12 +27,18 @@ __all__ = [
     "AuditEntry",
     "Base",
     "CalendarDay",
+    "Case",
+    "CaseAttachment",
+    "CaseCounter",
+    "CaseEvent",
     "Category",
     "Department",
     "Grid",
     "GridAssignment",
     "GridVersion",
+    "IdempotencyKey",
     "IndexGeneration",
+    "Notification",
     "RefreshToken",
     "Region",
     "Role",

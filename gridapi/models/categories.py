@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -47,6 +48,8 @@ class Category(Base):
     closure_standard: Mapped[str] = mapped_column(Text, default="")
     sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Escalated by ``gridapi worker`` to the parent level's office when overdue.
+    auto_escalate: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     duplicate_radius_m: Mapped[float] = mapped_column(Float, default=50.0)
     attributes: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -6,9 +6,11 @@ from flask import Flask
 from flask_smorest import Api
 
 from . import (
+    attachments,
     audit,
     auth,
     calendar,
+    cases,
     categories,
     clients,
     departments,
@@ -36,6 +38,8 @@ def register_blueprints(app: Flask, api: Api) -> None:
         audit.blp,
         categories.blp,
         calendar.blp,
+        cases.blp,
+        attachments.blp,
     ):
         api.register_blueprint(blueprint)
     app.register_blueprint(docs.bp)

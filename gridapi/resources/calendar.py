@@ -65,6 +65,7 @@ class CalendarImport(MethodView):
         result = svc.import_days(db_session(), data, settings.working_hours, settings.timezone)
         audit("calendar.import", "calendar", None, summary=result)
         commit()
+        state().forget_calendar()
         return result
 
 
@@ -78,6 +79,7 @@ class CalendarDay(MethodView):
         row = svc.set_day(db_session(), _day(day), data["kind"], data["name"])
         audit("calendar.set", "calendar", day, summary=data)
         commit()
+        state().forget_calendar()
         return row
 
     @blp.requires("calendar:write")
@@ -87,3 +89,4 @@ class CalendarDay(MethodView):
         svc.remove_day(db_session(), _day(day))
         audit("calendar.remove", "calendar", day)
         commit()
+        state().forget_calendar()

@@ -45,6 +45,10 @@ class CategorySchema(StrictSchema):
     closure_standard = fields.String(required=True)
     sensitive = fields.Boolean(required=True)
     urgent = fields.Boolean(required=True)
+    auto_escalate = fields.Boolean(
+        required=True,
+        metadata={"description": "Escalated to the parent level's office when overdue."},
+    )
     duplicate_radius_m = fields.Float(required=True)
     attributes = fields.List(fields.Nested(AttributeSchema), required=True)
     is_active = fields.Boolean(required=True)
@@ -74,6 +78,7 @@ class CategoryUpdateSchema(StrictSchema):
     closure_standard = fields.String(validate=validate.Length(max=5000))
     sensitive = fields.Boolean()
     urgent = fields.Boolean()
+    auto_escalate = fields.Boolean()
     duplicate_radius_m = fields.Float(validate=validate.Range(min=0, max=5000))
     attributes = fields.List(
         fields.Dict(),

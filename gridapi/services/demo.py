@@ -143,3 +143,111 @@ def load_demo_users(
         where = kwargs.get("scope_region") or ",".join(kwargs.get("grids", [])) or "everything"
         out.append((username, role, where))
     return out
+
+
+# Demo cases: (category, description, how far along the workflow, days ago reported).
+_DEMO_ATTRIBUTES = {
+    "5102": {"parties_count": 2, "mediated": "否"},
+    "5301": {"hazard": ["电动车违规充电"], "place_type": "出租房"},
+}
+_DEMO_CASES = [
+    ("0101", "小区门口生活垃圾堆放，未及时清运", "closed", 12),
+    ("0103", "路边绿化带内有建筑垃圾", "closed", 10),
+    ("0501", "人行道上占道经营摊点", "verified", 6),
+    ("0104", "背街小巷乱堆物料", "feedback", 5),
+    ("5301", "出租屋楼道堆放电动车充电", "handling", 4),
+    ("5302", "沿街商铺灭火器过期", "dispatched", 3),
+    ("5102", "邻里因噪音发生纠纷", "filed", 2),
+    ("0101", "垃圾桶满溢", "accepted", 1),
+    ("0201", "小广告张贴在公交站牌", "reported", 0),
+    ("5304", "路口信号灯故障", "reported", 0),
+    ("0101", "菜场门口垃圾未清", "cancelled", 3),
+]
+_STEPS = ["accept", "file", "dispatch", "sign", "feedback", "verify_pass", "close"]
+_STOP_AFTER = {
+    "reported": 0,
+    "accepted": 1,
+    "filed": 2,
+    "dispatched": 3,
+    "handling": 4,
+    "feedback": 5,
+    "verified": 6,
+    "closed": 7,
+}
+
+
+def load_demo_cases(session: Session, *, snapshot, calendar, now) -> int:  # type: ignore[no-untyped-def]
+    """Report demo cases in the first township and carry them along the workflow.
+
+    Each goes through the real services (routing, numbering, deadlines, timeline), reported
+    by the demo worker and handled by the township office, backdated so that deadlines and
+    overdue flags look like a working week. Cases already there (by their client_id) are
+    left alone; returns how many were added.
+    """
+    import uuid
+    from datetime import timedelta
+
+    from ..models import Case, User
+    from .cases import caller_of, report, transition
+    from .identity import user_principal
+
+    def principal(username: str):  # type: ignore[no-untyped-def]
+        user = session.scalars(select(User).where(User.username == username)).one()
+        return user, user_principal(session, user.id, user.token_version)
+
+    worker, worker_p = principal("worker")
+    _, office_p = principal("township")
+    grids = sorted(worker_p.scope.grid_codes)
+    if not grids:
+        return 0
+    index = next(i for i, g in enumerate(snapshot.grids) if g["code"] == grids[0])
+    point = snapshot.geoms[index].representative_point()
+    office = caller_of(session, office_p)
+    handler = caller_of(session, worker_p)
+    added = 0
+    for n, (category, text, status, days_ago) in enumerate(_DEMO_CASES):
+        client_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridapi-demo-case-{n}"))
+        if session.scalar(select(Case.id).where(Case.client_id == client_id)) is not None:
+            continue
+        at = now - timedelta(days=days_ago, hours=n % 5)
+        body = {
+            "category": category,
+            "description": text,
+            "location": {
+                "type": "Point",
+                "coordinates": [point.x + 0.0001 * (n % 3), point.y + 0.0001 * (n % 2)],
+            },
+            "address": "演示地址",
+            "source": "phone",
+            "client_id": client_id,
+            "attributes": _DEMO_ATTRIBUTES.get(category, {}),
+        }
+        case = report(
+            session, body, principal=worker_p, snapshot=snapshot, calendar=calendar, now=at
+        ).case
+        added += 1
+        if status == "cancelled":
+            steps = [("cancel", office, {"comment": "重复上报，已撤销"})]
+        else:
+            steps = []
+            for action in _STEPS[: _STOP_AFTER[status]]:
+                who = handler if action in ("sign", "feedback") else office
+                extra: dict = {}
+                if action == "dispatch":
+                    extra = {"assignee_id": worker.id}
+                if action == "feedback":
+                    extra = {"comment": "已现场处置完毕"}
+                steps.append((action, who, extra))
+        for i, (action, who, extra) in enumerate(steps):
+            step_at = min(at + timedelta(hours=3 * (i + 1)), now)
+            case, _ = transition(
+                session,
+                case.id,
+                {"action": action, **extra},
+                caller=who,
+                calendar=calendar,
+                now=step_at,
+                if_match="*",
+            )
+    session.flush()
+    return added

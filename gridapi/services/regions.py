@@ -10,7 +10,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import shapely
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..codes import (
@@ -249,7 +249,21 @@ def create_region(
     )
     session.add(region)
     session.flush()
+    routing_changed(session)
     return region
+
+
+def routing_changed(session: Session) -> None:
+    """Tell every process's routing index to reload: it holds region names and boundaries
+    (for points no grid takes), so a region write moves the generation as activations do."""
+    from ..models import IndexGeneration
+    from ..models.base import utcnow
+
+    session.execute(
+        update(IndexGeneration)
+        .where(IndexGeneration.name == "grids")
+        .values(generation=IndexGeneration.generation + 1, changed_at=utcnow())
+    )
 
 
 def _check_period(
@@ -323,6 +337,7 @@ def update_region(session: Session, code: str, changes: dict[str, Any], *, scope
         _check_period(region.valid_from, region.valid_to)
         _check_no_overlap(session, code, region.valid_from, region.valid_to, exclude=region.id)
         session.flush()
+        routing_changed(session)
         return region
     _check_period(effective, changes.get("valid_to"), start_field="effective_from")
     if region.valid_from is not None and effective <= region.valid_from:
@@ -345,6 +360,7 @@ def update_region(session: Session, code: str, changes: dict[str, Any], *, scope
     session.flush()
     session.add(successor)
     session.flush()
+    routing_changed(session)
     return successor
 
 
@@ -534,6 +550,8 @@ def import_regions(session: Session, rows: list[Any], *, scope: Scope) -> Import
         else:
             result.unchanged.append(code)
     session.flush()
+    if result.created or result.updated:
+        routing_changed(session)
     return result
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
 from ..codes import LEVEL_DEPTH, ancestor_prefix_codes
+from ..db import sqlite_write_intent
 from ..geo.geodesy import distance_m, metres_to_degrees
 from ..jsonio import dumps_bytes
 from ..models import Grid, Region
@@ -99,10 +100,18 @@ class IndexSnapshot:
         self.region_geoms = region_geoms
         self.region_tree = STRtree(region_geoms)
         self._encoded: dict[int, bytes] = {}
+        self._by_code: dict[str, int] | None = None
         self._build_cells()
 
     def __len__(self) -> int:
         return len(self.grids)
+
+    def grid_name(self, code: str) -> str | None:
+        """Return the name of the grid in service with ``code``, or None."""
+        if self._by_code is None:
+            self._by_code = {g["code"]: i for i, g in enumerate(self.grids)}
+        index = self._by_code.get(code)
+        return self.grids[index]["name"] if index is not None else None
 
     def _build_cells(self) -> None:
         """Index grids by a uniform lattice of cells about one grid wide.
@@ -315,10 +324,20 @@ class RoutingIndex:
                 and time.monotonic() - self._checked_at < self.refresh_seconds
             ):
                 return self._snapshot
-            generation = current_generation(self.engine)
-            if self._snapshot is None or self._snapshot.generation != generation:
-                started = time.perf_counter()
-                self._snapshot = build_snapshot(self.engine, generation, self.snap_meters)
+            # Plain reads on connections of their own: on SQLite a write request's BEGIN
+            # IMMEDIATE here would wait on the request's own write lock.
+            token = sqlite_write_intent.set(False)
+            try:
+                generation = current_generation(self.engine)
+                if self._snapshot is None or self._snapshot.generation != generation:
+                    started = time.perf_counter()
+                    self._snapshot = build_snapshot(self.engine, generation, self.snap_meters)
+                    rebuilt = True
+                else:
+                    rebuilt = False
+            finally:
+                sqlite_write_intent.reset(token)
+            if rebuilt:
                 log.info(
                     "routing index generation %s: %d grids in %.2f s",
                     generation,

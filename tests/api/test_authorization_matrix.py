@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import io
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -319,19 +320,63 @@ class World:
         ok(self.setup.post("/api/v1/categories", json={"code": code, "name": "测试小类"}), 201)
         return code
 
+    def case(self, area: Area, reporter: Any = None) -> int:
+        """Return a new case at the centre of the area's first grid, reported by ``reporter``
+        (a signed-in client; ``setup`` by default)."""
+        point = {"type": "Point", "coordinates": list(center(area.grids[0]))}
+        body = {"category": "0101", "description": "矩阵事件", "location": point}
+        return ok((reporter or self.setup).post("/api/v1/cases", json=body), 201)["id"]
+
+    def step(self, case_id: int, action: str, **data: Any) -> str:
+        """Take a workflow step on the case as ``setup``; return the case's new ETag."""
+        etag = self.setup.get(f"/api/v1/cases/{case_id}").headers["ETag"]
+        r = self.setup.post(
+            f"/api/v1/cases/{case_id}/transitions",
+            json={"action": action, "comment": "矩阵", **data},
+            headers={"If-Match": etag},
+        )
+        return f'"{case_id}-{ok(r)["version"]}"'
+
+    def dispatched_case(self, area: Area, assignee: int) -> tuple[int, str]:
+        """Return a new case of the area dispatched to the account ``assignee``, and its ETag."""
+        case_id = self.case(area)
+        self.step(case_id, "accept")
+        self.step(case_id, "file")
+        return case_id, self.step(case_id, "dispatch", assignee_id=assignee)
+
+    def closed_case(self, area: Area, reporter: Any) -> int:
+        """Return a new case of the area reported by ``reporter``, resolved and closed."""
+        case_id = self.case(area, reporter)
+        for action in ("accept", "file", "feedback", "verify_pass", "close"):
+            self.step(case_id, action)
+        return case_id
+
+    def attachment(self, area: Area) -> tuple[int, int]:
+        """Return (case id, attachment id) of a small PNG attached to a new case of the area."""
+        case_id = self.case(area)
+        r = self.setup.post(
+            f"/api/v1/cases/{case_id}/attachments",
+            data=photo_upload(),
+            content_type="multipart/form-data",
+        )
+        return case_id, ok(r, 201)["id"]
+
 
 # --- requests -------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Call:
-    """A concrete request: path parameters, query, JSON body, and who sends it when not the
-    caller under test itself (a fresh account like it, for password changes and sign-out)."""
+    """A concrete request: path parameters, query, JSON body (or multipart ``files``), and who
+    sends it when not the caller under test itself (a fresh account like it, for password
+    changes and sign-out)."""
 
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     query: dict[str, Any] | None = None
     json: Any = None
     sender: Any = None
+    files: dict[str, Any] | None = None
+    headers: dict[str, str] | None = None
 
 
 @dataclasses.dataclass
@@ -449,6 +494,58 @@ def end_assignment(c: Ctx) -> Call:
 def new_department(c: Ctx) -> Call:
     code = f"D{next(c.world.serial)}"
     return Call(json={"code": code, "name": "市场监管", "region_code": c.area.community})
+
+
+def photo_upload() -> dict[str, Any]:
+    """Return the multipart fields of an upload of a small PNG."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(out, "PNG")
+    return {"file": (io.BytesIO(out.getvalue()), "evidence.png")}
+
+
+def attachment(c: Ctx) -> Call:
+    case_id, attachment_id = c.fresh(c.world.attachment, missing=(c.missing_id, c.missing_id))
+    return Call(params={"case_id": case_id, "attachment_id": attachment_id})
+
+
+def new_case(c: Ctx) -> Call:
+    point = {"type": "Point", "coordinates": list(center(c.area.grids[0]))}
+    return Call(json={"category": "0101", "description": "矩阵事件", "location": point})
+
+
+def a_case(c: Ctx) -> Call:
+    return Call(params={"case_id": c.fresh(c.world.case)})
+
+
+def sign(c: Ctx) -> Call:
+    """Sign for a case dispatched to the caller itself (any account may be dispatched to,
+    and its handler may sign whatever its role); out of scope, one dispatched to the area's
+    member. The ETag is current: only the scope decides."""
+    if c.variant == "missing":
+        etag = f'"{c.missing_id}-4"'
+        return Call(
+            params={"case_id": c.missing_id}, json={"action": "sign"}, headers={"If-Match": etag}
+        )
+    account = c.world.accounts.ids.get(f"actor_{c.actor}")
+    if c.variant == "out" or account is None:  # an app, nobody
+        account = c.object("member")
+    case_id, etag = c.world.dispatched_case(c.area, account)
+    return Call(params={"case_id": case_id}, json={"action": "sign"}, headers={"If-Match": etag})
+
+
+def rate(c: Ctx) -> Call:
+    """Rate a closed case the caller reported itself; out of scope one the ``setup`` admin
+    reported (unless the caller's area covers it: then the caller reports it, as in scope)."""
+    if c.variant == "missing":
+        return Call(params={"case_id": c.missing_id}, json={"score": 5})
+    spec = c.world.actors[c.actor]
+    reporter = c.world.setup
+    person = bool(spec) and "scopes" not in spec
+    if person and (c.variant == "in" or actor_scope(spec).covers_region(c.area.community)):
+        reporter = c.world.clients[c.actor]
+    return Call(params={"case_id": c.world.closed_case(c.area, reporter)}, json={"score": 5})
 
 
 def new_client(c: Ctx) -> Call:
@@ -576,6 +673,29 @@ REQUESTS: dict[tuple[str, str], Case] = {
     ("DELETE", "/api/v1/calendar/{day}"): Case(
         lambda c: Call(params={"day": c.world.calendar_day()}), out=None
     ),
+    # cases: anyone may report anywhere (the area holding the point takes the case in);
+    # a case out of scope answers like a missing one
+    ("GET", "/api/v1/cases"): Case(filtered("region"), out=200),
+    ("POST", "/api/v1/cases"): Case(new_case, out=201),
+    ("GET", "/api/v1/cases/queues"): Case(plain, out=None),
+    ("GET", "/api/v1/cases/{case_id}"): Case(a_case, out=404),
+    ("GET", "/api/v1/cases/{case_id}/timeline"): Case(a_case, out=404),
+    ("POST", "/api/v1/cases/{case_id}/transitions"): Case(sign, out=404),
+    ("POST", "/api/v1/cases/{case_id}/rating"): Case(rate, out=404),
+    # evidence photos of cases: a case out of scope answers like a missing one
+    ("GET", "/api/v1/cases/{case_id}/attachments"): Case(
+        lambda c: Call(params={"case_id": c.fresh(c.world.case)}), out=404
+    ),
+    ("POST", "/api/v1/cases/{case_id}/attachments"): Case(
+        lambda c: Call(params={"case_id": c.fresh(c.world.case)}, files=photo_upload()),
+        out=404,
+    ),
+    ("GET", "/api/v1/cases/{case_id}/attachments/{attachment_id}/content"): Case(
+        attachment, out=404
+    ),
+    ("GET", "/api/v1/cases/{case_id}/attachments/{attachment_id}/thumbnail"): Case(
+        attachment, out=404
+    ),
 }
 
 
@@ -646,8 +766,15 @@ class Prepared:
     call: Call
 
     def send(self) -> Any:
+        body: dict[str, Any] = {"json": self.call.json}
+        if self.call.files is not None:
+            body = {"data": self.call.files, "content_type": "multipart/form-data"}
         return self.sender.open(
-            self.url, method=self.method, query_string=self.call.query, json=self.call.json
+            self.url,
+            method=self.method,
+            query_string=self.call.query,
+            headers=self.call.headers,
+            **body,
         )
 
 

@@ -95,3 +95,22 @@ def test_unexpected_error_is_500_without_internals(app, client, monkeypatch):
     text = response.get_data(as_text=True)
     assert "secret" not in text and "Traceback" not in text and "SELECT" not in text
     assert response.headers["X-Request-ID"] in body["message"]
+
+
+def test_no_free_database_connection_is_503_with_retry_after(app, client, engine):
+    """Every pooled connection busy (a burst of requests waiting on locks): the request gets
+    503 and Retry-After in the one error body, not a 500."""
+    held = []
+    engine.pool._timeout = 0.2  # the wait for a connection, shortened for the test
+    try:
+        while True:
+            try:
+                held.append(engine.connect())
+            except Exception:
+                break
+            assert len(held) <= 50, "the engine's pool never runs out"
+        body = _assert_error(client.get("/api/v1/categories"), 503)
+        assert "retry" in body["message"]
+    finally:
+        for conn in held:
+            conn.close()

@@ -1,0 +1,213 @@
+"""Evidence photos of cases over HTTP: upload (multipart), list, download a photo or thumbnail."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+from urllib.parse import quote
+
+from flask import Response, request, url_for
+from flask.views import MethodView
+
+from ..auditing import audit
+from ..auth import current_principal
+from ..extensions import commit, db_session, state
+from ..models import CaseAttachment
+from ..schemas.attachments import AttachmentListSchema, AttachmentSchema, AttachmentUploadSchema
+from ..services import attachments as svc
+from ..services import cases as cases_svc
+from .blueprint import Blueprint
+
+blp = Blueprint(
+    "attachments",
+    __name__,
+    url_prefix="/api/v1",
+    description="Evidence photos of cases: JPEG, PNG or WebP, checked and stored re-encoded "
+    "without metadata (no EXIF, GPS, XMP, ICC profile or text); the capture time and place "
+    "read from EXIF are shown only to callers with `cases:evidence_location`.",
+)
+
+# Photos never change (they are named by their hash), but access to them can be withdrawn.
+MAX_AGE_SECONDS = 3600
+_LOCATION_PERMISSION = "cases:evidence_location"
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_FILE_HEADERS = {
+    "ETag": {"description": "The SHA-256 of the bytes, quoted.", "schema": {"type": "string"}},
+    "Cache-Control": {
+        "schema": {"type": "string", "example": f"private, max-age={MAX_AGE_SECONDS}"}
+    },
+    "Content-Disposition": {
+        "schema": {"type": "string", "example": 'inline; filename="photo.jpg"'}
+    },
+    "X-Content-Type-Options": {"schema": {"type": "string", "example": "nosniff"}},
+}
+
+
+def _file_doc(what: str) -> dict[str, Any]:
+    return {
+        "responses": {
+            "200": {
+                "description": what,
+                "headers": _FILE_HEADERS,
+                "content": {ct: _BINARY for ct in ("image/jpeg", "image/png", "image/webp")},
+            }
+        }
+    }
+
+
+def attachment_view(att: CaseAttachment, caller: cases_svc.Caller) -> dict[str, Any]:
+    """Return the API representation of an attachment for ``caller`` (where and when it was
+    taken only with ``cases:evidence_location``)."""
+    ids = {"case_id": att.case_id, "attachment_id": att.id}
+    view: dict[str, Any] = {
+        "id": att.id,
+        "case_id": att.case_id,
+        "content_type": att.content_type,
+        "width": att.width,
+        "height": att.height,
+        "size_bytes": att.size_bytes,
+        "sha256": att.sha256,
+        "filename": att.filename,
+        "created_at": att.created_at,
+        "uploaded_by": att.uploaded_by,
+        "links": {
+            "content": url_for("attachments.AttachmentContent", **ids),
+            "thumbnail": url_for("attachments.AttachmentThumbnail", **ids),
+        },
+    }
+    if caller.principal.can(_LOCATION_PERMISSION):
+        view["taken_at"] = att.taken_at
+        located = att.gps_lon is not None and att.gps_lat is not None
+        view["gps"] = (
+            {"type": "Point", "coordinates": [att.gps_lon, att.gps_lat]} if located else None
+        )
+    return view
+
+
+def _download_name(att: CaseAttachment, *, thumbnail: bool) -> str:
+    """Return the name to offer: the uploaded one with the stored format's extension."""
+    fmt = svc.CONTENT_TYPES[att.content_type]
+    _, ext, extensions = svc.FORMATS[fmt]
+    stem, _, given_ext = att.filename.rpartition(".")
+    if not stem or given_ext.lower() not in extensions:
+        stem = att.filename or f"attachment-{att.id}"
+    if thumbnail:
+        stem += "-thumbnail"
+    return f"{stem}.{ext}"
+
+
+def _content_disposition(name: str) -> str:
+    """Return ``inline`` with a plain ASCII name, and the real name (RFC 6266) when it is not."""
+    stem, _, ext = name.rpartition(".")
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    ascii_stem = re.sub(r"[^A-Za-z0-9._-]", "_", ascii_stem).strip("._") or "attachment"
+    ascii_name = f"{ascii_stem}.{ext}"
+    value = f'inline; filename="{ascii_name}"'
+    if ascii_name != name:
+        value += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return value
+
+
+def _send(case_id: int, attachment_id: int, *, thumbnail: bool) -> Response:
+    """Answer with the stored bytes of the photo or its thumbnail (304 on a matching ETag)."""
+    session = db_session()
+    caller = cases_svc.caller_of(session, current_principal())
+    case_obj = cases_svc.get_case(session, case_id, caller)
+    att = svc.get_attachment(session, case_obj, attachment_id)
+    digest = att.thumbnail_sha256 if thumbnail else att.sha256
+    store = svc.AttachmentStore.from_settings(state().settings)
+    # A missing file is the server's fault (storage lost): it answers 500 and is logged.
+    data = store.path(digest, att.content_type).read_bytes()
+    response = Response(data, mimetype=att.content_type)
+    response.set_etag(digest)
+    response.headers["Cache-Control"] = f"private, max-age={MAX_AGE_SECONDS}"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response.headers["Content-Disposition"] = _content_disposition(
+        _download_name(att, thumbnail=thumbnail)
+    )
+    return response.make_conditional(request)
+
+
+@blp.route("/cases/<int:case_id>/attachments")
+class Attachments(MethodView):
+    @blp.requires("cases:write")
+    @blp.arguments(AttachmentUploadSchema, location="files")
+    @blp.response(201, AttachmentSchema)
+    def post(self, data, case_id):
+        """Attach a photo to a case
+
+        `multipart/form-data` with the photo in the field `file`. Refused with 422 (nothing
+        stored; `errors.files.file` says why) when it is too large or has too many pixels,
+        is not a JPEG, PNG or WebP by its content (SVG, HTML, PDF, polyglots), is truncated
+        or corrupt, or its file name or declared type names another format. The stored copy
+        is re-encoded in the same format, upright, with no metadata; EXIF capture time and
+        position are kept apart (shown only with `cases:evidence_location`).
+
+        Safe to retry: the same bytes sent to the same case again answer the first
+        attachment (201, same body) and store nothing.
+        """
+        principal = current_principal()
+        assert principal is not None
+        session = db_session()
+        caller = cases_svc.caller_of(session, principal)
+        case_obj = cases_svc.get_case(session, case_id, caller)
+        store = svc.AttachmentStore.from_settings(state().settings)
+        upload = data["file"]
+        # One byte more than allowed is enough to tell an upload is too large.
+        raw = upload.stream.read(store.max_bytes + 1)
+        att, created = svc.attach(
+            session,
+            case_obj,
+            raw,
+            filename=upload.filename,
+            content_type=upload.content_type,
+            uploaded_by=principal.actor_id,
+            store=store,
+        )
+        view = attachment_view(att, caller)
+        if created:
+            audit(
+                "case.attach",
+                "case",
+                case_obj.id,
+                summary={"attachment_id": att.id, "sha256": att.sha256, "bytes": att.size_bytes},
+                region_code=case_obj.region_code,
+            )
+            commit()
+        return view
+
+    @blp.requires("cases:read")
+    @blp.response(200, AttachmentListSchema)
+    def get(self, case_id):
+        """List a case's photos, oldest first"""
+        session = db_session()
+        caller = cases_svc.caller_of(session, current_principal())
+        case_obj = cases_svc.get_case(session, case_id, caller)
+        rows = svc.list_attachments(session, case_obj)
+        return {"items": [attachment_view(att, caller) for att in rows]}
+
+
+@blp.route("/cases/<int:case_id>/attachments/<int:attachment_id>/content")
+class AttachmentContent(MethodView):
+    @blp.requires("cases:read")
+    @blp.response(200)
+    @blp.doc(**_file_doc("The stored photo (no metadata), in its own format."))
+    def get(self, case_id, attachment_id):
+        """Download a photo
+
+        Served inline with `X-Content-Type-Options: nosniff`, a private cache lifetime and
+        the SHA-256 as ETag (`If-None-Match` answers 304).
+        """
+        return _send(case_id, attachment_id, thumbnail=False)
+
+
+@blp.route("/cases/<int:case_id>/attachments/<int:attachment_id>/thumbnail")
+class AttachmentThumbnail(MethodView):
+    @blp.requires("cases:read")
+    @blp.response(200)
+    @blp.doc(**_file_doc("The thumbnail: at most 320 px on its longer side, same format."))
+    def get(self, case_id, attachment_id):
+        """Download a photo's thumbnail"""
+        return _send(case_id, attachment_id, thumbnail=True)

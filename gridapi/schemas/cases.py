@@ -1,0 +1,341 @@
+"""Schemas of cases: the report a phone sends, the case, its timeline, lists and queues."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from marshmallow import ValidationError, fields, validate, validates, validates_schema
+from webargs.fields import DelimitedList
+
+from ..geo.crs import SUPPORTED_CRS
+from ..models.cases import SEVERITIES, SOURCES, STATUSES, SUPERVISION_LEVELS
+from ..services.cases import ACTIONS, SORTS
+from .common import PointSchema, StrictSchema
+from .locate import CRS_FIELD_DOC
+
+
+class PartySchema(StrictSchema):
+    role = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=50),
+        metadata={"description": "e.g. 当事人, 投诉人, 被投诉人, 证人.", "example": "当事人"},
+    )
+    name = fields.String(validate=validate.Length(max=100), metadata={"example": "王某"})
+    note = fields.String(validate=validate.Length(max=500))
+
+
+class CaseCreateSchema(StrictSchema):
+    category = fields.String(
+        required=True,
+        validate=validate.Regexp(r"^([0-9]{2}|[0-9]{4})\Z", error="a category code"),
+        metadata={"description": "Category code (a subclass, or a class).", "example": "0101"},
+    )
+    description = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=5000),
+        metadata={"example": "小区门口垃圾堆放"},
+    )
+    location = fields.Nested(
+        PointSchema,
+        required=True,
+        metadata={"description": "GeoJSON Point [lon, lat] in the system named by `crs`."},
+    )
+    crs = fields.String(
+        load_default="wgs84",
+        validate=validate.OneOf(SUPPORTED_CRS),
+        metadata={"description": CRS_FIELD_DOC},
+    )
+    accuracy_m = fields.Float(
+        allow_none=True,
+        validate=validate.Range(min=0, max=100_000),
+        metadata={"description": "The phone's reported horizontal accuracy, metres."},
+    )
+    address = fields.String(load_default="", validate=validate.Length(max=500))
+    occurred_at = fields.AwareDateTime(
+        allow_none=True,
+        metadata={"description": "When it happened (ISO 8601 with a time zone)."},
+    )
+    source = fields.String(validate=validate.OneOf(SOURCES), metadata={"example": "phone"})
+    urgent = fields.Boolean(load_default=False)
+    severity = fields.String(load_default="general", validate=validate.OneOf(SEVERITIES))
+    parties = fields.List(
+        fields.Nested(PartySchema), load_default=list, validate=validate.Length(max=50)
+    )
+    attributes = fields.Dict(
+        load_default=dict,
+        metadata={"description": "Values of the category's extra attributes, by code."},
+    )
+    client_id = fields.UUID(
+        allow_none=True,
+        metadata={
+            "description": "The phone's own id for this report: a repeat from the same caller "
+            "returns the first answer and creates nothing."
+        },
+    )
+
+    @validates_schema
+    def _coordinates(self, data: dict[str, Any], **kwargs: Any) -> None:
+        location = data.get("location")
+        if not location:
+            return
+        lon, lat = location["coordinates"]
+        if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+            raise ValidationError(
+                {"location": {"coordinates": ["lon must be in -180..180 and lat in -90..90"]}}
+            )
+
+    @validates("occurred_at")
+    def _not_future(self, value: datetime | None, **kwargs: Any) -> None:
+        if value is not None and value > datetime.now(UTC) + timedelta(minutes=10):
+            raise ValidationError("lies in the future")
+
+
+class NamedCodeSchema(StrictSchema):
+    code = fields.String(required=True)
+    name = fields.String(allow_none=True)
+
+
+class CaseGridSchema(StrictSchema):
+    code = fields.String(required=True, metadata={"example": "320508001001001"})
+    name = fields.String(allow_none=True)
+    version_id = fields.Integer(required=True)
+
+
+class RoutingInfoSchema(StrictSchema):
+    method = fields.String(
+        required=True,
+        metadata={"description": "inside, boundary, snapped, or none (unrouted)."},
+    )
+    distance_m = fields.Float(allow_none=True)
+    unrouted = fields.Boolean(required=True)
+    grid_version_id = fields.Integer(allow_none=True)
+
+
+class ResponsibleSchema(StrictSchema):
+    unit = fields.Nested(NamedCodeSchema, required=True)
+    department_id = fields.Integer(allow_none=True)
+    assignee_id = fields.Integer(allow_none=True)
+
+
+class DeadlinesSchema(StrictSchema):
+    accept = fields.DateTime(allow_none=True, metadata={"description": "Acceptance deadline."})
+    handle = fields.DateTime(
+        allow_none=True, metadata={"description": "Handling (closure) deadline, set on filing."}
+    )
+    verify = fields.DateTime(
+        allow_none=True, metadata={"description": "Verification deadline, set on feedback."}
+    )
+
+
+class SatisfactionSchema(StrictSchema):
+    score = fields.Integer(required=True)
+    comment = fields.String(allow_none=True)
+    rated_at = fields.DateTime(required=True)
+
+
+class PossibleDuplicateSchema(StrictSchema):
+    id = fields.Integer(required=True)
+    number = fields.String(required=True)
+    status = fields.String(required=True)
+    distance_m = fields.Float(required=True)
+    reported_at = fields.DateTime(required=True)
+
+
+class ReportedLocationSchema(StrictSchema):
+    coordinates = fields.List(fields.Float(), required=True)
+    crs = fields.String(required=True)
+
+
+class CaseSchema(StrictSchema):
+    id = fields.Integer(required=True)
+    number = fields.String(required=True, metadata={"example": "320508-20261128-0001"})
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    status_name = fields.String(required=True, metadata={"example": "已上报"})
+    category = fields.Nested(NamedCodeSchema, required=True)
+    description = fields.String(required=True)
+    source = fields.String(required=True)
+    urgent = fields.Boolean(required=True)
+    severity = fields.String(required=True)
+    sensitive = fields.Boolean(
+        required=True,
+        metadata={"description": "Seen only by the unit holding it, its handler and reporter."},
+    )
+    parties = fields.List(fields.Nested(PartySchema), required=True)
+    attributes = fields.Dict(required=True)
+    location = fields.Nested(PointSchema, required=True, metadata={"description": "WGS-84."})
+    reported_location = fields.Nested(ReportedLocationSchema, required=True)
+    accuracy_m = fields.Float(allow_none=True)
+    address = fields.String(required=True)
+    occurred_at = fields.DateTime(allow_none=True)
+    reported_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
+    grid = fields.Nested(CaseGridSchema, allow_none=True, required=True)
+    community = fields.Nested(NamedCodeSchema, allow_none=True, required=True)
+    township = fields.Nested(NamedCodeSchema, allow_none=True, required=True)
+    county_code = fields.String(required=True)
+    region_code = fields.String(
+        required=True, metadata={"description": "The community, or the intake region."}
+    )
+    routing = fields.Nested(RoutingInfoSchema, required=True)
+    responsible = fields.Nested(ResponsibleSchema, required=True)
+    deadlines = fields.Nested(DeadlinesSchema, required=True)
+    overdue = fields.Boolean(required=True)
+    overdue_since = fields.DateTime(allow_none=True)
+    supervision = fields.String(required=True, validate=validate.OneOf(SUPERVISION_LEVELS))
+    rework_count = fields.Integer(required=True)
+    extension_count = fields.Integer(required=True)
+    escalation_count = fields.Integer(required=True)
+    reopen_count = fields.Integer(required=True)
+    extension_request = fields.Dict(allow_none=True)
+    duplicate_of = fields.Integer(allow_none=True)
+    duplicates = fields.List(fields.Integer())
+    satisfaction = fields.Nested(SatisfactionSchema, allow_none=True)
+    client_id = fields.String(allow_none=True)
+    reporter = fields.String(required=True, metadata={"description": "user:<id> or client:<id>"})
+    version = fields.Integer(required=True, metadata={"description": "Also the ETag."})
+    allowed_actions = fields.List(
+        fields.String(), required=True, metadata={"description": "What the caller may do now."}
+    )
+    possible_duplicates = fields.List(
+        fields.Nested(PossibleDuplicateSchema),
+        metadata={"description": "On report: open cases that may be the same thing."},
+    )
+
+
+class CaseListSchema(StrictSchema):
+    items = fields.List(fields.Nested(CaseSchema), required=True)
+    next_cursor = fields.String(allow_none=True, required=True)
+
+
+def _comma_list(choices: tuple[str, ...]) -> fields.Field:
+    return DelimitedList(
+        fields.String(validate=validate.OneOf(choices)),
+        metadata={"description": "Comma-separated: " + ", ".join(choices)},
+    )
+
+
+class CaseQueryArgsSchema(StrictSchema):
+    status = _comma_list(STATUSES)
+    open = fields.Boolean(metadata={"description": "Only open (true) or finished (false)."})
+    category = fields.String(
+        validate=validate.Regexp(r"^([0-9]{2}|[0-9]{4})\Z"),
+        metadata={"description": "A subclass, or a class with all its subclasses."},
+    )
+    region = fields.String(
+        validate=validate.Regexp(r"^[0-9]{12}\Z"),
+        metadata={"description": "Cases located in this region's subtree."},
+    )
+    grid = fields.String(validate=validate.Regexp(r"^[0-9]{15}\Z"))
+    from_ = fields.AwareDateTime(data_key="from", metadata={"description": "Reported at or after."})
+    to = fields.AwareDateTime(metadata={"description": "Reported before."})
+    overdue = fields.Boolean()
+    supervision = fields.String(validate=validate.OneOf(SUPERVISION_LEVELS))
+    assignee = fields.String(
+        validate=validate.Regexp(r"^(me|[0-9]{1,12})\Z"),
+        metadata={"description": "A user id, or `me`."},
+    )
+    unrouted = fields.Boolean()
+    source = fields.String(validate=validate.OneOf(SOURCES))
+    bbox = DelimitedList(
+        fields.Float(allow_nan=False),
+        validate=validate.Length(equal=4),
+        metadata={"description": "west,south,east,north in WGS-84."},
+    )
+    q = fields.String(
+        validate=validate.Length(min=1, max=100),
+        metadata={"description": "Text in the description, address or number."},
+    )
+    sort = fields.String(load_default="-reported_at", validate=validate.OneOf(sorted(SORTS)))
+    cursor = fields.String(validate=validate.Length(max=200))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+    @validates_schema
+    def _bbox(self, data: dict[str, Any], **kwargs: Any) -> None:
+        box = data.get("bbox")
+        if box and not (box[0] <= box[2] and box[1] <= box[3]):
+            raise ValidationError({"bbox": ["west <= east and south <= north"]})
+
+
+class TransitionSchema(StrictSchema):
+    action = fields.String(
+        required=True,
+        validate=validate.OneOf(sorted(ACTIONS)),
+        metadata={"example": "accept"},
+    )
+    comment = fields.String(
+        load_default="",
+        validate=validate.Length(max=5000),
+        metadata={
+            "description": "Required for reject, return, escalate, transfer, "
+            "request_extension, deny_extension, feedback, verify_fail, reopen and cancel."
+        },
+    )
+    assignee_id = fields.Integer(allow_none=True, metadata={"description": "dispatch: the worker."})
+    department_id = fields.Integer(
+        allow_none=True, metadata={"description": "dispatch: the department."}
+    )
+    unit = fields.String(
+        allow_none=True,
+        validate=validate.Regexp(r"^[0-9]{12}\Z"),
+        metadata={"description": "dispatch (交办, a lower unit) or transfer: a region code."},
+    )
+    amount = fields.Integer(
+        allow_none=True,
+        validate=validate.Range(min=1, max=1000),
+        metadata={"description": "request_extension: how much more time."},
+    )
+    unit_of_time = fields.String(
+        load_default="days",
+        validate=validate.OneOf(("hours", "days")),
+        metadata={"description": "request_extension: working hours or working days."},
+    )
+    level = fields.String(
+        allow_none=True,
+        validate=validate.OneOf(SUPERVISION_LEVELS),
+        metadata={"description": "supervise: normal, yellow or red."},
+    )
+    duplicate_of = fields.Integer(
+        allow_none=True, metadata={"description": "duplicate: the case this one repeats."}
+    )
+    evidence = fields.List(
+        fields.Integer(),
+        load_default=list,
+        validate=validate.Length(max=20),
+        metadata={"description": "Ids of attachments of this case that support the step."},
+    )
+
+
+class TimelineEntrySchema(StrictSchema):
+    seq = fields.Integer(required=True)
+    action = fields.String(required=True)
+    from_status = fields.String(allow_none=True, required=True)
+    to_status = fields.String(required=True)
+    actor = fields.String(required=True)
+    actor_name = fields.String(required=True)
+    at = fields.DateTime(required=True)
+    comment = fields.String(required=True)
+    unit = fields.String(allow_none=True, attribute="responsible_region_code")
+    data = fields.Dict(required=True)
+    evidence = fields.List(fields.Integer(), required=True)
+
+
+class TimelineSchema(StrictSchema):
+    case_id = fields.Integer(required=True)
+    number = fields.String(required=True)
+    items = fields.List(fields.Nested(TimelineEntrySchema), required=True)
+
+
+class RatingSchema(StrictSchema):
+    score = fields.Integer(required=True, validate=validate.Range(min=1, max=5))
+    comment = fields.String(load_default="", validate=validate.Length(max=2000))
+
+
+class QueueSchema(StrictSchema):
+    queue = fields.String(required=True, metadata={"example": "intake"})
+    name = fields.String(required=True, metadata={"example": "待受理"})
+    count = fields.Integer(required=True)
+
+
+class QueuesSchema(StrictSchema):
+    items = fields.List(fields.Nested(QueueSchema), required=True)

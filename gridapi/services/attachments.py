@@ -1,0 +1,460 @@
+"""Evidence photos of cases: checked, re-encoded without metadata, stored by content hash.
+
+An upload is refused (422, nothing stored) when it is too large, has too many pixels, is not
+a JPEG, PNG or WebP by its content, carries markup, is truncated or corrupt, or is named or
+declared as another format. What is kept is a fresh encoding of the pixels (EXIF orientation
+applied) with no EXIF, GPS, XMP, ICC profile, comment or text chunk, and a thumbnail; both
+live under ``<data_dir>/attachments/<sha[:2]>/<sha>.<ext>``, named by the SHA-256 of the
+stored bytes. The capture time and position read from EXIF go into the row only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import re
+import tempfile
+import unicodedata
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from PIL import ExifTags, Image, ImageCms, ImageOps
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..config import Settings
+from ..errors import NotFound, Unprocessable
+from ..models import Case, CaseAttachment
+
+# format (Pillow's name) → (content type, stored extension, extensions a file may be named with)
+FORMATS: dict[str, tuple[str, str, frozenset[str]]] = {
+    "JPEG": ("image/jpeg", "jpg", frozenset({"jpg", "jpeg", "jpe", "jfif"})),
+    "PNG": ("image/png", "png", frozenset({"png"})),
+    "WEBP": ("image/webp", "webp", frozenset({"webp"})),
+}
+CONTENT_TYPES = {content_type: fmt for fmt, (content_type, _, _) in FORMATS.items()}
+# Declared types that say nothing about the format (generic clients send these).
+_UNSPECIFIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+_TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
+# Markup that makes a file something a browser could run as a page, wherever it sits in it.
+_MARKUP = re.compile(
+    rb"<(?:script|html|svg|iframe|body|object|embed|!doctype\s+html|\?xml-stylesheet)[\s>/]",
+    re.IGNORECASE,
+)
+THUMBNAIL_PX = 320
+JPEG_QUALITY = 85
+WEBP_QUALITY = 85
+_FIELD = "file"
+
+
+@dataclass(frozen=True)
+class AttachmentStore:
+    """Where attachments are kept and what an upload may be."""
+
+    root: Path
+    max_bytes: int
+    max_pixels: int
+    timezone: ZoneInfo
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AttachmentStore:
+        return cls(
+            root=Path(settings.data_dir) / "attachments",
+            max_bytes=int(settings.attachment_max_mb * 1024 * 1024),
+            max_pixels=int(settings.attachment_max_megapixels * 1_000_000),
+            timezone=ZoneInfo(settings.timezone),
+        )
+
+    def path(self, sha256: str, content_type: str) -> Path:
+        """Return the file that holds the stored bytes with this hash."""
+        return self.root / sha256[:2] / f"{sha256}.{FORMATS[CONTENT_TYPES[content_type]][1]}"
+
+
+@dataclass(frozen=True)
+class Photo:
+    """An upload after checking: the stored encoding, its thumbnail, what EXIF said."""
+
+    format: str
+    data: bytes
+    thumbnail: bytes
+    width: int
+    height: int
+    taken_at: datetime | None
+    gps_lon: float | None
+    gps_lat: float | None
+
+
+def _refuse(message: str) -> Unprocessable:
+    return Unprocessable(message, errors={"files": {_FIELD: [message]}})
+
+
+# --- checking an upload ---------------------------------------------------------------------
+
+
+def sniff(data: bytes) -> str | None:
+    """Return the format the bytes begin like ("JPEG", "PNG", "WEBP"), or None."""
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def safe_filename(name: str | None) -> str:
+    """Return the last part of a client's file name without control characters (≤ 255)."""
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C" and ch != '"')
+    return name.strip().strip(".")[:255]
+
+
+def check_upload(data: bytes, *, filename: str, content_type: str, store: AttachmentStore) -> str:
+    """Return the format of an upload after the checks that need no decoding.
+
+    Raises Unprocessable (``errors.files.file``) when the upload is empty or too large, is
+    not a JPEG, PNG or WebP by its first bytes, contains HTML/SVG markup, or is named or
+    declared as another format.
+    """
+    if len(data) > store.max_bytes:
+        raise _refuse(
+            f"The file is larger than {store.max_bytes / (1024 * 1024):g} MB "
+            "(GRIDAPI_ATTACHMENT_MAX_MB)."
+        )
+    if not data:
+        raise _refuse("The file is empty.")
+    fmt = sniff(data)
+    if fmt is None:
+        raise _refuse("Only JPEG, PNG and WebP photos are accepted.")
+    if _MARKUP.search(data):
+        raise _refuse("The file contains HTML or SVG markup; send a plain photo.")
+    real_type, _, extensions = FORMATS[fmt]
+    extension = filename.rsplit(".", 1)[1].lower() if "." in filename else ""
+    if extension and extension not in extensions:
+        raise _refuse(
+            f"The file is a {fmt} image but is named .{extension}; "
+            f"name it .{FORMATS[fmt][1]} or send another file."
+        )
+    declared = content_type.split(";", 1)[0].strip().lower()
+    declared = _TYPE_ALIASES.get(declared, declared)
+    if declared not in _UNSPECIFIC_TYPES and declared != real_type:
+        raise _refuse(f"The file is declared as {declared} but is a {fmt} image ({real_type}).")
+    return fmt
+
+
+def decode(data: bytes, fmt: str, store: AttachmentStore) -> Image.Image:
+    """Return the image fully decoded (its first frame), after checking its declared size.
+
+    Raises Unprocessable when the header names more pixels than allowed (checked before any
+    pixel is decoded) or the file is truncated or corrupt.
+    """
+    too_many = _refuse(
+        f"The image has more than {store.max_pixels / 1_000_000:g} million pixels "
+        "(GRIDAPI_ATTACHMENT_MAX_MEGAPIXELS)."
+    )
+    # Pillow's own guard (process-wide) stays as a second line behind the check below, which
+    # is the tighter one; it is only raised, so that it never refuses what the cap allows.
+    if Image.MAX_IMAGE_PIXELS is not None and store.max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = store.max_pixels
+    try:
+        # Not thread-safe, like every change to the warning filters: the workers are sync.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=[fmt])
+            width, height = img.size
+            if width * height > store.max_pixels:
+                raise too_many
+            if width < 1 or height < 1:
+                raise _refuse("The image has no pixels.")
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise too_many from None
+    except Unprocessable:
+        raise
+    except Exception:  # Pillow reports broken input as OSError, SyntaxError, ValueError...
+        raise _refuse("The image is truncated or corrupt.") from None
+    # Phones write JPEGs with more pictures after the first (MPO); only the first is kept.
+    if img.format != fmt and (fmt, img.format) != ("JPEG", "MPO"):
+        raise _refuse("Only JPEG, PNG and WebP photos are accepted.")
+    return img
+
+
+# --- what EXIF says -------------------------------------------------------------------------
+
+
+def _exif_datetime(exif_ifd: dict[int, Any], tz: ZoneInfo) -> datetime | None:
+    """Return DateTimeOriginal as an aware datetime: its OffsetTimeOriginal when the camera
+    wrote one, else local time in ``tz`` (EXIF times carry no zone)."""
+    raw = exif_ifd.get(ExifTags.Base.DateTimeOriginal)
+    if not isinstance(raw, str):
+        return None
+    try:
+        naive = datetime.strptime(raw.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:  # blank ("    :  :  ") or impossible dates
+        return None
+    offset = exif_ifd.get(ExifTags.Base.OffsetTimeOriginal)
+    if isinstance(offset, str):
+        match = re.fullmatch(r"([+-])(\d{2}):(\d{2})", offset.strip("\x00 "))
+        if match and int(match[2]) <= 14 and int(match[3]) < 60:
+            delta = timedelta(hours=int(match[2]), minutes=int(match[3]))
+            return naive.replace(tzinfo=timezone(-delta if match[1] == "-" else delta))
+    return naive.replace(tzinfo=tz)
+
+
+def _degrees(value: Any, ref: Any, negative: str) -> float | None:
+    """Return signed decimal degrees from EXIF (degrees, minutes, seconds) rationals."""
+    try:
+        d, m, s = (float(part) for part in value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    degrees = d + m / 60 + s / 3600
+    if not math.isfinite(degrees):
+        return None
+    if isinstance(ref, bytes):
+        ref = ref.decode("ascii", "replace")
+    if isinstance(ref, str) and ref.strip("\x00 ").upper() == negative:
+        degrees = -degrees
+    return degrees
+
+
+def read_exif(img: Image.Image, tz: ZoneInfo) -> tuple[datetime | None, float | None, float | None]:
+    """Return (taken_at, lon, lat) from the image's EXIF; None for what is missing or
+    malformed (a photo is never refused for its metadata)."""
+    try:
+        exif = img.getexif()
+        taken_at = _exif_datetime(exif.get_ifd(ExifTags.IFD.Exif), tz)
+        gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    except Exception:
+        return None, None, None
+    lat = _degrees(gps.get(ExifTags.GPS.GPSLatitude), gps.get(ExifTags.GPS.GPSLatitudeRef), "S")
+    lon = _degrees(gps.get(ExifTags.GPS.GPSLongitude), gps.get(ExifTags.GPS.GPSLongitudeRef), "W")
+    if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return taken_at, None, None
+    return taken_at, round(lon, 7), round(lat, 7)
+
+
+# --- re-encoding ----------------------------------------------------------------------------
+
+
+def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    """Return the pixels in sRGB (so that dropping the ICC profile keeps the colours)."""
+    if img.mode == "CMYK" or (icc and img.mode in ("RGB", "RGBA")):
+        out_mode = "RGBA" if img.mode == "RGBA" else "RGB"
+        if icc:
+            try:
+                source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+                converted = ImageCms.profileToProfile(
+                    img, source, ImageCms.createProfile("sRGB"), outputMode=out_mode
+                )
+                if converted is not None:
+                    return converted
+            except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+                pass  # a broken profile: keep the numbers as they are
+        return img.convert(out_mode) if img.mode != out_mode else img
+    return img
+
+
+def strip_metadata(img: Image.Image) -> Image.Image:
+    """Return an upright copy of the image that carries pixels (and transparency) only."""
+    icc = img.info.get("icc_profile")
+    try:
+        upright = ImageOps.exif_transpose(img) or img
+    except Exception:  # a malformed orientation tag: keep the image as it was sent
+        upright = img.copy()
+    clean = _to_srgb(upright, icc)
+    if clean is img:
+        clean = img.copy()
+    clean.info = {"transparency": img.info["transparency"]} if "transparency" in img.info else {}
+    return clean
+
+
+def encode(img: Image.Image, fmt: str) -> bytes:
+    """Return the image encoded in ``fmt`` with nothing but pixels."""
+    out = io.BytesIO()
+    if fmt == "JPEG":
+        if img.mode not in ("L", "RGB", "CMYK"):
+            img = img.convert("RGB")
+        img.save(out, "JPEG", quality=JPEG_QUALITY, optimize=True)
+    elif fmt == "PNG":
+        img.save(out, "PNG")
+    else:
+        if img.mode not in ("RGB", "RGBA"):
+            img = img.convert("RGBA" if img.has_transparency_data else "RGB")
+        img.save(out, "WEBP", quality=WEBP_QUALITY, method=4)
+    return out.getvalue()
+
+
+def thumbnail(img: Image.Image, fmt: str) -> bytes:
+    """Return a copy at most THUMBNAIL_PX on its longer side, in the same format."""
+    small = img.copy()
+    if small.mode not in ("L", "LA", "RGB", "RGBA"):
+        small = small.convert("RGBA" if small.has_transparency_data else "RGB")
+    small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    small.info = {}
+    return encode(small, fmt)
+
+
+def prepare_photo(data: bytes, fmt: str, store: AttachmentStore) -> Photo:
+    """Return the cleaned photo of an upload ``check_upload`` found to be ``fmt``.
+
+    Raises Unprocessable when it has too many pixels or does not decode.
+    """
+    img = decode(data, fmt, store)
+    try:
+        taken_at, lon, lat = read_exif(img, store.timezone)
+        clean = strip_metadata(img)
+        return Photo(
+            format=fmt,
+            data=encode(clean, fmt),
+            thumbnail=thumbnail(clean, fmt),
+            width=clean.width,
+            height=clean.height,
+            taken_at=taken_at,
+            gps_lon=lon,
+            gps_lat=lat,
+        )
+    finally:
+        img.close()
+
+
+# --- storage --------------------------------------------------------------------------------
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_blob(store: AttachmentStore, data: bytes, content_type: str) -> str:
+    """Store the bytes under their SHA-256 (an existing file is left alone); return the hash.
+
+    Written to a temporary file and renamed, so a reader never sees half a file.
+    """
+    digest = sha256_hex(data)
+    path = store.path(digest, content_type)
+    if path.exists():
+        return digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return digest
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+def attach(
+    session: Session,
+    case_obj: Case,
+    data: bytes,
+    *,
+    filename: str | None,
+    content_type: str | None,
+    uploaded_by: str,
+    store: AttachmentStore,
+) -> tuple[CaseAttachment, bool]:
+    """Attach a photo to a case; return the attachment and whether it is new.
+
+    The same bytes sent again to the same case return the first attachment and store
+    nothing. Raises Unprocessable (``errors.files.file``) for an upload that is refused; then
+    nothing is stored. Files are written before the row is flushed: a request that fails
+    later leaves at most an unreferenced file, never a row without its file.
+    """
+    name = safe_filename(filename)
+    fmt = check_upload(data, filename=name, content_type=content_type or "", store=store)
+    upload_sha = sha256_hex(data)
+    existing = session.scalars(
+        select(CaseAttachment).where(
+            CaseAttachment.case_id == case_obj.id, CaseAttachment.upload_sha256 == upload_sha
+        )
+    ).first()
+    if existing is not None:
+        return existing, False
+    photo = prepare_photo(data, fmt, store)
+    stored_type = FORMATS[fmt][0]
+    digest = write_blob(store, photo.data, stored_type)
+    thumb_digest = write_blob(store, photo.thumbnail, stored_type)
+    attachment = CaseAttachment(
+        case_id=case_obj.id,
+        county_code=case_obj.county_code,
+        upload_sha256=upload_sha,
+        sha256=digest,
+        content_type=stored_type,
+        width=photo.width,
+        height=photo.height,
+        size_bytes=len(photo.data),
+        thumbnail_sha256=thumb_digest,
+        filename=name,
+        # In UTC like every stored time, so the first answer and a retry's read the same.
+        taken_at=photo.taken_at.astimezone(UTC) if photo.taken_at else None,
+        gps_lon=photo.gps_lon,
+        gps_lat=photo.gps_lat,
+        uploaded_by=uploaded_by,
+    )
+    session.add(attachment)
+    session.flush()
+    return attachment, True
+
+
+def list_attachments(session: Session, case_obj: Case) -> list[CaseAttachment]:
+    """Return the case's attachments, oldest first."""
+    return list(
+        session.scalars(
+            select(CaseAttachment)
+            .where(CaseAttachment.case_id == case_obj.id)
+            .order_by(CaseAttachment.id)
+        )
+    )
+
+
+def get_attachment(session: Session, case_obj: Case, attachment_id: int) -> CaseAttachment:
+    """Return the attachment of the case; raises NotFound when the case has no such one."""
+    found = session.scalars(
+        select(CaseAttachment).where(
+            CaseAttachment.id == attachment_id, CaseAttachment.case_id == case_obj.id
+        )
+    ).first()
+    if found is None:
+        raise NotFound("No such attachment.")
+    return found
+
+
+def check_evidence(session: Session, case_id: int, ids: Iterable[int]) -> list[int]:
+    """Return the ids, each once in the order given, when all are attachments of the case.
+
+    Raises Unprocessable (``errors.json.evidence``) naming every id that is not.
+    """
+    wanted = list(dict.fromkeys(ids))
+    if not wanted:
+        return []
+    found = set(
+        session.scalars(
+            select(CaseAttachment.id).where(
+                CaseAttachment.case_id == case_id, CaseAttachment.id.in_(wanted)
+            )
+        )
+    )
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise Unprocessable(
+            "Evidence must be attachments of this case.",
+            errors={
+                "json": {"evidence": [f"{i} is not an attachment of this case" for i in missing]}
+            },
+        )
+    return wanted

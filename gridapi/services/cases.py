@@ -1,0 +1,1243 @@
+"""Cases: report (route, number, deadlines), the workflow, the timeline, lists and queues.
+
+The state machine follows DOMAIN.md §4, with a ``verified`` state (核查通过, 待结案) between a
+passed verification and closure:
+
+    reported → accepted → filed → dispatched → handling → feedback → verified → closed
+                                  filed → feedback (resolved on the spot)
+                                  dispatched/handling → filed (return 回退, escalate 上报)
+                                  feedback → dispatched (verification failed: rework 返工)
+                                  closed → filed (reopen, with a reason)
+    reported/accepted → rejected; any open state → cancelled (cancel, duplicate)
+
+Every action needs its own permission (``cases:<action>``) and a case the caller may act on:
+office steps need the unit holding the case (``responsible_region_code``) in the caller's
+scope; handler steps (sign, return, feedback, extension requests) need the caller to be the
+assignee, a member of the assigned department, or an office over the holding unit.
+
+Services take a Session and never commit: the request commits once.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import shapely
+from geoalchemy2.elements import WKTElement
+from sqlalchemy import (
+    and_,
+    case,
+    false,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.sql import ColumnElement
+
+from ..codes import InvalidCode, parent_candidates, region_level, subtree_prefix
+from ..errors import Conflict, DomainError, NotFound, Unprocessable
+from ..geo.crs import to_wgs84
+from ..geo.geodesy import distance_m, metres_to_degrees
+from ..models import (
+    Case,
+    CaseAttachment,
+    CaseCounter,
+    CaseEvent,
+    Category,
+    Department,
+    Region,
+    User,
+)
+from ..models.cases import OPEN_STATUSES, TERMINAL
+from ..scope import Scope
+from ..workcalendar import WorkingCalendar
+from .categories import check_attributes
+from .routing import NONE, IndexSnapshot
+
+if TYPE_CHECKING:
+    from ..auth import Principal
+
+STATUS_NAMES = {
+    "reported": "已上报",
+    "accepted": "已受理",
+    "filed": "已立案",
+    "dispatched": "已派遣",
+    "handling": "处置中",
+    "feedback": "待核查",
+    "verified": "待结案",
+    "closed": "已结案",
+    "rejected": "不予受理",
+    "cancelled": "已撤销",
+}
+
+# action → (states it may start from, permission, who may do it): "office" = an office over
+# the unit holding the case; "handler" = that office, the assignee or the assigned
+# department; "verifier" = that office, or a grid chief whose grids hold the case.
+ACTIONS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "accept": (("reported",), "cases:accept", "office"),
+    "reject": (("reported", "accepted"), "cases:reject", "office"),
+    "file": (("accepted",), "cases:file", "office"),
+    "dispatch": (("filed",), "cases:dispatch", "office"),
+    "sign": (("dispatched",), "cases:sign", "handler"),
+    "return": (("dispatched", "handling"), "cases:return", "handler"),
+    "escalate": (("accepted", "filed", "handling"), "cases:escalate", "handler"),
+    "transfer": (("filed",), "cases:transfer", "office"),
+    "request_extension": (("dispatched", "handling"), "cases:request_extension", "handler"),
+    "approve_extension": (("dispatched", "handling"), "cases:decide_extension", "office"),
+    "deny_extension": (("dispatched", "handling"), "cases:decide_extension", "office"),
+    "feedback": (("filed", "handling"), "cases:feedback", "handler"),
+    "verify_pass": (("feedback",), "cases:verify", "verifier"),
+    "verify_fail": (("feedback",), "cases:verify", "verifier"),
+    "close": (("verified",), "cases:close", "office"),
+    "reopen": (("closed",), "cases:reopen", "office"),
+    "supervise": (
+        ("accepted", "filed", "dispatched", "handling", "feedback", "verified"),
+        "cases:supervise",
+        "office",
+    ),
+    "duplicate": (OPEN_STATUSES, "cases:duplicate", "office"),
+    "cancel": (("reported", "accepted", "filed"), "cases:cancel", "office"),
+}
+# Actions that must say why.
+NEEDS_COMMENT = {
+    "reject",
+    "return",
+    "escalate",
+    "transfer",
+    "request_extension",
+    "deny_extension",
+    "feedback",
+    "verify_fail",
+    "reopen",
+    "cancel",
+}
+# The deadline a state runs against.
+STAGE_DUE = {
+    "reported": "accept_due_at",
+    "accepted": "accept_due_at",
+    "filed": "handle_due_at",
+    "dispatched": "handle_due_at",
+    "handling": "handle_due_at",
+    "feedback": "verify_due_at",
+    "verified": "verify_due_at",
+}
+QUEUES = (
+    ("intake", "待受理", ("reported", "accepted"), "cases:accept"),
+    ("dispatch", "待派遣", ("filed",), "cases:dispatch"),
+    ("handle", "待处理", ("dispatched", "handling"), "cases:feedback"),
+    ("verify", "待核查", ("feedback",), "cases:verify"),
+    ("close", "待结案", ("verified",), "cases:close"),
+)
+OPEN_SQL = "cases.status NOT IN ('closed', 'rejected', 'cancelled')"
+LEVEL_PREFIX = {"province": 2, "city": 4, "county": 6, "township": 9, "village": 12}
+
+
+class PreconditionFailed(DomainError):
+    status = 412
+
+
+class PreconditionRequired(DomainError):
+    status = 428
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who acts: the principal, and (for people) their department."""
+
+    principal: Principal
+    department_id: int | None = None
+
+    @property
+    def actor(self) -> str:
+        return self.principal.actor_id
+
+    @property
+    def scope(self) -> Scope:
+        return self.principal.scope
+
+
+def caller_of(session: Session, principal: Principal) -> Caller:
+    department = None
+    if principal.kind == "user":
+        department = session.scalar(select(User.department_id).where(User.id == principal.id))
+    return Caller(principal, department)
+
+
+# --- time limits ------------------------------------------------------------------------------
+
+
+def add_limit(calendar: WorkingCalendar, start: datetime, amount: int, unit: str) -> datetime:
+    """Return the deadline ``amount`` working hours or days after ``start`` (in UTC)."""
+    if unit == "hours":
+        due = calendar.add_working_hours(start, amount)
+    else:
+        due = calendar.add_working_days(start, amount)
+    return due.astimezone(UTC)
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+
+@dataclass
+class Routed:
+    """Where a point belongs: grid (or none), the region that takes the case, and how."""
+
+    lon: float
+    lat: float
+    grid: dict[str, Any] | None
+    method: str
+    distance_m: float | None
+    region_code: str
+
+
+def route_point(
+    snapshot: IndexSnapshot, lon: float, lat: float, fallback_region: str | None
+) -> Routed:
+    """Return the grid and region for a WGS-84 point; never fails while any region is known.
+
+    No grid covers (or is near) the point: the smallest region whose boundary covers it
+    takes it; else the reporter's own region; else the community of the nearest grid.
+    """
+    match = snapshot.locate(lon, lat)
+    if match.grid >= 0:
+        grid = snapshot.grids[match.grid]
+        return Routed(lon, lat, grid, match.method, match.distance_m, grid["community_code"])
+    chain = snapshot.regions_for_point(lon, lat)
+    if chain:
+        return Routed(lon, lat, None, NONE, None, chain[0]["code"])
+    if fallback_region:
+        return Routed(lon, lat, None, NONE, None, fallback_region)
+    if len(snapshot.grids):
+        nearest = int(snapshot.tree.nearest(shapely.points(lon, lat)))
+        return Routed(lon, lat, None, NONE, None, snapshot.grids[nearest]["community_code"])
+    raise Unprocessable(
+        "No region can take this case: the point is outside every known region and grid.",
+        errors={"json": {"location": ["outside every known region"]}},
+    )
+
+
+def _level_code(code: str, level: str) -> str:
+    """Return the ancestor of ``code`` at ``level`` (or ``code`` when it is not below it)."""
+    try:
+        own = region_level(code)
+    except InvalidCode:
+        return code
+    if LEVEL_PREFIX[own] <= LEVEL_PREFIX[level]:
+        return code
+    return code[: LEVEL_PREFIX[level]].ljust(12, "0")
+
+
+def handling_unit(category: Category, region_code: str) -> str:
+    """Return the unit that handles a filed case of ``category`` located at ``region_code``.
+
+    ``default_handler``: ``county`` sends it to the county centre, anything else
+    (``township``, ``department:<code>``) to the township office, which dispatches it (to
+    the department, a worker, or down to the community).
+    """
+    handler = (category.default_handler or "township").split(":", 1)[0]
+    if handler in ("community", "village"):
+        return region_code
+    if handler == "county":
+        return _level_code(region_code, "county")
+    return _level_code(region_code, "township")
+
+
+def township_of(code: str) -> str | None:
+    try:
+        level = region_level(code)
+    except InvalidCode:
+        return None
+    if level in ("township", "village"):
+        return code[:9] + "000"
+    return None
+
+
+def next_number(session: Session, county_code: str, now: datetime, tz: Any) -> str:
+    """Return the next readable case number of the county for today: 320508-20261128-0001.
+
+    One row per county and day, incremented in the reporting transaction (so numbers have no
+    gaps from rolled-back reports, and two reports never share one).
+    """
+    day = now.astimezone(tz).date()
+    stmt = (
+        update(CaseCounter)
+        .where(CaseCounter.county_code == county_code, CaseCounter.day == day)
+        .values(last=CaseCounter.last + 1)
+        .returning(CaseCounter.last)
+    )
+    last = session.execute(stmt).scalar()
+    if last is None:
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert
+        ins = upsert(CaseCounter).values(county_code=county_code, day=day, last=1)
+        ins = ins.on_conflict_do_update(
+            index_elements=["county_code", "day"], set_={"last": CaseCounter.last + 1}
+        ).returning(CaseCounter.last)
+        last = session.execute(ins).scalar_one()
+    return f"{county_code}-{day:%Y%m%d}-{last:04d}"
+
+
+def active_category(session: Session, code: str) -> Category:
+    category = session.get(Category, code)
+    if category is None or not category.is_active:
+        raise Unprocessable(
+            "Unknown category.",
+            errors={"json": {"category": [f"no active category {code}"]}},
+        )
+    return category
+
+
+def report(
+    session: Session,
+    data: dict[str, Any],
+    *,
+    principal: Principal,
+    snapshot: IndexSnapshot,
+    calendar: WorkingCalendar,
+    now: datetime,
+    duplicate_window_hours: float = 72.0,
+) -> Reported:
+    """File a report: route it, number it, set its acceptance deadline, start its timeline.
+
+    Returns the case, the open cases that may report the same thing, and the category.
+    """
+    category = active_category(session, data["category"])
+    attributes = check_attributes(category, data.get("attributes"))
+    raw_lon, raw_lat = data["location"]["coordinates"]
+    crs = data.get("crs", "wgs84")
+    lon, lat = to_wgs84(raw_lon, raw_lat, crs)
+    routed = route_point(snapshot, lon, lat, principal.region_code)
+    county = routed.region_code[:6]
+    grid = routed.grid
+    # The community is the first line of intake (综治专干); the township office, whose area
+    # holds the community, may take the case in as well. Filing moves it to the handler.
+    responsible = routed.region_code
+    case_row = {
+        "county_code": county,
+        "category_code": category.code,
+        "status": "reported",
+        "description": data["description"],
+        "source": data.get("source") or ("third_party" if principal.kind == "client" else "phone"),
+        "urgent": bool(data.get("urgent", False) or category.urgent),
+        "severity": data.get("severity", "general"),
+        "sensitive": category.sensitive,
+        "parties": data.get("parties", []),
+        "attributes": attributes,
+        "lon": lon,
+        "lat": lat,
+        "location": WKTElement(f"POINT({lon!r} {lat!r})", srid=4326),
+        "raw_lon": raw_lon,
+        "raw_lat": raw_lat,
+        "crs": crs,
+        "accuracy_m": data.get("accuracy_m"),
+        "address": data.get("address", ""),
+        "occurred_at": data.get("occurred_at"),
+        "reported_at": now,
+        "grid_code": grid["code"] if grid else None,
+        "grid_version_id": grid["version_id"] if grid else None,
+        "routing_method": routed.method,
+        "snap_distance_m": routed.distance_m,
+        "unrouted": grid is None,
+        "region_code": routed.region_code,
+        "township_code": township_of(routed.region_code),
+        "reporter": principal.actor_id,
+        "reporter_name": principal.name,
+        "client_id": str(data["client_id"]) if data.get("client_id") else None,
+        "responsible_region_code": responsible,
+        "accept_due_at": add_limit(calendar, now, category.accept_limit, category.accept_unit),
+        "updated_at": now,
+        "version": 1,
+    }
+    duplicates = possible_duplicates(
+        session, category, lon, lat, now, window_hours=duplicate_window_hours
+    )
+    # The number last, just before the insert: reports of one county and day queue on its
+    # counter row from here until the transaction commits.
+    case_row["number"] = next_number(session, county, now, calendar.tz)
+    # Inserted and returned in one statement (no second read of the new row).
+    case_obj = session.scalars(insert(Case).returning(Case), [case_row]).one()
+    case_id = case_obj.id
+    session.execute(
+        insert(CaseEvent).values(
+            case_id=case_id,
+            county_code=county,
+            seq=1,
+            action="report",
+            from_status=None,
+            to_status="reported",
+            actor=principal.actor_id,
+            actor_name=principal.name,
+            at=now,
+            comment="",
+            responsible_region_code=responsible,
+            data={
+                "grid": case_row["grid_code"],
+                "method": routed.method,
+                "source": case_row["source"],
+            },
+            evidence=[],
+        )
+    )
+    return Reported(case_obj, duplicates, category)
+
+
+@dataclass(frozen=True)
+class Reported:
+    """What a report made: the case, possible duplicates, and its category (kept: the
+    session's identity map holds objects weakly, and the answer needs the name)."""
+
+    case: Case
+    duplicates: list[Case]
+    category: Category
+
+
+def possible_duplicates(
+    session: Session,
+    category: Category,
+    lon: float,
+    lat: float,
+    now: datetime,
+    *,
+    window_hours: float = 72.0,
+    exclude: int | None = None,
+) -> list[Case]:
+    """Return open cases of the category within its duplicate radius, reported recently."""
+    radius = category.duplicate_radius_m
+    if radius <= 0:
+        return []
+    dlat = radius / 111_000.0
+    dlon = metres_to_degrees(radius, lat)
+    stmt = (
+        select(Case)
+        .where(
+            Case.category_code == category.code,
+            Case.lon.between(lon - dlon, lon + dlon),
+            Case.lat.between(lat - dlat, lat + dlat),
+            Case.reported_at >= now - timedelta(hours=window_hours),
+            text(OPEN_SQL),
+        )
+        .order_by(Case.reported_at.desc())
+        .limit(50)
+    )
+    if exclude is not None:
+        stmt = stmt.where(Case.id != exclude)
+    found = [c for c in session.scalars(stmt) if distance_m(lon, lat, c.lon, c.lat) <= radius]
+    return found[:10]
+
+
+# --- visibility -------------------------------------------------------------------------------
+
+
+def visible_condition(caller: Caller, *, location_in_scope: bool = False) -> ColumnElement[bool]:
+    """Return the condition 'the caller may read this case'.
+
+    In scope by location (grid, community or intake region), or held by a unit in scope; and,
+    whatever the scope, the cases one reported or holds. A sensitive case (its category says
+    so: petitions, special groups) is not seen by location: only by the unit holding it, its
+    handler and its reporter.
+
+    ``location_in_scope``: the query already keeps only cases located inside the scope (a
+    region filter the scope covers), so the location test is left out; the planner then
+    reads the region's index in order instead of every open case of the area.
+    """
+    scope = caller.scope
+    if scope.unrestricted:
+        return literal(True) == literal(True)
+    own = [
+        scope.region_condition(Case.responsible_region_code),
+        Case.reporter == caller.actor,
+    ]
+    if caller.principal.kind == "user":
+        own.append(Case.assignee_id == caller.principal.id)
+        if caller.department_id is not None:
+            own.append(Case.department_id == caller.department_id)
+    if location_in_scope:
+        by_location: ColumnElement[bool] = Case.sensitive.is_(False)
+    else:
+        by_location = and_(
+            Case.sensitive.is_(False), scope.grid_condition(Case.grid_code, Case.region_code)
+        )
+    return or_(by_location, *own)
+
+
+def get_case(session: Session, case_id: int, caller: Caller, *, for_update: bool = False) -> Case:
+    stmt = select(Case).where(Case.id == case_id, visible_condition(caller))
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    found = session.scalars(stmt).first()
+    if found is None:
+        raise NotFound("No such case.")
+    return found
+
+
+# --- the workflow -----------------------------------------------------------------------------
+
+
+def holds(caller: Caller, case_obj: Case) -> bool:
+    """Return whether the caller holds the case as its handler."""
+    p = caller.principal
+    if p.kind == "user" and case_obj.assignee_id == p.id:
+        return True
+    return bool(caller.department_id is not None and case_obj.department_id == caller.department_id)
+
+
+def is_office(caller: Caller, case_obj: Case) -> bool:
+    """Return whether the caller is an office over the unit holding the case.
+
+    An office dispatches (``cases:dispatch``) and its area covers the unit. A department
+    member or a worker whose area covers the unit reads the case but is not its office: it
+    acts only on what was dispatched to it.
+    """
+    return caller.principal.can("cases:dispatch") and caller.scope.covers_region(
+        case_obj.responsible_region_code
+    )
+
+
+def may_act(caller: Caller, case_obj: Case, action: str) -> bool:
+    """Return whether the caller may take ``action`` on the case now (state aside)."""
+    states, permission, who = ACTIONS[action]
+    if not caller.principal.can(permission):
+        return False
+    office = is_office(caller, case_obj)
+    if who == "office":
+        return office
+    if who == "verifier":
+        # A grid chief (网格长) verifies the results in the grids they oversee.
+        grids = caller.scope.grid_codes
+        return office or (case_obj.grid_code is not None and case_obj.grid_code in grids)
+    return office or holds(caller, case_obj)
+
+
+def allowed_actions(caller: Caller, case_obj: Case) -> list[str]:
+    """Return the actions the caller may take on the case in its current state."""
+    return [
+        name
+        for name, (states, _, _) in ACTIONS.items()
+        if case_obj.status in states and may_act(caller, case_obj, name)
+    ]
+
+
+def state_actions(status: str) -> list[str]:
+    return [name for name, (states, _, _) in ACTIONS.items() if status in states]
+
+
+def parse_etag(header: str | None) -> list[str] | str | None:
+    """Return the entity tags (``<id>-<version>``, unquoted) an If-Match header names,
+    ``"*"``, or None if absent. Weak (``W/"…"``), quoted and bare tags are accepted."""
+    if header is None or not header.strip():
+        return None
+    value = header.strip()
+    if value == "*":
+        return "*"
+    tags = []
+    for part in value.split(","):
+        part = part.strip()
+        if part.startswith("W/"):
+            part = part[2:]
+        tags.append(part.strip('"'))
+    return tags
+
+
+def etag(case_obj: Case) -> str:
+    return f'"{case_obj.id}-{case_obj.version}"'
+
+
+def check_version(case_obj: Case, if_match: str | None) -> None:
+    """Enforce If-Match: required (428), and naming the current version (412)."""
+    wanted = parse_etag(if_match)
+    if wanted is None:
+        raise PreconditionRequired(
+            "Send If-Match with the case's ETag (from GET /api/v1/cases/{id}).",
+        )
+    if wanted == "*":
+        return
+    # The whole tag: another case's ETag at the same version is not this case's.
+    if f"{case_obj.id}-{case_obj.version}" not in wanted:
+        raise PreconditionFailed(
+            "The case changed since you read it: read it again and retry.",
+            headers={"ETag": etag(case_obj)},
+        )
+
+
+@dataclass
+class TransitionContext:
+    session: Session
+    caller: Caller
+    calendar: WorkingCalendar
+    now: datetime
+    data: dict[str, Any]
+    event_data: dict[str, Any] = field(default_factory=dict)
+    notify: list[tuple[str, int | None, str | None, str]] = field(default_factory=list)
+
+
+def transition(
+    session: Session,
+    case_id: int,
+    data: dict[str, Any],
+    *,
+    caller: Caller,
+    calendar: WorkingCalendar,
+    now: datetime,
+    if_match: str | None,
+) -> tuple[Case, CaseEvent]:
+    """Apply one workflow action to a case and add its timeline row.
+
+    Raises NotFound (not visible), PreconditionRequired/PreconditionFailed (If-Match),
+    Forbidden-like 403 (no permission or not the caller's case), Conflict 409 (not allowed in
+    this state; ``errors.allowed_actions`` lists what is), Unprocessable (bad details).
+    """
+    from ..auth import Forbidden
+
+    case_obj = get_case(session, case_id, caller, for_update=True)
+    check_version(case_obj, if_match)
+    action = data["action"]
+    states, permission, _ = ACTIONS[action]
+    if not caller.principal.can(permission):
+        raise Forbidden(f"Taking '{action}' needs the permission {permission}.")
+    if case_obj.status not in states:
+        raise Conflict(
+            f"'{action}' is not possible while the case is {case_obj.status}.",
+            errors={
+                "action": [f"not allowed in state {case_obj.status}"],
+                "allowed_actions": allowed_actions(caller, case_obj),
+            },
+        )
+    if not may_act(caller, case_obj, action):
+        raise Forbidden(
+            f"'{action}' is for the unit holding the case"
+            + (" or its handler." if ACTIONS[action][2] == "handler" else ".")
+        )
+    comment = (data.get("comment") or "").strip()
+    if action in NEEDS_COMMENT and not comment:
+        raise Unprocessable("Say why.", errors={"json": {"comment": [f"required for '{action}'"]}})
+    from .attachments import check_evidence
+
+    evidence = check_evidence(session, case_obj.id, data.get("evidence") or [])
+    ctx = TransitionContext(session, caller, calendar, now, data)
+    before = case_obj.status
+    # No flush while the step looks things up half-way: one step, one version bump.
+    with session.no_autoflush:
+        after = APPLY[action](ctx, case_obj)
+    case_obj.status = after
+    due_name = STAGE_DUE.get(after)
+    due = getattr(case_obj, due_name) if due_name else None
+    if after in TERMINAL or due is None or due >= now:
+        case_obj.overdue = False
+        case_obj.overdue_since = None
+    elif not case_obj.overdue:  # e.g. rework after the handling deadline: overdue at once
+        case_obj.overdue = True
+        case_obj.overdue_since = due
+    case_obj.updated_at = now
+    seq = (
+        session.scalar(select(func.max(CaseEvent.seq)).where(CaseEvent.case_id == case_obj.id)) or 0
+    ) + 1
+    event = CaseEvent(
+        case_id=case_obj.id,
+        county_code=case_obj.county_code,
+        seq=seq,
+        action=action,
+        from_status=before,
+        to_status=after,
+        actor=caller.actor,
+        actor_name=caller.principal.name,
+        at=now,
+        comment=comment,
+        responsible_region_code=case_obj.responsible_region_code,
+        data=ctx.event_data,
+        evidence=evidence,
+    )
+    session.add(event)
+    for kind, user_id, region, message in ctx.notify:
+        queue_notification(session, case_obj, kind, message, user_id=user_id, region=region)
+    try:
+        session.flush()
+    except StaleDataError:
+        raise PreconditionFailed(
+            "The case changed since you read it: read it again and retry."
+        ) from None
+    if evidence:  # photos uploaded for this step belong to it (the first step that cites them)
+        session.execute(
+            update(CaseAttachment)
+            .where(CaseAttachment.id.in_(evidence), CaseAttachment.event_id.is_(None))
+            .values(event_id=event.id)
+        )
+    return case_obj, event
+
+
+def queue_notification(
+    session: Session,
+    case_obj: Case,
+    kind: str,
+    message: str,
+    *,
+    user_id: int | None = None,
+    region: str | None = None,
+) -> None:
+    from ..models import Notification
+
+    session.add(
+        Notification(
+            county_code=case_obj.county_code,
+            case_id=case_obj.id,
+            kind=f"{kind}:{case_obj.version}:{user_id or region or ''}"[:64],
+            user_id=user_id,
+            region_code=region,
+            message=message,
+        )
+    )
+
+
+def _unit_in_scope(ctx: TransitionContext, code: str, name: str) -> str:
+    try:
+        region_level(code)
+    except InvalidCode as exc:
+        raise Unprocessable("Invalid unit.", errors={"json": {name: [str(exc)]}}) from None
+    exists = ctx.session.scalar(
+        select(Region.id).where(Region.code == code, Region.valid_to.is_(None))
+    )
+    if exists is None or not ctx.caller.scope.covers_region(code):
+        raise Unprocessable("Unknown unit.", errors={"json": {name: [f"no region {code}"]}})
+    return code
+
+
+def _accept(ctx: TransitionContext, c: Case) -> str:
+    c.accepted_at = ctx.now
+    return "accepted"
+
+
+def _reject(ctx: TransitionContext, c: Case) -> str:
+    return "rejected"
+
+
+def _file(ctx: TransitionContext, c: Case) -> str:
+    category = ctx.session.get(Category, c.category_code)
+    assert category is not None
+    c.filed_at = ctx.now
+    c.handle_due_at = add_limit(ctx.calendar, ctx.now, category.handle_limit, category.handle_unit)
+    ctx.event_data["handle_due_at"] = c.handle_due_at.isoformat()
+    unit = handling_unit(category, c.region_code)
+    # Filed with the category's handling unit, unless the case was escalated above it already.
+    if unit != c.responsible_region_code and c.responsible_region_code.startswith(
+        subtree_prefix(unit)
+    ):
+        ctx.event_data.update(from_unit=c.responsible_region_code, to_unit=unit)
+        c.responsible_region_code = unit
+    return "filed"
+
+
+def _dispatch(ctx: TransitionContext, c: Case) -> str:
+    d = ctx.data
+    targets = [k for k in ("assignee_id", "department_id", "unit") if d.get(k) is not None]
+    if len(targets) != 1:
+        raise Unprocessable(
+            "Dispatch to exactly one of a worker, a department or a lower unit.",
+            errors={"json": {"assignee_id": ["give one of assignee_id, department_id, unit"]}},
+        )
+    if "unit" in targets:  # 交办: the lower unit takes the case and dispatches it itself
+        unit = _unit_in_scope(ctx, d["unit"], "unit")
+        if unit == c.responsible_region_code or not unit.startswith(
+            subtree_prefix(c.responsible_region_code)
+        ):
+            raise Unprocessable(
+                "Not a lower unit.",
+                errors={"json": {"unit": ["must lie below the unit holding the case"]}},
+            )
+        c.responsible_region_code = unit
+        c.assignee_id = c.department_id = None
+        ctx.event_data["unit"] = unit
+        ctx.notify.append(("dispatched", None, unit, f"事件 {c.number} 已交办"))
+        return "filed"
+    c.dispatched_at = ctx.now
+    if "assignee_id" in targets:
+        user = ctx.session.scalar(
+            select(User).where(
+                User.id == d["assignee_id"],
+                User.is_active.is_(True),
+                ctx.caller.scope.region_condition(User.region_code),
+            )
+        )
+        if user is None:
+            raise Unprocessable(
+                "Unknown worker.",
+                errors={"json": {"assignee_id": ["no active user in your scope"]}},
+            )
+        c.assignee_id, c.department_id = user.id, None
+        ctx.event_data["assignee_id"] = user.id
+        ctx.notify.append(("dispatched", user.id, None, f"事件 {c.number} 派遣给您"))
+    else:
+        dept = ctx.session.scalar(
+            select(Department).where(
+                Department.id == d["department_id"],
+                Department.is_active.is_(True),
+                ctx.caller.scope.region_condition(Department.region_code),
+            )
+        )
+        if dept is None:
+            raise Unprocessable(
+                "Unknown department.",
+                errors={"json": {"department_id": ["no active department in your scope"]}},
+            )
+        c.department_id, c.assignee_id = dept.id, None
+        ctx.event_data["department_id"] = dept.id
+        ctx.notify.append(
+            ("dispatched", None, dept.region_code, f"事件 {c.number} 派遣至{dept.name}")
+        )
+    return "dispatched"
+
+
+def _sign(ctx: TransitionContext, c: Case) -> str:
+    if c.assignee_id is None and ctx.caller.principal.kind == "user" and c.department_id:
+        # A department member signs for the department and becomes the handler.
+        c.assignee_id = ctx.caller.principal.id
+    return "handling"
+
+
+def _return(ctx: TransitionContext, c: Case) -> str:
+    ctx.event_data["returned_by"] = c.assignee_id or c.department_id
+    c.assignee_id = c.department_id = None
+    c.extension_request = None
+    return "filed"
+
+
+def _escalate(ctx: TransitionContext, c: Case) -> str:
+    parents = parent_candidates(c.responsible_region_code)
+    if not parents or region_level(c.responsible_region_code) in ("province", "city"):
+        raise Conflict(
+            "The case is already held at the top level.",
+            errors={"action": ["nothing above the unit holding the case"]},
+        )
+    upper = parents[0]
+    ctx.event_data["from_unit"] = c.responsible_region_code
+    ctx.event_data["to_unit"] = upper
+    c.responsible_region_code = upper
+    c.assignee_id = c.department_id = None
+    c.extension_request = None
+    c.escalation_count += 1
+    ctx.notify.append(("escalated", None, upper, f"事件 {c.number} 已上报"))
+    return "accepted" if c.status == "accepted" else "filed"
+
+
+def _transfer(ctx: TransitionContext, c: Case) -> str:
+    unit = ctx.data.get("unit")
+    if not unit:
+        raise Unprocessable("Transfer to a unit.", errors={"json": {"unit": ["required"]}})
+    unit = _unit_in_scope(ctx, unit, "unit")
+    if unit == c.responsible_region_code:
+        raise Unprocessable(
+            "The case is already there.", errors={"json": {"unit": ["already holds the case"]}}
+        )
+    ctx.event_data["from_unit"] = c.responsible_region_code
+    ctx.event_data["to_unit"] = unit
+    c.responsible_region_code = unit
+    c.assignee_id = c.department_id = None
+    ctx.notify.append(("transferred", None, unit, f"事件 {c.number} 转办至本单位"))
+    return "filed"
+
+
+def _extension_amount(ctx: TransitionContext) -> tuple[int, str]:
+    amount, unit = ctx.data.get("amount"), ctx.data.get("unit_of_time") or "days"
+    if not isinstance(amount, int) or amount < 1:
+        raise Unprocessable(
+            "How much more time?", errors={"json": {"amount": ["a positive whole number"]}}
+        )
+    return amount, unit
+
+
+def _request_extension(ctx: TransitionContext, c: Case) -> str:
+    if c.extension_request:
+        raise Conflict(
+            "An extension request is already waiting for a decision.",
+            errors={"action": ["extension already requested"]},
+        )
+    amount, unit = _extension_amount(ctx)
+    c.extension_request = {
+        "amount": amount,
+        "unit": unit,
+        "reason": ctx.data.get("comment", ""),
+        "requested_by": ctx.caller.actor,
+        "requested_at": ctx.now.isoformat(),
+    }
+    ctx.event_data.update(amount=amount, unit=unit)
+    ctx.notify.append(
+        ("extension_requested", None, c.responsible_region_code, f"事件 {c.number} 申请延期")
+    )
+    return c.status
+
+
+def _pending_extension(c: Case) -> dict[str, Any]:
+    if not c.extension_request:
+        raise Conflict(
+            "No extension request is waiting.", errors={"action": ["no extension requested"]}
+        )
+    return c.extension_request
+
+
+def _approve_extension(ctx: TransitionContext, c: Case) -> str:
+    req = _pending_extension(c)
+    before = c.handle_due_at or ctx.now
+    c.handle_due_at = add_limit(ctx.calendar, before, int(req["amount"]), req["unit"])
+    c.extension_count += 1
+    c.extension_request = None
+    ctx.event_data.update(
+        amount=req["amount"],
+        unit=req["unit"],
+        handle_due_before=before.isoformat(),
+        handle_due_at=c.handle_due_at.isoformat(),
+    )
+    return c.status
+
+
+def _deny_extension(ctx: TransitionContext, c: Case) -> str:
+    req = _pending_extension(c)
+    ctx.event_data.update(amount=req["amount"], unit=req["unit"])
+    c.extension_request = None
+    return c.status
+
+
+def _feedback(ctx: TransitionContext, c: Case) -> str:
+    category = ctx.session.get(Category, c.category_code)
+    assert category is not None
+    c.feedback_at = ctx.now
+    c.extension_request = None
+    c.verify_due_at = add_limit(ctx.calendar, ctx.now, category.verify_limit, category.verify_unit)
+    ctx.event_data["verify_due_at"] = c.verify_due_at.isoformat()
+    if c.status == "filed":
+        ctx.event_data["on_the_spot"] = True
+    return "feedback"
+
+
+def _verify_pass(ctx: TransitionContext, c: Case) -> str:
+    return "verified"
+
+
+def _verify_fail(ctx: TransitionContext, c: Case) -> str:
+    c.rework_count += 1
+    c.verify_due_at = None
+    ctx.event_data["rework"] = c.rework_count
+    if c.assignee_id is None and c.department_id is None:
+        return "filed"  # handled on the spot by the office: back to the office
+    if c.assignee_id is not None:
+        ctx.notify.append(("rework", c.assignee_id, None, f"事件 {c.number} 核查未通过，请返工"))
+    return "dispatched"
+
+
+def _close(ctx: TransitionContext, c: Case) -> str:
+    c.closed_at = ctx.now
+    return "closed"
+
+
+def _reopen(ctx: TransitionContext, c: Case) -> str:
+    category = ctx.session.get(Category, c.category_code)
+    assert category is not None
+    c.reopen_count += 1
+    c.closed_at = None
+    c.verify_due_at = None
+    c.assignee_id = c.department_id = None
+    c.handle_due_at = add_limit(ctx.calendar, ctx.now, category.handle_limit, category.handle_unit)
+    ctx.event_data["handle_due_at"] = c.handle_due_at.isoformat()
+    return "filed"
+
+
+def _supervise(ctx: TransitionContext, c: Case) -> str:
+    level = ctx.data.get("level")
+    if level not in ("normal", "yellow", "red"):
+        raise Unprocessable(
+            "Which supervision level?",
+            errors={"json": {"level": ["one of normal, yellow, red"]}},
+        )
+    ctx.event_data.update(level=level, previous=c.supervision)
+    c.supervision = level
+    if level != "normal":
+        ctx.notify.append(
+            (
+                f"supervision_{level}",
+                c.assignee_id,
+                c.responsible_region_code,
+                f"事件 {c.number} 被督办",
+            )
+        )
+    return c.status
+
+
+def _duplicate(ctx: TransitionContext, c: Case) -> str:
+    other_id = ctx.data.get("duplicate_of")
+    if not isinstance(other_id, int) or other_id == c.id:
+        raise Unprocessable(
+            "Duplicate of which case?",
+            errors={"json": {"duplicate_of": ["the id of another case"]}},
+        )
+    try:
+        other = get_case(ctx.session, other_id, ctx.caller)
+    except NotFound:
+        raise Unprocessable(
+            "Unknown case.", errors={"json": {"duplicate_of": [f"no case {other_id}"]}}
+        ) from None
+    if other.duplicate_of_id is not None:
+        raise Unprocessable(
+            "That case is itself a duplicate.",
+            errors={"json": {"duplicate_of": [f"use case {other.duplicate_of_id}"]}},
+        )
+    c.duplicate_of_id = other.id
+    ctx.event_data["duplicate_of"] = other.id
+    ctx.event_data["duplicate_of_number"] = other.number
+    return "cancelled"
+
+
+def _cancel(ctx: TransitionContext, c: Case) -> str:
+    return "cancelled"
+
+
+APPLY = {
+    "accept": _accept,
+    "reject": _reject,
+    "file": _file,
+    "dispatch": _dispatch,
+    "sign": _sign,
+    "return": _return,
+    "escalate": _escalate,
+    "transfer": _transfer,
+    "request_extension": _request_extension,
+    "approve_extension": _approve_extension,
+    "deny_extension": _deny_extension,
+    "feedback": _feedback,
+    "verify_pass": _verify_pass,
+    "verify_fail": _verify_fail,
+    "close": _close,
+    "reopen": _reopen,
+    "supervise": _supervise,
+    "duplicate": _duplicate,
+    "cancel": _cancel,
+}
+assert set(APPLY) == set(ACTIONS)
+
+
+def timeline(session: Session, case_obj: Case) -> list[CaseEvent]:
+    return list(
+        session.scalars(
+            select(CaseEvent).where(CaseEvent.case_id == case_obj.id).order_by(CaseEvent.seq)
+        )
+    )
+
+
+def duplicates_of(session: Session, case_obj: Case) -> list[int]:
+    return list(
+        session.scalars(
+            select(Case.id).where(Case.duplicate_of_id == case_obj.id).order_by(Case.id)
+        )
+    )
+
+
+def rate(
+    session: Session, case_id: int, caller: Caller, score: int, comment: str, now: datetime
+) -> Case:
+    """Record the reporter's satisfaction (1-5) with a closed case, once."""
+    from ..auth import Forbidden
+
+    case_obj = get_case(session, case_id, caller, for_update=True)
+    reporter = case_obj.reporter == caller.actor
+    hotline = caller.principal.kind == "client" and caller.scope.covers_region(case_obj.region_code)
+    if not (reporter or hotline):
+        raise Forbidden("Only the reporter, or an app on their behalf, rates a case.")
+    if case_obj.status != "closed":
+        raise Conflict("Only a closed case can be rated.", errors={"status": [case_obj.status]})
+    if case_obj.satisfaction is not None:
+        raise Conflict("The case has been rated already.", errors={"satisfaction": ["rated"]})
+    case_obj.satisfaction = score
+    case_obj.satisfaction_comment = comment
+    case_obj.rated_at = now
+    case_obj.updated_at = now
+    seq = (
+        session.scalar(select(func.max(CaseEvent.seq)).where(CaseEvent.case_id == case_obj.id)) or 0
+    ) + 1
+    session.add(
+        CaseEvent(
+            case_id=case_obj.id,
+            county_code=case_obj.county_code,
+            seq=seq,
+            action="rate",
+            from_status="closed",
+            to_status="closed",
+            actor=caller.actor,
+            actor_name=caller.principal.name,
+            at=now,
+            comment=comment,
+            responsible_region_code=case_obj.responsible_region_code,
+            data={"score": score},
+            evidence=[],
+        )
+    )
+    session.flush()
+    return case_obj
+
+
+# --- lists and queues -------------------------------------------------------------------------
+
+SORTS = {
+    "-reported_at": (Case.reported_at, True),
+    "reported_at": (Case.reported_at, False),
+    "-updated_at": (Case.updated_at, True),
+    "updated_at": (Case.updated_at, False),
+}
+
+
+def encode_cursor(value: datetime, case_id: int) -> str:
+    raw = json.dumps([value.isoformat(), case_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        text_value, case_id = json.loads(raw)
+        return datetime.fromisoformat(text_value), int(case_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise Unprocessable(
+            "Invalid cursor.", errors={"query": {"cursor": ["not a cursor from this API"]}}
+        ) from None
+
+
+def region_filter(code: str) -> ColumnElement[bool]:
+    """Return the condition 'located in the subtree of region ``code``'."""
+    try:
+        level = region_level(code)
+    except InvalidCode as exc:
+        raise Unprocessable("Invalid region.", errors={"query": {"region": [str(exc)]}}) from None
+    if level == "township":
+        return Case.township_code == code
+    if level == "county":
+        return Case.county_code == code[:6]
+    if level == "village":
+        return Case.region_code == code
+    return Case.region_code.startswith(subtree_prefix(code), autoescape=True)
+
+
+def list_cases(
+    session: Session, caller: Caller, args: dict[str, Any]
+) -> tuple[list[Case], str | None]:
+    """Return a page of visible cases matching the filters, and the cursor of the next page."""
+    region = args.get("region")
+    inside = bool(region) and caller.scope.covers_region(region)
+    conditions: list[ColumnElement[bool]] = [visible_condition(caller, location_in_scope=inside)]
+    if args.get("status"):
+        conditions.append(Case.status.in_(args["status"]))
+    if args.get("open") is True:
+        conditions.append(text(OPEN_SQL))
+    elif args.get("open") is False:
+        conditions.append(Case.status.in_(TERMINAL))
+    if args.get("category"):
+        code = args["category"]
+        conditions.append(
+            Case.category_code == code
+            if len(code) == 4
+            else Case.category_code.startswith(code, autoescape=True)
+        )
+    if args.get("region"):
+        conditions.append(region_filter(args["region"]))
+    if args.get("grid"):
+        conditions.append(Case.grid_code == args["grid"])
+    if args.get("from"):
+        conditions.append(Case.reported_at >= args["from"])
+    if args.get("to"):
+        conditions.append(Case.reported_at < args["to"])
+    if args.get("overdue") is not None:
+        conditions.append(Case.overdue.is_(args["overdue"]))
+    if args.get("supervision"):
+        conditions.append(Case.supervision == args["supervision"])
+    if args.get("assignee") is not None:
+        assignee = args["assignee"]
+        if assignee == "me":
+            assignee = caller.principal.id if caller.principal.kind == "user" else -1
+        conditions.append(Case.assignee_id == int(assignee))
+    if args.get("unrouted") is not None:
+        conditions.append(Case.unrouted.is_(args["unrouted"]))
+    if args.get("source"):
+        conditions.append(Case.source == args["source"])
+    if args.get("bbox"):
+        west, south, east, north = args["bbox"]
+        conditions.append(and_(Case.lon.between(west, east), Case.lat.between(south, north)))
+    if args.get("q"):
+        like = f"%{args['q'].lower()}%"
+        conditions.append(
+            or_(
+                func.lower(Case.description).like(like),
+                func.lower(Case.address).like(like),
+                Case.number.like(like),
+            )
+        )
+    column, descending = SORTS[args.get("sort") or "-reported_at"]
+    if args.get("cursor"):
+        value, last_id = decode_cursor(args["cursor"])
+        # A row comparison: one index range, however deep the page.
+        if descending:
+            conditions.append(tuple_(column, Case.id) < tuple_(value, last_id))
+        else:
+            conditions.append(tuple_(column, Case.id) > tuple_(value, last_id))
+    order = (column.desc(), Case.id.desc()) if descending else (column.asc(), Case.id.asc())
+    limit = args.get("limit", 50)
+    rows = list(session.scalars(select(Case).where(*conditions).order_by(*order).limit(limit + 1)))
+    cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        cursor = encode_cursor(getattr(last, column.key), last.id)
+    return rows, cursor
+
+
+def queues(session: Session, caller: Caller) -> list[dict[str, Any]]:
+    """Return the caller's work queues with their counts (only queues the caller works)."""
+    scope = caller.scope
+    # Office queues need an office (is_office): a department member or a worker holds only
+    # what was dispatched to them; a grid chief verifies in their grids.
+    office: ColumnElement[bool] = false()
+    if caller.principal.can("cases:dispatch"):
+        office = scope.region_condition(Case.responsible_region_code)
+    holder_parts: list[ColumnElement[bool]] = [office]
+    if caller.principal.kind == "user":
+        holder_parts.append(Case.assignee_id == caller.principal.id)
+    if caller.department_id is not None:
+        holder_parts.append(Case.department_id == caller.department_id)
+    holder = or_(*holder_parts)
+    verifier = office
+    if scope.grid_codes:
+        verifier = or_(office, Case.grid_code.in_(sorted(scope.grid_codes)))
+    columns = []
+    names = []
+    for name, title, statuses, permission in QUEUES:
+        if not caller.principal.can(permission):
+            continue
+        where = {"handle": holder, "verify": verifier}.get(name, office)
+        columns.append(func.sum(case((and_(Case.status.in_(statuses), where), 1), else_=0)))
+        names.append((name, title))
+    columns.append(func.sum(case((Case.overdue.is_(True), 1), else_=0)))
+    names.append(("overdue", "超期"))
+    row = session.execute(select(*columns).where(text(OPEN_SQL), visible_condition(caller))).one()
+    return [
+        {"queue": name, "name": title, "count": int(count or 0)}
+        for (name, title), count in zip(names, row, strict=True)
+    ]
+
+
+def region_names(session: Session, codes: Iterable[str | None]) -> dict[str, str]:
+    wanted = sorted({c for c in codes if c})
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(Region.code, Region.name).where(Region.code.in_(wanted), Region.valid_to.is_(None))
+    ).all()
+    return {code: name for code, name in rows}

@@ -1,0 +1,156 @@
+"""Idempotent writes: a retried request gets the first answer, never a second effect.
+
+A request names itself with an ``Idempotency-Key`` header (and, for case reports, with the
+phone's own ``client_id``). Keys are scoped to the caller. The flow, inside the request's one
+transaction:
+
+1. ``claim``: on PostgreSQL take a transaction-level advisory lock per key without waiting;
+   a key whose lock is held belongs to a request still in flight → 409 (retry later). On
+   SQLite the write transaction (BEGIN IMMEDIATE) already serialises writers.
+2. ``find``: a stored answer for any of the keys is returned for replay, if the request
+   is the same (same hash); the same key with a different request → 422.
+3. the work, then ``remember`` writes the key rows, and the request commits once: the key
+   exists exactly when its effect does. The unique (caller, key) constraint is the last guard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.orm import Session
+
+from ..errors import Conflict, Unprocessable
+from ..models import IdempotencyKey
+
+MAX_KEY_LENGTH = 200
+
+
+def parse_header(value: str | None) -> str | None:
+    """Return the key of an ``Idempotency-Key`` header, quoted (RFC 8941 string) or bare."""
+    if value is None:
+        return None
+    key = value.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise Unprocessable(
+            "Invalid Idempotency-Key.",
+            errors={
+                "headers": {
+                    "Idempotency-Key": [
+                        f"1 to {MAX_KEY_LENGTH} printable characters, quoted or bare"
+                    ]
+                }
+            },
+        )
+    return key
+
+
+def request_hash(method: str, path: str, body: Any) -> str:
+    """Return the hash that tells a retry from a different request (canonical JSON body)."""
+    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Stored:
+    status_code: int
+    response: str
+    resource_id: int | None
+
+
+def _lock_id(caller: str, key: str) -> int:
+    digest = hashlib.sha256(f"{caller}\x00{key}".encode()).digest()
+    return struct.unpack(">q", digest[:8])[0]
+
+
+def claim(session: Session, caller: str, keys: list[str]) -> None:
+    """Take the keys for this transaction; 409 when a request with one is in flight."""
+    if not keys or session.get_bind().dialect.name != "postgresql":
+        return
+    params = {f"k{i}": _lock_id(caller, key) for i, key in enumerate(keys)}
+    expr = " AND ".join(f"pg_try_advisory_xact_lock(:k{i})" for i in range(len(keys)))
+    if not session.execute(text(f"SELECT {expr}"), params).scalar():
+        raise Conflict(
+            "A request with this Idempotency-Key (or client_id) is still being processed; "
+            "retry shortly to get its answer.",
+            errors={"headers": {"Idempotency-Key": ["in flight"]}},
+            headers={"Retry-After": "1"},
+        )
+
+
+def find(session: Session, caller: str, keys: list[str], hash_: str) -> Stored | None:
+    """Return the stored answer for any of the keys, or None; 422 if it was another request."""
+    if not keys:
+        return None
+    rows = session.scalars(
+        select(IdempotencyKey)
+        .where(IdempotencyKey.caller == caller, IdempotencyKey.key.in_(keys))
+        .order_by(IdempotencyKey.id)
+    ).all()
+    for row in rows:
+        if row.request_hash != hash_:
+            field = "client_id" if row.key.startswith("client_id:") else "Idempotency-Key"
+            raise Unprocessable(
+                f"This {field} was used for a different request.",
+                errors={"headers" if field == "Idempotency-Key" else "json": {field: ["reused"]}},
+            )
+    if rows:
+        return Stored(rows[0].status_code, rows[0].response, rows[0].resource_id)
+    return None
+
+
+def remember(
+    session: Session,
+    caller: str,
+    keys: list[str],
+    *,
+    hash_: str,
+    method: str,
+    path: str,
+    status_code: int,
+    response: str,
+    resource_id: int | None,
+    now: datetime,
+    keep_days: int,
+) -> None:
+    """Store the answer under every key, in the request's transaction."""
+    if not keys:
+        return
+    expires = now + timedelta(days=keep_days)
+    session.execute(
+        insert(IdempotencyKey),
+        [
+            {
+                "caller": caller,
+                "key": key,
+                "request_hash": hash_,
+                "method": method,
+                "path": path[:255],
+                "status_code": status_code,
+                "response": response,
+                "resource_id": resource_id,
+                "created_at": now,
+                "expires_at": expires,
+            }
+            for key in keys
+        ],
+    )
+
+
+def purge(session: Session, now: datetime) -> int:
+    """Delete keys past their retention; return how many."""
+    from sqlalchemy import delete
+
+    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < now))
+    return int(result.rowcount or 0)
+
+
+def count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(IdempotencyKey)) or 0)

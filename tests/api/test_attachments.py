@@ -1,0 +1,606 @@
+"""Evidence photos: clean stored copies, EXIF kept apart, retries, hostile files, downloads."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import ExifTags, Image, ImageCms, PngImagePlugin
+from PIL.TiffImagePlugin import IFDRational
+from sqlalchemy import text
+
+from gridapi.errors import Unprocessable
+from gridapi.services.attachments import check_evidence
+
+from ..factories import COMMUNITY_A, LAT0, LON0, STEP
+
+A1 = COMMUNITY_A + "001"
+ROW_COLUMNS = "case_id, upload_sha256, sha256, thumbnail_sha256, taken_at, gps_lon, gps_lat"
+
+
+def center(col: int) -> tuple[float, float]:
+    return (round(LON0 + (col + 0.5) * STEP, 6), round(LAT0 + 0.5 * STEP, 6))
+
+
+def report_body(lon: float, lat: float) -> dict[str, Any]:
+    return {
+        "category": "0101",
+        "description": "小区门口垃圾堆放",
+        "location": {"type": "Point", "coordinates": [lon, lat]},
+    }
+
+
+# --- images ---------------------------------------------------------------------------------
+
+
+def exif_with_place(orientation: int | None = None) -> Image.Exif:
+    """EXIF saying the photo was taken 2026-11-20 14:30:00 at 31°18'30"N 120°36'12.34"E."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "TestCam"
+    if orientation:
+        exif[ExifTags.Base.Orientation] = orientation
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = "2026:11:20 14:30:00"
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    gps[ExifTags.GPS.GPSLatitudeRef] = "N"
+    gps[ExifTags.GPS.GPSLatitude] = (IFDRational(31), IFDRational(18), IFDRational(3000, 100))
+    gps[ExifTags.GPS.GPSLongitudeRef] = "E"
+    gps[ExifTags.GPS.GPSLongitude] = (IFDRational(120), IFDRational(36), IFDRational(1234, 100))
+    return exif
+
+
+TAKEN_AT = "2026-11-20T06:30:00+00:00"  # 14:30 in Asia/Shanghai, the default GRIDAPI_TIMEZONE
+GPS = (120 + 36 / 60 + 12.34 / 3600, 31 + 18 / 60 + 30 / 3600)
+
+
+def picture(size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Image.Image:
+    """A picture whose left half is red and right half blue (so orientation shows)."""
+    img = Image.new(mode, size, (20, 40, 220, 255)[: len(mode)])
+    img.paste((220, 30, 30, 255)[: len(mode)], (0, 0, size[0] // 2, size[1]))
+    return img
+
+
+def jpeg(size: tuple[int, int] = (64, 48), **save: Any) -> bytes:
+    out = io.BytesIO()
+    picture(size).save(out, "JPEG", quality=90, **save)
+    return out.getvalue()
+
+
+def jpeg_with_metadata() -> bytes:
+    """A JPEG lying on its side (orientation 6) with EXIF time and GPS, a comment, XMP and an
+    ICC profile."""
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF/></x:xmpmeta>'
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return jpeg(
+        exif=exif_with_place(orientation=6), comment=b"secret note", xmp=xmp, icc_profile=icc
+    )
+
+
+def png(size: tuple[int, int] = (40, 30), **save: Any) -> bytes:
+    out = io.BytesIO()
+    picture(size, "RGBA").save(out, "PNG", **save)
+    return out.getvalue()
+
+
+def png_with_text() -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "taken at home, 12 Elm Street")
+    info.add_itxt("Author", "王某", lang="zh", tkey="作者")
+    return png(pnginfo=info, exif=exif_with_place())
+
+
+def webp_with_metadata() -> bytes:
+    out = io.BytesIO()
+    picture((50, 40), "RGBA").save(out, "WEBP", exif=exif_with_place(), quality=90)
+    return out.getvalue()
+
+
+def png_bomb(side: int) -> bytes:
+    """A valid 1-bit PNG of side × side white pixels: a few kB that decode to side² bytes."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (side + 7) // 8)  # filter byte 0 and the packed pixels
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+SVG = (
+    b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+    b"<script>alert(document.cookie)</script><rect width='10' height='10'/></svg>"
+)
+HTML = b"<!DOCTYPE html><html><body><script>alert(document.cookie)</script></body></html>"
+
+
+# --- fixtures and helpers -------------------------------------------------------------------
+
+
+@pytest.fixture
+def overrides() -> dict[str, Any]:
+    """Settings a test changes (parametrize ``overrides`` to change them)."""
+    return {}
+
+
+@pytest.fixture
+def settings(settings, overrides):  # type: ignore[no-untyped-def]
+    return dataclasses.replace(settings, argon2_time_cost=1, argon2_memory_kib=1024, **overrides)
+
+
+@pytest.fixture
+def world(factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+@pytest.fixture
+def case_id(client, world) -> int:
+    """A case in grid A1, reported by the admin."""
+    r = client.post("/api/v1/cases", json=report_body(*center(0)))
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()["id"]
+
+
+def upload(
+    client: Any,
+    case_id: int,
+    data: bytes,
+    filename: str = "photo.jpg",
+    content_type: str | None = None,
+) -> Any:
+    part = (
+        (io.BytesIO(data), filename, content_type) if content_type else (io.BytesIO(data), filename)
+    )
+    return client.post(
+        f"/api/v1/cases/{case_id}/attachments",
+        data={"file": part},
+        content_type="multipart/form-data",
+    )
+
+
+def stored_files(settings: Any) -> list[Path]:
+    root = Path(settings.data_dir) / "attachments"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def rows(session: Any) -> list[tuple[Any, ...]]:
+    session.rollback()  # end the read transaction: SQLite would go on showing its snapshot
+    return [
+        tuple(r)
+        for r in session.execute(text(f"SELECT {ROW_COLUMNS} FROM case_attachments ORDER BY id"))
+    ]
+
+
+def audit_count(session: Any, action: str) -> int:
+    session.rollback()
+    return session.execute(
+        text("SELECT count(*) FROM audit_log WHERE action = :a"), {"a": action}
+    ).scalar()
+
+
+def stored_path(settings: Any, sha: str, ext: str) -> Path:
+    return Path(settings.data_dir) / "attachments" / sha[:2] / f"{sha}.{ext}"
+
+
+def reopen(path: Path) -> Image.Image:
+    img = Image.open(path)
+    img.load()
+    return img
+
+
+def reopen_bytes(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+# --- clean copies, EXIF kept apart ----------------------------------------------------------
+
+
+def test_a_jpeg_is_stored_upright_without_metadata_and_its_exif_kept_apart(
+    client, case_id, settings, session
+):
+    data = jpeg_with_metadata()
+    assert {"exif", "comment", "xmp", "icc_profile"} <= set(reopen_bytes(data).info)
+    r = upload(client, case_id, data, "IMG_0001.JPG", "image/jpeg")
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    # Orientation 6 (rotated 90°): the 64×48 sensor image is 48 wide and 64 high upright.
+    assert (body["width"], body["height"]) == (48, 64)
+    assert body["case_id"] == case_id
+    assert body["content_type"] == "image/jpeg"
+    assert body["filename"] == "IMG_0001.JPG"
+    assert body["uploaded_by"].startswith("user:")
+    assert body["taken_at"] == TAKEN_AT
+    lon, lat = body["gps"]["coordinates"]
+    assert body["gps"]["type"] == "Point"
+    assert abs(lon - GPS[0]) < 1e-6 and abs(lat - GPS[1]) < 1e-6
+    base = f"/api/v1/cases/{case_id}/attachments/{body['id']}"
+    assert body["links"] == {"content": f"{base}/content", "thumbnail": f"{base}/thumbnail"}
+
+    path = stored_path(settings, body["sha256"], "jpg")
+    stored = path.read_bytes()
+    assert hashlib.sha256(stored).hexdigest() == body["sha256"]
+    assert len(stored) == body["size_bytes"]
+    assert b"secret note" not in stored and b"TestCam" not in stored and b"xmpmeta" not in stored
+    img = reopen(path)
+    assert img.format == "JPEG" and img.size == (48, 64)
+    assert not img.getexif()
+    assert not {"exif", "comment", "xmp", "icc_profile"} & set(img.info)
+    # Upright: the red half of the picture is now on top.
+    assert img.getpixel((24, 5))[0] > 150 and img.getpixel((24, 60))[2] > 150
+
+    [row] = rows(session)
+    assert row[0] == case_id
+    assert row[1] == hashlib.sha256(data).hexdigest()  # of the upload, not of the stored copy
+    assert row[2] == body["sha256"] != row[1]
+    assert stored_path(settings, row[3], "jpg").exists()
+    assert row[5] == pytest.approx(GPS[0]) and row[6] == pytest.approx(GPS[1])
+    assert audit_count(session, "case.attach") == 1
+
+
+@pytest.mark.parametrize(
+    "make,filename,ext,fmt",
+    [
+        (png_with_text, "scene.png", "png", "PNG"),
+        (webp_with_metadata, "scene.webp", "webp", "WEBP"),
+    ],
+)
+def test_png_and_webp_keep_their_format_and_lose_their_metadata(
+    client, case_id, settings, make, filename, ext, fmt
+):
+    data = make()
+    before = reopen_bytes(data)
+    assert before.getexif()  # the upload does carry metadata
+    r = upload(client, case_id, data, filename)
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert body["content_type"] == f"image/{ext}"
+    assert body["taken_at"] == TAKEN_AT
+    img = reopen(stored_path(settings, body["sha256"], ext))
+    assert img.format == fmt and img.mode == before.mode and img.size == before.size
+    assert not img.getexif()
+    assert not {"exif", "xmp", "icc_profile", "Comment", "Author"} & set(img.info)
+    assert not getattr(img, "text", {})
+    stored = stored_path(settings, body["sha256"], ext).read_bytes()
+    assert b"Elm Street" not in stored and b"TestCam" not in stored
+
+
+def test_a_multi_picture_jpeg_from_a_phone_keeps_its_first_picture_only(client, case_id, settings):
+    out = io.BytesIO()
+    second = Image.new("RGB", (32, 24), "green")
+    picture((64, 48)).save(
+        out, "MPO", save_all=True, append_images=[second], exif=exif_with_place()
+    )
+    assert Image.open(io.BytesIO(out.getvalue())).format == "MPO"
+    r = upload(client, case_id, out.getvalue(), "IMG_0002.jpg", "image/jpeg")
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert (body["width"], body["height"], body["taken_at"]) == (64, 48, TAKEN_AT)
+    img = reopen(stored_path(settings, body["sha256"], "jpg"))
+    assert img.format == "JPEG" and getattr(img, "n_frames", 1) == 1 and not img.getexif()
+
+
+def test_time_and_place_are_shown_only_with_evidence_location(client, accounts, case_id):
+    worker = accounts.client("worker", "grid_worker", grids=[A1])
+    r = upload(worker, case_id, jpeg_with_metadata())
+    assert r.status_code == 201, r.get_json()
+    assert "taken_at" not in r.get_json() and "gps" not in r.get_json()
+    listed = worker.get(f"/api/v1/cases/{case_id}/attachments").get_json()["items"]
+    assert len(listed) == 1 and "taken_at" not in listed[0] and "gps" not in listed[0]
+    [seen] = client.get(f"/api/v1/cases/{case_id}/attachments").get_json()["items"]
+    assert seen["taken_at"] == TAKEN_AT and seen["gps"]["type"] == "Point"
+    # A photo without EXIF shows null time and place to those who may see them.
+    plain = upload(client, case_id, png(), "plain.png").get_json()
+    assert plain["taken_at"] is None and plain["gps"] is None
+
+
+def test_a_retried_upload_returns_the_first_attachment_and_stores_nothing_new(
+    client, case_id, settings, session
+):
+    data = jpeg((400, 300), exif=exif_with_place())
+    first = upload(client, case_id, data)
+    assert first.status_code == 201
+    files = stored_files(settings)
+    assert len(files) == 2  # the photo and its thumbnail
+    again = upload(client, case_id, data, "renamed.jpg")
+    assert again.status_code == 201
+    assert again.get_json() == first.get_json()
+    assert len(rows(session)) == 1
+    assert stored_files(settings) == files
+    assert audit_count(session, "case.attach") == 1
+    # The same photo on another case is another attachment (sharing the stored file).
+    other = client.post("/api/v1/cases", json=report_body(*center(1))).get_json()["id"]
+    third = upload(client, other, data)
+    assert third.status_code == 201 and third.get_json()["id"] != first.get_json()["id"]
+    assert third.get_json()["sha256"] == first.get_json()["sha256"]
+    assert len(rows(session)) == 2 and stored_files(settings) == files
+
+
+# --- hostile and wrong files ----------------------------------------------------------------
+
+HOSTILE = {
+    "truncated jpeg": (lambda: jpeg((400, 300))[:-2000], "photo.jpg", "truncated or corrupt"),
+    "png bomb 20000x20000": (lambda: png_bomb(20_000), "photo.png", "million pixels"),
+    "png bomb 7000x7000": (lambda: png_bomb(7_000), "photo.png", "million pixels"),
+    "svg": (lambda: SVG, "photo.svg", "Only JPEG, PNG and WebP"),
+    "svg named jpg": (lambda: SVG, "photo.jpg", "Only JPEG, PNG and WebP"),
+    "html then jpeg": (lambda: HTML + jpeg(), "photo.jpg", "Only JPEG, PNG and WebP"),
+    "jpeg magic then html": (lambda: b"\xff\xd8\xff\xe0" + HTML, "photo.jpg", "markup"),
+    "valid jpeg with a script comment": (
+        lambda: jpeg(comment=b"<script>alert(1)</script>"),
+        "photo.jpg",
+        "markup",
+    ),
+    "pdf": (lambda: b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", "photo.jpg", "Only"),
+    "gif": (lambda: b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "photo.gif", "Only JPEG"),
+    "png named jpg": (lambda: png(), "photo.jpg", "named .jpg"),
+    "jpeg named html": (lambda: jpeg(), "photo.html", "named .html"),
+    "empty": (lambda: b"", "photo.jpg", "empty"),
+    "random bytes after a png signature": (
+        lambda: b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
+        "photo.png",
+        "truncated or corrupt",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_a_hostile_or_wrong_file_is_refused_quickly_and_nothing_is_stored(
+    client, case_id, settings, session, name
+):
+    make, filename, message = HOSTILE[name]
+    data = make()
+    started = time.monotonic()
+    r = upload(client, case_id, data, filename)
+    elapsed = time.monotonic() - started
+    assert r.status_code == 422, (r.status_code, r.get_json())
+    body = r.get_json()
+    assert set(body) == {"code", "status", "message", "errors"}
+    assert message in body["message"]
+    assert body["errors"] == {"files": {"file": [body["message"]]}}
+    assert elapsed < 3, elapsed  # never decoded: a 20000² bitmap alone takes longer
+    assert rows(session) == []
+    assert stored_files(settings) == []
+    assert audit_count(session, "case.attach") == 0
+
+
+def test_a_declared_type_that_contradicts_the_content_is_refused(client, case_id, settings):
+    r = upload(client, case_id, jpeg(), "photo", "image/png")
+    assert r.status_code == 422
+    assert r.get_json()["errors"]["files"]["file"] == [
+        "The file is declared as image/png but is a JPEG image (image/jpeg)."
+    ]
+    # No extension and a generic type are fine: the content decides.
+    ok = upload(client, case_id, jpeg(), "blob", "application/octet-stream")
+    assert ok.status_code == 201, ok.get_json()
+    assert stored_files(settings)
+
+
+def test_a_request_without_a_file_names_the_field(client, case_id):
+    r = client.post(
+        f"/api/v1/cases/{case_id}/attachments", data={}, content_type="multipart/form-data"
+    )
+    assert r.status_code == 422
+    assert "file" in r.get_json()["errors"]["files"]
+    r = client.post(f"/api/v1/cases/{case_id}/attachments", json={"file": "x"})
+    assert r.status_code == 422
+    assert "file" in r.get_json()["errors"]["files"]
+
+
+@pytest.mark.parametrize("overrides", [{"attachment_max_mb": 0.01}])
+def test_a_file_over_the_size_cap_is_refused(client, case_id, settings, session):
+    noisy = Image.effect_noise((200, 200), 80).convert("RGB")
+    out = io.BytesIO()
+    noisy.save(out, "JPEG", quality=95)
+    big = out.getvalue()
+    assert len(big) > 0.01 * 1024 * 1024
+    r = upload(client, case_id, big)
+    assert r.status_code == 422
+    assert "GRIDAPI_ATTACHMENT_MAX_MB" in r.get_json()["message"]
+    assert r.get_json()["errors"] == {"files": {"file": [r.get_json()["message"]]}}
+    assert rows(session) == [] and stored_files(settings) == []
+    assert upload(client, case_id, jpeg()).status_code == 201  # a small one still goes
+
+
+@pytest.mark.parametrize("overrides", [{"attachment_max_megapixels": 0.001}])
+def test_a_photo_over_the_pixel_cap_is_refused(client, case_id, settings):
+    r = upload(client, case_id, jpeg((40, 30)))  # 1,200 pixels
+    assert r.status_code == 422
+    assert "GRIDAPI_ATTACHMENT_MAX_MEGAPIXELS" in r.get_json()["message"]
+    assert stored_files(settings) == []
+    assert upload(client, case_id, jpeg((30, 30))).status_code == 201
+
+
+def test_the_default_caps_give_422_at_12_mb_and_413_beyond_the_body_limit(
+    client, case_id, settings, session
+):
+    """The 10 MB photo cap answers before Flask's 32 MB body limit (GRIDAPI_MAX_BODY_MB),
+    which answers 413 in the same error body."""
+    filler = b"\xff\xd8\xff\xe0" + bytes(12 * 1024 * 1024)
+    r = upload(client, case_id, filler)
+    assert r.status_code == 422
+    assert r.get_json()["message"] == "The file is larger than 10 MB (GRIDAPI_ATTACHMENT_MAX_MB)."
+    huge = upload(client, case_id, b"\xff\xd8\xff\xe0" + bytes(33 * 1024 * 1024))
+    assert huge.status_code == 413
+    body = huge.get_json()
+    assert set(body) == {"code", "status", "message", "errors"} and body["code"] == 413
+    assert "GRIDAPI_MAX_BODY_MB" in body["message"]
+    assert rows(session) == [] and stored_files(settings) == []
+
+
+# --- scope ----------------------------------------------------------------------------------
+
+
+def test_a_case_out_of_scope_answers_like_a_missing_one(client, accounts, world, settings):
+    worker = accounts.client("worker", "grid_worker", grids=[A1])
+    elsewhere = client.post("/api/v1/cases", json=report_body(*center(2))).get_json()["id"]
+    photo = upload(client, elsewhere, jpeg()).get_json()["id"]
+    files = stored_files(settings)
+    missing = 987_654
+    for suffix in (
+        "/attachments",
+        f"/attachments/{photo}/content",
+        f"/attachments/{photo}/thumbnail",
+    ):
+        out = worker.get(f"/api/v1/cases/{elsewhere}{suffix}")
+        none = worker.get(f"/api/v1/cases/{missing}{suffix}")
+        assert out.status_code == none.status_code == 404, suffix
+        assert (
+            out.get_json()
+            == none.get_json()
+            == {
+                "code": 404,
+                "status": "Not Found",
+                "message": "No such case.",
+                "errors": {},
+            }
+        )
+    out = upload(worker, elsewhere, png(), "x.png")
+    none = upload(worker, missing, png(), "x.png")
+    assert (out.status_code, out.get_json()) == (none.status_code, none.get_json())
+    assert out.status_code == 404
+    assert stored_files(settings) == files
+
+
+def test_an_attachment_of_another_case_is_not_found(client, world):
+    first = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()["id"]
+    second = client.post("/api/v1/cases", json=report_body(*center(1))).get_json()["id"]
+    photo = upload(client, first, jpeg()).get_json()["id"]
+    r = client.get(f"/api/v1/cases/{second}/attachments/{photo}/content")
+    assert r.status_code == 404 and r.get_json()["message"] == "No such attachment."
+    assert client.get(f"/api/v1/cases/{second}/attachments").get_json() == {"items": []}
+
+
+def test_anonymous_and_apps_without_cases_write_may_not_upload(app, client, case_id):
+    r = app.test_client().post(
+        f"/api/v1/cases/{case_id}/attachments",
+        data={"file": (io.BytesIO(jpeg()), "a.jpg")},
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 401
+
+
+# --- downloads ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data,filename,ext",
+    [
+        (lambda: jpeg((800, 600)), "现场照片.jpeg", "jpg"),
+        (lambda: png((800, 600)), "scene.png", "png"),
+        (webp_with_metadata, "scene.webp", "webp"),
+    ],
+)
+def test_photo_and_thumbnail_downloads(client, case_id, data, filename, ext):
+    body = upload(client, case_id, data(), filename).get_json()
+    content = client.get(body["links"]["content"])
+    assert content.status_code == 200
+    assert content.headers["Content-Type"] == body["content_type"]
+    assert content.headers["Cache-Control"].startswith("private, max-age=")
+    assert content.headers["ETag"] == f'"{body["sha256"]}"'
+    assert content.headers["X-Content-Type-Options"] == "nosniff"
+    disposition = content.headers["Content-Disposition"]
+    assert disposition.startswith("inline; filename=")
+    assert disposition.split('"')[1].endswith(f".{ext}")
+    assert hashlib.sha256(content.data).hexdigest() == body["sha256"]
+    img = reopen_bytes(content.data)
+    assert img.size == (body["width"], body["height"])
+    assert f"image/{img.format.lower()}" == body["content_type"]
+
+    thumb = client.get(body["links"]["thumbnail"])
+    assert thumb.status_code == 200
+    assert thumb.headers["Content-Type"] == body["content_type"]
+    assert thumb.headers["X-Content-Type-Options"] == "nosniff"
+    assert "thumbnail" in thumb.headers["Content-Disposition"]
+    small = reopen_bytes(thumb.data)
+    assert max(small.size) <= 320
+    assert small.size == (320, 240) if body["width"] == 800 else small.size == (50, 40)
+
+    again = client.get(body["links"]["content"], headers={"If-None-Match": content.headers["ETag"]})
+    assert again.status_code == 304 and again.data == b""
+
+
+def test_a_non_ascii_filename_is_offered_safely(client, case_id):
+    body = upload(client, case_id, jpeg(), "..\\..\\现场\x07照片.jpg").get_json()
+    assert body["filename"] == "现场照片.jpg"
+    disposition = client.get(body["links"]["content"]).headers["Content-Disposition"]
+    assert disposition.startswith('inline; filename="')
+    assert "filename*=UTF-8''%E7%8E%B0%E5%9C%BA%E7%85%A7%E7%89%87.jpg" in disposition
+
+
+# --- evidence on the timeline ---------------------------------------------------------------
+
+
+def test_check_evidence_accepts_only_attachments_of_the_case(client, world, session):
+    first = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()["id"]
+    second = client.post("/api/v1/cases", json=report_body(*center(1))).get_json()["id"]
+    mine = upload(client, first, jpeg()).get_json()["id"]
+    mine2 = upload(client, first, png(), "b.png").get_json()["id"]
+    theirs = upload(client, second, jpeg()).get_json()["id"]
+    assert check_evidence(session, first, [mine2, mine, mine2]) == [mine2, mine]
+    assert check_evidence(session, first, []) == []
+    with pytest.raises(Unprocessable) as raised:
+        check_evidence(session, first, [mine, theirs, 999_999])
+    assert raised.value.status == 422
+    assert raised.value.errors == {
+        "json": {
+            "evidence": [
+                f"{theirs} is not an attachment of this case",
+                "999999 is not an attachment of this case",
+            ]
+        }
+    }
+
+
+def test_a_transition_cites_photos_of_its_case_as_evidence(client, world, session):
+    """Feedback with photos: the timeline row lists them and each photo points at the step;
+    a photo of another case is refused and the step does not happen."""
+    r = client.post("/api/v1/cases", json=report_body(*center(0)))
+    case, etag = r.get_json()["id"], r.headers["ETag"]
+    other = client.post("/api/v1/cases", json=report_body(*center(1))).get_json()["id"]
+    mine = upload(client, case, jpeg()).get_json()["id"]
+    theirs = upload(client, other, png(), "p.png").get_json()["id"]
+    for action in ("accept", "file"):
+        step = client.post(
+            f"/api/v1/cases/{case}/transitions",
+            json={"action": action},
+            headers={"If-Match": etag},
+        )
+        etag = step.headers["ETag"]
+    refused = client.post(
+        f"/api/v1/cases/{case}/transitions",
+        json={"action": "feedback", "comment": "已清理", "evidence": [mine, theirs]},
+        headers={"If-Match": etag},
+    )
+    assert refused.status_code == 422
+    assert refused.get_json()["errors"]["json"]["evidence"] == [
+        f"{theirs} is not an attachment of this case"
+    ]
+    assert client.get(f"/api/v1/cases/{case}").get_json()["status"] == "filed"
+    done = client.post(
+        f"/api/v1/cases/{case}/transitions",
+        json={"action": "feedback", "comment": "已清理", "evidence": [mine]},
+        headers={"If-Match": etag},
+    )
+    assert done.status_code == 200, done.get_json()
+    timeline = client.get(f"/api/v1/cases/{case}/timeline").get_json()["items"]
+    assert timeline[-1]["action"] == "feedback" and timeline[-1]["evidence"] == [mine]
+    event_id = session.execute(
+        text("SELECT event_id FROM case_attachments WHERE id = :id"), {"id": mine}
+    ).scalar()
+    last_event = session.execute(
+        text("SELECT max(id) FROM case_events WHERE case_id = :id"), {"id": case}
+    ).scalar()
+    assert event_id == last_event

@@ -1,0 +1,194 @@
+"""Retrying a case report: an Idempotency-Key or the phone's client_id gets the first answer
+back and never a second case, also when the retries arrive all at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from .test_case_workflow import race
+from .test_cases import center, report_body
+
+
+@pytest.fixture
+def settings(settings):  # type: ignore[no-untyped-def]
+    """Cheap password hashing: tests sign in several people."""
+    return dataclasses.replace(settings, argon2_time_cost=1, argon2_memory_kib=1024)
+
+
+@pytest.fixture
+def world(factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+def post(client: Any, body: dict[str, Any], key: str | None = None) -> Any:
+    headers = {} if key is None else {"Idempotency-Key": key}
+    return client.post("/api/v1/cases", json=body, headers=headers)
+
+
+def count(session: Any, table: str) -> int:
+    session.rollback()  # a fresh snapshot: the requests committed on connections of their own
+    return session.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+
+
+def counts(session: Any) -> tuple[int, int, int]:
+    """Return how many cases, timeline rows and idempotency keys there are."""
+    return (
+        count(session, "cases"),
+        count(session, "case_events"),
+        count(session, "idempotency_keys"),
+    )
+
+
+def test_a_retry_with_the_same_key_gets_the_same_answer(client, world, session):
+    body = report_body(*center(0))
+    first = post(client, body, "report-1")
+    assert first.status_code == 201, first.get_json()
+    assert "Idempotent-Replayed" not in first.headers
+    again = post(client, body, "report-1")
+    assert again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.data == first.data  # byte for byte
+    assert counts(session) == (1, 1, 1)
+    audit = session.execute(
+        text("SELECT count(*) FROM audit_log WHERE action = 'case.report'")
+    ).scalar()
+    assert audit == 1
+
+
+def test_quoted_and_bare_keys_are_the_same_key(client, world, session):
+    body = report_body(*center(0))
+    first = post(client, body, "abc-123")
+    quoted = post(client, body, '"abc-123"')
+    assert (first.status_code, quoted.status_code) == (201, 201)
+    assert quoted.headers["Idempotent-Replayed"] == "true" and quoted.data == first.data
+    spaced = post(client, body, '  "abc-123" ')
+    assert spaced.data == first.data
+    assert counts(session) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("key", ["", '""', "x" * 201, "tab\there"])
+def test_an_invalid_key_is_422_and_creates_nothing(client, world, session, key):
+    r = post(client, report_body(*center(0)), key)
+    assert r.status_code == 422, r.get_json()
+    assert "Idempotency-Key" in r.get_json()["errors"]["headers"]
+    assert counts(session) == (0, 0, 0)
+
+
+def test_the_same_key_with_another_body_is_422_and_creates_nothing(client, world, session):
+    assert post(client, report_body(*center(0)), "k").status_code == 201
+    other = post(client, report_body(*center(1)), "k")
+    assert other.status_code == 422, other.get_json()
+    assert other.get_json()["errors"] == {"headers": {"Idempotency-Key": ["reused"]}}
+    assert "Idempotent-Replayed" not in other.headers
+    assert counts(session) == (1, 1, 1)
+
+
+def test_keys_belong_to_their_caller(client, world, accounts, session):
+    worker = accounts.client("worker", "grid_worker", grids=["320508001001001"])
+    body = report_body(*center(0))
+    mine = post(client, body, "same-key")
+    theirs = post(worker, body, "same-key")
+    assert (mine.status_code, theirs.status_code) == (201, 201)
+    assert "Idempotent-Replayed" not in theirs.headers
+    assert mine.get_json()["id"] != theirs.get_json()["id"]
+    assert counts(session) == (2, 2, 2)
+
+
+def test_a_repeated_client_id_is_a_retry(client, world, session):
+    cid = str(uuid.uuid4())
+    body = report_body(*center(0), client_id=cid)
+    first = post(client, body)
+    again = post(client, body)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.headers["Idempotent-Replayed"] == "true" and again.data == first.data
+    assert first.get_json()["client_id"] == cid
+    # With a key as well: the client_id already answers for the request.
+    keyed = post(client, body, "late-key")
+    assert keyed.status_code == 201 and keyed.data == first.data
+    changed = post(client, report_body(*center(1), client_id=cid))
+    assert changed.status_code == 422, changed.get_json()
+    assert changed.get_json()["errors"] == {"json": {"client_id": ["reused"]}}
+    assert count(session, "cases") == 1 and count(session, "case_events") == 1
+
+
+def test_a_key_is_kept_for_at_least_seven_days(client, world, session):
+    before = datetime.now(UTC)
+    cid = str(uuid.uuid4())
+    case_id = post(client, report_body(*center(0), client_id=cid), "kept").get_json()["id"]
+    rows = session.execute(
+        text(
+            "SELECT key, caller, status_code, resource_id, expires_at, method, path "
+            "FROM idempotency_keys ORDER BY key"
+        )
+    ).all()
+    assert [(r.key, r.status_code, r.resource_id) for r in rows] == [
+        (f"client_id:{cid}", 201, case_id),
+        ("key:kept", 201, case_id),
+    ]
+    for row in rows:
+        expires = row.expires_at
+        if isinstance(expires, str):
+            expires = datetime.fromisoformat(expires)
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        assert expires >= before + timedelta(days=7), row
+        assert (row.method, row.path) == ("POST", "/api/v1/cases")
+        assert row.caller.startswith("user:")
+
+
+def test_a_report_that_failed_leaves_no_key_and_can_be_retried(client, world, session):
+    client.patch(
+        "/api/v1/categories/0101",
+        json={
+            "attributes": [{"code": "volume", "label": "体积", "type": "number", "required": True}]
+        },
+    )
+    cid = str(uuid.uuid4())
+    wrong = post(client, report_body(*center(0), client_id=cid), "retry-me")
+    assert wrong.status_code == 422, wrong.get_json()
+    assert counts(session) == (0, 0, 0)
+    # Corrected (another body, so the same key would be a conflict had the key been kept).
+    fixed = post(
+        client, report_body(*center(0), client_id=cid, attributes={"volume": 2}), "retry-me"
+    )
+    assert fixed.status_code == 201, fixed.get_json()
+    assert "Idempotent-Replayed" not in fixed.headers
+    assert counts(session) == (1, 1, 2)
+
+
+def test_twenty_retries_at_once_make_one_case(client, world, accounts, session, engine):
+    """All at the same moment with one key: one case; every answer is that case (201,
+    replayed) or "still in flight" (409 with Retry-After). On SQLite the writes queue; on
+    PostgreSQL a request that finds the key's advisory lock taken answers 409 at once."""
+    body = report_body(*center(0))
+    clients = [accounts.client("admin") for _ in range(20)]
+    answers = race(clients, lambda c: post(c, body, "storm"))
+    statuses = sorted(a.status_code for a in answers)
+    details = [(a.status_code, a.get_data(as_text=True)[:200]) for a in answers]
+    assert set(statuses) <= {201, 409}, details
+    assert count(session, "cases") == 1
+    assert count(session, "case_events") == 1
+    assert count(session, "idempotency_keys") == 1
+    created = [a for a in answers if a.status_code == 201]
+    assert created, details
+    originals = [a for a in created if "Idempotent-Replayed" not in a.headers]
+    assert len(originals) == 1, details
+    for a in created:
+        assert a.data == originals[0].data
+    for a in answers:
+        if a.status_code == 409:
+            assert a.headers["Retry-After"] == "1"
+            assert a.get_json()["errors"] == {"headers": {"Idempotency-Key": ["in flight"]}}
+    if engine.dialect.name == "sqlite":
+        assert statuses == [201] * 20, details  # writers wait their turn, then replay
+    # Whatever answered 409 gets the case on a later retry.
+    later = post(client, body, "storm")
+    assert later.status_code == 201 and later.data == originals[0].data

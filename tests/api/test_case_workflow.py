@@ -1,0 +1,1035 @@
+"""The case workflow over HTTP: every path through the states, who may take which step, the
+timeline each step leaves, If-Match on every transition, and the work queues."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text, update
+
+from gridapi.models import Case
+from gridapi.security.permissions import ROLES
+from gridapi.services.cases import ACTIONS, add_limit
+
+from ..factories import CITY, COMMUNITY_A, COMMUNITY_B, COUNTY, PASSWORD, TOWNSHIP
+from .test_cases import A1, center, report_body
+
+A2 = COMMUNITY_A + "002"
+ROLE_PERMISSIONS = {name: frozenset(permissions) for name, _, _, permissions in ROLES}
+
+
+@pytest.fixture
+def settings(settings):  # type: ignore[no-untyped-def]
+    """Cheap password hashing: every test signs in several people."""
+    return dataclasses.replace(settings, argon2_time_cost=1, argon2_memory_kib=1024)
+
+
+# --- the people and the desk they work at ---------------------------------------------------
+
+
+class Desk:
+    """The township of ``tests/factories.py`` with its people, and helpers to move cases.
+
+    ``office`` (township), ``county``, ``city``, ``officer`` (community A), ``worker`` (grid
+    A1) and ``member`` (of the department ``dept``, in community A) are signed-in clients;
+    ``admin`` is the unrestricted admin who reads ETags.
+    """
+
+    def __init__(self, app: Any, accounts: Any, admin: Any) -> None:
+        self.app = app
+        self.accounts = accounts
+        self.admin = admin
+        self.office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+        self.county = accounts.client("county", "county_centre", scope_region=COUNTY)
+        self.city = accounts.client("city", "city_centre", scope_region=CITY)
+        self.officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+        self.worker = accounts.client("worker", "grid_worker", grids=[A1])
+        body = {"code": "FIRE", "name": "消防", "region_code": COMMUNITY_A}
+        self.dept = ok(admin.post("/api/v1/departments", json=body), 201)["id"]
+        self.member = self.department_member("member", self.dept, COMMUNITY_A)
+
+    def department_member(self, username: str, dept: int, scope_region: str) -> Any:
+        body = {
+            "username": username,
+            "password": PASSWORD,
+            "role": "department",
+            "scope_region": scope_region,
+            "department_id": dept,
+        }
+        self.accounts.ids[username] = ok(self.admin.post("/api/v1/users", json=body), 201)["id"]
+        return self.accounts.client(username)
+
+    def id(self, username: str) -> int:
+        return self.accounts.ids[username]
+
+    def actor(self, username: str) -> str:
+        return f"user:{self.id(username)}"
+
+    def report(self, who: Any = None, col: int = 0, **extra: Any) -> dict[str, Any]:
+        body = report_body(*center(col), **extra)
+        return ok((who or self.admin).post("/api/v1/cases", json=body), 201)
+
+    def get(self, case_id: int) -> dict[str, Any]:
+        return ok(self.admin.get(f"/api/v1/cases/{case_id}"))
+
+    def etag(self, case_id: int) -> str:
+        r = self.admin.get(f"/api/v1/cases/{case_id}")
+        assert r.status_code == 200
+        return r.headers["ETag"]
+
+    def post(self, who: Any, case_id: int, action: str, **data: Any) -> Any:
+        """Send ``action`` with the case's current ETag; return the response."""
+        return who.post(
+            f"/api/v1/cases/{case_id}/transitions",
+            json={"action": action, **data},
+            headers={"If-Match": self.etag(case_id)},
+        )
+
+    def act(self, who: Any, case_id: int, action: str, **data: Any) -> dict[str, Any]:
+        """Take ``action``, which must succeed; return the case (one version later)."""
+        before = self.get(case_id)["version"]
+        r = self.post(who, case_id, action, **data)
+        assert r.status_code == 200, (action, r.status_code, r.get_json())
+        body = r.get_json()
+        # One step, one version (dispatch to a worker bumped it twice before no_autoflush).
+        assert body["version"] == before + 1, (action, before, body["version"])
+        assert r.headers["ETag"] == f'"{case_id}-{body["version"]}"'
+        return body
+
+    def timeline(self, case_id: int) -> list[dict[str, Any]]:
+        return ok(self.admin.get(f"/api/v1/cases/{case_id}/timeline"))["items"]
+
+    def steps(self, case_id: int) -> list[tuple[str, str | None, str, str]]:
+        """Return the timeline as (action, from, to, who)."""
+        return [
+            (e["action"], e["from_status"], e["to_status"], e["actor"])
+            for e in self.timeline(case_id)
+        ]
+
+    def to_filed(self, case_id: int) -> dict[str, Any]:
+        self.act(self.office, case_id, "accept")
+        return self.act(self.office, case_id, "file")
+
+    def to_handling(self, case_id: int) -> dict[str, Any]:
+        self.to_filed(case_id)
+        self.act(self.office, case_id, "dispatch", assignee_id=self.id("worker"))
+        return self.act(self.worker, case_id, "sign")
+
+    def to_closed(self, case_id: int) -> dict[str, Any]:
+        self.to_handling(case_id)
+        self.act(self.worker, case_id, "feedback", comment="已清理")
+        self.act(self.office, case_id, "verify_pass")
+        return self.act(self.office, case_id, "close")
+
+
+def ok(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, (response.status_code, response.get_json())
+    return response.get_json()
+
+
+def when(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+@pytest.fixture
+def desk(app, accounts, client, factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return Desk(app, accounts, client)
+
+
+# --- the main road --------------------------------------------------------------------------
+
+
+def test_report_to_rating_on_the_main_road(desk, app, session):
+    d = desk
+    reported = d.report(d.worker)
+    cid = reported["id"]
+    assert reported["status"] == "reported"
+    assert reported["reporter"] == d.actor("worker")
+    accepted = d.act(d.office, cid, "accept")
+    assert accepted["status"] == "accepted" and accepted["deadlines"]["handle"] is None
+
+    filed = d.act(d.office, cid, "file", comment="立案")
+    assert filed["status"] == "filed"
+    handle_due = when(filed["deadlines"]["handle"])
+    assert handle_due is not None and handle_due > when(filed["updated_at"])
+    # Category 0101 is handled within 4 working hours of filing.
+    calendar = app.extensions["gridapi"].calendar(session)
+    assert handle_due == add_limit(calendar, when(filed["updated_at"]), 4, "hours")
+
+    dispatched = d.act(d.office, cid, "dispatch", assignee_id=d.id("worker"))
+    assert dispatched["status"] == "dispatched"
+    assert dispatched["responsible"] == {
+        "unit": {"code": TOWNSHIP, "name": "平江街道"},
+        "department_id": None,
+        "assignee_id": d.id("worker"),
+    }
+    # The office may still act for its worker (sign, return, ask for time) and decide.
+    assert dispatched["allowed_actions"] == [
+        "sign",
+        "return",
+        "request_extension",
+        "approve_extension",
+        "deny_extension",
+        "supervise",
+        "duplicate",
+    ]
+    worker_view = ok(d.worker.get(f"/api/v1/cases/{cid}"))
+    assert worker_view["allowed_actions"] == ["sign", "return", "request_extension"]
+
+    handling = d.act(d.worker, cid, "sign")
+    assert handling["status"] == "handling"
+    feedback = d.act(d.worker, cid, "feedback", comment="已清理完毕")
+    assert feedback["status"] == "feedback"
+    verify_due = when(feedback["deadlines"]["verify"])
+    assert verify_due == add_limit(calendar, when(feedback["updated_at"]), 1, "days")
+
+    verified = d.act(d.office, cid, "verify_pass", comment="现场核查通过")
+    assert verified["status"] == "verified"
+    closed = d.act(d.office, cid, "close")
+    assert closed["status"] == "closed" and closed["allowed_actions"] == ["reopen"]
+    assert (closed["rework_count"], closed["extension_count"], closed["reopen_count"]) == (0, 0, 0)
+
+    rated = ok(d.worker.post(f"/api/v1/cases/{cid}/rating", json={"score": 5, "comment": "满意"}))
+    assert rated["satisfaction"]["score"] == 5 and rated["satisfaction"]["comment"] == "满意"
+    again = d.worker.post(f"/api/v1/cases/{cid}/rating", json={"score": 1})
+    assert again.status_code == 409, again.get_json()
+    assert d.get(cid)["satisfaction"]["score"] == 5
+
+    office, worker = d.actor("office"), d.actor("worker")
+    assert d.steps(cid) == [
+        ("report", None, "reported", worker),
+        ("accept", "reported", "accepted", office),
+        ("file", "accepted", "filed", office),
+        ("dispatch", "filed", "dispatched", office),
+        ("sign", "dispatched", "handling", worker),
+        ("feedback", "handling", "feedback", worker),
+        ("verify_pass", "feedback", "verified", office),
+        ("close", "verified", "closed", office),
+        ("rate", "closed", "closed", worker),
+    ]
+    events = d.timeline(cid)
+    assert [e["seq"] for e in events] == list(range(1, 10))
+    assert events[2]["comment"] == "立案"
+    assert events[2]["data"] == {
+        "handle_due_at": handle_due.isoformat(),
+        "from_unit": COMMUNITY_A,
+        "to_unit": TOWNSHIP,
+    }
+    assert events[3]["data"] == {"assignee_id": d.id("worker")}
+    assert events[5]["comment"] == "已清理完毕"
+    assert events[5]["data"] == {"verify_due_at": verify_due.isoformat()}
+    assert events[6]["comment"] == "现场核查通过"
+    assert events[8]["data"] == {"score": 5}
+    assert {e["actor_name"] for e in events} == {"office", "worker"}
+    # The community takes the report in; from filing on the township holds the case.
+    assert [e["unit"] for e in events[:2]] == [COMMUNITY_A, COMMUNITY_A]
+    assert all(e["unit"] == TOWNSHIP for e in events[2:])
+    # One audit row per step (the report and the rating included).
+    audit = session.execute(
+        text(
+            "SELECT action FROM audit_log WHERE object_type = 'case' AND object_id = :id "
+            "ORDER BY id"
+        ),
+        {"id": str(cid)},
+    ).scalars()
+    assert list(audit) == [
+        "case.report",
+        "case.accept",
+        "case.file",
+        "case.dispatch",
+        "case.sign",
+        "case.feedback",
+        "case.verify_pass",
+        "case.close",
+        "case.rate",
+    ]
+
+
+def test_rating_only_by_the_reporter_and_only_when_closed(desk):
+    d = desk
+    cid = d.report(d.worker)["id"]
+    early = d.worker.post(f"/api/v1/cases/{cid}/rating", json={"score": 4})
+    assert early.status_code == 409, early.get_json()
+    d.to_closed(cid)
+    for stranger in (d.office, d.admin):
+        r = stranger.post(f"/api/v1/cases/{cid}/rating", json={"score": 1})
+        assert r.status_code == 403, r.get_json()
+    bad = d.worker.post(f"/api/v1/cases/{cid}/rating", json={"score": 6})
+    assert bad.status_code == 422
+    assert d.get(cid)["satisfaction"] is None
+    assert ok(d.worker.post(f"/api/v1/cases/{cid}/rating", json={"score": 4}))["satisfaction"]
+
+
+# --- other roads ----------------------------------------------------------------------------
+
+
+def test_resolved_on_the_spot_and_a_failed_check_goes_back_to_the_office(desk):
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    spot = d.act(d.office, cid, "feedback", comment="现场已处置")
+    assert spot["status"] == "feedback" and spot["deadlines"]["verify"] is not None
+    assert spot["responsible"]["assignee_id"] is None
+    event = d.timeline(cid)[-1]
+    assert (event["action"], event["from_status"], event["to_status"]) == (
+        "feedback",
+        "filed",
+        "feedback",
+    )
+    assert event["data"]["on_the_spot"] is True
+    failed = d.act(d.office, cid, "verify_fail", comment="仍有垃圾")
+    # Nobody was dispatched: the rework is the office's own.
+    assert failed["status"] == "filed"
+    assert failed["rework_count"] == 1 and failed["deadlines"]["verify"] is None
+    assert d.timeline(cid)[-1]["data"] == {"rework": 1}
+
+
+def test_a_failed_check_sends_the_case_back_to_the_same_worker(desk):
+    d = desk
+    cid = d.report()["id"]
+    d.to_handling(cid)
+    d.act(d.worker, cid, "feedback", comment="已清理")
+    missing_reason = d.post(d.office, cid, "verify_fail")
+    assert missing_reason.status_code == 422
+    assert missing_reason.get_json()["errors"]["json"]["comment"]
+    failed = d.act(d.office, cid, "verify_fail", comment="仍有垃圾")
+    assert failed["status"] == "dispatched"
+    assert failed["responsible"]["assignee_id"] == d.id("worker")
+    assert failed["rework_count"] == 1 and failed["deadlines"]["verify"] is None
+    assert ok(d.worker.get(f"/api/v1/cases/{cid}"))["allowed_actions"] == [
+        "sign",
+        "return",
+        "request_extension",
+    ]
+    d.act(d.worker, cid, "sign")
+    d.act(d.worker, cid, "feedback", comment="再次清理")
+    d.act(d.office, cid, "verify_fail", comment="还是不行")
+    assert d.get(cid)["rework_count"] == 2
+    rework = [e for e in d.timeline(cid) if e["action"] == "verify_fail"]
+    assert [(e["data"], e["comment"], e["to_status"]) for e in rework] == [
+        ({"rework": 1}, "仍有垃圾", "dispatched"),
+        ({"rework": 2}, "还是不行", "dispatched"),
+    ]
+
+
+def test_dispatch_to_a_department_and_a_member_signs(desk):
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    dispatched = d.act(d.office, cid, "dispatch", department_id=d.dept)
+    assert dispatched["status"] == "dispatched"
+    assert dispatched["responsible"]["department_id"] == d.dept
+    assert dispatched["responsible"]["assignee_id"] is None
+    member_view = ok(d.member.get(f"/api/v1/cases/{cid}"))
+    assert member_view["allowed_actions"] == ["sign", "return", "request_extension"]
+    signed = d.act(d.member, cid, "sign")
+    # The member who signs becomes the handler.
+    assert signed["status"] == "handling"
+    assert signed["responsible"]["assignee_id"] == d.id("member")
+    assert signed["responsible"]["department_id"] == d.dept
+    d.act(d.member, cid, "feedback", comment="已整改")
+    assert d.steps(cid)[-3:] == [
+        ("dispatch", "filed", "dispatched", d.actor("office")),
+        ("sign", "dispatched", "handling", d.actor("member")),
+        ("feedback", "handling", "feedback", d.actor("member")),
+    ]
+    assert d.timeline(cid)[-3]["data"] == {"department_id": d.dept}
+
+
+def test_dispatch_needs_exactly_one_target_in_the_dispatchers_area(desk, accounts):
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    for body in ({}, {"assignee_id": d.id("worker"), "department_id": d.dept}):
+        r = d.post(d.office, cid, "dispatch", **body)
+        assert r.status_code == 422, (body, r.get_json())
+    stranger = accounts.create("stranger", "grid_worker", grids=[COMMUNITY_B + "001"])
+    other_dept = ok(
+        d.admin.post(
+            "/api/v1/departments", json={"code": "FAR", "name": "远方", "region_code": CITY}
+        ),
+        201,
+    )["id"]
+    for body, field in (
+        ({"assignee_id": 999_999}, "assignee_id"),
+        ({"department_id": other_dept}, "department_id"),  # the city's, above the township
+        ({"unit": TOWNSHIP}, "unit"),  # not lower than the township itself
+        ({"unit": "320508009001"}, "unit"),  # no such region
+    ):
+        r = d.post(d.office, cid, "dispatch", **body)
+        assert r.status_code == 422, (body, r.get_json())
+        assert field in r.get_json()["errors"]["json"], r.get_json()
+    # A worker of community B is still in the township office's area.
+    assert d.act(d.office, cid, "dispatch", assignee_id=stranger)["status"] == "dispatched"
+    assert d.get(cid)["version"] == 4  # report 1, accept 2, file 3, dispatch 4: no 422 counted
+
+
+def test_dispatch_to_a_lower_unit_and_the_community_dispatches_it(desk):
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    assert "dispatch" not in ok(d.officer.get(f"/api/v1/cases/{cid}"))["allowed_actions"]
+    handed = d.act(d.office, cid, "dispatch", unit=COMMUNITY_A, comment="交办平江社区")
+    # 交办: the community takes the case and is the office for it now; still filed.
+    assert handed["status"] == "filed"
+    assert handed["responsible"] == {
+        "unit": {"code": COMMUNITY_A, "name": "平江社区"},
+        "department_id": None,
+        "assignee_id": None,
+    }
+    assert d.timeline(cid)[-1]["data"] == {"unit": COMMUNITY_A}
+    assert d.timeline(cid)[-1]["unit"] == COMMUNITY_A
+    officer_view = ok(d.officer.get(f"/api/v1/cases/{cid}"))
+    assert {"dispatch", "feedback", "cancel"} <= set(officer_view["allowed_actions"])
+    lower_again = d.post(d.officer, cid, "dispatch", unit=COMMUNITY_A)
+    assert lower_again.status_code == 422
+    dispatched = d.act(d.officer, cid, "dispatch", assignee_id=d.id("worker"))
+    assert dispatched["status"] == "dispatched"
+    assert dispatched["responsible"]["unit"]["code"] == COMMUNITY_A
+    d.act(d.worker, cid, "sign")
+    d.act(d.worker, cid, "feedback", comment="已处置")
+    d.act(d.officer, cid, "verify_pass")
+    assert d.act(d.officer, cid, "close")["status"] == "closed"
+    assert [s[3] for s in d.steps(cid)[3:]] == [
+        d.actor("office"),
+        d.actor("officer"),
+        d.actor("worker"),
+        d.actor("worker"),
+        d.actor("officer"),
+        d.actor("officer"),
+    ]
+
+
+def test_the_handler_returns_a_case_to_the_office(desk):
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    d.act(d.office, cid, "dispatch", assignee_id=d.id("worker"))
+    no_reason = d.post(d.worker, cid, "return")
+    assert no_reason.status_code == 422
+    returned = d.act(d.worker, cid, "return", comment="不属于本网格")
+    assert returned["status"] == "filed"
+    assert returned["responsible"]["assignee_id"] is None
+    event = d.timeline(cid)[-1]
+    assert (event["action"], event["from_status"], event["to_status"], event["actor"]) == (
+        "return",
+        "dispatched",
+        "filed",
+        d.actor("worker"),
+    )
+    assert (event["comment"], event["data"]) == ("不属于本网格", {"returned_by": d.id("worker")})
+    # No longer the worker's: they see it (their grid) but may do nothing with it.
+    assert ok(d.worker.get(f"/api/v1/cases/{cid}"))["allowed_actions"] == []
+    # Returned while handling, too.
+    d.act(d.office, cid, "dispatch", assignee_id=d.id("worker"))
+    d.act(d.worker, cid, "sign")
+    assert d.act(d.worker, cid, "return", comment="需要执法")["status"] == "filed"
+
+
+def test_the_township_escalates_to_the_county_and_up_to_the_city(desk):
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    up = d.act(d.office, cid, "escalate", comment="需区级协调")
+    assert up["status"] == "filed"
+    assert up["responsible"]["unit"] == {"code": COUNTY, "name": "姑苏区"}
+    assert up["escalation_count"] == 1
+    event = d.timeline(cid)[-1]
+    assert event["data"] == {"from_unit": TOWNSHIP, "to_unit": COUNTY}
+    assert event["comment"] == "需区级协调" and event["unit"] == COUNTY
+    # The township sees the case (its area) but is no longer its office.
+    assert ok(d.office.get(f"/api/v1/cases/{cid}"))["allowed_actions"] == []
+    assert d.post(d.office, cid, "dispatch", unit=COMMUNITY_A).status_code == 403
+    assert "dispatch" in ok(d.county.get(f"/api/v1/cases/{cid}"))["allowed_actions"]
+    again = d.act(d.county, cid, "escalate", comment="需市级协调")
+    assert again["responsible"]["unit"]["code"] == CITY and again["escalation_count"] == 2
+    top = d.post(d.city, cid, "escalate", comment="再往上")
+    assert top.status_code == 409, top.get_json()
+    assert d.get(cid)["escalation_count"] == 2
+    # An accepted case escalates too, and stays accepted.
+    other = d.report(col=1)["id"]
+    d.act(d.office, other, "accept")
+    assert d.act(d.office, other, "escalate", comment="越级")["status"] == "accepted"
+
+
+def test_a_worker_escalates_a_case_they_are_handling(desk):
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    d.act(d.office, cid, "dispatch", assignee_id=d.id("worker"))
+    # Not while only dispatched (sign first).
+    early = d.post(d.worker, cid, "escalate", comment="处理不了")
+    assert early.status_code == 409
+    assert early.get_json()["errors"]["allowed_actions"] == ["sign", "return", "request_extension"]
+    d.act(d.worker, cid, "sign")
+    up = d.act(d.worker, cid, "escalate", comment="处理不了")
+    assert up["status"] == "filed"
+    assert up["responsible"] == {
+        "unit": {"code": COUNTY, "name": "姑苏区"},
+        "department_id": None,
+        "assignee_id": None,
+    }
+    assert up["escalation_count"] == 1
+    assert d.steps(cid)[-1] == ("escalate", "handling", "filed", d.actor("worker"))
+
+
+def test_transfer_to_another_unit(desk):
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    assert d.post(d.office, cid, "transfer", unit=COMMUNITY_B).status_code == 422  # no reason
+    same = d.post(d.office, cid, "transfer", unit=TOWNSHIP, comment="转办")
+    assert same.status_code == 422 and "unit" in same.get_json()["errors"]["json"]
+    elsewhere = d.post(d.office, cid, "transfer", unit="320602001001", comment="转办")
+    assert elsewhere.status_code == 422  # no such region, and not the township's anyway
+    moved = d.act(d.office, cid, "transfer", unit=COMMUNITY_B, comment="属观前社区")
+    assert moved["status"] == "filed"
+    assert moved["responsible"]["unit"] == {"code": COMMUNITY_B, "name": "观前社区"}
+    assert d.timeline(cid)[-1]["data"] == {"from_unit": TOWNSHIP, "to_unit": COMMUNITY_B}
+    # Not transferable once dispatched.
+    d.act(d.office, cid, "dispatch", assignee_id=d.id("worker"))
+    late = d.post(d.office, cid, "transfer", unit=COMMUNITY_A, comment="再转")
+    assert late.status_code == 409
+    assert "transfer" not in late.get_json()["errors"]["allowed_actions"]
+
+
+def test_extensions_are_requested_once_and_decided_by_the_office(desk, app, session):
+    d = desk
+    cid = d.report()["id"]
+    handling = d.to_handling(cid)
+    due = when(handling["deadlines"]["handle"])
+    asked = d.act(d.worker, cid, "request_extension", amount=3, comment="需要更换设备")
+    assert asked["status"] == "handling"
+    request = asked["extension_request"]
+    assert (request["amount"], request["unit"], request["reason"]) == (3, "days", "需要更换设备")
+    assert request["requested_by"] == d.actor("worker")
+    assert when(asked["deadlines"]["handle"]) == due  # nothing moves until approved
+    twice = d.post(d.worker, cid, "request_extension", amount=1, comment="再要一天")
+    assert twice.status_code == 409, twice.get_json()
+    assert d.get(cid)["extension_request"]["amount"] == 3
+    assert d.post(d.worker, cid, "approve_extension").status_code == 403  # not the worker's call
+
+    approved = d.act(d.office, cid, "approve_extension", comment="同意")
+    calendar = app.extensions["gridapi"].calendar(session)
+    moved = add_limit(calendar, due, 3, "days")
+    assert when(approved["deadlines"]["handle"]) == moved
+    assert approved["extension_count"] == 1 and approved["extension_request"] is None
+    assert approved["status"] == "handling"
+    assert d.timeline(cid)[-1]["data"] == {
+        "amount": 3,
+        "unit": "days",
+        "handle_due_before": due.isoformat(),
+        "handle_due_at": moved.isoformat(),
+    }
+    nothing_pending = d.post(d.office, cid, "approve_extension")
+    assert nothing_pending.status_code == 409
+
+    d.act(d.worker, cid, "request_extension", amount=4, unit_of_time="hours", comment="再延")
+    assert d.post(d.office, cid, "deny_extension").status_code == 422  # say why
+    denied = d.act(d.office, cid, "deny_extension", comment="不予延期")
+    assert denied["extension_request"] is None and denied["extension_count"] == 1
+    assert when(denied["deadlines"]["handle"]) == moved
+    assert d.timeline(cid)[-1]["data"] == {"amount": 4, "unit": "hours"}
+    actions = [s[0] for s in d.steps(cid)[-4:]]
+    assert actions == [
+        "request_extension",
+        "approve_extension",
+        "request_extension",
+        "deny_extension",
+    ]
+
+
+def test_reopen_needs_a_reason(desk, app, session):
+    d = desk
+    cid = d.report()["id"]
+    closed = d.to_closed(cid)
+    silent = d.post(d.office, cid, "reopen")
+    assert silent.status_code == 422
+    assert silent.get_json()["errors"]["json"]["comment"] == ["required for 'reopen'"]
+    blank = d.post(d.office, cid, "reopen", comment="   ")
+    assert blank.status_code == 422
+    assert d.get(cid)["version"] == closed["version"]
+    reopened = d.act(d.office, cid, "reopen", comment="群众反映问题复发")
+    assert reopened["status"] == "filed"
+    assert reopened["reopen_count"] == 1
+    assert reopened["responsible"]["assignee_id"] is None
+    assert reopened["deadlines"]["verify"] is None
+    # A new handling deadline from the moment of reopening.
+    calendar = app.extensions["gridapi"].calendar(session)
+    restarted = add_limit(calendar, when(reopened["updated_at"]), 4, "hours")
+    assert when(reopened["deadlines"]["handle"]) == restarted
+    event = d.timeline(cid)[-1]
+    assert (event["from_status"], event["to_status"], event["comment"]) == (
+        "closed",
+        "filed",
+        "群众反映问题复发",
+    )
+    assert event["data"] == {"handle_due_at": reopened["deadlines"]["handle"]}
+
+
+def test_supervision_yellow_and_red_cards(desk, session):
+    d = desk
+    cid = d.report()["id"]
+    d.to_handling(cid)
+    assert d.post(d.county, cid, "supervise").status_code == 422  # which level?
+    yellow = d.act(d.county, cid, "supervise", level="yellow", comment="请加快")
+    assert (yellow["status"], yellow["supervision"]) == ("handling", "yellow")
+    red = d.act(d.county, cid, "supervise", level="red")
+    assert red["supervision"] == "red"
+    events = d.timeline(cid)[-2:]
+    assert [(e["data"], e["actor"], e["from_status"], e["to_status"]) for e in events] == [
+        ({"level": "yellow", "previous": "normal"}, d.actor("county"), "handling", "handling"),
+        ({"level": "red", "previous": "yellow"}, d.actor("county"), "handling", "handling"),
+    ]
+    assert ok(d.county.get("/api/v1/cases?supervision=red"))["items"][0]["id"] == cid
+    # The worker handling it is told.
+    notified = session.execute(
+        text("SELECT count(*) FROM notifications WHERE case_id = :id AND user_id = :u"),
+        {"id": cid, "u": d.id("worker")},
+    ).scalar()
+    assert notified >= 3  # dispatched, yellow, red
+    # The worker may not supervise.
+    assert d.post(d.worker, cid, "supervise", level="normal").status_code == 403
+
+
+def test_a_duplicate_is_cancelled_and_linked_both_ways(desk):
+    d = desk
+    original = d.report()["id"]
+    copy = d.report()
+    assert [p["id"] for p in copy["possible_duplicates"]] == [original]
+    assert d.post(d.office, copy["id"], "duplicate", duplicate_of=copy["id"]).status_code == 422
+    assert d.post(d.office, copy["id"], "duplicate", duplicate_of=999_999).status_code == 422
+    assert d.post(d.office, copy["id"], "duplicate").status_code == 422
+    dup = d.act(d.office, copy["id"], "duplicate", duplicate_of=original, comment="重复上报")
+    assert dup["status"] == "cancelled" and dup["duplicate_of"] == original
+    assert dup["allowed_actions"] == []
+    assert d.get(original)["duplicates"] == [copy["id"]]
+    assert ok(d.office.get(f"/api/v1/cases/{original}"))["duplicates"] == [copy["id"]]
+    event = d.timeline(copy["id"])[-1]
+    assert event["data"] == {
+        "duplicate_of": original,
+        "duplicate_of_number": d.get(original)["number"],
+    }
+    # A case that is itself a duplicate cannot be the original of another.
+    third = d.report()["id"]
+    chained = d.post(d.office, third, "duplicate", duplicate_of=copy["id"])
+    assert chained.status_code == 422
+    assert chained.get_json()["errors"]["json"]["duplicate_of"] == [f"use case {original}"]
+
+
+@pytest.mark.parametrize("action,start", [("cancel", "filed"), ("reject", "accepted")])
+def test_cancel_and_reject_are_final_and_need_a_reason(desk, action, start):
+    d = desk
+    cid = d.report()["id"]
+    d.act(d.office, cid, "accept")
+    if start == "filed":
+        d.act(d.office, cid, "file")
+    assert d.post(d.office, cid, action).status_code == 422
+    done = d.act(d.office, cid, action, comment="无效信息")
+    final = {"cancel": "cancelled", "reject": "rejected"}[action]
+    assert done["status"] == final and done["allowed_actions"] == []
+    assert d.steps(cid)[-1] == (action, start, final, d.actor("office"))
+    for later in ("accept", "reopen", "supervise", "cancel"):
+        r = d.post(d.admin, cid, later, comment="x", level="red")
+        assert r.status_code == 409, (later, r.get_json())
+        assert r.get_json()["errors"]["allowed_actions"] == []
+
+
+def test_an_action_the_state_does_not_allow_is_409_with_what_is_allowed(desk):
+    d = desk
+    cid = d.report()["id"]
+    r = d.post(d.office, cid, "close")
+    assert r.status_code == 409
+    assert r.get_json()["errors"] == {
+        "action": ["not allowed in state reported"],
+        "allowed_actions": ["accept", "reject", "duplicate", "cancel"],
+    }
+    assert d.get(cid)["version"] == 1 and len(d.timeline(cid)) == 1
+    # Without the permission the answer is 403 whatever the state.
+    assert d.post(d.worker, cid, "close").status_code == 403
+
+
+# --- If-Match -------------------------------------------------------------------------------
+
+
+def transition(who: Any, case_id: int, etag: str | None, action: str = "accept") -> Any:
+    headers = {} if etag is None else {"If-Match": etag}
+    return who.post(
+        f"/api/v1/cases/{case_id}/transitions", json={"action": action}, headers=headers
+    )
+
+
+def test_if_match_is_required_and_must_be_current(desk):
+    d = desk
+    cid = d.report()["id"]
+    other = d.report(col=1)["id"]
+    missing = transition(d.office, cid, None)
+    assert missing.status_code == 428, missing.get_json()
+    assert missing.get_json()["code"] == 428
+    stale_tag = d.etag(cid)
+    d.act(d.office, cid, "accept")
+    before = d.get(cid)
+    for tag in (stale_tag, '"garbage"', f'"{cid}-99"', d.etag(other)):
+        stale = transition(d.office, cid, tag, "file")
+        assert stale.status_code == 412, (tag, stale.get_json())
+    assert stale.headers["ETag"] == f'"{cid}-2"'
+    # Unchanged, and no timeline row.
+    assert d.get(cid) == before
+    assert [s[0] for s in d.steps(cid)] == ["report", "accept"]
+    weak = transition(d.office, cid, f'W/"{cid}-2"', "file")
+    assert weak.status_code == 200, weak.get_json()
+    listed = transition(d.office, cid, f'"{other}-1", "{cid}-3"', "dispatch")
+    assert listed.status_code == 422  # past If-Match: no target given
+    bare = transition(d.office, cid, f"{cid}-3", "cancel")
+    assert bare.status_code == 422  # past If-Match: cancel needs a reason
+    assert d.get(cid)["version"] == 3
+
+
+def test_another_cases_etag_is_not_this_cases(desk):
+    """An ETag names one version of one case: the ETag of another case that happens to be at
+    the same version must not pass (it did: only the number after the dash was compared)."""
+    d = desk
+    cid = d.report()["id"]
+    other = d.report(col=1)["id"]
+    r = transition(d.office, cid, f'"{other}-1"')
+    assert r.status_code == 412, r.get_json()
+    assert d.get(cid)["status"] == "reported"
+
+
+def race(clients: list[Any], send: Any) -> list[Any]:
+    """Send one request from each client at the same moment (threads and a barrier)."""
+    barrier = threading.Barrier(len(clients))
+    answers: list[Any] = [None] * len(clients)
+    errors: list[BaseException] = []
+
+    def run(i: int, client: Any) -> None:
+        try:
+            barrier.wait(timeout=30)
+            answers[i] = send(client)
+        except BaseException as exc:  # noqa: BLE001  (reported below, in the test's thread)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert all(a is not None for a in answers), "a request did not finish"
+    return answers
+
+
+def test_two_transitions_with_one_etag_exactly_one_wins(desk, accounts):
+    d = desk
+    cid = d.report()["id"]
+    tag = d.etag(cid)
+    offices = [accounts.client("office"), accounts.client("office")]
+    answers = race(offices, lambda c: transition(c, cid, tag))
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200, 412], [(a.status_code, a.get_json()) for a in answers]
+    assert d.get(cid)["version"] == 2
+    assert [s[0] for s in d.steps(cid)] == ["report", "accept"]
+
+
+def test_concurrent_different_actions_with_one_etag(desk, accounts):
+    """Accept and reject raced on one ETag: one of them, never both."""
+    d = desk
+    cid = d.report()["id"]
+    tag = d.etag(cid)
+
+    def send(pair: tuple[Any, str]) -> Any:
+        client, action = pair
+        return client.post(
+            f"/api/v1/cases/{cid}/transitions",
+            json={"action": action, "comment": "无效"},
+            headers={"If-Match": tag},
+        )
+
+    pairs = [(accounts.client("office"), "accept"), (accounts.client("office"), "reject")]
+    answers = race(pairs, send)
+    assert sorted(a.status_code for a in answers) == [200, 412]
+    winner = next(a.get_json() for a in answers if a.status_code == 200)
+    assert d.get(cid)["status"] == winner["status"]
+    assert len(d.timeline(cid)) == 2
+
+
+# --- queues ---------------------------------------------------------------------------------
+
+
+def queues(who: Any) -> dict[str, int]:
+    return {q["queue"]: q["count"] for q in ok(who.get("/api/v1/cases/queues"))["items"]}
+
+
+def test_queues_follow_the_cases(desk, engine):
+    d = desk
+    empty = queues(d.office)
+    assert empty == {"intake": 0, "dispatch": 0, "handle": 0, "verify": 0, "close": 0, "overdue": 0}
+    assert queues(d.worker) == {"handle": 0, "overdue": 0}
+
+    ids = [d.report(col=i % 2)["id"] for i in range(8)]
+    reported, accepted, filed, dispatched, handling, feedback, verified, closed = ids
+    d.act(d.office, accepted, "accept")
+    d.to_filed(filed)
+    d.to_filed(dispatched)
+    d.act(d.office, dispatched, "dispatch", assignee_id=d.id("worker"))
+    d.to_handling(handling)
+    d.to_handling(feedback)
+    d.act(d.worker, feedback, "feedback", comment="ok")
+    d.to_handling(verified)
+    d.act(d.worker, verified, "feedback", comment="ok")
+    d.act(d.office, verified, "verify_pass")
+    d.to_closed(closed)
+    assert queues(d.office) == {
+        "intake": 2,
+        "dispatch": 1,
+        "handle": 2,
+        "verify": 1,
+        "close": 1,
+        "overdue": 0,
+    }
+    assert queues(d.worker) == {"handle": 2, "overdue": 0}
+    assert queues(d.county)["intake"] == 2
+    # Community A is the first line of intake for what is reported in it; once filed, the
+    # township holds the cases, so nothing else is the community officer's.
+    assert queues(d.officer) == {
+        "intake": 2,
+        "dispatch": 0,
+        "handle": 0,
+        "verify": 0,
+        "close": 0,
+        "overdue": 0,
+    }
+
+    d.act(d.office, filed, "dispatch", unit=COMMUNITY_A)
+    assert queues(d.officer)["dispatch"] == 1
+    assert queues(d.office)["dispatch"] == 1  # still the township's area
+    d.act(d.worker, dispatched, "return", comment="非本网格")
+    assert queues(d.worker) == {"handle": 1, "overdue": 0}
+    assert queues(d.office)["dispatch"] == 2 and queues(d.office)["handle"] == 1
+
+    with engine.begin() as conn:  # the overdue sweep's mark
+        conn.execute(update(Case).where(Case.id == handling).values(overdue=True))
+    assert queues(d.worker) == {"handle": 1, "overdue": 1}
+    assert queues(d.office)["overdue"] == 1
+    # A department member whose area covers the township holds only what is dispatched to
+    # its department (it counted every case of the area before is_office).
+    outsider = d.department_member("outsider", d.dept, COUNTY)
+    assert queues(outsider) == {"handle": 0, "overdue": 1}
+    d.act(d.office, dispatched, "dispatch", department_id=d.dept)
+    assert queues(outsider) == {"handle": 1, "overdue": 1}
+    assert queues(d.member) == {"handle": 1, "overdue": 1}  # overdue: of what it may see
+
+
+# --- who may take which step ----------------------------------------------------------------
+
+# Every role, scoped as a real account of it would be.
+MATRIX_ACTORS: dict[str, dict[str, Any]] = {
+    "grid_worker": {"grids": [A1]},
+    "grid_chief": {"grids": [A1, A2]},
+    "community_officer": {"scope_region": COMMUNITY_A},
+    "department": {"scope_region": COUNTY},  # a member of the department DEPT (community A)
+    "township_office": {"scope_region": TOWNSHIP},
+    "county_centre": {"scope_region": COUNTY},
+    "city_centre": {"scope_region": CITY},
+    "admin": {},
+}
+# Who is the office over a unit holding a case: an office whose area covers the unit.
+# Grid workers and chiefs (scoped to grids) and departments are nobody's office.
+OFFICES = {
+    TOWNSHIP: {"township_office", "county_centre", "city_centre", "admin"},
+    COMMUNITY_A: {"community_officer", "township_office", "county_centre", "city_centre", "admin"},
+}
+# Whom a dispatched case is with, and which role that is.
+HANDLERS = {"worker": "grid_worker", "department": "department", None: None}
+
+
+def expected_answer(role: str, action: str, unit: str, handler: str | None) -> int:
+    """The answer to ``action`` by ``role`` on a case held by ``unit``, in a state that
+    allows it: it needs the action's permission, and the office over the unit (office
+    steps), the office or the case's handler (handler steps), or the office or the chief
+    of the case's grid (verification)."""
+    _, permission, who = ACTIONS[action]
+    if permission not in ROLE_PERMISSIONS[role]:
+        return 403
+    office = role in OFFICES[unit]
+    if who == "office":
+        return 200 if office else 403
+    if who == "verifier":  # the office, or the grid chief over the case's grid (A1)
+        return 200 if office or role == "grid_chief" else 403
+    return 200 if office or HANDLERS[handler] == role else 403
+
+
+def situations() -> list[tuple[str, str, str | None]]:
+    """Return (action, state, handler) for every state each action may start from; the
+    dispatched and handling states once with a worker and once with a department."""
+    out = []
+    for action, (states, _, _) in ACTIONS.items():
+        for state in states:
+            handlers: tuple[str | None, ...] = (None,)
+            if state in ("dispatched", "handling"):
+                handlers = ("worker", "department")
+            elif state in ("feedback", "verified"):
+                handlers = ("worker",)
+            out += [(action, state, h) for h in handlers]
+    return out
+
+
+REASON = "理由"
+
+
+def action_body(action: str, desk: MatrixDesk) -> dict[str, Any]:
+    body: dict[str, Any] = {"action": action, "comment": REASON}
+    if action == "dispatch":
+        body["assignee_id"] = desk.worker_id
+    elif action == "transfer":
+        body["unit"] = COMMUNITY_B
+    elif action == "request_extension":
+        body["amount"] = 2
+    elif action == "supervise":
+        body["level"] = "yellow"
+    elif action == "duplicate":
+        body["duplicate_of"] = desk.original
+    return body
+
+
+@dataclasses.dataclass
+class MatrixDesk:
+    clients: dict[str, Any]
+    worker_id: int
+    member_id: int
+    dept: int
+    original: int
+    case_id: int
+
+
+@pytest.fixture
+def matrix_desk(desk, app, accounts):  # type: ignore[no-untyped-def]
+    clients = {}
+    for role, scope in MATRIX_ACTORS.items():
+        if role == "department":
+            clients[role] = desk.department_member("m_department", desk.dept, COUNTY)
+        else:
+            clients[role] = accounts.client(f"m_{role}", role, **scope)
+    return MatrixDesk(
+        clients=clients,
+        worker_id=accounts.ids["m_grid_worker"],
+        member_id=accounts.ids["m_department"],
+        dept=desk.dept,
+        original=desk.report()["id"],
+        case_id=desk.report()["id"],
+    )
+
+
+DECISIONS = ("approve_extension", "deny_extension")
+
+
+def put_case(
+    engine: Any, m: MatrixDesk, unit: str, state: str, handler: str | None, *, pending: bool
+) -> str:
+    """Put the matrix case into ``state`` held by ``unit`` (with ``handler``, and an extension
+    request waiting when ``pending``); return its ETag.
+
+    Written straight into the table: the roads into each state are the tests above; here
+    only the step out of it is under test.
+    """
+    assignee = department = None
+    if handler == "worker":
+        assignee = m.worker_id
+    elif handler == "department":
+        department = m.dept
+        assignee = m.member_id if state == "handling" else None
+    request = {"amount": 1, "unit": "days", "reason": REASON, "requested_by": "user:0"}
+    values = {
+        "status": state,
+        "responsible_region_code": unit,
+        "assignee_id": assignee,
+        "department_id": department,
+        "extension_request": request if pending else None,
+        "duplicate_of_id": None,
+        "supervision": "normal",
+        "version": Case.version + 1,
+    }
+    with engine.begin() as conn:
+        conn.execute(update(Case).where(Case.id == m.case_id).values(**values))
+        version = conn.execute(select(Case.version).where(Case.id == m.case_id)).scalar_one()
+    return f'"{m.case_id}-{version}"'
+
+
+@pytest.mark.parametrize("unit", [TOWNSHIP, COMMUNITY_A], ids=["township", "community"])
+def test_every_role_takes_every_step_it_may_and_no_other(matrix_desk, engine, unit):
+    m = matrix_desk
+    assert set(MATRIX_ACTORS) == set(ROLE_PERMISSIONS), "a role is missing from the matrix"
+    problems = []
+    checked_views = set()
+    for action, state, handler in situations():
+        for role, client in m.clients.items():
+            etag = put_case(engine, m, unit, state, handler, pending=action in DECISIONS)
+            if (role, state, handler) not in checked_views:
+                checked_views.add((role, state, handler))
+                view = client.get(f"/api/v1/cases/{m.case_id}")
+                allowed = (
+                    set(view.get_json()["allowed_actions"]) if view.status_code == 200 else None
+                )
+                wanted = {
+                    a
+                    for a, (states, _, _) in ACTIONS.items()
+                    if state in states and expected_answer(role, a, unit, handler) == 200
+                }
+                if allowed != wanted:
+                    problems.append(
+                        f"{role} sees {state}/{handler}: allowed_actions {sorted(allowed or [])}"
+                        f" but expected {sorted(wanted)}"
+                    )
+            r = client.post(
+                f"/api/v1/cases/{m.case_id}/transitions",
+                json=action_body(action, m),
+                headers={"If-Match": etag},
+            )
+            want = expected_answer(role, action, unit, handler)
+            if r.status_code != want:
+                problems.append(
+                    f"{role} {action} from {state}/{handler}: expected {want}, got "
+                    f"{r.status_code} {r.get_data(as_text=True)[:200]}"
+                )
+    assert not problems, f"{len(problems)} cells differ:\n" + "\n".join(problems)
+
+
+# --- references out of the caller's area ----------------------------------------------------
+
+
+def test_a_reference_out_of_the_callers_area_answers_like_a_missing_one(desk, accounts, engine):
+    """A worker, department or case the office may not see, or a unit outside its area, is
+    refused exactly as one that does not exist (up to the echoed reference itself)."""
+    d = desk
+    other_worker = accounts.create("worker_b", "grid_worker", grids=[COMMUNITY_B + "001"])
+    body = {"code": "MARKET", "name": "市场监管", "region_code": COMMUNITY_B}
+    other_dept = ok(d.admin.post("/api/v1/departments", json=body), 201)["id"]
+    other_case = d.report(col=2)["id"]  # grid B1, held by the township
+    held_by_a = d.report()["id"]
+    d.to_filed(held_by_a)
+    d.act(d.office, held_by_a, "dispatch", unit=COMMUNITY_A)
+    held_by_township = d.report()["id"]
+    d.to_filed(held_by_township)
+    probes = [
+        (d.officer, held_by_a, "dispatch", "assignee_id", other_worker, 987_654),
+        (d.officer, held_by_a, "dispatch", "department_id", other_dept, 987_654),
+        (d.officer, held_by_a, "duplicate", "duplicate_of", other_case, 987_654),
+        (d.office, held_by_township, "transfer", "unit", CITY, "320508009001"),
+    ]
+    for who, case_id, action, field, out, missing in probes:
+        answers = []
+        for reference in (out, missing):
+            before = d.get(case_id)["version"], len(d.timeline(case_id))
+            r = d.post(who, case_id, action, comment="转", **{field: reference})
+            assert (d.get(case_id)["version"], len(d.timeline(case_id))) == before
+            echoed = re.sub(rf"(?<![0-9]){reference}(?![0-9])", "<ref>", r.get_data(as_text=True))
+            answers.append((r.status_code, echoed))
+        assert answers[0] == answers[1], (action, field, answers)
+        assert answers[0][0] == 422, answers[0]

@@ -1,0 +1,300 @@
+"""Reporting cases: routing, numbering, deadlines, unrouted points, validation, reads."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import text
+
+from gridapi.geo.crs import wgs84_to_bd09, wgs84_to_gcj02
+
+from ..factories import COMMUNITY_A, COMMUNITY_B, COUNTY, LAT0, LON0, STEP, TOWNSHIP
+
+A1 = COMMUNITY_A + "001"
+B2 = COMMUNITY_B + "002"
+
+
+def center(col: int) -> tuple[float, float]:
+    return (round(LON0 + (col + 0.5) * STEP, 6), round(LAT0 + 0.5 * STEP, 6))
+
+
+def report_body(lon: float, lat: float, **extra) -> dict:  # type: ignore[no-untyped-def]
+    body = {
+        "category": "0101",
+        "description": "小区门口垃圾堆放",
+        "location": {"type": "Point", "coordinates": [lon, lat]},
+        "accuracy_m": 8.5,
+        "address": "平江路 1 号",
+    }
+    body.update(extra)
+    return body
+
+
+@pytest.fixture
+def world(factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+def test_report_routes_numbers_and_sets_the_acceptance_deadline(client, world, session):
+    before = datetime.now(UTC)
+    r = client.post("/api/v1/cases", json=report_body(*center(0)))
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert body["status"] == "reported"
+    assert body["status_name"] == "已上报"
+    assert body["grid"]["code"] == A1
+    assert body["grid"]["version_id"] == body["routing"]["grid_version_id"]
+    assert body["community"] == {"code": COMMUNITY_A, "name": "平江社区"}
+    assert body["township"] == {"code": TOWNSHIP, "name": "平江街道"}
+    assert body["routing"] == {
+        "method": "inside",
+        "distance_m": None,
+        "unrouted": False,
+        "grid_version_id": body["grid"]["version_id"],
+    }
+    local_day = before.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y%m%d")
+    assert body["number"] == f"{COUNTY[:6]}-{local_day}-0001"
+    # Category 0101 is accepted within 2 working hours; the deadline is later than now.
+    assert datetime.fromisoformat(body["deadlines"]["accept"]) > before
+    assert body["deadlines"]["handle"] is None
+    assert r.headers["ETag"] == f'"{body["id"]}-1"'
+    # The community takes the report in first; filing hands it to the category's handling
+    # unit, here the township office.
+    assert body["responsible"]["unit"] == {"code": COMMUNITY_A, "name": "平江社区"}
+    etag = r.headers["ETag"]
+    for action in ("accept", "file"):
+        step = client.post(
+            f"/api/v1/cases/{body['id']}/transitions",
+            json={"action": action},
+            headers={"If-Match": etag},
+        )
+        assert step.status_code == 200, step.get_json()
+        etag = step.headers["ETag"]
+    assert step.get_json()["responsible"]["unit"] == {"code": TOWNSHIP, "name": "平江街道"}
+    second = client.post("/api/v1/cases", json=report_body(*center(1))).get_json()
+    assert second["number"].endswith("-0002")
+    rows = session.execute(text("SELECT action, to_status FROM case_events ORDER BY id")).all()
+    assert [tuple(r) for r in rows] == [
+        ("report", "reported"),
+        ("accept", "accepted"),
+        ("file", "filed"),
+        ("report", "reported"),
+    ]
+    audit = session.execute(
+        text("SELECT count(*) FROM audit_log WHERE action = 'case.report'")
+    ).scalar()
+    assert audit == 2
+
+
+@pytest.mark.parametrize("crs,convert", [("gcj02", wgs84_to_gcj02), ("bd09", wgs84_to_bd09)])
+def test_report_in_chinese_coordinates_is_routed_after_conversion(client, world, crs, convert):
+    # A point near the east edge of grid A1 in WGS-84: sent in GCJ-02 unconverted it would
+    # land hundreds of metres away, in grid B1 or beyond.
+    lon, lat = LON0 + 0.9 * STEP, LAT0 + 0.5 * STEP
+    sent = convert(lon, lat)
+    r = client.post("/api/v1/cases", json=report_body(*sent, crs=crs))
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert body["grid"]["code"] == A1
+    assert body["reported_location"] == {"coordinates": list(sent), "crs": crs}
+    got_lon, got_lat = body["location"]["coordinates"]
+    assert abs(got_lon - lon) < 1e-6 and abs(got_lat - lat) < 1e-6
+
+
+def test_a_point_outside_every_grid_is_kept_in_the_region_intake_queue(client, world):
+    # Inside the township's boundary but north of every grid and community: no grid, no
+    # community; the township takes it.
+    r = client.post("/api/v1/cases", json=report_body(LON0 + 0.5 * STEP, LAT0 - 0.5 * STEP))
+    assert r.status_code == 201
+    far = client.post("/api/v1/cases", json=report_body(100.0, 40.0))
+    assert far.status_code == 201, far.get_json()
+    for body in (r.get_json(), far.get_json()):
+        assert body["grid"] is None
+        assert body["routing"]["unrouted"] is True
+        assert body["routing"]["method"] == "none"
+    listed = client.get("/api/v1/cases?unrouted=true").get_json()["items"]
+    assert {c["id"] for c in listed} == {r.get_json()["id"], far.get_json()["id"]}
+
+
+def test_a_point_just_outside_a_grid_snaps_to_it(client, world):
+    lon, lat = LON0 + 0.5 * STEP, LAT0 + STEP + 0.0002  # ~22 m north of grid A1
+    body = client.post("/api/v1/cases", json=report_body(lon, lat)).get_json()
+    assert body["grid"]["code"] == A1
+    assert body["routing"]["method"] == "snapped"
+    assert 15 < body["routing"]["distance_m"] < 30
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [
+        ({"category": "7777"}, "category"),
+        ({"location": {"type": "Point", "coordinates": [200, 31]}}, "location"),
+        ({"location": {"type": "LineString", "coordinates": [120, 31]}}, "location"),
+        ({"crs": "epsg3857"}, "crs"),
+        ({"client_id": "not-a-uuid"}, "client_id"),
+        ({"occurred_at": "2026-01-01T10:00:00"}, "occurred_at"),
+        ({"description": ""}, "description"),
+        ({"severity": "huge"}, "severity"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_bad_reports_are_422_naming_the_field_and_store_nothing(
+    client, world, session, change, field
+):
+    r = client.post("/api/v1/cases", json=report_body(*center(0), **change))
+    assert r.status_code == 422, r.get_json()
+    assert field in r.get_json()["errors"]["json"]
+    assert session.execute(text("SELECT count(*) FROM cases")).scalar() == 0
+
+
+def test_category_attributes_are_validated(client, world):
+    client.patch(
+        "/api/v1/categories/0101",
+        json={
+            "attributes": [
+                {"code": "volume", "label": "体积", "type": "number", "required": True},
+            ]
+        },
+    )
+    missing = client.post("/api/v1/cases", json=report_body(*center(0)))
+    assert missing.status_code == 422
+    assert missing.get_json()["errors"]["json"]["attributes"]["volume"] == ["required"]
+    good = client.post("/api/v1/cases", json=report_body(*center(0), attributes={"volume": 2}))
+    assert good.status_code == 201
+    assert good.get_json()["attributes"] == {"volume": 2}
+
+
+def test_possible_duplicates_are_returned_on_report(client, world):
+    first = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()
+    lon, lat = center(0)
+    near = client.post("/api/v1/cases", json=report_body(lon + 0.0001, lat)).get_json()
+    assert [d["id"] for d in near["possible_duplicates"]] == [first["id"]]
+    assert 5 < near["possible_duplicates"][0]["distance_m"] < 15
+    other = client.post("/api/v1/cases", json=report_body(*center(1))).get_json()
+    assert other["possible_duplicates"] == []
+
+
+def test_reads_are_scoped(client, world, accounts):
+    a = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()
+    b = client.post("/api/v1/cases", json=report_body(*center(3))).get_json()
+    worker = accounts.client("w_a1", "grid_worker", grids=[A1])
+    assert worker.get(f"/api/v1/cases/{a['id']}").status_code == 200
+    missing = worker.get(f"/api/v1/cases/{b['id']}")
+    assert missing.status_code == 404
+    assert missing.get_json() == worker.get("/api/v1/cases/999999").get_json()
+    assert [c["id"] for c in worker.get("/api/v1/cases").get_json()["items"]] == [a["id"]]
+    # The worker's own report outside their grid stays visible to them.
+    own = worker.post("/api/v1/cases", json=report_body(*center(2))).get_json()
+    assert own["grid"]["code"] == COMMUNITY_B + "001"
+    assert worker.get(f"/api/v1/cases/{own['id']}").status_code == 200
+
+
+def test_list_filters_and_keyset_pagination(client, world):
+    ids = [
+        client.post("/api/v1/cases", json=report_body(*center(i % 4))).get_json()["id"]
+        for i in range(7)
+    ]
+    seen, cursor = [], None
+    while True:
+        query = "limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = client.get(f"/api/v1/cases?{query}").get_json()
+        seen += [c["id"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(ids, reverse=True)
+    grid = client.get(f"/api/v1/cases?grid={A1}").get_json()["items"]
+    assert {c["grid"]["code"] for c in grid} == {A1} and len(grid) == 2
+    region = client.get(f"/api/v1/cases?region={COMMUNITY_B}").get_json()["items"]
+    assert len(region) == 3
+    box = f"{LON0},{LAT0},{LON0 + STEP},{LAT0 + STEP}"
+    assert len(client.get(f"/api/v1/cases?bbox={box}").get_json()["items"]) == 2
+    assert client.get("/api/v1/cases?q=垃圾").get_json()["items"]
+    assert client.get("/api/v1/cases?status=closed").get_json()["items"] == []
+    bad = client.get("/api/v1/cases?cursor=xyz")
+    assert bad.status_code == 422
+
+
+def test_client_id_must_be_unique_per_caller_only(client, world, accounts):
+    cid = str(uuid.uuid4())
+    first = client.post("/api/v1/cases", json=report_body(*center(0), client_id=cid))
+    other = accounts.client("w_a1", "grid_worker", grids=[A1])
+    second = other.post("/api/v1/cases", json=report_body(*center(0), client_id=cid))
+    assert first.status_code == second.status_code == 201
+    assert first.get_json()["id"] != second.get_json()["id"]
+
+
+def test_sensitive_cases_are_not_seen_by_area_alone(client, world, accounts):
+    """A marriage dispute (5103, sensitive) in grid A1: the unit holding it (the community
+    at intake, the township once filed) and its reporter see it; the grid's other worker
+    never does, and the community officer no longer once the township holds it."""
+    reporter = accounts.client("w_a1", "grid_worker", grids=[A1])
+    r = reporter.post("/api/v1/cases", json=report_body(*center(0), category="5103"))
+    body = r.get_json()
+    assert body["sensitive"] is True
+    plain = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()
+    colleague = accounts.client("w2_a1", "grid_worker", grids=[A1])
+    officer = accounts.client("officer_a", "community_officer", scope_region=COMMUNITY_A)
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+
+    def check(expected):  # type: ignore[no-untyped-def]
+        for caller, sees in expected:
+            assert caller.get(f"/api/v1/cases/{body['id']}").status_code == (200 if sees else 404)
+            listed = {c["id"] for c in caller.get("/api/v1/cases").get_json()["items"]}
+            assert (body["id"] in listed) is sees
+            assert caller.get(f"/api/v1/cases/{plain['id']}").status_code == 200
+
+    check(((reporter, True), (office, True), (colleague, False), (officer, True)))
+    etag = r.headers["ETag"]
+    for action in ("accept", "file"):
+        step = office.post(
+            f"/api/v1/cases/{body['id']}/transitions",
+            json={"action": action},
+            headers={"If-Match": etag},
+        )
+        assert step.status_code == 200, step.get_json()
+        etag = step.headers["ETag"]
+    check(((reporter, True), (office, True), (colleague, False), (officer, False)))
+
+
+def test_the_ten_thousandth_case_of_a_day_gets_a_longer_number(client, world, session):
+    """Numbers grow past four digits instead of failing (a county's busy day, or a flood)."""
+    first = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()
+    session.execute(text("UPDATE case_counters SET last = 9999"))
+    session.commit()
+    r = client.post("/api/v1/cases", json=report_body(*center(1)))
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["number"] == first["number"][:-4] + "10000"
+
+
+def test_a_renamed_region_shows_in_routing_and_in_cases_at_once(client, world):
+    """Names in answers come from the routing index, which a region write refreshes."""
+    case = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()
+    assert case["community"]["name"] == "平江社区"
+    r = client.patch(f"/api/v1/regions/{COMMUNITY_A}", json={"name": "平江新村社区"})
+    assert r.status_code == 200, r.get_json()
+    located = client.get(f"/api/v1/locate?lon={center(0)[0]}&lat={center(0)[1]}").get_json()
+    assert located["regions"][0]["name"] == "平江新村社区"
+    again = client.get(f"/api/v1/cases/{case['id']}").get_json()
+    assert again["community"]["name"] == "平江新村社区"
+    listed = client.get("/api/v1/cases").get_json()["items"][0]
+    assert listed["community"]["name"] == "平江新村社区"
+
+
+def test_listed_cases_have_the_documented_shape(client, world):
+    """The list is encoded without a schema dump: every item must still load as the spec's
+    CaseSchema says, and equal the single read."""
+    from gridapi.schemas.cases import CaseSchema
+
+    case = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()
+    assert CaseSchema().validate(case) == {}
+    item = client.get("/api/v1/cases").get_json()["items"][0]
+    assert CaseSchema().validate(item) == {}
+    single = client.get(f"/api/v1/cases/{case['id']}").get_json()
+    single.pop("duplicates")
+    assert item == single
