@@ -39,7 +39,11 @@ class CategorySchema(StrictSchema):
     verify_limit = fields.Integer(required=True)
     verify_unit = fields.String(required=True, validate=UNIT)
     default_handler = fields.String(
-        required=True, metadata={"description": "township, county or department:<code>."}
+        required=True,
+        metadata={
+            "description": "Who handles a filed case: community, township, county or "
+            "department:<code> (dispatched by the township office)."
+        },
     )
     intake_standard = fields.String(required=True)
     closure_standard = fields.String(required=True)

@@ -243,9 +243,9 @@ def _level_code(code: str, level: str) -> str:
 def handling_unit(category: Category, region_code: str) -> str:
     """Return the unit that handles a filed case of ``category`` located at ``region_code``.
 
-    ``default_handler``: ``county`` sends it to the county centre, anything else
-    (``township``, ``department:<code>``) to the township office, which dispatches it (to
-    the department, a worker, or down to the community).
+    ``default_handler``: ``community`` keeps it with the community, ``county`` sends it to
+    the county centre, anything else (``township``, ``department:<code>``) to the township
+    office, which dispatches it (to the department, a worker, or down to the community).
     """
     handler = (category.default_handler or "township").split(":", 1)[0]
     if handler in ("community", "village"):

@@ -13,7 +13,7 @@ from ..errors import Conflict, NotFound, Unprocessable
 from ..models import Category
 from ..models.categories import ATTRIBUTE_TYPES
 
-_HANDLER_RE = re.compile(r"^(township|county|department:[A-Za-z0-9_.\-]{2,32})$")
+_HANDLER_RE = re.compile(r"^(community|township|county|department:[A-Za-z0-9_.\-]{2,32})$")
 _ATTR_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
@@ -145,7 +145,7 @@ def _check_definition(data: dict[str, Any]) -> None:
             errors["attributes"] = problems
     handler = data.get("default_handler")
     if handler is not None and not _HANDLER_RE.match(handler):
-        errors["default_handler"] = ["township, county or department:<code>"]
+        errors["default_handler"] = ["community, township, county or department:<code>"]
     if errors:
         raise Unprocessable("Invalid category.", errors={"json": errors})
 

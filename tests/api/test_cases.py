@@ -298,3 +298,29 @@ def test_listed_cases_have_the_documented_shape(client, world):
     single = client.get(f"/api/v1/cases/{case['id']}").get_json()
     single.pop("duplicates")
     assert item == single
+
+
+def test_a_community_handled_category_stays_with_the_community_office(client, world, accounts):
+    """default_handler "community": filing keeps the case with the community, whose officer
+    then dispatches it; the township office still may, its area holding the community."""
+    r = client.patch("/api/v1/categories/0101", json={"default_handler": "community"})
+    assert r.status_code == 200, r.get_json()
+    assert client.patch("/api/v1/categories/0101", json={"default_handler": "village"}).get_json()[
+        "errors"
+    ]["json"]["default_handler"]
+    officer = accounts.client("officer_a", "community_officer", scope_region=COMMUNITY_A)
+    worker_id = accounts.create("w_a1", "grid_worker", grids=[A1])
+    r = client.post("/api/v1/cases", json=report_body(*center(0)))
+    case, etag = r.get_json()["id"], r.headers["ETag"]
+    for action, extra in (("accept", {}), ("file", {}), ("dispatch", {"assignee_id": worker_id})):
+        step = officer.post(
+            f"/api/v1/cases/{case}/transitions",
+            json={"action": action, **extra},
+            headers={"If-Match": etag},
+        )
+        assert step.status_code == 200, step.get_json()
+        etag = step.headers["ETag"]
+    body = step.get_json()
+    assert body["status"] == "dispatched"
+    assert body["responsible"]["unit"]["code"] == COMMUNITY_A
+    assert body["responsible"]["assignee_id"] == worker_id
