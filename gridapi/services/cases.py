@@ -644,25 +644,19 @@ def transition(
         case_obj.overdue = True
         case_obj.overdue_since = due
     case_obj.updated_at = now
-    seq = (
-        session.scalar(select(func.max(CaseEvent.seq)).where(CaseEvent.case_id == case_obj.id)) or 0
-    ) + 1
-    event = CaseEvent(
-        case_id=case_obj.id,
-        county_code=case_obj.county_code,
-        seq=seq,
-        action=action,
-        from_status=before,
-        to_status=after,
-        actor=caller.actor,
-        actor_name=caller.principal.name,
-        at=now,
+    event = add_event(
+        session,
+        case_obj,
+        next_seq(session, case_obj.id),
+        action,
+        before,
+        caller.actor,
+        caller.principal.name,
+        now,
         comment=comment,
-        responsible_region_code=case_obj.responsible_region_code,
         data=ctx.event_data,
         evidence=evidence,
     )
-    session.add(event)
     for kind, user_id, region, message in ctx.notify:
         queue_notification(session, case_obj, kind, message, user_id=user_id, region=region)
     try:
@@ -678,6 +672,46 @@ def transition(
             .values(event_id=event.id)
         )
     return case_obj, event
+
+
+def next_seq(session: Session, case_id: int) -> int:
+    """Return the number of the case's next timeline row."""
+    last = session.scalar(select(func.max(CaseEvent.seq)).where(CaseEvent.case_id == case_id))
+    return (last or 0) + 1
+
+
+def add_event(
+    session: Session,
+    case_obj: Case,
+    seq: int,
+    action: str,
+    before: str | None,
+    actor: str,
+    actor_name: str,
+    now: datetime,
+    *,
+    comment: str = "",
+    data: dict[str, Any] | None = None,
+    evidence: list[int] | None = None,
+) -> CaseEvent:
+    """Add the timeline row of a step that took the case from ``before`` to its status."""
+    event = CaseEvent(
+        case_id=case_obj.id,
+        county_code=case_obj.county_code,
+        seq=seq,
+        action=action,
+        from_status=before,
+        to_status=case_obj.status,
+        actor=actor,
+        actor_name=actor_name,
+        at=now,
+        comment=comment,
+        responsible_region_code=case_obj.responsible_region_code,
+        data=data or {},
+        evidence=evidence or [],
+    )
+    session.add(event)
+    return event
 
 
 def queue_notification(
@@ -1062,25 +1096,17 @@ def rate(
     case_obj.satisfaction_comment = comment
     case_obj.rated_at = now
     case_obj.updated_at = now
-    seq = (
-        session.scalar(select(func.max(CaseEvent.seq)).where(CaseEvent.case_id == case_obj.id)) or 0
-    ) + 1
-    session.add(
-        CaseEvent(
-            case_id=case_obj.id,
-            county_code=case_obj.county_code,
-            seq=seq,
-            action="rate",
-            from_status="closed",
-            to_status="closed",
-            actor=caller.actor,
-            actor_name=caller.principal.name,
-            at=now,
-            comment=comment,
-            responsible_region_code=case_obj.responsible_region_code,
-            data={"score": score},
-            evidence=[],
-        )
+    add_event(
+        session,
+        case_obj,
+        next_seq(session, case_obj.id),
+        "rate",
+        "closed",
+        caller.actor,
+        caller.principal.name,
+        now,
+        comment=comment,
+        data={"score": score},
     )
     session.flush()
     return case_obj

@@ -37,7 +37,7 @@ from ..models import Case, CaseEvent, Category, Notification, Region
 from ..models.base import utcnow
 from ..workcalendar import WorkingCalendar
 from .calendar import working_calendar
-from .cases import ACTIONS, STAGE_DUE
+from .cases import ACTIONS, STAGE_DUE, add_event
 from .idempotency import purge
 
 log = logging.getLogger(__name__)
@@ -184,23 +184,7 @@ def _add_event(
     now: datetime,
     data: dict[str, Any],
 ) -> None:
-    session.add(
-        CaseEvent(
-            case_id=case_obj.id,
-            county_code=case_obj.county_code,
-            seq=seq,
-            action=action,
-            from_status=before,
-            to_status=case_obj.status,
-            actor=SYSTEM_ACTOR,
-            actor_name=SYSTEM_NAME,
-            at=now,
-            comment="",
-            responsible_region_code=case_obj.responsible_region_code,
-            data=data,
-            evidence=[],
-        )
-    )
+    add_event(session, case_obj, seq, action, before, SYSTEM_ACTOR, SYSTEM_NAME, now, data=data)
 
 
 def queue_once(
