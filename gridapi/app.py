@@ -19,6 +19,7 @@ from .errors import register_error_handlers
 from .extensions import AppState, close_session
 from .jsonio import OrjsonProvider
 from .limits import limiter
+from .security.fields import FieldCipher, KeyConfigError, parse_keys
 from .security.passwords import configure as configure_password_hashing
 from .security.tokens import TokenSigner
 from .services.routing import RoutingIndex
@@ -78,6 +79,15 @@ def _document_security(api: Api) -> None:
         )
 
 
+def field_cipher(settings: Settings) -> FieldCipher:
+    """Return the field cipher of the configured keys; a bad GRIDAPI_FIELD_KEYS stops start-up
+    with the reason (never the key)."""
+    try:
+        return FieldCipher(parse_keys(settings.field_key_text()))
+    except KeyConfigError as exc:
+        raise SystemExit(f"GRIDAPI_FIELD_KEYS: {exc}") from None
+
+
 def create_app(
     config: Settings | dict[str, Any] | None = None, *, check_database: bool = True
 ) -> Flask:
@@ -130,6 +140,7 @@ def create_app(
         principals=PrincipalCache(settings.auth_cache_seconds),
         phone_key=settings.key_bytes("blind_index_key"),
         client_limits=LocalRateLimiter(),
+        cipher=field_cipher(settings),
     )
     # One Api per application: flask-smorest keeps the spec on the Api object.
     api = Api(app)

@@ -569,7 +569,97 @@ def clients_create(
     click.echo(key)
 
 
+# --- the register ---------------------------------------------------------------------------
+
+
+@main.group()
+def persons() -> None:
+    """The register of residents (实有人口)."""
+
+
+@persons.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--mode",
+    type=click.Choice(["all", "valid"]),
+    default="all",
+    show_default=True,
+    help="all: any row error imports nothing. valid: import the valid rows, report the rest.",
+)
+@click.option("--dry-run", is_flag=True, help="Check every row and report; write nothing.")
+@click.option("--region", help="Act with this region's scope (default: unrestricted).")
+def persons_import(file: Path, mode: str, dry_run: bool, region: str | None) -> None:
+    """Import residents from a CSV or XLSX FILE (one row per person); print the report (JSON).
+
+    Exits 1 when rows have errors in mode all (nothing was imported). See
+    docs/register-import.md for the columns.
+    """
+    from .app import field_cipher
+    from .codes import InvalidCode, region_level
+    from .db import sqlite_write_intent
+    from .errors import DomainError
+    from .services.person_import import import_persons
+    from .services.register import Keys
+    from .services.routing import build_snapshot, current_generation
+
+    settings = _settings()
+    if region is not None:
+        try:
+            region_level(region)
+        except InvalidCode as exc:
+            raise click.ClickException(f"--region {region}: {exc}") from exc
+    scope = Scope.of_region(region) if region else EVERYTHING
+    sessions = _sessions()
+    engine = sessions.kw["bind"]
+    snapshot = build_snapshot(engine, current_generation(engine), settings.routing_snap_meters)
+    protect = Keys(field_cipher(settings), settings.key_bytes("blind_index_key"))
+    actor = _cli_actor()
+    token = sqlite_write_intent.set(True)  # the import writes: take SQLite's lock at BEGIN
+    try:
+        with sessions() as session:
+            try:
+                report = import_persons(
+                    session,
+                    file.read_bytes(),
+                    file.name,
+                    scope=scope,
+                    keys=protect,
+                    snapshot=snapshot,
+                    actor=actor.id or "cli",
+                    mode=mode,
+                    dry_run=dry_run,
+                    max_rows=settings.import_max_rows,
+                )
+            except DomainError as exc:
+                raise click.ClickException(_describe(exc)) from exc
+            if not report.committed:
+                session.rollback()
+            record(
+                session,
+                actor,
+                "person.import",
+                "person_import",
+                None,
+                summary=report.audit_summary(),
+                region_code=report.region_code(scope),
+            )
+            session.commit()
+    finally:
+        sqlite_write_intent.reset(token)
+    click.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+    if mode == "all" and report.failed:
+        sys.exit(1)
+
+
 # --- demo -----------------------------------------------------------------------------------
+
+
+def _keys(settings: Settings):  # type: ignore[no-untyped-def]
+    """Return the register's keys (field cipher and blind-index key) from the settings."""
+    from .app import field_cipher
+    from .services.register import Keys
+
+    return Keys(field_cipher(settings), settings.key_bytes("blind_index_key"))
 
 
 @main.command("demo-data")
@@ -599,7 +689,7 @@ def demo_data(seed: int) -> None:
     from datetime import UTC, datetime
 
     from .services.calendar import working_calendar
-    from .services.demo import load_demo_cases
+    from .services.demo import load_demo_cases, load_demo_register
     from .services.routing import build_snapshot, current_generation
 
     engine = sessions.kw["bind"]
@@ -609,8 +699,10 @@ def demo_data(seed: int) -> None:
         cases = load_demo_cases(
             session, snapshot=snapshot, calendar=calendar, now=datetime.now(UTC)
         )
+        residents = load_demo_register(session, snapshot=snapshot, keys=_keys(settings))
     click.echo(summary)
     click.echo(f"{cases} demo cases reported and carried along the workflow")
+    click.echo(f"{residents} demo residents registered (ID and phone numbers encrypted)")
     hint = "" if settings.demo_password else "; set GRIDAPI_DEMO_PASSWORD to choose another"
     click.echo(f"Demo accounts, password {settings.demo_password or DEMO_PASSWORD}{hint}:")
     for username, role, where in accounts:
@@ -709,6 +801,174 @@ def worker(once: bool, parent_pid: int | None) -> None:
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+# --- field keys -----------------------------------------------------------------------------
+
+
+@main.group()
+def keys() -> None:
+    """Field-encryption keys (GRIDAPI_FIELD_KEYS): generate, status, rotate.
+
+    ID numbers, phone numbers and special-group notes are stored encrypted, each value
+    prefixed with the version of the key that wrote it. To rotate: `gridapi keys generate`,
+    append the line to GRIDAPI_FIELD_KEYS ("1:…,2:…"), restart the servers (they now write
+    under the new key and still read the old), run `gridapi keys rotate`, check
+    `gridapi keys status`, then drop the old key from the configuration.
+    """
+
+
+def _field_keys(settings: Settings) -> dict[int, bytes]:
+    from .security.fields import KeyConfigError, parse_keys
+
+    try:
+        return parse_keys(settings.field_key_text())
+    except KeyConfigError as exc:
+        raise click.ClickException(f"GRIDAPI_FIELD_KEYS: {exc}") from None
+
+
+@keys.command("generate")
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    help="Key version (default: 1 + the highest configured).",
+)
+def keys_generate(version: int | None) -> None:
+    """Print a fresh key line VERSION:BASE64 to add to GRIDAPI_FIELD_KEYS.
+
+    Only the key line goes to standard output; keep it out of the database, its backups
+    and version control.
+    """
+    from .security.fields import KeyConfigError, new_key_text, parse_keys
+
+    settings = _settings()
+    configured: dict[int, bytes] = {}
+    if settings.field_keys:
+        configured = _field_keys(settings)
+    else:  # the development key file, if the application created one (never created here)
+        path = Path(settings.data_dir) / "field.key"
+        if path.exists():
+            try:
+                configured = parse_keys(path.read_text().strip())
+            except KeyConfigError as exc:
+                raise click.ClickException(f"{path}: {exc}") from None
+    if version is None:
+        version = max(configured, default=0) + 1
+    elif version in configured:
+        raise click.ClickException(f"key version {version} is configured already")
+    click.echo(new_key_text(version))
+    click.echo(
+        f"Append it to GRIDAPI_FIELD_KEYS (comma-separated); version {version} then writes "
+        "new values. Run `gridapi keys rotate` to re-encrypt the old ones.",
+        err=True,
+    )
+
+
+@keys.command("status")
+def keys_status() -> None:
+    """Print, per encrypted column, how many values are under each key version."""
+    from .services.keys import NOT_A_CIPHERTEXT, key_status
+
+    settings = _settings()
+    configured = _field_keys(settings)
+    current = max(configured)
+    with _sessions().begin() as session:
+        statuses = key_status(session)
+    click.echo(
+        f"current key version {current}; configured: {', '.join(map(str, sorted(configured)))}"
+    )
+    behind = missing = 0
+    for status in statuses:
+        parts = []
+        for version, n in sorted(status.counts.items(), key=_version_order):
+            if version == NOT_A_CIPHERTEXT:
+                missing += n
+                parts.append(f"{NOT_A_CIPHERTEXT}: {n}")
+                continue
+            if version not in configured:
+                missing += n
+                parts.append(f"v{version}: {n} (no key configured!)")
+                continue
+            if version != current:
+                behind += n
+            parts.append(f"v{version}: {n}")
+        click.echo(f"{status.table}.{status.column}: {', '.join(parts) or 'no values'}")
+    if missing:
+        click.echo(f"{missing} value(s) cannot be decrypted with the configured keys")
+    elif behind:
+        click.echo(f"{behind} value(s) under older keys: run `gridapi keys rotate`")
+    else:
+        click.echo(f"every value is under key version {current}")
+
+
+def _version_order(item: tuple[int | str, int]) -> tuple[int, int]:
+    version = item[0]
+    return (1, 0) if isinstance(version, str) else (0, version)
+
+
+@keys.command("rotate")
+@click.option(
+    "--batch",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows per transaction.",
+)
+def keys_rotate(batch: int) -> None:
+    """Re-encrypt every value under the current (highest) key version.
+
+    Values under older versions (persons.id_number_enc, persons.phone_enc,
+    special_group_records.notes_enc) are decrypted with their key and encrypted under the
+    newest, bound to the same table, column and row. The residents' blind indexes
+    (persons.id_number_hmac, persons.phone_hmac) are recomputed under the current
+    GRIDAPI_BLIND_INDEX_KEY, so a new blind-index key can be rolled out this way: run this
+    command with the new key configured, then restart the servers with it.
+
+    Accounts' phone numbers (users.phone_hmac, for sign-in by phone) cannot be recomputed:
+    accounts keep no ciphertext of their number, only its keyed hash. After a change of
+    GRIDAPI_BLIND_INDEX_KEY, set each account's phone number again (or sign in by name).
+
+    One transaction per batch of rows, by id: an interrupted rotation is continued by
+    running it again. A value that fails to decrypt stops the rotation, naming its table,
+    column and row id.
+    """
+    from .security.fields import FieldCipher
+    from .services.keys import BLIND_INDEXES, RotationError, rotate_all
+    from .services.register import Keys
+
+    settings = _settings()
+    protect = Keys(FieldCipher(_field_keys(settings)), settings.key_bytes("blind_index_key"))
+    sessions = _sessions()
+    click.echo(f"re-encrypting under key version {protect.cipher.current_version}")
+
+    def progress(result: Any) -> None:
+        if result.rows:
+            click.echo(
+                f"  {result.table}: {result.rows} row(s), {result.reencrypted} value(s) "
+                f"re-encrypted, {result.reindexed} blind index(es) recomputed"
+            )
+
+    try:
+        totals = rotate_all(sessions, protect, batch=batch, on_batch=progress)
+    except RotationError as exc:
+        raise click.ClickException(str(exc)) from None
+    with sessions.begin() as session:
+        record(
+            session,
+            _cli_actor(),
+            "keys.rotate",
+            "field_keys",
+            protect.cipher.current_version,
+            summary={table: total.as_dict() for table, total in totals.items()},
+        )
+    for table, total in totals.items():
+        line = f"{table}: {total.rows} row(s) read, {total.reencrypted} value(s) re-encrypted"
+        if any(t == table for t, _ in BLIND_INDEXES):
+            line += f", {total.reindexed} blind index(es) recomputed"
+        if total.changed_meanwhile:
+            line += f"; {total.changed_meanwhile} row(s) changed meanwhile: run again"
+        click.echo(line)
 
 
 if __name__ == "__main__":  # pragma: no cover

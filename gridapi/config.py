@@ -11,6 +11,22 @@ def _default_database_url() -> str:
     return f"sqlite:///{Path('var') / 'gridapi.sqlite3'}"
 
 
+def _write_once(path: Path, content: str) -> None:
+    """Write a key file (mode 0600) unless it exists: the first writer wins, so workers
+    starting together read the same key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+
+
 @dataclass
 class Settings:
     """Every setting the application reads; each maps to GRIDAPI_<NAME>."""
@@ -32,6 +48,7 @@ class Settings:
     db_statement_timeout_ms: int = 30000
     secret_key: str = ""  # empty: a key is generated once and kept in <data_dir>/secret.key
     blind_index_key: str = ""  # empty: generated once into <data_dir>/blind_index.key
+    field_keys: str = ""  # "1:<base64>,2:<base64>"; empty: generated into <data_dir>/field.key
     jwt_issuer: str = "gridapi"
     jwt_audience: str = "gridapi"
     access_token_minutes: int = 15
@@ -53,6 +70,8 @@ class Settings:
     worker_in_serve: str = "auto"  # auto: on with SQLite, off with PostgreSQL; on; off
     supervision_yellow_hours: float = 0.0
     supervision_red_hours: float = 24.0
+    person_lookup_rate: str = "60 per hour"
+    import_max_rows: int = 100000
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -93,18 +112,24 @@ class Settings:
 
         path = Path(self.data_dir) / f"{name.removesuffix('_key')}.key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_urlsafe(48))
-            try:  # the first writer wins; workers starting together read the same key
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-            finally:
-                os.unlink(tmp)
+            _write_once(path, secrets.token_urlsafe(48))
         return path.read_text().strip().encode()
+
+    def field_key_text(self) -> str:
+        """Return the field-encryption keys (GRIDAPI_FIELD_KEYS, ``version:base64,…``).
+
+        Empty means a development key, generated once (version 1) and kept (mode 0600) under
+        ``data_dir``, like the other keys; production deployments set the variable and keep
+        the keys out of the database and its backups.
+        """
+        if self.field_keys:
+            return self.field_keys
+        from .security.fields import new_key_text
+
+        path = Path(self.data_dir) / "field.key"
+        if not path.exists():
+            _write_once(path, new_key_text(1))
+        return path.read_text().strip()
 
     @property
     def engine_name(self) -> str:

@@ -11,6 +11,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from .security.fields import CiphertextError
+
 log = logging.getLogger(__name__)
 
 
@@ -79,6 +81,16 @@ def register_error_handlers(app: Flask) -> None:
         log.warning("database unavailable: %s", exc.orig)
         body = error_body(503, "The database is unavailable; retry shortly.")
         return jsonify(body), 503, {"Retry-After": "2"}
+
+    @app.errorhandler(CiphertextError)
+    def _ciphertext(exc: CiphertextError):  # type: ignore[no-untyped-def]
+        # Where, never what: the message names the table, column and row only.
+        log.error("stored value rejected (request %s): %s", g.get("request_id"), exc)
+        message = (
+            "A stored personal value failed its integrity check and was not returned "
+            f"(request id {g.get('request_id', '-')}); the incident is logged."
+        )
+        return jsonify(error_body(500, message)), 500
 
     @app.errorhandler(PoolTimeout)
     def _pool_exhausted(exc: PoolTimeout):  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ from .config import Settings
 
 if TYPE_CHECKING:
     from .auth import LocalRateLimiter, PrincipalCache
+    from .security.fields import FieldCipher
     from .security.tokens import TokenSigner
     from .services.routing import RoutingIndex
     from .workcalendar import WorkingCalendar
@@ -32,6 +33,7 @@ class AppState:
     principals: PrincipalCache
     phone_key: bytes
     client_limits: LocalRateLimiter
+    cipher: FieldCipher
     _calendar: tuple[float, WorkingCalendar] | None = field(default=None, repr=False)
     _calendar_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

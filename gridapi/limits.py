@@ -46,3 +46,24 @@ def login_username_key() -> str:
     with st.sessions() as session:
         user = find_login_user(session, login, st.phone_key) if login else None
     return f"account:user:{user.id}" if user else f"account:name:{login.lower()}"
+
+
+def count_lookup(limit: str, caller: str, kind: str = "lookup") -> None:
+    """Count one exact-value lookup of personal data by ``caller``; 429 past ``limit``.
+
+    Kept in the limiter's storage (Redis with GRIDAPI_REDIS_URL, so the count is shared by
+    every process), so that the API cannot be used to test at scale whether a person with a
+    given ID or phone number is registered.
+    """
+    from limits import parse
+
+    item = parse(limit)
+    strategy = limiter_strategy()
+    if not strategy.hit(item, kind, caller):
+        import time
+
+        reset, _ = strategy.get_window_stats(item, kind, caller)
+        raise TooManyRequests(
+            max(1, int(reset - time.time())),
+            f"Too many lookups of ID or phone numbers ({limit}); retry later.",
+        )

@@ -7,8 +7,10 @@ import subprocess
 import sys
 from dataclasses import fields
 from typing import Any
+from urllib.parse import unquote_plus
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from .config import Settings
 from .db import make_engine, spatial_extension_version
@@ -23,6 +25,38 @@ def default_workers(settings: Settings) -> int:
     if settings.engine_name == "sqlite":
         return max(1, min(cores, 4))
     return min(2 * cores + 1, 9)
+
+
+# Query parameters whose values are personal data: searches by them must not leave the
+# values in access logs (the request line is logged with its query string).
+PERSONAL_QUERY_PARAMETERS = frozenset({"id_number", "phone", "name", "address", "q", "purpose"})
+
+
+def redact_query(query: str) -> str:
+    """Return ``query`` with the values of personal parameters replaced by ``***``."""
+    if not query:
+        return query
+    parts = []
+    for part in query.split("&"):
+        key, sep, _ = part.partition("=")
+        if sep and unquote_plus(key) in PERSONAL_QUERY_PARAMETERS:
+            part = f"{key}=***"
+        parts.append(part)
+    return "&".join(parts)
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logger, with personal values cut out of logged URLs."""
+
+    def atoms(self, resp, req, environ, request_time):  # type: ignore[no-untyped-def]
+        atoms = super().atoms(resp, req, environ, request_time)
+        query = environ.get("QUERY_STRING") or ""
+        if query:
+            safe = redact_query(query)
+            atoms["q"] = safe
+            path, _, _ = (environ.get("RAW_URI") or "").partition("?")
+            atoms["r"] = f"{environ['REQUEST_METHOD']} {path}?{safe} {environ['SERVER_PROTOCOL']}"
+        return atoms
 
 
 class _Gunicorn(BaseApplication):
@@ -107,6 +141,7 @@ def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
         "keepalive": 5,
         "accesslog": "-",
         "errorlog": "-",
+        "logger_class": RedactingLogger,
         "loglevel": settings.log_level.lower(),
         "post_worker_init": _post_worker_init,
     }

@@ -81,6 +81,11 @@ def postgis_url() -> Iterator[str]:
 
 
 TABLES = (
+    "special_group_records",
+    "visits",
+    "persons",
+    "households",
+    "houses",
     "case_attachments",
     "notifications",
     "case_events",

@@ -85,11 +85,29 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
         assert status == 200 and len(batch["results"]) == 50
         status, health = _get(port, "/api/v1/health")
         assert status == 200 and health["grids_in_service"] == 4
+        # a search by ID number: the access log keeps the parameter, never the value
+        status, _ = _get(port, f"/api/v1/persons?id_number={SECRET_ID}&limit=5", key=key)
+        assert status == 403  # the key may not read the register; the request is logged
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     text = log.read_text()
     assert "SIGSEGV" not in text and "Traceback" not in text, text
+    assert "GET /api/v1/persons?id_number=***&limit=5" in text, text
+    assert SECRET_ID not in text
+
+
+SECRET_ID = "320508199001011232"
+
+
+def test_redact_query_hides_personal_values_only():
+    from gridapi.serving import redact_query
+
+    assert redact_query("name=%E5%BC%A0&limit=5&phone=138&grid=1") == (
+        "name=***&limit=5&phone=***&grid=1"
+    )
+    assert redact_query("") == ""
+    assert redact_query("flag&q=x") == "flag&q=***"
 
 
 def test_spatialite_loaded_before_shapely_does_not_break_shapely(tmp_path: Path):

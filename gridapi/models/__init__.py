@@ -21,6 +21,7 @@ from .identity import (
     User,
 )
 from .regions import Region
+from .register import House, Household, Person, SpecialGroupRecord, Visit
 
 __all__ = [
     "ApiClient",
@@ -36,11 +37,16 @@ __all__ = [
     "Grid",
     "GridAssignment",
     "GridVersion",
+    "House",
+    "Household",
     "IdempotencyKey",
     "IndexGeneration",
     "Notification",
+    "Person",
     "RefreshToken",
     "Region",
     "Role",
+    "SpecialGroupRecord",
     "User",
+    "Visit",
 ]

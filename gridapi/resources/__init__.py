@@ -18,7 +18,10 @@ from . import (
     grids,
     health,
     locate,
+    person_import,
     regions,
+    register,
+    special_groups,
     users,
 )
 
@@ -40,6 +43,12 @@ def register_blueprints(app: Flask, api: Api) -> None:
         calendar.blp,
         cases.blp,
         attachments.blp,
+        register.houses_blp,
+        register.households_blp,
+        register.persons_blp,
+        register.visits_blp,
+        special_groups.blp,
+        person_import.blp,
     ):
         api.register_blueprint(blueprint)
     app.register_blueprint(docs.bp)

@@ -24,7 +24,15 @@ class Audit(MethodView):
     @blp.arguments(AuditQueryArgsSchema, location="query")
     @blp.response(200, AuditPageSchema)
     def get(self, args):
-        """List audit entries in your scope, newest first"""
+        """List audit entries in your scope, newest first
+
+        Entries about special-group records are listed only to callers holding
+        `special_groups:read`: to everyone else they do not exist.
+        """
         limit = args.pop("limit")
-        items = svc.list_entries(db_session(), current_principal().scope, limit=limit + 1, **args)
+        principal = current_principal()
+        hidden = () if principal.can("special_groups:read") else ("special_group",)
+        items = svc.list_entries(
+            db_session(), principal.scope, limit=limit + 1, hidden_types=hidden, **args
+        )
         return {"items": items[:limit], "next": items[limit - 1].id if len(items) > limit else None}

@@ -40,6 +40,13 @@ PERMISSIONS = {
     "cases:write": "Report cases, attach evidence, rate one's own closed cases",
     "cases:evidence_location": "See where and when evidence photos were taken (EXIF)",
     **CASE_ACTION_PERMISSIONS,
+    "persons:read": "Read houses, households, residents (masked) and visits",
+    "persons:write": "Register and change houses, households and residents; record visits",
+    "persons:import": "Bulk-import residents from CSV or XLSX",
+    "persons:unmask": "See full ID and phone numbers, stating a purpose (audited)",
+    "persons:erase": "Delete a resident's data, export all held about one (access request)",
+    "special_groups:read": "Read special-group records (特殊人群); every read is audited",
+    "special_groups:write": "Create and change special-group records",
     "webhooks:manage": "Manage webhook subscriptions",
     "categories:write": "Create and change case categories",
     "calendar:write": "Edit and import the working calendar (holidays, 调休)",
@@ -80,16 +87,46 @@ COMMUNITY_CASES = [
 DEPARTMENT_CASES = ["cases:read", "cases:write", *HANDLER_ACTIONS]
 OFFICE_CASES = ["cases:read", "cases:write", "cases:evidence_location", *CASE_ACTION_PERMISSIONS]
 
+# The register: grid workers keep their households; unmasking, imports and special groups
+# belong to the community officer (综治专干) and the offices above; erasure to the centres.
+REGISTER = ["persons:read", "persons:write"]
+REGISTER_OFFICE = [
+    *REGISTER,
+    "persons:import",
+    "persons:unmask",
+    "special_groups:read",
+    "special_groups:write",
+]
+
 _READ = ["regions:read", "grids:read"]
-_OFFICE = [*_READ, "users:read", "users:write", "departments:read", *OFFICE_CASES]
-_CENTRE = [*_OFFICE, "regions:write", "grids:write", "departments:write", "audit:read"]
+_OFFICE = [
+    *_READ,
+    "users:read",
+    "users:write",
+    "departments:read",
+    *OFFICE_CASES,
+    *REGISTER_OFFICE,
+]
+_CENTRE = [
+    *_OFFICE,
+    "regions:write",
+    "grids:write",
+    "departments:write",
+    "audit:read",
+    "persons:erase",
+]
 
 # (name, Chinese title, rank, permissions). Rank orders who may create whom: a user may give
 # other accounts only roles of a lower rank than their own (admins any role).
 ROLES: list[tuple[str, str, int, list[str]]] = [
-    ("grid_worker", "网格员", 10, [*_READ, *WORKER_CASES]),
-    ("grid_chief", "网格长", 20, [*_READ, "users:read", *CHIEF_CASES]),
-    ("community_officer", "综治专干", 20, [*_READ, "users:read", *COMMUNITY_CASES]),
+    ("grid_worker", "网格员", 10, [*_READ, *WORKER_CASES, *REGISTER]),
+    ("grid_chief", "网格长", 20, [*_READ, "users:read", *CHIEF_CASES, *REGISTER]),
+    (
+        "community_officer",
+        "综治专干",
+        20,
+        [*_READ, "users:read", *COMMUNITY_CASES, *REGISTER_OFFICE],
+    ),
     ("department", "职能部门", 20, [*_READ, "departments:read", *DEPARTMENT_CASES]),
     ("township_office", "乡镇（街道）平安办", 30, _OFFICE),
     ("county_centre", "县级综治中心", 40, _CENTRE),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -86,12 +87,18 @@ def list_entries(
     until: datetime | None = None,
     before: int | None = None,
     limit: int = 100,
+    hidden_types: Iterable[str] = (),
 ) -> list[AuditEntry]:
     """Return audit rows inside the scope, newest first (keyset on id with ``before``).
 
-    Rows without a region (sign-ins, system changes) are visible only to unrestricted callers.
+    Rows without a region (sign-ins, system changes) are visible only to unrestricted callers;
+    rows about ``hidden_types`` (special-group records, for callers who may not read them)
+    to nobody.
     """
     stmt = select(AuditEntry)
+    hidden = sorted(hidden_types)
+    if hidden:
+        stmt = stmt.where(AuditEntry.object_type.not_in(hidden))
     if not scope.unrestricted:
         stmt = stmt.where(scope.region_condition(AuditEntry.region_code))
     if action:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from shapely.geometry import mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -249,5 +251,121 @@ def load_demo_cases(session: Session, *, snapshot, calendar, now) -> int:  # typ
                 now=step_at,
                 if_match="*",
             )
+    session.flush()
+    return added
+
+
+# Households of the demo: (户号, address, use, type, [(name, born, seq, phone, relation, ...)]).
+# The ID numbers are synthetic (valid check digits, invented birth dates and sequences).
+_DEMO_HOUSEHOLDS = [
+    (
+        "320508D0001",
+        "平江路18号1幢101室",
+        "self_occupied",
+        "registered",
+        [
+            ("王建国", "19620315", "031", "13951110001", "head"),
+            ("李秀英", "19640822", "042", "13951110002", "spouse"),
+            ("王磊", "19900105", "057", "13951110003", "child"),
+        ],
+    ),
+    (
+        "320508D0002",
+        "平江路18号1幢202室",
+        "rented",
+        "rental",
+        [
+            ("陈志强", "19880611", "013", "15862220001", "head"),
+            ("周敏", "19910930", "028", None, "spouse"),
+        ],
+    ),
+    (
+        "320508D0003",
+        "平江路20号",
+        "self_occupied",
+        "registered",
+        [("赵桂兰", "19410718", "064", None, "head")],
+    ),
+]
+
+
+def load_demo_register(session: Session, *, snapshot, keys) -> int:  # type: ignore[no-untyped-def]
+    """Register a few houses, households and residents in the demo worker's first grid, a
+    visit and one special-group record; return how many residents were added (0 when the
+    demo register exists already)."""
+    from ..models import User
+    from ..models.register import Household
+    from ..personal import check_digit
+    from .identity import user_principal
+    from .register import create_house, create_household, create_person, create_visit
+    from .special_groups import create_record
+
+    worker = session.scalars(select(User).where(User.username == "worker")).first()
+    if worker is None:
+        return 0
+    principal = user_principal(session, worker.id, worker.token_version)
+    grids = sorted(principal.scope.grid_codes)
+    if not grids or session.scalar(
+        select(Household.id).where(Household.number == _DEMO_HOUSEHOLDS[0][0])
+    ):
+        return 0
+    index = next(i for i, g in enumerate(snapshot.grids) if g["code"] == grids[0])
+    point = snapshot.geoms[index].representative_point()
+    everywhere = Scope.everything()
+    actor = "system:demo"
+    added = 0
+    first_person = None
+    for n, (number, address, use, kind, people) in enumerate(_DEMO_HOUSEHOLDS):
+        location = {"type": "Point", "coordinates": [point.x + 0.0002 * n, point.y]}
+        house = create_house(
+            session,
+            {"address": address, "use": use, "location": location, "grid": grids[0]},
+            scope=everywhere,
+            snapshot=snapshot,
+            actor=actor,
+        )
+        household = create_household(
+            session,
+            {"number": number, "house_id": house.id, "type": kind},
+            scope=everywhere,
+            snapshot=snapshot,
+            actor=actor,
+        )
+        for name, born, seq, phone, relation in people:
+            first17 = "320508" + born + seq
+            person = create_person(
+                session,
+                {
+                    "name": name,
+                    "id_number": first17 + check_digit(first17),
+                    "phone": phone,
+                    "household_id": household.id,
+                    "relation": relation,
+                    "ethnicity": "汉族",
+                    "population_type": "floating" if kind == "rental" else "registered",
+                    "current_address": address,
+                },
+                scope=everywhere,
+                keys=keys,
+                actor=actor,
+            )
+            first_person = first_person or person
+            added += 1
+        create_visit(
+            session,
+            {"household_id": household.id, "findings": "家庭情况稳定", "place": address},
+            scope=everywhere,
+            snapshot=snapshot,
+            actor=actor,
+            worker_id=worker.id,
+            now=datetime.now(UTC),
+        )
+    create_record(
+        session,
+        {"person_id": first_person.id, "type": "petitioner", "attention_level": "low"},
+        scope=everywhere,
+        keys=keys,
+        actor=actor,
+    )
     session.flush()
     return added

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import uuid
 from dataclasses import dataclass
@@ -17,7 +15,9 @@ from ..codes import subtree_prefix
 from ..errors import Conflict, NotFound, Unprocessable
 from ..models import ApiClient, Department, Grid, GridAssignment, RefreshToken, Role, User
 from ..models.base import utcnow
+from ..personal import mask_phone
 from ..scope import Scope
+from ..security.fields import blind_index
 from ..security.passwords import hash_password, needs_rehash, password_problems, verify_password
 from ..security.permissions import CLIENT_SCOPES, ROLE_RANK
 from ..security.tokens import digest, new_api_key, new_secret, same_digest
@@ -27,13 +27,9 @@ PHONE_RE = re.compile(r"1[3-9][0-9]{9}")
 
 
 def phone_index(phone: str, key: bytes) -> str:
-    """Return the keyed hash (HMAC-SHA256) a phone number is looked up by."""
-    return hmac.new(key, b"phone:" + phone.encode(), hashlib.sha256).hexdigest()
-
-
-def mask_phone(phone: str) -> str:
-    """Return 138****5678 for 13812345678."""
-    return phone[:3] + "****" + phone[-4:]
+    """Return the keyed hash (HMAC-SHA256) a phone number is looked up by (the residents'
+    register uses the same one)."""
+    return blind_index("phone", phone, key)
 
 
 def _region_or_422(session: Session, code: str, scope: Scope, field_name: str) -> None:

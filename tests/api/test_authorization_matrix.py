@@ -35,6 +35,7 @@ import pytest
 from sqlalchemy import event, text
 
 from gridapi.auth import AUTHENTICATED
+from gridapi.personal import check_digit
 from gridapi.scope import Scope
 from gridapi.security.permissions import PERMISSIONS, ROLES
 from gridapi.spec import spec_dict
@@ -179,6 +180,7 @@ def ok(response: Any, status: int = 200) -> Any:
 # ``world`` fixture removes the ones a test made, and codes are never reused in a process.
 _CALENDAR_DAYS = itertools.count(1)
 _CATEGORY_CODES = itertools.count(10)
+_ID_SERIAL = itertools.count(0)  # birth days from 1950-01-01: ID numbers unique per process
 
 
 # --- the world ------------------------------------------------------------------------------
@@ -360,6 +362,34 @@ class World:
             content_type="multipart/form-data",
         )
         return case_id, ok(r, 201)["id"]
+
+    # -- the register
+
+    def id_number(self) -> str:
+        """Return a valid ID number never used before in this process."""
+        born = datetime.date(1950, 1, 1) + datetime.timedelta(days=next(_ID_SERIAL))
+        first = f"320508{born:%Y%m%d}{next(self.serial) % 1000:03d}"
+        return first + check_digit(first)
+
+    def house(self, area: Area) -> int:
+        body = {"address": f"测试路{next(self.serial)}号", "grid": area.grids[0]}
+        return ok(self.setup.post("/api/v1/houses", json=body), 201)["id"]
+
+    def household(self, area: Area) -> int:
+        body = {"number": f"H{next(self.serial)}", "house_id": self.house(area)}
+        return ok(self.setup.post("/api/v1/households", json=body), 201)["id"]
+
+    def person(self, area: Area) -> int:
+        body = {"name": "张三", "id_number": self.id_number(), "grid": area.grids[0]}
+        return ok(self.setup.post("/api/v1/persons", json=body), 201)["id"]
+
+    def visit(self, area: Area) -> int:
+        body = {"household_id": self.household(area), "findings": "矩阵走访"}
+        return ok(self.setup.post("/api/v1/visits", json=body), 201)["id"]
+
+    def special_group(self, area: Area) -> int:
+        body = {"person_id": self.person(area), "type": "petitioner", "notes": "矩阵"}
+        return ok(self.setup.post("/api/v1/special-groups", json=body), 201)["id"]
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -554,6 +584,25 @@ def new_client(c: Ctx) -> Call:
     )
 
 
+def new_person(c: Ctx) -> Call:
+    body = {"name": "李四", "id_number": c.world.id_number(), "phone": "13912345678"}
+    return Call(json={**body, "grid": c.area.grids[0]})
+
+
+def by_id(name: str, make: str) -> Callable[[Ctx], Call]:
+    """Return a builder calling with a fresh object of the area made by ``World.<make>``."""
+    return lambda c: Call(params={name: c.fresh(getattr(c.world, make))})
+
+
+PURPOSE = {"purpose": "矩阵核实身份"}
+
+
+def person_import(c: Ctx) -> Call:
+    """A one-row CSV in the area's first grid (all or nothing: out of scope → 422)."""
+    body = f"姓名,身份证号,网格编码\n李四,{c.world.id_number()},{c.area.grids[0]}\n"
+    return Call(files={"file": (io.BytesIO(body.encode()), "people.csv")})
+
+
 REQUESTS: dict[tuple[str, str], Case] = {
     # health and sign-in: public
     ("GET", "/api/v1/health"): Case(plain, out=None),
@@ -695,6 +744,67 @@ REQUESTS: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/api/v1/cases/{case_id}/attachments/{attachment_id}/thumbnail"): Case(
         attachment, out=404
+    ),
+    # the register: out of scope answers like missing; creates pointing out of scope → 422
+    ("GET", "/api/v1/houses"): Case(filtered("region"), out=200),
+    ("POST", "/api/v1/houses"): Case(
+        lambda c: Call(json={"address": "矩阵路1号", "grid": c.area.grids[0]}), out=422
+    ),
+    ("GET", "/api/v1/houses/{house_id}"): Case(by_id("house_id", "house"), out=404),
+    ("PATCH", "/api/v1/houses/{house_id}"): Case(
+        lambda c: Call(params={"house_id": c.fresh(c.world.house)}, json={"use": "rented"}),
+        out=404,
+    ),
+    ("GET", "/api/v1/households"): Case(filtered("region"), out=200),
+    ("POST", "/api/v1/households"): Case(
+        lambda c: Call(json={"number": f"N{next(c.world.serial)}", "grid": c.area.grids[0]}),
+        out=422,
+    ),
+    ("GET", "/api/v1/households/{household_id}"): Case(by_id("household_id", "household"), out=404),
+    ("PATCH", "/api/v1/households/{household_id}"): Case(
+        lambda c: Call(
+            params={"household_id": c.fresh(c.world.household)}, json={"type": "rental"}
+        ),
+        out=404,
+    ),
+    ("GET", "/api/v1/persons"): Case(filtered("region"), out=200),
+    ("POST", "/api/v1/persons"): Case(new_person, out=422),
+    ("POST", "/api/v1/persons/import"): Case(person_import, out=422),
+    ("GET", "/api/v1/persons/{person_id}"): Case(by_id("person_id", "person"), out=404),
+    ("PATCH", "/api/v1/persons/{person_id}"): Case(
+        lambda c: Call(params={"person_id": c.fresh(c.world.person)}, json={"ethnicity": "回族"}),
+        out=404,
+    ),
+    ("DELETE", "/api/v1/persons/{person_id}"): Case(
+        lambda c: Call(params={"person_id": c.fresh(c.world.person)}, query={"reason": "迁出本地"}),
+        out=404,
+    ),
+    ("GET", "/api/v1/persons/{person_id}/sensitive"): Case(
+        lambda c: Call(params={"person_id": c.fresh(c.world.person)}, query=PURPOSE), out=404
+    ),
+    ("GET", "/api/v1/persons/{person_id}/export"): Case(
+        lambda c: Call(params={"person_id": c.fresh(c.world.person)}, query=PURPOSE), out=404
+    ),
+    ("GET", "/api/v1/visits"): Case(filtered("region"), out=200),
+    ("POST", "/api/v1/visits"): Case(
+        lambda c: Call(json={"household_id": c.fresh(c.world.household), "findings": "走访"}),
+        out=422,
+    ),
+    ("GET", "/api/v1/visits/{visit_id}"): Case(by_id("visit_id", "visit"), out=404),
+    # special groups: their own permission; out of scope like missing
+    ("GET", "/api/v1/special-groups"): Case(filtered("region"), out=200),
+    ("POST", "/api/v1/special-groups"): Case(
+        lambda c: Call(json={"person_id": c.fresh(c.world.person), "type": "at_risk_youth"}),
+        out=422,
+    ),
+    ("GET", "/api/v1/special-groups/{record_id}"): Case(
+        by_id("record_id", "special_group"), out=404
+    ),
+    ("PATCH", "/api/v1/special-groups/{record_id}"): Case(
+        lambda c: Call(
+            params={"record_id": c.fresh(c.world.special_group)}, json={"attention_level": "high"}
+        ),
+        out=404,
     ),
 }
 

@@ -74,6 +74,11 @@ TABLES = (
     "refresh_tokens",
     "audit_log",
     "index_generations",
+    "houses",
+    "households",
+    "persons",
+    "visits",
+    "special_group_records",
 )
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 

@@ -1,0 +1,518 @@
+"""The register over HTTP: houses, households, residents (masked by default) and visits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import g
+from flask.views import MethodView
+
+from ..auditing import audit, request_actor
+from ..auth import current_principal
+from ..errors import Unprocessable
+from ..extensions import commit, db_session, state
+from ..limits import count_lookup
+from ..models import AuditEntry, House, Household
+from ..schemas.register import (
+    AccessExportSchema,
+    EraseArgsSchema,
+    HouseArgsSchema,
+    HouseCreateSchema,
+    HouseholdArgsSchema,
+    HouseholdCreateSchema,
+    HouseholdListSchema,
+    HouseholdSchema,
+    HouseholdUpdateSchema,
+    HouseListSchema,
+    HouseSchema,
+    HouseUpdateSchema,
+    PersonArgsSchema,
+    PersonCreateSchema,
+    PersonListSchema,
+    PersonSchema,
+    PersonUpdateSchema,
+    PurposeArgsSchema,
+    SensitivePersonSchema,
+    VisitArgsSchema,
+    VisitCreateSchema,
+    VisitListSchema,
+    VisitSchema,
+)
+from ..services import cases as cases_svc
+from ..services import register as svc
+from ..services.audit import record
+from .blueprint import Blueprint
+
+houses_blp = Blueprint(
+    "houses",
+    __name__,
+    url_prefix="/api/v1/houses",
+    description="Houses and building units (实有房屋), routed to their grid by location.",
+)
+households_blp = Blueprint(
+    "households",
+    __name__,
+    url_prefix="/api/v1/households",
+    description="Households (户): number, house, type, head and members (masked).",
+)
+persons_blp = Blueprint(
+    "persons",
+    __name__,
+    url_prefix="/api/v1/persons",
+    description="Residents (实有人口). ID and phone numbers are encrypted at rest and "
+    "answered masked; full values need `persons:unmask` and a stated purpose, and are audited.",
+)
+visits_blp = Blueprint(
+    "visits",
+    __name__,
+    url_prefix="/api/v1/visits",
+    description="Home visits (走访) by grid workers, optionally raising a case.",
+)
+
+
+def keys() -> svc.Keys:
+    st = state()
+    return svc.Keys(st.cipher, st.phone_key)
+
+
+def _snapshot():  # type: ignore[no-untyped-def]
+    return g.get("routing_snapshot") or state().routing.snapshot()
+
+
+def _take_snapshot() -> None:
+    """Taken before the request's transaction starts (see resources.cases)."""
+    g.routing_snapshot = state().routing.snapshot()
+
+
+houses_blp.before_request(_take_snapshot)
+visits_blp.before_request(_take_snapshot)
+
+
+def _page(items: list[Any], limit: int) -> int | None:
+    return items[-1]["id"] if len(items) == limit else None
+
+
+def _args(args: dict[str, Any]) -> dict[str, Any]:
+    args["after"] = args.pop("cursor", None)
+    return args
+
+
+def _actor() -> str:
+    return current_principal().actor_id
+
+
+# --- houses -----------------------------------------------------------------------------------
+
+
+@houses_blp.route("")
+class Houses(MethodView):
+    @houses_blp.requires("persons:read")
+    @houses_blp.arguments(HouseArgsSchema, location="query")
+    @houses_blp.response(200, HouseListSchema)
+    def get(self, args):
+        """List houses in your scope (by address text, use, region or grid)"""
+        rows = svc.list_houses(db_session(), current_principal().scope, _args(args))
+        items = [svc.house_view(h) for h in rows]
+        return {"items": items, "next_cursor": _page(items, args["limit"])}
+
+    @houses_blp.requires("persons:write")
+    @houses_blp.arguments(HouseCreateSchema)
+    @houses_blp.response(201, HouseSchema)
+    def post(self, data):
+        """Register a house: its location is routed to a grid like a case (or give a grid)"""
+        session = db_session()
+        house = svc.create_house(
+            session, data, scope=current_principal().scope, snapshot=_snapshot(), actor=_actor()
+        )
+        audit(
+            "house.create",
+            "house",
+            house.id,
+            summary={"grid": house.grid_code, "use": house.use},
+            region_code=house.region_code,
+        )
+        commit()
+        return svc.house_view(house)
+
+
+@houses_blp.route("/<int:house_id>")
+class HouseById(MethodView):
+    @houses_blp.requires("persons:read")
+    @houses_blp.response(200, HouseSchema)
+    def get(self, house_id):
+        """Get a house"""
+        return svc.house_view(svc.get_house(db_session(), house_id, current_principal().scope))
+
+    @houses_blp.requires("persons:write")
+    @houses_blp.arguments(HouseUpdateSchema)
+    @houses_blp.response(200, HouseSchema)
+    def patch(self, data, house_id):
+        """Change a house's address, use or place (its households and residents move along)"""
+        session = db_session()
+        house = svc.update_house(
+            session, house_id, data, scope=current_principal().scope, snapshot=_snapshot()
+        )
+        audit(
+            "house.update",
+            "house",
+            house.id,
+            summary={"fields": sorted(data)},
+            region_code=house.region_code,
+        )
+        commit()
+        return svc.house_view(house)
+
+
+# --- households -------------------------------------------------------------------------------
+
+
+def household_body(session, household) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    k = keys()
+    people = [svc.person_view(p, k) for p in svc.members(session, household)]
+    return svc.household_view(household, people)
+
+
+@households_blp.before_request
+def _household_snapshot() -> None:
+    _take_snapshot()
+
+
+@households_blp.route("")
+class Households(MethodView):
+    @households_blp.requires("persons:read")
+    @households_blp.arguments(HouseholdArgsSchema, location="query")
+    @households_blp.response(200, HouseholdListSchema)
+    def get(self, args):
+        """List households in your scope, with their members (masked)"""
+        session = db_session()
+        rows = svc.list_households(session, current_principal().scope, _args(args))
+        items = [household_body(session, h) for h in rows]
+        return {"items": items, "next_cursor": _page(items, args["limit"])}
+
+    @households_blp.requires("persons:write")
+    @households_blp.arguments(HouseholdCreateSchema)
+    @households_blp.response(201, HouseholdSchema)
+    def post(self, data):
+        """Register a household in a house (or at a place, a grid or a region)"""
+        session = db_session()
+        household = svc.create_household(
+            session, data, scope=current_principal().scope, snapshot=_snapshot(), actor=_actor()
+        )
+        audit(
+            "household.create",
+            "household",
+            household.id,
+            summary={"house_id": household.house_id, "type": household.type},
+            region_code=household.region_code,
+        )
+        commit()
+        return household_body(session, household)
+
+
+@households_blp.route("/<int:household_id>")
+class HouseholdById(MethodView):
+    @households_blp.requires("persons:read")
+    @households_blp.response(200, HouseholdSchema)
+    def get(self, household_id):
+        """Get a household with its head and members (masked)"""
+        session = db_session()
+        return household_body(
+            session, svc.get_household(session, household_id, current_principal().scope)
+        )
+
+    @households_blp.requires("persons:write")
+    @households_blp.arguments(HouseholdUpdateSchema)
+    @households_blp.response(200, HouseholdSchema)
+    def patch(self, data, household_id):
+        """Change a household's type or house (its members move along)"""
+        session = db_session()
+        household = svc.update_household(
+            session, household_id, data, scope=current_principal().scope
+        )
+        audit(
+            "household.update",
+            "household",
+            household.id,
+            summary={"fields": sorted(data)},
+            region_code=household.region_code,
+        )
+        commit()
+        return household_body(session, household)
+
+
+# --- persons ----------------------------------------------------------------------------------
+
+
+def _lookups(args: dict[str, Any]) -> None:
+    """Count exact ID/phone lookups against the caller's allowance (429 when spent)."""
+    if args.get("id_number") or args.get("phone"):
+        count_lookup(state().settings.person_lookup_rate, _actor())
+
+
+@persons_blp.route("")
+class Persons(MethodView):
+    @persons_blp.requires("persons:read")
+    @persons_blp.arguments(PersonArgsSchema, location="query")
+    @persons_blp.response(200, PersonListSchema)
+    def get(self, args):
+        """Search residents in your scope (masked)
+
+        By name (prefix), exact ID number or phone number (matched through keyed hashes,
+        never the plain value; rate-limited per caller: GRIDAPI_PERSON_LOOKUP_RATE), address
+        text, region, grid, household or house. Residents outside your scope are not found.
+        """
+        _lookups(args)
+        k = keys()
+        rows = svc.search_persons(db_session(), current_principal().scope, _args(args), k)
+        items = [svc.person_view(p, k) for p in rows]
+        return {"items": items, "next_cursor": _page(items, args["limit"])}
+
+    @persons_blp.requires("persons:write")
+    @persons_blp.arguments(PersonCreateSchema)
+    @persons_blp.response(201, PersonSchema)
+    def post(self, data):
+        """Register a resident in a household or a grid
+
+        The ID number is validated (length, province, birth date, check digit) and gives
+        the gender and birth date. A number already registered in the county → 409, counted
+        as a lookup (so creation cannot be used to test who is registered).
+        """
+        session = db_session()
+        k = keys()
+        try:
+            person = svc.create_person(
+                session, data, scope=current_principal().scope, keys=k, actor=_actor()
+            )
+        except svc.DuplicatePerson:
+            session.rollback()
+            count_lookup(state().settings.person_lookup_rate, _actor())
+            raise
+        audit(
+            "person.create",
+            "person",
+            person.id,
+            summary={"household_id": person.household_id, "grid": person.grid_code},
+            region_code=person.region_code,
+        )
+        commit()
+        return svc.person_view(person, k)
+
+
+@persons_blp.route("/<int:person_id>")
+class PersonById(MethodView):
+    @persons_blp.requires("persons:read")
+    @persons_blp.response(200, PersonSchema)
+    def get(self, person_id):
+        """Get a resident (masked)"""
+        k = keys()
+        return svc.person_view(
+            svc.get_person(db_session(), person_id, current_principal().scope), k
+        )
+
+    @persons_blp.requires("persons:write")
+    @persons_blp.arguments(PersonUpdateSchema)
+    @persons_blp.response(200, PersonSchema)
+    def patch(self, data, person_id):
+        """Change a resident (the audit log names the fields changed, never their values)"""
+        session = db_session()
+        k = keys()
+        try:
+            person, changed = svc.update_person(
+                session, person_id, data, scope=current_principal().scope, keys=k
+            )
+        except svc.DuplicatePerson:
+            session.rollback()
+            count_lookup(state().settings.person_lookup_rate, _actor())
+            raise
+        audit(
+            "person.update",
+            "person",
+            person.id,
+            summary={"fields": changed},
+            region_code=person.region_code,
+        )
+        commit()
+        return svc.person_view(person, k)
+
+    @persons_blp.requires("persons:erase")
+    @persons_blp.arguments(EraseArgsSchema, location="query")
+    @persons_blp.response(204)
+    def delete(self, args, person_id):
+        """Erase a resident
+
+        Deletes the resident and their special-group records, and anonymises visits that
+        were about them alone; the audit trail (ids and field names, never values) stays.
+        """
+        session = db_session()
+        person = svc.erase_person(session, person_id, current_principal().scope)
+        audit(
+            "person.erase",
+            "person",
+            person_id,
+            summary={"reason": args["reason"]},
+            region_code=person.region_code,
+        )
+        commit()
+
+
+def _unmask_audit(action: str, person, purpose: str) -> AuditEntry:  # type: ignore[no-untyped-def]
+    return record(
+        db_session(),
+        request_actor(),
+        action,
+        "person",
+        person.id,
+        summary={"purpose": purpose, "fields": ["name", "id_number", "phone", "birth_date"]},
+        region_code=person.region_code,
+    )
+
+
+@persons_blp.route("/<int:person_id>/sensitive")
+class PersonSensitive(MethodView):
+    @persons_blp.requires("persons:unmask")
+    @persons_blp.arguments(PurposeArgsSchema, location="query")
+    @persons_blp.response(200, SensitivePersonSchema)
+    def get(self, args, person_id):
+        """Read a resident's full name, ID and phone number, stating a purpose
+
+        The audit row (who, when, from where, which resident, the purpose) is committed
+        before the values are sent. Counted against GRIDAPI_PERSON_LOOKUP_RATE.
+        """
+        count_lookup(state().settings.person_lookup_rate, _actor())
+        session = db_session()
+        person = svc.get_person(session, person_id, current_principal().scope)
+        body = svc.reveal(person, keys())
+        entry = _unmask_audit("person.unmask", person, args["purpose"])
+        session.flush()
+        audit_id = entry.id
+        commit()
+        return {**body, "purpose": args["purpose"], "audit_id": audit_id}
+
+
+@persons_blp.route("/<int:person_id>/export")
+class PersonExport(MethodView):
+    @persons_blp.requires("persons:erase")
+    @persons_blp.arguments(PurposeArgsSchema, location="query")
+    @persons_blp.response(200, AccessExportSchema)
+    def get(self, args, person_id):
+        """Export everything held about one resident (personal-information access request)
+
+        Full values, household, house, visits, who processed the record and why (from the
+        audit log), and special-group records when the caller may read them. Audited with
+        the purpose before it is sent.
+        """
+        session = db_session()
+        principal = current_principal()
+        person = svc.get_person(session, person_id, principal.scope)
+        with_groups = principal.can("special_groups:read")
+        body = svc.access_export(session, person, keys(), with_special_groups=with_groups)
+        _unmask_audit("person.export", person, args["purpose"])
+        for group in body.get("special_groups", []):  # a read of each record: audited
+            record(
+                session,
+                request_actor(),
+                "special_group.read",
+                "special_group",
+                group["id"],
+                summary={"person_id": person.id, "type": group["type"], "via": "export"},
+                region_code=person.region_code,
+            )
+        commit()
+        return body
+
+
+# --- visits -----------------------------------------------------------------------------------
+
+
+@visits_blp.route("")
+class Visits(MethodView):
+    @visits_blp.requires("persons:read")
+    @visits_blp.arguments(VisitArgsSchema, location="query")
+    @visits_blp.response(200, VisitListSchema)
+    def get(self, args):
+        """List visits in your scope (by household, resident, worker, time, region, grid)"""
+        rows = svc.list_visits(db_session(), current_principal().scope, _args(args))
+        items = [svc.visit_view(v) for v in rows]
+        return {"items": items, "next_cursor": _page(items, args["limit"])}
+
+    @visits_blp.requires("persons:write")
+    @visits_blp.arguments(VisitCreateSchema)
+    @visits_blp.response(201, VisitSchema)
+    def post(self, data):
+        """Record a visit to a household or a resident, optionally reporting a case found
+
+        The case (as `POST /api/v1/cases` takes it; the location defaults to the visit's,
+        then the house's) is reported in the same transaction: both or neither.
+        """
+        session = db_session()
+        principal = current_principal()
+        now = datetime.now(UTC)
+        visit = svc.create_visit(
+            session,
+            data,
+            scope=principal.scope,
+            snapshot=_snapshot(),
+            actor=principal.actor_id,
+            worker_id=principal.id if principal.kind == "user" else None,
+            now=now,
+        )
+        if data.get("case"):
+            visit.case_id = _report_from_visit(session, visit, data["case"], now)
+        audit(
+            "visit.create",
+            "visit",
+            visit.id,
+            summary={"household_id": visit.household_id, "case_id": visit.case_id},
+            region_code=visit.region_code,
+        )
+        session.flush()
+        commit()
+        return svc.visit_view(visit)
+
+
+@visits_blp.route("/<int:visit_id>")
+class VisitById(MethodView):
+    @visits_blp.requires("persons:read")
+    @visits_blp.response(200, VisitSchema)
+    def get(self, visit_id):
+        """Get a visit"""
+        return svc.visit_view(svc.get_visit(db_session(), visit_id, current_principal().scope))
+
+
+def _report_from_visit(session, visit, case_data: dict[str, Any], now: datetime) -> int:  # type: ignore[no-untyped-def]
+    case_data = {**case_data}
+    case_data.setdefault("source", "visit")
+    if not case_data.get("location"):
+        lon, lat = visit.lon, visit.lat
+        if lon is None and visit.household_id:
+            household = session.get(Household, visit.household_id)
+            house = session.get(House, household.house_id) if household.house_id else None
+            if house is not None and house.lon is not None:
+                lon, lat = house.lon, house.lat
+        if lon is None:
+            raise Unprocessable(
+                "The case needs a location: the visit and its house have none.",
+                errors={"json": {"case": {"location": ["required: the visit has no location"]}}},
+            )
+        case_data["location"] = {"type": "Point", "coordinates": [lon, lat]}
+        case_data["crs"] = "wgs84"
+    st = state()
+    reported = cases_svc.report(
+        session,
+        case_data,
+        principal=current_principal(),
+        snapshot=_snapshot(),
+        calendar=st.calendar(session),
+        now=now,
+        duplicate_window_hours=st.settings.duplicate_window_hours,
+    )
+    case_obj = reported.case
+    audit(
+        "case.report",
+        "case",
+        case_obj.id,
+        summary={"number": case_obj.number, "grid": case_obj.grid_code, "visit_id": visit.id},
+        region_code=case_obj.region_code,
+    )
+    return case_obj.id

@@ -1,0 +1,105 @@
+"""Special-group records (特殊人群) over HTTP: behind their own permission, every read audited."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+
+from ..auditing import request_actor
+from ..auth import current_principal
+from ..extensions import commit, db_session
+from ..schemas.register import (
+    SpecialGroupArgsSchema,
+    SpecialGroupCreateSchema,
+    SpecialGroupListSchema,
+    SpecialGroupSchema,
+    SpecialGroupUpdateSchema,
+)
+from ..services import special_groups as svc
+from ..services.audit import record
+from .blueprint import Blueprint
+from .register import keys
+
+blp = Blueprint(
+    "special_groups",
+    __name__,
+    url_prefix="/api/v1/special-groups",
+    description="Special-group records (特殊人群/重点人员). Readable only with "
+    "`special_groups:read`; to everyone else they do not exist, in any list, search, count, "
+    "export or join. Every record returned is audited.",
+)
+
+
+def _audit(action: str, records, summary=None) -> None:  # type: ignore[no-untyped-def]
+    """One audit row per record, in the request's transaction (committed with the answer)."""
+    actor = request_actor()
+    session = db_session()
+    for r in records:
+        record(
+            session,
+            actor,
+            action,
+            "special_group",
+            r.id,
+            summary={"person_id": r.person_id, "type": r.type, **(summary or {})},
+            region_code=r.region_code,
+        )
+
+
+@blp.route("")
+class SpecialGroups(MethodView):
+    @blp.requires("special_groups:read")
+    @blp.arguments(SpecialGroupArgsSchema, location="query")
+    @blp.response(200, SpecialGroupListSchema)
+    def get(self, args):
+        """List special-group records in your scope (each one returned is audited)"""
+        session = db_session()
+        args["after"] = args.pop("cursor", None)
+        rows = svc.list_records(session, current_principal().scope, args)
+        items = svc.record_views(session, rows, keys())
+        _audit("special_group.read", rows)
+        commit()
+        next_cursor = items[-1]["id"] if len(items) == args["limit"] else None
+        return {"items": items, "next_cursor": next_cursor}
+
+    @blp.requires("special_groups:write")
+    @blp.arguments(SpecialGroupCreateSchema)
+    @blp.response(201, SpecialGroupSchema)
+    def post(self, data):
+        """Create a special-group record for a resident in your scope"""
+        session = db_session()
+        principal = current_principal()
+        row = svc.create_record(
+            session, data, scope=principal.scope, keys=keys(), actor=principal.actor_id
+        )
+        _audit("special_group.create", [row], {"fields": sorted(data)})
+        view = svc.record_views(session, [row], keys())[0]
+        commit()
+        return view
+
+
+@blp.route("/<int:record_id>")
+class SpecialGroupById(MethodView):
+    @blp.requires("special_groups:read")
+    @blp.response(200, SpecialGroupSchema)
+    def get(self, record_id):
+        """Get a special-group record (audited)"""
+        session = db_session()
+        row = svc.get_record(session, record_id, current_principal().scope)
+        view = svc.record_views(session, [row], keys())[0]
+        _audit("special_group.read", [row])
+        commit()
+        return view
+
+    @blp.requires("special_groups:write")
+    @blp.arguments(SpecialGroupUpdateSchema)
+    @blp.response(200, SpecialGroupSchema)
+    def patch(self, data, record_id):
+        """Change a record's attention level, helper, status, notes or dates"""
+        session = db_session()
+        row, changed = svc.update_record(
+            session, record_id, data, scope=current_principal().scope, keys=keys()
+        )
+        _audit("special_group.update", [row], {"fields": changed})
+        view = svc.record_views(session, [row], keys())[0]
+        commit()
+        return view

@@ -1,0 +1,474 @@
+"""Schemas of the register: houses, households, residents, visits, special-group records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from ..geo.crs import SUPPORTED_CRS
+from ..models.register import (
+    ATTENTION_LEVELS,
+    HOUSE_USES,
+    HOUSEHOLD_TYPES,
+    POPULATION_TYPES,
+    RELATIONS,
+    SPECIAL_GROUP_STATUSES,
+    SPECIAL_GROUP_TYPES,
+)
+from .cases import CaseCreateSchema
+from .common import PointSchema, StrictSchema
+from .locate import CRS_FIELD_DOC
+
+GRID = validate.Regexp(r"^[0-9]{15}\Z", error="a 15-digit grid code")
+REGION = validate.Regexp(r"^[0-9]{12}\Z", error="a 12-digit region code")
+ID_NUMBER_DOC = (
+    "居民身份证号码: 18 characters, a known province prefix, a real birth date and the "
+    "ISO 7064 MOD 11-2 check digit (a lower-case x is accepted). Stored encrypted; "
+    "answered masked (3201**********1234)."
+)
+PHONE_DOC = (
+    "Mainland mobile number (11 digits starting 13-19; spaces, dashes and +86 are dropped). "
+    "Stored encrypted; answered masked (138****5678)."
+)
+
+
+def _check_point(data: dict[str, Any]) -> None:
+    location = data.get("location")
+    if not location:
+        return
+    lon, lat = location["coordinates"]
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        raise ValidationError(
+            {"location": {"coordinates": ["lon must be in -180..180 and lat in -90..90"]}}
+        )
+
+
+class PlaceFields(StrictSchema):
+    """Where an object is: a point (routed to its grid like a case), a grid or a region."""
+
+    location = fields.Nested(
+        PointSchema,
+        allow_none=True,
+        metadata={"description": "GeoJSON Point in the system named by `crs`, routed to a grid."},
+    )
+    crs = fields.String(
+        load_default="wgs84",
+        validate=validate.OneOf(SUPPORTED_CRS),
+        metadata={"description": CRS_FIELD_DOC},
+    )
+    grid = fields.String(
+        validate=GRID, metadata={"description": "The grid (wins over a routed point)."}
+    )
+    region = fields.String(
+        validate=REGION, metadata={"description": "A community, when no grid is known."}
+    )
+
+    @validates_schema
+    def _point(self, data: dict[str, Any], **kwargs: Any) -> None:
+        _check_point(data)
+
+
+class PageArgs(StrictSchema):
+    cursor = fields.Integer(
+        validate=validate.Range(min=0),
+        metadata={"description": "`next_cursor` of the previous page."},
+    )
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+
+
+class AreaArgs(PageArgs):
+    region = fields.String(validate=REGION, metadata={"description": "A region's subtree."})
+    grid = fields.String(validate=GRID)
+
+
+# --- houses -----------------------------------------------------------------------------------
+
+
+class HouseCreateSchema(PlaceFields):
+    address = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=300),
+        metadata={"example": "姑苏区平江路100号3幢2单元501室"},
+    )
+    use = fields.String(
+        load_default="self_occupied",
+        validate=validate.OneOf(HOUSE_USES),
+        metadata={"description": "self_occupied 自住, rented 出租, vacant 空置, commercial 经营"},
+    )
+
+
+class HouseUpdateSchema(PlaceFields):
+    crs = fields.String(validate=validate.OneOf(SUPPORTED_CRS))
+    address = fields.String(validate=validate.Length(min=1, max=300))
+    use = fields.String(validate=validate.OneOf(HOUSE_USES))
+
+
+class HouseSchema(StrictSchema):
+    id = fields.Integer(required=True)
+    address = fields.String(required=True)
+    use = fields.String(required=True)
+    location = fields.Nested(PointSchema, allow_none=True, required=True)
+    grid = fields.String(allow_none=True, required=True)
+    region_code = fields.String(required=True)
+    county_code = fields.String(required=True)
+    routing_method = fields.String(required=True)
+    created_at = fields.AwareDateTime(required=True)
+    updated_at = fields.AwareDateTime(required=True)
+
+
+class HouseListSchema(StrictSchema):
+    items = fields.List(fields.Nested(HouseSchema), required=True)
+    next_cursor = fields.Integer(allow_none=True, required=True)
+
+
+class HouseArgsSchema(AreaArgs):
+    address = fields.String(validate=validate.Length(min=1, max=100))
+    use = fields.String(validate=validate.OneOf(HOUSE_USES))
+
+
+# --- persons ----------------------------------------------------------------------------------
+
+
+class PersonCreateSchema(StrictSchema):
+    name = fields.String(
+        required=True, validate=validate.Length(min=1, max=100), metadata={"example": "张三"}
+    )
+    id_number = fields.String(
+        allow_none=True,
+        validate=validate.Length(max=40),
+        metadata={"description": ID_NUMBER_DOC + " Required except for foreign residents."},
+    )
+    phone = fields.String(
+        allow_none=True, validate=validate.Length(max=40), metadata={"description": PHONE_DOC}
+    )
+    household_id = fields.Integer(
+        allow_none=True, metadata={"description": "The household (its place is the resident's)."}
+    )
+    grid = fields.String(validate=GRID, metadata={"description": "When not in a household."})
+    relation = fields.String(
+        allow_none=True,
+        validate=validate.OneOf(RELATIONS),
+        metadata={"description": "Relation to the head of the household (head = 户长)."},
+    )
+    ethnicity = fields.String(
+        allow_none=True, validate=validate.Length(max=32), metadata={"example": "汉族"}
+    )
+    population_type = fields.String(
+        load_default="registered",
+        validate=validate.OneOf(POPULATION_TYPES),
+        metadata={
+            "description": "registered 户籍, floating 流动, unregistered 未落户, foreign 境外"
+        },
+    )
+    current_address = fields.String(allow_none=True, validate=validate.Length(max=300))
+    registered_address = fields.String(allow_none=True, validate=validate.Length(max=300))
+
+
+class PersonUpdateSchema(StrictSchema):
+    name = fields.String(validate=validate.Length(min=1, max=100))
+    id_number = fields.String(
+        allow_none=True, validate=validate.Length(max=40), metadata={"description": ID_NUMBER_DOC}
+    )
+    phone = fields.String(
+        allow_none=True, validate=validate.Length(max=40), metadata={"description": PHONE_DOC}
+    )
+    household_id = fields.Integer(allow_none=True)
+    grid = fields.String(validate=GRID)
+    relation = fields.String(allow_none=True, validate=validate.OneOf(RELATIONS))
+    ethnicity = fields.String(allow_none=True, validate=validate.Length(max=32))
+    population_type = fields.String(validate=validate.OneOf(POPULATION_TYPES))
+    current_address = fields.String(allow_none=True, validate=validate.Length(max=300))
+    registered_address = fields.String(allow_none=True, validate=validate.Length(max=300))
+
+
+class PersonSchema(StrictSchema):
+    id = fields.Integer(required=True)
+    name = fields.String(required=True, metadata={"description": "Masked: 张*.", "example": "张*"})
+    id_number = fields.String(
+        allow_none=True, required=True, metadata={"example": "3201**********1234"}
+    )
+    phone = fields.String(allow_none=True, required=True, metadata={"example": "138****5678"})
+    gender = fields.String(allow_none=True, required=True, metadata={"description": "From the ID."})
+    age = fields.Integer(
+        allow_none=True,
+        required=True,
+        metadata={"description": "Whole years, from the ID (the birth date is not shown)."},
+    )
+    ethnicity = fields.String(allow_none=True, required=True)
+    population_type = fields.String(required=True)
+    current_address = fields.String(allow_none=True, required=True)
+    registered_address = fields.String(allow_none=True, required=True)
+    household_id = fields.Integer(allow_none=True, required=True)
+    house_id = fields.Integer(allow_none=True, required=True)
+    relation = fields.String(allow_none=True, required=True)
+    grid = fields.String(allow_none=True, required=True)
+    region_code = fields.String(required=True)
+    county_code = fields.String(required=True)
+    masked = fields.Boolean(required=True)
+    created_at = fields.AwareDateTime(required=True)
+    updated_at = fields.AwareDateTime(required=True)
+
+
+class PersonListSchema(StrictSchema):
+    items = fields.List(fields.Nested(PersonSchema), required=True)
+    next_cursor = fields.Integer(allow_none=True, required=True)
+
+
+class PersonArgsSchema(AreaArgs):
+    name = fields.String(
+        validate=validate.Length(min=1, max=100),
+        metadata={"description": "Names starting with this (results are masked)."},
+    )
+    id_number = fields.String(
+        validate=validate.Length(max=40),
+        metadata={"description": "Exact ID number (via its keyed hash); rate-limited per user."},
+    )
+    phone = fields.String(
+        validate=validate.Length(max=40),
+        metadata={"description": "Exact phone number (via its keyed hash); rate-limited per user."},
+    )
+    address = fields.String(
+        validate=validate.Length(min=1, max=100),
+        metadata={"description": "Text in the current or registered address."},
+    )
+    household_id = fields.Integer()
+    house_id = fields.Integer()
+    population_type = fields.String(validate=validate.OneOf(POPULATION_TYPES))
+
+
+class PurposeArgsSchema(StrictSchema):
+    purpose = fields.String(
+        required=True,
+        validate=validate.Length(min=4, max=200),
+        metadata={
+            "description": "Why the full values are needed (kept in the audit log).",
+            "example": "核实低保申请人身份",
+        },
+    )
+
+
+class SensitivePersonSchema(StrictSchema):
+    id = fields.Integer(required=True)
+    name = fields.String(required=True)
+    id_number = fields.String(allow_none=True, required=True)
+    phone = fields.String(allow_none=True, required=True)
+    gender = fields.String(allow_none=True, required=True)
+    birth_date = fields.Date(allow_none=True, required=True)
+    masked = fields.Boolean(required=True)
+    purpose = fields.String(required=True)
+    audit_id = fields.Integer(required=True, metadata={"description": "The audit row written."})
+
+
+class EraseArgsSchema(StrictSchema):
+    reason = fields.String(
+        required=True,
+        validate=validate.Length(min=4, max=200),
+        metadata={"description": "Why (moved away, deceased, request to delete); audited."},
+    )
+
+
+# --- households -------------------------------------------------------------------------------
+
+
+class HouseholdCreateSchema(PlaceFields):
+    number = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=32),
+        metadata={"description": "户号, unique in the county.", "example": "3205080010010001"},
+    )
+    house_id = fields.Integer(
+        allow_none=True, metadata={"description": "The house (its place is the household's)."}
+    )
+    type = fields.String(
+        load_default="registered",
+        validate=validate.OneOf(HOUSEHOLD_TYPES),
+        metadata={"description": "registered 户籍户, floating 流动户, rental 租住户"},
+    )
+
+
+class HouseholdUpdateSchema(StrictSchema):
+    house_id = fields.Integer(allow_none=True)
+    type = fields.String(validate=validate.OneOf(HOUSEHOLD_TYPES))
+
+
+class MemberRefSchema(StrictSchema):
+    id = fields.Integer(required=True)
+    name = fields.String(required=True)
+
+
+class HouseholdSchema(StrictSchema):
+    id = fields.Integer(required=True)
+    number = fields.String(required=True)
+    type = fields.String(required=True)
+    house_id = fields.Integer(allow_none=True, required=True)
+    grid = fields.String(allow_none=True, required=True)
+    region_code = fields.String(required=True)
+    county_code = fields.String(required=True)
+    head = fields.Nested(MemberRefSchema, allow_none=True, required=True)
+    members = fields.List(fields.Nested(PersonSchema), required=True)
+    created_at = fields.AwareDateTime(required=True)
+    updated_at = fields.AwareDateTime(required=True)
+
+
+class HouseholdListSchema(StrictSchema):
+    items = fields.List(fields.Nested(HouseholdSchema), required=True)
+    next_cursor = fields.Integer(allow_none=True, required=True)
+
+
+class HouseholdArgsSchema(AreaArgs):
+    house_id = fields.Integer()
+    number = fields.String(validate=validate.Length(min=1, max=32))
+    type = fields.String(validate=validate.OneOf(HOUSEHOLD_TYPES))
+
+
+# --- visits -----------------------------------------------------------------------------------
+
+
+class VisitCaseSchema(CaseCreateSchema):
+    """A case raised from the visit: as ``POST /api/v1/cases`` takes it; the location may be
+    left out (the visit's, else the house's, is used)."""
+
+    location = fields.Nested(PointSchema, metadata={"description": "Defaults to the visit's."})
+
+
+class VisitCreateSchema(StrictSchema):
+    household_id = fields.Integer(allow_none=True)
+    person_id = fields.Integer(allow_none=True)
+    visited_at = fields.AwareDateTime(metadata={"description": "Default: now."})
+    place = fields.String(load_default="", validate=validate.Length(max=300))
+    location = fields.Nested(PointSchema, allow_none=True)
+    crs = fields.String(
+        load_default="wgs84",
+        validate=validate.OneOf(SUPPORTED_CRS),
+        metadata={"description": CRS_FIELD_DOC},
+    )
+    findings = fields.String(load_default="", validate=validate.Length(max=5000))
+    follow_up = fields.String(load_default="", validate=validate.Length(max=5000))
+    case = fields.Nested(
+        VisitCaseSchema,
+        allow_none=True,
+        metadata={"description": "Report a case found on the visit, in the same transaction."},
+    )
+
+    @validates_schema
+    def _point(self, data: dict[str, Any], **kwargs: Any) -> None:
+        _check_point(data)
+
+
+class VisitSchema(StrictSchema):
+    id = fields.Integer(required=True)
+    worker_id = fields.Integer(allow_none=True, required=True)
+    visited_at = fields.AwareDateTime(required=True)
+    place = fields.String(required=True)
+    location = fields.Nested(PointSchema, allow_none=True, required=True)
+    household_id = fields.Integer(allow_none=True, required=True)
+    person_id = fields.Integer(allow_none=True, required=True)
+    findings = fields.String(required=True)
+    follow_up = fields.String(required=True)
+    case_id = fields.Integer(allow_none=True, required=True)
+    grid = fields.String(allow_none=True, required=True)
+    region_code = fields.String(required=True)
+    created_by = fields.String(required=True)
+    created_at = fields.AwareDateTime(required=True)
+
+
+class VisitListSchema(StrictSchema):
+    items = fields.List(fields.Nested(VisitSchema), required=True)
+    next_cursor = fields.Integer(allow_none=True, required=True)
+
+
+class VisitArgsSchema(AreaArgs):
+    household_id = fields.Integer()
+    person_id = fields.Integer()
+    worker_id = fields.Integer()
+    since = fields.AwareDateTime()
+    until = fields.AwareDateTime()
+
+
+# --- special groups ---------------------------------------------------------------------------
+
+
+class SpecialGroupCreateSchema(StrictSchema):
+    person_id = fields.Integer(required=True)
+    type = fields.String(
+        required=True,
+        validate=validate.OneOf(SPECIAL_GROUP_TYPES),
+        metadata={
+            "description": "released_prisoner 刑满释放人员, community_correction 社区矫正对象, "
+            "drug_user 吸毒人员, severe_mental_disorder 严重精神障碍患者, at_risk_youth "
+            "重点青少年, petitioner 信访重点人员"
+        },
+    )
+    attention_level = fields.String(
+        load_default="medium", validate=validate.OneOf(ATTENTION_LEVELS)
+    )
+    helper_id = fields.Integer(
+        allow_none=True,
+        metadata={"description": "The responsible helper (an account holding the permission)."},
+    )
+    status = fields.String(load_default="active", validate=validate.OneOf(SPECIAL_GROUP_STATUSES))
+    notes = fields.String(
+        allow_none=True,
+        validate=validate.Length(max=5000),
+        metadata={"description": "Stored encrypted."},
+    )
+    started_on = fields.Date(allow_none=True)
+    ended_on = fields.Date(allow_none=True)
+
+
+class SpecialGroupUpdateSchema(StrictSchema):
+    attention_level = fields.String(validate=validate.OneOf(ATTENTION_LEVELS))
+    helper_id = fields.Integer(allow_none=True)
+    status = fields.String(validate=validate.OneOf(SPECIAL_GROUP_STATUSES))
+    notes = fields.String(allow_none=True, validate=validate.Length(max=5000))
+    started_on = fields.Date(allow_none=True)
+    ended_on = fields.Date(allow_none=True)
+
+
+class SpecialGroupSchema(StrictSchema):
+    id = fields.Integer(required=True)
+    person = fields.Nested(MemberRefSchema, required=True)
+    type = fields.String(required=True)
+    type_name = fields.String(required=True)
+    attention_level = fields.String(required=True)
+    helper_id = fields.Integer(allow_none=True, required=True)
+    status = fields.String(required=True)
+    notes = fields.String(allow_none=True, required=True)
+    started_on = fields.Date(allow_none=True, required=True)
+    ended_on = fields.Date(allow_none=True, required=True)
+    grid = fields.String(allow_none=True, required=True)
+    region_code = fields.String(required=True)
+    created_at = fields.AwareDateTime(required=True)
+    updated_at = fields.AwareDateTime(required=True)
+
+
+class SpecialGroupListSchema(StrictSchema):
+    items = fields.List(fields.Nested(SpecialGroupSchema), required=True)
+    next_cursor = fields.Integer(allow_none=True, required=True)
+
+
+class SpecialGroupArgsSchema(AreaArgs):
+    type = fields.String(validate=validate.OneOf(SPECIAL_GROUP_TYPES))
+    attention_level = fields.String(validate=validate.OneOf(ATTENTION_LEVELS))
+    status = fields.String(validate=validate.OneOf(SPECIAL_GROUP_STATUSES))
+    person_id = fields.Integer()
+    helper_id = fields.Integer()
+
+
+class AccessExportSchema(StrictSchema):
+    """Everything held about one resident (full values), for an access request."""
+
+    person = fields.Dict(required=True, metadata={"description": "Full, unmasked values."})
+    household = fields.Dict(allow_none=True, required=True)
+    house = fields.Dict(allow_none=True, required=True)
+    visits = fields.List(fields.Dict(), required=True)
+    processing = fields.List(
+        fields.Dict(),
+        required=True,
+        metadata={"description": "Who processed the record, when, why (from the audit log)."},
+    )
+    special_groups = fields.List(
+        fields.Dict(),
+        metadata={"description": "Only for callers holding special_groups:read."},
+    )

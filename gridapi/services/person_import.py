@@ -1,0 +1,810 @@
+"""Bulk import of residents from the sheets offices keep: CSV or XLSX, one row per person,
+with household and house columns.
+
+The whole file is one transaction, committed once by the caller (``ImportReport.committed``
+says whether to commit or roll back):
+
+* mode ``all`` (the default): any row error and nothing is imported;
+* mode ``valid``: the rows without errors are imported, the others reported. Every row runs
+  in a SAVEPOINT, so a row that fails half-way (its house created, its person refused)
+  leaves nothing behind;
+* any other failure (a database error, a crash) propagates and imports nothing.
+
+Rows run in savepoints in both modes, so mode ``all`` reports exactly the errors mode
+``valid`` would. Error messages say what is wrong and never repeat a value from the file
+(the ID and phone numbers above all).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..errors import DomainError, Unprocessable
+from ..models.register import (
+    HOUSE_USES,
+    HOUSEHOLD_TYPES,
+    POPULATION_TYPES,
+    RELATIONS,
+    House,
+    Household,
+)
+from ..personal import InvalidValue, parse_id_number, parse_phone
+from ..scope import Scope
+from . import register
+from .register import Keys, Place
+from .routing import IndexSnapshot
+
+MODES = ("all", "valid")
+MAX_LISTED_ERRORS = 1000
+
+
+# --- columns ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    headers: tuple[str, ...]  # the first is the name used in messages when the file lacks it
+    max_length: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.headers[0]
+
+
+COLUMNS = (
+    Column("name", ("姓名", "name"), 100),
+    Column("id_number", ("身份证号", "公民身份号码", "身份证号码", "id_number")),
+    Column("phone", ("联系电话", "手机号码", "手机号", "phone")),
+    Column("ethnicity", ("民族", "ethnicity"), 32),
+    Column("population_type", ("人口类型", "population_type")),
+    Column("relation", ("与户主关系", "relation")),
+    Column("current_address", ("现住址", "current_address"), 300),
+    Column("registered_address", ("户籍地址", "户籍地", "registered_address"), 300),
+    Column("household_number", ("户号", "household_number"), 32),
+    Column("household_type", ("户类型", "household_type")),
+    Column("house_address", ("房屋地址", "house_address"), 300),
+    Column("house_use", ("房屋用途", "house_use")),
+    Column("lon", ("经度", "lon")),
+    Column("lat", ("纬度", "lat")),
+    Column("grid", ("网格编码", "grid")),
+)
+COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
+REQUIRED_COLUMNS = ("name",)
+
+
+def _header_key(text: str) -> str:
+    return text.strip().casefold()
+
+
+HEADER_KEYS = {_header_key(h): c.key for c in COLUMNS for h in c.headers}
+
+
+def _choices(chinese: dict[str, str], codes: tuple[str, ...]) -> dict[str, str]:
+    return {**{c: c for c in codes}, **chinese}
+
+
+POPULATION_TYPE_VALUES = _choices(
+    {
+        "户籍人口": "registered",
+        "流动人口": "floating",
+        "未落户人口": "unregistered",
+        "境外人员": "foreign",
+    },
+    POPULATION_TYPES,
+)
+RELATION_VALUES = _choices(
+    {
+        "户主": "head",
+        "配偶": "spouse",
+        "子女": "child",
+        "子": "child",
+        "女": "child",
+        "儿子": "child",
+        "女儿": "child",
+        "父母": "parent",
+        "父亲": "parent",
+        "母亲": "parent",
+        "孙子女": "grandchild",
+        "孙子": "grandchild",
+        "孙女": "grandchild",
+        "祖父母": "grandparent",
+        "祖父": "grandparent",
+        "祖母": "grandparent",
+        "兄弟姐妹": "sibling",
+        "儿媳": "child_in_law",
+        "女婿": "child_in_law",
+        "租客": "tenant",
+        "其他": "other",
+    },
+    RELATIONS,
+)
+HOUSEHOLD_TYPE_VALUES = _choices(
+    {"户籍户": "registered", "流动户": "floating", "租住户": "rental"}, HOUSEHOLD_TYPES
+)
+HOUSE_USE_VALUES = _choices(
+    {"自住": "self_occupied", "出租": "rented", "空置": "vacant", "经营": "commercial"}, HOUSE_USES
+)
+CHOICES = {
+    "population_type": ("户籍人口, 流动人口, 未落户人口, 境外人员", POPULATION_TYPE_VALUES),
+    "relation": (
+        "户主, 配偶, 子女, 父母, 孙子女, 祖父母, 兄弟姐妹, 儿媳, 女婿, 租客, 其他",
+        RELATION_VALUES,
+    ),
+    "household_type": ("户籍户, 流动户, 租住户", HOUSEHOLD_TYPE_VALUES),
+    "house_use": ("自住, 出租, 空置, 经营", HOUSE_USE_VALUES),
+}
+
+# Columns whose values are codes: a number Excel stored in floating point has lost digits.
+_CODE_COLUMNS = frozenset({"id_number", "phone", "household_number", "grid"})
+_SCIENTIFIC = re.compile(r"[0-9](?:\.[0-9]+)?[eE]\+?[0-9]+")
+_GRID = re.compile(r"[0-9]{15}")
+_LOOKS_LIKE_DATA = re.compile(r"[0-9]{6,}")
+LOST_NUMBER = "stored as a number by Excel: format the column as text"
+
+
+# --- errors and the report --------------------------------------------------------------------
+
+
+class RowError(Exception):
+    """A row cannot be imported: ``key`` is the column (None: the row as a whole)."""
+
+    def __init__(self, key: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
+
+
+def _file_error(message: str, **extra: Any) -> Unprocessable:
+    return Unprocessable(message, errors={"file": [message], **extra})
+
+
+@dataclass
+class ImportReport:
+    """What an import did (or, dry or refused, would have done)."""
+
+    mode: str
+    dry_run: bool
+    file_type: str = ""
+    rows: int = 0
+    valid: int = 0
+    failed: int = 0
+    houses_created: int = 0
+    households_created: int = 0
+    error_count: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    committed: bool = False
+    regions: set[str] = field(default_factory=set, repr=False)
+
+    def add_error(self, row: int, field_name: str | None, message: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_LISTED_ERRORS:
+            self.errors.append({"row": row, "field": field_name, "message": message})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The answer: counts of what was written (0 unless committed) and the errors."""
+        done = self.committed
+        return {
+            "mode": self.mode,
+            "dry_run": self.dry_run,
+            "committed": done,
+            "file_type": self.file_type,
+            "rows": self.rows,
+            "valid": self.valid,
+            "failed": self.failed,
+            "imported": self.valid if done else 0,
+            "houses_created": self.houses_created if done else 0,
+            "households_created": self.households_created if done else 0,
+            "error_count": self.error_count,
+            "errors_truncated": self.error_count > len(self.errors),
+            "errors": self.errors,
+        }
+
+    def audit_summary(self) -> dict[str, Any]:
+        """Counts and mode only: never a value from the file, nor its name."""
+        body = self.as_dict()
+        return {k: body[k] for k in body if k not in ("errors", "errors_truncated")}
+
+    def region_code(self, scope: Scope) -> str | None:
+        """The deepest region holding every row that passed (else the caller's region)."""
+        codes = sorted(self.regions)
+        if not codes and len(scope.prefixes) == 1:
+            codes = [scope.prefixes[0].ljust(12, "0")]
+        if not codes:
+            return None
+        prefix = codes[0]
+        for code in codes[1:]:
+            while not code.startswith(prefix):
+                prefix = prefix[:-1]
+        for n in (12, 9, 6, 4, 2):
+            if len(prefix) >= n:
+                return prefix[:n].ljust(12, "0")
+        return None
+
+
+# --- reading the file -------------------------------------------------------------------------
+
+
+@dataclass
+class Sheet:
+    file_type: str
+    labels: dict[str, str]  # column key -> its header as written in the file
+    positions: list[tuple[int, str]]  # (cell index, column key)
+    rows: list[tuple[int, list[Any]]]  # (spreadsheet row number, cells)
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _is_xlsx(content: bytes, filename: str) -> bool:
+    return filename.lower().endswith((".xlsx", ".xlsm")) or content.startswith(b"PK\x03\x04")
+
+
+def _csv_rows(content: bytes) -> Iterator[list[Any]]:
+    if content.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = content.decode("utf-16")
+    else:
+        for encoding in ("utf-8-sig", "gb18030"):
+            try:
+                text = content.decode(encoding)
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            raise _file_error(
+                "The CSV file is neither UTF-8 nor GB18030/GBK text: save it from Excel as "
+                "'CSV UTF-8' or 'CSV'."
+            )
+    first_line = text.split("\n", 1)[0]
+    delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise _file_error(
+            f"The CSV file cannot be read past line {reader.line_num}: {exc}."
+        ) from None
+
+
+def _xlsx_rows(content: bytes) -> Iterator[list[Any]]:
+    import openpyxl
+
+    unreadable = _file_error("The file cannot be read as an XLSX workbook.")
+    try:
+        workbook = openpyxl.load_workbook(io.BytesIO(content), read_only=True, data_only=True)
+    except Exception:  # a damaged or foreign file: the client's to fix
+        raise unreadable from None
+    try:
+        if not workbook.worksheets:
+            raise _file_error("The workbook has no worksheet.")
+        sheet = workbook.worksheets[0]
+        sheet.reset_dimensions()  # some writers record wrong dimensions: read every row
+        rows = sheet.iter_rows(values_only=True)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except Exception:
+                raise unreadable from None
+            yield list(row)
+    finally:
+        workbook.close()
+
+
+def _header_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return "" if value is None else str(value).strip()
+
+
+def read_sheet(content: bytes, filename: str, max_rows: int) -> Sheet:
+    """Read the first sheet (XLSX) or the CSV: headers from the first row, then the rows that
+    are not blank. Raises Unprocessable for anything wrong with the file as a whole."""
+    if content.startswith(b"\xd0\xcf\x11\xe0") or filename.lower().endswith(".xls"):
+        raise _file_error("Old Excel (.xls) files are not read: save the sheet as .xlsx or CSV.")
+    file_type = "xlsx" if _is_xlsx(content, filename) else "csv"
+    if not content:
+        raise _file_error("The file is empty.")
+    source = _xlsx_rows(content) if file_type == "xlsx" else _csv_rows(content)
+    header = next(source, None)
+    if header is None or all(_is_blank(v) for v in header):
+        raise _file_error("The first row must hold the column headers; it is empty.")
+    labels: dict[str, str] = {}
+    positions: list[tuple[int, str]] = []
+    unknown: list[str] = []
+    for index, value in enumerate(header):
+        text = _header_text(value)
+        if not text:
+            continue
+        key = HEADER_KEYS.get(_header_key(text))
+        if key is None:
+            # A first row of data instead of headers must not be echoed (ID, phone numbers).
+            unknown.append(
+                f"column {index + 1} (a value, not a header?)"
+                if _LOOKS_LIKE_DATA.search(text)
+                else text
+            )
+        elif key in labels:
+            raise _file_error(
+                f"The columns {labels[key]} and {text} both give "
+                f"{COLUMN_BY_KEY[key].label}: keep one."
+            )
+        else:
+            labels[key] = text
+            positions.append((index, key))
+    if not labels:
+        raise _file_error(
+            "No known column in the first row: it must hold the column headers "
+            f"({', '.join(c.label for c in COLUMNS)})."
+        )
+    if unknown:
+        raise _file_error(
+            f"Unknown column(s): {', '.join(unknown)}. Known columns: "
+            f"{', '.join('/'.join(c.headers) for c in COLUMNS)}.",
+            columns=unknown,
+        )
+    missing = [COLUMN_BY_KEY[k].label for k in REQUIRED_COLUMNS if k not in labels]
+    if missing:
+        raise _file_error(f"Required column(s) missing: {', '.join(missing)}.")
+    rows: list[tuple[int, list[Any]]] = []
+    for number, cells in enumerate(source, start=2):
+        if all(_is_blank(v) for v in cells):
+            continue
+        if len(rows) >= max_rows:
+            raise _file_error(
+                f"The file has more than {max_rows} rows (GRIDAPI_IMPORT_MAX_ROWS): split it."
+            )
+        rows.append((number, cells))
+    return Sheet(file_type, labels, positions, rows)
+
+
+# --- one row ----------------------------------------------------------------------------------
+
+
+def _cell_text(key: str, value: Any) -> str:
+    """Return a cell as text; raises RowError for a code Excel stored as a float."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if key in ("lon", "lat"):
+            return repr(value)
+        if key == "id_number" or (key in _CODE_COLUMNS and abs(value) >= 1e15):
+            raise RowError(key, LOST_NUMBER)
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    text = str(value).strip()
+    if key == "id_number" and _SCIENTIFIC.fullmatch(text):
+        raise RowError(key, LOST_NUMBER)
+    return text
+
+
+@dataclass
+class RowData:
+    name: str
+    id_number: str | None
+    phone: str | None
+    ethnicity: str | None
+    population_type: str
+    relation: str | None
+    current_address: str | None
+    registered_address: str | None
+    household_number: str | None
+    household_type: str | None
+    house_address: str | None
+    house_use: str | None
+    lon: float | None
+    lat: float | None
+    grid: str | None
+
+
+def _coordinate(key: str, text: str, limit: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise RowError(key, "must be a number in decimal degrees") from None
+    if not math.isfinite(value) or not -limit <= value <= limit:
+        raise RowError(key, f"must be between -{limit:g} and {limit:g}")
+    return value
+
+
+class _Importer:
+    def __init__(
+        self,
+        session: Session,
+        sheet: Sheet,
+        report: ImportReport,
+        *,
+        scope: Scope,
+        keys: Keys,
+        snapshot: IndexSnapshot | None,
+        actor: str,
+    ) -> None:
+        self.session = session
+        self.sheet = sheet
+        self.report = report
+        self.scope = scope
+        self.keys = keys
+        self.snapshot = snapshot
+        self.actor = actor
+        self.seen_ids: dict[str, int] = {}
+        self.grid_places: dict[str, Place | None] = {}
+        # A row's errors are listed in the order of the file's columns.
+        self.order = {key: i for i, (_, key) in enumerate(sorted(sheet.positions))}
+        self.headed = {index for index, _ in sheet.positions}
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def _error(self, row: int, key: str | None, reason: str, secrets: list[str]) -> None:
+        label = self.sheet.labels.get(key) if key else None
+        name = label or (COLUMN_BY_KEY[key].label if key in COLUMN_BY_KEY else None)
+        message = f"{name}: {reason}" if name else reason
+        for secret in secrets:  # belt and braces: no value of these columns in a message
+            message = message.replace(secret, "***")
+        self.report.add_error(row, label, message)
+
+    # -- checks that need no database ---------------------------------------------------------
+
+    def _stray(self, cells: list[Any]) -> RowError | None:
+        """A value in a column without a header: an unquoted comma shifted the cells, or a
+        column was left unnamed. Never guessed at."""
+        stray = next(
+            (i for i, v in enumerate(cells) if i not in self.headed and not _is_blank(v)), None
+        )
+        if stray is None:
+            return None
+        return RowError(
+            None,
+            f"the value in column {stray + 1} has no header (in a CSV file, quote values "
+            "that contain a comma)",
+        )
+
+    def _values(self, cells: list[Any], problems: list[RowError]) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for index, key in self.sheet.positions:
+            try:
+                values[key] = _cell_text(key, cells[index] if index < len(cells) else None)
+            except RowError as exc:
+                problems.append(exc)
+                values[key] = ""
+        return values
+
+    def _parse(self, row: int, values: dict[str, str], problems: list[RowError]) -> RowData:
+        def text(key: str) -> str | None:
+            value = values.get(key, "")
+            if not value:
+                return None
+            limit = COLUMN_BY_KEY[key].max_length
+            if limit and len(value) > limit:
+                problems.append(RowError(key, f"is longer than {limit} characters"))
+            return value
+
+        def choice(key: str) -> str | None:
+            value = values.get(key, "")
+            if not value:
+                return None
+            listed, mapping = CHOICES[key]
+            found = mapping.get(value) or mapping.get(value.lower())
+            if found is None:
+                problems.append(RowError(key, f"not a known value; use {listed}"))
+            return found
+
+        name = text("name")
+        if name is None:
+            problems.append(RowError("name", "is required"))
+        population_type = choice("population_type") or "registered"
+        id_number = None
+        if values.get("id_number"):
+            try:
+                id_number = parse_id_number(values["id_number"]).value
+            except InvalidValue as exc:
+                problems.append(RowError("id_number", str(exc)))
+        elif population_type != "foreign" and not any(p.key == "id_number" for p in problems):
+            problems.append(RowError("id_number", "is required (except for 境外人员)"))
+        if id_number is not None:
+            first = self.seen_ids.setdefault(id_number, row)
+            if first != row:
+                problems.append(RowError("id_number", f"the same ID number is in row {first}"))
+        phone = None
+        if values.get("phone"):
+            try:
+                phone = parse_phone(values["phone"])
+            except InvalidValue as exc:
+                problems.append(RowError("phone", str(exc)))
+        lon = lat = None
+        if values.get("lon") or values.get("lat"):
+            if not (values.get("lon") and values.get("lat")):
+                missing = "lat" if values.get("lon") else "lon"
+                problems.append(RowError(missing, "is required with the other coordinate"))
+            else:
+                try:
+                    lon = _coordinate("lon", values["lon"], 180)
+                    lat = _coordinate("lat", values["lat"], 90)
+                except RowError as exc:
+                    problems.append(exc)
+                    lon = lat = None
+        grid = text("grid")
+        if grid is not None and not _GRID.fullmatch(grid):
+            problems.append(RowError("grid", "must be a 15-digit grid code"))
+        return RowData(
+            name=name or "",
+            id_number=id_number,
+            phone=phone,
+            ethnicity=text("ethnicity"),
+            population_type=population_type,
+            relation=choice("relation"),
+            current_address=text("current_address"),
+            registered_address=text("registered_address"),
+            household_number=text("household_number"),
+            household_type=choice("household_type"),
+            house_address=text("house_address"),
+            house_use=choice("house_use"),
+            lon=lon,
+            lat=lat,
+            grid=grid,
+        )
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _grid_place(self, code: str) -> Place:
+        """The place of a grid in service in scope (grids do not change during an import)."""
+        if code not in self.grid_places:
+            try:
+                self.grid_places[code] = register.place_of_grid(self.session, code, self.scope)
+            except DomainError:
+                self.grid_places[code] = None
+        place = self.grid_places[code]
+        if place is None:
+            raise RowError("grid", "no grid with this code in service in your scope")
+        return place
+
+    def _place(self, d: RowData) -> tuple[Place | None, dict[str, Any]]:
+        """The place the row names (a routed point, else its grid) and how to name it."""
+        if d.lon is not None:
+            where: dict[str, Any] = {
+                "location": {"type": "Point", "coordinates": [d.lon, d.lat]},
+                "crs": "wgs84",
+            }
+            if d.grid:
+                where["grid"] = d.grid
+                self._grid_place(d.grid)
+            place, _, _ = register.resolve_place(self.session, where, self.scope, self.snapshot)
+            return place, where
+        if d.grid:
+            return self._grid_place(d.grid), {"grid": d.grid}
+        return None, {}
+
+    def _visible(self, obj: Any) -> bool:
+        if obj.grid_code:
+            return self.scope.covers_grid(obj.grid_code)
+        return self.scope.covers_region(obj.region_code)
+
+    def _household(self, d: RowData, place: Place | None) -> Household | None:
+        """The registered household with the row's number (in the place's county)."""
+        stmt = select(Household).where(Household.number == d.household_number)
+        if place is not None:
+            found = self.session.scalars(
+                stmt.where(Household.county_code == place.county_code)
+            ).first()
+            if found is not None and not self._visible(found):
+                raise RowError(
+                    "household_number", "already registered in the county, outside your scope"
+                )
+            return found
+        candidates = self.session.scalars(
+            stmt.where(register.in_scope(self.scope, Household)).order_by(Household.id).limit(2)
+        ).all()
+        if len(candidates) > 1:
+            raise RowError(
+                "household_number",
+                "registered in several counties of your scope: give 网格编码 or 经度 and 纬度",
+            )
+        return candidates[0] if candidates else None
+
+    def _house(self, d: RowData, place: Place | None, where: dict[str, Any]) -> tuple[House, int]:
+        """The house with the row's address at the row's place: found, or created."""
+        if place is None:
+            raise RowError("house_address", "needs a place: give 网格编码 or 经度 and 纬度")
+        grid = (
+            House.grid_code.is_(None)
+            if place.grid_code is None
+            else House.grid_code == place.grid_code
+        )
+        found = self.session.scalars(
+            select(House)
+            .where(
+                House.county_code == place.county_code,
+                House.region_code == place.region_code,
+                grid,
+                House.address == d.house_address,
+                register.in_scope(self.scope, House),
+            )
+            .order_by(House.id)
+        ).first()
+        if found is not None:
+            if d.house_use and d.house_use != found.use:
+                raise RowError("house_use", "differs from the use of the house in the register")
+            return found, 0
+        data = {"address": d.house_address, "use": d.house_use or "self_occupied", **where}
+        house = register.create_house(
+            self.session, data, scope=self.scope, snapshot=self.snapshot, actor=self.actor
+        )
+        return house, 1
+
+    def _write(self, d: RowData) -> tuple[int, int, str]:
+        """Register the row's house, household and person; return what was created."""
+        place, where = self._place(d)
+        house: House | None = None
+        household: Household | None = None
+        new_houses = new_households = 0
+        if d.household_number:
+            household = self._household(d, place)
+        if household is not None:
+            if d.grid and household.grid_code != d.grid:
+                raise RowError(
+                    "grid", "differs from the grid of the household (户号) in the register"
+                )
+            if d.household_type and d.household_type != household.type:
+                raise RowError(
+                    "household_type", "differs from the type of the household in the register"
+                )
+            if d.house_address:
+                house = self.session.get(House, household.house_id) if household.house_id else None
+                if house is None or house.address != d.house_address:
+                    raise RowError(
+                        "house_address", "differs from the household's house in the register"
+                    )
+                if d.house_use and d.house_use != house.use:
+                    raise RowError("house_use", "differs from the use of the house in the register")
+        else:
+            if d.house_address:
+                house, new_houses = self._house(d, place, where)
+            if d.household_number:
+                if place is None:
+                    raise RowError(
+                        "household_number",
+                        "no such household in your scope: give 网格编码 or 经度 and 纬度 to "
+                        "register it",
+                    )
+                data: dict[str, Any] = {
+                    "number": d.household_number,
+                    "type": d.household_type or "registered",
+                }
+                if house is not None:
+                    data["house_id"] = house.id
+                else:
+                    data.update(where)
+                household = register.create_household(
+                    self.session, data, scope=self.scope, snapshot=self.snapshot, actor=self.actor
+                )
+                new_households = 1
+        person_data: dict[str, Any] = {
+            "name": d.name,
+            "id_number": d.id_number,
+            "phone": d.phone,
+            "relation": d.relation,
+            "ethnicity": d.ethnicity,
+            "population_type": d.population_type,
+            "current_address": d.current_address,
+            "registered_address": d.registered_address,
+        }
+        if household is not None:
+            person_data["household_id"] = household.id
+        elif place is not None and place.grid_code:
+            person_data["grid"] = place.grid_code
+        else:
+            raise RowError(
+                "grid",
+                "say where the resident lives: 网格编码, 经度 and 纬度 inside a grid, or 户号",
+            )
+        person = register.create_person(
+            self.session, person_data, scope=self.scope, keys=self.keys, actor=self.actor
+        )
+        if household is None and house is not None:
+            person.house_id = house.id
+            self.session.flush()
+        return new_houses, new_households, person.region_code
+
+    # -- the file -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        report = self.report
+        for number, cells in self.sheet.rows:
+            report.rows += 1
+            problems: list[RowError] = []
+            values = self._values(cells, problems)
+            secrets = [v for k in ("id_number", "phone") if len(v := values.get(k, "")) >= 4]
+            stray = self._stray(cells)
+            if stray is not None:  # the other cells are not where their headers say
+                problems = [stray]
+            else:
+                data = self._parse(number, values, problems)
+            if not problems:
+                try:
+                    with self.session.begin_nested():
+                        houses, households, region = self._write(data)
+                except RowError as exc:
+                    problems.append(exc)
+                except DomainError as exc:
+                    problems.append(_row_error(exc))
+                else:
+                    report.valid += 1
+                    report.houses_created += houses
+                    report.households_created += households
+                    report.regions.add(region)
+                    continue
+            report.failed += 1
+            problems.sort(key=lambda p: self.order.get(p.key or "", len(self.order)))
+            for problem in problems:
+                self._error(number, problem.key, problem.reason, secrets)
+
+
+# The register's field names, as the columns that carry them.
+_API_FIELDS = {
+    "name": "name",
+    "id_number": "id_number",
+    "phone": "phone",
+    "grid": "grid",
+    "region": "grid",
+    "location": "lon",
+    "relation": "relation",
+    "household_id": "household_number",
+    "number": "household_number",
+    "house_id": "house_address",
+}
+
+
+def _row_error(exc: DomainError) -> RowError:
+    if isinstance(exc, register.DuplicatePerson):
+        return RowError("id_number", "already registered in the county")
+    for field_errors in (exc.errors or {}).values():
+        if isinstance(field_errors, dict) and field_errors:
+            name, reasons = next(iter(field_errors.items()))
+            reason = reasons[0] if isinstance(reasons, list) and reasons else str(reasons)
+            return RowError(_API_FIELDS.get(name), str(reason))
+    return RowError(None, exc.message)
+
+
+def import_persons(
+    session: Session,
+    content: bytes,
+    filename: str,
+    *,
+    scope: Scope,
+    keys: Keys,
+    snapshot: IndexSnapshot | None,
+    actor: str,
+    mode: str = "all",
+    dry_run: bool = False,
+    max_rows: int = 100_000,
+) -> ImportReport:
+    """Import the residents of a CSV or XLSX file into ``session``'s transaction.
+
+    Returns the report; ``report.committed`` tells the caller what to do with the
+    transaction: commit it (with its audit row) when True, roll it back when False (a dry
+    run, or mode ``all`` with any row error). Raises Unprocessable when the file as a whole
+    cannot be read (encoding, format, unknown or missing columns, too many rows).
+    """
+    if mode not in MODES:
+        raise Unprocessable(f"mode must be one of {', '.join(MODES)}.")
+    sheet = read_sheet(content, filename, max_rows)
+    report = ImportReport(mode=mode, dry_run=dry_run, file_type=sheet.file_type)
+    _Importer(session, sheet, report, scope=scope, keys=keys, snapshot=snapshot, actor=actor).run()
+    report.committed = not dry_run and (mode == "valid" or report.failed == 0)
+    return report

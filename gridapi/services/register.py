@@ -1,0 +1,892 @@
+"""The register: houses, households, residents and visits, protected as the law requires.
+
+* ID and phone numbers are encrypted field by field (``gridapi.security.fields``) and found
+  by their keyed hashes; plaintext lives only in memory, for the length of a request.
+* Every query carries the caller's area scope: an object outside it answers exactly as a
+  missing one (404), and a create that points outside it answers 422.
+* Views mask by default (``person_view``); full values only through ``reveal`` (the
+  resource audits it, with the purpose, in the same transaction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from geoalchemy2 import WKTElement
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from ..errors import Conflict, NotFound, Unprocessable
+from ..geo.crs import to_wgs84
+from ..models import AuditEntry, Grid
+from ..models.register import House, Household, Person, SpecialGroupRecord, Visit, new_uid
+from ..personal import (
+    InvalidValue,
+    age_on,
+    mask_id_number,
+    mask_name,
+    mask_phone,
+    parse_id_number,
+    parse_phone,
+)
+from ..scope import Scope, starts_with
+from ..security.fields import FieldCipher, blind_index
+from .regions import get_region
+from .routing import IndexSnapshot
+
+PAGE_MAX = 200
+
+
+@dataclass(frozen=True)
+class Keys:
+    """What protecting personal values takes: the field cipher and the blind-index key."""
+
+    cipher: FieldCipher
+    blind_key: bytes
+
+    def index(self, kind: str, value: str) -> str:
+        return blind_index(kind, value, self.blind_key)
+
+    def seal(self, table: str, column: str, uid: str, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return self.cipher.encrypt(value, table=table, column=column, row=uid)
+
+    def open(self, table: str, column: str, uid: str, stored: str | None) -> str | None:
+        if stored is None:
+            return None
+        return self.cipher.decrypt(stored, table=table, column=column, row=uid)
+
+
+def _not_found(kind: str) -> NotFound:
+    # One message for missing and out-of-scope objects: the two answer byte for byte alike.
+    return NotFound(f"The {kind} does not exist or is outside your scope.")
+
+
+def _invalid(field: str, reason: str) -> Unprocessable:
+    return Unprocessable(f"Invalid {field}.", errors={"json": {field: [reason]}})
+
+
+def in_scope(scope: Scope, model: Any):  # type: ignore[no-untyped-def]
+    """Return the condition 'the row of ``model`` lies in ``scope``' (grid or community)."""
+    return scope.grid_condition(model.grid_code, model.region_code)
+
+
+# --- where an object belongs ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a register object belongs: its community (or smallest region) and grid."""
+
+    region_code: str
+    grid_code: str | None
+    method: str = "given"
+
+    @property
+    def county_code(self) -> str:
+        return self.region_code[:6]
+
+
+def _check_place(place: Place, scope: Scope, field: str) -> Place:
+    inside = scope.covers_grid(place.grid_code) if place.grid_code else False
+    if not inside and not place.grid_code:
+        inside = scope.covers_region(place.region_code)
+    if not inside:
+        raise _invalid(field, "outside your scope")
+    return place
+
+
+def place_of_grid(session: Session, code: str, scope: Scope, field: str = "grid") -> Place:
+    """Return the place of a grid in service inside the scope; 422 otherwise."""
+    grid = session.scalars(
+        select(Grid).where(
+            Grid.code == code,
+            Grid.in_service.is_(True),
+            scope.grid_condition(Grid.code, Grid.community_code),
+        )
+    ).first()
+    if grid is None:
+        raise _invalid(field, f"no grid {code} in service in your scope")
+    return Place(grid.community_code, grid.code)
+
+
+def place_of_region(session: Session, code: str, scope: Scope, field: str = "region") -> Place:
+    try:
+        get_region(session, code, scope=scope)  # the current period of the region
+    except NotFound:
+        raise _invalid(field, f"no region {code} in your scope") from None
+    if not scope.covers_region(code):  # an ancestor is readable, but holds nothing of ours
+        raise _invalid(field, f"no region {code} in your scope")
+    return Place(code, None)
+
+
+def place_of_point(
+    snapshot: IndexSnapshot, location: dict[str, Any], crs: str, scope: Scope | None
+) -> tuple[Place, float, float]:
+    """Route a GeoJSON point like a case: the grid covering it, else the smallest region
+    (checked against ``scope`` unless it is None)."""
+    raw_lon, raw_lat = location["coordinates"]
+    lon, lat = to_wgs84(raw_lon, raw_lat, crs)
+    match = snapshot.locate(lon, lat)
+    if match.grid >= 0:
+        grid = snapshot.grids[match.grid]
+        place = Place(grid["community_code"], grid["code"], match.method)
+    else:
+        chain = snapshot.regions_for_point(lon, lat)
+        if not chain:
+            raise _invalid("location", "outside every known region")
+        place = Place(chain[0]["code"], None, "none")
+    if scope is not None:
+        place = _check_place(place, scope, "location")
+    return place, lon, lat
+
+
+def resolve_place(
+    session: Session,
+    data: dict[str, Any],
+    scope: Scope,
+    snapshot: IndexSnapshot | None,
+) -> tuple[Place, float | None, float | None]:
+    """Return the place named by ``location``, ``grid`` or ``region`` in ``data`` (in that
+    order of preference) with the WGS-84 point, if any."""
+    if data.get("location") is not None and snapshot is not None:
+        place, lon, lat = place_of_point(snapshot, data["location"], data.get("crs", "wgs84"), None)
+        if data.get("grid") and place.grid_code != data["grid"]:
+            # An explicit grid wins over a point routed to another grid (a house on a boundary
+            # belongs where the office says); it must be in scope all the same.
+            return place_of_grid(session, data["grid"], scope), lon, lat
+        return _check_place(place, scope, "location"), lon, lat
+    if data.get("grid"):
+        return place_of_grid(session, data["grid"], scope), None, None
+    if data.get("region"):
+        return place_of_region(session, data["region"], scope), None, None
+    raise Unprocessable(
+        "Say where: a location, a grid or a region.",
+        errors={"json": {"location": ["one of location, grid or region is required"]}},
+    )
+
+
+# --- houses -----------------------------------------------------------------------------------
+
+
+def _point(lon: float | None, lat: float | None) -> WKTElement | None:
+    if lon is None or lat is None:
+        return None
+    return WKTElement(f"POINT({lon!r} {lat!r})", srid=4326)
+
+
+def create_house(
+    session: Session,
+    data: dict[str, Any],
+    *,
+    scope: Scope,
+    snapshot: IndexSnapshot | None,
+    actor: str,
+) -> House:
+    place, lon, lat = resolve_place(session, data, scope, snapshot)
+    house = House(
+        county_code=place.county_code,
+        region_code=place.region_code,
+        grid_code=place.grid_code,
+        address=data["address"],
+        use=data.get("use", "self_occupied"),
+        lon=lon,
+        lat=lat,
+        location=_point(lon, lat),
+        routing_method=place.method,
+        created_by=actor,
+    )
+    session.add(house)
+    session.flush()
+    return house
+
+
+def get_house(session: Session, house_id: int, scope: Scope, *, field: str | None = None) -> House:
+    """Return a house in scope; NotFound (or 422 naming ``field``, for a reference) otherwise."""
+    house = session.scalars(
+        select(House).where(House.id == house_id, in_scope(scope, House))
+    ).first()
+    if house is None:
+        if field:
+            raise _invalid(field, f"no house {house_id} in your scope")
+        raise _not_found("house")
+    return house
+
+
+def update_house(
+    session: Session,
+    house_id: int,
+    data: dict[str, Any],
+    *,
+    scope: Scope,
+    snapshot: IndexSnapshot | None,
+) -> House:
+    house = get_house(session, house_id, scope)
+    if any(data.get(k) is not None for k in ("location", "grid", "region")):
+        place, lon, lat = resolve_place(session, data, scope, snapshot)
+        given = next(k for k in ("location", "grid", "region") if data.get(k) is not None)
+        _same_county(house.county_code, place, given)
+        moved = (place.region_code, place.grid_code) != (house.region_code, house.grid_code)
+        house.region_code, house.grid_code = place.region_code, place.grid_code
+        house.county_code, house.routing_method = place.county_code, place.method
+        if lon is not None:
+            house.lon, house.lat, house.location = lon, lat, _point(lon, lat)
+        if moved:  # its households and residents move with it
+            _move(session, Household, Household.house_id == house.id, place)
+            _move_people(session, Person.house_id == house.id, place)
+    for key in ("address", "use"):
+        if key in data:
+            setattr(house, key, data[key])
+    session.flush()
+    return house
+
+
+def _move(session: Session, model: Any, condition: Any, place: Place) -> None:
+    session.execute(
+        update(model)
+        .where(condition)
+        .values(
+            region_code=place.region_code,
+            grid_code=place.grid_code,
+            county_code=place.county_code,
+        )
+        .execution_options(synchronize_session="fetch")
+    )
+
+
+def _same_county(county: str, place: Place, field: str) -> None:
+    """Houses and households move within their county: numbers and ID numbers are unique
+    per county, and a move across counties is a transfer (register anew, erase the old)."""
+    if place.county_code != county:
+        raise _invalid(field, "lies in another county: register anew there")
+
+
+def _move_people(session: Session, condition: Any, place: Place) -> None:
+    """Move residents, and their special-group records with them (which follow their
+    person's place so that their scope is the person's)."""
+    ids = select(Person.id).where(condition).scalar_subquery()
+    _move(session, SpecialGroupRecord, SpecialGroupRecord.person_id.in_(ids), place)
+    _move(session, Person, condition, place)
+
+
+def _page(stmt, model: Any, after: int | None, limit: int):  # type: ignore[no-untyped-def]
+    if after:
+        stmt = stmt.where(model.id > after)
+    return stmt.order_by(model.id).limit(min(limit, PAGE_MAX))
+
+
+def _area_filters(stmt, model: Any, args: dict[str, Any]):  # type: ignore[no-untyped-def]
+    if args.get("region"):
+        from ..codes import subtree_prefix
+
+        stmt = stmt.where(starts_with(model.region_code, subtree_prefix(args["region"])))
+    if args.get("grid"):
+        stmt = stmt.where(model.grid_code == args["grid"])
+    return stmt
+
+
+def list_houses(session: Session, scope: Scope, args: dict[str, Any]) -> list[House]:
+    stmt = _area_filters(select(House).where(in_scope(scope, House)), House, args)
+    if args.get("address"):
+        stmt = stmt.where(House.address.contains(args["address"], autoescape=True))
+    if args.get("use"):
+        stmt = stmt.where(House.use == args["use"])
+    return list(session.scalars(_page(stmt, House, args.get("after"), args.get("limit", 50))))
+
+
+# --- households -------------------------------------------------------------------------------
+
+
+def create_household(
+    session: Session,
+    data: dict[str, Any],
+    *,
+    scope: Scope,
+    snapshot: IndexSnapshot | None,
+    actor: str,
+) -> Household:
+    house = None
+    if data.get("house_id") is not None:
+        house = get_house(session, data["house_id"], scope, field="house_id")
+        place = Place(house.region_code, house.grid_code)
+    else:
+        place, _, _ = resolve_place(session, data, scope, snapshot)
+    number = data["number"].strip()
+    taken = session.scalar(
+        select(Household.id).where(
+            Household.county_code == place.county_code, Household.number == number
+        )
+    )
+    if taken is not None:
+        raise Conflict(
+            "A household with this number (户号) is already registered in the county.",
+            errors={"json": {"number": ["already registered in the county"]}},
+        )
+    household = Household(
+        county_code=place.county_code,
+        region_code=place.region_code,
+        grid_code=place.grid_code,
+        number=number,
+        house_id=house.id if house else None,
+        type=data.get("type", "registered"),
+        created_by=actor,
+    )
+    session.add(household)
+    session.flush()
+    return household
+
+
+def get_household(
+    session: Session, household_id: int, scope: Scope, *, field: str | None = None
+) -> Household:
+    household = session.scalars(
+        select(Household).where(Household.id == household_id, in_scope(scope, Household))
+    ).first()
+    if household is None:
+        if field:
+            raise _invalid(field, f"no household {household_id} in your scope")
+        raise _not_found("household")
+    return household
+
+
+def update_household(
+    session: Session, household_id: int, data: dict[str, Any], *, scope: Scope
+) -> Household:
+    household = get_household(session, household_id, scope)
+    if "type" in data:
+        household.type = data["type"]
+    if "house_id" in data and data["house_id"] != household.house_id:
+        if data["house_id"] is None:
+            household.house_id = None
+            session.execute(
+                update(Person)
+                .where(Person.household_id == household.id)
+                .values(house_id=None)
+                .execution_options(synchronize_session="fetch")
+            )
+        else:
+            house = get_house(session, data["house_id"], scope, field="house_id")
+            place = Place(house.region_code, house.grid_code)
+            _same_county(household.county_code, place, "house_id")
+            household.house_id = house.id
+            household.region_code, household.grid_code = place.region_code, place.grid_code
+            household.county_code = place.county_code
+            _move_people(session, Person.household_id == household.id, place)
+            session.execute(
+                update(Person)
+                .where(Person.household_id == household.id)
+                .values(house_id=house.id)
+                .execution_options(synchronize_session="fetch")
+            )
+    session.flush()
+    return household
+
+
+def list_households(session: Session, scope: Scope, args: dict[str, Any]) -> list[Household]:
+    stmt = _area_filters(select(Household).where(in_scope(scope, Household)), Household, args)
+    if args.get("house_id"):
+        stmt = stmt.where(Household.house_id == args["house_id"])
+    if args.get("number"):
+        stmt = stmt.where(Household.number == args["number"])
+    if args.get("type"):
+        stmt = stmt.where(Household.type == args["type"])
+    return list(session.scalars(_page(stmt, Household, args.get("after"), args.get("limit", 50))))
+
+
+def members(session: Session, household: Household) -> list[Person]:
+    return list(
+        session.scalars(
+            select(Person).where(Person.household_id == household.id).order_by(Person.id)
+        )
+    )
+
+
+# --- persons ----------------------------------------------------------------------------------
+
+
+class DuplicatePerson(Conflict):
+    """The ID number is registered in the county already (wherever: the answer is the same
+    whether or not the caller could see that record)."""
+
+
+def _check_id(value: str | None, field: str = "id_number") -> Any:
+    if value is None:
+        return None
+    try:
+        return parse_id_number(value)
+    except InvalidValue as exc:
+        raise _invalid(field, str(exc)) from None
+
+
+def _check_phone(value: str | None, field: str = "phone") -> str | None:
+    if value is None:
+        return None
+    try:
+        return parse_phone(value)
+    except InvalidValue as exc:
+        raise _invalid(field, str(exc)) from None
+
+
+def _set_id_number(session: Session, person: Person, parsed: Any, keys: Keys) -> None:
+    digest = keys.index("id_number", parsed.value)
+    clash = session.scalar(
+        select(Person.id).where(
+            Person.county_code == person.county_code,
+            Person.id_number_hmac == digest,
+            Person.id != (person.id or 0),
+        )
+    )
+    if clash is not None:
+        raise DuplicatePerson(
+            "A resident with this ID number is already registered in the county.",
+            errors={"json": {"id_number": ["already registered in the county"]}},
+        )
+    person.id_number_enc = keys.seal("persons", "id_number", person.uid, parsed.value)
+    person.id_number_hmac = digest
+    person.birth_date = parsed.birth_date
+    person.gender = parsed.gender
+
+
+def _set_phone(person: Person, phone: str | None, keys: Keys) -> None:
+    person.phone_enc = keys.seal("persons", "phone", person.uid, phone)
+    person.phone_hmac = keys.index("phone", phone) if phone else None
+
+
+def _check_head(session: Session, household_id: int | None, person_id: int | None) -> None:
+    if household_id is None:
+        return
+    head = session.scalar(
+        select(Person.id).where(
+            Person.household_id == household_id,
+            Person.relation == "head",
+            Person.id != (person_id or 0),
+        )
+    )
+    if head is not None:
+        raise Conflict(
+            "The household has a head (户长) already.",
+            errors={"json": {"relation": ["the household has a head already"]}},
+        )
+
+
+def create_person(
+    session: Session,
+    data: dict[str, Any],
+    *,
+    scope: Scope,
+    keys: Keys,
+    actor: str,
+) -> Person:
+    """Register a resident in a household (taking its place) or directly in a grid."""
+    parsed = _check_id(data.get("id_number"))
+    if parsed is None and data.get("population_type", "registered") != "foreign":
+        raise _invalid("id_number", "is required (except for foreign residents)")
+    phone = _check_phone(data.get("phone"))
+    household = None
+    if data.get("household_id") is not None:
+        household = get_household(session, data["household_id"], scope, field="household_id")
+        place = Place(household.region_code, household.grid_code)
+    elif data.get("grid"):
+        place = place_of_grid(session, data["grid"], scope)
+    else:
+        raise Unprocessable(
+            "Say where the resident lives: a household or a grid.",
+            errors={"json": {"household_id": ["household_id or grid is required"]}},
+        )
+    relation = data.get("relation") or ("other" if household else None)
+    if relation == "head":
+        _check_head(session, household.id if household else None, None)
+    person = Person(
+        county_code=place.county_code,
+        region_code=place.region_code,
+        grid_code=place.grid_code,
+        household_id=household.id if household else None,
+        house_id=household.house_id if household else None,
+        relation=relation,
+        name=data["name"].strip(),
+        ethnicity=data.get("ethnicity"),
+        population_type=data.get("population_type", "registered"),
+        current_address=data.get("current_address"),
+        registered_address=data.get("registered_address"),
+        created_by=actor,
+    )
+    person.uid = new_uid()
+    if parsed is not None:
+        _set_id_number(session, person, parsed, keys)
+    _set_phone(person, phone, keys)
+    session.add(person)
+    session.flush()
+    return person
+
+
+def persons_query(scope: Scope):  # type: ignore[no-untyped-def]
+    return select(Person).where(in_scope(scope, Person))
+
+
+def get_person(
+    session: Session, person_id: int, scope: Scope, *, field: str | None = None
+) -> Person:
+    person = session.scalars(persons_query(scope).where(Person.id == person_id)).first()
+    if person is None:
+        if field:
+            raise _invalid(field, f"no resident {person_id} in your scope")
+        raise _not_found("resident")
+    return person
+
+
+def update_person(
+    session: Session,
+    person_id: int,
+    data: dict[str, Any],
+    *,
+    scope: Scope,
+    keys: Keys,
+) -> tuple[Person, list[str]]:
+    """Change a resident; return it and the names of the fields that changed."""
+    person = get_person(session, person_id, scope)
+    changed: list[str] = []
+    relation = data.get("relation", person.relation)
+    household_id = data.get("household_id", person.household_id)
+    if relation == "head" and (relation, household_id) != (person.relation, person.household_id):
+        _check_head(session, household_id, person.id)  # before any change is flushed
+    if "household_id" in data and data["household_id"] != person.household_id:
+        if data["household_id"] is None:
+            person.household_id = person.house_id = None
+            if "relation" not in data:
+                person.relation = None
+        else:
+            household = get_household(session, data["household_id"], scope, field="household_id")
+            person.household_id, person.house_id = household.id, household.house_id
+            person.region_code, person.grid_code = household.region_code, household.grid_code
+            person.county_code = household.county_code
+        changed.append("household_id")
+    if data.get("grid") and data["grid"] != person.grid_code:
+        if person.household_id is not None:
+            raise _invalid("grid", "the resident lives in a household: move the household")
+        place = place_of_grid(session, data["grid"], scope)
+        person.region_code, person.grid_code = place.region_code, place.grid_code
+        person.county_code = place.county_code
+        changed.append("grid")
+    if "household_id" in changed or "grid" in changed:
+        place = Place(person.region_code, person.grid_code)
+        _move(session, SpecialGroupRecord, SpecialGroupRecord.person_id == person.id, place)
+    if "relation" in data:
+        person.relation = data["relation"]
+        changed.append("relation")
+    if "id_number" in data:
+        parsed = _check_id(data["id_number"])
+        if parsed is None:
+            person.id_number_enc = person.id_number_hmac = None
+            person.birth_date = person.gender = None
+        else:
+            _set_id_number(session, person, parsed, keys)
+        changed.append("id_number")
+    elif ("household_id" in changed or "grid" in changed) and person.id_number_enc:
+        # The county may have changed: the ID number must still be unique in the new one.
+        value = keys.open("persons", "id_number", person.uid, person.id_number_enc)
+        _set_id_number(session, person, _check_id(value), keys)
+    if "phone" in data:
+        _set_phone(person, _check_phone(data["phone"]), keys)
+        changed.append("phone")
+    for key in ("name", "ethnicity", "population_type", "current_address", "registered_address"):
+        if key in data:
+            setattr(person, key, data[key].strip() if key == "name" else data[key])
+            changed.append(key)
+    if person.id_number_enc is None and person.population_type != "foreign":
+        raise _invalid("id_number", "is required (except for foreign residents)")
+    session.flush()
+    return person, changed
+
+
+def search_persons(
+    session: Session, scope: Scope, args: dict[str, Any], keys: Keys
+) -> list[Person]:
+    """Return residents in scope matching every filter given, ordered by id.
+
+    ``id_number`` and ``phone`` are matched exactly through their keyed hashes (validated
+    first: a malformed value is a 422, not an empty answer); ``name`` by prefix;
+    ``address`` anywhere in the current or registered address.
+    """
+    stmt = _area_filters(persons_query(scope), Person, args)
+    if args.get("id_number"):
+        parsed = _check_id(args["id_number"])
+        stmt = stmt.where(Person.id_number_hmac == keys.index("id_number", parsed.value))
+    if args.get("phone"):
+        phone = _check_phone(args["phone"])
+        stmt = stmt.where(Person.phone_hmac == keys.index("phone", phone))
+    if args.get("name"):
+        stmt = stmt.where(Person.name.startswith(args["name"].strip(), autoescape=True))
+    if args.get("address"):
+        text = args["address"]
+        stmt = stmt.where(
+            or_(
+                Person.current_address.contains(text, autoescape=True),
+                Person.registered_address.contains(text, autoescape=True),
+            )
+        )
+    for key in ("household_id", "house_id"):
+        if args.get(key):
+            stmt = stmt.where(getattr(Person, key) == args[key])
+    if args.get("population_type"):
+        stmt = stmt.where(Person.population_type == args["population_type"])
+    return list(session.scalars(_page(stmt, Person, args.get("after"), args.get("limit", 50))))
+
+
+def person_view(person: Person, keys: Keys, today: date | None = None) -> dict[str, Any]:
+    """Return the masked representation of a resident (what every list and read shows)."""
+    id_number = keys.open("persons", "id_number", person.uid, person.id_number_enc)
+    phone = keys.open("persons", "phone", person.uid, person.phone_enc)
+    return {
+        "id": person.id,
+        "name": mask_name(person.name),
+        "id_number": mask_id_number(id_number) if id_number else None,
+        "phone": mask_phone(phone) if phone else None,
+        "gender": person.gender,
+        "age": age_on(person.birth_date, today or date.today()) if person.birth_date else None,
+        "ethnicity": person.ethnicity,
+        "population_type": person.population_type,
+        "current_address": person.current_address,
+        "registered_address": person.registered_address,
+        "household_id": person.household_id,
+        "house_id": person.house_id,
+        "relation": person.relation,
+        "grid": person.grid_code,
+        "region_code": person.region_code,
+        "county_code": person.county_code,
+        "masked": True,
+        "created_at": person.created_at,
+        "updated_at": person.updated_at,
+    }
+
+
+def reveal(person: Person, keys: Keys) -> dict[str, Any]:
+    """Return the full personal values of a resident (for the audited ``/sensitive`` read)."""
+    return {
+        "id": person.id,
+        "name": person.name,
+        "id_number": keys.open("persons", "id_number", person.uid, person.id_number_enc),
+        "phone": keys.open("persons", "phone", person.uid, person.phone_enc),
+        "gender": person.gender,
+        "birth_date": person.birth_date,
+        "masked": False,
+    }
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
+    """Delete a resident and what is theirs; anonymise the visits that were about them.
+
+    Kept: the audit trail (which holds ids and field names, never values), the household
+    and house (other people's too), visits to the household (without the person).
+    """
+    person = get_person(session, person_id, scope)
+    session.execute(delete(SpecialGroupRecord).where(SpecialGroupRecord.person_id == person.id))
+    session.execute(
+        update(Visit)
+        .where(Visit.person_id == person.id, Visit.household_id.is_(None))
+        .values(findings="", follow_up="", place="", lon=None, lat=None, person_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(Visit)
+        .where(Visit.person_id == person.id)
+        .values(person_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.delete(person)
+    session.flush()
+    return person
+
+
+def access_export(
+    session: Session,
+    person: Person,
+    keys: Keys,
+    *,
+    with_special_groups: bool,
+) -> dict[str, Any]:
+    """Return everything held about one resident, for an access request (查阅复制)."""
+    household = session.get(Household, person.household_id) if person.household_id else None
+    house = session.get(House, person.house_id) if person.house_id else None
+    visits = session.scalars(
+        select(Visit).where(Visit.person_id == person.id).order_by(Visit.visited_at)
+    ).all()
+    audit_rows = session.scalars(
+        select(AuditEntry)
+        .where(AuditEntry.object_type == "person", AuditEntry.object_id == str(person.id))
+        .order_by(AuditEntry.id)
+    ).all()
+    body: dict[str, Any] = {
+        "person": {
+            **person_view(person, keys),
+            **reveal(person, keys),
+            "created_by": person.created_by,
+        },
+        "household": household_view(household, []) if household else None,
+        "house": house_view(house) if house else None,
+        "visits": [visit_view(v) for v in visits],
+        "processing": [
+            {
+                "at": a.at,
+                "action": a.action,
+                "actor_type": a.actor_type,
+                "actor_name": a.actor_name,
+                "purpose": (a.summary or {}).get("purpose"),
+            }
+            for a in audit_rows
+        ],
+    }
+    if with_special_groups:
+        records = session.scalars(
+            select(SpecialGroupRecord).where(SpecialGroupRecord.person_id == person.id)
+        ).all()
+        body["special_groups"] = [
+            {
+                "id": r.id,
+                "type": r.type,
+                "attention_level": r.attention_level,
+                "status": r.status,
+                "started_on": r.started_on,
+                "ended_on": r.ended_on,
+                "notes": keys.open("special_group_records", "notes", r.uid, r.notes_enc),
+            }
+            for r in records
+        ]
+    return body
+
+
+# --- visits -----------------------------------------------------------------------------------
+
+
+def create_visit(
+    session: Session,
+    data: dict[str, Any],
+    *,
+    scope: Scope,
+    snapshot: IndexSnapshot | None,
+    actor: str,
+    worker_id: int | None,
+    now: datetime,
+) -> Visit:
+    """Record a visit to a household and/or a resident (their place is the visit's)."""
+    household = person = None
+    if data.get("person_id") is not None:
+        person = get_person(session, data["person_id"], scope, field="person_id")
+    if data.get("household_id") is not None:
+        household = get_household(session, data["household_id"], scope, field="household_id")
+    subject = person or household
+    if subject is None:
+        raise Unprocessable(
+            "Say whom the visit was to: a household or a resident.",
+            errors={"json": {"household_id": ["household_id or person_id is required"]}},
+        )
+    if person and household and person.household_id != household.id:
+        raise _invalid("person_id", "is not a member of the household")
+    lon = lat = None
+    if data.get("location") is not None:
+        raw_lon, raw_lat = data["location"]["coordinates"]
+        lon, lat = to_wgs84(raw_lon, raw_lat, data.get("crs", "wgs84"))
+    visit = Visit(
+        county_code=subject.county_code,
+        region_code=subject.region_code,
+        grid_code=subject.grid_code,
+        worker_id=worker_id,
+        visited_at=data.get("visited_at") or now,
+        place=data.get("place", ""),
+        lon=lon,
+        lat=lat,
+        household_id=household.id if household else (person.household_id if person else None),
+        person_id=person.id if person else None,
+        findings=data.get("findings", ""),
+        follow_up=data.get("follow_up", ""),
+        created_by=actor,
+    )
+    session.add(visit)
+    session.flush()
+    return visit
+
+
+def get_visit(session: Session, visit_id: int, scope: Scope) -> Visit:
+    visit = session.scalars(
+        select(Visit).where(Visit.id == visit_id, in_scope(scope, Visit))
+    ).first()
+    if visit is None:
+        raise _not_found("visit")
+    return visit
+
+
+def list_visits(session: Session, scope: Scope, args: dict[str, Any]) -> list[Visit]:
+    stmt = _area_filters(select(Visit).where(in_scope(scope, Visit)), Visit, args)
+    for key in ("household_id", "person_id", "worker_id"):
+        if args.get(key):
+            stmt = stmt.where(getattr(Visit, key) == args[key])
+    if args.get("since"):
+        stmt = stmt.where(Visit.visited_at >= args["since"])
+    if args.get("until"):
+        stmt = stmt.where(Visit.visited_at < args["until"])
+    return list(session.scalars(_page(stmt, Visit, args.get("after"), args.get("limit", 50))))
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def house_view(house: House) -> dict[str, Any]:
+    location = None
+    if house.lon is not None:
+        location = {"type": "Point", "coordinates": [house.lon, house.lat]}
+    return {
+        "id": house.id,
+        "address": house.address,
+        "use": house.use,
+        "location": location,
+        "grid": house.grid_code,
+        "region_code": house.region_code,
+        "county_code": house.county_code,
+        "routing_method": house.routing_method,
+        "created_at": house.created_at,
+        "updated_at": house.updated_at,
+    }
+
+
+def household_view(household: Household, people: list[dict[str, Any]]) -> dict[str, Any]:
+    head = next((p for p in people if p.get("relation") == "head"), None)
+    return {
+        "id": household.id,
+        "number": household.number,
+        "type": household.type,
+        "house_id": household.house_id,
+        "grid": household.grid_code,
+        "region_code": household.region_code,
+        "county_code": household.county_code,
+        "head": {"id": head["id"], "name": head["name"]} if head else None,
+        "members": people,
+        "created_at": household.created_at,
+        "updated_at": household.updated_at,
+    }
+
+
+def visit_view(visit: Visit) -> dict[str, Any]:
+    location = None
+    if visit.lon is not None:
+        location = {"type": "Point", "coordinates": [visit.lon, visit.lat]}
+    return {
+        "id": visit.id,
+        "worker_id": visit.worker_id,
+        "visited_at": visit.visited_at,
+        "place": visit.place,
+        "location": location,
+        "household_id": visit.household_id,
+        "person_id": visit.person_id,
+        "findings": visit.findings,
+        "follow_up": visit.follow_up,
+        "case_id": visit.case_id,
+        "grid": visit.grid_code,
+        "region_code": visit.region_code,
+        "created_by": visit.created_by,
+        "created_at": visit.created_at,
+    }

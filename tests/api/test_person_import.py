@@ -1,0 +1,589 @@
+"""Bulk import of residents (CSV, XLSX): modes, dry runs, scope, the row-level report, the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import openpyxl
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from gridapi.cli import main
+from gridapi.personal import check_digit
+
+from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP
+
+A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
+B1 = COMMUNITY_B + "001"
+URL = "/api/v1/persons/import"
+HEADER = "姓名,身份证号,联系电话,民族,人口类型,与户主关系,户号,户类型,房屋地址,房屋用途,网格编码"
+
+
+def make_id(seq: int, born: str = "19900101", prefix: str = "320508") -> str:
+    first = f"{prefix}{born}{seq:03d}"
+    return first + check_digit(first)
+
+
+def bad_check_digit(seq: int) -> str:
+    good = make_id(seq)
+    return good[:17] + ("0" if good[17] != "0" else "1")
+
+
+ID1, ID2, ID3, ID4 = (make_id(n) for n in (11, 12, 13, 14))
+PHONE1, PHONE2 = "13812345678", "13987654321"
+
+
+def csv_bytes(*lines: str, encoding: str = "utf-8") -> bytes:
+    return ("\n".join(lines) + "\n").encode(encoding)
+
+
+def upload(client: Any, content: bytes, filename: str = "people.csv", **form: Any) -> Any:
+    data = {"file": (io.BytesIO(content), filename)}
+    data.update({k: str(v).lower() if isinstance(v, bool) else v for k, v in form.items()})
+    return client.post(URL, data=data, content_type="multipart/form-data")
+
+
+def count(engine: Any, table: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def counts(engine: Any) -> tuple[int, int, int]:
+    return count(engine, "persons"), count(engine, "households"), count(engine, "houses")
+
+
+def audit_rows(engine: Any) -> list[Any]:
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT actor_id, object_type, summary FROM audit_log "
+                "WHERE action = 'person.import' ORDER BY id"
+            )
+        ).all()
+
+
+def summary_of(row: Any) -> dict[str, Any]:
+    return row.summary if isinstance(row.summary, dict) else json.loads(row.summary)
+
+
+@pytest.fixture
+def world(factory: Any) -> Any:
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+FAMILY = (
+    HEADER,
+    f"张三,{ID1},{PHONE1},汉族,户籍人口,户主,0001,户籍户,平江路1号,自住,{A1}",
+    f"李四,{ID2},,汉族,户籍人口,配偶,0001,,平江路1号,,{A1}",
+    f"王五,{ID3},{PHONE2},回族,流动人口,,,,,,{A2}",
+)
+
+
+# ---- formats -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "gbk"])
+def test_csv_imports_residents_with_their_household_and_house(
+    client: Any, world: Any, engine: Any, encoding: str
+) -> None:
+    r = upload(client, csv_bytes(*FAMILY, encoding=encoding))
+    assert r.status_code == 200, r.get_json()
+    report = r.get_json()
+    assert report == {
+        "mode": "all",
+        "dry_run": False,
+        "committed": True,
+        "file_type": "csv",
+        "rows": 3,
+        "valid": 3,
+        "failed": 0,
+        "imported": 3,
+        "houses_created": 1,
+        "households_created": 1,
+        "error_count": 0,
+        "errors_truncated": False,
+        "errors": [],
+    }
+    assert counts(engine) == (3, 1, 1)
+    households = client.get("/api/v1/households?number=0001").get_json()["items"]
+    assert len(households) == 1
+    household = households[0]
+    assert household["grid"] == A1 and household["type"] == "registered"
+    assert household["head"]["name"] == "张*"
+    assert [m["relation"] for m in household["members"]] == ["head", "spouse"]
+    assert all(m["house_id"] == household["house_id"] for m in household["members"])
+    house = client.get(f"/api/v1/houses/{household['house_id']}").get_json()
+    assert (house["address"], house["use"], house["grid"]) == ("平江路1号", "self_occupied", A1)
+    single = client.get("/api/v1/persons?name=王五").get_json()["items"]
+    assert len(single) == 1
+    assert single[0]["grid"] == A2 and single[0]["household_id"] is None
+    assert single[0]["population_type"] == "floating"
+    assert single[0]["ethnicity"] == "回族"
+    assert single[0]["phone"] == "139****4321"
+    (audit,) = audit_rows(engine)
+    assert audit.object_type == "person_import"
+    assert summary_of(audit)["imported"] == 3 and summary_of(audit)["committed"] is True
+
+
+def test_headers_are_trimmed_english_names_and_codes_accepted(
+    client: Any, world: Any, engine: Any
+) -> None:
+    content = csv_bytes(
+        " name , id_number,phone ,population_type,relation,household_number,house_address,"
+        "house_use, grid",
+        f"张三,{ID1},+86 138-1234-5678,registered,head,0001,平江路1号,rented,{A1}",
+        f"李四,{ID2},,floating,child,0001,平江路1号,rented,{A1}",
+    )
+    r = upload(client, content)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["imported"] == 2
+    assert counts(engine) == (2, 1, 1)
+    house = client.get("/api/v1/houses").get_json()["items"][0]
+    assert house["use"] == "rented"
+
+
+def test_a_second_import_reuses_houses_and_households(client: Any, world: Any, engine: Any) -> None:
+    assert upload(client, csv_bytes(*FAMILY[:2])).status_code == 200
+    r = upload(
+        client,
+        csv_bytes(HEADER, f"张小三,{ID4},,,,子女,0001,,平江路1号,,{A1}"),
+    )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["houses_created"] == 0
+    assert r.get_json()["households_created"] == 0
+    assert counts(engine) == (2, 1, 1)
+
+
+def test_tab_separated_utf16_text_is_read(client: Any, world: Any) -> None:
+    content = "\r\n".join(["姓名\t身份证号\t网格编码", f"张三\t{ID1}\t{A1}"]).encode("utf-16")
+    r = upload(client, content, "people.txt")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["imported"] == 1
+
+
+def xlsx(rows: list[list[Any]]) -> bytes:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    for row in rows:
+        sheet.append(row)
+    out = io.BytesIO()
+    workbook.save(out)
+    return out.getvalue()
+
+
+def test_xlsx_with_numbers_and_coordinates(client: Any, world: Any, engine: Any) -> None:
+    lon, lat = LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP  # in A1
+    content = xlsx(
+        [
+            ["姓名", "身份证号", "手机号码", "户号", "房屋地址", "经度", "纬度", "与户主关系"],
+            ["张三", ID1, 13812345678, 1001, "平江路1号", lon, lat, "户主"],
+            ["李四", ID2, 13987654321.0, 1001, "平江路1号", lon, lat, "配偶"],
+            [None, None, None, None, None, None, None, None],  # blank rows are skipped
+            ["王五", 3.20508199001011e17, None, None, None, lon, lat, None],
+        ]
+    )
+    r = upload(client, content, "people.xlsx", mode="valid")
+    assert r.status_code == 200, r.get_json()
+    report = r.get_json()
+    assert report["file_type"] == "xlsx"
+    assert (report["rows"], report["imported"], report["failed"]) == (3, 2, 1)
+    assert report["errors"] == [
+        {
+            "row": 5,
+            "field": "身份证号",
+            "message": "身份证号: stored as a number by Excel: format the column as text",
+        }
+    ]
+    household = client.get("/api/v1/households?number=1001").get_json()["items"][0]
+    assert household["grid"] == A1
+    assert [m["phone"] for m in household["members"]] == ["138****5678", "139****4321"]
+    house = client.get(f"/api/v1/houses/{household['house_id']}").get_json()
+    assert house["location"]["coordinates"] == pytest.approx([lon, lat])
+    assert counts(engine) == (2, 1, 1)
+
+
+def test_xlsx_detected_by_content_and_unreadable_files_refused(client: Any, world: Any) -> None:
+    content = xlsx([["姓名", "身份证号", "网格编码"], ["张三", ID1, A1]])
+    r = upload(client, content, "export")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["file_type"] == "xlsx"
+    r = upload(client, b"PK\x03\x04 not really a zip", "people.xlsx")
+    assert r.status_code == 422
+    assert "XLSX" in r.get_json()["message"]
+    r = upload(client, b"\xd0\xcf\x11\xe0old", "people.xls")
+    assert r.status_code == 422
+    assert ".xlsx" in r.get_json()["message"]
+
+
+# ---- the two modes -----------------------------------------------------------------------------
+
+
+def test_mode_all_imports_nothing_when_a_row_fails(client: Any, world: Any, engine: Any) -> None:
+    content = csv_bytes(*FAMILY, f"赵六,{bad_check_digit(15)},,,,,0002,,平江路2号,,{A1}")
+    r = upload(client, content)
+    assert r.status_code == 422, r.get_json()
+    body = r.get_json()
+    assert body["message"] == "1 of 4 row(s) have errors; nothing was imported."
+    report = body["errors"]
+    assert report["committed"] is False
+    assert (report["rows"], report["valid"], report["failed"], report["imported"]) == (4, 3, 1, 0)
+    assert report["houses_created"] == report["households_created"] == 0
+    assert report["errors"] == [
+        {"row": 5, "field": "身份证号", "message": "身份证号: has a wrong check digit"}
+    ]
+    assert counts(engine) == (0, 0, 0)
+    (audit,) = audit_rows(engine)  # the refused attempt is audited, alone
+    assert summary_of(audit)["committed"] is False and summary_of(audit)["imported"] == 0
+
+
+def test_mode_valid_imports_the_valid_rows_and_leaves_no_orphans(
+    client: Any, world: Any, engine: Any
+) -> None:
+    r = client.post("/api/v1/persons", json={"name": "钱七", "id_number": ID4, "grid": A2})
+    assert r.status_code == 201, r.get_json()
+    content = csv_bytes(
+        HEADER,
+        f"张三,{ID1},{PHONE1},汉族,户籍人口,户主,0001,户籍户,平江路1号,自住,{A1}",
+        # Its house and household are written before the person is refused: rolled back.
+        f"钱七,{ID4},,,,户主,0002,,平江路2号,,{A1}",
+        f"李四,{ID2},,,,户主,0001,,平江路1号,,{A1}",  # a second head
+        f"王五,{ID3},,,,,,,,,{A2}",
+    )
+    r = upload(client, content, mode="valid")
+    assert r.status_code == 200, r.get_json()
+    report = r.get_json()
+    assert report["committed"] is True
+    assert (report["rows"], report["imported"], report["failed"]) == (4, 2, 2)
+    assert (report["houses_created"], report["households_created"]) == (1, 1)
+    assert report["errors"] == [
+        {"row": 3, "field": "身份证号", "message": "身份证号: already registered in the county"},
+        {
+            "row": 4,
+            "field": "与户主关系",
+            "message": "与户主关系: the household has a head already",
+        },
+    ]
+    assert counts(engine) == (3, 1, 1)
+    assert client.get("/api/v1/households?number=0002").get_json()["items"] == []
+    assert client.get("/api/v1/houses?address=平江路2号").get_json()["items"] == []
+    (audit,) = audit_rows(engine)
+    assert summary_of(audit)["imported"] == 2 and summary_of(audit)["mode"] == "valid"
+
+
+def test_duplicate_id_within_the_file_fails_the_later_row(
+    client: Any, world: Any, engine: Any
+) -> None:
+    content = csv_bytes(
+        "姓名,身份证号,网格编码",
+        f"张三,{ID1},{A1}",
+        f"李四,{ID2},{A1}",
+        f"张三,{ID1.lower()},{A2}",
+    )
+    r = upload(client, content)
+    assert r.status_code == 422
+    assert r.get_json()["errors"]["errors"] == [
+        {"row": 4, "field": "身份证号", "message": "身份证号: the same ID number is in row 2"}
+    ]
+    assert counts(engine) == (0, 0, 0)
+    r = upload(client, content, mode="valid")
+    assert r.status_code == 200
+    assert r.get_json()["imported"] == 2
+    assert count(engine, "persons") == 2
+
+
+def test_dry_run_reports_and_writes_nothing(client: Any, world: Any, engine: Any) -> None:
+    content = csv_bytes(*FAMILY, f"赵六,,,,,,,,,,{A1}")
+    r = upload(client, content, mode="valid", dry_run=True)
+    assert r.status_code == 200, r.get_json()
+    report = r.get_json()
+    assert report["dry_run"] is True and report["committed"] is False
+    assert (report["valid"], report["failed"], report["imported"]) == (3, 1, 0)
+    assert report["errors"] == [
+        {
+            "row": 5,
+            "field": "身份证号",
+            "message": "身份证号: is required (except for 境外人员)",
+        }
+    ]
+    assert counts(engine) == (0, 0, 0)
+    # In mode all a dry run answers as the import would: 422, nothing written.
+    r = upload(client, content, dry_run=True)
+    assert r.status_code == 422
+    assert r.get_json()["errors"]["dry_run"] is True
+    r = upload(client, csv_bytes(*FAMILY), dry_run=True)
+    assert r.status_code == 200
+    assert r.get_json()["valid"] == 3 and r.get_json()["imported"] == 0
+    assert counts(engine) == (0, 0, 0)
+    assert len(audit_rows(engine)) == 3
+
+
+def test_row_errors_name_the_column_as_written(client: Any, world: Any, engine: Any) -> None:
+    content = csv_bytes(
+        "姓名,公民身份号码,手机号码,人口类型,与户主关系,户类型,网格编码,经度",
+        f",{ID1},123,外星人,朋友,大户,12345,121.0",
+        f"境外人,,,境外人员,,,{A1},",
+    )
+    r = upload(client, content, mode="valid")
+    assert r.status_code == 200, r.get_json()
+    report = r.get_json()
+    assert (report["imported"], report["failed"]) == (1, 1)
+    fields = [e["field"] for e in report["errors"]]
+    assert fields == ["姓名", "手机号码", "人口类型", "与户主关系", "户类型", "网格编码", None]
+    messages = {e["message"].split(":")[0] for e in report["errors"]}
+    assert "纬度" in messages  # the missing column is named by its Chinese header
+
+
+def test_a_shifted_row_is_one_error_and_a_house_without_household_is_linked(
+    client: Any, world: Any, engine: Any
+) -> None:
+    content = csv_bytes(
+        "姓名,身份证号,房屋地址,网格编码",
+        f"张三,{ID1},平江路1号,3幢,{A1}",  # an unquoted comma in the address
+        f"李四,{ID2},平江路1号,{A1}",
+    )
+    r = upload(client, content, mode="valid")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["errors"] == [
+        {
+            "row": 2,
+            "field": None,
+            "message": "the value in column 5 has no header (in a CSV file, quote values "
+            "that contain a comma)",
+        }
+    ]
+    (person,) = client.get("/api/v1/persons?name=李四").get_json()["items"]
+    assert person["household_id"] is None and person["grid"] == A1
+    house = client.get(f"/api/v1/houses/{person['house_id']}").get_json()
+    assert house["address"] == "平江路1号"
+    assert counts(engine) == (1, 0, 1)
+
+
+def test_too_many_rows_is_refused(client: Any, world: Any, app: Any) -> None:
+    app.extensions["gridapi"].settings.import_max_rows = 2
+    r = upload(client, csv_bytes(*FAMILY))
+    assert r.status_code == 422
+    assert "more than 2 rows" in r.get_json()["message"]
+
+
+@pytest.mark.parametrize("failure", ["crash", "database"])
+def test_any_other_failure_imports_nothing_even_in_mode_valid(
+    client: Any, world: Any, engine: Any, monkeypatch: Any, failure: str
+) -> None:
+    from gridapi.services import register
+
+    real = register.create_person
+    calls: list[int] = []
+
+    def failing_on_the_third_row(session: Any, data: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            if failure == "crash":
+                raise RuntimeError("the process fell over")
+            session.execute(text("INSERT INTO households (county_code) VALUES (NULL)"))
+        return real(session, data, **kwargs)
+
+    monkeypatch.setattr(register, "create_person", failing_on_the_third_row)
+    r = upload(client, csv_bytes(*FAMILY), mode="valid")
+    assert r.status_code == (500 if failure == "crash" else 409), r.get_json()
+    assert counts(engine) == (0, 0, 0)
+    assert audit_rows(engine) == []
+
+
+# ---- the file as a whole -----------------------------------------------------------------------
+
+
+def test_unknown_column_is_refused_by_name(client: Any, world: Any, engine: Any) -> None:
+    content = csv_bytes("姓名,身份证,网格编码", f"张三,{ID1},{A1}")
+    r = upload(client, content, mode="valid")
+    assert r.status_code == 422
+    body = r.get_json()
+    assert "Unknown column(s): 身份证." in body["message"]
+    assert body["errors"]["columns"] == ["身份证"]
+    assert counts(engine) == (0, 0, 0)
+    assert audit_rows(engine) == []
+
+
+def test_a_first_row_of_data_is_not_echoed(client: Any, world: Any) -> None:
+    content = csv_bytes(f"张三,{ID1},{PHONE1},{A1}", f"李四,{ID2},{PHONE2},{A1}")
+    r = upload(client, content)
+    assert r.status_code == 422
+    raw = r.get_data(as_text=True)
+    assert "column headers" in r.get_json()["message"]
+    for value in (ID1, PHONE1, "张三"):
+        assert value not in raw
+    r = upload(client, csv_bytes(f"姓名,{ID1},{PHONE1}", f"李四,{ID2},{PHONE2}"))
+    assert r.status_code == 422
+    raw = r.get_data(as_text=True)
+    assert "column 2 (a value, not a header?)" in raw
+    assert ID1 not in raw and PHONE1 not in raw
+
+
+def test_missing_name_column_and_bad_mode_are_refused(client: Any, world: Any) -> None:
+    r = upload(client, csv_bytes("身份证号,网格编码", f"{ID1},{A1}"))
+    assert r.status_code == 422
+    assert "姓名" in r.get_json()["message"]
+    r = upload(client, csv_bytes(*FAMILY), mode="some")
+    assert r.status_code == 422
+    r = upload(client, csv_bytes(*FAMILY), extra="1")
+    assert r.status_code == 422
+    r = client.post(URL, data={"mode": "all"}, content_type="multipart/form-data")
+    assert r.status_code == 422
+
+
+# ---- permission and scope ----------------------------------------------------------------------
+
+
+def test_a_grid_worker_may_not_import(accounts: Any, world: Any, engine: Any) -> None:
+    worker = accounts.client("worker", "grid_worker", grids=[A1])
+    r = upload(worker, csv_bytes(*FAMILY))
+    assert r.status_code == 403
+    assert counts(engine) == (0, 0, 0)
+
+
+def test_rows_outside_the_callers_scope_are_row_errors(
+    accounts: Any, world: Any, engine: Any
+) -> None:
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    lon_b, lat_b = LON0 + 2.5 * STEP, LAT0 + 0.5 * STEP  # in B1
+    content = csv_bytes(
+        "姓名,身份证号,户号,房屋地址,网格编码,经度,纬度",
+        f"张三,{ID1},0001,平江路1号,{A1},,",
+        f"李四,{ID2},0002,观前街1号,{B1},,",
+        f"王五,{ID3},,观前街2号,,{lon_b},{lat_b}",
+    )
+    r = upload(officer, content, mode="valid")
+    assert r.status_code == 200, r.get_json()
+    report = r.get_json()
+    assert (report["imported"], report["failed"]) == (1, 2)
+    assert report["errors"] == [
+        {
+            "row": 3,
+            "field": "网格编码",
+            "message": "网格编码: no grid with this code in service in your scope",
+        },
+        {"row": 4, "field": "经度", "message": "经度: outside your scope"},
+    ]
+    assert counts(engine) == (1, 1, 1)
+    r = upload(officer, content)
+    assert r.status_code == 422
+    assert counts(engine) == (1, 1, 1)
+
+
+def test_an_existing_household_outside_scope_is_not_joined(
+    client: Any, accounts: Any, world: Any, engine: Any
+) -> None:
+    assert (
+        upload(
+            client, csv_bytes("姓名,身份证号,户号,网格编码", f"张三,{ID1},0009,{B1}")
+        ).status_code
+        == 200
+    )
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    r = upload(officer, csv_bytes("姓名,身份证号,户号,网格编码", f"李四,{ID2},0009,{A1}"))
+    assert r.status_code == 422
+    assert r.get_json()["errors"]["errors"][0]["field"] == "户号"
+    assert counts(engine) == (1, 1, 0)
+
+
+# ---- no values in the report -------------------------------------------------------------------
+
+
+def test_the_report_never_contains_id_or_phone_numbers(
+    client: Any, accounts: Any, world: Any, engine: Any
+) -> None:
+    registered = make_id(21)
+    r = client.post("/api/v1/persons", json={"name": "钱七", "id_number": registered, "grid": A1})
+    assert r.status_code == 201
+    wrong = bad_check_digit(22)
+    short_id, bad_phone, landline = "32050819900101", "12345678901", "051265231234"
+    values = [registered, wrong, short_id, bad_phone, landline, ID1, ID2, PHONE1, PHONE2]
+    content = csv_bytes(
+        "姓名,身份证号,联系电话,网格编码",
+        f"甲,{registered},{PHONE1},{A1}",  # already registered
+        f"乙,{wrong},{PHONE2},{A1}",  # wrong check digit
+        f"丙,{short_id},{bad_phone},{A1}",  # too short, not a mobile number
+        f"丁,{ID1},{landline},{B1}",  # landline; out of the officer's scope
+        f"戊,{ID1},{PHONE1},{A1}",  # the same ID twice
+        f"己,{ID2},{PHONE2},320508001001999",  # no such grid
+    )
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    for caller in (client, officer):
+        for mode in ("all", "valid"):
+            r = upload(caller, content, mode=mode, dry_run=mode == "valid")
+            raw = r.get_data(as_text=True)
+            assert r.status_code in (200, 422), raw
+            body = r.get_json()
+            report = body["errors"] if r.status_code == 422 else body
+            assert report["error_count"] >= 6
+            for value in values:
+                assert value not in raw, (value, raw)
+    with engine.connect() as conn:
+        audit = " ".join(str(row[0]) for row in conn.execute(text("SELECT summary FROM audit_log")))
+    for value in values:
+        assert value not in audit
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(settings: Any, database_url: str) -> Any:
+    """Run `gridapi ...` against the test database with the application's keys."""
+    env = {
+        "GRIDAPI_DATABASE_URL": database_url,
+        "GRIDAPI_SECRET_KEY": settings.key_bytes("secret_key").decode(),
+        "GRIDAPI_BLIND_INDEX_KEY": settings.key_bytes("blind_index_key").decode(),
+        "GRIDAPI_DATA_DIR": settings.data_dir,
+    }
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+    return run
+
+
+def test_cli_import(cli: Any, client: Any, world: Any, engine: Any, tmp_path: Any) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(csv_bytes(*FAMILY, f"赵六,{bad_check_digit(15)},,,,,,,,,{A1}", encoding="gbk"))
+    result = cli("persons", "import", str(bad))
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert (report["imported"], report["failed"], report["committed"]) == (0, 1, False)
+    assert bad_check_digit(15) not in result.output
+    assert counts(engine) == (0, 0, 0)
+
+    result = cli("persons", "import", str(bad), "--mode", "valid", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["valid"] == 3
+    assert counts(engine) == (0, 0, 0)
+
+    result = cli("persons", "import", str(bad), "--mode", "valid", "--region", COMMUNITY_B)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["imported"], report["failed"]) == (0, 4)
+    assert counts(engine) == (0, 0, 0)
+
+    result = cli("persons", "import", str(bad), "--mode", "valid")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["imported"], report["failed"], report["houses_created"]) == (3, 1, 1)
+    assert counts(engine) == (3, 1, 1)
+    # Written with the application's keys: the API finds and reveals them.
+    found = client.get(f"/api/v1/persons?id_number={ID1}").get_json()["items"]
+    assert [p["name"] for p in found] == ["张*"]
+    with engine.connect() as conn:
+        actors = conn.execute(
+            text("SELECT actor_type FROM audit_log WHERE action = 'person.import'")
+        ).scalars()
+        assert set(actors) == {"cli"}
+
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_bytes(csv_bytes("姓名,身份证", f"张三,{ID4}"))
+    result = cli("persons", "import", str(unknown))
+    assert result.exit_code != 0
+    assert "Unknown column(s): 身份证" in result.output

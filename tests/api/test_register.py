@@ -1,0 +1,540 @@
+"""The register: houses, households, residents, visits and special groups over HTTP.
+
+Privacy at rest (the plaintext scans, tampered ciphertexts) is in test_register_privacy.py;
+every operation × role × scope in test_authorization_matrix.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import date
+
+import pytest
+from sqlalchemy import text
+
+from gridapi.geo.crs import wgs84_to_gcj02
+from gridapi.personal import check_digit
+
+from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP
+
+A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
+B1 = COMMUNITY_B + "001"
+PURPOSE = "purpose=核实低保申请人身份"
+
+
+def make_id(born: str = "19900101", seq: str = "123", prefix: str = "320508") -> str:
+    first = prefix + born + seq
+    return first + check_digit(first)
+
+
+def center(col: int) -> list[float]:
+    return [round(LON0 + (col + 0.5) * STEP, 6), round(LAT0 + 0.5 * STEP, 6)]
+
+
+def point(col: int) -> dict:
+    return {"type": "Point", "coordinates": center(col)}
+
+
+def created(response, status: int = 201) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.get_json()
+    return response.get_json()
+
+
+@pytest.fixture
+def world(factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+@pytest.fixture
+def household(client, world) -> dict:  # type: ignore[no-untyped-def]
+    house = created(
+        client.post("/api/v1/houses", json={"address": "平江路1号", "location": point(0)})
+    )
+    return created(
+        client.post("/api/v1/households", json={"number": "0001", "house_id": house["id"]})
+    )
+
+
+def add_person(client, household_id: int | None = None, **body) -> dict:  # type: ignore[no-untyped-def]
+    data = {"name": "张三", "id_number": make_id(), "phone": "13812345678", **body}
+    if household_id is not None:
+        data["household_id"] = household_id
+    return created(client.post("/api/v1/persons", json=data))
+
+
+def audit_rows(engine, action: str) -> list[tuple]:  # type: ignore[no-untyped-def]
+    """Return (object_type, object_id, summary) of the audit rows of ``action``."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT object_type, object_id, summary FROM audit_log "
+                "WHERE action = :a ORDER BY id"
+            ),
+            {"a": action},
+        )
+        return [(t, i, json.loads(s) if isinstance(s, str) else s) for t, i, s in rows]
+
+
+@contextlib.contextmanager
+def role_without(engine, role: str, prefix: str):  # type: ignore[no-untyped-def]
+    """Take the permissions starting with ``prefix`` from a stock role, for the block only
+    (PostgreSQL keeps roles between tests)."""
+    with engine.begin() as conn:
+        before = conn.execute(
+            text("SELECT permissions FROM roles WHERE name = :r"), {"r": role}
+        ).scalar()
+        before = json.loads(before) if isinstance(before, str) else before
+        reduced = [p for p in before if not p.startswith(prefix)]
+        conn.execute(
+            text("UPDATE roles SET permissions = :p WHERE name = :r"),
+            {"p": json.dumps(reduced), "r": role},
+        )
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE roles SET permissions = :p WHERE name = :r"),
+                {"p": json.dumps(before), "r": role},
+            )
+
+
+# --- houses and households --------------------------------------------------------------------
+
+
+def test_a_house_is_routed_to_its_grid_like_a_case(client, world):
+    lon, lat = wgs84_to_gcj02(*center(1))
+    body = {"address": "平江路2号", "location": {"type": "Point", "coordinates": [lon, lat]}}
+    house = created(client.post("/api/v1/houses", json={**body, "crs": "gcj02", "use": "rented"}))
+    assert house["grid"] == A2
+    assert house["region_code"] == COMMUNITY_A
+    assert house["routing_method"] == "inside"
+    assert house["use"] == "rented"
+    assert house["location"]["coordinates"] == pytest.approx(center(1), abs=1e-5)
+    # an explicit grid without a point; a place nobody knows is a 422 naming the field
+    assert created(client.post("/api/v1/houses", json={"address": "x", "grid": B1}))["grid"] == B1
+    r = client.post("/api/v1/houses", json={"address": "x", "location": point(60)})
+    assert r.status_code == 422 and "location" in r.get_json()["errors"]["json"]
+    r = client.post("/api/v1/houses", json={"address": "x"})
+    assert r.status_code == 422 and "location" in r.get_json()["errors"]["json"]
+    r = client.post("/api/v1/houses", json={"address": "x", "grid": B1, "use": "palace"})
+    assert r.status_code == 422 and "use" in r.get_json()["errors"]["json"]
+    items = client.get("/api/v1/houses?address=平江路2").get_json()["items"]
+    assert [h["id"] for h in items] == [house["id"]]
+
+
+def test_moving_a_house_moves_its_households_residents_and_records(client, world, household):
+    person = add_person(client, household["id"], relation="head")
+    record = created(
+        client.post(
+            "/api/v1/special-groups", json={"person_id": person["id"], "type": "petitioner"}
+        )
+    )
+    r = client.patch(f"/api/v1/houses/{household['house_id']}", json={"location": point(2)})
+    assert created(r, 200)["grid"] == B1
+    assert client.get(f"/api/v1/households/{household['id']}").get_json()["grid"] == B1
+    assert client.get(f"/api/v1/persons/{person['id']}").get_json()["grid"] == B1
+    moved = client.get(f"/api/v1/special-groups/{record['id']}").get_json()
+    assert (moved["grid"], moved["region_code"]) == (B1, COMMUNITY_B)
+
+
+def test_household_numbers_are_unique_in_the_county_and_a_household_has_one_head(
+    client, world, household
+):
+    r = client.post("/api/v1/households", json={"number": "0001", "grid": B1})
+    assert r.status_code == 409
+    assert r.get_json()["errors"]["json"]["number"]
+    head = add_person(client, household["id"], relation="head")
+    r = client.post(
+        "/api/v1/persons",
+        json={"name": "李四", "id_number": make_id(seq="456"), "household_id": household["id"]}
+        | {"relation": "head"},
+    )
+    assert r.status_code == 409 and r.get_json()["errors"]["json"]["relation"]
+    spouse = add_person(
+        client, household["id"], name="王五", id_number=make_id(seq="789"), relation="spouse"
+    )
+    body = client.get(f"/api/v1/households/{household['id']}").get_json()
+    assert body["head"] == {"id": head["id"], "name": "张*"}
+    assert [m["id"] for m in body["members"]] == [head["id"], spouse["id"]]
+    assert all(m["masked"] for m in body["members"])
+    assert body["members"][1]["name"] == "王*"
+
+
+# --- residents --------------------------------------------------------------------------------
+
+
+def test_a_resident_is_registered_masked_with_gender_and_age_from_the_id(client, world, household):
+    person = add_person(client, household["id"], id_number=make_id("19800229", "038").lower())
+    assert person["name"] == "张*"
+    assert person["phone"] == "138****5678"
+    assert person["id_number"].startswith("3205") and person["id_number"].count("*") == 10
+    assert person["gender"] == "female"  # the 17th digit (8) is even
+    today = date.today()
+    assert person["age"] == today.year - 1980 - ((today.month, today.day) < (2, 29))
+    assert "birth_date" not in person
+    assert (person["household_id"], person["house_id"]) == (household["id"], household["house_id"])
+    assert (person["grid"], person["county_code"]) == (A1, "320508")
+
+
+def test_make_id_lowercase_x_helper_is_really_an_x():
+    # the check digit of the ID above is X: the test before relies on it
+    assert make_id("19800229", "038")[-1] == "X"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        ({"id_number": make_id()[:-1] + "0"}, "id_number", "check digit"),
+        ({"id_number": "99" + make_id()[2:]}, "id_number", "region"),
+        ({"id_number": make_id("19900230")}, "id_number", "birth date"),
+        ({"id_number": make_id()[:17]}, "id_number", "18 characters"),
+        ({"phone": "12812345678"}, "phone", "mobile"),
+        ({"id_number": None}, "id_number", "required"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_field_and_the_reason(client, world, body, field, reason):
+    data = {"name": "张三", "id_number": make_id(), "grid": A1, **body}
+    r = client.post("/api/v1/persons", json=data)
+    assert r.status_code == 422, r.get_json()
+    assert reason in r.get_json()["errors"]["json"][field][0]
+    assert client.get("/api/v1/persons").get_json()["items"] == []
+
+
+def test_a_foreign_resident_needs_no_id_number_and_a_place_is_required(client, world):
+    foreigner = {"name": "John Smith", "population_type": "foreign", "grid": A1}
+    assert created(client.post("/api/v1/persons", json=foreigner))["name"] == "J*********"
+    r = client.post("/api/v1/persons", json={"name": "张三", "id_number": make_id()})
+    assert r.status_code == 422 and "household_id" in r.get_json()["errors"]["json"]
+
+
+def test_search_by_name_id_phone_address_and_household(client, world, household):
+    zhang = add_person(client, household["id"], current_address="平江路1号501室")
+    li = add_person(
+        client, None, name="李四", id_number=make_id(seq="456"), phone="13900001111", grid=B1
+    )
+
+    def ids(query: str) -> list[int]:
+        r = client.get(f"/api/v1/persons?{query}")
+        assert r.status_code == 200, r.get_json()
+        return [p["id"] for p in r.get_json()["items"]]
+
+    assert ids("name=张") == [zhang["id"]]
+    assert ids(f"id_number={make_id(seq='456')}") == [li["id"]]
+    assert ids("phone=%2B86 139-0000-1111") == [li["id"]]
+    assert ids("address=501") == [zhang["id"]]
+    assert ids(f"household_id={household['id']}") == [zhang["id"]]
+    assert ids(f"grid={B1}") == [li["id"]]
+    assert ids(f"id_number={make_id(seq='999')}") == []
+    r = client.get("/api/v1/persons?id_number=12345")
+    assert r.status_code == 422 and r.get_json()["errors"]["json"]["id_number"]
+
+
+def test_a_worker_of_another_grid_cannot_find_a_resident_by_id(client, accounts, world):
+    person = add_person(client, None, grid=B1)
+    worker = accounts.client("worker_a", "grid_worker", grids=[A1])
+    assert worker.get(f"/api/v1/persons?id_number={make_id()}").get_json()["items"] == []
+    assert worker.get("/api/v1/persons?name=张").get_json()["items"] == []
+    assert worker.get(f"/api/v1/persons/{person['id']}").status_code == 404
+    own = accounts.client("worker_b", "grid_worker", grids=[B1])
+    assert [
+        p["id"] for p in own.get(f"/api/v1/persons?id_number={make_id()}").get_json()["items"]
+    ] == [person["id"]]
+
+
+def test_id_and_phone_lookups_are_rate_limited_per_user(app, client, accounts, world):
+    app.extensions["gridapi"].settings.person_lookup_rate = "4 per hour"
+    add_person(client, None, grid=A1)
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    for seq in range(3):
+        assert (
+            officer.get(f"/api/v1/persons?id_number={make_id(seq=f'{seq:03d}')}").status_code == 200
+        )
+    # a duplicate on create is a lookup too: it says the number is registered
+    r = officer.post("/api/v1/persons", json={"name": "冒名", "id_number": make_id(), "grid": A1})
+    assert r.status_code == 409
+    r = officer.get("/api/v1/persons?phone=13812345678")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    assert r.get_json()["code"] == 429
+    # name searches are not lookups of exact values; other users have their own allowance
+    assert officer.get("/api/v1/persons?name=张").status_code == 200
+    other = accounts.client("officer2", "community_officer", scope_region=COMMUNITY_A)
+    assert other.get(f"/api/v1/persons?id_number={make_id()}").status_code == 200
+
+
+def test_full_values_need_the_permission_and_a_purpose_and_are_audited_first(
+    client, accounts, engine, world, household
+):
+    person = add_person(client, household["id"])
+    worker = accounts.client("worker", "grid_worker", grids=[A1])
+    assert worker.get(f"/api/v1/persons/{person['id']}").status_code == 200
+    assert worker.get(f"/api/v1/persons/{person['id']}/sensitive?{PURPOSE}").status_code == 403
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    r = officer.get(f"/api/v1/persons/{person['id']}/sensitive")
+    assert r.status_code == 422 and "purpose" in r.get_json()["errors"]["query"]
+    body = created(officer.get(f"/api/v1/persons/{person['id']}/sensitive?{PURPOSE}"), 200)
+    assert body["name"] == "张三"
+    assert (body["id_number"], body["phone"]) == (make_id(), "13812345678")
+    assert body["birth_date"] == "1990-01-01" and body["masked"] is False
+    rows = audit_rows(engine, "person.unmask")
+    assert len(rows) == 1
+    assert rows[0][:2] == ("person", str(person["id"]))
+    assert rows[0][2]["purpose"] == "核实低保申请人身份"
+    with engine.connect() as conn:
+        audited = conn.execute(
+            text("SELECT id FROM audit_log WHERE action = 'person.unmask'")
+        ).scalar()
+    assert audited == body["audit_id"]
+
+
+def test_changes_are_audited_by_field_name_never_by_value(client, engine, world, household):
+    person = add_person(client, household["id"])
+    r = client.patch(
+        f"/api/v1/persons/{person['id']}", json={"phone": "13700001234", "ethnicity": "回族"}
+    )
+    assert created(r, 200)["phone"] == "137****1234"
+    (_, _, summary) = audit_rows(engine, "person.update")[0]
+    assert summary == {"fields": ["phone", "ethnicity"]}
+    r = client.patch(f"/api/v1/persons/{person['id']}", json={"phone": None})
+    assert created(r, 200)["phone"] is None
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT phone_enc, phone_hmac FROM persons")).one()
+    assert row == (None, None)
+
+
+# --- visits -----------------------------------------------------------------------------------
+
+
+def test_a_visit_can_report_a_case_in_the_same_transaction(client, engine, world, household):
+    person = add_person(client, household["id"])
+    body = {
+        "person_id": person["id"],
+        "findings": "楼道堆放杂物",
+        "follow_up": "一周后回访",
+        "case": {"category": "0101", "description": "楼道堆放杂物"},
+    }
+    visit = created(client.post("/api/v1/visits", json=body))
+    assert visit["household_id"] == household["id"] and visit["worker_id"] is not None
+    case = client.get(f"/api/v1/cases/{visit['case_id']}").get_json()
+    assert case["source"] == "visit"
+    assert case["grid"]["code"] == A1  # from the house's location
+    # a bad case: neither the visit nor the case is written
+    body["case"] = {"category": "9999", "description": "x"}
+    r = client.post("/api/v1/visits", json=body)
+    assert r.status_code == 422
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM visits")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 1
+    listed = client.get(f"/api/v1/visits?person_id={person['id']}").get_json()["items"]
+    assert [v["id"] for v in listed] == [visit["id"]]
+
+
+# --- special groups ---------------------------------------------------------------------------
+
+
+def test_special_groups_are_invisible_without_their_permission(
+    client, accounts, engine, world, household
+):
+    person = add_person(client, household["id"])
+    record = created(
+        client.post(
+            "/api/v1/special-groups",
+            json={"person_id": person["id"], "type": "severe_mental_disorder", "notes": "按时服药"},
+        )
+    )
+    worker = accounts.client("worker", "grid_worker", grids=[A1])
+    for path in ("/api/v1/special-groups", f"/api/v1/special-groups/{record['id']}"):
+        assert worker.get(path).status_code == 403
+    # the person, the household and searches say nothing of it
+    for path in (
+        f"/api/v1/persons/{person['id']}",
+        f"/api/v1/households/{household['id']}",
+        "/api/v1/persons?name=张",
+    ):
+        text_body = worker.get(path).get_data(as_text=True)
+        assert "severe_mental" not in text_body and "special" not in text_body
+    # the audit log hides its rows from an auditor who may not read special groups
+    with role_without(engine, "county_centre", "special_groups:"):
+        auditor = accounts.client("auditor", "county_centre", scope_region="320508000000")
+        items = auditor.get("/api/v1/audit?limit=1000").get_json()["items"]
+        assert items and not [i for i in items if i["object_type"] == "special_group"]
+        assert not auditor.get("/api/v1/audit?object_type=special_group").get_json()["items"]
+    centre = accounts.client("centre", "county_centre", scope_region="320508000000")
+    assert centre.get("/api/v1/audit?object_type=special_group").get_json()["items"]
+
+
+def test_every_read_of_a_special_group_record_is_audited(
+    client, accounts, engine, world, household
+):
+    first = add_person(client, household["id"])
+    second = add_person(client, household["id"], name="李四", id_number=make_id(seq="456"))
+    for p, kind in ((first, "drug_user"), (second, "at_risk_youth")):
+        created(client.post("/api/v1/special-groups", json={"person_id": p["id"], "type": kind}))
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    items = created(officer.get("/api/v1/special-groups"), 200)["items"]
+    assert {i["type_name"] for i in items} == {"吸毒人员", "重点青少年"}
+    assert all(i["person"]["name"].endswith("*") for i in items)
+    created(officer.get(f"/api/v1/special-groups/{items[0]['id']}"), 200)
+    reads = audit_rows(engine, "special_group.read")
+    assert sorted(int(r[1]) for r in reads) == sorted(
+        [items[0]["id"], items[1]["id"], items[0]["id"]]
+    )
+    # out of scope: not found, and nothing audited
+    other = accounts.client("other", "community_officer", scope_region=COMMUNITY_B)
+    assert other.get("/api/v1/special-groups").get_json()["items"] == []
+    assert other.get(f"/api/v1/special-groups/{items[0]['id']}").status_code == 404
+    assert len(audit_rows(engine, "special_group.read")) == 3
+
+
+def test_a_helper_must_be_able_to_read_the_record(client, accounts, world, household):
+    person = add_person(client, household["id"])
+    worker_id = accounts.create("worker", "grid_worker", grids=[A1])
+    officer_id = accounts.create("officer", "community_officer", scope_region=COMMUNITY_A)
+    body = {"person_id": person["id"], "type": "community_correction", "helper_id": worker_id}
+    r = client.post("/api/v1/special-groups", json=body)
+    assert r.status_code == 422 and r.get_json()["errors"]["json"]["helper_id"]
+    record = created(client.post("/api/v1/special-groups", json={**body, "helper_id": officer_id}))
+    assert record["helper_id"] == officer_id
+    r = client.post("/api/v1/special-groups", json={**body, "helper_id": officer_id})
+    assert r.status_code == 409
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+def test_erasure_keeps_the_audit_trail_and_removes_the_rest(client, engine, world, household):
+    person = add_person(client, household["id"], relation="head")
+    other = add_person(client, household["id"], name="李四", id_number=make_id(seq="456"))
+    created(
+        client.post(
+            "/api/v1/special-groups", json={"person_id": person["id"], "type": "petitioner"}
+        )
+    )
+    created(client.post("/api/v1/visits", json={"person_id": person["id"], "findings": "谈心"}))
+    alone = {"person_id": person["id"], "findings": "个人情况", "place": "家中"}
+    visit = created(client.post("/api/v1/visits", json=alone))
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE visits SET household_id = NULL WHERE id = :i"), {"i": visit["id"]}
+        )
+    r = client.delete(f"/api/v1/persons/{person['id']}")
+    assert r.status_code == 422  # a reason is required
+    r = client.delete(f"/api/v1/persons/{person['id']}?reason=本人申请删除")
+    assert r.status_code == 204
+    assert client.get(f"/api/v1/persons/{person['id']}").status_code == 404
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM special_group_records")).scalar() == 0
+        rows = conn.execute(text("SELECT person_id, findings, place FROM visits ORDER BY id")).all()
+        assert [tuple(r) for r in rows] == [(None, "谈心", ""), (None, "", "")]
+        actions = [
+            r[0]
+            for r in conn.execute(
+                text(
+                    "SELECT action FROM audit_log WHERE object_type = 'person' "
+                    "AND object_id = :i ORDER BY id"
+                ),
+                {"i": str(person["id"])},
+            )
+        ]
+    assert actions == ["person.create", "person.erase"]
+    household_now = client.get(f"/api/v1/households/{household['id']}").get_json()
+    assert [m["id"] for m in household_now["members"]] == [other["id"]]
+    assert household_now["head"] is None
+
+
+def test_an_access_request_exports_everything_held(client, accounts, engine, world, household):
+    person = add_person(client, household["id"])
+    created(client.post("/api/v1/visits", json={"person_id": person["id"], "findings": "谈心"}))
+    created(
+        client.post(
+            "/api/v1/special-groups", json={"person_id": person["id"], "type": "petitioner"}
+        )
+    )
+    body = created(client.get(f"/api/v1/persons/{person['id']}/export?{PURPOSE}"), 200)
+    assert body["person"]["id_number"] == make_id() and body["person"]["name"] == "张三"
+    assert body["household"]["number"] == "0001"
+    assert body["house"]["address"] == "平江路1号"
+    assert [v["findings"] for v in body["visits"]] == ["谈心"]
+    assert [s["type"] for s in body["special_groups"]] == ["petitioner"]
+    assert [r[2]["via"] for r in audit_rows(engine, "special_group.read")] == ["export"]
+    assert [p["action"] for p in body["processing"]] == ["person.create"]
+    again = created(client.get(f"/api/v1/persons/{person['id']}/export?{PURPOSE}"), 200)
+    last = again["processing"][-1]
+    assert (last["action"], last["purpose"]) == ("person.export", "核实低保申请人身份")
+    # without the special-group permission the export does not mention them at all
+    with role_without(engine, "county_centre", "special_groups:"):
+        centre = accounts.client("centre", "county_centre", scope_region="320508000000")
+        export = created(centre.get(f"/api/v1/persons/{person['id']}/export?{PURPOSE}"), 200)
+    assert "special_groups" not in export
+    assert "petitioner" not in json.dumps(export)
+
+
+# --- moves (each of these was wrong once) -----------------------------------------------------
+
+
+def test_an_explicit_grid_wins_over_a_point_routed_outside_the_callers_scope(accounts, world):
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    body = {"address": "边界上的房子", "location": point(2), "grid": A2}  # the point lies in B1
+    house = created(officer.post("/api/v1/houses", json=body))
+    assert house["grid"] == A2
+    r = officer.post("/api/v1/houses", json={"address": "x", "location": point(2)})
+    assert r.status_code == 422 and r.get_json()["errors"]["json"]["location"]
+
+
+def test_a_household_leaving_its_house_takes_its_members_along(client, world, household):
+    person = add_person(client, household["id"])
+    r = client.patch(f"/api/v1/households/{household['id']}", json={"house_id": None})
+    assert created(r, 200)["house_id"] is None
+    assert client.get(f"/api/v1/persons/{person['id']}").get_json()["house_id"] is None
+
+
+def test_a_head_moving_into_a_household_with_a_head_is_refused_by_name(client, world, household):
+    add_person(client, household["id"], relation="head")
+    other = created(client.post("/api/v1/households", json={"number": "0002", "grid": A1}))
+    mover = add_person(
+        client, other["id"], name="李四", id_number=make_id(seq="456"), relation="head"
+    )
+    r = client.patch(f"/api/v1/persons/{mover['id']}", json={"household_id": household["id"]})
+    assert r.status_code == 409 and r.get_json()["errors"]["json"]["relation"]
+
+
+def test_a_foreign_resident_becoming_registered_needs_an_id_number(client, world):
+    person = created(
+        client.post(
+            "/api/v1/persons", json={"name": "玛丽", "population_type": "foreign", "grid": A1}
+        )
+    )
+    r = client.patch(f"/api/v1/persons/{person['id']}", json={"population_type": "registered"})
+    assert r.status_code == 422 and r.get_json()["errors"]["json"]["id_number"]
+    r = client.patch(
+        f"/api/v1/persons/{person['id']}",
+        json={"population_type": "registered", "id_number": make_id(seq="321")},
+    )
+    assert created(r, 200)["population_type"] == "registered"
+
+
+def test_a_household_member_moves_with_the_household_not_alone(client, world, household):
+    person = add_person(client, household["id"])
+    r = client.patch(f"/api/v1/persons/{person['id']}", json={"grid": B1})
+    assert r.status_code == 422 and r.get_json()["errors"]["json"]["grid"]
+    r = client.patch(f"/api/v1/persons/{person['id']}", json={"household_id": None, "grid": B1})
+    moved = created(r, 200)
+    assert (moved["grid"], moved["household_id"], moved["house_id"]) == (B1, None, None)
+
+
+def test_houses_do_not_move_to_another_county(client, factory, world, household):
+    other_county = "320509001001"
+    r = client.post(
+        "/api/v1/regions/import",
+        json=[
+            {"code": "320509000000", "name": "另一区"},
+            {"code": "320509001000", "name": "街道"},
+            {"code": other_county, "name": "社区"},
+        ],
+    )
+    assert r.status_code == 200, r.get_json()
+    r = client.patch(f"/api/v1/houses/{household['house_id']}", json={"region": other_county})
+    assert r.status_code == 422 and "county" in r.get_json()["errors"]["json"]["region"][0]

@@ -1,0 +1,255 @@
+"""ID numbers (GB 11643), mobile numbers and masking: properties over generated values."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from gridapi.personal import (
+    PROVINCE_PREFIXES,
+    InvalidValue,
+    check_digit,
+    mask_id_number,
+    mask_name,
+    mask_phone,
+    parse_id_number,
+    parse_phone,
+)
+
+TODAY = date.today()
+ID_ALPHABET = "0123456789Xx"
+
+
+def make_id(prefix: str = "320508", born: str = "19900101", seq: str = "123") -> str:
+    first = prefix + born + seq
+    return first + check_digit(first)
+
+
+def reason(value: str, today: date | None = TODAY) -> str:
+    with pytest.raises(InvalidValue) as info:
+        parse_id_number(value, today=today)
+    return str(info.value)
+
+
+provinces = st.sampled_from(sorted(PROVINCE_PREFIXES))
+# The four digits after the province: any but 0000 (no county is coded 0000).
+counties = st.integers(min_value=1, max_value=9999).map(lambda n: f"{n:04d}")
+births = st.dates(min_value=date(1900, 1, 1), max_value=TODAY)
+sequences = st.integers(min_value=0, max_value=999).map(lambda n: f"{n:03d}")
+
+
+@st.composite
+def valid_ids(draw: st.DrawFn) -> tuple[str, date]:
+    born = draw(births)
+    first = draw(provinces) + draw(counties) + born.strftime("%Y%m%d") + draw(sequences)
+    return first + check_digit(first), born
+
+
+phones = st.from_regex(r"\A1[3-9][0-9]{9}\Z")
+
+
+# --- ID numbers -------------------------------------------------------------------------------
+
+
+@given(valid_ids())
+def test_every_valid_id_parses_with_its_birth_date_and_gender(generated):
+    value, born = generated
+    parsed = parse_id_number(value)  # against the real today
+    assert parsed.value == value
+    assert parsed.birth_date == born
+    assert parsed.gender == ("male" if int(value[16]) % 2 else "female")
+
+
+@given(valid_ids())
+def test_lower_case_x_and_surrounding_spaces_are_normalised(generated):
+    value, _ = generated
+    assert parse_id_number(f"  {value.lower()}\n", today=TODAY).value == value
+
+
+def test_lower_case_x_check_character():
+    # Find a number whose check character is X, so the lower-case form is really different.
+    value = next(
+        make_id(seq=f"{n:03d}") for n in range(1000) if make_id(seq=f"{n:03d}").endswith("X")
+    )
+    parsed = parse_id_number(value.lower(), today=TODAY)
+    assert parsed.value == value
+    assert parsed.value.endswith("X")
+
+
+@given(valid_ids(), st.integers(min_value=0, max_value=17), st.sampled_from(ID_ALPHABET))
+def test_changing_any_single_character_is_rejected(generated, position, replacement):
+    value, _ = generated
+    assume(replacement.upper() != value[position])
+    changed = value[:position] + replacement + value[position + 1 :]
+    with pytest.raises(InvalidValue):
+        parse_id_number(changed, today=TODAY)
+
+
+@given(valid_ids())
+def test_changing_the_check_character_names_the_check_digit(generated):
+    value, _ = generated
+    for other in "0123456789X":
+        if other != value[17]:
+            assert reason(value[:17] + other) == "has a wrong check digit"
+
+
+@given(valid_ids(), st.integers(min_value=1, max_value=40).filter(lambda n: n != 18))
+def test_wrong_length_is_rejected(generated, length):
+    value, _ = generated
+    wrong = (value * 3)[:length]
+    assert reason(wrong) == "must be 18 characters"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "32050819900101123A",
+        "3205081990010112X3",
+        "32050819900101-123",
+        "３２０５０８１９９００１０１１２３４",  # full-width digits
+        "X20508199001011234",
+        "32050819900101 234",
+    ],
+)
+def test_non_digits_are_rejected(value):
+    assert reason(value) == "must be 17 digits followed by a digit or X"
+
+
+@pytest.mark.parametrize("prefix", ["990508", "000508", "100508", "910508", "320000"])
+def test_unknown_region_is_rejected(prefix):
+    assert reason(make_id(prefix=prefix)) == "does not start with a known region code"
+
+
+@given(st.integers(min_value=1900, max_value=2023).filter(lambda y: y % 4 != 0 or y == 1900))
+def test_february_29_of_a_common_year_is_rejected(year):
+    assert reason(make_id(born=f"{year}0229")) == "does not contain a real birth date"
+
+
+@given(st.integers(min_value=1904, max_value=2020).filter(lambda y: y % 4 == 0))
+def test_february_29_of_a_leap_year_is_accepted(year):
+    assert parse_id_number(make_id(born=f"{year}0229"), today=TODAY).birth_date == date(year, 2, 29)
+
+
+@pytest.mark.parametrize("born", ["19901301", "19900001", "19900100", "19900431", "19901232"])
+def test_impossible_dates_are_rejected(born):
+    assert reason(make_id(born=born)) == "does not contain a real birth date"
+
+
+@given(st.dates(min_value=TODAY + timedelta(days=2), max_value=date(2099, 12, 31)))
+def test_future_birth_date_is_rejected(born):
+    value = make_id(born=born.strftime("%Y%m%d"))
+    assert reason(value) == "contains a birth date in the future or before 1890"
+
+
+def test_birth_today_and_tomorrow_are_accepted_and_later_is_not():
+    """A day of slack: a server on UTC is behind a birth registered in Beijing (UTC+8)."""
+    value = make_id(born=TODAY.strftime("%Y%m%d"))
+    assert parse_id_number(value, today=TODAY).birth_date == TODAY
+    assert parse_id_number(value, today=TODAY - timedelta(days=1)).birth_date == TODAY
+    assert "future" in reason(value, today=TODAY - timedelta(days=2))
+
+
+def test_birth_before_1890_is_rejected():
+    assert "before 1890" in reason(make_id(born="18891231"))
+
+
+@pytest.mark.parametrize("value", [None, 320508199001011234, ""])
+def test_non_strings_and_empty_are_rejected(value):
+    with pytest.raises(InvalidValue):
+        parse_id_number(value, today=TODAY)  # type: ignore[arg-type]
+
+
+def test_check_digit_known_value():
+    # The example of GB 11643-1999, appendix A.
+    assert check_digit("11010519491231002") == "X"
+    assert parse_id_number("11010519491231002X", today=TODAY).gender == "female"
+
+
+# --- phones -----------------------------------------------------------------------------------
+
+
+@given(
+    phones,
+    st.sampled_from(["", "+86", "0086", "+86 ", "0086-", "+86-"]),
+    st.lists(st.sampled_from([" ", "-"]), min_size=0, max_size=3),
+    st.randoms(use_true_random=False),
+)
+def test_phone_with_prefix_spaces_and_dashes_is_accepted(phone, prefix, noise, rnd):
+    chars = list(phone)
+    for ch in noise:
+        chars.insert(rnd.randint(1, len(chars) - 1), ch)
+    assert parse_phone(prefix + "".join(chars)) == phone
+
+
+@pytest.mark.parametrize(
+    "raw", ["+86 138 1234 5678", "138-1234-5678", "0086 13812345678", " 13812345678 "]
+)
+def test_phone_examples(raw):
+    assert parse_phone(raw) == "13812345678"
+
+
+@given(phones, st.integers(min_value=0, max_value=9))
+def test_twelve_digits_are_rejected(phone, extra):
+    with pytest.raises(InvalidValue):
+        parse_phone(phone + str(extra))
+
+
+@given(phones)
+def test_ten_digits_are_rejected(phone):
+    with pytest.raises(InvalidValue):
+        parse_phone(phone[:10])
+
+
+@given(st.from_regex(r"\A1[0-2][0-9]{9}\Z"))
+def test_numbers_starting_10_to_12_are_rejected(number):
+    with pytest.raises(InvalidValue) as info:
+        parse_phone(number)
+    assert "mainland mobile number" in str(info.value)
+
+
+@pytest.mark.parametrize("raw", ["12812345678", "23812345678", "1381234567a", "+85213812345678"])
+def test_phone_examples_rejected(raw):
+    with pytest.raises(InvalidValue):
+        parse_phone(raw)
+
+
+# --- masking ----------------------------------------------------------------------------------
+
+names = st.text(
+    alphabet=st.characters(whitelist_categories=("Lo", "Lu", "Ll")), min_size=2, max_size=20
+)
+
+
+@given(names)
+def test_mask_name_keeps_the_first_character_only(name):
+    masked = mask_name(name)
+    assert len(masked) == len(name)
+    assert masked[0] == name[0]
+    assert masked[1:] == "*" * (len(name) - 1)
+
+
+def test_mask_name_examples():
+    assert mask_name("张三") == "张*"
+    assert mask_name("欧阳修") == "欧**"
+    assert mask_name("王") == "*"  # one character: nothing is shown
+
+
+@given(phones)
+def test_mask_phone_shows_only_the_first_three_and_last_four(phone):
+    masked = mask_phone(phone)
+    assert masked == phone[:3] + "****" + phone[-4:]
+    assert len(masked) == 11
+    assert masked[3:7] == "****"
+
+
+@given(valid_ids())
+def test_mask_id_number_shows_the_first_four_and_last_four(generated):
+    value, _ = generated
+    masked = mask_id_number(value)
+    assert len(masked) == 18
+    assert masked[:4] == value[:4]
+    assert masked[-4:] == value[-4:]
+    assert masked[4:14] == "*" * 10
