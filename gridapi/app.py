@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, g, request
 from flask_smorest import Api
 
-from . import __version__
+from . import __version__, phone
 from .auth import LocalRateLimiter, PrincipalCache
 from .config import Settings
 from .db import make_engine, make_sessionmaker, spatial_extension_version, sqlite_write_intent
@@ -19,6 +19,7 @@ from .errors import register_error_handlers
 from .extensions import AppState, close_session
 from .jsonio import OrjsonProvider
 from .limits import limiter
+from .phone import FieldsPlugin
 from .security.fields import FieldCipher, KeyConfigError, parse_keys
 from .security.passwords import configure as configure_password_hashing
 from .security.tokens import TokenSigner
@@ -143,7 +144,7 @@ def create_app(
         cipher=field_cipher(settings),
     )
     # One Api per application: flask-smorest keeps the spec on the Api object.
-    api = Api(app)
+    api = Api(app, spec_kwargs={"extra_plugins": [FieldsPlugin()]})
     app.extensions["gridapi_api"] = api
     _document_security(api)
     app.config.update(
@@ -153,6 +154,7 @@ def create_app(
     )
     limiter.init_app(app)
     register_error_handlers(app)
+    phone.init_app(app)
     from .resources import register_blueprints
 
     register_blueprints(app, api)

@@ -72,6 +72,11 @@ class Settings:
     supervision_red_hours: float = 24.0
     person_lookup_rate: str = "60 per hour"
     import_max_rows: int = 100000
+    track_raw_days: int = 30
+    track_retention_days: int = 180
+    presence_minutes: float = 15.0
+    sync_page_size: int = 500
+    sync_retention_days: int = 30
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:

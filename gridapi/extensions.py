@@ -69,8 +69,16 @@ def db_session() -> Session:
 
 
 def commit() -> None:
-    """Commit the request's one transaction; called once by each write view."""
-    db_session().commit()
+    """Commit the request's one transaction; called once by each write view.
+
+    A ``g.before_commit`` hook (set by the sync batch for each action it applies) adds its
+    rows to the same transaction first: the action's idempotency key commits with its effect.
+    """
+    session = db_session()
+    hook = g.pop("before_commit", None)
+    if hook is not None:
+        hook(session)
+    session.commit()
 
 
 def close_session(_exc: BaseException | None = None) -> None:

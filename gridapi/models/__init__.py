@@ -20,14 +20,18 @@ from .identity import (
     Role,
     User,
 )
+from .patrols import Patrol, PatrolCheckin, PatrolFinding, PatrolPoint, Presence
 from .regions import Region
 from .register import House, Household, Person, SpecialGroupRecord, Visit
+from .sync import SyncLog
+from .tasks import Campaign, Task, TaskItem
 
 __all__ = [
     "ApiClient",
     "AuditEntry",
     "Base",
     "CalendarDay",
+    "Campaign",
     "Case",
     "CaseAttachment",
     "CaseCounter",
@@ -42,11 +46,19 @@ __all__ = [
     "IdempotencyKey",
     "IndexGeneration",
     "Notification",
+    "Patrol",
+    "PatrolCheckin",
+    "PatrolFinding",
+    "PatrolPoint",
     "Person",
+    "Presence",
     "RefreshToken",
     "Region",
     "Role",
     "SpecialGroupRecord",
+    "SyncLog",
+    "Task",
+    "TaskItem",
     "User",
     "Visit",
 ]

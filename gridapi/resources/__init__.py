@@ -18,10 +18,13 @@ from . import (
     grids,
     health,
     locate,
+    patrols,
     person_import,
     regions,
     register,
     special_groups,
+    sync,
+    tasks,
     users,
 )
 
@@ -48,7 +51,12 @@ def register_blueprints(app: Flask, api: Api) -> None:
         register.persons_blp,
         register.visits_blp,
         special_groups.blp,
+        sync.blp,
         person_import.blp,
+        tasks.blp,
+        tasks.campaigns_blp,
+        patrols.blp,
+        patrols.presence_blp,
     ):
         api.register_blueprint(blueprint)
     app.register_blueprint(docs.bp)

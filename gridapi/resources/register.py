@@ -168,9 +168,17 @@ class HouseById(MethodView):
 
 
 def household_body(session, household) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return households_body(session, [household])[0]
+
+
+def households_body(session, households) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """Households with their members (masked), the members read in one query."""
     k = keys()
-    people = [svc.person_view(p, k) for p in svc.members(session, household)]
-    return svc.household_view(household, people)
+    by_household = svc.members_of(session, [h.id for h in households])
+    return [
+        svc.household_view(h, [svc.person_view(p, k) for p in by_household[h.id]])
+        for h in households
+    ]
 
 
 @households_blp.before_request
@@ -187,7 +195,7 @@ class Households(MethodView):
         """List households in your scope, with their members (masked)"""
         session = db_session()
         rows = svc.list_households(session, current_principal().scope, _args(args))
-        items = [household_body(session, h) for h in rows]
+        items = households_body(session, rows)
         return {"items": items, "next_cursor": _page(items, args["limit"])}
 
     @households_blp.requires("persons:write")

@@ -47,6 +47,12 @@ PERMISSIONS = {
     "persons:erase": "Delete a resident's data, export all held about one (access request)",
     "special_groups:read": "Read special-group records (特殊人群); every read is audited",
     "special_groups:write": "Create and change special-group records",
+    "tasks:read": "Read tasks and campaigns (one's own, or in scope)",
+    "tasks:write": "Create, reassign and cancel tasks and campaigns",
+    "tasks:complete": "Accept and complete one's own tasks, with evidence and results",
+    "patrols:write": "Record one's own patrols, track points, check-ins and heartbeats",
+    "patrols:read": "Read the patrols and tracks (whereabouts) of workers in scope",
+    "presence:read": "See who is on duty in a grid and when workers were last seen",
     "webhooks:manage": "Manage webhook subscriptions",
     "categories:write": "Create and change case categories",
     "calendar:write": "Edit and import the working calendar (holidays, 调休)",
@@ -98,6 +104,12 @@ REGISTER_OFFICE = [
     "special_groups:write",
 ]
 
+# Field work: workers patrol and complete tasks; chiefs and offices see tracks and presence;
+# offices assign tasks and campaigns.
+FIELD_WORKER = ["tasks:read", "tasks:complete", "patrols:write"]
+FIELD_CHIEF = [*FIELD_WORKER, "patrols:read", "presence:read"]
+FIELD_OFFICE = [*FIELD_CHIEF, "tasks:write"]
+
 _READ = ["regions:read", "grids:read"]
 _OFFICE = [
     *_READ,
@@ -106,6 +118,7 @@ _OFFICE = [
     "departments:read",
     *OFFICE_CASES,
     *REGISTER_OFFICE,
+    *FIELD_OFFICE,
 ]
 _CENTRE = [
     *_OFFICE,
@@ -119,13 +132,13 @@ _CENTRE = [
 # (name, Chinese title, rank, permissions). Rank orders who may create whom: a user may give
 # other accounts only roles of a lower rank than their own (admins any role).
 ROLES: list[tuple[str, str, int, list[str]]] = [
-    ("grid_worker", "网格员", 10, [*_READ, *WORKER_CASES, *REGISTER]),
-    ("grid_chief", "网格长", 20, [*_READ, "users:read", *CHIEF_CASES, *REGISTER]),
+    ("grid_worker", "网格员", 10, [*_READ, *WORKER_CASES, *REGISTER, *FIELD_WORKER]),
+    ("grid_chief", "网格长", 20, [*_READ, "users:read", *CHIEF_CASES, *REGISTER, *FIELD_CHIEF]),
     (
         "community_officer",
         "综治专干",
         20,
-        [*_READ, "users:read", *COMMUNITY_CASES, *REGISTER_OFFICE],
+        [*_READ, "users:read", *COMMUNITY_CASES, *REGISTER_OFFICE, *FIELD_OFFICE],
     ),
     ("department", "职能部门", 20, [*_READ, "departments:read", *DEPARTMENT_CASES]),
     ("township_office", "乡镇（街道）平安办", 30, _OFFICE),

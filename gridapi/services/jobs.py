@@ -1,4 +1,5 @@
-"""Background jobs on case deadlines: overdue marking, automatic supervision and escalation.
+"""Background jobs: case deadlines (overdue marking, automatic supervision and escalation),
+overdue tasks, the retention of patrol tracks and of the sync log, idempotency keys.
 
 ``gridapi worker`` runs them every ``GRIDAPI_WORKER_INTERVAL_SECONDS``; ``gridapi serve`` can
 run one such worker beside the server. Each job walks its candidate cases in batches of
@@ -39,6 +40,9 @@ from ..workcalendar import WorkingCalendar
 from .calendar import working_calendar
 from .cases import ACTIONS, STAGE_DUE, add_event
 from .idempotency import purge
+from .patrols import thin_tracks
+from .sync import prune as prune_sync_log
+from .tasks import flag_overdue_tasks
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,12 @@ JOBS = {
     "supervision": ("yellow", "red"),
     "escalation": ("escalated",),
     "idempotency": ("purged",),
+    "tasks": ("overdue",),
+    "tracks": ("thinned", "deleted", "presence_cleared"),
+    "sync": ("pruned",),
 }
 JOB_NAMES = tuple(JOBS)
+SIMPLE_JOBS = ("idempotency", "tasks", "tracks", "sync")
 LEVEL_RANK = {"normal": 0, "yellow": 1, "red": 2}
 LEVEL_NAMES = {"yellow": "黄牌", "red": "红牌"}
 STAGE_NAMES = {"accept": "受理", "handle": "处置", "verify": "核查"}
@@ -71,6 +79,9 @@ class JobOptions:
     timezone: str = "Asia/Shanghai"
     yellow_hours: float = 0.0
     red_hours: float = 24.0
+    track_raw_days: float = 30.0
+    track_retention_days: float = 180.0
+    sync_retention_days: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> JobOptions:
@@ -79,6 +90,9 @@ class JobOptions:
             timezone=settings.timezone,
             yellow_hours=float(settings.supervision_yellow_hours),
             red_hours=float(settings.supervision_red_hours),
+            track_raw_days=float(settings.track_raw_days),
+            track_retention_days=float(settings.track_retention_days),
+            sync_retention_days=float(settings.sync_retention_days),
         )
 
 
@@ -110,7 +124,8 @@ class JobResult:
 
     def summary(self) -> str:
         """Return one line: ``overdue: checked=30 marked=30 errors=0``."""
-        parts = [] if self.name == "idempotency" else [f"checked={self.checked}"]
+        # Batch jobs count the rows they looked at; one-transaction jobs only what they did.
+        parts = [] if self.name in SIMPLE_JOBS else [f"checked={self.checked}"]
         parts += [f"{key}={value}" for key, value in self.counts.items()]
         parts.append(f"errors={self.errors}")
         return f"{self.name}: " + " ".join(parts)
@@ -544,14 +559,26 @@ def run_jobs(
         ),
         "escalation": escalate_overdue,
     }
+    # Jobs done in one transaction each; they return their counts.
+    simple_jobs: dict[str, Callable[[Session], dict[str, int]]] = {
+        "idempotency": lambda s: {"purged": purge(s, now)},
+        "tasks": lambda s: {"overdue": flag_overdue_tasks(s, now)},
+        "tracks": lambda s: thin_tracks(
+            s, now, options.track_raw_days, options.track_retention_days
+        ),
+        "sync": lambda s: {
+            "pruned": prune_sync_log(s, now - timedelta(days=options.sync_retention_days))
+        },
+    }
     results = []
     for name in jobs:
         if stop is not None and stop.is_set():
             break
         result = JobResult(name, dict.fromkeys(JOBS[name], 0))
         try:
-            if name == "idempotency":
-                result.counts["purged"] = _write_transaction(sessions, lambda s: purge(s, now))
+            if name in simple_jobs:
+                counts = _write_transaction(sessions, simple_jobs[name])
+                result.counts.update(counts)
             else:
                 _run_batches(sessions, batch_jobs[name], now, batch_size, result, stop)
         except SQLAlchemyError:

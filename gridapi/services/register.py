@@ -396,12 +396,15 @@ def list_households(session: Session, scope: Scope, args: dict[str, Any]) -> lis
     return list(session.scalars(_page(stmt, Household, args.get("after"), args.get("limit", 50))))
 
 
-def members(session: Session, household: Household) -> list[Person]:
-    return list(
-        session.scalars(
-            select(Person).where(Person.household_id == household.id).order_by(Person.id)
-        )
-    )
+def members_of(session: Session, household_ids: list[int]) -> dict[int, list[Person]]:
+    """Return the members of several households in one query, by household id."""
+    out: dict[int, list[Person]] = {i: [] for i in household_ids}
+    if household_ids:
+        for person in session.scalars(
+            select(Person).where(Person.household_id.in_(household_ids)).order_by(Person.id)
+        ):
+            out[person.household_id].append(person)  # type: ignore[index]
+    return out
 
 
 # --- persons ----------------------------------------------------------------------------------

@@ -363,6 +363,41 @@ class World:
         )
         return case_id, ok(r, 201)["id"]
 
+    # -- tasks and campaigns
+
+    due_in = {"amount": 3, "unit": "days"}
+
+    def task(self, area: Area, assignee: int | None = None) -> int:
+        """Return a new task in the area's first grid, for ``assignee`` (else for the grid)."""
+        body: dict[str, Any] = {"title": "矩阵任务", "grid": area.grids[0], "due_in": self.due_in}
+        if assignee is not None:
+            body["assignee_id"] = assignee
+        return ok(self.setup.post("/api/v1/tasks", json=body), 201)["id"]
+
+    def campaign(self, area: Area) -> int:
+        """Return a new campaign over the area's community (a task per grid)."""
+        body = {"title": "矩阵专项", "region": area.community, "due_in": self.due_in}
+        return ok(self.setup.post("/api/v1/campaigns", json=body), 201)["id"]
+
+    def step_call(self, c: Ctx, kind: str, object_id: int, body: Any) -> Call:
+        """Return a step on a task or campaign with its current ETag (made up when missing)."""
+        if c.variant == "missing":
+            etag = f'"{object_id}-1"'
+        else:
+            etag = self.setup.get(f"/api/v1/{kind}s/{object_id}").headers["ETag"]
+        return Call(params={f"{kind}_id": object_id}, json=body, headers={"If-Match": etag})
+
+    def own_task_step(self, c: Ctx, body: Any = None) -> Call:
+        """Accept or complete a task assigned to the caller itself (an account whose role
+        takes tasks: accept and complete are the assignee's); out of the caller's scope, one
+        assigned to the area's member."""
+        spec = self.actors[c.actor]
+        account = self.accounts.ids.get(f"actor_{c.actor}")
+        mine = c.variant == "in" or actor_scope(spec).covers_region(c.area.community)
+        if not mine or account is None or "tasks:complete" not in actor_permissions(spec):
+            account = c.object("member")
+        return self.step_call(c, "task", c.fresh(lambda area: self.task(area, account)), body)
+
     # -- the register
 
     def id_number(self) -> str:
@@ -390,6 +425,72 @@ class World:
     def special_group(self, area: Area) -> int:
         body = {"person_id": self.person(area), "type": "petitioner", "notes": "矩阵"}
         return ok(self.setup.post("/api/v1/special-groups", json=body), 201)["id"]
+
+    # -- patrols and presence
+
+    def member_client(self, area: Area) -> Any:
+        """Return the area's member (a grid worker of its first grid), signed in."""
+        key = f"member_{area.name}"
+        if key not in self.clients:
+            body = self.credentials(self.usernames[self.ids[key]])
+            tokens = ok(self.anonymous.post("/api/v1/auth/token", json=body))
+            client = self.app.test_client()
+            client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tokens['access_token']}"
+            self.clients[key] = client
+        return self.clients[key]
+
+    def patrol(self, area: Area) -> int:
+        """Return a new ended patrol of the area's member, with a short track in its grid."""
+        member = self.member_client(area)
+        began = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+        start = {"started_at": began.isoformat()}
+        patrol_id = ok(member.post("/api/v1/patrols", json=start), 201)["id"]
+        lon, lat = center(area.grids[0])
+        points = [
+            {"t": (began + datetime.timedelta(minutes=i)).isoformat(), "lon": lon, "lat": lat}
+            for i in range(1, 4)
+        ]
+        ok(member.post(f"/api/v1/patrols/{patrol_id}/points", json={"points": points}))
+        ok(member.post(f"/api/v1/patrols/{patrol_id}/end", json={}))
+        return patrol_id
+
+    def own_patrol(self, c: Ctx) -> int:
+        """Return an active patrol of the caller itself (only its worker writes to a patrol;
+        out of the caller's scope, or for a caller who cannot patrol, one of the area's
+        member), or the missing id."""
+        if c.variant == "missing":
+            return c.missing_id
+        spec = self.actors[c.actor]
+        mine = c.variant == "in" or actor_scope(spec).covers_region(c.area.community)
+        account = self.accounts.ids.get(f"actor_{c.actor}")
+        if not mine or account is None or "patrols:write" not in actor_permissions(spec):
+            return self.patrol(c.area)
+        began = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+        where = {"type": "Point", "coordinates": list(center(c.area.grids[0]))}
+        r = self.clients[c.actor].post(
+            "/api/v1/patrols", json={"started_at": began.isoformat(), "location": where}
+        )
+        if r.status_code == 409:  # one active patrol per worker: that one
+            return r.get_json()["errors"]["active_patrol_id"]
+        return ok(r, 201)["id"]
+
+    def grid_point(self, c: Ctx) -> dict[str, Any]:
+        """Return the middle of the area's first grid as a GeoJSON point."""
+        return {"type": "Point", "coordinates": list(center(c.area.grids[0]))}
+
+    def track_point(self, c: Ctx) -> dict[str, Any]:
+        """Return a point in the area's first grid, a minute into an hour-old patrol."""
+        lon, lat = center(c.area.grids[0])
+        at = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=59)
+        return {"t": at.isoformat(), "lon": lon, "lat": lat}
+
+    def read_patrol(self, c: Ctx) -> Call:
+        """Read a patrol of the area's member; a worker without patrols:read reads its own."""
+        spec = self.actors[c.actor]
+        own = c.variant == "in" and "patrols:read" not in actor_permissions(spec)
+        if own and self.accounts.ids.get(f"actor_{c.actor}") is not None:
+            return Call(params={"patrol_id": self.own_patrol(c)})
+        return Call(params={"patrol_id": c.fresh(self.patrol)})
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -745,6 +846,47 @@ REQUESTS: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/cases/{case_id}/attachments/{attachment_id}/thumbnail"): Case(
         attachment, out=404
     ),
+    # tasks and campaigns: out of scope answers like missing; creates pointing out of scope → 422
+    ("GET", "/api/v1/tasks"): Case(filtered("region"), out=200),
+    ("POST", "/api/v1/tasks"): Case(
+        lambda c: Call(
+            json={"title": "矩阵任务", "grid": c.area.grids[0], "due_in": c.world.due_in}
+        ),
+        out=422,
+    ),
+    ("GET", "/api/v1/tasks/{task_id}"): Case(by_id("task_id", "task"), out=404),
+    ("POST", "/api/v1/tasks/{task_id}/accept"): Case(lambda c: c.world.own_task_step(c), out=404),
+    ("POST", "/api/v1/tasks/{task_id}/complete"): Case(
+        lambda c: c.world.own_task_step(c, {"comment": "矩阵"}), out=404
+    ),
+    ("POST", "/api/v1/tasks/{task_id}/reassign"): Case(
+        lambda c: c.world.step_call(
+            c, "task", c.fresh(c.world.task), {"assignee_id": c.object("member")}
+        ),
+        out=404,
+    ),
+    ("POST", "/api/v1/tasks/{task_id}/cancel"): Case(
+        lambda c: c.world.step_call(c, "task", c.fresh(c.world.task), {"reason": "矩阵取消"}),
+        out=404,
+    ),
+    ("GET", "/api/v1/me/tasks"): Case(plain, out=None),
+    ("GET", "/api/v1/campaigns"): Case(filtered("region"), out=200),
+    ("POST", "/api/v1/campaigns"): Case(
+        lambda c: Call(
+            json={"title": "矩阵专项", "region": c.area.community, "due_in": c.world.due_in}
+        ),
+        out=422,
+    ),
+    ("GET", "/api/v1/campaigns/{campaign_id}"): Case(by_id("campaign_id", "campaign"), out=404),
+    ("GET", "/api/v1/campaigns/{campaign_id}/progress"): Case(
+        by_id("campaign_id", "campaign"), out=404
+    ),
+    ("POST", "/api/v1/campaigns/{campaign_id}/cancel"): Case(
+        lambda c: c.world.step_call(
+            c, "campaign", c.fresh(c.world.campaign), {"reason": "矩阵取消"}
+        ),
+        out=404,
+    ),
     # the register: out of scope answers like missing; creates pointing out of scope → 422
     ("GET", "/api/v1/houses"): Case(filtered("region"), out=200),
     ("POST", "/api/v1/houses"): Case(
@@ -791,6 +933,63 @@ REQUESTS: dict[tuple[str, str], Case] = {
         out=422,
     ),
     ("GET", "/api/v1/visits/{visit_id}"): Case(by_id("visit_id", "visit"), out=404),
+    # patrols: a worker writes only its own (another's answers like a missing one); reads by
+    # the worker, or with patrols:read over the patrol's grid
+    ("GET", "/api/v1/patrols"): Case(filtered("region"), out=200),
+    ("POST", "/api/v1/patrols"): Case(
+        lambda c: Call(json={"location": {"type": "Point", "coordinates": list(center(A1))}}),
+        out=None,
+    ),
+    ("GET", "/api/v1/patrols/stats"): Case(filtered("region"), out=200),
+    ("GET", "/api/v1/patrols/{patrol_id}"): Case(lambda c: c.world.read_patrol(c), out=404),
+    ("POST", "/api/v1/patrols/{patrol_id}/end"): Case(
+        lambda c: Call(params={"patrol_id": c.world.own_patrol(c)}, json={}), out=404
+    ),
+    ("POST", "/api/v1/patrols/{patrol_id}/points"): Case(
+        lambda c: Call(
+            params={"patrol_id": c.world.own_patrol(c)},
+            json={"points": [c.world.track_point(c)]},
+        ),
+        out=404,
+    ),
+    ("POST", "/api/v1/patrols/{patrol_id}/checkins"): Case(
+        lambda c: Call(
+            params={"patrol_id": c.world.own_patrol(c)},
+            json={"place": "矩阵市场", "location": c.world.grid_point(c)},
+        ),
+        out=404,
+    ),
+    ("POST", "/api/v1/patrols/{patrol_id}/findings"): Case(
+        lambda c: Call(
+            params={"patrol_id": c.world.own_patrol(c)},
+            json={"category": "0101", "description": "巡查发现", "location": c.world.grid_point(c)},
+        ),
+        out=404,
+    ),
+    # presence: the caller's own heartbeat; who is on duty in a grid in scope
+    ("POST", "/api/v1/presence/heartbeat"): Case(
+        lambda c: Call(json={"location": c.world.grid_point(c)}), out=None
+    ),
+    ("GET", "/api/v1/grids/{grid_code}/on-duty"): Case(
+        lambda c: Call(params={"grid_code": c.area.grids[0]}), out=404
+    ),
+    ("GET", "/api/v1/presence"): Case(filtered("region"), out=200),
+    # offline sync: the caller's own world (the batch answers 200; each action its own status)
+    ("GET", "/api/v1/sync"): Case(plain, out=None),
+    ("POST", "/api/v1/sync/batch"): Case(
+        lambda c: Call(
+            json={
+                "actions": [
+                    {
+                        "key": f"matrix-{next(c.world.serial)}",
+                        "type": "case.create",
+                        "payload": new_case(c).json,
+                    }
+                ]
+            }
+        ),
+        out=None,
+    ),
     # special groups: their own permission; out of scope like missing
     ("GET", "/api/v1/special-groups"): Case(filtered("region"), out=200),
     ("POST", "/api/v1/special-groups"): Case(
@@ -837,6 +1036,20 @@ DESIGNED: dict[Cell, tuple[int, str]] = {
             ("/api/v1/auth/password", ("in",)),
         )
         for variant in variants
+    },
+    **{
+        (method, path, actor, variant): (
+            403,
+            "needs patrols:write (one's own patrols) or patrols:read (those in scope); the "
+            "spec's x-permission 'authenticated' cannot say 'either'",
+        )
+        for method, path in (
+            ("GET", "/api/v1/patrols"),
+            ("GET", "/api/v1/patrols/stats"),
+            ("GET", "/api/v1/patrols/{patrol_id}"),
+        )
+        for actor in ("department", "api_client")
+        for variant in ("in", "out", "missing")
     },
 }
 

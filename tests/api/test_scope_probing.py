@@ -79,6 +79,14 @@ TABLES = (
     "persons",
     "visits",
     "special_group_records",
+    "patrols",
+    "patrol_points",
+    "patrol_checkins",
+    "patrol_findings",
+    "presence",
+    "campaigns",
+    "tasks",
+    "task_items",
 )
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 

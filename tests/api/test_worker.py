@@ -317,7 +317,18 @@ def test_two_workers_at_once_change_each_case_exactly_once(client, world, app, s
             assert r.errors == 0, r.summary()
             for key, value in r.counts.items():
                 totals[key] = totals.get(key, 0) + value
-    assert totals == {"marked": 30, "yellow": 0, "red": 30, "escalated": 30, "purged": 0}
+    assert totals == {
+        "marked": 30,
+        "yellow": 0,
+        "red": 30,
+        "escalated": 30,
+        "purged": 0,
+        "overdue": 0,
+        "thinned": 0,
+        "deleted": 0,
+        "presence_cleared": 0,
+        "pruned": 0,
+    }
 
     with app.extensions["gridapi"].sessions() as s:
         per_case = s.execute(
@@ -384,6 +395,9 @@ def test_worker_once_prints_a_line_per_job(client, world, app, database_url):
     assert lines[2:] == [
         "escalation: checked=0 escalated=0 errors=0",
         "idempotency: purged=0 errors=0",
+        "tasks: overdue=0 errors=0",
+        "tracks: thinned=0 deleted=0 presence_cleared=0 errors=0",
+        "sync: pruned=0 errors=0",
     ]
     assert get_case(app, case_id).overdue is True
     again = cli(database_url, "worker", "--once")

@@ -1,0 +1,123 @@
+"""What makes the API kind to phones on slow, metered networks.
+
+* **Compression**: gzip (or brotli, zstd) of JSON and GeoJSON answers, by Flask-Compress,
+  when the client sends ``Accept-Encoding``.
+* **Conditional GETs**: every JSON answer to a GET carries an ``ETag`` (the case's own
+  ``"<id>-<version>"`` where an operation sets one, else a digest of the body); a request
+  with a matching ``If-None-Match`` gets ``304 Not Modified`` and no body.
+* **Sparse fieldsets**: ``fields=id,status,deadlines`` keeps only those members of each
+  object (of each item of a list answer, or of the answer itself); nested members are named
+  with dots (``grid.code``). ``id`` is always kept.
+
+The ``fields`` query parameter and the 304 answer are added to the spec of every GET that
+answers JSON (``FieldsPlugin``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from apispec import BasePlugin
+from flask import Flask, Response, request
+from flask_compress import Compress
+
+compress = Compress()
+FIELDS_PARAMETER = {
+    "name": "fields",
+    "in": "query",
+    "required": False,
+    "description": "Sparse fieldset: comma-separated members to keep in each object of the "
+    "answer (dots for nested members, e.g. `id,status,grid.code`); `id` is always kept.",
+    "schema": {"type": "string", "maxLength": 1000},
+}
+NOT_MODIFIED = {"description": "Not modified: the `If-None-Match` ETag is current (no body)."}
+_JSON_TYPES = ("application/json", "application/geo+json")
+# Answers larger than this are not filtered or digested in memory (streamed exports).
+_MAX_BODY = 32 * 1024 * 1024
+
+
+class FieldsPlugin(BasePlugin):
+    """Documents ``fields`` and 304 on every GET operation that answers JSON."""
+
+    def operation_helper(self, path: str | None = None, operations: Any = None, **_: Any) -> None:
+        for method, operation in (operations or {}).items():
+            if method != "get":
+                continue
+            responses = operation.get("responses", {})
+            ok = responses.get(200) or responses.get("200") or {}
+            content = ok.get("content", {}) if isinstance(ok, dict) else {}
+            if "application/json" not in content:
+                continue
+            operation.setdefault("parameters", []).append(FIELDS_PARAMETER)
+            responses.setdefault(304, NOT_MODIFIED)
+
+
+def parse_fields(value: str | None) -> list[list[str]] | None:
+    if not value:
+        return None
+    paths = [p.strip().split(".") for p in value.split(",") if p.strip()]
+    return paths or None
+
+
+def _keep(obj: Any, paths: list[list[str]]) -> Any:
+    if isinstance(obj, list):
+        return [_keep(item, paths) for item in obj]
+    if not isinstance(obj, dict):
+        return obj
+    out: dict[str, Any] = {}
+    if "id" in obj:
+        out["id"] = obj["id"]
+    for path in paths:
+        head = path[0]
+        if head not in obj:
+            continue
+        if len(path) == 1:
+            out[head] = obj[head]
+        else:
+            nested = _keep(obj[head], [path[1:]])
+            if isinstance(out.get(head), dict) and isinstance(nested, dict):
+                out[head].update(nested)
+            else:
+                out[head] = nested
+    return out
+
+
+def sparse(body: Any, paths: list[list[str]]) -> Any:
+    """Keep ``paths`` in each item of a list answer (``items``, ``changes``…) or in the
+    object itself."""
+    if isinstance(body, dict) and isinstance(body.get("items"), list):
+        return {**body, "items": _keep(body["items"], paths)}
+    return _keep(body, paths)
+
+
+def _phone_after_request(response: Response) -> Response:
+    if request.method != "GET" or response.status_code != 200:
+        return response
+    if response.is_streamed or response.direct_passthrough:
+        return response
+    if response.mimetype not in _JSON_TYPES or response.content_length is None:
+        return response
+    if response.content_length > _MAX_BODY:
+        return response
+    paths = parse_fields(request.args.get("fields"))
+    if paths:
+        body = orjson.loads(response.get_data())
+        response.set_data(orjson.dumps(sparse(body, paths)))
+    if "ETag" not in response.headers:
+        digest = hashlib.blake2b(response.get_data(), digest_size=16).hexdigest()
+        response.set_etag(digest)
+    response.headers.setdefault("Cache-Control", "private, no-cache")
+    return response.make_conditional(request)
+
+
+def init_app(app: Flask) -> None:
+    """Compression first, so that conditional GETs and sparse fields see the plain body
+    (Flask runs after-request functions in reverse order of registration)."""
+    app.config.setdefault("COMPRESS_MIMETYPES", list(_JSON_TYPES))
+    app.config.setdefault("COMPRESS_MIN_SIZE", 1024)
+    app.config.setdefault("COMPRESS_ALGORITHM", ["gzip", "br", "deflate"])
+    app.config.setdefault("COMPRESS_STREAMS", False)
+    compress.init_app(app)
+    app.after_request(_phone_after_request)

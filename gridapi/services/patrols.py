@@ -1,0 +1,872 @@
+"""Patrols (巡查): start and end, track points in batches, check-ins, findings, statistics,
+and the retention of tracks.
+
+Points arrive late, twice and out of order from phones that were offline: a timestamp is
+stored once per patrol (``INSERT … ON CONFLICT DO NOTHING`` on both engines), and after every
+batch the line, length, duration and grids crossed are rebuilt from all the points ordered
+by time, so the answer does not depend on the order or the number of uploads.
+
+Who reads a patrol: its worker (with ``patrols:write``), and callers with ``patrols:read``
+whose scope covers the patrol's grid or community. To everyone else it does not exist.
+Only its worker writes to a patrol.
+
+Services take a Session and never commit: the request commits once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import shapely
+from geographiclib.geodesic import Geodesic
+from shapely.geometry import LineString
+from sqlalchemy import Select, and_, delete, false, func, or_, select, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement
+
+from ..codes import InvalidCode, subtree_prefix
+from ..errors import Conflict, NotFound, Unprocessable
+from ..geo.crs import to_wgs84
+from ..geo.shapes import from_db, to_db
+from ..models import (
+    GridAssignment,
+    House,
+    Household,
+    Patrol,
+    PatrolCheckin,
+    PatrolFinding,
+    PatrolPoint,
+    User,
+    Visit,
+)
+from ..scope import Scope, starts_with
+from .identity import assignment_holds_on
+from .routing import IndexSnapshot
+
+if TYPE_CHECKING:
+    from ..auth import Principal
+
+MAX_POINTS = 5000
+# How far a point's or check-in's time may lie outside the patrol (phone clocks drift).
+TOLERANCE = timedelta(minutes=5)
+# Tracks are simplified to within about this many metres when their raw points go.
+SIMPLIFY_METRES = 5.0
+# Segments shorter than this are measured on the local ellipsoid (under 1e-8 relative error
+# against the geodesic; numpy, fast), longer ones by geographiclib's geodesic.
+_SHORT_SEGMENT_M = 1000.0
+_A = 6378137.0
+_E2 = (1.0 / 298.257223563) * (2.0 - 1.0 / 298.257223563)
+PAGE_MAX = 200
+
+
+def _not_found() -> NotFound:
+    # One message for missing, out-of-scope and someone else's patrols: byte for byte alike.
+    return NotFound("The patrol does not exist or is outside your scope.")
+
+
+def _invalid(field: str, reason: str) -> Unprocessable:
+    return Unprocessable(f"Invalid {field}.", errors={"json": {field: [reason]}})
+
+
+def dialect_insert(session: Session):  # type: ignore[no-untyped-def]
+    """Return the INSERT construct of the session's dialect (for ON CONFLICT)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+# --- geometry ---------------------------------------------------------------------------------
+
+
+def segment_lengths_m(lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
+    """Return the geodesic lengths in metres of the segments between consecutive points."""
+    if len(lons) < 2:
+        return np.zeros(0)
+    phi = np.radians((lats[1:] + lats[:-1]) / 2.0)
+    s = np.sin(phi)
+    w = np.sqrt(1.0 - _E2 * s * s)
+    prime_vertical, meridian = _A / w, _A * (1.0 - _E2) / w**3
+    dlon = (lons[1:] - lons[:-1] + 180.0) % 360.0 - 180.0
+    lengths = np.hypot(
+        meridian * np.radians(lats[1:] - lats[:-1]),
+        prime_vertical * np.cos(phi) * np.radians(dlon),
+    )
+    for i in np.flatnonzero(lengths > _SHORT_SEGMENT_M):
+        lengths[i] = Geodesic.WGS84.Inverse(
+            lats[i], lons[i], lats[i + 1], lons[i + 1], Geodesic.DISTANCE
+        )["s12"]
+    return lengths
+
+
+def track_length_m(lons: np.ndarray, lats: np.ndarray) -> float:
+    """Return the geodesic length in metres of the line through the points, in order."""
+    return float(segment_lengths_m(lons, lats).sum())
+
+
+def grids_crossed(snapshot: IndexSnapshot, lons: np.ndarray, lats: np.ndarray) -> list[str]:
+    """Return the codes of the grids the points fall in, in the order first entered."""
+    if not len(lons):
+        return []
+    index, _, _ = snapshot.locate_many(lons, lats)
+    codes: list[str] = []
+    seen: set[int] = set()
+    for i in index.tolist():
+        if i >= 0 and i not in seen:
+            seen.add(i)
+            codes.append(snapshot.grids[i]["code"])
+    return codes
+
+
+# --- who may read and write -------------------------------------------------------------------
+
+
+def readable(principal: Principal) -> ColumnElement[bool]:
+    """Return the condition 'the caller may read this patrol' (its track included)."""
+    parts = []
+    if principal.kind == "user" and principal.can("patrols:write"):
+        parts.append(Patrol.worker_id == principal.id)
+    if principal.can("patrols:read"):
+        parts.append(principal.scope.grid_condition(Patrol.grid_code, Patrol.region_code))
+    return or_(*parts) if parts else false()
+
+
+def get_readable(session: Session, patrol_id: int, principal: Principal) -> Patrol:
+    """Return a patrol the caller may read; NotFound otherwise (as for a missing one)."""
+    found = session.scalars(
+        select(Patrol).where(Patrol.id == patrol_id, readable(principal))
+    ).first()
+    if found is None:
+        raise _not_found()
+    return found
+
+
+def get_own(session: Session, patrol_id: int, principal: Principal) -> Patrol:
+    """Return the caller's own patrol, locked for the change (PostgreSQL); NotFound for any
+    other, in scope or not: only its worker writes to a patrol."""
+    if principal.kind != "user":
+        raise _not_found()
+    stmt = select(Patrol).where(Patrol.id == patrol_id, Patrol.worker_id == principal.id)
+    if session.get_bind().dialect.name == "postgresql":
+        # Batches of one patrol queue here, so each rebuild sees the points of the last.
+        stmt = stmt.with_for_update()
+    found = session.scalars(stmt).first()
+    if found is None:
+        raise _not_found()
+    return found
+
+
+# --- start and end ----------------------------------------------------------------------------
+
+
+def primary_grid(session: Session, user_id: int, on: date) -> str | None:
+    """Return the worker's primary grid on the roster on ``on`` (else their first), or None."""
+    return session.scalars(
+        select(GridAssignment.grid_code)
+        .where(GridAssignment.user_id == user_id, assignment_holds_on(on))
+        .order_by(GridAssignment.is_primary.desc(), GridAssignment.valid_from, GridAssignment.id)
+        .limit(1)
+    ).first()
+
+
+def active_patrol(session: Session, worker_id: int) -> Patrol | None:
+    return session.scalars(
+        select(Patrol).where(Patrol.worker_id == worker_id, Patrol.status == "active")
+    ).first()
+
+
+def _not_future(value: datetime, now: datetime, field: str) -> datetime:
+    if value > now + TOLERANCE:
+        raise _invalid(field, "lies in the future")
+    return value.astimezone(UTC)
+
+
+def start_patrol(
+    session: Session,
+    principal: Principal,
+    data: dict[str, Any],
+    *,
+    snapshot: IndexSnapshot,
+    now: datetime,
+    today: date,
+) -> Patrol:
+    """Start a patrol of the caller. Raises Conflict (with the active patrol's id) while one
+    is active, Unprocessable when nothing says where the patrol belongs."""
+    if principal.kind != "user":
+        raise Unprocessable("Only a person patrols.", errors={"json": {"worker": ["not a user"]}})
+    started_at = _not_future(data.get("started_at") or now, now, "started_at")
+    active = active_patrol(session, principal.id)
+    if active is not None:
+        raise Conflict(
+            "You have an active patrol: end it before starting another.",
+            errors={"active_patrol_id": active.id},
+        )
+    grid = primary_grid(session, principal.id, today)
+    region = grid[:12] if grid else principal.region_code
+    if region is None and data.get("location") is not None:
+        lon, lat = to_wgs84(*data["location"]["coordinates"], data.get("crs", "wgs84"))
+        match = snapshot.locate(lon, lat)
+        if match.grid >= 0:
+            region = snapshot.grids[match.grid]["community_code"]
+        else:
+            chain = snapshot.regions_for_point(lon, lat)
+            region = chain[0]["code"] if chain else None
+    if region is None:
+        raise _invalid("location", "your account has no grid or region: say where you patrol")
+    patrol = Patrol(
+        county_code=region[:6],
+        region_code=region,
+        worker_id=principal.id,
+        grid_code=grid,
+        started_at=started_at,
+        status="active",
+        length_m=0.0,
+        duration_s=0,
+        grids_crossed=[],
+        point_count=0,
+        version=1,
+    )
+    session.add(patrol)
+    session.flush()
+    return patrol
+
+
+def end_patrol(
+    session: Session, patrol: Patrol, ended_at: datetime | None, *, now: datetime
+) -> bool:
+    """End the patrol at ``ended_at`` (default now, or its last point if later).
+
+    Returns False when it had ended already at that time (a retry: nothing changes).
+    Raises Conflict when it ended at another time, Unprocessable for an end before its start
+    or its last point.
+    """
+    if patrol.status == "ended":
+        if ended_at is None or ended_at == patrol.ended_at:
+            return False
+        raise Conflict(
+            "The patrol has ended already.", errors={"json": {"ended_at": ["ended already"]}}
+        )
+    last = session.scalar(
+        select(func.max(PatrolPoint.recorded_at)).where(PatrolPoint.patrol_id == patrol.id)
+    )
+    if ended_at is None:
+        end = max(now, last) if last is not None else now
+    else:
+        end = _not_future(ended_at, now, "ended_at")
+        if last is not None and end + TOLERANCE < last:
+            raise _invalid("ended_at", "lies before the last point of the track")
+        if last is not None:
+            end = max(end, last)
+    if end < patrol.started_at:
+        raise _invalid("ended_at", "lies before the start of the patrol")
+    patrol.ended_at = end
+    patrol.status = "ended"
+    patrol.duration_s = _duration(patrol, last)
+    patrol.version += 1
+    session.flush()
+    return True
+
+
+def _duration(patrol: Patrol, last_point: datetime | None) -> int:
+    """Start to end for an ended patrol; start to the last point while it is active."""
+    end = patrol.ended_at or last_point
+    if end is None:
+        return 0
+    return max(0, round((end - patrol.started_at).total_seconds()))
+
+
+# --- track points -----------------------------------------------------------------------------
+
+
+def window(patrol: Patrol, now: datetime) -> tuple[datetime, datetime]:
+    """Return the times a point or check-in of the patrol may carry."""
+    return patrol.started_at - TOLERANCE, (patrol.ended_at or now) + TOLERANCE
+
+
+def add_points(
+    session: Session,
+    patrol: Patrol,
+    points: list[dict[str, Any]],
+    *,
+    snapshot: IndexSnapshot,
+    now: datetime,
+    crs: str = "wgs84",
+) -> dict[str, Any]:
+    """Store a batch of points; return {accepted, duplicates, rejected, point_count,
+    length_m, duration_s}. A point outside the patrol's time window is rejected (counted, not
+    an error); a timestamp already stored (or repeated in the batch) is a duplicate."""
+    if patrol.thinned_at is not None:
+        raise Conflict(
+            "The patrol's raw points were deleted after the retention period; it takes no "
+            "more points.",
+            errors={"json": {"points": ["the patrol's track was thinned"]}},
+        )
+    low, high = window(patrol, now)
+    rows: list[dict[str, Any]] = []
+    seen: set[datetime] = set()
+    rejected = repeated = 0
+    for point in points:
+        at = point["t"].astimezone(UTC)
+        if not low <= at <= high:
+            rejected += 1
+            continue
+        if at in seen:
+            repeated += 1
+            continue
+        seen.add(at)
+        lon, lat = to_wgs84(point["lon"], point["lat"], point.get("crs") or crs)
+        rows.append(
+            {
+                "patrol_id": patrol.id,
+                "county_code": patrol.county_code,
+                "recorded_at": at,
+                "lon": lon,
+                "lat": lat,
+                "accuracy_m": point.get("accuracy_m"),
+            }
+        )
+    accepted = 0
+    if rows:
+        insert = dialect_insert(session)
+        stmt = (
+            insert(PatrolPoint)
+            .on_conflict_do_nothing(index_elements=["patrol_id", "recorded_at"])
+            .returning(PatrolPoint.id)
+        )
+        accepted = len(session.execute(stmt, rows).all())
+    if accepted:
+        rebuild(session, patrol, snapshot)
+    return {
+        "accepted": accepted,
+        "duplicates": repeated + len(rows) - accepted,
+        "rejected": rejected,
+        "point_count": patrol.point_count,
+        "length_m": patrol.length_m,
+        "duration_s": patrol.duration_s,
+    }
+
+
+def rebuild(session: Session, patrol: Patrol, snapshot: IndexSnapshot) -> None:
+    """Recompute the line, length, duration and grids crossed from all stored points."""
+    rows = session.execute(
+        select(PatrolPoint.recorded_at, PatrolPoint.lon, PatrolPoint.lat)
+        .where(PatrolPoint.patrol_id == patrol.id)
+        .order_by(PatrolPoint.recorded_at)
+    ).all()
+    lons = np.array([r.lon for r in rows], dtype=np.float64)
+    lats = np.array([r.lat for r in rows], dtype=np.float64)
+    patrol.point_count = len(rows)
+    patrol.length_m = round(track_length_m(lons, lats), 1)
+    patrol.duration_s = _duration(patrol, rows[-1].recorded_at if rows else None)
+    patrol.grids_crossed = grids_crossed(snapshot, lons, lats)
+    patrol.track = to_db(LineString(np.column_stack([lons, lats]))) if len(rows) >= 2 else None
+    patrol.version += 1
+    session.flush()
+
+
+def points_of(session: Session, patrol: Patrol) -> list[PatrolPoint]:
+    return list(
+        session.scalars(
+            select(PatrolPoint)
+            .where(PatrolPoint.patrol_id == patrol.id)
+            .order_by(PatrolPoint.recorded_at)
+        )
+    )
+
+
+# --- check-ins and findings -------------------------------------------------------------------
+
+
+def add_checkin(
+    session: Session,
+    patrol: Patrol,
+    data: dict[str, Any],
+    *,
+    scope: Scope,
+    snapshot: IndexSnapshot,
+    now: datetime,
+) -> tuple[PatrolCheckin, bool]:
+    """Check in on the patrol at a house in scope, a point, or a named place.
+
+    Returns the check-in and whether it is new (a repeat of the same time returns the first).
+    """
+    from .register import get_house
+
+    at = (data.get("at") or now).astimezone(UTC)
+    low, high = window(patrol, now)
+    if not low <= at <= high:
+        raise _invalid("at", "lies outside the patrol's time")
+    house = None
+    if data.get("house_id") is not None:
+        house = get_house(session, data["house_id"], scope, field="house_id")
+    lon = lat = None
+    if data.get("location") is not None:
+        lon, lat = to_wgs84(*data["location"]["coordinates"], data.get("crs", "wgs84"))
+    elif house is not None and house.lon is not None:
+        lon, lat = house.lon, house.lat
+    place = (data.get("place") or "").strip()
+    if house is None and lon is None and not place:
+        raise Unprocessable(
+            "Say where: a house, a location or a place.",
+            errors={"json": {"house_id": ["one of house_id, location or place is required"]}},
+        )
+    grid = house.grid_code if house is not None else None
+    if grid is None and lon is not None:
+        match = snapshot.locate(lon, lat)
+        grid = snapshot.grids[match.grid]["code"] if match.grid >= 0 else None
+    insert = dialect_insert(session)
+    stmt = (
+        insert(PatrolCheckin)
+        .values(
+            patrol_id=patrol.id,
+            county_code=patrol.county_code,
+            at=at,
+            lon=lon,
+            lat=lat,
+            house_id=house.id if house is not None else None,
+            grid_code=grid,
+            place=place,
+            note=data.get("note", ""),
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["patrol_id", "at"])
+        .returning(PatrolCheckin.id)
+    )
+    new_id = session.execute(stmt).scalar()
+    checkin = session.scalars(
+        select(PatrolCheckin).where(PatrolCheckin.patrol_id == patrol.id, PatrolCheckin.at == at)
+    ).one()
+    return checkin, new_id is not None
+
+
+def checkins_of(session: Session, patrol: Patrol) -> list[PatrolCheckin]:
+    return list(
+        session.scalars(
+            select(PatrolCheckin)
+            .where(PatrolCheckin.patrol_id == patrol.id)
+            .order_by(PatrolCheckin.at)
+        )
+    )
+
+
+def last_point(session: Session, patrol: Patrol) -> tuple[float, float] | None:
+    row = session.execute(
+        select(PatrolPoint.lon, PatrolPoint.lat)
+        .where(PatrolPoint.patrol_id == patrol.id)
+        .order_by(PatrolPoint.recorded_at.desc())
+        .limit(1)
+    ).first()
+    return (row.lon, row.lat) if row else None
+
+
+def record_finding(session: Session, patrol: Patrol, case_id: int, now: datetime) -> None:
+    """Link a case reported on the patrol to it."""
+    session.add(
+        PatrolFinding(
+            patrol_id=patrol.id, county_code=patrol.county_code, case_id=case_id, created_at=now
+        )
+    )
+    session.flush()
+
+
+def findings_of(session: Session, patrol: Patrol) -> list[int]:
+    return list(
+        session.scalars(
+            select(PatrolFinding.case_id)
+            .where(PatrolFinding.patrol_id == patrol.id)
+            .order_by(PatrolFinding.id)
+        )
+    )
+
+
+def finding_of_client_id(
+    session: Session, patrol: Patrol, reporter: str, client_id: str
+) -> int | None:
+    """Return the case a repeated finding (same reporter and ``client_id``) made on this
+    patrol; Conflict when that client_id made a case elsewhere."""
+    from ..models import Case
+
+    case_id = session.scalar(
+        select(Case.id).where(Case.reporter == reporter, Case.client_id == client_id)
+    )
+    if case_id is None:
+        return None
+    linked = session.scalar(select(PatrolFinding.patrol_id).where(PatrolFinding.case_id == case_id))
+    if linked != patrol.id:
+        raise Conflict(
+            "This client_id reported another case already.",
+            errors={"json": {"client_id": ["used for another case"]}},
+        )
+    return case_id
+
+
+# --- lists ------------------------------------------------------------------------------------
+
+
+def region_condition(code: str, column: Any) -> ColumnElement[bool]:
+    try:
+        prefix = subtree_prefix(code)
+    except InvalidCode as exc:
+        raise Unprocessable("Invalid region.", errors={"query": {"region": [str(exc)]}}) from None
+    return starts_with(column, prefix)
+
+
+def list_patrols(session: Session, principal: Principal, args: dict[str, Any]) -> list[Patrol]:
+    """Return a page of the patrols the caller may read, newest first (cursor: an id)."""
+    stmt = select(Patrol).where(readable(principal))
+    if args.get("worker_id") is not None:
+        stmt = stmt.where(Patrol.worker_id == args["worker_id"])
+    if args.get("grid"):
+        stmt = stmt.where(Patrol.grid_code == args["grid"])
+    if args.get("region"):
+        stmt = stmt.where(region_condition(args["region"], Patrol.region_code))
+    if args.get("status"):
+        stmt = stmt.where(Patrol.status == args["status"])
+    if args.get("from_"):
+        stmt = stmt.where(Patrol.started_at >= args["from_"])
+    if args.get("to"):
+        stmt = stmt.where(Patrol.started_at < args["to"])
+    if args.get("cursor"):
+        stmt = stmt.where(Patrol.id < args["cursor"])
+    limit = min(args.get("limit", 50), PAGE_MAX)
+    return list(session.scalars(stmt.order_by(Patrol.id.desc()).limit(limit)))
+
+
+def worker_names(session: Session, ids: set[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    rows = session.execute(select(User.id, User.display_name).where(User.id.in_(sorted(ids))))
+    return {r.id: r.display_name for r in rows}
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def patrol_view(patrol: Patrol, names: dict[int, str]) -> dict[str, Any]:
+    """Return the summary of a patrol (no track: that is in the detail only)."""
+    return {
+        "id": patrol.id,
+        "worker": {"id": patrol.worker_id, "name": names.get(patrol.worker_id)},
+        "status": patrol.status,
+        "started_at": patrol.started_at,
+        "ended_at": patrol.ended_at,
+        "grid": patrol.grid_code,
+        "region_code": patrol.region_code,
+        "county_code": patrol.county_code,
+        "length_m": patrol.length_m,
+        "duration_s": patrol.duration_s,
+        "point_count": patrol.point_count,
+        "grids_crossed": list(patrol.grids_crossed or []),
+        "thinned_at": patrol.thinned_at,
+        "created_at": patrol.created_at,
+        "updated_at": patrol.updated_at,
+        "version": patrol.version,
+    }
+
+
+def checkin_view(checkin: PatrolCheckin) -> dict[str, Any]:
+    location = None
+    if checkin.lon is not None:
+        location = {"type": "Point", "coordinates": [checkin.lon, checkin.lat]}
+    return {
+        "id": checkin.id,
+        "patrol_id": checkin.patrol_id,
+        "at": checkin.at,
+        "house_id": checkin.house_id,
+        "place": checkin.place,
+        "note": checkin.note,
+        "location": location,
+        "grid": checkin.grid_code,
+        "created_at": checkin.created_at,
+    }
+
+
+def detail_view(
+    session: Session, patrol: Patrol, names: dict[int, str], *, with_points: bool
+) -> dict[str, Any]:
+    """Return a patrol with its line (GeoJSON), check-ins, findings and, when asked, points."""
+    line = from_db(patrol.track)
+    view = patrol_view(patrol, names)
+    view["track"] = shapely.geometry.mapping(line) if line is not None else None
+    view["checkins"] = [checkin_view(c) for c in checkins_of(session, patrol)]
+    view["findings"] = findings_of(session, patrol)
+    if with_points:
+        view["points"] = [
+            {"t": p.recorded_at, "lon": p.lon, "lat": p.lat, "accuracy_m": p.accuracy_m}
+            for p in points_of(session, patrol)
+        ]
+    return view
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def month_bounds(month: str | None, tz: tzinfo, now: datetime) -> tuple[str, datetime, datetime]:
+    """Return ("YYYY-MM", start, end) of a calendar month in ``tz`` (default this month)."""
+    if month is None:
+        local = now.astimezone(tz)
+        year, number = local.year, local.month
+    else:
+        year, number = int(month[:4]), int(month[5:7])
+    start = datetime(year, number, 1, tzinfo=tz)
+    end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=tz)
+    return f"{year:04d}-{number:02d}", start.astimezone(UTC), end.astimezone(UTC)
+
+
+def _share(visited: int, households: int) -> float | None:
+    return round(visited / households, 4) if households else None
+
+
+def monthly_stats(
+    session: Session,
+    principal: Principal,
+    args: dict[str, Any],
+    *,
+    tz: tzinfo,
+    now: datetime,
+) -> dict[str, Any]:
+    """Return the month's patrol figures per worker, per worker and grid, and per grid.
+
+    A patrol counts in the month it started, for its worker, and for every grid it crossed
+    (and its worker's primary grid). A household counts as visited when a visit
+    (``visits.visited_at`` in the month) or a patrol check-in at its house falls in the
+    month. Rows are for grids in the caller's scope only; a worker without ``patrols:read``
+    sees their own figures.
+    """
+    label, start, end = month_bounds(args.get("month"), tz, now)
+    scope = principal.scope
+    reader = principal.can("patrols:read")
+    grid_filter, region_filter = args.get("grid"), args.get("region")
+    worker_filter = args.get("worker_id")
+
+    stmt = select(Patrol).where(
+        readable(principal), Patrol.started_at >= start, Patrol.started_at < end
+    )
+    if worker_filter is not None:
+        stmt = stmt.where(Patrol.worker_id == worker_filter)
+    if region_filter:
+        stmt = stmt.where(region_condition(region_filter, Patrol.region_code))
+    patrols = list(session.scalars(stmt))
+
+    def wanted_grid(code: str | None) -> bool:
+        if not code or not scope.covers_grid(code):
+            return False
+        if grid_filter and code != grid_filter:
+            return False
+        return not (region_filter and not code.startswith(subtree_prefix(region_filter)))
+
+    workers: dict[int, dict[str, Any]] = {}
+    pairs: dict[tuple[int, str], dict[str, Any]] = {}
+    for p in patrols:
+        crossed = [g for g in dict.fromkeys([p.grid_code, *(p.grids_crossed or [])]) if g]
+        if grid_filter and grid_filter not in crossed:
+            continue
+        total = workers.setdefault(p.worker_id, {"patrols": 0, "length_m": 0.0, "duration_s": 0})
+        total["patrols"] += 1
+        total["length_m"] += p.length_m
+        total["duration_s"] += p.duration_s
+        for code in crossed:
+            if not wanted_grid(code):
+                continue
+            row = pairs.setdefault(
+                (p.worker_id, code), {"patrols": 0, "length_m": 0.0, "duration_s": 0}
+            )
+            row["patrols"] += 1
+            row["length_m"] += p.length_m
+            row["duration_s"] += p.duration_s
+
+    # Workers on the roster of a grid count there even in a month without patrols (0 %).
+    roster = select(GridAssignment.user_id, GridAssignment.grid_code).where(
+        assignment_holds_on(now.astimezone(tz).date())
+    )
+    if reader:
+        roster = roster.where(
+            scope.grid_condition(GridAssignment.grid_code, GridAssignment.grid_code)
+        )
+    else:
+        roster = roster.where(GridAssignment.user_id == principal.id)
+    if worker_filter is not None:
+        roster = roster.where(GridAssignment.user_id == worker_filter)
+    if grid_filter:
+        roster = roster.where(GridAssignment.grid_code == grid_filter)
+    for user_id, code in session.execute(roster).all():
+        if wanted_grid(code):
+            pairs.setdefault((user_id, code), {"patrols": 0, "length_m": 0.0, "duration_s": 0})
+            workers.setdefault(user_id, {"patrols": 0, "length_m": 0.0, "duration_s": 0})
+
+    grids = sorted({code for _, code in pairs} | ({grid_filter} if grid_filter else set()))
+    grids = [g for g in grids if wanted_grid(g)]
+    households, visited = _households_visited(session, grids, start, end)
+    by_grid: dict[str, set[int]] = defaultdict(set)
+    for (_, code), ids in visited.items():
+        by_grid[code] |= ids
+    names = worker_names(session, set(workers))
+    items = []
+    for (worker_id, code), row in sorted(pairs.items()):
+        done = len(visited.get((worker_id, code), set()))
+        items.append(
+            {
+                "worker_id": worker_id,
+                "worker_name": names.get(worker_id),
+                "grid": code,
+                "patrols": row["patrols"],
+                "length_m": round(row["length_m"], 1),
+                "duration_s": row["duration_s"],
+                "households": households.get(code, 0),
+                "households_visited": done,
+                "visited_share": _share(done, households.get(code, 0)),
+            }
+        )
+    grid_rows = []
+    for code in grids:
+        count = households.get(code, 0)
+        grid_rows.append(
+            {
+                "grid": code,
+                "patrols": len(
+                    {
+                        p.id
+                        for p in patrols
+                        if code in (p.grids_crossed or []) or p.grid_code == code
+                    }
+                ),
+                "households": count,
+                "households_visited": len(by_grid[code]),
+                "visited_share": _share(len(by_grid[code]), count),
+            }
+        )
+    return {
+        "month": label,
+        "from": start,
+        "to": end,
+        "workers": [
+            {
+                "worker_id": worker_id,
+                "worker_name": names.get(worker_id),
+                "patrols": total["patrols"],
+                "length_m": round(total["length_m"], 1),
+                "duration_s": total["duration_s"],
+            }
+            for worker_id, total in sorted(workers.items())
+        ],
+        "items": items,
+        "grids": grid_rows,
+    }
+
+
+def _households_visited(
+    session: Session, grids: list[str], start: datetime, end: datetime
+) -> tuple[dict[str, int], dict[tuple[int | None, str], set[int]]]:
+    """Return the number of households per grid, and the households of those grids visited
+    in [start, end) per (worker, grid): by a visit, or a check-in at their house."""
+    if not grids:
+        return {}, {}
+    counts = dict(
+        session.execute(
+            select(Household.grid_code, func.count(Household.id))
+            .where(Household.grid_code.in_(grids))
+            .group_by(Household.grid_code)
+        ).all()
+    )
+    visited: dict[tuple[int | None, str], set[int]] = defaultdict(set)
+    by_visit = session.execute(
+        select(Visit.worker_id, Household.grid_code, Household.id)
+        .join(Household, Household.id == Visit.household_id)
+        .where(Household.grid_code.in_(grids), Visit.visited_at >= start, Visit.visited_at < end)
+    ).all()
+    by_checkin = session.execute(
+        select(Patrol.worker_id, Household.grid_code, Household.id)
+        .join(PatrolCheckin, PatrolCheckin.patrol_id == Patrol.id)
+        .join(House, House.id == PatrolCheckin.house_id)
+        .join(Household, Household.house_id == House.id)
+        .where(
+            Household.grid_code.in_(grids),
+            PatrolCheckin.at >= start,
+            PatrolCheckin.at < end,
+        )
+    ).all()
+    for worker_id, code, household_id in [*by_visit, *by_checkin]:
+        visited[(worker_id, code)].add(household_id)
+    return counts, visited
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+def simplified(track: Any) -> Any:
+    """Return the stored line simplified to within about ``SIMPLIFY_METRES``."""
+    line = from_db(track)
+    if line is None:
+        return None
+    lat = line.centroid.y
+    # Degrees of longitude shrink with latitude: scale x so the tolerance is metric-ish.
+    scale = max(math.cos(math.radians(lat)), 1e-6)
+    stretched = shapely.transform(line, lambda c: np.column_stack([c[:, 0] * scale, c[:, 1]]))
+    tolerance = SIMPLIFY_METRES / 111_320.0
+    thin = shapely.simplify(stretched, tolerance, preserve_topology=False)
+    back = shapely.transform(thin, lambda c: np.column_stack([c[:, 0] / scale, c[:, 1]]))
+    if back.is_empty or len(back.coords) < 2:
+        return track
+    return to_db(back)
+
+
+def thin_tracks(
+    session: Session, now: datetime, raw_days: float, retention_days: float
+) -> dict[str, int]:
+    """Apply the retention of tracks (whereabouts); return what was done, by count.
+
+    * patrols ended more than ``raw_days`` ago lose their raw points; their line is
+      simplified (about 5 m) and their statistics kept (``thinned``);
+    * patrols that ended (or, never ended, started) more than ``retention_days`` ago are
+      deleted with their points, check-ins and finding links; the cases stay (``deleted``);
+    * heartbeats older than ``raw_days`` lose their coordinates; the time stays as "last
+      seen" (``presence_cleared``).
+
+    Idempotent; flushes, never commits.
+    """
+    from ..models import Presence
+
+    keep_from = now - timedelta(days=retention_days)
+    old = select(Patrol.id).where(
+        or_(
+            Patrol.ended_at < keep_from,
+            and_(Patrol.ended_at.is_(None), Patrol.started_at < keep_from),
+        )
+    )
+    doomed = list(session.scalars(old))
+    if doomed:
+        # Children first, by statement (the foreign keys cascade too; this does not rely on it).
+        for model in (PatrolPoint, PatrolCheckin, PatrolFinding, Patrol):
+            column = model.id if model is Patrol else model.patrol_id
+            session.execute(
+                delete(model).where(column.in_(doomed)).execution_options(synchronize_session=False)
+            )
+
+    raw_from = now - timedelta(days=raw_days)
+    due: Select[Any] = select(Patrol).where(
+        Patrol.status == "ended", Patrol.ended_at < raw_from, Patrol.thinned_at.is_(None)
+    )
+    thinning = list(session.scalars(due))
+    if thinning:
+        session.execute(
+            delete(PatrolPoint)
+            .where(PatrolPoint.patrol_id.in_([p.id for p in thinning]))
+            .execution_options(synchronize_session=False)
+        )
+    for patrol in thinning:
+        patrol.track = simplified(patrol.track)
+        patrol.thinned_at = now
+        patrol.version += 1
+    cleared = session.execute(
+        update(Presence)
+        .where(Presence.at < raw_from, Presence.lon.is_not(None))
+        .values(lon=None, lat=None, accuracy_m=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.flush()
+    return {"thinned": len(thinning), "deleted": len(doomed), "presence_cleared": cleared or 0}

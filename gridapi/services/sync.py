@@ -1,0 +1,315 @@
+"""Offline sync for phones: what changed in the caller's world since their cursor.
+
+A sync starts with an empty cursor: the **snapshot** phase pages through everything the phone
+keeps — households of the caller's grids (residents masked), the caller's tasks, the cases
+they reported or hold — after noting the change-log position at its start (the
+*watermark*). Then the **log** phase hands out, page by page, the rows of ``sync_log``
+(written by triggers, see ``gridapi.models.sync``) after that position which may concern
+the caller; each becomes the object's current state (``upsert``) if the caller may still
+see it, else a tombstone (``delete``). A phone keeps the last ``next_cursor`` and asks again.
+
+Why nothing is skipped: on PostgreSQL only rows of transactions older than every transaction
+still running (``pg_snapshot_xmin``, over the whole cluster: a long transaction anywhere
+delays deliveries, never loses them; the answer says ``pending`` meanwhile) are handed out, and a row's position is its
+transaction's id, so a transaction that commits late still sorts after every cursor handed
+out before it committed; on SQLite writers are serialised, so the AUTOINCREMENT id is the
+commit order. Why nothing is repeated: each log row sorts after the cursor exactly once,
+and older rows of an object are deleted when a newer one is written. The snapshot may
+already show a change the log then repeats (the state is the same; applying it twice is a
+no-op for the phone) — never the reverse.
+
+Categories, the working calendar and the grid boundaries are small: each is sent whole
+whenever its digest differs from the one in the cursor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, false, func, or_, select, text, tuple_
+from sqlalchemy.orm import Session
+
+from ..errors import DomainError, Unprocessable
+from ..models import Case, SyncLog
+from ..models.register import Household
+from .cases import Caller
+from .register import in_scope
+
+ENTITIES = ("household", "task", "case")
+
+
+class CursorExpired(DomainError):
+    """The change log no longer reaches back to the cursor: sync again from empty."""
+
+    status = 410
+
+
+def _task_model() -> Any:
+    from ..models import Task  # the tasks issue's model
+
+    return Task
+
+
+@dataclass
+class Cursor:
+    """Where a phone is: snapshot (entity index, last id) or log (txid, id); reference digests."""
+
+    actor: str
+    phase: str = "snap"
+    txid: int = 0
+    id: int = 0
+    entity: int = 0
+    last: int = 0
+    refs: dict[str, str] = field(default_factory=dict)
+    issued: int = 0
+
+    def encode(self) -> str:
+        raw = orjson.dumps({**asdict(self), "v": 1})
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text_: str, actor: str, max_age_s: float) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(text_ + "=" * (-len(text_) % 4))
+            data = orjson.loads(raw)
+            data.pop("v")
+            cursor = cls(**data)
+        except (binascii.Error, ValueError, TypeError, KeyError):
+            raise Unprocessable(
+                "Invalid sync cursor.", errors={"query": {"cursor": ["not a cursor of ours"]}}
+            ) from None
+        if cursor.actor != actor:
+            raise Unprocessable(
+                "Invalid sync cursor.", errors={"query": {"cursor": ["issued to another caller"]}}
+            )
+        if cursor.phase == "log" and time.time() - cursor.issued > max_age_s:
+            raise CursorExpired(
+                "The cursor is older than the change log kept (GRIDAPI_SYNC_RETENTION_DAYS): "
+                "sync again without a cursor."
+            )
+        return cursor
+
+
+# --- positions in the log ---------------------------------------------------------------------
+
+
+def _pg(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def horizon(session: Session) -> int | None:
+    """Return the txid below which every transaction has finished (PostgreSQL), else None."""
+    if not _pg(session):
+        return None
+    return int(
+        session.execute(
+            text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        ).scalar_one()
+    )
+
+
+def watermark(session: Session) -> tuple[int, int]:
+    """Return the log position a snapshot read from now on is complete up to."""
+    if _pg(session):
+        return (horizon(session) or 0, 0)
+    return (0, int(session.scalar(select(func.max(SyncLog.id))) or 0))
+
+
+# --- what a caller keeps ----------------------------------------------------------------------
+
+
+def _user_id(caller: Caller) -> int | None:
+    return caller.principal.id if caller.principal.kind == "user" else None
+
+
+def kept_entities(caller: Caller) -> tuple[str, ...]:
+    p = caller.principal
+    kept = []
+    if p.can("persons:read"):
+        kept.append("household")
+    if p.can("tasks:read"):
+        kept.append("task")
+    if p.can("cases:read"):
+        kept.append("case")
+    return tuple(e for e in ENTITIES if e in kept)
+
+
+def visible(entity: str, caller: Caller):  # type: ignore[no-untyped-def]
+    """Return (model, condition): the objects of ``entity`` the caller's phone keeps."""
+    uid = _user_id(caller)
+    scope = caller.scope
+    if entity == "case":
+        own = [Case.reporter == caller.actor]
+        if uid is not None:
+            own.append(Case.assignee_id == uid)
+        return Case, or_(*own)
+    if entity == "task":
+        # As GET /api/v1/me/tasks: assigned to the caller, or unassigned in their grids.
+        task = _task_model()
+        mine = task.assignee_id == uid if uid is not None else false()
+        grids = sorted(scope.grid_codes)
+        open_in_grids = (
+            and_(task.assignee_id.is_(None), task.grid_code.in_(grids)) if grids else false()
+        )
+        return task, or_(mine, open_in_grids)
+    return Household, in_scope(scope, Household)
+
+
+def _log_condition(caller: Caller, entities: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """Log rows that may concern the caller (a superset; each object is checked exactly)."""
+    uid = _user_id(caller)
+    scope = caller.scope
+    area = scope.grid_condition(SyncLog.grid_code, SyncLog.region_code)
+    parts = []
+    if "case" in entities and uid is not None:
+        parts.append(
+            and_(SyncLog.entity == "case", or_(SyncLog.user1 == uid, SyncLog.user2 == uid))
+        )
+    if "task" in entities:
+        mine = SyncLog.user2 == uid if uid is not None else false()
+        grids = sorted(scope.grid_codes)
+        in_grids = SyncLog.grid_code.in_(grids) if grids else false()
+        parts.append(and_(SyncLog.entity == "task", or_(mine, in_grids)))
+    if "household" in entities:
+        parts.append(and_(SyncLog.entity == "household", area))
+    return or_(*parts) if parts else false()
+
+
+# --- a page -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Change:
+    entity: str
+    id: int
+    obj: Any | None  # None: a tombstone
+
+
+@dataclass
+class Page:
+    changes: list[Change]
+    cursor: Cursor
+    has_more: bool
+    # Changes exist that transactions still running may precede: ask again shortly.
+    pending: bool = False
+
+
+def page(
+    session: Session,
+    caller: Caller,
+    cursor: Cursor | None,
+    *,
+    limit: int,
+) -> Page:
+    """Return the next page of changes for the caller after ``cursor`` (None: from empty)."""
+    entities = kept_entities(caller)
+    if cursor is None:
+        txid, id_ = watermark(session)
+        cursor = Cursor(actor=caller.actor, phase="snap", txid=txid, id=id_)
+    cursor.issued = int(time.time())
+    if cursor.phase == "snap":
+        return _snapshot_page(session, caller, cursor, entities, limit)
+    return _log_page(session, caller, cursor, entities, limit)
+
+
+def _snapshot_page(
+    session: Session, caller: Caller, cursor: Cursor, entities: tuple[str, ...], limit: int
+) -> Page:
+    changes: list[Change] = []
+    while cursor.entity < len(ENTITIES) and len(changes) < limit:
+        entity = ENTITIES[cursor.entity]
+        if entity not in entities:
+            cursor.entity, cursor.last = cursor.entity + 1, 0
+            continue
+        model, condition = visible(entity, caller)
+        rows = session.scalars(
+            select(model)
+            .where(condition, model.id > cursor.last)
+            .order_by(model.id)
+            .limit(limit - len(changes))
+        ).all()
+        changes.extend(Change(entity, r.id, r) for r in rows)
+        if len(changes) < limit:  # this entity is done
+            cursor.entity, cursor.last = cursor.entity + 1, 0
+        else:
+            cursor.last = rows[-1].id
+    if cursor.entity >= len(ENTITIES):
+        cursor.phase, cursor.entity, cursor.last = "log", 0, 0
+        return Page(changes, cursor, has_more=True)  # the log since the watermark follows
+    return Page(changes, cursor, has_more=True)
+
+
+def _log_page(
+    session: Session, caller: Caller, cursor: Cursor, entities: tuple[str, ...], limit: int
+) -> Page:
+    stmt = select(SyncLog.txid, SyncLog.id, SyncLog.entity, SyncLog.entity_id).where(
+        tuple_(SyncLog.txid, SyncLog.id) > tuple_(cursor.txid, cursor.id),
+        _log_condition(caller, entities),
+    )
+    upper = horizon(session)
+    held = None
+    if upper is not None:
+        held = stmt.where(SyncLog.txid >= upper).limit(1)
+        stmt = stmt.where(SyncLog.txid < upper)
+    rows = session.execute(stmt.order_by(SyncLog.txid, SyncLog.id).limit(limit)).all()
+    pending = held is not None and len(rows) < limit and session.execute(held).first() is not None
+    if not rows:
+        return Page([], cursor, has_more=False, pending=pending)
+    cursor.txid, cursor.id = rows[-1].txid, rows[-1].id
+    # The latest row of each object decides; its current state is what the phone needs.
+    order: dict[tuple[str, int], int] = {}
+    for n, row in enumerate(rows):
+        order[(row.entity, row.entity_id)] = n
+    found: dict[tuple[str, int], Any] = {}
+    for entity in entities:
+        ids = sorted({i for e, i in order if e == entity})
+        if not ids:
+            continue
+        model, condition = visible(entity, caller)
+        for obj in session.scalars(select(model).where(condition, model.id.in_(ids))):
+            found[(entity, obj.id)] = obj
+    changes = [
+        Change(entity, id_, found.get((entity, id_)))
+        for (entity, id_), _ in sorted(order.items(), key=lambda kv: kv[1])
+        if entity in entities
+    ]
+    return Page(changes, cursor, has_more=len(rows) == limit, pending=pending)
+
+
+# --- reference data ---------------------------------------------------------------------------
+
+
+def digest(payload: Any) -> str:
+    return hashlib.blake2b(
+        orjson.dumps(payload, option=orjson.OPT_SORT_KEYS), digest_size=12
+    ).hexdigest()
+
+
+def changed_references(
+    cursor: Cursor, builders: dict[str, Callable[[], tuple[str, Callable[[], Any]]]]
+) -> dict[str, Any]:
+    """Return the reference sets whose digest differs from the cursor's (and note the new
+    digests in it). Each builder returns (digest, a function building the full set)."""
+    out: dict[str, Any] = {}
+    for name, build in builders.items():
+        stamp, full = build()
+        if cursor.refs.get(name) != stamp:
+            out[name] = full()
+            cursor.refs[name] = stamp
+    return out
+
+
+def prune(session: Session, before: Any) -> int:
+    """Delete ``leave`` and ``delete`` rows older than ``before`` (cursors older than the
+    retention are refused with 410, so nothing that still needs them is lost)."""
+    from sqlalchemy import delete
+
+    result = session.execute(delete(SyncLog).where(SyncLog.op != "upsert", SyncLog.at < before))
+    return int(result.rowcount or 0)

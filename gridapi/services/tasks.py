@@ -1,0 +1,1156 @@
+"""Tasks and campaigns (任务/专项行动): creation, fan-out, the worker's steps, progress, overdue.
+
+A task is for a worker (``assignee_id``) or for a grid (unassigned: any worker of the grid
+may accept it, which assigns it to them). Its states:
+
+    pending ──accept──▶ accepted ──complete──▶ completed
+    pending ──complete──▶ completed        (done at once, accepted on the way)
+    pending/accepted ──reassign──▶ pending (another worker, or back to the grid)
+    pending/accepted ──cancel──▶ cancelled
+
+accept and complete (``tasks:complete``) are the assignee's, or for an unassigned task of
+anyone whose scope covers its grid; reassign and cancel (``tasks:write``) are an office's
+whose scope covers the task. A campaign over a region makes one task per grid in service in
+the region's subtree, in one transaction; it closes itself when no task is left open.
+
+Every read carries the caller's scope: a task outside it (and not assigned to the caller)
+answers exactly like a missing one. Services take a Session and never commit.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, case, exists, func, insert, or_, select, true, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.sql import ColumnElement
+
+from ..codes import InvalidCode, region_level, subtree_prefix
+from ..errors import Conflict, NotFound, Unprocessable
+from ..models import Category, Grid, GridAssignment, House, Household, Role, User
+from ..models.tasks import OPEN_TASK_STATUSES, Campaign, Task, TaskItem
+from ..scope import Scope, starts_with
+from ..workcalendar import WorkingCalendar
+from .cases import (
+    PreconditionFailed,
+    PreconditionRequired,
+    add_limit,
+    check_version,
+    region_names,
+)
+from .categories import attribute_schema_problems, check_attributes
+from .identity import assignment_holds_on, current_grids, users_query
+from .register import place_of_grid, place_of_region
+
+if TYPE_CHECKING:
+    from ..auth import Principal
+
+STATUS_NAMES = {
+    "pending": "待接收",
+    "accepted": "已接收",
+    "completed": "已完成",
+    "cancelled": "已取消",
+}
+# action → (states it may start from, permission, who): "doer" = the assignee, or for an
+# unassigned task anyone whose scope covers it; "office" = an office whose scope covers it.
+ACTIONS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "accept": (("pending",), "tasks:complete", "doer"),
+    "complete": (("pending", "accepted"), "tasks:complete", "doer"),
+    "reassign": (OPEN_TASK_STATUSES, "tasks:write", "office"),
+    "cancel": (OPEN_TASK_STATUSES, "tasks:write", "office"),
+}
+CAMPAIGN_ACTIONS = {"cancel": (("active",), "tasks:write")}
+PAGE_MAX = 200
+# Levels of the progress tree below a campaign's region, by the length of their prefix.
+_LEVELS = (("province", 2), ("city", 4), ("county", 6), ("township", 9), ("village", 12))
+_COUNTS = (
+    "total",
+    "pending",
+    "accepted",
+    "completed",
+    "cancelled",
+    "overdue",
+    "completed_late",
+    "items_total",
+    "items_done",
+)
+
+
+def _not_found(kind: str) -> NotFound:
+    # One message for missing and out-of-scope objects: the two answer byte for byte alike.
+    return NotFound(f"The {kind} does not exist or is outside your scope.")
+
+
+def _invalid(field: str, reason: str, message: str | None = None) -> Unprocessable:
+    return Unprocessable(message or f"Invalid {field}.", errors={"json": {field: [reason]}})
+
+
+# --- scope ------------------------------------------------------------------------------------
+
+
+def task_visible(principal: Principal) -> ColumnElement[bool]:
+    """Return the condition 'the caller may read this task': its grid or region lies in the
+    caller's scope, or it is assigned to the caller."""
+    scope = principal.scope
+    if scope.unrestricted:
+        return true()
+    parts = [scope.grid_condition(Task.grid_code, Task.region_code)]
+    if principal.kind == "user":
+        parts.append(Task.assignee_id == principal.id)
+    return or_(*parts)
+
+
+def campaign_visible(principal: Principal) -> ColumnElement[bool]:
+    """Return the condition 'the caller may read this campaign': its region lies in the
+    caller's scope, or one of its tasks is visible to the caller (a worker sees the campaigns
+    it has tasks in, a township office a county campaign through its townships' tasks)."""
+    scope = principal.scope
+    if scope.unrestricted:
+        return true()
+    has_task = exists(
+        select(Task.id).where(Task.campaign_id == Campaign.id, task_visible(principal))
+    )
+    return or_(scope.region_condition(Campaign.region_code), has_task)
+
+
+def covers(scope: Scope, task: Task) -> bool:
+    """Return whether the task's place (its grid, else its region) lies in ``scope``."""
+    if task.grid_code:
+        return scope.covers_grid(task.grid_code)
+    return scope.covers_region(task.region_code)
+
+
+def may_act(principal: Principal, task: Task, action: str) -> bool:
+    """Return whether the caller may take ``action`` on the task (its state aside)."""
+    _, permission, who = ACTIONS[action]
+    if not principal.can(permission):
+        return False
+    if who == "office":
+        return covers(principal.scope, task)
+    if principal.kind != "user":
+        return False
+    if task.assignee_id is not None:
+        return task.assignee_id == principal.id
+    return covers(principal.scope, task)
+
+
+def allowed_actions(principal: Principal, task: Task) -> list[str]:
+    """Return the actions the caller may take on the task in its current state."""
+    return [
+        name
+        for name, (states, _, _) in ACTIONS.items()
+        if task.status in states and may_act(principal, task, name)
+    ]
+
+
+def campaign_office(principal: Principal, campaign: Campaign) -> bool:
+    """Return whether the caller is an office over the campaign's whole region."""
+    return principal.can("tasks:write") and principal.scope.covers_region(campaign.region_code)
+
+
+def campaign_allowed_actions(principal: Principal, campaign: Campaign) -> list[str]:
+    return [
+        name
+        for name, (states, _) in CAMPAIGN_ACTIONS.items()
+        if campaign.status in states and campaign_office(principal, campaign)
+    ]
+
+
+# --- If-Match ---------------------------------------------------------------------------------
+
+
+def check_task_version(obj: Task | Campaign, if_match: str | None, kind: str) -> None:
+    """Enforce If-Match with the rules of cases (428 without it, 412 when stale), in words
+    naming the ``kind`` of object."""
+    try:
+        check_version(obj, if_match)  # type: ignore[arg-type]  # any row with id and version
+    except PreconditionRequired:
+        raise PreconditionRequired(
+            f"Send If-Match with the {kind}'s ETag (from GET /api/v1/{kind}s/{{id}})."
+        ) from None
+    except PreconditionFailed as exc:
+        raise PreconditionFailed(
+            f"The {kind} changed since you read it: read it again and retry.",
+            headers=exc.headers,
+        ) from None
+
+
+def _flush(session: Session, kind: str) -> None:
+    try:
+        session.flush()
+    except StaleDataError:
+        raise PreconditionFailed(
+            f"The {kind} changed since you read it: read it again and retry."
+        ) from None
+
+
+# --- deadlines and forms ----------------------------------------------------------------------
+
+
+def due_date(
+    data: dict[str, Any], calendar: WorkingCalendar, now: datetime, *, required: bool = True
+) -> datetime | None:
+    """Return the deadline ``data`` asks for: ``due_at`` as given, or ``due_in`` working hours
+    or days from ``now`` on the working calendar. Raises Unprocessable for a past deadline
+    or, when ``required``, for none."""
+    if data.get("due_at") is not None:
+        if data["due_at"] <= now:
+            raise _invalid("due_at", "lies in the past")
+        return data["due_at"]
+    if data.get("due_in") is not None:
+        due_in = data["due_in"]
+        return add_limit(calendar, now, due_in["amount"], due_in["unit"])
+    if required:
+        raise _invalid("due_at", "give due_at or due_in", "When is it due?")
+    return None
+
+
+def check_result_schema(schema: Any, field: str = "result_schema") -> list[dict[str, Any]]:
+    """Return a result form (a category-style attribute schema) or raise Unprocessable."""
+    schema = [] if schema is None else schema
+    problems = attribute_schema_problems(schema)
+    if problems:
+        raise Unprocessable("Invalid result form.", errors={"json": {field: problems}})
+    return schema
+
+
+def check_results(schema: list[dict[str, Any]] | None, values: Any) -> dict[str, Any]:
+    """Return results cleaned against the form, with the checks of a category's attributes.
+
+    Raises Unprocessable whose ``errors`` map each attribute code (missing, unknown or of the
+    wrong type) to its problems, under ``json.results``; the caller may re-nest them.
+    """
+    form = Category(code="", attributes=schema or [])
+    try:
+        return check_attributes(form, values)
+    except Unprocessable as exc:
+        problems = (exc.errors or {}).get("json", {}).get("attributes")
+        if isinstance(problems, dict):
+            problems = {
+                code: [
+                    "not a field of the result form" if p.startswith("unknown attribute") else p
+                    for p in messages
+                ]
+                for code, messages in problems.items()
+            }
+        raise Unprocessable("Invalid results.", errors={"json": {"results": problems}}) from None
+
+
+def _category(session: Session, code: str | None) -> str | None:
+    if code is None:
+        return None
+    if session.get(Category, code) is None:
+        raise _invalid("category", f"no category {code}", "Unknown category.")
+    return code
+
+
+# --- who may take a task ----------------------------------------------------------------------
+
+
+def _can_take_tasks(role: Role | None) -> bool:
+    return role is not None and "tasks:complete" in (role.permissions or [])
+
+
+def assignee_in_scope(session: Session, user_id: int, scope: Scope, field: str) -> User:
+    """Return an active user in ``scope`` whose role completes tasks; 422 naming ``field``
+    otherwise (the same answer for a user out of scope and one that does not exist)."""
+    row = session.execute(
+        users_query(scope)
+        .add_columns(Role)
+        .join(Role, Role.name == User.role_name)
+        .where(User.id == user_id, User.is_active.is_(True))
+    ).first()
+    if row is None or not _can_take_tasks(row[1]):
+        raise _invalid(field, "no active worker in your scope who takes tasks", "Unknown worker.")
+    return row[0]
+
+
+def grid_workers(session: Session, region: str, grids: set[str], day: Any) -> dict[str, int]:
+    """Return, for each grid of ``grids`` (all below ``region``), the worker a campaign task
+    goes to: on the grid's roster on ``day``, active, in a role that completes tasks; the
+    one whose primary grid it is first, then the lowest role (a worker before a chief), then
+    the oldest account. Grids with nobody are left out."""
+    rows = session.execute(
+        select(
+            GridAssignment.grid_code,
+            GridAssignment.is_primary,
+            User.id,
+            Role.rank,
+            Role.permissions,
+        )
+        .join(User, User.id == GridAssignment.user_id)
+        .join(Role, Role.name == User.role_name)
+        .where(
+            starts_with(GridAssignment.grid_code, subtree_prefix(region)),
+            assignment_holds_on(day),
+            User.is_active.is_(True),
+        )
+    ).all()
+    best: dict[str, tuple[tuple[int, int, int], int]] = {}
+    for grid, primary, user_id, rank, permissions in rows:
+        if grid not in grids or "tasks:complete" not in (permissions or []):
+            continue
+        key = (0 if primary else 1, rank, user_id)
+        if grid not in best or key < best[grid][0]:
+            best[grid] = (key, user_id)
+    return {grid: user_id for grid, (_, user_id) in best.items()}
+
+
+# --- tasks ------------------------------------------------------------------------------------
+
+
+def create_task(
+    session: Session,
+    data: dict[str, Any],
+    *,
+    principal: Principal,
+    calendar: WorkingCalendar,
+    now: datetime,
+) -> Task:
+    """Create a task for a worker (``assignee_id``) and/or a grid, or a region.
+
+    Where it is: the grid if given, else the region, else the worker's grid (their primary
+    one in the caller's scope) or community. Raises Unprocessable for a place, a worker or
+    a form the caller may not use.
+    """
+    scope = principal.scope
+    assignee = None
+    if data.get("assignee_id") is not None:
+        assignee = assignee_in_scope(session, data["assignee_id"], scope, "assignee_id")
+    if data.get("grid"):
+        place = place_of_grid(session, data["grid"], scope)
+        region, grid = place.region_code, place.grid_code
+    elif data.get("region"):
+        place = place_of_region(session, data["region"], scope)
+        region, grid = place.region_code, None
+    elif assignee is not None:
+        region, grid = _place_of_worker(session, assignee, scope, now, calendar)
+    else:
+        raise _invalid(
+            "assignee_id", "give assignee_id, grid or region", "Say for whom: a worker or a grid."
+        )
+    task = Task(
+        county_code=region[:6],
+        region_code=region,
+        grid_code=grid,
+        title=data["title"],
+        description=data.get("description", ""),
+        category_code=_category(session, data.get("category")),
+        assignee_id=assignee.id if assignee else None,
+        status="pending",
+        due_at=due_date(data, calendar, now),
+        result_schema=check_result_schema(data.get("result_schema")),
+        results={},
+        evidence=[],
+        comment="",
+        created_by=principal.actor_id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(task)
+    session.flush()
+    return task
+
+
+def _place_of_worker(
+    session: Session, user: User, scope: Scope, now: datetime, calendar: WorkingCalendar
+) -> tuple[str, str | None]:
+    day = now.astimezone(calendar.tz).date()
+    rows = session.execute(
+        select(GridAssignment.grid_code)
+        .where(GridAssignment.user_id == user.id, assignment_holds_on(day))
+        .order_by(GridAssignment.is_primary.desc(), GridAssignment.grid_code)
+    ).all()
+    for (code,) in rows:
+        if scope.covers_grid(code):
+            return code[:12], code
+    if user.region_code and scope.covers_region(user.region_code):
+        return user.region_code, None
+    raise _invalid("grid", "the worker has no grid or community in your scope: give one")
+
+
+def get_task(
+    session: Session, task_id: int, principal: Principal, *, for_update: bool = False
+) -> Task:
+    """Return a task the caller may read. Raises NotFound otherwise."""
+    stmt = select(Task).where(Task.id == task_id, task_visible(principal))
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    task = session.scalars(stmt).first()
+    if task is None:
+        raise _not_found("task")
+    return task
+
+
+def _take(
+    session: Session, task_id: int, action: str, principal: Principal, if_match: str | None
+) -> Task:
+    """Return the task locked for ``action``, or raise: 404 (not visible), 428/412
+    (If-Match), 409 (not in this state; ``errors.allowed_actions``), 403 (not the caller's)."""
+    from ..auth import Forbidden
+
+    task = get_task(session, task_id, principal, for_update=True)
+    check_task_version(task, if_match, "task")
+    states, permission, who = ACTIONS[action]
+    if not principal.can(permission):
+        raise Forbidden(f"'{action}' needs the permission {permission}.")
+    if task.status not in states:
+        raise Conflict(
+            f"'{action}' is not possible while the task is {task.status}.",
+            errors={
+                "action": [f"not allowed in state {task.status}"],
+                "allowed_actions": allowed_actions(principal, task),
+            },
+        )
+    if not may_act(principal, task, action):
+        if who == "office":
+            raise Forbidden(f"'{action}' is for an office whose area holds the task.")
+        raise Forbidden(f"'{action}' is for the task's assignee (or, unassigned, its grid).")
+    return task
+
+
+def accept_task(
+    session: Session, task_id: int, *, principal: Principal, now: datetime, if_match: str | None
+) -> Task:
+    """Accept a task: it becomes the caller's (an unassigned task is assigned to them)."""
+    task = _take(session, task_id, "accept", principal, if_match)
+    task.assignee_id = principal.id
+    task.status = "accepted"
+    task.accepted_at = now
+    task.updated_at = now
+    _flush(session, "task")
+    return task
+
+
+def complete_task(
+    session: Session,
+    task_id: int,
+    data: dict[str, Any],
+    *,
+    principal: Principal,
+    now: datetime,
+    if_match: str | None,
+) -> Task:
+    """Complete a task with its results, evidence and comment (and its items done).
+
+    The results are checked against the form (the campaign's ``result_schema``, or the
+    task's own): on a task with items, each item's ``result`` is; otherwise ``results``.
+    Raises Unprocessable naming each attribute that is missing, unknown or wrong.
+    """
+    task = _take(session, task_id, "complete", principal, if_match)
+    schema = result_form(session, task)
+    items = {i.id: i for i in task_items(session, task)}
+    reported = data.get("items") or []
+    if items:
+        if data.get("results"):
+            raise _invalid("results", "this task records results per item: use items")
+        errors: dict[str, Any] = {}
+        seen: set[int] = set()
+        for n, entry in enumerate(reported):
+            item = items.get(entry["id"])
+            if item is None or entry["id"] in seen:
+                errors[str(n)] = {
+                    "id": [f"not an item of this task, or given twice: {entry['id']}"]
+                }
+                continue
+            seen.add(item.id)
+            try:
+                result = check_results(schema, entry.get("result"))
+            except Unprocessable as exc:
+                errors[str(n)] = {"result": (exc.errors or {})["json"]["results"]}
+                continue
+            item.status = "done"
+            item.result = result
+            item.note = entry.get("note", "")
+            item.done_at = now
+            item.done_by = principal.actor_id
+        if errors:
+            raise Unprocessable("Invalid items.", errors={"json": {"items": errors}})
+    else:
+        if reported:
+            raise _invalid("items", "this task has no items")
+        task.results = check_results(schema, data.get("results"))
+    if task.assignee_id is None:
+        task.assignee_id = principal.id
+    if task.accepted_at is None:
+        task.accepted_at = now
+    task.status = "completed"
+    task.completed_at = now
+    task.completed_by = principal.actor_id
+    task.evidence = data.get("evidence") or []
+    task.comment = (data.get("comment") or "").strip()
+    task.overdue = False  # overdue_since stays: it tells a late completion
+    task.updated_at = now
+    _flush(session, "task")
+    close_campaign_if_done(session, task.campaign_id, now)
+    return task
+
+
+def reassign_task(
+    session: Session,
+    task_id: int,
+    data: dict[str, Any],
+    *,
+    principal: Principal,
+    calendar: WorkingCalendar,
+    now: datetime,
+    if_match: str | None,
+) -> tuple[Task, int | None]:
+    """Give a task to another worker in the caller's scope (``assignee_id``), or back to its
+    grid (null), optionally with a new deadline; it is pending again. Returns the task and
+    the previous assignee."""
+    task = _take(session, task_id, "reassign", principal, if_match)
+    previous = task.assignee_id
+    new_id = data["assignee_id"]
+    if new_id is None:
+        if task.grid_code is None:
+            raise _invalid("assignee_id", "a task without a grid needs a worker")
+    else:
+        new_id = assignee_in_scope(session, new_id, principal.scope, "assignee_id").id
+    if new_id == previous:
+        raise _invalid("assignee_id", "the task is assigned so already")
+    task.assignee_id = new_id
+    task.status = "pending"
+    task.accepted_at = None
+    due = due_date(data, calendar, now, required=False)
+    if due is not None:
+        task.due_at = due
+        task.overdue = False
+        task.overdue_since = None
+    task.updated_at = now
+    _flush(session, "task")
+    return task, previous
+
+
+def cancel_task(
+    session: Session,
+    task_id: int,
+    reason: str,
+    *,
+    principal: Principal,
+    now: datetime,
+    if_match: str | None,
+) -> Task:
+    """Cancel an open task, saying why."""
+    task = _take(session, task_id, "cancel", principal, if_match)
+    task.status = "cancelled"
+    task.cancelled_at = now
+    task.cancel_reason = reason
+    task.overdue = False
+    task.updated_at = now
+    _flush(session, "task")
+    close_campaign_if_done(session, task.campaign_id, now)
+    return task
+
+
+def result_form(session: Session, task: Task) -> list[dict[str, Any]]:
+    """Return the form a task is completed with: its campaign's, or its own."""
+    if task.campaign_id is not None:
+        campaign = session.get(Campaign, task.campaign_id)
+        return campaign.result_schema if campaign else []
+    return task.result_schema or []
+
+
+def task_items(session: Session, task: Task) -> list[TaskItem]:
+    return list(
+        session.scalars(select(TaskItem).where(TaskItem.task_id == task.id).order_by(TaskItem.id))
+    )
+
+
+def item_counts(session: Session, task_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """Return (items, items done) per task id, for tasks that have items."""
+    ids = sorted(set(task_ids))
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(
+            TaskItem.task_id,
+            func.count(TaskItem.id),
+            func.sum(case((TaskItem.status == "done", 1), else_=0)),
+        )
+        .where(TaskItem.task_id.in_(ids))
+        .group_by(TaskItem.task_id)
+    ).all()
+    return {task_id: (int(total), int(done or 0)) for task_id, total, done in rows}
+
+
+def _area_filter(stmt, model: Any, args: dict[str, Any]):  # type: ignore[no-untyped-def]
+    if args.get("region"):
+        try:
+            prefix = subtree_prefix(args["region"])
+        except InvalidCode as exc:
+            raise Unprocessable(
+                "Invalid region.", errors={"query": {"region": [str(exc)]}}
+            ) from None
+        stmt = stmt.where(starts_with(model.region_code, prefix))
+    return stmt
+
+
+def list_tasks(session: Session, principal: Principal, args: dict[str, Any]) -> list[Task]:
+    """Return a page of visible tasks matching the filters, by id."""
+    stmt = _area_filter(select(Task).where(task_visible(principal)), Task, args)
+    if args.get("grid"):
+        stmt = stmt.where(Task.grid_code == args["grid"])
+    if args.get("campaign_id"):
+        stmt = stmt.where(Task.campaign_id == args["campaign_id"])
+    if args.get("status"):
+        stmt = stmt.where(Task.status.in_(args["status"]))
+    if args.get("open") is True:
+        stmt = stmt.where(Task.status.in_(OPEN_TASK_STATUSES))
+    elif args.get("open") is False:
+        stmt = stmt.where(Task.status.not_in(OPEN_TASK_STATUSES))
+    if args.get("overdue") is not None:
+        stmt = stmt.where(Task.overdue.is_(args["overdue"]))
+    if args.get("assignee"):
+        assignee = args["assignee"]
+        if assignee == "me":
+            assignee = principal.id if principal.kind == "user" else -1
+        stmt = stmt.where(Task.assignee_id == int(assignee))
+    if args.get("cursor"):
+        stmt = stmt.where(Task.id > args["cursor"])
+    limit = min(args.get("limit", 50), PAGE_MAX)
+    return list(session.scalars(stmt.order_by(Task.id).limit(limit)))
+
+
+def my_tasks(
+    session: Session, principal: Principal, *, now: datetime, days: int, limit: int
+) -> list[Task]:
+    """Return the caller's tasks for the phone: assigned to them, or unassigned in the grids
+    on their roster. Open ones first, by deadline; then those completed or cancelled in the
+    last ``days`` days, latest first."""
+    if principal.kind != "user":
+        return []
+    mine: ColumnElement[bool] = Task.assignee_id == principal.id
+    grids = current_grids(session, principal.id)
+    if grids:
+        mine = or_(mine, and_(Task.assignee_id.is_(None), Task.grid_code.in_(sorted(grids))))
+    open_rows = list(
+        session.scalars(
+            select(Task)
+            .where(mine, Task.status.in_(OPEN_TASK_STATUSES))
+            .order_by(Task.due_at, Task.id)
+            .limit(limit)
+        )
+    )
+    if len(open_rows) >= limit or days <= 0:
+        return open_rows
+    since = now - timedelta(days=days)
+    closed_at = func.coalesce(Task.completed_at, Task.cancelled_at)
+    closed_rows = session.scalars(
+        select(Task)
+        .where(mine, Task.status.not_in(OPEN_TASK_STATUSES), closed_at >= since)
+        .order_by(closed_at.desc(), Task.id.desc())
+        .limit(limit - len(open_rows))
+    )
+    return open_rows + list(closed_rows)
+
+
+# --- overdue ----------------------------------------------------------------------------------
+
+
+def flag_overdue_tasks(session: Session, now: datetime) -> int:
+    """Mark overdue every open task whose deadline is before ``now``: ``overdue``,
+    ``overdue_since`` (the deadline), a new version. Returns how many were marked; a second
+    run marks none. Flushes, never commits."""
+    result = session.execute(
+        update(Task)
+        .where(
+            Task.status.in_(OPEN_TASK_STATUSES),
+            Task.due_at < now,
+            Task.overdue.is_(False),
+        )
+        .values(
+            overdue=True,
+            overdue_since=Task.due_at,
+            version=Task.version + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session="fetch")
+    )
+    session.flush()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# --- campaigns --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FannedOut:
+    """What a campaign made: the campaign, its tasks (assigned or not) and items."""
+
+    campaign: Campaign
+    tasks: int
+    assigned: int
+    items: int
+
+
+def create_campaign(
+    session: Session,
+    data: dict[str, Any],
+    *,
+    principal: Principal,
+    calendar: WorkingCalendar,
+    now: datetime,
+) -> FannedOut:
+    """Create a campaign over a region in the caller's scope and fan it out: one task per
+    grid in service in the region's subtree, for the grid's worker on today's roster (else
+    unassigned, for the grid), and with ``item_scope`` one item per house or household of
+    the grid (of the given house uses). Raises Unprocessable for a region out of scope or
+    without grids, and for an invalid form."""
+    scope = principal.scope
+    region = place_of_region(session, data["region"], scope).region_code
+    schema = check_result_schema(data.get("result_schema"))
+    prefix = subtree_prefix(region)
+    grids = session.execute(
+        select(Grid.code, Grid.community_code)
+        .where(
+            Grid.in_service.is_(True),
+            starts_with(Grid.community_code, prefix),
+            scope.grid_condition(Grid.code, Grid.community_code),
+        )
+        .order_by(Grid.code)
+    ).all()
+    if not grids:
+        raise _invalid("region", "has no grid in service", "Nothing to fan out to.")
+    due = due_date(data, calendar, now)
+    assert due is not None
+    item_scope = data.get("item_scope", "none")
+    uses = data.get("item_uses") or None
+    campaign = Campaign(
+        county_code=region[:6],
+        region_code=region,
+        title=data["title"],
+        description=data.get("description", ""),
+        category_code=_category(session, data.get("category")),
+        due_at=due,
+        result_schema=schema,
+        item_scope=item_scope,
+        item_uses=uses,
+        status="active",
+        created_by=principal.actor_id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(campaign)
+    session.flush()
+    workers = grid_workers(
+        session, region, {code for code, _ in grids}, now.astimezone(calendar.tz).date()
+    )
+    rows = [
+        {
+            "county_code": community[:6],
+            "region_code": community,
+            "grid_code": code,
+            "campaign_id": campaign.id,
+            "title": campaign.title,
+            "description": campaign.description,
+            "category_code": campaign.category_code,
+            "assignee_id": workers.get(code),
+            "status": "pending",
+            "due_at": due,
+            "results": {},
+            "evidence": [],
+            "comment": "",
+            "overdue": False,
+            "created_by": principal.actor_id,
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
+        }
+        for code, community in grids
+    ]
+    made = session.execute(insert(Task).returning(Task.id, Task.grid_code), rows).all()
+    task_of = {grid: task_id for task_id, grid in made}
+    items = _fan_out_items(session, campaign, prefix, task_of) if item_scope != "none" else 0
+    return FannedOut(campaign, len(made), len(workers), items)
+
+
+def _fan_out_items(
+    session: Session, campaign: Campaign, prefix: str, task_of: dict[str, int]
+) -> int:
+    uses = campaign.item_uses
+    if campaign.item_scope == "houses":
+        stmt = select(House.id, House.grid_code, House.address).where(
+            starts_with(House.region_code, prefix), House.grid_code.is_not(None)
+        )
+        if uses:
+            stmt = stmt.where(House.use.in_(uses))
+        key = "house_id"
+    else:
+        stmt = (
+            select(Household.id, Household.grid_code, Household.number)
+            .outerjoin(House, House.id == Household.house_id)
+            .where(starts_with(Household.region_code, prefix), Household.grid_code.is_not(None))
+        )
+        if uses:
+            stmt = stmt.where(House.use.in_(uses))
+        key = "household_id"
+    rows = [
+        {
+            "task_id": task_of[grid],
+            "county_code": campaign.county_code,
+            key: subject_id,
+            "label": (label or "")[:300],
+            "status": "pending",
+            "result": {},
+            "note": "",
+        }
+        for subject_id, grid, label in session.execute(stmt.order_by(stmt.selected_columns[0]))
+        if grid in task_of
+    ]
+    for start in range(0, len(rows), 1000):
+        session.execute(insert(TaskItem), rows[start : start + 1000])
+    return len(rows)
+
+
+def get_campaign(
+    session: Session, campaign_id: int, principal: Principal, *, for_update: bool = False
+) -> Campaign:
+    """Return a campaign the caller may read. Raises NotFound otherwise."""
+    stmt = select(Campaign).where(Campaign.id == campaign_id, campaign_visible(principal))
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(of=Campaign)
+    campaign = session.scalars(stmt).first()
+    if campaign is None:
+        raise _not_found("campaign")
+    return campaign
+
+
+def list_campaigns(session: Session, principal: Principal, args: dict[str, Any]) -> list[Campaign]:
+    """Return a page of visible campaigns (a region filter keeps those whose region lies in
+    its subtree), by id."""
+    stmt = _area_filter(select(Campaign).where(campaign_visible(principal)), Campaign, args)
+    if args.get("status"):
+        stmt = stmt.where(Campaign.status.in_(args["status"]))
+    if args.get("cursor"):
+        stmt = stmt.where(Campaign.id > args["cursor"])
+    limit = min(args.get("limit", 50), PAGE_MAX)
+    return list(session.scalars(stmt.order_by(Campaign.id).limit(limit)))
+
+
+def cancel_campaign(
+    session: Session,
+    campaign_id: int,
+    reason: str,
+    *,
+    principal: Principal,
+    now: datetime,
+    if_match: str | None,
+) -> tuple[Campaign, int]:
+    """Cancel an active campaign and every open task of it. Returns the campaign and how
+    many tasks were cancelled. 404/428/412/409 as for tasks; 403 unless the caller is an
+    office over the campaign's whole region."""
+    from ..auth import Forbidden
+
+    campaign = get_campaign(session, campaign_id, principal, for_update=True)
+    check_task_version(campaign, if_match, "campaign")
+    if campaign.status != "active":
+        raise Conflict(
+            f"'cancel' is not possible while the campaign is {campaign.status}.",
+            errors={"action": [f"not allowed in state {campaign.status}"], "allowed_actions": []},
+        )
+    if not campaign_office(principal, campaign):
+        raise Forbidden("'cancel' is for an office whose area holds the campaign's whole region.")
+    campaign.status = "cancelled"
+    campaign.cancelled_at = now
+    campaign.cancel_reason = reason
+    campaign.updated_at = now
+    _flush(session, "campaign")
+    result = session.execute(
+        update(Task)
+        .where(Task.campaign_id == campaign.id, Task.status.in_(OPEN_TASK_STATUSES))
+        .values(
+            status="cancelled",
+            cancelled_at=now,
+            cancel_reason=reason,
+            overdue=False,
+            version=Task.version + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session="fetch")
+    )
+    return campaign, int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def close_campaign_if_done(session: Session, campaign_id: int | None, now: datetime) -> None:
+    """Close an active campaign once none of its tasks is open.
+
+    The campaign row is locked first (PostgreSQL), so that two workers completing its last
+    two tasks at once see each other's work and one of them closes it.
+    """
+    if campaign_id is None:
+        return
+    stmt = select(Campaign).where(Campaign.id == campaign_id, Campaign.status == "active")
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    campaign = session.scalars(stmt).first()
+    if campaign is None:
+        return
+    still_open = session.scalar(
+        select(Task.id)
+        .where(Task.campaign_id == campaign_id, Task.status.in_(OPEN_TASK_STATUSES))
+        .limit(1)
+    )
+    if still_open is None:
+        campaign.status = "closed"
+        campaign.closed_at = now
+        campaign.updated_at = now
+        _flush(session, "campaign")
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+
+def _level(code: str) -> tuple[str, int]:
+    level = region_level(code)
+    return level, dict(_LEVELS)[level]
+
+
+def _path(root_length: int, region: str, grid: str | None) -> list[tuple[str, str]]:
+    """Return the (level, code) nodes from just below the root (whose prefix is
+    ``root_length`` digits long) down to a task's region and grid."""
+    try:
+        own = dict(_LEVELS)[region_level(region)]
+    except InvalidCode:
+        own = 12
+    path = []
+    for level, length in _LEVELS:
+        if root_length < length <= own:
+            code = region[:length].ljust(12, "0")
+            try:
+                if region_level(code) == level:  # a city without counties has none
+                    path.append((level, code))
+            except InvalidCode:
+                continue
+    if grid:
+        path.append(("grid", grid))
+    return path
+
+
+def _rate(counts: dict[str, Any]) -> float | None:
+    due = counts["total"] - counts["cancelled"]
+    return round(counts["completed"] / due, 4) if due else None
+
+
+def campaign_progress(session: Session, campaign: Campaign, principal: Principal) -> dict[str, Any]:
+    """Return the campaign's progress as a tree from its region down to the grids: per node
+    the tasks (total, pending, accepted, completed, cancelled, overdue, completed late), the
+    items (total, done) and the completion rate, over the tasks the caller may read.
+
+    Every count of a node is the sum of its children's; the rate is completed / (total -
+    cancelled), computed from the sums (never an average of rates), None when nothing is due.
+    """
+    done = case((TaskItem.status == "done", 1), else_=0)
+    items = (
+        select(
+            TaskItem.task_id.label("task_id"),
+            func.count(TaskItem.id).label("items_total"),
+            func.sum(done).label("items_done"),
+        )
+        .group_by(TaskItem.task_id)
+        .subquery()
+    )
+
+    def count(condition: ColumnElement[bool]) -> Any:
+        return func.sum(case((condition, 1), else_=0))
+
+    late = and_(Task.status == "completed", Task.completed_at > Task.due_at)
+    rows = session.execute(
+        select(
+            Task.region_code,
+            Task.grid_code,
+            func.count(Task.id),
+            count(Task.status == "pending"),
+            count(Task.status == "accepted"),
+            count(Task.status == "completed"),
+            count(Task.status == "cancelled"),
+            count(and_(Task.status.in_(OPEN_TASK_STATUSES), Task.overdue.is_(True))),
+            count(late),
+            func.coalesce(func.sum(items.c.items_total), 0),
+            func.coalesce(func.sum(items.c.items_done), 0),
+        )
+        .outerjoin(items, items.c.task_id == Task.id)
+        .where(Task.campaign_id == campaign.id, task_visible(principal))
+        .group_by(Task.region_code, Task.grid_code)
+    ).all()
+    root_level, root_length = _level(campaign.region_code)
+    nodes: dict[str, dict[str, Any]] = {}
+    children: dict[str, list[str]] = defaultdict(list)
+
+    def node(code: str, level: str) -> dict[str, Any]:
+        if code not in nodes:
+            nodes[code] = {"code": code, "level": level, **dict.fromkeys(_COUNTS, 0)}
+        return nodes[code]
+
+    root = node(campaign.region_code, root_level)
+    for region, grid, *values in rows:
+        parent = root["code"]
+        chain = [root]
+        for level, code in _path(root_length, region, grid):
+            child = node(code, level)
+            if code not in children[parent]:
+                children[parent].append(code)
+            chain.append(child)
+            parent = code
+        for n in chain:
+            for name, value in zip(_COUNTS, values, strict=True):
+                n[name] += int(value or 0)
+    names = region_names(session, [c for c, n in nodes.items() if n["level"] != "grid"])
+    grid_codes = [c for c, n in nodes.items() if n["level"] == "grid"]
+    if grid_codes:
+        names.update(
+            session.execute(
+                select(Grid.code, Grid.name).where(
+                    Grid.code.in_(grid_codes), Grid.in_service.is_(True)
+                )
+            ).all()
+        )
+
+    def render(code: str) -> dict[str, Any]:
+        n = nodes[code]
+        return {
+            **n,
+            "name": names.get(code),
+            "completion_rate": _rate(n),
+            "children": [render(c) for c in sorted(children[code])],
+        }
+
+    return {"campaign_id": campaign.id, "status": campaign.status, "tree": render(root["code"])}
+
+
+# --- views ------------------------------------------------------------------------------------
+
+
+def names_for(session: Session, tasks: list[Task]) -> dict[str, Any]:
+    """Return what views of the tasks name: regions, grids, assignees, campaign titles."""
+    regions = region_names(session, [t.region_code for t in tasks])
+    grid_codes = sorted({t.grid_code for t in tasks if t.grid_code})
+    grids: dict[str, str] = {}
+    if grid_codes:
+        grids = dict(
+            session.execute(
+                select(Grid.code, Grid.name).where(
+                    Grid.code.in_(grid_codes), Grid.in_service.is_(True)
+                )
+            ).all()
+        )
+    user_ids = sorted({t.assignee_id for t in tasks if t.assignee_id})
+    users: dict[int, str] = {}
+    if user_ids:
+        users = dict(
+            session.execute(select(User.id, User.display_name).where(User.id.in_(user_ids))).all()
+        )
+    campaign_ids = sorted({t.campaign_id for t in tasks if t.campaign_id})
+    campaigns: dict[int, tuple[str, list[dict[str, Any]]]] = {}
+    if campaign_ids:
+        campaigns = {
+            cid: (title, schema)
+            for cid, title, schema in session.execute(
+                select(Campaign.id, Campaign.title, Campaign.result_schema).where(
+                    Campaign.id.in_(campaign_ids)
+                )
+            ).all()
+        }
+    return {"regions": regions, "grids": grids, "users": users, "campaigns": campaigns}
+
+
+def item_view(item: TaskItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "house_id": item.house_id,
+        "household_id": item.household_id,
+        "label": item.label,
+        "status": item.status,
+        "result": item.result or {},
+        "note": item.note,
+        "done_at": item.done_at,
+        "done_by": item.done_by,
+    }
+
+
+def task_view(
+    task: Task,
+    principal: Principal,
+    names: dict[str, Any],
+    *,
+    counts: tuple[int, int] | None = None,
+    items: list[TaskItem] | None = None,
+) -> dict[str, Any]:
+    """Return the API representation of a task for the caller (with its items if given)."""
+    campaign = names["campaigns"].get(task.campaign_id) if task.campaign_id else None
+    form = campaign[1] if campaign else (task.result_schema or [])
+    if items is not None:
+        counts = (len(items), sum(1 for i in items if i.status == "done"))
+    view: dict[str, Any] = {
+        "id": task.id,
+        "title": task.title,
+        "description": task.description,
+        "category": task.category_code,
+        "status": task.status,
+        "status_name": STATUS_NAMES[task.status],
+        "campaign": {"id": task.campaign_id, "title": campaign[0]} if campaign else None,
+        "region": {"code": task.region_code, "name": names["regions"].get(task.region_code)},
+        "grid": (
+            {"code": task.grid_code, "name": names["grids"].get(task.grid_code)}
+            if task.grid_code
+            else None
+        ),
+        "county_code": task.county_code,
+        "assignee": (
+            {"id": task.assignee_id, "name": names["users"].get(task.assignee_id)}
+            if task.assignee_id
+            else None
+        ),
+        "due_at": task.due_at,
+        "overdue": task.overdue,
+        "overdue_since": task.overdue_since,
+        "result_schema": form,
+        "results": task.results or {},
+        "evidence": task.evidence or [],
+        "comment": task.comment,
+        "cancel_reason": task.cancel_reason,
+        "item_count": counts[0] if counts else 0,
+        "items_done": counts[1] if counts else 0,
+        "created_by": task.created_by,
+        "created_at": task.created_at,
+        "accepted_at": task.accepted_at,
+        "completed_at": task.completed_at,
+        "completed_by": task.completed_by,
+        "cancelled_at": task.cancelled_at,
+        "updated_at": task.updated_at,
+        "version": task.version,
+        "allowed_actions": allowed_actions(principal, task),
+    }
+    view["items"] = None if items is None else [item_view(i) for i in items]
+    return view
+
+
+def campaign_view(
+    campaign: Campaign, principal: Principal, names: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "id": campaign.id,
+        "title": campaign.title,
+        "description": campaign.description,
+        "category": campaign.category_code,
+        "region": {"code": campaign.region_code, "name": names.get(campaign.region_code)},
+        "county_code": campaign.county_code,
+        "due_at": campaign.due_at,
+        "result_schema": campaign.result_schema or [],
+        "item_scope": campaign.item_scope,
+        "item_uses": campaign.item_uses,
+        "status": campaign.status,
+        "cancel_reason": campaign.cancel_reason,
+        "created_by": campaign.created_by,
+        "created_at": campaign.created_at,
+        "closed_at": campaign.closed_at,
+        "cancelled_at": campaign.cancelled_at,
+        "updated_at": campaign.updated_at,
+        "version": campaign.version,
+        "allowed_actions": campaign_allowed_actions(principal, campaign),
+    }

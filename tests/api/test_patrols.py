@@ -1,0 +1,513 @@
+"""Patrols over HTTP: tracks from late, repeated and shuffled uploads, check-ins, findings,
+who reads a track, monthly statistics; and the retention of tracks (``thin_tracks``).
+
+Every operation × role × scope is in test_authorization_matrix.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import text
+
+from gridapi.geo.crs import wgs84_to_gcj02
+from gridapi.geo.geodesy import distance_m
+from gridapi.services.patrols import thin_tracks, track_length_m
+
+from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP
+
+A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
+B1 = COMMUNITY_B + "001"
+OTHER_TOWNSHIP = "320508002000"
+
+
+def center(col: float) -> list[float]:
+    return [round(LON0 + (col + 0.5) * STEP, 6), round(LAT0 + 0.5 * STEP, 6)]
+
+
+def point(col: float) -> dict:
+    return {"type": "Point", "coordinates": center(col)}
+
+
+def ok(response, status: int = 200) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, (response.status_code, response.get_json())
+    return response.get_json()
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def walk(start: datetime, n: int = 21, col0: float = 0.0, col1: float = 2.0) -> list[dict]:
+    """Return points every 30 s walking east from the middle of column col0 to col1 (A1 →
+    A2 → B1 by default), with a little north-south wiggle so the line is no straight one."""
+    points = []
+    for i in range(n):
+        lon, lat = center(col0 + (col1 - col0) * i / (n - 1))
+        lat += (i % 3 - 1) * 0.0002
+        points.append({"t": iso(start + timedelta(seconds=30 * i)), "lon": lon, "lat": lat})
+    return points
+
+
+def rows(engine, sql: str, **params) -> list[tuple]:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(sql), params)]
+
+
+def audit_rows(engine, action: str) -> list[tuple]:  # type: ignore[no-untyped-def]
+    found = rows(
+        engine,
+        "SELECT actor_id, object_id, summary FROM audit_log WHERE action = :a ORDER BY id",
+        a=action,
+    )
+    return [(a, o, json.loads(s) if isinstance(s, str) else s) for a, o, s in found]
+
+
+@pytest.fixture
+def world(factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+@pytest.fixture
+def worker(accounts, world):  # type: ignore[no-untyped-def]
+    return accounts.client("worker1", "grid_worker", grids=[A1])
+
+
+def start(client, **body) -> dict:  # type: ignore[no-untyped-def]
+    return ok(client.post("/api/v1/patrols", json=body), 201)
+
+
+def started_an_hour_ago(client) -> tuple[dict, datetime]:  # type: ignore[no-untyped-def]
+    began = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    return start(client, started_at=iso(began)), began
+
+
+def upload(client, patrol_id: int, points: list[dict], status: int = 200) -> dict:  # type: ignore[no-untyped-def]
+    return ok(client.post(f"/api/v1/patrols/{patrol_id}/points", json={"points": points}), status)
+
+
+# --- tracks -----------------------------------------------------------------------------------
+
+
+def test_shuffled_repeated_and_overlapping_batches_give_the_track_of_one_upload(
+    accounts, world, worker, engine
+):
+    """The same walk sent once in order, and sent shuffled in overlapping batches, repeated
+    and with repeats inside a batch: exactly the distinct points, ordered, the same line."""
+    other = accounts.client("worker2", "grid_worker", grids=[A1])
+    patrol, began = started_an_hour_ago(worker)
+    points = walk(began + timedelta(minutes=1))
+    first = upload(worker, patrol["id"], points)
+    assert (first["accepted"], first["duplicates"], first["rejected"]) == (21, 0, 0)
+    assert first["point_count"] == 21 and first["length_m"] > 1900
+
+    messy, began2 = started_an_hour_ago(other)
+    shifted = walk(began2 + timedelta(minutes=1))
+    rng = random.Random(7)
+    batch_a = shifted[:14]
+    rng.shuffle(batch_a)
+    batch_b = shifted[9:] + shifted[9:11]  # overlaps a, and repeats two points itself
+    rng.shuffle(batch_b)
+    answers = [
+        upload(other, messy["id"], batch_a),
+        upload(other, messy["id"], batch_b),
+        upload(other, messy["id"], batch_a),  # the whole batch again (a retry)
+    ]
+    assert [(a["accepted"], a["duplicates"]) for a in answers] == [(14, 0), (7, 7), (0, 14)]
+    assert answers[-1]["point_count"] == 21
+
+    mine = ok(worker.get(f"/api/v1/patrols/{patrol['id']}?points=true"))
+    theirs = ok(other.get(f"/api/v1/patrols/{messy['id']}?points=true"))
+    assert theirs["length_m"] == mine["length_m"] == first["length_m"]
+    times = [p["t"] for p in theirs["points"]]
+    assert len(times) == 21 and times == sorted(times)
+    assert [(p["lon"], p["lat"]) for p in theirs["points"]] == [
+        (p["lon"], p["lat"]) for p in shifted
+    ]
+    assert theirs["track"]["type"] == "LineString"
+    assert theirs["track"]["coordinates"] == [[p["lon"], p["lat"]] for p in shifted]
+    assert theirs["grids_crossed"] == mine["grids_crossed"] == [A1, A2, B1]
+    assert theirs["duration_s"] == 60 + 20 * 30  # start to the latest point while active
+    count = rows(engine, "SELECT count(*) FROM patrol_points WHERE patrol_id = :p", p=messy["id"])
+    assert count == [(21,)]
+    # the length is geodesic: the sum of the segments' WGS-84 distances
+    lons = [p["lon"] for p in shifted]
+    lats = [p["lat"] for p in shifted]
+    exact = sum(distance_m(lons[i], lats[i], lons[i + 1], lats[i + 1]) for i in range(20))
+    assert theirs["length_m"] == pytest.approx(exact, abs=0.1)
+
+
+def test_track_length_is_geodesic_for_short_and_long_segments():
+    import numpy as np
+
+    lons = np.array([120.6, 120.6005, 120.7, 121.5, 121.5])
+    lats = np.array([31.3, 31.3004, 31.35, 31.9, 31.9])
+    exact = sum(distance_m(lons[i], lats[i], lons[i + 1], lats[i + 1]) for i in range(4))
+    assert track_length_m(lons, lats) == pytest.approx(exact, rel=1e-9)
+    assert track_length_m(lons[:1], lats[:1]) == 0.0
+
+
+def test_points_outside_the_patrol_are_rejected_and_late_uploads_taken(worker, world):
+    patrol, began = started_an_hour_ago(worker)
+    now = datetime.now(UTC)
+    early = {"t": iso(began - timedelta(minutes=30)), "lon": center(0)[0], "lat": center(0)[1]}
+    future = {"t": iso(now + timedelta(hours=1)), "lon": center(0)[0], "lat": center(0)[1]}
+    inside = {"t": iso(began + timedelta(minutes=2)), "lon": center(0)[0], "lat": center(0)[1]}
+    answer = upload(worker, patrol["id"], [early, future, inside])
+    assert (answer["accepted"], answer["rejected"], answer["point_count"]) == (1, 2, 1)
+
+    ended_at = began + timedelta(minutes=40)
+    ended = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json={"ended_at": iso(ended_at)}))
+    assert ended["status"] == "ended" and ended["duration_s"] == 2400
+    # an offline phone uploads after the end: inside the patrol's time it is taken
+    late = walk(began + timedelta(minutes=10), n=5, col1=0.5)
+    after_end = {"t": iso(now - timedelta(minutes=5)), "lon": center(0)[0], "lat": center(0)[1]}
+    answer = upload(worker, patrol["id"], [*late, after_end])
+    assert (answer["accepted"], answer["rejected"], answer["point_count"]) == (5, 1, 6)
+    assert answer["duration_s"] == 2400  # an ended patrol lasts from start to end
+
+    # GCJ-02 (AMap) points are converted to WGS-84
+    lon, lat = wgs84_to_gcj02(*center(0.25))
+    t = iso(began + timedelta(minutes=30))
+    body = {"points": [{"t": t, "lon": lon, "lat": lat, "crs": "gcj02", "accuracy_m": 8}]}
+    assert ok(worker.post(f"/api/v1/patrols/{patrol['id']}/points", json=body))["accepted"] == 1
+    stored = ok(worker.get(f"/api/v1/patrols/{patrol['id']}?points=true"))["points"]
+    gcj = next(p for p in stored if p["accuracy_m"] == 8)
+    assert distance_m(gcj["lon"], gcj["lat"], *center(0.25)) < 1.0
+
+
+@pytest.mark.parametrize(
+    ("points", "where"),
+    [
+        ([{"t": "2026-11-28T09:00:00", "lon": 120.6, "lat": 31.3}], "t"),  # no time zone
+        ([{"t": "yesterday", "lon": 120.6, "lat": 31.3}], "t"),
+        ([{"t": "2026-11-28T09:00:00Z", "lon": 190, "lat": 31.3}], "lon"),
+        ([{"t": "2026-11-28T09:00:00Z", "lon": 120.6, "lat": "31.3"}], "lat"),
+        ([{"t": "2026-11-28T09:00:00Z", "lon": 120.6, "lat": 31.3, "speed": 3}], "speed"),
+        ([{"t": "2026-11-28T09:00:00Z", "lon": 120.6, "lat": 31.3, "crs": "utm"}], "crs"),
+    ],
+)
+def test_malformed_points_are_refused_naming_the_point_and_field(worker, world, points, where):
+    patrol, _ = started_an_hour_ago(worker)
+    body = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/points", json={"points": points}), 422)
+    assert where in body["errors"]["json"]["points"]["0"], body
+
+
+def test_a_batch_has_at_most_5000_points(worker, world):
+    patrol, began = started_an_hour_ago(worker)
+    many = [
+        {"t": iso(began + timedelta(seconds=i)), "lon": 120.605, "lat": 31.305} for i in range(5001)
+    ]
+    body = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/points", json={"points": many}), 422)
+    assert "points" in body["errors"]["json"]
+    ok(worker.post(f"/api/v1/patrols/{patrol['id']}/points", json={"points": []}), 422)
+
+
+def test_a_worker_has_one_active_patrol_and_ends_it_once(worker, world, engine):
+    patrol = start(worker)
+    assert patrol["status"] == "active" and patrol["grid"] == A1
+    assert patrol["region_code"] == COMMUNITY_A and patrol["county_code"] == "320508"
+    again = ok(worker.post("/api/v1/patrols", json={}), 409)
+    assert again["errors"]["active_patrol_id"] == patrol["id"]
+    ended = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json={}))
+    assert ended["status"] == "ended" and ended["ended_at"]
+    assert ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json={})) == ended  # a retry
+    other_end = {"ended_at": iso(datetime.now(UTC) - timedelta(minutes=1))}
+    ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json=other_end), 409)
+    assert start(worker)["id"] != patrol["id"]
+    # a start in the future, or an end before the start, makes no sense
+    future = {"started_at": iso(datetime.now(UTC) + timedelta(hours=1))}
+    assert "started_at" in ok(worker.post("/api/v1/patrols", json=future), 422)["errors"]["json"]
+    assert [a for a, _, _ in audit_rows(engine, "patrol.start")] == [
+        f"user:{worker_id(engine)}"
+    ] * 2
+    ends = audit_rows(engine, "patrol.end")
+    assert len(ends) == 1 and set(ends[0][2]) == {
+        "worker_id",
+        "grid",
+        "length_m",
+        "duration_s",
+        "points",
+    }
+
+
+def worker_id(engine, username: str = "worker1") -> int:  # type: ignore[no-untyped-def]
+    return rows(engine, "SELECT id FROM users WHERE username = :u", u=username)[0][0]
+
+
+def test_an_account_without_grid_or_region_says_where_it_patrols(client, world):
+    answer = ok(client.post("/api/v1/patrols", json={}), 422)  # the unrestricted admin
+    assert "location" in answer["errors"]["json"]
+    lon, lat = wgs84_to_gcj02(*center(2))
+    patrol = start(client, location={"type": "Point", "coordinates": [lon, lat]}, crs="gcj02")
+    assert (patrol["region_code"], patrol["grid"]) == (COMMUNITY_B, None)
+
+
+# --- check-ins and findings -------------------------------------------------------------------
+
+
+def test_check_in_at_a_house_a_place_or_a_point(client, worker, world, engine):
+    house = ok(
+        client.post("/api/v1/houses", json={"address": "平江路9号", "location": point(0)}), 201
+    )
+    house_b = ok(client.post("/api/v1/houses", json={"address": "观前街1号", "grid": B1}), 201)
+    patrol, began = started_an_hour_ago(worker)
+    url = f"/api/v1/patrols/{patrol['id']}/checkins"
+    at = iso(began + timedelta(minutes=5))
+    checkin = ok(
+        worker.post(url, json={"at": at, "house_id": house["id"], "note": "门窗完好"}), 201
+    )
+    assert checkin["house_id"] == house["id"] and checkin["grid"] == A1
+    assert checkin["location"]["coordinates"] == house["location"]["coordinates"]
+    assert ok(worker.post(url, json={"at": at, "house_id": house["id"]}), 201) == checkin
+    at_place = ok(worker.post(url, json={"place": "农贸市场", "location": point(1)}), 201)
+    assert at_place["grid"] == A2 and at_place["house_id"] is None
+
+    # a house out of the worker's scope, nowhere, or a time outside the patrol: 422
+    for body, field in (
+        ({"house_id": house_b["id"]}, "house_id"),
+        ({"note": "无处"}, "house_id"),
+        ({"place": "x", "at": iso(began - timedelta(hours=1))}, "at"),
+    ):
+        assert field in ok(worker.post(url, json=body), 422)["errors"]["json"], body
+    detail = ok(worker.get(f"/api/v1/patrols/{patrol['id']}"))
+    assert [c["id"] for c in detail["checkins"]] == [checkin["id"], at_place["id"]]
+    audited = audit_rows(engine, "patrol.checkin")
+    assert len(audited) == 2
+    for _, _, summary in audited:  # never coordinates in the audit trail
+        assert set(summary) == {"checkin_id", "house_id", "grid"}
+
+
+def test_a_finding_becomes_a_case_of_the_patrol_both_or_neither(client, worker, world, engine):
+    patrol, began = started_an_hour_ago(worker)
+    track = walk(began + timedelta(minutes=1), n=3, col1=0.4)
+    upload(worker, patrol["id"], track)
+    url = f"/api/v1/patrols/{patrol['id']}/findings"
+    body = {"category": "0101", "description": "巡查发现垃圾堆放", "location": point(0)}
+    found = ok(worker.post(url, json=body), 201)
+    case = found["case"]
+    assert found["patrol_id"] == patrol["id"]
+    assert case["source"] == "patrol" and case["grid"]["code"] == A1
+    assert ok(client.get(f"/api/v1/cases/{case['id']}"))["source"] == "patrol"
+    # without a location: the track's latest point
+    nearby = ok(worker.post(url, json={"category": "0101", "description": "井盖缺失"}), 201)
+    latest = [track[-1]["lon"], track[-1]["lat"]]
+    assert nearby["case"]["location"]["coordinates"] == pytest.approx(latest, abs=1e-9)
+    # a repeat with the same client_id returns the first case
+    with_id = {**body, "client_id": "6f1c9a4e-0b8d-4f57-9d3c-1f2e3d4c5b6a"}
+    first = ok(worker.post(url, json=with_id), 201)
+    assert ok(worker.post(url, json=with_id), 201)["case"]["id"] == first["case"]["id"]
+    detail = ok(worker.get(f"/api/v1/patrols/{patrol['id']}"))
+    assert detail["findings"] == [case["id"], nearby["case"]["id"], first["case"]["id"]]
+
+    before = rows(engine, "SELECT count(*) FROM cases")[0][0]
+    for bad, field in (
+        ({**body, "category": "9999"}, "category"),  # parses, but no such category
+        ({**body, "source": "hotline"}, "source"),  # always "patrol"
+        ({"description": "没有类别"}, "category"),
+    ):
+        assert field in ok(worker.post(url, json=bad), 422)["errors"]["json"], bad
+    assert rows(engine, "SELECT count(*) FROM cases")[0][0] == before
+    assert rows(engine, "SELECT count(*) FROM patrol_findings")[0][0] == 3
+    assert len(audit_rows(engine, "patrol.finding")) == 3
+
+
+def test_only_its_worker_writes_to_a_patrol(accounts, worker, world):
+    patrol, began = started_an_hour_ago(worker)
+    chief = accounts.client("chief1", "grid_chief", grids=[A1, A2])
+    point_body = {"points": walk(began, n=2)}
+    for action, body in (
+        ("points", point_body),
+        ("checkins", {"place": "x"}),
+        ("end", {}),
+        ("findings", {"category": "0101", "description": "x", "location": point(0)}),
+    ):
+        mine = chief.post(f"/api/v1/patrols/{patrol['id']}/{action}", json=body)
+        missing = chief.post(f"/api/v1/patrols/987654/{action}", json=body)
+        assert mine.status_code == 404 and mine.data == missing.data, action
+    assert ok(worker.get(f"/api/v1/patrols/{patrol['id']}"))["status"] == "active"
+
+
+# --- who reads a track ------------------------------------------------------------------------
+
+
+def test_a_track_is_read_by_its_worker_their_chief_and_offices_in_scope(
+    client, accounts, worker, world, engine
+):
+    ok(client.post("/api/v1/regions", json={"code": OTHER_TOWNSHIP, "name": "双塔街道"}), 201)
+    patrol, began = started_an_hour_ago(worker)
+    upload(worker, patrol["id"], walk(began + timedelta(minutes=1), n=4))
+    url = f"/api/v1/patrols/{patrol['id']}"
+    readers = {
+        "worker1": worker,
+        "chief1": accounts.client("chief1", "grid_chief", grids=[A1, A2]),
+        "office1": accounts.client(
+            "office1", "township_office", scope_region=COMMUNITY_A[:9] + "000"
+        ),
+    }
+    strangers = {
+        "worker_a2": accounts.client("worker_a2", "grid_worker", grids=[A2]),
+        "chief_b": accounts.client("chief_b", "grid_chief", grids=[B1]),
+        "office2": accounts.client("office2", "township_office", scope_region=OTHER_TOWNSHIP),
+    }
+    for name, reader in readers.items():
+        body = ok(reader.get(url + "?points=true"))
+        assert body["track"]["type"] == "LineString" and len(body["points"]) == 4, name
+        listed = ok(reader.get("/api/v1/patrols"))["items"]
+        assert patrol["id"] in [p["id"] for p in listed], name
+        assert "track" not in listed[0]
+    missing = strangers["worker_a2"].get("/api/v1/patrols/987654")
+    for name, stranger in strangers.items():
+        r = stranger.get(url)
+        assert (r.status_code, r.data) == (404, missing.data), name
+        assert patrol["id"] not in [p["id"] for p in ok(stranger.get("/api/v1/patrols"))["items"]]
+    department = accounts.client("dept1", "department", scope_region=COMMUNITY_A)
+    assert department.get(url).status_code == 403
+    assert department.get("/api/v1/patrols").status_code == 403
+
+    # reads of someone else's track are audited (the worker's own are not), no coordinates
+    audited = audit_rows(engine, "patrol.read_track")
+    readers_ids = [a for a, _, _ in audited]
+    assert readers_ids == [
+        f"user:{worker_id(engine, 'chief1')}",
+        f"user:{worker_id(engine, 'office1')}",
+    ]
+    assert all(
+        s == {"worker_id": patrol_worker(engine), "grid": A1, "points": True} for *_, s in audited
+    )
+
+
+def patrol_worker(engine) -> int:  # type: ignore[no-untyped-def]
+    return worker_id(engine, "worker1")
+
+
+def test_list_filters(client, accounts, worker, world):
+    other = accounts.client("worker_a2", "grid_worker", grids=[A2])
+    mine = start(worker)
+    theirs = start(other)
+    ok(worker.post(f"/api/v1/patrols/{mine['id']}/end", json={}))
+    ids = lambda r: [p["id"] for p in ok(r)["items"]]  # noqa: E731
+    assert ids(client.get("/api/v1/patrols")) == [theirs["id"], mine["id"]]
+    assert ids(client.get(f"/api/v1/patrols?grid={A2}")) == [theirs["id"]]
+    assert ids(client.get("/api/v1/patrols?status=ended")) == [mine["id"]]
+    assert ids(client.get(f"/api/v1/patrols?worker_id={mine['worker']['id']}")) == [mine["id"]]
+    assert ids(client.get(f"/api/v1/patrols?region={COMMUNITY_B}")) == []
+    assert ids(client.get("/api/v1/patrols?limit=1")) == [theirs["id"]]
+    page = ok(client.get("/api/v1/patrols?limit=1"))
+    assert ids(client.get(f"/api/v1/patrols?limit=1&cursor={page['next_cursor']}")) == [mine["id"]]
+    later = iso(datetime.now(UTC) + timedelta(minutes=10))
+    assert ids(client.get("/api/v1/patrols", query_string={"from": later})) == []
+    ok(client.get("/api/v1/patrols?nonsense=1"), 422)
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+
+def test_monthly_statistics_per_worker_and_grid(client, accounts, worker, world):
+    houses = [
+        ok(client.post("/api/v1/houses", json={"address": f"平江路{i}号", "grid": A1}), 201)
+        for i in range(4)
+    ]
+    households = [
+        ok(client.post("/api/v1/households", json={"number": f"H{i}", "house_id": h["id"]}), 201)
+        for i, h in enumerate(houses)
+    ]
+    patrol, began = started_an_hour_ago(worker)
+    upload(worker, patrol["id"], walk(began + timedelta(minutes=1)))  # A1 → A2 → B1
+    at = iso(began + timedelta(minutes=3))
+    visit = {"household_id": households[0]["id"], "findings": "正常", "visited_at": at}
+    ok(worker.post("/api/v1/visits", json=visit), 201)
+    # a check-in at a house counts its households; a second visit to one counts once
+    checkin = {"house_id": houses[1]["id"], "at": at}
+    ok(worker.post(f"/api/v1/patrols/{patrol['id']}/checkins", json=checkin), 201)
+    ok(worker.post("/api/v1/visits", json={**visit, "household_id": households[1]["id"]}), 201)
+    ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json={}))
+    idle = accounts.client("idle1", "grid_worker", grids=[A1])  # on the roster, did nothing
+    month = began.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%Y-%m")
+
+    stats = ok(client.get(f"/api/v1/patrols/stats?month={month}"))
+    me = worker_row = next(w for w in stats["workers"] if w["worker_name"] == "worker1")
+    assert worker_row["patrols"] == 1 and worker_row["length_m"] > 1900
+    by_pair = {(i["worker_name"], i["grid"]): i for i in stats["items"]}
+    a1 = by_pair[("worker1", A1)]
+    assert (a1["patrols"], a1["households"], a1["households_visited"]) == (1, 4, 2)
+    assert a1["visited_share"] == 0.5
+    assert by_pair[("worker1", B1)]["households"] == 0
+    assert by_pair[("worker1", B1)]["visited_share"] is None
+    idle_row = by_pair[("idle1", A1)]
+    assert (idle_row["patrols"], idle_row["households_visited"], idle_row["visited_share"]) == (
+        0,
+        0,
+        0.0,
+    )
+    grids = {g["grid"]: g for g in stats["grids"]}
+    assert (grids[A1]["patrols"], grids[A1]["visited_share"]) == (1, 0.5)
+
+    # the worker sees their own figures, only in their own grid; the idle worker theirs
+    own = ok(worker.get(f"/api/v1/patrols/stats?month={month}"))
+    assert [w["worker_name"] for w in own["workers"]] == ["worker1"]
+    assert [(i["grid"], i["households_visited"]) for i in own["items"]] == [(A1, 2)]
+    assert own["workers"][0]["length_m"] == me["length_m"]
+    idle_own = ok(idle.get(f"/api/v1/patrols/stats?month={month}"))
+    assert [(i["worker_name"], i["patrols"]) for i in idle_own["items"]] == [("idle1", 0)]
+
+    # filters, another month, bad input
+    only = ok(client.get(f"/api/v1/patrols/stats?month={month}&grid={A2}"))
+    assert {i["grid"] for i in only["items"]} == {A2} and only["grids"][0]["patrols"] == 1
+    by_worker = ok(client.get(f"/api/v1/patrols/stats?month={month}&worker_id={me['worker_id']}"))
+    assert {i["worker_name"] for i in by_worker["items"]} == {"worker1"}
+    empty = ok(client.get("/api/v1/patrols/stats?month=2001-01"))
+    assert empty["workers"][0]["patrols"] == 0 if empty["workers"] else True
+    assert all(i["patrols"] == 0 for i in empty["items"])
+    assert "month" in ok(client.get("/api/v1/patrols/stats?month=2026-13"), 422)["errors"]["query"]
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+def test_thin_tracks_thins_then_deletes_and_is_idempotent(app, client, worker, world, engine):
+    patrol, began = started_an_hour_ago(worker)
+    points = walk(began + timedelta(minutes=1), n=41)
+    upload(worker, patrol["id"], points)
+    ok(worker.post(f"/api/v1/patrols/{patrol['id']}/checkins", json={"place": "市场"}), 201)
+    body = {"category": "0101", "description": "巡查发现"}
+    case_id = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/findings", json=body), 201)["case"][
+        "id"
+    ]
+    ended = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json={}))
+    ok(worker.post("/api/v1/presence/heartbeat", json={"location": point(0)}))
+    # never ended: kept until the retention period (the admin has no grid: it says where)
+    active = start(client, location=point(1), started_at=iso(began))
+    sessions = app.extensions["gridapi"].sessions
+    now = datetime.now(UTC)
+
+    def run(at: datetime) -> dict:
+        with sessions.begin() as session:
+            return thin_tracks(session, at, 30, 180)
+
+    assert run(now) == {"thinned": 0, "deleted": 0, "presence_cleared": 0}
+    assert run(now + timedelta(days=31)) == {"thinned": 1, "deleted": 0, "presence_cleared": 1}
+    thinned = ok(worker.get(f"/api/v1/patrols/{patrol['id']}?points=true"))
+    assert thinned["points"] == [] and thinned["thinned_at"]
+    assert 2 <= len(thinned["track"]["coordinates"]) < len(points)
+    for key in ("length_m", "duration_s", "point_count", "grids_crossed"):
+        assert thinned[key] == ended[key], key
+    late = {"t": iso(began + timedelta(minutes=2)), "lon": 120.605, "lat": 31.305}
+    ok(worker.post(f"/api/v1/patrols/{patrol['id']}/points", json={"points": [late]}), 409)
+    seen = rows(engine, "SELECT lon, at FROM presence")
+    assert seen[0][0] is None and seen[0][1] is not None  # last seen stays, the place goes
+    assert run(now + timedelta(days=32)) == {"thinned": 0, "deleted": 0, "presence_cleared": 0}
+
+    assert run(now + timedelta(days=181)) == {"thinned": 0, "deleted": 2, "presence_cleared": 0}
+    ok(worker.get(f"/api/v1/patrols/{patrol['id']}"), 404)
+    ok(client.get(f"/api/v1/patrols/{active['id']}"), 404)
+    for table in ("patrols", "patrol_points", "patrol_checkins", "patrol_findings"):
+        assert rows(engine, f"SELECT count(*) FROM {table}") == [(0,)], table
+    assert ok(client.get(f"/api/v1/cases/{case_id}"))["source"] == "patrol"  # the case stays
+    assert run(now + timedelta(days=182)) == {"thinned": 0, "deleted": 0, "presence_cleared": 0}

@@ -1,0 +1,165 @@
+"""Presence over HTTP: heartbeats, who is on duty in a grid now, when workers were last seen.
+
+The clearing of old coordinates is tested with the retention of tracks (test_patrols.py);
+every operation × role × scope in test_authorization_matrix.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from gridapi.geo.crs import wgs84_to_bd09
+from gridapi.geo.geodesy import distance_m
+
+from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP
+
+A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
+B1 = COMMUNITY_B + "001"
+
+
+def center(col: float) -> list[float]:
+    return [round(LON0 + (col + 0.5) * STEP, 6), round(LAT0 + 0.5 * STEP, 6)]
+
+
+def point(col: float) -> dict:
+    return {"type": "Point", "coordinates": center(col)}
+
+
+def ok(response, status: int = 200) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, (response.status_code, response.get_json())
+    return response.get_json()
+
+
+def beat(client, col: float, **extra) -> dict:  # type: ignore[no-untyped-def]
+    return ok(client.post("/api/v1/presence/heartbeat", json={"location": point(col), **extra}))
+
+
+@pytest.fixture
+def world(factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+@pytest.fixture
+def people(accounts, world) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "worker1": accounts.client("worker1", "grid_worker", grids=[A1]),
+        "worker2": accounts.client("worker2", "grid_worker", grids=[A1]),
+        "visitor": accounts.client("visitor", "grid_worker", grids=[B1]),
+        "chief": accounts.client("chief1", "grid_chief", grids=[A1, A2]),
+    }
+
+
+@contextlib.contextmanager
+def role_without(engine, role: str, permission: str):  # type: ignore[no-untyped-def]
+    """Take one permission from a stock role for the block only (PostgreSQL keeps roles)."""
+    with engine.begin() as conn:
+        before = conn.execute(
+            text("SELECT permissions FROM roles WHERE name = :r"), {"r": role}
+        ).scalar()
+        before = json.loads(before) if isinstance(before, str) else before
+        conn.execute(
+            text("UPDATE roles SET permissions = :p WHERE name = :r"),
+            {"p": json.dumps([p for p in before if p != permission]), "r": role},
+        )
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE roles SET permissions = :p WHERE name = :r"),
+                {"p": json.dumps(before), "r": role},
+            )
+
+
+def test_a_heartbeat_is_routed_and_a_late_one_changes_nothing(people):
+    worker = people["worker1"]
+    lon, lat = wgs84_to_bd09(*center(1))  # Baidu's BD-09
+    body = {"location": {"type": "Point", "coordinates": [lon, lat]}, "crs": "bd09"}
+    seen = ok(worker.post("/api/v1/presence/heartbeat", json={**body, "battery": 76}))
+    assert (seen["grid"], seen["on_duty"], seen["battery"]) == (A2, True, 76)
+    assert distance_m(*seen["location"]["coordinates"], *center(1)) < 1.0
+    # a heartbeat the phone took earlier (sent late) does not move the worker back
+    earlier = (datetime.now(UTC) - timedelta(minutes=3)).isoformat()
+    again = beat(worker, 0, at=earlier)
+    assert (again["grid"], again["last_seen"]) == (A2, seen["last_seen"])
+    assert beat(worker, 0)["grid"] == A1
+    # bad input: the one error format, naming the field
+    for bad, field in (
+        ({"location": point(0), "battery": 101}, "battery"),
+        ({"crs": "wgs84"}, "location"),
+        ({"location": point(0), "at": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}, "at"),
+    ):
+        answer = ok(worker.post("/api/v1/presence/heartbeat", json=bad), 422)
+        assert field in answer["errors"]["json"], bad
+
+
+def test_who_is_on_duty_in_a_grid_now(people, engine):
+    beat(people["worker1"], 0)  # on the roster of A1, there
+    beat(people["visitor"], 0)  # on the roster of B1, in A1 now
+    stale = (datetime.now(UTC) - timedelta(minutes=40)).isoformat()
+    beat(people["worker2"], 0, at=stale)  # on the roster, not seen for 40 minutes
+    duty = ok(people["chief"].get(f"/api/v1/grids/{A1}/on-duty"))
+    on = {i["username"]: i for i in duty["items"]}
+    assert set(on) == {"worker1", "visitor"}
+    assert (on["worker1"]["on_roster"], on["worker1"]["in_grid"]) == (True, True)
+    assert (on["visitor"]["on_roster"], on["visitor"]["in_grid"]) == (False, True)
+    assert on["worker1"]["location"]["coordinates"] == center(0)
+    off = {i["username"]: i for i in duty["off_duty"]}
+    assert set(off) == {"worker2", "chief1"}  # the chief is on A1's roster too
+    assert off["worker2"]["last_seen"] is not None and off["chief1"]["last_seen"] is None
+    assert off["worker2"]["on_duty"] is False
+    # elsewhere in A2 nobody is on duty; a worker moving away leaves A1
+    assert ok(people["chief"].get(f"/api/v1/grids/{A2}/on-duty"))["items"] == []
+    beat(people["visitor"], 2)
+    assert {
+        i["username"] for i in ok(people["chief"].get(f"/api/v1/grids/{A1}/on-duty"))["items"]
+    } == {"worker1"}
+
+
+def test_on_duty_out_of_scope_answers_like_a_missing_grid(people):
+    chief = people["chief"]
+    out = chief.get(f"/api/v1/grids/{B1}/on-duty")
+    missing = chief.get(f"/api/v1/grids/{COMMUNITY_B}999/on-duty")
+    assert (out.status_code, out.data) == (404, missing.data)
+    assert people["worker1"].get(f"/api/v1/grids/{A1}/on-duty").status_code == 403
+
+
+def test_last_seen_of_the_workers_in_scope(people, accounts, engine):
+    beat(people["worker1"], 0)
+    stale = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+    beat(people["visitor"], 2, at=stale)
+    chief = people["chief"]
+    seen = {i["username"]: i for i in ok(chief.get("/api/v1/presence"))["items"]}
+    # the workers on the chief's grids (the chief too), seen or not; B1's is out of scope
+    assert set(seen) == {"worker1", "worker2", "chief1"}
+    assert seen["worker1"]["on_duty"] and seen["worker1"]["grid"] == A1
+    assert seen["worker2"]["last_seen"] is None and not seen["worker2"]["on_duty"]
+    on_duty = ok(chief.get("/api/v1/presence?on_duty=true"))["items"]
+    assert [i["username"] for i in on_duty] == ["worker1"]
+    office = accounts.client("office1", "township_office", scope_region=COMMUNITY_A[:9] + "000")
+    everyone = {i["username"]: i for i in ok(office.get("/api/v1/presence"))["items"]}
+    assert {"worker1", "worker2", "visitor"} <= set(everyone)
+    assert everyone["visitor"]["on_duty"] is False and everyone["visitor"]["grid"] == B1
+    assert [i["username"] for i in ok(office.get(f"/api/v1/presence?grid={B1}"))["items"]] == [
+        "visitor"
+    ]
+    assert ok(office.get(f"/api/v1/presence?region={COMMUNITY_B}"))["items"][0]["username"] == (
+        "visitor"
+    )
+    page = ok(office.get("/api/v1/presence?limit=1"))
+    after = ok(office.get(f"/api/v1/presence?limit=1&cursor={page['next_cursor']}"))["items"]
+    assert after[0]["user_id"] > page["items"][0]["user_id"]
+    # whereabouts only with patrols:read
+    with role_without(engine, "grid_chief", "patrols:read"):
+        limited = accounts.client("chief2", "grid_chief", grids=[A1])
+        items = ok(limited.get("/api/v1/presence"))["items"]
+        assert items and all(i["location"] is None for i in items)
+        duty = ok(limited.get(f"/api/v1/grids/{A1}/on-duty"))["items"]
+        assert duty and all(i["location"] is None for i in duty)

@@ -1,0 +1,543 @@
+"""Offline sync: snapshot and change pages, tombstones, the cursor under concurrent writes,
+and the batch of offline actions applied exactly once."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from gridapi.personal import check_digit
+
+from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP
+
+A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
+B1 = COMMUNITY_B + "001"
+
+
+def center(col: int) -> list[float]:
+    return [round(LON0 + (col + 0.5) * STEP, 6), round(LAT0 + 0.5 * STEP, 6)]
+
+
+def ok(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, (response.status_code, response.get_json())
+    return response.get_json()
+
+
+def report(client: Any, col: int = 0, **extra: Any) -> dict:
+    body = {
+        "category": "0101",
+        "description": "同步测试",
+        "location": {"type": "Point", "coordinates": center(col)},
+        **extra,
+    }
+    return ok(client.post("/api/v1/cases", json=body), 201)
+
+
+def step(client: Any, case_id: int, action: str, **data: Any) -> dict:
+    etag = client.get(f"/api/v1/cases/{case_id}").headers["ETag"]
+    r = client.post(
+        f"/api/v1/cases/{case_id}/transitions",
+        json={"action": action, **data},
+        headers={"If-Match": etag},
+    )
+    return ok(r)
+
+
+_SERIAL = iter(range(100, 999))
+
+
+def household(client: Any, grid: str) -> dict:
+    return ok(
+        client.post("/api/v1/households", json={"number": f"S{next(_SERIAL)}", "grid": grid}),
+        201,
+    )
+
+
+def person(client: Any, household_id: int) -> dict:
+    first = f"32050819800101{next(_SERIAL):03d}"
+    body = {"name": "赵六", "id_number": first + check_digit(first), "household_id": household_id}
+    return ok(client.post("/api/v1/persons", json=body), 201)
+
+
+class Phone:
+    """A phone's offline copy: applies sync pages, remembers what it was sent."""
+
+    def __init__(self, client: Any, limit: int | None = None) -> None:
+        self.client = client
+        self.limit = limit
+        self.cursor: str | None = None
+        self.kept: dict[tuple[str, int], dict] = {}
+        self.deliveries: Counter[tuple[str, int, str]] = Counter()
+        self.references: dict[str, Any] = {}
+        self.pages = 0
+
+    def pull(self) -> list[dict]:
+        """Sync until nothing more; return every change received."""
+        received = []
+        deadline = time.monotonic() + 20
+        while True:
+            query: dict[str, Any] = {}
+            if self.cursor:
+                query["cursor"] = self.cursor
+            if self.limit:
+                query["limit"] = self.limit
+            body = ok(self.client.get("/api/v1/sync", query_string=query))
+            self.pages += 1
+            for change in body["changes"]:
+                key = (change["type"], change["id"])
+                if change["op"] == "upsert":
+                    self.kept[key] = change["data"]
+                else:
+                    self.kept.pop(key, None)
+                received.append(change)
+            for name in ("categories", "calendar", "grids"):
+                if name in body:
+                    self.references[name] = body[name]
+            self.cursor = body["next_cursor"]
+            if body["pending"] and time.monotonic() < deadline:
+                time.sleep(0.05)  # PostgreSQL: another transaction holds the horizon back
+                continue
+            if not body["has_more"]:
+                return received
+
+    def ids(self, kind: str) -> set[int]:
+        return {i for t, i in self.kept if t == kind}
+
+
+@pytest.fixture
+def world(factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+@pytest.fixture
+def worker(accounts, world):  # type: ignore[no-untyped-def]
+    return accounts.client("worker1", "grid_worker", grids=[A1])
+
+
+def test_a_first_sync_is_a_snapshot_of_what_the_phone_keeps(client, worker, accounts):
+    own = [report(worker)["id"] for _ in range(3)]
+    other = report(client, 2)["id"]  # reported by the office elsewhere
+    dispatched = report(client, 1)["id"]
+    step(client, dispatched, "accept")
+    step(client, dispatched, "file")
+    step(client, dispatched, "dispatch", assignee_id=accounts.ids["worker1"])
+    mine = household(client, A1)
+    person(client, mine["id"])
+    theirs = household(client, B1)
+    phone = Phone(worker, limit=2)
+    phone.pull()
+    assert phone.pages >= 4  # paged
+    assert phone.ids("case") == {*own, dispatched}
+    assert other not in phone.ids("case")
+    assert phone.ids("household") == {mine["id"]}
+    assert theirs["id"] not in phone.ids("household")
+    members = phone.kept[("household", mine["id"])]["members"]
+    assert members[0]["name"] == "赵*"  # masked, like the household's own GET
+    assert phone.kept[("case", dispatched)]["status"] == "dispatched"
+    assert {f["properties"]["code"] for f in phone.references["grids"]["features"]} == {A1}
+    assert any(c["code"] == "0101" for c in phone.references["categories"])
+    assert "calendar" in phone.references
+    # nothing new: an empty page without the reference sets
+    body = ok(worker.get("/api/v1/sync", query_string={"cursor": phone.cursor}))
+    assert body["changes"] == [] and body["has_more"] is False
+    assert not {"categories", "calendar", "grids"} & set(body)
+
+
+def test_changes_and_tombstones_follow(client, worker, accounts):
+    case_id = report(worker)["id"]
+    home = household(client, A1)
+    phone = Phone(worker)
+    phone.pull()
+    assert phone.ids("household") == {home["id"]}
+    # the office accepts the worker's case; a resident joins the household
+    step(client, case_id, "accept")
+    person(client, home["id"])
+    changes = phone.pull()
+    assert {(c["type"], c["id"], c["op"]) for c in changes} == {
+        ("case", case_id, "upsert"),
+        ("household", home["id"], "upsert"),
+    }
+    assert phone.kept[("case", case_id)]["status"] == "accepted"
+    assert len(phone.kept[("household", home["id"])]["members"]) == 1
+    # a case dispatched to the worker arrives; dispatched on to someone else, it leaves
+    other = report(client, 1)["id"]
+    for action in ("accept", "file"):
+        step(client, other, action)
+    step(client, other, "dispatch", assignee_id=accounts.ids["worker1"])
+    assert ("case", other, "upsert") in {(c["type"], c["id"], c["op"]) for c in phone.pull()}
+    someone = accounts.create("worker2", "grid_worker", grids=[A2])
+    with client.application.extensions["gridapi"].engine.begin() as conn:
+        conn.execute(
+            text("UPDATE cases SET assignee_id = :u WHERE id = :i"), {"u": someone, "i": other}
+        )
+    assert [(c["type"], c["id"], c["op"]) for c in phone.pull()] == [("case", other, "delete")]
+    assert other not in phone.ids("case")
+    # the household's house moves to another grid: it leaves the phone
+    house = ok(client.post("/api/v1/houses", json={"address": "平江路9号", "grid": A1}), 201)
+    ok(client.patch(f"/api/v1/households/{home['id']}", json={"house_id": house["id"]}))
+    phone.pull()
+    ok(client.patch(f"/api/v1/houses/{house['id']}", json={"grid": B1}))
+    assert [(c["type"], c["id"], c["op"]) for c in phone.pull()] == [
+        ("household", home["id"], "delete")
+    ]
+
+
+def test_grids_are_sent_again_when_they_change(client, worker, world):
+    phone = Phone(worker)
+    phone.pull()
+    first = phone.references.pop("grids")
+    phone.pull()
+    assert "grids" not in phone.references
+    world.grid_version()  # a new version of the same grids
+    phone.pull()
+    assert (
+        phone.references["grids"]["features"][0]["properties"]["version_id"]
+        != (first["features"][0]["properties"]["version_id"])
+    )
+
+
+def test_a_cursor_belongs_to_its_caller_and_bad_ones_are_refused(worker, accounts):
+    phone = Phone(worker)
+    phone.pull()
+    other = accounts.client("worker2", "grid_worker", grids=[A2])
+    r = other.get("/api/v1/sync", query_string={"cursor": phone.cursor})
+    assert r.status_code == 422 and r.get_json()["errors"]["query"]["cursor"]
+    r = worker.get("/api/v1/sync", query_string={"cursor": "not-a-cursor"})
+    assert r.status_code == 422
+
+
+def test_an_old_cursor_is_gone(app, worker):
+    phone = Phone(worker)
+    phone.pull()
+    app.extensions["gridapi"].settings.sync_retention_days = 0
+    r = worker.get("/api/v1/sync", query_string={"cursor": phone.cursor})
+    assert r.status_code == 410 and r.get_json()["code"] == 410
+
+
+@pytest.mark.engines("postgis")
+def test_a_late_commit_is_not_skipped(client, worker, engine):
+    """A transaction that started before another and commits after it: the cursor must not
+    move past its change. PostgreSQL only: SQLite serialises writers (BEGIN IMMEDIATE), so no
+    transaction can commit out of order there."""
+    phone = Phone(worker)
+    phone.pull()
+    slow = engine.connect()
+    tx = slow.begin()
+    slow.execute(
+        text(
+            "INSERT INTO households (county_code, region_code, grid_code, number, type, "
+            "created_by, created_at, updated_at) VALUES ('320508', :r, :g, 'LATE', "
+            "'registered', 'test', now(), now())"
+        ),
+        {"r": COMMUNITY_A, "g": A1},
+    )
+    fast = household(client, A1)
+    early = {c["id"] for c in phone.pull()}
+    tx.commit()
+    slow.close()
+    late = {c["id"] for c in phone.pull()}
+    with engine.connect() as conn:
+        late_id = conn.execute(text("SELECT id FROM households WHERE number = 'LATE'")).scalar()
+    assert late_id in late
+    assert fast["id"] in early | late
+    assert not early & late  # nothing twice
+
+
+def test_the_cursor_under_concurrent_writes_skips_and_repeats_nothing(app, client, worker):
+    phone = Phone(worker, limit=7)
+    phone.pull()
+    made: list[int] = []
+    errors: list[Any] = []
+
+    def write(n: int) -> None:
+        try:
+            c = app.test_client()
+            c.environ_base.update(worker.environ_base)
+            for _ in range(n):
+                made.append(report(c)["id"])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(8,)) for _ in range(3)]
+    for t in writers:
+        t.start()
+    seen: Counter[int] = Counter()
+    while any(t.is_alive() for t in writers):
+        for change in phone.pull():
+            seen[change["id"]] += 1
+    for t in writers:
+        t.join()
+    for change in phone.pull():
+        seen[change["id"]] += 1
+    assert not errors
+    assert sorted(seen) == sorted(made)  # none skipped
+    assert set(seen.values()) == {1}  # none twice
+
+
+# --- the batch --------------------------------------------------------------------------------
+
+
+def batch(client: Any, actions: list[dict]) -> list[dict]:
+    return ok(client.post("/api/v1/sync/batch", json={"actions": actions}))["results"]
+
+
+def test_a_batch_applies_each_action_once_in_order_and_failures_stay_alone(client, worker, engine):
+    home = household(client, A1)
+    actions = [
+        {
+            "key": "k1",
+            "type": "case.create",
+            "payload": {
+                "category": "0101",
+                "description": "离线上报",
+                "location": {"type": "Point", "coordinates": center(0)},
+                "client_id": str(uuid.uuid4()),
+            },
+        },
+        {
+            "key": "k2",
+            "type": "case.transition",
+            "payload": {"case_id": "ref:k1", "action": "sign"},
+        },
+        {
+            "key": "k3",
+            "type": "visit.create",
+            "payload": {"household_id": home["id"], "findings": "正常"},
+        },
+        {"key": "k4", "type": "visit.create", "payload": {"household_id": 999999}},
+        {
+            "key": "k5",
+            "type": "case.transition",
+            "payload": {"case_id": "ref:k4", "action": "sign"},
+        },
+    ]
+    first = batch(worker, actions)
+    assert [r["key"] for r in first] == ["k1", "k2", "k3", "k4", "k5"]
+    assert first[0]["status"] == 201 and isinstance(first[0]["id"], int)
+    assert first[1]["status"] == 409  # a reported case cannot be signed: the state machine says
+    assert first[1]["error"]["errors"]["allowed_actions"] == []
+    assert first[2]["status"] == 201
+    assert first[3]["status"] == 422 and first[3]["error"]["errors"]["json"]["household_id"]
+    assert first[4]["status"] == 422  # refers to an action that created nothing
+    again = batch(worker, list(reversed(actions)))
+    by_key = {r["key"]: r for r in again}
+    assert by_key["k1"]["replayed"] and by_key["k1"]["id"] == first[0]["id"]
+    assert by_key["k3"]["replayed"] and by_key["k3"]["id"] == first[2]["id"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM visits")).scalar() == 1
+    # a key reused for another action is refused for that action only
+    other = batch(
+        worker, [{**actions[2], "payload": {"household_id": home["id"], "findings": "变了"}}]
+    )
+    assert other[0]["status"] == 422
+
+
+def test_a_simulated_phone_queue_of_200_actions_lands_exactly_once(
+    app, client, worker, accounts, engine
+):
+    """200 mixed offline actions — reports, case steps, visits, a patrol with its track,
+    task completions — sent twice, then shuffled, while an office edits the same cases: the
+    end state is what the queue meant, each action applied once."""
+    from datetime import UTC, datetime, timedelta
+
+    homes = [household(client, A1)["id"] for _ in range(5)]
+    worker_id = accounts.ids["worker1"]
+    dispatched = []
+    for _ in range(20):
+        case_id = report(client)["id"]
+        for action in ("accept", "file"):
+            step(client, case_id, action)
+        step(client, case_id, "dispatch", assignee_id=worker_id)
+        dispatched.append(case_id)
+    due = {"amount": 3, "unit": "days"}
+    tasks = [
+        ok(
+            client.post(
+                "/api/v1/tasks",
+                json={"title": f"任务{n}", "grid": A1, "assignee_id": worker_id, "due_in": due},
+            ),
+            201,
+        )["id"]
+        for n in range(8)
+    ]
+    actions: list[dict] = []
+    for n in range(108):
+        payload = {
+            "category": "0101",
+            "description": f"离线事件{n}",
+            "location": {"type": "Point", "coordinates": center(n % 2)},
+        }
+        actions.append({"key": f"create-{n}", "type": "case.create", "payload": payload})
+    for n, case_id in enumerate(dispatched):
+        actions.append(
+            {
+                "key": f"sign-{n}",
+                "type": "case.transition",
+                "payload": {"case_id": case_id, "action": "sign"},
+            }
+        )
+        actions.append(
+            {
+                "key": f"feedback-{n}",
+                "type": "case.transition",
+                "payload": {"case_id": case_id, "action": "feedback", "comment": "已处理"},
+            }
+        )
+    for n in range(32):
+        actions.append(
+            {
+                "key": f"visit-{n}",
+                "type": "visit.create",
+                "payload": {"household_id": homes[n % 5], "findings": f"走访{n}"},
+            }
+        )
+    start = datetime.now(UTC) - timedelta(hours=1)
+    actions.append(
+        {"key": "patrol", "type": "patrol.start", "payload": {"started_at": start.isoformat()}}
+    )
+    track = [
+        {
+            "t": (start + timedelta(minutes=m)).isoformat(),
+            "lon": center(0)[0] + 0.0001 * m,
+            "lat": center(0)[1],
+        }
+        for m in range(1, 41)
+    ]
+    for n in range(10):  # overlapping batches: points 4n .. 4n+7, so most arrive twice
+        actions.append(
+            {
+                "key": f"points-{n}",
+                "type": "patrol.points",
+                "payload": {"patrol_id": "ref:patrol", "points": track[4 * n : 4 * n + 8]},
+            }
+        )
+    actions.append(
+        {
+            "key": "patrol-end",
+            "type": "patrol.end",
+            "payload": {
+                "patrol_id": "ref:patrol",
+                "ended_at": (start + timedelta(minutes=50)).isoformat(),
+            },
+        }
+    )
+    for n, task_id in enumerate(tasks):
+        actions.append(
+            {
+                "key": f"task-{n}",
+                "type": "task.complete",
+                "payload": {"task_id": task_id, "comment": "已完成"},
+            }
+        )
+    assert len(actions) == 200
+    # the office supervises the dispatched cases meanwhile (a change that does not conflict)
+    office_errors: list[Any] = []
+
+    def office() -> None:
+        try:
+            for case_id in dispatched[:10]:
+                step(client, case_id, "supervise", level="yellow", comment="督办")
+        except Exception as exc:  # noqa: BLE001
+            office_errors.append(exc)
+
+    t = threading.Thread(target=office)
+    t.start()
+    first = batch(worker, actions)
+    t.join()
+    assert not office_errors, office_errors
+    failed = [r for r in first if not 200 <= r["status"] < 300]
+    assert not failed, failed[:3]
+    second = batch(worker, actions)
+    assert [r for r in second if not r["replayed"]] == []
+    shuffled = actions[:]
+    random.Random(7).shuffle(shuffled)
+    third = batch(worker, shuffled)
+    assert all(r["replayed"] for r in third)
+    patrol_id = next(r["id"] for r in first if r["key"] == "patrol")
+    assert [r["id"] for r in third if r["key"] == "patrol"] == [patrol_id]
+    with engine.connect() as conn:
+        count = conn.execute(
+            text("SELECT count(*) FROM cases WHERE description LIKE '离线事件%'")
+        ).scalar()
+        assert count == 108
+        assert conn.execute(text("SELECT count(*) FROM visits")).scalar() == 32
+        statuses = dict(
+            conn.execute(
+                text(f"SELECT id, status FROM cases WHERE id IN ({','.join(map(str, dispatched))})")
+            ).all()
+        )
+        supervised = conn.execute(
+            text("SELECT count(*) FROM cases WHERE supervision = 'yellow'")
+        ).scalar()
+        patrols = conn.execute(text("SELECT status, point_count FROM patrols")).all()
+        points = conn.execute(text("SELECT count(*) FROM patrol_points")).scalar()
+        done = conn.execute(text("SELECT status, count(*) FROM tasks GROUP BY status")).all()
+    assert set(statuses.values()) == {"feedback"}
+    assert supervised == 10
+    assert [tuple(p) for p in patrols] == [("ended", 40)] and points == 40
+    assert [tuple(d) for d in done] == [("completed", 8)]
+
+
+def test_the_worker_prunes_old_tombstones_but_keeps_live_rows(client, worker, app, engine):
+    from datetime import UTC, datetime, timedelta
+
+    from gridapi.services import jobs
+
+    home = household(client, A1)
+    house = ok(client.post("/api/v1/houses", json={"address": "平江路7号", "grid": A1}), 201)
+    ok(client.patch(f"/api/v1/households/{home['id']}", json={"house_id": house["id"]}))
+    ok(client.patch(f"/api/v1/houses/{house['id']}", json={"grid": B1}))  # a 'leave' row
+    with engine.connect() as conn:
+        ops = Counter(r[0] for r in conn.execute(text("SELECT op FROM sync_log")))
+    assert ops["leave"] == 1 and ops["upsert"] == 1  # one live row per object
+    later = datetime.now(UTC) + timedelta(days=31)
+    results = {r.name: r for r in jobs.run_jobs(engine, later, jobs.JobOptions(), jobs=["sync"])}
+    assert results["sync"].counts == {"pruned": 1}
+    with engine.connect() as conn:
+        assert [r[0] for r in conn.execute(text("SELECT op FROM sync_log"))] == ["upsert"]
+
+
+def test_tasks_come_and_go_with_their_assignee(client, worker, accounts):
+    due = {"amount": 3, "unit": "days"}
+    mine = ok(
+        client.post(
+            "/api/v1/tasks",
+            json={
+                "title": "排查",
+                "grid": A1,
+                "assignee_id": accounts.ids["worker1"],
+                "due_in": due,
+            },
+        ),
+        201,
+    )
+    open_in_grid = ok(
+        client.post("/api/v1/tasks", json={"title": "巡查", "grid": A1, "due_in": due}), 201
+    )
+    elsewhere = ok(
+        client.post("/api/v1/tasks", json={"title": "别处", "grid": B1, "due_in": due}), 201
+    )
+    phone = Phone(worker)
+    phone.pull()
+    assert phone.ids("task") == {mine["id"], open_in_grid["id"]}
+    assert elsewhere["id"] not in phone.ids("task")
+    assert phone.kept[("task", mine["id"])]["title"] == "排查"
+    other = accounts.create("worker2", "grid_worker", grids=[A2])
+    etag = client.get(f"/api/v1/tasks/{mine['id']}").headers["ETag"]
+    r = client.post(
+        f"/api/v1/tasks/{mine['id']}/reassign",
+        json={"assignee_id": other},
+        headers={"If-Match": etag},
+    )
+    ok(r)
+    assert [(c["type"], c["id"], c["op"]) for c in phone.pull()] == [("task", mine["id"], "delete")]

@@ -1,0 +1,661 @@
+"""Tasks and campaigns: fan-out, the worker's steps, the office's, progress, overdue flags.
+
+Every operation × role × scope is in test_authorization_matrix.py; out-of-scope ids answering
+like random ones in test_scope_probing.py.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import select, text
+
+from gridapi.models import Task
+from gridapi.services.cases import add_limit
+from gridapi.services.tasks import flag_overdue_tasks
+
+from ..factories import COMMUNITY_A, COMMUNITY_B, COUNTY, TOWNSHIP
+
+A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
+B1, B2 = COMMUNITY_B + "001", COMMUNITY_B + "002"
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+HAZARD_FORM = [
+    {
+        "code": "hazard",
+        "label": "是否有隐患",
+        "type": "single_choice",
+        "values": ["有", "无"],
+        "required": True,
+    },
+    {"code": "extinguishers", "label": "灭火器数量", "type": "number"},
+]
+SOON = {"amount": 3, "unit": "days"}
+
+
+def ok(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, (response.status_code, response.get_json())
+    return response.get_json()
+
+
+def when(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def audit_rows(engine, action: str) -> list[tuple]:  # type: ignore[no-untyped-def]
+    """Return (object_id, actor_id, region_code, summary) of the audit rows of ``action``."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT object_id, actor_id, region_code, summary FROM audit_log "
+                "WHERE action = :a ORDER BY id"
+            ),
+            {"a": action},
+        )
+        return [(o, a, r, json.loads(s) if isinstance(s, str) else s) for o, a, r, s in rows]
+
+
+@pytest.fixture
+def world(factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+@pytest.fixture
+def people(accounts, world) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """An office over the township, and a worker on each of A1, A2 and B1 (B2 has nobody)."""
+    clients = {
+        "office": accounts.client("office", "township_office", scope_region=TOWNSHIP),
+        "worker1": accounts.client("worker1", "grid_worker", grids=[A1]),
+        "worker2": accounts.client("worker2", "grid_worker", grids=[A2]),
+        "worker3": accounts.client("worker3", "grid_worker", grids=[B1]),
+    }
+    return {**clients, "ids": accounts.ids}
+
+
+def new_task(client, **body: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    data = {"title": "走访独居老人", **body}
+    if "due_at" not in data:
+        data.setdefault("due_in", SOON)
+    return ok(client.post("/api/v1/tasks", json=data), 201)
+
+
+def etag_of(client, task_id: int, kind: str = "tasks") -> str:  # type: ignore[no-untyped-def]
+    return ok_response(client.get(f"/api/v1/{kind}/{task_id}")).headers["ETag"]
+
+
+def ok_response(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, (response.status_code, response.get_json())
+    return response
+
+
+def step(client, task_id: int, action: str, body: Any = None, *, etag: str | None = None):  # type: ignore[no-untyped-def]
+    """Take ``action`` with the task's current ETag (read by ``client``) unless given."""
+    if etag is None:
+        etag = etag_of(client, task_id)
+    return client.post(f"/api/v1/tasks/{task_id}/{action}", json=body, headers={"If-Match": etag})
+
+
+def house(client, grid: str, use: str, address: str) -> int:  # type: ignore[no-untyped-def]
+    return ok(
+        client.post("/api/v1/houses", json={"address": address, "grid": grid, "use": use}), 201
+    )["id"]
+
+
+def campaign_tasks(client, campaign_id: int) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    items = ok(client.get(f"/api/v1/tasks?campaign_id={campaign_id}"))["items"]
+    return {t["grid"]["code"]: t for t in items}
+
+
+# --- campaigns: fan-out -----------------------------------------------------------------------
+
+
+def test_a_campaign_makes_a_task_per_grid_and_an_item_per_rented_house(client, people, engine):
+    rented_a1 = [house(client, A1, "rented", f"平江路{n}号") for n in (1, 2)]
+    house(client, A1, "self_occupied", "平江路3号")
+    rented_a2 = house(client, A2, "rented", "平江路4号")
+    rented_b1 = house(client, B1, "rented", "观前街5号")
+    office = people["office"]
+
+    made = ok(
+        office.post(
+            "/api/v1/campaigns",
+            json={
+                "title": "出租房屋消防安全大排查",
+                "region": TOWNSHIP,
+                "due_in": SOON,
+                "result_schema": HAZARD_FORM,
+                "item_scope": "houses",
+                "item_uses": ["rented"],
+            },
+        ),
+        201,
+    )
+    assert made["fan_out"] == {"tasks": 4, "assigned": 3, "items": 4}
+    assert made["status"] == "active" and made["region"]["name"] == "平江街道"
+
+    tasks = campaign_tasks(office, made["id"])
+    assert sorted(tasks) == [A1, A2, B1, B2]
+    ids = people["ids"]
+    assert {g: (t["assignee"] or {}).get("id") for g, t in tasks.items()} == {
+        A1: ids["worker1"],
+        A2: ids["worker2"],
+        B1: ids["worker3"],
+        B2: None,  # nobody on B2's roster: the task waits for the grid
+    }
+    for task in tasks.values():
+        assert task["status"] == "pending"
+        assert task["due_at"] == made["due_at"]
+        assert task["campaign"] == {"id": made["id"], "title": "出租房屋消防安全大排查"}
+        assert [a["code"] for a in task["result_schema"]] == ["hazard", "extinguishers"]
+    assert {g: t["item_count"] for g, t in tasks.items()} == {A1: 2, A2: 1, B1: 1, B2: 0}
+
+    # The worker sees the houses to inspect: the two rented houses of A1, not the other one.
+    a1 = ok(people["worker1"].get(f"/api/v1/tasks/{tasks[A1]['id']}"))
+    assert [(i["house_id"], i["label"], i["status"]) for i in a1["items"]] == [
+        (rented_a1[0], "平江路1号", "pending"),
+        (rented_a1[1], "平江路2号", "pending"),
+    ]
+    a2 = ok(people["worker2"].get(f"/api/v1/tasks/{tasks[A2]['id']}"))
+    assert [i["house_id"] for i in a2["items"]] == [rented_a2]
+    b1 = ok(office.get(f"/api/v1/tasks/{tasks[B1]['id']}"))
+    assert [i["house_id"] for i in b1["items"]] == [rented_b1]
+
+    [(object_id, actor, region, summary)] = audit_rows(engine, "campaign.create")
+    assert (object_id, actor, region) == (str(made["id"]), f"user:{ids['office']}", TOWNSHIP)
+    assert summary["tasks"] == 4 and summary["items"] == 4 and summary["assigned"] == 3
+
+
+def test_a_campaign_of_households_counts_the_households_of_rented_houses(client, people):
+    rented = house(client, A1, "rented", "平江路8号")
+    own = house(client, A1, "self_occupied", "平江路9号")
+    for number, house_id in (("R1", rented), ("R2", rented), ("S1", own)):
+        ok(client.post("/api/v1/households", json={"number": number, "house_id": house_id}), 201)
+    made = ok(
+        people["office"].post(
+            "/api/v1/campaigns",
+            json={
+                "title": "出租户走访",
+                "region": COMMUNITY_A,
+                "due_in": SOON,
+                "item_scope": "households",
+                "item_uses": ["rented"],
+            },
+        ),
+        201,
+    )
+    assert (made["fan_out"]["tasks"], made["fan_out"]["items"]) == (2, 2)
+    a1 = campaign_tasks(people["office"], made["id"])[A1]
+    labels = [i["label"] for i in ok(people["office"].get(f"/api/v1/tasks/{a1['id']}"))["items"]]
+    assert labels == ["R1", "R2"]
+
+
+def test_a_campaign_needs_a_region_in_scope_with_grids_and_a_valid_form(people, accounts):
+    officer = accounts.client("officer_b", "community_officer", scope_region=COMMUNITY_B)
+    body = {"title": "排查", "due_in": SOON}
+    r = officer.post("/api/v1/campaigns", json={**body, "region": COMMUNITY_A})
+    assert r.status_code == 422 and "region" in r.get_json()["errors"]["json"]
+    r = officer.post("/api/v1/campaigns", json={**body, "region": "320508001009"})
+    assert r.status_code == 422 and "region" in r.get_json()["errors"]["json"]
+
+    bad_form = [{"code": "Hazard", "label": "", "type": "colour"}]
+    r = people["office"].post(
+        "/api/v1/campaigns", json={**body, "region": TOWNSHIP, "result_schema": bad_form}
+    )
+    assert r.status_code == 422
+    problems = r.get_json()["errors"]["json"]["result_schema"]
+    assert any("code" in p for p in problems) and any("type" in p for p in problems)
+
+    r = people["office"].post("/api/v1/campaigns", json={"title": "排查", "region": TOWNSHIP})
+    assert r.status_code == 422 and "due_at" in r.get_json()["errors"]["json"]
+    assert ok(people["office"].get("/api/v1/tasks"))["items"] == []  # nothing was made
+    assert ok(people["office"].get("/api/v1/campaigns"))["items"] == []
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+COUNTS = (
+    "total",
+    "pending",
+    "accepted",
+    "completed",
+    "cancelled",
+    "overdue",
+    "completed_late",
+    "items_total",
+    "items_done",
+)
+
+
+def nodes(tree: dict[str, Any]) -> list[dict[str, Any]]:
+    return [tree, *(n for child in tree["children"] for n in nodes(child))]
+
+
+def test_progress_rolls_up_the_tree_and_every_level_sums_its_parts(client, people, app):
+    house(client, A1, "rented", "平江路1号")
+    house(client, A1, "rented", "平江路2号")
+    office = people["office"]
+    county = ok(
+        client.post(
+            "/api/v1/campaigns",
+            json={
+                "title": "全区大排查",
+                "region": COUNTY,
+                "due_in": SOON,
+                "result_schema": HAZARD_FORM,
+                "item_scope": "houses",
+            },
+        ),
+        201,
+    )
+    tasks = campaign_tasks(client, county["id"])
+    a1_items = ok(people["worker1"].get(f"/api/v1/tasks/{tasks[A1]['id']}"))["items"]
+    done = {"id": a1_items[0]["id"], "result": {"hazard": "有", "extinguishers": 0}}
+    ok(step(people["worker1"], tasks[A1]["id"], "complete", {"items": [done]}))
+    ok(step(people["worker2"], tasks[A2]["id"], "accept"))
+    ok(step(office, tasks[B2]["id"], "cancel", {"reason": "网格撤并"}))
+    with app.extensions["gridapi"].sessions.begin() as session:  # B1 runs late
+        session.execute(
+            text("UPDATE tasks SET due_at = :due WHERE id = :id"),
+            {"due": datetime.now(UTC) - timedelta(hours=1), "id": tasks[B1]["id"]},
+        )
+        assert flag_overdue_tasks(session, datetime.now(UTC)) == 1
+
+    progress = ok(client.get(f"/api/v1/campaigns/{county['id']}/progress"))
+    tree = progress["tree"]
+    assert [(n["level"], n["code"]) for n in nodes(tree)] == [
+        ("county", COUNTY),
+        ("township", TOWNSHIP),
+        ("village", COMMUNITY_A),
+        ("grid", A1),
+        ("grid", A2),
+        ("village", COMMUNITY_B),
+        ("grid", B1),
+        ("grid", B2),
+    ]
+    for node in nodes(tree):
+        if node["children"]:
+            for name in COUNTS:
+                assert node[name] == sum(c[name] for c in node["children"]), (node["code"], name)
+    by_code = {n["code"]: n for n in nodes(tree)}
+    assert {k: by_code[A1][k] for k in ("completed", "items_total", "items_done")} == {
+        "completed": 1,
+        "items_total": 2,
+        "items_done": 1,
+    }
+    assert by_code[A2]["accepted"] == 1 and by_code[B1]["overdue"] == 1
+    assert by_code[B2]["cancelled"] == 1 and by_code[B2]["completion_rate"] is None
+    assert {k: tree[k] for k in ("total", "pending", "accepted", "completed", "cancelled")} == {
+        "total": 4,
+        "pending": 1,
+        "accepted": 1,
+        "completed": 1,
+        "cancelled": 1,
+    }
+    assert tree["completion_rate"] == round(1 / 3, 4)  # the cancelled task is not due
+    assert by_code[COMMUNITY_A]["completion_rate"] == 0.5
+    assert (tree["name"], by_code[COMMUNITY_B]["name"]) == ("姑苏区", "观前社区")
+
+    # A worker sees the campaign through its own task, and only that part of the progress.
+    mine = ok(people["worker1"].get(f"/api/v1/campaigns/{county['id']}/progress"))["tree"]
+    assert [n["code"] for n in nodes(mine)] == [COUNTY, TOWNSHIP, COMMUNITY_A, A1]
+    assert mine["total"] == 1 and mine["completed"] == 1
+
+
+# --- deadlines --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("now", "due_in", "expected"),
+    [
+        # Friday + 1 working day: Monday at closing time.
+        (
+            datetime(2026, 11, 27, 10, 0),
+            {"amount": 1, "unit": "days"},
+            datetime(2026, 11, 30, 17, 30),
+        ),
+        # Friday 16:30 + 2 working hours: one on Friday, one on Monday morning.
+        (
+            datetime(2026, 11, 27, 16, 30),
+            {"amount": 2, "unit": "hours"},
+            datetime(2026, 11, 30, 9, 30),
+        ),
+        # Friday 8 May 2026 + 1: Saturday 9 May is worked in exchange (调休).
+        (datetime(2026, 5, 8, 10, 0), {"amount": 1, "unit": "days"}, datetime(2026, 5, 9, 17, 30)),
+    ],
+    ids=["weekend", "hours-over-weekend", "tiaoxiu-saturday"],
+)
+def test_due_in_counts_working_time_on_the_calendar(
+    client, people, app, monkeypatch, now, due_in, expected
+):
+    import gridapi.resources.tasks as resource
+
+    start = now.replace(tzinfo=SHANGHAI)
+    monkeypatch.setattr(resource, "_now", lambda: start.astimezone(UTC))
+    task = new_task(people["office"], grid=A1, due_in=due_in)
+    assert when(task["due_at"]) == expected.replace(tzinfo=SHANGHAI)
+    with app.extensions["gridapi"].sessions() as session:
+        calendar = app.extensions["gridapi"].calendar(session)
+        assert when(task["due_at"]) == add_limit(calendar, start, due_in["amount"], due_in["unit"])
+
+    made = ok(
+        people["office"].post(
+            "/api/v1/campaigns", json={"title": "排查", "region": COMMUNITY_A, "due_in": due_in}
+        ),
+        201,
+    )
+    assert when(made["due_at"]) == expected.replace(tzinfo=SHANGHAI)
+
+
+def test_a_deadline_is_given_once_and_not_in_the_past(people):
+    office = people["office"]
+    past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    r = office.post("/api/v1/tasks", json={"title": "x", "grid": A1, "due_at": past})
+    assert r.status_code == 422 and r.get_json()["errors"]["json"]["due_at"] == ["lies in the past"]
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    both = {"title": "x", "grid": A1, "due_at": future, "due_in": SOON}
+    r = office.post("/api/v1/tasks", json=both)
+    assert r.status_code == 422 and "due_at" in r.get_json()["errors"]["json"]
+    naive = datetime.now().replace(microsecond=0).isoformat()
+    r = office.post("/api/v1/tasks", json={"title": "x", "grid": A1, "due_at": naive})
+    assert r.status_code == 422 and "due_at" in r.get_json()["errors"]["json"]
+    task = new_task(office, grid=A1, due_at=future)
+    assert when(task["due_at"]) == datetime.fromisoformat(future)
+
+
+# --- the worker's steps -----------------------------------------------------------------------
+
+
+def test_a_worker_accepts_a_grid_task_and_completes_it_with_checked_results(people, engine):
+    office, worker = people["office"], people["worker1"]
+    task = new_task(office, grid=A1, result_schema=HAZARD_FORM, title="检查灭火器")
+    assert task["assignee"] is None and task["status"] == "pending"
+    assert ok(worker.get(f"/api/v1/tasks/{task['id']}"))["allowed_actions"] == [
+        "accept",
+        "complete",
+    ]
+
+    url = f"/api/v1/tasks/{task['id']}/accept"
+    assert worker.post(url).status_code == 428
+    stale = worker.post(url, headers={"If-Match": f'"{task["id"]}-99"'})
+    assert stale.status_code == 412 and stale.headers["ETag"] == f'"{task["id"]}-1"'
+    other = worker.post(url, headers={"If-Match": f'"{task["id"] + 1}-1"'})
+    assert other.status_code == 412  # another task's ETag at the same version
+    accepted = ok(step(worker, task["id"], "accept"))
+    assert (
+        accepted["status"] == "accepted" and accepted["assignee"]["id"] == people["ids"]["worker1"]
+    )
+    assert accepted["version"] == 2 and accepted["accepted_at"]
+    again = step(worker, task["id"], "accept")
+    assert again.status_code == 409
+    assert again.get_json()["errors"]["allowed_actions"] == ["complete"]
+
+    for results, problem in (
+        ({}, {"hazard": ["required"]}),
+        ({"hazard": "也许"}, {"hazard": ["must be one of: 有, 无"]}),
+        ({"hazard": "无", "colour": "red"}, {"colour": ["not a field of the result form"]}),
+        ({"hazard": "无", "extinguishers": "two"}, {"extinguishers": ["must be a number"]}),
+    ):
+        r = step(worker, task["id"], "complete", {"results": results})
+        assert r.status_code == 422, r.get_json()
+        assert r.get_json()["errors"] == {"json": {"results": problem}}
+    assert ok(worker.get(f"/api/v1/tasks/{task['id']}"))["status"] == "accepted"
+
+    evidence = [
+        {"sha256": "a" * 64, "note": "灭火器压力正常"},
+        {"url": "https://img.example/1.jpg"},
+    ]
+    done = ok(
+        step(
+            worker,
+            task["id"],
+            "complete",
+            {
+                "results": {"hazard": "无", "extinguishers": 2},
+                "evidence": evidence,
+                "comment": "已查",
+            },
+        )
+    )
+    assert done["status"] == "completed" and done["completed_at"]
+    assert done["results"] == {"hazard": "无", "extinguishers": 2}
+    assert done["evidence"] == evidence and done["comment"] == "已查"
+    assert done["allowed_actions"] == []
+    finished = step(worker, task["id"], "complete", {"results": {"hazard": "无"}})
+    assert finished.status_code == 409
+    assert finished.get_json()["errors"]["allowed_actions"] == []
+
+    worker_id = f"user:{people['ids']['worker1']}"
+    assert [(o, a) for o, a, _, _ in audit_rows(engine, "task.accept")] == [
+        (str(task["id"]), worker_id)
+    ]
+    [(_, actor, region, summary)] = audit_rows(engine, "task.complete")
+    assert (actor, region, summary["results"]) == (
+        worker_id,
+        COMMUNITY_A,
+        ["extinguishers", "hazard"],
+    )
+
+
+def test_a_pending_task_with_items_is_completed_at_once_item_by_item(client, people):
+    house(client, A1, "rented", "平江路1号")
+    made = ok(
+        people["office"].post(
+            "/api/v1/campaigns",
+            json={
+                "title": "排查",
+                "region": COMMUNITY_A,
+                "due_in": SOON,
+                "result_schema": HAZARD_FORM,
+                "item_scope": "houses",
+            },
+        ),
+        201,
+    )
+    worker = people["worker1"]
+    task = campaign_tasks(worker, made["id"])[A1]
+    [item] = ok(worker.get(f"/api/v1/tasks/{task['id']}"))["items"]
+    r = step(worker, task["id"], "complete", {"items": [{"id": item["id"], "result": {}}]})
+    assert r.status_code == 422
+    assert r.get_json()["errors"]["json"]["items"] == {"0": {"result": {"hazard": ["required"]}}}
+    r = step(worker, task["id"], "complete", {"results": {"hazard": "无"}})
+    assert r.status_code == 422 and "results" in r.get_json()["errors"]["json"]
+    r = step(worker, task["id"], "complete", {"items": [{"id": 987654, "result": {}}]})
+    assert r.status_code == 422 and "id" in r.get_json()["errors"]["json"]["items"]["0"]
+
+    body = {"items": [{"id": item["id"], "result": {"hazard": "有"}, "note": "楼道堆物"}]}
+    done = ok(step(worker, task["id"], "complete", body))
+    assert done["status"] == "completed" and done["accepted_at"] == done["completed_at"]
+    assert done["items_done"] == 1 == done["item_count"]
+    [item] = done["items"]
+    assert (item["status"], item["result"], item["note"]) == ("done", {"hazard": "有"}, "楼道堆物")
+    assert item["done_by"] == f"user:{people['ids']['worker1']}"
+
+
+def test_a_worker_cannot_take_another_workers_task(people, accounts):
+    office, worker1, worker2 = people["office"], people["worker1"], people["worker2"]
+    elsewhere = new_task(office, grid=A2, assignee_id=people["ids"]["worker2"])
+    missing = worker1.get("/api/v1/tasks/987654")
+    # Out of the worker's grids and not theirs: exactly like a task that does not exist.
+    for method, suffix in (("GET", ""), ("POST", "/accept"), ("POST", "/complete")):
+        r = worker1.open(
+            f"/api/v1/tasks/{elsewhere['id']}{suffix}",
+            method=method,
+            json={} if suffix == "/complete" else None,
+            headers={"If-Match": "*"},
+        )
+        assert (r.status_code, r.data) == (404, missing.data), suffix
+    assert missing.get_json()["message"] == "The task does not exist or is outside your scope."
+    assert elsewhere["id"] not in [t["id"] for t in ok(worker1.get("/api/v1/tasks"))["items"]]
+    assert ok(worker1.get(f"/api/v1/tasks?grid={A2}"))["items"] == []
+
+    # In the worker's grid but assigned to someone else: readable, not theirs to do (403).
+    theirs = new_task(office, grid=A1, assignee_id=people["ids"]["worker2"])
+    assert ok(worker1.get(f"/api/v1/tasks/{theirs['id']}"))["allowed_actions"] == []
+    for action, body in (("accept", None), ("complete", {})):
+        assert step(worker1, theirs["id"], action, body).status_code == 403, action
+    # The assignee reads and completes it, though A1 is not one of their grids.
+    assert ok(worker2.get(f"/api/v1/tasks/{theirs['id']}"))["allowed_actions"] == [
+        "accept",
+        "complete",
+    ]
+    assert ok(step(worker2, theirs["id"], "complete", {}))["status"] == "completed"
+    # Offices reassign and cancel: a worker may not (no tasks:write).
+    assert step(worker1, theirs["id"], "cancel", {"reason": "x"}).status_code == 403
+
+
+# --- the office's steps -----------------------------------------------------------------------
+
+
+def test_an_office_reassigns_and_cancels_tasks_in_its_area(people, accounts, engine):
+    office, worker1, worker2 = people["office"], people["worker1"], people["worker2"]
+    ids = people["ids"]
+    task = new_task(office, assignee_id=ids["worker1"])  # placed in the worker's grid
+    assert (task["grid"]["code"], task["region"]["code"]) == (A1, COMMUNITY_A)
+    ok(step(worker1, task["id"], "accept"))
+
+    # Nobody, an account that takes no tasks (a department), the assignee already.
+    department = accounts.create("dept_user", "department", scope_region=COMMUNITY_A)
+    for assignee in (987654, department, ids["worker1"]):
+        r = step(office, task["id"], "reassign", {"assignee_id": assignee})
+        assert r.status_code == 422 and "assignee_id" in r.get_json()["errors"]["json"], assignee
+    moved = ok(
+        step(office, task["id"], "reassign", {"assignee_id": ids["worker2"], "due_in": SOON})
+    )
+    assert moved["status"] == "pending" and moved["assignee"]["id"] == ids["worker2"]
+    assert moved["accepted_at"] is None
+    assert [t["id"] for t in ok(worker2.get("/api/v1/me/tasks"))["items"]] == [task["id"]]
+    assert ok(worker1.get("/api/v1/me/tasks"))["items"] == []
+    back = ok(step(office, task["id"], "reassign", {"assignee_id": None}))
+    assert back["assignee"] is None  # back to the grid: any worker of A1 may take it
+    assert [t["id"] for t in ok(worker1.get("/api/v1/me/tasks"))["items"]] == [task["id"]]
+    assert ok(worker2.get("/api/v1/me/tasks"))["items"] == []
+
+    officer_b = accounts.client("officer_b", "community_officer", scope_region=COMMUNITY_B)
+    r = step(officer_b, task["id"], "cancel", {"reason": "x"}, etag=f'"{task["id"]}-4"')
+    assert r.status_code == 404
+    r = office.post(f"/api/v1/tasks/{task['id']}/cancel", json={}, headers={"If-Match": "*"})
+    assert r.status_code == 422 and "reason" in r.get_json()["errors"]["json"]
+    cancelled = ok(step(office, task["id"], "cancel", {"reason": "重复下发"}))
+    assert cancelled["status"] == "cancelled" and cancelled["cancel_reason"] == "重复下发"
+    r = step(office, task["id"], "reassign", {"assignee_id": ids["worker1"]})
+    assert r.status_code == 409 and r.get_json()["errors"]["allowed_actions"] == []
+
+    reassigned = audit_rows(engine, "task.reassign")
+    assert [(s["from_assignee"], s["to_assignee"]) for _, _, _, s in reassigned] == [
+        (ids["worker1"], ids["worker2"]),
+        (ids["worker2"], None),
+    ]
+    assert [s["reason"] for _, _, _, s in audit_rows(engine, "task.cancel")] == ["重复下发"]
+
+
+def test_a_task_for_a_grid_or_worker_out_of_scope_is_refused(people, accounts):
+    officer = accounts.client("officer_a", "community_officer", scope_region=COMMUNITY_A)
+    for body, field in (
+        ({"grid": B1}, "grid"),
+        ({"region": COMMUNITY_B}, "region"),
+        ({"assignee_id": people["ids"]["worker3"]}, "assignee_id"),
+        ({}, "assignee_id"),
+    ):
+        r = officer.post("/api/v1/tasks", json={"title": "x", "due_in": SOON, **body})
+        assert r.status_code == 422 and field in r.get_json()["errors"]["json"], body
+    # A worker out of scope answers exactly like one that does not exist.
+    answers = [
+        officer.post("/api/v1/tasks", json={"title": "x", "due_in": SOON, "assignee_id": user})
+        for user in (people["ids"]["worker3"], 987654)
+    ]
+    assert answers[0].data == answers[1].data
+    task = new_task(officer, region=COMMUNITY_A, title="社区例会")
+    assert task["grid"] is None and task["region"]["name"] == "平江社区"
+
+
+# --- the phone --------------------------------------------------------------------------------
+
+
+def test_my_tasks_lists_mine_and_my_grids_open_first_by_deadline(people):
+    office, worker1 = people["office"], people["worker1"]
+    ids = people["ids"]
+    later = new_task(
+        office, assignee_id=ids["worker1"], title="晚", due_in={"amount": 5, "unit": "days"}
+    )
+    sooner = new_task(office, grid=A1, title="早", due_in={"amount": 1, "unit": "days"})
+    done = new_task(office, assignee_id=ids["worker1"], title="已完成")
+    new_task(office, grid=A1, assignee_id=ids["worker2"], title="别人的")
+    new_task(office, grid=A2, title="别的网格")
+    ok(step(worker1, done["id"], "complete", {}))
+
+    items = ok(worker1.get("/api/v1/me/tasks"))["items"]
+    assert [t["title"] for t in items] == ["早", "晚", "已完成"]
+    assert [t["id"] for t in items] == [sooner["id"], later["id"], done["id"]]
+    assert items[0]["assignee"] is None and items[0]["allowed_actions"] == ["accept", "complete"]
+    assert items[0]["items"] == []  # the phone gets the items (none here) and the form
+    only_open = ok(worker1.get("/api/v1/me/tasks?days=0"))["items"]
+    assert [t["title"] for t in only_open] == ["早", "晚"]
+    assert ok(office.get("/api/v1/me/tasks"))["items"] == []
+
+
+# --- overdue ----------------------------------------------------------------------------------
+
+
+def test_flag_overdue_tasks_marks_open_late_tasks_once(people, app):
+    office, worker1 = people["office"], people["worker1"]
+    late = new_task(office, grid=A1)
+    done = new_task(office, grid=A1)
+    fresh = new_task(office, grid=A2, due_in={"amount": 30, "unit": "days"})
+    ok(step(worker1, done["id"], "complete", {}))
+    later = datetime.now(UTC) + timedelta(days=10)
+
+    sessions = app.extensions["gridapi"].sessions
+    with sessions.begin() as session:
+        assert flag_overdue_tasks(session, later) == 1
+        row = session.get(Task, late["id"])
+        assert row is not None and row.overdue and row.overdue_since == row.due_at
+    with sessions.begin() as session:
+        assert flag_overdue_tasks(session, later) == 0
+        versions = dict(session.execute(select(Task.id, Task.version)).all())
+    assert versions == {late["id"]: 2, done["id"]: 2, fresh["id"]: 1}
+
+    flagged = office.get(f"/api/v1/tasks/{late['id']}")
+    assert flagged.get_json()["overdue"] is True and flagged.headers["ETag"] == f'"{late["id"]}-2"'
+    assert step(worker1, late["id"], "accept", etag=f'"{late["id"]}-1"').status_code == 412
+    overdue = ok(office.get("/api/v1/tasks?overdue=true"))["items"]
+    assert [t["id"] for t in overdue] == [late["id"]]
+    finished = ok(step(worker1, late["id"], "complete", {}))
+    assert finished["overdue"] is False and finished["overdue_since"] is not None
+
+
+# --- campaigns: cancel and close --------------------------------------------------------------
+
+
+def test_cancelling_a_campaign_cancels_its_open_tasks_and_the_last_task_closes_one(people, engine):
+    office, worker1, worker2 = people["office"], people["worker1"], people["worker2"]
+    body = {"title": "排查", "region": COMMUNITY_A, "due_in": SOON}
+    made = ok(office.post("/api/v1/campaigns", json=body), 201)
+    tasks = campaign_tasks(office, made["id"])
+    ok(step(worker1, tasks[A1]["id"], "complete", {}))
+
+    url = f"/api/v1/campaigns/{made['id']}/cancel"
+    assert office.post(url, json={"reason": "上级取消"}).status_code == 428
+    assert worker1.post(url, json={"reason": "x"}).status_code == 403
+    etag = etag_of(office, made["id"], "campaigns")
+    cancelled = ok(office.post(url, json={"reason": "上级取消"}, headers={"If-Match": etag}))
+    assert cancelled["status"] == "cancelled" and cancelled["allowed_actions"] == []
+    statuses = {g: t["status"] for g, t in campaign_tasks(office, made["id"]).items()}
+    assert statuses == {A1: "completed", A2: "cancelled"}
+    again = office.post(url, json={"reason": "x"}, headers={"If-Match": "*"})
+    assert again.status_code == 409
+    [(_, _, _, summary)] = audit_rows(engine, "campaign.cancel")
+    assert summary["tasks_cancelled"] == 1
+
+    other = ok(office.post("/api/v1/campaigns", json=body), 201)
+    tasks = campaign_tasks(office, other["id"])
+    ok(step(worker1, tasks[A1]["id"], "complete", {}))
+    assert ok(office.get(f"/api/v1/campaigns/{other['id']}"))["status"] == "active"
+    ok(step(worker2, tasks[A2]["id"], "complete", {}))
+    closed = ok(office.get(f"/api/v1/campaigns/{other['id']}"))
+    assert closed["status"] == "closed" and closed["closed_at"]
+    assert [c["id"] for c in ok(office.get("/api/v1/campaigns?status=active"))["items"]] == []
