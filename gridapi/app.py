@@ -19,6 +19,7 @@ from .errors import register_error_handlers
 from .extensions import AppState, close_session
 from .jsonio import OrjsonProvider
 from .limits import limiter
+from .outbound import policy_from_settings
 from .phone import FieldsPlugin
 from .security.fields import FieldCipher, KeyConfigError, parse_keys
 from .security.passwords import configure as configure_password_hashing
@@ -117,6 +118,7 @@ def create_app(
         },
     )
     configure_password_hashing(settings.argon2_time_cost, settings.argon2_memory_kib)
+    policy_from_settings(settings)  # a bad GRIDAPI_WEBHOOK_ALLOW_PRIVATE stops start-up
     engine = make_engine(
         settings.database_url,
         spatialite_path=settings.spatialite_path,
@@ -147,6 +149,11 @@ def create_app(
     api = Api(app, spec_kwargs={"extra_plugins": [FieldsPlugin()]})
     app.extensions["gridapi_api"] = api
     _document_security(api)
+    from .resources.blueprint import install_converters
+    from .spec import install as install_spec
+
+    install_spec(api)
+    install_converters(app, api)
     app.config.update(
         RATELIMIT_STORAGE_URI=settings.redis_url or "memory://",
         RATELIMIT_HEADERS_ENABLED=True,

@@ -761,7 +761,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 def worker(once: bool, parent_pid: int | None) -> None:
     """Run the background jobs: overdue cases, supervision, escalation, expired keys.
 
-    Without --once, runs them every GRIDAPI_WORKER_INTERVAL_SECONDS until SIGTERM or SIGINT.
+    Without --once, runs them every GRIDAPI_WORKER_INTERVAL_SECONDS until SIGTERM or SIGINT,
+    and delivers webhooks every GRIDAPI_WEBHOOK_POLL_SECONDS beside them.
     Several workers may run at once.
     """
     import logging
@@ -796,9 +797,23 @@ def worker(once: bool, parent_pid: int | None) -> None:
                     stop.set()
 
         threading.Thread(target=watch_parent, daemon=True).start()
+    # Webhooks go out within seconds, on their own loop beside the jobs.
+    from .app import field_cipher
+    from .services import webhooks
+
+    delivery = threading.Thread(
+        target=webhooks.run_forever,
+        args=(sessions, field_cipher(settings), webhooks.DeliveryOptions.from_settings(settings)),
+        kwargs={"stop": stop},
+        name="webhook-delivery",
+        daemon=True,
+    )
+    delivery.start()
     try:
         jobs.run_forever(sessions, options, interval=settings.worker_interval_seconds, stop=stop)
     finally:
+        stop.set()
+        delivery.join(timeout=60)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 

@@ -27,6 +27,16 @@ def _write_once(path: Path, content: str) -> None:
         os.unlink(tmp)
 
 
+def _parse_bool(raw: str) -> bool:
+    """Return a boolean setting: 1/true/yes/on or 0/false/no/off (any case)."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
 @dataclass
 class Settings:
     """Every setting the application reads; each maps to GRIDAPI_<NAME>."""
@@ -77,6 +87,33 @@ class Settings:
     presence_minutes: float = 15.0
     sync_page_size: int = 500
     sync_retention_days: int = 30
+    # name:weight,… of the composite score (docs/indicators.md); checked at start-up.
+    indicator_weights: str = (
+        "closure_rate:0.25,on_time_closure_rate:0.25,on_time_handling_rate:0.2,"
+        "rework_rate:0.1,satisfaction_rate:0.2"
+    )
+    webhook_allow_private: str = ""  # CIDRs webhooks may reach despite being private
+    webhook_connect_timeout_seconds: float = 5.0
+    webhook_timeout_seconds: float = 10.0
+    webhook_max_response_kb: int = 64
+    webhook_max_attempts: int = 12
+    webhook_backoff_base_seconds: float = 10.0
+    webhook_backoff_max_seconds: float = 3600.0
+    webhook_poll_seconds: float = 1.0
+    webhook_concurrency: int = 4
+    webhook_retention_days: int = 30
+    open311_public_read: bool = False  # answer GET requests without an api_key (anonymised)
+    open311_round_m: float = 50.0  # public answers snap locations to a grid this coarse
+    open311_page_size: int = 100  # default page_size of GET requests (at most 1000)
+
+    def __post_init__(self) -> None:
+        """Check the settings that can be checked without the database; ValueError names it."""
+        from .services.indicators import parse_weights
+
+        try:
+            parse_weights(self.indicator_weights)
+        except ValueError as exc:
+            raise ValueError(f"GRIDAPI_INDICATOR_WEIGHTS: {exc}") from None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -93,7 +130,9 @@ class Settings:
             raw = env[key]
             kind = type(f.default) if f.default is not f.default_factory else str  # type: ignore[comparison-overlap]
             try:
-                if f.type in ("int", int) or kind is int:
+                if f.type in ("bool", bool) or kind is bool:
+                    values[f.name] = _parse_bool(raw)
+                elif f.type in ("int", int) or kind is int:
                     values[f.name] = int(raw)
                 elif f.type in ("float", float) or kind is float:
                     values[f.name] = float(raw)

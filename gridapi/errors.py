@@ -7,10 +7,11 @@ from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, g, jsonify
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from .codes import InvalidCode
 from .security.fields import CiphertextError
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,22 @@ def register_error_handlers(app: Flask) -> None:
     def _integrity(exc: IntegrityError):  # type: ignore[no-untyped-def]
         log.info("integrity error: %s", exc.orig)
         return jsonify(error_body(409, "The change conflicts with existing data.")), 409
+
+    @app.errorhandler(InvalidCode)
+    def _invalid_code(exc: InvalidCode):  # type: ignore[no-untyped-def]
+        # An ill-formed region or grid code reached a service through a lenient argument.
+        return jsonify(error_body(422, f"Invalid code: {exc}")), 422
+
+    @app.errorhandler(DataError)
+    def _data_error(exc: DataError):  # type: ignore[no-untyped-def]
+        # The database refused a value (out of range for its column, not a valid date…).
+        log.info("data error: %s", exc.orig)
+        return jsonify(error_body(422, "A value is out of range for what can be stored.")), 422
+
+    @app.errorhandler(OverflowError)
+    def _overflow(exc: OverflowError):  # type: ignore[no-untyped-def]
+        log.info("overflow: %s", exc)
+        return jsonify(error_body(422, "A number is too large.")), 422
 
     @app.errorhandler(OperationalError)
     def _operational(exc: OperationalError):  # type: ignore[no-untyped-def]

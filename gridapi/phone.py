@@ -23,6 +23,8 @@ from apispec import BasePlugin
 from flask import Flask, Response, request
 from flask_compress import Compress
 
+from .errors import Unprocessable
+
 compress = Compress()
 FIELDS_PARAMETER = {
     "name": "fields",
@@ -30,8 +32,9 @@ FIELDS_PARAMETER = {
     "required": False,
     "description": "Sparse fieldset: comma-separated members to keep in each object of the "
     "answer (dots for nested members, e.g. `id,status,grid.code`); `id` is always kept.",
-    "schema": {"type": "string", "maxLength": 1000},
+    "schema": {"type": "string", "maxLength": 1000},  # MAX_FIELDS_LENGTH
 }
+MAX_FIELDS_LENGTH = 1000
 NOT_MODIFIED = {"description": "Not modified: the `If-None-Match` ETag is current (no body)."}
 _JSON_TYPES = ("application/json", "application/geo+json")
 # Answers larger than this are not filtered or digested in memory (streamed exports).
@@ -92,6 +95,17 @@ def sparse(body: Any, paths: list[list[str]]) -> Any:
     return _keep(body, paths)
 
 
+def _check_fields() -> Response | None:
+    """Refuse a ``fields`` list longer than the spec allows (422, the one error body)."""
+    value = request.args.get("fields")
+    if value is not None and len(value) > MAX_FIELDS_LENGTH:
+        raise Unprocessable(
+            "The fields list is too long.",
+            errors={"query": {"fields": [f"at most {MAX_FIELDS_LENGTH} characters"]}},
+        )
+    return None
+
+
 def _phone_after_request(response: Response) -> Response:
     if request.method != "GET" or response.status_code != 200:
         return response
@@ -120,4 +134,5 @@ def init_app(app: Flask) -> None:
     app.config.setdefault("COMPRESS_ALGORITHM", ["gzip", "br", "deflate"])
     app.config.setdefault("COMPRESS_STREAMS", False)
     compress.init_app(app)
+    app.before_request(_check_fields)
     app.after_request(_phone_after_request)

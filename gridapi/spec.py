@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
+
+from apispec import BasePlugin
 
 from .config import Settings
 
@@ -19,3 +23,242 @@ def spec_dict() -> dict:
 def spec_json() -> str:
     """Return the OpenAPI document as stable, reviewable JSON text."""
     return json.dumps(spec_dict(), ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+# --- what every operation of the served spec carries, added in one place -------------------
+
+_NOT_FOUND = {"$ref": "#/components/responses/NOT_FOUND"}
+
+
+def _response_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def _is_if_match(parameter: Any) -> bool:
+    return (
+        isinstance(parameter, dict)
+        and parameter.get("in") == "header"
+        and str(parameter.get("name", "")).lower() == "if-match"
+    )
+
+
+_PATH_PARAMETER = re.compile(r"{[^}]+}")
+# Examples of values whose shape a pattern fixes (a pattern cannot be inverted in general).
+_PATTERN_EXAMPLES = {
+    r"^[0-9]{15}$": "110101001001001",
+    r"^[0-9]{12}$": "110101001001",
+    r"^[A-Za-z0-9_.\-]{2,32}$": "wang.li",
+    r"^[0-9a-f]{64}$": "9f2c" * 16,
+    r"^([0-9]{2}|[0-9]{4})$": "0101",
+    r"^[0-9]{4}-(0[1-9]|1[0-2])$": "2026-11",
+    r"^(me|[0-9]{1,12})$": "me",
+}
+_FORMAT_EXAMPLES = {
+    "date-time": "2026-11-28T09:30:00+08:00",
+    "date": "2026-11-28",
+    "time": "09:30:00",
+    "email": "wang.li@example.org",
+    "uri": "https://example.org/",
+    "url": "https://example.org/",
+    "uuid": "5f0c2a4e-8d1b-4a8e-9a53-0f6e3c1b7d21",
+    "binary": "…",
+}
+_NAME_EXAMPLES = {
+    "code": "110101001001",
+    "name": "东华门社区",
+    "title": "楼道堆物清理",
+    "phone": "13800138000",
+    "username": "wang.li",
+    "password": "correct horse battery staple",
+    "token": "eyJhbGciOiJIUzI1NiJ9.e30.sig",
+    "refresh_token": "rt_3q2r1s",
+    "grid": "110101001001001",
+    "grid_code": "110101001001001",
+    "region": "110101001001",
+    "region_code": "110101001001",
+    "category": "0101",
+    "reason": "重复上报",
+    "note": "已现场核实",
+}
+
+
+def ecma_pattern(_converter: Any, _field: Any, ret: dict[str, Any], **__: Any) -> dict[str, Any]:
+    """Publish Python's end-of-text ``\\Z`` as ECMA-262's ``$`` (the spec's regex dialect)."""
+    pattern = ret.get("pattern")
+    if isinstance(pattern, str) and pattern.endswith("\\Z"):
+        return {"pattern": pattern[:-2] + "$"}
+    return {}
+
+
+class ExampleBuilder:
+    """Builds an example value from a JSON schema, from its own and its members' examples,
+    enums, defaults, formats and bounds; ``reading`` keeps read-only members, else
+    write-only ones."""
+
+    def __init__(self, components: dict[str, Any]) -> None:
+        self.components = components
+
+    def _resolve(self, schema: Any) -> Any:
+        seen = 0
+        while isinstance(schema, dict) and "$ref" in schema and seen < 20:
+            name = schema["$ref"].rsplit("/", 1)[-1]
+            schema = self.components.get(name, {})
+            seen += 1
+        return schema
+
+    def build(self, schema: Any, *, reading: bool, name: str = "", depth: int = 0) -> Any:
+        schema = self._resolve(schema)
+        if not isinstance(schema, dict) or depth > 6:
+            return None
+        for key in ("example", "default"):
+            if key in schema and schema[key] is not None:
+                return schema[key]
+        if schema.get("enum"):
+            return next((v for v in schema["enum"] if v is not None), None)
+        for combinator in ("allOf", "anyOf", "oneOf"):
+            if combinator in schema:
+                options = [self._resolve(s) for s in schema[combinator]]
+                # Prefer a concrete member to the bare ``{"type": "object", "nullable": true}``.
+                options.sort(key=lambda s: not (isinstance(s, dict) and s.get("properties")))
+                return self.build(options[0], reading=reading, name=name, depth=depth + 1)
+        kind = schema.get("type")
+        if kind == "object" or "properties" in schema:
+            out = {}
+            for member, sub in schema.get("properties", {}).items():
+                resolved = self._resolve(sub)
+                if resolved.get("readOnly" if not reading else "writeOnly"):
+                    continue
+                out[member] = self.build(sub, reading=reading, name=member, depth=depth + 1)
+            return out
+        if kind == "array":
+            item = self.build(schema.get("items", {}), reading=reading, name=name, depth=depth + 1)
+            return [] if item is None else [item] * max(1, schema.get("minItems", 1))
+        if kind == "boolean":
+            return True
+        if kind in ("integer", "number"):
+            low = schema.get("minimum", 1)
+            high = schema.get("maximum", max(low, 1))
+            value = min(max(low, 1), high)
+            return value if kind == "integer" else float(value)
+        if kind == "string":
+            pattern = schema.get("pattern")
+            if pattern in _PATTERN_EXAMPLES:
+                return _PATTERN_EXAMPLES[pattern]
+            if schema.get("format") in _FORMAT_EXAMPLES:
+                return _FORMAT_EXAMPLES[schema["format"]]
+            text = _NAME_EXAMPLES.get(name, "示例")
+            low, high = schema.get("minLength", 0), schema.get("maxLength", 1000)
+            if len(text) < low:
+                text = text + "x" * (low - len(text))
+            return text[:high]
+        return None
+
+
+class SpecPlugin(BasePlugin):
+    """Makes every operation complete for third parties: a 404 where the path names a
+    resource, a description (the permission it needs) where the docstring has none, and an
+    example for each JSON request body and success answer that has none of its own."""
+
+    def init_spec(self, spec: Any) -> None:
+        super().init_spec(spec)
+        self.spec = spec
+        # (path, 201 response, its members) of creating operations; (path, method) of those
+        # that take a path value. Links are added as both sides appear, in any order.
+        self._creators: list[tuple[str, dict[str, Any], set[str]]] = []
+        self._users: list[tuple[str, str]] = []
+
+    def operation_helper(self, path: str | None = None, operations: Any = None, **_: Any) -> None:
+        builder = ExampleBuilder(self.spec.components.schemas)
+        has_path_id = bool(path and _PATH_PARAMETER.search(path))
+        for operation in (operations or {}).values():
+            responses = operation.setdefault("responses", {})
+            codes = {str(code) for code in responses}
+            if has_path_id and "404" not in codes:
+                responses["404"] = _NOT_FOUND
+            if any(_is_if_match(p) for p in operation.get("parameters", [])):
+                responses.setdefault("412", _response_ref("PRECONDITION_FAILED"))
+                responses.setdefault("428", _response_ref("PRECONDITION_REQUIRED"))
+            if not operation.get("description"):
+                operation["description"] = _default_description(operation)
+            body = operation.get("requestBody") or {}
+            for media_type, media in body.get("content", {}).items():
+                _add_example(builder, media_type, media, reading=False)
+            for code, response in responses.items():
+                if str(code).startswith("2") and isinstance(response, dict):
+                    for media_type, media in response.get("content", {}).items():
+                        _add_example(builder, media_type, media, reading=True)
+        if path:
+            self._link(path, operations or {}, builder)
+
+    def _link(self, path: str, operations: dict[str, Any], builder: ExampleBuilder) -> None:
+        """Publish OpenAPI links from each creating operation (POST answering 201 with the new
+        object) to the operations on the path of that object, so clients and stateful tests
+        can follow the new id."""
+        created = operations.get("post", {}).get("responses", {})
+        created = created.get(201) or created.get("201")
+        if isinstance(created, dict):
+            schema = created.get("content", {}).get("application/json", {}).get("schema")
+            members = set(builder._resolve(schema).get("properties", {})) if schema else set()
+            if members:
+                self._creators.append((path, created, members))
+                for user_path, method in self._users:
+                    _add_link(path, created, members, user_path, method)
+        if _PATH_PARAMETER.search(path):
+            for method in operations:
+                self._users.append((path, method))
+                for creator_path, response, members in self._creators:
+                    _add_link(creator_path, response, members, path, method)
+
+
+def _add_link(
+    creator: str, response: dict[str, Any], members: set[str], target: str, method: str
+) -> None:
+    prefix = creator + "/{"
+    if not target.startswith(prefix):
+        return
+    name, _, rest = target[len(prefix) :].partition("}")
+    if "{" in rest:  # it needs another value the new object does not give
+        return
+    member = name if name in members else "id" if "id" in members else None
+    if member is None:
+        return
+    parameters = {p[1:-1]: f"$request.path.{p[1:-1]}" for p in _PATH_PARAMETER.findall(creator)}
+    parameters[name] = f"$response.body#/{member}"
+    pointer = target.replace("~", "~0").replace("/", "~1")
+    label = re.sub(r"[^A-Za-z0-9]+", "_", f"{method} {target[len(creator) :]}").strip("_")
+    response.setdefault("links", {})[label] = {
+        "operationRef": f"#/paths/{pointer}/{method}",
+        "parameters": parameters,
+    }
+
+
+def _default_description(operation: dict[str, Any]) -> str:
+    summary = (operation.get("summary") or "").rstrip(".")
+    if "x-permission" in operation and operation["x-permission"] is None:
+        who = "Public: needs no credentials."
+    elif operation.get("x-permission") == "authenticated":
+        who = "Needs a valid credential, of any role."
+    elif operation.get("x-permission"):
+        who = f"Needs the `{operation['x-permission']}` permission, within your scope."
+    else:
+        who = "Needs a valid credential."
+    return f"{summary}. {who}" if summary else who
+
+
+def _add_example(builder: ExampleBuilder, media_type: str, media: Any, *, reading: bool) -> None:
+    if "json" not in media_type or not isinstance(media, dict):
+        return
+    if "example" in media or "examples" in media or "schema" not in media:
+        return
+    example = builder.build(media["schema"], reading=reading)
+    if example is not None:
+        media["example"] = example
+
+
+def install(api: Any) -> None:
+    """Add the spec plugin and the ECMA-262 pattern dialect to ``api`` (before any blueprint
+    is registered)."""
+    plugin = SpecPlugin()
+    plugin.init_spec(api.spec)
+    api.spec.plugins.append(plugin)
+    api.ma_plugin.converter.add_attribute_function(ecma_pattern)

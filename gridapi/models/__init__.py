@@ -25,6 +25,7 @@ from .regions import Region
 from .register import House, Household, Person, SpecialGroupRecord, Visit
 from .sync import SyncLog
 from .tasks import Campaign, Task, TaskItem
+from .webhooks import WebhookDelivery, WebhookEvent, WebhookSubscription
 
 __all__ = [
     "ApiClient",
@@ -61,4 +62,7 @@ __all__ = [
     "TaskItem",
     "User",
     "Visit",
+    "WebhookDelivery",
+    "WebhookEvent",
+    "WebhookSubscription",
 ]

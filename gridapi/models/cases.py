@@ -121,6 +121,9 @@ class Case(Base):
     satisfaction: Mapped[int | None] = mapped_column(Integer)
     satisfaction_comment: Mapped[str | None] = mapped_column(Text)
     rated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Working hours from filing to closing on the working calendar, stored at closing (and
+    # cleared by a reopen) so the indicators average and rank it in SQL.
+    handling_hours: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     version: Mapped[int] = mapped_column(Integer, default=1)
 

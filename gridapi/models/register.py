@@ -237,6 +237,7 @@ class SpecialGroupRecord(Base):
 ENCRYPTED_COLUMNS = {
     "persons": ("id_number", "phone"),
     "special_group_records": ("notes",),
+    "webhook_subscriptions": ("secret",),
 }
 
 __all__ = [

@@ -9,6 +9,7 @@ from . import (
     attachments,
     audit,
     auth,
+    bulletins,
     calendar,
     cases,
     categories,
@@ -17,7 +18,9 @@ from . import (
     docs,
     grids,
     health,
+    indicators,
     locate,
+    open311,
     patrols,
     person_import,
     regions,
@@ -26,6 +29,7 @@ from . import (
     sync,
     tasks,
     users,
+    webhooks,
 )
 
 
@@ -57,6 +61,10 @@ def register_blueprints(app: Flask, api: Api) -> None:
         tasks.campaigns_blp,
         patrols.blp,
         patrols.presence_blp,
+        indicators.blp,
+        bulletins.blp,
+        webhooks.blp,
     ):
         api.register_blueprint(blueprint)
     app.register_blueprint(docs.bp)
+    app.register_blueprint(open311.bp)

@@ -130,7 +130,7 @@ def _send(case_id: int, attachment_id: int, *, thumbnail: bool) -> Response:
     return response.make_conditional(request)
 
 
-@blp.route("/cases/<int:case_id>/attachments")
+@blp.route("/cases/<id:case_id>/attachments")
 class Attachments(MethodView):
     @blp.requires("cases:write")
     @blp.arguments(AttachmentUploadSchema, location="files")
@@ -189,7 +189,7 @@ class Attachments(MethodView):
         return {"items": [attachment_view(att, caller) for att in rows]}
 
 
-@blp.route("/cases/<int:case_id>/attachments/<int:attachment_id>/content")
+@blp.route("/cases/<id:case_id>/attachments/<id:attachment_id>/content")
 class AttachmentContent(MethodView):
     @blp.requires("cases:read")
     @blp.response(200)
@@ -203,7 +203,7 @@ class AttachmentContent(MethodView):
         return _send(case_id, attachment_id, thumbnail=False)
 
 
-@blp.route("/cases/<int:case_id>/attachments/<int:attachment_id>/thumbnail")
+@blp.route("/cases/<id:case_id>/attachments/<id:attachment_id>/thumbnail")
 class AttachmentThumbnail(MethodView):
     @blp.requires("cases:read")
     @blp.response(200)

@@ -6,7 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import flask_smorest
+from flask import Flask
 from webargs.flaskparser import FlaskParser
+from werkzeug.datastructures import MultiDict
+from werkzeug.routing import BaseConverter, IntegerConverter
 
 from ..auth import requires_permission
 
@@ -16,6 +19,8 @@ ERROR_RESPONSES = {
     "FORBIDDEN": "Authenticated, but the permission is missing",
     "NOT_FOUND": "Does not exist, or is outside the caller's scope (the two look the same)",
     "CONFLICT": "Conflicts with the current state",
+    "PRECONDITION_FAILED": "The If-Match ETag is stale: read the object again",
+    "PRECONDITION_REQUIRED": "If-Match is required: send the ETag of your last read",
     "TOO_MANY_REQUESTS": "Rate limit reached; see Retry-After",
 }
 
@@ -30,7 +35,14 @@ class StrictParser(FlaskParser):
         **FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
         "query": None,
         "querystring": None,
+        # An upload's other form fields and files are refused as unknown (422), not ignored.
+        "files": None,
     }
+
+    def load_files(self, req: Any, schema: Any) -> Any:
+        parts = MultiDict(req.form)
+        parts.update(req.files)
+        return self._makeproxy(parts, schema)
 
     def load_querystring(self, req: Any, schema: Any) -> Any:
         # ``fields`` (sparse fieldsets) applies to every GET and is handled after the view
@@ -40,8 +52,20 @@ class StrictParser(FlaskParser):
         return self._makeproxy(args, schema)
 
 
+def _has_required_field(schema: Any) -> bool:
+    instance = schema() if isinstance(schema, type) else schema
+    return any(field.required for field in instance.fields.values())
+
+
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictParser()
+
+    def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Any:
+        """As flask-smorest's, but a JSON body whose schema requires nothing is published as
+        optional: the request may leave it out (it then reads as ``{}``)."""
+        if location == "json" and "required" not in kwargs:
+            kwargs["required"] = _has_required_field(schema)
+        return super().arguments(schema, location=location, **kwargs)
 
     def requires(self, permission: str) -> Callable[[Any], Any]:
         """Decorate an operation: the caller must hold ``permission`` (published as
@@ -62,3 +86,40 @@ class Blueprint(flask_smorest.Blueprint):
     def public(self, func: Any) -> Any:
         """Decorate an operation that needs no credentials."""
         return self.doc(**{"x-permission": None, "security": []})(func)
+
+
+# --- path converters: the router refuses what the spec says is out of range ----------------
+
+MAX_ID = 2**31 - 1
+
+
+class IdConverter(IntegerConverter):
+    """A row id in a path: a positive 32-bit integer (``<id:case_id>``); anything else is 404."""
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:  # noqa: A002
+        super().__init__(map, min=1, max=MAX_ID)
+
+
+class DigitsConverter(BaseConverter):
+    """A region, grid or category code in a path (``<digits:code>``): 1-20 ASCII digits."""
+
+    regex = r"[0-9]{1,20}"
+
+
+class DateConverter(BaseConverter):
+    """A calendar day in a path (``<date:day>``): ``YYYY-MM-DD``, passed on as text."""
+
+    regex = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+
+
+def install_converters(app: Flask, api: Any) -> None:
+    """Register the path converters with the router and their schemas with the spec."""
+    app.url_map.converters.update(id=IdConverter, digits=DigitsConverter, date=DateConverter)
+    api.register_converter(
+        IdConverter,
+        lambda _c: {"type": "integer", "format": "int32", "minimum": 1, "maximum": MAX_ID},
+    )
+    api.register_converter(
+        DigitsConverter, lambda _c: {"type": "string", "pattern": "^[0-9]{1,20}$"}
+    )
+    api.register_converter(DateConverter, lambda _c: {"type": "string", "format": "date"})

@@ -69,7 +69,7 @@ class CalendarImport(MethodView):
         return result
 
 
-@blp.route("/<string:day>")
+@blp.route("/<date:day>")
 class CalendarDay(MethodView):
     @blp.requires("calendar:write")
     @blp.arguments(CalendarDayUpdateSchema)

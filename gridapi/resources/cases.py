@@ -354,7 +354,7 @@ class Queues(MethodView):
         return {"items": svc.queues(session, caller)}
 
 
-@blp.route("/<int:case_id>")
+@blp.route("/<id:case_id>")
 class CaseById(MethodView):
     @blp.requires("cases:read")
     @blp.response(200, CaseSchema, headers={"ETag": {"schema": {"type": "string"}}})
@@ -366,7 +366,7 @@ class CaseById(MethodView):
         return render(session, caller, case_obj), 200, {"ETag": svc.etag(case_obj)}
 
 
-@blp.route("/<int:case_id>/transitions")
+@blp.route("/<id:case_id>/transitions")
 class Transitions(MethodView):
     @blp.requires("cases:read")
     @blp.arguments(TransitionSchema)
@@ -406,7 +406,7 @@ class Transitions(MethodView):
         return view, 200, {"ETag": svc.etag(case_obj)}
 
 
-@blp.route("/<int:case_id>/timeline")
+@blp.route("/<id:case_id>/timeline")
 class Timeline(MethodView):
     @blp.requires("cases:read")
     @blp.response(200, TimelineSchema)
@@ -422,7 +422,7 @@ class Timeline(MethodView):
         }
 
 
-@blp.route("/<int:case_id>/rating")
+@blp.route("/<id:case_id>/rating")
 class Rating(MethodView):
     @blp.requires("cases:write")
     @blp.arguments(RatingSchema)

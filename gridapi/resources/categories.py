@@ -48,7 +48,7 @@ class Categories(MethodView):
         return category
 
 
-@blp.route("/<string:code>")
+@blp.route("/<digits:code>")
 class CategoriesByCode(MethodView):
     @blp.requires(AUTHENTICATED)
     @blp.response(200, CategorySchema)

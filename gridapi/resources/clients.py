@@ -58,7 +58,7 @@ class Clients(MethodView):
         return client
 
 
-@blp.route("/<int:client_id>")
+@blp.route("/<id:client_id>")
 class ClientsById(MethodView):
     @blp.requires("clients:manage")
     @blp.response(200, ClientSchema)

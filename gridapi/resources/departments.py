@@ -51,7 +51,7 @@ class Departments(MethodView):
         return dept
 
 
-@blp.route("/<int:dept_id>")
+@blp.route("/<id:dept_id>")
 class DepartmentsById(MethodView):
     @blp.requires("departments:read")
     @blp.response(200, DepartmentSchema)

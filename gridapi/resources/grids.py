@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from ..auditing import audit
 from ..auth import current_principal
+from ..codes import subtree_prefix
 from ..extensions import commit, db_session, state
 from ..schemas.grids import (
     ActivateSchema,
@@ -93,7 +94,7 @@ class GridVersions(MethodView):
         return version
 
 
-@versions_blp.route("/<int:version_id>")
+@versions_blp.route("/<id:version_id>")
 class GridVersionsById(MethodView):
     @versions_blp.requires("grids:read")
     @versions_blp.response(200, GridVersionDetailSchema)
@@ -102,7 +103,7 @@ class GridVersionsById(MethodView):
         return svc.get_version(db_session(), version_id, scope=_scope())
 
 
-@versions_blp.route("/<int:version_id>/activate")
+@versions_blp.route("/<id:version_id>/activate")
 class GridVersionActivation(MethodView):
     @versions_blp.requires("grids:write")
     @versions_blp.arguments(ActivateSchema, required=False)
@@ -128,7 +129,7 @@ class GridVersionActivation(MethodView):
         return version
 
 
-@versions_blp.route("/<int:version_id>/grids")
+@versions_blp.route("/<id:version_id>/grids")
 class GridVersionGrids(MethodView):
     @versions_blp.requires("grids:read")
     @versions_blp.response(200, {"type": "object"}, content_type="application/geo+json")
@@ -175,7 +176,7 @@ class GridsExport(MethodView):
         return _geojson_response(region=args.get("region"), version_id=args.get("version"))
 
 
-@blp.route("/<string:code>")
+@blp.route("/<digits:code>")
 class GridsByCode(MethodView):
     @blp.requires("grids:read")
     @blp.arguments(GridByCodeArgsSchema, location="query")
@@ -190,6 +191,9 @@ def _geojson_response(**filters) -> Response:  # type: ignore[no-untyped-def]
     # generator closes, rather than the request's (already torn down by then).
     sessions = state().sessions
     filters["scope"] = _scope()
+    if filters.get("region"):
+        # An ill-formed code is refused now (422): once streaming, only a cut body is left.
+        subtree_prefix(filters["region"])
     # The grids in service change only with the routing generation (activations, region
     # edits): a phone whose copy is current gets 304 without the body being built.
     generation = db_session().scalar(

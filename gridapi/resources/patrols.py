@@ -175,7 +175,7 @@ class PatrolStats(MethodView):
         return svc.monthly_stats(db_session(), principal, args, tz=_tz(), now=_now())
 
 
-@blp.route("/<int:patrol_id>")
+@blp.route("/<id:patrol_id>")
 class PatrolById(MethodView):
     @blp.requires(AUTHENTICATED)
     @blp.arguments(PatrolGetArgsSchema, location="query")
@@ -204,7 +204,7 @@ class PatrolById(MethodView):
         return view
 
 
-@blp.route("/<int:patrol_id>/end")
+@blp.route("/<id:patrol_id>/end")
 class PatrolEnd(MethodView):
     @blp.requires("patrols:write")
     @blp.arguments(PatrolEndSchema)
@@ -231,7 +231,7 @@ class PatrolEnd(MethodView):
         return view
 
 
-@blp.route("/<int:patrol_id>/points")
+@blp.route("/<id:patrol_id>/points")
 class PatrolPoints(MethodView):
     @blp.requires("patrols:write")
     @blp.arguments(PatrolPointsSchema)
@@ -254,7 +254,7 @@ class PatrolPoints(MethodView):
         return result
 
 
-@blp.route("/<int:patrol_id>/checkins")
+@blp.route("/<id:patrol_id>/checkins")
 class PatrolCheckins(MethodView):
     @blp.requires("patrols:write")
     @blp.arguments(PatrolCheckinCreateSchema)
@@ -289,7 +289,7 @@ class PatrolCheckins(MethodView):
         return view
 
 
-@blp.route("/<int:patrol_id>/findings")
+@blp.route("/<id:patrol_id>/findings")
 class PatrolFindings(MethodView):
     @blp.requires("patrols:write")
     @blp.arguments(PatrolFindingCreateSchema)
@@ -393,7 +393,7 @@ class Heartbeat(MethodView):
         return view
 
 
-@presence_blp.route("/grids/<string:grid_code>/on-duty")
+@presence_blp.route("/grids/<digits:grid_code>/on-duty")
 class OnDuty(MethodView):
     @presence_blp.requires("presence:read")
     @presence_blp.response(200, OnDutySchema)

@@ -56,6 +56,8 @@ def _take_snapshot() -> None:
 
 
 class ImportUploadSchema(StrictSchema):
+    TEXT_VALUES = True  # form fields are text: dry_run is "true" or "false"
+
     file = Upload(
         required=True,
         metadata={

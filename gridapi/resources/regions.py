@@ -126,7 +126,7 @@ class RegionsImport(MethodView):
         return result.as_dict()
 
 
-@blp.route("/<string:code>")
+@blp.route("/<digits:code>")
 class RegionsByCode(MethodView):
     @blp.requires("regions:read")
     @blp.arguments(OnDateArgsSchema, location="query")
@@ -154,7 +154,7 @@ class RegionsByCode(MethodView):
         return region
 
 
-@blp.route("/<string:code>/children")
+@blp.route("/<digits:code>/children")
 class RegionChildren(MethodView):
     @blp.requires("regions:read")
     @blp.arguments(OnDateArgsSchema, location="query")
@@ -164,7 +164,7 @@ class RegionChildren(MethodView):
         return {"items": svc.children(db_session(), code, args.get("on"), scope=_scope())}
 
 
-@blp.route("/<string:code>/ancestors")
+@blp.route("/<digits:code>/ancestors")
 class RegionAncestors(MethodView):
     @blp.requires("regions:read")
     @blp.arguments(OnDateArgsSchema, location="query")
@@ -174,7 +174,7 @@ class RegionAncestors(MethodView):
         return {"items": svc.ancestors(db_session(), code, args.get("on"), scope=_scope())}
 
 
-@blp.route("/<string:code>/subtree")
+@blp.route("/<digits:code>/subtree")
 class RegionSubtree(MethodView):
     @blp.requires("regions:read")
     @blp.arguments(SubtreeArgsSchema, location="query")

@@ -136,7 +136,7 @@ class Houses(MethodView):
         return svc.house_view(house)
 
 
-@houses_blp.route("/<int:house_id>")
+@houses_blp.route("/<id:house_id>")
 class HouseById(MethodView):
     @houses_blp.requires("persons:read")
     @houses_blp.response(200, HouseSchema)
@@ -218,7 +218,7 @@ class Households(MethodView):
         return household_body(session, household)
 
 
-@households_blp.route("/<int:household_id>")
+@households_blp.route("/<id:household_id>")
 class HouseholdById(MethodView):
     @households_blp.requires("persons:read")
     @households_blp.response(200, HouseholdSchema)
@@ -307,7 +307,7 @@ class Persons(MethodView):
         return svc.person_view(person, k)
 
 
-@persons_blp.route("/<int:person_id>")
+@persons_blp.route("/<id:person_id>")
 class PersonById(MethodView):
     @persons_blp.requires("persons:read")
     @persons_blp.response(200, PersonSchema)
@@ -376,7 +376,7 @@ def _unmask_audit(action: str, person, purpose: str) -> AuditEntry:  # type: ign
     )
 
 
-@persons_blp.route("/<int:person_id>/sensitive")
+@persons_blp.route("/<id:person_id>/sensitive")
 class PersonSensitive(MethodView):
     @persons_blp.requires("persons:unmask")
     @persons_blp.arguments(PurposeArgsSchema, location="query")
@@ -398,7 +398,7 @@ class PersonSensitive(MethodView):
         return {**body, "purpose": args["purpose"], "audit_id": audit_id}
 
 
-@persons_blp.route("/<int:person_id>/export")
+@persons_blp.route("/<id:person_id>/export")
 class PersonExport(MethodView):
     @persons_blp.requires("persons:erase")
     @persons_blp.arguments(PurposeArgsSchema, location="query")
@@ -479,7 +479,7 @@ class Visits(MethodView):
         return svc.visit_view(visit)
 
 
-@visits_blp.route("/<int:visit_id>")
+@visits_blp.route("/<id:visit_id>")
 class VisitById(MethodView):
     @visits_blp.requires("persons:read")
     @visits_blp.response(200, VisitSchema)

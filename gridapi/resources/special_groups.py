@@ -77,7 +77,7 @@ class SpecialGroups(MethodView):
         return view
 
 
-@blp.route("/<int:record_id>")
+@blp.route("/<id:record_id>")
 class SpecialGroupById(MethodView):
     @blp.requires("special_groups:read")
     @blp.response(200, SpecialGroupSchema)

@@ -145,7 +145,7 @@ class Tasks(MethodView):
         return body, 201, {"ETag": etag(task)}  # type: ignore[arg-type]
 
 
-@blp.route("/tasks/<int:task_id>")
+@blp.route("/tasks/<id:task_id>")
 class TaskById(MethodView):
     @blp.requires("tasks:read")
     @blp.response(200, TaskSchema, headers=_ETAG)
@@ -157,7 +157,7 @@ class TaskById(MethodView):
         return _task_body(session, task, principal), 200, {"ETag": etag(task)}  # type: ignore[arg-type]
 
 
-@blp.route("/tasks/<int:task_id>/accept")
+@blp.route("/tasks/<id:task_id>/accept")
 class AcceptTask(MethodView):
     @blp.requires("tasks:complete")
     @blp.doc(parameters=[_IF_MATCH])
@@ -183,7 +183,7 @@ class AcceptTask(MethodView):
         return body, 200, {"ETag": etag(task)}  # type: ignore[arg-type]
 
 
-@blp.route("/tasks/<int:task_id>/complete")
+@blp.route("/tasks/<id:task_id>/complete")
 class CompleteTask(MethodView):
     @blp.requires("tasks:complete")
     @blp.arguments(TaskCompleteSchema)
@@ -219,7 +219,7 @@ class CompleteTask(MethodView):
         return body, 200, {"ETag": etag(task)}  # type: ignore[arg-type]
 
 
-@blp.route("/tasks/<int:task_id>/reassign")
+@blp.route("/tasks/<id:task_id>/reassign")
 class ReassignTask(MethodView):
     @blp.requires("tasks:write")
     @blp.arguments(TaskReassignSchema)
@@ -256,7 +256,7 @@ class ReassignTask(MethodView):
         return body, 200, {"ETag": etag(task)}  # type: ignore[arg-type]
 
 
-@blp.route("/tasks/<int:task_id>/cancel")
+@blp.route("/tasks/<id:task_id>/cancel")
 class CancelTask(MethodView):
     @blp.requires("tasks:write")
     @blp.arguments(CancelSchema)
@@ -363,7 +363,7 @@ class Campaigns(MethodView):
         return body, 201, {"ETag": etag(campaign)}  # type: ignore[arg-type]
 
 
-@campaigns_blp.route("/<int:campaign_id>")
+@campaigns_blp.route("/<id:campaign_id>")
 class CampaignById(MethodView):
     @campaigns_blp.requires("tasks:read")
     @campaigns_blp.response(200, CampaignSchema, headers=_ETAG)
@@ -375,7 +375,7 @@ class CampaignById(MethodView):
         return _campaign_body(session, campaign, principal), 200, {"ETag": etag(campaign)}  # type: ignore[arg-type]
 
 
-@campaigns_blp.route("/<int:campaign_id>/progress")
+@campaigns_blp.route("/<id:campaign_id>/progress")
 class CampaignProgress(MethodView):
     @campaigns_blp.requires("tasks:read")
     @campaigns_blp.response(200, ProgressSchema)
@@ -392,7 +392,7 @@ class CampaignProgress(MethodView):
         return svc.campaign_progress(session, campaign, principal)
 
 
-@campaigns_blp.route("/<int:campaign_id>/cancel")
+@campaigns_blp.route("/<id:campaign_id>/cancel")
 class CancelCampaign(MethodView):
     @campaigns_blp.requires("tasks:write")
     @campaigns_blp.arguments(CancelSchema)

@@ -102,7 +102,7 @@ class Users(MethodView):
         return user
 
 
-@blp.route("/users/<int:user_id>")
+@blp.route("/users/<id:user_id>")
 class UsersById(MethodView):
     @blp.requires("users:read")
     @blp.response(200, UserSchema)
@@ -116,7 +116,8 @@ class UsersById(MethodView):
     def patch(self, data, user_id):
         """Change an account's name, role, scope or whether it is active
 
-        Disabling an account or changing its role or scope ends its sessions.
+        Disabling an account or changing its role or scope ends its sessions. You cannot
+        change your own role or disable yourself (422): another administrator must.
         """
         p = current_principal()
         user = svc.update_user(
@@ -132,7 +133,7 @@ class UsersById(MethodView):
         return user
 
 
-@blp.route("/users/<int:user_id>/password")
+@blp.route("/users/<id:user_id>/password")
 class UserPassword(MethodView):
     @blp.requires("users:write")
     @blp.arguments(PasswordResetSchema)
@@ -148,7 +149,7 @@ class UserPassword(MethodView):
         _changed()
 
 
-@blp.route("/users/<int:user_id>/assignments")
+@blp.route("/users/<id:user_id>/assignments")
 class UserAssignments(MethodView):
     @blp.requires("users:read")
     @blp.response(200, AssignmentListSchema)
@@ -187,7 +188,7 @@ class UserAssignments(MethodView):
         return row
 
 
-@blp.route("/users/<int:user_id>/assignments/<string:grid_code>/end")
+@blp.route("/users/<id:user_id>/assignments/<digits:grid_code>/end")
 class UserAssignmentEnd(MethodView):
     @blp.requires("users:write")
     @blp.arguments(AssignmentEndSchema, required=False)
@@ -213,7 +214,7 @@ class UserAssignmentEnd(MethodView):
         return row
 
 
-@blp.route("/grids/<string:grid_code>/roster")
+@blp.route("/grids/<digits:grid_code>/roster")
 class GridRoster(MethodView):
     @blp.requires("users:read")
     @blp.arguments(RosterArgsSchema, location="query")

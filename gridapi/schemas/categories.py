@@ -19,8 +19,9 @@ class AttributeSchema(StrictSchema):
     values = fields.Function(
         lambda attr: attr.get("values"),
         metadata={
-            "description": "Choices, for choice types.",
+            "description": "Choices, for choice types (null for the others).",
             "type": "array",
+            "nullable": True,
             "items": {"type": "string"},
         },
     )

@@ -7,11 +7,65 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 
+class StrictBool(fields.Boolean):
+    """A JSON boolean and nothing else: not 0/1, not "yes" (``1 == True`` in Python, hence
+    the type check rather than marshmallow's truthy sets)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+def _strict_json(field: fields.Field) -> None:
+    """Make ``field`` (and the fields it contains) take JSON types as they are: integers
+    that are JSON integers (not 1.0 or 2.5, which marshmallow would truncate) and booleans
+    that are JSON booleans."""
+    if isinstance(field, fields.Integer):
+        field.strict = True
+    elif type(field) is fields.Boolean:
+        field.__class__ = StrictBool
+    elif isinstance(field, fields.List):
+        _strict_json(field.inner)
+    elif isinstance(field, fields.Tuple):
+        for inner in field.tuple_fields:
+            _strict_json(inner)
+    elif isinstance(field, fields.Dict) and field.value_field is not None:
+        _strict_json(field.value_field)
+
+
+INT64 = validate.Range(min=-(2**63), max=2**63 - 1)
+
+
+def _bounded(field: fields.Field) -> None:
+    """Give an integer without an upper bound the 64-bit one every column can hold, so a
+    huge number is 422 on both engines (SQLite overflows, PostgreSQL would compare it)."""
+    if isinstance(field, fields.List):
+        _bounded(field.inner)
+    elif isinstance(field, fields.Integer) and not any(
+        isinstance(v, validate.Range) and v.max is not None for v in field.validators
+    ):
+        field.validators = [*field.validators, INT64]
+
+
 class StrictSchema(Schema):
-    """Base schema: unknown fields are an error, not silently dropped."""
+    """Base schema: unknown fields are an error, not silently dropped.
+
+    A JSON body schema takes strict JSON integers and booleans; the ``*Args*`` schemas of
+    query strings and those that set ``TEXT_VALUES`` (form fields) read text and stay
+    lenient. Every integer is at most 64-bit.
+    """
+
+    TEXT_VALUES = False
 
     class Meta:
         unknown = RAISE
+
+    def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
+        super().on_bind_field(field_name, field_obj)
+        _bounded(field_obj)
+        if not self.TEXT_VALUES and "Args" not in type(self).__name__:
+            _strict_json(field_obj)
 
 
 class PageArgsSchema(StrictSchema):

@@ -63,7 +63,9 @@ def _track_point(value: Any) -> tuple[dict[str, Any] | None, dict[str, list[str]
     if accuracy is not None and (not _number(accuracy) or not 0 <= accuracy <= 100_000):
         errors["accuracy_m"] = ["a number in 0..100000"]
     crs = value.get("crs")
-    if crs is not None and crs not in SUPPORTED_CRS:
+    # A list, an object or null is no CRS name (a list would not even hash for the lookup);
+    # a point without its own CRS leaves the key out.
+    if "crs" in value and (not isinstance(crs, str) or crs not in SUPPORTED_CRS):
         errors["crs"] = [f"one of {', '.join(SUPPORTED_CRS)}"]
     if errors:
         return None, errors

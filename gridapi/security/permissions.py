@@ -56,6 +56,7 @@ PERMISSIONS = {
     "webhooks:manage": "Manage webhook subscriptions",
     "categories:write": "Create and change case categories",
     "calendar:write": "Edit and import the working calendar (holidays, 调休)",
+    "indicators:read": "Read indicators and monthly bulletins (考核指标, 月度通报) in scope",
 }
 
 # The scopes an admin may grant a third-party client (a subset of the permissions).
@@ -119,6 +120,7 @@ _OFFICE = [
     *OFFICE_CASES,
     *REGISTER_OFFICE,
     *FIELD_OFFICE,
+    "indicators:read",
 ]
 _CENTRE = [
     *_OFFICE,
@@ -138,7 +140,14 @@ ROLES: list[tuple[str, str, int, list[str]]] = [
         "community_officer",
         "综治专干",
         20,
-        [*_READ, "users:read", *COMMUNITY_CASES, *REGISTER_OFFICE, *FIELD_OFFICE],
+        [
+            *_READ,
+            "users:read",
+            *COMMUNITY_CASES,
+            *REGISTER_OFFICE,
+            *FIELD_OFFICE,
+            "indicators:read",
+        ],
     ),
     ("department", "职能部门", 20, [*_READ, "departments:read", *DEPARTMENT_CASES]),
     ("township_office", "乡镇（街道）平安办", 30, _OFFICE),

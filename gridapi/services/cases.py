@@ -973,6 +973,7 @@ def _verify_fail(ctx: TransitionContext, c: Case) -> str:
 
 def _close(ctx: TransitionContext, c: Case) -> str:
     c.closed_at = ctx.now
+    c.handling_hours = ctx.calendar.working_hours_between(c.filed_at or ctx.now, ctx.now)
     return "closed"
 
 
@@ -981,6 +982,7 @@ def _reopen(ctx: TransitionContext, c: Case) -> str:
     assert category is not None
     c.reopen_count += 1
     c.closed_at = None
+    c.handling_hours = None
     c.verify_due_at = None
     c.assignee_id = c.department_id = None
     c.handle_due_at = add_limit(ctx.calendar, ctx.now, category.handle_limit, category.handle_unit)

@@ -524,10 +524,17 @@ def update_user(
 ) -> User:
     """Change a user's name, role, activity or scope. Raises NotFound, Unprocessable."""
     user = changeable_user(session, user_id, scope=scope, actor_rank=actor_rank)
+    if "role" in changes and actor_id == user.id and changes["role"] != user.role_name:
+        # An administrator demoting themselves could leave nobody able to undo it.
+        raise Unprocessable(
+            "You cannot change your own role; ask another administrator.",
+            errors={"json": {"role": ["not for your own account"]}},
+        )
     if "role" in changes:
         _check_role_grant(session, actor_rank, changes["role"])
-        user.role_name = changes["role"]
-        user.token_version += 1
+        if changes["role"] != user.role_name:  # the same role again ends no session
+            user.role_name = changes["role"]
+            user.token_version += 1
     if "display_name" in changes:
         user.display_name = changes["display_name"]
     if "is_active" in changes:

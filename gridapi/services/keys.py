@@ -28,12 +28,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..db import sqlite_write_intent
 from ..models.register import ENCRYPTED_COLUMNS, Person, SpecialGroupRecord
+from ..models.webhooks import WebhookSubscription
 from ..security.fields import CiphertextError, FieldCipher
 from .register import Keys
 
 # The blind indexes recomputed from a column's plaintext (persons only).
 BLIND_INDEXES = {("persons", "id_number"): "id_number", ("persons", "phone"): "phone"}
-_MODELS: dict[str, Any] = {"persons": Person, "special_group_records": SpecialGroupRecord}
+_MODELS: dict[str, Any] = {
+    "persons": Person,
+    "special_group_records": SpecialGroupRecord,
+    "webhook_subscriptions": WebhookSubscription,
+}
 NOT_A_CIPHERTEXT = "unrecognised"
 
 

@@ -367,6 +367,21 @@ class World:
 
     due_in = {"amount": 3, "unit": "days"}
 
+    def webhook(self, area: Area) -> int:
+        """Return a new webhook subscription (made by ``setup``) for the area's community."""
+        body = {
+            "url": "https://93.184.215.14/hooks/matrix",  # public, never called: no worker runs
+            "events": ["case.created"],
+            "region_codes": [area.community],
+        }
+        return ok(self.setup.post("/api/v1/webhooks", json=body), 201)["id"]
+
+    def webhook_delivery(self, area: Area) -> tuple[int, int]:
+        """Return a new subscription of the area and the delivery of a ping queued to it."""
+        webhook_id = self.webhook(area)
+        delivery = ok(self.setup.post(f"/api/v1/webhooks/{webhook_id}/ping"), 202)
+        return webhook_id, delivery["id"]
+
     def task(self, area: Area, assignee: int | None = None) -> int:
         """Return a new task in the area's first grid, for ``assignee`` (else for the grid)."""
         body: dict[str, Any] = {"title": "矩阵任务", "grid": area.grids[0], "due_in": self.due_in}
@@ -1005,6 +1020,55 @@ REQUESTS: dict[tuple[str, str], Case] = {
         ),
         out=404,
     ),
+    # indicators and bulletins: a region outside the caller's scope answers like a missing one
+    ("GET", "/api/v1/indicators"): Case(
+        lambda c: Call(
+            query={"region": c.area.community, "from": "2026-03-01", "to": "2026-04-01"}
+        ),
+        out=404,
+    ),
+    ("GET", "/api/v1/bulletins/{region}/{month}"): Case(
+        lambda c: Call(params={"region": c.area.community, "month": "2026-03"}), out=404
+    ),
+    # webhooks (webhooks:manage): subscriptions of an area, or missing
+    ("GET", "/api/v1/webhooks"): Case(plain, out=None),
+    ("POST", "/api/v1/webhooks"): Case(
+        lambda c: Call(
+            json={
+                "url": "https://93.184.215.14/hooks/new",
+                "events": ["case.created", "task.completed"],
+                "region_codes": [c.area.community],
+            }
+        ),
+        out=422,
+    ),
+    ("GET", "/api/v1/webhooks/{webhook_id}"): Case(by_id("webhook_id", "webhook"), out=404),
+    ("PATCH", "/api/v1/webhooks/{webhook_id}"): Case(
+        lambda c: Call(
+            params={"webhook_id": c.fresh(c.world.webhook)}, json={"description": "矩阵"}
+        ),
+        out=404,
+    ),
+    ("DELETE", "/api/v1/webhooks/{webhook_id}"): Case(by_id("webhook_id", "webhook"), out=404),
+    ("POST", "/api/v1/webhooks/{webhook_id}/rotate-secret"): Case(
+        by_id("webhook_id", "webhook"), out=404
+    ),
+    ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): Case(
+        by_id("webhook_id", "webhook"), out=404
+    ),
+    ("POST", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): Case(
+        lambda c: Call(
+            params=dict(
+                zip(
+                    ("webhook_id", "delivery_id"),
+                    c.fresh(c.world.webhook_delivery, missing=(c.missing_id, c.missing_id)),
+                    strict=True,
+                )
+            )
+        ),
+        out=404,
+    ),
+    ("POST", "/api/v1/webhooks/{webhook_id}/ping"): Case(by_id("webhook_id", "webhook"), out=404),
 }
 
 

@@ -1,0 +1,277 @@
+"""Outbound HTTP for webhooks that cannot be turned against the server's own network (SSRF).
+
+A target URL must be http or https, without credentials. Its host is resolved here, every
+address it resolves to is checked (loopback, private, link-local, shared, reserved,
+multicast and unspecified addresses are refused, IPv4 and IPv6, including IPv4 addresses
+mapped or embedded in IPv6), and the connection goes to the address that was checked, so
+a second DNS answer cannot point it elsewhere (DNS rebinding). Redirects are not followed,
+connect and read have timeouts, and no more than a capped number of bytes of the answer is
+read. ``GRIDAPI_WEBHOOK_ALLOW_PRIVATE`` lists the networks (CIDRs) allowed despite all this,
+for receivers inside the same network (tests allow ``127.0.0.1/32``).
+
+urllib3 does the HTTP (the layer under requests, small and widely audited): it lets the
+connection be made to a fixed address while TLS checks the certificate against the
+host name (``server_hostname``/``assert_hostname``), and has explicit connect and read
+timeouts and no redirect following when asked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import urllib3
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MAX_URL_LENGTH = 2000
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT: private in practice
+
+
+class OutboundRefused(ValueError):
+    """The URL or the address it resolves to may not be called; the message says why."""
+
+
+class OutboundFailed(Exception):
+    """The request was allowed but did not complete (connect, TLS, timeout)."""
+
+
+@dataclass(frozen=True)
+class OutboundPolicy:
+    """Which private networks are allowed, the timeouts and the cap on the answer read."""
+
+    allow: tuple[Network, ...] = ()
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    max_response_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Target:
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+
+@dataclass(frozen=True)
+class OutboundResponse:
+    status: int
+    body: bytes
+    duration_ms: int
+    address: str
+
+
+def parse_allowlist(text: str) -> tuple[Network, ...]:
+    """Return the networks of ``"127.0.0.1/32, 10.1.0.0/16"``. Raises ValueError naming the
+    bad entry."""
+    networks = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(part, strict=True))
+        except ValueError as exc:
+            raise ValueError(f"{part!r} is not a network in CIDR notation ({exc})") from None
+    return tuple(networks)
+
+
+def policy_from_settings(settings: object) -> OutboundPolicy:
+    """Return the policy of the GRIDAPI_WEBHOOK_* settings; a bad allow list stops start-up
+    (SystemExit with the reason)."""
+    try:
+        allow = parse_allowlist(settings.webhook_allow_private)  # type: ignore[attr-defined]
+    except ValueError as exc:
+        raise SystemExit(f"GRIDAPI_WEBHOOK_ALLOW_PRIVATE: {exc}") from None
+    return OutboundPolicy(
+        allow=allow,
+        connect_timeout=float(settings.webhook_connect_timeout_seconds),  # type: ignore[attr-defined]
+        read_timeout=float(settings.webhook_timeout_seconds),  # type: ignore[attr-defined]
+        max_response_bytes=int(settings.webhook_max_response_kb) * 1024,  # type: ignore[attr-defined]
+    )
+
+
+def parse_target(url: str) -> Target:
+    """Return the parts of an http(s) URL. Raises OutboundRefused."""
+    if len(url) > MAX_URL_LENGTH:
+        raise OutboundRefused(f"longer than {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise OutboundRefused(f"not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise OutboundRefused("only http and https URLs are allowed")
+    if parts.username is not None or parts.password is not None:
+        raise OutboundRefused("credentials in the URL are not allowed; sign with the secret")
+    host = parts.hostname
+    if not host:
+        raise OutboundRefused("the URL has no host")
+    if parts.fragment:
+        raise OutboundRefused("the URL may not have a fragment")
+    if any(c.isspace() for c in url):
+        raise OutboundRefused("the URL may not contain spaces")
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    return Target(scheme, host, port or (443 if scheme == "https" else 80), path)
+
+
+def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, NAT64, 6to4, Teredo), if any."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    return None
+
+
+def address_refusal(ip: IPAddress, allow: Iterable[Network] = ()) -> str | None:
+    """Return why ``ip`` may not be called ("loopback", "private", …), or None if it may."""
+    allow = tuple(allow)
+    candidates: list[IPAddress] = [ip]
+    embedded = _embedded_ipv4(ip)
+    if embedded is not None:
+        # A mapped address is the IPv4 host itself; a tunnelled one must pass both ways.
+        mapped = isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None
+        candidates = [embedded] if mapped else [embedded, ip]
+    for candidate in candidates:
+        if any(candidate.version == net.version and candidate in net for net in allow):
+            return None
+    for candidate in candidates:
+        for attribute, label in (
+            ("is_unspecified", "unspecified"),
+            ("is_loopback", "loopback"),
+            ("is_link_local", "link-local"),
+            ("is_multicast", "multicast"),
+            ("is_private", "private"),
+            ("is_reserved", "reserved"),
+        ):
+            if getattr(candidate, attribute):
+                return label
+        if isinstance(candidate, ipaddress.IPv4Address) and candidate in _SHARED:
+            return "private"
+        if not candidate.is_global:
+            return "not globally routable"
+    return None
+
+
+def resolve(target: Target, policy: OutboundPolicy) -> list[str]:
+    """Return the addresses of the target's host, all of them allowed. Raises
+    OutboundRefused when one is not, or when the host does not resolve."""
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(target.host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        infos = [str(literal)]
+    else:
+        try:
+            found = socket.getaddrinfo(
+                target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except (OSError, UnicodeError) as exc:
+            raise OutboundRefused(f"the host {target.host!r} does not resolve ({exc})") from None
+        infos = list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in found))
+        if not infos:
+            raise OutboundRefused(f"the host {target.host!r} does not resolve")
+    for text in infos:
+        reason = address_refusal(ipaddress.ip_address(text), policy.allow)
+        if reason is not None:
+            raise OutboundRefused(
+                f"{target.host} resolves to {text}, a {reason} address; not allowed"
+                if literal is None
+                else f"{text} is a {reason} address; not allowed"
+            )
+    return infos
+
+
+def check_url(url: str, policy: OutboundPolicy) -> Target:
+    """Return the target of ``url`` if it may be called now. Raises OutboundRefused."""
+    target = parse_target(url)
+    resolve(target, policy)
+    return target
+
+
+def post(
+    url: str, body: bytes, headers: dict[str, str], policy: OutboundPolicy
+) -> OutboundResponse:
+    """POST ``body`` to ``url`` through the policy's checks; return the answer (status, the
+    first ``max_response_bytes`` of the body). Raises OutboundRefused or OutboundFailed."""
+    target = parse_target(url)
+    address = resolve(target, policy)[0]
+    default_port = 443 if target.scheme == "https" else 80
+    host_header = target.host if ":" not in target.host else f"[{target.host}]"
+    if target.port != default_port:
+        host_header = f"{host_header}:{target.port}"
+    timeout = urllib3.Timeout(connect=policy.connect_timeout, read=policy.read_timeout)
+    pool: urllib3.HTTPConnectionPool
+    if target.scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(
+            address,
+            target.port,
+            timeout=timeout,
+            retries=False,
+            maxsize=1,
+            cert_reqs="CERT_REQUIRED",
+            server_hostname=target.host,
+            assert_hostname=target.host,
+        )
+    else:
+        pool = urllib3.HTTPConnectionPool(
+            address, target.port, timeout=timeout, retries=False, maxsize=1
+        )
+    started = time.monotonic()
+    try:
+        response = pool.urlopen(
+            "POST",
+            target.path,
+            body=body,
+            headers={**headers, "Host": host_header, "Connection": "close"},
+            redirect=False,
+            retries=False,
+            preload_content=False,
+            decode_content=False,
+            assert_same_host=False,
+        )
+        try:
+            content = response.read(policy.max_response_bytes, decode_content=False) or b""
+        finally:
+            response.release_conn()
+            response.close()
+    except urllib3.exceptions.HTTPError as exc:
+        raise OutboundFailed(_reason(exc)) from None
+    finally:
+        pool.close()
+    return OutboundResponse(
+        status=response.status,
+        body=content,
+        duration_ms=int((time.monotonic() - started) * 1000),
+        address=address,
+    )
+
+
+def _reason(exc: Exception) -> str:
+    """A short, stable description of a failed request (no stack, no internal objects)."""
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return "connect timeout"
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return "read timeout"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return "connection refused or unreachable"
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return "TLS error"
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return "connection broken"
+    return type(exc).__name__

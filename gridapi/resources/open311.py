@@ -1,0 +1,365 @@
+"""Open311 GeoReport v2 under /open311/v2/: discovery, services, requests, tokens; JSON and XML.
+
+A plain Flask blueprint, not part of the OpenAPI document: Open311 has its own contract
+(docs/open311.md), its own error shape (``[{"code", "description"}]`` or
+``<errors><error>``) and its own authentication (``api_key`` in the form or query).
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+from flask import Blueprint, Response, current_app, g, request
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from ..auditing import audit
+from ..auth import Forbidden, Principal, Unauthorized, _authenticate, current_principal
+from ..errors import DomainError
+from ..extensions import commit, db_session, state
+from ..jsonio import dumps_bytes
+from ..services import cases as cases_svc
+from ..services import idempotency
+from ..services import open311 as svc
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("open311", __name__, url_prefix="/open311/v2")
+
+_FORMATS = "<any(json, xml):fmt>"
+_MIMETYPES = {"json": "application/json", "xml": "text/xml"}
+# Plural XML elements and the element each of their items is written as.
+_ITEM_TAGS = {
+    "services": "service",
+    "service_requests": "request",
+    "attributes": "attribute",
+    "values": "value",
+    "endpoints": "endpoint",
+    "formats": "format",
+    "errors": "error",
+}
+_REQUESTS_PATH = "/open311/v2/requests"
+
+
+# --- representation ---------------------------------------------------------------------------
+
+
+def _xml_value(parent: ET.Element, tag: str, value: Any) -> None:
+    element = ET.SubElement(parent, tag)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _xml_value(element, key, item)
+    elif isinstance(value, list):
+        for item in value:
+            _xml_value(element, _ITEM_TAGS.get(tag, "item"), item)
+    elif isinstance(value, bool):
+        element.text = "true" if value else "false"
+    elif value is not None:
+        element.text = str(value)
+
+
+def _xml(root: str, body: Any) -> bytes:
+    """Return ``body`` (a list of items, or one object) as an XML document under ``root``."""
+    element = ET.Element(root)
+    if isinstance(body, list):
+        for item in body:
+            _xml_value(element, _ITEM_TAGS.get(root, "item"), item)
+    else:
+        for key, item in body.items():
+            _xml_value(element, key, item)
+    return ET.tostring(element, encoding="utf-8", xml_declaration=True)
+
+
+def _answer(
+    fmt: str, root: str, body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    data = _xml(root, body) if fmt == "xml" else dumps_bytes(body)
+    response = Response(data, status=status, mimetype=_MIMETYPES[fmt], headers=headers)
+    if fmt == "xml":
+        response.charset = "utf-8"
+    return response
+
+
+def _format_of_path() -> str:
+    return "xml" if request.path.rstrip("/").endswith(".xml") else "json"
+
+
+def _error(status: int, description: str, headers: dict[str, str] | None = None) -> Response:
+    return _answer(
+        _format_of_path(),
+        "errors",
+        [{"code": status, "description": description}],
+        status,
+        headers,
+    )
+
+
+def _describe(exc: DomainError) -> str:
+    """Return a domain error's message with its field messages, for one Open311 line."""
+    details: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, list):
+            details.append(f"{prefix}: {'; '.join(str(v) for v in value)}")
+        elif value is not None:
+            details.append(f"{prefix}: {value}")
+
+    for location, fields in (exc.errors or {}).items():
+        if location in ("json", "form", "query") and isinstance(fields, dict):
+            walk("", fields)
+        else:
+            walk(location, fields)
+    return exc.message + (f" ({', '.join(details)})" if details else "")
+
+
+@bp.errorhandler(Exception)
+def _open311_error(exc: Exception) -> Response:
+    """Answer every failure of this blueprint in the Open311 error shape."""
+    if isinstance(exc, DomainError):
+        # Open311 knows 400 for bad input: a native 422 (unknown attribute, no region) is one.
+        status = 400 if exc.status == 422 else exc.status
+        if isinstance(exc, Unauthorized):
+            status = 403  # Open311 answers a missing or bad api_key with 403
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "www-authenticate"}
+        return _error(status, _describe(exc), headers)
+    if isinstance(exc, HTTPException):
+        status = exc.code or 500
+        return _error(status, exc.description or "error")
+    if isinstance(exc, IntegrityError):
+        return _error(409, "The change conflicts with existing data.")
+    if isinstance(exc, OperationalError | PoolTimeout):
+        return _error(
+            503, "The database is busy or unavailable; retry shortly.", {"Retry-After": "2"}
+        )
+    log.exception("unhandled Open311 error (request %s)", g.get("request_id"))
+    return _error(500, f"An unexpected error occurred (request id {g.get('request_id', '-')}).")
+
+
+# --- who asks -----------------------------------------------------------------------------
+
+
+def _caller(required: bool) -> Principal | None:
+    """Return the caller named by ``api_key`` (form or query), or by the native headers.
+
+    Raises Unauthorized (answered 403) when a key is required and missing, or is invalid.
+    """
+    key = (request.values.get("api_key") or "").strip()
+    if key:
+        principal = _authenticate("key", key)
+        g.principal = principal
+        return principal
+    principal = current_principal(required=False)
+    if principal is None and required:
+        raise Unauthorized("api_key is required: send the key of an API client (gk_…).")
+    return principal
+
+
+def _reader() -> cases_svc.Caller | None:
+    """Return the keyed reader, or None for a public read (when configured); else 403."""
+    settings = state().settings
+    principal = _caller(required=not settings.open311_public_read)
+    if principal is None:
+        return None
+    if not principal.can("cases:read"):
+        raise Forbidden("This api_key may not read service requests (it lacks cases:read).")
+    return cases_svc.caller_of(db_session(), principal)
+
+
+def _tz() -> ZoneInfo:
+    return ZoneInfo(state().settings.timezone)
+
+
+# --- discovery and services ---------------------------------------------------------------
+
+
+@bp.get(f"/discovery.{_FORMATS}")
+def discovery(fmt: str) -> Response:
+    """The discovery document: where the endpoint is, its formats and how to get a key."""
+    base = request.url_root.rstrip("/") + bp.url_prefix + "/"
+    body = {
+        "changeset": "2026-11-28T00:00:00+08:00",
+        "contact": "The operator of this gridapi instance (county governance centre 综治中心).",
+        "key_service": "Ask the operator for an API client key (gk_…) with cases:write.",
+        "endpoints": [
+            {
+                "specification": "http://wiki.open311.org/GeoReport_v2",
+                "url": base,
+                "changeset": "2026-11-28T00:00:00+08:00",
+                "type": "production",
+                "formats": ["application/json", "text/xml"],
+            }
+        ],
+    }
+    return _answer(fmt, "discovery", body)
+
+
+@bp.get(f"/services.{_FORMATS}")
+def services(fmt: str) -> Response:
+    """Every active category as a service; always public."""
+    return _answer(fmt, "services", svc.services(db_session()))
+
+
+@bp.get(f"/services/<code>.{_FORMATS}")
+def service_definition(code: str, fmt: str) -> Response:
+    """A category's attribute schema as a service definition; always public."""
+    category = svc.service_category(db_session(), code)
+    return _answer(fmt, "service_definition", svc.service_definition(category))
+
+
+# --- requests -----------------------------------------------------------------------------
+
+
+def _views(session, cases: list, *, public: bool) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    settings = state().settings
+    agencies = svc.agency_names(session, cases)
+    categories = svc.category_names(session, cases)
+    return [
+        svc.request_view(
+            c,
+            agencies=agencies,
+            categories=categories,
+            tz=_tz(),
+            public=public,
+            round_m=settings.open311_round_m,
+        )
+        for c in cases
+    ]
+
+
+@bp.get(f"/requests.{_FORMATS}")
+def requests_list(fmt: str) -> Response:
+    """Service requests: filters of the standard plus page/page_size, updated_after/_before."""
+    caller = _reader()
+    session = db_session()
+    query = svc.parse_request_query(request.args, _tz(), state().settings.open311_page_size)
+    rows = svc.find_requests(session, caller, query, datetime.now(UTC))
+    return _answer(fmt, "service_requests", _views(session, rows, public=caller is None))
+
+
+@bp.get(f"/requests/<request_id>.{_FORMATS}")
+def request_detail(request_id: str, fmt: str) -> Response:
+    """One service request, as a list of one (as the standard says)."""
+    caller = _reader()
+    session = db_session()
+    case_obj = svc.find_request(session, caller, request_id)
+    return _answer(fmt, "service_requests", _views(session, [case_obj], public=caller is None))
+
+
+@bp.get(f"/tokens/<token>.{_FORMATS}")
+def token(token: str, fmt: str) -> Response:
+    """The request id of a token. Requests are created at once (POST answers the id), so a
+    token is simply a case id or number, for clients that always ask."""
+    caller = _reader()
+    case_obj = svc.find_request(db_session(), caller, token)
+    body = [{"service_request_id": str(case_obj.id), "token": token}]
+    return _answer(fmt, "service_requests", body)
+
+
+def _form_items() -> list[tuple[str, list[str]]]:
+    return [(key, request.form.getlist(key)) for key in request.form]
+
+
+@bp.post(f"/requests.{_FORMATS}")
+def requests_create(fmt: str) -> Response:
+    """Create a service request: the same report as POST /api/v1/cases (routing, numbering,
+    deadlines, duplicates, idempotency, audit), from a form-encoded Open311 post."""
+    principal = _caller(required=True)
+    assert principal is not None
+    if not principal.can("cases:write"):
+        raise Forbidden("This api_key may not create service requests (it lacks cases:write).")
+    snapshot = state().routing.snapshot()  # before the transaction (see resources/cases.py)
+    session = db_session()
+    st = state()
+    code = (request.form.get("service_code") or "").strip()
+    if not code:
+        raise svc.BadRequest("service_code is required")
+    category = svc.service_category(session, code)
+    data = svc.report_arguments(category, request.form, _form_items())
+    key = idempotency.parse_header(request.headers.get("Idempotency-Key"))
+    keys = [f"key:{key}"] if key else []
+    form = {k: v for k, v in _form_items() if k != "api_key"}
+    body_hash = idempotency.request_hash("POST", _REQUESTS_PATH, form)
+    idempotency.claim(session, principal.actor_id, keys)
+    stored = idempotency.find(session, principal.actor_id, keys, body_hash)
+    if stored is not None:
+        session.rollback()
+        return _answer(
+            fmt,
+            "service_requests",
+            orjson.loads(stored.response),
+            201,
+            {"Idempotent-Replayed": "true"},
+        )
+    now = datetime.now(UTC)
+    reported = cases_svc.report(
+        session,
+        data,
+        principal=principal,
+        snapshot=snapshot,
+        calendar=st.calendar(session),
+        now=now,
+        duplicate_window_hours=st.settings.duplicate_window_hours,
+    )
+    case_obj = reported.case
+    unit = case_obj.grid_code and snapshot.grid_name(case_obj.grid_code)
+    unit = unit or svc.region_names(session, [case_obj.region_code]).get(case_obj.region_code)
+    notice = f"已登记，案件编号 {case_obj.number}，由{unit or case_obj.region_code}受理。"
+    if reported.duplicates:
+        notice += f" 附近已有 {len(reported.duplicates)} 件同类未结案件，可能重复。"
+    body = [
+        {
+            "service_request_id": str(case_obj.id),
+            "service_notice": notice,
+            "account_id": None,
+            "case_number": case_obj.number,
+        }
+    ]
+    payload = dumps_bytes(body).decode()
+    idempotency.remember(
+        session,
+        principal.actor_id,
+        keys,
+        hash_=body_hash,
+        method="POST",
+        path=_REQUESTS_PATH,
+        status_code=201,
+        response=payload,
+        resource_id=case_obj.id,
+        now=now,
+        keep_days=st.settings.idempotency_days,
+    )
+    audit(
+        "case.report",
+        "case",
+        case_obj.id,
+        summary={"number": case_obj.number, "grid": case_obj.grid_code, "via": "open311"},
+        region_code=case_obj.region_code,
+    )
+    commit()
+    return _answer(fmt, "service_requests", body, 201)
+
+
+@bp.route("/", defaults={"rest": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+@bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+def unknown(rest: str) -> Response:
+    """Anything else under /open311/v2/: 404, or 405 for a known path and another method."""
+    adapter = current_app.url_map.bind("localhost")
+    for method in ("GET", "POST"):
+        if method == request.method:
+            continue
+        try:
+            endpoint, _ = adapter.match(request.path, method=method)
+        except HTTPException:
+            continue
+        if endpoint != "open311.unknown":
+            raise MethodNotAllowed()
+    raise NotFound(f"{request.path} is not an Open311 GeoReport v2 resource")

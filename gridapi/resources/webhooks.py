@@ -1,0 +1,225 @@
+"""Webhook subscriptions over HTTP: create (secret shown once), read, change, delete, rotate
+the secret, the delivery log, redelivery and ping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+
+from ..auditing import audit
+from ..auth import Principal, current_principal
+from ..extensions import commit, db_session, state
+from ..models.base import utcnow
+from ..models.webhooks import WebhookSubscription
+from ..outbound import policy_from_settings
+from ..schemas.webhooks import (
+    DeliveryArgsSchema,
+    DeliveryListSchema,
+    DeliverySchema,
+    WebhookCreatedSchema,
+    WebhookCreateSchema,
+    WebhookListSchema,
+    WebhookSchema,
+    WebhookUpdateSchema,
+)
+from ..services import webhooks as svc
+from .blueprint import Blueprint
+
+blp = Blueprint(
+    "webhooks",
+    __name__,
+    url_prefix="/api/v1/webhooks",
+    description="Signed webhooks (事件推送) for third-party apps: subscribe to case and task "
+    "events of an area, receive them at-least-once, in order per case, signed with "
+    "HMAC-SHA256 (`Webhook-Id`, `Webhook-Timestamp`, `Webhook-Signature`); see the delivery "
+    "log, redeliver, ping. Details: docs/webhooks.md.",
+)
+
+_INVALID = "Invalid body: `errors.json` names each field (a refused URL under `url`)."
+
+
+def _principal() -> Principal:
+    principal = current_principal()
+    assert principal is not None
+    return principal
+
+
+def _body(sub: WebhookSubscription, **extra: Any) -> dict[str, Any]:
+    counts = svc.delivery_counts(db_session(), [sub.id])[sub.id]
+    return {**svc.subscription_view(sub, counts), **extra}
+
+
+def _audit(action: str, sub: WebhookSubscription, **summary: Any) -> None:
+    audit(
+        f"webhook.{action}",
+        "webhook",
+        sub.id,
+        summary={"url": sub.url, "events": sub.events, **summary},
+        region_code=sub.region_codes[0] if len(sub.region_codes) == 1 else None,
+    )
+
+
+@blp.route("")
+class Webhooks(MethodView):
+    @blp.requires("webhooks:manage")
+    @blp.response(200, WebhookListSchema)
+    def get(self):
+        """List webhook subscriptions
+
+        An app sees its own subscriptions; a user those whose whole area lies in their
+        scope. Each carries how many of its deliveries are pending and dead now.
+        """
+        session = db_session()
+        subs = svc.list_subscriptions(session, _principal())
+        counts = svc.delivery_counts(session, [s.id for s in subs])
+        return {"items": [svc.subscription_view(s, counts[s.id]) for s in subs]}
+
+    @blp.requires("webhooks:manage")
+    @blp.arguments(WebhookCreateSchema)
+    @blp.response(201, WebhookCreatedSchema)
+    @blp.alt_response(422, description=_INVALID)
+    def post(self, data):
+        """Subscribe a URL to events; the answer shows the signing secret once
+
+        `events` from the list of event types; `region_codes` (inside your scope; default
+        your whole area) and `categories` (2- or 4-digit codes; default all) filter them.
+        The URL must be http(s) and must not resolve to a loopback, private, link-local or
+        reserved address (unless the server allows it) → 422 otherwise. Events are sent
+        from the moment of subscription on.
+        """
+        principal = _principal()
+        st = state()
+        sub, secret = svc.create_subscription(
+            db_session(),
+            principal,
+            data,
+            cipher=st.cipher,
+            policy=policy_from_settings(st.settings),
+        )
+        _audit("create", sub, region_codes=sub.region_codes, categories=sub.categories)
+        body = _body(sub, secret=secret)
+        commit()
+        return body
+
+
+@blp.route("/<int:webhook_id>")
+class WebhookById(MethodView):
+    @blp.requires("webhooks:manage")
+    @blp.response(200, WebhookSchema)
+    def get(self, webhook_id):
+        """Get a webhook subscription"""
+        return _body(svc.get_subscription(db_session(), webhook_id, _principal()))
+
+    @blp.requires("webhooks:manage")
+    @blp.arguments(WebhookUpdateSchema)
+    @blp.response(200, WebhookSchema)
+    @blp.alt_response(422, description=_INVALID)
+    def patch(self, data, webhook_id):
+        """Change a webhook subscription
+
+        Any of `url`, `events`, `region_codes`, `categories`, `description`, `active`.
+        An inactive subscription keeps its pending deliveries and gets no new ones; they
+        go out when it is active again.
+        """
+        st = state()
+        sub = svc.update_subscription(
+            db_session(),
+            webhook_id,
+            _principal(),
+            data,
+            policy=policy_from_settings(st.settings),
+        )
+        _audit("update", sub, changed=sorted(data))
+        body = _body(sub)
+        commit()
+        return body
+
+    @blp.requires("webhooks:manage")
+    @blp.response(204)
+    def delete(self, webhook_id):
+        """Delete a webhook subscription and its delivery log"""
+        session = db_session()
+        sub = svc.get_subscription(session, webhook_id, _principal())
+        _audit("delete", sub)
+        svc.delete_subscription(session, webhook_id, _principal())
+        commit()
+
+
+@blp.route("/<int:webhook_id>/rotate-secret")
+class RotateWebhookSecret(MethodView):
+    @blp.requires("webhooks:manage")
+    @blp.response(200, WebhookCreatedSchema)
+    def post(self, webhook_id):
+        """Replace the signing secret; the answer shows the new one once
+
+        The old secret stops at once: deliveries from now on (retries included) are signed
+        with the new one.
+        """
+        sub, secret = svc.rotate_secret(
+            db_session(), webhook_id, _principal(), cipher=state().cipher
+        )
+        _audit("rotate_secret", sub)
+        body = _body(sub, secret=secret)
+        commit()
+        return body
+
+
+@blp.route("/<int:webhook_id>/deliveries")
+class WebhookDeliveries(MethodView):
+    @blp.requires("webhooks:manage")
+    @blp.arguments(DeliveryArgsSchema, location="query")
+    @blp.response(200, DeliveryListSchema)
+    def get(self, args, webhook_id):
+        """List a subscription's deliveries, newest first
+
+        Each: the event (`event_id` is the `Webhook-Id` sent), status (`pending`,
+        `delivered`, `dead`), attempts, the last answer's status code, error and duration,
+        and when a pending one is tried next. Filter by `status`; pass `next_cursor` back as
+        `cursor` for the next page.
+        """
+        session = db_session()
+        sub = svc.get_subscription(session, webhook_id, _principal())
+        rows = svc.list_deliveries(session, sub, args)
+        return {
+            "items": [svc.delivery_view(d, e) for d, e in rows],
+            "next_cursor": rows[-1][0].id if len(rows) == args["limit"] else None,
+        }
+
+
+@blp.route("/<int:webhook_id>/deliveries/<int:delivery_id>/redeliver")
+class Redeliver(MethodView):
+    @blp.requires("webhooks:manage")
+    @blp.response(202, DeliverySchema)
+    def post(self, webhook_id, delivery_id):
+        """Send a delivery again (a dead letter, or one delivered)
+
+        It becomes pending, due now, with a fresh count of attempts, and keeps its
+        `Webhook-Id`, so a receiver that has it already can drop it.
+        """
+        session = db_session()
+        sub = svc.get_subscription(session, webhook_id, _principal())
+        delivery, event = svc.redeliver(session, sub, delivery_id, utcnow())
+        _audit("redeliver", sub, delivery_id=delivery.id, event_id=svc.event_id(event))
+        body = svc.delivery_view(delivery, event)
+        commit()
+        return body
+
+
+@blp.route("/<int:webhook_id>/ping")
+class PingWebhook(MethodView):
+    @blp.requires("webhooks:manage")
+    @blp.response(202, DeliverySchema)
+    @blp.alt_response(409, response="CONFLICT")
+    def post(self, webhook_id):
+        """Send a `ping` event to this subscription, to test the receiver
+
+        Queued like any event; follow it in the delivery log. An inactive subscription →
+        409.
+        """
+        session = db_session()
+        sub = svc.get_subscription(session, webhook_id, _principal())
+        delivery, event = svc.ping(session, sub, utcnow())
+        body = svc.delivery_view(delivery, event)
+        commit()
+        return body

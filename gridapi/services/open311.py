@@ -1,0 +1,535 @@
+"""Open311 GeoReport v2 mapping: categories as services, cases as service requests, and an
+Open311 form as the arguments of a native report.
+
+Pure mapping and queries: takes a Session, never commits, imports nothing from Flask. The
+HTTP side (formats, keys, the one transaction) is ``gridapi.resources.open311``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy.orm import Session
+
+from ..errors import DomainError
+from ..geo.crs import SUPPORTED_CRS
+from ..models import Case, Category, Department
+from ..models.cases import TERMINAL
+from ..personal import InvalidValue, mask_phone, parse_phone
+from .cases import STATUS_NAMES, Caller, region_names, visible_condition
+
+# Open311 knows two states; the detailed state travels in status_notes and detailed_status.
+CLOSED_STATES = TERMINAL
+OPEN311_STATUS = {s: ("closed" if s in CLOSED_STATES else "open") for s in STATUS_NAMES}
+DATATYPES = {
+    "string": "string",
+    "text": "text",
+    "number": "number",
+    "date": "datetime",
+    "single_choice": "singlevaluelist",
+    "multiple_choice": "multivaluelist",
+}
+SOURCES = ("open311", "hotline", "web", "third_party")
+MAX_PAGE_SIZE = 1000
+DEFAULT_WINDOW_DAYS = 90
+REPORTER_ROLE = "报告人"
+_CODE = re.compile(r"[0-9]{2}(?:[0-9]{2})?")
+_ATTRIBUTE_KEY = re.compile(r"attribute\[([^\[\]]+)\](\[\])?")
+_MEDIA_LINE = "\n\n图片 media_url: "
+_CJK = re.compile(r"[\u3400-\u9fff]")
+
+
+class BadRequest(DomainError):
+    """Open311's 400: a field is missing or invalid."""
+
+    status = 400
+
+
+class ServiceNotFound(DomainError):
+    status = 404
+
+
+# --- services -----------------------------------------------------------------------------
+
+
+def service_categories(session: Session) -> list[Category]:
+    """Return the categories offered as services: active subclasses, and active classes
+    without active subclasses (a report may name either)."""
+    rows = list(
+        session.scalars(
+            select(Category)
+            .where(Category.is_active.is_(True))
+            .order_by(Category.sort_order, Category.code)
+        )
+    )
+    parents = {c.parent_code for c in rows if c.parent_code}
+    return [c for c in rows if c.parent_code or c.code not in parents]
+
+
+def service(category: Category, group: str | None) -> dict[str, Any]:
+    """Return a category as an Open311 service."""
+    description = (category.intake_standard or "").strip() or category.name
+    keywords = [k for k in (group, category.name) if k]
+    return {
+        "service_code": category.code,
+        "service_name": category.name,
+        "description": description,
+        "metadata": bool(category.attributes),
+        "type": "realtime",
+        "keywords": ",".join(keywords),
+        "group": group or category.name,
+    }
+
+
+def services(session: Session) -> list[dict[str, Any]]:
+    """Return every service, in display order."""
+    rows = service_categories(session)
+    parents = {c.parent_code for c in rows if c.parent_code}
+    named = session.execute(select(Category.code, Category.name).where(Category.code.in_(parents)))
+    names = {code: name for code, name in named}
+    return [service(c, names.get(c.parent_code) if c.parent_code else None) for c in rows]
+
+
+def service_category(session: Session, code: str) -> Category:
+    """Return the active category of a service code. Raises ServiceNotFound."""
+    category = session.get(Category, code) if _CODE.fullmatch(code or "") else None
+    if category is None or not category.is_active:
+        raise ServiceNotFound(f"service_code {code!r} not found")
+    return category
+
+
+def service_definition(category: Category) -> dict[str, Any]:
+    """Return the category's attribute schema as an Open311 service definition."""
+    attributes = []
+    for order, attr in enumerate(category.attributes or [], start=1):
+        kind = attr["type"]
+        item: dict[str, Any] = {
+            "variable": True,
+            "code": attr["code"],
+            "datatype": DATATYPES.get(kind, "string"),
+            "required": bool(attr.get("required")),
+            "datatype_description": "a date, YYYY-MM-DD" if kind == "date" else None,
+            "order": order,
+            "description": attr.get("label") or attr["code"],
+        }
+        if kind in ("single_choice", "multiple_choice"):
+            item["values"] = [{"key": v, "name": v} for v in attr.get("values") or []]
+        attributes.append(item)
+    return {"service_code": category.code, "attributes": attributes}
+
+
+# --- posting ------------------------------------------------------------------------------
+
+
+def _float(form: Mapping[str, str], name: str) -> float | None:
+    raw = (form.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number (decimal degrees)") from None
+    if not math.isfinite(value):
+        raise BadRequest(f"{name} must be a finite number")
+    return value
+
+
+def _attribute_value(attr: dict[str, Any] | None, values: list[str]) -> Any:
+    """Return a form value converted to what the category's schema expects."""
+    kind = attr["type"] if attr else "string"
+    if kind == "multiple_choice":
+        return [v for v in values if v != ""]
+    value = values[-1] if values else ""
+    if kind == "number" and value.strip():
+        try:
+            number = float(value)
+        except ValueError:
+            return value  # check_attributes names it: "must be a number"
+        return int(number) if number.is_integer() else number
+    if kind == "date" and len(value) > 10 and value[10] in "T ":
+        return value[:10]  # an Open311 datetime: the date part is what the schema holds
+    return value
+
+
+def attributes_from_form(category: Category, items: Iterable[tuple[str, list[str]]]) -> dict:
+    """Return ``attribute[code]`` / ``attribute[code][]`` form fields as attribute values."""
+    schema = {a["code"]: a for a in category.attributes or []}
+    values: dict[str, list[str]] = {}
+    for key, found in items:
+        match = _ATTRIBUTE_KEY.fullmatch(key)
+        if match:
+            values.setdefault(match.group(1), []).extend(found)
+    return {code: _attribute_value(schema.get(code), found) for code, found in values.items()}
+
+
+def mask_contact_phone(raw: str) -> str:
+    """Return a phone number masked (138****5678); numbers we cannot parse keep 2+2 digits."""
+    try:
+        return mask_phone(parse_phone(raw))
+    except InvalidValue:
+        digits = re.sub(r"\D", "", raw)
+        if len(digits) < 6:
+            return "*" * len(digits)
+        return digits[:2] + "*" * (len(digits) - 4) + digits[-2:]
+
+
+def mask_email(raw: str) -> str:
+    """Return z***@example.com for zhang@example.com."""
+    local, _, domain = raw.strip().partition("@")
+    return (local[:1] + "***@" + domain) if domain else "***"
+
+
+def reporter_party(form: Mapping[str, str]) -> dict[str, str] | None:
+    """Return the reporter as a case party: the name as given, contact masked.
+
+    Full phone numbers and e-mail addresses are not kept: the hotline that posts holds its
+    caller's contact, and no function here calls a reporter back (DOMAIN.md §7: collect
+    nothing no function needs).
+    """
+    first = (form.get("first_name") or "").strip()
+    last = (form.get("last_name") or "").strip()
+    phone = (form.get("phone") or "").strip()
+    email = (form.get("email") or "").strip()
+    if not (first or last or phone or email):
+        return None
+    # 张 + 三: a Chinese name is family name first, without a space.
+    name = last + first if _CJK.search(first + last) else " ".join(p for p in (first, last) if p)
+    notes = []
+    if phone:
+        notes.append(f"电话 {mask_contact_phone(phone)}")
+    if email:
+        notes.append(f"邮箱 {mask_email(email)}")
+    party = {"role": REPORTER_ROLE, "name": name[:100] or "（未留姓名）"}
+    if notes:
+        party["note"] = "；".join(notes)[:500]
+    return party
+
+
+def report_arguments(
+    category: Category, form: Mapping[str, str], items: Iterable[tuple[str, list[str]]]
+) -> dict[str, Any]:
+    """Return the arguments of ``cases.report`` for an Open311 POST form.
+
+    Raises BadRequest for a missing or invalid location, description or extension field.
+    """
+    lat, lon = _float(form, "lat"), _float(form, "long")
+    address = (form.get("address_string") or "").strip()
+    if (lat is None) != (lon is None):
+        raise BadRequest("lat and long must be sent together")
+    if lat is None:
+        if address:
+            raise BadRequest(
+                "lat and long are required: address_string alone cannot be routed to a grid "
+                "(no geocoder is configured); send the point, address_string is kept as text"
+            )
+        raise BadRequest("lat and long are required")
+    assert lon is not None
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise BadRequest("lat must be in -90..90 and long in -180..180")
+    crs = (form.get("crs") or "wgs84").strip().lower()
+    if crs not in SUPPORTED_CRS:
+        raise BadRequest(f"crs must be one of {', '.join(SUPPORTED_CRS)}")
+    source = (form.get("source") or "open311").strip()
+    if source not in SOURCES:
+        raise BadRequest(f"source must be one of {', '.join(SOURCES)}")
+    description = (form.get("description") or "").strip() or category.name
+    media_url = (form.get("media_url") or "").strip()
+    if media_url:
+        if not re.fullmatch(r"https?://\S{1,2000}", media_url):
+            raise BadRequest("media_url must be an http(s) URL")
+        description += _MEDIA_LINE + media_url
+    if len(description) > 5000:
+        raise BadRequest("description is longer than 5000 characters")
+    if len(address) > 500:
+        raise BadRequest("address_string is longer than 500 characters")
+    party = reporter_party(form)
+    return {
+        "category": category.code,
+        "description": description,
+        "location": {"type": "Point", "coordinates": [lon, lat]},
+        "crs": crs,
+        "accuracy_m": None,
+        "address": address,
+        "occurred_at": None,
+        "source": source,
+        "urgent": False,
+        "severity": "general",
+        "parties": [party] if party else [],
+        "attributes": attributes_from_form(category, items),
+        "client_id": None,
+    }
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestQuery:
+    ids: list[str]
+    service_codes: list[str]
+    start: datetime | None
+    end: datetime | None
+    statuses: list[str]
+    updated_after: datetime | None
+    updated_before: datetime | None
+    jurisdiction: str | None
+    page: int
+    page_size: int
+
+
+def _list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def parse_datetime(name: str, value: str | None, tz: tzinfo) -> datetime | None:
+    """Return a W3C datetime (a date alone, or one without an offset, is in ``tz``)."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(
+            value.strip().replace(" ", "+", 1) if "T" in value else value.strip()
+        )
+    except ValueError:
+        raise BadRequest(f"{name} must be a W3C datetime, e.g. 2026-11-28T09:30:00+08:00") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+
+
+def _int(name: str, value: str | None, default: int, low: int, high: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number") from None
+    if not low <= number <= high:
+        raise BadRequest(f"{name} must be in {low}..{high}")
+    return number
+
+
+def parse_request_query(
+    args: Mapping[str, str], tz: tzinfo, default_page_size: int
+) -> RequestQuery:
+    """Return the filters of GET requests. Raises BadRequest naming the bad parameter."""
+    statuses = [s.lower() for s in _list(args.get("status"))]
+    for s in statuses:
+        if s not in ("open", "closed"):
+            raise BadRequest("status must be open, closed, or both comma-separated")
+    codes = _list(args.get("service_code"))
+    for code in codes:
+        if not _CODE.fullmatch(code):
+            raise BadRequest(f"service_code {code!r} is not a service code")
+    jurisdiction = (args.get("jurisdiction_id") or "").strip() or None
+    if jurisdiction is not None and not re.fullmatch(r"[0-9]{6}(?:[0-9]{6})?", jurisdiction):
+        raise BadRequest("jurisdiction_id must be a county code (6 or 12 digits)")
+    query = RequestQuery(
+        ids=_list(args.get("service_request_id")),
+        service_codes=codes,
+        start=parse_datetime("start_date", args.get("start_date"), tz),
+        end=parse_datetime("end_date", args.get("end_date"), tz),
+        statuses=statuses,
+        updated_after=parse_datetime("updated_after", args.get("updated_after"), tz),
+        updated_before=parse_datetime("updated_before", args.get("updated_before"), tz),
+        jurisdiction=jurisdiction[:6] if jurisdiction else None,
+        page=_int("page", args.get("page"), 1, 1, 1_000_000),
+        page_size=_int(
+            "page_size",
+            args.get("page_size"),
+            min(default_page_size, MAX_PAGE_SIZE),
+            1,
+            MAX_PAGE_SIZE,
+        ),
+    )
+    if len(query.ids) > MAX_PAGE_SIZE:
+        raise BadRequest(f"at most {MAX_PAGE_SIZE} service_request_id values")
+    return query
+
+
+def _id_condition(ids: Sequence[str]) -> ColumnElement[bool]:
+    numbers = [i for i in ids if not i.isdigit()]
+    case_ids = [int(i) for i in ids if i.isdigit() and len(i) < 16]
+    return or_(Case.number.in_(numbers), Case.id.in_(case_ids))
+
+
+def visibility(caller: Caller | None) -> ColumnElement[bool]:
+    """Return what a caller may read: its scope, or (public) every case not sensitive."""
+    if caller is None:
+        return Case.sensitive.is_(False)
+    return visible_condition(caller)
+
+
+def find_requests(
+    session: Session, caller: Caller | None, query: RequestQuery, now: datetime
+) -> list[Case]:
+    """Return a page of the cases matching the query that the caller may read, newest first.
+
+    ``service_request_id`` overrides the other filters (as the standard says); without any
+    date filter the answer covers the last 90 days.
+    """
+    conditions: list[ColumnElement[bool]] = [visibility(caller)]
+    if query.ids:
+        conditions.append(_id_condition(query.ids))
+    else:
+        if query.service_codes:
+            conditions.append(
+                or_(
+                    *(
+                        Case.category_code == code
+                        if len(code) == 4
+                        else Case.category_code.startswith(code, autoescape=True)
+                        for code in query.service_codes
+                    )
+                )
+            )
+        if query.statuses and len(set(query.statuses)) == 1:
+            closed = Case.status.in_(CLOSED_STATES)
+            conditions.append(closed if query.statuses[0] == "closed" else ~closed)
+        dated = query.start or query.end or query.updated_after or query.updated_before
+        if query.start:
+            conditions.append(Case.reported_at >= query.start)
+        elif not dated:
+            conditions.append(Case.reported_at >= now - timedelta(days=DEFAULT_WINDOW_DAYS))
+        if query.end:
+            conditions.append(Case.reported_at <= query.end)
+        if query.updated_after:
+            conditions.append(Case.updated_at >= query.updated_after)
+        if query.updated_before:
+            conditions.append(Case.updated_at <= query.updated_before)
+        if query.jurisdiction:
+            conditions.append(Case.county_code == query.jurisdiction)
+    stmt = (
+        select(Case)
+        .where(*conditions)
+        .order_by(Case.reported_at.desc(), Case.id.desc())
+        .offset((query.page - 1) * query.page_size)
+        .limit(query.page_size)
+    )
+    return list(session.scalars(stmt))
+
+
+def find_request(session: Session, caller: Caller | None, request_id: str) -> Case:
+    """Return one case by number (or id) that the caller may read. Raises ServiceNotFound."""
+    found = session.scalars(
+        select(Case).where(_id_condition([request_id]), visibility(caller)).limit(1)
+    ).first()
+    if found is None:
+        raise ServiceNotFound(f"service_request_id {request_id!r} not found")
+    return found
+
+
+def snap(lon: float, lat: float, metres: float) -> tuple[float, float]:
+    """Return the point moved to the centre of its cell on a grid of ``metres``.
+
+    The latitude step is fixed; the longitude step is taken at the snapped latitude, so
+    every point of a cell lands on the same spot (about ``metres`` apart east-west too).
+    """
+    if metres <= 0:
+        return lon, lat
+    dlat = metres / 111_320.0
+    lat_s = (math.floor(lat / dlat) + 0.5) * dlat
+    dlon = metres / (111_320.0 * max(math.cos(math.radians(lat_s)), 1e-6))
+    lon_s = (math.floor(lon / dlon) + 0.5) * dlon
+    return round(lon_s, 6), round(lat_s, 6)
+
+
+def split_media(description: str) -> tuple[str, str | None]:
+    """Return the description and the media_url an Open311 post appended to it."""
+    text, sep, url = description.rpartition(_MEDIA_LINE)
+    if sep and url and " " not in url:
+        return text, url
+    return description, None
+
+
+def agency_names(session: Session, cases: Sequence[Case]) -> dict[str, str]:
+    """Return the names of the units holding the cases: ``dept:<id>`` or a region code."""
+    names = region_names(session, {c.responsible_region_code for c in cases})
+    departments = {c.department_id for c in cases if c.department_id}
+    if departments:
+        rows = session.execute(
+            select(Department.id, Department.name).where(Department.id.in_(departments))
+        )
+        names.update({f"dept:{i}": n for i, n in rows})
+    return names
+
+
+def category_names(session: Session, cases: Sequence[Case]) -> dict[str, str]:
+    codes = {c.category_code for c in cases}
+    if not codes:
+        return {}
+    rows = session.execute(select(Category.code, Category.name).where(Category.code.in_(codes)))
+    return {code: name for code, name in rows}
+
+
+def w3c(value: datetime | None, tz: tzinfo) -> str | None:
+    """Return a moment as W3C datetime with the offset of ``tz``: 2026-11-28T09:30:00+08:00."""
+    return value.astimezone(tz).isoformat(timespec="seconds") if value else None
+
+
+def stage_deadline(c: Case) -> datetime | None:
+    """Return the deadline of the case's current stage: acceptance, handling, verification
+    (a closed case keeps its handling deadline, to compare with when it closed)."""
+    if c.status in ("feedback", "verified") and c.verify_due_at:
+        return c.verify_due_at
+    if c.status in ("reported", "accepted") and not c.handle_due_at:
+        return c.accept_due_at
+    return c.handle_due_at
+
+
+def request_view(
+    c: Case,
+    *,
+    agencies: dict[str, str],
+    categories: dict[str, str],
+    tz: tzinfo,
+    public: bool,
+    round_m: float,
+) -> dict[str, Any]:
+    """Return a case as an Open311 service request.
+
+    ``public``: an answer to a caller without a key: no description, address, media or
+    contact (free text may name people), the location snapped to ``round_m``.
+    """
+    agency = agencies.get(f"dept:{c.department_id}") if c.department_id else None
+    agency = agency or agencies.get(c.responsible_region_code) or c.responsible_region_code
+    view: dict[str, Any] = {
+        "service_request_id": str(c.id),
+        "status": OPEN311_STATUS[c.status],
+        "status_notes": f"{STATUS_NAMES[c.status]} ({c.status})",
+        "service_name": categories.get(c.category_code, c.category_code),
+        "service_code": c.category_code,
+    }
+    if public:
+        lon, lat = snap(c.lon, c.lat, round_m)
+    else:
+        description, media_url = split_media(c.description)
+        lon, lat = c.lon, c.lat
+        view["description"] = description
+    view.update(
+        {
+            "agency_responsible": agency,
+            "service_notice": None,
+            "requested_datetime": w3c(c.reported_at, tz),
+            "updated_datetime": w3c(c.updated_at, tz),
+            "expected_datetime": w3c(stage_deadline(c), tz),
+        }
+    )
+    if not public:
+        view["address"] = c.address or None
+    view.update({"address_id": None, "zipcode": None, "lat": lat, "long": lon})
+    if not public:
+        view["media_url"] = media_url
+    view.update(
+        {
+            "gridapi_status": c.status,
+            "gridapi_status_name": STATUS_NAMES[c.status],
+            "case_number": c.number,
+            "jurisdiction_id": c.county_code,
+            "overdue": bool(c.overdue),
+        }
+    )
+    return view

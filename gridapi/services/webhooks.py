@@ -1,0 +1,826 @@
+"""Webhook subscriptions and the delivery of the outbox: fan-out, signing, retries, order.
+
+Events are written by triggers (see ``gridapi.models.webhooks``). The worker, every
+``GRIDAPI_WEBHOOK_POLL_SECONDS``:
+
+1. fans each new event out to the active subscriptions whose event types, area (region
+   code prefixes) and categories match: one ``pending`` delivery per subscription;
+2. claims due deliveries in a short write transaction (``FOR UPDATE SKIP LOCKED`` on
+   PostgreSQL, BEGIN IMMEDIATE on SQLite), pushing their ``next_attempt_at`` one lease ahead
+   so no other worker takes them meanwhile, and never a delivery while an earlier one of the
+   same case (``ordering_key``) to the same subscription is still pending;
+3. POSTs them, outside any transaction, signed (``Webhook-Signature: v1=<hex HMAC-SHA256 of
+   "<timestamp>.<body>">``) through ``gridapi.outbound``;
+4. records each answer: 2xx → ``delivered``; anything else → retried after an exponential
+   backoff with full jitter, and ``dead`` after ``GRIDAPI_WEBHOOK_MAX_ATTEMPTS``.
+
+A worker that dies between 2 and 4 leaves its claims to expire: they are sent again
+(at-least-once; receivers deduplicate on ``Webhook-Id``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, delete, exists, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from .. import __version__
+from ..codes import InvalidCode, region_level, subtree_prefix
+from ..db import make_sessionmaker, sqlite_write_intent
+from ..errors import Conflict, NotFound, Unprocessable
+from ..models.base import utcnow
+from ..models.regions import Region
+from ..models.webhooks import (
+    PING,
+    WebhookDelivery,
+    WebhookEvent,
+    WebhookSubscription,
+)
+from ..outbound import OutboundFailed, OutboundPolicy, OutboundRefused, check_url, post
+from ..security.fields import CiphertextError, FieldCipher
+
+if TYPE_CHECKING:
+    from ..auth import Principal
+
+log = logging.getLogger(__name__)
+
+SECRET_PREFIX = "whsec_"
+SIGNATURE_VERSION = "v1"
+FAN_OUT_BATCH = 500
+CLAIM_BATCH = 50
+PRUNE_INTERVAL_SECONDS = 3600.0
+
+Sessions = sessionmaker[Session]
+
+
+# --- signing --------------------------------------------------------------------------------
+
+
+def new_secret() -> str:
+    """Return a fresh signing secret, ``whsec_`` and 43 URL-safe characters (256 bits)."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """Return the hex HMAC-SHA256 of ``"<timestamp>.<body>"`` under the secret's UTF-8 bytes."""
+    message = str(timestamp).encode() + b"." + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def signed_headers(secret: str, event_id: str, body: bytes, timestamp: int) -> dict[str, str]:
+    """Return the headers of one attempt: id, timestamp, signature and the content type."""
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": f"gridapi-webhooks/{__version__}",
+        "Webhook-Id": event_id,
+        "Webhook-Timestamp": str(timestamp),
+        "Webhook-Signature": f"{SIGNATURE_VERSION}={sign(secret, timestamp, body)}",
+    }
+
+
+def event_id(event: WebhookEvent) -> str:
+    return f"evt_{event.id}"
+
+
+def event_body(event: WebhookEvent) -> bytes:
+    """Return the JSON body of an event: the same bytes on every attempt."""
+    envelope = {
+        "id": event_id(event),
+        "type": event.event_type,
+        "created_at": event.created_at.isoformat().replace("+00:00", "Z"),
+        "data": event.payload if isinstance(event.payload, dict) else json.loads(event.payload),
+    }
+    return json.dumps(envelope, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _seal(cipher: FieldCipher, sub: WebhookSubscription, secret: str) -> str:
+    return cipher.encrypt(secret, table="webhook_subscriptions", column="secret", row=sub.uid)
+
+
+def open_secret(cipher: FieldCipher, uid: str, stored: str) -> str:
+    """Return a subscription's secret. Raises CiphertextError."""
+    return cipher.decrypt(stored, table="webhook_subscriptions", column="secret", row=uid)
+
+
+# --- subscriptions --------------------------------------------------------------------------
+
+
+def _invalid(name: str, reason: str) -> Unprocessable:
+    return Unprocessable(f"Invalid {name}.", errors={"json": {name: [reason]}})
+
+
+def _not_found() -> NotFound:
+    return NotFound("The webhook subscription does not exist or is outside your scope.")
+
+
+def _check_url(url: str, policy: OutboundPolicy) -> None:
+    try:
+        check_url(url, policy)
+    except OutboundRefused as exc:
+        raise _invalid("url", str(exc)) from None
+
+
+def _regions(session: Session, principal: Principal, codes: list[str] | None) -> list[str]:
+    """Return the subscription's region codes: given ones (current regions inside the
+    caller's scope), or the caller's whole area. Raises Unprocessable."""
+    if not codes:
+        if principal.scope.unrestricted:
+            return []
+        if principal.region_code:
+            return [principal.region_code]
+        raise _invalid("region_codes", "give the regions (your scope is a set of grids)")
+    result = []
+    for code in dict.fromkeys(codes):
+        try:
+            region_level(code)
+        except InvalidCode as exc:
+            raise _invalid("region_codes", f"{code}: {exc}") from None
+        if not principal.scope.covers_region(code):
+            raise _invalid("region_codes", f"{code} is outside your scope")
+        result.append(code)
+    known = set(
+        session.scalars(
+            select(Region.code).where(Region.code.in_(result), Region.valid_to.is_(None))
+        )
+    )
+    unknown = [code for code in result if code not in known]
+    if unknown:
+        raise _invalid("region_codes", f"no such region: {', '.join(unknown)}")
+    return result
+
+
+def _visible(sub: WebhookSubscription, principal: Principal) -> bool:
+    """A client sees its own subscriptions; a user those whose whole area is in scope."""
+    if principal.kind == "client":
+        return sub.owner_client_id == principal.id
+    if principal.scope.unrestricted:
+        return True
+    if sub.owner_user_id == principal.id:
+        return True
+    return bool(sub.region_codes) and all(
+        principal.scope.covers_region(c) for c in sub.region_codes
+    )
+
+
+def create_subscription(
+    session: Session,
+    principal: Principal,
+    data: dict[str, Any],
+    *,
+    cipher: FieldCipher,
+    policy: OutboundPolicy,
+) -> tuple[WebhookSubscription, str]:
+    """Create a subscription; return it and its secret (shown once). Raises Unprocessable."""
+    _check_url(data["url"], policy)
+    sub = WebhookSubscription(
+        owner_user_id=principal.id if principal.kind == "user" else None,
+        owner_client_id=principal.id if principal.kind == "client" else None,
+        url=data["url"],
+        events=list(dict.fromkeys(data["events"])),
+        region_codes=_regions(session, principal, data.get("region_codes")),
+        categories=list(dict.fromkeys(data.get("categories") or [])),
+        description=data.get("description", ""),
+        active=data.get("active", True),
+        created_by=principal.actor_id,
+        secret_enc="",
+    )
+    sub.uid = secrets.token_hex(16)
+    secret = new_secret()
+    sub.secret_enc = _seal(cipher, sub, secret)
+    session.add(sub)
+    session.flush()
+    return sub, secret
+
+
+def list_subscriptions(session: Session, principal: Principal) -> list[WebhookSubscription]:
+    """Return the subscriptions the caller may see, by id."""
+    stmt = select(WebhookSubscription).order_by(WebhookSubscription.id)
+    if principal.kind == "client":
+        stmt = stmt.where(WebhookSubscription.owner_client_id == principal.id)
+    return [s for s in session.scalars(stmt) if _visible(s, principal)]
+
+
+def get_subscription(session: Session, sub_id: int, principal: Principal) -> WebhookSubscription:
+    """Return a subscription the caller may see. Raises NotFound (also when out of scope)."""
+    sub = session.get(WebhookSubscription, sub_id)
+    if sub is None or not _visible(sub, principal):
+        raise _not_found()
+    return sub
+
+
+def update_subscription(
+    session: Session,
+    sub_id: int,
+    principal: Principal,
+    data: dict[str, Any],
+    *,
+    policy: OutboundPolicy,
+) -> WebhookSubscription:
+    """Change url, events, area, categories, description or active. Raises NotFound,
+    Unprocessable."""
+    sub = get_subscription(session, sub_id, principal)
+    if "url" in data:
+        _check_url(data["url"], policy)
+        sub.url = data["url"]
+    if "events" in data:
+        sub.events = list(dict.fromkeys(data["events"]))
+    if "region_codes" in data:
+        sub.region_codes = _regions(session, principal, data["region_codes"])
+    if "categories" in data:
+        sub.categories = list(dict.fromkeys(data["categories"] or []))
+    for name in ("description", "active"):
+        if name in data:
+            setattr(sub, name, data[name])
+    sub.updated_at = utcnow()
+    session.flush()
+    return sub
+
+
+def delete_subscription(session: Session, sub_id: int, principal: Principal) -> None:
+    """Delete a subscription with its delivery log. Raises NotFound."""
+    sub = get_subscription(session, sub_id, principal)
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.subscription_id == sub.id))
+    session.execute(delete(WebhookEvent).where(WebhookEvent.subscription_id == sub.id))
+    session.delete(sub)
+    session.flush()
+
+
+def rotate_secret(
+    session: Session, sub_id: int, principal: Principal, *, cipher: FieldCipher
+) -> tuple[WebhookSubscription, str]:
+    """Replace the secret (the old one stops at once); return the new one. Raises NotFound."""
+    sub = get_subscription(session, sub_id, principal)
+    secret = new_secret()
+    sub.secret_enc = _seal(cipher, sub, secret)
+    sub.updated_at = utcnow()
+    session.flush()
+    return sub, secret
+
+
+def delivery_counts(session: Session, sub_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Return ``{subscription id: {"pending": n, "dead": n}}``."""
+    counts: dict[int, dict[str, int]] = {i: {"pending": 0, "dead": 0} for i in sub_ids}
+    if not sub_ids:
+        return counts
+    rows = session.execute(
+        select(WebhookDelivery.subscription_id, WebhookDelivery.status, func.count())
+        .where(
+            WebhookDelivery.subscription_id.in_(sub_ids),
+            WebhookDelivery.status.in_(("pending", "dead")),
+        )
+        .group_by(WebhookDelivery.subscription_id, WebhookDelivery.status)
+    ).all()
+    for sub_id, status, n in rows:
+        counts[sub_id][status] = n
+    return counts
+
+
+def subscription_view(
+    sub: WebhookSubscription, counts: dict[str, int] | None = None
+) -> dict[str, Any]:
+    return {
+        "id": sub.id,
+        "url": sub.url,
+        "events": sub.events,
+        "region_codes": sub.region_codes,
+        "categories": sub.categories,
+        "description": sub.description,
+        "active": sub.active,
+        "owner": (
+            {"kind": "client", "id": sub.owner_client_id}
+            if sub.owner_client_id
+            else {"kind": "user", "id": sub.owner_user_id}
+        ),
+        "created_by": sub.created_by,
+        "created_at": sub.created_at,
+        "updated_at": sub.updated_at,
+        "deliveries": counts or {"pending": 0, "dead": 0},
+    }
+
+
+# --- the delivery log -----------------------------------------------------------------------
+
+
+def list_deliveries(
+    session: Session, sub: WebhookSubscription, args: dict[str, Any]
+) -> list[tuple[WebhookDelivery, WebhookEvent]]:
+    """Return a page of the subscription's deliveries, newest first."""
+    stmt = (
+        select(WebhookDelivery, WebhookEvent)
+        .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.subscription_id == sub.id)
+        .order_by(WebhookDelivery.id.desc())
+        .limit(args["limit"])
+    )
+    if args.get("status"):
+        stmt = stmt.where(WebhookDelivery.status == args["status"])
+    if args.get("cursor"):
+        stmt = stmt.where(WebhookDelivery.id < args["cursor"])
+    return [(d, e) for d, e in session.execute(stmt).all()]
+
+
+def delivery_view(delivery: WebhookDelivery, event: WebhookEvent) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "event_id": event_id(event),
+        "event_type": event.event_type,
+        "case_id": event.case_id,
+        "task_id": event.task_id,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "next_attempt_at": delivery.next_attempt_at if delivery.status == "pending" else None,
+        "last_attempt_at": delivery.last_attempt_at,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "last_duration_ms": delivery.last_duration_ms,
+        "delivered_at": delivery.delivered_at,
+        "created_at": delivery.created_at,
+    }
+
+
+def redeliver(
+    session: Session, sub: WebhookSubscription, delivery_id: int, now: datetime
+) -> tuple[WebhookDelivery, WebhookEvent]:
+    """Queue a delivery again (delivered or dead), due now with a fresh attempt count.
+
+    Raises NotFound.
+    """
+    row = session.execute(
+        select(WebhookDelivery, WebhookEvent)
+        .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
+        .where(WebhookDelivery.id == delivery_id, WebhookDelivery.subscription_id == sub.id)
+    ).first()
+    if row is None:
+        raise NotFound("The delivery does not exist.")
+    delivery, event = row
+    delivery.status = "pending"
+    delivery.attempts = 0
+    delivery.next_attempt_at = now
+    session.flush()
+    return delivery, event
+
+
+def ping(
+    session: Session, sub: WebhookSubscription, now: datetime
+) -> tuple[WebhookDelivery, WebhookEvent]:
+    """Queue a ``ping`` event to this subscription alone. Raises Conflict when inactive."""
+    if not sub.active:
+        raise Conflict("The subscription is inactive; activate it first.")
+    event = WebhookEvent(
+        event_type=PING,
+        subscription_id=sub.id,
+        ordering_key=f"ping:{sub.id}",
+        payload={"subscription_id": sub.id, "message": "pong"},
+        created_at=now,
+        fanned_out_at=now,
+    )
+    session.add(event)
+    session.flush()
+    delivery = WebhookDelivery(
+        subscription_id=sub.id,
+        event_id=event.id,
+        ordering_key=event.ordering_key,
+        status="pending",
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery, event
+
+
+# --- the worker -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeliveryOptions:
+    """Retries, backoff, the lease of a claim, parallel requests, and the outbound policy."""
+
+    policy: OutboundPolicy = field(default_factory=OutboundPolicy)
+    max_attempts: int = 12
+    backoff_base_seconds: float = 10.0
+    backoff_max_seconds: float = 3600.0
+    concurrency: int = 4
+    poll_seconds: float = 1.0
+    retention_days: float = 30.0
+
+    @property
+    def lease_seconds(self) -> float:
+        # Longer than any one request can take; an expired claim is sent again.
+        return self.policy.connect_timeout + self.policy.read_timeout + 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> DeliveryOptions:
+        from ..outbound import policy_from_settings
+
+        return cls(
+            policy=policy_from_settings(settings),
+            max_attempts=max(1, int(settings.webhook_max_attempts)),
+            backoff_base_seconds=float(settings.webhook_backoff_base_seconds),
+            backoff_max_seconds=float(settings.webhook_backoff_max_seconds),
+            concurrency=max(1, int(settings.webhook_concurrency)),
+            poll_seconds=float(settings.webhook_poll_seconds),
+            retention_days=float(settings.webhook_retention_days),
+        )
+
+
+def backoff_seconds(
+    attempts: int, options: DeliveryOptions, rng: random.Random | None = None
+) -> float:
+    """Return the wait after ``attempts`` failures: full jitter, uniform in
+    [0, min(max, base · 2^(attempts-1))]."""
+    ceiling = min(options.backoff_max_seconds, options.backoff_base_seconds * 2 ** (attempts - 1))
+    return (rng or random).uniform(0.0, ceiling)
+
+
+def _matches(sub: WebhookSubscription, event: WebhookEvent) -> bool:
+    if event.event_type not in sub.events:
+        return False
+    if sub.created_at > event.created_at:
+        return False  # events from before the subscription are not sent
+    if sub.region_codes:
+        code = event.region_code or ""
+        if not any(code.startswith(subtree_prefix(r)) for r in sub.region_codes):
+            return False
+    if sub.categories:
+        category = event.category_code or ""
+        if not any(category.startswith(c) for c in sub.categories):
+            return False
+    return True
+
+
+def _insert_ignore(session: Session, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(WebhookDelivery).on_conflict_do_nothing(
+        index_elements=["subscription_id", "event_id"]
+    )
+    session.execute(stmt, rows)
+
+
+def fan_out(session: Session, now: datetime, *, limit: int = FAN_OUT_BATCH) -> int:
+    """Give the next ``limit`` new events a pending delivery per matching subscription;
+    return how many events were fanned out. Flushes, never commits."""
+    stmt = (
+        select(WebhookEvent)
+        .where(WebhookEvent.fanned_out_at.is_(None))
+        .order_by(WebhookEvent.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    events = list(session.scalars(stmt))
+    if not events:
+        return 0
+    subs = list(session.scalars(select(WebhookSubscription).where(WebhookSubscription.active)))
+    rows = [
+        {
+            "county_code": event.county_code,
+            "subscription_id": sub.id,
+            "event_id": event.id,
+            "ordering_key": event.ordering_key,
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for event in events
+        for sub in subs
+        if _matches(sub, event)
+    ]
+    _insert_ignore(session, rows)
+    session.execute(
+        update(WebhookEvent)
+        .where(WebhookEvent.id.in_([e.id for e in events]))
+        .values(fanned_out_at=now)
+    )
+    session.flush()
+    return len(events)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One delivery taken by this worker: what to send, and where."""
+
+    delivery_id: int
+    attempts: int
+    url: str
+    secret: str
+    event_id: str
+    body: bytes
+
+
+def claim_due(
+    session: Session,
+    now: datetime,
+    cipher: FieldCipher,
+    options: DeliveryOptions,
+    *,
+    limit: int = CLAIM_BATCH,
+) -> list[Claim]:
+    """Take up to ``limit`` due deliveries, each the earliest pending one of its case for its
+    subscription; push them one lease ahead and count the attempt. Flushes, never commits."""
+    earlier = aliased(WebhookDelivery)
+    blocked = exists().where(
+        earlier.subscription_id == WebhookDelivery.subscription_id,
+        earlier.ordering_key == WebhookDelivery.ordering_key,
+        earlier.status == "pending",
+        earlier.event_id < WebhookDelivery.event_id,
+    )
+    stmt = (
+        select(WebhookDelivery)
+        .join(WebhookSubscription, WebhookSubscription.id == WebhookDelivery.subscription_id)
+        .where(
+            WebhookDelivery.status == "pending",
+            WebhookDelivery.next_attempt_at <= now,
+            WebhookSubscription.active,
+            ~blocked,
+        )
+        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True, of=WebhookDelivery)
+    deliveries = list(session.scalars(stmt))
+    if not deliveries:
+        return []
+    subs = {
+        s.id: s
+        for s in session.scalars(
+            select(WebhookSubscription).where(
+                WebhookSubscription.id.in_({d.subscription_id for d in deliveries})
+            )
+        )
+    }
+    events = {
+        e.id: e
+        for e in session.scalars(
+            select(WebhookEvent).where(WebhookEvent.id.in_({d.event_id for d in deliveries}))
+        )
+    }
+    lease_until = now + timedelta(seconds=options.lease_seconds)
+    claims = []
+    for delivery in deliveries:
+        sub, event = subs[delivery.subscription_id], events[delivery.event_id]
+        delivery.attempts += 1
+        delivery.last_attempt_at = now
+        delivery.next_attempt_at = lease_until
+        try:
+            secret = open_secret(cipher, sub.uid, sub.secret_enc)
+        except CiphertextError:
+            # Not sent unsigned, and not allowed to stop the others: retried later (a key
+            # missing from GRIDAPI_FIELD_KEYS may come back), then dead.
+            log.error("webhook subscription %s: its secret could not be decrypted", sub.id)
+            delivery.last_error = "the subscription's secret could not be decrypted"
+            delivery.last_status_code = None
+            if delivery.attempts >= options.max_attempts:
+                delivery.status = "dead"
+            else:
+                delivery.next_attempt_at = now + timedelta(
+                    seconds=backoff_seconds(delivery.attempts, options)
+                )
+            continue
+        claims.append(
+            Claim(
+                delivery_id=delivery.id,
+                attempts=delivery.attempts,
+                url=sub.url,
+                secret=secret,
+                event_id=event_id(event),
+                body=event_body(event),
+            )
+        )
+    session.flush()
+    return claims
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt gave: an HTTP status (None when no answer) and an error text."""
+
+    ok: bool
+    status_code: int | None
+    error: str | None
+    duration_ms: int | None
+
+
+def send(
+    claim: Claim, policy: OutboundPolicy, *, clock: Callable[[], float] = time.time
+) -> Outcome:
+    """POST one claimed delivery, signed with a fresh timestamp; never raises."""
+    headers = signed_headers(claim.secret, claim.event_id, claim.body, int(clock()))
+    headers["Webhook-Attempt"] = str(claim.attempts)
+    started = time.monotonic()
+    try:
+        response = post(claim.url, claim.body, headers, policy)
+    except OutboundRefused as exc:
+        return Outcome(False, None, f"refused: {exc}", None)
+    except OutboundFailed as exc:
+        return Outcome(False, None, str(exc), int((time.monotonic() - started) * 1000))
+    except Exception as exc:  # a receiver must never be able to stop the worker
+        log.exception("webhook delivery %s failed unexpectedly", claim.delivery_id)
+        return Outcome(False, None, type(exc).__name__, None)
+    if 200 <= response.status < 300:
+        return Outcome(True, response.status, None, response.duration_ms)
+    text = response.body[:200].decode("utf-8", "replace")
+    return Outcome(
+        False, response.status, f"HTTP {response.status}: {text}".strip(), response.duration_ms
+    )
+
+
+def record(
+    session: Session, claim: Claim, outcome: Outcome, now: datetime, options: DeliveryOptions
+) -> str | None:
+    """Store an attempt's outcome; return the new status, or None when the claim was lost
+    (its lease ran out and another worker took it)."""
+    values: dict[str, Any] = {
+        "last_status_code": outcome.status_code,
+        "last_error": outcome.error,
+        "last_duration_ms": outcome.duration_ms,
+    }
+    if outcome.ok:
+        values.update(status="delivered", delivered_at=now)
+    elif claim.attempts >= options.max_attempts:
+        values.update(status="dead")
+    else:
+        values.update(
+            next_attempt_at=now + timedelta(seconds=backoff_seconds(claim.attempts, options))
+        )
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == claim.delivery_id,
+            WebhookDelivery.status == "pending",
+            WebhookDelivery.attempts == claim.attempts,
+        )
+        .values(**values)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return None
+    return values.get("status", "pending")
+
+
+def _sessions(bind: Engine | Sessions) -> Sessions:
+    return make_sessionmaker(bind) if isinstance(bind, Engine) else bind
+
+
+def _write(sessions: Sessions, work: Callable[[Session], Any]) -> Any:
+    """Run ``work`` in one committed write transaction (BEGIN IMMEDIATE on SQLite)."""
+    token = sqlite_write_intent.set(True)
+    try:
+        with sessions.begin() as session:
+            return work(session)
+    finally:
+        sqlite_write_intent.reset(token)
+
+
+@dataclass
+class RoundResult:
+    """What one delivery round did."""
+
+    fanned_out: int = 0
+    attempted: int = 0
+    delivered: int = 0
+    retrying: int = 0
+    dead: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"webhooks: fanned_out={self.fanned_out} attempted={self.attempted} "
+            f"delivered={self.delivered} retrying={self.retrying} dead={self.dead}"
+        )
+
+
+def _record_all(
+    session: Session,
+    *,
+    claims: list[Claim],
+    outcomes: list[Outcome],
+    now: Callable[[], datetime],
+    options: DeliveryOptions,
+) -> list[str | None]:
+    moment = now()
+    return [record(session, c, o, moment, options) for c, o in zip(claims, outcomes, strict=True)]
+
+
+def _work_waiting(sessions: Sessions, moment: datetime) -> bool:
+    """Return whether an event waits for fan-out or a delivery is due (a plain read)."""
+    with sessions() as session:
+        new_event = select(WebhookEvent.id).where(WebhookEvent.fanned_out_at.is_(None))
+        due = select(WebhookDelivery.id).where(
+            WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= moment
+        )
+        return (
+            session.scalar(new_event.limit(1)) is not None
+            or session.scalar(due.limit(1)) is not None
+        )
+
+
+def deliver_round(
+    bind: Engine | Sessions,
+    cipher: FieldCipher,
+    options: DeliveryOptions,
+    *,
+    now: Callable[[], datetime] = utcnow,
+    max_batches: int = 100,
+) -> RoundResult:
+    """Fan out the new events, then claim, send and record due deliveries until none is
+    due (at most ``max_batches`` claims: each takes the next event of every case); return
+    the counts."""
+    sessions = _sessions(bind)
+    result = RoundResult()
+    if not _work_waiting(sessions, now()):
+        return result  # the usual case: no write transaction (no SQLite write lock) taken
+    while True:
+        fanned = _write(sessions, lambda s: fan_out(s, now()))
+        result.fanned_out += fanned
+        if fanned < FAN_OUT_BATCH:
+            break
+    with ThreadPoolExecutor(max_workers=options.concurrency) as pool:
+        for _ in range(max_batches):
+            claims = _write(sessions, lambda s: claim_due(s, now(), cipher, options))
+            if not claims:
+                break
+            outcomes = list(pool.map(lambda c: send(c, options.policy), claims))
+            result.attempted += len(claims)
+
+            store = partial(_record_all, claims=claims, outcomes=outcomes, now=now, options=options)
+            for status in _write(sessions, store):
+                if status == "delivered":
+                    result.delivered += 1
+                elif status == "dead":
+                    result.dead += 1
+                elif status == "pending":
+                    result.retrying += 1
+    return result
+
+
+def run_forever(
+    bind: Engine | Sessions,
+    cipher: FieldCipher,
+    options: DeliveryOptions,
+    *,
+    stop: threading.Event,
+) -> None:
+    """Deliver every ``poll_seconds`` until ``stop`` is set, and prune the log older than
+    ``retention_days`` once an hour; never raises."""
+    sessions = _sessions(bind)
+    next_prune = 0.0
+    while not stop.is_set():
+        try:
+            result = deliver_round(sessions, cipher, options)
+            if time.monotonic() >= next_prune:
+                before = utcnow() - timedelta(days=options.retention_days)
+                pruned = _write(sessions, partial(prune, before=before))
+                next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
+                if pruned:
+                    log.info("webhooks: pruned=%s", pruned)
+        except Exception:  # keep the loop alive: the next round tries again
+            log.exception("webhook delivery round failed")
+        else:
+            if result.attempted or result.fanned_out:
+                log.info("%s", result.summary())
+        stop.wait(options.poll_seconds)
+
+
+def prune(session: Session, before: datetime) -> int:
+    """Delete finished deliveries (delivered or dead) created before ``before``, and the
+    events before it that have none left; return how many events were deleted."""
+    session.execute(
+        delete(WebhookDelivery).where(
+            WebhookDelivery.status.in_(("delivered", "dead")),
+            WebhookDelivery.created_at < before,
+        )
+    )
+    remaining = exists().where(WebhookDelivery.event_id == WebhookEvent.id)
+    result = session.execute(
+        delete(WebhookEvent).where(
+            and_(
+                WebhookEvent.created_at < before,
+                WebhookEvent.fanned_out_at.is_not(None),
+                ~remaining,
+            )
+        )
+    )
+    session.flush()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,92 @@
+"""The monthly bulletin over HTTP: child regions ranked by the composite score, last month's
+figures and the change, CSV and XLSX with Chinese headers, scope."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from openpyxl import load_workbook
+
+from ..factories import COMMUNITY_A, COUNTY, TOWNSHIP
+from .test_indicators import MARCH_TOWNSHIP, TOWNSHIP_2, cases, world  # noqa: F401
+
+
+def get(client: Any, path: str, status: int = 200) -> Any:
+    r = client.get(f"/api/v1/bulletins/{path}")
+    assert r.status_code == status, r.get_data(as_text=True)[:500]
+    return r
+
+
+def test_the_county_bulletin_ranks_its_townships(client, cases):  # noqa: F811
+    body = get(client, f"{COUNTY}/2026-03").get_json()
+    assert body["region"]["code"] == COUNTY
+    assert body["month"] == "2026-03" and body["previous_month"] == "2026-02"
+    items = {i["code"]: i for i in body["items"]}
+    assert set(items) == {TOWNSHIP, TOWNSHIP_2}
+    first, second = items[TOWNSHIP], items[TOWNSHIP_2]
+    assert first["indicators"] == MARCH_TOWNSHIP
+    # The second township: G filed, due (6 March) and closed on time on 3 March, rated 4;
+    # handled on the spot (no dispatch leg): 100 over the weights that have a value.
+    assert second["indicators"]["closure_rate"] == 1.0
+    assert second["indicators"]["on_time_handling_rate"] is None
+    assert second["indicators"]["score"] == 100.0
+    assert [i["code"] for i in body["items"]] == [TOWNSHIP_2, TOWNSHIP]
+    assert [i["rank"] for i in body["items"]] == [1, 2]
+    # Last month: only A was filed (in the first township), nothing was due or closed.
+    assert first["previous"]["filed"] == 1 and first["previous"]["due"] == 0
+    assert first["change"]["filed"] == 4 - 1
+    assert first["change"]["closure_rate"] is None  # no rate last month
+    assert second["previous"]["score"] is None
+    # The total is the whole county; its counts are the sum of the rows.
+    for name in ("filed", "due", "closed", "handled", "overdue_open", "rated"):
+        assert body["total"][name] == sum(i["indicators"][name] for i in body["items"]), name
+
+
+def test_csv_and_xlsx_carry_chinese_headers_and_the_same_rows(client, cases):  # noqa: F811
+    body = get(client, f"{COUNTY}/2026-03").get_json()
+    r = get(client, f"{COUNTY}/2026-03?format=csv")
+    assert r.mimetype == "text/csv"
+    assert "bulletin-320508000000-2026-03.csv" in r.headers["Content-Disposition"]
+    raw = r.get_data()
+    assert raw.startswith("\ufeff".encode())
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+    header = rows[0]
+    assert header[:3] == ["排名", "区划代码", "名称"]
+    assert "结案率" in header and "综合得分" in header and "结案率较上月" in header
+    assert [r[1] for r in rows[1:]] == [TOWNSHIP_2, TOWNSHIP, COUNTY]
+    first = rows[2]
+    assert first[0] == "2" and first[2] == "平江街道"
+    assert first[header.index("立案数")] == "4"
+    assert first[header.index("结案率")] == "0.6667"
+    assert first[header.index("综合得分")] == str(body["items"][1]["indicators"]["score"])
+    assert first[header.index("立案数较上月")] == "3"
+    assert rows[3][2] == "姑苏区(合计)"
+
+    r = get(client, f"{COUNTY}/2026-03?format=xlsx")
+    assert r.mimetype.endswith("spreadsheetml.sheet")
+    sheet = load_workbook(io.BytesIO(r.get_data())).active
+    values = [list(row) for row in sheet.iter_rows(values_only=True)]
+    assert values[0] == header
+    assert values[2][:3] == [2, TOWNSHIP, "平江街道"]
+    assert values[2][header.index("结案率")] == 0.6667
+    assert values[2][header.index("平均处置时长(工作小时)")] == 33.25
+
+
+def test_bad_requests_and_scope(client, accounts, cases):  # noqa: F811
+    get(client, f"{COUNTY}/2026-13", 422)
+    get(client, f"{COUNTY}/March", 422)
+    get(client, f"{COUNTY}/2026-03?format=pdf", 422)
+    community = get(client, f"{COMMUNITY_A}/2026-03").get_json()  # no children to rank
+    assert community["items"] == [] and community["total"]["filed"] == 4
+    get(client, "320508009000/2026-03", 404)
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    body = get(office, f"{TOWNSHIP}/2026-03").get_json()
+    assert [i["code"] for i in body["items"]] == [COMMUNITY_A, "320508001002"]
+    assert (
+        get(office, f"{COUNTY}/2026-03", 404).get_json()
+        == get(office, "320508009000/2026-03", 404).get_json()
+    )
+    worker = accounts.client("worker", "grid_worker", grids=[COMMUNITY_A + "001"])
+    get(worker, f"{TOWNSHIP}/2026-03", 403)

@@ -1,0 +1,435 @@
+"""Indicators over HTTP: hand-computed figures for every indicator (a case filed before the
+period and closed in it, one overdue across the month boundary, rework, an extension, a
+holiday, 调休), roll-up, breakdowns, trends, scope, and equality with a replay of the
+timelines."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import select
+
+from gridapi.auth import Principal
+from gridapi.models import Case, CaseEvent
+from gridapi.scope import Scope
+from gridapi.security.permissions import PERMISSIONS
+from gridapi.services import cases as case_svc
+from gridapi.services import indicators as svc
+
+from ..factories import COUNTY, LAT0, LON0, STEP, TOWNSHIP, rectangle
+
+SH = ZoneInfo("Asia/Shanghai")
+TOWNSHIP_2 = "320508002000"
+COMMUNITY_2 = "320508002001"
+
+
+def at(month: int, day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, month, day, hour, minute, tzinfo=SH)
+
+
+class Timeline:
+    """Moves cases through the real workflow services at chosen moments (a fixed clock)."""
+
+    def __init__(self, app: Any, user_id: int) -> None:
+        self.state = app.extensions["gridapi"]
+        self.principal = Principal(
+            kind="user",
+            id=user_id,
+            name="admin",
+            role="admin",
+            rank=100,
+            permissions=frozenset(PERMISSIONS),
+            scope=Scope.everything(),
+        )
+
+    def report(self, when: datetime, col: float = 0.5, category: str = "0202", **extra: Any) -> int:
+        lon, lat = LON0 + col * STEP, LAT0 + 0.5 * STEP
+        data = {
+            "category": category,
+            "description": "占道广告牌",
+            "location": {"type": "Point", "coordinates": [lon, lat]},
+            **extra,
+        }
+        with self.state.sessions.begin() as session:
+            reported = case_svc.report(
+                session,
+                data,
+                principal=self.principal,
+                snapshot=self.state.routing.snapshot(),
+                calendar=self.state.calendar(session),
+                now=when.astimezone(UTC),
+            )
+            return reported.case.id
+
+    def act(self, case_id: int, action: str, when: datetime, **data: Any) -> None:
+        with self.state.sessions.begin() as session:
+            case_svc.transition(
+                session,
+                case_id,
+                {"action": action, "comment": data.pop("comment", "说明"), **data},
+                caller=case_svc.Caller(self.principal),
+                calendar=self.state.calendar(session),
+                now=when.astimezone(UTC),
+                if_match="*",
+            )
+
+    def rate(self, case_id: int, score: int, when: datetime) -> None:
+        with self.state.sessions.begin() as session:
+            case_svc.rate(
+                session, case_id, case_svc.Caller(self.principal), score, "", when.astimezone(UTC)
+            )
+
+    def filed(self, when: datetime, **report: Any) -> int:
+        case_id = self.report(when, **report)
+        self.act(case_id, "accept", when)
+        self.act(case_id, "file", when)
+        return case_id
+
+    def dispatch(self, case_id: int, when: datetime) -> None:
+        self.act(case_id, "dispatch", when, assignee_id=self.principal.id)
+        self.act(case_id, "sign", when)
+
+    def finish(self, case_id: int, feedback: datetime, closed: datetime) -> None:
+        self.act(case_id, "feedback", feedback)
+        self.act(case_id, "verify_pass", closed)
+        self.act(case_id, "close", closed)
+
+
+@pytest.fixture
+def world(factory, client):  # type: ignore[no-untyped-def]
+    """The township of the factories with its grids, and a second township next to it."""
+    factory.regions()
+    factory.grid_version()
+    rows = [
+        {"code": TOWNSHIP_2, "name": "观前街道", "boundary": rectangle(4, 0, 8, 1)},
+        {"code": COMMUNITY_2, "name": "北局社区", "boundary": rectangle(4, 0, 8, 1)},
+    ]
+    r = client.post("/api/v1/regions/import", json=rows)
+    assert r.status_code == 200, r.get_json()
+
+
+@pytest.fixture
+def cases(app, accounts, world):  # type: ignore[no-untyped-def]
+    """The worked example of docs/indicators.md (category 0202: 3 working days to handle).
+
+    A: filed Thu 26 Feb 09:00, due Mon 2 Mar 17:30 (Sat 28 Feb is a 调休 workday), feedback
+       and closed 2 Mar, rated 5: closed in March, filed before it; 28 working hours.
+    B: filed Tue 24 Mar 10:00, due Fri 27 Mar 17:30, closed Thu 2 Apr 10:00: overdue across
+       the month boundary; 52.5 working hours.
+    C: filed Mon 2 Mar 09:00, due Thu 5 Mar 17:30, extended 2 days to Mon 9 Mar 17:30, fails
+       verification once (rework), closed 9 Mar 10:00, rated 3; 38.5 working hours.
+    D: filed Tue 31 Mar 14:00, due Fri 3 Apr 17:30, still open.
+    E: filed Thu 2 Apr 09:00, due Wed 8 Apr 17:30 (4-6 Apr are holidays), closed Tue 7 Apr
+       10:00; 16 working hours.
+    F: filed Tue 10 Mar, cancelled the next day.
+    G: in the second township: filed Tue 3 Mar 09:00, handled on the spot, closed 15:00,
+       rated 4; 4.5 working hours.
+    """
+    t = Timeline(app, accounts.create("admin", "admin"))
+    ids: dict[str, int] = {}
+    ids["A"] = a = t.filed(at(2, 26, 9))
+    t.dispatch(a, at(2, 26, 10))
+    t.finish(a, at(3, 2, 10), at(3, 2, 16))
+    t.rate(a, 5, at(3, 3, 9))
+
+    ids["B"] = b = t.filed(at(3, 24, 10))
+    t.dispatch(b, at(3, 24, 11))
+    t.finish(b, at(4, 2, 9), at(4, 2, 10))
+
+    ids["C"] = c = t.filed(at(3, 2, 9))
+    t.dispatch(c, at(3, 2, 10))
+    t.act(c, "request_extension", at(3, 3, 9), amount=2, unit_of_time="days")
+    t.act(c, "approve_extension", at(3, 3, 10))
+    t.act(c, "feedback", at(3, 6, 10))
+    t.act(c, "verify_fail", at(3, 6, 11))
+    t.act(c, "sign", at(3, 6, 11, 30))
+    t.finish(c, at(3, 9, 9), at(3, 9, 10))
+    t.rate(c, 3, at(3, 10, 9))
+
+    ids["D"] = t.filed(at(3, 31, 14))
+
+    ids["E"] = e = t.filed(at(4, 2, 9))
+    t.dispatch(e, at(4, 2, 10))
+    t.finish(e, at(4, 7, 9), at(4, 7, 10))
+
+    ids["F"] = f = t.filed(at(3, 10, 9))
+    t.act(f, "cancel", at(3, 11, 9))
+
+    ids["G"] = g = t.filed(at(3, 3, 9), col=4.5)
+    t.finish(g, at(3, 3, 14), at(3, 3, 15))
+    t.rate(g, 4, at(3, 4, 9))
+    return ids
+
+
+def get(client: Any, query: str, status: int = 200) -> dict[str, Any]:
+    r = client.get(f"/api/v1/indicators?{query}")
+    assert r.status_code == status, r.get_json()
+    return r.get_json()
+
+
+def score(rates: dict[str, float | None]) -> float:
+    """The default composite score, from the exact rates (docs/indicators.md)."""
+    weights = svc.parse_weights(svc.DEFAULT_WEIGHTS)
+    total = weight = 0.0
+    for name, w in weights.items():
+        value = rates.get(name)
+        if value is None:
+            continue
+        total += w * (1 - value if name in ("rework_rate", "extension_rate") else value)
+        weight += w
+    return round(100 * total / weight, 2)
+
+
+MARCH_TOWNSHIP = {
+    "filed": 4,  # B, C, D, F (A was filed in February; G is in the other township)
+    "due": 3,  # A, B, C (D is due in April; F is cancelled)
+    "due_closed": 2,  # A, C (B closed in April)
+    "closed_on_time": 2,
+    "closure_rate": 0.6667,
+    "on_time_closure_rate": 0.6667,
+    "handled": 2,  # A and C gave feedback in March after a dispatch
+    "handled_on_time": 2,
+    "on_time_handling_rate": 1.0,
+    "closed": 2,
+    "reworked": 1,  # C
+    "rework_rate": 0.5,
+    "extended": 1,  # C
+    "extension_rate": 0.3333,
+    "overdue_open": 1,  # B at 1 April 00:00
+    "closed_late": 0,
+    "avg_handling_hours": 33.25,  # (28 + 38.5) / 2
+    "median_handling_hours": 33.25,
+    "rated": 2,
+    "satisfaction": 4.0,
+    "satisfaction_rate": 0.5,
+    "score": score(
+        {
+            "closure_rate": 2 / 3,
+            "on_time_closure_rate": 2 / 3,
+            "on_time_handling_rate": 1.0,
+            "rework_rate": 0.5,
+            "satisfaction_rate": 0.5,
+        }
+    ),
+}
+
+
+def test_every_indicator_of_a_month_matches_the_hand_computed_figures(client, cases):
+    body = get(client, f"region={TOWNSHIP}&from=2026-03-01&to=2026-04-01")
+    assert body["region"] == {"code": TOWNSHIP, "name": "平江街道", "level": "township"}
+    assert body["from"] == "2026-03-01" and body["to"] == "2026-04-01"
+    assert body["indicators"] == MARCH_TOWNSHIP
+
+
+def test_the_overdue_case_carries_over_into_the_next_month(client, cases):
+    body = get(client, f"region={TOWNSHIP}&from=2026-04-01&to=2026-05-01")
+    got = body["indicators"]
+    assert got["filed"] == 1  # E
+    assert got["due"] == 3  # B carried over, D, E (due 8 April: the holidays moved it)
+    assert got["due_closed"] == 2 and got["closed_on_time"] == 1  # B late, E on time
+    assert got["closed"] == 2 and got["closed_late"] == 1
+    assert got["handled"] == 2 and got["handled_on_time"] == 1
+    assert got["overdue_open"] == 1  # D
+    assert got["avg_handling_hours"] == 34.25  # (52.5 + 16) / 2
+    assert got["median_handling_hours"] == 34.25
+    assert got["rated"] == 0 and got["satisfaction"] is None
+    assert got["satisfaction_rate"] is None
+
+
+def test_stored_handling_hours_count_only_working_time(app, cases):
+    with app.extensions["gridapi"].sessions() as s:
+        rows = dict(s.execute(select(Case.id, Case.handling_hours)).all())
+    hours = {name: rows[case_id] for name, case_id in cases.items()}
+    assert hours == {
+        "A": 28.0,  # Thu 7 + Fri 7.5 + Sat (调休) 7.5 + Mon 6
+        "B": 52.5,
+        "C": 38.5,
+        "D": None,
+        "E": 16.0,  # Thu 7 + Fri 7.5 + (holidays) + Tue 1.5
+        "F": None,
+        "G": 4.5,
+    }
+
+
+def test_a_county_is_the_sum_of_its_townships(client, cases):
+    query = "from=2026-03-01&to=2026-04-01"
+    county = get(client, f"region={COUNTY}&{query}")["indicators"]
+    first = get(client, f"region={TOWNSHIP}&{query}")["indicators"]
+    second = get(client, f"region={TOWNSHIP_2}&{query}")["indicators"]
+    counts = [k for k, v in county.items() if isinstance(v, int) and not isinstance(v, bool)]
+    assert "filed" in counts and "overdue_open" in counts
+    for name in counts:
+        assert county[name] == first[name] + second[name], name
+    assert second["filed"] == 1 and second["closed"] == 1 and second["handled"] == 0
+    # Rates are recomputed from the summed counts, not averaged.
+    assert county["closure_rate"] == round(3 / 4, 4)
+    assert county["avg_handling_hours"] == round((28 + 38.5 + 4.5) / 3, 2)
+    assert county["median_handling_hours"] == 28.0
+    assert county["satisfaction"] == 4.0  # (5 + 3 + 4) / 3
+
+
+def test_breakdowns_by_category_source_and_unit(client, cases):
+    query = f"region={TOWNSHIP}&from=2026-03-01&to=2026-04-01"
+    by_category = get(client, f"{query}&by=category")
+    assert [i["key"] for i in by_category["items"]] == ["0202"]
+    assert by_category["items"][0]["name"] == "违章张贴悬挂广告牌匾"
+    assert by_category["items"][0]["indicators"] == MARCH_TOWNSHIP
+    by_source = get(client, f"{query}&by=source")
+    assert [(i["key"], i["indicators"]["filed"]) for i in by_source["items"]] == [("phone", 4)]
+    by_unit = get(client, f"{query}&by=unit")
+    assert [(i["key"], i["name"]) for i in by_unit["items"]] == [(TOWNSHIP, "平江街道")]
+    unit = get(client, f"unit={TOWNSHIP}&from=2026-03-01&to=2026-04-01")
+    assert unit["unit"]["code"] == TOWNSHIP
+    assert unit["indicators"]["filed"] == 4  # every case was filed with the township office
+
+
+def test_trends_by_month_week_and_day_split_the_period(client, cases):
+    months = get(client, f"region={TOWNSHIP}&from=2026-02-01&to=2026-05-01&by=month")
+    assert [i["key"] for i in months["items"]] == ["2026-02", "2026-03", "2026-04"]
+    assert months["items"][1]["indicators"] == MARCH_TOWNSHIP
+    assert [i["indicators"]["filed"] for i in months["items"]] == [1, 4, 1]
+    weeks = get(client, f"region={TOWNSHIP}&from=2026-03-01&to=2026-04-01&by=week")
+    keys = [i["key"] for i in weeks["items"]]
+    assert keys[:3] == ["2026-03-01", "2026-03-02", "2026-03-09"]  # Sunday, then Mondays
+    assert weeks["items"][0]["to"] == "2026-03-02"
+    assert sum(i["indicators"]["filed"] for i in weeks["items"]) == 4
+    days = get(client, f"region={TOWNSHIP}&from=2026-03-01&to=2026-03-08&by=day")
+    assert len(days["items"]) == 7
+    assert [i["indicators"]["closed"] for i in days["items"]][:2] == [0, 1]  # A on 2 March
+
+
+def test_bad_queries_are_422(client, world):
+    assert "region" in get(client, "from=2026-03-01&to=2026-04-01", 422)["errors"]["query"]
+    assert (
+        "to"
+        in get(client, f"region={TOWNSHIP}&from=2026-03-01&to=2026-03-01", 422)["errors"]["query"]
+    )
+    get(client, f"region={TOWNSHIP}&from=2026-03-01&to=2026-04-01&by=year", 422)
+    get(client, f"region={TOWNSHIP}&from=2020-01-01&to=2026-01-01&by=day", 422)
+    get(client, f"region={TOWNSHIP}&from=2026-13-01&to=2027-01-01", 422)
+    get(client, "region=32050800100&from=2026-03-01&to=2026-04-01", 422)
+    get(client, "region=320508009000&from=2026-03-01&to=2026-04-01", 404)
+
+
+def test_scope_limits_who_reads_which_region(client, accounts, cases):
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    query = "from=2026-03-01&to=2026-04-01"
+    assert get(office, f"region={TOWNSHIP}&{query}")["indicators"]["filed"] == 4
+    # Another township and the county above answer as if they did not exist.
+    other = get(office, f"region={TOWNSHIP_2}&{query}", 404)
+    assert get(office, f"region=320508009000&{query}", 404) == other
+    get(office, f"region={COUNTY}&{query}", 404)
+    get(office, f"unit={TOWNSHIP_2}&{query}", 404)
+    county = accounts.client("county", "county_centre", scope_region=COUNTY)
+    assert get(county, f"region={COUNTY}&{query}")["indicators"]["filed"] == 5
+    worker = accounts.client("worker", "grid_worker", grids=[TOWNSHIP[:9] + "001001"])
+    get(worker, f"region={TOWNSHIP}&{query}", 403)
+
+
+def _replay(session: Any, calendar: Any, start: datetime, end: datetime) -> dict[str, int]:
+    """Count every indicator by replaying each case's timeline, as docs/indicators.md says."""
+    facts: dict[int, dict[str, Any]] = {}
+    for e in session.scalars(select(CaseEvent).order_by(CaseEvent.case_id, CaseEvent.seq)):
+        f = facts.setdefault(
+            e.case_id,
+            {
+                "filed": None,
+                "due": None,
+                "dispatched": False,
+                "feedback": None,
+                "closed": None,
+                "rework": 0,
+                "extensions": 0,
+                "rating": None,
+                "status": None,
+            },
+        )
+        f["status"] = e.to_status
+        if e.action == "file":
+            f["filed"] = e.at
+        if "handle_due_at" in e.data:
+            f["due"] = datetime.fromisoformat(e.data["handle_due_at"])
+        if e.action == "dispatch" and e.to_status == "dispatched":
+            f["dispatched"] = True
+        if e.action == "feedback":
+            f["feedback"] = e.at
+        if e.action == "close":
+            f["closed"] = e.at
+        if e.action == "reopen":
+            f["closed"] = None
+        f["rework"] += e.action == "verify_fail"
+        f["extensions"] += e.action == "approve_extension"
+        if e.action == "rate":
+            f["rating"] = e.data["score"]
+    n = {name: 0 for name in svc.COUNTS}
+    hours = 0.0
+    for f in facts.values():
+        if f["filed"] is None:
+            continue
+        live, due_at, closed, feedback = (
+            f["status"] != "cancelled",
+            f["due"],
+            f["closed"],
+            f["feedback"],
+        )
+        in_period = lambda t: t is not None and start <= t < end  # noqa: E731
+        is_due = live and (
+            in_period(due_at) or (due_at < start and (closed is None or closed >= start))
+        )
+        is_closed = in_period(closed)
+        n["filed"] += in_period(f["filed"])
+        n["due"] += is_due
+        n["due_closed"] += is_due and closed is not None and closed < end
+        n["closed_on_time"] += is_due and closed is not None and closed < end and closed <= due_at
+        handled = live and f["dispatched"] and in_period(feedback)
+        n["handled"] += handled
+        n["handled_on_time"] += handled and feedback <= due_at
+        n["closed"] += is_closed
+        n["reworked"] += is_closed and f["rework"] > 0
+        n["extended"] += is_due and f["extensions"] > 0
+        n["overdue_open"] += (
+            live and f["filed"] < end and (closed is None or closed >= end) and due_at < end
+        )
+        n["closed_late"] += is_closed and closed > due_at
+        rated = is_closed and f["rating"] is not None
+        n["rated"] += rated
+        n["satisfied"] += rated and f["rating"] >= 4
+        n["satisfaction_sum"] += f["rating"] if rated else 0
+        if is_closed:
+            n["timed"] += 1
+            hours += calendar.working_hours_between(f["filed"], closed)
+    n["hours_sum"] = round(hours, 6)
+    return n
+
+
+@pytest.mark.parametrize("month", [2, 3, 4])
+def test_the_sql_equals_a_replay_of_the_timelines(app, cases, month):
+    st = app.extensions["gridapi"]
+    start, end = at(month, 1, 0).astimezone(UTC), at(month + 1, 1, 0).astimezone(UTC)
+    with st.sessions() as s:
+        expected = _replay(s, st.calendar(s), start, end)
+        period = svc.Period("m", start, end, end)
+        got = svc.aggregate(s, [svc.located_in(COUNTY)], [period]).get((0,), {})
+    got = {name: got.get(name, 0) for name in svc.COUNTS}
+    got["hours_sum"] = round(got["hours_sum"], 6)
+    assert got == expected
+    assert expected["filed"] + expected["closed"] > 0
+
+
+@pytest.mark.engines("sqlite")
+def test_the_migration_back_fills_the_handling_hours_of_closed_cases(app, engine, cases):
+    from gridapi import migrations
+
+    def stored() -> dict[int, float | None]:
+        with app.extensions["gridapi"].sessions() as s:
+            return dict(s.execute(select(Case.id, Case.handling_hours)).all())
+
+    before = stored()
+    engine.dispose()
+    migrations.downgrade(engine, "0010")
+    migrations.upgrade(engine)
+    assert stored() == before
+    assert before[cases["A"]] == 28.0 and before[cases["D"]] is None

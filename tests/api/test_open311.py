@@ -1,0 +1,464 @@
+"""Open311 GeoReport v2: discovery, services, service definitions, posting a request through
+the native report path, reading requests back (keyed and public), tokens, errors; JSON and XML."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from gridapi.geo.geodesy import distance_m
+from gridapi.services.open311 import snap
+
+from ..factories import COMMUNITY_A, LAT0, LON0, STEP
+from .test_auth import make_key
+from .test_cases import center
+
+BASE = "/open311/v2"
+PHONE = "13812345678"
+
+
+@pytest.fixture
+def world(factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+@pytest.fixture
+def key(app, world) -> str:  # type: ignore[no-untyped-def]
+    return make_key(app, name="12345 热线", scopes=["cases:read", "cases:write"])["api_key"]
+
+
+@pytest.fixture
+def public_read(app):  # type: ignore[no-untyped-def]
+    app.extensions["gridapi"].settings.open311_public_read = True
+    yield
+    app.extensions["gridapi"].settings.open311_public_read = False
+
+
+def form(lon: float, lat: float, **extra: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "service_code": "0101",
+        "lat": repr(lat),
+        "long": repr(lon),
+        "description": "小区门口垃圾堆放",
+        "address_string": "平江路 1 号",
+    }
+    values.update(extra)
+    return values
+
+
+def post(anon_client: Any, key: str | None, values: dict[str, Any], fmt: str = "json", **kw: Any):  # type: ignore[no-untyped-def]
+    if key is not None:
+        values = {**values, "api_key": key}
+    return anon_client.post(f"{BASE}/requests.{fmt}", data=values, **kw)
+
+
+def one_error(r: Any, status: int) -> str:
+    assert r.status_code == status, r.get_data(as_text=True)
+    body = r.get_json()
+    assert isinstance(body, list) and len(body) == 1, body
+    assert body[0]["code"] == status
+    return body[0]["description"]
+
+
+def scalar(session: Any, sql: str, **params: Any) -> Any:
+    session.rollback()
+    return session.execute(text(sql), params).scalar()
+
+
+# --- discovery and services -------------------------------------------------------------------
+
+
+def test_discovery_names_the_endpoint_and_formats(anon_client):
+    r = anon_client.get(f"{BASE}/discovery.json")
+    assert r.status_code == 200
+    endpoint = r.get_json()["endpoints"][0]
+    assert endpoint["url"].endswith("/open311/v2/")
+    assert endpoint["specification"] == "http://wiki.open311.org/GeoReport_v2"
+    assert set(endpoint["formats"]) == {"application/json", "text/xml"}
+    root = ET.fromstring(anon_client.get(f"{BASE}/discovery.xml").data)
+    assert root.tag == "discovery"
+    assert [f.text for f in root.findall("endpoints/endpoint/formats/format")] == [
+        "application/json",
+        "text/xml",
+    ]
+
+
+def test_services_are_public_categories_in_json_and_xml(anon_client, world):
+    r = anon_client.get(f"{BASE}/services.json")
+    assert r.status_code == 200 and r.mimetype == "application/json"
+    items = {s["service_code"]: s for s in r.get_json()}
+    assert items["0101"] == {
+        "service_code": "0101",
+        "service_name": "暴露垃圾",
+        "description": items["0101"]["description"],
+        "metadata": False,
+        "type": "realtime",
+        "keywords": "市容环境,暴露垃圾",
+        "group": "市容环境",
+    }
+    assert items["5301"]["metadata"] is True
+    assert "01" not in items  # a class with subclasses is a group, not a service
+    r = anon_client.get(f"{BASE}/services.xml")
+    assert r.status_code == 200 and r.mimetype == "text/xml"
+    root = ET.fromstring(r.data)
+    assert root.tag == "services"
+    xml_items = {s.findtext("service_code"): s for s in root.findall("service")}
+    assert set(xml_items) == set(items)
+    assert xml_items["5301"].findtext("metadata") == "true"
+    assert xml_items["0101"].findtext("group") == "市容环境"
+
+
+def test_a_service_definition_is_the_category_attribute_schema(anon_client, world):
+    body = anon_client.get(f"{BASE}/services/5301.json").get_json()
+    assert body["service_code"] == "5301"
+    attrs = {a["code"]: a for a in body["attributes"]}
+    assert attrs["hazard"]["datatype"] == "multivaluelist"
+    assert attrs["hazard"]["required"] is True and attrs["hazard"]["variable"] is True
+    assert {"key": "灭火器缺失", "name": "灭火器缺失"} in attrs["hazard"]["values"]
+    assert attrs["place_type"]["datatype"] == "singlevaluelist"
+    assert [a["order"] for a in body["attributes"]] == [1, 2]
+    root = ET.fromstring(anon_client.get(f"{BASE}/services/5301.xml").data)
+    assert root.tag == "service_definition"
+    keys = [v.text for v in root.findall("attributes/attribute/values/value/key")]
+    assert "电动车违规充电" in keys
+    assert "9999" in one_error(anon_client.get(f"{BASE}/services/9999.json"), 404)
+    r = anon_client.get(f"{BASE}/services/9999.xml")
+    assert r.status_code == 404
+    error = ET.fromstring(r.data)
+    assert error.tag == "errors" and error.findtext("error/code") == "404"
+    assert "9999" in error.findtext("error/description")
+
+
+# --- posting --------------------------------------------------------------------------------
+
+
+def test_post_creates_a_routed_case_through_the_native_path(anon_client, key, client, session):
+    values = form(
+        *center(0),
+        first_name="三",
+        last_name="张",
+        phone=PHONE,
+        email="zhangsan@example.com",
+        media_url="https://img.example.com/1.jpg",
+    )
+    r = post(anon_client, key, values)
+    assert r.status_code == 201, r.get_data(as_text=True)
+    [answer] = r.get_json()
+    number = answer["service_request_id"]
+    assert answer["case_number"].startswith("320508-")
+    assert answer["case_number"] in answer["service_notice"]
+    case_id = scalar(session, "SELECT id FROM cases WHERE id = :n", n=int(number))
+    native = client.get(f"/api/v1/cases/{case_id}").get_json()
+    assert native["source"] == "open311"
+    assert native["grid"]["code"] == COMMUNITY_A + "001"
+    assert native["status"] == "reported" and native["reporter"].startswith("client:")
+    assert native["address"] == "平江路 1 号"
+    assert native["parties"] == [
+        {"role": "报告人", "name": "张三", "note": "电话 138****5678；邮箱 z***@example.com"}
+    ]
+    # The contact is kept masked only: the full number is nowhere in the case.
+    row = scalar(
+        session,
+        "SELECT count(*) FROM cases WHERE CAST(parties AS TEXT) || description || address "
+        "|| CAST(attributes AS TEXT) LIKE :p",
+        p=f"%{PHONE}%",
+    )
+    assert row == 0
+    assert scalar(session, "SELECT count(*) FROM cases WHERE CAST(parties AS TEXT) LIKE '%5678%'")
+    assert scalar(session, "SELECT count(*) FROM case_events WHERE case_id = :i", i=case_id) == 1
+    audit = scalar(
+        session,
+        "SELECT count(*) FROM audit_log WHERE action = 'case.report' AND object_id = :i",
+        i=str(case_id),
+    )
+    assert audit == 1
+    # Read back with the key: the whole request, media_url split from the description.
+    got = anon_client.get(f"{BASE}/requests/{number}.json?api_key={key}").get_json()
+    assert got[0]["description"] == "小区门口垃圾堆放"
+    assert got[0]["media_url"] == "https://img.example.com/1.jpg"
+    assert PHONE not in anon_client.get(f"{BASE}/requests/{number}.json?api_key={key}").text
+
+
+def test_post_answers_xml(anon_client, key, session):
+    r = post(anon_client, key, form(*center(1)), fmt="xml")
+    assert r.status_code == 201 and r.mimetype == "text/xml"
+    root = ET.fromstring(r.data)
+    assert root.tag == "service_requests"
+    number = root.findtext("request/service_request_id")
+    assert scalar(session, "SELECT count(*) FROM cases WHERE id = :n", n=int(number)) == 1
+
+
+def test_a_retry_with_the_same_idempotency_key_creates_nothing(anon_client, key, session):
+    values = form(*center(0))
+    first = post(anon_client, key, values, headers={"Idempotency-Key": "hotline-77"})
+    again = post(anon_client, key, values, headers={"Idempotency-Key": "hotline-77"})
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    as_xml = post(anon_client, key, values, "xml", headers={"Idempotency-Key": "hotline-77"})
+    assert (
+        ET.fromstring(as_xml.data).findtext("request/service_request_id")
+        == (first.get_json()[0]["service_request_id"])
+    )
+    assert scalar(session, "SELECT count(*) FROM cases") == 1
+    other = post(anon_client, key, form(*center(1)), headers={"Idempotency-Key": "hotline-77"})
+    assert "different request" in one_error(other, 400)
+    assert scalar(session, "SELECT count(*) FROM cases") == 1
+
+
+def test_posting_needs_a_key_with_cases_write(app, anon_client, key, session):
+    assert "api_key" in one_error(post(anon_client, None, form(*center(0))), 403)
+    one_error(post(anon_client, "gk_nope_nope", form(*center(0))), 403)
+    reader = make_key(app, name="reader", scopes=["cases:read"])["api_key"]
+    assert "cases:write" in one_error(post(anon_client, reader, form(*center(0))), 403)
+    r = post(anon_client, None, form(*center(0)), fmt="xml")
+    assert r.status_code == 403
+    assert ET.fromstring(r.data).findtext("error/code") == "403"
+    assert scalar(session, "SELECT count(*) FROM cases") == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"lat": "north"}, "lat must be a number"),
+        ({"lat": "95", "long": "120.6"}, "lat must be in -90..90"),
+        ({"lat": "", "long": ""}, "address_string alone cannot be routed"),
+        ({"long": ""}, "together"),
+        ({"service_code": ""}, "service_code is required"),
+        ({"crs": "wgs72"}, "crs must be one of"),
+        ({"media_url": "javascript:alert(1)"}, "media_url"),
+    ],
+)
+def test_bad_posts_are_400_in_open311_shape(anon_client, key, session, change, words):
+    assert words in one_error(post(anon_client, key, {**form(*center(0)), **change}), 400)
+    assert scalar(session, "SELECT count(*) FROM cases") == 0
+
+
+def test_unknown_service_is_404_and_attributes_are_checked(anon_client, key, client, session):
+    one_error(post(anon_client, key, form(*center(0), service_code="9999")), 404)
+    missing = one_error(post(anon_client, key, form(*center(0), service_code="5301")), 400)
+    assert "hazard" in missing and "required" in missing
+    values = {
+        **form(*center(0), service_code="5301"),
+        "attribute[hazard][]": ["电动车违规充电", "灭火器缺失"],
+        "attribute[place_type]": "出租房",
+    }
+    r = post(anon_client, key, values)
+    assert r.status_code == 201, r.get_data(as_text=True)
+    number = r.get_json()[0]["service_request_id"]
+    case_id = scalar(session, "SELECT id FROM cases WHERE id = :n", n=int(number))
+    native = client.get(f"/api/v1/cases/{case_id}").get_json()
+    assert native["attributes"] == {
+        "hazard": ["电动车违规充电", "灭火器缺失"],
+        "place_type": "出租房",
+    }
+    bad = {**values, "attribute[place_type]": "宫殿"}
+    assert "place_type" in one_error(post(anon_client, key, bad), 400)
+
+
+def test_gcj02_points_are_converted_before_routing(anon_client, key, client, session):
+    from gridapi.geo.crs import wgs84_to_gcj02
+
+    lon, lat = center(0)
+    glon, glat = wgs84_to_gcj02(lon, lat)
+    r = post(anon_client, key, form(glon, glat, crs="gcj02"))
+    number = r.get_json()[0]["service_request_id"]
+    got = anon_client.get(f"{BASE}/requests/{number}.json?api_key={key}").get_json()[0]
+    assert distance_m(got["long"], got["lat"], lon, lat) < 1
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def _utc(value: Any) -> datetime:
+    """Return a timestamp column read back raw (text on SQLite) as an aware UTC datetime."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _reject(client: Any, session: Any, number: str) -> None:
+    case_id = scalar(session, "SELECT id FROM cases WHERE id = :n", n=int(number))
+    etag = client.get(f"/api/v1/cases/{case_id}").headers["ETag"]
+    r = client.post(
+        f"/api/v1/cases/{case_id}/transitions",
+        json={"action": "reject", "comment": "不属于受理范围"},
+        headers={"If-Match": etag},
+    )
+    assert r.status_code == 200, r.get_json()
+
+
+def _numbers(r: Any) -> list[str]:
+    assert r.status_code == 200, r.get_data(as_text=True)
+    return [item["service_request_id"] for item in r.get_json()]
+
+
+def test_requests_filter_page_and_map_states(anon_client, key, client, session):
+    numbers = []
+    for i, code in enumerate(["0101", "0101", "0103"]):
+        r = post(anon_client, key, form(*center(i % 2), service_code=code))
+        numbers.append(r.get_json()[0]["service_request_id"])
+    _reject(client, session, numbers[0])
+    url = f"{BASE}/requests.json?api_key={key}"
+    assert _numbers(anon_client.get(url)) == numbers[::-1]  # newest first
+    closed = anon_client.get(f"{url}&status=closed").get_json()
+    assert [c["service_request_id"] for c in closed] == [numbers[0]]
+    assert closed[0]["status"] == "closed"
+    assert closed[0]["status_notes"] == "不予受理 (rejected)"
+    assert closed[0]["gridapi_status"] == "rejected"
+    assert closed[0]["gridapi_status_name"] == "不予受理"
+    assert _numbers(anon_client.get(f"{url}&status=open")) == numbers[:0:-1]
+    assert _numbers(anon_client.get(f"{url}&status=open,closed")) == numbers[::-1]
+    assert _numbers(anon_client.get(f"{url}&service_code=0103")) == [numbers[2]]
+    assert _numbers(anon_client.get(f"{url}&service_code=01")) == numbers[::-1]
+    ids = f"{numbers[0]},{numbers[2]}"
+    assert sorted(_numbers(anon_client.get(f"{url}&service_request_id={ids}"))) == sorted(
+        [numbers[0], numbers[2]]
+    )
+    assert _numbers(anon_client.get(f"{url}&page_size=2")) == numbers[:0:-1]
+    assert _numbers(anon_client.get(f"{url}&page_size=2&page=2")) == [numbers[0]]
+    assert _numbers(anon_client.get(f"{url}&page_size=2&page=3")) == []
+    future = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat(timespec="seconds")
+    assert _numbers(anon_client.get(f"{url}&start_date={future}")) == []
+    assert len(_numbers(anon_client.get(f"{url}&start_date={past.replace('+', '%2B')}"))) == 3
+    assert _numbers(anon_client.get(f"{url}&end_date={past.replace('+', '%2B')}")) == []
+    assert _numbers(anon_client.get(f"{url}&updated_after={future}")) == []
+    assert len(_numbers(anon_client.get(f"{url}&updated_before={future}"))) == 3
+    assert len(_numbers(anon_client.get(f"{url}&jurisdiction_id=320508"))) == 3
+    assert _numbers(anon_client.get(f"{url}&jurisdiction_id=320505")) == []
+    for bad in ("status=pending", "start_date=yesterday", "page=0", "page_size=5000"):
+        one_error(anon_client.get(f"{url}&{bad}"), 400)
+
+
+def test_a_request_carries_the_mapped_fields(anon_client, key, session):
+    r = post(anon_client, key, form(*center(0)))
+    number = r.get_json()[0]["service_request_id"]
+    [got] = anon_client.get(f"{BASE}/requests/{number}.json?api_key={key}").get_json()
+    assert got["status"] == "open" and got["status_notes"] == "已上报 (reported)"
+    assert got["service_code"] == "0101" and got["service_name"] == "暴露垃圾"
+    assert got["agency_responsible"] == "平江社区"
+    assert got["jurisdiction_id"] == "320508"
+    assert got["requested_datetime"].endswith("+08:00")
+    # Before filing, the deadline of the current stage is the acceptance deadline.
+    accept_due = scalar(session, "SELECT accept_due_at FROM cases WHERE id = :i", i=int(number))
+    expected = datetime.fromisoformat(got["expected_datetime"])
+    assert expected.utcoffset() == timedelta(hours=8)
+    assert abs(expected - _utc(accept_due)) < timedelta(seconds=1)
+    assert got["address"] == "平江路 1 号"
+    assert (got["long"], got["lat"]) == pytest.approx(center(0))
+    root = ET.fromstring(anon_client.get(f"{BASE}/requests/{number}.xml?api_key={key}").data)
+    assert root.tag == "service_requests"
+    assert root.findtext("request/service_request_id") == number
+    assert root.findtext("request/status") == "open"
+    assert root.findtext("request/overdue") == "false"
+    case_number = got["case_number"]
+    tokens = anon_client.get(f"{BASE}/tokens/{case_number}.json?api_key={key}").get_json()
+    assert tokens == [{"service_request_id": number, "token": case_number}]
+    # The readable case number works wherever a service_request_id does.
+    by_number = anon_client.get(f"{BASE}/requests/{case_number}.json?api_key={key}")
+    assert by_number.get_json() == [got]
+    one_error(anon_client.get(f"{BASE}/requests/320508-19990101-0001.json?api_key={key}"), 404)
+    one_error(anon_client.get(f"{BASE}/tokens/nope.json?api_key={key}"), 404)
+
+
+def test_reading_needs_a_key_unless_public_read_is_on(app, anon_client, key):
+    post(anon_client, key, form(*center(0)))
+    assert "api_key" in one_error(anon_client.get(f"{BASE}/requests.json"), 403)
+    one_error(anon_client.get(f"{BASE}/requests.json?api_key=gk_bad_key"), 403)
+    writer = make_key(app, name="writer", scopes=["cases:write"])["api_key"]
+    assert "cases:read" in one_error(anon_client.get(f"{BASE}/requests.json?api_key={writer}"), 403)
+    # services stay public whatever the setting
+    assert anon_client.get(f"{BASE}/services.json").status_code == 200
+
+
+def test_public_answers_carry_no_personal_data_and_snapped_points(
+    anon_client, key, public_read, world
+):
+    lon, lat = center(0)
+    values = form(lon, lat, first_name="三", last_name="张", phone=PHONE, email="z@example.com")
+    values["description"] = f"张三 {PHONE} 家门口垃圾堆放"
+    values["media_url"] = "https://img.example.com/face.jpg"
+    number = post(anon_client, key, values).get_json()[0]["service_request_id"]
+    nearby = post(anon_client, key, form(lon + 0.00005, lat + 0.00005)).get_json()[0]
+    r = anon_client.get(f"{BASE}/requests.json")
+    assert r.status_code == 200
+    text_body = r.get_data(as_text=True)
+    for secret in (PHONE, "张三", "z@example.com", "平江路", "face.jpg", "垃圾堆放"):
+        assert secret not in text_body
+    items = {i["service_request_id"]: i for i in r.get_json()}
+    public = items[number]
+    assert "description" not in public and "address" not in public and "media_url" not in public
+    assert public["status"] == "open" and public["agency_responsible"] == "平江社区"
+    assert (public["long"], public["lat"]) != (lon, lat)
+    assert distance_m(public["long"], public["lat"], lon, lat) < 50
+    # Points of one ~50 m cell land on the same spot (unless the cell edge runs between).
+    expected = snap(lon + 0.00005, lat + 0.00005, 50.0)
+    assert (
+        items[nearby["service_request_id"]]["long"],
+        items[nearby["service_request_id"]]["lat"],
+    ) == expected
+    xml_text = anon_client.get(f"{BASE}/requests/{number}.xml").get_data(as_text=True)
+    assert PHONE not in xml_text and "<description" not in xml_text
+    # A key still gets the full answer.
+    keyed = anon_client.get(f"{BASE}/requests/{number}.json?api_key={key}").get_json()[0]
+    assert keyed["description"].startswith("张三")
+    assert (keyed["long"], keyed["lat"]) == pytest.approx((lon, lat))
+
+
+def test_sensitive_categories_are_not_public(anon_client, key, public_read, world):
+    r = post(anon_client, key, form(*center(0), service_code="5101"))
+    assert r.status_code == 201, r.get_data(as_text=True)
+    number = r.get_json()[0]["service_request_id"]
+    assert number not in _numbers(anon_client.get(f"{BASE}/requests.json"))
+    one_error(anon_client.get(f"{BASE}/requests/{number}.json"), 404)
+    assert number in _numbers(anon_client.get(f"{BASE}/requests.json?api_key={key}"))
+
+
+def test_the_public_grid_is_configurable(app, anon_client, key, public_read):
+    app.extensions["gridapi"].settings.open311_round_m = 500.0
+    lon, lat = LON0 + 0.3 * STEP, LAT0 + 0.3 * STEP
+    post(anon_client, key, form(lon, lat))
+    [item] = anon_client.get(f"{BASE}/requests.json").get_json()
+    assert 20 < distance_m(item["long"], item["lat"], lon, lat) < 500
+    assert (item["long"], item["lat"]) == snap(lon, lat, 500.0)
+
+
+def test_unknown_paths_and_methods_answer_in_open311_shape(anon_client):
+    one_error(anon_client.get(f"{BASE}/nothing.json"), 404)
+    r = anon_client.get(f"{BASE}/nothing.xml")
+    assert r.status_code == 404 and ET.fromstring(r.data).tag == "errors"
+    one_error(anon_client.delete(f"{BASE}/requests.json"), 405)
+    one_error(anon_client.post(f"{BASE}/services.json"), 405)
+
+
+def test_snap_is_stable_within_a_cell():
+    a = snap(120.6051, 31.3051, 50.0)
+    assert snap(*a, 50.0) == a
+    assert distance_m(*a, 120.6051, 31.3051) < 36  # at most half the cell's diagonal
+
+
+def test_a_key_reads_only_its_own_area(app, anon_client, key):
+    from ..factories import COMMUNITY_B
+
+    number = post(anon_client, key, form(*center(0))).get_json()[0]["service_request_id"]
+    other = make_key(app, name="B app", scopes=["cases:read"], scope_region=COMMUNITY_B)
+    url = f"{BASE}/requests/{number}.json?api_key={other['api_key']}"
+    one_error(anon_client.get(url), 404)  # out of scope answers like a request that does not exist
+    assert _numbers(anon_client.get(f"{BASE}/requests.json?api_key={other['api_key']}")) == []
+
+
+def test_public_read_is_configured_from_the_environment():
+    from gridapi.config import Settings
+
+    assert Settings.from_env({}).open311_public_read is False
+    assert Settings.from_env({"GRIDAPI_OPEN311_PUBLIC_READ": "true"}).open311_public_read is True
+    assert Settings.from_env({"GRIDAPI_OPEN311_PUBLIC_READ": "Off"}).open311_public_read is False
+    assert Settings.from_env({"GRIDAPI_OPEN311_ROUND_M": "100"}).open311_round_m == 100.0
+    with pytest.raises(ValueError, match="GRIDAPI_OPEN311_PUBLIC_READ"):
+        Settings.from_env({"GRIDAPI_OPEN311_PUBLIC_READ": "maybe"})

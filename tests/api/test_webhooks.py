@@ -1,0 +1,686 @@
+"""Webhooks on both engines: subscriptions, the outbox, signed delivery, retries, order, SSRF."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import threading
+import time
+from dataclasses import replace
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text, update
+
+from gridapi import create_app
+from gridapi.models import Case, CaseEvent, WebhookEvent, WebhookSubscription
+from gridapi.models.base import utcnow
+from gridapi.outbound import OutboundPolicy, address_refusal, parse_allowlist, post
+from gridapi.security.fields import FieldCipher
+from gridapi.services import webhooks as svc
+from gridapi.services.cases import add_event
+from gridapi.services.keys import rotate_all
+from gridapi.services.register import Keys
+
+from ..factories import COMMUNITY_A, COMMUNITY_B, TOWNSHIP
+from .test_cases import center, report_body
+
+LATER = timedelta(days=2)
+
+
+# --- a receiver with its own signature check --------------------------------------------------
+
+
+def verify_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """An implementation independent of gridapi's: HMAC-SHA256 of "<timestamp>.<body>"."""
+    timestamp = headers["Webhook-Timestamp"]
+    scheme, _, signature = headers["Webhook-Signature"].partition("=")
+    expected = hmac.new(
+        secret.encode("utf-8"), timestamp.encode() + b"." + body, hashlib.sha256
+    ).hexdigest()
+    fresh = abs(time.time() - int(timestamp)) < 300
+    return scheme == "v1" and fresh and hmac.compare_digest(expected, signature)
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that records what it gets and answers ``status``."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.status = 200
+        self.location: str | None = None
+        self.reply = b"ok"
+        self.server: ThreadingHTTPServer | None = None
+        self.port = 0
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver.lock:
+                    receiver.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "body": body}
+                    )
+                    status = receiver.status
+                self.send_response(status)
+                if receiver.location:
+                    self.send_header("Location", receiver.location)
+                self.send_header("Content-Length", str(len(receiver.reply)))
+                self.end_headers()
+                self.wfile.write(receiver.reply)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        assert self.server is not None
+        self.server.shutdown()
+        self.server.server_close()
+        self.server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(r["body"]) for r in self.requests]
+
+    def ids(self) -> list[str]:
+        return [r["headers"]["Webhook-Id"] for r in self.requests]
+
+
+@pytest.fixture
+def receiver():  # type: ignore[no-untyped-def]
+    r = Receiver()
+    r.start()
+    yield r
+    if r.server is not None:
+        r.stop()
+
+
+@pytest.fixture
+def settings(settings):  # type: ignore[no-untyped-def]
+    return replace(
+        settings,
+        webhook_allow_private="127.0.0.1/32",
+        webhook_backoff_base_seconds=60.0,
+        webhook_backoff_max_seconds=600.0,
+        webhook_max_attempts=4,
+        webhook_timeout_seconds=5.0,
+    )
+
+
+@pytest.fixture
+def world(factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+def ok(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, (response.status_code, response.get_json())
+    return response.get_json()
+
+
+def subscribe(client: Any, url: str, **body: Any) -> dict[str, Any]:
+    data = {"url": url, "events": ["case.created", "case.transitioned"], **body}
+    return ok(client.post("/api/v1/webhooks", json=data), 201)
+
+
+def report(client: Any, col: int = 0, category: str = "0101") -> tuple[int, str]:
+    r = client.post("/api/v1/cases", json=report_body(*center(col), category=category))
+    assert r.status_code == 201, r.get_json()
+    return r.get_json()["id"], r.headers["ETag"]
+
+
+def act(client: Any, case_id: int, etag: str, action: str) -> str:
+    r = client.post(
+        f"/api/v1/cases/{case_id}/transitions", json={"action": action}, headers={"If-Match": etag}
+    )
+    assert r.status_code == 200, r.get_json()
+    return r.headers["ETag"]
+
+
+def deliver(app: Any, at: Any = None, **options: Any) -> svc.RoundResult:
+    """One delivery round of the worker, at ``at`` (default now)."""
+    st = app.extensions["gridapi"]
+    opts = replace(svc.DeliveryOptions.from_settings(st.settings), **options)
+    return svc.deliver_round(st.sessions, st.cipher, opts, now=(lambda: at) if at else utcnow)
+
+
+def outbox(engine: Any, event_type: str | None = None) -> list[int]:
+    with engine.connect() as conn:
+        stmt = select(WebhookEvent.id).order_by(WebhookEvent.id)
+        if event_type:
+            stmt = stmt.where(WebhookEvent.event_type == event_type)
+        return list(conn.scalars(stmt))
+
+
+def deliveries(client: Any, sub_id: int, **args: Any) -> list[dict[str, Any]]:
+    query = "&".join(f"{k}={v}" for k, v in args.items())
+    return ok(client.get(f"/api/v1/webhooks/{sub_id}/deliveries?{query}"))["items"]
+
+
+# --- subscriptions ----------------------------------------------------------------------------
+
+
+def test_a_subscription_is_created_read_changed_and_deleted(client, world, engine, receiver):
+    created = subscribe(client, receiver.url, categories=["01"], description="热线")
+    secret = created["secret"]
+    assert secret.startswith("whsec_") and len(secret) > 40
+    assert created["events"] == ["case.created", "case.transitioned"]
+    assert created["region_codes"] == [] and created["categories"] == ["01"]
+    assert created["deliveries"] == {"pending": 0, "dead": 0}
+    sub_id = created["id"]
+
+    got = ok(client.get(f"/api/v1/webhooks/{sub_id}"))
+    assert "secret" not in got and got["url"] == receiver.url
+    assert [s["id"] for s in ok(client.get("/api/v1/webhooks"))["items"]] == [sub_id]
+    with engine.connect() as conn:
+        stored = conn.scalar(select(WebhookSubscription.secret_enc))
+        audit = conn.execute(
+            text("SELECT object_id FROM audit_log WHERE action = 'webhook.create'")
+        ).all()
+    assert stored.startswith("v1:") and secret not in stored  # encrypted at rest
+    assert audit == [(str(sub_id),)]
+
+    changed = ok(
+        client.patch(
+            f"/api/v1/webhooks/{sub_id}",
+            json={"events": ["task.created"], "active": False, "region_codes": [TOWNSHIP]},
+        )
+    )
+    assert changed["events"] == ["task.created"] and changed["active"] is False
+    assert changed["region_codes"] == [TOWNSHIP]
+
+    rotated = ok(client.post(f"/api/v1/webhooks/{sub_id}/rotate-secret"))
+    assert rotated["secret"].startswith("whsec_") and rotated["secret"] != secret
+
+    assert client.delete(f"/api/v1/webhooks/{sub_id}").status_code == 204
+    assert client.get(f"/api/v1/webhooks/{sub_id}").status_code == 404
+    assert ok(client.get("/api/v1/webhooks"))["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"events": ["case.exploded"]}, "events"),
+        ({"events": []}, "events"),
+        ({"url": "ftp://127.0.0.1/x"}, "url"),
+        ({"url": "http://user:pw@127.0.0.1/x"}, "url"),
+        ({"url": "not a url at all"}, "url"),
+        ({"categories": ["1"]}, "categories"),
+        ({"region_codes": ["12345"]}, "region_codes"),
+        ({"region_codes": ["320508009001"]}, "region_codes"),  # well-formed, no such region
+        ({"colour": "blue"}, "colour"),
+        ({"url": None}, "url"),  # missing (a KeyError, 500, before it was required)
+    ],
+)
+def test_bad_subscriptions_are_refused_naming_the_field(client, world, receiver, body, field):
+    data = {"url": receiver.url, "events": ["case.created"], **body}
+    data = {key: value for key, value in data.items() if value is not None}
+    r = client.post("/api/v1/webhooks", json=data)
+    assert r.status_code == 422, r.get_json()
+    assert field in r.get_json()["errors"]["json"]
+
+
+def test_only_webhook_managers_may_subscribe(accounts, world, receiver):
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    r = office.post("/api/v1/webhooks", json={"url": receiver.url, "events": ["case.created"]})
+    assert r.status_code == 403
+
+
+def api_client(app: Any, client: Any, region: str) -> Any:
+    created = ok(
+        client.post(
+            "/api/v1/clients",
+            json={
+                "name": "12345 热线",
+                "scopes": ["webhooks:manage", "cases:read"],
+                "scope_region": region,
+            },
+        ),
+        201,
+    )
+    app_client = app.test_client()
+    app_client.environ_base["HTTP_X_API_KEY"] = created["api_key"]
+    return app_client
+
+
+def test_an_app_subscribes_inside_its_area_and_gets_only_its_events(app, client, world, receiver):
+    hotline = api_client(app, client, COMMUNITY_A)
+    r = hotline.post(
+        "/api/v1/webhooks",
+        json={"url": receiver.url, "events": ["case.created"], "region_codes": [COMMUNITY_B]},
+    )
+    assert r.status_code == 422 and "region_codes" in r.get_json()["errors"]["json"]
+    mine = subscribe(hotline, receiver.url, events=["case.created"])
+    assert mine["region_codes"] == [COMMUNITY_A]
+    assert mine["owner"]["kind"] == "client"
+    theirs = subscribe(client, receiver.url, events=["case.created"])
+    # The app sees its own subscription only; the admin sees both.
+    assert [s["id"] for s in ok(hotline.get("/api/v1/webhooks"))["items"]] == [mine["id"]]
+    assert hotline.get(f"/api/v1/webhooks/{theirs['id']}").status_code == 404
+    assert len(ok(client.get("/api/v1/webhooks"))["items"]) == 2
+
+    in_a, _ = report(client, col=0)
+    in_b, _ = report(client, col=3)
+    deliver(app)
+    got = [(e["type"], e["data"]["case_id"]) for e in receiver.events()]
+    # The admin's subscription gets both cases; the app's only the case in its community.
+    assert sorted(got) == sorted(
+        [("case.created", in_a), ("case.created", in_a), ("case.created", in_b)]
+    )
+    assert [d["case_id"] for d in deliveries(hotline, mine["id"])] == [in_a]
+
+
+def test_category_filters_by_class_or_category(app, client, world, receiver):
+    sub = subscribe(client, receiver.url, events=["case.created"], categories=["05"])
+    report(client, col=0, category="0101")
+    wanted, _ = report(client, col=0, category="0501")
+    deliver(app)
+    assert [e["data"]["case_id"] for e in receiver.events()] == [wanted]
+    assert len(deliveries(client, sub["id"])) == 1
+
+
+# --- signed delivery --------------------------------------------------------------------------
+
+
+def test_events_arrive_signed_in_order_and_once(app, client, world, engine, receiver):
+    sub = subscribe(client, receiver.url)
+    secret = sub["secret"]
+    case_id, etag = report(client)
+    etag = act(client, case_id, etag, "accept")
+    act(client, case_id, etag, "file")
+    result = deliver(app)
+    assert result.delivered == 3 and result.dead == 0
+
+    assert len(receiver.requests) == 3
+    for request in receiver.requests:
+        assert verify_signature(secret, request["headers"], request["body"])
+        assert not verify_signature("whsec_wrong", request["headers"], request["body"])
+        assert request["headers"]["Content-Type"] == "application/json"
+    events = receiver.events()
+    assert [e["type"] for e in events] == ["case.created", "case.transitioned", "case.transitioned"]
+    assert [e["data"]["to_status"] for e in events] == ["reported", "accepted", "filed"]
+    assert [e["data"]["seq"] for e in events] == [1, 2, 3]
+    assert {e["data"]["case_id"] for e in events} == {case_id}
+    assert receiver.ids() == [e["id"] for e in events]
+    assert receiver.ids() == [f"evt_{i}" for i in outbox(engine)]
+    # A tampered body fails the receiver's check.
+    first = receiver.requests[0]
+    assert not verify_signature(secret, first["headers"], first["body"] + b" ")
+
+    log = deliveries(client, sub["id"])
+    assert [d["status"] for d in log] == ["delivered"] * 3
+    assert all(d["attempts"] == 1 and d["last_status_code"] == 200 for d in log)
+    assert deliver(app).attempted == 0  # nothing sent twice
+    assert len(receiver.requests) == 3
+
+
+def test_task_events_are_delivered(app, client, world, receiver):
+    subscribe(client, receiver.url, events=["task.created", "task.cancelled"])
+    task = ok(
+        client.post(
+            "/api/v1/tasks",
+            json={
+                "title": "走访独居老人",
+                "grid": COMMUNITY_A + "001",
+                "due_in": {"amount": 3, "unit": "days"},
+            },
+        ),
+        201,
+    )
+    etag = client.get(f"/api/v1/tasks/{task['id']}").headers["ETag"]
+    r = client.post(
+        f"/api/v1/tasks/{task['id']}/cancel", json={"reason": "重复"}, headers={"If-Match": etag}
+    )
+    assert r.status_code == 200, r.get_json()
+    deliver(app)
+    events = receiver.events()
+    assert [(e["type"], e["data"]["task_id"]) for e in events] == [
+        ("task.created", task["id"]),
+        ("task.cancelled", task["id"]),
+    ]
+    assert events[1]["data"]["previous_status"] == "pending"
+
+
+def test_a_receiver_down_for_a_while_gets_every_event_with_the_same_ids(
+    app, client, world, engine, receiver
+):
+    sub = subscribe(client, receiver.url)
+    receiver.stop()  # refused connections
+    for col in (0, 1, 2):
+        report(client, col=col)
+    first = deliver(app)
+    assert first.attempted == 3 and first.delivered == 0 and first.retrying == 3
+    log = deliveries(client, sub["id"])
+    assert all(d["status"] == "pending" and d["last_error"] for d in log)
+
+    receiver.start()  # up again, but failing
+    receiver.status = 503
+    deliver(app, utcnow() + LATER)
+    assert len(receiver.requests) == 3
+    receiver.status = 200
+    later = deliver(app, utcnow() + 2 * LATER)
+    assert later.delivered == 3
+    events = outbox(engine)
+    assert len(events) == 3
+    # At least once, with the same id each time: after dedup, exactly the outbox.
+    assert sorted(set(receiver.ids())) == sorted(f"evt_{i}" for i in events)
+    assert len(receiver.requests) == 6
+    assert [d["attempts"] for d in deliveries(client, sub["id"])] == [3, 3, 3]
+
+
+def test_a_delivery_dies_after_the_last_attempt_and_can_be_redelivered(
+    app, client, world, receiver
+):
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    report(client)
+    receiver.status = 500
+    moment = utcnow()
+    for _ in range(4):
+        deliver(app, moment)
+        moment += LATER
+    log = deliveries(client, sub["id"])
+    assert [d["status"] for d in log] == ["dead"] and log[0]["attempts"] == 4
+    assert log[0]["last_status_code"] == 500 and log[0]["last_error"].startswith("HTTP 500")
+    assert deliver(app, moment).attempted == 0  # dead letters are not retried
+    assert deliveries(client, sub["id"], status="dead")[0]["id"] == log[0]["id"]
+    assert deliveries(client, sub["id"], status="pending") == []
+    assert ok(client.get(f"/api/v1/webhooks/{sub['id']}"))["deliveries"]["dead"] == 1
+
+    receiver.status = 200
+    again = ok(
+        client.post(f"/api/v1/webhooks/{sub['id']}/deliveries/{log[0]['id']}/redeliver"), 202
+    )
+    assert again["status"] == "pending" and again["attempts"] == 0
+    assert deliver(app).delivered == 1
+    assert len(set(receiver.ids())) == 1 and len(receiver.ids()) == 5
+    assert deliveries(client, sub["id"])[0]["status"] == "delivered"
+    missing = client.post(f"/api/v1/webhooks/{sub['id']}/deliveries/999999/redeliver")
+    assert missing.status_code == 404
+
+
+def test_events_of_one_case_wait_for_the_earlier_ones(app, client, world, receiver):
+    subscribe(client, receiver.url)
+    first_case, etag = report(client, col=0)
+    etag = act(client, first_case, etag, "accept")
+    act(client, first_case, etag, "file")
+    receiver.status = 500
+    moment = utcnow() + timedelta(seconds=1)
+    deliver(app, moment)
+    # Only the head of the case was tried; its later events wait behind it.
+    assert len(receiver.requests) == 1
+    receiver.status = 200
+    other_case, _ = report(client, col=3)
+    deliver(app, moment)  # the failed one is not due yet: the other case goes, the first waits
+    assert [e["data"]["case_id"] for e in receiver.events()[1:]] == [other_case]
+    deliver(app, utcnow() + LATER)
+    seqs = [e["data"]["seq"] for e in receiver.events() if e["data"]["case_id"] == first_case]
+    assert seqs == [1, 1, 2, 3]
+
+
+def test_a_change_rolled_back_emits_no_event(app, client, world, engine, session):
+    case_id, _ = report(client)
+    before = outbox(engine)
+    assert len(before) == 1
+
+    case_obj = session.get(Case, case_id)
+    seq = session.scalar(select(func.max(CaseEvent.seq)).where(CaseEvent.case_id == case_id)) + 1
+    case_obj.status = "accepted"
+    add_event(session, case_obj, seq, "accept", "reported", "user:1", "测试", utcnow())
+    session.flush()
+    # Written in the same transaction as the change…
+    assert session.scalar(select(func.count()).select_from(WebhookEvent)) == 2
+    session.rollback()
+    # …and gone with it.
+    assert outbox(engine) == before
+    # A refused request leaves none either.
+    r = client.post(
+        f"/api/v1/cases/{case_id}/transitions", json={"action": "close"}, headers={"If-Match": "x"}
+    )
+    assert r.status_code >= 400
+    assert outbox(engine) == before
+
+
+def test_ping_reaches_the_receiver_and_an_inactive_subscription_refuses_it(
+    app, client, world, receiver
+):
+    sub = subscribe(client, receiver.url)
+    queued = ok(client.post(f"/api/v1/webhooks/{sub['id']}/ping"), 202)
+    assert queued["event_type"] == "ping" and queued["status"] == "pending"
+    deliver(app)
+    assert [e["type"] for e in receiver.events()] == ["ping"]
+    assert verify_signature(
+        sub["secret"], receiver.requests[0]["headers"], receiver.requests[0]["body"]
+    )
+    client.patch(f"/api/v1/webhooks/{sub['id']}", json={"active": False})
+    assert client.post(f"/api/v1/webhooks/{sub['id']}/ping").status_code == 409
+
+
+def test_an_inactive_subscription_holds_its_deliveries_and_gets_no_new_ones(
+    app, client, world, receiver
+):
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    held, _ = report(client)
+    with app.extensions["gridapi"].sessions.begin() as s:
+        assert svc.fan_out(s, utcnow()) == 1  # its delivery is queued
+    client.patch(f"/api/v1/webhooks/{sub['id']}", json={"active": False})
+    report(client)  # while inactive: not for this subscription
+    deliver(app)
+    assert receiver.requests == []
+    client.patch(f"/api/v1/webhooks/{sub['id']}", json={"active": True})
+    deliver(app)
+    assert [e["data"]["case_id"] for e in receiver.events()] == [held]
+
+
+def test_a_rotated_secret_signs_the_next_deliveries(app, client, world, receiver):
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    new = ok(client.post(f"/api/v1/webhooks/{sub['id']}/rotate-secret"))["secret"]
+    report(client)
+    deliver(app)
+    request = receiver.requests[0]
+    assert verify_signature(new, request["headers"], request["body"])
+    assert not verify_signature(sub["secret"], request["headers"], request["body"])
+
+
+def test_key_rotation_re_encrypts_webhook_secrets(app, client, world, engine, receiver):
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    st = app.extensions["gridapi"]
+    newer = FieldCipher({**st.cipher.keys, st.cipher.current_version + 1: os.urandom(32)})
+    totals = rotate_all(st.sessions, Keys(newer, st.phone_key))
+    assert totals["webhook_subscriptions"].reencrypted == 1
+    with engine.connect() as conn:
+        stored = conn.scalar(select(WebhookSubscription.secret_enc))
+    assert stored.startswith(f"v{newer.current_version}:")
+    st.cipher = newer  # a server restarted with the new keys
+    report(client)
+    deliver(app)
+    request = receiver.requests[0]
+    assert verify_signature(sub["secret"], request["headers"], request["body"])
+
+
+def test_a_secret_that_cannot_be_decrypted_holds_back_only_its_subscription(
+    app, client, world, engine, receiver
+):
+    broken = subscribe(client, receiver.url, events=["case.created"])
+    healthy = subscribe(client, receiver.url, events=["case.created"])
+    with engine.begin() as conn:
+        conn.execute(
+            update(WebhookSubscription)
+            .where(WebhookSubscription.id == broken["id"])
+            .values(secret_enc=healthy_secret_enc(conn, healthy["id"]))
+        )
+    report(client)
+    result = deliver(app)
+    assert result.delivered == 1
+    assert len(receiver.requests) == 1
+    assert verify_signature(
+        healthy["secret"], receiver.requests[0]["headers"], receiver.requests[0]["body"]
+    )
+    failed = deliveries(client, broken["id"])[0]
+    assert failed["status"] == "pending" and "decrypted" in failed["last_error"]
+
+
+def healthy_secret_enc(conn: Any, sub_id: int) -> str:
+    """Another row's ciphertext: bound to that row, so it fails to decrypt here."""
+    return conn.scalar(
+        select(WebhookSubscription.secret_enc).where(WebhookSubscription.id == sub_id)
+    )
+
+
+def test_two_workers_deliver_each_event_once(app, client, world, engine, receiver):
+    subscribe(client, receiver.url, events=["case.created"])
+    for i in range(24):
+        report(client, col=i % 4)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            deliver(app)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    deliver(app)
+    assert sorted(receiver.ids()) == sorted(f"evt_{i}" for i in outbox(engine))
+    assert len(receiver.ids()) == 24
+
+
+def test_old_finished_deliveries_and_events_are_pruned(app, client, world, engine, receiver):
+    subscribe(client, receiver.url, events=["case.created"])
+    report(client)
+    deliver(app)
+    st = app.extensions["gridapi"]
+    with st.sessions.begin() as s:
+        assert svc.prune(s, utcnow() - timedelta(days=1)) == 0
+    with st.sessions.begin() as s:
+        assert svc.prune(s, utcnow() + timedelta(days=1)) == 1
+    assert outbox(engine) == []
+
+
+# --- SSRF -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.2/hook",  # loopback, but only 127.0.0.1/32 is allowed
+        "http://10.0.0.1/hook",
+        "http://192.168.1.10:8080/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+        "http://[::ffff:10.0.0.1]/hook",
+        "http://[::ffff:127.0.0.2]/hook",
+        "http://[fe80::1]/hook",
+        "http://0.0.0.0/hook",
+        "http://100.64.0.1/hook",
+        "http://224.0.0.1/hook",
+    ],
+)
+@pytest.mark.engines("sqlite")
+def test_private_targets_are_refused_at_subscription(client, url):
+    r = client.post("/api/v1/webhooks", json={"url": url, "events": ["case.created"]})
+    assert r.status_code == 422, r.get_json()
+    assert "not allowed" in r.get_json()["errors"]["json"]["url"][0]
+
+
+@pytest.mark.engines("sqlite")
+def test_a_hostname_resolving_to_loopback_is_refused(app, settings):
+    strict = create_app(replace(settings, webhook_allow_private=""))
+    from ..factories import Accounts
+
+    admin = Accounts(strict).client("admin")
+    r = admin.post(
+        "/api/v1/webhooks", json={"url": "http://localhost/x", "events": ["case.created"]}
+    )
+    assert r.status_code == 422
+    assert "localhost resolves to" in r.get_json()["errors"]["json"]["url"][0]
+    strict.extensions["gridapi"].engine.dispose()
+
+
+def test_delivery_checks_the_address_again_and_follows_no_redirect(app, client, world, receiver):
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    report(client)
+    # The allow list was narrowed after subscribing: refused at delivery too.
+    deliver(app, policy=OutboundPolicy())
+    log = deliveries(client, sub["id"])
+    assert log[0]["status"] == "pending" and log[0]["last_error"].startswith("refused")
+    assert receiver.requests == []
+
+    target = Receiver()
+    target.start()
+    try:
+        receiver.status = 302
+        receiver.location = target.url
+        deliver(app, utcnow() + LATER)
+        assert target.requests == [] and len(receiver.requests) == 1
+        assert deliveries(client, sub["id"])[0]["last_status_code"] == 302
+    finally:
+        target.stop()
+
+
+def test_the_answer_read_is_capped_and_logged_short(app, client, world, receiver):
+    receiver.reply = b"x" * 200_000
+    policy = OutboundPolicy(allow=parse_allowlist("127.0.0.1/32"), max_response_bytes=1024)
+    answer = post(receiver.url, b"{}", {"Content-Type": "application/json"}, policy)
+    assert answer.status == 200 and len(answer.body) == 1024
+
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    report(client)
+    receiver.status = 500
+    deliver(app)
+    error = deliveries(client, sub["id"])[0]["last_error"]
+    assert error.startswith("HTTP 500: xxx") and len(error) < 220
+
+
+@pytest.mark.engines("sqlite")
+def test_a_bad_allow_list_stops_start_up(settings):
+    with pytest.raises(SystemExit, match="GRIDAPI_WEBHOOK_ALLOW_PRIVATE: 'ten.0.0.0/8'"):
+        create_app(replace(settings, webhook_allow_private="127.0.0.1/32, ten.0.0.0/8"))
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("8.8.8.8", True),
+        ("2001:4860:4860::8888", True),
+        ("127.0.0.1", True),  # in the allow list below
+        ("127.0.0.2", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("169.254.169.254", False),
+        ("::1", False),
+        ("::", False),
+        ("fc00::1", False),
+        ("::ffff:10.0.0.1", False),
+        ("::ffff:8.8.8.8", True),
+        ("64:ff9b::a00:1", False),  # NAT64 of 10.0.0.1
+        ("2002:a00:1::1", False),  # 6to4 of 10.0.0.1
+        ("ff02::1", False),
+        ("240.0.0.1", False),
+    ],
+)
+def test_address_rules(address, allowed):
+    import ipaddress
+
+    allow = parse_allowlist("127.0.0.1/32")
+    assert (address_refusal(ipaddress.ip_address(address), allow) is None) is allowed
