@@ -602,13 +602,17 @@ def _choice(rng: np.random.Generator, weights: dict[str, float], n: int) -> np.n
     return np.array(keys, dtype=object)[rng.choice(len(keys), n, p=p / p.sum())]
 
 
-def generate_cases(world: World, n: int, seed: int, now: datetime) -> dict[str, np.ndarray]:
+def generate_cases(
+    world: World, n: int, seed: int, now: datetime, *, lifecycle: bool = False
+) -> dict[str, np.ndarray]:
     """Return column arrays for ``n`` cases spread over every grid (deterministic by seed).
 
     Grids get lognormal weights (busy markets, quiet fields); points fall uniformly inside
     their grid; ``reported_at`` is uniform over two years; a case is open with probability
     0.077 + 0.85·exp(-age/20 days) (≈ 10 % open overall: nearly every case of the last days,
-    and a tail of stale ones); 0.3 % are unrouted (intake queue of the township).
+    and a tail of stale ones); 0.3 % are unrouted (intake queue of the township). With ``lifecycle`` (the indicators
+    benchmark), every case also gets a plausible timeline (``generate_lifecycle``); the other
+    columns stay exactly as without it.
     """
     gs = world.gs
     rng = np.random.default_rng(seed)
@@ -657,7 +661,7 @@ def generate_cases(world: World, n: int, seed: int, now: datetime) -> dict[str, 
         "client:9000",
         np.array([f"user:{10_000 + k}" for k in rng.integers(0, 5_000, n).tolist()], dtype=object),
     )
-    return {
+    cols = {
         "grid_code": np.where(unrouted, None, codes),
         "region_code": region,
         "township_code": township,
@@ -676,6 +680,77 @@ def generate_cases(world: World, n: int, seed: int, now: datetime) -> dict[str, 
         ),
         "supervision": _choice(rng, {"normal": 0.97, "yellow": 0.02, "red": 0.01}, n),
     }
+    if lifecycle:
+        cols.update(generate_lifecycle(cols, rng))
+    return cols
+
+
+# Stage of each status in the workflow (as INSERT_CASES numbers them).
+STAGES = {
+    "reported": 0,
+    "accepted": 1,
+    "filed": 2,
+    "dispatched": 3,
+    "handling": 4,
+    "feedback": 5,
+    "verified": 6,
+    "closed": 7,
+    "rejected": 1,
+    "cancelled": 2,
+}
+
+
+def generate_lifecycle(cols: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, Any]:
+    """Return a plausible timeline for the generated cases, as hours after the report.
+
+    Filing after a lognormal delay (median 1.5 h); a handling deadline of the category's
+    limit (1, 3, 5, 7 or 15 days) after filing, plus 5 days per extension (7.5 % extended);
+    dispatch a median 2 h after filing; feedback after a lognormal share of the time allowed
+    (median 45 %, ≈ 10 % late); closing after verification (median 6 h), each rework (7 %)
+    adding a day or so; ``handling_hours`` = filing to closing in working hours (40 of the
+    168 hours of a week); 60 % of the closed cases rated, mostly 4–5. A timeline longer than
+    the case's age is compressed into it. Stages a case has not reached stay NULL. Replaces
+    ``satisfaction`` (the other columns are left alone).
+    """
+    n = len(cols["status"])
+    status = cols["status"]
+    stage = np.array([STAGES[s] for s in status.tolist()], dtype=np.int64)
+    age_h = cols["age_s"] / 3600.0
+    live = status != "cancelled"
+    closed = status == "closed"
+    limit_h = rng.choice([24.0, 72.0, 120.0, 168.0, 360.0], n, p=[0.15, 0.3, 0.3, 0.15, 0.1])
+    extensions = rng.choice([0, 1, 2], n, p=[0.925, 0.06, 0.015])
+    filed = np.clip(rng.lognormal(np.log(1.5), 1.0, n), 0.1, 72.0)
+    dispatched = filed + np.clip(rng.lognormal(np.log(2.0), 1.0, n), 0.05, 48.0)
+    allowed = limit_h + 120.0 * extensions
+    feedback = dispatched + allowed * np.clip(rng.lognormal(np.log(0.45), 0.55, n), 0.01, 4.0)
+    rework = np.where(closed, rng.choice([0, 1, 2], n, p=[0.93, 0.055, 0.015]), 0)
+    redo = rng.lognormal(np.log(24.0), 0.6, n) * rework
+    close = feedback + redo + np.clip(rng.lognormal(np.log(6.0), 0.8, n), 0.1, 240.0)
+    # The last step the case reached must lie before now: compress longer timelines.
+    last = np.select(
+        [stage >= 7, stage >= 5, stage >= 3, stage >= 2], [close, feedback, dispatched, filed], 0
+    )
+    factor = np.where(last > 0, np.minimum(1.0, 0.98 * age_h / np.maximum(last, 1e-9)), 1.0)
+    filed, dispatched, feedback, close = (x * factor for x in (filed, dispatched, feedback, close))
+    has_filed = (stage >= 2) & live
+    rated = closed & (rng.random(n) < 0.6)
+    stars = rng.choice([1, 2, 3, 4, 5], n, p=[0.03, 0.04, 0.13, 0.3, 0.5])
+
+    def when(mask: np.ndarray, hours: np.ndarray) -> np.ndarray:
+        return np.where(mask, np.round(hours, 4), None).astype(object)
+
+    return {
+        "filed_h": when(has_filed, filed),
+        "dispatched_h": when((stage >= 3) & live, dispatched),
+        "feedback_h": when((stage >= 5) & live, feedback),
+        "closed_h": when(closed, close),
+        "due_h": when(has_filed, filed + allowed),
+        "rework": rework,
+        "extensions": np.where(has_filed, extensions, 0),
+        "hours": when(closed, (close - filed) * 40.0 / 168.0),
+        "satisfaction": np.where(rated, stars, 0),
+    }
 
 
 STAGING_COLUMNS = (
@@ -684,10 +759,14 @@ STAGING_COLUMNS = (
     "reporter text, responsible_region_code text, description int, satisfaction int, "
     "supervision text"
 )
+LIFECYCLE_COLUMNS = (
+    "filed_h float8, dispatched_h float8, feedback_h float8, closed_h float8, due_h float8, "
+    "rework int, extensions int, hours float8"
+)
 
 # Stage moments after the report: accepted +20 min, filed +1 h, dispatched +2 h, handling
 # +3 h, feedback +2 d, verified +2.5 d, closed +3 d (whatever got that far).
-INSERT_CASES = """
+_INSERT_TEMPLATE = """
 INSERT INTO cases (
     number, county_code, category_code, status, description, source, urgent, severity,
     sensitive, parties, attributes, lon, lat, location, raw_lon, raw_lat, crs, accuracy_m, address,
@@ -697,7 +776,7 @@ INSERT INTO cases (
     verify_due_at, accepted_at, filed_at, dispatched_at, feedback_at, closed_at, overdue,
     overdue_since, supervision, rework_count, extension_count, escalation_count,
     reopen_count, extension_request, duplicate_of_id, satisfaction, satisfaction_comment,
-    rated_at, updated_at, version)
+    rated_at, updated_at, version@EXTRA_COLUMNS@)
 SELECT
     s.county_code || '-' || to_char(s.reported_at AT TIME ZONE %(tz)s, 'YYYYMMDD') || '-' ||
         lpad((s.seq + coalesce(cc.last, 0))::text,
@@ -711,17 +790,17 @@ SELECT
     CASE WHEN s.source = 'third_party' THEN md5(s.i::text)::uuid::text END,
     s.responsible_region_code, NULL, NULL,
     s.reported_at + interval '2 hours',
-    CASE WHEN s.stage >= 2 THEN s.reported_at + interval '1 hour' + interval '5 days' END,
+    @HANDLE_DUE_AT@,
     CASE WHEN s.stage = 5 THEN s.reported_at + interval '3 days' END,
-    CASE WHEN s.stage >= 1 THEN s.reported_at + interval '20 minutes' END,
-    CASE WHEN s.stage >= 2 AND s.status <> 'cancelled' THEN s.reported_at + interval '1 hour' END,
-    CASE WHEN s.stage >= 3 AND s.status <> 'cancelled' THEN s.reported_at + interval '2 hours' END,
-    CASE WHEN s.stage >= 5 AND s.status <> 'cancelled' THEN s.reported_at + interval '2 days' END,
-    CASE WHEN s.status = 'closed' THEN s.reported_at + interval '3 days' END,
+    @ACCEPTED_AT@,
+    @FILED_AT@,
+    @DISPATCHED_AT@,
+    @FEEDBACK_AT@,
+    @CLOSED_AT@,
     coalesce(s.due < %(now)s, false), CASE WHEN s.due < %(now)s THEN s.due END,
-    s.supervision, 0, 0, 0, 0, NULL, NULL, NULLIF(s.satisfaction, 0), NULL,
-    CASE WHEN s.satisfaction > 0 THEN s.reported_at + interval '4 days' END,
-    LEAST(%(now)s, s.reported_at + (s.stage * interval '10 hours')), 1 + s.stage
+    s.supervision, @REWORK_COUNT@, @EXTENSION_COUNT@, 0, 0, NULL, NULL, NULLIF(s.satisfaction, 0), NULL,
+    @RATED_AT@,
+    LEAST(%(now)s, s.reported_at + (s.stage * interval '10 hours')), 1 + s.stage@EXTRA_VALUES@
 FROM (
     SELECT x.*, r.reported_at,
         row_number() OVER (
@@ -732,12 +811,7 @@ FROM (
             WHEN 'dispatched' THEN 3 WHEN 'handling' THEN 4 WHEN 'feedback' THEN 5
             WHEN 'verified' THEN 6 WHEN 'closed' THEN 7 WHEN 'rejected' THEN 1 ELSE 2
         END AS stage,
-        CASE
-            WHEN x.status IN ('closed', 'rejected', 'cancelled') THEN NULL
-            WHEN x.status IN ('reported', 'accepted') THEN r.reported_at + interval '2 hours'
-            WHEN x.status = 'feedback' THEN r.reported_at + interval '3 days'
-            ELSE r.reported_at + interval '1 hour' + interval '5 days'
-        END AS due
+        @DUE@ AS due
     FROM bench_staging x
     CROSS JOIN LATERAL (SELECT %(now)s - x.age_s * interval '1 second' AS reported_at) r
 ) s
@@ -748,13 +822,70 @@ LEFT JOIN case_counters cc  -- numbers the reports of this run took already
 ORDER BY s.reported_at, s.i
 """
 
+# What each token of _INSERT_TEMPLATE holds: the fixed timeline of bench/cases.py ...
+DEFAULT_TIMELINE = {
+    "@EXTRA_COLUMNS@": "",
+    "@EXTRA_VALUES@": "",
+    "@HANDLE_DUE_AT@": "CASE WHEN s.stage >= 2 THEN s.reported_at + interval '1 hour' + interval '5 days' END",
+    "@ACCEPTED_AT@": "CASE WHEN s.stage >= 1 THEN s.reported_at + interval '20 minutes' END",
+    "@FILED_AT@": "CASE WHEN s.stage >= 2 AND s.status <> 'cancelled' THEN s.reported_at + interval '1 hour' END",
+    "@DISPATCHED_AT@": "CASE WHEN s.stage >= 3 AND s.status <> 'cancelled' THEN s.reported_at + interval '2 hours' END",
+    "@FEEDBACK_AT@": "CASE WHEN s.stage >= 5 AND s.status <> 'cancelled' THEN s.reported_at + interval '2 days' END",
+    "@CLOSED_AT@": "CASE WHEN s.status = 'closed' THEN s.reported_at + interval '3 days' END",
+    "@REWORK_COUNT@": "0",
+    "@EXTENSION_COUNT@": "0",
+    "@RATED_AT@": "CASE WHEN s.satisfaction > 0 THEN s.reported_at + interval '4 days' END",
+    "@DUE@": """CASE
+            WHEN x.status IN ('closed', 'rejected', 'cancelled') THEN NULL
+            WHEN x.status IN ('reported', 'accepted') THEN r.reported_at + interval '2 hours'
+            WHEN x.status = 'feedback' THEN r.reported_at + interval '3 days'
+            ELSE r.reported_at + interval '1 hour' + interval '5 days'
+        END""",
+}
+# ... or the generated one (generate_lifecycle: hours after the report, NULL = not reached).
+_H = "* interval '1 hour'"
+LIFECYCLE_TIMELINE = {
+    "@EXTRA_COLUMNS@": ", handling_hours",
+    "@EXTRA_VALUES@": ", s.hours",
+    "@HANDLE_DUE_AT@": f"s.reported_at + s.due_h {_H}",
+    "@ACCEPTED_AT@": "CASE WHEN s.stage >= 1 THEN s.reported_at + "
+    f"least(interval '20 minutes', coalesce(s.filed_h, 1) / 2 {_H}) END",
+    "@FILED_AT@": f"s.reported_at + s.filed_h {_H}",
+    "@DISPATCHED_AT@": f"s.reported_at + s.dispatched_h {_H}",
+    "@FEEDBACK_AT@": f"s.reported_at + s.feedback_h {_H}",
+    "@CLOSED_AT@": f"s.reported_at + s.closed_h {_H}",
+    "@REWORK_COUNT@": "s.rework",
+    "@EXTENSION_COUNT@": "s.extensions",
+    "@RATED_AT@": "CASE WHEN s.satisfaction > 0 THEN "
+    f"LEAST(%(now)s, s.reported_at + (s.closed_h + 2) {_H}) END",
+    "@DUE@": """CASE
+            WHEN x.status IN ('closed', 'rejected', 'cancelled') THEN NULL
+            WHEN x.status IN ('reported', 'accepted') THEN r.reported_at + interval '2 hours'
+            ELSE r.reported_at + x.due_h * interval '1 hour'
+        END""",
+}
+
+
+def insert_cases_sql(timeline: dict[str, str]) -> str:
+    """Return the INSERT … SELECT of the bulk load with ``timeline``'s expressions."""
+    sql = _INSERT_TEMPLATE
+    for token, expression in timeline.items():
+        sql = sql.replace(token, expression)
+    return sql
+
+
+INSERT_CASES = insert_cases_sql(DEFAULT_TIMELINE)
+
 
 def _copy_value(v: Any) -> str:
     return "\\N" if v is None else str(v)
 
 
-def load_cases(world: World, n: int, seed: int) -> dict[str, float]:
+def load_cases(world: World, n: int, seed: int, *, lifecycle: bool = False) -> dict[str, float]:
     """Generate ``n`` cases and insert them with COPY + INSERT … SELECT; return timings.
+
+    ``lifecycle``: give the cases generated timelines (``generate_lifecycle``) instead of
+    the fixed one (filed +1 h, closed +3 d, deadline +5 d, no rework, no extension).
 
     The secondary indexes of ``cases`` are dropped for the load and rebuilt from their own
     definitions (pg_indexes) afterwards; the case counters are set to the numbers given out.
@@ -764,10 +895,11 @@ def load_cases(world: World, n: int, seed: int) -> dict[str, float]:
     timings: dict[str, float] = {}
     now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     t0 = time.perf_counter()
-    cols = generate_cases(world, n, seed, now)
+    cols = generate_cases(world, n, seed, now, lifecycle=lifecycle)
     timings["generate cases (s)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    names = [c.split()[0] for c in STAGING_COLUMNS.split(", ")[1:]]
+    staging = STAGING_COLUMNS + (", " + LIFECYCLE_COLUMNS if lifecycle else "")
+    names = [c.split()[0] for c in staging.split(", ")[1:]]
     lists = [list(map(str, range(n)))] + [list(map(_copy_value, cols[k].tolist())) for k in names]
     data = "\n".join(map("\t".join, zip(*lists, strict=True))) + "\n"
     del lists
@@ -776,7 +908,7 @@ def load_cases(world: World, n: int, seed: int) -> dict[str, float]:
     with psycopg.connect(conninfo) as conn:
         with conn.cursor() as cur:
             t0 = time.perf_counter()
-            cur.execute(f"CREATE UNLOGGED TABLE bench_staging ({STAGING_COLUMNS})")
+            cur.execute(f"CREATE UNLOGGED TABLE bench_staging ({staging})")
             with cur.copy("COPY bench_staging FROM STDIN") as copy:
                 copy.write(data)
             del data
@@ -791,7 +923,7 @@ def load_cases(world: World, n: int, seed: int) -> dict[str, float]:
                 cur.execute(f'DROP INDEX "{name}"')
             cur.execute("SET LOCAL work_mem = '256MB'")
             cur.execute(
-                INSERT_CASES,
+                insert_cases_sql(LIFECYCLE_TIMELINE if lifecycle else DEFAULT_TIMELINE),
                 {"tz": TZ, "now": now, "descriptions": list(DESCRIPTIONS)},
             )
             timings["insert cases (s)"] = time.perf_counter() - t0

@@ -809,11 +809,29 @@ def worker(once: bool, parent_pid: int | None) -> None:
         daemon=True,
     )
     delivery.start()
+    # Export jobs too: a large export is written to a file while the other jobs go on.
+    from .services import exports
+    from .services.register import Keys
+
+    export_options = exports.JobOptions(
+        settings.data_dir,
+        settings.export_retention_hours,
+        Keys(field_cipher(settings), settings.key_bytes("blind_index_key")),
+    )
+    export_jobs = threading.Thread(
+        target=exports.run_forever,
+        args=(sessions, export_options),
+        kwargs={"stop": stop},
+        name="export-jobs",
+        daemon=True,
+    )
+    export_jobs.start()
     try:
         jobs.run_forever(sessions, options, interval=settings.worker_interval_seconds, stop=stop)
     finally:
         stop.set()
         delivery.join(timeout=60)
+        export_jobs.join(timeout=60)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
 

@@ -105,6 +105,7 @@ class Settings:
     open311_public_read: bool = False  # answer GET requests without an api_key (anonymised)
     open311_round_m: float = 50.0  # public answers snap locations to a grid this coarse
     open311_page_size: int = 100  # default page_size of GET requests (at most 1000)
+    export_retention_hours: float = 72.0  # export-job files are deleted this long after
 
     def __post_init__(self) -> None:
         """Check the settings that can be checked without the database; ValueError names it."""

@@ -85,6 +85,10 @@ def postgis_url() -> Iterator[str]:
 
 
 TABLES = (
+    "export_jobs",
+    "webhook_deliveries",
+    "webhook_events",
+    "webhook_subscriptions",
     "sync_log",
     "task_items",
     "tasks",

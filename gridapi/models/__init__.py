@@ -10,6 +10,7 @@ from .cases import (
     Notification,
 )
 from .categories import CalendarDay, Category
+from .exports import ExportJob
 from .grids import Grid, GridVersion, IndexGeneration
 from .identity import (
     ApiClient,
@@ -39,6 +40,7 @@ __all__ = [
     "CaseEvent",
     "Category",
     "Department",
+    "ExportJob",
     "Grid",
     "GridAssignment",
     "GridVersion",

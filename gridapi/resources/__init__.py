@@ -16,10 +16,12 @@ from . import (
     clients,
     departments,
     docs,
+    exports,
     grids,
     health,
     indicators,
     locate,
+    maps,
     open311,
     patrols,
     person_import,
@@ -62,8 +64,10 @@ def register_blueprints(app: Flask, api: Api) -> None:
         patrols.blp,
         patrols.presence_blp,
         indicators.blp,
+        maps.blp,
         bulletins.blp,
         webhooks.blp,
+        exports.blp,
     ):
         api.register_blueprint(blueprint)
     app.register_blueprint(docs.bp)

@@ -1155,10 +1155,9 @@ def region_filter(code: str) -> ColumnElement[bool]:
     return Case.region_code.startswith(subtree_prefix(code), autoescape=True)
 
 
-def list_cases(
-    session: Session, caller: Caller, args: dict[str, Any]
-) -> tuple[list[Case], str | None]:
-    """Return a page of visible cases matching the filters, and the cursor of the next page."""
+def case_conditions(caller: Caller, args: dict[str, Any]) -> list[ColumnElement[bool]]:
+    """Return the conditions 'visible to the caller and matching the list filters in
+    ``args``' (shared by the list and the export, so both answer the same rows)."""
     region = args.get("region")
     inside = bool(region) and caller.scope.covers_region(region)
     conditions: list[ColumnElement[bool]] = [visible_condition(caller, location_in_scope=inside)]
@@ -1208,6 +1207,14 @@ def list_cases(
                 Case.number.like(like),
             )
         )
+    return conditions
+
+
+def list_cases(
+    session: Session, caller: Caller, args: dict[str, Any]
+) -> tuple[list[Case], str | None]:
+    """Return a page of visible cases matching the filters, and the cursor of the next page."""
+    conditions = case_conditions(caller, args)
     column, descending = SORTS[args.get("sort") or "-reported_at"]
     if args.get("cursor"):
         value, last_id = decode_cursor(args["cursor"])

@@ -1,13 +1,15 @@
 """Indicators (考核指标) of a region or a handling unit over a period, and the monthly bulletin.
 
 Every indicator is defined in ``docs/indicators.md`` exactly as computed here. They are
-aggregated in the database (one grouped query, plus one for the median) over the case
-columns the workflow keeps in step with the timeline in the same transaction: ``filed_at``,
-``handle_due_at`` (the deadline in force, moved by extensions), ``feedback_at``,
-``closed_at`` (cleared by a reopen), ``rework_count``, ``extension_count``,
-``satisfaction`` and ``handling_hours`` (working hours from filing to closing, stored at
-closing). ``tests/api/test_indicators.py`` proves the result equal to a direct
-replay of the timelines.
+aggregated in the database over the case columns the workflow keeps in step with the
+timeline in the same transaction: ``filed_at``, ``handle_due_at`` (the deadline in force,
+moved by extensions), ``feedback_at``, ``closed_at`` (cleared by a reopen),
+``rework_count``, ``extension_count``, ``satisfaction`` and ``handling_hours`` (working
+hours from filing to closing, stored at closing). On PostgreSQL that is one grouped query
+(the median and, for a breakdown, the totals included) fed by an index-only scan of
+``ix_cases_indicators``; on SQLite one grouped query plus one for the median.
+``tests/api/test_indicators.py`` proves the result equal to a direct replay of the
+timelines.
 
 Services take a Session and never commit.
 """
@@ -31,6 +33,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
     union_all,
 )
 from sqlalchemy.orm import Session
@@ -358,8 +361,47 @@ def _candidates(p: Any) -> ColumnElement[bool]:
     )
 
 
+def _range_candidates(periods: Sequence[Period]) -> ColumnElement[bool]:
+    """``_candidates`` of the span of all the periods: every case that can count in one of
+    them passes it. A constant filter, so the cases are read once, not once per period."""
+    start = min(x.start for x in periods)
+    end = max(x.end for x in periods)
+    lo, hi = literal(start, UTCDateTime()), literal(end, UTCDateTime())
+    return and_(
+        Case.filed_at.is_not(None),
+        Case.filed_at < hi,
+        or_(
+            Case.filed_at >= lo,
+            Case.closed_at.is_(None),
+            Case.closed_at >= lo,
+            Case.handle_due_at >= lo,
+            Case.feedback_at >= lo,
+        ),
+    )
+
+
 def _count(condition: ColumnElement[bool]) -> Any:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _count_columns(cond: Mapping[str, ColumnElement[bool]]) -> list[Any]:
+    columns = [_count(cond[name]).label(name) for name in COUNTS if name in cond]
+    columns.append(
+        func.coalesce(func.sum(case((cond["rated"], Case.satisfaction), else_=0)), 0).label(
+            "satisfaction_sum"
+        )
+    )
+    columns.append(
+        func.sum(case((cond["timed"], Case.handling_hours), else_=None)).label("hours_sum")
+    )
+    return columns
+
+
+def _values(row: Mapping[str, Any]) -> dict[str, Any]:
+    values = {name: int(row[name] or 0) for name in COUNTS if name != "hours_sum"}
+    values["hours_sum"] = float(row["hours_sum"]) if row["hours_sum"] is not None else 0.0
+    values["median_handling_hours"] = None
+    return values
 
 
 def aggregate(
@@ -372,19 +414,94 @@ def aggregate(
 
     Groups with no candidate case are absent (every count of theirs is 0).
     """
+    if session.get_bind().dialect.name == "postgresql":
+        return _aggregate_postgresql(session, where, periods, group, total=False)[0]
+    return _aggregate_generic(session, where, periods, group)
+
+
+def aggregate_with_total(
+    session: Session,
+    where: Iterable[ColumnElement[bool]],
+    periods: Sequence[Period],
+    group: Sequence[ColumnElement[Any]],
+) -> tuple[dict[tuple[Any, ...], dict[str, Any]], dict[tuple[Any, ...], dict[str, Any]]]:
+    """Return ``aggregate`` by group and ``aggregate`` without a group (the totals by period
+    index), in one reading of the cases on PostgreSQL."""
+    where = list(where)
+    if session.get_bind().dialect.name == "postgresql":
+        return _aggregate_postgresql(session, where, periods, group, total=True)
+    return (
+        _aggregate_generic(session, where, periods, group),
+        _aggregate_generic(session, where, periods),
+    )
+
+
+def _aggregate_postgresql(
+    session: Session,
+    where: Iterable[ColumnElement[bool]],
+    periods: Sequence[Period],
+    group: Sequence[ColumnElement[Any]],
+    *,
+    total: bool,
+) -> tuple[dict[tuple[Any, ...], dict[str, Any]], dict[tuple[Any, ...], dict[str, Any]]]:
+    """``aggregate`` in one query: the median from the two middle values (percentile_disc
+    of the handling times in ascending and descending order: the same one or two values the
+    generic query ranks), and with ``total`` the totals too (GROUPING SETS)."""
+    p = _periods_table(periods, "postgresql")
+    cond = _conditions(p)
+    keys = [p.c.bucket, *group]
+    timed = cond["timed"]
+    columns = _count_columns(cond)
+    columns.append(
+        func.percentile_disc(0.5).within_group(Case.handling_hours).filter(timed).label("lo")
+    )
+    columns.append(
+        func.percentile_disc(0.5).within_group(Case.handling_hours.desc()).filter(timed).label("hi")
+    )
+    labelled = [k.label(f"g{i}") for i, k in enumerate(keys)]
+    if total and group:
+        columns.append(func.grouping(*group).label("gset"))
+        grouping: list[Any] = [func.grouping_sets(tuple_(*keys), tuple_(p.c.bucket))]
+    else:
+        grouping = list(keys)
+    where = list(where)
+    if len(periods) > 1:
+        where.append(_range_candidates(periods))
+    stmt = (
+        select(*labelled, *columns)
+        .select_from(p)
+        .join(Case, true())
+        .where(*where, _candidates(p))
+        .group_by(*grouping)
+    )
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    whole: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in session.execute(stmt).mappings():
+        values = _values(row)
+        if row["lo"] is not None and values["timed"]:
+            values["median_handling_hours"] = (float(row["lo"]) + float(row["hi"])) / 2
+        if total and (not group or row["gset"]):
+            whole[(row["g0"],)] = values
+        if not (total and group and row["gset"]):
+            found[tuple(row[f"g{i}"] for i in range(len(keys)))] = values
+    return found, whole
+
+
+def _aggregate_generic(
+    session: Session,
+    where: Iterable[ColumnElement[bool]],
+    periods: Sequence[Period],
+    group: Sequence[ColumnElement[Any]] = (),
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """``aggregate`` in two portable queries (SQLite): the counts, then the median."""
     dialect = session.get_bind().dialect.name
     p = _periods_table(periods, dialect)
     cond = _conditions(p)
     keys = [p.c.bucket, *group]
-    columns = [_count(cond[name]).label(name) for name in COUNTS if name in cond]
-    columns.append(
-        func.coalesce(func.sum(case((cond["rated"], Case.satisfaction), else_=0)), 0).label(
-            "satisfaction_sum"
-        )
-    )
-    columns.append(
-        func.sum(case((cond["timed"], Case.handling_hours), else_=None)).label("hours_sum")
-    )
+    where = list(where)
+    if len(periods) > 1:
+        where.append(_range_candidates(periods))
+    columns = _count_columns(cond)
     labelled = [k.label(f"g{i}") for i, k in enumerate(keys)]
     stmt = (
         select(*labelled, *columns)
@@ -396,10 +513,7 @@ def aggregate(
     result: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in session.execute(stmt).mappings():
         key = tuple(row[f"g{i}"] for i in range(len(keys)))
-        values = {name: int(row[name] or 0) for name in COUNTS if name != "hours_sum"}
-        values["hours_sum"] = float(row["hours_sum"]) if row["hours_sum"] is not None else 0.0
-        values["median_handling_hours"] = None
-        result[key] = values
+        result[key] = _values(row)
     # The median: rank the handling times of each group and average the middle one or two.
     timed = cond["timed"]
     ranked = (
@@ -572,7 +686,12 @@ def indicators(
     by = args.get("by")
     start, end = args["from"], args["to"]
     total_period = periods_between(start, end, tz, now)
-    totals = aggregate(session, where, total_period)
+    group = _group_for(by)
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    if group:  # the breakdown and the totals from one reading of the cases
+        found, totals = aggregate_with_total(session, where, total_period, group)
+    else:
+        totals = aggregate(session, where, total_period)
     body: dict[str, Any] = {
         **subject,
         "from": start.isoformat(),
@@ -597,7 +716,6 @@ def indicators(
             for i, p in enumerate(parts)
         ]
     elif by:
-        found = aggregate(session, where, total_period, _group_for(by))
         labels = _labels(session, by, [k[1:] for k in found])
         items = []
         for key in sorted(found, key=lambda k: tuple("" if v is None else str(v) for v in k)):
@@ -698,8 +816,11 @@ def bulletin(
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     if children:
         child_key = func.substr(Case.region_code, 1, _CHILD_PREFIX[level])
-        found = aggregate(session, [located_in(region_code)], periods, [child_key])
-    whole = aggregate(session, [located_in(region_code)], periods)
+        found, whole = aggregate_with_total(
+            session, [located_in(region_code)], periods, [child_key]
+        )
+    else:
+        whole = aggregate(session, [located_in(region_code)], periods)
     items = []
     for code, name in children:
         prefix = subtree_prefix(code)

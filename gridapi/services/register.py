@@ -613,7 +613,15 @@ def search_persons(
     first: a malformed value is a 422, not an empty answer); ``name`` by prefix;
     ``address`` anywhere in the current or registered address.
     """
-    stmt = _area_filters(persons_query(scope), Person, args)
+    stmt = person_query(scope, args, keys)
+    return list(session.scalars(_page(stmt, Person, args.get("after"), args.get("limit", 50))))
+
+
+def person_query(scope: Scope, args: dict[str, Any], keys: Keys, stmt=None):  # type: ignore[no-untyped-def]
+    """Return ``stmt`` (default: select the residents) restricted to the residents in scope
+    matching the search filters in ``args`` (shared by the search and the export)."""
+    stmt = select(Person) if stmt is None else stmt
+    stmt = _area_filters(stmt.where(in_scope(scope, Person)), Person, args)
     if args.get("id_number"):
         parsed = _check_id(args["id_number"])
         stmt = stmt.where(Person.id_number_hmac == keys.index("id_number", parsed.value))
@@ -635,7 +643,7 @@ def search_persons(
             stmt = stmt.where(getattr(Person, key) == args[key])
     if args.get("population_type"):
         stmt = stmt.where(Person.population_type == args["population_type"])
-    return list(session.scalars(_page(stmt, Person, args.get("after"), args.get("limit", 50))))
+    return stmt
 
 
 def person_view(person: Person, keys: Keys, today: date | None = None) -> dict[str, Any]:
@@ -824,7 +832,15 @@ def get_visit(session: Session, visit_id: int, scope: Scope) -> Visit:
 
 
 def list_visits(session: Session, scope: Scope, args: dict[str, Any]) -> list[Visit]:
-    stmt = _area_filters(select(Visit).where(in_scope(scope, Visit)), Visit, args)
+    stmt = visit_query(scope, args)
+    return list(session.scalars(_page(stmt, Visit, args.get("after"), args.get("limit", 50))))
+
+
+def visit_query(scope: Scope, args: dict[str, Any], stmt=None):  # type: ignore[no-untyped-def]
+    """Return ``stmt`` (default: select the visits) restricted to the visits in scope
+    matching the list filters in ``args`` (shared by the list and the export)."""
+    stmt = select(Visit) if stmt is None else stmt
+    stmt = _area_filters(stmt.where(in_scope(scope, Visit)), Visit, args)
     for key in ("household_id", "person_id", "worker_id"):
         if args.get(key):
             stmt = stmt.where(getattr(Visit, key) == args[key])
@@ -832,7 +848,7 @@ def list_visits(session: Session, scope: Scope, args: dict[str, Any]) -> list[Vi
         stmt = stmt.where(Visit.visited_at >= args["since"])
     if args.get("until"):
         stmt = stmt.where(Visit.visited_at < args["until"])
-    return list(session.scalars(_page(stmt, Visit, args.get("after"), args.get("limit", 50))))
+    return stmt
 
 
 # --- views ------------------------------------------------------------------------------------

@@ -591,9 +591,11 @@ def _area_filter(stmt, model: Any, args: dict[str, Any]):  # type: ignore[no-unt
     return stmt
 
 
-def list_tasks(session: Session, principal: Principal, args: dict[str, Any]) -> list[Task]:
-    """Return a page of visible tasks matching the filters, by id."""
-    stmt = _area_filter(select(Task).where(task_visible(principal)), Task, args)
+def task_query(principal: Principal, args: dict[str, Any], stmt=None):  # type: ignore[no-untyped-def]
+    """Return ``stmt`` (default: select the tasks) restricted to the tasks visible to the
+    caller and matching the list filters in ``args`` (shared by the list and the export)."""
+    stmt = select(Task) if stmt is None else stmt
+    stmt = _area_filter(stmt.where(task_visible(principal)), Task, args)
     if args.get("grid"):
         stmt = stmt.where(Task.grid_code == args["grid"])
     if args.get("campaign_id"):
@@ -611,6 +613,12 @@ def list_tasks(session: Session, principal: Principal, args: dict[str, Any]) -> 
         if assignee == "me":
             assignee = principal.id if principal.kind == "user" else -1
         stmt = stmt.where(Task.assignee_id == int(assignee))
+    return stmt
+
+
+def list_tasks(session: Session, principal: Principal, args: dict[str, Any]) -> list[Task]:
+    """Return a page of visible tasks matching the filters, by id."""
+    stmt = task_query(principal, args)
     if args.get("cursor"):
         stmt = stmt.where(Task.id > args["cursor"])
     limit = min(args.get("limit", 50), PAGE_MAX)

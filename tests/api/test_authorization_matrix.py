@@ -719,6 +719,29 @@ def person_import(c: Ctx) -> Call:
     return Call(files={"file": (io.BytesIO(body.encode()), "people.csv")})
 
 
+def export_job(c: Any, kind: str, *, done: bool = False) -> Any:
+    """The request of an export-job operation.
+
+    "in": a job of the caller itself; "out": a job the caller cannot reach (another
+    account's), or for a caller whose scope covers area C its own job of area C; "missing":
+    an id of nothing. A caller that may not export ``kind`` gets the missing id (it is
+    answered 401/403 before the id is looked at).
+    """
+    from .test_exports import run_jobs
+
+    if c.variant == "missing":
+        return Call(params={"job_id": c.missing_id})
+    spec = c.world.actors[c.actor]
+    own = c.variant == "in" or (spec and actor_scope(spec).covers_region(COMMUNITY_C))
+    sender = c.world.clients[c.actor] if own else c.world.setup
+    r = sender.post(f"/api/v1/exports/{kind}/jobs", json={"filters": {"region": c.area.community}})
+    if r.status_code != 202:
+        return Call(params={"job_id": c.missing_id})
+    if done:
+        run_jobs(c.world.app)
+    return Call(params={"job_id": r.get_json()["id"]})
+
+
 REQUESTS: dict[tuple[str, str], Case] = {
     # health and sign-in: public
     ("GET", "/api/v1/health"): Case(plain, out=None),
@@ -1019,6 +1042,55 @@ REQUESTS: dict[tuple[str, str], Case] = {
             params={"record_id": c.fresh(c.world.special_group)}, json={"attention_level": "high"}
         ),
         out=404,
+    ),
+    # exports: the list filters of each kind; a region out of scope exports nothing (200)
+    ("GET", "/api/v1/exports/cases"): Case(filtered("region"), out=200),
+    ("GET", "/api/v1/exports/tasks"): Case(filtered("region"), out=200),
+    ("GET", "/api/v1/exports/visits"): Case(filtered("region"), out=200),
+    ("GET", "/api/v1/exports/persons"): Case(filtered("region"), out=200),
+    # export jobs: queued with the list filters; a job is its requester's alone (another's
+    # answers like a missing one: see matrix_job in tests/api/test_exports.py)
+    **{
+        op: case
+        for kind in ("cases", "tasks", "visits", "persons")
+        for op, case in (
+            (
+                ("POST", f"/api/v1/exports/{kind}/jobs"),
+                Case(lambda c: Call(json={"filters": {"region": c.area.community}}), out=202),
+            ),
+            (
+                ("GET", f"/api/v1/exports/{kind}/jobs/{{job_id}}"),
+                Case(
+                    lambda c, kind=kind: export_job(c, kind),
+                    out=404,
+                ),
+            ),
+            (
+                ("GET", f"/api/v1/exports/{kind}/jobs/{{job_id}}/file"),
+                Case(
+                    lambda c, kind=kind: export_job(c, kind, done=True),
+                    out=404,
+                ),
+            ),
+        )
+    },
+    # map layers: the choropleth of a region outside the scope answers like a missing one; the
+    # clusters filter like the case list (an out-of-scope region leaves nothing: 200)
+    ("GET", "/api/v1/maps/case-counts"): Case(filtered("region"), out=404),
+    ("GET", "/api/v1/maps/case-clusters"): Case(
+        lambda c: Call(
+            query={
+                "region": c.area.community,
+                "zoom": 14,
+                "bbox": ",".join(
+                    str(round(v + d, 6))
+                    for v, d in zip(
+                        center(c.area.grids[0]) * 2, (-0.05, -0.05, 0.05, 0.05), strict=True
+                    )
+                ),
+            }
+        ),
+        out=200,
     ),
     # indicators and bulletins: a region outside the caller's scope answers like a missing one
     ("GET", "/api/v1/indicators"): Case(

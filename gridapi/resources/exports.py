@@ -1,0 +1,391 @@
+"""Exports over HTTP: cases, tasks, visits and residents as CSV, XLSX or GeoJSON, streamed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Response, send_file
+from flask.views import MethodView
+from marshmallow import ValidationError
+
+from ..auditing import audit
+from ..auth import Forbidden, Principal, current_principal
+from ..errors import Conflict, NotFound, Unprocessable
+from ..extensions import commit, db_session, state
+from ..jsonio import dumps_bytes
+from ..limits import count_lookup
+from ..schemas.exports import (
+    CaseExportArgsSchema,
+    ExportJobCreateSchema,
+    ExportJobSchema,
+    PersonExportArgsSchema,
+    TaskExportArgsSchema,
+    VisitExportArgsSchema,
+    job_filters_schema,
+)
+from ..services import cases as cases_svc
+from ..services import exports as svc
+from ..services.register import Keys
+from .blueprint import Blueprint, _ref
+
+blp = Blueprint(
+    "exports",
+    __name__,
+    url_prefix="/api/v1/exports",
+    description="Cases, tasks, visits and residents as CSV, XLSX or GeoJSON, streamed: the "
+    "filters and the scope of the list of each kind; residents masked unless unmasked with a "
+    "purpose. Every export is audited before its first byte is sent.",
+)
+
+_FEATURE_EXAMPLE = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "id": 1,
+            "properties": {"id": 1, "number": "320508-20261128-0001", "status": "reported"},
+            "geometry": {"type": "Point", "coordinates": [120.605, 31.305]},
+        }
+    ],
+}
+FILES = {
+    "200": {
+        "description": "The export, streamed: `format=csv` (default), `xlsx` or `geojson`. "
+        "`Content-Disposition` names the file.",
+        "content": {
+            "text/csv": {
+                "schema": {"type": "string"},
+                "example": "\ufeff编号,事件编号,状态\r\n1,320508-20261128-0001,reported\r\n",
+            },
+            svc.MEDIA_TYPES["xlsx"]: {"schema": {"type": "string", "format": "binary"}},
+            "application/geo+json": {
+                "schema": {"type": "object"},
+                "example": _FEATURE_EXAMPLE,
+            },
+        },
+    }
+}
+
+
+def _principal() -> Principal:
+    principal = current_principal()
+    assert principal is not None
+    return principal
+
+
+def _stream(plan: svc.ExportPlan, fmt: str) -> Response:
+    """Return the streaming response of ``plan``: the body is produced after the view has
+    returned, so it reads through a session of its own, closed when the body ends (or the
+    client goes away)."""
+    st = state()
+    sessions = st.sessions
+    tmp_dir = os.path.join(st.settings.data_dir, "exports", "tmp")
+    writer = svc.WRITERS[fmt]
+
+    def body() -> Iterator[bytes]:
+        with sessions() as session:
+            if fmt == "xlsx":
+                os.makedirs(tmp_dir, exist_ok=True)
+                yield from writer(session, plan, tmp_dir)
+            else:
+                yield from writer(session, plan)
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    response = Response(body(), mimetype=svc.MEDIA_TYPES[fmt])
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="{plan.kind}-{stamp}.{svc.EXTENSIONS[fmt]}"'
+    )
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+def _audited(
+    plan: svc.ExportPlan, args: dict[str, Any], fmt: str, *, masked: bool | None = None
+) -> Response:
+    """Write the export's audit row and commit it, then stream: the row exists even if the
+    download is cut (how many rows went out is not known before the end)."""
+    summary: dict[str, Any] = {
+        "kind": plan.kind,
+        "format": fmt,
+        "filters": svc.summary_of(args),
+    }
+    if masked is not None:
+        summary["masked"] = masked
+    if args.get("purpose"):
+        summary["purpose"] = args["purpose"]
+    audit("export.download", "export", plan.kind, summary=summary, region_code=args.get("region"))
+    commit()
+    return _stream(plan, fmt)
+
+
+@blp.route("/cases")
+class CaseExport(MethodView):
+    @blp.requires("cases:read")
+    @blp.arguments(CaseExportArgsSchema, location="query")
+    @blp.doc(responses=FILES)
+    @blp.response(200)
+    def get(self, args):
+        """Export cases (CSV, XLSX or GeoJSON)
+
+        The cases `GET /api/v1/cases` would list for the same filters and `sort`, all of
+        them, streamed: one row per case with Chinese headers (parties and the reporter's name
+        are left out). GeoJSON: one Point feature per case (WGS-84). Audited.
+        """
+        fmt = args.pop("format")
+        if "from_" in args:
+            args["from"] = args.pop("from_")
+        caller = cases_svc.caller_of(db_session(), _principal())
+        return _audited(svc.plan_cases(caller, args), args, fmt)
+
+
+@blp.route("/tasks")
+class TaskExport(MethodView):
+    @blp.requires("tasks:read")
+    @blp.arguments(TaskExportArgsSchema, location="query")
+    @blp.doc(responses=FILES)
+    @blp.response(200)
+    def get(self, args):
+        """Export tasks (CSV, XLSX or GeoJSON)
+
+        The tasks `GET /api/v1/tasks` would list for the same filters, all of them, by id,
+        streamed. GeoJSON: the geometry is the task's grid (in service), else null. Audited.
+        """
+        fmt = args.pop("format")
+        return _audited(svc.plan_tasks(_principal(), args), args, fmt)
+
+
+@blp.route("/visits")
+class VisitExport(MethodView):
+    @blp.requires("persons:read")
+    @blp.arguments(VisitExportArgsSchema, location="query")
+    @blp.doc(responses=FILES)
+    @blp.response(200)
+    def get(self, args):
+        """Export visits (CSV, XLSX or GeoJSON)
+
+        The visits `GET /api/v1/visits` would list for the same filters, all of them, by id,
+        streamed. GeoJSON: the point where the visit was recorded, else null. Audited.
+        """
+        fmt = args.pop("format")
+        return _audited(svc.plan_visits(_principal().scope, args), args, fmt)
+
+
+@blp.route("/persons")
+class PersonExport(MethodView):
+    @blp.requires("persons:read")
+    @blp.arguments(PersonExportArgsSchema, location="query")
+    @blp.doc(responses={**FILES, "429": _ref("TOO_MANY_REQUESTS")})
+    @blp.response(200)
+    def get(self, args):
+        """Export residents (CSV, XLSX or GeoJSON), masked unless unmasked with a purpose
+
+        The residents `GET /api/v1/persons` would find for the same filters, all of them, by
+        id, streamed, masked as that search masks them (张*, 138****5678, 3201**********1234).
+        `unmask=true` with a `purpose` gives full names, ID and phone numbers and birth dates:
+        it needs `persons:unmask` (403 otherwise), counts against GRIDAPI_PERSON_LOOKUP_RATE
+        as do ID or phone filters, and the audit row names the purpose. Special-group data is
+        never exported. GeoJSON: the resident's house, else null. Audited.
+        """
+        principal = _principal()
+        fmt = args.pop("format")
+        unmask = args.pop("unmask")
+        st = state()
+        if unmask and not principal.can("persons:unmask"):
+            raise Forbidden("Unmasked exports need the permission persons:unmask.")
+        if unmask or args.get("id_number") or args.get("phone"):
+            count_lookup(st.settings.person_lookup_rate, principal.actor_id)
+        plan = svc.plan_persons(principal.scope, args, Keys(st.cipher, st.phone_key), unmask=unmask)
+        return _audited(plan, args, fmt, masked=not unmask)
+
+
+# --- export jobs ------------------------------------------------------------------------------
+
+_JOB_EXAMPLE = {
+    "id": 12,
+    "kind": "cases",
+    "format": "xlsx",
+    "status": "done",
+    "filters": {"region": "320508001000", "open": True},
+    "masked": True,
+    "row_count": 184223,
+    "size_bytes": 9123456,
+    "error": None,
+    "created_at": "2026-11-28T09:30:00+00:00",
+    "started_at": "2026-11-28T09:30:01+00:00",
+    "finished_at": "2026-11-28T09:30:40+00:00",
+    "expires_at": "2026-12-01T09:30:40+00:00",
+    "download": "/api/v1/exports/cases/jobs/12/file",
+}
+
+
+def _job_view(job: Any) -> dict[str, Any]:
+    done = job.status == "done"
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "format": job.format,
+        "status": job.status,
+        "filters": svc.summary_of(job.filters),
+        "masked": not job.unmask,
+        "row_count": job.row_count,
+        "size_bytes": job.size_bytes,
+        "error": job.error,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "expires_at": job.expires_at,
+        "download": f"/api/v1/exports/{job.kind}/jobs/{job.id}/file" if done else None,
+    }
+
+
+def job_options() -> svc.JobOptions:
+    st = state()
+    return svc.JobOptions(
+        st.settings.data_dir, st.settings.export_retention_hours, Keys(st.cipher, st.phone_key)
+    )
+
+
+def _queue(kind: str, data: dict[str, Any]) -> Response:
+    principal = _principal()
+    session = db_session()
+    try:
+        args = job_filters_schema(kind)().load(data["filters"])
+    except ValidationError as exc:
+        raise Unprocessable(
+            "Invalid filters.", errors={"json": {"filters": exc.messages}}
+        ) from None
+    unmask = bool(data.get("unmask"))
+    if unmask and kind != "persons":
+        raise Unprocessable(
+            "Only residents are masked.", errors={"json": {"unmask": ["residents only"]}}
+        )
+    if unmask and not principal.can("persons:unmask"):
+        raise Forbidden("Unmasked exports need the permission persons:unmask.")
+    st = state()
+    # Planned now so that a bad filter is a 422 here, not a failed job later.
+    svc.plan_for(session, principal, kind, args, Keys(st.cipher, st.phone_key), unmask=unmask)
+    if kind == "persons" and (unmask or args.get("id_number") or args.get("phone")):
+        count_lookup(st.settings.person_lookup_rate, principal.actor_id)
+    region = args.get("region") or principal.region_code
+    job = svc.create_job(
+        session,
+        principal,
+        kind,
+        data["format"],
+        data["filters"],
+        unmask=unmask,
+        purpose=data.get("purpose"),
+        county_code=region[:6] if region else None,
+    )
+    summary: dict[str, Any] = {
+        "kind": kind,
+        "format": data["format"],
+        "filters": svc.summary_of(args),
+        "job_id": job.id,
+    }
+    if kind == "persons":
+        summary["masked"] = not unmask
+    if data.get("purpose"):
+        summary["purpose"] = data["purpose"]
+    audit("export.queue", "export", kind, summary=summary, region_code=args.get("region"))
+    commit()
+    body = _job_view(job)
+    response = Response(dumps_bytes(body), status=202, mimetype="application/json")
+    response.headers["Location"] = f"/api/v1/exports/{kind}/jobs/{job.id}"
+    return response
+
+
+def _download(kind: str, job_id: int) -> Response:
+    job = svc.get_job(db_session(), _principal(), kind, job_id)
+    if job.status != "done":
+        raise Conflict(f"The export is {job.status}: download it once its status is done.")
+    path = job_options().path_of(job)
+    if not os.path.exists(path):
+        raise NotFound("The export job does not exist, has expired or is not yours.")
+    audit(
+        "export.file",
+        "export",
+        kind,
+        summary={"job_id": job.id, "format": job.format, "rows": job.row_count},
+        region_code=job.filters.get("region"),
+    )
+    commit()
+    return send_file(
+        path,
+        mimetype=svc.MEDIA_TYPES[job.format],
+        as_attachment=True,
+        download_name=f"{kind}-{job.id}.{svc.EXTENSIONS[job.format]}",
+        max_age=0,
+    )
+
+
+_NOUNS = {"cases": "cases", "tasks": "tasks", "visits": "visits", "persons": "residents"}
+
+
+def _register_jobs(kind: str) -> None:
+    """Add the job operations of ``kind``: queue, status, file (each needing the kind's
+    read permission, and each job only its requester's)."""
+    permission = svc.READ_PERMISSIONS[kind]
+    noun = _NOUNS[kind]
+    title = kind.capitalize()
+
+    def post(self, data):  # type: ignore[no-untyped-def]
+        return _queue(kind, data)
+
+    post.__doc__ = f"""Queue an export of {noun} as a job (for large exports)
+
+        `filters` are those of the list of {noun} (as JSON). The worker (`gridapi worker`)
+        writes the file; poll the job (`Location`) until its status is `done`, then download
+        it from `download`. Only you can see the job and its file; both are deleted
+        GRIDAPI_EXPORT_RETENTION_HOURS after it finished. Audited when queued and when
+        downloaded.{" `unmask` as for the streamed export of residents." if kind == "persons" else ""}
+        """
+    post = blp.requires(permission)(
+        blp.arguments(ExportJobCreateSchema, example={"format": "xlsx", "filters": {}})(
+            blp.doc(responses={"429": _ref("TOO_MANY_REQUESTS")} if kind == "persons" else {})(
+                blp.response(202, ExportJobSchema, example={**_JOB_EXAMPLE, "kind": kind})(post)
+            )
+        )
+    )
+
+    def get(self, job_id):  # type: ignore[no-untyped-def]
+        return _job_view(svc.get_job(db_session(), _principal(), kind, job_id))
+
+    get.__doc__ = f"""Get an export job of {noun} (status and download link)
+
+        Only your own jobs: anyone else's answers 404, as does an expired one.
+        """
+    get = blp.requires(permission)(
+        blp.doc(responses={"404": _ref("NOT_FOUND")})(
+            blp.response(200, ExportJobSchema, example={**_JOB_EXAMPLE, "kind": kind})(get)
+        )
+    )
+
+    def download(self, job_id):  # type: ignore[no-untyped-def]
+        return _download(kind, job_id)
+
+    download.__doc__ = f"""Download the file of an export job of {noun}
+
+        Only your own, done jobs: a job still queued or running answers 409; anyone else's
+        or an expired one 404. Audited.
+        """
+    download = blp.requires(permission)(
+        blp.doc(
+            responses={**FILES, "404": _ref("NOT_FOUND"), "409": _ref("CONFLICT")},
+        )(blp.response(200)(download))
+    )
+
+    blp.route(f"/{kind}/jobs")(type(f"{title}ExportJobs", (MethodView,), {"post": post}))
+    blp.route(f"/{kind}/jobs/<id:job_id>")(
+        type(f"{title}ExportJobById", (MethodView,), {"get": get})
+    )
+    blp.route(f"/{kind}/jobs/<id:job_id>/file")(
+        type(f"{title}ExportJobFile", (MethodView,), {"get": download})
+    )
+
+
+for _kind in svc.KINDS:
+    _register_jobs(_kind)

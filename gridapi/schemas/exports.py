@@ -1,0 +1,186 @@
+"""Query arguments of the exports: the list filters of each kind, a format, and unmasking."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from ..models.exports import EXPORT_JOB_STATUSES
+from ..services.exports import FORMATS, KINDS
+from .cases import CaseQueryArgsSchema
+from .common import StrictSchema
+from .register import PersonArgsSchema, VisitArgsSchema
+from .tasks import TaskArgsSchema
+
+_PAGING = ("cursor", "limit")
+
+
+def _format() -> fields.Field:
+    return fields.String(
+        load_default="csv",
+        validate=validate.OneOf(FORMATS),
+        metadata={
+            "description": "csv (UTF-8 with BOM, Chinese headers), xlsx, or geojson "
+            "(a FeatureCollection).",
+            "example": "csv",
+        },
+    )
+
+
+class CaseExportArgsSchema(CaseQueryArgsSchema):
+    """The filters of `GET /api/v1/cases` (and its `sort`), without paging."""
+
+    class Meta(CaseQueryArgsSchema.Meta):
+        exclude = _PAGING
+
+    format = _format()
+
+
+class TaskExportArgsSchema(TaskArgsSchema):
+    """The filters of `GET /api/v1/tasks`, without paging."""
+
+    class Meta(TaskArgsSchema.Meta):
+        exclude = _PAGING
+
+    format = _format()
+
+
+class VisitExportArgsSchema(VisitArgsSchema):
+    """The filters of `GET /api/v1/visits`, without paging."""
+
+    class Meta(VisitArgsSchema.Meta):
+        exclude = _PAGING
+
+    format = _format()
+
+
+class PersonExportArgsSchema(PersonArgsSchema):
+    """The filters of `GET /api/v1/persons`, without paging; `unmask` with a `purpose`."""
+
+    class Meta(PersonArgsSchema.Meta):
+        exclude = _PAGING
+
+    format = _format()
+    unmask = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "Full names, ID and phone numbers and birth dates: needs "
+            "`persons:unmask` and a `purpose`; audited and rate-limited.",
+        },
+    )
+    purpose = fields.String(
+        validate=validate.Length(min=4, max=200),
+        metadata={
+            "description": "Why the full values are needed (kept in the audit log).",
+            "example": "核实低保申请人身份",
+        },
+    )
+
+    @validates_schema
+    def _purpose(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("unmask") and not data.get("purpose"):
+            raise ValidationError({"purpose": ["is required with unmask=true"]})
+
+
+# --- export jobs ------------------------------------------------------------------------------
+
+
+class CaseJobFiltersSchema(CaseExportArgsSchema):
+    class Meta(CaseExportArgsSchema.Meta):
+        exclude = (*_PAGING, "format")
+
+
+class TaskJobFiltersSchema(TaskExportArgsSchema):
+    class Meta(TaskExportArgsSchema.Meta):
+        exclude = (*_PAGING, "format")
+
+
+class VisitJobFiltersSchema(VisitExportArgsSchema):
+    class Meta(VisitExportArgsSchema.Meta):
+        exclude = (*_PAGING, "format")
+
+
+class PersonJobFiltersSchema(PersonExportArgsSchema):
+    # No exact ID or phone number: a job keeps its filters, and those are never stored in
+    # plain text (an exact lookup finds one resident: the streamed export serves it).
+    class Meta(PersonExportArgsSchema.Meta):
+        exclude = (*_PAGING, "format", "unmask", "purpose", "id_number", "phone")
+
+
+_JOB_FILTERS: dict[str, type[StrictSchema]] = {
+    "cases": CaseJobFiltersSchema,
+    "tasks": TaskJobFiltersSchema,
+    "visits": VisitJobFiltersSchema,
+    "persons": PersonJobFiltersSchema,
+}
+
+
+def job_filters_schema(kind: str) -> type[StrictSchema]:
+    """Return the schema of the ``filters`` of an export job of ``kind`` (the list's)."""
+    return _JOB_FILTERS[kind]
+
+
+class ExportJobCreateSchema(StrictSchema):
+    format = fields.String(
+        load_default="csv",
+        validate=validate.OneOf(FORMATS),
+        metadata={"description": "csv, xlsx or geojson.", "example": "xlsx"},
+    )
+    filters = fields.Dict(
+        keys=fields.String(),
+        load_default=dict,
+        metadata={
+            "description": "The filters of the list of this kind, as JSON (the query "
+            "parameters of the streamed export, without `format`).",
+            "example": {"region": "320508001000", "open": True},
+        },
+    )
+    unmask = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "Residents only: full values; needs `persons:unmask` and a `purpose`.",
+            "example": False,
+        },
+    )
+    purpose = fields.String(
+        validate=validate.Length(min=4, max=200),
+        metadata={
+            "description": "Why the full values are needed.",
+            "example": "核实低保申请人身份",
+        },
+    )
+
+    @validates_schema
+    def _purpose(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("unmask") and not data.get("purpose"):
+            raise ValidationError({"purpose": ["is required with unmask=true"]})
+
+
+class ExportJobSchema(StrictSchema):
+    id = fields.Integer(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(KINDS))
+    format = fields.String(required=True, validate=validate.OneOf(FORMATS))
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(EXPORT_JOB_STATUSES),
+        metadata={"description": "queued, running, done or failed."},
+    )
+    filters = fields.Dict(required=True)
+    masked = fields.Boolean(required=True)
+    row_count = fields.Integer(allow_none=True, required=True)
+    size_bytes = fields.Integer(allow_none=True, required=True)
+    error = fields.String(allow_none=True, required=True)
+    created_at = fields.DateTime(required=True)
+    started_at = fields.DateTime(allow_none=True, required=True)
+    finished_at = fields.DateTime(allow_none=True, required=True)
+    expires_at = fields.DateTime(
+        allow_none=True,
+        required=True,
+        metadata={"description": "When the file and the job are deleted."},
+    )
+    download = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={"description": "The file's URL once the job is done (only for you)."},
+    )

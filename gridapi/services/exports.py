@@ -1,0 +1,828 @@
+"""Exports of cases, tasks, visits and residents as CSV, XLSX or GeoJSON, streamed.
+
+An export is planned first (``plan_*``: the columns and one Core ``SELECT`` built from the
+same filter code as the list of its kind, so both answer the same rows), then written by
+``iter_csv`` / ``iter_geojson`` / ``iter_xlsx`` from a server-side cursor in batches: a
+million rows neither time out nor grow the server's memory. Residents are masked exactly as
+``GET /api/v1/persons`` shows them unless the plan says otherwise; special-group data is
+never exported.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import shapely
+from sqlalchemy import Select, String, and_, func, select, update
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.functions import FunctionElement
+
+from ..errors import NotFound
+from ..jsonio import dumps_bytes
+from ..models import ApiClient, Grid, User
+from ..models.base import UTCDateTime, utcnow
+from ..models.cases import Case
+from ..models.exports import ExportJob
+from ..models.register import House, Person, Visit
+from ..models.tasks import Task
+from ..personal import age_on, mask_id_number, mask_name, mask_phone
+from ..scope import Scope
+from . import cases as cases_svc
+from . import register as register_svc
+from . import tasks as tasks_svc
+from .identity import user_principal
+
+if TYPE_CHECKING:
+    from ..auth import Principal
+
+log = logging.getLogger(__name__)
+
+KINDS = ("cases", "tasks", "visits", "persons")
+FORMATS = ("csv", "xlsx", "geojson")
+MEDIA_TYPES = {
+    "csv": "text/csv",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "geojson": "application/geo+json",
+}
+BATCH = 2000
+SHEET_TITLES = {"cases": "事件", "tasks": "任务", "visits": "走访", "persons": "实有人口"}
+# A cell starting with one of these is a formula to Excel (CSV injection): it is written
+# with a leading apostrophe, which Excel shows as text and hides.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_ILLEGAL_XLSX = re.compile(r"[\000-\010]|[\013-\014]|[\016-\037]")
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What an export writes: the columns (key, Chinese header), the query, and how a row of
+    the query becomes the values of the columns and a GeoJSON geometry."""
+
+    kind: str
+    columns: tuple[tuple[str, str], ...]
+    statement: Select[Any]
+    values: Callable[[Any], list[Any]]
+    geometry: Callable[[Sequence[Any]], list[bytes]]
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.columns]
+
+    @property
+    def headers(self) -> list[str]:
+        return [header for _, header in self.columns]
+
+
+def _points(lon_index: int, lat_index: int) -> Callable[[Sequence[Any]], list[bytes]]:
+    def geometry(rows: Sequence[Any]) -> list[bytes]:
+        out = []
+        for row in rows:
+            lon, lat = row[lon_index], row[lat_index]
+            out.append(
+                b"null"
+                if lon is None or lat is None
+                else dumps_bytes({"type": "Point", "coordinates": [lon, lat]})
+            )
+        return out
+
+    return geometry
+
+
+def _wkb(index: int) -> Callable[[Sequence[Any]], list[bytes]]:
+    def geometry(rows: Sequence[Any]) -> list[bytes]:
+        shapes = shapely.from_wkb([None if r[index] is None else bytes(r[index]) for r in rows])
+        return [b"null" if s is None else s.encode() for s in shapely.to_geojson(shapes)]
+
+    return geometry
+
+
+class iso_utc(FunctionElement[str]):  # noqa: N801 - an SQL function, named like one
+    """A UTC timestamp column as ISO 8601 text (``2026-11-28T09:30:00.000000+00:00``),
+    formatted by the database: a million rows of six timestamps each are not turned into
+    Python datetimes and back into text one by one."""
+
+    type = String()
+    name = "iso_utc"
+    inherit_cache = True
+
+
+@compiles(iso_utc, "postgresql")
+def _iso_utc_postgresql(element: iso_utc, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    return f"""to_char(({column}) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+
+
+@compiles(iso_utc, "sqlite")
+def _iso_utc_sqlite(element: iso_utc, compiler: Any, **kw: Any) -> str:
+    # SQLite keeps UTC timestamps as 'YYYY-MM-DD HH:MM:SS.ffffff' text.
+    column = compiler.process(element.clauses, **kw)
+    return f"(replace({column}, ' ', 'T') || '+00:00')"
+
+
+def _texts(*columns: Any) -> list[Any]:
+    """Return ``columns`` with every UTC timestamp formatted by the database (``iso_utc``)."""
+    return [
+        iso_utc(c).label(c.key) if isinstance(getattr(c, "type", None), UTCDateTime) else c
+        for c in columns
+    ]
+
+
+# --- plans ------------------------------------------------------------------------------------
+
+CASE_COLUMNS = (
+    ("id", "编号"),
+    ("number", "事件编号"),
+    ("status", "状态"),
+    ("status_name", "状态名称"),
+    ("category", "事件类别"),
+    ("description", "事件描述"),
+    ("source", "来源"),
+    ("urgent", "紧急"),
+    ("severity", "严重程度"),
+    ("address", "地址"),
+    ("lon", "经度"),
+    ("lat", "纬度"),
+    ("occurred_at", "发生时间"),
+    ("reported_at", "上报时间"),
+    ("updated_at", "更新时间"),
+    ("grid", "网格编码"),
+    ("region_code", "所在区划"),
+    ("county_code", "县区代码"),
+    ("responsible_unit", "责任单位"),
+    ("assignee_id", "处置人"),
+    ("handle_due_at", "处置时限"),
+    ("overdue", "超期"),
+    ("supervision", "督办"),
+    ("rework_count", "返工次数"),
+    ("extension_count", "延期次数"),
+    ("closed_at", "结案时间"),
+    ("satisfaction", "满意度"),
+)
+
+
+def plan_cases(caller: cases_svc.Caller, args: dict[str, Any]) -> ExportPlan:
+    """Plan an export of the cases the list would show the caller for ``args`` (in its
+    order); parties and the reporter's name are left out."""
+    conditions = cases_svc.case_conditions(caller, args)
+    column, descending = cases_svc.SORTS[args.get("sort") or "-reported_at"]
+    order = (column.desc(), Case.id.desc()) if descending else (column.asc(), Case.id.asc())
+    stmt = (
+        select(
+            *_texts(
+                Case.id,
+                Case.number,
+                Case.status,
+                Case.category_code,
+                Case.description,
+                Case.source,
+                Case.urgent,
+                Case.severity,
+                Case.address,
+                Case.lon,
+                Case.lat,
+                Case.occurred_at,
+                Case.reported_at,
+                Case.updated_at,
+                Case.grid_code,
+                Case.region_code,
+                Case.county_code,
+                Case.responsible_region_code,
+                Case.assignee_id,
+                Case.handle_due_at,
+                Case.overdue,
+                Case.supervision,
+                Case.rework_count,
+                Case.extension_count,
+                Case.closed_at,
+                Case.satisfaction,
+            )
+        )
+        .where(*conditions)
+        .order_by(*order)
+    )
+    names = cases_svc.STATUS_NAMES
+
+    def values(row: Any) -> list[Any]:
+        out = list(row)
+        out.insert(3, names.get(row[2], row[2]))
+        return out
+
+    return ExportPlan("cases", CASE_COLUMNS, stmt, values, _points(9, 10))
+
+
+TASK_COLUMNS = (
+    ("id", "编号"),
+    ("title", "任务名称"),
+    ("description", "任务内容"),
+    ("category", "类别"),
+    ("status", "状态"),
+    ("status_name", "状态名称"),
+    ("campaign_id", "专项行动"),
+    ("region_code", "所在区划"),
+    ("grid", "网格编码"),
+    ("county_code", "县区代码"),
+    ("assignee_id", "执行人"),
+    ("due_at", "截止时间"),
+    ("overdue", "超期"),
+    ("comment", "办理说明"),
+    ("created_by", "创建人"),
+    ("created_at", "创建时间"),
+    ("accepted_at", "接收时间"),
+    ("completed_at", "完成时间"),
+    ("cancelled_at", "撤销时间"),
+    ("updated_at", "更新时间"),
+)
+
+
+def plan_tasks(principal: Principal, args: dict[str, Any]) -> ExportPlan:
+    """Plan an export of the tasks the list would show the caller for ``args``, by id; the
+    GeoJSON geometry is the task's grid (in service), else null."""
+    stmt = tasks_svc.task_query(
+        principal,
+        args,
+        select(
+            *_texts(
+                Task.id,
+                Task.title,
+                Task.description,
+                Task.category_code,
+                Task.status,
+                Task.campaign_id,
+                Task.region_code,
+                Task.grid_code,
+                Task.county_code,
+                Task.assignee_id,
+                Task.due_at,
+                Task.overdue,
+                Task.comment,
+                Task.created_by,
+                Task.created_at,
+                Task.accepted_at,
+                Task.completed_at,
+                Task.cancelled_at,
+                Task.updated_at,
+            ),
+            func.ST_AsBinary(Grid.geom),
+        ).outerjoin(Grid, and_(Grid.code == Task.grid_code, Grid.in_service.is_(True))),
+    ).order_by(Task.id)
+    names = tasks_svc.STATUS_NAMES
+
+    def values(row: Any) -> list[Any]:
+        out = list(row[:-1])
+        out.insert(5, names.get(row[4], row[4]))
+        return out
+
+    return ExportPlan("tasks", TASK_COLUMNS, stmt, values, _wkb(19))
+
+
+VISIT_COLUMNS = (
+    ("id", "编号"),
+    ("worker_id", "走访人"),
+    ("visited_at", "走访时间"),
+    ("place", "走访地点"),
+    ("lon", "经度"),
+    ("lat", "纬度"),
+    ("household_id", "户编号"),
+    ("person_id", "人员编号"),
+    ("findings", "走访情况"),
+    ("follow_up", "后续跟进"),
+    ("case_id", "关联事件"),
+    ("grid", "网格编码"),
+    ("region_code", "所在区划"),
+    ("created_by", "记录人"),
+    ("created_at", "记录时间"),
+)
+
+
+def plan_visits(scope: Any, args: dict[str, Any]) -> ExportPlan:
+    """Plan an export of the visits the list would show for ``args``, by id."""
+    stmt = register_svc.visit_query(
+        scope,
+        args,
+        select(
+            *_texts(
+                Visit.id,
+                Visit.worker_id,
+                Visit.visited_at,
+                Visit.place,
+                Visit.lon,
+                Visit.lat,
+                Visit.household_id,
+                Visit.person_id,
+                Visit.findings,
+                Visit.follow_up,
+                Visit.case_id,
+                Visit.grid_code,
+                Visit.region_code,
+                Visit.created_by,
+                Visit.created_at,
+            )
+        ),
+    ).order_by(Visit.id)
+    return ExportPlan("visits", VISIT_COLUMNS, stmt, list, _points(4, 5))
+
+
+PERSON_COLUMNS = (
+    ("id", "编号"),
+    ("name", "姓名"),
+    ("id_number", "公民身份号码"),
+    ("phone", "联系电话"),
+    ("gender", "性别"),
+    ("age", "年龄"),
+    ("ethnicity", "民族"),
+    ("population_type", "人口类型"),
+    ("current_address", "现住址"),
+    ("registered_address", "户籍地址"),
+    ("household_id", "户编号"),
+    ("house_id", "房屋编号"),
+    ("relation", "与户主关系"),
+    ("grid", "网格编码"),
+    ("region_code", "所在区划"),
+    ("county_code", "县区代码"),
+    ("created_at", "登记时间"),
+    ("updated_at", "更新时间"),
+)
+UNMASKED_PERSON_COLUMNS = (*PERSON_COLUMNS[:5], ("birth_date", "出生日期"), *PERSON_COLUMNS[5:])
+
+
+def plan_persons(
+    scope: Any,
+    args: dict[str, Any],
+    keys: register_svc.Keys,
+    *,
+    unmask: bool = False,
+    today: date | None = None,
+) -> ExportPlan:
+    """Plan an export of the residents the search would show for ``args``, by id: masked as
+    ``person_view`` masks them, or (``unmask``: the caller may and said why) in full. ID and
+    phone numbers are decrypted row by row. Special-group data is never part of it. The
+    GeoJSON geometry is the resident's house, when it has a location."""
+    stmt = register_svc.person_query(
+        scope,
+        args,
+        keys,
+        select(
+            *_texts(
+                Person.id,
+                Person.uid,
+                Person.name,
+                Person.id_number_enc,
+                Person.phone_enc,
+                Person.gender,
+                Person.birth_date,
+                Person.ethnicity,
+                Person.population_type,
+                Person.current_address,
+                Person.registered_address,
+                Person.household_id,
+                Person.house_id,
+                Person.relation,
+                Person.grid_code,
+                Person.region_code,
+                Person.county_code,
+                Person.created_at,
+                Person.updated_at,
+                House.lon,
+                House.lat,
+            )
+        ).outerjoin(House, House.id == Person.house_id),
+    ).order_by(Person.id)
+    day = today or date.today()
+
+    def values(row: Any) -> list[Any]:
+        uid = row[1]
+        id_number = keys.open("persons", "id_number", uid, row[3])
+        phone = keys.open("persons", "phone", uid, row[4])
+        birth = row[6]
+        age = age_on(birth, day) if birth else None
+        if unmask:
+            head = [row[0], row[2], id_number, phone, row[5], birth, age]
+        else:
+            head = [
+                row[0],
+                mask_name(row[2]),
+                mask_id_number(id_number) if id_number else None,
+                mask_phone(phone) if phone else None,
+                row[5],
+                age,
+            ]
+        return [*head, *row[7:19]]
+
+    columns = UNMASKED_PERSON_COLUMNS if unmask else PERSON_COLUMNS
+    return ExportPlan("persons", columns, stmt, values, _points(19, 20))
+
+
+# --- writers ----------------------------------------------------------------------------------
+
+
+# Columns whose text people type (the only ones a formula can hide in).
+FREE_TEXT = frozenset(
+    {
+        "description",
+        "address",
+        "title",
+        "comment",
+        "place",
+        "findings",
+        "follow_up",
+        "name",
+        "ethnicity",
+        "current_address",
+        "registered_address",
+    }
+)
+_FORMULA_CHARS = frozenset(_FORMULA_START)
+
+
+def cell_converter(plan: ExportPlan) -> Callable[[list[Any]], list[Any]]:
+    """Return the function that turns a row's values into CSV/XLSX cells, in place: times in
+    ISO 8601, booleans as true/false, typed text that Excel would run as a formula prefixed
+    with an apostrophe (None stays None: an empty cell). Column by column from the plan's
+    keys rather than value by value: this loop runs for every row of a million."""
+    keys = plan.keys
+    # Timestamps come formatted from the database (iso_utc); a birth date is a date.
+    times = [i for i, key in enumerate(keys) if key == "birth_date"]
+    flags = [i for i, key in enumerate(keys) if key in ("urgent", "overdue")]
+    texts = [i for i, key in enumerate(keys) if key in FREE_TEXT]
+
+    def convert(values: list[Any]) -> list[Any]:
+        for i in times:
+            value = values[i]
+            if value is not None:
+                values[i] = value.isoformat()
+        for i in flags:
+            value = values[i]
+            if value is not None:
+                values[i] = "true" if value else "false"
+        for i in texts:
+            value = values[i]
+            if value and value[0] in _FORMULA_CHARS:
+                values[i] = "'" + value
+        return values
+
+    return convert
+
+
+def _rows(session: Session, plan: ExportPlan, batch: int | None) -> Iterator[Sequence[Any]]:
+    # yield_per streams from a server-side cursor (PostgreSQL) in batches of Core rows.
+    size = batch or BATCH
+    result = session.execute(plan.statement.execution_options(yield_per=size, stream_results=True))
+    yield from result.partitions(size)
+
+
+def iter_csv(session: Session, plan: ExportPlan, batch: int | None = None) -> Iterator[bytes]:
+    """Yield the export as UTF-8 CSV with a BOM (so Excel reads the Chinese headers) and
+    CRLF line ends, a batch of rows at a time."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(plan.headers)
+    yield ("\ufeff" + out.getvalue()).encode("utf-8")
+    convert, values = cell_converter(plan), plan.values
+    for part in _rows(session, plan, batch):
+        out.seek(0)
+        out.truncate()
+        writer.writerows(convert(values(row)) for row in part)
+        yield out.getvalue().encode("utf-8")
+
+
+def iter_geojson(session: Session, plan: ExportPlan, batch: int | None = None) -> Iterator[bytes]:
+    """Yield the export as a GeoJSON FeatureCollection, feature by feature in batches; the
+    properties are the columns (keys in English), the geometry a point, a grid or null."""
+    keys = plan.keys
+    yield b'{"type":"FeatureCollection","features":['
+    first = True
+    for part in _rows(session, plan, batch):
+        geometries = plan.geometry(part)
+        pieces = [
+            b'{"type":"Feature","id":'
+            + dumps_bytes(row[0])
+            + b',"properties":'
+            + dumps_bytes(dict(zip(keys, plan.values(row), strict=True)))
+            + b',"geometry":'
+            + geometry
+            + b"}"
+            for row, geometry in zip(part, geometries, strict=True)
+        ]
+        yield (b"" if first else b",") + b",".join(pieces)
+        first = False
+    yield b"]}"
+
+
+def write_xlsx(session: Session, plan: ExportPlan, path: str, batch: int | None = None) -> int:
+    """Write the export to an XLSX file at ``path`` (openpyxl's write-only mode: rows go to
+    disk as they come); return the number of rows."""
+    from openpyxl import Workbook
+
+    book = Workbook(write_only=True)
+    sheet = book.create_sheet(SHEET_TITLES[plan.kind])
+    sheet.freeze_panes = "A2"
+    sheet.append(plan.headers)
+    count = 0
+    convert, clean = cell_converter(plan), _ILLEGAL_XLSX.sub
+    for part in _rows(session, plan, batch):
+        for row in part:
+            cells = convert(plan.values(row))
+            # openpyxl refuses control characters: they are dropped.
+            sheet.append([clean("", v) if type(v) is str else v for v in cells])
+        count += len(part)
+    book.save(path)
+    return count
+
+
+def iter_xlsx(
+    session: Session, plan: ExportPlan, tmp_dir: str | None = None, chunk: int = 1 << 16
+) -> Iterator[bytes]:
+    """Yield the export as XLSX: written to a temporary file first (a workbook is a zip
+    whose directory comes last), then sent in chunks; the file is removed at the end."""
+    handle, path = tempfile.mkstemp(suffix=".xlsx", dir=tmp_dir)
+    os.close(handle)
+    try:
+        write_xlsx(session, plan, path)
+        with open(path, "rb") as stream:
+            while block := stream.read(chunk):
+                yield block
+    finally:
+        os.unlink(path)
+
+
+WRITERS: dict[str, Callable[..., Iterator[bytes]]] = {
+    "csv": iter_csv,
+    "xlsx": iter_xlsx,
+    "geojson": iter_geojson,
+}
+
+
+def summary_of(args: dict[str, Any]) -> dict[str, Any]:
+    """Return the filters of an export as the audit log keeps them: JSON values, and never
+    an ID or phone number searched for (only that one was given)."""
+    out: dict[str, Any] = {}
+    for key, value in sorted(args.items()):
+        if value is None or key == "purpose":
+            continue
+        if key in ("id_number", "phone"):
+            out[key] = "(given)"
+        elif isinstance(value, datetime | date):
+            out[key] = value.isoformat()
+        elif isinstance(value, tuple):
+            out[key] = list(value)
+        else:
+            out[key] = value
+    return out
+
+
+# --- one plan for every kind ------------------------------------------------------------------
+
+READ_PERMISSIONS = {
+    "cases": "cases:read",
+    "tasks": "tasks:read",
+    "visits": "persons:read",
+    "persons": "persons:read",
+}
+
+
+def plan_for(
+    session: Session,
+    principal: Principal,
+    kind: str,
+    args: dict[str, Any],
+    keys: register_svc.Keys,
+    *,
+    unmask: bool = False,
+) -> ExportPlan:
+    """Return the plan of an export of ``kind`` for ``principal`` (``args`` as the export's
+    query schema loads them, without ``format``, ``unmask`` and ``purpose``)."""
+    args = dict(args)
+    if "from_" in args:
+        args["from"] = args.pop("from_")
+    if kind == "cases":
+        return plan_cases(cases_svc.caller_of(session, principal), args)
+    if kind == "tasks":
+        return plan_tasks(principal, args)
+    if kind == "visits":
+        return plan_visits(principal.scope, args)
+    if kind == "persons":
+        return plan_persons(principal.scope, args, keys, unmask=unmask)
+    raise ValueError(f"unknown export kind {kind!r}")
+
+
+# --- export jobs ------------------------------------------------------------------------------
+
+JOB_POLL_SECONDS = 2.0
+EXTENSIONS = {"csv": "csv", "xlsx": "xlsx", "geojson": "geojson"}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What the worker needs to run export jobs: where files go, how long they are kept,
+    and the keys that open the residents' encrypted fields."""
+
+    data_dir: str
+    retention_hours: float
+    keys: register_svc.Keys
+    poll_seconds: float = JOB_POLL_SECONDS
+
+    @property
+    def directory(self) -> str:
+        return os.path.join(self.data_dir, "exports")
+
+    def path_of(self, job: ExportJob) -> str:
+        return os.path.join(self.directory, f"{job.id}.{EXTENSIONS[job.format]}")
+
+
+def create_job(
+    session: Session,
+    principal: Principal,
+    kind: str,
+    fmt: str,
+    filters: dict[str, Any],
+    *,
+    unmask: bool = False,
+    purpose: str | None = None,
+    county_code: str | None = None,
+) -> ExportJob:
+    """Queue an export job of ``principal``; flushes (the id is known), never commits."""
+    job = ExportJob(
+        county_code=county_code,
+        user_id=principal.id if principal.kind == "user" else None,
+        client_id=principal.id if principal.kind == "client" else None,
+        kind=kind,
+        format=fmt,
+        filters=filters,
+        unmask=unmask,
+        purpose=purpose,
+        status="queued",
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, principal: Principal, kind: str, job_id: int) -> ExportJob:
+    """Return the caller's own job of ``kind``; anyone else's answers as a missing one."""
+    owner = (
+        ExportJob.user_id == principal.id
+        if principal.kind == "user"
+        else ExportJob.client_id == principal.id
+    )
+    job = session.scalars(
+        select(ExportJob).where(ExportJob.id == job_id, ExportJob.kind == kind, owner)
+    ).first()
+    if job is None:
+        raise NotFound("The export job does not exist, has expired or is not yours.")
+    return job
+
+
+def _requester(session: Session, job: ExportJob) -> Principal | None:
+    """Return the requester as they are now (a disabled account, a revoked app: None)."""
+    from ..auth import Principal as _Principal
+
+    if job.user_id is not None:
+        user = session.get(User, job.user_id)
+        if user is None:
+            return None
+        return user_principal(session, user.id, user.token_version)
+    client = session.get(ApiClient, job.client_id)
+    if client is None or client.revoked_at is not None:
+        return None
+    scope = (
+        Scope.of_region(client.scope_region_code)
+        if client.scope_region_code
+        else Scope.everything()
+    )
+    return _Principal(
+        kind="client",
+        id=client.id,
+        name=client.name,
+        role=None,
+        rank=0,
+        permissions=frozenset(client.scopes),
+        scope=scope,
+        region_code=client.scope_region_code,
+    )
+
+
+def _claim(sessions: Any, now: datetime) -> int | None:
+    """Mark the oldest queued job running and return its id (None: nothing queued). Two
+    workers never take the same job: the update only succeeds from 'queued'."""
+    with sessions.begin() as session:
+        for job_id in session.scalars(
+            select(ExportJob.id).where(ExportJob.status == "queued").order_by(ExportJob.id).limit(5)
+        ):
+            taken = session.execute(
+                update(ExportJob)
+                .where(ExportJob.id == job_id, ExportJob.status == "queued")
+                .values(status="running", started_at=now)
+            )
+            if taken.rowcount == 1:
+                return job_id
+    return None
+
+
+def _counted(plan: ExportPlan, counter: list[int]) -> ExportPlan:
+    def values(row: Any) -> list[Any]:
+        counter[0] += 1
+        return plan.values(row)
+
+    return replace(plan, values=values)
+
+
+def run_job(sessions: Any, options: JobOptions, job_id: int, now: datetime) -> str:
+    """Write the file of one running job and record the outcome; return the status."""
+    from ..schemas.exports import job_filters_schema
+
+    with sessions() as session:
+        job = session.get(ExportJob, job_id)
+        assert job is not None
+        principal = _requester(session, job)
+        problem = None
+        if principal is None:
+            problem = "The requester's account is no longer active."
+        elif not principal.can(READ_PERMISSIONS[job.kind]) or (
+            job.unmask and not principal.can("persons:unmask")
+        ):
+            problem = "The requester no longer holds the permission this export needs."
+        path = options.path_of(job)
+        rows = [0]
+        if problem is None:
+            assert principal is not None
+            try:
+                args = job_filters_schema(job.kind)().load(job.filters)
+                plan = _counted(
+                    plan_for(session, principal, job.kind, args, options.keys, unmask=job.unmask),
+                    rows,
+                )
+                os.makedirs(options.directory, exist_ok=True)
+                part = path + ".part"
+                if job.format == "xlsx":
+                    write_xlsx(session, plan, part)
+                else:
+                    with open(part, "wb") as out:
+                        for chunk in WRITERS[job.format](session, plan):
+                            out.write(chunk)
+                os.replace(part, path)
+            except Exception as exc:  # the job fails; the worker goes on with the next
+                log.exception("export job %s failed", job_id)
+                problem = f"The export could not be written ({type(exc).__name__})."
+                if os.path.exists(path + ".part"):
+                    os.unlink(path + ".part")
+        finished = utcnow()
+        job.finished_at = finished
+        job.expires_at = finished + timedelta(hours=options.retention_hours)
+        if problem is None:
+            job.status, job.row_count, job.size_bytes = "done", rows[0], os.path.getsize(path)
+        else:
+            job.status, job.error = "failed", problem
+        session.commit()
+        return job.status
+
+
+def purge_jobs(sessions: Any, options: JobOptions, now: datetime) -> int:
+    """Delete the jobs (and files) whose retention has passed; return how many."""
+    with sessions.begin() as session:
+        expired = list(
+            session.scalars(
+                select(ExportJob).where(
+                    ExportJob.expires_at.is_not(None), ExportJob.expires_at < now
+                )
+            )
+        )
+        for job in expired:
+            path = options.path_of(job)
+            if os.path.exists(path):
+                os.unlink(path)
+            session.delete(job)
+    return len(expired)
+
+
+def run_export_jobs(
+    sessions: Any, options: JobOptions, now: datetime | None = None
+) -> dict[str, int]:
+    """Run every queued job, then purge the expired ones; return counts by outcome."""
+    counts = {"done": 0, "failed": 0, "purged": 0}
+    while (job_id := _claim(sessions, now or utcnow())) is not None:
+        counts[run_job(sessions, options, job_id, now or utcnow())] += 1
+    counts["purged"] = purge_jobs(sessions, options, now or utcnow())
+    return counts
+
+
+def run_forever(sessions: Any, options: JobOptions, *, stop: threading.Event) -> None:
+    """Run export jobs every ``poll_seconds`` until ``stop`` is set; never raises."""
+    while not stop.is_set():
+        try:
+            counts = run_export_jobs(sessions, options)
+        except Exception:  # keep the loop alive: the next round tries again
+            log.exception("export jobs round failed")
+        else:
+            if any(counts.values()):
+                log.info("exports: %s", " ".join(f"{k}={v}" for k, v in counts.items()))
+        stop.wait(options.poll_seconds)

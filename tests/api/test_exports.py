@@ -1,0 +1,443 @@
+"""Exports (both engines): what a file holds equals what the list shows for the same filters
+and caller; residents masked unless unmasked with a purpose; every export audited; streamed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openpyxl import load_workbook
+from sqlalchemy import text
+
+from gridapi.personal import check_digit
+from gridapi.services import exports as exports_svc
+
+from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP, TOWNSHIP
+
+A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
+B1 = COMMUNITY_B + "001"
+SOON = {"amount": 3, "unit": "days"}
+PURPOSE = "核实低保申请人身份"
+NOTES = "多次到市政府上访，情绪激动，需每周走访"
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+def ok(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, (response.status_code, response.get_data()[:500])
+    return response
+
+
+def center(col: int) -> list[float]:
+    return [round(LON0 + (col + 0.5) * STEP, 6), round(LAT0 + 0.5 * STEP, 6)]
+
+
+def make_id(seq: int) -> str:
+    first = f"32050819900101{seq:03d}"
+    return first + check_digit(first)
+
+
+def parse_csv(response: Any) -> tuple[list[str], list[dict[str, str]]]:
+    raw = response.get_data()
+    assert raw.startswith("\ufeff".encode())
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8")[1:])))
+    keys = [key for key, header in _columns(rows[0])]
+    return rows[0], [dict(zip(keys, row, strict=True)) for row in rows[1:]]
+
+
+def _columns(headers: list[str]) -> list[tuple[str, str]]:
+    for columns in (
+        exports_svc.CASE_COLUMNS,
+        exports_svc.TASK_COLUMNS,
+        exports_svc.VISIT_COLUMNS,
+        exports_svc.PERSON_COLUMNS,
+        exports_svc.UNMASKED_PERSON_COLUMNS,
+    ):
+        if [h for _, h in columns] == headers:
+            return list(columns)
+    raise AssertionError(f"unknown headers {headers}")
+
+
+def audit_rows(engine: Any) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT actor_id, object_id, region_code, summary FROM audit_log "
+                "WHERE action = 'export.download' ORDER BY id"
+            )
+        ).all()
+    return [
+        {
+            "actor": a,
+            "object_id": o,
+            "region": r,
+            "summary": json.loads(s) if isinstance(s, str) else s,
+        }
+        for a, o, r, s in rows
+    ]
+
+
+@pytest.fixture
+def world(factory, client):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    for col, description in enumerate(["垃圾堆放", "=1+1 占道经营", "噪音扰民"]):
+        body = {
+            "category": "0101",
+            "description": description,
+            "location": {"type": "Point", "coordinates": center(col)},
+            "address": f"平江路 {col} 号",
+        }
+        ok(client.post("/api/v1/cases", json=body), 201)
+    return factory
+
+
+@pytest.fixture
+def worker(accounts, world):  # type: ignore[no-untyped-def]
+    return accounts.client("worker1", "grid_worker", grids=[A1])
+
+
+def test_case_csv_equals_the_list_with_chinese_headers(client, world, engine):
+    listed = client.get("/api/v1/cases").get_json()["items"]
+    r = ok(client.get("/api/v1/exports/cases?format=csv"))
+    assert r.mimetype == "text/csv"
+    assert r.headers["Content-Disposition"].startswith('attachment; filename="cases-')
+    headers, rows = parse_csv(r)
+    assert headers[:4] == ["编号", "事件编号", "状态", "状态名称"]
+    assert [int(row["id"]) for row in rows] == [c["id"] for c in listed]  # the list's order
+    for row, case in zip(rows, listed, strict=True):
+        assert row["number"] == case["number"]
+        assert row["status_name"] == case["status_name"] == "已上报"
+        assert row["grid"] == case["grid"]["code"]
+        assert [float(row["lon"]), float(row["lat"])] == case["location"]["coordinates"]
+        assert datetime.fromisoformat(row["reported_at"]) == datetime.fromisoformat(
+            case["reported_at"]
+        )
+        # A formula is neutralised for Excel; other text is as the list shows it.
+        expected = case["description"]
+        assert row["description"] == ("'" + expected if expected.startswith("=") else expected)
+    # The same filters as the list.
+    only = client.get(f"/api/v1/cases?grid={A2}").get_json()["items"]
+    _, rows = parse_csv(ok(client.get(f"/api/v1/exports/cases?grid={A2}")))
+    assert [int(row["id"]) for row in rows] == [c["id"] for c in only] and len(only) == 1
+    assert audit_rows(engine)[-1]["summary"] == {
+        "kind": "cases",
+        "format": "csv",
+        "filters": {"grid": A2, "sort": "-reported_at"},
+    }
+
+
+def test_a_worker_exports_only_what_the_worker_may_list(worker, world, client):
+    listed = worker.get("/api/v1/cases").get_json()["items"]
+    assert [c["grid"]["code"] for c in listed] == [A1]
+    _, rows = parse_csv(ok(worker.get("/api/v1/exports/cases")))
+    assert [int(row["id"]) for row in rows] == [c["id"] for c in listed]
+    # A region outside the worker's scope answers an empty file, as the list answers nothing.
+    assert worker.get(f"/api/v1/cases?region={COMMUNITY_B}").get_json()["items"] == []
+    _, rows = parse_csv(ok(worker.get(f"/api/v1/exports/cases?region={COMMUNITY_B}")))
+    assert rows == []
+
+
+def test_case_xlsx_and_geojson_hold_the_same_cases(client, world):
+    listed = client.get("/api/v1/cases?sort=reported_at").get_json()["items"]
+    r = ok(client.get("/api/v1/exports/cases?format=xlsx&sort=reported_at"))
+    assert r.mimetype == XLSX
+    sheet = load_workbook(io.BytesIO(r.get_data()), read_only=True).worksheets[0]
+    rows = list(sheet.iter_rows(values_only=True))
+    assert rows[0][:2] == ("编号", "事件编号")
+    assert [row[0] for row in rows[1:]] == [c["id"] for c in listed]
+    assert [row[1] for row in rows[1:]] == [c["number"] for c in listed]
+    # A description starting with "=" is text, not a formula, in the workbook.
+    assert "'=1+1 占道经营" in [row[5] for row in rows[1:]]
+
+    r = ok(client.get("/api/v1/exports/cases?format=geojson&sort=reported_at"))
+    assert r.mimetype == "application/geo+json"
+    collection = json.loads(r.get_data())
+    assert collection["type"] == "FeatureCollection"
+    features = collection["features"]
+    assert [f["id"] for f in features] == [c["id"] for c in listed]
+    for feature, case in zip(features, listed, strict=True):
+        assert feature["geometry"] == case["location"]
+        assert feature["properties"]["number"] == case["number"]
+        assert feature["properties"]["urgent"] is False
+
+
+def test_an_export_is_streamed_in_batches_through_a_session_of_its_own(
+    client, world, monkeypatch, engine
+):
+    monkeypatch.setattr(exports_svc, "BATCH", 1)
+    r = ok(client.get("/api/v1/exports/cases", buffered=False))
+    assert r.is_streamed
+    # The audit row is committed before the first byte is produced.
+    assert len(audit_rows(engine)) == 1
+    chunks = list(r.response)
+    r.close()
+    assert len(chunks) == 4  # the headers, then one batch per case
+    assert chunks[0].startswith("\ufeff编号".encode())
+    assert all(chunk.count(b"\r\n") == 1 for chunk in chunks)
+
+
+def test_tasks_export_equals_the_list_with_the_grid_as_geometry(client, world, accounts):
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    for grid in (A1, B1):
+        body = {"title": f"走访独居老人 {grid}", "grid": grid, "due_in": SOON}
+        ok(office.post("/api/v1/tasks", json=body), 201)
+    listed = office.get(f"/api/v1/tasks?grid={B1}").get_json()["items"]
+    _, rows = parse_csv(ok(office.get(f"/api/v1/exports/tasks?grid={B1}")))
+    assert [int(row["id"]) for row in rows] == [t["id"] for t in listed] and len(rows) == 1
+    assert rows[0]["title"] == listed[0]["title"]
+    assert rows[0]["status_name"] == listed[0]["status_name"]
+    everything = office.get("/api/v1/tasks").get_json()["items"]
+    collection = json.loads(ok(office.get("/api/v1/exports/tasks?format=geojson")).get_data())
+    assert [f["id"] for f in collection["features"]] == [t["id"] for t in everything]
+    grid = client.get(f"/api/v1/grids/{A1}").get_json()
+    geometry = collection["features"][0]["geometry"]
+    assert geometry["type"] in ("Polygon", "MultiPolygon")
+    ring = (
+        geometry["coordinates"][0]
+        if geometry["type"] == "Polygon"
+        else geometry["coordinates"][0][0]
+    )
+    grid_geometry = grid["geometry"]
+    grid_ring = (
+        grid_geometry["coordinates"][0]
+        if grid_geometry["type"] == "Polygon"
+        else grid_geometry["coordinates"][0][0]
+    )
+
+    def rounded(points: list[list[float]]) -> list[tuple[float, float]]:
+        return sorted((round(x, 9), round(y, 9)) for x, y in points)
+
+    assert rounded(ring) == rounded(grid_ring)
+
+
+def _person(client: Any, name: str, seq: int, grid: str = A1) -> dict[str, Any]:
+    body = {"name": name, "id_number": make_id(seq), "phone": f"1381234{seq:04d}", "grid": grid}
+    return ok(client.post("/api/v1/persons", json=body), 201).get_json()
+
+
+@pytest.fixture
+def residents(client, world) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    people = [
+        _person(client, "张三", 1),
+        _person(client, "欧阳修", 2),
+        _person(client, "李四", 3, B1),
+    ]
+    record = {"person_id": people[0]["id"], "type": "petitioner", "notes": NOTES}
+    ok(client.post("/api/v1/special-groups", json=record), 201)
+    visit = {
+        "person_id": people[0]["id"],
+        "findings": "谈心",
+        "location": {"type": "Point", "coordinates": center(0)},
+    }
+    ok(client.post("/api/v1/visits", json=visit), 201)
+    ok(client.post("/api/v1/visits", json={"person_id": people[2]["id"], "findings": "回访"}), 201)
+    return people
+
+
+def test_persons_are_masked_as_the_search_shows_them(client, residents, engine):
+    listed = client.get("/api/v1/persons").get_json()["items"]
+    for fmt in ("csv", "xlsx", "geojson"):
+        r = ok(client.get(f"/api/v1/exports/persons?format={fmt}"))
+        body = r.get_data()
+        for secret in (make_id(1), "13812340001", "张三", "欧阳修", NOTES, "petitioner"):
+            assert secret.encode() not in body, (fmt, secret)
+    _, rows = parse_csv(ok(client.get("/api/v1/exports/persons")))
+    assert [int(row["id"]) for row in rows] == [p["id"] for p in listed]
+    for row, person in zip(rows, listed, strict=True):
+        for key in ("name", "id_number", "phone", "gender", "grid", "population_type"):
+            assert row[key] == (person[key] or ""), key
+        assert row["age"] == str(person["age"])
+    assert rows[0]["name"] == "张*" and rows[0]["phone"] == "138****0001"
+    features = json.loads(ok(client.get("/api/v1/exports/persons?format=geojson")).get_data())
+    assert [f["properties"]["name"] for f in features["features"]] == [p["name"] for p in listed]
+    assert audit_rows(engine)[-1]["summary"]["masked"] is True
+
+
+def test_unmasking_needs_the_permission_and_a_purpose_and_is_audited(
+    client, residents, accounts, engine
+):
+    worker = accounts.client("worker1", "grid_worker", grids=[A1])
+    r = worker.get(f"/api/v1/exports/persons?unmask=true&purpose={PURPOSE}")
+    assert r.status_code == 403 and r.get_json()["code"] == 403
+    r = client.get("/api/v1/exports/persons?unmask=true")
+    assert r.status_code == 422
+    assert r.get_json()["errors"]["query"]["purpose"]
+    assert audit_rows(engine) == []
+    r = ok(client.get(f"/api/v1/exports/persons?unmask=true&purpose={PURPOSE}&grid={A1}"))
+    headers, rows = parse_csv(r)
+    assert "出生日期" in headers
+    assert [(row["name"], row["id_number"], row["phone"]) for row in rows] == [
+        ("张三", make_id(1), "13812340001"),
+        ("欧阳修", make_id(2), "13812340002"),
+    ]
+    assert rows[0]["birth_date"] == "1990-01-01"
+    assert NOTES.encode() not in r.get_data() and b"petitioner" not in r.get_data()
+    (entry,) = audit_rows(engine)
+    assert entry["actor"] == f"user:{accounts.ids['admin']}"
+    assert entry["summary"] == {
+        "kind": "persons",
+        "format": "csv",
+        "filters": {"grid": A1},
+        "masked": False,
+        "purpose": PURPOSE,
+    }
+
+
+def test_a_searched_id_number_is_matched_but_never_written_to_the_audit_log(
+    client, residents, engine
+):
+    _, rows = parse_csv(ok(client.get(f"/api/v1/exports/persons?id_number={make_id(2)}")))
+    assert [int(row["id"]) for row in rows] == [residents[1]["id"]]
+    entry = audit_rows(engine)[-1]
+    assert list(entry["summary"]["filters"]) == ["id_number"]
+    assert make_id(2) not in json.dumps(entry["summary"])
+
+
+def test_visits_export_equals_the_list(client, residents, accounts):
+    worker = accounts.client("worker1", "grid_worker", grids=[A1])
+    listed = worker.get("/api/v1/visits").get_json()["items"]
+    assert len(listed) == 1
+    _, rows = parse_csv(ok(worker.get("/api/v1/exports/visits")))
+    assert [int(row["id"]) for row in rows] == [v["id"] for v in listed]
+    assert rows[0]["findings"] == "谈心"
+    everything = client.get("/api/v1/visits").get_json()["items"]
+    collection = json.loads(ok(client.get("/api/v1/exports/visits?format=geojson")).get_data())
+    assert [f["geometry"] for f in collection["features"]] == [v["location"] for v in everything]
+    assert collection["features"][1]["geometry"] is None
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "cases?q=" + "x" * 5000,
+        "cases?format=pdf",
+        "cases?region=32050800",
+        "cases?bbox=121,31,120,32",
+        "cases?limit=10",
+        "tasks?status=lost",
+        "persons?name=" + "张" * 500,
+        "visits?since=yesterday",
+    ],
+)
+def test_bad_or_huge_filters_are_422_in_the_one_error_shape(client, world, engine, query):
+    r = client.get(f"/api/v1/exports/{query}")
+    assert r.status_code == 422, r.get_data()[:300]
+    assert set(r.get_json()) == {"code", "status", "message", "errors"}
+    assert audit_rows(engine) == []
+
+
+def test_exports_need_the_read_permission_of_their_kind(accounts, world):
+    department = accounts.client("dept", "department", scope_region=TOWNSHIP)
+    assert department.get("/api/v1/exports/persons").status_code == 403
+    assert department.get("/api/v1/exports/tasks").status_code == 403
+    anonymous = accounts.app.test_client()
+    assert anonymous.get("/api/v1/exports/cases").status_code == 401
+
+
+# --- export jobs ------------------------------------------------------------------------------
+
+
+def run_jobs(app: Any, **kwargs: Any) -> dict[str, int]:
+    """Run what ``gridapi worker`` runs for exports, once."""
+    from gridapi.services.register import Keys
+
+    st = app.extensions["gridapi"]
+    options = exports_svc.JobOptions(
+        st.settings.data_dir, st.settings.export_retention_hours, Keys(st.cipher, st.phone_key)
+    )
+    return exports_svc.run_export_jobs(st.sessions, options, **kwargs)
+
+
+def test_a_job_writes_the_export_to_a_file_only_its_requester_downloads(
+    client, world, accounts, app, engine
+):
+    r = client.post("/api/v1/exports/cases/jobs", json={"format": "csv", "filters": {}})
+    assert r.status_code == 202, r.get_json()
+    job = r.get_json()
+    assert r.headers["Location"] == f"/api/v1/exports/cases/jobs/{job['id']}"
+    assert (job["status"], job["download"], job["masked"]) == ("queued", None, True)
+    r = client.get(f"/api/v1/exports/cases/jobs/{job['id']}/file")
+    assert r.status_code == 409 and r.get_json()["code"] == 409
+    assert run_jobs(app) == {"done": 1, "failed": 0, "purged": 0}
+    job = ok(client.get(f"/api/v1/exports/cases/jobs/{job['id']}")).get_json()
+    assert job["status"] == "done" and job["row_count"] == 3 and job["size_bytes"] > 0
+    assert job["download"] == f"/api/v1/exports/cases/jobs/{job['id']}/file"
+    filed = ok(client.get(job["download"]))
+    assert filed.headers["Content-Disposition"].startswith("attachment")
+    streamed = ok(client.get("/api/v1/exports/cases"))
+    assert parse_csv(filed)[1] == parse_csv(streamed)[1]
+    # Nobody else sees the job or its file; another kind's path does not find it either.
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    assert office.get(f"/api/v1/exports/cases/jobs/{job['id']}").status_code == 404
+    assert office.get(job["download"]).status_code == 404
+    assert client.get(f"/api/v1/exports/tasks/jobs/{job['id']}").status_code == 404
+    with engine.connect() as conn:
+        actions = conn.execute(
+            text("SELECT action FROM audit_log WHERE object_type = 'export' ORDER BY id")
+        ).scalars()
+        assert list(actions) == ["export.queue", "export.file", "export.download"]
+
+
+def test_a_job_keeps_the_scope_and_masking_of_its_requester(client, residents, accounts, app):
+    worker = accounts.client("worker1", "grid_worker", grids=[A1])
+    mine = worker.post("/api/v1/exports/persons/jobs", json={"format": "xlsx"})
+    assert mine.status_code == 202, mine.get_json()
+    r = worker.post("/api/v1/exports/persons/jobs", json={"unmask": True, "purpose": PURPOSE})
+    assert r.status_code == 403
+    full = client.post(
+        "/api/v1/exports/persons/jobs",
+        json={"format": "csv", "unmask": True, "purpose": PURPOSE, "filters": {"grid": A1}},
+    )
+    assert full.status_code == 202, full.get_json()
+    assert run_jobs(app)["done"] == 2
+    book = ok(worker.get(f"/api/v1/exports/persons/jobs/{mine.get_json()['id']}/file"))
+    rows = list(load_workbook(io.BytesIO(book.get_data())).worksheets[0].values)
+    listed = worker.get("/api/v1/persons").get_json()["items"]
+    assert [(r[0], r[1]) for r in rows[1:]] == [(p["id"], p["name"]) for p in listed]
+    assert [p["grid"] for p in listed] == [A1, A1]
+    _, rows = parse_csv(
+        ok(client.get(f"/api/v1/exports/persons/jobs/{full.get_json()['id']}/file"))
+    )
+    assert [row["id_number"] for row in rows] == [make_id(1), make_id(2)]
+    # An exact ID number would be kept in the job's filters: refused, never stored.
+    r = client.post("/api/v1/exports/persons/jobs", json={"filters": {"id_number": make_id(1)}})
+    assert r.status_code == 422 and "id_number" in r.get_json()["errors"]["json"]["filters"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"filters": {"colour": "red"}},
+        {"filters": {"q": "x" * 5000}},
+        {"filters": {"region": "32050800"}},
+        {"format": "pdf"},
+        {"unmask": True},
+        {"filters": "grid=1"},
+    ],
+)
+def test_a_job_with_bad_filters_is_refused_before_it_is_queued(client, world, engine, body):
+    r = client.post("/api/v1/exports/cases/jobs", json=body)
+    assert r.status_code == 422, r.get_json()
+    assert set(r.get_json()) == {"code", "status", "message", "errors"}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM export_jobs")).scalar() == 0
+
+
+def test_files_are_deleted_when_their_retention_has_passed(client, world, app):
+    job = client.post("/api/v1/exports/visits/jobs", json={"format": "geojson"}).get_json()
+    run_jobs(app)
+    r = ok(client.get(f"/api/v1/exports/visits/jobs/{job['id']}/file"))
+    assert json.loads(r.get_data()) == {"type": "FeatureCollection", "features": []}
+    r.close()
+    later = datetime.now(UTC) + timedelta(
+        hours=app.extensions["gridapi"].settings.export_retention_hours + 1
+    )
+    assert run_jobs(app, now=later)["purged"] == 1
+    assert client.get(f"/api/v1/exports/visits/jobs/{job['id']}").status_code == 404
+    directory = Path(app.extensions["gridapi"].settings.data_dir) / "exports"
+    assert [path.name for path in directory.iterdir()] == []
