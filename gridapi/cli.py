@@ -762,7 +762,8 @@ def worker(once: bool, parent_pid: int | None) -> None:
     """Run the background jobs: overdue cases, supervision, escalation, expired keys.
 
     Without --once, runs them every GRIDAPI_WORKER_INTERVAL_SECONDS until SIGTERM or SIGINT,
-    and delivers webhooks every GRIDAPI_WEBHOOK_POLL_SECONDS beside them.
+    and delivers webhooks every GRIDAPI_WEBHOOK_POLL_SECONDS and runs export jobs beside
+    them. --once runs each job once, then one webhook round and the queued export jobs.
     Several workers may run at once.
     """
     import logging
@@ -776,13 +777,40 @@ def worker(once: bool, parent_pid: int | None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .app import field_cipher
+    from .services import exports, webhooks
+    from .services.register import Keys
+
     sessions = _sessions()
     options = jobs.JobOptions.from_settings(settings)
+    cipher = field_cipher(settings)
+    delivery_options = webhooks.DeliveryOptions.from_settings(settings)
+    export_options = exports.JobOptions(
+        settings.data_dir,
+        settings.export_retention_hours,
+        Keys(cipher, settings.key_bytes("blind_index_key")),
+    )
     if once:
         results = jobs.run_jobs(sessions, jobs.utcnow(), options)
         for result in results:
             click.echo(result.summary())
-        if any(r.errors for r in results):
+        failed = any(r.errors for r in results)
+        # One round of what the looping worker does continuously beside the jobs, so that a
+        # worker run from cron delivers webhooks and writes export files too.
+        try:
+            click.echo(webhooks.deliver_round(sessions, cipher, delivery_options).summary())
+        except SQLAlchemyError:
+            click.echo("webhooks: errors=1")
+            failed = True
+        try:
+            counts = exports.run_export_jobs(sessions, export_options)
+            click.echo("exports: " + " ".join(f"{k}={v}" for k, v in counts.items()))
+        except SQLAlchemyError:
+            click.echo("exports: errors=1")
+            failed = True
+        if failed:
             sys.exit(1)
         return
     stop = threading.Event()
@@ -798,26 +826,15 @@ def worker(once: bool, parent_pid: int | None) -> None:
 
         threading.Thread(target=watch_parent, daemon=True).start()
     # Webhooks go out within seconds, on their own loop beside the jobs.
-    from .app import field_cipher
-    from .services import webhooks
-
     delivery = threading.Thread(
         target=webhooks.run_forever,
-        args=(sessions, field_cipher(settings), webhooks.DeliveryOptions.from_settings(settings)),
+        args=(sessions, cipher, delivery_options),
         kwargs={"stop": stop},
         name="webhook-delivery",
         daemon=True,
     )
     delivery.start()
     # Export jobs too: a large export is written to a file while the other jobs go on.
-    from .services import exports
-    from .services.register import Keys
-
-    export_options = exports.JobOptions(
-        settings.data_dir,
-        settings.export_retention_hours,
-        Keys(field_cipher(settings), settings.key_bytes("blind_index_key")),
-    )
     export_jobs = threading.Thread(
         target=exports.run_forever,
         args=(sessions, export_options),

@@ -181,7 +181,14 @@ class Attachments(MethodView):
     @blp.requires("cases:read")
     @blp.response(200, AttachmentListSchema)
     def get(self, case_id):
-        """List a case's photos, oldest first"""
+        """List a case's photos, oldest first
+
+        Returns the photos attached to the case with their type, size in pixels and bytes, SHA-256,
+        file name, upload time, uploader and the links to the photo and its thumbnail. Where and
+        when each photo was taken (from its EXIF data) is included only for callers with
+        `cases:evidence_location`. Needs `cases:read`; a case the caller may not see answers 404.
+        Not paged.
+        """
         session = db_session()
         caller = cases_svc.caller_of(session, current_principal())
         case_obj = cases_svc.get_case(session, case_id, caller)
@@ -209,5 +216,12 @@ class AttachmentThumbnail(MethodView):
     @blp.response(200)
     @blp.doc(**_file_doc("The thumbnail: at most 320 px on its longer side, same format."))
     def get(self, case_id, attachment_id):
-        """Download a photo's thumbnail"""
+        """Download a photo's thumbnail
+
+        Returns a small copy of the photo (at most 320 px on its longer side, same format, no
+        metadata), for lists and timelines on phones. Served inline with `X-Content-Type-Options:
+        nosniff`, a private cache lifetime and the thumbnail's SHA-256 as ETag (`If-None-Match`
+        answers 304). Needs `cases:read`; a case the caller may not see, or a photo that is not of
+        that case, answers 404.
+        """
         return _send(case_id, attachment_id, thumbnail=True)

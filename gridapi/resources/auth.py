@@ -187,7 +187,15 @@ class Me(MethodView):
     @blp.requires(AUTHENTICATED)
     @blp.response(200, MeSchema)
     def get(self):
-        """Who the caller is: role, permissions and area scope"""
+        """Who the caller is: role, permissions and area scope
+
+        Describes the credential the request was made with: `kind` (`user` for a person's access
+        token, `client` for an API key), its id and name, the role, the sorted list of permissions
+        and the area scope (`unrestricted`, the region code prefixes and any grids given one by
+        one). Any valid credential may call it; nothing is written. Phone apps and integrations use
+        it after sign-in to decide which screens and actions to offer, rather than trying an
+        operation and waiting for a 403.
+        """
         p = current_principal()
         scope = {
             "unrestricted": p.scope.unrestricted,

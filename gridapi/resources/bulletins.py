@@ -36,6 +36,9 @@ _FILES = {
     "200": {
         "description": "The bulletin as JSON, or as a file with Chinese headers",
         "content": {
+            # The default format; listed here too, since these content types replace the
+            # response's own (a JSON answer was otherwise undocumented).
+            "application/json": {"schema": {"$ref": "#/components/schemas/Bulletin"}},
             "text/csv": {"schema": {"type": "string"}},
             "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
                 "schema": {"type": "string", "format": "binary"}

@@ -42,7 +42,14 @@ class Calendar(MethodView):
     @blp.arguments(CalendarQueryArgsSchema, location="query")
     @blp.response(200, CalendarSchema)
     def get(self, args):
-        """The working hours and the days that depart from Monday-Friday"""
+        """The working hours and the days that depart from Monday-Friday
+
+        Returns the configured working hours and timezone with the stored exceptions to the
+        Monday-Friday week, by date: public holidays (`holiday`) and weekend days worked in exchange
+        (调休, `workday`); `year` limits the list to one year. Deadlines in working hours or days are
+        counted on this calendar. Any valid credential may call it, e.g. for a phone to show when a
+        case falls due.
+        """
         settings = state().settings
         return {
             "working_hours": settings.working_hours,
@@ -75,7 +82,14 @@ class CalendarDay(MethodView):
     @blp.arguments(CalendarDayUpdateSchema)
     @blp.response(200, CalendarDaySchema)
     def put(self, data, day):
-        """Mark a day as a holiday or as a weekend day worked in exchange"""
+        """Mark a day as a holiday or as a weekend day worked in exchange
+
+        Creates or replaces the exception for the day given in the path (`YYYY-MM-DD`): `kind` is
+        `holiday` or `workday` (only a Saturday or Sunday can be a workday in exchange; a weekday is
+        a 422), with an optional `name` such as 春节. Setting the same values again changes nothing.
+        Deadlines computed after the change use it at once. Needs `calendar:write`; writes an audit
+        row `calendar.set`.
+        """
         row = svc.set_day(db_session(), _day(day), data["kind"], data["name"])
         audit("calendar.set", "calendar", day, summary=data)
         commit()
@@ -85,7 +99,13 @@ class CalendarDay(MethodView):
     @blp.requires("calendar:write")
     @blp.response(204)
     def delete(self, day):
-        """Return a day to the Monday-Friday rule"""
+        """Return a day to the Monday-Friday rule
+
+        Deletes the exception stored for the day, so it is again a working day from Monday to Friday
+        and a rest day at the weekend, and answers 204. A day with no exception (or not a valid
+        date) answers 404. Needs `calendar:write`; writes an audit row `calendar.remove`, and
+        deadlines computed afterwards use the change.
+        """
         svc.remove_day(db_session(), _day(day))
         audit("calendar.remove", "calendar", day)
         commit()

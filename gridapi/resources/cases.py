@@ -359,7 +359,17 @@ class CaseById(MethodView):
     @blp.requires("cases:read")
     @blp.response(200, CaseSchema, headers={"ETag": {"schema": {"type": "string"}}})
     def get(self, case_id):
-        """Get a case, with the actions the caller may take now and its ETag"""
+        """Get a case, with the actions the caller may take now and its ETag
+
+        Returns the full case: number, status, category, location (canonical WGS-84 and as reported,
+        with its system and accuracy), grid and version, community, township, how it was routed, the
+        responsible unit, department and assignee, the deadline of each stage, overdue and
+        supervision flags, the rework, extension, escalation and reopen counters, the rating and the
+        ids of duplicates. `allowed_actions` lists the workflow actions the caller may take now, so
+        an app shows only the buttons that will work. The `ETag` header is the value to send as
+        `If-Match` with a transition. Needs `cases:read`; a case the caller may not see (outside
+        their scope, or sensitive and not theirs) answers 404 exactly like one that does not exist.
+        """
         session = db_session()
         caller = svc.caller_of(session, current_principal())
         case_obj = svc.get_case(session, case_id, caller)
@@ -411,7 +421,15 @@ class Timeline(MethodView):
     @blp.requires("cases:read")
     @blp.response(200, TimelineSchema)
     def get(self, case_id):
-        """List every step of a case: who, when, from which state to which, why, evidence"""
+        """List every step of a case: who, when, from which state to which, why, evidence
+
+        Returns the case's timeline in order (`seq`), one entry per step since it was reported: the
+        action, the state before and after, who took it (actor and name), when, the comment, the
+        unit holding the case then, extra data of the step (e.g. the department dispatched to, a new
+        deadline, a rating score) and the ids of attached evidence photos. Statistics and the
+        monthly bulletin are computed from these rows. Needs `cases:read`; a case the caller may not
+        see answers 404.
+        """
         session = db_session()
         caller = svc.caller_of(session, current_principal())
         case_obj = svc.get_case(session, case_id, caller)
@@ -428,7 +446,15 @@ class Rating(MethodView):
     @blp.arguments(RatingSchema)
     @blp.response(200, CaseSchema)
     def post(self, data, case_id):
-        """Rate a closed case 1-5 (满意度), once: by its reporter, or an app on their behalf"""
+        """Rate a closed case 1-5 (满意度), once: by its reporter, or an app on their behalf
+
+        Records the reporter's satisfaction `score` (1-5) with an optional `comment`, adds a `rate`
+        step to the timeline, emits the webhook event `case.rated` and answers the updated case.
+        Only the account or app that reported the case, or an API client whose area covers the case
+        (a hotline calling the resident back), may rate it: anyone else gets 403. A case that is not
+        closed, or is rated already, is a 409: a rating cannot be changed. Needs `cases:write`; a
+        case the caller may not see answers 404. Writes an audit row `case.rate`.
+        """
         session = db_session()
         caller = svc.caller_of(session, current_principal())
         case_obj = svc.rate(session, case_id, caller, data["score"], data["comment"], _now())

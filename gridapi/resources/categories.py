@@ -32,7 +32,15 @@ class Categories(MethodView):
     @blp.arguments(CategoryQueryArgsSchema, location="query")
     @blp.response(200, CategoryListSchema)
     def get(self, args):
-        """List categories, classes before their subclasses"""
+        """List categories, classes before their subclasses
+
+        Returns the case categories in display order (each class followed by its subclasses), with
+        their time limits for acceptance, handling and verification in working hours or days,
+        default handler, intake and closure standards, flags and the extra attributes a report of
+        that category carries (some required). Inactive categories are left out unless
+        `include_inactive=true`. Any valid credential may call it: phone apps and hotline systems
+        use it to build their category picker and report forms. Not paged.
+        """
         return {
             "items": svc.list_categories(db_session(), include_inactive=args["include_inactive"])
         }
@@ -41,7 +49,14 @@ class Categories(MethodView):
     @blp.arguments(CategoryCreateSchema)
     @blp.response(201, CategorySchema)
     def post(self, data):
-        """Create a category (a class of 2 digits or a subclass of 4)"""
+        """Create a category (a class of 2 digits or a subclass of 4)
+
+        Adds a class (2 digits, e.g. `53` 安全隐患) or a subclass (4 digits under an existing class,
+        e.g. `5301`), with its time limits, default handler (`community`, `township`, `county` or
+        `department:<code>`), standards, flags and attribute definitions. Needs `categories:write`.
+        A code already used is a 409; a subclass whose class does not exist, a malformed handler or
+        attribute definition is a 422. Writes an audit row `category.create`.
+        """
         category = svc.create_category(db_session(), data)
         audit("category.create", "category", category.code, summary={"name": category.name})
         commit()
@@ -53,14 +68,26 @@ class CategoriesByCode(MethodView):
     @blp.requires(AUTHENTICATED)
     @blp.response(200, CategorySchema)
     def get(self, code):
-        """Get a category with its limits, standards and attribute schema"""
+        """Get a category with its limits, standards and attribute schema
+
+        Returns one category, active or not, with its acceptance, handling and verification limits
+        (in working hours or days), its default handler, intake and closure standards, flags
+        (`sensitive`, `urgent`, `auto_escalate`), duplicate radius and attribute definitions. Any
+        valid credential may call it; a code that does not exist answers 404.
+        """
         return svc.get_category(db_session(), code)
 
     @blp.requires("categories:write")
     @blp.arguments(CategoryUpdateSchema)
     @blp.response(200, CategorySchema)
     def patch(self, data, code):
-        """Change a category's limits, standards, flags or attribute schema"""
+        """Change a category's limits, standards, flags or attribute schema
+
+        Changes only the fields sent; deadlines set from then on use the new limits. Set `is_active:
+        false` to retire a category: it disappears from the default list, while cases already filed
+        under it keep it. Needs `categories:write`; an unknown code is a 404 and a malformed handler
+        or attribute definition a 422. Writes an audit row `category.update` with the fields sent.
+        """
         category = svc.update_category(db_session(), code, data)
         audit("category.update", "category", code, summary=data)
         commit()

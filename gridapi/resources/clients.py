@@ -29,14 +29,29 @@ class Clients(MethodView):
     @blp.requires("clients:manage")
     @blp.response(200, ClientListSchema)
     def get(self):
-        """List API clients"""
+        """List API clients
+
+        Returns the registered apps (hotlines, city systems, resident apps) whose area lies inside
+        the caller's scope, ordered by id, each with its name, key prefix, scopes, area, rate limit,
+        creator and revocation time; keys themselves are never shown again. Clients without an area
+        (they see everything) are listed only to unrestricted callers. Needs `clients:manage`. Not
+        paged.
+        """
         return {"items": svc.list_clients(db_session(), current_principal().scope)}
 
     @blp.requires("clients:manage")
     @blp.arguments(ClientCreateSchema)
     @blp.response(201, ClientCreatedSchema)
     def post(self, data):
-        """Register an API client; the answer shows its key once"""
+        """Register an API client; the answer shows its key once
+
+        Creates an app credential with the given `scopes` (permissions), area (`scope_region`,
+        required unless the caller is unrestricted, and inside the caller's scope) and `rate_limit`
+        (default GRIDAPI_CLIENT_RATE_LIMIT). The answer carries the full `api_key` this one time:
+        only a digest is kept, so store it at once; a lost key means registering a new client. Needs
+        `clients:manage`; unknown scopes, a malformed rate limit or a region outside the caller's
+        scope are refused with 422. Writes an audit row `client.create` (without the key).
+        """
         client, key = svc.create_client(
             db_session(),
             name=data["name"],
@@ -63,13 +78,25 @@ class ClientsById(MethodView):
     @blp.requires("clients:manage")
     @blp.response(200, ClientSchema)
     def get(self, client_id):
-        """Get an API client"""
+        """Get an API client
+
+        Returns the app's name, key prefix (to recognise the key), scopes, area, rate limit, creator
+        and `revoked_at`; never the key. Needs `clients:manage`; a client whose area is outside the
+        caller's scope answers 404 like one that does not exist.
+        """
         return svc.get_client(db_session(), client_id, current_principal().scope)
 
     @blp.requires("clients:manage")
     @blp.response(200, ClientSchema)
     def delete(self, client_id):
-        """Revoke an API client's key"""
+        """Revoke an API client's key
+
+        Revokes the app's key: requests made with it are refused with 401 from then on (other server
+        processes notice within the credential cache time). The client row stays, with `revoked_at`
+        set, and is returned; revoking again keeps the first `revoked_at`. Needs `clients:manage`; a
+        client outside the caller's scope answers 404. Writes an audit row `client.revoke`. There is
+        no un-revoke: register a new client instead.
+        """
         client = svc.revoke_client(db_session(), client_id, current_principal().scope)
         audit("client.revoke", "client", client.id, region_code=client.scope_region_code)
         commit()

@@ -53,7 +53,14 @@ class GridVersions(MethodView):
     @versions_blp.arguments(GridVersionQueryArgsSchema, location="query")
     @versions_blp.response(200, GridVersionListSchema)
     def get(self, args):
-        """List grid versions, newest first"""
+        """List grid versions, newest first
+
+        Returns the grid versions of regions inside the caller's scope, newest first, each with its
+        region, status (`draft`, `active` or `retired`), label, source and grid and error counts;
+        the validation report itself is on the single version. Filter by `region` (its subtree) and
+        `status`. Needs `grids:read`. Paged by id: pass `next` back as `after` to get the older
+        versions.
+        """
         limit = args.pop("limit")
         items = svc.list_versions(db_session(), limit=limit + 1, scope=_scope(), **args)
         return {"items": items[:limit], "next": items[limit - 1].id if len(items) > limit else None}
@@ -99,7 +106,14 @@ class GridVersionsById(MethodView):
     @versions_blp.requires("grids:read")
     @versions_blp.response(200, GridVersionDetailSchema)
     def get(self, version_id):
-        """Get a grid version with its validation report"""
+        """Get a grid version with its validation report
+
+        Returns the version with its validation report: per grid the invalid geometries, the
+        overlaps with other grids and the parts outside the community (in m²), and per community the
+        gaps the grids leave. Read it after an import to decide whether to fix the file or to
+        activate. Needs `grids:read`; a version of a region outside the caller's scope answers 404
+        like one that does not exist.
+        """
         return svc.get_version(db_session(), version_id, scope=_scope())
 
 
@@ -134,7 +148,15 @@ class GridVersionGrids(MethodView):
     @versions_blp.requires("grids:read")
     @versions_blp.response(200, {"type": "object"}, content_type="application/geo+json")
     def get(self, version_id):
-        """Get a version's grids as a GeoJSON FeatureCollection"""
+        """Get a version's grids as a GeoJSON FeatureCollection
+
+        Streams every grid of the version, draft, active or retired, ordered by code, as
+        `application/geo+json` in WGS-84 with the properties `code`, `name`, `type`,
+        `community_code` and `version_id`, so a draft can be reviewed on a map before activation.
+        Needs `grids:read`; only grids inside the caller's scope are included, and a version outside
+        it answers 404. The answer carries an ETag; send it as `If-None-Match` to get 304 while
+        nothing has changed.
+        """
         svc.get_version(db_session(), version_id, scope=_scope())
         return _geojson_response(version_id=version_id)
 
@@ -145,7 +167,14 @@ class Grids(MethodView):
     @blp.arguments(GridQueryArgsSchema, location="query")
     @blp.response(200, GridPageSchema)
     def get(self, args):
-        """List grids in service (or of a version), by code"""
+        """List grids in service (or of a version), by code
+
+        Returns the grids in service inside the caller's scope, ordered by code, each with its name,
+        type, community, version and area (no geometry); with `version` the grids of that version
+        are listed instead (e.g. a draft being checked). Filter by `region` (subtree), `community`,
+        `type` and part of the name (`q`). Needs `grids:read`. Paged by code: pass `next` back as
+        `after`. Use `/api/v1/grids/export` for geometries in bulk.
+        """
         limit = args.pop("limit")
         filters = {
             "region": args.get("region"),
@@ -182,7 +211,14 @@ class GridsByCode(MethodView):
     @blp.arguments(GridByCodeArgsSchema, location="query")
     @blp.response(200, GridDetailSchema)
     def get(self, args, code):
-        """Get a grid in service (or of a version) by its 15-digit code, with its geometry"""
+        """Get a grid in service (or of a version) by its 15-digit code, with its geometry
+
+        Returns the grid currently in service with this code, with its name, type, community,
+        version and boundary in WGS-84; pass `version` to read the grid of that version instead,
+        e.g. of a draft or of the version a case was routed with. Needs `grids:read`. A code with no
+        grid in service (or none in that version), or a grid outside the caller's scope, answers
+        404.
+        """
         return svc.get_grid(db_session(), code, args.get("version"), scope=_scope())
 
 

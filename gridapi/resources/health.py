@@ -63,5 +63,11 @@ class Live(MethodView):
     @blp.public
     @blp.response(200, LiveSchema)
     def get(self):
-        """Liveness: the process answers (no database access)"""
+        """Liveness: the process answers (no database access)
+
+        Answers `{"status": "ok"}` as long as the server process can serve a request; it touches
+        neither the database nor the routing index, so it stays cheap enough for a load balancer or
+        container probe to call every few seconds. Public: needs no credentials. Use
+        `/api/v1/health` for readiness (database engine, spatial extension, grids in service).
+        """
         return {"status": "ok"}

@@ -210,7 +210,17 @@ class PatrolEnd(MethodView):
     @blp.arguments(PatrolEndSchema)
     @blp.response(200, PatrolSchema)
     def post(self, data, patrol_id):
-        """End your patrol (at `ended_at`, default now); a repeat changes nothing"""
+        """End your patrol (at `ended_at`, default now); a repeat changes nothing
+
+        Closes the caller's active patrol and answers it with its final length, duration, point
+        count and grids crossed. Without `ended_at` it ends now, or at its last uploaded point if
+        that is later; an `ended_at` in the future (beyond a few minutes' clock skew), before the
+        start, or more than a few minutes before the last point is a 422. Safe to retry: ending an
+        ended patrol again without `ended_at`, or at the same time, answers the same patrol and
+        writes nothing; at another time it is a 409. Needs `patrols:write`, and only the worker who
+        started the patrol may end it: any other patrol answers 404. Writes an audit row
+        `patrol.end`.
+        """
         session = db_session()
         patrol = svc.get_own(session, patrol_id, current_principal())
         if svc.end_patrol(session, patrol, data.get("ended_at"), now=_now()):

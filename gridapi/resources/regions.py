@@ -132,7 +132,14 @@ class RegionsByCode(MethodView):
     @blp.arguments(OnDateArgsSchema, location="query")
     @blp.response(200, RegionDetailSchema)
     def get(self, args, code):
-        """Get a region by code, with its boundary"""
+        """Get a region by code, with its boundary
+
+        Returns the region's row valid on `on` (default today), with its level, parent, validity
+        period and boundary. Needs `regions:read`; a caller sees the regions inside their scope and
+        the ancestors of their scope, so a township officer can read their county and city too. A
+        code that does not exist on that day, or lies outside what the caller sees, answers 404 in
+        both cases alike.
+        """
         return svc.get_region(db_session(), code, args.get("on"), scope=_scope())
 
     @blp.requires("regions:write")
@@ -160,7 +167,13 @@ class RegionChildren(MethodView):
     @blp.arguments(OnDateArgsSchema, location="query")
     @blp.response(200, RegionListSchema)
     def get(self, args, code):
-        """List the direct children of a region"""
+        """List the direct children of a region
+
+        Returns the regions whose parent is `code`, valid on `on` (default today), ordered by code
+        and not paged. Needs `regions:read`. Only children the caller sees are listed: asking for
+        the children of the caller's city lists only the counties inside their scope. A region that
+        does not exist or that the caller does not see answers 404.
+        """
         return {"items": svc.children(db_session(), code, args.get("on"), scope=_scope())}
 
 
@@ -170,7 +183,14 @@ class RegionAncestors(MethodView):
     @blp.arguments(OnDateArgsSchema, location="query")
     @blp.response(200, RegionListSchema)
     def get(self, args, code):
-        """List the ancestors of a region, parent first, up to the province"""
+        """List the ancestors of a region, parent first, up to the province
+
+        Returns the chain from the region's parent up to its province, as valid on `on` (default
+        today); the region itself is not included and a province answers an empty list. Needs
+        `regions:read`, and the region itself must be one the caller sees (else 404); its ancestors
+        are then always listed, so a client can show the full administrative path (省 › 市 › 县 › 乡镇)
+        of anything in scope.
+        """
         return {"items": svc.ancestors(db_session(), code, args.get("on"), scope=_scope())}
 
 
@@ -180,7 +200,14 @@ class RegionSubtree(MethodView):
     @blp.arguments(SubtreeArgsSchema, location="query")
     @blp.response(200, RegionListSchema)
     def get(self, args, code):
-        """List a region and everything under it, by code"""
+        """List a region and everything under it, by code
+
+        Returns the region and every region below it, valid on `on` (default today), ordered by
+        code, so a client can build the whole tree under a county in one call; `max_level` stops at
+        a level (e.g. `township` leaves out villages and communities). Not paged. Needs
+        `regions:read`; regions outside the caller's scope are left out, and a region the caller
+        does not see answers 404.
+        """
         return {
             "items": svc.subtree(
                 db_session(), code, args.get("on"), args.get("max_level"), scope=_scope()

@@ -111,7 +111,13 @@ class Houses(MethodView):
     @houses_blp.arguments(HouseArgsSchema, location="query")
     @houses_blp.response(200, HouseListSchema)
     def get(self, args):
-        """List houses in your scope (by address text, use, region or grid)"""
+        """List houses in your scope (by address text, use, region or grid)
+
+        Returns the houses (实有房屋) in the caller's grids and communities, ordered by id, each with
+        its address, use (自住, 出租, 空置, 经营), point, grid, community and how it was placed. Filter by
+        part of the `address`, `use`, `region` (subtree) or `grid`. Needs `persons:read`. Pages of
+        `limit` (default 50, at most 200): pass `next_cursor` back as `cursor`.
+        """
         rows = svc.list_houses(db_session(), current_principal().scope, _args(args))
         items = [svc.house_view(h) for h in rows]
         return {"items": items, "next_cursor": _page(items, args["limit"])}
@@ -120,7 +126,14 @@ class Houses(MethodView):
     @houses_blp.arguments(HouseCreateSchema)
     @houses_blp.response(201, HouseSchema)
     def post(self, data):
-        """Register a house: its location is routed to a grid like a case (or give a grid)"""
+        """Register a house: its location is routed to a grid like a case (or give a grid)
+
+        Creates a house at a `location` (a GeoJSON point in the system named by `crs`, routed to the
+        grid covering it, else to the smallest region holding it), in a `grid`, or in a `region`; a
+        `grid` given with a point wins over the routed grid, for houses on a boundary. Needs
+        `persons:write`. A place outside the caller's scope, a grid not in service there, or no
+        place at all is a 422 naming the field. Writes an audit row `house.create`.
+        """
         session = db_session()
         house = svc.create_house(
             session, data, scope=current_principal().scope, snapshot=_snapshot(), actor=_actor()
@@ -141,14 +154,27 @@ class HouseById(MethodView):
     @houses_blp.requires("persons:read")
     @houses_blp.response(200, HouseSchema)
     def get(self, house_id):
-        """Get a house"""
+        """Get a house
+
+        Returns the house with its address, use, point, grid, community, county and how it was
+        placed. Needs `persons:read`; a house outside the caller's grids and communities answers 404
+        exactly like one that does not exist.
+        """
         return svc.house_view(svc.get_house(db_session(), house_id, current_principal().scope))
 
     @houses_blp.requires("persons:write")
     @houses_blp.arguments(HouseUpdateSchema)
     @houses_blp.response(200, HouseSchema)
     def patch(self, data, house_id):
-        """Change a house's address, use or place (its households and residents move along)"""
+        """Change a house's address, use or place (its households and residents move along)
+
+        Changes only the fields sent. A new `location`, `grid` or `region` places the house again,
+        as on registration; when its grid or community changes, its households, their residents and
+        those residents' special-group records move with it, so they stay visible to the grid that
+        now holds them. A house stays in its county (numbers are unique per county): a place in
+        another county is a 422, as is one outside the caller's scope. Needs `persons:write`; a
+        house out of scope answers 404. The audit row `house.update` names the fields changed.
+        """
         session = db_session()
         house = svc.update_house(
             session, house_id, data, scope=current_principal().scope, snapshot=_snapshot()
@@ -192,7 +218,14 @@ class Households(MethodView):
     @households_blp.arguments(HouseholdArgsSchema, location="query")
     @households_blp.response(200, HouseholdListSchema)
     def get(self, args):
-        """List households in your scope, with their members (masked)"""
+        """List households in your scope, with their members (masked)
+
+        Returns the households (户) in the caller's grids and communities, ordered by id, each with
+        its number (户号), type (户籍户, 流动户, 租住户), house, place and members with masked names and
+        numbers. Filter by `house_id`, exact `number`, `type`, `region` (subtree) or `grid`. Needs
+        `persons:read`. Pages of `limit` (default 50, at most 200): pass `next_cursor` back as
+        `cursor`.
+        """
         session = db_session()
         rows = svc.list_households(session, current_principal().scope, _args(args))
         items = households_body(session, rows)
@@ -202,7 +235,14 @@ class Households(MethodView):
     @households_blp.arguments(HouseholdCreateSchema)
     @households_blp.response(201, HouseholdSchema)
     def post(self, data):
-        """Register a household in a house (or at a place, a grid or a region)"""
+        """Register a household in a house (or at a place, a grid or a region)
+
+        Creates a household with its number (户号), unique in the county, and type; it takes the place
+        of its `house_id`, or else of a `location`, `grid` or `region` as a house does. Members are
+        added by registering residents with this `household_id`. Needs `persons:write`. A number
+        already registered in the county is a 409; a house or place outside the caller's scope is a
+        422. Writes an audit row `household.create`.
+        """
         session = db_session()
         household = svc.create_household(
             session, data, scope=current_principal().scope, snapshot=_snapshot(), actor=_actor()
@@ -223,7 +263,13 @@ class HouseholdById(MethodView):
     @households_blp.requires("persons:read")
     @households_blp.response(200, HouseholdSchema)
     def get(self, household_id):
-        """Get a household with its head and members (masked)"""
+        """Get a household with its head and members (masked)
+
+        Returns the household with its number, type, house, place and members, names and numbers
+        masked (张*, 138****5678); full values need `GET /api/v1/persons/{id}/sensitive` with a
+        stated purpose. Needs `persons:read`; a household outside the caller's scope answers 404
+        like one that does not exist.
+        """
         session = db_session()
         return household_body(
             session, svc.get_household(session, household_id, current_principal().scope)
@@ -233,7 +279,15 @@ class HouseholdById(MethodView):
     @households_blp.arguments(HouseholdUpdateSchema)
     @households_blp.response(200, HouseholdSchema)
     def patch(self, data, household_id):
-        """Change a household's type or house (its members move along)"""
+        """Change a household's type or house (its members move along)
+
+        Changes the `type` and/or the `house_id`. Moving to another house gives the household and
+        its members that house's grid and community (the members' special-group records follow);
+        `house_id: null` detaches it from its house and leaves its place as it is. The new house
+        must be in the caller's scope and in the same county (else 422). Needs `persons:write`; a
+        household out of scope answers 404. The audit row `household.update` names the fields
+        changed.
+        """
         session = db_session()
         household = svc.update_household(
             session, household_id, data, scope=current_principal().scope
@@ -312,7 +366,15 @@ class PersonById(MethodView):
     @persons_blp.requires("persons:read")
     @persons_blp.response(200, PersonSchema)
     def get(self, person_id):
-        """Get a resident (masked)"""
+        """Get a resident (masked)
+
+        Returns the resident with name, ID number and phone number masked (张*, 3201**********1234,
+        138****5678), the gender and age derived from the ID number, population type, addresses,
+        household, relation to its head and place; `masked` is always true here. Full values need
+        `GET /api/v1/persons/{id}/sensitive` with the `persons:unmask` permission and a stated
+        purpose. Needs `persons:read`; a resident outside the caller's scope answers 404 exactly
+        like one that does not exist.
+        """
         k = keys()
         return svc.person_view(
             svc.get_person(db_session(), person_id, current_principal().scope), k
@@ -322,7 +384,17 @@ class PersonById(MethodView):
     @persons_blp.arguments(PersonUpdateSchema)
     @persons_blp.response(200, PersonSchema)
     def patch(self, data, person_id):
-        """Change a resident (the audit log names the fields changed, never their values)"""
+        """Change a resident (the audit log names the fields changed, never their values)
+
+        Changes only the fields sent. Joining a household gives the resident its house and place;
+        `grid` moves a resident who lives in no household (one in a household moves with it: 422);
+        special-group records follow the resident. A new ID number is validated and re-derives
+        gender and birth date, and only a foreign resident may have none (422). Needs
+        `persons:write`; a resident out of scope answers 404. An ID number already registered in the
+        county, or a second head (户长) for the household, is a 409; a duplicate ID number also counts
+        against the caller's lookup allowance. The audit row `person.update` names the fields
+        changed.
+        """
         session = db_session()
         k = keys()
         try:
@@ -439,7 +511,15 @@ class Visits(MethodView):
     @visits_blp.arguments(VisitArgsSchema, location="query")
     @visits_blp.response(200, VisitListSchema)
     def get(self, args):
-        """List visits in your scope (by household, resident, worker, time, region, grid)"""
+        """List visits in your scope (by household, resident, worker, time, region, grid)
+
+        Returns the home visits (走访) in the caller's grids and communities, ordered by id, each with
+        the worker, time, place, point, household or resident visited, findings, follow-up and the
+        case raised from it, if any. Filter by `household_id`, `person_id`, `worker_id`, a time
+        window (`since` inclusive, `until` exclusive), `region` (subtree) or `grid`. Needs
+        `persons:read`. Pages of `limit` (default 50, at most 200): pass `next_cursor` back as
+        `cursor`.
+        """
         rows = svc.list_visits(db_session(), current_principal().scope, _args(args))
         items = [svc.visit_view(v) for v in rows]
         return {"items": items, "next_cursor": _page(items, args["limit"])}
@@ -484,7 +564,13 @@ class VisitById(MethodView):
     @visits_blp.requires("persons:read")
     @visits_blp.response(200, VisitSchema)
     def get(self, visit_id):
-        """Get a visit"""
+        """Get a visit
+
+        Returns the visit with its worker, time, place and point, the household or resident visited,
+        findings, follow-up, the id of the case raised from it (if any) and who recorded it when.
+        Needs `persons:read`; a visit outside the caller's scope answers 404 like one that does not
+        exist.
+        """
         return svc.visit_view(svc.get_visit(db_session(), visit_id, current_principal().scope))
 
 

@@ -51,7 +51,16 @@ class SpecialGroups(MethodView):
     @blp.arguments(SpecialGroupArgsSchema, location="query")
     @blp.response(200, SpecialGroupListSchema)
     def get(self, args):
-        """List special-group records in your scope (each one returned is audited)"""
+        """List special-group records in your scope (each one returned is audited)
+
+        Returns the special-group records (特殊人群/重点人员) of residents in the caller's grids and
+        communities, ordered by id: type, attention level, responsible helper, status, notes
+        (decrypted), dates and place, with the resident's name masked. Filter by `type`,
+        `attention_level`, `status`, `person_id`, `helper_id`, `region` (subtree) or `grid`. Needs
+        `special_groups:read`; each record returned writes an audit row `special_group.read`,
+        committed with the answer, so ask only for the page you need. Pages of `limit` (default 50,
+        at most 200): pass `next_cursor` back as `cursor`.
+        """
         session = db_session()
         args["after"] = args.pop("cursor", None)
         rows = svc.list_records(session, current_principal().scope, args)
@@ -65,7 +74,17 @@ class SpecialGroups(MethodView):
     @blp.arguments(SpecialGroupCreateSchema)
     @blp.response(201, SpecialGroupSchema)
     def post(self, data):
-        """Create a special-group record for a resident in your scope"""
+        """Create a special-group record for a resident in your scope
+
+        Opens a record of one `type` (`released_prisoner`, `community_correction`, `drug_user`,
+        `severe_mental_disorder`, `at_risk_youth` or `petitioner`) for a registered resident, with
+        an attention level (default `medium`), a responsible helper, status (default `active`),
+        encrypted notes and dates (`started_on` defaults to today); it takes the resident's place
+        and moves with them. Needs `special_groups:write`. A resident outside the caller's scope, or
+        a helper who is not an active account in scope holding `special_groups:read`, is a 422; a
+        second record of the same type for the resident is a 409. Writes an audit row
+        `special_group.create` naming the fields given, never their values.
+        """
         session = db_session()
         principal = current_principal()
         row = svc.create_record(
@@ -82,7 +101,13 @@ class SpecialGroupById(MethodView):
     @blp.requires("special_groups:read")
     @blp.response(200, SpecialGroupSchema)
     def get(self, record_id):
-        """Get a special-group record (audited)"""
+        """Get a special-group record (audited)
+
+        Returns one record with its type, attention level, helper, status, decrypted notes, dates
+        and place, the resident's name masked. Needs `special_groups:read`; every read writes an
+        audit row `special_group.read` (who, when, which record). A record outside the caller's
+        grids and communities answers 404 exactly like one that does not exist.
+        """
         session = db_session()
         row = svc.get_record(session, record_id, current_principal().scope)
         view = svc.record_views(session, [row], keys())[0]
@@ -94,7 +119,14 @@ class SpecialGroupById(MethodView):
     @blp.arguments(SpecialGroupUpdateSchema)
     @blp.response(200, SpecialGroupSchema)
     def patch(self, data, record_id):
-        """Change a record's attention level, helper, status, notes or dates"""
+        """Change a record's attention level, helper, status, notes or dates
+
+        Changes only the fields sent; the type and the resident cannot be changed. A new helper must
+        be an active account in scope holding `special_groups:read`, and `ended_on` must not be
+        before `started_on` (422 otherwise). Needs `special_groups:write`; a record out of scope
+        answers 404. The audit row `special_group.update` names the fields changed, never their
+        values.
+        """
         session = db_session()
         row, changed = svc.update_record(
             session, record_id, data, scope=current_principal().scope, keys=keys()

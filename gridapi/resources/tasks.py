@@ -150,7 +150,15 @@ class TaskById(MethodView):
     @blp.requires("tasks:read")
     @blp.response(200, TaskSchema, headers=_ETAG)
     def get(self, task_id):
-        """Get a task, with its items, the actions you may take now and its ETag"""
+        """Get a task, with its items, the actions you may take now and its ETag
+
+        Returns the task with its campaign, region, grid, assignee, due time and overdue flag, the
+        result form to fill in, the results and evidence so far, every item (a house or household to
+        visit, with its own status and result) and the timestamps of each step. `allowed_actions`
+        lists what the caller may do now (accept, complete, reassign, cancel), and the `ETag` header
+        is the value to send as `If-Match` with any of them. Needs `tasks:read`; a task neither in
+        the caller's scope nor assigned to them answers 404 exactly like one that does not exist.
+        """
         principal = _principal()
         session = db_session()
         task = svc.get_task(session, task_id, principal)
@@ -368,7 +376,16 @@ class CampaignById(MethodView):
     @campaigns_blp.requires("tasks:read")
     @campaigns_blp.response(200, CampaignSchema, headers=_ETAG)
     def get(self, campaign_id):
-        """Get a campaign, with its result form and ETag"""
+        """Get a campaign, with its result form and ETag
+
+        Returns the campaign (e.g. a hazard sweep 大排查) with its title, description, category,
+        region, due time, the result form every task of it fills in, how items are generated
+        (`item_scope`, `item_uses`), status and timestamps. `allowed_actions` says whether the
+        caller may cancel it now, and the `ETag` header is the value to send as `If-Match` when
+        cancelling. Needs `tasks:read`; a campaign is visible when its region is in the caller's
+        scope or when one of its tasks is visible to them, otherwise it answers 404. Use `/progress`
+        for the counts.
+        """
         principal = _principal()
         session = db_session()
         campaign = svc.get_campaign(session, campaign_id, principal)

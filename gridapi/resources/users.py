@@ -51,7 +51,13 @@ class Roles(MethodView):
     @blp.requires("users:read")
     @blp.response(200, RoleListSchema)
     def get(self):
-        """List the roles and their permissions"""
+        """List the roles and their permissions
+
+        Returns every role (grid_worker 网格员, grid_chief 网格长, department, township_office,
+        county_centre, city_centre, admin) with its title, its rank and the permissions it grants,
+        ordered by rank then name. Needs `users:read`. Use it to fill a role picker: an account can
+        only be given a role ranked below the caller's own (administrators excepted).
+        """
         from sqlalchemy import select
 
         return {"items": db_session().scalars(select(Role).order_by(Role.rank, Role.name))}
@@ -63,7 +69,13 @@ class Users(MethodView):
     @blp.arguments(UserQueryArgsSchema, location="query")
     @blp.response(200, UserPageSchema)
     def get(self, args):
-        """List the accounts in your scope"""
+        """List the accounts in your scope
+
+        Returns the accounts whose region lies inside the caller's scope, plus those currently on
+        the roster of a grid in it, ordered by id; phone numbers are masked (138****5678) and
+        passwords never appear. Filter by `role`, `region` (its subtree) and part of the username or
+        display name (`q`). Needs `users:read`. Paged by id: pass `next` back as `after`.
+        """
         limit = args.pop("limit")
         items = svc.list_users(db_session(), current_principal().scope, limit=limit + 1, **args)
         return {"items": items[:limit], "next": items[limit - 1].id if len(items) > limit else None}
@@ -107,7 +119,12 @@ class UsersById(MethodView):
     @blp.requires("users:read")
     @blp.response(200, UserSchema)
     def get(self, user_id):
-        """Get an account"""
+        """Get an account
+
+        Returns the account with its role, region, scope region, department, active flag and masked
+        phone number. Needs `users:read`; an account outside the caller's scope (neither living in
+        it nor on the roster of one of its grids) answers 404 exactly like one that does not exist.
+        """
         return svc.get_user(db_session(), user_id, current_principal().scope)
 
     @blp.requires("users:write")
@@ -139,7 +156,16 @@ class UserPassword(MethodView):
     @blp.arguments(PasswordResetSchema)
     @blp.response(204)
     def post(self, data, user_id):
-        """Reset an account's password (its sessions end)"""
+        """Reset an account's password (its sessions end)
+
+        Sets a new password chosen by an administrator, e.g. for a grid worker who has forgotten
+        theirs, and answers 204. Needs `users:write`, and the account must be in the caller's scope
+        and of a lower rank than the caller (administrators may reset any); otherwise 404. A
+        password that fails the policy (at least 10 characters of three kinds, not a common one,
+        without the username or phone number) is refused with 422 naming the problems. On success
+        every access and refresh token of the account stops working, and an audit row
+        `user.password_reset` is written (without the password).
+        """
         p = current_principal()
         session = db_session()
         user = svc.get_user(session, user_id, p.scope)
@@ -154,7 +180,13 @@ class UserAssignments(MethodView):
     @blp.requires("users:read")
     @blp.response(200, AssignmentListSchema)
     def get(self, user_id):
-        """An account's grid assignments, with history"""
+        """An account's grid assignments, with history
+
+        Returns every roster assignment of the account, newest first: current ones (no `valid_to`)
+        and ended ones, each with its grid, first day, first day off and whether it is the primary
+        grid. Needs `users:read`; an account outside the caller's scope answers 404. Not paged: the
+        history of one person is short.
+        """
         session = db_session()
         svc.get_user(session, user_id, current_principal().scope)
         return {"items": svc.assignments_of(session, user_id)}
@@ -163,7 +195,16 @@ class UserAssignments(MethodView):
     @blp.arguments(AssignmentCreateSchema)
     @blp.response(201, AssignmentSchema)
     def post(self, data, user_id):
-        """Put an account on a grid's roster"""
+        """Put an account on a grid's roster
+
+        Makes the account responsible for a grid in service from `valid_from` (default today); with
+        `is_primary` it becomes the account's primary grid and any other assignment loses that flag.
+        Needs `users:write`; the account must be in scope and of a lower rank (else 404), and a grid
+        not in service in the caller's scope is a 422. Being on the roster of that grid already, for
+        an overlapping period, is a 409. For an account whose scope follows its grids (no scope
+        region) the new grid joins its scope and its access tokens must be refreshed. Writes an
+        audit row `user.assign_grid`.
+        """
         row = svc.assign_grid(
             db_session(),
             user_id,
@@ -194,7 +235,15 @@ class UserAssignmentEnd(MethodView):
     @blp.arguments(AssignmentEndSchema, required=False)
     @blp.response(200, AssignmentSchema)
     def post(self, data, user_id, grid_code):
-        """Take an account off a grid's roster from a day (default today)"""
+        """Take an account off a grid's roster from a day (default today)
+
+        Ends the account's current assignment to the grid: `valid_to` is the first day the grid is
+        no longer theirs, so the default (today) takes effect at once and a later day schedules the
+        end. Needs `users:write`; an account out of scope or not of a lower rank, a grid outside the
+        caller's scope, or no current assignment to the grid answers 404, and a day before the
+        assignment began is a 422. The account's access tokens must be refreshed to pick up the new
+        scope; an audit row `user.end_assignment` is written. The assignment stays in the history.
+        """
         row = svc.end_assignment(
             db_session(),
             user_id,
@@ -220,7 +269,13 @@ class GridRoster(MethodView):
     @blp.arguments(RosterArgsSchema, location="query")
     @blp.response(200, RosterSchema)
     def get(self, args, grid_code):
-        """Who was responsible for a grid on a day"""
+        """Who was responsible for a grid on a day
+
+        Returns the accounts on the grid's roster on `on` (default today), the primary one first,
+        each with their assignment period; past days answer from the history, so this tells who held
+        the grid when a case was reported. Needs `users:read`; a grid not in service or outside the
+        caller's scope answers 404. Phone numbers in the answer are masked.
+        """
         day = args.get("on") or date.today()
         rows = svc.roster(db_session(), grid_code, current_principal().scope, day)
         return {

@@ -108,7 +108,14 @@ class WebhookById(MethodView):
     @blp.requires("webhooks:manage")
     @blp.response(200, WebhookSchema)
     def get(self, webhook_id):
-        """Get a webhook subscription"""
+        """Get a webhook subscription
+
+        Returns the subscription with its URL, event types, area (`region_codes`), categories,
+        description, active flag, owner and how many of its deliveries are pending and dead now;
+        never the signing secret (rotate it to get a new one). Needs `webhooks:manage`. An app sees
+        only its own subscriptions, a user those whose whole area lies in their scope (and their
+        own); any other id answers 404 like one that does not exist.
+        """
         return _body(svc.get_subscription(db_session(), webhook_id, _principal()))
 
     @blp.requires("webhooks:manage")
@@ -138,7 +145,14 @@ class WebhookById(MethodView):
     @blp.requires("webhooks:manage")
     @blp.response(204)
     def delete(self, webhook_id):
-        """Delete a webhook subscription and its delivery log"""
+        """Delete a webhook subscription and its delivery log
+
+        Removes the subscription at once, with its delivery log and any deliveries still pending,
+        and answers 204: no further events are sent to its URL, and the log can no longer be read or
+        redelivered. To pause deliveries instead, set `active: false` with a PATCH. Needs
+        `webhooks:manage`; a subscription the caller cannot see answers 404. Writes an audit row
+        `webhook.delete`.
+        """
         session = db_session()
         sub = svc.get_subscription(session, webhook_id, _principal())
         _audit("delete", sub)

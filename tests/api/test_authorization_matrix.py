@@ -732,7 +732,11 @@ def export_job(c: Any, kind: str, *, done: bool = False) -> Any:
     if c.variant == "missing":
         return Call(params={"job_id": c.missing_id})
     spec = c.world.actors[c.actor]
-    own = c.variant == "in" or (spec and actor_scope(spec).covers_region(COMMUNITY_C))
+    # Area C is outside every caller's scope but that of the callers covering it (the
+    # matrix expects their own job there); anywhere else "out" is someone else's job.
+    own = c.variant == "in" or (
+        c.area.community == COMMUNITY_C and spec and actor_scope(spec).covers_region(COMMUNITY_C)
+    )
     sender = c.world.clients[c.actor] if own else c.world.setup
     r = sender.post(f"/api/v1/exports/{kind}/jobs", json={"filters": {"region": c.area.community}})
     if r.status_code != 202:

@@ -684,3 +684,22 @@ def test_address_rules(address, allowed):
 
     allow = parse_allowlist("127.0.0.1/32")
     assert (address_refusal(ipaddress.ip_address(address), allow) is None) is allowed
+
+
+def test_worker_once_delivers_the_waiting_events(client, world, settings, receiver):
+    """`gridapi worker --once` (run from cron) sends what is due, as the looping worker does."""
+    from click.testing import CliRunner
+
+    from gridapi.cli import main
+
+    subscribe(client, receiver.url, events=["case.created"])
+    case_id, _ = report(client)
+    env = {
+        "GRIDAPI_DATABASE_URL": settings.database_url,
+        "GRIDAPI_DATA_DIR": settings.data_dir,  # the field keys the secret is sealed with
+        "GRIDAPI_WEBHOOK_ALLOW_PRIVATE": "127.0.0.1/32",
+    }
+    result = CliRunner().invoke(main, ["worker", "--once"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "webhooks: fanned_out=1 attempted=1 delivered=1 retrying=0 dead=0" in result.output
+    assert [e["data"]["case_id"] for e in receiver.events()] == [case_id]

@@ -398,7 +398,13 @@ def test_worker_once_prints_a_line_per_job(client, world, app, database_url):
         "tasks: overdue=0 errors=0",
         "tracks: thinned=0 deleted=0 presence_cleared=0 errors=0",
         "sync: pruned=0 errors=0",
+        lines[7],
+        "exports: done=0 failed=0 purged=0",
     ]
+    # The outbox events of the report and the steps are fanned out; nobody subscribed.
+    assert re.fullmatch(
+        r"webhooks: fanned_out=\d+ attempted=0 delivered=0 retrying=0 dead=0", lines[7]
+    ), lines[7]
     assert get_case(app, case_id).overdue is True
     again = cli(database_url, "worker", "--once")
     assert again.exit_code == 0, again.output
