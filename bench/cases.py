@@ -881,11 +881,15 @@ def _copy_value(v: Any) -> str:
     return "\\N" if v is None else str(v)
 
 
-def load_cases(world: World, n: int, seed: int, *, lifecycle: bool = False) -> dict[str, float]:
+def load_cases(
+    world: World, n: int, seed: int, *, lifecycle: bool = False, now: datetime | None = None
+) -> dict[str, float]:
     """Generate ``n`` cases and insert them with COPY + INSERT … SELECT; return timings.
 
     ``lifecycle``: give the cases generated timelines (``generate_lifecycle``) instead of
     the fixed one (filed +1 h, closed +3 d, deadline +5 d, no rework, no extension).
+    ``now``: the moment the case ages count back from (default: five minutes ago), so that
+    a fixed value gives the same rows every time (``bench/generate``).
 
     The secondary indexes of ``cases`` are dropped for the load and rebuilt from their own
     definitions (pg_indexes) afterwards; the case counters are set to the numbers given out.
@@ -893,7 +897,8 @@ def load_cases(world: World, n: int, seed: int, *, lifecycle: bool = False) -> d
     import psycopg
 
     timings: dict[str, float] = {}
-    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    if now is None:
+        now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     t0 = time.perf_counter()
     cols = generate_cases(world, n, seed, now, lifecycle=lifecycle)
     timings["generate cases (s)"] = time.perf_counter() - t0
