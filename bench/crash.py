@@ -200,6 +200,7 @@ class Tally:
     acknowledged: dict[str, int] = field(default_factory=dict)  # client_id -> case id
     statuses: dict[str, int] = field(default_factory=dict)
     retry_after_missing: int = 0  # 503 answers without Retry-After
+    unexpected: list[str] = field(default_factory=list)  # answers no retry can change
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def saw(self, what: str) -> None:
@@ -239,7 +240,9 @@ def client_loop(
                 status, raw, answer_headers = request_with_headers(
                     port, "POST", "/api/v1/cases", body, headers, 15
                 )
-            except OSError as exc:  # refused, reset, timed out: the answer may be lost
+            except (OSError, http.client.HTTPException) as exc:
+                # Refused, reset, timed out, or cut off mid-answer (IncompleteRead,
+                # BadStatusLine are HTTPException, not OSError): the answer may be lost.
                 tally.saw(type(exc).__name__)
             else:
                 tally.saw(str(status))
@@ -247,12 +250,19 @@ def client_loop(
                     with tally.lock:
                         tally.retry_after_missing += 1
                 if status in (200, 201):
-                    case_id = json.loads(raw)["id"]
+                    try:
+                        case_id = json.loads(raw)["id"]
+                    except (ValueError, KeyError):  # a body cut short: not acknowledged
+                        tally.saw("truncated body")
+                    else:
+                        with tally.lock:
+                            tally.acknowledged[client_id] = case_id
+                        break
+                elif status not in (409, 500, 502, 503, 504):
+                    # A refusal no retry can change: counted, and the run fails.
                     with tally.lock:
-                        tally.acknowledged[client_id] = case_id
+                        tally.unexpected.append(f"{status}: {raw[:300]!r}")
                     break
-                if status not in (409, 500, 502, 503, 504):
-                    raise SystemExit(f"unexpected {status}: {raw[:300]!r}")
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -426,6 +436,7 @@ def run(args: argparse.Namespace) -> int:
         facts["seconds"] = round(elapsed, 1)
         facts["answers"] = dict(sorted(tally.statuses.items()))
         facts["503_without_retry_after"] = tally.retry_after_missing
+        facts["unexpected_answers"] = tally.unexpected[:5] or "none"
         for name, value in facts.items():
             log(f"{name}: {value}")
         good = (
@@ -438,6 +449,7 @@ def run(args: argparse.Namespace) -> int:
             )
             and facts.get("integrity_check", "ok") == "ok"
             and tally.retry_after_missing == 0
+            and not tally.unexpected
         )
         print(
             f"acknowledged={facts['acknowledged']} present={facts['present']} "
