@@ -37,11 +37,10 @@ from ..models.exports import ExportJob
 from ..models.register import House, Person, Visit
 from ..models.tasks import Task
 from ..personal import age_on, mask_id_number, mask_name, mask_phone
-from ..scope import Scope
 from . import cases as cases_svc
 from . import register as register_svc
 from . import tasks as tasks_svc
-from .identity import user_principal
+from .identity import principal_of_client, user_principal
 
 if TYPE_CHECKING:
     from ..auth import Principal
@@ -684,8 +683,6 @@ def get_job(session: Session, principal: Principal, kind: str, job_id: int) -> E
 
 def _requester(session: Session, job: ExportJob) -> Principal | None:
     """Return the requester as they are now (a disabled account, a revoked app: None)."""
-    from ..auth import Principal as _Principal
-
     if job.user_id is not None:
         user = session.get(User, job.user_id)
         if user is None:
@@ -694,21 +691,7 @@ def _requester(session: Session, job: ExportJob) -> Principal | None:
     client = session.get(ApiClient, job.client_id)
     if client is None or client.revoked_at is not None:
         return None
-    scope = (
-        Scope.of_region(client.scope_region_code)
-        if client.scope_region_code
-        else Scope.everything()
-    )
-    return _Principal(
-        kind="client",
-        id=client.id,
-        name=client.name,
-        role=None,
-        rank=0,
-        permissions=frozenset(client.scopes),
-        scope=scope,
-        region_code=client.scope_region_code,
-    )
+    return principal_of_client(client)
 
 
 def _claim(sessions: Any, now: datetime) -> int | None:

@@ -102,8 +102,6 @@ def current_grids(session: Session, user_id: int, on: date | None = None) -> lis
 
 def client_principal(session: Session, prefix: str, key: str):  # type: ignore[no-untyped-def]
     """Return the Principal of an unrevoked client whose key matches, else None."""
-    from ..auth import Principal
-
     client = session.scalars(select(ApiClient).where(ApiClient.key_prefix == prefix)).first()
     if (
         client is None
@@ -111,6 +109,13 @@ def client_principal(session: Session, prefix: str, key: str):  # type: ignore[n
         or not same_digest(client.key_hash, digest(key))
     ):
         return None
+    return principal_of_client(client)
+
+
+def principal_of_client(client: ApiClient):  # type: ignore[no-untyped-def]
+    """Return the Principal an API client acts as (its scopes, area and rate limit)."""
+    from ..auth import Principal
+
     scope = (
         Scope.of_region(client.scope_region_code)
         if client.scope_region_code
