@@ -45,6 +45,7 @@ import numpy as np
 import orjson
 import routing
 import shapely
+import summary
 import synthetic
 from routing import Latencies, _merge, server, workers_cpu_s
 from sqlalchemy import event, text
@@ -1621,6 +1622,39 @@ def report(
     return out.getvalue()
 
 
+def record_summary(
+    facts: dict[str, Any], reports: list[ReportResult], lists: list[ListResult]
+) -> None:
+    """Record the headline figures of the report for bench/summary.py."""
+    for r in reports:
+        summary.record(
+            "cases",
+            f"`POST /cases` throughput (ratio report ÷ live), {r.label}",
+            f"{r.post.lat.per_s:,.0f} req/s",
+            f"`GET /health/live` {r.live.lat.per_s:,.0f} req/s",
+            f"{r.ratio:.2f}",
+            f"≥ {TARGET_RATIO} (floor {FLOOR_RATIO})",
+            r.ratio >= TARGET_RATIO,
+        )
+    live = next((r for r in lists if "health/live" in r.label), None)
+    live_p99 = float(np.percentile(live.lat.ns, 99)) / 1e6 if live else None
+    judged = facts.get("cases", 0) >= TARGET_LIST_CASES
+    for r in lists:
+        targeted = "first page" in r.label or "cursor" in r.label
+        if not targeted and "queues" not in r.label:
+            continue
+        p99 = float(np.percentile(r.lat.ns, 99)) / 1e6
+        summary.record(
+            "cases",
+            f"p99 at {facts.get('cases', 0):,} cases, {r.label}",
+            _ms(p99 * 1e6),
+            f"`GET /health/live` p99 {_ms(live_p99 * 1e6)}" if live_p99 else "",
+            f"{p99 / live_p99:,.1f}×" if live_p99 else "",
+            f"p99 ≤ {TARGET_LIST_P99_MS:.0f} ms at 1 M cases" if targeted else "",
+            (p99 <= TARGET_LIST_P99_MS) if targeted and judged else None,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1783,6 +1817,7 @@ def main(argv: list[str] | None = None) -> int:
     facts["total run time (s)"] = time.perf_counter() - started
     _log(f"cases benchmark finished in {facts['total run time (s)']:.0f} s")
     sys.stdout.write(report(args, machine, setup, facts, reports, lists, plans, profile_text))
+    record_summary(facts, reports, lists)
     return 0
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import cases as case_bench
 import routing
+import summary
 import synthetic
 from routing import server
 
@@ -175,6 +176,32 @@ def report(args: argparse.Namespace, results: list[Download], reference: tuple) 
     return "\n".join(lines) + "\n"
 
 
+def record_summary(results: list[Download], reference: tuple) -> None:
+    """Record the headline figures of the report for bench/summary.py."""
+    ref_rows, _, ref_s = reference
+    ref_rate = ref_rows / ref_s
+    for r in results:
+        csv = "CSV" in r.label
+        summary.record(
+            "exports",
+            f"{r.label.removeprefix('cases, ')} export of {r.rows:,} cases",
+            f"{r.rows_per_s:,.0f} rows/s",
+            f"`COPY … TO STDOUT (FORMAT csv)` {ref_rate:,.0f} rows/s",
+            f"{r.rows_per_s / ref_rate:.2f}",
+            f"≥ {TARGET_ROWS_PER_S:,.0f} rows/s" if csv else "",
+            r.rows_per_s >= TARGET_ROWS_PER_S if csv else None,
+        )
+    if results:
+        csv = results[0]
+        summary.record(
+            "exports",
+            f"worker peak RSS before → after the {csv.label.removeprefix('cases, ')} export",
+            f"{csv.hwm_before_kib / 1024:,.0f} → {csv.hwm_after_kib / 1024:,.0f} MiB "
+            f"(+{(csv.hwm_after_kib - csv.hwm_before_kib) / 1024:,.1f} MiB)",
+            target="flat server memory",
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -245,6 +272,7 @@ def _run(args: argparse.Namespace, log_dir: Path) -> int:
     _log("  COPY reference ...")
     reference = copy_reference(world.url)
     print(report(args, results, reference))
+    record_summary(results, reference)
     return 0
 
 

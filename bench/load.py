@@ -40,6 +40,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import summary
+
 ROOT = Path(__file__).resolve().parent.parent
 GRIDAPI = str(ROOT / ".venv" / "bin" / "gridapi")
 PASSWORD = "Gridapi-Demo-2026"
@@ -320,21 +322,59 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("|---|---|---|---|---|---|---|---|")
     held = 0.0
+    held_at: tuple[int, Step, Step] | None = None
     for n, live, mixed in rows:
         kinds = " / ".join(
             f"{pct(mixed.latencies.get(k, []), 95):.0f}"
             for k in ("sync", "tasks", "list", "report", "upload")
         )
         p95 = pct(mixed.all, 95)
-        if p95 < TARGET_P95_MS and not mixed.errors:
-            held = max(held, mixed.rate)
+        if p95 < TARGET_P95_MS and not mixed.errors and mixed.rate > held:
+            held, held_at = mixed.rate, (n, live, mixed)
         print(
             f"| {n} | {mixed.rate:.0f} | {mixed.rate / live.rate:.3f} "
             f"({live.rate:.0f} live/s) | {statistics.median(mixed.all):.0f} | {p95:.0f} "
             f"| {pct(mixed.all, 99):.0f} | {kinds} | {sum(mixed.errors.values())} |"
         )
     print(f"\nheld at p95 < {TARGET_P95_MS:.0f} ms: {held:.0f} requests/s")
+    record_summary(args, held_at)
     return 0
+
+
+def record_summary(args: argparse.Namespace, held_at: tuple[int, Step, Step] | None) -> None:
+    """Record the rate held at p95 < 300 ms, and its p95, for bench/summary.py."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    target = f"p95 < {TARGET_P95_MS:.0f} ms on 2 cores"
+    if held_at is None:
+        summary.record(
+            "load",
+            f"requests/s of the phone mix held at p95 < {TARGET_P95_MS:.0f} ms "
+            f"({args.engine}, {cores} cores)",
+            "none (no step held)",
+            target=target,
+            met=False,
+        )
+        return
+    n, live, mixed = held_at
+    summary.record(
+        "load",
+        f"requests/s of the phone mix held at p95 < {TARGET_P95_MS:.0f} ms "
+        f"({args.engine}, {n} phones, {cores} cores)",
+        f"{mixed.rate:.0f} req/s",
+        f"`GET /health/live` {live.rate:.0f} req/s ({n} phones)",
+        f"{mixed.rate / live.rate:.3f}",
+        target,
+        True,
+    )
+    summary.record(
+        "load",
+        f"p95 at that level ({n} phones)",
+        f"{pct(mixed.all, 95):.0f} ms",
+        f"`GET /health/live` p95 {pct(live.all, 95):.0f} ms",
+        f"{pct(mixed.all, 95) / pct(live.all, 95):,.1f}×",
+        target,
+        pct(mixed.all, 95) < TARGET_P95_MS,
+    )
 
 
 if __name__ == "__main__":

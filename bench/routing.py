@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import orjson
 import shapely
+import summary
 import synthetic
 from sqlalchemy.engine import Engine, make_url
 
@@ -928,6 +929,49 @@ def report(results: list[SizeResult], args: argparse.Namespace) -> str:
     return out.getvalue()
 
 
+def record_summary(results: list[SizeResult], args: argparse.Namespace) -> None:
+    """Record the headline figures of the report for bench/summary.py (per size)."""
+    engine_label = "PostGIS ST_Covers" if args.engine == "postgis" else "SpatiaLite ST_Covers"
+    sizes = [r.size for r in results]
+    if not sizes:
+        return
+    p99_size = TARGET_P99_SIZE if TARGET_P99_SIZE in sizes else max(sizes)
+    for r in results:
+        grids = f"{r.size:,} grids"
+        if r.single and r.reference:
+            summary.record(
+                "routing",
+                f"in-process `locate` p99, {grids}",
+                _fmt_us(r.single.p99_us),
+                f"{engine_label} p99 {_fmt_us(r.reference.p99_us)}",
+                f"{_x(r.reference.p99_us / r.single.p99_us)} faster",
+                f"≤ {TARGET_P99_US:.0f} µs at {TARGET_P99_SIZE:,} grids",
+                r.single.p99_us <= TARGET_P99_US if r.size == p99_size else None,
+            )
+        if r.batch and r.reference:
+            ref_pps = 1e6 / r.reference.mean_us
+            summary.record(
+                "routing",
+                f"HTTP `POST /locate/batch` ({args.batch:,} points, {args.clients} clients), {grids}",
+                _fmt_rate(r.batch.per_s, "pts"),
+                f"{engine_label}, sequential, {_fmt_rate(ref_pps, 'pts')}",
+                _x(r.batch.per_s / ref_pps),
+                f"≥ {TARGET_BATCH_PPS:,.0f} points/s",
+                r.batch.per_s >= TARGET_BATCH_PPS,
+            )
+        if r.get_locate and r.get_live:
+            cost = r.get_live.per_s / r.get_locate.per_s
+            summary.record(
+                "routing",
+                f"HTTP `GET /locate` cost ÷ `GET /health/live` (by throughput), {grids}",
+                _fmt_rate(r.get_locate.per_s, "req"),
+                f"`GET /health/live` {_fmt_rate(r.get_live.per_s, 'req')}",
+                f"{cost:.2f}× the cost",
+                f"≤ {TARGET_LOCATE_OVER_LIVE}×",
+                cost <= TARGET_LOCATE_OVER_LIVE,
+            )
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -997,6 +1041,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(log_dir, ignore_errors=True)
     _log(f"routing benchmark finished in {time.perf_counter() - started:.0f} s")
     sys.stdout.write(report(results, args))
+    record_summary(results, args)
     return 0
 
 

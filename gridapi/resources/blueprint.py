@@ -65,6 +65,10 @@ class Blueprint(flask_smorest.Blueprint):
         optional: the request may leave it out (it then reads as ``{}``)."""
         if location == "json" and "required" not in kwargs:
             kwargs["required"] = _has_required_field(schema)
+        # One instance per operation: given a class, webargs builds a schema (deep-copying
+        # every field, nested schemas again) on every request. Schemas hold no request state.
+        if isinstance(schema, type):
+            schema = schema()
         return super().arguments(schema, location=location, **kwargs)
 
     def requires(self, permission: str) -> Callable[[Any], Any]:

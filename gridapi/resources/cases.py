@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, g, request
 from flask.views import MethodView
 
-from ..auditing import audit
+from ..auditing import audit, request_actor
 from ..auth import current_principal
 from ..extensions import commit, db_session, state
 from ..geo.geodesy import distance_m
@@ -25,7 +25,7 @@ from ..schemas.cases import (
     TransitionSchema,
 )
 from ..services import cases as svc
-from ..services import idempotency
+from ..services import idempotency, intake
 from .blueprint import Blueprint
 
 blp = Blueprint(
@@ -252,66 +252,47 @@ class Cases(MethodView):
         keys = [f"key:{key}"] if key else []
         if data.get("client_id"):
             keys.append(f"client_id:{data['client_id']}")
-        body_hash = idempotency.request_hash("POST", request.path, request.get_json())
-        idempotency.claim(session, principal.actor_id, keys)
-        stored = idempotency.find(session, principal.actor_id, keys, body_hash)
-        if stored is not None:
-            session.rollback()
-            return Response(
-                stored.response,
-                status=stored.status_code,
-                mimetype="application/json",
-                headers={"Idempotent-Replayed": "true"},
-            )
-        now = _now()
-        reported = svc.report(
+        caller = svc.Caller(principal)
+
+        def respond(case, duplicates, category) -> str:  # type: ignore[no-untyped-def]
+            view = case_view(case, caller, _names_for(session, [case]), category_name=category.name)
+            view["duplicates"] = []
+            view["possible_duplicates"] = [
+                {
+                    "id": d.id,
+                    "number": d.number,
+                    "status": d.status,
+                    "distance_m": round(distance_m(case.lon, case.lat, d.lon, d.lat), 1),
+                    "reported_at": d.reported_at,
+                }
+                for d in duplicates
+            ]
+            # The view is in the documented shape (tests load it with CaseSchema): encoded as is.
+            return dumps_bytes(view).decode()
+
+        taken = intake.report_once(
             session,
             data,
             principal=principal,
+            actor=request_actor(),
+            keys=keys,
+            body_hash=idempotency.request_hash("POST", request.path, request.get_json()),
+            path=request.path,
             snapshot=_routing_snapshot(),
             calendar=st.calendar(session),
-            now=now,
+            now=_now(),
             duplicate_window_hours=st.settings.duplicate_window_hours,
-        )
-        case_obj, duplicates = reported.case, reported.duplicates
-        caller = svc.Caller(principal)
-        view = render(session, caller, case_obj, full=False, category_name=reported.category.name)
-        view["duplicates"] = []
-        view["possible_duplicates"] = [
-            {
-                "id": d.id,
-                "number": d.number,
-                "status": d.status,
-                "distance_m": round(distance_m(case_obj.lon, case_obj.lat, d.lon, d.lat), 1),
-                "reported_at": d.reported_at,
-            }
-            for d in duplicates
-        ]
-        # The view is in the documented shape (tests load it with CaseSchema): encoded as is.
-        payload = dumps_bytes(view).decode()
-        idempotency.remember(
-            session,
-            principal.actor_id,
-            keys,
-            hash_=body_hash,
-            method="POST",
-            path=request.path,
-            status_code=201,
-            response=payload,
-            resource_id=case_obj.id,
-            now=now,
             keep_days=st.settings.idempotency_days,
+            respond=respond,
         )
-        audit(
-            "case.report",
-            "case",
-            case_obj.id,
-            summary={"number": case_obj.number, "grid": case_obj.grid_code},
-            region_code=case_obj.region_code,
-        )
-        commit()
+        if taken.replayed:
+            session.rollback()
+            headers = {"Idempotent-Replayed": "true"}
+        else:
+            commit()
+            headers = {"ETag": taken.etag}
         return Response(
-            payload, status=201, mimetype="application/json", headers={"ETag": svc.etag(case_obj)}
+            taken.payload, status=taken.status_code, mimetype="application/json", headers=headers
         )
 
     @blp.requires("cases:read")

@@ -19,13 +19,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from ..auditing import audit
+from ..auditing import request_actor
 from ..auth import Forbidden, Principal, Unauthorized, _authenticate, current_principal
 from ..errors import DomainError
 from ..extensions import commit, db_session, state
 from ..jsonio import dumps_bytes
 from ..services import cases as cases_svc
-from ..services import idempotency
+from ..services import idempotency, intake
 from ..services import open311 as svc
 
 log = logging.getLogger(__name__)
@@ -288,64 +288,46 @@ def requests_create(fmt: str) -> Response:
     keys = [f"key:{key}"] if key else []
     form = {k: v for k, v in _form_items() if k != "api_key"}
     body_hash = idempotency.request_hash("POST", _REQUESTS_PATH, form)
-    idempotency.claim(session, principal.actor_id, keys)
-    stored = idempotency.find(session, principal.actor_id, keys, body_hash)
-    if stored is not None:
-        session.rollback()
-        return _answer(
-            fmt,
-            "service_requests",
-            orjson.loads(stored.response),
-            201,
-            {"Idempotent-Replayed": "true"},
-        )
-    now = datetime.now(UTC)
-    reported = cases_svc.report(
+
+    def respond(case, duplicates, category) -> str:  # type: ignore[no-untyped-def]
+        unit = case.grid_code and snapshot.grid_name(case.grid_code)
+        unit = unit or svc.region_names(session, [case.region_code]).get(case.region_code)
+        notice = f"已登记，案件编号 {case.number}，由{unit or case.region_code}受理。"
+        if duplicates:
+            notice += f" 附近已有 {len(duplicates)} 件同类未结案件，可能重复。"
+        body = [
+            {
+                "service_request_id": str(case.id),
+                "service_notice": notice,
+                "account_id": None,
+                "case_number": case.number,
+            }
+        ]
+        return dumps_bytes(body).decode()
+
+    taken = intake.report_once(
         session,
         data,
         principal=principal,
+        actor=request_actor(),
+        keys=keys,
+        body_hash=body_hash,
+        path=_REQUESTS_PATH,
         snapshot=snapshot,
         calendar=st.calendar(session),
-        now=now,
+        now=datetime.now(UTC),
         duplicate_window_hours=st.settings.duplicate_window_hours,
-    )
-    case_obj = reported.case
-    unit = case_obj.grid_code and snapshot.grid_name(case_obj.grid_code)
-    unit = unit or svc.region_names(session, [case_obj.region_code]).get(case_obj.region_code)
-    notice = f"已登记，案件编号 {case_obj.number}，由{unit or case_obj.region_code}受理。"
-    if reported.duplicates:
-        notice += f" 附近已有 {len(reported.duplicates)} 件同类未结案件，可能重复。"
-    body = [
-        {
-            "service_request_id": str(case_obj.id),
-            "service_notice": notice,
-            "account_id": None,
-            "case_number": case_obj.number,
-        }
-    ]
-    payload = dumps_bytes(body).decode()
-    idempotency.remember(
-        session,
-        principal.actor_id,
-        keys,
-        hash_=body_hash,
-        method="POST",
-        path=_REQUESTS_PATH,
-        status_code=201,
-        response=payload,
-        resource_id=case_obj.id,
-        now=now,
         keep_days=st.settings.idempotency_days,
+        respond=respond,
+        audit_summary={"via": "open311"},
     )
-    audit(
-        "case.report",
-        "case",
-        case_obj.id,
-        summary={"number": case_obj.number, "grid": case_obj.grid_code, "via": "open311"},
-        region_code=case_obj.region_code,
-    )
-    commit()
-    return _answer(fmt, "service_requests", body, 201)
+    if taken.replayed:
+        session.rollback()
+        headers = {"Idempotent-Replayed": "true"}
+    else:
+        commit()
+        headers = {}
+    return _answer(fmt, "service_requests", orjson.loads(taken.payload), taken.status_code, headers)
 
 
 @bp.route("/", defaults={"rest": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])

@@ -38,11 +38,12 @@ class Actor:
     address: str | None = None
 
 
-def _clean(value: Any) -> Any:
+def clean_summary(value: Any) -> Any:
+    """Return a summary fit for the log: secrets masked, lists capped, values plain."""
     if isinstance(value, dict):
-        return {k: ("***" if k in _SECRET_KEYS else _clean(v)) for k, v in value.items()}
+        return {k: ("***" if k in _SECRET_KEYS else clean_summary(v)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value][:50]
+        return [clean_summary(v) for v in value][:50]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
@@ -67,7 +68,7 @@ def record(
         object_type=object_type,
         object_id=None if object_id is None else str(object_id),
         region_code=region_code,
-        summary=_clean(summary or {}),
+        summary=clean_summary(summary or {}),
         request_id=actor.request_id,
         client_address=actor.address,
     )

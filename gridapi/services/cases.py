@@ -303,6 +303,97 @@ def active_category(session: Session, code: str) -> Category:
     return category
 
 
+@dataclass(frozen=True)
+class Located:
+    """Where a report is: the point as sent, in WGS-84, and the grid and region it falls in."""
+
+    raw_lon: float
+    raw_lat: float
+    crs: str
+    routed: Routed
+
+    @property
+    def county_code(self) -> str:
+        return self.routed.region_code[:6]
+
+
+def locate_report(data: dict[str, Any], principal: Principal, snapshot: IndexSnapshot) -> Located:
+    """Convert the report's point to WGS-84 and route it (floats, as the database gives
+    them back)."""
+    raw_lon, raw_lat = (float(v) for v in data["location"]["coordinates"])
+    crs = data.get("crs", "wgs84")
+    lon, lat = (float(v) for v in to_wgs84(raw_lon, raw_lat, crs))
+    return Located(raw_lon, raw_lat, crs, route_point(snapshot, lon, lat, principal.region_code))
+
+
+def new_case_row(
+    data: dict[str, Any],
+    category: Category,
+    *,
+    principal: Principal,
+    located: Located,
+    calendar: WorkingCalendar,
+    now: datetime,
+) -> dict[str, Any]:
+    """Return the columns of a new case reported with ``data`` (without id and number).
+
+    The attribute values are checked against the category's schema; ``location`` is left
+    out: the point is ``lon``/``lat`` (WGS-84), each engine's insert builds the geometry.
+    """
+    attributes = check_attributes(category, data.get("attributes"))
+    # As the database gives them back: floats, and timestamps in UTC.
+    accuracy, occurred = data.get("accuracy_m"), data.get("occurred_at")
+    raw_lon, raw_lat, crs, routed = located.raw_lon, located.raw_lat, located.crs, located.routed
+    lon, lat = routed.lon, routed.lat
+    grid = routed.grid
+    # The community is the first line of intake (综治专干); the township office, whose area
+    # holds the community, may take the case in as well. Filing moves it to the handler.
+    return {
+        "county_code": routed.region_code[:6],
+        "category_code": category.code,
+        "status": "reported",
+        "description": data["description"],
+        "source": data.get("source") or ("third_party" if principal.kind == "client" else "phone"),
+        "urgent": bool(data.get("urgent", False) or category.urgent),
+        "severity": data.get("severity", "general"),
+        "sensitive": category.sensitive,
+        "parties": data.get("parties", []),
+        "attributes": attributes,
+        "lon": lon,
+        "lat": lat,
+        "raw_lon": raw_lon,
+        "raw_lat": raw_lat,
+        "crs": crs,
+        "accuracy_m": None if accuracy is None else float(accuracy),
+        "address": data.get("address", ""),
+        "occurred_at": None if occurred is None else occurred.astimezone(UTC),
+        "reported_at": now,
+        "grid_code": grid["code"] if grid else None,
+        "grid_version_id": grid["version_id"] if grid else None,
+        "routing_method": routed.method,
+        "snap_distance_m": routed.distance_m,
+        "unrouted": grid is None,
+        "region_code": routed.region_code,
+        "township_code": township_of(routed.region_code),
+        "reporter": principal.actor_id,
+        "reporter_name": principal.name,
+        "client_id": str(data["client_id"]) if data.get("client_id") else None,
+        "responsible_region_code": routed.region_code,
+        "accept_due_at": add_limit(calendar, now, category.accept_limit, category.accept_unit),
+        "updated_at": now,
+        "version": 1,
+    }
+
+
+def first_event_data(case_row: dict[str, Any]) -> dict[str, Any]:
+    """Return the ``data`` of a case's first timeline row (``report``)."""
+    return {
+        "grid": case_row["grid_code"],
+        "method": case_row["routing_method"],
+        "source": case_row["source"],
+    }
+
+
 def report(
     session: Session,
     data: dict[str, Any],
@@ -316,54 +407,16 @@ def report(
     """File a report: route it, number it, set its acceptance deadline, start its timeline.
 
     Returns the case, the open cases that may report the same thing, and the category.
+    (``gridapi.services.intake.report_once`` does the same, with idempotency and audit, in
+    three round trips on PostgreSQL.)
     """
     category = active_category(session, data["category"])
-    attributes = check_attributes(category, data.get("attributes"))
-    raw_lon, raw_lat = data["location"]["coordinates"]
-    crs = data.get("crs", "wgs84")
-    lon, lat = to_wgs84(raw_lon, raw_lat, crs)
-    routed = route_point(snapshot, lon, lat, principal.region_code)
-    county = routed.region_code[:6]
-    grid = routed.grid
-    # The community is the first line of intake (综治专干); the township office, whose area
-    # holds the community, may take the case in as well. Filing moves it to the handler.
-    responsible = routed.region_code
-    case_row = {
-        "county_code": county,
-        "category_code": category.code,
-        "status": "reported",
-        "description": data["description"],
-        "source": data.get("source") or ("third_party" if principal.kind == "client" else "phone"),
-        "urgent": bool(data.get("urgent", False) or category.urgent),
-        "severity": data.get("severity", "general"),
-        "sensitive": category.sensitive,
-        "parties": data.get("parties", []),
-        "attributes": attributes,
-        "lon": lon,
-        "lat": lat,
-        "location": WKTElement(f"POINT({lon!r} {lat!r})", srid=4326),
-        "raw_lon": raw_lon,
-        "raw_lat": raw_lat,
-        "crs": crs,
-        "accuracy_m": data.get("accuracy_m"),
-        "address": data.get("address", ""),
-        "occurred_at": data.get("occurred_at"),
-        "reported_at": now,
-        "grid_code": grid["code"] if grid else None,
-        "grid_version_id": grid["version_id"] if grid else None,
-        "routing_method": routed.method,
-        "snap_distance_m": routed.distance_m,
-        "unrouted": grid is None,
-        "region_code": routed.region_code,
-        "township_code": township_of(routed.region_code),
-        "reporter": principal.actor_id,
-        "reporter_name": principal.name,
-        "client_id": str(data["client_id"]) if data.get("client_id") else None,
-        "responsible_region_code": responsible,
-        "accept_due_at": add_limit(calendar, now, category.accept_limit, category.accept_unit),
-        "updated_at": now,
-        "version": 1,
-    }
+    located = locate_report(data, principal, snapshot)
+    case_row = new_case_row(
+        data, category, principal=principal, located=located, calendar=calendar, now=now
+    )
+    lon, lat, county = case_row["lon"], case_row["lat"], case_row["county_code"]
+    case_row["location"] = WKTElement(f"POINT({lon!r} {lat!r})", srid=4326)
     duplicates = possible_duplicates(
         session, category, lon, lat, now, window_hours=duplicate_window_hours
     )
@@ -372,10 +425,9 @@ def report(
     case_row["number"] = next_number(session, county, now, calendar.tz)
     # Inserted and returned in one statement (no second read of the new row).
     case_obj = session.scalars(insert(Case).returning(Case), [case_row]).one()
-    case_id = case_obj.id
     session.execute(
         insert(CaseEvent).values(
-            case_id=case_id,
+            case_id=case_obj.id,
             county_code=county,
             seq=1,
             action="report",
@@ -385,12 +437,8 @@ def report(
             actor_name=principal.name,
             at=now,
             comment="",
-            responsible_region_code=responsible,
-            data={
-                "grid": case_row["grid_code"],
-                "method": routed.method,
-                "source": case_row["source"],
-            },
+            responsible_region_code=case_row["responsible_region_code"],
+            data=first_event_data(case_row),
             evidence=[],
         )
     )
@@ -407,6 +455,19 @@ class Reported:
     category: Category
 
 
+DUPLICATE_CANDIDATES = 50  # read per report, nearest in time first; 10 are answered
+
+
+def duplicate_box(radius_m: float, lat: float) -> tuple[float, float]:
+    """Return (dlon, dlat): the half-sides in degrees of a box holding the radius."""
+    return metres_to_degrees(radius_m, lat), radius_m / 111_000.0
+
+
+def nearest_duplicates(candidates: Iterable[Any], lon: float, lat: float, radius_m: float) -> list:
+    """Keep the candidates (from the box, newest first) within the radius; at most 10."""
+    return [c for c in candidates if distance_m(lon, lat, c.lon, c.lat) <= radius_m][:10]
+
+
 def possible_duplicates(
     session: Session,
     category: Category,
@@ -421,8 +482,7 @@ def possible_duplicates(
     radius = category.duplicate_radius_m
     if radius <= 0:
         return []
-    dlat = radius / 111_000.0
-    dlon = metres_to_degrees(radius, lat)
+    dlon, dlat = duplicate_box(radius, lat)
     stmt = (
         select(Case)
         .where(
@@ -433,12 +493,11 @@ def possible_duplicates(
             text(OPEN_SQL),
         )
         .order_by(Case.reported_at.desc())
-        .limit(50)
+        .limit(DUPLICATE_CANDIDATES)
     )
     if exclude is not None:
         stmt = stmt.where(Case.id != exclude)
-    found = [c for c in session.scalars(stmt) if distance_m(lon, lat, c.lon, c.lat) <= radius]
-    return found[:10]
+    return nearest_duplicates(session.scalars(stmt), lon, lat, radius)
 
 
 # --- visibility -------------------------------------------------------------------------------

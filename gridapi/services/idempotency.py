@@ -20,7 +20,7 @@ import json
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
@@ -65,7 +65,8 @@ class Stored:
     resource_id: int | None
 
 
-def _lock_id(caller: str, key: str) -> int:
+def lock_id(caller: str, key: str) -> int:
+    """Return the advisory lock number of a caller's key (PostgreSQL)."""
     digest = hashlib.sha256(f"{caller}\x00{key}".encode()).digest()
     return struct.unpack(">q", digest[:8])[0]
 
@@ -74,26 +75,53 @@ def claim(session: Session, caller: str, keys: list[str]) -> None:
     """Take the keys for this transaction; 409 when a request with one is in flight."""
     if not keys or session.get_bind().dialect.name != "postgresql":
         return
-    params = {f"k{i}": _lock_id(caller, key) for i, key in enumerate(keys)}
+    params = {f"k{i}": lock_id(caller, key) for i, key in enumerate(keys)}
     expr = " AND ".join(f"pg_try_advisory_xact_lock(:k{i})" for i in range(len(keys)))
     if not session.execute(text(f"SELECT {expr}"), params).scalar():
-        raise Conflict(
-            "A request with this Idempotency-Key (or client_id) is still being processed; "
-            "retry shortly to get its answer.",
-            errors={"headers": {"Idempotency-Key": ["in flight"]}},
-            headers={"Retry-After": "1"},
-        )
+        raise_in_flight()
+
+
+def raise_in_flight() -> None:
+    """Refuse a request whose key is held by one still in flight: 409, retry shortly."""
+    raise Conflict(
+        "A request with this Idempotency-Key (or client_id) is still being processed; "
+        "retry shortly to get its answer.",
+        errors={"headers": {"Idempotency-Key": ["in flight"]}},
+        headers={"Retry-After": "1"},
+    )
 
 
 def find(session: Session, caller: str, keys: list[str], hash_: str) -> Stored | None:
     """Return the stored answer for any of the keys, or None; 422 if it was another request."""
     if not keys:
         return None
-    rows = session.scalars(
-        select(IdempotencyKey)
+    rows = session.execute(
+        select(
+            IdempotencyKey.key,
+            IdempotencyKey.request_hash,
+            IdempotencyKey.status_code,
+            IdempotencyKey.response,
+            IdempotencyKey.resource_id,
+        )
         .where(IdempotencyKey.caller == caller, IdempotencyKey.key.in_(keys))
         .order_by(IdempotencyKey.id)
     ).all()
+    return choose([Found(*row) for row in rows], hash_)
+
+
+class Found(NamedTuple):
+    """A stored key row, in the order of the columns read."""
+
+    key: str
+    request_hash: str
+    status_code: int
+    response: str
+    resource_id: int | None
+
+
+def choose(rows: list[Found], hash_: str) -> Stored | None:
+    """Return the answer stored under the first of the keys found, or None; 422 if one of
+    them was used for another request."""
     for row in rows:
         if row.request_hash != hash_:
             field = "client_id" if row.key.startswith("client_id:") else "Idempotency-Key"

@@ -1,0 +1,448 @@
+"""Taking a report in exactly once: the case, its timeline, its audit row, its stored answer.
+
+``report_once`` is what ``POST /api/v1/cases`` and the Open311 ``POST requests`` do: claim
+the request's idempotency keys (409 while a request with one is in flight), replay a stored
+answer (422 if the key was used for another request), else report the case (route, number,
+deadlines, first timeline row), render the answer, store it under the keys and add the audit
+row, all in the caller's one transaction (the resource commits).
+
+On SQLite it runs the steps one statement at a time (``services.cases.report``; writers are
+serialised by the database anyway). On PostgreSQL the same work takes two statements on the
+session's own connection, both prepared:
+
+1. the advisory locks of the keys, the new case's id, the answers stored under the keys,
+   the duplicate candidates and the category, in one row;
+2. the number from the county's counter row for the day, and the case, its first timeline
+   row, its audit row and its keys (with the answer, rendered in between) inserted;
+
+then the resource's COMMIT. A report on the ORM path was eleven round trips and ≈ 10 ms of a
+worker's CPU (docs/performance.md). Reports of one county and day queue on the counter row
+from the second statement to the commit only. The rows written are the same on both paths
+(tests/api/test_intake.py compares them column by column).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+
+from ..auth import Principal
+from ..errors import Unprocessable
+from ..jsonio import dumps_bytes
+from ..models import Case, Category
+from ..workcalendar import WorkingCalendar
+from . import cases as svc
+from . import idempotency
+from .audit import Actor, clean_summary, record
+from .routing import IndexSnapshot
+
+#: The engines whose reports take the two-statement path (the others: one by one).
+TWO_STATEMENT_DIALECTS = frozenset({"postgresql"})
+
+#: Render the answer of a new report: (case, possible duplicates, category) → JSON text.
+#: ``case`` is a ``Case`` or a row with the same attributes; duplicates have ``id``,
+#: ``number``, ``status``, ``lon``, ``lat`` and ``reported_at``.
+Respond = Callable[[Any, list[Any], Category], str]
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What ``report_once`` did: a new case (``replayed`` false) or a stored answer."""
+
+    status_code: int
+    payload: str
+    replayed: bool
+    case_id: int | None
+    etag: str | None = None
+
+
+def report_once(
+    session: Session,
+    data: dict[str, Any],
+    *,
+    principal: Principal,
+    actor: Actor,
+    keys: list[str],
+    body_hash: str,
+    path: str,
+    snapshot: IndexSnapshot,
+    calendar: WorkingCalendar,
+    now: datetime,
+    duplicate_window_hours: float,
+    keep_days: int,
+    respond: Respond,
+    audit_summary: dict[str, Any] | None = None,
+) -> Taken:
+    """Report the case of ``data`` once per key (see the module's docstring).
+
+    A replayed answer leaves the transaction with nothing to commit (the caller rolls back).
+    ``audit_summary`` is added to the audit row's summary (``number`` and ``grid``).
+    """
+    request = _Request(
+        data, principal, actor, keys, body_hash, path, snapshot, calendar, now, audit_summary
+    )
+    if session.get_bind().dialect.name in TWO_STATEMENT_DIALECTS:
+        return _TwoStatements(session, request).run(duplicate_window_hours, keep_days, respond)
+    return _one_by_one(session, request, duplicate_window_hours, keep_days, respond)
+
+
+@dataclass(frozen=True)
+class _Request:
+    data: dict[str, Any]
+    principal: Principal
+    actor: Actor
+    keys: list[str]
+    body_hash: str
+    path: str
+    snapshot: IndexSnapshot
+    calendar: WorkingCalendar
+    now: datetime
+    audit_summary: dict[str, Any] | None
+
+    def summary(self, case: Any) -> dict[str, Any]:
+        return {"number": case.number, "grid": case.grid_code, **(self.audit_summary or {})}
+
+
+def _replay(stored: idempotency.Stored) -> Taken:
+    return Taken(stored.status_code, stored.response, True, stored.resource_id)
+
+
+def _one_by_one(
+    session: Session, r: _Request, window_hours: float, keep_days: int, respond: Respond
+) -> Taken:
+    caller = r.principal.actor_id
+    idempotency.claim(session, caller, r.keys)
+    stored = idempotency.find(session, caller, r.keys, r.body_hash)
+    if stored is not None:
+        return _replay(stored)
+    reported = svc.report(
+        session,
+        r.data,
+        principal=r.principal,
+        snapshot=r.snapshot,
+        calendar=r.calendar,
+        now=r.now,
+        duplicate_window_hours=window_hours,
+    )
+    case = reported.case
+    payload = respond(case, reported.duplicates, reported.category)
+    idempotency.remember(
+        session,
+        caller,
+        r.keys,
+        hash_=r.body_hash,
+        method="POST",
+        path=r.path,
+        status_code=201,
+        response=payload,
+        resource_id=case.id,
+        now=r.now,
+        keep_days=keep_days,
+    )
+    record(
+        session,
+        r.actor,
+        "case.report",
+        "case",
+        case.id,
+        summary=r.summary(case),
+        region_code=case.region_code,
+    )
+    return Taken(201, payload, False, case.id, svc.etag(case))
+
+
+# --- PostgreSQL: two round trips and the commit ----------------------------------------------
+
+# Written here rather than from the row: chosen by the first statement, or built.
+_COMPUTED = {"id", "number", "location"}
+# The duplicate radius of each category as last read by this process: the search for
+# duplicates goes with the first statement when the radius is known (and is repeated in a
+# statement of its own when the category's row says otherwise).
+_radius: dict[str, float] = {}
+_DUPLICATES = (
+    "SELECT id, number, status, lon, lat, reported_at FROM cases"
+    " WHERE category_code = %(category)s AND lon BETWEEN %(lon0)s AND %(lon1)s"
+    " AND lat BETWEEN %(lat0)s AND %(lat1)s AND reported_at >= %(since)s"
+    f" AND {svc.OPEN_SQL} ORDER BY reported_at DESC LIMIT {svc.DUPLICATE_CANDIDATES}"
+)
+
+
+@cache
+def _first_sql() -> tuple[str, tuple[str, ...]]:
+    """Return the first statement of a report and the category's columns it reads.
+
+    One row: the advisory locks of the keys (taken without waiting: false when one is held,
+    null when there are no keys), the id the case will have (its number is taken last: see
+    ``_insert_sql``), the answers stored under the keys, the duplicate candidates (when the
+    bounds are given), and the category's row (nulls when there is none).
+
+    The stored answers are read by a VOLATILE function (migration 0014), evaluated after the
+    locks (the row it is computed for comes from them), whose query takes a snapshot of its
+    own: it sees a request with the same key that committed while this one took its locks.
+    The unique constraints on the keys and on (reporter, client_id) remain the last guard.
+    """
+    names = tuple(c.name for c in Category.__table__.columns)
+    columns = ", ".join(f"k.{n}" for n in names)
+    return (
+        f"""
+SELECT l.free, nextval(pg_get_serial_sequence('cases', 'id')),
+  gridapi_stored_answers(%(caller)s, %(keys)s::text[]),
+  (SELECT json_agg(json_build_array(id, number, status, lon, lat, reported_at))
+   FROM ({_DUPLICATES}) AS d),
+  {columns}
+FROM (SELECT bool_and(pg_try_advisory_xact_lock(x)) AS free
+      FROM unnest(%(locks)s::bigint[]) AS x) AS l
+LEFT JOIN categories AS k ON k.code = %(category)s""",
+        names,
+    )
+
+
+@cache
+def _insert_sql() -> str:
+    """Return the statement that numbers and inserts a case, its first timeline row, its
+    audit row and its idempotency keys.
+
+    The number is taken here, last, from the county's counter row for the day: reports of
+    one county and day queue on that row from this statement to the commit, and no longer.
+    The answer and the audit summary were rendered before with a mark in place of the
+    number (``%(mark)s``, random per report), replaced here and, in the answer sent, by the
+    caller with the number returned.
+
+    The case's columns come as one JSON object (``%(row)s``) read as a ``cases`` row, so
+    that the statement stays under psycopg's limits for caching its parsed form (4 kB and
+    50 parameters). Every column of the model is written: the values of ``new_case_row``
+    and, for the others, the model's own defaults (``_defaults``); a column added to the
+    model is written here too.
+    """
+    names = ", ".join(c.name for c in Case.__table__.columns if c.name not in _COMPUTED)
+    return f"""
+WITH n AS (
+    INSERT INTO case_counters (county_code, day, last) VALUES (%(county_code)s, %(day)s, 1)
+    ON CONFLICT (county_code, day) DO UPDATE SET last = case_counters.last + 1
+    RETURNING %(prefix)s || lpad(last::text, greatest(4, length(last::text)), '0') AS number
+), c AS (
+    INSERT INTO cases (id, number, location, {names})
+    SELECT %(id)s, n.number, ST_SetSRID(ST_MakePoint(lon, lat), 4326), {names}
+    FROM n, json_populate_record(NULL::cases, %(row)s::json)
+    RETURNING id, number
+), e AS (
+    INSERT INTO case_events (case_id, county_code, seq, action, from_status, to_status, actor,
+                             actor_name, at, comment, responsible_region_code, data, evidence)
+    SELECT c.id, %(county_code)s, 1, 'report', NULL, 'reported', %(reporter)s,
+           %(reporter_name)s, %(now)s, '', %(responsible)s, %(event_data)s::json, '[]'::json
+    FROM c
+), a AS (
+    INSERT INTO audit_log (at, actor_type, actor_id, actor_name, action, object_type,
+                           object_id, region_code, summary, request_id, client_address)
+    SELECT %(now)s, %(actor_type)s, %(actor_id)s, %(actor_name)s, 'case.report', 'case',
+           c.id::text, %(region_code)s, replace(%(summary)s, %(mark)s, c.number)::json,
+           %(request_id)s, %(client_address)s
+    FROM c
+), k AS (
+    INSERT INTO idempotency_keys (caller, key, request_hash, method, path, status_code,
+                                  response, resource_id, created_at, expires_at)
+    SELECT %(actor_id)s, k, %(hash)s, 'POST', %(path)s, 201,
+           replace(%(response)s, %(mark)s, c.number), c.id, %(now)s, %(expires)s
+    FROM c, unnest(%(keys)s::text[]) AS k
+)
+SELECT number FROM c"""
+
+
+@cache
+def _defaults() -> dict[str, Any]:
+    """Return the scalar defaults of the model's columns (callables such as ``utcnow`` are
+    given by ``new_case_row``)."""
+    found: dict[str, Any] = {}
+    for column in Case.__table__.columns:
+        default = column.default
+        if default is not None and default.is_scalar:
+            found[column.name] = default.arg
+        else:
+            found[column.name] = None
+    return found
+
+
+@dataclass
+class Row:
+    """A row as a plain object: its columns as attributes (a case as inserted, which
+    ``case_view`` and ``allowed_actions`` read; a category as read)."""
+
+    values: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    id: int
+    number: str
+    status: str
+    lon: float
+    lat: float
+    reported_at: datetime
+
+
+class _TwoStatements:
+    """One report on PostgreSQL in two statements on the session's connection."""
+
+    def __init__(self, session: Session, request: _Request) -> None:
+        self.r = request
+        self.connection = session.connection()
+        self.raw = self.connection.connection.driver_connection
+        self.sql = ""  # the statement being sent, for the error
+
+    def execute(self, sql: str, params: dict[str, Any]) -> Any:
+        self.sql = sql
+        return self.raw.execute(sql, params, prepare=True)
+
+    def run(self, window_hours: float, keep_days: int, respond: Respond) -> Taken:
+        from psycopg import Error
+
+        try:
+            return self._run(window_hours, keep_days, respond)
+        except Error as error:
+            raise self._wrapped(error) from error
+
+    @staticmethod
+    def _bounds(radius: float | None, lon: float, lat: float, since: datetime) -> dict[str, Any]:
+        """Return the parameters of the duplicate search (nulls: no search)."""
+        if not radius:
+            return dict.fromkeys(("lon0", "lon1", "lat0", "lat1", "since"))
+        dlon, dlat = svc.duplicate_box(radius, lat)
+        return {
+            "lon0": lon - dlon,
+            "lon1": lon + dlon,
+            "lat0": lat - dlat,
+            "lat1": lat + dlat,
+            "since": since,
+        }
+
+    def _run(self, window_hours: float, keep_days: int, respond: Respond) -> Taken:
+        r = self.r
+        caller = r.principal.actor_id
+        code = r.data["category"]
+        try:
+            located: svc.Located | None = svc.locate_report(r.data, r.principal, r.snapshot)
+            unplaced = None
+        except Unprocessable as error:  # answered after the checks, as the other path does
+            located, unplaced = None, error
+        day = r.now.astimezone(r.calendar.tz).date()
+        since = r.now - timedelta(hours=window_hours)
+        radius = _radius.get(code) if located is not None else None
+        point = (located.routed.lon, located.routed.lat) if located is not None else (0.0, 0.0)
+        # 1. locks, the new id, stored answers, duplicates, the category: one statement.
+        first_sql, names = _first_sql()
+        first = self.execute(
+            first_sql,
+            {
+                "locks": [idempotency.lock_id(caller, k) for k in r.keys],
+                "caller": caller,
+                "keys": r.keys,
+                "category": code,
+                **self._bounds(radius, *point, since),
+            },
+        )
+        free, case_id, stored, nearby, *row = first.fetchone()
+        if r.keys:
+            if not free:
+                idempotency.raise_in_flight()
+            found = [idempotency.Found(*item) for item in stored or ()]
+            answer = idempotency.choose(found, r.body_hash)
+            if answer is not None:
+                return _replay(answer)
+        category = Row(dict(zip(names, row, strict=True))) if row[0] is not None else None
+        if category is None or not category.is_active:
+            raise Unprocessable(
+                "Unknown category.",
+                errors={"json": {"category": [f"no active category {code}"]}},
+            )
+        if unplaced is not None:
+            raise unplaced
+        assert located is not None
+        case = svc.new_case_row(
+            r.data,
+            category,  # type: ignore[arg-type]
+            principal=r.principal,
+            located=located,
+            calendar=r.calendar,
+            now=r.now,
+        )
+        mark = f"#number-{uuid.uuid4().hex}#"  # stands for the number until it is taken
+        case["id"], case["number"] = case_id, mark
+        lon, lat = case["lon"], case["lat"]
+        if category.duplicate_radius_m != radius:  # first seen, or changed: search again
+            _radius[code] = radius = category.duplicate_radius_m
+            nearby = None
+            if radius:
+                again = self.execute(
+                    f"SELECT json_agg(json_build_array(id, number, status, lon, lat,"
+                    f" reported_at)) FROM ({_DUPLICATES}) AS d",
+                    {"category": code, **self._bounds(radius, lon, lat, since)},
+                )
+                nearby = again.fetchone()[0]
+        candidates = [
+            _Candidate(i, n, st, x, y, datetime.fromisoformat(at).astimezone(UTC))
+            for i, n, st, x, y, at in nearby or ()
+        ]
+        duplicates = svc.nearest_duplicates(candidates, lon, lat, radius or 0.0)
+        new = Row({**_defaults(), **case})
+        payload = respond(new, duplicates, category)  # type: ignore[arg-type]
+        # 2. the number, the case, its first timeline row, its audit row, its keys.
+        actor = r.actor
+        inserted = self.execute(
+            _insert_sql(),
+            {
+                "id": case_id,
+                "mark": mark,
+                "prefix": f"{located.county_code}-{day:%Y%m%d}-",
+                "day": day,
+                "row": dumps_bytes({**new.values, "number": None}).decode(),
+                "county_code": case["county_code"],
+                "reporter": case["reporter"],
+                "reporter_name": case["reporter_name"],
+                "responsible": case["responsible_region_code"],
+                "region_code": case["region_code"],
+                "event_data": dumps_bytes(svc.first_event_data(case)).decode(),
+                "now": r.now,
+                "actor_type": actor.type,
+                "actor_id": actor.id,
+                "actor_name": actor.name,
+                "summary": dumps_bytes(clean_summary(r.summary(new))).decode(),
+                "request_id": actor.request_id,
+                "client_address": actor.address,
+                "hash": r.body_hash,
+                "path": r.path[:255],
+                "response": payload,
+                "expires": r.now + timedelta(days=keep_days),
+                "keys": r.keys,
+            },
+        )
+        number = inserted.fetchone()[0]
+        return Taken(201, payload.replace(mark, number), False, case_id, svc.etag(new))
+
+    def _wrapped(self, error: Exception) -> sa_exc.DBAPIError:
+        """Return the driver's error as SQLAlchemy raises it (the API's error handlers map
+        those: 503 with Retry-After for a lost connection, which is then invalidated)."""
+        dialect = self.connection.dialect
+        lost = dialect.is_disconnect(error, self.raw, None)
+        if lost:
+            self.connection.invalidate(error)
+        return sa_exc.DBAPIError.instance(
+            self.sql,
+            None,
+            error,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=lost,
+            dialect=dialect,
+        )

@@ -1,0 +1,74 @@
+"""A pooled PostgreSQL connection that the server dropped: a request in flight on it gets
+503 with Retry-After and nothing half-written, the pool replaces it by itself, and one that
+sat idle is tested and replaced before use (gridapi.db)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from gridapi import db
+
+from .test_cases import center, report_body
+
+pytestmark = pytest.mark.engines("postgis")
+
+
+@pytest.fixture
+def world(factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+@pytest.fixture
+def admin(settings):  # type: ignore[no-untyped-def]
+    """A connection of the test's own, outside the application's pool."""
+    url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url, autocommit=True) as conn:
+        yield conn
+
+
+def drop_pooled_connections(admin) -> int:  # type: ignore[no-untyped-def]
+    """Terminate every other session of the database (the application's pool)."""
+    rows = admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchall()
+    return len(rows)
+
+
+def cases(admin) -> int:  # type: ignore[no-untyped-def]
+    return admin.execute("SELECT count(*) FROM cases").fetchone()[0]
+
+
+def test_a_report_on_a_dropped_connection_is_503_and_the_retry_is_served(
+    client, world, admin, monkeypatch
+):
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 3600.0)  # no test before use
+    body = report_body(*center(0), client_id="0b0e5a7c-1d2e-4f00-8a00-000000000001")
+    assert client.get("/api/v1/categories").status_code == 200  # a pooled connection
+    assert drop_pooled_connections(admin) >= 1
+
+    lost = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r1"})
+    assert lost.status_code == 503, lost.get_json()
+    assert lost.headers["Retry-After"]
+    assert lost.get_json()["code"] == 503
+    assert cases(admin) == 0
+
+    again = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r1"})
+    assert again.status_code == 201, again.get_json()
+    assert "Idempotent-Replayed" not in again.headers
+    assert cases(admin) == 1
+
+
+def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
+    client, world, admin, monkeypatch
+):
+    assert client.get("/api/v1/categories").status_code == 200
+    assert drop_pooled_connections(admin) >= 1
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)  # every pooled connection is idle
+    assert client.get("/api/v1/categories").status_code == 200
+    r = client.post("/api/v1/cases", json=report_body(*center(0)))
+    assert r.status_code == 201, r.get_json()
+    assert cases(admin) == 1

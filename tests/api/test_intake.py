@@ -1,0 +1,133 @@
+"""Reporting a case on PostgreSQL's two-statement path writes what the one-by-one path
+writes (gridapi.services.intake), and a report that fails leaves nothing behind."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import text
+
+from gridapi.services import intake
+
+from .test_cases import center, report_body
+
+
+@pytest.fixture
+def world(factory):  # type: ignore[no-untyped-def]
+    factory.regions()
+    factory.grid_version()
+    return factory
+
+
+def _rows(session: Any, sql: str) -> list[dict[str, Any]]:
+    session.rollback()  # a fresh snapshot
+    return [dict(r._mapping) for r in session.execute(text(sql))]
+
+
+def _without(row: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in names}
+
+
+def _body(i: int) -> dict[str, Any]:
+    lon, lat = center(0)
+    return report_body(
+        lon,
+        lat,
+        crs="wgs84",
+        accuracy_m=8,  # an integer: stored and answered as a float by both paths
+        occurred_at="2026-11-28T09:30:00+08:00",  # answered in UTC by both paths
+        urgent=True,
+        parties=[{"name": "张三", "role": "reporter"}],
+        client_id=str(uuid.UUID(int=i)),
+    )
+
+
+@pytest.mark.engines("postgis")
+def test_the_two_statement_report_writes_what_the_one_by_one_report_writes(
+    client, world, session, monkeypatch
+):
+    answers, raw = [], []
+    for i, two_statements in enumerate((True, False)):
+        if not two_statements:
+            monkeypatch.setattr(intake, "TWO_STATEMENT_DIALECTS", frozenset())
+        r = client.post("/api/v1/cases", json=_body(i), headers={"Idempotency-Key": f"k{i}"})
+        assert r.status_code == 201, r.get_json()
+        answers.append(r.get_json())
+        raw.append(r.data)
+
+    cases = _rows(session, "SELECT *, ST_AsText(location) AS wkt FROM cases ORDER BY id")
+    assert len(cases) == 2
+    assert cases[0]["number"].endswith("-0001") and cases[1]["number"].endswith("-0002")
+    differ = ("id", "number", "location", "client_id", "reported_at", "updated_at")
+    differ += ("accept_due_at",)  # a few microseconds apart: computed from each report's time
+    assert _without(cases[0], *differ) == _without(cases[1], *differ)
+
+    events = _rows(session, "SELECT * FROM case_events ORDER BY id")
+    assert [e["case_id"] for e in events] == [cases[0]["id"], cases[1]["id"]]
+    assert _without(events[0], "id", "case_id", "at") == _without(events[1], "id", "case_id", "at")
+    assert [e["at"] for e in events] == [c["reported_at"] for c in cases]
+
+    audit = _rows(session, "SELECT * FROM audit_log WHERE action = 'case.report' ORDER BY id")
+    assert [a["object_id"] for a in audit] == [str(c["id"]) for c in cases]
+    assert [a["summary"] for a in audit] == [
+        {"number": c["number"], "grid": c["grid_code"]} for c in cases
+    ]
+    same = ("id", "at", "object_id", "summary", "request_id")
+    assert _without(audit[0], *same) == _without(audit[1], *same)
+    assert audit[0]["actor_id"] and audit[0]["region_code"] == cases[0]["region_code"]
+
+    keys = _rows(session, "SELECT * FROM idempotency_keys ORDER BY id")
+    assert [(k["key"], k["resource_id"]) for k in keys] == [
+        ("key:k0", cases[0]["id"]),
+        (f"client_id:{uuid.UUID(int=0)}", cases[0]["id"]),
+        ("key:k1", cases[1]["id"]),
+        (f"client_id:{uuid.UUID(int=1)}", cases[1]["id"]),
+    ]
+    assert [orjson.loads(k["response"]) for k in keys[::2]] == answers
+
+    # The answers agree but for what is the case's own: id, number, times, the phone's id.
+    own = ("id", "number", "client_id", "reported_at", "updated_at", "deadlines")
+    own += ("possible_duplicates",)  # checked below
+    assert _without(answers[0], *own) == _without(answers[1], *own)
+    assert answers[0]["occurred_at"] == "2026-11-28T01:30:00+00:00"
+    assert all(b'"accuracy_m":8.0,' in data for data in raw)
+    # The second report is a possible duplicate of the first, found by both paths' search.
+    assert answers[0]["possible_duplicates"] == []
+    assert [d["id"] for d in answers[1]["possible_duplicates"]] == [cases[0]["id"]]
+
+    # One change each for phones (sync) and webhooks (outbox), as for any case.
+    ids = sorted(c["id"] for c in cases)
+    synced = _rows(session, "SELECT entity_id FROM sync_log WHERE entity = 'case' ORDER BY id")
+    assert [s["entity_id"] for s in synced] == ids
+    outbox = _rows(session, "SELECT case_id FROM webhook_events ORDER BY id")
+    assert [e["case_id"] for e in outbox] == ids
+
+
+def test_a_report_the_database_refuses_leaves_nothing_behind(client, world, session):
+    """The number is taken, the case is refused (its number exists): no case, timeline,
+    audit or key row, and the counter is as it was; a retry then succeeds."""
+    first = client.post("/api/v1/cases", json=_body(0), headers={"Idempotency-Key": "a"})
+    assert first.status_code == 201
+    session.execute(text("UPDATE case_counters SET last = 0"))
+    session.commit()
+
+    refused = client.post("/api/v1/cases", json=_body(1), headers={"Idempotency-Key": "b"})
+    assert refused.status_code == 409, refused.get_json()
+    assert refused.get_json()["message"] == "The change conflicts with existing data."
+    counts = {
+        table: _rows(session, f"SELECT count(*) AS n FROM {table}")[0]["n"]
+        for table in ("cases", "case_events", "idempotency_keys")
+    }
+    assert counts == {"cases": 1, "case_events": 1, "idempotency_keys": 2}
+    audit = _rows(session, "SELECT count(*) AS n FROM audit_log WHERE action = 'case.report'")
+    assert audit[0]["n"] == 1
+    assert _rows(session, "SELECT last FROM case_counters") == [{"last": 0}]
+
+    session.execute(text("UPDATE case_counters SET last = 1"))
+    session.commit()
+    again = client.post("/api/v1/cases", json=_body(1), headers={"Idempotency-Key": "b"})
+    assert again.status_code == 201, again.get_json()
+    assert again.get_json()["number"].endswith("-0002")
