@@ -225,10 +225,22 @@ def drive(phones: list[Phone], seconds: float, live_only: bool) -> Step:
     return step
 
 
+def _admin_url() -> str:
+    return os.environ.get("GRIDAPI_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432")
+
+
+def drop_database() -> None:
+    """Drop the scratch database (it holds nothing worth keeping after the run)."""
+    import psycopg
+
+    with psycopg.connect(f"{_admin_url()}/postgres", autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS gridapi_bench_load WITH (FORCE)")
+
+
 def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDAPI_")}
     if args.engine == "postgis":
-        admin = os.environ.get("GRIDAPI_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432")
+        admin = _admin_url()
         import psycopg
 
         with psycopg.connect(f"{admin}/postgres", autocommit=True) as conn:
@@ -314,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             os.killpg(server.pid, 15)
             server.wait(timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)
+        if args.engine == "postgis":
+            drop_database()
 
     print(f"### Load test ({args.engine}; {machine()})\n")
     print(
