@@ -552,3 +552,48 @@ def test_tasks_come_and_go_with_their_assignee(client, worker, accounts):
     )
     ok(r)
     assert [(c["type"], c["id"], c["op"]) for c in phone.pull()] == [("task", mine["id"], "delete")]
+
+
+def test_rows_added_by_one_statement_each_reach_the_phone_once(worker, engine):
+    """A bulk load (one INSERT of many rows, as an import or a migration does) is logged
+    row by row: PostgreSQL logs it with a statement trigger, SQLite with row triggers."""
+    from sqlalchemy import insert
+
+    from gridapi.models import Household
+
+    phone = Phone(worker)
+    phone.pull()
+    county = COMMUNITY_A[:6]
+    rows = [
+        {
+            "county_code": county,
+            "region_code": code[:12],
+            "grid_code": code,
+            "number": f"B{i}",
+            "created_by": "import:test",
+        }
+        for i, code in enumerate((A1, B1, A1))
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(Household.__table__).values(rows))
+        added = [
+            r[0]
+            for r in conn.execute(
+                text("SELECT id FROM households WHERE number LIKE 'B%' ORDER BY id")
+            )
+        ]
+        logged = conn.execute(
+            text(
+                "SELECT entity_id, op, county_code, region_code, grid_code FROM sync_log "
+                "WHERE entity = 'household' ORDER BY id"
+            )
+        ).all()
+    assert [tuple(r) for r in logged] == [
+        (i, "upsert", county, row["region_code"], row["grid_code"])
+        for i, row in zip(added, rows, strict=True)
+    ]
+    changes = phone.pull()
+    assert [(c["type"], c["id"], c["op"]) for c in changes] == [
+        ("household", added[0], "upsert"),
+        ("household", added[2], "upsert"),
+    ]
