@@ -133,26 +133,6 @@ def create_bench_key(engine: Engine) -> str:
     return key
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _mem_gib() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                return f"{int(line.split()[1]) / 2**20:.0f} GiB"
-    except OSError:
-        pass
-    return "unknown"
-
-
 def machine(engine: Engine | None) -> list[tuple[str, str]]:
     """Return (label, value) pairs describing the machine and the software versions."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -160,7 +140,8 @@ def machine(engine: Engine | None) -> list[tuple[str, str]]:
         ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
         (
             "cpu",
-            f"{_cpu_model()}, {cores} cores usable ({os.cpu_count()} online), {_mem_gib()} RAM",
+            f"{summary.cpu_model()}, {cores} cores usable ({os.cpu_count()} online), "
+            f"{summary.ram_gib()} RAM",
         ),
         ("os", f"{platform.system()} {platform.release()}"),
         ("python", f"{platform.python_implementation()} {platform.python_version()}"),

@@ -48,7 +48,8 @@ def record(
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (bench/routing.py and bench/load.py describe the machine with it)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -58,14 +59,15 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _ram() -> str:
+def ram_gib() -> str:
+    """The machine's memory, as "24 GiB"."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
-                return f"{int(line.split()[1]) / 2**20:.0f} GiB RAM"
+                return f"{int(line.split()[1]) / 2**20:.0f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    return "RAM unknown"
+    return "unknown"
 
 
 def _postgres() -> str | None:
@@ -87,8 +89,8 @@ def machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     parts = [
         datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        f"{_cpu_model()}, {cores} cores usable ({os.cpu_count()} online)",
-        _ram(),
+        f"{cpu_model()}, {cores} cores usable ({os.cpu_count()} online)",
+        f"{ram_gib()} RAM",
         f"{platform.python_implementation()} {platform.python_version()}",
     ]
     server = _postgres()

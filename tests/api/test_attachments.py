@@ -138,13 +138,6 @@ def settings(settings, overrides):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
-@pytest.fixture
 def case_id(client, world) -> int:
     """A case in grid A1, reported by the admin."""
     r = client.post("/api/v1/cases", json=report_body(*center(0)))

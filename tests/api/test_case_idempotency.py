@@ -21,13 +21,6 @@ def settings(settings):  # type: ignore[no-untyped-def]
     return dataclasses.replace(settings, argon2_time_cost=1, argon2_memory_kib=1024)
 
 
-@pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
 def post(client: Any, body: dict[str, Any], key: str | None = None) -> Any:
     headers = {} if key is None else {"Idempotency-Key": key}
     return client.post("/api/v1/cases", json=body, headers=headers)

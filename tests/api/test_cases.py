@@ -33,13 +33,6 @@ def report_body(lon: float, lat: float, **extra) -> dict:  # type: ignore[no-unt
     return body
 
 
-@pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
 def test_report_routes_numbers_and_sets_the_acceptance_deadline(client, world, session):
     before = datetime.now(UTC)
     r = client.post("/api/v1/cases", json=report_body(*center(0)))

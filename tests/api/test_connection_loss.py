@@ -15,13 +15,6 @@ pytestmark = pytest.mark.engines("postgis")
 
 
 @pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
-@pytest.fixture
 def admin(settings):  # type: ignore[no-untyped-def]
     """A connection of the test's own, outside the application's pool."""
     url = settings.database_url.replace("postgresql+psycopg://", "postgresql://")

@@ -15,13 +15,6 @@ from gridapi.services import intake
 from .test_cases import center, report_body
 
 
-@pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
 def _rows(session: Any, sql: str) -> list[dict[str, Any]]:
     session.rollback()  # a fresh snapshot
     return [dict(r._mapping) for r in session.execute(text(sql))]

@@ -45,13 +45,6 @@ def counts_of(body: dict[str, Any], key: str = "count") -> dict[str, int]:
 
 
 @pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
-@pytest.fixture
 def cases(client, world, session) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
     """A1: three cases (one closed, one overdue, one of category 0102); A2: one; B1: none;
     B2: two (one of them reported via the hotline)."""

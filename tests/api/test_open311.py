@@ -22,13 +22,6 @@ PHONE = "13812345678"
 
 
 @pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
-@pytest.fixture
 def key(app, world) -> str:  # type: ignore[no-untyped-def]
     return make_key(app, name="12345 热线", scopes=["cases:read", "cases:write"])["api_key"]
 

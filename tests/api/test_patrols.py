@@ -68,13 +68,6 @@ def audit_rows(engine, action: str) -> list[tuple]:  # type: ignore[no-untyped-d
 
 
 @pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
-@pytest.fixture
 def worker(accounts, world):  # type: ignore[no-untyped-def]
     return accounts.client("worker1", "grid_worker", grids=[A1])
 

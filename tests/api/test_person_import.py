@@ -69,13 +69,6 @@ def summary_of(row: Any) -> dict[str, Any]:
     return row.summary if isinstance(row.summary, dict) else json.loads(row.summary)
 
 
-@pytest.fixture
-def world(factory: Any) -> Any:
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
 FAMILY = (
     HEADER,
     f"张三,{ID1},{PHONE1},汉族,户籍人口,户主,0001,户籍户,平江路1号,自住,{A1}",

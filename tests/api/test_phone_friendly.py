@@ -7,18 +7,9 @@ import gzip
 import json
 import re
 
-import pytest
-
 from ..factories import COMMUNITY_A, LAT0, LON0, STEP
 
 A1 = COMMUNITY_A + "001"
-
-
-@pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
 
 
 def report(client) -> dict:  # type: ignore[no-untyped-def]

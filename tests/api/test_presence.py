@@ -40,13 +40,6 @@ def beat(client, col: float, **extra) -> dict:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
-@pytest.fixture
 def people(accounts, world) -> dict:  # type: ignore[no-untyped-def]
     return {
         "worker1": accounts.client("worker1", "grid_worker", grids=[A1]),

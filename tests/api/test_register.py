@@ -42,13 +42,6 @@ def created(response, status: int = 201) -> dict:  # type: ignore[no-untyped-def
 
 
 @pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
-@pytest.fixture
 def household(client, world) -> dict:  # type: ignore[no-untyped-def]
     house = created(
         client.post("/api/v1/houses", json={"address": "平江路1号", "location": point(0)})

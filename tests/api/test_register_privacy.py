@@ -86,13 +86,6 @@ def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-@pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
 def create(client: Any, name: str, id_number: str, phone: str, **extra: Any) -> dict[str, Any]:
     where = {} if "household_id" in extra else {"grid": A1}
     r = client.post(

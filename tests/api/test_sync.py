@@ -112,13 +112,6 @@ class Phone:
 
 
 @pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
-@pytest.fixture
 def worker(accounts, world):  # type: ignore[no-untyped-def]
     return accounts.client("worker1", "grid_worker", grids=[A1])
 

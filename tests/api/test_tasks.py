@@ -59,13 +59,6 @@ def audit_rows(engine, action: str) -> list[tuple]:  # type: ignore[no-untyped-d
 
 
 @pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
-@pytest.fixture
 def people(accounts, world) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """An office over the township, and a worker on each of A1, A2 and B1 (B2 has nobody)."""
     clients = {

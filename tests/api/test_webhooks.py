@@ -122,13 +122,6 @@ def settings(settings):  # type: ignore[no-untyped-def]
     )
 
 
-@pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
 def ok(response: Any, status: int = 200) -> Any:
     assert response.status_code == status, (response.status_code, response.get_json())
     return response.get_json()

@@ -33,13 +33,6 @@ from .test_cases import center, report_body
 LATER = timedelta(days=60)
 
 
-@pytest.fixture
-def world(factory):  # type: ignore[no-untyped-def]
-    factory.regions()
-    factory.grid_version()
-    return factory
-
-
 def report(client: Any, col: int = 0, category: str = "0101") -> tuple[int, str]:
     r = client.post("/api/v1/cases", json=report_body(*center(col), category=category))
     assert r.status_code == 201, r.get_json()
