@@ -52,6 +52,10 @@ class ExportJob(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # While running: the worker holding it renews this; past it, another worker takes the
+    # job up again (the attempt count grows; too many and the job fails).
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         CheckConstraint("user_id IS NOT NULL OR client_id IS NOT NULL", name="has_owner"),

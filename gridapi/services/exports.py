@@ -10,6 +10,7 @@ never exported.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -17,13 +18,14 @@ import os
 import re
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import shapely
-from sqlalchemy import Select, String, and_, func, select, update
+from sqlalchemy import Select, String, and_, func, or_, select, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
@@ -528,13 +530,17 @@ def write_xlsx(session: Session, plan: ExportPlan, path: str, batch: int | None 
     sheet.append(plan.headers)
     count = 0
     convert, clean = cell_converter(plan), _ILLEGAL_XLSX.sub
-    for part in _rows(session, plan, batch):
-        for row in part:
-            cells = convert(plan.values(row))
-            # openpyxl refuses control characters: they are dropped.
-            sheet.append([clean("", v) if type(v) is str else v for v in cells])
-        count += len(part)
-    book.save(path)
+    try:
+        for part in _rows(session, plan, batch):
+            for row in part:
+                cells = convert(plan.values(row))
+                # openpyxl refuses control characters: they are dropped.
+                sheet.append([clean("", v) if type(v) is str else v for v in cells])
+            count += len(part)
+    finally:
+        # Saved on failure too: openpyxl's way to close the sheet's writer and remove its
+        # temporary file (the caller deletes a file it failed to finish).
+        book.save(path)
     return count
 
 
@@ -617,6 +623,11 @@ def plan_for(
 # --- export jobs ------------------------------------------------------------------------------
 
 JOB_POLL_SECONDS = 2.0
+#: A running job belongs to its worker for this long, renewed while it writes; a job whose
+#: lease ran out (its worker was killed, crashed or lost its machine) is taken up again.
+JOB_LEASE_SECONDS = 300.0
+#: Attempts before a job that keeps losing its worker is failed rather than taken up again.
+JOB_MAX_ATTEMPTS = 3
 EXTENSIONS = {"csv": "csv", "xlsx": "xlsx", "geojson": "geojson"}
 
 
@@ -629,6 +640,8 @@ class JobOptions:
     retention_hours: float
     keys: register_svc.Keys
     poll_seconds: float = JOB_POLL_SECONDS
+    lease_seconds: float = JOB_LEASE_SECONDS
+    max_attempts: int = JOB_MAX_ATTEMPTS
 
     @property
     def directory(self) -> str:
@@ -694,35 +707,129 @@ def _requester(session: Session, job: ExportJob) -> Principal | None:
     return principal_of_client(client)
 
 
-def _claim(sessions: Any, now: datetime) -> int | None:
-    """Mark the oldest queued job running and return its id (None: nothing queued). Two
-    workers never take the same job: the update only succeeds from 'queued'."""
+def _takeable(now: datetime, options: JobOptions) -> Any:
+    """Jobs a worker may take: queued, or running under a lease that ran out with attempts
+    left (``_give_up`` fails the others)."""
+    return or_(
+        ExportJob.status == "queued",
+        and_(
+            ExportJob.status == "running",
+            ExportJob.lease_until < now,
+            ExportJob.attempts < options.max_attempts,
+        ),
+    )
+
+
+def _give_up(sessions: Any, options: JobOptions, now: datetime) -> int:
+    """Fail the jobs whose lease ran out on their last allowed attempt; return how many."""
+    with sessions.begin() as session:
+        failed = session.execute(
+            update(ExportJob)
+            .where(
+                ExportJob.status == "running",
+                ExportJob.lease_until < now,
+                ExportJob.attempts >= options.max_attempts,
+            )
+            .values(
+                status="failed",
+                error=(
+                    f"The export worker stopped while writing this export "
+                    f"{options.max_attempts} times."
+                ),
+                lease_until=None,
+                finished_at=now,
+                expires_at=now + timedelta(hours=options.retention_hours),
+            )
+        )
+        return int(failed.rowcount or 0)
+
+
+def _claim(sessions: Any, options: JobOptions, now: datetime) -> tuple[int, int] | None:
+    """Take the oldest queued job (or one whose worker stopped: its lease ran out) and
+    return (id, attempt); None when there is nothing to take. Two workers never take the
+    same job: the update only succeeds while the job is still takeable."""
     with sessions.begin() as session:
         for job_id in session.scalars(
-            select(ExportJob.id).where(ExportJob.status == "queued").order_by(ExportJob.id).limit(5)
+            select(ExportJob.id).where(_takeable(now, options)).order_by(ExportJob.id).limit(5)
         ):
             taken = session.execute(
                 update(ExportJob)
-                .where(ExportJob.id == job_id, ExportJob.status == "queued")
-                .values(status="running", started_at=now)
-            )
-            if taken.rowcount == 1:
-                return job_id
+                .where(ExportJob.id == job_id, _takeable(now, options))
+                .values(
+                    status="running",
+                    started_at=now,
+                    lease_until=now + timedelta(seconds=options.lease_seconds),
+                    attempts=ExportJob.attempts + 1,
+                )
+                .returning(ExportJob.attempts)
+            ).scalar_one_or_none()
+            if taken is not None:
+                return job_id, int(taken)
     return None
 
 
-def _counted(plan: ExportPlan, counter: list[int]) -> ExportPlan:
+class _LeaseLost(Exception):
+    """Another worker took the job (this one failed to renew its lease in time)."""
+
+
+class _Lease:
+    """The running job's lease, renewed while the worker writes (at most every third of
+    its length, in a transaction of its own)."""
+
+    def __init__(self, sessions: Any, options: JobOptions, job_id: int, attempt: int) -> None:
+        self.sessions, self.options = sessions, options
+        self.job_id, self.attempt = job_id, attempt
+        self.every = options.lease_seconds / 3
+        self.next = time.monotonic() + self.every
+
+    def mine(self) -> Any:
+        return and_(
+            ExportJob.id == self.job_id,
+            ExportJob.attempts == self.attempt,
+            ExportJob.status == "running",
+        )
+
+    def renew(self, force: bool = False) -> None:
+        if not force and time.monotonic() < self.next:
+            return
+        until = utcnow() + timedelta(seconds=self.options.lease_seconds)
+        with self.sessions.begin() as session:
+            kept = session.execute(
+                update(ExportJob).where(self.mine()).values(lease_until=until)
+            ).rowcount
+        if not kept:
+            raise _LeaseLost
+        self.next = time.monotonic() + self.every
+
+
+def _counted(plan: ExportPlan, counter: list[int], lease: _Lease) -> ExportPlan:
     def values(row: Any) -> list[Any]:
         counter[0] += 1
+        lease.renew()
         return plan.values(row)
 
     return replace(plan, values=values)
 
 
-def run_job(sessions: Any, options: JobOptions, job_id: int, now: datetime) -> str:
-    """Write the file of one running job and record the outcome; return the status."""
+def _remove_parts(path: str) -> None:
+    """Delete the partial files of every attempt at the job whose file is ``path``."""
+    directory, name = os.path.split(path)
+    if not os.path.isdir(directory):
+        return
+    for entry in os.listdir(directory):
+        if entry.startswith(name + ".") and entry.endswith(".part"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, entry))
+
+
+def run_job(
+    sessions: Any, options: JobOptions, job_id: int, now: datetime, attempt: int = 1
+) -> str:
+    """Write the file of one running job (its ``attempt``-th) and record the outcome;
+    return the status ("lost" when another worker took the job over meanwhile)."""
     from ..schemas.exports import job_filters_schema
 
+    lease = _Lease(sessions, options, job_id, attempt)
     with sessions() as session:
         job = session.get(ExportJob, job_id)
         assert job is not None
@@ -735,6 +842,7 @@ def run_job(sessions: Any, options: JobOptions, job_id: int, now: datetime) -> s
         ):
             problem = "The requester no longer holds the permission this export needs."
         path = options.path_of(job)
+        part = f"{path}.{attempt}.part"
         rows = [0]
         if problem is None:
             assert principal is not None
@@ -743,30 +851,43 @@ def run_job(sessions: Any, options: JobOptions, job_id: int, now: datetime) -> s
                 plan = _counted(
                     plan_for(session, principal, job.kind, args, options.keys, unmask=job.unmask),
                     rows,
+                    lease,
                 )
                 os.makedirs(options.directory, exist_ok=True)
-                part = path + ".part"
                 if job.format == "xlsx":
                     write_xlsx(session, plan, part)
                 else:
                     with open(part, "wb") as out:
                         for chunk in WRITERS[job.format](session, plan):
                             out.write(chunk)
+                lease.renew(force=True)  # still ours: only then does the file replace
                 os.replace(part, path)
+            except _LeaseLost:
+                log.warning("export job %s was taken over by another worker", job_id)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part)
+                return "lost"
             except Exception as exc:  # the job fails; the worker goes on with the next
                 log.exception("export job %s failed", job_id)
                 problem = f"The export could not be written ({type(exc).__name__})."
-                if os.path.exists(path + ".part"):
-                    os.unlink(path + ".part")
-        finished = utcnow()
-        job.finished_at = finished
-        job.expires_at = finished + timedelta(hours=options.retention_hours)
-        if problem is None:
-            job.status, job.row_count, job.size_bytes = "done", rows[0], os.path.getsize(path)
-        else:
-            job.status, job.error = "failed", problem
-        session.commit()
-        return job.status
+            _remove_parts(path)  # this attempt's, and any an earlier worker left behind
+        session.rollback()  # end the read; the outcome is written under the lease
+    finished = utcnow()
+    outcome: dict[str, Any] = {
+        "finished_at": finished,
+        "expires_at": finished + timedelta(hours=options.retention_hours),
+        "lease_until": None,
+    }
+    if problem is None:
+        outcome.update(status="done", row_count=rows[0], size_bytes=os.path.getsize(path))
+    else:
+        outcome.update(status="failed", error=problem)
+    with sessions.begin() as session:
+        written = session.execute(update(ExportJob).where(lease.mine()).values(**outcome))
+    if not written.rowcount:
+        log.warning("export job %s was taken over by another worker", job_id)
+        return "lost"
+    return str(outcome["status"])
 
 
 def purge_jobs(sessions: Any, options: JobOptions, now: datetime) -> int:
@@ -783,6 +904,7 @@ def purge_jobs(sessions: Any, options: JobOptions, now: datetime) -> int:
             path = options.path_of(job)
             if os.path.exists(path):
                 os.unlink(path)
+            _remove_parts(path)
             session.delete(job)
     return len(expired)
 
@@ -790,10 +912,14 @@ def purge_jobs(sessions: Any, options: JobOptions, now: datetime) -> int:
 def run_export_jobs(
     sessions: Any, options: JobOptions, now: datetime | None = None
 ) -> dict[str, int]:
-    """Run every queued job, then purge the expired ones; return counts by outcome."""
+    """Run every queued job (and every job whose worker stopped: its lease ran out), then
+    purge the expired ones; return counts by outcome."""
     counts = {"done": 0, "failed": 0, "purged": 0}
-    while (job_id := _claim(sessions, now or utcnow())) is not None:
-        counts[run_job(sessions, options, job_id, now or utcnow())] += 1
+    counts["failed"] += _give_up(sessions, options, now or utcnow())
+    while (taken := _claim(sessions, options, now or utcnow())) is not None:
+        status = run_job(sessions, options, taken[0], now or utcnow(), attempt=taken[1])
+        if status in counts:
+            counts[status] += 1
     counts["purged"] = purge_jobs(sessions, options, now or utcnow())
     return counts
 

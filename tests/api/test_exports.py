@@ -441,3 +441,110 @@ def test_files_are_deleted_when_their_retention_has_passed(client, world, app):
     assert client.get(f"/api/v1/exports/visits/jobs/{job['id']}").status_code == 404
     directory = Path(app.extensions["gridapi"].settings.data_dir) / "exports"
     assert [path.name for path in directory.iterdir()] == []
+
+
+def _as_left_by_a_dead_worker(
+    engine: Any, job_id: int, attempts: int, lease_until: datetime
+) -> None:
+    """Mark the job running as a worker that took it and was killed leaves it."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE export_jobs SET status = 'running', started_at = :at, attempts = :n, "
+                "lease_until = :until WHERE id = :id"
+            ),
+            {
+                "at": datetime.now(UTC) - timedelta(hours=1),
+                "n": attempts,
+                "until": lease_until,
+                "id": job_id,
+            },
+        )
+
+
+def _job_row(engine: Any, job_id: int) -> tuple[Any, ...]:
+    with engine.connect() as conn:
+        return tuple(
+            conn.execute(
+                text("SELECT status, attempts, lease_until FROM export_jobs WHERE id = :id"),
+                {"id": job_id},
+            ).one()
+        )
+
+
+def test_a_job_whose_worker_was_killed_is_taken_up_again(client, world, app, engine):
+    job = client.post("/api/v1/exports/cases/jobs", json={"format": "csv"}).get_json()
+    _as_left_by_a_dead_worker(engine, job["id"], 1, datetime.now(UTC) - timedelta(seconds=1))
+    directory = Path(app.extensions["gridapi"].settings.data_dir) / "exports"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{job['id']}.csv.1.part").write_bytes(b"id,number\n1,")  # its half file
+    assert run_jobs(app) == {"done": 1, "failed": 0, "purged": 0}
+    body = ok(client.get(f"/api/v1/exports/cases/jobs/{job['id']}")).get_json()
+    assert body["status"] == "done" and body["row_count"] == 3
+    assert _job_row(engine, job["id"])[:2] == ("done", 2)
+    assert [p.name for p in directory.iterdir()] == [f"{job['id']}.csv"]
+    filed = parse_csv(ok(client.get(body["download"])))
+    assert filed == parse_csv(ok(client.get("/api/v1/exports/cases"))) and len(filed[1]) == 3
+
+
+def test_a_job_under_a_live_lease_is_left_to_its_worker(client, world, app, engine):
+    job = client.post("/api/v1/exports/cases/jobs", json={"format": "csv"}).get_json()
+    _as_left_by_a_dead_worker(engine, job["id"], 1, datetime.now(UTC) + timedelta(minutes=4))
+    assert run_jobs(app) == {"done": 0, "failed": 0, "purged": 0}
+    assert _job_row(engine, job["id"])[:2] == ("running", 1)
+    body = ok(client.get(f"/api/v1/exports/cases/jobs/{job['id']}")).get_json()
+    assert body["status"] == "running" and body["download"] is None
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_with_a_reason(client, world, app, engine):
+    job = client.post("/api/v1/exports/cases/jobs", json={"format": "csv"}).get_json()
+    last = exports_svc.JOB_MAX_ATTEMPTS
+    _as_left_by_a_dead_worker(engine, job["id"], last, datetime.now(UTC) - timedelta(seconds=1))
+    assert run_jobs(app) == {"done": 0, "failed": 1, "purged": 0}
+    body = ok(client.get(f"/api/v1/exports/cases/jobs/{job['id']}")).get_json()
+    assert body["status"] == "failed" and body["download"] is None
+    assert f"stopped while writing this export {last} times" in body["error"]
+    assert _job_row(engine, job["id"]) == ("failed", last, None)
+
+
+def test_a_worker_that_lost_its_lease_discards_its_file(client, world, app, engine):
+    """Worker A took the job; its lease ran out and worker B took it over: A's file does not
+    replace B's and A's outcome is not recorded."""
+    from gridapi.services.register import Keys
+
+    st = app.extensions["gridapi"]
+    options = exports_svc.JobOptions(
+        st.settings.data_dir, st.settings.export_retention_hours, Keys(st.cipher, st.phone_key)
+    )
+    job = client.post("/api/v1/exports/cases/jobs", json={"format": "csv"}).get_json()
+    assert exports_svc._claim(st.sessions, options, datetime.now(UTC)) == (job["id"], 1)
+    until = datetime.now(UTC) + timedelta(minutes=5)
+    _as_left_by_a_dead_worker(engine, job["id"], 2, until)  # B holds attempt 2
+    assert exports_svc.run_job(st.sessions, options, job["id"], datetime.now(UTC), 1) == "lost"
+    assert _job_row(engine, job["id"])[:2] == ("running", 2)
+    directory = Path(st.settings.data_dir) / "exports"
+    assert not directory.exists() or list(directory.iterdir()) == []
+
+
+def test_a_worker_renews_its_lease_while_it_writes(client, world, app, engine):
+    """With a lease shorter than a row takes, the worker renews it at every row (in a
+    transaction of its own, beside the open read: SQLite's WAL allows it) and finishes."""
+    from gridapi.services.register import Keys
+
+    st = app.extensions["gridapi"]
+    options = exports_svc.JobOptions(
+        st.settings.data_dir,
+        st.settings.export_retention_hours,
+        Keys(st.cipher, st.phone_key),
+        lease_seconds=0.000_001,
+    )
+    job = client.post("/api/v1/exports/cases/jobs", json={"format": "xlsx"}).get_json()
+    assert exports_svc.run_export_jobs(st.sessions, options) == {
+        "done": 1,
+        "failed": 0,
+        "purged": 0,
+    }
+    assert _job_row(engine, job["id"]) == ("done", 1, None)
+    body = ok(client.get(f"/api/v1/exports/cases/jobs/{job['id']}")).get_json()
+    book = ok(client.get(body["download"]))
+    assert len(list(load_workbook(io.BytesIO(book.get_data())).worksheets[0].values)) == 4
