@@ -66,6 +66,7 @@ class OutboundResponse:
     body: bytes
     duration_ms: int
     address: str
+    retry_after: str | None = None  # the receiver's Retry-After header, as sent
 
 
 def parse_allowlist(text: str) -> tuple[Network, ...]:
@@ -259,6 +260,7 @@ def post(
         body=content,
         duration_ms=int((time.monotonic() - started) * 1000),
         address=address,
+        retry_after=response.headers.get("Retry-After"),
     )
 
 

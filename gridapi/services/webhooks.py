@@ -12,7 +12,9 @@ Events are written by triggers (see ``gridapi.models.webhooks``). The worker, ev
 3. POSTs them, outside any transaction, signed (``Webhook-Signature: v1=<hex HMAC-SHA256 of
    "<timestamp>.<body>">``) through ``gridapi.outbound``;
 4. records each answer: 2xx → ``delivered``; anything else → retried after an exponential
-   backoff with full jitter, and ``dead`` after ``GRIDAPI_WEBHOOK_MAX_ATTEMPTS``.
+   backoff with full jitter (or, on a 429 or 503 with ``Retry-After``, no sooner than the
+   receiver asked, up to ``GRIDAPI_WEBHOOK_BACKOFF_MAX_SECONDS``), and ``dead`` after
+   ``GRIDAPI_WEBHOOK_MAX_ATTEMPTS``.
 
 A worker that dies between 2 and 4 leaves its claims to expire: they are sent again
 (at-least-once; receivers deduplicate on ``Webhook-Id``).
@@ -20,6 +22,7 @@ A worker that dies between 2 and 4 leaves its claims to expire: they are sent ag
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import hmac
 import json
@@ -31,7 +34,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -616,12 +619,35 @@ def claim_due(
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one attempt gave: an HTTP status (None when no answer) and an error text."""
+    """What one attempt gave: an HTTP status (None when no answer), an error text, and the
+    wait the receiver asked for (``Retry-After`` on a 429 or 503), in seconds."""
 
     ok: bool
     status_code: int | None
     error: str | None
     duration_ms: int | None
+    retry_after_s: float | None = None
+
+
+#: The answers whose ``Retry-After`` a delivery honours (RFC 9110 §10.2.3, RFC 6585 §4).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Return the wait a ``Retry-After`` value asks for, in seconds from ``now`` (a Unix
+    time): delay-seconds or an HTTP-date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is GMT; a zone-less one is read as such
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
 
 
 def send(
@@ -643,8 +669,15 @@ def send(
     if 200 <= response.status < 300:
         return Outcome(True, response.status, None, response.duration_ms)
     text = response.body[:200].decode("utf-8", "replace")
+    wait = None
+    if response.status in RETRY_AFTER_STATUSES:
+        wait = parse_retry_after(response.retry_after, clock())
     return Outcome(
-        False, response.status, f"HTTP {response.status}: {text}".strip(), response.duration_ms
+        False,
+        response.status,
+        f"HTTP {response.status}: {text}".strip(),
+        response.duration_ms,
+        wait,
     )
 
 
@@ -663,9 +696,10 @@ def record(
     elif claim.attempts >= options.max_attempts:
         values.update(status="dead")
     else:
-        values.update(
-            next_attempt_at=now + timedelta(seconds=backoff_seconds(claim.attempts, options))
-        )
+        wait = backoff_seconds(claim.attempts, options)
+        if outcome.retry_after_s is not None:  # the receiver's wish, within our longest wait
+            wait = max(wait, min(outcome.retry_after_s, options.backoff_max_seconds))
+        values.update(next_attempt_at=now + timedelta(seconds=wait))
     result = session.execute(
         update(WebhookDelivery)
         .where(

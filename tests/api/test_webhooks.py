@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import hmac
 import json
@@ -9,7 +10,7 @@ import os
 import threading
 import time
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -53,6 +54,7 @@ class Receiver:
         self.requests: list[dict[str, Any]] = []
         self.status = 200
         self.location: str | None = None
+        self.extra_headers: dict[str, str] = {}
         self.reply = b"ok"
         self.server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -72,6 +74,8 @@ class Receiver:
                 self.send_response(status)
                 if receiver.location:
                     self.send_header("Location", receiver.location)
+                for name, value in receiver.extra_headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(receiver.reply)))
                 self.end_headers()
                 self.wfile.write(receiver.reply)
@@ -375,6 +379,41 @@ def test_a_receiver_down_for_a_while_gets_every_event_with_the_same_ids(
     assert sorted(set(receiver.ids())) == sorted(f"evt_{i}" for i in events)
     assert len(receiver.requests) == 6
     assert [d["attempts"] for d in deliveries(client, sub["id"])] == [3, 3, 3]
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "waits"),
+    [
+        (503, "300", 300.0),
+        (429, "http-date 400 s ahead", 400.0),
+        (503, "86400", 600.0),  # no longer than our own longest wait
+        (500, "300", None),  # only 429 and 503 carry a wish to honour
+        (503, "soon", None),  # unreadable: our backoff
+    ],
+)
+def test_a_receiver_s_retry_after_is_honoured(
+    app, client, world, receiver, status, retry_after, waits
+):
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    report(client)
+    receiver.status = status
+    if retry_after.startswith("http-date"):
+        receiver.extra_headers["Retry-After"] = email.utils.formatdate(
+            time.time() + 400, usegmt=True
+        )
+    else:
+        receiver.extra_headers["Retry-After"] = retry_after
+    moment = utcnow()
+    assert deliver(app, moment).retrying == 1
+    (delivery,) = deliveries(client, sub["id"])
+    due = datetime.fromisoformat(delivery["next_attempt_at"]) - moment
+    if waits is None:  # full jitter under the first ceiling (60 s in these settings)
+        assert timedelta(0) <= due <= timedelta(seconds=60)
+    else:
+        assert timedelta(seconds=waits - 2) <= due <= timedelta(seconds=waits + 1)
+        receiver.status = 200
+        assert deliver(app, moment + due - timedelta(seconds=3)).attempted == 0
+        assert deliver(app, moment + due + timedelta(seconds=1)).delivered == 1
 
 
 def test_a_delivery_dies_after_the_last_attempt_and_can_be_redelivered(
