@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 import shapely
 from geoalchemy2.elements import WKTElement
 from sqlalchemy import (
+    Select,
     and_,
+    bindparam,
     case,
     false,
     func,
@@ -463,6 +465,40 @@ def duplicate_box(radius_m: float, lat: float) -> tuple[float, float]:
     return metres_to_degrees(radius_m, lat), radius_m / 111_000.0
 
 
+def duplicate_bounds(radius_m: float, lon: float, lat: float, since: datetime) -> dict[str, Any]:
+    """Return the parameters of ``duplicate_search`` but the category: the box around the
+    point holding the radius, and the earliest report time."""
+    dlon, dlat = duplicate_box(radius_m, lat)
+    return {
+        "lon0": lon - dlon,
+        "lon1": lon + dlon,
+        "lat0": lat - dlat,
+        "lat1": lat + dlat,
+        "since": since,
+    }
+
+
+def duplicate_search(*columns: Any) -> Select[Any]:
+    """Return the search for duplicate candidates, selecting ``columns``: the open cases of
+    a category (parameter ``category``) in a box (``lon0``, ``lon1``, ``lat0``, ``lat1``)
+    reported since ``since``, newest first, at most ``DUPLICATE_CANDIDATES``.
+
+    Written once for both report paths: ``possible_duplicates`` runs it through the ORM, and
+    the PostgreSQL path compiles it into its first statement (``services.intake``)."""
+    return (
+        select(*columns)
+        .where(
+            Case.category_code == bindparam("category"),
+            Case.lon.between(bindparam("lon0"), bindparam("lon1")),
+            Case.lat.between(bindparam("lat0"), bindparam("lat1")),
+            Case.reported_at >= bindparam("since"),
+            text(OPEN_SQL),
+        )
+        .order_by(Case.reported_at.desc())
+        .limit(DUPLICATE_CANDIDATES)
+    )
+
+
 def nearest_duplicates(candidates: Iterable[Any], lon: float, lat: float, radius_m: float) -> list:
     """Keep the candidates (from the box, newest first) within the radius; at most 10."""
     return [c for c in candidates if distance_m(lon, lat, c.lon, c.lat) <= radius_m][:10]
@@ -482,22 +518,12 @@ def possible_duplicates(
     radius = category.duplicate_radius_m
     if radius <= 0:
         return []
-    dlon, dlat = duplicate_box(radius, lat)
-    stmt = (
-        select(Case)
-        .where(
-            Case.category_code == category.code,
-            Case.lon.between(lon - dlon, lon + dlon),
-            Case.lat.between(lat - dlat, lat + dlat),
-            Case.reported_at >= now - timedelta(hours=window_hours),
-            text(OPEN_SQL),
-        )
-        .order_by(Case.reported_at.desc())
-        .limit(DUPLICATE_CANDIDATES)
-    )
+    stmt = duplicate_search(Case)
     if exclude is not None:
         stmt = stmt.where(Case.id != exclude)
-    return nearest_duplicates(session.scalars(stmt), lon, lat, radius)
+    since = now - timedelta(hours=window_hours)
+    params = {"category": category.code, **duplicate_bounds(radius, lon, lat, since)}
+    return nearest_duplicates(session.scalars(stmt, params), lon, lat, radius)
 
 
 # --- visibility -------------------------------------------------------------------------------

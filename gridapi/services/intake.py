@@ -166,12 +166,24 @@ _COMPUTED = {"id", "number", "location"}
 # duplicates goes with the first statement when the radius is known (and is repeated in a
 # statement of its own when the category's row says otherwise).
 _radius: dict[str, float] = {}
-_DUPLICATES = (
-    "SELECT id, number, status, lon, lat, reported_at FROM cases"
-    " WHERE category_code = %(category)s AND lon BETWEEN %(lon0)s AND %(lon1)s"
-    " AND lat BETWEEN %(lat0)s AND %(lat1)s AND reported_at >= %(since)s"
-    f" AND {svc.OPEN_SQL} ORDER BY reported_at DESC LIMIT {svc.DUPLICATE_CANDIDATES}"
-)
+
+
+@cache
+def _duplicates_sql() -> str:
+    """Return ``services.cases.duplicate_search`` as psycopg's SQL (named parameters; the
+    limit written in)."""
+    from sqlalchemy.dialects.postgresql.psycopg import dialect
+
+    stmt = svc.duplicate_search(
+        Case.id, Case.number, Case.status, Case.lon, Case.lat, Case.reported_at
+    )
+    compiled = stmt.compile(dialect=dialect(), compile_kwargs={"render_postcompile": True})
+    sql = str(compiled)
+    given = {"category", "lon0", "lon1", "lat0", "lat1", "since"}  # by the report
+    for name, value in compiled.params.items():
+        if name not in given:  # the limit
+            sql = sql.replace(f"%({name})s", str(int(value)))
+    return sql
 
 
 @cache
@@ -195,7 +207,7 @@ def _first_sql() -> tuple[str, tuple[str, ...]]:
 SELECT l.free, nextval(pg_get_serial_sequence('cases', 'id')),
   gridapi_stored_answers(%(caller)s, %(keys)s::text[]),
   (SELECT json_agg(json_build_array(id, number, status, lon, lat, reported_at))
-   FROM ({_DUPLICATES}) AS d),
+   FROM ({_duplicates_sql()}) AS d),
   {columns}
 FROM (SELECT bool_and(pg_try_advisory_xact_lock(x)) AS free
       FROM unnest(%(locks)s::bigint[]) AS x) AS l
@@ -319,14 +331,7 @@ class _TwoStatements:
         """Return the parameters of the duplicate search (nulls: no search)."""
         if not radius:
             return dict.fromkeys(("lon0", "lon1", "lat0", "lat1", "since"))
-        dlon, dlat = svc.duplicate_box(radius, lat)
-        return {
-            "lon0": lon - dlon,
-            "lon1": lon + dlon,
-            "lat0": lat - dlat,
-            "lat1": lat + dlat,
-            "since": since,
-        }
+        return svc.duplicate_bounds(radius, lon, lat, since)
 
     def _run(self, window_hours: float, keep_days: int, respond: Respond) -> Taken:
         r = self.r
@@ -387,7 +392,7 @@ class _TwoStatements:
             if radius:
                 again = self.execute(
                     f"SELECT json_agg(json_build_array(id, number, status, lon, lat,"
-                    f" reported_at)) FROM ({_DUPLICATES}) AS d",
+                    f" reported_at)) FROM ({_duplicates_sql()}) AS d",
                     {"category": code, **self._bounds(radius, lon, lat, since)},
                 )
                 nearby = again.fetchone()[0]
