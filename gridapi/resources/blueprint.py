@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flask_smorest
-from flask import Flask
+from flask import Flask, g
 from webargs.flaskparser import FlaskParser
 from werkzeug.datastructures import MultiDict
 from werkzeug.routing import BaseConverter, IntegerConverter
@@ -90,6 +90,31 @@ class Blueprint(flask_smorest.Blueprint):
     def public(self, func: Any) -> Any:
         """Decorate an operation that needs no credentials."""
         return self.doc(**{"x-permission": None, "security": []})(func)
+
+    def takes_routing_snapshot(self) -> None:
+        """Take the routing snapshot at the start of each request of this blueprint, before
+        its transaction (``routing_snapshot()`` returns it).
+
+        Checking the snapshot may read on a connection of its own. Taken later, a write
+        request would hold its connection (on SQLite, the write lock) while waiting for a
+        second one, and with as many writers queued as the pool has connections nobody gets
+        one: 20 retries of one report at once answered 500 (pool timeout) and 503 (database
+        is locked) after 30 s.
+        """
+        self.before_request(_take_routing_snapshot)
+
+
+def _take_routing_snapshot() -> None:
+    from ..extensions import state
+
+    g.routing_snapshot = state().routing.snapshot()
+
+
+def routing_snapshot() -> Any:
+    """Return the request's routing snapshot (``Blueprint.takes_routing_snapshot``)."""
+    from ..extensions import state
+
+    return g.get("routing_snapshot") or state().routing.snapshot()
 
 
 # --- path converters: the router refuses what the spec says is out of range ----------------

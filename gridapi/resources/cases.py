@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, g, request
+from flask import Response, request
 from flask.views import MethodView
 
 from ..auditing import audit, request_actor
@@ -26,7 +26,7 @@ from ..schemas.cases import (
 )
 from ..services import cases as svc
 from ..services import idempotency, intake
-from .blueprint import Blueprint
+from .blueprint import Blueprint, routing_snapshot
 
 blp = Blueprint(
     "cases",
@@ -152,20 +152,7 @@ def case_view(
     return view
 
 
-@blp.before_request
-def _take_routing_snapshot() -> None:
-    """Take the request's routing snapshot before its transaction starts.
-
-    Checking the snapshot may read on a connection of its own. Taken later, a write request
-    would hold its connection (on SQLite, the write lock) while waiting for a second one, and
-    with as many writers queued as the pool has connections nobody gets one: 20 retries of
-    one report at once answered 500 (pool timeout) and 503 (database is locked) after 30 s.
-    """
-    g.routing_snapshot = state().routing.snapshot()
-
-
-def _routing_snapshot():  # type: ignore[no-untyped-def]
-    return g.get("routing_snapshot") or state().routing.snapshot()
+blp.takes_routing_snapshot()
 
 
 def _names_for(session, cases: list[Case]) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -173,7 +160,7 @@ def _names_for(session, cases: list[Case]) -> dict[str, str]:  # type: ignore[no
     codes: set[str | None] = set()
     for c in cases:
         codes.update((c.region_code, c.township_code, c.responsible_region_code))
-    snapshot = _routing_snapshot()
+    snapshot = routing_snapshot()
     # Region names come from the routing snapshot's copy of the tree (refreshed with it);
     # only codes it does not know are read from the database.
     names: dict[str, str] = {}
@@ -278,7 +265,7 @@ class Cases(MethodView):
             keys=keys,
             body_hash=idempotency.request_hash("POST", request.path, request.get_json()),
             path=request.path,
-            snapshot=_routing_snapshot(),
+            snapshot=routing_snapshot(),
             calendar=st.calendar(session),
             now=_now(),
             duplicate_window_hours=st.settings.duplicate_window_hours,

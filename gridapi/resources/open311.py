@@ -276,7 +276,9 @@ def requests_create(fmt: str) -> Response:
     assert principal is not None
     if not principal.can("cases:write"):
         raise Forbidden("This api_key may not create service requests (it lacks cases:write).")
-    snapshot = state().routing.snapshot()  # before the transaction (see resources/cases.py)
+    snapshot = (
+        state().routing.snapshot()
+    )  # before the transaction (Blueprint.takes_routing_snapshot)
     session = db_session()
     st = state()
     code = (request.form.get("service_code") or "").strip()

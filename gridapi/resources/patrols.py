@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import g
 from flask.views import MethodView
 
 from ..auditing import audit
@@ -44,7 +43,7 @@ from ..schemas.patrols import (
 from ..services import cases as cases_svc
 from ..services import patrols as svc
 from ..services import presence as presence_svc
-from .blueprint import Blueprint
+from .blueprint import Blueprint, routing_snapshot
 from .cases import render as render_case
 
 blp = Blueprint(
@@ -72,17 +71,8 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _take_snapshot() -> None:
-    """Taken before the request's transaction starts (see resources.cases)."""
-    g.routing_snapshot = state().routing.snapshot()
-
-
-def _snapshot():  # type: ignore[no-untyped-def]
-    return g.get("routing_snapshot") or state().routing.snapshot()
-
-
-blp.before_request(_take_snapshot)
-presence_blp.before_request(_take_snapshot)
+blp.takes_routing_snapshot()
+presence_blp.takes_routing_snapshot()
 
 
 def _reader() -> Principal:
@@ -143,7 +133,7 @@ class Patrols(MethodView):
             session,
             principal,
             data,
-            snapshot=_snapshot(),
+            snapshot=routing_snapshot(),
             now=now,
             today=now.astimezone(_tz()).date(),
         )
@@ -258,7 +248,12 @@ class PatrolPoints(MethodView):
         session = db_session()
         patrol = svc.get_own(session, patrol_id, current_principal())
         result = svc.add_points(
-            session, patrol, data["points"], snapshot=_snapshot(), now=_now(), crs=data["crs"]
+            session,
+            patrol,
+            data["points"],
+            snapshot=routing_snapshot(),
+            now=_now(),
+            crs=data["crs"],
         )
         commit()
         return result
@@ -280,7 +275,7 @@ class PatrolCheckins(MethodView):
         now = _now()
         patrol = svc.get_own(session, patrol_id, principal)
         checkin, new = svc.add_checkin(
-            session, patrol, data, scope=principal.scope, snapshot=_snapshot(), now=now
+            session, patrol, data, scope=principal.scope, snapshot=routing_snapshot(), now=now
         )
         if new:
             audit(
@@ -342,7 +337,7 @@ class PatrolFindings(MethodView):
             session,
             data,
             principal=principal,
-            snapshot=_snapshot(),
+            snapshot=routing_snapshot(),
             calendar=st.calendar(session),
             now=now,
             duplicate_window_hours=st.settings.duplicate_window_hours,
@@ -394,7 +389,7 @@ class Heartbeat(MethodView):
         principal = current_principal()
         session = db_session()
         now = _now()
-        row = presence_svc.heartbeat(session, principal, data, snapshot=_snapshot(), now=now)
+        row = presence_svc.heartbeat(session, principal, data, snapshot=routing_snapshot(), now=now)
         user = session.get(User, principal.id)
         view = presence_svc.presence_view(
             row, user, now, state().settings.presence_minutes, with_location=True

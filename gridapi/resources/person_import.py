@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import g
 from flask.views import MethodView
 from flask_smorest.fields import Upload
 from marshmallow import fields, validate
@@ -17,7 +16,7 @@ from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
 from ..schemas.common import StrictSchema
 from ..services import person_import as svc
-from .blueprint import Blueprint, StrictParser
+from .blueprint import Blueprint, StrictParser, routing_snapshot
 from .register import keys
 
 
@@ -49,10 +48,7 @@ blp = MultipartBlueprint(
 )
 
 
-@blp.before_request
-def _take_snapshot() -> None:
-    """Taken before the request's transaction starts (see resources.cases)."""
-    g.routing_snapshot = state().routing.snapshot()
+blp.takes_routing_snapshot()
 
 
 class ImportUploadSchema(StrictSchema):
@@ -156,7 +152,7 @@ class PersonImport(MethodView):
             upload.filename or "",
             scope=principal.scope,
             keys=keys(),
-            snapshot=g.get("routing_snapshot") or state().routing.snapshot(),
+            snapshot=routing_snapshot(),
             actor=principal.actor_id,
             mode=data["mode"],
             dry_run=data["dry_run"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import g
 from flask.views import MethodView
 
 from ..auditing import audit, request_actor
@@ -42,7 +41,7 @@ from ..schemas.register import (
 from ..services import cases as cases_svc
 from ..services import register as svc
 from ..services.audit import record
-from .blueprint import Blueprint
+from .blueprint import Blueprint, routing_snapshot
 
 houses_blp = Blueprint(
     "houses",
@@ -76,17 +75,8 @@ def keys() -> svc.Keys:
     return svc.Keys(st.cipher, st.phone_key)
 
 
-def _snapshot():  # type: ignore[no-untyped-def]
-    return g.get("routing_snapshot") or state().routing.snapshot()
-
-
-def _take_snapshot() -> None:
-    """Taken before the request's transaction starts (see resources.cases)."""
-    g.routing_snapshot = state().routing.snapshot()
-
-
-houses_blp.before_request(_take_snapshot)
-visits_blp.before_request(_take_snapshot)
+houses_blp.takes_routing_snapshot()
+visits_blp.takes_routing_snapshot()
 
 
 def _page(items: list[Any], limit: int) -> int | None:
@@ -136,7 +126,11 @@ class Houses(MethodView):
         """
         session = db_session()
         house = svc.create_house(
-            session, data, scope=current_principal().scope, snapshot=_snapshot(), actor=_actor()
+            session,
+            data,
+            scope=current_principal().scope,
+            snapshot=routing_snapshot(),
+            actor=_actor(),
         )
         audit(
             "house.create",
@@ -177,7 +171,7 @@ class HouseById(MethodView):
         """
         session = db_session()
         house = svc.update_house(
-            session, house_id, data, scope=current_principal().scope, snapshot=_snapshot()
+            session, house_id, data, scope=current_principal().scope, snapshot=routing_snapshot()
         )
         audit(
             "house.update",
@@ -207,9 +201,7 @@ def households_body(session, households) -> list[dict[str, Any]]:  # type: ignor
     ]
 
 
-@households_blp.before_request
-def _household_snapshot() -> None:
-    _take_snapshot()
+households_blp.takes_routing_snapshot()
 
 
 @households_blp.route("")
@@ -245,7 +237,11 @@ class Households(MethodView):
         """
         session = db_session()
         household = svc.create_household(
-            session, data, scope=current_principal().scope, snapshot=_snapshot(), actor=_actor()
+            session,
+            data,
+            scope=current_principal().scope,
+            snapshot=routing_snapshot(),
+            actor=_actor(),
         )
         audit(
             "household.create",
@@ -540,7 +536,7 @@ class Visits(MethodView):
             session,
             data,
             scope=principal.scope,
-            snapshot=_snapshot(),
+            snapshot=routing_snapshot(),
             actor=principal.actor_id,
             worker_id=principal.id if principal.kind == "user" else None,
             now=now,
@@ -596,7 +592,7 @@ def _report_from_visit(session, visit, case_data: dict[str, Any], now: datetime)
         session,
         case_data,
         principal=current_principal(),
-        snapshot=_snapshot(),
+        snapshot=routing_snapshot(),
         calendar=st.calendar(session),
         now=now,
         duplicate_window_hours=st.settings.duplicate_window_hours,

@@ -37,7 +37,7 @@ from sqlalchemy import and_, false, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from ..errors import DomainError, Unprocessable
-from ..models import Case, SyncLog
+from ..models import Case, SyncLog, Task
 from ..models.register import Household
 from .cases import Caller
 from .register import in_scope
@@ -49,12 +49,6 @@ class CursorExpired(DomainError):
     """The change log no longer reaches back to the cursor: sync again from empty."""
 
     status = 410
-
-
-def _task_model() -> Any:
-    from ..models import Task  # the tasks issue's model
-
-    return Task
 
 
 @dataclass
@@ -152,13 +146,12 @@ def visible(entity: str, caller: Caller):  # type: ignore[no-untyped-def]
         return Case, or_(*own)
     if entity == "task":
         # As GET /api/v1/me/tasks: assigned to the caller, or unassigned in their grids.
-        task = _task_model()
-        mine = task.assignee_id == uid if uid is not None else false()
+        mine = Task.assignee_id == uid if uid is not None else false()
         grids = sorted(scope.grid_codes)
         open_in_grids = (
-            and_(task.assignee_id.is_(None), task.grid_code.in_(grids)) if grids else false()
+            and_(Task.assignee_id.is_(None), Task.grid_code.in_(grids)) if grids else false()
         )
-        return task, or_(mine, open_in_grids)
+        return Task, or_(mine, open_in_grids)
     return Household, in_scope(scope, Household)
 
 
