@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -75,11 +76,25 @@ class _Gunicorn(BaseApplication):
         return create_app(self.settings)
 
 
+def freeze_long_lived() -> None:
+    """Collect garbage once, then move every object alive now out of the garbage
+    collector's reach (``gc.freeze``): the routing index (20,000 grids: ≈ 290,000 tracked
+    objects) lives as long as the worker, and each full collection walked all of it,
+    ≈ 150 ms during some request every few hundred (a list's p99 went from ≈ 20 to
+    120-160 ms). Frozen objects are still freed when their last reference goes."""
+    gc.collect()
+    gc.freeze()
+
+
 def _post_worker_init(worker: Any) -> None:
-    # Build the routing index before the first request, not during it.
+    # Build the routing index before the first request, not during it, and keep it (and
+    # whatever the app holds for good) out of the full collections' walk, after a rebuild
+    # too.
     app = worker.wsgi
+    routing = app.extensions["gridapi"].routing
+    routing.after_rebuild = freeze_long_lived
     with app.app_context():
-        app.extensions["gridapi"].routing.snapshot()
+        routing.snapshot()
 
 
 def jobs_in_serve(settings: Settings) -> bool:

@@ -129,3 +129,30 @@ print("ok")
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_a_worker_keeps_its_routing_index_out_of_full_collections(factory, app):
+    """A serving worker builds the routing index before its first request and freezes it
+    (gc.freeze) so that full garbage collections do not walk it during requests; a rebuild
+    (a new grid version) freezes the new index too."""
+    import gc
+    from types import SimpleNamespace
+
+    from gridapi import serving
+
+    factory.regions()
+    factory.grid_version()
+    routing = app.extensions["gridapi"].routing
+    try:
+        serving._post_worker_init(SimpleNamespace(wsgi=app))
+        frozen = gc.get_freeze_count()
+        assert frozen > 0 and routing.after_rebuild is serving.freeze_long_lived
+        assert routing.snapshot().locate(LON0 + STEP / 2, LAT0 + STEP / 2).grid >= 0
+        gc.unfreeze()
+        factory.grid_version(force=True)  # a new generation: the next snapshot rebuilds
+        routing.invalidate()
+        routing.snapshot()
+        assert gc.get_freeze_count() > 0
+    finally:
+        routing.after_rebuild = None
+        gc.unfreeze()

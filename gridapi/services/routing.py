@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -307,6 +308,9 @@ class RoutingIndex:
         self._snapshot: IndexSnapshot | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
+        #: Called after each rebuild (``gridapi serve`` freezes the garbage collector's view
+        #: of the new index there: see ``gridapi.serving``).
+        self.after_rebuild: Callable[[], None] | None = None
 
     def invalidate(self) -> None:
         """Make the next call check the generation (after this process activated a version)."""
@@ -344,6 +348,8 @@ class RoutingIndex:
                     len(self._snapshot),
                     time.perf_counter() - started,
                 )
+                if self.after_rebuild is not None:
+                    self.after_rebuild()
             self._checked_at = time.monotonic()
             return self._snapshot
 
