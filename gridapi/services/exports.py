@@ -707,16 +707,17 @@ def _requester(session: Session, job: ExportJob) -> Principal | None:
     return principal_of_client(client)
 
 
+def _abandoned(now: datetime) -> Any:
+    """Jobs running under a lease that ran out: their worker stopped."""
+    return and_(ExportJob.status == "running", ExportJob.lease_until < now)
+
+
 def _takeable(now: datetime, options: JobOptions) -> Any:
-    """Jobs a worker may take: queued, or running under a lease that ran out with attempts
-    left (``_give_up`` fails the others)."""
+    """Jobs a worker may take: queued, or abandoned with attempts left (``_give_up`` fails
+    the others)."""
     return or_(
         ExportJob.status == "queued",
-        and_(
-            ExportJob.status == "running",
-            ExportJob.lease_until < now,
-            ExportJob.attempts < options.max_attempts,
-        ),
+        and_(_abandoned(now), ExportJob.attempts < options.max_attempts),
     )
 
 
@@ -725,11 +726,7 @@ def _give_up(sessions: Any, options: JobOptions, now: datetime) -> int:
     with sessions.begin() as session:
         failed = session.execute(
             update(ExportJob)
-            .where(
-                ExportJob.status == "running",
-                ExportJob.lease_until < now,
-                ExportJob.attempts >= options.max_attempts,
-            )
+            .where(_abandoned(now), ExportJob.attempts >= options.max_attempts)
             .values(
                 status="failed",
                 error=(

@@ -342,15 +342,24 @@ def test_exports_need_the_read_permission_of_their_kind(accounts, world):
 # --- export jobs ------------------------------------------------------------------------------
 
 
-def run_jobs(app: Any, **kwargs: Any) -> dict[str, int]:
-    """Run what ``gridapi worker`` runs for exports, once."""
+def job_options(app: Any, **changes: Any) -> exports_svc.JobOptions:
+    """The export-job options ``gridapi worker`` builds from the app's settings."""
     from gridapi.services.register import Keys
 
     st = app.extensions["gridapi"]
-    options = exports_svc.JobOptions(
-        st.settings.data_dir, st.settings.export_retention_hours, Keys(st.cipher, st.phone_key)
+    return exports_svc.JobOptions(
+        st.settings.data_dir,
+        st.settings.export_retention_hours,
+        Keys(st.cipher, st.phone_key),
+        **changes,
     )
-    return exports_svc.run_export_jobs(st.sessions, options, **kwargs)
+
+
+def run_jobs(app: Any, **kwargs: Any) -> dict[str, int]:
+    """Run what ``gridapi worker`` runs for exports, once."""
+    return exports_svc.run_export_jobs(
+        app.extensions["gridapi"].sessions, job_options(app), **kwargs
+    )
 
 
 def test_a_job_writes_the_export_to_a_file_only_its_requester_downloads(
@@ -510,12 +519,8 @@ def test_a_job_that_keeps_losing_its_worker_fails_with_a_reason(client, world, a
 def test_a_worker_that_lost_its_lease_discards_its_file(client, world, app, engine):
     """Worker A took the job; its lease ran out and worker B took it over: A's file does not
     replace B's and A's outcome is not recorded."""
-    from gridapi.services.register import Keys
-
     st = app.extensions["gridapi"]
-    options = exports_svc.JobOptions(
-        st.settings.data_dir, st.settings.export_retention_hours, Keys(st.cipher, st.phone_key)
-    )
+    options = job_options(app)
     job = client.post("/api/v1/exports/cases/jobs", json={"format": "csv"}).get_json()
     assert exports_svc._claim(st.sessions, options, datetime.now(UTC)) == (job["id"], 1)
     until = datetime.now(UTC) + timedelta(minutes=5)
@@ -529,15 +534,8 @@ def test_a_worker_that_lost_its_lease_discards_its_file(client, world, app, engi
 def test_a_worker_renews_its_lease_while_it_writes(client, world, app, engine):
     """With a lease shorter than a row takes, the worker renews it at every row (in a
     transaction of its own, beside the open read: SQLite's WAL allows it) and finishes."""
-    from gridapi.services.register import Keys
-
     st = app.extensions["gridapi"]
-    options = exports_svc.JobOptions(
-        st.settings.data_dir,
-        st.settings.export_retention_hours,
-        Keys(st.cipher, st.phone_key),
-        lease_seconds=0.000_001,
-    )
+    options = job_options(app, lease_seconds=0.000_001)
     job = client.post("/api/v1/exports/cases/jobs", json={"format": "xlsx"}).get_json()
     assert exports_svc.run_export_jobs(st.sessions, options) == {
         "done": 1,
