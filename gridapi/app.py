@@ -9,7 +9,6 @@ import uuid
 from typing import Any
 
 from flask import Flask, g, request
-from flask_smorest import Api
 
 from . import __version__, phone
 from .auth import LocalRateLimiter, PrincipalCache
@@ -25,6 +24,7 @@ from .security.fields import FieldCipher, KeyConfigError, parse_keys
 from .security.passwords import configure as configure_password_hashing
 from .security.tokens import TokenSigner
 from .services.routing import RoutingIndex
+from .spec import Api
 
 API_DESCRIPTION = """
 gridapi maps the administrative tree (province → city → county → township → village/community)

@@ -1,20 +1,23 @@
 """Fixtures: every engine-marked test runs on SQLite/SpatiaLite and on PostgreSQL/PostGIS.
 
 SQLite tests get a fresh copy of a migrated database file; PostgreSQL tests share one
-migrated database that is truncated after each test (the routing index reads through its own
-connections, so data must really be committed). Without a reachable PostGIS the PostGIS
+migrated database that is emptied after each test (the routing index reads through its own
+connections, so data must really be committed); emptying it switches triggers off, which
+takes a superuser. Without a reachable PostGIS the PostGIS
 half is skipped locally, and fails when GRIDAPI_REQUIRE_POSTGIS=1 (as in CI).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import MetaData, Table, select, text
 from sqlalchemy.engine import Engine, make_url
 
 from gridapi.config import Settings
@@ -84,67 +87,88 @@ def postgis_url() -> Iterator[str]:
     _pg_admin(PG_URL, 'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
-TABLES = (
-    "export_jobs",
-    "webhook_deliveries",
-    "webhook_events",
-    "webhook_subscriptions",
-    "sync_log",
-    "task_items",
-    "tasks",
-    "campaigns",
-    "special_group_records",
-    "patrol_findings",
-    "patrol_checkins",
-    "patrol_points",
-    "patrols",
-    "presence",
-    "visits",
-    "persons",
-    "households",
-    "houses",
-    "case_attachments",
-    "notifications",
-    "case_events",
-    "cases",
-    "case_counters",
-    "idempotency_keys",
-    "grids",
-    "grid_versions",
-    "regions",
-    "audit_log",
-    "refresh_tokens",
-    "grid_assignments",
-    "users",
-    "departments",
-    "api_clients",
+# Tables the migrations seed (and their bookkeeping): put back as the migrations left them.
+SEEDED = ("categories", "calendar_days", "roles")
+KEPT = ("alembic_version", "index_generations", "spatial_ref_sys")
+
+_SEED_DIGEST = text(
+    "SELECT (SELECT md5(string_agg(c::text, '|' ORDER BY c.code)) FROM categories c)"
+    " || (SELECT md5(string_agg(d::text, '|' ORDER BY d.day)) FROM calendar_days d)"
+    " || (SELECT md5(string_agg(r::text, '|' ORDER BY r.name)) FROM roles r)"
 )
 
 
-def _migration_seed(filename: str) -> list[dict]:
-    """The seed rows of the migration that creates a seeded table."""
-    import importlib.util
+@dataclasses.dataclass(frozen=True)
+class _Reset:
+    """Empties the PostgreSQL test database again after a test, read once after migrating."""
 
-    path = Path(__file__).resolve().parent.parent / "alembic" / "versions" / filename
-    spec = importlib.util.spec_from_file_location(f"gridapi_migration_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module.seed_rows()
+    statements: str  # empties every table the migrations do not seed, restarts their ids
+    seed_digest: str
+    seeds: dict[str, list[dict[str, Any]]]
+
+    @classmethod
+    def read(cls, engine: Engine) -> _Reset:
+        metadata = MetaData()
+        with engine.connect() as conn:
+            tables = conn.execute(
+                text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+                    " AND tablename <> ALL(:kept) ORDER BY tablename"
+                ),
+                {"kept": [*SEEDED, *KEPT]},
+            ).scalars()
+            tables = list(tables)
+            sequences = conn.execute(
+                text(
+                    "SELECT s.oid::regclass::text FROM pg_class s"
+                    " JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid"
+                    " AND d.deptype IN ('a', 'i')"
+                    " JOIN pg_class t ON t.oid = d.refobjid"
+                    " WHERE s.relkind = 'S' AND t.relname = ANY(:tables)"
+                ),
+                {"tables": tables},
+            ).scalars()
+            statements = (
+                # DELETE with triggers (the audit log's append-only guard, the sync log, foreign
+                # keys) off for the transaction. TRUNCATE of ~35 tables took ≈ 0.35 s a test:
+                # it makes new files for every table and index; this takes a few milliseconds.
+                "SET LOCAL session_replication_role = replica;"
+                + "".join(f'DELETE FROM "{table}";' for table in tables)
+                + "UPDATE index_generations SET generation = 0;"
+                + "SELECT "
+                + ", ".join(f"setval('{sequence}', 1, false)" for sequence in sequences)
+            )
+            seeds = {
+                name: [
+                    dict(row)
+                    for row in conn.execute(
+                        select(Table(name, metadata, autoload_with=conn))
+                    ).mappings()
+                ]
+                for name in SEEDED
+            }
+            digest = conn.execute(_SEED_DIGEST).scalar_one()
+        return cls(statements=statements, seed_digest=digest, seeds=seeds)
+
+    def __call__(self, engine: Engine) -> None:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(self.statements)
+            if conn.execute(_SEED_DIGEST).scalar_one() == self.seed_digest:
+                return
+            # A test changed seed data (categories, the calendar): put the seeds back.
+            metadata = MetaData()
+            for name, rows in self.seeds.items():
+                table = Table(name, metadata, autoload_with=conn)
+                conn.execute(table.delete())
+                conn.execute(table.insert(), rows)
 
 
-def _truncate(engine: Engine) -> None:
-    from gridapi.models import CalendarDay, Category
-
-    with engine.begin() as conn:
-        # TRUNCATE fires no row triggers: the audit log stays append-only for the application.
-        conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
-        # Categories and calendar days are seed data: put them back as the migrations left them.
-        conn.execute(text("UPDATE categories SET parent_code = NULL"))
-        conn.execute(text("DELETE FROM categories"))
-        conn.execute(Category.__table__.insert(), _migration_seed("0003_categories.py"))
-        conn.execute(text("DELETE FROM calendar_days"))
-        conn.execute(CalendarDay.__table__.insert(), _migration_seed("0004_calendar.py"))
-        conn.execute(text("UPDATE index_generations SET generation = 0"))
+@pytest.fixture(scope="session")
+def postgis_reset(postgis_url: str) -> _Reset:
+    engine = make_engine(postgis_url)
+    reset = _Reset.read(engine)
+    engine.dispose()
+    return reset
 
 
 @pytest.fixture
@@ -156,9 +180,10 @@ def database_url(request: pytest.FixtureRequest, engine_name: str, tmp_path: Pat
         yield f"sqlite:///{path}"
         return
     url = request.getfixturevalue("postgis_url")
+    reset = request.getfixturevalue("postgis_reset")
     yield url
     engine = make_engine(url)
-    _truncate(engine)
+    reset(engine)
     engine.dispose()
 
 
@@ -169,6 +194,10 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         data_dir=str(tmp_path / "data"),
         routing_refresh_seconds=0.0,
         log_level="WARNING",
+        # Cheap password hashing: tests sign in thousands of people. The production cost is
+        # the default; test_auth checks a sign-in rehashes to the configured parameters.
+        argon2_time_cost=1,
+        argon2_memory_kib=1024,
     )
 
 

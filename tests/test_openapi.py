@@ -46,3 +46,25 @@ def test_spec_is_served_and_docs_need_no_network(client):
     for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
         r = client.get(f"/docs/static/{asset}")
         assert r.status_code == 200 and len(r.data) > 1000, asset
+
+
+def test_the_spec_is_built_once_when_first_asked_for_by_many_at_once(app):
+    """The application documents its operations on the first read of the spec (not at
+    start-up): requests arriving together all get the whole document, each operation once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    committed = json.loads(SPEC_PATH.read_text())
+    assert app.test_client().get("/api/v1/health/live").status_code == 200
+
+    def fetch(_: int) -> dict:
+        response = app.test_client().get("/openapi.json")
+        assert response.status_code == 200
+        return response.get_json()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        documents = list(pool.map(fetch, range(8)))
+    for document in documents:
+        assert document["paths"] == committed["paths"]
+        assert [tag["name"] for tag in document["tags"]] == [
+            tag["name"] for tag in committed["tags"]
+        ]

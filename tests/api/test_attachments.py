@@ -134,7 +134,7 @@ def overrides() -> dict[str, Any]:
 
 @pytest.fixture
 def settings(settings, overrides):  # type: ignore[no-untyped-def]
-    return dataclasses.replace(settings, argon2_time_cost=1, argon2_memory_kib=1024, **overrides)
+    return dataclasses.replace(settings, **overrides)
 
 
 @pytest.fixture

@@ -1255,12 +1255,6 @@ def describe(response: Any) -> str:
 
 
 @pytest.fixture
-def settings(settings):  # type: ignore[no-untyped-def]
-    """Cheap password hashing: every test makes a few dozen accounts."""
-    return dataclasses.replace(settings, argon2_time_cost=1, argon2_memory_kib=1024)
-
-
-@pytest.fixture
 def app(app):  # type: ignore[no-untyped-def]
     """The application, with a 1 s SQLite busy timeout: these tests make one request at a
     time, so any wait for a lock is a deadlock and should not cost the default 30 s."""

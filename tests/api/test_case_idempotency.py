@@ -3,7 +3,6 @@ back and never a second case, also when the retries arrive all at once."""
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,12 +12,6 @@ from sqlalchemy import text
 
 from .test_case_workflow import race
 from .test_cases import center, report_body
-
-
-@pytest.fixture
-def settings(settings):  # type: ignore[no-untyped-def]
-    """Cheap password hashing: tests sign in several people."""
-    return dataclasses.replace(settings, argon2_time_cost=1, argon2_memory_kib=1024)
 
 
 def post(client: Any, body: dict[str, Any], key: str | None = None) -> Any:

@@ -23,12 +23,6 @@ A2 = COMMUNITY_A + "002"
 ROLE_PERMISSIONS = {name: frozenset(permissions) for name, _, _, permissions in ROLES}
 
 
-@pytest.fixture
-def settings(settings):  # type: ignore[no-untyped-def]
-    """Cheap password hashing: every test signs in several people."""
-    return dataclasses.replace(settings, argon2_time_cost=1, argon2_memory_kib=1024)
-
-
 # --- the people and the desk they work at ---------------------------------------------------
 
 

@@ -41,7 +41,6 @@ from .test_authorization_matrix import (
     prepare,
 )
 from .test_authorization_matrix import app as app  # noqa: F401  (the 1 s SQLite busy timeout)
-from .test_authorization_matrix import settings as settings  # noqa: F401  (cheap hashing)
 from .test_authorization_matrix import world as world  # noqa: F401  (World.build, cleaned up)
 
 # Callers, and the areas of the world that are outside their scope.
