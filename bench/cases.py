@@ -1101,6 +1101,13 @@ def bench_lists(
         for t in cycle(offices, max(50, requests // 3))
     ]
     out.append(timed("township office: `GET /cases/queues`", reqs))
+    # An unrestricted caller (a province app, an admin) opening the list: every region.
+    open_hdr = {"X-API-Key": world.open_key}
+    sequential(host, port, [("GET", "/api/v1/cases?limit=50", None, open_hdr)] * 5)
+    reqs = [("GET", "/api/v1/cases?limit=50", None, open_hdr)] * max(50, requests // 3)
+    out.append(timed("unrestricted client: `?limit=50` (no filter, every county)", reqs))
+    reqs = [("GET", "/api/v1/cases?open=true&limit=50", None, open_hdr)] * max(50, requests // 3)
+    out.append(timed("unrestricted client: `?open=true&limit=50`", reqs))
     reqs = [("GET", "/api/v1/health/live", None, {}) for _ in range(requests)]
     out.append(timed("reference: `GET /health/live` (same client)", reqs))
     return out, facts

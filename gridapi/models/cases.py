@@ -161,6 +161,8 @@ class Case(Base):
         ),
         CheckConstraint("severity IN ('general', 'major', 'critical')", name="severity"),
         UniqueConstraint("reporter", "client_id"),
+        # The newest cases first without a region filter (and its keyset pages): migration 0017.
+        Index("ix_cases_reported_at", "reported_at", "id"),
         Index("ix_cases_county_code_reported_at", "county_code", "reported_at"),
         Index("ix_cases_region_code_reported_at", "region_code", "reported_at"),
         Index("ix_cases_grid_code_reported_at", "grid_code", "reported_at"),
