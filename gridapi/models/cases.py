@@ -192,11 +192,12 @@ class Case(Base):
             postgresql_where=text(_OPEN_SQL),
             sqlite_where=text(_OPEN_SQL),
         ),
+        # Only cases with a deadline: not a path to every open case (migration 0018).
         Index(
             "ix_cases_open_due",
             "handle_due_at",
-            postgresql_where=text(_OPEN_SQL),
-            sqlite_where=text(_OPEN_SQL),
+            postgresql_where=text(f"{_OPEN_SQL} AND handle_due_at IS NOT NULL"),
+            sqlite_where=text(f"{_OPEN_SQL} AND handle_due_at IS NOT NULL"),
         ),
         # The indicators and the bulletin: a county's (or a range of counties') filed cases.
         Index(
