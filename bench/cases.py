@@ -1197,12 +1197,31 @@ def explain(world: World) -> str:
             )
         )
         cases_.append(("township office, queues", lambda: svc.queues(session, officer)))
+        # The worker's first batches (gridapi.services.jobs), rolled back with the rest.
+        from gridapi.services import jobs
+        from gridapi.services.calendar import working_calendar
+
+        now = datetime.now(UTC)
+        cases_.append(("worker: overdue job, first batch", lambda: jobs.mark_overdue(session, now)))
+        from gridapi.config import Settings
+
+        defaults = Settings()
+        calendar = working_calendar(session, defaults.working_hours, defaults.timezone)
+        cases_.append(
+            (
+                "worker: supervision job, first batch",
+                lambda: jobs.raise_supervision(session, now, calendar),
+            )
+        )
         out = io.StringIO()
         summaries: list[tuple[str, str, str]] = []
         for label, call in cases_:
             captured.clear()
             call()
-            statement, params = captured[-1]
+            # The worker's batch select (locks with SKIP LOCKED), else the last statement.
+            statement, params = next(
+                ((st, p) for st, p in captured if "SKIP LOCKED" in st), captured[-1]
+            )
             plan = (
                 session.connection()
                 .exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + statement, params)

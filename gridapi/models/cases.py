@@ -47,6 +47,12 @@ SOURCES = ("phone", "hotline", "web", "patrol", "visit", "third_party", "open311
 SEVERITIES = ("general", "major", "critical")
 
 _OPEN_SQL = "status NOT IN ('closed', 'rejected', 'cancelled')"
+# The states that run against a deadline (services.cases.STAGE_DUE), and those of them a
+# case can be supervised in (services.jobs.SUPERVISED_STATUSES); tests check they agree.
+_DEADLINE_STATUSES = (
+    "'reported', 'accepted', 'filed', 'dispatched', 'handling', 'feedback', 'verified'"
+)
+_SUPERVISED_STATUSES = "'accepted', 'filed', 'dispatched', 'handling', 'feedback', 'verified'"
 # Every column the indicator queries read (gridapi.services.indicators), carried by
 # ix_cases_indicators so that they are index-only scans (migration 0013).
 INDICATOR_COLUMNS = (
@@ -192,12 +198,20 @@ class Case(Base):
             postgresql_where=text(_OPEN_SQL),
             sqlite_where=text(_OPEN_SQL),
         ),
-        # Only cases with a deadline: not a path to every open case (migration 0018).
+        # The worker's batches, in id order: the open cases not yet overdue (the overdue job)
+        # and the overdue ones (supervision, escalation). A few thousand rows each, where a
+        # scan in id order read every case (migration 0019).
         Index(
-            "ix_cases_open_due",
-            "handle_due_at",
-            postgresql_where=text(f"{_OPEN_SQL} AND handle_due_at IS NOT NULL"),
-            sqlite_where=text(f"{_OPEN_SQL} AND handle_due_at IS NOT NULL"),
+            "ix_cases_open_not_overdue",
+            "id",
+            postgresql_where=text(f"overdue IS false AND status IN ({_DEADLINE_STATUSES})"),
+            sqlite_where=text(f"overdue = 0 AND status IN ({_DEADLINE_STATUSES})"),
+        ),
+        Index(
+            "ix_cases_open_overdue",
+            "id",
+            postgresql_where=text(f"overdue IS true AND status IN ({_SUPERVISED_STATUSES})"),
+            sqlite_where=text(f"overdue = 1 AND status IN ({_SUPERVISED_STATUSES})"),
         ),
         # The indicators and the bulletin: a county's (or a range of counties') filed cases.
         Index(

@@ -275,9 +275,12 @@ def mark_overdue(
     and one notification per deadline (kind ``overdue:<stage>:<deadline>``) to its assignee
     and the unit holding it.
     """
-    cases = _lock_batch(
-        session, and_(Case.overdue.is_(False), _deadline_passed(now)), after_id, limit
+    # The status list again at the top: PostgreSQL then reads ix_cases_open_not_overdue
+    # (it does not infer it from the OR of the stages).
+    condition = and_(
+        Case.overdue.is_(False), Case.status.in_(tuple(STAGE_DUE)), _deadline_passed(now)
     )
+    cases = _lock_batch(session, condition, after_id, limit)
     seqs = _next_seqs(session, cases)
     batch = Batch()
 

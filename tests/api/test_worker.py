@@ -23,6 +23,7 @@ from gridapi.cli import main
 from gridapi.config import Settings
 from gridapi.db import make_engine
 from gridapi.models import Case, CaseEvent, IdempotencyKey, Notification
+from gridapi.services import cases as cases_svc
 from gridapi.services import idempotency, jobs
 from gridapi.services.calendar import working_calendar
 from gridapi.serving import jobs_in_serve
@@ -275,6 +276,13 @@ def test_overdue_cases_of_auto_escalate_categories_go_to_the_parent_office_once(
     state = snapshot(app)
     assert changes(run(app, datetime.now(UTC) + 3 * LATER)) == {}
     assert snapshot(app) == state
+
+
+def test_the_indexed_status_lists_are_the_ones_the_jobs_use() -> None:
+    from gridapi.models import cases as model
+
+    assert ", ".join(f"'{s}'" for s in cases_svc.STAGE_DUE) == model._DEADLINE_STATUSES
+    assert ", ".join(f"'{s}'" for s in jobs.SUPERVISED_STATUSES) == model._SUPERVISED_STATUSES
 
 
 def test_two_workers_at_once_change_each_case_exactly_once(client, world, app, settings):
