@@ -1120,10 +1120,14 @@ def bench_lists(
 
 def explain(world: World) -> str:
     """Return EXPLAIN (ANALYZE, BUFFERS) of the list and queue queries, built by
-    gridapi.services.cases for a township office and a county client."""
+    gridapi.services.cases for a township office and a county client, and of the worker's
+    first batches (gridapi.services.jobs)."""
     from gridapi.auth import Principal
+    from gridapi.config import Settings
     from gridapi.scope import Scope
     from gridapi.services import cases as svc
+    from gridapi.services import jobs
+    from gridapi.services.calendar import working_calendar
 
     engine = make_engine(world.url)
     captured: list[tuple[str, Any]] = []
@@ -1197,14 +1201,9 @@ def explain(world: World) -> str:
             )
         )
         cases_.append(("township office, queues", lambda: svc.queues(session, officer)))
-        # The worker's first batches (gridapi.services.jobs), rolled back with the rest.
-        from gridapi.services import jobs
-        from gridapi.services.calendar import working_calendar
-
+        # The worker's first batches, rolled back with the rest.
         now = datetime.now(UTC)
         cases_.append(("worker: overdue job, first batch", lambda: jobs.mark_overdue(session, now)))
-        from gridapi.config import Settings
-
         defaults = Settings()
         calendar = working_calendar(session, defaults.working_hours, defaults.timezone)
         cases_.append(
