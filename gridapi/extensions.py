@@ -81,6 +81,13 @@ def commit() -> None:
     session.commit()
 
 
+def commit_adds_nothing() -> bool:
+    """Return whether the request's commit will write nothing besides what the view writes
+    (no ``g.before_commit`` hook): a view whose writes are one statement may then let that
+    statement commit by itself (``services.intake``)."""
+    return "before_commit" not in g
+
+
 def close_session(_exc: BaseException | None = None) -> None:
     """Roll back anything uncommitted and return the connection to the pool."""
     session = g.pop("_db_session", None)

@@ -10,7 +10,7 @@ from flask.views import MethodView
 
 from ..auditing import audit, request_actor
 from ..auth import current_principal
-from ..extensions import commit, db_session, state
+from ..extensions import commit, commit_adds_nothing, db_session, state
 from ..geo.geodesy import distance_m
 from ..jsonio import dumps_bytes
 from ..models import Case, Category
@@ -271,6 +271,7 @@ class Cases(MethodView):
             duplicate_window_hours=st.settings.duplicate_window_hours,
             keep_days=st.settings.idempotency_days,
             respond=respond,
+            alone=commit_adds_nothing(),
         )
         if taken.replayed:
             session.rollback()

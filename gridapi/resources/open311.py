@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from ..auditing import request_actor
 from ..auth import Forbidden, Principal, Unauthorized, _authenticate, current_principal
 from ..errors import DomainError
-from ..extensions import commit, db_session, state
+from ..extensions import commit, commit_adds_nothing, db_session, state
 from ..jsonio import dumps_bytes
 from ..services import cases as cases_svc
 from ..services import idempotency, intake
@@ -322,6 +322,7 @@ def requests_create(fmt: str) -> Response:
         keep_days=st.settings.idempotency_days,
         respond=respond,
         audit_summary={"via": "open311"},
+        alone=commit_adds_nothing(),
     )
     if taken.replayed:
         session.rollback()

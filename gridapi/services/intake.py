@@ -10,21 +10,29 @@ On SQLite it runs the steps one statement at a time (``services.cases.report``; 
 serialised by the database anyway). On PostgreSQL the same work takes two statements on the
 session's own connection, both prepared:
 
-1. the advisory locks of the keys, the new case's id, the answers stored under the keys,
-   the duplicate candidates and the category, in one row;
-2. the number from the county's counter row for the day, and the case, its first timeline
-   row, its audit row and its keys (with the answer, rendered in between) inserted;
+1. the new case's id, the answers already stored under the keys, the duplicate candidates
+   and the category, in one row (nothing written);
+2. the advisory locks of the keys (409 when one is held), the answers stored under them
+   read again after the locks, and, when there are none, the number from the county's
+   counter row for the day and the case, its first timeline row, its audit row and its
+   keys (with the answer, rendered in between) inserted.
 
-then the resource's COMMIT. A report on the ORM path was eleven round trips and ≈ 10 ms of a
-worker's CPU (docs/performance.md). Reports of one county and day queue on the counter row
-from the second statement to the commit only. The rows written are the same on both paths
+Everything is written by the second statement. When the caller says the report is all its
+transaction will hold (``alone``: ``POST /cases`` and Open311, unless a sync batch adds the
+action's key to the same transaction) and the session has not begun, the two run outside a
+transaction block: the second is a transaction of its own and commits as it ends, with no
+BEGIN or COMMIT round trip, and the resource's commit has nothing left to do. Otherwise they
+run in the session's transaction and the resource's COMMIT ends it. A
+report on the ORM path was eleven round trips and ≈ 10 ms of a worker's CPU
+(docs/performance.md). Reports of one county and day queue on the counter row for the
+second statement only. The rows written are the same on both paths
 (tests/api/test_intake.py compares them column by column).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -79,17 +87,22 @@ def report_once(
     keep_days: int,
     respond: Respond,
     audit_summary: dict[str, Any] | None = None,
+    alone: bool = False,
 ) -> Taken:
     """Report the case of ``data`` once per key (see the module's docstring).
 
     A replayed answer leaves the transaction with nothing to commit (the caller rolls back).
     ``audit_summary`` is added to the audit row's summary (``number`` and ``grid``).
+    ``alone``: the caller's transaction will hold nothing else (it commits right after and
+    adds no rows of its own), so on PostgreSQL the report may commit by itself.
     """
     request = _Request(
         data, principal, actor, keys, body_hash, path, snapshot, calendar, now, audit_summary
     )
     if session.get_bind().dialect.name in TWO_STATEMENT_DIALECTS:
-        return _TwoStatements(session, request).run(duplicate_window_hours, keep_days, respond)
+        return _TwoStatements(session, request, alone).run(
+            duplicate_window_hours, keep_days, respond
+        )
     return _one_by_one(session, request, duplicate_window_hours, keep_days, respond)
 
 
@@ -158,7 +171,7 @@ def _one_by_one(
     return Taken(201, payload, False, case.id, svc.etag(case))
 
 
-# --- PostgreSQL: two round trips and the commit ----------------------------------------------
+# --- PostgreSQL: two round trips ------------------------------------------------------------------
 
 # Written here rather than from the row: chosen by the first statement, or built.
 _COMPUTED = {"id", "number", "location"}
@@ -190,27 +203,21 @@ def _duplicates_sql() -> str:
 def _first_sql() -> tuple[str, tuple[str, ...]]:
     """Return the first statement of a report and the category's columns it reads.
 
-    One row: the advisory locks of the keys (taken without waiting: false when one is held,
-    null when there are no keys), the id the case will have (its number is taken last: see
-    ``_insert_sql``), the answers stored under the keys, the duplicate candidates (when the
-    bounds are given), and the category's row (nulls when there is none).
-
-    The stored answers are read by a VOLATILE function (migration 0014), evaluated after the
-    locks (the row it is computed for comes from them), whose query takes a snapshot of its
-    own: it sees a request with the same key that committed while this one took its locks.
-    The unique constraints on the keys and on (reporter, client_id) remain the last guard.
+    One row: the id the case will have (its number is taken last: see ``_insert_sql``), the
+    answers stored under the keys (a retry is answered without rendering anything), the
+    duplicate candidates (when the bounds are given), and the category's row (nulls when
+    there is none). It writes nothing: a key is claimed by the second statement.
     """
     names = tuple(c.name for c in Category.__table__.columns)
     columns = ", ".join(f"k.{n}" for n in names)
     return (
         f"""
-SELECT l.free, nextval(pg_get_serial_sequence('cases', 'id')),
+SELECT nextval(pg_get_serial_sequence('cases', 'id')),
   gridapi_stored_answers(%(caller)s, %(keys)s::text[]),
   (SELECT json_agg(json_build_array(id, number, status, lon, lat, reported_at))
    FROM ({_duplicates_sql()}) AS d),
   {columns}
-FROM (SELECT bool_and(pg_try_advisory_xact_lock(x)) AS free
-      FROM unnest(%(locks)s::bigint[]) AS x) AS l
+FROM (SELECT 1) AS o
 LEFT JOIN categories AS k ON k.code = %(category)s""",
         names,
     )
@@ -218,8 +225,16 @@ LEFT JOIN categories AS k ON k.code = %(category)s""",
 
 @cache
 def _insert_sql() -> str:
-    """Return the statement that numbers and inserts a case, its first timeline row, its
-    audit row and its idempotency keys.
+    """Return the statement that claims the keys, then numbers and inserts a case, its
+    first timeline row, its audit row and its idempotency keys.
+
+    ``g`` takes the keys' advisory locks without waiting (false when a request with one of
+    them is in flight, null when there are no keys) and then reads the answers stored under
+    them with a VOLATILE function (migration 0014), whose query takes a snapshot of its own:
+    it sees a request with the same key that committed after this statement began. Nothing
+    is inserted when a lock is held or an answer is stored; the row returned says which
+    (``free``, ``stored``, and the number, null when nothing was inserted). The unique
+    constraints on the keys and on (reporter, client_id) remain the last guard.
 
     The number is taken here, last, from the county's counter row for the day: reports of
     one county and day queue on that row from this statement to the commit, and no longer.
@@ -235,8 +250,14 @@ def _insert_sql() -> str:
     """
     names = ", ".join(c.name for c in Case.__table__.columns if c.name not in _COMPUTED)
     return f"""
-WITH n AS (
-    INSERT INTO case_counters (county_code, day, last) VALUES (%(county_code)s, %(day)s, 1)
+WITH g AS MATERIALIZED (
+    SELECT l.free, CASE WHEN l.free IS NOT FALSE
+                        THEN gridapi_stored_answers(%(caller)s, %(keys)s::text[]) END AS stored
+    FROM (SELECT bool_and(pg_try_advisory_xact_lock(x)) AS free
+          FROM unnest(%(locks)s::bigint[]) AS x) AS l
+), n AS (
+    INSERT INTO case_counters (county_code, day, last)
+    SELECT %(county_code)s, %(day)s, 1 FROM g WHERE g.free IS NOT FALSE AND g.stored IS NULL
     ON CONFLICT (county_code, day) DO UPDATE SET last = case_counters.last + 1
     RETURNING %(prefix)s || lpad(last::text, greatest(4, length(last::text)), '0') AS number
 ), c AS (
@@ -264,7 +285,7 @@ WITH n AS (
            replace(%(response)s, %(mark)s, c.number), c.id, %(now)s, %(expires)s
     FROM c, unnest(%(keys)s::text[]) AS k
 )
-SELECT number FROM c"""
+SELECT g.free, g.stored, (SELECT number FROM c) FROM g"""
 
 
 @cache
@@ -281,18 +302,24 @@ def _defaults() -> dict[str, Any]:
     return found
 
 
-@dataclass
+def _array(items: Iterable[str]) -> str:
+    """Return an array literal of ``items`` (PostgreSQL's text form, every element quoted):
+    psycopg adapts a string at a fraction of what a list costs it, and the statements cast."""
+    quoted = (item.replace("\\", "\\\\").replace('"', '\\"') for item in items)
+    return "{" + ",".join(f'"{item}"' for item in quoted) + "}"
+
+
 class Row:
     """A row as a plain object: its columns as attributes (a case as inserted, which
-    ``case_view`` and ``allowed_actions`` read; a category as read)."""
+    ``case_view`` and ``allowed_actions`` read; a category as read). The attributes are the
+    instance's own, so reading one costs what reading a model's loaded column does."""
 
-    values: dict[str, Any]
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
+    @property
+    def values(self) -> dict[str, Any]:
+        return self.__dict__
 
 
 @dataclass(frozen=True)
@@ -308,9 +335,15 @@ class _Candidate:
 class _TwoStatements:
     """One report on PostgreSQL in two statements on the session's connection."""
 
-    def __init__(self, session: Session, request: _Request) -> None:
+    def __init__(self, session: Session, request: _Request, alone: bool) -> None:
         self.r = request
-        self.connection = session.connection()
+        if alone and not session.in_transaction():
+            # The second statement writes everything and is a transaction by itself.
+            self.connection = session.connection(
+                execution_options={"isolation_level": "AUTOCOMMIT"}
+            )
+        else:
+            self.connection = session.connection()
         self.raw = self.connection.connection.driver_connection
         self.sql = ""  # the statement being sent, for the error
 
@@ -336,6 +369,7 @@ class _TwoStatements:
     def _run(self, window_hours: float, keep_days: int, respond: Respond) -> Taken:
         r = self.r
         caller = r.principal.actor_id
+        keys = _array(r.keys)
         code = r.data["category"]
         try:
             located: svc.Located | None = svc.locate_report(r.data, r.principal, r.snapshot)
@@ -346,22 +380,19 @@ class _TwoStatements:
         since = r.now - timedelta(hours=window_hours)
         radius = _radius.get(code) if located is not None else None
         point = (located.routed.lon, located.routed.lat) if located is not None else (0.0, 0.0)
-        # 1. locks, the new id, stored answers, duplicates, the category: one statement.
+        # 1. the new id, stored answers, duplicates, the category: one statement, no writes.
         first_sql, names = _first_sql()
         first = self.execute(
             first_sql,
             {
-                "locks": [idempotency.lock_id(caller, k) for k in r.keys],
                 "caller": caller,
-                "keys": r.keys,
+                "keys": keys,
                 "category": code,
                 **self._bounds(radius, *point, since),
             },
         )
-        free, case_id, stored, nearby, *row = first.fetchone()
+        case_id, stored, nearby, *row = first.fetchone()
         if r.keys:
-            if not free:
-                idempotency.raise_in_flight()
             found = [idempotency.Found(*item) for item in stored or ()]
             answer = idempotency.choose(found, r.body_hash)
             if answer is not None:
@@ -403,7 +434,8 @@ class _TwoStatements:
         duplicates = svc.nearest_duplicates(candidates, lon, lat, radius or 0.0)
         new = Row({**_defaults(), **case})
         payload = respond(new, duplicates, category)  # type: ignore[arg-type]
-        # 2. the number, the case, its first timeline row, its audit row, its keys.
+        # 2. the keys' locks, then the number, the case, its first timeline row, its audit
+        # row and its keys (unless a request with one of the keys is in flight or answered).
         actor = r.actor
         inserted = self.execute(
             _insert_sql(),
@@ -430,10 +462,19 @@ class _TwoStatements:
                 "path": r.path[:255],
                 "response": payload,
                 "expires": r.now + timedelta(days=keep_days),
-                "keys": r.keys,
+                "keys": keys,
+                "caller": caller,
+                "locks": _array(str(idempotency.lock_id(caller, k)) for k in r.keys),
             },
         )
-        number = inserted.fetchone()[0]
+        free, stored, number = inserted.fetchone()
+        if free is False:
+            idempotency.raise_in_flight()
+        if number is None:  # answered (and committed) while this one was being rendered
+            found = [idempotency.Found(*item) for item in stored or ()]
+            answer = idempotency.choose(found, r.body_hash)
+            assert answer is not None
+            return _replay(answer)
         return Taken(201, payload.replace(mark, number), False, case_id, svc.etag(new))
 
     def _wrapped(self, error: Exception) -> sa_exc.DBAPIError:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from sqlalchemy import text
 
-from gridapi.services import intake
+from gridapi.services import idempotency, intake
 
 from .test_cases import center, report_body
 
@@ -124,3 +124,75 @@ def test_a_report_the_database_refuses_leaves_nothing_behind(client, world, sess
     again = client.post("/api/v1/cases", json=_body(1), headers={"Idempotency-Key": "b"})
     assert again.status_code == 201, again.get_json()
     assert again.get_json()["number"].endswith("-0002")
+
+
+@pytest.mark.engines("postgis")
+@pytest.mark.parametrize("meanwhile", ["answered", "answered another body", "in flight"])
+def test_the_same_key_used_while_a_report_is_being_rendered(
+    client, world, session, engine, monkeypatch, meanwhile
+):
+    """A key is claimed by the statement that writes: a request with the same key that is
+    answered, or still in flight, while this one renders its answer decides this one's
+    (the stored answer replayed, 422, or 409), and this one writes nothing."""
+    probe = client.post("/api/v1/cases", json=_body(0), headers={"Idempotency-Key": "probe"})
+    assert probe.status_code == 201, probe.get_json()
+    caller = _rows(session, "SELECT caller FROM idempotency_keys")[0]["caller"]
+    body = _body(1)
+    digest = idempotency.request_hash("POST", "/api/v1/cases", body)
+    if meanwhile == "answered another body":
+        digest = idempotency.request_hash("POST", "/api/v1/cases", _body(2))
+    other = engine.connect()
+    real = intake.svc.new_case_row
+
+    def render_while_another_goes(*args: Any, **kwargs: Any) -> Any:
+        if meanwhile == "in flight":  # holds the key until the test ends
+            taken = other.execute(
+                text("SELECT pg_try_advisory_xact_lock(:n)"),
+                {"n": idempotency.lock_id(caller, "key:k")},
+            )
+            assert taken.scalar() is True
+        else:
+            other.execute(
+                text(
+                    "INSERT INTO idempotency_keys (caller, key, request_hash, method, path,"
+                    " status_code, response, resource_id, created_at, expires_at) VALUES"
+                    " (:caller, 'key:k', :hash, 'POST', '/api/v1/cases', 201,"
+                    " '{\"first\": true}', NULL, now(), now() + interval '7 days')"
+                ),
+                {"caller": caller, "hash": digest},
+            )
+            other.commit()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(intake.svc, "new_case_row", render_while_another_goes)
+    try:
+        r = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "k"})
+    finally:
+        other.rollback()
+        other.close()
+        monkeypatch.undo()
+
+    if meanwhile == "answered":
+        assert r.status_code == 201
+        assert r.headers["Idempotent-Replayed"] == "true"
+        assert r.get_json() == {"first": True}
+    elif meanwhile == "answered another body":
+        assert r.status_code == 422, r.get_json()
+        assert r.get_json()["errors"] == {"headers": {"Idempotency-Key": ["reused"]}}
+    else:
+        assert r.status_code == 409, r.get_json()
+        assert r.headers["Retry-After"] == "1"
+    # Nothing of this request was written: one case, one event, one audit row, the
+    # counter at one, and only the probe's keys (and the other request's, if it stored one).
+    assert _rows(session, "SELECT count(*) AS n FROM cases")[0]["n"] == 1
+    assert _rows(session, "SELECT count(*) AS n FROM case_events")[0]["n"] == 1
+    audit = _rows(session, "SELECT count(*) AS n FROM audit_log WHERE action = 'case.report'")
+    assert audit[0]["n"] == 1
+    assert _rows(session, "SELECT last FROM case_counters") == [{"last": 1}]
+    keys = _rows(session, "SELECT key FROM idempotency_keys ORDER BY id")
+    expected = ["key:probe", f"client_id:{uuid.UUID(int=0)}"]
+    assert [k["key"] for k in keys] == expected + ([] if meanwhile == "in flight" else ["key:k"])
+    if meanwhile == "in flight":  # the lock is gone: the retry reports the case
+        again = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "k"})
+        assert again.status_code == 201, again.get_json()
+        assert again.get_json()["number"].endswith("-0002")

@@ -335,6 +335,43 @@ def test_a_batch_applies_each_action_once_in_order_and_failures_stay_alone(clien
     assert other[0]["status"] == 422
 
 
+def test_a_batch_reports_a_case_and_keeps_its_key_in_one_transaction(
+    client, worker, engine, monkeypatch
+):
+    """The action's key is added to the report's own transaction: when it cannot be
+    written, the case is not reported either, and the batch sent again reports it once."""
+    from gridapi.resources import sync
+
+    action = {
+        "key": "offline-1",
+        "type": "case.create",
+        "payload": {
+            "category": "0101",
+            "description": "离线上报",
+            "location": {"type": "Point", "coordinates": center(0)},
+        },
+    }
+
+    def cannot_remember(session: Any, **kw: Any) -> None:
+        raise RuntimeError("the key could not be written")
+
+    earlier = report(worker)  # the first report of a process also loads the calendar
+    monkeypatch.setattr(sync, "_remember_applied", cannot_remember)
+    failed = batch(worker, [action])
+    assert failed[0]["status"] == 500, failed
+    with engine.connect() as conn:
+        ids = conn.execute(text("SELECT id FROM cases")).scalars().all()
+        assert ids == [earlier["id"]]
+        keys = conn.execute(text("SELECT key FROM idempotency_keys")).scalars().all()
+        assert not [k for k in keys if "offline-1" in k]
+    monkeypatch.undo()
+    first, again = batch(worker, [action]), batch(worker, [action])
+    assert first[0]["status"] == 201 and not first[0]["replayed"]
+    assert again[0]["replayed"] and again[0]["id"] == first[0]["id"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 2
+
+
 def test_a_simulated_phone_queue_of_200_actions_lands_exactly_once(
     app, client, worker, accounts, engine
 ):
