@@ -174,7 +174,17 @@ class Case(Base):
         Index("ix_cases_grid_code_reported_at", "grid_code", "reported_at"),
         Index("ix_cases_reporter", "reporter", "reported_at"),
         Index("ix_cases_assignee_id", "assignee_id"),
-        Index("ix_cases_category_code_lon", "category_code", "lon"),
+        # The duplicate search of each report: open cases of a category in a box, recently
+        # (migration 0020; an index of every case's longitude read closed ones by the hundred).
+        Index(
+            "ix_cases_open_duplicates",
+            "category_code",
+            "lon",
+            "lat",
+            "reported_at",
+            postgresql_where=text(_OPEN_SQL),
+            sqlite_where=text(_OPEN_SQL),
+        ),
         # The work queues and the "open cases of a township" list read only open cases.
         Index(
             "ix_cases_open_township",

@@ -267,6 +267,50 @@ def test_the_newest_cases_of_every_region_are_read_from_an_index(client, world, 
             assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
 
 
+def test_the_duplicate_search_reads_open_cases_only(client, world, app):
+    """Each report's search for possible duplicates (open cases of its category near its
+    point, reported in the last days) is decided in ix_cases_open_duplicates: the closed
+    cases of the category around the point are not read (migration 0020)."""
+    from gridapi.models import Case
+    from gridapi.services import cases as svc
+
+    assert client.post("/api/v1/cases", json=report_body(*center(0))).status_code == 201
+    engine = app.extensions["gridapi"].engine
+    table = Case.__table__
+    with engine.begin() as conn:
+        row = dict(conn.execute(select(table)).mappings().one())
+        copies = []
+        for i in range(1, 3001):  # closed cases of the category on the spot, in the window
+            copy = {k: v for k, v in row.items() if k != "id"}
+            copy.update(
+                number=f"{row['number']}{i:04d}",
+                client_id=None,
+                status="closed",
+                reported_at=row["reported_at"] - timedelta(minutes=i),
+            )
+            copies.append(copy)
+        conn.execute(table.insert(), copies)
+        conn.exec_driver_sql("ANALYZE")
+    since = row["reported_at"] - timedelta(hours=72)
+    params = {
+        "category": row["category_code"],
+        **svc.duplicate_bounds(50.0, row["lon"], row["lat"], since),
+    }
+    sent: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "FROM cases" in statement:
+            sent.append((statement, parameters))
+
+    with engine.connect() as conn:
+        event.listen(conn, "before_cursor_execute", capture)
+        found = conn.execute(svc.duplicate_search(Case.number), params).scalars().all()
+        event.remove(conn, "before_cursor_execute", capture)
+        assert found == [row["number"]] and len(sent) == 1
+        plan = _plan(conn, *sent[0])
+    assert "ix_cases_open_duplicates" in plan, plan
+
+
 def test_client_id_must_be_unique_per_caller_only(client, world, accounts):
     cid = str(uuid.uuid4())
     first = client.post("/api/v1/cases", json=report_body(*center(0), client_id=cid))
