@@ -223,28 +223,36 @@ def _plan(conn, statement: str, parameters) -> str:  # type: ignore[no-untyped-d
     return " | ".join(str(row[-1]) for row in rows)
 
 
-def test_the_newest_cases_of_every_region_are_read_from_an_index(client, world, app):
-    """An unrestricted caller's list with no filter, and its next page, walk
-    ix_cases_reported_at backwards: no read and sort of the whole table (≈ 0.3 s on
-    PostgreSQL and seconds on SQLite at 1 M cases before migration 0017)."""
+def _one_case_and_older_copies(client, engine, **change) -> dict:  # type: ignore[no-untyped-def]
+    """Report one case, add 3,000 copies of it a minute apart before it (with ``change``
+    applied), analyse, and return the reported case's row."""
     from gridapi.models import Case
 
     assert client.post("/api/v1/cases", json=report_body(*center(0))).status_code == 201
-    engine = app.extensions["gridapi"].engine
     table = Case.__table__
     with engine.begin() as conn:
         row = dict(conn.execute(select(table)).mappings().one())
         copies = []
-        for i in range(1, 3001):  # older copies, so the planner weighs a real table
+        for i in range(1, 3001):
             copy = {k: v for k, v in row.items() if k != "id"}
             copy.update(
                 number=f"{row['number']}{i:04d}",
                 client_id=None,
                 reported_at=row["reported_at"] - timedelta(minutes=i),
+                **change,
             )
             copies.append(copy)
         conn.execute(table.insert(), copies)
         conn.exec_driver_sql("ANALYZE")
+    return row
+
+
+def test_the_newest_cases_of_every_region_are_read_from_an_index(client, world, app):
+    """An unrestricted caller's list with no filter, and its next page, walk
+    ix_cases_reported_at backwards: no read and sort of the whole table (≈ 0.3 s on
+    PostgreSQL and seconds on SQLite at 1 M cases before migration 0017)."""
+    engine = app.extensions["gridapi"].engine
+    _one_case_and_older_copies(client, engine)  # so the planner weighs a real table
     sent: list[tuple[str, object]] = []
 
     def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
@@ -274,23 +282,9 @@ def test_the_duplicate_search_reads_open_cases_only(client, world, app):
     from gridapi.models import Case
     from gridapi.services import cases as svc
 
-    assert client.post("/api/v1/cases", json=report_body(*center(0))).status_code == 201
     engine = app.extensions["gridapi"].engine
-    table = Case.__table__
-    with engine.begin() as conn:
-        row = dict(conn.execute(select(table)).mappings().one())
-        copies = []
-        for i in range(1, 3001):  # closed cases of the category on the spot, in the window
-            copy = {k: v for k, v in row.items() if k != "id"}
-            copy.update(
-                number=f"{row['number']}{i:04d}",
-                client_id=None,
-                status="closed",
-                reported_at=row["reported_at"] - timedelta(minutes=i),
-            )
-            copies.append(copy)
-        conn.execute(table.insert(), copies)
-        conn.exec_driver_sql("ANALYZE")
+    # Closed cases of the category on the spot, all in the search's window.
+    row = _one_case_and_older_copies(client, engine, status="closed")
     since = row["reported_at"] - timedelta(hours=72)
     params = {
         "category": row["category_code"],
