@@ -22,10 +22,11 @@ transaction will hold (``alone``: ``POST /cases`` and Open311, unless a sync bat
 action's key to the same transaction) and the session has not begun, the two run outside a
 transaction block: the second is a transaction of its own and commits as it ends, with no
 BEGIN or COMMIT round trip, and the resource's commit has nothing left to do. Otherwise they
-run in the session's transaction and the resource's COMMIT ends it. A
-report on the ORM path was eleven round trips and ≈ 10 ms of a worker's CPU
-(docs/performance.md). Reports of one county and day queue on the counter row for the
-second statement only. The rows written are the same on both paths
+run in the session's transaction and the resource's COMMIT ends it.
+
+A report on the ORM path was eleven round trips and ≈ 10 ms of a worker's CPU; it is two
+round trips now (docs/performance.md). Reports of one county and day queue on the counter
+row for the second statement only. The rows written are the same on both paths
 (tests/api/test_intake.py compares them column by column).
 """
 
