@@ -128,6 +128,13 @@ def _replay(stored: idempotency.Stored) -> Taken:
     return Taken(stored.status_code, stored.response, True, stored.resource_id)
 
 
+def _answered(stored: Any, body_hash: str) -> Taken | None:
+    """Return the replay of the answer stored under the keys (``stored``: the rows of
+    ``gridapi_stored_answers``, or null), or None; 422 if a key was used for another request."""
+    answer = idempotency.choose([idempotency.Found(*item) for item in stored or ()], body_hash)
+    return _replay(answer) if answer is not None else None
+
+
 def _one_by_one(
     session: Session, r: _Request, window_hours: float, keep_days: int, respond: Respond
 ) -> Taken:
@@ -232,10 +239,11 @@ def _insert_sql() -> str:
     ``g`` takes the keys' advisory locks without waiting (false when a request with one of
     them is in flight, null when there are no keys) and then reads the answers stored under
     them with a VOLATILE function (migration 0014), whose query takes a snapshot of its own:
-    it sees a request with the same key that committed after this statement began. Nothing
-    is inserted when a lock is held or an answer is stored; the row returned says which
-    (``free``, ``stored``, and the number, null when nothing was inserted). The unique
-    constraints on the keys and on (reporter, client_id) remain the last guard.
+    it sees a request with the same key that committed after this statement began (a report
+    without keys skips it). Nothing is inserted when a lock is held or an answer is stored;
+    the row returned says which (``free``, ``stored``, and the number, null when nothing was
+    inserted). The unique constraints on the keys and on (reporter, client_id) remain the
+    last guard.
 
     The number is taken here, last, from the county's counter row for the day: reports of
     one county and day queue on that row from this statement to the commit, and no longer.
@@ -252,7 +260,7 @@ def _insert_sql() -> str:
     names = ", ".join(c.name for c in Case.__table__.columns if c.name not in _COMPUTED)
     return f"""
 WITH g AS MATERIALIZED (
-    SELECT l.free, CASE WHEN l.free IS NOT FALSE
+    SELECT l.free, CASE WHEN l.free
                         THEN gridapi_stored_answers(%(caller)s, %(keys)s::text[]) END AS stored
     FROM (SELECT bool_and(pg_try_advisory_xact_lock(x)) AS free
           FROM unnest(%(locks)s::bigint[]) AS x) AS l
@@ -393,11 +401,8 @@ class _TwoStatements:
             },
         )
         case_id, stored, nearby, *row = first.fetchone()
-        if r.keys:
-            found = [idempotency.Found(*item) for item in stored or ()]
-            answer = idempotency.choose(found, r.body_hash)
-            if answer is not None:
-                return _replay(answer)
+        if r.keys and (replayed := _answered(stored, r.body_hash)) is not None:
+            return replayed
         category = Row(dict(zip(names, row, strict=True))) if row[0] is not None else None
         if category is None or not category.is_active:
             raise Unprocessable(
@@ -472,10 +477,9 @@ class _TwoStatements:
         if free is False:
             idempotency.raise_in_flight()
         if number is None:  # answered (and committed) while this one was being rendered
-            found = [idempotency.Found(*item) for item in stored or ()]
-            answer = idempotency.choose(found, r.body_hash)
-            assert answer is not None
-            return _replay(answer)
+            replayed = _answered(stored, r.body_hash)
+            assert replayed is not None
+            return replayed
         return Taken(201, payload.replace(mark, number), False, case_id, svc.etag(new))
 
     def _wrapped(self, error: Exception) -> sa_exc.DBAPIError:
