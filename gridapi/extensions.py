@@ -78,6 +78,8 @@ def commit() -> None:
     hook = g.pop("before_commit", None)
     if hook is not None:
         hook(session)
+    elif not session.in_transaction():
+        return  # nothing was written through the session (a report that committed itself)
     session.commit()
 
 

@@ -7,8 +7,8 @@ deadlines, first timeline row), render the answer, store it under the keys and a
 row, all in the caller's one transaction (the resource commits).
 
 On SQLite it runs the steps one statement at a time (``services.cases.report``; writers are
-serialised by the database anyway). On PostgreSQL the same work takes two statements on the
-session's own connection, both prepared:
+serialised by the database anyway). On PostgreSQL the same work takes two statements, both
+prepared:
 
 1. the new case's id, the answers already stored under the keys, the duplicate candidates
    and the category, in one row (nothing written);
@@ -19,10 +19,11 @@ session's own connection, both prepared:
 
 Everything is written by the second statement. When the caller says the report is all its
 transaction will hold (``alone``: ``POST /cases`` and Open311, unless a sync batch adds the
-action's key to the same transaction) and the session has not begun, the two run outside a
-transaction block: the second is a transaction of its own and commits as it ends, with no
-BEGIN or COMMIT round trip, and the resource's commit has nothing left to do. Otherwise they
-run in the session's transaction and the resource's COMMIT ends it.
+action's key to the same transaction) and the session has not begun, the two run on a
+connection of the pool in autocommit mode, outside the session: the second is a transaction
+of its own and commits as it ends, with no BEGIN or COMMIT round trip, and the session is
+never begun, so the resource's commit has nothing to do. Otherwise they run in the session's
+transaction and the resource's COMMIT ends it.
 
 A report on the ORM path was eleven round trips and ≈ 10 ms of a worker's CPU; it is two
 round trips now (docs/performance.md). Reports of one county and day queue on the counter
@@ -346,14 +347,20 @@ class _TwoStatements:
 
     def __init__(self, session: Session, request: _Request, alone: bool) -> None:
         self.r = request
+        self.dialect = session.get_bind().dialect
+        self.pooled: Any = None  # the pool's connection, when the session is not used
+        self.connection: Any = None  # the session's connection, when it is
         if alone and not session.in_transaction():
-            # The second statement writes everything and is a transaction by itself.
-            self.connection = session.connection(
-                execution_options={"isolation_level": "AUTOCOMMIT"}
-            )
+            # The second statement writes everything and is a transaction by itself: both
+            # run on a pooled connection in autocommit mode, outside the session, which
+            # then has no transaction to begin, commit or close (a fifth of a report's CPU
+            # in the worker went to that machinery).
+            self.pooled = session.get_bind().raw_connection()
+            self.raw = self.pooled.driver_connection
+            self.raw.autocommit = True
         else:
             self.connection = session.connection()
-        self.raw = self.connection.connection.driver_connection
+            self.raw = self.connection.connection.driver_connection
         self.sql = ""  # the statement being sent, for the error
 
     def execute(self, sql: str, params: dict[str, Any]) -> Any:
@@ -367,6 +374,20 @@ class _TwoStatements:
             return self._run(window_hours, keep_days, respond)
         except Error as error:
             raise self._wrapped(error) from error
+        finally:
+            if self.pooled is not None:
+                self._give_back()
+
+    def _give_back(self) -> None:
+        """Return the pooled connection as the pool lent it (out of autocommit); one that
+        cannot be is discarded (the pool connects afresh)."""
+        pooled, self.pooled = self.pooled, None
+        if pooled.is_valid:
+            try:
+                self.raw.autocommit = False
+            except Exception as error:  # broken: not reusable
+                pooled.invalidate(error)
+        pooled.close()
 
     @staticmethod
     def _bounds(radius: float | None, lon: float, lat: float, since: datetime) -> dict[str, Any]:
@@ -485,10 +506,10 @@ class _TwoStatements:
     def _wrapped(self, error: Exception) -> sa_exc.DBAPIError:
         """Return the driver's error as SQLAlchemy raises it (the API's error handlers map
         those: 503 with Retry-After for a lost connection, which is then invalidated)."""
-        dialect = self.connection.dialect
+        dialect = self.dialect
         lost = dialect.is_disconnect(error, self.raw, None)
         if lost:
-            self.connection.invalidate(error)
+            (self.connection if self.pooled is None else self.pooled).invalidate(error)
         return sa_exc.DBAPIError.instance(
             self.sql,
             None,

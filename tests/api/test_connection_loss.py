@@ -65,3 +65,35 @@ def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
     r = client.post("/api/v1/cases", json=report_body(*center(0)))
     assert r.status_code == 201, r.get_json()
     assert cases(admin) == 1
+
+
+def test_a_report_outside_the_session_on_a_dropped_connection_is_503_and_the_retry_is_served(
+    client, world, admin, engine, monkeypatch
+):
+    """The same for a report that commits by itself on a connection of the pool (the
+    calendar already read: the session is not begun)."""
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 3600.0)
+    first = client.post("/api/v1/cases", json=report_body(*center(0)))
+    assert first.status_code == 201, first.get_json()
+    lent: list[object] = []
+    real = engine.raw_connection
+
+    def raw_connection():  # type: ignore[no-untyped-def]
+        pooled = real()
+        lent.append(pooled)
+        return pooled
+
+    monkeypatch.setattr(engine, "raw_connection", raw_connection)
+    assert drop_pooled_connections(admin) >= 1
+    body = report_body(*center(0), client_id="0b0e5a7c-1d2e-4f00-8a00-000000000002")
+
+    lost = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r2"})
+    assert lent, "the report did not run outside the session"
+    assert lost.status_code == 503, lost.get_json()
+    assert lost.headers["Retry-After"]
+    assert cases(admin) == 1
+
+    again = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r2"})
+    assert again.status_code == 201, again.get_json()
+    assert "Idempotent-Replayed" not in again.headers
+    assert cases(admin) == 2

@@ -196,3 +196,34 @@ def test_the_same_key_used_while_a_report_is_being_rendered(
         again = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "k"})
         assert again.status_code == 201, again.get_json()
         assert again.get_json()["number"].endswith("-0002")
+
+
+@pytest.mark.engines("postgis")
+def test_a_report_that_commits_by_itself_gives_its_connection_back_as_lent(
+    client, world, session, engine, monkeypatch
+):
+    """A report the request's session has not begun runs on a pooled connection in
+    autocommit mode, outside the session: the pool gets the connection back out of
+    autocommit, so the next request that takes it writes in one transaction again."""
+    lent: list[Any] = []
+    real = engine.raw_connection
+
+    def raw_connection() -> Any:
+        pooled = real()
+        lent.append(pooled.driver_connection)
+        return pooled
+
+    monkeypatch.setattr(engine, "raw_connection", raw_connection)
+    for i in range(3):
+        r = client.post("/api/v1/cases", json=_body(i), headers={"Idempotency-Key": f"p{i}"})
+        assert r.status_code == 201, r.get_json()
+    assert lent, "no report ran outside the session"
+    assert [c.autocommit for c in lent] == [False] * len(lent)
+    assert _rows(session, "SELECT count(*) AS n FROM cases")[0]["n"] == 3
+    # A request that fails after writing leaves nothing on the connections the reports used.
+    session.execute(text("UPDATE case_counters SET last = 0"))
+    session.commit()
+    refused = client.post("/api/v1/cases", json=_body(9), headers={"Idempotency-Key": "x"})
+    assert refused.status_code == 409, refused.get_json()
+    assert _rows(session, "SELECT count(*) AS n FROM case_events")[0]["n"] == 3
+    assert _rows(session, "SELECT last FROM case_counters") == [{"last": 0}]
