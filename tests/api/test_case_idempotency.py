@@ -130,6 +130,33 @@ def test_a_key_is_kept_for_at_least_seven_days(client, world, session):
         assert row.caller.startswith("user:")
 
 
+@pytest.mark.parametrize("change", ["deactivated", "attribute required"])
+def test_a_retry_is_answered_as_the_first_time_after_the_rules_changed(
+    client, world, session, change
+):
+    """A phone replaying its queue after the category was deactivated or given a required
+    attribute: the report exists, so the replay is the first answer (not the 422 a new
+    report now gets), by its key and by its client_id, and nothing is written."""
+    body = report_body(*center(0), client_id=str(uuid.uuid4()))
+    first = post(client, body, "queued-1")
+    assert first.status_code == 201, first.get_json()
+    if change == "deactivated":
+        patch = {"is_active": False}
+    else:
+        volume = {"code": "volume", "label": "体积", "type": "number", "required": True}
+        patch = {"attributes": [volume]}
+    r = client.patch("/api/v1/categories/0101", json=patch)
+    assert r.status_code == 200, r.get_json()
+    fresh = post(client, {**body, "client_id": str(uuid.uuid4())}, "new-one")
+    assert fresh.status_code == 422, fresh.get_json()  # the rules now refuse a new report
+    for key in ("queued-1", None):  # by the key, then by the client_id alone
+        again = post(client, body, key)
+        assert again.status_code == 201, again.get_json()
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.data == first.data
+    assert counts(session) == (1, 1, 2)
+
+
 def test_a_report_that_failed_leaves_no_key_and_can_be_retried(client, world, session):
     client.patch(
         "/api/v1/categories/0101",
