@@ -16,7 +16,8 @@
 4. Checks the database: every acknowledged report exists exactly once, with the id it was
    acknowledged with; no ``client_id`` twice; every case has exactly one ``report`` timeline
    row, one ``case.created`` outbox event and one sync-log entry; on SQLite
-   ``PRAGMA integrity_check`` is ``ok``.
+   ``PRAGMA integrity_check`` is ``ok``. Every 503 must carry Retry-After, and no answer may
+   be 500 (an unhandled error: the client retries it, and the run fails).
 
 The last line is ``acknowledged=A present=P duplicates=D lost=L``; the exit status is 0 only
 when A = N = P and D = L = 0 and every other check holds.
@@ -200,6 +201,7 @@ class Tally:
     acknowledged: dict[str, int] = field(default_factory=dict)  # client_id -> case id
     statuses: dict[str, int] = field(default_factory=dict)
     retry_after_missing: int = 0  # 503 answers without Retry-After
+    server_errors: list[str] = field(default_factory=list)  # 500 answers: unhandled errors
     unexpected: list[str] = field(default_factory=list)  # answers no retry can change
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -249,6 +251,9 @@ def client_loop(
                 if status == 503 and not answer_headers.get("Retry-After"):
                     with tally.lock:
                         tally.retry_after_missing += 1
+                if status == 500:  # retried (the report must still arrive), and the run fails
+                    with tally.lock:
+                        tally.server_errors.append(raw[:300].decode("utf-8", "replace"))
                 if status in (200, 201):
                     try:
                         case_id = json.loads(raw)["id"]
@@ -436,6 +441,7 @@ def run(args: argparse.Namespace) -> int:
         facts["seconds"] = round(elapsed, 1)
         facts["answers"] = dict(sorted(tally.statuses.items()))
         facts["503_without_retry_after"] = tally.retry_after_missing
+        facts["500_answers"] = len(tally.server_errors)
         facts["unexpected_answers"] = tally.unexpected[:5] or "none"
         for name, value in facts.items():
             log(f"{name}: {value}")
@@ -449,6 +455,7 @@ def run(args: argparse.Namespace) -> int:
             )
             and facts.get("integrity_check", "ok") == "ok"
             and tally.retry_after_missing == 0
+            and not tally.server_errors
             and not tally.unexpected
         )
         print(

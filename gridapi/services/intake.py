@@ -347,18 +347,18 @@ class _TwoStatements:
 
     def __init__(self, session: Session, request: _Request, alone: bool) -> None:
         self.r = request
-        self.dialect = session.get_bind().dialect
+        self.engine = session.get_bind()
+        self.dialect = self.engine.dialect
         self.pooled: Any = None  # the pool's connection, when the session is not used
         self.connection: Any = None  # the session's connection, when it is
-        if alone and not session.in_transaction():
-            # The second statement writes everything and is a transaction by itself: both
-            # run on a pooled connection in autocommit mode, outside the session, which
-            # then has no transaction to begin, commit or close (a fifth of a report's CPU
-            # in the worker went to that machinery).
-            self.pooled = session.get_bind().raw_connection()
-            self.raw = self.pooled.driver_connection
-            self.raw.autocommit = True
-        else:
+        self.raw: Any = None
+        # The second statement writes everything and is a transaction by itself: when
+        # nothing else will be, both run on a pooled connection in autocommit mode, outside
+        # the session, which then has no transaction to begin, commit or close (a fifth of
+        # a report's CPU in the worker went to that machinery). The connection is taken in
+        # ``run``, where the driver's errors are handled.
+        self.outside = alone and not session.in_transaction()
+        if not self.outside:
             self.connection = session.connection()
             self.raw = self.connection.connection.driver_connection
         self.sql = ""  # the statement being sent, for the error
@@ -371,12 +371,22 @@ class _TwoStatements:
         from psycopg import Error
 
         try:
+            if self.outside:
+                self._borrow()
             return self._run(window_hours, keep_days, respond)
         except Error as error:
             raise self._wrapped(error) from error
         finally:
             if self.pooled is not None:
                 self._give_back()
+
+    def _borrow(self) -> None:
+        """Take a connection from the pool, in autocommit mode. The pool raises the driver's
+        own error when it cannot connect (unlike the engine's connections, it does not wrap
+        it): ``run`` wraps it as a statement's, so that the answer is 503 with Retry-After."""
+        self.pooled = self.engine.raw_connection()
+        self.raw = self.pooled.driver_connection
+        self.raw.autocommit = True
 
     def _give_back(self) -> None:
         """Return the pooled connection as the pool lent it (out of autocommit); one that
@@ -508,8 +518,9 @@ class _TwoStatements:
         those: 503 with Retry-After for a lost connection, which is then invalidated)."""
         dialect = self.dialect
         lost = dialect.is_disconnect(error, self.raw, None)
-        if lost:
-            (self.connection if self.pooled is None else self.pooled).invalidate(error)
+        held = self.connection if self.pooled is None else self.pooled
+        if lost and held is not None:
+            held.invalidate(error)
         return sa_exc.DBAPIError.instance(
             self.sql,
             None,

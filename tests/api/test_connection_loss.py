@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from gridapi import db
+from gridapi.services import intake
 
 from .test_cases import center, report_body
 
@@ -29,6 +30,19 @@ def drop_pooled_connections(admin) -> int:  # type: ignore[no-untyped-def]
         " WHERE datname = current_database() AND pid <> pg_backend_pid()"
     ).fetchall()
     return len(rows)
+
+
+def spy_on_borrowing(monkeypatch) -> list[object]:  # type: ignore[no-untyped-def]
+    """Record each report that borrows a connection of the pool outside the session."""
+    borrowed: list[object] = []
+    real = intake._TwoStatements._borrow
+
+    def borrow(self):  # type: ignore[no-untyped-def]
+        borrowed.append(self)
+        real(self)
+
+    monkeypatch.setattr(intake._TwoStatements, "_borrow", borrow)
+    return borrowed
 
 
 def cases(admin) -> int:  # type: ignore[no-untyped-def]
@@ -68,32 +82,59 @@ def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
 
 
 def test_a_report_outside_the_session_on_a_dropped_connection_is_503_and_the_retry_is_served(
-    client, world, admin, engine, monkeypatch
+    app, client, world, admin, monkeypatch
 ):
     """The same for a report that commits by itself on a connection of the pool (the
-    calendar already read: the session is not begun)."""
+    calendar already read, the routing index not checked: the session is not begun)."""
     monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 3600.0)
     first = client.post("/api/v1/cases", json=report_body(*center(0)))
     assert first.status_code == 201, first.get_json()
-    lent: list[object] = []
-    real = engine.raw_connection
-
-    def raw_connection():  # type: ignore[no-untyped-def]
-        pooled = real()
-        lent.append(pooled)
-        return pooled
-
-    monkeypatch.setattr(engine, "raw_connection", raw_connection)
+    monkeypatch.setattr(app.extensions["gridapi"].routing, "refresh_seconds", 3600.0)
+    borrowed = spy_on_borrowing(monkeypatch)
     assert drop_pooled_connections(admin) >= 1
     body = report_body(*center(0), client_id="0b0e5a7c-1d2e-4f00-8a00-000000000002")
 
     lost = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r2"})
-    assert lent, "the report did not run outside the session"
+    assert borrowed, "the report did not run outside the session"
     assert lost.status_code == 503, lost.get_json()
     assert lost.headers["Retry-After"]
+    assert lost.get_json()["code"] == 503
     assert cases(admin) == 1
 
     again = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r2"})
     assert again.status_code == 201, again.get_json()
     assert "Idempotent-Replayed" not in again.headers
+    assert cases(admin) == 2
+
+
+def test_a_report_outside_the_session_while_the_database_refuses_connections_is_503(
+    app, client, world, admin, engine, monkeypatch
+):
+    """The pool has to connect and the database refuses: 503 with Retry-After (the pool
+    raises the driver's own error there, not SQLAlchemy's), nothing written, and the retry
+    is served once the database answers again. Bench/crash saw 500s there."""
+    first = client.post("/api/v1/cases", json=report_body(*center(0)))
+    assert first.status_code == 201, first.get_json()
+    # The routing index is not checked against the database during the test: the report's
+    # own connection is the first the request asks for.
+    monkeypatch.setattr(app.extensions["gridapi"].routing, "refresh_seconds", 3600.0)
+    borrowed = spy_on_borrowing(monkeypatch)
+
+    def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise psycopg.OperationalError("connection refused (the test's database is down)")
+
+    engine.pool.dispose()  # no pooled connection left: the next report must connect
+    monkeypatch.setattr(engine.dialect, "connect", refuse)
+    body = report_body(*center(0), client_id="0b0e5a7c-1d2e-4f00-8a00-000000000003")
+
+    down = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r3"})
+    assert borrowed, "the report did not run outside the session"
+    assert down.status_code == 503, down.get_json()
+    assert down.headers["Retry-After"]
+    assert down.get_json()["code"] == 503
+    assert cases(admin) == 1
+
+    monkeypatch.undo()
+    again = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r3"})
+    assert again.status_code == 201, again.get_json()
     assert cases(admin) == 2

@@ -200,25 +200,24 @@ def test_the_same_key_used_while_a_report_is_being_rendered(
 
 @pytest.mark.engines("postgis")
 def test_a_report_that_commits_by_itself_gives_its_connection_back_as_lent(
-    client, world, session, engine, monkeypatch
+    client, world, session, monkeypatch
 ):
     """A report the request's session has not begun runs on a pooled connection in
     autocommit mode, outside the session: the pool gets the connection back out of
     autocommit, so the next request that takes it writes in one transaction again."""
-    lent: list[Any] = []
-    real = engine.raw_connection
+    borrowed: list[Any] = []
+    real = intake._TwoStatements._borrow
 
-    def raw_connection() -> Any:
-        pooled = real()
-        lent.append(pooled.driver_connection)
-        return pooled
+    def borrow(self: Any) -> None:
+        real(self)
+        borrowed.append(self.raw)  # the driver's connection
 
-    monkeypatch.setattr(engine, "raw_connection", raw_connection)
+    monkeypatch.setattr(intake._TwoStatements, "_borrow", borrow)
     for i in range(3):
         r = client.post("/api/v1/cases", json=_body(i), headers={"Idempotency-Key": f"p{i}"})
         assert r.status_code == 201, r.get_json()
-    assert lent, "no report ran outside the session"
-    assert [c.autocommit for c in lent] == [False] * len(lent)
+    assert borrowed, "no report ran outside the session"
+    assert [c.autocommit for c in borrowed] == [False] * len(borrowed)
     assert _rows(session, "SELECT count(*) AS n FROM cases")[0]["n"] == 3
     # A request that fails after writing leaves nothing on the connections the reports used.
     session.execute(text("UPDATE case_counters SET last = 0"))
