@@ -49,6 +49,23 @@ def cases(admin) -> int:  # type: ignore[no-untyped-def]
     return admin.execute("SELECT count(*) FROM cases").fetchone()[0]
 
 
+def unavailable_then_served(client, admin, body, key, then=None) -> None:  # type: ignore[no-untyped-def]
+    """Report ``body``: 503 with Retry-After and nothing written; after ``then()`` (the
+    database back), the retry with the same key is served as a new report."""
+    before = cases(admin)
+    down = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": key})
+    assert down.status_code == 503, down.get_json()
+    assert down.headers["Retry-After"]
+    assert down.get_json()["code"] == 503
+    assert cases(admin) == before
+    if then is not None:
+        then()
+    again = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": key})
+    assert again.status_code == 201, again.get_json()
+    assert "Idempotent-Replayed" not in again.headers
+    assert cases(admin) == before + 1
+
+
 def test_a_report_on_a_dropped_connection_is_503_and_the_retry_is_served(
     client, world, admin, monkeypatch
 ):
@@ -56,17 +73,7 @@ def test_a_report_on_a_dropped_connection_is_503_and_the_retry_is_served(
     body = report_body(*center(0), client_id="0b0e5a7c-1d2e-4f00-8a00-000000000001")
     assert client.get("/api/v1/categories").status_code == 200  # a pooled connection
     assert drop_pooled_connections(admin) >= 1
-
-    lost = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r1"})
-    assert lost.status_code == 503, lost.get_json()
-    assert lost.headers["Retry-After"]
-    assert lost.get_json()["code"] == 503
-    assert cases(admin) == 0
-
-    again = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r1"})
-    assert again.status_code == 201, again.get_json()
-    assert "Idempotent-Replayed" not in again.headers
-    assert cases(admin) == 1
+    unavailable_then_served(client, admin, body, "r1")
 
 
 def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
@@ -93,18 +100,8 @@ def test_a_report_outside_the_session_on_a_dropped_connection_is_503_and_the_ret
     borrowed = spy_on_borrowing(monkeypatch)
     assert drop_pooled_connections(admin) >= 1
     body = report_body(*center(0), client_id="0b0e5a7c-1d2e-4f00-8a00-000000000002")
-
-    lost = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r2"})
+    unavailable_then_served(client, admin, body, "r2")
     assert borrowed, "the report did not run outside the session"
-    assert lost.status_code == 503, lost.get_json()
-    assert lost.headers["Retry-After"]
-    assert lost.get_json()["code"] == 503
-    assert cases(admin) == 1
-
-    again = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r2"})
-    assert again.status_code == 201, again.get_json()
-    assert "Idempotent-Replayed" not in again.headers
-    assert cases(admin) == 2
 
 
 def test_a_report_outside_the_session_while_the_database_refuses_connections_is_503(
@@ -126,15 +123,5 @@ def test_a_report_outside_the_session_while_the_database_refuses_connections_is_
     engine.pool.dispose()  # no pooled connection left: the next report must connect
     monkeypatch.setattr(engine.dialect, "connect", refuse)
     body = report_body(*center(0), client_id="0b0e5a7c-1d2e-4f00-8a00-000000000003")
-
-    down = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r3"})
+    unavailable_then_served(client, admin, body, "r3", then=monkeypatch.undo)
     assert borrowed, "the report did not run outside the session"
-    assert down.status_code == 503, down.get_json()
-    assert down.headers["Retry-After"]
-    assert down.get_json()["code"] == 503
-    assert cases(admin) == 1
-
-    monkeypatch.undo()
-    again = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "r3"})
-    assert again.status_code == 201, again.get_json()
-    assert cases(admin) == 2
