@@ -343,12 +343,12 @@ class _Candidate:
 
 
 class _TwoStatements:
-    """One report on PostgreSQL in two statements on the session's connection."""
+    """One report on PostgreSQL in two statements, on a pooled connection outside the
+    session (``outside``) or on the session's own."""
 
     def __init__(self, session: Session, request: _Request, alone: bool) -> None:
         self.r = request
         self.engine = session.get_bind()
-        self.dialect = self.engine.dialect
         self.pooled: Any = None  # the pool's connection, when the session is not used
         self.connection: Any = None  # the session's connection, when it is
         self.raw: Any = None
@@ -516,7 +516,7 @@ class _TwoStatements:
     def _wrapped(self, error: Exception) -> sa_exc.DBAPIError:
         """Return the driver's error as SQLAlchemy raises it (the API's error handlers map
         those: 503 with Retry-After for a lost connection, which is then invalidated)."""
-        dialect = self.dialect
+        dialect = self.engine.dialect
         lost = dialect.is_disconnect(error, self.raw, None)
         held = self.connection if self.pooled is None else self.pooled
         if lost and held is not None:
