@@ -226,3 +226,44 @@ def test_a_report_that_commits_by_itself_gives_its_connection_back_as_lent(
     assert refused.status_code == 409, refused.get_json()
     assert _rows(session, "SELECT count(*) AS n FROM case_events")[0]["n"] == 3
     assert _rows(session, "SELECT last FROM case_counters") == [{"last": 0}]
+
+
+@pytest.mark.engines("postgis")
+def test_stored_answers_are_looked_up_through_the_unique_index_however_the_table_grew(
+    engine,
+):
+    """``gridapi_stored_answers`` keeps its plan for the connection's life: made while the
+    keys table was empty, it must still read a caller's keys by both columns of the unique
+    index once the caller has thousands of them (the plan that filtered the keys out of the
+    caller's made a report cost 25 ms of PostgreSQL's CPU within a minute)."""
+    stored = text("SELECT gridapi_stored_answers(:caller, CAST(:keys AS text[]))")
+    with engine.connect() as conn:
+        for _ in range(10):  # planned now, on an empty table
+            assert conn.execute(stored, {"caller": "client:1", "keys": "{a,b}"}).scalar() is None
+        conn.execute(
+            text(
+                "INSERT INTO idempotency_keys (caller, key, request_hash, method, path,"
+                " status_code, response, resource_id, created_at, expires_at)"
+                " SELECT 'client:1', 'key:' || i, 'h' || i, 'POST', '/api/v1/cases', 201,"
+                " '{\"n\": ' || i || '}', i, now(), now() + interval '7 days'"
+                " FROM generate_series(1, 5000) AS i"
+            )
+        )
+        conn.commit()
+        index = "'uq_idempotency_keys_caller_key'::regclass"
+        read = text(
+            f"SELECT pg_stat_get_xact_blocks_fetched({index})"
+            f" + pg_stat_get_xact_blocks_hit({index})"
+        )
+        before = conn.execute(read).scalar_one()
+        found = conn.execute(stored, {"caller": "client:1", "keys": "{key:4000,x,key:17}"}).scalar()
+        blocks = conn.execute(read).scalar_one() - before
+        conn.rollback()
+    # Stored in the order of their rows, whatever the order of the keys asked for.
+    assert found == [
+        ["key:17", "h17", 201, '{"n": 17}', 17],
+        ["key:4000", "h4000", 201, '{"n": 4000}', 4000],
+    ]
+    # Three keys, each a descent of the index (a root and a leaf, or a few more): not the
+    # caller's 5,000 entries (40-odd leaf pages).
+    assert blocks <= 12, blocks
