@@ -11,7 +11,8 @@ serialised by the database anyway). On PostgreSQL the same work takes two statem
 prepared:
 
 1. the new case's id, the answers already stored under the keys, the duplicate candidates
-   and the category, in one row (nothing written);
+   and the category's row as text, in one row (nothing written; the category's columns are
+   read by a statement of their own only when the process has not kept that same row);
 2. the advisory locks of the keys (409 when one is held), the answers stored under them
    read again after the locks, and, when there are none, the number from the county's
    counter row for the day and the case, its first timeline row, its audit row and its
@@ -184,10 +185,14 @@ def _one_by_one(
 
 # Written here rather than from the row: chosen by the first statement, or built.
 _COMPUTED = {"id", "number", "location"}
-# The duplicate radius of each category as last read by this process: the search for
-# duplicates goes with the first statement when the radius is known (and is repeated in a
-# statement of its own when the category's row says otherwise).
-_radius: dict[str, float] = {}
+# The categories as last read by this process, by code: (the row as text, the row). The
+# first statement reads the category's row as text, and the row's columns are read (in a
+# statement of their own) only when that text is not the one cached: every report reads its
+# category, an admin edits one now and then, and a result of twenty columns cost the worker
+# more than one of a single text. The cached duplicate radius also lets the search for
+# duplicates go with the first statement (it is repeated in a statement of its own when the
+# category's row says otherwise).
+_categories: dict[str, tuple[str, Row]] = {}
 
 
 @cache
@@ -209,27 +214,32 @@ def _duplicates_sql() -> str:
 
 
 @cache
-def _first_sql() -> tuple[str, tuple[str, ...]]:
-    """Return the first statement of a report and the category's columns it reads.
+def _first_sql() -> str:
+    """Return the first statement of a report.
 
     One row: the id the case will have (its number is taken last: see ``_insert_sql``), the
     answers stored under the keys (a retry is answered without rendering anything), the
-    duplicate candidates (when the bounds are given), and the category's row (nulls when
-    there is none). It writes nothing: a key is claimed by the second statement.
+    duplicate candidates (when the bounds are given), and the category's row as text (null
+    when there is none; its columns are read by ``_category_sql`` when the text is not the
+    one cached). It writes nothing: a key is claimed by the second statement.
     """
-    names = tuple(c.name for c in Category.__table__.columns)
-    columns = ", ".join(f"k.{n}" for n in names)
-    return (
-        f"""
+    return f"""
 SELECT nextval(pg_get_serial_sequence('cases', 'id')),
   gridapi_stored_answers(%(caller)s, %(keys)s::text[]),
   (SELECT json_agg(json_build_array(id, number, status, lon, lat, reported_at))
    FROM ({_duplicates_sql()}) AS d),
-  {columns}
+  k::text
 FROM (SELECT 1) AS o
-LEFT JOIN categories AS k ON k.code = %(category)s""",
-        names,
-    )
+LEFT JOIN categories AS k ON k.code = %(category)s"""
+
+
+@cache
+def _category_sql() -> tuple[str, tuple[str, ...]]:
+    """Return the statement that reads a category's columns and its row as text (as the
+    first statement does), and the names of the columns."""
+    names = tuple(c.name for c in Category.__table__.columns)
+    columns = ", ".join(f"k.{n}" for n in names)
+    return f"SELECT {columns}, k::text FROM categories AS k WHERE k.code = %(category)s", names
 
 
 @cache
@@ -418,12 +428,12 @@ class _TwoStatements:
             located, unplaced = None, error
         day = r.now.astimezone(r.calendar.tz).date()
         since = r.now - timedelta(hours=window_hours)
-        radius = _radius.get(code) if located is not None else None
+        cached = _categories.get(code)
+        radius = cached[1].duplicate_radius_m if cached and located is not None else None
         point = (located.routed.lon, located.routed.lat) if located is not None else (0.0, 0.0)
         # 1. the new id, stored answers, duplicates, the category: one statement, no writes.
-        first_sql, names = _first_sql()
         first = self.execute(
-            first_sql,
+            _first_sql(),
             {
                 "caller": caller,
                 "keys": keys,
@@ -431,10 +441,10 @@ class _TwoStatements:
                 **self._bounds(radius, *point, since),
             },
         )
-        case_id, stored, nearby, *row = first.fetchone()
+        case_id, stored, nearby, as_text = first.fetchone()
         if r.keys and (replayed := _answered(stored, r.body_hash)) is not None:
             return replayed
-        category = Row(dict(zip(names, row, strict=True))) if row[0] is not None else None
+        category = self._category(code, as_text, cached)
         if category is None or not category.is_active:
             raise Unprocessable(
                 "Unknown category.",
@@ -455,7 +465,7 @@ class _TwoStatements:
         case["id"], case["number"] = case_id, mark
         lon, lat = case["lon"], case["lat"]
         if category.duplicate_radius_m != radius:  # first seen, or changed: search again
-            _radius[code] = radius = category.duplicate_radius_m
+            radius = category.duplicate_radius_m
             nearby = None
             if radius:
                 again = self.execute(
@@ -512,6 +522,26 @@ class _TwoStatements:
             assert replayed is not None
             return replayed
         return Taken(201, payload.replace(mark, number), False, case_id, svc.etag(new))
+
+    def _category(
+        self, code: str, as_text: str | None, cached: tuple[str, Row] | None
+    ) -> Row | None:
+        """Return the category's row as it is now (None when there is none): the one cached
+        when its text is ``as_text`` (what the first statement read), else read again and
+        cached."""
+        if as_text is None:
+            _categories.pop(code, None)
+            return None
+        if cached is not None and cached[0] == as_text:
+            return cached[1]
+        sql, names = _category_sql()
+        row = self.execute(sql, {"category": code}).fetchone()
+        if row is None:  # deleted since the first statement
+            _categories.pop(code, None)
+            return None
+        category = Row(dict(zip(names, row[:-1], strict=True)))
+        _categories[code] = (row[-1], category)
+        return category
 
     def _wrapped(self, error: Exception) -> sa_exc.DBAPIError:
         """Return the driver's error as SQLAlchemy raises it (the API's error handlers map

@@ -4,6 +4,7 @@ writes (gridapi.services.intake), and a report that fails leaves nothing behind.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -226,6 +227,38 @@ def test_a_report_that_commits_by_itself_gives_its_connection_back_as_lent(
     assert refused.status_code == 409, refused.get_json()
     assert _rows(session, "SELECT count(*) AS n FROM case_events")[0]["n"] == 3
     assert _rows(session, "SELECT last FROM case_counters") == [{"last": 0}]
+
+
+def test_a_category_changed_between_reports_is_read_as_it_is_now(client, world, session):
+    """Every report reads its category as it is at that moment, whoever changed it and
+    however: a worker that keeps the category rows it read (PostgreSQL) reads one again
+    when it is no longer the same."""
+    point = center(0)
+    first = client.post("/api/v1/cases", json=report_body(*point))
+    second = client.post("/api/v1/cases", json=report_body(*point))
+    assert first.status_code == second.status_code == 201, second.get_json()
+    assert [d["id"] for d in second.get_json()["possible_duplicates"]] == [first.get_json()["id"]]
+
+    # Changed behind the API's back: no updated_at, no event, nothing but the row.
+    session.execute(
+        text(
+            "UPDATE categories SET duplicate_radius_m = 0, accept_limit = 3,"
+            " accept_unit = 'days' WHERE code = '0101'"
+        )
+    )
+    session.commit()
+    third = client.post("/api/v1/cases", json=report_body(*point))
+    assert third.status_code == 201, third.get_json()
+    assert third.get_json()["possible_duplicates"] == []
+    accept = [datetime.fromisoformat(r.get_json()["deadlines"]["accept"]) for r in (second, third)]
+    assert accept[1] - accept[0] > timedelta(days=1)  # 3 working days, not 2 working hours
+
+    session.execute(text("UPDATE categories SET is_active = false WHERE code = '0101'"))
+    session.commit()
+    fourth = client.post("/api/v1/cases", json=report_body(*point))
+    assert fourth.status_code == 422, fourth.get_json()
+    assert fourth.get_json()["errors"] == {"json": {"category": ["no active category 0101"]}}
+    assert _rows(session, "SELECT count(*) AS n FROM cases")[0]["n"] == 3
 
 
 @pytest.mark.engines("postgis")
