@@ -41,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
+import orjson
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -130,10 +131,12 @@ def _replay(stored: idempotency.Stored) -> Taken:
     return Taken(stored.status_code, stored.response, True, stored.resource_id)
 
 
-def _answered(stored: Any, body_hash: str) -> Taken | None:
+def _answered(stored: str | None, body_hash: str) -> Taken | None:
     """Return the replay of the answer stored under the keys (``stored``: the rows of
-    ``gridapi_stored_answers``, or null), or None; 422 if a key was used for another request."""
-    answer = idempotency.choose([idempotency.Found(*item) for item in stored or ()], body_hash)
+    ``gridapi_stored_answers`` as JSON text, or null), or None; 422 if a key was used for
+    another request."""
+    rows = orjson.loads(stored) if stored else ()
+    answer = idempotency.choose([idempotency.Found(*item) for item in rows], body_hash)
     return _replay(answer) if answer is not None else None
 
 
@@ -225,8 +228,8 @@ def _first_sql() -> str:
     """
     return f"""
 SELECT nextval(pg_get_serial_sequence('cases', 'id')),
-  gridapi_stored_answers(%(caller)s, %(keys)s::text[]),
-  (SELECT json_agg(json_build_array(id, number, status, lon, lat, reported_at))
+  gridapi_stored_answers(%(caller)s, %(keys)s::text[])::text,
+  (SELECT json_agg(json_build_array(id, number, status, lon, lat, reported_at))::text
    FROM ({_duplicates_sql()}) AS d),
   k::text
 FROM (SELECT 1) AS o
@@ -305,7 +308,7 @@ WITH g AS MATERIALIZED (
            replace(%(response)s, %(mark)s, c.number), c.id, %(now)s, %(expires)s
     FROM c, unnest(%(keys)s::text[]) AS k
 )
-SELECT g.free, g.stored, (SELECT number FROM c) FROM g"""
+SELECT g.free, g.stored::text, (SELECT number FROM c) FROM g"""
 
 
 @cache
@@ -470,13 +473,13 @@ class _TwoStatements:
             if radius:
                 again = self.execute(
                     f"SELECT json_agg(json_build_array(id, number, status, lon, lat,"
-                    f" reported_at)) FROM ({_duplicates_sql()}) AS d",
+                    f" reported_at))::text FROM ({_duplicates_sql()}) AS d",
                     {"category": code, **self._bounds(radius, lon, lat, since)},
                 )
                 nearby = again.fetchone()[0]
         candidates = [
             _Candidate(i, n, st, x, y, datetime.fromisoformat(at).astimezone(UTC))
-            for i, n, st, x, y, at in nearby or ()
+            for i, n, st, x, y, at in (orjson.loads(nearby) if nearby else ())
         ]
         duplicates = svc.nearest_duplicates(candidates, lon, lat, radius or 0.0)
         new = Row({**_defaults(), **case})
