@@ -14,6 +14,7 @@ from sqlalchemy import text
 from gridapi.services import idempotency, intake
 
 from .test_cases import center, report_body
+from .test_connection_loss import spy_on_borrowing
 
 
 def _rows(session: Any, sql: str) -> list[dict[str, Any]]:
@@ -206,19 +207,13 @@ def test_a_report_that_commits_by_itself_gives_its_connection_back_as_lent(
     """A report the request's session has not begun runs on a pooled connection in
     autocommit mode, outside the session: the pool gets the connection back out of
     autocommit, so the next request that takes it writes in one transaction again."""
-    borrowed: list[Any] = []
-    real = intake._TwoStatements._borrow
-
-    def borrow(self: Any) -> None:
-        real(self)
-        borrowed.append(self.raw)  # the driver's connection
-
-    monkeypatch.setattr(intake._TwoStatements, "_borrow", borrow)
+    borrowed = spy_on_borrowing(monkeypatch)
     for i in range(3):
         r = client.post("/api/v1/cases", json=_body(i), headers={"Idempotency-Key": f"p{i}"})
         assert r.status_code == 201, r.get_json()
     assert borrowed, "no report ran outside the session"
-    assert [c.autocommit for c in borrowed] == [False] * len(borrowed)
+    # Each report's driver connection, as given back to the pool.
+    assert [report.raw.autocommit for report in borrowed] == [False] * len(borrowed)
     assert _rows(session, "SELECT count(*) AS n FROM cases")[0]["n"] == 3
     # A request that fails after writing leaves nothing on the connections the reports used.
     session.execute(text("UPDATE case_counters SET last = 0"))
