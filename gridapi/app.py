@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 from flask import Flask, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import __version__, phone
 from .auth import LocalRateLimiter, PrincipalCache
@@ -104,6 +105,14 @@ def create_app(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = Flask(__name__)
+    if settings.proxy_hops:
+        # Behind proxies the peer is the nearest proxy: the client's address (audit rows,
+        # rate limits by address) and the scheme it used (links in answers) are what the
+        # proxies forward. Only X-Forwarded-For and -Proto are read, only as many entries as
+        # there are proxies (a client's own entries before them are ignored), and only when
+        # this is set: without a proxy anyone could send the headers.
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.json = OrjsonProvider(app)
     app.config.update(
         MAX_CONTENT_LENGTH=int(settings.max_body_mb * 1024 * 1024),

@@ -48,6 +48,9 @@ class Settings:
     workers: int = 0  # 0 = chosen from the engine and the number of cores
     log_level: str = "INFO"
     max_body_mb: float = 32.0
+    # Reverse proxies (nginx, a load balancer) in front that each add an X-Forwarded-For
+    # entry: the client's address and scheme are read from the last this many entries.
+    proxy_hops: int = 0
     attachment_max_mb: float = 10.0
     attachment_max_megapixels: float = 40.0
     routing_snap_meters: float = 50.0
@@ -111,6 +114,8 @@ class Settings:
         """Check the settings that can be checked without the database; ValueError names it."""
         from .services.indicators import parse_weights
 
+        if self.proxy_hops < 0:
+            raise ValueError(f"GRIDAPI_PROXY_HOPS={self.proxy_hops}: 0 or more proxies")
         try:
             parse_weights(self.indicator_weights)
         except ValueError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import ipaddress
 import os
 import subprocess
 import sys
@@ -140,6 +141,23 @@ class JobsProcess:
             process.kill()
 
 
+def exposure_warning(host: str, settings: Settings) -> str | None:
+    """Return what is wrong with serving on ``host`` with no proxy in front (None when the
+    address is this machine's own, or proxies are declared)."""
+    if settings.proxy_hops or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return None
+    except ValueError:  # a host name
+        pass
+    return (
+        f"Serving on {host} with GRIDAPI_PROXY_HOPS=0: clients reach gunicorn's sync workers "
+        "directly, and a few phones uploading slowly hold every worker. Put nginx (or another "
+        "buffering proxy) in front and set GRIDAPI_PROXY_HOPS (docs/deploy.md)."
+    )
+
+
 def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
     """Serve until interrupted. Raises SpatialExtensionMissing before starting, ValueError
     for an invalid GRIDAPI_WORKER_IN_SERVE."""
@@ -147,6 +165,9 @@ def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
     engine = make_engine(settings.database_url, spatialite_path=settings.spatialite_path)
     spatial_extension_version(engine)
     engine.dispose()
+    warning = exposure_warning(host, settings)
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     options = {
         "bind": f"{host}:{port}",
         "workers": workers or default_workers(settings),

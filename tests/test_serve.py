@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from gridapi.services.identity import create_client
 
 from .factories import COMMUNITY_A, LAT0, LON0, STEP
@@ -23,9 +25,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(port: int, path: str, body: dict | None = None, key: str = "") -> tuple[int, dict]:
+def _get(
+    port: int, path: str, body: dict | None = None, key: str = "", **sent: str
+) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     headers = {"X-API-Key": key} if key else {}
+    headers.update(sent)
     if body is None:
         conn.request("GET", path, headers=headers)
     else:
@@ -57,6 +62,7 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
         "GRIDAPI_PORT": str(port),
         "GRIDAPI_WORKERS": "2",
         "GRIDAPI_LOG_LEVEL": "WARNING",
+        "GRIDAPI_PROXY_HOPS": "1",  # as behind nginx (docs/deploy/nginx.conf)
     }
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -88,6 +94,9 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
         # a search by ID number: the access log keeps the parameter, never the value
         status, _ = _get(port, f"/api/v1/persons?id_number={SECRET_ID}&limit=5", key=key)
         assert status == 403  # the key may not read the register; the request is logged
+        # through a proxy: the access log names the client the proxy saw, not what it sent
+        forwarded = {"X-Forwarded-For": "10.1.2.3, 203.0.113.7"}
+        assert _get(port, "/api/v1/health/live?via=proxy", **forwarded)[0] == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -95,6 +104,9 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
     assert "SIGSEGV" not in text and "Traceback" not in text, text
     assert "GET /api/v1/persons?id_number=***&limit=5" in text, text
     assert SECRET_ID not in text
+    via = [line for line in text.splitlines() if "via=proxy" in line]
+    assert len(via) == 1 and via[0].startswith("203.0.113.7 "), text
+    assert "WARNING: Serving" not in text  # on 127.0.0.1: no warning about exposure
 
 
 SECRET_ID = "320508199001011232"
@@ -108,6 +120,29 @@ def test_redact_query_hides_personal_values_only():
     )
     assert redact_query("") == ""
     assert redact_query("flag&q=x") == "flag&q=***"
+
+
+@pytest.mark.parametrize(
+    ("host", "hops", "warned"),
+    [
+        ("127.0.0.1", 0, False),
+        ("::1", 0, False),
+        ("[::1]", 0, False),
+        ("localhost", 0, False),
+        ("0.0.0.0", 0, True),
+        ("10.20.0.5", 0, True),
+        ("grid.example.cn", 0, True),
+        ("0.0.0.0", 1, False),
+    ],
+)
+def test_serving_beyond_this_machine_without_a_proxy_is_warned(host, hops, warned):
+    from gridapi.config import Settings
+    from gridapi.serving import exposure_warning
+
+    warning = exposure_warning(host, Settings(proxy_hops=hops))
+    assert (warning is not None) == warned
+    if warned:
+        assert host in warning and "docs/deploy.md" in warning
 
 
 def test_spatialite_loaded_before_shapely_does_not_break_shapely(tmp_path: Path):

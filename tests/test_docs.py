@@ -1,0 +1,60 @@
+"""The documents a deployer follows agree with the code: every setting in the README's
+table, and the nginx configuration of docs/deploy with the settings' defaults."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+from gridapi.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _configuration_table() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return "\n".join(line for line in section.splitlines() if line.startswith("| `GRIDAPI_"))
+
+
+def test_every_setting_has_a_row_in_the_readmes_table():
+    table = _configuration_table()
+    documented = set(re.findall(r"`GRIDAPI_([A-Z0-9_]+)`", table))
+    settings = {f.name.upper() for f in fields(Settings)}
+    assert sorted(settings - documented) == []  # a setting nobody can find
+    assert sorted(documented - settings) == []  # a row for a setting that is gone
+
+
+NGINX = ROOT / "docs" / "deploy" / "nginx.conf"
+
+
+def _directives(name: str) -> list[str]:
+    text = re.sub(r"#.*", "", NGINX.read_text())
+    return re.findall(rf"(?:^|[;{{\s]){name}\s+([^;]+);", text, flags=re.MULTILINE)
+
+
+def test_nginx_takes_the_bodies_gridapi_takes():
+    (size,) = _directives("client_max_body_size")
+    assert size == f"{Settings().max_body_mb:g}m"
+
+
+def test_nginx_buffers_uploads_and_answers():
+    assert _directives("proxy_request_buffering") == ["on"]
+    assert _directives("proxy_buffering") == ["on"]
+
+
+def test_nginx_logs_no_query_strings():
+    (log_format,) = _directives("log_format")
+    for variable in ("$request ", '$request"', "$request_uri", "$args", "$query_string", "$arg_"):
+        assert variable not in log_format
+    assert "$uri" in log_format and "$request_id" in log_format
+    logs = _directives("access_log")
+    assert logs and all(line.split()[-1] == "gridapi" for line in logs)
+
+
+def test_nginx_forwards_what_proxy_hops_reads():
+    headers = dict(h.split(None, 1) for h in _directives("proxy_set_header"))
+    assert headers["X-Forwarded-For"] == "$proxy_add_x_forwarded_for"
+    assert headers["X-Forwarded-Proto"] == "$scheme"
+    assert headers["X-Request-ID"] == "$request_id"
