@@ -51,7 +51,8 @@ _IF_MATCH_HEADER = {
     "name": "If-Match",
     "in": "header",
     "required": True,
-    "description": "The case's ETag from the last read. Without it → 428; stale → 412.",
+    "description": "The case's ETag from the last read, as it came (a compressed answer's ends in "
+    "`:gzip`). Without it → 428; stale → 412.",
     "schema": {"type": "string", "example": '"42-3"'},
 }
 

@@ -51,7 +51,8 @@ _IF_MATCH = {
     "name": "If-Match",
     "in": "header",
     "required": True,
-    "description": "The ETag from the last read. Without it → 428; stale → 412.",
+    "description": "The ETag from the last read, as it came (a compressed answer's ends in `:gzip`). "
+    "Without it → 428; stale → 412.",
     "schema": {"type": "string", "example": '"42-3"'},
 }
 _ETAG = {"ETag": {"schema": {"type": "string"}}}

@@ -622,9 +622,16 @@ def state_actions(status: str) -> list[str]:
     return [name for name, (states, _, _) in ACTIONS.items() if status in states]
 
 
+# What Flask-Compress appends to the ETag of an answer it compressed ("12-3" → "12-3:gzip"):
+# the tag of those bytes, but the same version of the object.
+_CODING_SUFFIXES = (":gzip", ":br", ":deflate", ":zstd")
+
+
 def parse_etag(header: str | None) -> list[str] | str | None:
     """Return the entity tags (``<id>-<version>``, unquoted) an If-Match header names,
-    ``"*"``, or None if absent. Weak (``W/"…"``), quoted and bare tags are accepted."""
+    ``"*"``, or None if absent. Weak (``W/"…"``), quoted and bare tags are accepted, and so is
+    the tag of a compressed answer (``"12-3:gzip"``): every phone asks for compression, and
+    the tag it was given names the version it read."""
     if header is None or not header.strip():
         return None
     value = header.strip()
@@ -635,7 +642,10 @@ def parse_etag(header: str | None) -> list[str] | str | None:
         part = part.strip()
         if part.startswith("W/"):
             part = part[2:]
-        tags.append(part.strip('"'))
+        tag = part.strip('"')
+        for suffix in _CODING_SUFFIXES:
+            tag = tag.removesuffix(suffix)
+        tags.append(tag)
     return tags
 
 

@@ -90,3 +90,58 @@ def test_the_spec_documents_fields_and_304_on_json_gets(client):
     op = spec["paths"]["/api/v1/cases"]["get"]
     assert "fields" in [p["name"] for p in op["parameters"]]
     assert "304" in op["responses"]
+
+
+GZIP = {"Accept-Encoding": "gzip"}
+
+
+def test_the_etag_of_a_compressed_answer_is_a_valid_if_match(client, world):
+    # Every phone asks for gzip; Flask-Compress then tags the answer "<id>-<version>:gzip".
+    # That tag was answered with 412 "changed since you read it" on every workflow step.
+    case = report(client)
+    read = client.get(f"/api/v1/cases/{case['id']}", headers=GZIP)
+    assert read.headers["Content-Encoding"] == "gzip"
+    etag = read.headers["ETag"]
+    assert etag == f'"{case["id"]}-1:gzip"'
+    unchanged = client.get(f"/api/v1/cases/{case['id']}", headers={**GZIP, "If-None-Match": etag})
+    assert unchanged.status_code == 304
+    step = client.post(
+        f"/api/v1/cases/{case['id']}/transitions",
+        json={"action": "accept"},
+        headers={**GZIP, "If-Match": etag},
+    )
+    assert step.status_code == 200, step.get_data()
+    assert json.loads(gzip.decompress(step.get_data()))["status"] == "accepted"
+    # still a version check: the tag read before that step is stale now
+    again = client.post(
+        f"/api/v1/cases/{case['id']}/transitions",
+        json={"action": "file"},
+        headers={**GZIP, "If-Match": etag},
+    )
+    assert again.status_code == 412, again.get_json()
+    assert again.headers["ETag"] == f'"{case["id"]}-2"'
+
+
+def test_a_phones_queued_step_with_a_compressed_answers_etag_is_applied(client, world):
+    case = report(client)
+    etag = client.get(f"/api/v1/cases/{case['id']}", headers=GZIP).headers["ETag"]
+    actions = [
+        {
+            "key": "accept-1",
+            "type": "case.transition",
+            "payload": {"case_id": case["id"], "action": "accept", "if_match": etag},
+        }
+    ]
+    r = client.post("/api/v1/sync/batch", json={"actions": actions})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["results"][0]["status"] == 200, r.get_json()
+    assert client.get(f"/api/v1/cases/{case['id']}").get_json()["status"] == "accepted"
+
+
+def test_every_coding_the_server_compresses_with_is_read_back_from_if_match(app):
+    from gridapi.services.cases import parse_etag
+
+    for coding in app.config["COMPRESS_ALGORITHM"]:
+        assert parse_etag(f'"12-3:{coding}"') == ["12-3"]
+    assert parse_etag('W/"12-3:br", "7-1"') == ["12-3", "7-1"]
+    assert parse_etag('"12-3:other"') == ["12-3:other"]  # not a coding: not this version
