@@ -17,7 +17,7 @@ from .config import Settings
 from .db import make_engine, make_sessionmaker, spatial_extension_version, sqlite_write_intent
 from .errors import register_error_handlers
 from .extensions import AppState, close_session
-from .jsonio import OrjsonProvider
+from .jsonio import ApiRequest, OrjsonProvider
 from .limits import limiter
 from .outbound import policy_from_settings
 from .phone import FieldsPlugin
@@ -114,6 +114,7 @@ def create_app(
         hops = settings.proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.json = OrjsonProvider(app)
+    app.request_class = ApiRequest
     app.config.update(
         MAX_CONTENT_LENGTH=int(settings.max_body_mb * 1024 * 1024),
         API_TITLE="gridapi",

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import orjson
+from flask import Request
 from flask.json.provider import JSONProvider
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
@@ -42,3 +43,15 @@ class OrjsonProvider(JSONProvider):
     def response(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         obj = self._prepare_response_obj(args, kwargs)
         return self._app.response_class(dumps_bytes(obj), mimetype="application/json")
+
+
+class ApiRequest(Request):
+    """Flask's request, with a body that is not JSON answered as the API answers it: 400,
+    ``errors.json`` = ["Invalid JSON body."] (as webargs does), wherever it is read."""
+
+    def on_json_loading_failed(self, e: ValueError | None) -> Any:
+        if e is None:  # not a JSON content type: Flask's 415
+            return super().on_json_loading_failed(e)
+        from webargs.flaskparser import abort
+
+        abort(400, exc=e, messages={"json": ["Invalid JSON body."]})

@@ -7,7 +7,8 @@ from typing import Any
 
 import flask_smorest
 from flask import Flask, g
-from webargs.flaskparser import FlaskParser
+from marshmallow import missing
+from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.datastructures import MultiDict
 from werkzeug.routing import BaseConverter, IntegerConverter
 
@@ -38,6 +39,15 @@ class StrictParser(FlaskParser):
         # An upload's other form fields and files are refused as unknown (422), not ignored.
         "files": None,
     }
+
+    def _raw_load_json(self, req: Any) -> Any:
+        """Parse the body with the application's JSON parser (orjson), once: a view that
+        reads ``request.get_json()`` again gets the object parsed here (Flask keeps it), and
+        a body one parser refuses the other refuses too (the standard library's parser,
+        webargs' own, takes a lone UTF-16 surrogate that orjson refuses)."""
+        if not is_json_request(req) or not req.get_data(cache=True):
+            return missing  # as webargs: no JSON body (the schema says what is missing)
+        return req.get_json(cache=True)  # a bad body: 400 (ApiRequest.on_json_loading_failed)
 
     def load_files(self, req: Any, schema: Any) -> Any:
         parts = MultiDict(req.form)

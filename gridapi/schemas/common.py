@@ -48,6 +48,28 @@ def _bounded(field: fields.Field) -> None:
         field.validators = [*field.validators, INT64]
 
 
+def _no_nul(value: Any) -> None:
+    if isinstance(value, str) and "\x00" in value:
+        raise ValidationError("Must not contain NUL characters (U+0000).")
+
+
+def _text(field: fields.Field) -> None:
+    """Refuse the NUL character in ``field``'s text (and in the text of the fields it
+    contains): PostgreSQL cannot store it in text and SQLite would, so both engines answer
+    the same 422 naming the field."""
+    if isinstance(field, fields.List):
+        _text(field.inner)
+    elif isinstance(field, fields.Tuple):
+        for inner in field.tuple_fields:
+            _text(inner)
+    elif isinstance(field, fields.Dict):
+        for inner in (field.key_field, field.value_field):
+            if inner is not None:
+                _text(inner)
+    elif isinstance(field, fields.String):
+        field.validators = [*field.validators, _no_nul]
+
+
 class StrictSchema(Schema):
     """Base schema: unknown fields are an error, not silently dropped.
 
@@ -64,6 +86,7 @@ class StrictSchema(Schema):
     def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
         super().on_bind_field(field_name, field_obj)
         _bounded(field_obj)
+        _text(field_obj)
         if not self.TEXT_VALUES and "Args" not in type(self).__name__:
             _strict_json(field_obj)
 

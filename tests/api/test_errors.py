@@ -64,6 +64,52 @@ def test_malformed_json_is_400(client):
     assert "JSON" in body["message"]
 
 
+# A lone UTF-16 surrogate: the standard library's parser takes it, orjson refuses it. The
+# report was parsed by both (webargs, then the view for its idempotency hash) and answered a
+# bare 400 "The browser (or proxy) sent a request that this server could not understand."
+LONE_SURROGATE = (
+    b'{"category": "0101", "description": "\\ud800",'
+    b' "location": {"type": "Point", "coordinates": [120.62, 31.31]}}'
+)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/cases", "/api/v1/locate/batch"])
+def test_a_body_one_json_parser_would_take_is_400_invalid_json(client, world, path):
+    body = _assert_error(
+        client.post(path, data=LONE_SURROGATE, content_type="application/json"), 400
+    )
+    assert body["message"] == "The request body is not valid JSON."
+    assert body["errors"] == {"json": ["Invalid JSON body."]}
+
+
+def test_an_empty_json_body_is_read_as_no_body(client):
+    body = _assert_error(
+        client.post("/api/v1/cases", data=b"", content_type="application/json"), 422
+    )
+    assert "category" in body["errors"]["json"]
+
+
+def test_a_nul_character_is_422_naming_the_field_on_both_engines(client, world, engine):
+    # PostgreSQL cannot store U+0000 in text (it answered 422 without a field); SQLite stored it.
+    from sqlalchemy import text
+
+    report = {
+        "category": "0101",
+        "description": "垃圾\u0000堆放",
+        "location": {"type": "Point", "coordinates": [120.62, 31.31]},
+        "parties": [{"name": "张\u0000三", "role": "reporter"}],
+    }
+    body = _assert_error(client.post("/api/v1/cases", json=report), 422)
+    assert body["errors"]["json"]["description"] == ["Must not contain NUL characters (U+0000)."]
+    assert body["errors"]["json"]["parties"] == {
+        "0": {"name": ["Must not contain NUL characters (U+0000)."]}
+    }
+    listed = _assert_error(client.get("/api/v1/cases?q=a%00b"), 422)
+    assert listed["errors"]["query"]["q"] == ["Must not contain NUL characters (U+0000)."]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 0
+
+
 def test_unknown_route_and_code_are_404_and_wrong_method_405(client):
     _assert_error(client.get("/api/v1/nothing-here"), 404)
     body = _assert_error(client.get("/api/v1/regions/320508999000"), 404)
