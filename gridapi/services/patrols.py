@@ -299,7 +299,9 @@ def add_points(
 ) -> dict[str, Any]:
     """Store a batch of points; return {accepted, duplicates, rejected, point_count,
     length_m, duration_s}. A point outside the patrol's time window is rejected (counted, not
-    an error); a timestamp already stored (or repeated in the batch) is a duplicate."""
+    an error), and so is a point at 0°, 0° (what a phone sends without a fix: one made a
+    township walk 12,887 km long); a timestamp already stored (or repeated in the batch) is a
+    duplicate."""
     if patrol.thinned_at is not None:
         raise Conflict(
             "The patrol's raw points were deleted after the retention period; it takes no "
@@ -312,7 +314,7 @@ def add_points(
     rejected = repeated = 0
     for point in points:
         at = point["t"].astimezone(UTC)
-        if not low <= at <= high:
+        if not low <= at <= high or (point["lon"] == 0 and point["lat"] == 0):
             rejected += 1
             continue
         if at in seen:

@@ -165,6 +165,13 @@ def test_points_outside_the_patrol_are_rejected_and_late_uploads_taken(worker, w
     assert (answer["accepted"], answer["rejected"], answer["point_count"]) == (5, 1, 6)
     assert answer["duration_s"] == 2400  # an ended patrol lasts from start to end
 
+    # a phone without a fix sends 0°, 0°: rejected, the track's length untouched
+    length = answer["length_m"]
+    no_fix = {"t": iso(began + timedelta(minutes=20)), "lon": 0, "lat": 0.0}
+    answer = upload(worker, patrol["id"], [no_fix])
+    assert (answer["accepted"], answer["rejected"], answer["point_count"]) == (0, 1, 6)
+    assert answer["length_m"] == length
+
     # GCJ-02 (AMap) points are converted to WGS-84
     lon, lat = wgs84_to_gcj02(*center(0.25))
     t = iso(began + timedelta(minutes=30))
