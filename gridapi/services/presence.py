@@ -41,13 +41,21 @@ def heartbeat(
     at = (data.get("at") or now).astimezone(UTC)
     if at > now + TOLERANCE:
         raise Unprocessable("Invalid at.", errors={"json": {"at": ["lies in the future"]}})
-    lon, lat = to_wgs84(*data["location"]["coordinates"], data.get("crs", "wgs84"))
-    match = snapshot.locate(lon, lat)
-    grid = snapshot.grids[match.grid] if match.grid >= 0 else None
-    region = grid["community_code"] if grid else None
-    if region is None:
-        chain = snapshot.regions_for_point(lon, lat)
-        region = chain[0]["code"] if chain else principal.region_code
+    given = data["location"]["coordinates"]
+    lon: float | None = None
+    lat: float | None = None
+    grid = region = None
+    if given[0] != 0 or given[1] != 0:
+        lon, lat = to_wgs84(*given, data.get("crs", "wgs84"))
+        match = snapshot.locate(lon, lat)
+        grid = snapshot.grids[match.grid] if match.grid >= 0 else None
+        region = grid["community_code"] if grid else None
+        if region is None:
+            chain = snapshot.regions_for_point(lon, lat)
+            region = chain[0]["code"] if chain else None
+    # else 0°, 0°: a phone without a fix. The time and battery count; the place is unknown
+    # (a map would have shown the worker in the Gulf of Guinea).
+    region = region or principal.region_code
     if region is None:
         raise Unprocessable(
             "Invalid location.", errors={"json": {"location": ["outside every known region"]}}

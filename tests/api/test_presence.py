@@ -93,6 +93,20 @@ def test_a_heartbeat_is_routed_and_a_late_one_changes_nothing(people):
         assert field in answer["errors"]["json"], bad
 
 
+def test_a_heartbeat_without_a_fix_keeps_the_time_not_the_place(people):
+    worker = people["worker1"]
+    assert beat(worker, 0)["grid"] == A1
+    # a phone without a fix sends 0°, 0°: on duty, but nowhere (not in the Gulf of Guinea)
+    no_fix = {"location": {"type": "Point", "coordinates": [0, 0]}, "battery": 40}
+    seen = ok(worker.post("/api/v1/presence/heartbeat", json=no_fix))
+    assert (seen["on_duty"], seen["battery"], seen["grid"], seen["location"]) == (
+        True,
+        40,
+        None,
+        None,
+    )
+
+
 def test_who_is_on_duty_in_a_grid_now(people, engine):
     beat(people["worker1"], 0)  # on the roster of A1, there
     beat(people["visitor"], 0)  # on the roster of B1, in A1 now
