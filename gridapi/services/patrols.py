@@ -407,8 +407,9 @@ def add_checkin(
     if data.get("house_id") is not None:
         house = get_house(session, data["house_id"], scope, field="house_id")
     lon = lat = None
-    if data.get("location") is not None:
-        lon, lat = to_wgs84(*data["location"]["coordinates"], data.get("crs", "wgs84"))
+    given = data["location"]["coordinates"] if data.get("location") is not None else None
+    if given is not None and (given[0] != 0 or given[1] != 0):  # 0°, 0°: no fix, no location
+        lon, lat = to_wgs84(*given, data.get("crs", "wgs84"))
     elif house is not None and house.lon is not None:
         lon, lat = house.lon, house.lat
     place = (data.get("place") or "").strip()

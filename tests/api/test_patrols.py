@@ -269,17 +269,23 @@ def test_check_in_at_a_house_a_place_or_a_point(client, worker, world, engine):
     at_place = ok(worker.post(url, json={"place": "农贸市场", "location": point(1)}), 201)
     assert at_place["grid"] == A2 and at_place["house_id"] is None
 
+    # a phone without a fix sends 0°, 0°: the place named counts, not that point
+    no_fix = {"type": "Point", "coordinates": [0, 0]}
+    named = ok(worker.post(url, json={"place": "村口", "location": no_fix}), 201)
+    assert (named["location"], named["grid"], named["place"]) == (None, None, "村口")
+
     # a house out of the worker's scope, nowhere, or a time outside the patrol: 422
     for body, field in (
         ({"house_id": house_b["id"]}, "house_id"),
         ({"note": "无处"}, "house_id"),
+        ({"location": no_fix}, "house_id"),  # no fix is nowhere
         ({"place": "x", "at": iso(began - timedelta(hours=1))}, "at"),
     ):
         assert field in ok(worker.post(url, json=body), 422)["errors"]["json"], body
     detail = ok(worker.get(f"/api/v1/patrols/{patrol['id']}"))
-    assert [c["id"] for c in detail["checkins"]] == [checkin["id"], at_place["id"]]
+    assert [c["id"] for c in detail["checkins"]] == [checkin["id"], at_place["id"], named["id"]]
     audited = audit_rows(engine, "patrol.checkin")
-    assert len(audited) == 2
+    assert len(audited) == 3
     for _, _, summary in audited:  # never coordinates in the audit trail
         assert set(summary) == {"checkin_id", "house_id", "grid"}
 
