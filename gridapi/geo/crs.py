@@ -278,6 +278,13 @@ def _converter(crs: object) -> Callable[[float, float], tuple[float, float]]:
         raise UnknownCRS(crs) from None
 
 
+def no_fix(lon: float, lat: float) -> bool:
+    """Whether a phone's position is exactly 0°, 0°: what location services give before
+    they have a fix (in the Gulf of Guinea, far from any grid), whatever the coordinate
+    system. Callers keep the time of such a position but not the place."""
+    return lon == 0 and lat == 0
+
+
 def to_wgs84(lon: float, lat: float, crs: str) -> tuple[float, float]:
     """Return the WGS-84 (lon, lat) of a point given in ``crs``.
 

@@ -30,7 +30,7 @@ from sqlalchemy.sql import ColumnElement
 
 from ..codes import InvalidCode, subtree_prefix
 from ..errors import Conflict, NotFound, Unprocessable
-from ..geo.crs import to_wgs84
+from ..geo.crs import no_fix, to_wgs84
 from ..geo.shapes import from_db, to_db
 from ..models import (
     GridAssignment,
@@ -314,7 +314,7 @@ def add_points(
     rejected = repeated = 0
     for point in points:
         at = point["t"].astimezone(UTC)
-        if not low <= at <= high or (point["lon"] == 0 and point["lat"] == 0):
+        if not low <= at <= high or no_fix(point["lon"], point["lat"]):
             rejected += 1
             continue
         if at in seen:
@@ -408,7 +408,7 @@ def add_checkin(
         house = get_house(session, data["house_id"], scope, field="house_id")
     lon = lat = None
     given = data["location"]["coordinates"] if data.get("location") is not None else None
-    if given is not None and (given[0] != 0 or given[1] != 0):  # 0°, 0°: no fix, no location
+    if given is not None and not no_fix(*given):
         lon, lat = to_wgs84(*given, data.get("crs", "wgs84"))
     elif house is not None and house.lon is not None:
         lon, lat = house.lon, house.lat

@@ -14,7 +14,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from ..errors import Unprocessable
-from ..geo.crs import to_wgs84
+from ..geo.crs import no_fix, to_wgs84
 from ..models import GridAssignment, Presence, User
 from ..scope import Scope
 from .identity import assignment_holds_on, roster, users_query
@@ -45,7 +45,7 @@ def heartbeat(
     lon: float | None = None
     lat: float | None = None
     grid = region = None
-    if given[0] != 0 or given[1] != 0:
+    if not no_fix(*given):
         lon, lat = to_wgs84(*given, data.get("crs", "wgs84"))
         match = snapshot.locate(lon, lat)
         grid = snapshot.grids[match.grid] if match.grid >= 0 else None
@@ -53,8 +53,7 @@ def heartbeat(
         if region is None:
             chain = snapshot.regions_for_point(lon, lat)
             region = chain[0]["code"] if chain else None
-    # else 0°, 0°: a phone without a fix. The time and battery count; the place is unknown
-    # (a map would have shown the worker in the Gulf of Guinea).
+    # else no fix: the time and battery count; the place is unknown
     region = region or principal.region_code
     if region is None:
         raise Unprocessable(
