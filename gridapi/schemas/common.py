@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
@@ -17,21 +18,31 @@ class StrictBool(fields.Boolean):
         return value
 
 
+def _leaves(field: fields.Field, *, keys: bool) -> Iterator[fields.Field]:
+    """Yield ``field``, or the fields it contains when it is a list, a tuple or a dict (the
+    dict's values, and its keys too with ``keys``), all the way down."""
+    if isinstance(field, fields.List):
+        yield from _leaves(field.inner, keys=keys)
+    elif isinstance(field, fields.Tuple):
+        for inner in field.tuple_fields:
+            yield from _leaves(inner, keys=keys)
+    elif isinstance(field, fields.Dict):
+        for inner in (field.key_field if keys else None, field.value_field):
+            if inner is not None:
+                yield from _leaves(inner, keys=keys)
+    else:
+        yield field
+
+
 def _strict_json(field: fields.Field) -> None:
     """Make ``field`` (and the fields it contains) take JSON types as they are: integers
     that are JSON integers (not 1.0 or 2.5, which marshmallow would truncate) and booleans
     that are JSON booleans."""
-    if isinstance(field, fields.Integer):
-        field.strict = True
-    elif type(field) is fields.Boolean:
-        field.__class__ = StrictBool
-    elif isinstance(field, fields.List):
-        _strict_json(field.inner)
-    elif isinstance(field, fields.Tuple):
-        for inner in field.tuple_fields:
-            _strict_json(inner)
-    elif isinstance(field, fields.Dict) and field.value_field is not None:
-        _strict_json(field.value_field)
+    for leaf in _leaves(field, keys=False):
+        if isinstance(leaf, fields.Integer):
+            leaf.strict = True
+        elif type(leaf) is fields.Boolean:
+            leaf.__class__ = StrictBool
 
 
 INT64 = validate.Range(min=-(2**63), max=2**63 - 1)
@@ -55,19 +66,11 @@ def _no_nul(value: Any) -> None:
 
 def _text(field: fields.Field) -> None:
     """Refuse the NUL character in ``field``'s text (and in the text of the fields it
-    contains): PostgreSQL cannot store it in text and SQLite would, so both engines answer
-    the same 422 naming the field."""
-    if isinstance(field, fields.List):
-        _text(field.inner)
-    elif isinstance(field, fields.Tuple):
-        for inner in field.tuple_fields:
-            _text(inner)
-    elif isinstance(field, fields.Dict):
-        for inner in (field.key_field, field.value_field):
-            if inner is not None:
-                _text(inner)
-    elif isinstance(field, fields.String):
-        field.validators = [*field.validators, _no_nul]
+    contains, dict keys included): PostgreSQL cannot store it in text and SQLite would, so
+    both engines answer the same 422 naming the field."""
+    for leaf in _leaves(field, keys=True):
+        if isinstance(leaf, fields.String):
+            leaf.validators = [*leaf.validators, _no_nul]
 
 
 class StrictSchema(Schema):

@@ -217,6 +217,16 @@ def _duplicates_sql() -> str:
 
 
 @cache
+def _nearby_sql() -> str:
+    """Return the subquery of the duplicate candidates as one JSON text (null when none):
+    ``[[id, number, status, lon, lat, reported_at], …]``, as ``_run`` reads them."""
+    return (
+        "(SELECT json_agg(json_build_array(id, number, status, lon, lat, reported_at))::text"
+        f" FROM ({_duplicates_sql()}) AS d)"
+    )
+
+
+@cache
 def _first_sql() -> str:
     """Return the first statement of a report.
 
@@ -229,8 +239,7 @@ def _first_sql() -> str:
     return f"""
 SELECT nextval(pg_get_serial_sequence('cases', 'id')),
   gridapi_stored_answers(%(caller)s, %(keys)s::text[])::text,
-  (SELECT json_agg(json_build_array(id, number, status, lon, lat, reported_at))::text
-   FROM ({_duplicates_sql()}) AS d),
+  {_nearby_sql()},
   k::text
 FROM (SELECT 1) AS o
 LEFT JOIN categories AS k ON k.code = %(category)s"""
@@ -472,8 +481,7 @@ class _TwoStatements:
             nearby = None
             if radius:
                 again = self.execute(
-                    f"SELECT json_agg(json_build_array(id, number, status, lon, lat,"
-                    f" reported_at))::text FROM ({_duplicates_sql()}) AS d",
+                    f"SELECT {_nearby_sql()}",
                     {"category": code, **self._bounds(radius, lon, lat, since)},
                 )
                 nearby = again.fetchone()[0]
