@@ -26,6 +26,7 @@ from ..schemas.cases import (
 )
 from ..services import cases as svc
 from ..services import idempotency, intake
+from ..services.preconditions import etag
 from .blueprint import Blueprint, routing_snapshot
 
 blp = Blueprint(
@@ -343,7 +344,7 @@ class CaseById(MethodView):
         session = db_session()
         caller = svc.caller_of(session, current_principal())
         case_obj = svc.get_case(session, case_id, caller)
-        return render(session, caller, case_obj), 200, {"ETag": svc.etag(case_obj)}
+        return render(session, caller, case_obj), 200, {"ETag": etag(case_obj)}
 
 
 @blp.route("/<id:case_id>/transitions")
@@ -383,7 +384,7 @@ class Transitions(MethodView):
         )
         view = render(session, caller, case_obj)
         commit()
-        return view, 200, {"ETag": svc.etag(case_obj)}
+        return view, 200, {"ETag": etag(case_obj)}
 
 
 @blp.route("/<id:case_id>/timeline")

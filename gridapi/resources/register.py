@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from flask import request
 from flask.views import MethodView
 
 from ..auditing import audit, request_actor
@@ -41,6 +42,7 @@ from ..schemas.register import (
 from ..services import cases as cases_svc
 from ..services import register as svc
 from ..services.audit import record
+from ..services.preconditions import etag
 from .blueprint import Blueprint, routing_snapshot
 
 houses_blp = Blueprint(
@@ -92,6 +94,30 @@ def _actor() -> str:
     return current_principal().actor_id
 
 
+_IF_MATCH_HEADER = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": "The ETag of the last read (of this object's GET, POST or PATCH answer, as it "
+    'came; or `"<id>-<version>"` from its body). Sent, the change is made only if nobody '
+    "changed the object since (412 otherwise, with the current ETag); not sent, the last "
+    "writer wins.",
+    "schema": {"type": "string", "example": '"42-3-5f1c0a9e2b7d"'},
+}
+_ETAG = {
+    "ETag": {
+        "description": '`"<id>-<version>-<digest>"`: the value to send as If-Match with a change '
+        "(and as If-None-Match for a 304).",
+        "schema": {"type": "string"},
+    }
+}
+
+
+def _tagged(obj: Any, view: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The answer and its headers: the ETag names the object's version and the answer."""
+    return view, {"ETag": etag(obj, view)}
+
+
 # --- houses -----------------------------------------------------------------------------------
 
 
@@ -114,7 +140,7 @@ class Houses(MethodView):
 
     @houses_blp.requires("persons:write")
     @houses_blp.arguments(HouseCreateSchema)
-    @houses_blp.response(201, HouseSchema)
+    @houses_blp.response(201, HouseSchema, headers=_ETAG)
     def post(self, data):
         """Register a house: its location is routed to a grid like a case (or give a grid)
 
@@ -140,13 +166,14 @@ class Houses(MethodView):
             region_code=house.region_code,
         )
         commit()
-        return svc.house_view(house)
+        body, headers = _tagged(house, svc.house_view(house))
+        return body, 201, headers
 
 
 @houses_blp.route("/<id:house_id>")
 class HouseById(MethodView):
     @houses_blp.requires("persons:read")
-    @houses_blp.response(200, HouseSchema)
+    @houses_blp.response(200, HouseSchema, headers=_ETAG)
     def get(self, house_id):
         """Get a house
 
@@ -154,11 +181,14 @@ class HouseById(MethodView):
         placed. Needs `persons:read`; a house outside the caller's grids and communities answers 404
         exactly like one that does not exist.
         """
-        return svc.house_view(svc.get_house(db_session(), house_id, current_principal().scope))
+        house = svc.get_house(db_session(), house_id, current_principal().scope)
+        body, headers = _tagged(house, svc.house_view(house))
+        return body, 200, headers
 
     @houses_blp.requires("persons:write")
     @houses_blp.arguments(HouseUpdateSchema)
-    @houses_blp.response(200, HouseSchema)
+    @houses_blp.response(200, HouseSchema, headers=_ETAG)
+    @houses_blp.doc(parameters=[_IF_MATCH_HEADER])
     def patch(self, data, house_id):
         """Change a house's address, use or place (its households and residents move along)
 
@@ -171,7 +201,12 @@ class HouseById(MethodView):
         """
         session = db_session()
         house = svc.update_house(
-            session, house_id, data, scope=current_principal().scope, snapshot=routing_snapshot()
+            session,
+            house_id,
+            data,
+            scope=current_principal().scope,
+            snapshot=routing_snapshot(),
+            if_match=request.headers.get("If-Match"),
         )
         audit(
             "house.update",
@@ -181,7 +216,8 @@ class HouseById(MethodView):
             region_code=house.region_code,
         )
         commit()
-        return svc.house_view(house)
+        body, headers = _tagged(house, svc.house_view(house))
+        return body, 200, headers
 
 
 # --- households -------------------------------------------------------------------------------
@@ -225,7 +261,7 @@ class Households(MethodView):
 
     @households_blp.requires("persons:write")
     @households_blp.arguments(HouseholdCreateSchema)
-    @households_blp.response(201, HouseholdSchema)
+    @households_blp.response(201, HouseholdSchema, headers=_ETAG)
     def post(self, data):
         """Register a household in a house (or at a place, a grid or a region)
 
@@ -251,13 +287,14 @@ class Households(MethodView):
             region_code=household.region_code,
         )
         commit()
-        return household_body(session, household)
+        body, headers = _tagged(household, household_body(session, household))
+        return body, 201, headers
 
 
 @households_blp.route("/<id:household_id>")
 class HouseholdById(MethodView):
     @households_blp.requires("persons:read")
-    @households_blp.response(200, HouseholdSchema)
+    @households_blp.response(200, HouseholdSchema, headers=_ETAG)
     def get(self, household_id):
         """Get a household with its head and members (masked)
 
@@ -267,13 +304,14 @@ class HouseholdById(MethodView):
         like one that does not exist.
         """
         session = db_session()
-        return household_body(
-            session, svc.get_household(session, household_id, current_principal().scope)
-        )
+        household = svc.get_household(session, household_id, current_principal().scope)
+        body, headers = _tagged(household, household_body(session, household))
+        return body, 200, headers
 
     @households_blp.requires("persons:write")
     @households_blp.arguments(HouseholdUpdateSchema)
-    @households_blp.response(200, HouseholdSchema)
+    @households_blp.response(200, HouseholdSchema, headers=_ETAG)
+    @households_blp.doc(parameters=[_IF_MATCH_HEADER])
     def patch(self, data, household_id):
         """Change a household's type or house (its members move along)
 
@@ -286,7 +324,11 @@ class HouseholdById(MethodView):
         """
         session = db_session()
         household = svc.update_household(
-            session, household_id, data, scope=current_principal().scope
+            session,
+            household_id,
+            data,
+            scope=current_principal().scope,
+            if_match=request.headers.get("If-Match"),
         )
         audit(
             "household.update",
@@ -296,7 +338,8 @@ class HouseholdById(MethodView):
             region_code=household.region_code,
         )
         commit()
-        return household_body(session, household)
+        body, headers = _tagged(household, household_body(session, household))
+        return body, 200, headers
 
 
 # --- persons ----------------------------------------------------------------------------------
@@ -328,7 +371,7 @@ class Persons(MethodView):
 
     @persons_blp.requires("persons:write")
     @persons_blp.arguments(PersonCreateSchema)
-    @persons_blp.response(201, PersonSchema)
+    @persons_blp.response(201, PersonSchema, headers=_ETAG)
     def post(self, data):
         """Register a resident in a household or a grid
 
@@ -354,13 +397,14 @@ class Persons(MethodView):
             region_code=person.region_code,
         )
         commit()
-        return svc.person_view(person, k)
+        body, headers = _tagged(person, svc.person_view(person, k))
+        return body, 201, headers
 
 
 @persons_blp.route("/<id:person_id>")
 class PersonById(MethodView):
     @persons_blp.requires("persons:read")
-    @persons_blp.response(200, PersonSchema)
+    @persons_blp.response(200, PersonSchema, headers=_ETAG)
     def get(self, person_id):
         """Get a resident (masked)
 
@@ -371,14 +415,14 @@ class PersonById(MethodView):
         purpose. Needs `persons:read`; a resident outside the caller's scope answers 404 exactly
         like one that does not exist.
         """
-        k = keys()
-        return svc.person_view(
-            svc.get_person(db_session(), person_id, current_principal().scope), k
-        )
+        person = svc.get_person(db_session(), person_id, current_principal().scope)
+        body, headers = _tagged(person, svc.person_view(person, keys()))
+        return body, 200, headers
 
     @persons_blp.requires("persons:write")
     @persons_blp.arguments(PersonUpdateSchema)
-    @persons_blp.response(200, PersonSchema)
+    @persons_blp.response(200, PersonSchema, headers=_ETAG)
+    @persons_blp.doc(parameters=[_IF_MATCH_HEADER])
     def patch(self, data, person_id):
         """Change a resident (the audit log names the fields changed, never their values)
 
@@ -395,7 +439,12 @@ class PersonById(MethodView):
         k = keys()
         try:
             person, changed = svc.update_person(
-                session, person_id, data, scope=current_principal().scope, keys=k
+                session,
+                person_id,
+                data,
+                scope=current_principal().scope,
+                keys=k,
+                if_match=request.headers.get("If-Match"),
             )
         except svc.DuplicatePerson:
             session.rollback()
@@ -409,7 +458,8 @@ class PersonById(MethodView):
             region_code=person.region_code,
         )
         commit()
-        return svc.person_view(person, k)
+        body, headers = _tagged(person, svc.person_view(person, k))
+        return body, 200, headers
 
     @persons_blp.requires("persons:erase")
     @persons_blp.arguments(EraseArgsSchema, location="query")

@@ -29,7 +29,8 @@ from ..schemas.tasks import (
     TaskSchema,
 )
 from ..services import tasks as svc
-from ..services.cases import etag, region_names
+from ..services.cases import region_names
+from ..services.preconditions import etag
 from .blueprint import Blueprint
 
 blp = Blueprint(

@@ -115,6 +115,13 @@ class HouseSchema(StrictSchema):
     routing_method = fields.String(required=True)
     created_at = fields.AwareDateTime(required=True)
     updated_at = fields.AwareDateTime(required=True)
+    version = fields.Integer(
+        required=True,
+        metadata={
+            "description": 'Bumped by every change. The ETag is `"<id>-<version>"`: send it '
+            "as If-Match with a PATCH to be told (412) when someone changed it since."
+        },
+    )
 
 
 class HouseListSchema(StrictSchema):
@@ -208,6 +215,13 @@ class PersonSchema(StrictSchema):
     masked = fields.Boolean(required=True)
     created_at = fields.AwareDateTime(required=True)
     updated_at = fields.AwareDateTime(required=True)
+    version = fields.Integer(
+        required=True,
+        metadata={
+            "description": 'Bumped by every change. The ETag is `"<id>-<version>"`: send it '
+            "as If-Match with a PATCH to be told (412) when someone changed it since."
+        },
+    )
 
 
 class PersonListSchema(StrictSchema):
@@ -309,6 +323,13 @@ class HouseholdSchema(StrictSchema):
     members = fields.List(fields.Nested(PersonSchema), required=True)
     created_at = fields.AwareDateTime(required=True)
     updated_at = fields.AwareDateTime(required=True)
+    version = fields.Integer(
+        required=True,
+        metadata={
+            "description": 'Bumped by every change. The ETag is `"<id>-<version>"`: send it '
+            "as If-Match with a PATCH to be told (412) when someone changed it since."
+        },
+    )
 
 
 class HouseholdListSchema(StrictSchema):

@@ -46,11 +46,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql import ColumnElement
 
 from ..codes import InvalidCode, parent_candidates, region_level, subtree_prefix
-from ..errors import Conflict, DomainError, NotFound, Unprocessable
+from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.crs import to_wgs84
 from ..geo.geodesy import distance_m, metres_to_degrees
 from ..models import (
@@ -67,6 +66,7 @@ from ..models.cases import OPEN_STATUSES, TERMINAL
 from ..scope import Scope
 from ..workcalendar import WorkingCalendar
 from .categories import check_attributes
+from .preconditions import check_if_match, flush_versioned
 from .routing import NONE, IndexSnapshot
 
 if TYPE_CHECKING:
@@ -145,14 +145,6 @@ QUEUES = (
 )
 OPEN_SQL = "cases.status NOT IN ('closed', 'rejected', 'cancelled')"
 LEVEL_PREFIX = {"province": 2, "city": 4, "county": 6, "township": 9, "village": 12}
-
-
-class PreconditionFailed(DomainError):
-    status = 412
-
-
-class PreconditionRequired(DomainError):
-    status = 428
 
 
 @dataclass(frozen=True)
@@ -622,54 +614,6 @@ def state_actions(status: str) -> list[str]:
     return [name for name, (states, _, _) in ACTIONS.items() if status in states]
 
 
-# What Flask-Compress appends to the ETag of an answer it compressed ("12-3" → "12-3:gzip"):
-# the tag of those bytes, but the same version of the object.
-_CODING_SUFFIXES = (":gzip", ":br", ":deflate", ":zstd")
-
-
-def parse_etag(header: str | None) -> list[str] | str | None:
-    """Return the entity tags (``<id>-<version>``, unquoted) an If-Match header names,
-    ``"*"``, or None if absent. Weak (``W/"…"``), quoted and bare tags are accepted, and so is
-    the tag of a compressed answer (``"12-3:gzip"``): every phone asks for compression, and
-    the tag it was given names the version it read."""
-    if header is None or not header.strip():
-        return None
-    value = header.strip()
-    if value == "*":
-        return "*"
-    tags = []
-    for part in value.split(","):
-        part = part.strip()
-        if part.startswith("W/"):
-            part = part[2:]
-        tag = part.strip('"')
-        for suffix in _CODING_SUFFIXES:
-            tag = tag.removesuffix(suffix)
-        tags.append(tag)
-    return tags
-
-
-def etag(case_obj: Case) -> str:
-    return f'"{case_obj.id}-{case_obj.version}"'
-
-
-def check_version(case_obj: Case, if_match: str | None) -> None:
-    """Enforce If-Match: required (428), and naming the current version (412)."""
-    wanted = parse_etag(if_match)
-    if wanted is None:
-        raise PreconditionRequired(
-            "Send If-Match with the case's ETag (from GET /api/v1/cases/{id}).",
-        )
-    if wanted == "*":
-        return
-    # The whole tag: another case's ETag at the same version is not this case's.
-    if f"{case_obj.id}-{case_obj.version}" not in wanted:
-        raise PreconditionFailed(
-            "The case changed since you read it: read it again and retry.",
-            headers={"ETag": etag(case_obj)},
-        )
-
-
 @dataclass
 class TransitionContext:
     session: Session
@@ -700,7 +644,7 @@ def transition(
     from ..auth import Forbidden
 
     case_obj = get_case(session, case_id, caller, for_update=True)
-    check_version(case_obj, if_match)
+    check_if_match(case_obj, if_match, noun="case", path="/api/v1/cases/{id}")
     action = data["action"]
     states, permission, _ = ACTIONS[action]
     if not caller.principal.can(permission):
@@ -754,12 +698,7 @@ def transition(
     )
     for kind, user_id, region, message in ctx.notify:
         queue_notification(session, case_obj, kind, message, user_id=user_id, region=region)
-    try:
-        session.flush()
-    except StaleDataError:
-        raise PreconditionFailed(
-            "The case changed since you read it: read it again and retry."
-        ) from None
+    flush_versioned(session, "case")
     if evidence:  # photos uploaded for this step belong to it (the first step that cites them)
         session.execute(
             update(CaseAttachment)

@@ -53,6 +53,7 @@ from ..workcalendar import WorkingCalendar
 from . import cases as svc
 from . import idempotency
 from .audit import Actor, clean_summary, record
+from .preconditions import etag
 from .routing import IndexSnapshot
 
 #: The engines whose reports take the two-statement path (the others: one by one).
@@ -181,7 +182,7 @@ def _one_by_one(
         summary=r.summary(case),
         region_code=case.region_code,
     )
-    return Taken(201, payload, False, case.id, svc.etag(case))
+    return Taken(201, payload, False, case.id, etag(case))
 
 
 # --- PostgreSQL: two round trips ------------------------------------------------------------------
@@ -532,7 +533,7 @@ class _TwoStatements:
             replayed = _answered(stored, r.body_hash)
             assert replayed is not None
             return replayed
-        return Taken(201, payload.replace(mark, number), False, case_id, svc.etag(new))
+        return Taken(201, payload.replace(mark, number), False, case_id, etag(new))
 
     def _category(
         self, code: str, as_text: str | None, cached: tuple[str, Row] | None

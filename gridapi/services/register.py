@@ -33,6 +33,7 @@ from ..personal import (
 )
 from ..scope import Scope, starts_with
 from ..security.fields import FieldCipher, blind_index
+from .preconditions import check_if_match, flush_versioned
 from .regions import get_region
 from .routing import IndexSnapshot
 
@@ -204,11 +205,17 @@ def create_house(
     return house
 
 
-def get_house(session: Session, house_id: int, scope: Scope, *, field: str | None = None) -> House:
+def get_house(
+    session: Session,
+    house_id: int,
+    scope: Scope,
+    *,
+    field: str | None = None,
+    for_update: bool = False,
+) -> House:
     """Return a house in scope; NotFound (or 422 naming ``field``, for a reference) otherwise."""
-    house = session.scalars(
-        select(House).where(House.id == house_id, in_scope(scope, House))
-    ).first()
+    stmt = select(House).where(House.id == house_id, in_scope(scope, House))
+    house = session.scalars(stmt.with_for_update() if for_update else stmt).first()
     if house is None:
         if field:
             raise _invalid(field, f"no house {house_id} in your scope")
@@ -223,8 +230,11 @@ def update_house(
     *,
     scope: Scope,
     snapshot: IndexSnapshot | None,
+    if_match: str | None = None,
 ) -> House:
-    house = get_house(session, house_id, scope)
+    """Change a house; with ``if_match``, only the version it names (412 otherwise)."""
+    house = get_house(session, house_id, scope, for_update=True)
+    check_if_match(house, if_match, noun="house", required=False)
     if any(data.get(k) is not None for k in ("location", "grid", "region")):
         place, lon, lat = resolve_place(session, data, scope, snapshot)
         given = next(k for k in ("location", "grid", "region") if data.get(k) is not None)
@@ -240,19 +250,22 @@ def update_house(
     for key in ("address", "use"):
         if key in data:
             setattr(house, key, data[key])
-    session.flush()
+    flush_versioned(session, "house")
     return house
 
 
 def _move(session: Session, model: Any, condition: Any, place: Place) -> None:
+    values: dict[str, Any] = {
+        "region_code": place.region_code,
+        "grid_code": place.grid_code,
+        "county_code": place.county_code,
+    }
+    if hasattr(model, "version"):  # a move is a change: an ETag read before it is stale
+        values["version"] = model.version + 1
     session.execute(
         update(model)
         .where(condition)
-        .values(
-            region_code=place.region_code,
-            grid_code=place.grid_code,
-            county_code=place.county_code,
-        )
+        .values(**values)
         .execution_options(synchronize_session="fetch")
     )
 
@@ -340,11 +353,15 @@ def create_household(
 
 
 def get_household(
-    session: Session, household_id: int, scope: Scope, *, field: str | None = None
+    session: Session,
+    household_id: int,
+    scope: Scope,
+    *,
+    field: str | None = None,
+    for_update: bool = False,
 ) -> Household:
-    household = session.scalars(
-        select(Household).where(Household.id == household_id, in_scope(scope, Household))
-    ).first()
+    stmt = select(Household).where(Household.id == household_id, in_scope(scope, Household))
+    household = session.scalars(stmt.with_for_update() if for_update else stmt).first()
     if household is None:
         if field:
             raise _invalid(field, f"no household {household_id} in your scope")
@@ -353,9 +370,16 @@ def get_household(
 
 
 def update_household(
-    session: Session, household_id: int, data: dict[str, Any], *, scope: Scope
+    session: Session,
+    household_id: int,
+    data: dict[str, Any],
+    *,
+    scope: Scope,
+    if_match: str | None = None,
 ) -> Household:
-    household = get_household(session, household_id, scope)
+    """Change a household; with ``if_match``, only the version it names (412 otherwise)."""
+    household = get_household(session, household_id, scope, for_update=True)
+    check_if_match(household, if_match, noun="household", required=False)
     if "type" in data:
         household.type = data["type"]
     if "house_id" in data and data["house_id"] != household.house_id:
@@ -364,7 +388,7 @@ def update_household(
             session.execute(
                 update(Person)
                 .where(Person.household_id == household.id)
-                .values(house_id=None)
+                .values(house_id=None, version=Person.version + 1)
                 .execution_options(synchronize_session="fetch")
             )
         else:
@@ -378,10 +402,10 @@ def update_household(
             session.execute(
                 update(Person)
                 .where(Person.household_id == household.id)
-                .values(house_id=house.id)
+                .values(house_id=house.id, version=Person.version + 1)
                 .execution_options(synchronize_session="fetch")
             )
-    session.flush()
+    flush_versioned(session, "household")
     return household
 
 
@@ -530,9 +554,15 @@ def persons_query(scope: Scope):  # type: ignore[no-untyped-def]
 
 
 def get_person(
-    session: Session, person_id: int, scope: Scope, *, field: str | None = None
+    session: Session,
+    person_id: int,
+    scope: Scope,
+    *,
+    field: str | None = None,
+    for_update: bool = False,
 ) -> Person:
-    person = session.scalars(persons_query(scope).where(Person.id == person_id)).first()
+    stmt = persons_query(scope).where(Person.id == person_id)
+    person = session.scalars(stmt.with_for_update() if for_update else stmt).first()
     if person is None:
         if field:
             raise _invalid(field, f"no resident {person_id} in your scope")
@@ -547,9 +577,12 @@ def update_person(
     *,
     scope: Scope,
     keys: Keys,
+    if_match: str | None = None,
 ) -> tuple[Person, list[str]]:
-    """Change a resident; return it and the names of the fields that changed."""
-    person = get_person(session, person_id, scope)
+    """Change a resident; return it and the names of the fields that changed. With
+    ``if_match``, only the version it names (412 otherwise)."""
+    person = get_person(session, person_id, scope, for_update=True)
+    check_if_match(person, if_match, noun="resident", required=False)
     changed: list[str] = []
     relation = data.get("relation", person.relation)
     household_id = data.get("household_id", person.household_id)
@@ -600,7 +633,7 @@ def update_person(
             changed.append(key)
     if person.id_number_enc is None and person.population_type != "foreign":
         raise _invalid("id_number", "is required (except for foreign residents)")
-    session.flush()
+    flush_versioned(session, "resident")
     return person, changed
 
 
@@ -670,6 +703,7 @@ def person_view(person: Person, keys: Keys, today: date | None = None) -> dict[s
         "masked": True,
         "created_at": person.created_at,
         "updated_at": person.updated_at,
+        "version": person.version,
     }
 
 
@@ -869,6 +903,7 @@ def house_view(house: House) -> dict[str, Any]:
         "routing_method": house.routing_method,
         "created_at": house.created_at,
         "updated_at": house.updated_at,
+        "version": house.version,
     }
 
 
@@ -886,6 +921,7 @@ def household_view(household: Household, people: list[dict[str, Any]]) -> dict[s
         "members": people,
         "created_at": household.created_at,
         "updated_at": household.updated_at,
+        "version": household.version,
     }
 
 

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, case, exists, func, insert, or_, select, true, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import StaleDataError
 from sqlalchemy.sql import ColumnElement
 
 from ..codes import InvalidCode, region_level, subtree_prefix
@@ -36,15 +35,10 @@ from ..models import Category, Grid, GridAssignment, House, Household, Role, Use
 from ..models.tasks import OPEN_TASK_STATUSES, Campaign, Task, TaskItem
 from ..scope import Scope, starts_with
 from ..workcalendar import WorkingCalendar
-from .cases import (
-    PreconditionFailed,
-    PreconditionRequired,
-    add_limit,
-    check_version,
-    region_names,
-)
+from .cases import add_limit, region_names
 from .categories import attribute_schema_problems, check_attributes
 from .identity import assignment_holds_on, current_grids, users_query
+from .preconditions import check_if_match, flush_versioned
 from .register import place_of_grid, place_of_region
 
 if TYPE_CHECKING:
@@ -159,34 +153,6 @@ def campaign_allowed_actions(principal: Principal, campaign: Campaign) -> list[s
         for name, (states, _) in CAMPAIGN_ACTIONS.items()
         if campaign.status in states and campaign_office(principal, campaign)
     ]
-
-
-# --- If-Match ---------------------------------------------------------------------------------
-
-
-def check_task_version(obj: Task | Campaign, if_match: str | None, kind: str) -> None:
-    """Enforce If-Match with the rules of cases (428 without it, 412 when stale), in words
-    naming the ``kind`` of object."""
-    try:
-        check_version(obj, if_match)  # type: ignore[arg-type]  # any row with id and version
-    except PreconditionRequired:
-        raise PreconditionRequired(
-            f"Send If-Match with the {kind}'s ETag (from GET /api/v1/{kind}s/{{id}})."
-        ) from None
-    except PreconditionFailed as exc:
-        raise PreconditionFailed(
-            f"The {kind} changed since you read it: read it again and retry.",
-            headers=exc.headers,
-        ) from None
-
-
-def _flush(session: Session, kind: str) -> None:
-    try:
-        session.flush()
-    except StaleDataError:
-        raise PreconditionFailed(
-            f"The {kind} changed since you read it: read it again and retry."
-        ) from None
 
 
 # --- deadlines and forms ----------------------------------------------------------------------
@@ -395,7 +361,7 @@ def _take(
     from ..auth import Forbidden
 
     task = get_task(session, task_id, principal, for_update=True)
-    check_task_version(task, if_match, "task")
+    check_if_match(task, if_match, noun="task", path="/api/v1/tasks/{id}")
     states, permission, who = ACTIONS[action]
     if not principal.can(permission):
         raise Forbidden(f"'{action}' needs the permission {permission}.")
@@ -423,7 +389,7 @@ def accept_task(
     task.status = "accepted"
     task.accepted_at = now
     task.updated_at = now
-    _flush(session, "task")
+    flush_versioned(session, "task")
     return task
 
 
@@ -486,7 +452,7 @@ def complete_task(
     task.comment = (data.get("comment") or "").strip()
     task.overdue = False  # overdue_since stays: it tells a late completion
     task.updated_at = now
-    _flush(session, "task")
+    flush_versioned(session, "task")
     close_campaign_if_done(session, task.campaign_id, now)
     return task
 
@@ -523,7 +489,7 @@ def reassign_task(
         task.overdue = False
         task.overdue_since = None
     task.updated_at = now
-    _flush(session, "task")
+    flush_versioned(session, "task")
     return task, previous
 
 
@@ -543,7 +509,7 @@ def cancel_task(
     task.cancel_reason = reason
     task.overdue = False
     task.updated_at = now
-    _flush(session, "task")
+    flush_versioned(session, "task")
     close_campaign_if_done(session, task.campaign_id, now)
     return task
 
@@ -856,7 +822,7 @@ def cancel_campaign(
     from ..auth import Forbidden
 
     campaign = get_campaign(session, campaign_id, principal, for_update=True)
-    check_task_version(campaign, if_match, "campaign")
+    check_if_match(campaign, if_match, noun="campaign", path="/api/v1/campaigns/{id}")
     if campaign.status != "active":
         raise Conflict(
             f"'cancel' is not possible while the campaign is {campaign.status}.",
@@ -868,7 +834,7 @@ def cancel_campaign(
     campaign.cancelled_at = now
     campaign.cancel_reason = reason
     campaign.updated_at = now
-    _flush(session, "campaign")
+    flush_versioned(session, "campaign")
     result = session.execute(
         update(Task)
         .where(Task.campaign_id == campaign.id, Task.status.in_(OPEN_TASK_STATUSES))
@@ -908,7 +874,7 @@ def close_campaign_if_done(session: Session, campaign_id: int | None, now: datet
         campaign.status = "closed"
         campaign.closed_at = now
         campaign.updated_at = now
-        _flush(session, "campaign")
+        flush_versioned(session, "campaign")
 
 
 # --- progress ---------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_a_phones_queued_step_with_a_compressed_answers_etag_is_applied(client, 
 
 
 def test_every_coding_the_server_compresses_with_is_read_back_from_if_match(app):
-    from gridapi.services.cases import parse_etag
+    from gridapi.services.preconditions import parse_etag
 
     for coding in app.config["COMPRESS_ALGORITHM"]:
         assert parse_etag(f'"12-3:{coding}"') == ["12-3"]
