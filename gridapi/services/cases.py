@@ -412,7 +412,7 @@ def report(
     lon, lat, county = case_row["lon"], case_row["lat"], case_row["county_code"]
     case_row["location"] = WKTElement(f"POINT({lon!r} {lat!r})", srid=4326)
     duplicates = possible_duplicates(
-        session, category, lon, lat, now, window_hours=duplicate_window_hours
+        session, Caller(principal), category, lon, lat, now, window_hours=duplicate_window_hours
     )
     # The number last, just before the insert: reports of one county and day queue on its
     # counter row from here until the transaction commits.
@@ -491,13 +491,40 @@ def duplicate_search(*columns: Any) -> Select[Any]:
     )
 
 
-def nearest_duplicates(candidates: Iterable[Any], lon: float, lat: float, radius_m: float) -> list:
-    """Keep the candidates (from the box, newest first) within the radius; at most 10."""
-    return [c for c in candidates if distance_m(lon, lat, c.lon, c.lat) <= radius_m][:10]
+#: What ``nearest_duplicates`` reads of each candidate: where it is and when it was reported,
+#: what the answer shows, and what ``may_see`` decides by.
+DUPLICATE_COLUMNS = (
+    "id",
+    "number",
+    "status",
+    "lon",
+    "lat",
+    "reported_at",
+    "sensitive",
+    "reporter",
+    "assignee_id",
+    "department_id",
+    "responsible_region_code",
+    "region_code",
+    "grid_code",
+)
+
+
+def nearest_duplicates(
+    caller: Caller, candidates: Iterable[Any], lon: float, lat: float, radius_m: float
+) -> list:
+    """Keep the candidates (from the box, newest first) within the radius that the caller
+    may read (a case it may not read is not named, nor is its distance); at most 10."""
+    return [
+        c
+        for c in candidates
+        if distance_m(lon, lat, c.lon, c.lat) <= radius_m and may_see(caller, c)
+    ][:10]
 
 
 def possible_duplicates(
     session: Session,
+    caller: Caller,
     category: Category,
     lon: float,
     lat: float,
@@ -506,7 +533,8 @@ def possible_duplicates(
     window_hours: float = 72.0,
     exclude: int | None = None,
 ) -> list[Case]:
-    """Return open cases of the category within its duplicate radius, reported recently."""
+    """Return open cases of the category within its duplicate radius, reported recently,
+    that the caller may read."""
     radius = category.duplicate_radius_m
     if radius <= 0:
         return []
@@ -515,10 +543,17 @@ def possible_duplicates(
         stmt = stmt.where(Case.id != exclude)
     since = now - timedelta(hours=window_hours)
     params = {"category": category.code, **duplicate_bounds(radius, lon, lat, since)}
-    return nearest_duplicates(session.scalars(stmt, params), lon, lat, radius)
+    return nearest_duplicates(caller, session.scalars(stmt, params), lon, lat, radius)
 
 
 # --- visibility -------------------------------------------------------------------------------
+
+
+def reads_sensitive_by_unit(caller: Caller) -> bool:
+    """Return whether the caller reads the sensitive cases of the units in its area: an
+    office (it dispatches), the unit holding such a case or one above it. A department
+    member, a grid worker or an app reads only those it reported, holds or handles."""
+    return caller.principal.can("cases:dispatch")
 
 
 def visible_condition(caller: Caller, *, location_in_scope: bool = False) -> ColumnElement[bool]:
@@ -526,31 +561,55 @@ def visible_condition(caller: Caller, *, location_in_scope: bool = False) -> Col
 
     In scope by location (grid, community or intake region), or held by a unit in scope; and,
     whatever the scope, the cases one reported or holds. A sensitive case (its category says
-    so: petitions, special groups) is not seen by location: only by the unit holding it, its
-    handler and its reporter.
+    so: petitions, family disputes, special groups) is not seen by location, nor by a unit in
+    scope unless the caller is an office (``reads_sensitive_by_unit``): only the offices
+    over the unit holding it, its handler and its reporter see it. ``may_see`` is the same
+    rule for rows already read.
 
     ``location_in_scope``: the query already keeps only cases located inside the scope (a
     region filter the scope covers), so the location test is left out; the planner then
     reads the region's index in order instead of every open case of the area.
     """
     scope = caller.scope
-    if scope.unrestricted:
+    office = reads_sensitive_by_unit(caller)
+    if scope.unrestricted and office:
         return literal(True) == literal(True)
-    own = [
-        scope.region_condition(Case.responsible_region_code),
-        Case.reporter == caller.actor,
-    ]
+    not_sensitive = Case.sensitive.is_(False)
+    held = scope.region_condition(Case.responsible_region_code)
+    own = [held if office else and_(not_sensitive, held), Case.reporter == caller.actor]
     if caller.principal.kind == "user":
         own.append(Case.assignee_id == caller.principal.id)
         if caller.department_id is not None:
             own.append(Case.department_id == caller.department_id)
     if location_in_scope:
-        by_location: ColumnElement[bool] = Case.sensitive.is_(False)
+        by_location: ColumnElement[bool] = not_sensitive
     else:
-        by_location = and_(
-            Case.sensitive.is_(False), scope.grid_condition(Case.grid_code, Case.region_code)
-        )
+        by_location = and_(not_sensitive, scope.grid_condition(Case.grid_code, Case.region_code))
     return or_(by_location, *own)
+
+
+def may_see(caller: Caller, case: Any) -> bool:
+    """``visible_condition`` in Python, for rows already read (a case, or any object with
+    its ``sensitive``, ``reporter``, ``assignee_id``, ``department_id``,
+    ``responsible_region_code``, ``region_code`` and ``grid_code``)."""
+    scope = caller.scope
+    office = reads_sensitive_by_unit(caller)
+    if scope.unrestricted and office:
+        return True
+    if case.reporter == caller.actor:
+        return True
+    if caller.principal.kind == "user":
+        if case.assignee_id is not None and case.assignee_id == caller.principal.id:
+            return True
+        if caller.department_id is not None and case.department_id == caller.department_id:
+            return True
+    if case.sensitive:
+        return office and scope.covers_region(case.responsible_region_code)
+    return (
+        scope.covers_region(case.responsible_region_code)
+        or scope.covers_region(case.region_code)
+        or (case.grid_code is not None and case.grid_code in scope.grid_codes)
+    )
 
 
 def get_case(session: Session, case_id: int, caller: Caller, *, for_update: bool = False) -> Case:

@@ -205,9 +205,7 @@ def _duplicates_sql() -> str:
     limit written in)."""
     from sqlalchemy.dialects.postgresql.psycopg import dialect
 
-    stmt = svc.duplicate_search(
-        Case.id, Case.number, Case.status, Case.lon, Case.lat, Case.reported_at
-    )
+    stmt = svc.duplicate_search(*(getattr(Case, name) for name in svc.DUPLICATE_COLUMNS))
     compiled = stmt.compile(dialect=dialect(), compile_kwargs={"render_postcompile": True})
     sql = str(compiled)
     given = {"category", "lon0", "lon1", "lat0", "lat1", "since"}  # by the report
@@ -220,9 +218,10 @@ def _duplicates_sql() -> str:
 @cache
 def _nearby_sql() -> str:
     """Return the subquery of the duplicate candidates as one JSON text (null when none):
-    ``[[id, number, status, lon, lat, reported_at], …]``, as ``_run`` reads them."""
+    ``[[id, number, status, …], …]`` (``services.cases.DUPLICATE_COLUMNS``), as ``_run``
+    reads them."""
     return (
-        "(SELECT json_agg(json_build_array(id, number, status, lon, lat, reported_at))::text"
+        f"(SELECT json_agg(json_build_array({', '.join(svc.DUPLICATE_COLUMNS)}))::text"
         f" FROM ({_duplicates_sql()}) AS d)"
     )
 
@@ -357,12 +356,21 @@ class Row:
 
 @dataclass(frozen=True)
 class _Candidate:
+    """A possible duplicate as the first statement reads it (``DUPLICATE_COLUMNS``)."""
+
     id: int
     number: str
     status: str
     lon: float
     lat: float
     reported_at: datetime
+    sensitive: bool
+    reporter: str
+    assignee_id: int | None
+    department_id: int | None
+    responsible_region_code: str
+    region_code: str
+    grid_code: str | None
 
 
 class _TwoStatements:
@@ -487,10 +495,13 @@ class _TwoStatements:
                 )
                 nearby = again.fetchone()[0]
         candidates = [
-            _Candidate(i, n, st, x, y, datetime.fromisoformat(at).astimezone(UTC))
-            for i, n, st, x, y, at in (orjson.loads(nearby) if nearby else ())
+            _Candidate(i, n, st, x, y, datetime.fromisoformat(at).astimezone(UTC), *rest)
+            for i, n, st, x, y, at, *rest in (orjson.loads(nearby) if nearby else ())
         ]
-        duplicates = svc.nearest_duplicates(candidates, lon, lat, radius or 0.0)
+        # The reporter's department is not read (a query per report): a department member
+        # is shown the duplicates its area, its reports and its assignments show.
+        reader = svc.Caller(r.principal)
+        duplicates = svc.nearest_duplicates(reader, candidates, lon, lat, radius or 0.0)
         new = Row({**_defaults(), **case})
         payload = respond(new, duplicates, category)  # type: ignore[arg-type]
         # 2. the keys' locks, then the number, the case, its first timeline row, its audit
