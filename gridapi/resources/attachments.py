@@ -17,7 +17,7 @@ from ..models import CaseAttachment
 from ..schemas.attachments import AttachmentListSchema, AttachmentSchema, AttachmentUploadSchema
 from ..services import attachments as svc
 from ..services import cases as cases_svc
-from .blueprint import Blueprint
+from .blueprint import Blueprint, one_file
 
 blp = Blueprint(
     "attachments",
@@ -138,23 +138,25 @@ class Attachments(MethodView):
     def post(self, data, case_id):
         """Attach a photo to a case
 
-        `multipart/form-data` with the photo in the field `file`. Refused with 422 (nothing
-        stored; `errors.files.file` says why) when it is too large or has too many pixels,
-        is not a JPEG, PNG or WebP by its content (SVG, HTML, PDF, polyglots), is truncated
-        or corrupt, or its file name or declared type names another format. The stored copy
-        is re-encoded in the same format, upright, with no metadata; EXIF capture time and
-        position are kept apart (shown only with `cases:evidence_location`).
+        `multipart/form-data` with the photo in the field `file`, one photo per request.
+        Refused with 422 (nothing stored; `errors.files.file` says why) when `file` is a
+        text field rather than a file or is sent more than once, when the photo is too large
+        or has too many pixels, is not a JPEG, PNG or WebP by its content (SVG, HTML, PDF,
+        polyglots), is truncated or corrupt, or its file name or declared type names another
+        format. The stored copy is re-encoded in the same format, upright, with no metadata;
+        EXIF capture time and position are kept apart (shown only with
+        `cases:evidence_location`).
 
         Safe to retry: the same bytes sent to the same case again answer the first
         attachment (201, same body) and store nothing.
         """
+        upload = one_file()
         principal = current_principal()
         assert principal is not None
         session = db_session()
         caller = cases_svc.caller_of(session, principal)
         case_obj = cases_svc.get_case(session, case_id, caller)
         store = svc.AttachmentStore.from_settings(state().settings)
-        upload = data["file"]
         # One byte more than allowed is enough to tell an upload is too large.
         raw = upload.stream.read(store.max_bytes + 1)
         att, created = svc.attach(

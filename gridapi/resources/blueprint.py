@@ -6,10 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import flask_smorest
-from flask import Flask, g
+from flask import Flask, g, request
 from marshmallow import missing
 from webargs.flaskparser import FlaskParser, is_json_request
-from werkzeug.datastructures import MultiDict
+from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.routing import BaseConverter, IntegerConverter
 
 from ..auth import requires_permission
@@ -125,6 +125,25 @@ def routing_snapshot() -> Any:
     from ..extensions import state
 
     return g.get("routing_snapshot") or state().routing.snapshot()
+
+
+def one_file(field: str = "file") -> FileStorage:
+    """Return the file sent in the multipart field ``field``.
+
+    Raises Unprocessable (``errors.files.<field>``, where the schema puts a missing file)
+    when the field is text rather than a file, or holds several files: the schema keeps the
+    first value only, so the others would be dropped while the client believed them sent.
+    """
+    from ..errors import Unprocessable
+
+    files = request.files.getlist(field)
+    if field in request.form or not files:
+        message = f"The field {field} must be a file (a part with a file name), not text."
+        raise Unprocessable(message, errors={"files": {field: [message]}})
+    if len(files) > 1:
+        message = f"Send one file per request: {len(files)} were sent, none was stored."
+        raise Unprocessable(message, errors={"files": {field: [message]}})
+    return files[0]
 
 
 # --- path converters: the router refuses what the spec says is out of range ----------------

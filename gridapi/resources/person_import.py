@@ -16,7 +16,7 @@ from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
 from ..schemas.common import StrictSchema
 from ..services import person_import as svc
-from .blueprint import Blueprint, StrictParser, routing_snapshot
+from .blueprint import Blueprint, StrictParser, one_file, routing_snapshot
 from .register import keys
 
 
@@ -143,9 +143,9 @@ class PersonImport(MethodView):
         in mode `valid` exactly the rows reported valid are imported; any other failure
         imports nothing. Error messages never repeat a value from the file.
         """
+        upload = one_file()
         principal = current_principal()
         session = db_session()
-        upload = data["file"]
         report = svc.import_persons(
             session,
             upload.read(),

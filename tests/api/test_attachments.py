@@ -392,6 +392,97 @@ def test_a_request_without_a_file_names_the_field(client, case_id):
     assert "file" in r.get_json()["errors"]["files"]
 
 
+def assert_refused_and_nothing_stored(r: Any, message: str, settings: Any, session: Any) -> None:
+    assert r.status_code == 422, (r.status_code, r.get_json())
+    body = r.get_json()
+    assert set(body) == {"code", "status", "message", "errors"}
+    assert message in body["message"]
+    assert body["errors"] == {"files": {"file": [body["message"]]}}
+    assert rows(session) == []
+    assert stored_files(settings) == []
+    assert audit_count(session, "case.attach") == 0
+
+
+@pytest.mark.parametrize("count", [2, 3, 300])
+def test_several_files_in_one_request_are_refused_and_none_is_stored(
+    client, case_id, settings, session, count
+):
+    """A phone that sends all its photos in one request must not be told 201 when only the
+    first would be kept: it is told to send them one by one."""
+    photos = [(io.BytesIO(jpeg((16 + i, 16))), f"photo{i}.jpg") for i in range(count)]
+    r = client.post(
+        f"/api/v1/cases/{case_id}/attachments",
+        data={"file": photos},
+        content_type="multipart/form-data",
+    )
+    assert_refused_and_nothing_stored(r, "Send one file per request", settings, session)
+    assert client.get(f"/api/v1/cases/{case_id}/attachments").get_json() == {"items": []}
+    # Sent one by one, they go.
+    assert upload(client, case_id, jpeg((16, 16))).status_code == 201
+    assert upload(client, case_id, jpeg((17, 16))).status_code == 201
+    assert len(rows(session)) == 2
+
+
+# Request bodies as keyword arguments of the test client, built afresh for each engine (a
+# file part's stream is read once).
+TEXT_NOT_FILE = {
+    "multipart text field": lambda: dict(
+        data={"file": "notafile"}, content_type="multipart/form-data"
+    ),
+    "urlencoded field": lambda: dict(data={"file": "notafile"}),
+    "empty multipart text field": lambda: dict(
+        data={"file": ""}, content_type="multipart/form-data"
+    ),
+    "text field next to a photo": lambda: dict(
+        data={"file": ["notafile", (io.BytesIO(jpeg()), "photo.jpg")]},
+        content_type="multipart/form-data",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_NOT_FILE))
+def test_a_text_field_named_file_is_refused_and_nothing_is_stored(
+    client, case_id, settings, session, name
+):
+    r = client.post(f"/api/v1/cases/{case_id}/attachments", **TEXT_NOT_FILE[name]())
+    assert_refused_and_nothing_stored(r, "must be a file", settings, session)
+
+
+ODD_BODIES = {
+    "no body": lambda: {},
+    "json object": lambda: dict(json={"file": {"filename": "a.jpg", "data": "/9j/"}}),
+    "json array": lambda: dict(json=[1, 2]),
+    "broken json": lambda: dict(data=b"{", content_type="application/json"),
+    "plain text": lambda: dict(data=b"file=notafile", content_type="text/plain"),
+    "raw jpeg": lambda: dict(data=jpeg(), content_type="image/jpeg"),
+    "multipart without a boundary": lambda: dict(
+        data=b"--x\r\n", content_type="multipart/form-data"
+    ),
+    "multipart with a broken body": lambda: dict(
+        data=b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n',
+        content_type="multipart/form-data; boundary=x",
+    ),
+    "multipart with no parts": lambda: dict(
+        data=b"--x--\r\n", content_type="multipart/form-data; boundary=x"
+    ),
+    "another field only": lambda: dict(
+        data={"photo": (io.BytesIO(jpeg()), "a.jpg")}, content_type="multipart/form-data"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_BODIES))
+def test_a_body_without_one_file_is_a_client_error(client, case_id, settings, session, name):
+    """Whatever else arrives in place of one file, the answer is a 422 naming the field in
+    the one error body, never a 500, and nothing is stored."""
+    r = client.post(f"/api/v1/cases/{case_id}/attachments", **ODD_BODIES[name]())
+    assert r.status_code == 422, (r.status_code, r.get_json())
+    body = r.get_json()
+    assert set(body) == {"code", "status", "message", "errors"}
+    assert body["errors"]["files"]["file"]
+    assert rows(session) == [] and stored_files(settings) == []
+
+
 @pytest.mark.parametrize("overrides", [{"attachment_max_mb": 0.01}])
 def test_a_file_over_the_size_cap_is_refused(client, case_id, settings, session):
     noisy = Image.effect_noise((200, 200), 80).convert("RGB")

@@ -213,6 +213,30 @@ def test_xlsx_detected_by_content_and_unreadable_files_refused(client: Any, worl
     assert ".xlsx" in r.get_json()["message"]
 
 
+def test_a_file_sent_twice_or_as_text_is_refused_and_nothing_imported(
+    client: Any, world: Any, engine: Any
+) -> None:
+    """Two files in `file` imported the first and silently dropped the second; a text field
+    named `file` was a 500. Both are 422 naming the field, with nothing imported or audited."""
+    content = csv_bytes(*FAMILY)
+    answers = [
+        client.post(
+            URL,
+            data={"file": [(io.BytesIO(content), "a.csv"), (io.BytesIO(content), "b.csv")]},
+            content_type="multipart/form-data",
+        ),
+        client.post(URL, data={"file": "姓名,身份证号"}, content_type="multipart/form-data"),
+        client.post(URL, data={"file": "姓名,身份证号"}),  # urlencoded
+    ]
+    for r, reason in zip(answers, ("one file per request", "not text", "not text"), strict=True):
+        assert r.status_code == 422, r.get_json()
+        body = r.get_json()
+        assert reason in body["message"] and list(body["errors"]["files"]) == ["file"], body
+    assert counts(engine) == (0, 0, 0)
+    assert audit_rows(engine) == []
+    assert upload(client, content).status_code == 200  # one file, as a file: imported
+
+
 # ---- the two modes -----------------------------------------------------------------------------
 
 
