@@ -1292,12 +1292,13 @@ def case_conditions(caller: Caller, args: dict[str, Any]) -> list[ColumnElement[
         west, south, east, north = args["bbox"]
         conditions.append(and_(Case.lon.between(west, east), Case.lat.between(south, north)))
     if args.get("q"):
-        like = f"%{args['q'].lower()}%"
+        # The text as written: % and _ are characters to find, not LIKE's wildcards.
+        q = args["q"]
         conditions.append(
             or_(
-                func.lower(Case.description).like(like),
-                func.lower(Case.address).like(like),
-                Case.number.like(like),
+                func.lower(Case.description).contains(q.lower(), autoescape=True),
+                func.lower(Case.address).contains(q.lower(), autoescape=True),
+                Case.number.contains(q, autoescape=True),
             )
         )
     return conditions

@@ -305,6 +305,29 @@ def test_the_duplicate_search_reads_open_cases_only(client, world, app):
     assert "ix_cases_open_duplicates" in plan, plan
 
 
+def test_text_search_finds_the_text_as_written(client, world):
+    """`q` is text to find: % and _ matched every case, and a backslash none."""
+    texts = ["进度100%完成", "a_b下划线", "反斜杠\\测试", "普通描述 ABC"]
+    ids = {
+        t: client.post("/api/v1/cases", json=report_body(*center(0), description=t)).get_json()[
+            "id"
+        ]
+        for t in texts
+    }
+
+    def found(q: str) -> set[int]:
+        r = client.get("/api/v1/cases", query_string={"q": q, "limit": 100})
+        assert r.status_code == 200, r.get_json()
+        return {c["id"] for c in r.get_json()["items"]}
+
+    assert found("%") == {ids["进度100%完成"]}
+    assert found("100%") == {ids["进度100%完成"]}
+    assert found("_") == {ids["a_b下划线"]}
+    assert found("\\") == {ids["反斜杠\\测试"]}
+    assert found("abc") == {ids["普通描述 ABC"]}  # case-insensitive, as before
+    assert found("/") == set()
+
+
 def test_client_id_must_be_unique_per_caller_only(client, world, accounts):
     cid = str(uuid.uuid4())
     first = client.post("/api/v1/cases", json=report_body(*center(0), client_id=cid))
