@@ -225,9 +225,11 @@ class SpecPlugin(BasePlugin):
             codes = {str(code) for code in responses}
             if has_path_id and "404" not in codes:
                 responses["404"] = _NOT_FOUND
-            if any(_is_if_match(p) for p in operation.get("parameters", [])):
+            if_match = [p for p in operation.get("parameters", []) if _is_if_match(p)]
+            if if_match:
                 responses.setdefault("412", _response_ref("PRECONDITION_FAILED"))
-                responses.setdefault("428", _response_ref("PRECONDITION_REQUIRED"))
+                if any(p.get("required") for p in if_match):  # optional: no 428
+                    responses.setdefault("428", _response_ref("PRECONDITION_REQUIRED"))
             if not operation.get("description"):
                 operation["description"] = _default_description(operation)
             body = operation.get("requestBody") or {}

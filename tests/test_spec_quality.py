@@ -75,10 +75,17 @@ def operation_problems(spec: dict[str, Any]) -> list[str]:
             body = op.get("requestBody")
             if (inputs or body) and "422" not in responses:
                 problems.append(f"{name}: takes input but 422 is not documented")
-            if any(p["in"] == "header" and p["name"].lower() == "if-match" for p in parameters):
-                for code in ("412", "428"):
+            if_match = [
+                p for p in parameters if p["in"] == "header" and p["name"].lower() == "if-match"
+            ]
+            if if_match:
+                # 428 only where it is required (the register's is optional: no 428)
+                required = any(p.get("required") for p in if_match)
+                for code in ("412", "428") if required else ("412",):
                     if code not in responses:
                         problems.append(f"{name}: takes If-Match but {code} is not documented")
+                if not required and "428" in responses:
+                    problems.append(f"{name}: If-Match is optional but 428 is documented")
             if any(p["in"] == "path" for p in parameters) and "404" not in responses:
                 problems.append(f"{name}: has a path id but 404 is not documented")
             if body:

@@ -135,6 +135,7 @@ class Attachments(MethodView):
     @blp.requires("cases:write")
     @blp.arguments(AttachmentUploadSchema, location="files")
     @blp.response(201, AttachmentSchema)
+    @blp.alt_response(413, response="CONTENT_TOO_LARGE")
     def post(self, data, case_id):
         """Attach a photo to a case
 

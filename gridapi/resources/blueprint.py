@@ -23,6 +23,7 @@ ERROR_RESPONSES = {
     "PRECONDITION_FAILED": "The If-Match ETag is stale: read the object again",
     "PRECONDITION_REQUIRED": "If-Match is required: send the ETag of your last read",
     "TOO_MANY_REQUESTS": "Rate limit reached; see Retry-After",
+    "CONTENT_TOO_LARGE": "The request body is larger than GRIDAPI_MAX_BODY_MB",
 }
 
 

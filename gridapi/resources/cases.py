@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from flask import Response, request
 from flask.views import MethodView
 
@@ -43,7 +44,8 @@ _IDEMPOTENCY_HEADER = {
     "required": False,
     "description": "Any string of 1-200 printable characters, quoted or bare, unique per "
     "request of this caller. A retry with the same key and body returns the first answer "
-    "(with `Idempotent-Replayed: true`) and creates nothing; the same key with another body "
+    "(with `Idempotent-Replayed: true` and the ETag of the version it shows) and creates "
+    "nothing; the same key with another body "
     "→ 422; while the first request is still running → 409 with Retry-After. Kept at least "
     "GRIDAPI_IDEMPOTENCY_DAYS (7) days.",
     "schema": {"type": "string", "maxLength": 202},
@@ -55,6 +57,67 @@ _IF_MATCH_HEADER = {
     "description": "The case's ETag from the last read, as it came (a compressed answer's ends in "
     "`:gzip`). Without it → 428; stale → 412.",
     "schema": {"type": "string", "example": '"42-3"'},
+}
+
+
+# What a phone gets back for a report (the answer of POST /api/v1/cases; a read and a step
+# answer the same shape, without possible_duplicates).
+CASE_EXAMPLE: dict[str, Any] = {
+    "id": 812,
+    "number": "320508-20261128-0042",
+    "status": "reported",
+    "status_name": "已上报",
+    "category": {"code": "0101", "name": "暴露垃圾"},
+    "description": "小区门口垃圾堆放，已有异味",
+    "source": "phone",
+    "urgent": False,
+    "severity": "general",
+    "sensitive": False,
+    "parties": [],
+    "attributes": {},
+    "location": {"type": "Point", "coordinates": [120.6279, 31.3245]},
+    "reported_location": {"coordinates": [120.63234, 31.32246], "crs": "gcj02"},
+    "accuracy_m": 8.5,
+    "address": "平江路 118 号东侧",
+    "occurred_at": "2026-11-28T09:12:00+08:00",
+    "reported_at": "2026-11-28T09:30:05+08:00",
+    "updated_at": "2026-11-28T09:30:05+08:00",
+    "grid": {"code": "320508001001003", "name": "平江社区第三网格", "version_id": 3},
+    "community": {"code": "320508001001", "name": "平江社区"},
+    "township": {"code": "320508001000", "name": "平江街道"},
+    "county_code": "320508000000",
+    "region_code": "320508001001",
+    "routing": {"method": "inside", "distance_m": None, "unrouted": False, "grid_version_id": 3},
+    "responsible": {
+        "unit": {"code": "320508001001", "name": "平江社区"},
+        "assignee_id": None,
+        "department_id": None,
+    },
+    "deadlines": {"accept": "2026-11-28T11:30:05+08:00", "handle": None, "verify": None},
+    "overdue": False,
+    "overdue_since": None,
+    "supervision": "normal",
+    "rework_count": 0,
+    "extension_count": 0,
+    "escalation_count": 0,
+    "reopen_count": 0,
+    "extension_request": None,
+    "duplicate_of": None,
+    "duplicates": [],
+    "satisfaction": None,
+    "client_id": "3f0c9a52-6d1e-4a8b-9c1d-2b7e5f4a9e10",
+    "reporter": "user:17",
+    "version": 1,
+    "allowed_actions": [],
+    "possible_duplicates": [
+        {
+            "id": 809,
+            "number": "320508-20261128-0039",
+            "status": "accepted",
+            "distance_m": 12.4,
+            "reported_at": "2026-11-28T08:51:40+08:00",
+        }
+    ],
 }
 
 
@@ -221,7 +284,15 @@ class Cases(MethodView):
     @blp.requires("cases:write")
     @blp.arguments(CaseCreateSchema)
     @blp.doc(parameters=[_IDEMPOTENCY_HEADER])
-    @blp.response(201, CaseSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.response(
+        201, CaseSchema, headers={"ETag": {"schema": {"type": "string"}}}, example=CASE_EXAMPLE
+    )
+    @blp.alt_response(
+        409,
+        response="CONFLICT",
+        description="A request with the same Idempotency-Key or client_id is still running: "
+        "retry after Retry-After seconds (the retry gets its answer).",
+    )
     def post(self, data):
         """Report a case
 
@@ -278,6 +349,12 @@ class Cases(MethodView):
         if taken.replayed:
             session.rollback()
             headers = {"Idempotent-Replayed": "true"}
+            # The ETag of the version the answer shows: a phone whose first answer was lost
+            # sends it as If-Match with its next step (stale by then → 412).
+            shown = orjson.loads(taken.payload)
+            version = shown.get("version") if isinstance(shown, dict) else None
+            if taken.status_code == 201 and isinstance(version, int):
+                headers["ETag"] = f'"{taken.case_id}-{version}"'
         else:
             commit()
             headers = {"ETag": taken.etag}
@@ -353,6 +430,12 @@ class Transitions(MethodView):
     @blp.arguments(TransitionSchema)
     @blp.doc(parameters=[_IF_MATCH_HEADER])
     @blp.response(200, CaseSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.alt_response(
+        409,
+        response="CONFLICT",
+        description="The current state does not allow the action: `errors.allowed_actions` "
+        "lists those the caller may take now.",
+    )
     def post(self, data, case_id):
         """Take a workflow action on a case
 
@@ -416,6 +499,9 @@ class Rating(MethodView):
     @blp.requires("cases:write")
     @blp.arguments(RatingSchema)
     @blp.response(200, CaseSchema)
+    @blp.alt_response(
+        409, response="CONFLICT", description="The case is not closed, or is rated already."
+    )
     def post(self, data, case_id):
         """Rate a closed case 1-5 (满意度), once: by its reporter, or an app on their behalf
 

@@ -130,6 +130,7 @@ class PersonImport(MethodView):
         "imported and `errors` is the report.",
         schema=None,
     )
+    @blp.alt_response(413, response="CONTENT_TOO_LARGE")
     def post(self, data):
         """Import residents from a CSV or XLSX file
 

@@ -49,6 +49,32 @@ def test_a_retry_with_the_same_key_gets_the_same_answer(client, world, session):
     assert audit == 1
 
 
+def test_a_replay_carries_the_etag_of_the_answer_it_repeats(client, world):
+    """A phone whose first answer was lost gets it again, with the ETag to send as If-Match
+    with its next step: the replay had none (an extra GET on a bad network)."""
+    body = report_body(*center(0))
+    first = post(client, body, "report-etag")
+    case_id = first.get_json()["id"]
+    again = post(client, body, "report-etag")
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.headers["ETag"] == first.headers["ETag"] == f'"{case_id}-1"'
+    step = client.post(
+        f"/api/v1/cases/{case_id}/transitions",
+        json={"action": "accept"},
+        headers={"If-Match": again.headers["ETag"]},
+    )
+    assert step.status_code == 200, step.get_json()
+    # replayed after the case moved on: the tag of the answer repeated, now stale (412)
+    late = post(client, body, "report-etag")
+    assert late.headers["ETag"] == f'"{case_id}-1"' and late.data == first.data
+    stale = client.post(
+        f"/api/v1/cases/{case_id}/transitions",
+        json={"action": "file"},
+        headers={"If-Match": late.headers["ETag"]},
+    )
+    assert stale.status_code == 412
+
+
 def test_quoted_and_bare_keys_are_the_same_key(client, world, session):
     body = report_body(*center(0))
     first = post(client, body, "abc-123")
