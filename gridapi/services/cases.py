@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -660,12 +660,50 @@ def may_act(caller: Caller, case_obj: Case, action: str) -> bool:
     return office or holds(caller, case_obj)
 
 
+def _at_the_top(c: Case) -> bool:
+    parents = parent_candidates(c.responsible_region_code)
+    return not parents or region_level(c.responsible_region_code) in ("province", "city")
+
+
+# What an action needs besides a state it is taken in: (the test, the message and the reason
+# of the 409 when the case fails it). allowed_actions leaves out what would fail (a phone
+# shows only the buttons that work); the step refuses it with allowed_actions listed.
+READY: dict[str, tuple[Callable[[Case], bool], str, str]] = {
+    "request_extension": (
+        lambda c: not c.extension_request,
+        "An extension request is already waiting for a decision.",
+        "extension already requested",
+    ),
+    "approve_extension": (
+        lambda c: bool(c.extension_request),
+        "No extension request is waiting.",
+        "no extension requested",
+    ),
+    "deny_extension": (
+        lambda c: bool(c.extension_request),
+        "No extension request is waiting.",
+        "no extension requested",
+    ),
+    "escalate": (
+        lambda c: not _at_the_top(c),
+        "The case is already held at the top level.",
+        "nothing above the unit holding the case",
+    ),
+}
+
+
+def _ready(case_obj: Case, action: str) -> bool:
+    check = READY.get(action)
+    return check is None or check[0](case_obj)
+
+
 def allowed_actions(caller: Caller, case_obj: Case) -> list[str]:
-    """Return the actions the caller may take on the case in its current state."""
+    """Return the actions the caller may take on the case now: in its state, with what else
+    the action needs (``READY``), and the caller's permission and place."""
     return [
         name
         for name, (states, _, _) in ACTIONS.items()
-        if case_obj.status in states and may_act(caller, case_obj, name)
+        if case_obj.status in states and _ready(case_obj, name) and may_act(caller, case_obj, name)
     ]
 
 
@@ -720,6 +758,12 @@ def transition(
         raise Forbidden(
             f"'{action}' is for the unit holding the case"
             + (" or its handler." if ACTIONS[action][2] == "handler" else ".")
+        )
+    if not _ready(case_obj, action):
+        _, message, reason = READY[action]
+        raise Conflict(
+            message,
+            errors={"action": [reason], "allowed_actions": allowed_actions(caller, case_obj)},
         )
     comment = (data.get("comment") or "").strip()
     if action in NEEDS_COMMENT and not comment:
@@ -943,13 +987,7 @@ def _return(ctx: TransitionContext, c: Case) -> str:
 
 
 def _escalate(ctx: TransitionContext, c: Case) -> str:
-    parents = parent_candidates(c.responsible_region_code)
-    if not parents or region_level(c.responsible_region_code) in ("province", "city"):
-        raise Conflict(
-            "The case is already held at the top level.",
-            errors={"action": ["nothing above the unit holding the case"]},
-        )
-    upper = parents[0]
+    upper = parent_candidates(c.responsible_region_code)[0]  # READY: not at the top
     ctx.event_data["from_unit"] = c.responsible_region_code
     ctx.event_data["to_unit"] = upper
     c.responsible_region_code = upper
@@ -987,11 +1025,6 @@ def _extension_amount(ctx: TransitionContext) -> tuple[int, str]:
 
 
 def _request_extension(ctx: TransitionContext, c: Case) -> str:
-    if c.extension_request:
-        raise Conflict(
-            "An extension request is already waiting for a decision.",
-            errors={"action": ["extension already requested"]},
-        )
     amount, unit = _extension_amount(ctx)
     c.extension_request = {
         "amount": amount,
@@ -1008,10 +1041,7 @@ def _request_extension(ctx: TransitionContext, c: Case) -> str:
 
 
 def _pending_extension(c: Case) -> dict[str, Any]:
-    if not c.extension_request:
-        raise Conflict(
-            "No extension request is waiting.", errors={"action": ["no extension requested"]}
-        )
+    assert c.extension_request  # READY: one is waiting
     return c.extension_request
 
 
