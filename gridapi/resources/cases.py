@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from flask import Response, request
 from flask.views import MethodView
+from sqlalchemy.exc import IntegrityError
 
 from ..auditing import audit, request_actor
 from ..auth import current_principal
@@ -293,6 +294,13 @@ class Cases(MethodView):
         description="A request with the same Idempotency-Key or client_id is still running: "
         "retry after Retry-After seconds (the retry gets its answer).",
     )
+    @blp.alt_response(
+        200,
+        schema=CaseSchema,
+        description="The caller reported this client_id before, longer ago than its answer is "
+        "kept (GRIDAPI_IDEMPOTENCY_DAYS): the case as it is now, with "
+        "`Idempotent-Replayed: true` and its ETag; nothing is created.",
+    )
     def post(self, data):
         """Report a case
 
@@ -330,22 +338,39 @@ class Cases(MethodView):
             # The view is in the documented shape (tests load it with CaseSchema): encoded as is.
             return dumps_bytes(view).decode()
 
-        taken = intake.report_once(
-            session,
-            data,
-            principal=principal,
-            actor=request_actor(),
-            keys=keys,
-            body_hash=idempotency.request_hash("POST", request.path, request.get_json()),
-            path=request.path,
-            snapshot=routing_snapshot(),
-            calendar=st.calendar(session),
-            now=_now(),
-            duplicate_window_hours=st.settings.duplicate_window_hours,
-            keep_days=st.settings.idempotency_days,
-            respond=respond,
-            alone=commit_adds_nothing(),
-        )
+        body = request.get_json()
+        if data.get("client_id") and isinstance(body, dict):
+            # The UUID as read: upper and lower case name the same one (iOS writes upper case,
+            # the answer gives it back in lower case, and a replay may send either).
+            body = {**body, "client_id": str(data["client_id"])}
+        try:
+            taken = intake.report_once(
+                session,
+                data,
+                principal=principal,
+                actor=request_actor(),
+                keys=keys,
+                body_hash=idempotency.request_hash("POST", request.path, body),
+                path=request.path,
+                snapshot=routing_snapshot(),
+                calendar=st.calendar(session),
+                now=_now(),
+                duplicate_window_hours=st.settings.duplicate_window_hours,
+                keep_days=st.settings.idempotency_days,
+                respond=respond,
+                alone=commit_adds_nothing(),
+            )
+        except IntegrityError:
+            session.rollback()
+            earlier = svc.reported_with_client_id(session, principal, data.get("client_id"))
+            if earlier is None:
+                raise
+            # The client_id is the caller's for ever; its stored answer is kept
+            # GRIDAPI_IDEMPOTENCY_DAYS. A phone replaying an older queue gets the case as it
+            # is now, never a second one, nor a bare 409.
+            caller = svc.caller_of(session, principal)
+            headers = {"Idempotent-Replayed": "true", "ETag": etag(earlier)}
+            return _json(render(session, caller, earlier), 200, headers)
         if taken.replayed:
             session.rollback()
             headers = {"Idempotent-Replayed": "true"}

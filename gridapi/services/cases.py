@@ -1186,6 +1186,15 @@ APPLY = {
 assert set(APPLY) == set(ACTIONS)
 
 
+def reported_with_client_id(session: Session, principal: Principal, client_id: Any) -> Case | None:
+    """Return the case the caller reported with ``client_id`` (a phone's UUID), if any."""
+    if not client_id:
+        return None
+    return session.scalars(
+        select(Case).where(Case.reporter == principal.actor_id, Case.client_id == str(client_id))
+    ).first()
+
+
 def timeline(session: Session, case_obj: Case) -> list[CaseEvent]:
     return list(
         session.scalars(

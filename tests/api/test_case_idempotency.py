@@ -75,6 +75,42 @@ def test_a_replay_carries_the_etag_of_the_answer_it_repeats(client, world):
     assert stale.status_code == 412
 
 
+def test_a_client_id_replayed_after_its_answer_expired_gets_the_case(client, world, session):
+    """A phone replaying a queue older than the stored answers: the case as it is now (it got
+    a bare 409 "conflicts with existing data", which it could not tell from "retry")."""
+    cid = str(uuid.uuid4())
+    body = report_body(*center(0), client_id=cid)
+    first = post(client, body, "old-key")
+    case_id = first.get_json()["id"]
+    client.post(
+        f"/api/v1/cases/{case_id}/transitions",
+        json={"action": "accept"},
+        headers={"If-Match": first.headers["ETag"]},
+    )
+    session.execute(text("DELETE FROM idempotency_keys"))  # as the worker's purge does
+    session.commit()
+    for key in ("old-key", None):
+        again = post(client, body, key)
+        assert again.status_code == 200, again.get_json()
+        assert again.headers["Idempotent-Replayed"] == "true"
+        shown = again.get_json()
+        assert (shown["id"], shown["status"], shown["client_id"]) == (case_id, "accepted", cid)
+        assert again.headers["ETag"] == f'"{case_id}-2"'
+    assert count(session, "cases") == 1
+
+
+def test_a_client_id_in_upper_case_is_the_same_uuid(client, world, session):
+    """iOS writes UUIDs in upper case; the answer gives them back in lower case, and a replay
+    may send either: the same request (it was 422 "used for a different request")."""
+    cid = str(uuid.uuid4()).upper()
+    first = post(client, report_body(*center(0), client_id=cid))
+    assert first.status_code == 201 and first.get_json()["client_id"] == cid.lower()
+    again = post(client, report_body(*center(0), client_id=cid.lower()))
+    assert again.status_code == 201, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true" and again.data == first.data
+    assert count(session, "cases") == 1
+
+
 def test_quoted_and_bare_keys_are_the_same_key(client, world, session):
     body = report_body(*center(0))
     first = post(client, body, "abc-123")
