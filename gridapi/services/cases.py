@@ -48,7 +48,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
-from ..codes import InvalidCode, parent_candidates, region_level, subtree_prefix
+from ..codes import (
+    InvalidCode,
+    ancestor_prefix_codes,
+    parent_candidates,
+    region_level,
+    subtree_prefix,
+)
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.crs import to_wgs84
 from ..geo.geodesy import distance_m, metres_to_degrees
@@ -952,17 +958,29 @@ def _dispatch(ctx: TransitionContext, c: Case) -> str:
         ctx.event_data["assignee_id"] = user.id
         ctx.notify.append(("dispatched", user.id, None, f"事件 {c.number} 派遣给您"))
     else:
+        # A department of the caller's area, or of the county holding the case: the county's
+        # fire brigade serves every township, whose office dispatches to it (a category's
+        # handler department:<code>). A city's department is reached by escalating.
+        unit = c.responsible_region_code
+        serving = [unit] + [
+            a for a in ancestor_prefix_codes(unit) if region_level(a) not in ("city", "province")
+        ]
         dept = ctx.session.scalar(
             select(Department).where(
                 Department.id == d["department_id"],
                 Department.is_active.is_(True),
-                ctx.caller.scope.region_condition(Department.region_code),
+                or_(
+                    ctx.caller.scope.region_condition(Department.region_code),
+                    Department.region_code.in_(serving),
+                ),
             )
         )
         if dept is None:
             raise Unprocessable(
                 "Unknown department.",
-                errors={"json": {"department_id": ["no active department in your scope"]}},
+                errors={
+                    "json": {"department_id": ["no active department in your scope or your county"]}
+                },
             )
         c.department_id, c.assignee_id = dept.id, None
         ctx.event_data["department_id"] = dept.id

@@ -106,12 +106,16 @@ def load_demo_users(
             )
         )
 
-    dept = session.scalars(_select(Department).where(Department.code == "demo-fire")).first()
+    # "fire": the code the seeded category 5301 (消防安全隐患) names as its handler; demo
+    # databases made before it was chosen have "demo-fire".
+    dept = session.scalars(
+        _select(Department).where(Department.code.in_(("fire", "demo-fire")))
+    ).first()
     if dept is None:
         dept = create_department(
             session,
             scope=EVERYTHING,
-            code="demo-fire",
+            code="fire",
             name="姑苏区消防救援大队",
             region_code=county,
         )

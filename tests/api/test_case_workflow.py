@@ -336,6 +336,22 @@ def test_dispatch_to_a_department_and_a_member_signs(desk):
     assert d.timeline(cid)[-3]["data"] == {"department_id": d.dept}
 
 
+def test_a_township_dispatches_to_a_department_of_its_county(desk):
+    """The county's fire brigade serves every township: the township office holding a fire
+    hazard (handler department:fire) dispatches to it, and its members sign. It was 422
+    "no active department in your scope": the department lies above the township."""
+    d = desk
+    body = {"code": "fire", "name": "姑苏区消防救援大队", "region_code": COUNTY}
+    brigade = ok(d.admin.post("/api/v1/departments", json=body), 201)["id"]
+    firefighter = d.department_member("firefighter", brigade, COUNTY)
+    cid = d.report(category="5301", attributes={"hazard": ["消防通道堵塞"]})["id"]
+    d.to_filed(cid)
+    assert d.get(cid)["responsible"]["unit"]["code"] == TOWNSHIP
+    dispatched = d.act(d.office, cid, "dispatch", department_id=brigade)
+    assert dispatched["responsible"]["department_id"] == brigade
+    assert d.act(firefighter, cid, "sign")["responsible"]["assignee_id"] == d.id("firefighter")
+
+
 def test_dispatch_needs_exactly_one_target_in_the_dispatchers_area(desk, accounts):
     d = desk
     cid = d.report()["id"]
