@@ -87,7 +87,13 @@ class CaseCreateSchema(StrictSchema):
 
     @validates("occurred_at")
     def _not_future(self, value: datetime | None, **kwargs: Any) -> None:
-        if value is not None and value > datetime.now(UTC) + timedelta(minutes=10):
+        if value is None:
+            return
+        # The year first: 0001-01-01T00:00+14:00 cannot even be compared (it lies before
+        # the first instant Python can hold in UTC).
+        if value.year < 2000:
+            raise ValidationError("lies before the year 2000")
+        if value > datetime.now(UTC) + timedelta(minutes=10):
             raise ValidationError("lies in the future")
 
 
