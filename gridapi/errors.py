@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, g, jsonify
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, default_exceptions
 
 from .codes import InvalidCode
 from .security.fields import CiphertextError
@@ -60,9 +60,20 @@ def error_body(
     return {
         "code": status,
         "status": HTTPStatus(status).phrase,
-        "message": message or HTTPStatus(status).description,
+        "message": message or _default_message(status),
         "errors": errors or {},
     }
+
+
+def _default_message(status: int) -> str:
+    """The sentence werkzeug answers for ``status`` (Python's own is empty for some, 422
+    among them), else the reason phrase: a message is never empty."""
+    exception = default_exceptions.get(status)
+    return (
+        (exception.description if exception else None)
+        or HTTPStatus(status).description
+        or HTTPStatus(status).phrase
+    )
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from http import HTTPStatus
 
 from flask import Response, request
 from flask.views import MethodView
@@ -51,7 +50,6 @@ _QUERY_PARAMETERS = [
         "schema": {"type": "string", "enum": list(SUPPORTED_CRS), "default": "wgs84"},
     },
 ]
-_UNPROCESSABLE = HTTPStatus.UNPROCESSABLE_ENTITY.description
 
 
 def _coordinate(args, name: str, limit: float, errors: dict) -> float:  # type: ignore[no-untyped-def]
@@ -89,7 +87,7 @@ def parse_locate_query(args) -> tuple[float, float, str]:  # type: ignore[no-unt
         elif len(args.getlist(name)) > 1:
             errors[name] = ["Given more than once."]
     if errors:
-        raise Unprocessable(_UNPROCESSABLE, errors={"query": errors})
+        raise Unprocessable("", errors={"query": errors})  # the one default message
     return lon, lat, crs
 
 
