@@ -7,7 +7,7 @@ from typing import Any
 
 import flask_smorest
 from flask import Flask, g, request
-from marshmallow import missing
+from marshmallow import ValidationError, missing
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.routing import BaseConverter, IntegerConverter
@@ -60,7 +60,18 @@ class StrictParser(FlaskParser):
         # (gridapi.phone), so operation schemas neither declare nor refuse it.
         args = req.args.copy()
         args.pop("fields", None)
-        return self._makeproxy(args, schema)
+        # A parameter given twice that takes one value: webargs would keep the first and
+        # drop the rest (status=filed&status=dispatched listed only filed cases).
+        proxy = self._makeproxy(args, schema)
+        known = {f.data_key or name for name, f in schema.fields.items()}
+        repeated = {
+            name: ["Given more than once: send one value (a list comma-separated)."]
+            for name, values in args.lists()
+            if len(values) > 1 and name in known and name not in proxy.multiple_keys
+        }
+        if repeated:
+            raise ValidationError(repeated)
+        return proxy
 
 
 def _has_required_field(schema: Any) -> bool:

@@ -177,3 +177,14 @@ def test_no_free_database_connection_is_503_with_retry_after(app, client, engine
     finally:
         for conn in held:
             conn.close()
+
+
+def test_a_query_parameter_given_twice_is_422_not_half_read(client, world):
+    """status=filed&status=dispatched listed only the filed cases (webargs kept the first
+    value of a parameter that takes one); the comma-separated list is the documented form."""
+    r = client.get("/api/v1/cases?status=filed&status=dispatched")
+    assert r.status_code == 422
+    assert list(r.get_json()["errors"]["query"]) == ["status"]
+    assert client.get("/api/v1/cases?status=filed,dispatched").status_code == 200
+    assert client.get("/api/v1/cases?limit=5&limit=6").status_code == 422
+    assert client.get("/api/v1/grids?limit=5&limit=6").status_code == 422
