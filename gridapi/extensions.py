@@ -68,6 +68,12 @@ def db_session() -> Session:
     return session
 
 
+def use_session(session: Session) -> None:
+    """Make ``session`` the request's session: the sync batch runs each action's request on a
+    session bound to the action's transaction (its commit ends a savepoint)."""
+    g._db_session = session
+
+
 def commit() -> None:
     """Commit the request's one transaction; called once by each write view.
 

@@ -7,16 +7,16 @@ from functools import partial
 from typing import Any
 
 import orjson
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from flask.views import MethodView
 from marshmallow import fields, validate
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
+from sqlalchemy.orm import Session
 from werkzeug.test import EnvironBuilder
 
 from ..auth import current_principal
-from ..db import sqlite_write_intent
-from ..errors import Unprocessable
-from ..extensions import db_session, state
+from ..errors import Unprocessable, error_body
+from ..extensions import AppState, db_session, state, use_session
 from ..jsonio import dumps_bytes
 from ..models import CalendarDay, Category
 from ..models.tasks import TaskItem
@@ -225,6 +225,7 @@ ACTIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 _IF_MATCH = {"case.transition", "task.accept", "task.complete"}
 BATCH_MAX = 500
 REF_PREFIX = "ref:"
+KEY_PREFIX = "batch:"  # an action's key as kept among the caller's idempotency keys
 
 
 class ActionSchema(StrictSchema):
@@ -241,7 +242,8 @@ class ActionSchema(StrictSchema):
         metadata={
             "description": "The body the matching endpoint takes, plus its path parameters "
             "(`case_id`, `patrol_id`, `task_id`) and optionally `if_match`. An id may be "
-            '`"ref:<key>"`: the id created by an earlier action of the batch.'
+            '`"ref:<key>"`: the id created by the action with that key, earlier in the batch '
+            "or in an earlier batch."
         },
     )
 
@@ -258,41 +260,16 @@ class ResultSchema(StrictSchema):
     key = fields.String(required=True)
     status = fields.Integer(required=True, metadata={"description": "The HTTP status."})
     id = fields.Integer(allow_none=True, required=True)
-    error = fields.Dict(allow_none=True, required=True)
+    error = fields.Dict(
+        allow_none=True,
+        required=True,
+        metadata={"description": "The error body (`code`, `status`, `message`, `errors`)."},
+    )
     replayed = fields.Boolean(required=True, metadata={"description": "Applied before."})
 
 
 class BatchResultSchema(StrictSchema):
     results = fields.List(fields.Nested(ResultSchema), required=True)
-
-
-def _resolve(payload: dict[str, Any], created: dict[str, int | None]) -> dict[str, Any]:
-    out = {}
-    for name, value in payload.items():
-        if isinstance(value, str) and value.startswith(REF_PREFIX):
-            ref = value[len(REF_PREFIX) :]
-            if created.get(ref) is None:
-                raise ValueError(f"{name}: no earlier action {ref!r} created an object")
-            value = created[ref]
-        out[name] = value
-    return out
-
-
-def _dispatch(method: str, path: str, body: Any, headers: dict[str, str], hook: Any) -> Response:
-    """Run one request through the application, in its own contexts and transaction."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    environ = EnvironBuilder(
-        path=path,
-        method=method,
-        json=body,
-        headers=headers,
-        environ_base={"REMOTE_ADDR": request.remote_addr or ""},
-    ).get_environ()
-    with app.app_context(), app.request_context(environ):
-        from flask import g
-
-        g.before_commit = hook
-        return app.full_dispatch_request()
 
 
 @blp.route("/batch")
@@ -306,68 +283,186 @@ class SyncBatch(MethodView):
         Each action is sent to the endpoint its `type` names (as if called directly, with
         your credentials): `case.create`, `case.transition`, `case.rating`, `visit.create`,
         `patrol.start|points|checkin|finding|end`, `task.accept|complete`,
-        `presence.heartbeat`. Its `key` is an idempotency key kept with the change in the
-        same transaction: sending the batch again (or any part, in any order) applies
-        nothing twice and answers what the first time did (`replayed`). An action that
-        fails does not stop the others; each result has the status and the error body.
+        `presence.heartbeat`. Its `key` is an idempotency key kept with the change and its
+        answer in the same transaction: sending the batch again (or any part, in any order,
+        also while the first send still runs) applies nothing twice and answers what the
+        first time did (`replayed`). An action that fails does not stop the others; each
+        result has the status and the error body.
         """
         principal = current_principal()
         st = state()
-        caller = principal.actor_id
         headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "X-Api-Key")}
+        in_batch = {action["key"] for action in data["actions"]}
         created: dict[str, int | None] = {}
         results = []
         for action in data["actions"]:
-            key, kind = action["key"], action["type"]
-            method, template, params = ACTIONS[kind]
-            stored_key = f"batch:{key}"
-            # The action as the phone wrote it (references unresolved) is what its key names:
-            # a replay is recognised before anything is resolved, in whatever order it comes.
-            body_hash = idempotency.request_hash("BATCH", kind, action["payload"])
-            replay = _stored(st, caller, stored_key, body_hash)
-            if replay is not None:
-                results.append({**replay, "key": key})
-                created[key] = replay["id"]
-                continue
-            try:
-                payload = _resolve(action["payload"], created)
-            except ValueError as exc:
-                results.append(_failed(key, 422, str(exc)))
-                created[key] = None
-                continue
-            body = {k: v for k, v in payload.items() if k not in params and k != "if_match"}
-            missing = [p for p in params if p not in payload]
-            if missing:
-                results.append(_failed(key, 422, f"payload needs {', '.join(missing)}"))
-                created[key] = None
-                continue
-            path = template.format(**{p: payload[p] for p in params})
-            extra = dict(headers)
-            if kind == "case.create":
-                extra["Idempotency-Key"] = key
-            if kind in _IF_MATCH:
-                extra["If-Match"] = str(payload.get("if_match") or "*")
-            remember = partial(
-                _remember_applied,
-                caller=caller,
-                key=stored_key,
-                body_hash=body_hash,
-                method=method,
-                path=path,
-                now=datetime.now(UTC),
-                keep_days=st.settings.idempotency_days,
-            )
-            response = _dispatch(method, path, body, extra, remember)
-            result = _result(key, response)
-            if 200 <= response.status_code < 300:
-                _record_answer(st, caller, stored_key, result)
+            result = _apply(st, principal.actor_id, action, headers, created, in_batch)
+            created[action["key"]] = result["id"]
             results.append(result)
-            created[key] = result["id"]
         return {"results": results}
 
 
-def _remember_applied(session, **kw: Any) -> None:  # type: ignore[no-untyped-def]
-    """Add the action's key to the action's own transaction (called just before it commits)."""
+def _apply(
+    st: AppState,
+    caller: str,
+    action: dict[str, Any],
+    headers: dict[str, str],
+    created: dict[str, int | None],
+    in_batch: set[str],
+) -> dict[str, Any]:
+    """Apply one action in a transaction of its own; return its result.
+
+    The transaction first takes the action's key (on PostgreSQL its advisory lock, waited
+    for; on SQLite the write lock, BEGIN IMMEDIATE), then looks for the key's answer. The
+    endpoint's code runs inside it (its commit ends a savepoint and adds the key), the
+    answer is filled in after, and all of it commits at once: the same action sent again
+    while this one runs waits, then finds the key with its status and id.
+    """
+    key, kind = action["key"], action["type"]
+    method, template, params = ACTIONS[kind]
+    stored_key = f"{KEY_PREFIX}{key}"
+    # The action as the phone wrote it (references unresolved) is what its key names:
+    # a replay is recognised before anything is resolved, in whatever order it comes.
+    body_hash = idempotency.request_hash("BATCH", kind, action["payload"])
+    # Checked before the transaction, the action's request finds the snapshot fresh and
+    # needs no second connection while this one is held (Blueprint.takes_routing_snapshot).
+    st.routing.snapshot()
+    with (
+        st.engine.connect() as connection,
+        connection.begin() as transaction,
+        st.sessions(bind=connection, join_transaction_mode="rollback_only") as session,
+    ):
+        idempotency.claim(session, caller, [stored_key], wait=True)
+        try:
+            found = idempotency.find(session, caller, [stored_key], body_hash)
+        except Unprocessable:
+            return _failed(
+                key, 422, "This key was used for another action.", {"json": {"key": ["reused"]}}
+            )
+        if found is not None:
+            return _replayed(key, found)
+        try:
+            payload = _resolve(session, caller, action["payload"], created, in_batch)
+        except Unprocessable as exc:
+            return _failed(key, exc.status, exc.message, exc.errors)
+        missing = [p for p in params if p not in payload]
+        if missing:
+            return _failed(
+                key,
+                422,
+                f"The payload needs {', '.join(missing)}.",
+                {"json": {"payload": {p: ["Missing data for required field."] for p in missing}}},
+            )
+        body = {k: v for k, v in payload.items() if k not in params and k != "if_match"}
+        path = template.format(**{p: payload[p] for p in params})
+        extra = dict(headers)
+        if kind == "case.create":
+            extra["Idempotency-Key"] = key
+        if kind in _IF_MATCH:
+            extra["If-Match"] = str(payload.get("if_match") or "*")
+        kept_as = {
+            "caller": caller,
+            "key": stored_key,
+            "body_hash": body_hash,
+            "method": method,
+            "path": path,
+            "now": datetime.now(UTC),
+            "keep_days": st.settings.idempotency_days,
+        }
+        response = _dispatch(
+            method, path, body, extra, connection, partial(_remember_applied, **kept_as)
+        )
+        result = _result(key, response)
+        if not 200 <= result["status"] < 300:
+            transaction.rollback()  # a failed action leaves nothing, however far it got
+            return result
+        answer = {
+            "status_code": result["status"],
+            "response": orjson.dumps({"status": result["status"], "id": result["id"]}).decode(),
+            "resource_id": result["id"],
+        }
+        if not idempotency.fill_in(session, caller, stored_key, **answer):
+            # Answered with no commit: POST /cases replayed the case reported before with
+            # this key as its Idempotency-Key. The key is kept all the same, for references.
+            _remember_applied(session, **kept_as, **answer)
+        return result
+
+
+def _resolve(
+    session: Session,
+    caller: str,
+    payload: dict[str, Any],
+    created: dict[str, int | None],
+    in_batch: set[str],
+) -> dict[str, Any]:
+    """Return the payload with each `"ref:<key>"` replaced by the id the action with that key
+    created: earlier in this batch, else as kept with its key by an earlier batch.
+
+    Raises Unprocessable naming each field whose reference has no id.
+    """
+    refs = {
+        name: value[len(REF_PREFIX) :]
+        for name, value in payload.items()
+        if isinstance(value, str) and value.startswith(REF_PREFIX)
+    }
+    if not refs:
+        return payload
+    kept = idempotency.resource_ids(
+        session, caller, [f"{KEY_PREFIX}{ref}" for ref in refs.values() if ref not in created]
+    )
+    resolved, problems = dict(payload), {}
+    for name, ref in refs.items():
+        if ref in created:
+            ident = created[ref]
+            problem = f"the action {ref!r} of this batch failed or created nothing"
+        elif f"{KEY_PREFIX}{ref}" in kept:
+            ident = kept[f"{KEY_PREFIX}{ref}"]
+            problem = f"the action {ref!r} created nothing"
+        elif ref in in_batch:
+            # Later in the batch, and not applied by an earlier send (it would be kept).
+            ident = None
+            problem = f"the action {ref!r} is not before this one in the batch"
+        else:
+            ident = None
+            problem = f"no action {ref!r} was applied"
+        if ident is None:
+            problems[name] = [problem]
+        else:
+            resolved[name] = ident
+    if problems:
+        raise Unprocessable(
+            "; ".join(f"{name}: {messages[0]}" for name, messages in problems.items()),
+            errors={"json": {"payload": problems}},
+        )
+    return resolved
+
+
+def _dispatch(
+    method: str, path: str, body: Any, headers: dict[str, str], connection: Connection, hook: Any
+) -> Response:
+    """Run one request through the application, in its own contexts, inside the transaction
+    of ``connection``: the request's commit ends a savepoint, ``hook`` runs just before it."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    environ = EnvironBuilder(
+        path=path,
+        method=method,
+        json=body,
+        headers=headers,
+        environ_base={"REMOTE_ADDR": request.remote_addr or ""},
+    ).get_environ()
+    with app.app_context(), app.request_context(environ):
+        # The request's session (extensions.db_session), in the action's transaction.
+        use_session(state().sessions(bind=connection, join_transaction_mode="create_savepoint"))
+        g.before_commit = hook
+        return app.full_dispatch_request()
+
+
+def _remember_applied(  # type: ignore[no-untyped-def]
+    session, status_code: int = 0, response: str = "", resource_id: int | None = None, **kw: Any
+) -> None:
+    """Add the action's key to the action's own transaction (called just before the
+    endpoint's commit: the key exists exactly when the change does). The answer is filled in
+    after that commit, in the same transaction (status 0 is never committed)."""
     idempotency.remember(
         session,
         kw["caller"],
@@ -375,21 +470,34 @@ def _remember_applied(session, **kw: Any) -> None:  # type: ignore[no-untyped-de
         hash_=kw["body_hash"],
         method=kw["method"],
         path=kw["path"],
-        status_code=0,  # applied; the answer is filled in just after
-        response="",
-        resource_id=None,
+        status_code=status_code,
+        response=response,
+        resource_id=resource_id,
         now=kw["now"],
         keep_days=kw["keep_days"],
     )
 
 
-def _failed(key: str, status: int, message: str) -> dict[str, Any]:
+def _failed(
+    key: str, status: int, message: str, errors: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "key": key,
         "status": status,
         "id": None,
-        "error": {"code": status, "message": message},
+        "error": error_body(status, message, errors),
         "replayed": False,
+    }
+
+
+def _replayed(key: str, found: idempotency.Stored) -> dict[str, Any]:
+    return {
+        "key": key,
+        # 0: kept by a version that filled the answer in after the commit, and lost it
+        "status": found.status_code or 200,
+        "id": found.resource_id,
+        "error": None,
+        "replayed": True,
     }
 
 
@@ -405,51 +513,6 @@ def _result(key: str, response: Response) -> dict[str, Any]:
         "status": response.status_code,
         "id": ident if isinstance(ident, int) else None,
         "error": None if ok else body,
-        "replayed": False,
+        # the endpoint's own key found it done before (case.create: the action's key)
+        "replayed": response.headers.get("Idempotent-Replayed") == "true",
     }
-
-
-def _stored(st, caller: str, key: str, body_hash: str) -> dict[str, Any] | None:  # type: ignore[no-untyped-def]
-    token = sqlite_write_intent.set(False)
-    try:
-        with st.sessions() as session:
-            try:
-                found = idempotency.find(session, caller, [key], body_hash)
-            except Unprocessable:  # the key was used for another action
-                return _failed(key, 422, "This key was used for another action.")
-    finally:
-        sqlite_write_intent.reset(token)
-    if found is None:
-        return None
-    answer = orjson.loads(found.response) if found.response else {}
-    return {
-        "status": found.status_code or answer.get("status", 200),
-        "id": answer.get("id", found.resource_id),
-        "error": None,
-        "replayed": True,
-    }
-
-
-def _record_answer(st, caller: str, key: str, result: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
-    """Fill in the answer of an applied action (best effort: the key row itself committed
-    with the change, so a crash here costs only the id in a replayed answer)."""
-    from sqlalchemy import update
-
-    from ..models import IdempotencyKey
-
-    token = sqlite_write_intent.set(True)
-    try:
-        with st.sessions.begin() as session:
-            session.execute(
-                update(IdempotencyKey)
-                .where(IdempotencyKey.caller == caller, IdempotencyKey.key == key)
-                .values(
-                    status_code=result["status"],
-                    response=orjson.dumps(
-                        {"status": result["status"], "id": result["id"]}
-                    ).decode(),
-                    resource_id=result["id"],
-                )
-            )
-    finally:
-        sqlite_write_intent.reset(token)

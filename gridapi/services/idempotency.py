@@ -5,8 +5,9 @@ phone's own ``client_id``). Keys are scoped to the caller. The flow, inside the 
 transaction:
 
 1. ``claim``: on PostgreSQL take a transaction-level advisory lock per key without waiting;
-   a key whose lock is held belongs to a request still in flight → 409 (retry later). On
-   SQLite the write transaction (BEGIN IMMEDIATE) already serialises writers.
+   a key whose lock is held belongs to a request still in flight → 409 (retry later). (The
+   sync batch waits for the lock instead, then finds the first answer.) On SQLite the write
+   transaction (BEGIN IMMEDIATE) already serialises writers.
 2. ``find``: a stored answer for any of the keys is returned for replay, if the request
    is the same (same hash); the same key with a different request → 422.
 3. the work, then ``remember`` writes the key rows, and the request commits once: the key
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from ..errors import Conflict, Unprocessable
@@ -71,9 +72,16 @@ def lock_id(caller: str, key: str) -> int:
     return struct.unpack(">q", digest[:8])[0]
 
 
-def claim(session: Session, caller: str, keys: list[str]) -> None:
-    """Take the keys for this transaction; 409 when a request with one is in flight."""
+def claim(session: Session, caller: str, keys: list[str], *, wait: bool = False) -> None:
+    """Take the keys for this transaction; 409 when a request with one is in flight, or,
+    with ``wait``, wait until it ends (bounded by the statement timeout)."""
     if not keys or session.get_bind().dialect.name != "postgresql":
+        return
+    if wait:
+        # In one order, whatever order the keys come in: two waiters never hold one each.
+        locks = sorted({lock_id(caller, key) for key in keys})
+        waits = ", ".join(f"pg_advisory_xact_lock(:k{i})" for i in range(len(locks)))
+        session.execute(text(f"SELECT {waits}"), {f"k{i}": lock for i, lock in enumerate(locks)})
         return
     params = {f"k{i}": lock_id(caller, key) for i, key in enumerate(keys)}
     expr = " AND ".join(f"pg_try_advisory_xact_lock(:k{i})" for i in range(len(keys)))
@@ -134,6 +142,18 @@ def choose(rows: list[Found], hash_: str) -> Stored | None:
     return None
 
 
+def resource_ids(session: Session, caller: str, keys: list[str]) -> dict[str, int | None]:
+    """Return the id stored with each of the keys that is kept (None: it created nothing)."""
+    if not keys:
+        return {}
+    rows = session.execute(
+        select(IdempotencyKey.key, IdempotencyKey.resource_id).where(
+            IdempotencyKey.caller == caller, IdempotencyKey.key.in_(keys)
+        )
+    ).all()
+    return {key: resource_id for key, resource_id in rows}
+
+
 def remember(
     session: Session,
     caller: str,
@@ -170,6 +190,25 @@ def remember(
             for key in keys
         ],
     )
+
+
+def fill_in(
+    session: Session,
+    caller: str,
+    key: str,
+    *,
+    status_code: int,
+    response: str,
+    resource_id: int | None,
+) -> bool:
+    """Store the answer under a key remembered earlier in the same transaction; return
+    whether there was such a key."""
+    result = session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.caller == caller, IdempotencyKey.key == key)
+        .values(status_code=status_code, response=response, resource_id=resource_id)
+    )
+    return bool(result.rowcount)
 
 
 def purge(session: Session, now: datetime) -> int:

@@ -16,6 +16,7 @@ from sqlalchemy import text
 from gridapi.personal import check_digit
 
 from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP
+from .test_case_workflow import race
 
 A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
 B1 = COMMUNITY_B + "001"
@@ -283,6 +284,11 @@ def batch(client: Any, actions: list[dict]) -> list[dict]:
     return ok(client.post("/api/v1/sync/batch", json={"actions": actions}))["results"]
 
 
+def sending(actions: list[dict]) -> Any:
+    """Return what sends a batch of ``actions`` from a client (for ``race``)."""
+    return lambda c: c.post("/api/v1/sync/batch", json={"actions": actions})
+
+
 def test_a_batch_applies_each_action_once_in_order_and_failures_stay_alone(client, worker, engine):
     home = household(client, A1)
     actions = [
@@ -527,6 +533,240 @@ def test_a_simulated_phone_queue_of_200_actions_lands_exactly_once(
     assert supervised == 10
     assert [tuple(p) for p in patrols] == [("ended", 40)] and points == 40
     assert [tuple(d) for d in done] == [("completed", 8)]
+
+
+def offline_report(key: str, col: int = 0) -> dict:
+    payload = {
+        "category": "0101",
+        "description": "离线上报",
+        "location": {"type": "Point", "coordinates": center(col)},
+    }
+    return {"key": key, "type": "case.create", "payload": payload}
+
+
+def test_one_batch_sent_from_six_threads_at_once_answers_the_first_id_to_all(
+    worker, accounts, engine
+):
+    """A phone that resends while its first send is still running (a time-out, two radios):
+    one case per key, and every answer is that case's 201 and id (replayed but once)."""
+    phones = [accounts.client("worker1") for _ in range(6)]
+    ids = []
+    for n in range(15):
+        action = offline_report(f"storm-{n}")
+        answers = race(phones, sending([action]))
+        results = [ok(a)["results"][0] for a in answers]
+        first = [r for r in results if not r["replayed"]]
+        assert len(first) == 1, results
+        ids.append(first[0]["id"])
+        assert isinstance(ids[-1], int), results
+        expected = {"key": action["key"], "status": 201, "id": ids[-1], "error": None}
+        assert [{k: r[k] for k in expected} for r in results] == [expected] * 6, results
+    with engine.connect() as conn:
+        cases = conn.execute(text("SELECT id FROM cases ORDER BY id")).scalars().all()
+        stored = conn.execute(
+            text(
+                "SELECT key, status_code, resource_id FROM idempotency_keys "
+                "WHERE key LIKE 'batch:%' ORDER BY id"
+            )
+        ).all()
+    assert cases == ids
+    assert [tuple(s) for s in stored] == [(f"batch:storm-{n}", 201, i) for n, i in enumerate(ids)]
+
+
+def test_a_mixed_batch_sent_from_six_threads_at_once_is_applied_once(
+    client, worker, accounts, engine
+):
+    """Patrols, their points (by reference) and visits: actions with no key of their own at
+    the endpoint wait for the first send too, instead of failing on its key or its patrol."""
+    from datetime import UTC, datetime, timedelta
+
+    home = household(client, A1)
+    phones = [accounts.client("worker1") for _ in range(6)]
+    for n in range(5):
+        start = datetime.now(UTC) - timedelta(hours=6 - n)
+        track = [
+            {"t": (start + timedelta(minutes=m)).isoformat(), "lon": center(0)[0], "lat": LAT0}
+            for m in range(1, 4)
+        ]
+        ended_at = (start + timedelta(minutes=30)).isoformat()
+        actions = [
+            {"key": f"p{n}", "type": "patrol.start", "payload": {"started_at": start.isoformat()}},
+            {
+                "key": f"p{n}-points",
+                "type": "patrol.points",
+                "payload": {"patrol_id": f"ref:p{n}", "points": track},
+            },
+            {
+                "key": f"p{n}-end",
+                "type": "patrol.end",
+                "payload": {"patrol_id": f"ref:p{n}", "ended_at": ended_at},
+            },
+            {
+                "key": f"v{n}",
+                "type": "visit.create",
+                "payload": {"household_id": home["id"], "findings": f"走访{n}"},
+            },
+        ]
+        answers = race(phones, sending(actions))
+        sends = [ok(a)["results"] for a in answers]
+        for i, action in enumerate(actions):
+            results = [send[i] for send in sends]
+            assert sorted(r["replayed"] for r in results) == [False] + [True] * 5, results
+            first = next(r for r in results if not r["replayed"])
+            assert 200 <= first["status"] < 300, first
+            for r in results:
+                assert (r["key"], r["status"], r["id"], r["error"]) == (
+                    action["key"],
+                    first["status"],
+                    first["id"],
+                    None,
+                ), results
+    with engine.connect() as conn:
+        patrols = conn.execute(text("SELECT status, point_count FROM patrols")).all()
+        visits = conn.execute(text("SELECT count(*) FROM visits")).scalar()
+    assert [tuple(p) for p in patrols] == [("ended", 3)] * 5
+    assert visits == 5
+
+
+def close(office: Any, worker: Any, case_id: int, worker_id: int) -> None:
+    """Take a reported case to closed: the office dispatches it, the worker handles it."""
+    for action in ("accept", "file"):
+        step(office, case_id, action)
+    step(office, case_id, "dispatch", assignee_id=worker_id)
+    step(worker, case_id, "sign")
+    step(worker, case_id, "feedback", comment="已处理")
+    step(office, case_id, "verify_pass")
+    step(office, case_id, "close")
+
+
+def test_a_reference_reaches_an_action_of_an_earlier_batch(client, worker, accounts):
+    """A phone resends only the failed tail of its queue: a rating of a case it reported
+    offline, refused while the case was open, is sent alone once the case is closed."""
+    first = batch(
+        worker,
+        [
+            offline_report("report"),
+            {
+                "key": "rate",
+                "type": "case.rating",
+                "payload": {"case_id": "ref:report", "score": 5},
+            },
+        ],
+    )
+    assert [r["status"] for r in first] == [201, 409], first
+    case_id = first[0]["id"]
+    close(client, worker, case_id, accounts.ids["worker1"])
+    tail = [
+        {"key": "rate", "type": "case.rating", "payload": {"case_id": "ref:report", "score": 5}}
+    ]
+    rated = batch(worker, tail)
+    assert rated == [
+        {"key": "rate", "status": 200, "id": case_id, "error": None, "replayed": False}
+    ]
+    assert batch(worker, tail)[0] == {**rated[0], "replayed": True}
+    assert ok(client.get(f"/api/v1/cases/{case_id}"))["satisfaction"]["score"] == 5
+
+
+def test_a_reference_to_a_later_action_resolves_once_that_action_was_applied(worker, engine):
+    """References follow what was applied, not where an action sits in the batch: a batch
+    whose points come before their patrol refuses the points the first time (the patrol is
+    not there yet) and applies them when the batch is sent again; sent once more, in any
+    order, everything is a replay with the same ids."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.now(UTC) - timedelta(hours=1)
+    points = {
+        "key": "points",
+        "type": "patrol.points",
+        "payload": {
+            "patrol_id": "ref:patrol",
+            "points": [{"t": (start + timedelta(minutes=1)).isoformat(), "lon": LON0, "lat": LAT0}],
+        },
+    }
+    patrol = {"key": "patrol", "type": "patrol.start", "payload": {"started_at": start.isoformat()}}
+    first = batch(worker, [points, patrol])
+    assert [r["status"] for r in first] == [422, 201], first
+    assert first[0]["error"]["errors"] == {
+        "json": {
+            "payload": {"patrol_id": ["the action 'patrol' is not before this one in the batch"]}
+        }
+    }
+    second = batch(worker, [points, patrol])
+    assert second[0]["status"] == 200 and not second[0]["replayed"], second
+    assert second[1] == {**first[1], "replayed": True}
+    third = batch(worker, [patrol, points])
+    assert [r["replayed"] for r in third] == [True, True]
+    assert [(r["status"], r["id"]) for r in third] == [
+        (first[1]["status"], first[1]["id"]),
+        (second[0]["status"], second[0]["id"]),
+    ]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT point_count FROM patrols")).scalars().all() == [1]
+
+
+def test_every_error_in_the_results_has_the_one_error_shape(client, worker):
+    """The batch's own refusals (a key reused, a reference with no id, a path parameter
+    missing) look like every other error of the API, and name the field of the action."""
+    home = household(client, A1)
+    visit = {"key": "visit", "type": "visit.create", "payload": {"household_id": home["id"]}}
+    beat = {
+        "key": "beat",
+        "type": "presence.heartbeat",
+        "payload": {"location": {"type": "Point", "coordinates": center(0)}},
+    }
+    assert [r["status"] for r in batch(worker, [visit, beat])] == [201, 200]
+    results = batch(
+        worker,
+        [
+            {**visit, "payload": {"household_id": home["id"], "findings": "变了"}},
+            {"key": "points", "type": "patrol.points", "payload": {"patrol_id": "ref:nothing"}},
+            {"key": "points-2", "type": "patrol.points", "payload": {"patrol_id": "ref:points"}},
+            {"key": "end", "type": "patrol.end", "payload": {"patrol_id": "ref:beat"}},
+            {"key": "sign", "type": "case.transition", "payload": {"action": "sign"}},
+            {"key": "bad", "type": "visit.create", "payload": {"household_id": "x"}},
+        ],
+    )
+    shape = {"code", "status", "message", "errors"}
+    assert [(r["status"], set(r["error"])) for r in results] == [(422, shape)] * 6, results
+    assert {(r["error"]["code"], r["error"]["status"]) for r in results} == {
+        (422, "Unprocessable Entity")
+    }
+    assert [r["error"]["errors"] for r in results[:5]] == [
+        {"json": {"key": ["reused"]}},
+        {"json": {"payload": {"patrol_id": ["no action 'nothing' was applied"]}}},
+        {
+            "json": {
+                "payload": {
+                    "patrol_id": ["the action 'points' of this batch failed or created nothing"]
+                }
+            }
+        },
+        {"json": {"payload": {"patrol_id": ["the action 'beat' created nothing"]}}},
+        {"json": {"payload": {"case_id": ["Missing data for required field."]}}},
+    ]
+    assert results[1]["error"]["message"] == "patrol_id: no action 'nothing' was applied"
+    assert results[5]["error"]["errors"]["json"]["household_id"]  # the endpoint's own
+
+
+def test_a_report_sent_online_first_is_a_replay_in_the_batch(client, worker, accounts, engine):
+    """The phone tried to report online (Idempotency-Key), heard nothing and queued the
+    report with the same key: the batch answers the case reported then, replayed, and a
+    later batch may refer to it."""
+    action = offline_report("online-then-offline")
+    online = worker.post(
+        "/api/v1/cases", json=action["payload"], headers={"Idempotency-Key": action["key"]}
+    )
+    assert online.status_code == 201
+    case_id = online.get_json()["id"]
+    replayed = {"key": action["key"], "status": 201, "id": case_id, "error": None, "replayed": True}
+    assert batch(worker, [action]) == [replayed]
+    assert batch(worker, [action]) == [replayed]
+    close(client, worker, case_id, accounts.ids["worker1"])
+    rating = {"case_id": f"ref:{action['key']}", "score": 4}
+    rated = batch(worker, [{"key": "rate", "type": "case.rating", "payload": rating}])
+    assert (rated[0]["status"], rated[0]["id"]) == (200, case_id), rated
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 1
 
 
 def test_the_worker_prunes_old_tombstones_but_keeps_live_rows(client, worker, app, engine):
