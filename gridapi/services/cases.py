@@ -1165,10 +1165,21 @@ def _duplicate(ctx: TransitionContext, c: Case) -> str:
         raise Unprocessable(
             "Unknown case.", errors={"json": {"duplicate_of": [f"no case {other_id}"]}}
         ) from None
+    if other.duplicate_of_id == c.id:
+        raise Unprocessable(
+            "That case is a duplicate of this one.",
+            errors={"json": {"duplicate_of": [f"case {other.id} is a duplicate of this case"]}},
+        )
     if other.duplicate_of_id is not None:
         raise Unprocessable(
             "That case is itself a duplicate.",
             errors={"json": {"duplicate_of": [f"use case {other.duplicate_of_id}"]}},
+        )
+    if other.status in ("rejected", "cancelled"):
+        # Nobody follows it up: the report would be closed on a case that is not handled.
+        raise Unprocessable(
+            f"That case is {other.status}.",
+            errors={"json": {"duplicate_of": [f"case {other.id} is {other.status}"]}},
         )
     c.duplicate_of_id = other.id
     ctx.event_data["duplicate_of"] = other.id

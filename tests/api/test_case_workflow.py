@@ -663,6 +663,19 @@ def test_a_duplicate_is_cancelled_and_linked_both_ways(desk):
     chained = d.post(d.office, third, "duplicate", duplicate_of=copy["id"])
     assert chained.status_code == 422
     assert chained.get_json()["errors"]["json"]["duplicate_of"] == [f"use case {original}"]
+    # The original back onto its duplicate: told so (it said "use case <original>", itself).
+    back = d.post(d.office, original, "duplicate", duplicate_of=copy["id"])
+    assert back.status_code == 422
+    assert back.get_json()["errors"]["json"]["duplicate_of"] == [
+        f"case {copy['id']} is a duplicate of this case"
+    ]
+    # A rejected or cancelled case is followed up by nobody: not an original.
+    rejected = d.report()["id"]
+    d.act(d.office, rejected, "reject", comment="无效信息")
+    onto = d.post(d.office, third, "duplicate", duplicate_of=rejected)
+    assert onto.status_code == 422
+    assert onto.get_json()["errors"]["json"]["duplicate_of"] == [f"case {rejected} is rejected"]
+    assert d.get(third)["status"] == "reported"
 
 
 @pytest.mark.parametrize("action,start", [("cancel", "filed"), ("reject", "accepted")])
