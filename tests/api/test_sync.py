@@ -79,10 +79,11 @@ class Phone:
         self.references: dict[str, Any] = {}
         self.pages = 0
 
-    def pull(self) -> list[dict]:
-        """Sync until nothing more; return every change received."""
+    def pull(self, patience: float = 20) -> list[dict]:
+        """Sync until nothing more (waiting up to ``patience`` seconds while the answer says
+        changes are pending); return every change received."""
         received = []
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + patience
         while True:
             query: dict[str, Any] = {}
             if self.cursor:
@@ -235,7 +236,10 @@ def test_a_late_commit_is_not_skipped(client, worker, engine):
         {"r": COMMUNITY_A, "g": A1},
     )
     fast = household(client, A1)
-    early = {c["id"] for c in phone.pull()}
+    # Pending for as long as the slow transaction is open: a short wait. The horizon is the
+    # whole cluster's, so a long one held back every PostgreSQL sync test running beside
+    # this one (in another xdist worker) until their own patience ran out.
+    early = {c["id"] for c in phone.pull(patience=0.5)}
     tx.commit()
     slow.close()
     late = {c["id"] for c in phone.pull()}
