@@ -300,7 +300,26 @@ def active_category(session: Session, code: str) -> Category:
             "Unknown category.",
             errors={"json": {"category": [f"no active category {code}"]}},
         )
+    if category.parent_code is None:
+        refuse_a_class(category, session.execute(text(SUBCLASS_SQL), {"c": code}).first())
     return category
+
+
+# Whether a class has an active subclass (asked only when a report names a class).
+SUBCLASS_SQL = "SELECT 1 FROM categories WHERE parent_code = :c AND is_active LIMIT 1"
+
+
+def refuse_a_class(category: Any, subclass: Any) -> None:
+    """A report names a subclass (0101 暴露垃圾), not its class (01 市容环境): the limits,
+    handler and attributes are the subclass's. A class without active subclasses is
+    reported as itself (as Open311 lists it)."""
+    if subclass is not None:
+        raise Unprocessable(
+            "Report a subclass of the category.",
+            errors={
+                "json": {"category": [f"{category.code} is a class: name one of its subclasses"]}
+            },
+        )
 
 
 @dataclass(frozen=True)

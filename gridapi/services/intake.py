@@ -471,6 +471,9 @@ class _TwoStatements:
                 "Unknown category.",
                 errors={"json": {"category": [f"no active category {code}"]}},
             )
+        if category.parent_code is None:  # a class: only when it has no subclasses
+            sql = svc.SUBCLASS_SQL.replace(":c", "%(c)s")
+            svc.refuse_a_class(category, self.execute(sql, {"c": code}).fetchone())
         if unplaced is not None:
             raise unplaced
         assert located is not None

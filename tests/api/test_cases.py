@@ -308,6 +308,22 @@ def test_the_duplicate_search_reads_open_cases_only(client, world, app):
     assert "ix_cases_open_duplicates" in plan, plan
 
 
+def test_a_report_names_a_subclass_not_its_class(client, world, session):
+    """Class 01 (市容环境) was accepted for a report, with limits and handler of no subclass;
+    a class without subclasses is still reported as itself (Open311 lists it so)."""
+    r = client.post("/api/v1/cases", json=report_body(*center(0), category="01"))
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"]["json"]["category"] == [
+        "01 is a class: name one of its subclasses"
+    ]
+    assert session.execute(text("SELECT count(*) FROM cases")).scalar() == 0
+    made = client.post("/api/v1/categories", json={"code": "97", "name": "其他事项"})
+    assert made.status_code == 201, made.get_json()
+    alone = client.post("/api/v1/cases", json=report_body(*center(0), category="97"))
+    assert alone.status_code == 201, alone.get_json()
+    assert alone.get_json()["category"]["code"] == "97"
+
+
 def test_text_search_finds_the_text_as_written(client, world):
     """`q` is text to find: % and _ matched every case, and a backslash none."""
     texts = ["进度100%完成", "a_b下划线", "反斜杠\\测试", "普通描述 ABC"]
