@@ -468,6 +468,52 @@ def _matches(sub: WebhookSubscription, event: WebhookEvent) -> bool:
     return True
 
 
+def _sensitive_filter(session: Session, events: list[WebhookEvent]) -> Any:
+    """Return ``hears(sub, event)``: whether the subscription's owner may read the event's
+    case. A case of a sensitive category is read only by the offices over the unit holding
+    it, its handler and its reporter (``services.cases.may_see``): its events, small as they
+    are, tell where and when such a case is, and go to no one else. Other events pass."""
+    from ..models import ApiClient, Case, User
+    from . import cases as case_rules
+    from .identity import principal_of_client, user_principal
+
+    case_ids = {e.case_id for e in events if e.case_id is not None}
+    sensitive = (
+        {
+            c.id: c
+            for c in session.scalars(
+                select(Case).where(Case.id.in_(case_ids), Case.sensitive.is_(True))
+            )
+        }
+        if case_ids
+        else {}
+    )
+    readers: dict[int, Any] = {}
+
+    def reader(sub: WebhookSubscription) -> Any:
+        if sub.id not in readers:
+            principal = None
+            if sub.owner_client_id is not None:
+                client = session.get(ApiClient, sub.owner_client_id)
+                if client is not None and client.revoked_at is None:
+                    principal = principal_of_client(client)
+            elif sub.owner_user_id is not None:
+                user = session.get(User, sub.owner_user_id)
+                if user is not None:
+                    principal = user_principal(session, user.id, user.token_version)
+            readers[sub.id] = principal and case_rules.caller_of(session, principal)
+        return readers[sub.id]
+
+    def hears(sub: WebhookSubscription, event: WebhookEvent) -> bool:
+        case = sensitive.get(event.case_id) if event.case_id is not None else None
+        if case is None:
+            return True
+        caller = reader(sub)
+        return caller is not None and case_rules.may_see(caller, case)
+
+    return hears
+
+
 def _insert_ignore(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -496,6 +542,7 @@ def fan_out(session: Session, now: datetime, *, limit: int = FAN_OUT_BATCH) -> i
     if not events:
         return 0
     subs = list(session.scalars(select(WebhookSubscription).where(WebhookSubscription.active)))
+    hears = _sensitive_filter(session, events)
     rows = [
         {
             "county_code": event.county_code,
@@ -509,7 +556,7 @@ def fan_out(session: Session, now: datetime, *, limit: int = FAN_OUT_BATCH) -> i
         }
         for event in events
         for sub in subs
-        if _matches(sub, event)
+        if _matches(sub, event) and hears(sub, event)
     ]
     _insert_ignore(session, rows)
     session.execute(

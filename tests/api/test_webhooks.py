@@ -283,6 +283,36 @@ def test_an_app_subscribes_inside_its_area_and_gets_only_its_events(app, client,
     assert [d["case_id"] for d in deliveries(hotline, mine["id"])] == [in_a]
 
 
+def test_events_of_a_sensitive_case_go_only_to_those_who_may_read_it(app, client, world, receiver):
+    """A family dispute (5103, sensitive) in community A: an app of that community hears
+    of it only if it reported it (an admin's subscription does: it may read every case).
+    Its events told every app of the area where and when such a case was."""
+    made = ok(
+        client.post(
+            "/api/v1/clients",
+            json={
+                "name": "12345 热线",
+                "scopes": ["webhooks:manage", "cases:read", "cases:write"],
+                "scope_region": COMMUNITY_A,
+            },
+        ),
+        201,
+    )
+    hotline = app.test_client()
+    hotline.environ_base["HTTP_X_API_KEY"] = made["api_key"]
+    mine = subscribe(hotline, receiver.url, events=["case.created"])
+    admins = subscribe(client, receiver.url, events=["case.created"])
+    theirs, _ = report(client, col=0, category="5103")
+    plain, _ = report(client, col=0)
+    own, _ = report(hotline, col=0, category="5103")
+    deliver(app)
+    assert sorted(d["case_id"] for d in deliveries(hotline, mine["id"])) == sorted([plain, own])
+    assert sorted(d["case_id"] for d in deliveries(client, admins["id"])) == sorted(
+        [theirs, plain, own]
+    )
+    assert hotline.get(f"/api/v1/cases/{theirs}").status_code == 404  # the rule it follows
+
+
 def test_category_filters_by_class_or_category(app, client, world, receiver):
     sub = subscribe(client, receiver.url, events=["case.created"], categories=["05"])
     report(client, col=0, category="0101")
