@@ -64,6 +64,26 @@ class Cursor:
     refs: dict[str, str] = field(default_factory=dict)
     issued: int = 0
 
+    def _check(self) -> None:
+        """Raise ValueError unless every field has the type and range ``encode`` writes: a
+        cursor edited by hand (a number as text, refs null) reached the queries (500)."""
+
+        def count(value: Any) -> bool:
+            return type(value) is int and value >= 0
+
+        if not isinstance(self.actor, str) or self.phase not in ("snap", "log"):
+            raise ValueError("actor or phase")
+        if not all(count(v) for v in (self.txid, self.id, self.last, self.issued)):
+            raise ValueError("positions")
+        if not count(self.entity) or self.entity > len(ENTITIES):
+            raise ValueError("entity")
+        if not isinstance(self.refs, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.refs.items()
+        ):
+            raise ValueError("refs")
+        if self.issued > time.time() + 300:  # issued in the future: not by this server
+            raise ValueError("issued")
+
     def encode(self) -> str:
         raw = orjson.dumps({**asdict(self), "v": 1})
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -73,9 +93,11 @@ class Cursor:
         try:
             raw = base64.urlsafe_b64decode(text_ + "=" * (-len(text_) % 4))
             data = orjson.loads(raw)
-            data.pop("v")
+            if data.pop("v") != 1:
+                raise ValueError("another version")
             cursor = cls(**data)
-        except (binascii.Error, ValueError, TypeError, KeyError):
+            cursor._check()
+        except (binascii.Error, ValueError, TypeError, KeyError, AttributeError):
             raise Unprocessable(
                 "Invalid sync cursor.", errors={"query": {"cursor": ["not a cursor of ours"]}}
             ) from None

@@ -3,6 +3,8 @@ and the batch of offline actions applied exactly once."""
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 import threading
 import time
@@ -208,6 +210,31 @@ def test_a_cursor_belongs_to_its_caller_and_bad_ones_are_refused(worker, account
     assert r.status_code == 422 and r.get_json()["errors"]["query"]["cursor"]
     r = worker.get("/api/v1/sync", query_string={"cursor": "not-a-cursor"})
     assert r.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"refs": None},  # was 500 (AttributeError) on both engines
+        {"txid": "x"},  # was 500 on PostgreSQL (bigint > varchar)
+        {"id": -1},
+        {"entity": 7},
+        {"phase": "zzz"},
+        {"v": 99},
+        {"issued": 4102444800},  # 2100: would dodge the 410 of an expired cursor
+        {"last": True},
+    ],
+)
+def test_a_cursor_edited_by_hand_is_422_not_500(worker, change):
+    phone = Phone(worker)
+    phone.pull()
+    cursor = phone.cursor
+    raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    edited = base64.urlsafe_b64encode(json.dumps({**raw, **change}).encode()).decode()
+    r = worker.get("/api/v1/sync", query_string={"cursor": edited})
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"]["query"]["cursor"] == ["not a cursor of ours"]
+    assert worker.get("/api/v1/sync", query_string={"cursor": cursor}).status_code == 200
 
 
 def test_an_old_cursor_is_gone(app, worker):
