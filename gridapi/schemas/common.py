@@ -73,6 +73,14 @@ def _text(field: fields.Field) -> None:
             leaf.validators = [*leaf.validators, _no_nul]
 
 
+class Stated(fields.String):
+    """Text a person states (a purpose, a reason), stripped before it is validated: four
+    spaces are no purpose, though they pass a length check of four."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        return super()._deserialize(value, attr, data, **kwargs).strip()
+
+
 class StrictSchema(Schema):
     """Base schema: unknown fields are an error, not silently dropped.
 

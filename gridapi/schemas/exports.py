@@ -9,7 +9,7 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 from ..models.exports import EXPORT_JOB_STATUSES
 from ..services.exports import FORMATS, KINDS
 from .cases import CaseQueryArgsSchema
-from .common import StrictSchema
+from .common import Stated, StrictSchema
 from .register import PersonArgsSchema, VisitArgsSchema
 from .tasks import TaskArgsSchema
 
@@ -69,7 +69,7 @@ class PersonExportArgsSchema(PersonArgsSchema):
             "`persons:unmask` and a `purpose`; audited and rate-limited.",
         },
     )
-    purpose = fields.String(
+    purpose = Stated(
         validate=validate.Length(min=4, max=200),
         metadata={
             "description": "Why the full values are needed (kept in the audit log).",
@@ -143,7 +143,7 @@ class ExportJobCreateSchema(StrictSchema):
             "example": False,
         },
     )
-    purpose = fields.String(
+    purpose = Stated(
         validate=validate.Length(min=4, max=200),
         metadata={
             "description": "Why the full values are needed.",

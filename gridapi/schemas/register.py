@@ -17,7 +17,7 @@ from ..models.register import (
     SPECIAL_GROUP_TYPES,
 )
 from .cases import CaseCreateSchema
-from .common import PointSchema, StrictSchema
+from .common import PointSchema, Stated, StrictSchema
 from .locate import CRS_FIELD_DOC
 
 GRID = validate.Regexp(r"^[0-9]{15}\Z", error="a 15-digit grid code")
@@ -252,7 +252,7 @@ class PersonArgsSchema(AreaArgs):
 
 
 class PurposeArgsSchema(StrictSchema):
-    purpose = fields.String(
+    purpose = Stated(
         required=True,
         validate=validate.Length(min=4, max=200),
         metadata={
@@ -275,7 +275,7 @@ class SensitivePersonSchema(StrictSchema):
 
 
 class EraseArgsSchema(StrictSchema):
-    reason = fields.String(
+    reason = Stated(
         required=True,
         validate=validate.Length(min=4, max=200),
         metadata={"description": "Why (moved away, deceased, request to delete); audited."},

@@ -268,6 +268,11 @@ def test_full_values_need_the_permission_and_a_purpose_and_are_audited_first(
     officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
     r = officer.get(f"/api/v1/persons/{person['id']}/sensitive")
     assert r.status_code == 422 and "purpose" in r.get_json()["errors"]["query"]
+    # four spaces are no purpose (they passed the length check and were audited as one)
+    blank = officer.get(f"/api/v1/persons/{person['id']}/sensitive?purpose=%20%20%20%20")
+    assert blank.status_code == 422 and "purpose" in blank.get_json()["errors"]["query"]
+    padded = client.get(f"/api/v1/persons/{person['id']}/export?purpose=%20%20核实%20%20")
+    assert padded.status_code == 422
     body = created(officer.get(f"/api/v1/persons/{person['id']}/sensitive?{PURPOSE}"), 200)
     assert body["name"] == "张三"
     assert (body["id_number"], body["phone"]) == (make_id(), "13812345678")
