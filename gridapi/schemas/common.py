@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
@@ -73,6 +74,42 @@ def _text(field: fields.Field) -> None:
             leaf.validators = [*leaf.validators, _no_nul]
 
 
+FIRST_YEAR, LAST_YEAR = 1900, 2100
+
+
+def instant_problem(value: datetime) -> str | None:
+    """Return why a date and time cannot be stored or compared (years 1900-2100 in UTC), or
+    None. 0001-01-01T00:00+14:00 lies before the first instant Python holds in UTC: its
+    conversion raised OverflowError when a query bound it (500)."""
+    try:
+        utc = value.astimezone(UTC) if value.tzinfo else value
+    except OverflowError:
+        utc = None
+    if utc is None or not FIRST_YEAR <= utc.year <= LAST_YEAR:
+        return f"Must lie between the years {FIRST_YEAR} and {LAST_YEAR}."
+    return None
+
+
+def _storable(value: Any) -> None:
+    if isinstance(value, datetime):
+        problem = instant_problem(value)
+    elif isinstance(value, date) and not FIRST_YEAR <= value.year <= LAST_YEAR:
+        problem = f"Must lie between the years {FIRST_YEAR} and {LAST_YEAR}."
+    else:
+        problem = None
+    if problem:
+        raise ValidationError(problem)
+
+
+def _dated(field: fields.Field) -> None:
+    """Keep every date, and date and time (and those in lists), inside the years both
+    engines and Python's UTC arithmetic hold: a 422 naming the field, not an OverflowError
+    (indicators from 0001-01-01 answered "A number is too large." naming nothing)."""
+    for leaf in _leaves(field, keys=False):
+        if isinstance(leaf, (fields.DateTime, fields.Date)):
+            leaf.validators = [*leaf.validators, _storable]
+
+
 class Stated(fields.String):
     """Text a person states (a purpose, a reason), stripped before it is validated: four
     spaces are no purpose, though they pass a length check of four."""
@@ -98,6 +135,7 @@ class StrictSchema(Schema):
         super().on_bind_field(field_name, field_obj)
         _bounded(field_obj)
         _text(field_obj)
+        _dated(field_obj)
         if not self.TEXT_VALUES and "Args" not in type(self).__name__:
             _strict_json(field_obj)
 

@@ -22,6 +22,7 @@ from ..geo.crs import SUPPORTED_CRS
 from ..models import Case, Category, Department
 from ..models.cases import TERMINAL
 from ..personal import InvalidValue, mask_phone, parse_phone
+from ..schemas.common import instant_problem
 from .cases import STATUS_NAMES, Caller, region_names, visible_condition
 
 # Open311 knows two states; the detailed state travels in status_notes and detailed_status.
@@ -297,7 +298,10 @@ def parse_datetime(name: str, value: str | None, tz: tzinfo) -> datetime | None:
         )
     except ValueError:
         raise BadRequest(f"{name} must be a W3C datetime, e.g. 2026-11-28T09:30:00+08:00") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+    if problem := instant_problem(parsed):
+        raise BadRequest(f"{name}: {problem}")
+    return parsed
 
 
 def _int(name: str, value: str | None, default: int, low: int, high: int) -> int:

@@ -188,3 +188,20 @@ def test_a_query_parameter_given_twice_is_422_not_half_read(client, world):
     assert client.get("/api/v1/cases?status=filed,dispatched").status_code == 200
     assert client.get("/api/v1/cases?limit=5&limit=6").status_code == 422
     assert client.get("/api/v1/grids?limit=5&limit=6").status_code == 422
+
+
+@pytest.mark.parametrize(
+    "url,field",
+    [
+        ("/api/v1/cases?from=9999-12-31T23:59:59-12:00", "from"),
+        ("/api/v1/cases?to=0001-01-01T00:00:00%2B14:00", "to"),
+        ("/api/v1/cases?from=1850-01-01T00:00:00%2B08:00", "from"),
+        ("/api/v1/indicators?region=320508000000&from=0001-01-01&to=2026-01-01", "from"),
+    ],
+)
+def test_a_date_outside_what_can_be_stored_is_422_naming_it(client, world, url, field):
+    """0001-01-01T00:00+14:00 lies before the first instant Python holds in UTC: binding it
+    raised OverflowError (500 in lists and Open311; 422 naming nothing elsewhere)."""
+    r = client.get(url)
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"]["query"][field] == ["Must lie between the years 1900 and 2100."]

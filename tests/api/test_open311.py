@@ -327,6 +327,13 @@ def test_requests_filter_page_and_map_states(anon_client, key, client, session):
     assert _numbers(anon_client.get(f"{url}&jurisdiction_id=320505")) == []
     for bad in ("status=pending", "start_date=yesterday", "page=0", "page_size=5000"):
         one_error(anon_client.get(f"{url}&{bad}"), 400)
+    # dates Python cannot take to UTC (or that no column holds) were 500s
+    for name, value in (
+        ("start_date", "9999-12-31T23:59:59-12:00"),
+        ("updated_before", "0001-01-01T00:00:00%2B14:00"),
+        ("end_date", "1850-01-01"),
+    ):
+        assert name in one_error(anon_client.get(f"{url}&{name}={value}"), 400)
 
 
 def test_a_request_carries_the_mapped_fields(anon_client, key, session):
