@@ -807,7 +807,8 @@ def transition(
     if after in TERMINAL or due is None or due >= now:
         case_obj.overdue = False
         case_obj.overdue_since = None
-    elif not case_obj.overdue:  # e.g. rework after the handling deadline: overdue at once
+    else:  # e.g. rework after the handling deadline: overdue at once, against that deadline
+        # (one already overdue against the verification deadline kept that one: wrong stage)
         case_obj.overdue = True
         case_obj.overdue_since = due
     case_obj.updated_at = now

@@ -536,3 +536,25 @@ def test_an_invalid_worker_in_serve_setting_stops_serve_with_a_message():
     result = CliRunner().invoke(main, ["serve"], env={"GRIDAPI_WORKER_IN_SERVE": "sometimes"})
     assert result.exit_code != 0
     assert "auto, on or off" in result.output
+
+
+def test_a_rework_overdue_again_is_overdue_against_the_handling_deadline(client, world, app):
+    """Overdue against verification, sent back for rework after the handling deadline too:
+    overdue_since kept the verification deadline (the stage the case had left)."""
+    case_id, etag = filed(client, 0)
+    etag = act(client, case_id, etag, "feedback", comment="已处理")
+    now = datetime.now(UTC)
+    handle_due, verify_due = now - timedelta(days=2), now - timedelta(days=3)
+    with app.extensions["gridapi"].sessions.begin() as s:
+        s.execute(
+            update(Case)
+            .where(Case.id == case_id)
+            .values(handle_due_at=handle_due, verify_due_at=verify_due)
+        )
+    run(app, now)
+    assert get_case(app, case_id).overdue_since == verify_due
+    etag = client.get(f"/api/v1/cases/{case_id}").headers["ETag"]
+    act(client, case_id, etag, "verify_fail", comment="仍有垃圾")
+    case = get_case(app, case_id)
+    assert case.status == "filed" and case.overdue is True
+    assert case.overdue_since == handle_due
