@@ -17,7 +17,7 @@ from sqlalchemy import text
 from gridapi.personal import check_digit
 from gridapi.services import exports as exports_svc
 
-from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP, TOWNSHIP
+from ..factories import COMMUNITY_A, COMMUNITY_B, COUNTY, LAT0, LON0, STEP, TOWNSHIP
 
 A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
 B1 = COMMUNITY_B + "001"
@@ -286,6 +286,22 @@ def test_unmasking_needs_the_permission_and_a_purpose_and_is_audited(
         "masked": False,
         "purpose": PURPOSE,
     }
+
+
+def test_an_export_without_a_region_is_filed_under_the_exporters_and_the_centre_sees_it(
+    client, residents, accounts, engine
+):
+    """An officer's unmasked export of every resident it may see was audited under no region:
+    only admins read it, never the county centre over that officer."""
+    officer = accounts.client("officer_a", "community_officer", scope_region=COMMUNITY_A)
+    ok(officer.get(f"/api/v1/exports/persons?unmask=true&purpose={PURPOSE}"))
+    (entry,) = audit_rows(engine)
+    assert entry["region"] == COMMUNITY_A
+    county = accounts.client("county_c", "county_centre", scope_region=COUNTY)
+    seen = ok(county.get("/api/v1/audit?action=export.download")).get_json()["items"]
+    assert [(e["actor_type"], e["actor_id"]) for e in seen] == [
+        ("user", f"user:{accounts.ids['officer_a']}")
+    ]
 
 
 def test_a_searched_id_number_is_matched_but_never_written_to_the_audit_log(
