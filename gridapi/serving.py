@@ -158,6 +158,19 @@ def exposure_warning(host: str, settings: Settings) -> str | None:
     )
 
 
+def limits_warning(workers: int, settings: Settings) -> str | None:
+    """Return what several worker processes do to the rate limits when they count in
+    process memory (None with GRIDAPI_REDIS_URL, or one process)."""
+    if workers <= 1 or settings.redis_url:
+        return None
+    return (
+        f"{workers} worker processes and no GRIDAPI_REDIS_URL: each counts the rate limits "
+        "(sign-in failures, exact ID and phone lookups, API clients) on its own, so a user "
+        f"may make up to {workers} times GRIDAPI_PERSON_LOOKUP_RATE lookups. Set "
+        "GRIDAPI_REDIS_URL to share the counts (docs/deploy.md)."
+    )
+
+
 def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
     """Serve until interrupted. Raises SpatialExtensionMissing before starting, ValueError
     for an invalid GRIDAPI_WORKER_IN_SERVE."""
@@ -165,12 +178,13 @@ def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
     engine = make_engine(settings.database_url, spatialite_path=settings.spatialite_path)
     spatial_extension_version(engine)
     engine.dispose()
-    warning = exposure_warning(host, settings)
-    if warning:
-        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    workers = workers or default_workers(settings)
+    for warning in (exposure_warning(host, settings), limits_warning(workers, settings)):
+        if warning:
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     options = {
         "bind": f"{host}:{port}",
-        "workers": workers or default_workers(settings),
+        "workers": workers,
         "worker_class": "sync",
         "timeout": 120,
         "graceful_timeout": 20,

@@ -145,6 +145,22 @@ def test_serving_beyond_this_machine_without_a_proxy_is_warned(host, hops, warne
         assert host in warning and "docs/deploy.md" in warning
 
 
+@pytest.mark.parametrize(
+    "workers,redis,warned",
+    [(1, "", False), (3, "", True), (3, "redis://127.0.0.1:6379/0", False)],
+)
+def test_several_workers_counting_limits_on_their_own_are_warned(workers, redis, warned):
+    """Without Redis each worker process counts the per-user lookup limit on its own: five
+    workers allowed 300 exact lookups an hour where 60 were configured (probed)."""
+    from gridapi.config import Settings
+    from gridapi.serving import limits_warning
+
+    warning = limits_warning(workers, Settings(redis_url=redis))
+    assert (warning is not None) == warned
+    if warned:
+        assert f"{workers} times GRIDAPI_PERSON_LOOKUP_RATE" in warning
+
+
 def test_spatialite_loaded_before_shapely_does_not_break_shapely(tmp_path: Path):
     """SQLite loads mod_spatialite with RTLD_GLOBAL; shapely must still use its own GEOS."""
     script = f"""
