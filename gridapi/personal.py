@@ -16,6 +16,7 @@ from .codes import PROVINCE_CODES
 # counties have since been renamed, merged or abolished, so a check against today's county
 # list would reject real people.
 PROVINCE_PREFIXES = PROVINCE_CODES | {"83"}
+RESIDENCE_PERMIT_PREFIXES = frozenset({"81", "82", "83"})
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK = "10X98765432"
 _ID_SHAPE = re.compile(r"[0-9]{17}[0-9X]")
@@ -52,7 +53,10 @@ def parse_id_number(raw: str, today: date | None = None) -> IdNumber:
         raise InvalidValue("must be 18 characters")
     if not _ID_SHAPE.fullmatch(value):
         raise InvalidValue("must be 17 digits followed by a digit or X")
-    if value[:2] not in PROVINCE_PREFIXES or value[2:6] == "0000":
+    # Residence permits of Hong Kong, Macao and Taiwan residents (港澳台居民居住证) carry
+    # 810000, 820000 and 830000: a province with no county, unlike every mainland number.
+    permit = value[:2] in RESIDENCE_PERMIT_PREFIXES and value[2:6] == "0000"
+    if value[:2] not in PROVINCE_PREFIXES or (value[2:6] == "0000" and not permit):
         raise InvalidValue("does not start with a known region code")
     try:
         born = date(int(value[6:10]), int(value[10:12]), int(value[12:14]))

@@ -118,9 +118,19 @@ def test_non_digits_are_rejected(value):
     assert reason(value) == "must be 17 digits followed by a digit or X"
 
 
-@pytest.mark.parametrize("prefix", ["990508", "000508", "100508", "910508", "320000"])
+@pytest.mark.parametrize(
+    "prefix", ["990508", "000508", "100508", "910508", "320000", "710000", "840000"]
+)
 def test_unknown_region_is_rejected(prefix):
     assert reason(make_id(prefix=prefix)) == "does not start with a known region code"
+
+
+@pytest.mark.parametrize("prefix", ["810000", "820000", "830000"])
+def test_residence_permits_of_hong_kong_macao_and_taiwan_residents_are_taken(prefix):
+    """港澳台居民居住证 numbers carry 810000, 820000, 830000: they were refused as having no
+    county, and their holders are real residents of a register (流动人口)."""
+    parsed = parse_id_number(make_id(prefix=prefix))
+    assert parsed.value.startswith(prefix) and parsed.birth_date.year == 1990
 
 
 @given(st.integers(min_value=1900, max_value=2023).filter(lambda y: y % 4 != 0 or y == 1900))
