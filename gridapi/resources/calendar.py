@@ -87,7 +87,8 @@ class CalendarDay(MethodView):
         Creates or replaces the exception for the day given in the path (`YYYY-MM-DD`): `kind` is
         `holiday` or `workday` (only a Saturday or Sunday can be a workday in exchange; a weekday is
         a 422), with an optional `name` such as 春节. Setting the same values again changes nothing.
-        Deadlines computed after the change use it at once. Needs `calendar:write`; writes an audit
+        Deadlines computed after the change use it: at once in the process that made it, within
+        GRIDAPI_CALENDAR_CACHE_SECONDS (10 s) in the others. Needs `calendar:write`; writes an audit
         row `calendar.set`.
         """
         row = svc.set_day(db_session(), _day(day), data["kind"], data["name"])

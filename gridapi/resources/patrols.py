@@ -118,6 +118,11 @@ class Patrols(MethodView):
     @blp.requires("patrols:write")
     @blp.arguments(PatrolStartSchema)
     @blp.response(201, PatrolSchema)
+    @blp.alt_response(
+        409,
+        response="CONFLICT",
+        description="You have an active patrol: `errors.active_patrol_id` names it.",
+    )
     def post(self, data):
         """Start a patrol
 
@@ -199,6 +204,9 @@ class PatrolEnd(MethodView):
     @blp.requires("patrols:write")
     @blp.arguments(PatrolEndSchema)
     @blp.response(200, PatrolSchema)
+    @blp.alt_response(
+        409, response="CONFLICT", description="Ended already, at another time than `ended_at`."
+    )
     def post(self, data, patrol_id):
         """End your patrol (at `ended_at`, default now); a repeat changes nothing
 
