@@ -66,8 +66,8 @@ def _not_found(kind: str) -> NotFound:
     return NotFound(f"The {kind} does not exist or is outside your scope.")
 
 
-def _invalid(field: str, reason: str) -> Unprocessable:
-    return Unprocessable(f"Invalid {field}.", errors={"json": {field: [reason]}})
+def _invalid(field: str, reason: str, location: str = "json") -> Unprocessable:
+    return Unprocessable(f"Invalid {field}.", errors={location: {field: [reason]}})
 
 
 def in_scope(scope: Scope, model: Any):  # type: ignore[no-untyped-def]
@@ -439,22 +439,22 @@ class DuplicatePerson(Conflict):
     whether or not the caller could see that record)."""
 
 
-def _check_id(value: str | None, field: str = "id_number") -> Any:
+def _check_id(value: str | None, field: str = "id_number", location: str = "json") -> Any:
     if value is None:
         return None
     try:
         return parse_id_number(value)
     except InvalidValue as exc:
-        raise _invalid(field, str(exc)) from None
+        raise _invalid(field, str(exc), location) from None
 
 
-def _check_phone(value: str | None, field: str = "phone") -> str | None:
+def _check_phone(value: str | None, field: str = "phone", location: str = "json") -> str | None:
     if value is None:
         return None
     try:
         return parse_phone(value)
     except InvalidValue as exc:
-        raise _invalid(field, str(exc)) from None
+        raise _invalid(field, str(exc), location) from None
 
 
 def _set_id_number(session: Session, person: Person, parsed: Any, keys: Keys) -> None:
@@ -656,10 +656,10 @@ def person_query(scope: Scope, args: dict[str, Any], keys: Keys, stmt=None):  # 
     stmt = select(Person) if stmt is None else stmt
     stmt = _area_filters(stmt.where(in_scope(scope, Person)), Person, args)
     if args.get("id_number"):
-        parsed = _check_id(args["id_number"])
+        parsed = _check_id(args["id_number"], location="query")  # a search's filter
         stmt = stmt.where(Person.id_number_hmac == keys.index("id_number", parsed.value))
     if args.get("phone"):
-        phone = _check_phone(args["phone"])
+        phone = _check_phone(args["phone"], location="query")
         stmt = stmt.where(Person.phone_hmac == keys.index("phone", phone))
     if args.get("name"):
         stmt = stmt.where(Person.name.startswith(args["name"].strip(), autoescape=True))

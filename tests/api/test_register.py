@@ -223,7 +223,15 @@ def test_search_by_name_id_phone_address_and_household(client, world, household)
     assert ids(f"grid={B1}") == [li["id"]]
     assert ids(f"id_number={make_id(seq='999')}") == []
     r = client.get("/api/v1/persons?id_number=12345")
-    assert r.status_code == 422 and r.get_json()["errors"]["json"]["id_number"]
+    assert r.status_code == 422 and r.get_json()["errors"]["query"]["id_number"]
+
+
+def test_a_bad_number_to_search_by_is_named_in_the_query(client, world):
+    """The search's ID and phone filters were reported under errors.json, as a body's."""
+    for name, value in (("id_number", "abc"), ("phone", "12345")):
+        r = client.get("/api/v1/persons", query_string={name: value})
+        assert r.status_code == 422
+        assert list(r.get_json()["errors"]) == ["query"] and r.get_json()["errors"]["query"][name]
 
 
 def test_a_worker_of_another_grid_cannot_find_a_resident_by_id(client, accounts, world):
