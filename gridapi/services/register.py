@@ -215,12 +215,20 @@ def get_house(
 ) -> House:
     """Return a house in scope; NotFound (or 422 naming ``field``, for a reference) otherwise."""
     stmt = select(House).where(House.id == house_id, in_scope(scope, House))
-    house = session.scalars(stmt.with_for_update() if for_update else stmt).first()
-    if house is None:
+    return _the_one(session, stmt, "house", house_id, field=field, for_update=for_update)
+
+
+def _the_one(
+    session: Session, stmt: Any, noun: str, obj_id: int, *, field: str | None, for_update: bool
+) -> Any:
+    """Return the object ``stmt`` selects (locked ``for_update``); NotFound, or 422 naming
+    ``field`` when it is a reference, when there is none (or it is out of scope)."""
+    found = session.scalars(stmt.with_for_update() if for_update else stmt).first()
+    if found is None:
         if field:
-            raise _invalid(field, f"no house {house_id} in your scope")
-        raise _not_found("house")
-    return house
+            raise _invalid(field, f"no {noun} {obj_id} in your scope")
+        raise _not_found(noun)
+    return found
 
 
 def update_house(
@@ -361,12 +369,7 @@ def get_household(
     for_update: bool = False,
 ) -> Household:
     stmt = select(Household).where(Household.id == household_id, in_scope(scope, Household))
-    household = session.scalars(stmt.with_for_update() if for_update else stmt).first()
-    if household is None:
-        if field:
-            raise _invalid(field, f"no household {household_id} in your scope")
-        raise _not_found("household")
-    return household
+    return _the_one(session, stmt, "household", household_id, field=field, for_update=for_update)
 
 
 def update_household(
@@ -562,12 +565,7 @@ def get_person(
     for_update: bool = False,
 ) -> Person:
     stmt = persons_query(scope).where(Person.id == person_id)
-    person = session.scalars(stmt.with_for_update() if for_update else stmt).first()
-    if person is None:
-        if field:
-            raise _invalid(field, f"no resident {person_id} in your scope")
-        raise _not_found("resident")
-    return person
+    return _the_one(session, stmt, "resident", person_id, field=field, for_update=for_update)
 
 
 def update_person(
