@@ -133,7 +133,9 @@ def _open311_error(exc: Exception) -> Response:
         return _error(status, _describe(exc), headers)
     if isinstance(exc, HTTPException):
         status = exc.code or 500
-        return _error(status, exc.description or "error")
+        # Its own headers: a 405's Allow (RFC 9110 requires it), a 429's Retry-After.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return _error(status, exc.description or "error", headers)
     if isinstance(exc, IntegrityError):
         return _error(409, "The change conflicts with existing data.")
     if isinstance(exc, OperationalError | PoolTimeout):
@@ -338,6 +340,7 @@ def requests_create(fmt: str) -> Response:
 def unknown(rest: str) -> Response:
     """Anything else under /open311/v2/: 404, or 405 for a known path and another method."""
     adapter = current_app.url_map.bind("localhost")
+    allowed = []
     for method in ("GET", "POST"):
         if method == request.method:
             continue
@@ -346,5 +349,7 @@ def unknown(rest: str) -> Response:
         except HTTPException:
             continue
         if endpoint != "open311.unknown":
-            raise MethodNotAllowed()
+            allowed.append(method)
+    if allowed:  # a 405 names what is allowed (Allow, RFC 9110)
+        raise MethodNotAllowed(valid_methods=[*allowed, *(["HEAD"] if "GET" in allowed else [])])
     raise NotFound(f"{request.path} is not an Open311 GeoReport v2 resource")

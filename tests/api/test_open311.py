@@ -435,6 +435,9 @@ def test_unknown_paths_and_methods_answer_in_open311_shape(anon_client):
     assert r.status_code == 404 and ET.fromstring(r.data).tag == "errors"
     one_error(anon_client.delete(f"{BASE}/requests.json"), 405)
     one_error(anon_client.post(f"{BASE}/services.json"), 405)
+    # a 405 says what is allowed (RFC 9110); the Open311 answer dropped the header
+    allowed = anon_client.delete(f"{BASE}/requests.json").headers.get("Allow", "")
+    assert {"GET", "POST"} <= {m.strip() for m in allowed.split(",")}
 
 
 def test_snap_is_stable_within_a_cell():
