@@ -77,27 +77,23 @@ def _text(field: fields.Field) -> None:
 FIRST_YEAR, LAST_YEAR = 1900, 2100
 
 
-def instant_problem(value: datetime) -> str | None:
-    """Return why a date and time cannot be stored or compared (years 1900-2100 in UTC), or
-    None. 0001-01-01T00:00+14:00 lies before the first instant Python holds in UTC: its
-    conversion raised OverflowError when a query bound it (500)."""
+def instant_problem(value: date) -> str | None:
+    """Return why a date, or a date and time, cannot be stored or compared (years 1900-2100,
+    in UTC for a time with a zone), or None. 0001-01-01T00:00+14:00 lies before the first
+    instant Python holds in UTC: its conversion raised OverflowError when a query bound it
+    (500)."""
+    aware = isinstance(value, datetime) and value.tzinfo is not None
     try:
-        utc = value.astimezone(UTC) if value.tzinfo else value
+        year = value.astimezone(UTC).year if aware else value.year  # type: ignore[attr-defined]
     except OverflowError:
-        utc = None
-    if utc is None or not FIRST_YEAR <= utc.year <= LAST_YEAR:
+        year = 0
+    if not FIRST_YEAR <= year <= LAST_YEAR:
         return f"Must lie between the years {FIRST_YEAR} and {LAST_YEAR}."
     return None
 
 
 def _storable(value: Any) -> None:
-    if isinstance(value, datetime):
-        problem = instant_problem(value)
-    elif isinstance(value, date) and not FIRST_YEAR <= value.year <= LAST_YEAR:
-        problem = f"Must lie between the years {FIRST_YEAR} and {LAST_YEAR}."
-    else:
-        problem = None
-    if problem:
+    if isinstance(value, date) and (problem := instant_problem(value)):
         raise ValidationError(problem)
 
 

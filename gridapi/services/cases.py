@@ -621,13 +621,8 @@ def may_see(caller: Caller, case: Any) -> bool:
     office = reads_sensitive_by_unit(caller)
     if scope.unrestricted and office:
         return True
-    if case.reporter == caller.actor:
+    if case.reporter == caller.actor or holds(caller, case):
         return True
-    if caller.principal.kind == "user":
-        if case.assignee_id is not None and case.assignee_id == caller.principal.id:
-            return True
-        if caller.department_id is not None and case.department_id == caller.department_id:
-            return True
     if case.sensitive:
         return office and scope.covers_region(case.responsible_region_code)
     return (
