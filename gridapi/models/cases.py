@@ -174,6 +174,14 @@ class Case(Base):
         Index("ix_cases_grid_code_reported_at", "grid_code", "reported_at"),
         Index("ix_cases_reporter", "reporter", "reported_at"),
         Index("ix_cases_assignee_id", "assignee_id"),
+        # The duplicates of a case (every GET, every sync page): the few links, not every
+        # case (migration 0023).
+        Index(
+            "ix_cases_duplicate_of",
+            "duplicate_of_id",
+            postgresql_where=text("duplicate_of_id IS NOT NULL"),
+            sqlite_where=text("duplicate_of_id IS NOT NULL"),
+        ),
         # The duplicate search of each report: open cases of a category in a box, recently
         # (migration 0020; an index of every case's longitude read closed ones by the hundred).
         Index(

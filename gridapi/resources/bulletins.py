@@ -93,7 +93,8 @@ class BulletinByRegionMonth(MethodView):
         regions without a score last; each with every indicator, last month's values and the
         change. `total` is the whole region. `format=csv` (UTF-8 with BOM) or `format=xlsx`
         return a file with Chinese headers, one row per child region and a total row. A
-        region outside your scope → 404; a bad month → 422. A community has no child
+        region outside your scope → 404; a bad month, or one that has not begun, → 422 (this
+        month's bulletin is the month so far). A community has no child
         regions: its bulletin is its total alone.
         """
         principal = current_principal()

@@ -86,7 +86,7 @@ CASE_EXAMPLE: dict[str, Any] = {
     "grid": {"code": "320508001001003", "name": "平江社区第三网格", "version_id": 3},
     "community": {"code": "320508001001", "name": "平江社区"},
     "township": {"code": "320508001000", "name": "平江街道"},
-    "county_code": "320508000000",
+    "county_code": "320508",
     "region_code": "320508001001",
     "routing": {"method": "inside", "distance_m": None, "unrouted": False, "grid_version_id": 3},
     "responsible": {

@@ -179,7 +179,12 @@ class CaseSchema(StrictSchema):
     grid = fields.Nested(CaseGridSchema, allow_none=True, required=True)
     community = fields.Nested(NamedCodeSchema, allow_none=True, required=True)
     township = fields.Nested(NamedCodeSchema, allow_none=True, required=True)
-    county_code = fields.String(required=True)
+    county_code = fields.String(
+        required=True,
+        metadata={
+            "description": "The county's six-digit code (the first six of its 12), e.g. 320508."
+        },
+    )
     region_code = fields.String(
         required=True, metadata={"description": "The community, or the intake region."}
     )

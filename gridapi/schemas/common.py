@@ -19,6 +19,16 @@ class StrictBool(fields.Boolean):
         return value
 
 
+class StrictFloat(fields.Float):
+    """A JSON number and nothing else: not "120.5" (marshmallow's Float reads text, so a
+    coordinate sent as a string was taken as if it were a number)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 def _leaves(field: fields.Field, *, keys: bool) -> Iterator[fields.Field]:
     """Yield ``field``, or the fields it contains when it is a list, a tuple or a dict (the
     dict's values, and its keys too with ``keys``), all the way down."""
@@ -37,11 +47,13 @@ def _leaves(field: fields.Field, *, keys: bool) -> Iterator[fields.Field]:
 
 def _strict_json(field: fields.Field) -> None:
     """Make ``field`` (and the fields it contains) take JSON types as they are: integers
-    that are JSON integers (not 1.0 or 2.5, which marshmallow would truncate) and booleans
-    that are JSON booleans."""
+    that are JSON integers (not 1.0 or 2.5, which marshmallow would truncate), numbers that
+    are JSON numbers (not "2.5") and booleans that are JSON booleans."""
     for leaf in _leaves(field, keys=False):
         if isinstance(leaf, fields.Integer):
             leaf.strict = True
+        elif type(leaf) is fields.Float:
+            leaf.__class__ = StrictFloat
         elif type(leaf) is fields.Boolean:
             leaf.__class__ = StrictBool
 

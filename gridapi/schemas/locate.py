@@ -36,7 +36,13 @@ class PointArray(fields.Field):
         if (
             arr is None
             or (len(value) and (arr.ndim != 2 or arr.shape[1] != 2))
-            or any(isinstance(v, bool) for pair in value if isinstance(pair, list) for v in pair)
+            # numpy reads "120.5" as a number: only JSON numbers are (and no booleans)
+            or any(
+                type(v) is not float and type(v) is not int
+                for pair in value
+                if isinstance(pair, list)
+                for v in pair
+            )
         ):
             bad = next((i for i, p in enumerate(value) if not _is_pair(p)), 0)
             raise ValidationError({str(bad): ["must be [lon, lat] with two numbers"]})

@@ -20,18 +20,20 @@ import unicodedata
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from PIL import ExifTags, Image, ImageCms, ImageOps
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..config import Settings
 from ..errors import NotFound, Unprocessable
 from ..models import Case, CaseAttachment
+from ..schemas.common import instant_problem
 
 # format (Pillow's name) → (content type, stored extension, extensions a file may be named with)
 FORMATS: dict[str, tuple[str, str, frozenset[str]]] = {
@@ -191,7 +193,9 @@ def decode(data: bytes, fmt: str, store: AttachmentStore) -> Image.Image:
 
 def _exif_datetime(exif_ifd: dict[int, Any], tz: ZoneInfo) -> datetime | None:
     """Return DateTimeOriginal as an aware datetime: its OffsetTimeOriginal when the camera
-    wrote one, else local time in ``tz`` (EXIF times carry no zone)."""
+    wrote one, else local time in ``tz`` (EXIF times carry no zone). None when there is
+    none, or when it lies outside the years every date here may (a camera clock never set
+    wrote 0001:01:01, whose conversion to UTC overflowed: the photo was refused)."""
     raw = exif_ifd.get(ExifTags.Base.DateTimeOriginal)
     if not isinstance(raw, str):
         return None
@@ -199,13 +203,15 @@ def _exif_datetime(exif_ifd: dict[int, Any], tz: ZoneInfo) -> datetime | None:
         naive = datetime.strptime(raw.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
     except ValueError:  # blank ("    :  :  ") or impossible dates
         return None
+    zone: tzinfo = tz
     offset = exif_ifd.get(ExifTags.Base.OffsetTimeOriginal)
     if isinstance(offset, str):
-        match = re.fullmatch(r"([+-])(\d{2}):(\d{2})", offset.strip("\x00 "))
+        match = re.fullmatch(r"([+-])([0-9]{2}):([0-9]{2})", offset.strip("\x00 "))
         if match and int(match[2]) <= 14 and int(match[3]) < 60:
             delta = timedelta(hours=int(match[2]), minutes=int(match[3]))
-            return naive.replace(tzinfo=timezone(-delta if match[1] == "-" else delta))
-    return naive.replace(tzinfo=tz)
+            zone = timezone(-delta if match[1] == "-" else delta)
+    taken = naive.replace(tzinfo=zone)
+    return None if instant_problem(taken) else taken
 
 
 def _degrees(value: Any, ref: Any, negative: str) -> float | None:
@@ -406,8 +412,20 @@ def attach(
         gps_lat=photo.gps_lat,
         uploaded_by=uploaded_by,
     )
-    session.add(attachment)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(attachment)
+    except IntegrityError:
+        # The same upload, retried while the first was in flight, committed first (the
+        # unique (case, upload hash) decided): answer its attachment, as a later retry gets.
+        first = session.scalars(
+            select(CaseAttachment).where(
+                CaseAttachment.case_id == case_obj.id, CaseAttachment.upload_sha256 == upload_sha
+            )
+        ).first()
+        if first is None:
+            raise
+        return first, False
     return attachment, True
 
 

@@ -69,6 +69,7 @@ from ..models import (
     User,
 )
 from ..models.cases import OPEN_STATUSES, TERMINAL
+from ..schemas.common import instant_problem
 from ..scope import Scope
 from ..workcalendar import WorkingCalendar
 from .categories import check_attributes
@@ -799,13 +800,15 @@ def transition(
     case_obj.status = after
     due_name = STAGE_DUE.get(after)
     due = getattr(case_obj, due_name) if due_name else None
+    overdue_now = False
     if after in TERMINAL or due is None or due >= now:
         case_obj.overdue = False
         case_obj.overdue_since = None
-    else:  # e.g. rework after the handling deadline: overdue at once, against that deadline
-        # (one already overdue against the verification deadline kept that one: wrong stage)
-        case_obj.overdue = True
-        case_obj.overdue_since = due
+    elif not (case_obj.overdue and case_obj.overdue_since == due):
+        # e.g. rework after the handling deadline: overdue at once, against that deadline,
+        # with the row and the notice the worker would have written (one overdue against
+        # the verification deadline does not keep that one: wrong stage)
+        overdue_now = True
     case_obj.updated_at = now
     event = add_event(
         session,
@@ -822,6 +825,10 @@ def transition(
     )
     for kind, user_id, region, message in ctx.notify:
         queue_notification(session, case_obj, kind, message, user_id=user_id, region=region)
+    if overdue_now:
+        from .jobs import mark_case_overdue
+
+        mark_case_overdue(session, case_obj, event.seq + 1, now)
     flush_versioned(session, "case")
     if evidence:  # photos uploaded for this step belong to it (the first step that cites them)
         session.execute(
@@ -1006,14 +1013,26 @@ def _dispatch(ctx: TransitionContext, c: Case) -> str:
 
 
 def _sign(ctx: TransitionContext, c: Case) -> str:
-    if c.assignee_id is None and ctx.caller.principal.kind == "user" and c.department_id:
-        # A department member signs for the department and becomes the handler.
-        c.assignee_id = ctx.caller.principal.id
+    caller = ctx.caller
+    if (
+        c.assignee_id is None
+        and caller.principal.kind == "user"
+        and c.department_id is not None
+        and caller.department_id == c.department_id
+    ):
+        # A department member signs for the department and becomes the handler; an office
+        # signing on its behalf does not (it was made the handler of the department's case).
+        c.assignee_id = caller.principal.id
     return "handling"
 
 
 def _return(ctx: TransitionContext, c: Case) -> str:
-    ctx.event_data["returned_by"] = c.assignee_id or c.department_id
+    # Who held it: the handler (a user id) and, when dispatched to one, the department (a
+    # department id); one key for either read a department's id as a user's.
+    if c.assignee_id is not None:
+        ctx.event_data["returned_by"] = c.assignee_id
+    if c.department_id is not None:
+        ctx.event_data["department_id"] = c.department_id
     c.assignee_id = c.department_id = None
     c.extension_request = None
     return "filed"
@@ -1197,12 +1216,35 @@ def _duplicate(ctx: TransitionContext, c: Case) -> str:
             errors={"json": {"duplicate_of": [f"case {other.id} is {other.status}"]}},
         )
     c.duplicate_of_id = other.id
+    # The original answers a new list of duplicates: a new version (ETag), so a phone that
+    # holds it gets it again on its next sync.
+    other.updated_at = ctx.now
     ctx.event_data["duplicate_of"] = other.id
     ctx.event_data["duplicate_of_number"] = other.number
+    moved = duplicates_of(ctx.session, c)
+    if moved:
+        # The reports closed as duplicates of this case now repeat the case it repeats:
+        # they pointed at a cancelled case nobody follows up, out of the original's reach.
+        ctx.session.execute(
+            update(Case)
+            .where(Case.duplicate_of_id == c.id)
+            .values(duplicate_of_id=other.id, version=Case.version + 1, updated_at=ctx.now)
+        )
+        ctx.event_data["moved_duplicates"] = moved
     return "cancelled"
 
 
 def _cancel(ctx: TransitionContext, c: Case) -> str:
+    duplicates = duplicates_of(ctx.session, c)
+    if duplicates:
+        raise Conflict(
+            "Other reports are closed as duplicates of this case: it is followed up for them.",
+            errors={
+                "action": ["the case has duplicates"],
+                "duplicates": duplicates,
+                "allowed_actions": [a for a in allowed_actions(ctx.caller, c) if a != "cancel"],
+            },
+        )
     return "cancelled"
 
 
@@ -1306,10 +1348,22 @@ def encode_cursor(value: datetime, case_id: int) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """Return the sort value and the id a page ended on, as ``encode_cursor`` wrote them.
+    Raises Unprocessable for anything else: a forged id past 64 bits reached the query
+    (422 "out of range" naming nothing), "2" or 1.5 were read as ids, a time without a
+    zone as one."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         text_value, case_id = json.loads(raw)
-        return datetime.fromisoformat(text_value), int(case_id)
+        value = datetime.fromisoformat(text_value)
+        if (
+            type(case_id) is not int
+            or not 0 < case_id < 2**63
+            or value.utcoffset() is None
+            or instant_problem(value)
+        ):
+            raise ValueError(cursor)
+        return value, case_id
     except (ValueError, TypeError, binascii.Error):
         raise Unprocessable(
             "Invalid cursor.", errors={"query": {"cursor": ["not a cursor from this API"]}}

@@ -790,10 +790,16 @@ def bulletin(
     composite score, with every indicator, last month's and the change.
 
     A community has no child regions: its bulletin has the total and no rows. Raises
-    NotFound for an unknown or out-of-scope region, Unprocessable for a malformed month.
+    NotFound for an unknown or out-of-scope region, Unprocessable for a malformed month or
+    one that has not begun (this month's is the month so far).
     """
     region = check_region(session, scope, region_code, "region")
     first, after = month_period(month)
+    if first > now.astimezone(tz).date():  # it ranked every child region 0 of 0
+        raise Unprocessable(
+            "The month has not begun.",
+            errors={"path": {"month": ["a month that has begun (this month or earlier)"]}},
+        )
     level = region_level(region_code)
     # A community has no child regions: its bulletin is its total alone.
     children = (

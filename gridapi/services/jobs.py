@@ -286,34 +286,39 @@ def mark_overdue(
     batch = Batch()
 
     def apply(c: Case) -> str | None:
-        stage, due = current_deadline(c)
+        _, due = current_deadline(c)
         if c.overdue or due is None or due >= now:
             return None
-        c.overdue = True
-        c.overdue_since = due
-        c.updated_at = now
-        _add_event(
-            session,
-            c,
-            seqs[c.id],
-            "overdue",
-            c.status,
-            now,
-            {"stage": stage, "due_at": due.isoformat()},
-        )
-        queue_once(
-            session,
-            c,
-            f"overdue:{stage}:{_stamp(due)}",
-            f"事件 {c.number} 已超过{STAGE_NAMES.get(stage, '')}期限",
-            now,
-            user_id=c.assignee_id,
-            region=c.responsible_region_code,
-        )
+        mark_case_overdue(session, c, seqs[c.id], now)
         return "marked"
 
     _each_case(session, cases, batch, "overdue", apply)
     return batch
+
+
+def mark_case_overdue(session: Session, c: Case, seq: int, now: datetime) -> None:
+    """Mark ``c`` overdue against the deadline of its current stage (which has passed): the
+    flag with ``overdue_since``, the ``overdue`` timeline row (timeline row ``seq``) and the
+    notification of that deadline to its assignee and the unit holding it. The worker does
+    it when a deadline passes; a step does it when it leaves the case in a stage whose
+    deadline has already passed (rework after the handling deadline)."""
+    stage, due = current_deadline(c)
+    assert due is not None
+    c.overdue = True
+    c.overdue_since = due
+    c.updated_at = now
+    _add_event(
+        session, c, seq, "overdue", c.status, now, {"stage": stage, "due_at": due.isoformat()}
+    )
+    queue_once(
+        session,
+        c,
+        f"overdue:{stage}:{_stamp(due)}",
+        f"事件 {c.number} 已超过{STAGE_NAMES.get(stage, '')}期限",
+        now,
+        user_id=c.assignee_id,
+        region=c.responsible_region_code,
+    )
 
 
 # --- 2. supervision -----------------------------------------------------------------------------

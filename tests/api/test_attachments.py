@@ -20,6 +20,7 @@ from gridapi.errors import Unprocessable
 from gridapi.services.attachments import check_evidence
 
 from ..factories import COMMUNITY_A, LAT0, LON0, STEP
+from .test_case_workflow import race
 
 A1 = COMMUNITY_A + "001"
 ROW_COLUMNS = "case_id, upload_sha256, sha256, thumbnail_sha256, taken_at, gps_lon, gps_lat"
@@ -285,6 +286,26 @@ def test_a_multi_picture_jpeg_from_a_phone_keeps_its_first_picture_only(client, 
     assert img.format == "JPEG" and getattr(img, "n_frames", 1) == 1 and not img.getexif()
 
 
+@pytest.mark.parametrize(
+    "taken,offset",
+    [
+        ("0001:01:01 00:00:00", "+14:00"),
+        ("9999:12:31 23:59:59", "-14:00"),
+        ("1800:01:01 08:00:00", None),
+    ],
+)
+def test_a_photo_is_never_refused_for_its_capture_time(client, case_id, taken, offset):
+    """A camera whose clock was never set: the photo was refused (422 "A number is too
+    large.", converting 0001-01-01 +14:00 to UTC overflowed); it is kept, without a time."""
+    exif = exif_with_place()
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = taken
+    if offset:
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.OffsetTimeOriginal] = offset
+    r = upload(client, case_id, jpeg(exif=exif))
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["taken_at"] is None and r.get_json()["gps"]["type"] == "Point"
+
+
 def test_time_and_place_are_shown_only_with_evidence_location(client, accounts, case_id):
     worker = accounts.client("worker", "grid_worker", grids=[A1])
     r = upload(worker, case_id, jpeg_with_metadata())
@@ -319,6 +340,21 @@ def test_a_retried_upload_returns_the_first_attachment_and_stores_nothing_new(
     assert third.status_code == 201 and third.get_json()["id"] != first.get_json()["id"]
     assert third.get_json()["sha256"] == first.get_json()["sha256"]
     assert len(rows(session)) == 2 and stored_files(settings) == files
+
+
+def test_the_same_upload_retried_at_once_answers_the_first_attachment(
+    client, accounts, case_id, session
+):
+    """A phone's retries racing the first upload: one lost the race on the unique (case,
+    upload hash) and answered an undocumented 409; every one gets the attachment now."""
+    data = jpeg((400, 300), exif=exif_with_place())
+    clients = [accounts.client("admin") for _ in range(8)]
+    answers = race(clients, lambda c: upload(c, case_id, data))
+    details = [(a.status_code, a.get_data(as_text=True)[:200]) for a in answers]
+    assert [a.status_code for a in answers] == [201] * 8, details
+    assert len({a.get_json()["id"] for a in answers}) == 1
+    assert len(rows(session)) == 1
+    assert audit_count(session, "case.attach") == 1
 
 
 # --- hostile and wrong files ----------------------------------------------------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from openpyxl import load_workbook
 
@@ -76,6 +78,11 @@ def test_csv_and_xlsx_carry_chinese_headers_and_the_same_rows(client, cases):  #
 
 def test_bad_requests_and_scope(client, accounts, cases):  # noqa: F811
     get(client, f"{COUNTY}/2026-13", 422)
+    # a month that has not begun ranked every township 0 of 0 (200)
+    later = datetime.now(ZoneInfo("Asia/Shanghai")).date().replace(day=1) + timedelta(days=32)
+    month = get(client, f"{COUNTY}/{later:%Y-%m}", 422).get_json()["errors"]["path"]["month"]
+    assert "begun" in month[0]
+    get(client, f"{COUNTY}/{datetime.now(ZoneInfo('Asia/Shanghai')):%Y-%m}")  # the month so far
     get(client, f"{COUNTY}/March", 422)
     get(client, f"{COUNTY}/2026-03?format=pdf", 422)
     community = get(client, f"{COMMUNITY_A}/2026-03").get_json()  # no children to rank

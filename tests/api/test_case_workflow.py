@@ -336,6 +336,27 @@ def test_dispatch_to_a_department_and_a_member_signs(desk):
     assert d.timeline(cid)[-3]["data"] == {"department_id": d.dept}
 
 
+def test_an_office_signing_for_a_department_does_not_become_its_handler(desk):
+    """The township office signed a case dispatched to a department and became its assignee:
+    rework and supervision notices then went to the office, and no member could take it."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    d.act(d.office, cid, "dispatch", department_id=d.dept)
+    signed = d.act(d.office, cid, "sign")
+    assert signed["status"] == "handling"
+    assert signed["responsible"]["assignee_id"] is None
+    assert signed["responsible"]["department_id"] == d.dept
+    # Returned by the department: its id is named as a department's, not as a user's.
+    returned = d.act(d.member, cid, "return", comment="不属于本部门")
+    assert returned["status"] == "filed"
+    assert d.timeline(cid)[-1]["data"] == {"department_id": d.dept}
+    d.act(d.office, cid, "dispatch", department_id=d.dept)
+    d.act(d.member, cid, "sign")
+    d.act(d.member, cid, "feedback", comment="已整改")  # the department still holds it
+    assert d.steps(cid)[-1] == ("feedback", "handling", "feedback", d.actor("member"))
+
+
 def test_a_township_dispatches_to_a_department_of_its_county(desk):
     """The county's fire brigade serves every township: the township office holding a fire
     hazard (handler department:fire) dispatches to it, and its members sign. It was 422
@@ -648,7 +669,10 @@ def test_a_duplicate_is_cancelled_and_linked_both_ways(desk):
     assert d.post(d.office, copy["id"], "duplicate", duplicate_of=copy["id"]).status_code == 422
     assert d.post(d.office, copy["id"], "duplicate", duplicate_of=999_999).status_code == 422
     assert d.post(d.office, copy["id"], "duplicate").status_code == 422
+    etag_original = d.etag(original)
     dup = d.act(d.office, copy["id"], "duplicate", duplicate_of=original, comment="重复上报")
+    # The original lists a new duplicate: a new version, which sync sends again.
+    assert d.etag(original) != etag_original
     assert dup["status"] == "cancelled" and dup["duplicate_of"] == original
     assert dup["allowed_actions"] == []
     assert d.get(original)["duplicates"] == [copy["id"]]
@@ -676,6 +700,31 @@ def test_a_duplicate_is_cancelled_and_linked_both_ways(desk):
     assert onto.status_code == 422
     assert onto.get_json()["errors"]["json"]["duplicate_of"] == [f"case {rejected} is rejected"]
     assert d.get(third)["status"] == "reported"
+
+
+def test_an_original_closed_as_a_duplicate_hands_its_duplicates_on(desk):
+    """B was closed as a duplicate of A, then A as a duplicate of C: B kept pointing at A,
+    cancelled and followed up by nobody, and C did not list it."""
+    d = desk
+    a, b, c = (d.report()["id"] for _ in range(3))
+    d.act(d.office, b, "duplicate", duplicate_of=a, comment="重复上报")
+    etag_b = d.etag(b)
+    d.act(d.office, a, "duplicate", duplicate_of=c, comment="重复上报")
+    assert d.get(b)["duplicate_of"] == c and d.get(a)["duplicate_of"] == c
+    assert d.get(c)["duplicates"] == [a, b] and d.get(a)["duplicates"] == []
+    assert d.etag(b) != etag_b  # a phone holding B learns of the change
+    assert d.timeline(a)[-1]["data"]["moved_duplicates"] == [b]
+
+
+def test_an_original_with_duplicates_is_not_cancelled(desk):
+    d = desk
+    original, copy = d.report()["id"], d.report()["id"]
+    d.act(d.office, copy, "duplicate", duplicate_of=original, comment="重复上报")
+    r = d.post(d.office, original, "cancel", comment="撤销")
+    assert r.status_code == 409, r.get_json()
+    errors = r.get_json()["errors"]
+    assert errors["duplicates"] == [copy] and "cancel" not in errors["allowed_actions"]
+    assert d.get(original)["status"] == "reported"
 
 
 @pytest.mark.parametrize("action,start", [("cancel", "filed"), ("reject", "accepted")])

@@ -138,6 +138,10 @@ def test_a_point_just_outside_a_grid_snaps_to_it(client, world):
         ({"description": ""}, "description"),
         ({"severity": "huge"}, "severity"),
         ({"colour": "red"}, "colour"),
+        # marshmallow's Float reads text: a coordinate sent as a string was reported
+        ({"location": {"type": "Point", "coordinates": ["120.6", 31.3]}}, "location"),
+        ({"accuracy_m": "8.5"}, "accuracy_m"),
+        ({"accuracy_m": True}, "accuracy_m"),
     ],
 )
 def test_bad_reports_are_422_naming_the_field_and_store_nothing(
@@ -215,6 +219,27 @@ def test_list_filters_and_keyset_pagination(client, world):
     assert client.get("/api/v1/cases?status=closed").get_json()["items"] == []
     bad = client.get("/api/v1/cases?cursor=xyz")
     assert bad.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # an id past 64 bits reached the query: 422 "out of range" / "too large", naming nothing
+        ["2026-11-19T19:06:37+00:00", 2**70],
+        ["2026-11-19T19:06:37+00:00", "2"],
+        ["2026-11-19T19:06:37+00:00", 1.5],
+        ["2026-11-19T19:06:37+00:00", True],
+        ["2026-11-19T19:06:37", 2],  # no zone
+        ["0001-01-01T00:00:00+14:00", 2],
+    ],
+)
+def test_a_forged_cursor_is_422_naming_the_cursor(client, world, value):
+    import base64
+
+    cursor = base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+    r = client.get(f"/api/v1/cases?cursor={cursor}")
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"] == {"query": {"cursor": ["not a cursor from this API"]}}
 
 
 def _plan(conn, statement: str, parameters) -> str:  # type: ignore[no-untyped-def]

@@ -558,3 +558,12 @@ def test_a_rework_overdue_again_is_overdue_against_the_handling_deadline(client,
     case = get_case(app, case_id)
     assert case.status == "filed" and case.overdue is True
     assert case.overdue_since == handle_due
+    # The step marked it as the worker would have: the timeline row and the notice of the
+    # handling deadline (it wrote neither, and the next run saw a case already overdue).
+    last = events(app, case_id)[-2:]
+    assert [(e.action, e.seq - last[0].seq) for e in last] == [("verify_fail", 0), ("overdue", 1)]
+    assert last[1].data == {"stage": "handle", "due_at": handle_due.isoformat()}
+    assert f"overdue:handle:{stamp(handle_due)}" in notices(app, case_id)
+    before = snapshot(app)
+    run(app, datetime.now(UTC))
+    assert snapshot(app) == before  # nothing left for the worker
