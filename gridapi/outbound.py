@@ -113,6 +113,8 @@ def parse_target(url: str) -> Target:
     host = parts.hostname
     if not host:
         raise OutboundRefused("the URL has no host")
+    if port == 0:  # "port or the default" took :0 for the default port
+        raise OutboundRefused("port 0 is no port")
     if parts.fragment:
         raise OutboundRefused("the URL may not have a fragment")
     if any(c.isspace() for c in url):

@@ -46,8 +46,22 @@ class StrictParser(FlaskParser):
         reads ``request.get_json()`` again gets the object parsed here (Flask keeps it), and
         a body one parser refuses the other refuses too (the standard library's parser,
         webargs' own, takes a lone UTF-16 surrogate that orjson refuses)."""
-        if not is_json_request(req) or not req.get_data(cache=True):
-            return missing  # as webargs: no JSON body (the schema says what is missing)
+        if not req.get_data(cache=True):
+            return missing  # as webargs: no body (the schema says what is missing)
+        if not is_json_request(req):
+            # webargs read a body of another type as no body: a PATCH sent as text/plain
+            # answered 200 and changed nothing, a report sent as a form "missing data".
+            from webargs.flaskparser import abort
+
+            abort(
+                400,
+                messages={
+                    "json": [
+                        f"The body must be JSON (Content-Type: application/json), not "
+                        f"{req.mimetype or 'a body without a Content-Type'}."
+                    ]
+                },
+            )
         return req.get_json(cache=True)  # a bad body: 400 (ApiRequest.on_json_loading_failed)
 
     def load_files(self, req: Any, schema: Any) -> Any:
@@ -170,6 +184,17 @@ class IdConverter(IntegerConverter):
         super().__init__(map, min=1, max=MAX_ID)
 
 
+MAX_BIG_ID = 2**63 - 1
+
+
+class BigIdConverter(IntegerConverter):
+    """The id of a row of a table that grows with events (``<bigid:delivery_id>``): a
+    positive 64-bit integer; anything else is 404."""
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:  # noqa: A002
+        super().__init__(map, min=1, max=MAX_BIG_ID)
+
+
 class DigitsConverter(BaseConverter):
     """A region, grid or category code in a path (``<digits:code>``): 1-20 ASCII digits."""
 
@@ -184,10 +209,16 @@ class DateConverter(BaseConverter):
 
 def install_converters(app: Flask, api: Any) -> None:
     """Register the path converters with the router and their schemas with the spec."""
-    app.url_map.converters.update(id=IdConverter, digits=DigitsConverter, date=DateConverter)
+    app.url_map.converters.update(
+        id=IdConverter, bigid=BigIdConverter, digits=DigitsConverter, date=DateConverter
+    )
     api.register_converter(
         IdConverter,
         lambda _c: {"type": "integer", "format": "int32", "minimum": 1, "maximum": MAX_ID},
+    )
+    api.register_converter(
+        BigIdConverter,
+        lambda _c: {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_BIG_ID},
     )
     api.register_converter(
         DigitsConverter, lambda _c: {"type": "string", "pattern": "^[0-9]{1,20}$"}

@@ -78,7 +78,7 @@ class Webhooks(MethodView):
     @blp.requires("webhooks:manage")
     @blp.arguments(WebhookCreateSchema)
     @blp.response(201, WebhookCreatedSchema)
-    @blp.alt_response(422, description=_INVALID)
+    @blp.alt_response(422, schema="Error", description=_INVALID)
     def post(self, data):
         """Subscribe a URL to events; the answer shows the signing secret once
 
@@ -103,7 +103,7 @@ class Webhooks(MethodView):
         return body
 
 
-@blp.route("/<int:webhook_id>")
+@blp.route("/<id:webhook_id>")
 class WebhookById(MethodView):
     @blp.requires("webhooks:manage")
     @blp.response(200, WebhookSchema)
@@ -121,7 +121,7 @@ class WebhookById(MethodView):
     @blp.requires("webhooks:manage")
     @blp.arguments(WebhookUpdateSchema)
     @blp.response(200, WebhookSchema)
-    @blp.alt_response(422, description=_INVALID)
+    @blp.alt_response(422, schema="Error", description=_INVALID)
     def patch(self, data, webhook_id):
         """Change a webhook subscription
 
@@ -160,7 +160,7 @@ class WebhookById(MethodView):
         commit()
 
 
-@blp.route("/<int:webhook_id>/rotate-secret")
+@blp.route("/<id:webhook_id>/rotate-secret")
 class RotateWebhookSecret(MethodView):
     @blp.requires("webhooks:manage")
     @blp.response(200, WebhookCreatedSchema)
@@ -179,7 +179,7 @@ class RotateWebhookSecret(MethodView):
         return body
 
 
-@blp.route("/<int:webhook_id>/deliveries")
+@blp.route("/<id:webhook_id>/deliveries")
 class WebhookDeliveries(MethodView):
     @blp.requires("webhooks:manage")
     @blp.arguments(DeliveryArgsSchema, location="query")
@@ -201,7 +201,7 @@ class WebhookDeliveries(MethodView):
         }
 
 
-@blp.route("/<int:webhook_id>/deliveries/<int:delivery_id>/redeliver")
+@blp.route("/<id:webhook_id>/deliveries/<bigid:delivery_id>/redeliver")
 class Redeliver(MethodView):
     @blp.requires("webhooks:manage")
     @blp.response(202, DeliverySchema)
@@ -220,7 +220,7 @@ class Redeliver(MethodView):
         return body
 
 
-@blp.route("/<int:webhook_id>/ping")
+@blp.route("/<id:webhook_id>/ping")
 class PingWebhook(MethodView):
     @blp.requires("webhooks:manage")
     @blp.response(202, DeliverySchema)

@@ -47,6 +47,7 @@ from ..codes import InvalidCode, region_level, subtree_prefix
 from ..db import make_sessionmaker, sqlite_write_intent
 from ..errors import Conflict, NotFound, Unprocessable
 from ..models.base import utcnow
+from ..models.categories import Category
 from ..models.regions import Region
 from ..models.webhooks import (
     PING,
@@ -167,6 +168,17 @@ def _regions(session: Session, principal: Principal, codes: list[str] | None) ->
     return result
 
 
+def _categories(session: Session, codes: list[str] | None) -> list[str]:
+    """Return the subscription's category codes (classes or subclasses), each once. Raises
+    Unprocessable for a code no category has (a filter that could never match)."""
+    result = list(dict.fromkeys(codes or []))
+    known = set(session.scalars(select(Category.code).where(Category.code.in_(result))))
+    unknown = [code for code in result if code not in known]
+    if unknown:
+        raise _invalid("categories", f"no such category: {', '.join(unknown)}")
+    return result
+
+
 def _visible(sub: WebhookSubscription, principal: Principal) -> bool:
     """A client sees its own subscriptions; a user those whose whole area is in scope."""
     if principal.kind == "client":
@@ -196,7 +208,7 @@ def create_subscription(
         url=data["url"],
         events=list(dict.fromkeys(data["events"])),
         region_codes=_regions(session, principal, data.get("region_codes")),
-        categories=list(dict.fromkeys(data.get("categories") or [])),
+        categories=_categories(session, data.get("categories")),
         description=data.get("description", ""),
         active=data.get("active", True),
         created_by=principal.actor_id,
@@ -245,7 +257,7 @@ def update_subscription(
     if "region_codes" in data:
         sub.region_codes = _regions(session, principal, data["region_codes"])
     if "categories" in data:
-        sub.categories = list(dict.fromkeys(data["categories"] or []))
+        sub.categories = _categories(session, data["categories"])
     for name in ("description", "active"):
         if name in data:
             setattr(sub, name, data[name])

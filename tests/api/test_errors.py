@@ -55,6 +55,8 @@ def test_every_422_has_a_message_and_the_same_one(client):
         ([[200, 31.3]], "0"),
         ([["a", 31.3]], "0"),
         ([[True, 31.3]], "0"),
+        ([[120.6, 31.3], ["120.6", 31.3]], "1"),  # numpy read the text as a number
+        ([[120.6, "31.3"]], "0"),
     ],
 )
 def test_batch_points_errors_point_at_the_item(client, points, index):
@@ -79,6 +81,27 @@ def test_malformed_json_is_400(client):
         400,
     )
     assert "JSON" in body["message"]
+
+
+@pytest.mark.parametrize(
+    "method,path,content_type",
+    [
+        ("patch", "/api/v1/categories/0101", "text/plain"),
+        ("post", "/api/v1/cases", "application/x-www-form-urlencoded"),
+        ("post", "/api/v1/locate/batch", None),
+    ],
+)
+def test_a_body_that_is_not_json_is_400_and_changes_nothing(
+    client, world, method, path, content_type
+):
+    """webargs read a body of another type as no body: a PATCH sent as text/plain answered
+    200 and changed nothing, a report sent as a form 422 "Missing data"."""
+    name = client.get("/api/v1/categories/0101").get_json()["name"]
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = getattr(client, method)(path, data=b'{"name": "ignored?"}', headers=headers)
+    body = _assert_error(r, 400)
+    assert "Content-Type: application/json" in body["errors"]["json"][0]
+    assert client.get("/api/v1/categories/0101").get_json()["name"] == name
 
 
 # A lone UTF-16 surrogate: the standard library's parser takes it, orjson refuses it. The

@@ -207,6 +207,11 @@ def test_a_subscription_is_created_read_changed_and_deleted(client, world, engin
 
     assert client.delete(f"/api/v1/webhooks/{sub_id}").status_code == 204
     assert client.get(f"/api/v1/webhooks/{sub_id}").status_code == 404
+    # past the 32-bit ids: 422 "out of range" on PostgreSQL, 404 on SQLite
+    for path in ("", "/deliveries", "/ping", "/rotate-secret"):
+        method = client.get if path in ("", "/deliveries") else client.post
+        assert method(f"/api/v1/webhooks/{2**31}{path}").status_code == 404, path
+    assert client.patch(f"/api/v1/webhooks/{2**31}", json={"active": False}).status_code == 404
     assert ok(client.get("/api/v1/webhooks"))["items"] == []
 
 
@@ -223,6 +228,8 @@ def test_a_subscription_is_created_read_changed_and_deleted(client, world, engin
         ({"region_codes": ["320508009001"]}, "region_codes"),  # well-formed, no such region
         ({"colour": "blue"}, "colour"),
         ({"url": None}, "url"),  # missing (a KeyError, 500, before it was required)
+        ({"categories": ["9999"]}, "categories"),  # well-formed, no such category
+        ({"url": "http://127.0.0.1:0/hook"}, "url"),  # taken for port 80
     ],
 )
 def test_bad_subscriptions_are_refused_naming_the_field(client, world, receiver, body, field):
@@ -474,6 +481,8 @@ def test_a_delivery_dies_after_the_last_attempt_and_can_be_redelivered(
     assert deliveries(client, sub["id"])[0]["status"] == "delivered"
     missing = client.post(f"/api/v1/webhooks/{sub['id']}/deliveries/999999/redeliver")
     assert missing.status_code == 404
+    huge = client.post(f"/api/v1/webhooks/{sub['id']}/deliveries/{2**63}/redeliver")
+    assert huge.status_code == 404 and huge.get_json()["code"] == 404
 
 
 def test_events_of_one_case_wait_for_the_earlier_ones(app, client, world, receiver):
