@@ -8,6 +8,7 @@ A plain Flask blueprint, not part of the OpenAPI document: Open311 has its own c
 from __future__ import annotations
 
 import logging
+import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
@@ -45,9 +46,18 @@ _ITEM_TAGS = {
     "errors": "error",
 }
 _REQUESTS_PATH = "/open311/v2/requests"
+# What XML 1.0 cannot carry: C0 controls but tab, newline and carriage return, U+FFFE,
+# U+FFFF and lone surrogates. Stored text may hold them (the native API takes them), and
+# ElementTree writes them as they are, so no parser could read the answer.
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 
 
 # --- representation ---------------------------------------------------------------------------
+
+
+def _xml_text(value: str) -> str:
+    """Return text with each character XML 1.0 forbids replaced by U+FFFD."""
+    return _NOT_XML.sub("\ufffd", value)
 
 
 def _xml_value(parent: ET.Element, tag: str, value: Any) -> None:
@@ -61,7 +71,7 @@ def _xml_value(parent: ET.Element, tag: str, value: Any) -> None:
     elif isinstance(value, bool):
         element.text = "true" if value else "false"
     elif value is not None:
-        element.text = str(value)
+        element.text = _xml_text(str(value))
 
 
 def _xml(root: str, body: Any) -> bytes:
@@ -138,6 +148,11 @@ def _open311_error(exc: Exception) -> Response:
         return _error(status, exc.description or "error", headers)
     if isinstance(exc, IntegrityError):
         return _error(409, "The change conflicts with existing data.")
+    if isinstance(exc, DataError):
+        # The database refused a value (out of range for its column, text it cannot hold):
+        # bad input the checks above missed, as the native API answers it (there 422).
+        log.info("Open311 data error: %s", exc.orig)
+        return _error(400, "A value is out of range for what can be stored.")
     if isinstance(exc, OperationalError | PoolTimeout):
         return _error(
             503, "The database is busy or unavailable; retry shortly.", {"Retry-After": "2"}
@@ -155,6 +170,8 @@ def _caller(required: bool) -> Principal | None:
     Raises Unauthorized (answered 403) when a key is required and missing, or is invalid.
     """
     key = (request.values.get("api_key") or "").strip()
+    if "\x00" in key:  # no key holds it, and PostgreSQL cannot look it up (500)
+        raise Unauthorized("The API key is invalid or revoked.")
     if key:
         principal = _authenticate("key", key)
         g.principal = principal
@@ -278,6 +295,7 @@ def requests_create(fmt: str) -> Response:
     assert principal is not None
     if not principal.can("cases:write"):
         raise Forbidden("This api_key may not create service requests (it lacks cases:write).")
+    svc.refuse_nul(_form_items())
     snapshot = (
         state().routing.snapshot()
     )  # before the transaction (Blueprint.takes_routing_snapshot)

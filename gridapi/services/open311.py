@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, or_, select, text
 from sqlalchemy.orm import Session
 
 from ..errors import DomainError
@@ -44,6 +44,14 @@ _CODE = re.compile(r"[0-9]{2}(?:[0-9]{2})?")
 _ATTRIBUTE_KEY = re.compile(r"attribute\[([^\[\]]+)\](\[\])?")
 _MEDIA_LINE = "\n\n图片 media_url: "
 _CJK = re.compile(r"[\u3400-\u9fff]")
+# Plain ASCII decimal numbers only: float() and int() also read "3_1.3", "３１.３", "nan",
+# "inf" and padded text, none of which a client sends meaning a number.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+# A case id is ASCII digits: str.isdigit() also takes "²", which int() refuses, and "١",
+# which int() reads as 1.
+_DIGITS = re.compile(r"[0-9]+")
+NUL_MESSAGE = "Must not contain NUL characters (U+0000)."
 
 
 class BadRequest(DomainError):
@@ -98,11 +106,20 @@ def services(session: Session) -> list[dict[str, Any]]:
 
 
 def service_category(session: Session, code: str) -> Category:
-    """Return the active category of a service code. Raises ServiceNotFound."""
+    """Return the active category of a service code: one ``services`` lists, not a class
+    with active subclasses (a report names the subclass). Raises ServiceNotFound."""
     category = session.get(Category, code) if _CODE.fullmatch(code or "") else None
-    if category is None or not category.is_active:
+    if category is None or not category.is_active or _has_subclasses(session, category):
         raise ServiceNotFound(f"service_code {code!r} not found")
     return category
+
+
+def _has_subclasses(session: Session, category: Category) -> bool:
+    from .cases import SUBCLASS_SQL
+
+    if category.parent_code:
+        return False
+    return session.execute(text(SUBCLASS_SQL), {"c": category.code}).first() is not None
 
 
 def service_definition(category: Category) -> dict[str, Any]:
@@ -128,14 +145,31 @@ def service_definition(category: Category) -> dict[str, Any]:
 # --- posting ------------------------------------------------------------------------------
 
 
+def refuse_nul(items: Iterable[tuple[str, list[str]]]) -> None:
+    """Raise BadRequest naming the first form field whose name or value holds NUL.
+
+    PostgreSQL cannot store U+0000 in text (the insert failed with 500) and SQLite would
+    keep it, so both engines answer the same 400, as the native API does.
+    """
+    for key, values in items:
+        if "\x00" in key:
+            raise BadRequest(f"form field names must not contain NUL characters: {key!r}")
+        if any("\x00" in value for value in values):
+            raise BadRequest(f"{key}: {NUL_MESSAGE}")
+
+
+def _decimal(raw: str) -> float | None:
+    """Return a plain ASCII decimal number (sign, fraction, exponent allowed), else None."""
+    return float(raw) if _DECIMAL.fullmatch(raw) else None
+
+
 def _float(form: Mapping[str, str], name: str) -> float | None:
-    raw = (form.get(name) or "").strip()
-    if not raw:
+    raw = form.get(name) or ""
+    if not raw.strip():
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a number (decimal degrees)") from None
+    value = _decimal(raw)
+    if value is None:
+        raise BadRequest(f"{name} must be a number (decimal degrees)")
     if not math.isfinite(value):
         raise BadRequest(f"{name} must be a finite number")
     return value
@@ -148,9 +182,8 @@ def _attribute_value(attr: dict[str, Any] | None, values: list[str]) -> Any:
         return [v for v in values if v != ""]
     value = values[-1] if values else ""
     if kind == "number" and value.strip():
-        try:
-            number = float(value)
-        except ValueError:
+        number = _decimal(value)
+        if number is None:
             return value  # check_attributes names it: "must be a number"
         return int(number) if number.is_integer() else number
     if kind == "date" and len(value) > 10 and value[10] in "T ":
@@ -308,9 +341,11 @@ def _int(name: str, value: str | None, default: int, low: int, high: int) -> int
     if value is None or value == "":
         return default
     try:
-        number = int(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be a whole number") from None
+        number = int(value) if _WHOLE.fullmatch(value) else None
+    except ValueError:  # more digits than int() converts
+        number = None
+    if number is None:
+        raise BadRequest(f"{name} must be a whole number")
     if not low <= number <= high:
         raise BadRequest(f"{name} must be in {low}..{high}")
     return number
@@ -355,8 +390,14 @@ def parse_request_query(
 
 
 def _id_condition(ids: Sequence[str]) -> ColumnElement[bool]:
-    numbers = [i for i in ids if not i.isdigit()]
-    case_ids = [int(i) for i in ids if i.isdigit() and len(i) < 16]
+    """Return the condition matching cases by id (ASCII digits) or number (anything else).
+
+    A value holding NUL matches nothing: no case number holds it, and PostgreSQL refuses
+    to compare it (the query failed with 500).
+    """
+    usable = [i for i in ids if "\x00" not in i]
+    numbers = [i for i in usable if not _DIGITS.fullmatch(i)]
+    case_ids = [int(i) for i in usable if _DIGITS.fullmatch(i) and len(i) < 16]
     return or_(Case.number.in_(numbers), Case.id.in_(case_ids))
 
 

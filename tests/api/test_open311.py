@@ -6,6 +6,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import text
@@ -15,7 +16,7 @@ from gridapi.services.open311 import snap
 
 from ..factories import COMMUNITY_A, LAT0, LON0, STEP
 from .test_auth import make_key
-from .test_cases import center
+from .test_cases import center, report_body
 
 BASE = "/open311/v2"
 PHONE = "13812345678"
@@ -62,6 +63,19 @@ def one_error(r: Any, status: int) -> str:
 def scalar(session: Any, sql: str, **params: Any) -> Any:
     session.rollback()
     return session.execute(text(sql), params).scalar()
+
+
+def xml_error(r: Any, status: int) -> str:
+    """Return the description of a well-formed Open311 XML error answer."""
+    assert r.status_code == status, r.get_data(as_text=True)
+    root = ET.fromstring(r.data)
+    assert root.tag == "errors" and root.findtext("error/code") == str(status)
+    return root.findtext("error/description")
+
+
+def other_digits(number: str, zero: str) -> str:
+    """Return ``number`` written with the digits that start at ``zero`` (e.g. "٠", "０")."""
+    return number.translate({ord("0") + d: ord(zero) + d for d in range(10)})
 
 
 # --- discovery and services -------------------------------------------------------------------
@@ -123,9 +137,46 @@ def test_a_service_definition_is_the_category_attribute_schema(anon_client, worl
     assert "9999" in one_error(anon_client.get(f"{BASE}/services/9999.json"), 404)
     r = anon_client.get(f"{BASE}/services/9999.xml")
     assert r.status_code == 404
+    # a class with subclasses is no service: services.json leaves it out, and its
+    # definition answered 200 with the class's (empty) attributes
+    assert "01" in one_error(anon_client.get(f"{BASE}/services/01.json"), 404)
     error = ET.fromstring(r.data)
     assert error.tag == "errors" and error.findtext("error/code") == "404"
     assert "9999" in error.findtext("error/description")
+
+
+def test_service_xml_replaces_characters_xml_cannot_carry(client, anon_client, world):
+    # The admin API takes C0 controls in names and labels; services.xml and the definition
+    # were not well-formed XML then (no parser could read them).
+    r = client.post(
+        "/api/v1/categories",
+        json={
+            "code": "5309",
+            "name": "燃气\u0002安全",
+            "attributes": [{"code": "supplier", "label": "供气\u0001单位\u001f", "type": "string"}],
+        },
+    )
+    assert r.status_code == 201, r.get_json()
+    definition = anon_client.get(f"{BASE}/services/5309.xml")
+    assert definition.status_code == 200
+    root = ET.fromstring(definition.data)
+    assert root.findtext("attributes/attribute/description") == "供气\ufffd单位\ufffd"
+    services = ET.fromstring(anon_client.get(f"{BASE}/services.xml").data)
+    names = {s.findtext("service_code"): s.findtext("service_name") for s in services}
+    assert names["5309"] == "燃气\ufffd安全"
+    # JSON carries the text as stored
+    as_json = anon_client.get(f"{BASE}/services/5309.json").get_json()
+    assert as_json["attributes"][0]["description"] == "供气\u0001单位\u001f"
+
+
+def test_xml_errors_replace_characters_xml_cannot_carry(anon_client):
+    # an unknown path is named in the error: its control character made the XML ill-formed
+    assert "\ufffd" in xml_error(anon_client.get(f"{BASE}/no%01where.xml"), 404)
+    from gridapi.resources.open311 import _xml
+
+    body = [{"code": 400, "description": "a\x00b\x08c\ufffed\uffffe\ud800f\tg\nh"}]
+    parsed = ET.fromstring(_xml("errors", body))
+    assert parsed.findtext("error/description") == "a\ufffdb\ufffdc\ufffdd\ufffde\ufffdf\tg\nh"
 
 
 # --- posting --------------------------------------------------------------------------------
@@ -233,8 +284,46 @@ def test_bad_posts_are_400_in_open311_shape(anon_client, key, session, change, w
     assert scalar(session, "SELECT count(*) FROM cases") == 0
 
 
+@pytest.mark.parametrize(
+    "field",
+    [
+        "description",
+        "media_url",
+        "first_name",
+        "last_name",
+        "phone",
+        "email",
+        "address_string",
+        "service_code",
+        "lat",
+        "crs",
+        "source",
+        "jurisdiction_id",
+        "device_id",
+        "attribute[place_type]",
+    ],
+)
+def test_nul_in_any_posted_field_is_400_naming_it(anon_client, key, session, field):
+    # PostgreSQL cannot store U+0000 in text (500), SQLite stored it (201): now one 400
+    values = form(*center(0), media_url="https://img.example.com/1.jpg")
+    values[field] = (values.get(field) or "x") + "\x00b"
+    message = one_error(post(anon_client, key, values), 400)
+    assert field in message and "NUL" in message
+    assert field in xml_error(post(anon_client, key, values, fmt="xml"), 400)
+    assert scalar(session, "SELECT count(*) FROM cases") == 0
+
+
+def test_nul_in_a_field_name_or_the_key_is_refused(anon_client, key, session):
+    values = {**form(*center(0)), "attribute[a\x00b]": "x"}
+    assert "NUL" in one_error(post(anon_client, key, values), 400)
+    one_error(post(anon_client, key + "\x00", form(*center(0))), 403)
+    one_error(anon_client.get(f"{BASE}/requests.json?api_key=gk_%00%00%00%00%00%00%00%00_x"), 403)
+    assert scalar(session, "SELECT count(*) FROM cases") == 0
+
+
 def test_unknown_service_is_404_and_attributes_are_checked(anon_client, key, client, session):
     one_error(post(anon_client, key, form(*center(0), service_code="9999")), 404)
+    one_error(post(anon_client, key, form(*center(0), service_code="01")), 404)
     missing = one_error(post(anon_client, key, form(*center(0), service_code="5301")), 400)
     assert "hazard" in missing and "required" in missing
     values = {
@@ -253,6 +342,62 @@ def test_unknown_service_is_404_and_attributes_are_checked(anon_client, key, cli
     }
     bad = {**values, "attribute[place_type]": "宫殿"}
     assert "place_type" in one_error(post(anon_client, key, bad), 400)
+
+
+def _text_number_forms(value: str) -> list[str]:
+    """Return ``value`` (ASCII digits) as the text forms float() and int() read but an
+    Open311 number is not: underscores, full-width and Arabic-Indic digits, padding."""
+    return [
+        value[0] + "_" + value[1:],
+        other_digits(value, "０"),
+        other_digits(value, "٠"),
+        f" {value}",
+        f"{value} ",
+        f"{value}\n",
+    ]
+
+
+@pytest.mark.parametrize("name", ["lat", "long"])
+def test_coordinates_must_be_plain_ascii_numbers(anon_client, key, session, name):
+    values = form(*center(0))
+    for bad in [*_text_number_forms(values[name]), "nan", "inf", "-Infinity", "0x1f"]:
+        message = one_error(post(anon_client, key, {**values, name: bad}), 400)
+        assert f"{name} must be a" in message, bad
+    assert scalar(session, "SELECT count(*) FROM cases") == 0
+    # a sign and an exponent are still numbers
+    whole, _, fraction = values[name].partition(".")
+    exponent = f"+{whole}{fraction}e-{len(fraction)}"
+    assert post(anon_client, key, {**values, name: exponent}).status_code == 201
+
+
+def test_paging_must_be_plain_ascii_whole_numbers(anon_client, key):
+    post(anon_client, key, form(*center(0)))
+    url = f"{BASE}/requests.json?api_key={key}"
+    for name in ("page", "page_size"):
+        for bad in [*_text_number_forms("10"), "1.0", "1e1"]:
+            message = one_error(anon_client.get(f"{url}&{name}={quote(bad)}"), 400)
+            assert f"{name} must be a whole number" in message, bad
+    assert len(_numbers(anon_client.get(f"{url}&page_size=%2B10&page=1"))) == 1
+
+
+def test_number_attributes_must_be_plain_ascii_numbers(client, anon_client, key, world):
+    r = client.post(
+        "/api/v1/categories",
+        json={
+            "code": "5309",
+            "name": "燃气安全隐患",
+            "attributes": [{"code": "floors", "label": "楼层数", "type": "number"}],
+        },
+    )
+    assert r.status_code == 201, r.get_json()
+    values = form(*center(0), service_code="5309")
+    for bad in [*_text_number_forms("12"), "nan"]:
+        message = one_error(post(anon_client, key, {**values, "attribute[floors]": bad}), 400)
+        assert "floors" in message and "number" in message, bad
+    r = post(anon_client, key, {**values, "attribute[floors]": "12"})
+    assert r.status_code == 201, r.get_data(as_text=True)
+    case_id = r.get_json()[0]["service_request_id"]
+    assert client.get(f"/api/v1/cases/{case_id}").get_json()["attributes"] == {"floors": 12}
 
 
 def test_gcj02_points_are_converted_before_routing(anon_client, key, client, session):
@@ -365,6 +510,62 @@ def test_a_request_carries_the_mapped_fields(anon_client, key, session):
     assert by_number.get_json() == [got]
     one_error(anon_client.get(f"{BASE}/requests/320508-19990101-0001.json?api_key={key}"), 404)
     one_error(anon_client.get(f"{BASE}/tokens/nope.json?api_key={key}"), 404)
+
+
+def test_only_ascii_digits_are_a_request_id(anon_client, key):
+    # "²".isdigit() is true and int() refused it (500); int() read "١" and "１" as 1: the
+    # case of another id was answered
+    number = post(anon_client, key, form(*center(0))).get_json()[0]["service_request_id"]
+    url = f"{BASE}/requests.json?api_key={key}"
+    for value in ("abc", "²", other_digits(number, "٠"), other_digits(number, "０")):
+        quoted = quote(value)
+        one_error(anon_client.get(f"{BASE}/requests/{quoted}.json?api_key={key}"), 404)
+        xml_error(anon_client.get(f"{BASE}/requests/{quoted}.xml?api_key={key}"), 404)
+        one_error(anon_client.get(f"{BASE}/tokens/{quoted}.json?api_key={key}"), 404)
+        assert _numbers(anon_client.get(f"{url}&service_request_id={quoted}")) == []
+    assert _numbers(anon_client.get(f"{url}&service_request_id={number},%C2%B2")) == [number]
+
+
+def test_nul_in_a_request_id_matches_nothing(anon_client, key):
+    # PostgreSQL refused to compare text holding U+0000 (500); SQLite found nothing
+    number = post(anon_client, key, form(*center(0))).get_json()[0]["service_request_id"]
+    for value in ("%00", f"{number}%00", "320508-20261128-0001%00"):
+        one_error(anon_client.get(f"{BASE}/requests/{value}.json?api_key={key}"), 404)
+        xml_error(anon_client.get(f"{BASE}/requests/{value}.xml?api_key={key}"), 404)
+        one_error(anon_client.get(f"{BASE}/tokens/{value}.json?api_key={key}"), 404)
+    url = f"{BASE}/requests.json?api_key={key}&service_request_id="
+    assert _numbers(anon_client.get(f"{url}{number}%00")) == []
+    assert _numbers(anon_client.get(f"{url}{number}%00,{number}")) == [number]
+
+
+def test_stored_control_characters_are_replaced_in_xml_only(client, anon_client, key, world):
+    # the native API takes C0 controls in text; the XML answer was not well-formed then
+    description = "ctrl \u0001\u000b\u001f char"
+    r = client.post("/api/v1/cases", json=report_body(*center(0), description=description))
+    assert r.status_code == 201, r.get_json()
+    case_id = r.get_json()["id"]
+    for path in (f"requests/{case_id}.xml", "requests.xml"):
+        answer = anon_client.get(f"{BASE}/{path}?api_key={key}")
+        assert answer.status_code == 200
+        root = ET.fromstring(answer.data)
+        assert root.findtext("request/description") == "ctrl \ufffd\ufffd\ufffd char"
+    [got] = anon_client.get(f"{BASE}/requests/{case_id}.json?api_key={key}").get_json()
+    assert got["description"] == description
+
+
+def test_a_value_the_database_refuses_is_400(anon_client, key, monkeypatch):
+    # the last guard: a DataError (a value out of range, text the engine cannot hold) the
+    # checks missed is bad input, not a 500
+    from sqlalchemy.exc import DataError
+
+    from gridapi.services import open311
+
+    def refused(*args: Any) -> None:
+        raise DataError("SELECT …", {}, ValueError("invalid byte sequence"))
+
+    monkeypatch.setattr(open311, "find_request", refused)
+    assert "stored" in one_error(anon_client.get(f"{BASE}/requests/1.json?api_key={key}"), 400)
+    assert "stored" in xml_error(anon_client.get(f"{BASE}/requests/1.xml?api_key={key}"), 400)
 
 
 def test_reading_needs_a_key_unless_public_read_is_on(app, anon_client, key):
