@@ -22,8 +22,10 @@ DATA_VERSION = 1
 
 _US_PER_HOUR = 3_600_000_000
 _ONE_DAY = timedelta(days=1)
-_PERIOD_RE = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})")
-_ISO_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# ASCII: \d alone matches any Unicode digit (full-width ２０３１), which int() reads.
+_PERIOD_RE = re.compile(r"(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})", re.ASCII)
+_ISO_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_YEAR_KEY_RE = re.compile(r"\d{4}", re.ASCII)
 
 
 def _normalise_periods(periods: Iterable[Sequence[time]]) -> tuple[Period, ...]:
@@ -169,7 +171,7 @@ class WorkingCalendar:
         holidays: list[date] = []
         workdays: list[date] = []
         for year_key, entry in years.items():
-            if not (isinstance(year_key, str) and re.fullmatch(r"\d{4}", year_key)):
+            if not (isinstance(year_key, str) and _YEAR_KEY_RE.fullmatch(year_key)):
                 raise ValueError(f"year keys must be 4-digit strings, got {year_key!r}")
             if not isinstance(entry, Mapping) or set(entry) - {"holidays", "workdays"}:
                 raise ValueError(f"year {year_key} must only have 'holidays' and 'workdays' lists")
@@ -329,7 +331,7 @@ def _parse_day(year_key: str, name: str, value: object) -> date:
         d = date.fromisoformat(value)
     except ValueError:
         raise ValueError(f"year {year_key}: {name} entry {value!r} is not a valid date")
-    if str(d.year) != year_key:
+    if d.year != int(year_key):
         raise ValueError(f"year {year_key}: {name} entry {value} belongs to another year")
     return d
 

@@ -48,6 +48,7 @@ class Categories(MethodView):
     @blp.requires("categories:write")
     @blp.arguments(CategoryCreateSchema)
     @blp.response(201, CategorySchema)
+    @blp.alt_response(409, response="CONFLICT", description="The code is used already.")
     def post(self, data):
         """Create a category (a class of 2 digits or a subclass of 4)
 

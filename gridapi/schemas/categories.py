@@ -5,6 +5,13 @@ from __future__ import annotations
 from marshmallow import fields, validate
 
 from ..models.categories import ATTRIBUTE_TYPES, LIMIT_UNITS
+from ..services.categories import (
+    MAX_ATTRIBUTES,
+    MAX_DESCRIPTION,
+    MAX_LABEL,
+    MAX_VALUE,
+    MAX_VALUES,
+)
 from .common import StrictSchema
 
 UNIT = validate.OneOf(LIMIT_UNITS)
@@ -43,7 +50,8 @@ class CategorySchema(StrictSchema):
         required=True,
         metadata={
             "description": "Who handles a filed case: community, township, county or "
-            "department:<code> (dispatched by the township office)."
+            "department:<code> (dispatched by the township office).",
+            "example": "township",
         },
     )
     intake_standard = fields.String(required=True)
@@ -70,6 +78,44 @@ class CategoryQueryArgsSchema(StrictSchema):
 _LIMIT = validate.Range(min=1, max=1000)
 
 
+class AttributeDefinitionSchema(StrictSchema):
+    """One extra attribute as an admin defines it; the service checks the rest (distinct
+    codes, values for choices only, no blank label)."""
+
+    code = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            r"^[a-z][a-z0-9_]{0,39}\Z",
+            error="1-40 lower-case letters, digits and _, from a letter",
+        ),
+        metadata={"example": "mediated"},
+    )
+    label = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=MAX_LABEL),
+        metadata={"example": "是否已调解"},
+    )
+    type = fields.String(
+        required=True,
+        validate=validate.OneOf(ATTRIBUTE_TYPES),
+        metadata={"example": "single_choice"},
+    )
+    required = fields.Boolean(metadata={"description": "A report must give it (default false)."})
+    values = fields.List(
+        fields.String(validate=validate.Length(min=1, max=MAX_VALUE)),
+        allow_none=True,
+        validate=validate.Length(min=1, max=MAX_VALUES),
+        metadata={
+            "description": "The distinct choices of a choice type; null or absent for the others.",
+            "example": ["是", "否"],
+        },
+    )
+    description = fields.String(
+        validate=validate.Length(max=MAX_DESCRIPTION),
+        metadata={"example": "双方是否已经人民调解"},
+    )
+
+
 class CategoryUpdateSchema(StrictSchema):
     name = fields.String(validate=validate.Length(min=1, max=100))
     accept_limit = fields.Integer(validate=_LIMIT)
@@ -78,7 +124,13 @@ class CategoryUpdateSchema(StrictSchema):
     handle_unit = fields.String(validate=UNIT)
     verify_limit = fields.Integer(validate=_LIMIT)
     verify_unit = fields.String(validate=UNIT)
-    default_handler = fields.String(validate=validate.Length(max=64))
+    default_handler = fields.String(
+        validate=validate.Length(max=64),
+        metadata={
+            "description": "community, township, county or department:<code>.",
+            "example": "township",
+        },
+    )
     intake_standard = fields.String(validate=validate.Length(max=5000))
     closure_standard = fields.String(validate=validate.Length(max=5000))
     sensitive = fields.Boolean()
@@ -86,8 +138,12 @@ class CategoryUpdateSchema(StrictSchema):
     auto_escalate = fields.Boolean()
     duplicate_radius_m = fields.Float(validate=validate.Range(min=0, max=5000))
     attributes = fields.List(
-        fields.Dict(),
-        metadata={"description": "Attribute definitions: code, label, type, required, values."},
+        fields.Nested(AttributeDefinitionSchema),
+        validate=validate.Length(max=MAX_ATTRIBUTES),
+        metadata={
+            "description": "The extra attributes a report of the category carries; the list "
+            "replaces the one stored."
+        },
     )
     is_active = fields.Boolean()
 

@@ -13,6 +13,10 @@ from ..errors import NotFound, Unprocessable
 from ..models import CalendarDay
 from ..workcalendar import WorkingCalendar, parse_periods
 
+# The years GET /api/v1/calendar?year= lists (CalendarQueryArgsSchema): a year imported
+# outside them could not be read back.
+FIRST_YEAR, LAST_YEAR = 2000, 2100
+
 
 def working_calendar(session: Session, working_hours: str, timezone: str) -> WorkingCalendar:
     """Return the calendar deadlines are counted on: the stored days and the working hours."""
@@ -62,13 +66,23 @@ def remove_day(session: Session, day: date) -> None:
 def import_days(session: Session, data: Any, working_hours: str, timezone: str) -> dict[str, int]:
     """Replace the years in ``data`` (the holidays_cn.json format) with its days.
 
-    All or nothing: the file is checked completely first. Raises Unprocessable.
+    All or nothing: the file is checked completely first. Raises Unprocessable naming
+    ``years`` for a malformed file or a year outside FIRST_YEAR-LAST_YEAR.
     """
     try:
         parsed = WorkingCalendar.from_data(data, periods=working_hours, tz=timezone)
     except (ValueError, TypeError) as exc:
-        raise Unprocessable(f"Invalid calendar data: {exc}") from None
+        raise Unprocessable(
+            f"Invalid calendar data: {exc}", errors={"json": {"years": [str(exc)]}}
+        ) from None
+    # from_data has checked each key is 4 ASCII digits, so int() reads what was written.
     years = sorted(int(y) for y in data["years"])
+    outside = [y for y in years if not FIRST_YEAR <= y <= LAST_YEAR]
+    if outside:
+        problem = f"years must lie between {FIRST_YEAR} and {LAST_YEAR}, got {outside[0]:04d}"
+        raise Unprocessable(
+            f"Invalid calendar data: {problem}", errors={"json": {"years": [problem]}}
+        )
     session.execute(delete(CalendarDay).where(extract("year", CalendarDay.day).in_(years)))
     for day in sorted(parsed.holidays):
         session.add(CalendarDay(day=day, kind="holiday", name=""))

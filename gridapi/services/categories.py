@@ -13,8 +13,16 @@ from ..errors import Conflict, NotFound, Unprocessable
 from ..models import Category
 from ..models.categories import ATTRIBUTE_TYPES
 
-_HANDLER_RE = re.compile(r"^(community|township|county|department:[A-Za-z0-9_.\-]{2,32})$")
-_ATTR_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+# fullmatch, not ``$``: ``$`` also matches before a final newline ("community\n").
+_HANDLER_RE = re.compile(r"community|township|county|department:[A-Za-z0-9_.\-]{2,32}")
+_ATTR_CODE_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+ATTRIBUTE_KEYS = ("code", "label", "type", "required", "values", "description")
+MAX_ATTRIBUTES = 50
+MAX_LABEL = 100
+MAX_DESCRIPTION = 1000
+MAX_VALUES = 200
+MAX_VALUE = 100
+NUL_MESSAGE = "Must not contain NUL characters (U+0000)."
 
 
 def list_categories(session: Session, *, include_inactive: bool = False) -> list[Category]:
@@ -34,45 +42,93 @@ def get_category(session: Session, code: str) -> Category:
 
 
 def attribute_schema_problems(attributes: Any) -> list[str]:
-    """Return what is wrong with an attribute schema (empty when it is fine)."""
+    """Return what is wrong with an attribute schema as sentences (empty when it is fine)."""
+    errors = attribute_schema_errors(attributes)
+    if isinstance(errors, list):
+        return errors
+    return [
+        f"attribute {i}: {key}: {message}"
+        for i, keys in errors.items()
+        for key, messages in keys.items()
+        for message in messages
+    ]
+
+
+def attribute_schema_errors(attributes: Any) -> list[str] | dict[int, dict[str, list[str]]]:
+    """Return what is wrong with an attribute schema, shaped as marshmallow shapes a list's
+    errors: problems of the whole list, or each attribute's problems by index and key
+    (``_schema`` for the attribute as a whole). Empty when it is fine."""
     if not isinstance(attributes, list):
         return ["must be a list of attribute definitions"]
-    problems: list[str] = []
+    if len(attributes) > MAX_ATTRIBUTES:
+        return [f"at most {MAX_ATTRIBUTES} attributes"]
+    errors: dict[int, dict[str, list[str]]] = {}
     seen: set[str] = set()
     for i, attr in enumerate(attributes):
-        where = f"attribute {i}"
-        if not isinstance(attr, dict):
-            problems.append(f"{where}: must be an object")
-            continue
-        unknown = set(attr) - {"code", "label", "type", "required", "values", "description"}
-        if unknown:
-            problems.append(f"{where}: unknown keys {sorted(unknown)}")
-        code = attr.get("code")
-        if not isinstance(code, str) or not _ATTR_CODE_RE.match(code):
-            problems.append(f"{where}: code must be lower-case letters, digits and _")
-        elif code in seen:
-            problems.append(f"{where}: duplicate code {code!r}")
-        else:
-            seen.add(code)
-        if not isinstance(attr.get("label"), str) or not attr["label"].strip():
-            problems.append(f"{where}: label is required")
-        kind = attr.get("type")
-        if kind not in ATTRIBUTE_TYPES:
-            problems.append(f"{where}: type must be one of {', '.join(ATTRIBUTE_TYPES)}")
-        values = attr.get("values")
-        if kind in ("single_choice", "multiple_choice"):
-            if (
-                not isinstance(values, list)
-                or not values
-                or not all(isinstance(v, str) and v for v in values)
-                or len(set(values)) != len(values)
-            ):
-                problems.append(f"{where}: a choice needs a list of distinct non-empty values")
-        elif values is not None:
-            problems.append(f"{where}: values are only for choices")
-        if "required" in attr and not isinstance(attr["required"], bool):
-            problems.append(f"{where}: required must be true or false")
+        problems = _definition_problems(attr, seen)
+        if problems:
+            errors[i] = problems
+    return errors
+
+
+def _definition_problems(attr: Any, seen: set[str]) -> dict[str, list[str]]:
+    """Return one attribute definition's problems by key; adds its code to ``seen``."""
+    if not isinstance(attr, dict):
+        return {"_schema": ["must be an object"]}
+    problems: dict[str, list[str]] = {}
+    for key in attr:
+        if key not in ATTRIBUTE_KEYS:
+            problems[str(key)] = ["Unknown field."]
+    code = attr.get("code")
+    if not isinstance(code, str) or not _ATTR_CODE_RE.fullmatch(code):
+        problems["code"] = ["must be 1-40 lower-case letters, digits and _, from a letter"]
+    elif code in seen:
+        problems["code"] = [f"duplicate code {code!r}"]
+    else:
+        seen.add(code)
+    if problem := _text_problem(attr.get("label"), MAX_LABEL, required=True):
+        problems["label"] = [problem]
+    if "description" in attr and (
+        problem := _text_problem(attr["description"], MAX_DESCRIPTION, required=False)
+    ):
+        problems["description"] = [problem]
+    kind = attr.get("type")
+    if kind not in ATTRIBUTE_TYPES:
+        problems["type"] = [f"must be one of {', '.join(ATTRIBUTE_TYPES)}"]
+    values = attr.get("values")
+    if kind in ("single_choice", "multiple_choice"):
+        if problem := _choices_problem(values):
+            problems["values"] = [problem]
+    elif values is not None:
+        problems["values"] = ["values are only for choices"]
+    if "required" in attr and not isinstance(attr["required"], bool):
+        problems["required"] = ["must be true or false"]
     return problems
+
+
+def _text_problem(value: Any, limit: int, *, required: bool) -> str | None:
+    if not isinstance(value, str):
+        return "must be text"
+    if "\x00" in value:
+        return NUL_MESSAGE
+    if required and not value.strip():
+        return "required"
+    if len(value) > limit:
+        return f"at most {limit} characters"
+    return None
+
+
+def _choices_problem(values: Any) -> str | None:
+    if not isinstance(values, list) or not values:
+        return "a choice needs a list of distinct non-empty values"
+    if len(values) > MAX_VALUES:
+        return f"at most {MAX_VALUES} values"
+    for j, value in enumerate(values):
+        if problem := _text_problem(value, MAX_VALUE, required=True):
+            return f"value {j}: {problem}"
+    if len(set(values)) != len(values):
+        return "a choice needs a list of distinct non-empty values"
+    return None
 
 
 def check_attributes(category: Category, values: Any) -> dict[str, Any]:
@@ -94,6 +150,8 @@ def check_attributes(category: Category, values: Any) -> dict[str, Any]:
             errors[code] = [f"unknown attribute for category {category.code}"]
     for code, attr in schema.items():
         value = values.get(code)
+        if isinstance(value, str) and attr["type"] in ("string", "text"):
+            value = value.strip()  # blanks are no answer, to a required attribute neither
         if value is None or value == "" or value == []:
             if attr.get("required"):
                 errors[code] = ["required"]
@@ -109,14 +167,18 @@ def check_attributes(category: Category, values: Any) -> dict[str, Any]:
 
 
 def _check_value(attr: dict[str, Any], value: Any) -> tuple[str | None, Any]:
+    """Return (problem, None) or (None, the value as stored) for a non-empty value."""
     kind = attr["type"]
+    # PostgreSQL cannot store NUL in JSON text and SQLite would: refused on both alike.
+    if _has_nul(value):
+        return NUL_MESSAGE, None
     if kind in ("string", "text"):
         limit = 200 if kind == "string" else 5000
         if not isinstance(value, str):
             return "must be text", None
         if len(value) > limit:
             return f"at most {limit} characters", None
-        return None, value.strip()
+        return None, value
     if kind == "number":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return "must be a number", None
@@ -137,14 +199,20 @@ def _check_value(attr: dict[str, Any], value: Any) -> tuple[str | None, Any]:
     return None, list(dict.fromkeys(value))
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(isinstance(v, str) and "\x00" in v for v in value)
+    return isinstance(value, str) and "\x00" in value
+
+
 def _check_definition(data: dict[str, Any]) -> None:
-    errors: dict[str, list[str]] = {}
+    errors: dict[str, Any] = {}
     if "attributes" in data:
-        problems = attribute_schema_problems(data["attributes"])
+        problems = attribute_schema_errors(data["attributes"])
         if problems:
             errors["attributes"] = problems
     handler = data.get("default_handler")
-    if handler is not None and not _HANDLER_RE.match(handler):
+    if handler is not None and not _HANDLER_RE.fullmatch(handler):
         errors["default_handler"] = ["community, township, county or department:<code>"]
     if errors:
         raise Unprocessable("Invalid category.", errors={"json": errors})

@@ -76,3 +76,45 @@ def test_import_replaces_a_year_all_or_nothing(client, database_url, settings, t
         "2028-10-02"
     ]
     assert date(2028, 10, 2).weekday() == 0
+
+
+def _dates(client, year: int) -> list[str]:  # type: ignore[no-untyped-def]
+    r = client.get(f"/api/v1/calendar?year={year}")
+    assert r.status_code == 200, r.get_json()
+    return [d["date"] for d in r.get_json()["items"]]
+
+
+def test_import_refuses_year_keys_of_non_ascii_digits_and_keeps_the_year(client):
+    ok = {"version": 1, "years": {"2031": {"holidays": ["2031-01-01"]}}}
+    assert client.post("/api/v1/calendar/import", json=ok).status_code == 200
+    # Full-width ２０３１ read as 2031 by int(): the import answered 200 and emptied 2031.
+    for key in ("２０３１", "٢٠٣١"):
+        r = client.post("/api/v1/calendar/import", json={"version": 1, "years": {key: {}}})
+        assert r.status_code == 422, r.get_json()
+        body = r.get_json()
+        assert (body["code"], body["status"]) == (422, "Unprocessable Entity")
+        assert "year keys must be 4-digit strings" in body["message"]
+        assert any("4-digit" in m for m in body["errors"]["json"]["years"])
+    assert _dates(client, 2031) == ["2031-01-01"]
+    actions = [e["action"] for e in client.get("/api/v1/audit").get_json()["items"]]
+    assert actions.count("calendar.import") == 1
+
+
+def test_import_takes_exactly_the_years_the_calendar_lists(client):
+    # GET ?year= lists 2000-2100; a year imported outside could never be read back.
+    for year in (1999, 2101):
+        assert client.get(f"/api/v1/calendar?year={year}").status_code == 422
+    for key, day in (("1999", "1999-01-01"), ("2101", "2101-01-03"), ("0001", "0001-01-01")):
+        r = client.post(
+            "/api/v1/calendar/import", json={"version": 1, "years": {key: {"holidays": [day]}}}
+        )
+        assert r.status_code == 422, r.get_json()
+        # "0001" was refused, but as "0001-01-01 belongs to another year".
+        problems = r.get_json()["errors"]["json"]["years"]
+        assert problems == [f"years must lie between 2000 and 2100, got {key}"]
+    for key, day in (("2000", "2000-01-01"), ("2100", "2100-01-01")):
+        r = client.post(
+            "/api/v1/calendar/import", json={"version": 1, "years": {key: {"holidays": [day]}}}
+        )
+        assert r.status_code == 200, r.get_json()
+        assert _dates(client, int(key)) == [day]

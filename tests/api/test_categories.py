@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import func, select
 
 from gridapi.errors import Unprocessable
-from gridapi.models import Category
-from gridapi.services.categories import attribute_schema_problems, check_attributes
+from gridapi.models import Case, Category
+from gridapi.services.categories import (
+    attribute_schema_errors,
+    attribute_schema_problems,
+    check_attributes,
+)
+
+from ..factories import LAT0, LON0, STEP
+
+NUL = "Must not contain NUL characters (U+0000)."
 
 
 def test_seeded_taxonomy_is_listed_for_any_signed_in_caller(accounts, anon_client, factory):
@@ -108,3 +117,187 @@ def test_attribute_schema_problems():
             {"code": "a", "label": "B", "type": "string"},
         ]
     )
+
+
+def test_attribute_schema_errors_name_the_attribute_and_the_key():
+    assert attribute_schema_errors([{"code": "a", "label": "A", "type": "string"}]) == {}
+    assert attribute_schema_errors("x") == ["must be a list of attribute definitions"]
+    good = {"code": "a", "label": "A", "type": "string"}
+    errors = attribute_schema_errors(
+        [
+            {**good, "description": {"k": 1}},
+            {**good, "code": "b", "label": "x\x00y", "hint": "?"},
+            {**good, "code": "a", "label": "  "},
+            {"code": "c", "label": "C", "type": "single_choice", "values": ["ok", 1]},
+            {"code": "d", "label": "D", "type": "multiple_choice", "values": ["ok", "x" * 101]},
+            {**good, "code": "e\n", "label": "L" * 101, "required": "yes"},
+            "x",
+        ]
+    )
+    assert errors == {
+        0: {"description": ["must be text"]},
+        1: {"label": [NUL], "hint": ["Unknown field."]},
+        2: {"code": ["duplicate code 'a'"], "label": ["required"]},
+        3: {"values": ["value 1: must be text"]},
+        4: {"values": ["value 1: at most 100 characters"]},
+        5: {
+            "code": ["must be 1-40 lower-case letters, digits and _, from a letter"],
+            "label": ["at most 100 characters"],
+            "required": ["must be true or false"],
+        },
+        6: {"_schema": ["must be an object"]},
+    }
+    # The sentences task forms answer name the attribute and the key too.
+    assert "attribute 0: description: must be text" in attribute_schema_problems(
+        [{**good, "description": {"k": 1}}]
+    )
+
+
+GOOD_ATTRIBUTE = {"code": "a", "label": "x", "type": "string"}
+
+
+@pytest.mark.parametrize(
+    ("definition", "key"),
+    [
+        ({"description": {"k": 1}}, "description"),  # stored and shown as "{'k': 1}"
+        ({"description": "d\x00"}, "description"),
+        ({"description": "d" * 1001}, "description"),
+        ({"label": ["x"]}, "label"),
+        ({"label": "x\x00"}, "label"),
+        ({"label": "x" * 100_000}, "label"),
+        ({"label": "   "}, "label"),
+        ({"code": "a\n"}, "code"),
+        ({"required": "yes"}, "required"),
+        ({"hint": "?"}, "hint"),
+        ({"values": ["v"]}, "values"),  # values are for choices
+        ({"type": "single_choice"}, "values"),
+        ({"type": "single_choice", "values": ["v", {"k": 1}]}, "values"),
+        ({"type": "single_choice", "values": ["v", "w\x00"]}, "values"),
+        ({"type": "single_choice", "values": ["v", "w" * 101]}, "values"),
+        ({"type": "multiple_choice", "values": ["v", " "]}, "values"),
+        ({"type": "multiple_choice", "values": ["v", "v"]}, "values"),
+    ],
+)
+def test_a_malformed_attribute_definition_is_refused_naming_index_and_key(
+    client, factory, session, definition, key
+):
+    factory.regions()
+    attributes = [
+        {"code": "first", "label": "第一", "type": "number"},
+        {**GOOD_ATTRIBUTE, **definition},
+    ]
+    r = client.post(
+        "/api/v1/categories", json={"code": "5309", "name": "燃气", "attributes": attributes}
+    )
+    assert r.status_code == 422, r.get_json()
+    body = r.get_json()
+    assert (body["code"], body["status"]) == (422, "Unprocessable Entity")
+    assert list(body["errors"]["json"]["attributes"]) == ["1"]
+    assert list(body["errors"]["json"]["attributes"]["1"]) == [key]
+    assert session.get(Category, "5309") is None
+    before = client.get("/api/v1/categories/0101").get_json()["attributes"]
+    r = client.patch("/api/v1/categories/0101", json={"attributes": attributes})
+    assert r.status_code == 422, r.get_json()
+    assert list(r.get_json()["errors"]["json"]["attributes"]["1"]) == [key]
+    assert client.get("/api/v1/categories/0101").get_json()["attributes"] == before
+
+
+def test_duplicate_attribute_codes_are_named_at_the_second(client, factory):
+    factory.regions()
+    attributes = [GOOD_ATTRIBUTE, {**GOOD_ATTRIBUTE, "label": "again"}]
+    r = client.patch("/api/v1/categories/0101", json={"attributes": attributes})
+    assert r.status_code == 422
+    assert r.get_json()["errors"]["json"]["attributes"] == {"1": {"code": ["duplicate code 'a'"]}}
+
+
+def test_valid_attribute_definitions_still_pass_as_they_are_read(client, factory, session):
+    factory.regions()
+    items = client.get("/api/v1/categories").get_json()["items"]
+    seeded = {c["code"]: c["attributes"] for c in items if c["attributes"]}
+    assert set(seeded) >= {"5102", "5104", "5301"}
+    for code, attributes in seeded.items():  # values: null for the non-choices
+        r = client.patch(f"/api/v1/categories/{code}", json={"attributes": attributes})
+        assert r.status_code == 200, r.get_json()
+        assert r.get_json()["attributes"] == attributes
+    limits = {
+        "code": "z" * 40,
+        "label": "L" * 100,
+        "type": "single_choice",
+        "required": False,
+        "values": ["v" * 100, "w"],
+        "description": "D" * 1000,
+    }
+    r = client.patch("/api/v1/categories/0101", json={"attributes": [limits]})
+    assert r.status_code == 200, r.get_json()
+    session.expire_all()
+    assert session.get(Category, "0101").attributes == [limits]
+
+
+def test_a_handler_with_a_trailing_newline_is_refused(client, factory, session):
+    factory.regions()
+    r = client.patch("/api/v1/categories/0101", json={"default_handler": "community\n"})
+    assert r.status_code == 422
+    assert list(r.get_json()["errors"]["json"]) == ["default_handler"]
+    session.expire_all()
+    assert session.get(Category, "0101").default_handler == "township"
+
+
+def _report(client, attributes):  # type: ignore[no-untyped-def]
+    lon, lat = round(LON0 + 0.5 * STEP, 6), round(LAT0 + 0.5 * STEP, 6)
+    body = {
+        "category": "0101",
+        "description": "小区门口垃圾堆放",
+        "location": {"type": "Point", "coordinates": [lon, lat]},
+        "accuracy_m": 8.5,
+        "address": "平江路 1 号",
+        "attributes": attributes,
+    }
+    return client.post("/api/v1/cases", json=body)
+
+
+def _cases(session) -> int:  # type: ignore[no-untyped-def]
+    session.rollback()
+    return session.scalar(select(func.count()).select_from(Case))
+
+
+REPORT_FORM = [
+    {"code": "note", "label": "备注", "type": "string"},
+    {"code": "detail", "label": "详情", "type": "text"},
+    {"code": "pick", "label": "选项", "type": "single_choice", "values": ["a", "b"]},
+    {"code": "tags", "label": "标签", "type": "multiple_choice", "values": ["a", "b"]},
+]
+
+
+@pytest.mark.parametrize(
+    ("code", "value"),
+    [("note", "a\u0000b"), ("detail", "\u0000"), ("pick", "a\u0000"), ("tags", ["a", "b\u0000"])],
+)
+def test_a_nul_in_a_report_attribute_is_refused_on_both_engines(
+    client, world, session, code, value
+):
+    # PostgreSQL answered "A value is out of range" naming nothing; SQLite stored the NUL.
+    r = client.patch("/api/v1/categories/0101", json={"attributes": REPORT_FORM})
+    assert r.status_code == 200, r.get_json()
+    r = _report(client, {code: value})
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"] == {"json": {"attributes": {code: [NUL]}}}
+    assert _cases(session) == 0
+
+
+def test_blanks_do_not_answer_a_required_text_attribute(client, world, session):
+    form = [
+        {"code": "note", "label": "备注", "type": "string", "required": True},
+        {"code": "detail", "label": "详情", "type": "text"},
+    ]
+    assert client.patch("/api/v1/categories/0101", json={"attributes": form}).status_code == 200
+    missing = _report(client, {})
+    assert missing.status_code == 422
+    for blank in ("   ", "\t\n", "\u3000"):  # the last an ideographic space
+        r = _report(client, {"note": blank})
+        assert r.status_code == 422, r.get_json()
+        assert r.get_json()["errors"] == missing.get_json()["errors"]
+        assert r.get_json()["errors"]["json"]["attributes"]["note"] == ["required"]
+    assert _cases(session) == 0
+    r = _report(client, {"note": " 燃气 ", "detail": "  "})
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["attributes"] == {"note": "燃气"}

@@ -165,6 +165,9 @@ def test_parse_periods_allows_touching_periods():
         ("08:30-08:30", "ends before it starts"),
         ("08:30-12:00,11:00-14:00", "overlap"),
         ("13:30-17:30,08:30-14:00", "overlap"),
+        # Full-width and Arabic-Indic digits: \d matched them and int() read them.
+        ("０８:30-12:00", "expected HH:MM-HH:MM"),
+        ("08:30-١٢:00", "expected HH:MM-HH:MM"),
     ],
 )
 def test_parse_periods_errors(text, message):
@@ -234,6 +237,10 @@ def test_from_data():
         (lambda d: d.update(version=2), "version 1"),
         (lambda d: d.pop("years"), "'years'"),
         (lambda d: d["years"].update({"26": {}}), "4-digit"),
+        # Unicode digits are not 4-digit year keys (int("２０３１") is 2031).
+        (lambda d: d["years"].update({"２０３１": {"holidays": []}}), "4-digit"),
+        (lambda d: d["years"].update({"٢٠٣١": {}}), "4-digit"),
+        (lambda d: d["years"]["2026"]["holidays"].append("２０２６-01-02"), "not a YYYY-MM-DD"),
         (lambda d: d["years"]["2026"].update(notes=[]), "only have"),
         (lambda d: d["years"]["2026"].update(holidays="2026-01-01"), "list of dates"),
         (lambda d: d["years"]["2026"]["holidays"].append("2026-02-30"), "not a valid date"),
@@ -249,6 +256,15 @@ def test_from_data_errors(change, message):
     data = good_data()
     change(data)
     with pytest.raises(ValueError, match=message):
+        WorkingCalendar.from_data(data)
+
+
+def test_from_data_files_a_zero_padded_year_under_its_key():
+    # "0001" is the year of 0001-01-01 (compared as text, "1" != "0001" said another year).
+    data = {"version": 1, "years": {"0001": {"holidays": ["0001-01-01"]}}}
+    assert WorkingCalendar.from_data(data).holidays == {date(1, 1, 1)}
+    data = {"version": 1, "years": {"0001": {"holidays": ["0002-01-01"]}}}
+    with pytest.raises(ValueError, match="belongs to another year"):
         WorkingCalendar.from_data(data)
 
 
