@@ -9,8 +9,10 @@ from typing import Any
 import orjson
 from flask import Response, current_app, g, request
 from flask.views import MethodView
-from marshmallow import fields, validate
+from marshmallow import ValidationError, fields, validate
 from sqlalchemy import Connection, func, select
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 from werkzeug.test import EnvironBuilder
 
@@ -18,9 +20,10 @@ from ..auth import current_principal
 from ..errors import Unprocessable, error_body
 from ..extensions import AppState, db_session, state, use_session
 from ..jsonio import dumps_bytes
-from ..models import CalendarDay, Category
+from ..models import CalendarDay, Case, Category
 from ..models.tasks import TaskItem
 from ..schemas.calendar import CalendarDaySchema
+from ..schemas.cases import CaseCreateSchema
 from ..schemas.categories import CategorySchema
 from ..schemas.common import StrictSchema
 from ..services import calendar as calendar_svc
@@ -127,6 +130,7 @@ def render(session, caller, changes: list[svc.Change]) -> list[dict[str, Any]]: 
     cases = [c.obj for c in changes if c.entity == "case" and c.obj is not None]
     names = _names_for(session, cases) if cases else {}
     category_names = _category_names(session, cases) if cases else {}
+    duplicates = _duplicates_of(session, cases)
     households = [c.obj for c in changes if c.entity == "household" and c.obj is not None]
     household_views = {
         h.id: view for h, view in zip(households, households_body(session, households), strict=True)
@@ -142,7 +146,11 @@ def render(session, caller, changes: list[svc.Change]) -> list[dict[str, Any]]: 
             c = change.obj
             item["op"] = "upsert"
             item["data"] = case_view(
-                c, caller, names, category_name=category_names.get(c.category_code)
+                c,
+                caller,
+                names,
+                category_name=category_names.get(c.category_code),
+                duplicates=duplicates[c.id],
             )
         elif change.entity == "household":
             item["op"] = "upsert"
@@ -152,6 +160,22 @@ def render(session, caller, changes: list[svc.Change]) -> list[dict[str, Any]]: 
             item["data"] = task_views[change.id]
         out.append(item)
     return out
+
+
+def _duplicates_of(session: Session, cases: list[Case]) -> dict[int, list[int]]:
+    """Return the ids of the reports closed as duplicates of each case, in id order (what
+    the case's GET lists as ``duplicates``), for a whole page in one query."""
+    duplicates: dict[int, list[int]] = {c.id: [] for c in cases}
+    if not duplicates:
+        return duplicates
+    rows = session.execute(
+        select(Case.id, Case.duplicate_of_id)
+        .where(Case.duplicate_of_id.in_(list(duplicates)))
+        .order_by(Case.id)
+    )
+    for duplicate_id, original_id in rows:
+        duplicates[original_id].append(duplicate_id)
+    return duplicates
 
 
 def _task_views(session, tasks, principal) -> dict[int, dict[str, Any]]:  # type: ignore[no-untyped-def]
@@ -223,6 +247,10 @@ ACTIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 # Actions whose endpoint needs If-Match: the payload's `if_match`, else "*" (the state
 # machine still refuses what the current state does not allow).
 _IF_MATCH = {"case.transition", "task.accept", "task.complete"}
+# Actions whose endpoint reads a case report, with the phone's `client_id`: a UUID, in
+# whatever letter case it comes.
+_REPORTS = {"case.create", "patrol.finding"}
+_CLIENT_ID = CaseCreateSchema().fields["client_id"]
 BATCH_MAX = 500
 REF_PREFIX = "ref:"
 KEY_PREFIX = "batch:"  # an action's key as kept among the caller's idempotency keys
@@ -312,6 +340,33 @@ def _apply(
 ) -> dict[str, Any]:
     """Apply one action in a transaction of its own; return its result.
 
+    Whatever the action raises is its own result, answered by the application's error
+    handlers as its endpoint would answer it (an unexpected error is logged, and a 500 in
+    the one error body), and its transaction is rolled back. Only the database being out of
+    reach (a lock waited for too long, no connection) answers for the whole batch: 503,
+    send it again.
+    """
+    try:
+        return _apply_in_transaction(st, caller, action, headers, created, in_batch)
+    except (OperationalError, PoolTimeout):
+        raise
+    except Exception as exc:
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            raise
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        return _result(action["key"], app.make_response(app.handle_user_exception(exc)))
+
+
+def _apply_in_transaction(
+    st: AppState,
+    caller: str,
+    action: dict[str, Any],
+    headers: dict[str, str],
+    created: dict[str, int | None],
+    in_batch: set[str],
+) -> dict[str, Any]:
+    """Apply one action in a transaction of its own; return its result.
+
     The transaction first takes the action's key (on PostgreSQL its advisory lock, waited
     for; on SQLite the write lock, BEGIN IMMEDIATE), then looks for the key's answer. The
     endpoint's code runs inside it (its commit ends a savepoint and adds the key), the
@@ -323,7 +378,7 @@ def _apply(
     stored_key = f"{KEY_PREFIX}{key}"
     # The action as the phone wrote it (references unresolved) is what its key names:
     # a replay is recognised before anything is resolved, in whatever order it comes.
-    body_hash = idempotency.request_hash("BATCH", kind, action["payload"])
+    body_hash = idempotency.request_hash("BATCH", kind, _as_read(kind, action["payload"]))
     # Checked before the transaction, the action's request finds the snapshot fresh and
     # needs no second connection while this one is held (Blueprint.takes_routing_snapshot).
     st.routing.snapshot()
@@ -341,6 +396,15 @@ def _apply(
             )
         if found is not None:
             return _replayed(key, found)
+        # Checked after the lookup: a key applied before this rule answers as it did.
+        key_header = _idempotency_header(key)
+        if key_header is None:
+            return _failed(
+                key,
+                422,
+                f"The key must be 1 to {idempotency.MAX_KEY_LENGTH} printable characters.",
+                {"json": {"key": [f"1 to {idempotency.MAX_KEY_LENGTH} printable characters"]}},
+            )
         try:
             payload = _resolve(session, caller, action["payload"], created, in_batch)
         except Unprocessable as exc:
@@ -353,13 +417,29 @@ def _apply(
                 f"The payload needs {', '.join(missing)}.",
                 {"json": {"payload": {p: ["Missing data for required field."] for p in missing}}},
             )
+        not_ids = [p for p in params if not _is_id(payload[p])]
+        if not_ids:
+            return _failed(
+                key,
+                422,
+                f"The payload's {', '.join(not_ids)} must be an id.",
+                {"json": {"payload": {p: ["Not a valid integer."] for p in not_ids}}},
+            )
+        if_match = str(payload.get("if_match") or "*")
+        if kind in _IF_MATCH and not if_match.isprintable():
+            return _failed(
+                key,
+                422,
+                "The payload's if_match must be an ETag, or *.",
+                {"json": {"payload": {"if_match": ["an ETag as read, or *"]}}},
+            )
         body = {k: v for k, v in payload.items() if k not in params and k != "if_match"}
         path = template.format(**{p: payload[p] for p in params})
         extra = dict(headers)
         if kind == "case.create":
-            extra["Idempotency-Key"] = key
+            extra["Idempotency-Key"] = key_header
         if kind in _IF_MATCH:
-            extra["If-Match"] = str(payload.get("if_match") or "*")
+            extra["If-Match"] = if_match
         kept_as = {
             "caller": caller,
             "key": stored_key,
@@ -407,9 +487,9 @@ def _resolve(
     }
     if not refs:
         return payload
-    kept = idempotency.resource_ids(
-        session, caller, [f"{KEY_PREFIX}{ref}" for ref in refs.values() if ref not in created]
-    )
+    # A NUL is in no key (the batch refuses it), and PostgreSQL cannot even compare it.
+    looked_up = [ref for ref in refs.values() if ref not in created and "\x00" not in ref]
+    kept = idempotency.resource_ids(session, caller, [f"{KEY_PREFIX}{ref}" for ref in looked_up])
     resolved, problems = dict(payload), {}
     for name, ref in refs.items():
         if ref in created:
@@ -435,6 +515,40 @@ def _resolve(
             errors={"json": {"payload": problems}},
         )
     return resolved
+
+
+def _as_read(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Return the payload with a report's ``client_id`` as its endpoint reads it (the UUID
+    in its canonical, lower-case form), when it is one: upper and lower case name the same
+    report. A payload whose client_id was canonical already is returned as it came, so its
+    hash is the one kept by earlier batches."""
+    if kind not in _REPORTS or payload.get("client_id") is None:
+        return payload
+    try:
+        client_id = _CLIENT_ID.deserialize(payload["client_id"])
+    except ValidationError:
+        return payload  # the endpoint refuses it
+    return {**payload, "client_id": str(client_id)}
+
+
+def _idempotency_header(key: str) -> str | None:
+    """Return the ``Idempotency-Key`` header that names exactly ``key`` (quoted: spaces and
+    quotes around it are part of the key), or None when no header can (a key that is not 1
+    to 200 printable characters)."""
+    header = f'"{key}"'
+    try:
+        named = idempotency.parse_header(header)
+    except Unprocessable:
+        return None
+    return header if named == key else None
+
+
+def _is_id(value: Any) -> bool:
+    """Whether a path parameter is an id (a number, or its digits), nothing else for the
+    path to carry."""
+    if isinstance(value, str):
+        return value.isascii() and value.isdigit()
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _dispatch(

@@ -800,6 +800,270 @@ def test_a_report_sent_online_first_is_a_replay_in_the_batch(client, worker, acc
         assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 1
 
 
+def count_rows(engine: Any, table: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+
+
+def test_a_value_no_header_can_carry_fails_its_action_alone(worker, engine):
+    """A key or an if_match with a line break (or another character a header cannot carry)
+    is refused for its action, naming its field; the actions around it are applied, and the
+    queue sent again replays them instead of answering 500 for ever."""
+    actions = [
+        offline_report("u-a", 0),
+        offline_report("u-b\r\nX: 1", 1),
+        offline_report("u-c", 2),
+        {
+            "key": "u-d",
+            "type": "case.transition",
+            "payload": {"case_id": "ref:u-a", "action": "sign", "if_match": '"1"\n'},
+        },
+        offline_report("u-e", 3),
+    ]
+    first = batch(worker, actions)
+    assert [(r["key"], r["status"], r["replayed"]) for r in first] == [
+        ("u-a", 201, False),
+        ("u-b\r\nX: 1", 422, False),
+        ("u-c", 201, False),
+        ("u-d", 422, False),
+        ("u-e", 201, False),
+    ], first
+    assert first[1]["error"]["errors"] == {"json": {"key": ["1 to 200 printable characters"]}}
+    assert first[3]["error"]["errors"] == {
+        "json": {"payload": {"if_match": ["an ETag as read, or *"]}}
+    }
+    assert count_rows(engine, "cases") == 3
+    again = batch(worker, actions)
+    assert [(r["status"], r["id"], r["replayed"]) for r in again] == [
+        (201, first[0]["id"], True),
+        (422, None, False),
+        (201, first[2]["id"], True),
+        (422, None, False),
+        (201, first[4]["id"], True),
+    ], again
+    assert count_rows(engine, "cases") == 3
+
+
+@pytest.mark.parametrize("case_id", ["1/rating#", "1?x=", True, 1.5, "", "١"])
+def test_a_path_parameter_that_is_no_id_is_refused_for_its_action(worker, engine, case_id):
+    """A path parameter is an id, nothing that would take the action to another path."""
+    results = batch(
+        worker,
+        [
+            {
+                "key": "t",
+                "type": "case.transition",
+                "payload": {"case_id": case_id, "action": "sign"},
+            },
+            offline_report("r"),
+        ],
+    )
+    assert [r["status"] for r in results] == [422, 201], results
+    assert results[0]["error"]["errors"] == {
+        "json": {"payload": {"case_id": ["Not a valid integer."]}}
+    }
+    assert count_rows(engine, "cases") == 1
+
+
+def test_a_reference_with_a_nul_is_no_id_on_both_engines(worker):
+    """PostgreSQL cannot compare text with a NUL: the reference is answered before any query."""
+    ref = {"key": "n", "type": "patrol.points", "payload": {"patrol_id": "ref:\x00"}}
+    results = batch(worker, [ref, offline_report("r")])
+    assert [r["status"] for r in results] == [422, 201], results
+    assert results[0]["error"]["errors"] == {
+        "json": {"payload": {"patrol_id": ["no action '\\x00' was applied"]}}
+    }
+
+
+def test_an_unexpected_error_in_one_action_is_that_actions_500(worker, engine, monkeypatch, caplog):
+    """An error nobody foresaw, before the endpoint runs, answers its own action: a 500 in
+    the one error body (no traceback), logged, with nothing of that action left behind;
+    the others are applied, and the action applies when sent again."""
+    import logging
+
+    from gridapi.resources import sync
+
+    dispatch = sync._dispatch
+
+    def breaks_on_b(method: str, path: str, body: Any, *args: Any) -> Any:
+        if body.get("description") == "坏":
+            raise ValueError("Header values must not contain newline characters.")
+        return dispatch(method, path, body, *args)
+
+    actions = [offline_report("e-a", 0), offline_report("e-b", 1), offline_report("e-c", 2)]
+    actions[1]["payload"]["description"] = "坏"
+    monkeypatch.setattr(sync, "_dispatch", breaks_on_b)
+    with caplog.at_level(logging.ERROR):
+        first = batch(worker, actions)
+    assert [r["status"] for r in first] == [201, 500, 201], first
+    error = first[1]["error"]
+    assert set(error) == {"code", "status", "message", "errors"}
+    assert (error["code"], error["status"]) == (500, "Internal Server Error")
+    assert "newline" not in error["message"] and "Traceback" not in error["message"]
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is ValueError]
+    assert logged, caplog.records
+    assert count_rows(engine, "cases") == 2
+    with engine.connect() as conn:
+        keys = conn.execute(text("SELECT key FROM idempotency_keys")).scalars().all()
+    assert not [k for k in keys if "e-b" in k]
+    monkeypatch.undo()
+    again = batch(worker, actions)
+    assert [(r["status"], r["replayed"]) for r in again] == [(201, True), (201, False), (201, True)]
+    assert count_rows(engine, "cases") == 3
+
+
+def test_a_database_out_of_reach_still_answers_the_whole_batch_503(worker, engine, monkeypatch):
+    """A key's lock waited for too long (or no connection): the batch answers 503 and is
+    sent again; what was applied before it replays."""
+    from sqlalchemy.exc import OperationalError
+
+    from gridapi.resources import sync
+
+    claim = sync.idempotency.claim
+
+    def times_out_on_slow(session: Any, caller: str, keys: list[str], **kw: Any) -> None:
+        if keys == ["batch:slow"]:
+            raise OperationalError("SELECT pg_advisory_xact_lock(1)", {}, Exception("timeout"))
+        claim(session, caller, keys, **kw)
+
+    actions = [offline_report("fast", 0), offline_report("slow", 1)]
+    monkeypatch.setattr(sync.idempotency, "claim", times_out_on_slow)
+    answer = worker.post("/api/v1/sync/batch", json={"actions": actions})
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    monkeypatch.undo()
+    again = batch(worker, actions)
+    assert [(r["status"], r["replayed"]) for r in again] == [(201, True), (201, False)]
+    assert count_rows(engine, "cases") == 2
+
+
+def test_each_batch_key_is_its_own_key(worker, engine):
+    """Keys that differ only by quotes or spaces around them are different keys, also for a
+    case report (whose key is its Idempotency-Key); a key with a character no header can
+    carry is refused for its action alone, whatever its type."""
+    keys = ['"abc"', "abc", " abcx", "abcx", "   "]
+    actions = [offline_report(key, col) for col, key in enumerate(keys)]
+    for n, action in enumerate(actions):
+        action["payload"]["description"] = f"离线上报 {n}"
+    first = batch(worker, actions)
+    assert [(r["key"], r["status"], r["replayed"]) for r in first] == [
+        (key, 201, False) for key in keys
+    ], first
+    assert len({r["id"] for r in first}) == len(keys)
+    again = batch(worker, list(reversed(actions)))
+    assert [(r["key"], r["id"], r["replayed"]) for r in again] == [
+        (r["key"], r["id"], True) for r in reversed(first)
+    ], again
+    assert count_rows(engine, "cases") == len(keys)
+    refused = batch(
+        worker,
+        [
+            offline_report("tab\there", 0),
+            offline_report("line\u2028separator", 1),
+            {"key": "bell\x07", "type": "patrol.start", "payload": {}},
+        ],
+    )
+    assert [(r["status"], r["error"]["errors"]) for r in refused] == [
+        (422, {"json": {"key": ["1 to 200 printable characters"]}})
+    ] * 3, refused
+    assert count_rows(engine, "cases") == len(keys)
+    assert count_rows(engine, "patrols") == 0
+
+
+def test_a_client_id_in_other_letter_case_is_the_same_report(worker, engine):
+    """iOS writes a UUID in upper case: a resend with it in lower case is the same report,
+    as POST /api/v1/cases says; a payload whose client_id was canonical keeps the hash
+    earlier batches stored."""
+    from datetime import UTC, datetime, timedelta
+
+    from gridapi.services import idempotency
+
+    client_id = uuid.uuid4()
+    action = offline_report("cc-X")
+    action["payload"]["client_id"] = str(client_id).upper()
+    first = batch(worker, [action])
+    assert first[0]["status"] == 201, first
+    lower = {**action, "payload": {**action["payload"], "client_id": str(client_id)}}
+    assert batch(worker, [lower]) == [{**first[0], "replayed": True}]
+    assert batch(worker, [action]) == [{**first[0], "replayed": True}]
+    # a finding of a patrol names its report the same way
+    started = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    finding_id = uuid.uuid4()
+    finding = {
+        "key": "f-1",
+        "type": "patrol.finding",
+        "payload": {
+            **offline_report("f-1", 1)["payload"],
+            "patrol_id": "ref:p-1",
+            "client_id": str(finding_id).upper(),
+        },
+    }
+    found = batch(
+        worker,
+        [{"key": "p-1", "type": "patrol.start", "payload": {"started_at": started}}, finding],
+    )
+    assert [r["status"] for r in found] == [201, 201], found
+    resent = {**finding, "payload": {**finding["payload"], "client_id": str(finding_id)}}
+    assert batch(worker, [resent]) == [{**found[1], "replayed": True}]
+    assert count_rows(engine, "cases") == 2
+    canonical = offline_report("cc-Y", 2)
+    canonical["payload"]["client_id"] = str(uuid.uuid4())
+    assert batch(worker, [canonical])[0]["status"] == 201
+    with engine.connect() as conn:
+        stored = conn.execute(
+            text("SELECT request_hash FROM idempotency_keys WHERE key = 'batch:cc-Y'")
+        ).scalar()
+    assert stored == idempotency.request_hash("BATCH", "case.create", canonical["payload"])
+
+
+def test_a_case_upsert_is_the_case_as_its_get_answers_it_with_its_duplicates(client, worker):
+    original, copy = report(worker, 0)["id"], report(worker, 0)["id"]
+    step(client, copy, "duplicate", duplicate_of=original, comment="重复上报")
+    phone = Phone(worker)
+    phone.pull()
+    assert phone.kept[("case", original)]["duplicates"] == [copy]
+    assert phone.kept[("case", copy)]["duplicates"] == []
+    for case_id in (original, copy):
+        assert phone.kept[("case", case_id)] == ok(worker.get(f"/api/v1/cases/{case_id}"))
+
+
+def test_the_duplicates_of_a_page_of_cases_are_read_in_one_query(client, worker, engine):
+    """No query per case: each page that carries cases reads their duplicates at once."""
+    from sqlalchemy import event
+
+    originals = [report(worker, col)["id"] for col in range(3)]
+    copies = [report(worker, col)["id"] for col in range(3)]
+    for original, copy in zip(originals, copies, strict=True):
+        step(client, copy, "duplicate", duplicate_of=original, comment="重复上报")
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    kept: dict[int, dict] = {}
+    pages = []  # (cases upserted on the page, queries of duplicates it made)
+    query: dict[str, Any] = {}
+    deadline = time.monotonic() + 20
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        while True:
+            before = len(statements)
+            body = ok(worker.get("/api/v1/sync", query_string=query))
+            upserts = [c for c in body["changes"] if c["type"] == "case" and c["op"] == "upsert"]
+            kept.update((c["id"], c["data"]) for c in upserts)
+            made = [s for s in statements[before:] if "duplicate_of_id IN" in s]
+            pages.append((len(upserts), len(made)))
+            query = {"cursor": body["next_cursor"]}
+            if body["pending"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            elif not body["has_more"]:
+                break
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert [kept[o]["duplicates"] for o in originals] == [[c] for c in copies]
+    assert max(cases for cases, _ in pages) == 6, pages
+    assert [made for _, made in pages] == [1 if cases else 0 for cases, _ in pages], pages
+
+
 def test_the_worker_prunes_old_tombstones_but_keeps_live_rows(client, worker, app, engine):
     from datetime import UTC, datetime, timedelta
 
