@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import request
+from flask import Response, request
 from flask.views import MethodView
+from sqlalchemy.exc import IntegrityError
 
 from ..auditing import audit, request_actor
 from ..auth import current_principal
 from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
+from ..jsonio import dumps_bytes
 from ..limits import count_lookup
 from ..models import AuditEntry, House, Household
 from ..schemas.register import (
@@ -39,7 +42,7 @@ from ..schemas.register import (
     VisitListSchema,
     VisitSchema,
 )
-from ..services import cases as cases_svc
+from ..services import idempotency, intake
 from ..services import register as svc
 from ..services.audit import record
 from ..services.preconditions import etag
@@ -573,15 +576,39 @@ class Visits(MethodView):
     @visits_blp.requires("persons:write")
     @visits_blp.arguments(VisitCreateSchema)
     @visits_blp.response(201, VisitSchema)
+    @visits_blp.alt_response(
+        200,
+        schema=VisitSchema,
+        description="The caller reported the case's client_id with a visit before, longer ago "
+        "than its answer is kept (GRIDAPI_IDEMPOTENCY_DAYS): that visit as it is now, with "
+        "`Idempotent-Replayed: true`; nothing is created.",
+    )
+    @visits_blp.alt_response(
+        409,
+        response="CONFLICT",
+        description="A request with the same case client_id is still running: retry after "
+        "Retry-After seconds (the retry gets its answer). Or the client_id reported a case "
+        "other than a visit's (`POST /api/v1/cases`, a patrol finding).",
+    )
     def post(self, data):
         """Record a visit to a household or a resident, optionally reporting a case found
 
         The case (as `POST /api/v1/cases` takes it; the location defaults to the visit's,
         then the house's) is reported in the same transaction: both or neither.
+
+        Safe to retry when the case carries the phone's `client_id`: a retry gets the first
+        answer again (`Idempotent-Replayed: true`) and creates nothing; the same client_id
+        with another body is 422. A visit without such a case is recorded again when sent
+        again (the sync batch's key makes a queued one once).
         """
         session = db_session()
         principal = current_principal()
         now = datetime.now(UTC)
+        retry = _Retry.of(data)
+        # Answered before anything is checked again: a retry gets its answer also when the
+        # rules changed since (the household moved to another grid), as a report does.
+        if retry is not None and (answer := retry.answered(session, principal)) is not None:
+            return answer
         visit = svc.create_visit(
             session,
             data,
@@ -592,14 +619,8 @@ class Visits(MethodView):
             now=now,
         )
         if data.get("case"):
-            visit.case_id = _report_from_visit(session, visit, data["case"], now)
-        audit(
-            "visit.create",
-            "visit",
-            visit.id,
-            summary={"household_id": visit.household_id, "case_id": visit.case_id},
-            region_code=visit.region_code,
-        )
+            return _visit_with_case(session, visit, data["case"], retry, now)
+        _audit_visit(visit)
         session.flush()
         commit()
         return svc.visit_view(visit)
@@ -620,7 +641,122 @@ class VisitById(MethodView):
         return svc.visit_view(svc.get_visit(db_session(), visit_id, current_principal().scope))
 
 
-def _report_from_visit(session, visit, case_data: dict[str, Any], now: datetime) -> int:  # type: ignore[no-untyped-def]
+def _audit_visit(visit) -> None:  # type: ignore[no-untyped-def]
+    audit(
+        "visit.create",
+        "visit",
+        visit.id,
+        summary={"household_id": visit.household_id, "case_id": visit.case_id},
+        region_code=visit.region_code,
+    )
+
+
+def _visit_answer(visit, case_id: int | None) -> str:  # type: ignore[no-untyped-def]
+    """Return the answer for ``visit`` raising case ``case_id``, encoded as VisitSchema
+    encodes it (what a replay sends again, byte for byte)."""
+    return dumps_bytes(VisitSchema().dump({**svc.visit_view(visit), "case_id": case_id})).decode()
+
+
+def _replayed(payload: str, status: int) -> Response:
+    return Response(
+        payload, status=status, mimetype="application/json", headers={"Idempotent-Replayed": "true"}
+    )
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """What names a visit whose case carries the phone's ``client_id``: the caller's key for
+    it and the request's hash (a retry is the same request; another one with the key, 422)."""
+
+    client_id: str
+    keys: list[str]
+    body_hash: str
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> _Retry | None:
+        client_id = (data.get("case") or {}).get("client_id")
+        if not client_id:
+            return None
+        body = request.get_json()
+        if isinstance(body, dict) and isinstance(body.get("case"), dict):
+            # The UUID as read: upper and lower case name the same one (as POST /cases).
+            body = {**body, "case": {**body["case"], "client_id": str(client_id)}}
+        return cls(
+            str(client_id),
+            [f"{svc.VISIT_CASE_KEY}{client_id}"],
+            idempotency.request_hash("POST", request.path, body),
+        )
+
+    def answered(self, session, principal) -> Response | None:  # type: ignore[no-untyped-def]
+        """Return the answer of the visit this client_id made (the stored answer, else the
+        visit as it is now, 200), or None when it made none; 422 when the stored answer was
+        for another request, 409 when the client_id reported a case other than a visit's."""
+        # The case first: its key commits with it, so a statement after one that saw the
+        # case sees the key too (the other way round, a visit committed in between would be
+        # answered as an old one).
+        earlier = svc.visit_of_reported_case(session, principal, self.client_id)
+        if earlier is None:
+            return None
+        stored = idempotency.find(session, principal.actor_id, self.keys, self.body_hash)
+        if stored is not None:
+            answer = _replayed(stored.response, stored.status_code)
+        else:
+            # The client_id is the caller's for ever, its stored answer is kept
+            # GRIDAPI_IDEMPOTENCY_DAYS: an older retry gets the visit as it is now.
+            answer = _replayed(_visit_answer(earlier, earlier.case_id), 200)
+        session.rollback()
+        return answer
+
+
+def _visit_with_case(  # type: ignore[no-untyped-def]
+    session, visit, case_data: dict[str, Any], retry: _Retry | None, now: datetime
+) -> Response:
+    """Report the case found on ``visit`` as ``POST /api/v1/cases`` does
+    (``services.intake.report_once``), once per case client_id, and answer the visit.
+
+    The answer is stored under the client_id's key with the case: a retry that comes while
+    this one runs gets it (or 409, retry shortly) and the new visit is rolled back; one
+    that raced a report with the same client_id on another path gets the answer of
+    ``_Retry.answered``.
+    """
+    principal = current_principal()
+    st = state()
+    try:
+        taken = intake.report_once(
+            session,
+            _case_of_visit(session, visit, case_data),
+            principal=principal,
+            actor=request_actor(),
+            keys=retry.keys if retry else [],
+            body_hash=retry.body_hash if retry else "",
+            path=request.path,
+            snapshot=routing_snapshot(),
+            calendar=st.calendar(session),
+            now=now,
+            duplicate_window_hours=st.settings.duplicate_window_hours,
+            keep_days=st.settings.idempotency_days,
+            respond=lambda case, duplicates, category: _visit_answer(visit, case.id),
+            audit_summary={"visit_id": visit.id},
+        )
+    except IntegrityError:
+        session.rollback()
+        answer = retry.answered(session, principal) if retry else None
+        if answer is None:
+            raise
+        return answer
+    if taken.replayed:
+        session.rollback()  # the visit made for this request
+        return _replayed(taken.payload, taken.status_code)
+    visit.case_id = taken.case_id
+    _audit_visit(visit)
+    session.flush()
+    commit()
+    return Response(taken.payload, status=201, mimetype="application/json")
+
+
+def _case_of_visit(session, visit, case_data: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Return the case report of a visit: source `visit`, located at the visit, else at its
+    house (422 when neither has a location)."""
     case_data = {**case_data}
     case_data.setdefault("source", "visit")
     if not case_data.get("location"):
@@ -637,22 +773,4 @@ def _report_from_visit(session, visit, case_data: dict[str, Any], now: datetime)
             )
         case_data["location"] = {"type": "Point", "coordinates": [lon, lat]}
         case_data["crs"] = "wgs84"
-    st = state()
-    reported = cases_svc.report(
-        session,
-        case_data,
-        principal=current_principal(),
-        snapshot=routing_snapshot(),
-        calendar=st.calendar(session),
-        now=now,
-        duplicate_window_hours=st.settings.duplicate_window_hours,
-    )
-    case_obj = reported.case
-    audit(
-        "case.report",
-        "case",
-        case_obj.id,
-        summary={"number": case_obj.number, "grid": case_obj.grid_code, "visit_id": visit.id},
-        region_code=case_obj.region_code,
-    )
-    return case_obj.id
+    return case_data

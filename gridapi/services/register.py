@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geoalchemy2 import WKTElement
 from sqlalchemy import delete, or_, select, update
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.crs import to_wgs84
-from ..models import AuditEntry, Grid
+from ..models import AuditEntry, Grid, IdempotencyKey
 from ..models.register import House, Household, Person, SpecialGroupRecord, Visit, new_uid
 from ..personal import (
     InvalidValue,
@@ -33,9 +33,13 @@ from ..personal import (
 )
 from ..scope import Scope, starts_with
 from ..security.fields import FieldCipher, blind_index
+from . import cases as cases_svc
 from .preconditions import check_if_match, flush_versioned
 from .regions import get_region
 from .routing import IndexSnapshot
+
+if TYPE_CHECKING:
+    from ..auth import Principal
 
 PAGE_MAX = 200
 
@@ -729,6 +733,19 @@ def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
     """
     person = get_person(session, person_id, scope)
     session.execute(delete(SpecialGroupRecord).where(SpecialGroupRecord.person_id == person.id))
+    # The stored answers of the visits about them alone repeat what is cleared below: gone,
+    # a retry of such a visit gets it as it is now.
+    alone = select(Visit.case_id).where(
+        Visit.person_id == person.id, Visit.household_id.is_(None), Visit.case_id.is_not(None)
+    )
+    session.execute(
+        delete(IdempotencyKey)
+        .where(
+            IdempotencyKey.key.startswith(VISIT_CASE_KEY, autoescape=True),
+            IdempotencyKey.resource_id.in_(alone),
+        )
+        .execution_options(synchronize_session=False)
+    )
     session.execute(
         update(Visit)
         .where(Visit.person_id == person.id, Visit.household_id.is_(None))
@@ -851,6 +868,30 @@ def create_visit(
     )
     session.add(visit)
     session.flush()
+    return visit
+
+
+#: The caller's idempotency key of a visit whose case carries the phone's client_id (its
+#: own, apart from POST /cases' ``client_id:<uuid>``): ``VISIT_CASE_KEY + client_id``.
+VISIT_CASE_KEY = "client_id:visit:"
+
+
+def visit_of_reported_case(session: Session, principal: Principal, client_id: Any) -> Visit | None:
+    """Return the visit whose case the caller reported with ``client_id`` (a phone's UUID), or
+    None when the caller reported no case with it.
+
+    Raises Conflict when that case was reported otherwise (``POST /api/v1/cases``, a patrol
+    finding): the client_id is taken, and there is no visit to answer with.
+    """
+    case_obj = cases_svc.reported_with_client_id(session, principal, client_id)
+    if case_obj is None:
+        return None
+    visit = session.scalars(select(Visit).where(Visit.case_id == case_obj.id)).first()
+    if visit is None:
+        raise Conflict(
+            "This client_id reported another case already.",
+            errors={"json": {"client_id": ["used for another case"]}},
+        )
     return visit
 
 
