@@ -136,6 +136,9 @@ def _make_sqlite_engine(database_url: str, spatialite_path: str) -> Engine:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
+        # LIKE as PostgreSQL's: case-sensitive. SQLite's ignores ASCII case by default, so a
+        # name or address search for "john" found "John Smith" here and not on PostgreSQL.
+        cur.execute("PRAGMA case_sensitive_like=ON")
         cur.close()
 
     @event.listens_for(engine, "begin")

@@ -47,6 +47,7 @@ from ..services import register as svc
 from ..services.audit import record
 from ..services.preconditions import etag
 from .blueprint import Blueprint, routing_snapshot
+from .cases import _IDEMPOTENCY_HEADER as IDEMPOTENCY_HEADER
 
 houses_blp = Blueprint(
     "houses",
@@ -265,6 +266,9 @@ class Households(MethodView):
     @households_blp.requires("persons:write")
     @households_blp.arguments(HouseholdCreateSchema)
     @households_blp.response(201, HouseholdSchema, headers=_ETAG)
+    @households_blp.alt_response(
+        409, response="CONFLICT", description="The county has a household with the number."
+    )
     def post(self, data):
         """Register a household in a house (or at a place, a grid or a region)
 
@@ -359,6 +363,7 @@ class Persons(MethodView):
     @persons_blp.requires("persons:read")
     @persons_blp.arguments(PersonArgsSchema, location="query")
     @persons_blp.response(200, PersonListSchema)
+    @persons_blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def get(self, args):
         """Search residents in your scope (masked)
 
@@ -375,6 +380,12 @@ class Persons(MethodView):
     @persons_blp.requires("persons:write")
     @persons_blp.arguments(PersonCreateSchema)
     @persons_blp.response(201, PersonSchema, headers=_ETAG)
+    @persons_blp.alt_response(
+        409,
+        response="CONFLICT",
+        description="The ID number is registered already, or the household has a head.",
+    )
+    @persons_blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, data):
         """Register a resident in a household or a grid
 
@@ -425,6 +436,12 @@ class PersonById(MethodView):
     @persons_blp.requires("persons:write")
     @persons_blp.arguments(PersonUpdateSchema)
     @persons_blp.response(200, PersonSchema, headers=_ETAG)
+    @persons_blp.alt_response(
+        409,
+        response="CONFLICT",
+        description="The ID number is registered already, or the household has a head.",
+    )
+    @persons_blp.alt_response(429, response="TOO_MANY_REQUESTS")
     @persons_blp.doc(parameters=[_IF_MATCH_HEADER])
     def patch(self, data, person_id):
         """Change a resident (the audit log names the fields changed, never their values)
@@ -502,6 +519,7 @@ class PersonSensitive(MethodView):
     @persons_blp.requires("persons:unmask")
     @persons_blp.arguments(PurposeArgsSchema, location="query")
     @persons_blp.response(200, SensitivePersonSchema)
+    @persons_blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def get(self, args, person_id):
         """Read a resident's full name, ID and phone number, stating a purpose
 
@@ -524,13 +542,16 @@ class PersonExport(MethodView):
     @persons_blp.requires("persons:erase")
     @persons_blp.arguments(PurposeArgsSchema, location="query")
     @persons_blp.response(200, AccessExportSchema)
+    @persons_blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def get(self, args, person_id):
         """Export everything held about one resident (personal-information access request)
 
         Full values, household, house, visits, who processed the record and why (from the
         audit log), and special-group records when the caller may read them. Audited with
-        the purpose before it is sent.
+        the purpose before it is sent. Counted against GRIDAPI_PERSON_LOOKUP_RATE, as an
+        unmasked read.
         """
+        count_lookup(state().settings.person_lookup_rate, _actor())
         session = db_session()
         principal = current_principal()
         person = svc.get_person(session, person_id, principal.scope)
@@ -575,6 +596,7 @@ class Visits(MethodView):
 
     @visits_blp.requires("persons:write")
     @visits_blp.arguments(VisitCreateSchema)
+    @visits_blp.doc(parameters=[IDEMPOTENCY_HEADER])
     @visits_blp.response(201, VisitSchema)
     @visits_blp.alt_response(
         200,
@@ -586,7 +608,8 @@ class Visits(MethodView):
     @visits_blp.alt_response(
         409,
         response="CONFLICT",
-        description="A request with the same case client_id is still running: retry after "
+        description="A request with the same Idempotency-Key or case client_id is still "
+        "running: retry after "
         "Retry-After seconds (the retry gets its answer). Or the client_id reported a case "
         "other than a visit's (`POST /api/v1/cases`, a patrol finding).",
     )
@@ -596,10 +619,11 @@ class Visits(MethodView):
         The case (as `POST /api/v1/cases` takes it; the location defaults to the visit's,
         then the house's) is reported in the same transaction: both or neither.
 
-        Safe to retry when the case carries the phone's `client_id`: a retry gets the first
-        answer again (`Idempotent-Replayed: true`) and creates nothing; the same client_id
-        with another body is 422. A visit without such a case is recorded again when sent
-        again (the sync batch's key makes a queued one once).
+        Safe to retry with an `Idempotency-Key`, or when the case carries the phone's
+        `client_id`: a retry gets the first answer again (`Idempotent-Replayed: true`) and
+        creates nothing; the same key or client_id with another body is 422, and a retry
+        while the first is still running 409 with Retry-After. A visit sent with neither is
+        recorded again when sent again (the sync batch's key makes a queued one once).
         """
         session = db_session()
         principal = current_principal()
@@ -622,8 +646,25 @@ class Visits(MethodView):
             return _visit_with_case(session, visit, data["case"], retry, now)
         _audit_visit(visit)
         session.flush()
+        if retry is None:
+            commit()
+            return svc.visit_view(visit)
+        payload = _visit_answer(visit, None)  # stored with the visit, sent byte for byte
+        idempotency.remember(
+            session,
+            principal.actor_id,
+            retry.keys,
+            hash_=retry.body_hash,
+            method="POST",
+            path=request.path,
+            status_code=201,
+            response=payload,
+            resource_id=visit.id,
+            now=now,
+            keep_days=state().settings.idempotency_days,
+        )
         commit()
-        return svc.visit_view(visit)
+        return Response(payload, status=201, mimetype="application/json")
 
 
 @visits_blp.route("/<id:visit_id>")
@@ -665,32 +706,51 @@ def _replayed(payload: str, status: int) -> Response:
 
 @dataclass(frozen=True)
 class _Retry:
-    """What names a visit whose case carries the phone's ``client_id``: the caller's key for
-    it and the request's hash (a retry is the same request; another one with the key, 422)."""
+    """What names a visit that may be sent again: its ``Idempotency-Key`` and the phone's
+    ``client_id`` of its case, as the caller's keys, and the request's hash (a retry is the
+    same request; another one with a key, 422)."""
 
-    client_id: str
+    client_id: str | None
     keys: list[str]
     body_hash: str
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> _Retry | None:
+        header = idempotency.parse_header(request.headers.get("Idempotency-Key"))
         client_id = (data.get("case") or {}).get("client_id")
-        if not client_id:
+        if not client_id and not header:
             return None
         body = request.get_json()
-        if isinstance(body, dict) and isinstance(body.get("case"), dict):
+        if client_id and isinstance(body, dict) and isinstance(body.get("case"), dict):
             # The UUID as read: upper and lower case name the same one (as POST /cases).
             body = {**body, "case": {**body["case"], "client_id": str(client_id)}}
+        keys = [f"key:{header}"] if header else []
+        if client_id:
+            keys.append(f"{svc.VISIT_CASE_KEY}{client_id}")
         return cls(
-            str(client_id),
-            [f"{svc.VISIT_CASE_KEY}{client_id}"],
+            str(client_id) if client_id else None,
+            keys,
             idempotency.request_hash("POST", request.path, body),
         )
 
     def answered(self, session, principal) -> Response | None:  # type: ignore[no-untyped-def]
-        """Return the answer of the visit this client_id made (the stored answer, else the
-        visit as it is now, 200), or None when it made none; 422 when the stored answer was
-        for another request, 409 when the client_id reported a case other than a visit's."""
+        """Return the answer of the visit this request made already: the answer stored
+        under its Idempotency-Key, else that of the visit its case's client_id made (the
+        stored answer, else the visit as it is now, 200); None when there is none. 422 when
+        a stored answer was for another request, 409 while a request with the key is still
+        running, or when the client_id reported a case other than a visit's."""
+        caller = principal.actor_id
+        header_keys = [k for k in self.keys if k.startswith("key:")]
+        if header_keys:
+            # Taken for this transaction (PostgreSQL; 409 while a request holds it), then
+            # read: a request with the key that committed before is seen.
+            idempotency.claim(session, caller, header_keys)
+            stored = idempotency.find(session, caller, header_keys, self.body_hash)
+            if stored is not None:
+                session.rollback()
+                return _replayed(stored.response, stored.status_code)
+        if self.client_id is None:
+            return None
         # The case first: its key commits with it, so a statement after one that saw the
         # case sees the key too (the other way round, a visit committed in between would be
         # answered as an old one).

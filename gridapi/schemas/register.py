@@ -138,7 +138,8 @@ class HouseArgsSchema(AreaArgs):
 
 
 class PersonCreateSchema(StrictSchema):
-    name = fields.String(
+    # Stripped before the length check: a name of spaces was stored as "".
+    name = Stated(
         required=True, validate=validate.Length(min=1, max=100), metadata={"example": "张三"}
     )
     id_number = fields.String(
@@ -173,7 +174,7 @@ class PersonCreateSchema(StrictSchema):
 
 
 class PersonUpdateSchema(StrictSchema):
-    name = fields.String(validate=validate.Length(min=1, max=100))
+    name = Stated(validate=validate.Length(min=1, max=100))
     id_number = fields.String(
         allow_none=True, validate=validate.Length(max=40), metadata={"description": ID_NUMBER_DOC}
     )

@@ -86,15 +86,22 @@ def claim(session: Session, caller: str, keys: list[str], *, wait: bool = False)
     params = {f"k{i}": lock_id(caller, key) for i, key in enumerate(keys)}
     expr = " AND ".join(f"pg_try_advisory_xact_lock(:k{i})" for i in range(len(keys)))
     if not session.execute(text(f"SELECT {expr}"), params).scalar():
-        raise_in_flight()
+        raise_in_flight(keys)
 
 
-def raise_in_flight() -> None:
-    """Refuse a request whose key is held by one still in flight: 409, retry shortly."""
+def raise_in_flight(keys: list[str]) -> None:
+    """Refuse a request whose key is held by one still in flight: 409, retry shortly. The
+    error names the Idempotency-Key header when the request sent one, else its client_id
+    (it named the header for a phone that sent none)."""
+    if any(k.startswith("client_id:") for k in keys) and not any(
+        k.startswith("key:") for k in keys
+    ):
+        where, field = "json", "client_id"
+    else:
+        where, field = "headers", "Idempotency-Key"
     raise Conflict(
-        "A request with this Idempotency-Key (or client_id) is still being processed; "
-        "retry shortly to get its answer.",
-        errors={"headers": {"Idempotency-Key": ["in flight"]}},
+        f"A request with this {field} is still being processed; retry shortly to get its answer.",
+        errors={where: {field: ["in flight"]}},
         headers={"Retry-After": "1"},
     )
 

@@ -542,7 +542,7 @@ class _TwoStatements:
         )
         free, stored, number = inserted.fetchone()
         if free is False:
-            idempotency.raise_in_flight()
+            idempotency.raise_in_flight(r.keys)
         if number is None:  # answered (and committed) while this one was being rendered
             replayed = _answered(stored, r.body_hash)
             assert replayed is not None

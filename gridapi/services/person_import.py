@@ -149,7 +149,15 @@ CHOICES = {
 _CODE_COLUMNS = frozenset({"id_number", "phone", "household_number", "grid"})
 _SCIENTIFIC = re.compile(r"[0-9](?:\.[0-9]+)?[eE]\+?[0-9]+")
 _GRID = re.compile(r"[0-9]{15}")
-_LOOKS_LIKE_DATA = re.compile(r"[0-9]{6,}")
+
+
+def _looks_like_data(header: str) -> bool:
+    """Six digits or more, however written ("139-5111-0001", "139 5111 0001", full-width):
+    a value, not a column name, and never echoed (a run of six ASCII digits let a phone
+    number written with dashes through)."""
+    return sum(c.isdigit() for c in header) >= 6
+
+
 LOST_NUMBER = "stored as a number by Excel: format the column as text"
 
 
@@ -332,9 +340,7 @@ def read_sheet(content: bytes, filename: str, max_rows: int) -> Sheet:
         if key is None:
             # A first row of data instead of headers must not be echoed (ID, phone numbers).
             unknown.append(
-                f"column {index + 1} (a value, not a header?)"
-                if _LOOKS_LIKE_DATA.search(text)
-                else text
+                f"column {index + 1} (a value, not a header?)" if _looks_like_data(text) else text
             )
         elif key in labels:
             raise _file_error(

@@ -588,6 +588,10 @@ def update_person(
     changed: list[str] = []
     relation = data.get("relation", person.relation)
     household_id = data.get("household_id", person.household_id)
+    if data.get("household_id") not in (None, person.household_id):
+        # In scope first: the head check below answered 409 for a household out of scope
+        # that has a head, and 422 for one without (telling the two apart).
+        get_household(session, data["household_id"], scope, field="household_id")
     if relation == "head" and (relation, household_id) != (person.relation, person.household_id):
         _check_head(session, household_id, person.id)  # before any change is flushed
     if "household_id" in data and data["household_id"] != person.household_id:
@@ -729,15 +733,16 @@ def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
     """Delete a resident and what is theirs; anonymise the visits that were about them.
 
     Kept: the audit trail (which holds ids and field names, never values), the household
-    and house (other people's too), visits to the household (without the person).
+    and house (other people's too), visits to the household that named no resident; the
+    visits that named them keep only their household, time and case.
     """
     person = get_person(session, person_id, scope)
     session.execute(delete(SpecialGroupRecord).where(SpecialGroupRecord.person_id == person.id))
-    # The stored answers of the visits about them alone repeat what is cleared below: gone,
-    # a retry of such a visit gets it as it is now.
-    alone = select(Visit.case_id).where(
-        Visit.person_id == person.id, Visit.household_id.is_(None), Visit.case_id.is_not(None)
-    )
+    # A visit naming them is about them, also when it carries their household (filled in
+    # from the resident when the phone sent only person_id: such visits kept their findings
+    # after the erasure). The stored answers of those visits repeat what is cleared below:
+    # gone, a retry of such a visit gets it as it is now.
+    alone = select(Visit.case_id).where(Visit.person_id == person.id, Visit.case_id.is_not(None))
     session.execute(
         delete(IdempotencyKey)
         .where(
@@ -748,14 +753,8 @@ def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
     )
     session.execute(
         update(Visit)
-        .where(Visit.person_id == person.id, Visit.household_id.is_(None))
-        .values(findings="", follow_up="", place="", lon=None, lat=None, person_id=None)
-        .execution_options(synchronize_session=False)
-    )
-    session.execute(
-        update(Visit)
         .where(Visit.person_id == person.id)
-        .values(person_id=None)
+        .values(findings="", follow_up="", place="", lon=None, lat=None, person_id=None)
         .execution_options(synchronize_session=False)
     )
     session.delete(person)

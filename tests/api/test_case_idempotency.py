@@ -267,3 +267,29 @@ def test_twenty_retries_at_once_make_one_case(client, world, accounts, session, 
     # Whatever answered 409 gets the case on a later retry.
     later = post(client, body, "storm")
     assert later.status_code == 201 and later.data == originals[0].data
+
+
+@pytest.mark.engines("postgis")
+@pytest.mark.parametrize("header", [False, True])
+def test_a_retry_in_flight_is_named_by_what_the_phone_sent(client, world, session, engine, header):
+    """A phone that sends no Idempotency-Key, only a client_id: a retry still in flight was
+    told its Idempotency-Key header was, a header it never sent."""
+    from gridapi.services import idempotency
+
+    probe = post(client, report_body(*center(1), client_id=str(uuid.uuid4())))
+    assert probe.status_code == 201
+    caller = session.execute(text("SELECT caller FROM idempotency_keys")).scalar()
+    cid = str(uuid.uuid4())
+    with engine.connect() as other:  # the first request, still in flight, holds the key
+        taken = other.execute(
+            text("SELECT pg_try_advisory_xact_lock(:n)"),
+            {"n": idempotency.lock_id(caller, f"client_id:{cid}")},
+        )
+        assert taken.scalar() is True
+        r = post(client, report_body(*center(0), client_id=cid), "k" if header else None)
+        other.rollback()
+    assert r.status_code == 409, r.get_json()
+    assert r.headers["Retry-After"] == "1"
+    expected = {"headers": {"Idempotency-Key": ["in flight"]}} if header else None
+    assert r.get_json()["errors"] == (expected or {"json": {"client_id": ["in flight"]}})
+    assert count(session, "cases") == 1

@@ -438,6 +438,12 @@ def test_a_first_row_of_data_is_not_echoed(client: Any, world: Any) -> None:
     raw = r.get_data(as_text=True)
     assert "column 2 (a value, not a header?)" in raw
     assert ID1 not in raw and PHONE1 not in raw
+    # Written as people write them (a run of six digits let these through, echoed)
+    for written in ("139-5111-0001", "139 5111 0001", "１３９５１１１０００１"):
+        r = upload(client, csv_bytes(f"姓名,{written}", "李四,x"))
+        assert r.status_code == 422
+        raw = r.get_data(as_text=True)
+        assert "column 2 (a value, not a header?)" in raw and written not in raw
 
 
 def test_missing_name_column_and_bad_mode_are_refused(client: Any, world: Any) -> None:

@@ -187,6 +187,7 @@ def test_make_id_lowercase_x_helper_is_really_an_x():
         ({"id_number": make_id()[:17]}, "id_number", "18 characters"),
         ({"phone": "12812345678"}, "phone", "mobile"),
         ({"id_number": None}, "id_number", "required"),
+        ({"name": "   "}, "name", "between 1 and 100"),  # it was stored as ""
     ],
 )
 def test_bad_values_are_refused_naming_the_field_and_the_reason(client, world, body, field, reason):
@@ -224,6 +225,28 @@ def test_search_by_name_id_phone_address_and_household(client, world, household)
     assert ids(f"id_number={make_id(seq='999')}") == []
     r = client.get("/api/v1/persons?id_number=12345")
     assert r.status_code == 422 and r.get_json()["errors"]["query"]["id_number"]
+
+
+def test_text_searches_match_case_as_written_on_both_engines(client, world):
+    """SQLite's LIKE ignores ASCII case, PostgreSQL's does not: "john" found "John Smith"
+    on one engine only."""
+    john = created(
+        client.post(
+            "/api/v1/persons",
+            json={
+                "name": "John Smith",
+                "population_type": "foreign",
+                "grid": A1,
+                "current_address": "Pingjiang Road ABC",
+            },
+        )
+    )
+
+    def ids(query: str) -> list[int]:
+        return [p["id"] for p in client.get(f"/api/v1/persons?{query}").get_json()["items"]]
+
+    assert ids("name=John") == [john["id"]] and ids("name=john") == []
+    assert ids("address=ABC") == [john["id"]] and ids("address=abc") == []
 
 
 def test_a_bad_number_to_search_by_is_named_in_the_query(client, world):
@@ -264,6 +287,18 @@ def test_id_and_phone_lookups_are_rate_limited_per_user(app, client, accounts, w
     assert officer.get("/api/v1/persons?name=张").status_code == 200
     other = accounts.client("officer2", "community_officer", scope_region=COMMUNITY_A)
     assert other.get(f"/api/v1/persons?id_number={make_id()}").status_code == 200
+
+
+def test_the_access_export_counts_as_an_unmasked_read(app, client, world, household):
+    """It gave full values without counting: past the allowance, unmasking was 429 and
+    the export of the same values 200."""
+    person = add_person(client, household["id"])
+    app.extensions["gridapi"].settings.person_lookup_rate = "2 per hour"
+    assert client.get(f"/api/v1/persons/{person['id']}/sensitive?{PURPOSE}").status_code == 200
+    assert client.get(f"/api/v1/persons/{person['id']}/export?{PURPOSE}").status_code == 200
+    for path in ("sensitive", "export"):
+        r = client.get(f"/api/v1/persons/{person['id']}/{path}?{PURPOSE}")
+        assert r.status_code == 429 and r.get_json()["code"] == 429, path
 
 
 def test_full_values_need_the_permission_and_a_purpose_and_are_audited_first(
@@ -419,6 +454,8 @@ def test_erasure_keeps_the_audit_trail_and_removes_the_rest(client, engine, worl
             "/api/v1/special-groups", json={"person_id": person["id"], "type": "petitioner"}
         )
     )
+    # Named the resident (the household filled in from them): about them, cleared. It kept
+    # its findings, only a visit without a household counted as theirs.
     created(client.post("/api/v1/visits", json={"person_id": person["id"], "findings": "谈心"}))
     alone = {"person_id": person["id"], "findings": "个人情况", "place": "家中"}
     visit = created(client.post("/api/v1/visits", json=alone))
@@ -426,6 +463,9 @@ def test_erasure_keeps_the_audit_trail_and_removes_the_rest(client, engine, worl
         conn.execute(
             text("UPDATE visits SET household_id = NULL WHERE id = :i"), {"i": visit["id"]}
         )
+    # A visit to the household that named nobody is the household's: kept.
+    household_visit = {"household_id": household["id"], "findings": "入户走访"}
+    created(client.post("/api/v1/visits", json=household_visit))
     r = client.delete(f"/api/v1/persons/{person['id']}")
     assert r.status_code == 422  # a reason is required
     r = client.delete(f"/api/v1/persons/{person['id']}?reason=本人申请删除")
@@ -434,7 +474,7 @@ def test_erasure_keeps_the_audit_trail_and_removes_the_rest(client, engine, worl
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM special_group_records")).scalar() == 0
         rows = conn.execute(text("SELECT person_id, findings, place FROM visits ORDER BY id")).all()
-        assert [tuple(r) for r in rows] == [(None, "谈心", ""), (None, "", "")]
+        assert [tuple(r) for r in rows] == [(None, "", ""), (None, "", ""), (None, "入户走访", "")]
         actions = [
             r[0]
             for r in conn.execute(
@@ -505,6 +545,29 @@ def test_a_head_moving_into_a_household_with_a_head_is_refused_by_name(client, w
     )
     r = client.patch(f"/api/v1/persons/{mover['id']}", json={"household_id": household["id"]})
     assert r.status_code == 409 and r.get_json()["errors"]["json"]["relation"]
+
+
+def test_a_household_out_of_scope_answers_as_a_missing_one_whether_it_has_a_head(
+    client, accounts, world, household
+):
+    """The head check ran before the scope check: 409 "has a head already" for a household
+    out of scope with a head, 422 "no household in your scope" without one."""
+    worker = accounts.client("worker", "grid_worker", grids=[A1])
+    mover = add_person(client, household["id"], relation="head")
+    elsewhere = [
+        created(client.post("/api/v1/households", json={"number": n, "grid": B1}))["id"]
+        for n in ("0002", "0003")
+    ]
+    add_person(client, elsewhere[0], name="李四", id_number=make_id(seq="456"), relation="head")
+    answers = [
+        worker.patch(f"/api/v1/persons/{mover['id']}", json={"household_id": h})
+        for h in (*elsewhere, 99_999)
+    ]
+    assert [a.status_code for a in answers] == [422, 422, 422]
+    assert [a.get_json()["errors"] for a in answers] == [
+        {"json": {"household_id": [f"no household {h} in your scope"]}}
+        for h in (*elsewhere, 99_999)
+    ]
 
 
 def test_a_foreign_resident_becoming_registered_needs_an_id_number(client, world):

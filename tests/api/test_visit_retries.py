@@ -235,3 +235,56 @@ def test_retries_at_once_make_one_visit(phone, home, accounts, engine):
     later = post(phone, body)
     assert later.status_code == 201 and later.data == originals[0].data
     assert rows(engine) == ONE
+
+
+# --- an Idempotency-Key: visits without a case too ----------------------------------------------
+
+
+def keyed(phone: Any, body: dict, key: str) -> Any:
+    return phone.post("/api/v1/visits", json=body, headers={"Idempotency-Key": key})
+
+
+VISIT_ONLY = {"visits": 1, "cases": 0, "reports": 0, "visit_audits": 1, "case_audits": 0}
+
+
+def test_a_visit_without_a_case_sent_again_with_its_key_is_made_once(phone, home, engine):
+    """A visit with no case had nothing to retry by: the phone's retry recorded it twice."""
+    body = {"household_id": home["id"], "findings": "入户走访"}
+    first = keyed(phone, body, "visit-1")
+    assert first.status_code == 201, first.get_json()
+    assert "Idempotent-Replayed" not in first.headers
+    again = keyed(phone, body, '"visit-1"')  # quoted or bare: one key
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.data == first.data
+    other = keyed(phone, {**body, "findings": "另一次走访"}, "visit-1")
+    assert other.status_code == 422
+    assert other.get_json()["errors"] == {"headers": {"Idempotency-Key": ["reused"]}}
+    assert rows(engine) == VISIT_ONLY
+    # Without a key it is another visit, as it always was.
+    assert post(phone, body).status_code == 201
+    assert rows(engine)["visits"] == 2
+
+
+def test_a_keyed_visit_with_a_case_is_answered_by_its_key(phone, home, engine):
+    cid = str(uuid.uuid4())
+    first = keyed(phone, visit_body(home["id"], cid), "visit-2")
+    assert first.status_code == 201, first.get_json()
+    again = keyed(phone, visit_body(home["id"], cid), "visit-2")
+    assert again.status_code == 201 and again.data == first.data
+    assert rows(engine) == ONE
+
+
+def test_keyed_visits_sent_at_once_make_one_visit(phone, home, accounts, engine):
+    body = {"household_id": home["id"], "findings": "入户走访"}
+    phones = [accounts.client("worker1") for _ in range(8)]
+    answers = race(phones, lambda c: keyed(c, body, "storm"))
+    details = [(a.status_code, a.get_data(as_text=True)[:200]) for a in answers]
+    assert {a.status_code for a in answers} <= {201, 409}, details
+    created_ = [a for a in answers if a.status_code == 201]
+    assert len({a.data for a in created_}) == 1, details
+    for a in answers:
+        if a.status_code == 409:
+            assert a.get_json()["errors"] == {"headers": {"Idempotency-Key": ["in flight"]}}
+    if engine.dialect.name == "sqlite":
+        assert [a.status_code for a in answers] == [201] * 8, details
+    assert rows(engine) == VISIT_ONLY
