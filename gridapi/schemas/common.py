@@ -119,11 +119,17 @@ def _dated(field: fields.Field) -> None:
 
 
 class Stated(fields.String):
-    """Text a person states (a purpose, a reason), stripped before it is validated: four
-    spaces are no purpose, though they pass a length check of four."""
+    """Text a person states (a purpose, a reason, a name), stripped before it is validated:
+    four spaces are no purpose, though they pass a length check of four. Its length limits
+    hold for the text as sent, too (the spec's maxLength): text over the limit that
+    stripping brought under it (leading control characters count as spaces) was taken."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
-        return super()._deserialize(value, attr, data, **kwargs).strip()
+        text = super()._deserialize(value, attr, data, **kwargs)
+        for check in self.validators:
+            if isinstance(check, validate.Length):
+                check(text)
+        return text.strip()
 
 
 class StrictSchema(Schema):
