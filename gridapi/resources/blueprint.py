@@ -31,6 +31,21 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/responses/{name}"}
 
 
+# The Idempotency-Key request header of the operations that take one (reports, visits).
+IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Any string of 1-200 printable characters, quoted or bare, unique per "
+    "request of this caller. A retry with the same key and body returns the first answer "
+    "(with `Idempotent-Replayed: true` and the ETag of the version it shows) and creates "
+    "nothing; the same key with another body "
+    "→ 422; while the first request is still running → 409 with Retry-After. Kept at least "
+    "GRIDAPI_IDEMPOTENCY_DAYS (7) days.",
+    "schema": {"type": "string", "maxLength": 202},
+}
+
+
 class StrictParser(FlaskParser):
     # webargs ignores unknown query parameters by default; None defers to the schema (RAISE).
     DEFAULT_UNKNOWN_BY_LOCATION = {

@@ -29,7 +29,7 @@ from ..schemas.cases import (
 from ..services import cases as svc
 from ..services import idempotency, intake
 from ..services.preconditions import etag
-from .blueprint import Blueprint, routing_snapshot
+from .blueprint import IDEMPOTENCY_HEADER, Blueprint, routing_snapshot
 
 blp = Blueprint(
     "cases",
@@ -39,18 +39,6 @@ blp = Blueprint(
     "through filing, dispatch, handling, verification and closure on working-day deadlines.",
 )
 
-_IDEMPOTENCY_HEADER = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "description": "Any string of 1-200 printable characters, quoted or bare, unique per "
-    "request of this caller. A retry with the same key and body returns the first answer "
-    "(with `Idempotent-Replayed: true` and the ETag of the version it shows) and creates "
-    "nothing; the same key with another body "
-    "→ 422; while the first request is still running → 409 with Retry-After. Kept at least "
-    "GRIDAPI_IDEMPOTENCY_DAYS (7) days.",
-    "schema": {"type": "string", "maxLength": 202},
-}
 _IF_MATCH_HEADER = {
     "name": "If-Match",
     "in": "header",
@@ -284,7 +272,7 @@ def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = No
 class Cases(MethodView):
     @blp.requires("cases:write")
     @blp.arguments(CaseCreateSchema)
-    @blp.doc(parameters=[_IDEMPOTENCY_HEADER])
+    @blp.doc(parameters=[IDEMPOTENCY_HEADER])
     @blp.response(
         201, CaseSchema, headers={"ETag": {"schema": {"type": "string"}}}, example=CASE_EXAMPLE
     )

@@ -46,8 +46,7 @@ from ..services import idempotency, intake
 from ..services import register as svc
 from ..services.audit import record
 from ..services.preconditions import etag
-from .blueprint import Blueprint, routing_snapshot
-from .cases import _IDEMPOTENCY_HEADER as IDEMPOTENCY_HEADER
+from .blueprint import IDEMPOTENCY_HEADER, Blueprint, routing_snapshot
 
 houses_blp = Blueprint(
     "houses",

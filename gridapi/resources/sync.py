@@ -20,7 +20,7 @@ from ..auth import current_principal
 from ..errors import Unprocessable, error_body
 from ..extensions import AppState, db_session, state, use_session
 from ..jsonio import dumps_bytes
-from ..models import CalendarDay, Case, Category
+from ..models import CalendarDay, Category
 from ..models.tasks import TaskItem
 from ..schemas.calendar import CalendarDaySchema
 from ..schemas.cases import CaseCreateSchema
@@ -130,7 +130,7 @@ def render(session, caller, changes: list[svc.Change]) -> list[dict[str, Any]]: 
     cases = [c.obj for c in changes if c.entity == "case" and c.obj is not None]
     names = _names_for(session, cases) if cases else {}
     category_names = _category_names(session, cases) if cases else {}
-    duplicates = _duplicates_of(session, cases)
+    duplicates = cases_svc.duplicates_by_original(session, [c.id for c in cases])
     households = [c.obj for c in changes if c.entity == "household" and c.obj is not None]
     household_views = {
         h.id: view for h, view in zip(households, households_body(session, households), strict=True)
@@ -160,22 +160,6 @@ def render(session, caller, changes: list[svc.Change]) -> list[dict[str, Any]]: 
             item["data"] = task_views[change.id]
         out.append(item)
     return out
-
-
-def _duplicates_of(session: Session, cases: list[Case]) -> dict[int, list[int]]:
-    """Return the ids of the reports closed as duplicates of each case, in id order (what
-    the case's GET lists as ``duplicates``), for a whole page in one query."""
-    duplicates: dict[int, list[int]] = {c.id: [] for c in cases}
-    if not duplicates:
-        return duplicates
-    rows = session.execute(
-        select(Case.id, Case.duplicate_of_id)
-        .where(Case.duplicate_of_id.in_(list(duplicates)))
-        .order_by(Case.id)
-    )
-    for duplicate_id, original_id in rows:
-        duplicates[original_id].append(duplicate_id)
-    return duplicates
 
 
 def _task_views(session, tasks, principal) -> dict[int, dict[str, Any]]:  # type: ignore[no-untyped-def]

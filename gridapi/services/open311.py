@@ -23,7 +23,7 @@ from ..models import Case, Category, Department
 from ..models.cases import TERMINAL
 from ..personal import InvalidValue, mask_phone, parse_phone
 from ..schemas.common import instant_problem
-from .cases import STATUS_NAMES, Caller, region_names, visible_condition
+from .cases import STATUS_NAMES, SUBCLASS_SQL, Caller, region_names, visible_condition
 
 # Open311 knows two states; the detailed state travels in status_notes and detailed_status.
 CLOSED_STATES = TERMINAL
@@ -115,8 +115,6 @@ def service_category(session: Session, code: str) -> Category:
 
 
 def _has_subclasses(session: Session, category: Category) -> bool:
-    from .cases import SUBCLASS_SQL
-
     if category.parent_code:
         return False
     return session.execute(text(SUBCLASS_SQL), {"c": category.code}).first() is not None
