@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
@@ -95,9 +96,14 @@ def new_api_key() -> tuple[str, str]:
     return f"{API_KEY_PREFIX}{prefix}_{new_secret(30)}", prefix
 
 
+_PREFIX = re.compile(r"[0-9a-f]{8}")
+
+
 def api_key_prefix(key: str) -> str | None:
-    """Return the visible prefix of an API key, or None when it is not shaped like one."""
+    """Return the visible prefix of an API key (8 lower-case hex digits, as ``new_api_key``
+    makes them), or None when it is not shaped like one: only such a prefix is looked up
+    (a NUL in it reached PostgreSQL, which refuses NUL in text)."""
     if not key.startswith(API_KEY_PREFIX):
         return None
     prefix, _, rest = key[len(API_KEY_PREFIX) :].partition("_")
-    return prefix if len(prefix) == 8 and rest else None
+    return prefix if rest and _PREFIX.fullmatch(prefix) else None

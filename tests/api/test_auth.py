@@ -308,6 +308,22 @@ def test_unknown_and_malformed_keys_are_refused(app: Any, client: Any, key: str)
     assert_unauthorized(app.test_client().get("/api/v1/grids", headers={"X-API-Key": forged}))
 
 
+def test_a_key_with_a_nul_is_refused_on_both_engines(app: Any, client: Any) -> None:
+    """NUL in a key (after the prefix, in it, in the Bearer form) is 401 like any unknown
+    key: the prefix is looked up and the secret hashed, neither sent to the database as
+    text (PostgreSQL refuses NUL in text: that would have been a 500)."""
+    real = make_key(app)
+    anon = app.test_client()
+    for key in (
+        real["api_key"] + "\x00",
+        real["api_key"].replace("_", "\x00", 1),
+        f"gk_{real['key_prefix'][:4]}\x00{real['key_prefix'][5:]}_{'A' * 40}",
+    ):
+        assert_unauthorized(anon.get("/api/v1/grids", headers={"X-API-Key": key}))
+        assert_unauthorized(anon.get("/api/v1/grids", headers={"Authorization": f"Bearer {key}"}))
+    assert anon.get("/api/v1/grids", headers={"X-API-Key": real["api_key"]}).status_code == 200
+
+
 def test_a_revoked_key_is_refused(app: Any, client: Any) -> None:
     created = make_key(app)
     anon = app.test_client()
