@@ -11,12 +11,14 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from flask import Response
 from flask.views import MethodView
 
 from ..auditing import audit
 from ..auth import AUTHENTICATED, Forbidden, Principal, current_principal
 from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
+from ..jsonio import dumps_bytes
 from ..models import Case, User
 from ..schemas.patrols import (
     HeartbeatSchema,
@@ -43,8 +45,9 @@ from ..schemas.patrols import (
 from ..services import cases as cases_svc
 from ..services import patrols as svc
 from ..services import presence as presence_svc
-from .blueprint import Blueprint, routing_snapshot
+from .blueprint import IDEMPOTENCY_HEADER, Blueprint, routing_snapshot
 from .cases import render as render_case
+from .retries import Keyed
 
 blp = Blueprint(
     "patrols",
@@ -116,12 +119,15 @@ class Patrols(MethodView):
         return {"items": items, "next_cursor": next_cursor}
 
     @blp.requires("patrols:write")
+    @blp.doc(parameters=[IDEMPOTENCY_HEADER])
     @blp.arguments(PatrolStartSchema)
     @blp.response(201, PatrolSchema)
     @blp.alt_response(
         409,
         response="CONFLICT",
-        description="You have an active patrol: `errors.active_patrol_id` names it.",
+        description="You have an active patrol: `errors.active_patrol_id` names it. Or a "
+        "request with the same Idempotency-Key is still running: retry after Retry-After "
+        "seconds (the retry gets its answer).",
     )
     def post(self, data):
         """Start a patrol
@@ -130,10 +136,17 @@ class Patrols(MethodView):
         `errors.active_patrol_id`. `started_at` may lie in the past (started offline). The
         patrol belongs to the worker's primary grid (else their region; an account with
         neither says where with `location`).
+
+        Safe to retry with an `Idempotency-Key`: a retry gets the first answer again
+        (`Idempotent-Replayed: true`) and starts nothing, also after that patrol ended.
         """
         principal = current_principal()
         session = db_session()
         now = _now()
+        keyed = Keyed.of_request()
+        answer = keyed.answered(session, principal.actor_id) if keyed is not None else None
+        if answer is not None:
+            return answer
         patrol = svc.start_patrol(
             session,
             principal,
@@ -150,8 +163,13 @@ class Patrols(MethodView):
             region_code=patrol.region_code,
         )
         view = _view(session, patrol)
+        if keyed is None:
+            commit()
+            return view
+        payload = dumps_bytes(PatrolSchema().dump(view)).decode()  # stored, sent byte for byte
+        keyed.remember(session, principal.actor_id, payload, resource_id=patrol.id, now=now)
         commit()
-        return view
+        return Response(payload, status=201, mimetype="application/json")
 
 
 @blp.route("/stats")

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..auditing import audit, request_actor
 from ..auth import current_principal
-from ..errors import Unprocessable
+from ..errors import Conflict, DomainError, Unprocessable
 from ..extensions import commit, db_session, state
 from ..jsonio import dumps_bytes
 from ..limits import count_lookup
@@ -47,6 +47,7 @@ from ..services import register as svc
 from ..services.audit import record
 from ..services.preconditions import etag
 from .blueprint import IDEMPOTENCY_HEADER, Blueprint, routing_snapshot
+from .retries import Keyed, replayed
 
 houses_blp = Blueprint(
     "houses",
@@ -630,7 +631,11 @@ class Visits(MethodView):
         retry = _Retry.of(data)
         # Answered before anything is checked again: a retry gets its answer also when the
         # rules changed since (the household moved to another grid), as a report does.
-        if retry is not None and (answer := retry.answered(session, principal)) is not None:
+        try:
+            answer = retry.answered(session, principal) if retry is not None else None
+        except (Unprocessable, Conflict) as error:
+            raise _under_case(error) from None
+        if answer is not None:
             return answer
         visit = svc.create_visit(
             session,
@@ -697,12 +702,6 @@ def _visit_answer(visit, case_id: int | None) -> str:  # type: ignore[no-untyped
     return dumps_bytes(VisitSchema().dump({**svc.visit_view(visit), "case_id": case_id})).decode()
 
 
-def _replayed(payload: str, status: int) -> Response:
-    return Response(
-        payload, status=status, mimetype="application/json", headers={"Idempotent-Replayed": "true"}
-    )
-
-
 @dataclass(frozen=True)
 class _Retry:
     """What names a visit that may be sent again: its ``Idempotency-Key`` and the phone's
@@ -741,13 +740,9 @@ class _Retry:
         caller = principal.actor_id
         header_keys = [k for k in self.keys if k.startswith("key:")]
         if header_keys:
-            # Taken for this transaction (PostgreSQL; 409 while a request holds it), then
-            # read: a request with the key that committed before is seen.
-            idempotency.claim(session, caller, header_keys)
-            stored = idempotency.find(session, caller, header_keys, self.body_hash)
-            if stored is not None:
-                session.rollback()
-                return _replayed(stored.response, stored.status_code)
+            answer = Keyed(header_keys, self.body_hash).answered(session, caller)
+            if answer is not None:
+                return answer
         if self.client_id is None:
             return None
         # The case first: its key commits with it, so a statement after one that saw the
@@ -758,11 +753,11 @@ class _Retry:
             return None
         stored = idempotency.find(session, principal.actor_id, self.keys, self.body_hash)
         if stored is not None:
-            answer = _replayed(stored.response, stored.status_code)
+            answer = replayed(stored.response, stored.status_code)
         else:
             # The client_id is the caller's for ever, its stored answer is kept
             # GRIDAPI_IDEMPOTENCY_DAYS: an older retry gets the visit as it is now.
-            answer = _replayed(_visit_answer(earlier, earlier.case_id), 200)
+            answer = replayed(_visit_answer(earlier, earlier.case_id), 200)
         session.rollback()
         return answer
 
@@ -799,18 +794,33 @@ def _visit_with_case(  # type: ignore[no-untyped-def]
         )
     except IntegrityError:
         session.rollback()
-        answer = retry.answered(session, principal) if retry else None
+        try:
+            answer = retry.answered(session, principal) if retry else None
+        except (Unprocessable, Conflict) as error:
+            raise _under_case(error) from None
         if answer is None:
             raise
         return answer
+    except (Unprocessable, Conflict) as error:  # the case's fields are under `case` here
+        raise _under_case(error) from None
     if taken.replayed:
         session.rollback()  # the visit made for this request
-        return _replayed(taken.payload, taken.status_code)
+        return replayed(taken.payload, taken.status_code)
     visit.case_id = taken.case_id
     _audit_visit(visit)
     session.flush()
     commit()
     return Response(taken.payload, status=201, mimetype="application/json")
+
+
+def _under_case(error: DomainError) -> DomainError:
+    """Return an error of the visit's case (its report, its client_id) with the body's
+    fields named where the visit's body has them: ``json.case.category``, not
+    ``json.category`` as ``POST /api/v1/cases`` names them."""
+    errors = dict(error.errors or {})
+    if "json" in errors:
+        errors["json"] = {"case": errors["json"]}
+    return type(error)(error.message, errors=errors, headers=error.headers)
 
 
 def _case_of_visit(session, visit, case_data: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from gridapi.geo.geodesy import distance_m
 from gridapi.services.patrols import thin_tracks, track_length_m
 
 from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP
+from .test_case_workflow import race
 
 A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
 B1 = COMMUNITY_B + "001"
@@ -235,6 +236,64 @@ def test_a_worker_has_one_active_patrol_and_ends_it_once(worker, world, engine):
         "duration_s",
         "points",
     }
+
+
+def keyed_start(client, key: str, **body):  # type: ignore[no-untyped-def]
+    return client.post("/api/v1/patrols", json=body, headers={"Idempotency-Key": key})
+
+
+def test_a_start_sent_again_with_its_key_is_the_first_patrol(worker, world, engine):
+    """A phone that lost the answer to its start sends it again with the same key: the
+    patrol it started (byte for byte, marked as a replay), also after it ended; nothing
+    new is started or audited (it was a 409 the phone had to interpret)."""
+    began = iso(datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5))
+    first = keyed_start(worker, "start-1", started_at=began)
+    assert first.status_code == 201, first.get_json()
+    assert "Idempotent-Replayed" not in first.headers
+    patrol = first.get_json()
+    assert patrol["status"] == "active" and patrol["grid"] == A1
+    for key in ("start-1", '"start-1"'):  # bare or quoted
+        again = keyed_start(worker, key, started_at=began)
+        assert again.status_code == 201, again.get_json()
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.data == first.data
+    ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json={}))
+    late = keyed_start(worker, "start-1", started_at=began)
+    assert (late.status_code, late.data) == (201, first.data)
+    # The same key with another body is refused; a new key starts a new patrol.
+    other = keyed_start(worker, "start-1")
+    assert other.status_code == 422, other.get_json()
+    assert other.get_json()["errors"] == {"headers": {"Idempotency-Key": ["reused"]}}
+    assert keyed_start(worker, "\x01").status_code == 422  # not a key
+    second = keyed_start(worker, "start-2")
+    assert second.status_code == 201 and second.get_json()["id"] != patrol["id"]
+    assert rows(engine, "SELECT count(*) FROM patrols") == [(2,)]
+    assert len(audit_rows(engine, "patrol.start")) == 2
+
+
+def test_starts_sent_at_once_with_one_key_start_one_patrol(accounts, world, engine):
+    """Eight sends of one start at the same moment: one patrol; every answer is it (201)
+    or "still in flight" (409 with Retry-After), never a second patrol or "you have an
+    active patrol"; a later retry gets it. On SQLite writers queue: every answer is it."""
+    phones = [accounts.client("worker1", "grid_worker", grids=[A1])]
+    phones += [accounts.client("worker1") for _ in range(7)]
+    answers = race(phones, lambda c: keyed_start(c, "at-once"))
+    details = [(a.status_code, a.get_data(as_text=True)[:200]) for a in answers]
+    originals = [
+        a for a in answers if a.status_code == 201 and "Idempotent-Replayed" not in a.headers
+    ]
+    assert len(originals) == 1, details
+    for a in answers:
+        if a.status_code == 409:
+            assert a.headers.get("Retry-After") == "1", details
+            assert a.get_json()["errors"] == {"headers": {"Idempotency-Key": ["in flight"]}}
+        else:
+            assert (a.status_code, a.data) == (201, originals[0].data), details
+    if engine.dialect.name == "sqlite":
+        assert [a.status_code for a in answers] == [201] * 8, details
+    later = keyed_start(phones[0], "at-once")
+    assert (later.status_code, later.data) == (201, originals[0].data)
+    assert rows(engine, "SELECT count(*) FROM patrols") == [(1,)]
 
 
 def worker_id(engine, username: str = "worker1") -> int:  # type: ignore[no-untyped-def]

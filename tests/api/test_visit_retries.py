@@ -87,7 +87,8 @@ def test_the_same_client_id_with_another_visit_is_422_and_makes_nothing(phone, h
     assert post(phone, visit_body(home["id"], cid)).status_code == 201
     other = post(phone, visit_body(home["id"], cid, findings="另一次走访"))
     assert other.status_code == 422, other.get_json()
-    assert other.get_json()["errors"] == {"json": {"client_id": ["reused"]}}
+    # Named where the visit's body has it (it was `json.client_id`, a field visits lack).
+    assert other.get_json()["errors"] == {"json": {"case": {"client_id": ["reused"]}}}
     assert "Idempotent-Replayed" not in other.headers
     assert rows(engine) == ONE
 
@@ -157,6 +158,20 @@ def test_an_erased_resident_leaves_no_stored_answer_of_their_visit(client, phone
     assert rows(engine) == ONE
 
 
+def test_errors_of_a_visits_case_name_its_fields_under_case(phone, home, engine):
+    """The case's fields are under `case` in a visit's body, and so in its errors (an
+    unknown category was `json.category`, a field a visit has not got); nothing is
+    written, the visit neither."""
+    body = visit_body(home["id"], str(uuid.uuid4()))
+    body["case"]["category"] = "9999"
+    refused = post(phone, body)
+    assert refused.status_code == 422, refused.get_json()
+    assert refused.get_json()["errors"] == {
+        "json": {"case": {"category": ["no active category 9999"]}}
+    }
+    assert rows(engine) == dict.fromkeys(ONE, 0)
+
+
 def test_a_case_client_id_belongs_to_one_report(phone, home, engine):
     """POST /cases with a visit's client_id answers that visit's case; a visit with a
     client_id that POST /cases reported answers 409 naming it, not the bare conflict."""
@@ -171,7 +186,9 @@ def test_a_case_client_id_belongs_to_one_report(phone, home, engine):
     assert phone.post("/api/v1/cases", json={**report, "client_id": other}).status_code == 201
     taken = post(phone, visit_body(home["id"], other))
     assert taken.status_code == 409, taken.get_json()
-    assert taken.get_json()["errors"] == {"json": {"client_id": ["used for another case"]}}
+    assert taken.get_json()["errors"] == {
+        "json": {"case": {"client_id": ["used for another case"]}}
+    }
     counted = rows(engine)
     assert (counted["visits"], counted["cases"], counted["reports"]) == (1, 2, 2)
 
