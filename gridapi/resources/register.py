@@ -775,10 +775,11 @@ def _visit_with_case(  # type: ignore[no-untyped-def]
     """
     principal = current_principal()
     st = state()
+    case_data = _case_of_visit(session, visit, case_data)  # its errors name json.case already
     try:
         taken = intake.report_once(
             session,
-            _case_of_visit(session, visit, case_data),
+            case_data,
             principal=principal,
             actor=request_actor(),
             keys=retry.keys if retry else [],

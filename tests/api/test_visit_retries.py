@@ -172,6 +172,22 @@ def test_errors_of_a_visits_case_name_its_fields_under_case(phone, home, engine)
     assert rows(engine) == dict.fromkeys(ONE, 0)
 
 
+def test_a_visits_case_with_nowhere_to_be_is_422_under_case(client, phone, engine):
+    """Neither the case, the visit nor the house has a location: 422 naming
+    `json.case.location` (once: the errors of the case's own report are moved under
+    `case`, these were already there), and nothing is written."""
+    house = created(client.post("/api/v1/houses", json={"address": "平江路2号", "grid": A1}))
+    home = created(
+        client.post("/api/v1/households", json={"number": "0002", "house_id": house["id"]})
+    )
+    refused = post(phone, visit_body(home["id"], str(uuid.uuid4())))
+    assert refused.status_code == 422, refused.get_json()
+    assert refused.get_json()["errors"] == {
+        "json": {"case": {"location": ["required: the visit has no location"]}}
+    }
+    assert rows(engine) == dict.fromkeys(ONE, 0)
+
+
 def test_a_case_client_id_belongs_to_one_report(phone, home, engine):
     """POST /cases with a visit's client_id answers that visit's case; a visit with a
     client_id that POST /cases reported answers 409 naming it, not the bare conflict."""
