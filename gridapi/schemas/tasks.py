@@ -8,7 +8,8 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 
 from ..models.register import HOUSE_USES
 from ..models.tasks import CAMPAIGN_STATUSES, ITEM_SCOPES, TASK_STATUSES
-from .categories import AttributeSchema
+from ..services.categories import MAX_ATTRIBUTES
+from .categories import AttributeDefinitionSchema, AttributeSchema
 from .common import StrictSchema
 from .register import GRID, REGION
 
@@ -18,6 +19,16 @@ FORM_DOC = (
     "The result form: attribute definitions as a category's `attributes` (code, label, type "
     "string|text|number|date|single_choice|multiple_choice, required, values)."
 )
+
+
+def result_form() -> fields.List:
+    """Return the field of a task's or campaign's result form as sent: attribute
+    definitions, checked as a category's are."""
+    return fields.List(
+        fields.Nested(AttributeDefinitionSchema),
+        validate=validate.Length(max=MAX_ATTRIBUTES),
+        metadata={"description": FORM_DOC},
+    )
 
 
 class DueInSchema(StrictSchema):
@@ -56,7 +67,7 @@ class TaskCreateSchema(DueFields):
     region = fields.String(
         validate=REGION, metadata={"description": "A region, for a task above the grid level."}
     )
-    result_schema = fields.List(fields.Dict(), metadata={"description": FORM_DOC})
+    result_schema = result_form()
 
 
 class EvidenceSchema(StrictSchema):
@@ -240,7 +251,7 @@ class CampaignCreateSchema(DueFields):
         validate=REGION,
         metadata={"description": "The region covered: a county, township or community."},
     )
-    result_schema = fields.List(fields.Dict(), metadata={"description": FORM_DOC})
+    result_schema = result_form()
     item_scope = fields.String(
         load_default="none",
         validate=validate.OneOf(ITEM_SCOPES),

@@ -41,19 +41,6 @@ def get_category(session: Session, code: str) -> Category:
     return category
 
 
-def attribute_schema_problems(attributes: Any) -> list[str]:
-    """Return what is wrong with an attribute schema as sentences (empty when it is fine)."""
-    errors = attribute_schema_errors(attributes)
-    if isinstance(errors, list):
-        return errors
-    return [
-        f"attribute {i}: {key}: {message}"
-        for i, keys in errors.items()
-        for key, messages in keys.items()
-        for message in messages
-    ]
-
-
 def attribute_schema_errors(attributes: Any) -> list[str] | dict[int, dict[str, list[str]]]:
     """Return what is wrong with an attribute schema, shaped as marshmallow shapes a list's
     errors: problems of the whole list, or each attribute's problems by index and key

@@ -36,7 +36,7 @@ from ..models.tasks import OPEN_TASK_STATUSES, Campaign, Task, TaskItem
 from ..scope import Scope, starts_with
 from ..workcalendar import WorkingCalendar
 from .cases import add_limit, region_names
-from .categories import attribute_schema_problems, check_attributes
+from .categories import attribute_schema_errors, check_attributes
 from .identity import assignment_holds_on, current_grids, users_query
 from .preconditions import check_if_match, flush_versioned
 from .register import place_of_grid, place_of_region
@@ -177,9 +177,11 @@ def due_date(
 
 
 def check_result_schema(schema: Any, field: str = "result_schema") -> list[dict[str, Any]]:
-    """Return a result form (a category-style attribute schema) or raise Unprocessable."""
+    """Return a result form (a category-style attribute schema) or raise Unprocessable
+    naming each attribute's problems by index and key, as a category's attributes are (the
+    request's schema checks each definition; this adds the rules across them)."""
     schema = [] if schema is None else schema
-    problems = attribute_schema_problems(schema)
+    problems = attribute_schema_errors(schema)
     if problems:
         raise Unprocessable("Invalid result form.", errors={"json": {field: problems}})
     return schema

@@ -9,7 +9,6 @@ from gridapi.errors import Unprocessable
 from gridapi.models import Case, Category
 from gridapi.services.categories import (
     attribute_schema_errors,
-    attribute_schema_problems,
     check_attributes,
 )
 
@@ -107,18 +106,6 @@ def test_report_attributes_are_checked_against_the_schema():
         check_attributes(cat, {"n": True})
 
 
-def test_attribute_schema_problems():
-    assert attribute_schema_problems([{"code": "a", "label": "A", "type": "string"}]) == []
-    assert attribute_schema_problems("x")
-    assert attribute_schema_problems([{"code": "a", "label": "A", "type": "single_choice"}])
-    assert attribute_schema_problems(
-        [
-            {"code": "a", "label": "A", "type": "string"},
-            {"code": "a", "label": "B", "type": "string"},
-        ]
-    )
-
-
 def test_attribute_schema_errors_name_the_attribute_and_the_key():
     assert attribute_schema_errors([{"code": "a", "label": "A", "type": "string"}]) == {}
     assert attribute_schema_errors("x") == ["must be a list of attribute definitions"]
@@ -147,10 +134,9 @@ def test_attribute_schema_errors_name_the_attribute_and_the_key():
         },
         6: {"_schema": ["must be an object"]},
     }
-    # The sentences task forms answer name the attribute and the key too.
-    assert "attribute 0: description: must be text" in attribute_schema_problems(
-        [{**good, "description": {"k": 1}}]
-    )
+    assert attribute_schema_errors([{**good, "type": "single_choice"}]) == {
+        0: {"values": ["a choice needs a list of distinct non-empty values"]}
+    }
 
 
 GOOD_ATTRIBUTE = {"code": "a", "label": "x", "type": "string"}

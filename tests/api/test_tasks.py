@@ -200,8 +200,17 @@ def test_a_campaign_needs_a_region_in_scope_with_grids_and_a_valid_form(people, 
         "/api/v1/campaigns", json={**body, "region": TOWNSHIP, "result_schema": bad_form}
     )
     assert r.status_code == 422
+    # By attribute and key, as a category's attributes (it was a list of sentences).
     problems = r.get_json()["errors"]["json"]["result_schema"]
-    assert any("code" in p for p in problems) and any("type" in p for p in problems)
+    assert set(problems) == {"0"} and {"code", "label", "type"} <= set(problems["0"])
+    twice = [{"code": "hazard", "label": "隐患", "type": "string"}] * 2
+    r = people["office"].post(
+        "/api/v1/campaigns", json={**body, "region": TOWNSHIP, "result_schema": twice}
+    )
+    assert r.status_code == 422
+    assert r.get_json()["errors"]["json"]["result_schema"] == {
+        "1": {"code": ["duplicate code 'hazard'"]}
+    }
 
     r = people["office"].post("/api/v1/campaigns", json={"title": "排查", "region": TOWNSHIP})
     assert r.status_code == 422 and "due_at" in r.get_json()["errors"]["json"]
