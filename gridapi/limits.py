@@ -42,9 +42,13 @@ def login_username_key() -> str:
     data = request.get_json(silent=True) or {}
     login = data.get("username") if isinstance(data, dict) else None
     login = str(login or "").strip()
+    if not login or len(login) > 64 or "\x00" in login:
+        # Not a name the sign-in takes (its schema answers 422): not looked up (PostgreSQL
+        # refuses NUL in text, a 422 that differed by engine), one key for all of them.
+        return "account:invalid"
     st = state()
     with st.sessions() as session:
-        user = find_login_user(session, login, st.phone_key) if login else None
+        user = find_login_user(session, login, st.phone_key)
     return f"account:user:{user.id}" if user else f"account:name:{login.lower()}"
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import flask_smorest
 from flask import Flask, g, request
-from marshmallow import ValidationError, missing
+from marshmallow import ValidationError, fields, missing
+from webargs.fields import DelimitedList, DelimitedTuple
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.routing import BaseConverter, IntegerConverter
@@ -100,7 +102,50 @@ class StrictParser(FlaskParser):
         }
         if repeated:
             raise ValidationError(repeated)
+        not_numbers = _not_plain_numbers(args, schema)
+        if not_numbers:
+            raise ValidationError(not_numbers)
         return proxy
+
+
+# Numbers in a query string as people and programs write them: ASCII digits, a sign, a
+# fraction, an exponent. Python's float() and int() also take "1_20" (120), "１２０" and
+# surrounding whitespace of any kind, so a malformed coordinate became another one.
+PLAIN_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+
+
+def _number_rule(field: Any) -> tuple[re.Pattern[str], str] | None:
+    if isinstance(field, fields.Integer):
+        return _WHOLE, "Not a valid integer."
+    if isinstance(field, fields.Number):
+        return PLAIN_DECIMAL, "Not a valid number."
+    return None
+
+
+def _not_plain_numbers(args: MultiDict, schema: Any) -> dict[str, list[str]]:
+    """Return the query parameters whose numbers are not plain ASCII decimals, by name (a
+    list given comma-separated is checked item by item; spaces around an item are fine)."""
+    errors: dict[str, list[str]] = {}
+    for name, field in schema.fields.items():
+        key = field.data_key or name
+        if key not in args:
+            continue
+        for raw in args.getlist(key):
+            if isinstance(field, DelimitedTuple):
+                parts = raw.split(field.delimiter)
+                rules = [_number_rule(f) for f in field.tuple_fields]
+            elif isinstance(field, DelimitedList):
+                parts = raw.split(field.delimiter)
+                rules = [_number_rule(field.inner)] * len(parts)
+            elif isinstance(field, fields.List):
+                parts, rules = [raw], [_number_rule(field.inner)]
+            else:
+                parts, rules = [raw], [_number_rule(field)]
+            for part, rule in zip(parts, rules, strict=False):
+                if rule is not None and not rule[0].fullmatch(part.strip(" ")):
+                    errors[key] = [rule[1]]
+    return errors
 
 
 def _has_required_field(schema: Any) -> bool:

@@ -122,6 +122,12 @@ class GridVersionActivation(MethodView):
     @versions_blp.requires("grids:write")
     @versions_blp.arguments(ActivateSchema, required=False)
     @versions_blp.response(200, GridVersionDetailSchema)
+    @versions_blp.alt_response(
+        409,
+        response="CONFLICT",
+        description="The version's report has errors and `force` is not true: "
+        "`errors.report` summarises them.",
+    )
     def post(self, data, version_id):
         """Activate a grid version
 

@@ -18,7 +18,7 @@ from ..schemas.locate import (
     LocateResultSchema,
 )
 from ..services.routing import _METHOD_NAMES, Match
-from .blueprint import Blueprint
+from .blueprint import PLAIN_DECIMAL, Blueprint
 
 blp = Blueprint(
     "locate",
@@ -57,11 +57,10 @@ def _coordinate(args, name: str, limit: float, errors: dict) -> float:  # type: 
     if raw is None:
         errors[name] = ["Missing data for required field."]
         return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
+    if not PLAIN_DECIMAL.fullmatch(raw.strip(" ")):  # float() reads "1_20" as 120
         errors[name] = ["Not a valid number."]
         return 0.0
+    value = float(raw)
     if not math.isfinite(value) or not -limit <= value <= limit:
         errors[name] = [
             f"Must be greater than or equal to {-limit} and less than or equal to {limit}."

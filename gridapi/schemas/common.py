@@ -29,6 +29,14 @@ class StrictFloat(fields.Float):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+def distinct(items: list[Any]) -> None:
+    """Refuse a list that names an item twice (a set sent as a list)."""
+    seen: set[Any] = set()
+    repeated = [item for item in items if item in seen or seen.add(item)]
+    if repeated:
+        raise ValidationError(f"{repeated[0]} is given more than once.")
+
+
 def _leaves(field: fields.Field, *, keys: bool) -> Iterator[fields.Field]:
     """Yield ``field``, or the fields it contains when it is a list, a tuple or a dict (the
     dict's values, and its keys too with ``keys``), all the way down."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import fields, validate
 
 from ..security.permissions import CLIENT_SCOPES, ROLE_RANK
-from .common import PageArgsSchema, StrictSchema
+from .common import PageArgsSchema, StrictSchema, distinct
 from .regions import CODE12
 
 GRID15 = validate.Regexp(r"^[0-9]{15}\Z", error="must be a 15-digit grid code")
@@ -103,6 +103,7 @@ class UserCreateSchema(StrictSchema):
     )
     grids = fields.List(
         fields.String(validate=GRID15),
+        validate=distinct,
         metadata={"description": "Or a set of grids (a worker's roster, starting today)."},
     )
     primary_grid = fields.String(validate=GRID15)
@@ -257,8 +258,10 @@ class AuditQueryArgsSchema(PageArgsSchema):
     object_type = fields.String()
     object_id = fields.String()
     actor_id = fields.String()
-    since = fields.DateTime()
-    until = fields.DateTime()
+    since = fields.AwareDateTime(
+        metadata={"description": "At or after; with its offset (Z or +08:00)."}
+    )
+    until = fields.AwareDateTime(metadata={"description": "Before; with its offset."})
     before = fields.Integer()
 
 

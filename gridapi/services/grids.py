@@ -36,8 +36,8 @@ def import_grid_version(
     """Store a FeatureCollection as a draft version of a region's grid set, with its report.
 
     The region defaults to the deepest existing region that contains every grid's community.
-    Features that cannot be read at all are left out and reported; the version then has
-    errors and can only be activated with force. Raises Unprocessable for input that is not a
+    Features that cannot be read at all, or whose geometry is empty (after repair), are left
+    out and reported; the version then has errors and can only be activated with force. Raises Unprocessable for input that is not a
     FeatureCollection of grids or when no region covers the grids.
     """
     if (
@@ -101,6 +101,11 @@ def import_grid_version(
     rows = []
     for g in report.grids:
         if g.code in seen:  # duplicates are reported; the first copy is kept
+            continue
+        if g.geometry.is_empty:
+            # Nothing left of it (a ring of too few points, a line repaired away): reported
+            # as empty_geometry and, like an unreadable feature, not a grid. SQLite cannot
+            # store it, and routing has no place for it.
             continue
         seen.add(g.code)
         rows.append(

@@ -306,6 +306,9 @@ def set_password(
     session.flush()
 
 
+_ZERO_PERIOD = re.compile(r"(?:per|/)\s*0+\s*[A-Za-z]")
+
+
 def _revoke_refresh_tokens(session: Session, user_id: int) -> None:
     session.execute(
         update(RefreshToken)
@@ -447,25 +450,30 @@ def create_user(
     return user
 
 
-def users_query(scope: Scope):  # type: ignore[no-untyped-def]
+def users_query(scope: Scope, *, to_change: bool = False):  # type: ignore[no-untyped-def]
     """Return a select of the users inside ``scope``: living in its regions, or on the
-    current roster of one of its grids."""
+    current roster of one of its grids (a grid named by the scope, or one inside its
+    regions: an account from another township put on a grid of this one is read here).
+
+    ``to_change``: the accounts the caller may change: living in its regions, or on the
+    roster of a grid its scope names; one living elsewhere is changed where it lives."""
     if scope.unrestricted:
         return select(User)
     condition = scope.region_condition(User.region_code)
-    if scope.grid_codes:
-        today = date.today()
-        on_roster = select(GridAssignment.user_id).where(
-            GridAssignment.grid_code.in_(sorted(scope.grid_codes)),
-            assignment_holds_on(today),
-        )
+    if to_change:
+        grids = GridAssignment.grid_code.in_(sorted(scope.grid_codes)) if scope.grid_codes else None
+    else:  # a grid code starts with its community's code: the regions' prefixes hold
+        grids = scope.grid_condition(GridAssignment.grid_code, GridAssignment.grid_code)
+    if grids is not None:
+        on_roster = select(GridAssignment.user_id).where(grids, assignment_holds_on(date.today()))
         condition = or_(condition, User.id.in_(on_roster))
     return select(User).where(condition)
 
 
-def get_user(session: Session, user_id: int, scope: Scope) -> User:
-    """Return a user inside the scope. Raises NotFound otherwise."""
-    user = session.scalars(users_query(scope).where(User.id == user_id)).first()
+def get_user(session: Session, user_id: int, scope: Scope, *, to_change: bool = False) -> User:
+    """Return a user inside the scope (``users_query``). Raises NotFound otherwise."""
+    stmt = users_query(scope, to_change=to_change).where(User.id == user_id)
+    user = session.scalars(stmt).first()
     if user is None:
         raise _not_found("user")
     return user
@@ -506,7 +514,7 @@ def changeable_user(
 
     A peer or superior answers like a missing user. Raises NotFound.
     """
-    user = get_user(session, user_id, scope)
+    user = get_user(session, user_id, scope, to_change=True)
     role_row = session.get(Role, user.role_name)
     if (
         actor_rank is not None
@@ -540,6 +548,7 @@ def update_user(
         if changes["role"] != user.role_name:  # the same role again ends no session
             user.role_name = changes["role"]
             user.token_version += 1
+            _revoke_refresh_tokens(session, user.id)  # signed in again, under the new role
     if "display_name" in changes:
         user.display_name = changes["display_name"]
     if "is_active" in changes:
@@ -560,9 +569,11 @@ def update_user(
                 errors={"json": {"scope_region": [f"no region {code} in your scope"]}},
             )
         _region_or_422(session, code, scope, "scope_region")
-        user.scope_region_code = code
+        if code != user.scope_region_code:  # the same scope again ends no session
+            user.scope_region_code = code
+            user.token_version += 1
+            _revoke_refresh_tokens(session, user.id)
         user.region_code = code
-        user.token_version += 1
     session.flush()
     return user
 
@@ -776,8 +787,12 @@ def create_client(
             },
         )
     try:
-        parse(rate_limit)
+        item = parse(rate_limit)
     except ValueError:
+        item = None
+    # limits reads "0 per minute" (every request refused) and "5 per 0 minute" (read as
+    # per minute): neither is a limit anyone means.
+    if item is None or item.amount < 1 or _ZERO_PERIOD.search(rate_limit):
         raise Unprocessable(
             "Invalid rate limit.",
             errors={"json": {"rate_limit": ["e.g. '600 per minute' or '10/second'"]}},

@@ -73,6 +73,12 @@ class IndexSnapshot:
         )
         if len(self.geoms):
             self.geoms = shapely.from_wkb(self.geoms)
+            # A grid with an empty geometry covers nothing, and its bounds (NaN) would break
+            # the lattice: left out (imports no longer store one; older versions may hold it).
+            keep = ~shapely.is_empty(self.geoms)
+            if not keep.all():
+                rows = [row for row, kept in zip(rows, keep.tolist(), strict=True) if kept]
+                self.geoms = self.geoms[keep]
             shapely.prepare(self.geoms)
         self.tree = STRtree(self.geoms)
         self.regions = regions

@@ -268,6 +268,23 @@ def test_registering_a_client_over_http_shows_its_key_once(app: Any, client: Any
     assert r.status_code == 200
 
 
+@pytest.mark.parametrize(
+    "limit", ["0 per minute", "5 per 0 minute", "1 per 00 second", "3/0minute", "often"]
+)
+def test_a_rate_limit_of_nothing_is_422_and_makes_no_client(client: Any, limit: str) -> None:
+    """'0 per minute' made a key every request of which was 429; 'per 0 minute' was read as
+    per minute. Refused as malformed, as the spec says, and nothing is registered."""
+    before = client.get("/api/v1/clients").get_json()["items"]
+    r = client.post(
+        "/api/v1/clients", json={"name": "x", "scopes": ["grids:read"], "rate_limit": limit}
+    )
+    assert r.status_code == 422, r.get_json()
+    assert list(r.get_json()["errors"]["json"]) == ["rate_limit"]
+    assert client.get("/api/v1/clients").get_json()["items"] == before
+    ok = {"name": "x", "scopes": ["grids:read"], "rate_limit": "10 per 2 minutes"}
+    assert client.post("/api/v1/clients", json=ok).status_code == 201
+
+
 def test_an_api_key_works_as_x_api_key_and_as_bearer(app: Any, client: Any) -> None:
     created = make_key(app)
     key = created["api_key"]
@@ -306,6 +323,16 @@ def test_unknown_and_malformed_keys_are_refused(app: Any, client: Any, key: str)
     # The right prefix with the wrong secret is refused too.
     forged = f"gk_{real['key_prefix']}_{'A' * 40}"
     assert_unauthorized(app.test_client().get("/api/v1/grids", headers={"X-API-Key": forged}))
+
+
+def test_a_sign_in_name_with_a_nul_is_422_naming_it_on_both_engines(app: Any) -> None:
+    """The sign-in throttle looked the account up by the raw name before the schema read
+    it: PostgreSQL refused the NUL (a field-less 422 'out of range'), SQLite named it."""
+    anon = app.test_client()
+    for name in ("adm\x00in", "\x00", "x" * 65 + "\x00"):
+        r = anon.post("/api/v1/auth/token", json={"username": name, "password": "x"})
+        assert r.status_code == 422, r.get_json()
+        assert list(r.get_json()["errors"]["json"]) == ["username"], r.get_json()
 
 
 def test_a_key_with_a_nul_is_refused_on_both_engines(app: Any, client: Any) -> None:

@@ -202,6 +202,16 @@ def test_no_free_database_connection_is_503_with_retry_after(app, client, engine
             conn.close()
 
 
+def test_an_audit_time_without_its_offset_is_422_naming_it(client, world):
+    """`since=2026-11-29T00:00:00` was a 500 (a naive time compared with aware ones); a
+    time says its offset, as the case list's `from` and `to` do."""
+    for name in ("since", "until"):
+        r = client.get(f"/api/v1/audit?{name}=2026-11-29T00:00:00")
+        assert r.status_code == 422, r.get_json()
+        assert list(r.get_json()["errors"]["query"]) == [name]
+        assert client.get(f"/api/v1/audit?{name}=2026-11-29T00:00:00%2B08:00").status_code == 200
+
+
 def test_a_query_parameter_given_twice_is_422_not_half_read(client, world):
     """status=filed&status=dispatched listed only the filed cases (webargs kept the first
     value of a parameter that takes one); the comma-separated list is the documented form."""
@@ -214,12 +224,41 @@ def test_a_query_parameter_given_twice_is_422_not_half_read(client, world):
 
 
 @pytest.mark.parametrize(
+    "query,field",
+    [
+        ("/api/v1/locate?lon=1_20&lat=31.31", "lon"),  # float() reads 120
+        ("/api/v1/locate?lon=120.61&lat=%EF%BC%93%EF%BC%91", "lat"),  # fullwidth 31
+        ("/api/v1/locate?lon=120.61%0B&lat=31.31", "lon"),  # a vertical tab around it
+        ("/api/v1/cases?limit=1_0", "limit"),
+        ("/api/v1/cases?bbox=120.5,31.2,120_7,31.4", "bbox"),
+    ],
+)
+def test_numbers_in_a_query_are_plain_ascii_decimals(client, world, query, field):
+    """A malformed number is 422 naming it, not read as another number: `lon=1_20` was
+    routed as 120 (Python's float() takes digit-group underscores and any Unicode digit)."""
+    r = client.get(query)
+    assert r.status_code == 422, r.get_json()
+    assert list(r.get_json()["errors"]["query"]) == [field]
+
+
+def test_plain_numbers_in_a_query_still_read(client, world):
+    for query in (
+        "/api/v1/locate?lon=120.615&lat=31.305",
+        "/api/v1/locate?lon=+120.615&lat=3.1305e1",  # "+" reads as a space: trimmed
+        "/api/v1/cases?limit=5&bbox=120.5,%2031.2,120.7,31.4",
+    ):
+        assert client.get(query).status_code == 200, (query, client.get(query).get_json())
+
+
+@pytest.mark.parametrize(
     "url,field",
     [
         ("/api/v1/cases?from=9999-12-31T23:59:59-12:00", "from"),
         ("/api/v1/cases?to=0001-01-01T00:00:00%2B14:00", "to"),
         ("/api/v1/cases?from=1850-01-01T00:00:00%2B08:00", "from"),
         ("/api/v1/indicators?region=320508000000&from=0001-01-01&to=2026-01-01", "from"),
+        ("/api/v1/audit?since=0001-01-01T00:00:00%2B14:00", "since"),
+        ("/api/v1/audit?until=9999-12-31T23:59:59-12:00", "until"),
     ],
 )
 def test_a_date_outside_what_can_be_stored_is_422_naming_it(client, world, url, field):

@@ -224,6 +224,30 @@ def test_each_office_lists_only_the_accounts_of_its_township(office: Any, accoun
     assert office.get(f"/api/v1/users/{w_c}").status_code == 404
 
 
+def test_an_office_reads_an_account_from_elsewhere_on_its_grids_roster(
+    office: Any, accounts: Any, county: Any
+) -> None:
+    """GET /users lists, and GET /users/{id} reads, the accounts on the roster of a grid in
+    the caller's scope: a township office did not see a worker of another township the
+    county put on its grid (404, left out), although its roster listed them. Changing that
+    account stays with the township where it lives."""
+    other = accounts.client("office2", "township_office", scope_region=TOWNSHIP_2)
+    w_c = created(other, "w-c", grids=[C1])
+    r = county.post(f"/api/v1/users/{w_c['id']}/assignments", json={"grid": A1})
+    assert r.status_code == 201, r.get_json()
+    assert "w-c" in roster(office, A1)
+    assert office.get(f"/api/v1/users/{w_c['id']}").status_code == 200
+    assert office.get(f"/api/v1/users/{w_c['id']}/assignments").status_code == 200
+    names = {u["username"] for u in office.get("/api/v1/users").get_json()["items"]}
+    assert names == {"office", "w-c"}
+    changed = office.patch(f"/api/v1/users/{w_c['id']}", json={"display_name": "改"})
+    assert changed.status_code == 404
+    # Off the roster, out of sight again.
+    ended = county.post(f"/api/v1/users/{w_c['id']}/assignments/{A1}/end", json={})
+    assert ended.status_code == 200, ended.get_json()
+    assert office.get(f"/api/v1/users/{w_c['id']}").status_code == 404
+
+
 # ---- rosters ---------------------------------------------------------------------------------
 
 
@@ -409,6 +433,36 @@ def test_a_township_office_cannot_change_a_peer_or_superior(
         assert r.status_code == 404, r.get_json()
         assert r.get_json() == missing.get_json()
     assert sign_in(anon_client, "boss").status_code == 200
+
+
+def test_a_grid_named_twice_is_422_and_makes_no_account(office: Any, session: Any) -> None:
+    """It made two current assignments of one grid, both primary: the roster listed the
+    account twice and it took two ends to take it off."""
+    r = new_user(office, "twice", "grid_worker", grids=[A1, A1])
+    assert error_fields(r, 422) == {"grids": [f"{A1} is given more than once."]}
+    assert session.scalar(select(User).where(User.username == "twice")) is None
+
+
+def test_a_role_or_scope_change_ends_the_users_sessions(office: Any, anon_client: Any) -> None:
+    """PATCH says a role or scope change ends the account's sessions: the access token
+    ended, but the refresh token still gave a new pair (now refused: signed in again)."""
+    w1 = created(office, "wang", grids=[A1])
+    for change in ({"role": "grid_chief"}, {"scope_region": COMMUNITY_A}):
+        pair = tokens(anon_client, "wang")
+        same = office.patch(f"/api/v1/users/{w1['id']}", json=change)
+        assert same.status_code == 200, same.get_json()
+        me = anon_client.get("/api/v1/me", headers=bearer(pair["access_token"]))
+        assert me.status_code == 401, change
+        r = anon_client.post("/api/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+        assert r.status_code == 401, (change, r.get_json())
+        assert sign_in(anon_client, "wang").status_code == 200
+    # The same role or scope again ends nothing.
+    pair = tokens(anon_client, "wang")
+    for change in ({"role": "grid_chief"}, {"scope_region": COMMUNITY_A}):
+        assert office.patch(f"/api/v1/users/{w1['id']}", json=change).status_code == 200
+    assert anon_client.get("/api/v1/me", headers=bearer(pair["access_token"])).status_code == 200
+    r = anon_client.post("/api/v1/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+    assert r.status_code == 200, r.get_json()
 
 
 def test_a_password_reset_by_an_office_ends_the_users_sessions(
