@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from argon2 import PasswordHasher
@@ -21,18 +22,43 @@ def configure(time_cost: int, memory_kib: int) -> None:
 
 
 MIN_LENGTH = 10
-_COMMON = {
-    "password",
-    "12345678",
-    "123456789",
-    "1234567890",
-    "qwertyuiop",
-    "iloveyou",
-    "admin12345",
-    "password123",
-    "a123456789",
-    "1qaz2wsx3edc",
-}
+
+# Common in Chinese password leaks and missing from the English-based list below.
+_COMMON_CN = frozenset(
+    {
+        "woaini1314", "aini1314", "5201314", "1314520", "wodemima", "mima", "nihao",
+        "zhongguo", "beijing", "shanghai", "huawei", "xiaomi", "taobao", "weixin",
+    }
+)  # fmt: skip
+# Undo the usual substitutions (p@ssw0rd): "1" is tried as both "i" and "l".
+_SUBSTITUTED = {"@": "a", "4": "a", "$": "s", "5": "s", "0": "o", "3": "e", "!": "i", "7": "t"}
+_SUBSTITUTIONS = (
+    str.maketrans({**_SUBSTITUTED, "1": "i"}),
+    str.maketrans({**_SUBSTITUTED, "1": "l"}),
+)
+_NOT_LETTERS = "0123456789!@#$%^&*()-_=+[]{};:'\",.<>/?\\|`~ "
+
+
+@functools.cache
+def _common() -> frozenset[str]:
+    """The 30,000 most common passwords of zxcvbn's list (from leaked password sets), and a
+    few common in China; read once, when the first password is checked."""
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    return frozenset(FREQUENCY_LISTS["passwords"]) | _COMMON_CN
+
+
+def is_common(password: str) -> bool:
+    """Return whether ``password`` is a common one: itself, without the symbols it ends
+    with, or its letters without the digits and symbols around them ("Password1!",
+    "Qwerty123!", "Admin@123456"), with the usual substitutions undone ("P@ssw0rd123")."""
+    lowered = password.lower()
+    core = lowered.strip(_NOT_LETTERS)
+    candidates = {lowered, lowered.rstrip(_NOT_LETTERS[10:])}
+    if len(core) >= 4:
+        candidates.add(core)
+        candidates.update(core.translate(table) for table in _SUBSTITUTIONS)
+    return not candidates.isdisjoint(_common())
 
 
 def hash_password(password: str) -> str:
@@ -70,7 +96,7 @@ def password_problems(password: str, *, username: str = "", phone: str = "") -> 
     if classes < 3:
         problems.append("must mix at least three of: lower case, upper case, digits, symbols")
     lowered = password.lower()
-    if lowered in _COMMON:
+    if is_common(password):
         problems.append("is too common")
     if username and len(username) >= 3 and username.lower() in lowered:
         problems.append("must not contain the username")

@@ -71,6 +71,32 @@ def test_two_character_classes_are_not_enough(password: str) -> None:
     assert any("three of" in p for p in problems), problems
 
 
+@pytest.mark.parametrize(
+    "password",
+    [
+        "Password1!",  # a common word, a digit and a symbol make the three kinds
+        "Qwerty123!",
+        "P@ssw0rd123",  # substitutions undone
+        "Admin@123456",
+        "Abc123456!",
+        "Summer2024!",
+        "Woaini1314!",  # common in Chinese leaks
+        "L3tm3in2024!",
+    ],
+)
+def test_a_common_password_dressed_up_is_refused(password: str) -> None:
+    """The list had ten entries, most of which failed the three-kinds rule anyway: the
+    probe's Password1!, Qwerty123!, P@ssw0rd123, Admin@123456, Abc123456! were taken."""
+    assert password_problems(password) == ["is too common"]
+
+
+@pytest.mark.parametrize(
+    "password", ["Gridapi-Demo-2026", "Test-Passw0rd!", "Brand-New-Pa55!", "Xx-alice-2024"]
+)
+def test_passwords_that_only_contain_a_word_are_not_common(password: str) -> None:
+    assert password_problems(password) == []
+
+
 @given(
     strong_passwords(),
     st.from_regex(r"[a-z][a-z0-9_.]{2,15}", fullmatch=True),
