@@ -145,11 +145,19 @@ class RegionsByCode(MethodView):
     @blp.requires("regions:write")
     @blp.arguments(RegionUpdateSchema)
     @blp.response(200, RegionDetailSchema)
+    @blp.alt_response(
+        409,
+        response="CONFLICT",
+        description="The periods of the code would overlap; or the region would no longer "
+        "be current while grids in it are in service (retire or move them first).",
+    )
     def patch(self, data, code):
         """Update a region
 
         Corrects the current row in place, or with `effective_from` starts a new period so
-        the old name and boundary stay queryable with `on`.
+        the old name and boundary stay queryable with `on`. A region whose grids are in
+        service cannot end today or earlier (409 naming them): every grid belongs to a
+        community of the tree; a later end is taken.
         """
         summary = {k: v for k, v in data.items() if k != "boundary"}
         if "boundary" in data:

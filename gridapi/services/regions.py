@@ -23,7 +23,7 @@ from ..codes import (
 )
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.shapes import GeometryError, from_db, multipolygon_from_geojson, to_db
-from ..models import Region
+from ..models import Grid, Region
 from ..scope import Scope
 
 
@@ -337,6 +337,7 @@ def update_region(session: Session, code: str, changes: dict[str, Any], *, scope
         _check_period(region.valid_from, region.valid_to)
         _check_no_overlap(session, code, region.valid_from, region.valid_to, exclude=region.id)
         session.flush()
+        _keep_grids_placed(session, code, "valid_to" if "valid_to" in changes else "valid_from")
         routing_changed(session)
         return region
     _check_period(effective, changes.get("valid_to"), start_field="effective_from")
@@ -360,8 +361,32 @@ def update_region(session: Session, code: str, changes: dict[str, Any], *, scope
     session.flush()
     session.add(successor)
     session.flush()
+    _keep_grids_placed(session, code, "valid_to")
     routing_changed(session)
     return successor
+
+
+def _keep_grids_placed(session: Session, code: str, field: str) -> None:
+    """Refuse a change that leaves region ``code`` not current today while grids inside it
+    are in service: every grid belongs to a community of the tree (DOMAIN §2), and a grid
+    whose community had ended was still routed, its region chain starting above it. The
+    grids are retired or moved first (a grid version without them); a future end stays
+    possible (a merger planned with its new grid version)."""
+    if session.scalar(select(Region.id).where(Region.code == code, valid_on(date.today()))):
+        return
+    placed = session.scalars(
+        select(Grid.code)
+        .where(Grid.in_service.is_(True), Grid.community_code.startswith(subtree_prefix(code)))
+        .order_by(Grid.code)
+        .limit(11)
+    ).all()
+    if placed:
+        shown = ", ".join(placed[:10]) + (", …" if len(placed) > 10 else "")
+        raise Conflict(
+            f"Region {code} would end while grids in it are in service: retire or move them "
+            "first (activate a grid version without them).",
+            errors={"json": {field: [f"grids in service: {shown}"]}},
+        )
 
 
 @dataclass

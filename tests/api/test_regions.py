@@ -484,6 +484,26 @@ def test_patch_valid_to_before_valid_from_is_422_and_changes_nothing(client, tre
     assert (body["name"], body["valid_from"], body["valid_to"]) == ("平江社区", None, None)
 
 
+def test_a_community_with_grids_in_service_cannot_end_now(client, factory):
+    """DOMAIN §2: every grid belongs to a community. Ending one whose grids are in service
+    left them routed with a region chain starting at the township: 409 naming them, and
+    nothing changes; a future end is taken."""
+    factory.regions()
+    factory.grid_version()  # A1, A2 of COMMUNITY_A, B1, B2 of COMMUNITY_B in service
+    url = f"/api/v1/regions/{COMMUNITY_A}"
+    for change in ({"valid_to": "2020-01-01"}, {"valid_from": "2099-01-01"}):
+        r = client.patch(url, json=change)
+        (field,) = change
+        body = assert_error(r, 409, "json", field)
+        assert f"{COMMUNITY_A}001" in body["errors"]["json"][field][0]
+        assert client.get(url).status_code == 200
+    town = client.patch(f"/api/v1/regions/{TOWNSHIP}", json={"valid_to": "2020-01-01"})
+    assert_error(town, 409, "json", "valid_to")
+    assert client.patch(url, json={"valid_to": "2099-12-31"}).status_code == 200
+    located = client.get("/api/v1/locate?lon=120.605&lat=31.305").get_json()
+    assert located["regions"][0]["code"] == COMMUNITY_A
+
+
 def test_patch_effective_from_after_valid_to_is_422(client, tree):
     r = client.patch(
         f"/api/v1/regions/{COMMUNITY_A}",
