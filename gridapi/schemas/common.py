@@ -67,17 +67,31 @@ def _strict_json(field: fields.Field) -> None:
 
 
 INT64 = validate.Range(min=-(2**63), max=2**63 - 1)
+#: The ids of every table but the sync log and the webhook outbox are 32-bit on PostgreSQL
+#: (the path's ``id`` converter says the same): a larger one was a field-less 422 "out of
+#: range" there and a plain miss on SQLite.
+ID32 = validate.Range(max=2**31 - 1)
+#: The ids of the sync log and of webhook events and deliveries (64-bit).
+BIG_ID = validate.Range(min=1, max=2**63 - 1)
 
 
-def _bounded(field: fields.Field) -> None:
-    """Give an integer without an upper bound the 64-bit one every column can hold, so a
-    huge number is 422 on both engines (SQLite overflows, PostgreSQL would compare it)."""
+def _is_id(name: str) -> bool:
+    return name in ("id", "after", "before", "cursor", "version", "evidence") or name.endswith(
+        ("_id", "_of")
+    )
+
+
+def _bounded(field: fields.Field, name: str = "") -> None:
+    """Give an integer without an upper bound the bound its column holds, so a number past
+    it is 422 naming the field on both engines (SQLite overflows past 64 bits, PostgreSQL
+    refuses past 32 bits in an id column): 32 bits for an id, a cursor or a version (one
+    over a 64-bit id declares its own bound), else 64."""
     if isinstance(field, fields.List):
-        _bounded(field.inner)
+        _bounded(field.inner, name)
     elif isinstance(field, fields.Integer) and not any(
         isinstance(v, validate.Range) and v.max is not None for v in field.validators
     ):
-        field.validators = [*field.validators, INT64]
+        field.validators = [*field.validators, ID32 if _is_id(name) else INT64]
 
 
 def _no_nul(value: Any) -> None:
@@ -155,7 +169,7 @@ class StrictSchema(Schema):
 
     def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
         super().on_bind_field(field_name, field_obj)
-        _bounded(field_obj)
+        _bounded(field_obj, field_name)
         _text(field_obj)
         _dated(field_obj)
         if not self.TEXT_VALUES and "Args" not in type(self).__name__:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import fields, validate
 
 from ..models.webhooks import DELIVERY_STATUSES, EVENT_TYPES
-from .common import StrictSchema
+from .common import BIG_ID, StrictSchema
 from .regions import CODE12
 
 CATEGORY_PREFIX = validate.Regexp(
@@ -132,14 +132,14 @@ class WebhookListSchema(StrictSchema):
 class DeliveryArgsSchema(StrictSchema):
     status = fields.String(validate=validate.OneOf(DELIVERY_STATUSES))
     cursor = fields.Integer(
-        validate=validate.Range(min=1),
+        validate=BIG_ID,  # deliveries have 64-bit ids
         metadata={"description": "`next_cursor` of the previous page."},
     )
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
 
 
 class DeliverySchema(StrictSchema):
-    id = fields.Integer(required=True)
+    id = fields.Integer(required=True, validate=BIG_ID)
     event_id = fields.String(
         required=True,
         metadata={
@@ -167,4 +167,4 @@ class DeliverySchema(StrictSchema):
 
 class DeliveryListSchema(StrictSchema):
     items = fields.List(fields.Nested(DeliverySchema), required=True)
-    next_cursor = fields.Integer(allow_none=True, required=True)
+    next_cursor = fields.Integer(allow_none=True, required=True, validate=BIG_ID)
