@@ -15,6 +15,7 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.routing import BaseConverter, IntegerConverter
 
 from ..auth import requires_permission
+from ..numbers import PLAIN_DECIMAL, PLAIN_WHOLE
 
 SECURITY = [{"bearerAuth": []}, {"apiKey": []}]
 ERROR_RESPONSES = {
@@ -108,16 +109,10 @@ class StrictParser(FlaskParser):
         return proxy
 
 
-# Numbers in a query string as people and programs write them: ASCII digits, a sign, a
-# fraction, an exponent. Python's float() and int() also take "1_20" (120), "１２０" and
-# surrounding whitespace of any kind, so a malformed coordinate became another one.
-PLAIN_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_WHOLE = re.compile(r"[+-]?[0-9]+")
-
-
 def _number_rule(field: Any) -> tuple[re.Pattern[str], str] | None:
+    """Return the text a number field takes in a query string, and the error otherwise."""
     if isinstance(field, fields.Integer):
-        return _WHOLE, "Not a valid integer."
+        return PLAIN_WHOLE, "Not a valid integer."
     if isinstance(field, fields.Number):
         return PLAIN_DECIMAL, "Not a valid number."
     return None

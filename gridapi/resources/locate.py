@@ -11,6 +11,7 @@ from ..auth import current_principal
 from ..errors import Unprocessable
 from ..extensions import state
 from ..geo.crs import SUPPORTED_CRS, to_wgs84, to_wgs84_many
+from ..numbers import PLAIN_DECIMAL
 from ..schemas.locate import (
     CRS_FIELD_DOC,
     LocateBatchResultSchema,
@@ -18,7 +19,7 @@ from ..schemas.locate import (
     LocateResultSchema,
 )
 from ..services.routing import _METHOD_NAMES, Match
-from .blueprint import PLAIN_DECIMAL, Blueprint
+from .blueprint import Blueprint
 
 blp = Blueprint(
     "locate",

@@ -654,18 +654,8 @@ class Visits(MethodView):
             commit()
             return svc.visit_view(visit)
         payload = _visit_answer(visit, None)  # stored with the visit, sent byte for byte
-        idempotency.remember(
-            session,
-            principal.actor_id,
-            retry.keys,
-            hash_=retry.body_hash,
-            method="POST",
-            path=request.path,
-            status_code=201,
-            response=payload,
-            resource_id=visit.id,
-            now=now,
-            keep_days=state().settings.idempotency_days,
+        Keyed(retry.keys, retry.body_hash).remember(
+            session, principal.actor_id, payload, resource_id=visit.id, now=now
         )
         commit()
         return Response(payload, status=201, mimetype="application/json")

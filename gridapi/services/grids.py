@@ -37,8 +37,9 @@ def import_grid_version(
 
     The region defaults to the deepest existing region that contains every grid's community.
     Features that cannot be read at all, or whose geometry is empty (after repair), are left
-    out and reported; the version then has errors and can only be activated with force. Raises Unprocessable for input that is not a
-    FeatureCollection of grids or when no region covers the grids.
+    out and reported; the version then has errors and can only be activated with force.
+    Raises Unprocessable for input that is not a FeatureCollection of grids or when no region
+    covers the grids.
     """
     if (
         not isinstance(collection, dict)

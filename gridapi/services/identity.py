@@ -306,9 +306,6 @@ def set_password(
     session.flush()
 
 
-_ZERO_PERIOD = re.compile(r"(?:per|/)\s*0+\s*[A-Za-z]")
-
-
 def _revoke_refresh_tokens(session: Session, user_id: int) -> None:
     session.execute(
         update(RefreshToken)
@@ -753,6 +750,10 @@ def update_department(
 
 
 # --- API clients ----------------------------------------------------------------------------
+
+
+# "5 per 0 minute", "3/0minute": a period of none, which limits reads as one.
+_ZERO_PERIOD = re.compile(r"(?:per|/)\s*0+\s*[A-Za-z]")
 
 
 def create_client(

@@ -21,6 +21,7 @@ from ..errors import DomainError
 from ..geo.crs import SUPPORTED_CRS
 from ..models import Case, Category, Department
 from ..models.cases import TERMINAL
+from ..numbers import PLAIN_DECIMAL, PLAIN_WHOLE
 from ..personal import InvalidValue, mask_phone, parse_phone
 from ..schemas.common import instant_problem
 from .cases import STATUS_NAMES, SUBCLASS_SQL, Caller, region_names, visible_condition
@@ -44,10 +45,6 @@ _CODE = re.compile(r"[0-9]{2}(?:[0-9]{2})?")
 _ATTRIBUTE_KEY = re.compile(r"attribute\[([^\[\]]+)\](\[\])?")
 _MEDIA_LINE = "\n\n图片 media_url: "
 _CJK = re.compile(r"[\u3400-\u9fff]")
-# Plain ASCII decimal numbers only: float() and int() also read "3_1.3", "３１.３", "nan",
-# "inf" and padded text, none of which a client sends meaning a number.
-_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_WHOLE = re.compile(r"[+-]?[0-9]+")
 # A case id is ASCII digits: str.isdigit() also takes "²", which int() refuses, and "١",
 # which int() reads as 1.
 _DIGITS = re.compile(r"[0-9]+")
@@ -158,7 +155,7 @@ def refuse_nul(items: Iterable[tuple[str, list[str]]]) -> None:
 
 def _decimal(raw: str) -> float | None:
     """Return a plain ASCII decimal number (sign, fraction, exponent allowed), else None."""
-    return float(raw) if _DECIMAL.fullmatch(raw) else None
+    return float(raw) if PLAIN_DECIMAL.fullmatch(raw) else None
 
 
 def _float(form: Mapping[str, str], name: str) -> float | None:
@@ -339,7 +336,7 @@ def _int(name: str, value: str | None, default: int, low: int, high: int) -> int
     if value is None or value == "":
         return default
     try:
-        number = int(value) if _WHOLE.fullmatch(value) else None
+        number = int(value) if PLAIN_WHOLE.fullmatch(value) else None
     except ValueError:  # more digits than int() converts
         number = None
     if number is None:

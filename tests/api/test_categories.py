@@ -12,7 +12,7 @@ from gridapi.services.categories import (
     check_attributes,
 )
 
-from ..factories import LAT0, LON0, STEP
+from .test_cases import center, report_body
 
 NUL = "Must not contain NUL characters (U+0000)."
 
@@ -229,16 +229,7 @@ def test_a_handler_with_a_trailing_newline_is_refused(client, factory, session):
 
 
 def _report(client, attributes):  # type: ignore[no-untyped-def]
-    lon, lat = round(LON0 + 0.5 * STEP, 6), round(LAT0 + 0.5 * STEP, 6)
-    body = {
-        "category": "0101",
-        "description": "小区门口垃圾堆放",
-        "location": {"type": "Point", "coordinates": [lon, lat]},
-        "accuracy_m": 8.5,
-        "address": "平江路 1 号",
-        "attributes": attributes,
-    }
-    return client.post("/api/v1/cases", json=body)
+    return client.post("/api/v1/cases", json=report_body(*center(0), attributes=attributes))
 
 
 def _cases(session) -> int:  # type: ignore[no-untyped-def]
