@@ -6,6 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
 
 from gridapi import migrations
 from gridapi.db import make_engine
@@ -57,4 +58,24 @@ def test_downgrade_to_base_and_upgrade_again(database_url):
     assert set(inspect(engine).get_table_names()) >= OUR_TABLES
     indexes = {ix["name"] for ix in inspect(engine).get_indexes("grids")}
     assert {"idx_grids_geom", "ix_grids_community_code"} <= indexes
+    engine.dispose()
+
+
+def test_upgrade_takes_a_url_with_percent_escapes(database_url, tmp_path):
+    """A socket directory (``?host=%2Fvar%2Frun%2Fpostgresql``), a password or a path with a
+    percent sign: Alembic's config once read the "%" as an interpolation and refused."""
+    if database_url.startswith("sqlite"):
+        path = tmp_path / "100% dir" / "gridapi.sqlite3"
+        path.parent.mkdir()
+        url = f"sqlite:///{path}"
+    else:
+        with_name = make_url(database_url).update_query_dict({"application_name": "gridapi 100%"})
+        url = with_name.render_as_string(hide_password=False)
+    engine = make_engine(url)
+    assert "%" in engine.url.render_as_string(hide_password=False)
+    assert migrations.alembic_config(engine).get_main_option("sqlalchemy.url") == (
+        engine.url.render_as_string(hide_password=False)
+    )
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
     engine.dispose()
