@@ -11,11 +11,14 @@ from dataclasses import fields
 from typing import Any
 from urllib.parse import unquote_plus
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
 from .config import Settings
 from .db import make_engine, spatial_extension_version
+from .errors import error_body
+from .jsonio import dumps_bytes
 
 
 def default_workers(settings: Settings) -> int:
@@ -87,7 +90,25 @@ def freeze_long_lived() -> None:
     gc.freeze()
 
 
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """Write the answer to a request gunicorn refuses before the app sees it (a control
+    character in a header: 400; a request line too long: 414; headers too large: 431; an
+    unsupported transfer coding: 501) in the one error format, where gunicorn writes HTML.
+    Takes the place of ``gunicorn.util.write_error`` in the workers (``_post_worker_init``)."""
+    body = dumps_bytes(error_body(status_int, mesg or None))
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        "Cache-Control: no-store\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 def _post_worker_init(worker: Any) -> None:
+    # Requests gunicorn refuses itself are answered in the one error format too.
+    gunicorn_util.write_error = write_json_error
     # Build the routing index before the first request, not during it, and keep it (and
     # whatever the app holds for good) out of the full collections' walk, after a rebuild
     # too.

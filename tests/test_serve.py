@@ -42,6 +42,17 @@ def _get(
     return response.status, data
 
 
+def _raw(port: int, request: bytes) -> tuple[int, str, int]:
+    """Send ``request`` as bytes; return the status, the content type and the body's code."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = json.loads(response.read())
+    assert set(body) == {"code", "status", "message", "errors"} and body["message"], body
+    return response.status, response.getheader("Content-Type"), body["code"]
+
+
 def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Path):
     factory.regions()
     factory.grid_version()
@@ -97,6 +108,13 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
         # through a proxy: the access log names the client the proxy saw, not what it sent
         forwarded = {"X-Forwarded-For": "10.1.2.3, 203.0.113.7"}
         assert _get(port, "/api/v1/health/live?via=proxy", **forwarded)[0] == 200
+        # requests gunicorn refuses before the app sees them: the one error format too
+        for raw, status in (
+            (b"GET /api/v1/health/live HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n", 400),
+            (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
+        ):
+            assert _raw(port, raw) == (status, "application/json", status), raw[:60]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
