@@ -133,7 +133,8 @@ class Patrols(MethodView):
         """Start a patrol
 
         A worker has at most one active patrol: starting another answers 409 with
-        `errors.active_patrol_id`. `started_at` may lie in the past (started offline). The
+        `errors.active_patrol_id`. `started_at` may lie in the past (started offline), within
+        the GRIDAPI_TRACK_RETENTION_DAYS tracks are kept. The
         patrol belongs to the worker's primary grid (else their region; an account with
         neither says where with `location`).
 
@@ -154,6 +155,7 @@ class Patrols(MethodView):
             snapshot=routing_snapshot(),
             now=now,
             today=now.astimezone(_tz()).date(),
+            kept_days=state().settings.track_retention_days,
         )
         audit(
             "patrol.start",
@@ -432,7 +434,8 @@ class OnDuty(MethodView):
         """Who is on duty in a grid now: on its roster or located in it, seen recently
 
         A heartbeat within GRIDAPI_PRESENCE_MINUTES counts; the roster's other members are
-        listed in `off_duty` with when they were last seen. A grid out of scope: 404.
+        listed in `off_duty` with when they were last seen. A worker located in the grid
+        is listed only when in your scope (as in `/presence`). A grid out of scope: 404.
         Locations only with `patrols:read`.
         """
         principal = current_principal()

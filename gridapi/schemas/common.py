@@ -126,6 +126,13 @@ def instant_problem(value: date) -> str | None:
     return None
 
 
+def in_years(month: str) -> None:
+    """Refuse a "YYYY-MM" (or any text starting with a year) outside the years every date
+    may take: month 9999-12 ends in a year Python cannot hold (500)."""
+    if month[:4].isdigit() and not FIRST_YEAR <= int(month[:4]) <= LAST_YEAR:
+        raise ValidationError(f"Must lie between the years {FIRST_YEAR} and {LAST_YEAR}.")
+
+
 def _storable(value: Any) -> None:
     if isinstance(value, date) and (problem := instant_problem(value)):
         raise ValidationError(problem)

@@ -12,7 +12,7 @@ from ..geo.crs import SUPPORTED_CRS
 from ..models.patrols import PATROL_STATUSES
 from ..services.patrols import MAX_POINTS
 from .cases import CaseCreateSchema, CaseSchema
-from .common import PointSchema, StrictSchema
+from .common import PointSchema, StrictSchema, in_years
 from .locate import CRS_FIELD_DOC
 
 GRID = validate.Regexp(r"^[0-9]{15}\Z", error="a 15-digit grid code")
@@ -312,7 +312,10 @@ class PatrolGetArgsSchema(StrictSchema):
 
 class PatrolStatsArgsSchema(StrictSchema):
     month = fields.String(
-        validate=validate.Regexp(r"^[0-9]{4}-(0[1-9]|1[0-2])\Z", error="YYYY-MM"),
+        validate=[
+            validate.Regexp(r"^[0-9]{4}-(0[1-9]|1[0-2])\Z", error="YYYY-MM"),
+            in_years,
+        ],
         metadata={"description": "YYYY-MM in the configured time zone; default this month."},
     )
     grid = fields.String(validate=GRID)

@@ -194,12 +194,16 @@ def start_patrol(
     snapshot: IndexSnapshot,
     now: datetime,
     today: date,
+    kept_days: float | None = None,
 ) -> Patrol:
     """Start a patrol of the caller. Raises Conflict (with the active patrol's id) while one
-    is active, Unprocessable when nothing says where the patrol belongs."""
+    is active, Unprocessable when nothing says where the patrol belongs or when it started
+    before the ``kept_days`` tracks are kept (the retention job would delete it at once)."""
     if principal.kind != "user":
         raise Unprocessable("Only a person patrols.", errors={"json": {"worker": ["not a user"]}})
     started_at = _not_future(data.get("started_at") or now, now, "started_at")
+    if kept_days is not None and started_at < now - timedelta(days=kept_days):
+        raise _invalid("started_at", f"lies before the {kept_days:g} days tracks are kept")
     active = active_patrol(session, principal.id)
     if active is not None:
         raise Conflict(

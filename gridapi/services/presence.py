@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from ..errors import Unprocessable
@@ -111,20 +111,26 @@ def on_duty(
     minutes: float,
     with_location: bool,
 ) -> dict[str, Any]:
-    """Return who is on duty in a grid now: on its roster or located in it, with a heartbeat
-    within ``minutes``; and the roster's members who are not, with when they were last seen.
+    """Return who is on duty in a grid now: on its roster, or in scope and located in it,
+    with a heartbeat within ``minutes``; and the roster's members who are not, with when
+    they were last seen. A worker from outside the caller's scope passing through the grid
+    is left out, as from ``/presence``: their whereabouts are not the caller's to read.
 
     Raises NotFound for a grid not in service or outside the scope.
     """
     members = {user.id: user for _, user in roster(session, grid_code, scope)}
     since = now - timedelta(minutes=minutes)
+    in_scope = users_query(scope).with_only_columns(User.id)
     fresh = session.execute(
         select(Presence, User)
         .join(User, User.id == Presence.user_id)
         .where(
             Presence.at >= since,
             User.is_active.is_(True),
-            or_(Presence.grid_code == grid_code, Presence.user_id.in_(sorted(members) or [-1])),
+            or_(
+                and_(Presence.grid_code == grid_code, User.id.in_(in_scope)),
+                Presence.user_id.in_(sorted(members) or [-1]),
+            ),
         )
         .order_by(Presence.at.desc(), User.id)
     ).all()

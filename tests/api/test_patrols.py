@@ -225,6 +225,12 @@ def test_a_worker_has_one_active_patrol_and_ends_it_once(worker, world, engine):
     # a start in the future, or an end before the start, makes no sense
     future = {"started_at": iso(datetime.now(UTC) + timedelta(hours=1))}
     assert "started_at" in ok(worker.post("/api/v1/patrols", json=future), 422)["errors"]["json"]
+    # nor one before the 180 days tracks are kept (a patrol of 2020 was taken, 6.9 years long,
+    # for the retention job to delete at once)
+    ancient = {"started_at": iso(datetime.now(UTC) - timedelta(days=181))}
+    assert ok(worker.post("/api/v1/patrols", json=ancient), 422)["errors"] == {
+        "json": {"started_at": ["lies before the 180 days tracks are kept"]}
+    }
     assert [a for a, _, _ in audit_rows(engine, "patrol.start")] == [
         f"user:{worker_id(engine)}"
     ] * 2
@@ -531,6 +537,12 @@ def test_monthly_statistics_per_worker_and_grid(client, accounts, worker, world)
     assert empty["workers"][0]["patrols"] == 0 if empty["workers"] else True
     assert all(i["patrols"] == 0 for i in empty["items"])
     assert "month" in ok(client.get("/api/v1/patrols/stats?month=2026-13"), 422)["errors"]["query"]
+    for month in ("9999-12", "0000-01", "0001-01", "1899-12"):  # 9999-12 and 0000-01 were 500
+        refused = ok(client.get(f"/api/v1/patrols/stats?month={month}"), 422)
+        assert refused["errors"] == {
+            "query": {"month": ["Must lie between the years 1900 and 2100."]}
+        }, month
+    assert ok(client.get("/api/v1/patrols/stats?month=2100-12"))["month"] == "2100-12"
 
 
 # --- retention --------------------------------------------------------------------------------

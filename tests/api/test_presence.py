@@ -107,17 +107,24 @@ def test_a_heartbeat_without_a_fix_keeps_the_time_not_the_place(people):
     )
 
 
-def test_who_is_on_duty_in_a_grid_now(people, engine):
+def test_who_is_on_duty_in_a_grid_now(people, accounts, engine):
     beat(people["worker1"], 0)  # on the roster of A1, there
     beat(people["visitor"], 0)  # on the roster of B1, in A1 now
     stale = (datetime.now(UTC) - timedelta(minutes=40)).isoformat()
     beat(people["worker2"], 0, at=stale)  # on the roster, not seen for 40 minutes
     duty = ok(people["chief"].get(f"/api/v1/grids/{A1}/on-duty"))
     on = {i["username"]: i for i in duty["items"]}
-    assert set(on) == {"worker1", "visitor"}
+    # the visitor lives outside the chief's scope: where they are is not the chief's to read
+    # (they were listed, with their coordinates)
+    assert set(on) == {"worker1"}
     assert (on["worker1"]["on_roster"], on["worker1"]["in_grid"]) == (True, True)
-    assert (on["visitor"]["on_roster"], on["visitor"]["in_grid"]) == (False, True)
     assert on["worker1"]["location"]["coordinates"] == center(0)
+    # the township office, whose scope holds both communities, sees the visitor in A1
+    office = accounts.client("office1", "township_office", scope_region=COMMUNITY_A[:9] + "000")
+    seen = {i["username"]: i for i in ok(office.get(f"/api/v1/grids/{A1}/on-duty"))["items"]}
+    assert set(seen) == {"worker1", "visitor"}
+    assert (seen["visitor"]["on_roster"], seen["visitor"]["in_grid"]) == (False, True)
+    assert seen["visitor"]["location"]["coordinates"] == center(0)
     off = {i["username"]: i for i in duty["off_duty"]}
     assert set(off) == {"worker2", "chief1"}  # the chief is on A1's roster too
     assert off["worker2"]["last_seen"] is not None and off["chief1"]["last_seen"] is None
@@ -125,9 +132,9 @@ def test_who_is_on_duty_in_a_grid_now(people, engine):
     # elsewhere in A2 nobody is on duty; a worker moving away leaves A1
     assert ok(people["chief"].get(f"/api/v1/grids/{A2}/on-duty"))["items"] == []
     beat(people["visitor"], 2)
-    assert {
-        i["username"] for i in ok(people["chief"].get(f"/api/v1/grids/{A1}/on-duty"))["items"]
-    } == {"worker1"}
+    assert {i["username"] for i in ok(office.get(f"/api/v1/grids/{A1}/on-duty"))["items"]} == {
+        "worker1"
+    }
 
 
 def test_on_duty_out_of_scope_answers_like_a_missing_grid(people):
