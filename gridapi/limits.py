@@ -52,8 +52,8 @@ def login_username_key() -> str:
     return f"account:user:{user.id}" if user else f"account:name:{login.lower()}"
 
 
-def count_lookup(limit: str, caller: str, kind: str = "lookup") -> None:
-    """Count one exact-value lookup of personal data by ``caller``; 429 past ``limit``.
+def count_lookup(limit: str, caller: str, kind: str = "lookup", cost: int = 1) -> None:
+    """Count ``cost`` exact-value lookups of personal data by ``caller``; 429 past ``limit``.
 
     Kept in the limiter's storage (Redis with GRIDAPI_REDIS_URL, so the count is shared by
     every process), so that the API cannot be used to test at scale whether a person with a
@@ -63,7 +63,7 @@ def count_lookup(limit: str, caller: str, kind: str = "lookup") -> None:
 
     item = parse(limit)
     strategy = limiter_strategy()
-    if not strategy.hit(item, kind, caller):
+    if not strategy.hit(item, kind, caller, cost=cost):
         import time
 
         reset, _ = strategy.get_window_stats(item, kind, caller)

@@ -14,6 +14,7 @@ from ..auditing import audit
 from ..auth import current_principal
 from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
+from ..limits import count_lookup
 from ..schemas.common import StrictSchema
 from ..services import person_import as svc
 from .blueprint import Blueprint, StrictParser, one_file, routing_snapshot
@@ -131,6 +132,7 @@ class PersonImport(MethodView):
         schema=None,
     )
     @blp.alt_response(413, response="CONTENT_TOO_LARGE")
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, data):
         """Import residents from a CSV or XLSX file
 
@@ -138,7 +140,9 @@ class PersonImport(MethodView):
         house (by 房屋地址 at the row's place) and household (by 户号 in the county) are
         found or created. Places come from 经度/纬度 (routed like a case) or 网格编码, and
         must be in your scope. An ID number already registered in the county, or twice in
-        the file, is a row error.
+        the file, is a row error; each such row whose resident is outside your scope counts
+        as an exact lookup against GRIDAPI_PERSON_LOOKUP_RATE (429 when the allowance is
+        spent: nothing imported).
 
         One transaction: in mode `all` any row error imports nothing (422 with the report);
         in mode `valid` exactly the rows reported valid are imported; any other failure
@@ -159,6 +163,14 @@ class PersonImport(MethodView):
             dry_run=data["dry_run"],
             max_rows=state().settings.import_max_rows,
         )
+        if report.unseen_duplicates:
+            # Each such row told the caller that a number is registered outside its scope:
+            # counted as exact lookups (429, nothing imported, when the allowance is spent).
+            count_lookup(
+                state().settings.person_lookup_rate,
+                principal.actor_id,
+                cost=report.unseen_duplicates,
+            )
         if not report.committed:
             session.rollback()  # a dry run, or a refused file: only the audit row is kept
         audit(

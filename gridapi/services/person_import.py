@@ -193,6 +193,9 @@ class ImportReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
     committed: bool = False
     regions: set[str] = field(default_factory=set, repr=False)
+    #: Rows refused because their ID number belongs to a resident outside the caller's
+    #: scope: each tells that the number is registered, and counts as an exact lookup.
+    unseen_duplicates: int = field(default=0, repr=False)
 
     def add_error(self, row: int, field_name: str | None, message: str) -> None:
         self.error_count += 1
@@ -396,6 +399,8 @@ def _cell_text(key: str, value: Any) -> str:
     if isinstance(value, datetime | date | time):
         return value.isoformat()
     text = str(value).strip()
+    if "\x00" in text:  # PostgreSQL refuses it in text (the whole file failed); SQLite kept it
+        raise RowError(key, "must not contain NUL characters (U+0000)")
     if key == "id_number" and _SCIENTIFIC.fullmatch(text):
         raise RowError(key, LOST_NUMBER)
     return text
@@ -512,7 +517,7 @@ class _Importer:
             return found
 
         name = text("name")
-        if name is None:
+        if name is None and not any(p.key == "name" for p in problems):
             problems.append(RowError("name", "is required"))
         population_type = choice("population_type") or "registered"
         id_number = None
@@ -749,6 +754,8 @@ class _Importer:
                     problems.append(exc)
                 except DomainError as exc:
                     problems.append(_row_error(exc))
+                    if isinstance(exc, register.DuplicatePerson) and not self._visible(exc.holder):
+                        report.unseen_duplicates += 1
                 else:
                     report.valid += 1
                     report.houses_created += houses

@@ -443,7 +443,12 @@ def members_of(session: Session, household_ids: list[int]) -> dict[int, list[Per
 
 class DuplicatePerson(Conflict):
     """The ID number is registered in the county already (wherever: the answer is the same
-    whether or not the caller could see that record)."""
+    whether or not the caller could see that record). ``holder``: the resident's
+    ``grid_code`` and ``region_code``, for the caller to count a hit outside its scope."""
+
+    def __init__(self, message: str, *, errors: dict[str, Any], holder: Any = None) -> None:
+        super().__init__(message, errors=errors)
+        self.holder = holder
 
 
 def _check_id(value: str | None, field: str = "id_number", location: str = "json") -> Any:
@@ -466,17 +471,18 @@ def _check_phone(value: str | None, field: str = "phone", location: str = "json"
 
 def _set_id_number(session: Session, person: Person, parsed: Any, keys: Keys) -> None:
     digest = keys.index("id_number", parsed.value)
-    clash = session.scalar(
-        select(Person.id).where(
+    clash = session.execute(
+        select(Person.grid_code, Person.region_code).where(
             Person.county_code == person.county_code,
             Person.id_number_hmac == digest,
             Person.id != (person.id or 0),
         )
-    )
+    ).first()
     if clash is not None:
         raise DuplicatePerson(
             "A resident with this ID number is already registered in the county.",
             errors={"json": {"id_number": ["already registered in the county"]}},
+            holder=clash,
         )
     person.id_number_enc = keys.seal("persons", "id_number", person.uid, parsed.value)
     person.id_number_hmac = digest

@@ -292,6 +292,30 @@ def test_mode_valid_imports_the_valid_rows_and_leaves_no_orphans(
     assert summary_of(audit)["imported"] == 2 and summary_of(audit)["mode"] == "valid"
 
 
+def test_a_nul_in_a_cell_is_a_row_error_and_the_other_rows_are_imported(
+    client: Any, world: Any, engine: Any
+) -> None:
+    # PostgreSQL refused the whole file (field-less 422); SQLite stored the NUL
+    content = csv_bytes(
+        "姓名,身份证号,网格编码,房屋地址",
+        f"张三,{ID1},{A1},",
+        f"李\x00四,{ID2},{A1},",
+        f"王五,{ID3},{A1},平江路\x001号",
+    )
+    r = upload(client, content, mode="valid")
+    assert r.status_code == 200, r.get_json()
+    report = r.get_json()
+    assert (report["imported"], report["failed"]) == (1, 2)
+    nul = "must not contain NUL characters (U+0000)"
+    assert report["errors"] == [
+        {"row": 3, "field": "姓名", "message": f"姓名: {nul}"},
+        {"row": 4, "field": "房屋地址", "message": f"房屋地址: {nul}"},
+    ]
+    assert counts(engine) == (1, 0, 0)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM persons")).scalars().all() == ["张三"]
+
+
 def test_duplicate_id_within_the_file_fails_the_later_row(
     client: Any, world: Any, engine: Any
 ) -> None:
@@ -495,6 +519,36 @@ def test_rows_outside_the_callers_scope_are_row_errors(
     r = upload(officer, content)
     assert r.status_code == 422
     assert counts(engine) == (1, 1, 1)
+
+
+def test_rows_of_residents_outside_scope_count_as_lookups(
+    app: Any, client: Any, accounts: Any, world: Any, engine: Any
+) -> None:
+    """A dry run told whether thousands of ID numbers were registered anywhere in the
+    county, without limit, while an exact search was throttled."""
+    app.extensions["gridapi"].settings.person_lookup_rate = "3 per hour"
+    theirs = [make_id(n) for n in (21, 22)]
+    lines = [f"某{n},{number},{B1}" for n, number in enumerate(theirs)]
+    assert upload(client, csv_bytes("姓名,身份证号,网格编码", *lines)).status_code == 200
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    # the officer's own residents sent again count nothing, however many
+    mine = [f"本{n},{make_id(n)},{A1}" for n in range(31, 36)]
+    assert upload(officer, csv_bytes("姓名,身份证号,网格编码", *mine)).status_code == 200
+    again = upload(officer, csv_bytes("姓名,身份证号,网格编码", *mine), dry_run=True)
+    assert again.status_code == 422 and again.get_json()["errors"]["failed"] == 5
+    # two rows of residents elsewhere: two lookups; two more spend the allowance
+    probe = csv_bytes("姓名,身份证号,网格编码", *(f"试{n},{x},{A1}" for n, x in enumerate(theirs)))
+    first = upload(officer, probe, dry_run=True)
+    assert first.status_code == 422 and first.get_json()["errors"]["failed"] == 2
+    refused = upload(officer, probe, mode="valid")
+    assert refused.status_code == 429 and refused.get_json()["code"] == 429
+    assert int(refused.headers["Retry-After"]) > 0
+    assert counts(engine)[0] == 7  # nothing of the refused import
+    assert officer.get(f"/api/v1/persons?id_number={make_id(31)}").status_code == 429
+    # the county, whose scope holds them, re-imports its own at will
+    assert (
+        upload(client, csv_bytes("姓名,身份证号,网格编码", *lines), dry_run=True).status_code == 422
+    )
 
 
 def test_an_existing_household_outside_scope_is_not_joined(
