@@ -32,9 +32,12 @@ def default_workers(settings: Settings) -> int:
     return min(2 * cores + 1, 9)
 
 
-# Query parameters whose values are personal data: searches by them must not leave the
-# values in access logs (the request line is logged with its query string).
-PERSONAL_QUERY_PARAMETERS = frozenset({"id_number", "phone", "name", "address", "q", "purpose"})
+# Query parameters whose values are personal data or secrets (Open311 takes its API key as
+# ``api_key``): they must not be left in access logs (the request line is logged with its
+# query string).
+PERSONAL_QUERY_PARAMETERS = frozenset(
+    {"id_number", "phone", "name", "address", "q", "purpose", "api_key"}
+)
 
 
 def redact_query(query: str) -> str:

@@ -105,6 +105,8 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
         # a search by ID number: the access log keeps the parameter, never the value
         status, _ = _get(port, f"/api/v1/persons?id_number={SECRET_ID}&limit=5", key=key)
         assert status == 403  # the key may not read the register; the request is logged
+        # Open311 takes the API key in the query: logged without it (it was in clear)
+        _get(port, f"/open311/v2/requests.json?jurisdiction_id=320508&api_key={key}")
         # through a proxy: the access log names the client the proxy saw, not what it sent
         forwarded = {"X-Forwarded-For": "10.1.2.3, 203.0.113.7"}
         assert _get(port, "/api/v1/health/live?via=proxy", **forwarded)[0] == 200
@@ -122,6 +124,7 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
     assert "SIGSEGV" not in text and "Traceback" not in text, text
     assert "GET /api/v1/persons?id_number=***&limit=5" in text, text
     assert SECRET_ID not in text
+    assert key not in text and "requests.json?jurisdiction_id=320508&api_key=*** " in text
     via = [line for line in text.splitlines() if "via=proxy" in line]
     assert len(via) == 1 and via[0].startswith("203.0.113.7 "), text
     assert "WARNING: Serving" not in text  # on 127.0.0.1: no warning about exposure
@@ -138,6 +141,7 @@ def test_redact_query_hides_personal_values_only():
     )
     assert redact_query("") == ""
     assert redact_query("flag&q=x") == "flag&q=***"
+    assert redact_query("api_key=gk_1234abcd_secret&a=1") == "api_key=***&a=1"
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, delete, exists, func, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -480,14 +480,37 @@ def _matches(sub: WebhookSubscription, event: WebhookEvent) -> bool:
     return True
 
 
-def _sensitive_filter(session: Session, events: list[WebhookEvent]) -> Any:
-    """Return ``hears(sub, event)``: whether the subscription's owner may read the event's
-    case. A case of a sensitive category is read only by the offices over the unit holding
-    it, its handler and its reporter (``services.cases.may_see``): its events, small as they
-    are, tell where and when such a case is, and go to no one else. Other events pass."""
-    from ..models import ApiClient, Case, User
-    from . import cases as case_rules
+def _owner_now(session: Session, sub: WebhookSubscription) -> Any:
+    """Return the subscription's owner as it is now, as a principal: None when its key was
+    revoked, its account deactivated or deleted, or it no longer holds ``webhooks:manage``
+    (a subscription is only as good as its owner's access today, not the day it was made)."""
+    from ..models import ApiClient, User
     from .identity import principal_of_client, user_principal
+
+    principal = None
+    if sub.owner_client_id is not None:
+        client = session.get(ApiClient, sub.owner_client_id)
+        if client is not None and client.revoked_at is None:
+            principal = principal_of_client(client)
+    elif sub.owner_user_id is not None:
+        user = session.get(User, sub.owner_user_id)
+        if user is not None:
+            principal = user_principal(session, user.id, user.token_version)
+    if principal is None or "webhooks:manage" not in principal.permissions:
+        return None
+    return principal
+
+
+def _owners_filter(session: Session, events: list[WebhookEvent]) -> Any:
+    """Return ``hears(sub, event)``: whether the subscription's owner, as it is now, may
+    hear of the event. Nobody, once the owner's key is revoked or its account deactivated
+    or stripped of ``webhooks:manage``; only events inside the owner's current scope (the
+    subscription's regions were checked against the scope it had then); and a case of a
+    sensitive category only by the offices over the unit holding it, its handler and its
+    reporter (``services.cases.may_see``): its events, small as they are, tell where and
+    when such a case is."""
+    from ..models import Case
+    from . import cases as case_rules
 
     case_ids = {e.case_id for e in events if e.case_id is not None}
     sensitive = (
@@ -500,28 +523,30 @@ def _sensitive_filter(session: Session, events: list[WebhookEvent]) -> Any:
         if case_ids
         else {}
     )
-    readers: dict[int, Any] = {}
+    owners: dict[int, Any] = {}
+    callers: dict[int, Any] = {}
 
-    def reader(sub: WebhookSubscription) -> Any:
-        if sub.id not in readers:
-            principal = None
-            if sub.owner_client_id is not None:
-                client = session.get(ApiClient, sub.owner_client_id)
-                if client is not None and client.revoked_at is None:
-                    principal = principal_of_client(client)
-            elif sub.owner_user_id is not None:
-                user = session.get(User, sub.owner_user_id)
-                if user is not None:
-                    principal = user_principal(session, user.id, user.token_version)
-            readers[sub.id] = principal and case_rules.caller_of(session, principal)
-        return readers[sub.id]
+    def owner(sub: WebhookSubscription) -> Any:
+        if sub.id not in owners:
+            owners[sub.id] = _owner_now(session, sub)
+        return owners[sub.id]
+
+    def caller(sub: WebhookSubscription) -> Any:
+        if sub.id not in callers:
+            callers[sub.id] = case_rules.caller_of(session, owner(sub))
+        return callers[sub.id]
 
     def hears(sub: WebhookSubscription, event: WebhookEvent) -> bool:
+        principal = owner(sub)
+        if principal is None:
+            return False
+        scope = principal.scope
+        if not scope.unrestricted and not (
+            event.region_code and scope.covers_region(event.region_code)
+        ):
+            return False
         case = sensitive.get(event.case_id) if event.case_id is not None else None
-        if case is None:
-            return True
-        caller = reader(sub)
-        return caller is not None and case_rules.may_see(caller, case)
+        return case is None or case_rules.may_see(caller(sub), case)
 
     return hears
 
@@ -554,7 +579,7 @@ def fan_out(session: Session, now: datetime, *, limit: int = FAN_OUT_BATCH) -> i
     if not events:
         return 0
     subs = list(session.scalars(select(WebhookSubscription).where(WebhookSubscription.active)))
-    hears = _sensitive_filter(session, events)
+    hears = _owners_filter(session, events)
     rows = [
         {
             "county_code": event.county_code,
@@ -609,6 +634,16 @@ def claim_due(
         earlier.status == "pending",
         earlier.event_id < WebhookDelivery.event_id,
     )
+    from ..models import ApiClient, User
+
+    # A revoked key's or a deactivated account's subscriptions hold their deliveries, as an
+    # inactive subscription does (they go on if the account is activated again).
+    owner_current = or_(
+        exists().where(
+            ApiClient.id == WebhookSubscription.owner_client_id, ApiClient.revoked_at.is_(None)
+        ),
+        exists().where(User.id == WebhookSubscription.owner_user_id, User.is_active),
+    )
     stmt = (
         select(WebhookDelivery)
         .join(WebhookSubscription, WebhookSubscription.id == WebhookDelivery.subscription_id)
@@ -616,6 +651,7 @@ def claim_due(
             WebhookDelivery.status == "pending",
             WebhookDelivery.next_attempt_at <= now,
             WebhookSubscription.active,
+            owner_current,
             ~blocked,
         )
         .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)

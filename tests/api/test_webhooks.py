@@ -290,6 +290,54 @@ def test_an_app_subscribes_inside_its_area_and_gets_only_its_events(app, client,
     assert [d["case_id"] for d in deliveries(hotline, mine["id"])] == [in_a]
 
 
+def test_a_revoked_key_s_subscription_hears_nothing_more(app, client, world, receiver):
+    """Revoking a key (it may have leaked, and been used to point a subscription elsewhere)
+    stopped the key at once but not its subscriptions: events kept arriving."""
+    made = ok(
+        client.post(
+            "/api/v1/clients",
+            json={"name": "热线", "scopes": ["webhooks:manage"], "scope_region": TOWNSHIP},
+        ),
+        201,
+    )
+    hotline = app.test_client()
+    hotline.environ_base["HTTP_X_API_KEY"] = made["api_key"]
+    mine = subscribe(hotline, receiver.url, events=["case.created"])
+    before, _ = report(client, col=0)
+    with app.extensions["gridapi"].sessions.begin() as session:
+        assert svc.fan_out(session, utcnow()) == 1  # queued while the key was good
+    ok(client.delete(f"/api/v1/clients/{made['id']}"))
+    after, _ = report(client, col=0)
+    deliver(app)
+    assert receiver.events() == []  # the pending one is held, the new one never queued
+    held = ok(client.get(f"/api/v1/webhooks/{mine['id']}/deliveries"))["items"]
+    assert [(d["case_id"], d["status"], d["attempts"]) for d in held] == [(before, "pending", 0)]
+    assert after != before
+
+
+def test_an_account_s_subscription_follows_its_access_today(app, client, accounts, world, receiver):
+    """A deactivated account, or one moved to a role without webhooks:manage or to a smaller
+    area, kept hearing of every case of the area it had when it subscribed."""
+    admin2 = accounts.client("admin2", "admin", scope_region=TOWNSHIP)
+    user_id = accounts.ids["admin2"]
+    subscribe(admin2, receiver.url, events=["case.created"])
+
+    def heard_of(col: int) -> bool:
+        case_id, _ = report(client, col=col)
+        deliver(app)
+        return case_id in [e["data"]["case_id"] for e in receiver.events()]
+
+    assert heard_of(0) and heard_of(3)  # communities A and B of the township
+    ok(client.patch(f"/api/v1/users/{user_id}", json={"scope_region": COMMUNITY_A}))
+    assert heard_of(0) and not heard_of(3)
+    ok(client.patch(f"/api/v1/users/{user_id}", json={"is_active": False}))
+    assert not heard_of(0)
+    ok(client.patch(f"/api/v1/users/{user_id}", json={"is_active": True}))
+    assert heard_of(0)
+    ok(client.patch(f"/api/v1/users/{user_id}", json={"role": "township_office"}))
+    assert not heard_of(0)
+
+
 def test_events_of_a_sensitive_case_go_only_to_those_who_may_read_it(app, client, world, receiver):
     """A family dispute (5103, sensitive) in community A: an app of that community hears
     of it only if it reported it (an admin's subscription does: it may read every case).
