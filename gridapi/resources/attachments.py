@@ -85,24 +85,25 @@ def attachment_view(att: CaseAttachment, caller: cases_svc.Caller) -> dict[str, 
     return view
 
 
-def _download_name(att: CaseAttachment, *, thumbnail: bool) -> str:
-    """Return the name to offer: the uploaded one with the stored format's extension."""
+def _download_name(att: CaseAttachment) -> tuple[str, str]:
+    """Return the name to offer, as (stem, extension): the uploaded one with the stored
+    format's extension."""
     fmt = svc.CONTENT_TYPES[att.content_type]
     _, ext, extensions = svc.FORMATS[fmt]
     stem, _, given_ext = att.filename.rpartition(".")
     if not stem or given_ext.lower() not in extensions:
         stem = att.filename or f"attachment-{att.id}"
-    if thumbnail:
-        stem += "-thumbnail"
-    return f"{stem}.{ext}"
+    return stem, ext
 
 
-def _content_disposition(name: str) -> str:
-    """Return ``inline`` with a plain ASCII name, and the real name (RFC 6266) when it is not."""
-    stem, _, ext = name.rpartition(".")
+def _content_disposition(stem: str, ext: str, suffix: str = "") -> str:
+    """Return ``inline`` with a plain ASCII name, and the real name (RFC 6266) when it is not.
+    ``suffix`` ("-thumbnail") follows the stem in both (a name with no ASCII letter offered
+    a thumbnail as "-thumbnail.jpg")."""
+    name = f"{stem}{suffix}.{ext}"
     ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
-    ascii_stem = re.sub(r"[^A-Za-z0-9._-]", "_", ascii_stem).strip("._") or "attachment"
-    ascii_name = f"{ascii_stem}.{ext}"
+    ascii_stem = re.sub(r"[^A-Za-z0-9._-]", "_", ascii_stem).strip("._-") or "attachment"
+    ascii_name = f"{ascii_stem}{suffix}.{ext}"
     value = f'inline; filename="{ascii_name}"'
     if ascii_name != name:
         value += f"; filename*=UTF-8''{quote(name, safe='')}"
@@ -125,7 +126,7 @@ def _send(case_id: int, attachment_id: int, *, thumbnail: bool) -> Response:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     response.headers["Content-Disposition"] = _content_disposition(
-        _download_name(att, thumbnail=thumbnail)
+        *_download_name(att), "-thumbnail" if thumbnail else ""
     )
     return response.make_conditional(request)
 

@@ -51,6 +51,11 @@ _MARKUP = re.compile(
     re.IGNORECASE,
 )
 THUMBNAIL_PX = 320
+#: Scans a JPEG may have. Each scan of a progressive JPEG is one more pass of the decoder
+#: over every pixel: a 600 kB file of a 40-megapixel grey picture with thousands of scans
+#: held a worker past its 120 s timeout. Phones write one scan (baseline); progressive
+#: encoders (libjpeg, mozjpeg) about ten. 32 scans of 40 megapixels decode in ≈ 1 s.
+MAX_JPEG_SCANS = 32
 JPEG_QUALITY = 85
 WEBP_QUALITY = 85
 _FIELD = "file"
@@ -111,19 +116,61 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+def jpeg_scans(data: bytes, stop_at: int = MAX_JPEG_SCANS + 1) -> int:
+    """Return how many scans (SOS segments) the first picture of a JPEG has, counting at
+    most ``stop_at``. Walks the segments, skipping their contents and the entropy-coded
+    data (an SOS inside an APP segment, as in an EXIF thumbnail, is not counted); stops at
+    the end of the picture, or where the structure breaks (the decoder then says why)."""
+    scans, i, size = 0, 2, len(data)
+    while i + 4 <= size and scans < stop_at:
+        if data[i] != 0xFF:
+            break
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:  # end of the picture
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker != 0xDA:
+            continue
+        scans += 1
+        while True:  # the entropy-coded data: up to a marker other than FF00 or RSTn
+            i = data.find(b"\xff", i)
+            if i < 0 or i + 1 >= size:
+                return scans
+            following = data[i + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7:
+                i += 2
+                continue
+            break
+    return scans
+
+
 def safe_filename(name: str | None) -> str:
-    """Return the last part of a client's file name without control characters (≤ 255)."""
+    """Return the last part of a client's file name without control characters (≤ 255),
+    a long one shortened in its stem so that its extension is the one it was sent with
+    (cut at 255, "….html" lost its extension and passed the extension check)."""
     name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C" and ch != '"')
-    return name.strip().strip(".")[:255]
+    name = name.strip().strip(".")
+    if len(name) <= 255:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or len(extension) > 16:
+        return name[:255]
+    return f"{stem[: 254 - len(extension)]}.{extension}"
 
 
 def check_upload(data: bytes, *, filename: str, content_type: str, store: AttachmentStore) -> str:
     """Return the format of an upload after the checks that need no decoding.
 
     Raises Unprocessable (``errors.files.file``) when the upload is empty or too large, is
-    not a JPEG, PNG or WebP by its first bytes, contains HTML/SVG markup, or is named or
-    declared as another format.
+    not a JPEG, PNG or WebP by its first bytes, contains HTML/SVG markup, is named or
+    declared as another format, or is a JPEG of more than ``MAX_JPEG_SCANS`` scans.
     """
     if len(data) > store.max_bytes:
         raise _refuse(
@@ -148,6 +195,11 @@ def check_upload(data: bytes, *, filename: str, content_type: str, store: Attach
     declared = _TYPE_ALIASES.get(declared, declared)
     if declared not in _UNSPECIFIC_TYPES and declared != real_type:
         raise _refuse(f"The file is declared as {declared} but is a {fmt} image ({real_type}).")
+    if fmt == "JPEG" and jpeg_scans(data) > MAX_JPEG_SCANS:
+        raise _refuse(
+            f"The JPEG has more than {MAX_JPEG_SCANS} scans; a photo has one, or about ten "
+            "when progressive: re-save it."
+        )
     return fmt
 
 
@@ -300,8 +352,14 @@ def encode(img: Image.Image, fmt: str) -> bytes:
 def thumbnail(img: Image.Image, fmt: str) -> bytes:
     """Return a copy at most THUMBNAIL_PX on its longer side, in the same format."""
     small = img.copy()
-    if small.mode not in ("L", "LA", "RGB", "RGBA"):
-        small = small.convert("RGBA" if small.has_transparency_data else "RGB")
+    if small.mode.startswith("I"):  # 16-bit grey (PNG): scaled to 8 bits, not clipped white
+        small = small.convert("I").point(lambda v: v / 256).convert("L")
+    if small.mode not in ("LA", "RGBA") and small.has_transparency_data:
+        # a palette, or a colour key (tRNS) on grey or RGB: kept as alpha, which resizing
+        # keeps (the key was dropped with the info, and the thumbnail came out opaque)
+        small = small.convert("RGBA")
+    elif small.mode not in ("L", "LA", "RGB", "RGBA"):
+        small = small.convert("RGB")
     small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
     small.info = {}
     return encode(small, fmt)

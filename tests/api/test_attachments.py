@@ -359,7 +359,20 @@ def test_the_same_upload_retried_at_once_answers_the_first_attachment(
 
 # --- hostile and wrong files ----------------------------------------------------------------
 
+
+def jpeg_scan_bomb(extra_scans: int = 500) -> bytes:
+    """A 600 kB progressive JPEG of 40 megapixels whose last scan (with its Huffman table)
+    is repeated: each copy is one more pass over every pixel (≈ 25 ms each; 5,000 held a
+    worker past gunicorn's 120 s timeout)."""
+    out = io.BytesIO()
+    Image.new("L", (8000, 5000), 128).save(out, "JPEG", progressive=True)
+    data = out.getvalue()
+    last = data[data.rindex(b"\xff\xc4", 0, data.rindex(b"\xff\xda")) : -2]  # DHT, SOS, data
+    return data[:-2] + last * extra_scans + b"\xff\xd9"
+
+
 HOSTILE = {
+    "progressive jpeg of 500 scans": (jpeg_scan_bomb, "photo.jpg", "scans"),
     "truncated jpeg": (lambda: jpeg((400, 300))[:-2000], "photo.jpg", "truncated or corrupt"),
     "png bomb 20000x20000": (lambda: png_bomb(20_000), "photo.png", "million pixels"),
     "png bomb 7000x7000": (lambda: png_bomb(7_000), "photo.png", "million pixels"),
@@ -403,6 +416,13 @@ def test_a_hostile_or_wrong_file_is_refused_quickly_and_nothing_is_stored(
     assert rows(session) == []
     assert stored_files(settings) == []
     assert audit_count(session, "case.attach") == 0
+
+
+def test_a_progressive_jpeg_of_ordinary_scans_is_taken(client, case_id):
+    data = jpeg((400, 300), progressive=True)
+    assert data.count(b"\xff\xda") == 10  # libjpeg's progressive script
+    r = upload(client, case_id, data)
+    assert r.status_code == 201, r.get_json()
 
 
 def test_a_declared_type_that_contradicts_the_content_is_refused(client, case_id, settings):
@@ -658,6 +678,47 @@ def test_a_non_ascii_filename_is_offered_safely(client, case_id):
     disposition = client.get(body["links"]["content"]).headers["Content-Disposition"]
     assert disposition.startswith('inline; filename="')
     assert "filename*=UTF-8''%E7%8E%B0%E5%9C%BA%E7%85%A7%E7%89%87.jpg" in disposition
+
+
+def test_a_thumbnail_keeps_the_grey_levels_of_16_bits_and_a_colour_key(client, case_id):
+    """A 16-bit grey PNG's thumbnail came out white (clipped, not scaled), and a colour-key
+    (tRNS) PNG's opaque, while the photo kept both."""
+    ramp = Image.new("I;16", (800, 600))
+    ramp.putdata([x * 82 for _ in range(600) for x in range(800)])  # 0 … 65,518 left to right
+    body = upload(client, case_id, png_of(ramp), "ramp.png").get_json()
+    thumb = reopen_bytes(client.get(body["links"]["thumbnail"]).data).convert("L")
+    levels = [thumb.getpixel((x, 100)) for x in range(0, 320, 40)]
+    assert levels == sorted(levels) and levels[0] < 10 and 200 < levels[-1] < 250, levels
+    assert levels[4] == pytest.approx(128, abs=6)
+
+    keyed = Image.new("RGB", (200, 100), (10, 20, 30))
+    keyed.paste((200, 0, 0), (100, 0, 200, 100))
+    body = upload(client, case_id, png_of(keyed, transparency=(10, 20, 30)), "k.png").get_json()
+    photo = reopen_bytes(client.get(body["links"]["content"]).data).convert("RGBA")
+    thumb = reopen_bytes(client.get(body["links"]["thumbnail"]).data).convert("RGBA")
+    assert photo.getpixel((10, 10))[3] == 0 and thumb.getpixel((10, 10))[3] == 0
+    assert thumb.getpixel((thumb.width - 10, 10)) == (200, 0, 0, 255)
+
+
+def png_of(img: Image.Image, **save: Any) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "PNG", **save)
+    return out.getvalue()
+
+
+def test_a_long_name_keeps_its_extension_and_its_check(client, case_id):
+    """Names were cut at 255 before the extension check: "x…x.html" passed as a JPEG."""
+    r = upload(client, case_id, jpeg(), "x" * 260 + ".html")
+    assert r.status_code == 422 and "named .html" in r.get_json()["message"]
+    body = upload(client, case_id, jpeg(), "x" * 252 + ".html.jpg").get_json()
+    assert len(body["filename"]) == 255 and body["filename"].endswith("x.jpg")
+
+
+def test_a_thumbnail_of_a_name_without_ascii_is_offered_as_attachment_thumbnail(client, case_id):
+    body = upload(client, case_id, jpeg(), "现场照片.jpg").get_json()
+    disposition = client.get(body["links"]["thumbnail"]).headers["Content-Disposition"]
+    assert disposition.startswith('inline; filename="attachment-thumbnail.jpg"'), disposition
+    assert "filename*=UTF-8''%E7%8E%B0%E5%9C%BA%E7%85%A7%E7%89%87-thumbnail.jpg" in disposition
 
 
 # --- evidence on the timeline ---------------------------------------------------------------
