@@ -12,6 +12,7 @@ from flask.views import MethodView
 
 from ..auditing import audit
 from ..auth import current_principal
+from ..errors import NotFound
 from ..extensions import commit, db_session, state
 from ..models import CaseAttachment
 from ..schemas.attachments import AttachmentListSchema, AttachmentSchema, AttachmentUploadSchema
@@ -150,7 +151,8 @@ class Attachments(MethodView):
         `cases:evidence_location`).
 
         Safe to retry: the same bytes sent to the same case again answer the first
-        attachment (201, same body) and store nothing.
+        attachment (201, same body) and store nothing. A caller without `cases:read` (an app
+        that only reports) attaches to the cases it reported; another answers 404.
         """
         upload = one_file()
         principal = current_principal()
@@ -158,6 +160,10 @@ class Attachments(MethodView):
         session = db_session()
         caller = cases_svc.caller_of(session, principal)
         case_obj = cases_svc.get_case(session, case_id, caller)
+        if not principal.can("cases:read") and case_obj.reporter != principal.actor_id:
+            # An app that only reports (cases:write alone) adds photos to its own reports:
+            # another case answers as a missing one (it added photos to any in its area).
+            raise NotFound("No such case.")
         store = svc.AttachmentStore.from_settings(state().settings)
         # One byte more than allowed is enough to tell an upload is too large.
         raw = upload.stream.read(store.max_bytes + 1)

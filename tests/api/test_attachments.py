@@ -623,6 +623,25 @@ def test_an_attachment_of_another_case_is_not_found(client, world):
     assert client.get(f"/api/v1/cases/{second}/attachments").get_json() == {"items": []}
 
 
+def test_an_app_that_only_reports_adds_photos_to_its_own_reports_only(app, client, case_id):
+    """A key with cases:write and no cases:read added photos to any case of its area (and
+    learnt which case ids exist)."""
+    made = client.post(
+        "/api/v1/clients",
+        json={"name": "随手拍", "scopes": ["cases:write"], "scope_region": COMMUNITY_A},
+    ).get_json()
+    app_client = app.test_client()
+    app_client.environ_base["HTTP_X_API_KEY"] = made["api_key"]
+    own = app_client.post("/api/v1/cases", json=report_body(*center(0)))
+    assert own.status_code == 201, own.get_json()
+    assert upload(app_client, own.get_json()["id"], jpeg()).status_code == 201
+    theirs = upload(app_client, case_id, png(), "x.png")
+    missing = upload(app_client, 987_654, png(), "x.png")
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.get_json() == missing.get_json()
+    assert client.get(f"/api/v1/cases/{case_id}/attachments").get_json() == {"items": []}
+
+
 def test_anonymous_and_apps_without_cases_write_may_not_upload(app, client, case_id):
     r = app.test_client().post(
         f"/api/v1/cases/{case_id}/attachments",
