@@ -10,6 +10,7 @@ stored bytes. The capture time and position read from EXIF go into the row only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import math
@@ -403,7 +404,11 @@ def write_blob(store: AttachmentStore, data: bytes, content_type: str) -> str:
     digest = sha256_hex(data)
     path = store.path(digest, content_type)
     if path.exists():
-        return digest
+        # Touched, so that the removal of unreferenced files (which spares young ones)
+        # cannot take it while the row that will use it again is being written.
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
+            return digest
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-", suffix=".tmp")
     try:
@@ -417,6 +422,74 @@ def write_blob(store: AttachmentStore, data: bytes, content_type: str) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise
     return digest
+
+
+#: How old an unreferenced stored file must be before it is removed: a request writes its
+#: files before its row commits, so a younger one may be about to be referenced.
+ORPHAN_GRACE = timedelta(hours=24)
+_STORED_NAME = re.compile(r"^([0-9a-f]{64})\.(?:jpg|png|webp)\Z")
+
+
+def remove_orphan_files(
+    session: Session, root: Path, now: datetime, *, grace: timedelta = ORPHAN_GRACE
+) -> int:
+    """Delete the stored files older than ``grace`` that no attachment references (as
+    photo or thumbnail), and the temporary files of writes that never finished; return
+    how many. A request that fails after writing its files (the database refused the row,
+    the commit failed, the worker was killed) leaves them behind: this is what removes
+    them. Reads only; one query per thousand old files."""
+    if not root.is_dir():
+        return 0
+    cutoff = (now - grace).timestamp()
+    removed = 0
+    old: dict[str, Path] = {}
+
+    def sweep() -> int:
+        hashes = list(old)
+        referenced = set(
+            session.scalars(select(CaseAttachment.sha256).where(CaseAttachment.sha256.in_(hashes)))
+        ) | set(
+            session.scalars(
+                select(CaseAttachment.thumbnail_sha256).where(
+                    CaseAttachment.thumbnail_sha256.in_(hashes)
+                )
+            )
+        )
+        count = 0
+        for digest, path in old.items():
+            if digest not in referenced and _older(path, cutoff):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    count += 1
+        old.clear()
+        return count
+
+    for directory in sorted(root.iterdir()):
+        if not directory.is_dir():
+            continue
+        for path in directory.iterdir():
+            name = path.name
+            if name.startswith(".upload-") and name.endswith(".tmp"):
+                if _older(path, cutoff):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                        removed += 1
+                continue
+            found = _STORED_NAME.match(name)
+            if found and _older(path, cutoff):
+                old[found.group(1)] = path
+                if len(old) >= 1000:
+                    removed += sweep()
+    if old:
+        removed += sweep()
+    return removed
+
+
+def _older(path: Path, cutoff: float) -> bool:
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
 
 
 # --- the service ----------------------------------------------------------------------------
@@ -437,7 +510,8 @@ def attach(
     The same bytes sent again to the same case return the first attachment and store
     nothing. Raises Unprocessable (``errors.files.file``) for an upload that is refused; then
     nothing is stored. Files are written before the row is flushed: a request that fails
-    later leaves at most an unreferenced file, never a row without its file.
+    later leaves at most an unreferenced file, never a row without its file, and
+    ``remove_orphan_files`` (``gridapi worker``, daily) removes such files.
     """
     name = safe_filename(filename)
     fmt = check_upload(data, filename=name, content_type=content_type or "", store=store)

@@ -1,5 +1,6 @@
 """Background jobs: case deadlines (overdue marking, automatic supervision and escalation),
-overdue tasks, the retention of patrol tracks and of the sync log, idempotency keys.
+overdue tasks, the retention of patrol tracks and of the sync log, idempotency keys, and
+attachment files no row references (left by requests that failed after writing them).
 
 ``gridapi worker`` runs them every ``GRIDAPI_WORKER_INTERVAL_SECONDS``; ``gridapi serve`` can
 run one such worker beside the server. Each job walks its candidate cases in batches of
@@ -24,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, func, not_, or_, select
@@ -37,6 +39,7 @@ from ..db import make_sessionmaker, sqlite_write_intent
 from ..models import Case, CaseEvent, Category, Notification, Region
 from ..models.base import utcnow
 from ..workcalendar import WorkingCalendar
+from .attachments import remove_orphan_files
 from .calendar import working_calendar
 from .cases import ACTIONS, STAGE_DUE, add_event
 from .idempotency import purge
@@ -58,9 +61,13 @@ JOBS = {
     "tasks": ("overdue",),
     "tracks": ("thinned", "deleted", "presence_cleared"),
     "sync": ("pruned",),
+    "files": ("removed",),
 }
 JOB_NAMES = tuple(JOBS)
-SIMPLE_JOBS = ("idempotency", "tasks", "tracks", "sync")
+SIMPLE_JOBS = ("idempotency", "tasks", "tracks", "sync", "files")
+#: The removal of unreferenced attachment files walks the whole store: ``run_forever`` runs
+#: it once at start and then once a day (``gridapi worker --once`` always).
+FILES_EVERY_SECONDS = 24 * 3600.0
 LEVEL_RANK = {"normal": 0, "yellow": 1, "red": 2}
 LEVEL_NAMES = {"yellow": "黄牌", "red": "红牌"}
 STAGE_NAMES = {"accept": "受理", "handle": "处置", "verify": "核查"}
@@ -82,10 +89,13 @@ class JobOptions:
     track_raw_days: float = 30.0
     track_retention_days: float = 180.0
     sync_retention_days: float = 30.0
+    #: Where attachments are stored ("" : no removal of unreferenced files).
+    attachments_root: str = ""
 
     @classmethod
     def from_settings(cls, settings: Any) -> JobOptions:
         return cls(
+            attachments_root=str(Path(settings.data_dir) / "attachments"),
             working_hours=settings.working_hours,
             timezone=settings.timezone,
             yellow_hours=float(settings.supervision_yellow_hours),
@@ -585,7 +595,13 @@ def run_jobs(
             break
         result = JobResult(name, dict.fromkeys(JOBS[name], 0))
         try:
-            if name in simple_jobs:
+            if name == "files":  # reads only, and deletes files: no write transaction
+                with sessions() as session:
+                    root = options.attachments_root
+                    result.counts["removed"] = (
+                        remove_orphan_files(session, Path(root), now) if root else 0
+                    )
+            elif name in simple_jobs:
                 counts = _write_transaction(sessions, simple_jobs[name])
                 result.counts.update(counts)
             else:
@@ -631,12 +647,21 @@ def run_forever(
     clock: Callable[[], datetime] = utcnow,
     batch_size: int = BATCH_SIZE,
 ) -> None:
-    """Run the jobs every ``interval`` seconds until ``stop`` is set; never raises."""
+    """Run the jobs every ``interval`` seconds until ``stop`` is set (the removal of
+    unreferenced files once a day); never raises."""
     sessions = _sessions(bind)
+    files_due = time.monotonic()
     while not stop.is_set():
         started = time.monotonic()
+        names = JOB_NAMES
+        if started < files_due:
+            names = tuple(n for n in JOB_NAMES if n != "files")
+        else:
+            files_due = started + FILES_EVERY_SECONDS
         try:
-            results = run_jobs(sessions, clock(), options, batch_size=batch_size, stop=stop)
+            results = run_jobs(
+                sessions, clock(), options, jobs=names, batch_size=batch_size, stop=stop
+            )
         except Exception:  # keep the loop alive: the next run tries again
             log.exception("background jobs failed")
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import os
 import struct
 import time
 import zlib
@@ -17,6 +18,7 @@ from PIL.TiffImagePlugin import IFDRational
 from sqlalchemy import text
 
 from gridapi.errors import Unprocessable
+from gridapi.models.base import utcnow
 from gridapi.services.attachments import check_evidence
 
 from ..factories import COMMUNITY_A, LAT0, LON0, STEP
@@ -738,6 +740,61 @@ def test_a_thumbnail_of_a_name_without_ascii_is_offered_as_attachment_thumbnail(
     disposition = client.get(body["links"]["thumbnail"]).headers["Content-Disposition"]
     assert disposition.startswith('inline; filename="attachment-thumbnail.jpg"'), disposition
     assert "filename*=UTF-8''%E7%8E%B0%E5%9C%BA%E7%85%A7%E7%89%87-thumbnail.jpg" in disposition
+
+
+def test_files_a_failed_request_left_are_removed_by_the_worker_after_a_day(
+    app, client, world, case_id, settings
+):
+    """A request that failed after writing its photo (the row refused, the commit failed)
+    left the photo and its thumbnail on disk for good."""
+    from gridapi.models import Case
+    from gridapi.services import attachments as svc
+    from gridapi.services import jobs
+
+    st = app.extensions["gridapi"]
+    store = svc.AttachmentStore.from_settings(settings)
+    kept = upload(client, case_id, jpeg((400, 300))).get_json()
+
+    def failed_request(data: bytes) -> None:
+        with st.sessions() as session:
+            case_obj = session.get(Case, case_id)
+            svc.attach(
+                session,
+                case_obj,
+                data,
+                filename="lost.jpg",
+                content_type="image/jpeg",
+                uploaded_by="user:1",
+                store=store,
+            )
+            session.rollback()  # what a request that fails before its commit does
+
+    failed_request(jpeg((420, 300)))
+    (store.root / "ab").mkdir(parents=True, exist_ok=True)
+    (store.root / "ab" / ".upload-x.tmp").write_bytes(b"half a photo")
+    assert len(stored_files(settings)) == 2 + 2 + 1
+    two_days_ago = time.time() - 2 * 86400
+    for path in stored_files(settings):
+        os.utime(path, (two_days_ago, two_days_ago))
+    failed_request(jpeg((440, 300)))  # a young one: its row may be about to commit
+
+    def removed() -> int:
+        options = jobs.JobOptions.from_settings(settings)
+        (result,) = jobs.run_jobs(st.sessions, utcnow(), options, jobs=["files"])
+        assert result.errors == 0
+        return result.counts["removed"]
+
+    assert removed() == 3  # the old photo and thumbnail nobody references, the temporary file
+    assert len(stored_files(settings)) == 2 + 2
+    assert client.get(kept["links"]["content"]).status_code == 200
+    assert client.get(kept["links"]["thumbnail"]).status_code == 200
+    assert removed() == 0
+    # the same photo sent to another case again: its old file is touched, not taken
+    other = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()["id"]
+    path = stored_path(settings, kept["sha256"], "jpg")
+    os.utime(path, (two_days_ago, two_days_ago))
+    assert upload(client, other, jpeg((400, 300))).get_json()["sha256"] == kept["sha256"]
+    assert path.stat().st_mtime > time.time() - 60
 
 
 # --- evidence on the timeline ---------------------------------------------------------------

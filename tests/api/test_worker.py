@@ -329,6 +329,7 @@ def test_two_workers_at_once_change_each_case_exactly_once(client, world, app, s
         "deleted": 0,
         "presence_cleared": 0,
         "pruned": 0,
+        "removed": 0,
     }
 
     with app.extensions["gridapi"].sessions() as s:
@@ -399,13 +400,14 @@ def test_worker_once_prints_a_line_per_job(client, world, app, database_url):
         "tasks: overdue=0 errors=0",
         "tracks: thinned=0 deleted=0 presence_cleared=0 errors=0",
         "sync: pruned=0 errors=0",
-        lines[7],
+        "files: removed=0 errors=0",
+        lines[8],
         "exports: done=0 failed=0 purged=0",
     ]
     # The outbox events of the report and the steps are fanned out; nobody subscribed.
     assert re.fullmatch(
-        r"webhooks: fanned_out=\d+ attempted=0 delivered=0 retrying=0 dead=0", lines[7]
-    ), lines[7]
+        r"webhooks: fanned_out=\d+ attempted=0 delivered=0 retrying=0 dead=0", lines[8]
+    ), lines[8]
     assert get_case(app, case_id).overdue is True
     again = cli(database_url, "worker", "--once")
     assert again.exit_code == 0, again.output
