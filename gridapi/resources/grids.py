@@ -132,8 +132,9 @@ class GridVersionActivation(MethodView):
         """Activate a grid version
 
         Its grids go into service and routing uses them at once in every server process. It
-        retires the active versions of its region and of regions inside it. A version whose
-        report has errors is refused (409) unless `force` is true.
+        retires the active versions of its region and of regions inside it; an active
+        version activated again takes back the grids such a version replaced (a rollback).
+        A version whose report has errors is refused (409) unless `force` is true.
         """
         force = bool((data or {}).get("force"))
         version = svc.activate_version(db_session(), version_id, force=force, scope=_scope())

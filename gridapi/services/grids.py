@@ -219,10 +219,13 @@ def activate_version(
 
     A version of region R replaces every active version of R or of a region inside R; an
     active version of an ancestor of R stays active but its grids inside R leave service.
+    Activating an active version again is a no-op while all its grids are in service;
+    when a version of a region inside it replaced some of them, it is how that one is
+    rolled back (the county's version activated again retires the community's).
     Raises NotFound; Conflict when the version has errors and ``force`` is false.
     """
     version = get_version(session, version_id, scope=scope)
-    if version.status == "active":
+    if version.status == "active" and not _replaced_in_part(session, version):
         return version
     if version.error_count and not force:
         raise Conflict(
@@ -261,6 +264,19 @@ def activate_version(
     version.forced = bool(force and version.error_count)
     session.flush()
     return version
+
+
+def _replaced_in_part(session: Session, version: GridVersion) -> bool:
+    """Return whether an active version's grids are partly out of service (a version of a
+    region inside its own replaced them)."""
+    return (
+        session.scalar(
+            select(Grid.code)
+            .where(Grid.version_id == version.id, Grid.in_service.is_(False))
+            .limit(1)
+        )
+        is not None
+    )
 
 
 def grids_query(

@@ -11,6 +11,9 @@ from gridapi.models import Grid, GridVersion
 from ..factories import (
     COMMUNITY_A,
     COMMUNITY_B,
+    LAT0,
+    LON0,
+    STEP,
     TOWNSHIP,
     clean_tiling,
     collection,
@@ -183,6 +186,35 @@ def test_activation_keeps_history_and_versions_stay_queryable(factory, client):
     assert client.get(f"/api/v1/grids/{A2}").status_code == 404
     fc = json.loads(client.get(f"/api/v1/grid-versions/{first['id']}/grids", buffered=True).data)
     assert len(fc["features"]) == 4
+
+
+def test_activating_the_active_county_version_again_rolls_a_community_back(
+    factory, client, session
+):
+    """The township's version, still active, activated again answered 200 and changed
+    nothing: the community's version (with a gap where A2 was) stayed, and the README's
+    way to roll back did not work."""
+    factory.regions()
+    first = factory.grid_version()
+    a2 = (LON0 + 1.5 * STEP, LAT0 + 0.5 * STEP)  # the middle of cell (1, 0)
+    assert factory.locate(*a2)["grid"]["code"] == A2
+    gap = collection(feature(A1, square(0, 0)))
+    community = factory.grid_version(gap, force=True, region=COMMUNITY_A)
+    assert factory.locate(*a2)["grid"] is None
+    again = client.post(f"/api/v1/grid-versions/{first['id']}/activate", json={})
+    assert again.status_code == 200 and again.get_json()["status"] == "active"
+    assert factory.locate(*a2)["grid"]["code"] == A2
+    status = client.get(f"/api/v1/grid-versions/{community['id']}").get_json()["status"]
+    assert status == "retired"
+    in_service = client.get("/api/v1/grids").get_json()["items"]
+    assert [(g["code"], g["version_id"]) for g in in_service] == [
+        (code, first["id"]) for code in (A1, A2, B1, B2)
+    ]
+    # whole again: activating it once more changes nothing
+    generation = session.execute(text("SELECT generation FROM index_generations")).scalar()
+    assert client.post(f"/api/v1/grid-versions/{first['id']}/activate", json={}).status_code == 200
+    session.rollback()
+    assert session.execute(text("SELECT generation FROM index_generations")).scalar() == generation
 
 
 def test_export_is_geojson_of_grids_in_service(factory, client):
