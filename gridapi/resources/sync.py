@@ -234,10 +234,16 @@ _IF_MATCH = {"case.transition", "task.accept", "task.complete"}
 # Actions whose endpoint reads a case report, with the phone's `client_id`: a UUID, in
 # whatever letter case it comes.
 _REPORTS = {"case.create", "patrol.finding"}
+# Actions whose endpoint takes an Idempotency-Key: the action's key goes with it, so an
+# action tried online first (with the key as its header) is answered as a replay. The
+# key of any other action, once used as such a header, is a key used for another action.
+_KEYED = {"case.create", "patrol.start", "visit.create"}
 _CLIENT_ID = CaseCreateSchema().fields["client_id"]
 BATCH_MAX = 500
 REF_PREFIX = "ref:"
 KEY_PREFIX = "batch:"  # an action's key as kept among the caller's idempotency keys
+_KEY_REUSED = {"json": {"key": ["reused"]}}
+_HEADER_REUSED = {"headers": {"Idempotency-Key": ["reused"]}}
 
 
 class ActionSchema(StrictSchema):
@@ -298,8 +304,10 @@ class SyncBatch(MethodView):
         `presence.heartbeat`. Its `key` is an idempotency key kept with the change and its
         answer in the same transaction: sending the batch again (or any part, in any order,
         also while the first send still runs) applies nothing twice and answers what the
-        first time did (`replayed`). An action that fails does not stop the others; each
-        result has the status and the error body.
+        first time did (`replayed`). The key of a `case.create`, `visit.create` or
+        `patrol.start` is also its endpoint's Idempotency-Key: one tried online first with
+        that key is a replay. An action that fails does not stop the others; each result has
+        the status and the error body.
         """
         principal = current_principal()
         st = state()
@@ -375,9 +383,7 @@ def _apply_in_transaction(
         try:
             found = idempotency.find(session, caller, [stored_key], body_hash)
         except Unprocessable:
-            return _failed(
-                key, 422, "This key was used for another action.", {"json": {"key": ["reused"]}}
-            )
+            return _failed(key, 422, "This key was used for another action.", _KEY_REUSED)
         if found is not None:
             return _replayed(key, found)
         # Checked after the lookup: a key applied before this rule answers as it did.
@@ -389,6 +395,9 @@ def _apply_in_transaction(
                 f"The key must be 1 to {idempotency.MAX_KEY_LENGTH} printable characters.",
                 {"json": {"key": [f"1 to {idempotency.MAX_KEY_LENGTH} printable characters"]}},
             )
+        if kind not in _KEYED and idempotency.resource_ids(session, caller, [f"key:{key}"]):
+            # sent before as the Idempotency-Key of a report, a visit or a patrol
+            return _failed(key, 422, "This key was used for another action.", _KEY_REUSED)
         try:
             payload = _resolve(session, caller, action["payload"], created, in_batch)
         except Unprocessable as exc:
@@ -420,7 +429,7 @@ def _apply_in_transaction(
         body = {k: v for k, v in payload.items() if k not in params and k != "if_match"}
         path = template.format(**{p: payload[p] for p in params})
         extra = dict(headers)
-        if kind == "case.create":
+        if kind in _KEYED:
             extra["Idempotency-Key"] = key_header
         if kind in _IF_MATCH:
             extra["If-Match"] = if_match
@@ -439,6 +448,9 @@ def _apply_in_transaction(
         result = _result(key, response)
         if not 200 <= result["status"] < 300:
             transaction.rollback()  # a failed action leaves nothing, however far it got
+            if (result["error"] or {}).get("errors") == _HEADER_REUSED:
+                # the endpoint's own check of the key, sent as its Idempotency-Key
+                return _failed(key, 422, "This key was used for another action.", _KEY_REUSED)
             return result
         answer = {
             "status_code": result["status"],
@@ -446,8 +458,9 @@ def _apply_in_transaction(
             "resource_id": result["id"],
         }
         if not idempotency.fill_in(session, caller, stored_key, **answer):
-            # Answered with no commit: POST /cases replayed the case reported before with
-            # this key as its Idempotency-Key. The key is kept all the same, for references.
+            # Answered with no commit: the endpoint replayed what it did before with this key
+            # as its Idempotency-Key (a report, a visit, a patrol tried online first). The
+            # key is kept all the same, for references.
             _remember_applied(session, **kept_as, **answer)
         return result
 

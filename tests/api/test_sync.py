@@ -800,6 +800,45 @@ def test_a_report_sent_online_first_is_a_replay_in_the_batch(client, worker, acc
         assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 1
 
 
+def test_a_key_sent_as_a_report_s_header_is_not_taken_by_another_action(worker, engine):
+    """A patrol.start with the key of a report sent online started a patrol (one key, two
+    effects), and the phone's replay of its report was then refused."""
+    action = offline_report("online-report")
+    online = worker.post(
+        "/api/v1/cases", json=action["payload"], headers={"Idempotency-Key": action["key"]}
+    )
+    assert online.status_code == 201
+    (taken,) = batch(worker, [{"key": action["key"], "type": "patrol.start", "payload": {}}])
+    assert (taken["status"], taken["error"]["errors"]) == (422, {"json": {"key": ["reused"]}})
+    assert count_rows(engine, "patrols") == 0
+    (replayed,) = batch(worker, [action])
+    assert (replayed["status"], replayed["id"], replayed["replayed"]) == (
+        201,
+        online.get_json()["id"],
+        True,
+    )
+
+
+def test_a_patrol_and_a_visit_tried_online_first_are_replays_in_the_batch(client, worker, engine):
+    """The batch sent no Idempotency-Key to POST /patrols and /visits: a start tried online
+    first answered 409 (a patrol is active), a visit was recorded twice."""
+    online = worker.post("/api/v1/patrols", json={}, headers={"Idempotency-Key": "start-1"})
+    assert online.status_code == 201
+    (start,) = batch(worker, [{"key": "start-1", "type": "patrol.start", "payload": {}}])
+    assert (start["status"], start["id"], start["replayed"]) == (
+        201,
+        online.get_json()["id"],
+        True,
+    )
+    home = household(client, A1)
+    body = {"household_id": home["id"], "findings": "独居老人，状况良好"}
+    visited = worker.post("/api/v1/visits", json=body, headers={"Idempotency-Key": "visit-1"})
+    assert visited.status_code == 201
+    (visit,) = batch(worker, [{"key": "visit-1", "type": "visit.create", "payload": body}])
+    assert (visit["status"], visit["id"]) == (201, visited.get_json()["id"]), visit
+    assert count_rows(engine, "patrols") == count_rows(engine, "visits") == 1
+
+
 def count_rows(engine: Any, table: str) -> int:
     with engine.connect() as conn:
         return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
