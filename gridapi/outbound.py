@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
@@ -236,6 +237,10 @@ def post(
             address, target.port, timeout=timeout, retries=False, maxsize=1
         )
     started = time.monotonic()
+    # The answer's body is read until this moment at most: the read timeout bounds each
+    # wait, and a receiver sending a byte now and then (a 500, then 1 kB every 0.5 s) held
+    # an attempt, and the delivery round with it, for half a minute and more.
+    deadline = started + policy.connect_timeout + policy.read_timeout
     try:
         response = pool.urlopen(
             "POST",
@@ -249,7 +254,7 @@ def post(
             assert_same_host=False,
         )
         try:
-            content = response.read(policy.max_response_bytes, decode_content=False) or b""
+            content = _read_until(response, policy.max_response_bytes, deadline)
         finally:
             response.release_conn()
             response.close()
@@ -264,6 +269,20 @@ def post(
         address=address,
         retry_after=response.headers.get("Retry-After"),
     )
+
+
+def _read_until(response: Any, limit: int, deadline: float) -> bytes:
+    """Return up to ``limit`` bytes of the answer's body, as much as came before ``deadline``
+    (the status is what counts; the body is kept for the log)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and time.monotonic() < deadline:
+        chunk = response.read1(min(8192, limit - size), decode_content=False)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _reason(exc: Exception) -> str:

@@ -205,11 +205,13 @@ class WebhookDeliveries(MethodView):
 class Redeliver(MethodView):
     @blp.requires("webhooks:manage")
     @blp.response(202, DeliverySchema)
+    @blp.alt_response(409, response="CONFLICT")
     def post(self, webhook_id, delivery_id):
         """Send a delivery again (a dead letter, or one delivered)
 
         It becomes pending, due now, with a fresh count of attempts, and keeps its
-        `Webhook-Id`, so a receiver that has it already can drop it.
+        `Webhook-Id`, so a receiver that has it already can drop it. A delivery still
+        pending → 409 (it is retried on its own).
         """
         session = db_session()
         sub = svc.get_subscription(session, webhook_id, _principal())
@@ -228,12 +230,13 @@ class PingWebhook(MethodView):
     def post(self, webhook_id):
         """Send a `ping` event to this subscription, to test the receiver
 
-        Queued like any event; follow it in the delivery log. An inactive subscription →
-        409.
+        Queued like any event; follow it in the delivery log; audited. An inactive
+        subscription → 409.
         """
         session = db_session()
         sub = svc.get_subscription(session, webhook_id, _principal())
         delivery, event = svc.ping(session, sub, utcnow())
+        _audit("ping", sub, delivery_id=delivery.id, event_id=svc.event_id(event))
         body = svc.delivery_view(delivery, event)
         commit()
         return body

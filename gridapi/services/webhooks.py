@@ -373,7 +373,8 @@ def redeliver(
 ) -> tuple[WebhookDelivery, WebhookEvent]:
     """Queue a delivery again (delivered or dead), due now with a fresh attempt count.
 
-    Raises NotFound.
+    Raises NotFound; Conflict for a pending one (it is retried on its own: resetting it
+    skipped the backoff and, again and again, kept it from ever being dead-lettered).
     """
     row = session.execute(
         select(WebhookDelivery, WebhookEvent)
@@ -383,6 +384,11 @@ def redeliver(
     if row is None:
         raise NotFound("The delivery does not exist.")
     delivery, event = row
+    if delivery.status == "pending":
+        raise Conflict(
+            "The delivery is still pending: it is tried again on its own "
+            "(see next_attempt_at); redeliver a dead or delivered one."
+        )
     delivery.status = "pending"
     delivery.attempts = 0
     delivery.next_attempt_at = now

@@ -508,9 +508,17 @@ def test_a_delivery_dies_after_the_last_attempt_and_can_be_redelivered(
     report(client)
     receiver.status = 500
     moment = utcnow()
-    for _ in range(4):
-        deliver(app, moment)
+    deliver(app, moment)
+    # still retrying: a redelivery would reset its attempts and skip the backoff (over and
+    # over, it was never dead-lettered)
+    (retrying,) = deliveries(client, sub["id"])
+    refused = client.post(f"/api/v1/webhooks/{sub['id']}/deliveries/{retrying['id']}/redeliver")
+    assert refused.status_code == 409 and refused.get_json()["code"] == 409
+    assert deliveries(client, sub["id"])[0]["attempts"] == 1
+    for _ in range(3):
         moment += LATER
+        deliver(app, moment)
+    moment += LATER
     log = deliveries(client, sub["id"])
     assert [d["status"] for d in log] == ["dead"] and log[0]["attempts"] == 4
     assert log[0]["last_status_code"] == 500 and log[0]["last_error"].startswith("HTTP 500")
@@ -588,6 +596,11 @@ def test_ping_reaches_the_receiver_and_an_inactive_subscription_refuses_it(
     )
     client.patch(f"/api/v1/webhooks/{sub['id']}", json={"active": False})
     assert client.post(f"/api/v1/webhooks/{sub['id']}/ping").status_code == 409
+    with app.extensions["gridapi"].engine.connect() as conn:  # the one ping is audited
+        pings = conn.execute(
+            text("SELECT object_id FROM audit_log WHERE action = 'webhook.ping'")
+        ).scalars()
+        assert list(pings) == [str(sub["id"])]
 
 
 def test_an_inactive_subscription_holds_its_deliveries_and_gets_no_new_ones(
@@ -769,6 +782,42 @@ def test_the_answer_read_is_capped_and_logged_short(app, client, world, receiver
     deliver(app)
     error = deliveries(client, sub["id"])[0]["last_error"]
     assert error.startswith("HTTP 500: xxx") and len(error) < 220
+
+
+@pytest.mark.engines("sqlite")
+def test_a_receiver_trickling_its_answer_is_cut_off_at_the_timeouts():
+    """A receiver answering 500 at once, then a few bytes every 0.3 s under the read
+    timeout, held one attempt (and the delivery round) for half a minute."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n\r\n")
+            while not stop.is_set():
+                try:
+                    conn.sendall(b"slow " * 2)
+                except OSError:
+                    return
+                stop.wait(0.3)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    policy = OutboundPolicy(
+        allow=parse_allowlist("127.0.0.1/32"), connect_timeout=1.0, read_timeout=1.0
+    )
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    started = time.monotonic()
+    try:
+        answer = post(url, b"{}", {"Content-Type": "application/json"}, policy)
+    finally:
+        stop.set()
+        listener.close()
+    assert answer.status == 500 and answer.body.startswith(b"slow slow ")
+    assert time.monotonic() - started < 6  # connect + read timeouts (2 s); was unbounded
 
 
 @pytest.mark.engines("sqlite")
