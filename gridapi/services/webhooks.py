@@ -412,6 +412,9 @@ def ping(
     )
     session.add(event)
     session.flush()
+    # A ping belongs to no case or task: it waits for no other ping (ordered by the
+    # subscription, each waited for the one before to be delivered or dead).
+    event.ordering_key = f"ping:{event.id}"
     delivery = WebhookDelivery(
         subscription_id=sub.id,
         event_id=event.id,

@@ -594,13 +594,18 @@ def test_ping_reaches_the_receiver_and_an_inactive_subscription_refuses_it(
     assert verify_signature(
         sub["secret"], receiver.requests[0]["headers"], receiver.requests[0]["body"]
     )
+    # pings wait for no other ping: two to a receiver that fails are both tried at once
+    receiver.status = 500
+    for _ in range(2):
+        ok(client.post(f"/api/v1/webhooks/{sub['id']}/ping"), 202)
+    assert deliver(app).attempted == 2
     client.patch(f"/api/v1/webhooks/{sub['id']}", json={"active": False})
     assert client.post(f"/api/v1/webhooks/{sub['id']}/ping").status_code == 409
     with app.extensions["gridapi"].engine.connect() as conn:  # the one ping is audited
         pings = conn.execute(
             text("SELECT object_id FROM audit_log WHERE action = 'webhook.ping'")
         ).scalars()
-        assert list(pings) == [str(sub["id"])]
+        assert list(pings) == [str(sub["id"])] * 3
 
 
 def test_an_inactive_subscription_holds_its_deliveries_and_gets_no_new_ones(
