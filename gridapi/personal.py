@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 from .codes import PROVINCE_CODES
 
@@ -23,6 +24,8 @@ _ID_SHAPE = re.compile(r"[0-9]{17}[0-9X]")
 _PHONE = re.compile(r"1[3-9][0-9]{9}")
 _PHONE_NOISE = re.compile(r"[\s\-()]")
 EARLIEST_BIRTH = date(1890, 1, 1)
+#: Where ID numbers are issued: the mainland, and the permits of Hong Kong, Macao and Taiwan.
+ISSUED_IN = ZoneInfo("Asia/Shanghai")
 
 
 class InvalidValue(ValueError):
@@ -62,8 +65,9 @@ def parse_id_number(raw: str, today: date | None = None) -> IdNumber:
         born = date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
     except ValueError:
         raise InvalidValue("does not contain a real birth date") from None
-    # A day of slack: a server on UTC is eight hours behind a birth registered in Beijing.
-    if born < EARLIEST_BIRTH or born > (today or date.today()) + timedelta(days=1):
+    # Today where the number was issued (China, UTC+8, as are the residence permits): a
+    # server on UTC, eight hours behind, took tomorrow's births for a day (age -1).
+    if born < EARLIEST_BIRTH or born > (today or datetime.now(ISSUED_IN).date()):
         raise InvalidValue("contains a birth date in the future or before 1890")
     if check_digit(value[:17]) != value[17]:
         raise InvalidValue("has a wrong check digit")

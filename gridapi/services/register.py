@@ -757,6 +757,20 @@ def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
         )
         .execution_options(synchronize_session=False)
     )
+    # The answers stored under the visits' own Idempotency-Keys (POST /visits, and a batch's
+    # visit.create, which sends its key as one) hold the findings, place and person in full:
+    # a retry answered them after the erasure. A batch's own key row keeps only status and
+    # id, and stays for references.
+    theirs = select(Visit.id).where(Visit.person_id == person.id)
+    session.execute(
+        delete(IdempotencyKey)
+        .where(
+            IdempotencyKey.path == VISITS_PATH,
+            IdempotencyKey.resource_id.in_(theirs),
+            ~IdempotencyKey.key.startswith("batch:", autoescape=True),
+        )
+        .execution_options(synchronize_session=False)
+    )
     session.execute(
         update(Visit)
         .where(Visit.person_id == person.id)
@@ -879,6 +893,8 @@ def create_visit(
 #: The caller's idempotency key of a visit whose case carries the phone's client_id (its
 #: own, apart from POST /cases' ``client_id:<uuid>``): ``VISIT_CASE_KEY + client_id``.
 VISIT_CASE_KEY = "client_id:visit:"
+#: Where visits are recorded (the path their stored answers are kept under).
+VISITS_PATH = "/api/v1/visits"
 
 
 def visit_of_reported_case(session: Session, principal: Principal, client_id: Any) -> Visit | None:

@@ -158,6 +158,33 @@ def test_an_erased_resident_leaves_no_stored_answer_of_their_visit(client, phone
     assert rows(engine) == ONE
 
 
+def test_an_erased_resident_leaves_no_answer_under_a_visit_s_idempotency_key(client, phone, engine):
+    """The answer stored under a visit's Idempotency-Key (a phone's retry header, or a
+    batch's visit.create) kept the findings, place and person after the erasure, and a
+    retry with the key was answered them in full."""
+    resident = {"name": "李四", "id_number": make_id(seq="007"), "grid": A1}
+    person = created(client.post("/api/v1/persons", json=resident))
+    body = {"person_id": person["id"], "findings": "独居，有慢性病", "place": "家中"}
+    sent = phone.post("/api/v1/visits", json=body, headers={"Idempotency-Key": "visit-k"})
+    assert sent.status_code == 201
+    batched = phone.post(
+        "/api/v1/sync/batch",
+        json={"actions": [{"key": "visit-b", "type": "visit.create", "payload": body}]},
+    )
+    assert batched.get_json()["results"][0]["status"] == 201
+    assert client.delete(f"/api/v1/persons/{person['id']}?reason=本人申请删除").status_code == 204
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT response FROM idempotency_keys")).scalars().all()
+    assert not [r for r in kept if "慢性病" in r or "家中" in r], kept
+    for key in ("visit-k", "visit-b"):
+        again = phone.post("/api/v1/visits", json=body, headers={"Idempotency-Key": key})
+        assert again.status_code == 422, again.get_json()  # the resident is gone
+        assert "慢性病" not in again.get_data(as_text=True)
+    with engine.connect() as conn:
+        findings = conn.execute(text("SELECT findings FROM visits")).scalars().all()
+    assert findings == ["", ""]
+
+
 def test_errors_of_a_visits_case_name_its_fields_under_case(phone, home, engine):
     """The case's fields are under `case` in a visit's body, and so in its errors (an
     unknown category was `json.category`, a field a visit has not got); nothing is
