@@ -204,7 +204,7 @@ class HouseById(MethodView):
         house out of scope answers 404. The audit row `house.update` names the fields changed.
         """
         session = db_session()
-        house = svc.update_house(
+        house, changed = svc.update_house(
             session,
             house_id,
             data,
@@ -212,13 +212,14 @@ class HouseById(MethodView):
             snapshot=routing_snapshot(),
             if_match=request.headers.get("If-Match"),
         )
-        audit(
-            "house.update",
-            "house",
-            house.id,
-            summary={"fields": sorted(data)},
-            region_code=house.region_code,
-        )
+        if changed:  # a PATCH that changes nothing writes no audit row
+            audit(
+                "house.update",
+                "house",
+                house.id,
+                summary={"fields": changed},
+                region_code=house.region_code,
+            )
         commit()
         body, headers = _tagged(house, svc.house_view(house))
         return body, 200, headers
@@ -330,20 +331,21 @@ class HouseholdById(MethodView):
         changed.
         """
         session = db_session()
-        household = svc.update_household(
+        household, changed = svc.update_household(
             session,
             household_id,
             data,
             scope=current_principal().scope,
             if_match=request.headers.get("If-Match"),
         )
-        audit(
-            "household.update",
-            "household",
-            household.id,
-            summary={"fields": sorted(data)},
-            region_code=household.region_code,
-        )
+        if changed:  # a PATCH that changes nothing writes no audit row
+            audit(
+                "household.update",
+                "household",
+                household.id,
+                summary={"fields": changed},
+                region_code=household.region_code,
+            )
         commit()
         body, headers = _tagged(household, household_body(session, household))
         return body, 200, headers
@@ -470,13 +472,14 @@ class PersonById(MethodView):
             session.rollback()
             count_lookup(state().settings.person_lookup_rate, _actor())
             raise
-        audit(
-            "person.update",
-            "person",
-            person.id,
-            summary={"fields": changed},
-            region_code=person.region_code,
-        )
+        if changed:  # a PATCH that changes nothing writes no audit row
+            audit(
+                "person.update",
+                "person",
+                person.id,
+                summary={"fields": changed},
+                region_code=person.region_code,
+            )
         commit()
         body, headers = _tagged(person, svc.person_view(person, k))
         return body, 200, headers

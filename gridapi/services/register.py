@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from geoalchemy2 import WKTElement
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, inspect, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import Conflict, NotFound, Unprocessable
@@ -227,7 +228,9 @@ def _the_one(
 ) -> Any:
     """Return the object ``stmt`` selects (locked ``for_update``); NotFound, or 422 naming
     ``field`` when it is a reference, when there is none (or it is out of scope)."""
-    found = session.scalars(stmt.with_for_update() if for_update else stmt).first()
+    if for_update:  # locked, and read as it is now (not as the session may hold it)
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    found = session.scalars(stmt).first()
     if found is None:
         if field:
             raise _invalid(field, f"no {noun} {obj_id} in your scope")
@@ -243,8 +246,9 @@ def update_house(
     scope: Scope,
     snapshot: IndexSnapshot | None,
     if_match: str | None = None,
-) -> House:
-    """Change a house; with ``if_match``, only the version it names (412 otherwise)."""
+) -> tuple[House, list[str]]:
+    """Change a house; with ``if_match``, only the version it names (412 otherwise).
+    Returns the house and the fields that changed."""
     house = get_house(session, house_id, scope, for_update=True)
     check_if_match(house, if_match, noun="house", required=False)
     if any(data.get(k) is not None for k in ("location", "grid", "region")):
@@ -262,8 +266,31 @@ def update_house(
     for key in ("address", "use"):
         if key in data:
             setattr(house, key, data[key])
+    changed = changed_fields(house, _HOUSE_FIELDS, data)
     flush_versioned(session, "house")
-    return house
+    return house, changed
+
+
+def changed_fields(obj: Any, fields: dict[str, tuple[str, ...]], sent: Iterable[str]) -> list[str]:
+    """Return the fields sent whose attributes now differ from the stored row (read before
+    the flush): a field sent with the value it had is no change, for the version as for the
+    audit row (which named every field sent)."""
+    state = inspect(obj)
+    return sorted(
+        name
+        for name in sent
+        if any(state.attrs[attr].history.has_changes() for attr in fields.get(name, ()))
+    )
+
+
+_HOUSE_FIELDS = {
+    "address": ("address",),
+    "use": ("use",),
+    "location": ("lon", "lat"),
+    "grid": ("grid_code",),
+    "region": ("region_code",),
+}
+_HOUSEHOLD_FIELDS = {"type": ("type",), "house_id": ("house_id",)}
 
 
 def _move(session: Session, model: Any, condition: Any, place: Place) -> None:
@@ -335,7 +362,9 @@ def create_household(
 ) -> Household:
     house = None
     if data.get("house_id") is not None:
-        house = get_house(session, data["house_id"], scope, field="house_id")
+        # Locked like a move locks it: a household created while its house moves takes the
+        # house's new place, never the old one (PostgreSQL; SQLite serialises writers).
+        house = get_house(session, data["house_id"], scope, field="house_id", for_update=True)
         place = Place(house.region_code, house.grid_code)
     else:
         place, _, _ = resolve_place(session, data, scope, snapshot)
@@ -383,8 +412,9 @@ def update_household(
     *,
     scope: Scope,
     if_match: str | None = None,
-) -> Household:
-    """Change a household; with ``if_match``, only the version it names (412 otherwise)."""
+) -> tuple[Household, list[str]]:
+    """Change a household; with ``if_match``, only the version it names (412 otherwise).
+    Returns the household and the fields that changed."""
     household = get_household(session, household_id, scope, for_update=True)
     check_if_match(household, if_match, noun="household", required=False)
     if "type" in data:
@@ -399,7 +429,7 @@ def update_household(
                 .execution_options(synchronize_session="fetch")
             )
         else:
-            house = get_house(session, data["house_id"], scope, field="house_id")
+            house = get_house(session, data["house_id"], scope, field="house_id", for_update=True)
             place = Place(house.region_code, house.grid_code)
             _same_county(household.county_code, place, "house_id")
             household.house_id = house.id
@@ -412,8 +442,9 @@ def update_household(
                 .values(house_id=house.id, version=Person.version + 1)
                 .execution_options(synchronize_session="fetch")
             )
+    changed = changed_fields(household, _HOUSEHOLD_FIELDS, data)
     flush_versioned(session, "household")
-    return household
+    return household, changed
 
 
 def list_households(session: Session, scope: Scope, args: dict[str, Any]) -> list[Household]:
@@ -484,6 +515,8 @@ def _set_id_number(session: Session, person: Person, parsed: Any, keys: Keys) ->
             errors={"json": {"id_number": ["already registered in the county"]}},
             holder=clash,
         )
+    if person.id_number_enc is not None and person.id_number_hmac == digest:
+        return  # the same number: sealed again it would be a change that is none
     person.id_number_enc = keys.seal("persons", "id_number", person.uid, parsed.value)
     person.id_number_hmac = digest
     person.birth_date = parsed.birth_date
@@ -491,8 +524,11 @@ def _set_id_number(session: Session, person: Person, parsed: Any, keys: Keys) ->
 
 
 def _set_phone(person: Person, phone: str | None, keys: Keys) -> None:
+    digest = keys.index("phone", phone) if phone else None
+    if person.phone_enc is not None and digest is not None and person.phone_hmac == digest:
+        return  # the same number (see _set_id_number)
     person.phone_enc = keys.seal("persons", "phone", person.uid, phone)
-    person.phone_hmac = keys.index("phone", phone) if phone else None
+    person.phone_hmac = digest
 
 
 def _check_head(session: Session, household_id: int | None, person_id: int | None) -> None:
@@ -527,7 +563,10 @@ def create_person(
     phone = _check_phone(data.get("phone"))
     household = None
     if data.get("household_id") is not None:
-        household = get_household(session, data["household_id"], scope, field="household_id")
+        # Locked as a move of the household locks it: see create_household.
+        household = get_household(
+            session, data["household_id"], scope, field="household_id", for_update=True
+        )
         place = Place(household.region_code, household.grid_code)
     elif data.get("grid"):
         place = place_of_grid(session, data["grid"], scope)
@@ -606,7 +645,9 @@ def update_person(
             if "relation" not in data:
                 person.relation = None
         else:
-            household = get_household(session, data["household_id"], scope, field="household_id")
+            household = get_household(
+                session, data["household_id"], scope, field="household_id", for_update=True
+            )
             person.household_id, person.house_id = household.id, household.house_id
             person.region_code, person.grid_code = household.region_code, household.grid_code
             person.county_code = household.county_code
@@ -645,8 +686,23 @@ def update_person(
             changed.append(key)
     if person.id_number_enc is None and person.population_type != "foreign":
         raise _invalid("id_number", "is required (except for foreign residents)")
+    changed = changed_fields(person, _PERSON_FIELDS, changed)
     flush_versioned(session, "resident")
     return person, changed
+
+
+_PERSON_FIELDS = {
+    "household_id": ("household_id",),
+    "grid": ("grid_code",),
+    "relation": ("relation",),
+    "id_number": ("id_number_hmac",),
+    "phone": ("phone_hmac",),
+    "name": ("name",),
+    "ethnicity": ("ethnicity",),
+    "population_type": ("population_type",),
+    "current_address": ("current_address",),
+    "registered_address": ("registered_address",),
+}
 
 
 def search_persons(

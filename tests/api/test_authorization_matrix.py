@@ -379,9 +379,20 @@ class World:
         return ok(self.setup.post("/api/v1/webhooks", json=body), 201)["id"]
 
     def webhook_delivery(self, area: Area) -> tuple[int, int]:
-        """Return a new subscription of the area and the delivery of a ping queued to it."""
+        """Return a new subscription of the area and a dead delivery of a ping to it (as
+        the worker leaves one after its last attempt: only such a one may be redelivered)."""
+        from sqlalchemy import update
+
+        from gridapi.models import WebhookDelivery
+
         webhook_id = self.webhook(area)
         delivery = ok(self.setup.post(f"/api/v1/webhooks/{webhook_id}/ping"), 202)
+        with self.app.extensions["gridapi"].sessions.begin() as session:
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery["id"])
+                .values(status="dead")
+            )
         return webhook_id, delivery["id"]
 
     def task(self, area: Area, assignee: int | None = None) -> int:

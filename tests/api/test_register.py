@@ -340,7 +340,29 @@ def test_changes_are_audited_by_field_name_never_by_value(client, engine, world,
     )
     assert created(r, 200)["phone"] == "137****1234"
     (_, _, summary) = audit_rows(engine, "person.update")[0]
-    assert summary == {"fields": ["phone", "ethnicity"]}
+    assert summary == {"fields": ["ethnicity", "phone"]}
+    # values it has already: nothing changes, nothing is audited (the row named them all)
+    version = created(client.get(f"/api/v1/persons/{person['id']}"), 200)["version"]
+    same = {"phone": "13700001234", "ethnicity": "回族", "name": "张三", "id_number": make_id()}
+    r = client.patch(f"/api/v1/persons/{person['id']}", json=same)
+    assert created(r, 200)["version"] == version
+    r = client.patch(f"/api/v1/persons/{person['id']}", json={**same, "ethnicity": "汉族"})
+    assert created(r, 200)["version"] == version + 1
+    assert [row[2] for row in audit_rows(engine, "person.update")] == [
+        {"fields": ["ethnicity", "phone"]},
+        {"fields": ["ethnicity"]},
+    ]
+    house_id = household["house_id"]
+    kept = client.get(f"/api/v1/households/{household['id']}").get_json()["type"]
+    assert (
+        client.patch(f"/api/v1/households/{household['id']}", json={"type": kept}).status_code
+        == 200
+    )
+    house = client.get(f"/api/v1/houses/{house_id}").get_json()
+    r = client.patch(f"/api/v1/houses/{house_id}", json={"use": house["use"], "address": "新地址"})
+    assert r.status_code == 200
+    assert audit_rows(engine, "household.update") == []
+    assert [row[2] for row in audit_rows(engine, "house.update")] == [{"fields": ["address"]}]
     r = client.patch(f"/api/v1/persons/{person['id']}", json={"phone": None})
     assert created(r, 200)["phone"] is None
     with engine.connect() as conn:
@@ -585,6 +607,57 @@ def test_a_foreign_resident_becoming_registered_needs_an_id_number(client, world
         json={"population_type": "registered", "id_number": make_id(seq="321")},
     )
     assert created(r, 200)["population_type"] == "registered"
+
+
+def test_a_resident_or_household_added_during_a_move_lands_at_the_new_place(
+    app, client, world, household
+):
+    """A resident registered into a household (or a household into a house) while it
+    moved took the old place on PostgreSQL: a mix of grids, and residents shown to the
+    grid the household had left."""
+    import threading
+    import time
+
+    from gridapi.scope import Scope
+    from gridapi.services import register as svc
+
+    elsewhere = created(
+        client.post("/api/v1/houses", json={"address": "观前街9号", "location": point(2)})
+    )
+    st = app.extensions["gridapi"]
+    answers: list = []
+
+    def meanwhile(path: str, body: dict) -> threading.Thread:
+        thread = threading.Thread(target=lambda: answers.append(client.post(path, json=body)))
+        thread.start()
+        time.sleep(0.5)  # it has read, or waits for, what is moving
+        return thread
+
+    with st.sessions() as session:  # the household's move, not yet committed
+        svc.update_household(
+            session, household["id"], {"house_id": elsewhere["id"]}, scope=Scope.everything()
+        )
+        body = {"name": "王五", "id_number": make_id(seq="321"), "household_id": household["id"]}
+        thread = meanwhile("/api/v1/persons", body)
+        session.commit()
+    thread.join(30)
+    person = created(answers.pop())
+    assert (person["grid"], person["house_id"]) == (elsewhere["grid"], elsewhere["id"])
+
+    with st.sessions() as session:  # the house's move, not yet committed
+        svc.update_house(
+            session,
+            elsewhere["id"],
+            {"location": point(0)},
+            scope=Scope.everything(),
+            snapshot=st.routing.snapshot(),
+        )
+        thread = meanwhile("/api/v1/households", {"number": "0777", "house_id": elsewhere["id"]})
+        session.commit()
+    thread.join(30)
+    added = created(answers.pop())
+    moved = client.get(f"/api/v1/houses/{elsewhere['id']}").get_json()
+    assert added["grid"] == moved["grid"] == household["grid"]
 
 
 def test_a_household_member_moves_with_the_household_not_alone(client, world, household):
