@@ -110,6 +110,10 @@ def _ping_idle_connections(engine: Engine) -> None:
             raise exc.DisconnectionError() from error
 
 
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _make_sqlite_engine(database_url: str, spatialite_path: str) -> Engine:
     url = make_url(database_url)
     if url.database and url.database != ":memory:":
@@ -131,6 +135,9 @@ def _make_sqlite_engine(database_url: str, spatialite_path: str) -> Engine:
                 "'apt-get install libsqlite3-mod-spatialite' or point GRIDAPI_SPATIALITE_PATH "
                 "at mod_spatialite."
             ) from exc
+        # lower() as PostgreSQL's in a UTF-8 database: for every letter, not ASCII alone (a
+        # case search for "école" missed "ÉCOLE" here, and fullwidth "ｆｕｌｌ" missed "ＦＵＬＬ").
+        dbapi_conn.create_function("lower", 1, _lower, deterministic=True)
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")

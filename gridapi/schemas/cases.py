@@ -11,7 +11,7 @@ from webargs.fields import DelimitedList
 from ..geo.crs import SUPPORTED_CRS
 from ..models.cases import SEVERITIES, SOURCES, STATUSES, SUPERVISION_LEVELS
 from ..services.cases import ACTIONS, SORTS
-from .common import PointSchema, StrictSchema
+from .common import ID32, PointSchema, StrictSchema
 from .locate import CRS_FIELD_DOC
 
 
@@ -222,8 +222,16 @@ class CaseListSchema(StrictSchema):
 def _comma_list(choices: tuple[str, ...]) -> fields.Field:
     return DelimitedList(
         fields.String(validate=validate.OneOf(choices)),
+        validate=validate.Length(min=1, error="name at least one"),  # status= filtered nothing
         metadata={"description": "Comma-separated: " + ", ".join(choices)},
     )
+
+
+def _user_ref(value: str) -> None:
+    """``me``, or a user id a column can hold (a 12-digit one was a field-less 422 on
+    PostgreSQL, a plain miss on SQLite, and broke a streamed export halfway)."""
+    if value.isascii() and value.isdigit() and int(value) > ID32.max:
+        raise ValidationError(f"a user id is at most {ID32.max}")
 
 
 class CaseQueryArgsSchema(StrictSchema):
@@ -243,7 +251,7 @@ class CaseQueryArgsSchema(StrictSchema):
     overdue = fields.Boolean()
     supervision = fields.String(validate=validate.OneOf(SUPERVISION_LEVELS))
     assignee = fields.String(
-        validate=validate.Regexp(r"^(me|[0-9]{1,12})\Z"),
+        validate=[validate.Regexp(r"^(me|[0-9]{1,10})\Z"), _user_ref],
         metadata={"description": "A user id, or `me`."},
     )
     unrouted = fields.Boolean()
@@ -266,6 +274,14 @@ class CaseQueryArgsSchema(StrictSchema):
         box = data.get("bbox")
         if box and not (box[0] <= box[2] and box[1] <= box[3]):
             raise ValidationError({"bbox": ["west <= east and south <= north"]})
+        if box and not (min(box[0], box[1] * 2) >= -180 and max(box[2], box[3] * 2) <= 180):
+            raise ValidationError({"bbox": ["longitudes within ±180, latitudes within ±90"]})
+
+    @validates_schema
+    def _range(self, data: dict[str, Any], **kwargs: Any) -> None:
+        since, until = data.get("from_"), data.get("to")
+        if since is not None and until is not None and since >= until:
+            raise ValidationError({"to": ["must lie after from"]})
 
 
 class TransitionSchema(StrictSchema):

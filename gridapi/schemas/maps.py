@@ -78,14 +78,6 @@ class CaseClustersArgsSchema(CaseQueryArgsSchema):
         },
     )
 
-    @validates_schema
-    def _bbox_on_earth(self, data: dict[str, Any], **kwargs: Any) -> None:
-        box = data.get("bbox")
-        if box and not (-180 <= box[0] <= 180 and -180 <= box[2] <= 180):
-            raise ValidationError({"bbox": ["longitudes within ±180"]})
-        if box and not (-90 <= box[1] <= 90 and -90 <= box[3] <= 90):
-            raise ValidationError({"bbox": ["latitudes within ±90"]})
-
 
 # --- answers (documentation: the views encode the FeatureCollections directly) ----------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -1354,19 +1355,51 @@ SORTS = {
 }
 
 
-def encode_cursor(value: datetime, case_id: int) -> str:
-    raw = json.dumps([value.isoformat(), case_id]).encode()
+#: What a cursor does not depend on: the page's size and the fields shown.
+_NOT_OF_THE_QUERY = frozenset({"cursor", "limit", "fields"})
+
+
+def query_tag(args: dict[str, Any]) -> str:
+    """Return a short digest of the sort and the filters of a list query: a cursor carries
+    it, and is refused under another (a cursor of ``sort=reported_at`` used with
+    ``sort=-reported_at`` answered an empty page, and one of ``status=closed`` paged
+    ``status=reported`` from a place in another list)."""
+    named = {
+        k: (v.isoformat() if isinstance(v, datetime) else v)
+        for k, v in args.items()
+        if k not in _NOT_OF_THE_QUERY and v is not None
+    }
+    named.setdefault("sort", "-reported_at")
+    raw = json.dumps(named, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(raw, digest_size=6).hexdigest()
+
+
+def encode_cursor(value: datetime, case_id: int, tag: str | None = None) -> str:
+    raw = json.dumps([value.isoformat(), case_id, *([tag] if tag else [])]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
+def decode_cursor(cursor: str, tag: str | None = None) -> tuple[datetime, int]:
     """Return the sort value and the id a page ended on, as ``encode_cursor`` wrote them.
     Raises Unprocessable for anything else: a forged id past 64 bits reached the query
     (422 "out of range" naming nothing), "2" or 1.5 were read as ids, a time without a
-    zone as one."""
+    zone as one; and for a cursor of another sort or filters than ``tag`` names (one
+    written before cursors carried it is taken)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        text_value, case_id = json.loads(raw)
+        parts = json.loads(raw)
+        if not isinstance(parts, list):
+            raise ValueError(cursor)
+        text_value, case_id, *written = parts
+        if tag is not None and written and written != [tag]:
+            raise Unprocessable(
+                "The cursor belongs to another list.",
+                errors={
+                    "query": {"cursor": ["from a list of another sort or filters: start again"]}
+                },
+            )
+        if len(written) > 1:
+            raise ValueError(cursor)
         value = datetime.fromisoformat(text_value)
         if (
             type(case_id) is not int
@@ -1459,8 +1492,9 @@ def list_cases(
     """Return a page of visible cases matching the filters, and the cursor of the next page."""
     conditions = case_conditions(caller, args)
     column, descending = SORTS[args.get("sort") or "-reported_at"]
+    tag = query_tag(args)
     if args.get("cursor"):
-        value, last_id = decode_cursor(args["cursor"])
+        value, last_id = decode_cursor(args["cursor"], tag)
         # A row comparison: one index range, however deep the page.
         if descending:
             conditions.append(tuple_(column, Case.id) < tuple_(value, last_id))
@@ -1473,7 +1507,7 @@ def list_cases(
     if len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1]
-        cursor = encode_cursor(getattr(last, column.key), last.id)
+        cursor = encode_cursor(getattr(last, column.key), last.id, tag)
     return rows, cursor
 
 

@@ -242,6 +242,41 @@ def test_a_forged_cursor_is_422_naming_the_cursor(client, world, value):
     assert r.get_json()["errors"] == {"query": {"cursor": ["not a cursor from this API"]}}
 
 
+def test_a_cursor_pages_only_the_list_it_came_from(client, world):
+    """A cursor of sort=reported_at used with sort=-reported_at answered an empty page (the
+    client lost every case), one of status=closed paged status=reported from its place."""
+    for col in range(3):
+        client.post("/api/v1/cases", json=report_body(*center(col)))
+    first = client.get("/api/v1/cases?limit=1&sort=reported_at").get_json()
+    cursor = first["next_cursor"]
+    nxt = client.get(f"/api/v1/cases?limit=1&sort=reported_at&cursor={cursor}")
+    assert nxt.status_code == 200 and nxt.get_json()["items"][0]["id"] != first["items"][0]["id"]
+    for other in ("sort=-reported_at", "sort=reported_at&status=closed", "sort=reported_at&q=x"):
+        r = client.get(f"/api/v1/cases?limit=1&{other}&cursor={cursor}")
+        assert r.status_code == 422, (other, r.get_json())
+        assert list(r.get_json()["errors"]["query"]) == ["cursor"]
+    # the page size is not the list's: another limit goes on from the cursor
+    assert client.get(f"/api/v1/cases?limit=5&sort=reported_at&cursor={cursor}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [
+        ("assignee=999999999999", "assignee"),  # field-less 422 on PostgreSQL; exports broke
+        ("assignee=2147483648", "assignee"),
+        ("bbox=-200,-95,200,95", "bbox"),
+        ("bbox=-200,0,10,10", "bbox"),
+        ("from=2026-11-28T00:00:00Z&to=2026-11-20T00:00:00Z", "to"),
+        ("status=", "status"),  # filtered nothing
+    ],
+)
+def test_list_filters_that_cannot_be_are_422_naming_them(client, world, query, name):
+    for path in ("/api/v1/cases", "/api/v1/exports/cases", "/api/v1/maps/case-counts"):
+        r = client.get(f"{path}?{query}&format=csv" if "exports" in path else f"{path}?{query}")
+        assert r.status_code == 422, (path, r.status_code, r.get_data(as_text=True)[:200])
+        assert name in r.get_json()["errors"]["query"], (path, r.get_json())
+
+
 def _plan(conn, statement: str, parameters) -> str:  # type: ignore[no-untyped-def]
     """Return the plan of a captured statement, as text to search."""
     if conn.dialect.name == "postgresql":
@@ -351,7 +386,7 @@ def test_a_report_names_a_subclass_not_its_class(client, world, session):
 
 def test_text_search_finds_the_text_as_written(client, world):
     """`q` is text to find: % and _ matched every case, and a backslash none."""
-    texts = ["进度100%完成", "a_b下划线", "反斜杠\\测试", "普通描述 ABC"]
+    texts = ["进度100%完成", "a_b下划线", "反斜杠\\测试", "普通描述 ABC", "ÉCOLE ＦＵＬＬ宽"]
     ids = {
         t: client.post("/api/v1/cases", json=report_body(*center(0), description=t)).get_json()[
             "id"
@@ -370,6 +405,9 @@ def test_text_search_finds_the_text_as_written(client, world):
     assert found("\\") == {ids["反斜杠\\测试"]}
     assert found("abc") == {ids["普通描述 ABC"]}  # case-insensitive, as before
     assert found("/") == set()
+    # beyond ASCII too (SQLite's lower() knew ASCII only: even "ÉCOLE" missed itself)
+    for q in ("ÉCOLE", "école", "ＦＵＬＬ", "ｆｕｌｌ宽"):
+        assert found(q) == {ids["ÉCOLE ＦＵＬＬ宽"]}, q
 
 
 def test_client_id_must_be_unique_per_caller_only(client, world, accounts):
