@@ -665,7 +665,7 @@ def _keys(settings: Settings):  # type: ignore[no-untyped-def]
 @main.command("demo-data")
 @click.option("--seed", default=2024, show_default=True)
 def demo_data(seed: int) -> None:
-    """Build a deterministic demo county (~10 townships, ~100 communities, ~1,000 grids)."""
+    """Build a deterministic demo county (10 townships, ~95 communities, ~940 grids)."""
     from .services.demo import DEMO_PASSWORD, load_demo_county, load_demo_users
 
     settings = _settings()

@@ -112,6 +112,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         """Check the settings that can be checked without the database; ValueError names it."""
+        from .outbound import parse_allowlist
         from .services.indicators import parse_weights
 
         if self.proxy_hops < 0:
@@ -120,6 +121,12 @@ class Settings:
             parse_weights(self.indicator_weights)
         except ValueError as exc:
             raise ValueError(f"GRIDAPI_INDICATOR_WEIGHTS: {exc}") from None
+        # Checked here, before gunicorn forks: a bad entry made every web worker fail as it
+        # booted, and gunicorn boot them again and again, listening all the while.
+        try:
+            parse_allowlist(self.webhook_allow_private)
+        except ValueError as exc:
+            raise ValueError(f"GRIDAPI_WEBHOOK_ALLOW_PRIVATE: {exc}") from None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:

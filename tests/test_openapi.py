@@ -46,6 +46,9 @@ def test_spec_is_served_and_docs_need_no_network(client):
     for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
         r = client.get(f"/docs/static/{asset}")
         assert r.status_code == 200 and len(r.data) > 1000, asset
+    # the standalone layout fetches a badge from validator.swagger.io unless told not to
+    init = client.get("/docs/init.js").get_data(as_text=True)
+    assert "validatorUrl: null" in init and "http" not in init
 
 
 def test_the_spec_is_built_once_when_first_asked_for_by_many_at_once(app):

@@ -18,9 +18,11 @@ _PAGE = """<!doctype html>
 <script src="/docs/init.js"></script>
 </body></html>"""
 
+# validatorUrl null: Swagger UI's standalone layout otherwise loads a badge from
+# validator.swagger.io (with the spec's address) wherever the host is not localhost.
 _INIT = """window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui",
   deepLinking: true, presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
-  layout: "StandaloneLayout"});"""
+  layout: "StandaloneLayout", validatorUrl: null});"""
 
 
 @bp.get("/docs")

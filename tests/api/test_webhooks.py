@@ -826,9 +826,25 @@ def test_a_receiver_trickling_its_answer_is_cut_off_at_the_timeouts():
 
 
 @pytest.mark.engines("sqlite")
-def test_a_bad_allow_list_stops_start_up(settings):
-    with pytest.raises(SystemExit, match="GRIDAPI_WEBHOOK_ALLOW_PRIVATE: 'ten.0.0.0/8'"):
-        create_app(replace(settings, webhook_allow_private="127.0.0.1/32, ten.0.0.0/8"))
+def test_a_bad_allow_list_stops_start_up(settings, tmp_path):
+    with pytest.raises(ValueError, match="GRIDAPI_WEBHOOK_ALLOW_PRIVATE: 'ten.0.0.0/8'"):
+        replace(settings, webhook_allow_private="127.0.0.1/32, ten.0.0.0/8")
+    # `gridapi serve` stops before listening (its workers failed as they booted, and gunicorn
+    # booted them again forever)
+    from click.testing import CliRunner
+
+    from gridapi.cli import main
+
+    result = CliRunner().invoke(
+        main,
+        ["serve", "--port", "1"],
+        env={
+            "GRIDAPI_DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}",
+            "GRIDAPI_WEBHOOK_ALLOW_PRIVATE": "notacidr",
+        },
+    )
+    assert result.exit_code == 1
+    assert "GRIDAPI_WEBHOOK_ALLOW_PRIVATE: 'notacidr' is not a network" in result.output
 
 
 @pytest.mark.parametrize(
