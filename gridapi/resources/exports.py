@@ -332,13 +332,15 @@ def _download(kind: str, job_id: int) -> Response:
         region_code=_audit_region(job.filters.get("region")),
     )
     commit()
-    return send_file(
+    response = send_file(
         path,
         mimetype=svc.MEDIA_TYPES[job.format],
         as_attachment=True,
         download_name=f"{kind}-{job.id}.{svc.EXTENSIONS[job.format]}",
         max_age=0,
     )
+    response.headers["Cache-Control"] = "private, no-store"  # as the streamed export's
+    return response
 
 
 _NOUNS = {"cases": "cases", "tasks": "tasks", "visits": "visits", "persons": "residents"}

@@ -11,7 +11,7 @@ from webargs.fields import DelimitedList
 from ..geo.crs import SUPPORTED_CRS
 from ..models.cases import SEVERITIES, SOURCES, STATUSES, SUPERVISION_LEVELS
 from ..services.cases import ACTIONS, SORTS
-from .common import ID32, PointSchema, StrictSchema
+from .common import PointSchema, StrictSchema, user_ref
 from .locate import CRS_FIELD_DOC
 
 
@@ -227,13 +227,6 @@ def _comma_list(choices: tuple[str, ...]) -> fields.Field:
     )
 
 
-def _user_ref(value: str) -> None:
-    """``me``, or a user id a column can hold (a 12-digit one was a field-less 422 on
-    PostgreSQL, a plain miss on SQLite, and broke a streamed export halfway)."""
-    if value.isascii() and value.isdigit() and int(value) > ID32.max:
-        raise ValidationError(f"a user id is at most {ID32.max}")
-
-
 class CaseQueryArgsSchema(StrictSchema):
     status = _comma_list(STATUSES)
     open = fields.Boolean(metadata={"description": "Only open (true) or finished (false)."})
@@ -251,7 +244,7 @@ class CaseQueryArgsSchema(StrictSchema):
     overdue = fields.Boolean()
     supervision = fields.String(validate=validate.OneOf(SUPERVISION_LEVELS))
     assignee = fields.String(
-        validate=[validate.Regexp(r"^(me|[0-9]{1,10})\Z"), _user_ref],
+        validate=[validate.Regexp(r"^(me|[0-9]{1,10})\Z"), user_ref],
         metadata={"description": "A user id, or `me`."},
     )
     unrouted = fields.Boolean()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
+from webargs.fields import DelimitedList
 
 from ..models.exports import EXPORT_JOB_STATUSES
 from ..services.exports import FORMATS, KINDS
@@ -86,22 +87,42 @@ class PersonExportArgsSchema(PersonArgsSchema):
 # --- export jobs ------------------------------------------------------------------------------
 
 
-class CaseJobFiltersSchema(CaseExportArgsSchema):
+class ListOrDelimited(DelimitedList):
+    """A query's comma-separated list, in a job's JSON filters also a JSON array: a bbox
+    could be given to a job in no form ("120.5,…" is text where a number is due; an array is
+    not a delimited list)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, list):
+            return fields.List._deserialize(self, value, attr, data, **kwargs)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class _JobFilters:
+    """The filters of a job: a list's query parameters, as JSON."""
+
+    def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
+        super().on_bind_field(field_name, field_obj)  # type: ignore[misc]
+        if type(field_obj) is DelimitedList:
+            field_obj.__class__ = ListOrDelimited
+
+
+class CaseJobFiltersSchema(_JobFilters, CaseExportArgsSchema):
     class Meta(CaseExportArgsSchema.Meta):
         exclude = (*_PAGING, "format")
 
 
-class TaskJobFiltersSchema(TaskExportArgsSchema):
+class TaskJobFiltersSchema(_JobFilters, TaskExportArgsSchema):
     class Meta(TaskExportArgsSchema.Meta):
         exclude = (*_PAGING, "format")
 
 
-class VisitJobFiltersSchema(VisitExportArgsSchema):
+class VisitJobFiltersSchema(_JobFilters, VisitExportArgsSchema):
     class Meta(VisitExportArgsSchema.Meta):
         exclude = (*_PAGING, "format")
 
 
-class PersonJobFiltersSchema(PersonExportArgsSchema):
+class PersonJobFiltersSchema(_JobFilters, PersonExportArgsSchema):
     # No exact ID or phone number: a job keeps its filters, and those are never stored in
     # plain text (an exact lookup finds one resident: the streamed export serves it).
     class Meta(PersonExportArgsSchema.Meta):

@@ -10,7 +10,7 @@ from ..models.register import HOUSE_USES
 from ..models.tasks import CAMPAIGN_STATUSES, ITEM_SCOPES, TASK_STATUSES
 from ..services.categories import MAX_ATTRIBUTES
 from .categories import AttributeDefinitionSchema, AttributeSchema
-from .common import StrictSchema
+from .common import StrictSchema, user_ref
 from .register import GRID, REGION
 
 TITLE = validate.Length(min=1, max=200)
@@ -224,7 +224,10 @@ class TaskArgsSchema(PageArgs):
     open = fields.Boolean(metadata={"description": "Only open (true) or finished (false) tasks."})
     overdue = fields.Boolean()
     assignee = fields.String(
-        validate=validate.Regexp(r"^(me|[0-9]{1,12})\Z", error="an account id or 'me'"),
+        validate=[
+            validate.Regexp(r"^(me|[0-9]{1,10})\Z", error="an account id or 'me'"),
+            user_ref,
+        ],
     )
 
 

@@ -850,7 +850,10 @@ def run_job(
                     rows,
                     lease,
                 )
-                os.makedirs(options.directory, exist_ok=True)
+                os.makedirs(options.directory, mode=0o700, exist_ok=True)
+                # Readable by the service's user alone, from the first byte (a file of
+                # unmasked residents was left 0644 in a 0755 directory).
+                os.close(os.open(part, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
                 if job.format == "xlsx":
                     write_xlsx(session, plan, part)
                 else:

@@ -425,13 +425,52 @@ def test_a_job_keeps_the_scope_and_masking_of_its_requester(client, residents, a
     listed = worker.get("/api/v1/persons").get_json()["items"]
     assert [(r[0], r[1]) for r in rows[1:]] == [(p["id"], p["name"]) for p in listed]
     assert [p["grid"] for p in listed] == [A1, A1]
-    _, rows = parse_csv(
-        ok(client.get(f"/api/v1/exports/persons/jobs/{full.get_json()['id']}/file"))
-    )
+    unmasked = ok(client.get(f"/api/v1/exports/persons/jobs/{full.get_json()['id']}/file"))
+    _, rows = parse_csv(unmasked)
     assert [row["id_number"] for row in rows] == [make_id(1), make_id(2)]
+    # full ID and phone numbers: cached nowhere, readable by the service's user alone (the
+    # download said no-cache, max-age=0; the file was 0644 in a 0755 directory)
+    assert unmasked.headers["Cache-Control"] == "private, no-store"
+    directory = Path(app.extensions["gridapi"].settings.data_dir) / "exports"
+    assert oct(directory.stat().st_mode & 0o777) == "0o700"
+    assert {oct(f.stat().st_mode & 0o777) for f in directory.iterdir()} == {"0o600"}
     # An exact ID number would be kept in the job's filters: refused, never stored.
     r = client.post("/api/v1/exports/persons/jobs", json={"filters": {"id_number": make_id(1)}})
     assert r.status_code == 422 and "id_number" in r.get_json()["errors"]["json"]["filters"]
+
+
+def test_a_job_takes_a_bbox_and_statuses_as_json_arrays(client, world, app):
+    """A job's bbox could be given in no form: "120.5,…" was text where numbers are due,
+    and an array was not a delimited list."""
+    from .test_cases import report_body
+
+    lon, lat = center(0)
+    assert client.post("/api/v1/cases", json=report_body(lon, lat)).status_code == 201
+    box = [lon - 0.001, lat - 0.001, lon + 0.001, lat + 0.001]
+    filters = {"bbox": box, "status": ["reported", "accepted"]}
+    r = client.post("/api/v1/exports/cases/jobs", json={"filters": filters})
+    assert r.status_code == 202, r.get_json()
+    assert run_jobs(app)["done"] == 1
+    filed = ok(client.get(f"/api/v1/exports/cases/jobs/{r.get_json()['id']}/file"))
+    query = "bbox=" + ",".join(map(str, box)) + "&status=reported,accepted"
+    rows = parse_csv(filed)[1]
+    assert rows and rows == parse_csv(ok(client.get(f"/api/v1/exports/cases?{query}")))[1]
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        # 200, a header row, then a broken download on PostgreSQL (curl exit 18)
+        ("persons", "house_id=-99999999999"),
+        ("persons", "household_id=-99999999999"),
+        ("visits", "person_id=-99999999999"),
+        ("tasks", "assignee=99999999999"),
+    ],
+)
+def test_an_id_filter_no_column_holds_is_422_before_the_download(client, world, path, query):
+    r = client.get(f"/api/v1/exports/{path}?format=csv&{query}")
+    assert r.status_code == 422, (r.status_code, r.get_data(as_text=True)[:200])
+    assert query.split("=")[0] in r.get_json()["errors"]["query"]
 
 
 @pytest.mark.parametrize(
