@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import __version__, phone
+from . import __version__, clock, phone
 from .auth import LocalRateLimiter, PrincipalCache
 from .config import Settings
 from .db import make_engine, make_sessionmaker, spatial_extension_version, sqlite_write_intent
@@ -101,6 +101,7 @@ def create_app(
     or PostGIS stops start-up with a message saying what to install.
     """
     settings = config if isinstance(config, Settings) else Settings.from_env(**(config or {}))
+    clock.use(settings.timezone)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from . import clock
 from .config import Settings
 from .db import SpatialExtensionMissing
 from .scope import Scope
@@ -17,9 +18,11 @@ from .services.audit import Actor, record
 
 def _settings() -> Settings:
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    clock.use(settings.timezone)
+    return settings
 
 
 def _engine(settings: Settings):  # type: ignore[no-untyped-def]

@@ -30,6 +30,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
 
+from .. import clock
 from ..errors import NotFound
 from ..jsonio import dumps_bytes
 from ..models import ApiClient, Grid, User
@@ -398,7 +399,7 @@ def plan_persons(
             )
         ).outerjoin(House, House.id == Person.house_id),
     ).order_by(Person.id)
-    day = today or date.today()
+    day = today or clock.today()
 
     def values(row: Any) -> list[Any]:
         uid = row[1]

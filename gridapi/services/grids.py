@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date
 from typing import Any
 
 import shapely
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
+from .. import clock
 from ..codes import InvalidCode, ancestor_prefix_codes, normalize_code, subtree_prefix
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.shapes import to_db
@@ -68,7 +68,7 @@ def import_grid_version(
             select(Region.code, func.ST_AsBinary(Region.boundary)).where(
                 Region.code.in_(sorted(communities)),
                 Region.level == "village",
-                valid_on(date.today()),
+                valid_on(clock.today()),
             )
         ):
             boundaries[code] = None if wkb is None else shapely.from_wkb(bytes(wkb))
@@ -147,7 +147,7 @@ def _version_region(
         exists = scope.covers_region(region_code) and session.scalar(
             select(func.count())
             .select_from(Region)
-            .where(Region.code == region_code, valid_on(date.today()))
+            .where(Region.code == region_code, valid_on(clock.today()))
         )
         if not exists:
             raise Unprocessable(
@@ -168,7 +168,7 @@ def _version_region(
     candidates = [first, *ancestor_prefix_codes(first)]  # deepest first
     common = [c for c in candidates if all(x.startswith(subtree_prefix(c)) for x in communities)]
     existing = set(
-        session.scalars(select(Region.code).where(Region.code.in_(common), valid_on(date.today())))
+        session.scalars(select(Region.code).where(Region.code.in_(common), valid_on(clock.today())))
     )
     for code in common:
         if code in existing and scope.covers_region(code):

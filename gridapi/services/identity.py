@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from .. import clock
 from ..codes import subtree_prefix
 from ..errors import Conflict, NotFound, Unprocessable
 from ..models import ApiClient, Department, Grid, GridAssignment, RefreshToken, Role, User
@@ -89,7 +90,7 @@ def assignment_holds_on(day: date):  # type: ignore[no-untyped-def]
 
 def current_grids(session: Session, user_id: int, on: date | None = None) -> list[str]:
     """Return the codes of the grids a user is assigned to on ``on`` (default today)."""
-    day = on or date.today()
+    day = on or clock.today()
     return list(
         session.scalars(
             select(GridAssignment.grid_code).where(
@@ -440,7 +441,7 @@ def create_user(
                 grid_code=grid.code,
                 county_code=grid.county_code,
                 is_primary=grid.code == (primary_grid or grid_rows[0].code),
-                valid_from=date.today(),
+                valid_from=clock.today(),
             )
         )
     session.flush()
@@ -462,7 +463,7 @@ def users_query(scope: Scope, *, to_change: bool = False):  # type: ignore[no-un
     else:  # a grid code starts with its community's code: the regions' prefixes hold
         grids = scope.grid_condition(GridAssignment.grid_code, GridAssignment.grid_code)
     if grids is not None:
-        on_roster = select(GridAssignment.user_id).where(grids, assignment_holds_on(date.today()))
+        on_roster = select(GridAssignment.user_id).where(grids, assignment_holds_on(clock.today()))
         condition = or_(condition, User.id.in_(on_roster))
     return select(User).where(condition)
 
@@ -592,7 +593,7 @@ def assign_grid(
         raise Unprocessable(
             "Unknown grid.", errors={"json": {"grid": [f"no grid {grid_code} in your scope"]}}
         )
-    start = valid_from or date.today()
+    start = valid_from or clock.today()
     open_rows = session.scalars(
         select(GridAssignment).where(
             GridAssignment.user_id == user.id,
@@ -646,7 +647,7 @@ def end_assignment(
     ).first()
     if row is None:
         raise _not_found("assignment")
-    end = valid_to or date.today()
+    end = valid_to or clock.today()
     if end < row.valid_from:
         raise Unprocessable(
             "The end is before the start.",
@@ -664,7 +665,7 @@ def roster(
     """Return who was responsible for a grid on a day (default today)."""
     if _grid_in_service(session, grid_code, scope) is None:
         raise _not_found("grid")
-    day = on or date.today()
+    day = on or clock.today()
     return list(
         session.execute(
             select(GridAssignment, User)

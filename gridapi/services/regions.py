@@ -13,6 +13,7 @@ import shapely
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from .. import clock
 from ..codes import (
     LEVEL_DEPTH,
     InvalidCode,
@@ -49,7 +50,7 @@ def get_region(session: Session, code: str, on: date | None = None, *, scope: Sc
         select(Region)
         .where(
             Region.code == code,
-            valid_on(on or date.today()),
+            valid_on(on or clock.today()),
             scope.region_condition(Region.code, with_ancestors=True),
         )
         .order_by(Region.valid_from.desc().nulls_last())
@@ -74,7 +75,7 @@ def list_regions(
 ) -> list[Region]:
     """Return regions valid on ``on`` that ``scope`` sees, by code, after the cursor."""
     stmt = select(Region).where(
-        valid_on(on or date.today()), scope.region_condition(Region.code, with_ancestors=True)
+        valid_on(on or clock.today()), scope.region_condition(Region.code, with_ancestors=True)
     )
     if level:
         stmt = stmt.where(Region.level == level)
@@ -105,7 +106,7 @@ def children(session: Session, code: str, on: date | None = None, *, scope: Scop
             select(Region)
             .where(
                 Region.parent_code == code,
-                valid_on(on or date.today()),
+                valid_on(on or clock.today()),
                 scope.region_condition(Region.code, with_ancestors=True),
             )
             .order_by(Region.code)
@@ -115,7 +116,7 @@ def children(session: Session, code: str, on: date | None = None, *, scope: Scop
 
 def ancestors(session: Session, code: str, on: date | None = None, *, scope: Scope) -> list[Region]:
     """Return the ancestors of ``code``, parent first, up to the province. Raises NotFound."""
-    day = on or date.today()
+    day = on or clock.today()
     region = get_region(session, code, day, scope=scope)
     chain: list[Region] = []
     while region.parent_code:
@@ -138,7 +139,7 @@ def subtree(
     scope: Scope,
 ) -> list[Region]:
     """Return the region ``code`` and everything under it that ``scope`` sees, by code."""
-    day = on or date.today()
+    day = on or clock.today()
     get_region(session, code, day, scope=scope)
     stmt = select(Region).where(
         Region.code.startswith(subtree_prefix(code)),
@@ -160,7 +161,7 @@ def current_codes(session: Session, codes: set[str]) -> set[str]:
         found.update(
             session.scalars(
                 select(Region.code).where(
-                    Region.code.in_(items[i : i + 500]), valid_on(date.today())
+                    Region.code.in_(items[i : i + 500]), valid_on(clock.today())
                 )
             )
         )
@@ -372,7 +373,7 @@ def _keep_grids_placed(session: Session, code: str, field: str) -> None:
     whose community had ended was still routed, its region chain starting above it. The
     grids are retired or moved first (a grid version without them); a future end stays
     possible (a merger planned with its new grid version)."""
-    if session.scalar(select(Region.id).where(Region.code == code, valid_on(date.today()))):
+    if session.scalar(select(Region.id).where(Region.code == code, valid_on(clock.today()))):
         return
     placed = session.scalars(
         select(Grid.code)
@@ -593,7 +594,7 @@ def _current_rows(session: Session, codes: set[str]) -> list[Region]:
     for i in range(0, len(items), 500):
         out.extend(
             session.scalars(
-                select(Region).where(Region.code.in_(items[i : i + 500]), valid_on(date.today()))
+                select(Region).where(Region.code.in_(items[i : i + 500]), valid_on(clock.today()))
             )
         )
     return out

@@ -19,6 +19,7 @@ from geoalchemy2 import WKTElement
 from sqlalchemy import delete, inspect, or_, select, update
 from sqlalchemy.orm import Session
 
+from .. import clock
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.crs import to_wgs84
 from ..models import AuditEntry, Grid, IdempotencyKey
@@ -757,7 +758,7 @@ def person_view(person: Person, keys: Keys, today: date | None = None) -> dict[s
         "id_number": mask_id_number(id_number) if id_number else None,
         "phone": mask_phone(phone) if phone else None,
         "gender": person.gender,
-        "age": age_on(person.birth_date, today or date.today()) if person.birth_date else None,
+        "age": age_on(person.birth_date, today or clock.today()) if person.birth_date else None,
         "ethnicity": person.ethnicity,
         "population_type": person.population_type,
         "current_address": person.current_address,

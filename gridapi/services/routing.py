@@ -29,6 +29,7 @@ from shapely.strtree import STRtree
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
+from .. import clock
 from ..codes import LEVEL_DEPTH, ancestor_prefix_codes
 from ..db import sqlite_write_intent
 from ..geo.geodesy import distance_m, metres_to_degrees
@@ -371,7 +372,6 @@ def current_generation(engine: Engine) -> int:
 
 def build_snapshot(engine: Engine, generation: int, snap_meters: float) -> IndexSnapshot:
     """Load the grids in service and the current regions and index them."""
-    from datetime import date
 
     with engine.connect() as conn:
         rows = conn.execute(
@@ -394,7 +394,7 @@ def build_snapshot(engine: Engine, generation: int, snap_meters: float) -> Index
                 Region.level,
                 Region.parent_code,
                 func.ST_AsBinary(Region.boundary),
-            ).where(valid_on(date.today()))
+            ).where(valid_on(clock.today()))
         ).all()
     regions: dict[str, dict[str, Any]] = {}
     shapes: list[tuple[str, Any]] = []

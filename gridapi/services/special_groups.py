@@ -8,12 +8,12 @@ the audit log hides their rows). The resource audits every record it returns.
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .. import clock
 from ..errors import Conflict, NotFound, Unprocessable
 from ..models import Role, User
 from ..models.register import Person, SpecialGroupRecord, new_uid
@@ -82,7 +82,7 @@ def create_record(
         attention_level=data.get("attention_level", "medium"),
         helper_id=data.get("helper_id"),
         status=data.get("status", "active"),
-        started_on=data.get("started_on") or date.today(),
+        started_on=data.get("started_on") or clock.today(),
         ended_on=data.get("ended_on"),
         created_by=actor,
     )

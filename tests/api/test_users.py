@@ -36,9 +36,12 @@ NEW_PASSWORD = "Brand-New-Pa55!"
 
 
 def today() -> date:
-    """The day the server takes as today, read when a test needs it: a module-level date
-    made the roster tests fail when the suite ran across midnight."""
-    return date.today()
+    """The day the server takes as today (the county's, GRIDAPI_TIMEZONE), read when a test
+    needs it: a module-level date made the roster tests fail when the suite ran across
+    midnight."""
+    from gridapi import clock
+
+    return clock.today()
 
 
 def days_ago(n: int) -> str:
@@ -581,3 +584,38 @@ def test_roles_are_listed_with_their_permissions(office: Any, accounts: Any) -> 
     assert ranks == sorted(ranks) and items[-1]["name"] == "admin"
     worker = accounts.client("wang", "grid_worker", grids=[A1])
     assert worker.get("/api/v1/roles").status_code == 403
+
+
+@pytest.fixture
+def server_clock_a_day_behind(monkeypatch: Any) -> Any:
+    """The process's clock in UTC-12 and the county in UTC+14: their dates always differ
+    (by one day or two), as a UTC server's and Shanghai's do every day from 16:00 UTC."""
+    import time
+
+    from gridapi import clock
+
+    monkeypatch.setenv("TZ", "Etc/GMT+12")
+    time.tzset()
+    monkeypatch.setattr(clock, "_zone", __import__("zoneinfo").ZoneInfo("Pacific/Kiritimati"))
+    assert clock.today() > date.today()
+    yield clock
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_roster_from_the_county_s_today_holds_whatever_the_server_s_date(
+    office: Any, accounts: Any, server_clock_a_day_behind: Any
+) -> None:
+    """Scope and /me/tasks read the roster for the server process's date, campaigns for the
+    county's: a worker put on a grid from the county's today saw none of its tasks."""
+    accounts.create("tz_worker", "grid_worker", grids=[A1])
+    county_today = server_clock_a_day_behind.today().isoformat()
+    r = office.post(
+        f"/api/v1/users/{accounts.ids['tz_worker']}/assignments",
+        json={"grid": A2, "valid_from": county_today},
+    )
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["valid_from"] == county_today
+    r = accounts.client("tz_worker").get("/api/v1/me")  # signed in again: the roster changed
+    assert r.status_code == 200, r.get_json()
+    assert set(r.get_json()["scope"]["grids"]) == {A1, A2}, r.get_json()["scope"]
