@@ -37,6 +37,11 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
+#: The largest supervision threshold, in working hours (ten working years): a level one
+#: wants off is set this high.
+MAX_SUPERVISION_HOURS = 20_000.0
+
+
 @dataclass
 class Settings:
     """Every setting the application reads; each maps to GRIDAPI_<NAME>."""
@@ -114,6 +119,7 @@ class Settings:
         """Check the settings that can be checked without the database; ValueError names it."""
         from .outbound import parse_allowlist
         from .services.indicators import parse_weights
+        from .workcalendar import parse_periods
 
         if self.proxy_hops < 0:
             raise ValueError(f"GRIDAPI_PROXY_HOPS={self.proxy_hops}: 0 or more proxies")
@@ -121,6 +127,17 @@ class Settings:
             parse_weights(self.indicator_weights)
         except ValueError as exc:
             raise ValueError(f"GRIDAPI_INDICATOR_WEIGHTS: {exc}") from None
+        try:
+            parse_periods(self.working_hours)
+        except ValueError as exc:  # every report answered 500; the worker died
+            raise ValueError(f"GRIDAPI_WORKING_HOURS: {exc}") from None
+        for name in ("supervision_yellow_hours", "supervision_red_hours"):
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_SUPERVISION_HOURS:  # inf, nan, 1e9: the job overflowed
+                raise ValueError(
+                    f"GRIDAPI_{name.upper()}={value}: 0 to {MAX_SUPERVISION_HOURS:g} working "
+                    "hours"
+                )
         # Checked here, before gunicorn forks: a bad entry made every web worker fail as it
         # booted, and gunicorn boot them again and again, listening all the while.
         try:

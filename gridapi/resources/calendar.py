@@ -8,7 +8,7 @@ from flask.views import MethodView
 
 from ..auditing import audit
 from ..auth import AUTHENTICATED
-from ..errors import NotFound
+from ..errors import NotFound, Unprocessable
 from ..extensions import commit, db_session, state
 from ..schemas.calendar import (
     CalendarDaySchema,
@@ -34,6 +34,20 @@ def _day(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise NotFound("The day is not in the calendar.") from None
+
+
+def _day_to_set(text: str) -> date:
+    """The day a PUT names: a real date in the years the calendar holds, else 422 naming it
+    (2026-02-30 was a 404 naming nothing; 9999-12-31 was stored, and no year's read showed
+    it)."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        day = None
+    if day is None or not svc.FIRST_YEAR <= day.year <= svc.LAST_YEAR:
+        reason = f"a date (YYYY-MM-DD) of the years {svc.FIRST_YEAR}-{svc.LAST_YEAR}"
+        raise Unprocessable("Invalid day.", errors={"path": {"day": [reason]}})
+    return day
 
 
 @blp.route("")
@@ -86,12 +100,13 @@ class CalendarDay(MethodView):
 
         Creates or replaces the exception for the day given in the path (`YYYY-MM-DD`): `kind` is
         `holiday` or `workday` (only a Saturday or Sunday can be a workday in exchange; a weekday is
-        a 422), with an optional `name` such as 春节. Setting the same values again changes nothing.
+        a 422), with an optional `name` such as 春节; a day that is no date, or not of the years
+        2000-2100, is a 422 naming `day`. Setting the same values again changes nothing.
         Deadlines computed after the change use it: at once in the process that made it, within
         GRIDAPI_CALENDAR_CACHE_SECONDS (10 s) in the others. Needs `calendar:write`; writes an audit
         row `calendar.set`.
         """
-        row = svc.set_day(db_session(), _day(day), data["kind"], data["name"])
+        row = svc.set_day(db_session(), _day_to_set(day), data["kind"], data["name"])
         audit("calendar.set", "calendar", day, summary=data)
         commit()
         state().forget_calendar()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
+from ..services.calendar import FIRST_YEAR, LAST_YEAR
 from .common import StrictSchema
 
 
@@ -27,7 +28,7 @@ class CalendarSchema(StrictSchema):
 
 
 class CalendarQueryArgsSchema(StrictSchema):
-    year = fields.Integer(validate=validate.Range(min=2000, max=2100))
+    year = fields.Integer(validate=validate.Range(min=FIRST_YEAR, max=LAST_YEAR))
 
 
 class CalendarDayUpdateSchema(StrictSchema):

@@ -606,7 +606,7 @@ def run_jobs(
                 result.counts.update(counts)
             else:
                 _run_batches(sessions, batch_jobs[name], now, batch_size, result, stop)
-        except SQLAlchemyError:
+        except Exception:  # the database went away, or a job's own bug: the others still run
             log.exception("%s job failed; the next run tries again", name)
             result.errors += 1
         results.append(result)

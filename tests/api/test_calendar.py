@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
+import pytest
 from click.testing import CliRunner
+from sqlalchemy import text
 
 from gridapi.cli import main
 from gridapi.services.calendar import working_calendar
@@ -118,3 +121,36 @@ def test_import_takes_exactly_the_years_the_calendar_lists(client):
         )
         assert r.status_code == 200, r.get_json()
         assert _dates(client, int(key)) == [day]
+
+
+def test_a_day_that_cannot_be_set_is_422_naming_it(client, engine):
+    """2026-02-30 answered 404 naming nothing; 9999-12-31 and 1999-12-04 were stored, and
+    no read by year could show them."""
+    for day in ("2026-02-30", "2026-13-01", "9999-12-31", "1999-12-04", "0001-01-01"):
+        r = client.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"})
+        assert r.status_code == 422, (day, r.get_json())
+        assert r.get_json()["errors"] == {
+            "path": {"day": ["a date (YYYY-MM-DD) of the years 2000-2100"]}
+        }, day
+    with engine.connect() as conn:
+        years = conn.execute(text("SELECT day FROM calendar_days")).scalars().all()
+    assert all((d if isinstance(d, date) else date.fromisoformat(d)).year >= 2000 for d in years)
+    assert client.put("/api/v1/calendar/2100-12-31", json={"kind": "holiday"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("working_hours", "17:30-08:30", "GRIDAPI_WORKING_HOURS: working period 17:30-08:30"),
+        ("supervision_red_hours", float("inf"), "GRIDAPI_SUPERVISION_RED_HOURS=inf"),
+        ("supervision_yellow_hours", float("nan"), "GRIDAPI_SUPERVISION_YELLOW_HOURS=nan"),
+        ("supervision_yellow_hours", 1e9, "GRIDAPI_SUPERVISION_YELLOW_HOURS=1000000000.0"),
+    ],
+)
+def test_working_hours_and_thresholds_that_cannot_be_stop_start_up(settings, name, value, message):
+    """A period ending before it starts made every report a 500 and the worker die; an
+    infinite threshold made the supervision job overflow and the run stop."""
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        replace(settings, **{name: value})

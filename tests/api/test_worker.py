@@ -569,3 +569,18 @@ def test_a_rework_overdue_again_is_overdue_against_the_handling_deadline(client,
     before = snapshot(app)
     run(app, datetime.now(UTC))
     assert snapshot(app) == before  # nothing left for the worker
+
+
+def test_a_job_that_fails_for_any_reason_leaves_the_others_to_run(app, monkeypatch):
+    """Only database errors were caught: an OverflowError in the supervision job (an
+    infinite threshold) ended the run, and the idempotency, task, track, sync and file jobs
+    never ran."""
+
+    def broken(*args: Any, **kwargs: Any) -> int:
+        raise OverflowError("date value out of range")
+
+    monkeypatch.setattr(jobs, "flag_overdue_tasks", broken)
+    st = app.extensions["gridapi"]
+    results = jobs.run_jobs(st.sessions, jobs.utcnow(), jobs.JobOptions.from_settings(st.settings))
+    assert [r.name for r in results] == list(jobs.JOB_NAMES)
+    assert {r.name: r.errors for r in results if r.errors} == {"tasks": 1}
