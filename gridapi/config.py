@@ -135,8 +135,7 @@ class Settings:
             value = getattr(self, name)
             if not 0 <= value <= MAX_SUPERVISION_HOURS:  # inf, nan, 1e9: the job overflowed
                 raise ValueError(
-                    f"GRIDAPI_{name.upper()}={value}: 0 to {MAX_SUPERVISION_HOURS:g} working "
-                    "hours"
+                    f"GRIDAPI_{name.upper()}={value}: 0 to {MAX_SUPERVISION_HOURS:g} working hours"
                 )
         # Checked here, before gunicorn forks: a bad entry made every web worker fail as it
         # booted, and gunicorn boot them again and again, listening all the while.

@@ -13,3 +13,6 @@ import re
 PLAIN_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 #: A sign and ASCII digits.
 PLAIN_WHOLE = re.compile(r"[+-]?[0-9]+")
+#: The largest whole number every JSON reader holds exactly (JavaScript's
+#: Number.MAX_SAFE_INTEGER): a number attribute beyond it was a 500 past 64 bits.
+MAX_EXACT = 2**53 - 1

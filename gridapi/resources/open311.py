@@ -291,6 +291,12 @@ def _form_items() -> list[tuple[str, list[str]]]:
 def requests_create(fmt: str) -> Response:
     """Create a service request: the same report as POST /api/v1/cases (routing, numbering,
     deadlines, duplicates, idempotency, audit), from a form-encoded Open311 post."""
+    if request.mimetype not in svc.FORM_TYPES:
+        # A JSON body was answered "service_code is required" (or "api_key is required").
+        raise svc.NotAForm(
+            f"The body is {request.mimetype}: post the request form-encoded "
+            "(application/x-www-form-urlencoded or multipart/form-data), as GeoReport v2 does."
+        )
     principal = _caller(required=True)
     assert principal is not None
     if not principal.can("cases:write"):
@@ -357,17 +363,37 @@ def requests_create(fmt: str) -> Response:
 @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def unknown(rest: str) -> Response:
     """Anything else under /open311/v2/: 404, or 405 for a known path and another method."""
-    adapter = current_app.url_map.bind("localhost")
-    allowed = []
-    for method in ("GET", "POST"):
-        if method == request.method:
-            continue
-        try:
-            endpoint, _ = adapter.match(request.path, method=method)
-        except HTTPException:
-            continue
-        if endpoint != "open311.unknown":
-            allowed.append(method)
+    allowed = [m for m in _methods_of(request.path) if m != request.method]
     if allowed:  # a 405 names what is allowed (Allow, RFC 9110)
         raise MethodNotAllowed(valid_methods=[*allowed, *(["HEAD"] if "GET" in allowed else [])])
     raise NotFound(f"{request.path} is not an Open311 GeoReport v2 resource")
+
+
+def _methods_of(path: str) -> list[str]:
+    """Return the methods (GET, POST) an Open311 resource answers at ``path`` (none for a
+    path that is not one)."""
+    adapter = current_app.url_map.bind("localhost")
+    found = []
+    for method in ("GET", "POST"):
+        try:
+            endpoint, _ = adapter.match(path, method=method)
+        except HTTPException:
+            continue
+        if endpoint != "open311.unknown":
+            found.append(method)
+    return found
+
+
+@bp.before_request
+def _options() -> Response | None:
+    """Answer OPTIONS with the methods the resource answers: Flask's own listed the
+    catch-all's too (PUT, PATCH, DELETE, which then answered 405)."""
+    if request.method != "OPTIONS":
+        return None
+    methods = _methods_of(request.path)
+    if not methods:
+        raise NotFound(f"{request.path} is not an Open311 GeoReport v2 resource")
+    response = current_app.response_class(status=200)
+    response.headers["Allow"] = ", ".join([*methods, *(["HEAD"] if "GET" in methods else [])])
+    response.headers["Allow"] += ", OPTIONS"
+    return response

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from ..errors import Conflict, NotFound, Unprocessable
 from ..models import Category
 from ..models.categories import ATTRIBUTE_TYPES
+from ..numbers import MAX_EXACT
 
 # fullmatch, not ``$``: ``$`` also matches before a final newline ("community\n").
 _HANDLER_RE = re.compile(r"community|township|county|department:[A-Za-z0-9_.\-]{2,32}")
@@ -171,6 +172,9 @@ def _check_value(attr: dict[str, Any], value: Any) -> tuple[str | None, Any]:
             return "must be a number", None
         if value != value or value in (float("inf"), float("-inf")):
             return "must be a finite number", None
+        if isinstance(value, int) and abs(value) > MAX_EXACT:
+            # past 64 bits a 500 on PostgreSQL, and a case SQLite stored but could not show
+            return f"a whole number of at most {MAX_EXACT} in magnitude", None
         return None, value
     if kind == "date":
         try:

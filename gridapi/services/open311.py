@@ -21,7 +21,7 @@ from ..errors import DomainError
 from ..geo.crs import SUPPORTED_CRS
 from ..models import Case, Category, Department
 from ..models.cases import TERMINAL
-from ..numbers import PLAIN_DECIMAL, PLAIN_WHOLE
+from ..numbers import MAX_EXACT, PLAIN_DECIMAL, PLAIN_WHOLE
 from ..personal import InvalidValue, mask_phone, parse_phone
 from ..schemas.common import instant_problem
 from .cases import STATUS_NAMES, SUBCLASS_SQL, Caller, region_names, visible_condition
@@ -48,6 +48,13 @@ _CJK = re.compile(r"[\u3400-\u9fff]")
 # A case id is ASCII digits: str.isdigit() also takes "²", which int() refuses, and "١",
 # which int() reads as 1.
 _DIGITS = re.compile(r"[0-9]+")
+#: W3C-DTF (www.w3.org/TR/NOTE-datetime): YYYY, YYYY-MM, YYYY-MM-DD, then hh:mm, :ss, .s and
+#: a zone (gridapi reads a time without one in its own zone).
+_W3C = re.compile(
+    r"[0-9]{4}(-[0-9]{2}(-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
+)
+ID_MAX = 2**31 - 1  # a case id's column
 NUL_MESSAGE = "Must not contain NUL characters (U+0000)."
 
 
@@ -59,6 +66,16 @@ class BadRequest(DomainError):
 
 class ServiceNotFound(DomainError):
     status = 404
+
+
+class NotAForm(DomainError):
+    """A body Open311 does not read: requests are posted form-encoded (GeoReport v2)."""
+
+    status = 415
+
+
+#: The bodies a POST of a service request may have (none at all, with the query, too).
+FORM_TYPES = frozenset({"", "application/x-www-form-urlencoded", "multipart/form-data"})
 
 
 # --- services -----------------------------------------------------------------------------
@@ -180,7 +197,9 @@ def _attribute_value(attr: dict[str, Any] | None, values: list[str]) -> Any:
         number = _decimal(value)
         if number is None:
             return value  # check_attributes names it: "must be a number"
-        return int(number) if number.is_integer() else number
+        if PLAIN_WHOLE.fullmatch(value):
+            return int(value)  # exact (through a float 2**63 - 1 became 2**63)
+        return int(number) if number.is_integer() and abs(number) <= MAX_EXACT else number
     if kind == "date" and len(value) > 10 and value[10] in "T ":
         return value[:10]  # an Open311 datetime: the date part is what the schema holds
     return value
@@ -320,12 +339,18 @@ def parse_datetime(name: str, value: str | None, tz: tzinfo) -> datetime | None:
     """Return a W3C datetime (a date alone, or one without an offset, is in ``tz``)."""
     if not value:
         return None
+    text = value.strip().replace(" ", "+", 1) if "T" in value else value.strip()
+    wrong = BadRequest(f"{name} must be a W3C datetime, e.g. 2026-11-28T09:30:00+08:00")
+    # W3C-DTF's forms only (Python reads ISO 8601's others too: 2026-W48, 20261130,
+    # 2026-11-28T09), and the year and the month alone, which it refused.
+    if not _W3C.fullmatch(text):
+        raise wrong
+    if len(text) in (4, 7):
+        text = f"{text}-01-01"[:10]
     try:
-        parsed = datetime.fromisoformat(
-            value.strip().replace(" ", "+", 1) if "T" in value else value.strip()
-        )
+        parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise BadRequest(f"{name} must be a W3C datetime, e.g. 2026-11-28T09:30:00+08:00") from None
+        raise wrong from None
     parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
     if problem := instant_problem(parsed):
         raise BadRequest(f"{name}: {problem}")
@@ -392,7 +417,11 @@ def _id_condition(ids: Sequence[str]) -> ColumnElement[bool]:
     """
     usable = [i for i in ids if "\x00" not in i]
     numbers = [i for i in usable if not _DIGITS.fullmatch(i)]
-    case_ids = [int(i) for i in usable if _DIGITS.fullmatch(i) and len(i) < 16]
+    # Only ids a case can have: past 32 bits PostgreSQL refused the whole query (400, and
+    # the other ids of the list went unanswered) where a missing id matches nothing.
+    case_ids = [
+        n for i in usable if _DIGITS.fullmatch(i) and len(i) < 16 if (n := int(i)) <= ID_MAX
+    ]
     return or_(Case.number.in_(numbers), Case.id.in_(case_ids))
 
 

@@ -229,7 +229,9 @@ def test_an_id_past_32_bits_is_422_naming_it_on_both_engines(
     r = getattr(client, method)(url, json=body) if body else getattr(client, method)(url)
     assert r.status_code == 422, r.get_json()
     where = "json" if body else "query"
-    assert r.get_json()["errors"][where][field] == ["Must be less than or equal to 2147483647."]
+    assert r.get_json()["errors"][where][field] == [
+        "Must be greater than or equal to -2147483648 and less than or equal to 2147483647."
+    ]
     if not body:
         assert getattr(client, method)(url.replace("2147483648", "2147483647")).status_code == 200
 

@@ -3,6 +3,7 @@ the native report path, reading requests back (keyed and public), tokens, errors
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -398,6 +399,20 @@ def test_number_attributes_must_be_plain_ascii_numbers(client, anon_client, key,
     assert r.status_code == 201, r.get_data(as_text=True)
     case_id = r.get_json()[0]["service_request_id"]
     assert client.get(f"/api/v1/cases/{case_id}").get_json()["attributes"] == {"floors": 12}
+    # whole numbers past what JSON holds exactly: 500 on PostgreSQL past 64 bits, a case on
+    # SQLite its own GET could not show; 2**63 - 1 went through a float and became 2**63
+    for big in ("99999999999999999999999", "9223372036854775807", "-9007199254740992"):
+        message = one_error(post(anon_client, key, {**values, "attribute[floors]": big}), 400)
+        assert "floors" in message and "9007199254740991" in message, big
+    r = post(anon_client, key, {**values, "attribute[floors]": "1e20"})  # a number, not whole
+    case_id = r.get_json()[0]["service_request_id"]
+    assert client.get(f"/api/v1/cases/{case_id}").get_json()["attributes"] == {"floors": 1e20}
+    body = {**report_body(*center(0), category="5309"), "attributes": {"floors": 2**64}}
+    native = client.post("/api/v1/cases", data=json.dumps(body), content_type="application/json")
+    # natively, the JSON reader takes a whole number past 64 bits as a float: stored, shown
+    assert native.status_code == 201, native.get_json()
+    shown = client.get(f"/api/v1/cases/{native.get_json()['id']}")
+    assert shown.status_code == 200 and shown.get_json()["attributes"] == {"floors": 2.0**64}
 
 
 def test_gcj02_points_are_converted_before_routing(anon_client, key, client, session):
@@ -524,6 +539,10 @@ def test_only_ascii_digits_are_a_request_id(anon_client, key):
         one_error(anon_client.get(f"{BASE}/tokens/{quoted}.json?api_key={key}"), 404)
         assert _numbers(anon_client.get(f"{url}&service_request_id={quoted}")) == []
     assert _numbers(anon_client.get(f"{url}&service_request_id={number},%C2%B2")) == [number]
+    # past a case id's 32 bits: 400 on PostgreSQL (and the list's other ids unanswered)
+    one_error(anon_client.get(f"{BASE}/requests/2147483648.json?api_key={key}"), 404)
+    one_error(anon_client.get(f"{BASE}/tokens/2147483648.json?api_key={key}"), 404)
+    assert _numbers(anon_client.get(f"{url}&service_request_id={number},2147483648")) == [number]
 
 
 def test_nul_in_a_request_id_matches_nothing(anon_client, key):
@@ -639,6 +658,36 @@ def test_unknown_paths_and_methods_answer_in_open311_shape(anon_client):
     # a 405 says what is allowed (RFC 9110); the Open311 answer dropped the header
     allowed = anon_client.delete(f"{BASE}/requests.json").headers.get("Allow", "")
     assert {"GET", "POST"} <= {m.strip() for m in allowed.split(",")}
+    # OPTIONS names what is answered (it listed PUT, PATCH and DELETE, which are 405)
+    options = anon_client.options(f"{BASE}/requests.json")
+    assert options.status_code == 200
+    assert {m.strip() for m in options.headers["Allow"].split(",")} == {
+        "GET",
+        "HEAD",
+        "POST",
+        "OPTIONS",
+    }
+    assert {
+        m.strip() for m in anon_client.options(f"{BASE}/services.json").headers["Allow"].split(",")
+    } == {"GET", "HEAD", "OPTIONS"}
+    one_error(anon_client.options(f"{BASE}/nothing.json"), 404)
+
+
+def test_a_json_post_is_told_to_send_a_form(anon_client, key, session):
+    """A JSON body was answered "service_code is required" (or "api_key is required")."""
+    r = anon_client.post(f"{BASE}/requests.json?api_key={key}", json=form(*center(0)))
+    message = one_error(r, 415)
+    assert "form-encoded" in message
+    assert scalar(session, "SELECT count(*) FROM cases") == 0
+
+
+def test_dates_are_w3c_datetimes_and_nothing_else(anon_client, key):
+    """2026-W48, 20261130 and 2026-11-28T09 were taken; 2026-11 and 2026 refused."""
+    url = f"{BASE}/requests.json?api_key={key}&start_date="
+    for good in ("2026", "2026-11", "2026-11-28", "2026-11-28T09:30%2B08:00"):
+        assert anon_client.get(url + good).status_code == 200, good
+    for bad in ("2026-W48", "20261130", "2026-11-28T09", "2026-13"):
+        assert "W3C" in one_error(anon_client.get(url + bad), 400), bad
 
 
 def test_snap_is_stable_within_a_cell():
