@@ -71,3 +71,24 @@ def count_lookup(limit: str, caller: str, kind: str = "lookup", cost: int = 1) -
             max(1, int(reset - time.time())),
             f"Too many lookups of ID or phone numbers ({limit}); retry later.",
         )
+
+
+def password_guesses(limit: str, user_id: int, *, failed: bool) -> None:
+    """Check (``failed`` false) or count (true) the wrong current passwords sent by an
+    account's own session, against the sign-in failures' allowance of that account (the
+    same key and scope as the sign-in's limit): 429 when it is spent. A stolen access token
+    could otherwise guess the password at ``POST /auth/password`` without limit."""
+    import time
+
+    from limits import parse
+
+    item = parse(limit)
+    strategy = limiter_strategy()
+    identifiers = (f"account:user:{user_id}", "login-account")
+    allowed = strategy.hit(item, *identifiers) if failed else strategy.test(item, *identifiers)
+    if not allowed:
+        reset, _ = strategy.get_window_stats(item, *identifiers)
+        raise TooManyRequests(
+            max(1, int(reset - time.time())),
+            f"Too many wrong passwords for this account ({limit}); retry later.",
+        )

@@ -8,8 +8,9 @@ from flask_limiter.util import get_remote_address
 
 from ..auditing import audit
 from ..auth import AUTHENTICATED, Forbidden, Unauthorized, current_principal
+from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
-from ..limits import limiter, login_username_key
+from ..limits import limiter, login_username_key, password_guesses
 from ..schemas.identity import (
     LoginSchema,
     MeSchema,
@@ -165,18 +166,27 @@ class AuthPassword(MethodView):
     def post(self, data):
         """Change your own password
 
-        Every token issued before stops working: sign in again with the new password.
+        Every token issued before stops working: sign in again with the new password. A wrong
+        `current_password` counts as a failed sign-in of the account (GRIDAPI_LOGIN_RATE_ACCOUNT):
+        past the allowance, 429.
         """
         principal = current_principal()
         if principal.kind != "user":
             raise Forbidden("API keys have no password.")
-        svc.change_password(
-            db_session(),
-            principal.id,
-            data["current_password"],
-            data["new_password"],
-            phone_key=state().phone_key,
-        )
+        limit = state().settings.login_rate_account
+        password_guesses(limit, principal.id, failed=False)  # spent: 429 before any check
+        try:
+            svc.change_password(
+                db_session(),
+                principal.id,
+                data["current_password"],
+                data["new_password"],
+                phone_key=state().phone_key,
+            )
+        except Unprocessable as exc:
+            if "current_password" in (exc.errors or {}).get("json", {}):
+                password_guesses(limit, principal.id, failed=True)
+            raise
         audit("user.password_change", "user", principal.id, region_code=principal.region_code)
         commit()
         state().principals.clear()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 from flask.views import MethodView
 
+from .. import clock
 from ..auditing import audit
-from ..auth import current_principal
+from ..auth import Forbidden, current_principal
 from ..extensions import commit, db_session, state
 from ..models import Role
 from ..schemas.identity import (
@@ -167,6 +166,12 @@ class UserPassword(MethodView):
         `user.password_reset` is written (without the password).
         """
         p = current_principal()
+        if p.kind == "user" and p.id == user_id:
+            # A stolen access token reset its admin's password without knowing it.
+            raise Forbidden(
+                "Change your own password with POST /api/v1/auth/password: it asks for the "
+                "current one."
+            )
         session = db_session()
         user = svc.get_user(session, user_id, p.scope)
         svc.changeable_user(session, user_id, scope=p.scope, actor_rank=p.rank)
@@ -276,7 +281,7 @@ class GridRoster(MethodView):
         the grid when a case was reported. Needs `users:read`; a grid not in service or outside the
         caller's scope answers 404. Phone numbers in the answer are masked.
         """
-        day = args.get("on") or date.today()
+        day = args.get("on") or clock.today()  # the county's today, as the roster's
         rows = svc.roster(db_session(), grid_code, current_principal().scope, day)
         return {
             "grid_code": grid_code,

@@ -40,13 +40,18 @@ class TokenSchema(StrictSchema):
     expires_in = fields.Integer(required=True, metadata={"description": "Seconds."})
 
 
+#: A password is at most this long (a 5 MB one took seconds and 400 MB to check against a
+#: phone number, 11 characters at a time), as the sign-in's.
+PASSWORD = validate.Length(min=1, max=256)
+
+
 class PasswordChangeSchema(StrictSchema):
-    current_password = fields.String(required=True, load_only=True)
-    new_password = fields.String(required=True, load_only=True)
+    current_password = fields.String(required=True, load_only=True, validate=PASSWORD)
+    new_password = fields.String(required=True, load_only=True, validate=PASSWORD)
 
 
 class PasswordResetSchema(StrictSchema):
-    new_password = fields.String(required=True, load_only=True)
+    new_password = fields.String(required=True, load_only=True, validate=PASSWORD)
 
 
 class RoleSchema(StrictSchema):
@@ -94,7 +99,7 @@ class UserQueryArgsSchema(PageArgsSchema):
 
 class UserCreateSchema(StrictSchema):
     username = fields.String(required=True)
-    password = fields.String(required=True, load_only=True)
+    password = fields.String(required=True, load_only=True, validate=PASSWORD)
     role = fields.String(required=True, validate=ROLE)
     display_name = fields.String(validate=validate.Length(min=1, max=100))
     phone = fields.String(load_only=True)

@@ -36,6 +36,7 @@ _SUBSTITUTIONS = (
     str.maketrans({**_SUBSTITUTED, "1": "i"}),
     str.maketrans({**_SUBSTITUTED, "1": "l"}),
 )
+_SHIFTED = str.maketrans("!@#$%^&*()", "1234567890")  # the US keyboard's shifted digits
 _NOT_LETTERS = "0123456789!@#$%^&*()-_=+[]{};:'\",.<>/?\\|`~ "
 
 
@@ -50,11 +51,15 @@ def _common() -> frozenset[str]:
 
 def is_common(password: str) -> bool:
     """Return whether ``password`` is a common one: itself, without the symbols it ends
-    with, or its letters without the digits and symbols around them ("Password1!",
-    "Qwerty123!", "Admin@123456"), with the usual substitutions undone ("P@ssw0rd123")."""
+    with or holds ("Abc@123456"), or its letters without the digits and symbols around them
+    ("Password1!", "Qwerty123!", "Admin@123456"), with the usual substitutions undone
+    ("P@ssw0rd123")."""
     lowered = password.lower()
     core = lowered.strip(_NOT_LETTERS)
-    candidates = {lowered, lowered.rstrip(_NOT_LETTERS[10:])}
+    # and with the symbols inside taken out ("Abc@123456", "1qaz@WSX3edc", "Pass@word123")
+    bare = "".join(ch for ch in lowered if ch.isalnum())
+    # and with shifted digits typed unshifted ("1qaz@WSX3edc" is 1qaz2wsx3edc)
+    candidates = {lowered, lowered.rstrip(_NOT_LETTERS[10:]), bare, lowered.translate(_SHIFTED)}
     if len(core) >= 4:
         candidates.add(core)
         candidates.update(core.translate(table) for table in _SUBSTITUTIONS)

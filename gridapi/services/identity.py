@@ -371,7 +371,11 @@ def create_user(
         errors["phone"] = ["must be a mainland mobile number (11 digits starting 13-19)"]
     if scope_region and grids:
         errors["grids"] = ["give either scope_region or grids, not both"]
-    if role != "admin" and not scope_region and not grids:
+    if role == "admin" and grids:
+        # An admin without a region is unrestricted: one on grids alone saw everything (a
+        # regional admin made one and so stepped out of its region).
+        errors["grids"] = ["an admin's area is a region (scope_region), or none at all"]
+    elif role != "admin" and not scope_region and not grids:
         errors["scope_region"] = ["every account but an admin needs a region or grids"]
     elif not scope_region and not grids and not scope.unrestricted:
         errors["scope_region"] = ["an account you create must stay inside your own area"]
@@ -543,6 +547,20 @@ def update_user(
         )
     if "role" in changes:
         _check_role_grant(session, actor_rank, changes["role"])
+        region_after = changes.get("scope_region", user.scope_region_code)
+        if (
+            changes["role"] == "admin"
+            and not region_after
+            and user.role_name != "admin"
+            and not (scope.unrestricted and not current_grids(session, user.id))
+        ):
+            # An admin without a region is unrestricted: a regional admin promoting an
+            # account on grids made one that saw everything (an unrestricted admin may
+            # make another of an account on no grid).
+            raise Unprocessable(
+                "An admin's area is a region: give scope_region with the role.",
+                errors={"json": {"scope_region": ["required to make this account an admin"]}},
+            )
         if changes["role"] != user.role_name:  # the same role again ends no session
             user.role_name = changes["role"]
             user.token_version += 1
@@ -604,8 +622,15 @@ def assign_grid(
     if open_rows:
         raise Conflict(f"The user is already on the roster of grid {grid_code}.")
     if is_primary:
+        # Only the assignments still open lose the flag: an ended one keeps it, so a past
+        # day's roster reads as it was (it was rewritten by every new primary grid).
         session.execute(
-            update(GridAssignment).where(GridAssignment.user_id == user.id).values(is_primary=False)
+            update(GridAssignment)
+            .where(
+                GridAssignment.user_id == user.id,
+                or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > start),
+            )
+            .values(is_primary=False)
         )
     row = GridAssignment(
         user_id=user.id,

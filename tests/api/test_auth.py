@@ -534,8 +534,44 @@ def test_a_wrong_current_password_is_refused(anon_client: Any, alice: int) -> No
     assert sign_in(anon_client, "alice").status_code == 200
 
 
+def test_guessing_the_current_password_is_throttled_as_sign_ins_are(
+    anon_client: Any, alice: int
+) -> None:
+    """30 wrong current passwords with a (stolen) access token were 30 × 422, and the right
+    one then worked: the account's sign-in allowance (5 per 15 minutes) applies."""
+    access = tokens(anon_client, "alice")["access_token"]
+    answers = [
+        change_password(anon_client, access, f"Wrong-Passw0rd-{i}", NEW_PASSWORD).status_code
+        for i in range(6)
+    ]
+    assert answers == [422] * 5 + [429], answers
+    r = change_password(anon_client, access, PASSWORD, NEW_PASSWORD)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    assert r.get_json()["code"] == 429
+
+
+def test_a_huge_new_password_is_refused_by_its_length(anon_client: Any, alice: int) -> None:
+    """5 MB of digits took seconds and 400 MB to check against the phone number."""
+    access = tokens(anon_client, "alice")["access_token"]
+    r = change_password(anon_client, access, PASSWORD, "7" * 5_000_000)
+    assert r.status_code == 422
+    assert r.get_json()["errors"] == {
+        "json": {"new_password": ["Length must be between 1 and 256."]}
+    }
+
+
 @pytest.mark.parametrize(
-    "weak", ["short1A!", "alllowercaseletters", "Xx-alice-2024", "Password123"]
+    "weak",
+    [
+        "short1A!",
+        "alllowercaseletters",
+        "Xx-alice-2024",
+        "Password123",
+        # leaked ones with a symbol put inside, or shifted digits (were taken)
+        "Abc@123456",
+        "Pass@word123",
+        "1qaz@WSX3edc",
+    ],
 )
 def test_a_weak_new_password_is_refused(anon_client: Any, alice: int, weak: str) -> None:
     access = tokens(anon_client, "alice")["access_token"]

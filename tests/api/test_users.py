@@ -619,3 +619,51 @@ def test_a_roster_from_the_county_s_today_holds_whatever_the_server_s_date(
     r = accounts.client("tz_worker").get("/api/v1/me")  # signed in again: the roster changed
     assert r.status_code == 200, r.get_json()
     assert set(r.get_json()["scope"]["grids"]) == {A1, A2}, r.get_json()["scope"]
+
+
+def test_a_regional_admin_cannot_make_an_unrestricted_one(
+    client: Any, accounts: Any, world: Any
+) -> None:
+    """An admin with grids and no region was unrestricted: a regional admin made one (or
+    promoted a worker to one), which then read every township's accounts."""
+    regional = accounts.client("radmin", "admin", scope_region=TOWNSHIP)
+    r = new_user(regional, "adm2", "admin", grids=[A1])
+    assert r.status_code == 422 and "grids" in r.get_json()["errors"]["json"]
+    worker = created(regional, "wkr9", grids=[A1])
+    r = regional.patch(f"/api/v1/users/{worker['id']}", json={"role": "admin"})
+    assert r.status_code == 422 and "scope_region" in r.get_json()["errors"]["json"]
+    r = regional.patch(
+        f"/api/v1/users/{worker['id']}", json={"role": "admin", "scope_region": COMMUNITY_A}
+    )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["scope_region"] == COMMUNITY_A
+    # the unrestricted admin still makes an unrestricted one of an account on no grid
+    assert new_user(client, "adm3", "admin").status_code == 201
+
+
+def test_an_admin_resets_others_passwords_not_its_own(client: Any, accounts: Any) -> None:
+    """A stolen admin token reset its admin's password without knowing it."""
+    r = client.post(
+        f"/api/v1/users/{accounts.ids['admin']}/password", json={"new_password": NEW_PASSWORD}
+    )
+    assert r.status_code == 403 and "/auth/password" in r.get_json()["message"]
+
+
+def test_a_new_primary_grid_leaves_past_rosters_as_they_were(office: Any) -> None:
+    """Every new primary assignment cleared the flag of ended ones too: a past day's roster
+    changed."""
+    w = created(office, "prim", grids=[A1])
+    path = f"/api/v1/users/{w['id']}/assignments"
+    r = office.post(path, json={"grid": A2, "valid_from": days_ago(60), "is_primary": True})
+    assert r.status_code == 201, r.get_json()
+    ended = office.post(f"{path}/{A2}/end", json={"valid_to": days_ago(20)})
+    assert ended.status_code == 200, ended.get_json()
+
+    def primary_on(day: str) -> bool:
+        roster = office.get(f"/api/v1/grids/{A2}/roster?on={day}").get_json()["items"]
+        return [m["is_primary"] for m in roster if m["user"]["id"] == w["id"]] == [True]
+
+    assert primary_on(days_ago(30))
+    r = office.post(path, json={"grid": B1, "valid_from": days_ago(1), "is_primary": True})
+    assert r.status_code == 201, r.get_json()
+    assert primary_on(days_ago(30))
