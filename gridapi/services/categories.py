@@ -6,11 +6,11 @@ import re
 from datetime import date
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..errors import Conflict, NotFound, Unprocessable
-from ..models import Category
+from ..models import Case, Category
 from ..models.categories import ATTRIBUTE_TYPES
 from ..numbers import MAX_EXACT
 
@@ -223,6 +223,11 @@ def create_category(session: Session, data: dict[str, Any]) -> Category:
                 "The class does not exist.",
                 errors={"json": {"code": [f"create the class {code[:2]} first"]}},
             )
+        if not parent.is_active and data.get("is_active", True):
+            raise Unprocessable(
+                "The class is retired.",
+                errors={"json": {"code": [f"the class {code[:2]} is retired: reactivate it"]}},
+            )
     category = Category(**{**data, "parent_code": parent.code if parent else None})
     session.add(category)
     session.flush()
@@ -230,10 +235,39 @@ def create_category(session: Session, data: dict[str, Any]) -> Category:
 
 
 def update_category(session: Session, code: str, changes: dict[str, Any]) -> Category:
-    """Change a category's limits, standards, flags or attribute schema."""
+    """Change a category's limits, standards, flags or attribute schema.
+
+    The sensitive flag applies to the cases already filed under the category too (a case
+    of a category made sensitive stayed visible by place alone, in lists, maps and exports).
+    A class is retired only when none of its subclasses is active (a retired class kept live,
+    reportable subclasses), and a subclass is activated only under an active class."""
     category = get_category(session, code)
     _check_definition(changes)
+    if changes.get("is_active") is False and category.is_active and len(code) == 2:
+        active = session.scalars(
+            select(Category.code).where(Category.parent_code == code, Category.is_active)
+        ).all()
+        if active:
+            raise Conflict(
+                f"Category {code} has active subclasses: retire them first.",
+                errors={"active_subclasses": sorted(active)},
+            )
+    if changes.get("is_active") is True and len(code) == 4 and not category.is_active:
+        parent = session.get(Category, code[:2])
+        if parent is not None and not parent.is_active:
+            raise Unprocessable(
+                "The class is retired.",
+                errors={"json": {"is_active": [f"the class {code[:2]} is retired"]}},
+            )
+    flagged = "sensitive" in changes and changes["sensitive"] != category.sensitive
     for key, value in changes.items():
         setattr(category, key, value)
+    if flagged:
+        session.execute(
+            update(Case)
+            .where(Case.category_code == code, Case.sensitive.is_not(changes["sensitive"]))
+            .values(sensitive=changes["sensitive"], version=Case.version + 1)
+            .execution_options(synchronize_session=False)
+        )
     session.flush()
     return category

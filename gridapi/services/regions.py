@@ -369,7 +369,7 @@ def update_region(session: Session, code: str, changes: dict[str, Any], *, scope
 
 def _keep_grids_placed(session: Session, code: str, field: str) -> None:
     """Refuse a change that leaves region ``code`` not current today while grids inside it
-    are in service: every grid belongs to a community of the tree (DOMAIN §2), and a grid
+    are in service, or regions under it are current: every grid belongs to a community of the tree (DOMAIN §2), and a grid
     whose community had ended was still routed, its region chain starting above it. The
     grids are retired or moved first (a grid version without them); a future end stays
     possible (a merger planned with its new grid version)."""
@@ -387,6 +387,21 @@ def _keep_grids_placed(session: Session, code: str, field: str) -> None:
             f"Region {code} would end while grids in it are in service: retire or move them "
             "first (activate a grid version without them).",
             errors={"json": {field: [f"grids in service: {shown}"]}},
+        )
+    # Nor while regions under it are current: a village of an ended township stayed current
+    # and its ancestors came back empty (county, city and province lost with it).
+    children = session.scalars(
+        select(Region.code)
+        .where(Region.parent_code == code, valid_on(clock.today()))
+        .order_by(Region.code)
+        .limit(11)
+    ).all()
+    if children:
+        shown = ", ".join(children[:10]) + (", …" if len(children) > 10 else "")
+        raise Conflict(
+            f"Region {code} would end while regions under it are current: end or move them "
+            "first.",
+            errors={"json": {field: [f"current regions under it: {shown}"]}},
         )
 
 

@@ -12,6 +12,7 @@ from gridapi.services.categories import (
     check_attributes,
 )
 
+from ..factories import COMMUNITY_A
 from .test_cases import center, report_body
 
 NUL = "Must not contain NUL characters (U+0000)."
@@ -278,3 +279,38 @@ def test_blanks_do_not_answer_a_required_text_attribute(client, world, session):
     r = _report(client, {"note": " 燃气 ", "detail": "  "})
     assert r.status_code == 201, r.get_json()
     assert r.get_json()["attributes"] == {"note": "燃气"}
+
+
+def test_a_category_made_sensitive_hides_its_cases_already_filed(client, accounts, world):
+    """The flag reached only cases reported after it: a worker of the grid went on reading
+    a case of a category made sensitive, in lists, maps and exports too."""
+    chief = accounts.client("chief_s", "grid_chief", grids=[COMMUNITY_A + "001"])
+    neighbour = accounts.client("worker_s", "grid_worker", grids=[COMMUNITY_A + "001"])
+    case_id = chief.post("/api/v1/cases", json=report_body(*center(0))).get_json()["id"]
+    assert neighbour.get(f"/api/v1/cases/{case_id}").status_code == 200
+    r = client.patch("/api/v1/categories/0101", json={"sensitive": True})
+    assert r.status_code == 200, r.get_json()
+    assert neighbour.get(f"/api/v1/cases/{case_id}").status_code == 404
+    assert neighbour.get("/api/v1/cases?category=0101").get_json()["items"] == []
+    assert chief.get(f"/api/v1/cases/{case_id}").get_json()["sensitive"] is True  # reporter
+    assert client.patch("/api/v1/categories/0101", json={"sensitive": False}).status_code == 200
+    assert neighbour.get(f"/api/v1/cases/{case_id}").status_code == 200
+
+
+def test_a_class_is_retired_after_its_subclasses_and_takes_no_new_ones(client, world):
+    """A retired class kept live, reportable subclasses, and took new ones."""
+    r = client.patch("/api/v1/categories/01", json={"is_active": False})
+    assert r.status_code == 409 and "0101" in r.get_json()["errors"]["active_subclasses"]
+    subclasses = [
+        c["code"]
+        for c in client.get("/api/v1/categories").get_json()["items"]
+        if c["code"].startswith("01") and len(c["code"]) == 4
+    ]
+    for code in subclasses:
+        r = client.patch(f"/api/v1/categories/{code}", json={"is_active": False})
+        assert r.status_code == 200, r.get_json()
+    assert client.patch("/api/v1/categories/01", json={"is_active": False}).status_code == 200
+    r = client.post("/api/v1/categories", json={"code": "0199", "name": "新小类"})
+    assert r.status_code == 422 and "code" in r.get_json()["errors"]["json"]
+    r = client.patch("/api/v1/categories/0101", json={"is_active": True})
+    assert r.status_code == 422 and "is_active" in r.get_json()["errors"]["json"]

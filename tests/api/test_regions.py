@@ -686,3 +686,25 @@ def test_import_rejects_a_self_intersecting_boundary(client, session):
     r = client.post("/api/v1/regions/import", json=rows)
     assert_error(r, 422, "json", "5")
     assert region_count(session) == 0
+
+
+def test_a_region_with_current_regions_under_it_cannot_end_now(client, factory):
+    """A township ended while its new village was current: the village stayed current and
+    its ancestors came back empty (county, city and province lost)."""
+    factory.regions()
+    town = "320508088000"
+    rows = [{"code": town, "name": "新街道"}, {"code": "320508088001", "name": "新社区"}]
+    assert client.post("/api/v1/regions/import", json=rows).status_code == 200
+    r = client.patch(f"/api/v1/regions/{town}", json={"valid_to": "2026-01-01"})
+    body = assert_error(r, 409, "json", "valid_to")
+    assert "320508088001" in body["errors"]["json"]["valid_to"][0]
+    ancestors = client.get("/api/v1/regions/320508088001/ancestors").get_json()["items"]
+    assert [a["code"] for a in ancestors][:2] == [town, "320508000000"]
+    # ended in order, the village first, the township may end too
+    assert (
+        client.patch("/api/v1/regions/320508088001", json={"valid_to": "2026-01-01"}).status_code
+        == 200
+    )
+    assert (
+        client.patch(f"/api/v1/regions/{town}", json={"valid_to": "2026-01-01"}).status_code == 200
+    )
