@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -199,13 +201,13 @@ class Sync(MethodView):
         cursor = None
         if args.get("cursor"):
             max_age = st.settings.sync_retention_days * 86400
-            cursor = svc.Cursor.decode(args["cursor"], principal.actor_id, max_age)
+            cursor = svc.Cursor.decode(args["cursor"], principal.actor_id, max_age, _cursor_key(st))
         limit = args.get("limit") or st.settings.sync_page_size
         page = svc.page(session, caller, cursor, limit=limit)
         body: dict[str, Any] = {"changes": render(session, caller, page.changes)}
         if principal.can("grids:read") or principal.can("cases:read"):
             body.update(svc.changed_references(page.cursor, _references(session, principal.scope)))
-        body["next_cursor"] = page.cursor.encode()
+        body["next_cursor"] = page.cursor.encode(_cursor_key(st))
         body["has_more"] = page.has_more
         body["pending"] = page.pending
         return Response(dumps_bytes(body), status=200, mimetype="application/json")
@@ -320,6 +322,12 @@ class SyncBatch(MethodView):
             created[action["key"]] = result["id"]
             results.append(result)
         return {"results": results}
+
+
+def _cursor_key(st: AppState) -> bytes:
+    """The key sync cursors are signed with: derived from the blind-index key (a secret of
+    the deployment, never in the database), for this use only."""
+    return hmac.new(st.phone_key, b"gridapi sync cursor key", hashlib.sha256).digest()
 
 
 def _apply(
@@ -480,7 +488,9 @@ def _resolve(
     refs = {
         name: value[len(REF_PREFIX) :]
         for name, value in payload.items()
-        if isinstance(value, str) and value.startswith(REF_PREFIX)
+        # ids only: a description that began with "ref:" was taken for a reference (and
+        # its action failed on every resend, never leaving the phone's queue)
+        if name.endswith("_id") and isinstance(value, str) and value.startswith(REF_PREFIX)
     }
     if not refs:
         return payload

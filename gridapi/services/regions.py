@@ -399,8 +399,7 @@ def _keep_grids_placed(session: Session, code: str, field: str) -> None:
     if children:
         shown = ", ".join(children[:10]) + (", …" if len(children) > 10 else "")
         raise Conflict(
-            f"Region {code} would end while regions under it are current: end or move them "
-            "first.",
+            f"Region {code} would end while regions under it are current: end or move them first.",
             errors={"json": {field: [f"current regions under it: {shown}"]}},
         )
 

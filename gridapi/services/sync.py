@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -84,16 +85,26 @@ class Cursor:
         if self.issued > time.time() + 300:  # issued in the future: not by this server
             raise ValueError("issued")
 
-    def encode(self) -> str:
-        raw = orjson.dumps({**asdict(self), "v": 1})
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    def encode(self, key: bytes) -> str:
+        """Return the cursor as text: its fields, and a MAC of them with ``key`` (an edited
+        cursor passed: its age, its place in the log, even its caller)."""
+        raw = base64.urlsafe_b64encode(orjson.dumps({**asdict(self), "v": 2})).rstrip(b"=")
+        return f"{raw.decode()}.{_mac(key, raw)}"
 
     @classmethod
-    def decode(cls, text_: str, actor: str, max_age_s: float) -> Cursor:
+    def decode(cls, text_: str, actor: str, max_age_s: float, key: bytes) -> Cursor:
+        """Return the cursor ``encode`` wrote. Raises Unprocessable for anything else or one
+        of another caller, CursorExpired for one older than ``max_age_s`` (in any phase: a
+        first sync resumed after its tombstones were pruned lost them) and for one written
+        before cursors were signed (sync again without a cursor)."""
+        raw, dot, mac = text_.partition(".")
+        if not dot and _unsigned(raw):
+            raise CursorExpired("The cursor is of an earlier version: sync again without a cursor.")
         try:
-            raw = base64.urlsafe_b64decode(text_ + "=" * (-len(text_) % 4))
-            data = orjson.loads(raw)
-            if data.pop("v") != 1:
+            if not hmac.compare_digest(mac, _mac(key, raw.encode("ascii"))):
+                raise ValueError("mac")
+            data = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+            if data.pop("v") != 2:
                 raise ValueError("another version")
             cursor = cls(**data)
             cursor._check()
@@ -105,12 +116,25 @@ class Cursor:
             raise Unprocessable(
                 "Invalid sync cursor.", errors={"query": {"cursor": ["issued to another caller"]}}
             )
-        if cursor.phase == "log" and time.time() - cursor.issued > max_age_s:
+        if time.time() - cursor.issued > max_age_s:
             raise CursorExpired(
                 "The cursor is older than the change log kept (GRIDAPI_SYNC_RETENTION_DAYS): "
                 "sync again without a cursor."
             )
         return cursor
+
+
+def _mac(key: bytes, raw: bytes) -> str:
+    digest = hmac.new(key, b"gridapi sync cursor\0" + raw, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _unsigned(raw: str) -> bool:
+    """Whether ``raw`` is a cursor of the first version (unsigned JSON)."""
+    try:
+        return orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))).get("v") == 1
+    except (binascii.Error, ValueError, TypeError, AttributeError):
+        return False
 
 
 # --- positions in the log ---------------------------------------------------------------------

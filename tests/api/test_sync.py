@@ -223,17 +223,24 @@ def test_a_cursor_belongs_to_its_caller_and_bad_ones_are_refused(worker, account
         {"v": 99},
         {"issued": 4102444800},  # 2100: would dodge the 410 of an expired cursor
         {"last": True},
+        {"issued": 1},  # refreshed or aged by hand, under its MAC: forged
+        {"txid": 0, "id": 0},  # replayed the log from its start
+        {"actor": "user:999999"},  # another caller's
     ],
 )
 def test_a_cursor_edited_by_hand_is_422_not_500(worker, change):
     phone = Phone(worker)
     phone.pull()
     cursor = phone.cursor
-    raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    payload, _, mac = cursor.partition(".")
+    raw = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     edited = base64.urlsafe_b64encode(json.dumps({**raw, **change}).encode()).decode()
-    r = worker.get("/api/v1/sync", query_string={"cursor": edited})
-    assert r.status_code == 422, r.get_json()
-    assert r.get_json()["errors"]["query"]["cursor"] == ["not a cursor of ours"]
+    # edited, with the MAC it had, or with none: the cursors were not signed, and an edited
+    # issued (or txid, or actor) was taken
+    for forged in (f"{edited.rstrip('=')}.{mac}", edited):
+        r = worker.get("/api/v1/sync", query_string={"cursor": forged})
+        assert r.status_code == 422, r.get_json()
+        assert r.get_json()["errors"]["query"]["cursor"] == ["not a cursor of ours"]
     assert worker.get("/api/v1/sync", query_string={"cursor": cursor}).status_code == 200
 
 
@@ -243,6 +250,36 @@ def test_an_old_cursor_is_gone(app, worker):
     app.extensions["gridapi"].settings.sync_retention_days = 0
     r = worker.get("/api/v1/sync", query_string={"cursor": phone.cursor})
     assert r.status_code == 410 and r.get_json()["code"] == 410
+
+
+def test_a_first_sync_resumed_too_late_is_gone_and_unsigned_cursors_too(app, worker, client):
+    """Only a cursor past its snapshot expired: a first sync resumed after the change log
+    was pruned lost its tombstones. And a cursor of the unsigned kind is from before."""
+    for _ in range(3):
+        household(client, A1)
+    first = worker.get("/api/v1/sync", query_string={"limit": 1}).get_json()
+    assert first["has_more"] is True
+    app.extensions["gridapi"].settings.sync_retention_days = 0
+    r = worker.get("/api/v1/sync", query_string={"cursor": first["next_cursor"]})
+    assert r.status_code == 410, r.get_json()
+    app.extensions["gridapi"].settings.sync_retention_days = 30
+    payload = first["next_cursor"].partition(".")[0]
+    raw = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    unsigned = base64.urlsafe_b64encode(json.dumps({**raw, "v": 1}).encode()).decode()
+    r = worker.get("/api/v1/sync", query_string={"cursor": unsigned})
+    assert r.status_code == 410, r.get_json()
+
+
+def test_only_ids_are_references_in_a_batch(worker, engine):
+    """A description beginning with "ref:" was taken for a reference: the action failed on
+    every resend, and never left the phone's queue."""
+    action = offline_report("says-ref")
+    action["payload"]["description"] = "ref: see the earlier report"
+    (result,) = batch(worker, [action])
+    assert result["status"] == 201, result
+    with engine.connect() as conn:
+        description = conn.execute(text("SELECT description FROM cases")).scalar()
+    assert description == "ref: see the earlier report"
 
 
 @pytest.mark.engines("postgis")
