@@ -94,6 +94,19 @@ def _args(args: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
+def _audit_changes(noun: str, obj: Any, changed: list[str]) -> None:
+    """Write ``<noun>.update`` naming the fields that changed (never their values); a PATCH
+    that changed nothing writes no row."""
+    if changed:
+        audit(
+            f"{noun}.update",
+            noun,
+            obj.id,
+            summary={"fields": changed},
+            region_code=obj.region_code,
+        )
+
+
 def _actor() -> str:
     return current_principal().actor_id
 
@@ -212,14 +225,7 @@ class HouseById(MethodView):
             snapshot=routing_snapshot(),
             if_match=request.headers.get("If-Match"),
         )
-        if changed:  # a PATCH that changes nothing writes no audit row
-            audit(
-                "house.update",
-                "house",
-                house.id,
-                summary={"fields": changed},
-                region_code=house.region_code,
-            )
+        _audit_changes("house", house, changed)
         commit()
         body, headers = _tagged(house, svc.house_view(house))
         return body, 200, headers
@@ -338,14 +344,7 @@ class HouseholdById(MethodView):
             scope=current_principal().scope,
             if_match=request.headers.get("If-Match"),
         )
-        if changed:  # a PATCH that changes nothing writes no audit row
-            audit(
-                "household.update",
-                "household",
-                household.id,
-                summary={"fields": changed},
-                region_code=household.region_code,
-            )
+        _audit_changes("household", household, changed)
         commit()
         body, headers = _tagged(household, household_body(session, household))
         return body, 200, headers
@@ -472,14 +471,7 @@ class PersonById(MethodView):
             session.rollback()
             count_lookup(state().settings.person_lookup_rate, _actor())
             raise
-        if changed:  # a PATCH that changes nothing writes no audit row
-            audit(
-                "person.update",
-                "person",
-                person.id,
-                summary={"fields": changed},
-                region_code=person.region_code,
-            )
+        _audit_changes("person", person, changed)
         commit()
         body, headers = _tagged(person, svc.person_view(person, k))
         return body, 200, headers
