@@ -12,7 +12,7 @@ from ..services.categories import (
     MAX_VALUE,
     MAX_VALUES,
 )
-from .common import StrictSchema
+from .common import Stated, StrictSchema
 
 UNIT = validate.OneOf(LIMIT_UNITS)
 
@@ -117,7 +117,7 @@ class AttributeDefinitionSchema(StrictSchema):
 
 
 class CategoryUpdateSchema(StrictSchema):
-    name = fields.String(validate=validate.Length(min=1, max=100))
+    name = Stated(validate=validate.Length(min=1, max=100))  # "   " was a name
     accept_limit = fields.Integer(validate=_LIMIT)
     accept_unit = fields.String(validate=UNIT)
     handle_limit = fields.Integer(validate=_LIMIT)
@@ -155,4 +155,4 @@ class CategoryCreateSchema(CategoryUpdateSchema):
             r"^([0-9]{2}|[0-9]{4})\Z", error="2 digits for a class, 4 for a subclass"
         ),
     )
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = Stated(required=True, validate=validate.Length(min=1, max=100))

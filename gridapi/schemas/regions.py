@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import fields, validate
 
 from ..codes import LEVELS
-from .common import GeoJSONGeometry, PageArgsSchema, StrictSchema
+from .common import GeoJSONGeometry, PageArgsSchema, Stated, StrictSchema
 
 CODE12 = validate.Regexp(r"^[0-9]{12}\Z", error="must be a 12-digit statistical division code")
 
@@ -64,7 +64,7 @@ class SubtreeArgsSchema(OnDateArgsSchema):
 
 class RegionCreateSchema(StrictSchema):
     code = fields.String(required=True, validate=CODE12)
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = Stated(required=True, validate=validate.Length(min=1, max=100))  # not "   "
     level = fields.String(
         validate=validate.OneOf(LEVELS), metadata={"description": "Optional; must match the code."}
     )
@@ -77,7 +77,7 @@ class RegionCreateSchema(StrictSchema):
 
 
 class RegionUpdateSchema(StrictSchema):
-    name = fields.String(validate=validate.Length(min=1, max=100))
+    name = Stated(validate=validate.Length(min=1, max=100))
     boundary = GeoJSONGeometry(allow_none=True)
     valid_from = fields.Date(allow_none=True)
     valid_to = fields.Date(allow_none=True)

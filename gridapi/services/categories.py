@@ -209,10 +209,26 @@ def _check_definition(data: dict[str, Any]) -> None:
         raise Unprocessable("Invalid category.", errors={"json": errors})
 
 
+def _check_department(session: Session, data: dict[str, Any]) -> None:
+    """A default handler ``department:<code>`` names a department that exists (a missing one
+    was taken, and its cases filed to the township without a word)."""
+    from ..models import Department
+
+    handler = data.get("default_handler") or ""
+    if handler.startswith("department:"):
+        code = handler.partition(":")[2]
+        if session.scalar(select(Department.id).where(Department.code == code)) is None:
+            raise Unprocessable(
+                "Invalid category.",
+                errors={"json": {"default_handler": [f"no department {code}"]}},
+            )
+
+
 def create_category(session: Session, data: dict[str, Any]) -> Category:
     """Create a class (2 digits) or a subclass (4 digits under an existing class)."""
     code = data["code"]
     _check_definition(data)
+    _check_department(session, data)
     if session.get(Category, code) is not None:
         raise Conflict(f"Category {code} exists.")
     parent = None
@@ -243,6 +259,7 @@ def update_category(session: Session, code: str, changes: dict[str, Any]) -> Cat
     reportable subclasses), and a subclass is activated only under an active class."""
     category = get_category(session, code)
     _check_definition(changes)
+    _check_department(session, changes)
     if changes.get("is_active") is False and category.is_active and len(code) == 2:
         active = session.scalars(
             select(Category.code).where(Category.parent_code == code, Category.is_active)

@@ -314,3 +314,26 @@ def test_a_class_is_retired_after_its_subclasses_and_takes_no_new_ones(client, w
     assert r.status_code == 422 and "code" in r.get_json()["errors"]["json"]
     r = client.patch("/api/v1/categories/0101", json={"is_active": True})
     assert r.status_code == 422 and "is_active" in r.get_json()["errors"]["json"]
+
+
+def test_a_name_of_spaces_and_a_missing_handler_department_are_refused(client, world):
+    """ "   " was a category's name, and department:nope its default handler (its cases then
+    filed to the township without a word)."""
+    from ..factories import COUNTY
+
+    r = client.post("/api/v1/categories", json={"code": "5805", "name": "   "})
+    assert r.status_code == 422 and "name" in r.get_json()["errors"]["json"]
+    r = client.patch("/api/v1/categories/0101", json={"name": " \t "})
+    assert r.status_code == 422 and "name" in r.get_json()["errors"]["json"]
+    body = {"code": "0198", "name": "消防通道", "default_handler": "department:nope"}
+    r = client.post("/api/v1/categories", json=body)
+    assert r.status_code == 422
+    assert r.get_json()["errors"]["json"]["default_handler"] == ["no department nope"]
+    made = client.post(
+        "/api/v1/departments", json={"code": "gusu-fire", "name": "消防", "region_code": COUNTY}
+    )
+    assert made.status_code == 201, made.get_json()
+    body["default_handler"] = "department:gusu-fire"
+    assert client.post("/api/v1/categories", json=body).status_code == 201
+    r = client.patch("/api/v1/categories/0101", json={"default_handler": "department:nope"})
+    assert r.status_code == 422

@@ -708,3 +708,11 @@ def test_a_region_with_current_regions_under_it_cannot_end_now(client, factory):
     assert (
         client.patch(f"/api/v1/regions/{town}", json={"valid_to": "2026-01-01"}).status_code == 200
     )
+
+
+def test_a_region_name_of_spaces_is_refused(client, tree):
+    r = client.post("/api/v1/regions", json={"code": "320508001088", "name": "   "})
+    assert_error(r, 422, "json", "name")
+    r = client.patch(f"/api/v1/regions/{COMMUNITY_A}", json={"name": "   "})
+    assert_error(r, 422, "json", "name")
+    assert client.get(f"/api/v1/regions/{COMMUNITY_A}").get_json()["name"] == "平江社区"
