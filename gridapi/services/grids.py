@@ -134,7 +134,7 @@ def _community_codes(features: list[Any]) -> set[str]:
     for f in features:
         props = (f or {}).get("properties") if isinstance(f, dict) else None
         code = normalize_code((props or {}).get("code"))
-        if isinstance(code, str) and len(code) == 15 and code.isdigit():
+        if isinstance(code, str) and len(code) == 15 and code.isascii() and code.isdigit():
             out.add(code[:12])
     return out
 

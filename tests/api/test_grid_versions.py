@@ -269,3 +269,16 @@ def test_grid_list_filters_and_pagination(factory, client):
         B2
     ]
     assert client.get("/api/v1/grids/320508001001999").status_code == 404
+
+
+def test_a_code_in_full_width_digits_is_reported_not_the_whole_import_refused(factory, client):
+    """ "３２０５…" passed str.isdigit(): the version's region was derived from it with the
+    others, none was found, and the whole file was refused naming nothing."""
+    factory.regions()
+    wide = A1.translate(str.maketrans("0123456789", "０１２３４５６７８９"))
+    fc = collection(feature(wide, square(0, 0)), feature(A2, square(1, 0)))
+    r = client.post("/api/v1/grid-versions", json=fc)
+    assert r.status_code == 201, r.get_json()
+    version = r.get_json()
+    assert "code_format" in {p["kind"] for p in version["report"]["feature_problems"]}
+    assert version["grid_count"] == 1
