@@ -49,7 +49,32 @@ def login_username_key() -> str:
     st = state()
     with st.sessions() as session:
         user = find_login_user(session, login, st.phone_key)
-    return f"account:user:{user.id}" if user else f"account:name:{login.lower()}"
+    return account_key(user.id) if user else f"account:name:{login.lower()}"
+
+
+#: The scope of the sign-in failures counted per account (the sign-in's limit and
+#: ``password_guesses`` spend the same allowance).
+LOGIN_ACCOUNT_SCOPE = "login-account"
+
+
+def account_key(user_id: int) -> str:
+    """Return the throttling key of an account's sign-in failures."""
+    return f"account:user:{user_id}"
+
+
+def _spend(limit: str, identifiers: tuple[str, ...], message: str, *, cost: int = 0) -> None:
+    """Spend ``cost`` of ``limit`` under ``identifiers`` (0: only check that some is left);
+    raise TooManyRequests (with the wait) when there is not enough."""
+    import time
+
+    from limits import parse
+
+    item = parse(limit)
+    strategy = limiter_strategy()
+    if strategy.hit(item, *identifiers, cost=cost) if cost else strategy.test(item, *identifiers):
+        return
+    reset, _ = strategy.get_window_stats(item, *identifiers)
+    raise TooManyRequests(max(1, int(reset - time.time())), message)
 
 
 def count_lookup(limit: str, caller: str, kind: str = "lookup", cost: int = 1) -> None:
@@ -59,18 +84,8 @@ def count_lookup(limit: str, caller: str, kind: str = "lookup", cost: int = 1) -
     every process), so that the API cannot be used to test at scale whether a person with a
     given ID or phone number is registered.
     """
-    from limits import parse
-
-    item = parse(limit)
-    strategy = limiter_strategy()
-    if not strategy.hit(item, kind, caller, cost=cost):
-        import time
-
-        reset, _ = strategy.get_window_stats(item, kind, caller)
-        raise TooManyRequests(
-            max(1, int(reset - time.time())),
-            f"Too many lookups of ID or phone numbers ({limit}); retry later.",
-        )
+    message = f"Too many lookups of ID or phone numbers ({limit}); retry later."
+    _spend(limit, (kind, caller), message, cost=cost)
 
 
 def password_guesses(limit: str, user_id: int, *, failed: bool) -> None:
@@ -78,17 +93,6 @@ def password_guesses(limit: str, user_id: int, *, failed: bool) -> None:
     account's own session, against the sign-in failures' allowance of that account (the
     same key and scope as the sign-in's limit): 429 when it is spent. A stolen access token
     could otherwise guess the password at ``POST /auth/password`` without limit."""
-    import time
-
-    from limits import parse
-
-    item = parse(limit)
-    strategy = limiter_strategy()
-    identifiers = (f"account:user:{user_id}", "login-account")
-    allowed = strategy.hit(item, *identifiers) if failed else strategy.test(item, *identifiers)
-    if not allowed:
-        reset, _ = strategy.get_window_stats(item, *identifiers)
-        raise TooManyRequests(
-            max(1, int(reset - time.time())),
-            f"Too many wrong passwords for this account ({limit}); retry later.",
-        )
+    message = f"Too many wrong passwords for this account ({limit}); retry later."
+    identifiers = (account_key(user_id), LOGIN_ACCOUNT_SCOPE)
+    _spend(limit, identifiers, message, cost=1 if failed else 0)

@@ -10,7 +10,7 @@ from ..auditing import audit
 from ..auth import AUTHENTICATED, Forbidden, Unauthorized, current_principal
 from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
-from ..limits import limiter, login_username_key, password_guesses
+from ..limits import LOGIN_ACCOUNT_SCOPE, limiter, login_username_key, password_guesses
 from ..schemas.identity import (
     LoginSchema,
     MeSchema,
@@ -61,7 +61,10 @@ class AuthToken(MethodView):
         scope="login-address",
     )
     @limiter.limit(
-        _account_limit, key_func=login_username_key, deduct_when=_failed, scope="login-account"
+        _account_limit,
+        key_func=login_username_key,
+        deduct_when=_failed,
+        scope=LOGIN_ACCOUNT_SCOPE,
     )
     @blp.arguments(LoginSchema)
     @blp.response(200, TokenSchema)

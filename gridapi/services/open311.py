@@ -23,7 +23,7 @@ from ..models import Case, Category, Department
 from ..models.cases import TERMINAL
 from ..numbers import MAX_EXACT, PLAIN_DECIMAL, PLAIN_WHOLE
 from ..personal import InvalidValue, mask_phone, parse_phone
-from ..schemas.common import instant_problem
+from ..schemas.common import ID32, instant_problem
 from .cases import STATUS_NAMES, SUBCLASS_SQL, Caller, region_names, visible_condition
 
 # Open311 knows two states; the detailed state travels in status_notes and detailed_status.
@@ -54,7 +54,6 @@ _W3C = re.compile(
     r"[0-9]{4}(-[0-9]{2}(-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?"
     r"(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
 )
-ID_MAX = 2**31 - 1  # a case id's column
 NUL_MESSAGE = "Must not contain NUL characters (U+0000)."
 
 
@@ -420,7 +419,7 @@ def _id_condition(ids: Sequence[str]) -> ColumnElement[bool]:
     # Only ids a case can have: past 32 bits PostgreSQL refused the whole query (400, and
     # the other ids of the list went unanswered) where a missing id matches nothing.
     case_ids = [
-        n for i in usable if _DIGITS.fullmatch(i) and len(i) < 16 if (n := int(i)) <= ID_MAX
+        n for i in usable if _DIGITS.fullmatch(i) and len(i) < 16 if (n := int(i)) <= ID32.max
     ]
     return or_(Case.number.in_(numbers), Case.id.in_(case_ids))
 

@@ -369,39 +369,41 @@ def update_region(session: Session, code: str, changes: dict[str, Any], *, scope
 
 def _keep_grids_placed(session: Session, code: str, field: str) -> None:
     """Refuse a change that leaves region ``code`` not current today while grids inside it
-    are in service, or regions under it are current: every grid belongs to a community of the tree (DOMAIN §2), and a grid
-    whose community had ended was still routed, its region chain starting above it. The
-    grids are retired or moved first (a grid version without them); a future end stays
-    possible (a merger planned with its new grid version)."""
+    are in service, or regions under it are current: every grid belongs to a community of
+    the tree (DOMAIN §2), and a grid whose community had ended was still routed, its region
+    chain starting above it. The grids are retired or moved first (a grid version without
+    them); a future end stays possible (a merger planned with its new grid version)."""
     if session.scalar(select(Region.id).where(Region.code == code, valid_on(clock.today()))):
         return
-    placed = session.scalars(
-        select(Grid.code)
-        .where(Grid.in_service.is_(True), Grid.community_code.startswith(subtree_prefix(code)))
-        .order_by(Grid.code)
-        .limit(11)
-    ).all()
-    if placed:
-        shown = ", ".join(placed[:10]) + (", …" if len(placed) > 10 else "")
-        raise Conflict(
-            f"Region {code} would end while grids in it are in service: retire or move them "
-            "first (activate a grid version without them).",
-            errors={"json": {field: [f"grids in service: {shown}"]}},
-        )
+    placed = select(Grid.code).where(
+        Grid.in_service.is_(True), Grid.community_code.startswith(subtree_prefix(code))
+    )
+    _refuse_ending(
+        session,
+        placed,
+        f"Region {code} would end while grids in it are in service: "
+        "retire or move them first (activate a grid version without them).",
+        field,
+        "grids in service",
+    )
     # Nor while regions under it are current: a village of an ended township stayed current
     # and its ancestors came back empty (county, city and province lost with it).
-    children = session.scalars(
-        select(Region.code)
-        .where(Region.parent_code == code, valid_on(clock.today()))
-        .order_by(Region.code)
-        .limit(11)
-    ).all()
-    if children:
-        shown = ", ".join(children[:10]) + (", …" if len(children) > 10 else "")
-        raise Conflict(
-            f"Region {code} would end while regions under it are current: end or move them first.",
-            errors={"json": {field: [f"current regions under it: {shown}"]}},
-        )
+    under = select(Region.code).where(Region.parent_code == code, valid_on(clock.today()))
+    _refuse_ending(
+        session,
+        under,
+        f"Region {code} would end while regions under it are current: end or move them first.",
+        field,
+        "current regions under it",
+    )
+
+
+def _refuse_ending(session: Session, codes: Any, message: str, field: str, what: str) -> None:
+    """Raise Conflict naming up to ten of the codes ``codes`` selects (nothing if none)."""
+    found = session.scalars(codes.order_by(codes.selected_columns[0]).limit(11)).all()
+    if found:
+        shown = ", ".join(found[:10]) + (", …" if len(found) > 10 else "")
+        raise Conflict(message, errors={"json": {field: [f"{what}: {shown}"]}})
 
 
 @dataclass

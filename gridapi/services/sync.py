@@ -103,7 +103,7 @@ class Cursor:
         try:
             if not hmac.compare_digest(mac, _mac(key, raw.encode("ascii"))):
                 raise ValueError("mac")
-            data = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+            data = _read(raw)
             if data.pop("v") != 2:
                 raise ValueError("another version")
             cursor = cls(**data)
@@ -129,10 +129,15 @@ def _mac(key: bytes, raw: bytes) -> str:
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
+def _read(raw: str) -> Any:
+    """Return the JSON a cursor's unpadded base64 part holds (raises as its decoders do)."""
+    return orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+
+
 def _unsigned(raw: str) -> bool:
     """Whether ``raw`` is a cursor of the first version (unsigned JSON)."""
     try:
-        return orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))).get("v") == 1
+        return _read(raw).get("v") == 1
     except (binascii.Error, ValueError, TypeError, AttributeError):
         return False
 
