@@ -191,8 +191,9 @@ class Sync(MethodView):
         a cursor the first pages are a snapshot of everything; afterwards only changes.
         Categories, the calendar and your grids' boundaries come whole whenever they changed.
         Keep `next_cursor` and ask again (at once while `has_more`). A change committed
-        while you page is never skipped; a cursor older than GRIDAPI_SYNC_RETENTION_DAYS
-        answers 410 (sync again from empty).
+        while you page is never skipped. A cursor older than GRIDAPI_SYNC_RETENTION_DAYS,
+        or issued before your grids, area or permissions changed, answers 410: sync again
+        from empty and keep only what that sync sends.
         """
         principal = current_principal()
         session = db_session()

@@ -64,6 +64,9 @@ class Cursor:
     last: int = 0
     refs: dict[str, str] = field(default_factory=dict)
     issued: int = 0
+    # What the phone keeps (``keeps``) when the sync began: the log cannot tell a phone that
+    # a grid left its roster or joined it, so a cursor of another one is gone (410).
+    keeps: str = ""
 
     def _check(self) -> None:
         """Raise ValueError unless every field has the type and range ``encode`` writes: a
@@ -72,7 +75,9 @@ class Cursor:
         def count(value: Any) -> bool:
             return type(value) is int and value >= 0
 
-        if not isinstance(self.actor, str) or self.phase not in ("snap", "log"):
+        if not isinstance(self.actor, str) or not isinstance(self.keeps, str):
+            raise ValueError("actor or keeps")
+        if self.phase not in ("snap", "log"):
             raise ValueError("actor or phase")
         if not all(count(v) for v in (self.txid, self.id, self.last, self.issued)):
             raise ValueError("positions")
@@ -186,6 +191,25 @@ def kept_entities(caller: Caller) -> tuple[str, ...]:
     return tuple(e for e in ENTITIES if e in kept)
 
 
+def keeps(caller: Caller, entities: tuple[str, ...]) -> str:
+    """Return a digest of what the caller's phone keeps: the sets, the account, the area.
+
+    A grid taken off a worker's roster leaves no row in the log for its households (they did
+    not change), nor does a grid added, or a permission gained or lost; so a cursor carries
+    this digest, and one of another is refused (410) for a sync from empty, whose copy then
+    replaces the phone's."""
+    scope = caller.scope
+    return digest(
+        {
+            "sets": list(entities),
+            "user": _user_id(caller),
+            "all": scope.unrestricted,
+            "regions": sorted(scope.prefixes),
+            "grids": sorted(scope.grid_codes),
+        }
+    )
+
+
 def visible(entity: str, caller: Caller):  # type: ignore[no-untyped-def]
     """Return (model, condition): the objects of ``entity`` the caller's phone keeps."""
     uid = _user_id(caller)
@@ -252,11 +276,20 @@ def page(
     *,
     limit: int,
 ) -> Page:
-    """Return the next page of changes for the caller after ``cursor`` (None: from empty)."""
+    """Return the next page of changes for the caller after ``cursor`` (None: from empty).
+
+    Raises CursorExpired when what the caller's phone keeps is no longer what it kept when
+    the cursor's sync began (``keeps``)."""
     entities = kept_entities(caller)
+    now = keeps(caller, entities)
     if cursor is None:
         txid, id_ = watermark(session)
-        cursor = Cursor(actor=caller.actor, phase="snap", txid=txid, id=id_)
+        cursor = Cursor(actor=caller.actor, phase="snap", txid=txid, id=id_, keeps=now)
+    elif cursor.keeps != now:
+        raise CursorExpired(
+            "What your phone keeps has changed since this cursor (your grids, area or "
+            "permissions): sync again without a cursor and keep only what that sync sends."
+        )
     cursor.issued = int(time.time())
     if cursor.phase == "snap":
         return _snapshot_page(session, caller, cursor, entities, limit)

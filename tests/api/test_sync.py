@@ -226,6 +226,8 @@ def test_a_cursor_belongs_to_its_caller_and_bad_ones_are_refused(worker, account
         {"issued": 1},  # refreshed or aged by hand, under its MAC: forged
         {"txid": 0, "id": 0},  # replayed the log from its start
         {"actor": "user:999999"},  # another caller's
+        {"keeps": 5},
+        {"keeps": ""},  # would claim a cursor from before it named what the phone keeps
     ],
 )
 def test_a_cursor_edited_by_hand_is_422_not_500(worker, change):
@@ -268,6 +270,59 @@ def test_a_first_sync_resumed_too_late_is_gone_and_unsigned_cursors_too(app, wor
     unsigned = base64.urlsafe_b64encode(json.dumps({**raw, "v": 1}).encode()).decode()
     r = worker.get("/api/v1/sync", query_string={"cursor": unsigned})
     assert r.status_code == 410, r.get_json()
+
+
+def test_a_roster_change_sends_the_phone_back_to_a_fresh_sync(client, worker, accounts):
+    """A grid taken off a worker's roster left its households (names, addresses) on the
+    phone: nothing in them changed, so the log had nothing to say; a grid added sent
+    nothing until its households changed. Either makes the cursor gone (410), and the
+    fresh sync is the new roster's."""
+    mine, theirs = household(client, A1), household(client, A2)
+    phone = Phone(worker)
+    phone.pull()
+    assert phone.ids("household") == {mine["id"]}
+    user = accounts.ids["worker1"]
+
+    def signed_in_again() -> None:  # a roster change ends the account's access tokens
+        worker.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {accounts.token('worker1')}"
+
+    ok(client.post(f"/api/v1/users/{user}/assignments", json={"grid": A2}), 201)
+    signed_in_again()
+    r = worker.get("/api/v1/sync", query_string={"cursor": phone.cursor})
+    assert r.status_code == 410, r.get_json()
+    assert "sync again without a cursor" in r.get_json()["message"]
+    fresh = Phone(worker)
+    fresh.pull()
+    assert fresh.ids("household") == {mine["id"], theirs["id"]}
+    ok(client.post(f"/api/v1/users/{user}/assignments/{A1}/end", json={}))
+    signed_in_again()
+    assert worker.get("/api/v1/sync", query_string={"cursor": fresh.cursor}).status_code == 410
+    again = Phone(worker)
+    again.pull()
+    assert again.ids("household") == {theirs["id"]}
+    # mid-snapshot too: the pages of one snapshot are of one roster
+    first = ok(worker.get("/api/v1/sync", query_string={"limit": 1}))
+    assert first["has_more"] is True
+    ok(client.post(f"/api/v1/users/{user}/assignments", json={"grid": A1}), 201)
+    signed_in_again()
+    r = worker.get("/api/v1/sync", query_string={"cursor": first["next_cursor"], "limit": 1})
+    assert r.status_code == 410, r.get_json()
+
+
+def test_a_cursor_from_before_it_named_what_the_phone_keeps_is_gone(app, worker):
+    """A cursor signed before cursors carried ``keeps`` cannot tell whether the roster
+    changed since: the phone syncs again once."""
+    from gridapi.resources.sync import _cursor_key
+    from gridapi.services.sync import Cursor
+
+    phone = Phone(worker)
+    phone.pull()
+    payload = phone.cursor.partition(".")[0]
+    raw = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert raw.pop("v") == 2 and raw.pop("keeps")
+    older = Cursor(**raw).encode(_cursor_key(app.extensions["gridapi"]))
+    assert worker.get("/api/v1/sync", query_string={"cursor": older}).status_code == 410
+    assert worker.get("/api/v1/sync", query_string={"cursor": phone.cursor}).status_code == 200
 
 
 def test_only_ids_are_references_in_a_batch(worker, engine):
