@@ -51,6 +51,8 @@ class Patrol(Base):
     grids_crossed: Mapped[list[str]] = mapped_column(JSON, default=list)
     track = mapped_column(Geometry("LINESTRING", srid=4326, spatial_index=False), nullable=True)
     point_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Points left out of the line, its length and the grids crossed: jumps no patrol makes.
+    outlier_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     thinned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

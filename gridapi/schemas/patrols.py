@@ -164,6 +164,13 @@ class PointsResultSchema(StrictSchema):
         metadata={"description": "Points outside the patrol's time (±5 minutes)."},
     )
     point_count = fields.Integer(required=True)
+    outlier_count = fields.Integer(
+        required=True,
+        metadata={
+            "description": "Points left out of the line, its length and the grids crossed: "
+            "fixes the walk cannot reach (faster than 180 km/h from the rest)."
+        },
+    )
     length_m = fields.Float(required=True)
     duration_s = fields.Integer(required=True)
 
@@ -248,6 +255,13 @@ class PatrolSchema(StrictSchema):
     )
     point_count = fields.Integer(
         required=True, metadata={"description": "Points recorded (kept after thinning)."}
+    )
+    outlier_count = fields.Integer(
+        required=True,
+        metadata={
+            "description": "Points left out of the line, its length and the grids crossed: "
+            "fixes the walk cannot reach (faster than 180 km/h from the rest)."
+        },
     )
     grids_crossed = fields.List(
         fields.String(), required=True, metadata={"description": "In the order first entered."}

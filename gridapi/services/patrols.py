@@ -58,6 +58,10 @@ SIMPLIFY_METRES = 5.0
 # Segments shorter than this are measured on the local ellipsoid (under 1e-8 relative error
 # against the geodesic; numpy, fast), longer ones by geographiclib's geodesic.
 _SHORT_SEGMENT_M = 1000.0
+# A fix is part of the line only if the walk can reach it: at most this speed (a patrol on
+# foot, by bicycle or by car; 180 km/h), give or take the slack for two fixes' error.
+MAX_SPEED_M_S = 50.0
+SLACK_M = 100.0
 _A = 6378137.0
 _E2 = (1.0 / 298.257223563) * (2.0 - 1.0 / 298.257223563)
 PAGE_MAX = 200
@@ -107,6 +111,49 @@ def segment_lengths_m(lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
 def track_length_m(lons: np.ndarray, lats: np.ndarray) -> float:
     """Return the geodesic length in metres of the line through the points, in order."""
     return float(segment_lengths_m(lons, lats).sum())
+
+
+def _distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+    return float(segment_lengths_m(np.array([lon1, lon2]), np.array([lat1, lat2]))[0])
+
+
+def plausible(seconds: np.ndarray, lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
+    """Return which points (in time order) a walk can pass through: a mask.
+
+    A phone's fix now and then lands kilometres away (a cell-tower fix, a stale position,
+    New York): one such point added 23,767 km to a township walk. The track is cut wherever
+    a step is faster than ``MAX_SPEED_M_S`` (with ``SLACK_M`` for the fixes' error) into
+    runs of points consistent among themselves; the run of most points is the walk, and
+    runs before and after it join it when the walk can reach them from its ends in the time
+    between (a phone that lost its fix for ten minutes, then walked on, is a walk). The
+    rest are outliers. Raw points are kept whatever this says.
+    """
+    n = len(lons)
+    keep = np.ones(n, dtype=bool)
+    if n < 2:
+        return keep
+    reach = MAX_SPEED_M_S * np.diff(seconds) + SLACK_M
+    cuts = np.flatnonzero(segment_lengths_m(lons, lats) > reach) + 1
+    if not len(cuts):
+        return keep
+    runs = list(zip([0, *cuts.tolist()], [*cuts.tolist(), n], strict=True))
+    main = max(range(len(runs)), key=lambda i: runs[i][1] - runs[i][0])  # the first of most
+
+    def reachable(i: int, j: int) -> bool:
+        gap = MAX_SPEED_M_S * (seconds[j] - seconds[i]) + SLACK_M
+        return _distance_m(lons[i], lats[i], lons[j], lats[j]) <= gap
+
+    keep[:] = False
+    keep[runs[main][0] : runs[main][1]] = True
+    last = runs[main][1] - 1
+    for start, end in runs[main + 1 :]:
+        if reachable(last, start):
+            keep[start:end], last = True, end - 1
+    first = runs[main][0]
+    for start, end in reversed(runs[:main]):
+        if reachable(end - 1, first):
+            keep[start:end], first = True, start
+    return keep
 
 
 def grids_crossed(snapshot: IndexSnapshot, lons: np.ndarray, lats: np.ndarray) -> list[str]:
@@ -352,6 +399,7 @@ def add_points(
         "duplicates": repeated + len(rows) - accepted,
         "rejected": rejected,
         "point_count": patrol.point_count,
+        "outlier_count": patrol.outlier_count,
         "length_m": patrol.length_m,
         "duration_s": patrol.duration_s,
     }
@@ -366,11 +414,16 @@ def rebuild(session: Session, patrol: Patrol, snapshot: IndexSnapshot) -> None:
     ).all()
     lons = np.array([r.lon for r in rows], dtype=np.float64)
     lats = np.array([r.lat for r in rows], dtype=np.float64)
+    start = rows[0].recorded_at if rows else None
+    seconds = np.array([(r.recorded_at - start).total_seconds() for r in rows], dtype=np.float64)
+    keep = plausible(seconds, lons, lats)
+    lons, lats = lons[keep], lats[keep]
     patrol.point_count = len(rows)
+    patrol.outlier_count = int(len(rows) - keep.sum())
     patrol.length_m = round(track_length_m(lons, lats), 1)
     patrol.duration_s = _duration(patrol, rows[-1].recorded_at if rows else None)
     patrol.grids_crossed = grids_crossed(snapshot, lons, lats)
-    patrol.track = to_db(LineString(np.column_stack([lons, lats]))) if len(rows) >= 2 else None
+    patrol.track = to_db(LineString(np.column_stack([lons, lats]))) if len(lons) >= 2 else None
     patrol.version += 1
     session.flush()
 
@@ -568,6 +621,7 @@ def patrol_view(patrol: Patrol, names: dict[int, str]) -> dict[str, Any]:
         "length_m": patrol.length_m,
         "duration_s": patrol.duration_s,
         "point_count": patrol.point_count,
+        "outlier_count": patrol.outlier_count,
         "grids_crossed": list(patrol.grids_crossed or []),
         "thinned_at": patrol.thinned_at,
         "created_at": patrol.created_at,

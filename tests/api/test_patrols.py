@@ -147,6 +147,61 @@ def test_track_length_is_geodesic_for_short_and_long_segments():
     assert track_length_m(lons[:1], lats[:1]) == 0.0
 
 
+def test_fixes_no_walk_can_reach_are_left_out_of_the_line_and_its_length(worker, world):
+    """One fix in New York added 23,767 km to a township walk (and to the month's figures
+    the township is judged by). Fixes the walk cannot reach — a bad first fix, a lone jump,
+    two in a row far away — are counted, kept as raw points, and left out of the line, the
+    length and the grids crossed; a walk that resumes after ten minutes without a fix is
+    still one walk."""
+    patrol, began = started_an_hour_ago(worker)
+    points = walk(began + timedelta(minutes=1))
+    clean = upload(worker, patrol["id"], points)
+    far = [(-74.006, 40.7128), (121.47, 31.23), (121.4701, 31.2301)]  # New York, Shanghai ×2
+    t = [datetime.fromisoformat(p["t"]) for p in points]
+    spikes = [
+        {"t": iso(t[0] - timedelta(seconds=20)), "lon": far[0][0], "lat": far[0][1]},
+        {"t": iso(t[5] + timedelta(seconds=10)), "lon": far[0][0], "lat": far[0][1]},
+        {"t": iso(t[12] + timedelta(seconds=5)), "lon": far[1][0], "lat": far[1][1]},
+        {"t": iso(t[12] + timedelta(seconds=15)), "lon": far[2][0], "lat": far[2][1]},
+    ]
+    answer = upload(worker, patrol["id"], spikes)
+    assert (answer["accepted"], answer["point_count"], answer["outlier_count"]) == (4, 25, 4)
+    assert answer["length_m"] == clean["length_m"]
+    view = ok(worker.get(f"/api/v1/patrols/{patrol['id']}?points=true"))
+    assert view["outlier_count"] == 4 and view["point_count"] == 25
+    assert len(view["points"]) == 25  # the raw points stay as sent
+    assert view["track"]["coordinates"] == [[p["lon"], p["lat"]] for p in points]
+    assert view["grids_crossed"] == [A1, A2, B1]
+    listed = ok(worker.get("/api/v1/patrols"))["items"]
+    assert [(p["id"], p["outlier_count"]) for p in listed] == [(patrol["id"], 4)]
+    # no fix for ten minutes, then 1.5 km further on: the walk goes on
+    later = t[-1] + timedelta(minutes=10)
+    lon, lat = points[-1]["lon"] + 0.0158, points[-1]["lat"]  # about 1.5 km east
+    resumed = [
+        {"t": iso(later + timedelta(seconds=30 * i)), "lon": lon + 0.0003 * i, "lat": lat}
+        for i in range(3)
+    ]
+    after = upload(worker, patrol["id"], resumed)
+    assert after["outlier_count"] == 4
+    assert after["length_m"] == pytest.approx(clean["length_m"] + 1500 + 57, abs=60)
+
+
+def test_the_walk_is_the_run_of_most_points_and_joins_what_it_can_reach():
+    import numpy as np
+
+    from gridapi.services.patrols import plausible
+
+    seconds = np.arange(8, dtype=np.float64) * 30
+    lons = np.array([-74.0, 120.600, 120.601, 120.602, -74.0, -74.0, 120.605, 120.606])
+    lats = np.full(8, 31.3)
+    lats[[0, 4, 5]] = 40.7
+    assert plausible(seconds, lons, lats).tolist() == [0, 1, 1, 1, 0, 0, 1, 1]
+    assert plausible(seconds[:1], lons[:1], lats[:1]).tolist() == [1]
+    assert plausible(seconds[1:4], lons[1:4], lats[1:4]).all()
+    # a fix taken twice in one second, 60 m apart, is the fixes' error, not a jump
+    assert plausible(np.array([0.0, 1.0]), np.array([120.6, 120.6006]), lats[1:3]).all()
+
+
 def test_points_outside_the_patrol_are_rejected_and_late_uploads_taken(worker, world):
     patrol, began = started_an_hour_ago(worker)
     now = datetime.now(UTC)
