@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from geoalchemy2 import WKTElement
 from sqlalchemy import delete, inspect, or_, select, update
 from sqlalchemy.orm import Session
@@ -792,6 +793,15 @@ def reveal(person: Person, keys: Keys) -> dict[str, Any]:
 # --- retention --------------------------------------------------------------------------------
 
 
+def _answer_id(response: Any) -> Any:
+    """Return the ``id`` of a stored answer's JSON body (None when it has none)."""
+    try:
+        body = orjson.loads(response) if response else None
+    except orjson.JSONDecodeError:
+        return None
+    return body.get("id") if isinstance(body, dict) else None
+
+
 def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
     """Delete a resident and what is theirs; anonymise the visits that were about them.
 
@@ -818,16 +828,30 @@ def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
     # visit.create, which sends its key as one) hold the findings, place and person in full:
     # a retry answered them after the erasure. A batch's own key row keeps only status and
     # id, and stays for references.
-    theirs = select(Visit.id).where(Visit.person_id == person.id)
-    session.execute(
-        delete(IdempotencyKey)
-        .where(
-            IdempotencyKey.path == VISITS_PATH,
-            IdempotencyKey.resource_id.in_(theirs),
-            ~IdempotencyKey.key.startswith("batch:", autoescape=True),
-        )
-        .execution_options(synchronize_session=False)
-    )
+    # A visit that reported a case keeps them under the case's id, one without under its own:
+    # the rows are those whose answer is one of these visits (ids of cases and visits
+    # overlap, and another visit's answer must stay, or its retry records it twice).
+    theirs = session.execute(
+        select(Visit.id, Visit.case_id).where(Visit.person_id == person.id)
+    ).all()
+    if theirs:
+        visit_ids = {v.id for v in theirs}
+        stored = session.execute(
+            select(IdempotencyKey.id, IdempotencyKey.response).where(
+                IdempotencyKey.path == VISITS_PATH,
+                IdempotencyKey.resource_id.in_(
+                    sorted(visit_ids | {v.case_id for v in theirs if v.case_id is not None})
+                ),
+                ~IdempotencyKey.key.startswith("batch:", autoescape=True),
+            )
+        ).all()
+        doomed = [r.id for r in stored if _answer_id(r.response) in visit_ids]
+        if doomed:
+            session.execute(
+                delete(IdempotencyKey)
+                .where(IdempotencyKey.id.in_(doomed))
+                .execution_options(synchronize_session=False)
+            )
     session.execute(
         update(Visit)
         .where(Visit.person_id == person.id)

@@ -185,6 +185,51 @@ def test_an_erased_resident_leaves_no_answer_under_a_visit_s_idempotency_key(cli
     assert findings == ["", ""]
 
 
+def test_an_erased_resident_leaves_no_answer_of_a_visit_with_a_case_under_its_key(
+    client, phone, home, engine
+):
+    """A visit that reported a case keeps its answer under the case's id: the erasure
+    looked for the visit's id, and a retry with the key (online or a batch's) answered the
+    findings of the erased resident in full. Another visit's answer stays."""
+    resident = {"name": "孙五", "id_number": make_id(seq="011"), "grid": A1}
+    person = created(client.post("/api/v1/persons", json=resident))
+    for _ in range(3):  # the cases' ids are not the visits' (equal, the rows were found)
+        report = {"category": "0101", "description": "占道经营", "location": point(0)}
+        created(client.post("/api/v1/cases", json=report))
+
+    def about(cid: str) -> dict:
+        return {
+            "person_id": person["id"],
+            "findings": "情绪激动，拒绝服药",
+            "place": "家中",
+            "location": point(0),
+            "case": {"category": "0101", "description": "门前堆物", "client_id": cid},
+        }
+
+    online = about(str(uuid.uuid4()))
+    assert keyed(phone, online, "visit-kc").status_code == 201
+    queued = about(str(uuid.uuid4()))
+    batched = phone.post(
+        "/api/v1/sync/batch",
+        json={"actions": [{"key": "visit-bc", "type": "visit.create", "payload": queued}]},
+    )
+    assert batched.get_json()["results"][0]["status"] == 201, batched.get_json()
+    other = {"household_id": home["id"], "findings": "邻居走访"}
+    kept = keyed(phone, other, "visit-other")
+    assert kept.status_code == 201
+    assert client.delete(f"/api/v1/persons/{person['id']}?reason=本人申请删除").status_code == 204
+    with engine.connect() as conn:
+        answers = conn.execute(text("SELECT response FROM idempotency_keys")).scalars().all()
+    assert not [r for r in answers if "服药" in r or "家中" in r], answers
+    for body, key in ((online, "visit-kc"), (queued, "visit-bc")):
+        again = keyed(phone, body, key)
+        assert "服药" not in again.get_data(as_text=True), again.get_json()
+    again = keyed(phone, other, "visit-other")  # another visit's answer is still its answer
+    assert again.status_code == 201 and again.data == kept.data
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM visits")).scalar() == 3
+
+
 def test_errors_of_a_visits_case_name_its_fields_under_case(phone, home, engine):
     """The case's fields are under `case` in a visit's body, and so in its errors (an
     unknown category was `json.category`, a field a visit has not got); nothing is
