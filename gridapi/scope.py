@@ -6,6 +6,7 @@ never loaded and answers exactly as a missing one does.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -68,6 +69,13 @@ class Scope:
             ancestors.add(community)
             ancestors.update(ancestor_prefix_codes(community))
         return cls(grid_codes=grids, ancestors=frozenset(ancestors))
+
+    def fingerprint(self) -> str:
+        """Return a short digest of the area (equal for equal scopes): what a thing made for
+        a caller's area (a sync cursor, an export's file) is checked against later."""
+        parts = ["*" if self.unrestricted else "", *sorted(self.prefixes), "|"]
+        parts += sorted(self.grid_codes)
+        return hashlib.blake2b("\n".join(parts).encode(), digest_size=12).hexdigest()
 
     # --- checks in Python -------------------------------------------------------------------
 

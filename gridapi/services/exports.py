@@ -695,6 +695,22 @@ def get_job(session: Session, principal: Principal, kind: str, job_id: int) -> E
     return job
 
 
+def check_still_theirs(principal: Principal, job: ExportJob) -> None:
+    """Raise Forbidden unless the caller may still have the file: unmasked residents need
+    ``persons:unmask`` now, and the file's rows were chosen for the caller's area as it is
+    now (a file of a community the requester has since left is no longer theirs)."""
+    from ..auth import Forbidden
+
+    if job.unmask and not principal.can("persons:unmask"):
+        raise Forbidden(
+            "Unmasked exports need the permission persons:unmask, which you no longer hold."
+        )
+    if job.built_for != principal.scope.fingerprint():
+        raise Forbidden(
+            "Your area has changed since this export was written: queue the export again."
+        )
+
+
 def _requester(session: Session, job: ExportJob) -> Principal | None:
     """Return the requester as they are now (a disabled account, a revoked app: None)."""
     if job.user_id is not None:
@@ -833,6 +849,7 @@ def run_job(
         assert job is not None
         principal = _requester(session, job)
         problem = None
+        built_for = principal.scope.fingerprint() if principal is not None else None
         if principal is None:
             problem = "The requester's account is no longer active."
         elif not principal.can(READ_PERMISSIONS[job.kind]) or (
@@ -880,7 +897,12 @@ def run_job(
         "lease_until": None,
     }
     if problem is None:
-        outcome.update(status="done", row_count=rows[0], size_bytes=os.path.getsize(path))
+        outcome.update(
+            status="done",
+            row_count=rows[0],
+            size_bytes=os.path.getsize(path),
+            built_for=built_for,
+        )
     else:
         outcome.update(status="failed", error=problem)
     with sessions.begin() as session:

@@ -198,15 +198,8 @@ def keeps(caller: Caller, entities: tuple[str, ...]) -> str:
     not change), nor does a grid added, or a permission gained or lost; so a cursor carries
     this digest, and one of another is refused (410) for a sync from empty, whose copy then
     replaces the phone's."""
-    scope = caller.scope
     return digest(
-        {
-            "sets": list(entities),
-            "user": _user_id(caller),
-            "all": scope.unrestricted,
-            "regions": sorted(scope.prefixes),
-            "grids": sorted(scope.grid_codes),
-        }
+        {"sets": list(entities), "user": _user_id(caller), "area": caller.scope.fingerprint()}
     )
 
 

@@ -439,6 +439,44 @@ def test_a_job_keeps_the_scope_and_masking_of_its_requester(client, residents, a
     assert r.status_code == 422 and "id_number" in r.get_json()["errors"]["json"]["filters"]
 
 
+def test_a_file_is_served_only_while_its_requester_may_still_have_it(
+    client, residents, accounts, app
+):
+    """A finished file of unmasked residents stayed downloadable for its whole retention
+    after its requester lost persons:unmask, and after they were moved to another area."""
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    user = accounts.ids["officer"]
+
+    def queued(body: dict) -> str:
+        r = officer.post("/api/v1/exports/persons/jobs", json={"format": "csv", **body})
+        assert r.status_code == 202, r.get_json()
+        return f"/api/v1/exports/persons/jobs/{r.get_json()['id']}/file"
+
+    def changed(**change: Any) -> None:  # a change of role or area ends the sessions
+        ok(client.patch(f"/api/v1/users/{user}", json=change))
+        officer.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {accounts.token('officer')}"
+
+    full, masked = queued({"unmask": True, "purpose": PURPOSE}), queued({})
+    assert run_jobs(app)["done"] == 2
+    assert [row["id_number"] for row in parse_csv(ok(officer.get(full)))[1]] == [
+        make_id(1),
+        make_id(2),
+    ]
+    changed(role="grid_chief")
+    r = officer.get(full)
+    assert r.status_code == 403, r.get_json()
+    assert "persons:unmask" in r.get_json()["message"]
+    assert make_id(1) not in r.get_data(as_text=True)
+    ok(officer.get(masked))  # the same area, masked: still theirs
+    changed(role="community_officer", scope_region=COMMUNITY_B)
+    for path in (full, masked):
+        r = officer.get(path)
+        assert r.status_code == 403, r.get_json()
+        assert r.get_json()["message"].startswith("Your area has changed")
+    changed(scope_region=COMMUNITY_A)  # back where the file was written for
+    ok(officer.get(full))
+
+
 def test_a_job_takes_a_bbox_and_statuses_as_json_arrays(client, world, app):
     """A job's bbox could be given in no form: "120.5,…" was text where numbers are due,
     and an array was not a delimited list."""
