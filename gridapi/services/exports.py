@@ -568,14 +568,18 @@ WRITERS: dict[str, Callable[..., Iterator[bytes]]] = {
 }
 
 
+_PERSONAL_FILTERS = frozenset({"id_number", "phone", "name", "address", "q"})
+
+
 def summary_of(args: dict[str, Any]) -> dict[str, Any]:
     """Return the filters of an export as the audit log keeps them: JSON values, and never
-    an ID or phone number searched for (only that one was given)."""
+    a person's value searched for — an ID or phone number, a name, an address, a text (only
+    that one was given: the log holds ids and field names, and outlives an erasure)."""
     out: dict[str, Any] = {}
     for key, value in sorted(args.items()):
         if value is None or key == "purpose":
             continue
-        if key in ("id_number", "phone"):
+        if key in _PERSONAL_FILTERS:
             out[key] = "(given)"
         elif isinstance(value, datetime | date):
             out[key] = value.isoformat()

@@ -314,6 +314,29 @@ def test_a_searched_id_number_is_matched_but_never_written_to_the_audit_log(
     assert make_id(2) not in json.dumps(entry["summary"])
 
 
+def test_names_addresses_and_texts_searched_are_not_written_to_the_audit_log(
+    client, residents, engine
+):
+    """The audit log holds ids and field names, and outlives an erasure: an export
+    searched by a resident's name or address kept them there in full."""
+    name, address = residents[0]["name"], "平江路"
+    query = {"name": name, "address": address, "format": "csv"}
+    ok(client.get("/api/v1/exports/persons", query_string=query))
+    r = client.post(
+        "/api/v1/exports/persons/jobs", json={"filters": {"name": name, "address": address}}
+    )
+    assert r.status_code == 202, r.get_json()
+    ok(client.get("/api/v1/exports/cases", query_string={"q": "王建国"}))
+    with engine.connect() as conn:
+        kept = conn.execute(
+            text("SELECT action, summary FROM audit_log WHERE object_type = 'export'")
+        ).all()
+    summaries = {a: json.loads(s) if isinstance(s, str) else s for a, s in kept}
+    assert summaries["export.queue"]["filters"] == {"name": "(given)", "address": "(given)"}
+    assert [json.dumps(s, ensure_ascii=False) for s in summaries.values() if name in str(s)] == []
+    assert "王建国" not in json.dumps([s for _, s in kept], ensure_ascii=False)
+
+
 def test_visits_export_equals_the_list(client, residents, accounts):
     worker = accounts.client("worker1", "grid_worker", grids=[A1])
     listed = worker.get("/api/v1/visits").get_json()["items"]
