@@ -8,13 +8,19 @@ import re
 import uuid
 from typing import Any
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import __version__, clock, phone
 from .auth import LocalRateLimiter, PrincipalCache
 from .config import Settings
-from .db import make_engine, make_sessionmaker, spatial_extension_version, sqlite_write_intent
+from .db import (
+    make_engine,
+    make_sessionmaker,
+    spatial_extension_version,
+    sqlite_write_intent,
+    view_writes,
+)
 from .errors import register_error_handlers
 from .extensions import AppState, close_session
 from .jsonio import ApiRequest, OrjsonProvider
@@ -38,6 +44,17 @@ maps the request location and field path to messages (`{"json": {"points": {"3":
 """
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _view_writes() -> bool:
+    """Whether the view about to answer is marked as one that writes (``db.writes``)."""
+    view = current_app.view_functions.get(request.endpoint) if request.endpoint else None
+    cls = getattr(view, "view_class", None)
+    if cls is not None:
+        method = "get" if request.method == "HEAD" else request.method.lower()
+        view = getattr(cls, method, None)
+    return view is not None and view_writes(view)
+
 
 # Request ids: a random per-process prefix and a counter. uuid4 reads the kernel's random
 # source on every request, which costs tens of microseconds on some virtual machines.
@@ -182,7 +199,9 @@ def create_app(
         sent = request.headers.get("X-Request-ID", "")
         # A caller's id is kept only when it is short and plain: it goes into logs and rows.
         g.request_id = sent if _REQUEST_ID_RE.fullmatch(sent) else _next_request_id()
-        g.write_intent_token = sqlite_write_intent.set(request.method in _WRITE_METHODS)
+        g.write_intent_token = sqlite_write_intent.set(
+            request.method in _WRITE_METHODS or _view_writes()
+        )
 
     @app.after_request
     def _request_id_header(response):  # type: ignore[no-untyped-def]

@@ -28,7 +28,10 @@ def _settings() -> Settings:
 def _engine(settings: Settings):  # type: ignore[no-untyped-def]
     from .db import make_engine
 
-    return make_engine(settings.database_url, spatialite_path=settings.spatialite_path)
+    # Commands and the job runner read, then write: on SQLite they begin as writers.
+    return make_engine(
+        settings.database_url, spatialite_path=settings.spatialite_path, sqlite_immediate=True
+    )
 
 
 EVERYTHING = Scope.everything()  # the command line acts for the operator of the machine

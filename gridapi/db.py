@@ -17,10 +17,26 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 # Write requests open SQLite transactions with BEGIN IMMEDIATE, so two writers queue on the
-# busy timeout instead of failing when a read transaction tries to upgrade to a write.
+# busy timeout instead of failing when a read transaction tries to upgrade to a write (a
+# reader whose snapshot is older than the last commit gets "database is locked" at once,
+# whatever the timeout). GET views that write (an audit row of a read) say so: `writes`.
 sqlite_write_intent: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "sqlite_write_intent", default=False
 )
+
+_WRITES = "_gridapi_writes"
+
+
+def writes(view: Any) -> Any:
+    """Mark a view of a reading method (GET) that writes too — an audit row of what was
+    read — so that on SQLite its transaction begins as a writer's."""
+    setattr(view, _WRITES, True)
+    return view
+
+
+def view_writes(view: Any) -> bool:
+    """Return whether ``view`` (a view function, or a method of a MethodView) is marked."""
+    return bool(getattr(view, _WRITES, False))
 
 
 class SpatialExtensionMissing(RuntimeError):
@@ -47,14 +63,18 @@ def make_engine(
     spatialite_path: str = "mod_spatialite",
     pool_size: int = 5,
     statement_timeout_ms: int = 30000,
+    sqlite_immediate: bool = False,
 ) -> Engine:
     """Return an engine for the URL with the spatial extension wired in.
 
+    ``sqlite_immediate``: every SQLite transaction begins IMMEDIATE (a command or the job
+    runner, whose transactions read and then write: begun as readers, their first write
+    failed at once with "database is locked" whenever a request had written meanwhile).
     Raises SpatialExtensionMissing when SpatiaLite cannot be loaded.
     """
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
-        return _make_sqlite_engine(database_url, spatialite_path)
+        return _make_sqlite_engine(database_url, spatialite_path, sqlite_immediate)
     if url.get_backend_name() == "postgresql":
         if url.drivername == "postgresql":
             url = url.set(drivername="postgresql+psycopg")
@@ -114,7 +134,7 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-def _make_sqlite_engine(database_url: str, spatialite_path: str) -> Engine:
+def _make_sqlite_engine(database_url: str, spatialite_path: str, immediate: bool = False) -> Engine:
     url = make_url(database_url)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +170,8 @@ def _make_sqlite_engine(database_url: str, spatialite_path: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if sqlite_write_intent.get() else "BEGIN")
+        write = immediate or sqlite_write_intent.get()
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
 

@@ -13,6 +13,7 @@ from marshmallow import ValidationError
 
 from ..auditing import audit
 from ..auth import Forbidden, Principal, current_principal
+from ..db import writes
 from ..errors import Conflict, NotFound, Unprocessable
 from ..extensions import commit, db_session, state
 from ..jsonio import dumps_bytes
@@ -140,6 +141,7 @@ class CaseExport(MethodView):
     @blp.arguments(CaseExportArgsSchema, location="query")
     @blp.doc(responses=FILES)
     @blp.response(200)
+    @writes
     def get(self, args):
         """Export cases (CSV, XLSX or GeoJSON)
 
@@ -160,6 +162,7 @@ class TaskExport(MethodView):
     @blp.arguments(TaskExportArgsSchema, location="query")
     @blp.doc(responses=FILES)
     @blp.response(200)
+    @writes
     def get(self, args):
         """Export tasks (CSV, XLSX or GeoJSON)
 
@@ -176,6 +179,7 @@ class VisitExport(MethodView):
     @blp.arguments(VisitExportArgsSchema, location="query")
     @blp.doc(responses=FILES)
     @blp.response(200)
+    @writes
     def get(self, args):
         """Export visits (CSV, XLSX or GeoJSON)
 
@@ -192,6 +196,7 @@ class PersonExport(MethodView):
     @blp.arguments(PersonExportArgsSchema, location="query")
     @blp.doc(responses={**FILES, "429": _ref("TOO_MANY_REQUESTS")})
     @blp.response(200)
+    @writes
     def get(self, args):
         """Export residents (CSV, XLSX or GeoJSON), masked unless unmasked with a purpose
 
@@ -386,6 +391,7 @@ def _register_jobs(kind: str) -> None:
         )
     )
 
+    @writes
     def download(self, job_id):  # type: ignore[no-untyped-def]
         return _download(kind, job_id)
 

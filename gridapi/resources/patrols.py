@@ -16,6 +16,7 @@ from flask.views import MethodView
 
 from ..auditing import audit
 from ..auth import AUTHENTICATED, Forbidden, Principal, current_principal
+from ..db import writes
 from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
 from ..jsonio import dumps_bytes
@@ -195,6 +196,7 @@ class PatrolById(MethodView):
     @blp.requires(AUTHENTICATED)
     @blp.arguments(PatrolGetArgsSchema, location="query")
     @blp.response(200, PatrolDetailSchema)
+    @writes
     def get(self, args, patrol_id):
         """Get a patrol with its statistics, its line (GeoJSON), check-ins and findings
 

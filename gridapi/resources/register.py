@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..auditing import audit, request_actor
 from ..auth import current_principal
+from ..db import writes
 from ..errors import Conflict, DomainError, Unprocessable
 from ..extensions import commit, db_session, state
 from ..jsonio import dumps_bytes
@@ -515,6 +516,7 @@ class PersonSensitive(MethodView):
     @persons_blp.arguments(PurposeArgsSchema, location="query")
     @persons_blp.response(200, SensitivePersonSchema)
     @persons_blp.alt_response(429, response="TOO_MANY_REQUESTS")
+    @writes
     def get(self, args, person_id):
         """Read a resident's full name, ID and phone number, stating a purpose
 
@@ -538,6 +540,7 @@ class PersonExport(MethodView):
     @persons_blp.arguments(PurposeArgsSchema, location="query")
     @persons_blp.response(200, AccessExportSchema)
     @persons_blp.alt_response(429, response="TOO_MANY_REQUESTS")
+    @writes
     def get(self, args, person_id):
         """Export everything held about one resident (personal-information access request)
 

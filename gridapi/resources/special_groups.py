@@ -6,6 +6,7 @@ from flask.views import MethodView
 
 from ..auditing import request_actor
 from ..auth import current_principal
+from ..db import writes
 from ..extensions import commit, db_session
 from ..schemas.register import (
     SpecialGroupArgsSchema,
@@ -50,6 +51,7 @@ class SpecialGroups(MethodView):
     @blp.requires("special_groups:read")
     @blp.arguments(SpecialGroupArgsSchema, location="query")
     @blp.response(200, SpecialGroupListSchema)
+    @writes
     def get(self, args):
         """List special-group records in your scope (each one returned is audited)
 
@@ -100,6 +102,7 @@ class SpecialGroups(MethodView):
 class SpecialGroupById(MethodView):
     @blp.requires("special_groups:read")
     @blp.response(200, SpecialGroupSchema)
+    @writes
     def get(self, record_id):
         """Get a special-group record (audited)
 

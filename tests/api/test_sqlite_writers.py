@@ -1,0 +1,128 @@
+"""SQLite: a read that writes (an audit row of what was read), a command and the job
+runner begin as writers, so they wait for a request that writes instead of failing.
+
+SQLite refuses at once ("database is locked", whatever the busy timeout) a transaction
+begun as a reader that writes after another commit: under one phone reporting, 70–85 % of
+the audited reads (exports, a resident's full record, special groups, a patrol's track)
+answered 503, and `gridapi users create` failed with a traceback.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import textwrap
+import threading
+import time
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from gridapi.cli import main
+from gridapi.db import view_writes
+
+from ..factories import COMMUNITY_A, PASSWORD, TOWNSHIP
+
+HOLD_S = 1.5
+
+
+def holding_the_write_lock(engine: Any) -> tuple[threading.Thread, threading.Event]:
+    """Start a writer that takes SQLite's write lock, holds it HOLD_S seconds, commits."""
+    taken = threading.Event()
+
+    def write() -> None:
+        with engine.connect() as conn:
+            conn.execute(text("UPDATE regions SET name = name WHERE code = :c"), {"c": TOWNSHIP})
+            taken.set()
+            time.sleep(HOLD_S)
+            conn.commit()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert taken.wait(10)
+    return writer, taken
+
+
+@pytest.mark.engines("sqlite")
+def test_an_audited_read_waits_for_a_writer(client, world, engine):
+    writer, _ = holding_the_write_lock(engine)
+    began = time.monotonic()
+    r = client.get("/api/v1/exports/cases")
+    writer.join()
+    assert r.status_code == 200, r.get_json()
+    assert time.monotonic() - began >= HOLD_S * 0.5  # it waited, then answered
+    with engine.connect() as conn:
+        audited = conn.execute(
+            text("SELECT count(*) FROM audit_log WHERE action = 'export.download'")
+        ).scalar()
+    assert audited == 1
+
+
+@pytest.mark.engines("sqlite")
+def test_a_command_waits_for_a_writer(settings, database_url, world, engine):
+    env = {
+        "GRIDAPI_DATABASE_URL": database_url,
+        "GRIDAPI_SECRET_KEY": settings.key_bytes("secret_key").decode(),
+        "GRIDAPI_BLIND_INDEX_KEY": settings.key_bytes("blind_index_key").decode(),
+        "GRIDAPI_ARGON2_TIME_COST": str(settings.argon2_time_cost),
+        "GRIDAPI_ARGON2_MEMORY_KIB": str(settings.argon2_memory_kib),
+        "GRIDAPI_DATA_DIR": settings.data_dir,
+    }
+    args = ["users", "create", "--username", "w09", "--password", PASSWORD]
+    args += ["--role", "grid_worker", "--grids", COMMUNITY_A + "001"]
+    writer, _ = holding_the_write_lock(engine)
+    result = CliRunner().invoke(main, args, env=env)
+    writer.join()
+    assert result.exit_code == 0, result.output
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM users WHERE username = 'w09'")).scalar()
+
+
+def _calls(function: Any) -> set[str]:
+    """Return the names a function calls, and those its module's own helpers call."""
+    function = inspect.unwrap(function)
+    module = inspect.getmodule(function)
+    seen: set[str] = set()
+    todo = [function]
+    done: set[Any] = set()
+    while todo:
+        f = todo.pop()
+        if f in done:
+            continue
+        done.add(f)
+        tree = ast.parse(textwrap.dedent(inspect.getsource(f)))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if name:
+                    seen.add(name)
+                    helper = getattr(module, name, None)
+                    if inspect.isfunction(helper) and inspect.getmodule(helper) is module:
+                        todo.append(helper)
+    return seen
+
+
+def test_every_read_that_commits_is_marked_as_one_that_writes(app):
+    """A GET view that commits what it did (an audit row of the read) must begin as a
+    writer on SQLite: marked with gridapi.db.writes."""
+    unmarked, marked = [], []
+    for rule in app.url_map.iter_rules():
+        if "GET" not in rule.methods or rule.endpoint == "static":
+            continue
+        view = app.view_functions[rule.endpoint]
+        cls = getattr(view, "view_class", None)
+        get = getattr(cls, "get", None) if cls is not None else view
+        if get is None:
+            continue
+        try:
+            commits = "commit" in _calls(get)
+        except (OSError, TypeError):  # no source: a library's view
+            continue
+        if commits and not view_writes(get):
+            unmarked.append(rule.rule)
+        elif commits:
+            marked.append(rule.rule)
+    assert unmarked == []
+    assert "/api/v1/persons/<id:person_id>/sensitive" in marked  # the scan finds them
