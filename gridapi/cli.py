@@ -604,6 +604,7 @@ def persons_import(file: Path, mode: str, dry_run: bool, region: str | None) -> 
     from .codes import InvalidCode, region_level
     from .db import sqlite_write_intent
     from .errors import DomainError
+    from .services.keys import keys_problem
     from .services.person_import import import_persons
     from .services.register import Keys
     from .services.routing import build_snapshot, current_generation
@@ -619,6 +620,10 @@ def persons_import(file: Path, mode: str, dry_run: bool, region: str | None) -> 
     engine = sessions.kw["bind"]
     snapshot = build_snapshot(engine, current_generation(engine), settings.routing_snap_meters)
     protect = Keys(field_cipher(settings), settings.key_bytes("blind_index_key"))
+    with sessions() as session:  # residents sealed under keys not the database's: unreadable
+        problem = keys_problem(session, protect)
+    if problem:
+        raise click.ClickException(problem)
     actor = _cli_actor()
     token = sqlite_write_intent.set(True)  # the import writes: take SQLite's lock at BEGIN
     try:
@@ -743,7 +748,7 @@ def openapi_write(path: Path) -> None:
 @click.option("--workers", default=None, type=int, help="Default GRIDAPI_WORKERS or automatic.")
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the API under gunicorn (several workers on PostGIS; WAL mode on SQLite)."""
-    from .serving import jobs_in_serve, run
+    from .serving import StartupRefused, jobs_in_serve, run
 
     settings = _settings()
     try:
@@ -757,7 +762,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             port=port or settings.port,
             workers=workers or settings.workers,
         )
-    except SpatialExtensionMissing as exc:
+    except (SpatialExtensionMissing, StartupRefused) as exc:
         raise click.ClickException(str(exc)) from exc
 
 
@@ -790,6 +795,11 @@ def worker(once: bool, parent_pid: int | None) -> None:
     from .services.register import Keys
 
     sessions = _sessions()
+    from .migrations import schema_problem
+
+    problem = schema_problem(sessions.kw["bind"])
+    if problem:  # every job would fail on a missing column, round after round
+        raise click.ClickException(problem)
     options = jobs.JobOptions.from_settings(settings)
     cipher = field_cipher(settings)
     delivery_options = webhooks.DeliveryOptions.from_settings(settings)

@@ -92,6 +92,26 @@ def downgrade(engine: Engine, revision: str) -> None:
         command.downgrade(cfg, revision)
 
 
+def head_revision() -> str | None:
+    """Return the revision the code's migration chain ends at."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """Return why the database's schema is not the one this code needs (None when it is)."""
+    current, head = current_revision(engine), head_revision()
+    if current == head:
+        return None
+    if current is None:
+        return "The database has no gridapi tables yet: run `gridapi db upgrade` first."
+    return (
+        f"The database is at revision {current}, this gridapi needs {head}: run "
+        "`gridapi db upgrade` (or run the gridapi the database was migrated by)."
+    )
+
+
 def current_revision(engine: Engine) -> str | None:
     """Return the revision the database is at, or None when it was never migrated."""
     from alembic.runtime.migration import MigrationContext

@@ -195,13 +195,41 @@ def limits_warning(workers: int, settings: Settings) -> str | None:
     )
 
 
+class StartupRefused(RuntimeError):
+    """The database is not one this server may serve as it is; the message says why."""
+
+
+def preflight(engine: Any, settings: Settings) -> str | None:
+    """Return why the server must not start on this database (None: it may): a schema of
+    another revision (requests failed as 503 "retry shortly" on a missing column), or keys
+    that are not the database's (a moved GRIDAPI_DATA_DIR made new ones silently)."""
+    from sqlalchemy.orm import Session
+
+    from .app import field_cipher
+    from .migrations import schema_problem
+    from .services.keys import keys_problem
+    from .services.register import Keys
+
+    problem = schema_problem(engine)
+    if problem:
+        return problem
+    keys = Keys(field_cipher(settings), settings.key_bytes("blind_index_key"))
+    with Session(engine) as session:
+        return keys_problem(session, keys)
+
+
 def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
     """Serve until interrupted. Raises SpatialExtensionMissing before starting, ValueError
-    for an invalid GRIDAPI_WORKER_IN_SERVE."""
+    for an invalid GRIDAPI_WORKER_IN_SERVE, StartupRefused as ``preflight`` says."""
     with_jobs = jobs_in_serve(settings)
     engine = make_engine(settings.database_url, spatialite_path=settings.spatialite_path)
-    spatial_extension_version(engine)
-    engine.dispose()
+    try:
+        spatial_extension_version(engine)
+        problem = preflight(engine, settings)
+    finally:
+        engine.dispose()
+    if problem:
+        raise StartupRefused(problem)
     workers = workers or default_workers(settings)
     for warning in (exposure_warning(host, settings), limits_warning(workers, settings)):
         if warning:

@@ -409,3 +409,44 @@ def test_a_row_changed_during_its_batch_is_left_for_the_next_run(server, setting
     assert r.get_json()["phone"] == new_phone
     found = client.get("/api/v1/persons", query_string={"phone": new_phone}).get_json()["items"]
     assert [p["id"] for p in found] == [ids["李四"]]
+
+
+def test_a_server_and_an_import_refuse_keys_that_are_not_the_databases(
+    cli, server, settings, tmp_path
+):
+    """A server started with another GRIDAPI_DATA_DIR generated new keys without a word:
+    every resident read failed its integrity check (500) and residents registered meanwhile
+    were sealed under the wrong key. Serving and importing now refuse, naming the key."""
+    from gridapi.serving import preflight
+
+    register(server(KEY1, blind="the-blind-index-key-of-this-test"))
+    engine = engine_of(server(KEY1, blind="the-blind-index-key-of-this-test"))
+
+    def problem(keys: str, blind: str) -> str | None:
+        return preflight(engine, replace(settings, field_keys=keys, blind_index_key=blind))
+
+    assert problem(KEY1, "the-blind-index-key-of-this-test") is None
+    assert problem(f"{KEY1},{KEY2}", "the-blind-index-key-of-this-test") is None  # rotating
+    assert "field keys" in problem(KEY2, "the-blind-index-key-of-this-test")
+    assert "blind-index key" in problem(KEY1, "another-blind-index-key")
+    sheet = tmp_path / "people.csv"
+    sheet.write_text("name,id_number,grid\n王五," + make_id(seq="777") + f",{A1}\n")
+    before = stored(engine)
+    out = refused(cli("persons", "import", str(sheet), keys=KEY2, blind="x" * 32))
+    assert "field keys" in out
+    assert stored(engine) == before  # nothing sealed under the wrong key
+
+
+def test_a_server_refuses_a_database_of_another_revision(tmp_path):
+    from gridapi import migrations
+    from gridapi.db import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    assert "no gridapi tables" in migrations.schema_problem(engine)
+    migrations.upgrade(engine, "0023")
+    message = migrations.schema_problem(engine)
+    assert "revision 0023" in message and migrations.head_revision() in message
+    assert "gridapi db upgrade" in message
+    migrations.upgrade(engine)
+    assert migrations.schema_problem(engine) is None
+    engine.dispose()

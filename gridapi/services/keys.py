@@ -42,6 +42,39 @@ _MODELS: dict[str, Any] = {
 NOT_A_CIPHERTEXT = "unrecognised"
 
 
+def keys_problem(session: Session, keys: Keys) -> str | None:
+    """Return why the configured keys are not the ones this database's residents were
+    stored with (None when they are, or when no resident is stored).
+
+    A server started with another data directory generated new keys without a word: every
+    read of a resident failed its integrity check (500), and residents registered meanwhile
+    were sealed under the wrong key. One resident is opened and re-indexed to tell.
+    """
+    row = session.execute(
+        select(Person.uid, Person.id_number_enc, Person.id_number_hmac)
+        .where(Person.id_number_enc.is_not(None))
+        .order_by(Person.id.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    try:
+        plain = keys.open("persons", "id_number", row.uid, row.id_number_enc)
+    except CiphertextError:
+        return (
+            "The field keys (GRIDAPI_FIELD_KEYS, else field.key in GRIDAPI_DATA_DIR) do not "
+            "decrypt the residents this database holds: point GRIDAPI_DATA_DIR at the "
+            "directory holding the keys the database was written with, or set the variables."
+        )
+    if plain is not None and keys.index("id_number", plain) != row.id_number_hmac:
+        return (
+            "The blind-index key (GRIDAPI_BLIND_INDEX_KEY, else blind_index.key in "
+            "GRIDAPI_DATA_DIR) is not the one this database's residents were indexed with: "
+            "point GRIDAPI_DATA_DIR at the right directory, or set the variable."
+        )
+    return None
+
+
 class RotationError(Exception):
     """A stored value could not be decrypted; the message names where, never what."""
 
