@@ -14,7 +14,7 @@ def _default_database_url() -> str:
 def _write_once(path: Path, content: str) -> None:
     """Write a key file (mode 0600) unless it exists: the first writer wins, so workers
     starting together read the same key."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

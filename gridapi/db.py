@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -137,7 +139,11 @@ def _lower(value: Any) -> Any:
 def _make_sqlite_engine(database_url: str, spatialite_path: str, immediate: bool = False) -> Engine:
     url = make_url(database_url)
     if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        # The register is in this file (names, addresses in clear): readable by the
+        # service's user alone. SQLite gives its -wal and -shm files the file's mode.
+        Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(url.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     engine = create_engine(url, module=sqlite_dbapi(), connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")

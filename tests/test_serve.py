@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from gridapi.services.identity import create_client
 
@@ -229,3 +230,27 @@ def test_a_worker_keeps_its_routing_index_out_of_full_collections(factory, app):
     finally:
         routing.after_rebuild = None
         gc.unfreeze()
+
+
+def test_the_embedded_database_and_its_key_files_are_the_services_alone(tmp_path: Path):
+    """Under the usual umask the database (the register's names and addresses in clear),
+    its -wal and -shm files and the data directory were readable by every local account."""
+    from gridapi import migrations
+    from gridapi.config import _write_once
+    from gridapi.db import make_engine
+
+    data = tmp_path / "var"
+    engine = make_engine(f"sqlite:///{data / 'gridapi.sqlite3'}")
+    migrations.upgrade(engine)
+    with engine.connect() as conn:  # an open connection keeps -wal and -shm
+        conn.execute(text("SELECT count(*) FROM regions"))
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in data.iterdir()}
+    engine.dispose()
+    assert modes == {
+        "gridapi.sqlite3": "0o600",
+        "gridapi.sqlite3-wal": "0o600",
+        "gridapi.sqlite3-shm": "0o600",
+    }
+    assert oct(data.stat().st_mode & 0o777) == "0o700"
+    _write_once(tmp_path / "keys" / "secret.key", "k")
+    assert oct((tmp_path / "keys").stat().st_mode & 0o777) == "0o700"

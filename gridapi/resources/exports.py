@@ -89,7 +89,7 @@ def _stream(plan: svc.ExportPlan, fmt: str) -> Response:
     def body() -> Iterator[bytes]:
         with sessions() as session:
             if fmt == "xlsx":
-                os.makedirs(tmp_dir, exist_ok=True)
+                os.makedirs(tmp_dir, mode=0o700, exist_ok=True)
                 yield from writer(session, plan, tmp_dir)
             else:
                 yield from writer(session, plan)

@@ -409,7 +409,7 @@ def write_blob(store: AttachmentStore, data: bytes, content_type: str) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.utime(path)
             return digest
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
