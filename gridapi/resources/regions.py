@@ -16,6 +16,7 @@ from ..schemas.regions import (
     RegionImportRowSchema,
     RegionListSchema,
     RegionPageSchema,
+    RegionPeriodArgsSchema,
     RegionQueryArgsSchema,
     RegionUpdateSchema,
     SubtreeArgsSchema,
@@ -143,6 +144,7 @@ class RegionsByCode(MethodView):
         return svc.get_region(db_session(), code, args.get("on"), scope=_scope())
 
     @blp.requires("regions:write")
+    @blp.arguments(RegionPeriodArgsSchema, location="query")
     @blp.arguments(RegionUpdateSchema)
     @blp.response(200, RegionDetailSchema)
     @blp.alt_response(
@@ -151,18 +153,20 @@ class RegionsByCode(MethodView):
         description="The periods of the code would overlap; or the region would no longer "
         "be current while grids in it are in service (retire or move them first).",
     )
-    def patch(self, data, code):
+    def patch(self, args, data, code):
         """Update a region
 
         Corrects the current row in place, or with `effective_from` starts a new period so
-        the old name and boundary stay queryable with `on`. A region whose grids are in
-        service cannot end today or earlier (409 naming them): every grid belongs to a
-        community of the tree; a later end is taken.
+        the old name and boundary stay queryable with `on`. With `on` (today or later) the
+        period valid that day is the one changed: a period planned to start later is
+        corrected before it starts. A region whose grids are in service cannot end today or
+        earlier (409 naming them): every grid belongs to a community of the tree; a later
+        end is taken.
         """
         summary = {k: v for k, v in data.items() if k != "boundary"}
         if "boundary" in data:
             summary["boundary_changed"] = True
-        region = svc.update_region(db_session(), code, data, scope=_scope())
+        region = svc.update_region(db_session(), code, data, scope=_scope(), on=args.get("on"))
         audit("region.update", "region", code, region_code=code, summary=summary)
         commit()
         state().routing.invalidate()

@@ -56,6 +56,15 @@ class OnDateArgsSchema(StrictSchema):
     on = fields.Date(metadata={"description": "The version valid on this day (default today)."})
 
 
+class RegionPeriodArgsSchema(StrictSchema):
+    on = fields.Date(
+        metadata={
+            "description": "The period to change: the one valid on this day, today or later "
+            "(default today; a period that has ended is history and stays as it was)."
+        }
+    )
+
+
 class SubtreeArgsSchema(OnDateArgsSchema):
     max_level = fields.String(
         validate=validate.OneOf(LEVELS), metadata={"description": "Stop at this level."}

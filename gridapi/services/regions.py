@@ -319,14 +319,28 @@ def _nest(path: tuple[str, ...], value: Any) -> dict:
     return out
 
 
-def update_region(session: Session, code: str, changes: dict[str, Any], *, scope: Scope) -> Region:
-    """Change a region's name, boundary or validity and return the current row.
+def update_region(
+    session: Session,
+    code: str,
+    changes: dict[str, Any],
+    *,
+    scope: Scope,
+    on: date | None = None,
+) -> Region:
+    """Change a region's name, boundary or validity and return the row changed.
 
-    With ``effective_from`` the change starts a new period: the current row ends the day
-    before and a new row carries the new values, so history is never overwritten. Without
-    it the current row is corrected in place. Raises NotFound, Unprocessable, Conflict.
+    The row is the period valid on ``on`` (default today; never a day before today, as
+    history is not rewritten: a period planned to start later is corrected before it
+    starts). With ``effective_from`` the change starts a new period: that row ends the day
+    before and a new row carries the new values. Without it the row is corrected in place.
+    Raises NotFound, Unprocessable, Conflict.
     """
-    region = get_region(session, code, scope=scope)
+    if on is not None and on < clock.today():
+        raise Unprocessable(
+            "Only a period valid today or later can be changed; history stays as it was.",
+            errors={"query": {"on": ["today or later"]}},
+        )
+    region = get_region(session, code, on, scope=scope)
     if not scope.covers_region(code):
         raise region_not_found()
     effective = changes.pop("effective_from", None)

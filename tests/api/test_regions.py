@@ -459,6 +459,24 @@ def test_patch_with_effective_from_keeps_the_old_period(client, tree, session):
     assert region_count(session) == len(TREE) + 1
 
 
+def test_a_period_planned_for_later_is_corrected_before_it_starts(client, tree):
+    """A planned period (a reorganisation imported ahead of its day) could not be
+    corrected until it began: PATCH found only today's period (404 or today's changed)."""
+    from datetime import date, timedelta
+
+    url = f"/api/v1/regions/{COMMUNITY_A}"
+    later = (date.today() + timedelta(days=400)).isoformat()
+    planned = client.patch(url, json={"name": "规划社区", "effective_from": later})
+    assert planned.status_code == 200, planned.get_json()
+    r = client.patch(url, query_string={"on": later}, json={"name": "规划新社区"})
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["name"], r.get_json()["valid_from"]) == ("规划新社区", later)
+    assert client.get(url, query_string={"on": later}).get_json()["name"] == "规划新社区"
+    assert client.get(url).get_json()["name"] == "平江社区"  # today's period as it was
+    r = client.patch(url, query_string={"on": "2020-01-01"}, json={"name": "改写历史"})
+    assert r.status_code == 422 and r.get_json()["errors"] == {"query": {"on": ["today or later"]}}
+
+
 def test_second_period_must_start_later(client, tree):
     url = f"/api/v1/regions/{COMMUNITY_A}"
     assert client.patch(url, json={"name": "一", "effective_from": "2020-01-01"}).status_code == 200
