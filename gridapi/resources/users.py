@@ -8,6 +8,7 @@ from .. import clock
 from ..auditing import audit
 from ..auth import Forbidden, current_principal
 from ..extensions import commit, db_session, state
+from ..limits import count_lookup
 from ..models import Role
 from ..schemas.identity import (
     AssignmentCreateSchema,
@@ -82,21 +83,29 @@ class Users(MethodView):
     @blp.requires("users:write")
     @blp.arguments(UserCreateSchema)
     @blp.response(201, UserSchema)
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, data):
         """Create an account in your scope
 
         A role below your own; a region inside your scope (`scope_region`) or grids in it
-        (`grids`, the roster starting today). The password must meet the policy.
+        (`grids`, the roster starting today). The password must meet the policy. A phone
+        number of another account, anywhere, is a 409; as that tells whether a number has an
+        account, each such answer counts against GRIDAPI_PERSON_LOOKUP_RATE (429 when spent).
         """
         p = current_principal()
-        user = svc.create_user(
-            db_session(),
-            scope=p.scope,
-            actor_rank=p.rank,
-            phone_key=state().phone_key,
-            scope_region=data.pop("scope_region", None),
-            **data,
-        )
+        try:
+            user = svc.create_user(
+                db_session(),
+                scope=p.scope,
+                actor_rank=p.rank,
+                phone_key=state().phone_key,
+                scope_region=data.pop("scope_region", None),
+                **data,
+            )
+        except svc.PhoneTaken:
+            # an answer about a number of any account, in scope or not: a counted lookup
+            count_lookup(state().settings.person_lookup_rate, p.actor_id)
+            raise
         audit(
             "user.create",
             "user",

@@ -70,6 +70,11 @@ def user_principal(session: Session, user_id: int, token_version: int):  # type:
     )
 
 
+class PhoneTaken(Conflict):
+    """The phone number is another account's: which tells whether a number has an account
+    anywhere, so each such answer counts as an exact lookup of the caller."""
+
+
 def user_scope(session: Session, user: User, on: date | None = None) -> Scope:
     """Return the scope of a user: admins everything, else the region or the grids."""
     if user.role_name == "admin" and not user.scope_region_code:
@@ -417,7 +422,7 @@ def create_user(
         raise Conflict(f"The username {username!r} is taken.")
     hmac_value = phone_index(phone, phone_key) if phone else None
     if hmac_value and session.scalars(select(User.id).where(User.phone_hmac == hmac_value)).first():
-        raise Conflict("The phone number belongs to another account.")
+        raise PhoneTaken("The phone number belongs to another account.")
     problems = password_problems(password, username=username, phone=phone or "")
     if problems:
         raise Unprocessable(

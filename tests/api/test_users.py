@@ -191,6 +191,20 @@ def test_a_taken_username_or_phone_is_a_conflict(office: Any) -> None:
     assert new_user(office, "zhao", grids=[A2], phone=PHONE).status_code == 409
 
 
+def test_asking_whether_phone_numbers_have_accounts_is_counted(office: Any, app: Any) -> None:
+    """A 409 for a phone number of an account anywhere tells whether the number has an
+    account: an office could test numbers without limit. Each such answer is now an exact
+    lookup (GRIDAPI_PERSON_LOOKUP_RATE); creating accounts is not."""
+    app.extensions["gridapi"].settings.person_lookup_rate = "2 per hour"
+    created(office, "wang", grids=[A1], phone=PHONE)
+    for n in range(3):  # new numbers: accounts made, nothing counted
+        created(office, f"li{n}", grids=[A2], phone=f"1390000000{n}")
+    answers = [new_user(office, f"zhao{n}", grids=[A2], phone=PHONE) for n in range(3)]
+    assert [r.status_code for r in answers] == [409, 409, 429]
+    assert "belongs to another account" not in answers[2].get_data(as_text=True)
+    assert answers[2].headers["Retry-After"]
+
+
 def test_a_community_officer_reads_accounts_but_cannot_create_them(
     office: Any, accounts: Any
 ) -> None:
