@@ -211,11 +211,12 @@ class HouseById(MethodView):
         """Change a house's address, use or place (its households and residents move along)
 
         Changes only the fields sent. A new `location`, `grid` or `region` places the house again,
-        as on registration; when its grid or community changes, its households, their residents and
-        those residents' special-group records move with it, so they stay visible to the grid that
-        now holds them. A house stays in its county (numbers are unique per county): a place in
-        another county is a 422, as is one outside the caller's scope. Needs `persons:write`; a
-        house out of scope answers 404. The audit row `house.update` names the fields changed.
+        as on registration; when its grid or community changes, its households, their residents,
+        those residents' special-group records and the visits to them move with it, so they stay
+        visible to the grid that now holds them, and to it only. A house stays in its county
+        (numbers are unique per county): a place in another county is a 422, as is one outside
+        the caller's scope. Needs `persons:write`; a house out of scope answers 404. The audit
+        row `house.update` names the fields changed.
         """
         session = db_session()
         house, changed = svc.update_house(
@@ -331,7 +332,8 @@ class HouseholdById(MethodView):
         """Change a household's type or house (its members move along)
 
         Changes the `type` and/or the `house_id`. Moving to another house gives the household and
-        its members that house's grid and community (the members' special-group records follow);
+        its members that house's grid and community (the members' special-group records and the
+        visits to the household and its members follow);
         `house_id: null` detaches it from its house and leaves its place as it is. The new house
         must be in the caller's scope and in the same county (else 422). Needs `persons:write`; a
         household out of scope answers 404. The audit row `household.update` names the fields
@@ -450,12 +452,12 @@ class PersonById(MethodView):
 
         Changes only the fields sent. Joining a household gives the resident its house and place;
         `grid` moves a resident who lives in no household (one in a household moves with it: 422);
-        special-group records follow the resident. A new ID number is validated and re-derives
-        gender and birth date, and only a foreign resident may have none (422). Needs
-        `persons:write`; a resident out of scope answers 404. An ID number already registered in the
-        county, or a second head (户长) for the household, is a 409; a duplicate ID number also counts
-        against the caller's lookup allowance. The audit row `person.update` names the fields
-        changed.
+        special-group records and the visits naming the resident follow them. A new ID number
+        is validated and re-derives gender and birth date, and only a foreign resident may have
+        none (422). Needs `persons:write`; a resident out of scope answers 404. An ID number
+        already registered in the county, or a second head (户长) for the household, is a 409; a
+        duplicate ID number also counts against the caller's lookup allowance. The audit row
+        `person.update` names the fields changed.
         """
         session = db_session()
         k = keys()

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from geoalchemy2 import WKTElement
-from sqlalchemy import delete, inspect, or_, select, update
+from sqlalchemy import case, delete, inspect, or_, select, update
 from sqlalchemy.orm import Session
 
 from .. import clock
@@ -262,9 +262,10 @@ def update_house(
         house.county_code, house.routing_method = place.county_code, place.method
         if lon is not None:
             house.lon, house.lat, house.location = lon, lat, _point(lon, lat)
-        if moved:  # its households and residents move with it
+        if moved:  # its households, residents and their visits move with it
             _move(session, Household, Household.house_id == house.id, place)
             _move_people(session, Person.house_id == house.id, place)
+            _move_household_visits(session, Household.house_id == house.id, place)
     for key in ("address", "use"):
         if key in data:
             setattr(house, key, data[key])
@@ -319,11 +320,26 @@ def _same_county(county: str, place: Place, field: str) -> None:
 
 
 def _move_people(session: Session, condition: Any, place: Place) -> None:
-    """Move residents, and their special-group records with them (which follow their
-    person's place so that their scope is the person's)."""
+    """Move residents, and their special-group records and visits with them (which follow
+    their person's place so that their scope is the person's)."""
     ids = select(Person.id).where(condition).scalar_subquery()
-    _move(session, SpecialGroupRecord, SpecialGroupRecord.person_id.in_(ids), place)
+    # The residents first: their update waits for a visit being recorded to one of them (it
+    # locks them), and the visits' update after it then sees that visit (PostgreSQL).
     _move(session, Person, condition, place)
+    _move(session, SpecialGroupRecord, SpecialGroupRecord.person_id.in_(ids), place)
+    _move(session, Visit, Visit.person_id.in_(ids), place)
+
+
+def _move_household_visits(session: Session, condition: Any, place: Place) -> None:
+    """Move the visits to the households matching ``condition`` that named no resident.
+
+    A visit belongs where its subject is: the resident it names (moved with them, by
+    ``_move_people``, wherever they live now), else its household. Its findings are about
+    them (health, hardship): left behind, the grid they had left kept reading them, and the
+    grid they moved to could not.
+    """
+    ids = select(Household.id).where(condition).scalar_subquery()
+    _move(session, Visit, Visit.person_id.is_(None) & Visit.household_id.in_(ids), place)
 
 
 def _page(stmt, model: Any, after: int | None, limit: int):  # type: ignore[no-untyped-def]
@@ -438,6 +454,7 @@ def update_household(
             household.region_code, household.grid_code = place.region_code, place.grid_code
             household.county_code = place.county_code
             _move_people(session, Person.household_id == household.id, place)
+            _move_household_visits(session, Household.id == household.id, place)
             session.execute(
                 update(Person)
                 .where(Person.household_id == household.id)
@@ -662,8 +679,11 @@ def update_person(
         person.county_code = place.county_code
         changed.append("grid")
     if "household_id" in changed or "grid" in changed:
+        # What is about them goes with them: their records, and their visits (also those
+        # made at the household they leave, which stay that household's by id only).
         place = Place(person.region_code, person.grid_code)
         _move(session, SpecialGroupRecord, SpecialGroupRecord.person_id == person.id, place)
+        _move(session, Visit, Visit.person_id == person.id, place)
     if "relation" in data:
         person.relation = data["relation"]
         changed.append("relation")
@@ -807,7 +827,7 @@ def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
 
     Kept: the audit trail (which holds ids and field names, never values), the household
     and house (other people's too), visits to the household that named no resident; the
-    visits that named them keep only their household, time and case.
+    visits that named them keep only their household (and go where it is), time and case.
     """
     person = get_person(session, person_id, scope)
     session.execute(delete(SpecialGroupRecord).where(SpecialGroupRecord.person_id == person.id))
@@ -852,10 +872,27 @@ def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
                 .where(IdempotencyKey.id.in_(doomed))
                 .execution_options(synchronize_session=False)
             )
+
+    # Anonymised, a visit that carried a household is that household's: it goes where the
+    # household is (the resident may have moved away from it, taking the visit along).
+    def household_place(column: Any) -> Any:
+        at_home = select(column).where(Household.id == Visit.household_id).scalar_subquery()
+        return case((Visit.household_id.is_(None), getattr(Visit, column.key)), else_=at_home)
+
     session.execute(
         update(Visit)
         .where(Visit.person_id == person.id)
-        .values(findings="", follow_up="", place="", lon=None, lat=None, person_id=None)
+        .values(
+            findings="",
+            follow_up="",
+            place="",
+            lon=None,
+            lat=None,
+            person_id=None,
+            county_code=household_place(Household.county_code),
+            region_code=household_place(Household.region_code),
+            grid_code=household_place(Household.grid_code),
+        )
         .execution_options(synchronize_session=False)
     )
     session.delete(person)
@@ -935,10 +972,19 @@ def create_visit(
 ) -> Visit:
     """Record a visit to a household and/or a resident (their place is the visit's)."""
     household = person = None
+    # The subject (the resident, else the household) is locked as a move locks it: a visit
+    # recorded while they move takes their new place, never the old one (PostgreSQL; SQLite
+    # serialises writers), as the move takes along only the visits it can see.
     if data.get("person_id") is not None:
-        person = get_person(session, data["person_id"], scope, field="person_id")
+        person = get_person(session, data["person_id"], scope, field="person_id", for_update=True)
     if data.get("household_id") is not None:
-        household = get_household(session, data["household_id"], scope, field="household_id")
+        household = get_household(
+            session,
+            data["household_id"],
+            scope,
+            field="household_id",
+            for_update=person is None,
+        )
     subject = person or household
     if subject is None:
         raise Unprocessable(

@@ -7,7 +7,10 @@ every operation × role × scope in test_authorization_matrix.py.
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
@@ -683,3 +686,211 @@ def test_houses_do_not_move_to_another_county(client, factory, world, household)
     assert r.status_code == 200, r.get_json()
     r = client.patch(f"/api/v1/houses/{household['house_id']}", json={"region": other_county})
     assert r.status_code == 422 and "county" in r.get_json()["errors"]["json"]["region"][0]
+
+
+# --- visits follow whom they are about --------------------------------------------------------
+
+HEALTH = "高血压，独居，需每周测量血压"
+
+
+def export_ids(caller) -> list[int]:  # type: ignore[no-untyped-def]
+    """Return the ids of the visits in the caller's CSV export."""
+    r = caller.get("/api/v1/exports/visits")
+    assert r.status_code == 200, r.get_data()[:300]
+    rows = list(csv.DictReader(io.StringIO(r.get_data(as_text=True).lstrip("\ufeff"))))
+    return [int(row["编号"]) for row in rows]
+
+
+def sees(caller, visit_id: int) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the caller reads, lists and exports the visit; when not, its read answers
+    exactly like one of a visit that does not exist."""
+    r = caller.get(f"/api/v1/visits/{visit_id}")
+    listed = [v["id"] for v in caller.get("/api/v1/visits?limit=200").get_json()["items"]]
+    exported = export_ids(caller)
+    if r.status_code == 200:
+        assert visit_id in listed and visit_id in exported
+        return True
+    missing = caller.get("/api/v1/visits/99999")
+    assert (r.status_code, r.get_data()) == (404, missing.get_data())
+    assert visit_id not in listed and visit_id not in exported
+    return False
+
+
+def record_visit(client, **body) -> dict:  # type: ignore[no-untyped-def]
+    return created(client.post("/api/v1/visits", json=body))
+
+
+def test_visits_follow_a_house_moved_to_another_grid(client, accounts, world, household):
+    """They stayed with the old grid: its worker, chief and officer read and exported the
+    resident's health findings after the resident was no longer theirs, and the grid that
+    now held the household saw none of its visits."""
+    person = add_person(client, household["id"], relation="head")
+    about_them = record_visit(client, person_id=person["id"], findings=HEALTH)
+    to_household = record_visit(client, household_id=household["id"], findings="入户走访")
+    old_grid = [
+        accounts.client("worker_a1", "grid_worker", grids=[A1]),
+        accounts.client("chief_a", "grid_chief", grids=[A1, A2]),
+        accounts.client("officer_a", "community_officer", scope_region=COMMUNITY_A),
+    ]
+    new_worker = accounts.client("worker_b1", "grid_worker", grids=[B1])
+    assert all(sees(c, about_them["id"]) for c in old_grid)
+    assert not sees(new_worker, about_them["id"])
+
+    r = client.patch(f"/api/v1/houses/{household['house_id']}", json={"grid": B1})
+    assert created(r, 200)["grid"] == B1
+
+    for caller in old_grid:
+        for v in (about_them, to_household):
+            assert not sees(caller, v["id"])
+        assert caller.get(f"/api/v1/visits?person_id={person['id']}").get_json()["items"] == []
+        assert HEALTH not in caller.get("/api/v1/exports/visits").get_data(as_text=True)
+    assert sees(new_worker, about_them["id"]) and sees(new_worker, to_household["id"])
+    read = created(new_worker.get(f"/api/v1/visits/{about_them['id']}"), 200)
+    assert (read["grid"], read["region_code"], read["findings"]) == (B1, COMMUNITY_B, HEALTH)
+    listed = new_worker.get(f"/api/v1/visits?person_id={person['id']}").get_json()["items"]
+    assert [v["id"] for v in listed] == [about_them["id"]]
+    assert export_ids(new_worker) == [about_them["id"], to_household["id"]]
+
+
+def test_visits_follow_a_household_moved_to_a_house_of_another_grid(
+    client, accounts, world, household
+):
+    person = add_person(client, household["id"])
+    about_them = record_visit(client, person_id=person["id"], findings=HEALTH)
+    to_household = record_visit(client, household_id=household["id"], findings="入户走访")
+    # in the same community: the grid alone changes
+    elsewhere = created(client.post("/api/v1/houses", json={"address": "十全街3号", "grid": A2}))
+    r = client.patch(f"/api/v1/households/{household['id']}", json={"house_id": elsewhere["id"]})
+    assert created(r, 200)["grid"] == A2
+    old, new = (accounts.client(f"w{g}", "grid_worker", grids=[g]) for g in (A1, A2))
+    assert not sees(old, about_them["id"]) and not sees(old, to_household["id"])
+    assert sees(new, about_them["id"]) and sees(new, to_household["id"])
+    # leaving its house is no move: the household stays in its grid, and so do its visits
+    r = client.patch(f"/api/v1/households/{household['id']}", json={"house_id": None})
+    assert created(r, 200)["grid"] == A2
+    assert sees(new, about_them["id"]) and sees(new, to_household["id"])
+
+
+def test_a_residents_visits_follow_them_into_another_household(client, accounts, world, household):
+    """A visit naming the resident is about them, also one made at the household they leave
+    (its household_id stays: where it was made); a visit naming nobody stays the household's."""
+    person = add_person(client, household["id"])
+    stays = add_person(client, household["id"], name="李四", id_number=make_id(seq="456"))
+    about_them = record_visit(client, person_id=person["id"], findings=HEALTH)
+    about_other = record_visit(client, person_id=stays["id"], findings="身体健康")
+    to_household = record_visit(client, household_id=household["id"], findings="入户走访")
+    there = created(client.post("/api/v1/households", json={"number": "0002", "grid": B1}))
+    r = client.patch(f"/api/v1/persons/{person['id']}", json={"household_id": there["id"]})
+    assert created(r, 200)["grid"] == B1
+    old, new = (accounts.client(f"w{g}", "grid_worker", grids=[g]) for g in (A1, B1))
+    assert not sees(old, about_them["id"]) and sees(new, about_them["id"])
+    assert sees(old, about_other["id"]) and sees(old, to_household["id"])
+    assert not sees(new, about_other["id"]) and not sees(new, to_household["id"])
+    moved = new.get(f"/api/v1/visits/{about_them['id']}").get_json()
+    assert (moved["household_id"], moved["grid"]) == (household["id"], B1)
+    # out of any household, into a grid of its own: the visits go along again
+    r = client.patch(f"/api/v1/persons/{person['id']}", json={"household_id": None, "grid": A2})
+    assert created(r, 200)["grid"] == A2
+    assert not sees(new, about_them["id"])
+    assert sees(accounts.client("wA2", "grid_worker", grids=[A2]), about_them["id"])
+
+
+def test_an_erased_residents_visit_at_a_household_goes_back_to_the_household(
+    client, accounts, engine, world, household
+):
+    person = add_person(client, household["id"])
+    at_home = record_visit(client, person_id=person["id"], findings=HEALTH)
+    there = created(client.post("/api/v1/households", json={"number": "0002", "grid": B1}))
+    r = client.patch(f"/api/v1/persons/{person['id']}", json={"household_id": there["id"]})
+    assert created(r, 200)["grid"] == B1
+    assert client.delete(f"/api/v1/persons/{person['id']}?reason=本人申请删除").status_code == 204
+    # anonymised, the visit names only the household it was made at: it is that household's
+    old, new = (accounts.client(f"w{g}", "grid_worker", grids=[g]) for g in (A1, B1))
+    assert sees(old, at_home["id"]) and not sees(new, at_home["id"])
+    kept = old.get(f"/api/v1/visits/{at_home['id']}").get_json()
+    assert (kept["household_id"], kept["person_id"], kept["findings"]) == (
+        household["id"],
+        None,
+        "",
+    )
+
+
+def test_the_migration_puts_visits_moved_before_where_their_subject_is(
+    client, engine, world, household
+):
+    from gridapi import migrations
+
+    person = add_person(client, household["id"])
+    about_them = record_visit(client, person_id=person["id"], findings=HEALTH)
+    to_household = record_visit(client, household_id=household["id"], findings="入户走访")
+    nobody = record_visit(client, household_id=household["id"], findings="路过")
+    r = client.patch(f"/api/v1/houses/{household['house_id']}", json={"grid": B1})
+    assert created(r, 200)["grid"] == B1
+    with engine.begin() as conn:  # as the moves before this change left them
+        conn.execute(
+            text("UPDATE visits SET county_code = '320508', region_code = :r, grid_code = :g"),
+            {"r": COMMUNITY_A, "g": A1},
+        )
+        conn.execute(
+            text("UPDATE visits SET household_id = NULL WHERE id = :i"), {"i": nobody["id"]}
+        )
+    engine.dispose()
+    migrations.downgrade(engine, "0025")
+    migrations.upgrade(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, region_code, grid_code FROM visits ORDER BY id"))
+        places = {i: (r, g) for i, r, g in rows}
+    assert places == {
+        about_them["id"]: (COMMUNITY_B, B1),
+        to_household["id"]: (COMMUNITY_B, B1),
+        nobody["id"]: (COMMUNITY_A, A1),  # a visit to nobody in particular stays
+    }
+
+
+def test_a_visit_recorded_during_a_move_lands_at_the_new_place(app, client, world, household):
+    """A visit recorded while its resident's house moved took, or kept, the old place on
+    PostgreSQL: the move took along only the visits committed before it."""
+    import threading
+    import time
+
+    from gridapi.scope import Scope
+    from gridapi.services import register as svc
+
+    person = add_person(client, household["id"])
+    st = app.extensions["gridapi"]
+    answers: list = []
+
+    def meanwhile(call) -> threading.Thread:  # type: ignore[no-untyped-def]
+        thread = threading.Thread(target=lambda: answers.append(call()))
+        thread.start()
+        time.sleep(0.5)  # it has read, or waits for, what is moving
+        return thread
+
+    with st.sessions() as session:  # the house's move first, not yet committed
+        svc.update_house(
+            session, household["house_id"], {"grid": B1}, scope=Scope.everything(), snapshot=None
+        )
+        body = {"person_id": person["id"], "findings": HEALTH}
+        thread = meanwhile(lambda: client.post("/api/v1/visits", json=body))
+        session.commit()
+    thread.join(30)
+    assert created(answers.pop())["grid"] == B1
+
+    with st.sessions() as session:  # the visit first, not yet committed
+        recorded = svc.create_visit(
+            session,
+            {"person_id": person["id"], "findings": HEALTH},
+            scope=Scope.everything(),
+            snapshot=None,
+            actor="test",
+            worker_id=None,
+            now=datetime.now(UTC),
+        )
+        move = {"grid": A2}
+        thread = meanwhile(
+            lambda: client.patch(f"/api/v1/houses/{household['house_id']}", json=move)
+        )
+        session.commit()
+    thread.join(30)
+    assert created(answers.pop(), 200)["grid"] == A2
+    assert client.get(f"/api/v1/visits/{recorded.id}").get_json()["grid"] == A2
