@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
@@ -54,6 +54,11 @@ def _track_point(value: Any) -> tuple[dict[str, Any] | None, dict[str, list[str]
         else:
             if at.tzinfo is None or at.utcoffset() is None:
                 errors["t"] = ["needs a time zone (e.g. +08:00 or Z)"]
+            else:
+                try:  # 9999-12-31T23:59-23:59 is past the last UTC time (was a field-less 422)
+                    at.astimezone(UTC)
+                except OverflowError:
+                    errors["t"] = ["out of range"]
     lon, lat = value.get("lon"), value.get("lat")
     if not _number(lon) or not -180 <= lon <= 180:
         errors["lon"] = ["a number in -180..180 is required"]
@@ -120,7 +125,10 @@ class PatrolStartSchema(StrictSchema):
 
 class PatrolEndSchema(StrictSchema):
     ended_at = fields.AwareDateTime(
-        metadata={"description": "When it ended; default now (or its last point, if later)."}
+        metadata={
+            "description": "When it ended (points up to 5 minutes later still join the line); "
+            "default now, or its last point if later."
+        }
     )
 
 
@@ -221,7 +229,10 @@ class PatrolFindingCreateSchema(CaseCreateSchema):
 
     location = fields.Nested(
         PointSchema,
-        metadata={"description": "GeoJSON Point in `crs`; default: the track's latest point."},
+        metadata={
+            "description": "GeoJSON Point in `crs`; default: the track's latest point that "
+            "is no outlier."
+        },
     )
 
 

@@ -62,6 +62,10 @@ _SHORT_SEGMENT_M = 1000.0
 # foot, by bicycle or by car; 180 km/h), give or take the slack for two fixes' error.
 MAX_SPEED_M_S = 50.0
 SLACK_M = 100.0
+# Fixes the phone itself says are coarser than this (cell towers: 500 m and more) are no
+# part of the line; a run of this many bad fixes in a row is the most the walk skips.
+MAX_ACCURACY_M = 200.0
+LOOKBACK = 32
 _A = 6378137.0
 _E2 = (1.0 / 298.257223563) * (2.0 - 1.0 / 298.257223563)
 PAGE_MAX = 200
@@ -113,46 +117,68 @@ def track_length_m(lons: np.ndarray, lats: np.ndarray) -> float:
     return float(segment_lengths_m(lons, lats).sum())
 
 
-def _distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
-    return float(segment_lengths_m(np.array([lon1, lon2]), np.array([lat1, lat2]))[0])
+def _approx_m(lons1: np.ndarray, lats1: np.ndarray, lons2: np.ndarray, lats2: np.ndarray):  # type: ignore[no-untyped-def]
+    """Return distances in metres on the local ellipsoid (within a fraction of a percent up
+    to tens of kilometres, and only compared with a generous reach)."""
+    phi = np.radians((lats1 + lats2) / 2.0)
+    s = np.sin(phi)
+    w = np.sqrt(1.0 - _E2 * s * s)
+    dlon = (lons2 - lons1 + 180.0) % 360.0 - 180.0
+    return np.hypot(
+        _A * (1.0 - _E2) / w**3 * np.radians(lats2 - lats1),
+        _A / w * np.cos(phi) * np.radians(dlon),
+    )
 
 
-def plausible(seconds: np.ndarray, lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
-    """Return which points (in time order) a walk can pass through: a mask.
+def plausible(
+    seconds: np.ndarray,
+    lons: np.ndarray,
+    lats: np.ndarray,
+    accuracy: np.ndarray | None = None,
+) -> np.ndarray:
+    """Return which points (in time order) a walk passes through: a mask.
 
     A phone's fix now and then lands kilometres away (a cell-tower fix, a stale position,
-    New York): one such point added 23,767 km to a township walk. The track is cut wherever
-    a step is faster than ``MAX_SPEED_M_S`` (with ``SLACK_M`` for the fixes' error) into
-    runs of points consistent among themselves; the run of most points is the walk, and
-    runs before and after it join it when the walk can reach them from its ends in the time
-    between (a phone that lost its fix for ten minutes, then walked on, is a walk). The
-    rest are outliers. Raw points are kept whatever this says.
+    New York): one such point added 23,767 km to a township walk. A fix whose stated
+    accuracy is worse than ``MAX_ACCURACY_M`` is left out. Of the rest, the walk is the
+    longest sequence of fixes in which each can be reached from the one before it — at
+    most ``MAX_SPEED_M_S`` in the time between, give or take ``SLACK_M`` for the fixes'
+    error — skipping at most ``LOOKBACK - 1`` fixes in a row. So a bad fix next to a gap
+    without fixes (reachable from before the gap, not from what follows) is skipped, and
+    both halves of the walk are kept; ten minutes without a fix, then 1.5 km further on, is
+    still the walk. Raw points are kept whatever this says.
     """
     n = len(lons)
     keep = np.ones(n, dtype=bool)
-    if n < 2:
+    if accuracy is not None:
+        keep &= ~(accuracy > MAX_ACCURACY_M)  # NaN (not given) is no reason
+    index = np.flatnonzero(keep)
+    if len(index) < 2:
         return keep
-    reach = MAX_SPEED_M_S * np.diff(seconds) + SLACK_M
-    cuts = np.flatnonzero(segment_lengths_m(lons, lats) > reach) + 1
-    if not len(cuts):
-        return keep
-    runs = list(zip([0, *cuts.tolist()], [*cuts.tolist(), n], strict=True))
-    main = max(range(len(runs)), key=lambda i: runs[i][1] - runs[i][0])  # the first of most
-
-    def reachable(i: int, j: int) -> bool:
-        gap = MAX_SPEED_M_S * (seconds[j] - seconds[i]) + SLACK_M
-        return _distance_m(lons[i], lats[i], lons[j], lats[j]) <= gap
-
-    keep[:] = False
-    keep[runs[main][0] : runs[main][1]] = True
-    last = runs[main][1] - 1
-    for start, end in runs[main + 1 :]:
-        if reachable(last, start):
-            keep[start:end], last = True, end - 1
-    first = runs[main][0]
-    for start, end in reversed(runs[:main]):
-        if reachable(end - 1, first):
-            keep[start:end], first = True, start
+    t, x, y = seconds[index], lons[index], lats[index]
+    steps = _approx_m(x[:-1], y[:-1], x[1:], y[1:])
+    if (steps <= MAX_SPEED_M_S * np.diff(t) + SLACK_M).all():
+        return keep  # the common case: nothing to judge
+    m = len(index)
+    depth = min(LOOKBACK, m - 1)
+    # reach[k - 1, i]: fix i can be reached from fix i - k
+    reach = np.zeros((depth, m), dtype=bool)
+    for k in range(1, depth + 1):
+        far = _approx_m(x[:-k], y[:-k], x[k:], y[k:])
+        reach[k - 1, k:] = far <= MAX_SPEED_M_S * (t[k:] - t[:-k]) + SLACK_M
+    best = np.ones(m, dtype=np.int64)  # the longest walk ending at each fix
+    before = np.full(m, -1, dtype=np.int64)
+    for i in range(1, m):
+        k = min(depth, i)
+        options = np.where(reach[:k, i], best[i - 1 :: -1][:k], 0)  # from i-1, i-2, …
+        j = int(options.argmax())  # the nearest of the longest
+        if options[j]:
+            best[i], before[i] = options[j] + 1, i - 1 - j
+    chain = np.zeros(m, dtype=bool)
+    i = int(best.argmax())
+    while i >= 0:
+        chain[i], i = True, int(before[i])
+    keep[index[~chain]] = False
     return keep
 
 
@@ -311,8 +337,8 @@ def end_patrol(
         end = _not_future(ended_at, now, "ended_at")
         if last is not None and end + TOLERANCE < last:
             raise _invalid("ended_at", "lies before the last point of the track")
-        if last is not None:
-            end = max(end, last)
+        # The end given is the end, whether the last points came before it or after (an
+        # offline upload): points within TOLERANCE past it are part of the line either way.
     if end < patrol.started_at:
         raise _invalid("ended_at", "lies before the start of the patrol")
     patrol.ended_at = end
@@ -408,15 +434,18 @@ def add_points(
 def rebuild(session: Session, patrol: Patrol, snapshot: IndexSnapshot) -> None:
     """Recompute the line, length, duration and grids crossed from all stored points."""
     rows = session.execute(
-        select(PatrolPoint.recorded_at, PatrolPoint.lon, PatrolPoint.lat)
+        select(PatrolPoint.recorded_at, PatrolPoint.lon, PatrolPoint.lat, PatrolPoint.accuracy_m)
         .where(PatrolPoint.patrol_id == patrol.id)
         .order_by(PatrolPoint.recorded_at)
     ).all()
     lons = np.array([r.lon for r in rows], dtype=np.float64)
     lats = np.array([r.lat for r in rows], dtype=np.float64)
+    accuracy = np.array(
+        [np.nan if r.accuracy_m is None else r.accuracy_m for r in rows], dtype=np.float64
+    )
     start = rows[0].recorded_at if rows else None
     seconds = np.array([(r.recorded_at - start).total_seconds() for r in rows], dtype=np.float64)
-    keep = plausible(seconds, lons, lats)
+    keep = plausible(seconds, lons, lats, accuracy)
     lons, lats = lons[keep], lats[keep]
     patrol.point_count = len(rows)
     patrol.outlier_count = int(len(rows) - keep.sum())
@@ -515,6 +544,12 @@ def checkins_of(session: Session, patrol: Patrol) -> list[PatrolCheckin]:
 
 
 def last_point(session: Session, patrol: Patrol) -> tuple[float, float] | None:
+    """Return where the worker was last: the end of the line (a bad fix, left out of it,
+    placed a finding in another township), else the latest point."""
+    line = from_db(patrol.track)
+    if line is not None:
+        lon, lat = line.coords[-1][:2]
+        return (lon, lat)
     row = session.execute(
         select(PatrolPoint.lon, PatrolPoint.lat)
         .where(PatrolPoint.patrol_id == patrol.id)

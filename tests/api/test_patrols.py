@@ -186,20 +186,68 @@ def test_fixes_no_walk_can_reach_are_left_out_of_the_line_and_its_length(worker,
     assert after["length_m"] == pytest.approx(clean["length_m"] + 1500 + 57, abs=60)
 
 
-def test_the_walk_is_the_run_of_most_points_and_joins_what_it_can_reach():
+def _walk(n: int, t0: float, lon0: float, lat0: float, v: float = 1.4, dt: float = 5.0):  # type: ignore[no-untyped-def]
+    """n fixes every dt seconds from (lon0, lat0) eastwards at v m/s."""
     import numpy as np
 
-    from gridapi.services.patrols import plausible
+    t = t0 + np.arange(n) * dt
+    lons = lon0 + np.arange(n) * v * dt / (111_320.0 * np.cos(np.radians(lat0)))
+    return t, lons, np.full(n, lat0)
 
+
+def _track(*parts):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+
+
+def _fix(t: float, lon: float, lat: float):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    return np.array([t]), np.array([lon]), np.array([lat])
+
+
+def test_the_walk_is_the_longest_chain_of_reachable_fixes():
+    """Runs split at impossible steps, judged from their ends, dropped a whole half of a
+    walk when a bad fix sat next to a gap without fixes (reachable from before the gap):
+    one stale fix after a bus ride erased the walk before it."""
+    import numpy as np
+
+    from gridapi.services.patrols import plausible, track_length_m
+
+    lat0 = 31.3
+    east_3km = 3000 / (111_320.0 * np.cos(np.radians(lat0)))
+    first = _walk(100, 0, 120.60, lat0)
+    end_t, end_lon = first[0][-1], first[1][-1]
+    # ten minutes without a fix, a bad fix 3 km east, then the walk goes on 200 m further
+    bad = _fix(end_t + 600, end_lon + east_3km, lat0)
+    second = _walk(150, end_t + 605, end_lon + 200 / 95_000, lat0)
+    t, x, y = _track(first, bad, second)
+    keep = plausible(t, x, y)
+    assert keep.sum() == 250 and not keep[100]
+    kept = track_length_m(x[keep], y[keep])
+    assert kept == pytest.approx(99 * 7 + 200 + 149 * 7, rel=0.02)
+    # the same with fewer fixes after the bad one: still the bad fix alone is left out
+    t, x, y = _track(first, bad, _walk(60, end_t + 605, end_lon + 200 / 95_000, lat0))
+    assert plausible(t, x, y).tolist() == [True] * 100 + [False] + [True] * 60
+    # a stale fix of the last place, 5 s before the walk somewhere 13 km on (a bus ride)
+    stale = _fix(end_t + 1195, end_lon, lat0)
+    there = _walk(150, end_t + 1200, end_lon + 0.14, lat0)
+    t, x, y = _track(first, stale, there)
+    assert plausible(t, x, y).tolist() == [True] * 100 + [False] + [True] * 150
+    # New York first, twice in the middle, and a single point: as before
     seconds = np.arange(8, dtype=np.float64) * 30
     lons = np.array([-74.0, 120.600, 120.601, 120.602, -74.0, -74.0, 120.605, 120.606])
-    lats = np.full(8, 31.3)
+    lats = np.full(8, lat0)
     lats[[0, 4, 5]] = 40.7
     assert plausible(seconds, lons, lats).tolist() == [0, 1, 1, 1, 0, 0, 1, 1]
     assert plausible(seconds[:1], lons[:1], lats[:1]).tolist() == [1]
-    assert plausible(seconds[1:4], lons[1:4], lats[1:4]).all()
     # a fix taken twice in one second, 60 m apart, is the fixes' error, not a jump
     assert plausible(np.array([0.0, 1.0]), np.array([120.6, 120.6006]), lats[1:3]).all()
+    # a fix the phone says is coarse (a cell tower's, 1.5 km) is no part of the line
+    t, x, y = _walk(8, 0, 120.6, lat0)
+    accuracy = np.array([5.0] * 3 + [1500.0] + [np.nan] * 4)
+    assert plausible(t, x, y, accuracy).tolist() == [True] * 3 + [False] + [True] * 4
 
 
 def test_points_outside_the_patrol_are_rejected_and_late_uploads_taken(worker, world):
@@ -238,6 +286,33 @@ def test_points_outside_the_patrol_are_rejected_and_late_uploads_taken(worker, w
     assert distance_m(gcj["lon"], gcj["lat"], *center(0.25)) < 1.0
 
 
+def test_the_end_given_is_the_end_whether_the_last_points_came_before_or_after(accounts, world):
+    """Points a few minutes past the end moved the end when they were sent before it, and
+    did not when sent after (an offline upload): two orders, two patrols."""
+    answers = []
+    for name, points_first in (("worker1", True), ("worker2", False)):
+        phone = accounts.client(name, "grid_worker", grids=[A1])
+        patrol, began = started_an_hour_ago(phone)
+        ended_at = began + timedelta(minutes=40)
+        points = walk(began + timedelta(minutes=36), n=15)  # the last 3 min past the end
+
+        def end(phone=phone, patrol=patrol, ended_at=ended_at):  # type: ignore[no-untyped-def]
+            url = f"/api/v1/patrols/{patrol['id']}/end"
+            return ok(phone.post(url, json={"ended_at": iso(ended_at)}))
+
+        if points_first:
+            upload(phone, patrol["id"], points)
+            end()
+        else:
+            end()
+            upload(phone, patrol["id"], points)
+        view = ok(phone.get(f"/api/v1/patrols/{patrol['id']}"))
+        answers.append((view["ended_at"], view["duration_s"], view["length_m"]))
+        assert view["duration_s"] == 2400 and view["point_count"] == 15
+        assert end()["ended_at"] == view["ended_at"]  # a retry of the end changes nothing
+    assert answers[0][1:] == answers[1][1:]
+
+
 @pytest.mark.parametrize(
     ("points", "where"),
     [
@@ -247,6 +322,8 @@ def test_points_outside_the_patrol_are_rejected_and_late_uploads_taken(worker, w
         ([{"t": "2026-11-28T09:00:00Z", "lon": 120.6, "lat": "31.3"}], "lat"),
         ([{"t": "2026-11-28T09:00:00Z", "lon": 120.6, "lat": 31.3, "speed": 3}], "speed"),
         ([{"t": "2026-11-28T09:00:00Z", "lon": 120.6, "lat": 31.3, "crs": "utm"}], "crs"),
+        ([{"t": "9999-12-31T23:59:59-23:59", "lon": 120.6, "lat": 31.3}], "t"),  # past UTC
+        ([{"t": "0001-01-01T00:00:00+14:00", "lon": 120.6, "lat": 31.3}], "t"),
     ],
 )
 def test_malformed_points_are_refused_naming_the_point_and_field(worker, world, points, where):
@@ -442,6 +519,12 @@ def test_a_finding_becomes_a_case_of_the_patrol_both_or_neither(client, worker, 
     assert rows(engine, "SELECT count(*) FROM cases")[0][0] == before
     assert rows(engine, "SELECT count(*) FROM patrol_findings")[0][0] == 3
     assert len(audit_rows(engine, "patrol.finding")) == 3
+    # a bad last fix (kilometres off, 5 s later) is no place for a finding: it went to the
+    # bad fix, in another township
+    far = {"t": iso(began + timedelta(seconds=125)), "lon": LON0 + 0.04, "lat": LAT0 + 0.03}
+    assert upload(worker, patrol["id"], [far])["outlier_count"] == 1
+    placed = ok(worker.post(url, json={"category": "0101", "description": "路灯损坏"}), 201)
+    assert placed["case"]["location"]["coordinates"] == pytest.approx(latest, abs=1e-9)
 
 
 def test_only_its_worker_writes_to_a_patrol(accounts, worker, world):
