@@ -922,6 +922,7 @@ def _accept(ctx: TransitionContext, c: Case) -> str:
 
 
 def _reject(ctx: TransitionContext, c: Case) -> str:
+    _refuse_while_followed_up(ctx, c)
     return "rejected"
 
 
@@ -1235,7 +1236,9 @@ def _duplicate(ctx: TransitionContext, c: Case) -> str:
     return "cancelled"
 
 
-def _cancel(ctx: TransitionContext, c: Case) -> str:
+def _refuse_while_followed_up(ctx: TransitionContext, c: Case) -> None:
+    """Raise Conflict when other reports are closed as duplicates of the case: ending it
+    (reject, cancel) would leave them with nobody following up."""
     duplicates = duplicates_of(ctx.session, c)
     if duplicates:
         raise Conflict(
@@ -1243,9 +1246,15 @@ def _cancel(ctx: TransitionContext, c: Case) -> str:
             errors={
                 "action": ["the case has duplicates"],
                 "duplicates": duplicates,
-                "allowed_actions": [a for a in allowed_actions(ctx.caller, c) if a != "cancel"],
+                "allowed_actions": [
+                    a for a in allowed_actions(ctx.caller, c) if a not in ("cancel", "reject")
+                ],
             },
         )
+
+
+def _cancel(ctx: TransitionContext, c: Case) -> str:
+    _refuse_while_followed_up(ctx, c)
     return "cancelled"
 
 

@@ -727,6 +727,31 @@ def test_an_original_with_duplicates_is_not_cancelled(desk):
     assert d.get(original)["status"] == "reported"
 
 
+FOLLOWED_UP = "Other reports are closed as duplicates of this case: it is followed up for them."
+
+
+@pytest.mark.parametrize("start", ["reported", "accepted"])
+def test_an_original_with_duplicates_is_not_rejected(desk, start):
+    """Rejecting the original left the reports closed as its duplicates with nobody
+    following them up: refused as cancelling it is."""
+    d = desk
+    original, copy = d.report()["id"], d.report()["id"]
+    if start == "accepted":
+        d.act(d.office, original, "accept")
+    d.act(d.office, copy, "duplicate", duplicate_of=original, comment="重复上报")
+    before, steps = d.get(original), d.steps(original)
+    r = d.post(d.office, original, "reject", comment="无效信息")
+    assert r.status_code == 409, r.get_json()
+    body = r.get_json()
+    assert (body["code"], body["message"]) == (409, FOLLOWED_UP)
+    assert body["errors"]["duplicates"] == [copy]
+    assert not {"reject", "cancel"} & set(body["errors"]["allowed_actions"])
+    after = d.get(original)
+    assert (after["status"], after["version"]) == (start, before["version"])
+    assert d.steps(original) == steps
+    assert d.get(copy)["duplicate_of"] == original
+
+
 @pytest.mark.parametrize("action,start", [("cancel", "filed"), ("reject", "accepted")])
 def test_cancel_and_reject_are_final_and_need_a_reason(desk, action, start):
     d = desk
