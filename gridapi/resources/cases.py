@@ -120,9 +120,15 @@ def case_view(
     names: dict[str, str],
     *,
     category_name: str | None = None,
-    duplicates: list[int] | None = None,
+    duplicates: list[int],
+    with_duplicates: bool = True,
 ) -> dict[str, Any]:
-    """Return the API representation of a case for ``caller``."""
+    """Return the API representation of a case for ``caller``.
+
+    ``duplicates``: the ids of the reports closed as duplicates of the case
+    (``svc.duplicates_of``); the actions offered depend on them, and the view lists them
+    unless ``with_duplicates`` is false (a list's items).
+    """
     c = case_obj
     community = c.region_code if c.grid_code or len(c.region_code) == 12 else None
     if community and community[9:] == "000":
@@ -199,9 +205,9 @@ def case_view(
         "client_id": c.client_id,
         "reporter": c.reporter,
         "version": c.version,
-        "allowed_actions": svc.allowed_actions(caller, c),
+        "allowed_actions": svc.allowed_actions(caller, c, duplicates),
     }
-    if duplicates is not None:
+    if with_duplicates:
         view["duplicates"] = duplicates
     return view
 
@@ -260,7 +266,8 @@ def render(  # type: ignore[no-untyped-def]
         caller,
         names,
         category_name=category_name,
-        duplicates=svc.duplicates_of(session, case_obj) if full else None,
+        duplicates=svc.duplicates_of(session, case_obj),
+        with_duplicates=full,
     )
 
 
@@ -311,8 +318,14 @@ class Cases(MethodView):
         caller = svc.Caller(principal)
 
         def respond(case, duplicates, category) -> str:  # type: ignore[no-untyped-def]
-            view = case_view(case, caller, _names_for(session, [case]), category_name=category.name)
-            view["duplicates"] = []
+            # A new report: no other report is a duplicate of it yet.
+            view = case_view(
+                case,
+                caller,
+                _names_for(session, [case]),
+                category_name=category.name,
+                duplicates=[],
+            )
             view["possible_duplicates"] = [
                 {
                     "id": d.id,
@@ -392,8 +405,17 @@ class Cases(MethodView):
         rows, cursor = svc.list_cases(session, caller, args)
         names = _names_for(session, rows)
         categories = _category_names(session, rows)
+        duplicates = svc.duplicates_by_original(session, [c.id for c in rows])
         items = [
-            case_view(c, caller, names, category_name=categories.get(c.category_code)) for c in rows
+            case_view(
+                c,
+                caller,
+                names,
+                category_name=categories.get(c.category_code),
+                duplicates=duplicates[c.id],
+                with_duplicates=False,
+            )
+            for c in rows
         ]
         # The view dicts are in the documented shape already: encoded directly, a page costs
         # a third of what a schema dump of 50 cases does.

@@ -24,10 +24,10 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import shapely
 from geoalchemy2.elements import WKTElement
@@ -687,45 +687,64 @@ def _at_the_top(c: Case) -> bool:
     return not parents or region_level(c.responsible_region_code) in ("province", "city")
 
 
-# What an action needs besides a state it is taken in: (the test, the message and the reason
-# of the 409 when the case fails it). allowed_actions leaves out what would fail (a phone
-# shows only the buttons that work); the step refuses it with allowed_actions listed.
-READY: dict[str, tuple[Callable[[Case], bool], str, str]] = {
-    "request_extension": (
-        lambda c: not c.extension_request,
+class Needs(NamedTuple):
+    """What an action needs besides a state it is taken in: the test (of the case and the ids
+    of the reports closed as its duplicates), and the message and the reason of the 409 when
+    the case fails it."""
+
+    test: Callable[[Case, Sequence[int]], bool]
+    message: str
+    reason: str
+    names_duplicates: bool = False
+
+
+FOLLOWED_UP = "Other reports are closed as duplicates of this case: it is followed up for them."
+
+# One rule for both: allowed_actions leaves out what would fail (a phone shows only the
+# buttons that work), and the step refuses it with the same allowed_actions listed.
+READY: dict[str, Needs] = {
+    "request_extension": Needs(
+        lambda c, _: not c.extension_request,
         "An extension request is already waiting for a decision.",
         "extension already requested",
     ),
-    "approve_extension": (
-        lambda c: bool(c.extension_request),
+    "approve_extension": Needs(
+        lambda c, _: bool(c.extension_request),
         "No extension request is waiting.",
         "no extension requested",
     ),
-    "deny_extension": (
-        lambda c: bool(c.extension_request),
+    "deny_extension": Needs(
+        lambda c, _: bool(c.extension_request),
         "No extension request is waiting.",
         "no extension requested",
     ),
-    "escalate": (
-        lambda c: not _at_the_top(c),
+    "escalate": Needs(
+        lambda c, _: not _at_the_top(c),
         "The case is already held at the top level.",
         "nothing above the unit holding the case",
     ),
+    # Reports closed as its duplicates rely on the case being followed up: ending it would
+    # leave them with nobody following them up (its own `duplicate` hands them on instead).
+    "reject": Needs(lambda _, dups: not dups, FOLLOWED_UP, "the case has duplicates", True),
+    "cancel": Needs(lambda _, dups: not dups, FOLLOWED_UP, "the case has duplicates", True),
 }
 
 
-def _ready(case_obj: Case, action: str) -> bool:
+def _ready(case_obj: Case, action: str, duplicates: Sequence[int]) -> bool:
     check = READY.get(action)
-    return check is None or check[0](case_obj)
+    return check is None or check.test(case_obj, duplicates)
 
 
-def allowed_actions(caller: Caller, case_obj: Case) -> list[str]:
+def allowed_actions(caller: Caller, case_obj: Case, duplicates: Sequence[int]) -> list[str]:
     """Return the actions the caller may take on the case now: in its state, with what else
-    the action needs (``READY``), and the caller's permission and place."""
+    the action needs (``READY``; ``duplicates``: the ids of the reports closed as duplicates
+    of the case, ``duplicates_of``), and the caller's permission and place."""
     return [
         name
         for name, (states, _, _) in ACTIONS.items()
-        if case_obj.status in states and _ready(case_obj, name) and may_act(caller, case_obj, name)
+        if case_obj.status in states
+        and _ready(case_obj, name, duplicates)
+        and may_act(caller, case_obj, name)
     ]
 
 
@@ -764,6 +783,7 @@ def transition(
 
     case_obj = get_case(session, case_id, caller, for_update=True)
     check_if_match(case_obj, if_match, noun="case", path="/api/v1/cases/{id}")
+    duplicates = duplicates_of(session, case_obj)
     action = data["action"]
     states, permission, _ = ACTIONS[action]
     if not caller.principal.can(permission):
@@ -773,7 +793,7 @@ def transition(
             f"'{action}' is not possible while the case is {case_obj.status}.",
             errors={
                 "action": [f"not allowed in state {case_obj.status}"],
-                "allowed_actions": allowed_actions(caller, case_obj),
+                "allowed_actions": allowed_actions(caller, case_obj, duplicates),
             },
         )
     if not may_act(caller, case_obj, action):
@@ -781,12 +801,13 @@ def transition(
             f"'{action}' is for the unit holding the case"
             + (" or its handler." if ACTIONS[action][2] == "handler" else ".")
         )
-    if not _ready(case_obj, action):
-        _, message, reason = READY[action]
-        raise Conflict(
-            message,
-            errors={"action": [reason], "allowed_actions": allowed_actions(caller, case_obj)},
-        )
+    if not _ready(case_obj, action, duplicates):
+        needs = READY[action]
+        errors: dict[str, Any] = {"action": [needs.reason]}
+        if needs.names_duplicates:
+            errors["duplicates"] = duplicates
+        errors["allowed_actions"] = allowed_actions(caller, case_obj, duplicates)
+        raise Conflict(needs.message, errors=errors)
     comment = (data.get("comment") or "").strip()
     if action in NEEDS_COMMENT and not comment:
         raise Unprocessable("Say why.", errors={"json": {"comment": [f"required for '{action}'"]}})
@@ -922,7 +943,6 @@ def _accept(ctx: TransitionContext, c: Case) -> str:
 
 
 def _reject(ctx: TransitionContext, c: Case) -> str:
-    _refuse_while_followed_up(ctx, c)
     return "rejected"
 
 
@@ -1236,25 +1256,7 @@ def _duplicate(ctx: TransitionContext, c: Case) -> str:
     return "cancelled"
 
 
-def _refuse_while_followed_up(ctx: TransitionContext, c: Case) -> None:
-    """Raise Conflict when other reports are closed as duplicates of the case: ending it
-    (reject, cancel) would leave them with nobody following up."""
-    duplicates = duplicates_of(ctx.session, c)
-    if duplicates:
-        raise Conflict(
-            "Other reports are closed as duplicates of this case: it is followed up for them.",
-            errors={
-                "action": ["the case has duplicates"],
-                "duplicates": duplicates,
-                "allowed_actions": [
-                    a for a in allowed_actions(ctx.caller, c) if a not in ("cancel", "reject")
-                ],
-            },
-        )
-
-
 def _cancel(ctx: TransitionContext, c: Case) -> str:
-    _refuse_while_followed_up(ctx, c)
     return "cancelled"
 
 

@@ -752,6 +752,40 @@ def test_an_original_with_duplicates_is_not_rejected(desk, start):
     assert d.get(copy)["duplicate_of"] == original
 
 
+def test_an_original_with_duplicates_offers_only_the_steps_that_work(desk):
+    """The case read listed cancel (and reject) for an original with duplicates, which then
+    answered 409 with a list leaving cancel out: the read, a list's item and every 409 now
+    give one list, of steps that work."""
+    d = desk
+    original, copy = d.report()["id"], d.report()["id"]
+    d.act(d.office, copy, "duplicate", duplicate_of=original, comment="重复上报")
+    for state, offered in (
+        ("reported", ["accept", "duplicate"]),
+        ("accepted", ["file", "escalate", "supervise", "duplicate"]),
+    ):
+        if state == "accepted":
+            d.act(d.office, original, "accept")
+        shown = ok(d.office.get(f"/api/v1/cases/{original}"))["allowed_actions"]
+        assert shown == offered, state
+        items = ok(d.office.get("/api/v1/cases"))["items"]
+        assert [c["allowed_actions"] for c in items if c["id"] == original] == [offered]
+        for action in ("reject", "cancel", "close"):
+            r = d.post(d.office, original, action, comment="无效信息")
+            assert r.status_code == 409, (action, r.get_json())
+            assert r.get_json()["errors"]["allowed_actions"] == offered, action
+    # A case without duplicates is offered both, and the list says so too.
+    other = d.report()["id"]
+    d.act(d.office, other, "accept")
+    assert ok(d.office.get(f"/api/v1/cases/{other}"))["allowed_actions"] == [
+        "reject",
+        "file",
+        "escalate",
+        "supervise",
+        "duplicate",
+        "cancel",
+    ]
+
+
 @pytest.mark.parametrize("action,start", [("cancel", "filed"), ("reject", "accepted")])
 def test_cancel_and_reject_are_final_and_need_a_reason(desk, action, start):
     d = desk
