@@ -79,3 +79,37 @@ def test_upgrade_takes_a_url_with_percent_escapes(database_url, tmp_path):
     migrations.upgrade(engine)
     assert migrations.current_revision(engine) == HEAD
     engine.dispose()
+
+
+def test_ratings_given_before_a_reopen_are_cleared(app, accounts, factory, client, engine):
+    """Cases reopened before the workflow cleared the rating kept the earlier one (the next
+    closure could not be rated, the indicators counted it): migration 0027 clears it; a
+    rating of the current closure stays."""
+    from sqlalchemy import text
+
+    from tests.api.test_case_workflow import Desk
+
+    factory.regions()
+    factory.grid_version()
+    d = Desk(app, accounts, client)
+    undone, current = d.report(d.worker)["id"], d.report(d.worker, col=1)["id"]
+    for cid in (undone, current):
+        d.to_closed(cid)
+        rating = d.worker.post(f"/api/v1/cases/{cid}/rating", json={"score": 2})
+        assert rating.status_code == 200, rating.get_json()
+    d.act(d.office, undone, "reopen", comment="问题复发")
+    with engine.begin() as conn:  # as the earlier reopen left it
+        conn.execute(
+            text("UPDATE cases SET satisfaction = 2, rated_at = reported_at WHERE id = :id"),
+            {"id": undone},
+        )
+    versions = {cid: d.get(cid)["version"] for cid in (undone, current)}
+    migrations.downgrade(engine, "0026")
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    after = {cid: d.get(cid) for cid in (undone, current)}
+    assert after[undone]["satisfaction"] is None
+    assert after[undone]["version"] == versions[undone] + 1
+    assert after[current]["satisfaction"]["score"] == 2
+    assert after[current]["version"] == versions[current]
+    assert [e["data"] for e in d.timeline(undone) if e["action"] == "rate"] == [{"score": 2}]

@@ -544,7 +544,8 @@ class Rating(MethodView):
         step to the timeline, emits the webhook event `case.rated` and answers the updated case.
         Only the account or app that reported the case, or an API client whose area covers the case
         (a hotline calling the resident back), may rate it: anyone else gets 403. A case that is not
-        closed, or is rated already, is a 409: a rating cannot be changed. Needs `cases:write`; a
+        closed, or is rated already, is a 409: a rating cannot be changed. A reopen clears the
+        rating (the timeline keeps it), and the next closure is rated anew. Needs `cases:write`; a
         case the caller may not see answers 404. Writes an audit row `case.rate`.
         """
         session = db_session()

@@ -1184,6 +1184,12 @@ def _reopen(ctx: TransitionContext, c: Case) -> str:
     c.assignee_id = c.department_id = None
     c.handle_due_at = add_limit(ctx.calendar, ctx.now, category.handle_limit, category.handle_unit)
     ctx.event_data["handle_due_at"] = c.handle_due_at.isoformat()
+    if c.satisfaction is not None:
+        # The rating judged the closure this undoes: it stays in the timeline (its rate row,
+        # and here), and the reporter rates the next closure (the indicators count a
+        # closure's own rating only).
+        ctx.event_data["earlier_score"] = c.satisfaction
+        c.satisfaction = c.satisfaction_comment = c.rated_at = None
     return "filed"
 
 
@@ -1324,7 +1330,9 @@ def duplicates_by_original(session: Session, case_ids: list[int]) -> dict[int, l
 def rate(
     session: Session, case_id: int, caller: Caller, score: int, comment: str, now: datetime
 ) -> Case:
-    """Record the reporter's satisfaction (1-5) with a closed case, once."""
+    """Record the reporter's satisfaction (1-5) with a closed case, once per closure (a
+    reopen clears it). Raises Forbidden (not the reporter or an app of their area) and
+    Conflict (not closed, or rated already)."""
     from ..auth import Forbidden
 
     case_obj = get_case(session, case_id, caller, for_update=True)

@@ -245,6 +245,31 @@ def test_report_to_rating_on_the_main_road(desk, app, session):
     ]
 
 
+def test_a_reopen_clears_the_rating_and_the_next_closure_is_rated(desk):
+    """After a reopen the earlier rating stayed on the case and the next closure could not
+    be rated (409 "rated already"): the reopen clears it, the timeline keeps it."""
+    d = desk
+    cid = d.report(d.worker)["id"]
+    d.to_closed(cid)
+    rated = ok(d.worker.post(f"/api/v1/cases/{cid}/rating", json={"score": 1, "comment": "没修好"}))
+    assert rated["satisfaction"]["score"] == 1
+    reopened = d.act(d.office, cid, "reopen", comment="群众反映问题复发")
+    assert reopened["satisfaction"] is None and d.get(cid)["satisfaction"] is None
+    assert d.timeline(cid)[-1]["data"]["earlier_score"] == 1
+    early = d.worker.post(f"/api/v1/cases/{cid}/rating", json={"score": 5})
+    assert early.status_code == 409, early.get_json()  # not closed yet
+    d.act(d.office, cid, "dispatch", assignee_id=d.id("worker"))
+    d.act(d.worker, cid, "sign")
+    d.act(d.worker, cid, "feedback", comment="已修复")
+    d.act(d.office, cid, "verify_pass")
+    d.act(d.office, cid, "close")
+    again = ok(d.worker.post(f"/api/v1/cases/{cid}/rating", json={"score": 5, "comment": "满意"}))
+    assert again["satisfaction"]["score"] == 5 and again["satisfaction"]["comment"] == "满意"
+    assert d.worker.post(f"/api/v1/cases/{cid}/rating", json={"score": 4}).status_code == 409
+    rates = [(e["data"], e["comment"]) for e in d.timeline(cid) if e["action"] == "rate"]
+    assert rates == [({"score": 1}, "没修好"), ({"score": 5}, "满意")]
+
+
 def test_rating_only_by_the_reporter_and_only_when_closed(desk):
     d = desk
     cid = d.report(d.worker)["id"]

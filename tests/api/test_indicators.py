@@ -360,6 +360,7 @@ def _replay(session: Any, calendar: Any, start: datetime, end: datetime) -> dict
             f["closed"] = e.at
         if e.action == "reopen":
             f["closed"] = None
+            f["rating"] = None  # the rating judged the closure the reopen undid
         f["rework"] += e.action == "verify_fail"
         f["extensions"] += e.action == "approve_extension"
         if e.action == "rate":
@@ -417,6 +418,40 @@ def test_the_sql_equals_a_replay_of_the_timelines(app, cases, month):
     got["hours_sum"] = round(got["hours_sum"], 6)
     assert got == expected
     assert expected["filed"] + expected["closed"] > 0
+
+
+def test_a_rating_counts_for_its_own_closure_only(app, client, accounts, world):
+    """A case rated 1, reopened and closed again counted the 1 for its new closure, and its
+    reporter could not rate that one: the reopen clears it, the next rating counts."""
+    t = Timeline(app, accounts.create("admin", "admin"))
+    h = t.filed(at(5, 11, 9))
+    t.dispatch(h, at(5, 11, 10))
+    t.finish(h, at(5, 12, 10), at(5, 12, 16))
+    t.rate(h, 1, at(5, 13, 9))
+    t.act(h, "reopen", at(5, 13, 10), comment="问题复发")
+    t.dispatch(h, at(5, 13, 11))
+    t.finish(h, at(5, 14, 10), at(5, 14, 16))
+    may = f"region={TOWNSHIP}&from=2026-05-01&to=2026-06-01"
+    got = get(client, may)["indicators"]
+    assert got["closed"] == 1
+    assert (got["rated"], got["satisfaction"], got["satisfaction_rate"]) == (0, None, None)
+    t.rate(h, 5, at(5, 15, 9))
+    got = get(client, may)["indicators"]
+    assert (got["rated"], got["satisfaction"], got["satisfaction_rate"]) == (1, 5.0, 1.0)
+    st = app.extensions["gridapi"]
+    start, end = at(5, 1, 0).astimezone(UTC), at(6, 1, 0).astimezone(UTC)
+    with st.sessions() as s:
+        expected = _replay(s, st.calendar(s), start, end)
+        period = svc.Period("m", start, end, end)
+        counted = svc.aggregate(s, [svc.located_in(COUNTY)], [period]).get((0,), {})
+    assert (
+        (counted["rated"], counted["satisfaction_sum"])
+        == (1, 5)
+        == (
+            expected["rated"],
+            expected["satisfaction_sum"],
+        )
+    )
 
 
 @pytest.mark.engines("sqlite")
