@@ -533,7 +533,7 @@ class Timeline(MethodView):
 class Rating(MethodView):
     @blp.requires("cases:write")
     @blp.arguments(RatingSchema)
-    @blp.response(200, CaseSchema)
+    @blp.response(200, CaseSchema, headers={"ETag": {"schema": {"type": "string"}}})
     @blp.alt_response(
         409, response="CONFLICT", description="The case is not closed, or is rated already."
     )
@@ -545,8 +545,10 @@ class Rating(MethodView):
         Only the account or app that reported the case, or an API client whose area covers the case
         (a hotline calling the resident back), may rate it: anyone else gets 403. A case that is not
         closed, or is rated already, is a 409: a rating cannot be changed. A reopen clears the
-        rating (the timeline keeps it), and the next closure is rated anew. Needs `cases:write`; a
-        case the caller may not see answers 404. Writes an audit row `case.rate`.
+        rating (the timeline keeps it), and the next closure is rated anew. The rating is a new
+        version of the case: the answer's `ETag` is the one to send as `If-Match` next. Needs
+        `cases:write`; a case the caller may not see answers 404. Writes an audit row
+        `case.rate`.
         """
         session = db_session()
         caller = svc.caller_of(session, current_principal())
@@ -554,4 +556,4 @@ class Rating(MethodView):
         audit("case.rate", "case", case_obj.id, summary={"score": data["score"]})
         view = render(session, caller, case_obj)
         commit()
-        return view
+        return view, 200, {"ETag": etag(case_obj)}

@@ -270,6 +270,25 @@ def test_a_reopen_clears_the_rating_and_the_next_closure_is_rated(desk):
     assert rates == [({"score": 1}, "没修好"), ({"score": 5}, "满意")]
 
 
+def test_the_rating_answers_the_etag_of_the_version_it_made(desk):
+    """A rating makes a new version of the case, but its answer had no ETag: a phone kept the
+    one of the closure, and its next step (reopen) was refused 412."""
+    d = desk
+    cid = d.report(d.worker)["id"]
+    closed = d.to_closed(cid)
+    r = d.worker.post(f"/api/v1/cases/{cid}/rating", json={"score": 4})
+    assert r.status_code == 200, r.get_json()
+    version = r.get_json()["version"]
+    assert version == closed["version"] + 1
+    assert r.headers["ETag"] == f'"{cid}-{version}"' == d.etag(cid)
+    reopen = d.office.post(
+        f"/api/v1/cases/{cid}/transitions",
+        json={"action": "reopen", "comment": "问题复发"},
+        headers={"If-Match": r.headers["ETag"]},
+    )
+    assert reopen.status_code == 200, reopen.get_json()
+
+
 def test_rating_only_by_the_reporter_and_only_when_closed(desk):
     d = desk
     cid = d.report(d.worker)["id"]
