@@ -1249,7 +1249,21 @@ def _duplicate(ctx: TransitionContext, c: Case) -> str:
     other.updated_at = ctx.now
     ctx.event_data["duplicate_of"] = other.id
     ctx.event_data["duplicate_of_number"] = other.number
-    moved = duplicates_of(ctx.session, c)
+    moved = ctx.session.execute(
+        select(
+            Case.id,
+            Case.number,
+            Case.county_code,
+            Case.status,
+            Case.responsible_region_code,
+            select(func.max(CaseEvent.seq))
+            .where(CaseEvent.case_id == Case.id)
+            .scalar_subquery()
+            .label("last_seq"),
+        )
+        .where(Case.duplicate_of_id == c.id)
+        .order_by(Case.id)
+    ).all()
     if moved:
         # The reports closed as duplicates of this case now repeat the case it repeats:
         # they pointed at a cancelled case nobody follows up, out of the original's reach.
@@ -1258,7 +1272,50 @@ def _duplicate(ctx: TransitionContext, c: Case) -> str:
             .where(Case.duplicate_of_id == c.id)
             .values(duplicate_of_id=other.id, version=Case.version + 1, updated_at=ctx.now)
         )
-        ctx.event_data["moved_duplicates"] = moved
+        ctx.event_data["moved_duplicates"] = [m.id for m in moved]
+        # Each moved report's timeline says so (every change is a row): who, when, from
+        # which original to which.
+        ctx.session.execute(
+            insert(CaseEvent),
+            [
+                {
+                    "case_id": m.id,
+                    "county_code": m.county_code,
+                    "seq": (m.last_seq or 0) + 1,
+                    "action": "duplicate_moved",
+                    "from_status": m.status,
+                    "to_status": m.status,
+                    "actor": ctx.caller.actor,
+                    "actor_name": ctx.caller.principal.name,
+                    "at": ctx.now,
+                    "comment": "",
+                    "responsible_region_code": m.responsible_region_code,
+                    "data": {
+                        "from_original": c.id,
+                        "from_original_number": c.number,
+                        "duplicate_of": other.id,
+                        "duplicate_of_number": other.number,
+                    },
+                    "evidence": [],
+                }
+                for m in moved
+            ],
+        )
+    # And the original's: the reports now closed as its duplicates, this one first.
+    add_event(
+        ctx.session,
+        other,
+        next_seq(ctx.session, other.id),
+        "duplicates_attached",
+        other.status,
+        ctx.caller.actor,
+        ctx.caller.principal.name,
+        ctx.now,
+        data={
+            "attached": [c.id, *(m.id for m in moved)],
+            "attached_numbers": [c.number, *(m.number for m in moved)],
+        },
+    )
     return "cancelled"
 
 

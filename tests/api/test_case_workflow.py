@@ -4,6 +4,7 @@ timeline each step leaves, If-Match on every transition, and the work queues."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import threading
 from datetime import datetime
@@ -758,6 +759,64 @@ def test_an_original_closed_as_a_duplicate_hands_its_duplicates_on(desk):
     assert d.get(c)["duplicates"] == [a, b] and d.get(a)["duplicates"] == []
     assert d.etag(b) != etag_b  # a phone holding B learns of the change
     assert d.timeline(a)[-1]["data"]["moved_duplicates"] == [b]
+
+
+def test_moving_duplicates_on_leaves_a_timeline_row_on_each_case(desk, session):
+    """23 was a duplicate of 22; 22 closed as a duplicate of 24 moved 23 onto 24 (a new
+    version) with no row in 23's timeline, and 24 got no row when reports were attached to it:
+    now each moved report and the original say who did it, when, and which cases."""
+    d = desk
+    c22, c23, c24 = (d.report() for _ in range(3))
+    d.act(d.office, c23["id"], "duplicate", duplicate_of=c22["id"], comment="重复上报")
+    office = d.actor("office")
+    first = d.timeline(c22["id"])[-1]
+    assert (first["action"], first["from_status"], first["to_status"], first["actor"]) == (
+        "duplicates_attached",
+        "reported",
+        "reported",
+        office,
+    )
+    assert first["data"] == {"attached": [c23["id"]], "attached_numbers": [c23["number"]]}
+    version_23, steps_24 = d.get(c23["id"])["version"], len(d.timeline(c24["id"]))
+
+    d.act(d.office, c22["id"], "duplicate", duplicate_of=c24["id"], comment="重复上报")
+    moved = d.timeline(c23["id"])[-1]
+    assert (moved["action"], moved["from_status"], moved["to_status"], moved["actor"]) == (
+        "duplicate_moved",
+        "cancelled",
+        "cancelled",
+        office,
+    )
+    assert moved["actor_name"] == "office" and moved["at"] == d.timeline(c22["id"])[-1]["at"]
+    assert moved["data"] == {
+        "from_original": c22["id"],
+        "from_original_number": c22["number"],
+        "duplicate_of": c24["id"],
+        "duplicate_of_number": c24["number"],
+    }
+    assert [e["seq"] for e in d.timeline(c23["id"])] == [1, 2, 3]
+    assert d.get(c23["id"])["version"] == version_23 + 1
+    attached = d.timeline(c24["id"])
+    assert len(attached) == steps_24 + 1
+    assert (attached[-1]["action"], attached[-1]["actor"]) == ("duplicates_attached", office)
+    assert attached[-1]["data"] == {
+        "attached": [c22["id"], c23["id"]],
+        "attached_numbers": [c22["number"], c23["number"]],
+    }
+    # Webhook subscribers hear of both as steps of those cases.
+    outbox = session.execute(
+        text(
+            "SELECT case_id, event_type, payload FROM webhook_events "
+            "WHERE case_id IN (:a, :b) ORDER BY id"
+        ),
+        {"a": c23["id"], "b": c24["id"]},
+    ).all()
+    heard = [
+        (case_id, kind, (p if isinstance(p, dict) else json.loads(p))["action"])
+        for case_id, kind, p in outbox
+    ]
+    assert (c23["id"], "case.transitioned", "duplicate_moved") in heard
+    assert (c24["id"], "case.transitioned", "duplicates_attached") in heard
 
 
 def test_an_original_with_duplicates_is_not_cancelled(desk):
