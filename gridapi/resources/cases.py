@@ -395,7 +395,8 @@ class Cases(MethodView):
         """List cases
 
         Only cases the caller may see (by area scope, or that they reported or hold). Keyset
-        pagination: pass `next_cursor` back as `cursor`.
+        pagination: pass `next_cursor` back as `cursor`. `queue` opens a count of
+        `GET /api/v1/cases/queues` as the list of exactly the cases it counts.
         """
         principal = current_principal()
         session = db_session()
@@ -431,6 +432,7 @@ class Queues(MethodView):
 
         待受理 intake, 待派遣 dispatch, 待处理 handle, 待核查 verify, 待结案 close (each only
         for callers who take that step) and 超期 overdue, over the cases the caller may see.
+        `GET /api/v1/cases?queue=<queue>` lists the cases a count counts.
         """
         session = db_session()
         caller = svc.caller_of(session, current_principal())

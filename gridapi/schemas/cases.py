@@ -10,7 +10,7 @@ from webargs.fields import DelimitedList
 
 from ..geo.crs import SUPPORTED_CRS
 from ..models.cases import SEVERITIES, SOURCES, STATUSES, SUPERVISION_LEVELS
-from ..services.cases import ACTIONS, SORTS
+from ..services.cases import ACTIONS, QUEUE_NAMES, SORTS
 from .common import PointSchema, StrictSchema, user_ref
 from .locate import CRS_FIELD_DOC
 
@@ -257,6 +257,15 @@ class CaseQueryArgsSchema(StrictSchema):
     q = fields.String(
         validate=validate.Length(min=1, max=100),
         metadata={"description": "Text in the description, address or number."},
+    )
+    queue = fields.String(
+        validate=validate.OneOf(QUEUE_NAMES),
+        metadata={
+            "description": "The cases of one of your work queues, exactly those its count in "
+            "`GET /api/v1/cases/queues` counts: " + ", ".join(QUEUE_NAMES) + ". A queue you "
+            "do not work (not among your counts) holds no cases.",
+            "example": "dispatch",
+        },
     )
     sort = fields.String(load_default="-reported_at", validate=validate.OneOf(sorted(SORTS)))
     cursor = fields.String(validate=validate.Length(max=200))

@@ -151,6 +151,8 @@ QUEUES = (
     ("verify", "待核查", ("feedback",), "cases:verify"),
     ("close", "待结案", ("verified",), "cases:close"),
 )
+# Every queue GET /cases/queues may answer, in its order: the work queues and 超期.
+QUEUE_NAMES = (*(name for name, *_ in QUEUES), "overdue")
 OPEN_SQL = "cases.status NOT IN ('closed', 'rejected', 'cancelled')"
 LEVEL_PREFIX = {"province": 2, "city": 4, "county": 6, "township": 9, "village": 12}
 
@@ -1549,6 +1551,13 @@ def case_conditions(caller: Caller, args: dict[str, Any]) -> list[ColumnElement[
     if args.get("bbox"):
         west, south, east, north = args["bbox"]
         conditions.append(and_(Case.lon.between(west, east), Case.lat.between(south, north)))
+    if args.get("queue"):
+        # Exactly the cases the queue's count counts (``queue_conditions``); a queue the
+        # caller does not work (it is not among their counts) holds nothing for them.
+        worked = queue_conditions(caller)
+        conditions.append(
+            and_(text(OPEN_SQL), worked[args["queue"]][1]) if args["queue"] in worked else false()
+        )
     if args.get("q"):
         # The text as written: % and _ are characters to find, not LIKE's wildcards.
         q = args["q"]
@@ -1587,11 +1596,17 @@ def list_cases(
     return rows, cursor
 
 
-def queues(session: Session, caller: Caller) -> list[dict[str, Any]]:
-    """Return the caller's work queues with their counts (only queues the caller works)."""
+def queue_conditions(caller: Caller) -> dict[str, tuple[str, ColumnElement[bool]]]:
+    """Return the queues the caller works, in order, each with its title and the condition
+    'an open case the caller may see is in it' (open and visible are the caller's to add).
+
+    One definition for the counts (``queues``) and the list filter (``queue``), so a count
+    opened as a list shows exactly the cases counted. Office queues need an office (an area
+    covering the unit holding the case, and ``cases:dispatch``): a department member or a
+    worker holds only what was dispatched to them; a grid chief verifies in their grids.
+    Each work queue only for callers with the permission of its next step; 超期 for all.
+    """
     scope = caller.scope
-    # Office queues need an office (is_office): a department member or a worker holds only
-    # what was dispatched to them; a grid chief verifies in their grids.
     office: ColumnElement[bool] = false()
     if caller.principal.can("cases:dispatch"):
         office = scope.region_condition(Case.responsible_region_code)
@@ -1604,20 +1619,24 @@ def queues(session: Session, caller: Caller) -> list[dict[str, Any]]:
     verifier = office
     if scope.grid_codes:
         verifier = or_(office, Case.grid_code.in_(sorted(scope.grid_codes)))
-    columns = []
-    names = []
+    found: dict[str, tuple[str, ColumnElement[bool]]] = {}
     for name, title, statuses, permission in QUEUES:
         if not caller.principal.can(permission):
             continue
         where = {"handle": holder, "verify": verifier}.get(name, office)
-        columns.append(func.sum(case((and_(Case.status.in_(statuses), where), 1), else_=0)))
-        names.append((name, title))
-    columns.append(func.sum(case((Case.overdue.is_(True), 1), else_=0)))
-    names.append(("overdue", "超期"))
+        found[name] = (title, and_(Case.status.in_(statuses), where))
+    found["overdue"] = ("超期", Case.overdue.is_(True))
+    return found
+
+
+def queues(session: Session, caller: Caller) -> list[dict[str, Any]]:
+    """Return the caller's work queues with their counts (only queues the caller works)."""
+    worked = queue_conditions(caller)
+    columns = [func.sum(case((where, 1), else_=0)) for _, where in worked.values()]
     row = session.execute(select(*columns).where(text(OPEN_SQL), visible_condition(caller))).one()
     return [
         {"queue": name, "name": title, "count": int(count or 0)}
-        for (name, title), count in zip(names, row, strict=True)
+        for (name, (title, _)), count in zip(worked.items(), row, strict=True)
     ]
 
 

@@ -1092,6 +1092,98 @@ def test_queues_follow_the_cases(desk, engine):
     assert queues(d.member) == {"handle": 1, "overdue": 1}  # overdue: of what it may see
 
 
+def queue_list(who: Any, queue: str, **filters: Any) -> list[int]:
+    """Return the ids of ``GET /cases?queue=…`` with ``filters``, paged two at a time."""
+    ids: list[int] = []
+    query: dict[str, Any] = {"queue": queue, "limit": 2, **filters}
+    while True:
+        body = ok(who.get("/api/v1/cases", query_string=query))
+        ids += [c["id"] for c in body["items"]]
+        if not body["next_cursor"]:
+            return ids
+        query["cursor"] = body["next_cursor"]
+
+
+def test_each_queue_opens_as_a_list_of_exactly_its_cases(desk, engine):
+    """The queue counts could not be opened as a list: no filter selected a queue's cases
+    (a department's 待处理 counts what was dispatched to it; a township's 待派遣 leaves out
+    the cases of its area the county holds). `queue` is the counts' own condition."""
+    d = desk
+    chief = d.accounts.client("chief", "grid_chief", grids=[A1, A2])
+    outsider = d.department_member("outsider", d.dept, COUNTY)
+    ids = [d.report(col=i % 2)["id"] for i in range(12)]
+    (reported, accepted, filed, escalated, handed_down, to_worker, to_dept) = ids[:7]
+    (handling, feedback, verified, closed, late) = ids[7:]
+    d.act(d.office, accepted, "accept")
+    d.to_filed(filed)
+    d.to_filed(escalated)
+    d.act(d.office, escalated, "escalate", comment="需县级协调")
+    d.to_filed(handed_down)
+    d.act(d.office, handed_down, "dispatch", unit=COMMUNITY_A)
+    d.to_filed(to_worker)
+    d.act(d.office, to_worker, "dispatch", assignee_id=d.id("worker"))
+    d.to_filed(to_dept)
+    d.act(d.office, to_dept, "dispatch", department_id=d.dept)
+    d.to_handling(handling)
+    d.to_handling(feedback)
+    d.act(d.worker, feedback, "feedback", comment="ok")
+    d.to_handling(verified)
+    d.act(d.worker, verified, "feedback", comment="ok")
+    d.act(d.office, verified, "verify_pass")
+    d.to_closed(closed)
+    d.to_handling(late)
+    with engine.begin() as conn:  # the overdue sweep's mark
+        conn.execute(update(Case).where(Case.id.in_([late, to_dept])).values(overdue=True))
+
+    callers = {
+        "office": d.office,
+        "county": d.county,
+        "city": d.city,
+        "officer": d.officer,
+        "worker": d.worker,
+        "chief": chief,
+        "member": d.member,
+        "outsider": outsider,
+        "admin": d.admin,
+    }
+    seen_nonzero = set()
+    for who, client in callers.items():
+        for name, count in queues(client).items():
+            listed = queue_list(client, name)
+            assert len(listed) == len(set(listed)) == count, (who, name, listed)
+            oldest_first = queue_list(client, name, sort="reported_at")
+            assert oldest_first == sorted(listed), (who, name)
+            if count:
+                seen_nonzero.add(name)
+    assert seen_nonzero == {"intake", "dispatch", "handle", "verify", "close", "overdue"}
+    # What no other filter could say: the township's 待派遣 leaves out the case of its area
+    # the county holds, and a department's 待处理 is what was dispatched to it.
+    filed_in_area = {c["id"] for c in ok(d.office.get("/api/v1/cases?status=filed"))["items"]}
+    assert {filed, escalated, handed_down} <= filed_in_area
+    assert set(queue_list(d.office, "dispatch")) == {filed, handed_down}
+    assert set(queue_list(d.county, "dispatch")) == {filed, escalated, handed_down}
+    assert queue_list(d.officer, "dispatch") == [handed_down]
+    assert queue_list(outsider, "handle") == [to_dept]
+    assert set(queue_list(d.worker, "handle")) == {to_worker, handling, late}
+    assert queue_list(chief, "verify") == [feedback]
+    # With the other filters; a queue the caller does not work holds nothing.
+    assert set(queue_list(d.office, "handle", overdue="true")) == {late, to_dept}
+    assert queue_list(d.office, "handle", q=d.get(late)["number"]) == [late]
+    assert queue_list(d.worker, "verify") == []
+    # The map layers take it as they take the list's other filters.
+    layer = ok(d.office.get(f"/api/v1/maps/case-counts?region={TOWNSHIP}&queue=dispatch"))
+    assert sum(f["properties"]["count"] for f in layer["features"]) == 2
+    # A cursor belongs to its queue, and a queue is one of the known ones.
+    first = ok(d.office.get("/api/v1/cases", query_string={"queue": "handle", "limit": 1}))
+    other = d.office.get(
+        "/api/v1/cases", query_string={"queue": "intake", "cursor": first["next_cursor"]}
+    )
+    assert other.status_code == 422, other.get_json()
+    bad = d.office.get("/api/v1/cases?queue=inbox")
+    assert bad.status_code == 422
+    assert "queue" in bad.get_json()["errors"]["query"]
+
+
 # --- who may take which step ----------------------------------------------------------------
 
 # Every role, scoped as a real account of it would be.
