@@ -76,6 +76,17 @@ def distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
     return float(Geodesic.WGS84.Inverse(lat1, lon1, lat2, lon2, Geodesic.DISTANCE)["s12"])
 
 
+def metres_per_degree(lat: float) -> tuple[float, float]:
+    """Return how many metres one degree of longitude and of latitude span at ``lat`` on
+    the WGS-84 ellipsoid (the prime vertical and meridian radii): a local plane in which
+    nearest points are nearest on the ground too, to a small fraction over tens of metres."""
+    e2 = (1.0 / 298.257223563) * (2.0 - 1.0 / 298.257223563)
+    s = math.sin(math.radians(lat))
+    w = math.sqrt(1.0 - e2 * s * s)
+    rad = math.pi / 180.0
+    return 6378137.0 / w * math.cos(math.radians(lat)) * rad, 6378137.0 * (1.0 - e2) / w**3 * rad
+
+
 def metres_to_degrees(metres: float, lat: float) -> float:
     """Conservative search radius in degrees covering ``metres`` in any direction at ``lat``.
 

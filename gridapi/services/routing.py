@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 from .. import clock
 from ..codes import LEVEL_DEPTH, ancestor_prefix_codes
 from ..db import sqlite_write_intent
-from ..geo.geodesy import distance_m, metres_to_degrees
+from ..geo.geodesy import distance_m, metres_per_degree, metres_to_degrees
 from ..jsonio import dumps_bytes
 from ..models import Grid, Region
 from ..scope import Scope
@@ -225,9 +225,20 @@ class IndexSnapshot:
         radius = metres_to_degrees(self.snap_meters, lat)
         cand = self.tree.query(point, predicate="dwithin", distance=radius)
         best: tuple[float, int] | None = None
+        # The nearest point of a grid, found in degrees, is not the nearest on the ground
+        # (a degree of longitude is shorter): on slanted edges the distance came out up to
+        # 1.2 % long and points within the snap distance were refused. Found in a local
+        # plane of metres around the point instead.
+        kx, ky = metres_per_degree(lat)
+
+        def to_plane(c: np.ndarray) -> np.ndarray:
+            return np.column_stack([(c[:, 0] - lon) * kx, (c[:, 1] - lat) * ky])
+
+        origin = shapely.points(0.0, 0.0)
         for i in sorted(int(c) for c in cand):
-            nearest = shapely.shortest_line(self.geoms[i], point)
-            x, y = nearest.coords[0]
+            nearest = shapely.shortest_line(shapely.transform(self.geoms[i], to_plane), origin)
+            px, py = nearest.coords[0]
+            x, y = lon + px / kx, lat + py / ky
             d = distance_m(lon, lat, x, y)
             if d <= self.snap_meters and (best is None or d < best[0]):
                 best = (d, i)

@@ -59,3 +59,41 @@ def test_single_lookups_match_batch_lookups_everywhere():
         match = snap.locate(lon, lat)
         assert (match.grid, match.method) == (int(grid[i]), names[method[i]]), (lon, lat)
     assert {"inside", "boundary", "none"} <= {names[m] for m in method}
+
+
+def test_snapping_measures_the_distance_to_the_nearest_point_on_the_ground():
+    """The nearest point was found in degrees, where a degree of longitude is shorter than
+    one of latitude: next to a slanted edge the distance came out up to 1.2 % long, and a
+    point 49.4 m from a grid was refused at a 50 m snap distance."""
+    from geographiclib.geodesic import Geodesic
+
+    # A grid whose east edge runs at 30° from north, at 31.3°N.
+    lat0, lon0 = 31.3, 120.6
+    geod = Geodesic.WGS84
+    top = geod.Direct(lat0, lon0, 30.0, 2000.0)
+    ring = [
+        (lon0, lat0),
+        (top["lon2"], top["lat2"]),
+        (lon0 - 0.03, top["lat2"]),
+        (lon0 - 0.03, lat0),
+    ]
+    rows = [
+        (
+            0,
+            "320508001001001",
+            "斜边网格",
+            "basic",
+            "320508001001",
+            1,
+            shapely.to_wkb(shapely.Polygon(ring)),
+        )
+    ]
+    snap = IndexSnapshot(1, rows, {}, [], snap_meters=50)
+    middle = geod.Direct(lat0, lon0, 30.0, 1000.0)  # on the edge
+    for metres in (10.0, 30.0, 49.4):
+        out = geod.Direct(middle["lat2"], middle["lon2"], 120.0, metres)  # square off the edge
+        match = snap.locate(out["lon2"], out["lat2"])
+        assert match.method == "snapped", metres
+        assert abs(match.distance_m - metres) < 0.05, (metres, match.distance_m)
+    far = geod.Direct(middle["lat2"], middle["lon2"], 120.0, 50.5)
+    assert snap.locate(far["lon2"], far["lat2"]).method == "none"
