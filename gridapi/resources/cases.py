@@ -138,7 +138,7 @@ def case_view(
     if c.grid_code:
         grid = {
             "code": c.grid_code,
-            "name": names.get(c.grid_code),
+            "name": names.get(grid_key(c.grid_code, c.grid_version_id)),
             "version_id": c.grid_version_id,
         }
     satisfaction = None
@@ -231,12 +231,24 @@ def _names_for(session, cases: list[Case]) -> dict[str, str]:  # type: ignore[no
     missing = {c for c in codes if c and c not in names}
     if missing:
         names.update(svc.region_names(session, missing))
+    # A grid's name is its version's: a code reissued by a later version names another area
+    # (an old case showed the new grid's name). The grids in service answer most of them.
+    older: set[tuple[str, int]] = set()
     for c in cases:
         if c.grid_code:
-            name = snapshot.grid_name(c.grid_code)
+            name = snapshot.grid_name(c.grid_code, c.grid_version_id)
             if name:
-                names[c.grid_code] = name
+                names[grid_key(c.grid_code, c.grid_version_id)] = name
+            elif c.grid_version_id is not None:
+                older.add((c.grid_code, c.grid_version_id))
+    for (code, version_id), name in svc.grid_names(session, older).items():
+        names[grid_key(code, version_id)] = name
     return names
+
+
+def grid_key(code: str, version_id: int | None) -> str:
+    """The key of a grid's name in ``_names_for``'s answer: its code in its version."""
+    return f"grid:{code}:{version_id}"
 
 
 def _category_names(session, cases: list[Case]) -> dict[str, str]:  # type: ignore[no-untyped-def]

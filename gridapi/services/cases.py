@@ -66,6 +66,7 @@ from ..models import (
     CaseEvent,
     Category,
     Department,
+    Grid,
     Region,
     User,
 )
@@ -1638,6 +1639,19 @@ def queues(session: Session, caller: Caller) -> list[dict[str, Any]]:
         {"queue": name, "name": title, "count": int(count or 0)}
         for (name, (title, _)), count in zip(worked.items(), row, strict=True)
     ]
+
+
+def grid_names(session: Session, grids: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str]:
+    """Return the names of grids by (code, version id)."""
+    wanted = sorted(set(grids))
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(Grid.code, Grid.version_id, Grid.name).where(
+            tuple_(Grid.code, Grid.version_id).in_(wanted)
+        )
+    ).all()
+    return {(code, version_id): name for code, version_id, name in rows}
 
 
 def region_names(session: Session, codes: Iterable[str | None]) -> dict[str, str]:

@@ -114,12 +114,18 @@ class IndexSnapshot:
     def __len__(self) -> int:
         return len(self.grids)
 
-    def grid_name(self, code: str) -> str | None:
-        """Return the name of the grid in service with ``code``, or None."""
+    def grid_name(self, code: str, version_id: int | None = None) -> str | None:
+        """Return the name of the grid in service with ``code`` (and of ``version_id``, when
+        given), or None."""
         if self._by_code is None:
             self._by_code = {g["code"]: i for i, g in enumerate(self.grids)}
         index = self._by_code.get(code)
-        return self.grids[index]["name"] if index is not None else None
+        if index is None:
+            return None
+        grid = self.grids[index]
+        if version_id is not None and grid["version_id"] != version_id:
+            return None
+        return grid["name"]
 
     def _build_cells(self) -> None:
         """Index grids by a uniform lattice of cells about one grid wide.

@@ -217,6 +217,31 @@ def test_activating_the_active_county_version_again_rolls_a_community_back(
     assert session.execute(text("SELECT generation FROM index_generations")).scalar() == generation
 
 
+def test_a_case_shows_the_name_of_its_grid_in_the_version_it_was_routed_with(factory, client):
+    """Codes are withdrawn and reissued: after a version that gave A1's code to another
+    area under another name, an old case of A1 showed the new grid's name."""
+    factory.regions()
+    first = factory.grid_version()
+    body = {"category": "0101", "description": "井盖缺失", "location": {"type": "Point"}}
+    body["location"]["coordinates"] = [LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP]
+    old = client.post("/api/v1/cases", json=body)
+    assert old.status_code == 201, old.get_json()
+    assert old.get_json()["grid"]["name"] == "第001网格"
+    swapped = collection(
+        feature(A1, square(1, 0), name="新1"),
+        feature(A2, square(0, 0), name="新2"),
+        feature(B1, square(2, 0)),
+        feature(B2, square(3, 0)),
+    )
+    second = factory.grid_version(swapped)
+    case = client.get(f"/api/v1/cases/{old.get_json()['id']}").get_json()
+    assert case["grid"] == {"code": A1, "name": "第001网格", "version_id": first["id"]}
+    listed = client.get("/api/v1/cases").get_json()["items"]
+    assert [c["grid"]["name"] for c in listed] == ["第001网格"]
+    new = client.post("/api/v1/cases", json=body).get_json()  # the same place, now A2 "新2"
+    assert new["grid"] == {"code": A2, "name": "新2", "version_id": second["id"]}
+
+
 def test_export_is_geojson_of_grids_in_service(factory, client):
     factory.regions()
     factory.grid_version()
