@@ -133,6 +133,10 @@ def _fmt_area(area: float) -> str:
     return f"{area:,.2f} m²"
 
 
+# The longest grid name stored (grids.name).
+MAX_NAME_LENGTH = 200
+
+
 def _problem(kind: str, message: str, severity: str = "error", **extra: Any) -> Problem:
     return {"severity": severity, "kind": kind, "message": message, **extra}
 
@@ -289,6 +293,14 @@ def _parse_feature(index: int, feature: Any) -> tuple[ParsedGrid | None, list[Pr
     name = props.get("name")
     if not isinstance(name, str) or not name.strip():
         problems.append(_problem("name_missing", f"{where} has no name (property 'name')"))
+    elif len(name.strip()) > MAX_NAME_LENGTH:  # was cut to 200 when stored, without a word
+        problems.append(
+            _problem(
+                "name_too_long",
+                f"{where}: the name has {len(name.strip())} characters, at most "
+                f"{MAX_NAME_LENGTH} are allowed",
+            )
+        )
 
     grid_type = props.get("type")
     if grid_type is None:

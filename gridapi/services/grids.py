@@ -113,7 +113,7 @@ def import_grid_version(
             {
                 "version_id": version.id,
                 "code": g.code,
-                "name": g.name[:200],
+                "name": g.name,  # at most 200 characters (longer: a feature error)
                 "type": g.type,
                 "community_code": g.community_code,
                 "county_code": g.community_code[:6],

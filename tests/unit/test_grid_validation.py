@@ -334,6 +334,7 @@ def test_line_string_feature() -> None:
         ),
         (feature(grid_code(1), polygon(cell(0, 0)), name=""), "name_missing"),
         (feature(grid_code(1), polygon(cell(0, 0)), name=None), "name_missing"),
+        (feature(grid_code(1), polygon(cell(0, 0)), name="网" * 201), "name_too_long"),
         (feature(grid_code(1), polygon(cell(0, 0)), type="special"), "type_invalid"),
     ],
 )
