@@ -17,13 +17,12 @@ import time
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import text
 
-from gridapi.cli import main
 from gridapi.db import view_writes
 
 from ..factories import COMMUNITY_A, PASSWORD, TOWNSHIP
+from ..test_cli_identity import cli  # noqa: F401  (the fixture: `gridapi …` on this database)
 
 HOLD_S = 1.5
 
@@ -61,19 +60,11 @@ def test_an_audited_read_waits_for_a_writer(client, world, engine):
 
 
 @pytest.mark.engines("sqlite")
-def test_a_command_waits_for_a_writer(settings, database_url, world, engine):
-    env = {
-        "GRIDAPI_DATABASE_URL": database_url,
-        "GRIDAPI_SECRET_KEY": settings.key_bytes("secret_key").decode(),
-        "GRIDAPI_BLIND_INDEX_KEY": settings.key_bytes("blind_index_key").decode(),
-        "GRIDAPI_ARGON2_TIME_COST": str(settings.argon2_time_cost),
-        "GRIDAPI_ARGON2_MEMORY_KIB": str(settings.argon2_memory_kib),
-        "GRIDAPI_DATA_DIR": settings.data_dir,
-    }
+def test_a_command_waits_for_a_writer(cli, world, engine):  # noqa: F811 (the fixture)
     args = ["users", "create", "--username", "w09", "--password", PASSWORD]
     args += ["--role", "grid_worker", "--grids", COMMUNITY_A + "001"]
     writer, _ = holding_the_write_lock(engine)
-    result = CliRunner().invoke(main, args, env=env)
+    result = cli(*args)
     writer.join()
     assert result.exit_code == 0, result.output
     with engine.connect() as conn:
