@@ -503,12 +503,15 @@ def validate_grid_features(
     features: Sequence[Any],
     communities: Mapping[str, BaseGeometry | None],
     tolerance_m2: float = 1.0,
+    required: Mapping[str, str | None] | None = None,
 ) -> GridSetReport:
     """Validate the features of a grid GeoJSON FeatureCollection against the admin tree.
 
     ``communities`` maps every community code of the administrative tree that the file may use
     to its lon/lat boundary, or None when the boundary is unknown. Overlaps, parts outside a
     boundary and gap pieces of at most ``tolerance_m2`` are ignored as digitising slivers.
+    ``required`` maps the communities the file replaces (those of the version's region) to
+    their names: each one left without any usable grid gets ``community_without_grids``.
 
     Returns a GridSetReport. A feature with any feature-level problem (geometry type, unreadable
     or out-of-range coordinates, code format, missing name, invalid type) is not a grid and takes
@@ -608,9 +611,40 @@ def validate_grid_features(
             _community_report(code, int(counts[cid]), geoms[members], boundary, tolerance_m2)
         )
 
+    if required:
+        served = {grids[k].community_code for k in active}
+        by_code = {c["code"]: c for c in community_reports}
+        for code in sorted(set(required) - served):
+            entry = by_code.get(code)
+            if entry is None:
+                raw = communities.get(code)
+                boundary = _polygonal(shapely.make_valid(raw)) if raw is not None else None
+                if boundary is not None and boundary.is_empty:
+                    boundary = None
+                entry = _community_report(
+                    code, 0, np.empty(0, dtype=object), boundary, tolerance_m2
+                )
+                # The whole community is the gap: the problem below says it, once.
+                entry["problems"] = []
+                community_reports.append(entry)
+            entry["problems"].append(_community_without_grids(code, required[code]))
+
     return GridSetReport(
         grids=grids,
         feature_problems=feature_problems,
         communities=community_reports,
         tolerance_m2=tolerance_m2,
+    )
+
+
+def _community_without_grids(code: str, name: str | None) -> Problem:
+    label = f"community {code}" + (f" ({name})" if name else "")
+    return _problem(
+        "community_without_grids",
+        f"{label} has no grid in this file: activating the version takes its grids out of "
+        "service and leaves it without any, so its cases go unrouted; add its grids, or "
+        "import only the communities to replace (a file of one community is that "
+        "community's version)",
+        community=code,
+        name=name,
     )

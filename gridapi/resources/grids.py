@@ -74,7 +74,11 @@ class GridVersions(MethodView):
 
         The body is a GeoJSON FeatureCollection (WGS-84/CGCS2000 lon/lat) whose features carry
         `code` (15 digits), `name` and optionally `type` (basic|dedicated). The answer is the
-        draft version with its validation report; activate it to put it in service.
+        draft version with its validation report; activate it to put it in service. The
+        version is of `region`, by default the deepest region containing every grid (a file of
+        one community is that community's version); activating it replaces the region's whole
+        grid set, so every community of the region that the file leaves without a grid is an
+        error in the report (`community_without_grids`).
         """
         version = svc.import_grid_version(
             db_session(),
@@ -110,7 +114,8 @@ class GridVersionsById(MethodView):
 
         Returns the version with its validation report: per grid the invalid geometries, the
         overlaps with other grids and the parts outside the community (in m²), and per community the
-        gaps the grids leave. Read it after an import to decide whether to fix the file or to
+        gaps the grids leave, including the communities of the version's region it leaves without
+        any grid. Read it after an import to decide whether to fix the file or to
         activate. Needs `grids:read`; a version of a region outside the caller's scope answers 404
         like one that does not exist.
         """

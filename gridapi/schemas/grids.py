@@ -29,7 +29,8 @@ class GridVersionDetailSchema(GridVersionSchema):
         required=True,
         metadata={
             "description": "The validation report: per grid invalid geometry, overlaps (m²), parts "
-            "outside the community (m²); per community the gaps (m²)."
+            "outside the community (m²); per community the gaps (m²), and every community of the "
+            "version's region left without any grid (`community_without_grids`)."
         },
     )
 
@@ -50,7 +51,8 @@ class GridVersionImportArgsSchema(StrictSchema):
         validate=CODE12,
         metadata={
             "description": "The region whose grid set this is (default: the deepest region "
-            "containing every grid)."
+            "containing every grid). Activation replaces its whole grid set, so each of its "
+            "communities that the file leaves without a grid is an error in the report."
         },
     )
     label = fields.String(validate=validate.Length(max=200))

@@ -37,7 +37,8 @@ def import_grid_version(
 
     The region defaults to the deepest existing region that contains every grid's community.
     Features that cannot be read at all, or whose geometry is empty (after repair), are left
-    out and reported; the version then has errors and can only be activated with force.
+    out and reported; so is every community of the region the file leaves without a grid.
+    The version then has errors and can only be activated with force.
     Raises Unprocessable for input that is not a FeatureCollection of grids or when no region
     covers the grids.
     """
@@ -73,8 +74,23 @@ def import_grid_version(
         ):
             boundaries[code] = None if wkb is None else shapely.from_wkb(bytes(wkb))
     region = _version_region(session, region_code, communities, scope)
-    report = validate_grid_features(features, boundaries, tolerance_m2=tolerance_m2)
     prefix = subtree_prefix(region)
+    # Activation takes every grid of the region out of service: a community of it that the
+    # file leaves without grids would be left without any.
+    required: dict[str, str | None] = {}
+    for code, name, wkb in session.execute(
+        select(Region.code, Region.name, func.ST_AsBinary(Region.boundary)).where(
+            Region.code.startswith(prefix),
+            Region.level == "village",
+            valid_on(clock.today()),
+        )
+    ):
+        required[code] = name
+        if code not in boundaries:
+            boundaries[code] = None if wkb is None else shapely.from_wkb(bytes(wkb))
+    report = validate_grid_features(
+        features, boundaries, tolerance_m2=tolerance_m2, required=required
+    )
     outside = sorted({g.code for g in report.grids if not g.community_code.startswith(prefix)})
     if outside:
         raise Unprocessable(

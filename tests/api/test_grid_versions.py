@@ -18,11 +18,14 @@ from ..factories import (
     clean_tiling,
     collection,
     feature,
+    rectangle,
     square,
     to_multi,
 )
 
 A1, A2, B1, B2 = COMMUNITY_A + "001", COMMUNITY_A + "002", COMMUNITY_B + "001", COMMUNITY_B + "002"
+COMMUNITY_C = "320508001003"
+C1 = COMMUNITY_C + "001"
 CELL_M2 = 1.058e6  # a 0.01° cell at lat 31.3: about 950.6 m × 1,113 m
 
 
@@ -307,3 +310,63 @@ def test_a_code_in_full_width_digits_is_reported_not_the_whole_import_refused(fa
     version = r.get_json()
     assert "code_format" in {p["kind"] for p in version["report"]["feature_problems"]}
     assert version["grid_count"] == 1
+
+
+def _left_without_grids(report: dict) -> list[str]:
+    return [
+        c["code"]
+        for c in report["communities"]
+        if any(p["kind"] == "community_without_grids" for p in c["problems"])
+    ]
+
+
+def test_a_file_of_some_communities_names_those_it_leaves_without_grids(factory, client):
+    """The grids of two communities of a township, imported without a region, became the
+    township's version with no error; activated without force, they took the third
+    community's grids out of service and cases there went unrouted."""
+    factory.regions()
+    r = client.post(
+        "/api/v1/regions/import",
+        json=[{"code": COMMUNITY_C, "name": "双塔社区", "boundary": rectangle(4, 0, 5, 1)}],
+    )
+    assert r.status_code == 200, r.get_json()
+    factory.grid_version(collection(*clean_tiling()["features"], feature(C1, square(4, 0))))
+    in_c = (LON0 + 4.5 * STEP, LAT0 + 0.5 * STEP)
+    assert factory.locate(*in_c)["grid"]["code"] == C1
+
+    r = client.post("/api/v1/grid-versions", json=clean_tiling())  # A and B, not C
+    assert r.status_code == 201, r.get_json()
+    version = r.get_json()
+    assert version["region_code"] == TOWNSHIP
+    assert (version["error_count"], version["report"]["ok"]) == (1, False)
+    entry = {c["code"]: c for c in version["report"]["communities"]}[COMMUNITY_C]
+    assert entry["grid_count"] == 0
+    assert 0.95 * CELL_M2 < entry["gap_area_m2"] < 1.05 * CELL_M2
+    [problem] = entry["problems"]
+    assert (problem["severity"], problem["kind"]) == ("error", "community_without_grids")
+    assert COMMUNITY_C in problem["message"] and "双塔社区" in problem["message"]
+    r = client.post(f"/api/v1/grid-versions/{version['id']}/activate", json={})
+    assert r.status_code == 409
+    assert factory.locate(*in_c)["grid"]["code"] == C1
+    assert len(client.get(f"/api/v1/grids?region={TOWNSHIP}").get_json()["items"]) == 5
+
+    # Naming the township for one community's file: both others are named.
+    r = client.post(
+        f"/api/v1/grid-versions?region={TOWNSHIP}",
+        json=collection(feature(A1, square(0, 0)), feature(A2, square(1, 0))),
+    )
+    assert r.status_code == 201, r.get_json()
+    assert _left_without_grids(r.get_json()["report"]) == [COMMUNITY_B, COMMUNITY_C]
+    assert r.get_json()["error_count"] == 2
+
+    # One community's file alone is that community's version: nothing else is replaced.
+    r = client.post(
+        "/api/v1/grid-versions",
+        json=collection(feature(A1, square(0, 0)), feature(A2, square(1, 0))),
+    )
+    version = r.get_json()
+    assert (version["region_code"], version["error_count"]) == (COMMUNITY_A, 0)
+    r = client.post(f"/api/v1/grid-versions/{version['id']}/activate", json={})
+    assert r.status_code == 200
+    assert factory.locate(*in_c)["grid"]["code"] == C1
+    assert len(client.get(f"/api/v1/grids?region={TOWNSHIP}").get_json()["items"]) == 5

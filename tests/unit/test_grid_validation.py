@@ -251,6 +251,25 @@ def test_unknown_community() -> None:
     assert [c["code"] for c in report.communities] == [OTHER_COMMUNITY]
 
 
+def test_required_community_without_a_usable_grid() -> None:
+    third = "320505001003"
+    features = [
+        feature(grid_code(1), polygon(cell(0, 0))),
+        feature(grid_code(1, third), {"type": "Polygon", "coordinates": []}),
+    ]
+    boundaries = {COMMUNITY: box(*cell(0, 0)), OTHER_COMMUNITY: box(*cell(1, 0)), third: None}
+    required = {COMMUNITY: "甲", OTHER_COMMUNITY: "乙", third: None}
+    report = validate_grid_features(features, boundaries, required=required)
+    assert community(report, COMMUNITY)["problems"] == []
+    other = community(report, OTHER_COMMUNITY)
+    assert kinds(other["problems"]) == ["community_without_grids"]
+    assert other["grid_count"] == 0 and other["gap_area_m2"] > 0
+    assert other["problems"][0]["name"] == "乙" and "(乙)" in other["problems"][0]["message"]
+    assert kinds(community(report, third)["problems"]) == ["community_without_grids"]
+    assert report.error_count == 3  # the two communities and the empty grid
+    assert validate_grid_features(features[:1], boundaries, required={COMMUNITY: None}).ok
+
+
 def test_duplicate_code_is_reported_on_later_copies() -> None:
     features = [
         feature(grid_code(1), polygon(cell(0, 0))),
