@@ -113,3 +113,27 @@ def test_ratings_given_before_a_reopen_are_cleared(app, accounts, factory, clien
     assert after[current]["satisfaction"]["score"] == 2
     assert after[current]["version"] == versions[current]
     assert [e["data"] for e in d.timeline(undone) if e["action"] == "rate"] == [{"score": 2}]
+
+
+def test_grids_of_communities_not_in_the_tree_leave_service(factory, client, engine):
+    """A grid of a community missing from the tree, put in service by a forced activation
+    before imports left such grids out, kept answering for the county's own points:
+    migration 0028 takes it out of service."""
+    from sqlalchemy import text
+
+    from tests.api.test_grid_versions import A1, STRAY, _copy_grid
+    from tests.factories import LAT0, LON0, STEP
+
+    factory.regions()
+    version = factory.grid_version()
+    _copy_grid(engine, A1, version["id"], STRAY, in_service=True)
+    in_a1 = (LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP)
+    assert factory.locate(*in_a1)["grid"]["code"] == STRAY  # the lowest code wins
+    migrations.downgrade(engine, "0027")
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    assert factory.locate(*in_a1)["grid"]["code"] == A1
+    assert client.get(f"/api/v1/grids/{STRAY}").status_code == 404
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT count(*) FROM grids WHERE in_service")).scalar()
+    assert kept == 4

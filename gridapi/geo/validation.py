@@ -557,7 +557,8 @@ def validate_grid_features(
                 _problem(
                     "unknown_community",
                     f"grid {grid.code} (features[{grid.index}]) belongs to community "
-                    f"{grid.community_code}, which is not in the administrative tree",
+                    f"{grid.community_code}, which is not in the administrative tree; the "
+                    "grid is left out of the version (import the community first)",
                     community=grid.community_code,
                 )
             )

@@ -78,7 +78,9 @@ class GridVersions(MethodView):
         version is of `region`, by default the deepest region containing every grid (a file of
         one community is that community's version); activating it replaces the region's whole
         grid set, so every community of the region that the file leaves without a grid is an
-        error in the report (`community_without_grids`).
+        error in the report (`community_without_grids`). A grid whose community is not in the
+        administrative tree is reported (`unknown_community`) and left out: it never goes into
+        service. A file with no grid of a community of the tree is refused (422).
         """
         version = svc.import_grid_version(
             db_session(),

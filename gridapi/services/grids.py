@@ -36,8 +36,8 @@ def import_grid_version(
     """Store a FeatureCollection as a draft version of a region's grid set, with its report.
 
     The region defaults to the deepest existing region that contains every grid's community.
-    Features that cannot be read at all, or whose geometry is empty (after repair), are left
-    out and reported; so is every community of the region the file leaves without a grid.
+    Features that cannot be read at all, whose geometry is empty (after repair) or whose
+    community is not in the tree are left out and reported; so is every community of the region the file leaves without a grid.
     The version then has errors and can only be activated with force.
     Raises Unprocessable for input that is not a FeatureCollection of grids or when no region
     covers the grids.
@@ -73,7 +73,9 @@ def import_grid_version(
             )
         ):
             boundaries[code] = None if wkb is None else shapely.from_wkb(bytes(wkb))
-    region = _version_region(session, region_code, communities, scope)
+    # A grid of a community missing from the tree is reported (unknown_community) and left
+    # out: it neither widens the derived region nor can it ever be put in service.
+    region = _version_region(session, region_code, set(boundaries), communities, scope)
     prefix = subtree_prefix(region)
     # Activation takes every grid of the region out of service: a community of it that the
     # file leaves without grids would be left without any.
@@ -91,7 +93,13 @@ def import_grid_version(
     report = validate_grid_features(
         features, boundaries, tolerance_m2=tolerance_m2, required=required
     )
-    outside = sorted({g.code for g in report.grids if not g.community_code.startswith(prefix)})
+    outside = sorted(
+        {
+            g.code
+            for g in report.grids
+            if g.community_code in boundaries and not g.community_code.startswith(prefix)
+        }
+    )
     if outside:
         raise Unprocessable(
             f"Grids outside region {region}.",
@@ -118,6 +126,8 @@ def import_grid_version(
     rows = []
     for g in report.grids:
         if g.code in seen:  # duplicates are reported; the first copy is kept
+            continue
+        if g.community_code not in boundaries:
             continue
         if g.geometry.is_empty:
             # Nothing left of it (a ring of too few points, a line repaired away): reported
@@ -156,7 +166,11 @@ def _community_codes(features: list[Any]) -> set[str]:
 
 
 def _version_region(
-    session: Session, region_code: str | None, communities: set[str], scope: Scope
+    session: Session,
+    region_code: str | None,
+    known: set[str],
+    communities: set[str],
+    scope: Scope,
 ) -> str:
     # A region outside the caller's scope is treated exactly like a missing one.
     if region_code:
@@ -180,9 +194,21 @@ def _version_region(
             "No feature has a well-formed grid code, so the version's region cannot be derived.",
             errors={"json": {"features": ["no feature with a 15-digit code"]}},
         )
-    first = sorted(communities)[0]
+    if not known:
+        raise Unprocessable(
+            "No grid belongs to a community of the administrative tree, so the version's "
+            "region cannot be derived: import the regions first (gridapi regions import).",
+            errors={
+                "json": {
+                    "features": [
+                        f"community {c} is not in the tree" for c in sorted(communities)[:20]
+                    ]
+                }
+            },
+        )
+    first = sorted(known)[0]
     candidates = [first, *ancestor_prefix_codes(first)]  # deepest first
-    common = [c for c in candidates if all(x.startswith(subtree_prefix(c)) for x in communities)]
+    common = [c for c in candidates if all(x.startswith(subtree_prefix(c)) for x in known)]
     existing = set(
         session.scalars(select(Region.code).where(Region.code.in_(common), valid_on(clock.today())))
     )
@@ -238,6 +264,8 @@ def activate_version(
     Activating an active version again is a no-op while all its grids are in service;
     when a version of a region inside it replaced some of them, it is how that one is
     rolled back (the county's version activated again retires the community's).
+    Grids of a community that is not in the tree on the activation date are never put in
+    service, even with force.
     Raises NotFound; Conflict when the version has errors and ``force`` is false.
     """
     version = get_version(session, version_id, scope=scope)
@@ -273,7 +301,11 @@ def activate_version(
         .where(Grid.in_service.is_(True), Grid.community_code.startswith(prefix))
         .values(in_service=False)
     )
-    session.execute(update(Grid).where(Grid.version_id == version.id).values(in_service=True))
+    session.execute(
+        update(Grid)
+        .where(Grid.version_id == version.id, _in_the_tree(Grid.community_code))
+        .values(in_service=True)
+    )
     version.status = "active"
     version.activated_at = now
     version.retired_at = None
@@ -288,10 +320,25 @@ def _replaced_in_part(session: Session, version: GridVersion) -> bool:
     return (
         session.scalar(
             select(Grid.code)
-            .where(Grid.version_id == version.id, Grid.in_service.is_(False))
+            .where(
+                Grid.version_id == version.id,
+                Grid.in_service.is_(False),
+                _in_the_tree(Grid.community_code),
+            )
             .limit(1)
         )
         is not None
+    )
+
+
+def _in_the_tree(community_code):  # type: ignore[no-untyped-def]
+    """Return the SQL condition 'a community of the tree today'.
+
+    Only such grids go into service: routing a case to a community that does not exist sends
+    it nowhere (versions imported before this rule may hold grids of unknown communities).
+    """
+    return community_code.in_(
+        select(Region.code).where(Region.level == "village", valid_on(clock.today()))
     )
 
 

@@ -118,7 +118,9 @@ def test_unknown_community_and_bad_features_are_reported(factory, client):
     kinds = {p["kind"] for p in version["report"]["feature_problems"]}
     assert {"code_format", "geometry_type"} <= kinds
     assert "unknown_community" in _problems(version["report"], "320508001099001")
-    assert version["grid_count"] == 2
+    assert version["grid_count"] == 1  # the grid of the unknown community is left out
+    grids = client.get(f"/api/v1/grids?version={version['id']}").get_json()["items"]
+    assert [g["code"] for g in grids] == [A1]
 
 
 def test_a_grid_with_nothing_left_is_reported_not_stored_and_routing_stands(
@@ -370,3 +372,96 @@ def test_a_file_of_some_communities_names_those_it_leaves_without_grids(factory,
     assert r.status_code == 200
     assert factory.locate(*in_c)["grid"]["code"] == C1
     assert len(client.get(f"/api/v1/grids?region={TOWNSHIP}").get_json()["items"]) == 5
+
+
+STRAY = "320506001001001"  # a community of another county, not in the tree
+A2_MIDDLE = (LON0 + 1.5 * STEP, LAT0 + 0.5 * STEP)
+
+
+def _copy_grid(engine, code: str, version_id: int, new_code: str, in_service: bool) -> None:
+    """Store a grid of ``new_code``'s community as imports before the rule did."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO grids (version_id, code, name, type, community_code, county_code,"
+                " area_m2, in_service, geom)"
+                " SELECT version_id, :new, name, type, :community, :county, area_m2, :on, geom"
+                " FROM grids WHERE code = :code AND version_id = :v"
+            ),
+            {
+                "new": new_code,
+                "community": new_code[:12],
+                "county": new_code[:6],
+                "on": in_service,
+                "code": code,
+                "v": version_id,
+            },
+        )
+        conn.execute(
+            text("UPDATE index_generations SET generation = generation + 1 WHERE name = 'grids'")
+        )
+
+
+def test_a_grid_of_a_community_not_in_the_tree_is_left_out_and_never_served(factory, client):
+    """A community's file with one code of another county became a version of the city (the
+    common ancestor); forced and then rolled back by activating the township's version
+    again, the stray grid stayed in service, won the points of A2 (lowest code) and sent
+    their cases to a community that does not exist."""
+    factory.regions()
+    first = factory.grid_version()
+    fc = collection(feature(A1, square(0, 0)), feature(STRAY, square(1, 0)))
+    r = client.post("/api/v1/grid-versions", json=fc)
+    assert r.status_code == 201, r.get_json()
+    version = r.get_json()
+    assert version["region_code"] == COMMUNITY_A  # not the city
+    assert version["grid_count"] == 1
+    assert "unknown_community" in _problems(version["report"], STRAY)
+    assert version["error_count"] == 2  # the unknown community, and the gap where A2 was
+    grids = client.get(f"/api/v1/grids?version={version['id']}").get_json()["items"]
+    assert [g["code"] for g in grids] == [A1]
+
+    r = client.post(f"/api/v1/grid-versions/{version['id']}/activate", json={"force": True})
+    assert r.status_code == 200, r.get_json()
+    assert client.get(f"/api/v1/grids/{STRAY}").status_code == 404
+    assert factory.locate(*A2_MIDDLE)["grid"] is None
+
+    r = client.post(f"/api/v1/grid-versions/{first['id']}/activate", json={})
+    assert r.status_code == 200, r.get_json()
+    answer = factory.locate(*A2_MIDDLE)
+    assert (answer["grid"]["code"], answer["grid"]["version_id"]) == (A2, first["id"])
+    in_service = client.get("/api/v1/grids").get_json()["items"]
+    assert [(g["code"], g["version_id"]) for g in in_service] == [
+        (code, first["id"]) for code in (A1, A2, B1, B2)
+    ]
+
+
+def test_a_file_of_unknown_communities_only_is_refused(factory, client):
+    factory.regions()
+    r = client.post("/api/v1/grid-versions", json=collection(feature(STRAY, square(0, 0))))
+    assert r.status_code == 422
+    assert "import the regions first" in r.get_json()["message"]
+    assert r.get_json()["errors"]["json"]["features"] == [
+        "community 320506001001 is not in the tree"
+    ]
+
+
+def test_activation_never_serves_a_stored_grid_of_a_community_not_in_the_tree(
+    factory, client, engine, session
+):
+    """A version stored before imports left such grids out, activated (with force), put
+    them in service."""
+    factory.regions()
+    factory.grid_version()
+    second = factory.grid_version(activate=False)
+    _copy_grid(engine, A1, second["id"], STRAY, in_service=False)
+    r = client.post(f"/api/v1/grid-versions/{second['id']}/activate", json={"force": True})
+    assert r.status_code == 200, r.get_json()
+    assert client.get(f"/api/v1/grids/{STRAY}").status_code == 404
+    answer = factory.locate(LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP)  # A1 and its copy
+    assert (answer["grid"]["code"], answer["grid"]["version_id"]) == (A1, second["id"])
+    # All its grids of the tree are in service: activating it again changes nothing.
+    generation = session.execute(text("SELECT generation FROM index_generations")).scalar()
+    r = client.post(f"/api/v1/grid-versions/{second['id']}/activate", json={"force": True})
+    assert r.status_code == 200
+    session.rollback()
+    assert session.execute(text("SELECT generation FROM index_generations")).scalar() == generation
