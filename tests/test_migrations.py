@@ -137,3 +137,23 @@ def test_grids_of_communities_not_in_the_tree_leave_service(factory, client, eng
     with engine.connect() as conn:
         kept = conn.execute(text("SELECT count(*) FROM grids WHERE in_service")).scalar()
     assert kept == 4
+
+
+def test_versions_retired_before_know_who_retired_them(factory, client, engine):
+    """Migration 0029 finds, for versions retired before it, the version whose activation
+    retired them, so activating one of them again still rolls that one back."""
+    from tests.api.test_grid_versions import A1, B1, B2, _in_service
+    from tests.factories import collection, feature, rectangle, square
+
+    factory.regions()
+    first = factory.grid_version()
+    community = factory.grid_version(collection(feature(A1, rectangle(0, 0, 2, 1))))
+    factory.grid_version(
+        collection(feature(A1, square(0, 0)), feature(B1, rectangle(2, 0, 4, 1))), force=True
+    )
+    migrations.downgrade(engine, "0028")
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    r = client.post(f"/api/v1/grid-versions/{community['id']}/activate", json={})
+    assert r.status_code == 200, r.get_json()
+    assert _in_service(client) == [(A1, community["id"]), (B1, first["id"]), (B2, first["id"])]

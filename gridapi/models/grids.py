@@ -43,6 +43,10 @@ class GridVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The version whose activation retired this one: activating this one again undoes that
+    # one (a rollback). No foreign key: versions are never deleted, and SQLite cannot add
+    # one to an existing table.
+    retired_by_id: Mapped[int | None] = mapped_column(Integer)
 
     grids: Mapped[list[Grid]] = relationship(back_populates="version", lazy="raise")
 

@@ -141,7 +141,11 @@ class GridVersionActivation(MethodView):
         Its grids go into service and routing uses them at once in every server process. It
         retires the active versions of its region and of regions inside it; an active
         version activated again takes back the grids such a version replaced (a rollback).
-        A version whose report has errors is refused (409) unless `force` is true.
+        An older version activated again also retires the version that replaced it, if still
+        active, even one of a larger region, and brings back what that one had retired outside
+        this version's region, so routing is what it was before. Grids of a community that is
+        not in the administrative tree are never put in service. A version whose report has
+        errors is refused (409) unless `force` is true.
         """
         force = bool((data or {}).get("force"))
         version = svc.activate_version(db_session(), version_id, force=force, scope=_scope())

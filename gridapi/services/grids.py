@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import shapely
@@ -261,11 +262,18 @@ def activate_version(
 
     A version of region R replaces every active version of R or of a region inside R; an
     active version of an ancestor of R stays active but its grids inside R leave service.
-    Activating an active version again is a no-op while all its grids are in service;
-    when a version of a region inside it replaced some of them, it is how that one is
-    rolled back (the county's version activated again retires the community's).
-    Grids of a community that is not in the tree on the activation date are never put in
-    service, even with force.
+    So among active versions an inner region's is always the later one, and each community
+    is served by the active version of the deepest region that holds it.
+
+    Activating an older version again rolls back: when the version that replaced it (the
+    one whose activation retired it) is still active, that one is undone too, even when it
+    is of a larger region. It is retired, and the versions it retired outside R come back,
+    unless a version activated since replaced them, so outside R service is what it was
+    before it; inside R this version's grids serve. Activating an active version again is a
+    no-op while all its grids are in service; when a version of a region inside it replaced
+    some of them, it is how that one is rolled back (the county's version activated again
+    retires the community's). Grids of a community that is not in the tree on the
+    activation date are never put in service, even with force.
     Raises NotFound; Conflict when the version has errors and ``force`` is false.
     """
     version = get_version(session, version_id, scope=scope)
@@ -287,6 +295,12 @@ def activate_version(
     )
     prefix = subtree_prefix(version.region_code)
     now = utcnow()
+    changed = prefix
+    replacer = _active_replacer(session, version)
+    if replacer is not None:
+        # Usually of a larger region; of a smaller one when a rollback is itself rolled back.
+        changed = min(prefix, subtree_prefix(replacer.region_code), key=len)
+        _undo(session, replacer, version, now)
     session.execute(
         update(GridVersion)
         .where(
@@ -294,24 +308,105 @@ def activate_version(
             GridVersion.id != version.id,
             GridVersion.region_code.startswith(prefix),
         )
-        .values(status="retired", retired_at=now)
+        .values(status="retired", retired_at=now, retired_by_id=version.id)
     )
+    version.status = "active"
+    version.activated_at = now
+    version.retired_at = None
+    version.retired_by_id = None
+    version.forced = bool(force and version.error_count)
+    session.flush()
+    _serve(session, changed)
+    return version
+
+
+def _active_replacer(session: Session, version: GridVersion) -> GridVersion | None:
+    """Return the version whose activation retired ``version``, if it is still active."""
+    if version.status != "retired" or version.retired_by_id is None:
+        return None
+    return session.scalars(
+        select(GridVersion).where(
+            GridVersion.id == version.retired_by_id, GridVersion.status == "active"
+        )
+    ).first()
+
+
+def _undo(session: Session, replacer: GridVersion, version: GridVersion, now: datetime) -> None:
+    """Retire ``replacer`` and bring back the versions it retired outside ``version``'s
+    region that no version activated since has replaced."""
+    replacer.status = "retired"
+    replacer.retired_at = now
+    replacer.retired_by_id = version.id
+    outer = subtree_prefix(replacer.region_code)
+    inner = subtree_prefix(version.region_code)
+    # Active versions inside the replacer's region came after it: what they hold stays.
+    later = [
+        subtree_prefix(code)
+        for code in session.scalars(
+            select(GridVersion.region_code).where(
+                GridVersion.status == "active",
+                GridVersion.id.not_in((replacer.id, version.id)),
+                GridVersion.region_code.startswith(outer),
+            )
+        )
+    ]
+    later = [p for p in later if not p.startswith(inner)]  # this activation retires those
+    for retired in session.scalars(
+        select(GridVersion)
+        .where(
+            GridVersion.retired_by_id == replacer.id,
+            GridVersion.status == "retired",
+            GridVersion.id != version.id,
+        )
+        .order_by(GridVersion.id)
+    ):
+        own = subtree_prefix(retired.region_code)
+        if own.startswith(inner) or any(own.startswith(p) for p in later):
+            continue
+        retired.status = "active"
+        retired.retired_at = None
+        retired.retired_by_id = None
+    session.flush()
+
+
+def _serve(session: Session, prefix: str) -> None:
+    """Put in service, under ``prefix``, the grids of the active version of the deepest region
+    holding each community (nested active versions: the inner one is the later)."""
     session.execute(
         update(Grid)
         .where(Grid.in_service.is_(True), Grid.community_code.startswith(prefix))
         .values(in_service=False)
     )
-    session.execute(
-        update(Grid)
-        .where(Grid.version_id == version.id, _in_the_tree(Grid.community_code))
-        .values(in_service=True)
-    )
-    version.status = "active"
-    version.activated_at = now
-    version.retired_at = None
-    version.forced = bool(force and version.error_count)
-    session.flush()
-    return version
+    covering: tuple[int, int] | None = None  # (depth, id) of the deepest holding all of it
+    inside: list[tuple[str, int]] = []
+    for vid, code in session.execute(
+        select(GridVersion.id, GridVersion.region_code).where(GridVersion.status == "active")
+    ):
+        own = subtree_prefix(code)
+        if prefix.startswith(own):
+            if covering is None or len(own) > covering[0]:
+                covering = (len(own), vid)
+        elif own.startswith(prefix):
+            inside.append((own, vid))
+    # Shallow first: a deeper version then takes its region back from a shallower one.
+    layers = [(prefix, covering[1])] if covering else []
+    layers += sorted(inside, key=lambda item: len(item[0]))
+    for n, (under, vid) in enumerate(layers):
+        if n:  # take back what a shallower layer put in service
+            session.execute(
+                update(Grid)
+                .where(Grid.in_service.is_(True), Grid.community_code.startswith(under))
+                .values(in_service=False)
+            )
+        session.execute(
+            update(Grid)
+            .where(
+                Grid.version_id == vid,
+                Grid.community_code.startswith(under),
+                _in_the_tree(Grid.community_code),
+            )
+            .values(in_service=True)
+        )
 
 
 def _replaced_in_part(session: Session, version: GridVersion) -> bool:

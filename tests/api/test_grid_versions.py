@@ -465,3 +465,79 @@ def test_activation_never_serves_a_stored_grid_of_a_community_not_in_the_tree(
     assert r.status_code == 200
     session.rollback()
     assert session.execute(text("SELECT generation FROM index_generations")).scalar() == generation
+
+
+MIDDLES = {  # the middle of each cell of the township, A1 A2 B1 B2 of the clean tiling
+    code: (LON0 + (col + 0.5) * STEP, LAT0 + 0.5 * STEP)
+    for col, code in enumerate((A1, A2, B1, B2))
+}
+
+
+def _routing(factory) -> dict[str, tuple[str, int] | None]:
+    answers = {code: factory.locate(*point)["grid"] for code, point in MIDDLES.items()}
+    return {code: g and (g["code"], g["version_id"]) for code, g in answers.items()}
+
+
+def _in_service(client) -> list[tuple[str, int]]:
+    return [(g["code"], g["version_id"]) for g in client.get("/api/v1/grids").get_json()["items"]]
+
+
+def _status(client, version: dict) -> str:
+    return client.get(f"/api/v1/grid-versions/{version['id']}").get_json()["status"]
+
+
+def test_rolling_back_undoes_the_version_of_a_larger_region_that_replaced_it(factory, client):
+    """A version of a larger region (a city's over a county's: here the township's over a
+    community's) retired the smaller one; activating the smaller one again answered 200 but
+    left the larger one active outside it, so its grids kept serving there and routing was
+    not what it had been before."""
+    factory.regions()
+    first = factory.grid_version()  # the township: A1 A2 B1 B2
+    community = factory.grid_version(collection(feature(A1, rectangle(0, 0, 2, 1))))
+    assert community["region_code"] == COMMUNITY_A
+    before = _routing(factory)
+    assert before[A2] == (A1, community["id"]) and before[B2] == (B2, first["id"])
+    redrawn = collection(
+        feature(A1, square(0, 0)), feature(A2, square(1, 0)), feature(B1, rectangle(2, 0, 4, 1))
+    )
+    township = factory.grid_version(redrawn)
+    assert township["error_count"] == 0 and township["region_code"] == TOWNSHIP
+    assert _routing(factory)[B2] == (B1, township["id"])
+
+    r = client.post(f"/api/v1/grid-versions/{community['id']}/activate", json={})
+    assert r.status_code == 200, r.get_json()
+    assert _routing(factory) == before
+    assert _in_service(client) == [(A1, community["id"]), (B1, first["id"]), (B2, first["id"])]
+    assert [_status(client, v) for v in (first, community, township)] == [
+        "active",
+        "active",
+        "retired",
+    ]
+
+    # And forward again: the township's version replaces both once more.
+    r = client.post(f"/api/v1/grid-versions/{township['id']}/activate", json={})
+    assert r.status_code == 200, r.get_json()
+    assert _in_service(client) == [(code, township["id"]) for code in (A1, A2, B1)]
+    assert [_status(client, v) for v in (first, community, township)] == [
+        "retired",
+        "retired",
+        "active",
+    ]
+
+
+def test_a_rollback_keeps_what_was_activated_since_outside_the_region(factory, client):
+    factory.regions()
+    first = factory.grid_version()
+    community_a = factory.grid_version(collection(feature(A1, rectangle(0, 0, 2, 1))))
+    township = factory.grid_version(clean_tiling())
+    community_b = factory.grid_version(collection(feature(B1, rectangle(2, 0, 4, 1))))
+    r = client.post(f"/api/v1/grid-versions/{community_a['id']}/activate", json={})
+    assert r.status_code == 200, r.get_json()
+    assert _in_service(client) == [(A1, community_a["id"]), (B1, community_b["id"])]
+    assert _routing(factory)[B2] == (B1, community_b["id"])
+    assert [_status(client, v) for v in (first, community_a, township, community_b)] == [
+        "active",
+        "active",
+        "retired",
+        "active",
+    ]
