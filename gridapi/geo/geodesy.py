@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import shapely
@@ -76,15 +77,29 @@ def distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
     return float(Geodesic.WGS84.Inverse(lat1, lon1, lat2, lon2, Geodesic.DISTANCE)["s12"])
 
 
-def metres_per_degree(lat: float) -> tuple[float, float]:
-    """Return how many metres one degree of longitude and of latitude span at ``lat`` on
-    the WGS-84 ellipsoid (the prime vertical and meridian radii): a local plane in which
-    nearest points are nearest on the ground too, to a small fraction over tens of metres."""
-    e2 = (1.0 / 298.257223563) * (2.0 - 1.0 / 298.257223563)
-    s = math.sin(math.radians(lat))
-    w = math.sqrt(1.0 - e2 * s * s)
-    rad = math.pi / 180.0
-    return 6378137.0 / w * math.cos(math.radians(lat)) * rad, 6378137.0 * (1.0 - e2) / w**3 * rad
+_A = 6378137.0  # WGS-84 semi-major axis (m)
+_E2 = (1.0 / 298.257223563) * (2.0 - 1.0 / 298.257223563)  # first eccentricity squared
+
+
+def metres_per_degree(lat: Any) -> tuple[Any, Any]:
+    """Return how many metres one degree of longitude and of latitude span at ``lat`` (a
+    number or an array) on the WGS-84 ellipsoid, from its prime vertical and meridian
+    radii: a local plane in which nearest points are nearest on the ground too, to a small
+    fraction over tens of metres."""
+    phi = np.radians(lat)
+    s = np.sin(phi)
+    w = np.sqrt(1.0 - _E2 * s * s)
+    rad = np.pi / 180.0
+    return _A / w * np.cos(phi) * rad, _A * (1.0 - _E2) / w**3 * rad
+
+
+def local_distance_m(lons1: Any, lats1: Any, lons2: Any, lats2: Any) -> Any:
+    """Return distances in metres measured in the local plane at the points' mean latitude
+    (under 1e-8 relative error against the geodesic below 1 km; within a fraction of a
+    percent up to tens of kilometres). Vectorised: numbers or arrays."""
+    kx, ky = metres_per_degree((np.asarray(lats1) + np.asarray(lats2)) / 2.0)
+    dlon = (np.asarray(lons2) - np.asarray(lons1) + 180.0) % 360.0 - 180.0
+    return np.hypot(ky * (np.asarray(lats2) - np.asarray(lats1)), kx * dlon)
 
 
 def metres_to_degrees(metres: float, lat: float) -> float:

@@ -31,6 +31,7 @@ from sqlalchemy.sql import ColumnElement
 from ..codes import InvalidCode, subtree_prefix
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.crs import no_fix, to_wgs84
+from ..geo.geodesy import local_distance_m
 from ..geo.shapes import from_db, to_db
 from ..models import (
     GridAssignment,
@@ -66,8 +67,6 @@ SLACK_M = 100.0
 # part of the line; a run of this many bad fixes in a row is the most the walk skips.
 MAX_ACCURACY_M = 200.0
 LOOKBACK = 32
-_A = 6378137.0
-_E2 = (1.0 / 298.257223563) * (2.0 - 1.0 / 298.257223563)
 PAGE_MAX = 200
 
 
@@ -96,15 +95,7 @@ def segment_lengths_m(lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
     """Return the geodesic lengths in metres of the segments between consecutive points."""
     if len(lons) < 2:
         return np.zeros(0)
-    phi = np.radians((lats[1:] + lats[:-1]) / 2.0)
-    s = np.sin(phi)
-    w = np.sqrt(1.0 - _E2 * s * s)
-    prime_vertical, meridian = _A / w, _A * (1.0 - _E2) / w**3
-    dlon = (lons[1:] - lons[:-1] + 180.0) % 360.0 - 180.0
-    lengths = np.hypot(
-        meridian * np.radians(lats[1:] - lats[:-1]),
-        prime_vertical * np.cos(phi) * np.radians(dlon),
-    )
+    lengths = local_distance_m(lons[:-1], lats[:-1], lons[1:], lats[1:])
     for i in np.flatnonzero(lengths > _SHORT_SEGMENT_M):
         lengths[i] = Geodesic.WGS84.Inverse(
             lats[i], lons[i], lats[i + 1], lons[i + 1], Geodesic.DISTANCE
@@ -115,19 +106,6 @@ def segment_lengths_m(lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
 def track_length_m(lons: np.ndarray, lats: np.ndarray) -> float:
     """Return the geodesic length in metres of the line through the points, in order."""
     return float(segment_lengths_m(lons, lats).sum())
-
-
-def _approx_m(lons1: np.ndarray, lats1: np.ndarray, lons2: np.ndarray, lats2: np.ndarray):  # type: ignore[no-untyped-def]
-    """Return distances in metres on the local ellipsoid (within a fraction of a percent up
-    to tens of kilometres, and only compared with a generous reach)."""
-    phi = np.radians((lats1 + lats2) / 2.0)
-    s = np.sin(phi)
-    w = np.sqrt(1.0 - _E2 * s * s)
-    dlon = (lons2 - lons1 + 180.0) % 360.0 - 180.0
-    return np.hypot(
-        _A * (1.0 - _E2) / w**3 * np.radians(lats2 - lats1),
-        _A / w * np.cos(phi) * np.radians(dlon),
-    )
 
 
 def plausible(
@@ -156,7 +134,7 @@ def plausible(
     if len(index) < 2:
         return keep
     t, x, y = seconds[index], lons[index], lats[index]
-    steps = _approx_m(x[:-1], y[:-1], x[1:], y[1:])
+    steps = local_distance_m(x[:-1], y[:-1], x[1:], y[1:])
     if (steps <= MAX_SPEED_M_S * np.diff(t) + SLACK_M).all():
         return keep  # the common case: nothing to judge
     m = len(index)
@@ -164,7 +142,7 @@ def plausible(
     # reach[k - 1, i]: fix i can be reached from fix i - k
     reach = np.zeros((depth, m), dtype=bool)
     for k in range(1, depth + 1):
-        far = _approx_m(x[:-k], y[:-k], x[k:], y[k:])
+        far = local_distance_m(x[:-k], y[:-k], x[k:], y[k:])
         reach[k - 1, k:] = far <= MAX_SPEED_M_S * (t[k:] - t[:-k]) + SLACK_M
     best = np.ones(m, dtype=np.int64)  # the longest walk ending at each fix
     before = np.full(m, -1, dtype=np.int64)

@@ -27,7 +27,7 @@ from ..test_cli_identity import cli  # noqa: F401  (the fixture: `gridapi …` o
 HOLD_S = 1.5
 
 
-def holding_the_write_lock(engine: Any) -> tuple[threading.Thread, threading.Event]:
+def holding_the_write_lock(engine: Any) -> threading.Thread:
     """Start a writer that takes SQLite's write lock, holds it HOLD_S seconds, commits."""
     taken = threading.Event()
 
@@ -41,12 +41,12 @@ def holding_the_write_lock(engine: Any) -> tuple[threading.Thread, threading.Eve
     writer = threading.Thread(target=write)
     writer.start()
     assert taken.wait(10)
-    return writer, taken
+    return writer
 
 
 @pytest.mark.engines("sqlite")
 def test_an_audited_read_waits_for_a_writer(client, world, engine):
-    writer, _ = holding_the_write_lock(engine)
+    writer = holding_the_write_lock(engine)
     began = time.monotonic()
     r = client.get("/api/v1/exports/cases")
     writer.join()
@@ -63,7 +63,7 @@ def test_an_audited_read_waits_for_a_writer(client, world, engine):
 def test_a_command_waits_for_a_writer(cli, world, engine):  # noqa: F811 (the fixture)
     args = ["users", "create", "--username", "w09", "--password", PASSWORD]
     args += ["--role", "grid_worker", "--grids", COMMUNITY_A + "001"]
-    writer, _ = holding_the_write_lock(engine)
+    writer = holding_the_write_lock(engine)
     result = cli(*args)
     writer.join()
     assert result.exit_code == 0, result.output
