@@ -215,7 +215,13 @@ class PersonExport(MethodView):
             raise Forbidden("Unmasked exports need the permission persons:unmask.")
         if unmask or args.get("id_number") or args.get("phone"):
             count_lookup(st.settings.person_lookup_rate, principal.actor_id)
-        plan = svc.plan_persons(principal.scope, args, Keys(st.cipher, st.phone_key), unmask=unmask)
+        plan = svc.plan_persons(
+            principal.scope,
+            args,
+            Keys(st.cipher, st.phone_key),
+            unmasks=principal.can("persons:unmask"),
+            unmask=unmask,
+        )
         return _audited(plan, args, fmt, masked=not unmask)
 
 

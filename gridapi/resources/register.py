@@ -371,13 +371,18 @@ class Persons(MethodView):
     def get(self, args):
         """Search residents in your scope (masked)
 
-        By name (prefix), exact ID number or phone number (matched through keyed hashes,
+        By name (a prefix for callers holding `persons:unmask`; for others, who see names
+        masked, one character starts names and more match whole names only), exact ID
+        number or phone number (matched through keyed hashes,
         never the plain value; rate-limited per caller: GRIDAPI_PERSON_LOOKUP_RATE), address
         text, region, grid, household or house. Residents outside your scope are not found.
         """
         _lookups(args)
         k = keys()
-        rows = svc.search_persons(db_session(), current_principal().scope, _args(args), k)
+        principal = current_principal()
+        rows = svc.search_persons(
+            db_session(), principal.scope, _args(args), k, unmasks=principal.can("persons:unmask")
+        )
         items = [svc.person_view(p, k) for p in rows]
         return {"items": items, "next_cursor": _page(items, args["limit"])}
 

@@ -233,7 +233,12 @@ class PersonListSchema(StrictSchema):
 class PersonArgsSchema(AreaArgs):
     name = fields.String(
         validate=validate.Length(min=1, max=100),
-        metadata={"description": "Names starting with this (results are masked)."},
+        metadata={
+            "description": "Names starting with this, for callers holding `persons:unmask`. "
+            "Callers without it see names masked (张*): for them one character finds the names "
+            "starting with it and more find whole names only, so that the mask cannot be read "
+            "back a character at a time. Results are masked."
+        },
     )
     id_number = fields.String(
         validate=validate.Length(max=40),

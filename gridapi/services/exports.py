@@ -362,13 +362,15 @@ def plan_persons(
     args: dict[str, Any],
     keys: register_svc.Keys,
     *,
+    unmasks: bool,
     unmask: bool = False,
     today: date | None = None,
 ) -> ExportPlan:
     """Plan an export of the residents the search would show for ``args``, by id: masked as
     ``person_view`` masks them, or (``unmask``: the caller may and said why) in full. ID and
     phone numbers are decrypted row by row. Special-group data is never part of it. The
-    GeoJSON geometry is the resident's house, when it has a location."""
+    GeoJSON geometry is the resident's house, when it has a location. A name matches as the
+    search matches it for a caller who ``unmasks`` (holds ``persons:unmask``) or not."""
     stmt = register_svc.person_query(
         scope,
         args,
@@ -398,6 +400,7 @@ def plan_persons(
                 House.lat,
             )
         ).outerjoin(House, House.id == Person.house_id),
+        unmasks=unmasks,
     ).order_by(Person.id)
     day = today or clock.today()
 
@@ -621,7 +624,9 @@ def plan_for(
     if kind == "visits":
         return plan_visits(principal.scope, args)
     if kind == "persons":
-        return plan_persons(principal.scope, args, keys, unmask=unmask)
+        return plan_persons(
+            principal.scope, args, keys, unmasks=principal.can("persons:unmask"), unmask=unmask
+        )
     raise ValueError(f"unknown export kind {kind!r}")
 
 

@@ -728,21 +728,39 @@ _PERSON_FIELDS = {
 
 
 def search_persons(
-    session: Session, scope: Scope, args: dict[str, Any], keys: Keys
+    session: Session, scope: Scope, args: dict[str, Any], keys: Keys, *, unmasks: bool
 ) -> list[Person]:
     """Return residents in scope matching every filter given, ordered by id.
 
     ``id_number`` and ``phone`` are matched exactly through their keyed hashes (validated
-    first: a malformed value is a 422, not an empty answer); ``name`` by prefix;
-    ``address`` anywhere in the current or registered address.
+    first: a malformed value is a 422, not an empty answer); ``name`` as ``name_condition``
+    says for a caller who ``unmasks`` or not; ``address`` anywhere in the current or
+    registered address.
     """
-    stmt = person_query(scope, args, keys)
+    stmt = person_query(scope, args, keys, unmasks=unmasks)
     return list(session.scalars(_page(stmt, Person, args.get("after"), args.get("limit", 50))))
 
 
-def person_query(scope: Scope, args: dict[str, Any], keys: Keys, stmt=None):  # type: ignore[no-untyped-def]
+def name_condition(name: str, *, unmasks: bool):  # type: ignore[no-untyped-def]
+    """Return the condition of a name search: names starting with ``name`` for a caller who
+    may see full names (``persons:unmask``); for one who sees them masked (张*), the one
+    character the mask shows starts names and anything longer matches whole names only.
+
+    A prefix search let a caller without ``persons:unmask`` rebuild a masked name a
+    character at a time (王, then 王建, 王建国: each answer says whether a resident's name
+    goes on so), which is what the mask is for."""
+    name = name.strip()
+    if unmasks or len(name) <= 1:
+        return Person.name.startswith(name, autoescape=True)
+    return Person.name == name
+
+
+def person_query(  # type: ignore[no-untyped-def]
+    scope: Scope, args: dict[str, Any], keys: Keys, stmt=None, *, unmasks: bool
+):
     """Return ``stmt`` (default: select the residents) restricted to the residents in scope
-    matching the search filters in ``args`` (shared by the search and the export)."""
+    matching the search filters in ``args`` (shared by the search and the export); a name
+    as ``name_condition`` matches it for a caller who ``unmasks`` or not."""
     stmt = select(Person) if stmt is None else stmt
     stmt = _area_filters(stmt.where(in_scope(scope, Person)), Person, args)
     if args.get("id_number"):
@@ -752,7 +770,7 @@ def person_query(scope: Scope, args: dict[str, Any], keys: Keys, stmt=None):  # 
         phone = _check_phone(args["phone"], location="query")
         stmt = stmt.where(Person.phone_hmac == keys.index("phone", phone))
     if args.get("name"):
-        stmt = stmt.where(Person.name.startswith(args["name"].strip(), autoescape=True))
+        stmt = stmt.where(name_condition(args["name"], unmasks=unmasks))
     if args.get("address"):
         text = args["address"]
         stmt = stmt.where(

@@ -462,6 +462,44 @@ def test_a_job_keeps_the_scope_and_masking_of_its_requester(client, residents, a
     assert r.status_code == 422 and "id_number" in r.get_json()["errors"]["json"]["filters"]
 
 
+def test_an_export_matches_names_as_the_search_does_for_its_caller(
+    client, residents, accounts, app
+):
+    """A worker without persons:unmask could read a masked name back by exporting with
+    longer and longer name prefixes (欧, 欧阳, 欧阳修…), streamed or as a job."""
+    worker = accounts.client("worker1", "grid_worker", grids=[A1])
+
+    def streamed(who, name: str) -> list[int]:  # type: ignore[no-untyped-def]
+        r = ok(who.get("/api/v1/exports/persons", query_string={"name": name}))
+        return [int(row["id"]) for row in parse_csv(r)[1]]
+
+    ouyang = residents[1]["id"]
+    assert streamed(worker, "欧") == [ouyang] and streamed(worker, "欧阳") == []
+    assert streamed(worker, "欧阳修") == [ouyang]
+    assert streamed(client, "欧阳") == [ouyang]
+    jobs = {
+        who: ok(
+            caller.post(
+                "/api/v1/exports/persons/jobs",
+                json={"format": "csv", "filters": {"name": "欧阳"}},
+            ),
+            202,
+        ).get_json()["id"]
+        for who, caller in (("worker", worker), ("admin", client))
+    }
+    assert run_jobs(app)["done"] == 2
+    rows = {
+        who: [
+            int(row["id"])
+            for row in parse_csv(ok(caller.get(f"/api/v1/exports/persons/jobs/{jobs[who]}/file")))[
+                1
+            ]
+        ]
+        for who, caller in (("worker", worker), ("admin", client))
+    }
+    assert rows == {"worker": [], "admin": [ouyang]}
+
+
 def test_a_file_is_served_only_while_its_requester_may_still_have_it(
     client, residents, accounts, app
 ):

@@ -233,6 +233,32 @@ def test_search_by_name_id_phone_address_and_household(client, world, household)
     assert r.status_code == 422 and r.get_json()["errors"]["query"]["id_number"]
 
 
+def test_a_caller_who_sees_names_masked_cannot_read_them_back_by_prefix(client, accounts, world):
+    """A worker without persons:unmask sees 王** but could search 王建, 王建国… and learn from
+    each answer whether a resident's name goes on so: the mask read back a character at a
+    time. For such a caller one character (what the mask shows) starts names; more match
+    whole names only. Callers who may unmask keep the prefix search."""
+    people = {
+        name: add_person(client, None, name=name, id_number=make_id(seq=seq), grid=A1)["id"]
+        for name, seq in (("张三", "101"), ("张三丰", "102"), ("欧阳修", "103"))
+    }
+    worker = accounts.client("worker_a", "grid_worker", grids=[A1])
+    officer = accounts.client("officer_a", "community_officer", scope_region=COMMUNITY_A)
+
+    def names(who, name: str) -> list[str]:  # type: ignore[no-untyped-def]
+        r = who.get("/api/v1/persons", query_string={"name": name})
+        assert r.status_code == 200, r.get_json()
+        return sorted(n for n, i in people.items() if i in {p["id"] for p in r.get_json()["items"]})
+
+    assert worker.get("/api/v1/persons").get_json()["items"][0]["name"] == "张*"
+    assert names(worker, "张") == ["张三", "张三丰"]
+    assert names(worker, "张三") == ["张三"]
+    assert names(worker, " 张三丰 ") == ["张三丰"]
+    assert names(worker, "欧阳") == [] and names(worker, "欧阳修") == ["欧阳修"]
+    assert names(officer, "张三") == ["张三", "张三丰"]
+    assert names(officer, "欧阳") == ["欧阳修"]
+
+
 def test_text_searches_match_case_as_written_on_both_engines(client, world):
     """SQLite's LIKE ignores ASCII case, PostgreSQL's does not: "john" found "John Smith"
     on one engine only."""
