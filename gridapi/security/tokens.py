@@ -15,6 +15,10 @@ import jwt
 
 ALGORITHM = "HS256"
 API_KEY_PREFIX = "gk_"
+#: How far the clocks of the servers behind one load balancer may differ: a token issued by
+#: one server whose clock runs a second ahead was refused by the others ("not yet valid")
+#: until their clocks caught up. Applies to ``nbf``, ``iat`` and ``exp`` alike.
+CLOCK_SKEW_SECONDS = 30
 
 
 class InvalidToken(Exception):
@@ -66,6 +70,7 @@ class TokenSigner:
                 algorithms=[ALGORITHM],
                 audience=self.audience,
                 issuer=self.issuer,
+                leeway=CLOCK_SKEW_SECONDS,
                 options={"require": ["exp", "iat", "nbf", "sub", "iss", "aud"]},
             )
         except jwt.PyJWTError as exc:

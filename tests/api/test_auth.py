@@ -12,7 +12,7 @@ from argon2 import PasswordHasher
 from sqlalchemy import select, update
 
 from gridapi.models import AuditEntry, User
-from gridapi.security.tokens import TokenSigner
+from gridapi.security.tokens import CLOCK_SKEW_SECONDS, TokenSigner
 
 from ..factories import COMMUNITY_A, PASSWORD, TOWNSHIP
 
@@ -172,7 +172,9 @@ def _refused_tokens(app: Any, user_id: int) -> dict[str, str]:
         "wrong key, right kid": jwt.encode(
             payload, b"x" * 64, algorithm="HS256", headers={"kid": own.key_id}
         ),
-        "expired": signer(app, lifetime_seconds=-10).issue(subject=str(user_id), claims={"ver": 0}),
+        "expired": signer(app, lifetime_seconds=-CLOCK_SKEW_SECONDS - 10).issue(
+            subject=str(user_id), claims={"ver": 0}
+        ),
         "wrong audience": signer(app, audience="elsewhere").issue(
             subject=str(user_id), claims={"ver": 0}
         ),

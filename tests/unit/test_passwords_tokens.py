@@ -22,6 +22,7 @@ from gridapi.security.passwords import (
 )
 from gridapi.security.tokens import (
     API_KEY_PREFIX,
+    CLOCK_SKEW_SECONDS,
     InvalidToken,
     TokenSigner,
     api_key_prefix,
@@ -234,13 +235,30 @@ def test_the_key_id_names_the_key() -> None:
         signer(key=b"wrong-key" * 6),
         signer(audience="someone-else"),
         signer(issuer="someone-else"),
-        signer(lifetime_seconds=-10),
+        signer(lifetime_seconds=-CLOCK_SKEW_SECONDS - 10),
     ],
     ids=["wrong key", "wrong audience", "wrong issuer", "expired"],
 )
 def test_tokens_the_signer_did_not_issue_as_is_are_refused(other: TokenSigner) -> None:
     with pytest.raises(InvalidToken):
         signer().verify(other.issue(subject="1", claims={}))
+
+
+def _issued_at(s: TokenSigner, at: int) -> str:
+    """A token as a server whose clock reads ``at`` issues it."""
+    payload = {**s.verify(s.issue(subject="1", claims={})), "iat": at, "nbf": at}
+    payload["exp"] = at + s.lifetime_seconds
+    return jwt.encode(payload, KEY, algorithm="HS256", headers={"kid": s.key_id, "typ": "JWT"})
+
+
+def test_a_token_from_a_server_whose_clock_runs_a_little_ahead_is_accepted() -> None:
+    """Behind a load balancer, a token issued by a server whose clock ran a second ahead was
+    refused by the others as not yet valid (401 right after signing in)."""
+    s = signer()
+    now = int(time.time())
+    assert s.verify(_issued_at(s, now + 10))["sub"] == "1"
+    with pytest.raises(InvalidToken):
+        s.verify(_issued_at(s, now + CLOCK_SKEW_SECONDS + 30))
 
 
 def test_a_token_without_signature_is_refused() -> None:
