@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import re
 import uuid
 from typing import Any
@@ -58,9 +59,20 @@ def _view_writes() -> bool:
 
 # Request ids: a random per-process prefix and a counter. uuid4 reads the kernel's random
 # source on every request, which costs tens of microseconds on some virtual machines.
-_REQUEST_ID_PREFIX = uuid.uuid4().hex[:12]
-_request_counter = itertools.count(1)
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+
+
+def _new_request_ids() -> None:
+    """Start this process's request ids afresh. Run again in every forked child: gunicorn's
+    workers are forked from a master that imported this module, and all of them numbered
+    requests with the master's prefix, so audit rows of unrelated requests shared an id."""
+    global _REQUEST_ID_PREFIX, _request_counter
+    _REQUEST_ID_PREFIX = uuid.uuid4().hex[:12]
+    _request_counter = itertools.count(1)
+
+
+_new_request_ids()
+os.register_at_fork(after_in_child=_new_request_ids)
 
 
 def _next_request_id() -> str:
