@@ -195,6 +195,36 @@ def limits_warning(workers: int, settings: Settings) -> str | None:
     )
 
 
+#: How far the database's clock may be from this server's before ``serve`` warns.
+CLOCK_SKEW_WARN_SECONDS = 5
+
+
+def clock_warning(engine: Any, now: Any = None) -> str | None:
+    """Return how far PostgreSQL's clock is from this server's, when that is more than a few
+    seconds (None on SQLite, which runs on this server's clock). The change log, webhook
+    events and case timelines are stamped by the database's triggers, deadlines and tokens
+    by the servers: clocks apart make them disagree."""
+    if engine.dialect.name != "postgresql":
+        return None
+    from datetime import UTC, datetime
+
+    from sqlalchemy import text
+
+    now = now or (lambda: datetime.now(UTC))  # this server's clock
+    before = now()
+    with engine.connect() as conn:
+        theirs = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+    after = now()
+    skew = (theirs - (before + (after - before) / 2)).total_seconds()
+    if abs(skew) <= CLOCK_SKEW_WARN_SECONDS:
+        return None
+    return (
+        f"the database's clock is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} "
+        "this server's: keep both synchronised (NTP); the change log, webhook events and "
+        "timelines take the database's time, deadlines and access tokens the server's."
+    )
+
+
 class StartupRefused(RuntimeError):
     """The database is not one this server may serve as it is; the message says why."""
 
@@ -226,12 +256,13 @@ def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
     try:
         spatial_extension_version(engine)
         problem = preflight(engine, settings)
+        clock = None if problem else clock_warning(engine)
     finally:
         engine.dispose()
     if problem:
         raise StartupRefused(problem)
     workers = workers or default_workers(settings)
-    for warning in (exposure_warning(host, settings), limits_warning(workers, settings)):
+    for warning in (exposure_warning(host, settings), limits_warning(workers, settings), clock):
         if warning:
             print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     options = {

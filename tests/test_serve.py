@@ -254,3 +254,22 @@ def test_the_embedded_database_and_its_key_files_are_the_services_alone(tmp_path
     assert oct(data.stat().st_mode & 0o777) == "0o700"
     _write_once(tmp_path / "keys" / "secret.key", "k")
     assert oct((tmp_path / "keys").stat().st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.engines("postgis")
+def test_a_database_clock_apart_from_the_servers_is_warned(engine):
+    """The change log, webhook events and timelines take PostgreSQL's time, deadlines and
+    tokens the server's: a probe with the clocks apart saw a phone miss a change (the log
+    pruned early). serve says so when they differ by more than a few seconds."""
+    from datetime import UTC, datetime, timedelta
+
+    from gridapi.serving import clock_warning
+
+    assert clock_warning(engine) is None
+
+    def ahead() -> datetime:
+        return datetime.now(UTC) + timedelta(minutes=2)
+
+    warning = clock_warning(engine, now=ahead)
+    assert warning is not None and "behind this server's" in warning and "NTP" in warning
+    assert "120 s" in warning or "119 s" in warning

@@ -31,6 +31,7 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -376,10 +377,22 @@ def changed_references(
     return out
 
 
+#: How much older than the cursors' retention a tombstone is before it is pruned. A row's
+#: time is the database's clock (its triggers write it), a cursor's age this server's: with
+#: the database's clock behind, a tombstone written after a cursor was issued looked older
+#: than the cursor, was pruned while the cursor was still taken, and the phone never heard
+#: that the object had left it. ``gridapi serve`` warns when the two clocks differ by more
+#: than a few seconds; this covers any difference short of a day.
+PRUNE_MARGIN = timedelta(days=1)
+
+
 def prune(session: Session, before: Any) -> int:
-    """Delete ``leave`` and ``delete`` rows older than ``before`` (cursors older than the
-    retention are refused with 410, so nothing that still needs them is lost)."""
+    """Delete ``leave`` and ``delete`` rows older than ``before`` (the cursors' retention:
+    older cursors are refused with 410) by more than ``PRUNE_MARGIN``, so that nothing a
+    cursor still taken needs is lost, whatever the clocks."""
     from sqlalchemy import delete
 
-    result = session.execute(delete(SyncLog).where(SyncLog.op != "upsert", SyncLog.at < before))
+    result = session.execute(
+        delete(SyncLog).where(SyncLog.op != "upsert", SyncLog.at < before - PRUNE_MARGIN)
+    )
     return int(result.rowcount or 0)

@@ -1207,9 +1207,13 @@ def test_the_worker_prunes_old_tombstones_but_keeps_live_rows(client, worker, ap
     with engine.connect() as conn:
         ops = Counter(r[0] for r in conn.execute(text("SELECT op FROM sync_log")))
     assert ops["leave"] == 1 and ops["upsert"] == 1  # one live row per object
-    later = datetime.now(UTC) + timedelta(days=31)
-    results = {r.name: r for r in jobs.run_jobs(engine, later, jobs.JobOptions(), jobs=["sync"])}
-    assert results["sync"].counts == {"pruned": 1}
+    # kept for the cursors' retention (30 days) and a day's margin for the clocks
+    for days, pruned in ((30.5, 0), (31.5, 1)):
+        later = datetime.now(UTC) + timedelta(days=days)
+        results = {
+            r.name: r for r in jobs.run_jobs(engine, later, jobs.JobOptions(), jobs=["sync"])
+        }
+        assert results["sync"].counts == {"pruned": pruned}
     with engine.connect() as conn:
         assert [r[0] for r in conn.execute(text("SELECT op FROM sync_log"))] == ["upsert"]
 
@@ -1293,3 +1297,33 @@ def test_rows_added_by_one_statement_each_reach_the_phone_once(worker, engine):
         ("household", added[0], "upsert"),
         ("household", added[2], "upsert"),
     ]
+
+
+def test_a_tombstone_stamped_by_a_database_clock_behind_is_kept_while_its_cursor_is_taken(
+    client, worker, app, engine
+):
+    """The log's rows carry the database's time, a cursor's age is the server's. With the
+    database's clock two hours behind, a grid's tombstone written after the phone's last
+    sync looked older than its cursor: the worker pruned it while the cursor was still taken,
+    and the phone kept the household for good (a probe, with the clocks months apart)."""
+    from datetime import UTC, datetime, timedelta
+
+    from gridapi.services import jobs
+
+    home = household(client, A1)
+    phone = Phone(worker)
+    phone.pull()
+    assert ("household", home["id"]) in phone.kept
+    house = ok(client.post("/api/v1/houses", json={"address": "平江路9号", "grid": A1}), 201)
+    ok(client.patch(f"/api/v1/households/{home['id']}", json={"house_id": house["id"]}))
+    ok(client.patch(f"/api/v1/houses/{house['id']}", json={"grid": B1}))  # leaves the grid
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE sync_log SET at = :at WHERE op = 'leave'"),
+            {"at": datetime.now(UTC) - timedelta(hours=2)},
+        )
+    # a minute before the cursor is too old for the server
+    almost = datetime.now(UTC) + timedelta(days=30) - timedelta(minutes=1)
+    jobs.run_jobs(engine, almost, jobs.JobOptions(), jobs=["sync"])
+    phone.pull()
+    assert ("household", home["id"]) not in phone.kept
