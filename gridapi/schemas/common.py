@@ -26,7 +26,9 @@ class StrictFloat(fields.Float):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.make_error("invalid")
-        return super()._deserialize(value, attr, data, **kwargs)
+        number = super()._deserialize(value, attr, data, **kwargs)
+        # -0.0 is 0.0: PostgreSQL kept the sign and answered -0.0, SQLite answered 0.0.
+        return number + 0.0 if number is not None else None
 
 
 def distinct(items: list[Any]) -> None:

@@ -74,7 +74,10 @@ def _track_point(value: Any) -> tuple[dict[str, Any] | None, dict[str, list[str]
         errors["crs"] = [f"one of {', '.join(SUPPORTED_CRS)}"]
     if errors:
         return None, errors
-    return {"t": at, "lon": lon, "lat": lat, "accuracy_m": accuracy, "crs": crs}, {}
+    if accuracy is not None:
+        accuracy += 0.0
+    # + 0.0: -0.0 is 0.0 (PostgreSQL kept the sign and answered -0.0, SQLite answered 0.0)
+    return {"t": at, "lon": lon + 0.0, "lat": lat + 0.0, "accuracy_m": accuracy, "crs": crs}, {}
 
 
 class TrackPoints(fields.Field):

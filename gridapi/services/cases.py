@@ -1487,7 +1487,9 @@ def decode_cursor(cursor: str, tag: str | None = None) -> tuple[datetime, int]:
             or instant_problem(value)
         ):
             raise ValueError(cursor)
-        return value, case_id
+        # In UTC, as the database keeps it: SQLite compares the times as text, and the same
+        # instant written +08:00 sorted after every case of that day.
+        return value.astimezone(UTC), case_id
     except (ValueError, TypeError, binascii.Error):
         raise Unprocessable(
             "Invalid cursor.", errors={"query": {"cursor": ["not a cursor from this API"]}}

@@ -171,7 +171,7 @@ def refuse_nul(items: Iterable[tuple[str, list[str]]]) -> None:
 
 def _decimal(raw: str) -> float | None:
     """Return a plain ASCII decimal number (sign, fraction, exponent allowed), else None."""
-    return float(raw) if PLAIN_DECIMAL.fullmatch(raw) else None
+    return float(raw) + 0.0 if PLAIN_DECIMAL.fullmatch(raw) else None  # -0.0 is 0.0
 
 
 def _float(form: Mapping[str, str], name: str) -> float | None:

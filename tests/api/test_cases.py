@@ -259,6 +259,36 @@ def test_a_cursor_pages_only_the_list_it_came_from(client, world):
     assert client.get(f"/api/v1/cases?limit=5&sort=reported_at&cursor={cursor}").status_code == 200
 
 
+def test_a_cursor_written_in_another_zone_pages_as_in_utc(client, world):
+    """The same instant written +08:00 sorted as text on SQLite: the next page repeated
+    cases the cursor had passed (PostgreSQL was right)."""
+    import base64
+
+    for col in range(3):
+        client.post("/api/v1/cases", json=report_body(*center(col)))
+    first = client.get("/api/v1/cases?limit=1").get_json()
+    value, last_id, tag = json.loads(base64.urlsafe_b64decode(first["next_cursor"] + "=="))
+    local = datetime.fromisoformat(value).astimezone(ZoneInfo("Asia/Shanghai")).isoformat()
+    pages = {}
+    for written in (value, local):
+        raw = json.dumps([written, last_id, tag]).encode()
+        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        r = client.get(f"/api/v1/cases?cursor={cursor}")
+        assert r.status_code == 200, r.get_json()
+        pages[written[-6:]] = [c["id"] for c in r.get_json()["items"]]
+    assert pages == {"+00:00": pages["+00:00"], "+08:00": pages["+00:00"]}
+    assert first["items"][0]["id"] not in pages["+08:00"] and len(pages["+08:00"]) == 2
+
+
+def test_minus_zero_is_zero_on_both_engines(client, world):
+    """PostgreSQL kept the sign of -0.0 and answered it, SQLite answered 0.0."""
+    body = report_body(-0.0, -0.0, accuracy_m=-0.0)
+    r = client.post("/api/v1/cases", json=body)
+    assert r.status_code == 201, r.get_json()
+    case = client.get(f"/api/v1/cases/{r.get_json()['id']}").get_data(as_text=True)
+    assert "-0.0" not in case and '"accuracy_m":0.0' in case.replace(" ", "")
+
+
 @pytest.mark.parametrize(
     ("query", "name"),
     [
