@@ -800,6 +800,11 @@ def worker(once: bool, parent_pid: int | None) -> None:
     problem = schema_problem(sessions.kw["bind"])
     if problem:  # every job would fail on a missing column, round after round
         raise click.ClickException(problem)
+    from .serving import calendar_warning
+
+    calendar = calendar_warning(sessions.kw["bind"])
+    if calendar:  # the overdue and supervision jobs count on it
+        logging.getLogger("gridapi.worker").warning(calendar)
     options = jobs.JobOptions.from_settings(settings)
     cipher = field_cipher(settings)
     delivery_options = webhooks.DeliveryOptions.from_settings(settings)

@@ -225,6 +225,18 @@ def clock_warning(engine: Any, now: Any = None) -> str | None:
     )
 
 
+def calendar_warning(engine: Any) -> str | None:
+    """Return what is wrong with the working calendar where deadlines counted from today may
+    reach (a year that is not the State Council's arrangement), or None."""
+    from sqlalchemy.orm import Session
+
+    from . import clock
+    from .services.calendar import calendar_problem
+
+    with Session(engine) as session:
+        return calendar_problem(session, clock.today())
+
+
 class StartupRefused(RuntimeError):
     """The database is not one this server may serve as it is; the message says why."""
 
@@ -257,12 +269,19 @@ def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
         spatial_extension_version(engine)
         problem = preflight(engine, settings)
         clock = None if problem else clock_warning(engine)
+        calendar = None if problem else calendar_warning(engine)
     finally:
         engine.dispose()
     if problem:
         raise StartupRefused(problem)
     workers = workers or default_workers(settings)
-    for warning in (exposure_warning(host, settings), limits_warning(workers, settings), clock):
+    warnings = (
+        exposure_warning(host, settings),
+        limits_warning(workers, settings),
+        clock,
+        calendar,
+    )
+    for warning in warnings:
         if warning:
             print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     options = {

@@ -108,6 +108,10 @@ def _coerce_dates(name: str, values: Iterable[date]) -> frozenset[date]:
     return result
 
 
+#: Whether a year's days are the State Council's arrangement or a stand-in for it.
+YEAR_STATUSES = ("official", "provisional")
+
+
 @dataclass(frozen=True)
 class WorkingCalendar:
     """Working days and hours of one office, in one time zone.
@@ -157,8 +161,10 @@ class WorkingCalendar:
     ) -> WorkingCalendar:
         """Build a calendar from the holidays JSON format (see ``gridapi/data/holidays_cn.json``).
 
-        ``{"version": 1, "source": "...", "years": {"2026": {"holidays": ["2026-01-01", ...],
-        "workdays": ["2026-01-04", ...]}, ...}}``. `periods` may be a string for parse_periods.
+        ``{"version": 1, "source": "...", "years": {"2026": {"status": "official",
+        "holidays": ["2026-01-01", ...], "workdays": ["2026-01-04", ...]}, ...}}``; a year's
+        ``status`` (``YEAR_STATUSES``, default official) says whether it is the State
+        Council's arrangement or a stand-in until that is published. `periods` may be a string for parse_periods.
         Returns the calendar. Raises ValueError on an unknown version, a malformed structure, an
         invalid or duplicated date, a date filed under the wrong year, a workday that is not a
         weekend day, or a date that is both holiday and workday.
@@ -173,8 +179,14 @@ class WorkingCalendar:
         for year_key, entry in years.items():
             if not (isinstance(year_key, str) and _YEAR_KEY_RE.fullmatch(year_key)):
                 raise ValueError(f"year keys must be 4-digit strings, got {year_key!r}")
-            if not isinstance(entry, Mapping) or set(entry) - {"holidays", "workdays"}:
-                raise ValueError(f"year {year_key} must only have 'holidays' and 'workdays' lists")
+            if not isinstance(entry, Mapping) or set(entry) - {"holidays", "workdays", "status"}:
+                raise ValueError(
+                    f"year {year_key} must only have 'holidays' and 'workdays' lists and a 'status'"
+                )
+            if entry.get("status", "official") not in YEAR_STATUSES:
+                raise ValueError(
+                    f"year {year_key}: status must be one of {', '.join(YEAR_STATUSES)}"
+                )
             for name, target in (("holidays", holidays), ("workdays", workdays)):
                 values = entry.get(name, [])
                 if not isinstance(values, list):

@@ -88,12 +88,13 @@ def postgis_url() -> Iterator[str]:
 
 
 # Tables the migrations seed (and their bookkeeping): put back as the migrations left them.
-SEEDED = ("categories", "calendar_days", "roles")
+SEEDED = ("categories", "calendar_days", "calendar_years", "roles")
 KEPT = ("alembic_version", "index_generations", "spatial_ref_sys")
 
 _SEED_DIGEST = text(
     "SELECT (SELECT md5(string_agg(c::text, '|' ORDER BY c.code)) FROM categories c)"
     " || (SELECT md5(string_agg(d::text, '|' ORDER BY d.day)) FROM calendar_days d)"
+    " || (SELECT md5(string_agg(y::text, '|' ORDER BY y.year)) FROM calendar_years y)"
     " || (SELECT md5(string_agg(r::text, '|' ORDER BY r.name)) FROM roles r)"
 )
 

@@ -9,7 +9,7 @@ from .cases import (
     IdempotencyKey,
     Notification,
 )
-from .categories import CalendarDay, Category
+from .categories import CalendarDay, CalendarYear, Category
 from .exports import ExportJob
 from .grids import Grid, GridVersion, IndexGeneration
 from .identity import (
@@ -33,6 +33,7 @@ __all__ = [
     "AuditEntry",
     "Base",
     "CalendarDay",
+    "CalendarYear",
     "Campaign",
     "Case",
     "CaseAttachment",

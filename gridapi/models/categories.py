@@ -86,3 +86,19 @@ class CalendarDay(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     __table_args__ = (CheckConstraint("kind IN ('holiday', 'workday')", name="kind"),)
+
+
+class CalendarYear(Base):
+    """Whether a year's holidays and 调休 days are the State Council's arrangement
+    (``official``) or a stand-in until it is published (``provisional``: the fixed-date
+    holidays only). A year without a row has no arrangement at all. Deadlines reaching a year
+    that is not official count its weekdays as working days; the service says so."""
+
+    __tablename__ = "calendar_years"
+
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    status: Mapped[str] = mapped_column(String(12))
+    source: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (CheckConstraint("status IN ('official', 'provisional')", name="status"),)

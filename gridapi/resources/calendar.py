@@ -6,6 +6,7 @@ from datetime import date
 
 from flask.views import MethodView
 
+from .. import clock
 from ..auditing import audit
 from ..auth import AUTHENTICATED
 from ..errors import NotFound, Unprocessable
@@ -17,6 +18,8 @@ from ..schemas.calendar import (
     CalendarImportSchema,
     CalendarQueryArgsSchema,
     CalendarSchema,
+    CalendarYearSchema,
+    CalendarYearUpdateSchema,
 )
 from ..services import calendar as svc
 from .blueprint import Blueprint
@@ -63,12 +66,20 @@ class Calendar(MethodView):
         (调休, `workday`); `year` limits the list to one year. Deadlines in working hours or days are
         counted on this calendar. Any valid credential may call it, e.g. for a phone to show when a
         case falls due.
+
+        `years` says of each year whether its days are the State Council's arrangement
+        (`official`), a stand-in until that is published (`provisional`), or `missing`;
+        `warning` is set while a year deadlines counted from today may reach is not official.
         """
         settings = state().settings
+        session = db_session()
+        today = clock.today()
         return {
             "working_hours": settings.working_hours,
             "timezone": settings.timezone,
-            "items": svc.list_days(db_session(), args.get("year")),
+            "years": svc.years_view(session, today, args.get("year")),
+            "warning": svc.calendar_problem(session, today),
+            "items": svc.list_days(session, args.get("year")),
         }
 
 
@@ -80,7 +91,9 @@ class CalendarImport(MethodView):
     def post(self, data):
         """Import a year's arrangement (the State Council notice), replacing those years
 
-        All or nothing: a file with any bad date changes nothing.
+        All or nothing: a file with any bad date changes nothing. Each year imported takes the
+        `status` its entry gives (`official` unless it says `provisional`) and the file's
+        `source`.
         """
         settings = state().settings
         result = svc.import_days(db_session(), data, settings.working_hours, settings.timezone)
@@ -126,3 +139,28 @@ class CalendarDay(MethodView):
         audit("calendar.remove", "calendar", day)
         commit()
         state().forget_calendar()
+
+
+@blp.route("/years/<int:year>")
+class CalendarYear(MethodView):
+    @blp.requires("calendar:write")
+    @blp.arguments(CalendarYearUpdateSchema)
+    @blp.response(200, CalendarYearSchema)
+    def put(self, data, year):
+        """Say whether a year's days are the State Council's arrangement
+
+        `official` once the year's holidays and 调休 days are those of the notice (set day by
+        day with `PUT /api/v1/calendar/{day}`, or imported), `provisional` while they are a
+        stand-in; `source` names the notice. While a year deadlines counted from today may
+        reach is not official, `GET /api/v1/calendar` and `gridapi serve` warn. A year outside
+        2000-2100 is a 422 naming `year`. Needs `calendar:write`; writes an audit row
+        `calendar.year`.
+        """
+        if not svc.FIRST_YEAR <= year <= svc.LAST_YEAR:
+            reason = f"a year of {svc.FIRST_YEAR}-{svc.LAST_YEAR}"
+            raise Unprocessable("Invalid year.", errors={"path": {"year": [reason]}})
+        session = db_session()
+        svc.set_year(session, year, data["status"], data.get("source"))
+        audit("calendar.year", "calendar", str(year), summary={"status": data["status"]})
+        commit()
+        return svc.years_view(session, clock.today(), year)[0]

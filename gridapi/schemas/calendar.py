@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from ..services.calendar import FIRST_YEAR, LAST_YEAR
+from ..services.calendar import FIRST_YEAR, LAST_YEAR, SOURCE_MAX
+from ..workcalendar import YEAR_STATUSES
 from .common import StrictSchema
 
 
@@ -14,9 +15,46 @@ class CalendarDaySchema(StrictSchema):
     name = fields.String(required=True)
 
 
+class CalendarYearSchema(StrictSchema):
+    year = fields.Integer(required=True, metadata={"example": 2027})
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf([*YEAR_STATUSES, "missing"]),
+        metadata={
+            "description": "`official`: the State Council's arrangement. `provisional`: a "
+            "stand-in until it is published (e.g. only the fixed-date holidays). `missing`: no "
+            "arrangement at all. Deadlines count the weekdays of a year that is not official "
+            "as working days, holidays without fixed dates (春节, 清明, 端午, 中秋) included."
+        },
+    )
+    source = fields.String(required=True, metadata={"description": "Where the days come from."})
+    updated_at = fields.AwareDateTime(allow_none=True, required=True)
+
+
+class CalendarYearUpdateSchema(StrictSchema):
+    status = fields.String(required=True, validate=validate.OneOf(YEAR_STATUSES))
+    source = fields.String(validate=validate.Length(max=SOURCE_MAX))
+
+
 class CalendarSchema(StrictSchema):
     working_hours = fields.String(required=True, metadata={"example": "08:30-12:00,13:30-17:30"})
     timezone = fields.String(required=True, metadata={"example": "Asia/Shanghai"})
+    years = fields.List(
+        fields.Nested(CalendarYearSchema),
+        required=True,
+        metadata={
+            "description": "The status of the year asked for; without `year`, of every year "
+            "stored and of the years deadlines counted from today may reach."
+        },
+    )
+    warning = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "Set while a year deadlines counted from today may reach (the next "
+            "60 days) is not official: what is wrong and how to put it right."
+        },
+    )
     items = fields.List(
         fields.Nested(CalendarDaySchema),
         required=True,
@@ -42,8 +80,10 @@ class CalendarImportSchema(StrictSchema):
     years = fields.Dict(
         required=True,
         metadata={
-            "description": '{"2027": {"holidays": ["2027-01-01", …], "workdays": [...]}}; the '
-            "years given replace what is stored for them."
+            "description": '{"2027": {"status": "official", "holidays": ["2027-01-01", …], '
+            '"workdays": [...]}}; the years given replace what is stored for them. `status` '
+            "(official, the default, or provisional) says whether they are the State Council's "
+            "arrangement; `source` is kept as each year's source."
         },
     )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -10,12 +10,18 @@ from sqlalchemy import delete, extract, select
 from sqlalchemy.orm import Session
 
 from ..errors import NotFound, Unprocessable
-from ..models import CalendarDay
-from ..workcalendar import WorkingCalendar, parse_periods
+from ..models import CalendarDay, CalendarYear
+from ..workcalendar import YEAR_STATUSES, WorkingCalendar, parse_periods
 
 # The years GET /api/v1/calendar?year= lists (CalendarQueryArgsSchema): a year imported
 # outside them could not be read back.
 FIRST_YEAR, LAST_YEAR = 2000, 2100
+#: How far ahead the calendar must be the State Council's: deadlines counted from today reach
+#: about this far (a month of working days and more), so a year that starts within it and is
+#: not official is warned of.
+HORIZON = timedelta(days=60)
+#: Longest source text kept for a year.
+SOURCE_MAX = 2000
 
 
 def working_calendar(session: Session, working_hours: str, timezone: str) -> WorkingCalendar:
@@ -88,5 +94,66 @@ def import_days(session: Session, data: Any, working_hours: str, timezone: str) 
         session.add(CalendarDay(day=day, kind="holiday", name=""))
     for day in sorted(parsed.workdays):
         session.add(CalendarDay(day=day, kind="workday", name=""))
+    source = data.get("source")
+    source = source[:SOURCE_MAX] if isinstance(source, str) else ""
+    for key, entry in data["years"].items():
+        set_year(session, int(key), entry.get("status", "official"), source)
     session.flush()
     return {"years": len(years), "holidays": len(parsed.holidays), "workdays": len(parsed.workdays)}
+
+
+def set_year(session: Session, year: int, status: str, source: str | None = None) -> CalendarYear:
+    """Say whether ``year``'s days are the State Council's arrangement (``official``) or a
+    stand-in (``provisional``); ``source`` (None: keep it) names where they come from."""
+    if status not in YEAR_STATUSES:
+        raise ValueError(status)
+    row = session.get(CalendarYear, year)
+    if row is None:
+        row = CalendarYear(year=year, status=status, source=source or "")
+        session.add(row)
+    else:
+        row.status = status
+        if source is not None:
+            row.source = source
+    session.flush()
+    return row
+
+
+def years_view(session: Session, today: date, year: int | None = None) -> list[dict[str, Any]]:
+    """Return the status of ``year``, or of every year with one and of the years deadlines
+    counted from ``today`` may reach: ``official``, ``provisional`` or ``missing`` (no
+    arrangement at all: every weekday a working day), by year."""
+    rows = {r.year: r for r in session.scalars(select(CalendarYear))}
+    wanted = {year} if year else {*rows, *_reached(today)}
+    out = []
+    for y in sorted(wanted):
+        row = rows.get(y)
+        out.append(
+            {
+                "year": y,
+                "status": row.status if row else "missing",
+                "source": row.source if row else "",
+                "updated_at": row.updated_at if row else None,
+            }
+        )
+    return out
+
+
+def _reached(today: date) -> list[int]:
+    return sorted({today.year, (today + HORIZON).year})
+
+
+def calendar_problem(session: Session, today: date) -> str | None:
+    """Return what is wrong with the years deadlines counted from ``today`` may reach (None
+    when they are all official): their weekdays count as working days, holidays or not."""
+    statuses = {v["year"]: v["status"] for v in years_view(session, today)}
+    short = [f"{y} is {statuses[y]}" for y in _reached(today) if statuses[y] != "official"]
+    if not short:
+        return None
+    return (
+        f"The working calendar is not the State Council's arrangement where deadlines reach: "
+        f"{', '.join(short)}. Deadlines count such a year's weekdays as working days, its "
+        "Spring Festival and other holidays without fixed dates included. Import the notice "
+        "(POST /api/v1/calendar/import, gridapi calendar import) or, once its days are set, "
+        "mark the year official (PUT /api/v1/calendar/years/<year>)."
+    )

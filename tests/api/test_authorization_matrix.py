@@ -878,6 +878,9 @@ REQUESTS: dict[tuple[str, str], Case] = {
     ("DELETE", "/api/v1/calendar/{day}"): Case(
         lambda c: Call(params={"day": c.world.calendar_day()}), out=None
     ),
+    ("PUT", "/api/v1/calendar/years/{year}"): Case(
+        lambda c: Call(params={"year": 2098}, json={"status": "official"}), out=None
+    ),
     # cases: anyone may report anywhere (the area holding the point takes the case in);
     # a case out of scope answers like a missing one
     ("GET", "/api/v1/cases"): Case(filtered("region"), out=200),

@@ -10,9 +10,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from gridapi.cli import main
-from gridapi.services.calendar import working_calendar
+from gridapi.services.calendar import calendar_problem, working_calendar
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
@@ -154,3 +155,78 @@ def test_working_hours_and_thresholds_that_cannot_be_stop_start_up(settings, nam
 
     with pytest.raises(ValueError, match=re.escape(message)):
         replace(settings, **{name: value})
+
+
+def test_each_year_says_whether_it_is_the_state_councils_arrangement(
+    client, accounts, engine, factory
+):
+    """The seed's 2027 is the fixed-date holidays only (the notice was not out): nothing
+    said so, and a case filed before the Spring Festival fell due on its holidays. A year
+    now says whether it is official; a provisional or missing one deadlines may reach is
+    warned of, and an import or an admin makes it official."""
+    body = client.get("/api/v1/calendar").get_json()
+    years = {y["year"]: y["status"] for y in body["years"]}
+    assert years[2026] == "official" and years[2027] == "provisional"
+    one = client.get("/api/v1/calendar?year=2028").get_json()["years"]
+    assert [(y["year"], y["status"], y["updated_at"]) for y in one] == [(2028, "missing", None)]
+    # What today's deadlines may reach decides the warning.
+    with Session(engine) as session:
+        assert calendar_problem(session, date(2026, 6, 1)) is None
+        warned = calendar_problem(session, date(2026, 11, 30))
+        assert warned is not None and "2027 is provisional" in warned
+        assert "2028" in calendar_problem(session, date(2027, 12, 1))
+    # An import of a year is official unless it says otherwise; its source is kept.
+    notice = {
+        "version": 1,
+        "source": "国务院办公厅关于2027年部分节假日安排的通知",
+        "years": {"2027": {"holidays": ["2027-01-01", "2027-02-08"], "workdays": []}},
+    }
+    assert client.post("/api/v1/calendar/import", json=notice).status_code == 200
+    (year,) = client.get("/api/v1/calendar?year=2027").get_json()["years"]
+    assert (year["status"], year["source"]) == ("official", notice["source"])
+    with Session(engine) as session:
+        assert calendar_problem(session, date(2026, 11, 30)) is None
+    provisional = {"version": 1, "years": {"2028": {"status": "provisional", "holidays": []}}}
+    assert client.post("/api/v1/calendar/import", json=provisional).status_code == 200
+    assert client.get("/api/v1/calendar?year=2028").get_json()["years"][0]["status"] == (
+        "provisional"
+    )
+    bad = {"version": 1, "years": {"2029": {"status": "maybe", "holidays": []}}}
+    r = client.post("/api/v1/calendar/import", json=bad)
+    assert r.status_code == 422 and "status must be one of" in r.get_json()["message"]
+    # An admin marks a year set day by day; others may not.
+    factory.regions()
+    r = client.put("/api/v1/calendar/years/2028", json={"status": "official", "source": "通知"})
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["status"], r.get_json()["source"]) == ("official", "通知")
+    county = accounts.client("county1", "county_centre", scope_region="320508000000")
+    assert county.put(
+        "/api/v1/calendar/years/2028", json={"status": "provisional"}
+    ).status_code == (403)
+    for path, body_ in (("/years/1999", {"status": "official"}), ("/years/2028", {"status": "x"})):
+        r = client.put(f"/api/v1/calendar{path}", json=body_)
+        assert r.status_code == 422, r.get_json()
+    actions = [e["action"] for e in client.get("/api/v1/audit").get_json()["items"]]
+    assert actions.count("calendar.year") == 1
+
+
+def test_serve_and_the_worker_warn_of_a_calendar_that_is_not_official(
+    client, database_url, settings, engine, caplog
+):
+    from gridapi.serving import calendar_warning
+
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE calendar_years SET status = 'official'"))
+        conn.execute(text("DELETE FROM calendar_years WHERE year > 2027"))
+    today = datetime.now(SHANGHAI).date()
+    for year in {today.year, today.year + 1}:
+        client.put(f"/api/v1/calendar/years/{year}", json={"status": "official"})
+    assert calendar_warning(engine) is None
+    client.put(f"/api/v1/calendar/years/{today.year}", json={"status": "provisional"})
+    warning = calendar_warning(engine)
+    assert warning is not None and f"{today.year} is provisional" in warning
+    env = {"GRIDAPI_DATABASE_URL": database_url, "GRIDAPI_DATA_DIR": settings.data_dir}
+    with caplog.at_level("WARNING", logger="gridapi.worker"):
+        result = CliRunner().invoke(main, ["worker", "--once"], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"{today.year} is provisional" in caplog.text
