@@ -120,14 +120,16 @@ def case_view(
     names: dict[str, str],
     *,
     category_name: str | None = None,
-    duplicates: list[int],
+    links: svc.DuplicateLinks,
     with_duplicates: bool = True,
 ) -> dict[str, Any]:
     """Return the API representation of a case for ``caller``.
 
-    ``duplicates``: the ids of the reports closed as duplicates of the case
-    (``svc.duplicates_of``); the actions offered depend on them, and the view lists them
-    unless ``with_duplicates`` is false (a list's items).
+    ``links``: the duplicate links of the answer's cases (``svc.duplicate_links``). The
+    actions offered depend on all the reports closed as duplicates of the case; the view
+    names only the linked cases the caller may read (``duplicate_of`` is null for an
+    original it may not read) and lists the duplicates unless ``with_duplicates`` is false
+    (a list's items).
     """
     c = case_obj
     community = c.region_code if c.grid_code or len(c.region_code) == 12 else None
@@ -200,15 +202,15 @@ def case_view(
         "escalation_count": c.escalation_count,
         "reopen_count": c.reopen_count,
         "extension_request": c.extension_request,
-        "duplicate_of": c.duplicate_of_id,
+        "duplicate_of": links.shown_original(c),
         "satisfaction": satisfaction,
         "client_id": c.client_id,
         "reporter": c.reporter,
         "version": c.version,
-        "allowed_actions": svc.allowed_actions(caller, c, duplicates),
+        "allowed_actions": svc.allowed_actions(caller, c, links.duplicates(c.id)),
     }
     if with_duplicates:
-        view["duplicates"] = duplicates
+        view["duplicates"] = links.shown_duplicates(c.id)
     return view
 
 
@@ -278,7 +280,7 @@ def render(  # type: ignore[no-untyped-def]
         caller,
         names,
         category_name=category_name,
-        duplicates=svc.duplicates_of(session, case_obj),
+        links=svc.duplicate_links(session, caller, [case_obj]),
         with_duplicates=full,
     )
 
@@ -336,7 +338,7 @@ class Cases(MethodView):
                 caller,
                 _names_for(session, [case]),
                 category_name=category.name,
-                duplicates=[],
+                links=svc.DuplicateLinks(),
             )
             view["possible_duplicates"] = [
                 {
@@ -418,14 +420,14 @@ class Cases(MethodView):
         rows, cursor = svc.list_cases(session, caller, args)
         names = _names_for(session, rows)
         categories = _category_names(session, rows)
-        duplicates = svc.duplicates_by_original(session, [c.id for c in rows])
+        links = svc.duplicate_links(session, caller, rows)
         items = [
             case_view(
                 c,
                 caller,
                 names,
                 category_name=categories.get(c.category_code),
-                duplicates=duplicates[c.id],
+                links=links,
                 with_duplicates=False,
             )
             for c in rows
@@ -539,7 +541,7 @@ class Timeline(MethodView):
         return {
             "case_id": case_obj.id,
             "number": case_obj.number,
-            "items": svc.timeline(session, case_obj),
+            "items": svc.timeline(session, case_obj, caller),
         }
 
 

@@ -132,7 +132,7 @@ def render(session, caller, changes: list[svc.Change]) -> list[dict[str, Any]]: 
     cases = [c.obj for c in changes if c.entity == "case" and c.obj is not None]
     names = _names_for(session, cases) if cases else {}
     category_names = _category_names(session, cases) if cases else {}
-    duplicates = cases_svc.duplicates_by_original(session, [c.id for c in cases])
+    links = cases_svc.duplicate_links(session, caller, cases)
     households = [c.obj for c in changes if c.entity == "household" and c.obj is not None]
     household_views = {
         h.id: view for h, view in zip(households, households_body(session, households), strict=True)
@@ -152,7 +152,7 @@ def render(session, caller, changes: list[svc.Change]) -> list[dict[str, Any]]: 
                 caller,
                 names,
                 category_name=category_names.get(c.category_code),
-                duplicates=duplicates[c.id],
+                links=links,
             )
         elif change.entity == "household":
             item["op"] = "upsert"

@@ -199,8 +199,22 @@ class CaseSchema(StrictSchema):
     escalation_count = fields.Integer(required=True)
     reopen_count = fields.Integer(required=True)
     extension_request = fields.Dict(allow_none=True)
-    duplicate_of = fields.Integer(allow_none=True)
-    duplicates = fields.List(fields.Integer())
+    duplicate_of = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "The case this one was closed as a duplicate of; null when it is "
+            "none, or a case you may not read (the timeline's `duplicate` row still says it "
+            "was closed as a duplicate)."
+        },
+    )
+    duplicates = fields.List(
+        fields.Integer(),
+        metadata={
+            "description": "The reports closed as duplicates of this case that you may read "
+            "(`allowed_actions` counts them all: an original with duplicates is neither "
+            "rejected nor cancelled)."
+        },
+    )
     satisfaction = fields.Nested(SatisfactionSchema, allow_none=True)
     client_id = fields.String(allow_none=True)
     reporter = fields.String(required=True, metadata={"description": "user:<id> or client:<id>"})
@@ -345,7 +359,14 @@ class TimelineEntrySchema(StrictSchema):
     at = fields.DateTime(required=True)
     comment = fields.String(required=True)
     unit = fields.String(allow_none=True, attribute="responsible_region_code")
-    data = fields.Dict(required=True)
+    data = fields.Dict(
+        required=True,
+        metadata={
+            "description": "Details of the step. A case it names that you may not read (a "
+            "duplicate link) is left out: its id and number are null, or it is dropped from "
+            "a list with its number."
+        },
+    )
     evidence = fields.List(fields.Integer(), required=True)
 
 

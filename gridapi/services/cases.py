@@ -24,7 +24,7 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -586,6 +586,11 @@ def reads_sensitive_by_unit(caller: Caller) -> bool:
     return caller.principal.can("cases:dispatch")
 
 
+def reads_every_case(caller: Caller) -> bool:
+    """Return whether the caller may read every case (an office with no area limit)."""
+    return caller.scope.unrestricted and reads_sensitive_by_unit(caller)
+
+
 def visible_condition(caller: Caller, *, location_in_scope: bool = False) -> ColumnElement[bool]:
     """Return the condition 'the caller may read this case'.
 
@@ -602,7 +607,7 @@ def visible_condition(caller: Caller, *, location_in_scope: bool = False) -> Col
     """
     scope = caller.scope
     office = reads_sensitive_by_unit(caller)
-    if scope.unrestricted and office:
+    if reads_every_case(caller):
         return literal(True) == literal(True)
     not_sensitive = Case.sensitive.is_(False)
     held = scope.region_condition(Case.responsible_region_code)
@@ -624,7 +629,7 @@ def may_see(caller: Caller, case: Any) -> bool:
     ``responsible_region_code``, ``region_code`` and ``grid_code``)."""
     scope = caller.scope
     office = reads_sensitive_by_unit(caller)
-    if scope.unrestricted and office:
+    if reads_every_case(caller):
         return True
     if case.reporter == caller.actor or holds(caller, case):
         return True
@@ -635,6 +640,17 @@ def may_see(caller: Caller, case: Any) -> bool:
         or scope.covers_region(case.region_code)
         or (case.grid_code is not None and case.grid_code in scope.grid_codes)
     )
+
+
+def readable_cases(session: Session, caller: Caller, case_ids: Iterable[int]) -> set[int]:
+    """Return those of ``case_ids`` the caller may read, by the rule of ``get_case``
+    (``visible_condition``): one query for all of them, none when there is nothing to ask
+    or the caller reads every case."""
+    wanted = set(case_ids)
+    if not wanted or reads_every_case(caller):
+        return wanted
+    stmt = select(Case.id).where(Case.id.in_(sorted(wanted)), visible_condition(caller))
+    return set(session.scalars(stmt))
 
 
 def get_case(session: Session, case_id: int, caller: Caller, *, for_update: bool = False) -> Case:
@@ -808,7 +824,9 @@ def transition(
         needs = READY[action]
         errors: dict[str, Any] = {"action": [needs.reason]}
         if needs.names_duplicates:
-            errors["duplicates"] = duplicates
+            # Named only when the caller may read them; the refusal itself stands for all.
+            shown = readable_cases(session, caller, duplicates)
+            errors["duplicates"] = [d for d in duplicates if d in shown]
         errors["allowed_actions"] = allowed_actions(caller, case_obj, duplicates)
         raise Conflict(needs.message, errors=errors)
     comment = (data.get("comment") or "").strip()
@@ -1236,9 +1254,12 @@ def _duplicate(ctx: TransitionContext, c: Case) -> str:
             errors={"json": {"duplicate_of": [f"case {other.id} is a duplicate of this case"]}},
         )
     if other.duplicate_of_id is not None:
+        # The case to use instead, named only to a caller who may read it.
+        original = other.duplicate_of_id
+        named = original in readable_cases(ctx.session, ctx.caller, [original])
+        hint = f"use case {original}" if named else f"case {other.id} is itself a duplicate"
         raise Unprocessable(
-            "That case is itself a duplicate.",
-            errors={"json": {"duplicate_of": [f"use case {other.duplicate_of_id}"]}},
+            "That case is itself a duplicate.", errors={"json": {"duplicate_of": [hint]}}
         )
     if other.status in ("rejected", "cancelled"):
         # Nobody follows it up: the report would be closed on a case that is not handled.
@@ -1359,17 +1380,115 @@ def reported_with_client_id(session: Session, principal: Principal, client_id: A
     ).first()
 
 
-def timeline(session: Session, case_obj: Case) -> list[CaseEvent]:
-    return list(
+def timeline(session: Session, case_obj: Case, caller: Caller) -> list[dict[str, Any]]:
+    """Return the case's timeline rows in order, as the caller is shown them: a case the
+    rows' data name that the caller may not read is left out (``shown_event_data``), with
+    one query for all the rows."""
+    events = list(
         session.scalars(
             select(CaseEvent).where(CaseEvent.case_id == case_obj.id).order_by(CaseEvent.seq)
         )
     )
+    readable = readable_cases(
+        session, caller, (i for e in events for i in cases_named_in(e.data or {}))
+    )
+    return [
+        {
+            "seq": e.seq,
+            "action": e.action,
+            "from_status": e.from_status,
+            "to_status": e.to_status,
+            "actor": e.actor,
+            "actor_name": e.actor_name,
+            "at": e.at,
+            "comment": e.comment,
+            "responsible_region_code": e.responsible_region_code,
+            "data": shown_event_data(e.data or {}, readable),
+            "evidence": e.evidence,
+        }
+        for e in events
+    ]
+
+
+# Where a timeline row's data names other cases (the duplicate links): keys of one case's
+# id, with the key of its number; keys of a list of ids, with the key of their numbers.
+NAMES_A_CASE = {"duplicate_of": "duplicate_of_number", "from_original": "from_original_number"}
+NAMES_CASES = {"attached": "attached_numbers", "moved_duplicates": None}
+
+
+def cases_named_in(data: dict[str, Any]) -> set[int]:
+    """Return the ids of the cases a timeline row's data names."""
+    named = {data[key] for key in NAMES_A_CASE if isinstance(data.get(key), int)}
+    for key in NAMES_CASES:
+        named.update(i for i in data.get(key) or () if isinstance(i, int))
+    return named
+
+
+def shown_event_data(data: dict[str, Any], readable: Container[int]) -> dict[str, Any]:
+    """Return a timeline row's data without the cases the caller may not read: such a
+    case's id and number become null, and it leaves a list with its number. The same keys
+    stay, so a row keeps its shape; the stored row is not changed."""
+    if all(i in readable for i in cases_named_in(data)):
+        return data
+    shown = dict(data)
+    for key, number_key in NAMES_A_CASE.items():
+        if key in shown and shown[key] not in readable:
+            shown[key] = None
+            if number_key in shown:
+                shown[number_key] = None
+    for key, numbers_key in NAMES_CASES.items():
+        ids = shown.get(key)
+        if not isinstance(ids, list):
+            continue
+        keep = [n for n, i in enumerate(ids) if i in readable]
+        shown[key] = [ids[n] for n in keep]
+        numbers = shown.get(numbers_key) if numbers_key else None
+        if numbers_key and isinstance(numbers, list):
+            shown[numbers_key] = [numbers[n] for n in keep if n < len(numbers)]
+    return shown
 
 
 def duplicates_of(session: Session, case_obj: Case) -> list[int]:
     """Return the ids of the reports closed as duplicates of the case, in id order."""
     return duplicates_by_original(session, [case_obj.id])[case_obj.id]
+
+
+@dataclass(frozen=True)
+class DuplicateLinks:
+    """The duplicate links of the cases of one answer, and which linked cases the caller
+    may read.
+
+    The workflow counts every report closed as a duplicate of a case (``READY``: such an
+    original is not rejected or cancelled); an answer names only the linked cases the
+    caller may read: a link to any other is left out, as a link to a case that does not
+    exist would be.
+    """
+
+    by_original: dict[int, list[int]] = field(default_factory=dict)
+    readable: frozenset[int] = frozenset()
+
+    def duplicates(self, case_id: int) -> list[int]:
+        """Return every report closed as a duplicate of the case (what the workflow counts)."""
+        return self.by_original.get(case_id, [])
+
+    def shown_duplicates(self, case_id: int) -> list[int]:
+        """Return the reports closed as duplicates of the case that the caller may read."""
+        return [d for d in self.duplicates(case_id) if d in self.readable]
+
+    def shown_original(self, case_obj: Case) -> int | None:
+        """Return the case this one repeats, if the caller may read it (else None)."""
+        original = case_obj.duplicate_of_id
+        return original if original in self.readable else None
+
+
+def duplicate_links(session: Session, caller: Caller, cases: Sequence[Case]) -> DuplicateLinks:
+    """Return the duplicate links of the cases and which of the linked cases the caller may
+    read: the duplicates in one query, their readability and that of the originals in one
+    more, only when there are links at all."""
+    by_original = duplicates_by_original(session, [c.id for c in cases])
+    linked = {d for found in by_original.values() for d in found}
+    linked.update(c.duplicate_of_id for c in cases if c.duplicate_of_id is not None)
+    return DuplicateLinks(by_original, frozenset(readable_cases(session, caller, linked)))
 
 
 def duplicates_by_original(session: Session, case_ids: list[int]) -> dict[int, list[int]]:

@@ -1,13 +1,15 @@
-"""Who reads a case, everywhere a case can show: its own read, lists, and the possible
-duplicates of another report. A case a caller may not read must not be named to it at all
-(docs/cases.md, "Who sees a case")."""
+"""Who reads a case, everywhere a case can show: its own read, lists, the possible
+duplicates of another report, and the duplicate links of other cases (their views,
+timelines, sync, refusals). A case a caller may not read must not be named to it at all
+(docs/cases.md, "Who sees a case" and "Links to other cases")."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from gridapi.auth import Principal
 from gridapi.models import Case
@@ -162,3 +164,161 @@ def test_may_see_is_the_rule_the_queries_use(desk, accounts, session):
         )
         checked += len(in_sql)
     assert 0 < checked < len(callers) * len(ids)  # some cases seen, not all by everyone
+
+
+def test_duplicate_links_name_only_cases_the_caller_may_read(desk, accounts, session):
+    """19 and 20 reported in grid A1, 20 closed as a duplicate of 19, then 19 as a duplicate
+    of 12 in community B (20 moved on to 12). The worker and the officer of A read 19 and
+    20 but not 12: the case, the list, the timeline and sync named 12 and its number to
+    them. The officer of B reads 12 but not 19 and 20: 12 listed them, and its timeline
+    their numbers. The township, which reads all three, is shown every link."""
+    d = desk
+    officer_b = accounts.client("officer_b", "community_officer", scope_region=COMMUNITY_B)
+    c19, c20 = d.report(d.worker), d.report(d.worker)
+    c12 = d.report(d.admin, col=2)
+    ids = (c12["id"], c19["id"], c20["id"])
+    d.act(d.office, c20["id"], "duplicate", duplicate_of=c19["id"], comment="重复上报")
+    d.act(d.office, c19["id"], "duplicate", duplicate_of=c12["id"], comment="重复上报")
+
+    def case(who: Any, cid: int) -> dict[str, Any]:
+        return ok(who.get(f"/api/v1/cases/{cid}"))
+
+    def timeline(who: Any, cid: int) -> dict[str, dict[str, Any]]:
+        """The data of each duplicate row, by action (the last of each)."""
+        items = ok(who.get(f"/api/v1/cases/{cid}/timeline"))["items"]
+        return {e["action"]: e["data"] for e in items if "duplicate" in e["action"]}
+
+    for who in (d.worker, d.officer):
+        assert who.get(f"/api/v1/cases/{c12['id']}").status_code == 404
+        assert case(who, c19["id"])["duplicate_of"] is None
+        assert case(who, c19["id"])["duplicates"] == []
+        assert case(who, c20["id"])["duplicate_of"] is None
+        listed = {c["id"]: c for c in ok(who.get("/api/v1/cases?limit=200"))["items"]}
+        assert listed[c19["id"]]["duplicate_of"] is None
+        assert listed[c20["id"]]["duplicate_of"] is None
+        assert timeline(who, c19["id"]) == {
+            "duplicates_attached": {"attached": [c20["id"]], "attached_numbers": [c20["number"]]},
+            "duplicate": {
+                "duplicate_of": None,
+                "duplicate_of_number": None,
+                "moved_duplicates": [c20["id"]],
+            },
+        }
+        assert timeline(who, c20["id"])["duplicate_moved"] == {
+            "from_original": c19["id"],
+            "from_original_number": c19["number"],
+            "duplicate_of": None,
+            "duplicate_of_number": None,
+        }
+        answers = [case(who, i) for i in ids[1:]] + [timeline(who, i) for i in ids[1:]]
+        assert c12["number"] not in json.dumps(answers)
+    # The worker's phone: the upserts of its reports.
+    changes = ok(d.worker.get("/api/v1/sync", query_string={"limit": 2000}))["changes"]
+    synced = {c["id"]: c["data"] for c in changes if c["type"] == "case" and c["op"] == "upsert"}
+    assert synced[c19["id"]]["duplicate_of"] is None and synced[c20["id"]]["duplicate_of"] is None
+    assert c12["number"] not in json.dumps(synced)
+
+    # The other way round: the officer of B reads 12, not the reports attached to it.
+    assert officer_b.get(f"/api/v1/cases/{c19['id']}").status_code == 404
+    assert case(officer_b, c12["id"])["duplicates"] == []
+    assert timeline(officer_b, c12["id"]) == {
+        "duplicates_attached": {"attached": [], "attached_numbers": []}
+    }
+    # Still followed up for them: not cancelled, and the refusal names none of them.
+    assert "cancel" not in case(officer_b, c12["id"])["allowed_actions"]
+    refused = d.post(officer_b, c12["id"], "cancel", comment="撤销")
+    assert refused.status_code == 409
+    assert refused.get_json()["errors"]["duplicates"] == []
+    assert d.post(d.office, c12["id"], "cancel", comment="撤销").get_json()["errors"][
+        "duplicates"
+    ] == [c19["id"], c20["id"]]
+
+    # Those who read all three are shown every link.
+    for who in (d.office, d.admin):
+        assert case(who, c19["id"])["duplicate_of"] == c12["id"]
+        assert case(who, c20["id"])["duplicate_of"] == c12["id"]
+        assert case(who, c12["id"])["duplicates"] == [c19["id"], c20["id"]]
+        assert timeline(who, c12["id"])["duplicates_attached"] == {
+            "attached": [c19["id"], c20["id"]],
+            "attached_numbers": [c19["number"], c20["number"]],
+        }
+        assert timeline(who, c20["id"])["duplicate_moved"]["duplicate_of_number"] == c12["number"]
+    # The stored rows are whole: only the answers leave the links out.
+    stored = session.execute(
+        text("SELECT data FROM case_events WHERE case_id = :id AND action = 'duplicate_moved'"),
+        {"id": c20["id"]},
+    ).scalar_one()
+    stored = stored if isinstance(stored, dict) else json.loads(stored)
+    assert stored["duplicate_of"] == c12["id"]
+    # Webhook events name no other case: each tells of its own case only (its area decides
+    # who hears it, as for the case itself).
+    for payload in session.execute(
+        text("SELECT payload FROM webhook_events WHERE case_id IN (:a, :b, :c)"),
+        dict(zip("abc", ids, strict=True)),
+    ).scalars():
+        payload = payload if isinstance(payload, dict) else json.loads(payload)
+        own = {c12["id"]: c12["number"], c19["id"]: c19["number"], c20["id"]: c20["number"]}
+        assert own[payload["case_id"]] == payload["number"]
+        assert not {"data", "duplicate_of", "duplicates", "attached"} & set(payload)
+
+
+def test_a_duplicate_of_a_sensitive_case_names_it_to_its_readers_only(desk, accounts):
+    """A plain report closed as a duplicate of a family dispute in the same grid: the link
+    is shown to exactly the callers to whom GET of the dispute answers 200 (one rule, the
+    one that decides the read), not to the reporter of the plain case or its grid's
+    department member, and no longer to the community's officer once the township holds
+    the dispute."""
+    d = desk
+    dispute = d.report(d.office, category="5103")
+    plain = d.report(d.worker)["id"]
+    d.act(d.office, plain, "duplicate", duplicate_of=dispute["id"], comment="同一纠纷")
+    county_app = app_key(d.app, d.admin, ["cases:read"], COUNTY)
+    readers_of_plain = {
+        "worker": d.worker,
+        "officer": d.officer,
+        "member": d.member,
+        "office": d.office,
+        "county": d.county,
+        "county app": county_app,
+    }
+
+    def shown() -> dict[str, bool]:
+        out = {}
+        for name, who in readers_of_plain.items():
+            view = ok(who.get(f"/api/v1/cases/{plain}"))
+            row = ok(who.get(f"/api/v1/cases/{plain}/timeline"))["items"][-1]
+            reads = who.get(f"/api/v1/cases/{dispute['id']}").status_code == 200
+            assert view["duplicate_of"] == (dispute["id"] if reads else None), name
+            assert row["data"] == {
+                "duplicate_of": dispute["id"] if reads else None,
+                "duplicate_of_number": dispute["number"] if reads else None,
+            }, name
+            out[name] = reads
+        return out
+
+    everyone = dict.fromkeys(readers_of_plain, False)
+    assert shown() == {**everyone, "officer": True, "office": True, "county": True}
+    d.to_filed(dispute["id"])  # the township handles family disputes
+    assert ok(d.admin.get(f"/api/v1/cases/{dispute['id']}"))["responsible"]["unit"]["code"] == (
+        TOWNSHIP
+    )
+    assert shown() == {**everyone, "office": True, "county": True}
+
+
+def test_a_refused_duplicate_does_not_name_an_original_the_caller_may_not_read(desk, accounts):
+    """Closing a report onto 19, itself a duplicate of 12 in community B, is refused with
+    "use case 12" to the township, which reads 12; the officer of A, who does not, is told
+    that 19 is itself a duplicate, not of which case."""
+    d = desk
+    c19, c21 = d.report(d.worker)["id"], d.report(d.worker)["id"]
+    c12 = d.report(d.admin, col=2)["id"]
+    d.act(d.office, c19, "duplicate", duplicate_of=c12, comment="重复上报")
+    told = {}
+    for name, who in (("office", d.office), ("officer", d.officer)):
+        r = d.post(who, c21, "duplicate", duplicate_of=c19)
+        assert r.status_code == 422, r.get_json()
+        told[name] = r.get_json()["errors"]["json"]["duplicate_of"]
+    assert told == {
+        "office": [f"use case {c12}"],
+        "officer": [f"case {c19} is itself a duplicate"],
+    }
