@@ -130,7 +130,7 @@ class PatrolEndSchema(StrictSchema):
     ended_at = fields.AwareDateTime(
         metadata={
             "description": "When it ended (points up to 5 minutes later still join the line); "
-            "default now, or its last point if later."
+            "default now, or its start or its last point if later."
         }
     )
 

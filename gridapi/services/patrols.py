@@ -294,11 +294,11 @@ def start_patrol(
 def end_patrol(
     session: Session, patrol: Patrol, ended_at: datetime | None, *, now: datetime
 ) -> bool:
-    """End the patrol at ``ended_at`` (default now, or its last point if later).
+    """End the patrol at ``ended_at`` (default now, or its start or last point if later).
 
     Returns False when it had ended already at that time (a retry: nothing changes).
-    Raises Conflict when it ended at another time, Unprocessable for an end before its start
-    or its last point.
+    Raises Conflict when it ended at another time, Unprocessable for an ``ended_at`` before
+    its start or its last point.
     """
     if patrol.status == "ended":
         if ended_at is None or ended_at == patrol.ended_at:
@@ -310,15 +310,18 @@ def end_patrol(
         select(func.max(PatrolPoint.recorded_at)).where(PatrolPoint.patrol_id == patrol.id)
     )
     if ended_at is None:
-        end = max(now, last) if last is not None else now
+        # A start a few minutes ahead (the phone's clock) is taken; ending it at once ends it
+        # at its start: a refusal here left the worker a patrol they could neither end nor
+        # replace.
+        end = max(now, patrol.started_at, *([last] if last is not None else []))
     else:
         end = _not_future(ended_at, now, "ended_at")
         if last is not None and end + TOLERANCE < last:
             raise _invalid("ended_at", "lies before the last point of the track")
         # The end given is the end, whether the last points came before it or after (an
         # offline upload): points within TOLERANCE past it are part of the line either way.
-    if end < patrol.started_at:
-        raise _invalid("ended_at", "lies before the start of the patrol")
+        if end < patrol.started_at:
+            raise _invalid("ended_at", "lies before the start of the patrol")
     patrol.ended_at = end
     patrol.status = "ended"
     patrol.duration_s = _duration(patrol, last)

@@ -376,6 +376,34 @@ def test_a_worker_has_one_active_patrol_and_ends_it_once(worker, world, engine):
     }
 
 
+def test_an_end_without_a_time_ends_a_patrol_started_minutes_ahead(worker, world):
+    """A start a few minutes ahead is taken (clock skew); ending it at once without a time
+    was a 422 on `ended_at`, a field nobody sent, and the worker could then neither end
+    that patrol nor start another (409). It ends at its start: nothing was walked yet."""
+    for body in ({}, None):  # an empty body, and no body at all
+        ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=2)
+        patrol = start(worker, started_at=iso(ahead))
+        url = f"/api/v1/patrols/{patrol['id']}/end"
+        ended = ok(worker.post(url, json=body) if body is not None else worker.post(url))
+        assert ended["status"] == "ended"
+        assert datetime.fromisoformat(ended["ended_at"]) == ahead
+        assert ended["duration_s"] == 0
+        assert ok(worker.post(url, json={})) == ended  # a retry changes nothing
+    # a point uploaded after that start (the phone's clock) is later still: it is the end
+    ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=2)
+    patrol = start(worker, started_at=iso(ahead))
+    at = ahead + timedelta(minutes=1)
+    upload(worker, patrol["id"], [{"t": iso(at), "lon": center(0)[0], "lat": center(0)[1]}])
+    ended = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json={}))
+    assert (datetime.fromisoformat(ended["ended_at"]), ended["duration_s"]) == (at, 60)
+    # an end given before the start is still refused: the end given stays the end
+    ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=2)
+    patrol = start(worker, started_at=iso(ahead))
+    early = {"ended_at": iso(ahead - timedelta(minutes=1))}
+    refused = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json=early), 422)
+    assert refused["errors"] == {"json": {"ended_at": ["lies before the start of the patrol"]}}
+
+
 def keyed_start(client, key: str, **body):  # type: ignore[no-untyped-def]
     return client.post("/api/v1/patrols", json=body, headers={"Idempotency-Key": key})
 
