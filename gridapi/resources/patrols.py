@@ -17,7 +17,6 @@ from flask.views import MethodView
 from ..auditing import audit
 from ..auth import AUTHENTICATED, Forbidden, Principal, current_principal
 from ..db import writes
-from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
 from ..jsonio import dumps_bytes
 from ..models import Case, User
@@ -334,9 +333,10 @@ class PatrolFindings(MethodView):
         """Report a case found on your patrol (source `patrol`)
 
         The body is a case report as `POST /api/v1/cases` takes it (the location defaults to
-        the track's latest point). The case and its link to the patrol are made in one
-        transaction: both or neither. Needs `cases:write` too. A repeat with the same
-        `client_id` returns the first case.
+        the end of the track's line, its latest point that is no outlier; without one, no points
+        yet or only outliers, a location is required: 422). The case and its link to the patrol
+        are made in one transaction: both or neither. Needs `cases:write` too. A repeat with the
+        same `client_id` returns the first case.
         """
         principal = current_principal()
         if not principal.can("cases:write"):
@@ -353,16 +353,7 @@ class PatrolFindings(MethodView):
                 case_obj = session.get(Case, case_id)
                 case_view = render_case(session, caller, case_obj, full=False)
                 return {"patrol_id": patrol.id, "case": case_view}
-        data = {**data, "source": "patrol"}
-        if not data.get("location"):
-            last = svc.last_point(session, patrol)
-            if last is None:
-                raise Unprocessable(
-                    "The case needs a location: the patrol has no points yet.",
-                    errors={"json": {"location": ["required: the track has no points"]}},
-                )
-            data["location"] = {"type": "Point", "coordinates": list(last)}
-            data["crs"] = "wgs84"
+        data = svc.place_finding(session, patrol, {**data, "source": "patrol"})
         st = state()
         reported = cases_svc.report(
             session,

@@ -225,7 +225,8 @@ class PatrolCheckinSchema(StrictSchema):
 
 class PatrolFindingCreateSchema(CaseCreateSchema):
     """A case found on the patrol: as ``POST /api/v1/cases`` takes it, without ``source``
-    (always ``patrol``); the location defaults to the track's latest point."""
+    (always ``patrol``); the location defaults to the track's latest point that is no
+    outlier."""
 
     class Meta(CaseCreateSchema.Meta):
         exclude = ("source",)

@@ -412,22 +412,28 @@ def add_points(
     }
 
 
-def rebuild(session: Session, patrol: Patrol, snapshot: IndexSnapshot) -> None:
-    """Recompute the line, length, duration and grids crossed from all stored points."""
+def _fixes(session: Session, patrol: Patrol) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Return the patrol's stored points in time order, their lon/lat (an array of n × 2) and
+    which of them the walk passes through (``plausible``)."""
     rows = session.execute(
         select(PatrolPoint.recorded_at, PatrolPoint.lon, PatrolPoint.lat, PatrolPoint.accuracy_m)
         .where(PatrolPoint.patrol_id == patrol.id)
         .order_by(PatrolPoint.recorded_at)
     ).all()
-    lons = np.array([r.lon for r in rows], dtype=np.float64)
-    lats = np.array([r.lat for r in rows], dtype=np.float64)
+    coords = np.array([(r.lon, r.lat) for r in rows], dtype=np.float64).reshape(-1, 2)
     accuracy = np.array(
         [np.nan if r.accuracy_m is None else r.accuracy_m for r in rows], dtype=np.float64
     )
     start = rows[0].recorded_at if rows else None
     seconds = np.array([(r.recorded_at - start).total_seconds() for r in rows], dtype=np.float64)
-    keep = plausible(seconds, lons, lats, accuracy)
-    lons, lats = lons[keep], lats[keep]
+    keep = plausible(seconds, coords[:, 0], coords[:, 1], accuracy)
+    return list(rows), coords, keep
+
+
+def rebuild(session: Session, patrol: Patrol, snapshot: IndexSnapshot) -> None:
+    """Recompute the line, length, duration and grids crossed from all stored points."""
+    rows, coords, keep = _fixes(session, patrol)
+    lons, lats = coords[keep, 0], coords[keep, 1]
     patrol.point_count = len(rows)
     patrol.outlier_count = int(len(rows) - keep.sum())
     patrol.length_m = round(track_length_m(lons, lats), 1)
@@ -526,18 +532,33 @@ def checkins_of(session: Session, patrol: Patrol) -> list[PatrolCheckin]:
 
 def last_point(session: Session, patrol: Patrol) -> tuple[float, float] | None:
     """Return where the worker was last: the end of the line (a bad fix, left out of it,
-    placed a finding in another township), else the latest point."""
+    placed a finding in another township), else (a track of one usable fix has no line) the
+    latest point that is no outlier; None when there is none."""
     line = from_db(patrol.track)
     if line is not None:
         lon, lat = line.coords[-1][:2]
         return (lon, lat)
-    row = session.execute(
-        select(PatrolPoint.lon, PatrolPoint.lat)
-        .where(PatrolPoint.patrol_id == patrol.id)
-        .order_by(PatrolPoint.recorded_at.desc())
-        .limit(1)
-    ).first()
-    return (row.lon, row.lat) if row else None
+    _, coords, keep = _fixes(session, patrol)
+    kept = np.flatnonzero(keep)
+    if not len(kept):
+        return None
+    lon, lat = coords[kept[-1]]
+    return (float(lon), float(lat))
+
+
+def place_finding(session: Session, patrol: Patrol, data: dict[str, Any]) -> dict[str, Any]:
+    """Return the case report of a finding with its place: the location given, else where
+    the worker was last (``last_point``, in WGS-84). Raises Unprocessable when it has neither:
+    no points yet, or only outliers (a cell-tower fix is no place for a case)."""
+    if data.get("location"):
+        return data
+    last = last_point(session, patrol)
+    if last is None:
+        raise Unprocessable(
+            "The case needs a location: the patrol has no usable points yet.",
+            errors={"json": {"location": ["required: the track has no usable points"]}},
+        )
+    return {**data, "location": {"type": "Point", "coordinates": list(last)}, "crs": "wgs84"}
 
 
 def record_finding(session: Session, patrol: Patrol, case_id: int, now: datetime) -> None:

@@ -555,6 +555,35 @@ def test_a_finding_becomes_a_case_of_the_patrol_both_or_neither(client, worker, 
     assert placed["case"]["location"]["coordinates"] == pytest.approx(latest, abs=1e-9)
 
 
+NO_PLACE = {"json": {"location": ["required: the track has no usable points"]}}
+
+
+def test_a_finding_without_location_is_never_placed_at_an_outlier(worker, world, engine):
+    """A patrol whose only fix was a cell tower's (accuracy 500 m) placed a finding without
+    a location there, though that fix is no part of the walk: as for a patrol without points
+    it needs a location. With one usable fix (too few for a line) and a later bad one, the
+    finding goes to the usable one."""
+    patrol, began = started_an_hour_ago(worker)
+    url = f"/api/v1/patrols/{patrol['id']}/findings"
+    report = {"category": "0101", "description": "井盖缺失"}
+    no_points = ok(worker.post(url, json=report), 422)
+    assert "location" in no_points["errors"]["json"]
+    tower = {"t": iso(began + timedelta(minutes=1)), "lon": center(1)[0], "lat": center(1)[1]}
+    answer = upload(worker, patrol["id"], [{**tower, "accuracy_m": 500}])
+    assert (answer["point_count"], answer["outlier_count"]) == (1, 1)
+    assert ok(worker.post(url, json=report), 422) == no_points
+    assert no_points["errors"] == NO_PLACE
+    assert rows(engine, "SELECT count(*) FROM cases") == [(0,)]
+
+    good = {"t": iso(began + timedelta(seconds=30)), "lon": center(0)[0], "lat": center(0)[1]}
+    late = {"t": iso(began + timedelta(minutes=2)), "lon": LON0 + 0.04, "lat": LAT0 + 0.03}
+    answer = upload(worker, patrol["id"], [good, {**late, "accuracy_m": 800}])
+    assert (answer["point_count"], answer["outlier_count"]) == (3, 2)
+    placed = ok(worker.post(url, json=report), 201)["case"]
+    assert placed["location"]["coordinates"] == pytest.approx(center(0), abs=1e-9)
+    assert placed["grid"]["code"] == A1
+
+
 def test_only_its_worker_writes_to_a_patrol(accounts, worker, world):
     patrol, began = started_an_hour_ago(worker)
     chief = accounts.client("chief1", "grid_chief", grids=[A1, A2])
