@@ -234,8 +234,8 @@ class PatrolFindingCreateSchema(CaseCreateSchema):
     location = fields.Nested(
         PointSchema,
         metadata={
-            "description": "GeoJSON Point in `crs`; default: the track's latest point that "
-            "is no outlier."
+            "description": "GeoJSON Point in `crs`; default (also for 0°, 0°, no fix): the "
+            "track's latest point that is no outlier."
         },
     )
 

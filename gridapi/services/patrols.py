@@ -548,9 +548,12 @@ def last_point(session: Session, patrol: Patrol) -> tuple[float, float] | None:
 
 def place_finding(session: Session, patrol: Patrol, data: dict[str, Any]) -> dict[str, Any]:
     """Return the case report of a finding with its place: the location given, else where
-    the worker was last (``last_point``, in WGS-84). Raises Unprocessable when it has neither:
-    no points yet, or only outliers (a cell-tower fix is no place for a case)."""
-    if data.get("location"):
+    the worker was last (``last_point``, in WGS-84). A location of 0°, 0° is a phone without
+    a fix, as for points and check-ins: no location (a finding was filed at Null Island, in
+    no grid). Raises Unprocessable when it has none: no points yet, or only outliers (a
+    cell-tower fix is no place for a case)."""
+    given = data.get("location")
+    if given and not no_fix(*given["coordinates"][:2]):
         return data
     last = last_point(session, patrol)
     if last is None:

@@ -584,6 +584,27 @@ def test_a_finding_without_location_is_never_placed_at_an_outlier(worker, world,
     assert placed["grid"]["code"] == A1
 
 
+def test_a_finding_at_0_0_is_a_finding_without_a_fix(worker, world, engine):
+    """0°, 0° is what a phone sends without a fix (points and check-ins treat it so): a
+    finding there was filed at Null Island, in no grid. It goes where the walk ended, as a
+    finding without a location, and needs a location when the patrol has none."""
+    patrol, began = started_an_hour_ago(worker)
+    url = f"/api/v1/patrols/{patrol['id']}/findings"
+    no_fix = {"type": "Point", "coordinates": [0, 0]}
+    report = {"category": "0101", "description": "路灯损坏", "location": no_fix}
+    for crs in ("wgs84", "gcj02"):
+        refused = ok(worker.post(url, json={**report, "crs": crs}), 422)
+        assert refused["errors"] == NO_PLACE, crs
+    assert rows(engine, "SELECT count(*) FROM cases") == [(0,)]
+    track = walk(began + timedelta(minutes=1), n=3, col1=0.4)
+    upload(worker, patrol["id"], track)
+    latest = [track[-1]["lon"], track[-1]["lat"]]
+    for crs in ("wgs84", "gcj02"):
+        case = ok(worker.post(url, json={**report, "crs": crs}), 201)["case"]
+        assert case["location"]["coordinates"] == pytest.approx(latest, abs=1e-9), crs
+        assert case["grid"]["code"] == A1
+
+
 def test_only_its_worker_writes_to_a_patrol(accounts, worker, world):
     patrol, began = started_an_hour_ago(worker)
     chief = accounts.client("chief1", "grid_chief", grids=[A1, A2])
