@@ -334,8 +334,8 @@ class PatrolFindings(MethodView):
 
         The body is a case report as `POST /api/v1/cases` takes it (the location, when none is
         given or it is 0°, 0°, a phone without a fix, defaults to the end of the track's line,
-        its latest point that is no outlier; without one, no points yet or only outliers, a
-        location is required: 422). The case and its link to the patrol
+        its latest point that is no outlier or the stop it ended in; without one, no points yet
+        or only outliers, a location is required: 422). The case and its link to the patrol
         are made in one transaction: both or neither. Needs `cases:write` too. A repeat with the
         same `client_id` returns the first case.
         """

@@ -225,8 +225,7 @@ class PatrolCheckinSchema(StrictSchema):
 
 class PatrolFindingCreateSchema(CaseCreateSchema):
     """A case found on the patrol: as ``POST /api/v1/cases`` takes it, without ``source``
-    (always ``patrol``); the location defaults to the track's latest point that is no
-    outlier."""
+    (always ``patrol``); the location defaults to the end of the track's line."""
 
     class Meta(CaseCreateSchema.Meta):
         exclude = ("source",)
@@ -235,7 +234,8 @@ class PatrolFindingCreateSchema(CaseCreateSchema):
         PointSchema,
         metadata={
             "description": "GeoJSON Point in `crs`; default (also for 0°, 0°, no fix): the "
-            "track's latest point that is no outlier."
+            "end of the track's line, its latest point that is no outlier or the stop it "
+            "ended in."
         },
     )
 
@@ -263,7 +263,13 @@ class PatrolSchema(StrictSchema):
     )
     region_code = fields.String(required=True)
     county_code = fields.String(required=True)
-    length_m = fields.Float(required=True, metadata={"description": "Geodesic, WGS-84."})
+    length_m = fields.Float(
+        required=True,
+        metadata={
+            "description": "Geodesic (WGS-84) length of the walk's line: GPS jitter, stops "
+            "and outliers left out."
+        },
+    )
     duration_s = fields.Integer(
         required=True,
         metadata={"description": "Start to end; while active, start to the latest point."},
@@ -279,7 +285,9 @@ class PatrolSchema(StrictSchema):
         },
     )
     grids_crossed = fields.List(
-        fields.String(), required=True, metadata={"description": "In the order first entered."}
+        fields.String(),
+        required=True,
+        metadata={"description": "The grids the walk's line passes, in the order first entered."},
     )
     thinned_at = fields.AwareDateTime(
         allow_none=True,
@@ -302,7 +310,11 @@ class PatrolDetailSchema(PatrolSchema):
     track = fields.Dict(
         allow_none=True,
         required=True,
-        metadata={"description": "GeoJSON LineString (WGS-84), the points ordered by time."},
+        metadata={
+            "description": "GeoJSON LineString (WGS-84): the walk's line, the points in time "
+            "order with outliers left out, GPS jitter averaged and a stop one point; the "
+            "points as sent are `points`."
+        },
     )
     checkins = fields.List(fields.Nested(PatrolCheckinSchema), required=True)
     findings = fields.List(

@@ -6,16 +6,19 @@ Every operation × role × scope is in test_authorization_matrix.py.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import random
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 from sqlalchemy import text
 
 from gridapi.geo.crs import wgs84_to_gcj02
-from gridapi.geo.geodesy import distance_m
+from gridapi.geo.geodesy import distance_m, metres_per_degree
 from gridapi.services.patrols import thin_tracks, track_length_m
 
 from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP
@@ -248,6 +251,159 @@ def test_the_walk_is_the_longest_chain_of_reachable_fixes():
     t, x, y = _walk(8, 0, 120.6, lat0)
     accuracy = np.array([5.0] * 3 + [1500.0] + [np.nan] * 4)
     assert plausible(t, x, y, accuracy).tolist() == [True] * 3 + [False] + [True] * 4
+
+
+# --- GPS jitter -------------------------------------------------------------------------------
+
+EDGE = LON0 + STEP  # the edge between A1 (west) and A2 (east)
+KX, KY = metres_per_degree(LAT0 + STEP / 2)
+
+
+def at_metres(east: float, north: float) -> tuple[float, float]:
+    """The lon/lat ``east`` metres from the A1/A2 edge (negative: in A1), ``north`` metres
+    from the grids' south edge."""
+    return EDGE + east / KX, LAT0 + north / KY
+
+
+def jittered_walk(
+    rng: random.Random,
+    legs: list[tuple[float, float]],
+    start: tuple[float, float],
+    *,
+    t0: float = 0.0,
+    jitter: tuple[float, float] | None = (5.0, 15.0),
+    speed: float = 1.4,
+    every: tuple[float, float] = (5.0, 10.0),
+) -> tuple[list[tuple[float, float, float]], float]:
+    """Walk ``legs`` (east, north metres each) from ``start`` (metres) at ``speed``, a fix
+    every 5-10 s (``every``), each off by up to 5-15 m (the phone's jitter) unless
+    ``jitter`` is None. Return the fixes (seconds, lon, lat) and the true length in metres."""
+    x, y, t = *start, t0
+    truth = [(x, y)]
+    times = [t]
+    for east, north in legs:
+        leg = math.hypot(east, north)
+        done = 0.0
+        while done < leg - 1e-9:
+            dt = rng.uniform(*every)
+            step = min(speed * dt, leg - done)
+            done += step
+            x, y, t = x + east * step / leg, y + north * step / leg, t + dt
+            truth.append((x, y))
+            times.append(t)
+    fixes = []
+    for (x, y), t in zip(truth, times, strict=True):
+        if jitter is not None:
+            off, angle = abs(rng.gauss(0, rng.uniform(*jitter) / 1.25)), rng.uniform(0, 2 * math.pi)
+            x, y = x + off * math.cos(angle), y + off * math.sin(angle)
+        fixes.append((t, *at_metres(x, y)))
+    return fixes, sum(math.dist(a, b) for a, b in itertools.pairwise(truth))
+
+
+def standing(rng: random.Random, at: tuple[float, float], t0: float, minutes: float, sigma=8.0):  # type: ignore[no-untyped-def]
+    """A fix every 5 s for ``minutes`` at ``at`` (metres), each off by about ``sigma`` m."""
+    fixes = []
+    for i in range(int(minutes * 12)):
+        off, angle = abs(rng.gauss(0, sigma)), rng.uniform(0, 2 * math.pi)
+        fixes.append(
+            (
+                t0 + 5 * (i + 1),
+                *at_metres(at[0] + off * math.cos(angle), at[1] + off * math.sin(angle)),
+            )
+        )
+    return fixes
+
+
+def as_arrays(fixes):  # type: ignore[no-untyped-def]
+    return tuple(np.array(c, dtype=np.float64) for c in zip(*fixes, strict=True))
+
+
+def summed_length(fixes) -> float:  # type: ignore[no-untyped-def]
+    _, lons, lats = as_arrays(fixes)
+    return track_length_m(lons, lats)
+
+
+def walked_length(fixes, accuracy: float | None = 10.0) -> float:  # type: ignore[no-untyped-def]
+    """The length of the walk's line through the fixes, each stating ``accuracy`` (None:
+    none stated)."""
+    from gridapi.services.patrols import walked_line
+
+    t, lons, lats = as_arrays(fixes)
+    stated = None if accuracy is None else np.full(len(t), accuracy)
+    return track_length_m(*walked_line(t, lons, lats, stated))
+
+
+# A 2 km walk in A1: 305 m west, 900 m north, 795 m east to 5 m short of the edge with A2.
+LEGS = [(-305.0, 0.0), (0.0, 900.0), (795.0, 0.0)]
+FROM = (-495.0, 100.0)
+LAST = (-5.0, 1000.0)
+
+
+def test_gps_jitter_adds_no_length():
+    """Summed fix to fix, a phone's jitter made a 2 km walk (a fix every 5-10 s, 5-15 m off)
+    about 2.6 km, and half an hour standing still 3.6 km: the length workers are judged by.
+    The walk's line averages fixes on the move, makes a stop one point and counts a step
+    only beyond the fixes' accuracy; a walk without jitter, or across a gap, keeps its
+    length."""
+    rng = random.Random(20261130)
+    for _ in range(3):
+        fixes, truth = jittered_walk(rng, LEGS, FROM)
+        assert truth == pytest.approx(2000.0)
+        assert summed_length(fixes) > 1.2 * truth  # what the jitter did
+        assert walked_length(fixes) == pytest.approx(truth, rel=0.05)
+        assert walked_length(fixes, accuracy=None) == pytest.approx(truth, rel=0.05)
+
+        still = standing(rng, LAST, 0.0, 30)
+        assert summed_length(still) > 3000
+        assert walked_length(still) < 100
+        assert walked_length(still, accuracy=None) < 100
+
+        clean, truth = jittered_walk(rng, LEGS, FROM, jitter=None)
+        assert walked_length(clean) == pytest.approx(truth, rel=0.01)
+
+        every_second, truth = jittered_walk(rng, LEGS, FROM, every=(1.0, 1.0))
+        assert summed_length(every_second) > 5 * truth
+        assert walked_length(every_second) == pytest.approx(truth, rel=0.08)
+
+        # 1 km, twenty minutes in the pocket, then 800 m further on and 600 m more: all of it
+        first, one = jittered_walk(rng, [(0.0, 1000.0)], (-900.0, 50.0))
+        resumed = (-900.0 + 480.0, 1050.0 - 640.0)  # 800 m from where the first walk ended
+        after, other = jittered_walk(rng, [(600.0, 0.0)], resumed, t0=first[-1][0] + 1200)
+        assert walked_length(first + after) == pytest.approx(one + 800 + other, rel=0.05)
+
+
+def test_a_stop_on_a_grid_edge_is_one_place_of_the_walk(worker, world):
+    """Half an hour standing 5 m from the edge of the grid, the phone's fixes falling on
+    both sides of it: the walk crossed no edge, is as long as it was, and a finding without
+    a location goes to the place the worker stood, not to the last fix, in the other grid."""
+    rng = random.Random(7)
+    walked, truth = jittered_walk(rng, LEGS, FROM, t0=60.0)
+    stood = standing(rng, LAST, walked[-1][0], 30)
+    assert sum(1 for _, lon, _ in stood if lon > EDGE) > 30  # in A2 by the fixes
+    began = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=90)
+    patrol = start(worker, started_at=iso(began))
+    points = [
+        {"t": iso(began + timedelta(seconds=t)), "lon": lon, "lat": lat, "accuracy_m": 10}
+        for t, lon, lat in walked + stood
+    ]
+    answer = upload(worker, patrol["id"], points)
+    assert (answer["accepted"], answer["outlier_count"]) == (len(points), 0)
+    assert answer["length_m"] == pytest.approx(truth, rel=0.05)
+
+    view = ok(worker.get(f"/api/v1/patrols/{patrol['id']}"))
+    assert view["grids_crossed"] == [A1]
+    line = view["track"]["coordinates"]
+    assert len(line) <= len(walked)  # the half hour standing is one point
+    assert distance_m(*line[-1], *at_metres(*LAST)) < 5
+    lons, lats = zip(*line, strict=True)
+    assert track_length_m(np.array(lons), np.array(lats)) == pytest.approx(
+        view["length_m"], abs=0.1
+    )
+
+    url = f"/api/v1/patrols/{patrol['id']}/findings"
+    case = ok(worker.post(url, json={"category": "0101", "description": "井盖缺失"}), 201)["case"]
+    assert case["grid"]["code"] == A1
+    assert distance_m(*case["location"]["coordinates"], *at_metres(*LAST)) < 5
 
 
 def test_points_outside_the_patrol_are_rejected_and_late_uploads_taken(worker, world):
