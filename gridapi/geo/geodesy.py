@@ -77,10 +77,6 @@ def distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
     return float(Geodesic.WGS84.Inverse(lat1, lon1, lat2, lon2, Geodesic.DISTANCE)["s12"])
 
 
-_A = 6378137.0  # WGS-84 semi-major axis (m)
-_E2 = (1.0 / 298.257223563) * (2.0 - 1.0 / 298.257223563)  # first eccentricity squared
-
-
 def metres_per_degree(lat: Any) -> tuple[Any, Any]:
     """Return how many metres one degree of longitude and of latitude span at ``lat`` (a
     number or an array) on the WGS-84 ellipsoid, from its prime vertical and meridian
