@@ -43,8 +43,8 @@ class ExportJob(Base):
     format: Mapped[str] = mapped_column(String(8))
     filters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     unmask: Mapped[bool] = mapped_column(Boolean, default=False)
-    # The requester's area when the file was written (Scope.fingerprint): the file is served
-    # only while it is still theirs.
+    # What decided the file's rows when it was written (services.exports.rows_fingerprint:
+    # the requester's role, permissions, area, department): served only while unchanged.
     built_for: Mapped[str | None] = mapped_column(String(32))
     purpose: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(12), default="queued")

@@ -329,10 +329,11 @@ def _queue(kind: str, data: dict[str, Any]) -> Response:
 
 
 def _download(kind: str, job_id: int) -> Response:
-    job = svc.get_job(db_session(), _principal(), kind, job_id)
+    session = db_session()
+    job = svc.get_job(session, _principal(), kind, job_id)
     if job.status != "done":
         raise Conflict(f"The export is {job.status}: download it once its status is done.")
-    svc.check_still_theirs(_principal(), job)
+    svc.check_still_theirs(session, _principal(), job)
     path = job_options().path_of(job)
     if not os.path.exists(path):
         raise NotFound("The export job does not exist, has expired or is not yours.")
@@ -404,8 +405,9 @@ def _register_jobs(kind: str) -> None:
     download.__doc__ = f"""Download the file of an export job of {noun}
 
         Only your own, done jobs: a job still queued or running answers 409; anyone else's
-        or an expired one 404; 403 once your area has changed since the file was written,
-        or (unmasked residents) you no longer hold `persons:unmask`. Audited.
+        or an expired one 404; 403 once your role, permissions or area have changed since
+        the file was written (queue it again), or (unmasked residents) you no longer hold
+        `persons:unmask`. Audited.
         """
     download = blp.requires(permission)(
         blp.doc(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import logging
 import os
@@ -704,19 +705,40 @@ def get_job(session: Session, principal: Principal, kind: str, job_id: int) -> E
     return job
 
 
-def check_still_theirs(principal: Principal, job: ExportJob) -> None:
+def rows_fingerprint(session: Session, principal: Principal) -> str:
+    """Return a digest of everything that decides which rows an export of any kind holds
+    for ``principal``: who they are, their role and permissions (a sensitive case is read
+    by an office only, a name matches as the caller unmasks or not), their area, and (a
+    person) their department, which holds dispatched cases. Equal for callers who would
+    get the same rows from the same filters; what an export's file is checked against."""
+    caller = cases_svc.caller_of(session, principal)
+    parts = [
+        principal.kind,
+        str(principal.id),
+        principal.role or "",
+        ",".join(sorted(principal.permissions)),
+        principal.scope.fingerprint(),
+        "" if caller.department_id is None else str(caller.department_id),
+    ]
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=12).hexdigest()
+
+
+def check_still_theirs(session: Session, principal: Principal, job: ExportJob) -> None:
     """Raise Forbidden unless the caller may still have the file: unmasked residents need
-    ``persons:unmask`` now, and the file's rows were chosen for the caller's area as it is
-    now (a file of a community the requester has since left is no longer theirs)."""
+    ``persons:unmask`` now, and the file's rows were chosen for the caller as they are now
+    (``rows_fingerprint``: the same role, permissions, area and department). A file of a
+    community the requester has since left, or of the sensitive cases of an office they no
+    longer work in, is no longer theirs."""
     from ..auth import Forbidden
 
     if job.unmask and not principal.can("persons:unmask"):
         raise Forbidden(
             "Unmasked exports need the permission persons:unmask, which you no longer hold."
         )
-    if job.built_for != principal.scope.fingerprint():
+    if job.built_for != rows_fingerprint(session, principal):
         raise Forbidden(
-            "Your area has changed since this export was written: queue the export again."
+            "Your role, permissions or area have changed since this export was written: "
+            "queue the export again."
         )
 
 
@@ -858,7 +880,7 @@ def run_job(
         assert job is not None
         principal = _requester(session, job)
         problem = None
-        built_for = principal.scope.fingerprint() if principal is not None else None
+        built_for = rows_fingerprint(session, principal) if principal is not None else None
         if principal is None:
             problem = "The requester's account is no longer active."
         elif not principal.can(READ_PERMISSIONS[job.kind]) or (
