@@ -142,7 +142,8 @@ class PersonImport(MethodView):
         must be in your scope. An ID number already registered in the county, or twice in
         the file, is a row error; each such row whose resident is outside your scope counts
         as an exact lookup against GRIDAPI_PERSON_LOOKUP_RATE (429 when the allowance is
-        spent: nothing imported).
+        spent: nothing imported), as does each row whose 户号 belongs to a household outside
+        your scope. Dry runs count the same.
 
         One transaction: in mode `all` any row error imports nothing (422 with the report);
         in mode `valid` exactly the rows reported valid are imported; any other failure
@@ -164,8 +165,9 @@ class PersonImport(MethodView):
             max_rows=state().settings.import_max_rows,
         )
         if report.unseen_duplicates:
-            # Each such row told the caller that a number is registered outside its scope:
-            # counted as exact lookups (429, nothing imported, when the allowance is spent).
+            # Each such row told the caller that an ID number or a household number (户号)
+            # is registered outside its scope: counted as exact lookups (429, nothing
+            # imported, when the allowance is spent).
             count_lookup(
                 state().settings.person_lookup_rate,
                 principal.actor_id,

@@ -278,23 +278,32 @@ class Households(MethodView):
     @households_blp.alt_response(
         409, response="CONFLICT", description="The county has a household with the number."
     )
+    @households_blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, data):
         """Register a household in a house (or at a place, a grid or a region)
 
         Creates a household with its number (户号), unique in the county, and type; it takes the place
         of its `house_id`, or else of a `location`, `grid` or `region` as a house does. Members are
         added by registering residents with this `household_id`. Needs `persons:write`. A number
-        already registered in the county is a 409; a house or place outside the caller's scope is a
-        422. Writes an audit row `household.create`.
+        already registered in the county is a 409, counted as a lookup against
+        GRIDAPI_PERSON_LOOKUP_RATE (429 once the allowance is spent), as a duplicate ID number
+        is; a house or place outside the caller's scope is a 422. Writes an audit row
+        `household.create`.
         """
         session = db_session()
-        household = svc.create_household(
-            session,
-            data,
-            scope=current_principal().scope,
-            snapshot=routing_snapshot(),
-            actor=_actor(),
-        )
+        try:
+            household = svc.create_household(
+                session,
+                data,
+                scope=current_principal().scope,
+                snapshot=routing_snapshot(),
+                actor=_actor(),
+            )
+        except svc.DuplicateHousehold:
+            # The 409 tells that the number exists somewhere in the county.
+            session.rollback()
+            count_lookup(state().settings.person_lookup_rate, _actor())
+            raise
         audit(
             "household.create",
             "household",

@@ -173,6 +173,14 @@ class RowError(Exception):
         self.reason = reason
 
 
+class UnseenHousehold(RowError):
+    """The row's household number (户号) belongs to a household outside the caller's scope:
+    the error tells that the number is registered, so the row counts as an exact lookup."""
+
+    def __init__(self) -> None:
+        super().__init__("household_number", "already registered in the county, outside your scope")
+
+
 def _file_error(message: str, **extra: Any) -> Unprocessable:
     return Unprocessable(message, errors={"file": [message], **extra})
 
@@ -193,8 +201,9 @@ class ImportReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
     committed: bool = False
     regions: set[str] = field(default_factory=set, repr=False)
-    #: Rows refused because their ID number belongs to a resident outside the caller's
-    #: scope: each tells that the number is registered, and counts as an exact lookup.
+    #: Rows refused because their ID number belongs to a resident, or their household
+    #: number (户号) to a household, outside the caller's scope: each tells that the number
+    #: is registered, and counts as an exact lookup.
     unseen_duplicates: int = field(default=0, repr=False)
 
     def add_error(self, row: int, field_name: str | None, message: str) -> None:
@@ -614,9 +623,7 @@ class _Importer:
                 stmt.where(Household.county_code == place.county_code)
             ).first()
             if found is not None and not self._visible(found):
-                raise RowError(
-                    "household_number", "already registered in the county, outside your scope"
-                )
+                raise UnseenHousehold
             return found
         candidates = self.session.scalars(
             stmt.where(register.in_scope(self.scope, Household)).order_by(Household.id).limit(2)
@@ -752,6 +759,8 @@ class _Importer:
                         houses, households, region = self._write(data)
                 except RowError as exc:
                     problems.append(exc)
+                    if isinstance(exc, UnseenHousehold):
+                        report.unseen_duplicates += 1
                 except DomainError as exc:
                     problems.append(_row_error(exc))
                     if isinstance(exc, register.DuplicatePerson) and not self._visible(exc.holder):

@@ -370,6 +370,13 @@ def list_houses(session: Session, scope: Scope, args: dict[str, Any]) -> list[Ho
 # --- households -------------------------------------------------------------------------------
 
 
+class DuplicateHousehold(Conflict):
+    """The household number (户号) is registered in the county already (wherever: the
+    answer is the same whether or not the caller could see that household), which tells
+    that the number exists: the caller counts it as an exact lookup, as a duplicate ID
+    number is counted."""
+
+
 def create_household(
     session: Session,
     data: dict[str, Any],
@@ -393,7 +400,7 @@ def create_household(
         )
     )
     if taken is not None:
-        raise Conflict(
+        raise DuplicateHousehold(
             "A household with this number (户号) is already registered in the county.",
             errors={"json": {"number": ["already registered in the county"]}},
         )

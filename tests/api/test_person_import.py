@@ -567,6 +567,46 @@ def test_an_existing_household_outside_scope_is_not_joined(
     assert counts(engine) == (1, 1, 0)
 
 
+def test_rows_of_households_outside_scope_count_as_lookups(
+    app: Any, client: Any, accounts: Any, world: Any, engine: Any
+) -> None:
+    """A dry run said "户号: already registered in the county, outside your scope" for any
+    number of household numbers, without counting, while a 409 on create is a lookup."""
+    outside = "姓名,身份证号,户号,网格编码", f"张三,{ID1},H-OUT-1,{B1}", f"李四,{ID2},H-OUT-2,{B1}"
+    assert upload(client, csv_bytes(*outside)).status_code == 200
+    app.extensions["gridapi"].settings.person_lookup_rate = "3 per hour"
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    # the officer's own households, sent again, count nothing
+    own = [f"本{n},{make_id(40 + n)},H-A-{n},{A1}" for n in range(4)]
+    assert upload(officer, csv_bytes("姓名,身份证号,户号,网格编码", *own)).status_code == 200
+    joined = [f"新{n},{make_id(50 + n)},H-A-{n},{A1}" for n in range(4)]
+    assert upload(officer, csv_bytes("姓名,身份证号,户号,网格编码", *joined)).status_code == 200
+    # two rows naming households elsewhere: two lookups, the report as before
+    probe = csv_bytes(
+        "姓名,身份证号,户号,网格编码", f"试一,{ID3},H-OUT-1,{A1}", f"试二,{ID4},H-OUT-2,{A1}"
+    )
+    first = upload(officer, probe, dry_run=True)
+    assert first.status_code == 422 and first.get_json()["errors"]["failed"] == 2
+    assert first.get_json()["errors"]["errors"][0] == {
+        "row": 2,
+        "field": "户号",
+        "message": "户号: already registered in the county, outside your scope",
+    }
+    before = counts(engine)
+    good = f"好人,{make_id(60)},H-A-9,{A1}"
+    mixed = upload(
+        officer,
+        csv_bytes("姓名,身份证号,户号,网格编码", good, f"试一,{ID3},H-OUT-1,{A1}"),
+        mode="valid",
+    )  # one more lookup is allowed; two are not
+    assert mixed.status_code == 200 and mixed.get_json()["imported"] == 1
+    again = upload(officer, probe, mode="valid")
+    assert again.status_code == 429 and again.get_json()["code"] == 429
+    assert int(again.headers["Retry-After"]) > 0
+    assert counts(engine) == (before[0] + 1, before[1] + 1, before[2])  # the good row only
+    assert officer.get(f"/api/v1/persons?id_number={make_id(40)}").status_code == 429
+
+
 # ---- no values in the report -------------------------------------------------------------------
 
 

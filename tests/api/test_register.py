@@ -321,6 +321,36 @@ def test_id_and_phone_lookups_are_rate_limited_per_user(app, client, accounts, w
     assert other.get(f"/api/v1/persons?id_number={make_id()}").status_code == 200
 
 
+def test_a_household_number_registered_in_the_county_counts_as_a_lookup(
+    app, client, accounts, world, engine
+):
+    """A 409 for a 户号 held only by a household outside the caller's scope (201 for an
+    unused one) told whether the number exists anywhere in the county, without limit."""
+    created(client.post("/api/v1/households", json={"number": "H-OUT-1", "grid": B1}))
+    app.extensions["gridapi"].settings.person_lookup_rate = "2 per hour"
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    # unused numbers are no lookups, however many
+    for n in range(3):
+        created(officer.post("/api/v1/households", json={"number": f"H-A-{n}", "grid": A1}))
+    # a number registered elsewhere in the county, or in the officer's own area: one lookup
+    r = officer.post("/api/v1/households", json={"number": "H-OUT-1", "grid": A1})
+    assert r.status_code == 409 and r.get_json()["errors"] == {
+        "json": {"number": ["already registered in the county"]}
+    }
+    r = officer.post("/api/v1/households", json={"number": "H-A-0", "grid": A1})
+    assert r.status_code == 409
+    with engine.connect() as conn:
+        before = conn.execute(text("SELECT count(*) FROM households")).scalar_one()
+    r = officer.post("/api/v1/households", json={"number": "H-OUT-1", "grid": A1})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    assert r.get_json()["code"] == 429 and "H-OUT-1" not in r.get_data(as_text=True)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM households")).scalar_one() == before
+    # one allowance with the ID and phone numbers
+    assert officer.get(f"/api/v1/persons?id_number={make_id()}").status_code == 429
+    assert len(audit_rows(engine, "household.create")) == 4  # no row for a refused one
+
+
 def test_the_access_export_counts_as_an_unmasked_read(app, client, world, household):
     """It gave full values without counting: past the allowance, unmasking was 429 and
     the export of the same values 200."""
