@@ -196,14 +196,16 @@ class UserAssignments(MethodView):
     def get(self, user_id):
         """An account's grid assignments, with history
 
-        Returns every roster assignment of the account, newest first: current ones (no `valid_to`)
-        and ended ones, each with its grid, first day, first day off and whether it is the primary
-        grid. Needs `users:read`; an account outside the caller's scope answers 404. Not paged: the
-        history of one person is short.
+        Returns the account's roster assignments to grids in the caller's scope, newest first:
+        current ones (no `valid_to`) and ended ones, each with its grid, first day, first day off
+        and whether it is the primary grid. Assignments to grids outside the caller's scope are
+        left out, as those grids answer 404. Needs `users:read`; an account outside the caller's
+        scope answers 404. Not paged: the history of one person is short.
         """
         session = db_session()
-        svc.get_user(session, user_id, current_principal().scope)
-        return {"items": svc.assignments_of(session, user_id)}
+        scope = current_principal().scope
+        svc.get_user(session, user_id, scope)
+        return {"items": svc.assignments_of(session, user_id, scope)}
 
     @blp.requires("users:write")
     @blp.arguments(AssignmentCreateSchema)

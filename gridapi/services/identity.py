@@ -709,12 +709,17 @@ def roster(
     )
 
 
-def assignments_of(session: Session, user_id: int) -> list[GridAssignment]:
-    """Return every assignment of a user, newest first (the history)."""
+def assignments_of(session: Session, user_id: int, scope: Scope) -> list[GridAssignment]:
+    """Return the assignments of a user to grids inside ``scope``, newest first (the
+    history). An assignment to a grid outside it is left out, as the grid itself answers
+    404 there: an account read through a grid of the caller's may also be on the roster of
+    another township's."""
+    # A grid code starts with its community's code: the scope's region prefixes hold.
+    in_scope = scope.grid_condition(GridAssignment.grid_code, GridAssignment.grid_code)
     return list(
         session.scalars(
             select(GridAssignment)
-            .where(GridAssignment.user_id == user_id)
+            .where(GridAssignment.user_id == user_id, in_scope)
             .order_by(GridAssignment.valid_from.desc(), GridAssignment.id.desc())
         )
     )

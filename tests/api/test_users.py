@@ -342,6 +342,37 @@ def test_an_office_cannot_end_an_assignment_on_another_townships_grid(
     assert r.status_code == 404, r.get_json()
 
 
+def test_an_assignment_list_leaves_out_grids_outside_the_callers_scope(
+    office: Any, accounts: Any, client: Any
+) -> None:
+    """A township office reading its worker's assignments saw the code of another
+    township's grid the admin had put them on, while that grid answered it 404; the county
+    over both sees both, and the other township's office reading the same worker (on its
+    roster) sees only its own grid."""
+    wang = created(office, "wang", grids=[A1])
+    path = f"/api/v1/users/{wang['id']}/assignments"
+    r = client.post(path, json={"grid": C1, "valid_from": "2027-01-01"})
+    assert r.status_code == 201, r.get_json()
+    r = client.post(path, json={"grid": B1, "valid_from": days_ago(3)})
+    assert r.status_code == 201, r.get_json()
+    assert office.get(f"/api/v1/grids/{C1}").status_code == 404
+    assert office.get(f"/api/v1/users/{wang['id']}").status_code == 200
+
+    def grids(who: Any) -> list[str]:
+        r = who.get(path)
+        assert r.status_code == 200, r.get_json()
+        return [a["grid_code"] for a in r.get_json()["items"]]
+
+    assert grids(office) == [A1, B1]  # newest first, C1 left out
+    assert C1 not in office.get(path).get_data(as_text=True)
+    county = accounts.client("county", "county_centre", scope_region=COUNTY)
+    assert grids(county) == grids(client) == [C1, A1, B1]
+    other = accounts.client("office2", "township_office", scope_region=TOWNSHIP_2)
+    assert other.get(f"/api/v1/users/{wang['id']}").status_code == 404  # not yet on C1's roster
+    chief = accounts.client("chief", "grid_chief", grids=[A1])
+    assert grids(chief) == [A1]
+
+
 # ---- the scope of a worker follows its assignments ------------------------------------------
 
 
