@@ -656,66 +656,81 @@ def update_person(
     ``if_match``, only the version it names (412 otherwise)."""
     person = get_person(session, person_id, scope, for_update=True)
     check_if_match(person, if_match, noun="resident", required=False)
-    changed: list[str] = []
-    relation = data.get("relation", person.relation)
-    household_id = data.get("household_id", person.household_id)
-    if data.get("household_id") not in (None, person.household_id):
-        # In scope first: the head check below answered 409 for a household out of scope
-        # that has a head, and 422 for one without (telling the two apart).
-        get_household(session, data["household_id"], scope, field="household_id")
-    if relation == "head" and (relation, household_id) != (person.relation, person.household_id):
-        _check_head(session, household_id, person.id)  # before any change is flushed
-    if "household_id" in data and data["household_id"] != person.household_id:
-        if data["household_id"] is None:
-            person.household_id = person.house_id = None
-            if "relation" not in data:
-                person.relation = None
-        else:
-            household = get_household(
-                session, data["household_id"], scope, field="household_id", for_update=True
-            )
-            person.household_id, person.house_id = household.id, household.house_id
-            person.region_code, person.grid_code = household.region_code, household.grid_code
-            person.county_code = household.county_code
-        changed.append("household_id")
-    if data.get("grid") and data["grid"] != person.grid_code:
-        if person.household_id is not None:
-            raise _invalid("grid", "the resident lives in a household: move the household")
-        place = place_of_grid(session, data["grid"], scope)
-        person.region_code, person.grid_code = place.region_code, place.grid_code
-        person.county_code = place.county_code
-        changed.append("grid")
-    if "household_id" in changed or "grid" in changed:
-        # What is about them goes with them: their records, and their visits (also those
-        # made at the household they leave, which stay that household's by id only).
-        place = Place(person.region_code, person.grid_code)
-        _move(session, SpecialGroupRecord, SpecialGroupRecord.person_id == person.id, place)
-        _move(session, Visit, Visit.person_id == person.id, place)
-    if "relation" in data:
-        person.relation = data["relation"]
-        changed.append("relation")
-    if "id_number" in data:
-        parsed = _check_id(data["id_number"])
-        if parsed is None:
-            person.id_number_enc = person.id_number_hmac = None
-            person.birth_date = person.gender = None
-        else:
-            _set_id_number(session, person, parsed, keys)
-        changed.append("id_number")
-    elif ("household_id" in changed or "grid" in changed) and person.id_number_enc:
-        # The county may have changed: the ID number must still be unique in the new one.
-        value = keys.open("persons", "id_number", person.uid, person.id_number_enc)
-        _set_id_number(session, person, _check_id(value), keys)
-    if "phone" in data:
-        _set_phone(person, _check_phone(data["phone"]), keys)
-        changed.append("phone")
-    for key in ("name", "ethnicity", "population_type", "current_address", "registered_address"):
-        if key in data:
-            setattr(person, key, data[key].strip() if key == "name" else data[key])
-            changed.append(key)
-    if person.id_number_enc is None and person.population_type != "foreign":
-        raise _invalid("id_number", "is required (except for foreign residents)")
-    changed = changed_fields(person, _PERSON_FIELDS, changed)
+    # Nothing is written before every field is set: the moves below are UPDATE statements,
+    # and an autoflush before them wrote the resident half-changed (a head moving in as a
+    # tenant was a second head of the household, refused by ix_persons_one_head) and
+    # cleared what changed_fields reads (a move was neither audited nor named).
+    with session.no_autoflush:
+        changed: list[str] = []
+        relation = data.get("relation", person.relation)
+        household_id = data.get("household_id", person.household_id)
+        if data.get("household_id") not in (None, person.household_id):
+            # In scope first: the head check below answered 409 for a household out of scope
+            # that has a head, and 422 for one without (telling the two apart).
+            get_household(session, data["household_id"], scope, field="household_id")
+        if relation == "head" and (relation, household_id) != (
+            person.relation,
+            person.household_id,
+        ):
+            _check_head(session, household_id, person.id)  # before any change is flushed
+        if "household_id" in data and data["household_id"] != person.household_id:
+            if data["household_id"] is None:
+                person.household_id = person.house_id = None
+            else:
+                household = get_household(
+                    session, data["household_id"], scope, field="household_id", for_update=True
+                )
+                person.household_id, person.house_id = household.id, household.house_id
+                person.region_code, person.grid_code = household.region_code, household.grid_code
+                person.county_code = household.county_code
+            changed.append("household_id")
+        # The relation goes with the household: both are written in the one UPDATE below.
+        if "relation" in data:
+            person.relation = data["relation"]
+            changed.append("relation")
+        elif "household_id" in changed and person.household_id is None:
+            person.relation = None  # out of a household: related to nobody in it
+        if data.get("grid") and data["grid"] != person.grid_code:
+            if person.household_id is not None:
+                raise _invalid("grid", "the resident lives in a household: move the household")
+            place = place_of_grid(session, data["grid"], scope)
+            person.region_code, person.grid_code = place.region_code, place.grid_code
+            person.county_code = place.county_code
+            changed.append("grid")
+        if "household_id" in changed or "grid" in changed:
+            # What is about them goes with them: their records, and their visits (also those
+            # made at the household they leave, which stay that household's by id only).
+            place = Place(person.region_code, person.grid_code)
+            _move(session, SpecialGroupRecord, SpecialGroupRecord.person_id == person.id, place)
+            _move(session, Visit, Visit.person_id == person.id, place)
+        if "id_number" in data:
+            parsed = _check_id(data["id_number"])
+            if parsed is None:
+                person.id_number_enc = person.id_number_hmac = None
+                person.birth_date = person.gender = None
+            else:
+                _set_id_number(session, person, parsed, keys)
+            changed.append("id_number")
+        elif ("household_id" in changed or "grid" in changed) and person.id_number_enc:
+            # The county may have changed: the ID number must still be unique in the new one.
+            value = keys.open("persons", "id_number", person.uid, person.id_number_enc)
+            _set_id_number(session, person, _check_id(value), keys)
+        if "phone" in data:
+            _set_phone(person, _check_phone(data["phone"]), keys)
+            changed.append("phone")
+        for key in (
+            "name",
+            "ethnicity",
+            "population_type",
+            "current_address",
+            "registered_address",
+        ):
+            if key in data:
+                setattr(person, key, data[key].strip() if key == "name" else data[key])
+                changed.append(key)
+        if person.id_number_enc is None and person.population_type != "foreign":
+            raise _invalid("id_number", "is required (except for foreign residents)")
+        changed = changed_fields(person, _PERSON_FIELDS, changed)
     flush_versioned(session, "resident")
     return person, changed
 

@@ -631,6 +631,54 @@ def test_a_head_moving_into_a_household_with_a_head_is_refused_by_name(client, w
     assert r.status_code == 409 and r.get_json()["errors"]["json"]["relation"]
 
 
+def test_a_head_moves_into_another_household_with_another_relation_in_one_change(
+    client, engine, world, household
+):
+    """A head moving into a household that has one, as its tenant, was refused by the
+    unique index of heads (409 "conflicts with existing data"): the move was written before
+    the new relation. The reverse, a resident becoming the head of a household without one
+    as they move in, works; into a household with a head it is the 409 that says so."""
+    mover = add_person(client, household["id"], relation="head")
+    other = created(client.post("/api/v1/households", json={"number": "0002", "grid": A2}))
+    head = add_person(
+        client, other["id"], name="李四", id_number=make_id(seq="456"), relation="head"
+    )
+    path = f"/api/v1/persons/{mover['id']}"
+    before = client.get(path).get_json()["version"]
+    body = created(
+        client.patch(path, json={"household_id": other["id"], "relation": "tenant"}), 200
+    )
+    assert (body["household_id"], body["relation"], body["grid"]) == (other["id"], "tenant", A2)
+    assert body["version"] == before + 1
+    assert audit_rows(engine, "person.update")[-1][2] == {"fields": ["household_id", "relation"]}
+    members = client.get(f"/api/v1/households/{other['id']}").get_json()
+    assert members["head"]["id"] == head["id"]
+    assert sorted(m["id"] for m in members["members"]) == sorted([head["id"], mover["id"]])
+    assert client.get(f"/api/v1/households/{household['id']}").get_json()["head"] is None
+    # back, as the head of the household it left (which has none now)
+    body = created(
+        client.patch(path, json={"household_id": household["id"], "relation": "head"}), 200
+    )
+    assert (body["household_id"], body["relation"], body["grid"]) == (household["id"], "head", A1)
+    assert (
+        client.get(f"/api/v1/households/{household['id']}").get_json()["head"]["id"]
+        == (mover["id"])
+    )
+    # into a household with a head, as its head: refused by name, nothing changed
+    for change in (
+        {"household_id": other["id"], "relation": "head"},
+        {"household_id": other["id"]},
+    ):
+        r = client.patch(path, json=change)
+        assert r.status_code == 409, r.get_json()
+        assert r.get_json()["message"] == "The household has a head (户长) already."
+        assert r.get_json()["errors"] == {
+            "json": {"relation": ["the household has a head already"]}
+        }
+    now = client.get(path).get_json()
+    assert (now["household_id"], now["relation"]) == (household["id"], "head")
+
+
 def test_a_household_out_of_scope_answers_as_a_missing_one_whether_it_has_a_head(
     client, accounts, world, household
 ):
