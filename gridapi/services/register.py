@@ -253,23 +253,26 @@ def update_house(
     Returns the house and the fields that changed."""
     house = get_house(session, house_id, scope, for_update=True)
     check_if_match(house, if_match, noun="house", required=False)
-    if any(data.get(k) is not None for k in ("location", "grid", "region")):
-        place, lon, lat = resolve_place(session, data, scope, snapshot)
-        given = next(k for k in ("location", "grid", "region") if data.get(k) is not None)
-        _same_county(house.county_code, place, given)
-        moved = (place.region_code, place.grid_code) != (house.region_code, house.grid_code)
-        house.region_code, house.grid_code = place.region_code, place.grid_code
-        house.county_code, house.routing_method = place.county_code, place.method
-        if lon is not None:
-            house.lon, house.lat, house.location = lon, lat, _point(lon, lat)
-        if moved:  # its households, residents and their visits move with it
-            _move(session, Household, Household.house_id == house.id, place)
-            _move_people(session, Person.house_id == house.id, place)
-            _move_household_visits(session, Household.house_id == house.id, place)
-    for key in ("address", "use"):
-        if key in data:
-            setattr(house, key, data[key])
-    changed = changed_fields(house, _HOUSE_FIELDS, data)
+    # Written by the one flush at the end: an autoflush by the moves' UPDATE statements
+    # cleared what changed_fields reads, and a moved house was not audited.
+    with session.no_autoflush:
+        if any(data.get(k) is not None for k in ("location", "grid", "region")):
+            place, lon, lat = resolve_place(session, data, scope, snapshot)
+            given = next(k for k in ("location", "grid", "region") if data.get(k) is not None)
+            _same_county(house.county_code, place, given)
+            moved = (place.region_code, place.grid_code) != (house.region_code, house.grid_code)
+            house.region_code, house.grid_code = place.region_code, place.grid_code
+            house.county_code, house.routing_method = place.county_code, place.method
+            if lon is not None:
+                house.lon, house.lat, house.location = lon, lat, _point(lon, lat)
+            if moved:  # its households, residents and their visits move with it
+                _move(session, Household, Household.house_id == house.id, place)
+                _move_people(session, Person.house_id == house.id, place)
+                _move_household_visits(session, Household.house_id == house.id, place)
+        for key in ("address", "use"):
+            if key in data:
+                setattr(house, key, data[key])
+        changed = changed_fields(house, _HOUSE_FIELDS, data)
     flush_versioned(session, "house")
     return house, changed
 
@@ -442,33 +445,37 @@ def update_household(
     Returns the household and the fields that changed."""
     household = get_household(session, household_id, scope, for_update=True)
     check_if_match(household, if_match, noun="household", required=False)
-    if "type" in data:
-        household.type = data["type"]
-    if "house_id" in data and data["house_id"] != household.house_id:
-        if data["house_id"] is None:
-            household.house_id = None
-            session.execute(
-                update(Person)
-                .where(Person.household_id == household.id)
-                .values(house_id=None, version=Person.version + 1)
-                .execution_options(synchronize_session="fetch")
-            )
-        else:
-            house = get_house(session, data["house_id"], scope, field="house_id", for_update=True)
-            place = Place(house.region_code, house.grid_code)
-            _same_county(household.county_code, place, "house_id")
-            household.house_id = house.id
-            household.region_code, household.grid_code = place.region_code, place.grid_code
-            household.county_code = place.county_code
-            _move_people(session, Person.household_id == household.id, place)
-            _move_household_visits(session, Household.id == household.id, place)
-            session.execute(
-                update(Person)
-                .where(Person.household_id == household.id)
-                .values(house_id=house.id, version=Person.version + 1)
-                .execution_options(synchronize_session="fetch")
-            )
-    changed = changed_fields(household, _HOUSEHOLD_FIELDS, data)
+    # Written by the one flush at the end, as a house (update_house).
+    with session.no_autoflush:
+        if "type" in data:
+            household.type = data["type"]
+        if "house_id" in data and data["house_id"] != household.house_id:
+            if data["house_id"] is None:
+                household.house_id = None
+                session.execute(
+                    update(Person)
+                    .where(Person.household_id == household.id)
+                    .values(house_id=None, version=Person.version + 1)
+                    .execution_options(synchronize_session="fetch")
+                )
+            else:
+                house = get_house(
+                    session, data["house_id"], scope, field="house_id", for_update=True
+                )
+                place = Place(house.region_code, house.grid_code)
+                _same_county(household.county_code, place, "house_id")
+                household.house_id = house.id
+                household.region_code, household.grid_code = place.region_code, place.grid_code
+                household.county_code = place.county_code
+                _move_people(session, Person.household_id == household.id, place)
+                _move_household_visits(session, Household.id == household.id, place)
+                session.execute(
+                    update(Person)
+                    .where(Person.household_id == household.id)
+                    .values(house_id=house.id, version=Person.version + 1)
+                    .execution_options(synchronize_session="fetch")
+                )
+        changed = changed_fields(household, _HOUSEHOLD_FIELDS, data)
     flush_versioned(session, "household")
     return household, changed
 

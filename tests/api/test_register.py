@@ -527,6 +527,30 @@ def test_a_helper_must_be_able_to_read_the_record(client, accounts, world, house
     assert r.status_code == 409
 
 
+def test_moves_are_audited_by_the_fields_that_moved(client, engine, world, household):
+    """A house moved to another grid, a household moved into another house and a resident
+    moved into another household left no audit row: the moves' UPDATE statements flushed
+    the object first, and what had changed was no longer seen."""
+    person = add_person(client, household["id"])
+    house_id = household["house_id"]
+    version = client.get(f"/api/v1/houses/{house_id}").get_json()["version"]
+    moved = created(client.patch(f"/api/v1/houses/{house_id}", json={"location": point(1)}), 200)
+    assert (moved["grid"], moved["version"]) == (A2, version + 1)
+    assert client.get(f"/api/v1/persons/{person['id']}").get_json()["grid"] == A2
+    assert [row[2] for row in audit_rows(engine, "house.update")] == [{"fields": ["location"]}]
+    other = created(
+        client.post("/api/v1/houses", json={"address": "观前街1号", "location": point(2)})
+    )
+    r = client.patch(f"/api/v1/households/{household['id']}", json={"house_id": other["id"]})
+    assert (created(r, 200)["grid"], created(r, 200)["house_id"]) == (B1, other["id"])
+    assert client.get(f"/api/v1/persons/{person['id']}").get_json()["grid"] == B1
+    assert [row[2] for row in audit_rows(engine, "household.update")] == [{"fields": ["house_id"]}]
+    elsewhere = created(client.post("/api/v1/households", json={"number": "0002", "grid": A1}))
+    r = client.patch(f"/api/v1/persons/{person['id']}", json={"household_id": elsewhere["id"]})
+    assert created(r, 200)["grid"] == A1
+    assert [row[2] for row in audit_rows(engine, "person.update")] == [{"fields": ["household_id"]}]
+
+
 # --- retention --------------------------------------------------------------------------------
 
 
