@@ -61,6 +61,7 @@ GLOBAL = {
     ("PATCH", "/api/v1/categories/{code}"): "one taxonomy for everybody",
     ("PUT", "/api/v1/calendar/{day}"): "one working calendar for everybody",
     ("DELETE", "/api/v1/calendar/{day}"): "one working calendar for everybody",
+    ("PUT", "/api/v1/calendar/years/{year}"): "one working calendar for everybody",
 }
 TABLES = (
     "regions",
