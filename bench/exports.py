@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="gridapi-bench-exports-"))
     os.environ.update(
         GRIDAPI_SECRET_KEY="bench-secret-key-" + "x" * 32,
-        GRIDAPI_BLIND_INDEX_KEY="bench-blind-index-key",
+        GRIDAPI_BLIND_INDEX_KEY="bench-blind-index-key-" + "x" * 32,
         GRIDAPI_DATA_DIR=str(log_dir),
     )
     os.environ.pop("GRIDAPI_REDIS_URL", None)

@@ -797,6 +797,10 @@ def worker(once: bool, parent_pid: int | None) -> None:
     sessions = _sessions()
     from .migrations import schema_problem
 
+    # Export jobs look residents up under the blind-index key (the worker signs no tokens).
+    weak = settings.short_key_problem("blind_index_key")
+    if weak:
+        raise click.ClickException(weak)
     problem = schema_problem(sessions.kw["bind"])
     if problem:  # every job would fail on a missing column, round after round
         raise click.ClickException(problem)

@@ -37,6 +37,18 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
+#: The shortest GRIDAPI_SECRET_KEY and GRIDAPI_BLIND_INDEX_KEY taken, in bytes: as long as the
+#: HMAC-SHA256 they key. The generated key files hold 64 characters.
+MIN_KEY_BYTES = 32
+
+#: What a key too short to be a secret gives away.
+_SHORT_KEY_RISKS = {
+    "secret_key": "anyone can find it from one access token and sign tokens as any account",
+    "blind_index_key": "anyone with a copy of the database can find it and test ID and phone "
+    "numbers against the stored hashes",
+}
+
+
 #: The largest supervision threshold, in working hours (ten working years): a level one
 #: wants off is set this high.
 MAX_SUPERVISION_HOURS = 20_000.0
@@ -187,6 +199,21 @@ class Settings:
         if not path.exists():
             _write_once(path, secrets.token_urlsafe(48))
         return path.read_text().strip().encode()
+
+    def short_key_problem(self, *names: str) -> str | None:
+        """Return why a key set among ``names`` (default ``secret_key`` and
+        ``blind_index_key``) is too short to be a secret, or None. An empty setting is not
+        checked: the key generated into ``data_dir`` is long enough."""
+        for name in names or tuple(_SHORT_KEY_RISKS):
+            value = getattr(self, name)
+            if value and len(value.encode()) < MIN_KEY_BYTES:
+                return (
+                    f"GRIDAPI_{name.upper()} is too short to be a secret (length "
+                    f"{len(value.encode())}; at least {MIN_KEY_BYTES} bytes): "
+                    f"{_SHORT_KEY_RISKS[name]}. Set a random one, e.g. the line "
+                    "python3 -c 'import secrets; print(secrets.token_urlsafe(48))' prints."
+                )
+        return None
 
     def field_key_text(self) -> str:
         """Return the field-encryption keys (GRIDAPI_FIELD_KEYS, ``version:base64,…``).

@@ -262,8 +262,12 @@ def preflight(engine: Any, settings: Settings) -> str | None:
 
 def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
     """Serve until interrupted. Raises SpatialExtensionMissing before starting, ValueError
-    for an invalid GRIDAPI_WORKER_IN_SERVE, StartupRefused as ``preflight`` says."""
+    for an invalid GRIDAPI_WORKER_IN_SERVE, StartupRefused for a key too short to be a
+    secret or as ``preflight`` says."""
     with_jobs = jobs_in_serve(settings)
+    weak = settings.short_key_problem()
+    if weak:  # a token signed with "x" by anyone was an admin's
+        raise StartupRefused(weak)
     engine = make_engine(settings.database_url, spatialite_path=settings.spatialite_path)
     try:
         spatial_extension_version(engine)

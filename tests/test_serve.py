@@ -273,3 +273,82 @@ def test_a_database_clock_apart_from_the_servers_is_warned(engine):
     warning = clock_warning(engine, now=ahead)
     assert warning is not None and "behind this server's" in warning and "NTP" in warning
     assert "120 s" in warning or "119 s" in warning
+
+
+@pytest.mark.parametrize(
+    ("secret", "blind", "refused"),
+    [
+        ("x", "", "GRIDAPI_SECRET_KEY is too short to be a secret (length 1;"),
+        (
+            "",
+            "short-blind-index-key",
+            "GRIDAPI_BLIND_INDEX_KEY is too short to be a secret (length 21;",
+        ),
+        ("k" * 31, "b" * 32, "GRIDAPI_SECRET_KEY is too short to be a secret (length 31;"),
+        ("密" * 11, "", None),  # 33 bytes in UTF-8: key_bytes reads the encoded text
+        ("k" * 32, "b" * 32, None),
+        ("", "", None),  # generated into GRIDAPI_DATA_DIR, 64 characters (the tests' own)
+    ],
+    ids=["secret-1", "blind-21", "secret-31", "secret-33-utf8", "both-32", "generated"],
+)
+def test_keys_too_short_to_be_secrets_are_named(secret, blind, refused):
+    from gridapi.config import Settings
+
+    problem = Settings(secret_key=secret, blind_index_key=blind).short_key_problem()
+    if refused is None:
+        assert problem is None
+    else:
+        assert (
+            problem is not None and problem.startswith(refused) and "at least 32 bytes" in problem
+        )
+
+
+def test_serve_and_the_worker_refuse_a_key_too_short_to_be_a_secret(
+    sqlite_template: Path, tmp_path: Path
+):
+    """With GRIDAPI_SECRET_KEY=x, serve started, and a JWT the operator signed himself
+    (HS256, key "x", sub 1) was an admin's. serve refuses such a key, and the worker a short
+    blind-index key (its export jobs look residents up under it)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from gridapi.cli import main
+
+    database = tmp_path / "gridapi.sqlite3"
+    shutil.copy(sqlite_template, database)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "GRIDAPI_DATABASE_URL": f"sqlite:///{database}",
+        "GRIDAPI_DATA_DIR": str(tmp_path / "data"),
+        "GRIDAPI_PORT": str(port),
+        "GRIDAPI_WORKERS": "1",
+        "GRIDAPI_WORKER_IN_SERVE": "off",
+        "GRIDAPI_SECRET_KEY": "x",
+    }
+    try:  # without the check it serves (and the timeout ends it)
+        served = subprocess.run(
+            [sys.executable, "-m", "gridapi.cli", "serve"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"serve started with GRIDAPI_SECRET_KEY=x: {exc.stderr}")
+    assert served.returncode != 0
+    assert "GRIDAPI_SECRET_KEY is too short to be a secret (length 1;" in served.stderr, (
+        served.stderr
+    )
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+    env = {k: v for k, v in env.items() if k.startswith("GRIDAPI_")}
+    env.update(GRIDAPI_SECRET_KEY="", GRIDAPI_BLIND_INDEX_KEY="short")
+    result = CliRunner().invoke(main, ["worker", "--once"], env=env)
+    assert result.exit_code == 1 and "GRIDAPI_BLIND_INDEX_KEY is too short" in result.output
+    assert "overdue:" not in result.output  # no job ran
+    env.update(GRIDAPI_BLIND_INDEX_KEY="b" * 32)
+    result = CliRunner().invoke(main, ["worker", "--once"], env=env)
+    assert result.exit_code == 0 and "overdue:" in result.output, result.output
