@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -195,6 +196,31 @@ def limits_warning(workers: int, settings: Settings) -> str | None:
     )
 
 
+#: Each key setting, and the file under GRIDAPI_DATA_DIR its key is kept in when it is empty.
+KEY_FILES = {
+    "secret_key": "secret.key",
+    "blind_index_key": "blind_index.key",
+    "field_keys": "field.key",
+}
+
+
+def keys_warning(settings: Settings) -> str | None:
+    """Return which keys come from files in GRIDAPI_DATA_DIR on PostgreSQL (None when all
+    three are set, and on SQLite, whose zero-set-up default keeps them there)."""
+    if settings.engine_name == "sqlite":
+        return None
+    unset = [name for name in KEY_FILES if not getattr(settings, name)]
+    if not unset:
+        return None
+    data_dir = Path(settings.data_dir).resolve()
+    return (
+        f"{', '.join(f'GRIDAPI_{name.upper()}' for name in unset)} not set: the keys are kept "
+        f"in files in GRIDAPI_DATA_DIR ({', '.join(str(data_dir / KEY_FILES[n]) for n in unset)})"
+        ", beside the photos and exports that are backed up and shared, where the field key "
+        "must never be. Set them in the service's environment file (docs/deploy.md)."
+    )
+
+
 #: How far the database's clock may be from this server's before ``serve`` warns.
 CLOCK_SKEW_WARN_SECONDS = 5
 
@@ -282,6 +308,7 @@ def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
     warnings = (
         exposure_warning(host, settings),
         limits_warning(workers, settings),
+        keys_warning(settings),
         clock,
         calendar,
     )

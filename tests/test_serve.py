@@ -129,6 +129,9 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
     via = [line for line in text.splitlines() if "via=proxy" in line]
     assert len(via) == 1 and via[0].startswith("203.0.113.7 "), text
     assert "WARNING: Serving" not in text  # on 127.0.0.1: no warning about exposure
+    # no key set: on PostgreSQL they come from files in the data directory, and serve says so
+    keys = "WARNING: GRIDAPI_SECRET_KEY, GRIDAPI_BLIND_INDEX_KEY, GRIDAPI_FIELD_KEYS not set"
+    assert (keys in text) == database_url.startswith("postgresql"), text
 
 
 SECRET_ID = "320508199001011232"
@@ -166,6 +169,50 @@ def test_serving_beyond_this_machine_without_a_proxy_is_warned(host, hops, warne
     assert (warning is not None) == warned
     if warned:
         assert host in warning and "docs/deploy.md" in warning
+
+
+@pytest.mark.parametrize(
+    ("url", "keys", "named"),
+    [
+        ("postgresql+psycopg:///gridapi", {}, ["SECRET_KEY", "BLIND_INDEX_KEY", "FIELD_KEYS"]),
+        (
+            "postgresql+psycopg:///gridapi",
+            {"secret_key": "k" * 32},
+            ["BLIND_INDEX_KEY", "FIELD_KEYS"],
+        ),
+        (
+            "postgresql+psycopg:///gridapi",
+            {"field_keys": "1:x", "blind_index_key": "b"},
+            ["SECRET_KEY"],
+        ),
+        (
+            "postgresql+psycopg:///gridapi",
+            {"secret_key": "k" * 32, "blind_index_key": "b" * 32, "field_keys": "1:x"},
+            [],
+        ),
+        ("sqlite:///var/gridapi.sqlite3", {}, []),  # the zero-set-up default, silently
+    ],
+    ids=["none-set", "secret-set", "secret-unset", "all-set", "sqlite"],
+)
+def test_keys_kept_in_the_data_directory_on_postgresql_are_warned(url, keys, named, tmp_path):
+    """On PostgreSQL with no key set, serve silently generated the keys into GRIDAPI_DATA_DIR,
+    the photo store that is backed up and shared, where the field key must not be."""
+    from gridapi.config import Settings
+    from gridapi.serving import keys_warning
+
+    data = tmp_path / "photos"
+    warning = keys_warning(Settings(database_url=url, data_dir=str(data), **keys))
+    if not named:
+        assert warning is None
+        return
+    assert warning is not None
+    assert warning.startswith(", ".join(f"GRIDAPI_{name}" for name in named) + " not set")
+    files = {"SECRET_KEY": "secret.key", "BLIND_INDEX_KEY": "blind_index.key"}
+    files["FIELD_KEYS"] = "field.key"
+    for name in named:
+        assert str(data / files[name]) in warning
+    for name in set(files) - set(named):
+        assert f"GRIDAPI_{name}" not in warning and files[name] not in warning
 
 
 @pytest.mark.parametrize(
