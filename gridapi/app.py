@@ -25,7 +25,7 @@ from .db import (
 from .errors import register_error_handlers
 from .extensions import AppState, close_session
 from .jsonio import ApiRequest, OrjsonProvider
-from .limits import limiter
+from .limits import limiter, storage_options
 from .outbound import policy_from_settings
 from .phone import FieldsPlugin
 from .security.fields import FieldCipher, KeyConfigError, parse_keys
@@ -196,6 +196,7 @@ def create_app(
     install_converters(app, api)
     app.config.update(
         RATELIMIT_STORAGE_URI=settings.redis_url or "memory://",
+        RATELIMIT_STORAGE_OPTIONS=storage_options(settings.redis_url),
         RATELIMIT_HEADERS_ENABLED=True,
         RATELIMIT_ENABLED=True,
     )

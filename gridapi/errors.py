@@ -7,6 +7,7 @@ from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, g, jsonify
+from limits.errors import StorageError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, default_exceptions
@@ -51,6 +52,10 @@ class Unprocessable(DomainError):
 
 class ServiceUnavailable(DomainError):
     status = 503
+
+
+#: Seconds a client is asked to wait when the rate-limit storage cannot be reached.
+LIMITS_RETRY_AFTER = 5
 
 
 def error_body(
@@ -110,6 +115,14 @@ def register_error_handlers(app: Flask) -> None:
         body = error_body(503, "The database is unavailable; retry shortly.")
         return jsonify(body), 503, {"Retry-After": "2"}
 
+    @app.errorhandler(StorageError)
+    def _limits_storage(exc: StorageError):  # type: ignore[no-untyped-def]
+        # Redis (GRIDAPI_REDIS_URL) keeps the counts of sign-in failures, lookups and API
+        # keys: without it they cannot be counted, and are refused rather than let through.
+        log.warning("rate-limit storage unavailable: %s", exc.storage_error)
+        body = error_body(503, "The rate-limit storage is unavailable; retry shortly.")
+        return jsonify(body), 503, {"Retry-After": str(LIMITS_RETRY_AFTER)}
+
     @app.errorhandler(CiphertextError)
     def _ciphertext(exc: CiphertextError):  # type: ignore[no-untyped-def]
         # Where, never what: the message names the table, column and row only.
@@ -142,6 +155,9 @@ def register_error_handlers(app: Flask) -> None:
 
     def _http(exc: HTTPException):  # type: ignore[no-untyped-def]
         status = exc.code or 500
+        original = getattr(exc, "original_exception", None)
+        if isinstance(original, StorageError):  # counted after the answer (a failed sign-in)
+            return _limits_storage(original)
         data = getattr(exc, "data", None) or {}
         errors = data.get("messages")
         message = data.get("message") or (exc.description if status != 500 else None)

@@ -1,7 +1,8 @@
 """Rate limits: flask-limiter for sign-in throttling, the same storage for per-key limits.
 
 Storage is Redis when GRIDAPI_REDIS_URL is set (shared by every process and machine) and
-process memory otherwise.
+process memory otherwise. When Redis cannot be reached, what it limits answers 503 with
+Retry-After (``errors``): never unlimited, never 500.
 """
 
 from __future__ import annotations
@@ -13,6 +14,51 @@ from flask_limiter.util import get_remote_address
 from .errors import DomainError
 
 limiter = Limiter(key_func=get_remote_address, default_limits=[], headers_enabled=True)
+
+#: How long a request waits for Redis to connect, then to answer, before the limits'
+#: storage counts as unreachable: without a bound, a Redis host that drops packets would hold
+#: every worker until gunicorn's timeout.
+REDIS_TIMEOUT_SECONDS = 1.0
+
+
+def storage_options(redis_url: str) -> dict[str, object]:
+    """Return the options of the limits' storage: with Redis, bounded waits and its errors
+    raised as ``limits.errors.StorageError`` (answered 503)."""
+    if not redis_url:
+        return {"wrap_exceptions": False}
+    return {
+        "wrap_exceptions": True,
+        "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+        "socket_timeout": REDIS_TIMEOUT_SECONDS,
+    }
+
+
+def storage_reachable() -> bool:
+    """Return whether the limits' storage answers (process memory always does)."""
+    return bool(limiter.storage.check())
+
+
+def storage_warning(redis_url: str) -> str | None:
+    """Return what goes wrong while GRIDAPI_REDIS_URL cannot be reached (None when it is
+    not set or answers). The URL is shown without its password."""
+    if not redis_url:
+        return None
+    from urllib.parse import urlsplit
+
+    from limits.storage import storage_from_string
+
+    storage = storage_from_string(redis_url, **storage_options(redis_url))
+    if storage.check():
+        return None
+    parts = urlsplit(redis_url)
+    shown = redis_url
+    if parts.password is not None:
+        shown = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+        shown = shown.geturl()
+    return (
+        f"GRIDAPI_REDIS_URL ({shown}) cannot be reached: until it can, sign-in, exact ID and "
+        "phone lookups and requests with API keys answer 503, and /api/v1/health too."
+    )
 
 
 class TooManyRequests(DomainError):

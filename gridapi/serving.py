@@ -20,6 +20,7 @@ from .config import Settings
 from .db import make_engine, spatial_extension_version
 from .errors import error_body
 from .jsonio import dumps_bytes
+from .limits import storage_warning
 
 
 def default_workers(settings: Settings) -> int:
@@ -309,6 +310,7 @@ def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
         exposure_warning(host, settings),
         limits_warning(workers, settings),
         keys_warning(settings),
+        storage_warning(settings.redis_url),
         clock,
         calendar,
     )

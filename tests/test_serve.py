@@ -399,3 +399,48 @@ def test_serve_and_the_worker_refuse_a_key_too_short_to_be_a_secret(
     env.update(GRIDAPI_BLIND_INDEX_KEY="b" * 32)
     result = CliRunner().invoke(main, ["worker", "--once"], env=env)
     assert result.exit_code == 0 and "overdue:" in result.output, result.output
+
+
+def test_serve_with_redis_unreachable_warns_and_answers_503(sqlite_template: Path, tmp_path: Path):
+    """GRIDAPI_REDIS_URL pointing at nothing: serve started without a word, /api/v1/health said
+    ok and every sign-in answered 500. It now warns at start, readiness fails with 503 (not
+    liveness), and a sign-in answers 503 with Retry-After."""
+    import shutil
+
+    database = tmp_path / "gridapi.sqlite3"
+    shutil.copy(sqlite_template, database)
+    port, nothing = _free_port(), _free_port()
+    log = tmp_path / "serve.log"
+    env = {
+        **os.environ,
+        "GRIDAPI_DATABASE_URL": f"sqlite:///{database}",
+        "GRIDAPI_DATA_DIR": str(tmp_path / "data"),
+        "GRIDAPI_PORT": str(port),
+        "GRIDAPI_WORKERS": "1",
+        "GRIDAPI_WORKER_IN_SERVE": "off",
+        "GRIDAPI_REDIS_URL": f"redis://127.0.0.1:{nothing}/0",
+    }
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridapi.cli", "serve"], env=env, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if _get(port, "/api/v1/health/live")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        status, body = _get(port, "/api/v1/health")
+        assert status == 503 and "GRIDAPI_REDIS_URL" in body["message"], body
+        status, body = _get(port, "/api/v1/auth/token", {"username": "a", "password": "b"})
+        assert status == 503 and set(body) == {"code", "status", "message", "errors"}, body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert f"WARNING: GRIDAPI_REDIS_URL (redis://127.0.0.1:{nothing}/0) cannot be reached" in text
+    assert "Traceback" not in text, text

@@ -27,6 +27,8 @@ ERROR_RESPONSES = {
     "PRECONDITION_REQUIRED": "If-Match is required: send the ETag of your last read",
     "TOO_MANY_REQUESTS": "Rate limit reached; see Retry-After",
     "CONTENT_TOO_LARGE": "The request body is larger than GRIDAPI_MAX_BODY_MB",
+    "SERVICE_UNAVAILABLE": "The database or the rate-limit storage cannot be reached; "
+    "retry after Retry-After",
 }
 
 

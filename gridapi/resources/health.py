@@ -1,4 +1,5 @@
-"""Health: liveness (no I/O) and readiness with the engine and spatial extension."""
+"""Health: liveness (no I/O) and readiness with the engine, spatial extension and the
+rate-limit storage."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from flask.views import MethodView
 from marshmallow import fields
 
 from ..db import spatial_extension_version
+from ..errors import LIMITS_RETRY_AFTER, ServiceUnavailable
 from ..extensions import state
+from ..limits import storage_reachable
 from ..schemas.common import StrictSchema
 from .blueprint import Blueprint
 
@@ -25,6 +28,14 @@ class HealthSchema(StrictSchema):
     database = fields.String(required=True, metadata={"example": "PostgreSQL 15.19"})
     grids_in_service = fields.Integer(required=True)
     index_generation = fields.Integer(required=True)
+    rate_limits = fields.String(
+        required=True,
+        metadata={
+            "example": "redis",
+            "description": "Where rate limits are counted: `redis` (GRIDAPI_REDIS_URL, "
+            "shared by every process) or `memory` (each process on its own).",
+        },
+    )
 
 
 class LiveSchema(StrictSchema):
@@ -35,12 +46,20 @@ class LiveSchema(StrictSchema):
 class Health(MethodView):
     @blp.public
     @blp.response(200, HealthSchema)
+    @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
     def get(self):
         """Readiness: database engine, spatial extension version, grids in service
 
-        Touches the database; use `/api/v1/health/live` for a check without I/O.
+        Touches the database, and Redis when GRIDAPI_REDIS_URL is set; answers 503 with
+        Retry-After when either cannot be reached (sign-in, exact lookups and API keys
+        answer 503 meanwhile). Use `/api/v1/health/live` for a check without I/O.
         """
         st = state()
+        if st.settings.redis_url and not storage_reachable():
+            raise ServiceUnavailable(
+                "The rate-limit storage (GRIDAPI_REDIS_URL) cannot be reached.",
+                headers={"Retry-After": str(LIMITS_RETRY_AFTER)},
+            )
         spatial = spatial_extension_version(st.engine)
         with st.engine.connect() as conn:
             if st.engine.dialect.name == "sqlite":
@@ -55,6 +74,7 @@ class Health(MethodView):
             "database": database,
             "grids_in_service": len(snap),
             "index_generation": snap.generation,
+            "rate_limits": "redis" if st.settings.redis_url else "memory",
         }
 
 

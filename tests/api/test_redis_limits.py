@@ -1,4 +1,5 @@
-"""With GRIDAPI_REDIS_URL, sign-in throttling and per-key limits live in Redis (shared)."""
+"""With GRIDAPI_REDIS_URL, sign-in throttling and per-key limits live in Redis (shared);
+when it cannot be reached, what it limits answers 503, never 500 and never unlimited."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ def _redis_up() -> bool:
     return True
 
 
-pytestmark = pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
+needs_redis = pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
 
 
+@needs_redis
 def test_limits_are_shared_between_processes_through_redis(settings):
     import redis
 
@@ -63,3 +65,101 @@ def test_limits_are_shared_between_processes_through_redis(settings):
     assert statuses == [200, 200, 429]
     for app in (first, second):
         app.extensions["gridapi"].engine.dispose()
+
+
+def _nothing_listening() -> str:
+    """Return a Redis URL at a port of this machine where nothing listens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"redis://:a-password@127.0.0.1:{port}/0"
+
+
+def _unavailable(response) -> None:  # type: ignore[no-untyped-def]
+    body = response.get_json()
+    assert response.status_code == 503, body
+    assert set(body) == {"code", "status", "message", "errors"} and body["code"] == 503
+    assert "rate-limit storage" in body["message"]
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+def test_an_unreachable_redis_answers_503_wherever_limits_are_counted(settings):
+    """GRIDAPI_REDIS_URL pointing at nothing: serve started, /api/v1/health said ok, and every
+    sign-in answered 500 (redis ConnectionError). What is limited now answers 503 with
+    Retry-After in the one error body, health (readiness) fails, liveness does not."""
+    app = create_app(settings.__class__(**{**settings.__dict__, "redis_url": _nothing_listening()}))
+    try:
+        accounts = Accounts(app)
+        admin = accounts.client("admin")
+        anonymous = app.test_client()
+        _unavailable(
+            anonymous.post("/api/v1/auth/token", json={"username": "admin", "password": PASSWORD})
+        )
+        _unavailable(admin.get("/api/v1/persons", query_string={"id_number": "320508199001011232"}))
+        _unavailable(
+            admin.post(
+                "/api/v1/auth/password",
+                json={"current_password": PASSWORD, "new_password": "Another-Passw0rd-9"},
+            )
+        )
+        with app.extensions["gridapi"].sessions.begin() as session:
+            _, key = create_client(
+                session,
+                name="limited",
+                scopes=["grids:read"],
+                scope_region=None,
+                rate_limit="100 per minute",
+                created_by=None,
+            )
+        _unavailable(anonymous.get("/api/v1/grids", headers={"X-API-Key": key}))
+        assert admin.get("/api/v1/me").status_code == 200  # nothing counted: answered
+        assert admin.get("/api/v1/persons", query_string={"name": "王"}).status_code == 200
+        _unavailable(anonymous.get("/api/v1/health"))
+        assert anonymous.get("/api/v1/health/live").status_code == 200
+    finally:
+        app.extensions["gridapi"].engine.dispose()
+
+
+def test_a_count_that_fails_after_the_answer_is_made_answers_503(settings):
+    """flask-limiter counts a failed sign-in after the view, in an after_request hook: an
+    error of the storage there reached Flask's 500 path, and answers 503 as well."""
+    from limits.errors import StorageError
+
+    app = create_app(settings.__class__(**{**settings.__dict__, "redis_url": _nothing_listening()}))
+
+    @app.after_request
+    def _count(response):  # type: ignore[no-untyped-def]
+        raise StorageError(ConnectionError("Connection refused"))
+
+    try:
+        _unavailable(app.test_client().get("/api/v1/health/live"))
+    finally:
+        app.extensions["gridapi"].engine.dispose()
+
+
+def test_health_says_where_limits_are_counted(app):
+    assert app.test_client().get("/api/v1/health").get_json()["rate_limits"] == "memory"
+
+
+@needs_redis
+def test_health_with_redis_reachable_is_ready(settings):
+    app = create_app(
+        settings.__class__(**{**settings.__dict__, "redis_url": "redis://127.0.0.1:6379/11"})
+    )
+    try:
+        r = app.test_client().get("/api/v1/health")
+        assert r.status_code == 200 and r.get_json()["rate_limits"] == "redis"
+    finally:
+        app.extensions["gridapi"].engine.dispose()
+
+
+def test_serve_warns_when_redis_cannot_be_reached():
+    from gridapi.limits import storage_warning
+
+    url = _nothing_listening()
+    warning = storage_warning(url)
+    assert warning is not None and "cannot be reached" in warning and "503" in warning
+    assert "a-password" not in warning and url.replace("a-password", "***") in warning
+    assert storage_warning("") is None
+    if _redis_up():
+        assert storage_warning("redis://127.0.0.1:6379/11") is None
