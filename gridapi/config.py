@@ -11,10 +11,31 @@ def _default_database_url() -> str:
     return f"sqlite:///{Path('var') / 'gridapi.sqlite3'}"
 
 
+def private_directory(path: Path | str) -> Path:
+    """Create the directory ``path`` and each of its missing parents as 0700 (the service's
+    user alone); return it. ``mkdir(parents=True, mode=…)`` gives the parents the umask's
+    mode instead: under umask 022 the first photo made GRIDAPI_DATA_DIR itself 0755."""
+    path = Path(path)
+    missing = []
+    parent = path
+    while not parent.is_dir():
+        missing.append(parent)
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:  # another process made it meanwhile
+            if not directory.is_dir():
+                raise
+    return path
+
+
 def _write_once(path: Path, content: str) -> None:
     """Write a key file (mode 0600) unless it exists: the first writer wins, so workers
     starting together read the same key."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_directory(path.parent)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

@@ -18,6 +18,8 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from .config import private_directory
+
 # Write requests open SQLite transactions with BEGIN IMMEDIATE, so two writers queue on the
 # busy timeout instead of failing when a read transaction tries to upgrade to a write (a
 # reader whose snapshot is older than the last commit gets "database is locked" at once,
@@ -141,7 +143,7 @@ def _make_sqlite_engine(database_url: str, spatialite_path: str, immediate: bool
     if url.database and url.database != ":memory:":
         # The register is in this file (names, addresses in clear): readable by the
         # service's user alone. SQLite gives its -wal and -shm files the file's mode.
-        Path(url.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_directory(Path(url.database).parent)
         with contextlib.suppress(FileExistsError):
             os.close(os.open(url.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     engine = create_engine(url, module=sqlite_dbapi(), connect_args={"timeout": 30})

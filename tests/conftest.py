@@ -203,6 +203,15 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """Run the test under umask 022, the one most services get: what the service creates
+    must be its own without a stricter umask's help."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.fixture
 def app(settings: Settings):  # type: ignore[no-untyped-def]
     from gridapi import create_app
 

@@ -279,14 +279,18 @@ def test_a_worker_keeps_its_routing_index_out_of_full_collections(factory, app):
         gc.unfreeze()
 
 
-def test_the_embedded_database_and_its_key_files_are_the_services_alone(tmp_path: Path):
+def test_the_embedded_database_and_its_key_files_are_the_services_alone(
+    tmp_path: Path, usual_umask: None
+):
     """Under the usual umask the database (the register's names and addresses in clear),
-    its -wal and -shm files and the data directory were readable by every local account."""
+    its -wal and -shm files and the data directory were readable by every local account;
+    a data directory two levels deep got a 0755 parent (mkdir's parents take the umask's
+    mode)."""
     from gridapi import migrations
     from gridapi.config import _write_once
     from gridapi.db import make_engine
 
-    data = tmp_path / "var"
+    data = tmp_path / "srv" / "var"
     engine = make_engine(f"sqlite:///{data / 'gridapi.sqlite3'}")
     migrations.upgrade(engine)
     with engine.connect() as conn:  # an open connection keeps -wal and -shm
@@ -299,8 +303,11 @@ def test_the_embedded_database_and_its_key_files_are_the_services_alone(tmp_path
         "gridapi.sqlite3-shm": "0o600",
     }
     assert oct(data.stat().st_mode & 0o777) == "0o700"
-    _write_once(tmp_path / "keys" / "secret.key", "k")
-    assert oct((tmp_path / "keys").stat().st_mode & 0o777) == "0o700"
+    assert oct(data.parent.stat().st_mode & 0o777) == "0o700"
+    _write_once(tmp_path / "keys" / "data" / "secret.key", "k")
+    for made in (tmp_path / "keys", tmp_path / "keys" / "data"):
+        assert oct(made.stat().st_mode & 0o777) == "0o700"
+    assert oct((tmp_path / "keys" / "data" / "secret.key").stat().st_mode & 0o777) == "0o600"
 
 
 @pytest.mark.engines("postgis")

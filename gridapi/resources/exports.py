@@ -13,6 +13,7 @@ from marshmallow import ValidationError
 
 from ..auditing import audit
 from ..auth import Forbidden, Principal, current_principal
+from ..config import private_directory
 from ..db import writes
 from ..errors import Conflict, NotFound, Unprocessable
 from ..extensions import commit, db_session, state
@@ -89,7 +90,7 @@ def _stream(plan: svc.ExportPlan, fmt: str) -> Response:
     def body() -> Iterator[bytes]:
         with sessions() as session:
             if fmt == "xlsx":
-                os.makedirs(tmp_dir, mode=0o700, exist_ok=True)
+                private_directory(tmp_dir)
                 yield from writer(session, plan, tmp_dir)
             else:
                 yield from writer(session, plan)

@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..config import Settings
+from ..config import Settings, private_directory
 from ..errors import NotFound, Unprocessable
 from ..models import Case, CaseAttachment
 from ..schemas.common import instant_problem
@@ -409,14 +409,15 @@ def write_blob(store: AttachmentStore, data: bytes, content_type: str) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.utime(path)
             return digest
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    # Evidence photos show people and homes: the service's user alone reads them (0700
+    # directories, and mkstemp's 0600 files), as everything it keeps in GRIDAPI_DATA_DIR.
+    private_directory(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".upload-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o640)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

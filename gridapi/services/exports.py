@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
 
 from .. import clock
+from ..config import private_directory
 from ..errors import NotFound
 from ..jsonio import dumps_bytes
 from ..models import ApiClient, Grid, User
@@ -899,7 +900,7 @@ def run_job(
                     rows,
                     lease,
                 )
-                os.makedirs(options.directory, mode=0o700, exist_ok=True)
+                private_directory(options.directory)
                 # Readable by the service's user alone, from the first byte (a file of
                 # unmasked residents was left 0644 in a 0755 directory).
                 os.close(os.open(part, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))

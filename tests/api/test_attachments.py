@@ -246,6 +246,49 @@ def test_a_jpeg_is_stored_upright_without_metadata_and_its_exif_kept_apart(
     assert audit_count(session, "case.attach") == 1
 
 
+def test_the_first_photo_makes_the_data_directory_and_its_files_the_services_alone(
+    settings, tmp_path, usual_umask
+):
+    """Under umask 022 with the keys set (no key file made GRIDAPI_DATA_DIR first), the first
+    upload created GRIDAPI_DATA_DIR itself and attachments/ 0755 (mkdir's parents take the
+    umask's mode), attachments/xx/ 0750 and the photos 0640: evidence photos show people
+    and homes. Every directory is 0700 and every file 0600, as the README says."""
+    from gridapi import create_app
+    from gridapi.security.fields import new_key_text
+
+    from ..factories import Accounts, Factory
+
+    srv = tmp_path / "srv"
+    data = srv / "gridapi" / "data"
+    app = create_app(
+        dataclasses.replace(
+            settings,
+            data_dir=str(data),
+            secret_key="s" * 32,
+            blind_index_key="b" * 32,
+            field_keys=new_key_text(1),
+        )
+    )
+    try:
+        client = Accounts(app).client("admin")
+        world = Factory(client)
+        world.regions()
+        world.grid_version()
+        assert not srv.exists()  # nothing made before the photo
+        r = client.post("/api/v1/cases", json=report_body(*center(0)))
+        r = upload(client, r.get_json()["id"], jpeg())
+        assert r.status_code == 201, r.get_json()
+    finally:
+        app.extensions["gridapi"].engine.dispose()
+    made = {
+        str(p.relative_to(srv)): (p.is_dir(), oct(p.stat().st_mode & 0o777))
+        for p in [srv, *srv.rglob("*")]
+    }
+    assert any(p.startswith("gridapi/data/attachments/") for p in made)
+    assert {mode for is_dir, mode in made.values() if is_dir} == {"0o700"}, made
+    assert {mode for is_dir, mode in made.values() if not is_dir} == {"0o600"}, made
+
+
 @pytest.mark.parametrize(
     "make,filename,ext,fmt",
     [

@@ -431,6 +431,45 @@ def test_a_job_writes_the_export_to_a_file_only_its_requester_downloads(
         assert list(actions) == ["export.queue", "export.file", "export.download"]
 
 
+def test_export_files_and_their_directories_are_the_services_alone(settings, tmp_path, usual_umask):
+    """Under umask 022, with GRIDAPI_DATA_DIR not made yet (keys set: no key file makes it),
+    a spreadsheet streamed and a job's file leave GRIDAPI_DATA_DIR, exports/ and exports/tmp/
+    0700 (mkdir's parents took the umask's 0755) and the file 0600: unmasked residents."""
+    import dataclasses
+
+    from gridapi import create_app
+    from gridapi.security.fields import new_key_text
+
+    from ..factories import Accounts, Factory
+
+    srv = tmp_path / "srv"
+    app = create_app(
+        dataclasses.replace(
+            settings,
+            data_dir=str(srv / "gridapi"),
+            secret_key="s" * 32,
+            blind_index_key="b" * 32,
+            field_keys=new_key_text(1),
+        )
+    )
+    try:
+        client = Accounts(app).client("admin")
+        Factory(client).regions()
+        assert not srv.exists()
+        ok(client.get("/api/v1/exports/cases?format=xlsx"))
+        ok(client.post("/api/v1/exports/cases/jobs", json={"format": "csv"}), 202)
+        assert run_jobs(app) == {"done": 1, "failed": 0, "purged": 0}
+    finally:
+        app.extensions["gridapi"].engine.dispose()
+    made = {
+        str(p.relative_to(srv)): (p.is_dir(), oct(p.stat().st_mode & 0o777))
+        for p in [srv, *srv.rglob("*")]
+    }
+    assert {"gridapi/exports/tmp", "gridapi/exports/1.csv"} <= set(made), made
+    assert {mode for is_dir, mode in made.values() if is_dir} == {"0o700"}, made
+    assert {mode for is_dir, mode in made.values() if not is_dir} == {"0o600"}, made
+
+
 def test_a_job_keeps_the_scope_and_masking_of_its_requester(client, residents, accounts, app):
     worker = accounts.client("worker1", "grid_worker", grids=[A1])
     mine = worker.post("/api/v1/exports/persons/jobs", json={"format": "xlsx"})
