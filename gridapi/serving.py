@@ -55,6 +55,14 @@ def redact_query(query: str) -> str:
     return "&".join(parts)
 
 
+#: gunicorn's default access log line, then the request id gridapi answered with
+#: (X-Request-ID; behind nginx, nginx's $request_id), so that one id follows a request through
+#: nginx's log, this log and the audit trail.
+ACCESS_LOG_FORMAT = (
+    '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-request-id}o)s'
+)
+
+
 class RedactingLogger(Logger):
     """gunicorn's logger, with personal values cut out of logged URLs."""
 
@@ -66,6 +74,10 @@ class RedactingLogger(Logger):
             atoms["q"] = safe
             path, _, _ = (environ.get("RAW_URI") or "").partition("?")
             atoms["r"] = f"{environ['REQUEST_METHOD']} {path}?{safe} {environ['SERVER_PROTOCOL']}"
+        referer = environ.get("HTTP_REFERER") or ""
+        if "?" in referer:  # a page of a search carries its values too
+            page, _, query = referer.partition("?")
+            atoms["f"] = f"{page}?{redact_query(query)}"
         return atoms
 
 
@@ -325,6 +337,7 @@ def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
         "graceful_timeout": 20,
         "keepalive": 5,
         "accesslog": "-",
+        "access_log_format": ACCESS_LOG_FORMAT,
         "errorlog": "-",
         "logger_class": RedactingLogger,
         "loglevel": settings.log_level.lower(),

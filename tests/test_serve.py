@@ -68,6 +68,7 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
         )
     port = _free_port()
     log = tmp_path / "serve.log"
+    request_ids: list[str | None] = []
     env = {
         **os.environ,
         "GRIDAPI_DATABASE_URL": database_url,
@@ -108,6 +109,17 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
         assert status == 403  # the key may not read the register; the request is logged
         # Open311 takes the API key in the query: logged without it (it was in clear)
         _get(port, f"/open311/v2/requests.json?jurisdiction_id=320508&api_key={key}")
+        # the request id: the one nginx sent, else the one gridapi made, ends the log line
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for sent in ({"X-Request-ID": "nginx-0f3a9c"}, {}):
+            conn.request("GET", "/api/v1/health/live?rid=1", headers=sent)
+            answer = conn.getresponse()
+            answer.read()
+            request_ids.append(answer.getheader("X-Request-ID"))
+        # a page of a search as the referer: its values are cut out as the request line's
+        conn.request("GET", "/api/v1/health/live?rid=2", headers={"Referer": REFERER})
+        conn.getresponse().read()
+        conn.close()
         # through a proxy: the access log names the client the proxy saw, not what it sent
         forwarded = {"X-Forwarded-For": "10.1.2.3, 203.0.113.7"}
         assert _get(port, "/api/v1/health/live?via=proxy", **forwarded)[0] == 200
@@ -124,8 +136,13 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
     text = log.read_text()
     assert "SIGSEGV" not in text and "Traceback" not in text, text
     assert "GET /api/v1/persons?id_number=***&limit=5" in text, text
-    assert SECRET_ID not in text
+    assert SECRET_ID not in text and "13812345678" not in text
     assert key not in text and "requests.json?jurisdiction_id=320508&api_key=*** " in text
+    assert request_ids[0] == "nginx-0f3a9c" and request_ids[1], request_ids
+    ids = [line for line in text.splitlines() if "?rid=1 " in line]
+    assert [line.rsplit(" ", 1)[-1] for line in ids] == request_ids, ids
+    (referred,) = [line for line in text.splitlines() if "?rid=2 " in line]
+    assert '"https://grid.example.cn/search?phone=***&limit=5"' in referred, referred
     via = [line for line in text.splitlines() if "via=proxy" in line]
     assert len(via) == 1 and via[0].startswith("203.0.113.7 "), text
     assert "WARNING: Serving" not in text  # on 127.0.0.1: no warning about exposure
@@ -135,6 +152,7 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
 
 
 SECRET_ID = "320508199001011232"
+REFERER = "https://grid.example.cn/search?phone=13812345678&limit=5"
 
 
 def test_redact_query_hides_personal_values_only():
