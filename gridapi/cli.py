@@ -415,9 +415,41 @@ def users() -> None:
     """User accounts."""
 
 
+def password_options(command: Any) -> Any:
+    """Give ``command`` the options a password comes by (read with ``_read_password``)."""
+    command = click.option(
+        "--password-stdin",
+        is_flag=True,
+        help="Read the password from the first line of standard input.",
+    )(command)
+    return click.option(
+        "--password",
+        help="The password itself: other accounts see it in ps, and shell history keeps it. "
+        "Without it the password is asked for twice, hidden, or read from standard input "
+        "when that is not a terminal. Must meet the password policy.",
+    )(command)
+
+
+def _read_password(password: str | None, password_stdin: bool) -> str:
+    """Return the password given with --password; else the first line of standard input
+    (--password-stdin, or standard input that is not a terminal); else the one typed twice
+    at a hidden prompt. Raises UsageError for both options or an empty line."""
+    if password is not None and password_stdin:
+        raise click.UsageError("Give --password or --password-stdin, not both.")
+    if password is not None:
+        return password
+    stdin = sys.stdin
+    if password_stdin or not stdin.isatty():
+        line = stdin.readline().rstrip("\r\n")
+        if not line:
+            raise click.UsageError("No password on the first line of standard input.")
+        return line
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
 @users.command("create")
 @click.option("--username", required=True)
-@click.option("--password", required=True, help="Must meet the password policy.")
+@password_options
 @click.option(
     "--role",
     required=True,
@@ -430,7 +462,8 @@ def users() -> None:
 @click.option("--name", "display_name", help="Display name.")
 def users_create(
     username: str,
-    password: str,
+    password: str | None,
+    password_stdin: bool,
     role: str,
     scope_region: str | None,
     grids: str | None,
@@ -442,6 +475,7 @@ def users_create(
     from .services.identity import create_user
 
     settings = _settings()
+    password = _read_password(password, password_stdin)
     grid_list = [g.strip() for g in grids.split(",") if g.strip()] if grids else None
     try:
         with _sessions().begin() as session:
@@ -497,8 +531,8 @@ def users_list() -> None:
 
 @users.command("reset-password")
 @click.option("--username", required=True)
-@click.option("--password", required=True)
-def users_reset_password(username: str, password: str) -> None:
+@password_options
+def users_reset_password(username: str, password: str | None, password_stdin: bool) -> None:
     """Set a new password for an account (its sessions end)."""
     from sqlalchemy import select
 
@@ -506,6 +540,7 @@ def users_reset_password(username: str, password: str) -> None:
     from .models import User
     from .services.identity import set_password
 
+    password = _read_password(password, password_stdin)
     try:
         with _sessions().begin() as session:
             user = session.scalars(select(User).where(User.username == username)).first()

@@ -41,9 +41,9 @@ NEW_PASSWORD = "Brand-New-Pa55!"
 
 
 @pytest.fixture
-def cli(settings: Settings, database_url: str) -> Any:
-    """Run `gridapi ...` against the test database with the application's keys."""
-    env = {
+def cli_env(settings: Settings, database_url: str) -> dict[str, str]:
+    """The environment of `gridapi ...`: the test database with the application's keys."""
+    return {
         "GRIDAPI_DATABASE_URL": database_url,
         "GRIDAPI_SECRET_KEY": settings.key_bytes("secret_key").decode(),
         "GRIDAPI_BLIND_INDEX_KEY": settings.key_bytes("blind_index_key").decode(),
@@ -52,8 +52,16 @@ def cli(settings: Settings, database_url: str) -> Any:
         "GRIDAPI_DATA_DIR": settings.data_dir,
     }
 
-    def run(*args: str) -> Result:
-        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+@pytest.fixture
+def cli(cli_env: dict[str, str]) -> Any:
+    """Run `gridapi ...` against the test database; ``stdin`` is its standard input (not a
+    terminal)."""
+
+    def run(*args: str, stdin: str | None = None) -> Result:
+        return CliRunner().invoke(
+            main, list(args), env=cli_env, input=stdin, catch_exceptions=False
+        )
 
     return run
 
@@ -242,6 +250,114 @@ def test_reset_password_refuses_unknown_users_and_weak_passwords(
     add_user(cli, "w01", "grid_worker", "--grids", A1)
     output = refused(cli("users", "reset-password", "--username", "w01", "--password", "weak"))
     assert "password" in output and "policy" in output
+    assert sign_in(anon_client, "w01").status_code == 200
+
+
+# ---- passwords without --password ------------------------------------------------------------
+
+
+def test_a_password_comes_from_standard_input_instead_of_the_command_line(
+    cli: Any, world: None, anon_client: Any
+) -> None:
+    """--password shows the password to every account on the machine (ps) and leaves it in
+    the shell's history: it is read from standard input instead, with --password-stdin or
+    whenever standard input is not a terminal (a pipe, a file)."""
+    args = ["--username", "w01", "--role", "grid_worker", "--grids", A1]
+    assert "created" in ok(cli("users", "create", *args, "--password-stdin", stdin=PASSWORD))
+    assert sign_in(anon_client, "w01").status_code == 200
+    reset = ["users", "reset-password", "--username", "w01"]
+    assert "reset" in ok(cli(*reset, stdin=f"{NEW_PASSWORD}\nignored\n"))  # a pipe, no option
+    assert sign_in(anon_client, "w01", NEW_PASSWORD).status_code == 200
+    assert "reset" in ok(cli(*reset, "--password-stdin", stdin=f"{PASSWORD}\r\n"))
+    assert sign_in(anon_client, "w01").status_code == 200
+    # the policy still applies; nothing on the line, or two sources, are refused
+    assert "policy" in refused(cli(*reset, "--password-stdin", stdin="weak\n"))
+    assert "standard input" in refused(cli(*reset, stdin=""))
+    assert "not both" in refused(cli(*reset, "--password", NEW_PASSWORD, "--password-stdin"))
+    assert sign_in(anon_client, "w01").status_code == 200
+
+
+class Terminal:
+    """A command run at a terminal of its own (a pseudo-terminal), as an operator types it."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        import os
+        import pty
+        import subprocess
+
+        self.fd, tty = pty.openpty()
+        self.proc = subprocess.Popen(
+            command,
+            stdin=tty,
+            stdout=tty,
+            stderr=tty,
+            env=env,
+            start_new_session=True,  # no controlling terminal but this one: getpass reads it
+        )
+        os.close(tty)
+        self.seen = bytearray()
+        self.read_to = 0
+
+    def expect(self, text: bytes) -> None:
+        """Read the output until ``text`` comes after what was expected before."""
+        import os
+        import select
+        import time
+
+        deadline = time.monotonic() + 60
+        while text not in self.seen[self.read_to :]:
+            assert time.monotonic() < deadline, bytes(self.seen)
+            if select.select([self.fd], [], [], 1)[0]:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:  # the command ended and closed the terminal
+                    chunk = b""
+                assert chunk, bytes(self.seen)
+                self.seen += chunk
+        self.read_to = self.seen.index(text, self.read_to) + len(text)
+
+    def type(self, line: str) -> None:
+        import os
+
+        os.write(self.fd, line.encode() + b"\n")
+
+    def close(self) -> int:
+        import os
+
+        try:
+            return self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            os.close(self.fd)
+
+
+def test_at_a_terminal_the_password_is_asked_twice_and_never_shown(
+    cli_env: dict[str, str], world: None, anon_client: Any
+) -> None:
+    import os
+    import sys
+
+    command = [sys.executable, "-m", "gridapi.cli", "users", "create", "--username", "w01"]
+    terminal = Terminal(
+        [*command, "--role", "grid_worker", "--grids", A1], {**os.environ, **cli_env}
+    )
+    try:
+        terminal.expect(b"Password: ")
+        terminal.type(PASSWORD)
+        terminal.expect(b"Repeat for confirmation: ")
+        terminal.type("a-typing-error")
+        terminal.expect(b"do not match")
+        terminal.expect(b"Password: ")
+        terminal.type(PASSWORD)
+        terminal.expect(b"Repeat for confirmation: ")
+        terminal.type(PASSWORD)
+        terminal.expect(b"created")
+    finally:
+        status = terminal.close()
+    assert status == 0, bytes(terminal.seen)
+    shown = bytes(terminal.seen)
+    assert PASSWORD.encode() not in shown and b"a-typing-error" not in shown, shown
     assert sign_in(anon_client, "w01").status_code == 200
 
 
