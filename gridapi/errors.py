@@ -57,6 +57,10 @@ class ServiceUnavailable(DomainError):
 #: Seconds a client is asked to wait when the rate-limit storage cannot be reached.
 LIMITS_RETRY_AFTER = 5
 
+#: The message of a 413; nginx answers a body over its client_max_body_size with the same
+#: error body (docs/deploy/nginx.conf).
+BODY_TOO_LARGE = "The request body is larger than the configured limit (GRIDAPI_MAX_BODY_MB)."
+
 
 def error_body(
     status: int, message: str | None = None, errors: dict[str, Any] | None = None
@@ -162,7 +166,7 @@ def register_error_handlers(app: Flask) -> None:
         errors = data.get("messages")
         message = data.get("message") or (exc.description if status != 500 else None)
         if status == 413:
-            message = "The request body is larger than the configured limit (GRIDAPI_MAX_BODY_MB)."
+            message = BODY_TOO_LARGE
         if status == 400 and errors and "json" in errors and isinstance(errors["json"], list):
             message = "The request body is not valid JSON."
         response = jsonify(error_body(status, message, errors))

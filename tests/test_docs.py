@@ -3,11 +3,13 @@ table, and the nginx configuration of docs/deploy with the settings' defaults.""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import fields
 from pathlib import Path
 
 from gridapi.config import Settings
+from gridapi.errors import BODY_TOO_LARGE, error_body
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,3 +60,42 @@ def test_nginx_forwards_what_proxy_hops_reads():
     assert headers["X-Forwarded-For"] == "$proxy_add_x_forwarded_for"
     assert headers["X-Forwarded-Proto"] == "$scheme"
     assert headers["X-Request-ID"] == "$request_id"
+    assert headers["Host"] == "$http_host"  # with its port: Open311's discovery links
+
+
+def _named_location(name: str) -> str:
+    text = re.sub(r"#.*", "", NGINX.read_text())
+    match = re.search(rf"location {name} {{(.*?)\n    }}", text, flags=re.DOTALL)
+    assert match, name
+    return match.group(1)
+
+
+def _returned(location: str) -> tuple[int, dict]:
+    status, body = re.search(r"return (\d+) '([^']*)';", location).groups()
+    return int(status), json.loads(body)
+
+
+def test_nginx_answers_its_own_errors_in_the_one_error_body():
+    """A body over client_max_body_size got nginx's HTML 413, and gridapi down its HTML 502;
+    phones read the one error body. nginx answers both as JSON itself."""
+    pages = _directives("error_page")
+    assert "413 @too_large" in pages and "502 503 504 =503 @unavailable" in pages
+    assert _directives("proxy_intercept_errors") == []  # gridapi's own errors pass untouched
+
+    too_large = _named_location("@too_large")
+    assert _returned(too_large) == (413, error_body(413, BODY_TOO_LARGE))
+    unavailable = _named_location("@unavailable")
+    status, body = _returned(unavailable)
+    assert (status, set(body)) == (503, {"code", "status", "message", "errors"})
+    assert body == error_body(503, body["message"])
+    assert re.search(r"add_header Retry-After \d+ always;", unavailable)
+    for location in (too_large, unavailable):
+        assert "default_type application/json;" in location
+
+
+def test_nginx_keeps_personal_values_and_its_version_out():
+    """At level "error" nginx writes the request line with its query string (an ID number
+    searched for while gridapi was down): the servers log from "crit" up."""
+    assert _directives("server_tokens") == ["off"]
+    logs = _directives("error_log")
+    assert len(logs) == 2 and all(line.split()[-1] == "crit" for line in logs)
