@@ -90,6 +90,10 @@ class _Gunicorn(BaseApplication):
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        if "control_socket_disable" in self.cfg.settings:  # gunicorn 25.1 and later
+            # No gunicornc socket under ~/.gunicorn: a service user without a home logged an
+            # error at every start, and two servers of one user took each other's socket.
+            self.cfg.set("control_socket_disable", True)
 
     def load(self):  # type: ignore[no-untyped-def]
         from .app import create_app

@@ -76,7 +76,9 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
         "GRIDAPI_WORKERS": "2",
         "GRIDAPI_LOG_LEVEL": "WARNING",
         "GRIDAPI_PROXY_HOPS": "1",  # as behind nginx (docs/deploy/nginx.conf)
+        "HOME": str(tmp_path / "home"),  # gunicorn's control socket went to ~/.gunicorn
     }
+    env.pop("XDG_RUNTIME_DIR", None)
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gridapi.cli", "serve"],
@@ -149,6 +151,7 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
     # no key set: on PostgreSQL they come from files in the data directory, and serve says so
     keys = "WARNING: GRIDAPI_SECRET_KEY, GRIDAPI_BLIND_INDEX_KEY, GRIDAPI_FIELD_KEYS not set"
     assert (keys in text) == database_url.startswith("postgresql"), text
+    assert not (tmp_path / "home" / ".gunicorn").exists()  # no control socket left behind
 
 
 SECRET_ID = "320508199001011232"
