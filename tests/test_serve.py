@@ -43,6 +43,19 @@ def _get(
     return response.status, data
 
 
+def _wait_until_live(port: int, log: Path, seconds: float = 30) -> None:
+    """Wait until the server on ``port`` answers its liveness check; fail with its log."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if _get(port, "/api/v1/health/live")[0] == 200:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+
+
 def _raw(port: int, request: bytes) -> tuple[int, str, int]:
     """Send ``request`` as bytes; return the status, the content type and the body's code."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -87,15 +100,7 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if _get(port, "/api/v1/health/live")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        _wait_until_live(port, log)
         point = (LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP)
         for _ in range(20):  # enough requests to reach both workers
             status, answer = _get(port, f"/api/v1/locate?lon={point[0]}&lat={point[1]}", key=key)
@@ -453,15 +458,7 @@ def test_serve_with_redis_unreachable_warns_and_answers_503(sqlite_template: Pat
             [sys.executable, "-m", "gridapi.cli", "serve"], env=env, stdout=out, stderr=out
         )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if _get(port, "/api/v1/health/live")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+        _wait_until_live(port, log)
         status, body = _get(port, "/api/v1/health")
         assert status == 503 and "GRIDAPI_REDIS_URL" in body["message"], body
         status, body = _get(port, "/api/v1/auth/token", {"username": "a", "password": "b"})
