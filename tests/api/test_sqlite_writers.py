@@ -22,7 +22,7 @@ from sqlalchemy import text
 from gridapi.db import view_writes
 
 from ..factories import COMMUNITY_A, PASSWORD, TOWNSHIP
-from ..test_cli_identity import cli  # noqa: F401  (the fixture: `gridapi …` on this database)
+from ..test_cli_identity import cli, cli_env  # noqa: F401  (the fixtures: `gridapi …` on this database)
 
 HOLD_S = 1.5
 
