@@ -15,6 +15,7 @@ from urllib.parse import unquote_plus
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
+from sqlalchemy.exc import DBAPIError
 
 from .config import Settings
 from .db import make_engine, spatial_extension_version
@@ -98,7 +99,9 @@ class _Gunicorn(BaseApplication):
     def load(self):  # type: ignore[no-untyped-def]
         from .app import create_app
 
-        return create_app(self.settings)
+        # run() checked the spatial extension before starting; a worker respawned while the
+        # database restarts must boot without it (see _post_worker_init).
+        return create_app(self.settings, check_database=False)
 
 
 def freeze_long_lived() -> None:
@@ -136,8 +139,18 @@ def _post_worker_init(worker: Any) -> None:
     app = worker.wsgi
     routing = app.extensions["gridapi"].routing
     routing.after_rebuild = freeze_long_lived
-    with app.app_context():
-        routing.snapshot()
+    try:
+        with app.app_context():
+            routing.snapshot()
+    except DBAPIError as exc:
+        # A worker respawned while the database restarts: raising here is gunicorn's "Worker
+        # failed to boot", which halts the master and the API with it. The first request
+        # builds the index instead (and answers 503 until the database is back).
+        reason = str(exc.orig or exc).strip().splitlines() or [type(exc).__name__]
+        worker.log.warning(
+            "routing index not built at worker start, the database cannot be reached: %s",
+            reason[0],
+        )
 
 
 def jobs_in_serve(settings: Settings) -> bool:

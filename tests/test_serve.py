@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from gridapi.services.identity import create_client
 
@@ -56,6 +61,37 @@ def _wait_until_live(port: int, log: Path, seconds: float = 30) -> None:
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def _serving(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `gridapi serve` with ``env`` (output to ``log``) until it is live; stop it after."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridapi.cli", "serve"], env=env, stdout=out, stderr=out
+        )
+    try:
+        _wait_until_live(int(env["GRIDAPI_PORT"]), log)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _sqlite_env(sqlite_template: Path, tmp_path: Path, **settings: str) -> dict[str, str]:
+    """The environment of one `gridapi serve` on a copy of the SQLite template, on a free
+    port, one worker, no jobs; ``settings`` are further GRIDAPI_* values."""
+    database = tmp_path / "gridapi.sqlite3"
+    shutil.copy(sqlite_template, database)
+    return {
+        **os.environ,
+        "GRIDAPI_DATABASE_URL": f"sqlite:///{database}",
+        "GRIDAPI_DATA_DIR": str(tmp_path / "data"),
+        "GRIDAPI_PORT": str(_free_port()),
+        "GRIDAPI_WORKERS": "1",
+        "GRIDAPI_WORKER_IN_SERVE": "off",
+        **settings,
+    }
+
+
 def _raw(port: int, request: bytes) -> tuple[int, str, int]:
     """Send ``request`` as bytes; return the status, the content type and the body's code."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -67,9 +103,8 @@ def _raw(port: int, request: bytes) -> tuple[int, str, int]:
     return response.status, response.getheader("Content-Type"), body["code"]
 
 
-def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Path):
-    factory.regions()
-    factory.grid_version()
+def _grids_key(app) -> str:
+    """An API key that may locate points (grids:read), for requests to a served app."""
     with app.extensions["gridapi"].sessions.begin() as session:
         _, key = create_client(
             session,
@@ -79,6 +114,13 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
             rate_limit="1000 per minute",
             created_by=None,
         )
+    return key
+
+
+def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Path):
+    factory.regions()
+    factory.grid_version()
+    key = _grids_key(app)
     port = _free_port()
     log = tmp_path / "serve.log"
     request_ids: list[str | None] = []
@@ -92,15 +134,7 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
         "HOME": str(tmp_path / "home"),  # gunicorn's control socket went to ~/.gunicorn
     }
     env.pop("XDG_RUNTIME_DIR", None)
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gridapi.cli", "serve"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_until_live(port, log)
+    with _serving(env, log):
         point = (LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP)
         for _ in range(20):  # enough requests to reach both workers
             status, answer = _get(port, f"/api/v1/locate?lon={point[0]}&lat={point[1]}", key=key)
@@ -137,9 +171,6 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
             (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n", 431),
         ):
             assert _raw(port, raw) == (status, "application/json", status), raw[:60]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
     text = log.read_text()
     assert "SIGSEGV" not in text and "Traceback" not in text, text
     assert "GET /api/v1/persons?id_number=***&limit=5" in text, text
@@ -389,24 +420,12 @@ def test_serve_and_the_worker_refuse_a_key_too_short_to_be_a_secret(
     """With GRIDAPI_SECRET_KEY=x, serve started, and a JWT the operator signed himself
     (HS256, key "x", sub 1) was an admin's. serve refuses such a key, and the worker a short
     blind-index key (its export jobs look residents up under it)."""
-    import shutil
-
     from click.testing import CliRunner
 
     from gridapi.cli import main
 
-    database = tmp_path / "gridapi.sqlite3"
-    shutil.copy(sqlite_template, database)
-    port = _free_port()
-    env = {
-        **os.environ,
-        "GRIDAPI_DATABASE_URL": f"sqlite:///{database}",
-        "GRIDAPI_DATA_DIR": str(tmp_path / "data"),
-        "GRIDAPI_PORT": str(port),
-        "GRIDAPI_WORKERS": "1",
-        "GRIDAPI_WORKER_IN_SERVE": "off",
-        "GRIDAPI_SECRET_KEY": "x",
-    }
+    env = _sqlite_env(sqlite_template, tmp_path, GRIDAPI_SECRET_KEY="x")
+    port = int(env["GRIDAPI_PORT"])
     try:  # without the check it serves (and the timeout ends it)
         served = subprocess.run(
             [sys.executable, "-m", "gridapi.cli", "serve"],
@@ -438,34 +457,132 @@ def test_serve_with_redis_unreachable_warns_and_answers_503(sqlite_template: Pat
     """GRIDAPI_REDIS_URL pointing at nothing: serve started without a word, /api/v1/health said
     ok and every sign-in answered 500. It now warns at start, readiness fails with 503 (not
     liveness), and a sign-in answers 503 with Retry-After."""
-    import shutil
-
-    database = tmp_path / "gridapi.sqlite3"
-    shutil.copy(sqlite_template, database)
-    port, nothing = _free_port(), _free_port()
-    log = tmp_path / "serve.log"
-    env = {
-        **os.environ,
-        "GRIDAPI_DATABASE_URL": f"sqlite:///{database}",
-        "GRIDAPI_DATA_DIR": str(tmp_path / "data"),
-        "GRIDAPI_PORT": str(port),
-        "GRIDAPI_WORKERS": "1",
-        "GRIDAPI_WORKER_IN_SERVE": "off",
-        "GRIDAPI_REDIS_URL": f"redis://127.0.0.1:{nothing}/0",
-    }
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gridapi.cli", "serve"], env=env, stdout=out, stderr=out
-        )
-    try:
-        _wait_until_live(port, log)
+    nothing = _free_port()
+    env = _sqlite_env(sqlite_template, tmp_path, GRIDAPI_REDIS_URL=f"redis://127.0.0.1:{nothing}/0")
+    port, log = int(env["GRIDAPI_PORT"]), tmp_path / "serve.log"
+    with _serving(env, log):
         status, body = _get(port, "/api/v1/health")
         assert status == 503 and "GRIDAPI_REDIS_URL" in body["message"], body
         status, body = _get(port, "/api/v1/auth/token", {"username": "a", "password": "b"})
         assert status == 503 and set(body) == {"code", "status", "message", "errors"}, body
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
     text = log.read_text()
     assert f"WARNING: GRIDAPI_REDIS_URL (redis://127.0.0.1:{nothing}/0) cannot be reached" in text
     assert "Traceback" not in text, text
+
+
+class _Switch:
+    """A TCP relay to PostgreSQL that can be cut: the database, as the server sees it, goes
+    away (connection refused, open connections dropped) and comes back on the same port."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.port = _free_port()
+        self.listener: socket.socket | None = None
+        self.open: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self.lock:
+            if self.listener is not None:  # shutdown wakes the accept() blocked on it
+                with contextlib.suppress(OSError):
+                    self.listener.shutdown(socket.SHUT_RDWR)
+                self.listener.close()
+                self.listener = None
+            for sock in self.open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self.open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by down()
+            server = socket.create_connection(self.upstream)
+            with self.lock:
+                self.open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.engines("postgis")
+def test_a_worker_respawned_while_the_database_is_down_keeps_the_api_up(
+    factory, app, database_url: str, tmp_path: Path
+):
+    """CI, bench/crash: the server was restarted, PostgreSQL crashed 3 s later, and from then
+    on every request was refused: a worker booting during the outage raised in
+    post_worker_init (building the routing index), which gunicorn takes for "Worker failed to
+    boot" and halts the master. A worker now boots without the index, the API answers 503
+    while the database is away and routes again when it is back."""
+    factory.regions()
+    factory.grid_version()
+    key = _grids_key(app)
+    url = make_url(database_url)
+    switch = _Switch((url.host or "127.0.0.1", url.port or 5432))
+    switch.up()
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    env = {
+        **os.environ,
+        "GRIDAPI_DATABASE_URL": url.set(host="127.0.0.1", port=switch.port).render_as_string(
+            hide_password=False
+        ),
+        "GRIDAPI_DATA_DIR": str(tmp_path / "data"),
+        "GRIDAPI_PORT": str(port),
+        "GRIDAPI_WORKERS": "2",
+        "GRIDAPI_WORKER_IN_SERVE": "off",
+        "GRIDAPI_LOG_LEVEL": "WARNING",
+    }
+    try:
+        with _serving(env, log) as proc:
+            assert _get(port, "/api/v1/health")[0] == 200
+            switch.down()
+            (first, *_) = _children(proc.pid)
+            os.kill(first, signal.SIGKILL)  # the OOM killer, say, while PostgreSQL restarts
+            deadline = time.monotonic() + 30
+            while first in _children(proc.pid) or len(_children(proc.pid)) < 2:
+                assert proc.poll() is None, log.read_text()  # the master halted
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            time.sleep(2)  # the new worker's boot, which used to halt the master
+            assert proc.poll() is None, log.read_text()
+            status, body = _get(port, "/api/v1/health")
+            assert status == 503, body
+            switch.up()
+            point = (LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP)
+            deadline, routed = time.monotonic() + 30, 0
+            while routed < 20:  # in a row, enough to reach both workers
+                path = f"/api/v1/locate?lon={point[0]}&lat={point[1]}"
+                status, answer = _get(port, path, key=key)
+                assert status in (200, 503), answer
+                routed = routed + 1 if status == 200 else 0
+                if status == 200:
+                    assert answer["grid"]["code"] == COMMUNITY_A + "001", answer
+                assert time.monotonic() < deadline, log.read_text()
+    finally:
+        switch.down()
+    text = log.read_text()
+    assert "Worker failed to boot" not in text, text
+    assert "routing index not built at worker start, the database cannot be reached" in text
