@@ -77,8 +77,12 @@ class Users(MethodView):
         display name (`q`). Needs `users:read`. Paged by id: pass `next` back as `after`.
         """
         limit = args.pop("limit")
-        items = svc.list_users(db_session(), current_principal().scope, limit=limit + 1, **args)
-        return {"items": items[:limit], "next": items[limit - 1].id if len(items) > limit else None}
+        scope = current_principal().scope
+        items = svc.list_users(db_session(), scope, limit=limit + 1, **args)
+        return {
+            "items": [svc.user_view(user, scope) for user in items[:limit]],
+            "next": items[limit - 1].id if len(items) > limit else None,
+        }
 
     @blp.requires("users:write")
     @blp.arguments(UserCreateSchema)
@@ -119,7 +123,7 @@ class Users(MethodView):
             },
         )
         _changed()
-        return user
+        return svc.user_view(user, p.scope)
 
 
 @blp.route("/users/<id:user_id>")
@@ -132,8 +136,11 @@ class UsersById(MethodView):
         Returns the account with its role, region, scope region, department, active flag and masked
         phone number. Needs `users:read`; an account outside the caller's scope (neither living in
         it nor on the roster of one of its grids) answers 404 exactly like one that does not exist.
+        An account read through a grid's roster that lives outside the caller's scope shows
+        `region_code` and `scope_region` as null: those regions answer the caller 404.
         """
-        return svc.get_user(db_session(), user_id, current_principal().scope)
+        scope = current_principal().scope
+        return svc.user_view(svc.get_user(db_session(), user_id, scope), scope)
 
     @blp.requires("users:write")
     @blp.arguments(UserUpdateSchema)
@@ -155,7 +162,7 @@ class UsersById(MethodView):
         )
         audit("user.update", "user", user.id, region_code=user.region_code, summary=data)
         _changed()
-        return user
+        return svc.user_view(user, p.scope)
 
 
 @blp.route("/users/<id:user_id>/password")
@@ -293,13 +300,14 @@ class GridRoster(MethodView):
         caller's scope answers 404. Phone numbers in the answer are masked.
         """
         day = args.get("on") or clock.today()  # the county's today, as the roster's
-        rows = svc.roster(db_session(), grid_code, current_principal().scope, day)
+        scope = current_principal().scope
+        rows = svc.roster(db_session(), grid_code, scope, day)
         return {
             "grid_code": grid_code,
             "on": day,
             "items": [
                 {
-                    "user": user,
+                    "user": svc.user_view(user, scope),
                     "is_primary": a.is_primary,
                     "valid_from": a.valid_from,
                     "valid_to": a.valid_to,

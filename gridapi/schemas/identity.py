@@ -73,11 +73,21 @@ class UserSchema(StrictSchema):
         attribute="phone_masked", allow_none=True, metadata={"description": "Masked: 138****5678."}
     )
     role = fields.String(attribute="role_name", required=True)
-    scope_region = fields.String(attribute="scope_region_code", allow_none=True)
+    scope_region = fields.String(
+        attribute="scope_region_code",
+        allow_none=True,
+        metadata={
+            "description": "The region the account sees (null: its grids, or everything for "
+            "an admin). Also null where that region is outside your scope (it answers you 404): "
+            "an account of another township on the roster of one of your grids."
+        },
+    )
     region_code = fields.String(
         allow_none=True,
         metadata={
-            "description": "Where the account lives in the tree (its region or its community)."
+            "description": "Where the account lives in the tree (its region or its community). "
+            "Null where that region is outside your scope (it answers you 404): an account of "
+            "another township on the roster of one of your grids."
         },
     )
     department_id = fields.Integer(allow_none=True)

@@ -486,6 +486,30 @@ def get_user(session: Session, user_id: int, scope: Scope, *, to_change: bool = 
     return user
 
 
+def user_view(user: User, scope: Scope) -> dict[str, Any]:
+    """Return an account as ``scope`` may see it: its region codes (where it lives, the
+    region it sees) only where those regions are readable in the scope (``Scope.sees_region``,
+    the rule of the regions themselves), else None. An account is read through a grid of
+    the caller's roster too, and where it lives elsewhere (another township) the caller,
+    who gets 404 for that region, is not told."""
+
+    def shown(code: str | None) -> str | None:
+        return code if code is not None and scope.sees_region(code) else None
+
+    return {
+        "id": user.id,
+        "username": user.username,
+        "display_name": user.display_name,
+        "phone_masked": user.phone_masked,
+        "role_name": user.role_name,
+        "scope_region_code": shown(user.scope_region_code),
+        "region_code": shown(user.region_code),
+        "department_id": user.department_id,
+        "is_active": user.is_active,
+        "created_at": user.created_at,
+    }
+
+
 def list_users(
     session: Session,
     scope: Scope,

@@ -270,6 +270,52 @@ def test_an_office_reads_an_account_from_elsewhere_on_its_grids_roster(
     assert office.get(f"/api/v1/users/{w_c['id']}").status_code == 404
 
 
+def test_an_account_from_elsewhere_does_not_show_its_regions_outside_the_callers_scope(
+    office: Any, accounts: Any, county: Any
+) -> None:
+    """A township office reading an account of another township through its grid's roster
+    (the account, its list entry, the roster) was told where that account lives and which
+    region it sees, regions that answer the office 404. They are null for it now; the
+    county over both, and a grid chief for an account of its own community, see them."""
+    other = accounts.client("office2", "township_office", scope_region=TOWNSHIP_2)
+    w_c = created(other, "w-c", grids=[C1])
+    o_c = created(other, "o-c", "community_officer", scope_region=COMMUNITY_C)
+    wang = created(office, "wang", grids=[A1])
+    for account in (w_c, o_c):
+        r = county.post(f"/api/v1/users/{account['id']}/assignments", json={"grid": A1})
+        assert r.status_code == 201, r.get_json()
+    assert office.get(f"/api/v1/regions/{COMMUNITY_C}").status_code == 404
+
+    def regions(answer: dict[str, Any]) -> tuple[Any, Any]:
+        return answer["region_code"], answer["scope_region"]
+
+    for account in (w_c, o_c):
+        r = office.get(f"/api/v1/users/{account['id']}")
+        assert r.status_code == 200, r.get_json()
+        assert regions(r.get_json()) == (None, None)
+        assert TOWNSHIP_2[:9] not in r.get_data(as_text=True)
+    listed = {u["username"]: u for u in office.get("/api/v1/users").get_json()["items"]}
+    assert regions(listed["w-c"]) == regions(listed["o-c"]) == (None, None)
+    assert regions(listed["wang"]) == (COMMUNITY_A, None)
+    assert regions(listed["office"]) == (TOWNSHIP, TOWNSHIP)
+    on_roster = office.get(f"/api/v1/grids/{A1}/roster").get_json()["items"]
+    assert {e["user"]["username"]: regions(e["user"]) for e in on_roster} == {
+        "wang": (COMMUNITY_A, None),
+        "w-c": (None, None),
+        "o-c": (None, None),
+    }
+    # Where the regions are readable, they are shown.
+    assert regions(county.get(f"/api/v1/users/{w_c['id']}").get_json()) == (COMMUNITY_C, None)
+    assert regions(county.get(f"/api/v1/users/{o_c['id']}").get_json()) == (
+        COMMUNITY_C,
+        COMMUNITY_C,
+    )
+    assert regions(other.get(f"/api/v1/users/{w_c['id']}").get_json()) == (COMMUNITY_C, None)
+    chief = accounts.client("chief", "grid_chief", grids=[A1])  # its community: an ancestor
+    assert regions(chief.get(f"/api/v1/users/{wang['id']}").get_json()) == (COMMUNITY_A, None)
+    assert regions(chief.get(f"/api/v1/users/{w_c['id']}").get_json()) == (None, None)
+
+
 # ---- rosters ---------------------------------------------------------------------------------
 
 
