@@ -666,7 +666,18 @@ class _Importer:
         return house, 1
 
     def _write(self, d: RowData) -> tuple[int, int, str]:
-        """Register the row's house, household and person; return what was created."""
+        """Register the row's house, household and person; return what was created.
+
+        A 户号 registered by another request between this row's look-up and its insert is
+        looked up again: the row then joins that household, or is the unseen duplicate it
+        would have been had the other request come first (counted as a lookup)."""
+        try:
+            with self.session.begin_nested():  # a house made for the household goes too
+                return self._write_once(d)
+        except register.DuplicateHousehold:
+            return self._write_once(d)
+
+    def _write_once(self, d: RowData) -> tuple[int, int, str]:
         place, where = self._place(d)
         house: House | None = None
         household: Household | None = None

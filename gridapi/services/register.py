@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from geoalchemy2 import WKTElement
 from sqlalchemy import case, delete, inspect, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import clock
@@ -397,16 +398,15 @@ def create_household(
     else:
         place, _, _ = resolve_place(session, data, scope, snapshot)
     number = data["number"].strip()
-    taken = session.scalar(
-        select(Household.id).where(
-            Household.county_code == place.county_code, Household.number == number
-        )
+    registered = select(Household.id).where(
+        Household.county_code == place.county_code, Household.number == number
     )
-    if taken is not None:
-        raise DuplicateHousehold(
-            "A household with this number (户号) is already registered in the county.",
-            errors={"json": {"number": ["already registered in the county"]}},
-        )
+    duplicate = DuplicateHousehold(
+        "A household with this number (户号) is already registered in the county.",
+        errors={"json": {"number": ["already registered in the county"]}},
+    )
+    if session.scalar(registered) is not None:
+        raise duplicate
     household = Household(
         county_code=place.county_code,
         region_code=place.region_code,
@@ -416,8 +416,16 @@ def create_household(
         type=data.get("type", "registered"),
         created_by=actor,
     )
-    session.add(household)
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(household)
+    except IntegrityError:
+        # Registered by another request between the look-up and the insert (PostgreSQL:
+        # the unique index waited for it to commit): the same answer, counted the same, as
+        # when it came first, not the generic conflict.
+        if session.scalar(registered) is None:
+            raise
+        raise duplicate from None
     return household
 
 

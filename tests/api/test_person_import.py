@@ -607,6 +607,76 @@ def test_rows_of_households_outside_scope_count_as_lookups(
     assert officer.get(f"/api/v1/persons?id_number={make_id(40)}").status_code == 429
 
 
+def test_a_household_number_registered_meanwhile_is_the_row_it_would_have_been(
+    app: Any, accounts: Any, world: Any, engine: Any
+) -> None:
+    """An import whose new 户号 was registered by another request between the row's look-up
+    and its insert (PostgreSQL) failed whole with the generic 409 and counted nothing. The
+    row is now what it would have been had the other request come first: a household
+    outside the caller's scope, one lookup (429 once spent), the house it made undone."""
+    import threading
+    import time
+
+    from gridapi.models import Household
+
+    st = app.extensions["gridapi"]
+    st.settings.person_lookup_rate = "1 per hour"
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    before = counts(engine)
+    answers: list = []
+    with st.sessions() as session:  # another request's household, inserted, not committed
+        session.add(
+            Household(
+                county_code=B1[:6],
+                region_code=COMMUNITY_B,
+                grid_code=B1,
+                number="H-RACE",
+                type="registered",
+                created_by="user:other",
+            )
+        )
+        session.flush()
+        rows = csv_bytes(
+            "姓名,身份证号,户号,房屋地址,网格编码",
+            f"张三,{ID1},H-RACE,平江路1号,{A1}",
+            f"李四,{ID2},H-NEW,平江路2号,{A1}",
+        )
+        thread = threading.Thread(
+            target=lambda: answers.append(upload(officer, rows, mode="valid"))
+        )
+        thread.start()
+        deadline = time.monotonic() + 20
+        while engine.dialect.name == "postgresql" and time.monotonic() < deadline:
+            with engine.connect() as conn:
+                waiting = conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'INSERT INTO households%'"
+                    )
+                ).scalar_one()
+            if waiting:
+                break
+            time.sleep(0.05)
+        else:
+            time.sleep(0.5)
+        session.commit()
+    thread.join(30)
+    r = answers.pop()
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert (body["imported"], body["failed"]) == (1, 1)
+    assert body["errors"] == [
+        {
+            "row": 2,
+            "field": "户号",
+            "message": "户号: already registered in the county, outside your scope",
+        }
+    ]
+    # the other request's household, and the second row's house, household and resident
+    assert counts(engine) == (before[0] + 1, before[1] + 2, before[2] + 1)
+    assert officer.get(f"/api/v1/persons?id_number={ID1}").status_code == 429
+
+
 # ---- no values in the report -------------------------------------------------------------------
 
 

@@ -792,6 +792,72 @@ def test_a_resident_or_household_added_during_a_move_lands_at_the_new_place(
     assert added["grid"] == moved["grid"] == household["grid"]
 
 
+def test_a_household_number_registered_meanwhile_answers_and_counts_as_one_registered_before(
+    app, accounts, world, engine
+):
+    """Two creates of one 户号 at once: the one whose insert met the other's in the unique
+    index (PostgreSQL: it had looked before the other committed) got the generic 409, "The
+    change conflicts with existing data.", and counted no lookup, so the race could be used
+    to test whether a number is taken without spending the allowance. It now answers as
+    when the other came first: the 409 naming the number, counted (429 once spent)."""
+    import threading
+    import time
+
+    from gridapi.models import Household
+
+    st = app.extensions["gridapi"]
+    st.settings.person_lookup_rate = "1 per hour"
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    answers: list = []
+    with st.sessions() as session:  # another request's household, inserted, not committed
+        session.add(
+            Household(
+                county_code=B1[:6],
+                region_code=COMMUNITY_B,
+                grid_code=B1,
+                number="H-RACE",
+                type="registered",
+                created_by="user:other",
+            )
+        )
+        session.flush()
+        body = {"number": "H-RACE", "grid": A1}
+        thread = threading.Thread(
+            target=lambda: answers.append(officer.post("/api/v1/households", json=body))
+        )
+        thread.start()
+        # PostgreSQL: until the officer's insert waits for this one in the unique index
+        # (it looked before this commit, so found nothing); SQLite serialises writers.
+        deadline = time.monotonic() + 20
+        while engine.dialect.name == "postgresql" and time.monotonic() < deadline:
+            with engine.connect() as conn:
+                waiting = conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND query LIKE 'INSERT INTO households%'"
+                    )
+                ).scalar_one()
+            if waiting:
+                break
+            time.sleep(0.05)
+        else:
+            time.sleep(0.5)
+        session.commit()
+    thread.join(30)
+    r = answers.pop()
+    assert r.status_code == 409 and r.get_json()["errors"] == {
+        "json": {"number": ["already registered in the county"]}
+    }
+    with engine.connect() as conn:
+        assert conn.execute(
+            text("SELECT grid_code FROM households WHERE number = 'H-RACE'")
+        ).scalars().all() == [B1]
+    # the allowance of one lookup is spent by the race's answer
+    r = officer.post("/api/v1/households", json={"number": "H-RACE", "grid": A1})
+    assert r.status_code == 429 and r.get_json()["code"] == 429
+    assert audit_rows(engine, "household.create") == []
+
+
 def test_a_household_member_moves_with_the_household_not_alone(client, world, household):
     person = add_person(client, household["id"])
     r = client.patch(f"/api/v1/persons/{person['id']}", json={"grid": B1})
