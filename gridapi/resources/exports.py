@@ -391,7 +391,9 @@ def _register_jobs(kind: str) -> None:
 
     get.__doc__ = f"""Get an export job of {noun} (status and download link)
 
-        Only your own jobs: anyone else's answers 404, as does an expired one.
+        Only your own jobs: anyone else's answers 404, as does an expired one. `filters`
+        show a person's value searched for (a name, an address, a text) as "(given)". A job
+        of residents or visits fails once a resident it may hold is erased (queue it again).
         """
     get = blp.requires(permission)(
         blp.doc(responses={"404": _ref("NOT_FOUND")})(

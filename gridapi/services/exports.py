@@ -595,6 +595,61 @@ def summary_of(args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def stored_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """Return a job's filters as kept once it no longer runs: a person's value searched for
+    (``summary_of``'s) is replaced by "(given)", the rest as sent. What the job's view shows
+    is the same either way (it shows ``summary_of`` of them)."""
+    return {
+        key: "(given)" if key in _PERSONAL_FILTERS and value is not None else value
+        for key, value in filters.items()
+    }
+
+
+#: The kinds whose rows an erasure deletes or anonymises (residents; visits' findings).
+ERASED_KINDS = ("persons", "visits")
+ERASED_ERROR = (
+    "A resident this export may hold was erased after it was written: queue the export again."
+)
+
+
+def _may_hold(job_county: str | None, county: str) -> bool:
+    """Return whether a job filed under ``job_county`` (a county, or the first six digits of
+    a city's or province's code; None: everything) may hold rows of ``county``."""
+    if job_county is None:
+        return True
+    prefix = job_county
+    while len(prefix) > 2 and prefix.endswith("00"):
+        prefix = prefix[:-2]
+    return county.startswith(prefix)
+
+
+def forget_erased(session: Session, county: str) -> None:
+    """Leave nothing of an erased resident (of ``county``) readable through export jobs, in
+    the erasure's transaction (flushes, never commits):
+
+    * a written file of residents or visits that may hold them is no longer served: the job
+      is failed with the reason (the worker deletes the file at its next round); one being
+      written goes back to the queue, to be written without them;
+    * no finished job keeps a person's value searched for (a name, an address, a text) in
+      its stored filters: those of jobs finished before such values were cleared at the end
+      of a run are cleared now. A queued job needs its own until it has run.
+    """
+    now = utcnow()
+    jobs = session.scalars(
+        select(ExportJob).where(ExportJob.status != "queued").order_by(ExportJob.id)
+    ).all()
+    for job in jobs:
+        if job.kind in ERASED_KINDS and _may_hold(job.county_code, county):
+            if job.status == "done":
+                job.status, job.error, job.finished_at = "failed", ERASED_ERROR, now
+            elif job.status == "running":
+                job.status, job.lease_until = "queued", None
+                continue  # it runs again: its filters are needed
+        if job.status != "queued" and stored_filters(job.filters) != job.filters:
+            job.filters = stored_filters(job.filters)
+    session.flush()
+
+
 # --- one plan for every kind ------------------------------------------------------------------
 
 READ_PERMISSIONS = {
@@ -879,6 +934,7 @@ def run_job(
     with sessions() as session:
         job = session.get(ExportJob, job_id)
         assert job is not None
+        kept_filters = stored_filters(job.filters)
         principal = _requester(session, job)
         problem = None
         built_for = rows_fingerprint(session, principal) if principal is not None else None
@@ -927,6 +983,8 @@ def run_job(
         "finished_at": finished,
         "expires_at": finished + timedelta(hours=options.retention_hours),
         "lease_until": None,
+        # Run, it needs no person's value searched for: kept, one would outlive an erasure.
+        "filters": kept_filters,
     }
     if problem is None:
         outcome.update(
@@ -961,6 +1019,11 @@ def purge_jobs(sessions: Any, options: JobOptions, now: datetime) -> int:
                 os.unlink(path)
             _remove_parts(path)
             session.delete(job)
+        # A failed job's file is never served: one written before it failed (an erased
+        # resident's, see forget_erased) is deleted now rather than when the job expires.
+        for job in session.scalars(select(ExportJob).where(ExportJob.status == "failed")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(options.path_of(job))
     return len(expired)
 
 

@@ -951,6 +951,9 @@ def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
         .execution_options(synchronize_session=False)
     )
     session.delete(person)
+    from .exports import forget_erased  # exports builds on this module
+
+    forget_erased(session, person.county_code)
     session.flush()
     return person
 

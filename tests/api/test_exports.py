@@ -501,6 +501,73 @@ def test_a_job_keeps_the_scope_and_masking_of_its_requester(client, residents, a
     assert r.status_code == 422 and "id_number" in r.get_json()["errors"]["json"]["filters"]
 
 
+def test_after_an_erasure_no_export_job_serves_or_keeps_anything_of_the_resident(
+    client, residents, app, engine
+):
+    """A job's file written before a resident was erased kept serving them in full (name, ID
+    and phone numbers) until it expired, and the job's stored filters kept the name searched
+    for. Now the file of residents or visits is no longer served (the job failed with the
+    reason, the file deleted at the worker's next round), one being written is written again
+    without them, and no finished job keeps a name searched for; other kinds stay served."""
+    erased, name = residents[0], "张三"  # its name, as registered (answers mask it)
+
+    def queue(kind: str, body: dict[str, Any]) -> int:
+        r = client.post(f"/api/v1/exports/{kind}/jobs", json={"format": "csv", **body})
+        assert r.status_code == 202, r.get_json()
+        return r.get_json()["id"]
+
+    persons = queue("persons", {"unmask": True, "purpose": PURPOSE, "filters": {"name": name}})
+    visits = queue("visits", {})
+    cases = queue("cases", {"filters": {"q": "垃圾"}})
+    assert run_jobs(app)["done"] == 3
+    running = queue("persons", {"unmask": True, "purpose": PURPOSE, "filters": {"grid": A1}})
+    with engine.begin() as conn:  # a worker is writing it as the erasure comes
+        conn.execute(
+            text("UPDATE export_jobs SET status = 'running', lease_until = :t WHERE id = :i"),
+            {"t": datetime.now(UTC) + timedelta(minutes=5), "i": running},
+        )
+
+    def stored() -> str:
+        with engine.connect() as conn:
+            return json.dumps(
+                [
+                    json.loads(f) if isinstance(f, str) else f
+                    for f in conn.execute(text("SELECT filters FROM export_jobs")).scalars()
+                ],
+                ensure_ascii=False,
+            )
+
+    assert name not in stored() and "垃圾" not in stored()  # cleared when each job ran
+    view = ok(client.get(f"/api/v1/exports/persons/jobs/{persons}")).get_json()
+    assert view["filters"] == {"name": "(given)"}  # as before
+    _, rows = parse_csv(ok(client.get(view["download"])))
+    assert [row["id_number"] for row in rows] == [make_id(1)]
+
+    r = client.delete(f"/api/v1/persons/{erased['id']}", query_string={"reason": "本人申请删除"})
+    assert r.status_code == 204, r.get_json()
+    for kind, job in (("persons", persons), ("visits", visits)):
+        view = ok(client.get(f"/api/v1/exports/{kind}/jobs/{job}")).get_json()
+        assert (view["status"], view["download"]) == ("failed", None)
+        assert view["error"] == exports_svc.ERASED_ERROR
+        r = client.get(f"/api/v1/exports/{kind}/jobs/{job}/file")
+        assert r.status_code == 409 and name not in r.get_data(as_text=True)
+    view = ok(client.get(f"/api/v1/exports/persons/jobs/{running}")).get_json()
+    assert (view["status"], view["download"]) == ("queued", None)
+    ok(client.get(f"/api/v1/exports/cases/jobs/{cases}/file"))  # no resident in it
+
+    assert run_jobs(app)["done"] == 1  # the one being written, again
+    directory = Path(app.extensions["gridapi"].settings.data_dir) / "exports"
+    assert sorted(f.name for f in directory.iterdir() if f.is_file()) == sorted(
+        [f"{cases}.csv", f"{running}.csv"]
+    )
+    _, rows = parse_csv(ok(client.get(f"/api/v1/exports/persons/jobs/{running}/file")))
+    assert [row["id_number"] for row in rows] == [make_id(2)]
+    for path in directory.iterdir():
+        if path.is_file():
+            assert make_id(1) not in path.read_text("utf-8-sig") and name not in path.name
+    assert name not in stored()
+
+
 def test_an_export_matches_names_as_the_search_does_for_its_caller(
     client, residents, accounts, app
 ):
