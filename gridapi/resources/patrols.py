@@ -232,10 +232,10 @@ class PatrolEnd(MethodView):
         """End your patrol (at `ended_at`, default now); a repeat changes nothing
 
         Closes the caller's active patrol and answers it with its final length, duration, point
-        count and grids crossed. Without `ended_at` it ends now, or at its start or its last
-        uploaded point if that is later (a start a few minutes ahead, by the phone's clock, ends
-        at its start); an `ended_at` in the future (beyond a few minutes' clock skew), before the
-        start, or more than a few minutes before the last point is a 422. Safe to retry: ending an
+        count and grids crossed. Without `ended_at` it ends now, or at its start or its latest
+        uploaded point that is no outlier if that is later (a start a few minutes ahead, by the
+        phone's clock, ends at its start); an `ended_at` in the future (beyond a few minutes'
+        clock skew), before the start, or more than a few minutes before that point is a 422. Safe to retry: ending an
         ended patrol again without `ended_at`, or at the same time, answers the same patrol and
         writes nothing; at another time it is a 409. Needs `patrols:write`, and only the worker who
         started the patrol may end it: any other patrol answers 404. Writes an audit row

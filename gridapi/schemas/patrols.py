@@ -130,7 +130,7 @@ class PatrolEndSchema(StrictSchema):
     ended_at = fields.AwareDateTime(
         metadata={
             "description": "When it ended (points up to 5 minutes later still join the line); "
-            "default now, or its start or its last point if later."
+            "default now, or its start or its latest point that is no outlier, if later."
         }
     )
 
@@ -272,7 +272,10 @@ class PatrolSchema(StrictSchema):
     )
     duration_s = fields.Integer(
         required=True,
-        metadata={"description": "Start to end; while active, start to the latest point."},
+        metadata={
+            "description": "Start to end; while active, start to the latest point that is no "
+            "outlier."
+        },
     )
     point_count = fields.Integer(
         required=True, metadata={"description": "Points recorded (kept after thinning)."}

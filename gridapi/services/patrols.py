@@ -439,11 +439,12 @@ def start_patrol(
 def end_patrol(
     session: Session, patrol: Patrol, ended_at: datetime | None, *, now: datetime
 ) -> bool:
-    """End the patrol at ``ended_at`` (default now, or its start or last point if later).
+    """End the patrol at ``ended_at`` (default now, or its start or the walk's latest point,
+    outliers left out, if later).
 
     Returns False when it had ended already at that time (a retry: nothing changes).
     Raises Conflict when it ended at another time, Unprocessable for an ``ended_at`` before
-    its start or its last point.
+    its start or more than ``TOLERANCE`` before the walk's latest point.
     """
     if patrol.status == "ended":
         if ended_at is None or ended_at == patrol.ended_at:
@@ -451,9 +452,9 @@ def end_patrol(
         raise Conflict(
             "The patrol has ended already.", errors={"json": {"ended_at": ["ended already"]}}
         )
-    last = session.scalar(
-        select(func.max(PatrolPoint.recorded_at)).where(PatrolPoint.patrol_id == patrol.id)
-    )
+    # The walk's last point, not an outlier's: a cell-tower fix stamped minutes ahead ended
+    # a patrol there, and made its duration.
+    last = last_walked_at(session, patrol)
     if ended_at is None:
         # A start a few minutes ahead (the phone's clock) is taken; ending it at once ends it
         # at its start: a refusal here left the worker a patrol they could neither end nor
@@ -476,7 +477,8 @@ def end_patrol(
 
 
 def _duration(patrol: Patrol, last_point: datetime | None) -> int:
-    """Start to end for an ended patrol; start to the last point while it is active."""
+    """Start to end for an ended patrol; start to the walk's latest point while it is
+    active."""
     end = patrol.ended_at or last_point
     if end is None:
         return 0
@@ -557,9 +559,12 @@ def add_points(
     }
 
 
-def _walk(session: Session, patrol: Patrol) -> tuple[list[Any], np.ndarray, np.ndarray]:
-    """Return the patrol's stored points in time order, which of them the walk passes
-    through (``plausible``), and the walk's line (``walked_line``: an array of n × 2)."""
+def _fixes(
+    session: Session, patrol: Patrol
+) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return the patrol's stored points in time order, their seconds from the first, their
+    coordinates (n × 2) and accuracy (NaN: not given), and which of them the walk passes
+    through (``plausible``)."""
     rows = session.execute(
         select(PatrolPoint.recorded_at, PatrolPoint.lon, PatrolPoint.lat, PatrolPoint.accuracy_m)
         .where(PatrolPoint.patrol_id == patrol.id)
@@ -572,8 +577,27 @@ def _walk(session: Session, patrol: Patrol) -> tuple[list[Any], np.ndarray, np.n
     start = rows[0].recorded_at if rows else None
     seconds = np.array([(r.recorded_at - start).total_seconds() for r in rows], dtype=np.float64)
     keep = plausible(seconds, coords[:, 0], coords[:, 1], accuracy)
+    return list(rows), seconds, coords, accuracy, keep
+
+
+def _last_walked(rows: list[Any], keep: np.ndarray) -> datetime | None:
+    kept = np.flatnonzero(keep)
+    return rows[int(kept[-1])].recorded_at if len(kept) else None
+
+
+def last_walked_at(session: Session, patrol: Patrol) -> datetime | None:
+    """Return the time of the walk's latest point: the latest that is no outlier (for a walk
+    ending at a stop, the stop's last fix); None when there is none."""
+    rows, _, _, _, keep = _fixes(session, patrol)
+    return _last_walked(rows, keep)
+
+
+def _walk(session: Session, patrol: Patrol) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Return the patrol's stored points in time order, which of them the walk passes
+    through (``plausible``), and the walk's line (``walked_line``: an array of n × 2)."""
+    rows, seconds, coords, accuracy, keep = _fixes(session, patrol)
     lons, lats = walked_line(seconds[keep], coords[keep, 0], coords[keep, 1], accuracy[keep])
-    return list(rows), keep, np.column_stack([lons, lats])
+    return rows, keep, np.column_stack([lons, lats])
 
 
 def rebuild(session: Session, patrol: Patrol, snapshot: IndexSnapshot) -> None:
@@ -585,7 +609,7 @@ def rebuild(session: Session, patrol: Patrol, snapshot: IndexSnapshot) -> None:
     patrol.point_count = len(rows)
     patrol.outlier_count = int(len(rows) - keep.sum())
     patrol.length_m = round(track_length_m(lons, lats), 1)
-    patrol.duration_s = _duration(patrol, rows[-1].recorded_at if rows else None)
+    patrol.duration_s = _duration(patrol, _last_walked(rows, keep))
     patrol.grids_crossed = grids_crossed(snapshot, lons, lats)
     patrol.track = to_db(LineString(np.column_stack([lons, lats]))) if len(lons) >= 2 else None
     patrol.version += 1

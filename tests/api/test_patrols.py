@@ -560,6 +560,38 @@ def test_an_end_without_a_time_ends_a_patrol_started_minutes_ahead(worker, world
     assert refused["errors"] == {"json": {"ended_at": ["lies before the start of the patrol"]}}
 
 
+def test_an_end_without_a_time_is_no_outliers_time(worker, world):
+    """Fixes the walk leaves out (New York, a cell tower's 800 m) stamped minutes ahead (a
+    phone's clock; points up to 5 minutes ahead are taken) were the end of a patrol ended
+    without a time, and its duration: an hour for ten minutes walked. The end is now, or
+    the walk's latest point if later; an `ended_at` minutes before such a fix is no end
+    before the track either."""
+    patrol, began = started_an_hour_ago(worker)
+    track = walk(began + timedelta(minutes=1))  # ten minutes, the last at began + 11 min
+    upload(worker, patrol["id"], track)
+    ahead = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=3)
+    far = [
+        {"t": iso(ahead), "lon": -74.006, "lat": 40.7128},
+        {"t": iso(ahead + timedelta(minutes=1)), "lon": LON0 + 0.04, "lat": LAT0 + 0.03},
+    ]
+    far[1]["accuracy_m"] = 800
+    answer = upload(worker, patrol["id"], far)
+    assert (answer["point_count"], answer["outlier_count"]) == (23, 2)
+    assert answer["duration_s"] == 11 * 60  # while active: to the walk's latest point
+    before = datetime.now(UTC)
+    ended = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json={}))
+    assert before <= datetime.fromisoformat(ended["ended_at"]) <= datetime.now(UTC)
+    assert ended["duration_s"] == pytest.approx(3600, abs=5)
+    assert ok(worker.get(f"/api/v1/patrols/{patrol['id']}"))["ended_at"] == ended["ended_at"]
+
+    second, began = started_an_hour_ago(worker)
+    upload(worker, second["id"], walk(began + timedelta(minutes=1)))
+    upload(worker, second["id"], far)
+    end = began + timedelta(minutes=12)
+    ended = ok(worker.post(f"/api/v1/patrols/{second['id']}/end", json={"ended_at": iso(end)}))
+    assert (datetime.fromisoformat(ended["ended_at"]), ended["duration_s"]) == (end, 12 * 60)
+
+
 def keyed_start(client, key: str, **body):  # type: ignore[no-untyped-def]
     return client.post("/api/v1/patrols", json=body, headers={"Idempotency-Key": key})
 
