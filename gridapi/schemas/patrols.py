@@ -192,7 +192,9 @@ class PatrolCheckinCreateSchema(StrictSchema):
         allow_none=True, metadata={"description": "A house of the register, in your scope."}
     )
     location = fields.Nested(
-        PointSchema, allow_none=True, metadata={"description": "Default: the house's location."}
+        PointSchema,
+        allow_none=True,
+        metadata={"description": "When absent or null: the house's location."},
     )
     crs = fields.String(
         load_default="wgs84",
@@ -232,10 +234,11 @@ class PatrolFindingCreateSchema(CaseCreateSchema):
 
     location = fields.Nested(
         PointSchema,
+        allow_none=True,
         metadata={
-            "description": "GeoJSON Point in `crs`; default (also for 0°, 0°, no fix): the "
-            "end of the track's line, its latest point that is no outlier or the stop it "
-            "ended in."
+            "description": "GeoJSON Point in `crs`; when absent or null (also for 0°, 0°, no "
+            "fix): the end of the track's line, its latest point that is no outlier or the "
+            "stop it ended in."
         },
     )
 

@@ -356,7 +356,11 @@ class VisitCaseSchema(CaseCreateSchema):
     """A case raised from the visit: as ``POST /api/v1/cases`` takes it; the location may be
     left out (the visit's, else the house's, is used)."""
 
-    location = fields.Nested(PointSchema, metadata={"description": "Defaults to the visit's."})
+    location = fields.Nested(
+        PointSchema,
+        allow_none=True,
+        metadata={"description": "When absent or null: the visit's, else its house's."},
+    )
 
 
 class VisitCreateSchema(StrictSchema):

@@ -793,6 +793,23 @@ def test_a_finding_at_0_0_is_a_finding_without_a_fix(worker, world, engine):
         assert case["grid"]["code"] == A1
 
 
+def test_a_finding_with_location_null_is_a_finding_without_a_location(worker, world, engine):
+    """`"location": null` was a 422 ("Field may not be null.") where leaving the key out
+    placed the finding where the walk ended: a phone's JSON without a fix writes null."""
+    patrol, began = started_an_hour_ago(worker)
+    url = f"/api/v1/patrols/{patrol['id']}/findings"
+    report = {"category": "0101", "description": "路灯损坏", "location": None}
+    assert ok(worker.post(url, json=report), 422)["errors"] == NO_PLACE
+    assert rows(engine, "SELECT count(*) FROM cases") == [(0,)]
+    track = walk(began + timedelta(minutes=1), n=3, col1=0.4)
+    upload(worker, patrol["id"], track)
+    case = ok(worker.post(url, json=report), 201)["case"]
+    latest = [track[-1]["lon"], track[-1]["lat"]]
+    assert case["location"]["coordinates"] == pytest.approx(latest, abs=1e-9)
+    assert case["grid"]["code"] == A1
+    assert ok(worker.get(f"/api/v1/patrols/{patrol['id']}"))["findings"] == [case["id"]]
+
+
 def test_only_its_worker_writes_to_a_patrol(accounts, worker, world):
     patrol, began = started_an_hour_ago(worker)
     chief = accounts.client("chief1", "grid_chief", grids=[A1, A2])

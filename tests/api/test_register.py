@@ -457,6 +457,19 @@ def test_a_visit_can_report_a_case_in_the_same_transaction(client, engine, world
     assert [v["id"] for v in listed] == [visit["id"]]
 
 
+def test_a_visits_case_with_location_null_is_placed_at_the_visit(client, engine, world, household):
+    """A case of a visit with `"location": null` was a 422 ("Field may not be null.") where
+    leaving the key out placed it at the visit (or its house)."""
+    body = {
+        "household_id": household["id"],
+        "case": {"category": "0101", "description": "楼道堆放杂物", "location": None},
+    }
+    visit = created(client.post("/api/v1/visits", json=body))
+    case = client.get(f"/api/v1/cases/{visit['case_id']}").get_json()
+    assert case["location"]["coordinates"] == pytest.approx(point(0)["coordinates"], abs=1e-9)
+    assert case["grid"]["code"] == A1 and case["source"] == "visit"
+
+
 # --- special groups ---------------------------------------------------------------------------
 
 
