@@ -122,17 +122,21 @@ FIRST_YEAR, LAST_YEAR = 1900, 2100
 
 
 def instant_problem(value: date) -> str | None:
-    """Return why a date, or a date and time, cannot be stored or compared (years 1900-2100,
-    in UTC for a time with a zone), or None. 0001-01-01T00:00+14:00 lies before the first
-    instant Python holds in UTC: its conversion raised OverflowError when a query bound it
-    (500)."""
-    aware = isinstance(value, datetime) and value.tzinfo is not None
-    try:
-        year = value.astimezone(UTC).year if aware else value.year  # type: ignore[attr-defined]
-    except OverflowError:
-        year = 0
-    if not FIRST_YEAR <= year <= LAST_YEAR:
+    """Return why a date, or a date and time, cannot be stored or compared, or None: its
+    year as written (the client's local date) lies outside 1900-2100.
+
+    In UTC a time with a zone may lie a day outside (1900-01-01T00:00+08:00 is 1899-12-31
+    in UTC), which both engines store, compare and answer alike; checked in UTC, such times
+    were refused though they lie in the years. The years keep every value far from what
+    Python cannot convert to UTC (0001-01-01T00:00+14:00 raised OverflowError when a query
+    bound it: 500), and the conversion is checked all the same."""
+    if not FIRST_YEAR <= value.year <= LAST_YEAR:
         return f"Must lie between the years {FIRST_YEAR} and {LAST_YEAR}."
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:  # pragma: no cover - not within the years
+            return f"Must lie between the years {FIRST_YEAR} and {LAST_YEAR}."
     return None
 
 

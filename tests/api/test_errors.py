@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from gridapi import create_app
 
-from ..factories import Accounts
+from ..factories import COMMUNITY_A, LAT0, LON0, STEP, Accounts
 
+A1 = COMMUNITY_A + "001"
+CENTRE = [round(LON0 + 0.5 * STEP, 6), round(LAT0 + 0.5 * STEP, 6)]
+CENTRE_POINT = {"type": "Point", "coordinates": CENTRE}
 ERROR_KEYS = {"code", "status", "message", "errors"}
 
 
@@ -291,3 +296,43 @@ def test_a_date_outside_what_can_be_stored_is_422_naming_it(client, world, url, 
     r = client.get(url)
     assert r.status_code == 422, r.get_json()
     assert r.get_json()["errors"]["query"][field] == ["Must lie between the years 1900 and 2100."]
+
+
+def test_a_time_in_the_years_as_written_is_taken_and_stored_alike_on_both_engines(client, world):
+    """The years were checked in UTC: 1900-01-01T00:00+08:00 (1899-12-31 in UTC) and
+    2100-12-31T23:00-08:00 (2101 in UTC) were 422 "Must lie between the years 1900 and 2100",
+    which they do, as written. Both engines store, compare and answer them alike."""
+    first, last = "1900-01-01T00:00:00+08:00", "2100-12-31T23:00:00-08:00"
+    for url in (
+        f"/api/v1/cases?from={first.replace('+', '%2B')}",
+        f"/api/v1/cases?to={last}",
+        "/api/v1/audit?since=1900-01-01T00:00:00%2B14:00",
+    ):
+        assert client.get(url).status_code == 200, (url, client.get(url).get_json())
+    house = client.post(
+        "/api/v1/houses",
+        json={"address": "平江路1号", "location": {"type": "Point", "coordinates": CENTRE}},
+    ).get_json()
+    household = client.post(
+        "/api/v1/households", json={"number": "0001", "house_id": house["id"]}
+    ).get_json()
+    r = client.post("/api/v1/visits", json={"household_id": household["id"], "visited_at": first})
+    assert r.status_code == 201, r.get_json()
+    visit = r.get_json()
+    assert datetime.fromisoformat(visit["visited_at"]) == datetime.fromisoformat(first)
+    read = client.get(f"/api/v1/visits/{visit['id']}").get_json()
+    assert read["visited_at"] == "1899-12-31T16:00:00+00:00"
+    since = client.get(f"/api/v1/visits?since={first.replace('+', '%2B')}").get_json()
+    until = client.get(f"/api/v1/visits?until={first.replace('+', '%2B')}").get_json()
+    assert ([v["id"] for v in since["items"]], until["items"]) == ([visit["id"]], [])
+    r = client.post("/api/v1/tasks", json={"title": "走访独居老人", "grid": A1, "due_at": last})
+    assert r.status_code == 201, r.get_json()
+    task = r.get_json()
+    assert datetime.fromisoformat(task["due_at"]) == datetime.fromisoformat(last)
+    read = client.get(f"/api/v1/tasks/{task['id']}").get_json()
+    assert read["due_at"] == "2101-01-01T07:00:00+00:00"
+    # occurred_at keeps its own rule (no case of the last century), now named as such
+    report = {"category": "0101", "description": "x", "location": CENTRE_POINT}
+    r = client.post("/api/v1/cases", json={**report, "occurred_at": "1900-01-01T00:00:00+08:00"})
+    assert r.status_code == 422
+    assert r.get_json()["errors"] == {"json": {"occurred_at": ["lies before the year 2000"]}}
