@@ -697,6 +697,117 @@ def persons_import(file: Path, mode: str, dry_run: bool, region: str | None) -> 
         sys.exit(1)
 
 
+# --- patrols --------------------------------------------------------------------------------
+
+
+@main.group()
+def patrols() -> None:
+    """Patrols (巡查): their stored statistics."""
+
+
+@patrols.command("recompute")
+@click.option("--region", help="Only the patrols of this region's subtree (12-digit code).")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Only the patrols started on or after this day (YYYY-MM-DD, in GRIDAPI_TIMEZONE).",
+)
+@click.option(
+    "--batch",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Patrols per transaction.",
+)
+@click.option("--dry-run", is_flag=True, help="Compute and report; write nothing.")
+def patrols_recompute(region: str | None, since: Any, batch: int, dry_run: bool) -> None:
+    """Recompute the stored length, line and grids crossed of patrols from their raw points.
+
+    Patrols recorded before GPS jitter was taken out (or outliers left out) keep the figures
+    of the code of their day until their next batch of points; this brings them to the
+    current computation, as a new batch would. The grids crossed are routed with today's
+    routing index. Patrols whose raw points were thinned (GRIDAPI_TRACK_RAW_DAYS) keep
+    theirs: nothing is left to recompute them from.
+
+    One transaction per batch of patrols, by id: an interrupted run is continued by running
+    it again, and a second run changes nothing. Prints how many patrols changed and their
+    total length before and after; writes one audit row `patrol.recompute` (counts and
+    totals, no coordinates). A dry run writes nothing.
+    """
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from .codes import InvalidCode, subtree_prefix
+    from .schemas.common import instant_problem
+    from .services.patrols import Recomputed, recompute_patrols
+    from .services.routing import build_snapshot, current_generation
+
+    settings = _settings()
+    if region is not None:
+        try:
+            subtree_prefix(region)
+        except InvalidCode as exc:
+            raise click.ClickException(f"--region {region}: {exc}") from exc
+    start: datetime | None = None
+    if since is not None:
+        if problem := instant_problem(since.date()):
+            raise click.ClickException(f"--since {since.date()}: {problem}")
+        start = since.replace(tzinfo=ZoneInfo(settings.timezone)).astimezone(UTC)
+    sessions = _sessions()
+    engine = sessions.kw["bind"]
+    snapshot = build_snapshot(engine, current_generation(engine), settings.routing_snap_meters)
+    verb = "would change" if dry_run else "changed"
+    total = Recomputed()
+    after = 0
+    while True:
+        with sessions() as session:
+            done = recompute_patrols(
+                session,
+                snapshot,
+                after=after,
+                limit=batch,
+                region=region,
+                since=start,
+                write=not dry_run,
+            )
+            if dry_run:
+                session.rollback()
+            else:
+                session.commit()
+        if done.last_id is None:
+            break
+        total.add(done)
+        after = done.last_id
+        if done.changed:
+            click.echo(f"  up to patrol {after}: {done.changed} of {done.read} {verb}")
+    if not dry_run:
+        with sessions.begin() as session:
+            record(
+                session,
+                _cli_actor(),
+                "patrol.recompute",
+                "patrol",
+                None,
+                summary={
+                    "patrols": total.read,
+                    "changed": total.changed,
+                    "thinned": total.thinned,
+                    "length_before_m": round(total.length_before_m, 1),
+                    "length_after_m": round(total.length_after_m, 1),
+                    "region": region,
+                    "since": since.date().isoformat() if since is not None else None,
+                },
+                region_code=region,
+            )
+    click.echo(
+        f"patrols: {total.read} recomputed, {total.changed} {verb}"
+        + (f"; {total.thinned} thinned, kept as they were" if total.thinned else "")
+    )
+    click.echo(f"length: {total.length_before_m:.1f} m before, {total.length_after_m:.1f} m after")
+    if dry_run:
+        click.echo("dry run: nothing was written")
+
+
 # --- demo -----------------------------------------------------------------------------------
 
 
