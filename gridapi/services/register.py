@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from geoalchemy2 import WKTElement
 from sqlalchemy import case, delete, inspect, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import clock
@@ -41,6 +40,7 @@ from . import cases as cases_svc
 from .preconditions import check_if_match, flush_versioned
 from .regions import get_region
 from .routing import IndexSnapshot
+from .uniques import add_or_conflict
 
 if TYPE_CHECKING:
     from ..auth import Principal
@@ -398,15 +398,22 @@ def create_household(
     else:
         place, _, _ = resolve_place(session, data, scope, snapshot)
     number = data["number"].strip()
-    registered = select(Household.id).where(
-        Household.county_code == place.county_code, Household.number == number
-    )
-    duplicate = DuplicateHousehold(
-        "A household with this number (户号) is already registered in the county.",
-        errors={"json": {"number": ["already registered in the county"]}},
-    )
-    if session.scalar(registered) is not None:
-        raise duplicate
+
+    def duplicate() -> DuplicateHousehold | None:
+        taken = session.scalar(
+            select(Household.id).where(
+                Household.county_code == place.county_code, Household.number == number
+            )
+        )
+        if taken is None:
+            return None
+        return DuplicateHousehold(
+            "A household with this number (户号) is already registered in the county.",
+            errors={"json": {"number": ["already registered in the county"]}},
+        )
+
+    if (error := duplicate()) is not None:
+        raise error
     household = Household(
         county_code=place.county_code,
         region_code=place.region_code,
@@ -416,16 +423,9 @@ def create_household(
         type=data.get("type", "registered"),
         created_by=actor,
     )
-    try:
-        with session.begin_nested():
-            session.add(household)
-    except IntegrityError:
-        # Registered by another request between the look-up and the insert (PostgreSQL:
-        # the unique index waited for it to commit): the same answer, counted the same, as
-        # when it came first, not the generic conflict.
-        if session.scalar(registered) is None:
-            raise
-        raise duplicate from None
+    # Registered by another request between the look-up and the insert: the same answer,
+    # counted the same, as when it came first, not the generic conflict.
+    add_or_conflict(session, household, duplicate)
     return household
 
 
@@ -541,8 +541,9 @@ def _check_phone(value: str | None, field: str = "phone", location: str = "json"
         raise _invalid(field, str(exc), location) from None
 
 
-def _set_id_number(session: Session, person: Person, parsed: Any, keys: Keys) -> None:
-    digest = keys.index("id_number", parsed.value)
+def _id_taken(session: Session, person: Person, digest: str) -> DuplicatePerson | None:
+    """The conflict of ``person``'s ID number (its index ``digest``) with another
+    resident's in the county, or None."""
     clash = session.execute(
         select(Person.grid_code, Person.region_code).where(
             Person.county_code == person.county_code,
@@ -550,12 +551,19 @@ def _set_id_number(session: Session, person: Person, parsed: Any, keys: Keys) ->
             Person.id != (person.id or 0),
         )
     ).first()
-    if clash is not None:
-        raise DuplicatePerson(
-            "A resident with this ID number is already registered in the county.",
-            errors={"json": {"id_number": ["already registered in the county"]}},
-            holder=clash,
-        )
+    if clash is None:
+        return None
+    return DuplicatePerson(
+        "A resident with this ID number is already registered in the county.",
+        errors={"json": {"id_number": ["already registered in the county"]}},
+        holder=clash,
+    )
+
+
+def _set_id_number(session: Session, person: Person, parsed: Any, keys: Keys) -> None:
+    digest = keys.index("id_number", parsed.value)
+    if (error := _id_taken(session, person, digest)) is not None:
+        raise error
     if person.id_number_enc is not None and person.id_number_hmac == digest:
         return  # the same number: sealed again it would be a change that is none
     person.id_number_enc = keys.seal("persons", "id_number", person.uid, parsed.value)
@@ -637,8 +645,14 @@ def create_person(
     if parsed is not None:
         _set_id_number(session, person, parsed, keys)
     _set_phone(person, phone, keys)
-    session.add(person)
-    session.flush()
+    # An ID number registered by another request between the look-up and the insert: the
+    # same answer, counted the same, as when it came first (a second head cannot race: the
+    # household is locked above).
+    add_or_conflict(
+        session,
+        person,
+        lambda: _id_taken(session, person, person.id_number_hmac) if parsed else None,
+    )
     return person
 
 

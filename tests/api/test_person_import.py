@@ -677,6 +677,46 @@ def test_a_household_number_registered_meanwhile_is_the_row_it_would_have_been(
     assert officer.get(f"/api/v1/persons?id_number={ID1}").status_code == 429
 
 
+def test_an_id_number_registered_meanwhile_is_the_row_it_would_have_been(
+    app: Any, accounts: Any, world: Any, engine: Any
+) -> None:
+    """An import whose ID number was registered by another request between the row's
+    look-up and its insert (PostgreSQL) failed whole with the generic 409 and counted
+    nothing. The row is now what it would have been had the other request come first: the
+    duplicate row error, of a resident outside the caller's scope, one lookup (429 once
+    spent); the other rows are imported."""
+    from gridapi.scope import Scope
+    from gridapi.services import register
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    st.settings.person_lookup_rate = "1 per hour"
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    before = counts(engine)
+    rows = csv_bytes("姓名,身份证号,网格编码", f"张三,{ID1},{A1}", f"李四,{ID2},{A1}")
+    with st.sessions() as session:  # another request's resident, inserted, not committed
+        register.create_person(
+            session,
+            {"name": "王五", "id_number": ID1, "grid": B1},
+            scope=Scope.everything(),
+            keys=register.Keys(st.cipher, st.phone_key),
+            actor="user:other",
+        )
+        r = send_while_uncommitted(
+            engine, session, "persons", lambda: upload(officer, rows, mode="valid")
+        )
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert (body["imported"], body["failed"]) == (1, 1)
+    assert body["errors"] == [
+        {"row": 2, "field": "身份证号", "message": "身份证号: already registered in the county"}
+    ]
+    # the other request's resident and the second row's
+    assert counts(engine) == (before[0] + 2, before[1], before[2])
+    assert officer.get(f"/api/v1/persons?id_number={ID1}").status_code == 429
+
+
 # ---- no values in the report -------------------------------------------------------------------
 
 

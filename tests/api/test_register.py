@@ -871,6 +871,44 @@ def test_a_household_number_registered_meanwhile_answers_and_counts_as_one_regis
     assert audit_rows(engine, "household.create") == []
 
 
+def test_an_id_number_registered_meanwhile_answers_and_counts_as_one_registered_before(
+    app, accounts, world, engine
+):
+    """Two registrations of one ID number at once: the one whose insert met the other's in
+    the unique index (PostgreSQL: it had looked before the other committed) got the generic
+    409, "The change conflicts with existing data.", and counted no lookup, so the race
+    could test whether someone is registered without spending the allowance. It now
+    answers as when the other came first: the 409 naming the ID number, counted."""
+    from gridapi.scope import Scope
+    from gridapi.services import register as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    st.settings.person_lookup_rate = "1 per hour"
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    body = {"name": "张三", "id_number": make_id(), "grid": A1}
+    with st.sessions() as session:  # another request's resident, inserted, not committed
+        svc.create_person(
+            session,
+            {"name": "李四", "id_number": make_id(), "grid": B1},
+            scope=Scope.everything(),
+            keys=svc.Keys(st.cipher, st.phone_key),
+            actor="user:other",
+        )
+        r = send_while_uncommitted(
+            engine, session, "persons", lambda: officer.post("/api/v1/persons", json=body)
+        )
+    assert r.status_code == 409 and r.get_json()["errors"] == {
+        "json": {"id_number": ["already registered in the county"]}
+    }
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT grid_code FROM persons")).scalars().all() == [B1]
+    # the allowance of one lookup is spent by the race's answer
+    assert officer.get(f"/api/v1/persons?id_number={make_id()}").status_code == 429
+    assert audit_rows(engine, "person.create") == []
+
+
 def test_a_household_member_moves_with_the_household_not_alone(client, world, household):
     person = add_person(client, household["id"])
     r = client.patch(f"/api/v1/persons/{person['id']}", json={"grid": B1})

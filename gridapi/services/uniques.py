@@ -1,0 +1,31 @@
+"""Inserting a row whose natural key was looked up first: the answer a concurrent twin gets.
+
+A service looks a number up (a 户号, an ID number, a phone number) and answers a specific
+conflict when it is taken. Two requests with one new number can both look before either
+commits; on PostgreSQL the second insert then waits in the unique index for the first and
+fails with a unique violation, which gridapi answers with the generic 409. Inserted through
+``add_or_conflict``, the second looks again and answers as if the first had come first:
+the same message and errors, counted the same way by its resource.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+
+def add_or_conflict(session: Session, obj: Any, conflict: Callable[[], Exception | None]) -> None:
+    """Insert ``obj`` in a savepoint. If a unique index refuses it, raise what
+    ``conflict()`` returns on looking again (the error of the sequential case), or the
+    IntegrityError itself when it finds nothing (another constraint)."""
+    try:
+        with session.begin_nested():
+            session.add(obj)
+    except IntegrityError:
+        error = conflict()
+        if error is None:
+            raise
+        raise error from None

@@ -1,0 +1,44 @@
+"""Forcing a check-then-insert race deterministically (PostgreSQL).
+
+Another transaction inserts a row with the key a request is about to register and does not
+commit; the request looks (sees nothing), inserts, and waits for that transaction in the
+unique index; only then does the other commit. SQLite serialises writers: there the request
+simply runs after the commit, the sequential case the race must end like.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import text
+
+
+def send_while_uncommitted(engine: Any, session: Any, table: str, send: Callable[[], Any]) -> Any:
+    """Run ``send`` (a request) in a thread while ``session`` holds an uncommitted insert
+    into ``table``; commit ``session`` once the request's own insert waits for it; return
+    the request's answer."""
+    session.flush()
+    answers: list = []
+    thread = threading.Thread(target=lambda: answers.append(send()))
+    thread.start()
+    deadline = time.monotonic() + 20
+    while engine.dialect.name == "postgresql" and time.monotonic() < deadline:
+        with engine.connect() as conn:
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND query LIKE :insert"
+                ),
+                {"insert": f"INSERT INTO {table} %"},
+            ).scalar_one()
+        if waiting:
+            break
+        time.sleep(0.05)
+    else:
+        time.sleep(0.5)
+    session.commit()
+    thread.join(30)
+    return answers.pop()
