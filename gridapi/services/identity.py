@@ -23,6 +23,7 @@ from ..security.passwords import hash_password, needs_rehash, password_problems,
 from ..security.permissions import CLIENT_SCOPES, ROLE_RANK
 from ..security.tokens import digest, new_api_key, new_secret, same_digest
 from .regions import get_region
+from .uniques import add_or_conflict
 
 PHONE_RE = re.compile(r"1[3-9][0-9]{9}")
 
@@ -416,13 +417,22 @@ def create_user(
                 "Unknown department.",
                 errors={"json": {"department_id": ["no such department in your scope"]}},
             )
-    if session.scalars(
-        select(User.id).where(func.lower(User.username) == username.lower())
-    ).first():
-        raise Conflict(f"The username {username!r} is taken.")
     hmac_value = phone_index(phone, phone_key) if phone else None
-    if hmac_value and session.scalars(select(User.id).where(User.phone_hmac == hmac_value)).first():
-        raise PhoneTaken("The phone number belongs to another account.")
+
+    def taken() -> Conflict | None:
+        if session.scalars(
+            select(User.id).where(func.lower(User.username) == username.lower())
+        ).first():
+            return Conflict(f"The username {username!r} is taken.")
+        if (
+            hmac_value
+            and session.scalars(select(User.id).where(User.phone_hmac == hmac_value)).first()
+        ):
+            return PhoneTaken("The phone number belongs to another account.")
+        return None
+
+    if (error := taken()) is not None:
+        raise error
     problems = password_problems(password, username=username, phone=phone or "")
     if problems:
         raise Unprocessable(
@@ -441,8 +451,9 @@ def create_user(
         is_active=True,
         token_version=0,
     )
-    session.add(user)
-    session.flush()
+    # A username or phone number taken by another request between the look-up and the
+    # insert: the same answer (a phone number's counted) as when it came first.
+    add_or_conflict(session, user, taken)
     for grid in grid_rows:
         session.add(
             GridAssignment(

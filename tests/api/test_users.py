@@ -205,6 +205,54 @@ def test_asking_whether_phone_numbers_have_accounts_is_counted(office: Any, app:
     assert answers[2].headers["Retry-After"]
 
 
+def test_a_username_or_phone_taken_meanwhile_answers_as_one_taken_before(
+    office: Any, app: Any, engine: Any
+) -> None:
+    """Two creates of one username or phone number at once: the one whose insert met the
+    other's in the unique index (PostgreSQL: it had looked before the other committed) got
+    the generic 409, "The change conflicts with existing data.", and a phone number's
+    counted no lookup, so the race told whether a number has an account for free. It now
+    answers as when the other came first: the 409 naming what is taken, a phone number's
+    counted (429 once spent)."""
+    from gridapi.scope import Scope
+    from gridapi.services import identity as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    st.settings.person_lookup_rate = "1 per hour"
+
+    def race(username: str, phone: str, sent: dict) -> Any:
+        with st.sessions() as session:  # another request's account, inserted, not committed
+            svc.create_user(
+                session,
+                scope=Scope.everything(),
+                actor_rank=None,
+                username=username,
+                password=PASSWORD,
+                role="grid_worker",
+                phone=phone,
+                grids=[B1],
+                phone_key=st.phone_key,
+            )
+            return send_while_uncommitted(
+                engine, session, "users", lambda: new_user(office, grids=[A2], **sent)
+            )
+
+    r = race("wang", "13900000001", {"username": "wang", "phone": "13900000002"})
+    assert r.status_code == 409 and r.get_json()["message"] == "The username 'wang' is taken."
+    r = race("lisi", PHONE, {"username": "zhao", "phone": PHONE})
+    assert r.status_code == 409
+    assert r.get_json()["message"] == "The phone number belongs to another account."
+    with st.sessions() as session:
+        names = session.scalars(
+            select(User.username).where(User.username.in_(["wang", "lisi", "zhao"]))
+        )
+        assert sorted(names) == ["lisi", "wang"]
+    # the allowance of one lookup is spent by the race's answer
+    assert new_user(office, "zhou", grids=[A2], phone=PHONE).status_code == 429
+
+
 def test_a_community_officer_reads_accounts_but_cannot_create_them(
     office: Any, accounts: Any
 ) -> None:
