@@ -20,6 +20,7 @@ from ..models.register import Person, SpecialGroupRecord, new_uid
 from ..personal import mask_name
 from ..scope import Scope
 from .register import PAGE_MAX, Keys, _area_filters, get_person, in_scope
+from .uniques import add_or_conflict
 
 TYPE_NAMES = {
     "released_prisoner": "刑满释放人员",
@@ -62,16 +63,22 @@ def create_record(
 ) -> SpecialGroupRecord:
     person = get_person(session, data["person_id"], scope, field="person_id")
     _check_helper(session, data.get("helper_id"), scope)
-    taken = session.scalar(
-        select(SpecialGroupRecord.id).where(
-            SpecialGroupRecord.person_id == person.id, SpecialGroupRecord.type == data["type"]
+
+    def taken() -> Conflict | None:
+        found = session.scalar(
+            select(SpecialGroupRecord.id).where(
+                SpecialGroupRecord.person_id == person.id, SpecialGroupRecord.type == data["type"]
+            )
         )
-    )
-    if taken is not None:
-        raise Conflict(
+        if found is None:
+            return None
+        return Conflict(
             "The resident has a record of this type already.",
             errors={"json": {"type": ["the resident has a record of this type already"]}},
         )
+
+    if (error := taken()) is not None:
+        raise error
     record = SpecialGroupRecord(
         uid=new_uid(),
         county_code=person.county_code,
@@ -87,8 +94,8 @@ def create_record(
         created_by=actor,
     )
     record.notes_enc = keys.seal("special_group_records", "notes", record.uid, data.get("notes"))
-    session.add(record)
-    session.flush()
+    # One made by another request between the look-up and the insert: the same answer.
+    add_or_conflict(session, record, taken)
     return record
 
 

@@ -909,6 +909,42 @@ def test_an_id_number_registered_meanwhile_answers_and_counts_as_one_registered_
     assert audit_rows(engine, "person.create") == []
 
 
+def test_a_special_group_record_made_meanwhile_answers_as_one_made_before(
+    app, client, engine, world, household
+):
+    """Two records of one type for one resident at once: the one whose insert met the
+    other's in the unique index (PostgreSQL) got the generic 409 with no errors; it now
+    answers as when the other came first, naming the type."""
+    from gridapi.scope import Scope
+    from gridapi.services import register as svc
+    from gridapi.services import special_groups
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    person = add_person(client, household["id"])
+    body = {"person_id": person["id"], "type": "petitioner"}
+    with st.sessions() as session:  # another request's record, inserted, not committed
+        special_groups.create_record(
+            session,
+            dict(body),
+            scope=Scope.everything(),
+            keys=svc.Keys(st.cipher, st.phone_key),
+            actor="user:other",
+        )
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "special_group_records",
+            lambda: client.post("/api/v1/special-groups", json=body),
+        )
+    assert r.status_code == 409 and r.get_json()["errors"] == {
+        "json": {"type": ["the resident has a record of this type already"]}
+    }
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM special_group_records")).scalar_one() == 1
+
+
 def test_a_household_member_moves_with_the_household_not_alone(client, world, household):
     person = add_person(client, household["id"])
     r = client.patch(f"/api/v1/persons/{person['id']}", json={"grid": B1})
