@@ -48,6 +48,7 @@ from ..models import (
 from ..scope import Scope, starts_with
 from .identity import assignment_holds_on
 from .routing import IndexSnapshot
+from .uniques import add_or_conflict
 
 if TYPE_CHECKING:
     from ..auth import Principal
@@ -401,12 +402,18 @@ def start_patrol(
     started_at = _not_future(data.get("started_at") or now, now, "started_at")
     if kept_days is not None and started_at < now - timedelta(days=kept_days):
         raise _invalid("started_at", f"lies before the {kept_days:g} days tracks are kept")
-    active = active_patrol(session, principal.id)
-    if active is not None:
-        raise Conflict(
+
+    def one_active() -> Conflict | None:
+        active = active_patrol(session, principal.id)
+        if active is None:
+            return None
+        return Conflict(
             "You have an active patrol: end it before starting another.",
             errors={"active_patrol_id": active.id},
         )
+
+    if (error := one_active()) is not None:
+        raise error
     grid = primary_grid(session, principal.id, today)
     region = grid[:12] if grid else principal.region_code
     if region is None and data.get("location") is not None:
@@ -432,8 +439,9 @@ def start_patrol(
         point_count=0,
         version=1,
     )
-    session.add(patrol)
-    session.flush()
+    # One started by another request between the look-up and the insert: the same answer,
+    # naming it, as when it came first.
+    add_or_conflict(session, patrol, one_active)
     return patrol
 
 

@@ -654,6 +654,40 @@ def worker_id(engine, username: str = "worker1") -> int:  # type: ignore[no-unty
     return rows(engine, "SELECT id FROM users WHERE username = :u", u=username)[0][0]
 
 
+def test_a_patrol_started_meanwhile_is_named_as_one_started_before(app, worker, world, engine):
+    """Two starts without a key at once (a double tap): the one whose insert met the
+    other's in the one-active-patrol index (PostgreSQL) got the generic 409 with no
+    active_patrol_id, so the app could not resume the patrol. It now answers as when the
+    other came first, naming it."""
+    from gridapi.models import Patrol
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    with st.sessions() as session:  # another request's start, inserted, not committed
+        other = Patrol(
+            county_code=COMMUNITY_A[:6],
+            region_code=COMMUNITY_A,
+            worker_id=worker_id(engine),
+            grid_code=A1,
+            started_at=datetime.now(UTC),
+            status="active",
+            length_m=0.0,
+            duration_s=0,
+            grids_crossed=[],
+            point_count=0,
+            version=1,
+        )
+        session.add(other)
+        session.flush()
+        other_id = other.id
+        r = send_while_uncommitted(
+            engine, session, "patrols", lambda: worker.post("/api/v1/patrols", json={})
+        )
+    assert ok(r, 409)["errors"] == {"active_patrol_id": other_id}
+    assert [row[0] for row in rows(engine, "SELECT id FROM patrols")] == [other_id]
+
+
 def test_an_account_without_grid_or_region_says_where_it_patrols(client, world):
     answer = ok(client.post("/api/v1/patrols", json={}), 422)  # the unrestricted admin
     assert "location" in answer["errors"]["json"]
