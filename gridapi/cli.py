@@ -25,12 +25,15 @@ def _settings() -> Settings:
     return settings
 
 
-def _engine(settings: Settings):  # type: ignore[no-untyped-def]
+def _engine(settings: Settings, *, immediate: bool = True):  # type: ignore[no-untyped-def]
     from .db import make_engine
 
-    # Commands and the job runner read, then write: on SQLite they begin as writers.
+    # Commands read, then write: on SQLite they begin as writers. The job runner does not
+    # (immediate=False): it reads while it writes export files and, beside that read, renews
+    # the job's lease and runs the other jobs on connections of its own; each of its write
+    # transactions begins IMMEDIATE by saying so (sqlite_write_intent), its reads hold no lock.
     return make_engine(
-        settings.database_url, spatialite_path=settings.spatialite_path, sqlite_immediate=True
+        settings.database_url, spatialite_path=settings.spatialite_path, sqlite_immediate=immediate
     )
 
 
@@ -169,13 +172,18 @@ def regions_import(file: Path, code_field: str, name_field: str) -> None:
     )
 
 
-def _sessions():  # type: ignore[no-untyped-def]
+def job_runner_engine(settings: Settings):  # type: ignore[no-untyped-def]
+    """Return the engine of `gridapi worker` (and of the worker `gridapi serve` starts)."""
+    return _engine(settings, immediate=False)
+
+
+def _sessions(*, immediate: bool = True):  # type: ignore[no-untyped-def]
     from .db import make_sessionmaker
     from .security.passwords import configure
 
     settings = _settings()
     configure(settings.argon2_time_cost, settings.argon2_memory_kib)
-    engine = _engine(settings)
+    engine = _engine(settings) if immediate else job_runner_engine(settings)
     try:
         from .db import spatial_extension_version
 
@@ -940,7 +948,7 @@ def worker(once: bool, parent_pid: int | None) -> None:
     from .services import exports, webhooks
     from .services.register import Keys
 
-    sessions = _sessions()
+    sessions = _sessions(immediate=False)  # the jobs declare their write transactions
     from .migrations import schema_problem
 
     # Export jobs look residents up under the blind-index key (the worker signs no tokens).

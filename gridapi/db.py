@@ -24,8 +24,10 @@ from .config import private_directory
 # busy timeout instead of failing when a read transaction tries to upgrade to a write (a
 # reader whose snapshot is older than the last commit gets "database is locked" at once,
 # whatever the timeout). GET views that write (an audit row of a read) say so: `writes`.
-sqlite_write_intent: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "sqlite_write_intent", default=False
+# Set, it decides how a SQLite transaction begins (True: IMMEDIATE, False: a plain read,
+# even on an engine made with ``sqlite_immediate``); unset (None), the engine's default does.
+sqlite_write_intent: contextvars.ContextVar[bool | None] = contextvars.ContextVar(
+    "sqlite_write_intent", default=None
 )
 
 _WRITES = "_gridapi_writes"
@@ -71,9 +73,12 @@ def make_engine(
 ) -> Engine:
     """Return an engine for the URL with the spatial extension wired in.
 
-    ``sqlite_immediate``: every SQLite transaction begins IMMEDIATE (a command or the job
-    runner, whose transactions read and then write: begun as readers, their first write
-    failed at once with "database is locked" whenever a request had written meanwhile).
+    ``sqlite_immediate``: every SQLite transaction begins IMMEDIATE unless
+    ``sqlite_write_intent`` says otherwise (a command, whose transactions read and then
+    write: begun as readers, their first write failed at once with "database is locked"
+    whenever a request had written meanwhile). Not for the job runner: it holds reads open
+    while it writes files and renews leases beside them, so its engine begins plain reads
+    and each of its write transactions says so with ``sqlite_write_intent``.
     Raises SpatialExtensionMissing when SpatiaLite cannot be loaded.
     """
     url = make_url(database_url)
@@ -178,7 +183,8 @@ def _make_sqlite_engine(database_url: str, spatialite_path: str, immediate: bool
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        write = immediate or sqlite_write_intent.get()
+        intent = sqlite_write_intent.get()
+        write = immediate if intent is None else intent
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine

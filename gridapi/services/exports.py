@@ -33,6 +33,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from .. import clock
 from ..config import private_directory
+from ..db import sqlite_write_intent
 from ..errors import NotFound
 from ..jsonio import dumps_bytes
 from ..models import ApiClient, Grid, User
@@ -825,9 +826,37 @@ def _takeable(now: datetime, options: JobOptions) -> Any:
     )
 
 
+@contextlib.contextmanager
+def _writing(sessions: Any) -> Iterator[Session]:
+    """One committed write transaction of the job runner: BEGIN IMMEDIATE on SQLite (it
+    reads, then writes; begun as a reader its first write fails at once whenever another
+    connection committed meanwhile). Everything else the runner does is a plain read: on
+    SQLite no write lock is held while a file is written, so the lease's renewal, the other
+    jobs and the server's requests write meanwhile."""
+    token = sqlite_write_intent.set(True)
+    try:
+        with sessions.begin() as session:
+            yield session
+    finally:
+        sqlite_write_intent.reset(token)
+
+
+@contextlib.contextmanager
+def _reading(sessions: Any) -> Iterator[Session]:
+    """A session whose transaction is a plain read (BEGIN DEFERRED on SQLite, whatever the
+    engine's default): a consistent snapshot that holds no lock while the file is written.
+    Nothing is written through it."""
+    token = sqlite_write_intent.set(False)
+    try:
+        with sessions() as session:
+            yield session
+    finally:
+        sqlite_write_intent.reset(token)
+
+
 def _give_up(sessions: Any, options: JobOptions, now: datetime) -> int:
     """Fail the jobs whose lease ran out on their last allowed attempt; return how many."""
-    with sessions.begin() as session:
+    with _writing(sessions) as session:
         failed = session.execute(
             update(ExportJob)
             .where(_abandoned(now), ExportJob.attempts >= options.max_attempts)
@@ -849,7 +878,7 @@ def _claim(sessions: Any, options: JobOptions, now: datetime) -> tuple[int, int]
     """Take the oldest queued job (or one whose worker stopped: its lease ran out) and
     return (id, attempt); None when there is nothing to take. Two workers never take the
     same job: the update only succeeds while the job is still takeable."""
-    with sessions.begin() as session:
+    with _writing(sessions) as session:
         for job_id in session.scalars(
             select(ExportJob.id).where(_takeable(now, options)).order_by(ExportJob.id).limit(5)
         ):
@@ -894,7 +923,7 @@ class _Lease:
         if not force and time.monotonic() < self.next:
             return
         until = utcnow() + timedelta(seconds=self.options.lease_seconds)
-        with self.sessions.begin() as session:
+        with _writing(self.sessions) as session:
             kept = session.execute(
                 update(ExportJob).where(self.mine()).values(lease_until=until)
             ).rowcount
@@ -931,7 +960,11 @@ def run_job(
     from ..schemas.exports import job_filters_schema
 
     lease = _Lease(sessions, options, job_id, attempt)
-    with sessions() as session:
+    # A plain read while the file is written: on SQLite a write transaction here held the
+    # database's one write lock for the whole file, so the lease's renewal (on a connection
+    # of its own) waited out the busy timeout and failed the job, and every request that
+    # wrote meanwhile waited or answered 503.
+    with _reading(sessions) as session:
         job = session.get(ExportJob, job_id)
         assert job is not None
         kept_filters = stored_filters(job.filters)
@@ -995,7 +1028,7 @@ def run_job(
         )
     else:
         outcome.update(status="failed", error=problem)
-    with sessions.begin() as session:
+    with _writing(sessions) as session:
         written = session.execute(update(ExportJob).where(lease.mine()).values(**outcome))
     if not written.rowcount:
         log.warning("export job %s was taken over by another worker", job_id)
@@ -1005,7 +1038,7 @@ def run_job(
 
 def purge_jobs(sessions: Any, options: JobOptions, now: datetime) -> int:
     """Delete the jobs (and files) whose retention has passed; return how many."""
-    with sessions.begin() as session:
+    with _writing(sessions) as session:
         expired = list(
             session.scalars(
                 select(ExportJob).where(

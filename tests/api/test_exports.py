@@ -3,9 +3,13 @@ and caller; residents masked unless unmasked with a purpose; every export audite
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,10 +18,13 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy import text
 
+from gridapi.cli import job_runner_engine
+from gridapi.db import make_engine, make_sessionmaker
 from gridapi.personal import check_digit
 from gridapi.services import exports as exports_svc
 
 from ..factories import COMMUNITY_A, COMMUNITY_B, COUNTY, LAT0, LON0, STEP, TOWNSHIP
+from ..sqlite_locks import writes_begun_as_reads
 
 A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
 B1 = COMMUNITY_B + "001"
@@ -394,11 +401,23 @@ def job_options(app: Any, **changes: Any) -> exports_svc.JobOptions:
     )
 
 
+@contextlib.contextmanager
+def job_runner_sessions(app: Any, **engine: Any) -> Iterator[Any]:
+    """Sessions on an engine of the job runner's, as ``gridapi worker`` makes it (not the
+    app's: on SQLite a runner's engine began every transaction IMMEDIATE and only the
+    worker deadlocked). ``engine`` asks for another engine's settings instead."""
+    settings = app.extensions["gridapi"].settings
+    bind = make_engine(settings.database_url, **engine) if engine else job_runner_engine(settings)
+    try:
+        yield make_sessionmaker(bind)
+    finally:
+        bind.dispose()
+
+
 def run_jobs(app: Any, **kwargs: Any) -> dict[str, int]:
-    """Run what ``gridapi worker`` runs for exports, once."""
-    return exports_svc.run_export_jobs(
-        app.extensions["gridapi"].sessions, job_options(app), **kwargs
-    )
+    """Run what ``gridapi worker`` runs for exports, once, on the worker's engine."""
+    with job_runner_sessions(app) as sessions:
+        return exports_svc.run_export_jobs(sessions, job_options(app), **kwargs)
 
 
 def test_a_job_writes_the_export_to_a_file_only_its_requester_downloads(
@@ -826,10 +845,11 @@ def test_a_worker_that_lost_its_lease_discards_its_file(client, world, app, engi
     st = app.extensions["gridapi"]
     options = job_options(app)
     job = client.post("/api/v1/exports/cases/jobs", json={"format": "csv"}).get_json()
-    assert exports_svc._claim(st.sessions, options, datetime.now(UTC)) == (job["id"], 1)
-    until = datetime.now(UTC) + timedelta(minutes=5)
-    _as_left_by_a_dead_worker(engine, job["id"], 2, until)  # B holds attempt 2
-    assert exports_svc.run_job(st.sessions, options, job["id"], datetime.now(UTC), 1) == "lost"
+    with job_runner_sessions(app) as sessions:
+        assert exports_svc._claim(sessions, options, datetime.now(UTC)) == (job["id"], 1)
+        until = datetime.now(UTC) + timedelta(minutes=5)
+        _as_left_by_a_dead_worker(engine, job["id"], 2, until)  # B holds attempt 2
+        assert exports_svc.run_job(sessions, options, job["id"], datetime.now(UTC), 1) == "lost"
     assert _job_row(engine, job["id"])[:2] == ("running", 2)
     directory = Path(st.settings.data_dir) / "exports"
     assert not directory.exists() or list(directory.iterdir()) == []
@@ -838,15 +858,119 @@ def test_a_worker_that_lost_its_lease_discards_its_file(client, world, app, engi
 def test_a_worker_renews_its_lease_while_it_writes(client, world, app, engine):
     """With a lease shorter than a row takes, the worker renews it at every row (in a
     transaction of its own, beside the open read: SQLite's WAL allows it) and finishes."""
-    st = app.extensions["gridapi"]
     options = job_options(app, lease_seconds=0.000_001)
     job = client.post("/api/v1/exports/cases/jobs", json={"format": "xlsx"}).get_json()
-    assert exports_svc.run_export_jobs(st.sessions, options) == {
-        "done": 1,
-        "failed": 0,
-        "purged": 0,
-    }
+    with job_runner_sessions(app) as sessions:
+        assert exports_svc.run_export_jobs(sessions, options) == {
+            "done": 1,
+            "failed": 0,
+            "purged": 0,
+        }
     assert _job_row(engine, job["id"]) == ("done", 1, None)
     body = ok(client.get(f"/api/v1/exports/cases/jobs/{job['id']}")).get_json()
     book = ok(client.get(body["download"]))
     assert len(list(load_workbook(io.BytesIO(book.get_data())).worksheets[0].values)) == 4
+
+
+# --- export jobs beside the other writers (SQLite's one write lock) ---------------------------
+
+
+@pytest.fixture
+def of_every_kind(client, residents, accounts):  # type: ignore[no-untyped-def]
+    """Cases (3), residents (3), visits (2) and tasks (2) to export."""
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    for grid in (A1, B1):
+        body = {"title": f"走访独居老人 {grid}", "grid": grid, "due_in": SOON}
+        ok(office.post("/api/v1/tasks", json=body), 201)
+    return {"cases": 3, "persons": 3, "visits": 2, "tasks": 2}
+
+
+def pausing_at_the_first_row(monkeypatch: Any, at_first_row: Any) -> None:
+    """Call ``at_first_row()`` while a job writes its file, after its first row was read."""
+    real = exports_svc.plan_for
+    called: list[bool] = []
+
+    def plan_for(*args: Any, **kwargs: Any) -> exports_svc.ExportPlan:
+        plan = real(*args, **kwargs)
+
+        def values(row: Any) -> list[Any]:
+            if not called:
+                called.append(True)
+                at_first_row()
+            return plan.values(row)
+
+        return replace(plan, values=values)
+
+    monkeypatch.setattr(exports_svc, "plan_for", plan_for)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fmt"),
+    [("cases", "csv"), ("tasks", "xlsx"), ("persons", "geojson"), ("visits", "csv")],
+)
+def test_gridapi_worker_writes_each_kind_while_a_request_writes_beside_it(
+    client, of_every_kind, app, settings, monkeypatch, kind, fmt
+):
+    """`gridapi worker --once` (its own engine, as in production) writes the job's file; a
+    request that writes while the file is being written is answered at once, and the job
+    finishes. On SQLite the job held a write transaction open while it wrote the file: the
+    request waited out the 30 s busy timeout (503), and so did the lease's renewal, which
+    failed the job ("The export could not be written (OperationalError)")."""
+    from .test_worker import cli
+
+    job = ok(client.post(f"/api/v1/exports/{kind}/jobs", json={"format": fmt}), 202).get_json()
+    during: list[tuple[str, int]] = []
+
+    def a_request_writes() -> None:
+        status = ok(client.get(f"/api/v1/exports/{kind}/jobs/{job['id']}")).get_json()["status"]
+        body = {"code": "FIRE", "name": "消防", "region_code": COMMUNITY_A}
+        during.append((status, client.post("/api/v1/departments", json=body).status_code))
+
+    pausing_at_the_first_row(monkeypatch, a_request_writes)
+    with writes_begun_as_reads() as unsafe:
+        result = cli(settings.database_url, "worker", "--once", GRIDAPI_DATA_DIR=settings.data_dir)
+    assert during == [("running", 201)]  # mid-run, and the write went through
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == "exports: done=1 failed=0 purged=0", result.output
+    assert unsafe == []  # every write of the worker's round began as a writer's
+    body = ok(client.get(f"/api/v1/exports/{kind}/jobs/{job['id']}")).get_json()
+    assert (body["status"], body["error"]) == ("done", None)
+    assert body["row_count"] == of_every_kind[kind]
+    filed = ok(client.get(body["download"])).get_data()
+    if fmt == "csv":
+        assert filed.decode("utf-8-sig").count("\n") == of_every_kind[kind] + 1
+    elif fmt == "xlsx":
+        rows = list(load_workbook(io.BytesIO(filed)).worksheets[0].values)
+        assert len(rows) == of_every_kind[kind] + 1
+    else:
+        assert len(json.loads(filed)["features"]) == of_every_kind[kind]
+    assert any(d["name"] == "消防" for d in client.get("/api/v1/departments").get_json()["items"])
+
+
+@pytest.mark.engines("sqlite")
+def test_a_job_run_on_an_engine_that_begins_as_a_writer_still_reads_without_the_lock(
+    client, world, app, monkeypatch
+):
+    """The job's read is a plain read whatever the engine's default (a command's begins every
+    transaction IMMEDIATE): another connection writes while the file is written, and the
+    lease is renewed at every row (a lease shorter than a row takes) beside the read."""
+    job = ok(client.post("/api/v1/exports/cases/jobs", json={"format": "csv"}), 202).get_json()
+    written: list[int] = []
+
+    def another_connection_writes() -> None:
+        # In a thread, so that a wait on the lock shows as a timeout here, not a 30 s stall.
+        def write() -> None:
+            written.append(client.post("/api/v1/departments", json=department).status_code)
+
+        department = {"code": "FIRE", "name": "消防", "region_code": COMMUNITY_A}
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(timeout=10)
+        assert written == [201]
+
+    pausing_at_the_first_row(monkeypatch, another_connection_writes)
+    options = job_options(app, lease_seconds=0.000_001)
+    with job_runner_sessions(app, sqlite_immediate=True) as sessions:
+        counts = exports_svc.run_export_jobs(sessions, options)
+    assert counts == {"done": 1, "failed": 0, "purged": 0}
+    assert _job_row(app.extensions["gridapi"].engine, job["id"]) == ("done", 1, None)
