@@ -76,7 +76,7 @@ def db_upgrade(revision: str) -> None:
     engine = _engine(settings)
     try:
         migrations.upgrade(engine, revision)
-    except SpatialExtensionMissing as exc:
+    except (SpatialExtensionMissing, migrations.MigrationRefused) as exc:
         raise click.ClickException(str(exc)) from exc
     except Exception as exc:
         if "postgis" in str(exc).lower() and "extension" in str(exc).lower():
@@ -572,6 +572,40 @@ def users_reset_password(username: str, password: str | None, password_stdin: bo
     except DomainError as exc:
         raise click.ClickException(_describe(exc)) from exc
     click.echo(f"password of {username} reset")
+
+
+@users.command("rename")
+@click.option("--username", required=True, help="The account's username, exactly as stored.")
+@click.option("--to", "new_username", required=True, help="Its new username.")
+def users_rename(username: str, new_username: str) -> None:
+    """Give an account a new username (no other account may have it, in any case).
+
+    Its sessions go on; the person signs in with the new name from now on. Migration 0031
+    asks for this when two accounts' usernames differ only in case."""
+    from sqlalchemy import select
+
+    from .errors import DomainError
+    from .models import User
+    from .services.identity import rename_user
+
+    try:
+        with _sessions().begin() as session:
+            user = session.scalars(select(User).where(User.username == username)).first()
+            if user is None:
+                raise click.ClickException(f"no user {username!r}")
+            rename_user(session, user, new_username)
+            record(
+                session,
+                _cli_actor(),
+                "user.rename",
+                "user",
+                user.id,
+                region_code=user.region_code,
+                summary={"from": username, "to": new_username},
+            )
+    except DomainError as exc:
+        raise click.ClickException(_describe(exc)) from exc
+    click.echo(f"user {username} renamed {new_username}")
 
 
 @main.group()

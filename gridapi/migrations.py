@@ -59,6 +59,11 @@ def include_object(
     return alembic_helpers.include_object(obj, name, type_, reflected, compare_to)
 
 
+class MigrationRefused(RuntimeError):
+    """A migration found data it cannot carry over and changed nothing; the message says
+    what to do (e.g. 0031: usernames equal but for case)."""
+
+
 def alembic_config(engine: Engine | None = None) -> Config:
     """Return an Alembic config bound to ``engine`` (or to GRIDAPI_DATABASE_URL)."""
     if not ALEMBIC_DIR.is_dir():

@@ -16,23 +16,27 @@ from typing import Any
 from sqlalchemy import text
 
 
-def send_while_uncommitted(engine: Any, session: Any, table: str, send: Callable[[], Any]) -> Any:
+def send_while_uncommitted(
+    engine: Any, session: Any, table: str, send: Callable[[], Any], *, waits_in: str | None = None
+) -> Any:
     """Run ``send`` (a request) in a thread while ``session`` holds an uncommitted insert
-    into ``table``; commit ``session`` once the request's own insert waits for it; return
-    the request's answer."""
+    into ``table``; commit ``session`` once the request's own insert waits for it (or the
+    statement starting ``waits_in``: "UPDATE persons", "SELECT users."…), or once the
+    request has answered without waiting; return the request's answer."""
     session.flush()
     answers: list = []
     thread = threading.Thread(target=lambda: answers.append(send()))
     thread.start()
     deadline = time.monotonic() + 20
-    while engine.dialect.name == "postgresql" and time.monotonic() < deadline:
+    waits_in = f"INSERT INTO {table} " if waits_in is None else waits_in
+    while engine.dialect.name == "postgresql" and thread.is_alive() and time.monotonic() < deadline:
         with engine.connect() as conn:
             waiting = conn.execute(
                 text(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE :insert"
+                    "AND datname = current_database() AND query LIKE :insert"
                 ),
-                {"insert": f"INSERT INTO {table} %"},
+                {"insert": waits_in.replace("%", r"\%").replace("_", r"\_") + "%"},
             ).scalar_one()
         if waiting:
             break

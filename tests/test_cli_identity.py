@@ -253,6 +253,76 @@ def test_reset_password_refuses_unknown_users_and_weak_passwords(
     assert sign_in(anon_client, "w01").status_code == 200
 
 
+# ---- users rename, and migration 0031 (usernames regardless of case) -------------------------
+
+
+def test_users_rename_gives_a_new_username_unless_another_account_has_it(
+    cli: Any, world: None, anon_client: Any, session: Any
+) -> None:
+    add_user(cli, "w01", "grid_worker", "--grids", A1)
+    add_user(cli, "w02", "grid_worker", "--grids", A2)
+    assert "taken" in refused(cli("users", "rename", "--username", "w01", "--to", "W02"))
+    assert "no user 'ghost'" in refused(cli("users", "rename", "--username", "ghost", "--to", "x1"))
+    assert "3-64" in refused(cli("users", "rename", "--username", "w01", "--to", "a b"))
+    assert "renamed W01" in ok(cli("users", "rename", "--username", "w01", "--to", "W01"))
+    assert sign_in(anon_client, "w01").status_code == 200  # sign-in ignores case
+    ok(cli("users", "rename", "--username", "W01", "--to", "zhang.san"))
+    assert sign_in(anon_client, "w01").status_code == 401
+    assert sign_in(anon_client, "zhang.san").status_code == 200
+    renames = session.scalars(select(AuditEntry).where(AuditEntry.action == "user.rename")).all()
+    assert [e.summary for e in renames] == [
+        {"from": "w01", "to": "W01"},
+        {"from": "W01", "to": "zhang.san"},
+    ]
+
+
+def test_usernames_equal_but_for_case_stop_migration_0031_until_one_is_renamed(
+    cli: Any, world: None, anon_client: Any, database_url: str
+) -> None:
+    """A database from before 0031 may hold "alice" and "Alice": the upgrade changes nothing
+    and says which accounts clash and how to rename one; renamed, it goes through."""
+    from sqlalchemy import inspect, text
+
+    from gridapi import migrations
+    from gridapi.db import make_engine
+
+    add_user(cli, "alice", "grid_worker", "--grids", A1)
+    engine = make_engine(database_url)
+    migrations.downgrade(engine, "0030")
+    with engine.begin() as conn:  # as two creates at once could leave it before 0031
+        conn.execute(
+            text(
+                "INSERT INTO users (username, display_name, password_hash, role_name,"
+                " scope_region_code, region_code, is_active, token_version,"
+                " password_changed_at, created_at, updated_at)"
+                " SELECT 'Alice', display_name, password_hash, role_name, scope_region_code,"
+                " region_code, is_active, token_version, password_changed_at, created_at,"
+                " updated_at FROM users WHERE username = 'alice'"
+            )
+        )
+        ids = dict(conn.execute(text("SELECT username, id FROM users")).all())
+
+    output = refused(cli("db", "upgrade"))
+    assert f"'alice' (id {ids['alice']}), 'Alice' (id {ids['Alice']})" in output
+    assert "gridapi users rename --username Alice --to alice2" in output
+    assert migrations.current_revision(engine) == "0030"
+    indexes = {ix["name"] for ix in inspect(engine).get_indexes("users")}
+    assert "uq_users_username_lower" not in indexes
+
+    ok(cli("users", "rename", "--username", "Alice", "--to", "alice2"))
+    ok(cli("db", "upgrade"))
+    assert migrations.current_revision(engine) == migrations.head_revision()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT username FROM users ORDER BY id")).scalars().all() == [
+            "admin",
+            "alice",
+            "alice2",
+        ]
+    engine.dispose()
+    assert sign_in(anon_client, "ALICE").status_code == 200
+    assert sign_in(anon_client, "Alice2").status_code == 200
+
+
 # ---- passwords without --password ------------------------------------------------------------
 
 

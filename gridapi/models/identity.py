@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    func,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -66,6 +67,10 @@ class User(Base):
     password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    # Usernames are one regardless of case (sign-in matches them so): "Alice" and "alice"
+    # cannot both exist, also when two requests create them at once (migration 0031).
+    __table_args__ = (Index("uq_users_username_lower", func.lower(username), unique=True),)
 
 
 class GridAssignment(Base):

@@ -23,7 +23,7 @@ from ..security.passwords import hash_password, needs_rehash, password_problems,
 from ..security.permissions import CLIENT_SCOPES, ROLE_RANK
 from ..security.tokens import digest, new_api_key, new_secret, same_digest
 from .regions import get_region
-from .uniques import add_or_conflict
+from .uniques import add_or_conflict, conflicts_as
 
 PHONE_RE = re.compile(r"1[3-9][0-9]{9}")
 
@@ -350,6 +350,40 @@ def _grid_in_service(session: Session, code: str, scope: Scope) -> Grid | None:
     ).first()
 
 
+def _username_problem(username: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{3,64}", username):
+        return "3-64 letters, digits, '_', '.' or '-'"
+    if PHONE_RE.fullmatch(username):
+        return "must not look like a phone number (people sign in by phone too)"
+    return None
+
+
+def _username_taken(session: Session, username: str, user_id: int | None = None) -> bool:
+    """Whether another account has ``username``, in any case (the unique index's rule)."""
+    others = select(User.id).where(func.lower(User.username) == username.lower())
+    if user_id is not None:
+        others = others.where(User.id != user_id)
+    return session.scalars(others).first() is not None
+
+
+def rename_user(session: Session, user: User, username: str) -> None:
+    """Give ``user`` a new username (another case of its own is one). Raises Unprocessable,
+    or Conflict when another account has it in any case. Sessions go on: they name the
+    account by id."""
+    if (problem := _username_problem(username)) is not None:
+        raise Unprocessable("Invalid user.", errors={"json": {"username": [problem]}})
+
+    def taken() -> Conflict | None:
+        if _username_taken(session, username, user.id):
+            return Conflict(f"The username {username!r} is taken.")
+        return None
+
+    if (error := taken()) is not None:
+        raise error
+    with conflicts_as(session, taken):
+        user.username = username
+
+
 def create_user(
     session: Session,
     *,
@@ -369,10 +403,8 @@ def create_user(
     """Create a user inside the caller's scope. Raises Unprocessable or Conflict."""
     _check_role_grant(session, actor_rank, role)
     errors: dict[str, list[str]] = {}
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]{3,64}", username):
-        errors["username"] = ["3-64 letters, digits, '_', '.' or '-'"]
-    elif PHONE_RE.fullmatch(username):
-        errors["username"] = ["must not look like a phone number (people sign in by phone too)"]
+    if (problem := _username_problem(username)) is not None:
+        errors["username"] = [problem]
     if phone is not None and not PHONE_RE.fullmatch(phone):
         errors["phone"] = ["must be a mainland mobile number (11 digits starting 13-19)"]
     if scope_region and grids:
@@ -420,9 +452,7 @@ def create_user(
     hmac_value = phone_index(phone, phone_key) if phone else None
 
     def taken() -> Conflict | None:
-        if session.scalars(
-            select(User.id).where(func.lower(User.username) == username.lower())
-        ).first():
+        if _username_taken(session, username):
             return Conflict(f"The username {username!r} is taken.")
         if (
             hmac_value

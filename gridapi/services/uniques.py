@@ -5,12 +5,15 @@ conflict when it is taken. Two requests with one new number can both look before
 commits; on PostgreSQL the second insert then waits in the unique index for the first and
 fails with a unique violation, which gridapi answers with the generic 409. Inserted through
 ``add_or_conflict``, the second looks again and answers as if the first had come first:
-the same message and errors, counted the same way by its resource.
+the same message and errors, counted the same way by its resource. A change of an existing
+row (a new ID number, a new username) is written in ``conflicts_as``: the savepoint opens
+before the first change, since opening it flushes what is pending, outside it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -21,9 +24,19 @@ def add_or_conflict(session: Session, obj: Any, conflict: Callable[[], Exception
     """Insert ``obj`` in a savepoint. If a unique index refuses it, raise what
     ``conflict()`` returns on looking again (the error of the sequential case), or the
     IntegrityError itself when it finds nothing (another constraint)."""
+    with conflicts_as(session, conflict):
+        session.add(obj)
+
+
+@contextmanager
+def conflicts_as(session: Session, conflict: Callable[[], Exception | None]) -> Iterator[None]:
+    """Make the changes of the block in a savepoint, flushed at its end. If a unique index
+    refuses them, the savepoint is rolled back and what ``conflict()`` returns on looking
+    again is raised (the IntegrityError itself when it finds nothing). Open it before the
+    first change: pending changes are flushed outside it, as it opens."""
     try:
         with session.begin_nested():
-            session.add(obj)
+            yield
     except IntegrityError:
         error = conflict()
         if error is None:

@@ -253,6 +253,42 @@ def test_a_username_or_phone_taken_meanwhile_answers_as_one_taken_before(
     assert new_user(office, "zhou", grids=[A2], phone=PHONE).status_code == 429
 
 
+def test_a_username_taken_meanwhile_in_another_case_answers_as_one_taken_before(
+    office: Any, app: Any, engine: Any, anon_client: Any
+) -> None:
+    """Two creates of "Alice" and "alice" at once: both looked before either committed, and
+    the unique index compared names as written, so PostgreSQL took both; sign-in as either
+    then reached whichever the database returned first. The index is on lower(username)
+    now (0031): the second answers as when the first came first."""
+    from gridapi.scope import Scope
+    from gridapi.services import identity as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    with st.sessions() as session:  # another request's account, inserted, not committed
+        svc.create_user(
+            session,
+            scope=Scope.everything(),
+            actor_rank=None,
+            username="Alice",
+            password=PASSWORD,
+            role="grid_worker",
+            grids=[B1],
+            phone_key=st.phone_key,
+        )
+        r = send_while_uncommitted(
+            engine, session, "users", lambda: new_user(office, "alice", grids=[A2])
+        )
+    assert r.status_code == 409 and r.get_json()["message"] == "The username 'alice' is taken."
+    with st.sessions() as session:
+        names = session.scalars(select(User.username).where(User.username.ilike("alice")))
+        assert list(names) == ["Alice"]
+    token = tokens(anon_client, "alice")["access_token"]
+    me = anon_client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.get_json()["name"] == "Alice"
+
+
 def test_a_community_officer_reads_accounts_but_cannot_create_them(
     office: Any, accounts: Any
 ) -> None:
