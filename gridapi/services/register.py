@@ -40,7 +40,7 @@ from . import cases as cases_svc
 from .preconditions import check_if_match, flush_versioned
 from .regions import get_region
 from .routing import IndexSnapshot
-from .uniques import add_or_conflict
+from .uniques import add_or_conflict, conflicts_as
 
 if TYPE_CHECKING:
     from ..auth import Principal
@@ -544,11 +544,19 @@ def _check_phone(value: str | None, field: str = "phone", location: str = "json"
 def _id_taken(session: Session, person: Person, digest: str) -> DuplicatePerson | None:
     """The conflict of ``person``'s ID number (its index ``digest``) with another
     resident's in the county, or None."""
+    return _id_taken_in(session, person.county_code, digest, person.id)
+
+
+def _id_taken_in(
+    session: Session, county_code: str, digest: str, person_id: int | None
+) -> DuplicatePerson | None:
+    """The conflict of an ID number (its index ``digest``) with that of a resident of
+    ``county_code`` other than ``person_id``, or None."""
     clash = session.execute(
         select(Person.grid_code, Person.region_code).where(
-            Person.county_code == person.county_code,
+            Person.county_code == county_code,
             Person.id_number_hmac == digest,
-            Person.id != (person.id or 0),
+            Person.id != (person_id or 0),
         )
     ).first()
     if clash is None:
@@ -581,8 +589,17 @@ def _set_phone(person: Person, phone: str | None, keys: Keys) -> None:
 
 
 def _check_head(session: Session, household_id: int | None, person_id: int | None) -> None:
+    if (error := _head_taken(session, household_id, person_id)) is not None:
+        raise error
+
+
+def _head_taken(
+    session: Session, household_id: int | None, person_id: int | None
+) -> Conflict | None:
+    """The conflict of a resident (``person_id``) as head of ``household_id`` with its
+    head, or None."""
     if household_id is None:
-        return
+        return None
     head = session.scalar(
         select(Person.id).where(
             Person.household_id == household_id,
@@ -590,11 +607,12 @@ def _check_head(session: Session, household_id: int | None, person_id: int | Non
             Person.id != (person_id or 0),
         )
     )
-    if head is not None:
-        raise Conflict(
-            "The household has a head (户长) already.",
-            errors={"json": {"relation": ["the household has a head already"]}},
-        )
+    if head is None:
+        return None
+    return Conflict(
+        "The household has a head (户长) already.",
+        errors={"json": {"relation": ["the household has a head already"]}},
+    )
 
 
 def create_person(
@@ -685,82 +703,107 @@ def update_person(
     ``if_match``, only the version it names (412 otherwise)."""
     person = get_person(session, person_id, scope, for_update=True)
     check_if_match(person, if_match, noun="resident", required=False)
-    # Nothing is written before every field is set: the moves below are UPDATE statements,
-    # and an autoflush before them wrote the resident half-changed (a head moving in as a
-    # tenant was a second head of the household, refused by ix_persons_one_head) and
-    # cleared what changed_fields reads (a move was neither audited nor named).
-    with session.no_autoflush:
-        changed: list[str] = []
-        relation = data.get("relation", person.relation)
-        household_id = data.get("household_id", person.household_id)
-        if data.get("household_id") not in (None, person.household_id):
-            # In scope first: the head check below answered 409 for a household out of scope
-            # that has a head, and 422 for one without (telling the two apart).
-            get_household(session, data["household_id"], scope, field="household_id")
-        if relation == "head" and (relation, household_id) != (
-            person.relation,
-            person.household_id,
+    written: dict[str, Any] = {}
+
+    def taken() -> Conflict | None:
+        # An ID number registered, or a head given to the household, by another request
+        # between the look-up and the write (PostgreSQL: the unique index waited for it):
+        # the same answer, counted the same, as when it came first.
+        if not written:
+            return None
+        if written["digest"] and (
+            error := _id_taken_in(session, written["county"], written["digest"], person_id)
         ):
-            _check_head(session, household_id, person.id)  # before any change is flushed
-        if "household_id" in data and data["household_id"] != person.household_id:
-            if data["household_id"] is None:
-                person.household_id = person.house_id = None
-            else:
-                household = get_household(
-                    session, data["household_id"], scope, field="household_id", for_update=True
-                )
-                person.household_id, person.house_id = household.id, household.house_id
-                person.region_code, person.grid_code = household.region_code, household.grid_code
-                person.county_code = household.county_code
-            changed.append("household_id")
-        # The relation goes with the household: both are written in the one UPDATE below.
-        if "relation" in data:
-            person.relation = data["relation"]
-            changed.append("relation")
-        elif "household_id" in changed and person.household_id is None:
-            person.relation = None  # out of a household: related to nobody in it
-        if data.get("grid") and data["grid"] != person.grid_code:
-            if person.household_id is not None:
-                raise _invalid("grid", "the resident lives in a household: move the household")
-            place = place_of_grid(session, data["grid"], scope)
-            person.region_code, person.grid_code = place.region_code, place.grid_code
-            person.county_code = place.county_code
-            changed.append("grid")
-        if "household_id" in changed or "grid" in changed:
-            # What is about them goes with them: their records, and their visits (also those
-            # made at the household they leave, which stay that household's by id only).
-            place = Place(person.region_code, person.grid_code)
-            _move(session, SpecialGroupRecord, SpecialGroupRecord.person_id == person.id, place)
-            _move(session, Visit, Visit.person_id == person.id, place)
-        if "id_number" in data:
-            parsed = _check_id(data["id_number"])
-            if parsed is None:
-                person.id_number_enc = person.id_number_hmac = None
-                person.birth_date = person.gender = None
-            else:
-                _set_id_number(session, person, parsed, keys)
-            changed.append("id_number")
-        elif ("household_id" in changed or "grid" in changed) and person.id_number_enc:
-            # The county may have changed: the ID number must still be unique in the new one.
-            value = keys.open("persons", "id_number", person.uid, person.id_number_enc)
-            _set_id_number(session, person, _check_id(value), keys)
-        if "phone" in data:
-            _set_phone(person, _check_phone(data["phone"]), keys)
-            changed.append("phone")
-        for key in (
-            "name",
-            "ethnicity",
-            "population_type",
-            "current_address",
-            "registered_address",
-        ):
-            if key in data:
-                setattr(person, key, data[key].strip() if key == "name" else data[key])
-                changed.append(key)
-        if person.id_number_enc is None and person.population_type != "foreign":
-            raise _invalid("id_number", "is required (except for foreign residents)")
-        changed = changed_fields(person, _PERSON_FIELDS, changed)
-    flush_versioned(session, "resident")
+            return error
+        return _head_taken(session, written["household_id"], person_id)
+
+    # The savepoint opens before the first change: opened after, it would flush them
+    # outside it, and a clash would be the generic 409, counted as no lookup.
+    with conflicts_as(session, taken):
+        # Nothing is written before every field is set: the moves below are UPDATE statements,
+        # and an autoflush before them wrote the resident half-changed (a head moving in as a
+        # tenant was a second head of the household, refused by ix_persons_one_head) and
+        # cleared what changed_fields reads (a move was neither audited nor named).
+        with session.no_autoflush:
+            changed: list[str] = []
+            relation = data.get("relation", person.relation)
+            household_id = data.get("household_id", person.household_id)
+            if data.get("household_id") not in (None, person.household_id):
+                # In scope first: the head check below answered 409 for a household out of scope
+                # that has a head, and 422 for one without (telling the two apart).
+                get_household(session, data["household_id"], scope, field="household_id")
+            if relation == "head" and (relation, household_id) != (
+                person.relation,
+                person.household_id,
+            ):
+                _check_head(session, household_id, person.id)  # before any change is flushed
+            if "household_id" in data and data["household_id"] != person.household_id:
+                if data["household_id"] is None:
+                    person.household_id = person.house_id = None
+                else:
+                    household = get_household(
+                        session, data["household_id"], scope, field="household_id", for_update=True
+                    )
+                    person.household_id, person.house_id = household.id, household.house_id
+                    person.region_code, person.grid_code = (
+                        household.region_code,
+                        household.grid_code,
+                    )
+                    person.county_code = household.county_code
+                changed.append("household_id")
+            # The relation goes with the household: both are written in the one UPDATE below.
+            if "relation" in data:
+                person.relation = data["relation"]
+                changed.append("relation")
+            elif "household_id" in changed and person.household_id is None:
+                person.relation = None  # out of a household: related to nobody in it
+            if data.get("grid") and data["grid"] != person.grid_code:
+                if person.household_id is not None:
+                    raise _invalid("grid", "the resident lives in a household: move the household")
+                place = place_of_grid(session, data["grid"], scope)
+                person.region_code, person.grid_code = place.region_code, place.grid_code
+                person.county_code = place.county_code
+                changed.append("grid")
+            if "household_id" in changed or "grid" in changed:
+                # What is about them goes with them: their records, and their visits (also those
+                # made at the household they leave, which stay that household's by id only).
+                place = Place(person.region_code, person.grid_code)
+                _move(session, SpecialGroupRecord, SpecialGroupRecord.person_id == person.id, place)
+                _move(session, Visit, Visit.person_id == person.id, place)
+            if "id_number" in data:
+                parsed = _check_id(data["id_number"])
+                if parsed is None:
+                    person.id_number_enc = person.id_number_hmac = None
+                    person.birth_date = person.gender = None
+                else:
+                    _set_id_number(session, person, parsed, keys)
+                changed.append("id_number")
+            elif ("household_id" in changed or "grid" in changed) and person.id_number_enc:
+                # The county may have changed: the ID number must still be unique in the new one.
+                value = keys.open("persons", "id_number", person.uid, person.id_number_enc)
+                _set_id_number(session, person, _check_id(value), keys)
+            if "phone" in data:
+                _set_phone(person, _check_phone(data["phone"]), keys)
+                changed.append("phone")
+            for key in (
+                "name",
+                "ethnicity",
+                "population_type",
+                "current_address",
+                "registered_address",
+            ):
+                if key in data:
+                    setattr(person, key, data[key].strip() if key == "name" else data[key])
+                    changed.append(key)
+            if person.id_number_enc is None and person.population_type != "foreign":
+                raise _invalid("id_number", "is required (except for foreign residents)")
+            changed = changed_fields(person, _PERSON_FIELDS, changed)
+            written.update(
+                county=person.county_code,
+                digest=person.id_number_hmac,
+                household_id=person.household_id if person.relation == "head" else None,
+            )
+        flush_versioned(session, "resident")
     return person, changed
 
 

@@ -909,6 +909,55 @@ def test_an_id_number_registered_meanwhile_answers_and_counts_as_one_registered_
     assert audit_rows(engine, "person.create") == []
 
 
+def test_an_id_number_registered_meanwhile_as_one_changes_answers_and_counts_as_before(
+    app, accounts, world, engine
+):
+    """A resident's ID number changed to one another request was registering: the change
+    met it in the unique index (PostgreSQL: it had looked before the other committed) and
+    got the generic 409, counted as no lookup, so the race could test whether someone is
+    registered for free. It now answers as when the other came first: the 409 naming the
+    ID number, counted; the resident keeps its number."""
+    from gridapi.scope import Scope
+    from gridapi.services import register as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    st.settings.person_lookup_rate = "1 per hour"
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    mine = officer.post(
+        "/api/v1/persons", json={"name": "张三", "id_number": make_id(), "grid": A1}
+    )
+    assert mine.status_code == 201, mine.get_json()
+    wanted = make_id(seq="456")
+    with st.sessions() as session:  # another request's resident, inserted, not committed
+        svc.create_person(
+            session,
+            {"name": "李四", "id_number": wanted, "grid": B1},
+            scope=Scope.everything(),
+            keys=svc.Keys(st.cipher, st.phone_key),
+            actor="user:other",
+        )
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "persons",
+            lambda: officer.patch(
+                f"/api/v1/persons/{mine.get_json()['id']}", json={"id_number": wanted}
+            ),
+            waits_in="UPDATE persons",
+        )
+    assert r.status_code == 409 and r.get_json()["errors"] == {
+        "json": {"id_number": ["already registered in the county"]}
+    }
+    with engine.connect() as conn:
+        numbers = conn.execute(text("SELECT id_number_hmac FROM persons")).scalars().all()
+    assert len(set(numbers)) == 2  # the resident kept its own number
+    # the allowance of one lookup is spent by the race's answer
+    assert officer.get(f"/api/v1/persons?id_number={make_id()}").status_code == 429
+    assert audit_rows(engine, "person.update") == []
+
+
 def test_a_special_group_record_made_meanwhile_answers_as_one_made_before(
     app, client, engine, world, household
 ):
