@@ -681,6 +681,16 @@ def assign_grid(
         raise Unprocessable(
             "Unknown grid.", errors={"json": {"grid": [f"no grid {grid_code} in your scope"]}}
         )
+    # Rosters are checked, then written, per account: the account's row is locked first
+    # (PostgreSQL; SQLite writers are one at a time already), so that two assignments at
+    # once of it to a grid both checked before either was written cannot both be written
+    # (twice on one grid, or two primary grids): the second waits, then sees the first.
+    user = session.scalars(
+        select(User)
+        .where(User.id == user.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
     start = valid_from or clock.today()
     open_rows = session.scalars(
         select(GridAssignment).where(

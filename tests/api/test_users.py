@@ -26,7 +26,7 @@ from ..factories import (
 )
 
 A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
-B1 = COMMUNITY_B + "001"
+B1, B2 = COMMUNITY_B + "001", COMMUNITY_B + "002"
 # A second township of the same county, east of the first, with one community and one grid.
 TOWNSHIP_2, COMMUNITY_C = "320508002000", "320508002001"
 C1 = COMMUNITY_C + "001"
@@ -443,6 +443,44 @@ def test_the_roster_body(office: Any) -> None:
     (entry,) = body["items"]
     assert entry["user"]["id"] == w1["id"] and entry["user"]["phone"] == "138****5678"
     assert entry["is_primary"] is True and entry["valid_from"] == today().isoformat()
+
+
+def test_assignments_made_at_once_end_as_if_one_came_first(
+    office: Any, app: Any, engine: Any
+) -> None:
+    """Two assignments of one account at once, each checked before the other was written:
+    on PostgreSQL both were written: the account twice on one grid's roster (the sequential
+    second is a 409), or with two primary grids (a new primary takes the flag from the
+    others). The account's row is locked before the check now: the second waits for the
+    first and answers, or is written, as when the first came first."""
+    from gridapi.scope import Scope
+    from gridapi.services import identity as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    worker = created(office, "w-race", grids=[B1])
+    path = f"/api/v1/users/{worker['id']}/assignments"
+
+    def race(grid: str, sent: dict) -> Any:
+        with st.sessions() as session:  # another request's assignment, written, not committed
+            svc.assign_grid(session, worker["id"], grid, scope=Scope.everything(), is_primary=True)
+            return send_while_uncommitted(
+                engine,
+                session,
+                "grid_assignments",
+                lambda: office.post(path, json=sent),
+                waits_in="",  # any statement of the request's waiting for the other's locks
+            )
+
+    r = race(A1, {"grid": A1})
+    assert r.status_code == 409, r.get_json()
+    assert r.get_json()["message"] == f"The user is already on the roster of grid {A1}."
+    r = race(A2, {"grid": B2, "is_primary": True})
+    assert r.status_code == 201, r.get_json()
+    rows = office.get(path).get_json()["items"]
+    assert sorted(row["grid_code"] for row in rows) == [A1, A2, B1, B2]  # A1 once
+    assert [row["grid_code"] for row in rows if row["is_primary"]] == [B2]  # the last one's
 
 
 def test_assignment_errors(office: Any, accounts: Any) -> None:
