@@ -82,6 +82,8 @@ def parse_locate_query(args) -> tuple[float, float, str]:  # type: ignore[no-unt
     if crs not in SUPPORTED_CRS:
         errors["crs"] = [f"Must be one of: {', '.join(SUPPORTED_CRS)}."]
     for name in args:
+        if name == "fields":  # sparse fieldsets, applied after the view (gridapi.phone)
+            continue
         if name not in ("lon", "lat", "crs"):
             errors[name] = ["Unknown field."]
         elif len(args.getlist(name)) > 1:

@@ -145,3 +145,14 @@ def test_every_coding_the_server_compresses_with_is_read_back_from_if_match(app)
         assert parse_etag(f'"12-3:{coding}"') == ["12-3"]
     assert parse_etag('W/"12-3:br", "7-1"') == ["12-3", "7-1"]
     assert parse_etag('"12-3:other"') == ["12-3:other"]  # not a coding: not this version
+
+
+def test_locate_takes_fields_as_its_spec_says(client, world):
+    # /locate parses its query by hand: `fields` (documented on every JSON GET) was 422.
+    spec = client.get("/openapi.json").get_json()
+    op = spec["paths"]["/api/v1/locate"]["get"]
+    assert "fields" in [p["name"] for p in op["parameters"]]
+    r = client.get(f"/api/v1/locate?lon={LON0 + 0.5 * STEP}&lat={LAT0 + 0.5 * STEP}&fields=method")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json() == {"method": "inside"}
+    assert client.get("/api/v1/locate?lon=1&lat=1&bogus=1").status_code == 422
