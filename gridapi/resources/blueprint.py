@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from copy import deepcopy
 from typing import Any
 
 import flask_smorest
@@ -152,6 +153,40 @@ def _has_required_field(schema: Any) -> bool:
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictParser()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prepare_doc_cbks.append(self._prepare_manual_parameters_doc)
+
+    @staticmethod
+    def doc(**kwargs: Any) -> Callable[[Any], Any]:
+        """As flask-smorest's, but ``parameters`` are added to those the operation's
+        ``arguments`` generate rather than replacing them: ``doc(parameters=[a path value])``
+        on an operation with a query schema dropped every query parameter from the spec
+        (``format`` of the monthly bulletin)."""
+        parameters = kwargs.pop("parameters", None)
+        decorator = flask_smorest.Blueprint.doc(**kwargs)
+        if not parameters:
+            return decorator
+
+        def add_parameters(func: Any) -> Any:
+            wrapper = decorator(func)  # a copy of the wrapped function's doc
+            wrapper._apidoc["manual_parameters"] = [
+                *wrapper._apidoc.get("manual_parameters", []),
+                *parameters,
+            ]
+            return wrapper
+
+        return add_parameters
+
+    @staticmethod
+    def _prepare_manual_parameters_doc(
+        doc: dict[str, Any], doc_info: dict[str, Any], **_: Any
+    ) -> dict[str, Any]:
+        manual = doc_info.get("manual_parameters")
+        if manual:
+            doc.setdefault("parameters", []).extend(deepcopy(manual))
+        return doc
 
     def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Any:
         """As flask-smorest's, but a JSON body whose schema requires nothing is published as
