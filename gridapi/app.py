@@ -27,7 +27,7 @@ from .extensions import AppState, close_session
 from .jsonio import ApiRequest, OrjsonProvider
 from .limits import limiter, storage_options
 from .outbound import policy_from_settings
-from .phone import FieldsPlugin
+from .phone import NOT_MODIFIED, FieldsPlugin
 from .security.fields import FieldCipher, KeyConfigError, parse_keys
 from .security.passwords import configure as configure_password_hashing
 from .security.tokens import TokenSigner
@@ -101,6 +101,7 @@ def _document_security(api: Api) -> None:
             "Bearer gk_…').",
         },
     )
+    api.spec.components.response("NOT_MODIFIED", NOT_MODIFIED)
     for name, description in ERROR_RESPONSES.items():
         api.spec.components.response(
             name,

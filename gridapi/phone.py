@@ -10,7 +10,7 @@
   with dots (``grid.code``). ``id`` is always kept.
 
 The ``fields`` query parameter and the 304 answer are added to the spec of every GET that
-answers JSON (``FieldsPlugin``).
+answers JSON or GeoJSON, unless streamed (``FieldsPlugin``).
 """
 
 from __future__ import annotations
@@ -36,25 +36,35 @@ FIELDS_PARAMETER = {
 }
 MAX_FIELDS_LENGTH = 1000
 NOT_MODIFIED = {"description": "Not modified: the `If-None-Match` ETag is current (no body)."}
+#: The 304 answer, a shared component (``NOT_MODIFIED``) of the spec.
+NOT_MODIFIED_REF = {"$ref": "#/components/responses/NOT_MODIFIED"}
 _JSON_TYPES = ("application/json", "application/geo+json")
 # Answers larger than this are not filtered or digested in memory (streamed exports).
 _MAX_BODY = 32 * 1024 * 1024
 
 
+#: Marks an operation whose answer is streamed or sent from a file (``blp.doc(**STREAMED)``):
+#: the after-request filter never sees its body, so neither ``fields`` nor 304 apply to it,
+#: whatever its type. The marker itself is not published.
+STREAMED = {"x-gridapi-streamed": True}
+
+
 class FieldsPlugin(BasePlugin):
-    """Documents ``fields`` and 304 on every GET operation that answers JSON."""
+    """Documents ``fields`` and 304 on every GET operation that answers JSON or GeoJSON (as
+    ``_phone_after_request`` applies them), except those marked ``STREAMED``."""
 
     def operation_helper(self, path: str | None = None, operations: Any = None, **_: Any) -> None:
         for method, operation in (operations or {}).items():
-            if method != "get":
+            streamed = operation.pop(*STREAMED, False)
+            if method != "get" or streamed:
                 continue
             responses = operation.get("responses", {})
             ok = responses.get(200) or responses.get("200") or {}
             content = ok.get("content", {}) if isinstance(ok, dict) else {}
-            if "application/json" not in content:
+            if not any(media_type in content for media_type in _JSON_TYPES):
                 continue
             operation.setdefault("parameters", []).append(FIELDS_PARAMETER)
-            responses.setdefault(304, NOT_MODIFIED)
+            responses.setdefault(304, NOT_MODIFIED_REF)
 
 
 def parse_fields(value: str | None) -> list[list[str]] | None:

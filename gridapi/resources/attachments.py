@@ -15,6 +15,7 @@ from ..auth import current_principal
 from ..errors import NotFound
 from ..extensions import commit, db_session, state
 from ..models import CaseAttachment
+from ..phone import NOT_MODIFIED_REF
 from ..schemas.attachments import AttachmentListSchema, AttachmentSchema, AttachmentUploadSchema
 from ..services import attachments as svc
 from ..services import cases as cases_svc
@@ -52,7 +53,8 @@ def _file_doc(what: str) -> dict[str, Any]:
                 "description": what,
                 "headers": _FILE_HEADERS,
                 "content": {ct: _BINARY for ct in ("image/jpeg", "image/png", "image/webp")},
-            }
+            },
+            "304": NOT_MODIFIED_REF,  # If-None-Match with the photo's ETag (its SHA-256)
         }
     }
 

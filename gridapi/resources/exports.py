@@ -19,6 +19,7 @@ from ..errors import Conflict, NotFound, Unprocessable
 from ..extensions import commit, db_session, state
 from ..jsonio import dumps_bytes
 from ..limits import count_lookup
+from ..phone import STREAMED
 from ..schemas.exports import (
     CaseExportArgsSchema,
     ExportJobCreateSchema,
@@ -140,7 +141,7 @@ def _audited(
 class CaseExport(MethodView):
     @blp.requires("cases:read")
     @blp.arguments(CaseExportArgsSchema, location="query")
-    @blp.doc(responses=FILES)
+    @blp.doc(**STREAMED, responses=FILES)
     @blp.response(200)
     @writes
     def get(self, args):
@@ -161,7 +162,7 @@ class CaseExport(MethodView):
 class TaskExport(MethodView):
     @blp.requires("tasks:read")
     @blp.arguments(TaskExportArgsSchema, location="query")
-    @blp.doc(responses=FILES)
+    @blp.doc(**STREAMED, responses=FILES)
     @blp.response(200)
     @writes
     def get(self, args):
@@ -178,7 +179,7 @@ class TaskExport(MethodView):
 class VisitExport(MethodView):
     @blp.requires("persons:read")
     @blp.arguments(VisitExportArgsSchema, location="query")
-    @blp.doc(responses=FILES)
+    @blp.doc(**STREAMED, responses=FILES)
     @blp.response(200)
     @writes
     def get(self, args):
@@ -195,7 +196,7 @@ class VisitExport(MethodView):
 class PersonExport(MethodView):
     @blp.requires("persons:read")
     @blp.arguments(PersonExportArgsSchema, location="query")
-    @blp.doc(responses={**FILES, "429": _ref("TOO_MANY_REQUESTS")})
+    @blp.doc(**STREAMED, responses={**FILES, "429": _ref("TOO_MANY_REQUESTS")})
     @blp.response(200)
     @writes
     def get(self, args):
@@ -414,6 +415,7 @@ def _register_jobs(kind: str) -> None:
         """
     download = blp.requires(permission)(
         blp.doc(
+            **STREAMED,
             responses={**FILES, "404": _ref("NOT_FOUND"), "409": _ref("CONFLICT")},
         )(blp.response(200)(download))
     )

@@ -12,6 +12,7 @@ from ..auditing import audit
 from ..auth import current_principal
 from ..codes import subtree_prefix
 from ..extensions import commit, db_session, state
+from ..phone import NOT_MODIFIED_REF, STREAMED
 from ..schemas.grids import (
     ActivateSchema,
     FeatureCollectionSchema,
@@ -35,6 +36,9 @@ versions_blp = Blueprint(
     description="A region's grid set is loaded as a version: import → validation report → "
     "activate. Earlier versions are kept.",
 )
+# The GeoJSON of grids is streamed (no `fields`), with an ETag of its own: 304 on a match.
+_STREAMED_GEOJSON = {**STREAMED, "responses": {"304": NOT_MODIFIED_REF}}
+
 blp = Blueprint(
     "grids",
     __name__,
@@ -165,6 +169,7 @@ class GridVersionActivation(MethodView):
 class GridVersionGrids(MethodView):
     @versions_blp.requires("grids:read")
     @versions_blp.response(200, {"type": "object"}, content_type="application/geo+json")
+    @versions_blp.doc(**_STREAMED_GEOJSON)
     def get(self, version_id):
         """Get a version's grids as a GeoJSON FeatureCollection
 
@@ -214,6 +219,7 @@ class GridsExport(MethodView):
     @blp.requires("grids:read")
     @blp.arguments(GridExportArgsSchema, location="query")
     @blp.response(200, {"type": "object"}, content_type="application/geo+json")
+    @blp.doc(**_STREAMED_GEOJSON)
     def get(self, args):
         """Export grids in service as GeoJSON (for the phones' offline maps)
 

@@ -156,3 +156,39 @@ def test_locate_takes_fields_as_its_spec_says(client, world):
     assert r.status_code == 200, r.get_json()
     assert r.get_json() == {"method": "inside"}
     assert client.get("/api/v1/locate?lon=1&lat=1&bogus=1").status_code == 422
+
+
+def test_geojson_answers_document_and_honour_fields_and_304(client, world):
+    """GeoJSON answers get an ETag, 304 and `fields` at runtime as JSON ones do; the spec
+    said so for JSON only. Streamed answers get no `fields`; 304 only where they have an
+    ETag of their own (grids, photos), not exports."""
+    spec = client.get("/openapi.json").get_json()
+    paths = spec["paths"]
+    for path in ("/api/v1/maps/case-counts", "/api/v1/maps/case-clusters"):
+        op = paths[path]["get"]
+        assert "fields" in [p["name"] for p in op["parameters"]], path
+        assert op["responses"]["304"] == {"$ref": "#/components/responses/NOT_MODIFIED"}, path
+    # streamed, with an ETag of their own: 304, but no `fields`
+    for path in ("/api/v1/grids/export", "/api/v1/grid-versions/{version_id}/grids"):
+        op = paths[path]["get"]
+        assert "fields" not in [p["name"] for p in op.get("parameters", [])], path
+        assert "304" in op["responses"], path
+    for path in (
+        "/api/v1/cases/{case_id}/attachments/{attachment_id}/content",
+        "/api/v1/cases/{case_id}/attachments/{attachment_id}/thumbnail",
+    ):
+        assert "304" in paths[path]["get"]["responses"], path
+    for path in ("/api/v1/exports/cases", "/api/v1/exports/cases/jobs/{job_id}/file"):
+        op = paths[path]["get"]
+        assert "304" not in op["responses"], path
+        assert "fields" not in [p["name"] for p in op.get("parameters", [])], path
+    assert "x-gridapi-streamed" not in json.dumps(spec)
+    assert "Not modified" in spec["components"]["responses"]["NOT_MODIFIED"]["description"]
+
+    counts = f"/api/v1/maps/case-counts?region={COMMUNITY_A}"
+    full = client.get(counts)
+    assert full.status_code == 200 and full.mimetype == "application/geo+json"
+    sparse = client.get(counts + "&fields=type")
+    assert sparse.status_code == 200 and sparse.get_json() == {"type": "FeatureCollection"}
+    etag = {"If-None-Match": full.headers["ETag"]}
+    assert client.get(counts, headers=etag).status_code == 304
