@@ -117,7 +117,7 @@ def _check_fields() -> Response | None:
 
 
 def _phone_after_request(response: Response) -> Response:
-    if request.method != "GET" or response.status_code != 200:
+    if request.method not in ("GET", "HEAD") or response.status_code != 200:
         return response
     if response.is_streamed or response.direct_passthrough:
         return response

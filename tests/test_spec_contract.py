@@ -72,3 +72,17 @@ def test_the_bulletin_documents_its_format(served):
     (fmt,) = [p for p in op["parameters"] if p["name"] == "format"]
     assert fmt["in"] == "query" and fmt["schema"]["enum"] == ["json", "csv", "xlsx"]
     assert [p["name"] for p in op["parameters"] if p["in"] == "path"] == ["month"]
+
+
+def test_every_get_documents_its_refusal_of_query_parameters(served):
+    """A GET refuses a query parameter it does not take (422), those without any too: each
+    documents 422 (health probes, which ignore them, excepted)."""
+    app, spec = served
+    missing = [
+        f"{method} {path}"
+        for method, path, _func, op in operations(app, spec)
+        if method == "GET"
+        and not path.startswith("/api/v1/health")
+        and "422" not in {str(code) for code in op["responses"]}
+    ]
+    assert not missing, "\n".join(missing)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from copy import deepcopy
@@ -146,6 +147,34 @@ def _not_plain_numbers(args: MultiDict, schema: Any) -> dict[str, list[str]]:
     return errors
 
 
+def _takes_query(apidoc: dict[str, Any]) -> bool:
+    """Whether an operation (by its ``_apidoc``) takes query parameters: a query schema, or
+    ones it documents by hand and parses itself (/locate)."""
+    parsed = apidoc.get("arguments", {}).get("parameters", [])
+    manual = apidoc.get("manual_parameters", [])
+    return any(p.get("in") == "query" for p in [*parsed, *manual])
+
+
+def _refuse_query_of_a_get_without_one() -> None:
+    """Refuse the query parameters of a GET that takes none (422, as a query schema refuses
+    an unknown one): /roles?bogus=1 and /clients?limit=-1 answered 200 as if understood.
+    ``fields`` (sparse fieldsets, every JSON GET) is always allowed."""
+    if request.method not in ("GET", "HEAD") or not request.args or request.url_rule is None:
+        return
+    from flask import current_app
+
+    view = current_app.view_functions.get(request.endpoint or "")
+    view_class = getattr(view, "view_class", None)
+    func = getattr(view_class, "get", None) if view_class else view
+    if func is None or _takes_query(getattr(func, "_apidoc", {})):
+        return
+    unknown = {name: ["Unknown field."] for name in request.args if name != "fields"}
+    if unknown:
+        from ..errors import Unprocessable
+
+        raise Unprocessable("", errors={"query": unknown})
+
+
 def _has_required_field(schema: Any) -> bool:
     instance = schema() if isinstance(schema, type) else schema
     return any(field.required for field in instance.fields.values())
@@ -154,9 +183,14 @@ def _has_required_field(schema: Any) -> bool:
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictParser()
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, strict_query: bool = True, **kwargs: Any) -> None:
+        """``strict_query``: a GET without query parameters refuses any (422); health
+        probes (``strict_query=False``) ignore them, as monitors may add some."""
         super().__init__(*args, **kwargs)
+        self._strict_query = strict_query
         self._prepare_doc_cbks.append(self._prepare_manual_parameters_doc)
+        if strict_query:
+            self._prepare_doc_cbks.append(self._prepare_no_query_doc)
 
     @staticmethod
     def doc(**kwargs: Any) -> Callable[[Any], Any]:
@@ -178,6 +212,16 @@ class Blueprint(flask_smorest.Blueprint):
             return wrapper
 
         return add_parameters
+
+    @staticmethod
+    def _prepare_no_query_doc(
+        doc: dict[str, Any], doc_info: dict[str, Any], *, method: str = "", **_: Any
+    ) -> dict[str, Any]:
+        """A GET that takes no query parameters refuses any (422): document it."""
+        checked = "x-permission" in doc_info.get("manual_doc", {})  # requires() or public()
+        if method == "get" and checked and not _takes_query(doc_info):
+            doc.setdefault("responses", {}).setdefault("422", _ref("UNPROCESSABLE_ENTITY"))
+        return doc
 
     @staticmethod
     def _prepare_manual_parameters_doc(
@@ -204,7 +248,7 @@ class Blueprint(flask_smorest.Blueprint):
         ``x-permission`` with the security requirement and the 401/403 answers)."""
 
         def decorator(func: Any) -> Any:
-            wrapped = requires_permission(permission)(func)
+            wrapped = requires_permission(permission)(self._checks_query(func))
             return self.doc(
                 **{
                     "x-permission": permission,
@@ -217,7 +261,20 @@ class Blueprint(flask_smorest.Blueprint):
 
     def public(self, func: Any) -> Any:
         """Decorate an operation that needs no credentials."""
-        return self.doc(**{"x-permission": None, "security": []})(func)
+        return self.doc(**{"x-permission": None, "security": []})(self._checks_query(func))
+
+    def _checks_query(self, func: Any) -> Any:
+        """Refuse the query parameters of a GET that takes none, once the caller is known
+        (so an unknown parameter answers as a known one would: 401 first, then 422)."""
+        if not self._strict_query:
+            return func
+
+        @functools.wraps(func)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            _refuse_query_of_a_get_without_one()
+            return func(*args, **kwargs)
+
+        return checked
 
     def takes_routing_snapshot(self) -> None:
         """Take the routing snapshot at the start of each request of this blueprint, before

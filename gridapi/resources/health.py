@@ -18,6 +18,7 @@ blp = Blueprint(
     __name__,
     url_prefix="/api/v1/health",
     description="Is the service up, and on which database?",
+    strict_query=False,  # monitors may add query parameters of their own
 )
 
 

@@ -336,3 +336,30 @@ def test_a_time_in_the_years_as_written_is_taken_and_stored_alike_on_both_engine
     r = client.post("/api/v1/cases", json={**report, "occurred_at": "1900-01-01T00:00:00+08:00"})
     assert r.status_code == 422
     assert r.get_json()["errors"] == {"json": {"occurred_at": ["lies before the year 2000"]}}
+
+
+def test_a_get_that_takes_no_query_parameters_refuses_them(client, anon_client):
+    """/roles?bogus=1 and /clients?limit=-1 answered 200 as if understood, while every list
+    with a query schema refuses an unknown parameter: 422, after authentication."""
+    for url, name in (("/api/v1/roles?bogus=1", "bogus"), ("/api/v1/clients?limit=-1", "limit")):
+        r = client.get(url)
+        assert r.status_code == 422, (url, r.get_json())
+        body = r.get_json()
+        assert set(body) == {"code", "status", "message", "errors"}
+        assert body["errors"] == {"query": {name: ["Unknown field."]}}
+        assert anon_client.get(url).status_code == 401
+    assert client.get("/api/v1/roles").status_code == 200
+    assert client.get("/api/v1/roles?fields=name").status_code == 200
+    assert client.get("/api/v1/me?x=1").status_code == 422
+    assert client.get("/api/v1/health/live?probe=1").status_code == 200  # monitors' own
+    spec = client.get("/openapi.json").get_json()
+    assert "422" in spec["paths"]["/api/v1/roles"]["get"]["responses"]
+
+
+def test_head_carries_the_etag_of_get(client):
+    got = client.get("/api/v1/roles")
+    head = client.head("/api/v1/roles")
+    assert head.status_code == 200 and head.get_data() == b""
+    assert head.headers["ETag"] == got.headers["ETag"]
+    again = client.head("/api/v1/roles", headers={"If-None-Match": got.headers["ETag"]})
+    assert again.status_code == 304
