@@ -25,7 +25,7 @@ from .db import (
 from .errors import register_error_handlers
 from .extensions import AppState, close_session
 from .jsonio import ApiRequest, OrjsonProvider
-from .limits import limiter, storage_options
+from .limits import limiter, retry_after_only_when_waiting, storage_options
 from .outbound import policy_from_settings
 from .phone import NOT_MODIFIED, FieldsPlugin
 from .security.fields import FieldCipher, KeyConfigError, parse_keys
@@ -201,6 +201,8 @@ def create_app(
         RATELIMIT_HEADERS_ENABLED=True,
         RATELIMIT_ENABLED=True,
     )
+    # Flask runs after-request functions in reverse order: this one sees the limiter's headers.
+    app.after_request(retry_after_only_when_waiting)
     limiter.init_app(app)
     register_error_handlers(app)
     phone.init_app(app)

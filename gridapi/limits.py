@@ -71,6 +71,19 @@ class TooManyRequests(DomainError):
         )
 
 
+#: The answers that ask the client to wait: flask-limiter adds Retry-After to every answer
+#: of a limited route (a first failed sign-in answered 401 with ``Retry-After: 900``).
+WAITING_STATUSES = frozenset({409, 429, 503})
+
+
+def retry_after_only_when_waiting(response):  # type: ignore[no-untyped-def]
+    """Drop Retry-After from an answer that does not ask the client to wait (registered
+    before the limiter, so it runs after the limiter has added its headers)."""
+    if response.status_code not in WAITING_STATUSES:
+        response.headers.pop("Retry-After", None)
+    return response
+
+
 def limiter_strategy():  # type: ignore[no-untyped-def]
     """Return the rate-limiting strategy (and storage) flask-limiter was configured with."""
     return limiter.limiter

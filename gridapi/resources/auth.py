@@ -42,6 +42,14 @@ def _address_limit() -> str:
     return state().settings.login_rate_address
 
 
+def _address_message() -> str:
+    return f"Too many failed sign-ins from this address ({_address_limit()}); retry later."
+
+
+def _account_message() -> str:
+    return f"Too many failed sign-ins for this account ({_account_limit()}); retry later."
+
+
 def _tokens_body(issued: svc.IssuedTokens) -> dict:
     return {
         "access_token": issued.access_token,
@@ -59,12 +67,14 @@ class AuthToken(MethodView):
         key_func=lambda: f"address:{get_remote_address()}",
         deduct_when=_failed,
         scope="login-address",
+        error_message=_address_message,
     )
     @limiter.limit(
         _account_limit,
         key_func=login_username_key,
         deduct_when=_failed,
         scope=LOGIN_ACCOUNT_SCOPE,
+        error_message=_account_message,
     )
     @blp.arguments(LoginSchema)
     @blp.response(200, TokenSchema)

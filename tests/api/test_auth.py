@@ -490,6 +490,26 @@ def test_five_failures_lock_the_account_even_for_the_right_password(
     assert sign_in(anon_client, "bob").status_code == 200
 
 
+def test_only_the_429_of_the_sign_in_asks_to_wait_and_says_why(
+    anon_client: Any, alice: int
+) -> None:
+    """flask-limiter put `Retry-After: 900` on every answer of the sign-in, a first wrong
+    password's 401 too, and its 429 said only "5 per 15 minute"."""
+    first = sign_in(anon_client, "alice", "Wrong-Passw0rd!")
+    assert_unauthorized(first)
+    assert "Retry-After" not in first.headers
+    assert "Retry-After" not in sign_in(anon_client, "nobody").headers
+    for _ in range(4):
+        assert "Retry-After" not in sign_in(anon_client, "alice", "Wrong-Passw0rd!").headers
+    r = sign_in(anon_client, "alice")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    body = r.get_json()
+    assert set(body) == {"code", "status", "message", "errors"}
+    assert body["message"] == (
+        "Too many failed sign-ins for this account (5 per 15 minutes); retry later."
+    )
+
+
 def test_successful_sign_ins_do_not_count(anon_client: Any, alice: int) -> None:
     for _ in range(4):
         assert_unauthorized(sign_in(anon_client, "alice", "Wrong-Passw0rd!"))
