@@ -80,7 +80,7 @@ def _next_request_id() -> str:
 
 
 def _document_security(api: Api) -> None:
-    from .resources.blueprint import ERROR_RESPONSES
+    from .resources.blueprint import ERROR_RESPONSES, RETRY_AFTER_HEADER, WAIT_RESPONSES
 
     api.spec.components.security_scheme(
         "bearerAuth",
@@ -101,15 +101,19 @@ def _document_security(api: Api) -> None:
             "Bearer gk_…').",
         },
     )
+    api.spec.components.responses_lazy.pop("NOT_MODIFIED", None)
     api.spec.components.response("NOT_MODIFIED", NOT_MODIFIED)
     for name, description in ERROR_RESPONSES.items():
-        api.spec.components.response(
-            name,
-            {
-                "description": description,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-        )
+        response = {
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        if name in WAIT_RESPONSES:
+            response["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+        # flask-smorest registers a lazy default per status name ("Too Many Requests", no
+        # headers) that replaced this one once an operation named it (response="…").
+        api.spec.components.responses_lazy.pop(name, None)
+        api.spec.components.response(name, response)
 
 
 def field_cipher(settings: Settings) -> FieldCipher:

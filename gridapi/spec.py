@@ -220,7 +220,7 @@ class SpecPlugin(BasePlugin):
     def operation_helper(self, path: str | None = None, operations: Any = None, **_: Any) -> None:
         builder = ExampleBuilder(self.spec.components.schemas)
         has_path_id = bool(path and _PATH_PARAMETER.search(path))
-        for operation in (operations or {}).values():
+        for method, operation in (operations or {}).items():
             responses = operation.setdefault("responses", {})
             codes = {str(code) for code in responses}
             if has_path_id and "404" not in codes:
@@ -230,6 +230,7 @@ class SpecPlugin(BasePlugin):
                 responses.setdefault("412", _response_ref("PRECONDITION_FAILED"))
                 if any(p.get("required") for p in if_match):  # optional: no 428
                     responses.setdefault("428", _response_ref("PRECONDITION_REQUIRED"))
+            _add_common_failures(method, operation, responses)
             if not operation.get("description"):
                 operation["description"] = _default_description(operation)
             body = operation.get("requestBody") or {}
@@ -260,6 +261,34 @@ class SpecPlugin(BasePlugin):
                 self._users.append((path, method))
                 for creator_path, response, members in self._creators:
                     _add_link(creator_path, response, members, path, method)
+
+
+_WRITES = ("post", "put", "patch", "delete")
+
+
+def _add_common_failures(method: str, operation: dict[str, Any], responses: dict) -> None:
+    """Document the failures any operation of its kind can answer, whatever its view does:
+
+    * 503 on every operation (the database or the rate-limit storage unreachable);
+    * 429 on every operation an API key may call (the key's own rate limit);
+    * 400 and 413 on every operation that takes a body (not JSON / not the type it takes;
+      larger than GRIDAPI_MAX_BODY_MB);
+    * 409 on every write (a unique or foreign-key conflict, e.g. with a concurrent request,
+      answers 409 from any write, besides the conflicts views raise themselves).
+    """
+
+    def add(code: str, name: str) -> None:
+        if code not in {str(c) for c in responses}:
+            responses[code] = _response_ref(name)
+
+    add("503", "SERVICE_UNAVAILABLE")
+    if any("apiKey" in requirement for requirement in operation.get("security") or []):
+        add("429", "TOO_MANY_REQUESTS")
+    if operation.get("requestBody"):
+        add("400", "BAD_REQUEST")
+        add("413", "CONTENT_TOO_LARGE")
+    if method in _WRITES:
+        add("409", "CONFLICT")
 
 
 def _add_link(

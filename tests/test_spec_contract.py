@@ -86,3 +86,31 @@ def test_every_get_documents_its_refusal_of_query_parameters(served):
         and "422" not in {str(code) for code in op["responses"]}
     ]
     assert not missing, "\n".join(missing)
+
+
+def test_every_operation_documents_the_failures_of_its_kind(served):
+    """503 (database or Redis unreachable) on every operation; 429 on every operation an API
+    key may call (its rate limit); 400 and 413 on every operation with a body (not JSON, too
+    large); 409 on every write (a unique or foreign-key conflict answers 409 from any)."""
+    app, spec = served
+    missing = []
+    for method, path, _func, op in operations(app, spec):
+        codes = {str(code) for code in op["responses"]}
+        wanted = {"503"}
+        if any("apiKey" in r for r in op.get("security", [])):
+            wanted.add("429")
+        if op.get("requestBody"):
+            wanted |= {"400", "413"}
+        if method in ("POST", "PUT", "PATCH", "DELETE"):
+            wanted.add("409")
+        if wanted - codes:
+            missing.append(f"{method} {path}: {sorted(wanted - codes)}")
+    assert not missing, f"{len(missing)} operations:\n" + "\n".join(missing)
+    responses = spec["components"]["responses"]
+    for name in ("TOO_MANY_REQUESTS", "SERVICE_UNAVAILABLE"):
+        assert "Retry-After" in responses[name]["headers"], name
+        assert responses[name]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }
+    assert "JSON" in responses["BAD_REQUEST"]["description"]
+    assert responses["TOO_MANY_REQUESTS"]["description"] != "Too Many Requests"
