@@ -614,16 +614,14 @@ def test_a_household_number_registered_meanwhile_is_the_row_it_would_have_been(
     and its insert (PostgreSQL) failed whole with the generic 409 and counted nothing. The
     row is now what it would have been had the other request come first: a household
     outside the caller's scope, one lookup (429 once spent), the house it made undone."""
-    import threading
-    import time
-
     from gridapi.models import Household
+
+    from ..races import send_while_uncommitted
 
     st = app.extensions["gridapi"]
     st.settings.person_lookup_rate = "1 per hour"
     officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
     before = counts(engine)
-    answers: list = []
     with st.sessions() as session:  # another request's household, inserted, not committed
         session.add(
             Household(
@@ -635,33 +633,14 @@ def test_a_household_number_registered_meanwhile_is_the_row_it_would_have_been(
                 created_by="user:other",
             )
         )
-        session.flush()
         rows = csv_bytes(
             "姓名,身份证号,户号,房屋地址,网格编码",
             f"张三,{ID1},H-RACE,平江路1号,{A1}",
             f"李四,{ID2},H-NEW,平江路2号,{A1}",
         )
-        thread = threading.Thread(
-            target=lambda: answers.append(upload(officer, rows, mode="valid"))
+        r = send_while_uncommitted(
+            engine, session, "households", lambda: upload(officer, rows, mode="valid")
         )
-        thread.start()
-        deadline = time.monotonic() + 20
-        while engine.dialect.name == "postgresql" and time.monotonic() < deadline:
-            with engine.connect() as conn:
-                waiting = conn.execute(
-                    text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                        "AND query LIKE 'INSERT INTO households%'"
-                    )
-                ).scalar_one()
-            if waiting:
-                break
-            time.sleep(0.05)
-        else:
-            time.sleep(0.5)
-        session.commit()
-    thread.join(30)
-    r = answers.pop()
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
     assert (body["imported"], body["failed"]) == (1, 1)
