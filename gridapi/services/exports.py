@@ -1036,6 +1036,39 @@ def run_job(
     return str(outcome["status"])
 
 
+def _delete_failed_files(sessions: Any, options: JobOptions) -> None:
+    """Delete the file of every failed job: one is never served, and one written before its
+    job failed (an erased resident's, see ``forget_erased``) goes now rather than when the
+    job expires. A plain read: nothing in the database changes."""
+    with _reading(sessions) as session:
+        paths = [
+            options.path_of(job)
+            for job in session.scalars(select(ExportJob).where(ExportJob.status == "failed"))
+        ]
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _work_waiting(sessions: Any, options: JobOptions, now: datetime) -> bool:
+    """Whether a round has anything to write: a job to take or give up, or one expired. A
+    plain read, so that an idle worker's rounds (every ``poll_seconds``) take no write lock:
+    on SQLite each took the database's one write lock three times."""
+    with _reading(sessions) as session:
+        found = session.scalar(
+            select(ExportJob.id)
+            .where(
+                or_(
+                    _takeable(now, options),
+                    _abandoned(now),
+                    and_(ExportJob.expires_at.is_not(None), ExportJob.expires_at < now),
+                )
+            )
+            .limit(1)
+        )
+    return found is not None
+
+
 def purge_jobs(sessions: Any, options: JobOptions, now: datetime) -> int:
     """Delete the jobs (and files) whose retention has passed; return how many."""
     with _writing(sessions) as session:
@@ -1052,11 +1085,6 @@ def purge_jobs(sessions: Any, options: JobOptions, now: datetime) -> int:
                 os.unlink(path)
             _remove_parts(path)
             session.delete(job)
-        # A failed job's file is never served: one written before it failed (an erased
-        # resident's, see forget_erased) is deleted now rather than when the job expires.
-        for job in session.scalars(select(ExportJob).where(ExportJob.status == "failed")):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(options.path_of(job))
     return len(expired)
 
 
@@ -1066,6 +1094,9 @@ def run_export_jobs(
     """Run every queued job (and every job whose worker stopped: its lease ran out), then
     purge the expired ones; return counts by outcome."""
     counts = {"done": 0, "failed": 0, "purged": 0}
+    _delete_failed_files(sessions, options)
+    if not _work_waiting(sessions, options, now or utcnow()):
+        return counts
     counts["failed"] += _give_up(sessions, options, now or utcnow())
     while (taken := _claim(sessions, options, now or utcnow())) is not None:
         status = run_job(sessions, options, taken[0], now or utcnow(), attempt=taken[1])

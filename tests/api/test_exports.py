@@ -775,6 +775,41 @@ def test_files_are_deleted_when_their_retention_has_passed(client, world, app):
     assert [path.name for path in directory.iterdir()] == []
 
 
+def test_an_idle_round_writes_nothing_and_takes_no_write_lock(client, world, app, engine):
+    """Every poll_seconds (2 s) an idle worker's round began three write transactions (give
+    up, claim, purge): on SQLite each took the database's one write lock, which requests
+    writing meanwhile waited for. A round with nothing to take, give up or purge now only
+    reads; a failed job's file is still deleted."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    done = client.post("/api/v1/exports/cases/jobs", json={"format": "csv"}).get_json()
+    failed = client.post("/api/v1/exports/tasks/jobs", json={"format": "csv"}).get_json()
+    assert run_jobs(app)["done"] == 2
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE export_jobs SET status = 'failed' WHERE id = :id"), {"id": failed["id"]}
+        )
+    directory = Path(app.extensions["gridapi"].settings.data_dir) / "exports"
+    assert len(list(directory.iterdir())) == 2
+    writes: list[str] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        head = statement.lstrip().upper()
+        if head.startswith(("INSERT", "UPDATE", "DELETE", "BEGIN IMMEDIATE")):
+            writes.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", before)
+    try:
+        assert run_jobs(app) == {"done": 0, "failed": 0, "purged": 0}
+    finally:
+        event.remove(Engine, "before_cursor_execute", before)
+    assert writes == []
+    # The failed job's file is gone; the done one is still served.
+    assert len(list(directory.iterdir())) == 1
+    ok(client.get(f"/api/v1/exports/cases/jobs/{done['id']}/file")).close()
+
+
 def _as_left_by_a_dead_worker(
     engine: Any, job_id: int, attempts: int, lease_until: datetime
 ) -> None:
