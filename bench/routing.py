@@ -655,6 +655,12 @@ def run_size(size: int, args: argparse.Namespace, log_dir: Path) -> tuple[SizeRe
     res.facts["in-process p99 per pass (µs)"] = ", ".join(f"{v:.1f}" for v in p99s)
     bx, by = random_points(bounds, args.batch * args.bulk_batches, rng)
     res.bulk = bench_bulk(snap, bx, by, args.batch)
+    # Fixes far from every grid (a phone without a fix sends 0°, 0°): each was searched for
+    # a grid to snap to on its own, 10,000 of them ≈ 1 s of a batch.
+    far = bench_bulk(snap, bx + (bounds[2] - bounds[0]) + 1.0, by, args.batch)
+    res.facts["in-process arrays, points 1° east of every grid"] = (
+        f"{_fmt_rate(far.per_s, 'pts')} ({_x(far.per_s / res.bulk.per_s)} the covered area's)"
+    )
     rx, ry = random_points(bounds, args.reference_points, rng)
     res.reference, facts = bench_reference(url, rx, ry)
     res.facts.update(facts)

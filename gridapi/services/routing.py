@@ -216,7 +216,23 @@ class IndexSnapshot:
                 found = best < none
                 grid[found] = best[found]
                 method[found] = code
-        for i in np.flatnonzero(grid < 0):
+        open_points = np.flatnonzero(grid < 0)
+        if open_points.size and len(self.grids) and self.snap_meters > 0:
+            # One tree query for all of them first: a point with no grid within the snap
+            # distance (a batch of fixes at 0°, 0°, far from every grid) needs no search of
+            # its own, which cost ≈ 0.1 ms a point (10,000 such points: 1 s of a batch).
+            radii = np.array(
+                [metres_to_degrees(self.snap_meters, float(lats[i])) for i in open_points]
+            )
+            near, _ = self.tree.query(
+                shapely.points(lons[open_points], lats[open_points]),
+                predicate="dwithin",
+                distance=radii,
+            )
+            open_points = open_points[np.unique(near)]
+        else:  # no grid, or no snapping: no point snaps
+            open_points = open_points[:0]
+        for i in open_points:
             match = self._snap(float(lons[i]), float(lats[i]))
             grid[i] = match.grid
             method[i] = _METHOD_NAMES.index(match.method)

@@ -97,3 +97,31 @@ def test_snapping_measures_the_distance_to_the_nearest_point_on_the_ground():
         assert abs(match.distance_m - metres) < 0.05, (metres, match.distance_m)
     far = geod.Direct(middle["lat2"], middle["lon2"], 120.0, 50.5)
     assert snap.locate(far["lon2"], far["lat2"]).method == "none"
+
+
+def test_a_batch_snaps_the_points_near_a_grid_and_no_others():
+    """A batch looked each point outside every grid up on its own for snapping (≈ 0.1 ms a
+    point: 10,000 fixes at 0°, 0° took a second). The points with no grid within the snap
+    distance are now set aside in one query: the answers are the single lookups'."""
+    snap = _snapshot()
+    minx, miny, maxx, maxy = shapely.total_bounds(snap.geoms)
+    rng = random.Random(5)
+    # Around the covered area, where every outcome occurs, and far from it.
+    points = [
+        (rng.uniform(minx - 0.002, maxx + 0.002), rng.uniform(miny - 0.002, maxy + 0.002))
+        for _ in range(3000)
+    ]
+    points += [(0.0, 0.0)] * 50 + [(maxx + 1.0, maxy + 1.0)] * 50
+    lons = np.array([p[0] for p in points])
+    lats = np.array([p[1] for p in points])
+    grid, method, dist = snap.locate_many(lons, lats)
+    names = ("inside", "boundary", "snapped", "none")
+    for i, (lon, lat) in enumerate(points):
+        match = snap.locate(lon, lat)
+        assert (match.grid, match.method) == (int(grid[i]), names[method[i]]), (lon, lat)
+        if match.method == "snapped":
+            assert match.distance_m == dist[i]
+    assert {names[m] for m in method} == {"inside", "snapped", "none"} | (
+        {"boundary"} if 1 in method else set()
+    )
+    assert list(method[-100:]) == [3] * 100
