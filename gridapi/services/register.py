@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -1117,7 +1117,8 @@ def create_visit(
         region_code=subject.region_code,
         grid_code=subject.grid_code,
         worker_id=worker_id,
-        visited_at=data.get("visited_at") or now,
+        # In UTC as the database gives it back: the answer and every read say the same.
+        visited_at=(data.get("visited_at") or now).astimezone(UTC),
         place=data.get("place", ""),
         lon=lon,
         lat=lat,

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, case, exists, func, insert, or_, select, true, update
@@ -161,13 +161,14 @@ def campaign_allowed_actions(principal: Principal, campaign: Campaign) -> list[s
 def due_date(
     data: dict[str, Any], calendar: WorkingCalendar, now: datetime, *, required: bool = True
 ) -> datetime | None:
-    """Return the deadline ``data`` asks for: ``due_at`` as given, or ``due_in`` working hours
-    or days from ``now`` on the working calendar. Raises Unprocessable for a past deadline
-    or, when ``required``, for none."""
+    """Return the deadline ``data`` asks for, in UTC (as the database gives it back, so an
+    answer and every read say the same): ``due_at``, or ``due_in`` working hours or days from
+    ``now`` on the working calendar. Raises Unprocessable for a past deadline or, when
+    ``required``, for none."""
     if data.get("due_at") is not None:
         if data["due_at"] <= now:
             raise _invalid("due_at", "lies in the past")
-        return data["due_at"]
+        return data["due_at"].astimezone(UTC)
     if data.get("due_in") is not None:
         due_in = data["due_in"]
         return add_limit(calendar, now, due_in["amount"], due_in["unit"])

@@ -470,6 +470,33 @@ def test_a_visits_case_with_location_null_is_placed_at_the_visit(client, engine,
     assert case["grid"]["code"] == A1 and case["source"] == "visit"
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({}, id="plain"),
+        pytest.param({"headers": {"Idempotency-Key": "visit-1"}}, id="keyed"),
+        pytest.param({"case": {"category": "0101", "description": "楼道堆放杂物"}}, id="with-case"),
+    ],
+)
+def test_a_visits_answer_gives_its_time_as_every_read_does(client, world, household, extra):
+    """The answer to recording a visit echoed visited_at with the phone's offset
+    (…T09:00:00+08:00) where every read gave the stored instant in UTC: a phone comparing
+    or caching the strings saw two times for one visit (a keyed retry got the echo again)."""
+    headers = extra.get("headers", {})
+    body = {"household_id": household["id"], "visited_at": "2026-11-30T09:00:00+08:00"}
+    if "case" in extra:
+        body["case"] = extra["case"]
+    answer = created(client.post("/api/v1/visits", json=body, headers=headers))
+    read = created(client.get(f"/api/v1/visits/{answer['id']}"), 200)
+    listed = client.get(f"/api/v1/visits?household_id={household['id']}").get_json()["items"]
+    assert answer["visited_at"] == read["visited_at"] == listed[0]["visited_at"]
+    assert datetime.fromisoformat(read["visited_at"]) == datetime(2026, 11, 30, 1, tzinfo=UTC)
+    assert answer == read
+    if headers:
+        again = client.post("/api/v1/visits", json=body, headers=headers)
+        assert created(again) == read
+
+
 # --- special groups ---------------------------------------------------------------------------
 
 

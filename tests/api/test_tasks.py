@@ -369,6 +369,32 @@ def test_a_deadline_is_given_once_and_not_in_the_past(people):
     assert when(task["due_at"]) == datetime.fromisoformat(future)
 
 
+def test_a_deadline_is_answered_as_every_read_gives_it(people):
+    """A deadline given as due_at was echoed with the caller's offset (…+08:00) by the
+    answers to creating a task or a campaign and to reassigning a task, where every read
+    (and each task the campaign fanned out) gave the stored instant in UTC."""
+    office, ids = people["office"], people["ids"]
+    due = (datetime.now(SHANGHAI) + timedelta(days=2)).replace(microsecond=0)
+    task = new_task(office, grid=A1, due_at=due.isoformat())
+    read = ok(office.get(f"/api/v1/tasks/{task['id']}"))
+    assert task["due_at"] == read["due_at"] and when(read["due_at"]) == due
+    assert task == read
+
+    later = due + timedelta(days=1)
+    body = {"assignee_id": ids["worker1"], "due_at": later.isoformat()}
+    moved = ok(step(office, task["id"], "reassign", body))
+    read = ok(office.get(f"/api/v1/tasks/{task['id']}"))
+    assert moved["due_at"] == read["due_at"] and when(read["due_at"]) == later
+    assert moved == read
+
+    body = {"title": "排查", "region": COMMUNITY_A, "due_at": due.isoformat()}
+    made = ok(office.post("/api/v1/campaigns", json=body), 201)
+    read = ok(office.get(f"/api/v1/campaigns/{made['id']}"))
+    assert made["due_at"] == read["due_at"] and when(read["due_at"]) == due
+    assert {k: v for k, v in made.items() if k != "fan_out"} == read
+    assert {t["due_at"] for t in campaign_tasks(office, made["id"]).values()} == {made["due_at"]}
+
+
 # --- the worker's steps -----------------------------------------------------------------------
 
 
