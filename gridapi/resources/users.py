@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask.views import MethodView
 
 from .. import clock
@@ -9,7 +11,7 @@ from ..auditing import audit
 from ..auth import Forbidden, current_principal
 from ..extensions import commit, db_session, state
 from ..limits import count_lookup
-from ..models import Role
+from ..models import Role, User
 from ..schemas.identity import (
     AssignmentCreateSchema,
     AssignmentEndSchema,
@@ -25,6 +27,7 @@ from ..schemas.identity import (
     UserSchema,
     UserUpdateSchema,
 )
+from ..scope import Scope
 from ..services import identity as svc
 from .blueprint import Blueprint
 
@@ -44,6 +47,11 @@ def _actor_rank() -> int | None:
 def _changed():  # type: ignore[no-untyped-def]
     commit()
     state().principals.clear()
+
+
+def _view(user: User, scope: Scope) -> dict[str, Any]:
+    """Return one account as ``scope`` may see it (``identity.user_view``)."""
+    return svc.user_view(user, scope, svc.department_regions(db_session(), [user]))
 
 
 @blp.route("/roles")
@@ -78,9 +86,11 @@ class Users(MethodView):
         """
         limit = args.pop("limit")
         scope = current_principal().scope
-        items = svc.list_users(db_session(), scope, limit=limit + 1, **args)
+        session = db_session()
+        items = svc.list_users(session, scope, limit=limit + 1, **args)
+        departments = svc.department_regions(session, items[:limit])
         return {
-            "items": [svc.user_view(user, scope) for user in items[:limit]],
+            "items": [svc.user_view(user, scope, departments) for user in items[:limit]],
             "next": items[limit - 1].id if len(items) > limit else None,
         }
 
@@ -123,7 +133,7 @@ class Users(MethodView):
             },
         )
         _changed()
-        return svc.user_view(user, p.scope)
+        return _view(user, p.scope)
 
 
 @blp.route("/users/<id:user_id>")
@@ -137,10 +147,11 @@ class UsersById(MethodView):
         phone number. Needs `users:read`; an account outside the caller's scope (neither living in
         it nor on the roster of one of its grids) answers 404 exactly like one that does not exist.
         An account read through a grid's roster that lives outside the caller's scope shows
-        `region_code` and `scope_region` as null: those regions answer the caller 404.
+        `region_code` and `scope_region` as null: those regions answer the caller 404. Its
+        `department_id` is null likewise where the department answers the caller 404.
         """
         scope = current_principal().scope
-        return svc.user_view(svc.get_user(db_session(), user_id, scope), scope)
+        return _view(svc.get_user(db_session(), user_id, scope), scope)
 
     @blp.requires("users:write")
     @blp.arguments(UserUpdateSchema)
@@ -162,7 +173,7 @@ class UsersById(MethodView):
         )
         audit("user.update", "user", user.id, region_code=user.region_code, summary=data)
         _changed()
-        return svc.user_view(user, p.scope)
+        return _view(user, p.scope)
 
 
 @blp.route("/users/<id:user_id>/password")
@@ -301,13 +312,15 @@ class GridRoster(MethodView):
         """
         day = args.get("on") or clock.today()  # the county's today, as the roster's
         scope = current_principal().scope
-        rows = svc.roster(db_session(), grid_code, scope, day)
+        session = db_session()
+        rows = svc.roster(session, grid_code, scope, day)
+        departments = svc.department_regions(session, [user for _, user in rows])
         return {
             "grid_code": grid_code,
             "on": day,
             "items": [
                 {
-                    "user": svc.user_view(user, scope),
+                    "user": svc.user_view(user, scope, departments),
                     "is_primary": a.is_primary,
                     "valid_from": a.valid_from,
                     "valid_to": a.valid_to,

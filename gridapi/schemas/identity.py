@@ -90,7 +90,15 @@ class UserSchema(StrictSchema):
             "another township on the roster of one of your grids."
         },
     )
-    department_id = fields.Integer(allow_none=True)
+    department_id = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "The functional department the account belongs to (null: none). "
+            "Also null where that department is outside your scope (it answers you 404): an "
+            "account of another township's or county's department, on the roster of one of "
+            "your grids or living in your area."
+        },
+    )
     is_active = fields.Boolean(required=True)
     created_at = fields.DateTime(required=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -527,16 +528,36 @@ def get_user(session: Session, user_id: int, scope: Scope, *, to_change: bool = 
     return user
 
 
-def user_view(user: User, scope: Scope) -> dict[str, Any]:
+def department_regions(session: Session, users: Iterable[User]) -> dict[int, str]:
+    """Return the region each department of ``users`` serves, by department id (one query;
+    what ``user_view`` decides by)."""
+    ids = {user.department_id for user in users if user.department_id is not None}
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(Department.id, Department.region_code).where(Department.id.in_(sorted(ids)))
+    )
+    return {dept_id: region for dept_id, region in rows}
+
+
+def user_view(user: User, scope: Scope, departments: Mapping[int, str]) -> dict[str, Any]:
     """Return an account as ``scope`` may see it: its region codes (where it lives, the
     region it sees) only where those regions are readable in the scope (``Scope.sees_region``,
     the rule of the regions themselves), else None. An account is read through a grid of
     the caller's roster too, and where it lives elsewhere (another township) the caller,
-    who gets 404 for that region, is not told."""
+    who gets 404 for that region, is not told.
+
+    Its ``department_id`` likewise only where the department is readable in the scope (the
+    rule of ``get_department``: the region it serves, ``departments[id]``, is readable), else
+    None: the id would tell which office of another township or county the account is in.
+    """
 
     def shown(code: str | None) -> str | None:
         return code if code is not None and scope.sees_region(code) else None
 
+    department = user.department_id
+    if department is not None and shown(departments.get(department)) is None:
+        department = None
     return {
         "id": user.id,
         "username": user.username,
@@ -545,7 +566,7 @@ def user_view(user: User, scope: Scope) -> dict[str, Any]:
         "role_name": user.role_name,
         "scope_region_code": shown(user.scope_region_code),
         "region_code": shown(user.region_code),
-        "department_id": user.department_id,
+        "department_id": department,
         "is_active": user.is_active,
         "created_at": user.created_at,
     }

@@ -400,6 +400,78 @@ def test_an_account_from_elsewhere_does_not_show_its_regions_outside_the_callers
     assert regions(chief.get(f"/api/v1/users/{w_c['id']}").get_json()) == (None, None)
 
 
+def test_an_account_does_not_show_a_department_outside_the_callers_scope(
+    office: Any, accounts: Any, county: Any, client: Any
+) -> None:
+    """A township office reading an account that belongs to a department of another
+    township or county (on its grid's roster, or living in its township) was told that
+    department's id, in every answer carrying the account, where the department answers
+    it 404. It is null for the office now; the departments of its township and of the
+    county above it (its dispatch targets) are shown, and the county and the admin see
+    every department of theirs."""
+
+    def department(caller: Any, code: str, region: str) -> int:
+        r = caller.post(
+            "/api/v1/departments", json={"code": code, "name": code, "region_code": region}
+        )
+        assert r.status_code == 201, r.get_json()
+        return r.get_json()["id"]
+
+    r = client.post("/api/v1/regions", json={"code": OTHER_COUNTY, "name": "吴中区"})
+    assert r.status_code == 201, r.get_json()
+    other_county = department(client, "wz-fire", OTHER_COUNTY)
+    other_township = department(county, "st-market", TOWNSHIP_2)
+    own_county, own_township = (
+        department(county, "gusu-fire", COUNTY),
+        department(county, "pj", TOWNSHIP),
+    )
+    for dept in (other_county, other_township):
+        assert office.get(f"/api/v1/departments/{dept}").status_code == 404
+    other = accounts.client("office2", "township_office", scope_region=TOWNSHIP_2)
+    on_roster = created(other, "d-c", "department", grids=[C1], department_id=other_township)
+    r = county.post(f"/api/v1/users/{on_roster['id']}/assignments", json={"grid": A1})
+    assert r.status_code == 201, r.get_json()
+    living_here = created(
+        client, "d-wz", "department", scope_region=COMMUNITY_A, department_id=other_county
+    )
+    shown = {
+        created(county, f"d-{n}", "department", scope_region=COMMUNITY_A, department_id=d)["id"]: d
+        for n, d in (("gusu", own_county), ("pj", own_township))
+    }
+    hidden = (on_roster["id"], living_here["id"])
+
+    listed = office.get("/api/v1/users?limit=200").get_json()["items"]
+    assert {u["id"]: u["department_id"] for u in listed if u["role"] == "department"} == {
+        **dict.fromkeys(hidden),
+        **shown,
+    }
+    for user_id in hidden:
+        r = office.get(f"/api/v1/users/{user_id}")
+        assert r.status_code == 200 and r.get_json()["department_id"] is None, r.get_json()
+    for user_id, dept in shown.items():
+        assert office.get(f"/api/v1/users/{user_id}").get_json()["department_id"] == dept
+    entries = office.get(f"/api/v1/grids/{A1}/roster").get_json()["items"]
+    assert [e["user"]["department_id"] for e in entries if e["user"]["id"] == on_roster["id"]] == [
+        None
+    ]
+    changed = office.patch(f"/api/v1/users/{living_here['id']}", json={"display_name": "改"})
+    assert changed.status_code == 200, changed.get_json()
+    assert changed.get_json()["department_id"] is None
+
+    # Where the department is readable, it is shown.
+    assert county.get(f"/api/v1/users/{on_roster['id']}").get_json()["department_id"] == (
+        other_township
+    )
+    assert county.get(f"/api/v1/users/{living_here['id']}").get_json()["department_id"] is None
+    assert client.get(f"/api/v1/users/{living_here['id']}").get_json()["department_id"] == (
+        other_county
+    )
+    entries = county.get(f"/api/v1/grids/{A1}/roster").get_json()["items"]
+    assert [e["user"]["department_id"] for e in entries if e["user"]["id"] == on_roster["id"]] == [
+        other_township
+    ]
+
+
 # ---- rosters ---------------------------------------------------------------------------------
 
 
