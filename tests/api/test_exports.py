@@ -963,7 +963,7 @@ def test_gridapi_worker_writes_each_kind_while_a_request_writes_beside_it(
 
     pausing_at_the_first_row(monkeypatch, a_request_writes)
     with writes_begun_as_reads() as unsafe:
-        result = cli(settings.database_url, "worker", "--once", GRIDAPI_DATA_DIR=settings.data_dir)
+        result = cli(settings, "worker", "--once")
     assert during == [("running", 201)]  # mid-run, and the write went through
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == "exports: done=1 failed=0 purged=0", result.output

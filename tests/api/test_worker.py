@@ -381,17 +381,22 @@ def test_expired_idempotency_keys_are_purged_and_fresh_ones_kept(client, world, 
     assert run(app, datetime.now(UTC))["idempotency"].counts == {"purged": 0}
 
 
-def cli(database_url: str, *args: str, **env: str) -> Any:
-    return CliRunner().invoke(
-        main, list(args), env={"GRIDAPI_DATABASE_URL": database_url, **env}, catch_exceptions=False
-    )
+def cli(settings: Settings, *args: str, **env: str) -> Any:
+    """Run the command line on the test's database, its key files in the test's data
+    directory (the default, ./var, is the checkout's)."""
+    env = {
+        "GRIDAPI_DATABASE_URL": settings.database_url,
+        "GRIDAPI_DATA_DIR": settings.data_dir,
+        **env,
+    }
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
 
 
-def test_worker_once_prints_a_line_per_job(client, world, app, database_url):
+def test_worker_once_prints_a_line_per_job(client, world, app, settings):
     case_id, _ = filed(client)
     make_overdue(app, case_id)
     with writes_begun_as_reads() as unsafe:
-        result = cli(database_url, "worker", "--once")
+        result = cli(settings, "worker", "--once")
     assert result.exit_code == 0, result.output
     # Its engine begins plain reads (it reads while it writes export files): every job that
     # writes says so, and on SQLite begins as a writer.
@@ -414,7 +419,7 @@ def test_worker_once_prints_a_line_per_job(client, world, app, database_url):
         r"webhooks: fanned_out=\d+ attempted=0 delivered=0 retrying=0 dead=0", lines[8]
     ), lines[8]
     assert get_case(app, case_id).overdue is True
-    again = cli(database_url, "worker", "--once")
+    again = cli(settings, "worker", "--once")
     assert again.exit_code == 0, again.output
     first, second = again.output.splitlines()[:2]
     assert first == "overdue: checked=0 marked=0 errors=0"
@@ -430,13 +435,14 @@ def wait_for(condition: Any, what: str, timeout: float = 60.0) -> None:
 
 
 def test_worker_loop_runs_every_interval_and_stops_on_sigterm(
-    client, world, app, database_url, tmp_path: Path
+    client, world, app, settings, tmp_path: Path
 ):
     first, _ = filed(client, 0)
     make_overdue(app, first)
     env = {
         **os.environ,
-        "GRIDAPI_DATABASE_URL": database_url,
+        "GRIDAPI_DATABASE_URL": settings.database_url,
+        "GRIDAPI_DATA_DIR": settings.data_dir,
         "GRIDAPI_WORKER_INTERVAL_SECONDS": "0.2",
         "GRIDAPI_LOG_LEVEL": "INFO",
     }
@@ -486,13 +492,14 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_serve_runs_exactly_one_worker_beside_its_web_workers(
-    client, world, app, database_url, tmp_path: Path
+    client, world, app, settings, tmp_path: Path
 ):
     case_id, _ = filed(client)
     make_overdue(app, case_id)
     env = {
         **os.environ,
-        "GRIDAPI_DATABASE_URL": database_url,
+        "GRIDAPI_DATABASE_URL": settings.database_url,
+        "GRIDAPI_DATA_DIR": settings.data_dir,
         "GRIDAPI_PORT": str(_free_port()),
         "GRIDAPI_WORKERS": "3",
         "GRIDAPI_WORKER_IN_SERVE": "on",
