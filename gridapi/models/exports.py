@@ -59,6 +59,9 @@ class ExportJob(Base):
     # job up again (the attempt count grows; too many and the job fails).
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the worker deleted the job's file: a failed job's at its next round, an expired
+    # job's just before the row goes. Set, the job has no file to serve or to delete again.
+    file_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         CheckConstraint("user_id IS NOT NULL OR client_id IS NOT NULL", name="has_owner"),

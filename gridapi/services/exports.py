@@ -1036,18 +1036,48 @@ def run_job(
     return str(outcome["status"])
 
 
-def _delete_failed_files(sessions: Any, options: JobOptions) -> None:
-    """Delete the file of every failed job: one is never served, and one written before its
-    job failed (an erased resident's, see ``forget_erased``) goes now rather than when the
-    job expires. A plain read: nothing in the database changes."""
-    with _reading(sessions) as session:
-        paths = [
-            options.path_of(job)
-            for job in session.scalars(select(ExportJob).where(ExportJob.status == "failed"))
-        ]
-    for path in paths:
+def _delete_file(path: str) -> bool:
+    """Delete an export's file and its partial files; return whether none is left (one
+    already gone counts). A file that cannot be deleted is logged and left to the next
+    round."""
+    try:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        _remove_parts(path)
+    except OSError:
+        log.exception("export file %s could not be deleted; the next round tries again", path)
+        return False
+    return True
+
+
+def _delete_failed_files(sessions: Any, options: JobOptions) -> int:
+    """Delete the file of every failed job whose file was not deleted yet, and mark the job
+    (``file_deleted_at``); return how many jobs were marked. A failed job's file is never
+    served, and one written before its job failed (an erased resident's, see
+    ``forget_erased``) goes now rather than when the job expires. Each file once: the jobs
+    were selected again every round, their files deleted every 2 s for as long as they were
+    kept. The file goes before the mark, so a round that stops in between leaves the next
+    one a file to delete, never a file nobody deletes; workers doing it at once mark each job
+    once. A round with no such job only reads."""
+    with _reading(sessions) as session:
+        failed = [
+            (job.id, options.path_of(job))
+            for job in session.scalars(
+                select(ExportJob).where(
+                    ExportJob.status == "failed", ExportJob.file_deleted_at.is_(None)
+                )
+            )
+        ]
+    deleted = [job_id for job_id, path in failed if _delete_file(path)]
+    if not deleted:
+        return 0
+    with _writing(sessions) as session:
+        marked = session.execute(
+            update(ExportJob)
+            .where(ExportJob.id.in_(deleted), ExportJob.file_deleted_at.is_(None))
+            .values(file_deleted_at=utcnow())
+        )
+    return int(marked.rowcount or 0)
 
 
 def _work_waiting(sessions: Any, options: JobOptions, now: datetime) -> bool:

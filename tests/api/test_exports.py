@@ -779,7 +779,8 @@ def test_an_idle_round_writes_nothing_and_takes_no_write_lock(client, world, app
     """Every poll_seconds (2 s) an idle worker's round began three write transactions (give
     up, claim, purge): on SQLite each took the database's one write lock, which requests
     writing meanwhile waited for. A round with nothing to take, give up or purge now only
-    reads; a failed job's file is still deleted."""
+    reads; a failed job's file is deleted (and the job marked) by the round after it
+    failed, and by none after."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
@@ -792,6 +793,9 @@ def test_an_idle_round_writes_nothing_and_takes_no_write_lock(client, world, app
         )
     directory = Path(app.extensions["gridapi"].settings.data_dir) / "exports"
     assert len(list(directory.iterdir())) == 2
+    assert run_jobs(app) == {"done": 0, "failed": 0, "purged": 0}
+    # The failed job's file is gone; the done one is still served.
+    assert [path.name for path in directory.iterdir()] == [f"{done['id']}.csv"]
     writes: list[str] = []
 
     def before(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -805,9 +809,72 @@ def test_an_idle_round_writes_nothing_and_takes_no_write_lock(client, world, app
     finally:
         event.remove(Engine, "before_cursor_execute", before)
     assert writes == []
-    # The failed job's file is gone; the done one is still served.
-    assert len(list(directory.iterdir())) == 1
     ok(client.get(f"/api/v1/exports/cases/jobs/{done['id']}/file")).close()
+
+
+def _failed(engine: Any, *job_ids: int) -> None:
+    with engine.begin() as conn:
+        for job_id in job_ids:
+            conn.execute(
+                text("UPDATE export_jobs SET status = 'failed', error = 'x' WHERE id = :id"),
+                {"id": job_id},
+            )
+
+
+def _marked(engine: Any) -> dict[int, Any]:
+    """The jobs whose file the worker recorded as deleted, and when."""
+    with engine.connect() as conn:
+        return dict(
+            conn.execute(
+                text(
+                    "SELECT id, file_deleted_at FROM export_jobs"
+                    " WHERE file_deleted_at IS NOT NULL ORDER BY id"
+                )
+            ).all()
+        )
+
+
+def test_a_failed_jobs_file_is_deleted_once_by_one_of_several_workers(client, world, app, engine):
+    """Every round (every 2 s) of every worker deleted the file of every failed job again,
+    for as long as the jobs were kept. Now the first round deletes it and marks the job
+    (``file_deleted_at``); two workers at it at once mark each job once, and later rounds
+    find nothing to do. The failed job is still shown, with its reason."""
+    ids = [
+        ok(client.post("/api/v1/exports/cases/jobs", json={"format": "csv"}), 202).get_json()["id"]
+        for _ in range(3)
+    ]
+    assert run_jobs(app)["done"] == 3
+    _failed(engine, ids[0], ids[1])
+    options = job_options(app)
+    barrier = threading.Barrier(2)
+    marked: list[int] = []
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with job_runner_sessions(app) as sessions:  # an engine of its own, as a process
+                barrier.wait(timeout=30)
+                marked.append(exports_svc._delete_failed_files(sessions, options))
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures, failures
+    assert len(marked) == 2 and sum(marked) == 2  # each job marked by one of them, once
+    directory = Path(app.extensions["gridapi"].settings.data_dir) / "exports"
+    assert [path.name for path in directory.iterdir()] == [f"{ids[2]}.csv"]
+    first = _marked(engine)
+    assert set(first) == {ids[0], ids[1]}
+    with job_runner_sessions(app) as sessions:
+        assert exports_svc._delete_failed_files(sessions, options) == 0
+    assert run_jobs(app) == {"done": 0, "failed": 0, "purged": 0}
+    assert _marked(engine) == first  # nobody marked them again
+    view = ok(client.get(f"/api/v1/exports/cases/jobs/{ids[0]}")).get_json()
+    assert (view["status"], view["error"], view["download"]) == ("failed", "x", None)
 
 
 def _as_left_by_a_dead_worker(

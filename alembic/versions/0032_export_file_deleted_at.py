@@ -1,0 +1,33 @@
+"""An export job records when its file was deleted.
+
+The worker deleted the file of every failed job at every round (every 2 s), the same files
+again and again for as long as the jobs were kept. It now deletes a failed job's file once
+and records it (``file_deleted_at``); later rounds leave the job alone
+(gridapi.services.exports). Failed jobs kept at the upgrade have no mark: their files are
+deleted, once more, at the worker's next round.
+
+Revision ID: 0032
+Revises: 0031
+Create Date: 2026-12-02
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from alembic import op
+from gridapi.models.base import UTCDateTime
+
+revision = "0032"
+down_revision = "0031"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("export_jobs", sa.Column("file_deleted_at", UTCDateTime(), nullable=True))
+
+
+def downgrade() -> None:
+    # Not batch mode: SQLite (3.35+) drops a column in place.
+    op.drop_column("export_jobs", "file_deleted_at")
