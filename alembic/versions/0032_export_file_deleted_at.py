@@ -1,8 +1,11 @@
 """An export job records when its file was deleted.
 
 The worker deleted the file of every failed job at every round (every 2 s), the same files
-again and again for as long as the jobs were kept. It now deletes a failed job's file once
-and records it (``file_deleted_at``); later rounds leave the job alone
+again and again for as long as the jobs were kept; and it deleted an expired job's file
+inside the transaction that deleted the job, so a transaction that then failed left the job
+listed as done with its file gone. The worker now records the deletion
+(``file_deleted_at``): a failed job's file is deleted once, then marked; an expired job is
+marked first (from then on it is not served), its file deleted, then its row
 (gridapi.services.exports). Failed jobs kept at the upgrade have no mark: their files are
 deleted, once more, at the worker's next round.
 

@@ -26,7 +26,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import shapely
-from sqlalchemy import Select, String, and_, func, or_, select, update
+from sqlalchemy import Select, String, and_, delete, func, or_, select, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.functions import FunctionElement
@@ -755,7 +755,13 @@ def get_job(session: Session, principal: Principal, kind: str, job_id: int) -> E
         else ExportJob.client_id == principal.id
     )
     job = session.scalars(
-        select(ExportJob).where(ExportJob.id == job_id, ExportJob.kind == kind, owner)
+        select(ExportJob).where(
+            ExportJob.id == job_id,
+            ExportJob.kind == kind,
+            owner,
+            # A done job whose file was deleted has expired: it is being purged.
+            or_(ExportJob.status != "done", ExportJob.file_deleted_at.is_(None)),
+        )
     ).first()
     if job is None:
         raise NotFound("The export job does not exist, has expired or is not yours.")
@@ -815,6 +821,11 @@ def _requester(session: Session, job: ExportJob) -> Principal | None:
 def _abandoned(now: datetime) -> Any:
     """Jobs running under a lease that ran out: their worker stopped."""
     return and_(ExportJob.status == "running", ExportJob.lease_until < now)
+
+
+def _expired(now: datetime) -> Any:
+    """Jobs whose retention has passed."""
+    return and_(ExportJob.expires_at.is_not(None), ExportJob.expires_at < now)
 
 
 def _takeable(now: datetime, options: JobOptions) -> Any:
@@ -1091,7 +1102,7 @@ def _work_waiting(sessions: Any, options: JobOptions, now: datetime) -> bool:
                 or_(
                     _takeable(now, options),
                     _abandoned(now),
-                    and_(ExportJob.expires_at.is_not(None), ExportJob.expires_at < now),
+                    _expired(now),
                 )
             )
             .limit(1)
@@ -1100,22 +1111,35 @@ def _work_waiting(sessions: Any, options: JobOptions, now: datetime) -> bool:
 
 
 def purge_jobs(sessions: Any, options: JobOptions, now: datetime) -> int:
-    """Delete the jobs (and files) whose retention has passed; return how many."""
+    """Delete the jobs whose retention has passed, and their files; return how many jobs.
+
+    The jobs are marked first (``file_deleted_at``, committed: from then on none is served),
+    then their files deleted, then their rows. The files were deleted inside the transaction
+    that deleted the rows: when it then failed, the jobs stayed done with their files gone.
+    Now a failed transaction leaves every file its job still serves, and a job whose file
+    (or row) could not be deleted stays, marked, for the next round to try again."""
     with _writing(sessions) as session:
-        expired = list(
-            session.scalars(
-                select(ExportJob).where(
-                    ExportJob.expires_at.is_not(None), ExportJob.expires_at < now
+        expired = [
+            (job.id, options.path_of(job))
+            for job in session.scalars(select(ExportJob).where(_expired(now)))
+        ]
+        if expired:
+            session.execute(
+                update(ExportJob)
+                .where(
+                    ExportJob.id.in_([job_id for job_id, _ in expired]),
+                    ExportJob.file_deleted_at.is_(None),
                 )
+                .values(file_deleted_at=utcnow())
             )
+    gone = [job_id for job_id, path in expired if _delete_file(path)]
+    if not gone:
+        return 0
+    with _writing(sessions) as session:
+        purged = session.execute(
+            delete(ExportJob).where(ExportJob.id.in_(gone), ExportJob.file_deleted_at.is_not(None))
         )
-        for job in expired:
-            path = options.path_of(job)
-            if os.path.exists(path):
-                os.unlink(path)
-            _remove_parts(path)
-            session.delete(job)
-    return len(expired)
+    return int(purged.rowcount or 0)
 
 
 def run_export_jobs(

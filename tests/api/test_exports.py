@@ -877,6 +877,110 @@ def test_a_failed_jobs_file_is_deleted_once_by_one_of_several_workers(client, wo
     assert (view["status"], view["error"], view["download"]) == ("failed", "x", None)
 
 
+@contextlib.contextmanager
+def export_jobs_refused(engine: Any, *operations: str) -> Iterator[None]:
+    """Make the database refuse ``operations`` (UPDATE, DELETE) of export jobs, as a lost
+    connection or a lock timeout fails a transaction: a trigger raises "refused"."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            for operation in operations:
+                conn.exec_driver_sql(
+                    f"CREATE TRIGGER refuse_{operation} BEFORE {operation} ON export_jobs"
+                    " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql"
+                " AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+            )
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER refuse BEFORE {' OR '.join(operations)} ON export_jobs"
+                " FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            if engine.dialect.name == "sqlite":
+                for operation in operations:
+                    conn.exec_driver_sql(f"DROP TRIGGER refuse_{operation}")
+            else:
+                conn.exec_driver_sql("DROP TRIGGER refuse ON export_jobs")
+                conn.exec_driver_sql("DROP FUNCTION refuse()")
+
+
+def _expired_job(client: Any, app: Any) -> tuple[int, Path, datetime]:
+    """A done job of cases, its file, and a moment past its retention."""
+    job = ok(client.post("/api/v1/exports/cases/jobs", json={"format": "csv"}), 202).get_json()
+    assert run_jobs(app)["done"] == 1
+    path = Path(app.extensions["gridapi"].settings.data_dir) / "exports" / f"{job['id']}.csv"
+    assert path.exists()
+    later = datetime.now(UTC) + timedelta(
+        hours=app.extensions["gridapi"].settings.export_retention_hours + 1
+    )
+    return job["id"], path, later
+
+
+def test_a_purge_whose_transaction_fails_leaves_the_files_of_the_jobs_it_kept(
+    client, world, app, engine
+):
+    """The purge deleted the expired jobs' files inside the transaction that deleted the
+    jobs: when that transaction failed, the jobs stayed, listed as done, and their files
+    were gone. Now nothing is deleted until the jobs are marked as having no file: a
+    transaction that fails leaves the job served with its file, and the next round purges
+    both."""
+    from sqlalchemy.exc import DBAPIError
+
+    job_id, path, later = _expired_job(client, app)
+    with (
+        export_jobs_refused(engine, "UPDATE", "DELETE"),
+        pytest.raises(DBAPIError, match="refused"),
+    ):
+        run_jobs(app, now=later)
+    assert path.exists()
+    view = ok(client.get(f"/api/v1/exports/cases/jobs/{job_id}")).get_json()
+    assert view["status"] == "done"
+    filed = ok(client.get(view["download"]))
+    assert len(parse_csv(filed)[1]) == 3
+    filed.close()
+
+    assert run_jobs(app, now=later)["purged"] == 1
+    assert not path.exists()
+    assert client.get(f"/api/v1/exports/cases/jobs/{job_id}").status_code == 404
+
+
+def test_a_job_whose_file_is_gone_is_not_served_while_its_row_waits_to_be_deleted(
+    client, world, app, engine
+):
+    """The files are deleted once the jobs are marked; when the rows' deletion then fails,
+    or a file cannot be deleted (here a directory stands in its place), the jobs stay,
+    marked: they answer 404, as expired, never "done" without a file, and a later round
+    deletes what is left."""
+    from sqlalchemy.exc import DBAPIError
+
+    job_id, path, later = _expired_job(client, app)
+    with export_jobs_refused(engine, "DELETE"), pytest.raises(DBAPIError, match="refused"):
+        run_jobs(app, now=later)
+    assert not path.exists()
+    for url in (
+        f"/api/v1/exports/cases/jobs/{job_id}",
+        f"/api/v1/exports/cases/jobs/{job_id}/file",
+    ):
+        assert client.get(url).status_code == 404
+    assert run_jobs(app, now=later)["purged"] == 1
+    assert _marked(engine) == {}
+
+    job_id, path, later = _expired_job(client, app)
+    path.unlink()
+    path.mkdir()  # os.unlink refuses it
+    assert run_jobs(app, now=later)["purged"] == 0
+    assert set(_marked(engine)) == {job_id}
+    assert client.get(f"/api/v1/exports/cases/jobs/{job_id}").status_code == 404
+    path.rmdir()
+    assert run_jobs(app, now=later)["purged"] == 1
+    assert _marked(engine) == {}
+
+
 def _as_left_by_a_dead_worker(
     engine: Any, job_id: int, attempts: int, lease_until: datetime
 ) -> None:
