@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import threading
 from typing import Any
 
@@ -65,9 +66,14 @@ def spec_dict() -> dict:
     """Return the OpenAPI document of the application."""
     from .app import create_app
 
-    app = create_app(Settings(database_url="sqlite://"), check_database=False)
-    with app.app_context():
-        return app.extensions["gridapi_api"].spec.to_dict()
+    # The app made for its spec generates keys it never uses: in a directory of its own, not
+    # in the working directory's ./var (where `gridapi openapi write` and the tests ran).
+    with tempfile.TemporaryDirectory(prefix="gridapi-spec-") as data_dir:
+        app = create_app(
+            Settings(database_url="sqlite://", data_dir=data_dir), check_database=False
+        )
+        with app.app_context():
+            return app.extensions["gridapi_api"].spec.to_dict()
 
 
 def spec_json() -> str:

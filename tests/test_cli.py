@@ -45,6 +45,13 @@ CSV_TEXT = (
 )
 
 
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands keep their keys where the test's app does (conftest's ``settings``),
+    not in the checkout's ./var."""
+    monkeypatch.setenv("GRIDAPI_DATA_DIR", str(tmp_path / "data"))
+
+
 def run(database_url: str, *args: str) -> Result:
     return CliRunner().invoke(
         main, list(args), env={"GRIDAPI_DATABASE_URL": database_url}, catch_exceptions=False

@@ -127,6 +127,7 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
     env = {
         **os.environ,
         "GRIDAPI_DATABASE_URL": database_url,
+        "GRIDAPI_DATA_DIR": app.extensions["gridapi"].settings.data_dir,
         "GRIDAPI_PORT": str(port),
         "GRIDAPI_WORKERS": "2",
         "GRIDAPI_LOG_LEVEL": "WARNING",

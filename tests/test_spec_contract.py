@@ -16,8 +16,9 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 @pytest.fixture(scope="module")
-def served() -> tuple[Any, dict[str, Any]]:
-    app = create_app(Settings(database_url="sqlite://"), check_database=False)
+def served(tmp_path_factory) -> tuple[Any, dict[str, Any]]:
+    data_dir = str(tmp_path_factory.mktemp("data"))
+    app = create_app(Settings(database_url="sqlite://", data_dir=data_dir), check_database=False)
     with app.app_context():
         return app, app.extensions["gridapi_api"].spec.to_dict()
 
