@@ -13,6 +13,7 @@ from ..errors import Conflict, NotFound, Unprocessable
 from ..models import Case, Category
 from ..models.categories import ATTRIBUTE_TYPES
 from ..numbers import MAX_EXACT
+from .uniques import add_or_conflict
 
 # fullmatch, not ``$``: ``$`` also matches before a final newline ("community\n").
 _HANDLER_RE = re.compile(r"community|township|county|department:[A-Za-z0-9_.\-]{2,32}")
@@ -225,12 +226,21 @@ def _check_department(session: Session, data: dict[str, Any]) -> None:
 
 
 def create_category(session: Session, data: dict[str, Any]) -> Category:
-    """Create a class (2 digits) or a subclass (4 digits under an existing class)."""
+    """Create a class (2 digits) or a subclass (4 digits under an existing class). Raises
+    Unprocessable, or Conflict naming ``code`` when a category has it."""
     code = data["code"]
     _check_definition(data)
     _check_department(session, data)
-    if session.get(Category, code) is not None:
-        raise Conflict(f"Category {code} exists.")
+
+    def taken() -> Conflict | None:
+        if session.get(Category, code) is None:
+            return None
+        return Conflict(
+            f"Category {code} exists.", errors={"json": {"code": ["a category has this code"]}}
+        )
+
+    if (error := taken()) is not None:
+        raise error
     parent = None
     if len(code) == 4:
         parent = session.get(Category, code[:2])
@@ -245,8 +255,9 @@ def create_category(session: Session, data: dict[str, Any]) -> Category:
                 errors={"json": {"code": [f"the class {code[:2]} is retired: reactivate it"]}},
             )
     category = Category(**{**data, "parent_code": parent.code if parent else None})
-    session.add(category)
-    session.flush()
+    # Created by another request between the look-up and the insert: the same answer as
+    # when it came first, not the generic conflict.
+    add_or_conflict(session, category, taken)
     return category
 
 

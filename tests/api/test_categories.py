@@ -70,7 +70,9 @@ def test_admin_edits_and_others_are_refused(client, accounts, factory, session):
         },
     )
     assert r.status_code == 201 and r.get_json()["parent_code"] == "53"
-    assert client.post("/api/v1/categories", json={"code": "5309", "name": "x"}).status_code == 409
+    r = client.post("/api/v1/categories", json={"code": "5309", "name": "x"})
+    assert r.status_code == 409 and r.get_json()["message"] == "Category 5309 exists."
+    assert r.get_json()["errors"] == {"json": {"code": ["a category has this code"]}}
     r = client.post("/api/v1/categories", json={"code": "7701", "name": "无父类"})
     assert r.status_code == 422 and "code" in r.get_json()["errors"]["json"]
     r = client.patch("/api/v1/categories/0101", json={"attributes": [{"code": "X", "type": "x"}]})
@@ -337,3 +339,31 @@ def test_a_name_of_spaces_and_a_missing_handler_department_are_refused(client, w
     assert client.post("/api/v1/categories", json=body).status_code == 201
     r = client.patch("/api/v1/categories/0101", json={"default_handler": "department:nope"})
     assert r.status_code == 422
+
+
+def test_a_code_taken_meanwhile_answers_as_one_taken_before(client, app, engine):
+    """Two admins create category 5309 at once: both looked before either committed, and on
+    PostgreSQL the second insert waited in the primary key for the first, then answered the
+    generic 409 naming nothing. It answers as when the other came first now: the 409 naming
+    `code`, the one row the other's, and no audit row of its own."""
+    from gridapi.services import categories as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    with st.sessions() as session:  # another admin's category, inserted, not committed
+        svc.create_category(session, {"code": "5309", "name": "燃气安全隐患"})
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "categories",
+            lambda: client.post("/api/v1/categories", json={"code": "5309", "name": "燃气"}),
+        )
+    assert r.status_code == 409, r.get_json()
+    assert r.get_json()["message"] == "Category 5309 exists."
+    assert r.get_json()["errors"] == {"json": {"code": ["a category has this code"]}}
+    with st.sessions() as session:
+        names = session.scalars(select(Category.name).where(Category.code == "5309")).all()
+        assert names == ["燃气安全隐患"]
+    actions = [e["action"] for e in client.get("/api/v1/audit").get_json()["items"]]
+    assert "category.create" not in actions
