@@ -827,18 +827,28 @@ def assignments_of(session: Session, user_id: int, scope: Scope) -> list[GridAss
 def create_department(
     session: Session, *, scope: Scope, code: str, name: str, region_code: str
 ) -> Department:
-    """Create a functional department serving a region in scope."""
+    """Create a functional department serving a region in scope. Raises Unprocessable, or
+    Conflict naming ``code`` when a department has it."""
     if not scope.covers_region(region_code):
         raise Unprocessable(
             "Unknown region.",
             errors={"json": {"region_code": [f"no region {region_code} in your scope"]}},
         )
     _region_or_422(session, region_code, scope, "region_code")
-    if session.scalars(select(Department.id).where(Department.code == code)).first():
-        raise Conflict(f"A department with code {code!r} exists.")
+
+    def taken() -> Conflict | None:
+        if session.scalars(select(Department.id).where(Department.code == code)).first() is None:
+            return None
+        return Conflict(
+            f"A department with code {code!r} exists.",
+            errors={"json": {"code": ["a department has this code"]}},
+        )
+
+    if (error := taken()) is not None:
+        raise error
     dept = Department(code=code, name=name, region_code=region_code, is_active=True)
-    session.add(dept)
-    session.flush()
+    # Created by another request between the look-up and the insert: the same answer.
+    add_or_conflict(session, dept, taken)
     return dept
 
 

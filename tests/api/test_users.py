@@ -790,7 +790,12 @@ def test_departments_create_list_get_patch(county: Any, office: Any, client: Any
     assert r.status_code == 201, r.get_json()
     dept = r.get_json()
     assert {k: dept[k] for k in body} == body and dept["is_active"] is True
-    assert county.post("/api/v1/departments", json=body).status_code == 409
+    r = county.post("/api/v1/departments", json=body)
+    assert (
+        r.status_code == 409
+        and r.get_json()["message"] == "A department with code 'gusu-fire' exists."
+    )
+    assert r.get_json()["errors"] == {"json": {"code": ["a department has this code"]}}
 
     r = county.post(
         "/api/v1/departments",
@@ -842,6 +847,40 @@ def test_departments_stay_inside_the_scope(county: Any, client: Any, accounts: A
     assert county.get("/api/v1/departments").get_json()["items"] == []
     worker = accounts.client("wang", "grid_worker", grids=[A1])
     assert worker.get("/api/v1/departments").status_code == 403
+
+
+def test_a_department_code_taken_meanwhile_answers_as_one_taken_before(
+    county: Any, app: Any, engine: Any
+) -> None:
+    """Two creates of department gusu-fire at once: both looked before either committed, and
+    on PostgreSQL the second insert waited in the unique index for the first, then answered
+    the generic 409 naming nothing. It answers as when the other came first now: the 409
+    naming `code`, the one department the other's, and no audit row of its own."""
+    from gridapi.models import AuditEntry, Department
+    from gridapi.scope import Scope
+    from gridapi.services import identity as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    body = {"code": "gusu-fire", "name": "姑苏区消防救援大队", "region_code": COUNTY}
+    with st.sessions() as session:  # another request's department, inserted, not committed
+        svc.create_department(
+            session, scope=Scope.everything(), code="gusu-fire", name="消防", region_code=COUNTY
+        )
+        r = send_while_uncommitted(
+            engine, session, "departments", lambda: county.post("/api/v1/departments", json=body)
+        )
+    assert r.status_code == 409, r.get_json()
+    assert r.get_json()["message"] == "A department with code 'gusu-fire' exists."
+    assert r.get_json()["errors"] == {"json": {"code": ["a department has this code"]}}
+    with st.sessions() as session:
+        names = session.scalars(select(Department.name).where(Department.code == "gusu-fire"))
+        assert list(names) == ["消防"]
+        audited = session.scalars(
+            select(AuditEntry.id).where(AuditEntry.action == "department.create")
+        )
+        assert list(audited) == []
 
 
 @pytest.mark.parametrize(
