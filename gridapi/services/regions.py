@@ -11,6 +11,7 @@ from typing import Any
 
 import shapely
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import clock
@@ -26,6 +27,7 @@ from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.shapes import GeometryError, from_db, multipolygon_from_geojson, to_db
 from ..models import Grid, Region
 from ..scope import Scope
+from .uniques import add_or_conflict
 
 
 def valid_on(day: date):  # type: ignore[no-untyped-def]
@@ -216,7 +218,8 @@ def create_region(
     """Create a region inside ``scope``, deriving its level and parent from the code.
 
     Raises Unprocessable for a bad code, level, parent or boundary (a parent outside the
-    scope counts as missing); Conflict when the code is already current.
+    scope counts as missing); Conflict when the code is already current (naming ``code``) or
+    the period overlaps another period of the code.
     """
     level = check_code(code, level)
     if not scope.covers_region(code):
@@ -226,9 +229,17 @@ def create_region(
         )
     _check_period(valid_from, valid_to)
     existing = current_codes(session, {code, *parent_candidates(code)})
-    if code in existing:
-        raise Conflict(f"Region {code} already exists.")
-    _check_no_overlap(session, code, valid_from, valid_to)
+
+    def taken(current: set[str]) -> Conflict | None:
+        if code in current:
+            return Conflict(
+                f"Region {code} already exists.",
+                errors={"json": {"code": ["a current region has this code"]}},
+            )
+        return _overlap(session, code, valid_from, valid_to)
+
+    if (error := taken(existing)) is not None:
+        raise error
     parent = derive_parent(code, existing)
     if parent_code is not None and parent_code != parent:
         raise Unprocessable(
@@ -248,8 +259,9 @@ def create_region(
         valid_from=valid_from,
         valid_to=valid_to,
     )
-    session.add(region)
-    session.flush()
+    # Created by another request between the look-up and the insert: the same answer as
+    # when it came first (the code current, or the periods overlapping), not the generic one.
+    add_or_conflict(session, region, lambda: taken(current_codes(session, {code})))
     routing_changed(session)
     return region
 
@@ -285,16 +297,29 @@ def _check_no_overlap(
     exclude: int | None = None,
 ) -> None:
     """Raise Conflict when the period would overlap another period of the same code."""
+    if (error := _overlap(session, code, valid_from, valid_to, exclude)) is not None:
+        raise error
+
+
+def _overlap(
+    session: Session,
+    code: str,
+    valid_from: date | None,
+    valid_to: date | None,
+    exclude: int | None = None,
+) -> Conflict | None:
+    """The conflict of the period with another period of the same code, or None."""
     start, end = valid_from or date.min, valid_to or date.max
     for other in session.scalars(select(Region).where(Region.code == code)):
         if other.id == exclude:
             continue
         if start <= (other.valid_to or date.max) and (other.valid_from or date.min) <= end:
-            raise Conflict(
+            return Conflict(
                 f"The period overlaps the period of {code} from "
                 f"{other.valid_from or 'the beginning'} to "
                 f"{other.valid_to or 'now'}; periods of one code never overlap."
             )
+    return None
 
 
 def _boundary_or_422(boundary: dict | None, path: tuple[str, ...] = ("json", "boundary")):
@@ -560,6 +585,34 @@ def import_regions(session: Session, rows: list[Any], *, scope: Scope) -> Import
             "boundary": boundary,
         }
 
+    # A code created by another request between the look-up and the insert (the unique index
+    # of current codes refuses ours): the import is planned again on what is there now, as
+    # when it came after that request. Each retry finds one more of its codes taken.
+    retries = len(parsed)
+    while True:
+        try:
+            with session.begin_nested():
+                _write_import(session, parsed, result)
+            break
+        except IntegrityError:
+            if not retries or not current_codes(session, set(result.created)):
+                raise  # not a code taken meanwhile
+            retries -= 1
+    if result.errors:
+        result.errors.sort(key=lambda e: e["row"])
+        return result
+    if result.created or result.updated:
+        routing_changed(session)
+    return result
+
+
+def _write_import(
+    session: Session, parsed: dict[str, dict[str, Any]], result: ImportResult
+) -> None:
+    """Create or rename the regions of ``parsed`` (rows checked on their own) on what the
+    database holds now, counting them in ``result``; write nothing and add to its errors
+    when an ancestor is missing."""
+    result.created, result.updated, result.unchanged = [], [], []
     wanted = set(parsed)
     for item in parsed.values():
         wanted.update(parent_candidates(item["code"]))
@@ -581,8 +634,7 @@ def import_regions(session: Session, rows: list[Any], *, scope: Scope) -> Import
             continue
         item["parent"] = parent
     if result.errors:
-        result.errors.sort(key=lambda e: e["row"])
-        return result
+        return
 
     for code in sorted(parsed, key=lambda c: (LEVEL_DEPTH[parsed[c]["level"]], c)):
         item = parsed[code]
@@ -606,9 +658,6 @@ def import_regions(session: Session, rows: list[Any], *, scope: Scope) -> Import
         else:
             result.unchanged.append(code)
     session.flush()
-    if result.created or result.updated:
-        routing_changed(session)
-    return result
 
 
 def _boundary_changed(region: Region, boundary: Any) -> bool:

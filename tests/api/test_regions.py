@@ -164,9 +164,72 @@ def test_create_missing_parent_names_the_parent_to_create(client):
 
 def test_create_duplicate_current_code_is_409(client, tree):
     r = create(client, COMMUNITY_A, "另一个平江社区")
-    assert_error(r, 409)
-    assert COMMUNITY_A in r.get_json()["message"]
+    body = assert_error(r, 409, "json", "code")
+    assert body["message"] == f"Region {COMMUNITY_A} already exists."
+    assert body["errors"] == {"json": {"code": ["a current region has this code"]}}
     assert client.get(f"/api/v1/regions/{COMMUNITY_A}").get_json()["name"] == "平江社区"
+
+
+NEW_VILLAGE = "320508001003"
+
+
+def _uncommitted_region(app: Any, session: Any, name: str) -> None:
+    """Another request's region NEW_VILLAGE in ``session``: inserted, not committed."""
+    from gridapi.scope import Scope
+    from gridapi.services import regions as svc
+
+    svc.create_region(session, code=NEW_VILLAGE, name=name, scope=Scope.everything())
+
+
+def _names(app: Any, code: str) -> list[str]:
+    with app.extensions["gridapi"].sessions() as session:
+        return list(session.scalars(select(Region.name).where(Region.code == code)))
+
+
+def _audited(client: Any, action: str) -> list[dict[str, Any]]:
+    r = client.get("/api/v1/audit")
+    assert r.status_code == 200, r.get_json()
+    return [e for e in r.get_json()["items"] if e["action"] == action]
+
+
+def test_a_code_created_meanwhile_answers_as_one_created_before(client, tree, app, engine):
+    """Two creates of one new code at once: both looked before either committed, and on
+    PostgreSQL the second insert waited in the unique index of current codes for the first,
+    then answered the generic 409 naming nothing. It answers as when the other came first
+    now: the 409 naming `code`, the one region the other's, no audit row of its own."""
+    from ..races import send_while_uncommitted
+
+    with app.extensions["gridapi"].sessions() as session:
+        _uncommitted_region(app, session, "甲社区")
+        r = send_while_uncommitted(
+            engine, session, "regions", lambda: create(client, NEW_VILLAGE, "乙社区")
+        )
+    body = assert_error(r, 409, "json", "code")
+    assert body["message"] == f"Region {NEW_VILLAGE} already exists."
+    assert body["errors"] == {"json": {"code": ["a current region has this code"]}}
+    assert _names(app, NEW_VILLAGE) == ["甲社区"]
+    assert _audited(client, "region.create") == []
+
+
+def test_an_import_of_a_code_created_meanwhile_renames_it_as_after_it(client, tree, app, engine):
+    """An import of a code another request was creating: both looked before either
+    committed, and on PostgreSQL the import's insert waited for the other's, then answered
+    the generic 409 and imported nothing. It imports as when the other came first now: the
+    region is renamed (counted as updated), one row, and the import's audit row says so."""
+    from ..races import send_while_uncommitted
+
+    rows = [{"code": TOWNSHIP, "name": "平江街道"}, {"code": NEW_VILLAGE, "name": "乙社区"}]
+    with app.extensions["gridapi"].sessions() as session:
+        _uncommitted_region(app, session, "甲社区")
+        r = send_while_uncommitted(
+            engine, session, "regions", lambda: client.post("/api/v1/regions/import", json=rows)
+        )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json() == {"created": 0, "updated": 1, "unchanged": 1, "errors": []}
+    assert _names(app, NEW_VILLAGE) == ["乙社区"]
+    entry = max(_audited(client, "region.import"), key=lambda e: e["id"])  # tree's is first
+    assert entry["summary"]["updated_codes"] == [NEW_VILLAGE]
+    assert entry["summary"]["created_codes"] == []
 
 
 def test_create_with_valid_to_before_valid_from_is_422(client, tree):
