@@ -7,11 +7,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, extract, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..errors import NotFound, Unprocessable
 from ..models import CalendarDay, CalendarYear
 from ..workcalendar import YEAR_STATUSES, WorkingCalendar, parse_periods
+from .uniques import add_or_found
 
 # The years GET /api/v1/calendar?year= lists (CalendarQueryArgsSchema): a year imported
 # outside them could not be read back.
@@ -22,6 +24,9 @@ FIRST_YEAR, LAST_YEAR = 2000, 2100
 HORIZON = timedelta(days=60)
 #: Longest source text kept for a year.
 SOURCE_MAX = 2000
+#: How many imports of the same years at once an import waits for before it gives up with
+#: the generic conflict (each is retried after the one it waited for).
+IMPORT_RETRIES = 3
 
 
 def working_calendar(session: Session, working_hours: str, timezone: str) -> WorkingCalendar:
@@ -52,10 +57,14 @@ def set_day(session: Session, day: date, kind: str, name: str = "") -> CalendarD
         )
     row = session.get(CalendarDay, day)
     if row is None:
-        row = CalendarDay(day=day, kind=kind, name=name)
-        session.add(row)
-    else:
-        row.kind, row.name = kind, name
+        # Set by another admin between the look-up and the insert: set again over theirs,
+        # as when this came second, not the generic conflict.
+        row = add_or_found(
+            session,
+            CalendarDay(day=day, kind=kind, name=name),
+            lambda: session.get(CalendarDay, day),
+        )
+    row.kind, row.name = kind, name
     session.flush()
     return row
 
@@ -89,17 +98,33 @@ def import_days(session: Session, data: Any, working_hours: str, timezone: str) 
         raise Unprocessable(
             f"Invalid calendar data: {problem}", errors={"json": {"years": [problem]}}
         )
+    source = data.get("source")
+    source = source[:SOURCE_MAX] if isinstance(source, str) else ""
+    # Another admin importing one of the years at once: the days they inserted meanwhile,
+    # which our delete did not see, refuse ours. The years are replaced again on what is
+    # there now, as when this import came second (each retry waits for one such import).
+    for retries_left in reversed(range(IMPORT_RETRIES + 1)):
+        try:
+            with session.begin_nested():
+                _replace_years(session, data, parsed, years, source)
+            break
+        except IntegrityError:
+            if not retries_left:
+                raise
+    return {"years": len(years), "holidays": len(parsed.holidays), "workdays": len(parsed.workdays)}
+
+
+def _replace_years(
+    session: Session, data: Any, parsed: WorkingCalendar, years: list[int], source: str
+) -> None:
     session.execute(delete(CalendarDay).where(extract("year", CalendarDay.day).in_(years)))
     for day in sorted(parsed.holidays):
         session.add(CalendarDay(day=day, kind="holiday", name=""))
     for day in sorted(parsed.workdays):
         session.add(CalendarDay(day=day, kind="workday", name=""))
-    source = data.get("source")
-    source = source[:SOURCE_MAX] if isinstance(source, str) else ""
     for key, entry in data["years"].items():
         set_year(session, int(key), entry.get("status", "official"), source)
     session.flush()
-    return {"years": len(years), "holidays": len(parsed.holidays), "workdays": len(parsed.workdays)}
 
 
 def set_year(session: Session, year: int, status: str, source: str | None = None) -> CalendarYear:
@@ -109,12 +134,14 @@ def set_year(session: Session, year: int, status: str, source: str | None = None
         raise ValueError(status)
     row = session.get(CalendarYear, year)
     if row is None:
-        row = CalendarYear(year=year, status=status, source=source or "")
-        session.add(row)
-    else:
-        row.status = status
-        if source is not None:
-            row.source = source
+        row = add_or_found(  # set meanwhile by another admin: set again, as set_day
+            session,
+            CalendarYear(year=year, status=status, source=source or ""),
+            lambda: session.get(CalendarYear, year),
+        )
+    row.status = status
+    if source is not None:
+        row.source = source
     session.flush()
     return row
 

@@ -7,17 +7,21 @@ fails with a unique violation, which gridapi answers with the generic 409. Inser
 ``add_or_conflict``, the second looks again and answers as if the first had come first:
 the same message and errors, counted the same way by its resource. A change of an existing
 row (a new ID number, a new username) is written in ``conflicts_as``: the savepoint opens
-before the first change, since opening it flushes what is pending, outside it.
+before the first change, since opening it flushes what is pending, outside it. Where the
+sequential case is no conflict but a change of the row found (a day of the working
+calendar set again), ``add_or_found`` returns the twin's row to change instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+
+T = TypeVar("T")
 
 
 def add_or_conflict(session: Session, obj: Any, conflict: Callable[[], Exception | None]) -> None:
@@ -26,6 +30,22 @@ def add_or_conflict(session: Session, obj: Any, conflict: Callable[[], Exception
     IntegrityError itself when it finds nothing (another constraint)."""
     with conflicts_as(session, conflict):
         session.add(obj)
+
+
+def add_or_found(session: Session, obj: T, found: Callable[[], T | None]) -> T:
+    """Insert ``obj`` in a savepoint and return it. If a unique index refuses it (a twin
+    inserted the same key meanwhile), return what ``found()`` returns on looking again: the
+    twin's row, for the caller to change as it changes a row it found at once; or raise the
+    IntegrityError itself when it finds nothing (another constraint)."""
+    try:
+        with session.begin_nested():
+            session.add(obj)
+    except IntegrityError:
+        row = found()
+        if row is None:
+            raise
+        return row
+    return obj
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from gridapi.cli import main
@@ -230,3 +230,107 @@ def test_serve_and_the_worker_warn_of_a_calendar_that_is_not_official(
         result = CliRunner().invoke(main, ["worker", "--once"], env=env)
     assert result.exit_code == 0, result.output
     assert f"{today.year} is provisional" in caplog.text
+
+
+# ---- two admins at once ------------------------------------------------------------------------
+# Both looked before either committed; on PostgreSQL the second insert waited in the primary
+# key for the first, then answered the generic 409 where the same request sent a moment later
+# answered 200. The second now writes as when it came second: it replaces the first's values.
+
+
+def _audited(client, action: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    r = client.get("/api/v1/audit")
+    assert r.status_code == 200, r.get_json()
+    return [e for e in r.get_json()["items"] if e["action"] == action]
+
+
+def test_a_day_set_meanwhile_by_another_admin_is_set_again_as_after_it(client, app, engine):
+    from gridapi.models import CalendarDay
+    from gridapi.services import calendar as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    sent = {"kind": "holiday", "name": "端午节"}
+    with st.sessions() as session:  # another admin's day, inserted, not committed
+        svc.set_day(session, date(2030, 6, 10), "holiday", "端午")
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "calendar_days",
+            lambda: client.put("/api/v1/calendar/2030-06-10", json=sent),
+        )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json() == {"date": "2030-06-10", **sent}
+    with st.sessions() as session:
+        rows = session.execute(
+            select(CalendarDay.kind, CalendarDay.name).where(CalendarDay.day == date(2030, 6, 10))
+        ).all()
+        assert [tuple(row) for row in rows] == [("holiday", "端午节")]
+    [entry] = _audited(client, "calendar.set")
+    assert (entry["object_id"], entry["summary"]) == ("2030-06-10", sent)
+
+
+def test_a_year_set_meanwhile_by_another_admin_is_set_again_as_after_it(client, app, engine):
+    from gridapi.models import CalendarYear
+    from gridapi.services import calendar as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    sent = {"status": "official", "source": "国务院办公厅通知"}
+    with st.sessions() as session:  # another admin's year, inserted, not committed
+        svc.set_year(session, 2031, "provisional", "固定节日")
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "calendar_years",
+            lambda: client.put("/api/v1/calendar/years/2031", json=sent),
+        )
+    assert r.status_code == 200, r.get_json()
+    assert {k: r.get_json()[k] for k in ("year", "status", "source")} == {"year": 2031, **sent}
+    with st.sessions() as session:
+        rows = session.execute(
+            select(CalendarYear.status, CalendarYear.source).where(CalendarYear.year == 2031)
+        ).all()
+        assert [tuple(row) for row in rows] == [("official", "国务院办公厅通知")]
+    [entry] = _audited(client, "calendar.year")
+    assert (entry["object_id"], entry["summary"]) == ("2031", {"status": "official"})
+
+
+def test_a_year_imported_meanwhile_by_another_admin_is_replaced_as_after_it(
+    client, app, engine, settings
+):
+    from gridapi.models import CalendarYear
+    from gridapi.services import calendar as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    theirs = {
+        "version": 1,
+        "years": {"2030": {"status": "provisional", "holidays": ["2030-01-01"]}},
+    }
+    ours = {
+        "version": 1,
+        "source": "国办发明电",
+        "years": {"2030": {"holidays": ["2030-01-01", "2030-02-04"], "workdays": ["2030-02-09"]}},
+    }
+    with st.sessions() as session:  # another admin's import, written, not committed
+        svc.import_days(session, theirs, settings.working_hours, settings.timezone)
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "calendar_days",
+            lambda: client.post("/api/v1/calendar/import", json=ours),
+        )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json() == {"years": 1, "holidays": 2, "workdays": 1}
+    assert _dates(client, 2030) == ["2030-01-01", "2030-02-04", "2030-02-09"]
+    with st.sessions() as session:
+        rows = session.execute(
+            select(CalendarYear.status, CalendarYear.source).where(CalendarYear.year == 2030)
+        ).all()
+        assert [tuple(row) for row in rows] == [("official", "国办发明电")]
+    [entry] = _audited(client, "calendar.import")
+    assert entry["summary"] == {"years": 1, "holidays": 2, "workdays": 1}
