@@ -43,20 +43,26 @@ def region_not_found() -> NotFound:
     return NotFound("The region does not exist or is outside your scope.")
 
 
-def get_region(session: Session, code: str, on: date | None = None, *, scope: Scope) -> Region:
+def get_region(
+    session: Session, code: str, on: date | None = None, *, scope: Scope, lock: bool = False
+) -> Region:
     """Return the region with ``code`` valid on ``on`` (default today) that ``scope`` sees.
 
+    With ``lock``, every period of the code is locked first and the row read afresh: the
+    periods of one code are changed one change at a time (PostgreSQL; SQLite writers are one
+    at a time already), so two changes at once, both checked before either was written,
+    cannot make them overlap; the second waits, then sees the first.
     Raises NotFound when there is none.
     """
+    seen = scope.region_condition(Region.code, with_ancestors=True)
+    if lock:
+        session.execute(select(Region.id).where(Region.code == code, seen).with_for_update())
     row = session.scalars(
         select(Region)
-        .where(
-            Region.code == code,
-            valid_on(on or clock.today()),
-            scope.region_condition(Region.code, with_ancestors=True),
-        )
+        .where(Region.code == code, valid_on(on or clock.today()), seen)
         .order_by(Region.valid_from.desc().nulls_last())
         .limit(1)
+        .execution_options(populate_existing=lock)
     ).first()
     if row is None:
         raise region_not_found()
@@ -236,7 +242,7 @@ def create_region(
                 f"Region {code} already exists.",
                 errors={"json": {"code": ["a current region has this code"]}},
             )
-        return _overlap(session, code, valid_from, valid_to)
+        return _overlap(session, code, valid_from, valid_to, field="valid_from")
 
     if (error := taken(existing)) is not None:
         raise error
@@ -295,9 +301,12 @@ def _check_no_overlap(
     valid_from: date | None,
     valid_to: date | None,
     exclude: int | None = None,
+    *,
+    field: str,
 ) -> None:
-    """Raise Conflict when the period would overlap another period of the same code."""
-    if (error := _overlap(session, code, valid_from, valid_to, exclude)) is not None:
+    """Raise Conflict, naming ``field``, when the period would overlap another period of the
+    same code."""
+    if (error := _overlap(session, code, valid_from, valid_to, exclude, field=field)) is not None:
         raise error
 
 
@@ -307,17 +316,21 @@ def _overlap(
     valid_from: date | None,
     valid_to: date | None,
     exclude: int | None = None,
+    *,
+    field: str,
 ) -> Conflict | None:
-    """The conflict of the period with another period of the same code, or None."""
+    """The conflict, naming ``field``, of the period with another period of the same code,
+    or None."""
     start, end = valid_from or date.min, valid_to or date.max
     for other in session.scalars(select(Region).where(Region.code == code)):
         if other.id == exclude:
             continue
         if start <= (other.valid_to or date.max) and (other.valid_from or date.min) <= end:
+            period = f"{other.valid_from or 'the beginning'} to {other.valid_to or 'now'}"
             return Conflict(
-                f"The period overlaps the period of {code} from "
-                f"{other.valid_from or 'the beginning'} to "
-                f"{other.valid_to or 'now'}; periods of one code never overlap."
+                f"The period overlaps the period of {code} from {period}; "
+                "periods of one code never overlap.",
+                errors={"json": {field: [f"overlaps the period from {period}"]}},
             )
     return None
 
@@ -365,17 +378,27 @@ def update_region(
             "Only a period valid today or later can be changed; history stays as it was.",
             errors={"query": {"on": ["today or later"]}},
         )
-    region = get_region(session, code, on, scope=scope)
-    if not scope.covers_region(code):
+    if not scope.covers_region(code):  # an ancestor is seen, not changed: the same 404
         raise region_not_found()
+    region = get_region(session, code, on, scope=scope, lock=True)
     effective = changes.pop("effective_from", None)
     if "boundary" in changes:
         changes["boundary"] = to_db(_boundary_or_422(changes["boundary"]))
     if effective is None:
-        for key, value in changes.items():
-            setattr(region, key, value)
-        _check_period(region.valid_from, region.valid_to)
-        _check_no_overlap(session, code, region.valid_from, region.valid_to, exclude=region.id)
+        # Checked before the change is written: a period made open-ended over a later one
+        # was refused by the index of current codes first, with the generic 409.
+        with session.no_autoflush:
+            for key, value in changes.items():
+                setattr(region, key, value)
+            _check_period(region.valid_from, region.valid_to)
+            _check_no_overlap(
+                session,
+                code,
+                region.valid_from,
+                region.valid_to,
+                exclude=region.id,
+                field="valid_to" if "valid_to" in changes else "valid_from",
+            )
         session.flush()
         _keep_grids_placed(session, code, "valid_to" if "valid_to" in changes else "valid_from")
         routing_changed(session)
@@ -386,6 +409,14 @@ def update_region(
             f"The current period of {code} starts on {region.valid_from}; a new "
             "period must start later."
         )
+    # Neither the period ended the day before (stretched, when it ended earlier) nor the new
+    # one may overlap another: one planned to start later was overlapped, or refused by the
+    # index of current codes with the generic 409.
+    for start, end in (
+        (region.valid_from, effective - timedelta(days=1)),
+        (effective, changes.get("valid_to")),
+    ):
+        _check_no_overlap(session, code, start, end, exclude=region.id, field="effective_from")
     successor = Region(
         code=region.code,
         level=region.level,

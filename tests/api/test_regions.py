@@ -555,6 +555,90 @@ def test_periods_of_a_code_never_overlap(client, tree):
     assert listed == [COMMUNITY_A, COMMUNITY_B]
 
 
+def _periods(app: Any, code: str) -> list[tuple[str, str | None, str | None]]:
+    with app.extensions["gridapi"].sessions() as session:
+        rows = session.execute(
+            select(Region.name, Region.valid_from, Region.valid_to)
+            .where(Region.code == code)
+            .order_by(Region.valid_from.nulls_first())
+        )
+        return [
+            (name, start and start.isoformat(), end and end.isoformat())
+            for name, start, end in rows
+        ]
+
+
+def test_a_new_period_never_overlaps_one_planned(client, tree, app):
+    """With a period planned to start later, a second new period from a later day answered
+    the generic 409 (the index of current codes refused it); one with an end was taken:
+    today's period was stretched over the planned one, and the new one lay inside it. Both
+    are the overlap 409 naming effective_from now, as is today's period made open-ended in
+    place (the generic 409 too), and the periods stay as they were."""
+    from datetime import date, timedelta
+
+    url = f"/api/v1/regions/{COMMUNITY_A}"
+    later = (date.today() + timedelta(days=400)).isoformat()
+    later2 = (date.today() + timedelta(days=500)).isoformat()
+    planned = client.patch(url, json={"name": "规划社区", "effective_from": later})
+    assert planned.status_code == 200, planned.get_json()
+    before = _periods(app, COMMUNITY_A)
+    assert [name for name, _, _ in before] == ["平江社区", "规划社区"]
+    overlap = (
+        f"The period overlaps the period of {COMMUNITY_A} from {later} to now; "
+        "periods of one code never overlap."
+    )
+    for extra in ({}, {"valid_to": later2}):
+        r = client.patch(url, json={"name": "二", "effective_from": later2, **extra})
+        body = assert_error(r, 409, "json", "effective_from")
+        assert body["message"] == overlap
+    body = assert_error(client.patch(url, json={"valid_to": None}), 409, "json", "valid_to")
+    assert body["message"] == overlap
+    assert _periods(app, COMMUNITY_A) == before
+    assert [e["summary"]["name"] for e in _audited(client, "region.update")] == ["规划社区"]
+
+
+def test_a_period_started_meanwhile_answers_as_one_started_before(client, tree, app, engine):
+    """Two new periods of one code from one day at once: both read today's period before
+    either wrote, and on PostgreSQL the second waited for the first's lock on it, then
+    ended it again and failed on the index of current codes: the generic 409. A period
+    change locks the periods of its code first now: the second waits, then answers as
+    when the first came first (the overlap 409 naming effective_from)."""
+    from datetime import date, timedelta
+
+    from gridapi.scope import Scope
+    from gridapi.services import regions as svc
+
+    from ..races import send_while_uncommitted
+
+    url = f"/api/v1/regions/{COMMUNITY_A}"
+    later = date.today() + timedelta(days=400)
+    with app.extensions["gridapi"].sessions() as session:  # another request's, not committed
+        svc.update_region(
+            session,
+            COMMUNITY_A,
+            {"name": "一", "effective_from": later},
+            scope=Scope.everything(),
+        )
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "regions",
+            lambda: client.patch(url, json={"name": "二", "effective_from": later.isoformat()}),
+            waits_in="",  # any statement of the request's waiting for the other's locks
+        )
+    body = assert_error(r, 409, "json", "effective_from")
+    assert body["message"] == (
+        f"The period overlaps the period of {COMMUNITY_A} from {later} to now; "
+        "periods of one code never overlap."
+    )
+    day_before = (later - timedelta(days=1)).isoformat()
+    assert _periods(app, COMMUNITY_A) == [
+        ("平江社区", None, day_before),
+        ("一", later.isoformat(), None),
+    ]
+    assert _audited(client, "region.update") == []
+
+
 def test_patch_valid_to_before_valid_from_is_422_and_changes_nothing(client, tree):
     url = f"/api/v1/regions/{COMMUNITY_A}"
     r = client.patch(
