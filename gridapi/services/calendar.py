@@ -55,7 +55,9 @@ def set_day(session: Session, day: date, kind: str, name: str = "") -> CalendarD
             "Only a weekend day can be a workday in exchange.",
             errors={"json": {"kind": [f"{day} is a weekday, already a working day"]}},
         )
-    row = session.get(CalendarDay, day)
+    # Locked (PostgreSQL): a day another admin removes meanwhile is waited for, then set
+    # anew, as when this came second; the update of a row gone was a 500.
+    row = session.get(CalendarDay, day, with_for_update=True)
     if row is None:
         # Set by another admin between the look-up and the insert: set again over theirs,
         # as when this came second, not the generic conflict.
@@ -71,7 +73,7 @@ def set_day(session: Session, day: date, kind: str, name: str = "") -> CalendarD
 
 def remove_day(session: Session, day: date) -> None:
     """Return a day to the Monday-Friday rule. Raises NotFound."""
-    row = session.get(CalendarDay, day)
+    row = session.get(CalendarDay, day, with_for_update=True)  # removed meanwhile: the 404
     if row is None:
         raise NotFound("The day is not in the calendar.")
     session.delete(row)

@@ -334,3 +334,40 @@ def test_a_year_imported_meanwhile_by_another_admin_is_replaced_as_after_it(
         assert [tuple(row) for row in rows] == [("official", "国办发明电")]
     [entry] = _audited(client, "calendar.import")
     assert entry["summary"] == {"years": 1, "holidays": 2, "workdays": 1}
+
+
+def test_a_day_removed_meanwhile_is_set_or_not_found_as_after_it(client, app, engine):
+    """A day set, or removed, while another admin removed it: the request read the row
+    before the other's delete was committed, then changed or deleted a row that was gone.
+    It answers as when it came second now: set anew (200), or 404."""
+    from gridapi.models import CalendarDay
+    from gridapi.services import calendar as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    sent = {"kind": "holiday", "name": "国庆节"}
+    requests = {
+        "2026-10-01": lambda: client.put("/api/v1/calendar/2026-10-01", json=sent),
+        "2026-10-02": lambda: client.delete("/api/v1/calendar/2026-10-02"),
+    }
+    answers = {}
+    for day, send in requests.items():
+        with st.sessions() as session:  # another admin's removal, not committed
+            svc.remove_day(session, date.fromisoformat(day))
+            answers[day] = send_while_uncommitted(
+                engine, session, "calendar_days", send, waits_in=""
+            )
+    assert answers["2026-10-01"].status_code == 200, answers["2026-10-01"].get_json()
+    assert answers["2026-10-01"].get_json() == {"date": "2026-10-01", **sent}
+    assert answers["2026-10-02"].status_code == 404, answers["2026-10-02"].get_json()
+    assert answers["2026-10-02"].get_json()["message"] == "The day is not in the calendar."
+    with st.sessions() as session:
+        rows = session.execute(
+            select(CalendarDay.day, CalendarDay.name).where(
+                CalendarDay.day.in_([date(2026, 10, 1), date(2026, 10, 2)])
+            )
+        ).all()
+        assert [tuple(row) for row in rows] == [(date(2026, 10, 1), "国庆节")]
+    assert [e["object_id"] for e in _audited(client, "calendar.set")] == ["2026-10-01"]
+    assert _audited(client, "calendar.remove") == []
