@@ -409,14 +409,6 @@ def update_region(
             f"The current period of {code} starts on {region.valid_from}; a new "
             "period must start later."
         )
-    # Neither the period ended the day before (stretched, when it ended earlier) nor the new
-    # one may overlap another: one planned to start later was overlapped, or refused by the
-    # index of current codes with the generic 409.
-    for start, end in (
-        (region.valid_from, effective - timedelta(days=1)),
-        (effective, changes.get("valid_to")),
-    ):
-        _check_no_overlap(session, code, start, end, exclude=region.id, field="effective_from")
     successor = Region(
         code=region.code,
         level=region.level,
@@ -428,7 +420,27 @@ def update_region(
     )
     for key, value in changes.items():
         setattr(successor, key, value)
-    region.valid_to = effective - timedelta(days=1)
+    # Neither the period ended the day before (stretched, when it ended earlier) nor the new
+    # one (from valid_from, when given too) may overlap another, checked before either is
+    # written: one planned to start later was overlapped, or refused by the index of current
+    # codes with the generic 409.
+    with session.no_autoflush:
+        region.valid_to = effective - timedelta(days=1)
+        _check_no_overlap(
+            session,
+            code,
+            region.valid_from,
+            region.valid_to,
+            exclude=region.id,
+            field="effective_from",
+        )
+        _check_no_overlap(  # against the period ended too, as changed above
+            session,
+            code,
+            successor.valid_from,
+            successor.valid_to,
+            field="valid_from" if "valid_from" in changes else "effective_from",
+        )
     session.flush()
     session.add(successor)
     session.flush()

@@ -597,6 +597,23 @@ def test_a_new_period_never_overlaps_one_planned(client, tree, app):
     assert [e["summary"]["name"] for e in _audited(client, "region.update")] == ["规划社区"]
 
 
+def test_a_new_period_given_an_earlier_valid_from_does_not_overlap_the_one_it_ends(
+    client, tree, app
+):
+    """effective_from with a valid_from before it was taken: today's period ended the day
+    before effective_from, and the new one started years earlier, inside it."""
+    url = f"/api/v1/regions/{COMMUNITY_A}"
+    before = _periods(app, COMMUNITY_A)
+    r = client.patch(
+        url, json={"name": "新", "effective_from": "2030-01-01", "valid_from": "2020-01-01"}
+    )
+    body = assert_error(r, 409, "json", "valid_from")
+    assert body["errors"]["json"]["valid_from"] == [
+        "overlaps the period from the beginning to 2029-12-31"
+    ]
+    assert _periods(app, COMMUNITY_A) == before
+
+
 def test_a_period_started_meanwhile_answers_as_one_started_before(client, tree, app, engine):
     """Two new periods of one code from one day at once: both read today's period before
     either wrote, and on PostgreSQL the second waited for the first's lock on it, then
