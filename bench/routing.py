@@ -33,6 +33,7 @@ import synthetic
 from sqlalchemy.engine import Engine, make_url
 
 from gridapi.db import make_engine
+from gridapi.scope import Scope
 from gridapi.services.routing import IndexSnapshot, build_snapshot, current_generation
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -219,17 +220,70 @@ def bench_single(
     return Latencies(np.concatenate(parts), wall), p99s
 
 
-def bench_bulk(snap: IndexSnapshot, xs: np.ndarray, ys: np.ndarray, batch: int) -> Latencies:
-    """Time ``locate_many`` over consecutive arrays of ``batch`` points."""
-    snap.locate_many(xs[:batch], ys[:batch])
+def bench_bulk(
+    snap: IndexSnapshot, xs: np.ndarray, ys: np.ndarray, batch: int, *, answers: bool = False
+) -> Latencies:
+    """Time ``locate_many`` over consecutive arrays of ``batch`` points.
+
+    With ``answers``, time ``encode_answers`` instead: the whole body of a
+    ``POST /locate/batch`` (grids, regions of the points no grid answers for, JSON).
+    """
+    everything = Scope.everything()
+
+    def call(lo: np.ndarray, la: np.ndarray) -> None:
+        if answers:
+            snap.encode_answers(lo, la, everything)
+        else:
+            snap.locate_many(lo, la)
+
+    call(xs[:batch], ys[:batch])
     out = []
     started = time.perf_counter()
     for i in range(0, len(xs) - batch + 1, batch):
         lo, la = xs[i : i + batch], ys[i : i + batch]
         t0 = time.perf_counter_ns()
-        snap.locate_many(lo, la)
+        call(lo, la)
         out.append(time.perf_counter_ns() - t0)
     return Latencies(np.array(out), time.perf_counter() - started, items_per_call=batch)
+
+
+def without_township(snap: IndexSnapshot) -> tuple[IndexSnapshot, Any]:
+    """Return the index with the grids of the township holding the most grids left out
+    (a township whose grids are not in service yet), and that township's boundary."""
+    holding: dict[str, int] = {}
+    for g in snap.grids:
+        holding[g["code"][:9]] = holding.get(g["code"][:9], 0) + 1
+    township = max(sorted(holding), key=lambda t: holding[t])
+    keep = [i for i, g in enumerate(snap.grids) if not g["code"].startswith(township)]
+    wkb = shapely.to_wkb(snap.geoms[keep])
+    rows = [
+        (
+            snap.grids[i]["id"],
+            snap.grids[i]["code"],
+            snap.grids[i]["name"],
+            snap.grids[i]["type"],
+            snap.grids[i]["community_code"],
+            snap.grids[i]["version_id"],
+            w,
+        )
+        for i, w in zip(keep, wkb, strict=True)
+    ]
+    shapes = list(zip(snap.region_codes, snap.region_geoms, strict=True))
+    boundary = snap.region_geoms[snap.region_codes.index(township + "000")]
+    return IndexSnapshot(snap.generation, rows, snap.regions, shapes, snap.snap_meters), boundary
+
+
+def points_inside(boundary: Any, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Return n points uniformly distributed inside ``boundary``."""
+    minx, miny, maxx, maxy = shapely.bounds(boundary)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    while sum(len(x) for x in xs) < n:
+        x, y = rng.uniform(minx, maxx, n), rng.uniform(miny, maxy, n)
+        inside = shapely.contains_xy(boundary, x, y)
+        xs.append(x[inside])
+        ys.append(y[inside])
+    return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
 
 
 def bench_reference(url: str, xs: np.ndarray, ys: np.ndarray) -> tuple[Latencies, dict]:
@@ -660,6 +714,25 @@ def run_size(size: int, args: argparse.Namespace, log_dir: Path) -> tuple[SizeRe
     far = bench_bulk(snap, bx + (bounds[2] - bounds[0]) + 1.0, by, args.batch)
     res.facts["in-process arrays, points 1° east of every grid"] = (
         f"{_fmt_rate(far.per_s, 'pts')} ({_x(far.per_s / res.bulk.per_s)} the covered area's)"
+    )
+    # Whole answers (the body of POST /locate/batch): a point no grid answers for is answered
+    # with the regions covering it, which were looked up one point at a time.
+    answers = bench_bulk(snap, bx, by, args.batch, answers=True)
+    res.facts["in-process answers (`encode_answers`), covered area"] = _fmt_rate(
+        answers.per_s, "pts"
+    )
+    holed, township = without_township(snap)
+    tx, ty = points_inside(township, args.batch * args.bulk_batches, rng)
+    in_township = bench_bulk(holed, tx, ty, args.batch, answers=True)
+    del holed
+    res.facts["in-process answers, points inside a township but outside its grids"] = (
+        f"{_fmt_rate(in_township.per_s, 'pts')} "
+        f"({_x(in_township.per_s / answers.per_s)} the covered area's)"
+    )
+    far_answers = bench_bulk(snap, bx + (bounds[2] - bounds[0]) + 1.0, by, args.batch, answers=True)
+    res.facts["in-process answers, points 1° east of every grid"] = (
+        f"{_fmt_rate(far_answers.per_s, 'pts')} "
+        f"({_x(far_answers.per_s / answers.per_s)} the covered area's)"
     )
     rx, ry = random_points(bounds, args.reference_points, rng)
     res.reference, facts = bench_reference(url, rx, ry)

@@ -18,7 +18,6 @@ from ..schemas.locate import (
     LocateBatchSchema,
     LocateResultSchema,
 )
-from ..services.routing import _METHOD_NAMES, Match
 from .blueprint import Blueprint
 
 blp = Blueprint(
@@ -138,15 +137,6 @@ class LocateBatch(MethodView):
             lons, lats = to_wgs84_many(lons, lats, data["crs"])
         snap = state().routing.snapshot()
         scope = current_principal().scope
-        grid, method, dist = snap.locate_many(lons, lats)
-        names = [_METHOD_NAMES[m] for m in method.tolist()]
-        distances = [None if math.isnan(d) else d for d in dist.tolist()]
-        parts = [
-            snap.encode_answer(Match(g, names[i], distances[i]), lon, lat, scope)
-            for i, (g, lon, lat) in enumerate(
-                zip(grid.tolist(), lons.tolist(), lats.tolist(), strict=True)
-            )
-        ]
-        return _json(b'{"results":[' + b",".join(parts) + b"]}")
+        return _json(snap.encode_answers(lons, lats, scope))
 
     post.__doc__ = (post.__doc__ or "") + "\n" + ROUTING_DOC

@@ -17,6 +17,7 @@ Semantics, in order:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -322,6 +323,20 @@ class IndexSnapshot:
         if match.distance_m is not None:
             tail += b',"distance_m":' + repr(float(match.distance_m)).encode()
         return head + tail + b"}"
+
+    def encode_answers(self, lons: np.ndarray, lats: np.ndarray, scope: Scope) -> bytes:
+        """Return the batch answer as JSON bytes: ``{"results": [...]}``, one answer per point
+        in order, each exactly as ``encode_answer`` gives it for that point alone."""
+        grid, method, dist = self.locate_many(lons, lats)
+        names = [_METHOD_NAMES[m] for m in method.tolist()]
+        distances = [None if math.isnan(d) else d for d in dist.tolist()]
+        parts = [
+            self.encode_answer(Match(g, names[i], distances[i]), lon, lat, scope)
+            for i, (g, lon, lat) in enumerate(
+                zip(grid.tolist(), lons.tolist(), lats.tolist(), strict=True)
+            )
+        ]
+        return b'{"results":[' + b",".join(parts) + b"]}"
 
 
 def region_chain(code: str, regions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

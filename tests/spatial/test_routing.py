@@ -135,6 +135,48 @@ def test_batch_answers_in_order_and_matches_single(factory, client, tiled):
         assert result == factory.locate(*point)
 
 
+def test_batch_answers_points_outside_every_grid_as_single_lookups(factory, accounts):
+    """A batch looked the regions of each point no grid answers for up on its own; they are
+    now looked up for the whole batch at once. The answers must stay those of single
+    lookups: in a community without grids, on its edges and corners (shared with the other
+    community, or the township's outer edge), outside every region, far away, and mixed
+    with points in grids, for callers of every scope."""
+    factory.regions()
+    factory.grid_version(
+        collection(feature(A1, square(0, 0)), feature(A2, square(1, 0))), force=True
+    )  # community B (cells 2..4) has no grids
+    rng = random.Random(13)
+    points = [
+        [LON0 + rng.uniform(-0.005, 0.045), LAT0 + rng.uniform(-0.005, 0.015)] for _ in range(120)
+    ]
+    # Every vertex and edge midpoint of the lattice: B's edges, its corners, the township's.
+    points += [[LON0 + i * STEP / 2, LAT0 + j * STEP / 2] for i in range(9) for j in range(3)]
+    points += [[0.0, 0.0], [LON0 + 1.0, LAT0], [LON0 + 3.5 * STEP, LAT0 + 0.5 * STEP]]
+    points += [[LON0 + 2 * STEP + 0.0003, LAT0 + 0.5 * STEP]]  # in B, ~28 m from A2: snaps
+    callers = [
+        accounts.client("admin"),
+        accounts.client("worker", "grid_worker", grids=[A1]),
+        accounts.client("office_b", "community_officer", scope_region=COMMUNITY_B),
+    ]
+    outcomes = set()
+    for caller in callers:
+        r = caller.post("/api/v1/locate/batch", json={"points": points})
+        assert r.status_code == 200
+        results = r.get_json()["results"]
+        assert len(results) == len(points)
+        for point, result in zip(points, results, strict=True):
+            single = caller.get(f"/api/v1/locate?lon={point[0]!r}&lat={point[1]!r}")
+            assert result == single.get_json(), point
+            outcomes.add((result["method"], tuple(x["code"] for x in result["regions"][:1])))
+    assert {
+        ("none", (COMMUNITY_B,)),
+        ("none", ()),
+        ("inside", (COMMUNITY_A,)),
+        ("boundary", (COMMUNITY_A,)),
+        ("snapped", (COMMUNITY_A,)),
+    } <= outcomes
+
+
 def test_gcj02_and_bd09_are_converted_before_routing(factory, tiled, client):
     lon, lat = LON0 + 1.7 * STEP, LAT0 + 0.5 * STEP  # inside A2, 300 m from B1
     glon, glat = wgs84_to_gcj02(lon, lat)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import orjson
 import shapely
 from shapely.geometry import shape
 
+from gridapi.codes import parent_candidates, region_level
 from gridapi.demo import build_demo_county
+from gridapi.scope import Scope
 from gridapi.services.routing import IndexSnapshot
 
 
@@ -125,3 +128,108 @@ def test_a_batch_snaps_the_points_near_a_grid_and_no_others():
         {"boundary"} if 1 in method else set()
     )
     assert list(method[-100:]) == [3] * 100
+
+
+def _county_with_gaps() -> tuple[IndexSnapshot, str]:
+    """The demo county with its region boundaries, where the grids of one township, and of
+    one community elsewhere, are not in service, and that community has no known boundary
+    either. Returns the index and the code of the township without grids."""
+    county = build_demo_county(
+        seed=7, townships=3, communities_per_township=4, grids_per_community=6
+    )
+    codes = {r["code"] for r in county.regions}
+    townships = sorted(c for c in codes if region_level(c) == "township")
+    gridless_township = townships[1]
+    gridless_community = sorted(c for c in codes if c.startswith(townships[0][:9]))[-1]
+    features = sorted(county.grids["features"], key=lambda f: f["properties"]["code"])
+    rows = [
+        (
+            i,
+            f["properties"]["code"],
+            f["properties"]["name"],
+            "basic",
+            f["properties"]["code"][:12],
+            1,
+            shapely.to_wkb(shape(f["geometry"])),
+        )
+        for i, f in enumerate(features)
+        if not f["properties"]["code"].startswith((gridless_township[:9], gridless_community))
+    ]
+    regions = {
+        r["code"]: {
+            "level": r["level"],
+            "parent_code": next((c for c in parent_candidates(r["code"]) if c in codes), None),
+            "api": {"code": r["code"], "name": r["name"], "level": r["level"]},
+        }
+        for r in county.regions
+    }
+    shapes = [
+        (r["code"], r["boundary"])
+        for r in county.regions
+        if r["boundary"] is not None and r["code"] != gridless_community
+    ]
+    return IndexSnapshot(1, rows, regions, shapes, snap_meters=50), gridless_township
+
+
+def _answers_one_by_one(snap: IndexSnapshot, points: list, scope: Scope) -> bytes:
+    parts = [snap.encode_answer(snap.locate(lon, lat), lon, lat, scope) for lon, lat in points]
+    return b'{"results":[' + b",".join(parts) + b"]}"
+
+
+def test_batch_answers_are_the_single_answers_outside_grids_and_on_region_edges():
+    """A batch looked up the regions of each point no grid answers for on its own; it now
+    looks them up for all such points at once. Every answer (grid, regions, method,
+    distance) must be the one the point gets alone: in a township without grids, in a
+    community without grids or boundary, outside every region, on region edges and
+    vertices, far away, and mixed with points inside grids, for every kind of caller."""
+    snap, gridless = _county_with_gaps()
+    township = snap.region_geoms[snap.region_codes.index(gridless)]
+    minx, miny, maxx, maxy = shapely.total_bounds(snap.region_geoms)
+    rng = random.Random(11)
+    points = [
+        (rng.uniform(minx - 0.02, maxx + 0.02), rng.uniform(miny - 0.02, maxy + 0.02))
+        for _ in range(3000)
+    ]
+    tminx, tminy, tmaxx, tmaxy = township.bounds
+    while len(points) < 4000:
+        x, y = rng.uniform(tminx, tmaxx), rng.uniform(tminy, tmaxy)
+        if shapely.contains_xy(township, x, y):
+            points.append((x, y))
+    # Vertices and edge midpoints of every region boundary: where a point is covered by two
+    # regions of one level (the lowest code wins), or by a region's edge only.
+    for geom in snap.region_geoms:
+        ring = shapely.get_coordinates(geom)
+        points += [tuple(c) for c in ring[::7]]
+        points += [tuple(c) for c in (ring[:-1:7] + ring[1::7]) / 2]
+    points += [(0.0, 0.0), (maxx + 1.0, maxy), (minx - 0.5, miny - 0.5)] * 3
+    points = [(float(x), float(y)) for x, y in points]
+    rng.shuffle(points)
+    grids = [g["code"] for g in snap.grids]
+    scopes = [
+        Scope.everything(),
+        Scope.of_region(gridless),
+        Scope.of_region(grids[0][:9] + "000"),
+        Scope.of_grids(grids[:5]),
+        Scope(),  # sees nothing
+    ]
+    lons = np.array([p[0] for p in points])
+    lats = np.array([p[1] for p in points])
+    for scope in scopes:
+        batch = snap.encode_answers(lons, lats, scope)
+        alone = _answers_one_by_one(snap, points, scope)
+        if batch != alone:
+            for point, got, expected in zip(
+                points, orjson.loads(batch)["results"], orjson.loads(alone)["results"], strict=True
+            ):
+                assert got == expected, (scope, point)
+        assert batch == alone, scope
+    answers = orjson.loads(snap.encode_answers(lons, lats, Scope.everything()))["results"]
+    outcomes = {(a["method"], a["regions"][0]["level"] if a["regions"] else None) for a in answers}
+    assert {
+        ("inside", "village"),
+        ("boundary", "village"),
+        ("snapped", "village"),
+        ("none", "village"),  # the township without grids
+        ("none", "township"),  # the community without grids or boundary
+        ("none", None),  # outside every region
+    } <= outcomes
