@@ -271,16 +271,71 @@ class IndexSnapshot:
 
     def regions_for_point(self, lon: float, lat: float) -> list[dict[str, Any]]:
         """Return the chain of the smallest region whose boundary covers the point, or []."""
+        region = self._region_at(lon, lat)
+        return region_chain(self.region_codes[region], self.regions) if region >= 0 else []
+
+    def _region_at(self, lon: float, lat: float) -> int:
+        """Return the index (into ``region_codes``) of the smallest region whose boundary
+        covers the point, or -1."""
         if not self.region_codes:
-            return []
+            return -1
         cand = self.region_tree.query(shapely.points(lon, lat))
         if cand.size:
             cand = np.sort(cand)  # sorted deepest level first, then code
             hit = shapely.intersects_xy(self.region_geoms[cand], lon, lat)
             if hit.any():
-                code = self.region_codes[int(cand[hit][0])]
-                return region_chain(code, self.regions)
-        return []
+                return int(cand[hit][0])
+        return -1
+
+    def _regions_at(self, lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
+        """Return ``_region_at`` for each point, in one tree query and one predicate pass."""
+        n = len(lons)
+        found = np.full(n, -1, dtype=np.int64)
+        if not self.region_codes or n == 0:
+            return found
+        inp, tre = self.region_tree.query(shapely.points(lons, lats))
+        if inp.size:
+            hit = shapely.intersects_xy(self.region_geoms[tre], lons[inp], lats[inp])
+            none = len(self.region_codes)
+            best = np.full(n, none, dtype=np.int64)
+            np.minimum.at(best, inp[hit], tre[hit])  # the lowest index: deepest, then code
+            covered = best < none
+            found[covered] = best[covered]
+        return found
+
+    def _grid_head(self, grid: int) -> bytes:
+        head = self._encoded.get(grid)
+        if head is None:
+            head = (
+                b'{"grid":'
+                + dumps_bytes(self.grids[grid])
+                + b',"regions":'
+                + dumps_bytes(self.chains[grid])
+            )
+            self._encoded[grid] = head
+        return head
+
+    def _no_grid_head(self, region: int, scope: Scope) -> bytes:
+        chain = region_chain(self.region_codes[region], self.regions) if region >= 0 else []
+        if not scope.unrestricted:
+            chain = [r for r in chain if scope.sees_region(r["code"])]
+        return b'{"grid":null,"regions":' + dumps_bytes(chain)
+
+    @staticmethod
+    def _tail(lon: float, lat: float, method: str, distance_m: float | None) -> bytes:
+        # repr() of a finite float is the shortest round-tripping form, valid JSON.
+        tail = (
+            b',"point":{"type":"Point","coordinates":['
+            + repr(lon).encode()
+            + b","
+            + repr(lat).encode()
+            + b']},"method":"'
+            + method.encode()
+            + b'"'
+        )
+        if distance_m is not None:
+            tail += b',"distance_m":' + repr(float(distance_m)).encode()
+        return tail + b"}"
 
     def encode_answer(self, match: Match, lon: float, lat: float, scope: Scope) -> bytes:
         """Return the API answer as JSON bytes: grid, regions, point, method[, distance_m].
@@ -296,46 +351,54 @@ class IndexSnapshot:
         ):
             match = Match(-1, NONE)
         if match.grid >= 0:
-            head = self._encoded.get(match.grid)
-            if head is None:
-                head = (
-                    b'{"grid":'
-                    + dumps_bytes(self.grids[match.grid])
-                    + b',"regions":'
-                    + dumps_bytes(self.chains[match.grid])
-                )
-                self._encoded[match.grid] = head
+            head = self._grid_head(match.grid)
         else:
-            chain = self.regions_for_point(lon, lat)
-            if not scope.unrestricted:
-                chain = [r for r in chain if scope.sees_region(r["code"])]
-            head = b'{"grid":null,"regions":' + dumps_bytes(chain)
-        # repr() of a finite float is the shortest round-tripping form, valid JSON.
-        tail = (
-            b',"point":{"type":"Point","coordinates":['
-            + repr(lon).encode()
-            + b","
-            + repr(lat).encode()
-            + b']},"method":"'
-            + match.method.encode()
-            + b'"'
-        )
-        if match.distance_m is not None:
-            tail += b',"distance_m":' + repr(float(match.distance_m)).encode()
-        return head + tail + b"}"
+            head = self._no_grid_head(self._region_at(lon, lat), scope)
+        return head + self._tail(lon, lat, match.method, match.distance_m)
 
     def encode_answers(self, lons: np.ndarray, lats: np.ndarray, scope: Scope) -> bytes:
         """Return the batch answer as JSON bytes: ``{"results": [...]}``, one answer per point
-        in order, each exactly as ``encode_answer`` gives it for that point alone."""
+        in order, each exactly as ``encode_answer`` gives it for that point alone.
+
+        The regions of the points no grid answers for are looked up for all of them at once:
+        one at a time they cost ≈ 30 µs a point, 5 to 10 times a routed point's answer.
+        """
         grid, method, dist = self.locate_many(lons, lats)
-        names = [_METHOD_NAMES[m] for m in method.tolist()]
-        distances = [None if math.isnan(d) else d for d in dist.tolist()]
-        parts = [
-            self.encode_answer(Match(g, names[i], distances[i]), lon, lat, scope)
-            for i, (g, lon, lat) in enumerate(
-                zip(grid.tolist(), lons.tolist(), lats.tolist(), strict=True)
+        if not scope.unrestricted:
+            routed = np.unique(grid[grid >= 0])
+            seen = np.array(
+                [scope.covers_grid(self.grids[g]["code"]) for g in routed.tolist()], dtype=bool
             )
-        ]
+            hidden = routed[~seen]
+            if hidden.size:  # a grid outside the scope answers as no grid
+                outside = np.isin(grid, hidden)
+                grid[outside] = -1
+                method[outside] = _METHOD_NAMES.index(NONE)
+                dist[outside] = np.nan
+        region = np.full(len(grid), -1, dtype=np.int64)
+        unrouted = np.flatnonzero(grid < 0)
+        if unrouted.size:
+            region[unrouted] = self._regions_at(lons[unrouted], lats[unrouted])
+        no_grid_heads: dict[int, bytes] = {}
+        parts = []
+        for g, r, m, d, lon, lat in zip(
+            grid.tolist(),
+            region.tolist(),
+            method.tolist(),
+            dist.tolist(),
+            lons.tolist(),
+            lats.tolist(),
+            strict=True,
+        ):
+            if g >= 0:
+                head = self._grid_head(g)
+            else:
+                head = no_grid_heads.get(r)
+                if head is None:
+                    head = no_grid_heads[r] = self._no_grid_head(r, scope)
+            parts.append(
+                head + self._tail(lon, lat, _METHOD_NAMES[m], None if math.isnan(d) else d)
+            )
         return b'{"results":[' + b",".join(parts) + b"]}"
 
 
