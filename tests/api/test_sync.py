@@ -81,9 +81,14 @@ class Phone:
         self.references: dict[str, Any] = {}
         self.pages = 0
 
-    def pull(self, patience: float = 20) -> list[dict]:
+    def pull(self, patience: float = 60, *, settle: bool = True) -> list[dict]:
         """Sync until nothing more (waiting up to ``patience`` seconds while the answer says
-        changes are pending); return every change received."""
+        changes are pending); return every change received.
+
+        The horizon is the whole server's (``pg_snapshot_xmin``): a transaction left open in
+        another database, by another test of the run, holds deliveries back here too. Still
+        pending past ``patience``, the pull fails and names the oldest open transactions
+        (unless not ``settle``: then it returns what it got)."""
         received = []
         deadline = time.monotonic() + patience
         while True:
@@ -105,11 +110,26 @@ class Phone:
                 if name in body:
                     self.references[name] = body[name]
             self.cursor = body["next_cursor"]
-            if body["pending"] and time.monotonic() < deadline:
-                time.sleep(0.05)  # PostgreSQL: another transaction holds the horizon back
-                continue
+            if body["pending"]:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)  # PostgreSQL: another transaction holds the horizon back
+                    continue
+                if settle:
+                    raise AssertionError(f"still pending after {patience} s; {self._oldest()}")
             if not body["has_more"]:
                 return received
+
+    def _oldest(self) -> str:
+        engine = self.client.application.extensions["gridapi"].engine
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT datname, state, now() - xact_start AS open_for, left(query, 120) "
+                    "FROM pg_stat_activity WHERE backend_xid IS NOT NULL "
+                    "ORDER BY xact_start LIMIT 5"
+                )
+            ).all()
+        return "open transactions: " + "; ".join(str(tuple(r)) for r in rows)
 
     def ids(self, kind: str) -> set[int]:
         return {i for t, i in self.kept if t == kind}
@@ -358,7 +378,7 @@ def test_a_late_commit_is_not_skipped(client, worker, engine):
     # Pending for as long as the slow transaction is open: a short wait. The horizon is the
     # whole cluster's, so a long one held back every PostgreSQL sync test running beside
     # this one (in another xdist worker) until their own patience ran out.
-    early = {c["id"] for c in phone.pull(patience=0.5)}
+    early = {c["id"] for c in phone.pull(patience=0.5, settle=False)}
     tx.commit()
     slow.close()
     late = {c["id"] for c in phone.pull()}
