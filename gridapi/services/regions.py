@@ -404,6 +404,9 @@ def update_region(
         routing_changed(session)
         return region
     _check_period(effective, changes.get("valid_to"), start_field="effective_from")
+    # The new period starts on valid_from when given: one ending before it was refused by
+    # the database's check of the period, with the generic 409.
+    _check_period(changes.get("valid_from"), changes.get("valid_to"))
     if region.valid_from is not None and effective <= region.valid_from:
         raise Conflict(
             f"The current period of {code} starts on {region.valid_from}; a new "

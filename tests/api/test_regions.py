@@ -694,6 +694,28 @@ def test_patch_effective_from_after_valid_to_is_422(client, tree):
     assert_error(r, 422, "json", "valid_to")
 
 
+def test_a_new_period_ending_before_its_valid_from_is_422_and_changes_nothing(client, tree, app):
+    """effective_from with a valid_from after valid_to was checked only against
+    effective_from; the database's check of the period refused the new row: the generic
+    409 naming nothing. It is the 422 naming valid_to, as for a period corrected in place."""
+    url = f"/api/v1/regions/{COMMUNITY_A}"
+    before = _periods(app, COMMUNITY_A)
+    r = client.patch(
+        url,
+        json={
+            "name": "倒序",
+            "effective_from": "2030-01-01",
+            "valid_from": "2031-01-01",
+            "valid_to": "2030-06-30",
+        },
+    )
+    body = assert_error(r, 422, "json", "valid_to")
+    assert body["message"] == "valid_to is before valid_from."
+    assert body["errors"] == {"json": {"valid_to": ["must not be before valid_from (2031-01-01)"]}}
+    assert _periods(app, COMMUNITY_A) == before
+    assert _audited(client, "region.update") == []
+
+
 @pytest.mark.parametrize(
     ("payload", "field"),
     [
