@@ -175,6 +175,32 @@ def test_regions_import_missing_ancestor_writes_nothing(database_url, tmp_path, 
     assert count(session, Region) == 0
 
 
+def test_regions_import_of_a_planned_code_names_its_period_and_writes_nothing(
+    database_url, tmp_path, api, session
+):
+    """A code planned to start later (POST with a future valid_from) was refused by the
+    index of current codes: the command failed with a database error naming no row. It
+    names the row and the planned period now, and writes nothing."""
+    from datetime import date, timedelta
+
+    path = write(tmp_path, "regions.csv", CSV_TEXT)
+    assert run(database_url, "regions", "import", str(path)).exit_code == 0
+    planned, later = "320508001003", (date.today() + timedelta(days=400)).isoformat()
+    client = api()
+    r = client.post(
+        "/api/v1/regions", json={"code": planned, "name": "规划社区", "valid_from": later}
+    )
+    assert r.status_code == 201, r.get_json()
+    renamed = CSV_TEXT.replace("观前社区", "观前新社区") + f"{planned},导入社区\n"
+    result = run(database_url, "regions", "import", str(write(tmp_path, "next.csv", renamed)))
+    assert result.exit_code != 0
+    assert f"row 6 ({planned}): not valid today but planned from {later}" in result.output
+    assert "1 row(s) have errors; nothing was imported." in result.output
+    assert count(session, Region) == 7
+    assert_tree(client)
+    assert client.get(f"/api/v1/regions/{planned}?on={later}").get_json()["name"] == "规划社区"
+
+
 @pytest.mark.parametrize(
     ("name", "content"),
     [

@@ -102,8 +102,11 @@ class RegionsImport(MethodView):
         """Import regions in bulk
 
         A JSON list of `{code, name[, level][, boundary]}`. Parents are derived from the
-        codes; ancestors must exist or be in the same list. All or nothing: when any row is
-        wrong nothing is written and the 422 lists every row's error.
+        codes; ancestors must exist or be in the same list. A row renames the region of its
+        code valid today, or creates one valid from the beginning; a code with periods but
+        none valid today (planned to start later, or ended) is the row's error, naming that
+        period. All or nothing: when any row is wrong nothing is written and the 422 lists
+        every row's error.
         """
         result = svc.import_regions(db_session(), rows, scope=_scope())
         if result.errors:

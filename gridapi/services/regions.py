@@ -570,7 +570,9 @@ def import_regions(session: Session, rows: list[Any], *, scope: Scope) -> Import
     """Create or rename regions inside ``scope`` from ``rows``; parents derive from codes.
 
     All or nothing: when any row has an error, nothing is written and the result lists
-    every error (the caller answers 422). Ancestors must exist or be in the same rows.
+    every error (the caller answers 422). Ancestors must exist or be in the same rows. A
+    code is renamed in its period valid today, or created valid from the beginning; one with
+    periods but none valid today is an error (the new period would overlap them).
     """
     result = ImportResult()
     parsed: dict[str, dict[str, Any]] = {}
@@ -641,8 +643,8 @@ def import_regions(session: Session, rows: list[Any], *, scope: Scope) -> Import
                 _write_import(session, parsed, result)
             break
         except IntegrityError:
-            if not retries or not current_codes(session, set(result.created)):
-                raise  # not a code taken meanwhile
+            if not retries or not _other_periods(session, set(result.created)):
+                raise  # not a code given a period meanwhile
             retries -= 1
     if result.errors:
         result.errors.sort(key=lambda e: e["row"])
@@ -657,15 +659,24 @@ def _write_import(
 ) -> None:
     """Create or rename the regions of ``parsed`` (rows checked on their own) on what the
     database holds now, counting them in ``result``; write nothing and add to its errors
-    when an ancestor is missing."""
+    when an ancestor is missing or a code to create has a period not valid today."""
     result.created, result.updated, result.unchanged = [], [], []
     wanted = set(parsed)
     for item in parsed.values():
         wanted.update(parent_candidates(item["code"]))
     existing_rows = {r.code: r for r in _current_rows(session, wanted)}
     known = set(existing_rows) | set(parsed)
+    # A code not valid today is created from the beginning, open-ended: over any period it
+    # has. One planned to start later was refused by the index of current codes (the generic
+    # 409), one ended was overlapped (the code listed twice on a day of its history).
+    not_current = _other_periods(session, set(parsed) - set(existing_rows))
     for code in sorted(parsed, key=lambda c: (LEVEL_DEPTH[parsed[c]["level"]], c)):
         item = parsed[code]
+        if code in not_current:
+            result.errors.append(
+                {"row": item["row"], "code": code, "message": _not_current(not_current[code])}
+            )
+            continue
         candidates = parent_candidates(code)
         parent = next((c for c in candidates if c in known), None)
         if candidates and parent is None:
@@ -704,6 +715,37 @@ def _write_import(
         else:
             result.unchanged.append(code)
     session.flush()
+
+
+def _other_periods(session: Session, codes: set[str]) -> dict[str, list[Region]]:
+    """Return the periods of each of ``codes`` that has any, by code."""
+    items = sorted(codes)
+    out: dict[str, list[Region]] = {}
+    for i in range(0, len(items), 500):
+        for row in session.scalars(select(Region).where(Region.code.in_(items[i : i + 500]))):
+            out.setdefault(row.code, []).append(row)
+    return out
+
+
+def _not_current(periods: list[Region]) -> str:
+    """The import's error for a code whose ``periods`` (none valid today) a new region from
+    the beginning would overlap: it names the period planned first, else the last ended."""
+    today = clock.today()
+    planned = [p for p in periods if p.valid_from is not None and p.valid_from > today]
+    if planned:
+        first = min(planned, key=lambda p: p.valid_from or date.min)
+        start = first.valid_from
+        return (
+            f"not valid today but planned from {start}: the import would create it valid from "
+            "the beginning, overlapping that period; start the planned period earlier "
+            f"(PATCH /api/v1/regions/{first.code}?on={start}) or leave the row out"
+        )
+    end = max(p.valid_to or date.max for p in periods)
+    return (
+        f"not valid today: its period ended on {end}; the import would create it valid from "
+        "the beginning, overlapping that period; reissue the code with POST /api/v1/regions "
+        f"and a valid_from after {end}, or leave the row out"
+    )
 
 
 def _boundary_changed(region: Region, boundary: Any) -> bool:

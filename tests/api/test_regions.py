@@ -824,6 +824,102 @@ def test_import_lists_every_bad_row(client, tree, session):
     assert_error(client.get("/api/v1/regions/320508001003"), 404)
 
 
+def _plan(client: Any, app: Any, how: str) -> tuple[str, str]:
+    """Leave a code whose only open-ended period starts later; return it and that day."""
+    from datetime import date, timedelta
+
+    later = (date.today() + timedelta(days=400)).isoformat()
+    if how == "created":  # a new community planned ahead of its day
+        created(client, NEW_VILLAGE, "规划社区", valid_from=later)
+        return NEW_VILLAGE, later
+    # today's period of COMMUNITY_A followed by a planned one, then ended yesterday
+    url = f"/api/v1/regions/{COMMUNITY_A}"
+    r = client.patch(url, json={"name": "规划社区", "effective_from": later})
+    assert r.status_code == 200, r.get_json()
+    yesterday = (date.today() - timedelta(days=1)).isoformat()
+    assert client.patch(url, json={"valid_to": yesterday}).status_code == 200
+    assert [end for _, _, end in _periods(app, COMMUNITY_A)] == [yesterday, None]
+    return COMMUNITY_A, later
+
+
+@pytest.mark.parametrize("how", ["created", "effective_from"])
+def test_an_import_of_a_planned_code_is_a_row_error_and_writes_nothing(client, tree, app, how):
+    """A code not valid today whose open-ended period starts later: the import created it
+    from the beginning, and the index of current codes refused it: the generic 409, no
+    row named. It is the row's error now, naming the planned period, and nothing is
+    written (all or nothing)."""
+    code, later = _plan(client, app, how)
+    before = {c: _periods(app, c) for c in (code, COMMUNITY_B)}
+    imports = len(_audited(client, "region.import"))
+    rows = [{"code": COMMUNITY_B, "name": "观前新社区"}, {"code": code, "name": "导入社区"}]
+    r = client.post("/api/v1/regions/import", json=rows)
+    body = assert_error(r, 422, "json", "1", "code")
+    assert body["message"] == "1 row(s) have errors; nothing was imported."
+    assert body["errors"] == {
+        "json": {
+            "1": {
+                "code": [
+                    f"not valid today but planned from {later}: the import would create it "
+                    "valid from the beginning, overlapping that period; start the planned "
+                    f"period earlier (PATCH /api/v1/regions/{code}?on={later}) or leave the "
+                    "row out"
+                ]
+            }
+        }
+    }
+    assert {c: _periods(app, c) for c in (code, COMMUNITY_B)} == before
+    assert len(_audited(client, "region.import")) == imports
+
+
+def test_an_import_of_an_ended_code_is_a_row_error_and_writes_nothing(client, tree, app):
+    """A code whose periods have all ended: the import created it from the beginning, over
+    its history (listed twice on a day it was valid). It is the row's error now: the code
+    is reissued with a valid_from, which an import does not carry."""
+    created(client, NEW_VILLAGE, "旧社区", valid_from="2018-01-01", valid_to="2020-12-31")
+    before = _periods(app, NEW_VILLAGE)
+    r = client.post("/api/v1/regions/import", json=[{"code": NEW_VILLAGE, "name": "新社区"}])
+    body = assert_error(r, 422, "json", "0", "code")
+    assert body["errors"]["json"]["0"]["code"] == [
+        "not valid today: its period ended on 2020-12-31; the import would create it valid "
+        "from the beginning, overlapping that period; reissue the code with POST "
+        "/api/v1/regions and a valid_from after 2020-12-31, or leave the row out"
+    ]
+    assert _periods(app, NEW_VILLAGE) == before
+    assert codes(client.get(f"/api/v1/regions?parent={TOWNSHIP}&on=2019-06-01")) == [
+        COMMUNITY_A,
+        COMMUNITY_B,
+        NEW_VILLAGE,
+    ]
+
+
+def test_an_import_of_a_code_planned_meanwhile_is_a_row_error(client, tree, app, engine):
+    """An import of a code another request was planning (open-ended, from a later day):
+    on PostgreSQL the import's insert waited in the index of current codes, then failed:
+    the generic 409. It answers as when the other came first: the row's error, nothing
+    written."""
+    from datetime import date, timedelta
+
+    from gridapi.scope import Scope
+    from gridapi.services import regions as svc
+
+    from ..races import send_while_uncommitted
+
+    later = date.today() + timedelta(days=400)
+    rows = [{"code": COMMUNITY_B, "name": "观前新社区"}, {"code": NEW_VILLAGE, "name": "乙社区"}]
+    with app.extensions["gridapi"].sessions() as session:
+        svc.create_region(
+            session, code=NEW_VILLAGE, name="甲社区", valid_from=later, scope=Scope.everything()
+        )
+        r = send_while_uncommitted(
+            engine, session, "regions", lambda: client.post("/api/v1/regions/import", json=rows)
+        )
+    body = assert_error(r, 422, "json", "1", "code")
+    assert f"planned from {later}" in body["errors"]["json"]["1"]["code"][0]
+    assert set(body["errors"]["json"]) == {"1"}
+    assert _periods(app, NEW_VILLAGE) == [("甲社区", later.isoformat(), None)]
+    assert _names(app, COMMUNITY_B) == ["观前社区"]
+
+
 @pytest.mark.parametrize(
     "row",
     [
