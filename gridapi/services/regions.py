@@ -10,7 +10,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import shapely
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -43,20 +43,48 @@ def region_not_found() -> NotFound:
     return NotFound("The region does not exist or is outside your scope.")
 
 
+# PostgreSQL advisory locks in the two-key form (apart from the one-key locks of
+# idempotency keys): the periods of one code (second key its hashtext), all of them.
+_PERIODS_OF_CODE, _ALL_PERIODS = 2260, 2261
+
+
+def lock_periods(session: Session, code: str | None = None) -> None:
+    """Wait until no other transaction is writing the periods of ``code`` (of every code
+    when None, as an import does), and keep the others from writing them until this
+    transaction ends.
+
+    Every write of periods (create, change, import) takes it before it reads them: they are
+    checked, then written, one write at a time, so two writes at once, both checked before
+    either was written, cannot make them overlap; the second waits, then sees the first.
+    An advisory lock, not the rows': a code without periods yet has none to lock (two
+    creates of one code). SQLite writers are one at a time already.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    if code is None:
+        session.execute(text("SELECT pg_advisory_xact_lock(:all, 0)"), {"all": _ALL_PERIODS})
+        return
+    session.execute(
+        text(
+            "SELECT pg_advisory_xact_lock_shared(:all, 0), "
+            "pg_advisory_xact_lock(:one, hashtext(:code))"
+        ),
+        {"all": _ALL_PERIODS, "one": _PERIODS_OF_CODE, "code": code},
+    )
+
+
 def get_region(
     session: Session, code: str, on: date | None = None, *, scope: Scope, lock: bool = False
 ) -> Region:
     """Return the region with ``code`` valid on ``on`` (default today) that ``scope`` sees.
 
-    With ``lock``, every period of the code is locked first and the row read afresh: the
-    periods of one code are changed one change at a time (PostgreSQL; SQLite writers are one
-    at a time already), so two changes at once, both checked before either was written,
-    cannot make them overlap; the second waits, then sees the first.
+    With ``lock``, the periods of the code are locked first (``lock_periods``) and the row
+    read afresh, as another change may have written it meanwhile.
     Raises NotFound when there is none.
     """
     seen = scope.region_condition(Region.code, with_ancestors=True)
     if lock:
-        session.execute(select(Region.id).where(Region.code == code, seen).with_for_update())
+        lock_periods(session, code)
     row = session.scalars(
         select(Region)
         .where(Region.code == code, valid_on(on or clock.today()), seen)
@@ -234,6 +262,9 @@ def create_region(
             errors={"json": {"code": [f"{code} is not inside your scope"]}},
         )
     _check_period(valid_from, valid_to)
+    # A period change of the code, or another create, under way: checked on what it wrote.
+    # Only the index of current codes guarded, and a period with an end passed it.
+    lock_periods(session, code)
     existing = current_codes(session, {code, *parent_candidates(code)})
 
     def taken(current: set[str]) -> Conflict | None:
@@ -633,9 +664,12 @@ def import_regions(session: Session, rows: list[Any], *, scope: Scope) -> Import
             "boundary": boundary,
         }
 
-    # A code created by another request between the look-up and the insert (the unique index
-    # of current codes refuses ours): the import is planned again on what is there now, as
-    # when it came after that request. Each retry finds one more of its codes taken.
+    # The periods of every code, as any code of the rows may be created: a create or change
+    # under way is waited for, then seen. The unique index of current codes stays the last
+    # guard: if it refuses a code created all the same between the look-up and the insert,
+    # the import is planned again on what is there now, as when it came after that request.
+    # Each retry finds one more of its codes taken.
+    lock_periods(session)
     retries = len(parsed)
     while True:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -171,6 +172,8 @@ def test_create_duplicate_current_code_is_409(client, tree):
 
 
 NEW_VILLAGE = "320508001003"
+# A write of periods waits for another's in the lock of the periods (PostgreSQL), first.
+WAITS_FOR_PERIODS = "SELECT pg_advisory_xact_lock"
 
 
 def _uncommitted_region(app: Any, session: Any, name: str) -> None:
@@ -202,7 +205,11 @@ def test_a_code_created_meanwhile_answers_as_one_created_before(client, tree, ap
     with app.extensions["gridapi"].sessions() as session:
         _uncommitted_region(app, session, "甲社区")
         r = send_while_uncommitted(
-            engine, session, "regions", lambda: create(client, NEW_VILLAGE, "乙社区")
+            engine,
+            session,
+            "regions",
+            lambda: create(client, NEW_VILLAGE, "乙社区"),
+            waits_in=WAITS_FOR_PERIODS,
         )
     body = assert_error(r, 409, "json", "code")
     assert body["message"] == f"Region {NEW_VILLAGE} already exists."
@@ -222,7 +229,11 @@ def test_an_import_of_a_code_created_meanwhile_renames_it_as_after_it(client, tr
     with app.extensions["gridapi"].sessions() as session:
         _uncommitted_region(app, session, "甲社区")
         r = send_while_uncommitted(
-            engine, session, "regions", lambda: client.post("/api/v1/regions/import", json=rows)
+            engine,
+            session,
+            "regions",
+            lambda: client.post("/api/v1/regions/import", json=rows),
+            waits_in=WAITS_FOR_PERIODS,
         )
     assert r.status_code == 200, r.get_json()
     assert r.get_json() == {"created": 0, "updated": 1, "unchanged": 1, "errors": []}
@@ -230,6 +241,114 @@ def test_an_import_of_a_code_created_meanwhile_renames_it_as_after_it(client, tr
     entry = max(_audited(client, "region.import"), key=lambda e: e["id"])  # tree's is first
     assert entry["summary"]["updated_codes"] == [NEW_VILLAGE]
     assert entry["summary"]["created_codes"] == []
+
+
+def _create_meanwhile(client: Any, engine: Any, session: Any, start: date, end: date) -> Any:
+    """POST a period of NEW_VILLAGE while ``session`` holds another write of its periods."""
+    from ..races import send_while_uncommitted
+
+    return send_while_uncommitted(
+        engine,
+        session,
+        "regions",
+        lambda: create(
+            client, NEW_VILLAGE, "乙社区", valid_from=start.isoformat(), valid_to=end.isoformat()
+        ),
+        waits_in=WAITS_FOR_PERIODS,
+    )
+
+
+def test_a_create_during_a_period_change_answers_as_after_it(client, tree, app, engine):
+    """A period with an end created while a change of the code's planned period moved it
+    earlier, over it: the create took no lock and checked the periods before the change
+    was written, and only the index of current codes guarded, which a period with an end
+    passes: both were taken, overlapping. The create waits for the change now and answers
+    the overlap 409 naming valid_from, as when it came after it."""
+    from gridapi.scope import Scope
+    from gridapi.services import regions as svc
+
+    today = date.today()
+    later, earlier = today + timedelta(days=400), today + timedelta(days=200)
+    created(client, NEW_VILLAGE, "甲社区", valid_from=later.isoformat())
+    with app.extensions["gridapi"].sessions() as session:  # another request's, not committed
+        svc.update_region(
+            session, NEW_VILLAGE, {"valid_from": earlier}, on=later, scope=Scope.everything()
+        )
+        r = _create_meanwhile(
+            client, engine, session, today + timedelta(days=210), today + timedelta(days=220)
+        )
+    body = assert_error(r, 409, "json", "valid_from")
+    assert body["message"] == (
+        f"The period overlaps the period of {NEW_VILLAGE} from {earlier} to now; "
+        "periods of one code never overlap."
+    )
+    assert body["errors"] == {
+        "json": {"valid_from": [f"overlaps the period from {earlier} to now"]}
+    }
+    assert _periods(app, NEW_VILLAGE) == [("甲社区", earlier.isoformat(), None)]
+    assert [e["summary"]["name"] for e in _audited(client, "region.create")] == ["甲社区"]
+
+
+def test_two_creates_of_periods_with_an_end_of_one_code_never_overlap(client, tree, app, engine):
+    """Two creates of one code, each a period with an end, at once: neither saw the other's
+    (no row of the code to lock; the index of current codes takes periods with an end),
+    and both were taken, overlapping. The second waits for the first now and answers the
+    overlap 409 naming valid_from."""
+    from gridapi.scope import Scope
+    from gridapi.services import regions as svc
+
+    with app.extensions["gridapi"].sessions() as session:  # another request's, not committed
+        svc.create_region(
+            session,
+            code=NEW_VILLAGE,
+            name="甲社区",
+            valid_from=date(2018, 1, 1),
+            valid_to=date(2018, 12, 31),
+            scope=Scope.everything(),
+        )
+        r = _create_meanwhile(client, engine, session, date(2018, 6, 1), date(2019, 6, 30))
+    body = assert_error(r, 409, "json", "valid_from")
+    assert body["errors"] == {
+        "json": {"valid_from": ["overlaps the period from 2018-01-01 to 2018-12-31"]}
+    }
+    assert _periods(app, NEW_VILLAGE) == [("甲社区", "2018-01-01", "2018-12-31")]
+    assert _audited(client, "region.create") == []
+
+
+def test_an_import_during_a_create_of_a_period_with_an_end_answers_as_after_it(
+    client, tree, app, engine
+):
+    """An import of a code another request was creating with an end: the import saw no
+    period of it and created it from the beginning, over the other's (the index of current
+    codes takes a period with an end): both taken, overlapping. The import waits now and
+    answers the row's error, as when it came after it; nothing is written."""
+    from gridapi.scope import Scope
+    from gridapi.services import regions as svc
+
+    from ..races import send_while_uncommitted
+
+    rows = [{"code": COMMUNITY_B, "name": "观前新社区"}, {"code": NEW_VILLAGE, "name": "乙社区"}]
+    with app.extensions["gridapi"].sessions() as session:  # another request's, not committed
+        svc.create_region(
+            session,
+            code=NEW_VILLAGE,
+            name="甲社区",
+            valid_from=date(2018, 1, 1),
+            valid_to=date(2020, 12, 31),
+            scope=Scope.everything(),
+        )
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "regions",
+            lambda: client.post("/api/v1/regions/import", json=rows),
+            waits_in=WAITS_FOR_PERIODS,
+        )
+    body = assert_error(r, 422, "json", "1", "code")
+    assert set(body["errors"]["json"]) == {"1"}
+    assert "its period ended on 2020-12-31" in body["errors"]["json"]["1"]["code"][0]
+    assert _periods(app, NEW_VILLAGE) == [("甲社区", "2018-01-01", "2020-12-31")]
+    assert _names(app, COMMUNITY_B) == ["观前社区"]
 
 
 def test_create_with_valid_to_before_valid_from_is_422(client, tree):
@@ -911,7 +1030,11 @@ def test_an_import_of_a_code_planned_meanwhile_is_a_row_error(client, tree, app,
             session, code=NEW_VILLAGE, name="甲社区", valid_from=later, scope=Scope.everything()
         )
         r = send_while_uncommitted(
-            engine, session, "regions", lambda: client.post("/api/v1/regions/import", json=rows)
+            engine,
+            session,
+            "regions",
+            lambda: client.post("/api/v1/regions/import", json=rows),
+            waits_in=WAITS_FOR_PERIODS,
         )
     body = assert_error(r, 422, "json", "1", "code")
     assert f"planned from {later}" in body["errors"]["json"]["1"]["code"][0]
