@@ -644,7 +644,6 @@ def test_patch_with_effective_from_keeps_the_old_period(client, tree, session):
 def test_a_period_planned_for_later_is_corrected_before_it_starts(client, tree):
     """A planned period (a reorganisation imported ahead of its day) could not be
     corrected until it began: PATCH found only today's period (404 or today's changed)."""
-    from datetime import date, timedelta
 
     url = f"/api/v1/regions/{COMMUNITY_A}"
     later = (date.today() + timedelta(days=400)).isoformat()
@@ -693,7 +692,6 @@ def test_a_new_period_never_overlaps_one_planned(client, tree, app):
     today's period was stretched over the planned one, and the new one lay inside it. Both
     are the overlap 409 naming effective_from now, as is today's period made open-ended in
     place (the generic 409 too), and the periods stay as they were."""
-    from datetime import date, timedelta
 
     url = f"/api/v1/regions/{COMMUNITY_A}"
     later = (date.today() + timedelta(days=400)).isoformat()
@@ -739,7 +737,6 @@ def test_a_period_started_meanwhile_answers_as_one_started_before(client, tree, 
     ended it again and failed on the index of current codes: the generic 409. A period
     change locks the periods of its code first now: the second waits, then answers as
     when the first came first (the overlap 409 naming effective_from)."""
-    from datetime import date, timedelta
 
     from gridapi.scope import Scope
     from gridapi.services import regions as svc
@@ -945,7 +942,6 @@ def test_import_lists_every_bad_row(client, tree, session):
 
 def _plan(client: Any, app: Any, how: str) -> tuple[str, str]:
     """Leave a code whose only open-ended period starts later; return it and that day."""
-    from datetime import date, timedelta
 
     later = (date.today() + timedelta(days=400)).isoformat()
     if how == "created":  # a new community planned ahead of its day
@@ -1016,7 +1012,6 @@ def test_an_import_of_a_code_planned_meanwhile_is_a_row_error(client, tree, app,
     on PostgreSQL the import's insert waited in the index of current codes, then failed:
     the generic 409. It answers as when the other came first: the row's error, nothing
     written."""
-    from datetime import date, timedelta
 
     from gridapi.scope import Scope
     from gridapi.services import regions as svc
