@@ -10,17 +10,16 @@ import shapely
 from shapely.geometry import shape
 
 from gridapi.codes import parent_candidates, region_level
-from gridapi.demo import build_demo_county
+from gridapi.demo import DemoCounty, build_demo_county
 from gridapi.scope import Scope
 from gridapi.services.routing import IndexSnapshot
 
 
-def _snapshot() -> IndexSnapshot:
-    county = build_demo_county(
-        seed=7, townships=3, communities_per_township=4, grids_per_community=6
-    )
+def _grid_rows(county: DemoCounty, left_out: tuple[str, ...] = ()) -> list[tuple]:
+    """The index's rows of the county's grids, but those whose code starts with one of
+    ``left_out`` (grids not in service)."""
     features = sorted(county.grids["features"], key=lambda f: f["properties"]["code"])
-    rows = [
+    return [
         (
             i,
             f["properties"]["code"],
@@ -31,7 +30,15 @@ def _snapshot() -> IndexSnapshot:
             shapely.to_wkb(shape(f["geometry"])),
         )
         for i, f in enumerate(features)
+        if not (left_out and f["properties"]["code"].startswith(left_out))
     ]
+
+
+def _snapshot() -> IndexSnapshot:
+    county = build_demo_county(
+        seed=7, townships=3, communities_per_township=4, grids_per_community=6
+    )
+    rows = _grid_rows(county)
     regions = {
         r["code"]: {
             "level": r["level"],
@@ -141,20 +148,7 @@ def _county_with_gaps() -> tuple[IndexSnapshot, str]:
     townships = sorted(c for c in codes if region_level(c) == "township")
     gridless_township = townships[1]
     gridless_community = sorted(c for c in codes if c.startswith(townships[0][:9]))[-1]
-    features = sorted(county.grids["features"], key=lambda f: f["properties"]["code"])
-    rows = [
-        (
-            i,
-            f["properties"]["code"],
-            f["properties"]["name"],
-            "basic",
-            f["properties"]["code"][:12],
-            1,
-            shapely.to_wkb(shape(f["geometry"])),
-        )
-        for i, f in enumerate(features)
-        if not f["properties"]["code"].startswith((gridless_township[:9], gridless_community))
-    ]
+    rows = _grid_rows(county, (gridless_township[:9], gridless_community))
     regions = {
         r["code"]: {
             "level": r["level"],
