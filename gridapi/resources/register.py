@@ -15,6 +15,7 @@ from ..auth import current_principal
 from ..db import writes
 from ..errors import Conflict, DomainError, Unprocessable
 from ..extensions import commit, db_session, state
+from ..geo.crs import no_fix
 from ..jsonio import dumps_bytes
 from ..limits import count_lookup
 from ..models import AuditEntry, House, Household
@@ -829,11 +830,14 @@ def _under_case(error: DomainError) -> DomainError:
 
 
 def _case_of_visit(session, visit, case_data: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Return the case report of a visit: source `visit`, located at the visit, else at its
-    house (422 when neither has a location)."""
+    """Return the case report of a visit: source `visit`, located where given, else at the
+    visit, else at its house (422 when neither has a location). A location of 0°, 0° is a
+    phone without a fix (``no_fix``) and counts as none, as for a patrol's finding: such a
+    case went to the intake queue as unrouted, where the visit's house placed it."""
     case_data = {**case_data}
     case_data.setdefault("source", "visit")
-    if not case_data.get("location"):
+    given = case_data.get("location")
+    if not given or no_fix(*given["coordinates"][:2]):
         lon, lat = visit.lon, visit.lat
         if lon is None and visit.household_id:
             household = session.get(Household, visit.household_id)

@@ -368,7 +368,14 @@ class VisitCreateSchema(StrictSchema):
     person_id = fields.Integer(allow_none=True)
     visited_at = fields.AwareDateTime(metadata={"description": "Default: now."})
     place = fields.String(load_default="", validate=validate.Length(max=300))
-    location = fields.Nested(PointSchema, allow_none=True)
+    location = fields.Nested(
+        PointSchema,
+        allow_none=True,
+        metadata={
+            "description": "Where the visit was made. Exactly 0°, 0° (a phone without a fix) "
+            "counts as none."
+        },
+    )
     crs = fields.String(
         load_default="wgs84",
         validate=validate.OneOf(SUPPORTED_CRS),
@@ -379,7 +386,11 @@ class VisitCreateSchema(StrictSchema):
     case = fields.Nested(
         VisitCaseSchema,
         allow_none=True,
-        metadata={"description": "Report a case found on the visit, in the same transaction."},
+        metadata={
+            "description": "Report a case found on the visit, in the same transaction. "
+            "Without a location (absent, null or 0°, 0°) it is placed at the visit, else at "
+            "its house."
+        },
     )
 
     @validates_schema

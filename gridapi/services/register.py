@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from .. import clock
 from ..errors import Conflict, NotFound, Unprocessable
-from ..geo.crs import to_wgs84
+from ..geo.crs import no_fix, to_wgs84
 from ..models import AuditEntry, Grid, IdempotencyKey
 from ..models.register import House, Household, Person, SpecialGroupRecord, Visit, new_uid
 from ..personal import (
@@ -1109,7 +1109,9 @@ def create_visit(
     if person and household and person.household_id != household.id:
         raise _invalid("person_id", "is not a member of the household")
     lon = lat = None
-    if data.get("location") is not None:
+    # 0°, 0° is a phone without a fix (``no_fix``): a visit made there has no location, as
+    # a patrol's check-in; it was kept as a place in the Gulf of Guinea.
+    if data.get("location") is not None and not no_fix(*data["location"]["coordinates"][:2]):
         raw_lon, raw_lat = data["location"]["coordinates"]
         lon, lat = to_wgs84(raw_lon, raw_lat, data.get("crs", "wgs84"))
     visit = Visit(

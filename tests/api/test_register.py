@@ -470,6 +470,36 @@ def test_a_visits_case_with_location_null_is_placed_at_the_visit(client, engine,
     assert case["grid"]["code"] == A1 and case["source"] == "visit"
 
 
+@pytest.mark.parametrize("crs", ["wgs84", "gcj02"])
+def test_a_visit_and_its_case_at_0_0_have_no_fix_and_go_to_the_house(
+    client, engine, world, household, crs
+):
+    """0°, 0° is what a phone without a fix sends. A visit kept it as its place, and its
+    case was reported there: unrouted, in the intake queue, far from the house it was
+    about. Now the visit has no location and the case is placed at the house, as a patrol's
+    finding at 0°, 0° is placed on the track."""
+    nowhere = {"type": "Point", "coordinates": [0, 0]}
+    body = {
+        "household_id": household["id"],
+        "location": nowhere,
+        "crs": crs,
+        "case": {
+            "category": "0101",
+            "description": "楼道堆放杂物",
+            "location": nowhere,
+            "crs": crs,
+        },
+    }
+    visit = created(client.post("/api/v1/visits", json=body))
+    assert visit["location"] is None
+    assert created(client.get(f"/api/v1/visits/{visit['id']}"), 200)["location"] is None
+    case = client.get(f"/api/v1/cases/{visit['case_id']}").get_json()
+    assert case["location"]["coordinates"] == pytest.approx(point(0)["coordinates"], abs=1e-9)
+    assert case["grid"]["code"] == A1 and not case["routing"]["unrouted"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT lon, lat FROM visits")).one() == (None, None)
+
+
 @pytest.mark.parametrize(
     "extra",
     [
