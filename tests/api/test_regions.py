@@ -176,12 +176,26 @@ NEW_VILLAGE = "320508001003"
 WAITS_FOR_PERIODS = "SELECT pg_advisory_xact_lock"
 
 
-def _uncommitted_region(app: Any, session: Any, name: str) -> None:
-    """Another request's region NEW_VILLAGE in ``session``: inserted, not committed."""
+def _uncommitted_region(
+    app: Any,
+    session: Any,
+    name: str,
+    valid_from: date | None = None,
+    valid_to: date | None = None,
+) -> None:
+    """Another request's region NEW_VILLAGE in ``session`` (the period given, else from the
+    beginning): inserted, not committed."""
     from gridapi.scope import Scope
     from gridapi.services import regions as svc
 
-    svc.create_region(session, code=NEW_VILLAGE, name=name, scope=Scope.everything())
+    svc.create_region(
+        session,
+        code=NEW_VILLAGE,
+        name=name,
+        valid_from=valid_from,
+        valid_to=valid_to,
+        scope=Scope.everything(),
+    )
 
 
 def _names(app: Any, code: str) -> list[str]:
@@ -294,18 +308,9 @@ def test_two_creates_of_periods_with_an_end_of_one_code_never_overlap(client, tr
     (no row of the code to lock; the index of current codes takes periods with an end),
     and both were taken, overlapping. The second waits for the first now and answers the
     overlap 409 naming valid_from."""
-    from gridapi.scope import Scope
-    from gridapi.services import regions as svc
 
     with app.extensions["gridapi"].sessions() as session:  # another request's, not committed
-        svc.create_region(
-            session,
-            code=NEW_VILLAGE,
-            name="甲社区",
-            valid_from=date(2018, 1, 1),
-            valid_to=date(2018, 12, 31),
-            scope=Scope.everything(),
-        )
+        _uncommitted_region(app, session, "甲社区", date(2018, 1, 1), date(2018, 12, 31))
         r = _create_meanwhile(client, engine, session, date(2018, 6, 1), date(2019, 6, 30))
     body = assert_error(r, 409, "json", "valid_from")
     assert body["errors"] == {
@@ -322,21 +327,12 @@ def test_an_import_during_a_create_of_a_period_with_an_end_answers_as_after_it(
     period of it and created it from the beginning, over the other's (the index of current
     codes takes a period with an end): both taken, overlapping. The import waits now and
     answers the row's error, as when it came after it; nothing is written."""
-    from gridapi.scope import Scope
-    from gridapi.services import regions as svc
 
     from ..races import send_while_uncommitted
 
     rows = [{"code": COMMUNITY_B, "name": "观前新社区"}, {"code": NEW_VILLAGE, "name": "乙社区"}]
     with app.extensions["gridapi"].sessions() as session:  # another request's, not committed
-        svc.create_region(
-            session,
-            code=NEW_VILLAGE,
-            name="甲社区",
-            valid_from=date(2018, 1, 1),
-            valid_to=date(2020, 12, 31),
-            scope=Scope.everything(),
-        )
+        _uncommitted_region(app, session, "甲社区", date(2018, 1, 1), date(2020, 12, 31))
         r = send_while_uncommitted(
             engine,
             session,
@@ -1013,17 +1009,12 @@ def test_an_import_of_a_code_planned_meanwhile_is_a_row_error(client, tree, app,
     the generic 409. It answers as when the other came first: the row's error, nothing
     written."""
 
-    from gridapi.scope import Scope
-    from gridapi.services import regions as svc
-
     from ..races import send_while_uncommitted
 
     later = date.today() + timedelta(days=400)
     rows = [{"code": COMMUNITY_B, "name": "观前新社区"}, {"code": NEW_VILLAGE, "name": "乙社区"}]
     with app.extensions["gridapi"].sessions() as session:
-        svc.create_region(
-            session, code=NEW_VILLAGE, name="甲社区", valid_from=later, scope=Scope.everything()
-        )
+        _uncommitted_region(app, session, "甲社区", later)
         r = send_while_uncommitted(
             engine,
             session,
