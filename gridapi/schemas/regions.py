@@ -93,7 +93,8 @@ class RegionUpdateSchema(StrictSchema):
     effective_from = fields.Date(
         metadata={
             "description": "Start a new period on this day instead of correcting the current one; "
-            "the current row then ends the day before (history is kept)."
+            "the current row then ends the day before (history is kept). A `valid_from` "
+            "given with it may not be later (422: the code would have no period in between)."
         }
     )
 

@@ -438,6 +438,23 @@ def update_region(
     # The new period starts on valid_from when given: one ending before it was refused by
     # the database's check of the period, with the generic 409.
     _check_period(changes.get("valid_from"), changes.get("valid_to"))
+    start = changes.get("valid_from")
+    if start is not None and start > effective:
+        # The period ended the day before effective_from: a later start left the code
+        # without a period in between, silently (routing and the tree lost it meanwhile).
+        gap_end = start - timedelta(days=1)
+        raise Unprocessable(
+            f"The new period would start on {start}, leaving {code} without a period "
+            f"from {effective} to {gap_end}.",
+            errors={
+                "json": {
+                    "valid_from": [
+                        f"must not be after effective_from ({effective}); leave it out "
+                        "and the new period starts on effective_from"
+                    ]
+                }
+            },
+        )
     if region.valid_from is not None and effective <= region.valid_from:
         raise Conflict(
             f"The current period of {code} starts on {region.valid_from}; a new "

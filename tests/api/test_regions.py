@@ -727,6 +727,33 @@ def test_a_new_period_given_an_earlier_valid_from_does_not_overlap_the_one_it_en
     assert _periods(app, COMMUNITY_A) == before
 
 
+def test_a_new_period_given_a_later_valid_from_is_422_and_leaves_no_gap(client, tree, app):
+    """effective_from with a valid_from after it was taken: today's period ended the day
+    before effective_from and the new one started later, leaving the code without a period
+    in between (a community missing from the tree and from routing meanwhile). It is the
+    422 naming valid_from now, and nothing changes."""
+    url = f"/api/v1/regions/{COMMUNITY_A}"
+    before = _periods(app, COMMUNITY_A)
+    r = client.patch(
+        url, json={"name": "新", "effective_from": "2030-01-01", "valid_from": "2030-03-01"}
+    )
+    body = assert_error(r, 422, "json", "valid_from")
+    assert body["message"] == (
+        f"The new period would start on 2030-03-01, leaving {COMMUNITY_A} without a period "
+        "from 2030-01-01 to 2030-02-28."
+    )
+    assert _periods(app, COMMUNITY_A) == before
+    assert _audited(client, "region.update") == []
+    same = client.patch(
+        url, json={"name": "新", "effective_from": "2030-01-01", "valid_from": "2030-01-01"}
+    )
+    assert same.status_code == 200
+    assert _periods(app, COMMUNITY_A) == [
+        ("平江社区", None, "2029-12-31"),
+        ("新", "2030-01-01", None),
+    ]
+
+
 def test_a_period_started_meanwhile_answers_as_one_started_before(client, tree, app, engine):
     """Two new periods of one code from one day at once: both read today's period before
     either wrote, and on PostgreSQL the second waited for the first's lock on it, then
