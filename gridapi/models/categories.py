@@ -50,6 +50,8 @@ class Category(Base):
     urgent: Mapped[bool] = mapped_column(Boolean, default=False)
     # Escalated by ``gridapi worker`` to the parent level's office when overdue.
     auto_escalate: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Feedback (反馈) on a case of the category cites at least one photo (``evidence``).
+    feedback_evidence: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     duplicate_radius_m: Mapped[float] = mapped_column(Float, default=50.0)
     attributes: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -73,7 +73,7 @@ class CategoriesByCode(MethodView):
 
         Returns one category, active or not, with its acceptance, handling and verification limits
         (in working hours or days), its default handler, intake and closure standards, flags
-        (`sensitive`, `urgent`, `auto_escalate`), duplicate radius and attribute definitions. Any
+        (`sensitive`, `urgent`, `auto_escalate`, `feedback_evidence`), duplicate radius and attribute definitions. Any
         valid credential may call it; a code that does not exist answers 404.
         """
         return svc.get_category(db_session(), code)

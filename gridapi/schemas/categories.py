@@ -62,6 +62,13 @@ class CategorySchema(StrictSchema):
         required=True,
         metadata={"description": "Escalated to the parent level's office when overdue."},
     )
+    feedback_evidence = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "Feedback (反馈) on a case of the category must cite at least one "
+            "photo of the case as `evidence` (422 without)."
+        },
+    )
     duplicate_radius_m = fields.Float(required=True)
     attributes = fields.List(fields.Nested(AttributeSchema), required=True)
     is_active = fields.Boolean(required=True)
@@ -136,6 +143,11 @@ class CategoryUpdateSchema(StrictSchema):
     sensitive = fields.Boolean()
     urgent = fields.Boolean()
     auto_escalate = fields.Boolean()
+    feedback_evidence = fields.Boolean(
+        metadata={
+            "description": "Feedback on a case of the category must cite a photo (default false)."
+        }
+    )
     duplicate_radius_m = fields.Float(validate=validate.Range(min=0, max=5000))
     attributes = fields.List(
         fields.Nested(AttributeDefinitionSchema),

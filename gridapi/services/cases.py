@@ -767,6 +767,24 @@ def allowed_actions(caller: Caller, case_obj: Case, duplicates: Sequence[int]) -
     ]
 
 
+def _check_feedback_evidence(session: Session, case_obj: Case) -> None:
+    """Refuse feedback without a photo on a case whose category asks for one."""
+    category = session.get(Category, case_obj.category_code)
+    if category is not None and category.feedback_evidence:
+        raise Unprocessable(
+            f"Feedback on a case of category {category.code} ({category.name}) needs a photo "
+            "of the result.",
+            errors={
+                "json": {
+                    "evidence": [
+                        "upload a photo to the case (POST /api/v1/cases/{id}/attachments) "
+                        "and cite its id"
+                    ]
+                }
+            },
+        )
+
+
 def state_actions(status: str) -> list[str]:
     return [name for name, (states, _, _) in ACTIONS.items() if status in states]
 
@@ -835,6 +853,8 @@ def transition(
     from .attachments import check_evidence
 
     evidence = check_evidence(session, case_obj.id, data.get("evidence") or [])
+    if action == "feedback" and not evidence:
+        _check_feedback_evidence(session, case_obj)
     ctx = TransitionContext(session, caller, calendar, now, data)
     before = case_obj.status
     # No flush while the step looks things up half-way: one step, one version bump.

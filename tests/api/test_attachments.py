@@ -904,3 +904,62 @@ def test_a_transition_cites_photos_of_its_case_as_evidence(client, world, sessio
         text("SELECT max(id) FROM case_events WHERE case_id = :id"), {"id": case}
     ).scalar()
     assert event_id == last_event
+
+
+def test_a_category_can_ask_for_a_photo_with_every_feedback(client, world):
+    """DOMAIN §4: the handler reports back with evidence. A category with
+    ``feedback_evidence`` refuses feedback citing no photo (422 naming evidence; the case,
+    its timeline and the audit log unchanged), and takes it with one; a category without
+    the flag (the default) takes feedback without a photo."""
+    categories = client.get("/api/v1/categories").get_json()["items"]
+    assert {c["code"]: c["feedback_evidence"] for c in categories}["0101"] is False
+    changed = client.patch("/api/v1/categories/0101", json={"feedback_evidence": True})
+    assert changed.status_code == 200 and changed.get_json()["feedback_evidence"] is True
+
+    def filed(col: int) -> tuple[int, str]:
+        r = client.post("/api/v1/cases", json=report_body(*center(col)))
+        case, etag = r.get_json()["id"], r.headers["ETag"]
+        for action in ("accept", "file"):
+            step = client.post(
+                f"/api/v1/cases/{case}/transitions",
+                json={"action": action},
+                headers={"If-Match": etag},
+            )
+            assert step.status_code == 200, step.get_json()
+            etag = step.headers["ETag"]
+        return case, etag
+
+    def feedback(case: int, etag: str, **extra: Any) -> Any:
+        return client.post(
+            f"/api/v1/cases/{case}/transitions",
+            json={"action": "feedback", "comment": "已清理", **extra},
+            headers={"If-Match": etag},
+        )
+
+    def audited() -> list[Any]:
+        items = client.get("/api/v1/audit").get_json()["items"]
+        return [e["object_id"] for e in items if e["action"] == "case.feedback"]
+
+    case, etag = filed(0)
+    for extra in ({}, {"evidence": []}):
+        refused = feedback(case, etag, **extra)
+        assert refused.status_code == 422
+        body = refused.get_json()
+        assert body["message"] == (
+            "Feedback on a case of category 0101 (暴露垃圾) needs a photo of the result."
+        )
+        assert list(body["errors"]["json"]) == ["evidence"]
+    assert client.get(f"/api/v1/cases/{case}").headers["ETag"] == etag
+    timeline = client.get(f"/api/v1/cases/{case}/timeline").get_json()["items"]
+    assert [e["action"] for e in timeline] == ["report", "accept", "file"]
+    assert audited() == []
+    photo = upload(client, case, jpeg()).get_json()["id"]
+    done = feedback(case, etag, evidence=[photo])
+    assert done.status_code == 200, done.get_json()
+    assert done.get_json()["status"] == "feedback"
+    assert audited() == [str(case)]
+
+    unflagged = client.patch("/api/v1/categories/0101", json={"feedback_evidence": False})
+    assert unflagged.status_code == 200
+    other, other_etag = filed(1)
+    assert feedback(other, other_etag).status_code == 200
