@@ -1212,6 +1212,17 @@ def _verify_fail(ctx: TransitionContext, c: Case) -> str:
 def _close(ctx: TransitionContext, c: Case) -> str:
     c.closed_at = ctx.now
     c.handling_hours = ctx.calendar.working_hours_between(c.filed_at or ctx.now, ctx.now)
+    # The evaluation snapshot (DOMAIN §4): the closure as the indicators judge it, kept in
+    # its timeline row; a reopen clears the case's columns, never this row.
+    due = c.handle_due_at
+    ctx.event_data.update(
+        handling_hours=c.handling_hours,
+        handle_due_at=due.isoformat() if due is not None else None,
+        on_time=None if due is None else ctx.now <= due,
+        rework_count=c.rework_count,
+        extension_count=c.extension_count,
+        supervision=c.supervision,
+    )
     return "closed"
 
 

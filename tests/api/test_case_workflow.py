@@ -7,7 +7,7 @@ import dataclasses
 import json
 import re
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -679,6 +679,63 @@ def test_reopen_needs_a_reason(desk, app, session):
         "群众反映问题复发",
     )
     assert event["data"] == {"handle_due_at": reopened["deadlines"]["handle"]}
+
+
+def test_a_closure_keeps_its_evaluation_in_its_timeline_row(desk, session):
+    """DOMAIN §4: closed is terminal with an evaluation snapshot. The close row records the
+    closure as the indicators judge it (the deadline in force, on time or late, working
+    hours, reworks, extensions, supervision); a reopen clears the case's columns, and the
+    first closure's row keeps what it was."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_handling(cid)
+    d.act(d.county, cid, "supervise", level="yellow", comment="请加快")
+    late = datetime(2020, 1, 2, 9, 0, tzinfo=UTC)
+    session.execute(update(Case).where(Case.id == cid).values(handle_due_at=late))
+    session.commit()
+    d.act(d.worker, cid, "feedback", comment="已清理")
+    # Rework past the deadline: overdue at once (a row of its own, a version more).
+    assert d.post(d.office, cid, "verify_fail", comment="仍有垃圾").status_code == 200
+    d.act(d.worker, cid, "sign")
+    d.act(d.worker, cid, "feedback", comment="已清理干净")
+    d.act(d.office, cid, "verify_pass")
+    d.act(d.office, cid, "close")
+
+    def hours() -> float:
+        query = text("SELECT handling_hours FROM cases WHERE id = :id")
+        value = session.execute(query, {"id": cid}).scalar()
+        session.rollback()  # read afresh next time
+        return value
+
+    first = d.timeline(cid)[-1]
+    snapshot = {
+        "handling_hours": hours(),
+        "handle_due_at": late.isoformat(),
+        "on_time": False,
+        "rework_count": 1,
+        "extension_count": 0,
+        "supervision": "yellow",
+    }
+    assert (first["action"], first["data"]) == ("close", snapshot)
+    assert isinstance(snapshot["handling_hours"], float)
+    audit = ok(d.admin.get("/api/v1/audit"))["items"]
+    closing = [e for e in audit if e["action"] == "case.close"]
+    assert closing[0]["summary"] == {"from": "verified", "to": "closed", **snapshot}
+
+    reopened = d.act(d.office, cid, "reopen", comment="群众反映问题复发")
+    d.act(d.office, cid, "feedback", comment="现场已处置")
+    d.act(d.office, cid, "verify_pass")
+    d.act(d.office, cid, "close")
+    rows = [e for e in d.timeline(cid) if e["action"] == "close"]
+    assert rows[0]["data"] == snapshot
+    assert rows[1]["data"] == {
+        "handling_hours": hours(),
+        "handle_due_at": reopened["deadlines"]["handle"],
+        "on_time": True,
+        "rework_count": 1,
+        "extension_count": 0,
+        "supervision": "yellow",
+    }
 
 
 def test_supervision_yellow_and_red_cards(desk, session):
