@@ -8,7 +8,7 @@ from marshmallow import fields
 
 from ..db import spatial_extension_version
 from ..errors import LIMITS_RETRY_AFTER, ServiceUnavailable
-from ..extensions import state
+from ..extensions import db_session, state
 from ..limits import storage_reachable
 from ..schemas.common import StrictSchema
 from .blueprint import Blueprint
@@ -41,6 +41,44 @@ class HealthSchema(StrictSchema):
 
 class LiveSchema(StrictSchema):
     status = fields.String(required=True, metadata={"example": "ok"})
+
+
+class BacklogSchema(StrictSchema):
+    job = fields.String(required=True, metadata={"example": "overdue"})
+    description = fields.String(required=True)
+    due = fields.Integer(
+        required=True, metadata={"description": "Items due that the job has not handled yet."}
+    )
+    oldest_due_at = fields.DateTime(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Since when the oldest of them is due (null: none)."},
+    )
+    waited_seconds = fields.Float(
+        required=True,
+        allow_none=True,
+        metadata={"description": "How long the oldest has waited (null: nothing is due)."},
+    )
+    expected_within_seconds = fields.Float(
+        required=True,
+        metadata={"description": "How long an item waits at most while the worker keeps up."},
+    )
+    behind = fields.Boolean(
+        required=True, metadata={"description": "The oldest has waited longer than that."}
+    )
+
+
+class JobsSchema(StrictSchema):
+    status = fields.String(
+        required=True,
+        metadata={
+            "example": "ok",
+            "description": "`ok`, or `behind` when any job is: the worker is down or cannot "
+            "keep up.",
+        },
+    )
+    checked_at = fields.DateTime(required=True)
+    jobs = fields.List(fields.Nested(BacklogSchema), required=True)
 
 
 @blp.route("")
@@ -77,6 +115,42 @@ class Health(MethodView):
             "index_generation": snap.generation,
             "rate_limits": "redis" if st.settings.redis_url else "memory",
         }
+
+
+@blp.route("/jobs")
+class Jobs(MethodView):
+    @blp.requires("system:read")
+    @blp.response(200, JobsSchema)
+    def get(self):
+        """The background worker's backlog: what is due and not done, job by job
+
+        For each job of `gridapi worker` (overdue cases, overdue tasks, expired idempotency
+        keys, track thinning, webhook deliveries, export jobs): how many items are due that it
+        has not handled, since when the oldest is due, and whether it has waited longer than
+        a worker that keeps up lets it (`behind`). `status` is `behind` when any job is: the
+        worker is not running, or cannot keep up. Counted over every county; reads only.
+        Needs `system:read` (admins).
+        """
+        from ..models.base import utcnow
+        from ..services.backlog import Expectations, backlogs
+
+        st = state()
+        now = utcnow()
+        found = backlogs(db_session(), now, Expectations.from_settings(st.settings))
+        jobs = [
+            {
+                "job": b.job,
+                "description": b.description,
+                "due": b.due,
+                "oldest_due_at": b.oldest_due_at,
+                "waited_seconds": b.waited(now),
+                "expected_within_seconds": b.expected_within,
+                "behind": b.behind(now),
+            }
+            for b in found
+        ]
+        status = "behind" if any(j["behind"] for j in jobs) else "ok"
+        return {"status": status, "checked_at": now, "jobs": jobs}
 
 
 @blp.route("/live")

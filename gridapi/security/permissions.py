@@ -57,6 +57,7 @@ PERMISSIONS = {
     "categories:write": "Create and change case categories",
     "calendar:write": "Edit and import the working calendar (holidays, 调休)",
     "indicators:read": "Read indicators and monthly bulletins (考核指标, 月度通报) in scope",
+    "system:read": "See the background worker's backlog, job by job (operations)",
 }
 
 # The scopes an admin may grant a third-party client (a subset of the permissions).
