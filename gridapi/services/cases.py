@@ -1712,16 +1712,30 @@ def case_conditions(caller: Caller, args: dict[str, Any]) -> list[ColumnElement[
             and_(text(OPEN_SQL), worked[args["queue"]][1]) if args["queue"] in worked else false()
         )
     if args.get("q"):
-        # The text as written: % and _ are characters to find, not LIKE's wildcards.
+        # The text as written: % and _ are characters to find, not LIKE's wildcards. The
+        # words are lowered by the database, as the columns are: Python's lower() is not
+        # PostgreSQL's ("ΟΔΟΣ" ends in ς in one and σ in the other, "İ" is i with a dot or
+        # i), and a text lowered by one was not found in a column lowered by the other.
         q = args["q"]
+        pattern = func.lower(literal(f"%{_like_escaped(q)}%"))
         conditions.append(
             or_(
-                func.lower(Case.description).contains(q.lower(), autoescape=True),
-                func.lower(Case.address).contains(q.lower(), autoescape=True),
+                func.lower(Case.description).like(pattern, escape=LIKE_ESCAPE),
+                func.lower(Case.address).like(pattern, escape=LIKE_ESCAPE),
                 Case.number.contains(q, autoescape=True),
             )
         )
     return conditions
+
+
+#: The escape character of the text search's patterns (SQLAlchemy's ``autoescape`` uses it).
+LIKE_ESCAPE = "/"
+
+
+def _like_escaped(text_as_written: str) -> str:
+    """Return ``text_as_written`` for a LIKE pattern escaped with ``LIKE_ESCAPE``: its
+    ``%``, ``_`` and escape characters are characters to find (lowering leaves them so)."""
+    return "".join(LIKE_ESCAPE + ch if ch in "%_" + LIKE_ESCAPE else ch for ch in text_as_written)
 
 
 def list_cases(

@@ -440,6 +440,27 @@ def test_text_search_finds_the_text_as_written(client, world):
         assert found(q) == {ids["ÉCOLE ＦＵＬＬ宽"]}, q
 
 
+def test_text_search_finds_any_text_as_written_on_both_engines(client, world):
+    """The words were lowered in Python and the columns by the database: on PostgreSQL
+    "ΣΟΦΟΣ" (Python: final ς, PostgreSQL: σ) and "İstanbul" (Python: i + a combining dot,
+    PostgreSQL: i) did not find the case they were copied from. Both sides are lowered by
+    the database now, so a text as written finds itself on either engine."""
+    texts = ["ΟΔΟΣ ΣΟΦΟΚΛΕΟΥΣ", "İSTANBUL CADDESİ"]
+    ids = {
+        t: client.post("/api/v1/cases", json=report_body(*center(0), address=t)).get_json()["id"]
+        for t in texts
+    }
+
+    def found(q: str) -> set[int]:
+        r = client.get("/api/v1/cases", query_string={"q": q, "limit": 100})
+        assert r.status_code == 200, r.get_json()
+        return {c["id"] for c in r.get_json()["items"]}
+
+    for text_as_written in texts:
+        for q in (text_as_written, *text_as_written.split()):
+            assert found(q) == {ids[text_as_written]}, q
+
+
 def test_client_id_must_be_unique_per_caller_only(client, world, accounts):
     cid = str(uuid.uuid4())
     first = client.post("/api/v1/cases", json=report_body(*center(0), client_id=cid))
