@@ -270,7 +270,10 @@ class CaseQueryArgsSchema(StrictSchema):
     )
     q = fields.String(
         validate=validate.Length(min=1, max=100),
-        metadata={"description": "Text in the description, address or number."},
+        metadata={
+            "description": "Text in the description, address or number, as written (`%` and "
+            "`_` are characters to find), in upper or lower case."
+        },
     )
     queue = fields.String(
         validate=validate.OneOf(QUEUE_NAMES),
