@@ -1274,7 +1274,10 @@ def _duplicate(ctx: TransitionContext, c: Case) -> str:
             errors={"json": {"duplicate_of": ["the id of another case"]}},
         )
     try:
-        other = get_case(ctx.session, other_id, ctx.caller)
+        # Locked as the case itself is: the worker (or another step) changing the original
+        # meanwhile is waited for, and its timeline is counted on after it (read unlocked,
+        # the step's update of the original met the worker's version: a 500).
+        other = get_case(ctx.session, other_id, ctx.caller, for_update=True)
     except NotFound:
         raise Unprocessable(
             "Unknown case.", errors={"json": {"duplicate_of": [f"no case {other_id}"]}}

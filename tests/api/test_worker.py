@@ -596,3 +596,39 @@ def test_a_job_that_fails_for_any_reason_leaves_the_others_to_run(app, monkeypat
     results = jobs.run_jobs(st.sessions, jobs.utcnow(), jobs.JobOptions.from_settings(st.settings))
     assert [r.name for r in results] == list(jobs.JOB_NAMES)
     assert {r.name: r.errors for r in results if r.errors} == {"tasks": 1}
+
+
+def test_a_report_closed_onto_a_case_the_worker_is_changing_waits_for_the_worker(
+    client, world, app, engine
+):
+    """The `duplicate` step read the original unlocked: while a worker marked the original
+    overdue (row locked, its timeline row not yet committed), the step numbered the original's
+    `duplicates_attached` row from what was committed, and its update of the original met
+    another version: a 500 (PostgreSQL)."""
+    from ..races import send_while_uncommitted
+
+    original, _ = filed(client, 0)
+    duplicate, etag = report(client, 1)
+    make_overdue(app, original)
+    with app.extensions["gridapi"].sessions() as session:  # the worker's batch, not committed
+        batch = jobs.mark_overdue(session, datetime.now(UTC))
+        assert batch.counts == {"marked": 1}
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "cases",
+            lambda: client.post(
+                f"/api/v1/cases/{duplicate}/transitions",
+                json={"action": "duplicate", "duplicate_of": original, "comment": "同一处"},
+                headers={"If-Match": etag},
+            ),
+            waits_in="",  # any statement of the step waiting for the worker's lock
+        )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["status"] == "cancelled"
+    rows = events(app, original)
+    assert [e.action for e in rows][-2:] == ["overdue", "duplicates_attached"]
+    assert [e.seq for e in rows] == list(range(1, len(rows) + 1))
+    assert rows[-1].data["attached"] == [duplicate]
+    case = get_case(app, original)
+    assert case.overdue is True and case.duplicate_of_id is None
