@@ -992,11 +992,6 @@ def worker(once: bool, parent_pid: int | None) -> None:
     problem = schema_problem(sessions.kw["bind"])
     if problem:  # every job would fail on a missing column, round after round
         raise click.ClickException(problem)
-    from .serving import calendar_warning
-
-    calendar = calendar_warning(sessions.kw["bind"])
-    if calendar:  # the overdue and supervision jobs count on it
-        logging.getLogger("gridapi.worker").warning(calendar)
     options = jobs.JobOptions.from_settings(settings)
     cipher = field_cipher(settings)
     delivery_options = webhooks.DeliveryOptions.from_settings(settings)
@@ -1006,6 +1001,8 @@ def worker(once: bool, parent_pid: int | None) -> None:
         Keys(cipher, settings.key_bytes("blind_index_key")),
     )
     if once:
+        # The overdue and supervision jobs count on the calendar (the loop says it daily).
+        jobs.warn_of_calendar(sessions, jobs.utcnow(), settings.timezone)
         results = jobs.run_jobs(sessions, jobs.utcnow(), options)
         for result in results:
             click.echo(result.summary())

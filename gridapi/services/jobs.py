@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, func, not_, or_, select
 from sqlalchemy.engine import Engine
@@ -68,6 +69,10 @@ SIMPLE_JOBS = ("idempotency", "tasks", "tracks", "sync", "files")
 #: The removal of unreferenced attachment files walks the whole store: ``run_forever`` runs
 #: it once at start and then once a day (``gridapi worker --once`` always).
 FILES_EVERY_SECONDS = 24 * 3600.0
+#: A looping worker says what is wrong with the working calendar (a year deadlines may reach
+#: that is not the State Council's arrangement) at start and then once a day: it may have
+#: started before that year came within reach.
+CALENDAR_EVERY_SECONDS = 24 * 3600.0
 LEVEL_RANK = {"normal": 0, "yellow": 1, "red": 2}
 LEVEL_NAMES = {"yellow": "黄牌", "red": "红牌"}
 STAGE_NAMES = {"accept": "受理", "handle": "处置", "verify": "核查"}
@@ -638,6 +643,22 @@ def _run_batches(
         after = batch.last_id
 
 
+def warn_of_calendar(bind: Engine | Sessions, now: datetime, timezone: str) -> str | None:
+    """Log (logger ``gridapi.worker``) and return what is wrong with the working calendar
+    where deadlines counted from ``now`` may reach, or None; never raises."""
+    from .calendar import calendar_problem
+
+    try:
+        with _sessions(bind)() as session:
+            problem = calendar_problem(session, now.astimezone(ZoneInfo(timezone)).date())
+    except Exception:  # the database went away: the jobs' own errors say so
+        log.exception("the working calendar could not be checked")
+        return None
+    if problem:
+        logging.getLogger("gridapi.worker").warning(problem)
+    return problem
+
+
 def run_forever(
     bind: Engine | Sessions,
     options: JobOptions,
@@ -648,11 +669,15 @@ def run_forever(
     batch_size: int = BATCH_SIZE,
 ) -> None:
     """Run the jobs every ``interval`` seconds until ``stop`` is set (the removal of
-    unreferenced files once a day); never raises."""
+    unreferenced files, and the warning of a calendar that is not official, once a day);
+    never raises."""
     sessions = _sessions(bind)
-    files_due = time.monotonic()
+    files_due = calendar_due = time.monotonic()
     while not stop.is_set():
         started = time.monotonic()
+        if started >= calendar_due:
+            calendar_due = started + CALENDAR_EVERY_SECONDS
+            warn_of_calendar(sessions, clock(), options.timezone)
         names = JOB_NAMES
         if started < files_due:
             names = tuple(n for n in JOB_NAMES if n != "files")

@@ -232,6 +232,42 @@ def test_serve_and_the_worker_warn_of_a_calendar_that_is_not_official(
     assert f"{today.year} is provisional" in caplog.text
 
 
+def test_a_looping_worker_warns_of_the_calendar_again_each_day(
+    app, settings, engine, caplog, monkeypatch
+):
+    """The worker warned once, when it started: one running since before a year that is not
+    official came within reach of deadlines (a worker started in October, the provisional
+    next year within 60 days from November) never said so."""
+    import threading
+    from datetime import UTC
+
+    from gridapi.services import jobs
+
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM calendar_years"))  # every year missing
+    monkeypatch.setattr(
+        jobs, "CALENDAR_EVERY_SECONDS", 0.0, raising=False
+    )  # "a day" is every round here
+    stop = threading.Event()
+    rounds = []
+
+    def clock() -> datetime:
+        rounds.append(1)
+        if len(rounds) == 3:  # the third look at the clock: the second round has begun
+            stop.set()
+        return datetime.now(UTC)
+
+    options = jobs.JobOptions.from_settings(settings)
+    with caplog.at_level("WARNING", logger="gridapi.worker"):
+        jobs.run_forever(
+            app.extensions["gridapi"].sessions, options, interval=0, stop=stop, clock=clock
+        )
+    warned = [r for r in caplog.records if r.name == "gridapi.worker"]
+    assert len(warned) == 2, caplog.text
+    year = datetime.now(SHANGHAI).year
+    assert all(f"{year} is missing" in r.getMessage() for r in warned)
+
+
 # ---- two admins at once ------------------------------------------------------------------------
 # Both looked before either committed; on PostgreSQL the second insert waited in the primary
 # key for the first, then answered the generic 409 where the same request sent a moment later
