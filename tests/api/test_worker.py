@@ -632,3 +632,41 @@ def test_a_report_closed_onto_a_case_the_worker_is_changing_waits_for_the_worker
     assert rows[-1].data["attached"] == [duplicate]
     case = get_case(app, original)
     assert case.overdue is True and case.duplicate_of_id is None
+
+
+@pytest.mark.parametrize("pseudo_city", [False, True], ids=["no_pseudo_city", "pseudo_city"])
+def test_a_county_directly_under_its_province_escalates_nowhere(client, world, app, pseudo_city):
+    """仙桃 (429004) is a county-level city under 湖北 itself. The escalate step sent its cases
+    to the pseudo-city 429000000000, which has no office and, when the code table left it
+    out, is no region at all (the case named no unit, and the county's office lost it); the
+    worker sent them there when it was imported. Both now hold such a county as the top."""
+    xiantao = "429004000000"
+    rows = [{"code": "420000000000", "name": "湖北省"}]
+    if pseudo_city:
+        rows.append({"code": "429000000000", "name": "省直辖县级行政区划"})
+    rows.append({"code": xiantao, "name": "仙桃市"})
+    assert client.post("/api/v1/regions/import", json=rows).status_code == 200
+    assert client.patch("/api/v1/categories/0101", json={"auto_escalate": True}).status_code == 200
+    ids = []
+    for col in (0, 1):
+        case_id, etag = filed(client, col)
+        act(client, case_id, etag, "transfer", unit=xiantao, comment="仙桃统筹")
+        ids.append(case_id)
+
+    shown = client.get(f"/api/v1/cases/{ids[0]}")
+    assert "escalate" not in shown.get_json()["allowed_actions"]
+    r = client.post(
+        f"/api/v1/cases/{ids[0]}/transitions",
+        json={"action": "escalate", "comment": "请省里协调"},
+        headers={"If-Match": shown.headers["ETag"]},
+    )
+    assert r.status_code == 409, r.get_json()
+    assert r.get_json()["errors"]["action"] == ["nothing above the unit holding the case"]
+
+    results = run(app, datetime.now(UTC) + LATER)
+    assert results["escalation"].counts == {"escalated": 0}
+    assert results["escalation"].checked == 0  # not taken up again on every run
+    for case_id in ids:
+        case = get_case(app, case_id)
+        assert (case.responsible_region_code, case.escalation_count) == (xiantao, 0)
+        assert case.overdue is True
