@@ -1204,17 +1204,23 @@ def thin_tracks(
     * heartbeats older than ``raw_days`` lose their coordinates; the time stays as "last
       seen" (``presence_cleared``).
 
-    Idempotent; flushes, never commits.
+    Idempotent, and done once by workers running at once; flushes, never commits.
     """
     from ..models import Presence
 
     keep_from = now - timedelta(days=retention_days)
+    # Another worker at the same moment takes the patrols this one has not locked (on
+    # PostgreSQL; SQLite's write transaction excludes it): read unlocked, it deleted or thinned
+    # them again after this one, and counted them twice.
+    postgres = session.get_bind().dialect.name == "postgresql"
     old = select(Patrol.id).where(
         or_(
             Patrol.ended_at < keep_from,
             and_(Patrol.ended_at.is_(None), Patrol.started_at < keep_from),
         )
     )
+    if postgres:
+        old = old.with_for_update(skip_locked=True)
     doomed = list(session.scalars(old))
     if doomed:
         # Children first, by statement (the foreign keys cascade too; this does not rely on it).
@@ -1228,6 +1234,8 @@ def thin_tracks(
     due: Select[Any] = select(Patrol).where(
         Patrol.status == "ended", Patrol.ended_at < raw_from, Patrol.thinned_at.is_(None)
     )
+    if postgres:
+        due = due.with_for_update(skip_locked=True)
     thinning = list(session.scalars(due))
     if thinning:
         session.execute(

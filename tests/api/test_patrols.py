@@ -1043,3 +1043,33 @@ def test_thin_tracks_thins_then_deletes_and_is_idempotent(app, client, worker, w
         assert rows(engine, f"SELECT count(*) FROM {table}") == [(0,)], table
     assert ok(client.get(f"/api/v1/cases/{case_id}"))["source"] == "patrol"  # the case stays
     assert run(now + timedelta(days=182)) == {"thinned": 0, "deleted": 0, "presence_cleared": 0}
+
+
+@pytest.mark.parametrize("due", ["thinned", "deleted"])
+def test_two_workers_at_once_thin_or_delete_a_track_once(app, worker, world, engine, due):
+    """The tracks job read its patrols without a lock: a second worker at the same moment read
+    them too (the first had not committed), waited for the first's deletion, then thinned the
+    patrol again or counted it deleted again (PostgreSQL): every track counted twice, and a
+    thinned patrol written twice."""
+    from gridapi.services.jobs import _write_transaction
+
+    from ..races import send_while_uncommitted
+
+    patrol, began = started_an_hour_ago(worker)
+    upload(worker, patrol["id"], walk(began + timedelta(minutes=1), n=41))
+    ended = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json={}))
+    later = datetime.now(UTC) + timedelta(days=31 if due == "thinned" else 181)
+    sessions = app.extensions["gridapi"].sessions
+    expected = {"thinned": 0, "deleted": 0, "presence_cleared": 0}
+    with sessions() as first:  # a worker's tracks job, not committed
+        assert thin_tracks(first, later, 30, 180) == {**expected, due: 1}
+        second = send_while_uncommitted(
+            engine,
+            first,
+            "patrol_points",
+            lambda: _write_transaction(sessions, lambda s: thin_tracks(s, later, 30, 180)),
+            waits_in="",  # any statement of the second waiting for the first's locks
+        )
+    assert second == expected
+    version = rows(engine, f"SELECT version FROM patrols WHERE id = {patrol['id']}")
+    assert version == ([(ended["version"] + 1,)] if due == "thinned" else [])  # thinned once
