@@ -55,8 +55,9 @@ class AttachmentSchema(StrictSchema):
         PointSchema,
         allow_none=True,
         metadata={
-            "description": "EXIF position, [lon, lat] as the camera wrote it (usually WGS-84). "
-            "Only for callers with `cases:evidence_location`: absent otherwise."
+            "description": "EXIF position, [lon, lat] as the camera wrote it (usually WGS-84); "
+            "null without one, or at exactly 0°, 0° (a camera without a fix). Only for "
+            "callers with `cases:evidence_location`: absent otherwise."
         },
     )
 

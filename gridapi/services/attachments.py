@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from ..config import Settings, private_directory
 from ..errors import NotFound, Unprocessable
+from ..geo.crs import no_fix
 from ..models import Case, CaseAttachment
 from ..schemas.common import instant_problem
 
@@ -285,7 +286,8 @@ def _degrees(value: Any, ref: Any, negative: str) -> float | None:
 
 def read_exif(img: Image.Image, tz: ZoneInfo) -> tuple[datetime | None, float | None, float | None]:
     """Return (taken_at, lon, lat) from the image's EXIF; None for what is missing or
-    malformed (a photo is never refused for its metadata)."""
+    malformed (a photo is never refused for its metadata). A position of exactly 0°, 0° is
+    a camera without a fix (``no_fix``, as for a phone's check-in or visit): no place."""
     try:
         exif = img.getexif()
         taken_at = _exif_datetime(exif.get_ifd(ExifTags.IFD.Exif), tz)
@@ -295,6 +297,8 @@ def read_exif(img: Image.Image, tz: ZoneInfo) -> tuple[datetime | None, float | 
     lat = _degrees(gps.get(ExifTags.GPS.GPSLatitude), gps.get(ExifTags.GPS.GPSLatitudeRef), "S")
     lon = _degrees(gps.get(ExifTags.GPS.GPSLongitude), gps.get(ExifTags.GPS.GPSLongitudeRef), "W")
     if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return taken_at, None, None
+    if no_fix(lon, lat):  # a phone writes zeros before it has a fix: not the Gulf of Guinea
         return taken_at, None, None
     return taken_at, round(lon, 7), round(lat, 7)
 

@@ -351,6 +351,25 @@ def test_a_photo_is_never_refused_for_its_capture_time(client, case_id, taken, o
     assert r.get_json()["taken_at"] is None and r.get_json()["gps"]["type"] == "Point"
 
 
+@pytest.mark.parametrize("refs", [("N", "E"), ("S", "W")])
+def test_a_position_of_zero_zero_is_no_place(client, case_id, session, refs):
+    """A phone without a fix writes GPS zeros: the photo was shown as taken at 0°, 0°, in
+    the Gulf of Guinea. It has no place now, as a check-in or a visit made there, and keeps
+    its time."""
+    exif = exif_with_place()
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    zero = (IFDRational(0), IFDRational(0), IFDRational(0))
+    gps[ExifTags.GPS.GPSLatitudeRef], gps[ExifTags.GPS.GPSLongitudeRef] = refs
+    gps[ExifTags.GPS.GPSLatitude] = gps[ExifTags.GPS.GPSLongitude] = zero
+    r = upload(client, case_id, jpeg(exif=exif))
+    assert r.status_code == 201, r.get_json()
+    assert (r.get_json()["gps"], r.get_json()["taken_at"]) == (None, TAKEN_AT)
+    [listed] = client.get(f"/api/v1/cases/{case_id}/attachments").get_json()["items"]
+    assert listed["gps"] is None
+    [row] = rows(session)
+    assert row[5:] == (None, None)
+
+
 def test_time_and_place_are_shown_only_with_evidence_location(client, accounts, case_id):
     worker = accounts.client("worker", "grid_worker", grids=[A1])
     r = upload(worker, case_id, jpeg_with_metadata())
