@@ -77,7 +77,9 @@ class AttachmentStore:
         return cls(
             root=Path(settings.data_dir) / "attachments",
             max_bytes=int(settings.attachment_max_mb * 1024 * 1024),
-            max_pixels=int(settings.attachment_max_megapixels * 1_000_000),
+            # Rounded off before the cut: 0.0157 * 1_000_000 is 15699.999…, and int() made
+            # the cap one pixel less than configured (an image of exactly that many refused).
+            max_pixels=int(round(settings.attachment_max_megapixels * 1_000_000, 6)),
             timezone=ZoneInfo(settings.timezone),
         )
 

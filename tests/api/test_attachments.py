@@ -627,6 +627,20 @@ def test_a_photo_over_the_pixel_cap_is_refused(client, case_id, settings):
     assert upload(client, case_id, jpeg((30, 30))).status_code == 201
 
 
+@pytest.mark.parametrize("overrides", [{"attachment_max_megapixels": 0.0157}])
+def test_a_photo_of_exactly_the_pixel_cap_is_taken(client, case_id, settings, session):
+    """0.0157 million pixels were 15,699 (0.0157 × 1,000,000 is 15699.999… in floating
+    point): a photo of exactly 15,700 was refused as having "more than 0.015699 million"."""
+    r = upload(client, case_id, jpeg((157, 100)))
+    assert r.status_code == 201, r.get_json()
+    r = upload(client, case_id, jpeg((2243, 7)))  # 15,701: one pixel more
+    assert r.status_code == 422
+    assert r.get_json()["message"] == (
+        "The image has more than 0.0157 million pixels (GRIDAPI_ATTACHMENT_MAX_MEGAPIXELS)."
+    )
+    assert len(rows(session)) == 1
+
+
 def test_the_default_caps_give_422_at_12_mb_and_413_beyond_the_body_limit(
     client, case_id, settings, session
 ):
