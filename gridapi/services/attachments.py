@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from PIL import ExifTags, Image, ImageCms, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageMath, ImageOps
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -360,7 +360,14 @@ def thumbnail(img: Image.Image, fmt: str) -> bytes:
     """Return a copy at most THUMBNAIL_PX on its longer side, in the same format."""
     small = img.copy()
     if small.mode.startswith("I"):  # 16-bit grey (PNG): scaled to 8 bits, not clipped white
-        small = small.convert("I").point(lambda v: v / 256).convert("L")
+        grey = small.convert("I")
+        key = small.info.get("transparency")
+        small = grey.point(lambda v: v / 256).convert("L")
+        if isinstance(key, int):
+            # The colour key (tRNS) is a 16-bit level: kept as alpha, taken from the 16-bit
+            # levels (compared with the 8-bit ones it matched nothing: an opaque thumbnail).
+            opaque = ImageMath.lambda_eval(lambda a: a["notequal"](a["x"], key), x=grey)
+            small.putalpha(opaque.convert("L").point(lambda v: 255 if v else 0))
     if small.mode not in ("LA", "RGBA") and small.has_transparency_data:
         # a palette, or a colour key (tRNS) on grey or RGB: kept as alpha, which resizing
         # keeps (the key was dropped with the info, and the thumbnail came out opaque)

@@ -797,6 +797,19 @@ def test_a_thumbnail_keeps_the_grey_levels_of_16_bits_and_a_colour_key(client, c
     assert thumb.getpixel((thumb.width - 10, 10)) == (200, 0, 0, 255)
 
 
+def test_a_thumbnail_keeps_the_colour_key_of_16_bit_grey(client, case_id):
+    """A 16-bit grey PNG with a colour key (tRNS): the photo kept it, the thumbnail came out
+    opaque (the 16-bit key was compared with the levels scaled to 8 bits)."""
+    grey = Image.new("I;16", (200, 100), 1000)
+    grey.paste(Image.new("I;16", (100, 100), 50_000), (100, 0))
+    body = upload(client, case_id, png_of(grey, transparency=1000), "k16.png").get_json()
+    photo = reopen_bytes(client.get(body["links"]["content"]).data)
+    thumb = reopen_bytes(client.get(body["links"]["thumbnail"]).data).convert("RGBA")
+    assert photo.mode == "I;16" and photo.info["transparency"] == 1000  # the key, kept
+    assert thumb.size == (200, 100) and thumb.getpixel((10, 10))[3] == 0
+    assert thumb.getpixel((190, 10)) == (195, 195, 195, 255)  # 50,000 / 256, opaque
+
+
 def png_of(img: Image.Image, **save: Any) -> bytes:
     out = io.BytesIO()
     img.save(out, "PNG", **save)
