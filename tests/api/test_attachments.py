@@ -430,6 +430,26 @@ def test_a_retried_upload_returns_the_first_attachment_and_stores_nothing_new(
     assert len(rows(session)) == 2 and stored_files(settings) == files
 
 
+def test_a_photo_is_made_once_by_its_bytes_not_by_an_idempotency_key(client, case_id, session):
+    """docs/integration.md: a photo takes no Idempotency-Key (the header is ignored); its
+    bytes make it once."""
+
+    def send(data: bytes) -> Any:
+        return client.post(
+            f"/api/v1/cases/{case_id}/attachments",
+            data={"file": (io.BytesIO(data), "photo.jpg")},
+            content_type="multipart/form-data",
+            headers={"Idempotency-Key": "photo-1"},
+        )
+
+    first, again = send(jpeg((60, 40))), send(jpeg((60, 40)))
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.get_json() == first.get_json() and "Idempotent-Replayed" not in again.headers
+    other = send(jpeg((61, 40)))
+    assert other.status_code == 201 and other.get_json()["id"] != first.get_json()["id"]
+    assert len(rows(session)) == 2
+
+
 def test_the_same_upload_retried_at_once_answers_the_first_attachment(
     client, accounts, case_id, session
 ):
