@@ -375,6 +375,65 @@ def test_a_photo_is_never_refused_for_its_capture_time(client, case_id, taken, o
     assert r.get_json()["taken_at"] is None and r.get_json()["gps"]["type"] == "Point"
 
 
+def dms(degrees: int, minutes: int, seconds: IFDRational | int = 0) -> tuple[IFDRational, ...]:
+    return (IFDRational(degrees), IFDRational(minutes), IFDRational(seconds))
+
+
+GPS_FORMS = {
+    "south and west": (dms(33, 52, 30), "S", dms(151, 12, 36), "W", [-151.21, -33.875]),
+    "refs in lower case": (dms(33, 52, 30), "s", dms(151, 12, 36), "w", [-151.21, -33.875]),
+    "no refs: north and east": (dms(31, 15), None, dms(120, 36), None, [120.6, 31.25]),
+    "a zero denominator": (dms(31, 15, IFDRational(1, 0)), "N", dms(120, 36), "E", None),
+    "latitude beyond 90": (dms(95, 0), "N", dms(120, 36), "E", None),
+    "longitude beyond 180": (dms(31, 15), "N", dms(200, 0), "E", None),
+    "degrees only": ((IFDRational(31),), "N", (IFDRational(120),), "E", None),
+}
+
+
+@pytest.mark.parametrize("form", sorted(GPS_FORMS))
+def test_gps_positions_in_odd_forms(client, case_id, form):
+    """South and west are negative; what cannot be a position is none (never a refusal)."""
+    lat, lat_ref, lon, lon_ref, expected = GPS_FORMS[form]
+    exif = exif_with_place()
+    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
+    gps[ExifTags.GPS.GPSLatitude], gps[ExifTags.GPS.GPSLongitude] = lat, lon
+    for tag, ref in (
+        (ExifTags.GPS.GPSLatitudeRef, lat_ref),
+        (ExifTags.GPS.GPSLongitudeRef, lon_ref),
+    ):
+        if ref is None:
+            del gps[tag]
+        else:
+            gps[tag] = ref
+    r = upload(client, case_id, jpeg(exif=exif))
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["taken_at"] == TAKEN_AT
+    place = r.get_json()["gps"]
+    if expected is None:
+        assert place is None
+    else:
+        assert place["coordinates"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "offset,taken_at",
+    [
+        ("+02:00", "2026-11-20T12:30:00+00:00"),
+        ("-05:30", "2026-11-20T20:00:00+00:00"),
+        ("+00:00", "2026-11-20T14:30:00+00:00"),
+        ("+0800", TAKEN_AT),  # not EXIF's form: local time
+        ("+15:00", TAKEN_AT),  # no such offset: local time
+        ("   :  ", TAKEN_AT),  # blank, as EXIF writes an unknown one
+    ],
+)
+def test_the_capture_time_takes_the_offset_the_camera_wrote(client, case_id, offset, taken_at):
+    exif = exif_with_place()
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.OffsetTimeOriginal] = offset
+    r = upload(client, case_id, jpeg(exif=exif))
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["taken_at"] == taken_at
+
+
 @pytest.mark.parametrize("refs", [("N", "E"), ("S", "W")])
 def test_a_position_of_zero_zero_is_no_place(client, case_id, session, refs):
     """A phone without a fix writes GPS zeros: the photo was shown as taken at 0°, 0°, in
