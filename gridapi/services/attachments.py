@@ -56,6 +56,9 @@ _MARKUP = re.compile(
 # Chunks that hold compressed pixels (PNG, APNG; WebP's lossy, lossless and alpha data).
 _PNG_PIXELS = frozenset({b"IDAT", b"fdAT"})
 _WEBP_PIXELS = frozenset({b"VP8 ", b"VP8L", b"ALPH"})
+# What ends a JPEG's entropy-coded data: 0xFF and a byte other than 0x00 (a stuffed 0xFF)
+# or a restart marker (RSTn).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 THUMBNAIL_PX = 320
 #: Scans a JPEG may have. Each scan of a progressive JPEG is one more pass of the decoder
 #: over every pixel: a 600 kB file of a 40-megapixel grey picture with thousands of scans
@@ -205,13 +208,11 @@ def _jpeg_parts(data: bytes) -> Iterator[memoryview]:
             end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
             yield view[i:end]
             i = end
-            while marker == 0xDA:  # entropy-coded data: up to a marker but FF00 and RSTn
-                i = data.find(b"\xff", i)
-                if i < 0 or i + 1 >= size:
+            if marker == 0xDA:  # entropy-coded data: up to a marker but FF00 and RSTn
+                following = _JPEG_MARKER.search(data, i)
+                if following is None:
                     return
-                if data[i + 1] != 0x00 and not 0xD0 <= data[i + 1] <= 0xD7:
-                    break
-                i += 2
+                i = following.start()
 
 
 def _png_parts(data: bytes) -> Iterator[memoryview]:
