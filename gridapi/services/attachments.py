@@ -363,13 +363,16 @@ def _exif_datetime(exif_ifd: dict[int, Any], tz: ZoneInfo) -> datetime | None:
 
 
 def _degrees(value: Any, ref: Any, negative: str) -> float | None:
-    """Return signed decimal degrees from EXIF (degrees, minutes, seconds) rationals."""
+    """Return signed decimal degrees from EXIF (degrees, minutes, seconds) rationals, the
+    sign from the reference; None when malformed. The parts are unsigned in EXIF: a writer
+    that signed them anyway (-33° 52' 30" S) was read as 32.125° N (-33 + 52/60 + 30/3600,
+    turned by the reference), a place that is not where the photo was taken."""
     try:
         d, m, s = (float(part) for part in value)
     except (TypeError, ValueError, ZeroDivisionError):
         return None
     degrees = d + m / 60 + s / 3600
-    if not math.isfinite(degrees):
+    if not math.isfinite(degrees) or min(d, m, s) < 0:
         return None
     if isinstance(ref, bytes):
         ref = ref.decode("ascii", "replace")

@@ -415,6 +415,40 @@ def test_gps_positions_in_odd_forms(client, case_id, form):
         assert place["coordinates"] == pytest.approx(expected)
 
 
+def exif_with_signed_gps() -> bytes:
+    """EXIF whose GPS parts are signed rationals (SRATIONAL), which EXIF does not allow:
+    -33° 52' 30" S and -151° 12' 36" W. Big-endian TIFF: IFD0 at 8 points at the GPS IFD
+    at 26, whose values follow it at 80."""
+
+    def entry(tag: int, kind: int, count: int, value: bytes) -> bytes:
+        return struct.pack(">HHI", tag, kind, count) + value
+
+    ifd0 = struct.pack(">H", 1) + entry(0x8825, 4, 1, struct.pack(">I", 26)) + bytes(4)
+    gps = (
+        struct.pack(">H", 4)
+        + entry(1, 2, 2, b"S\x00\x00\x00")
+        + entry(2, 10, 3, struct.pack(">I", 80))
+        + entry(3, 2, 2, b"W\x00\x00\x00")
+        + entry(4, 10, 3, struct.pack(">I", 104))
+        + bytes(4)
+    )
+    values = struct.pack(">12i", -33, 1, 52, 1, 30, 1, -151, 1, 12, 1, 36, 1)
+    return b"Exif\x00\x00MM\x00*" + struct.pack(">I", 8) + ifd0 + gps + values
+
+
+def test_gps_parts_written_signed_give_no_position(client, case_id, session):
+    """Read as -33 + 52/60 + 30/3600 and turned by the reference S, the photo was shown
+    as taken at 32.125° N, 150.79° E, nowhere near where it was; malformed, it has none."""
+    data = jpeg(exif=exif_with_signed_gps())
+    gps = reopen_bytes(data).getexif().get_ifd(ExifTags.IFD.GPSInfo)
+    assert gps[ExifTags.GPS.GPSLatitude] == (-33, 52, 30)  # what the file holds
+    r = upload(client, case_id, data)
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["gps"] is None
+    [row] = rows(session)
+    assert row[5:] == (None, None)
+
+
 @pytest.mark.parametrize(
     "offset,taken_at",
     [
