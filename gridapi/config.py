@@ -29,23 +29,38 @@ def private_directory(path: Path | str) -> Path:
         except FileExistsError:  # another process made it meanwhile
             if not directory.is_dir():
                 raise
+        sync_directory(directory.parent)  # its name, as a file's (``sync_directory``)
     return path
+
+
+def sync_directory(path: Path | str) -> None:
+    """Flush the directory ``path`` itself to disk: the names created, renamed or removed in
+    it survive a power cut (a file's own fsync does not cover its name)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_once(path: Path, content: str) -> None:
     """Write a key file (mode 0600) unless it exists: the first writer wins, so workers
-    starting together read the same key."""
+    starting together read the same key. Flushed to disk, content and name, before the
+    key is used: data encrypted or signed under a key lost to a power cut is lost too."""
     private_directory(path.parent)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(content)
+        fh.flush()
+        os.fsync(fh.fileno())
     try:
         os.link(tmp, path)
     except FileExistsError:
         pass
     finally:
         os.unlink(tmp)
+        sync_directory(path.parent)
 
 
 def _parse_bool(raw: str) -> bool:

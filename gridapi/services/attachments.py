@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..config import Settings, private_directory
+from ..config import Settings, private_directory, sync_directory
 from ..errors import NotFound, Unprocessable
 from ..geo.crs import no_fix
 from ..models import Case, CaseAttachment
@@ -527,6 +527,9 @@ def write_blob(store: AttachmentStore, data: bytes, content_type: str) -> str:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        # The name too: the row that references the file commits next, and after a power
+        # cut it pointed at a file the directory had lost (a 500 on every read).
+        sync_directory(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
