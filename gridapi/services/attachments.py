@@ -372,7 +372,8 @@ def _degrees(value: Any, ref: Any, negative: str) -> float | None:
     except (TypeError, ValueError, ZeroDivisionError):
         return None
     degrees = d + m / 60 + s / 3600
-    if not math.isfinite(degrees) or min(d, m, s) < 0:
+    # Minutes and seconds of 60 or more are malformed too: 31° 75' was read as 32.25°.
+    if not math.isfinite(degrees) or min(d, m, s) < 0 or m >= 60 or s >= 60:
         return None
     if isinstance(ref, bytes):
         ref = ref.decode("ascii", "replace")

@@ -387,6 +387,10 @@ GPS_FORMS = {
     "latitude beyond 90": (dms(95, 0), "N", dms(120, 36), "E", None),
     "longitude beyond 180": (dms(31, 15), "N", dms(200, 0), "E", None),
     "degrees only": ((IFDRational(31),), "N", (IFDRational(120),), "E", None),
+    "decimal minutes": (dms(31, IFDRational(63, 4)), "N", dms(120, 36), "E", [120.6, 31.2625]),
+    # 31° 75' was read as 32.25°: minutes and seconds of 60 or more are no position
+    "minutes of 60 or more": (dms(31, 75), "N", dms(120, 36), "E", None),
+    "seconds of 60 or more": (dms(31, 15), "N", dms(120, 36, 60), "E", None),
 }
 
 
