@@ -105,21 +105,6 @@ def parent_candidates(code: str) -> list[str]:
     return [code[:9] + "000"]
 
 
-def escalates_to(code: str) -> str | None:
-    """Return the unit a case held by ``code`` goes to when escalated (上报): the parent
-    level's, never above a city; None at the top.
-
-    The top is a city or province, and a county-level unit directly under its province
-    (省直辖县级行政区划, xx90): the pseudo-city above it groups such units for statistics and
-    has no office, and the province is above the city level. Raises InvalidCode for a
-    malformed code.
-    """
-    level = region_level(code)
-    if level in ("province", "city") or (level == "county" and code[2:4] == "90"):
-        return None
-    return parent_candidates(code)[0]
-
-
 def _is_region_code(code: str) -> bool:
     try:
         region_level(code)

@@ -52,7 +52,7 @@ from sqlalchemy.sql import ColumnElement
 from ..codes import (
     InvalidCode,
     ancestor_prefix_codes,
-    escalates_to,
+    parent_candidates,
     region_level,
     subtree_prefix,
 )
@@ -702,7 +702,8 @@ def may_act(caller: Caller, case_obj: Case, action: str) -> bool:
 
 
 def _at_the_top(c: Case) -> bool:
-    return escalates_to(c.responsible_region_code) is None
+    parents = parent_candidates(c.responsible_region_code)
+    return not parents or region_level(c.responsible_region_code) in ("province", "city")
 
 
 class Needs(NamedTuple):
@@ -1101,8 +1102,7 @@ def _return(ctx: TransitionContext, c: Case) -> str:
 
 
 def _escalate(ctx: TransitionContext, c: Case) -> str:
-    upper = escalates_to(c.responsible_region_code)  # READY: not at the top
-    assert upper is not None
+    upper = parent_candidates(c.responsible_region_code)[0]  # READY: not at the top
     ctx.event_data["from_unit"] = c.responsible_region_code
     ctx.event_data["to_unit"] = upper
     c.responsible_region_code = upper

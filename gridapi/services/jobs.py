@@ -35,9 +35,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import ColumnElement
 
-from ..codes import InvalidCode, escalates_to
+from ..codes import InvalidCode, parent_candidates, region_level
 from ..db import make_sessionmaker, sqlite_write_intent
-from ..models import Case, CaseEvent, Category, Notification
+from ..models import Case, CaseEvent, Category, Notification, Region
 from ..models.base import utcnow
 from ..workcalendar import WorkingCalendar
 from .attachments import remove_orphan_files
@@ -434,17 +434,27 @@ def _escalated_at(session: Session, cases: Sequence[Case]) -> dict[int, datetime
     return {case_id: at for case_id, at in rows}
 
 
-def upper_unit(code: str) -> str | None:
-    """Return the office a case held by ``code`` escalates to, or None at the top.
+def upper_unit(session: Session, code: str) -> str | None:
+    """Return the office a case held by ``code`` escalates to, or None at the city level.
 
-    As the ``escalate`` action (``codes.escalates_to``): the parent level, never above a city
-    (nor from a county-level unit directly under its province, whose pseudo-city has no
-    office).
+    Like the ``escalate`` action: the parent level, preferring a parent that exists as a
+    region (a province-administered county's pseudo-city may not); never above a city.
     """
     try:
-        return escalates_to(code)
+        if region_level(code) in ("province", "city"):
+            return None
+        parents = parent_candidates(code)
     except InvalidCode:
         return None
+    existing = set(
+        session.scalars(
+            select(Region.code).where(Region.code.in_(parents), Region.valid_to.is_(None))
+        )
+    )
+    upper = next((p for p in parents if p in existing), parents[0] if parents else None)
+    if upper is None or region_level(upper) == "province":
+        return None
+    return upper
 
 
 def escalate_overdue(
@@ -474,10 +484,8 @@ def escalate_overdue(
         Case.status.in_(ESCALATED_STATUSES),
         Case.handle_due_at < now,
         Case.category_code.in_(auto_categories),
-        # City (and province) codes end in eight zeros, a county directly under its province
-        # (省直辖) is xx90yy000000: nothing above them to go to (codes.escalates_to).
+        # City (and province) codes end in eight zeros: nothing above them to go to.
         not_(Case.responsible_region_code.like("%00000000")),
-        not_(Case.responsible_region_code.like("__90__000000")),
         not_(already),
     )
     cases = _lock_batch(session, condition, after_id, limit)
@@ -498,7 +506,7 @@ def escalate_overdue(
             or (c.id in escalated and escalated[c.id] >= due)
         ):
             return None
-        upper = upper_unit(c.responsible_region_code)
+        upper = upper_unit(session, c.responsible_region_code)
         if upper is None:
             return None
         if not queue_once(

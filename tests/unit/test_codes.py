@@ -10,7 +10,6 @@ from gridapi.codes import (
     LEVEL_DEPTH,
     PROVINCE_CODES,
     InvalidCode,
-    escalates_to,
     parent_candidates,
     region_level,
     subtree_prefix,
@@ -108,25 +107,6 @@ def test_code_with_full_width_digit_is_rejected() -> None:
 )
 def test_parent_candidates_nearest_first(code: str, parents: list[str]) -> None:
     assert parent_candidates(code) == parents
-
-
-@pytest.mark.parametrize(
-    ("code", "upper"),
-    [
-        ("320000000000", None),
-        ("320500000000", None),  # never above a city
-        ("320508000000", "320500000000"),
-        ("320508001000", "320508000000"),
-        ("320508001001", "320508001000"),
-        ("441900003000", "441900000000"),  # 东莞: township to the city
-        ("429000000000", None),
-        ("429004000000", None),  # 仙桃: its pseudo-city has no office, the province is above
-        ("429004001000", "429004000000"),
-        ("110101000000", "110100000000"),
-    ],
-)
-def test_escalates_to_the_parent_level_never_above_a_city(code: str, upper: str | None) -> None:
-    assert escalates_to(code) == upper
 
 
 def test_parent_candidates_rejects_malformed_codes() -> None:
