@@ -796,6 +796,7 @@ class TransitionContext:
     calendar: WorkingCalendar
     now: datetime
     data: dict[str, Any]
+    comment: str = ""  # the step's comment as the timeline keeps it (stripped)
     event_data: dict[str, Any] = field(default_factory=dict)
     notify: list[tuple[str, int | None, str | None, str]] = field(default_factory=list)
 
@@ -855,7 +856,7 @@ def transition(
     evidence = check_evidence(session, case_obj.id, data.get("evidence") or [])
     if action == "feedback" and not evidence:
         _check_feedback_evidence(session, case_obj)
-    ctx = TransitionContext(session, caller, calendar, now, data)
+    ctx = TransitionContext(session, caller, calendar, now, data, comment)
     before = case_obj.status
     # No flush while the step looks things up half-way: one step, one version bump.
     with session.no_autoflush:
@@ -1089,6 +1090,17 @@ def _sign(ctx: TransitionContext, c: Case) -> str:
     return "handling"
 
 
+def _withdraw_extension_request(ctx: TransitionContext, c: Case) -> None:
+    """Drop the extension request still waiting, if any, and name it in the step's row: the
+    step (return, escalate, feedback, duplicate) ends the handling it asked time for, so
+    nobody decides it. The timeline shows where the request went (it had only the request's
+    row), and a cancelled case no longer shows a request waiting."""
+    req = c.extension_request
+    if req:
+        ctx.event_data["withdrawn_extension"] = {"amount": req["amount"], "unit": req["unit"]}
+    c.extension_request = None
+
+
 def _return(ctx: TransitionContext, c: Case) -> str:
     # Who held it: the handler (a user id) and, when dispatched to one, the department (a
     # department id); one key for either read a department's id as a user's.
@@ -1097,7 +1109,7 @@ def _return(ctx: TransitionContext, c: Case) -> str:
     if c.department_id is not None:
         ctx.event_data["department_id"] = c.department_id
     c.assignee_id = c.department_id = None
-    c.extension_request = None
+    _withdraw_extension_request(ctx, c)
     return "filed"
 
 
@@ -1107,7 +1119,7 @@ def _escalate(ctx: TransitionContext, c: Case) -> str:
     ctx.event_data["to_unit"] = upper
     c.responsible_region_code = upper
     c.assignee_id = c.department_id = None
-    c.extension_request = None
+    _withdraw_extension_request(ctx, c)
     c.escalation_count += 1
     ctx.notify.append(("escalated", None, upper, f"事件 {c.number} 已上报"))
     return "accepted" if c.status == "accepted" else "filed"
@@ -1144,7 +1156,7 @@ def _request_extension(ctx: TransitionContext, c: Case) -> str:
     c.extension_request = {
         "amount": amount,
         "unit": unit,
-        "reason": ctx.data.get("comment", ""),
+        "reason": ctx.comment,
         "requested_by": ctx.caller.actor,
         "requested_at": ctx.now.isoformat(),
     }
@@ -1186,7 +1198,7 @@ def _feedback(ctx: TransitionContext, c: Case) -> str:
     category = ctx.session.get(Category, c.category_code)
     assert category is not None
     c.feedback_at = ctx.now
-    c.extension_request = None
+    _withdraw_extension_request(ctx, c)
     c.verify_due_at = add_limit(ctx.calendar, ctx.now, category.verify_limit, category.verify_unit)
     ctx.event_data["verify_due_at"] = c.verify_due_at.isoformat()
     if c.status == "filed":
@@ -1302,6 +1314,8 @@ def _duplicate(ctx: TransitionContext, c: Case) -> str:
             errors={"json": {"duplicate_of": [f"case {other.id} is {other.status}"]}},
         )
     c.duplicate_of_id = other.id
+    # Cancelled: nobody decides a request for more time on it.
+    _withdraw_extension_request(ctx, c)
     # The original answers a new list of duplicates: a new version (ETag), so a phone that
     # holds it gets it again on its next sync.
     other.updated_at = ctx.now

@@ -519,18 +519,21 @@ def escalate_overdue(
         ):
             return None
         before, from_unit = c.status, c.responsible_region_code
-        c.responsible_region_code = upper
-        c.assignee_id = c.department_id = None
-        c.extension_request = None
-        c.escalation_count += 1
-        c.status = "filed"
-        c.updated_at = now
         data = {
             "automatic": True,
             "from_unit": from_unit,
             "to_unit": upper,
             "due_at": due.isoformat(),
         }
+        if c.extension_request:  # as the escalate step does: the row says where it went
+            req = c.extension_request
+            data["withdrawn_extension"] = {"amount": req["amount"], "unit": req["unit"]}
+        c.responsible_region_code = upper
+        c.assignee_id = c.department_id = None
+        c.extension_request = None
+        c.escalation_count += 1
+        c.status = "filed"
+        c.updated_at = now
         _add_event(session, c, seqs[c.id], "escalate", before, now, data)
         return "escalated"
 

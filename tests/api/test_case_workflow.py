@@ -621,6 +621,49 @@ def test_extensions_are_requested_once_and_decided_by_the_office(desk, app, sess
     ]
 
 
+@pytest.mark.parametrize("action", ["return", "escalate", "feedback", "duplicate"])
+def test_a_step_that_ends_the_handling_withdraws_a_waiting_extension_request(desk, action):
+    """A request for more time waits for the office; a step that ends the handling it asked
+    time for takes it away, and its row says so. Closed as a duplicate, a handling case
+    kept the request: a cancelled case showed a request waiting for ever. The others
+    dropped it without a word (the timeline had the request and no end to it)."""
+    d = desk
+    original = d.report()["id"] if action == "duplicate" else None
+    cid = d.report()["id"]
+    d.to_handling(cid)
+    d.act(d.worker, cid, "request_extension", amount=2, comment="等配件")
+    who = d.office if action == "duplicate" else d.worker
+    extra = {"duplicate_of": original} if action == "duplicate" else {}
+    after = d.act(who, cid, action, comment="原因", **extra)
+    assert after["extension_request"] is None
+    assert not {"approve_extension", "deny_extension"} & set(after["allowed_actions"])
+    row = d.timeline(cid)[-1]
+    assert row["action"] == action
+    assert row["data"]["withdrawn_extension"] == {"amount": 2, "unit": "days"}
+    assert d.get(cid)["extension_count"] == 0
+
+
+def test_no_withdrawn_request_is_named_when_none_was_waiting(desk):
+    d = desk
+    cid = d.report()["id"]
+    d.to_handling(cid)
+    d.act(d.worker, cid, "request_extension", amount=1, comment="等配件")
+    d.act(d.office, cid, "deny_extension", comment="不予延期")
+    d.act(d.worker, cid, "return", comment="不属于本网格")
+    assert d.timeline(cid)[-1]["data"] == {"returned_by": d.id("worker")}
+
+
+def test_an_extension_requests_reason_is_its_comment_as_kept(desk):
+    """The timeline keeps a comment without its surrounding spaces; the request's reason
+    kept them ("  等配件  "), so the two disagreed."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_handling(cid)
+    asked = d.act(d.worker, cid, "request_extension", amount=1, comment="  等配件\n")
+    assert asked["extension_request"]["reason"] == "等配件"
+    assert d.timeline(cid)[-1]["comment"] == "等配件"
+
+
 def test_allowed_actions_list_only_steps_that_would_work(desk):
     """A phone builds its buttons from allowed_actions: deciding an extension nobody asked
     for, asking twice, or escalating from the top were listed and then answered 409."""

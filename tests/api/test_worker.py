@@ -279,6 +279,25 @@ def test_overdue_cases_of_auto_escalate_categories_go_to_the_parent_office_once(
     assert snapshot(app) == state
 
 
+def test_an_automatic_escalation_says_it_withdrew_a_waiting_extension_request(
+    client, world, app, accounts
+):
+    """As the escalate step does: the request waiting for the township is dropped, and the
+    escalation's row names it (it vanished without a word)."""
+    assert client.patch("/api/v1/categories/0101", json={"auto_escalate": True}).status_code == 200
+    worker_id = accounts.create("w_a1", "grid_worker", grids=[COMMUNITY_A + "001"])
+    case_id, etag = filed(client, 0)
+    etag = act(client, case_id, etag, "dispatch", assignee_id=worker_id)
+    act(client, case_id, etag, "request_extension", amount=2, comment="等配件")
+
+    assert run(app, datetime.now(UTC) + LATER)["escalation"].counts == {"escalated": 1}
+    case = get_case(app, case_id)
+    assert (case.status, case.extension_request) == ("filed", None)
+    last = events(app, case_id)[-1]
+    assert last.action == "escalate"
+    assert last.data["withdrawn_extension"] == {"amount": 2, "unit": "days"}
+
+
 def test_the_indexed_status_lists_are_the_ones_the_jobs_use() -> None:
     from gridapi.models import cases as model
 
