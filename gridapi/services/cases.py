@@ -1216,8 +1216,15 @@ def _verify_fail(ctx: TransitionContext, c: Case) -> str:
     ctx.event_data["rework"] = c.rework_count
     if c.assignee_id is None and c.department_id is None:
         return "filed"  # handled on the spot by the office: back to the office
+    message = f"事件 {c.number} 核查未通过，请返工"
     if c.assignee_id is not None:
-        ctx.notify.append(("rework", c.assignee_id, None, f"事件 {c.number} 核查未通过，请返工"))
+        ctx.notify.append(("rework", c.assignee_id, None, message))
+    else:
+        # Dispatched to a department that nobody of it signed for (its office signed on its
+        # behalf): the department is told, as it was of the dispatch.
+        dept = ctx.session.get(Department, c.department_id)
+        if dept is not None:
+            ctx.notify.append(("rework", None, dept.region_code, message))
     return "dispatched"
 
 

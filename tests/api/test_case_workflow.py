@@ -357,6 +357,31 @@ def test_a_failed_check_sends_the_case_back_to_the_same_worker(desk):
     ]
 
 
+def test_a_failed_check_tells_the_department_nobody_of_it_signed_for(desk, session):
+    """The office signed a department's case on its behalf, a member reported back, the
+    check failed: the case went back to the department (dispatched) and nobody was told,
+    as the dispatch had told the department."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    d.act(d.office, cid, "dispatch", department_id=d.dept)
+    d.act(d.office, cid, "sign")
+    d.act(d.member, cid, "feedback", comment="已整改")
+    failed = d.act(d.office, cid, "verify_fail", comment="仍未整改")
+    assert failed["status"] == "dispatched"
+    assert failed["responsible"]["department_id"] == d.dept
+    notices = session.execute(
+        text(
+            "SELECT user_id, region_code, message FROM notifications"
+            " WHERE case_id = :id AND kind LIKE 'rework:%'"
+        ),
+        {"id": cid},
+    ).all()
+    assert [tuple(n) for n in notices] == [
+        (None, COMMUNITY_A, f"事件 {failed['number']} 核查未通过，请返工")
+    ]
+
+
 def test_dispatch_to_a_department_and_a_member_signs(desk):
     d = desk
     cid = d.report()["id"]
