@@ -46,7 +46,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 from sqlalchemy.sql import ColumnElement
 
 from ..codes import (
@@ -701,9 +701,37 @@ def may_act(caller: Caller, case_obj: Case, action: str) -> bool:
     return office or holds(caller, case_obj)
 
 
+def escalation_target(session: Session | None, code: str) -> str | None:
+    """Return the office a case held by ``code`` escalates to, or None when there is none
+    below the province (a city, or a province-administered county without its pseudo-city).
+
+    The parent level, preferring a parent that exists as a region: a province-administered
+    county (仙桃 429004) has the pseudo-city (429000) above it when the regions hold one,
+    else the province, which no case goes up to. The escalate step, its ``READY`` test and
+    the worker's automatic escalation all ask this. Only such a county has two candidate
+    parents, so only its cases cost a query.
+    """
+    try:
+        if region_level(code) in ("province", "city"):
+            return None
+        parents = parent_candidates(code)
+    except InvalidCode:
+        return None
+    if not parents:
+        return None
+    upper = parents[0]
+    if len(parents) > 1 and session is not None:
+        existing = set(
+            session.scalars(
+                select(Region.code).where(Region.code.in_(parents), Region.valid_to.is_(None))
+            )
+        )
+        upper = next((p for p in parents if p in existing), upper)
+    return None if region_level(upper) == "province" else upper
+
+
 def _at_the_top(c: Case) -> bool:
-    parents = parent_candidates(c.responsible_region_code)
-    return not parents or region_level(c.responsible_region_code) in ("province", "city")
+    return escalation_target(object_session(c), c.responsible_region_code) is None
 
 
 class Needs(NamedTuple):
@@ -1114,7 +1142,8 @@ def _return(ctx: TransitionContext, c: Case) -> str:
 
 
 def _escalate(ctx: TransitionContext, c: Case) -> str:
-    upper = parent_candidates(c.responsible_region_code)[0]  # READY: not at the top
+    upper = escalation_target(ctx.session, c.responsible_region_code)
+    assert upper is not None  # READY: not at the top
     ctx.event_data["from_unit"] = c.responsible_region_code
     ctx.event_data["to_unit"] = upper
     c.responsible_region_code = upper

@@ -35,14 +35,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import ColumnElement
 
-from ..codes import InvalidCode, parent_candidates, region_level
 from ..db import make_sessionmaker, sqlite_write_intent
-from ..models import Case, CaseEvent, Category, Notification, Region
+from ..models import Case, CaseEvent, Category, Notification
 from ..models.base import utcnow
 from ..workcalendar import WorkingCalendar
 from .attachments import remove_orphan_files
 from .calendar import working_calendar
-from .cases import ACTIONS, STAGE_DUE, add_event
+from .cases import ACTIONS, STAGE_DUE, add_event, escalation_target
 from .idempotency import purge
 from .patrols import thin_tracks
 from .sync import prune as prune_sync_log
@@ -435,26 +434,9 @@ def _escalated_at(session: Session, cases: Sequence[Case]) -> dict[int, datetime
 
 
 def upper_unit(session: Session, code: str) -> str | None:
-    """Return the office a case held by ``code`` escalates to, or None at the city level.
-
-    Like the ``escalate`` action: the parent level, preferring a parent that exists as a
-    region (a province-administered county's pseudo-city may not); never above a city.
-    """
-    try:
-        if region_level(code) in ("province", "city"):
-            return None
-        parents = parent_candidates(code)
-    except InvalidCode:
-        return None
-    existing = set(
-        session.scalars(
-            select(Region.code).where(Region.code.in_(parents), Region.valid_to.is_(None))
-        )
-    )
-    upper = next((p for p in parents if p in existing), parents[0] if parents else None)
-    if upper is None or region_level(upper) == "province":
-        return None
-    return upper
+    """Return the office a case held by ``code`` escalates to, or None at the city level:
+    the ``escalate`` step's own rule (``cases.escalation_target``)."""
+    return escalation_target(session, code)
 
 
 def escalate_overdue(

@@ -559,6 +559,50 @@ def test_the_township_escalates_to_the_county_and_up_to_the_city(desk):
     assert d.act(d.office, other, "escalate", comment="越级")["status"] == "accepted"
 
 
+HUBEI, HUBEI_PSEUDO_CITY, XIANTAO = "420000000000", "429000000000", "429004000000"
+
+
+@pytest.mark.parametrize("pseudo_city", [False, True], ids=["without", "with"])
+def test_a_province_administered_county_escalates_as_the_worker_would(desk, accounts, pseudo_city):
+    """仙桃 (429004) is administered by the province; the regions may hold the pseudo-city
+    429000 above it, or not. Without it, escalating from the county sent the case to
+    429000000000, a unit that does not exist (no office, no name), where the worker's
+    automatic escalation goes nowhere (nothing below the province). Both now follow one
+    rule: to the pseudo-city when it exists, else the county is the top."""
+    d = desk
+    rows = [{"code": HUBEI, "name": "湖北省"}]
+    if pseudo_city:
+        rows.append({"code": HUBEI_PSEUDO_CITY, "name": "省直辖县级行政区划"})
+    rows += [{"code": XIANTAO, "name": "仙桃市"}, {"code": "429004001000", "name": "沙嘴街道"}]
+    ok(d.admin.post("/api/v1/regions/import", json=rows))
+    office = accounts.client("xt_office", "township_office", scope_region="429004001000")
+    centre = accounts.client("xt_centre", "county_centre", scope_region=XIANTAO)
+    # Far from every grid and region boundary: the case stays in the reporter's region.
+    body = report_body(113.45, 30.36)
+    cid = ok(office.post("/api/v1/cases", json=body), 201)["id"]
+    d.act(office, cid, "accept")
+    d.act(office, cid, "file")
+    assert d.act(office, cid, "escalate", comment="需市级协调")["responsible"]["unit"] == {
+        "code": XIANTAO,
+        "name": "仙桃市",
+    }
+    shown = ok(centre.get(f"/api/v1/cases/{cid}"))
+    if not pseudo_city:
+        assert "escalate" not in shown["allowed_actions"]
+        refused = d.post(centre, cid, "escalate", comment="再往上")
+        assert refused.status_code == 409, refused.get_json()
+        assert refused.get_json()["errors"]["action"] == ["nothing above the unit holding the case"]
+        assert d.get(cid)["responsible"]["unit"]["code"] == XIANTAO
+    else:
+        assert "escalate" in shown["allowed_actions"]
+        up = d.act(centre, cid, "escalate", comment="再往上")
+        assert up["responsible"]["unit"] == {
+            "code": HUBEI_PSEUDO_CITY,
+            "name": "省直辖县级行政区划",
+        }
+        assert "escalate" not in d.get(cid)["allowed_actions"]  # a city level: the top
+
+
 def test_a_worker_escalates_a_case_they_are_handling(desk):
     d = desk
     cid = d.report()["id"]
