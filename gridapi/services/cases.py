@@ -1107,13 +1107,16 @@ def _dispatch(ctx: TransitionContext, c: Case) -> str:
 def _sign(ctx: TransitionContext, c: Case) -> str:
     caller = ctx.caller
     if (
-        c.assignee_id is None
-        and caller.principal.kind == "user"
+        caller.principal.kind == "user"
         and c.department_id is not None
         and caller.department_id == c.department_id
     ):
-        # A department member signs for the department and becomes the handler; an office
-        # signing on its behalf does not (it was made the handler of the department's case).
+        # A department member signs for the department and becomes the handler, also when
+        # the case came back for rework with another member as its handler (whoever signs
+        # does the work, and is told of its deadline); an office signing on its behalf does
+        # not (it was made the handler of the department's case).
+        if c.assignee_id not in (None, caller.principal.id):
+            ctx.event_data["previous_assignee_id"] = c.assignee_id
         c.assignee_id = caller.principal.id
     return "handling"
 

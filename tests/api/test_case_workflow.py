@@ -406,6 +406,28 @@ def test_dispatch_to_a_department_and_a_member_signs(desk):
     assert d.timeline(cid)[-3]["data"] == {"department_id": d.dept}
 
 
+def test_the_member_who_signs_a_rework_becomes_its_handler(desk, session):
+    """A check failed and the case went back to the department with the member who had
+    handled it as its assignee; another member signed the rework and did it, but the first
+    stayed the handler (told of its deadlines and supervision, shown in the queue "mine")."""
+    d = desk
+    other = d.department_member("member2", d.dept, COMMUNITY_A)
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    d.act(d.office, cid, "dispatch", department_id=d.dept)
+    d.act(d.member, cid, "sign")
+    d.act(d.member, cid, "feedback", comment="已整改")
+    d.act(d.office, cid, "verify_fail", comment="仍未整改")
+    signed = d.act(other, cid, "sign")
+    assert signed["responsible"]["assignee_id"] == d.id("member2")
+    assert signed["responsible"]["department_id"] == d.dept
+    assert d.timeline(cid)[-1]["data"] == {"previous_assignee_id": d.id("member")}
+    mine = ok(other.get("/api/v1/cases?assignee=me"))["items"]
+    assert [c["id"] for c in mine] == [cid]
+    # The first member, still of the department, may yet act for it.
+    assert "feedback" in ok(d.member.get(f"/api/v1/cases/{cid}"))["allowed_actions"]
+
+
 def test_an_office_signing_for_a_department_does_not_become_its_handler(desk):
     """The township office signed a case dispatched to a department and became its assignee:
     rework and supervision notices then went to the office, and no member could take it."""
