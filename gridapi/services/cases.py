@@ -901,6 +901,10 @@ def transition(
         # with the row and the notice the worker would have written (one overdue against
         # the verification deadline does not keep that one: wrong stage)
         overdue_now = True
+        # Flagged now, with the step's other changes: the row below reads the timeline,
+        # which flushes them, and flagging after it was a second update (two versions
+        # for one step). mark_case_overdue then finds the flag set.
+        case_obj.overdue, case_obj.overdue_since = True, due
     case_obj.updated_at = now
     event = add_event(
         session,

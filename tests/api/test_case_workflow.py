@@ -7,7 +7,7 @@ import dataclasses
 import json
 import re
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -380,6 +380,21 @@ def test_a_failed_check_tells_the_department_nobody_of_it_signed_for(desk, sessi
     assert [tuple(n) for n in notices] == [
         (None, COMMUNITY_A, f"事件 {failed['number']} 核查未通过，请返工")
     ]
+
+
+def test_a_rework_overdue_at_once_is_still_one_version(desk, app):
+    """Sent back for rework after the handling deadline, the case is overdue at once: the
+    step flagged it in a second update, so the step made two versions (6 → 8)."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_handling(cid)
+    d.act(d.worker, cid, "feedback", comment="已清理")
+    passed = datetime.now(UTC) - timedelta(days=2)
+    with app.extensions["gridapi"].sessions.begin() as s:
+        s.execute(update(Case).where(Case.id == cid).values(handle_due_at=passed))
+    failed = d.act(d.office, cid, "verify_fail", comment="仍有垃圾")  # one version more
+    assert failed["overdue"] is True and when(failed["overdue_since"]) == passed
+    assert [e["action"] for e in d.timeline(cid)[-2:]] == ["verify_fail", "overdue"]
 
 
 def test_dispatch_to_a_department_and_a_member_signs(desk):
