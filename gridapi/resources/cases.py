@@ -495,7 +495,8 @@ class Transitions(MethodView):
         caller may act on: office steps need the unit holding the case in the caller's
         scope; sign, return, feedback and request_extension also suit its assignee or a
         member of its department. An action the current state does not allow → 409 with
-        `errors.allowed_actions`. Needs `If-Match` (428 without, 412 when stale).
+        `errors.allowed_actions`. A field only another action takes (not null) → 422 naming
+        it. Needs `If-Match` (428 without, 412 when stale).
         """
         session = db_session()
         caller = svc.caller_of(session, current_principal())

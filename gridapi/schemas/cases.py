@@ -303,6 +303,18 @@ class CaseQueryArgsSchema(StrictSchema):
             raise ValidationError({"to": ["must lie after from"]})
 
 
+# The fields of a transition that only some actions take (comment and evidence suit all).
+ACTION_FIELDS: dict[str, frozenset[str]] = {
+    "assignee_id": frozenset({"dispatch"}),
+    "department_id": frozenset({"dispatch"}),
+    "unit": frozenset({"dispatch", "transfer"}),
+    "amount": frozenset({"request_extension"}),
+    "unit_of_time": frozenset({"request_extension"}),
+    "level": frozenset({"supervise"}),
+    "duplicate_of": frozenset({"duplicate"}),
+}
+
+
 class TransitionSchema(StrictSchema):
     action = fields.String(
         required=True,
@@ -350,6 +362,24 @@ class TransitionSchema(StrictSchema):
         validate=validate.Length(max=20),
         metadata={"description": "Ids of attachments of this case that support the step."},
     )
+
+    @validates_schema(pass_original=True)
+    def _fields_of_the_action(
+        self, data: dict[str, Any], original_data: Any, **kwargs: Any
+    ) -> None:
+        """A field only another action takes is refused, not dropped: `approve_extension`
+        with `amount` 1 approved the 3 days asked for, `transfer` with an `assignee_id`
+        left it unassigned. A field sent as null is no value (a form sends every field)."""
+        action = data.get("action")
+        if not isinstance(original_data, dict) or action not in ACTIONS:
+            return
+        foreign = {
+            name: [f"not a field of '{action}' (only of {', '.join(sorted(takers))})"]
+            for name, takers in ACTION_FIELDS.items()
+            if action not in takers and original_data.get(name) is not None
+        }
+        if foreign:
+            raise ValidationError(foreign)
 
 
 class TimelineEntrySchema(StrictSchema):

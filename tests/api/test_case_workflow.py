@@ -770,6 +770,47 @@ def test_an_extension_requests_reason_is_its_comment_as_kept(desk):
     assert d.timeline(cid)[-1]["comment"] == "等配件"
 
 
+def test_a_field_only_another_action_takes_is_refused(desk):
+    """Fields of another action were dropped without a word: an office approving "1 day"
+    (amount 1) of a request for 3 approved the 3; a transfer naming a worker left the case
+    with nobody."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_handling(cid)
+    d.act(d.worker, cid, "request_extension", amount=3, comment="需要更换设备")
+    before = d.get(cid)
+    one_day = d.post(d.office, cid, "approve_extension", amount=1, comment="只给一天")
+    assert one_day.status_code == 422, one_day.get_json()
+    assert one_day.get_json()["errors"]["json"] == {
+        "amount": ["not a field of 'approve_extension' (only of request_extension)"]
+    }
+    for action, extra in (
+        ("deny_extension", {"unit_of_time": "hours"}),
+        ("supervise", {"level": "red", "duplicate_of": cid}),
+        ("feedback", {"assignee_id": d.id("worker")}),
+    ):
+        r = d.post(d.office, cid, action, comment="原因", **extra)
+        assert r.status_code == 422, (action, r.get_json())
+        assert set(r.get_json()["errors"]["json"]) == set(extra) - {"level"}, r.get_json()
+    assert d.get(cid) == before  # nothing changed
+    # Null is no value: a form may send every field.
+    approved = d.act(d.office, cid, "approve_extension", amount=None, level=None, unit=None)
+    assert approved["extension_count"] == 1
+
+    filed = d.report(col=1)["id"]
+    d.to_filed(filed)
+    r = d.post(d.office, filed, "transfer", unit=COMMUNITY_B, assignee_id=d.id("worker"))
+    assert r.status_code == 422 and set(r.get_json()["errors"]["json"]) == {"assignee_id"}
+
+
+def test_every_field_of_a_transition_belongs_to_its_actions():
+    from gridapi.schemas.cases import ACTION_FIELDS, TransitionSchema
+
+    everyone = {"action", "comment", "evidence"}
+    assert set(TransitionSchema().fields) == everyone | set(ACTION_FIELDS)
+    assert all(takers <= set(ACTIONS) for takers in ACTION_FIELDS.values())
+
+
 def test_allowed_actions_list_only_steps_that_would_work(desk):
     """A phone builds its buttons from allowed_actions: deciding an extension nobody asked
     for, asking twice, or escalating from the top were listed and then answered 409."""
@@ -1108,7 +1149,8 @@ def test_cancel_and_reject_are_final_and_need_a_reason(desk, action, start):
     assert done["status"] == final and done["allowed_actions"] == []
     assert d.steps(cid)[-1] == (action, start, final, d.actor("office"))
     for later in ("accept", "reopen", "supervise", "cancel"):
-        r = d.post(d.admin, cid, later, comment="x", level="red")
+        extra = {"level": "red"} if later == "supervise" else {}  # only supervise takes one
+        r = d.post(d.admin, cid, later, comment="x", **extra)
         assert r.status_code == 409, (later, r.get_json())
         assert r.get_json()["errors"]["allowed_actions"] == []
 
