@@ -71,7 +71,7 @@ from ..models import (
     User,
 )
 from ..models.cases import OPEN_STATUSES, TERMINAL
-from ..schemas.common import instant_problem
+from ..schemas.common import instant_problem, stated
 from ..scope import Scope
 from ..workcalendar import WorkingCalendar
 from .categories import check_attributes
@@ -876,7 +876,7 @@ def transition(
             errors["duplicates"] = [d for d in duplicates if d in shown]
         errors["allowed_actions"] = allowed_actions(caller, case_obj, duplicates)
         raise Conflict(needs.message, errors=errors)
-    comment = (data.get("comment") or "").strip()
+    comment = stated(data.get("comment") or "")
     if action in NEEDS_COMMENT and not comment:
         raise Unprocessable("Say why.", errors={"json": {"comment": [f"required for '{action}'"]}})
     from .attachments import check_evidence

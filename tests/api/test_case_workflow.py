@@ -1143,7 +1143,13 @@ def test_cancel_and_reject_are_final_and_need_a_reason(desk, action, start):
     if start == "filed":
         d.act(d.office, cid, "file")
     assert d.post(d.office, cid, action).status_code == 422
-    done = d.act(d.office, cid, action, comment="无效信息")
+    # Blank is no reason: spaces (ideographic too), or characters that show nothing.
+    for blank in ("   ", "\u3000", "\u200b", "\ufeff\u200d "):
+        r = d.post(d.office, cid, action, comment=blank)
+        assert r.status_code == 422, (blank, r.get_json())
+        assert r.get_json()["errors"]["json"]["comment"] == [f"required for '{action}'"]
+    done = d.act(d.office, cid, action, comment="\u200b无效信息 ")
+    assert d.timeline(cid)[-1]["comment"] == "无效信息"
     final = {"cancel": "cancelled", "reject": "rejected"}[action]
     assert done["status"] == final and done["allowed_actions"] == []
     assert d.steps(cid)[-1] == (action, start, final, d.actor("office"))

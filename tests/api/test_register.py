@@ -376,6 +376,10 @@ def test_full_values_need_the_permission_and_a_purpose_and_are_audited_first(
     # four spaces are no purpose (they passed the length check and were audited as one)
     blank = officer.get(f"/api/v1/persons/{person['id']}/sensitive?purpose=%20%20%20%20")
     assert blank.status_code == 422 and "purpose" in blank.get_json()["errors"]["query"]
+    # nor four zero-width spaces (str.strip leaves them: they were a purpose, audited)
+    unseen = "%E2%80%8B" * 4
+    blank = officer.get(f"/api/v1/persons/{person['id']}/sensitive?purpose={unseen}")
+    assert blank.status_code == 422 and "purpose" in blank.get_json()["errors"]["query"]
     padded = client.get(f"/api/v1/persons/{person['id']}/export?purpose=%20%20核实%20%20")
     assert padded.status_code == 422
     body = created(officer.get(f"/api/v1/persons/{person['id']}/sensitive?{PURPOSE}"), 200)
