@@ -365,4 +365,7 @@ class Notification(Base):
     __table_args__ = (
         UniqueConstraint("case_id", "kind"),
         Index("ix_notifications_unsent", "sent_at", "id"),
+        # The inboxes (services.notifications): a person's, and their unit's.
+        Index("ix_notifications_user_id_id", "user_id", "id"),
+        Index("ix_notifications_region_code_id", "region_code", "id"),
     )

@@ -765,6 +765,8 @@ REQUESTS: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/health/live"): Case(plain, out=None),
     # the worker's backlog: counted over every county, for admins (system:read)
     ("GET", "/api/v1/health/jobs"): Case(plain, out=None),
+    # the caller's own inbox: addressed to the caller, of cases the caller reads
+    ("GET", "/api/v1/me/notifications"): Case(plain, out=None),
     ("POST", "/api/v1/auth/token"): Case(sign_in, out=None),
     ("POST", "/api/v1/auth/refresh"): Case(refresh, out=None),
     # the caller itself
