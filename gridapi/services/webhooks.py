@@ -28,6 +28,7 @@ import hmac
 import json
 import logging
 import random
+import re
 import secrets
 import threading
 import time
@@ -735,6 +736,7 @@ class Outcome:
 
 #: The answers whose ``Retry-After`` a delivery honours (RFC 9110 §10.2.3, RFC 6585 §4).
 RETRY_AFTER_STATUSES = frozenset({429, 503})
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -743,7 +745,9 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # delay-seconds is ASCII digits (RFC 9110 §10.2.3): str.isdigit() also took "²" (a
+    # Latin-1 byte a header may carry), which float() refuses, and the whole round crashed.
+    if _ASCII_DIGITS.fullmatch(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

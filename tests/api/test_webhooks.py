@@ -474,6 +474,10 @@ def test_a_receiver_down_for_a_while_gets_every_event_with_the_same_ids(
         (503, "86400", 600.0),  # no longer than our own longest wait
         (500, "300", None),  # only 429 and 503 carry a wish to honour
         (503, "soon", None),  # unreadable: our backoff
+        # Latin-1 digits that str.isdigit() takes and float() refuses: the round crashed,
+        # nothing was recorded and the delivery was tried again every lease, never dead.
+        (429, "\u00b2", None),
+        (503, "1\u00b9", None),
     ],
 )
 def test_a_receiver_s_retry_after_is_honoured(
