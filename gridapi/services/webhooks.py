@@ -776,7 +776,9 @@ def send(
         return Outcome(False, None, type(exc).__name__, None)
     if 200 <= response.status < 300:
         return Outcome(True, response.status, None, response.duration_ms)
-    text = response.body[:200].decode("utf-8", "replace")
+    # The start of the answer, for the log; U+0000 as U+FFFD (PostgreSQL cannot store it in
+    # text: the log row failed, and the whole round with it).
+    text = response.body[:200].decode("utf-8", "replace").replace("\x00", "\ufffd")
     wait = None
     if response.status in RETRY_AFTER_STATUSES:
         wait = parse_retry_after(response.retry_after, clock())

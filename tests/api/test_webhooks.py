@@ -793,6 +793,22 @@ def test_the_answer_read_is_capped_and_logged_short(app, client, world, receiver
     assert error.startswith("HTTP 500: xxx") and len(error) < 220
 
 
+def test_an_answer_holding_nul_is_logged_without_it(app, client, world, receiver):
+    """PostgreSQL cannot store U+0000 in text: the log row of an answer holding it failed,
+    the round with it (nothing of its batch recorded), and the delivery was sent again every
+    lease, never dead."""
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    report(client)
+    receiver.status = 500
+    receiver.reply = b"bad\x00gateway"
+    result = deliver(app)
+    assert result.attempted == 1 and result.retrying == 1
+    (delivery,) = deliveries(client, sub["id"])
+    assert delivery["status"] == "pending" and delivery["attempts"] == 1
+    assert delivery["last_status_code"] == 500
+    assert delivery["last_error"] == "HTTP 500: bad\ufffdgateway"
+
+
 @pytest.mark.engines("sqlite")
 def test_a_receiver_trickling_its_answer_is_cut_off_at_the_timeouts():
     """A receiver answering 500 at once, then a few bytes every 0.3 s under the read
