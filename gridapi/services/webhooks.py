@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -69,6 +69,8 @@ SIGNATURE_VERSION = "v1"
 FAN_OUT_BATCH = 500
 CLAIM_BATCH = 50
 PRUNE_INTERVAL_SECONDS = 3600.0
+# The PostgreSQL advisory lock (two-key form, first key) held while fanning out.
+_FAN_OUT_LOCK = 2270
 
 Sessions = sessionmaker[Session]
 
@@ -577,14 +579,18 @@ def _insert_ignore(session: Session, rows: list[dict[str, Any]]) -> None:
 def fan_out(session: Session, now: datetime, *, limit: int = FAN_OUT_BATCH) -> int:
     """Give the next ``limit`` new events a pending delivery per matching subscription;
     return how many events were fanned out. Flushes, never commits."""
+    if session.get_bind().dialect.name == "postgresql":
+        # One fan-out at a time (SQLite writers are one at a time already). With SKIP LOCKED
+        # a second worker passed over the events a first one was fanning out and fanned out
+        # a later event of the same case; no earlier delivery of the case existed yet to
+        # wait for, so the later event was sent first.
+        session.execute(text("SELECT pg_advisory_xact_lock(:k, 0)"), {"k": _FAN_OUT_LOCK})
     stmt = (
         select(WebhookEvent)
         .where(WebhookEvent.fanned_out_at.is_(None))
         .order_by(WebhookEvent.id)
         .limit(limit)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(skip_locked=True)
     events = list(session.scalars(stmt))
     if not events:
         return 0

@@ -706,6 +706,28 @@ def test_two_workers_deliver_each_event_once(app, client, world, engine, receive
     assert len(receiver.ids()) == 24
 
 
+@pytest.mark.engines("postgis")
+def test_a_case_s_events_stay_in_order_while_another_worker_fans_out(app, client, world, receiver):
+    """A worker fanning out holds the case's first event; meanwhile the case's next event
+    commits and a second worker runs a round. It skipped the held event (SKIP LOCKED),
+    fanned out the next one, found no earlier delivery pending and sent it first."""
+    subscribe(client, receiver.url)
+    case_id, etag = report(client)
+    st = app.extensions["gridapi"]
+    first = st.sessions()
+    assert svc.fan_out(first, utcnow()) == 1  # the report, held until this commits
+    act(client, case_id, etag, "accept")
+    second = threading.Thread(target=deliver, args=(app,))
+    second.start()
+    second.join(timeout=2)  # with fan-out one at a time, it waits for the first worker
+    first.commit()
+    first.close()
+    second.join(timeout=30)
+    assert not second.is_alive()
+    deliver(app)
+    assert [e["data"]["seq"] for e in receiver.events()] == [1, 2]
+
+
 def test_old_finished_deliveries_and_events_are_pruned(app, client, world, engine, receiver):
     subscribe(client, receiver.url, events=["case.created"])
     report(client)
