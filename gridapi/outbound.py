@@ -17,8 +17,10 @@ timeouts and no redirect following when asked.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -237,30 +239,40 @@ def post(
             address, target.port, timeout=timeout, retries=False, maxsize=1
         )
     started = time.monotonic()
-    # The answer's body is read until this moment at most: the read timeout bounds each
-    # wait, and a receiver sending a byte now and then (a 500, then 1 kB every 0.5 s) held
-    # an attempt, and the delivery round with it, for half a minute and more.
+    # The whole attempt ends by this moment at most: the read timeout bounds each wait, and
+    # a receiver sending a byte now and then (a 500, then 1 kB every 0.5 s; or a header line
+    # every few seconds) held an attempt, and the delivery round with it, for as long as it
+    # liked. The body is read until then; the watchdog cuts the connection then.
     deadline = started + policy.connect_timeout + policy.read_timeout
+    watchdog = _Watchdog(deadline)
+    pool.ConnectionCls = _watched(pool.ConnectionCls, watchdog)
     try:
-        response = pool.urlopen(
-            "POST",
-            target.path,
-            body=body,
-            headers={**headers, "Host": host_header, "Connection": "close"},
-            redirect=False,
-            retries=False,
-            preload_content=False,
-            decode_content=False,
-            assert_same_host=False,
-        )
+        try:
+            response = pool.urlopen(
+                "POST",
+                target.path,
+                body=body,
+                headers={**headers, "Host": host_header, "Connection": "close"},
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                decode_content=False,
+                assert_same_host=False,
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise OutboundFailed("read timeout" if watchdog.fired else _reason(exc)) from None
+        if watchdog.fired:  # cut off before the headers were complete: not an answer
+            response.close()
+            raise OutboundFailed("read timeout")
         try:
             content = _read_until(response, policy.max_response_bytes, deadline)
+        except urllib3.exceptions.HTTPError as exc:
+            raise OutboundFailed(_reason(exc)) from None
         finally:
             response.release_conn()
             response.close()
-    except urllib3.exceptions.HTTPError as exc:
-        raise OutboundFailed(_reason(exc)) from None
     finally:
+        watchdog.cancel()
         pool.close()
     return OutboundResponse(
         status=response.status,
@@ -269,6 +281,42 @@ def post(
         address=address,
         retry_after=response.headers.get("Retry-After"),
     )
+
+
+class _Watchdog:
+    """Shuts a connection's socket down at a deadline, ending whatever waits on it."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.fired = False
+        self._timers: list[threading.Timer] = []
+
+    def watch(self, sock: socket.socket) -> None:
+        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._fire, (sock,))
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def _fire(self, sock: socket.socket) -> None:
+        self.fired = True
+        with contextlib.suppress(OSError):  # closed already
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+
+def _watched(base: Any, watchdog: _Watchdog) -> Any:
+    """Return ``base`` (urllib3's connection class) with its sockets under ``watchdog``."""
+
+    class Watched(base):  # type: ignore[misc, valid-type]
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            watchdog.watch(sock)
+            return sock
+
+    return Watched
 
 
 def _read_until(response: Any, limit: int, deadline: float) -> bytes:

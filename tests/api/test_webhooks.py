@@ -20,7 +20,13 @@ from sqlalchemy import func, select, text, update
 from gridapi import create_app
 from gridapi.models import Case, CaseEvent, WebhookEvent, WebhookSubscription
 from gridapi.models.base import utcnow
-from gridapi.outbound import OutboundPolicy, address_refusal, parse_allowlist, post
+from gridapi.outbound import (
+    OutboundFailed,
+    OutboundPolicy,
+    address_refusal,
+    parse_allowlist,
+    post,
+)
 from gridapi.security.fields import FieldCipher
 from gridapi.services import webhooks as svc
 from gridapi.services.cases import add_event
@@ -865,6 +871,44 @@ def test_a_receiver_trickling_its_answer_is_cut_off_at_the_timeouts():
         listener.close()
     assert answer.status == 500 and answer.body.startswith(b"slow slow ")
     assert time.monotonic() - started < 6  # connect + read timeouts (2 s); was unbounded
+
+
+@pytest.mark.engines("sqlite")
+def test_a_receiver_trickling_its_headers_is_cut_off_at_the_timeouts():
+    """A receiver sending a header line every 0.2 s, each under the read timeout, held the
+    attempt (and the delivery round with it) for as long as it kept sending: the bound on
+    the whole answer applied to its body only."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    cut = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\n")
+                for i in range(60):  # 12 s of headers
+                    conn.sendall(b"X-Slow-%d: a\r\n" % i)
+                    time.sleep(0.2)
+                conn.sendall(b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                cut.set()
+
+    worker = threading.Thread(target=trickle, daemon=True)
+    worker.start()
+    policy = OutboundPolicy(
+        allow=parse_allowlist("127.0.0.1/32"), connect_timeout=1.0, read_timeout=1.0
+    )
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    try:
+        with pytest.raises(OutboundFailed, match="read timeout"):
+            post(url, b"{}", {"Content-Type": "application/json"}, policy)
+    finally:
+        worker.join(timeout=20)
+        listener.close()
+    assert cut.is_set()  # the connection was closed before the receiver had finished
 
 
 @pytest.mark.engines("sqlite")
