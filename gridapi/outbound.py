@@ -116,6 +116,14 @@ def parse_target(url: str) -> Target:
     host = parts.hostname
     if not host:
         raise OutboundRefused("the URL has no host")
+    if not host.isascii():
+        # An internationalised name (例子.中国) as DNS, the Host header and the TLS
+        # certificate know it: written as it is, the Host header could not be sent (Latin-1
+        # only), and a subscription that passed every check failed every attempt.
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise OutboundRefused(f"not a valid host name ({exc})") from None
     if port == 0:  # "port or the default" took :0 for the default port
         raise OutboundRefused("port 0 is no port")
     if parts.fragment:

@@ -807,6 +807,27 @@ def test_delivery_checks_the_address_again_and_follows_no_redirect(app, client, 
         target.stop()
 
 
+def test_an_internationalised_host_name_is_called_by_its_ascii_form(receiver, monkeypatch):
+    """例子.中国 passed the checks (the resolver takes it) but its Host header could not be
+    sent: every attempt failed with UnicodeEncodeError."""
+    import socket
+
+    real = socket.getaddrinfo
+    seen: list[str] = []
+
+    def resolver(host: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(host)
+        return real("127.0.0.1" if host == "xn--fsqu00a.xn--fiqs8s" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    policy = OutboundPolicy(allow=parse_allowlist("127.0.0.1/32"))
+    url = f"http://例子.中国:{receiver.port}/hook"
+    answer = post(url, b"{}", {"Content-Type": "application/json"}, policy)
+    assert answer.status == 200 and answer.address == "127.0.0.1"
+    assert seen[0] == "xn--fsqu00a.xn--fiqs8s"
+    assert receiver.requests[0]["headers"]["Host"] == f"xn--fsqu00a.xn--fiqs8s:{receiver.port}"
+
+
 def test_the_answer_read_is_capped_and_logged_short(app, client, world, receiver):
     receiver.reply = b"x" * 200_000
     policy = OutboundPolicy(allow=parse_allowlist("127.0.0.1/32"), max_response_bytes=1024)
