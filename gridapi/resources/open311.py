@@ -311,7 +311,7 @@ def requests_create(fmt: str) -> Response:
     if not code:
         raise svc.BadRequest("service_code is required")
     category = svc.service_category(session, code)
-    data = svc.report_arguments(category, request.form, _form_items())
+    data = svc.report_arguments(category, request.form, _form_items(), _tz())
     key = idempotency.parse_header(request.headers.get("Idempotency-Key"))
     keys = [f"key:{key}"] if key else []
     form = {k: v for k, v in _form_items() if k != "api_key"}

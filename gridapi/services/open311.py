@@ -186,8 +186,9 @@ def _float(form: Mapping[str, str], name: str) -> float | None:
     return value
 
 
-def _attribute_value(attr: dict[str, Any] | None, values: list[str]) -> Any:
-    """Return a form value converted to what the category's schema expects."""
+def _attribute_value(attr: dict[str, Any] | None, values: list[str], tz: tzinfo) -> Any:
+    """Return a form value converted to what the category's schema expects (a date sent as
+    an Open311 datetime with an offset is the date it is in ``tz``, the county's zone)."""
     kind = attr["type"] if attr else "string"
     if kind == "multiple_choice":
         return [v for v in values if v != ""]
@@ -200,11 +201,19 @@ def _attribute_value(attr: dict[str, Any] | None, values: list[str]) -> Any:
             return int(value)  # exact (through a float 2**63 - 1 became 2**63)
         return int(number) if number.is_integer() and abs(number) <= MAX_EXACT else number
     if kind == "date" and len(value) > 10 and value[10] in "T ":
-        return value[:10]  # an Open311 datetime: the date part is what the schema holds
+        # An Open311 datetime: the schema holds its date where the county is (what
+        # JavaScript's toISOString() writes, 2026-11-27T20:00:00Z, is the 28th in UTC+8).
+        try:
+            moment = datetime.fromisoformat(value)
+            return (moment.astimezone(tz) if moment.tzinfo else moment).date().isoformat()
+        except (ValueError, OverflowError):  # not a datetime, or past year 9999 there
+            return value[:10]  # check_attributes judges the date part
     return value
 
 
-def attributes_from_form(category: Category, items: Iterable[tuple[str, list[str]]]) -> dict:
+def attributes_from_form(
+    category: Category, items: Iterable[tuple[str, list[str]]], tz: tzinfo
+) -> dict:
     """Return ``attribute[code]`` / ``attribute[code][]`` form fields as attribute values."""
     schema = {a["code"]: a for a in category.attributes or []}
     values: dict[str, list[str]] = {}
@@ -212,7 +221,7 @@ def attributes_from_form(category: Category, items: Iterable[tuple[str, list[str
         match = _ATTRIBUTE_KEY.fullmatch(key)
         if match:
             values.setdefault(match.group(1), []).extend(found)
-    return {code: _attribute_value(schema.get(code), found) for code, found in values.items()}
+    return {code: _attribute_value(schema.get(code), found, tz) for code, found in values.items()}
 
 
 def mask_contact_phone(raw: str) -> str:
@@ -259,9 +268,13 @@ def reporter_party(form: Mapping[str, str]) -> dict[str, str] | None:
 
 
 def report_arguments(
-    category: Category, form: Mapping[str, str], items: Iterable[tuple[str, list[str]]]
+    category: Category,
+    form: Mapping[str, str],
+    items: Iterable[tuple[str, list[str]]],
+    tz: tzinfo,
 ) -> dict[str, Any]:
-    """Return the arguments of ``cases.report`` for an Open311 POST form.
+    """Return the arguments of ``cases.report`` for an Open311 POST form (dates of
+    attributes in ``tz``, the county's zone).
 
     Raises BadRequest for a missing or invalid location, description or extension field.
     """
@@ -308,7 +321,7 @@ def report_arguments(
         "urgent": False,
         "severity": "general",
         "parties": [party] if party else [],
-        "attributes": attributes_from_form(category, items),
+        "attributes": attributes_from_form(category, items, tz),
         "client_id": None,
     }
 

@@ -415,6 +415,39 @@ def test_number_attributes_must_be_plain_ascii_numbers(client, anon_client, key,
     assert shown.status_code == 200 and shown.get_json()["attributes"] == {"floors": 2.0**64}
 
 
+def test_a_date_attribute_sent_as_a_datetime_is_the_county_s_date(client, anon_client, key):
+    """The date part of an Open311 datetime was kept as sent: 2026-11-27T20:00:00Z is the
+    28th in the county (UTC+8), as JavaScript's toISOString() writes it, and was stored as
+    the 27th."""
+    r = client.post(
+        "/api/v1/categories",
+        json={
+            "code": "5308",
+            "name": "施工扰民",
+            "attributes": [{"code": "since", "label": "开始日期", "type": "date"}],
+        },
+    )
+    assert r.status_code == 201, r.get_json()
+    values = form(*center(0), service_code="5308")
+    for sent, stored in [
+        ("2026-11-27T20:00:00Z", "2026-11-28"),
+        ("2026-11-27T20:00:00.000Z", "2026-11-28"),
+        ("2026-11-28T01:00:00-05:00", "2026-11-28"),
+        ("2026-11-28T22:00:00-05:00", "2026-11-29"),
+        ("2026-11-28T07:30:00+08:00", "2026-11-28"),
+        ("2026-11-28T07:30:00", "2026-11-28"),  # no offset: the county's own time
+        ("2026-11-28", "2026-11-28"),
+        ("9999-12-31T23:00:00-05:00", "9999-12-31"),  # past the last day there: as sent
+    ]:
+        r = post(anon_client, key, {**values, "attribute[since]": sent})
+        assert r.status_code == 201, (sent, r.get_data(as_text=True))
+        case_id = r.get_json()[0]["service_request_id"]
+        attributes = client.get(f"/api/v1/cases/{case_id}").get_json()["attributes"]
+        assert attributes == {"since": stored}, sent
+    message = one_error(post(anon_client, key, {**values, "attribute[since]": "2026-13-01"}), 400)
+    assert "since" in message
+
+
 def test_gcj02_points_are_converted_before_routing(anon_client, key, client, session):
     from gridapi.geo.crs import wgs84_to_gcj02
 
