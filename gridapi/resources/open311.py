@@ -83,7 +83,9 @@ def _xml(root: str, body: Any) -> bytes:
     else:
         for key, item in body.items():
             _xml_value(element, key, item)
-    return ET.tostring(element, encoding="utf-8", xml_declaration=True)
+    # A raw CR is read as LF by every XML parser (end-of-line handling, XML 1.0 §2.11): as a
+    # character reference it stays a CR. Only text holds one (the tags are fixed names).
+    return ET.tostring(element, encoding="utf-8", xml_declaration=True).replace(b"\r", b"&#13;")
 
 
 def _answer(

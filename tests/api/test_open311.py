@@ -605,6 +605,19 @@ def test_stored_control_characters_are_replaced_in_xml_only(client, anon_client,
     assert got["description"] == description
 
 
+def test_carriage_returns_survive_xml(client, anon_client, key, world):
+    """An XML parser reads a raw CR (and CR LF) as LF: a description typed on Windows came
+    back from the XML answer other than it was stored (and than the JSON answer gives)."""
+    description = "第一行\r\n第二行\r第三行"
+    r = client.post("/api/v1/cases", json=report_body(*center(0), description=description))
+    assert r.status_code == 201, r.get_json()
+    case_id = r.get_json()["id"]
+    answer = anon_client.get(f"{BASE}/requests/{case_id}.xml?api_key={key}")
+    assert ET.fromstring(answer.data).findtext("request/description") == description
+    [got] = anon_client.get(f"{BASE}/requests/{case_id}.json?api_key={key}").get_json()
+    assert got["description"] == description
+
+
 def test_a_value_the_database_refuses_is_400(anon_client, key, monkeypatch):
     # the last guard: a DataError (a value out of range, text the engine cannot hold) the
     # checks missed is bad input, not a 500
