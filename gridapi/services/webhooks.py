@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import random
 import re
 import secrets
@@ -447,10 +448,14 @@ class DeliveryOptions:
     poll_seconds: float = 1.0
     retention_days: float = 30.0
 
-    @property
-    def lease_seconds(self) -> float:
-        # Longer than any one request can take; an expired claim is sent again.
-        return self.policy.connect_timeout + self.policy.read_timeout + 30.0
+    def lease_seconds(self, claimed: int = 1) -> float:
+        """How long a batch of ``claimed`` deliveries is held: longer than the worker can
+        take to send them all, ``concurrency`` at a time, each attempt ending by the connect
+        and read timeouts together; an expired claim is sent again. (A lease of one
+        attempt's time ran out under the later ones of a batch while the worker could still
+        be sending them, and another worker sent them too.)"""
+        waves = math.ceil(max(1, claimed) / self.concurrency)
+        return waves * (self.policy.connect_timeout + self.policy.read_timeout) + 30.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> DeliveryOptions:
@@ -692,7 +697,7 @@ def claim_due(
             select(WebhookEvent).where(WebhookEvent.id.in_({d.event_id for d in deliveries}))
         )
     }
-    lease_until = now + timedelta(seconds=options.lease_seconds)
+    lease_until = now + timedelta(seconds=options.lease_seconds(len(deliveries)))
     claims = []
     for delivery in deliveries:
         sub, event = subs[delivery.subscription_id], events[delivery.event_id]

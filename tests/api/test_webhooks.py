@@ -734,6 +734,32 @@ def test_a_case_s_events_stay_in_order_while_another_worker_fans_out(app, client
     assert [e["data"]["seq"] for e in receiver.events()] == [1, 2]
 
 
+def test_a_claimed_batch_is_not_taken_by_another_worker_while_it_may_still_be_sent(
+    app, client, world, receiver
+):
+    """A worker sends its claimed batch ``concurrency`` at a time, each attempt up to the
+    connect and read timeouts: the claims were leased for one attempt's time, so the later
+    ones of a batch ran out while the worker could still be sending them, and a second
+    worker sent them too."""
+    subscribe(client, receiver.url, events=["case.created"])
+    for col in range(8):
+        report(client, col=col)
+    st = app.extensions["gridapi"]
+    one_at_a_time = replace(svc.DeliveryOptions.from_settings(st.settings), concurrency=1)
+    moment = utcnow()
+    with st.sessions.begin() as session:
+        svc.fan_out(session, moment)
+    with st.sessions.begin() as session:  # the first worker takes the batch, sends it slowly
+        claims = svc.claim_due(session, moment, st.cipher, one_at_a_time)
+    assert len(claims) == 8
+    attempt = one_at_a_time.policy.connect_timeout + one_at_a_time.policy.read_timeout
+    # While the first worker may still be on its sixth attempt, a second one finds nothing.
+    assert deliver(app, moment + timedelta(seconds=5.5 * attempt)).attempted == 0
+    assert receiver.requests == []
+    # Once the whole batch could have been sent (the first worker died), it is sent again.
+    assert deliver(app, moment + timedelta(seconds=8 * attempt + 31)).delivered == 8
+
+
 def test_old_finished_deliveries_and_events_are_pruned(app, client, world, engine, receiver):
     subscribe(client, receiver.url, events=["case.created"])
     report(client)
