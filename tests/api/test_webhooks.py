@@ -418,6 +418,50 @@ def test_events_arrive_signed_in_order_and_once(app, client, world, engine, rece
     assert len(receiver.requests) == 3
 
 
+def _documented_verify(doc: str) -> Any:
+    """Return the ``verify`` function of a document's Python example, as a receiver would
+    copy it."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / doc).read_text(encoding="utf-8")
+    [code] = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "def verify" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, doc, "exec"), namespace)  # noqa: S102 - our own document
+    return namespace["verify"]
+
+
+@pytest.mark.engines("sqlite")
+@pytest.mark.parametrize("doc", ["webhooks.md", "integration.md"])
+def test_the_documented_verification_accepts_deliveries_and_refuses_forgeries(
+    app, client, world, receiver, doc
+):
+    verify = _documented_verify(doc)
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    report(client)
+    receiver.status = 500
+    deliver(app)
+    receiver.status = 200
+    deliver(app, utcnow() + LATER)  # a retry: signed again, with its own timestamp
+    assert len(receiver.requests) == 2
+    for request in receiver.requests:
+        headers, body = request["headers"], request["body"]
+        assert verify(sub["secret"], headers, body)
+        assert not verify("whsec_other", headers, body)
+        assert not verify(sub["secret"], headers, body.replace(b"case.created", b"case.rated"))
+        old = str(int(headers["Webhook-Timestamp"]) - 301)
+        replayed = {**headers, "Webhook-Timestamp": old}
+        assert not verify(sub["secret"], replayed, body)  # and its signature is not for it
+        resigned = {
+            **replayed,
+            "Webhook-Signature": "v1=" + svc.sign(sub["secret"], int(old), body),
+        }
+        assert not verify(sub["secret"], resigned, body)  # signed, but too old: a replay
+    first, retry = receiver.requests
+    assert first["headers"]["Webhook-Id"] == retry["headers"]["Webhook-Id"]
+    assert [r["headers"]["Webhook-Attempt"] for r in receiver.requests] == ["1", "2"]
+
+
 def test_task_events_are_delivered(app, client, world, receiver):
     subscribe(client, receiver.url, events=["task.created", "task.cancelled"])
     task = ok(
