@@ -299,13 +299,13 @@ def report_arguments(
     if source not in SOURCES:
         raise BadRequest(f"source must be one of {', '.join(SOURCES)}")
     description = (form.get("description") or "").strip() or category.name
+    if len(description) > 5000:  # the description as sent: the media_url line is ours
+        raise BadRequest("description is longer than 5000 characters")
     media_url = (form.get("media_url") or "").strip()
     if media_url:
         if not re.fullmatch(r"https?://\S{1,2000}", media_url):
             raise BadRequest("media_url must be an http(s) URL")
         description += _MEDIA_LINE + media_url
-    if len(description) > 5000:
-        raise BadRequest("description is longer than 5000 characters")
     if len(address) > 500:
         raise BadRequest("address_string is longer than 500 characters")
     party = reporter_party(form)

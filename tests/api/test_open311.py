@@ -230,6 +230,21 @@ def test_post_creates_a_routed_case_through_the_native_path(anon_client, key, cl
     assert PHONE not in anon_client.get(f"{BASE}/requests/{number}.json?api_key={key}").text
 
 
+def test_a_description_of_the_longest_length_may_come_with_a_media_url(anon_client, key, client):
+    """The media_url, kept on the description, counted against the description's 5000
+    characters: a description of 4990 with a link was refused as "longer than 5000"."""
+    description = "描" * 5000
+    link = "https://img.example.com/1.jpg"
+    r = post(anon_client, key, form(*center(0), description=description, media_url=link))
+    assert r.status_code == 201, r.get_data(as_text=True)
+    number = r.get_json()[0]["service_request_id"]
+    [got] = anon_client.get(f"{BASE}/requests/{number}.json?api_key={key}").get_json()
+    assert got["description"] == description and got["media_url"] == link
+    assert client.get(f"/api/v1/cases/{number}").status_code == 200
+    longer = form(*center(0), description=description + "述", media_url=link)
+    assert "description" in one_error(post(anon_client, key, longer), 400)
+
+
 def test_post_answers_xml(anon_client, key, session):
     r = post(anon_client, key, form(*center(1)), fmt="xml")
     assert r.status_code == 201 and r.mimetype == "text/xml"
