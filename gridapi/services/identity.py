@@ -914,7 +914,7 @@ def create_client(
     Raises Unprocessable.
     """
     scope = scope or Scope.everything()
-    from limits import parse
+    from limits import parse, parse_many
 
     bad = sorted(set(scopes) - CLIENT_SCOPES)
     if bad or not scopes:
@@ -931,14 +931,16 @@ def create_client(
         )
     try:
         item = parse(rate_limit)
+        several = len(parse_many(rate_limit)) > 1
     except ValueError:
-        item = None
+        item, several = None, False
     # limits reads "0 per minute" (every request refused) and "5 per 0 minute" (read as
-    # per minute): neither is a limit anyone means.
-    if item is None or item.amount < 1 or _ZERO_PERIOD.search(rate_limit):
+    # per minute): neither is a limit anyone means. Of several ("10/second;1/day") only the
+    # first was ever counted.
+    if item is None or several or item.amount < 1 or _ZERO_PERIOD.search(rate_limit):
         raise Unprocessable(
             "Invalid rate limit.",
-            errors={"json": {"rate_limit": ["e.g. '600 per minute' or '10/second'"]}},
+            errors={"json": {"rate_limit": ["one limit, e.g. '600 per minute' or '10/second'"]}},
         )
     if scope_region:
         _region_or_422(session, scope_region, scope, "scope_region")

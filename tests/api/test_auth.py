@@ -287,6 +287,18 @@ def test_a_rate_limit_of_nothing_is_422_and_makes_no_client(client: Any, limit: 
     assert client.post("/api/v1/clients", json=ok).status_code == 201
 
 
+@pytest.mark.parametrize("limit", ["10/second;1/day", "600 per minute, 1 per day", "1/s|9/m"])
+def test_a_rate_limit_of_several_limits_is_422(client: Any, limit: str) -> None:
+    """Only the first of several limits was ever counted ("10/second;1/day" allowed 864000
+    requests a day): taken and shown as given, the rest silently did nothing."""
+    r = client.post(
+        "/api/v1/clients", json={"name": "x", "scopes": ["grids:read"], "rate_limit": limit}
+    )
+    assert r.status_code == 422, r.get_json()
+    assert list(r.get_json()["errors"]["json"]) == ["rate_limit"]
+    assert client.get("/api/v1/clients").get_json()["items"] == []
+
+
 def test_an_api_key_works_as_x_api_key_and_as_bearer(app: Any, client: Any) -> None:
     created = make_key(app)
     key = created["api_key"]
