@@ -396,8 +396,12 @@ def parse_request_query(
         if not _CODE.fullmatch(code):
             raise BadRequest(f"service_code {code!r} is not a service code")
     jurisdiction = (args.get("jurisdiction_id") or "").strip() or None
-    if jurisdiction is not None and not re.fullmatch(r"[0-9]{6}(?:[0-9]{6})?", jurisdiction):
-        raise BadRequest("jurisdiction_id must be a county code (6 or 12 digits)")
+    # A county's 12-digit form ends in six zeros: a township's code (320508001000) was read
+    # as its county, a filter wider than the one asked for.
+    if jurisdiction is not None and not re.fullmatch(r"[0-9]{6}(?:000000)?", jurisdiction):
+        raise BadRequest(
+            "jurisdiction_id must be a county code (320508, or its 12-digit form 320508000000)"
+        )
     query = RequestQuery(
         ids=_list(args.get("service_request_id")),
         service_codes=codes,

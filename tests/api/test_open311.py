@@ -533,6 +533,12 @@ def test_requests_filter_page_and_map_states(anon_client, key, client, session):
     assert len(_numbers(anon_client.get(f"{url}&updated_before={future}"))) == 3
     assert len(_numbers(anon_client.get(f"{url}&jurisdiction_id=320508"))) == 3
     assert _numbers(anon_client.get(f"{url}&jurisdiction_id=320505")) == []
+    assert len(_numbers(anon_client.get(f"{url}&jurisdiction_id=320508000000"))) == 3
+    # a township's code is no county's: it was read as its county (a filter silently wider
+    # than asked for)
+    for township in ("320508001000", "320508000001"):
+        message = one_error(anon_client.get(f"{url}&jurisdiction_id={township}"), 400)
+        assert "jurisdiction_id" in message
     for bad in ("status=pending", "start_date=yesterday", "page=0", "page_size=5000"):
         one_error(anon_client.get(f"{url}&{bad}"), 400)
     # dates Python cannot take to UTC (or that no column holds) were 500s
