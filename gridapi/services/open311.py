@@ -453,8 +453,8 @@ def find_requests(
 ) -> list[Case]:
     """Return a page of the cases matching the query that the caller may read, newest first.
 
-    ``service_request_id`` overrides the other filters (as the standard says); without any
-    date filter the answer covers the last 90 days.
+    ``service_request_id`` overrides the other filters and paging (as the standard says);
+    without any date filter the answer covers the last 90 days.
     """
     conditions: list[ColumnElement[bool]] = [visibility(caller)]
     if query.ids:
@@ -487,13 +487,13 @@ def find_requests(
             conditions.append(Case.updated_at <= query.updated_before)
         if query.jurisdiction:
             conditions.append(Case.county_code == query.jurisdiction)
-    stmt = (
-        select(Case)
-        .where(*conditions)
-        .order_by(Case.reported_at.desc(), Case.id.desc())
-        .offset((query.page - 1) * query.page_size)
-        .limit(query.page_size)
-    )
+    stmt = select(Case).where(*conditions).order_by(Case.reported_at.desc(), Case.id.desc())
+    if query.ids:
+        # Every case asked for (at most MAX_PAGE_SIZE ids): paging applied too, and the
+        # cases past the first page were left out without a word.
+        stmt = stmt.limit(len(query.ids))
+    else:
+        stmt = stmt.offset((query.page - 1) * query.page_size).limit(query.page_size)
     return list(session.scalars(stmt))
 
 
