@@ -292,15 +292,23 @@ def post(
 
 
 class _Watchdog:
-    """Shuts a connection's socket down at a deadline, ending whatever waits on it."""
+    """Shuts a connection's socket down at a deadline, ending whatever waits on it.
+
+    It keeps a duplicate of the socket's descriptor: TLS takes the plain socket over (and
+    detaches it), and a shutdown through either descriptor ends the one connection.
+    """
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.fired = False
         self._timers: list[threading.Timer] = []
+        self._socks: list[socket.socket] = []
 
     def watch(self, sock: socket.socket) -> None:
-        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._fire, (sock,))
+        duplicate = sock.dup()
+        self._socks.append(duplicate)
+        delay = max(0.0, self.deadline - time.monotonic())
+        timer = threading.Timer(delay, self._fire, (duplicate,))
         timer.daemon = True
         self._timers.append(timer)
         timer.start()
@@ -313,6 +321,8 @@ class _Watchdog:
     def cancel(self) -> None:
         for timer in self._timers:
             timer.cancel()
+        for sock in self._socks:
+            sock.close()
 
 
 def _watched(base: Any, watchdog: _Watchdog) -> Any:

@@ -1002,6 +1002,87 @@ def test_a_receiver_trickling_its_headers_is_cut_off_at_the_timeouts():
     assert cut.is_set()  # the connection was closed before the receiver had finished
 
 
+def _self_signed(tmp_path: Any) -> tuple[str, str]:
+    """Return (certificate, key) files of a certificate for 127.0.0.1."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now().astimezone()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+@pytest.mark.engines("sqlite")
+def test_an_https_receiver_trickling_its_headers_is_cut_off_too(tmp_path, monkeypatch):
+    """The watchdog shut the plain socket down, which TLS had taken over (and detached):
+    over https it did nothing, and a trickling receiver held the attempt as before."""
+    import socket
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", cert)  # the receiver's certificate is trusted
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    cut = threading.Event()
+
+    def trickle() -> None:
+        raw, _ = listener.accept()
+        with context.wrap_socket(raw, server_side=True) as conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\n")
+                for i in range(60):  # 12 s of headers
+                    conn.sendall(b"X-Slow-%d: a\r\n" % i)
+                    time.sleep(0.2)
+                conn.sendall(b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                cut.set()
+
+    worker = threading.Thread(target=trickle, daemon=True)
+    worker.start()
+    policy = OutboundPolicy(
+        allow=parse_allowlist("127.0.0.1/32"), connect_timeout=1.0, read_timeout=1.0
+    )
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}/hook"
+    try:
+        with pytest.raises(OutboundFailed, match="read timeout"):
+            post(url, b"{}", {"Content-Type": "application/json"}, policy)
+    finally:
+        worker.join(timeout=20)
+        listener.close()
+    assert cut.is_set()
+
+
 @pytest.mark.engines("sqlite")
 def test_a_bad_allow_list_stops_start_up(settings, tmp_path):
     with pytest.raises(ValueError, match="GRIDAPI_WEBHOOK_ALLOW_PRIVATE: 'ten.0.0.0/8'"):
