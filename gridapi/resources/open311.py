@@ -16,13 +16,14 @@ from zoneinfo import ZoneInfo
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
+from limits.errors import StorageError
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from ..auditing import request_actor
 from ..auth import Forbidden, Principal, Unauthorized, _authenticate, current_principal
-from ..errors import DomainError
+from ..errors import LIMITS_RETRY_AFTER, DomainError
 from ..extensions import commit, commit_adds_nothing, db_session, state
 from ..jsonio import dumps_bytes
 from ..services import cases as cases_svc
@@ -158,6 +159,15 @@ def _open311_error(exc: Exception) -> Response:
     if isinstance(exc, OperationalError | PoolTimeout):
         return _error(
             503, "The database is busy or unavailable; retry shortly.", {"Retry-After": "2"}
+        )
+    if isinstance(exc, StorageError):
+        # Redis (GRIDAPI_REDIS_URL) counts the keys' requests: refused while it cannot, as
+        # on the native API (this catch-all answered it as an unexpected 500).
+        log.warning("rate-limit storage unavailable: %s", exc.storage_error)
+        return _error(
+            503,
+            "The rate-limit storage is unavailable; retry shortly.",
+            {"Retry-After": str(LIMITS_RETRY_AFTER)},
         )
     log.exception("unhandled Open311 error (request %s)", g.get("request_id"))
     return _error(500, f"An unexpected error occurred (request id {g.get('request_id', '-')}).")

@@ -120,6 +120,36 @@ def test_an_unreachable_redis_answers_503_wherever_limits_are_counted(settings):
         app.extensions["gridapi"].engine.dispose()
 
 
+def test_an_unreachable_redis_answers_503_on_open311_too(settings):
+    """An Open311 key is counted like any other: the storage's error reached the Open311
+    catch-all, which answered it as an unexpected 500 (and logged a stack trace)."""
+    import xml.etree.ElementTree as ET
+
+    app = create_app(settings.__class__(**{**settings.__dict__, "redis_url": _nothing_listening()}))
+    try:
+        with app.extensions["gridapi"].sessions.begin() as session:
+            _, key = create_client(
+                session,
+                name="hotline",
+                scopes=["cases:read", "cases:write"],
+                scope_region=None,
+                rate_limit="100 per minute",
+                created_by=None,
+            )
+        anonymous = app.test_client()
+        r = anonymous.get("/open311/v2/requests.json", query_string={"api_key": key})
+        assert r.status_code == 503, r.get_data(as_text=True)
+        [error] = r.get_json()
+        assert error["code"] == 503 and "rate-limit storage" in error["description"]
+        assert int(r.headers["Retry-After"]) >= 1
+        r = anonymous.post("/open311/v2/requests.xml", data={"api_key": key})
+        assert r.status_code == 503
+        assert ET.fromstring(r.data).findtext("error/code") == "503"
+        assert int(r.headers["Retry-After"]) >= 1
+    finally:
+        app.extensions["gridapi"].engine.dispose()
+
+
 def test_a_count_that_fails_after_the_answer_is_made_answers_503(settings):
     """flask-limiter counts a failed sign-in after the view, in an after_request hook: an
     error of the storage there reached Flask's 500 path, and answers 503 as well."""
