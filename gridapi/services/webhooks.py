@@ -196,6 +196,32 @@ def _visible(sub: WebhookSubscription, principal: Principal) -> bool:
     )
 
 
+#: What an owner must be able to read to hear of events of each kind: a task's title and
+#: assignee went to every subscriber of the area, an app (which cannot be given tasks:read)
+#: included, and a case's events to an owner that may not read cases.
+EVENT_PERMISSIONS = {"case": "cases:read", "task": "tasks:read"}
+
+
+def _needs(event_type: str) -> str | None:
+    return EVENT_PERMISSIONS.get(event_type.split(".", 1)[0])
+
+
+def _check_events(principal: Principal | None, events: list[str]) -> None:
+    """Refuse events the subscription's owner may not hear of (422 naming ``events``)."""
+    if principal is None:  # revoked or stripped: it hears nothing anyway
+        return
+    missing = [
+        f"{e} needs {need}, which the subscription's owner does not hold"
+        for e in events
+        if (need := _needs(e)) is not None and need not in principal.permissions
+    ]
+    if missing:
+        raise Unprocessable(
+            "The subscription's owner may not read what some of these events tell.",
+            errors={"json": {"events": missing}},
+        )
+
+
 def create_subscription(
     session: Session,
     principal: Principal,
@@ -206,6 +232,7 @@ def create_subscription(
 ) -> tuple[WebhookSubscription, str]:
     """Create a subscription; return it and its secret (shown once). Raises Unprocessable."""
     _check_url(data["url"], policy)
+    _check_events(principal, data["events"])
     sub = WebhookSubscription(
         owner_user_id=principal.id if principal.kind == "user" else None,
         owner_client_id=principal.id if principal.kind == "client" else None,
@@ -257,6 +284,7 @@ def update_subscription(
         _check_url(data["url"], policy)
         sub.url = data["url"]
     if "events" in data:
+        _check_events(_owner_now(session, sub), data["events"])
         sub.events = list(dict.fromkeys(data["events"]))
     if "region_codes" in data:
         sub.region_codes = _regions(session, principal, data["region_codes"])
@@ -521,7 +549,8 @@ def _owner_now(session: Session, sub: WebhookSubscription) -> Any:
 def _owners_filter(session: Session, events: list[WebhookEvent]) -> Any:
     """Return ``hears(sub, event)``: whether the subscription's owner, as it is now, may
     hear of the event. Nobody, once the owner's key is revoked or its account deactivated
-    or stripped of ``webhooks:manage``; only events inside the owner's current scope (the
+    or stripped of ``webhooks:manage``; only events of what the owner may read
+    (``EVENT_PERMISSIONS``); only events inside the owner's current scope (the
     subscription's regions were checked against the scope it had then); and a case of a
     sensitive category only by the offices over the unit holding it, its handler and its
     reporter (``services.cases.may_see``): its events, small as they are, tell where and
@@ -556,6 +585,9 @@ def _owners_filter(session: Session, events: list[WebhookEvent]) -> Any:
     def hears(sub: WebhookSubscription, event: WebhookEvent) -> bool:
         principal = owner(sub)
         if principal is None:
+            return False
+        need = _needs(event.event_type)
+        if need is not None and need not in principal.permissions:
             return False
         scope = principal.scope
         if not scope.unrestricted and not (

@@ -296,13 +296,64 @@ def test_an_app_subscribes_inside_its_area_and_gets_only_its_events(app, client,
     assert [d["case_id"] for d in deliveries(hotline, mine["id"])] == [in_a]
 
 
+def test_an_owner_hears_only_of_what_it_may_read(app, client, world, receiver, engine):
+    """Task events (a title written by an office, an assignee) went to every subscriber of
+    the area, an app included, though no app can be given tasks:read; case events went to
+    an owner without cases:read. Such events are refused when subscribing (422 naming
+    events), and a subscription made before hears nothing of them."""
+    hotline = api_client(app, client, COMMUNITY_A)
+    r = hotline.post(
+        "/api/v1/webhooks",
+        json={"url": receiver.url, "events": ["case.created", "task.created"]},
+    )
+    assert r.status_code == 422
+    assert r.get_json()["errors"]["json"]["events"] == [
+        "task.created needs tasks:read, which the subscription's owner does not hold"
+    ]
+    blind = ok(
+        client.post(
+            "/api/v1/clients",
+            json={"name": "地图服务", "scopes": ["webhooks:manage"], "scope_region": COMMUNITY_A},
+        ),
+        201,
+    )
+    mapper = app.test_client()
+    mapper.environ_base["HTTP_X_API_KEY"] = blind["api_key"]
+    r = mapper.post("/api/v1/webhooks", json={"url": receiver.url, "events": ["case.created"]})
+    assert r.status_code == 422 and "events" in r.get_json()["errors"]["json"]
+
+    mine = subscribe(hotline, receiver.url, events=["case.created"])
+    refused = hotline.patch(f"/api/v1/webhooks/{mine['id']}", json={"events": ["task.created"]})
+    assert refused.status_code == 422
+    with engine.begin() as conn:  # as a subscription made before the rule holds them
+        conn.execute(
+            text("UPDATE webhook_subscriptions SET events = :e WHERE id = :id"),
+            {"e": json.dumps(["case.created", "task.created"]), "id": mine["id"]},
+        )
+    case_id, _ = report(client, col=0)
+    body = {
+        "title": "走访独居老人",
+        "grid": COMMUNITY_A + "001",
+        "due_in": {"amount": 3, "unit": "days"},
+    }
+    ok(client.post("/api/v1/tasks", json=body), 201)
+    deliver(app)
+    assert [(e["type"], e["data"].get("case_id")) for e in receiver.events()] == [
+        ("case.created", case_id)
+    ]
+
+
 def test_a_revoked_key_s_subscription_hears_nothing_more(app, client, world, receiver):
     """Revoking a key (it may have leaked, and been used to point a subscription elsewhere)
     stopped the key at once but not its subscriptions: events kept arriving."""
     made = ok(
         client.post(
             "/api/v1/clients",
-            json={"name": "热线", "scopes": ["webhooks:manage"], "scope_region": TOWNSHIP},
+            json={
+                "name": "热线",
+                "scopes": ["webhooks:manage", "cases:read"],
+                "scope_region": TOWNSHIP,
+            },
         ),
         201,
     )
