@@ -466,7 +466,8 @@ class PersonById(MethodView):
         """Change a resident (the audit log names the fields changed, never their values)
 
         Changes only the fields sent. Joining a household gives the resident its house and place;
-        `grid` moves a resident who lives in no household (one in a household moves with it: 422);
+        `grid` moves a resident who lives in no household (one in a household moves with it: 422)
+        out of the house they were linked to, unless it lies in that grid (`house_id` null);
         special-group records and the visits naming the resident follow them. A new ID number
         is validated and re-derives gender and birth date, and only a foreign resident may have
         none (422). Needs `persons:write`; a resident out of scope answers 404. An ID number

@@ -261,14 +261,27 @@ def update_house(
             place, lon, lat = resolve_place(session, data, scope, snapshot)
             given = next(k for k in ("location", "grid", "region") if data.get(k) is not None)
             _same_county(house.county_code, place, given)
-            moved = (place.region_code, place.grid_code) != (house.region_code, house.grid_code)
+            before = (house.region_code, house.grid_code)
+            moved = (place.region_code, place.grid_code) != before
             house.region_code, house.grid_code = place.region_code, place.grid_code
             house.county_code, house.routing_method = place.county_code, place.method
             if lon is not None:
                 house.lon, house.lat, house.location = lon, lat, _point(lon, lat)
             if moved:  # its households, residents and their visits move with it
                 _move(session, Household, Household.house_id == house.id, place)
-                _move_people(session, Person.house_id == house.id, place)
+                # Those who live there, at its place: a resident linked to it who had moved
+                # alone into another grid (keeping the link, before that was undone) went
+                # along. Their ids are read first: the condition holds after the move too.
+                elsewhere = session.scalars(
+                    select(Person.id).where(
+                        Person.house_id == house.id,
+                        or_(Person.region_code != before[0], _is_not(Person.grid_code, before[1])),
+                    )
+                ).all()
+                living = Person.house_id == house.id
+                if elsewhere:
+                    living = living & Person.id.not_in(elsewhere)
+                _move_people(session, living, place)
                 _move_household_visits(session, Household.house_id == house.id, place)
         for key in ("address", "use"):
             if key in data:
@@ -321,6 +334,13 @@ def _same_county(county: str, place: Place, field: str) -> None:
     per county, and a move across counties is a transfer (register anew, erase the old)."""
     if place.county_code != county:
         raise _invalid(field, "lies in another county: register anew there")
+
+
+def _is_not(column: Any, value: Any) -> Any:
+    """Return 'column differs from value', None included (SQL's != is never true of NULL)."""
+    if value is None:
+        return column.is_not(None)
+    return or_(column.is_(None), column != value)
 
 
 def _move_people(session: Session, condition: Any, place: Place) -> None:
@@ -763,6 +783,13 @@ def update_person(
                 place = place_of_grid(session, data["grid"], scope)
                 person.region_code, person.grid_code = place.region_code, place.grid_code
                 person.county_code = place.county_code
+                if person.house_id is not None and (
+                    session.scalar(select(House.grid_code).where(House.id == person.house_id))
+                    != place.grid_code
+                ):
+                    # Moved into another grid they have left their house (a house lies in one
+                    # grid): kept, the link took them back along when the house moved later.
+                    person.house_id = None
                 changed.append("grid")
             if "household_id" in changed or "grid" in changed:
                 # What is about them goes with them: their records, and their visits (also those

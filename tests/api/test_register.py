@@ -1163,6 +1163,45 @@ def test_a_residents_visits_follow_them_into_another_household(client, accounts,
     assert sees(accounts.client("wA2", "grid_worker", grids=[A2]), about_them["id"])
 
 
+def test_a_resident_who_left_a_house_alone_stays_when_the_house_moves(
+    client, accounts, engine, world
+):
+    """A resident linked to a house without a household (as an import links them) and moved
+    alone into another grid kept the link: when the house moved later, they went along, with
+    their special-group records and visits, to a grid they never lived in, and the grid they
+    lived in lost them."""
+    house = created(client.post("/api/v1/houses", json={"address": "平江路1号", "grid": A1}))
+    person = add_person(client, grid=A1)
+    with engine.begin() as conn:  # an import links such a resident to the row's house
+        conn.execute(
+            text("UPDATE persons SET house_id = :h WHERE id = :p"),
+            {"h": house["id"], "p": person["id"]},
+        )
+    visit = record_visit(client, person_id=person["id"], findings=HEALTH)
+    created(
+        client.post(
+            "/api/v1/special-groups", json={"person_id": person["id"], "type": "petitioner"}
+        )
+    )
+    moved = created(client.patch(f"/api/v1/persons/{person['id']}", json={"grid": A2}), 200)
+    assert (moved["grid"], moved["house_id"]) == (A2, None)  # the house stayed in A1
+    # a resident who moved before this kept the link: the house's move leaves them too
+    other = add_person(client, grid=A2, name="李四", id_number=make_id(seq="456"))
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE persons SET house_id = :h WHERE id = :p"),
+            {"h": house["id"], "p": other["id"]},
+        )
+    created(client.patch(f"/api/v1/houses/{house['id']}", json={"grid": B1}), 200)
+    here, there = (accounts.client(f"w{g}", "grid_worker", grids=[g]) for g in (A2, B1))
+    for resident in (person, other):
+        assert created(here.get(f"/api/v1/persons/{resident['id']}"), 200)["grid"] == A2
+        assert there.get(f"/api/v1/persons/{resident['id']}").status_code == 404
+    assert sees(here, visit["id"]) and not sees(there, visit["id"])
+    officer = accounts.client("officerA", "community_officer", scope_region=COMMUNITY_A)
+    assert [r["grid"] for r in officer.get("/api/v1/special-groups").get_json()["items"]] == [A2]
+
+
 def test_an_erased_residents_visit_at_a_household_goes_back_to_the_household(
     client, accounts, engine, world, household
 ):
