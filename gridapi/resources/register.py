@@ -619,7 +619,9 @@ class Visits(MethodView):
         schema=VisitSchema,
         description="The caller reported the case's client_id with a visit before, longer ago "
         "than its answer is kept (GRIDAPI_IDEMPOTENCY_DAYS): that visit as it is now, with "
-        "`Idempotent-Replayed: true`; nothing is created.",
+        "`Idempotent-Replayed: true`; nothing is created. A visit that has since left the "
+        "caller's scope (its resident or household moved) answers 404 instead, as its GET "
+        "does.",
     )
     @visits_blp.alt_response(
         409,
@@ -762,8 +764,12 @@ class _Retry:
             answer = replayed(stored.response, stored.status_code)
         else:
             # The client_id is the caller's for ever, its stored answer is kept
-            # GRIDAPI_IDEMPOTENCY_DAYS: an older retry gets the visit as it is now.
-            answer = replayed(_visit_answer(earlier, earlier.case_id), 200)
+            # GRIDAPI_IDEMPOTENCY_DAYS: an older retry gets the visit as it is now, read as
+            # GET /visits/{id} reads it. A visit whose resident has since moved out of the
+            # caller's scope answers 404 like a missing one: as it is now, it told the grid
+            # they had moved to (their whereabouts, outside the caller's scope).
+            now = svc.get_visit(session, earlier.id, principal.scope)
+            answer = replayed(_visit_answer(now, now.case_id), 200)
         session.rollback()
         return answer
 

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from ..factories import COMMUNITY_A
+from ..factories import COMMUNITY_A, COMMUNITY_B
 from .test_case_workflow import race
 from .test_register import created, make_id, point
 
 A1 = COMMUNITY_A + "001"
+B1 = COMMUNITY_B + "001"
 
 
 @pytest.fixture
@@ -122,6 +123,35 @@ def test_a_retry_is_answered_after_the_household_left_the_workers_grid(client, p
     again = post(phone, visit_body(home["id"], cid))
     assert again.status_code == 201, again.get_json()
     assert again.headers["Idempotent-Replayed"] == "true" and again.data == first.data
+    assert rows(engine) == ONE
+
+
+def test_a_late_retry_tells_nothing_of_where_the_resident_moved(client, phone, engine):
+    """After its stored answer was purged, a retry got the visit as it is now, also when the
+    visit had followed its resident out of the worker's grids: its grid and community told
+    the worker where the resident had moved, which GET /visits/{id} answers 404 for."""
+    resident = {"name": "张三", "id_number": make_id(), "grid": A1}
+    person = created(client.post("/api/v1/persons", json=resident))
+    cid = str(uuid.uuid4())
+    body = {
+        "person_id": person["id"],
+        "findings": "走访",
+        "location": point(0),
+        "case": {"category": "0101", "description": "门前堆物", "client_id": cid},
+    }
+    first = created(post(phone, body))
+    there = created(client.post("/api/v1/households", json={"number": "0002", "grid": B1}))
+    moved = client.patch(f"/api/v1/persons/{person['id']}", json={"household_id": there["id"]})
+    assert created(moved, 200)["grid"] == B1
+    stored = post(phone, body)  # the answer the worker had, as it was
+    assert (stored.status_code, stored.get_json()) == (201, first)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM idempotency_keys"))  # as the worker's purge does
+    again = post(phone, body)
+    missing = phone.get(f"/api/v1/visits/{first['id']}")
+    assert missing.status_code == 404
+    assert (again.status_code, again.data) == (404, missing.data)
+    assert B1 not in again.get_data(as_text=True)
     assert rows(engine) == ONE
 
 
