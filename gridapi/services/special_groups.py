@@ -61,7 +61,10 @@ def _check_helper(session: Session, helper_id: int | None, scope: Scope) -> None
 def create_record(
     session: Session, data: dict[str, Any], *, scope: Scope, keys: Keys, actor: str
 ) -> SpecialGroupRecord:
-    person = get_person(session, data["person_id"], scope, field="person_id")
+    # The resident is locked as a move locks them (as for a visit): a record opened while
+    # they move takes their new place, never the old one (PostgreSQL; SQLite serialises
+    # writers), since the move takes along only the records it can see.
+    person = get_person(session, data["person_id"], scope, field="person_id", for_update=True)
     _check_helper(session, data.get("helper_id"), scope)
 
     def taken() -> Conflict | None:

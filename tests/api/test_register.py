@@ -1301,3 +1301,56 @@ def test_a_visit_recorded_during_a_move_lands_at_the_new_place(app, client, worl
     thread.join(30)
     assert created(answers.pop(), 200)["grid"] == A2
     assert client.get(f"/api/v1/visits/{recorded.id}").get_json()["grid"] == A2
+
+
+def test_a_special_group_record_made_during_a_move_lands_at_the_new_place(
+    app, client, accounts, world, household
+):
+    """A special-group record opened while its resident's house moved took, or kept, the
+    old place on PostgreSQL (the move took along only the records committed before it): the
+    community the resident had left kept reading it, and the one they joined never did."""
+    import threading
+    import time
+
+    from gridapi.scope import Scope
+    from gridapi.services import register as svc
+    from gridapi.services import special_groups as groups
+
+    person = add_person(client, household["id"])
+    st = app.extensions["gridapi"]
+    answers: list = []
+
+    def meanwhile(call) -> threading.Thread:  # type: ignore[no-untyped-def]
+        thread = threading.Thread(target=lambda: answers.append(call()))
+        thread.start()
+        time.sleep(0.5)  # it has read, or waits for, what is moving
+        return thread
+
+    with st.sessions() as session:  # the house's move first, not yet committed
+        svc.update_house(
+            session, household["house_id"], {"grid": B1}, scope=Scope.everything(), snapshot=None
+        )
+        body = {"person_id": person["id"], "type": "petitioner"}
+        thread = meanwhile(lambda: client.post("/api/v1/special-groups", json=body))
+        session.commit()
+    thread.join(30)
+    assert created(answers.pop())["grid"] == B1
+
+    with st.sessions() as session:  # the record first, not yet committed
+        record = groups.create_record(
+            session,
+            {"person_id": person["id"], "type": "drug_user"},
+            scope=Scope.everything(),
+            keys=svc.Keys(st.cipher, st.phone_key),
+            actor="test",
+        )
+        move = {"grid": A2}
+        thread = meanwhile(
+            lambda: client.patch(f"/api/v1/houses/{household['house_id']}", json=move)
+        )
+        session.commit()
+    thread.join(30)
+    assert created(answers.pop(), 200)["grid"] == A2
+    assert created(client.get(f"/api/v1/special-groups/{record.id}"), 200)["grid"] == A2
+    left = accounts.client("officerB", "community_officer", scope_region=COMMUNITY_B)
+    assert left.get("/api/v1/special-groups").get_json()["items"] == []
