@@ -968,7 +968,11 @@ def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
     and house (other people's too), visits to the household that named no resident; the
     visits that named them keep only their household (and go where it is), time and case.
     """
-    person = get_person(session, person_id, scope)
+    # Locked first, as a visit or a record being made for them locks them: one recorded
+    # meanwhile is committed before (and anonymised below) or finds them gone. Unlocked, a
+    # visit committed after the anonymising UPDATE kept its findings, place and point on
+    # PostgreSQL, the resident's deletion only setting its person_id to NULL.
+    person = get_person(session, person_id, scope, for_update=True)
     session.execute(delete(SpecialGroupRecord).where(SpecialGroupRecord.person_id == person.id))
     # A visit naming them is about them, also when it carries their household (filled in
     # from the resident when the phone sent only person_id: such visits kept their findings

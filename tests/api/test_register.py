@@ -1354,3 +1354,54 @@ def test_a_special_group_record_made_during_a_move_lands_at_the_new_place(
     assert created(client.get(f"/api/v1/special-groups/{record.id}"), 200)["grid"] == A2
     left = accounts.client("officerB", "community_officer", scope_region=COMMUNITY_B)
     assert left.get("/api/v1/special-groups").get_json()["items"] == []
+
+
+def test_a_visit_recorded_during_an_erasure_is_anonymised_with_the_others(
+    app, client, engine, world, household
+):
+    """A visit recorded while its resident was being erased kept its findings, place and
+    point on PostgreSQL: the erasure's anonymising UPDATE did not see it yet, and deleting
+    the resident then only set its person_id to NULL."""
+    import threading
+    import time
+
+    from gridapi.scope import Scope
+    from gridapi.services import register as svc
+
+    person = add_person(client, household["id"])
+    st = app.extensions["gridapi"]
+    answers: list = []
+    with st.sessions() as session:  # the visit first, not yet committed
+        svc.create_visit(
+            session,
+            {"person_id": person["id"], "findings": HEALTH, "place": "家中"},
+            scope=Scope.everything(),
+            snapshot=None,
+            actor="test",
+            worker_id=None,
+            now=datetime.now(UTC),
+        )
+        erase = f"/api/v1/persons/{person['id']}?reason=本人申请删除"
+        thread = threading.Thread(target=lambda: answers.append(client.delete(erase)))
+        thread.start()
+        time.sleep(0.5)  # the erasure has read, or waits for, the resident
+        session.commit()
+    thread.join(30)
+    assert answers.pop().status_code == 204
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT person_id, findings, place FROM visits")).all()
+    assert [tuple(r) for r in rows] == [(None, "", "")]
+
+    other = add_person(client, household["id"], name="李四", id_number=make_id(seq="456"))
+    with st.sessions() as session:  # the erasure first: a visit meanwhile finds them gone
+        svc.erase_person(session, other["id"], Scope.everything())
+        body = {"person_id": other["id"], "findings": HEALTH}
+        thread = threading.Thread(
+            target=lambda: answers.append(client.post("/api/v1/visits", json=body))
+        )
+        thread.start()
+        time.sleep(0.5)
+        session.commit()
+    thread.join(30)
+    late = answers.pop()
+    assert late.status_code == 422 and late.get_json()["errors"]["json"]["person_id"]
