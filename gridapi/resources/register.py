@@ -581,7 +581,7 @@ class PersonExport(MethodView):
                 "special_group.read",
                 "special_group",
                 group["id"],
-                summary={"person_id": person.id, "type": group["type"], "via": "export"},
+                summary={"person_id": person.id, "via": "export"},
                 region_code=person.region_code,
             )
         commit()

@@ -41,7 +41,7 @@ def _audit(action: str, records, summary=None) -> None:  # type: ignore[no-untyp
             action,
             "special_group",
             r.id,
-            summary={"person_id": r.person_id, "type": r.type, **(summary or {})},
+            summary={"person_id": r.person_id, **(summary or {})},
             region_code=r.region_code,
         )
 

@@ -673,6 +673,35 @@ def test_erasure_keeps_the_audit_trail_and_removes_the_rest(client, engine, worl
     assert household_now["head"] is None
 
 
+def test_the_audit_trail_left_by_an_erasure_names_no_special_group(
+    client, engine, world, household
+):
+    """The audit rows of special-group records named their type: after the resident's
+    erasure the trail still said that resident N had a severe mental disorder, which the
+    trail (ids, field names and purposes, never values) must not keep."""
+    person = add_person(client, household["id"])
+    body = {"person_id": person["id"], "type": "severe_mental_disorder", "notes": "按时服药"}
+    record = created(client.post("/api/v1/special-groups", json=body))
+    patch = {"attention_level": "high"}
+    created(client.patch(f"/api/v1/special-groups/{record['id']}", json=patch), 200)
+    created(client.get(f"/api/v1/special-groups/{record['id']}"), 200)
+    created(client.get("/api/v1/special-groups"), 200)
+    created(client.get(f"/api/v1/persons/{person['id']}/export?{PURPOSE}"), 200)
+    assert client.delete(f"/api/v1/persons/{person['id']}?reason=本人申请删除").status_code == 204
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT action, summary FROM audit_log WHERE object_type = 'special_group'")
+        ).all()
+    assert sorted({r[0] for r in rows}) == [
+        "special_group.create",
+        "special_group.read",
+        "special_group.update",
+    ]
+    kept = json.dumps([r[1] for r in rows], ensure_ascii=False)
+    assert "severe_mental_disorder" not in kept and "严重精神障碍" not in kept, kept
+    assert all(str(person["id"]) in json.dumps(r[1]) for r in rows)  # ids stay
+
+
 def test_an_access_request_exports_everything_held(client, accounts, engine, world, household):
     person = add_person(client, household["id"])
     created(client.post("/api/v1/visits", json={"person_id": person["id"], "findings": "谈心"}))
