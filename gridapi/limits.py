@@ -143,7 +143,7 @@ def count_lookup(limit: str, caller: str, kind: str = "lookup", cost: int = 1) -
     every process), so that the API cannot be used to test at scale whether a person with a
     given ID or phone number is registered.
     """
-    message = f"Too many lookups of ID or phone numbers ({limit}); retry later."
+    message = f"Too many lookups of ID or phone numbers, or whole names ({limit}); retry later."
     _spend(limit, (kind, caller), message, cost=cost)
 
 

@@ -31,6 +31,7 @@ from ..schemas.exports import (
 )
 from ..services import cases as cases_svc
 from ..services import exports as svc
+from ..services import register as register_svc
 from ..services.register import Keys
 from .blueprint import Blueprint, _ref
 
@@ -206,7 +207,7 @@ class PersonExport(MethodView):
         id, streamed, masked as that search masks them (张*, 138****5678, 3201**********1234).
         `unmask=true` with a `purpose` gives full names, ID and phone numbers and birth dates:
         it needs `persons:unmask` (403 otherwise), counts against GRIDAPI_PERSON_LOOKUP_RATE
-        as do ID or phone filters, and the audit row names the purpose. Special-group data is
+        as do ID or phone filters (and a whole name from a caller who sees names masked), and the audit row names the purpose. Special-group data is
         never exported. GeoJSON: the resident's house, else null. Audited.
         """
         principal = _principal()
@@ -215,13 +216,14 @@ class PersonExport(MethodView):
         st = state()
         if unmask and not principal.can("persons:unmask"):
             raise Forbidden("Unmasked exports need the permission persons:unmask.")
-        if unmask or args.get("id_number") or args.get("phone"):
+        unmasks = principal.can("persons:unmask")
+        if unmask or register_svc.is_lookup(args, unmasks=unmasks):
             count_lookup(st.settings.person_lookup_rate, principal.actor_id)
         plan = svc.plan_persons(
             principal.scope,
             args,
             Keys(st.cipher, st.phone_key),
-            unmasks=principal.can("persons:unmask"),
+            unmasks=unmasks,
             unmask=unmask,
         )
         return _audited(plan, args, fmt, masked=not unmask)
@@ -293,7 +295,8 @@ def _queue(kind: str, data: dict[str, Any]) -> Response:
     st = state()
     # Planned now so that a bad filter is a 422 here, not a failed job later.
     svc.plan_for(session, principal, kind, args, Keys(st.cipher, st.phone_key), unmask=unmask)
-    if kind == "persons" and (unmask or args.get("id_number") or args.get("phone")):
+    unmasks = principal.can("persons:unmask")
+    if kind == "persons" and (unmask or register_svc.is_lookup(args, unmasks=unmasks)):
         count_lookup(st.settings.person_lookup_rate, principal.actor_id)
     region = args.get("region") or principal.region_code
     job = svc.create_job(

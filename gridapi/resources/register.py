@@ -367,8 +367,9 @@ class HouseholdById(MethodView):
 
 
 def _lookups(args: dict[str, Any]) -> None:
-    """Count exact ID/phone lookups against the caller's allowance (429 when spent)."""
-    if args.get("id_number") or args.get("phone"):
+    """Count exact lookups (an ID or phone number; a whole name for a caller who sees names
+    masked) against the caller's allowance (429 when spent)."""
+    if svc.is_lookup(args, unmasks=current_principal().can("persons:unmask")):
         count_lookup(state().settings.person_lookup_rate, _actor())
 
 
@@ -382,9 +383,9 @@ class Persons(MethodView):
         """Search residents in your scope (masked)
 
         By name (a prefix for callers holding `persons:unmask`; for others, who see names
-        masked, one character starts names and more match whole names only), exact ID
-        number or phone number (matched through keyed hashes,
-        never the plain value; rate-limited per caller: GRIDAPI_PERSON_LOOKUP_RATE), address
+        masked, one character starts names and more match whole names only, each such search
+        counted as an exact lookup), exact ID number or phone number (matched through keyed
+        hashes, never the plain value; rate-limited per caller: GRIDAPI_PERSON_LOOKUP_RATE), address
         text, region, grid, household or house. Residents outside your scope are not found.
         """
         _lookups(args)

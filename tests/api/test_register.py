@@ -259,6 +259,29 @@ def test_a_caller_who_sees_names_masked_cannot_read_them_back_by_prefix(client, 
     assert names(officer, "欧阳") == ["欧阳修"]
 
 
+def test_a_caller_who_sees_names_masked_cannot_guess_them_at_scale(app, client, accounts, world):
+    """Shown 张*, a worker could search 张三, 张伟, 张敏… without limit, and each answer said
+    whether the guess was the name: a loop over the few thousand characters a given name is
+    written with read any two-character name back in full, unaudited. A whole name searched
+    by a caller who sees names masked is an exact lookup, counted as an ID number is (the
+    list and the export alike); one character, and every name search of a caller who may
+    unmask, count nothing."""
+    app.extensions["gridapi"].settings.person_lookup_rate = "3 per hour"
+    add_person(client, None, name="张敏", grid=A1)
+    worker = accounts.client("worker_a", "grid_worker", grids=[A1])
+    guesses = ["张伟", "张芳", "张敏", "张静"]
+    answers = [worker.get("/api/v1/persons", query_string={"name": g}) for g in guesses]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    r = worker.get("/api/v1/exports/persons", query_string={"name": "张敏", "format": "csv"})
+    assert r.status_code == 429
+    r = worker.post("/api/v1/exports/persons/jobs", json={"filters": {"name": "张敏"}})
+    assert r.status_code == 429
+    assert worker.get("/api/v1/persons?name=张").status_code == 200  # what the mask shows
+    officer = accounts.client("officer_a", "community_officer", scope_region=COMMUNITY_A)
+    for guess in guesses:  # who may unmask sees names anyway (and searches by prefix)
+        assert officer.get("/api/v1/persons", query_string={"name": guess}).status_code == 200
+
+
 def test_text_searches_match_case_as_written_on_both_engines(client, world):
     """SQLite's LIKE ignores ASCII case, PostgreSQL's does not: "john" found "John Smith"
     on one engine only."""
