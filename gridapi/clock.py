@@ -24,3 +24,8 @@ def use(name: str) -> None:
 def today() -> date:
     """Return today's date in the county's time zone."""
     return datetime.now(_zone).date()
+
+
+def date_of(moment: datetime) -> date:
+    """Return the county's date at ``moment`` (an aware datetime, in any zone)."""
+    return moment.astimezone(_zone).date()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from .. import clock
 from ..errors import Unprocessable
 from ..geo.crs import no_fix, to_wgs84
 from ..models import GridAssignment, Presence, User
@@ -167,7 +168,9 @@ def list_presence(
 ) -> list[dict[str, Any]]:
     """Return the last seen of the workers in scope (on a roster now, or with a heartbeat),
     by user id (cursor: the last id of the previous page)."""
-    today = now.date()
+    # The county's date, as rosters are kept (a roster starting today was not yet on from
+    # 16:00 to 24:00 UTC, when the UTC date is still yesterday's in Asia/Shanghai).
+    today = clock.date_of(now)
     on_roster = select(GridAssignment.user_id).where(assignment_holds_on(today))
     stmt = (
         users_query(scope)

@@ -177,3 +177,26 @@ def test_last_seen_of_the_workers_in_scope(people, accounts, engine):
         assert items and all(i["location"] is None for i in items)
         duty = ok(limited.get(f"/api/v1/grids/{A1}/on-duty"))["items"]
         assert duty and all(i["location"] is None for i in duty)
+
+
+def test_the_roster_is_read_on_the_county_s_date(people, app, engine):
+    """At 17:00 UTC it is already the next day in Asia/Shanghai: a worker on a roster from
+    that day was left out of the last-seen list (it read the roster on the UTC date), from
+    16:00 to 24:00 UTC every day."""
+    from gridapi.scope import Scope
+    from gridapi.services.presence import list_presence
+
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE grid_assignments SET valid_from = :d WHERE user_id = "
+                "(SELECT id FROM users WHERE username = 'worker2')"
+            ),
+            {"d": datetime(2030, 1, 2).date()},
+        )
+    evening = datetime(2030, 1, 1, 17, 0, tzinfo=UTC)  # 2030-01-02 01:00 in Shanghai
+    with app.extensions["gridapi"].sessions() as session:
+        rows = list_presence(
+            session, Scope.everything(), {}, now=evening, minutes=15, with_location=False
+        )
+    assert "worker2" in {row["username"] for row in rows}
