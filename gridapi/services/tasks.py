@@ -791,7 +791,8 @@ def get_campaign(
     """Return a campaign the caller may read. Raises NotFound otherwise."""
     stmt = select(Campaign).where(Campaign.id == campaign_id, campaign_visible(principal))
     if for_update and session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=Campaign)
+        # Read again under the lock: a campaign read before (unlocked) may have changed.
+        stmt = stmt.with_for_update(of=Campaign).execution_options(populate_existing=True)
     campaign = session.scalars(stmt).first()
     if campaign is None:
         raise _not_found("campaign")
@@ -821,9 +822,23 @@ def cancel_campaign(
 ) -> tuple[Campaign, int]:
     """Cancel an active campaign and every open task of it. Returns the campaign and how
     many tasks were cancelled. 404/428/412/409 as for tasks; 403 unless the caller is an
-    office over the campaign's whole region."""
+    office over the campaign's whole region.
+
+    Locks are taken in the order completing a task takes them: its open tasks (by id) first,
+    then the campaign. Completing locks the task, then the campaign (to close it); cancelling
+    locked the campaign, then the tasks, and a worker completing a task at that moment
+    deadlocked with the office (PostgreSQL killed one of them: a 503).
+    """
     from ..auth import Forbidden
 
+    campaign = get_campaign(session, campaign_id, principal)
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            select(Task.id)
+            .where(Task.campaign_id == campaign.id, Task.status.in_(OPEN_TASK_STATUSES))
+            .order_by(Task.id)
+            .with_for_update()
+        )
     campaign = get_campaign(session, campaign_id, principal, for_update=True)
     check_if_match(campaign, if_match, noun="campaign", path="/api/v1/campaigns/{id}")
     if campaign.status != "active":

@@ -7,6 +7,8 @@ like random ones in test_scope_probing.py.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -687,3 +689,72 @@ def test_cancelling_a_campaign_cancels_its_open_tasks_and_the_last_task_closes_o
     closed = ok(office.get(f"/api/v1/campaigns/{other['id']}"))
     assert closed["status"] == "closed" and closed["closed_at"]
     assert [c["id"] for c in ok(office.get("/api/v1/campaigns?status=active"))["items"]] == []
+
+
+def _wait_for_lock(engine, query: str, thread: threading.Thread) -> None:  # type: ignore[no-untyped-def]
+    """Wait (up to 20 s) until a session waits for a lock in a statement like ``query``, or
+    ``thread`` (the request) has answered without waiting."""
+    deadline = time.monotonic() + 20
+    while thread.is_alive() and time.monotonic() < deadline:
+        with engine.connect() as conn:
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database() AND query LIKE :q"
+                ),
+                {"q": query},
+            ).scalar_one()
+        if waiting:
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.engines("postgis")
+def test_cancelling_a_campaign_while_a_worker_completes_a_task_deadlocks_nobody(people, engine):
+    """A worker completing a task locks it, then its campaign (to close it when it was the
+    last); cancelling the campaign locked the campaign, then its tasks: at the same moment
+    the two waited for each other, and PostgreSQL killed one (a 503)."""
+    office, worker2 = people["office"], people["worker2"]
+    made = ok(
+        office.post(
+            "/api/v1/campaigns", json={"title": "排查", "region": COMMUNITY_A, "due_in": SOON}
+        ),
+        201,
+    )
+    tasks = campaign_tasks(office, made["id"])
+    first, second = tasks[A1]["id"], tasks[A2]["id"]
+    assert first < second
+    campaign_etag = etag_of(office, made["id"], "campaigns")
+    task_etag = etag_of(worker2, second)
+    answers: dict[str, Any] = {}
+
+    def cancel() -> None:
+        answers["cancel"] = office.post(
+            f"/api/v1/campaigns/{made['id']}/cancel",
+            json={"reason": "上级取消"},
+            headers={"If-Match": campaign_etag},
+        )
+
+    def complete() -> None:
+        answers["complete"] = step(worker2, second, "complete", {}, etag=task_etag)
+
+    # Someone holds A1's task (as a worker completing it would) while the office cancels:
+    # the cancellation waits for that task; the worker of A2 then completes theirs.
+    with engine.connect() as holder:
+        holder.execute(text("SELECT id FROM tasks WHERE id = :id FOR UPDATE"), {"id": first})
+        cancelling = threading.Thread(target=cancel)
+        cancelling.start()
+        _wait_for_lock(engine, "% tasks%", cancelling)
+        completing = threading.Thread(target=complete)
+        completing.start()
+        _wait_for_lock(engine, "SELECT campaigns%", completing)
+        holder.rollback()
+    cancelling.join(30)
+    completing.join(30)
+    statuses = {k: r.status_code for k, r in answers.items()}
+    assert statuses == {"cancel": 200, "complete": 200}, {
+        k: r.get_json() for k, r in answers.items()
+    }
+    after = {g: t["status"] for g, t in campaign_tasks(office, made["id"]).items()}
+    assert after == {A1: "cancelled", A2: "completed"}
+    assert ok(office.get(f"/api/v1/campaigns/{made['id']}"))["status"] == "cancelled"
