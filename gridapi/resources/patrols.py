@@ -154,7 +154,7 @@ class Patrols(MethodView):
             data,
             snapshot=routing_snapshot(),
             now=now,
-            today=now.astimezone(_tz()).date(),
+            tz=_tz(),
             kept_days=state().settings.track_retention_days,
         )
         audit(

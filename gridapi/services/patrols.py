@@ -391,12 +391,16 @@ def start_patrol(
     *,
     snapshot: IndexSnapshot,
     now: datetime,
-    today: date,
+    tz: tzinfo,
     kept_days: float | None = None,
 ) -> Patrol:
     """Start a patrol of the caller. Raises Conflict (with the active patrol's id) while one
     is active, Unprocessable when nothing says where the patrol belongs or when it started
-    before the ``kept_days`` tracks are kept (the retention job would delete it at once)."""
+    before the ``kept_days`` tracks are kept (the retention job would delete it at once).
+
+    Its grid is the worker's primary grid on the roster of the day it started (in ``tz``):
+    a start made offline before midnight and uploaded after a change of roster belongs to
+    the grid walked, not to the one of the day it was uploaded."""
     if principal.kind != "user":
         raise Unprocessable("Only a person patrols.", errors={"json": {"worker": ["not a user"]}})
     started_at = _not_future(data.get("started_at") or now, now, "started_at")
@@ -414,7 +418,7 @@ def start_patrol(
 
     if (error := one_active()) is not None:
         raise error
-    grid = primary_grid(session, principal.id, today)
+    grid = primary_grid(session, principal.id, started_at.astimezone(tz).date())
     region = grid[:12] if grid else principal.region_code
     if region is None and data.get("location") is not None:
         lon, lat = to_wgs84(*data["location"]["coordinates"], data.get("crs", "wgs84"))

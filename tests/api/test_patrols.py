@@ -1073,3 +1073,38 @@ def test_two_workers_at_once_thin_or_delete_a_track_once(app, worker, world, eng
     assert second == expected
     version = rows(engine, f"SELECT version FROM patrols WHERE id = {patrol['id']}")
     assert version == ([(ended["version"] + 1,)] if due == "thinned" else [])  # thinned once
+
+
+def test_a_patrol_started_offline_belongs_to_the_grid_of_the_day_it_started(
+    accounts, world, engine, app
+):
+    """`grid_code` is the worker's primary grid *when it started*: a patrol started last
+    night offline and uploaded after the roster changed at midnight is A1's, where the
+    worker was, not A2's (the roster of the day it was sent)."""
+    from gridapi import clock
+
+    mover = accounts.client("mover", "grid_worker", grids=[A1])
+    mover_id = accounts.ids["mover"]
+    today = clock.today()
+    with engine.begin() as conn:  # on A1 for a month until yesterday; on A2 from today
+        conn.execute(
+            text(
+                "UPDATE grid_assignments SET valid_from = :start, valid_to = :end "
+                "WHERE user_id = :user"
+            ),
+            {"start": today - timedelta(days=30), "end": today, "user": mover_id},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO grid_assignments "
+                "(user_id, grid_code, county_code, is_primary, valid_from) "
+                "VALUES (:user, :grid, :county, :primary, :start)"
+            ),
+            {"user": mover_id, "grid": A2, "county": A2[:6], "primary": True, "start": today},
+        )
+    zone = ZoneInfo(app.extensions["gridapi"].settings.timezone)
+    last_night = datetime.combine(today, datetime.min.time(), tzinfo=zone) - timedelta(hours=1)
+    patrol = start(mover, started_at=iso(last_night))
+    assert (patrol["grid"], patrol["region_code"]) == (A1, COMMUNITY_A)
+    ok(mover.post(f"/api/v1/patrols/{patrol['id']}/end", json={}))
+    assert start(mover)["grid"] == A2  # a patrol started today is A2's
