@@ -278,11 +278,16 @@ def _converter(crs: object) -> Callable[[float, float], tuple[float, float]]:
         raise UnknownCRS(crs) from None
 
 
+# How near 0°, 0° a position is no fix (about a tenth of a millimetre; nobody patrols there).
+_NO_FIX_DEGREES = 1e-9
+
+
 def no_fix(lon: float, lat: float) -> bool:
-    """Whether a phone's position is exactly 0°, 0°: what location services give before
-    they have a fix (in the Gulf of Guinea, far from any grid), whatever the coordinate
-    system. Callers keep the time of such a position but not the place."""
-    return lon == 0 and lat == 0
+    """Whether a phone's position is 0°, 0°: what location services give before they have a
+    fix (in the Gulf of Guinea, far from any grid), whatever the coordinate system. Baidu's
+    SDK writes 4.9E-324 for both (the smallest double, not quite zero): the same. Callers
+    keep the time of such a position but not the place."""
+    return abs(lon) < _NO_FIX_DEGREES and abs(lat) < _NO_FIX_DEGREES
 
 
 def to_wgs84(lon: float, lat: float, crs: str) -> tuple[float, float]:

@@ -428,8 +428,10 @@ def test_points_outside_the_patrol_are_rejected_and_late_uploads_taken(worker, w
     # a phone without a fix sends 0°, 0°: rejected, the track's length untouched
     length = answer["length_m"]
     no_fix = {"t": iso(began + timedelta(minutes=20)), "lon": 0, "lat": 0.0}
-    answer = upload(worker, patrol["id"], [no_fix])
-    assert (answer["accepted"], answer["rejected"], answer["point_count"]) == (0, 1, 6)
+    # Baidu's SDK writes 4.9E-324 (the smallest double) for both: no fix either
+    baidu = {"t": iso(began + timedelta(minutes=21)), "lon": 4.9e-324, "lat": 4.9e-324}
+    answer = upload(worker, patrol["id"], [no_fix, {**baidu, "crs": "bd09"}])
+    assert (answer["accepted"], answer["rejected"], answer["point_count"]) == (0, 2, 6)
     assert answer["length_m"] == length
 
     # GCJ-02 (AMap) points are converted to WGS-84
@@ -720,6 +722,10 @@ def test_check_in_at_a_house_a_place_or_a_point(client, worker, world, engine):
     no_fix = {"type": "Point", "coordinates": [0, 0]}
     named = ok(worker.post(url, json={"place": "村口", "location": no_fix}), 201)
     assert (named["location"], named["grid"], named["place"]) == (None, None, "村口")
+    baidu = {"type": "Point", "coordinates": [4.9e-324, 4.9e-324]}  # Baidu's "no fix"
+    body = {"place": "桥头", "location": baidu, "crs": "bd09"}
+    bridge = ok(worker.post(url, json=body), 201)
+    assert (bridge["location"], bridge["grid"], bridge["place"]) == (None, None, "桥头")
 
     # a house out of the worker's scope, nowhere, or a time outside the patrol: 422
     for body, field in (
@@ -730,9 +736,14 @@ def test_check_in_at_a_house_a_place_or_a_point(client, worker, world, engine):
     ):
         assert field in ok(worker.post(url, json=body), 422)["errors"]["json"], body
     detail = ok(worker.get(f"/api/v1/patrols/{patrol['id']}"))
-    assert [c["id"] for c in detail["checkins"]] == [checkin["id"], at_place["id"], named["id"]]
+    assert [c["id"] for c in detail["checkins"]] == [
+        checkin["id"],
+        at_place["id"],
+        named["id"],
+        bridge["id"],
+    ]
     audited = audit_rows(engine, "patrol.checkin")
-    assert len(audited) == 3
+    assert len(audited) == 4
     for _, _, summary in audited:  # never coordinates in the audit trail
         assert set(summary) == {"checkin_id", "house_id", "grid"}
 

@@ -105,6 +105,15 @@ def test_a_heartbeat_without_a_fix_keeps_the_time_not_the_place(people):
         None,
         None,
     )
+    # Baidu's SDK writes 4.9E-324 (the smallest double, not quite 0) for both: the same
+    baidu = {"type": "Point", "coordinates": [4.9e-324, 4.9e-324]}
+    assert beat(worker, 0)["grid"] == A1
+    seen = ok(
+        worker.post(
+            "/api/v1/presence/heartbeat", json={"location": baidu, "crs": "bd09", "battery": 39}
+        )
+    )
+    assert (seen["battery"], seen["grid"], seen["location"]) == (39, None, None)
 
 
 def test_who_is_on_duty_in_a_grid_now(people, accounts, engine):
