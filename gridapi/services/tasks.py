@@ -633,24 +633,37 @@ def my_tasks(
 def flag_overdue_tasks(session: Session, now: datetime) -> int:
     """Mark overdue every open task whose deadline is before ``now``: ``overdue``,
     ``overdue_since`` (the deadline), a new version. Returns how many were marked; a second
-    run marks none. Flushes, never commits."""
-    result = session.execute(
-        update(Task)
-        .where(
-            Task.status.in_(OPEN_TASK_STATUSES),
-            Task.due_at < now,
-            Task.overdue.is_(False),
-        )
-        .values(
-            overdue=True,
-            overdue_since=Task.due_at,
-            version=Task.version + 1,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session="fetch")
+    run marks none. Flushes, never commits.
+
+    On PostgreSQL a task another transaction holds at that moment (a worker completing it, an
+    office reassigning it or cancelling its campaign) is left to the next run: the job's
+    UPDATE locked the late tasks in the table's order, cancelling a campaign locks its tasks
+    by id, and the two could deadlock (PostgreSQL then kills one of them).
+    """
+    late = select(Task.id).where(
+        Task.status.in_(OPEN_TASK_STATUSES),
+        Task.due_at < now,
+        Task.overdue.is_(False),
     )
+    if session.get_bind().dialect.name == "postgresql":
+        late = late.with_for_update(skip_locked=True)
+    ids = list(session.scalars(late.order_by(Task.id)))
+    marked = 0
+    for start in range(0, len(ids), 1000):
+        result = session.execute(
+            update(Task)
+            .where(Task.id.in_(ids[start : start + 1000]), Task.overdue.is_(False))
+            .values(
+                overdue=True,
+                overdue_since=Task.due_at,
+                version=Task.version + 1,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session="fetch")
+        )
+        marked += int(result.rowcount or 0)  # type: ignore[attr-defined]
     session.flush()
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return marked
 
 
 # --- campaigns --------------------------------------------------------------------------------

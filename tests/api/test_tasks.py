@@ -758,3 +758,26 @@ def test_cancelling_a_campaign_while_a_worker_completes_a_task_deadlocks_nobody(
     after = {g: t["status"] for g, t in campaign_tasks(office, made["id"]).items()}
     assert after == {A1: "cancelled", A2: "completed"}
     assert ok(office.get(f"/api/v1/campaigns/{made['id']}"))["status"] == "cancelled"
+
+
+@pytest.mark.engines("postgis")
+def test_flagging_overdue_tasks_leaves_a_task_being_changed_to_the_next_run(people, app, engine):
+    """The overdue job locked every late task in the table's order, waiting for any a
+    request held: with a campaign being cancelled (its tasks locked by id) the two could
+    deadlock. It now takes the late tasks nobody holds, and the others on its next run."""
+    office = people["office"]
+    held, free = new_task(office, grid=A1), new_task(office, grid=A2)
+    later = datetime.now(UTC) + timedelta(days=10)
+    sessions = app.extensions["gridapi"].sessions
+    with engine.connect() as holder:
+        holder.execute(text("SELECT id FROM tasks WHERE id = :id FOR UPDATE"), {"id": held["id"]})
+        with sessions.begin() as session:
+            session.execute(text("SET LOCAL lock_timeout = '3s'"))
+            assert flag_overdue_tasks(session, later) == 1
+        holder.rollback()
+    flagged = {t["id"]: t["overdue"] for t in ok(office.get("/api/v1/tasks"))["items"]}
+    assert flagged == {held["id"]: False, free["id"]: True}
+    with sessions.begin() as session:
+        assert flag_overdue_tasks(session, later) == 1
+    with sessions.begin() as session:
+        assert flag_overdue_tasks(session, later) == 0
