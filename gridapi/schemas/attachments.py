@@ -56,7 +56,7 @@ class AttachmentSchema(StrictSchema):
         allow_none=True,
         metadata={
             "description": "EXIF position, [lon, lat] as the camera wrote it (usually WGS-84); "
-            "null without one, or at exactly 0°, 0° (a camera without a fix). Only for "
+            "null without one, or at 0°, 0° (a camera without a fix). Only for "
             "callers with `cases:evidence_location`: absent otherwise."
         },
     )

@@ -384,7 +384,7 @@ def _degrees(value: Any, ref: Any, negative: str) -> float | None:
 
 def read_exif(img: Image.Image, tz: ZoneInfo) -> tuple[datetime | None, float | None, float | None]:
     """Return (taken_at, lon, lat) from the image's EXIF; None for what is missing or
-    malformed (a photo is never refused for its metadata). A position of exactly 0°, 0° is
+    malformed (a photo is never refused for its metadata). A position at 0°, 0° is
     a camera without a fix (``no_fix``, as for a phone's check-in or visit): no place."""
     try:
         exif = img.getexif()
