@@ -119,7 +119,9 @@ def on_duty(
 
     Raises NotFound for a grid not in service or outside the scope.
     """
-    members = {user.id: user for _, user in roster(session, grid_code, scope)}
+    # A deactivated account still on the roster is nobody's colleague on duty: it was
+    # listed off duty, as if it might come.
+    members = {user.id: user for _, user in roster(session, grid_code, scope) if user.is_active}
     since = now - timedelta(minutes=minutes)
     in_scope = users_query(scope).with_only_columns(User.id)
     fresh = session.execute(

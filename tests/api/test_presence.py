@@ -209,3 +209,17 @@ def test_the_roster_is_read_on_the_county_s_date(people, app, engine):
             session, Scope.everything(), {}, now=evening, minutes=15, with_location=False
         )
     assert "worker2" in {row["username"] for row in rows}
+
+
+def test_a_deactivated_account_is_not_listed_off_duty(people, accounts, client):
+    """Its assignment may stay on the roster (history), but nobody is on duty or off duty
+    through an account that cannot sign in."""
+    beat(people["worker1"], 0)
+    chief = people["chief"]
+    duty = ok(chief.get(f"/api/v1/grids/{A1}/on-duty"))
+    assert {i["username"] for i in duty["off_duty"]} == {"worker2", "chief1"}
+    r = client.patch(f"/api/v1/users/{accounts.ids['worker2']}", json={"is_active": False})
+    assert r.status_code == 200, r.get_json()
+    duty = ok(chief.get(f"/api/v1/grids/{A1}/on-duty"))
+    assert {i["username"] for i in duty["off_duty"]} == {"chief1"}
+    assert {i["username"] for i in duty["items"]} == {"worker1"}
