@@ -276,18 +276,30 @@ def page(
     the cursor's sync began (``keeps``)."""
     entities = kept_entities(caller)
     now = keeps(caller, entities)
+    started = int(time.time())
     if cursor is None:
         txid, id_ = watermark(session)
-        cursor = Cursor(actor=caller.actor, phase="snap", txid=txid, id=id_, keeps=now)
+        cursor = Cursor(
+            actor=caller.actor, phase="snap", txid=txid, id=id_, keeps=now, issued=started
+        )
     elif cursor.keeps != now:
         raise CursorExpired(
             "What your phone keeps has changed since this cursor (your grids, area or "
             "permissions): sync again without a cursor and keep only what that sync sends."
         )
-    cursor.issued = int(time.time())
     if cursor.phase == "snap":
-        return _snapshot_page(session, caller, cursor, entities, limit)
-    return _log_page(session, caller, cursor, entities, limit)
+        result = _snapshot_page(session, caller, cursor, entities, limit)
+    else:
+        result = _log_page(session, caller, cursor, entities, limit)
+    # A cursor's age is that of the oldest row it still has to hand out: the start of a
+    # first sync (its position is the watermark, whatever pages of the snapshot followed),
+    # else the last page that left nothing more (nor held back). Refreshed at every page, a
+    # sync paged over more than the retention (a snapshot, or pages of changes with
+    # has_more) kept its position while the tombstones after it were pruned: the phone kept
+    # what it had lost.
+    if not result.has_more and not result.pending:
+        result.cursor.issued = started
+    return result
 
 
 def _snapshot_page(
