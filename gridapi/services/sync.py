@@ -234,6 +234,12 @@ def _log_condition(caller: Caller, entities: tuple[str, ...]):  # type: ignore[n
         parts.append(
             and_(SyncLog.entity == "case", or_(SyncLog.user1 == uid, SyncLog.user2 == uid))
         )
+    elif "case" in entities:
+        # An app (API key) keeps the cases it reported, but the log names only a reporting
+        # user (user1): its snapshot was never followed by a change. A case's reporter never
+        # changes and cases are not deleted, so its rows are found by the case's id.
+        reported = select(Case.id).where(Case.reporter == caller.actor)
+        parts.append(and_(SyncLog.entity == "case", SyncLog.entity_id.in_(reported)))
     if "task" in entities:
         mine = SyncLog.user2 == uid if uid is not None else false()
         grids = sorted(scope.grid_codes)

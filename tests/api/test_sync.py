@@ -1422,3 +1422,27 @@ def test_a_sync_paged_over_the_retention_is_gone_not_short_of_a_tombstone(
         pass
     assert ("household", gone["id"]) not in kept
     assert ("household", stays["id"]) in kept
+
+
+def test_an_app_s_reports_follow_its_snapshot(app, client, world):
+    """An app (an API key) syncing kept the cases it reported: the snapshot sent them, but
+    the log names only a reporting user, so no change of them ever followed."""
+    created = ok(
+        client.post(
+            "/api/v1/clients", json={"name": "12345", "scopes": ["cases:read", "cases:write"]}
+        ),
+        201,
+    )
+    hotline = app.test_client()
+    hotline.environ_base["HTTP_X_API_KEY"] = created["api_key"]
+    case_id = report(hotline)["id"]
+    phone = Phone(hotline)
+    phone.pull()
+    assert phone.kept[("case", case_id)]["status"] == "reported"
+    step(client, case_id, "accept")
+    assert [(c["type"], c["id"], c["op"]) for c in phone.pull()] == [("case", case_id, "upsert")]
+    assert phone.kept[("case", case_id)]["status"] == "accepted"
+    assert phone.kept[("case", case_id)] == ok(hotline.get(f"/api/v1/cases/{case_id}"))
+    other = report(client, 1)["id"]  # another's report is none of the app's
+    step(client, other, "accept")
+    assert phone.pull() == [] and phone.ids("case") == {case_id}
