@@ -115,15 +115,21 @@ def _references(session, scope) -> dict[str, Any]:  # type: ignore[no-untyped-de
         return svc.digest([stamp[0], str(stamp[1])]), full
 
     def grids():  # type: ignore[no-untyped-def]
+        # Every grid in service with its version (two short columns, a few rows for a
+        # worker): their count, highest version and highest code stayed the same when a
+        # community rolled back to its older version while another's later one served.
         query = grids_svc.grids_query(scope=scope).subquery()
-        stamp = session.execute(
-            select(func.count(), func.max(query.c.version_id), func.max(query.c.code))
-        ).one()
+        stamp = [
+            list(row)
+            for row in session.execute(
+                select(query.c.code, query.c.version_id).order_by(query.c.code)
+            )
+        ]
 
         def full() -> dict[str, Any]:
             return orjson.loads(b"".join(grids_svc.iter_geojson(session, scope=scope)))
 
-        return svc.digest(list(stamp)), full
+        return svc.digest(stamp), full
 
     return {"categories": categories, "calendar": calendar, "grids": grids}
 

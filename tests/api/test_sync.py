@@ -1446,3 +1446,37 @@ def test_an_app_s_reports_follow_its_snapshot(app, client, world):
     other = report(client, 1)["id"]  # another's report is none of the app's
     step(client, other, "accept")
     assert phone.pull() == [] and phone.ids("case") == {case_id}
+
+
+def test_grids_rolled_back_to_an_older_version_are_sent_again(client, accounts, world):
+    """The grids' digest was their count, highest version id and highest code: a community
+    rolled back to its older version, while another community's later version still served,
+    left all three alone, and the phone kept the boundaries taken out of service."""
+    from ..factories import COMMUNITY_A, COMMUNITY_B, collection, feature, square
+
+    worker = accounts.client("worker1", "grid_worker", grids=[A1, B1])
+
+    def community_a(name: str) -> dict:
+        fc = collection(feature(A1, square(0, 0), name=name), feature(A2, square(1, 0)))
+        return world.grid_version(fc, region=COMMUNITY_A)
+
+    older = community_a("甲网格")
+    community_a("乙网格")  # replaces the older one
+    b = collection(feature(B1, square(2, 0)), feature(COMMUNITY_B + "002", square(3, 0)))
+    world.grid_version(b, region=COMMUNITY_B)  # the latest version id
+    phone = Phone(worker)
+    phone.pull()
+    names = {
+        f["properties"]["code"]: f["properties"]["name"]
+        for f in phone.references["grids"]["features"]
+    }
+    assert names[A1] == "乙网格"
+    # the community rolls back: its older version serves again
+    ok(client.post(f"/api/v1/grid-versions/{older['id']}/activate", json={}))
+    assert ok(client.get(f"/api/v1/grids/{A1}"))["name"] == "甲网格"
+    phone.pull()
+    features = phone.references["grids"]["features"]
+    assert {f["properties"]["code"]: f["properties"]["version_id"] for f in features} == {
+        A1: older["id"],
+        B1: ok(client.get(f"/api/v1/grids/{B1}"))["version_id"],
+    }
