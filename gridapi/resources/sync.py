@@ -95,7 +95,8 @@ class SyncPageSchema(StrictSchema):
 
 
 def _references(session, scope) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Digest and builder of each reference set (digests are one aggregate query each)."""
+    """Digest and builder of each reference set (a digest is one query each: an aggregate,
+    or for the grids the code and version of each grid in service in the scope)."""
 
     def categories():  # type: ignore[no-untyped-def]
         stamp = session.execute(select(func.count(), func.max(Category.updated_at))).one()
