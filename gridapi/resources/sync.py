@@ -184,6 +184,11 @@ def _task_views(session, tasks, principal) -> dict[int, dict[str, Any]]:  # type
     return {t.id: tasks_svc.task_view(t, principal, names, items=items[t.id]) for t in tasks}
 
 
+# A page of cases names their regions from the routing snapshot: checked (when due) on a
+# connection of its own, it is taken before the page's session holds one.
+blp.takes_routing_snapshot()
+
+
 @blp.route("")
 class Sync(MethodView):
     @blp.requires("cases:read")

@@ -1480,3 +1480,26 @@ def test_grids_rolled_back_to_an_older_version_are_sent_again(client, accounts, 
         A1: older["id"],
         B1: ok(client.get(f"/api/v1/grids/{B1}"))["version_id"],
     }
+
+
+def test_a_sync_needs_one_connection_at_a_time(client, worker):
+    """A page with cases names their regions from the routing snapshot, which (when due) is
+    checked on a connection of its own: checked while the page's session held one, every
+    request of a morning's syncs waited for a second, and with the pool taken by such
+    requests nobody got one (a pool time-out, 500). It is taken before the session."""
+    from sqlalchemy import event
+
+    report(worker)
+    household(client, A1)
+    engine = client.application.extensions["gridapi"].engine
+    held: list[int] = []
+
+    def checkout(*_: Any) -> None:
+        held.append(engine.pool.checkedout())
+
+    event.listen(engine, "checkout", checkout)
+    try:
+        Phone(worker, limit=1).pull()
+    finally:
+        event.remove(engine, "checkout", checkout)
+    assert held and max(held) == 1, held
