@@ -332,7 +332,10 @@ class SyncBatch(MethodView):
         results = []
         for action in data["actions"]:
             result = _apply(st, principal.actor_id, action, headers, created, in_batch)
-            created[action["key"]] = result["id"]
+            # A key given again for another action (422) leaves what its applied action
+            # created: "ref:" to it answered that the action had failed.
+            if action["key"] not in created or 200 <= result["status"] < 300:
+                created[action["key"]] = result["id"]
             results.append(result)
         return {"results": results}
 

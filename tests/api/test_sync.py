@@ -1503,3 +1503,27 @@ def test_a_sync_needs_one_connection_at_a_time(client, worker):
     finally:
         event.remove(engine, "checkout", checkout)
     assert held and max(held) == 1, held
+
+
+def test_a_key_given_again_for_another_action_leaves_the_first_one_s_id(worker):
+    """A key sent twice in one batch, the second time for another action (422, reused),
+    made a later reference to it answer that the action had failed, though it was applied:
+    a reference names the action applied with the key."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime.now(UTC) - timedelta(hours=1)
+    results = batch(
+        worker,
+        [
+            {"key": "p", "type": "patrol.start", "payload": {"started_at": start.isoformat()}},
+            {
+                "key": "p",
+                "type": "patrol.start",
+                "payload": {"started_at": (start + timedelta(minutes=5)).isoformat()},
+            },
+            {"key": "end", "type": "patrol.end", "payload": {"patrol_id": "ref:p"}},
+        ],
+    )
+    assert [r["status"] for r in results] == [201, 422, 200], results
+    assert results[1]["error"]["errors"] == {"json": {"key": ["reused"]}}
+    assert results[2]["id"] == results[0]["id"]
