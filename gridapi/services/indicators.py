@@ -854,18 +854,28 @@ def bulletin(
     }
 
 
+# A cell starting with one of these is a formula to Excel (CSV injection); as in the
+# exports (gridapi/services/exports.py), such a name is written with a leading apostrophe.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text_cell(value: str) -> str:
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def bulletin_rows(body: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """Return the Chinese headers and the rows of a bulletin for CSV and XLSX."""
+    """Return the Chinese headers and the rows of a bulletin for CSV and XLSX (a region's
+    name that Excel would run as a formula prefixed with an apostrophe)."""
     headers = ["排名", "区划代码", "名称"]
     headers += [title for _, title in INDICATORS]
     headers += [f"{title}较上月" for _, title in INDICATORS]
     rows: list[list[Any]] = []
     for item in body["items"]:
-        row: list[Any] = [item["rank"], item["code"], item["name"]]
+        row: list[Any] = [item["rank"], item["code"], _text_cell(item["name"])]
         row += [item["indicators"][key] for key, _ in INDICATORS]
         row += [item["change"][key] for key, _ in INDICATORS]
         rows.append(row)
-    total: list[Any] = [None, body["region"]["code"], f"{body['region']['name']}(合计)"]
+    total: list[Any] = [None, body["region"]["code"], _text_cell(f"{body['region']['name']}(合计)")]
     total += [body["total"][key] for key, _ in INDICATORS]
     total += [None for _ in INDICATORS]
     rows.append(total)

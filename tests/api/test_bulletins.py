@@ -109,3 +109,27 @@ def test_every_format_answers_a_content_type_the_spec_documents(client, cases): 
         r = client.get(f"/api/v1/bulletins/{COUNTY}/2026-03", query_string=query)
         assert r.status_code == 200, r.get_json()
         assert r.mimetype in content, (query, r.mimetype)
+
+
+def test_a_region_name_excel_would_run_is_written_as_text(client, cases):  # noqa: F811
+    """A child region named like a formula (CSV injection) was written as is: in the CSV
+    Excel ran it, and openpyxl stored it in the XLSX as a formula."""
+    from ..factories import rectangle
+
+    name = '=HYPERLINK("http://evil.example","点击")'
+    r = client.post(
+        "/api/v1/regions/import",
+        json=[{"code": "320508003000", "name": name, "boundary": rectangle(8, 0, 9, 1)}],
+    )
+    assert r.status_code == 200, r.get_json()
+    raw = get(client, f"{COUNTY}/2026-03?format=csv").get_data().decode("utf-8-sig")
+    rows = {row[1]: row for row in csv.reader(io.StringIO(raw))}
+    assert rows["320508003000"][2] == "'" + name
+    assert rows[TOWNSHIP][2] == "平江街道"  # other names unchanged
+    book = load_workbook(io.BytesIO(get(client, f"{COUNTY}/2026-03?format=xlsx").get_data()))
+    cells = {row[1].value: row[2] for row in book.active.iter_rows()}
+    assert cells["320508003000"].data_type == "s"
+    assert cells["320508003000"].value == "'" + name
+    # The JSON answer keeps the name as it is.
+    items = get(client, f"{COUNTY}/2026-03").get_json()["items"]
+    assert {i["code"]: i["name"] for i in items}["320508003000"] == name
