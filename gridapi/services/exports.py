@@ -62,6 +62,8 @@ MEDIA_TYPES = {
 }
 BATCH = 2000
 SHEET_TITLES = {"cases": "事件", "tasks": "任务", "visits": "走访", "persons": "实有人口"}
+# Rows of one XLSX sheet, the header included (Excel's limit): more go on in the next sheet.
+XLSX_MAX_ROWS = 1_048_576
 # A cell starting with one of these is a formula to Excel (CSV injection): it is written
 # with a leading apostrophe, which Excel shows as text and hides.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -532,17 +534,33 @@ def write_xlsx(session: Session, plan: ExportPlan, path: str, batch: int | None 
     from openpyxl import Workbook
 
     book = Workbook(write_only=True)
-    sheet = book.create_sheet(SHEET_TITLES[plan.kind])
-    sheet.freeze_panes = "A2"
-    sheet.append(plan.headers)
+    title = SHEET_TITLES[plan.kind]
+
+    def new_sheet(number: int) -> Any:
+        sheet = book.create_sheet(title if number == 1 else f"{title}({number})")
+        sheet.freeze_panes = "A2"
+        sheet.append(plan.headers)
+        return sheet
+
+    # A sheet holds at most XLSX_MAX_ROWS rows, its header included: the rows go on in the
+    # next sheet (openpyxl writes past the limit, and Excel then drops the rows beyond it).
+    per_sheet = XLSX_MAX_ROWS - 1
+    sheets = 1
+    sheet = new_sheet(sheets)
+    room = per_sheet
     count = 0
     convert, clean = cell_converter(plan), _ILLEGAL_XLSX.sub
     try:
         for part in _rows(session, plan, batch):
             for row in part:
+                if not room:
+                    sheets += 1
+                    sheet = new_sheet(sheets)
+                    room = per_sheet
                 cells = convert(plan.values(row))
                 # openpyxl refuses control characters: they are dropped.
                 sheet.append([clean("", v) if type(v) is str else v for v in cells])
+                room -= 1
             count += len(part)
     finally:
         # Saved on failure too: openpyxl's way to close the sheet's writer and remove its

@@ -1180,3 +1180,34 @@ def test_a_job_run_on_an_engine_that_begins_as_a_writer_still_reads_without_the_
         counts = exports_svc.run_export_jobs(sessions, options)
     assert counts == {"done": 1, "failed": 0, "purged": 0}
     assert _job_row(app.extensions["gridapi"].engine, job["id"]) == ("done", 1, None)
+
+
+def test_an_xlsx_longer_than_a_sheet_goes_on_in_further_sheets(client, world, app, monkeypatch):
+    """A sheet holds at most 1,048,576 rows (Excel's limit); openpyxl wrote past it and
+    Excel dropped the rest. Here a sheet of three rows: the header and two cases."""
+    monkeypatch.setattr(exports_svc, "XLSX_MAX_ROWS", 3)
+    for col in (3, 4):
+        body = {
+            "category": "0101",
+            "description": "乱贴广告",
+            "location": {"type": "Point", "coordinates": center(col)},
+        }
+        ok(client.post("/api/v1/cases", json=body), 201)
+    listed = client.get("/api/v1/cases?sort=reported_at").get_json()["items"]
+    assert len(listed) == 5
+    r = ok(client.get("/api/v1/exports/cases?format=xlsx&sort=reported_at"))
+    book = load_workbook(io.BytesIO(r.get_data()), read_only=True)
+    assert book.sheetnames == ["事件", "事件(2)", "事件(3)"]
+    ids = []
+    for sheet in book.worksheets:
+        rows = list(sheet.iter_rows(values_only=True))
+        assert rows[0][:2] == ("编号", "事件编号") and 2 <= len(rows) <= 3
+        ids += [row[0] for row in rows[1:]]
+    assert ids == [c["id"] for c in listed]
+    # A job's file too.
+    job = ok(client.post("/api/v1/exports/cases/jobs", json={"format": "xlsx"}), 202).get_json()
+    run_jobs(app)
+    r = ok(client.get(f"/api/v1/exports/cases/jobs/{job['id']}/file"))
+    book = load_workbook(io.BytesIO(r.get_data()), read_only=True)
+    assert book.sheetnames == ["事件", "事件(2)", "事件(3)"]
+    assert sum(len(list(sheet.iter_rows())) - 1 for sheet in book.worksheets) == 5
