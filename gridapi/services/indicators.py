@@ -152,11 +152,15 @@ def composite_score(
     ``vᵢ`` is the rate itself, or ``1 − rate`` for a rate where lower is better (rework,
     extension). A rate without a value (no denominator) is left out with its weight.
     """
+    # The weights relative to the largest: the same score, and no overflow to inf / inf
+    # (NaN) for weights near the largest float, nor underflow to 0 for subnormal ones.
+    largest = max(weights.values(), default=0.0)
     total = weight_sum = 0.0
     for name, weight in weights.items():
         value = values.get(name)
         if value is None or weight <= 0:
             continue
+        weight = weight / largest
         total += weight * (1.0 - value if name in LOWER_IS_BETTER else value)
         weight_sum += weight
     if weight_sum <= 0:

@@ -78,3 +78,13 @@ def test_months_are_yyyy_mm():
     for bad in ("2026-13", "2026-3", "26-03", "1999-01", "2026-03-01"):
         with pytest.raises(Unprocessable):
             month_period(bad)
+
+
+@pytest.mark.parametrize("weight", ["1e308", "1.7e308", "1e-320", "5e-324"])
+def test_the_score_is_the_same_for_any_scale_of_valid_weights(weight):
+    """Weights are any finite numbers >= 0: two near the largest float made the score
+    inf / inf = NaN (and 0 for a half), subnormal ones lost the score to rounding."""
+    weights = parse_weights(f"closure_rate:{weight},satisfaction_rate:{weight}")
+    assert composite_score({"closure_rate": 1.0, "satisfaction_rate": 1.0}, weights) == 100.0
+    assert composite_score({"closure_rate": 0.3, "satisfaction_rate": 0.9}, weights) == 60.0
+    assert composite_score({"closure_rate": 0.5, "satisfaction_rate": None}, weights) == 50.0
