@@ -780,6 +780,32 @@ def _change(now: Mapping[str, Any], before: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+def _child_key(prefixes: Sequence[str]) -> ColumnElement[Any]:
+    """Return the SQL key of a case's child region: the prefix of its ``region_code`` that
+    is one of the children's subtree ``prefixes`` (NULL for none of them).
+
+    The children of a region are not all one level below it: the townships of a city
+    without counties (东莞 4419) have 9-digit prefixes, a province-administered county-level
+    city right under its province (仙桃 429004) a 6-digit one. Usually every child has a
+    prefix of the same length, and the key is the case's prefix of that length.
+    """
+    by_length: dict[int, list[str]] = {}
+    for prefix in prefixes:
+        by_length.setdefault(len(prefix), []).append(prefix)
+    if len(by_length) == 1:
+        (length,) = by_length
+        return func.substr(Case.region_code, 1, length)
+    # The longest first: the most specific child holds the case.
+    whens = [
+        (
+            func.substr(Case.region_code, 1, length).in_(sorted(codes)),
+            func.substr(Case.region_code, 1, length),
+        )
+        for length, codes in sorted(by_length.items(), reverse=True)
+    ]
+    return case(*whens, else_=None)
+
+
 def bulletin(
     session: Session,
     scope: Scope,
@@ -825,7 +851,7 @@ def bulletin(
         periods.append(Period(key, start, end, min(end, now)))
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     if children:
-        child_key = func.substr(Case.region_code, 1, _CHILD_PREFIX[level])
+        child_key = _child_key([subtree_prefix(code) for code, _ in children])
         found, whole = aggregate_with_total(
             session, [located_in(region_code)], periods, [child_key]
         )

@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 
 from openpyxl import load_workbook
 
+from gridapi.models import Case
+
 from ..factories import COMMUNITY_A, COUNTY, TOWNSHIP
 from .test_indicators import MARCH_TOWNSHIP, TOWNSHIP_2, cases, world  # noqa: F401
 
@@ -133,3 +135,46 @@ def test_a_region_name_excel_would_run_is_written_as_text(client, cases):  # noq
     # The JSON answer keeps the name as it is.
     items = get(client, f"{COUNTY}/2026-03").get_json()["items"]
     assert {i["code"]: i["name"] for i in items}["320508003000"] == name
+
+
+def test_children_below_a_skipped_level_are_counted(app, client, accounts, world):  # noqa: F811
+    """东莞 has no counties: its children are townships (9-digit prefixes), and 仙桃, a
+    province-administered county-level city, sits right under 湖北 (a 6-digit prefix). The
+    bulletin keyed the cases by the parent's next level and counted 0 for such children."""
+    from ..factories import rectangle
+    from .test_indicators import Timeline, at
+
+    rows = [
+        {"code": "440000000000", "name": "广东省"},
+        {"code": "441900000000", "name": "东莞市"},
+        {"code": "441900003000", "name": "东城街道", "boundary": rectangle(10, 0, 12, 1)},
+        {"code": "441900003001", "name": "东城社区", "boundary": rectangle(10, 0, 12, 1)},
+        {"code": "420000000000", "name": "湖北省"},
+        {"code": "420100000000", "name": "武汉市"},
+        {"code": "429004000000", "name": "仙桃市", "boundary": rectangle(14, 0, 16, 1)},
+        {"code": "429004001000", "name": "沙嘴街道", "boundary": rectangle(14, 0, 16, 1)},
+        {"code": "429004001001", "name": "沙嘴社区", "boundary": rectangle(14, 0, 16, 1)},
+    ]
+    r = client.post("/api/v1/regions/import", json=rows)
+    assert r.status_code == 200, r.get_json()
+    t = Timeline(app, accounts.create("admin2", "admin"))
+    dongguan = t.filed(at(3, 2, 9), col=11)
+    xiantao = t.filed(at(3, 3, 9), col=15)
+    t.finish(xiantao, at(3, 3, 10), at(3, 3, 11))
+    with app.extensions["gridapi"].sessions() as session:
+        located = {c.id: c.region_code for c in session.query(Case)}
+    assert located[dongguan] == "441900003001" and located[xiantao] == "429004001001"
+
+    body = get(client, "441900000000/2026-03").get_json()
+    assert [i["code"] for i in body["items"]] == ["441900003000"]
+    assert body["items"][0]["indicators"]["filed"] == 1 == body["total"]["filed"]
+    assert body["items"][0]["indicators"]["overdue_open"] == 1
+
+    body = get(client, "420000000000/2026-03").get_json()
+    items = {i["code"]: i for i in body["items"]}
+    assert set(items) == {"420100000000", "429004000000"}
+    assert items["429004000000"]["indicators"]["filed"] == 1
+    assert items["429004000000"]["indicators"]["closed"] == 1
+    assert items["429004000000"]["rank"] == 1
+    assert items["420100000000"]["indicators"]["filed"] == 0
+    assert body["total"]["filed"] == 1
