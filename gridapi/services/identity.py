@@ -605,9 +605,14 @@ def changeable_user(
 ) -> User:
     """Return a user the caller may change: in scope and of a lower rank (admins: any).
 
-    A peer or superior answers like a missing user. Raises NotFound.
+    A peer or superior answers like a missing user, and so does an unrestricted admin to a
+    restricted caller: one living in the caller's area (the community of the grids it had
+    before it was made an admin) had its password reset by a regional admin there, who
+    could then sign in as it and see everything. Raises NotFound.
     """
     user = get_user(session, user_id, scope, to_change=True)
+    if not scope.unrestricted and user.role_name == "admin" and not user.scope_region_code:
+        raise _not_found("user")
     role_row = session.get(Role, user.role_name)
     if (
         actor_rank is not None

@@ -991,3 +991,31 @@ def test_a_new_primary_grid_leaves_past_rosters_as_they_were(office: Any) -> Non
     r = office.post(path, json={"grid": B1, "valid_from": days_ago(1), "is_primary": True})
     assert r.status_code == 201, r.get_json()
     assert primary_on(days_ago(30))
+
+
+def test_a_regional_admin_cannot_take_over_an_unrestricted_admin(
+    client: Any, accounts: Any, world: Any
+) -> None:
+    """An account made an unrestricted admin after its grids ended still lived in the
+    community of its last grid: a regional admin there reset its password (and could sign
+    in as it, seeing everything), disabled it or put it on a grid."""
+    regional = accounts.client("radmin", "admin", scope_region=TOWNSHIP)
+    worker = created(client, "wkr_up", grids=[A1])
+    r = client.post(f"/api/v1/users/{worker['id']}/assignments/{A1}/end", json={})
+    assert r.status_code == 200, r.get_json()
+    r = client.patch(f"/api/v1/users/{worker['id']}", json={"role": "admin"})
+    assert r.status_code == 200, r.get_json()
+    r = accounts.app.test_client().post(
+        "/api/v1/auth/token", json={"username": "wkr_up", "password": PASSWORD}
+    )
+    token = r.get_json()["access_token"]
+    me = accounts.app.test_client().get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.get_json()["scope"]["unrestricted"] is True, me.get_json()
+    path = f"/api/v1/users/{worker['id']}"
+    r = regional.post(f"{path}/password", json={"new_password": NEW_PASSWORD})
+    assert r.status_code == 404, r.get_json()
+    assert regional.patch(path, json={"is_active": False}).status_code == 404
+    assert regional.patch(path, json={"role": "grid_worker"}).status_code == 404
+    assert regional.post(f"{path}/assignments", json={"grid": A1}).status_code == 404
+    # the unrestricted admin still changes it
+    assert client.patch(path, json={"display_name": "Up"}).status_code == 200
