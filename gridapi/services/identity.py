@@ -657,6 +657,29 @@ def update_user(
                 "An admin's area is a region: give scope_region with the role.",
                 errors={"json": {"scope_region": ["required to make this account an admin"]}},
             )
+        if changes["role"] != user.role_name and not region_after and not scope.unrestricted:
+            # An account on grids sees them all, also one of another township the county put
+            # it on: its own township's office gave it a role over that grid (a community
+            # officer unmasks residents there), an area the office may not touch.
+            today = clock.today()
+            grids = session.scalars(
+                select(GridAssignment.grid_code).where(
+                    GridAssignment.user_id == user.id,
+                    or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > today),
+                )
+            )
+            if not all(scope.covers_grid(code) for code in grids):  # not named: out of scope
+                raise Unprocessable(
+                    "The account works a grid outside your scope.",
+                    errors={
+                        "json": {
+                            "role": [
+                                "the account is on the roster of a grid outside your scope: "
+                                "an office over both may change its role"
+                            ]
+                        }
+                    },
+                )
         if changes["role"] != user.role_name:  # the same role again ends no session
             user.role_name = changes["role"]
             user.token_version += 1

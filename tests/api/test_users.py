@@ -1019,3 +1019,27 @@ def test_a_regional_admin_cannot_take_over_an_unrestricted_admin(
     assert regional.post(f"{path}/assignments", json={"grid": A1}).status_code == 404
     # the unrestricted admin still changes it
     assert client.patch(path, json={"display_name": "Up"}).status_code == 200
+
+
+def test_an_office_cannot_give_a_role_over_another_townships_grid(
+    office: Any, accounts: Any, county: Any
+) -> None:
+    """An account of the township on the roster of another township's grid (the county put
+    it there) is changed where it lives: its township office promoted it to community
+    officer, who unmasks residents and reads special groups in that other township's grid,
+    an area the office itself may not touch. The county over both still may."""
+    w = created(office, "w-a", grids=[A1])
+    r = county.post(f"/api/v1/users/{w['id']}/assignments", json={"grid": C1})
+    assert r.status_code == 201, r.get_json()
+    path = f"/api/v1/users/{w['id']}"
+    r = office.patch(path, json={"role": "community_officer"})
+    assert "role" in error_fields(r, 422)
+    assert office.get(path).get_json()["role"] == "grid_worker"
+    # the rest of the account is still the township's to change, and the same role is no change
+    assert office.patch(path, json={"display_name": "王", "role": "grid_worker"}).status_code == 200
+    r = county.patch(path, json={"role": "community_officer"})
+    assert r.status_code == 200, r.get_json()
+    # off the other township's grid, the office gives roles again
+    ended = county.post(f"{path}/assignments/{C1}/end", json={})
+    assert ended.status_code == 200, ended.get_json()
+    assert office.patch(path, json={"role": "grid_chief"}).status_code == 200
