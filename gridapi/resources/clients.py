@@ -49,8 +49,8 @@ class Clients(MethodView):
         required unless the caller is unrestricted, and inside the caller's scope) and `rate_limit`
         (default GRIDAPI_CLIENT_RATE_LIMIT). The answer carries the full `api_key` this one time:
         only a digest is kept, so store it at once; a lost key means registering a new client. Needs
-        `clients:manage`; unknown scopes, a malformed rate limit or a region outside the caller's
-        scope are refused with 422. Writes an audit row `client.create` (without the key).
+        `clients:manage`; unknown scopes or ones the caller does not hold, a malformed rate limit
+        or a region outside the caller's scope are refused with 422. Writes an audit row `client.create` (without the key).
         """
         client, key = svc.create_client(
             db_session(),
@@ -60,6 +60,7 @@ class Clients(MethodView):
             rate_limit=data.get("rate_limit") or state().settings.client_rate_limit,
             created_by=current_principal().name,
             scope=current_principal().scope,
+            permissions=current_principal().permissions,
         )
         audit(
             "client.create",

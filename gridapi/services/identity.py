@@ -935,9 +935,11 @@ def create_client(
     rate_limit: str,
     created_by: str | None,
     scope: Scope | None = None,
+    permissions: frozenset[str] | None = None,
 ) -> tuple[ApiClient, str]:
-    """Register an app inside the caller's ``scope`` (None: the machine's operator, as the
-    command line); return it and its key (shown once, only a digest is kept).
+    """Register an app inside the caller's ``scope`` with scopes among the caller's
+    ``permissions`` (None for both: the machine's operator, as the command line); return it
+    and its key (shown once, only a digest is kept).
 
     Raises Unprocessable.
     """
@@ -956,6 +958,13 @@ def create_client(
                     ]
                 }
             },
+        )
+    if permissions is not None and (not_held := sorted(set(scopes) - permissions)):
+        # Roles are data a county adjusts: one given clients:manage gave a key permissions
+        # its own role lacks.
+        raise Unprocessable(
+            "Invalid scopes.",
+            errors={"json": {"scopes": [f"you may only give scopes you hold; not {not_held}"]}},
         )
     try:
         item = parse(rate_limit)

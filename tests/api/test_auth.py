@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from gridapi.models import AuditEntry, User
 from gridapi.security.tokens import CLOCK_SKEW_SECONDS, TokenSigner
 
-from ..factories import COMMUNITY_A, PASSWORD, TOWNSHIP
+from ..factories import COMMUNITY_A, COUNTY, PASSWORD, TOWNSHIP
 
 PHONE = "13812345678"
 NEW_PASSWORD = "Brand-New-Pa55!"
@@ -661,3 +661,28 @@ def test_an_outdated_hash_is_upgraded_at_sign_in(
     assert sign_in(anon_client, "alice").status_code == 200
     session.rollback()
     assert session.scalar(select(User.password_hash).where(User.id == alice)) == new_hash
+
+
+def test_a_client_gets_only_scopes_its_registrar_holds(
+    app: Any, client: Any, accounts: Any, factory: Any
+) -> None:
+    """Roles are data a county adjusts: a county centre given `clients:manage` registered a
+    key with `webhooks:manage`, a permission its own role lacks."""
+    from gridapi.models import Role
+
+    factory.regions()
+    with app.extensions["gridapi"].sessions.begin() as session:
+        role = session.get(Role, "county_centre")
+        role.permissions = sorted({*role.permissions, "clients:manage"})
+    centre = accounts.client("centre", "county_centre", scope_region=COUNTY)
+    body = {"name": "x", "scope_region": TOWNSHIP}
+    r = centre.post("/api/v1/clients", json={**body, "scopes": ["cases:read", "webhooks:manage"]})
+    assert r.status_code == 422, r.get_json()
+    assert list(r.get_json()["errors"]["json"]) == ["scopes"]
+    assert "webhooks:manage" in r.get_json()["errors"]["json"]["scopes"][0]
+    assert client.get("/api/v1/clients").get_json()["items"] == []
+    r = centre.post("/api/v1/clients", json={**body, "scopes": ["cases:read", "grids:read"]})
+    assert r.status_code == 201, r.get_json()
+    # an admin holds every permission
+    r = client.post("/api/v1/clients", json={"name": "y", "scopes": ["webhooks:manage"]})
+    assert r.status_code == 201, r.get_json()
