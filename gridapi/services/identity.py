@@ -179,6 +179,19 @@ def login(
     ok = verify_password(user.password_hash if user else None, password)
     if not ok or user is None or not user.is_active:
         raise LoginFailed
+    # Read again under the account's lock (PostgreSQL; SQLite writers are one at a time):
+    # a reset or a disabling committed while the password was checked had revoked the
+    # account's refresh tokens before this one was written, which then outlived it. One
+    # still uncommitted is waited for.
+    checked = user.password_hash
+    user = session.scalars(
+        select(User)
+        .where(User.id == user.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+    if user is None or user.password_hash != checked or not user.is_active:
+        raise LoginFailed
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     return _issue(session, user, signer, refresh_days, family=uuid.uuid4().hex)

@@ -686,3 +686,33 @@ def test_a_client_gets_only_scopes_its_registrar_holds(
     # an admin holds every permission
     r = client.post("/api/v1/clients", json={"name": "y", "scopes": ["webhooks:manage"]})
     assert r.status_code == 201, r.get_json()
+
+
+def test_a_sign_in_racing_a_password_reset_does_not_outlive_it(
+    app: Any, engine: Any, anon_client: Any, alice: int
+) -> None:
+    """A sign-in with the old password read the account, checked the password (argon2 takes
+    a while) and inserted its refresh token after a reset had revoked the account's tokens
+    but before the reset committed (PostgreSQL): the reset's revocation missed that token,
+    which then refreshed into sessions that the new password did not end. The sign-in
+    re-reads the account under a lock now, and refuses once its password has changed."""
+    from gridapi.services import identity as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    with st.sessions() as session:  # an admin's reset, written, not committed
+        svc.set_password(session, session.get(User, alice), NEW_PASSWORD, phone_key=st.phone_key)
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "refresh_tokens",
+            lambda: sign_in(anon_client, "alice"),
+            waits_in="SELECT users.",
+        )
+    if r.status_code == 200:  # it signed in before the reset: the reset must still end it
+        assert refresh(anon_client, r.get_json()["refresh_token"]).status_code == 401
+    else:
+        assert r.status_code == 401, r.get_json()
+    assert sign_in(anon_client, "alice").status_code == 401
+    assert sign_in(anon_client, "alice", NEW_PASSWORD).status_code == 200
