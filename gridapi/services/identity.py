@@ -229,8 +229,25 @@ def refresh(session: Session, token: str, *, signer, refresh_days: int) -> Issue
     A token presented a second time means it was stolen or replayed: its whole family is
     revoked (RefreshRejected with ``reuse``), so neither holder can go on.
     """
+    owner = session.scalars(
+        select(RefreshToken.user_id).where(RefreshToken.token_hash == digest(token))
+    ).first()
+    if owner is None:
+        raise RefreshRejected
+    # The account's lock first, then the token's: the order of a reset, a disabling or a
+    # role change (the account, then its tokens). Holding only the token's, a reset waiting
+    # on it had begun its revocation before the new token was written, and missed it.
+    user = session.scalars(
+        select(User)
+        .where(User.id == owner)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
     row = session.scalars(
-        select(RefreshToken).where(RefreshToken.token_hash == digest(token)).with_for_update()
+        select(RefreshToken)
+        .where(RefreshToken.token_hash == digest(token))
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).first()
     if row is None:
         raise RefreshRejected
@@ -242,7 +259,6 @@ def refresh(session: Session, token: str, *, signer, refresh_days: int) -> Issue
         raise RefreshRejected
     if row.expires_at <= now:
         raise RefreshRejected
-    user = session.get(User, row.user_id)
     if user is None or not user.is_active:
         raise RefreshRejected
     # Guarded update: of two concurrent uses of one token, only one can mark it used.

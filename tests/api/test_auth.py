@@ -716,3 +716,38 @@ def test_a_sign_in_racing_a_password_reset_does_not_outlive_it(
         assert r.status_code == 401, r.get_json()
     assert sign_in(anon_client, "alice").status_code == 401
     assert sign_in(anon_client, "alice", NEW_PASSWORD).status_code == 200
+
+
+def test_a_refresh_racing_a_password_reset_does_not_outlive_it(
+    app: Any, engine: Any, client: Any, anon_client: Any, alice: int
+) -> None:
+    """A refresh (holding its token's row) inserted the new token while an admin's reset
+    waited to revoke the old one (PostgreSQL): the reset's revocation, begun before that
+    insert, missed the new token, which went on refreshing after the reset. A refresh
+    takes the account's lock first now, so the reset waits for it and then revokes the
+    new token too."""
+    from gridapi.services import identity as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    pair = tokens(anon_client, "alice")
+    with st.sessions() as session:  # a refresh, written, not committed
+        issued = svc.refresh(
+            session,
+            pair["refresh_token"],
+            signer=st.tokens,
+            refresh_days=st.settings.refresh_token_days,
+        )
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "refresh_tokens",
+            lambda: client.post(
+                f"/api/v1/users/{alice}/password", json={"new_password": NEW_PASSWORD}
+            ),
+            waits_in="UPDATE ",
+        )
+    assert r.status_code == 204, r.get_json()
+    assert refresh(anon_client, issued.refresh_token).status_code == 401
+    assert sign_in(anon_client, "alice", NEW_PASSWORD).status_code == 200
