@@ -160,9 +160,9 @@ class UsersById(MethodView):
         """Change an account's name, role, scope or whether it is active
 
         Disabling an account or changing its role or scope ends its sessions. You cannot
-        change your own role or disable yourself (422): another administrator must. Nor the
-        role of an account on the roster of a grid outside your scope (422: an office over
-        both may), and an unrestricted admin answers a restricted caller 404.
+        change your own role or scope or disable yourself (422): another administrator must.
+        Nor the role of an account on the roster of a grid outside your scope (422: an office
+        over both may), and an unrestricted admin answers a restricted caller 404.
         """
         p = current_principal()
         user = svc.update_user(

@@ -727,6 +727,12 @@ def update_user(
             _revoke_refresh_tokens(session, user.id)
     if "scope_region" in changes:
         code = changes["scope_region"]
+        if actor_id == user.id and code != user.scope_region_code:
+            # As its own role: an unrestricted admin giving itself a region could not undo it.
+            raise Unprocessable(
+                "You cannot change your own scope; ask another administrator.",
+                errors={"json": {"scope_region": ["not for your own account"]}},
+            )
         if not scope.covers_region(code):
             raise Unprocessable(
                 "Unknown region.",

@@ -1043,3 +1043,16 @@ def test_an_office_cannot_give_a_role_over_another_townships_grid(
     ended = county.post(f"{path}/assignments/{C1}/end", json={})
     assert ended.status_code == 200, ended.get_json()
     assert office.patch(path, json={"role": "grid_chief"}).status_code == 200
+
+
+def test_an_admin_cannot_narrow_its_own_scope(client: Any, accounts: Any, world: Any) -> None:
+    """Its own role it may not change (it could leave nobody able to undo it), but an
+    unrestricted admin could give itself a region: a regional admin, which may not make an
+    unrestricted one again, and the change ended its own sessions."""
+    path = f"/api/v1/users/{accounts.ids['admin']}"
+    assert "scope_region" in error_fields(client.patch(path, json={"scope_region": TOWNSHIP}), 422)
+    r = client.get(path)
+    assert r.status_code == 200 and r.get_json()["scope_region"] is None
+    # another admin may
+    other = accounts.client("admin2", "admin")
+    assert other.patch(path, json={"scope_region": TOWNSHIP}).status_code == 200
