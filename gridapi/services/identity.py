@@ -721,10 +721,11 @@ def update_user(
                 "You cannot disable yourself.",
                 errors={"json": {"is_active": ["not for your own account"]}},
             )
-        user.is_active = changes["is_active"]
-        user.token_version += 1
-        if not user.is_active:  # its sessions end and do not come back on re-enabling
-            _revoke_refresh_tokens(session, user.id)
+        if changes["is_active"] != user.is_active:  # the same again ends no session
+            user.is_active = changes["is_active"]
+            user.token_version += 1
+            if not user.is_active:  # its sessions end and do not come back on re-enabling
+                _revoke_refresh_tokens(session, user.id)
     if "scope_region" in changes:
         code = changes["scope_region"]
         if actor_id == user.id and code != user.scope_region_code:

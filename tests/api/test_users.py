@@ -1056,3 +1056,13 @@ def test_an_admin_cannot_narrow_its_own_scope(client: Any, accounts: Any, world:
     # another admin may
     other = accounts.client("admin2", "admin")
     assert other.patch(path, json={"scope_region": TOWNSHIP}).status_code == 200
+
+
+def test_marking_an_active_account_active_again_ends_nothing(office: Any, anon_client: Any) -> None:
+    """As the same role or scope again: `is_active: true` sent with an account's other
+    fields (an edit form sends them all) ended its access tokens."""
+    w1 = created(office, "wang", grids=[A1])
+    pair = tokens(anon_client, "wang")
+    r = office.patch(f"/api/v1/users/{w1['id']}", json={"display_name": "王", "is_active": True})
+    assert r.status_code == 200, r.get_json()
+    assert anon_client.get("/api/v1/me", headers=bearer(pair["access_token"])).status_code == 200
