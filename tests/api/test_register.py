@@ -11,6 +11,7 @@ import csv
 import io
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -1306,11 +1307,22 @@ def test_the_migration_puts_visits_moved_before_where_their_subject_is(
     }
 
 
+def _meanwhile(answers: list, call: Any) -> Any:
+    """Start ``call`` in a thread (its answer appended to ``answers``) and give it half a
+    second to read, or to wait for, what the test's transaction holds; return the thread."""
+    import threading
+    import time
+
+    thread = threading.Thread(target=lambda: answers.append(call()))
+    thread.start()
+    time.sleep(0.5)  # it has read, or waits for, what is moving
+    return thread
+
+
 def test_a_visit_recorded_during_a_move_lands_at_the_new_place(app, client, world, household):
     """A visit recorded while its resident's house moved took, or kept, the old place on
     PostgreSQL: the move took along only the visits committed before it."""
     import threading
-    import time
 
     from gridapi.scope import Scope
     from gridapi.services import register as svc
@@ -1320,10 +1332,7 @@ def test_a_visit_recorded_during_a_move_lands_at_the_new_place(app, client, worl
     answers: list = []
 
     def meanwhile(call) -> threading.Thread:  # type: ignore[no-untyped-def]
-        thread = threading.Thread(target=lambda: answers.append(call()))
-        thread.start()
-        time.sleep(0.5)  # it has read, or waits for, what is moving
-        return thread
+        return _meanwhile(answers, call)
 
     with st.sessions() as session:  # the house's move first, not yet committed
         svc.update_house(
@@ -1362,7 +1371,6 @@ def test_a_special_group_record_made_during_a_move_lands_at_the_new_place(
     old place on PostgreSQL (the move took along only the records committed before it): the
     community the resident had left kept reading it, and the one they joined never did."""
     import threading
-    import time
 
     from gridapi.scope import Scope
     from gridapi.services import register as svc
@@ -1373,10 +1381,7 @@ def test_a_special_group_record_made_during_a_move_lands_at_the_new_place(
     answers: list = []
 
     def meanwhile(call) -> threading.Thread:  # type: ignore[no-untyped-def]
-        thread = threading.Thread(target=lambda: answers.append(call()))
-        thread.start()
-        time.sleep(0.5)  # it has read, or waits for, what is moving
-        return thread
+        return _meanwhile(answers, call)
 
     with st.sessions() as session:  # the house's move first, not yet committed
         svc.update_house(

@@ -1015,19 +1015,15 @@ def test_a_receiver_trickling_its_answer_is_cut_off_at_the_timeouts():
     assert time.monotonic() - started < 6  # connect + read timeouts (2 s); was unbounded
 
 
-@pytest.mark.engines("sqlite")
-def test_a_receiver_trickling_its_headers_is_cut_off_at_the_timeouts():
-    """A receiver sending a header line every 0.2 s, each under the read timeout, held the
-    attempt (and the delivery round with it) for as long as it kept sending: the bound on
-    the whole answer applied to its body only."""
-    import socket
-
-    listener = socket.create_server(("127.0.0.1", 0))
+def _cut_off_while_trickling(listener: Any, wrap: Any, scheme: str) -> None:
+    """Serve one attempt on ``listener`` (its socket wrapped by ``wrap``) with a header line
+    every 0.2 s for 12 s, and check that the attempt fails as a read timeout and that its
+    connection was closed before the receiver had finished."""
     cut = threading.Event()
 
     def trickle() -> None:
-        conn, _ = listener.accept()
-        with conn:
+        raw, _ = listener.accept()
+        with wrap(raw) as conn:
             conn.recv(65536)
             try:
                 conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\n")
@@ -1043,14 +1039,25 @@ def test_a_receiver_trickling_its_headers_is_cut_off_at_the_timeouts():
     policy = OutboundPolicy(
         allow=parse_allowlist("127.0.0.1/32"), connect_timeout=1.0, read_timeout=1.0
     )
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    url = f"{scheme}://127.0.0.1:{listener.getsockname()[1]}/hook"
     try:
         with pytest.raises(OutboundFailed, match="read timeout"):
             post(url, b"{}", {"Content-Type": "application/json"}, policy)
     finally:
         worker.join(timeout=20)
         listener.close()
-    assert cut.is_set()  # the connection was closed before the receiver had finished
+    assert cut.is_set()
+
+
+@pytest.mark.engines("sqlite")
+def test_a_receiver_trickling_its_headers_is_cut_off_at_the_timeouts():
+    """A receiver sending a header line every 0.2 s, each under the read timeout, held the
+    attempt (and the delivery round with it) for as long as it kept sending: the bound on
+    the whole answer applied to its body only."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    _cut_off_while_trickling(listener, lambda raw: raw, "http")
 
 
 def _self_signed(tmp_path: Any) -> tuple[str, str]:
@@ -1104,34 +1111,9 @@ def test_an_https_receiver_trickling_its_headers_is_cut_off_too(tmp_path, monkey
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     listener = socket.create_server(("127.0.0.1", 0))
-    cut = threading.Event()
-
-    def trickle() -> None:
-        raw, _ = listener.accept()
-        with context.wrap_socket(raw, server_side=True) as conn:
-            conn.recv(65536)
-            try:
-                conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\n")
-                for i in range(60):  # 12 s of headers
-                    conn.sendall(b"X-Slow-%d: a\r\n" % i)
-                    time.sleep(0.2)
-                conn.sendall(b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-            except OSError:
-                cut.set()
-
-    worker = threading.Thread(target=trickle, daemon=True)
-    worker.start()
-    policy = OutboundPolicy(
-        allow=parse_allowlist("127.0.0.1/32"), connect_timeout=1.0, read_timeout=1.0
+    _cut_off_while_trickling(
+        listener, lambda raw: context.wrap_socket(raw, server_side=True), "https"
     )
-    url = f"https://127.0.0.1:{listener.getsockname()[1]}/hook"
-    try:
-        with pytest.raises(OutboundFailed, match="read timeout"):
-            post(url, b"{}", {"Content-Type": "application/json"}, policy)
-    finally:
-        worker.join(timeout=20)
-        listener.close()
-    assert cut.is_set()
 
 
 @pytest.mark.engines("sqlite")
