@@ -275,7 +275,8 @@ class UserAssignmentEnd(MethodView):
 
         Ends the account's current assignment to the grid: `valid_to` is the first day the grid is
         no longer theirs, so the default (today) takes effect at once and a later day schedules the
-        end. Needs `users:write`; an account out of scope or not of a lower rank, a grid outside the
+        end; an end scheduled before may be brought forward (not put back: a 422). Needs
+        `users:write`; an account out of scope or not of a lower rank, a grid outside the
         caller's scope, or no current assignment to the grid answers 404, and a day before the
         assignment began is a 422. The account's access tokens must be refreshed to pick up the new
         scope; an audit row `user.end_assignment` is written. The assignment stays in the history.

@@ -824,16 +824,21 @@ def end_assignment(
 ) -> GridAssignment:
     """End a user's current assignment to a grid: from ``valid_to`` on (default today) the
     grid is no longer theirs. ``valid_to`` is the first day off, so ending today takes
-    effect at once. Raises NotFound for a grid or user outside the scope."""
+    effect at once. An assignment whose end is set for a later day may be ended earlier,
+    not later. Raises NotFound for a grid or user outside the scope."""
     if not scope.covers_grid(grid_code):
         raise _not_found("assignment")
     user = changeable_user(session, user_id, scope=scope, actor_rank=actor_rank)
+    # Not ended yet: open-ended, or ending on a later day (that one answered 404, and an
+    # end set for next month could not be brought forward to today).
     row = session.scalars(
-        select(GridAssignment).where(
+        select(GridAssignment)
+        .where(
             GridAssignment.user_id == user.id,
             GridAssignment.grid_code == grid_code,
-            GridAssignment.valid_to.is_(None),
+            or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > clock.today()),
         )
+        .order_by(GridAssignment.valid_from)
     ).first()
     if row is None:
         raise _not_found("assignment")
@@ -842,6 +847,11 @@ def end_assignment(
         raise Unprocessable(
             "The end is before the start.",
             errors={"json": {"valid_to": [f"must not be before {row.valid_from}"]}},
+        )
+    if row.valid_to is not None and end > row.valid_to:
+        raise Unprocessable(
+            f"The assignment already ends on {row.valid_to}; assign the grid again to extend it.",
+            errors={"json": {"valid_to": [f"must not be after {row.valid_to}"]}},
         )
     row.valid_to = end
     user.token_version += 1

@@ -659,6 +659,24 @@ def test_a_workers_scope_follows_its_assignments(office: Any, anon_client: Any) 
     assert _grid_status(anon_client, pair["access_token"], A2) == 404
 
 
+def test_an_end_set_for_later_can_be_brought_forward(office: Any) -> None:
+    """An assignment ending next month could not be ended today: only open-ended ones were
+    found (404). It is ended earlier now; a later end than the one set is a 422."""
+    w1 = created(office, "wang", grids=[A1, A2])
+    url = f"/api/v1/users/{w1['id']}/assignments/{A2}/end"
+    later = (today() + timedelta(days=30)).isoformat()
+    assert office.post(url, json={"valid_to": later}).status_code == 200
+    assert roster(office, A2) == ["wang"]  # until then
+    beyond = office.post(url, json={"valid_to": (today() + timedelta(days=40)).isoformat()})
+    assert beyond.status_code == 422
+    assert beyond.get_json()["errors"]["json"]["valid_to"] == [f"must not be after {later}"]
+    r = office.post(url, json={})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["valid_to"] == today().isoformat()
+    assert roster(office, A2) == []
+    assert office.post(url, json={}).status_code == 404  # ended: nothing current to end
+
+
 def test_ending_an_assignment_today_takes_the_grid_away_now(office: Any, anon_client: Any) -> None:
     w1 = created(office, "wang", grids=[A1, A2])
     r = office.post(f"/api/v1/users/{w1['id']}/assignments/{A2}/end", json={})
