@@ -1322,7 +1322,6 @@ def _meanwhile(answers: list, call: Any) -> Any:
 def test_a_visit_recorded_during_a_move_lands_at_the_new_place(app, client, world, household):
     """A visit recorded while its resident's house moved took, or kept, the old place on
     PostgreSQL: the move took along only the visits committed before it."""
-    import threading
 
     from gridapi.scope import Scope
     from gridapi.services import register as svc
@@ -1331,15 +1330,12 @@ def test_a_visit_recorded_during_a_move_lands_at_the_new_place(app, client, worl
     st = app.extensions["gridapi"]
     answers: list = []
 
-    def meanwhile(call) -> threading.Thread:  # type: ignore[no-untyped-def]
-        return _meanwhile(answers, call)
-
     with st.sessions() as session:  # the house's move first, not yet committed
         svc.update_house(
             session, household["house_id"], {"grid": B1}, scope=Scope.everything(), snapshot=None
         )
         body = {"person_id": person["id"], "findings": HEALTH}
-        thread = meanwhile(lambda: client.post("/api/v1/visits", json=body))
+        thread = _meanwhile(answers, lambda: client.post("/api/v1/visits", json=body))
         session.commit()
     thread.join(30)
     assert created(answers.pop())["grid"] == B1
@@ -1355,8 +1351,8 @@ def test_a_visit_recorded_during_a_move_lands_at_the_new_place(app, client, worl
             now=datetime.now(UTC),
         )
         move = {"grid": A2}
-        thread = meanwhile(
-            lambda: client.patch(f"/api/v1/houses/{household['house_id']}", json=move)
+        thread = _meanwhile(
+            answers, lambda: client.patch(f"/api/v1/houses/{household['house_id']}", json=move)
         )
         session.commit()
     thread.join(30)
@@ -1370,7 +1366,6 @@ def test_a_special_group_record_made_during_a_move_lands_at_the_new_place(
     """A special-group record opened while its resident's house moved took, or kept, the
     old place on PostgreSQL (the move took along only the records committed before it): the
     community the resident had left kept reading it, and the one they joined never did."""
-    import threading
 
     from gridapi.scope import Scope
     from gridapi.services import register as svc
@@ -1380,15 +1375,12 @@ def test_a_special_group_record_made_during_a_move_lands_at_the_new_place(
     st = app.extensions["gridapi"]
     answers: list = []
 
-    def meanwhile(call) -> threading.Thread:  # type: ignore[no-untyped-def]
-        return _meanwhile(answers, call)
-
     with st.sessions() as session:  # the house's move first, not yet committed
         svc.update_house(
             session, household["house_id"], {"grid": B1}, scope=Scope.everything(), snapshot=None
         )
         body = {"person_id": person["id"], "type": "petitioner"}
-        thread = meanwhile(lambda: client.post("/api/v1/special-groups", json=body))
+        thread = _meanwhile(answers, lambda: client.post("/api/v1/special-groups", json=body))
         session.commit()
     thread.join(30)
     assert created(answers.pop())["grid"] == B1
@@ -1402,8 +1394,8 @@ def test_a_special_group_record_made_during_a_move_lands_at_the_new_place(
             actor="test",
         )
         move = {"grid": A2}
-        thread = meanwhile(
-            lambda: client.patch(f"/api/v1/houses/{household['house_id']}", json=move)
+        thread = _meanwhile(
+            answers, lambda: client.patch(f"/api/v1/houses/{household['house_id']}", json=move)
         )
         session.commit()
     thread.join(30)
