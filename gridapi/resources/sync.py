@@ -442,8 +442,13 @@ def _apply_in_transaction(
                 f"The payload's {', '.join(not_ids)} must be an id.",
                 {"json": {"payload": {p: ["Not a valid integer."] for p in not_ids}}},
             )
-        if_match = str(payload.get("if_match") or "*")
-        if kind in _IF_MATCH and not if_match.isprintable():
+        # Absent or null: "*". An empty string, a number or a list is no ETag: taking it
+        # for "*" (as it was) changed a case whatever its version.
+        if_match = payload.get("if_match")
+        if_match = "*" if if_match is None else if_match
+        if kind in _IF_MATCH and not (
+            isinstance(if_match, str) and if_match.strip() and if_match.isprintable()
+        ):
             return _failed(
                 key,
                 422,

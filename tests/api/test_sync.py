@@ -1527,3 +1527,34 @@ def test_a_key_given_again_for_another_action_leaves_the_first_one_s_id(worker):
     assert [r["status"] for r in results] == [201, 422, 200], results
     assert results[1]["error"]["errors"] == {"json": {"key": ["reused"]}}
     assert results[2]["id"] == results[0]["id"]
+
+
+@pytest.mark.parametrize("if_match", ["", "  ", 0, False, [], 7])
+def test_an_if_match_that_is_no_etag_is_not_taken_for_a_wildcard(
+    client, worker, accounts, engine, if_match
+):
+    """An empty or non-text if_match was read as "*": a phone that kept no ETag changed the
+    case whatever its version. It is refused for its action, and the case is untouched."""
+    case_id = report(client, 1)["id"]
+    step(client, case_id, "accept")
+    step(client, case_id, "file")
+    step(client, case_id, "dispatch", assignee_id=accounts.ids["worker1"])
+    results = batch(
+        worker,
+        [
+            {
+                "key": "w-b",
+                "type": "case.transition",
+                "payload": {"case_id": case_id, "action": "sign", "if_match": if_match},
+            },
+        ],
+    )
+    assert (results[0]["status"], results[0]["error"]["errors"]) == (
+        422,
+        {"json": {"payload": {"if_match": ["an ETag as read, or *"]}}},
+    ), results
+    with engine.connect() as conn:
+        status = conn.execute(
+            text("SELECT status FROM cases WHERE id = :id"), {"id": case_id}
+        ).scalar()
+    assert status == "dispatched"
