@@ -147,7 +147,8 @@ class GridVersionActivation(MethodView):
         version activated again takes back the grids such a version replaced (a rollback).
         An older version activated again also retires the version that replaced it, if still
         active, even one of a larger region, and brings back what that one had retired outside
-        this version's region, so routing is what it was before. Grids of a community that is
+        this version's region, so routing is what it was before; a version of a region beyond
+        the caller's scope stays active outside this version's region instead. Grids of a community that is
         not in the administrative tree are never put in service. A version whose report has
         errors is refused (409) unless `force` is true.
         """

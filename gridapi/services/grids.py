@@ -269,7 +269,9 @@ def activate_version(
     one whose activation retired it) is still active, that one is undone too, even when it
     is of a larger region. It is retired, and the versions it retired outside R come back,
     unless a version activated since replaced them, so outside R service is what it was
-    before it; inside R this version's grids serve. Activating an active version again is a
+    before it; inside R this version's grids serve. Only when ``scope`` covers that
+    version's region: otherwise it stays active outside R (the caller may not change
+    routing beyond their scope). Activating an active version again is a
     no-op while all its grids are in service; when a version of a region inside it replaced
     some of them, it is how that one is rolled back (the county's version activated again
     retires the community's). Grids of a community that is not in the tree on the
@@ -297,6 +299,12 @@ def activate_version(
     now = utcnow()
     changed = prefix
     replacer = _active_replacer(session, version)
+    if replacer is not None and not scope.covers_region(replacer.region_code):
+        # A version of a region beyond the caller's (the city's over a county centre's
+        # county) is not theirs to undo: undoing it retired it everywhere and brought back
+        # the versions it had replaced in other counties. It stays active, shadowed inside
+        # this version's region, as when a new version of the region is activated.
+        replacer = None
     if replacer is not None:
         # Usually of a larger region; of a smaller one when a rollback is itself rolled back.
         changed = min(prefix, subtree_prefix(replacer.region_code), key=len)

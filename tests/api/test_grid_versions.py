@@ -541,3 +541,43 @@ def test_a_rollback_keeps_what_was_activated_since_outside_the_region(factory, c
         "retired",
         "active",
     ]
+
+
+def test_a_county_centre_rolling_back_leaves_the_other_counties_grids_alone(
+    factory, client, accounts
+):
+    """A county centre activating its county's old version again, after the city's version
+    had replaced it, retired the city's version everywhere and put another county's old
+    version back in service: routing changed outside the centre's scope."""
+    factory.regions()
+    other = "320505001001"  # 虎丘区 狮山街道 狮山社区, a row above the clean tiling
+    r = client.post(
+        "/api/v1/regions/import",
+        json=[
+            {"code": "320505000000", "name": "虎丘区"},
+            {"code": "320505001000", "name": "狮山街道", "boundary": rectangle(0, 1, 2, 2)},
+            {"code": other, "name": "狮山社区", "boundary": rectangle(0, 1, 2, 2)},
+        ],
+    )
+    assert r.status_code == 200, r.get_json()
+    county = factory.grid_version()  # 姑苏区's township
+    huqiu = factory.grid_version(collection(feature(other + "001", rectangle(0, 1, 2, 2))))
+    city = factory.grid_version(
+        collection(
+            *clean_tiling()["features"],
+            feature(other + "001", square(0, 1)),
+            feature(other + "002", square(1, 1)),
+        )
+    )
+    assert (city["region_code"], city["error_count"]) == ("320500000000", 0)
+    centre = accounts.client("gusu", "county_centre", scope_region="320508000000")
+
+    r = centre.post(f"/api/v1/grid-versions/{county['id']}/activate", json={})
+    assert r.status_code == 200, r.get_json()
+    assert [_status(client, v) for v in (county, huqiu, city)] == ["active", "retired", "active"]
+    assert _in_service(client) == [
+        (other + "001", city["id"]),
+        (other + "002", city["id"]),
+        *[(code, county["id"]) for code in (A1, A2, B1, B2)],
+    ]
+    assert factory.locate(LON0 + 1.5 * STEP, LAT0 + 1.5 * STEP)["grid"]["code"] == other + "002"
