@@ -16,12 +16,14 @@ from sqlalchemy import Integer, case, cast, func, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
+from .. import clock
 from ..codes import InvalidCode, region_level
 from ..errors import NotFound, Unprocessable
 from ..geo.shapes import as_multipolygon
 from ..models import Case, Grid, Region
 from .cases import OPEN_SQL, Caller, case_conditions, region_names
 from .grids import grids_query
+from .regions import valid_on
 
 # A choropleth larger than this is refused (422): ask for a smaller region.
 MAX_GRIDS = 5000
@@ -65,8 +67,10 @@ def _check_area(session: Session, caller: Caller, region: str | None) -> None:
         region_level(region)
     except InvalidCode as exc:
         raise Unprocessable("Invalid region.", errors={"query": {"region": [str(exc)]}}) from None
+    # Valid today, not open-ended: a township whose merger is planned (an end next month)
+    # is mapped until then.
     exists = session.scalar(
-        select(Region.id).where(Region.code == region, Region.valid_to.is_(None))
+        select(Region.id).where(Region.code == region, valid_on(clock.today())).limit(1)
     )
     # A region above the scope (the county of a township office, the community of a grid
     # worker) maps the part of it in scope; one beside it answers as a missing one.

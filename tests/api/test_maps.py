@@ -4,10 +4,13 @@ list and limited to the caller's scope, on both engines."""
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import text
+
+from gridapi import clock
 
 from ..factories import COMMUNITY_A, COMMUNITY_B, COUNTY, LAT0, LON0, STEP, TOWNSHIP
 
@@ -168,6 +171,17 @@ def test_outlines_are_simplified_on_request(client, world):
 def test_bad_count_queries_are_422(client, world, query):
     body = ok(client.get(COUNTS, query_string=query), 422)
     assert body["code"] == 422 and body["errors"], body
+
+
+def test_a_township_whose_end_is_planned_is_mapped_until_then(client, world):
+    """A township with a planned end (a merger next month: valid_to set, still valid today)
+    answered 404 "No such region", as if it had ended already."""
+    later = (clock.today() + timedelta(days=30)).isoformat()
+    r = client.patch(f"/api/v1/regions/{TOWNSHIP}", json={"valid_to": later})
+    assert r.status_code == 200, r.get_json()
+    body = ok(client.get(COUNTS, query_string={"region": TOWNSHIP}))
+    assert [f["properties"]["code"] for f in body["features"]] == list(GRIDS)
+    assert body["region"] == TOWNSHIP
 
 
 # --- scope ------------------------------------------------------------------------------------
