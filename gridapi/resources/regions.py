@@ -78,7 +78,8 @@ class Regions(MethodView):
 
         The level and the parent are derived from the code; when given they must match.
         Cities without counties (东莞 4419) and province-administered county-level cities are
-        accepted.
+        accepted. The parent must be valid today, or, for a region planned to start later
+        (`valid_from`), on that day: a planned township's communities are planned with it.
         """
         region = svc.create_region(db_session(), scope=_scope(), **data)
         audit(

@@ -189,15 +189,15 @@ def subtree(
     return list(session.scalars(stmt.order_by(Region.code)))
 
 
-def current_codes(session: Session, codes: set[str]) -> set[str]:
-    """Return which of ``codes`` are regions valid today."""
+def current_codes(session: Session, codes: set[str], on: date | None = None) -> set[str]:
+    """Return which of ``codes`` are regions valid on ``on`` (default today)."""
     found: set[str] = set()
     items = sorted(codes)
     for i in range(0, len(items), 500):
         found.update(
             session.scalars(
                 select(Region.code).where(
-                    Region.code.in_(items[i : i + 500]), valid_on(clock.today())
+                    Region.code.in_(items[i : i + 500]), valid_on(on or clock.today())
                 )
             )
         )
@@ -218,8 +218,9 @@ def check_code(code: str, level: str | None = None) -> str:
     return implied
 
 
-def derive_parent(code: str, existing: set[str]) -> str | None:
-    """Return the nearest parent of ``code`` among ``existing`` codes (None for a province).
+def derive_parent(code: str, existing: set[str], on: date | None = None) -> str | None:
+    """Return the nearest parent of ``code`` among ``existing`` codes (None for a province),
+    those valid on ``on`` (say which day, if not today).
 
     Raises Unprocessable naming the missing ancestor.
     """
@@ -229,10 +230,13 @@ def derive_parent(code: str, existing: set[str]) -> str | None:
     for candidate in candidates:
         if candidate in existing:
             return candidate
+    when = f" valid on {on}" if on is not None else ""
     raise Unprocessable(
         "The parent region does not exist.",
         errors={
-            "json": {"code": [f"no parent for {code}: create {' or '.join(candidates)} first"]}
+            "json": {
+                "code": [f"no parent for {code}: create {' or '.join(candidates)}{when} first"]
+            }
         },
     )
 
@@ -251,6 +255,8 @@ def create_region(
 ) -> Region:
     """Create a region inside ``scope``, deriving its level and parent from the code.
 
+    The parent is the one valid on the region's first day when that is later than today
+    (a planned township's planned communities), else today's.
     Raises Unprocessable for a bad code, level, parent or boundary (a parent outside the
     scope counts as missing); Conflict when the code is already current (naming ``code``) or
     the period overlaps another period of the code.
@@ -277,7 +283,12 @@ def create_region(
 
     if (error := taken(existing)) is not None:
         raise error
-    parent = derive_parent(code, existing)
+    # A region planned to start later hangs under the parent of its first day: one planned
+    # too (a new township's communities), which was refused as missing ("create it first").
+    start = valid_from if valid_from is not None and valid_from > clock.today() else None
+    if start is not None:
+        existing = current_codes(session, set(parent_candidates(code)), start)
+    parent = derive_parent(code, existing, start)
     if parent_code is not None and parent_code != parent:
         raise Unprocessable(
             "Parent does not match the code.",

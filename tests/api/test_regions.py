@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from gridapi import clock
 from gridapi.models import Region
 
 from ..factories import (
@@ -350,6 +351,37 @@ def test_an_import_during_a_create_of_a_period_with_an_end_answers_as_after_it(
 def test_create_with_valid_to_before_valid_from_is_422(client, tree):
     r = create(client, "320508001003", "倒序", valid_from="2021-01-01", valid_to="2020-01-01")
     assert_error(r, 422, "json", "valid_to")
+
+
+def test_a_planned_township_takes_its_planned_communities(client, tree):
+    """A reorganisation loaded ahead of its day: the planned township was created, but its
+    planned communities were refused, "create 320508002000 first", as their parent was
+    looked for among the regions valid today."""
+    later = (clock.today() + timedelta(days=30)).isoformat()
+    township, community = "320508002000", "320508002001"
+    created(client, township, "新街道", valid_from=later)
+    body = created(client, community, "新社区", valid_from=later)
+    assert (body["parent_code"], body["valid_from"]) == (township, later)
+    assert codes(
+        client.get(f"/api/v1/regions/{township}/children", query_string={"on": later})
+    ) == [community]
+    # From today, or from the beginning, it still needs a parent valid today.
+    r = create(client, "320508002002", "今日社区")
+    body = assert_error(r, 422, "json", "code")
+    assert body["errors"]["json"]["code"] == [
+        f"no parent for 320508002002: create {township} first"
+    ]
+    r = create(
+        client,
+        "320508002003",
+        "早社区",
+        valid_from=(clock.today() + timedelta(days=29)).isoformat(),
+    )
+    body = assert_error(r, 422, "json", "code")
+    assert body["errors"]["json"]["code"] == [
+        f"no parent for 320508002003: create {township} valid on "
+        f"{clock.today() + timedelta(days=29)} first"
+    ]
 
 
 def test_create_code_with_trailing_newline_is_422(client, tree):
