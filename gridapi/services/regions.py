@@ -310,8 +310,36 @@ def create_region(
     # Created by another request between the look-up and the insert: the same answer as
     # when it came first (the code current, or the periods overlapping), not the generic one.
     add_or_conflict(session, region, lambda: taken(current_codes(session, {code})))
+    _adopt_counties(session, [region])
     routing_changed(session)
     return region
+
+
+def _adopt_counties(session: Session, created: list[Region]) -> None:
+    """Move the counties of each pseudo-city (省直辖县级行政区划, xx90) among ``created``
+    that is valid today from under the province to under it.
+
+    Their parent is the nearest of the code's candidates that exists: a county created while
+    the pseudo-city was missing hung under the province, and stayed there once the
+    pseudo-city came (仙桃 under 湖北 while 潜江, imported with 4290, hung under 4290).
+    """
+    today = clock.today()
+    for city in created:
+        if city.level != "city" or city.code[2:4] != "90":
+            continue
+        if (city.valid_from or date.min) > today or (city.valid_to or date.max) < today:
+            continue
+        session.execute(
+            update(Region)
+            .where(
+                Region.code.startswith(city.code[:4]),
+                Region.level == "county",
+                Region.parent_code == city.code[:2].ljust(12, "0"),
+                valid_on(today),
+            )
+            .values(parent_code=city.code)
+            .execution_options(synchronize_session="fetch")
+        )
 
 
 def routing_changed(session: Session) -> None:
@@ -755,19 +783,20 @@ def _write_import(
     if result.errors:
         return
 
+    created: list[Region] = []
     for code in sorted(parsed, key=lambda c: (LEVEL_DEPTH[parsed[c]["level"]], c)):
         item = parsed[code]
         current = existing_rows.get(code)
         if current is None:
-            session.add(
-                Region(
-                    code=code,
-                    name=item["name"],
-                    level=item["level"],
-                    parent_code=item["parent"],
-                    boundary=to_db(item["boundary"]),
-                )
+            region = Region(
+                code=code,
+                name=item["name"],
+                level=item["level"],
+                parent_code=item["parent"],
+                boundary=to_db(item["boundary"]),
             )
+            session.add(region)
+            created.append(region)
             result.created.append(code)
         elif current.name != item["name"] or _boundary_changed(current, item["boundary"]):
             current.name = item["name"]
@@ -777,6 +806,7 @@ def _write_import(
         else:
             result.unchanged.append(code)
     session.flush()
+    _adopt_counties(session, created)
 
 
 def _other_periods(session: Session, codes: set[str]) -> dict[str, list[Region]]:

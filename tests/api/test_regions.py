@@ -597,6 +597,38 @@ def test_xiantao_directly_under_the_province_without_the_pseudo_city(client):
     assert_error(r, 422, "json", "parent_code")
 
 
+@pytest.mark.parametrize("how", ["create", "import"])
+def test_xiantao_moves_under_the_pseudo_city_when_it_comes(client, how):
+    """仙桃, created while 4290 was missing, hung under the province and stayed there when
+    4290 came: a national file imported afterwards put 潜江 under 4290 and left 仙桃 under
+    湖北, so 4290's children lacked it and its ancestors skipped 4290."""
+    created(client, HUBEI, "湖北省")
+    created(client, XIANTAO, "仙桃市")
+    qianjiang = "429005000000"
+    if how == "create":
+        created(client, HUBEI_PSEUDO_CITY, "省直辖县级行政区划")
+        created(client, qianjiang, "潜江市")
+    else:
+        rows = [
+            {"code": HUBEI_PSEUDO_CITY, "name": "省直辖县级行政区划"},
+            {"code": XIANTAO, "name": "仙桃市"},
+            {"code": qianjiang, "name": "潜江市"},
+        ]
+        r = client.post("/api/v1/regions/import", json=rows)
+        assert r.status_code == 200, r.get_json()
+    assert codes(client.get(f"/api/v1/regions/{HUBEI_PSEUDO_CITY}/children")) == [
+        XIANTAO,
+        qianjiang,
+    ]
+    assert codes(client.get(f"/api/v1/regions/{HUBEI}/children")) == [HUBEI_PSEUDO_CITY]
+    for county in (XIANTAO, qianjiang):
+        assert codes(client.get(f"/api/v1/regions/{county}/ancestors")) == [
+            HUBEI_PSEUDO_CITY,
+            HUBEI,
+        ]
+    assert client.get(f"/api/v1/regions/{XIANTAO}").get_json()["parent_code"] == HUBEI_PSEUDO_CITY
+
+
 def test_beijing_districts_under_shixiaqu(client):
     created(client, BEIJING, "北京市")
     assert created(client, BEIJING_DISTRICTS, "市辖区")["level"] == "city"
