@@ -6,7 +6,7 @@ from marshmallow import fields, validate
 
 from ..models.grids import GRID_TYPES, VERSION_STATUSES
 from .common import GeoJSONGeometry, PageArgsSchema, StrictSchema
-from .regions import CODE12
+from .regions import CODE12, REGION_CODE
 
 
 class GridVersionSchema(StrictSchema):
@@ -41,7 +41,7 @@ class GridVersionListSchema(StrictSchema):
 
 
 class GridVersionQueryArgsSchema(PageArgsSchema):
-    region = fields.String(validate=CODE12)
+    region = fields.String(validate=REGION_CODE)
     status = fields.String(validate=validate.OneOf(VERSION_STATUSES))
     after = fields.Integer(metadata={"description": "Cursor: versions older than this id."})
 
@@ -102,7 +102,7 @@ class GridPageSchema(StrictSchema):
 
 
 class GridQueryArgsSchema(PageArgsSchema):
-    region = fields.String(validate=CODE12, metadata={"description": "Subtree of a region."})
+    region = fields.String(validate=REGION_CODE, metadata={"description": "Subtree of a region."})
     community = fields.String(validate=CODE12)
     type = fields.String(validate=validate.OneOf(GRID_TYPES))
     q = fields.String(validate=validate.Length(min=1, max=100))
@@ -113,7 +113,7 @@ class GridQueryArgsSchema(PageArgsSchema):
 
 
 class GridExportArgsSchema(StrictSchema):
-    region = fields.String(validate=CODE12, metadata={"description": "Subtree of a region."})
+    region = fields.String(validate=REGION_CODE, metadata={"description": "Subtree of a region."})
     version = fields.Integer(metadata={"description": "A version's grids instead."})
 
 

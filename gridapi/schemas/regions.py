@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from marshmallow import fields, validate
+from marshmallow import ValidationError, fields, validate
 
-from ..codes import LEVELS
+from ..codes import LEVELS, InvalidCode, region_level
 from .common import GeoJSONGeometry, PageArgsSchema, Stated, StrictSchema
 
 CODE12 = validate.Regexp(r"^[0-9]{12}\Z", error="must be a 12-digit statistical division code")
+
+
+def division_code(value: str) -> None:
+    """Refuse 12 digits that are no division code (province 99, township 000 under a
+    village…), naming the field: a service refused them later with a 422 naming nothing."""
+    try:
+        region_level(value)
+    except InvalidCode as exc:
+        raise ValidationError(str(exc)) from None
+
+
+#: A well-formed statistical division code (the pattern, then its structure).
+REGION_CODE = [CODE12, division_code]
 
 
 class RegionSchema(StrictSchema):

@@ -581,3 +581,16 @@ def test_a_county_centre_rolling_back_leaves_the_other_counties_grids_alone(
         *[(code, county["id"]) for code in (A1, A2, B1, B2)],
     ]
     assert factory.locate(LON0 + 1.5 * STEP, LAT0 + 1.5 * STEP)["grid"]["code"] == other + "002"
+
+
+def test_a_malformed_region_code_is_422_naming_the_field(factory, client):
+    """12 digits that are no division code (province 99; township digits 000 under a
+    village) passed the pattern and were refused later with a 422 naming no field."""
+    factory.regions()
+    factory.grid_version()
+    for path in ("/api/v1/grids", "/api/v1/grid-versions", "/api/v1/grids/export"):
+        for code in ("990000000000", "320508000001"):
+            r = client.get(path, query_string={"region": code})
+            assert r.status_code == 422, (path, r.get_json())
+            assert list(r.get_json()["errors"]) == ["query"], (path, r.get_json())
+            assert list(r.get_json()["errors"]["query"]) == ["region"], (path, r.get_json())
