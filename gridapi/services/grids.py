@@ -250,7 +250,7 @@ def list_versions(
         stmt = stmt.where(GridVersion.region_code.startswith(subtree_prefix(region)))
     if status:
         stmt = stmt.where(GridVersion.status == status)
-    if after:
+    if after is not None:
         stmt = stmt.where(GridVersion.id < after)
     return list(session.scalars(stmt.order_by(GridVersion.id.desc()).limit(limit)))
 
@@ -456,9 +456,10 @@ def grids_query(
 ):  # type: ignore[no-untyped-def]
     """Return a select of grids inside ``scope``: in service, or of one version."""
     stmt = select(Grid).where(scope.grid_condition(Grid.code, Grid.community_code))
+    # ``version=0`` names a version (none has that id), not "the grids in service".
     stmt = (
         stmt.where(Grid.version_id == version_id)
-        if version_id
+        if version_id is not None
         else stmt.where(Grid.in_service.is_(True))
     )
     if region:

@@ -594,3 +594,17 @@ def test_a_malformed_region_code_is_422_naming_the_field(factory, client):
             assert r.status_code == 422, (path, r.get_json())
             assert list(r.get_json()["errors"]) == ["query"], (path, r.get_json())
             assert list(r.get_json()["errors"]["query"]) == ["region"], (path, r.get_json())
+
+
+def test_version_zero_is_a_version_with_no_grids_not_the_grids_in_service(factory, client):
+    """?version=0 was taken as no version at all: the grids in service came back as if they
+    were version 0's (and ?after=0 listed every version, not those older than 0)."""
+    factory.regions()
+    factory.grid_version()
+    assert client.get("/api/v1/grids", query_string={"version": 0}).get_json()["items"] == []
+    assert client.get(f"/api/v1/grids/{A1}", query_string={"version": 0}).status_code == 404
+    r = client.get("/api/v1/grids/export", query_string={"version": 0})
+    assert json.loads(r.get_data())["features"] == []
+    assert client.get("/api/v1/grid-versions", query_string={"after": 0}).get_json()["items"] == []
+    # Without it, the grids in service as before.
+    assert len(client.get("/api/v1/grids").get_json()["items"]) == 4
