@@ -293,6 +293,14 @@ def _parse_feature(index: int, feature: Any) -> tuple[ParsedGrid | None, list[Pr
     name = props.get("name")
     if not isinstance(name, str) or not name.strip():
         problems.append(_problem("name_missing", f"{where} has no name (property 'name')"))
+    elif "\x00" in name:  # PostgreSQL cannot store it in text (the import failed there)
+        problems.append(
+            _problem(
+                "name_invalid",
+                f"{where}: the name contains the NUL character (U+0000), which cannot be "
+                "stored; remove it",
+            )
+        )
     elif len(name.strip()) > MAX_NAME_LENGTH:  # was cut to 200 when stored, without a word
         problems.append(
             _problem(

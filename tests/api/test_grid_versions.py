@@ -608,3 +608,26 @@ def test_version_zero_is_a_version_with_no_grids_not_the_grids_in_service(factor
     assert client.get("/api/v1/grid-versions", query_string={"after": 0}).get_json()["items"] == []
     # Without it, the grids in service as before.
     assert len(client.get("/api/v1/grids").get_json()["items"]) == 4
+
+
+def test_a_grid_name_with_a_nul_is_a_feature_problem_on_both_engines(factory, client):
+    """A name with U+0000 (a shapefile's padded text field) was stored on SQLite and made
+    PostgreSQL refuse the whole import; it is the feature's problem, as a missing name is."""
+    factory.regions()
+    fc = clean_tiling()
+    fc["features"][1]["properties"]["name"] = "第002网格\x00\x00"
+    fc["features"][2]["properties"]["type"] = "basic\x00"  # reported as it came
+    fc["features"][3]["geometry"]["type"] = "Polygon\x00"
+    r = client.post("/api/v1/grid-versions", json=fc)
+    assert r.status_code == 201, r.get_json()
+    version = r.get_json()
+    assert version["grid_count"] == 1
+    problems = {p["code"]: p for p in version["report"]["feature_problems"]}
+    assert [problems[c]["kind"] for c in (A2, B1, B2)] == [
+        "name_invalid",
+        "type_invalid",
+        "geometry_type",
+    ]
+    assert "U+0000" in problems[A2]["message"]
+    stored = client.get(f"/api/v1/grid-versions/{version['id']}").get_json()["report"]
+    assert stored == version["report"]
