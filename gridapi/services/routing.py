@@ -2,7 +2,8 @@
 
 Answers come from an in-process index over the grids in service (shapely STRtree over
 prepared geometries, vectorised for batches). The database stays the source of truth: every
-process rebuilds its index when the generation counter in ``index_generations`` moves.
+process rebuilds its index when the generation counter in ``index_generations`` moves, and
+when the county's date changes (the regions are those valid that day).
 
 Semantics, in order:
 1. *covers*: a grid answers for a point inside it or on its boundary (edge or vertex);
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import numpy as np
@@ -65,9 +67,12 @@ class IndexSnapshot:
         regions: dict[str, dict[str, Any]],
         region_shapes: list[tuple[str, Any]],
         snap_meters: float,
+        day: date | None = None,
     ) -> None:
         self.generation = generation
         self.snap_meters = snap_meters
+        #: The county's date whose regions ``regions`` holds (periods are by day).
+        self.day = day
         self.built_at = time.time()
         # Rows arrive ordered by code, so a lower index is a lower code: the tie-break.
         self.geoms = (
@@ -451,7 +456,14 @@ class RoutingIndex:
             token = sqlite_write_intent.set(False)
             try:
                 generation = current_generation(self.engine)
-                if self._snapshot is None or self._snapshot.generation != generation:
+                # The regions are those valid on the day the snapshot was built: a period that
+                # starts (a new name, a new boundary) or ends at midnight changes the answers
+                # without any write moving the generation.
+                if (
+                    self._snapshot is None
+                    or self._snapshot.generation != generation
+                    or self._snapshot.day != clock.today()
+                ):
                     started = time.perf_counter()
                     self._snapshot = build_snapshot(self.engine, generation, self.snap_meters)
                     rebuilt = True
@@ -482,8 +494,8 @@ def current_generation(engine: Engine) -> int:
 
 
 def build_snapshot(engine: Engine, generation: int, snap_meters: float) -> IndexSnapshot:
-    """Load the grids in service and the current regions and index them."""
-
+    """Load the grids in service and the regions valid today and index them."""
+    today = clock.today()
     with engine.connect() as conn:
         rows = conn.execute(
             select(
@@ -505,7 +517,7 @@ def build_snapshot(engine: Engine, generation: int, snap_meters: float) -> Index
                 Region.level,
                 Region.parent_code,
                 func.ST_AsBinary(Region.boundary),
-            ).where(valid_on(clock.today()))
+            ).where(valid_on(today))
         ).all()
     regions: dict[str, dict[str, Any]] = {}
     shapes: list[tuple[str, Any]] = []
@@ -518,5 +530,10 @@ def build_snapshot(engine: Engine, generation: int, snap_meters: float) -> Index
         if wkb is not None:
             shapes.append((code, shapely.from_wkb(bytes(wkb))))
     return IndexSnapshot(
-        generation, [tuple(r[:-1]) + (bytes(r[-1]),) for r in rows], regions, shapes, snap_meters
+        generation,
+        [tuple(r[:-1]) + (bytes(r[-1]),) for r in rows],
+        regions,
+        shapes,
+        snap_meters,
+        day=today,
     )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
 
-from gridapi import create_app
+from gridapi import clock, create_app
 from gridapi.geo.crs import wgs84_to_bd09, wgs84_to_gcj02
 
 from ..factories import (
@@ -259,3 +260,29 @@ def test_index_agrees_with_database_covers_query(factory, client, engine, tiled)
             else:
                 assert expected is None, (lon, lat)
     assert checked > 250
+
+
+def test_routing_answers_with_the_regions_of_the_new_day(factory, client, monkeypatch):
+    """A community renamed from tomorrow answered with its old name after midnight, until some
+    write moved the routing generation: the index kept the regions valid the day it was
+    built. It is rebuilt when the county's date changes."""
+    factory.regions()
+    factory.grid_version()
+    tomorrow = clock.today() + timedelta(days=1)
+    r = client.patch(
+        f"/api/v1/regions/{COMMUNITY_A}",
+        json={"name": "新平江社区", "effective_from": tomorrow.isoformat()},
+    )
+    assert r.status_code == 200, r.get_json()
+    point = (LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP)
+    assert factory.locate(*point)["regions"][0] == {
+        "code": COMMUNITY_A,
+        "name": "平江社区",
+        "level": "village",
+    }
+    monkeypatch.setattr(clock, "today", lambda: tomorrow)
+    answer = factory.locate(*point)
+    assert answer["grid"]["code"] == A1
+    assert answer["regions"][0] == {"code": COMMUNITY_A, "name": "新平江社区", "level": "village"}
+    batch = client.post("/api/v1/locate/batch", json={"points": [list(point)]}).get_json()
+    assert batch["results"][0]["regions"][0]["name"] == "新平江社区"
