@@ -98,6 +98,13 @@ def local_distance_m(lons1: Any, lats1: Any, lons2: Any, lats2: Any) -> Any:
     return np.hypot(ky * (np.asarray(lats2) - np.asarray(lats1)), kx * dlon)
 
 
+def metres_to_latitude_degrees(metres: float) -> float:
+    """Conservative north-south search half-height in degrees covering ``metres`` anywhere:
+    no degree of latitude is shorter than at the equator (110,574 m), so a box of ±this many
+    degrees of latitude never misses a point within ``metres``."""
+    return metres / _MIN_METRES_PER_DEGREE_LAT * _SAFETY
+
+
 def metres_to_degrees(metres: float, lat: float) -> float:
     """Conservative search radius in degrees covering ``metres`` in any direction at ``lat``.
 

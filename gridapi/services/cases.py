@@ -58,7 +58,7 @@ from ..codes import (
 )
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.crs import to_wgs84
-from ..geo.geodesy import distance_m, metres_to_degrees
+from ..geo.geodesy import distance_m, metres_to_degrees, metres_to_latitude_degrees
 from ..models import (
     Case,
     CaseAttachment,
@@ -484,7 +484,9 @@ DUPLICATE_CANDIDATES = 50  # read per report, nearest in time first; 10 are answ
 
 def duplicate_box(radius_m: float, lat: float) -> tuple[float, float]:
     """Return (dlon, dlat): the half-sides in degrees of a box holding the radius."""
-    return metres_to_degrees(radius_m, lat), radius_m / 111_000.0
+    # Not radius / 111,000: a degree of latitude is shorter than that south of 45° N, and
+    # reports due north or south near the radius fell outside the box.
+    return metres_to_degrees(radius_m, lat), metres_to_latitude_degrees(radius_m)
 
 
 def duplicate_bounds(radius_m: float, lon: float, lat: float, since: datetime) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from geographiclib.geodesic import Geodesic
 from sqlalchemy import event, select, text
 
 from gridapi.geo.crs import wgs84_to_bd09, wgs84_to_gcj02
@@ -178,6 +179,25 @@ def test_possible_duplicates_are_returned_on_report(client, world):
     assert 5 < near["possible_duplicates"][0]["distance_m"] < 15
     other = client.post("/api/v1/cases", json=report_body(*center(1))).get_json()
     assert other["possible_duplicates"] == []
+
+
+def test_possible_duplicates_due_north_within_the_radius_are_found(client, world):
+    """The search box was radius / 111,000 m degrees tall, but a degree of latitude is
+    shorter than 111 km south of 45° N (110,870 m at 31° N): a report 4,997 m due north of
+    an open one, inside a 5,000 m radius, was not offered as a possible duplicate, while one
+    4,997 m due east was."""
+    r = client.patch("/api/v1/categories/0101", json={"duplicate_radius_m": 5000})
+    assert r.status_code == 200, r.get_json()
+    lon, lat = center(0)
+    first = client.post("/api/v1/cases", json=report_body(lon, lat)).get_json()
+    north = Geodesic.WGS84.Direct(lat, lon, 0.0, 4997.0)
+    east = Geodesic.WGS84.Direct(lat, lon, 90.0, 4997.0)
+    for there in (east, north):
+        near = client.post("/api/v1/cases", json=report_body(there["lon2"], there["lat2"]))
+        assert near.status_code == 201, near.get_json()
+        found = near.get_json()["possible_duplicates"]
+        assert first["id"] in [d["id"] for d in found], there
+        assert 4990 < next(d for d in found if d["id"] == first["id"])["distance_m"] <= 5000
 
 
 def test_reads_are_scoped(client, world, accounts):
