@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -185,6 +186,12 @@ class Settings:
                 raise ValueError(
                     f"GRIDAPI_{name.upper()}={value}: 0 to {MAX_SUPERVISION_HOURS:g} working hours"
                 )
+        for name in ("routing_snap_meters", "routing_refresh_seconds", "grid_tolerance_m2"):
+            value = getattr(self, name)
+            # nan or inf: every point near no grid (the snap search), or every grid import
+            # (the tolerance), answered 500; the index never (inf) or always (nan) refreshed.
+            if not math.isfinite(value):
+                raise ValueError(f"GRIDAPI_{name.upper()}={value}: a finite number")
         # Checked here, before gunicorn forks: a bad entry made every web worker fail as it
         # booted, and gunicorn boot them again and again, listening all the while.
         try:

@@ -286,3 +286,27 @@ def test_routing_answers_with_the_regions_of_the_new_day(factory, client, monkey
     assert answer["regions"][0] == {"code": COMMUNITY_A, "name": "新平江社区", "level": "village"}
     batch = client.post("/api/v1/locate/batch", json={"points": [list(point)]}).get_json()
     assert batch["results"][0]["regions"][0]["name"] == "新平江社区"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("routing_snap_meters", float("nan")),
+        ("routing_snap_meters", float("inf")),
+        ("routing_refresh_seconds", float("nan")),
+        ("grid_tolerance_m2", float("inf")),
+    ],
+)
+def test_settings_that_cannot_route_stop_start_up(settings, factory, name, value):
+    """GRIDAPI_ROUTING_SNAP_METERS=nan (or inf) was taken, and then every point near no grid
+    (a lookup, a report) answered 500 from the snap search; a tolerance of inf made every
+    grid import a 500. Such a setting now stops the start, naming the variable."""
+    from dataclasses import replace
+
+    factory.regions(with_boundaries=False)
+    factory.grid_version(collection(feature(A1, square(0, 0))))
+    with pytest.raises(ValueError, match=f"GRIDAPI_{name.upper()}={value}"):
+        replace(settings, **{name: value})
+    # What a finite setting does meanwhile: a point in no grid is answered, not a 500.
+    gap = f"lon={LON0 + STEP + 0.0001!r}&lat={LAT0 + 0.5 * STEP!r}"
+    assert factory.client.get(f"/api/v1/locate?{gap}").get_json()["method"] == "snapped"
