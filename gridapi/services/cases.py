@@ -57,7 +57,7 @@ from ..codes import (
     subtree_prefix,
 )
 from ..errors import Conflict, NotFound, Unprocessable
-from ..geo.crs import to_wgs84
+from ..geo.crs import no_fix, to_wgs84
 from ..geo.geodesy import distance_m, metres_to_degrees, metres_to_latitude_degrees
 from ..models import (
     Case,
@@ -546,7 +546,11 @@ def nearest_duplicates(
     caller: Caller, candidates: Iterable[Any], lon: float, lat: float, radius_m: float
 ) -> list:
     """Keep the candidates (from the box, newest first) within the radius that the caller
-    may read (a case it may not read is not named, nor is its distance); at most 10."""
+    may read (a case it may not read is not named, nor is its distance); at most 10. None
+    for a point at 0°, 0° (``no_fix``): a phone without a fix, whose reports from anywhere
+    would all be duplicates of each other."""
+    if no_fix(lon, lat):
+        return []
     return [
         c
         for c in candidates
@@ -568,7 +572,7 @@ def possible_duplicates(
     """Return open cases of the category within its duplicate radius, reported recently,
     that the caller may read."""
     radius = category.duplicate_radius_m
-    if radius <= 0:
+    if radius <= 0 or no_fix(lon, lat):
         return []
     stmt = duplicate_search(Case)
     if exclude is not None:

@@ -200,6 +200,28 @@ def test_possible_duplicates_due_north_within_the_radius_are_found(client, world
         assert 4990 < next(d for d in found if d["id"] == first["id"])["distance_m"] <= 5000
 
 
+def test_reports_from_phones_without_a_fix_are_not_duplicates_of_each_other(
+    client, world, accounts
+):
+    """A phone without a fix reports 0°, 0° (Baidu's SDK 4.9E-324). Two such reports of one
+    category, from anywhere, were each other's possible duplicates at 0.0 m, inviting an
+    office to close a real report as a duplicate of an unrelated one. A report at 0°, 0°
+    has no place to compare: it is routed to the reporter's area and names no duplicates."""
+    worker = accounts.client("worker_a1", "grid_worker", grids=[A1])
+    answers = []
+    for reporter, point in ((worker, [0.0, 0.0]), (client, [4.9e-324, 4.9e-324])):
+        for crs in ("wgs84", "gcj02"):
+            r = reporter.post("/api/v1/cases", json=report_body(*point, crs=crs))
+            assert r.status_code == 201, r.get_json()
+            answers.append(r.get_json())
+    assert [a["possible_duplicates"] for a in answers] == [[], [], [], []]
+    assert answers[1]["routing"]["unrouted"] and answers[1]["region_code"] == COMMUNITY_A
+    # A real position still finds the reports near it.
+    first = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()
+    again = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()
+    assert [d["id"] for d in again["possible_duplicates"]] == [first["id"]]
+
+
 def test_reads_are_scoped(client, world, accounts):
     a = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()
     b = client.post("/api/v1/cases", json=report_body(*center(3))).get_json()
