@@ -49,6 +49,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, object_session
 from sqlalchemy.sql import ColumnElement
 
+from .. import clock
 from ..codes import (
     InvalidCode,
     ancestor_prefix_codes,
@@ -1887,10 +1888,28 @@ def grid_names(session: Session, grids: Iterable[tuple[str, int]]) -> dict[tuple
 
 
 def region_names(session: Session, codes: Iterable[str | None]) -> dict[str, str]:
+    """Return the names of the regions ``codes`` as they are called today; a region that
+    has ended keeps its last name (an old case's community), one not begun its first.
+
+    Not the period without an end: a region renamed from a later day (``effective_from``)
+    has that one already, and one with a planned end has none."""
     wanted = sorted({c for c in codes if c})
     if not wanted:
         return {}
     rows = session.execute(
-        select(Region.code, Region.name).where(Region.code.in_(wanted), Region.valid_to.is_(None))
+        select(Region.code, Region.name, Region.valid_from, Region.valid_to).where(
+            Region.code.in_(wanted)
+        )
     ).all()
-    return {code: name for code, name in rows}
+    today = clock.today()
+    best: dict[str, tuple[tuple[int, int], str]] = {}
+    for code, name, start, end in rows:
+        if (start is None or start <= today) and (end is None or end >= today):
+            rank = (0, 0)
+        elif end is not None and end < today:
+            rank = (1, -end.toordinal())  # ended: the latest period
+        else:
+            rank = (2, start.toordinal())  # not begun: the earliest
+        if code not in best or rank < best[code][0]:
+            best[code] = (rank, name)
+    return {code: name for code, (_, name) in best.items()}

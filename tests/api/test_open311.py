@@ -12,6 +12,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import text
 
+from gridapi import clock
 from gridapi.geo.geodesy import distance_m
 from gridapi.services.open311 import snap
 
@@ -788,3 +789,18 @@ def test_public_read_is_configured_from_the_environment():
     assert Settings.from_env({"GRIDAPI_OPEN311_ROUND_M": "100"}).open311_round_m == 100.0
     with pytest.raises(ValueError, match="GRIDAPI_OPEN311_PUBLIC_READ"):
         Settings.from_env({"GRIDAPI_OPEN311_PUBLIC_READ": "maybe"})
+
+
+def test_the_unit_holding_a_request_is_named_as_it_is_called_today(anon_client, key, client):
+    """A community renamed from tomorrow (a new period with effective_from) was named by its
+    new name at once: the names of regions the routing snapshot does not serve were read
+    from the period without an end, which is the planned one."""
+    number = post(anon_client, key, form(*center(0))).get_json()[0]["service_request_id"]
+    tomorrow = clock.today() + timedelta(days=1)
+    r = client.patch(
+        f"/api/v1/regions/{COMMUNITY_A}",
+        json={"name": "新平江社区", "effective_from": tomorrow.isoformat()},
+    )
+    assert r.status_code == 200, r.get_json()
+    [got] = anon_client.get(f"{BASE}/requests/{number}.json?api_key={key}").get_json()
+    assert got["agency_responsible"] == "平江社区"
