@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import shapely
 from geoalchemy2.elements import WKTElement
 from sqlalchemy import (
     Select,
@@ -215,7 +214,8 @@ def route_point(
     """Return the grid and region for a WGS-84 point; never fails while any region is known.
 
     No grid covers (or is near) the point: the smallest region whose boundary covers it
-    takes it; else the reporter's own region; else the community of the nearest grid.
+    takes it; else the reporter's own region; else the community of the grid nearest on the
+    ground (``IndexSnapshot.nearest_grid``).
     """
     match = snapshot.locate(lon, lat)
     if match.grid >= 0:
@@ -227,7 +227,7 @@ def route_point(
     if fallback_region:
         return Routed(lon, lat, None, NONE, None, fallback_region)
     if len(snapshot.grids):
-        nearest = int(snapshot.tree.nearest(shapely.points(lon, lat)))
+        nearest = snapshot.nearest_grid(lon, lat)
         return Routed(lon, lat, None, NONE, None, snapshot.grids[nearest]["community_code"])
     raise Unprocessable(
         "No region can take this case: the point is outside every known region and grid.",

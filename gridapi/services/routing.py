@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 INSIDE, BOUNDARY, SNAPPED, NONE = "inside", "boundary", "snapped", "none"
 _METHOD_NAMES = (INSIDE, BOUNDARY, SNAPPED, NONE)
 _NO_CANDIDATES = np.empty(0, dtype=np.int64)
+# Beyond this the ground-nearest grid is not looked for (the local plane no longer holds,
+# and every grid of a county may be a candidate): the nearest in degrees answers.
+_NEAREST_REFINED_METRES = 50_000.0
 
 
 @dataclass(frozen=True)
@@ -273,6 +276,37 @@ class IndexSnapshot:
         if best is None:
             return Match(-1, NONE)
         return Match(best[1], SNAPPED, round(best[0], 2))
+
+    def nearest_grid(self, lon: float, lat: float) -> int:
+        """Return the index of the grid nearest to the point on the ground (ties: the lowest
+        code), however far; -1 when there is no grid.
+
+        The tree's nearest is nearest in degrees, and a degree of longitude is shorter than
+        one of latitude (95 km against 111 km at 31° N). Every grid nearer on the ground than
+        the one nearest in degrees lies within that one's distance, so those are compared in
+        a local plane of metres, as snapping does. A point thousands of kilometres away (a
+        phone without a fix) has no meaningful nearest: the tree's answer stands there.
+        """
+        if not len(self.grids):
+            return -1
+        point = shapely.points(lon, lat)
+        first = int(self.tree.nearest(point))
+        kx, ky = metres_per_degree(lat)
+
+        def to_plane(c: np.ndarray) -> np.ndarray:
+            return np.column_stack([(c[:, 0] - lon) * kx, (c[:, 1] - lat) * ky])
+
+        origin = shapely.points(0.0, 0.0)
+        reach = float(shapely.distance(shapely.transform(self.geoms[first], to_plane), origin))
+        if reach > _NEAREST_REFINED_METRES:
+            return first
+        cand = np.sort(
+            self.tree.query(point, predicate="dwithin", distance=metres_to_degrees(reach, lat))
+        )
+        if cand.size <= 1:
+            return first
+        planar = shapely.transform(self.geoms[cand], to_plane)
+        return int(cand[int(np.argmin(shapely.distance(planar, origin)))])
 
     def regions_for_point(self, lon: float, lat: float) -> list[dict[str, Any]]:
         """Return the chain of the smallest region whose boundary covers the point, or []."""

@@ -13,7 +13,19 @@ from sqlalchemy import event, select, text
 
 from gridapi.geo.crs import wgs84_to_bd09, wgs84_to_gcj02
 
-from ..factories import COMMUNITY_A, COMMUNITY_B, COUNTY, LAT0, LON0, STEP, TOWNSHIP
+from ..factories import (
+    COMMUNITY_A,
+    COMMUNITY_B,
+    COUNTY,
+    LAT0,
+    LON0,
+    STEP,
+    TOWNSHIP,
+    collection,
+    feature,
+    rectangle,
+    square,
+)
 
 A1 = COMMUNITY_A + "001"
 B2 = COMMUNITY_B + "002"
@@ -114,6 +126,23 @@ def test_a_point_outside_every_grid_is_kept_in_the_region_intake_queue(client, w
         assert body["routing"]["method"] == "none"
     listed = client.get("/api/v1/cases?unrouted=true").get_json()["items"]
     assert {c["id"] for c in listed} == {r.get_json()["id"], far.get_json()["id"]}
+
+
+def test_a_point_no_region_takes_goes_to_the_nearest_grid_on_the_ground(client, factory):
+    """The last fallback (no grid within the snap distance, no region boundary, a reporter
+    without a region) took the grid nearest in degrees: at 31° N a degree of longitude is
+    95 km and one of latitude 111 km, so a grid 1,053 m north beat one 952 m east."""
+    factory.regions(with_boundaries=False)
+    east = rectangle(1.5, -2, 2.5, -0.5)  # its west edge 0.0100° east of the point
+    factory.grid_version(
+        collection(feature(A1, square(0, 0)), feature(COMMUNITY_B + "001", east)), force=True
+    )
+    lon, lat = LON0 + 0.5 * STEP, LAT0 - 0.95 * STEP  # A1's south edge 0.0095° north
+    r = client.post("/api/v1/cases", json=report_body(lon, lat))
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert (body["grid"], body["routing"]["unrouted"]) == (None, True)
+    assert body["region_code"] == COMMUNITY_B
 
 
 def test_a_point_just_outside_a_grid_snaps_to_it(client, world):
