@@ -6,8 +6,8 @@ import re
 from datetime import date
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import Session, aliased
 
 from ..errors import Conflict, NotFound, Unprocessable
 from ..models import Case, Category
@@ -27,12 +27,48 @@ MAX_VALUE = 100
 NUL_MESSAGE = "Must not contain NUL characters (U+0000)."
 
 
+#: The gap between two classes' display orders in the seed (a class at 100 × n, its
+#: subclasses at 100 × n + 1, + 2, …); a class created later is put after every family.
+FAMILY_GAP = 100
+
+
+def in_display_order(stmt: Select[Any]) -> Select[Any]:
+    """Return ``stmt`` (over Category) ordered for display: each class followed by its own
+    subclasses, families and members by their display order, then by code.
+
+    Ordered by ``sort_order`` alone, a family stayed together only while every row had an
+    order of its place: a subclass or class created without one (0) was listed first, under
+    the first class (5309 between 01 and 0101)."""
+    parent = aliased(Category)
+    return stmt.outerjoin(parent, Category.parent_code == parent.code).order_by(
+        func.coalesce(parent.sort_order, Category.sort_order),
+        func.coalesce(parent.code, Category.code),
+        Category.parent_code.is_not(None),
+        Category.sort_order,
+        Category.code,
+    )
+
+
 def list_categories(session: Session, *, include_inactive: bool = False) -> list[Category]:
-    """Return categories, classes before their subclasses, in display order."""
+    """Return categories in display order: each class followed by its subclasses."""
     stmt = select(Category)
     if not include_inactive:
         stmt = stmt.where(Category.is_active.is_(True))
-    return list(session.scalars(stmt.order_by(Category.sort_order, Category.code)))
+    return list(session.scalars(in_display_order(stmt)))
+
+
+def _new_sort_order(session: Session, class_code: str | None) -> int:
+    """Return the display order of a new category: after the last of its class's family
+    for a subclass, after every family for a class."""
+    if class_code is not None:
+        last = session.scalar(
+            select(func.max(Category.sort_order)).where(
+                (Category.code == class_code) | (Category.parent_code == class_code)
+            )
+        )
+        return (last or 0) + 1
+    last = session.scalar(select(func.max(Category.sort_order)))
+    return 0 if last is None else (last // FAMILY_GAP + 1) * FAMILY_GAP
 
 
 def get_category(session: Session, code: str) -> Category:
@@ -254,7 +290,11 @@ def create_category(session: Session, data: dict[str, Any]) -> Category:
                 "The class is retired.",
                 errors={"json": {"code": [f"the class {code[:2]} is retired: reactivate it"]}},
             )
-    category = Category(**{**data, "parent_code": parent.code if parent else None})
+    category = Category(
+        **data,
+        parent_code=parent.code if parent else None,
+        sort_order=_new_sort_order(session, parent.code if parent else None),
+    )
     # Created by another request between the look-up and the insert: the same answer as
     # when it came first, not the generic conflict.
     add_or_conflict(session, category, taken)

@@ -25,6 +25,7 @@ from ..numbers import MAX_EXACT, PLAIN_DECIMAL, PLAIN_WHOLE
 from ..personal import InvalidValue, mask_phone, parse_phone
 from ..schemas.common import ID32, instant_problem
 from .cases import STATUS_NAMES, SUBCLASS_SQL, Caller, region_names, visible_condition
+from .categories import in_display_order
 
 # Open311 knows two states; the detailed state travels in status_notes and detailed_status.
 CLOSED_STATES = TERMINAL
@@ -84,11 +85,7 @@ def service_categories(session: Session) -> list[Category]:
     """Return the categories offered as services: active subclasses, and active classes
     without active subclasses (a report may name either)."""
     rows = list(
-        session.scalars(
-            select(Category)
-            .where(Category.is_active.is_(True))
-            .order_by(Category.sort_order, Category.code)
-        )
+        session.scalars(in_display_order(select(Category).where(Category.is_active.is_(True))))
     )
     parents = {c.parent_code for c in rows if c.parent_code}
     return [c for c in rows if c.parent_code or c.code not in parents]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from gridapi.errors import Unprocessable
 from gridapi.models import Case, Category
@@ -367,3 +367,33 @@ def test_a_code_taken_meanwhile_answers_as_one_taken_before(client, app, engine)
         assert names == ["燃气安全隐患"]
     actions = [e["action"] for e in client.get("/api/v1/audit").get_json()["items"]]
     assert "category.create" not in actions
+
+
+def test_categories_created_later_are_listed_within_their_family(client, world, session):
+    """A category created by an admin had display order 0, so the list put it first, under
+    the first class: a subclass 5309 showed between 01 and 0101, where a picker that groups
+    by the class above took it for one of 市容环境's. Each class is followed by its own
+    subclasses now, and a new class comes after the families there are."""
+    for body in (
+        {"code": "5309", "name": "燃气安全隐患"},
+        {"code": "58", "name": "新大类"},
+        {"code": "5801", "name": "新小类"},
+    ):
+        r = client.post("/api/v1/categories", json=body)
+        assert r.status_code == 201, r.get_json()
+    codes = [c["code"] for c in client.get("/api/v1/categories").get_json()["items"]]
+    assert codes[:2] == ["01", "0101"]
+    fire = [c for c in codes if c.startswith("53")]
+    assert codes[codes.index("53") : codes.index("53") + len(fire)] == fire
+    assert fire[-1] == "5309"
+    assert codes[-2:] == ["58", "5801"]
+    for code in codes:  # every subclass after its own class and that class's other members
+        if len(code) == 4:
+            above = codes[: codes.index(code)]
+            assert above[-1][:2] == code[:2], (code, above[-1])
+    # A subclass stored with the old default order (0) is listed in its family all the same.
+    session.execute(update(Category).where(Category.code == "5309").values(sort_order=0))
+    session.commit()
+    codes = [c["code"] for c in client.get("/api/v1/categories").get_json()["items"]]
+    assert codes[:2] == ["01", "0101"]
+    assert codes[codes.index("53") + 1] == "5309"
