@@ -13,6 +13,7 @@ from ..errors import Conflict, NotFound, Unprocessable
 from ..models import Case, Category
 from ..models.categories import ATTRIBUTE_TYPES
 from ..numbers import MAX_EXACT
+from ..schemas.common import stated
 from .uniques import add_or_conflict
 
 # fullmatch, not ``$``: ``$`` also matches before a final newline ("community\n").
@@ -136,7 +137,7 @@ def _text_problem(value: Any, limit: int, *, required: bool) -> str | None:
         return "must be text"
     if "\x00" in value:
         return NUL_MESSAGE
-    if required and not value.strip():
+    if required and not stated(value):  # a zero-width space shows nothing either
         return "required"
     if len(value) > limit:
         return f"at most {limit} characters"
@@ -175,8 +176,13 @@ def check_attributes(category: Category, values: Any) -> dict[str, Any]:
             errors[code] = [f"unknown attribute for category {category.code}"]
     for code, attr in schema.items():
         value = values.get(code)
+        if _has_nul(value):  # before the blanks are taken off: NUL is one of them
+            errors[code] = [NUL_MESSAGE]
+            continue
         if isinstance(value, str) and attr["type"] in ("string", "text"):
-            value = value.strip()  # blanks are no answer, to a required attribute neither
+            # Blanks are no answer, to a required attribute neither: white space, and the
+            # characters that show nothing (a zero-width space answered "required").
+            value = stated(value)
         if value is None or value == "" or value == []:
             if attr.get("required"):
                 errors[code] = ["required"]
@@ -194,9 +200,6 @@ def check_attributes(category: Category, values: Any) -> dict[str, Any]:
 def _check_value(attr: dict[str, Any], value: Any) -> tuple[str | None, Any]:
     """Return (problem, None) or (None, the value as stored) for a non-empty value."""
     kind = attr["type"]
-    # PostgreSQL cannot store NUL in JSON text and SQLite would: refused on both alike.
-    if _has_nul(value):
-        return NUL_MESSAGE, None
     if kind in ("string", "text"):
         limit = 200 if kind == "string" else 5000
         if not isinstance(value, str):
@@ -228,6 +231,8 @@ def _check_value(attr: dict[str, Any], value: Any) -> tuple[str | None, Any]:
 
 
 def _has_nul(value: Any) -> bool:
+    """Whether a value holds NUL: PostgreSQL cannot store it in JSON text and SQLite would,
+    so it is refused on both alike."""
     if isinstance(value, list):
         return any(isinstance(v, str) and "\x00" in v for v in value)
     return isinstance(value, str) and "\x00" in value

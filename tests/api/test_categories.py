@@ -397,3 +397,31 @@ def test_categories_created_later_are_listed_within_their_family(client, world, 
     codes = [c["code"] for c in client.get("/api/v1/categories").get_json()["items"]]
     assert codes[:2] == ["01", "0101"]
     assert codes[codes.index("53") + 1] == "5309"
+
+
+def test_characters_that_show_nothing_do_not_answer_or_label_an_attribute(client, world, session):
+    """A required attribute answered with a zero-width space (or a byte-order mark) was
+    answered, and an attribute labelled or offered as one was defined: a phone showed an
+    empty label, an empty choice, a report with nothing in its required field."""
+    form = [{"code": "note", "label": "备注", "type": "string", "required": True}]
+    assert client.patch("/api/v1/categories/0101", json={"attributes": form}).status_code == 200
+    for blank in ("\u200b", "\ufeff", " \u200b\u2060 "):
+        r = _report(client, {"note": blank})
+        assert r.status_code == 422, r.get_json()
+        assert r.get_json()["errors"]["json"]["attributes"] == {"note": ["required"]}
+    assert _cases(session) == 0
+    r = _report(client, {"note": "\u200b燃气 "})
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["attributes"] == {"note": "燃气"}
+    for bad, key in (
+        ({"code": "x", "label": "\u200b", "type": "string"}, "label"),
+        (
+            {"code": "x", "label": "类型", "type": "single_choice", "values": ["是", "\ufeff"]},
+            "values",
+        ),
+    ):
+        r = client.patch("/api/v1/categories/0101", json={"attributes": [bad]})
+        assert r.status_code == 422, r.get_json()
+        assert key in r.get_json()["errors"]["json"]["attributes"]["0"]
+    session.rollback()
+    assert session.get(Category, "0101").attributes == form
