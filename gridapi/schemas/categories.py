@@ -12,7 +12,7 @@ from ..services.categories import (
     MAX_VALUE,
     MAX_VALUES,
 )
-from .common import Stated, StrictSchema
+from .common import Stated, StrictSchema, _no_nul
 
 UNIT = validate.OneOf(LIMIT_UNITS)
 
@@ -85,6 +85,16 @@ class CategoryQueryArgsSchema(StrictSchema):
 _LIMIT = validate.Range(min=1, max=1000)
 
 
+class _Shown(Stated):
+    """A label or choice as a picker shows it: without blank ends (" 是" and "是" were two
+    choices that showed alike, and a client that sent the one it saw was refused), and
+    refused, not stripped, with a NUL in it (stated() takes control characters off)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[no-untyped-def]
+        _no_nul(value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 class AttributeDefinitionSchema(StrictSchema):
     """One extra attribute as an admin defines it; the service checks the rest (distinct
     codes, values for choices only, no blank label)."""
@@ -97,7 +107,7 @@ class AttributeDefinitionSchema(StrictSchema):
         ),
         metadata={"example": "mediated"},
     )
-    label = fields.String(
+    label = _Shown(
         required=True,
         validate=validate.Length(min=1, max=MAX_LABEL),
         metadata={"example": "是否已调解"},
@@ -109,7 +119,7 @@ class AttributeDefinitionSchema(StrictSchema):
     )
     required = fields.Boolean(metadata={"description": "A report must give it (default false)."})
     values = fields.List(
-        fields.String(validate=validate.Length(min=1, max=MAX_VALUE)),
+        _Shown(validate=validate.Length(min=1, max=MAX_VALUE)),
         allow_none=True,
         validate=validate.Length(min=1, max=MAX_VALUES),
         metadata={

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import date
 from typing import Any
 
@@ -152,7 +153,8 @@ def _choices_problem(values: Any) -> str | None:
     for j, value in enumerate(values):
         if problem := _text_problem(value, MAX_VALUE, required=True):
             return f"value {j}: {problem}"
-    if len(set(values)) != len(values):
+    # Compared as shown: é written precomposed or as e and a combining accent is one choice.
+    if len({unicodedata.normalize("NFC", v) for v in values}) != len(values):
         return "a choice needs a list of distinct non-empty values"
     return None
 

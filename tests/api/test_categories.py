@@ -425,3 +425,33 @@ def test_characters_that_show_nothing_do_not_answer_or_label_an_attribute(client
         assert key in r.get_json()["errors"]["json"]["attributes"]["0"]
     session.rollback()
     assert session.get(Category, "0101").attributes == form
+
+
+def test_choices_that_show_alike_are_one_choice(client, world, session):
+    """ " 是" and "是" (or é precomposed and decomposed) were two choices that a picker showed
+    alike; a hotline system that sent the one it saw was refused. Labels and choices are
+    taken without blank ends now, and choices that show alike are refused as repeated."""
+    form = [
+        {
+            "code": "mediated",
+            "label": " 是否已调解 ",
+            "type": "single_choice",
+            "values": [" 是", "否 "],
+        }
+    ]
+    r = client.patch("/api/v1/categories/0101", json={"attributes": form})
+    assert r.status_code == 200, r.get_json()
+    [stored] = r.get_json()["attributes"]
+    assert (stored["label"], stored["values"]) == ("是否已调解", ["是", "否"])
+    r = _report(client, {"mediated": "是"})
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["attributes"] == {"mediated": "是"}
+    for values in (["是", " 是"], ["\u00e9", "e\u0301"]):
+        bad = [{"code": "x", "label": "类型", "type": "single_choice", "values": values}]
+        r = client.patch("/api/v1/categories/0101", json={"attributes": bad})
+        assert r.status_code == 422, r.get_json()
+        assert r.get_json()["errors"]["json"]["attributes"] == {
+            "0": {"values": ["a choice needs a list of distinct non-empty values"]}
+        }
+    session.rollback()
+    assert session.get(Category, "0101").attributes[0]["values"] == ["是", "否"]
