@@ -73,9 +73,9 @@ def _new_sort_order(session: Session, class_code: str | None) -> int:
     return 0 if last is None else (last // FAMILY_GAP + 1) * FAMILY_GAP
 
 
-def get_category(session: Session, code: str) -> Category:
-    """Return a category. Raises NotFound."""
-    category = session.get(Category, code)
+def get_category(session: Session, code: str, *, lock: bool = False) -> Category:
+    """Return a category (locked for update with ``lock``, on PostgreSQL). Raises NotFound."""
+    category = session.get(Category, code, with_for_update=lock or None)
     if category is None:
         raise NotFound("The category does not exist.")
     return category
@@ -286,7 +286,10 @@ def create_category(session: Session, data: dict[str, Any]) -> Category:
         raise error
     parent = None
     if len(code) == 4:
-        parent = session.get(Category, code[:2])
+        # Locked (PostgreSQL), as update_category locks a class it retires: a class retired
+        # meanwhile is waited for and refuses the subclass (both committed, an active
+        # subclass lived under a retired class; each had checked before the other wrote).
+        parent = session.get(Category, code[:2], with_for_update=True)
         if parent is None:
             raise Unprocessable(
                 "The class does not exist.",
@@ -315,7 +318,10 @@ def update_category(session: Session, code: str, changes: dict[str, Any]) -> Cat
     of a category made sensitive stayed visible by place alone, in lists, maps and exports).
     A class is retired only when none of its subclasses is active (a retired class kept live,
     reportable subclasses), and a subclass is activated only under an active class."""
-    category = get_category(session, code)
+    # Locked (PostgreSQL): a subclass created or activated meanwhile under a class retired
+    # here, or the class of one activated here retired meanwhile, is waited for and then
+    # seen (create_category locks the class too).
+    category = get_category(session, code, lock=True)
     _check_definition(changes)
     _check_department(session, changes)
     if changes.get("is_active") is False and category.is_active and len(code) == 2:
@@ -328,7 +334,7 @@ def update_category(session: Session, code: str, changes: dict[str, Any]) -> Cat
                 errors={"active_subclasses": sorted(active)},
             )
     if changes.get("is_active") is True and len(code) == 4 and not category.is_active:
-        parent = session.get(Category, code[:2])
+        parent = session.get(Category, code[:2], with_for_update=True)
         if parent is not None and not parent.is_active:
             raise Unprocessable(
                 "The class is retired.",

@@ -455,3 +455,74 @@ def test_choices_that_show_alike_are_one_choice(client, world, session):
         }
     session.rollback()
     assert session.get(Category, "0101").attributes[0]["values"] == ["是", "否"]
+
+
+def _meanwhile(app, engine, change, send):  # type: ignore[no-untyped-def]
+    """Answer ``send`` while another admin's ``change`` (of the category service) is
+    written and not committed, committing it once the request waits for it."""
+    from gridapi.services import categories as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    with st.sessions() as session:
+        change(svc, session)
+        return send_while_uncommitted(
+            engine, session, "categories", send, waits_in="SELECT categories."
+        )
+
+
+def _active(app, code: str) -> bool | None:  # type: ignore[no-untyped-def]
+    with app.extensions["gridapi"].sessions() as session:
+        return session.scalar(select(Category.is_active).where(Category.code == code))
+
+
+def test_a_class_retired_meanwhile_takes_no_new_subclass(client, world, app, engine):
+    """An admin retired class 58 while another created 5801 under it: each checked before
+    the other wrote, and both committed, a live subclass under a retired class (reportable,
+    offered by Open311). The subclass now waits for the class and is refused."""
+    assert (
+        client.post("/api/v1/categories", json={"code": "58", "name": "新大类"}).status_code == 201
+    )
+    r = _meanwhile(
+        app,
+        engine,
+        lambda svc, s: svc.update_category(s, "58", {"is_active": False}),
+        lambda: client.post("/api/v1/categories", json={"code": "5801", "name": "新小类"}),
+    )
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"]["json"]["code"] == ["the class 58 is retired: reactivate it"]
+    assert (_active(app, "58"), _active(app, "5801")) == (False, None)
+
+
+def test_a_class_is_not_retired_under_a_subclass_created_meanwhile(client, world, app, engine):
+    """The other order: 5801 created (not yet committed) while class 58 was retired; the
+    retirement now waits for it and answers the 409 naming the subclass."""
+    assert (
+        client.post("/api/v1/categories", json={"code": "58", "name": "新大类"}).status_code == 201
+    )
+    r = _meanwhile(
+        app,
+        engine,
+        lambda svc, s: svc.create_category(s, {"code": "5801", "name": "新小类"}),
+        lambda: client.patch("/api/v1/categories/58", json={"is_active": False}),
+    )
+    assert r.status_code == 409, r.get_json()
+    assert r.get_json()["errors"]["active_subclasses"] == ["5801"]
+    assert (_active(app, "58"), _active(app, "5801")) == (True, True)
+
+
+def test_a_subclass_is_not_activated_under_a_class_retired_meanwhile(client, world, app, engine):
+    for body in ({"code": "58", "name": "新大类"}, {"code": "5801", "name": "新小类"}):
+        assert client.post("/api/v1/categories", json=body).status_code == 201
+    r = client.patch("/api/v1/categories/5801", json={"is_active": False})
+    assert r.status_code == 200, r.get_json()
+    r = _meanwhile(
+        app,
+        engine,
+        lambda svc, s: svc.update_category(s, "58", {"is_active": False}),
+        lambda: client.patch("/api/v1/categories/5801", json={"is_active": True}),
+    )
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"]["json"]["is_active"] == ["the class 58 is retired"]
+    assert (_active(app, "58"), _active(app, "5801")) == (False, False)
