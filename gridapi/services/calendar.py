@@ -102,6 +102,13 @@ def import_days(session: Session, data: Any, working_hours: str, timezone: str) 
         )
     source = data.get("source")
     source = source[:SOURCE_MAX] if isinstance(source, str) else ""
+    if "\x00" in source:
+        # The API's schema refuses it; a file given to `gridapi calendar import` came here
+        # with it, and PostgreSQL's refusal to store it ended the command in a traceback.
+        problem = "Must not contain NUL characters (U+0000)."
+        raise Unprocessable(
+            f"Invalid calendar data: source: {problem}", errors={"json": {"source": [problem]}}
+        )
     # Another admin importing one of the years at once: the days they inserted meanwhile,
     # which our delete did not see, refuse ours. The years are replaced again on what is
     # there now, as when this import came second (each retry waits for one such import).

@@ -407,3 +407,26 @@ def test_a_day_removed_meanwhile_is_set_or_not_found_as_after_it(client, app, en
         assert [tuple(row) for row in rows] == [(date(2026, 10, 1), "国庆节")]
     assert [e["object_id"] for e in _audited(client, "calendar.set")] == ["2026-10-01"]
     assert _audited(client, "calendar.remove") == []
+
+
+def test_the_command_refuses_a_source_with_a_nul_and_imports_nothing(
+    client, database_url, settings, tmp_path
+):
+    """`gridapi calendar import` of a file whose source held a NUL ended in a traceback on
+    PostgreSQL (which cannot store it) and stored the NUL on SQLite; the API refused it."""
+    body = {
+        "version": 1,
+        "source": "国务院办公厅通知\u0000",
+        "years": {"2029": {"holidays": ["2029-10-01"]}},
+    }
+    path = tmp_path / "2029.json"
+    path.write_text(json.dumps(body))
+    env = {"GRIDAPI_DATABASE_URL": database_url, "GRIDAPI_DATA_DIR": settings.data_dir}
+    result = CliRunner().invoke(main, ["calendar", "import", str(path)], env=env)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a message, no trace
+    assert "source" in result.output and "NUL" in result.output
+    assert _dates(client, 2029) == []
+    assert client.get("/api/v1/calendar?year=2029").get_json()["years"][0]["status"] == "missing"
+    r = client.post("/api/v1/calendar/import", json=body)  # the API answers alike
+    assert r.status_code == 422 and "source" in r.get_json()["errors"]["json"]
