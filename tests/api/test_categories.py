@@ -526,3 +526,29 @@ def test_a_subclass_is_not_activated_under_a_class_retired_meanwhile(client, wor
     assert r.status_code == 422, r.get_json()
     assert r.get_json()["errors"]["json"]["is_active"] == ["the class 58 is retired"]
     assert (_active(app, "58"), _active(app, "5801")) == (False, False)
+
+
+def test_an_oversized_attribute_payload_is_refused_at_once(client, world, session):
+    """A multiple choice sent as a list of two million picks (16 MB, within the body limit)
+    was checked item by item against the choices and taken after 37 seconds of the
+    worker's time; an object of a hundred thousand unknown codes was echoed code by code.
+    No choice has more than 200 values and no form more than 50 attributes: beyond those
+    the report is refused with one message."""
+    form = [
+        {"code": "hazards", "label": "隐患", "type": "multiple_choice", "values": ["电", "气"]},
+        {"code": "note", "label": "备注", "type": "string"},
+    ]
+    assert client.patch("/api/v1/categories/0101", json={"attributes": form}).status_code == 200
+    r = _report(client, {"hazards": ["电"] * 201, "note": ["x"] * 201})
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"]["json"]["attributes"] == {
+        "hazards": ["at most 200 choices"],
+        "note": ["must be text"],
+    }
+    r = _report(client, {f"unknown_{i}": 1 for i in range(51)})
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"]["json"]["attributes"] == ["at most 50 attributes"]
+    assert _cases(session) == 0
+    r = _report(client, {"hazards": ["电", "气"] * 100})  # repeats within the bound: one each
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["attributes"] == {"hazards": ["电", "气"]}
