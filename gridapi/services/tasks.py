@@ -213,8 +213,11 @@ def check_results(schema: list[dict[str, Any]] | None, values: Any) -> dict[str,
 def _category(session: Session, code: str | None) -> str | None:
     if code is None:
         return None
-    if session.get(Category, code) is None:
-        raise _invalid("category", f"no category {code}", "Unknown category.")
+    category = session.get(Category, code)
+    # A retired one was taken: its tasks (a campaign's, each) sent workers to report cases
+    # of a category every report of it is refused (as unknown, as here now).
+    if category is None or not category.is_active:
+        raise _invalid("category", f"no active category {code}", "Unknown category.")
     return code
 
 

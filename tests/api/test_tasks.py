@@ -781,3 +781,23 @@ def test_flagging_overdue_tasks_leaves_a_task_being_changed_to_the_next_run(peop
         assert flag_overdue_tasks(session, later) == 1
     with sessions.begin() as session:
         assert flag_overdue_tasks(session, later) == 0
+
+
+def test_a_task_or_campaign_is_not_given_a_retired_category(people, client):
+    """A task and a campaign took a retired category: its workers were sent to report cases
+    of a category every report of which is refused as unknown."""
+    office = people["office"]
+    r = client.post("/api/v1/categories", json={"code": "5309", "name": "燃气安全隐患"})
+    assert r.status_code == 201, r.get_json()
+    assert client.patch("/api/v1/categories/5309", json={"is_active": False}).status_code == 200
+    expected = {"category": ["no active category 5309"]}
+    r = office.post(
+        "/api/v1/tasks", json={"title": "燃气排查", "grid": A1, "due_in": SOON, "category": "5309"}
+    )
+    assert r.status_code == 422 and r.get_json()["errors"]["json"] == expected, r.get_json()
+    body = {"title": "燃气排查", "region": TOWNSHIP, "due_in": SOON, "category": "5309"}
+    r = office.post("/api/v1/campaigns", json=body)
+    assert r.status_code == 422 and r.get_json()["errors"]["json"] == expected, r.get_json()
+    assert office.get("/api/v1/tasks").get_json()["items"] == []
+    assert client.patch("/api/v1/categories/5309", json={"is_active": True}).status_code == 200
+    assert new_task(office, title="燃气排查", grid=A1, category="5309")["category"] == "5309"
