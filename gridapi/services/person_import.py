@@ -159,6 +159,28 @@ def _looks_like_data(header: str) -> bool:
 
 
 LOST_NUMBER = "stored as a number by Excel: format the column as text"
+# What a cell shows when its formula failed (a VLOOKUP with no match gives #N/A): XLSX keeps
+# them as error cells, read as this text, and Excel's CSV writes them as text. Never data.
+EXCEL_ERRORS = frozenset(
+    {
+        "#NULL!",
+        "#DIV/0!",
+        "#VALUE!",
+        "#REF!",
+        "#NAME?",
+        "#NUM!",
+        "#N/A",
+        "#GETTING_DATA",
+        "#SPILL!",
+        "#CALC!",
+        "#FIELD!",
+        "#BLOCKED!",
+        "#CONNECT!",
+        "#BUSY!",
+        "#UNKNOWN!",
+    }
+)
+FAILED_FORMULA = "holds an Excel error value (a formula that failed): correct the cell"
 
 
 # --- errors and the report --------------------------------------------------------------------
@@ -410,6 +432,8 @@ def _cell_text(key: str, value: Any) -> str:
     text = str(value).strip()
     if "\x00" in text:  # PostgreSQL refuses it in text (the whole file failed); SQLite kept it
         raise RowError(key, "must not contain NUL characters (U+0000)")
+    if text.upper() in EXCEL_ERRORS:
+        raise RowError(key, FAILED_FORMULA)
     if key == "id_number" and _SCIENTIFIC.fullmatch(text):
         raise RowError(key, LOST_NUMBER)
     return text

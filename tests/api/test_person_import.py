@@ -793,3 +793,47 @@ def test_cli_import(cli: Any, client: Any, world: Any, engine: Any, tmp_path: An
     result = cli("persons", "import", str(unknown))
     assert result.exit_code != 0
     assert "Unknown column(s): 身份证" in result.output
+
+
+# ---- spreadsheet quirks ------------------------------------------------------------------------
+
+
+def test_excel_error_values_are_row_errors_not_data(client: Any, world: Any, engine: Any) -> None:
+    """A VLOOKUP that failed left #N/A in 户号 and #REF! in 房屋地址: both rows joined one
+    household numbered "#N/A" in a house at "#REF!", and a #VALUE! became a resident's name.
+    Excel's error values are row errors in XLSX and in the CSV Excel saves."""
+    book = xlsx(
+        [
+            ["姓名", "身份证号", "户号", "房屋地址", "网格编码"],
+            ["张三", ID1, "#N/A", "#REF!", A1],
+            ["李四", ID2, "#N/A", "#REF!", A1],
+            ["#VALUE!", ID3, None, None, A1],
+            ["王五", ID4, "0001", "平江路1号", A1],
+        ]
+    )
+    assert openpyxl.load_workbook(io.BytesIO(book))["Sheet"]["C2"].data_type == "e"
+    error = "holds an Excel error value (a formula that failed): correct the cell"
+    expected = [
+        {"row": 2, "field": "户号", "message": f"户号: {error}"},
+        {"row": 2, "field": "房屋地址", "message": f"房屋地址: {error}"},
+        {"row": 3, "field": "户号", "message": f"户号: {error}"},
+        {"row": 3, "field": "房屋地址", "message": f"房屋地址: {error}"},
+        {"row": 4, "field": "姓名", "message": f"姓名: {error}"},
+    ]
+    r = upload(client, book, "people.xlsx", mode="valid")
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["imported"], r.get_json()["failed"]) == (1, 3)
+    assert r.get_json()["errors"] == expected
+    assert counts(engine) == (1, 1, 1)
+    assert client.get("/api/v1/households?number=%23N/A").get_json()["items"] == []
+    # the same sheet saved by Excel as CSV
+    content = csv_bytes(
+        "姓名,身份证号,户号,房屋地址,网格编码",
+        f"张三,{make_id(41)},#N/A,#REF!,{A1}",
+        f"李四,{make_id(42)},#N/A,#REF!,{A1}",
+        f"#VALUE!,{make_id(43)},,,{A1}",
+    )
+    r = upload(client, content, mode="valid")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["failed"] == 3 and r.get_json()["errors"] == expected
+    assert counts(engine) == (1, 1, 1)
