@@ -277,12 +277,17 @@ class ImportReport:
 # --- reading the file -------------------------------------------------------------------------
 
 
+#: The cells of a row that are not blank, by column index (0 is column A): a row costs what
+#: its values cost, however far to the right they lie.
+Cells = dict[int, Any]
+
+
 @dataclass
 class Sheet:
     file_type: str
     labels: dict[str, str]  # column key -> its header as written in the file
     positions: list[tuple[int, str]]  # (cell index, column key)
-    rows: list[tuple[int, list[Any]]]  # (spreadsheet row number, cells)
+    rows: list[tuple[int, Cells]]  # (spreadsheet row number, its cells)
 
 
 def _is_blank(value: Any) -> bool:
@@ -293,7 +298,11 @@ def _is_xlsx(content: bytes, filename: str) -> bool:
     return filename.lower().endswith((".xlsx", ".xlsm")) or content.startswith(b"PK\x03\x04")
 
 
-def _csv_rows(content: bytes) -> Iterator[list[Any]]:
+def _cells(values: Any) -> Cells:
+    return {i: v for i, v in enumerate(values) if not _is_blank(v)}
+
+
+def _csv_rows(content: bytes) -> Iterator[tuple[int, Cells]]:
     if content.startswith((b"\xff\xfe", b"\xfe\xff")):
         text = content.decode("utf-16")
     else:
@@ -312,37 +321,61 @@ def _csv_rows(content: bytes) -> Iterator[list[Any]]:
     delimiter = "\t" if "\t" in first_line and "," not in first_line else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        yield from reader
+        for number, record in enumerate(reader, start=1):
+            yield number, _cells(record)
     except csv.Error as exc:
         raise _file_error(
             f"The CSV file cannot be read past line {reader.line_num}: {exc}."
         ) from None
 
 
-def _xlsx_rows(content: bytes) -> Iterator[list[Any]]:
-    import openpyxl
+class _XlsxRows:
+    """The rows of the first worksheet as the file stores them (openpyxl's own rows are
+    padded to their last cell: a row with one value in column XFD was 16,384 cells)."""
 
-    unreadable = _file_error("The file cannot be read as an XLSX workbook.")
-    try:
-        workbook = openpyxl.load_workbook(io.BytesIO(content), read_only=True, data_only=True)
-    except Exception:  # a damaged or foreign file: the client's to fix
-        raise unreadable from None
-    try:
-        if not workbook.worksheets:
-            raise _file_error("The workbook has no worksheet.")
-        sheet = workbook.worksheets[0]
-        sheet.reset_dimensions()  # some writers record wrong dimensions: read every row
-        rows = sheet.iter_rows(values_only=True)
-        while True:
+    def __init__(self, content: bytes) -> None:
+        self.content = content
+
+    def __iter__(self) -> Iterator[tuple[int, Cells]]:
+        import openpyxl
+        from openpyxl.worksheet._reader import WorkSheetParser
+
+        unreadable = _file_error("The file cannot be read as an XLSX workbook.")
+        try:
+            workbook = openpyxl.load_workbook(
+                io.BytesIO(self.content), read_only=True, data_only=True
+            )
+        except Exception:  # a damaged or foreign file: the client's to fix
+            raise unreadable from None
+        try:
+            if not workbook.worksheets:
+                raise _file_error("The workbook has no worksheet.")
+            sheet = workbook.worksheets[0]
             try:
-                row = next(rows)
-            except StopIteration:
-                return
+                parser = WorkSheetParser(
+                    sheet._get_source(),
+                    sheet._shared_strings,
+                    data_only=True,
+                    epoch=workbook.epoch,
+                    date_formats=workbook._date_formats,
+                    timedelta_formats=workbook._timedelta_formats,
+                )
+                rows = parser.parse()
             except Exception:
                 raise unreadable from None
-            yield list(row)
-    finally:
-        workbook.close()
+            while True:
+                try:
+                    number, cells = next(rows)
+                except StopIteration:
+                    return
+                except Exception:
+                    raise unreadable from None
+                yield (
+                    number,
+                    {c["column"] - 1: c["value"] for c in cells if not _is_blank(c["value"])},
+                )
+        finally:
+            workbook.close()
 
 
 def _header_text(value: Any) -> str:
@@ -359,14 +392,15 @@ def read_sheet(content: bytes, filename: str, max_rows: int) -> Sheet:
     file_type = "xlsx" if _is_xlsx(content, filename) else "csv"
     if not content:
         raise _file_error("The file is empty.")
-    source = _xlsx_rows(content) if file_type == "xlsx" else _csv_rows(content)
-    header = next(source, None)
-    if header is None or all(_is_blank(v) for v in header):
+    source = iter(_XlsxRows(content)) if file_type == "xlsx" else _csv_rows(content)
+    first = next(source, None)
+    if first is None or first[0] != 1 or not first[1]:
         raise _file_error("The first row must hold the column headers; it is empty.")
+    header = first[1]
     labels: dict[str, str] = {}
     positions: list[tuple[int, str]] = []
     unknown: list[str] = []
-    for index, value in enumerate(header):
+    for index, value in sorted(header.items()):
         text = _header_text(value)
         if not text:
             continue
@@ -398,9 +432,9 @@ def read_sheet(content: bytes, filename: str, max_rows: int) -> Sheet:
     missing = [COLUMN_BY_KEY[k].label for k in REQUIRED_COLUMNS if k not in labels]
     if missing:
         raise _file_error(f"Required column(s) missing: {', '.join(missing)}.")
-    rows: list[tuple[int, list[Any]]] = []
-    for number, cells in enumerate(source, start=2):
-        if all(_is_blank(v) for v in cells):
+    rows: list[tuple[int, Cells]] = []
+    for number, cells in source:
+        if not cells:
             continue
         if len(rows) >= max_rows:
             raise _file_error(
@@ -505,12 +539,10 @@ class _Importer:
 
     # -- checks that need no database ---------------------------------------------------------
 
-    def _stray(self, cells: list[Any]) -> RowError | None:
+    def _stray(self, cells: Cells) -> RowError | None:
         """A value in a column without a header: an unquoted comma shifted the cells, or a
         column was left unnamed. Never guessed at."""
-        stray = next(
-            (i for i, v in enumerate(cells) if i not in self.headed and not _is_blank(v)), None
-        )
+        stray = min((i for i in cells if i not in self.headed), default=None)
         if stray is None:
             return None
         return RowError(
@@ -519,11 +551,11 @@ class _Importer:
             "that contain a comma)",
         )
 
-    def _values(self, cells: list[Any], problems: list[RowError]) -> dict[str, str]:
+    def _values(self, cells: Cells, problems: list[RowError]) -> dict[str, str]:
         values: dict[str, str] = {}
         for index, key in self.sheet.positions:
             try:
-                values[key] = _cell_text(key, cells[index] if index < len(cells) else None)
+                values[key] = _cell_text(key, cells.get(index))
             except RowError as exc:
                 problems.append(exc)
                 values[key] = ""
