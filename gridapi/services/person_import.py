@@ -17,6 +17,7 @@ Rows run in savepoints in both modes, so mode ``all`` reports exactly the errors
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import math
@@ -331,13 +332,17 @@ def _csv_rows(content: bytes) -> Iterator[tuple[int, Cells]]:
 
 class _XlsxRows:
     """The rows of the first worksheet as the file stores them (openpyxl's own rows are
-    padded to their last cell: a row with one value in column XFD was 16,384 cells)."""
+    padded to their last cell: a row with one value in column XFD was 16,384 cells), then,
+    once they are read, its merged cells (``merged``: the ranges, as (first column, first
+    row, last column, last row), 1-based)."""
 
     def __init__(self, content: bytes) -> None:
         self.content = content
+        self.merged: list[tuple[int, int, int, int]] = []
 
     def __iter__(self) -> Iterator[tuple[int, Cells]]:
         import openpyxl
+        from openpyxl.utils.cell import range_boundaries
         from openpyxl.worksheet._reader import WorkSheetParser
 
         unreadable = _file_error("The file cannot be read as an XLSX workbook.")
@@ -367,15 +372,45 @@ class _XlsxRows:
                 try:
                     number, cells = next(rows)
                 except StopIteration:
-                    return
+                    break
                 except Exception:
                     raise unreadable from None
                 yield (
                     number,
                     {c["column"] - 1: c["value"] for c in cells if not _is_blank(c["value"])},
                 )
+            try:  # written after the rows
+                refs = [m.ref for m in parser.merged_cells.mergeCell] if parser.merged_cells else []
+                self.merged = [range_boundaries(str(ref)) for ref in refs]
+            except Exception:
+                raise unreadable from None
         finally:
             workbook.close()
+
+
+def _fill_merged(
+    rows: list[tuple[int, Cells]], merged: list[tuple[int, int, int, int]], columns: set[int]
+) -> None:
+    """Give a value merged over several rows (户号, 房屋地址 over a household's members) to
+    each of those rows that has values of its own, in the first column of the range: the
+    cell Excel shows it in. Ranges of other columns, or of the header row, are ignored; so
+    are ranges overlapping one before them in their column (Excel writes none)."""
+    numbers = [number for number, _ in rows]
+    by_number = dict(rows)
+    ends: dict[int, int] = {}
+    for first_col, first_row, _, last_row in sorted(merged, key=lambda m: (m[0], m[1])):
+        column = first_col - 1
+        if column not in columns or first_row < 2 or last_row <= first_row:
+            continue
+        if first_row <= ends.get(column, 0):
+            continue
+        ends[column] = last_row
+        value = by_number.get(first_row, {}).get(column)
+        if value is None:
+            continue
+        start = bisect.bisect_right(numbers, first_row)
+        for number in numbers[start : bisect.bisect_right(numbers, last_row)]:
+            by_number[number].setdefault(column, value)
 
 
 def _header_text(value: Any) -> str:
@@ -392,7 +427,8 @@ def read_sheet(content: bytes, filename: str, max_rows: int) -> Sheet:
     file_type = "xlsx" if _is_xlsx(content, filename) else "csv"
     if not content:
         raise _file_error("The file is empty.")
-    source = iter(_XlsxRows(content)) if file_type == "xlsx" else _csv_rows(content)
+    xlsx = _XlsxRows(content) if file_type == "xlsx" else None
+    source = iter(xlsx) if xlsx is not None else _csv_rows(content)
     first = next(source, None)
     if first is None or first[0] != 1 or not first[1]:
         raise _file_error("The first row must hold the column headers; it is empty.")
@@ -441,6 +477,8 @@ def read_sheet(content: bytes, filename: str, max_rows: int) -> Sheet:
                 f"The file has more than {max_rows} rows (GRIDAPI_IMPORT_MAX_ROWS): split it."
             )
         rows.append((number, cells))
+    if xlsx is not None and xlsx.merged:
+        _fill_merged(rows, xlsx.merged, {index for index, _ in positions})
     return Sheet(file_type, labels, positions, rows)
 
 

@@ -837,3 +837,32 @@ def test_excel_error_values_are_row_errors_not_data(client: Any, world: Any, eng
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["failed"] == 3 and r.get_json()["errors"] == expected
     assert counts(engine) == (1, 1, 1)
+
+
+def test_cells_merged_over_a_households_rows_give_each_row_the_value(
+    client: Any, world: Any, engine: Any
+) -> None:
+    """Register sheets merge 户号 and 房屋地址 over the rows of a household's members. Only
+    the first row carried them: the spouse and child were registered alone in the grid,
+    outside the household and the house, and the import said all was well."""
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    for row in (
+        ["姓名", "身份证号", "与户主关系", "户号", "房屋地址", "网格编码"],
+        ["张三", ID1, "户主", "0001", "平江路1号", A1],
+        ["李四", ID2, "配偶", None, None, A1],
+        ["张小三", ID3, "子女", None, None, A1],
+        ["王五", ID4, "户主", "0002", "平江路2号", A1],
+    ):
+        sheet.append(row)
+    sheet.merge_cells("D2:D4")
+    sheet.merge_cells("E2:E4")
+    out = io.BytesIO()
+    workbook.save(out)
+    r = upload(client, out.getvalue(), "people.xlsx")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["households_created"] == 2 and r.get_json()["houses_created"] == 2
+    household = client.get("/api/v1/households?number=0001").get_json()["items"][0]
+    assert [m["relation"] for m in household["members"]] == ["head", "spouse", "child"]
+    assert all(m["house_id"] == household["house_id"] for m in household["members"])
+    assert counts(engine) == (4, 2, 2)
