@@ -22,6 +22,7 @@ import csv
 import io
 import math
 import re
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -330,6 +331,33 @@ def _csv_rows(content: bytes) -> Iterator[tuple[int, Cells]]:
         ) from None
 
 
+# An XLSX file is a ZIP archive whose parts openpyxl unpacks (the shared strings whole, in
+# memory). Sheets of residents unpack to 10-20 times their size, some hundred megabytes at
+# GRIDAPI_IMPORT_MAX_ROWS; a zip bomb, to thousands of times.
+MAX_UNPACKED_BYTES = 512 * 1024 * 1024
+MAX_PACKING_RATIO = 200
+_RATIO_FROM_BYTES = 1024 * 1024
+
+
+def _check_unpacked_size(content: bytes) -> None:
+    """Raise Unprocessable when the workbook would unpack to far more than its size: the
+    sizes its archive declares are the most Python's zipfile unpacks."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            parts = archive.infolist()
+    except Exception:  # not a ZIP archive: openpyxl says so
+        return
+    total = sum(part.file_size for part in parts)
+    if total > MAX_UNPACKED_BYTES or any(
+        part.file_size > _RATIO_FROM_BYTES
+        and part.file_size > MAX_PACKING_RATIO * max(part.compress_size, 1)
+        for part in parts
+    ):
+        raise _file_error(
+            "The workbook unpacks to far more than its size: it is refused unread (save the sheet as CSV)."
+        )
+
+
 class _XlsxRows:
     """The rows of the first worksheet as the file stores them (openpyxl's own rows are
     padded to their last cell: a row with one value in column XFD was 16,384 cells), then,
@@ -346,6 +374,7 @@ class _XlsxRows:
         from openpyxl.worksheet._reader import WorkSheetParser
 
         unreadable = _file_error("The file cannot be read as an XLSX workbook.")
+        _check_unpacked_size(self.content)
         try:
             workbook = openpyxl.load_workbook(
                 io.BytesIO(self.content), read_only=True, data_only=True

@@ -7,7 +7,9 @@ import tracemalloc
 import zipfile
 
 import openpyxl
+import pytest
 
+from gridapi.errors import Unprocessable
 from gridapi.services.person_import import read_sheet
 
 
@@ -56,3 +58,26 @@ def test_a_value_far_to_the_right_costs_no_more_than_the_value() -> None:
     assert len(sheet.rows) == 1500
     assert sheet.rows[0] == (2, {0: "张三", 16383: 1})  # a value without a header: a row error
     assert peak < 20_000_000, f"reading took {peak / 1e6:.0f} MB"
+
+
+def test_a_zip_bomb_is_refused_before_it_is_unpacked() -> None:
+    """A workbook's parts were unpacked whatever their size: an XLSX of some kilobytes that
+    unpacks to gigabytes (shared strings are held in memory whole) took the worker down.
+    A part that unpacks to more than 200 times its packed size (past 1 MiB), or a workbook
+    of more than 512 MiB unpacked, is refused as a whole, before anything is unpacked."""
+    book = _xlsx([["姓名", "身份证号"], ["张三", "32050819900101001X"]])
+    padding = " " * 40_000_000  # whitespace between rows: well-formed XML, read to the end
+    bomb = _with_sheet_xml(
+        book,
+        '<row r="1"><c r="A1" t="inlineStr"><is><t>姓名</t></is></c></row>'
+        + padding
+        + '<row r="2"><c r="A2" t="inlineStr"><is><t>张三</t></is></c></row>',
+    )
+    assert len(bomb) < 200_000
+    with pytest.raises(Unprocessable) as refused:
+        read_sheet(bomb, "people.xlsx", 100_000)
+    message = "The workbook unpacks to far more than its size: it is refused unread (save the sheet as CSV)."
+    assert refused.value.errors == {"file": [message]}
+    assert read_sheet(book, "people.xlsx", 100_000).rows == [
+        (2, {0: "张三", 1: "32050819900101001X"})
+    ]
