@@ -185,6 +185,17 @@ EXCEL_ERRORS = frozenset(
 FAILED_FORMULA = "holds an Excel error value (a formula that failed): correct the cell"
 
 
+class _Uncomputed:
+    """A formula cell without its result: programs other than Excel write formulas and leave
+    computing them to Excel. Not blank: the cell has a value, which the file does not hold."""
+
+    def __str__(self) -> str:
+        return ""
+
+
+UNCOMPUTED = _Uncomputed()
+
+
 # --- errors and the report --------------------------------------------------------------------
 
 
@@ -371,7 +382,7 @@ class _XlsxRows:
     def __iter__(self) -> Iterator[tuple[int, Cells]]:
         import openpyxl
         from openpyxl.utils.cell import range_boundaries
-        from openpyxl.worksheet._reader import WorkSheetParser
+        from openpyxl.worksheet._reader import FORMULA_TAG, WorkSheetParser
 
         unreadable = _file_error("The file cannot be read as an XLSX workbook.")
         _check_unpacked_size(self.content)
@@ -385,8 +396,21 @@ class _XlsxRows:
             if not workbook.worksheets:
                 raise _file_error("The workbook has no worksheet.")
             sheet = workbook.worksheets[0]
+
+            class Parser(WorkSheetParser):
+                def parse_cell(self, element: Any) -> dict[str, Any]:
+                    cell = super().parse_cell(element)
+                    # Excel keeps every result, an empty text one as t="str"
+                    if (
+                        cell["value"] is None
+                        and element.get("t") != "str"
+                        and element.find(FORMULA_TAG) is not None
+                    ):
+                        cell["value"] = UNCOMPUTED
+                    return cell
+
             try:
-                parser = WorkSheetParser(
+                parser = Parser(
                     sheet._get_source(),
                     sheet._shared_strings,
                     data_only=True,
@@ -530,6 +554,11 @@ def _cell_text(key: str, value: Any) -> str:
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, datetime | date | time):
         return value.isoformat()
+    if value is UNCOMPUTED:
+        raise RowError(
+            key,
+            "holds a formula whose result the file does not keep: open it in Excel and save it",
+        )
     text = str(value).strip()
     if "\x00" in text:  # PostgreSQL refuses it in text (the whole file failed); SQLite kept it
         raise RowError(key, "must not contain NUL characters (U+0000)")

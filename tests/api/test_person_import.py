@@ -866,3 +866,23 @@ def test_cells_merged_over_a_households_rows_give_each_row_the_value(
     assert [m["relation"] for m in household["members"]] == ["head", "spouse", "child"]
     assert all(m["house_id"] == household["house_id"] for m in household["members"])
     assert counts(engine) == (4, 2, 2)
+
+
+def test_a_formula_without_its_result_is_a_row_error_not_a_blank(
+    client: Any, world: Any, engine: Any
+) -> None:
+    """A workbook written by a program rather than Excel holds formulas without their
+    results. Such a 户号 was read as blank: the resident was registered alone in the grid,
+    outside the household the formula named, and the import said all was well."""
+    content = xlsx(
+        [
+            ["姓名", "身份证号", "与户主关系", "户号", "联系电话", "网格编码"],
+            ["张三", ID1, "户主", "0001", None, A1],
+            ["李四", ID2, "配偶", "=D2", None, A1],
+        ]
+    )
+    r = upload(client, content, "people.xlsx", mode="valid")
+    assert r.status_code == 200, r.get_json()
+    message = "holds a formula whose result the file does not keep: open it in Excel and save it"
+    assert r.get_json()["errors"] == [{"row": 3, "field": "户号", "message": f"户号: {message}"}]
+    assert counts(engine) == (1, 1, 0)

@@ -81,3 +81,18 @@ def test_a_zip_bomb_is_refused_before_it_is_unpacked() -> None:
     assert read_sheet(book, "people.xlsx", 100_000).rows == [
         (2, {0: "张三", 1: "32050819900101001X"})
     ]
+
+
+def test_a_formula_whose_result_is_empty_text_is_blank() -> None:
+    """Excel keeps the result of ="" as empty text (t="str"): a blank cell, not a formula
+    whose result the file lacks."""
+    header = (
+        '<row r="1"><c r="A1" t="inlineStr"><is><t>姓名</t></is></c>'
+        '<c r="B1" t="inlineStr"><is><t>户号</t></is></c></row>'
+    )
+    row = (
+        '<row r="2"><c r="A2" t="inlineStr"><is><t>张三</t></is></c>'
+        '<c r="B2" t="str"><f>IF(A2="","","")</f><v></v></c></row>'
+    )
+    sheet = read_sheet(_with_sheet_xml(_xlsx([["姓名"]]), header + row), "p.xlsx", 10)
+    assert sheet.rows == [(2, {0: "张三"})]
