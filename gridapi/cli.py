@@ -671,7 +671,14 @@ def persons() -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Check every row and report; write nothing.")
 @click.option("--region", help="Act with this region's scope (default: unrestricted).")
-def persons_import(file: Path, mode: str, dry_run: bool, region: str | None) -> None:
+@click.option(
+    "--crs",
+    type=click.Choice(["wgs84", "cgcs2000", "gcj02", "bd09"]),
+    default="wgs84",
+    show_default=True,
+    help="The system of the file's 经度 and 纬度 (gcj02: AMap, Tencent; bd09: Baidu).",
+)
+def persons_import(file: Path, mode: str, dry_run: bool, region: str | None, crs: str) -> None:
     """Import residents from a CSV or XLSX FILE (one row per person); print the report (JSON).
 
     Exits 1 when rows have errors in mode all (nothing was imported). See
@@ -717,6 +724,7 @@ def persons_import(file: Path, mode: str, dry_run: bool, region: str | None) -> 
                     mode=mode,
                     dry_run=dry_run,
                     max_rows=settings.import_max_rows,
+                    crs=crs,
                 )
             except DomainError as exc:
                 raise click.ClickException(_describe(exc)) from exc

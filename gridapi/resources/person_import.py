@@ -14,6 +14,7 @@ from ..auditing import audit
 from ..auth import current_principal
 from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
+from ..geo.crs import SUPPORTED_CRS
 from ..limits import count_lookup
 from ..schemas.common import StrictSchema
 from ..services import person_import as svc
@@ -71,6 +72,14 @@ class ImportUploadSchema(StrictSchema):
         metadata={
             "description": "all: any row error and nothing is imported (422 with the report). "
             "valid: the valid rows are imported and the others reported (200)."
+        },
+    )
+    crs = fields.String(
+        load_default="wgs84",
+        validate=validate.OneOf(SUPPORTED_CRS),
+        metadata={
+            "description": "The system of the file's 经度 and 纬度: wgs84 (GPS), cgcs2000, "
+            "gcj02 (AMap, Tencent maps), bd09 (Baidu). Converted to WGS-84 before routing."
         },
     )
     dry_run = fields.Boolean(
@@ -163,6 +172,7 @@ class PersonImport(MethodView):
             mode=data["mode"],
             dry_run=data["dry_run"],
             max_rows=state().settings.import_max_rows,
+            crs=data["crs"],
         )
         if report.unseen_duplicates:
             # Each such row told the caller that an ID number or a household number (户号)

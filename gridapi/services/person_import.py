@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import DomainError, Unprocessable
+from ..geo.crs import SUPPORTED_CRS
 from ..models.register import (
     HOUSE_USES,
     HOUSEHOLD_TYPES,
@@ -609,8 +610,10 @@ class _Importer:
         keys: Keys,
         snapshot: IndexSnapshot | None,
         actor: str,
+        crs: str = "wgs84",
     ) -> None:
         self.session = session
+        self.crs = crs
         self.sheet = sheet
         self.report = report
         self.scope = scope
@@ -751,7 +754,7 @@ class _Importer:
         if d.lon is not None:
             where: dict[str, Any] = {
                 "location": {"type": "Point", "coordinates": [d.lon, d.lat]},
-                "crs": "wgs84",
+                "crs": self.crs,
             }
             if d.grid:
                 where["grid"] = d.grid
@@ -978,18 +981,24 @@ def import_persons(
     mode: str = "all",
     dry_run: bool = False,
     max_rows: int = 100_000,
+    crs: str = "wgs84",
 ) -> ImportReport:
     """Import the residents of a CSV or XLSX file into ``session``'s transaction.
 
     Returns the report; ``report.committed`` tells the caller what to do with the
     transaction: commit it (with its audit row) when True, roll it back when False (a dry
     run, or mode ``all`` with any row error). Raises Unprocessable when the file as a whole
-    cannot be read (encoding, format, unknown or missing columns, too many rows).
+    cannot be read (encoding, format, unknown or missing columns, too many rows). ``crs``
+    names the system of the file's 经度 and 纬度 (AMap's gcj02, Baidu's bd09, ...).
     """
     if mode not in MODES:
         raise Unprocessable(f"mode must be one of {', '.join(MODES)}.")
+    if crs not in SUPPORTED_CRS:
+        raise Unprocessable(f"crs must be one of {', '.join(SUPPORTED_CRS)}.")
     sheet = read_sheet(content, filename, max_rows)
     report = ImportReport(mode=mode, dry_run=dry_run, file_type=sheet.file_type)
-    _Importer(session, sheet, report, scope=scope, keys=keys, snapshot=snapshot, actor=actor).run()
+    _Importer(
+        session, sheet, report, scope=scope, keys=keys, snapshot=snapshot, actor=actor, crs=crs
+    ).run()
     report.committed = not dry_run and (mode == "valid" or report.failed == 0)
     return report

@@ -886,3 +886,40 @@ def test_a_formula_without_its_result_is_a_row_error_not_a_blank(
     message = "holds a formula whose result the file does not keep: open it in Excel and save it"
     assert r.get_json()["errors"] == [{"row": 3, "field": "户号", "message": f"户号: {message}"}]
     assert counts(engine) == (1, 1, 0)
+
+
+def test_coordinates_from_amap_or_baidu_are_converted_when_the_file_says_so(
+    client: Any, world: Any, engine: Any
+) -> None:
+    """Offices copy coordinates from AMap (GCJ-02) or Baidu (BD-09), hundreds of metres off
+    GPS. The import took every point as WGS-84 and had no way to be told otherwise: a house
+    in A1 went to A2 with its residents. `crs` names the system of the file's points."""
+    from gridapi.geo.crs import wgs84_to_bd09, wgs84_to_gcj02
+
+    lon, lat = 120.6085, 31.305  # WGS-84, in A1 near its eastern edge
+    head = "姓名,身份证号,与户主关系,户号,房屋地址,经度,纬度"
+    gcj = wgs84_to_gcj02(lon, lat)
+    assert LON0 + STEP < gcj[0] < LON0 + 2 * STEP  # the raw numbers lie in A2
+    r = upload(
+        client,
+        csv_bytes(head, f"张三,{ID1},户主,0001,平江路1号,{gcj[0]!r},{gcj[1]!r}"),
+        crs="gcj02",
+    )
+    assert r.status_code == 200, r.get_json()
+    bd = wgs84_to_bd09(lon, lat)
+    r = upload(
+        client, csv_bytes(head, f"李四,{ID2},户主,0002,平江路2号,{bd[0]!r},{bd[1]!r}"), crs="bd09"
+    )
+    assert r.status_code == 200, r.get_json()
+    for number in ("0001", "0002"):
+        household = client.get(f"/api/v1/households?number={number}").get_json()["items"][0]
+        assert household["grid"] == A1 and household["members"][0]["grid"] == A1
+        house = client.get(f"/api/v1/houses/{household['house_id']}").get_json()
+        assert house["location"]["coordinates"] == pytest.approx([lon, lat], abs=1e-6)
+    # without crs the points are WGS-84, as before
+    r = upload(client, csv_bytes(head, f"王五,{ID3},户主,0003,平江路3号,{gcj[0]!r},{gcj[1]!r}"))
+    assert r.status_code == 200, r.get_json()
+    assert client.get("/api/v1/households?number=0003").get_json()["items"][0]["grid"] == A2
+    r = upload(client, csv_bytes(head, f"赵六,{ID4},户主,0004,平江路4号,{lon},{lat}"), crs="mars")
+    assert r.status_code == 422 and "crs" in r.get_json()["errors"]["multipart"]
+    assert counts(engine) == (3, 3, 3)
