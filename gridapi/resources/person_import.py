@@ -60,7 +60,7 @@ class ImportUploadSchema(StrictSchema):
         required=True,
         metadata={
             "description": "CSV (UTF-8 with or without BOM, or GB18030/GBK as Excel saves "
-            "'CSV') or XLSX (the first sheet). The first row holds the column headers: 姓名 "
+            "'CSV') or XLSX (the first visible sheet). The first row holds the column headers: 姓名 "
             "(required), 身份证号, 联系电话, 民族, 人口类型, 与户主关系, 现住址, 户籍地址, 户号, "
             "户类型, 房屋地址, 房屋用途, 经度, 纬度, 网格编码 (or their English names). At most "
             "GRIDAPI_IMPORT_MAX_ROWS rows."

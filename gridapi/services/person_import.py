@@ -371,7 +371,7 @@ def _check_unpacked_size(content: bytes) -> None:
 
 
 class _XlsxRows:
-    """The rows of the first worksheet as the file stores them (openpyxl's own rows are
+    """The rows of the first visible worksheet as the file stores them (openpyxl's own rows are
     padded to their last cell: a row with one value in column XFD was 16,384 cells), then,
     once they are read, its merged cells (``merged``: the ranges, as (first column, first
     row, last column, last row), 1-based)."""
@@ -396,7 +396,10 @@ class _XlsxRows:
         try:
             if not workbook.worksheets:
                 raise _file_error("The workbook has no worksheet.")
-            sheet = workbook.worksheets[0]
+            # Templates keep their drop-down lists on a hidden sheet, often the first one:
+            # the sheet read is the first the office can see.
+            visible = [ws for ws in workbook.worksheets if ws.sheet_state == "visible"]
+            sheet = (visible or workbook.worksheets)[0]
 
             class Parser(WorkSheetParser):
                 def parse_cell(self, element: Any) -> dict[str, Any]:
@@ -474,7 +477,7 @@ def _header_text(value: Any) -> str:
 
 
 def read_sheet(content: bytes, filename: str, max_rows: int) -> Sheet:
-    """Read the first sheet (XLSX) or the CSV: headers from the first row, then the rows that
+    """Read the first visible sheet (XLSX) or the CSV: headers from the first row, then the rows that
     are not blank. Raises Unprocessable for anything wrong with the file as a whole."""
     if content.startswith(b"\xd0\xcf\x11\xe0") or filename.lower().endswith(".xls"):
         raise _file_error("Old Excel (.xls) files are not read: save the sheet as .xlsx or CSV.")

@@ -923,3 +923,25 @@ def test_coordinates_from_amap_or_baidu_are_converted_when_the_file_says_so(
     r = upload(client, csv_bytes(head, f"赵六,{ID4},户主,0004,平江路4号,{lon},{lat}"), crs="mars")
     assert r.status_code == 422 and "crs" in r.get_json()["errors"]["multipart"]
     assert counts(engine) == (3, 3, 3)
+
+
+def test_a_hidden_first_sheet_is_passed_over(client: Any, world: Any, engine: Any) -> None:
+    """Office templates keep the lists of their drop-downs (人口类型, 与户主关系) on a hidden
+    sheet, often the first. The import read that sheet, which the office cannot see, and
+    refused the file for its unknown columns. The first visible sheet is the one read."""
+    workbook = openpyxl.Workbook()
+    lists = workbook.active
+    lists.title = "字典"
+    lists.append(["人口类型", "与户主关系"])
+    lists.append(["户籍人口", "户主"])
+    lists.sheet_state = "hidden"
+    people = workbook.create_sheet("实有人口")
+    people.append(["姓名", "身份证号", "人口类型", "网格编码"])
+    people.append(["张三", ID1, "户籍人口", A1])
+    workbook.active = 1
+    out = io.BytesIO()
+    workbook.save(out)
+    r = upload(client, out.getvalue(), "people.xlsx")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["imported"] == 1
+    assert counts(engine) == (1, 0, 0)
