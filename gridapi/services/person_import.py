@@ -25,7 +25,7 @@ import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -556,8 +556,11 @@ def _cell_text(key: str, value: Any) -> str:
         if key == "id_number" or (key in _CODE_COLUMNS and abs(value) >= 1e15):
             raise RowError(key, LOST_NUMBER)
         return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
+    if isinstance(value, datetime | date | time | timedelta):
+        # No column holds a date: Excel made one of what was typed (户号 3-2 is 2 March).
+        raise RowError(
+            key, "stored as a date or time by Excel: format the column as text and type it again"
+        )
     if value is UNCOMPUTED:
         raise RowError(
             key,

@@ -945,3 +945,30 @@ def test_a_hidden_first_sheet_is_passed_over(client: Any, world: Any, engine: An
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["imported"] == 1
     assert counts(engine) == (1, 0, 0)
+
+
+def test_a_code_excel_turned_into_a_date_is_a_row_error(
+    client: Any, world: Any, engine: Any
+) -> None:
+    """Excel turns a typed 户号 such as 3-2 (building 3, unit 2) into the date 2 March: the
+    household was registered under the number "2026-03-02T00:00:00", which no office ever
+    gave. No column holds a date, so a date or time cell is a row error."""
+    from datetime import datetime, time
+
+    content = xlsx(
+        [
+            ["姓名", "身份证号", "户号", "房屋地址", "网格编码"],
+            ["张三", ID1, datetime(2026, 3, 2), "平江路1号", A1],
+            ["李四", ID2, "3-3", time(12, 30), A1],
+            ["王五", ID3, "3-4", "平江路3号", A1],
+        ]
+    )
+    r = upload(client, content, "people.xlsx", mode="valid")
+    assert r.status_code == 200, r.get_json()
+    message = "stored as a date or time by Excel: format the column as text and type it again"
+    assert r.get_json()["errors"] == [
+        {"row": 2, "field": "户号", "message": f"户号: {message}"},
+        {"row": 3, "field": "房屋地址", "message": f"房屋地址: {message}"},
+    ]
+    assert [h["number"] for h in client.get("/api/v1/households").get_json()["items"]] == ["3-4"]
+    assert counts(engine) == (1, 1, 1)
