@@ -972,3 +972,39 @@ def test_a_code_excel_turned_into_a_date_is_a_row_error(
     ]
     assert [h["number"] for h in client.get("/api/v1/households").get_json()["items"]] == ["3-4"]
     assert counts(engine) == (1, 1, 1)
+
+
+def test_a_file_sent_again_registers_no_resident_twice_even_without_an_id_number(
+    client: Any, world: Any, engine: Any
+) -> None:
+    """A corrected file is sent again and the residents imported before are refused as
+    registered: so the documentation promises. 境外人员 need no ID number, and each sending
+    registered them once more, in the household and in the grid."""
+    content = csv_bytes(
+        "姓名,身份证号,人口类型,与户主关系,户号,网格编码",
+        f"张三,{ID1},户籍人口,户主,0001,{A1}",
+        f"John Smith,,境外人员,租客,0001,{A1}",
+        f"Anna Ivanova,,境外人员,,,{A1}",
+    )
+    assert upload(client, content).status_code == 200
+    assert counts(engine) == (3, 1, 0)
+    r = upload(client, content, mode="valid")
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["imported"], r.get_json()["failed"]) == (0, 3)
+    again = "already registered here (same name, no ID number)"
+    assert r.get_json()["errors"][1:] == [
+        {"row": 3, "field": "姓名", "message": f"姓名: {again}"},
+        {"row": 4, "field": "姓名", "message": f"姓名: {again}"},
+    ]
+    assert counts(engine) == (3, 1, 0)
+    # another resident of that name elsewhere, or with an ID number, is another person
+    r = upload(
+        client,
+        csv_bytes(
+            "姓名,身份证号,人口类型,网格编码",
+            f"Anna Ivanova,,境外人员,{A2}",
+            f"John Smith,{ID2},境外人员,{A1}",
+        ),
+    )
+    assert r.status_code == 200, r.get_json()
+    assert counts(engine) == (5, 1, 0)
