@@ -317,9 +317,31 @@ def _cells(values: Any) -> Cells:
     return {i: v for i, v in enumerate(values) if not _is_blank(v)}
 
 
+DAMAGED_TEXT = "\ufffd"
+
+
+def _damaged_utf8(content: bytes) -> str | None:
+    """The text of a UTF-8 file with a few damaged characters (an export that cut a value in
+    the middle of one), each replaced by U+FFFD; None for valid UTF-8 or for text in another
+    encoding. Read as GB18030, such a file turned every Chinese value into mojibake."""
+    try:
+        content.decode("utf-8")
+        return None
+    except UnicodeDecodeError:
+        pass
+    text = content.decode("utf-8-sig", errors="replace")
+    high_bytes = len(content) - len(content.translate(None, bytes(range(128, 256))))
+    # GBK read as UTF-8 fails at nearly every character; UTF-8 only where it was damaged.
+    if content.startswith(b"\xef\xbb\xbf") or text.count(DAMAGED_TEXT) * 10 <= high_bytes:
+        return text
+    return None
+
+
 def _csv_rows(content: bytes) -> Iterator[tuple[int, Cells]]:
     if content.startswith((b"\xff\xfe", b"\xfe\xff")):
         text = content.decode("utf-16")
+    elif (damaged := _damaged_utf8(content)) is not None:
+        text = damaged
     else:
         for encoding in ("utf-8-sig", "gb18030"):
             try:
@@ -572,6 +594,8 @@ def _cell_text(key: str, value: Any) -> str:
         raise RowError(key, "must not contain NUL characters (U+0000)")
     if text.upper() in EXCEL_ERRORS:
         raise RowError(key, FAILED_FORMULA)
+    if DAMAGED_TEXT in text:
+        raise RowError(key, "holds bytes that are not UTF-8 text: the file is damaged here")
     if key == "id_number" and _SCIENTIFIC.fullmatch(text):
         raise RowError(key, LOST_NUMBER)
     return text

@@ -1008,3 +1008,29 @@ def test_a_file_sent_again_registers_no_resident_twice_even_without_an_id_number
     )
     assert r.status_code == 200, r.get_json()
     assert counts(engine) == (5, 1, 0)
+
+
+def test_a_utf8_file_with_a_damaged_character_is_not_read_as_gbk(
+    client: Any, world: Any, engine: Any
+) -> None:
+    """A system export cut a name in the middle of a character (a byte limit): the file was
+    no longer UTF-8, so all of it was read as GB18030, and every Chinese name and address
+    was registered as mojibake (张三 as 寮犱笁) under English headers. The file is read as
+    UTF-8 and only the damaged row fails."""
+    content = (
+        f"name,id_number,current_address,grid\n张三,{ID1},人民广场,{A1}\n".encode()
+        + b"\xe6\x9d,"  # the first two of the three bytes of 李
+        + f"{ID2},观前街口,{A1}\n王五,{ID3},观前街口,{A1}\n".encode()
+    )
+    r = upload(client, content, mode="valid")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["errors"] == [
+        {
+            "row": 3,
+            "field": "name",
+            "message": "name: holds bytes that are not UTF-8 text: the file is damaged here",
+        }
+    ]
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT name, current_address FROM persons ORDER BY id")).all()
+    assert [tuple(r) for r in rows] == [("张三", "人民广场"), ("王五", "观前街口")]
