@@ -76,6 +76,7 @@ from ..scope import Scope
 from ..workcalendar import WorkingCalendar
 from .categories import check_attributes
 from .preconditions import check_if_match, flush_versioned
+from .regions import valid_on
 from .routing import NONE, IndexSnapshot
 
 if TYPE_CHECKING:
@@ -1010,8 +1011,10 @@ def _unit_in_scope(ctx: TransitionContext, code: str, name: str) -> str:
         region_level(code)
     except InvalidCode as exc:
         raise Unprocessable("Invalid unit.", errors={"json": {name: [str(exc)]}}) from None
+    # Valid today, not open-ended: a community whose end is planned (a merger next month)
+    # was an "Unknown unit" already.
     exists = ctx.session.scalar(
-        select(Region.id).where(Region.code == code, Region.valid_to.is_(None))
+        select(Region.id).where(Region.code == code, valid_on(clock.today())).limit(1)
     )
     if exists is None or not ctx.caller.scope.covers_region(code):
         raise Unprocessable("Unknown unit.", errors={"json": {name: [f"no region {code}"]}})

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
+from gridapi import clock
 from gridapi.models import Case
 from gridapi.security.permissions import ROLES
 from gridapi.services.cases import ACTIONS, add_limit
@@ -506,6 +507,19 @@ def test_dispatch_needs_exactly_one_target_in_the_dispatchers_area(desk, account
     # A worker of community B is still in the township office's area.
     assert d.act(d.office, cid, "dispatch", assignee_id=stranger)["status"] == "dispatched"
     assert d.get(cid)["version"] == 4  # report 1, accept 2, file 3, dispatch 4: no 422 counted
+
+
+def test_dispatch_to_a_community_whose_end_is_planned(desk):
+    """A community with a planned end (a merger next month: valid_to set, still valid
+    today) was refused as a unit: 422 "Unknown unit", as if it had ended already."""
+    d = desk
+    later = (clock.today() + timedelta(days=30)).isoformat()
+    r = d.admin.patch(f"/api/v1/regions/{COMMUNITY_A}", json={"valid_to": later})
+    assert r.status_code == 200, r.get_json()
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    handed = d.act(d.office, cid, "dispatch", unit=COMMUNITY_A)
+    assert (handed["status"], handed["responsible"]["unit"]["code"]) == ("filed", COMMUNITY_A)
 
 
 def test_dispatch_to_a_lower_unit_and_the_community_dispatches_it(desk):
