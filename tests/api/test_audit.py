@@ -245,6 +245,43 @@ def test_the_audit_log_is_append_only_in_the_database(
     assert [(e.id, e.action, e.summary) for e in rows(session)] == before
 
 
+# Statements that go round row triggers: PostgreSQL fires none on TRUNCATE, and SQLite's
+# REPLACE deletes the row it replaces without firing DELETE triggers.
+AROUND_ROW_TRIGGERS = {
+    "sqlite": [
+        "INSERT OR REPLACE INTO audit_log (id, at, actor_type, actor_name, action, object_type,"
+        " summary) SELECT id, at, 'user', 'nobody', 'region.nothing_happened', 'region', '{}'"
+        " FROM audit_log WHERE action = 'region.create'",
+        "REPLACE INTO audit_log (id, at, actor_type, action, object_type, summary)"
+        " SELECT id, at, 'user', 'region.nothing_happened', 'region', '{}' FROM audit_log",
+    ],
+    "postgresql": ["TRUNCATE audit_log", "TRUNCATE audit_log RESTART IDENTITY CASCADE"],
+}
+
+
+def test_no_truncate_or_replace_goes_round_the_append_only_guard(
+    client: Any, factory: Any, engine: Any
+) -> None:
+    factory.regions()
+    r = client.post("/api/v1/regions", json={"code": OTHER_COUNTY, "name": "吴中区"})
+    assert r.status_code == 201
+
+    def entries() -> list[tuple[Any, ...]]:
+        with engine.connect() as conn:  # no lock left behind for TRUNCATE to wait for
+            return [tuple(r) for r in conn.execute(text("SELECT * FROM audit_log ORDER BY id"))]
+
+    before = entries()
+    assert before
+    for statement in AROUND_ROW_TRIGGERS[engine.dialect.name]:
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+            conn.execute(text(statement))
+        assert entries() == before
+    # A row the database numbers itself is still taken.
+    r = client.post("/api/v1/regions", json={"code": "320507000000", "name": "相城区"})
+    assert r.status_code == 201
+    assert len(entries()) == len(before) + 1
+
+
 def test_the_orm_cannot_change_or_delete_a_row_either(
     client: Any, factory: Any, session: Any
 ) -> None:
