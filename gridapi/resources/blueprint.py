@@ -47,6 +47,18 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/responses/{name}"}
 
 
+#: What answers carrying full personal values (ID and phone numbers, special-group notes)
+#: send: kept in no cache. "private, no-cache", every other GET's, let a browser on an
+#: office's shared computer keep them on its disk.
+NO_STORE = {"Cache-Control": "private, no-store"}
+NO_STORE_HEADER = {
+    "Cache-Control": {
+        "description": "`private, no-store`: full personal values are kept in no cache.",
+        "schema": {"type": "string", "example": "private, no-store"},
+    }
+}
+
+
 # The Idempotency-Key request header of the operations that take one (reports, visits).
 IDEMPOTENCY_HEADER = {
     "name": "Idempotency-Key",

@@ -48,7 +48,13 @@ from ..services import idempotency, intake
 from ..services import register as svc
 from ..services.audit import record
 from ..services.preconditions import etag
-from .blueprint import IDEMPOTENCY_HEADER, Blueprint, routing_snapshot
+from .blueprint import (
+    IDEMPOTENCY_HEADER,
+    NO_STORE,
+    NO_STORE_HEADER,
+    Blueprint,
+    routing_snapshot,
+)
 from .retries import Keyed, replayed
 
 houses_blp = Blueprint(
@@ -533,7 +539,7 @@ def _unmask_audit(action: str, person, purpose: str) -> AuditEntry:  # type: ign
 class PersonSensitive(MethodView):
     @persons_blp.requires("persons:unmask")
     @persons_blp.arguments(PurposeArgsSchema, location="query")
-    @persons_blp.response(200, SensitivePersonSchema)
+    @persons_blp.response(200, SensitivePersonSchema, headers=NO_STORE_HEADER)
     @persons_blp.alt_response(429, response="TOO_MANY_REQUESTS")
     @writes
     def get(self, args, person_id):
@@ -550,14 +556,14 @@ class PersonSensitive(MethodView):
         session.flush()
         audit_id = entry.id
         commit()
-        return {**body, "purpose": args["purpose"], "audit_id": audit_id}
+        return {**body, "purpose": args["purpose"], "audit_id": audit_id}, 200, NO_STORE
 
 
 @persons_blp.route("/<id:person_id>/export")
 class PersonExport(MethodView):
     @persons_blp.requires("persons:erase")
     @persons_blp.arguments(PurposeArgsSchema, location="query")
-    @persons_blp.response(200, AccessExportSchema)
+    @persons_blp.response(200, AccessExportSchema, headers=NO_STORE_HEADER)
     @persons_blp.alt_response(429, response="TOO_MANY_REQUESTS")
     @writes
     def get(self, args, person_id):
@@ -586,7 +592,7 @@ class PersonExport(MethodView):
                 region_code=person.region_code,
             )
         commit()
-        return body
+        return body, 200, NO_STORE
 
 
 # --- visits -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from ..schemas.register import (
 )
 from ..services import special_groups as svc
 from ..services.audit import record
-from .blueprint import Blueprint
+from .blueprint import NO_STORE, NO_STORE_HEADER, Blueprint
 from .register import keys
 
 blp = Blueprint(
@@ -50,7 +50,7 @@ def _audit(action: str, records, summary=None) -> None:  # type: ignore[no-untyp
 class SpecialGroups(MethodView):
     @blp.requires("special_groups:read")
     @blp.arguments(SpecialGroupArgsSchema, location="query")
-    @blp.response(200, SpecialGroupListSchema)
+    @blp.response(200, SpecialGroupListSchema, headers=NO_STORE_HEADER)
     @writes
     def get(self, args):
         """List special-group records in your scope (each one returned is audited)
@@ -70,11 +70,11 @@ class SpecialGroups(MethodView):
         _audit("special_group.read", rows)
         commit()
         next_cursor = items[-1]["id"] if len(items) == args["limit"] else None
-        return {"items": items, "next_cursor": next_cursor}
+        return {"items": items, "next_cursor": next_cursor}, 200, NO_STORE
 
     @blp.requires("special_groups:write")
     @blp.arguments(SpecialGroupCreateSchema)
-    @blp.response(201, SpecialGroupSchema)
+    @blp.response(201, SpecialGroupSchema, headers=NO_STORE_HEADER)
     def post(self, data):
         """Create a special-group record for a resident in your scope
 
@@ -95,13 +95,13 @@ class SpecialGroups(MethodView):
         _audit("special_group.create", [row], {"fields": sorted(data)})
         view = svc.record_views(session, [row], keys())[0]
         commit()
-        return view
+        return view, 201, NO_STORE
 
 
 @blp.route("/<id:record_id>")
 class SpecialGroupById(MethodView):
     @blp.requires("special_groups:read")
-    @blp.response(200, SpecialGroupSchema)
+    @blp.response(200, SpecialGroupSchema, headers=NO_STORE_HEADER)
     @writes
     def get(self, record_id):
         """Get a special-group record (audited)
@@ -116,11 +116,11 @@ class SpecialGroupById(MethodView):
         view = svc.record_views(session, [row], keys())[0]
         _audit("special_group.read", [row])
         commit()
-        return view
+        return view, 200, NO_STORE
 
     @blp.requires("special_groups:write")
     @blp.arguments(SpecialGroupUpdateSchema)
-    @blp.response(200, SpecialGroupSchema)
+    @blp.response(200, SpecialGroupSchema, headers=NO_STORE_HEADER)
     def patch(self, data, record_id):
         """Change a record's attention level, helper, status, notes or dates
 
@@ -137,4 +137,4 @@ class SpecialGroupById(MethodView):
         _audit("special_group.update", [row], {"fields": changed})
         view = svc.record_views(session, [row], keys())[0]
         commit()
-        return view
+        return view, 200, NO_STORE

@@ -385,6 +385,35 @@ def test_reads_are_masked(client, world):
     assert "张三".encode() not in pages
 
 
+def test_full_values_are_kept_in_no_cache(client, world):
+    """Answers with full values (as exports' files already were) say no-store: "no-cache"
+    let a browser on an office's shared computer keep the ID numbers on its disk."""
+    made = create(client, "张三", make_id(), "13812345678")
+    r = client.post(
+        "/api/v1/special-groups",
+        json={"person_id": made["id"], "type": "petitioner", "notes": NOTES},
+    )
+    assert r.status_code == 201, r.get_json()
+    record_id = r.get_json()["id"]
+    purpose = {"purpose": PURPOSE}
+    for path, query in (
+        (f"/api/v1/persons/{made['id']}/sensitive", purpose),
+        (f"/api/v1/persons/{made['id']}/export", purpose),
+        (f"/api/v1/special-groups/{record_id}", {}),
+        ("/api/v1/special-groups", {}),
+    ):
+        r = client.get(path, query_string=query)
+        assert r.status_code == 200, (path, r.get_json())
+        assert NOTES.encode() in r.get_data() or make_id().encode() in r.get_data()
+        assert r.headers["Cache-Control"] == "private, no-store", path
+    r = client.patch(f"/api/v1/special-groups/{record_id}", json={"attention_level": "high"})
+    assert r.status_code == 200, r.get_json()
+    assert r.headers["Cache-Control"] == "private, no-store"
+    # Masked answers stay cacheable (revalidated each time).
+    r = client.get(f"/api/v1/persons/{made['id']}")
+    assert r.headers["Cache-Control"] == "private, no-cache"
+
+
 # --- validation over HTTP ---------------------------------------------------------------------
 
 
