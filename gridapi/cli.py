@@ -1087,12 +1087,29 @@ def keys() -> None:
 
 
 def _field_keys(settings: Settings) -> dict[int, bytes]:
+    """The configured field keys (or the data directory's key file); never a new one: a key
+    made by a command that reads or rotates the data opens nothing and is no server's."""
+    from .config import MissingKey
     from .security.fields import KeyConfigError, parse_keys
 
     try:
-        return parse_keys(settings.field_key_text())
+        return parse_keys(settings.field_key_text(create=False))
     except KeyConfigError as exc:
         raise click.ClickException(f"GRIDAPI_FIELD_KEYS: {exc}") from None
+    except MissingKey as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _blind_index_key(settings: Settings) -> bytes:
+    """The configured blind-index key (or the data directory's key file), never a new one:
+    rotating under a key no server has re-indexed every resident so that no search found
+    them, and let duplicate ID numbers in."""
+    from .config import MissingKey
+
+    try:
+        return settings.key_bytes("blind_index_key", create=False)
+    except MissingKey as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @keys.command("generate")
@@ -1199,14 +1216,15 @@ def keys_rotate(batch: int) -> None:
 
     One transaction per batch of rows, by id: an interrupted rotation is continued by
     running it again. A value that fails to decrypt stops the rotation, naming its table,
-    column and row id.
+    column and row id. A key neither set nor kept in GRIDAPI_DATA_DIR is refused, never
+    generated: the residents would be re-indexed under a key no server has.
     """
     from .security.fields import FieldCipher
     from .services.keys import BLIND_INDEXES, RotationError, rotate_all
     from .services.register import Keys
 
     settings = _settings()
-    protect = Keys(FieldCipher(_field_keys(settings)), settings.key_bytes("blind_index_key"))
+    protect = Keys(FieldCipher(_field_keys(settings)), _blind_index_key(settings))
     sessions = _sessions()
     click.echo(f"re-encrypting under key version {protect.cipher.current_version}")
 

@@ -64,6 +64,17 @@ def _write_once(path: Path, content: str) -> None:
         sync_directory(path.parent)
 
 
+class MissingKey(LookupError):
+    """A key is neither set nor kept in the data directory (where it would be generated)."""
+
+    def __init__(self, variable: str, path: Path) -> None:
+        super().__init__(
+            f"{variable} is not set and {path} does not exist: a key made now would be one "
+            "no server has. Set the variable as the servers have it, or point "
+            "GRIDAPI_DATA_DIR at the directory holding their key files."
+        )
+
+
 def _parse_bool(raw: str) -> bool:
     """Return a boolean setting: 1/true/yes/on or 0/false/no/off (any case)."""
     value = raw.strip().lower()
@@ -227,11 +238,12 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
-    def key_bytes(self, name: str) -> bytes:
+    def key_bytes(self, name: str, *, create: bool = True) -> bytes:
         """Return the key ``secret_key`` or ``blind_index_key`` as bytes.
 
         An empty setting means a development key, generated once and kept (mode 0600) under
-        ``data_dir``; production deployments set both variables.
+        ``data_dir``; production deployments set both variables. Without ``create``, a key
+        neither set nor in ``data_dir`` raises MissingKey instead of being generated.
         """
         value = getattr(self, name)
         if value:
@@ -240,6 +252,8 @@ class Settings:
 
         path = Path(self.data_dir) / f"{name.removesuffix('_key')}.key"
         if not path.exists():
+            if not create:
+                raise MissingKey(f"GRIDAPI_{name.upper()}", path)
             _write_once(path, secrets.token_urlsafe(48))
         return path.read_text().strip().encode()
 
@@ -258,12 +272,12 @@ class Settings:
                 )
         return None
 
-    def field_key_text(self) -> str:
+    def field_key_text(self, *, create: bool = True) -> str:
         """Return the field-encryption keys (GRIDAPI_FIELD_KEYS, ``version:base64,…``).
 
         Empty means a development key, generated once (version 1) and kept (mode 0600) under
         ``data_dir``, like the other keys; production deployments set the variable and keep
-        the keys out of the database and its backups.
+        the keys out of the database and its backups. Without ``create``, as ``key_bytes``.
         """
         if self.field_keys:
             return self.field_keys
@@ -271,6 +285,8 @@ class Settings:
 
         path = Path(self.data_dir) / "field.key"
         if not path.exists():
+            if not create:
+                raise MissingKey("GRIDAPI_FIELD_KEYS", path)
             _write_once(path, new_key_text(1))
         return path.read_text().strip()
 

@@ -338,6 +338,39 @@ def test_rotate_stops_at_a_bad_value_and_a_rerun_continues(cli, server):
     assert_readable(server(KEY2), ids)
 
 
+def test_status_and_rotate_make_no_key_the_servers_lack(server, settings, database_url, tmp_path):
+    """Run where neither variable nor key file is (another working directory: the data
+    directory's default, var, is relative), `keys rotate` generated a blind-index key and
+    re-indexed every resident under it: the servers then found no one by ID or phone."""
+    ids = register(server(KEY1))
+    engine = engine_of(server(KEY1))
+    before = stored(engine)
+    with engine.connect() as conn:
+        hashes = conn.execute(text("SELECT id_number_hmac FROM persons ORDER BY id")).all()
+    elsewhere = tmp_path / "elsewhere"
+
+    def run(*args: str, keys: str, blind: str) -> Result:
+        env = {
+            "GRIDAPI_DATABASE_URL": database_url,
+            "GRIDAPI_DATA_DIR": str(elsewhere),
+            "GRIDAPI_FIELD_KEYS": keys,
+            "GRIDAPI_BLIND_INDEX_KEY": blind,
+        }
+        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+    message = refused(run("keys", "rotate", keys=f"{KEY1},{KEY2}", blind=""))
+    assert "GRIDAPI_BLIND_INDEX_KEY is not set" in message
+    blind = settings.key_bytes("blind_index_key").decode()
+    for command in ("rotate", "status"):
+        message = refused(run("keys", command, keys="", blind=blind))
+        assert "GRIDAPI_FIELD_KEYS is not set" in message
+    assert not elsewhere.exists()
+    assert stored(engine) == before
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id_number_hmac FROM persons ORDER BY id")).all() == hashes
+    assert_readable(server(KEY1), ids)
+
+
 def test_status_and_rotate_name_values_under_an_unconfigured_version(cli, server):
     old = server(f"{KEY1},{KEY2}")
     ids = register(old)
