@@ -1216,7 +1216,8 @@ def keys_rotate(batch: int) -> None:
 
     One transaction per batch of rows, by id: an interrupted rotation is continued by
     running it again. A value that fails to decrypt stops the rotation, naming its table,
-    column and row id. A key neither set nor kept in GRIDAPI_DATA_DIR is refused, never
+    column and row id; the audit row `keys.rotate` counts what was done, and where a
+    rotation stopped. A key neither set nor kept in GRIDAPI_DATA_DIR is refused, never
     generated: the residents would be re-indexed under a key no server has.
     """
     from .security.fields import FieldCipher
@@ -1235,19 +1236,27 @@ def keys_rotate(batch: int) -> None:
                 f"re-encrypted, {result.reindexed} blind index(es) recomputed"
             )
 
+    def audit(totals: dict[str, Any], stopped: str | None = None) -> None:
+        summary: dict[str, Any] = {table: total.as_dict() for table, total in totals.items()}
+        if stopped is not None:
+            summary["stopped"] = stopped  # where (table, column, row id), never a value
+        with sessions.begin() as session:
+            record(
+                session,
+                _cli_actor(),
+                "keys.rotate",
+                "field_keys",
+                protect.cipher.current_version,
+                summary=summary,
+            )
+
     try:
         totals = rotate_all(sessions, protect, batch=batch, on_batch=progress)
     except RotationError as exc:
+        # The batches before it were committed: rewritten rows, audited as any change.
+        audit(exc.totals, str(exc))
         raise click.ClickException(str(exc)) from None
-    with sessions.begin() as session:
-        record(
-            session,
-            _cli_actor(),
-            "keys.rotate",
-            "field_keys",
-            protect.cipher.current_version,
-            summary={table: total.as_dict() for table, total in totals.items()},
-        )
+    audit(totals)
     for table, total in totals.items():
         line = f"{table}: {total.rows} row(s) read, {total.reencrypted} value(s) re-encrypted"
         if any(t == table for t, _ in BLIND_INDEXES):

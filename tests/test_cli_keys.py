@@ -326,6 +326,15 @@ def test_rotate_stops_at_a_bad_value_and_a_rerun_continues(cli, server):
         rows = dict(conn.execute(text("SELECT id, id_number_enc FROM persons ORDER BY id")).all())
     assert rows[ids["张三"]].startswith("v2:")
     assert rows[victim].startswith("v1:") and rows[ids["赵六"]].startswith("v1:")
+    # What was committed before it stopped is in the audit log, with where it stopped.
+    with engine.connect() as conn:
+        (summary,) = conn.execute(
+            select(AuditEntry.summary).where(AuditEntry.action == "keys.rotate")
+        ).scalars()
+    assert summary["persons"]["reencrypted"] == 2 and summary["persons"]["rows"] == 1
+    assert f"persons.phone_enc of row id {victim}" in summary["stopped"]
+    for value in ("13900112233", tampered, original):
+        assert value not in str(summary)
 
     # Put the value back: the rerun continues and finishes.
     with engine.begin() as conn:

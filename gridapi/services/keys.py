@@ -76,7 +76,12 @@ def keys_problem(session: Session, keys: Keys) -> str | None:
 
 
 class RotationError(Exception):
-    """A stored value could not be decrypted; the message names where, never what."""
+    """A stored value could not be decrypted; the message names where, never what.
+
+    ``totals`` (set by ``rotate_all``): what the batches committed before it did.
+    """
+
+    totals: dict[str, RotationTotals]
 
 
 def _table(name: str) -> Table:
@@ -254,11 +259,28 @@ def rotate_all(
     """Rotate every encrypted table, one committed transaction per batch (the driver).
 
     Returns the totals per table. Raises RotationError (after rolling back the failing
-    batch; earlier batches stay committed) when a value fails to decrypt.
+    batch; earlier batches stay committed, their totals in its ``totals``) when a value
+    fails to decrypt.
     """
     if batch < 1:
         raise ValueError("batch must be at least 1")
     totals: dict[str, RotationTotals] = {}
+    try:
+        _rotate_tables(sessions, keys, totals, batch, reindex, on_batch)
+    except RotationError as exc:
+        exc.totals = totals
+        raise
+    return totals
+
+
+def _rotate_tables(
+    sessions: sessionmaker,
+    keys: Keys,
+    totals: dict[str, RotationTotals],
+    batch: int,
+    reindex: bool,
+    on_batch: Callable[[BatchResult], None] | None,
+) -> None:
     for table_name in ENCRYPTED_COLUMNS:
         total = totals.setdefault(table_name, RotationTotals())
         after = 0
@@ -278,4 +300,3 @@ def rotate_all(
             if result.last_id is None:
                 break
             after = result.last_id
-    return totals
