@@ -11,6 +11,7 @@ from ..auth import AUTHENTICATED, Forbidden, Unauthorized, current_principal
 from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
 from ..limits import LOGIN_ACCOUNT_SCOPE, limiter, login_username_key, password_guesses
+from ..models import User
 from ..schemas.identity import (
     LoginSchema,
     MeSchema,
@@ -140,12 +141,22 @@ class AuthRefresh(MethodView):
             )
         except svc.RefreshRejected as exc:
             if exc.reuse:
-                # Commit the family revocation (and its audit row) before refusing.
+                # Commit the family revocation (and its audit row) before refusing. The row
+                # says where the replay came from, and is filed under the account's region,
+                # for the centre over it to read (filed under none, only admins saw it).
+                owner = session.get(User, exc.user_id)
                 audit(
                     "auth.refresh_reuse",
                     "user",
                     exc.user_id,
-                    actor=Actor("system", None, "refresh-reuse-detection"),
+                    region_code=owner.region_code if owner else None,
+                    actor=Actor(
+                        "system",
+                        None,
+                        "refresh-reuse-detection",
+                        g.get("request_id"),
+                        request.remote_addr,
+                    ),
                 )
                 commit()
             raise Unauthorized("The refresh token is invalid, expired or revoked.") from None

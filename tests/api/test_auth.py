@@ -426,16 +426,25 @@ def test_a_refresh_returns_a_new_pair(anon_client: Any, alice: int) -> None:
 
 
 def test_reusing_a_refresh_token_revokes_the_whole_family(
-    anon_client: Any, alice: int, session: Any
+    anon_client: Any, alice: int, session: Any, accounts: Any
 ) -> None:
     first = tokens(anon_client, "alice")
     second = refresh(anon_client, first["refresh_token"]).get_json()
     third = refresh(anon_client, second["refresh_token"]).get_json()
     # The first token comes back (stolen and replayed): refused, and its family dies.
-    assert_unauthorized(refresh(anon_client, first["refresh_token"]))
+    replay = refresh(anon_client, first["refresh_token"])
+    assert_unauthorized(replay)
     assert_unauthorized(refresh(anon_client, third["refresh_token"]))
     (row,) = audit_actions(session, "auth.refresh_reuse")
     assert (row.object_type, row.object_id) == ("user", str(alice))
+    # Where the replay came from, and filed under the account's region: the centre over it
+    # reads it in its log (filed under none, only admins did).
+    assert row.request_id == replay.headers["X-Request-ID"]
+    assert row.client_address == "127.0.0.1"
+    assert row.region_code == COMMUNITY_A
+    centre = accounts.client("centre", "county_centre", scope_region=COUNTY)
+    r = centre.get("/api/v1/audit", query_string={"action": "auth.refresh_reuse"})
+    assert [e["object_id"] for e in r.get_json()["items"]] == [str(alice)]
     # Another sign-in of the same person (another device) is a family of its own.
     assert refresh(anon_client, tokens(anon_client, "alice")["refresh_token"]).status_code == 200
 
