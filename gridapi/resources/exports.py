@@ -342,11 +342,16 @@ def _download(kind: str, job_id: int) -> Response:
     path = job_options().path_of(job)
     if not os.path.exists(path):
         raise NotFound("The export job does not exist, has expired or is not yours.")
+    summary: dict[str, Any] = {"job_id": job.id, "format": job.format, "rows": job.row_count}
+    if kind == "persons":  # as export.queue and export.download say: full values, and why
+        summary["masked"] = not job.unmask
+        if job.purpose:
+            summary["purpose"] = job.purpose
     audit(
         "export.file",
         "export",
         kind,
-        summary={"job_id": job.id, "format": job.format, "rows": job.row_count},
+        summary=summary,
         region_code=_audit_region(job.filters.get("region")),
     )
     commit()

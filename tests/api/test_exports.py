@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 from openpyxl import load_workbook
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from gridapi.cli import job_runner_engine
 from gridapi.db import make_engine, make_sessionmaker
+from gridapi.models import AuditEntry
 from gridapi.personal import check_digit
 from gridapi.services import exports as exports_svc
 
@@ -515,6 +516,18 @@ def test_a_job_keeps_the_scope_and_masking_of_its_requester(client, residents, a
     directory = Path(app.extensions["gridapi"].settings.data_dir) / "exports"
     assert oct(directory.stat().st_mode & 0o777) == "0o700"
     assert {oct(f.stat().st_mode & 0o777) for f in directory.iterdir()} == {"0o600"}
+    # Each download's audit row says whether the file was unmasked, and why: read alone (a
+    # centre reading its log), export.file of the full file looked like the masked one's.
+    with app.extensions["gridapi"].engine.connect() as conn:
+        files = conn.execute(
+            select(AuditEntry.summary)
+            .where(AuditEntry.action == "export.file")
+            .order_by(AuditEntry.id)
+        ).scalars()
+        assert [(f["job_id"], f["masked"], f.get("purpose")) for f in files] == [
+            (mine.get_json()["id"], True, None),
+            (full.get_json()["id"], False, PURPOSE),
+        ]
     # An exact ID number would be kept in the job's filters: refused, never stored.
     r = client.post("/api/v1/exports/persons/jobs", json={"filters": {"id_number": make_id(1)}})
     assert r.status_code == 422 and "id_number" in r.get_json()["errors"]["json"]["filters"]
