@@ -258,14 +258,21 @@ class Settings:
         return path.read_text().strip().encode()
 
     def short_key_problem(self, *names: str) -> str | None:
-        """Return why a key set among ``names`` (default ``secret_key`` and
-        ``blind_index_key``) is too short to be a secret, or None. An empty setting is not
-        checked: the key generated into ``data_dir`` is long enough."""
+        """Return why a key among ``names`` (default ``secret_key`` and ``blind_index_key``)
+        is too short to be a secret, or None. An empty setting means the key file in
+        ``data_dir``: one generated there is long enough, one an operator wrote may not be."""
         for name in names or tuple(_SHORT_KEY_RISKS):
             value = getattr(self, name)
-            if value and len(value.encode()) < MIN_KEY_BYTES:
+            what = f"GRIDAPI_{name.upper()} is"
+            if not value:
+                path = Path(self.data_dir) / f"{name.removesuffix('_key')}.key"
+                if not path.is_file():
+                    continue  # generated when first needed, long enough
+                value = path.read_text().strip()  # as key_bytes reads it
+                what = f"GRIDAPI_{name.upper()} is not set and {path} holds a key"
+            if len(value.encode()) < MIN_KEY_BYTES:
                 return (
-                    f"GRIDAPI_{name.upper()} is too short to be a secret (length "
+                    f"{what} too short to be a secret (length "
                     f"{len(value.encode())}; at least {MIN_KEY_BYTES} bytes): "
                     f"{_SHORT_KEY_RISKS[name]}. Set a random one, e.g. the line "
                     "python3 -c 'import secrets; print(secrets.token_urlsafe(48))' prints."

@@ -418,6 +418,24 @@ def test_keys_too_short_to_be_secrets_are_named(secret, blind, refused):
         )
 
 
+@pytest.mark.parametrize(
+    ("name", "variable"), [("secret", "SECRET"), ("blind_index", "BLIND_INDEX")]
+)
+def test_a_short_key_in_the_key_file_is_named_too(tmp_path, name, variable):
+    """A key left unset is read from its file in GRIDAPI_DATA_DIR; one an operator wrote there
+    ("changeme", to share it between servers) signed every token, checked by nobody."""
+    from gridapi.config import Settings
+
+    settings = Settings(data_dir=str(tmp_path))
+    (tmp_path / f"{name}.key").write_text("changeme\n")
+    problem = settings.short_key_problem()
+    assert problem is not None
+    assert problem.startswith(f"GRIDAPI_{variable}_KEY is not set and {tmp_path / name}.key")
+    assert "too short to be a secret (length 8;" in problem and "changeme" not in problem
+    (tmp_path / f"{name}.key").write_text("k" * 32)
+    assert settings.short_key_problem() is None
+
+
 def test_serve_and_the_worker_refuse_a_key_too_short_to_be_a_secret(
     sqlite_template: Path, tmp_path: Path
 ):
