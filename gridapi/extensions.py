@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -12,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
+from .db import sqlite_write_intent
 
 if TYPE_CHECKING:
     from .auth import LocalRateLimiter, PrincipalCache
@@ -66,6 +69,19 @@ def db_session() -> Session:
         session = state().sessions()
         g._db_session = session
     return session
+
+
+@contextlib.contextmanager
+def reading_session() -> Iterator[Session]:
+    """Yield a session of its own that only reads, closed at the end: on SQLite it begins a
+    plain read whatever the request's method, so it neither takes the database's one write
+    lock nor waits for it (a POST's own session begins as a writer, BEGIN IMMEDIATE)."""
+    token = sqlite_write_intent.set(False)
+    try:
+        with state().sessions() as session:
+            yield session
+    finally:
+        sqlite_write_intent.reset(token)
 
 
 def use_session(session: Session) -> None:

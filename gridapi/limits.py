@@ -95,7 +95,7 @@ def login_username_key() -> str:
     The account is resolved first, so failures by username and by phone number count
     together; a name that matches no account is throttled by its text.
     """
-    from .extensions import state
+    from .extensions import reading_session, state
     from .services.identity import find_login_user
 
     data = request.get_json(silent=True) or {}
@@ -106,7 +106,7 @@ def login_username_key() -> str:
         # refuses NUL in text, a 422 that differed by engine), one key for all of them.
         return "account:invalid"
     st = state()
-    with st.sessions() as session:
+    with reading_session() as session:  # not the write lock a POST's session begins with
         user = find_login_user(session, login, st.phone_key)
     return account_key(user.id) if user else f"account:name:{login.lower()}"
 

@@ -9,7 +9,7 @@ from flask_limiter.util import get_remote_address
 from ..auditing import audit
 from ..auth import AUTHENTICATED, Forbidden, Unauthorized, current_principal
 from ..errors import Unprocessable
-from ..extensions import commit, db_session, state
+from ..extensions import commit, db_session, reading_session, state
 from ..limits import LOGIN_ACCOUNT_SCOPE, limiter, login_username_key, password_guesses
 from ..models import User
 from ..schemas.identity import (
@@ -89,14 +89,19 @@ class AuthToken(MethodView):
         Retry-After).
         """
         st = state()
-        session = db_session()
         try:
+            # The password is checked before the request's transaction begins: on SQLite a
+            # POST begins as a writer, and every report and step of every phone waited for
+            # each sign-in's argon2 check (a failed one by anybody included).
+            with reading_session() as reading:
+                checked = svc.check_credentials(
+                    reading, data["username"], data["password"], phone_key=st.phone_key
+                )
             issued = svc.login(
-                session,
-                data["username"],
+                db_session(),
+                checked,
                 data["password"],
                 signer=st.tokens,
-                phone_key=st.phone_key,
                 refresh_days=st.settings.refresh_token_days,
             )
         except svc.LoginFailed:

@@ -168,29 +168,49 @@ def find_login_user(session: Session, login: str, phone_key: bytes) -> User | No
     return session.scalars(select(User).where(func.lower(User.username) == login.lower())).first()
 
 
-def login(
-    session: Session, login_name: str, password: str, *, signer, phone_key: bytes, refresh_days: int
-) -> IssuedTokens:  # type: ignore[no-untyped-def]
-    """Check the credentials and issue a token pair; rehash an outdated password hash.
+@dataclass(frozen=True)
+class CheckedCredentials:
+    """An account whose password a sign-in was checked against, and the hash it matched."""
 
-    Raises LoginFailed.
+    user_id: int
+    password_hash: str
+
+
+def check_credentials(
+    session: Session, login_name: str, password: str, *, phone_key: bytes
+) -> CheckedCredentials:
+    """Return the active account the credentials are right for. Raises LoginFailed.
+
+    Reads only: the caller runs it outside the transaction that writes the tokens (on
+    SQLite that one holds the database's one write lock, and the password check is
+    argon2's tenth of a second to seconds of CPU by design).
     """
     user = find_login_user(session, login_name, phone_key)
     ok = verify_password(user.password_hash if user else None, password)
     if not ok or user is None or not user.is_active:
         raise LoginFailed
+    return CheckedCredentials(user.id, user.password_hash)
+
+
+def login(
+    session: Session, checked: CheckedCredentials, password: str, *, signer, refresh_days: int
+) -> IssuedTokens:  # type: ignore[no-untyped-def]
+    """Issue a token pair for credentials ``check_credentials`` accepted; rehash an outdated
+    password hash.
+
+    Raises LoginFailed when the account changed since (a new password, disabled).
+    """
     # Read again under the account's lock (PostgreSQL; SQLite writers are one at a time):
     # a reset or a disabling committed while the password was checked had revoked the
     # account's refresh tokens before this one was written, which then outlived it. One
     # still uncommitted is waited for.
-    checked = user.password_hash
     user = session.scalars(
         select(User)
-        .where(User.id == user.id)
+        .where(User.id == checked.user_id)
         .with_for_update()
         .execution_options(populate_existing=True)
     ).first()
-    if user is None or user.password_hash != checked or not user.is_active:
+    if user is None or user.password_hash != checked.password_hash or not user.is_active:
         raise LoginFailed
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 from typing import Any
 
 import jwt
@@ -760,3 +762,53 @@ def test_a_refresh_racing_a_password_reset_does_not_outlive_it(
     assert r.status_code == 204, r.get_json()
     assert refresh(anon_client, issued.refresh_token).status_code == 401
     assert sign_in(anon_client, "alice", NEW_PASSWORD).status_code == 200
+
+
+@pytest.mark.parametrize("password", [PASSWORD, "Wrong-Passw0rd!"])
+def test_a_report_does_not_wait_for_a_sign_in_checking_its_password(
+    app: Any,
+    client: Any,
+    world: Any,
+    anon_client: Any,
+    alice: int,
+    monkeypatch: Any,
+    password: str,
+) -> None:
+    """On SQLite a sign-in began as a writer (BEGIN IMMEDIATE, as every POST) and checked
+    the password (argon2: a tenth of a second to seconds of CPU, by design) holding the
+    database's one write lock: every report, step and upload of every phone waited for each
+    sign-in, a failed one by anybody included. The password is checked in a plain read now;
+    the account is read again under its lock before the tokens are written."""
+    from gridapi.services import identity as svc
+
+    from .test_cases import center, report_body
+
+    checking, reported = threading.Event(), threading.Event()
+    verify = svc.verify_password
+
+    def slow_verify(password_hash: Any, sent: str) -> bool:
+        checking.set()
+        reported.wait(10)  # as long as the report elsewhere takes, or 10 s
+        return verify(password_hash, sent)
+
+    monkeypatch.setattr(svc, "verify_password", slow_verify)
+    answers: list[Any] = []
+    signing_in = threading.Thread(
+        target=lambda: answers.append(sign_in(anon_client, "alice", password))
+    )
+    signing_in.start()
+    try:
+        assert checking.wait(10)
+        began = time.monotonic()
+        r = client.post("/api/v1/cases", json=report_body(*center(0)))
+        waited = time.monotonic() - began
+    finally:
+        reported.set()
+        signing_in.join(30)
+    assert r.status_code == 201, r.get_json()
+    assert waited < 5, f"the report waited {waited:.1f} s for the sign-in's password check"
+    if password == PASSWORD:
+        assert answers[0].status_code == 200, answers[0].get_json()
+        assert refresh(anon_client, answers[0].get_json()["refresh_token"]).status_code == 200
+    else:
+        assert_unauthorized(answers[0])
