@@ -9,12 +9,13 @@ from urllib.parse import quote
 
 from flask import Response, request, url_for
 from flask.views import MethodView
+from sqlalchemy.orm import Session
 
 from ..auditing import audit
 from ..auth import current_principal
 from ..errors import NotFound
-from ..extensions import commit, db_session, state
-from ..models import CaseAttachment
+from ..extensions import commit, db_session, reading_session, state
+from ..models import Case, CaseAttachment
 from ..phone import NOT_MODIFIED_REF
 from ..schemas.attachments import AttachmentListSchema, AttachmentSchema, AttachmentUploadSchema
 from ..services import attachments as svc
@@ -134,6 +135,17 @@ def _send(case_id: int, attachment_id: int, *, thumbnail: bool) -> Response:
     return response.make_conditional(request)
 
 
+def _case_to_attach_to(session: Session, case_id: int, caller: cases_svc.Caller) -> Case:
+    """Return the case the caller may attach a photo to; NotFound otherwise. A caller without
+    `cases:read` (an app that only reports) attaches to the cases it reported."""
+    case_obj = cases_svc.get_case(session, case_id, caller)
+    principal = caller.principal
+    if not principal.can("cases:read") and case_obj.reporter != principal.actor_id:
+        # Another case answers as a missing one (it added photos to any in its area).
+        raise NotFound("No such case.")
+    return case_obj
+
+
 @blp.route("/cases/<id:case_id>/attachments")
 class Attachments(MethodView):
     @blp.requires("cases:write")
@@ -159,24 +171,29 @@ class Attachments(MethodView):
         upload = one_file()
         principal = current_principal()
         assert principal is not None
+        store = svc.AttachmentStore.from_settings(state().settings)
+        # The photo is checked, re-encoded and written before the request's transaction
+        # begins: on SQLite a POST begins as a writer (BEGIN IMMEDIATE), and every report and
+        # step of every phone waited for each photo (seconds of CPU for a 12 MP JPEG).
+        with reading_session() as reading:
+            caller = cases_svc.caller_of(reading, principal)
+            case_obj = _case_to_attach_to(reading, case_id, caller)
+            # One byte more than allowed is enough to tell an upload is too large.
+            checked = svc.check_file(
+                upload.stream.read(store.max_bytes + 1),
+                filename=upload.filename,
+                content_type=upload.content_type,
+                store=store,
+            )
+            earlier = svc.find_upload(reading, case_obj, checked)
+            if earlier is not None:  # a retry: nothing to store
+                return attachment_view(earlier, caller)
+        stored = svc.store_photo(checked, store)
         session = db_session()
         caller = cases_svc.caller_of(session, principal)
-        case_obj = cases_svc.get_case(session, case_id, caller)
-        if not principal.can("cases:read") and case_obj.reporter != principal.actor_id:
-            # An app that only reports (cases:write alone) adds photos to its own reports:
-            # another case answers as a missing one (it added photos to any in its area).
-            raise NotFound("No such case.")
-        store = svc.AttachmentStore.from_settings(state().settings)
-        # One byte more than allowed is enough to tell an upload is too large.
-        raw = upload.stream.read(store.max_bytes + 1)
-        att, created = svc.attach(
-            session,
-            case_obj,
-            raw,
-            filename=upload.filename,
-            content_type=upload.content_type,
-            uploaded_by=principal.actor_id,
-            store=store,
+        case_obj = _case_to_attach_to(session, case_id, caller)
+        att, created = svc.add_attachment(
+            session, case_obj, checked, stored, uploaded_by=principal.actor_id
         )
         view = attachment_view(att, caller)
         if created:

@@ -608,6 +608,57 @@ def _older(path: Path, cutoff: float) -> bool:
 # --- the service ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Upload:
+    """An upload that passed the checks: its bytes, safe file name, format and hash."""
+
+    data: bytes
+    filename: str
+    format: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StoredPhoto:
+    """The stored copy and thumbnail of an upload, written to their files."""
+
+    photo: Photo
+    content_type: str
+    sha256: str
+    thumbnail_sha256: str
+
+
+def check_file(
+    data: bytes, *, filename: str | None, content_type: str | None, store: AttachmentStore
+) -> Upload:
+    """Return the upload once checked. Raises Unprocessable (``errors.files.file``)."""
+    name = safe_filename(filename)
+    fmt = check_upload(data, filename=name, content_type=content_type or "", store=store)
+    return Upload(data, name, fmt, sha256_hex(data))
+
+
+def find_upload(session: Session, case_obj: Case, upload: Upload) -> CaseAttachment | None:
+    """Return the case's attachment of these same bytes sent before, or None."""
+    return session.scalars(
+        select(CaseAttachment).where(
+            CaseAttachment.case_id == case_obj.id, CaseAttachment.upload_sha256 == upload.sha256
+        )
+    ).first()
+
+
+def store_photo(upload: Upload, store: AttachmentStore) -> StoredPhoto:
+    """Re-encode the upload and make its thumbnail, and write both files; return them.
+
+    Up to seconds of CPU for a phone's large photo, and two fsyncs: run it outside any write
+    transaction (on SQLite one holds the database's one write lock). Raises Unprocessable.
+    """
+    photo = prepare_photo(upload.data, upload.format, store)
+    stored_type = FORMATS[upload.format][0]
+    digest = write_blob(store, photo.data, stored_type)
+    thumb_digest = write_blob(store, photo.thumbnail, stored_type)
+    return StoredPhoto(photo, stored_type, digest, thumb_digest)
+
+
 def attach(
     session: Session,
     case_obj: Case,
@@ -626,31 +677,33 @@ def attach(
     later leaves at most an unreferenced file, never a row without its file, and
     ``remove_orphan_files`` (``gridapi worker``, daily) removes such files.
     """
-    name = safe_filename(filename)
-    fmt = check_upload(data, filename=name, content_type=content_type or "", store=store)
-    upload_sha = sha256_hex(data)
-    existing = session.scalars(
-        select(CaseAttachment).where(
-            CaseAttachment.case_id == case_obj.id, CaseAttachment.upload_sha256 == upload_sha
-        )
-    ).first()
+    upload = check_file(data, filename=filename, content_type=content_type, store=store)
+    existing = find_upload(session, case_obj, upload)
     if existing is not None:
         return existing, False
-    photo = prepare_photo(data, fmt, store)
-    stored_type = FORMATS[fmt][0]
-    digest = write_blob(store, photo.data, stored_type)
-    thumb_digest = write_blob(store, photo.thumbnail, stored_type)
+    return add_attachment(session, case_obj, upload, store_photo(upload, store), uploaded_by)
+
+
+def add_attachment(
+    session: Session, case_obj: Case, upload: Upload, stored: StoredPhoto, uploaded_by: str
+) -> tuple[CaseAttachment, bool]:
+    """Add the row of a photo ``store_photo`` wrote; return it and whether it is new (the
+    same bytes attached to the case meanwhile: that attachment, and False)."""
+    existing = find_upload(session, case_obj, upload)
+    if existing is not None:
+        return existing, False
+    photo = stored.photo
     attachment = CaseAttachment(
         case_id=case_obj.id,
         county_code=case_obj.county_code,
-        upload_sha256=upload_sha,
-        sha256=digest,
-        content_type=stored_type,
+        upload_sha256=upload.sha256,
+        sha256=stored.sha256,
+        content_type=stored.content_type,
         width=photo.width,
         height=photo.height,
         size_bytes=len(photo.data),
-        thumbnail_sha256=thumb_digest,
-        filename=name,
+        thumbnail_sha256=stored.thumbnail_sha256,
+        filename=upload.filename,
         # In UTC like every stored time, so the first answer and a retry's read the same.
         taken_at=photo.taken_at.astimezone(UTC) if photo.taken_at else None,
         gps_lon=photo.gps_lon,
@@ -663,11 +716,7 @@ def attach(
     except IntegrityError:
         # The same upload, retried while the first was in flight, committed first (the
         # unique (case, upload hash) decided): answer its attachment, as a later retry gets.
-        first = session.scalars(
-            select(CaseAttachment).where(
-                CaseAttachment.case_id == case_obj.id, CaseAttachment.upload_sha256 == upload_sha
-            )
-        ).first()
+        first = find_upload(session, case_obj, upload)
         if first is None:
             raise
         return first, False

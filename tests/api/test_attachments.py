@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -560,6 +561,46 @@ def test_the_same_upload_retried_at_once_answers_the_first_attachment(
     assert len({a.get_json()["id"] for a in answers}) == 1
     assert len(rows(session)) == 1
     assert audit_count(session, "case.attach") == 1
+
+
+def test_a_report_does_not_wait_for_a_photo_being_processed(
+    client, accounts, case_id, session, settings, monkeypatch
+):
+    """On SQLite an upload began as a writer (BEGIN IMMEDIATE, as every POST) and decoded,
+    re-encoded and thumbnailed the photo (up to seconds of CPU for a phone's 12 MP JPEG)
+    and wrote its files holding the database's one write lock: every report and step of
+    every phone waited for each photo. The photo is prepared before the write begins now."""
+    from gridapi.services import attachments as svc
+
+    preparing, reported = threading.Event(), threading.Event()
+    prepare = svc.prepare_photo
+
+    def slow_prepare(*args: Any, **kwargs: Any) -> Any:
+        preparing.set()
+        reported.wait(10)  # as long as the report elsewhere takes, or 10 s
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(svc, "prepare_photo", slow_prepare)
+    worker = accounts.client("admin")
+    answers: list[Any] = []
+    uploading = threading.Thread(
+        target=lambda: answers.append(upload(worker, case_id, jpeg((400, 300))))
+    )
+    uploading.start()
+    try:
+        assert preparing.wait(10)
+        began = time.monotonic()
+        r = client.post("/api/v1/cases", json=report_body(*center(1)))
+        waited = time.monotonic() - began
+    finally:
+        reported.set()
+        uploading.join(30)
+    assert r.status_code == 201, r.get_json()
+    assert waited < 5, f"the report waited {waited:.1f} s for the photo being processed"
+    assert answers[0].status_code == 201, answers[0].get_json()
+    assert len(rows(session)) == 1
+    assert audit_count(session, "case.attach") == 1
+    assert len(stored_files(settings)) == 2
 
 
 # --- hostile and wrong files ----------------------------------------------------------------
