@@ -45,6 +45,12 @@ def view_writes(view: Any) -> bool:
     return bool(getattr(view, _WRITES, False))
 
 
+#: What SQLite's -wal file is cut back to when it starts again from the beginning (after a
+#: checkpoint): it is reused, never shortened, and one large write (a grid set, a resident
+#: import) otherwise left a file of its size beside the database as long as the server ran.
+SQLITE_WAL_KEEP_BYTES = 16 * 1024 * 1024
+
+
 class SpatialExtensionMissing(RuntimeError):
     """The database has no usable spatial extension; the message says what to install."""
 
@@ -173,6 +179,7 @@ def _make_sqlite_engine(database_url: str, spatialite_path: str, immediate: bool
         dbapi_conn.create_function("lower", 1, _lower, deterministic=True)
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA journal_size_limit={SQLITE_WAL_KEEP_BYTES}")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")

@@ -14,6 +14,7 @@ import inspect
 import textwrap
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -117,3 +118,24 @@ def test_every_read_that_commits_is_marked_as_one_that_writes(app):
             marked.append(rule.rule)
     assert unmarked == []
     assert "/api/v1/persons/<id:person_id>/sensitive" in marked  # the scan finds them
+
+
+@pytest.mark.engines("sqlite")
+def test_the_wal_file_shrinks_back_after_a_large_write(engine):
+    """SQLite reuses its -wal file from the start after a checkpoint but never shortened it:
+    one large write (a grid set, a resident import) left a -wal file of its size beside the
+    database for as long as the server ran. It is cut back to SQLITE_WAL_KEEP_BYTES now."""
+    from gridapi.db import SQLITE_WAL_KEEP_BYTES
+
+    wal = Path(engine.url.database + "-wal")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE scratch (id INTEGER PRIMARY KEY, b BLOB)")
+    burst = 2 * SQLITE_WAL_KEEP_BYTES
+    with engine.begin() as conn:
+        for _ in range(burst // 100_000):
+            conn.exec_driver_sql("INSERT INTO scratch (b) VALUES (randomblob(100000))")
+    assert wal.stat().st_size > burst  # the large write went through the -wal file
+    for _ in range(3):  # the next writes, once it was checkpointed
+        with engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO scratch (b) VALUES (randomblob(100))")
+    assert wal.stat().st_size <= SQLITE_WAL_KEEP_BYTES
