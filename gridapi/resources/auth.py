@@ -205,13 +205,17 @@ class AuthPassword(MethodView):
         limit = state().settings.login_rate_account
         password_guesses(limit, principal.id, failed=False)  # spent: 429 before any check
         try:
-            svc.change_password(
-                db_session(),
-                principal.id,
-                data["current_password"],
-                data["new_password"],
-                phone_key=state().phone_key,
-            )
+            # Checked and hashed before the request's transaction begins (argon2 twice): on
+            # SQLite that transaction holds the database's one write lock.
+            with reading_session() as reading:
+                checked, new_hash = svc.check_password_change(
+                    reading,
+                    principal.id,
+                    data["current_password"],
+                    data["new_password"],
+                    phone_key=state().phone_key,
+                )
+            svc.change_password(db_session(), checked, new_hash)
         except Unprocessable as exc:
             if "current_password" in (exc.errors or {}).get("json", {}):
                 password_guesses(limit, principal.id, failed=True)

@@ -315,22 +315,46 @@ def logout(session: Session, token: str, user_id: int) -> bool:
     return True
 
 
-def change_password(
+def check_password_change(
     session: Session, user_id: int, current: str, new: str, phone_key: bytes | None = None
-) -> User:
-    """Change a user's own password; every token issued before stops working.
+) -> tuple[CheckedCredentials, str]:
+    """Check a user's current password and their new one against the policy; return the
+    account as checked and the new password's hash.
 
-    Raises Unprocessable for a wrong current password or a weak new one.
+    Reads only: the caller runs it outside the transaction that writes the hash (on SQLite
+    that one holds the database's one write lock, and argon2 runs twice here). Raises
+    Unprocessable for a wrong current password or a weak new one.
     """
     user = session.get(User, user_id)
     if user is None:
         raise _not_found("user")
     if not verify_password(user.password_hash, current):
-        raise Unprocessable(
-            "The current password is wrong.", errors={"json": {"current_password": ["is wrong"]}}
-        )
-    set_password(session, user, new, phone_key=phone_key)
+        raise _wrong_current_password()
+    _check_password_policy(user, new, "new_password", phone_key)
+    return CheckedCredentials(user.id, user.password_hash), hash_password(new)
+
+
+def change_password(session: Session, checked: CheckedCredentials, new_hash: str) -> User:
+    """Store the hash ``check_password_change`` made; every token issued before stops
+    working. Raises Unprocessable when the password changed since it was checked."""
+    user = session.scalars(
+        select(User)
+        .where(User.id == checked.user_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+    if user is None:
+        raise _not_found("user")
+    if user.password_hash != checked.password_hash:  # changed meanwhile: no longer current
+        raise _wrong_current_password()
+    _store_password_hash(session, user, new_hash)
     return user
+
+
+def _wrong_current_password() -> Unprocessable:
+    return Unprocessable(
+        "The current password is wrong.", errors={"json": {"current_password": ["is wrong"]}}
+    )
 
 
 def set_password(
@@ -345,6 +369,12 @@ def set_password(
     Only the phone number's keyed hash is stored, so a number inside the new password is
     found by hashing each 11-digit run (``phone_key`` is the blind-index key).
     """
+    _check_password_policy(user, new, field_name, phone_key)
+    _store_password_hash(session, user, hash_password(new))
+
+
+def _check_password_policy(user: User, new: str, field_name: str, phone_key: bytes | None) -> None:
+    """Raise Unprocessable (naming ``field_name``) when ``new`` fails the policy."""
     problems = password_problems(new, username=user.username)
     if user.phone_hmac and phone_key:
         runs = {new[i : i + 11] for i in range(len(new) - 10)}
@@ -356,7 +386,10 @@ def set_password(
         raise Unprocessable(
             "The password does not meet the policy.", errors={"json": {field_name: problems}}
         )
-    user.password_hash = hash_password(new)
+
+
+def _store_password_hash(session: Session, user: User, password_hash: str) -> None:
+    user.password_hash = password_hash
     user.password_changed_at = utcnow()
     user.token_version += 1
     _revoke_refresh_tokens(session, user.id)

@@ -812,3 +812,44 @@ def test_a_report_does_not_wait_for_a_sign_in_checking_its_password(
         assert refresh(anon_client, answers[0].get_json()["refresh_token"]).status_code == 200
     else:
         assert_unauthorized(answers[0])
+
+
+def test_a_report_does_not_wait_for_a_password_change(
+    app: Any, client: Any, world: Any, anon_client: Any, alice: int, monkeypatch: Any
+) -> None:
+    """A password change checked the current password and hashed the new one (argon2,
+    twice) holding SQLite's one write lock, as a sign-in did: both happen in a plain read
+    now, and the account is read again under its lock before the new hash is written."""
+    from gridapi.services import identity as svc
+
+    from .test_cases import center, report_body
+
+    access = tokens(anon_client, "alice")["access_token"]
+    checking, reported = threading.Event(), threading.Event()
+    verify = svc.verify_password
+
+    def slow_verify(password_hash: Any, sent: str) -> bool:
+        checking.set()
+        reported.wait(10)  # as long as the report elsewhere takes, or 10 s
+        return verify(password_hash, sent)
+
+    monkeypatch.setattr(svc, "verify_password", slow_verify)
+    answers: list[Any] = []
+    changing = threading.Thread(
+        target=lambda: answers.append(change_password(anon_client, access, PASSWORD, NEW_PASSWORD))
+    )
+    changing.start()
+    try:
+        assert checking.wait(10)
+        began = time.monotonic()
+        r = client.post("/api/v1/cases", json=report_body(*center(0)))
+        waited = time.monotonic() - began
+    finally:
+        reported.set()
+        changing.join(30)
+    assert r.status_code == 201, r.get_json()
+    assert waited < 5, f"the report waited {waited:.1f} s for the password change"
+    assert answers[0].status_code == 204, answers[0].get_json()
+    monkeypatch.setattr(svc, "verify_password", verify)
+    assert sign_in(anon_client, "alice").status_code == 401
+    assert sign_in(anon_client, "alice", NEW_PASSWORD).status_code == 200
