@@ -102,6 +102,69 @@ _SHORT_KEY_RISKS = {
 MAX_SUPERVISION_HOURS = 20_000.0
 
 
+#: Longest retention, lifetime or wait a setting may give, in days (a hundred years): past
+#: about 2.7 million years a date computed from it overflowed, and the job using it failed.
+_CENTURY_DAYS = 36_500
+
+#: The range of each numeric setting: (lowest, highest, whether the lowest itself is allowed).
+#: Out of range, a value did harm without a word: GRIDAPI_TRACK_RETENTION_DAYS=-1 made the
+#: worker delete every patrol track (those still walked too), GRIDAPI_MAX_BODY_MB=-1 refused
+#: every request with a body as 413, GRIDAPI_PORT=70000 crashed gunicorn with a traceback.
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "port": (1, 65_535, True),
+    "workers": (0, 1_000, True),  # 0: automatic
+    "max_body_mb": (0, 1_048_576, False),
+    "proxy_hops": (0, 100, True),
+    "attachment_max_mb": (0, 1_048_576, False),
+    "attachment_max_megapixels": (0, 10_000, False),
+    "routing_snap_meters": (0, 100_000, True),  # 0: no snapping
+    "routing_refresh_seconds": (0, 86_400, True),
+    "grid_tolerance_m2": (0, 1e12, True),
+    "db_pool_size": (1, 1_000, True),
+    "db_statement_timeout_ms": (0, 86_400_000, True),  # 0: PostgreSQL's "no timeout"
+    "access_token_minutes": (1, _CENTURY_DAYS * 1_440, True),
+    "refresh_token_days": (1, _CENTURY_DAYS, True),
+    "auth_cache_seconds": (0, 86_400, True),
+    "argon2_time_cost": (1, 1_000, True),
+    "argon2_memory_kib": (32, 16_777_216, True),  # argon2's least: 8 × its 4 lanes
+    "idempotency_days": (1, _CENTURY_DAYS, True),
+    "duplicate_window_hours": (0, _CENTURY_DAYS * 24, True),
+    "calendar_cache_seconds": (0, 86_400, True),
+    "worker_interval_seconds": (0, 86_400, False),
+    "import_max_rows": (1, 100_000_000, True),
+    "track_raw_days": (0, _CENTURY_DAYS, True),
+    "track_retention_days": (1, _CENTURY_DAYS, True),
+    "presence_minutes": (0, 1_440, False),
+    "sync_page_size": (1, 2_000, True),  # as the `limit` a client may ask for
+    "sync_retention_days": (1, _CENTURY_DAYS, True),
+    "webhook_connect_timeout_seconds": (0, 3_600, False),
+    "webhook_timeout_seconds": (0, 3_600, False),
+    "webhook_max_response_kb": (1, 1_048_576, True),
+    "webhook_max_attempts": (1, 1_000, True),
+    "webhook_backoff_base_seconds": (0, 86_400 * 30, True),
+    "webhook_backoff_max_seconds": (0, 86_400 * 30, True),
+    "webhook_poll_seconds": (0, 3_600, False),
+    "webhook_concurrency": (1, 256, True),
+    "webhook_retention_days": (1, _CENTURY_DAYS, True),
+    "open311_round_m": (0, 100_000, False),  # public maps need locations snapped
+    "open311_page_size": (1, 1_000, True),  # as the `page_size` a client may ask for
+    "export_retention_hours": (0, _CENTURY_DAYS * 24, False),
+}
+
+
+def range_problem(name: str, value: float) -> str | None:
+    """Return why ``value`` is out of the range of the numeric setting ``name`` (None when it
+    is in it, or ``name`` has no range)."""
+    if name not in _RANGES:
+        return None
+    low, high, low_allowed = _RANGES[name]
+    if math.isfinite(value) and (low <= value if low_allowed else low < value) and value <= high:
+        return None
+    least = f"at least {low:g}" if low_allowed else f"more than {low:g}"
+    shown = f"{value:g}" if isinstance(value, float) else value
+    return f"GRIDAPI_{name.upper()}={shown}: {least} and at most {high:,.0f}"
+
+
 @dataclass
 class Settings:
     """Every setting the application reads; each maps to GRIDAPI_<NAME>."""
@@ -181,8 +244,10 @@ class Settings:
         from .services.indicators import parse_weights
         from .workcalendar import parse_periods
 
-        if self.proxy_hops < 0:
-            raise ValueError(f"GRIDAPI_PROXY_HOPS={self.proxy_hops}: 0 or more proxies")
+        for name in _RANGES:
+            problem = range_problem(name, getattr(self, name))
+            if problem:
+                raise ValueError(problem)
         try:
             parse_weights(self.indicator_weights)
         except ValueError as exc:

@@ -1056,6 +1056,31 @@ def test_thin_tracks_thins_then_deletes_and_is_idempotent(app, client, worker, w
     assert run(now + timedelta(days=182)) == {"thinned": 0, "deleted": 0, "presence_cleared": 0}
 
 
+@pytest.mark.parametrize("days", ["-1", "0"])
+def test_a_retention_that_keeps_no_track_stops_the_worker_before_it_deletes_any(
+    app, worker, world, engine, settings, days
+):
+    """GRIDAPI_TRACK_RETENTION_DAYS=-1 (a typo, or "off" meant as -1) made the worker delete
+    every patrol, the one still being walked too; it stops start-up now, naming the variable."""
+    from click.testing import CliRunner
+
+    from gridapi.cli import main
+
+    patrol, began = started_an_hour_ago(worker)
+    upload(worker, patrol["id"], walk(began + timedelta(minutes=1), n=5))
+    env = {
+        "GRIDAPI_DATABASE_URL": settings.database_url,
+        "GRIDAPI_DATA_DIR": settings.data_dir,
+        "GRIDAPI_TRACK_RETENTION_DAYS": days,
+    }
+    result = CliRunner().invoke(main, ["worker", "--once"], env=env, catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert f"GRIDAPI_TRACK_RETENTION_DAYS={days}: at least 1" in result.output
+    assert "tracks:" not in result.output  # no job ran
+    kept = ok(worker.get(f"/api/v1/patrols/{patrol['id']}?points=true"))
+    assert kept["status"] == "active" and len(kept["points"]) == 5
+
+
 @pytest.mark.parametrize("due", ["thinned", "deleted"])
 def test_two_workers_at_once_thin_or_delete_a_track_once(app, worker, world, engine, due):
     """The tracks job read its patrols without a lock: a second worker at the same moment read

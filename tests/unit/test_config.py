@@ -1,0 +1,72 @@
+"""Settings read from GRIDAPI_* variables: a value that cannot work stops start-up, naming
+the variable, before anything runs on it."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from gridapi.cli import main
+from gridapi.config import Settings
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("PORT", "70000"),  # gunicorn crashed with a traceback at bind
+        ("PORT", "0"),
+        ("WORKERS", "-2"),
+        ("MAX_BODY_MB", "-1"),  # every request with a body answered 413
+        ("MAX_BODY_MB", "nan"),
+        ("ATTACHMENT_MAX_MB", "0"),
+        ("DB_POOL_SIZE", "0"),
+        ("ACCESS_TOKEN_MINUTES", "0"),  # every token expired as it was issued
+        ("REFRESH_TOKEN_DAYS", "-30"),
+        ("AUTH_CACHE_SECONDS", "inf"),
+        ("ARGON2_TIME_COST", "0"),  # every sign-in answered 500
+        ("ARGON2_MEMORY_KIB", "8"),
+        ("IDEMPOTENCY_DAYS", "-1"),
+        ("WORKER_INTERVAL_SECONDS", "0"),  # the worker ran its jobs in a busy loop
+        ("TRACK_RAW_DAYS", "-1"),
+        ("TRACK_RETENTION_DAYS", "-1"),  # every patrol track deleted
+        ("TRACK_RETENTION_DAYS", "1000000000"),  # the job overflowed, every round
+        ("SYNC_PAGE_SIZE", "0"),  # pages of nothing, has_more for ever
+        ("SYNC_RETENTION_DAYS", "0"),  # every cursor answered 410
+        ("WEBHOOK_CONCURRENCY", "0"),
+        ("WEBHOOK_MAX_ATTEMPTS", "0"),
+        ("WEBHOOK_POLL_SECONDS", "-1"),
+        ("WEBHOOK_RETENTION_DAYS", "-1"),
+        ("OPEN311_ROUND_M", "0"),  # public answers gave exact locations
+        ("OPEN311_ROUND_M", "nan"),  # every public answer was 500
+        ("OPEN311_PAGE_SIZE", "5000"),
+        ("EXPORT_RETENTION_HOURS", "-1"),  # export files deleted as they were written
+        ("ROUTING_SNAP_METERS", "-50"),
+        ("PRESENCE_MINUTES", "0"),
+    ],
+)
+def test_a_number_out_of_its_range_stops_start_up_naming_the_variable(name, raw):
+    with pytest.raises(ValueError, match=rf"^GRIDAPI_{name}={raw}: (at least|more than) "):
+        Settings.from_env({f"GRIDAPI_{name}": raw})
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "value"),
+    [
+        ("PORT", "65535", 65535),
+        ("WORKERS", "0", 0),  # automatic
+        ("ROUTING_SNAP_METERS", "0", 0.0),  # no snapping, as the README says
+        ("DB_STATEMENT_TIMEOUT_MS", "0", 0),  # PostgreSQL's "none"
+        ("TRACK_RAW_DAYS", "0", 0),
+        ("DUPLICATE_WINDOW_HOURS", "0", 0.0),
+        ("MAX_BODY_MB", "0.5", 0.5),
+    ],
+)
+def test_the_ends_of_the_ranges_are_taken(name, raw, value):
+    assert getattr(Settings.from_env({f"GRIDAPI_{name}": raw}), name.lower()) == value
+
+
+def test_serve_on_a_port_that_cannot_be_bound_exits_with_the_reason(tmp_path):
+    env = {"GRIDAPI_PORT": "70000", "GRIDAPI_DATA_DIR": str(tmp_path / "data")}
+    result = CliRunner().invoke(main, ["serve"], env=env, catch_exceptions=False)
+    assert result.exit_code == 1
+    assert result.output == "Error: GRIDAPI_PORT=70000: at least 1 and at most 65,535\n"
