@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -83,6 +84,40 @@ def _parse_bool(raw: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(raw)
+
+
+# "5 per 0 minute", "3/0minute": a period of none, which limits reads as one.
+_ZERO_PERIOD = re.compile(r"(?:per|/)\s*0+\s*[A-Za-z]")
+
+
+def rate_limit_problem(text: str) -> str | None:
+    """Return why ``text`` is not one rate limit a person means ("600 per minute",
+    "10/second"), or None. limits reads "0 per minute" (every request refused) and "5 per 0
+    minute" (read as per minute): neither is a limit anyone means. Of several
+    ("10/second;1/day") only the first was ever counted."""
+    from limits import parse, parse_many
+
+    try:
+        item = parse(text)
+        several = len(parse_many(text)) > 1
+    except ValueError:
+        return "not a rate limit"
+    if several:
+        return "one limit only"
+    if item.amount < 1 or _ZERO_PERIOD.search(text):
+        return "at least 1 per a period of at least 1"
+    return None
+
+
+#: The settings that are rate limits; flask-limiter ignored one it could not read, so a typo
+#: in GRIDAPI_LOGIN_RATE_ACCOUNT let anyone guess passwords without limit, and one in
+#: GRIDAPI_PERSON_LOOKUP_RATE answered every exact ID or phone lookup 500.
+_RATE_LIMITS = (
+    "login_rate_account",
+    "login_rate_address",
+    "client_rate_limit",
+    "person_lookup_rate",
+)
 
 
 #: The shortest GRIDAPI_SECRET_KEY and GRIDAPI_BLIND_INDEX_KEY taken, in bytes: as long as the
@@ -248,6 +283,13 @@ class Settings:
             problem = range_problem(name, getattr(self, name))
             if problem:
                 raise ValueError(problem)
+        for name in _RATE_LIMITS:
+            problem = rate_limit_problem(getattr(self, name))
+            if problem:
+                raise ValueError(
+                    f"GRIDAPI_{name.upper()}={getattr(self, name)!r}: {problem}, "
+                    "e.g. '30 per 15 minutes' or '10/second'"
+                )
         try:
             parse_weights(self.indicator_weights)
         except ValueError as exc:

@@ -1021,10 +1021,6 @@ def update_department(
 # --- API clients ----------------------------------------------------------------------------
 
 
-# "5 per 0 minute", "3/0minute": a period of none, which limits reads as one.
-_ZERO_PERIOD = re.compile(r"(?:per|/)\s*0+\s*[A-Za-z]")
-
-
 def create_client(
     session: Session,
     *,
@@ -1043,7 +1039,7 @@ def create_client(
     Raises Unprocessable.
     """
     scope = scope or Scope.everything()
-    from limits import parse, parse_many
+    from ..config import rate_limit_problem
 
     bad = sorted(set(scopes) - CLIENT_SCOPES)
     if bad or not scopes:
@@ -1065,15 +1061,7 @@ def create_client(
             "Invalid scopes.",
             errors={"json": {"scopes": [f"you may only give scopes you hold; not {not_held}"]}},
         )
-    try:
-        item = parse(rate_limit)
-        several = len(parse_many(rate_limit)) > 1
-    except ValueError:
-        item, several = None, False
-    # limits reads "0 per minute" (every request refused) and "5 per 0 minute" (read as
-    # per minute): neither is a limit anyone means. Of several ("10/second;1/day") only the
-    # first was ever counted.
-    if item is None or several or item.amount < 1 or _ZERO_PERIOD.search(rate_limit):
+    if rate_limit_problem(rate_limit):
         raise Unprocessable(
             "Invalid rate limit.",
             errors={"json": {"rate_limit": ["one limit, e.g. '600 per minute' or '10/second'"]}},

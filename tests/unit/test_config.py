@@ -10,6 +10,14 @@ from gridapi.cli import main
 from gridapi.config import Settings
 
 
+def _elsewhere(tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """A command that went on would write its database and keys here, not into ./var."""
+    return {
+        "GRIDAPI_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "GRIDAPI_DATA_DIR": str(tmp_path / "data"),
+    }
+
+
 @pytest.mark.parametrize(
     ("name", "raw"),
     [
@@ -66,7 +74,43 @@ def test_the_ends_of_the_ranges_are_taken(name, raw, value):
 
 
 def test_serve_on_a_port_that_cannot_be_bound_exits_with_the_reason(tmp_path):
-    env = {"GRIDAPI_PORT": "70000", "GRIDAPI_DATA_DIR": str(tmp_path / "data")}
+    env = {"GRIDAPI_PORT": "70000", **_elsewhere(tmp_path)}
     result = CliRunner().invoke(main, ["serve"], env=env, catch_exceptions=False)
     assert result.exit_code == 1
     assert result.output == "Error: GRIDAPI_PORT=70000: at least 1 and at most 65,535\n"
+
+
+@pytest.mark.parametrize(
+    "name", ["LOGIN_RATE_ACCOUNT", "LOGIN_RATE_ADDRESS", "CLIENT_RATE_LIMIT", "PERSON_LOOKUP_RATE"]
+)
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("5 per quarter hour", "not a rate limit"),  # flask-limiter ignored it: no limit at all
+        ("lots", "not a rate limit"),  # every exact ID or phone lookup answered 500
+        ("0 per minute", "at least 1 per a period of at least 1"),
+        ("5 per 0 minutes", "at least 1 per a period of at least 1"),
+        ("5/minute;100/day", "one limit only"),  # only the first was counted
+    ],
+)
+def test_a_rate_limit_that_cannot_be_read_stops_start_up_naming_the_variable(name, raw, problem):
+    with pytest.raises(ValueError) as refused:
+        Settings.from_env({f"GRIDAPI_{name}": raw})
+    assert str(refused.value) == (
+        f"GRIDAPI_{name}={raw!r}: {problem}, e.g. '30 per 15 minutes' or '10/second'"
+    )
+
+
+@pytest.mark.parametrize("raw", ["5 per 15 minutes", "10/second", "100 per 1 hour"])
+def test_rate_limits_as_the_readme_writes_them_are_taken(raw):
+    assert Settings.from_env({"GRIDAPI_LOGIN_RATE_ACCOUNT": raw}).login_rate_account == raw
+
+
+def test_sign_in_is_never_left_unthrottled_by_a_misspelt_limit(tmp_path):
+    env = {
+        "GRIDAPI_LOGIN_RATE_ACCOUNT": "5 per quarter hour",
+        **_elsewhere(tmp_path),
+    }
+    result = CliRunner().invoke(main, ["serve"], env=env, catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "GRIDAPI_LOGIN_RATE_ACCOUNT='5 per quarter hour': not a rate limit" in result.output
