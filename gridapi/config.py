@@ -120,6 +120,59 @@ _RATE_LIMITS = (
 )
 
 
+#: The log levels GRIDAPI_LOG_LEVEL may name (Python's, which gunicorn takes too).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: The storages GRIDAPI_REDIS_URL may name: Redis, over TCP, TLS or a socket, or through
+#: Sentinel or a cluster.
+_REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
+
+
+def text_problem(name: str, value: str) -> str | None:
+    """Return why ``value`` cannot be the setting ``name`` (one whose text has a form:
+    the database and Redis URLs, the log level, the time zone), or None. Such a value made
+    every command stop with a traceback (a zone unknown, a level misspelt, a URL that does
+    not parse), or every web worker fail as it booted (a Redis URL of another scheme).
+    A URL is never repeated: it may hold a password."""
+    if name == "database_url":
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except (ArgumentError, ValueError):
+            return "not a database URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            return (
+                f"a {url.get_backend_name()} database: gridapi runs on sqlite:///PATH "
+                "(SpatiaLite) or postgresql+psycopg://USER@HOST/DB (PostGIS)"
+            )
+        if url.get_backend_name() == "postgresql" and url.drivername != "postgresql":
+            try:
+                url.get_dialect().import_dbapi()
+            except (ImportError, ArgumentError):  # ArgumentError: no such dialect
+                return (
+                    f"its driver ({url.get_driver_name()}) is not installed: "
+                    "postgresql+psycopg://USER@HOST/DB"
+                )
+    elif name == "redis_url" and value:
+        from urllib.parse import urlsplit
+
+        if urlsplit(value).scheme.lower() not in _REDIS_SCHEMES:
+            return "not a Redis URL: redis://HOST:6379/0 (or rediss://, redis+unix://…)"
+    elif name == "log_level":
+        if value.strip().upper() not in LOG_LEVELS:
+            return f"not a log level: {', '.join(LOG_LEVELS)}"
+    elif name == "timezone":
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            return "not a time zone of the tz database, e.g. Asia/Shanghai"
+    return None
+
+
 #: The shortest GRIDAPI_SECRET_KEY and GRIDAPI_BLIND_INDEX_KEY taken, in bytes: as long as the
 #: HMAC-SHA256 they key. The generated key files hold 64 characters.
 MIN_KEY_BYTES = 32
@@ -283,6 +336,11 @@ class Settings:
             problem = range_problem(name, getattr(self, name))
             if problem:
                 raise ValueError(problem)
+        for name in ("database_url", "redis_url", "log_level", "timezone"):
+            problem = text_problem(name, getattr(self, name))
+            if problem:
+                shown = "" if name.endswith("_url") else f"={getattr(self, name)!r}"
+                raise ValueError(f"GRIDAPI_{name.upper()}{shown}: {problem}")
         for name in _RATE_LIMITS:
             problem = rate_limit_problem(getattr(self, name))
             if problem:

@@ -114,3 +114,46 @@ def test_sign_in_is_never_left_unthrottled_by_a_misspelt_limit(tmp_path):
     result = CliRunner().invoke(main, ["serve"], env=env, catch_exceptions=False)
     assert result.exit_code == 1
     assert "GRIDAPI_LOGIN_RATE_ACCOUNT='5 per quarter hour': not a rate limit" in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("TIMEZONE", "Asia/Shangai", "='Asia/Shangai': not a time zone of the tz database"),
+        ("TIMEZONE", "../../etc/passwd", "='../../etc/passwd': not a time zone"),
+        ("LOG_LEVEL", "verbose", "='verbose': not a log level: DEBUG, INFO, WARNING, ERROR"),
+        ("DATABASE_URL", "var/gridapi.sqlite3", ": not a database URL: sqlite:///PATH or"),
+        ("DATABASE_URL", "mysql://root:pw@db/gridapi", ": a mysql database: gridapi runs on"),
+        ("DATABASE_URL", "postgresql+psycopg2://u:pw@db/g", ": its driver (psycopg2) is not"),
+        ("REDIS_URL", "127.0.0.1:6379", ": not a Redis URL: redis://HOST:6379/0"),
+    ],
+)
+def test_a_text_setting_of_the_wrong_form_stops_every_command_with_the_reason(
+    tmp_path, name, raw, message
+):
+    """Each stopped `gridapi db upgrade`, `worker` and `serve` with a traceback, or made
+    every web worker fail as it booted (the Redis URL); a URL is not repeated (its
+    password)."""
+    env = {**_elsewhere(tmp_path), f"GRIDAPI_{name}": raw}
+    for command in (["db", "upgrade"], ["worker", "--once"], ["serve"]):
+        result = CliRunner().invoke(main, command, env=env, catch_exceptions=False)
+        assert result.exit_code == 1, (command, result.output)
+        assert result.output.startswith(f"Error: GRIDAPI_{name}{message}"), result.output
+        assert "pw@" not in result.output
+    assert not (tmp_path / "db.sqlite3").exists()  # nothing was begun
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("TIMEZONE", "UTC"),
+        ("LOG_LEVEL", "warning"),
+        ("DATABASE_URL", "postgresql:///gridapi"),
+        ("DATABASE_URL", "postgresql+psycopg://u:pw@db:5432/gridapi?sslmode=require"),
+        ("DATABASE_URL", "sqlite:///var/county.sqlite3"),
+        ("REDIS_URL", "rediss://:pw@cache:6380/1"),
+        ("REDIS_URL", "redis+unix:///run/redis.sock"),
+    ],
+)
+def test_text_settings_as_the_readme_writes_them_are_taken(name, raw):
+    assert getattr(Settings.from_env({f"GRIDAPI_{name}": raw}), name.lower()) == raw
