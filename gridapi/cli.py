@@ -97,7 +97,10 @@ def db_downgrade(revision: str) -> None:
     from . import migrations
 
     engine = _engine(_settings())
-    migrations.downgrade(engine, revision)
+    try:
+        migrations.downgrade(engine, revision)
+    except migrations.MigrationRefused as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"database at revision {migrations.current_revision(engine)}")
 
 

@@ -82,19 +82,16 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate the database behind ``engine`` up to ``revision``."""
-    with engine.begin() as conn:
-        cfg = alembic_config(engine)
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    """Migrate the database behind ``engine`` up to ``revision``. Raises MigrationRefused,
+    changing nothing, when the database or ``revision`` is at a revision this code does
+    not know."""
+    _run(engine, command.upgrade, revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
-    """Migrate the database behind ``engine`` down to ``revision`` ('base' empties it)."""
-    with engine.begin() as conn:
-        cfg = alembic_config(engine)
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, revision)
+    """Migrate the database behind ``engine`` down to ``revision`` ('base' empties it).
+    Raises MigrationRefused as ``upgrade`` does."""
+    _run(engine, command.downgrade, revision)
 
 
 def head_revision() -> str | None:
@@ -104,6 +101,50 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
+def known_revision(revision: str) -> bool:
+    """Return whether ``revision`` is one of this code's migration chain."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:  # "Can't locate revision", an ambiguous prefix
+        return False
+
+
+def _unknown_revision_problem(current: str) -> str:
+    return (
+        f"The database is at revision {current}, which this gridapi does not know (its "
+        f"migrations end at {head_revision()}): a newer gridapi migrated it. Run that gridapi, "
+        "or install it here; this one can neither upgrade nor downgrade the database."
+    )
+
+
+def _refuse_unknown(engine: Engine) -> None:
+    # Alembic stopped with a traceback on either ("Can't locate revision identified by …"),
+    # after serve and worker had told the operator to run `gridapi db upgrade`.
+    current = current_revision(engine)
+    if current is not None and not known_revision(current):
+        raise MigrationRefused(_unknown_revision_problem(current))
+
+
+def _run(engine: Engine, step: Any, revision: str) -> None:
+    """Run the Alembic command ``step`` to ``revision`` in one transaction."""
+    from alembic.util import CommandError
+
+    _refuse_unknown(engine)
+    with engine.begin() as conn:
+        cfg = alembic_config(engine)
+        cfg.attributes["connection"] = conn
+        try:
+            step(cfg, revision)
+        except CommandError as exc:  # a revision given that is not in the chain
+            raise MigrationRefused(
+                f"{exc} (this gridapi's migrations go from 0001 to {head_revision()}; "
+                "head, base and relative steps such as -1 are taken too)"
+            ) from None
+
+
 def schema_problem(engine: Engine) -> str | None:
     """Return why the database's schema is not the one this code needs (None when it is)."""
     current, head = current_revision(engine), head_revision()
@@ -111,6 +152,8 @@ def schema_problem(engine: Engine) -> str | None:
         return None
     if current is None:
         return "The database has no gridapi tables yet: run `gridapi db upgrade` first."
+    if not known_revision(current):
+        return _unknown_revision_problem(current)
     return (
         f"The database is at revision {current}, this gridapi needs {head}: run "
         "`gridapi db upgrade` (or run the gridapi the database was migrated by)."

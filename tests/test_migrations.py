@@ -170,3 +170,46 @@ def test_versions_retired_before_know_who_retired_them(factory, client, engine):
     r = client.post(f"/api/v1/grid-versions/{community['id']}/activate", json={})
     assert r.status_code == 200, r.get_json()
     assert _in_service(client) == [(A1, community["id"]), (B1, first["id"]), (B2, first["id"])]
+
+
+def test_a_database_migrated_by_a_newer_gridapi_is_named_so_and_left_alone(database_url, tmp_path):
+    """A database at a revision this code does not know (a newer gridapi migrated it, then
+    the older one was deployed again): `serve` and `worker` said "run `gridapi db
+    upgrade`", which then stopped with Alembic's traceback ("Can't locate revision")."""
+    from click.testing import CliRunner
+
+    from gridapi.cli import main
+
+    engine = make_engine(database_url)
+    env = {"GRIDAPI_DATABASE_URL": database_url, "GRIDAPI_DATA_DIR": str(tmp_path / "data")}
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+    try:
+        tables = set(inspect(engine).get_table_names())
+        expected = (
+            f"Error: The database is at revision 0099, which this gridapi does not know (its "
+            f"migrations end at {HEAD}): a newer gridapi migrated it. Run that gridapi, or "
+            "install it here; this one can neither upgrade nor downgrade the database.\n"
+        )
+        for command in (("db", "upgrade"), ("db", "downgrade", "base"), ("worker", "--once")):
+            result = run(*command)
+            assert (result.exit_code, result.output) == (1, expected), command
+        assert migrations.schema_problem(engine) == expected.removeprefix("Error: ").strip()
+        assert migrations.current_revision(engine) == "0099"  # untouched
+        assert set(inspect(engine).get_table_names()) == tables
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE alembic_version SET version_num = '{HEAD}'")
+
+    refused = run("db", "upgrade", "--revision", "00355")
+    assert refused.exit_code == 1
+    assert refused.output == (
+        "Error: Can't locate revision identified by '00355' (this gridapi's migrations go "
+        f"from 0001 to {HEAD}; head, base and relative steps such as -1 are taken too)\n"
+    )
+    assert migrations.current_revision(engine) == HEAD
+    engine.dispose()
