@@ -943,8 +943,17 @@ def openapi_write(path: Path) -> None:
 
 @main.command("serve")
 @click.option("--host", default=None, help="Default GRIDAPI_HOST (127.0.0.1).")
-@click.option("--port", default=None, type=int, help="Default GRIDAPI_PORT (5000).")
-@click.option("--workers", default=None, type=int, help="Default GRIDAPI_WORKERS or automatic.")
+# Ranges as GRIDAPI_PORT's and GRIDAPI_WORKERS' (config._RANGES): --port 70000 crashed
+# gunicorn with a traceback, --port 0 and --workers -1 were taken.
+@click.option(
+    "--port", default=None, type=click.IntRange(1, 65_535), help="Default GRIDAPI_PORT (5000)."
+)
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(0, 1_000),
+    help="Default GRIDAPI_WORKERS or automatic (0).",
+)
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Run the API under gunicorn (several workers on PostGIS; WAL mode on SQLite)."""
     from .serving import StartupRefused, jobs_in_serve, run
@@ -958,8 +967,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         run(
             settings,
             host=host or settings.host,
-            port=port or settings.port,
-            workers=workers or settings.workers,
+            port=settings.port if port is None else port,
+            workers=settings.workers if workers is None else workers,
         )
     except (SpatialExtensionMissing, StartupRefused) as exc:
         raise click.ClickException(str(exc)) from exc

@@ -157,3 +157,18 @@ def test_a_text_setting_of_the_wrong_form_stops_every_command_with_the_reason(
 )
 def test_text_settings_as_the_readme_writes_them_are_taken(name, raw):
     assert getattr(Settings.from_env({f"GRIDAPI_{name}": raw}), name.lower()) == raw
+
+
+@pytest.mark.parametrize(
+    ("option", "raw"),
+    [("--port", "70000"), ("--port", "0"), ("--workers", "-1"), ("--port", "-5000")],
+)
+def test_serve_refuses_a_port_or_worker_count_out_of_range_given_as_an_option(
+    tmp_path, option, raw
+):
+    """--port 70000 went past the settings' check to gunicorn, which crashed with a
+    traceback at bind; --port 0 was ignored (GRIDAPI_PORT served); --workers -1 was taken."""
+    result = CliRunner().invoke(main, ["serve", option, raw], env=_elsewhere(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{option}': {raw} is not in the range" in result.output
+    assert not (tmp_path / "db.sqlite3").exists()  # refused before anything was opened
