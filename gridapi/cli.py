@@ -876,9 +876,20 @@ def _keys(settings: Settings):  # type: ignore[no-untyped-def]
 @click.option("--seed", default=2024, show_default=True)
 def demo_data(seed: int) -> None:
     """Build a deterministic demo county (10 townships, ~95 communities, ~940 grids)."""
-    from .services.demo import DEMO_PASSWORD, load_demo_county, load_demo_users
+    from .services.demo import (
+        DEMO_PASSWORD,
+        demo_password_problem,
+        load_demo_county,
+        load_demo_users,
+    )
 
     settings = _settings()
+    # Checked before the county is built: a password the policy refuses stopped the command
+    # with a traceback, after a minute of building.
+    if settings.demo_password and (problem := demo_password_problem(settings.demo_password)):
+        raise click.ClickException(
+            f"GRIDAPI_DEMO_PASSWORD does not meet the password policy, {problem}"
+        )
     sessions = _sessions()
     with sessions.begin() as session:
         summary = load_demo_county(session, seed=seed, tolerance_m2=settings.grid_tolerance_m2)

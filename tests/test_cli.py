@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from gridapi import create_app
 from gridapi.cli import main
+from gridapi.db import make_engine as create_engine_for
 from gridapi.migrations import alembic_config
 from gridapi.models import GridVersion, Region
 
@@ -335,6 +336,35 @@ def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
     path = tmp_path / "demo.sqlite3"
     shutil.copy(sqlite_template, path)
     return f"sqlite:///{path}"
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("short", "for the account 'admin': must have at least 10 characters"),
+        ("county-Gridapi-2026", "for the account 'county': must not contain the username"),
+    ],
+)
+def test_a_demo_password_the_policy_refuses_is_named_before_anything_is_built(
+    sqlite_url, password, problem
+):
+    """GRIDAPI_DEMO_PASSWORD=short stopped `gridapi demo-data` with a traceback (the policy's
+    Unprocessable), after building the county."""
+    result = CliRunner().invoke(
+        main,
+        ["demo-data"],
+        env={"GRIDAPI_DATABASE_URL": sqlite_url, "GRIDAPI_DEMO_PASSWORD": password},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"Error: GRIDAPI_DEMO_PASSWORD does not meet the password policy, {problem}"
+    ), result.output
+    engine = create_engine_for(sqlite_url)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM regions").scalar_one() == 0
+        assert conn.exec_driver_sql("SELECT count(*) FROM users").scalar_one() == 0
+    engine.dispose()
 
 
 def test_demo_data_loads_once(sqlite_url):

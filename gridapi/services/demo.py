@@ -61,6 +61,24 @@ def load_demo_county(session: Session, *, seed: int = 2024, tolerance_m2: float 
 
 DEMO_PASSWORD = "Gridapi-Demo-2026"
 
+#: The demo accounts, one of every role (``load_demo_users``).
+DEMO_USERNAMES = (
+    "admin", "city", "county", "township", "officer", "chief", "worker", "worker2", "worker3",
+    "fire",
+)  # fmt: skip
+
+
+def demo_password_problem(password: str) -> str | None:
+    """Return why ``password`` cannot be the demo accounts' (the password policy, which
+    also refuses a password containing the username), or None."""
+    from ..security.passwords import password_problems
+
+    for username in DEMO_USERNAMES:
+        problems = password_problems(password, username=username)
+        if problems:
+            return f"for the account {username!r}: {'; '.join(problems)}"
+    return None
+
 
 def load_demo_users(
     session: Session, password: str, phone_key: bytes
