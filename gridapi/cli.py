@@ -925,9 +925,19 @@ def demo_data(seed: int) -> None:
     click.echo(f"{cases} demo cases reported and carried along the workflow")
     click.echo(f"{residents} demo residents registered (ID and phone numbers encrypted)")
     hint = "" if settings.demo_password else "; set GRIDAPI_DEMO_PASSWORD to choose another"
-    click.echo(f"Demo accounts, password {settings.demo_password or DEMO_PASSWORD}{hint}:")
-    for username, role, where in accounts:
-        click.echo(f"  {username:<18} {role:<18} {where}")
+    # Accounts made by an earlier run keep their password: printing this run's as theirs
+    # sent whoever set GRIDAPI_DEMO_PASSWORD after the first run to a sign-in that failed.
+    if any(created for *_, created in accounts):
+        click.echo(f"Demo accounts, password {settings.demo_password or DEMO_PASSWORD}{hint}:")
+    else:
+        click.echo(
+            "Demo accounts, made before: each keeps the password it had (`gridapi users "
+            "reset-password --username NAME` sets another):"
+        )
+    kept = len({created for *_, created in accounts}) > 1
+    for username, role, where, created in accounts:
+        note = "  (made before: its password is unchanged)" if kept and not created else ""
+        click.echo(f"  {username:<18} {role:<18} {where}{note}")
 
 
 # --- spec -----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from gridapi.cli import main
 from gridapi.db import make_engine as create_engine_for
 from gridapi.migrations import alembic_config
 from gridapi.models import GridVersion, Region
+from gridapi.security.passwords import verify_password
 
 from .factories import (
     CITY,
@@ -381,8 +382,29 @@ def test_demo_data_loads_once(sqlite_url):
     assert grids > 800 and errors == 0
     assert "姑苏区" in first.output
 
-    second = run(sqlite_url, "demo-data")
+    assert "Demo accounts, password Gridapi-Demo-2026; set GRIDAPI_DEMO_PASSWORD" in first.output
+
+    # Another password the second time (set after the first run): the accounts keep theirs,
+    # and the output says so rather than printing the new one as theirs.
+    second = CliRunner().invoke(
+        main,
+        ["demo-data"],
+        env={"GRIDAPI_DATABASE_URL": sqlite_url, "GRIDAPI_DEMO_PASSWORD": "Other-Pass-2027"},
+        catch_exceptions=False,
+    )
     assert second.exit_code == 0, second.output
+    assert "Other-Pass-2027" not in second.output
+    assert (
+        "Demo accounts, made before: each keeps the password it had (`gridapi users "
+        "reset-password --username NAME` sets another):\n  admin "
+    ) in second.output
+    engine = create_engine_for(sqlite_url)
+    with engine.connect() as conn:
+        admin_hash = conn.exec_driver_sql(
+            "SELECT password_hash FROM users WHERE username = 'admin'"
+        ).scalar_one()
+    engine.dispose()
+    assert verify_password(admin_hash, "Gridapi-Demo-2026")
     again = re.search(
         r"(\d+) regions \((\d+) new\), grid version (\d+) with (\d+) grids", second.output
     )

@@ -82,10 +82,11 @@ def demo_password_problem(password: str) -> str | None:
 
 def load_demo_users(
     session: Session, password: str, phone_key: bytes
-) -> list[tuple[str, str, str]]:
-    """Create one account of every role with a realistic scope; return (username, role, where).
+) -> list[tuple[str, str, str, bool]]:
+    """Create one account of every role with a realistic scope; return (username, role,
+    where, whether it was created now).
 
-    Existing accounts are left alone, so loading twice changes nothing.
+    Existing accounts are left alone, their passwords too, so loading twice changes nothing.
     """
     from sqlalchemy import select as _select
 
@@ -152,7 +153,8 @@ def load_demo_users(
     out = []
     for username, role, kwargs in plan:
         exists = session.scalars(_select(User.id).where(User.username == username)).first()
-        if exists is None:
+        created = exists is None
+        if created:
             create_user(
                 session,
                 scope=EVERYTHING,
@@ -165,7 +167,7 @@ def load_demo_users(
                 **kwargs,
             )
         where = kwargs.get("scope_region") or ",".join(kwargs.get("grids", [])) or "everything"
-        out.append((username, role, where))
+        out.append((username, role, where, created))
     return out
 
 
