@@ -243,6 +243,10 @@ def grids_import(
     from .services.grids import activate_version, import_grid_version
 
     settings = _settings()
+    if report_path is not None:
+        # Checked before the import commits: writing the report failed after it, with a
+        # traceback, and --activate was never reached.
+        _check_writable(report_path, "--report")
     sessions = _sessions()
     try:
         collection = json.loads(file.read_bytes())
@@ -303,6 +307,18 @@ def grids_import(
             )
         click.echo(f"version {vid} activated")
         _bump_generation_note()
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Raise ClickException unless a file can be written at ``path`` (its directory exists
+    and may be written in; the file, if it exists, may be replaced)."""
+    import os
+
+    directory = path.parent
+    if not directory.is_dir():
+        raise click.ClickException(f"{option} {path}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise click.ClickException(f"{option} {path}: not writable")
 
 
 def _rename_properties(collection: Any, names: dict[str, str]) -> None:

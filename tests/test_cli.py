@@ -307,6 +307,27 @@ def test_grids_import_writes_the_report(database_url, tmp_path, factory):
     assert {g["code"] for g in report["grids"]} <= {A1, A2}
 
 
+def test_grids_import_with_a_report_it_cannot_write_imports_nothing(
+    database_url, tmp_path, factory, session
+):
+    """--report into a directory that does not exist: the version was imported (committed),
+    then writing the report failed with a traceback and --activate was never reached, so a
+    draft was left behind that the operator had not been told about."""
+    factory.regions(with_boundaries=False)
+    path = write(
+        tmp_path, "grids.geojson", collection(feature(A1, square(0, 0)), feature(A2, square(1, 0)))
+    )
+    report_path = tmp_path / "missing" / "report.json"
+    result = run(
+        database_url, "grids", "import", str(path), "--activate", "--report", str(report_path)
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: --report {report_path}: the directory {report_path.parent} does not exist\n"
+    )
+    assert count(session, GridVersion) == 0
+
+
 def test_grids_import_without_regions_fails(database_url, tmp_path, session):
     path = write(tmp_path, "grids.geojson", collection(feature(A1, square(0, 0))))
     result = run(database_url, "grids", "import", str(path), "--activate")
