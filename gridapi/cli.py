@@ -52,7 +52,25 @@ def _bump_generation_note() -> None:
     )
 
 
-@click.group()
+class _Commands(click.Group):
+    """The command group; a database that cannot be reached is reported, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            return super().invoke(ctx)
+        except OperationalError as exc:
+            # Every command stopped with SQLAlchemy's traceback when the server was down,
+            # the database not created yet, or the password wrong.
+            from sqlalchemy.engine import make_url
+
+            url = make_url(Settings.from_env().database_url).render_as_string(hide_password=True)
+            reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise click.ClickException(f"the database {url} cannot be used: {reason}") from exc
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="gridapi")
 def main() -> None:
     """gridapi: grid-based community governance API."""

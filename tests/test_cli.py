@@ -436,3 +436,20 @@ def test_demo_data_loads_once(sqlite_url):
         version,
         grids,
     )
+
+
+@pytest.mark.parametrize(
+    "command", [("db", "upgrade"), ("db", "current"), ("worker", "--once"), ("serve",)]
+)
+def test_a_database_that_cannot_be_reached_is_named_without_a_traceback(tmp_path, command):
+    """Every command stopped with SQLAlchemy's traceback when PostgreSQL was down (or the
+    database not created yet, or the password wrong); the message hides the password."""
+    url = "postgresql+psycopg://gridapi:s3cret@127.0.0.1:1/gridapi"
+    env = {"GRIDAPI_DATABASE_URL": url, "GRIDAPI_DATA_DIR": str(tmp_path / "data")}
+    result = CliRunner().invoke(main, list(command), env=env, catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(
+        "Error: the database postgresql+psycopg://gridapi:***@127.0.0.1:1/gridapi cannot be "
+        'used: connection failed: connection to server at "127.0.0.1", port 1 failed'
+    ), result.output
+    assert "s3cret" not in result.output and len(result.output.splitlines()) == 1
