@@ -180,7 +180,10 @@ def _make_sqlite_engine(database_url: str, spatialite_path: str, immediate: bool
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA journal_size_limit={SQLITE_WAL_KEEP_BYTES}")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # FULL, not NORMAL: in WAL mode NORMAL leaves the last commits to a power cut (the
+        # WAL is synced at checkpoints only), and a phone that was answered 201 has cleared
+        # its queue. FULL syncs the WAL at every commit.
+        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         # LIKE as PostgreSQL's: case-sensitive. SQLite's ignores ASCII case by default, so a

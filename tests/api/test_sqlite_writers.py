@@ -139,3 +139,14 @@ def test_the_wal_file_shrinks_back_after_a_large_write(engine):
         with engine.begin() as conn:
             conn.exec_driver_sql("INSERT INTO scratch (b) VALUES (randomblob(100))")
     assert wal.stat().st_size <= SQLITE_WAL_KEEP_BYTES
+
+
+@pytest.mark.engines("sqlite")
+def test_a_commit_is_on_disk_before_the_answer(client, engine):
+    """In WAL mode synchronous=NORMAL syncs the WAL at checkpoints only: a power cut lost
+    the last reports a phone had been answered 201 for (and had taken off its queue). Every
+    connection the server opens syncs at each commit (FULL = 2), its requests' included."""
+    assert client.get("/api/v1/health/live").status_code == 200
+    with engine.connect() as first, engine.connect() as second:  # two of the pool
+        for conn in (first, second):
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
