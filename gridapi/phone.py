@@ -35,9 +35,27 @@ FIELDS_PARAMETER = {
     "schema": {"type": "string", "maxLength": 1000},  # MAX_FIELDS_LENGTH
 }
 MAX_FIELDS_LENGTH = 1000
-NOT_MODIFIED = {"description": "Not modified: the `If-None-Match` ETag is current (no body)."}
+#: The Cache-Control of every JSON answer to a GET (unless the view sets another).
+CACHE_CONTROL_HEADER = {
+    "description": "`private, no-cache`: a cache may keep the answer for this caller only, "
+    "and asks again (`If-None-Match`) before reusing it.",
+    "schema": {"type": "string"},
+}
+NOT_MODIFIED = {
+    "description": "Not modified: the `If-None-Match` ETag is current (no body).",
+    "headers": {
+        "ETag": {"description": "The current entity tag.", "schema": {"type": "string"}},
+        "Cache-Control": CACHE_CONTROL_HEADER,
+    },
+}
 #: The 304 answer, a shared component (``NOT_MODIFIED``) of the spec.
 NOT_MODIFIED_REF = {"$ref": "#/components/responses/NOT_MODIFIED"}
+#: The ETag every JSON answer to a GET carries (``_phone_after_request``), documented on each.
+ETAG_HEADER = {
+    "description": "The answer's entity tag: send it back as `If-None-Match` to get 304 while "
+    "it is current (and, where the operation says so, as `If-Match` with a change).",
+    "schema": {"type": "string"},
+}
 _JSON_TYPES = ("application/json", "application/geo+json")
 # Answers larger than this are not filtered or digested in memory (streamed exports).
 _MAX_BODY = 32 * 1024 * 1024
@@ -50,8 +68,9 @@ STREAMED = {"x-gridapi-streamed": True}
 
 
 class FieldsPlugin(BasePlugin):
-    """Documents ``fields`` and 304 on every GET operation that answers JSON or GeoJSON (as
-    ``_phone_after_request`` applies them), except those marked ``STREAMED``."""
+    """Documents ``fields``, 304 and the ``ETag`` and ``Cache-Control`` of the 200 answer on every GET operation that
+    answers JSON or GeoJSON (as ``_phone_after_request`` applies them), except those marked
+    ``STREAMED``."""
 
     def operation_helper(self, path: str | None = None, operations: Any = None, **_: Any) -> None:
         for method, operation in (operations or {}).items():
@@ -65,6 +84,14 @@ class FieldsPlugin(BasePlugin):
                 continue
             operation.setdefault("parameters", []).append(FIELDS_PARAMETER)
             responses.setdefault(304, NOT_MODIFIED_REF)
+            # Every such answer has one (a digest of the body where the view sets none): a
+            # client generated from the spec otherwise never learns it may ask for a 304.
+            headers = ok.setdefault("headers", {})
+            named = {name.lower() for name in headers}
+            if "etag" not in named:
+                headers["ETag"] = ETAG_HEADER
+            if "cache-control" not in named:
+                headers["Cache-Control"] = CACHE_CONTROL_HEADER
 
 
 def parse_fields(value: str | None) -> list[list[str]] | None:
