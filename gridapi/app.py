@@ -80,7 +80,12 @@ def _next_request_id() -> str:
 
 
 def _document_security(api: Api) -> None:
-    from .resources.blueprint import ERROR_RESPONSES, RETRY_AFTER_HEADER, WAIT_RESPONSES
+    from .resources.blueprint import (
+        ERROR_HEADERS,
+        ERROR_RESPONSES,
+        RETRY_AFTER_HEADER,
+        WAIT_RESPONSES,
+    )
 
     api.spec.components.security_scheme(
         "bearerAuth",
@@ -110,6 +115,8 @@ def _document_security(api: Api) -> None:
         }
         if name in WAIT_RESPONSES:
             response["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+        if name in ERROR_HEADERS:
+            response["headers"] = ERROR_HEADERS[name]
         # flask-smorest registers a lazy default per status name ("Too Many Requests", no
         # headers) that replaced this one once an operation named it (response="…").
         api.spec.components.responses_lazy.pop(name, None)

@@ -212,3 +212,24 @@ def test_real_answers_say_what_the_spec_says(app, client, factory):
         etag = checked("GET", url).headers["ETag"]
         assert checked("GET", url, headers={"If-None-Match": etag}).status_code == 304
     assert not checked.problems, "\n".join(checked.problems)
+
+
+def test_error_answers_name_their_headers(app, client, anon_client, factory):
+    """401 says how to authenticate (WWW-Authenticate) and 412 which version is current
+    (ETag): headers the shared error answers did not name."""
+    factory.regions()
+    factory.grid_version()
+    checked = Checked(app, client)
+    response = _report_a_case(checked)
+    case_id, current = response.get_json()["id"], response.headers["ETag"]
+    url = f"/api/v1/cases/{case_id}/transitions"
+    stale = checked("POST", url, json={"action": "accept"}, headers={"If-Match": f'"{case_id}-0"'})
+    assert stale.status_code == 412 and stale.headers["ETag"] == current
+    assert checked("POST", url, json={"action": "accept"}).status_code == 428
+    refused = checked("POST", url, json={"action": "close"}, headers={"If-Match": current})
+    assert refused.status_code == 409
+    anonymous = Checked(app, anon_client)
+    assert anonymous("GET", "/api/v1/cases").headers["WWW-Authenticate"]
+    assert not checked.problems + anonymous.problems, "\n".join(
+        checked.problems + anonymous.problems
+    )

@@ -43,6 +43,31 @@ RETRY_AFTER_HEADER = {
 }
 
 
+#: Headers some error answers carry, by their shared response (each may be absent).
+ERROR_HEADERS: dict[str, dict[str, Any]] = {
+    "UNAUTHORIZED": {
+        "WWW-Authenticate": {
+            "description": 'The scheme to authenticate with: `Bearer realm="gridapi"`.',
+            "schema": {"type": "string"},
+        }
+    },
+    "CONFLICT": {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying, when the conflict passes by itself: "
+            "the same `Idempotency-Key` (or `client_id`) is still in flight.",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+    "PRECONDITION_FAILED": {
+        "ETag": {
+            "description": "The object's current ETag. Read the object again before retrying "
+            "with it: your change was meant for the version you read.",
+            "schema": {"type": "string"},
+        }
+    },
+}
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/responses/{name}"}
 
