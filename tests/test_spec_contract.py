@@ -233,3 +233,22 @@ def test_error_answers_name_their_headers(app, client, anon_client, factory):
     assert not checked.problems + anonymous.problems, "\n".join(
         checked.problems + anonymous.problems
     )
+
+
+def test_a_shared_error_answer_keeps_the_description_an_operation_gives_it(served):
+    """``alt_response(409, response="CONFLICT", description=…)`` published the bare shared
+    answer: which conflict a report or a transition answers was lost."""
+    _, spec = served
+    conflicts = {
+        ("/api/v1/cases", "post"): "still running",
+        ("/api/v1/cases/{case_id}/transitions", "post"): "allowed_actions",
+        ("/api/v1/categories", "post"): "used already",
+        ("/api/v1/visits", "post"): "still running",
+    }
+    for (path, method), words in conflicts.items():
+        answer = spec["paths"][path][method]["responses"]["409"]
+        assert words in answer.get("description", ""), (path, answer)
+        assert answer["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }
+        assert "Retry-After" in answer["headers"]

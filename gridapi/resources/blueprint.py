@@ -278,6 +278,23 @@ class Blueprint(flask_smorest.Blueprint):
             doc.setdefault("parameters", []).extend(deepcopy(manual))
         return doc
 
+    def alt_response(
+        self, status_code: Any, response: Any = None, *, description: Any = None, **kwargs: Any
+    ) -> Callable[[Any], Any]:
+        """As flask-smorest's, but a shared error answer given a ``description`` of its own
+        (``alt_response(409, response="CONFLICT", description="…")``) is published with that
+        description: flask-smorest kept the bare reference and dropped it, so the spec never
+        said which conflict an operation answers (a report's in-flight retry, a transition
+        not allowed now)."""
+        if response in ERROR_RESPONSES and description is not None:
+            headers = ERROR_HEADERS.get(response)
+            if response in WAIT_RESPONSES:
+                headers = {"Retry-After": RETRY_AFTER_HEADER}
+            return super().alt_response(
+                status_code, schema="Error", description=description, headers=headers, **kwargs
+            )
+        return super().alt_response(status_code, response, description=description, **kwargs)
+
     def arguments(self, schema: Any, *, location: str = "json", **kwargs: Any) -> Any:
         """As flask-smorest's, but a JSON body whose schema requires nothing is published as
         optional: the request may leave it out (it then reads as ``{}``)."""
