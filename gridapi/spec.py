@@ -98,6 +98,21 @@ def _is_if_match(parameter: Any) -> bool:
     )
 
 
+def _is_idempotency_key(parameter: Any) -> bool:
+    return (
+        isinstance(parameter, dict)
+        and parameter.get("in") == "header"
+        and str(parameter.get("name", "")).lower() == "idempotency-key"
+    )
+
+
+#: On every success of an operation that takes Idempotency-Key: the answer is a replay.
+IDEMPOTENT_REPLAYED_HEADER = {
+    "description": "`true` when the answer is the one first given to this `Idempotency-Key` "
+    "(or `client_id`) and nothing was done now; absent on a first answer.",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+
 _PATH_PARAMETER = re.compile(r"{[^}]+}")
 # Examples of values whose shape a pattern fixes (a pattern cannot be inverted in general).
 _PATTERN_EXAMPLES = {
@@ -237,6 +252,12 @@ class SpecPlugin(BasePlugin):
                 if any(p.get("required") for p in if_match):  # optional: no 428
                     responses.setdefault("428", _response_ref("PRECONDITION_REQUIRED"))
             _add_common_failures(method, operation, responses)
+            if any(_is_idempotency_key(p) for p in operation.get("parameters", [])):
+                for code, response in responses.items():
+                    if str(code).startswith("2") and isinstance(response, dict):
+                        response.setdefault("headers", {}).setdefault(
+                            "Idempotent-Replayed", IDEMPOTENT_REPLAYED_HEADER
+                        )
             if not operation.get("description"):
                 operation["description"] = _default_description(operation)
             body = operation.get("requestBody") or {}

@@ -182,11 +182,14 @@ class Checked:
         return response
 
 
-def _report_a_case(checked: Checked) -> Any:
+def _report_a_case(checked: Checked, **kwargs: Any) -> Any:
     point = [round(LON0 + 0.5 * STEP, 6), round(LAT0 + 0.5 * STEP, 6)]
     body = {"category": "0101", "description": "楼道堆放杂物", "address": "平江路 1 号"}
     response = checked(
-        "POST", "/api/v1/cases", json={**body, "location": {"type": "Point", "coordinates": point}}
+        "POST",
+        "/api/v1/cases",
+        json={**body, "location": {"type": "Point", "coordinates": point}},
+        **kwargs,
     )
     assert response.status_code == 201, response.get_json()
     return response
@@ -252,3 +255,17 @@ def test_a_shared_error_answer_keeps_the_description_an_operation_gives_it(serve
             "$ref": "#/components/schemas/Error"
         }
         assert "Retry-After" in answer["headers"]
+
+
+def test_a_replayed_answer_names_its_header(app, client, factory):
+    """A retry with the same Idempotency-Key answers `Idempotent-Replayed: true`, a header
+    no answer of the operations that take the key named."""
+    factory.regions()
+    factory.grid_version()
+    checked = Checked(app, client)
+    key = {"Idempotency-Key": "5f0c2a4e-8d1b-4a8e-9a53-0f6e3c1b7d21"}
+    first = _report_a_case(checked, headers=key)
+    again = _report_a_case(checked, headers=key)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert not checked.problems, "\n".join(checked.problems)

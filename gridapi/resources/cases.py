@@ -309,6 +309,7 @@ class Cases(MethodView):
         description="The caller reported this client_id before, longer ago than its answer is "
         "kept (GRIDAPI_IDEMPOTENCY_DAYS): the case as it is now, with "
         "`Idempotent-Replayed: true` and its ETag; nothing is created.",
+        headers={"ETag": {"schema": {"type": "string"}}},
     )
     def post(self, data):
         """Report a case
