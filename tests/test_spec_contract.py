@@ -269,3 +269,13 @@ def test_a_replayed_answer_names_its_header(app, client, factory):
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.get_json() == first.get_json()
     assert not checked.problems, "\n".join(checked.problems)
+
+
+def test_a_queued_export_names_the_job_to_poll(app, client):
+    """The 202 of a queued export carries Location (the job to poll), which it did not name."""
+    checked = Checked(app, client)
+    queued = checked("POST", "/api/v1/exports/cases/jobs", json={"format": "csv", "filters": {}})
+    assert queued.status_code == 202, queued.get_json()
+    job = checked("GET", queued.headers["Location"])
+    assert job.get_json()["id"] == queued.get_json()["id"]
+    assert not checked.problems, "\n".join(checked.problems)

@@ -369,6 +369,14 @@ def _download(kind: str, job_id: int) -> Response:
 _NOUNS = {"cases": "cases", "tasks": "tasks", "visits": "visits", "persons": "residents"}
 
 
+#: The 202 of a queued export names the job to poll.
+_JOB_LOCATION = {
+    "description": "The job's path (`/api/v1/exports/{kind}/jobs/{id}`): poll it until its "
+    "status is `done`.",
+    "schema": {"type": "string"},
+}
+
+
 def _register_jobs(kind: str) -> None:
     """Add the job operations of ``kind``: queue, status, file (each needing the kind's
     read permission, and each job only its requester's)."""
@@ -390,7 +398,12 @@ def _register_jobs(kind: str) -> None:
     post = blp.requires(permission)(
         blp.arguments(ExportJobCreateSchema, example={"format": "xlsx", "filters": {}})(
             blp.doc(responses={"429": _ref("TOO_MANY_REQUESTS")} if kind == "persons" else {})(
-                blp.response(202, ExportJobSchema, example={**_JOB_EXAMPLE, "kind": kind})(post)
+                blp.response(
+                    202,
+                    ExportJobSchema,
+                    example={**_JOB_EXAMPLE, "kind": kind},
+                    headers={"Location": _JOB_LOCATION},
+                )(post)
             )
         )
     )
