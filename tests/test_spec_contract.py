@@ -279,3 +279,14 @@ def test_a_queued_export_names_the_job_to_poll(app, client):
     job = checked("GET", queued.headers["Location"])
     assert job.get_json()["id"] == queued.get_json()["id"]
     assert not checked.problems, "\n".join(checked.problems)
+
+
+def test_indicators_of_a_region_nobody_may_see_answer_a_documented_404(app, client, factory):
+    """GET /indicators has no path id, so its 404 (a region, unit or department that does
+    not exist or lies outside the caller's scope) was not documented."""
+    factory.regions()
+    checked = Checked(app, client)
+    period = "from=2026-03-01&to=2026-04-01"
+    for query in ("region=320508009000", "unit=320508009000", "region=320508001000&department=9"):
+        assert checked("GET", f"/api/v1/indicators?{query}&{period}").status_code == 404
+    assert not checked.problems, "\n".join(checked.problems)

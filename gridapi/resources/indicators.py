@@ -70,6 +70,12 @@ class Indicators(MethodView):
     @blp.requires("indicators:read")
     @blp.arguments(IndicatorArgsSchema, location="query")
     @blp.response(200, IndicatorsSchema, example=_EXAMPLE)
+    @blp.alt_response(
+        404,
+        response="NOT_FOUND",
+        description="The `region`, `unit` or `department` does not exist or is outside your "
+        "scope (the two look the same).",
+    )
     def get(self, args):
         """Indicators of a region or a handling unit for a period
 
