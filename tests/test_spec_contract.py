@@ -290,3 +290,22 @@ def test_indicators_of_a_region_nobody_may_see_answer_a_documented_404(app, clie
     for query in ("region=320508009000", "unit=320508009000", "region=320508001000&department=9"):
         assert checked("GET", f"/api/v1/indicators?{query}&{period}").status_code == 404
     assert not checked.problems, "\n".join(checked.problems)
+
+
+def test_an_export_file_is_resumed_as_the_spec_says(app, client):
+    """The file of an export job is sent in ranges and conditionally: 206, 304 and 416 and
+    their headers (Content-Range, Accept-Ranges, Last-Modified…) were all undocumented."""
+    from .api.test_exports import run_jobs
+
+    checked = Checked(app, client)
+    queued = checked("POST", "/api/v1/exports/cases/jobs", json={"format": "csv", "filters": {}})
+    assert run_jobs(app)["done"] == 1
+    url = f"{queued.headers['Location']}/file"
+    whole = checked("GET", url)
+    assert whole.status_code == 200 and whole.headers["Accept-Ranges"] == "bytes"
+    part = checked("GET", url, headers={"Range": "bytes=0-2"})
+    assert part.status_code == 206 and part.data == whole.data[:3]
+    beyond = checked("GET", url, headers={"Range": f"bytes={len(whole.data) + 10}-"})
+    assert beyond.status_code == 416
+    assert checked("GET", url, headers={"If-None-Match": whole.headers["ETag"]}).status_code == 304
+    assert not checked.problems, "\n".join(checked.problems)

@@ -74,6 +74,42 @@ FILES = {
 }
 
 
+def _text(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+# The file of a done job is sent as a file (``send_file``): conditional, and in ranges, so
+# that a large export cut off on a bad network is resumed rather than downloaded again.
+_FILE_HEADERS = {
+    "ETag": _text("The file's entity tag: `If-None-Match` → 304, `If-Range` to resume it."),
+    "Last-Modified": _text("When the file was written (`If-Modified-Since` → 304)."),
+    "Accept-Ranges": _text("`bytes`: send `Range` to get a part of the file (206)."),
+    "Content-Disposition": _text("`attachment` with the file's name."),
+    "Cache-Control": _text("`private, no-store`."),
+    "Expires": _text("The time of the answer: it is not to be reused."),
+}
+DOWNLOAD = {
+    "200": {**FILES["200"], "description": "The file.", "headers": _FILE_HEADERS},
+    "206": {
+        "description": "The part of the file the `Range` header asked for.",
+        "headers": {
+            **_FILE_HEADERS,
+            "Content-Range": _text("The part sent: `bytes <first>-<last>/<size>`."),
+        },
+        "content": FILES["200"]["content"],
+    },
+    "304": {
+        "description": "Not modified: the `If-None-Match` ETag is current (no body).",
+        "headers": _FILE_HEADERS,
+    },
+    "416": {
+        "description": "The `Range` lies outside the file.",
+        "headers": {"Content-Range": _text("`bytes */<size>`: the file's size.")},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    },
+}
+
+
 def _principal() -> Principal:
     principal = current_principal()
     assert principal is not None
@@ -432,12 +468,13 @@ def _register_jobs(kind: str) -> None:
         Only your own, done jobs: a job still queued or running answers 409; anyone else's
         or an expired one 404; 403 once your role, permissions or area have changed since
         the file was written (queue it again), or (unmasked residents) you no longer hold
-        `persons:unmask`. Audited.
+        `persons:unmask`. Audited. A download cut off is resumed with `Range` (206; 416 for a
+        range outside the file) and `If-Range`; `If-None-Match` answers 304.
         """
     download = blp.requires(permission)(
         blp.doc(
             **STREAMED,
-            responses={**FILES, "404": _ref("NOT_FOUND"), "409": _ref("CONFLICT")},
+            responses={**DOWNLOAD, "404": _ref("NOT_FOUND"), "409": _ref("CONFLICT")},
         )(blp.response(200)(download))
     )
 
