@@ -309,3 +309,27 @@ def test_an_export_file_is_resumed_as_the_spec_says(app, client):
     assert beyond.status_code == 416
     assert checked("GET", url, headers={"If-None-Match": whole.headers["ETag"]}).status_code == 304
     assert not checked.problems, "\n".join(checked.problems)
+
+
+def test_a_photo_is_served_as_the_spec_says(app, client, factory):
+    """A photo and its thumbnail carry Content-Security-Policy, which the spec did not name."""
+    from .api.test_attachments import jpeg, upload
+
+    factory.regions()
+    factory.grid_version()
+    checked = Checked(app, client)
+    case_id = _report_a_case(checked).get_json()["id"]
+    sent = upload(client, case_id, jpeg())
+    assert sent.status_code == 201, sent.get_json()
+    checked.problems += answer_problems(
+        app, checked.spec, "POST", f"/api/v1/cases/{case_id}/attachments", sent
+    )
+    photo = f"/api/v1/cases/{case_id}/attachments/{sent.get_json()['id']}"
+    for url in (f"{photo}/content", f"{photo}/thumbnail"):
+        served = checked("GET", url)
+        assert served.status_code == 200 and served.headers["Content-Security-Policy"]
+        assert (
+            checked("GET", url, headers={"If-None-Match": served.headers["ETag"]}).status_code
+            == 304
+        )
+    assert not checked.problems, "\n".join(checked.problems)

@@ -16,7 +16,6 @@ from ..auth import current_principal
 from ..errors import NotFound
 from ..extensions import commit, db_session, reading_session, state
 from ..models import Case, CaseAttachment
-from ..phone import NOT_MODIFIED_REF
 from ..schemas.attachments import AttachmentListSchema, AttachmentSchema, AttachmentUploadSchema
 from ..services import attachments as svc
 from ..services import cases as cases_svc
@@ -44,6 +43,10 @@ _FILE_HEADERS = {
         "schema": {"type": "string", "example": 'inline; filename="photo.jpg"'}
     },
     "X-Content-Type-Options": {"schema": {"type": "string", "example": "nosniff"}},
+    "Content-Security-Policy": {
+        "description": "The photo is shown, never run: nothing it links to or embeds loads.",
+        "schema": {"type": "string", "example": "default-src 'none'; sandbox"},
+    },
 }
 
 
@@ -55,7 +58,11 @@ def _file_doc(what: str) -> dict[str, Any]:
                 "headers": _FILE_HEADERS,
                 "content": {ct: _BINARY for ct in ("image/jpeg", "image/png", "image/webp")},
             },
-            "304": NOT_MODIFIED_REF,  # If-None-Match with the photo's ETag (its SHA-256)
+            # If-None-Match with the photo's ETag (its SHA-256): the photo's headers, no body.
+            "304": {
+                "description": "Not modified: the `If-None-Match` ETag is current (no body).",
+                "headers": _FILE_HEADERS,
+            },
         }
     }
 
