@@ -39,11 +39,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
+from .. import clock
 from ..codes import InvalidCode, region_level, subtree_prefix
 from ..errors import NotFound, Unprocessable
 from ..models import Case, Category, Department, Region
 from ..models.base import UTCDateTime
 from ..scope import Scope, starts_with
+from .regions import valid_on
 
 # The rates a composite score may weigh; the "lower is better" ones count as (1 - rate).
 WEIGHABLE = (
@@ -296,7 +298,9 @@ def check_region(session: Session, scope: Scope, code: str, name: str = "region"
         region_level(code)
     except InvalidCode as exc:
         raise Unprocessable("Invalid region.", errors={"query": {name: [str(exc)]}}) from None
-    region = session.scalar(select(Region).where(Region.code == code, Region.valid_to.is_(None)))
+    # The period valid today: a township whose merger is planned (an end next month) is still
+    # there, and a rename planned for later is not its name yet.
+    region = session.scalar(select(Region).where(Region.code == code, valid_on(clock.today())))
     if region is None or not scope.covers_region(code):
         raise NotFound("No such region.")
     return region
@@ -632,7 +636,7 @@ def _labels(session: Session, by: str, keys: Iterable[tuple[Any, ...]]) -> dict[
         if regions:
             rows = session.execute(
                 select(Region.code, Region.name).where(
-                    Region.code.in_(regions), Region.valid_to.is_(None)
+                    Region.code.in_(regions), valid_on(clock.today())
                 )
             )
             names.update({code: name for code, name in rows})
@@ -838,7 +842,7 @@ def bulletin(
         else list(
             session.execute(
                 select(Region.code, Region.name)
-                .where(Region.parent_code == region_code, Region.valid_to.is_(None))
+                .where(Region.parent_code == region_code, valid_on(clock.today()))
                 .order_by(Region.code)
             ).all()
         )

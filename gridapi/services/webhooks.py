@@ -44,7 +44,7 @@ from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from .. import __version__
+from .. import __version__, clock
 from ..codes import InvalidCode, region_level, subtree_prefix
 from ..db import make_sessionmaker, sqlite_write_intent
 from ..errors import Conflict, NotFound, Unprocessable
@@ -59,6 +59,7 @@ from ..models.webhooks import (
 )
 from ..outbound import OutboundFailed, OutboundPolicy, OutboundRefused, check_url, post
 from ..security.fields import CiphertextError, FieldCipher
+from .regions import valid_on
 
 if TYPE_CHECKING:
     from ..auth import Principal
@@ -162,9 +163,7 @@ def _regions(session: Session, principal: Principal, codes: list[str] | None) ->
             raise _invalid("region_codes", f"{code} is outside your scope")
         result.append(code)
     known = set(
-        session.scalars(
-            select(Region.code).where(Region.code.in_(result), Region.valid_to.is_(None))
-        )
+        session.scalars(select(Region.code).where(Region.code.in_(result), valid_on(clock.today())))
     )
     unknown = [code for code in result if code not in known]
     if unknown:

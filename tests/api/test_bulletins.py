@@ -178,3 +178,19 @@ def test_children_below_a_skipped_level_are_counted(app, client, accounts, world
     assert items["429004000000"]["rank"] == 1
     assert items["420100000000"]["indicators"]["filed"] == 0
     assert body["total"]["filed"] == 1
+
+
+def test_the_ranking_holds_the_townships_of_today(client, cases):  # noqa: F811
+    """The townships ranked were those whose period had no end: a township whose merger is
+    planned for next month was left out of this month's bulletin, and one planned to start
+    next month was ranked already. It is the townships valid today."""
+    later = (datetime.now(ZoneInfo("Asia/Shanghai")).date() + timedelta(days=30)).isoformat()
+    r = client.patch(f"/api/v1/regions/{TOWNSHIP_2}", json={"valid_to": later})
+    assert r.status_code == 200, r.get_json()
+    planned = "320508003000"
+    r = client.post(
+        "/api/v1/regions", json={"code": planned, "name": "新设街道", "valid_from": later}
+    )
+    assert r.status_code == 201, r.get_json()
+    body = get(client, f"{COUNTY}/2026-03").get_json()
+    assert [i["code"] for i in body["items"]] == [TOWNSHIP_2, TOWNSHIP]

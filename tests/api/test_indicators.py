@@ -468,3 +468,19 @@ def test_the_migration_back_fills_the_handling_hours_of_closed_cases(app, engine
     migrations.upgrade(engine)
     assert stored() == before
     assert before[cases["A"]] == 28.0 and before[cases["D"]] is None
+
+
+def test_a_township_whose_end_is_planned_has_indicators_until_then(client, cases):
+    """A township with a planned end (a merger next month: valid_to set, still valid today)
+    answered 404 "No such region", as if it had ended already; a rename planned for later
+    gave the new name already. It answers as what it is today."""
+    from datetime import timedelta
+
+    from gridapi import clock
+
+    later = clock.today() + timedelta(days=30)
+    r = client.patch(f"/api/v1/regions/{TOWNSHIP}", json={"valid_to": later.isoformat()})
+    assert r.status_code == 200, r.get_json()
+    body = get(client, f"region={TOWNSHIP}&from=2026-03-01&to=2026-04-01")
+    assert body["region"]["code"] == TOWNSHIP
+    assert body["indicators"] == MARCH_TOWNSHIP

@@ -1183,3 +1183,15 @@ def test_worker_once_delivers_the_waiting_events(client, world, settings, receiv
     assert result.exit_code == 0, result.output
     assert "webhooks: fanned_out=1 attempted=1 delivered=1 retrying=0 dead=0" in result.output
     assert [e["data"]["case_id"] for e in receiver.events()] == [case_id]
+
+
+def test_a_township_whose_end_is_planned_can_be_subscribed_to(client, world, receiver):
+    """A township with a planned end (a merger next month: still valid today) was refused as
+    "no such region", as if it had ended already."""
+    from gridapi import clock
+
+    later = (clock.today() + timedelta(days=30)).isoformat()
+    r = client.patch(f"/api/v1/regions/{TOWNSHIP}", json={"valid_to": later})
+    assert r.status_code == 200, r.get_json()
+    created = subscribe(client, receiver.url, region_codes=[TOWNSHIP])
+    assert created["region_codes"] == [TOWNSHIP]
