@@ -12,7 +12,7 @@ import orjson
 from flask import Response, current_app, g, request
 from flask.views import MethodView
 from marshmallow import ValidationError, fields, validate
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
@@ -95,25 +95,39 @@ class SyncPageSchema(StrictSchema):
 
 
 def _references(session, scope) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Digest and builder of each reference set (a digest is one query each: an aggregate,
-    or for the grids the code and version of each grid in service in the scope)."""
+    """Digest and builder of each reference set (a digest is one query each: the key and
+    stamp of each row, for the grids the code and version of each grid in service in the
+    scope)."""
 
+    # The categories and the calendar: each row's key and updated_at (a few hundred short
+    # rows). Their count and latest updated_at stayed the same when an edit stamped before
+    # another one committed after it (two admins at once), and phones kept the old row.
     def categories():  # type: ignore[no-untyped-def]
-        stamp = session.execute(select(func.count(), func.max(Category.updated_at))).one()
+        stamp = [
+            [code, str(at)]
+            for code, at in session.execute(
+                select(Category.code, Category.updated_at).order_by(Category.code)
+            )
+        ]
 
         def full() -> list[dict[str, Any]]:
             rows = categories_svc.list_categories(session, include_inactive=True)
             return CategorySchema(many=True).dump(rows)
 
-        return svc.digest([stamp[0], str(stamp[1])]), full
+        return svc.digest(stamp), full
 
     def calendar():  # type: ignore[no-untyped-def]
-        stamp = session.execute(select(func.count(), func.max(CalendarDay.updated_at))).one()
+        stamp = [
+            [str(day), str(at)]
+            for day, at in session.execute(
+                select(CalendarDay.day, CalendarDay.updated_at).order_by(CalendarDay.day)
+            )
+        ]
 
         def full() -> list[dict[str, Any]]:
             return CalendarDaySchema(many=True).dump(calendar_svc.list_days(session))
 
-        return svc.digest([stamp[0], str(stamp[1])]), full
+        return svc.digest(stamp), full
 
     def grids():  # type: ignore[no-untyped-def]
         # Every grid in service with its version (two short columns, a few rows for a

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text, update
 
 from gridapi.personal import check_digit
 
@@ -1558,3 +1558,39 @@ def test_an_if_match_that_is_no_etag_is_not_taken_for_a_wildcard(
             text("SELECT status FROM cases WHERE id = :id"), {"id": case_id}
         ).scalar()
     assert status == "dispatched"
+
+
+@pytest.mark.parametrize("kind", ["categories", "calendar"])
+def test_a_reference_change_committed_after_a_newer_one_reaches_the_phone(
+    client, worker, engine, kind
+):
+    """The categories and the calendar were resent when their row count or latest
+    updated_at moved. An edit stamped by the app server before another edit, but committed
+    after it (two admins at once), moved neither: phones kept the old row for good."""
+    from datetime import timedelta
+
+    from sqlalchemy import func
+
+    from gridapi.models import CalendarDay, Category
+
+    phone = Phone(worker)
+    phone.pull()
+    assert kind in phone.references
+    model, key = (
+        (Category, Category.code) if kind == "categories" else (CalendarDay, CalendarDay.day)
+    )
+    with engine.begin() as conn:
+        keys = list(conn.execute(select(key).order_by(key)).scalars())
+        newest, older = keys[-1], keys[-2]
+        latest = conn.execute(select(func.max(model.updated_at))).scalar()
+        # Two edits: the first stamped at +1 s, the second at +2 s. The second commits
+        # first, and the phone is sent it.
+        first_at, second_at = latest + timedelta(seconds=1), latest + timedelta(seconds=2)
+        conn.execute(update(model).where(key == newest).values(name="x", updated_at=second_at))
+    phone.pull()
+    with engine.begin() as conn:
+        # The first edit commits now, stamped before the second one.
+        conn.execute(update(model).where(key == older).values(name="renamed", updated_at=first_at))
+    phone.pull()
+    names = {row.get("code") or row["date"]: row["name"] for row in phone.references[kind]}
+    assert names[str(older)] == "renamed"
