@@ -1275,7 +1275,10 @@ def keys_rotate(batch: int) -> None:
     newest, bound to the same table, column and row. The residents' blind indexes
     (persons.id_number_hmac, persons.phone_hmac) are recomputed under the current
     GRIDAPI_BLIND_INDEX_KEY, so a new blind-index key can be rolled out this way: run this
-    command with the new key configured, then restart the servers with it.
+    command with the new key configured, restart the servers with it, then run this command
+    once more. Residents written between the two by servers still on the old key carry
+    hashes of the old key (nobody would find them by ID or phone number); the second run
+    re-hashes them, and re-encrypts nothing already under the newest key.
 
     Accounts' phone numbers (users.phone_hmac, for sign-in by phone) cannot be recomputed:
     accounts keep no ciphertext of their number, only its keyed hash. After a change of
