@@ -4,6 +4,7 @@ the secret, the delivery log, redelivery and ping."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from flask.views import MethodView
 
@@ -50,12 +51,19 @@ def _body(sub: WebhookSubscription, **extra: Any) -> dict[str, Any]:
     return {**svc.subscription_view(sub, counts), **extra}
 
 
+def _logged_url(url: str) -> str:
+    """The URL as the audit log keeps it: without its query, which receivers use for access
+    tokens (``?token=…``); the log is append-only and outlives the subscription."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="")) + ("?…" if parts.query else "")
+
+
 def _audit(action: str, sub: WebhookSubscription, **summary: Any) -> None:
     audit(
         f"webhook.{action}",
         "webhook",
         sub.id,
-        summary={"url": sub.url, "events": sub.events, **summary},
+        summary={"url": _logged_url(sub.url), "events": sub.events, **summary},
         region_code=sub.region_codes[0] if len(sub.region_codes) == 1 else None,
     )
 

@@ -1195,3 +1195,20 @@ def test_a_township_whose_end_is_planned_can_be_subscribed_to(client, world, rec
     assert r.status_code == 200, r.get_json()
     created = subscribe(client, receiver.url, region_codes=[TOWNSHIP])
     assert created["region_codes"] == [TOWNSHIP]
+
+
+def test_the_audit_log_keeps_no_token_of_the_receiver_url(client, world, engine, receiver):
+    """Receivers often take an access token in the query (`?token=…`). The audit log kept the
+    whole URL, for good (it is append-only), readable by every admin over the area."""
+    created = subscribe(client, receiver.url + "?token=s3cr3t-t0ken")
+    assert created["url"].endswith("?token=s3cr3t-t0ken")  # the owner still sees it
+    ok(client.patch(f"/api/v1/webhooks/{created['id']}", json={"active": False}))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT action, summary FROM audit_log WHERE object_type = 'webhook'")
+        ).all()
+    assert [r.action for r in rows] == ["webhook.create", "webhook.update"]
+    for row in rows:
+        summary = row.summary if isinstance(row.summary, dict) else json.loads(row.summary)
+        assert summary["url"] == receiver.url + "?…", summary
+        assert "s3cr3t" not in json.dumps(summary)
