@@ -192,6 +192,18 @@ def check_credentials(
     return CheckedCredentials(user.id, user.password_hash)
 
 
+def locked_account(session: Session, user_id: int | None) -> User | None:
+    """Return the account read again under its row lock (PostgreSQL; SQLite writers are
+    one at a time), or None: what a concurrent reset, disabling or change committed is
+    seen, and one still uncommitted is waited for."""
+    return session.scalars(
+        select(User)
+        .where(User.id == user_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
+
+
 def login(
     session: Session, checked: CheckedCredentials, password: str, *, signer, refresh_days: int
 ) -> IssuedTokens:  # type: ignore[no-untyped-def]
@@ -204,12 +216,7 @@ def login(
     # a reset or a disabling committed while the password was checked had revoked the
     # account's refresh tokens before this one was written, which then outlived it. One
     # still uncommitted is waited for.
-    user = session.scalars(
-        select(User)
-        .where(User.id == checked.user_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).first()
+    user = locked_account(session, checked.user_id)
     if user is None or user.password_hash != checked.password_hash or not user.is_active:
         raise LoginFailed
     if needs_rehash(user.password_hash):
@@ -257,12 +264,7 @@ def refresh(session: Session, token: str, *, signer, refresh_days: int) -> Issue
     # The account's lock first, then the token's: the order of a reset, a disabling or a
     # role change (the account, then its tokens). Holding only the token's, a reset waiting
     # on it had begun its revocation before the new token was written, and missed it.
-    user = session.scalars(
-        select(User)
-        .where(User.id == owner)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).first()
+    user = locked_account(session, owner)
     row = session.scalars(
         select(RefreshToken)
         .where(RefreshToken.token_hash == digest(token))
@@ -337,12 +339,7 @@ def check_password_change(
 def change_password(session: Session, checked: CheckedCredentials, new_hash: str) -> User:
     """Store the hash ``check_password_change`` made; every token issued before stops
     working. Raises Unprocessable when the password changed since it was checked."""
-    user = session.scalars(
-        select(User)
-        .where(User.id == checked.user_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).first()
+    user = locked_account(session, checked.user_id)
     if user is None:
         raise _not_found("user")
     if user.password_hash != checked.password_hash:  # changed meanwhile: no longer current
@@ -823,12 +820,8 @@ def assign_grid(
     # (PostgreSQL; SQLite writers are one at a time already), so that two assignments at
     # once of it to a grid both checked before either was written cannot both be written
     # (twice on one grid, or two primary grids): the second waits, then sees the first.
-    user = session.scalars(
-        select(User)
-        .where(User.id == user.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
+    user = locked_account(session, user.id)
+    assert user is not None  # read in this transaction already
     start = valid_from or clock.today()
     open_rows = session.scalars(
         select(GridAssignment).where(

@@ -764,6 +764,39 @@ def test_a_refresh_racing_a_password_reset_does_not_outlive_it(
     assert sign_in(anon_client, "alice", NEW_PASSWORD).status_code == 200
 
 
+def _report_while_a_password_is_checked(client: Any, monkeypatch: Any, request: Any) -> Any:
+    """Send ``request`` (a sign-in, a password change) in a thread, hold its password check
+    until a report sent meanwhile by ``client`` is answered, and return its answer; the
+    report must be a 201 that did not wait for the check (SQLite's write lock)."""
+    from gridapi.services import identity as svc
+
+    from .test_cases import center, report_body
+
+    checking, reported = threading.Event(), threading.Event()
+    verify = svc.verify_password
+
+    def slow_verify(password_hash: Any, sent: str) -> bool:
+        checking.set()
+        reported.wait(10)  # as long as the report elsewhere takes, or 10 s
+        return verify(password_hash, sent)
+
+    monkeypatch.setattr(svc, "verify_password", slow_verify)
+    answers: list[Any] = []
+    thread = threading.Thread(target=lambda: answers.append(request()))
+    thread.start()
+    try:
+        assert checking.wait(10)
+        began = time.monotonic()
+        r = client.post("/api/v1/cases", json=report_body(*center(0)))
+        waited = time.monotonic() - began
+    finally:
+        reported.set()
+        thread.join(30)
+    assert r.status_code == 201, r.get_json()
+    assert waited < 5, f"the report waited {waited:.1f} s for the password check"
+    return answers[0]
+
+
 @pytest.mark.parametrize("password", [PASSWORD, "Wrong-Passw0rd!"])
 def test_a_report_does_not_wait_for_a_sign_in_checking_its_password(
     app: Any,
@@ -779,39 +812,14 @@ def test_a_report_does_not_wait_for_a_sign_in_checking_its_password(
     database's one write lock: every report, step and upload of every phone waited for each
     sign-in, a failed one by anybody included. The password is checked in a plain read now;
     the account is read again under its lock before the tokens are written."""
-    from gridapi.services import identity as svc
-
-    from .test_cases import center, report_body
-
-    checking, reported = threading.Event(), threading.Event()
-    verify = svc.verify_password
-
-    def slow_verify(password_hash: Any, sent: str) -> bool:
-        checking.set()
-        reported.wait(10)  # as long as the report elsewhere takes, or 10 s
-        return verify(password_hash, sent)
-
-    monkeypatch.setattr(svc, "verify_password", slow_verify)
-    answers: list[Any] = []
-    signing_in = threading.Thread(
-        target=lambda: answers.append(sign_in(anon_client, "alice", password))
+    answer = _report_while_a_password_is_checked(
+        client, monkeypatch, lambda: sign_in(anon_client, "alice", password)
     )
-    signing_in.start()
-    try:
-        assert checking.wait(10)
-        began = time.monotonic()
-        r = client.post("/api/v1/cases", json=report_body(*center(0)))
-        waited = time.monotonic() - began
-    finally:
-        reported.set()
-        signing_in.join(30)
-    assert r.status_code == 201, r.get_json()
-    assert waited < 5, f"the report waited {waited:.1f} s for the sign-in's password check"
     if password == PASSWORD:
-        assert answers[0].status_code == 200, answers[0].get_json()
-        assert refresh(anon_client, answers[0].get_json()["refresh_token"]).status_code == 200
+        assert answer.status_code == 200, answer.get_json()
+        assert refresh(anon_client, answer.get_json()["refresh_token"]).status_code == 200
     else:
-        assert_unauthorized(answers[0])
+        assert_unauthorized(answer)
 
 
 def test_a_report_does_not_wait_for_a_password_change(
@@ -822,34 +830,12 @@ def test_a_report_does_not_wait_for_a_password_change(
     now, and the account is read again under its lock before the new hash is written."""
     from gridapi.services import identity as svc
 
-    from .test_cases import center, report_body
-
     access = tokens(anon_client, "alice")["access_token"]
-    checking, reported = threading.Event(), threading.Event()
     verify = svc.verify_password
-
-    def slow_verify(password_hash: Any, sent: str) -> bool:
-        checking.set()
-        reported.wait(10)  # as long as the report elsewhere takes, or 10 s
-        return verify(password_hash, sent)
-
-    monkeypatch.setattr(svc, "verify_password", slow_verify)
-    answers: list[Any] = []
-    changing = threading.Thread(
-        target=lambda: answers.append(change_password(anon_client, access, PASSWORD, NEW_PASSWORD))
+    answer = _report_while_a_password_is_checked(
+        client, monkeypatch, lambda: change_password(anon_client, access, PASSWORD, NEW_PASSWORD)
     )
-    changing.start()
-    try:
-        assert checking.wait(10)
-        began = time.monotonic()
-        r = client.post("/api/v1/cases", json=report_body(*center(0)))
-        waited = time.monotonic() - began
-    finally:
-        reported.set()
-        changing.join(30)
-    assert r.status_code == 201, r.get_json()
-    assert waited < 5, f"the report waited {waited:.1f} s for the password change"
-    assert answers[0].status_code == 204, answers[0].get_json()
+    assert answer.status_code == 204, answer.get_json()
     monkeypatch.setattr(svc, "verify_password", verify)
     assert sign_in(anon_client, "alice").status_code == 401
     assert sign_in(anon_client, "alice", NEW_PASSWORD).status_code == 200
