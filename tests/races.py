@@ -46,3 +46,37 @@ def send_while_uncommitted(
     session.commit()
     thread.join(30)
     return answers.pop()
+
+
+def report_while_held(
+    client: Any, monkeypatch: Any, module: Any, name: str, request: Callable[[], Any]
+) -> Any:
+    """Send ``request`` in a thread, hold it in ``module.name`` (a slow step: a password
+    check, a photo's re-encoding) until a case report sent meanwhile by ``client`` is
+    answered, and return the request's answer. The report must be a 201 that did not wait
+    for the held step: on SQLite it would wait when the step runs holding the write lock."""
+    from .api.test_cases import center, report_body
+
+    holding, reported = threading.Event(), threading.Event()
+    step = getattr(module, name)
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        holding.set()
+        reported.wait(10)  # as long as the report elsewhere takes, or 10 s
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, held)
+    answers: list[Any] = []
+    thread = threading.Thread(target=lambda: answers.append(request()))
+    thread.start()
+    try:
+        assert holding.wait(10)
+        began = time.monotonic()
+        r = client.post("/api/v1/cases", json=report_body(*center(1)))
+        waited = time.monotonic() - began
+    finally:
+        reported.set()
+        thread.join(30)
+    assert r.status_code == 201, r.get_json()
+    assert waited < 5, f"the report waited {waited:.1f} s for {name}"
+    return answers[0]

@@ -197,8 +197,7 @@ class Attachments(MethodView):
                 return attachment_view(earlier, caller)
         stored = svc.store_photo(checked, store)
         session = db_session()
-        caller = cases_svc.caller_of(session, principal)
-        case_obj = _case_to_attach_to(session, case_id, caller)
+        case_obj = _case_to_attach_to(session, case_id, caller)  # the caller read above
         att, created = svc.add_attachment(
             session, case_obj, checked, stored, uploaded_by=principal.actor_id
         )

@@ -7,7 +7,6 @@ import hashlib
 import io
 import os
 import struct
-import threading
 import time
 import zlib
 from pathlib import Path
@@ -23,6 +22,7 @@ from gridapi.models.base import utcnow
 from gridapi.services.attachments import check_evidence
 
 from ..factories import COMMUNITY_A, LAT0, LON0, STEP
+from ..races import report_while_held
 from .test_case_workflow import race
 
 A1 = COMMUNITY_A + "001"
@@ -572,32 +572,15 @@ def test_a_report_does_not_wait_for_a_photo_being_processed(
     every phone waited for each photo. The photo is prepared before the write begins now."""
     from gridapi.services import attachments as svc
 
-    preparing, reported = threading.Event(), threading.Event()
-    prepare = svc.prepare_photo
-
-    def slow_prepare(*args: Any, **kwargs: Any) -> Any:
-        preparing.set()
-        reported.wait(10)  # as long as the report elsewhere takes, or 10 s
-        return prepare(*args, **kwargs)
-
-    monkeypatch.setattr(svc, "prepare_photo", slow_prepare)
     worker = accounts.client("admin")
-    answers: list[Any] = []
-    uploading = threading.Thread(
-        target=lambda: answers.append(upload(worker, case_id, jpeg((400, 300))))
+    answer = report_while_held(
+        client,
+        monkeypatch,
+        svc,
+        "prepare_photo",
+        lambda: upload(worker, case_id, jpeg((400, 300))),
     )
-    uploading.start()
-    try:
-        assert preparing.wait(10)
-        began = time.monotonic()
-        r = client.post("/api/v1/cases", json=report_body(*center(1)))
-        waited = time.monotonic() - began
-    finally:
-        reported.set()
-        uploading.join(30)
-    assert r.status_code == 201, r.get_json()
-    assert waited < 5, f"the report waited {waited:.1f} s for the photo being processed"
-    assert answers[0].status_code == 201, answers[0].get_json()
+    assert answer.status_code == 201, answer.get_json()
     assert len(rows(session)) == 1
     assert audit_count(session, "case.attach") == 1
     assert len(stored_files(settings)) == 2

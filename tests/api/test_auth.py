@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-import time
 from typing import Any
 
 import jwt
@@ -17,6 +15,7 @@ from gridapi.models import AuditEntry, User
 from gridapi.security.tokens import CLOCK_SKEW_SECONDS, TokenSigner
 
 from ..factories import COMMUNITY_A, COUNTY, PASSWORD, TOWNSHIP
+from ..races import report_while_held
 
 PHONE = "13812345678"
 NEW_PASSWORD = "Brand-New-Pa55!"
@@ -764,39 +763,6 @@ def test_a_refresh_racing_a_password_reset_does_not_outlive_it(
     assert sign_in(anon_client, "alice", NEW_PASSWORD).status_code == 200
 
 
-def _report_while_a_password_is_checked(client: Any, monkeypatch: Any, request: Any) -> Any:
-    """Send ``request`` (a sign-in, a password change) in a thread, hold its password check
-    until a report sent meanwhile by ``client`` is answered, and return its answer; the
-    report must be a 201 that did not wait for the check (SQLite's write lock)."""
-    from gridapi.services import identity as svc
-
-    from .test_cases import center, report_body
-
-    checking, reported = threading.Event(), threading.Event()
-    verify = svc.verify_password
-
-    def slow_verify(password_hash: Any, sent: str) -> bool:
-        checking.set()
-        reported.wait(10)  # as long as the report elsewhere takes, or 10 s
-        return verify(password_hash, sent)
-
-    monkeypatch.setattr(svc, "verify_password", slow_verify)
-    answers: list[Any] = []
-    thread = threading.Thread(target=lambda: answers.append(request()))
-    thread.start()
-    try:
-        assert checking.wait(10)
-        began = time.monotonic()
-        r = client.post("/api/v1/cases", json=report_body(*center(0)))
-        waited = time.monotonic() - began
-    finally:
-        reported.set()
-        thread.join(30)
-    assert r.status_code == 201, r.get_json()
-    assert waited < 5, f"the report waited {waited:.1f} s for the password check"
-    return answers[0]
-
-
 @pytest.mark.parametrize("password", [PASSWORD, "Wrong-Passw0rd!"])
 def test_a_report_does_not_wait_for_a_sign_in_checking_its_password(
     app: Any,
@@ -812,8 +778,10 @@ def test_a_report_does_not_wait_for_a_sign_in_checking_its_password(
     database's one write lock: every report, step and upload of every phone waited for each
     sign-in, a failed one by anybody included. The password is checked in a plain read now;
     the account is read again under its lock before the tokens are written."""
-    answer = _report_while_a_password_is_checked(
-        client, monkeypatch, lambda: sign_in(anon_client, "alice", password)
+    from gridapi.services import identity as svc
+
+    answer = report_while_held(
+        client, monkeypatch, svc, "verify_password", lambda: sign_in(anon_client, "alice", password)
     )
     if password == PASSWORD:
         assert answer.status_code == 200, answer.get_json()
@@ -832,8 +800,12 @@ def test_a_report_does_not_wait_for_a_password_change(
 
     access = tokens(anon_client, "alice")["access_token"]
     verify = svc.verify_password
-    answer = _report_while_a_password_is_checked(
-        client, monkeypatch, lambda: change_password(anon_client, access, PASSWORD, NEW_PASSWORD)
+    answer = report_while_held(
+        client,
+        monkeypatch,
+        svc,
+        "verify_password",
+        lambda: change_password(anon_client, access, PASSWORD, NEW_PASSWORD),
     )
     assert answer.status_code == 204, answer.get_json()
     monkeypatch.setattr(svc, "verify_password", verify)
