@@ -22,6 +22,7 @@ import csv
 import io
 import math
 import re
+import unicodedata
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -393,6 +394,39 @@ def _check_unpacked_size(content: bytes) -> None:
         )
 
 
+_ZERO_PADDING = re.compile(r"0+")
+
+
+def _zero_padded_styles(workbook: Any) -> dict[int, int]:
+    """The cell styles whose number format pads with zeros ("0000", as offices format a
+    户号 column): style id -> the number of digits shown."""
+    from openpyxl.styles.numbers import BUILTIN_FORMATS, BUILTIN_FORMATS_MAX_SIZE
+
+    widths: dict[int, int] = {}
+    for style_id, style in enumerate(workbook._cell_styles):
+        number_format = BUILTIN_FORMATS.get(style.numFmtId)
+        custom = style.numFmtId - BUILTIN_FORMATS_MAX_SIZE
+        if 0 <= custom < len(workbook._number_formats):
+            number_format = workbook._number_formats[custom]
+        # The first section applies to positive numbers ("0000;-0000" pads them too). No
+        # code column is wider than 32 characters: a wider format pads nothing.
+        first = str(number_format or "").split(";", 1)[0]
+        if 1 < len(first) <= 32 and _ZERO_PADDING.fullmatch(first):
+            widths[style_id] = len(first)
+    return widths
+
+
+def _padded(value: Any, width: int) -> Any:
+    """A whole number as the cell shows it, with its leading zeros (the 户号 0001 that Excel
+    stored as 1); any other value unchanged (beyond 15 digits the number has lost digits:
+    read as a number, it is refused as one)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10**15:
+        return value
+    return f"{value:0{width}d}"
+
+
 class _XlsxRows:
     """The rows of the first visible worksheet as the file stores them (openpyxl's own rows are
     padded to their last cell: a row with one value in column XFD was 16,384 cells), then,
@@ -423,10 +457,13 @@ class _XlsxRows:
             # the sheet read is the first the office can see.
             visible = [ws for ws in workbook.worksheets if ws.sheet_state == "visible"]
             sheet = (visible or workbook.worksheets)[0]
+            padded = _zero_padded_styles(workbook)
 
             class Parser(WorkSheetParser):
                 def parse_cell(self, element: Any) -> dict[str, Any]:
                     cell = super().parse_cell(element)
+                    if cell["data_type"] == "n" and cell["style_id"] in padded:
+                        cell["value"] = _padded(cell["value"], padded[cell["style_id"]])
                     # Excel keeps every result, an empty text one as t="str"
                     if (
                         cell["value"] is None
@@ -590,6 +627,10 @@ def _cell_text(key: str, value: Any) -> str:
             "holds a formula whose result the file does not keep: open it in Excel and save it",
         )
     text = str(value).strip()
+    if key in _CODE_COLUMNS:
+        # Typed with a Chinese input method: full-width digits and letters (１２３, Ｘ), the
+        # ideographic space U+3000, are the ASCII ones of the code.
+        text = unicodedata.normalize("NFKC", text).strip()
     if "\x00" in text:  # PostgreSQL refuses it in text (the whole file failed); SQLite kept it
         raise RowError(key, "must not contain NUL characters (U+0000)")
     if text.upper() in EXCEL_ERRORS:

@@ -200,6 +200,60 @@ def test_xlsx_with_numbers_and_coordinates(client: Any, world: Any, engine: Any)
     assert counts(engine) == (2, 1, 1)
 
 
+def test_a_zero_padded_household_number_keeps_its_zeros(
+    client: Any, world: Any, engine: Any
+) -> None:
+    """A 户号 typed as 0001 into a column formatted "0000" is stored by Excel as the number
+    1 and shown as 0001: it was imported as household 1, beside the household 0001 the CSV
+    of the same register made."""
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.append(["姓名", "身份证号", "户号", "房屋地址", "网格编码"])
+    sheet.append(["张三", ID1, 1, "平江路1号", A1])
+    sheet.append(["李四", ID2, 42, "平江路2号", A1])
+    sheet["C2"].number_format = "0000"
+    sheet["C3"].number_format = "000000;-000000"
+    out = io.BytesIO()
+    workbook.save(out)
+    r = upload(client, out.getvalue(), "people.xlsx")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["households_created"] == 2
+    with engine.connect() as conn:
+        numbers = conn.execute(text("SELECT number FROM households ORDER BY number")).scalars()
+        assert list(numbers) == ["000042", "0001"]
+    # The CSV of the same sheet names the same household: the row joins it.
+    r = upload(client, csv_bytes("姓名,身份证号,户号,网格编码", f"王五,{ID3},0001,{A1}"))
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["households_created"] == 0
+    assert count(engine, "households") == 2
+
+
+def test_full_width_characters_in_codes_are_read_as_ascii(
+    client: Any, world: Any, engine: Any
+) -> None:
+    """Typed with a Chinese input method, an ID number in full-width digits (with a
+    full-width Ｘ), a phone number in full-width digits and a 户号 with ideographic spaces
+    (U+3000) were refused, or made a second household beside 0001. Names keep what was
+    typed, but for the spaces around them."""
+    full = str.maketrans("0123456789X", "０１２３４５６７８９Ｘ")
+    with_x = next(make_id(n) for n in range(20, 200) if make_id(n).endswith("X"))
+    content = csv_bytes(
+        "姓名,身份证号,联系电话,户号,网格编码",
+        f"张三,{ID1},{PHONE1},0001,{A1}",
+        f"\u3000Ｌｉ\u3000,{with_x.translate(full)},{PHONE2.translate(full)},"
+        f"\u3000０００１\u3000,{A1}",
+    )
+    r = upload(client, content)
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["imported"], r.get_json()["households_created"]) == (2, 1)
+    found = client.get(f"/api/v1/persons?id_number={with_x}").get_json()["items"]
+    assert len(found) == 1 and found[0]["phone"] == "139****4321"
+    with engine.connect() as conn:
+        names = conn.execute(text("SELECT name FROM persons ORDER BY id")).scalars()
+        assert list(names) == ["张三", "Ｌｉ"]
+    assert count(engine, "households") == 1
+
+
 def test_xlsx_detected_by_content_and_unreadable_files_refused(client: Any, world: Any) -> None:
     content = xlsx([["姓名", "身份证号", "网格编码"], ["张三", ID1, A1]])
     r = upload(client, content, "export")
