@@ -27,7 +27,8 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import IO, Any
+from xml.parsers import expat
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -394,6 +395,78 @@ def _check_unpacked_size(content: bytes) -> None:
         )
 
 
+# openpyxl keeps every shared string (the texts of the workbook's cells, each once) in a
+# list before the first row is read: some 150 bytes a string while it reads them, and the
+# text itself. A register of GRIDAPI_IMPORT_MAX_ROWS rows of 15 columns holds at most
+# 1.5 million distinct texts, some tens of millions of characters; a crafted part within
+# the unpacked-size limits holds tens of millions of strings, or one of 500 million
+# characters, gigabytes once read.
+MAX_SHARED_STRINGS = 2_000_000
+MAX_SHARED_STRING_CHARS = 50_000_000
+_XML_CHUNK = 64 * 1024
+
+
+class _DocumentType(Exception):
+    """A part declares a document type: no OOXML part has one (entities expand within)."""
+
+
+def _check_shared_strings(source: IO[bytes]) -> None:
+    """Read the shared-strings part as a stream, in constant memory, counting its strings
+    and characters; raise Unprocessable as soon as either exceeds its limit, and
+    ``_DocumentType`` or ``ExpatError`` for a part that is not plain XML."""
+    counted = {"strings": 0, "chars": 0}
+
+    def start(name: str, _attributes: Any) -> None:
+        if name.rpartition(" ")[2] == "si":
+            counted["strings"] += 1
+            if counted["strings"] > MAX_SHARED_STRINGS:
+                raise _too_much_text()
+
+    def text(data: str) -> None:
+        counted["chars"] += len(data)
+        if counted["chars"] > MAX_SHARED_STRING_CHARS:
+            raise _too_much_text()
+
+    def doctype(*_: Any) -> None:
+        raise _DocumentType
+
+    parser = expat.ParserCreate(namespace_separator=" ")
+    parser.StartElementHandler = start
+    parser.CharacterDataHandler = text
+    parser.StartDoctypeDeclHandler = doctype
+    parser.buffer_text = False  # text in the pieces read, never gathered whole
+    while chunk := source.read(_XML_CHUNK):
+        parser.Parse(chunk, False)
+    parser.Parse(b"", True)
+
+
+def _too_much_text() -> Unprocessable:
+    return _file_error(
+        f"The workbook holds more text than a register import reads (over "
+        f"{MAX_SHARED_STRINGS:,} distinct texts or {MAX_SHARED_STRING_CHARS:,} characters): "
+        "it is refused unread. Import the register in several files."
+    )
+
+
+def _open_workbook(content: bytes) -> Any:
+    """Open the workbook read-only (formulas' cached values), its shared strings counted
+    before openpyxl reads them. Raises Unprocessable when they are too many or too long."""
+    from openpyxl.reader.excel import ExcelReader
+    from openpyxl.xml.constants import SHARED_STRINGS
+
+    class Reader(ExcelReader):
+        def read_strings(self) -> None:
+            part = self.package.find(SHARED_STRINGS)
+            if part is not None:
+                with self.archive.open(part.PartName[1:]) as source:
+                    _check_shared_strings(source)
+            super().read_strings()
+
+    reader = Reader(io.BytesIO(content), read_only=True, data_only=True)
+    reader.read()
+    return reader.wb
+
+
 _ZERO_PADDING = re.compile(r"0+")
 
 
@@ -438,16 +511,15 @@ class _XlsxRows:
         self.merged: list[tuple[int, int, int, int]] = []
 
     def __iter__(self) -> Iterator[tuple[int, Cells]]:
-        import openpyxl
         from openpyxl.utils.cell import range_boundaries
         from openpyxl.worksheet._reader import FORMULA_TAG, WorkSheetParser
 
         unreadable = _file_error("The file cannot be read as an XLSX workbook.")
         _check_unpacked_size(self.content)
         try:
-            workbook = openpyxl.load_workbook(
-                io.BytesIO(self.content), read_only=True, data_only=True
-            )
+            workbook = _open_workbook(self.content)
+        except DomainError:
+            raise
         except Exception:  # a damaged or foreign file: the client's to fix
             raise unreadable from None
         try:

@@ -254,6 +254,24 @@ def test_full_width_characters_in_codes_are_read_as_ascii(
     assert count(engine, "households") == 1
 
 
+def test_a_workbook_with_too_much_text_is_refused_unread(
+    client: Any, world: Any, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its shared strings past the limit (lowered here), the workbook is refused as a
+    whole, 422 naming the file, before openpyxl reads them: nothing imported."""
+    from gridapi.services import person_import
+
+    from ..unit.test_person_import_reading import _shared_strings_book
+
+    monkeypatch.setattr(person_import, "MAX_SHARED_STRINGS", 10, raising=False)
+    texts = ["姓名", "张三"] + [f"平江路{n}号" for n in range(20)]
+    r = upload(client, _shared_strings_book(texts), "people.xlsx", mode="valid")
+    assert r.status_code == 422, r.get_json()
+    (message,) = r.get_json()["errors"]["file"]
+    assert "over 10 distinct texts" in message
+    assert counts(engine) == (0, 0, 0) and audit_rows(engine) == []
+
+
 def test_xlsx_detected_by_content_and_unreadable_files_refused(client: Any, world: Any) -> None:
     content = xlsx([["姓名", "身份证号", "网格编码"], ["张三", ID1, A1]])
     r = upload(client, content, "export")

@@ -83,6 +83,96 @@ def test_a_zip_bomb_is_refused_before_it_is_unpacked() -> None:
     ]
 
 
+SST_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"
+
+
+def _shared_strings_book(texts: list[str], part: bytes | None = None) -> bytes:
+    """A workbook as Excel writes it, its cells' texts in the shared strings: A1 is
+    ``texts[0]``, A2 ``texts[1]``, the others unused. ``part`` replaces the part's XML."""
+    ns = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    if part is None:
+        part = (
+            f'<sst xmlns="{ns}" count="{len(texts)}" uniqueCount="{len(texts)}">'
+            + "".join(f"<si><t>{t}</t></si>" for t in texts)
+            + "</sst>"
+        ).encode()
+    book = _with_sheet_xml(
+        _xlsx([["姓名"]]),
+        '<row r="1"><c r="A1" t="s"><v>0</v></c></row><row r="2"><c r="A2" t="s"><v>1</v></c></row>',
+    )
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(book)) as src, zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "[Content_Types].xml":
+                override = f'<Override PartName="/xl/sharedStrings.xml" ContentType="{SST_TYPE}"/>'
+                data = data.replace(b"</Types>", override.encode() + b"</Types>")
+            dst.writestr(item, data, compress_type=zipfile.ZIP_DEFLATED)
+        dst.writestr("xl/sharedStrings.xml", part, compress_type=zipfile.ZIP_DEFLATED)
+    return out.getvalue()
+
+
+def test_too_many_shared_strings_are_refused_before_they_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """openpyxl reads every shared string into memory before the first row: a workbook
+    within the unpacked-size limits held tens of millions of them (gigabytes once read).
+    Past MAX_SHARED_STRINGS the file is refused, read no further than the limit."""
+    from gridapi.services import person_import
+
+    monkeypatch.setattr(person_import, "MAX_SHARED_STRINGS", 1000, raising=False)
+    texts = ["姓名", "张三"] + [f"{n:07d}" for n in range(200_000)]
+    crafted = _shared_strings_book(texts)
+    assert len(crafted) < 2_000_000  # packed no more than 200 times: not a zip bomb
+    tracemalloc.start()
+    try:
+        with pytest.raises(Unprocessable) as refused:
+            read_sheet(crafted, "people.xlsx", 100_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    (message,) = refused.value.errors["file"]
+    assert message.startswith("The workbook holds more text than a register import reads")
+    assert "1,000 distinct texts" in message
+    assert peak < 5_000_000, f"reading took {peak / 1e6:.0f} MB"
+    assert read_sheet(_shared_strings_book(texts[:1000]), "p.xlsx", 10).rows == [(2, {0: "张三"})]
+
+
+def test_a_shared_string_too_long_is_refused_before_it_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One shared string of hundreds of millions of characters, compressed within the zip
+    bomb limits, was held whole: past MAX_SHARED_STRING_CHARS in all, the file is refused."""
+    from gridapi.services import person_import
+
+    monkeypatch.setattr(person_import, "MAX_SHARED_STRING_CHARS", 100_000, raising=False)
+    crafted = _shared_strings_book(["姓名", "张三", "平江路" * 40_000])
+    tracemalloc.start()
+    try:
+        with pytest.raises(Unprocessable) as refused:
+            read_sheet(crafted, "people.xlsx", 100_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "100,000 characters" in refused.value.errors["file"][0]
+    assert peak < 2_000_000, f"reading took {peak / 1e6:.0f} MB"
+    assert read_sheet(_shared_strings_book(["姓名", "张三"]), "p.xlsx", 10).rows == [
+        (2, {0: "张三"})
+    ]
+
+
+def test_a_shared_strings_part_with_a_document_type_is_unreadable() -> None:
+    """Entities declared in a DTD expand as they are read: no OOXML part has one."""
+    ns = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    part = (
+        f'<!DOCTYPE sst [<!ENTITY a "{"x" * 1000}">]><sst xmlns="{ns}">'
+        "<si><t>姓名</t></si><si><t>&a;&a;&a;</t></si></sst>"
+    ).encode()
+    with pytest.raises(Unprocessable) as refused:
+        read_sheet(_shared_strings_book([], part), "people.xlsx", 10)
+    assert refused.value.errors == {"file": ["The file cannot be read as an XLSX workbook."]}
+
+
 def test_a_formula_whose_result_is_empty_text_is_blank() -> None:
     """Excel keeps the result of ="" as empty text (t="str"): a blank cell, not a formula
     whose result the file lacks."""
