@@ -84,7 +84,10 @@ class ImportUploadSchema(StrictSchema):
     )
     dry_run = fields.Boolean(
         load_default=False,
-        metadata={"description": "Check every row and answer as the import would; write nothing."},
+        metadata={
+            "description": "Check every row and answer as the import would, with its counts "
+            "(imported, houses_created, households_created); write nothing."
+        },
     )
 
 
@@ -118,9 +121,23 @@ class ImportReportSchema(StrictSchema):
     )
     valid = fields.Integer(required=True, metadata={"description": "Rows without errors."})
     failed = fields.Integer(required=True, metadata={"description": "Rows with errors."})
-    imported = fields.Integer(required=True, metadata={"description": "Residents registered."})
-    houses_created = fields.Integer(required=True)
-    households_created = fields.Integer(required=True)
+    imported = fields.Integer(
+        required=True,
+        metadata={
+            "description": "Residents registered (in a dry run: that the import would "
+            "register). 0 when nothing is (or would be) written."
+        },
+    )
+    houses_created = fields.Integer(
+        required=True,
+        metadata={"description": "Houses created (in a dry run: that the import would create)."},
+    )
+    households_created = fields.Integer(
+        required=True,
+        metadata={
+            "description": "Households created (in a dry run: that the import would create)."
+        },
+    )
     error_count = fields.Integer(required=True, metadata={"description": "All errors found."})
     errors_truncated = fields.Boolean(
         required=True, metadata={"description": f"Only the first {svc.MAX_LISTED_ERRORS} listed."}

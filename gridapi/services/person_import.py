@@ -250,13 +250,19 @@ class ImportReport:
         if len(self.errors) < MAX_LISTED_ERRORS:
             self.errors.append({"row": row, "field": field_name, "message": message})
 
+    @property
+    def would_commit(self) -> bool:
+        """Whether the import, were it not a dry run, would be committed."""
+        return self.mode == "valid" or self.failed == 0
+
     def as_dict(self) -> dict[str, Any]:
-        """The answer: counts of what was written (0 unless committed) and the errors."""
-        done = self.committed
+        """The answer: counts of what was written (a dry run: of what the import would
+        write; 0 when it would write nothing) and the errors."""
+        done = self.committed or (self.dry_run and self.would_commit)
         return {
             "mode": self.mode,
             "dry_run": self.dry_run,
-            "committed": done,
+            "committed": self.committed,
             "file_type": self.file_type,
             "rows": self.rows,
             "valid": self.valid,
@@ -1166,5 +1172,5 @@ def import_persons(
     _Importer(
         session, sheet, report, scope=scope, keys=keys, snapshot=snapshot, actor=actor, crs=crs
     ).run()
-    report.committed = not dry_run and (mode == "valid" or report.failed == 0)
+    report.committed = not dry_run and report.would_commit
     return report

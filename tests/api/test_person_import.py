@@ -409,13 +409,18 @@ def test_duplicate_id_within_the_file_fails_the_later_row(
     assert count(engine, "persons") == 2
 
 
-def test_dry_run_reports_and_writes_nothing(client: Any, world: Any, engine: Any) -> None:
+def test_dry_run_reports_what_it_would_write_and_writes_nothing(
+    client: Any, world: Any, engine: Any
+) -> None:
+    """A dry run answered imported 0, houses_created 0, households_created 0 whatever the
+    file: it now reports what the import would create (and refuse), writing nothing."""
     content = csv_bytes(*FAMILY, f"赵六,,,,,,,,,,{A1}")
     r = upload(client, content, mode="valid", dry_run=True)
     assert r.status_code == 200, r.get_json()
     report = r.get_json()
     assert report["dry_run"] is True and report["committed"] is False
-    assert (report["valid"], report["failed"], report["imported"]) == (3, 1, 0)
+    assert (report["valid"], report["failed"], report["imported"]) == (3, 1, 3)
+    assert (report["houses_created"], report["households_created"]) == (1, 1)
     assert report["errors"] == [
         {
             "row": 5,
@@ -424,15 +429,31 @@ def test_dry_run_reports_and_writes_nothing(client: Any, world: Any, engine: Any
         }
     ]
     assert counts(engine) == (0, 0, 0)
-    # In mode all a dry run answers as the import would: 422, nothing written.
+    # In mode all a dry run answers as the import would: 422, nothing would be written.
     r = upload(client, content, dry_run=True)
     assert r.status_code == 422
-    assert r.get_json()["errors"]["dry_run"] is True
+    refused = r.get_json()["errors"]
+    assert refused["dry_run"] is True and refused["imported"] == 0
+    assert (refused["houses_created"], refused["households_created"]) == (0, 0)
     r = upload(client, csv_bytes(*FAMILY), dry_run=True)
     assert r.status_code == 200
-    assert r.get_json()["valid"] == 3 and r.get_json()["imported"] == 0
+    assert r.get_json()["valid"] == 3 and r.get_json()["imported"] == 3
     assert counts(engine) == (0, 0, 0)
-    assert len(audit_rows(engine)) == 3
+    dry = [summary_of(row) for row in audit_rows(engine)]
+    assert [(a["imported"], a["committed"]) for a in dry] == [(3, False), (0, False), (3, False)]
+    # The real import does what the dry run said; a dry run after it would create nothing.
+    real = upload(client, csv_bytes(*FAMILY)).get_json()
+    assert {k: real[k] for k in ("imported", "houses_created", "households_created")} == {
+        "imported": 3,
+        "houses_created": 1,
+        "households_created": 1,
+    }
+    assert counts(engine) == (3, 1, 1)
+    again = upload(client, csv_bytes(HEADER, f"周七,{ID4},,,,,0001,,平江路1号,,{A1}"), dry_run=True)
+    assert again.status_code == 200, again.get_json()
+    assert (again.get_json()["imported"], again.get_json()["households_created"]) == (1, 0)
+    assert again.get_json()["houses_created"] == 0
+    assert counts(engine) == (3, 1, 1)
 
 
 def test_row_errors_name_the_column_as_written(client: Any, world: Any, engine: Any) -> None:
@@ -837,7 +858,9 @@ def test_cli_import(cli: Any, client: Any, world: Any, engine: Any, tmp_path: An
 
     result = cli("persons", "import", str(bad), "--mode", "valid", "--dry-run")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["valid"] == 3
+    report = json.loads(result.output)
+    assert (report["valid"], report["imported"], report["committed"]) == (3, 3, False)
+    assert (report["houses_created"], report["households_created"]) == (1, 1)
     assert counts(engine) == (0, 0, 0)
 
     result = cli("persons", "import", str(bad), "--mode", "valid", "--region", COMMUNITY_B)
