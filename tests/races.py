@@ -27,8 +27,17 @@ def send_while_uncommitted(
     answers: list = []
     thread = threading.Thread(target=lambda: answers.append(send()))
     thread.start()
+    wait_until_waiting(engine, thread, f"INSERT INTO {table} " if waits_in is None else waits_in)
+    session.commit()
+    thread.join(30)
+    return answers.pop()
+
+
+def wait_until_waiting(engine: Any, thread: threading.Thread, waits_in: str) -> None:
+    """Return once a statement starting ``waits_in`` ("" for any) waits for a lock
+    (PostgreSQL), or once ``thread`` has ended; on SQLite, where a second writer waits for
+    the first at BEGIN, after half a second."""
     deadline = time.monotonic() + 20
-    waits_in = f"INSERT INTO {table} " if waits_in is None else waits_in
     while engine.dialect.name == "postgresql" and thread.is_alive() and time.monotonic() < deadline:
         with engine.connect() as conn:
             waiting = conn.execute(
@@ -43,9 +52,6 @@ def send_while_uncommitted(
         time.sleep(0.05)
     else:
         time.sleep(0.5)
-    session.commit()
-    thread.join(30)
-    return answers.pop()
 
 
 def report_while_held(

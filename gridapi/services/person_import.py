@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import hashlib
 import io
 import math
 import re
@@ -31,6 +32,7 @@ from typing import IO, Any
 from xml.parsers import expat
 
 from sqlalchemy import select
+from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
 from ..errors import DomainError, Unprocessable
@@ -1141,6 +1143,43 @@ def _row_error(exc: DomainError) -> RowError:
     return RowError(None, exc.message)
 
 
+# PostgreSQL advisory locks, two-key form: this first key, then an area's (below).
+_IMPORT_AREA_LOCK = 2280
+_AREA_LEVELS = (0, 2, 4, 6, 9, 12)  # root, province, city, county, township, community
+
+
+def _area_key(area: str) -> int:
+    """The lock's second key for an area (a code prefix; "" for everywhere): an int4."""
+    digest = hashlib.blake2b(area.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_import_area(session: Session, scope: Scope) -> None:
+    """Wait until no other import into the caller's area (or one above or below it) is
+    running, and keep any from starting until this transaction ends (PostgreSQL).
+
+    A row's house is looked up, then created when there is none: two imports at once, each
+    looking before the other committed, created one house twice. The area of the scope is
+    locked exclusively, the areas above it shared, so an import by the county waits for
+    one by a community in it, and two communities' imports do not wait for each other.
+    Every import takes its locks in one order (their keys'), so no two wait for each
+    other. SQLite writers are one at a time already: a request that writes begins with
+    BEGIN IMMEDIATE, the command line's import too."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    areas = {""} if scope.unrestricted else set(scope.prefixes) | set(scope.grid_codes)
+    exclusive = {_area_key(area) for area in areas}
+    shared = {
+        _area_key(area[:n]) for area in areas for n in _AREA_LEVELS if n < len(area)
+    } - exclusive
+    for key in sorted(exclusive | shared):
+        function = "pg_advisory_xact_lock" if key in exclusive else "pg_advisory_xact_lock_shared"
+        session.execute(
+            sql(f"SELECT {function}(:area_lock, :area)"),
+            {"area_lock": _IMPORT_AREA_LOCK, "area": key},
+        )
+
+
 def import_persons(
     session: Session,
     content: bytes,
@@ -1169,6 +1208,7 @@ def import_persons(
         raise Unprocessable(f"crs must be one of {', '.join(SUPPORTED_CRS)}.")
     sheet = read_sheet(content, filename, max_rows)
     report = ImportReport(mode=mode, dry_run=dry_run, file_type=sheet.file_type)
+    lock_import_area(session, scope)
     _Importer(
         session, sheet, report, scope=scope, keys=keys, snapshot=snapshot, actor=actor, crs=crs
     ).run()

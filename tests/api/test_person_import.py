@@ -789,6 +789,57 @@ def test_an_id_number_registered_meanwhile_is_the_row_it_would_have_been(
     assert officer.get(f"/api/v1/persons?id_number={ID1}").status_code == 429
 
 
+def test_two_imports_at_once_register_each_house_and_household_once(
+    accounts: Any, client: Any, world: Any, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two offices sending overlapping files at once (PostgreSQL): the second looked for
+    the house 平江路9号 before the first had committed it, found none and created it again.
+    An import now waits for one running in its area (the county's for the community's
+    here); on SQLite the second writer waits at BEGIN. Every house and household is
+    registered once, and the second file's rows join them."""
+    import threading
+
+    from gridapi.services import person_import
+
+    from ..races import wait_until_waiting
+
+    held, release = threading.Event(), threading.Event()
+    run = person_import._Importer.run
+
+    def run_then_hold(importer: Any) -> None:
+        run(importer)
+        if not held.is_set():  # the first import: held before its commit
+            held.set()
+            release.wait(30)
+
+    monkeypatch.setattr(person_import._Importer, "run", run_then_hold)
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    header = "姓名,身份证号,户号,房屋地址,网格编码"
+    first = csv_bytes(header, f"张三,{ID1},,平江路9号,{A1}", f"李四,{ID2},0001,平江路1号,{A1}")
+    second = csv_bytes(header, f"王五,{ID3},,平江路9号,{A1}", f"赵六,{ID4},0001,平江路1号,{A1}")
+    answers: dict[str, Any] = {}
+    county = threading.Thread(target=lambda: answers.update(first=upload(client, first)))
+    community = threading.Thread(target=lambda: answers.update(second=upload(officer, second)))
+    county.start()
+    try:
+        assert held.wait(30)
+        community.start()
+        wait_until_waiting(engine, community, "")  # for the first import, however
+    finally:
+        release.set()
+        county.join(30)
+        community.join(30)
+    assert answers["first"].status_code == 200, answers["first"].get_json()
+    assert answers["second"].status_code == 200, answers["second"].get_json()
+    assert answers["second"].get_json()["houses_created"] == 0
+    with engine.connect() as conn:
+        houses = conn.execute(text("SELECT address FROM houses ORDER BY address")).scalars()
+        assert list(houses) == ["平江路1号", "平江路9号"]
+        households = conn.execute(text("SELECT number FROM households")).scalars()
+        assert list(households) == ["0001"]
+    assert count(engine, "persons") == 4
+
+
 # ---- no values in the report -------------------------------------------------------------------
 
 
