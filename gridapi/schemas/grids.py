@@ -43,7 +43,10 @@ class GridVersionListSchema(StrictSchema):
 class GridVersionQueryArgsSchema(PageArgsSchema):
     region = fields.String(validate=REGION_CODE)
     status = fields.String(validate=validate.OneOf(VERSION_STATUSES))
-    after = fields.Integer(metadata={"description": "Cursor: versions older than this id."})
+    after = fields.Integer(
+        validate=validate.Range(min=0),
+        metadata={"description": "Cursor: versions older than this id."},
+    )
 
 
 class GridVersionImportArgsSchema(StrictSchema):

@@ -112,7 +112,10 @@ class UserQueryArgsSchema(PageArgsSchema):
     role = fields.String(validate=ROLE)
     region = fields.String(validate=CODE12)
     q = fields.String(validate=validate.Length(min=1, max=64))
-    after = fields.Integer()
+    after = fields.Integer(
+        validate=validate.Range(min=0),
+        metadata={"description": "`next` of the previous page."},
+    )
 
 
 class UserCreateSchema(StrictSchema):
@@ -285,7 +288,10 @@ class AuditQueryArgsSchema(PageArgsSchema):
         metadata={"description": "At or after; with its offset (Z or +08:00)."}
     )
     until = fields.AwareDateTime(metadata={"description": "Before; with its offset."})
-    before = fields.Integer()
+    before = fields.Integer(
+        validate=validate.Range(min=0),
+        metadata={"description": "`next` of the previous page."},
+    )
 
 
 class MeSchema(StrictSchema):

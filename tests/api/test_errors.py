@@ -241,6 +241,25 @@ def test_an_id_past_32_bits_is_422_naming_it_on_both_engines(
         assert getattr(client, method)(url.replace("2147483648", "2147483647")).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "url,field",
+    [
+        ("/api/v1/users?after=-1", "after"),
+        ("/api/v1/grid-versions?after=-1", "after"),
+        ("/api/v1/audit?before=-1", "before"),
+        ("/api/v1/tasks?cursor=-1", "cursor"),
+        ("/api/v1/patrols?cursor=-1", "cursor"),
+        ("/api/v1/me/notifications?after=-1", "after"),
+    ],
+)
+def test_a_negative_page_cursor_is_422_naming_it_on_every_list(client, world, url, field):
+    """`after=-1` listed the first page of users and grid versions (and `before=-1` an empty
+    audit page) with 200, where every other list refused a negative cursor with 422."""
+    body = _assert_error(client.get(url), 422)
+    assert body["errors"]["query"] == {field: ["Must be greater than or equal to 0."]}
+    assert client.get(url.replace("=-1", "=0")).status_code == 200
+
+
 def test_a_query_parameter_given_twice_is_422_not_half_read(client, world):
     """status=filed&status=dispatched listed only the filed cases (webargs kept the first
     value of a parameter that takes one); the comma-separated list is the documented form."""
