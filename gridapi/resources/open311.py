@@ -405,7 +405,8 @@ def _options() -> Response | None:
     methods = _methods_of(request.path)
     if not methods:
         raise NotFound(f"{request.path} is not an Open311 GeoReport v2 resource")
-    response = current_app.response_class(status=200)
+    response = current_app.response_class(status=204)  # as every other path: no body
+    del response.headers["Content-Type"]
     response.headers["Allow"] = ", ".join([*methods, *(["HEAD"] if "GET" in methods else [])])
     response.headers["Allow"] += ", OPTIONS"
     return response
