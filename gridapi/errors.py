@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -13,9 +14,18 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, default_exceptions
 
 from .codes import InvalidCode
+from .db import SpatialExtensionMissing
 from .security.fields import CiphertextError
 
 log = logging.getLogger(__name__)
+
+#: SQLite's error for a function of SpatiaLite (geoalchemy2 writes ST_AsBinary as AsBinary,
+#: ST_GeomFromEWKB as GeomFromEWKB… on SQLite) that no extension loaded defines.
+_NO_SPATIAL_FUNCTION = re.compile(
+    r"no such function: (ST_|Geom|AsBinary|AsEWKB|AsText|AsGeoJSON|Mbr|RTree|Spatial|"
+    r"CreateSpatialIndex|RecoverGeometryColumn|DisableSpatialIndex|Gpkg)",
+    re.IGNORECASE,
+)
 
 
 class DomainError(Exception):
@@ -56,6 +66,11 @@ class ServiceUnavailable(DomainError):
 
 #: Seconds a client is asked to wait when the rate-limit storage cannot be reached.
 LIMITS_RETRY_AFTER = 5
+
+#: Seconds a client is asked to wait when the spatial extension cannot be used: someone has
+#: to put it back (a package removed or upgraded under a running server), which takes longer
+#: than a database restart.
+SPATIAL_RETRY_AFTER = 30
 
 #: The message of a 413; nginx answers a body over its client_max_body_size with the same
 #: error body (docs/deploy/nginx.conf).
@@ -113,8 +128,25 @@ def register_error_handlers(app: Flask) -> None:
         log.info("overflow: %s", exc)
         return jsonify(error_body(422, "A number is too large.")), 422
 
+    def _spatial_unavailable(reason: object):  # type: ignore[no-untyped-def]
+        # Operators act on this, not on a traceback: it says what is missing and what to do.
+        log.error("spatial extension unavailable (request %s): %s", g.get("request_id"), reason)
+        body = error_body(503, "The spatial extension of the database is unavailable; retry.")
+        return jsonify(body), 503, {"Retry-After": str(SPATIAL_RETRY_AFTER)}
+
+    @app.errorhandler(SpatialExtensionMissing)
+    def _spatial_missing(exc: SpatialExtensionMissing):  # type: ignore[no-untyped-def]
+        # Raised when a new connection cannot load SpatiaLite (checked at start-up, so it was
+        # there then): the server is up, but nothing spatial can be answered until it is back.
+        return _spatial_unavailable(exc)
+
     @app.errorhandler(OperationalError)
     def _operational(exc: OperationalError):  # type: ignore[no-untyped-def]
+        if _NO_SPATIAL_FUNCTION.match(str(exc.orig)):
+            return _spatial_unavailable(
+                f"{exc.orig} (SpatiaLite is not loaded on this connection; check "
+                "GRIDAPI_SPATIALITE_PATH and libsqlite3-mod-spatialite)"
+            )
         log.warning("database unavailable: %s", exc.orig)
         body = error_body(503, "The database is unavailable; retry shortly.")
         return jsonify(body), 503, {"Retry-After": "2"}

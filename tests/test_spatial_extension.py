@@ -1,16 +1,24 @@
-"""A missing spatial extension stops start-up with a message that says what to do."""
+"""A missing spatial extension stops start-up with a message that says what to do, and one
+lost while serving answers 503 with Retry-After and says so in the log."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from gridapi import create_app
 from gridapi.cli import main
 from gridapi.config import Settings
 from gridapi.db import SpatialExtensionMissing, make_engine, spatial_extension_version
+from gridapi.errors import SPATIAL_RETRY_AFTER
+
+from .factories import Accounts
 
 
 def test_missing_spatialite_stops_app_and_cli(tmp_path):
@@ -47,3 +55,61 @@ def test_postgis_not_enabled_says_to_upgrade(postgis_url):
         with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{bare.database}" WITH (FORCE)'))
         admin.dispose()
+
+
+def _loaded_spatialite(engine) -> Path:  # type: ignore[no-untyped-def]
+    """Return the file of the mod_spatialite this process loaded for ``engine``."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT spatialite_version()")
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if "mod_spatialite" in line:
+            return Path(line.split()[-1])
+    raise AssertionError("mod_spatialite is not mapped in this process")
+
+
+def _assert_spatial_503(response, caplog) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == 503, response.get_json()
+    assert response.headers["Retry-After"] == str(SPATIAL_RETRY_AFTER)
+    body = response.get_json()
+    assert set(body) == {"code", "status", "message", "errors"} and body["code"] == 503
+    assert "spatial extension" in body["message"]
+    logged = [r for r in caplog.records if "spatial extension unavailable" in r.getMessage()]
+    assert logged and logged[-1].levelno == logging.ERROR
+    assert response.headers["X-Request-ID"] in logged[-1].getMessage()
+
+
+@pytest.mark.engines("sqlite")
+def test_spatialite_lost_while_serving_is_503_with_retry_after(settings, tmp_path, caplog):
+    """Checked at start-up only: a connection opened later that could not load SpatiaLite
+    (the package removed or upgraded under the running server) raised past every handler,
+    and the request answered 500 "unexpected error" with a traceback in the log."""
+    linked = tmp_path / "lib" / "mod_spatialite.so"
+    linked.parent.mkdir()
+    linked.symlink_to(_loaded_spatialite(make_engine(settings.database_url)))
+    app = create_app(dataclasses.replace(settings, spatialite_path=str(linked)))
+    client = Accounts(app).client("admin")
+    assert client.get("/api/v1/categories").status_code == 200
+    linked.unlink()
+    app.extensions["gridapi"].engine.dispose()  # the next request opens a new connection
+    caplog.set_level(logging.ERROR, logger="gridapi.errors")
+    r = client.get("/api/v1/categories")
+    _assert_spatial_503(r, caplog)
+    assert "libsqlite3-mod-spatialite" in caplog.records[-1].getMessage()
+    app.extensions["gridapi"].engine.dispose()
+
+
+@pytest.mark.engines("sqlite")
+def test_a_spatial_function_missing_on_a_connection_is_503_with_retry_after(app, caplog):
+    """A connection without SpatiaLite's functions ("no such function: ST_Covers") was
+    logged as a database outage like any other; it now says what is missing."""
+    bare = create_engine("sqlite://")  # a real SQLite without the extension
+
+    def covers():  # type: ignore[no-untyped-def]
+        with bare.connect() as conn:
+            conn.exec_driver_sql("SELECT ST_Covers(NULL, NULL)")
+
+    app.add_url_rule("/spatial-probe", view_func=covers)
+    caplog.set_level(logging.ERROR, logger="gridapi.errors")
+    r = app.test_client().get("/spatial-probe")
+    _assert_spatial_503(r, caplog)
+    assert "GRIDAPI_SPATIALITE_PATH" in caplog.records[-1].getMessage()
