@@ -2,7 +2,7 @@
 
 Tracks are whereabouts: a patrol answers only its worker and callers with `patrols:read`
 whose scope covers it (everyone else: 404, as for a missing one), reads of someone else's
-track are audited in the same transaction, and no coordinates go into logs or audit rows.
+track are audited before they are answered, and no coordinates go into logs or audit rows.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from flask.views import MethodView
 from ..auditing import audit
 from ..auth import AUTHENTICATED, Forbidden, Principal, current_principal
 from ..db import writes
-from ..extensions import commit, db_session, state
+from ..extensions import commit, db_session, reading_session, state
 from ..jsonio import dumps_bytes
 from ..models import Case, User
 from ..schemas.patrols import (
@@ -204,11 +204,15 @@ class PatrolById(MethodView):
         someone else's track is audited (`patrol.read_track`).
         """
         principal = _reader()
-        session = db_session()
-        patrol = svc.get_readable(session, patrol_id, principal)
-        names = svc.worker_names(session, {patrol.worker_id})
-        view = svc.detail_view(session, patrol, names, with_points=args["points"])
+        # Read in a plain read: on SQLite the request's own session begins as a writer (the
+        # audit row below), and a phone reading its own patrol held the database's one write
+        # lock, and waited for it, for a read that writes nothing.
+        with reading_session() as reading:
+            patrol = svc.get_readable(reading, patrol_id, principal)
+            names = svc.worker_names(reading, {patrol.worker_id})
+            view = svc.detail_view(reading, patrol, names, with_points=args["points"])
         if patrol.worker_id != principal.id or principal.kind != "user":
+            # Committed before the answer is sent: no audit row, no track.
             audit(
                 "patrol.read_track",
                 "patrol",

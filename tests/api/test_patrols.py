@@ -22,6 +22,7 @@ from gridapi.geo.geodesy import distance_m, metres_per_degree
 from gridapi.services.patrols import thin_tracks, track_length_m
 
 from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP
+from ..races import report_while_held
 from .test_case_workflow import race
 
 A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
@@ -918,6 +919,28 @@ def test_a_track_is_read_by_its_worker_their_chief_and_offices_in_scope(
     assert all(
         s == {"worker_id": patrol_worker(engine), "grid": A1, "points": True} for *_, s in audited
     )
+
+
+@pytest.mark.parametrize("reader", ["worker1", "chief1"])
+def test_reading_a_patrol_does_not_hold_the_write_lock(
+    client, accounts, worker, engine, monkeypatch, reader
+):
+    """On SQLite GET /patrols/{id} began as a writer (BEGIN IMMEDIATE: the view may write an
+    audit row), so a worker reading their own patrol, which writes nothing, held the
+    database's one write lock for the whole read: every phone's report waited for it. The
+    patrol is read in a plain read now; only someone else's read writes, its audit row,
+    afterwards."""
+    from gridapi.services import patrols as svc
+
+    patrol, began = started_an_hour_ago(worker)
+    upload(worker, patrol["id"], walk(began + timedelta(minutes=1), n=4))
+    who = worker if reader == "worker1" else accounts.client(reader, "grid_chief", grids=[A1])
+    url = f"/api/v1/patrols/{patrol['id']}?points=true"
+    answer = report_while_held(client, monkeypatch, svc, "detail_view", lambda: who.get(url))
+    assert answer.status_code == 200, answer.get_json()
+    assert len(answer.get_json()["points"]) == 4
+    audited = [a for a, *_ in audit_rows(engine, "patrol.read_track")]
+    assert audited == ([] if reader == "worker1" else [f"user:{worker_id(engine, reader)}"])
 
 
 def patrol_worker(engine) -> int:  # type: ignore[no-untyped-def]
