@@ -517,15 +517,19 @@ def users_create(
 ) -> None:
     """Create a user account."""
     from .errors import DomainError
-    from .services.identity import create_user
+    from .services.identity import create_user, hash_password
 
     settings = _settings()
     password = _read_password(password, password_stdin)
     grid_list = [g.strip() for g in grids.split(",") if g.strip()] if grids else None
+    sessions = _sessions()
+    # Hashed before the transaction: on SQLite it begins holding the one write lock.
+    password_hash = hash_password(password)
     try:
-        with _sessions().begin() as session:
+        with sessions.begin() as session:
             user = create_user(
                 session,
+                password_hash=password_hash,
                 scope=EVERYTHING,
                 actor_rank=None,
                 username=username,
@@ -583,11 +587,13 @@ def users_reset_password(username: str, password: str | None, password_stdin: bo
 
     from .errors import DomainError
     from .models import User
-    from .services.identity import set_password
+    from .services.identity import hash_password, set_password
 
     password = _read_password(password, password_stdin)
+    sessions = _sessions()
+    new_hash = hash_password(password)  # before the transaction (SQLite's one write lock)
     try:
-        with _sessions().begin() as session:
+        with sessions.begin() as session:
             user = session.scalars(select(User).where(User.username == username)).first()
             if user is None:
                 raise click.ClickException(f"no user {username!r}")
@@ -597,6 +603,7 @@ def users_reset_password(username: str, password: str | None, password_stdin: bo
                 password,
                 field_name="password",
                 phone_key=_settings().key_bytes("blind_index_key"),
+                new_hash=new_hash,
             )
             record(
                 session,

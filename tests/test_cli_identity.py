@@ -31,6 +31,7 @@ from .factories import (
     region_rows,
     square,
 )
+from .races import report_while_held
 
 A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
 B1, B2 = COMMUNITY_B + "001", COMMUNITY_B + "002"
@@ -474,3 +475,23 @@ def test_clients_create_refuses_bad_input(
     output = refused(cli("clients", "create", "--name", "hotline", *args))
     assert message in output, output
     assert "gk_" not in output
+
+
+@pytest.mark.parametrize("command", ["create", "reset-password"])
+def test_a_report_does_not_wait_for_the_command_line_to_hash_a_password(
+    cli: Any, client: Any, world: None, anon_client: Any, monkeypatch: Any, command: str
+) -> None:
+    """`users create` and `users reset-password` hashed the password (argon2) inside their
+    transaction, which on SQLite begins holding the one write lock: a running server's
+    reports waited for it. The hash is made before the transaction begins."""
+    from gridapi.services import identity as svc
+
+    if command == "reset-password":
+        add_user(cli, "w01", "grid_worker", "--grids", A1)
+        args = ["users", "reset-password", "--username", "w01", "--password", NEW_PASSWORD]
+    else:
+        args = ["users", "create", "--username", "w01", "--password", NEW_PASSWORD]
+        args += ["--role", "grid_worker", "--grids", A1]
+    result = report_while_held(client, monkeypatch, svc, "hash_password", lambda: cli(*args))
+    ok(result)
+    assert sign_in(anon_client, "w01", NEW_PASSWORD).status_code == 200

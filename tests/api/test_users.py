@@ -24,6 +24,7 @@ from ..factories import (
     region_rows,
     square,
 )
+from ..races import report_while_held
 
 A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
 B1, B2 = COMMUNITY_B + "001", COMMUNITY_B + "002"
@@ -1084,3 +1085,40 @@ def test_marking_an_active_account_active_again_ends_nothing(office: Any, anon_c
     r = office.patch(f"/api/v1/users/{w1['id']}", json={"display_name": "王", "is_active": True})
     assert r.status_code == 200, r.get_json()
     assert anon_client.get("/api/v1/me", headers=bearer(pair["access_token"])).status_code == 200
+
+
+@pytest.mark.parametrize("change", ["create", "reset"])
+def test_a_report_does_not_wait_for_an_account_s_password_to_be_hashed(
+    client: Any, accounts: Any, world: None, monkeypatch: Any, change: str
+) -> None:
+    """Creating an account or resetting its password hashed the password (argon2: a tenth of
+    a second to seconds of CPU, by design) after the request's first read: on SQLite while
+    holding the database's one write lock, so every phone's report waited for it. As for
+    a sign-in and a password change, the hash is made before the transaction begins."""
+    from gridapi.services import identity as svc
+
+    office = accounts.client("admin")  # a client of its own: the report is sent meanwhile
+    if change == "create":
+        body = {"username": "w_new", "password": PASSWORD, "role": "grid_worker", "grids": [A1]}
+        answer = report_while_held(
+            client,
+            monkeypatch,
+            svc,
+            "hash_password",
+            lambda: office.post("/api/v1/users", json=body),
+        )
+        assert answer.status_code == 201, answer.get_json()
+        login, password = "w_new", PASSWORD
+    else:
+        user_id = accounts.create("w_old", "grid_worker", grids=[A1])
+        url = f"/api/v1/users/{user_id}/password"
+        answer = report_while_held(
+            client,
+            monkeypatch,
+            svc,
+            "hash_password",
+            lambda: office.post(url, json={"new_password": NEW_PASSWORD}),
+        )
+        assert answer.status_code == 204, answer.get_json()
+        login, password = "w_old", NEW_PASSWORD
+    assert sign_in(client.application.test_client(), login, password).status_code == 200
