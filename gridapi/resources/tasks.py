@@ -304,12 +304,23 @@ class MyTasks(MethodView):
 
         Assigned to you, or unassigned in the grids you are on the roster of: open ones
         first, by deadline, with their items and result form; then those completed or
-        cancelled in the last `days` days.
+        cancelled in the last `days` days. Pass `next_cursor` back as `cursor` (with the
+        same `days`) for the next page; it is null on the last.
         """
         principal = _principal()
         session = db_session()
-        rows = svc.my_tasks(session, principal, now=_now(), days=args["days"], limit=args["limit"])
-        return {"items": _tasks_body(session, rows, principal, items=True)}
+        rows, next_cursor = svc.my_tasks(
+            session,
+            principal,
+            now=_now(),
+            days=args["days"],
+            limit=args["limit"],
+            cursor=args.get("cursor"),
+        )
+        return {
+            "items": _tasks_body(session, rows, principal, items=True),
+            "next_cursor": next_cursor,
+        }
 
 
 # --- campaigns --------------------------------------------------------------------------------

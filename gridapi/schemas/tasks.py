@@ -203,6 +203,11 @@ class TaskListSchema(StrictSchema):
 
 class MyTasksSchema(StrictSchema):
     items = fields.List(fields.Nested(TaskSchema), required=True)
+    next_cursor = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={"description": "Pass back as `cursor` for the next page; null on the last."},
+    )
 
 
 class PageArgs(StrictSchema):
@@ -238,6 +243,10 @@ class MyTasksArgsSchema(StrictSchema):
         metadata={"description": "Also the tasks completed or cancelled in this many days."},
     )
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(
+        validate=validate.Length(max=200),
+        metadata={"description": "`next_cursor` of the previous page (with the same `days`)."},
+    )
 
 
 # --- campaigns --------------------------------------------------------------------------------

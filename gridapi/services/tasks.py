@@ -19,6 +19,9 @@ answers exactly like a missing one. Services take a Session and never commit.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -598,36 +601,82 @@ def list_tasks(session: Session, principal: Principal, args: dict[str, Any]) -> 
 
 
 def my_tasks(
-    session: Session, principal: Principal, *, now: datetime, days: int, limit: int
-) -> list[Task]:
-    """Return the caller's tasks for the phone: assigned to them, or unassigned in the grids
-    on their roster. Open ones first, by deadline; then those completed or cancelled in the
-    last ``days`` days, latest first."""
+    session: Session,
+    principal: Principal,
+    *,
+    now: datetime,
+    days: int,
+    limit: int,
+    cursor: str | None = None,
+) -> tuple[list[Task], str | None]:
+    """Return a page of the caller's tasks for the phone, and the cursor of the next page
+    (None on the last): assigned to them, or unassigned in the grids on their roster. Open
+    ones first, by deadline; then those completed or cancelled in the last ``days`` days,
+    latest first. Raises Unprocessable for a cursor this function did not write."""
     if principal.kind != "user":
-        return []
+        return [], None
+    after = _decode_my_cursor(cursor, days) if cursor else None
     mine: ColumnElement[bool] = Task.assignee_id == principal.id
     grids = current_grids(session, principal.id)
     if grids:
         mine = or_(mine, and_(Task.assignee_id.is_(None), Task.grid_code.in_(sorted(grids))))
-    open_rows = list(
-        session.scalars(
-            select(Task)
-            .where(mine, Task.status.in_(OPEN_TASK_STATUSES))
-            .order_by(Task.due_at, Task.id)
-            .limit(limit)
+    rows: list[Task] = []
+    if after is None or after[0] == "open":
+        stmt = select(Task).where(mine, Task.status.in_(OPEN_TASK_STATUSES))
+        if after is not None:
+            _, due, last_id = after
+            stmt = stmt.where(or_(Task.due_at > due, and_(Task.due_at == due, Task.id > last_id)))
+        rows = list(session.scalars(stmt.order_by(Task.due_at, Task.id).limit(limit + 1)))
+    if len(rows) <= limit and days > 0:
+        closed_at = func.coalesce(Task.completed_at, Task.cancelled_at)
+        stmt = select(Task).where(
+            mine, Task.status.not_in(OPEN_TASK_STATUSES), closed_at >= now - timedelta(days=days)
         )
-    )
-    if len(open_rows) >= limit or days <= 0:
-        return open_rows
-    since = now - timedelta(days=days)
-    closed_at = func.coalesce(Task.completed_at, Task.cancelled_at)
-    closed_rows = session.scalars(
-        select(Task)
-        .where(mine, Task.status.not_in(OPEN_TASK_STATUSES), closed_at >= since)
-        .order_by(closed_at.desc(), Task.id.desc())
-        .limit(limit - len(open_rows))
-    )
-    return open_rows + list(closed_rows)
+        if after is not None and after[0] == "closed":
+            _, closed, last_id = after
+            stmt = stmt.where(or_(closed_at < closed, and_(closed_at == closed, Task.id < last_id)))
+        stmt = stmt.order_by(closed_at.desc(), Task.id.desc()).limit(limit + 1 - len(rows))
+        rows += list(session.scalars(stmt))
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    if last.status in OPEN_TASK_STATUSES:
+        return rows[:limit], _encode_my_cursor("open", last.due_at, last.id, days)
+    closed = last.completed_at or last.cancelled_at
+    assert closed is not None  # a closed task within ``days`` has its time
+    return rows[:limit], _encode_my_cursor("closed", closed, last.id, days)
+
+
+def _encode_my_cursor(part: str, moment: datetime, task_id: int, days: int) -> str:
+    raw = json.dumps([part, moment.astimezone(UTC).isoformat(), task_id, days]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_my_cursor(cursor: str, days: int) -> tuple[str, datetime, int]:
+    """Return the part of the list (open, closed), the sort time and the id a page of
+    ``my_tasks`` ended on. Raises Unprocessable (naming ``cursor``) for anything else, and
+    for a cursor of another ``days`` (a place in another list)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        part, text_value, task_id, written_days = json.loads(raw)
+        moment = datetime.fromisoformat(text_value)
+        if (
+            part not in ("open", "closed")
+            or type(task_id) is not int
+            or not 0 < task_id < 2**31
+            or moment.utcoffset() is None
+        ):
+            raise ValueError(cursor)
+    except (ValueError, TypeError, binascii.Error):
+        raise Unprocessable(
+            "Invalid cursor.", errors={"query": {"cursor": ["not a cursor from this API"]}}
+        ) from None
+    if written_days != days:
+        raise Unprocessable(
+            "The cursor belongs to another list.",
+            errors={"query": {"cursor": ["from a list of another `days`: start again"]}},
+        )
+    return part, moment.astimezone(UTC), task_id
 
 
 # --- overdue ----------------------------------------------------------------------------------

@@ -628,6 +628,40 @@ def test_my_tasks_lists_mine_and_my_grids_open_first_by_deadline(people):
     assert ok(office.get("/api/v1/me/tasks"))["items"] == []
 
 
+def test_my_tasks_are_paged_with_a_cursor_in_the_same_order(people):
+    """/me/tasks answered at most `limit` (200) tasks and no way to the rest: a worker with
+    more open tasks never saw the later ones on the phone. Pages follow a cursor through the
+    open tasks, then the finished ones, in the order of the whole list."""
+    office, worker1 = people["office"], people["worker1"]
+    ids = people["ids"]
+    for title, days in (("甲", 3), ("乙", 1), ("丙", 3), ("丁", 2)):  # two with one deadline
+        new_task(
+            office, assignee_id=ids["worker1"], title=title, due_in={"amount": days, "unit": "days"}
+        )
+    for title in ("戊", "己", "庚"):
+        done = new_task(office, grid=A1, title=title)
+        ok(step(worker1, done["id"], "complete", {}))
+    whole = ok(worker1.get("/api/v1/me/tasks"))
+    assert whole["next_cursor"] is None
+    expected = [t["id"] for t in whole["items"]]
+    assert [t["title"] for t in whole["items"]][:2] == ["乙", "丁"] and len(expected) == 7
+    for limit in (1, 2, 3, 4, 7):
+        seen, url = [], f"/api/v1/me/tasks?limit={limit}"
+        while True:
+            page = ok(worker1.get(url))
+            assert 0 < len(page["items"]) <= limit
+            seen += [t["id"] for t in page["items"]]
+            if page["next_cursor"] is None:
+                break
+            url = f"/api/v1/me/tasks?limit={limit}&cursor={page['next_cursor']}"
+        assert seen == expected, limit
+    first = ok(worker1.get("/api/v1/me/tasks?limit=2"))
+    other = worker1.get(f"/api/v1/me/tasks?limit=2&days=1&cursor={first['next_cursor']}")
+    assert other.status_code == 422 and list(other.get_json()["errors"]["query"]) == ["cursor"]
+    forged = worker1.get("/api/v1/me/tasks?cursor=WzEsMl0")
+    assert forged.status_code == 422 and list(forged.get_json()["errors"]["query"]) == ["cursor"]
+
+
 # --- overdue ----------------------------------------------------------------------------------
 
 
