@@ -58,6 +58,9 @@ class Api(flask_smorest.Api):
                 )
                 self._spec.tag({"name": name, "description": blp.description})
                 self._undocumented.pop(0)
+            # The shared answers (errors, 304) the operations refer to, now all registered.
+            for response in self._spec.components.responses.values():
+                with_request_id(response)
         finally:
             self._documenting = False
 
@@ -112,6 +115,33 @@ IDEMPOTENT_REPLAYED_HEADER = {
     "(or `client_id`) and nothing was done now; absent on a first answer.",
     "schema": {"type": "string", "enum": ["true"]},
 }
+
+#: Every answer carries the request's id (``app._request_context``): the caller's own when it
+#: sent a usable one, else one the server made. Documented once as a component.
+REQUEST_ID = "X-Request-ID"
+REQUEST_ID_HEADER = {
+    "description": "The request's id, as in the server's logs and audit rows: the "
+    "`X-Request-ID` the request sent when it was 1-64 characters of `A-Z a-z 0-9 . _ -`, "
+    "else one the server made. Quote it when reporting a problem.",
+    "schema": {"type": "string", "example": "3f9a1c2b7d4e00000000002a"},
+}
+REQUEST_ID_REF = {"$ref": f"#/components/headers/{REQUEST_ID}"}
+REQUEST_ID_PARAMETER = {
+    "name": REQUEST_ID,
+    "in": "header",
+    "required": False,
+    "description": "An id of your own for this request, to find it in the server's logs and "
+    "audit rows; echoed in the answer's `X-Request-ID`. Kept when 1-64 characters of "
+    "`A-Z a-z 0-9 . _ -`; anything else is replaced by an id the server makes (never refused).",
+    "schema": {"type": "string", "example": "phone-7f3a-000123"},
+}
+
+
+def with_request_id(response: dict[str, Any]) -> None:
+    """Name the ``X-Request-ID`` header in ``response`` (a new headers mapping: the one it
+    has may be shared with other answers)."""
+    response["headers"] = {**response.get("headers", {}), REQUEST_ID: REQUEST_ID_REF}
+
 
 _PATH_PARAMETER = re.compile(r"{[^}]+}")
 # Examples of values whose shape a pattern fixes (a pattern cannot be inverted in general).
@@ -252,6 +282,12 @@ class SpecPlugin(BasePlugin):
                 if any(p.get("required") for p in if_match):  # optional: no 428
                     responses.setdefault("428", _response_ref("PRECONDITION_REQUIRED"))
             _add_common_failures(method, operation, responses)
+            parameters = operation.setdefault("parameters", [])
+            if not any(isinstance(p, dict) and p.get("name") == REQUEST_ID for p in parameters):
+                parameters.append(dict(REQUEST_ID_PARAMETER))
+            for response in responses.values():
+                if isinstance(response, dict) and "$ref" not in response:
+                    with_request_id(response)  # shared ones: Api._document_pending
             if any(_is_idempotency_key(p) for p in operation.get("parameters", [])):
                 for code, response in responses.items():
                     if str(code).startswith("2") and isinstance(response, dict):
@@ -368,5 +404,6 @@ def install(api: Any) -> None:
     is registered)."""
     plugin = SpecPlugin()
     plugin.init_spec(api.spec)
+    api.spec.components.header(REQUEST_ID, REQUEST_ID_HEADER)
     api.spec.plugins.append(plugin)
     api.ma_plugin.converter.add_attribute_function(ecma_pattern)
