@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -57,7 +58,11 @@ class Category(Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     sort_order: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Bumped by every change (If-Match, gridapi.services.preconditions): two admins editing
+    # one category each overwrote the other's change without a word.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
 
+    __mapper_args__ = {"version_id_col": version}
     __table_args__ = (
         CheckConstraint("length(code) IN (2, 4)", name="code_length"),
         CheckConstraint(
@@ -74,6 +79,11 @@ class Category(Base):
     @property
     def level(self) -> int:
         return 1 if len(self.code) == 2 else 2
+
+    @property
+    def id(self) -> str:
+        """The category's code: what names it in its ETag, ``"<code>-<version>"``."""
+        return self.code
 
 
 class CalendarDay(Base):

@@ -72,6 +72,13 @@ class CategorySchema(StrictSchema):
     duplicate_radius_m = fields.Float(required=True)
     attributes = fields.List(fields.Nested(AttributeSchema), required=True)
     is_active = fields.Boolean(required=True)
+    version = fields.Integer(
+        required=True,
+        metadata={
+            "description": 'Bumped by every change: `"<code>-<version>"` is the category\'s '
+            "ETag, to send as If-Match with a change."
+        },
+    )
 
 
 class CategoryListSchema(StrictSchema):

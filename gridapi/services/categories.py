@@ -15,6 +15,7 @@ from ..models import Case, Category
 from ..models.categories import ATTRIBUTE_TYPES
 from ..numbers import MAX_EXACT
 from ..schemas.common import stated
+from .preconditions import check_if_match, flush_versioned
 from .uniques import add_or_conflict
 
 # fullmatch, not ``$``: ``$`` also matches before a final newline ("community\n").
@@ -325,8 +326,11 @@ def create_category(session: Session, data: dict[str, Any]) -> Category:
     return category
 
 
-def update_category(session: Session, code: str, changes: dict[str, Any]) -> Category:
-    """Change a category's limits, standards, flags or attribute schema.
+def update_category(
+    session: Session, code: str, changes: dict[str, Any], *, if_match: str | None = None
+) -> Category:
+    """Change a category's limits, standards, flags or attribute schema; with ``if_match``,
+    only the version it names (PreconditionFailed, 412, otherwise).
 
     The sensitive flag applies to the cases already filed under the category too (a case
     of a category made sensitive stayed visible by place alone, in lists, maps and exports).
@@ -336,6 +340,8 @@ def update_category(session: Session, code: str, changes: dict[str, Any]) -> Cat
     # here, or the class of one activated here retired meanwhile, is waited for and then
     # seen (create_category locks the class too).
     category = get_category(session, code, lock=True)
+    # Optional, as before versions: a client that sends none still has the last word.
+    check_if_match(category, if_match, noun="category", required=False)
     _check_definition(changes)
     _check_department(session, changes)
     if changes.get("is_active") is False and category.is_active and len(code) == 2:
@@ -364,5 +370,5 @@ def update_category(session: Session, code: str, changes: dict[str, Any]) -> Cat
             .values(sensitive=changes["sensitive"], version=Case.version + 1)
             .execution_options(synchronize_session=False)
         )
-    session.flush()
+    flush_versioned(session, "category")
     return category

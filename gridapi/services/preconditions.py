@@ -4,7 +4,8 @@ An object's entity tag is ``"<id>-<version>"``; ``version`` is the row's version
 (SQLAlchemy's ``version_id_col``), bumped by every change, so an update that read a stale
 version changes nothing. Cases, tasks and campaigns require If-Match on every change (428
 without it); houses, households and residents check it when it is sent (412 when stale) and
-otherwise let the last writer win, as they did before they had versions.
+otherwise let the last writer win, as they did before they had versions; so do categories,
+whose ETag is ``"<code>-<version>"``.
 
 Where an answer shows more than its row (a household's members, a resident's age on the day
 asked), its tag is ``"<id>-<version>-<digest>"``: the digest of the answer keeps conditional

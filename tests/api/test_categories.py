@@ -552,3 +552,38 @@ def test_an_oversized_attribute_payload_is_refused_at_once(client, world, sessio
     r = _report(client, {"hazards": ["电", "气"] * 100})  # repeats within the bound: one each
     assert r.status_code == 201, r.get_json()
     assert r.get_json()["attributes"] == {"hazards": ["电", "气"]}
+
+
+def test_a_change_sent_with_a_stale_etag_is_refused_not_overwriting(client, accounts, world):
+    """Two admins editing one category: the last one's change undid the first's without a
+    word. A change sent with the ETag of an older read is now a 412; one sent without
+    If-Match is still taken, as before."""
+    other = accounts.client("admin2", "admin")
+    read = client.get("/api/v1/categories/0101")
+    tag = read.headers["ETag"]
+    assert tag == f'"0101-{read.get_json()["version"]}"'
+    theirs = other.patch(
+        "/api/v1/categories/0101", json={"handle_limit": 6}, headers={"If-Match": tag}
+    )
+    assert theirs.status_code == 200, theirs.get_json()
+    assert theirs.headers["ETag"] != tag
+    assert theirs.headers["ETag"] == other.get("/api/v1/categories/0101").headers["ETag"]
+    mine = client.patch(
+        "/api/v1/categories/0101", json={"handle_limit": 2}, headers={"If-Match": tag}
+    )
+    assert mine.status_code == 412
+    body = mine.get_json()
+    assert set(body) <= {"code", "status", "message", "errors"} and body["code"] == 412
+    assert mine.headers["ETag"] == theirs.headers["ETag"]
+    assert client.get("/api/v1/categories/0101").get_json()["handle_limit"] == 6
+    # Read again, the change is taken; and without If-Match, the last writer still wins.
+    fresh = client.patch(
+        "/api/v1/categories/0101",
+        json={"handle_limit": 2},
+        headers={"If-Match": mine.headers["ETag"]},
+    )
+    assert fresh.status_code == 200 and fresh.get_json()["handle_limit"] == 2
+    blind = other.patch("/api/v1/categories/0101", json={"handle_limit": 3})
+    assert blind.status_code == 200 and blind.get_json()["handle_limit"] == 3
+    actions = [e["action"] for e in client.get("/api/v1/audit").get_json()["items"]]
+    assert actions.count("category.update") == 3
