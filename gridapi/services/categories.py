@@ -364,6 +364,8 @@ def update_category(
     for key, value in changes.items():
         setattr(category, key, value)
     if flagged:
+        # Each case changed gets a new updated_at too (the column's onupdate): Open311's
+        # updated_after, and sync through the cases' trigger, learn it became visible.
         session.execute(
             update(Case)
             .where(Case.category_code == code, Case.sensitive.is_not(changes["sensitive"]))

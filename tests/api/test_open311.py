@@ -805,3 +805,22 @@ def test_the_unit_holding_a_request_is_named_as_it_is_called_today(anon_client, 
     assert r.status_code == 200, r.get_json()
     [got] = anon_client.get(f"{BASE}/requests/{number}.json?api_key={key}").get_json()
     assert got["agency_responsible"] == "平江社区"
+
+
+def test_a_case_its_category_makes_visible_again_is_updated_after(
+    anon_client, key, public_read, client, engine
+):
+    """A category made sensitive and back left its cases' updated_datetime as it was: a
+    consumer polling with updated_after never learnt that a case had become visible again
+    (or, keyed, that it had become sensitive)."""
+    number = post(anon_client, key, form(*center(0))).get_json()[0]["service_request_id"]
+    long_ago = datetime.now(UTC) - timedelta(days=2)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE cases SET updated_at = :t"), {"t": long_ago})
+    since = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    url = f"{BASE}/requests.json?updated_after={since}"
+    assert _numbers(anon_client.get(url)) == []
+    assert client.patch("/api/v1/categories/0101", json={"sensitive": True}).status_code == 200
+    assert _numbers(anon_client.get(url)) == []  # hidden from the public
+    assert client.patch("/api/v1/categories/0101", json={"sensitive": False}).status_code == 200
+    assert _numbers(anon_client.get(url)) == [number]
