@@ -28,6 +28,10 @@ MAX_DESCRIPTION = 1000
 MAX_VALUES = 200
 MAX_VALUE = 100
 NUL_MESSAGE = "Must not contain NUL characters (U+0000)."
+#: The years a date attribute may name: a birth date or an incident's day, never year 1.
+FIRST_DATE_YEAR, LAST_DATE_YEAR = 1900, 2100
+# ASCII: \d alone matches any Unicode digit (full-width ２０２６), which date() reads.
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 
 
 #: The gap between two classes' display orders in the seed (a class at 100 × n, its
@@ -233,10 +237,18 @@ def _check_value(attr: dict[str, Any], value: Any) -> tuple[str | None, Any]:
             return f"a whole number of at most {MAX_EXACT} in magnitude", None
         return None, value
     if kind == "date":
+        # Only YYYY-MM-DD: fromisoformat also reads ISO weeks and the basic form ("2026W48",
+        # "20261130"), which a report then kept as a date nobody had written.
+        problem = f"must be a date (YYYY-MM-DD) of the years {FIRST_DATE_YEAR}-{LAST_DATE_YEAR}"
+        if not isinstance(value, str) or not _DATE_RE.fullmatch(value):
+            return problem, None
         try:
-            return None, date.fromisoformat(value).isoformat()
-        except (TypeError, ValueError):
-            return "must be a date (YYYY-MM-DD)", None
+            day = date.fromisoformat(value)
+        except ValueError:
+            return problem, None
+        if not FIRST_DATE_YEAR <= day.year <= LAST_DATE_YEAR:
+            return problem, None
+        return None, day.isoformat()
     if kind == "single_choice":
         if value not in attr["values"]:
             return f"must be one of: {', '.join(attr['values'])}", None

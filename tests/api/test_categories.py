@@ -587,3 +587,31 @@ def test_a_change_sent_with_a_stale_etag_is_refused_not_overwriting(client, acco
     assert blind.status_code == 200 and blind.get_json()["handle_limit"] == 3
     actions = [e["action"] for e in client.get("/api/v1/audit").get_json()["items"]]
     assert actions.count("category.update") == 3
+
+
+def test_a_date_attribute_takes_only_a_calendar_date_of_sane_years(client, world, session):
+    """An ISO week ("2026W48"), the basic form ("20261130") and year 1 were taken as dates
+    and stored as days nobody had written (2026-11-23 for the week)."""
+    form = [{"code": "found_on", "label": "发现日期", "type": "date"}]
+    assert client.patch("/api/v1/categories/0101", json={"attributes": form}).status_code == 200
+    for bad in (
+        "2026W48",
+        "2026-W48-1",
+        "20261130",
+        "2026-11-30T08:00",
+        "0001-01-01",
+        "1899-12-31",
+        "2101-01-01",
+        "２０２６-11-30",
+        "2026-02-30",
+        20261130,
+    ):
+        r = _report(client, {"found_on": bad})
+        assert r.status_code == 422, (bad, r.get_json())
+        errors = r.get_json()["errors"]["json"]["attributes"]
+        assert errors == {"found_on": ["must be a date (YYYY-MM-DD) of the years 1900-2100"]}
+    assert _cases(session) == 0
+    for good in ("2026-11-30", "1900-01-01", "2100-12-31"):
+        r = _report(client, {"found_on": good})
+        assert r.status_code == 201, (good, r.get_json())
+        assert r.get_json()["attributes"] == {"found_on": good}
