@@ -39,6 +39,9 @@ class AppState:
     cipher: FieldCipher
     _calendar: tuple[float, WorkingCalendar] | None = field(default=None, repr=False)
     _calendar_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # How many times an edit has forgotten the calendar: a read that began before the last
+    # one may hold the days as they were, and is not kept.
+    _calendar_generation: int = field(default=0, repr=False)
 
     def calendar(self, session: Session) -> WorkingCalendar:
         """Return the working calendar, re-read at most every ``calendar_cache_seconds``
@@ -48,13 +51,26 @@ class AppState:
             return cached[1]
         from .services.calendar import working_calendar
 
+        # Noted before the days are read: an edit committed before this saw its generation
+        # bumped after its commit, so a read that sees this generation unchanged read after
+        # that commit (every caller reads within a write transaction: on PostgreSQL a
+        # statement sees what was committed when it began, on SQLite no edit commits
+        # meanwhile). An edit forgotten meanwhile may be missing from what was read: the
+        # request uses it, but it is not kept for the next ones (it was, for up to
+        # calendar_cache_seconds after the edit).
+        generation = self._calendar_generation
         calendar = working_calendar(session, self.settings.working_hours, self.settings.timezone)
         with self._calendar_lock:
-            self._calendar = (time.monotonic() + self.settings.calendar_cache_seconds, calendar)
+            if generation == self._calendar_generation:
+                expires = time.monotonic() + self.settings.calendar_cache_seconds
+                self._calendar = (expires, calendar)
         return calendar
 
     def forget_calendar(self) -> None:
-        self._calendar = None
+        """Drop the calendar kept, after an edit has committed, and any read under way."""
+        with self._calendar_lock:
+            self._calendar_generation += 1
+            self._calendar = None
 
 
 def state() -> AppState:

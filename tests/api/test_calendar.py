@@ -430,3 +430,35 @@ def test_the_command_refuses_a_source_with_a_nul_and_imports_nothing(
     assert client.get("/api/v1/calendar?year=2029").get_json()["years"][0]["status"] == "missing"
     r = client.post("/api/v1/calendar/import", json=body)  # the API answers alike
     assert r.status_code == 422 and "source" in r.get_json()["errors"]["json"]
+
+
+def test_a_calendar_read_before_an_edit_is_not_kept_after_it(client, app):
+    """A request that read the days just before an admin's edit committed kept them in the
+    process's cache after the edit had emptied it: deadlines went on being counted without
+    the new holiday for up to GRIDAPI_CALENDAR_CACHE_SECONDS."""
+    from sqlalchemy import event
+
+    from gridapi.db import sqlite_write_intent
+
+    st = app.extensions["gridapi"]
+    holiday = date(2030, 6, 12)  # a Wednesday
+    edited: list[int] = []
+
+    def edit_once_read(orm_execute_state):  # type: ignore[no-untyped-def]
+        # The request's read of the days has its rows; the edit commits before it stores them.
+        rows = orm_execute_state.invoke_statement().freeze()
+        r = client.put(f"/api/v1/calendar/{holiday}", json={"kind": "holiday", "name": "端午节"})
+        edited.append(r.status_code)
+        return rows()
+
+    token = sqlite_write_intent.set(False)  # a plain read: the edit may commit meanwhile
+    try:
+        with st.sessions() as session:
+            event.listen(session, "do_orm_execute", edit_once_read)
+            assert st.calendar(session).is_working_day(holiday)  # read before the edit
+            event.remove(session, "do_orm_execute", edit_once_read)
+    finally:
+        sqlite_write_intent.reset(token)
+    assert edited == [200]
+    with st.sessions() as session:
+        assert not st.calendar(session).is_working_day(holiday)
