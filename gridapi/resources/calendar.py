@@ -93,7 +93,8 @@ class CalendarImport(MethodView):
 
         All or nothing: a file with any bad date changes nothing. Each year imported takes the
         `status` its entry gives (`official` unless it says `provisional`) and the file's
-        `source`.
+        `source`; a `source` of more than 2000 characters is a 422 naming it, as with
+        `PUT /api/v1/calendar/years/{year}`.
         """
         settings = state().settings
         result = svc.import_days(db_session(), data, settings.working_hours, settings.timezone)

@@ -76,7 +76,7 @@ class CalendarDayUpdateSchema(StrictSchema):
 
 class CalendarImportSchema(StrictSchema):
     version = fields.Integer(required=True, validate=validate.Equal(1))
-    source = fields.String()
+    source = fields.String(validate=validate.Length(max=SOURCE_MAX))
     years = fields.Dict(
         required=True,
         metadata={

@@ -101,11 +101,17 @@ def import_days(session: Session, data: Any, working_hours: str, timezone: str) 
             f"Invalid calendar data: {problem}", errors={"json": {"years": [problem]}}
         )
     source = data.get("source")
-    source = source[:SOURCE_MAX] if isinstance(source, str) else ""
+    source = source if isinstance(source, str) else ""
+    problem = None
     if "\x00" in source:
         # The API's schema refuses it; a file given to `gridapi calendar import` came here
         # with it, and PostgreSQL's refusal to store it ended the command in a traceback.
         problem = "Must not contain NUL characters (U+0000)."
+    elif len(source) > SOURCE_MAX:
+        # Refused as PUT /api/v1/calendar/years/<year> refuses it: cut at SOURCE_MAX, the
+        # notice's name or address was kept without its end, and nobody told.
+        problem = f"Longer than maximum length {SOURCE_MAX}."
+    if problem is not None:
         raise Unprocessable(
             f"Invalid calendar data: source: {problem}", errors={"json": {"source": [problem]}}
         )

@@ -462,3 +462,31 @@ def test_a_calendar_read_before_an_edit_is_not_kept_after_it(client, app):
     assert edited == [200]
     with st.sessions() as session:
         assert not st.calendar(session).is_working_day(holiday)
+
+
+def test_an_import_refuses_a_source_too_long_as_a_year_does(
+    client, database_url, settings, tmp_path
+):
+    """PUT /calendar/years/<year> refused a source of more than 2,000 characters; an import
+    (the API's or the command's) cut it there and kept the notice without its end."""
+    source = "国务院办公厅关于2029年部分节假日安排的通知 " + "x" * 2000
+    r = client.put("/api/v1/calendar/years/2029", json={"status": "official", "source": source})
+    assert r.status_code == 422 and "source" in r.get_json()["errors"]["json"]
+    body = {"version": 1, "source": source, "years": {"2029": {"holidays": ["2029-10-01"]}}}
+    r = client.post("/api/v1/calendar/import", json=body)
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"] == {"json": {"source": ["Longer than maximum length 2000."]}}
+    path = tmp_path / "2029.json"
+    path.write_text(json.dumps(body))
+    env = {"GRIDAPI_DATABASE_URL": database_url, "GRIDAPI_DATA_DIR": settings.data_dir}
+    result = CliRunner().invoke(main, ["calendar", "import", str(path)], env=env)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # a message, no trace
+    assert "source" in result.output and "2000" in result.output
+    assert _dates(client, 2029) == []
+    assert client.get("/api/v1/calendar?year=2029").get_json()["years"][0]["status"] == "missing"
+    body["source"] = source[:2000]  # at the limit: taken whole
+    assert client.post("/api/v1/calendar/import", json=body).status_code == 200
+    assert (
+        client.get("/api/v1/calendar?year=2029").get_json()["years"][0]["source"] == source[:2000]
+    )
