@@ -22,9 +22,10 @@ class CalendarYearSchema(StrictSchema):
         validate=validate.OneOf([*YEAR_STATUSES, "missing"]),
         metadata={
             "description": "`official`: the State Council's arrangement. `provisional`: a "
-            "stand-in until it is published (e.g. only the fixed-date holidays). `missing`: no "
-            "arrangement at all. Deadlines count the weekdays of a year that is not official "
-            "as working days, holidays without fixed dates (春节, 清明, 端午, 中秋) included."
+            "stand-in until it is published (e.g. only the fixed-date holidays), or days set "
+            "one by one that nobody has marked official yet. `missing`: no arrangement at "
+            "all. Deadlines count the weekdays of a year that is not official as working days, "
+            "holidays without fixed dates (春节, 清明, 端午, 中秋) included, unless they are set."
         },
     )
     source = fields.String(required=True, metadata={"description": "Where the days come from."})

@@ -6,7 +6,7 @@ from datetime import date, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, extract, select
+from sqlalchemy import delete, extract, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -162,22 +162,30 @@ def set_year(session: Session, year: int, status: str, source: str | None = None
 
 
 def years_view(session: Session, today: date, year: int | None = None) -> list[dict[str, Any]]:
-    """Return the status of ``year``, or of every year with one and of the years deadlines
-    counted from ``today`` may reach: ``official``, ``provisional`` or ``missing`` (no
-    arrangement at all: every weekday a working day), by year."""
+    """Return the status of ``year``, or of every year with one or with days and of the years
+    deadlines counted from ``today`` may reach: ``official``, ``provisional`` or ``missing``
+    (no arrangement at all: every weekday a working day), by year.
+
+    A year whose days were set one by one and never marked is ``provisional``, as of its
+    last day set: its holidays count, and nobody has said they are the notice's. It showed
+    as ``missing``, no arrangement at all, whatever days it held."""
     rows = {r.year: r for r in session.scalars(select(CalendarYear))}
-    wanted = {year} if year else {*rows, *_reached(today)}
+    day_year = extract("year", CalendarDay.day)
+    stmt = select(day_year, func.max(CalendarDay.updated_at)).group_by(day_year)
+    if year:
+        stmt = stmt.where(day_year == year)
+    days_set = {int(y): last for y, last in session.execute(stmt)}
+    wanted = {year} if year else {*rows, *days_set, *_reached(today)}
     out = []
     for y in sorted(wanted):
         row = rows.get(y)
-        out.append(
-            {
-                "year": y,
-                "status": row.status if row else "missing",
-                "source": row.source if row else "",
-                "updated_at": row.updated_at if row else None,
-            }
-        )
+        if row is not None:
+            status, source, updated_at = row.status, row.source, row.updated_at
+        elif y in days_set:
+            status, source, updated_at = "provisional", "", days_set[y]
+        else:
+            status, source, updated_at = "missing", "", None
+        out.append({"year": y, "status": status, "source": source, "updated_at": updated_at})
     return out
 
 

@@ -244,7 +244,8 @@ def test_a_looping_worker_warns_of_the_calendar_again_each_day(
     from gridapi.services import jobs
 
     with engine.begin() as conn:
-        conn.execute(text("DELETE FROM calendar_years"))  # every year missing
+        conn.execute(text("DELETE FROM calendar_years"))  # every year missing: no status,
+        conn.execute(text("DELETE FROM calendar_days"))  # no day set
     monkeypatch.setattr(
         jobs, "CALENDAR_EVERY_SECONDS", 0.0, raising=False
     )  # "a day" is every round here
@@ -490,3 +491,26 @@ def test_an_import_refuses_a_source_too_long_as_a_year_does(
     assert (
         client.get("/api/v1/calendar?year=2029").get_json()["years"][0]["source"] == source[:2000]
     )
+
+
+def test_a_year_set_day_by_day_is_not_missing(client, engine):
+    """A year whose holidays and 调休 days were all set one by one showed as `missing`, no
+    arrangement at all, as if deadlines ignored them: it is provisional until marked."""
+    days = {"2031-10-01": "holiday", "2031-10-02": "holiday", "2031-09-28": "workday"}
+    for day, kind in days.items():
+        assert client.put(f"/api/v1/calendar/{day}", json={"kind": kind}).status_code == 200
+    (year,) = client.get("/api/v1/calendar?year=2031").get_json()["years"]
+    assert (year["year"], year["status"], year["source"]) == (2031, "provisional", "")
+    assert year["updated_at"] is not None
+    listed = {y["year"]: y["status"] for y in client.get("/api/v1/calendar").get_json()["years"]}
+    assert listed[2031] == "provisional"
+    with Session(engine) as session:
+        warned = calendar_problem(session, date(2030, 12, 1))
+        assert warned is not None and "2031 is provisional" in warned
+    # Marked official, it is; every day removed, it has no arrangement again.
+    r = client.put("/api/v1/calendar/years/2031", json={"status": "official"})
+    assert r.status_code == 200 and r.get_json()["status"] == "official"
+    assert client.get("/api/v1/calendar?year=2032").get_json()["years"][0]["status"] == "missing"
+    assert client.put("/api/v1/calendar/2032-01-01", json={"kind": "holiday"}).status_code == 200
+    assert client.delete("/api/v1/calendar/2032-01-01").status_code == 204
+    assert client.get("/api/v1/calendar?year=2032").get_json()["years"][0]["status"] == "missing"
