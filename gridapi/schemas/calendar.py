@@ -6,6 +6,7 @@ from marshmallow import fields, validate
 
 from ..services.calendar import FIRST_YEAR, LAST_YEAR, SOURCE_MAX
 from ..workcalendar import YEAR_STATUSES
+from .categories import Shown
 from .common import StrictSchema
 
 
@@ -72,7 +73,9 @@ class CalendarQueryArgsSchema(StrictSchema):
 
 class CalendarDayUpdateSchema(StrictSchema):
     kind = fields.String(required=True, validate=validate.OneOf(["holiday", "workday"]))
-    name = fields.String(load_default="", validate=validate.Length(max=50))
+    # Cleaned as a category's labels are: "春节" with a zero-width space after it was stored
+    # so, and listed as a name unlike "春节"; one of a zero-width space named the day blank.
+    name = Shown(load_default="", validate=validate.Length(max=50))
 
 
 class CalendarImportSchema(StrictSchema):

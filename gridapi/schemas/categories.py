@@ -92,10 +92,11 @@ class CategoryQueryArgsSchema(StrictSchema):
 _LIMIT = validate.Range(min=1, max=1000)
 
 
-class _Shown(Stated):
-    """A label or choice as a picker shows it: without blank ends (" 是" and "是" were two
-    choices that showed alike, and a client that sent the one it saw was refused), and
-    refused, not stripped, with a NUL in it (stated() takes control characters off)."""
+class Shown(Stated):
+    """A label or choice as a picker shows it (a calendar day's name too): without blank
+    ends, white space and the characters that show nothing (" 是" and "是" were two choices
+    that showed alike, and a client that sent the one it saw was refused), and refused, not
+    stripped, with a NUL in it (stated() takes control characters off)."""
 
     def _deserialize(self, value, attr, data, **kwargs):  # type: ignore[no-untyped-def]
         _no_nul(value)
@@ -114,7 +115,7 @@ class AttributeDefinitionSchema(StrictSchema):
         ),
         metadata={"example": "mediated"},
     )
-    label = _Shown(
+    label = Shown(
         required=True,
         validate=validate.Length(min=1, max=MAX_LABEL),
         metadata={"example": "是否已调解"},
@@ -126,7 +127,7 @@ class AttributeDefinitionSchema(StrictSchema):
     )
     required = fields.Boolean(metadata={"description": "A report must give it (default false)."})
     values = fields.List(
-        _Shown(validate=validate.Length(min=1, max=MAX_VALUE)),
+        Shown(validate=validate.Length(min=1, max=MAX_VALUE)),
         allow_none=True,
         validate=validate.Length(min=1, max=MAX_VALUES),
         metadata={

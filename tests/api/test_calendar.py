@@ -514,3 +514,24 @@ def test_a_year_set_day_by_day_is_not_missing(client, engine):
     assert client.put("/api/v1/calendar/2032-01-01", json={"kind": "holiday"}).status_code == 200
     assert client.delete("/api/v1/calendar/2032-01-01").status_code == 204
     assert client.get("/api/v1/calendar?year=2032").get_json()["years"][0]["status"] == "missing"
+
+
+def test_a_days_name_is_cleaned_as_a_category_label_is(client, session):
+    """A day's name kept the blanks and the characters that show nothing (a zero-width
+    space, a byte-order mark) around it, which a category's labels are cleaned of; a NUL
+    is still refused, not stripped off with them."""
+    from gridapi.models import CalendarDay
+
+    for sent, kept in (("\u200b春节\ufeff ", "春节"), ("\u200b\u2060", ""), (" 国庆节", "国庆节")):
+        r = client.put("/api/v1/calendar/2030-10-01", json={"kind": "holiday", "name": sent})
+        assert r.status_code == 200, r.get_json()
+        assert r.get_json()["name"] == kept
+        session.rollback()
+        assert session.get(CalendarDay, date(2030, 10, 1)).name == kept
+    r = client.put("/api/v1/calendar/2030-10-02", json={"kind": "holiday", "name": "春节\u0000"})
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"] == {
+        "json": {"name": ["Must not contain NUL characters (U+0000)."]}
+    }
+    items = client.get("/api/v1/calendar?year=2030").get_json()["items"]
+    assert [(d["date"], d["name"]) for d in items] == [("2030-10-01", "国庆节")]
