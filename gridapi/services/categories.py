@@ -14,7 +14,7 @@ from ..errors import Conflict, NotFound, Unprocessable
 from ..models import Case, Category
 from ..models.categories import ATTRIBUTE_TYPES
 from ..numbers import MAX_EXACT
-from ..schemas.common import stated
+from ..schemas.common import FIRST_YEAR, LAST_YEAR, stated
 from .preconditions import check_if_match, flush_versioned
 from .uniques import add_or_conflict
 
@@ -28,8 +28,6 @@ MAX_DESCRIPTION = 1000
 MAX_VALUES = 200
 MAX_VALUE = 100
 NUL_MESSAGE = "Must not contain NUL characters (U+0000)."
-#: The years a date attribute may name: a birth date or an incident's day, never year 1.
-FIRST_DATE_YEAR, LAST_DATE_YEAR = 1900, 2100
 # ASCII: \d alone matches any Unicode digit (full-width ２０２６), which date() reads.
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 
@@ -239,14 +237,14 @@ def _check_value(attr: dict[str, Any], value: Any) -> tuple[str | None, Any]:
     if kind == "date":
         # Only YYYY-MM-DD: fromisoformat also reads ISO weeks and the basic form ("2026W48",
         # "20261130"), which a report then kept as a date nobody had written.
-        problem = f"must be a date (YYYY-MM-DD) of the years {FIRST_DATE_YEAR}-{LAST_DATE_YEAR}"
+        problem = f"must be a date (YYYY-MM-DD) of the years {FIRST_YEAR}-{LAST_YEAR}"
         if not isinstance(value, str) or not _DATE_RE.fullmatch(value):
             return problem, None
         try:
             day = date.fromisoformat(value)
         except ValueError:
             return problem, None
-        if not FIRST_DATE_YEAR <= day.year <= LAST_DATE_YEAR:
+        if not FIRST_YEAR <= day.year <= LAST_YEAR:  # the years every date of the API lies in
             return problem, None
         return None, day.isoformat()
     if kind == "single_choice":
@@ -375,6 +373,7 @@ def update_category(
     flagged = "sensitive" in changes and changes["sensitive"] != category.sensitive
     for key, value in changes.items():
         setattr(category, key, value)
+    flush_versioned(session, "category")
     if flagged:
         # Each case changed gets a new updated_at too (the column's onupdate): Open311's
         # updated_after, and sync through the cases' trigger, learn it became visible.
@@ -384,5 +383,5 @@ def update_category(
             .values(sensitive=changes["sensitive"], version=Case.version + 1)
             .execution_options(synchronize_session=False)
         )
-    flush_versioned(session, "category")
+    session.flush()
     return category
