@@ -128,6 +128,63 @@ def test_ratings_given_before_a_reopen_are_cleared(app, accounts, factory, clien
     assert [e["data"] for e in d.timeline(undone) if e["action"] == "rate"] == [{"score": 2}]
 
 
+def test_dispatch_and_supervision_of_an_ended_life_are_cleared(
+    app, accounts, factory, client, engine
+):
+    """Cases returned or reopened before the workflow cleared them kept ``dispatched_at``
+    (the indicators counted on-the-spot feedback as a handler's) and the first life's
+    supervision level: migration 0037 clears both; a dispatch or a card given since stays."""
+    from sqlalchemy import text
+
+    from tests.api.test_case_workflow import Desk
+
+    factory.regions()
+    factory.grid_version()
+    d = Desk(app, accounts, client)
+    returned, redispatched, reopened, carded = (d.report(col=c)["id"] for c in range(4))
+    for cid in (returned, redispatched):
+        d.to_filed(cid)
+        d.act(d.office, cid, "dispatch", assignee_id=d.id("worker"))
+        d.act(d.worker, cid, "return", comment="不属于本网格")
+    d.act(d.office, redispatched, "dispatch", assignee_id=d.id("worker"))
+    for cid in (reopened, carded):
+        d.to_handling(cid)
+        d.act(d.county, cid, "supervise", level="red", comment="严重超期")
+        d.act(d.worker, cid, "feedback", comment="已清理")
+        d.act(d.office, cid, "verify_pass")
+        d.act(d.office, cid, "close")
+        d.act(d.office, cid, "reopen", comment="问题复发")
+    d.act(d.county, carded, "supervise", level="yellow", comment="请加快")
+    d.act(d.office, carded, "dispatch", assignee_id=d.id("worker"))
+    dispatched = "SELECT id, dispatched_at IS NOT NULL FROM cases WHERE id IN (:a, :b, :c, :d)"
+    ids = {"a": returned, "b": redispatched, "c": reopened, "d": carded}
+    with engine.begin() as conn:  # as the earlier workflow left them
+        conn.execute(
+            text("UPDATE cases SET dispatched_at = reported_at WHERE id IN (:a, :b, :c, :d)"),
+            ids,
+        )
+        conn.execute(text("UPDATE cases SET supervision = 'red' WHERE id = :id"), {"id": reopened})
+    versions = {cid: d.get(cid)["version"] for cid in ids.values()}
+    migrations.downgrade(engine, "0036")
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    with engine.connect() as conn:
+        assert dict(conn.execute(text(dispatched), ids).all()) == {
+            returned: False,
+            redispatched: True,
+            reopened: False,
+            carded: True,
+        }
+    after = {cid: d.get(cid) for cid in ids.values()}
+    assert after[reopened]["supervision"] == "normal"
+    assert after[reopened]["version"] == versions[reopened] + 1
+    assert after[carded]["supervision"] == "yellow"
+    assert after[carded]["version"] == versions[carded]
+    assert [e["data"]["level"] for e in d.timeline(reopened) if e["action"] == "supervise"] == [
+        "red"
+    ]
+
+
 def test_grids_of_communities_not_in_the_tree_leave_service(factory, client, engine):
     """A grid of a community missing from the tree, put in service by a forced activation
     before imports left such grids out, kept answering for the county's own points:

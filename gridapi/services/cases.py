@@ -1154,6 +1154,9 @@ def _return(ctx: TransitionContext, c: Case) -> str:
     if c.department_id is not None:
         ctx.event_data["department_id"] = c.department_id
     c.assignee_id = c.department_id = None
+    # The dispatch it ends is no leg of handling (dispatch → feedback) any more: the next
+    # dispatch starts one, and feedback by the office itself is handling on the spot.
+    c.dispatched_at = None
     _withdraw_extension_request(ctx, c)
     return "filed"
 
@@ -1165,6 +1168,7 @@ def _escalate(ctx: TransitionContext, c: Case) -> str:
     ctx.event_data["to_unit"] = upper
     c.responsible_region_code = upper
     c.assignee_id = c.department_id = None
+    c.dispatched_at = None  # as a return: the upper level dispatches it anew, or handles it
     _withdraw_extension_request(ctx, c)
     c.escalation_count += 1
     ctx.notify.append(("escalated", None, upper, f"事件 {c.number} 已上报"))
@@ -1299,6 +1303,14 @@ def _reopen(ctx: TransitionContext, c: Case) -> str:
     c.handling_hours = None
     c.verify_due_at = None
     c.assignee_id = c.department_id = None
+    # A new life: its handling leg starts at its own dispatch (the first life's is in the
+    # timeline), and it is supervised afresh. The level the closure had stays in the close
+    # row and, named here, in this one; left on the case, the reopened case showed the first
+    # life's red card, and the worker never gave a card for its own overdue (only raises).
+    c.dispatched_at = None
+    if c.supervision != "normal":
+        ctx.event_data["earlier_supervision"] = c.supervision
+        c.supervision = "normal"
     c.handle_due_at = add_limit(ctx.calendar, ctx.now, category.handle_limit, category.handle_unit)
     ctx.event_data["handle_due_at"] = c.handle_due_at.isoformat()
     if c.satisfaction is not None:

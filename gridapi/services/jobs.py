@@ -512,6 +512,7 @@ def escalate_overdue(
             data["withdrawn_extension"] = {"amount": req["amount"], "unit": req["unit"]}
         c.responsible_region_code = upper
         c.assignee_id = c.department_id = None
+        c.dispatched_at = None  # as the escalate step: that handling leg ended
         c.extension_request = None
         c.escalation_count += 1
         c.status = "filed"

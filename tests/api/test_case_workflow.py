@@ -937,7 +937,7 @@ def test_a_closure_keeps_its_evaluation_in_its_timeline_row(desk, session):
         "on_time": True,
         "rework_count": 1,
         "extension_count": 0,
-        "supervision": "yellow",
+        "supervision": "normal",  # the second life was not supervised
     }
 
 
@@ -964,6 +964,80 @@ def test_supervision_yellow_and_red_cards(desk, session):
     assert notified >= 3  # dispatched, yellow, red
     # The worker may not supervise.
     assert d.post(d.worker, cid, "supervise", level="normal").status_code == 403
+
+
+def test_a_reopened_case_is_supervised_afresh(desk):
+    """A red card (督办) of the case's first life stayed on the case through its reopen: the
+    reopened case was listed and shown as red-carded for a new handling nobody had judged
+    yet. The closed case keeps the level it closed under (the close row too); the reopen
+    starts the new life at normal and its row names the level it ended."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_handling(cid)
+    d.act(d.county, cid, "supervise", level="red", comment="严重超期")
+    d.act(d.worker, cid, "feedback", comment="已清理")
+    d.act(d.office, cid, "verify_pass")
+    closed = d.act(d.office, cid, "close")
+    assert closed["supervision"] == "red"
+    assert d.timeline(cid)[-1]["data"]["supervision"] == "red"
+    reopened = d.act(d.office, cid, "reopen", comment="群众反映问题复发")
+    assert reopened["supervision"] == "normal"
+    event = d.timeline(cid)[-1]
+    assert event["action"] == "reopen"
+    assert event["data"]["earlier_supervision"] == "red"
+    assert [e["data"]["level"] for e in d.timeline(cid) if e["action"] == "supervise"] == ["red"]
+    assert cid not in [c["id"] for c in ok(d.county.get("/api/v1/cases?supervision=red"))["items"]]
+    again = d.act(d.county, cid, "supervise", level="yellow", comment="请加快")
+    assert again["supervision"] == "yellow"
+    assert d.timeline(cid)[-1]["data"] == {"level": "yellow", "previous": "normal"}
+
+
+def test_a_reopen_of_a_case_never_supervised_names_no_earlier_level(desk):
+    d = desk
+    cid = d.report()["id"]
+    d.to_closed(cid)
+    d.act(d.office, cid, "reopen", comment="问题复发")
+    assert "earlier_supervision" not in d.timeline(cid)[-1]["data"]
+
+
+def handled_today(who: Any) -> int:
+    """The 处置反馈数 of the township over the days around today."""
+    today = clock.today()
+    query = f"region={TOWNSHIP}&from={today - timedelta(days=1)}&to={today + timedelta(days=2)}"
+    return ok(who.get(f"/api/v1/indicators?{query}"))["indicators"]["handled"]
+
+
+def test_a_return_escalation_or_reopen_ends_the_dispatch_the_indicators_count(desk):
+    """处置反馈数 counts the dispatch → feedback leg (docs/indicators.md); on-the-spot
+    handling has none. A case dispatched and then returned (回退), escalated (上报) or
+    closed and reopened, and then handled on the spot by an office, still carried the
+    dispatch it had ended: counted as handled by a handler who never gave its feedback."""
+    d = desk
+    returned, escalated, reopened, handled = (d.report(col=c)["id"] for c in range(4))
+    d.to_filed(returned)
+    d.act(d.office, returned, "dispatch", assignee_id=d.id("worker"))
+    d.act(d.worker, returned, "return", comment="不属于本网格")
+    d.act(d.office, returned, "feedback", comment="现场已处置")
+    d.to_handling(escalated)
+    d.act(d.worker, escalated, "escalate", comment="需区级协调")
+    d.act(d.county, escalated, "feedback", comment="区级现场处置")
+    d.to_closed(reopened)
+    d.act(d.office, reopened, "reopen", comment="问题复发")
+    d.act(d.office, reopened, "feedback", comment="现场已处置")
+    for cid in (returned, escalated, reopened):
+        assert d.timeline(cid)[-1]["data"] == {
+            "verify_due_at": d.get(cid)["deadlines"]["verify"],
+            "on_the_spot": True,
+        }
+    d.to_handling(handled)
+    d.act(d.worker, handled, "feedback", comment="已清理")
+    assert handled_today(d.admin) == 1
+    # Dispatched again after the return: a leg again, and counted.
+    d.act(d.office, returned, "verify_fail", comment="仍有问题")
+    d.act(d.office, returned, "dispatch", assignee_id=d.id("worker"))
+    d.act(d.worker, returned, "sign")
+    d.act(d.worker, returned, "feedback", comment="已处置")
+    assert handled_today(d.admin) == 2
 
 
 def test_a_duplicate_is_cancelled_and_linked_both_ways(desk):

@@ -354,6 +354,8 @@ def _replay(session: Any, calendar: Any, start: datetime, end: datetime) -> dict
             f["due"] = datetime.fromisoformat(e.data["handle_due_at"])
         if e.action == "dispatch" and e.to_status == "dispatched":
             f["dispatched"] = True
+        if e.action in ("return", "escalate", "reopen"):
+            f["dispatched"] = False  # the leg ended: the next dispatch starts one
         if e.action == "feedback":
             f["feedback"] = e.at
         if e.action == "close":
