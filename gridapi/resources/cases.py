@@ -214,6 +214,34 @@ def case_view(
     return view
 
 
+# What the answer of a step that leaves the case out of the caller's reach withholds, and
+# the value it shows instead (of the documented type: the schema's fields stay present).
+WITHHELD: dict[str, Any] = {
+    "description": "",
+    "parties": [],
+    "attributes": {},
+    "location": {"type": "Point", "coordinates": [0.0, 0.0]},
+    "reported_location": {"coordinates": [0.0, 0.0], "crs": "wgs84"},
+    "accuracy_m": None,
+    "address": "",
+    "occurred_at": None,
+    "extension_request": None,
+    "satisfaction": None,
+    "client_id": None,
+    "reporter": "",
+}
+
+
+def out_of_reach_view(view: dict[str, Any]) -> dict[str, Any]:
+    """Return the answer of a step after which the caller may no longer read the case (a
+    handler returning or escalating a sensitive case, an office escalating one above its
+    area): the workflow facts the step made (status, the unit holding it now, deadlines,
+    counters, version), and the case's contents withheld as ``WITHHELD`` says, named in
+    ``withheld``. Its read now answers 404; the full case in this answer was kept on a phone
+    that may not read it."""
+    return {**view, **WITHHELD, "duplicates": [], "withheld": sorted(WITHHELD)}
+
+
 blp.takes_routing_snapshot()
 
 
@@ -498,6 +526,13 @@ class Transitions(MethodView):
         member of its department. An action the current state does not allow → 409 with
         `errors.allowed_actions`. A field only another action takes (not null) → 422 naming
         it. Needs `If-Match` (428 without, 412 when stale).
+
+        A step after which the caller may no longer read the case (a handler returning or
+        escalating a sensitive case, an office escalating one above its area) answers 200
+        with the workflow facts it made (status, the unit holding the case, deadlines,
+        counters, version) and the case's contents withheld: `withheld` names those fields,
+        shown empty (the location as 0, 0). The case then answers 404 to the caller, as
+        `GET` does for any case it may not read.
         """
         session = db_session()
         caller = svc.caller_of(session, current_principal())
@@ -519,6 +554,8 @@ class Transitions(MethodView):
             region_code=case_obj.region_code,
         )
         view = render(session, caller, case_obj)
+        if not svc.may_see(caller, case_obj):
+            view = out_of_reach_view(view)
         commit()
         return view, 200, {"ETag": etag(case_obj)}
 

@@ -226,6 +226,15 @@ class CaseSchema(StrictSchema):
         fields.Nested(PossibleDuplicateSchema),
         metadata={"description": "On report: open cases that may be the same thing."},
     )
+    withheld = fields.List(
+        fields.String(),
+        metadata={
+            "description": "Only in the answer of a step after which you may no longer read "
+            "the case: the fields whose values are withheld (shown empty, the location as "
+            "0, 0).",
+            "example": [],
+        },
+    )
 
 
 class CaseListSchema(StrictSchema):

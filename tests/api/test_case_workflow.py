@@ -584,6 +584,42 @@ def test_the_handler_returns_a_case_to_the_office(desk):
     assert d.act(d.worker, cid, "return", comment="需要执法")["status"] == "filed"
 
 
+def test_a_step_that_leaves_the_case_out_of_reach_answers_without_its_contents(desk):
+    """A department member returning a family dispute (sensitive: read only by its offices,
+    handler and reporter), or the township escalating one to the county, may no longer read
+    it: its GET is a 404. The step's answer still carried the whole case (the parties'
+    names, the description, the address), kept on the phone that may not read it. It now
+    answers what the step did and withholds the contents, naming what it withholds."""
+    d = desk
+    parties = [{"role": "当事人", "name": "王某", "note": "电话 13812345678"}]
+    body = {"category": "5103", "description": "王某夫妻争吵", "parties": parties}
+    returned, escalated = d.report(**body)["id"], d.report(col=1, **body)["id"]
+    d.to_filed(returned)
+    d.act(d.office, returned, "dispatch", department_id=d.dept)
+    d.act(d.member, returned, "sign")
+    answer = d.act(d.member, returned, "return", comment="非本部门职责")
+    assert (answer["status"], answer["responsible"]["unit"]["code"]) == ("filed", TOWNSHIP)
+    assert answer["allowed_actions"] == []
+    assert (answer["description"], answer["parties"], answer["address"]) == ("", [], "")
+    assert answer["location"] == {"type": "Point", "coordinates": [0.0, 0.0]}
+    assert "description" in answer["withheld"] and "parties" in answer["withheld"]
+    assert d.member.get(f"/api/v1/cases/{returned}").status_code == 404
+    full = ok(d.office.get(f"/api/v1/cases/{returned}"))
+    assert (full["parties"], full["description"]) == (parties, "王某夫妻争吵")
+    assert "withheld" not in full
+    assert d.steps(returned)[-1] == ("return", "handling", "filed", d.actor("member"))
+
+    d.to_filed(escalated)
+    up = d.act(d.office, escalated, "escalate", comment="需区级协调")
+    assert (up["status"], up["responsible"]["unit"]["code"]) == ("filed", COUNTY)
+    assert (up["description"], up["parties"], up["reporter"]) == ("", [], "")
+    assert d.office.get(f"/api/v1/cases/{escalated}").status_code == 404
+    assert ok(d.county.get(f"/api/v1/cases/{escalated}"))["parties"] == parties
+    # A step that leaves the case in reach answers it whole.
+    kept = d.act(d.county, escalated, "dispatch", department_id=d.dept)
+    assert kept["parties"] == parties and "withheld" not in kept
+
+
 def test_the_township_escalates_to_the_county_and_up_to_the_city(desk):
     d = desk
     cid = d.report()["id"]
