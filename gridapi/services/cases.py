@@ -671,6 +671,16 @@ def get_case(session: Session, case_id: int, caller: Caller, *, for_update: bool
     return found
 
 
+def lock_cases(session: Session, case_ids: Iterable[int]) -> None:
+    """Lock the rows of the cases in the order of their ids, whoever may read them (on
+    PostgreSQL; SQLite has one writer at a time). Two transactions that lock the same
+    cases this way never wait for each other in a circle."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for case_id in sorted(set(case_ids)):
+        session.execute(select(Case.id).where(Case.id == case_id).with_for_update())
+
+
 # --- the workflow -----------------------------------------------------------------------------
 
 
@@ -855,6 +865,12 @@ def transition(
     """
     from ..auth import Forbidden
 
+    if data["action"] == "duplicate" and isinstance(data.get("duplicate_of"), int):
+        # The step locks the original too. Two offices closing two cases as duplicates of
+        # each other at once each locked its own case and waited for the other's: a
+        # deadlock (503). Locked in the order of their ids, the second waits for the first
+        # and then finds its If-Match stale (412) or the pair linked already (422).
+        lock_cases(session, [case_id, data["duplicate_of"]])
     case_obj = get_case(session, case_id, caller, for_update=True)
     check_if_match(case_obj, if_match, noun="case", path="/api/v1/cases/{id}")
     duplicates = duplicates_of(session, case_obj)

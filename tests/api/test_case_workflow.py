@@ -1402,6 +1402,56 @@ def test_concurrent_different_actions_with_one_etag(desk, accounts):
     assert len(d.timeline(cid)) == 2
 
 
+def test_two_cases_closed_as_duplicates_of_each_other_at_once(desk, accounts, monkeypatch):
+    """Two offices closing case X as a duplicate of Y and Y as one of X at the same moment:
+    each step locked its own case, then waited for the other's, and PostgreSQL broke the
+    deadlock with a 503. Both steps now lock the pair in one order: one of them is taken,
+    the other finds its case changed under it (412), and the pair is linked one way."""
+    from gridapi.services import cases as case_svc
+
+    d = desk
+    x, y = d.report()["id"], d.report(col=1)["id"]
+    tags = {x: d.etag(x), y: d.etag(y)}
+    # Each step waits (a little) for the other after locking its own case: without the one
+    # order both then hold one row and want the other's.
+    both = threading.Event()
+    count = iter(range(2))
+    read_duplicates = case_svc.duplicates_of
+
+    def meet_then_read(session: Any, case_obj: Any) -> Any:
+        if next(count, 2) == 1:
+            both.set()
+        both.wait(3)
+        return read_duplicates(session, case_obj)
+
+    monkeypatch.setattr(case_svc, "duplicates_of", meet_then_read)
+
+    def send(pair: tuple[Any, int, int]) -> Any:
+        client, cid, other = pair
+        return client.post(
+            f"/api/v1/cases/{cid}/transitions",
+            json={"action": "duplicate", "duplicate_of": other},
+            headers={"If-Match": tags[cid]},
+        )
+
+    pairs = [(accounts.client("office"), x, y), (accounts.client("office"), y, x)]
+    answers = race(pairs, send)
+    monkeypatch.undo()
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200, 412], [(a.status_code, a.get_json()) for a in answers]
+    winner = next(a.get_json() for a in answers if a.status_code == 200)
+    loser = y if winner["id"] == x else x
+    assert (winner["status"], winner["duplicate_of"]) == ("cancelled", loser)
+    kept = d.get(loser)
+    assert (kept["status"], kept["duplicate_of"], kept["duplicates"]) == (
+        "reported",
+        None,
+        [winner["id"]],
+    )
+    assert [s[0] for s in d.steps(winner["id"])] == ["report", "duplicate"]
+    assert [s[0] for s in d.steps(loser)] == ["report", "duplicates_attached"]
+
+
 # --- queues ---------------------------------------------------------------------------------
 
 
