@@ -133,7 +133,7 @@ def test_dispatch_and_supervision_of_an_ended_life_are_cleared(
 ):
     """Cases returned or reopened before the workflow cleared them kept ``dispatched_at``
     (the indicators counted on-the-spot feedback as a handler's) and the first life's
-    supervision level: migration 0037 clears both; a dispatch or a card given since stays."""
+    supervision level: migration 0038 clears both; a dispatch or a card given since stays."""
     from sqlalchemy import text
 
     from tests.api.test_case_workflow import Desk
@@ -165,7 +165,7 @@ def test_dispatch_and_supervision_of_an_ended_life_are_cleared(
         )
         conn.execute(text("UPDATE cases SET supervision = 'red' WHERE id = :id"), {"id": reopened})
     versions = {cid: d.get(cid)["version"] for cid in ids.values()}
-    migrations.downgrade(engine, "0036")
+    migrations.downgrade(engine, "0037")
     migrations.upgrade(engine)
     assert migrations.current_revision(engine) == HEAD
     with engine.connect() as conn:

@@ -10,8 +10,8 @@ that went through those steps before. The supervision is shown, so those cases g
 version (phones read them again); ``dispatched_at`` is not. The timeline keeps both: the
 ``dispatch``, ``supervise`` and ``close`` rows.
 
-Revision ID: 0037
-Revises: 0036
+Revision ID: 0038
+Revises: 0037
 Create Date: 2026-11-30
 """
 
@@ -21,8 +21,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0037"
-down_revision = "0036"
+revision = "0038"
+down_revision = "0037"
 branch_labels = None
 depends_on = None
 
