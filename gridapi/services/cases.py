@@ -723,8 +723,9 @@ def escalation_target(session: Session | None, code: str) -> str | None:
     """Return the office a case held by ``code`` escalates to, or None when there is none
     below the province (a city, or a province-administered county without its pseudo-city).
 
-    The parent level, preferring a parent that exists as a region: a province-administered
-    county (仙桃 429004) has the pseudo-city (429000) above it when the regions hold one,
+    The parent level, preferring a parent that exists as a region valid today: a
+    province-administered county (仙桃 429004) has the pseudo-city (429000) above it when
+    the regions hold one (also one whose end is planned; not one planned to start later),
     else the province, which no case goes up to. The escalate step, its ``READY`` test and
     the worker's automatic escalation all ask this. Only such a county has two candidate
     parents, so only its cases cost a query.
@@ -741,7 +742,7 @@ def escalation_target(session: Session | None, code: str) -> str | None:
     if len(parents) > 1 and session is not None:
         existing = set(
             session.scalars(
-                select(Region.code).where(Region.code.in_(parents), Region.valid_to.is_(None))
+                select(Region.code).where(Region.code.in_(parents), valid_on(clock.today()))
             )
         )
         upper = next((p for p in parents if p in existing), upper)

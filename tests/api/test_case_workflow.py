@@ -649,19 +649,31 @@ def test_the_township_escalates_to_the_county_and_up_to_the_city(desk):
 HUBEI, HUBEI_PSEUDO_CITY, XIANTAO = "420000000000", "429000000000", "429004000000"
 
 
-@pytest.mark.parametrize("pseudo_city", [False, True], ids=["without", "with"])
+@pytest.mark.parametrize("pseudo_city", ["without", "with", "ending", "planned"])
 def test_a_province_administered_county_escalates_as_the_worker_would(desk, accounts, pseudo_city):
     """仙桃 (429004) is administered by the province; the regions may hold the pseudo-city
     429000 above it, or not. Without it, escalating from the county sent the case to
     429000000000, a unit that does not exist (no office, no name), where the worker's
     automatic escalation goes nowhere (nothing below the province). Both now follow one
-    rule: to the pseudo-city when it exists, else the county is the top."""
+    rule: to the pseudo-city when it exists today, else the county is the top.
+
+    Today, not "the period without an end": a pseudo-city whose end is planned (valid_to
+    next month) was not found, and the county's cases could not escalate at all; one
+    planned to start next month took the cases before it existed."""
     d = desk
+    later = (clock.today() + timedelta(days=30)).isoformat()
     rows = [{"code": HUBEI, "name": "湖北省"}]
-    if pseudo_city:
+    if pseudo_city in ("with", "ending"):
         rows.append({"code": HUBEI_PSEUDO_CITY, "name": "省直辖县级行政区划"})
     rows += [{"code": XIANTAO, "name": "仙桃市"}, {"code": "429004001000", "name": "沙嘴街道"}]
     ok(d.admin.post("/api/v1/regions/import", json=rows))
+    if pseudo_city == "ending":
+        body = {"valid_to": later}
+        ok(d.admin.patch(f"/api/v1/regions/{HUBEI_PSEUDO_CITY}", json=body))
+    elif pseudo_city == "planned":
+        body = {"code": HUBEI_PSEUDO_CITY, "name": "省直辖县级行政区划", "valid_from": later}
+        ok(d.admin.post("/api/v1/regions", json=body), 201)
+    pseudo_city_today = pseudo_city in ("with", "ending")
     office = accounts.client("xt_office", "township_office", scope_region="429004001000")
     centre = accounts.client("xt_centre", "county_centre", scope_region=XIANTAO)
     # Far from every grid and region boundary: the case stays in the reporter's region.
@@ -674,7 +686,7 @@ def test_a_province_administered_county_escalates_as_the_worker_would(desk, acco
         "name": "仙桃市",
     }
     shown = ok(centre.get(f"/api/v1/cases/{cid}"))
-    if not pseudo_city:
+    if not pseudo_city_today:
         assert "escalate" not in shown["allowed_actions"]
         refused = d.post(centre, cid, "escalate", comment="再往上")
         assert refused.status_code == 409, refused.get_json()
