@@ -221,12 +221,22 @@ class GridsExport(MethodView):
     @blp.arguments(GridExportArgsSchema, location="query")
     @blp.response(200, {"type": "object"}, content_type="application/geo+json")
     @blp.doc(**_STREAMED_GEOJSON)
+    @blp.alt_response(
+        404,
+        response="NOT_FOUND",
+        description="The `version` does not exist or is outside your scope (the two look "
+        "the same).",
+    )
     def get(self, args):
         """Export grids in service as GeoJSON (for the phones' offline maps)
 
-        A region's subtree, or every grid in service. Properties: `code`, `name`, `type`,
-        `community_code`, `version_id`. Streamed.
+        A region's subtree, or every grid in service; with `version` the grids of that
+        version instead. Properties: `code`, `name`, `type`, `community_code`, `version_id`.
+        Streamed. A `version` that does not exist, or of which the caller sees nothing,
+        answers 404 (no empty collection, whose ETag would still match once it exists).
         """
+        if args.get("version") is not None:
+            svc.check_version_seen(db_session(), args["version"], scope=_scope())
         return _geojson_response(region=args.get("region"), version_id=args.get("version"))
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import shapely
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from .. import clock
@@ -71,11 +71,14 @@ def import_grid_version(
                 Region.code.in_(sorted(communities)),
                 Region.level == "village",
                 valid_on(clock.today()),
+                scope.region_condition(Region.code),
             )
         ):
             boundaries[code] = None if wkb is None else shapely.from_wkb(bytes(wkb))
     # A grid of a community missing from the tree is reported (unknown_community) and left
-    # out: it neither widens the derived region nor can it ever be put in service.
+    # out: it neither widens the derived region nor can it ever be put in service. So is one
+    # of a community outside the caller's scope, alike: the answer told which of another
+    # area's community codes exist (a region out of reach, or "outside region" with one).
     region = _version_region(session, region_code, set(boundaries), communities, scope)
     prefix = subtree_prefix(region)
     # Activation takes every grid of the region out of service: a community of it that the
@@ -233,6 +236,28 @@ def get_version(session: Session, version_id: int, *, scope: Scope) -> GridVersi
     if version is None:
         raise NotFound("The grid version does not exist or is outside your scope.")
     return version
+
+
+def check_version_seen(session: Session, version_id: int, *, scope: Scope) -> None:
+    """Raise NotFound unless version ``version_id`` exists and ``scope`` sees its region or
+    one of its grids (a township reads its grids of the county's version; a worker those of
+    its own grids): a version with nothing in scope answers like one that does not exist."""
+    grid_seen = (
+        select(Grid.id)
+        .where(
+            Grid.version_id == GridVersion.id,
+            scope.grid_condition(Grid.code, Grid.community_code),
+        )
+        .exists()
+    )
+    seen = session.scalar(
+        select(GridVersion.id).where(
+            GridVersion.id == version_id,
+            or_(scope.region_condition(GridVersion.region_code), grid_seen),
+        )
+    )
+    if seen is None:
+        raise NotFound("The grid version does not exist or is outside your scope.")
 
 
 def list_versions(

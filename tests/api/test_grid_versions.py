@@ -11,6 +11,7 @@ from gridapi.models import Grid, GridVersion
 from ..factories import (
     COMMUNITY_A,
     COMMUNITY_B,
+    COUNTY,
     LAT0,
     LON0,
     STEP,
@@ -604,7 +605,7 @@ def test_version_zero_is_a_version_with_no_grids_not_the_grids_in_service(factor
     assert client.get("/api/v1/grids", query_string={"version": 0}).get_json()["items"] == []
     assert client.get(f"/api/v1/grids/{A1}", query_string={"version": 0}).status_code == 404
     r = client.get("/api/v1/grids/export", query_string={"version": 0})
-    assert json.loads(r.get_data())["features"] == []
+    assert r.status_code == 404, r.get_data(as_text=True)  # no version 0 to export
     assert client.get("/api/v1/grid-versions", query_string={"after": 0}).get_json()["items"] == []
     # Without it, the grids in service as before.
     assert len(client.get("/api/v1/grids").get_json()["items"]) == 4
@@ -631,3 +632,86 @@ def test_a_grid_name_with_a_nul_is_a_feature_problem_on_both_engines(factory, cl
     assert "U+0000" in problems[A2]["message"]
     stored = client.get(f"/api/v1/grid-versions/{version['id']}").get_json()["report"]
     assert stored == version["report"]
+
+
+def test_the_export_of_a_version_not_imported_yet_is_404_not_an_empty_tagged_body(
+    factory, client, accounts
+):
+    """/grids/export?version=N before version N existed answered 200, an empty collection
+    and an ETag, which still matched once N was imported: a phone that asked early kept
+    its empty map (304). A missing version, and one of which the caller sees nothing,
+    answer 404 alike, as /grid-versions/{id}/grids does."""
+    factory.regions()
+    first = factory.grid_version()["id"]
+    later = first + 1
+    early = client.get("/api/v1/grids/export", query_string={"version": later})
+    assert early.status_code == 404, early.get_data(as_text=True)
+    assert "ETag" not in early.headers
+    assert set(early.get_json()) == {"code", "status", "message", "errors"}
+    assert factory.grid_version(activate=False)["id"] == later
+    r = client.get(
+        "/api/v1/grids/export",
+        query_string={"version": later},
+        headers={"If-None-Match": early.headers.get("ETag", '"never-given"')},
+    )
+    assert r.status_code == 200
+    assert len(json.loads(r.get_data())["features"]) == 4
+    # Out of scope like missing: an office of another township; a worker sees its own grid.
+    ok_ = client.post("/api/v1/regions", json={"code": "320508002000", "name": "观前街道"})
+    assert ok_.status_code == 201, ok_.get_json()
+    other = accounts.client("other", "township_office", scope_region="320508002000")
+    hidden = other.get("/api/v1/grids/export", query_string={"version": first})
+    missing = other.get("/api/v1/grids/export", query_string={"version": later + 1})
+    assert (hidden.status_code, hidden.get_json()) == (404, missing.get_json())
+    worker = accounts.client("worker", "grid_worker", grids=[A1])
+    mine = worker.get("/api/v1/grids/export", query_string={"version": first})
+    assert [f["properties"]["code"] for f in json.loads(mine.get_data())["features"]] == [A1]
+
+
+OTHER_COUNTY = "320505000000"
+
+
+def test_an_import_answers_alike_for_a_community_out_of_scope_and_a_missing_one(
+    factory, client, accounts
+):
+    """A county centre importing grids of another county's community got another answer
+    than for a community that does not exist (a 422 "no region contains these grids" or
+    "grid … is not in the subtree of …" against a report of an unknown community): the
+    import told which of another area's community codes exist. Now both are reported as
+    unknown communities and left out, byte for byte alike but for the code."""
+    factory.regions()
+    rows = [
+        {"code": OTHER_COUNTY, "name": "虎丘区"},
+        {"code": "320505001000", "name": "枫桥街道"},
+        {"code": "320505001001", "name": "枫桥社区", "boundary": rectangle(0, 1, 2, 2)},
+    ]
+    assert client.post("/api/v1/regions/import", json=rows).status_code == 200
+    centre = accounts.client("centre", "county_centre", scope_region=COUNTY)
+    theirs, nobodys = "320505001001", "320505001009"
+
+    def answer(community: str, fc: dict, **query: str) -> tuple[int, str]:
+        r = centre.post("/api/v1/grid-versions", json=fc, query_string=query)
+        body = r.get_json()
+        for key in ("id", "created_at", "activated_at"):
+            body.pop(key, None)
+        return r.status_code, json.dumps(body, sort_keys=True).replace(community, "C")
+
+    def with_one_of(community: str) -> dict:
+        fc = clean_tiling()
+        fc["features"].append(feature(community + "001", square(0, 1)))
+        return fc
+
+    def only_one_of(community: str) -> dict:
+        return collection(feature(community + "001", square(0, 1)))
+
+    for fc, query in (
+        (with_one_of, {}),
+        (with_one_of, {"region": TOWNSHIP}),
+        (only_one_of, {}),
+    ):
+        out_of_scope, missing = (
+            answer(theirs, fc(theirs), **query),
+            answer(nobodys, fc(nobodys), **query),
+        )
+        assert out_of_scope == missing, (query, out_of_scope, missing)
+    assert answer(nobodys, with_one_of(nobodys))[0] == 201

@@ -326,11 +326,14 @@ def test_lists_never_show_what_a_community_worker_may_not_see(world):
         {},
         {"region": TOWNSHIP},
         {"region": OUT_COUNTY},
-        {"version": world.ids["version_C"]},
     ):
         r = worker.get("/api/v1/grids/export", query_string=query)
         codes = {f["properties"]["code"] for f in ok(r)["features"]}
         assert codes <= {A1}, query
+    # A version of which the worker sees nothing answers like a missing one.
+    hidden = worker.get("/api/v1/grids/export", query_string={"version": world.ids["version_C"]})
+    missing = worker.get("/api/v1/grids/export", query_string={"version": 2**31 - 1})
+    assert (hidden.status_code, hidden.get_json()) == (404, missing.get_json())
 
     versions = set(items(worker.get("/api/v1/grid-versions?limit=1000"), "id"))
     assert not versions & {world.ids["version_B"], world.ids["version_C"]}
