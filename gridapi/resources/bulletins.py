@@ -91,7 +91,8 @@ class BulletinByRegionMonth(MethodView):
         The region's child regions (townships of a county, counties of a city…) ranked by
         the composite score of the month, highest first, equal scores sharing a rank and
         regions without a score last; each with every indicator, last month's values and the
-        change. `total` is the whole region. `format=csv` (UTF-8 with BOM) or `format=xlsx`
+        change. The child regions and their names are those valid on the month's last day
+        (this month: today), so a past month's bulletin keeps the townships it had. `total` is the whole region. `format=csv` (UTF-8 with BOM) or `format=xlsx`
         return a file with Chinese headers, one row per child region and a total row. A
         region outside your scope → 404; a bad month, or one that has not begun, → 422 (this
         month's bulletin is the month so far). A community has no child

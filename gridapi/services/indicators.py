@@ -834,6 +834,13 @@ def bulletin(
             "The month has not begun.",
             errors={"path": {"month": ["a month that has begun (this month or earlier)"]}},
         )
+    # The regions as they were at the end of the month (this month's: today): a past
+    # month's bulletin showed a township renamed since by its new name, left out one merged
+    # away since, and ranked one created since.
+    day = min(after - timedelta(days=1), clock.today())
+    region = (
+        session.scalar(select(Region).where(Region.code == region_code, valid_on(day))) or region
+    )
     level = region_level(region_code)
     # A community has no child regions: its bulletin is its total alone.
     children = (
@@ -842,7 +849,7 @@ def bulletin(
         else list(
             session.execute(
                 select(Region.code, Region.name)
-                .where(Region.parent_code == region_code, valid_on(clock.today()))
+                .where(Region.parent_code == region_code, valid_on(day))
                 .order_by(Region.code)
             ).all()
         )

@@ -194,3 +194,39 @@ def test_the_ranking_holds_the_townships_of_today(client, cases):  # noqa: F811
     assert r.status_code == 201, r.get_json()
     body = get(client, f"{COUNTY}/2026-03").get_json()
     assert [i["code"] for i in body["items"]] == [TOWNSHIP_2, TOWNSHIP]
+
+
+def test_a_past_months_bulletin_holds_the_townships_of_that_month(client, cases):  # noqa: F811
+    """A past month's bulletin took the regions valid today: a township renamed since was
+    shown by its new name, and one created since was ranked in a month before it existed.
+    It holds those valid on the month's last day; this month's, those of today."""
+    today = datetime.now(ZoneInfo("Asia/Shanghai")).date().isoformat()
+    renamed = {"name": "平江新区街道", "effective_from": today}
+    r = client.patch(f"/api/v1/regions/{TOWNSHIP}", json=renamed)
+    assert r.status_code == 200, r.get_json()
+    created = "320508003000"
+    r = client.post(
+        "/api/v1/regions", json={"code": created, "name": "新设街道", "valid_from": today}
+    )
+    assert r.status_code == 201, r.get_json()
+    r = client.patch(
+        f"/api/v1/regions/{COUNTY}", json={"name": "新姑苏区", "effective_from": today}
+    )
+    assert r.status_code == 200, r.get_json()
+
+    march = get(client, f"{COUNTY}/2026-03").get_json()
+    assert march["region"]["name"] == "姑苏区"
+    assert {i["code"]: i["name"] for i in march["items"]} == {
+        TOWNSHIP: "平江街道",
+        TOWNSHIP_2: "观前街道",
+    }
+    assert march["items"][1]["indicators"] == MARCH_TOWNSHIP  # the same cases, as before
+    raw = get(client, f"{COUNTY}/2026-03?format=csv").get_data().decode("utf-8-sig")
+    names = {row[1]: row[2] for row in csv.reader(io.StringIO(raw))}
+    assert (names[TOWNSHIP], names[COUNTY]) == ("平江街道", "姑苏区(合计)")
+    assert created not in names
+
+    this_month = get(client, f"{COUNTY}/{today[:7]}").get_json()
+    assert this_month["region"]["name"] == "新姑苏区"
+    items = {i["code"]: i["name"] for i in this_month["items"]}
+    assert (items[TOWNSHIP], items[created]) == ("平江新区街道", "新设街道")
