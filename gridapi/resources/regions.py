@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flask import request
 from flask.views import MethodView
 
 from ..auditing import audit
@@ -35,6 +36,24 @@ blp = Blueprint(
 
 def _scope():  # type: ignore[no-untyped-def]
     return current_principal().scope
+
+
+_IF_MATCH_HEADER = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": "The ETag of the last read of the region (its GET or PATCH answer, as it "
+    "came; with `on`, of that day's period). Sent, the change is made only if nobody changed "
+    "the period since (412 otherwise, with the current ETag); not sent, the last writer wins.",
+    "schema": {"type": "string", "example": '"42-5f1c0a9e2b7d4c18"'},
+}
+_ETAG = {
+    "ETag": {
+        "description": '`"<id>-<digest>"` of the period answered: the value to send as '
+        "If-Match with a change of it.",
+        "schema": {"type": "string"},
+    }
+}
 
 
 def _common_region(rows: list[dict]) -> str | None:
@@ -135,7 +154,7 @@ class RegionsImport(MethodView):
 class RegionsByCode(MethodView):
     @blp.requires("regions:read")
     @blp.arguments(OnDateArgsSchema, location="query")
-    @blp.response(200, RegionDetailSchema)
+    @blp.response(200, RegionDetailSchema, headers=_ETAG)
     def get(self, args, code):
         """Get a region by code, with its boundary
 
@@ -143,14 +162,16 @@ class RegionsByCode(MethodView):
         period and boundary. Needs `regions:read`; a caller sees the regions inside their scope and
         the ancestors of their scope, so a township officer can read their county and city too. A
         code that does not exist on that day, or lies outside what the caller sees, answers 404 in
-        both cases alike.
+        both cases alike. The `ETag` is the one to send as `If-Match` with a change.
         """
-        return svc.get_region(db_session(), code, args.get("on"), scope=_scope())
+        region = svc.get_region(db_session(), code, args.get("on"), scope=_scope())
+        return region, 200, {"ETag": svc.region_etag(region)}
 
     @blp.requires("regions:write")
     @blp.arguments(RegionPeriodArgsSchema, location="query")
     @blp.arguments(RegionUpdateSchema)
-    @blp.response(200, RegionDetailSchema)
+    @blp.response(200, RegionDetailSchema, headers=_ETAG)
+    @blp.doc(parameters=[_IF_MATCH_HEADER])
     @blp.alt_response(
         409,
         response="CONFLICT",
@@ -165,16 +186,24 @@ class RegionsByCode(MethodView):
         period valid that day is the one changed: a period planned to start later is
         corrected before it starts. A region whose grids are in service cannot end today or
         earlier (409 naming them): every grid belongs to a community of the tree; a later
-        end is taken.
+        end is taken. `If-Match` is optional: sent, it must be the period's current ETag
+        (412 otherwise); not sent, the change is made as before.
         """
         summary = {k: v for k, v in data.items() if k != "boundary"}
         if "boundary" in data:
             summary["boundary_changed"] = True
-        region = svc.update_region(db_session(), code, data, scope=_scope(), on=args.get("on"))
+        region = svc.update_region(
+            db_session(),
+            code,
+            data,
+            scope=_scope(),
+            on=args.get("on"),
+            if_match=request.headers.get("If-Match"),
+        )
         audit("region.update", "region", code, region_code=code, summary=summary)
         commit()
         state().routing.invalidate()
-        return region
+        return region, 200, {"ETag": svc.region_etag(region)}
 
 
 @blp.route("/<digits:code>/children")

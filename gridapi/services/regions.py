@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.shapes import GeometryError, from_db, multipolygon_from_geojson, to_db
 from ..models import Grid, Region
 from ..scope import Scope
+from .preconditions import PreconditionFailed, parse_etag
 from .uniques import add_or_conflict
 
 
@@ -36,6 +38,38 @@ def valid_on(day: date):  # type: ignore[no-untyped-def]
         or_(Region.valid_from.is_(None), Region.valid_from <= day),
         or_(Region.valid_to.is_(None), Region.valid_to >= day),
     )
+
+
+def region_etag(region: Region) -> str:
+    """Return the ETag of a region's period: ``"<id>-<digest>"``, the digest of everything
+    a change may alter (name, parent, boundary, validity), so it moves with every change."""
+    geom = from_db(region.boundary)
+    state = (
+        region.code,
+        region.level,
+        region.name,
+        region.parent_code,
+        str(region.valid_from),
+        str(region.valid_to),
+        None if geom is None else geom.wkb_hex,
+    )
+    digest = hashlib.blake2b(repr(state).encode(), digest_size=8).hexdigest()
+    return f'"{region.id}-{digest}"'
+
+
+def check_region_if_match(region: Region, if_match: str | None) -> None:
+    """Raise PreconditionFailed (412, with the current ETag) when ``if_match`` is sent and
+    names neither the region's current ETag nor ``*``; without it, nothing is checked (the
+    last writer wins, as before regions had ETags)."""
+    wanted = parse_etag(if_match)
+    if wanted is None or wanted == "*":
+        return
+    current = region_etag(region)
+    if current.strip('"') not in wanted:
+        raise PreconditionFailed(
+            "The region changed since you read it: read it again and retry.",
+            headers={"ETag": current},
+        )
 
 
 def region_not_found() -> NotFound:
@@ -434,6 +468,7 @@ def update_region(
     *,
     scope: Scope,
     on: date | None = None,
+    if_match: str | None = None,
 ) -> Region:
     """Change a region's name, boundary or validity and return the row changed.
 
@@ -441,7 +476,9 @@ def update_region(
     history is not rewritten: a period planned to start later is corrected before it
     starts). With ``effective_from`` the change starts a new period: that row ends the day
     before and a new row carries the new values. Without it the row is corrected in place.
-    Raises NotFound, Unprocessable, Conflict.
+    ``if_match``, when sent, must name the period's current ETag (``region_etag``), checked
+    under the lock of the code's periods.
+    Raises NotFound, Unprocessable, Conflict, PreconditionFailed.
     """
     if on is not None and on < clock.today():
         raise Unprocessable(
@@ -451,6 +488,7 @@ def update_region(
     if not scope.covers_region(code):  # an ancestor is seen, not changed: the same 404
         raise region_not_found()
     region = get_region(session, code, on, scope=scope, lock=True)
+    check_region_if_match(region, if_match)
     effective = changes.pop("effective_from", None)
     if "boundary" in changes:
         changes["boundary"] = to_db(_boundary_or_422(changes["boundary"]))

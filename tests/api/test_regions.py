@@ -1216,3 +1216,50 @@ def test_a_region_name_of_spaces_is_refused(client, tree):
     r = client.patch(f"/api/v1/regions/{COMMUNITY_A}", json={"name": "   "})
     assert_error(r, 422, "json", "name")
     assert client.get(f"/api/v1/regions/{COMMUNITY_A}").get_json()["name"] == "平江社区"
+
+
+# ---- If-Match on a change ----------------------------------------------------------------
+
+
+def test_a_change_with_a_stale_etag_is_412_and_changes_nothing(client, tree, session):
+    """PATCH took no If-Match: two offices renaming or redrawing one township, each from what
+    they had read, silently overwrote each other. The region's GET answers an ETag; a PATCH
+    sending it is made only while it is current (412 with the current one otherwise), and a
+    PATCH without it is made as before."""
+    path = f"/api/v1/regions/{TOWNSHIP}"
+    read = client.get(path)
+    assert read.status_code == 200
+    first = read.headers["ETag"]
+    redrawn = {"name": "平江街道", "boundary": rectangle(0, 0, 4, 2)}
+    changed = client.patch(path, json=redrawn, headers={"If-Match": first})
+    assert changed.status_code == 200, changed.get_json()
+    second = changed.headers["ETag"]
+    assert second != first
+    assert client.get(path).headers["ETag"] == second  # the answer's tag is the GET's
+    stale = client.patch(path, json={"name": "旧名"}, headers={"If-Match": first})
+    body = assert_error(stale, 412)
+    assert "changed since you read it" in body["message"]
+    assert stale.headers["ETag"] == second
+    assert client.get(path).get_json()["name"] == "平江街道"
+    session.rollback()
+    assert session.scalar(select(Region.name).where(Region.code == TOWNSHIP)) == "平江街道"
+    # Weak, compressed and "*" forms of a current tag are taken; no If-Match is as before.
+    weak = client.patch(path, json={"name": "平江街道一"}, headers={"If-Match": "W/" + second})
+    assert weak.status_code == 200, weak.get_json()
+    star = client.patch(path, json={"name": "平江街道二"}, headers={"If-Match": "*"})
+    assert star.status_code == 200, star.get_json()
+    plain = client.patch(path, json={"name": "平江街道"})
+    assert plain.status_code == 200, plain.get_json()
+    # Another region's tag is not this one's.
+    other = client.get(f"/api/v1/regions/{COMMUNITY_A}").headers["ETag"]
+    assert_error(client.patch(path, json={"name": "x"}, headers={"If-Match": other}), 412)
+
+
+def test_the_spec_documents_the_regions_etag_and_an_optional_if_match(client):
+    spec = client.get("/openapi.json").get_json()
+    op = spec["paths"]["/api/v1/regions/{code}"]
+    assert "ETag" in op["get"]["responses"]["200"]["headers"]
+    assert "ETag" in op["patch"]["responses"]["200"]["headers"]
+    (if_match,) = [p for p in op["patch"]["parameters"] if p["name"] == "If-Match"]
+    assert if_match["required"] is False and if_match["in"] == "header"
+    assert "412" in op["patch"]["responses"] and "428" not in op["patch"]["responses"]
