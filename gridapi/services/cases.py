@@ -216,7 +216,9 @@ def route_point(
 
     No grid covers (or is near) the point: the smallest region whose boundary covers it
     takes it; else the reporter's own region; else the community of the grid nearest on the
-    ground (``IndexSnapshot.nearest_grid``).
+    ground (``IndexSnapshot.nearest_grid``). A city or a province does not: the county under
+    it nearest the point does (``IndexSnapshot.nearest_county``), so every case lies in a
+    county and its ``county_code`` is a county's (the Citus distribution key).
     """
     match = snapshot.locate(lon, lat)
     if match.grid >= 0:
@@ -224,9 +226,11 @@ def route_point(
         return Routed(lon, lat, grid, match.method, match.distance_m, grid["community_code"])
     chain = snapshot.regions_for_point(lon, lat)
     if chain:
-        return Routed(lon, lat, None, NONE, None, chain[0]["code"])
+        return Routed(
+            lon, lat, None, NONE, None, _in_a_county(snapshot, lon, lat, chain[0]["code"])
+        )
     if fallback_region:
-        return Routed(lon, lat, None, NONE, None, fallback_region)
+        return Routed(lon, lat, None, NONE, None, _in_a_county(snapshot, lon, lat, fallback_region))
     if len(snapshot.grids):
         nearest = snapshot.nearest_grid(lon, lat)
         return Routed(lon, lat, None, NONE, None, snapshot.grids[nearest]["community_code"])
@@ -234,6 +238,21 @@ def route_point(
         "No region can take this case: the point is outside every known region and grid.",
         errors={"json": {"location": ["outside every known region"]}},
     )
+
+
+def _in_a_county(snapshot: IndexSnapshot, lon: float, lat: float, code: str) -> str:
+    """Return ``code``, or for a city or a province the county under it nearest the point.
+
+    A case taken in at a city's level had the county code "320500", no county's: its
+    number, its export and the county it is distributed by named a county that is none.
+    """
+    try:
+        level = region_level(code)
+    except InvalidCode:
+        return code
+    if level not in ("city", "province"):
+        return code
+    return snapshot.nearest_county(lon, lat, code) or code
 
 
 def _level_code(code: str, level: str) -> str:

@@ -33,7 +33,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
 from .. import clock
-from ..codes import LEVEL_DEPTH, ancestor_prefix_codes
+from ..codes import LEVEL_DEPTH, ancestor_prefix_codes, subtree_prefix
 from ..db import sqlite_write_intent
 from ..geo.geodesy import distance_m, metres_per_degree, metres_to_degrees
 from ..jsonio import dumps_bytes
@@ -307,6 +307,38 @@ class IndexSnapshot:
             return first
         planar = shapely.transform(self.geoms[cand], to_plane)
         return int(cand[int(np.argmin(shapely.distance(planar, origin)))])
+
+    def nearest_county(self, lon: float, lat: float, code: str) -> str | None:
+        """Return the county under region ``code`` (a city or a province) nearest the point:
+        the county of the grid in service under ``code`` nearest on the ground (ties to the
+        lowest code); without such a grid, the county of the lowest code under it; None when
+        no county is under it (a city without counties: 东莞's townships are its own).
+        """
+        prefix = subtree_prefix(code)
+        counties = sorted(
+            c for c, r in self.regions.items() if r["level"] == "county" and c.startswith(prefix)
+        )
+        if not counties:
+            return None
+        known = set(counties)
+        under = np.array(
+            [
+                i
+                for i, g in enumerate(self.grids)
+                if g["community_code"][:6].ljust(12, "0") in known
+            ],
+            dtype=int,
+        )
+        if not under.size:
+            return counties[0]
+        kx, ky = metres_per_degree(lat)
+
+        def to_plane(c: np.ndarray) -> np.ndarray:
+            return np.column_stack([(c[:, 0] - lon) * kx, (c[:, 1] - lat) * ky])
+
+        planar = shapely.transform(self.geoms[under], to_plane)
+        nearest = int(under[int(np.argmin(shapely.distance(planar, shapely.points(0.0, 0.0))))])
+        return self.grids[nearest]["community_code"][:6].ljust(12, "0")
 
     def regions_for_point(self, lon: float, lat: float) -> list[dict[str, Any]]:
         """Return the chain of the smallest region whose boundary covers the point, or []."""

@@ -14,6 +14,7 @@ from sqlalchemy import event, select, text
 from gridapi.geo.crs import wgs84_to_bd09, wgs84_to_gcj02
 
 from ..factories import (
+    CITY,
     COMMUNITY_A,
     COMMUNITY_B,
     COUNTY,
@@ -143,6 +144,47 @@ def test_a_point_no_region_takes_goes_to_the_nearest_grid_on_the_ground(client, 
     body = r.get_json()
     assert (body["grid"], body["routing"]["unrouted"]) == (None, True)
     assert body["region_code"] == COMMUNITY_B
+
+
+def test_a_case_a_city_takes_in_lies_in_the_county_nearest_it(client, world, accounts, session):
+    """A city centre's report outside every region's boundary fell back to the city itself:
+    county code "320500", no county's (the key cases are distributed by), in its number
+    (320500-…) and its export. A case a city or province would take in goes to the county
+    under it nearest the point on the ground (that of the nearest grid), so it lies in a
+    county, whose centre takes it in; the city still sees it and is its office."""
+    from gridapi.models import Case
+
+    huqiu, fengqiao = "320505000000", "320505001001"
+    rows = [
+        {"code": huqiu, "name": "虎丘区"},
+        {"code": "320505001000", "name": "枫桥街道", "boundary": rectangle(20, 0, 21, 1)},
+        {"code": fengqiao, "name": "枫桥社区", "boundary": rectangle(20, 0, 21, 1)},
+    ]
+    assert client.post("/api/v1/regions/import", json=rows).status_code == 200
+    world.grid_version(collection(feature(fengqiao + "001", square(20, 0))))
+    city = accounts.client("city", "city_centre", scope_region=CITY)
+    # South of 姑苏区's grids, far from 虎丘区's (of the lower county code), in no boundary.
+    near_gusu = report_body(LON0 + 2 * STEP, LAT0 - 5 * STEP)
+    near_huqiu = report_body(LON0 + 20.5 * STEP, LAT0 - 5 * STEP)
+    answers = [city.post("/api/v1/cases", json=body) for body in (near_gusu, near_huqiu)]
+    for r in answers:
+        assert r.status_code == 201, r.get_json()
+    bodies = [r.get_json() for r in answers]
+    assert [b["region_code"] for b in bodies] == [COUNTY, huqiu]
+    assert [b["number"][:7] for b in bodies] == ["320508-", "320505-"]
+    assert all(b["grid"] is None and b["routing"]["unrouted"] for b in bodies)
+    session.rollback()
+    stored = session.scalars(select(Case.county_code).order_by(Case.id)).all()
+    assert stored == ["320508", "320505"]
+    county = accounts.client("gusu", "county_centre", scope_region=COUNTY)
+    assert "accept" in client_case(county, bodies[0]["id"])["allowed_actions"]
+    assert "accept" in client_case(city, bodies[1]["id"])["allowed_actions"]
+
+
+def client_case(who, case_id):  # type: ignore[no-untyped-def]
+    r = who.get(f"/api/v1/cases/{case_id}")
+    assert r.status_code == 200, r.get_json()
+    return r.get_json()
 
 
 def test_a_point_just_outside_a_grid_snaps_to_it(client, world):
