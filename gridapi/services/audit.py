@@ -114,6 +114,6 @@ def list_entries(
         stmt = stmt.where(AuditEntry.at >= since)
     if until:
         stmt = stmt.where(AuditEntry.at < until)
-    if before:
+    if before is not None:  # 0 is a cursor (before every row), not a missing one
         stmt = stmt.where(AuditEntry.id < before)
     return list(session.scalars(stmt.order_by(AuditEntry.id.desc()).limit(limit)))

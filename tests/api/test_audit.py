@@ -378,6 +378,13 @@ def test_the_log_pages_and_filters(client: Any, history: None, session: Any) -> 
     )
 
 
+@pytest.mark.parametrize("before", [0, -1])
+def test_a_cursor_of_zero_is_before_every_row(client: Any, history: None, before: int) -> None:
+    """``before=0`` was taken for no cursor and answered the newest page: 0 is a value (as
+    ``/grid-versions?after=0`` is), and no row has an id below it."""
+    assert audit_page(client, f"?before={before}") == {"items": [], "next": None}
+
+
 def test_a_county_centre_sees_only_rows_of_its_county(
     client: Any, accounts: Any, history: None, session: Any
 ) -> None:
