@@ -60,6 +60,34 @@ def _tokens_body(issued: svc.IssuedTokens) -> dict:
     }
 
 
+#: How much of a refused sign-in's name the audit log keeps: enough to tell one name from
+#: another, little of a password typed into the wrong field.
+LOGIN_SHOWN_CHARS = 32
+
+
+def _audit_failed_sign_in(login: str, failed: svc.LoginFailed) -> None:
+    """Add the audit row of a refused sign-in: the name as typed (cut short; a phone number
+    not at all, as it is kept only encrypted), why it was refused, the account it named.
+
+    The rows are bounded by the sign-in's limits: only a 401 writes one, and 401s spend the
+    allowances of the address and of the name (a 429 is answered before the check).
+    """
+    login = login.strip()
+    by_phone = svc.PHONE_RE.fullmatch(login) is not None
+    audit(
+        "auth.login_failed",
+        "user",
+        failed.user_id,
+        region_code=failed.region_code,
+        summary={
+            "login": None if by_phone else login[:LOGIN_SHOWN_CHARS],
+            "by": "phone" if by_phone else "username",
+            "reason": failed.reason,
+        },
+        actor=Actor("anonymous", None, None, g.get("request_id"), request.remote_addr),
+    )
+
+
 @blp.route("/auth/token")
 class AuthToken(MethodView):
     @blp.public
@@ -86,7 +114,10 @@ class AuthToken(MethodView):
 
         Returns an access token (a JWT, valid `expires_in` seconds) and a single-use refresh
         token. Failed attempts are throttled per account and per client address (429 with
-        Retry-After).
+        Retry-After). Each refused attempt (401) writes an audit row `auth.login_failed`: the
+        name as typed (cut to 32 characters; none for a phone number), why it was refused
+        (`unknown_account`, `wrong_password`, `disabled`, `account_changed`) and the account
+        named; the answer itself is the same whatever the reason.
         """
         st = state()
         try:
@@ -104,7 +135,9 @@ class AuthToken(MethodView):
                 signer=st.tokens,
                 refresh_days=st.settings.refresh_token_days,
             )
-        except svc.LoginFailed:
+        except svc.LoginFailed as failed:
+            _audit_failed_sign_in(data["username"], failed)
+            commit()  # the row outlives the refusal (the request's rollback)
             raise Unauthorized(
                 "The username, phone number or password is wrong, or the account is disabled."
             ) from None

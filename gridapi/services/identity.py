@@ -154,7 +154,18 @@ class IssuedTokens:
 
 
 class LoginFailed(Exception):
-    """Wrong username, phone or password, or a disabled account (one message for all)."""
+    """Wrong username, phone or password, or a disabled account (one message for all).
+
+    ``reason`` says which, for the audit log only (never for the answer): ``unknown_account``,
+    ``wrong_password``, ``disabled`` or ``account_changed`` (a new password or a disabling
+    committed while the password was checked); ``user`` is the account named, if any.
+    """
+
+    def __init__(self, reason: str, user: User | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.user_id = user.id if user else None
+        self.region_code = user.region_code if user else None
 
 
 def find_login_user(session: Session, login: str, phone_key: bytes) -> User | None:
@@ -187,8 +198,12 @@ def check_credentials(
     """
     user = find_login_user(session, login_name, phone_key)
     ok = verify_password(user.password_hash if user else None, password)
-    if not ok or user is None or not user.is_active:
-        raise LoginFailed
+    if user is None:
+        raise LoginFailed("unknown_account")
+    if not user.is_active:
+        raise LoginFailed("disabled", user)
+    if not ok:
+        raise LoginFailed("wrong_password", user)
     return CheckedCredentials(user.id, user.password_hash)
 
 
@@ -218,7 +233,7 @@ def login(
     # still uncommitted is waited for.
     user = locked_account(session, checked.user_id)
     if user is None or user.password_hash != checked.password_hash or not user.is_active:
-        raise LoginFailed
+        raise LoginFailed("account_changed", user)
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     return _issue(session, user, signer, refresh_days, family=uuid.uuid4().hex)

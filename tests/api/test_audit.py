@@ -188,9 +188,10 @@ def test_failed_writes_leave_no_row(client: Any, factory: Any, session: Any) -> 
     ledger.none(client.post("/api/v1/grid-versions/999999/activate", json={}), 404)
     bad_import = [{"code": "320508003000", "name": "x"}, {"code": "bad", "name": "y"}]
     ledger.none(client.post("/api/v1/regions/import", json=bad_import), 422)
-    # Refused sign-ins write nothing either.
+    # A refused sign-in writes its own row (MLPS 2.0 wants login failures recorded).
     anon = client.application.test_client()
-    ledger.none(anon.post("/api/v1/auth/token", json={"username": "wang", "password": "x"}), 401)
+    r = anon.post("/api/v1/auth/token", json={"username": "wang", "password": "x"})
+    assert ledger.one(r, 401, "auth.login_failed").summary["reason"] == "wrong_password"
 
 
 def _regions() -> list[dict[str, Any]]:

@@ -134,6 +134,81 @@ def test_wrong_password_unknown_user_and_disabled_user_answer_alike(
     assert "password" not in json.dumps(bodies[0]["errors"])
 
 
+def test_each_refused_sign_in_is_audited_with_its_reason(
+    anon_client: Any, client: Any, alice: int, bob: int, session: Any
+) -> None:
+    """Refused sign-ins left no trace (MLPS 2.0 wants login failures recorded): each 401
+    writes a row, with the reason the answer never gives, and never the password."""
+    r = client.patch(f"/api/v1/users/{bob}", json={"is_active": False})
+    assert r.status_code == 200, r.get_json()
+    wrong = "Wrong-Passw0rd!"
+    answers = [
+        sign_in(anon_client, "Alice", wrong),
+        sign_in(anon_client, PHONE, wrong),
+        sign_in(anon_client, "nobody-" + "x" * 50, wrong),
+        sign_in(anon_client, "13900000000", wrong),
+        sign_in(anon_client, "bob"),
+    ]
+    for answer in answers:
+        assert_unauthorized(answer)
+    rows = audit_actions(session, "auth.login_failed")
+    seen = [
+        (row.object_id, row.region_code, row.summary, row.request_id, row.client_address)
+        for row in sorted(rows, key=lambda row: row.id)
+    ]
+    ids = [answer.headers["X-Request-ID"] for answer in answers]
+    assert seen == [
+        (
+            str(alice),
+            COMMUNITY_A,
+            {"login": "Alice", "by": "username", "reason": "wrong_password"},
+            ids[0],
+            "127.0.0.1",
+        ),
+        (
+            str(alice),
+            COMMUNITY_A,
+            {"login": None, "by": "phone", "reason": "wrong_password"},
+            ids[1],
+            "127.0.0.1",
+        ),
+        (
+            None,
+            None,
+            {"login": "nobody-" + "x" * 25, "by": "username", "reason": "unknown_account"},
+            ids[2],
+            "127.0.0.1",
+        ),
+        (
+            None,
+            None,
+            {"login": None, "by": "phone", "reason": "unknown_account"},
+            ids[3],
+            "127.0.0.1",
+        ),
+        (
+            str(bob),
+            TOWNSHIP,
+            {"login": "bob", "by": "username", "reason": "disabled"},
+            ids[4],
+            "127.0.0.1",
+        ),
+    ]
+    assert {(row.actor_type, row.actor_id) for row in rows} == {("anonymous", None)}
+    dumped = json.dumps([row.summary for row in rows])
+    assert wrong not in dumped and PASSWORD not in dumped and "5678" not in dumped
+
+
+def test_a_throttled_sign_in_writes_no_row(anon_client: Any, alice: int, session: Any) -> None:
+    """What bounds the failed sign-ins' rows: only a 401 writes one, and 401s spend the
+    account's and the address's allowances; a 429 is answered before any check."""
+    for _ in range(5):
+        assert_unauthorized(sign_in(anon_client, "alice", "Wrong-Passw0rd!"))
+    for _ in range(3):
+        assert sign_in(anon_client, "alice", "Wrong-Passw0rd!").status_code == 429
+    assert len(audit_actions(session, "auth.login_failed")) == 5
+
+
 def test_no_credentials_answers_401(anon_client: Any, alice: int) -> None:
     assert_unauthorized(anon_client.get("/api/v1/me"))
 
