@@ -7,7 +7,8 @@ from flask.views import MethodView
 from ..auditing import request_actor
 from ..auth import current_principal
 from ..db import writes
-from ..extensions import commit, db_session
+from ..extensions import commit, db_session, state
+from ..limits import count_lookup
 from ..schemas.register import (
     SpecialGroupArgsSchema,
     SpecialGroupCreateSchema,
@@ -28,6 +29,13 @@ blp = Blueprint(
     "`special_groups:read`; to everyone else they do not exist, in any list, search, count, "
     "export or join. Every record returned is audited.",
 )
+
+
+def _count_read() -> None:
+    """Count a read of records (their notes in full) as the caller's unmasked read of
+    personal data, as a resident's full values are (GRIDAPI_PERSON_LOOKUP_RATE): 429, and
+    nothing read or audited, when the allowance is spent."""
+    count_lookup(state().settings.person_lookup_rate, current_principal().actor_id)
 
 
 def _audit(action: str, records, summary=None) -> None:  # type: ignore[no-untyped-def]
@@ -51,6 +59,7 @@ class SpecialGroups(MethodView):
     @blp.requires("special_groups:read")
     @blp.arguments(SpecialGroupArgsSchema, location="query")
     @blp.response(200, SpecialGroupListSchema, headers=NO_STORE_HEADER)
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     @writes
     def get(self, args):
         """List special-group records in your scope (each one returned is audited)
@@ -61,8 +70,10 @@ class SpecialGroups(MethodView):
         `attention_level`, `status`, `person_id`, `helper_id`, `region` (subtree) or `grid`. Needs
         `special_groups:read`; each record returned writes an audit row `special_group.read`,
         committed with the answer, so ask only for the page you need. Pages of `limit` (default 50,
-        at most 200): pass `next_cursor` back as `cursor`.
+        at most 200): pass `next_cursor` back as `cursor`. Each page counts as one unmasked
+        read against GRIDAPI_PERSON_LOOKUP_RATE (429 when spent), as a resident's full values do.
         """
+        _count_read()
         session = db_session()
         args["after"] = args.pop("cursor", None)
         rows = svc.list_records(session, current_principal().scope, args)
@@ -102,6 +113,7 @@ class SpecialGroups(MethodView):
 class SpecialGroupById(MethodView):
     @blp.requires("special_groups:read")
     @blp.response(200, SpecialGroupSchema, headers=NO_STORE_HEADER)
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     @writes
     def get(self, record_id):
         """Get a special-group record (audited)
@@ -109,8 +121,10 @@ class SpecialGroupById(MethodView):
         Returns one record with its type, attention level, helper, status, decrypted notes, dates
         and place, the resident's name masked. Needs `special_groups:read`; every read writes an
         audit row `special_group.read` (who, when, which record). A record outside the caller's
-        grids and communities answers 404 exactly like one that does not exist.
+        grids and communities answers 404 exactly like one that does not exist. Counted against
+        GRIDAPI_PERSON_LOOKUP_RATE as an unmasked read (429 when spent), a 404 too.
         """
+        _count_read()
         session = db_session()
         row = svc.get_record(session, record_id, current_principal().scope)
         view = svc.record_views(session, [row], keys())[0]

@@ -612,6 +612,33 @@ def test_every_read_of_a_special_group_record_is_audited(
     assert len(audit_rows(engine, "special_group.read")) == 3
 
 
+def test_reads_of_special_group_records_count_as_unmasked_reads(
+    app, client, accounts, engine, world, household
+):
+    """Records (their notes in full) were read without counting, where a resident's full
+    values count against GRIDAPI_PERSON_LOOKUP_RATE: each read (a page or a record) spends
+    one; past the allowance 429, nothing sent and nothing audited as read."""
+    person = add_person(client, household["id"])
+    body = {"person_id": person["id"], "type": "petitioner", "notes": "每月走访"}
+    record = created(client.post("/api/v1/special-groups", json=body))
+    app.extensions["gridapi"].settings.person_lookup_rate = "3 per hour"
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    assert created(officer.get("/api/v1/special-groups"), 200)["items"][0]["notes"] == "每月走访"
+    created(officer.get(f"/api/v1/special-groups/{record['id']}"), 200)
+    assert officer.get("/api/v1/special-groups/999999").status_code == 404
+    for path in ("/api/v1/special-groups", f"/api/v1/special-groups/{record['id']}"):
+        r = officer.get(path)
+        assert r.status_code == 429 and r.get_json()["code"] == 429, path
+        assert "每月走访" not in r.get_data(as_text=True)
+    reads = audit_rows(engine, "special_group.read")
+    assert [(t, int(i)) for t, i, _ in reads] == [("special_group", record["id"])] * 2
+    # The allowance is the caller's: another reader still reads.
+    assert created(client.get(f"/api/v1/special-groups/{record['id']}"), 200)["notes"] == "每月走访"
+    # And it is the one a resident's full values spend.
+    r = officer.get(f"/api/v1/persons/{person['id']}/sensitive?{PURPOSE}")
+    assert r.status_code == 429, r.get_json()
+
+
 def test_a_helper_must_be_able_to_read_the_record(client, accounts, world, household):
     person = add_person(client, household["id"])
     worker_id = accounts.create("worker", "grid_worker", grids=[A1])
