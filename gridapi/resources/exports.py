@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Response, send_file
+from flask import Response, request, send_file
 from flask.views import MethodView
 from marshmallow import ValidationError
 
@@ -378,19 +378,8 @@ def _download(kind: str, job_id: int) -> Response:
     path = job_options().path_of(job)
     if not os.path.exists(path):
         raise NotFound("The export job does not exist, has expired or is not yours.")
-    summary: dict[str, Any] = {"job_id": job.id, "format": job.format, "rows": job.row_count}
-    if kind == "persons":  # as export.queue and export.download say: full values, and why
-        summary["masked"] = not job.unmask
-        if job.purpose:
-            summary["purpose"] = job.purpose
-    audit(
-        "export.file",
-        "export",
-        kind,
-        summary=summary,
-        region_code=_audit_region(job.filters.get("region")),
-    )
-    commit()
+    # Built first (nothing is sent yet; a range outside the file raises 416 here): whether
+    # the answer is a download is known only once its conditions and range are weighed.
     response = send_file(
         path,
         mimetype=svc.MEDIA_TYPES[job.format],
@@ -399,7 +388,38 @@ def _download(kind: str, job_id: int) -> Response:
         max_age=0,
     )
     response.headers["Cache-Control"] = "private, no-store"  # as the streamed export's
+    if _begins_a_download(response):
+        summary: dict[str, Any] = {"job_id": job.id, "format": job.format, "rows": job.row_count}
+        if kind == "persons":  # as export.queue and export.download say: full values, and why
+            summary["masked"] = not job.unmask
+            if job.purpose:
+                summary["purpose"] = job.purpose
+        audit(
+            "export.file",
+            "export",
+            kind,
+            summary=summary,
+            region_code=_audit_region(job.filters.get("region")),
+        )
+        try:
+            commit()  # the row is committed before a byte of the file is sent
+        except BaseException:
+            response.close()
+            raise
     return response
+
+
+def _begins_a_download(response: Response) -> bool:
+    """Return whether an answer of an export's file begins a download (and is audited): the
+    whole file (200), or a range from its first byte (206). A file fetched in 20 ranges wrote
+    20 rows; a 304 (nothing sent), a HEAD, and the later ranges of a resumed download write
+    none."""
+    if request.method != "GET":
+        return False
+    if response.status_code == 200:
+        return True
+    content_range = response.content_range
+    return response.status_code == 206 and content_range.start == 0
 
 
 _NOUNS = {"cases": "cases", "tasks": "tasks", "visits": "visits", "persons": "residents"}
@@ -468,8 +488,10 @@ def _register_jobs(kind: str) -> None:
         Only your own, done jobs: a job still queued or running answers 409; anyone else's
         or an expired one 404; 403 once your role, permissions or area have changed since
         the file was written (queue it again), or (unmasked residents) you no longer hold
-        `persons:unmask`. Audited. A download cut off is resumed with `Range` (206; 416 for a
-        range outside the file) and `If-Range`; `If-None-Match` answers 304.
+        `persons:unmask`. A download cut off is resumed with `Range` (206; 416 for a range
+        outside the file) and `If-Range`; `If-None-Match` answers 304. Audited (`export.file`)
+        once a download: for the whole file (200) or a range from its first byte, not for the
+        ranges that resume it, a 304 or a HEAD.
         """
     download = blp.requires(permission)(
         blp.doc(

@@ -451,6 +451,41 @@ def test_a_job_writes_the_export_to_a_file_only_its_requester_downloads(
         assert list(actions) == ["export.queue", "export.file", "export.download"]
 
 
+def test_a_file_downloaded_in_ranges_is_audited_once(client, world, app, engine):
+    """Each range and each 304 of an export's file wrote an export.file row: one file
+    fetched in 20 ranges wrote 20. A row is written for the whole file (200) or a range from
+    its first byte; the ranges that resume it, a 304, a 416 and a HEAD write none."""
+    r = client.post("/api/v1/exports/cases/jobs", json={"format": "csv", "filters": {}})
+    assert r.status_code == 202, r.get_json()
+    assert run_jobs(app)["done"] == 1
+    url = f"{r.headers['Location']}/file"
+
+    def files() -> int:
+        with engine.connect() as conn:
+            return conn.execute(
+                text("SELECT count(*) FROM audit_log WHERE action = 'export.file'")
+            ).scalar_one()
+
+    whole = ok(client.get(url))
+    assert files() == 1
+    size, step = len(whole.data), 20
+    parts = []
+    for start in range(0, size, step):
+        part = client.get(url, headers={"Range": f"bytes={start}-{start + step - 1}"})
+        assert part.status_code == 206, part.status_code
+        parts.append(part.data)
+    assert len(parts) > 2 and b"".join(parts) == whole.data
+    assert files() == 2  # the one range from byte 0
+    assert client.get(url, headers={"If-None-Match": whole.headers["ETag"]}).status_code == 304
+    assert client.get(url, headers={"Range": f"bytes={size + 10}-"}).status_code == 416
+    assert client.head(url).status_code == 200
+    assert files() == 2
+    # A resumed download whose file changed (If-Range not matching) gets it whole: a row.
+    again = client.get(url, headers={"Range": "bytes=5-", "If-Range": '"other"'})
+    assert again.status_code == 200 and again.data == whole.data
+    assert files() == 3
+
+
 def test_export_files_and_their_directories_are_the_services_alone(settings, tmp_path, usual_umask):
     """Under umask 022, with GRIDAPI_DATA_DIR not made yet (keys set: no key file makes it),
     a spreadsheet streamed and a job's file leave GRIDAPI_DATA_DIR, exports/ and exports/tmp/
