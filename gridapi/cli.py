@@ -21,6 +21,11 @@ def _settings() -> Settings:
         settings = Settings.from_env()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    # Every command refuses a key file other users may read (serve, worker, keys status…):
+    # one copied in 0644 was used silently.
+    exposed = settings.key_file_problem()
+    if exposed:
+        raise click.ClickException(exposed)
     clock.use(settings.timezone)
     return settings
 

@@ -76,6 +76,35 @@ class MissingKey(LookupError):
         )
 
 
+class ExposedKeyFile(ValueError):
+    """A key file other users than the service's may read or change (group or other bits)."""
+
+    def __init__(self, variable: str, path: Path, mode: int) -> None:
+        super().__init__(
+            f"{variable} is not set and its key file {path} is open to other users than the "
+            f"service's (mode {mode:04o}): anyone of them could read the key. Run "
+            f"`chmod 600 {path}` (and replace the key if someone may have read it)."
+        )
+
+
+#: The key file of each key setting left empty, under GRIDAPI_DATA_DIR.
+KEY_FILES = {
+    "secret_key": "secret.key",
+    "blind_index_key": "blind_index.key",
+    "field_keys": "field.key",
+}
+
+
+def read_key_file(path: Path, variable: str) -> str:
+    """Return the key kept in ``path`` (stripped). Raises ExposedKeyFile when the file's mode
+    lets the group or others in: a key copied in with 0644 was used silently."""
+    with path.open() as fh:
+        mode = os.fstat(fh.fileno()).st_mode & 0o777
+        if mode & 0o077:
+            raise ExposedKeyFile(variable, path, mode)
+        return fh.read().strip()
+
+
 def _parse_bool(raw: str) -> bool:
     """Return a boolean setting: 1/true/yes/on or 0/false/no/off (any case)."""
     value = raw.strip().lower()
@@ -420,7 +449,20 @@ class Settings:
             if not create:
                 raise MissingKey(f"GRIDAPI_{name.upper()}", path)
             _write_once(path, secrets.token_urlsafe(48))
-        return path.read_text().strip().encode()
+        return read_key_file(path, f"GRIDAPI_{name.upper()}").encode()
+
+    def key_file_problem(self) -> str | None:
+        """Return why a key file in ``data_dir`` that a key setting left empty may not be
+        used (group or others may read it), or None."""
+        for name, file_name in KEY_FILES.items():
+            path = Path(self.data_dir) / file_name
+            if getattr(self, name) or not path.is_file():
+                continue
+            try:
+                read_key_file(path, f"GRIDAPI_{name.upper()}")
+            except ExposedKeyFile as exc:
+                return str(exc)
+        return None
 
     def short_key_problem(self, *names: str) -> str | None:
         """Return why a key among ``names`` (default ``secret_key`` and ``blind_index_key``)
@@ -460,7 +502,7 @@ class Settings:
             if not create:
                 raise MissingKey("GRIDAPI_FIELD_KEYS", path)
             _write_once(path, new_key_text(1))
-        return path.read_text().strip()
+        return read_key_file(path, "GRIDAPI_FIELD_KEYS")
 
     @property
     def engine_name(self) -> str:

@@ -17,7 +17,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 from sqlalchemy.exc import DBAPIError
 
-from .config import Settings
+from .config import KEY_FILES, Settings
 from .db import make_engine, spatial_extension_version
 from .errors import error_body
 from .jsonio import dumps_bytes
@@ -226,14 +226,6 @@ def limits_warning(workers: int, settings: Settings) -> str | None:
     )
 
 
-#: Each key setting, and the file under GRIDAPI_DATA_DIR its key is kept in when it is empty.
-KEY_FILES = {
-    "secret_key": "secret.key",
-    "blind_index_key": "blind_index.key",
-    "field_keys": "field.key",
-}
-
-
 def keys_warning(settings: Settings) -> str | None:
     """Return which keys come from files in GRIDAPI_DATA_DIR on PostgreSQL (None when all
     three are set, and on SQLite, whose zero-set-up default keeps them there)."""
@@ -319,10 +311,10 @@ def preflight(engine: Any, settings: Settings) -> str | None:
 def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
     """Serve until interrupted. Raises SpatialExtensionMissing before starting, ValueError
     for an invalid GRIDAPI_WORKER_IN_SERVE, StartupRefused for a key too short to be a
-    secret or as ``preflight`` says."""
+    secret, a key file other users may read, or as ``preflight`` says."""
     with_jobs = jobs_in_serve(settings)
-    weak = settings.short_key_problem()
-    if weak:  # a token signed with "x" by anyone was an admin's
+    weak = settings.short_key_problem() or settings.key_file_problem()
+    if weak:  # a token signed with "x" by anyone was an admin's; a key 0644, anyone's
         raise StartupRefused(weak)
     engine = make_engine(settings.database_url, spatialite_path=settings.spatialite_path)
     try:

@@ -18,7 +18,7 @@ from sqlalchemy import select, text, update
 
 from gridapi import create_app
 from gridapi.cli import main
-from gridapi.config import Settings
+from gridapi.config import ExposedKeyFile, Settings
 from gridapi.models import AuditEntry
 from gridapi.personal import check_digit
 from gridapi.security.fields import new_key_text, parse_keys
@@ -378,6 +378,48 @@ def test_status_and_rotate_make_no_key_the_servers_lack(server, settings, databa
     with engine.connect() as conn:
         assert conn.execute(text("SELECT id_number_hmac FROM persons ORDER BY id")).all() == hashes
     assert_readable(server(KEY1), ids)
+
+
+@pytest.mark.parametrize(
+    ("name", "variable"),
+    [
+        ("field.key", "GRIDAPI_FIELD_KEYS"),
+        ("blind_index.key", "GRIDAPI_BLIND_INDEX_KEY"),
+        ("secret.key", "GRIDAPI_SECRET_KEY"),
+    ],
+)
+def test_a_key_file_other_users_may_read_is_refused(server, settings, database_url, name, variable):
+    """A key file group or others may read (copied in 0644) was used silently: commands,
+    the worker and the application refuse it, naming the file and the fix; 0600, it is
+    used again."""
+    server(settings.field_key_text())  # the data directory's three key files, made 0600
+    settings.key_bytes("blind_index_key")
+    env = {
+        "GRIDAPI_DATABASE_URL": database_url,
+        "GRIDAPI_DATA_DIR": settings.data_dir,
+        "GRIDAPI_FIELD_KEYS": "",
+        "GRIDAPI_BLIND_INDEX_KEY": "",
+        "GRIDAPI_SECRET_KEY": "",
+    }
+
+    def run(*args: str) -> Result:
+        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+    assert "current key version 1" in ok(run("keys", "status"))
+    path = Path(settings.data_dir) / name
+    path.chmod(0o644)
+    for command in (("keys", "status"), ("keys", "rotate"), ("worker", "--once")):
+        message = refused(run(*command))
+        assert f"{variable} is not set and its key file {path} is open to other users" in message
+        assert "mode 0644" in message and f"chmod 600 {path}" in message
+    assert settings.key_file_problem() == str(ExposedKeyFile(variable, path, 0o644))
+    with pytest.raises(ExposedKeyFile, match="chmod 600"):
+        create_app(settings)
+    path.chmod(0o640)  # the group alone is too many
+    assert "mode 0640" in refused(run("keys", "status"))
+    path.chmod(0o600)
+    assert settings.key_file_problem() is None
+    assert "current key version 1" in ok(run("keys", "status"))
 
 
 def test_status_and_rotate_name_values_under_an_unconfigured_version(cli, server):
