@@ -89,36 +89,50 @@ def limiter_strategy():  # type: ignore[no-untyped-def]
     return limiter.limiter
 
 
-def login_username_key() -> str:
-    """Return the throttling key of the account a sign-in names.
+def login_name_key() -> str:
+    """Return the throttling key of the name a sign-in gives, as typed (trimmed, any case).
 
-    The account is resolved first, so failures by username and by phone number count
-    together; a name that matches no account is throttled by its text.
+    The limit on it answers 429. It is not the account's: failures by an account's phone
+    number then locking its username too (429 for one, 401 for a name that was not the
+    number's) told anyone who could guess both whose number it was. An account's own
+    allowance is kept beside it (``account_locked``), and refuses silently.
     """
-    from .extensions import reading_session, state
-    from .services.identity import find_login_user
+    from .extensions import state
+    from .security.fields import blind_index
 
     data = request.get_json(silent=True) or {}
     login = data.get("username") if isinstance(data, dict) else None
     login = str(login or "").strip()
     if not login or len(login) > 64 or "\x00" in login:
-        # Not a name the sign-in takes (its schema answers 422): not looked up (PostgreSQL
-        # refuses NUL in text, a 422 that differed by engine), one key for all of them.
+        # Not a name the sign-in takes (its schema answers 422): one key for all of them.
         return "account:invalid"
-    st = state()
-    with reading_session() as session:  # not the write lock a POST's session begins with
-        user = find_login_user(session, login, st.phone_key)
-    return account_key(user.id) if user else f"account:name:{login.lower()}"
+    # Keyed hash: a phone number typed (staff's are kept only encrypted) is no storage key.
+    return f"account:name:{blind_index('login', login.lower(), state().phone_key)}"
 
 
-#: The scope of the sign-in failures counted per account (the sign-in's limit and
-#: ``password_guesses`` spend the same allowance).
+#: The scope of the sign-in failures counted per account (``count_account_failure``,
+#: ``account_locked`` and ``password_guesses`` spend the same allowance).
 LOGIN_ACCOUNT_SCOPE = "login-account"
 
 
 def account_key(user_id: int) -> str:
     """Return the throttling key of an account's sign-in failures."""
     return f"account:user:{user_id}"
+
+
+def account_locked(limit: str, user_id: int) -> bool:
+    """Return whether an account's allowance of failed sign-ins is spent (by any of its
+    names, or wrong current passwords)."""
+    from limits import parse
+
+    return not limiter_strategy().test(parse(limit), account_key(user_id), LOGIN_ACCOUNT_SCOPE)
+
+
+def count_account_failure(limit: str, user_id: int) -> None:
+    """Count a failed sign-in against the account it named."""
+    from limits import parse
+
+    limiter_strategy().hit(parse(limit), account_key(user_id), LOGIN_ACCOUNT_SCOPE)
 
 
 def _spend(limit: str, identifiers: tuple[str, ...], message: str, *, cost: int = 0) -> None:

@@ -10,7 +10,13 @@ from ..auditing import audit
 from ..auth import AUTHENTICATED, Forbidden, Unauthorized, current_principal
 from ..errors import Unprocessable
 from ..extensions import commit, db_session, reading_session, state
-from ..limits import LOGIN_ACCOUNT_SCOPE, limiter, login_username_key, password_guesses
+from ..limits import (
+    account_locked,
+    count_account_failure,
+    limiter,
+    login_name_key,
+    password_guesses,
+)
 from ..models import User
 from ..schemas.identity import (
     LoginSchema,
@@ -100,9 +106,9 @@ class AuthToken(MethodView):
     )
     @limiter.limit(
         _account_limit,
-        key_func=login_username_key,
+        key_func=login_name_key,
         deduct_when=_failed,
-        scope=LOGIN_ACCOUNT_SCOPE,
+        scope="login-name",
         error_message=_account_message,
     )
     @blp.arguments(LoginSchema)
@@ -113,13 +119,17 @@ class AuthToken(MethodView):
         """Sign in with a username (or phone number) and password
 
         Returns an access token (a JWT, valid `expires_in` seconds) and a single-use refresh
-        token. Failed attempts are throttled per account and per client address (429 with
-        Retry-After). Each refused attempt (401) writes an audit row `auth.login_failed`: the
-        name as typed (cut to 32 characters; none for a phone number), why it was refused
-        (`unknown_account`, `wrong_password`, `disabled`, `account_changed`) and the account
-        named; the answer itself is the same whatever the reason.
+        token. Failed attempts are throttled per name given and per client address (429 with
+        Retry-After); an account's failures by its username and its phone number count
+        together, and once they are spent it is refused (401, as a wrong password) by any
+        other name until the window passes. Each refused attempt (401) writes an audit row
+        `auth.login_failed`: the name as typed (cut to 32 characters; none for a phone
+        number), why it was refused (`unknown_account`, `wrong_password`, `disabled`,
+        `account_changed`, `locked`) and the account named; the answer itself is the same
+        whatever the reason.
         """
         st = state()
+        limit = st.settings.login_rate_account
         try:
             # The password is checked before the request's transaction begins: on SQLite a
             # POST begins as a writer, and every report and step of every phone waited for
@@ -128,6 +138,8 @@ class AuthToken(MethodView):
                 checked = svc.check_credentials(
                     reading, data["username"], data["password"], phone_key=st.phone_key
                 )
+            if account_locked(limit, checked.user_id):
+                raise svc.LoginFailed("locked", checked.user_id, checked.region_code)
             issued = svc.login(
                 db_session(),
                 checked,
@@ -136,6 +148,15 @@ class AuthToken(MethodView):
                 refresh_days=st.settings.refresh_token_days,
             )
         except svc.LoginFailed as failed:
+            if failed.user_id is not None and failed.reason != "locked":
+                # An account's failures by any of its names count together; once they are
+                # spent its other names are refused as a wrong password is (401), not 429:
+                # a 429 there told whose a phone number was. The password was checked all
+                # the same, so the answer takes as long.
+                if account_locked(limit, failed.user_id):
+                    failed = svc.LoginFailed("locked", failed.user_id, failed.region_code)
+                else:
+                    count_account_failure(limit, failed.user_id)
             _audit_failed_sign_in(data["username"], failed)
             commit()  # the row outlives the refusal (the request's rollback)
             raise Unauthorized(

@@ -157,15 +157,23 @@ class LoginFailed(Exception):
     """Wrong username, phone or password, or a disabled account (one message for all).
 
     ``reason`` says which, for the audit log only (never for the answer): ``unknown_account``,
-    ``wrong_password``, ``disabled`` or ``account_changed`` (a new password or a disabling
-    committed while the password was checked); ``user`` is the account named, if any.
+    ``wrong_password``, ``disabled``, ``account_changed`` (a new password or a disabling
+    committed while the password was checked) or ``locked`` (the account's allowance of
+    failures spent); ``user_id`` and ``region_code`` are the account named, if any.
     """
 
-    def __init__(self, reason: str, user: User | None = None) -> None:
+    def __init__(
+        self, reason: str, user_id: int | None = None, region_code: str | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.user_id = user.id if user else None
-        self.region_code = user.region_code if user else None
+        self.user_id = user_id
+        self.region_code = region_code
+
+    @classmethod
+    def of(cls, reason: str, user: User | None) -> LoginFailed:
+        """Return the failure of a sign-in that named ``user`` (None: no account)."""
+        return cls(reason, user.id, user.region_code) if user else cls(reason)
 
 
 def find_login_user(session: Session, login: str, phone_key: bytes) -> User | None:
@@ -185,6 +193,7 @@ class CheckedCredentials:
 
     user_id: int
     password_hash: str
+    region_code: str | None = None
 
 
 def check_credentials(
@@ -201,10 +210,10 @@ def check_credentials(
     if user is None:
         raise LoginFailed("unknown_account")
     if not user.is_active:
-        raise LoginFailed("disabled", user)
+        raise LoginFailed.of("disabled", user)
     if not ok:
-        raise LoginFailed("wrong_password", user)
-    return CheckedCredentials(user.id, user.password_hash)
+        raise LoginFailed.of("wrong_password", user)
+    return CheckedCredentials(user.id, user.password_hash, user.region_code)
 
 
 def locked_account(session: Session, user_id: int | None) -> User | None:
@@ -233,7 +242,7 @@ def login(
     # still uncommitted is waited for.
     user = locked_account(session, checked.user_id)
     if user is None or user.password_hash != checked.password_hash or not user.is_active:
-        raise LoginFailed("account_changed", user)
+        raise LoginFailed.of("account_changed", user)
     if needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)
     return _issue(session, user, signer, refresh_days, family=uuid.uuid4().hex)

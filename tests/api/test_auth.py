@@ -631,7 +631,29 @@ def test_failures_by_username_and_by_phone_count_for_one_account(
 ) -> None:
     for _ in range(5):
         assert_unauthorized(sign_in(anon_client, "alice", "Wrong-Passw0rd!"))
-    assert sign_in(anon_client, PHONE, "Wrong-Passw0rd!").status_code == 429
+    # Refused by the phone number too, the right password included, as a wrong one is.
+    assert_unauthorized(sign_in(anon_client, PHONE, "Wrong-Passw0rd!"))
+    assert_unauthorized(sign_in(anon_client, PHONE))
+
+
+def test_a_lockout_does_not_tell_whose_a_phone_number_is(
+    anon_client: Any, alice: int, bob: int, session: Any
+) -> None:
+    """Failures by a phone number locked the account's username out with a 429, and no
+    other name: whoever could guess a username learned, one attempt per number, whose number
+    it was (and that it had an account). A locked account's other names are refused as a
+    wrong password is (401), the right password too, and its audit rows say why."""
+    for _ in range(5):
+        assert_unauthorized(sign_in(anon_client, PHONE, "Wrong-Passw0rd!"))
+    assert sign_in(anon_client, PHONE).status_code == 429  # the name tried, as before
+    mine, theirs = (sign_in(anon_client, name, "Wrong-Passw0rd!") for name in ("alice", "bob"))
+    assert assert_unauthorized(mine) == assert_unauthorized(theirs)
+    assert "Retry-After" not in mine.headers
+    assert_unauthorized(sign_in(anon_client, "alice"))  # the lock holds
+    assert sign_in(anon_client, "bob").status_code == 200
+    rows = sorted(audit_actions(session, "auth.login_failed"), key=lambda row: row.id)
+    reasons = [row.summary["reason"] for row in rows if row.object_id == str(alice)]
+    assert reasons == ["wrong_password"] * 5 + ["locked"] * 2
 
 
 # ---- password change -------------------------------------------------------------------------
@@ -667,6 +689,7 @@ def test_guessing_the_current_password_is_throttled_as_sign_ins_are(
     r = change_password(anon_client, access, PASSWORD, NEW_PASSWORD)
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
     assert r.get_json()["code"] == 429
+    assert_unauthorized(sign_in(anon_client, "alice"))  # and no sign-in either
 
 
 def test_a_huge_new_password_is_refused_by_its_length(anon_client: Any, alice: int) -> None:
