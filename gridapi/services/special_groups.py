@@ -140,7 +140,7 @@ def list_records(session: Session, scope: Scope, args: dict[str, Any]) -> list[S
         args,
     )
     for key in ("type", "attention_level", "status", "person_id", "helper_id"):
-        if args.get(key):
+        if args.get(key) is not None:  # person_id=0 names no one, not everyone
             stmt = stmt.where(getattr(SpecialGroupRecord, key) == args[key])
     if args.get("after"):
         stmt = stmt.where(SpecialGroupRecord.id > args["after"])

@@ -639,6 +639,16 @@ def test_reads_of_special_group_records_count_as_unmasked_reads(
     assert r.status_code == 429, r.get_json()
 
 
+@pytest.mark.parametrize("name", ["person_id", "helper_id"])
+def test_a_filter_of_zero_names_no_record(client, world, household, name):
+    """``?person_id=0`` was taken for no filter and listed every record (each audited as
+    read): 0 is a value, which no resident or helper has."""
+    person = add_person(client, household["id"])
+    body = {"person_id": person["id"], "type": "petitioner"}
+    created(client.post("/api/v1/special-groups", json=body))
+    assert created(client.get(f"/api/v1/special-groups?{name}=0"), 200)["items"] == []
+
+
 def test_a_helper_must_be_able_to_read_the_record(client, accounts, world, household):
     person = add_person(client, household["id"])
     worker_id = accounts.create("worker", "grid_worker", grids=[A1])
