@@ -6,6 +6,7 @@ Pure functions, no I/O: used by schemas, services, the importer and property tes
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
@@ -49,9 +50,11 @@ def parse_id_number(raw: str, today: date | None = None) -> IdNumber:
     """Return the normalised ID number with the birth date and gender it encodes.
 
     Raises InvalidValue with the reason: length, characters, region prefix, birth date,
-    check digit. A lower-case x is accepted and normalised to X; surrounding spaces dropped.
+    check digit. A lower-case x is accepted and normalised to X; surrounding spaces dropped;
+    full-width digits and letters (１２３, Ｘ, as a Chinese input method types them) are
+    read as ASCII (NFKC), as the register import reads them.
     """
-    value = str(raw).strip().upper()
+    value = unicodedata.normalize("NFKC", str(raw)).strip().upper()
     if len(value) != 18:
         raise InvalidValue("must be 18 characters")
     if not _ID_SHAPE.fullmatch(value):
@@ -77,9 +80,10 @@ def parse_id_number(raw: str, today: date | None = None) -> IdNumber:
 def parse_phone(raw: str) -> str:
     """Return a mainland mobile number as 11 digits (spaces, dashes, +86 or 0086 dropped).
 
-    Raises InvalidValue when it is not one.
+    Raises InvalidValue when it is not one. Full-width digits, spaces and signs are read as
+    ASCII (NFKC), as the register import reads them.
     """
-    value = _PHONE_NOISE.sub("", str(raw))
+    value = _PHONE_NOISE.sub("", unicodedata.normalize("NFKC", str(raw)))
     for prefix in ("+86", "0086"):
         if value.startswith(prefix):
             value = value[len(prefix) :]

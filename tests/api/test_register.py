@@ -178,6 +178,28 @@ def test_a_resident_is_registered_masked_with_gender_and_age_from_the_id(client,
     assert (person["grid"], person["county_code"]) == (A1, "320508")
 
 
+def _full_width(text_: str) -> str:
+    """Return ``text_`` as typed with a Chinese input method in full-width mode."""
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text_)
+
+
+def test_full_width_id_and_phone_numbers_are_read_as_ascii(client, world, household):
+    """The import read １２３ and Ｘ as 123 and X, and POST /persons refused them ("must be
+    18 characters" held, but "17 digits followed by a digit or X" did not): one register,
+    one reading of a number, whichever way it came in."""
+    id_number = make_id("19800229", "038")  # ends in X
+    person = add_person(
+        client,
+        household["id"],
+        id_number="\u3000" + _full_width(id_number.lower()),
+        phone=_full_width("138 1234 5678"),
+    )
+    full = client.get(f"/api/v1/persons/{person['id']}/sensitive?{PURPOSE}").get_json()
+    assert (full["id_number"], full["phone"]) == (id_number, "13812345678")
+    found = client.get(f"/api/v1/persons?id_number={_full_width(id_number)}").get_json()
+    assert [p["id"] for p in found["items"]] == [person["id"]]
+
+
 def test_make_id_lowercase_x_helper_is_really_an_x():
     # the check digit of the ID above is X: the test before relies on it
     assert make_id("19800229", "038")[-1] == "X"

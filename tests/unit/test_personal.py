@@ -109,13 +109,20 @@ def test_wrong_length_is_rejected(generated, length):
         "32050819900101123A",
         "3205081990010112X3",
         "32050819900101-123",
-        "３２０５０８１９９００１０１１２３４",  # full-width digits
+        "٣٢٠٥٠٨١٩٩٠٠١٠١١٢٣٤",  # Arabic-Indic digits: digits, but no ASCII ones under NFKC
         "X20508199001011234",
         "32050819900101 234",
     ],
 )
 def test_non_digits_are_rejected(value):
     assert reason(value) == "must be 17 digits followed by a digit or X"
+
+
+def test_full_width_digits_are_read_as_ascii():
+    """As a Chinese input method types them (and as the register import reads them)."""
+    typed = "".join(chr(ord(c) + 0xFEE0) for c in "32050819800229038x")
+    assert parse_id_number(typed).value == "32050819800229038X"
+    assert parse_phone("\u3000１３８－１２３４－５６７８") == "13812345678"
 
 
 @pytest.mark.parametrize(
