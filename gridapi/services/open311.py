@@ -44,6 +44,8 @@ DEFAULT_WINDOW_DAYS = 90
 REPORTER_ROLE = "报告人"
 _CODE = re.compile(r"[0-9]{2}(?:[0-9]{2})?")
 _ATTRIBUTE_KEY = re.compile(r"attribute\[([^\[\]]+)\](\[\])?")
+#: The date part of an Open311 datetime given for a date attribute (as the categories take).
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _MEDIA_LINE = "\n\n图片 media_url: "
 _CJK = re.compile(r"[\u3400-\u9fff]")
 # A case id is ASCII digits: str.isdigit() also takes "²", which int() refuses, and "١",
@@ -197,9 +199,11 @@ def _attribute_value(attr: dict[str, Any] | None, values: list[str], tz: tzinfo)
         if PLAIN_WHOLE.fullmatch(value):
             return int(value)  # exact (through a float 2**63 - 1 became 2**63)
         return int(number) if number.is_integer() and abs(number) <= MAX_EXACT else number
-    if kind == "date" and len(value) > 10 and value[10] in "T ":
+    if kind == "date" and len(value) > 10 and value[10] in "T " and _DAY.fullmatch(value[:10]):
         # An Open311 datetime: the schema holds its date where the county is (what
         # JavaScript's toISOString() writes, 2026-11-27T20:00:00Z, is the 28th in UTC+8).
+        # Only one whose date is YYYY-MM-DD, as check_attributes takes: fromisoformat also
+        # reads ISO weeks (2026-W48-1T08:00), which became a date nobody had written.
         try:
             moment = datetime.fromisoformat(value)
             return (moment.astimezone(tz) if moment.tzinfo else moment).date().isoformat()
