@@ -74,11 +74,18 @@ def _stale(noun: str) -> str:
 
 
 def check_if_match(
-    obj: Any, if_match: str | None, *, noun: str, path: str = "", required: bool = True
+    obj: Any,
+    if_match: str | None,
+    *,
+    noun: str,
+    path: str = "",
+    required: bool = True,
+    current: str | None = None,
 ) -> None:
     """Enforce If-Match on ``obj`` (any row with ``id`` and ``version``): without it 428 when
     ``required`` (else nothing to check), and 412 unless it names the current version. The
     words name the ``noun`` and where to read its ETag (``path``, e.g. ``/api/v1/cases/{id}``).
+    ``current``: the object's ETag when it is not ``etag(obj)`` (a region's digest).
     """
     wanted = parse_etag(if_match)
     if wanted is None:
@@ -89,9 +96,10 @@ def check_if_match(
     if wanted == "*":
         return
     # The whole "<id>-<version>": another object's ETag at the same version is not this one's.
-    current = f"{obj.id}-{obj.version}"
-    if not any(tag == current or tag.startswith(current + "-") for tag in wanted):
-        raise PreconditionFailed(_stale(noun), headers={"ETag": etag(obj)})
+    header = current or etag(obj)
+    named = header.strip('"')
+    if not any(tag == named or tag.startswith(named + "-") for tag in wanted):
+        raise PreconditionFailed(_stale(noun), headers={"ETag": header})
 
 
 def flush_versioned(session: Session, noun: str) -> None:

@@ -28,7 +28,7 @@ from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.shapes import GeometryError, from_db, multipolygon_from_geojson, to_db
 from ..models import Grid, Region
 from ..scope import Scope
-from .preconditions import PreconditionFailed, parse_etag
+from .preconditions import check_if_match
 from .uniques import add_or_conflict
 
 
@@ -55,21 +55,6 @@ def region_etag(region: Region) -> str:
     )
     digest = hashlib.blake2b(repr(state).encode(), digest_size=8).hexdigest()
     return f'"{region.id}-{digest}"'
-
-
-def check_region_if_match(region: Region, if_match: str | None) -> None:
-    """Raise PreconditionFailed (412, with the current ETag) when ``if_match`` is sent and
-    names neither the region's current ETag nor ``*``; without it, nothing is checked (the
-    last writer wins, as before regions had ETags)."""
-    wanted = parse_etag(if_match)
-    if wanted is None or wanted == "*":
-        return
-    current = region_etag(region)
-    if current.strip('"') not in wanted:
-        raise PreconditionFailed(
-            "The region changed since you read it: read it again and retry.",
-            headers={"ETag": current},
-        )
 
 
 def region_not_found() -> NotFound:
@@ -488,7 +473,8 @@ def update_region(
     if not scope.covers_region(code):  # an ancestor is seen, not changed: the same 404
         raise region_not_found()
     region = get_region(session, code, on, scope=scope, lock=True)
-    check_region_if_match(region, if_match)
+    # Optional, as before regions had ETags: a client that sends none has the last word.
+    check_if_match(region, if_match, noun="region", required=False, current=region_etag(region))
     effective = changes.pop("effective_from", None)
     if "boundary" in changes:
         changes["boundary"] = to_db(_boundary_or_422(changes["boundary"]))
