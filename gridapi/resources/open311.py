@@ -19,6 +19,7 @@ from flask import Blueprint, Response, current_app, g, request
 from limits.errors import StorageError
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from ..auditing import request_actor
@@ -308,6 +309,11 @@ def requests_create(fmt: str) -> Response:
         raise svc.NotAForm(
             f"The body is {request.mimetype}: post the request form-encoded "
             "(application/x-www-form-urlencoded or multipart/form-data), as GeoReport v2 does."
+        )
+    if request.mimetype == "application/x-www-form-urlencoded":
+        # Read in the charset the client declares (werkzeug reads UTF-8 only).
+        request.form = ImmutableMultiDict(  # type: ignore[misc]
+            svc.parse_form(request.get_data(cache=True), request.mimetype_params.get("charset"))
         )
     principal = _caller(required=True)
     assert principal is not None

@@ -7,12 +7,14 @@ HTTP side (formats, keys, the one transaction) is ``gridapi.resources.open311``.
 
 from __future__ import annotations
 
+import codecs
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from sqlalchemy import ColumnElement, or_, select, text
 from sqlalchemy.orm import Session
@@ -153,6 +155,50 @@ def service_definition(category: Category) -> dict[str, Any]:
 
 
 # --- posting ------------------------------------------------------------------------------
+
+
+#: Charset labels read as GB 18030, the superset that decodes all of them (as browsers do,
+#: WHATWG Encoding: "gb2312" and "gbk" name the GBK decoder, which is GB 18030's).
+_GB_LABELS = frozenset({"gbk", "gb2312", "gb_2312", "gb-2312", "x-gbk", "cp936", "gb18030"})
+
+
+def parse_form(body: bytes, charset: str | None) -> list[tuple[str, str]]:
+    """Return the fields (in order) of a form-encoded body read in its declared ``charset`` (UTF-8 when
+    none is declared). Raises BadRequest for an unknown charset or bytes that are not text in
+    it.
+
+    Werkzeug reads every form as UTF-8 and replaces what is not: a hotline system posting
+    GBK (many Chinese city systems still do) got its description stored as mojibake, and
+    unescaped GBK bytes lost the field altogether. Fields are percent-decoded to bytes first,
+    then decoded, so escaped and raw bytes read alike.
+    """
+    label = (charset or "utf-8").strip().strip('"').lower()
+    encoding = "gb18030" if label in _GB_LABELS else label
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise BadRequest(
+            f"The form's charset {charset!r} is not one this service reads: "
+            "post UTF-8 (or declare GBK / GB18030)."
+        ) from None
+    fields: list[tuple[str, str]] = []
+    for pair in body.split(b"&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition(b"=")
+        try:
+            key, text = (
+                unquote_to_bytes(part.replace(b"+", b" ")).decode(encoding)
+                for part in (name, value)
+            )
+        except UnicodeDecodeError:
+            raise BadRequest(
+                f"The form is not {'UTF-8' if charset is None else charset} text: declare the "
+                "charset it is in (Content-Type: application/x-www-form-urlencoded; "
+                "charset=GBK), or post UTF-8."
+            ) from None
+        fields.append((key, text))
+    return fields
 
 
 def refuse_nul(items: Iterable[tuple[str, list[str]]]) -> None:
@@ -348,8 +394,15 @@ def _list(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def parse_datetime(name: str, value: str | None, tz: tzinfo) -> datetime | None:
-    """Return a W3C datetime (a date alone, or one without an offset, is in ``tz``)."""
+def parse_datetime(
+    name: str, value: str | None, tz: tzinfo, *, upper: bool = False
+) -> datetime | None:
+    """Return a W3C datetime (a date alone, or one without an offset, is in ``tz``).
+
+    A year, month or day alone given as an ``upper`` bound (``end_date``,
+    ``updated_before``) is its period's last instant: ``end_date=2026-11-30`` meant that
+    day's midnight, so a request filed on it was left out of a query for the day.
+    """
     if not value:
         return None
     text = value.strip().replace(" ", "+", 1) if "T" in value else value.strip()
@@ -358,6 +411,7 @@ def parse_datetime(name: str, value: str | None, tz: tzinfo) -> datetime | None:
     # 2026-11-28T09), and the year and the month alone, which it refused.
     if not _W3C.fullmatch(text):
         raise wrong
+    period = {4: "year", 7: "month", 10: "day"}.get(len(text))
     if len(text) in (4, 7):
         text = f"{text}-01-01"[:10]
     try:
@@ -367,7 +421,18 @@ def parse_datetime(name: str, value: str | None, tz: tzinfo) -> datetime | None:
     parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
     if problem := instant_problem(parsed):
         raise BadRequest(f"{name}: {problem}")
-    return parsed
+    return _period_end(parsed, period) if upper and period is not None else parsed
+
+
+def _period_end(start: datetime, period: str) -> datetime:
+    """Return the last microsecond of the year, month or day that begins at ``start``."""
+    if period == "day":
+        following = start.date() + timedelta(days=1)
+    elif period == "month":
+        following = (start.date().replace(day=28) + timedelta(days=4)).replace(day=1)
+    else:
+        following = start.date().replace(year=start.year + 1)
+    return datetime.combine(following, start.timetz()) - timedelta(microseconds=1)
 
 
 def _int(name: str, value: str | None, default: int, low: int, high: int) -> int:
@@ -407,10 +472,10 @@ def parse_request_query(
         ids=_list(args.get("service_request_id")),
         service_codes=codes,
         start=parse_datetime("start_date", args.get("start_date"), tz),
-        end=parse_datetime("end_date", args.get("end_date"), tz),
+        end=parse_datetime("end_date", args.get("end_date"), tz, upper=True),
         statuses=statuses,
         updated_after=parse_datetime("updated_after", args.get("updated_after"), tz),
-        updated_before=parse_datetime("updated_before", args.get("updated_before"), tz),
+        updated_before=parse_datetime("updated_before", args.get("updated_before"), tz, upper=True),
         jurisdiction=jurisdiction[:6] if jurisdiction else None,
         page=_int("page", args.get("page"), 1, 1, 1_000_000),
         page_size=_int(

@@ -7,7 +7,8 @@ import json
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import text
@@ -827,3 +828,77 @@ def test_a_case_its_category_makes_visible_again_is_updated_after(
     assert _numbers(anon_client.get(url)) == []  # hidden from the public
     assert client.patch("/api/v1/categories/0101", json={"sensitive": False}).status_code == 200
     assert _numbers(anon_client.get(url)) == [number]
+
+
+def _encoded(values: dict[str, Any], encoding: str, raw: bool = False) -> bytes:
+    """A form body in ``encoding``: percent-escaped (as browsers send), or raw bytes."""
+    if raw:
+        return b"&".join(
+            k.encode(encoding) + b"=" + str(v).encode(encoding) for k, v in values.items()
+        )
+    return urlencode(values, encoding=encoding).encode("ascii")
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["escaped", "raw"])
+@pytest.mark.parametrize("label", ["GBK", "gb2312", "GB18030"])
+def test_a_gbk_form_is_read_in_its_declared_charset(anon_client, key, label, raw):
+    """Werkzeug reads forms as UTF-8 only: a hotline system posting GBK had its
+    description stored as mojibake (escaped bytes), or lost the field (raw bytes, 400
+    "service_code is required" for a form that had one)."""
+    values = {**form(*center(0), description="路灯不亮，请派人维修"), "api_key": key}
+    r = anon_client.post(
+        f"{BASE}/requests.json",
+        data=_encoded(values, "gbk", raw),
+        content_type=f"application/x-www-form-urlencoded; charset={label}",
+    )
+    assert r.status_code == 201, r.get_data(as_text=True)
+    number = r.get_json()[0]["service_request_id"]
+    [got] = anon_client.get(f"{BASE}/requests/{number}.json?api_key={key}").get_json()
+    assert got["description"] == "路灯不亮，请派人维修"
+    assert got["address"] == "平江路 1 号"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "words"),
+    [
+        ("application/x-www-form-urlencoded", "not UTF-8"),
+        ("application/x-www-form-urlencoded; charset=klingon", "klingon"),
+    ],
+)
+def test_a_form_not_in_its_charset_is_400_and_stores_nothing(
+    anon_client, key, session, content_type, words
+):
+    """GBK posted without its charset was read as UTF-8 with replacement characters and
+    stored: now it is refused, naming how to declare it."""
+    before = scalar(session, "SELECT count(*) FROM cases")
+    values = {**form(*center(0), description="路灯不亮"), "api_key": key}
+    r = anon_client.post(
+        f"{BASE}/requests.json", data=_encoded(values, "gbk"), content_type=content_type
+    )
+    assert words in one_error(r, 400)
+    assert "charset" in one_error(r, 400)
+    assert scalar(session, "SELECT count(*) FROM cases") == before
+
+
+def test_a_day_month_or_year_alone_as_an_upper_bound_takes_in_the_whole_period(anon_client, key):
+    """``end_date=<today>`` meant today's midnight: a query for one day
+    (``start_date=D&end_date=D``) found nothing, and the requests filed today were left
+    out of ``end_date=<today>``. A day, month or year alone as ``end_date`` or
+    ``updated_before`` now ends with its period."""
+    r = post(anon_client, key, form(*center(0)))
+    number = r.get_json()[0]["service_request_id"]
+    url = f"{BASE}/requests.json?api_key={key}"
+    [got] = anon_client.get(f"{url}&service_request_id={number}").get_json()
+    # the day it was filed on, in GRIDAPI_TIMEZONE (not "now": midnight may fall between)
+    filed = datetime.fromisoformat(got["requested_datetime"])
+    today = filed.astimezone(ZoneInfo("Asia/Shanghai")).date()
+    for bound in (today.isoformat(), today.isoformat()[:7], today.isoformat()[:4]):
+        assert _numbers(anon_client.get(f"{url}&start_date={today}&end_date={bound}")) == [
+            number
+        ], bound
+        assert _numbers(anon_client.get(f"{url}&updated_before={bound}")) == [number], bound
+    yesterday = (today - timedelta(days=1)).isoformat()
+    assert _numbers(anon_client.get(f"{url}&end_date={yesterday}")) == []
+    assert _numbers(anon_client.get(f"{url}&updated_before={yesterday}")) == []
+    # a lower bound still starts at its period's first instant
+    assert _numbers(anon_client.get(f"{url}&start_date={today.isoformat()[:4]}")) == [number]
