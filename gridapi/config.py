@@ -254,6 +254,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "presence_minutes": (0, 1_440, False),
     "sync_page_size": (1, 2_000, True),  # as the `limit` a client may ask for
     "sync_retention_days": (1, _CENTURY_DAYS, True),
+    "sync_history_days": (0, _CENTURY_DAYS, True),
     "webhook_connect_timeout_seconds": (0, 3_600, False),
     "webhook_timeout_seconds": (0, 3_600, False),
     "webhook_max_response_kb": (1, 1_048_576, True),
@@ -335,6 +336,7 @@ class Settings:
     presence_minutes: float = 15.0
     sync_page_size: int = 500
     sync_retention_days: int = 30
+    sync_history_days: int = 90
     # name:weight,… of the composite score (docs/indicators.md); checked at start-up.
     indicator_weights: str = (
         "closure_rate:0.25,on_time_closure_rate:0.25,on_time_handling_rate:0.2,"

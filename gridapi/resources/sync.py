@@ -230,7 +230,9 @@ class Sync(MethodView):
             max_age = st.settings.sync_retention_days * 86400
             cursor = svc.Cursor.decode(args["cursor"], principal.actor_id, max_age, _cursor_key(st))
         limit = args.get("limit") or st.settings.sync_page_size
-        page = svc.page(session, caller, cursor, limit=limit)
+        page = svc.page(
+            session, caller, cursor, limit=limit, history_days=st.settings.sync_history_days
+        )
         body: dict[str, Any] = {"changes": render(session, caller, page.changes)}
         if principal.can("grids:read") or principal.can("cases:read"):
             body.update(svc.changed_references(page.cursor, _references(session, principal.scope)))

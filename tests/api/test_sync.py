@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -1594,3 +1595,62 @@ def test_a_reference_change_committed_after_a_newer_one_reaches_the_phone(
     phone.pull()
     names = {row.get("code") or row["date"]: row["name"] for row in phone.references[kind]}
     assert names[str(older)] == "renamed"
+
+
+def test_a_first_sync_leaves_out_what_ended_long_ago(app, client, worker, accounts, engine):
+    """A first sync (and every sync after a 410) sent every case the worker ever reported
+    or handled and every task they ever completed: years of them, to a phone on a bad
+    network. Cases and tasks that ended and have not changed for
+    GRIDAPI_SYNC_HISTORY_DAYS stay out of the snapshot; open ones stay in however old."""
+    old_closed, recent_closed, old_open = (report(worker)["id"] for _ in range(3))
+    for case_id in (old_closed, recent_closed):
+        step(client, case_id, "reject", comment="不属于受理范围")
+    due = {"amount": 3, "unit": "days"}
+    old_task, open_task = (
+        ok(
+            client.post(
+                "/api/v1/tasks",
+                json={
+                    "title": t,
+                    "grid": A1,
+                    "assignee_id": accounts.ids["worker1"],
+                    "due_in": due,
+                },
+            ),
+            201,
+        )["id"]
+        for t in ("排查", "巡查")
+    )
+    with engine.begin() as conn:
+        long_ago = "2020-01-01 00:00:00"
+        conn.execute(
+            text("UPDATE cases SET updated_at = :t WHERE id IN (:a, :b)"),
+            {"t": long_ago, "a": old_closed, "b": old_open},
+        )
+        conn.execute(
+            text(
+                "UPDATE tasks SET status = 'cancelled', cancelled_at = :t, updated_at = :t "
+                "WHERE id = :i"
+            ),
+            {"t": long_ago, "i": old_task},
+        )
+        conn.execute(
+            text("UPDATE tasks SET updated_at = :t WHERE id = :i"), {"t": long_ago, "i": open_task}
+        )
+    phone = Phone(worker)
+    phone.pull()
+    assert phone.ids("case") == {recent_closed, old_open}
+    assert phone.ids("task") == {open_task}
+    # 0 keeps everything, as before the setting
+    app.extensions["gridapi"].settings.sync_history_days = 0
+    everything = Phone(worker)
+    everything.pull()
+    assert everything.ids("case") == {old_closed, recent_closed, old_open}
+    assert everything.ids("task") == {old_task, open_task}
+    # an ended case that changes again reaches the phone that synced without it
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE cases SET description = '已更正', updated_at = :t WHERE id = :i"),
+            {"t": datetime.now(UTC), "i": old_closed},
+        )
+    assert ("case", old_closed, "upsert") in {(c["type"], c["id"], c["op"]) for c in phone.pull()}
