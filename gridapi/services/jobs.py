@@ -59,7 +59,7 @@ JOBS = {
     "escalation": ("escalated",),
     "idempotency": ("purged",),
     "tasks": ("overdue",),
-    "tracks": ("thinned", "deleted", "presence_cleared"),
+    "tracks": ("ended", "thinned", "deleted", "presence_cleared"),
     "sync": ("pruned",),
     "files": ("removed",),
 }

@@ -1201,6 +1201,8 @@ def thin_tracks(
 ) -> dict[str, int]:
     """Apply the retention of tracks (whereabouts); return what was done, by count.
 
+    * patrols still active that have heard nothing (no point recorded, no check-in) for
+      ``raw_days`` are ended at their walk's last point (``ended``), and thinned next;
     * patrols ended more than ``raw_days`` ago lose their raw points; their line is
       simplified (about 5 m) and their statistics kept (``thinned``);
     * patrols that ended (or, never ended, started) more than ``retention_days`` ago are
@@ -1235,6 +1237,30 @@ def thin_tracks(
             )
 
     raw_from = now - timedelta(days=raw_days)
+    # A patrol never ended (the phone died, the worker left) kept its raw points, a worker's
+    # exact whereabouts, until it was deleted at ``retention_days``: 180 days, not 30. One
+    # that has heard nothing since ``raw_from`` (no point recorded, no check-in) is ended
+    # at its walk's last point (else its start), and is thinned below like any other.
+    heard = or_(
+        select(PatrolPoint.id)
+        .where(PatrolPoint.patrol_id == Patrol.id, PatrolPoint.recorded_at >= raw_from)
+        .exists(),
+        select(PatrolCheckin.id)
+        .where(PatrolCheckin.patrol_id == Patrol.id, PatrolCheckin.created_at >= raw_from)
+        .exists(),
+    )
+    silent: Select[Any] = select(Patrol).where(
+        Patrol.status == "active", Patrol.started_at < raw_from, ~heard
+    )
+    if postgres:
+        silent = silent.with_for_update(skip_locked=True)
+    ended = 0
+    for patrol in session.scalars(silent).all():
+        last = last_walked_at(session, patrol)
+        ended += end_patrol(
+            session, patrol, max(patrol.started_at, last or patrol.started_at), now=now
+        )
+
     due: Select[Any] = select(Patrol).where(
         Patrol.status == "ended", Patrol.ended_at < raw_from, Patrol.thinned_at.is_(None)
     )
@@ -1258,4 +1284,9 @@ def thin_tracks(
         .execution_options(synchronize_session=False)
     ).rowcount
     session.flush()
-    return {"thinned": len(thinning), "deleted": len(doomed), "presence_cleared": cleared or 0}
+    return {
+        "ended": ended,
+        "thinned": len(thinning),
+        "deleted": len(doomed),
+        "presence_cleared": cleared or 0,
+    }

@@ -1048,7 +1048,8 @@ def test_thin_tracks_thins_then_deletes_and_is_idempotent(app, client, worker, w
     ]
     ended = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json={}))
     ok(worker.post("/api/v1/presence/heartbeat", json={"location": point(0)}))
-    # never ended: kept until the retention period (the admin has no grid: it says where)
+    # never ended (the admin has no grid: it says where): ended by the job once it has heard
+    # nothing for the raw period, then thinned like the others
     active = start(client, location=point(1), started_at=iso(began))
     sessions = app.extensions["gridapi"].sessions
     now = datetime.now(UTC)
@@ -1057,8 +1058,16 @@ def test_thin_tracks_thins_then_deletes_and_is_idempotent(app, client, worker, w
         with sessions.begin() as session:
             return thin_tracks(session, at, 30, 180)
 
-    assert run(now) == {"thinned": 0, "deleted": 0, "presence_cleared": 0}
-    assert run(now + timedelta(days=31)) == {"thinned": 1, "deleted": 0, "presence_cleared": 1}
+    assert run(now) == {"ended": 0, "thinned": 0, "deleted": 0, "presence_cleared": 0}
+    assert run(now + timedelta(days=31)) == {
+        "ended": 1,
+        "thinned": 2,
+        "deleted": 0,
+        "presence_cleared": 1,
+    }
+    left = ok(client.get(f"/api/v1/patrols/{active['id']}?points=true"))
+    assert left["status"] == "ended" and left["thinned_at"] and left["points"] == []
+    assert datetime.fromisoformat(left["ended_at"]) == began  # its start: it walked nowhere
     thinned = ok(worker.get(f"/api/v1/patrols/{patrol['id']}?points=true"))
     assert thinned["points"] == [] and thinned["thinned_at"]
     assert 2 <= len(thinned["track"]["coordinates"]) < len(points)
@@ -1068,15 +1077,53 @@ def test_thin_tracks_thins_then_deletes_and_is_idempotent(app, client, worker, w
     ok(worker.post(f"/api/v1/patrols/{patrol['id']}/points", json={"points": [late]}), 409)
     seen = rows(engine, "SELECT lon, at FROM presence")
     assert seen[0][0] is None and seen[0][1] is not None  # last seen stays, the place goes
-    assert run(now + timedelta(days=32)) == {"thinned": 0, "deleted": 0, "presence_cleared": 0}
-
-    assert run(now + timedelta(days=181)) == {"thinned": 0, "deleted": 2, "presence_cleared": 0}
+    nothing = {"ended": 0, "thinned": 0, "deleted": 0, "presence_cleared": 0}
+    assert run(now + timedelta(days=32)) == nothing
+    assert run(now + timedelta(days=181)) == {**nothing, "deleted": 2}
     ok(worker.get(f"/api/v1/patrols/{patrol['id']}"), 404)
     ok(client.get(f"/api/v1/patrols/{active['id']}"), 404)
     for table in ("patrols", "patrol_points", "patrol_checkins", "patrol_findings"):
         assert rows(engine, f"SELECT count(*) FROM {table}") == [(0,)], table
     assert ok(client.get(f"/api/v1/cases/{case_id}"))["source"] == "patrol"  # the case stays
-    assert run(now + timedelta(days=182)) == {"thinned": 0, "deleted": 0, "presence_cleared": 0}
+    assert run(now + timedelta(days=182)) == nothing
+
+
+def test_a_patrol_never_ended_is_ended_at_its_last_point_once_it_has_gone_silent(
+    app, worker, world, engine
+):
+    """A patrol never ended (the phone died, the worker left) kept its raw points, the
+    worker's exact whereabouts, for the 180 days of retention instead of the 30 of raw
+    tracks. One that has heard nothing for the raw period is ended at its walk's last point
+    and thinned; one still heard from is left alone."""
+    patrol, began = started_an_hour_ago(worker)
+    points = walk(began + timedelta(minutes=1), n=41)  # its last point at began + 21 min
+    upload(worker, patrol["id"], points)
+    sessions = app.extensions["gridapi"].sessions
+    now = datetime.now(UTC)
+    last = began + timedelta(minutes=21)
+
+    def run(at: datetime, raw_days: float) -> dict:
+        with sessions.begin() as session:
+            return thin_tracks(session, at, raw_days, 180)
+
+    # heard from within the raw period (its last point 39 minutes ago, the period an hour)
+    assert run(now, 1 / 24)["ended"] == 0
+    assert ok(worker.get(f"/api/v1/patrols/{patrol['id']}"))["status"] == "active"
+    assert rows(engine, "SELECT count(*) FROM patrol_points") == [(41,)]
+    # silent for longer than the period: ended where the walk stopped, raw points gone
+    assert run(now + timedelta(days=31), 30) == {
+        "ended": 1,
+        "thinned": 1,
+        "deleted": 0,
+        "presence_cleared": 0,
+    }
+    got = ok(worker.get(f"/api/v1/patrols/{patrol['id']}?points=true"))
+    assert got["status"] == "ended" and got["thinned_at"] and got["points"] == []
+    assert datetime.fromisoformat(got["ended_at"]) == last
+    assert got["duration_s"] == 21 * 60
+    assert rows(engine, "SELECT count(*) FROM patrol_points") == [(0,)]
+    # the worker may start another
+    assert start(worker)["status"] == "active"
 
 
 @pytest.mark.parametrize("days", ["-1", "0"])
@@ -1119,7 +1166,7 @@ def test_two_workers_at_once_thin_or_delete_a_track_once(app, worker, world, eng
     ended = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json={}))
     later = datetime.now(UTC) + timedelta(days=31 if due == "thinned" else 181)
     sessions = app.extensions["gridapi"].sessions
-    expected = {"thinned": 0, "deleted": 0, "presence_cleared": 0}
+    expected = {"ended": 0, "thinned": 0, "deleted": 0, "presence_cleared": 0}
     with sessions() as first:  # a worker's tracks job, not committed
         assert thin_tracks(first, later, 30, 180) == {**expected, due: 1}
         second = send_while_uncommitted(
