@@ -20,8 +20,6 @@ Services take a Session and never commit: the request commits once.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 from collections.abc import Callable, Container, Iterable, Sequence
@@ -71,10 +69,11 @@ from ..models import (
     User,
 )
 from ..models.cases import OPEN_STATUSES, TERMINAL
-from ..schemas.common import instant_problem, stated
+from ..schemas.common import stated
 from ..scope import Scope
 from ..workcalendar import WorkingCalendar
 from .categories import check_attributes
+from .cursors import another_list, decode_cursor, encode_cursor
 from .preconditions import check_if_match, flush_versioned
 from .regions import valid_on
 from .routing import NONE, IndexSnapshot
@@ -1721,49 +1720,6 @@ def query_tag(args: dict[str, Any]) -> str:
     return hashlib.blake2b(raw, digest_size=6).hexdigest()
 
 
-def encode_cursor(value: datetime, case_id: int, tag: str | None = None) -> str:
-    raw = json.dumps([value.isoformat(), case_id, *([tag] if tag else [])]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, tag: str | None = None) -> tuple[datetime, int]:
-    """Return the sort value and the id a page ended on, as ``encode_cursor`` wrote them.
-    Raises Unprocessable for anything else: a forged id past 64 bits reached the query
-    (422 "out of range" naming nothing), "2" or 1.5 were read as ids, a time without a
-    zone as one; and for a cursor of another sort or filters than ``tag`` names (one
-    written before cursors carried it is taken)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        parts = json.loads(raw)
-        if not isinstance(parts, list):
-            raise ValueError(cursor)
-        text_value, case_id, *written = parts
-        if tag is not None and written and written != [tag]:
-            raise Unprocessable(
-                "The cursor belongs to another list.",
-                errors={
-                    "query": {"cursor": ["from a list of another sort or filters: start again"]}
-                },
-            )
-        if len(written) > 1:
-            raise ValueError(cursor)
-        value = datetime.fromisoformat(text_value)
-        if (
-            type(case_id) is not int
-            or not 0 < case_id < 2**63
-            or value.utcoffset() is None
-            or instant_problem(value)
-        ):
-            raise ValueError(cursor)
-        # In UTC, as the database keeps it: SQLite compares the times as text, and the same
-        # instant written +08:00 sorted after every case of that day.
-        return value.astimezone(UTC), case_id
-    except (ValueError, TypeError, binascii.Error):
-        raise Unprocessable(
-            "Invalid cursor.", errors={"query": {"cursor": ["not a cursor from this API"]}}
-        ) from None
-
-
 def region_filter(code: str) -> ColumnElement[bool]:
     """Return the condition 'located in the subtree of region ``code``'."""
     try:
@@ -1864,7 +1820,11 @@ def list_cases(
     column, descending = SORTS[args.get("sort") or "-reported_at"]
     tag = query_tag(args)
     if args.get("cursor"):
-        value, last_id = decode_cursor(args["cursor"], tag)
+        place = decode_cursor(args["cursor"])
+        # A cursor written before cursors carried the tag is taken.
+        if place.tag not in (None, tag):
+            raise another_list("another sort or filters")
+        value, last_id = place.moment, place.row_id
         # A row comparison: one index range, however deep the page.
         if descending:
             conditions.append(tuple_(column, Case.id) < tuple_(value, last_id))
@@ -1877,7 +1837,7 @@ def list_cases(
     if len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1]
-        cursor = encode_cursor(getattr(last, column.key), last.id, tag)
+        cursor = encode_cursor(getattr(last, column.key), last.id, tag=tag)
     return rows, cursor
 
 

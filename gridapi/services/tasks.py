@@ -19,9 +19,6 @@ answers exactly like a missing one. Services take a Session and never commit.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +37,7 @@ from ..scope import Scope, starts_with
 from ..workcalendar import WorkingCalendar
 from .cases import add_limit, region_names
 from .categories import attribute_schema_errors, check_attributes
+from .cursors import Place, another_list, decode_cursor, encode_cursor, invalid_cursor
 from .identity import assignment_holds_on, current_grids, users_query
 from .preconditions import check_if_match, flush_versioned
 from .register import place_of_grid, place_of_region
@@ -615,16 +613,16 @@ def my_tasks(
     latest first. Raises Unprocessable for a cursor this function did not write."""
     if principal.kind != "user":
         return [], None
-    after = _decode_my_cursor(cursor, days) if cursor else None
+    after = _my_tasks_place(cursor, days) if cursor else None
     mine: ColumnElement[bool] = Task.assignee_id == principal.id
     grids = current_grids(session, principal.id)
     if grids:
         mine = or_(mine, and_(Task.assignee_id.is_(None), Task.grid_code.in_(sorted(grids))))
     rows: list[Task] = []
-    if after is None or after[0] == "open":
+    if after is None or after.part == "open":
         stmt = select(Task).where(mine, Task.status.in_(OPEN_TASK_STATUSES))
         if after is not None:
-            _, due, last_id = after
+            due, last_id = after.moment, after.row_id
             stmt = stmt.where(or_(Task.due_at > due, and_(Task.due_at == due, Task.id > last_id)))
         rows = list(session.scalars(stmt.order_by(Task.due_at, Task.id).limit(limit + 1)))
     if len(rows) <= limit and days > 0:
@@ -632,8 +630,8 @@ def my_tasks(
         stmt = select(Task).where(
             mine, Task.status.not_in(OPEN_TASK_STATUSES), closed_at >= now - timedelta(days=days)
         )
-        if after is not None and after[0] == "closed":
-            _, closed, last_id = after
+        if after is not None and after.part == "closed":
+            closed, last_id = after.moment, after.row_id
             stmt = stmt.where(or_(closed_at < closed, and_(closed_at == closed, Task.id < last_id)))
         stmt = stmt.order_by(closed_at.desc(), Task.id.desc()).limit(limit + 1 - len(rows))
         rows += list(session.scalars(stmt))
@@ -641,42 +639,26 @@ def my_tasks(
         return rows, None
     last = rows[limit - 1]
     if last.status in OPEN_TASK_STATUSES:
-        return rows[:limit], _encode_my_cursor("open", last.due_at, last.id, days)
+        return rows[:limit], _my_tasks_cursor("open", last.due_at, last.id, days)
     closed = last.completed_at or last.cancelled_at
     assert closed is not None  # a closed task within ``days`` has its time
-    return rows[:limit], _encode_my_cursor("closed", closed, last.id, days)
+    return rows[:limit], _my_tasks_cursor("closed", closed, last.id, days)
 
 
-def _encode_my_cursor(part: str, moment: datetime, task_id: int, days: int) -> str:
-    raw = json.dumps([part, moment.astimezone(UTC).isoformat(), task_id, days]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def _my_tasks_cursor(part: str, moment: datetime, task_id: int, days: int) -> str:
+    return encode_cursor(moment.astimezone(UTC), task_id, part=part, tag=days)
 
 
-def _decode_my_cursor(cursor: str, days: int) -> tuple[str, datetime, int]:
-    """Return the part of the list (open, closed), the sort time and the id a page of
-    ``my_tasks`` ended on. Raises Unprocessable (naming ``cursor``) for anything else, and
-    for a cursor of another ``days`` (a place in another list)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        part, text_value, task_id, written_days = json.loads(raw)
-        moment = datetime.fromisoformat(text_value)
-        if (
-            part not in ("open", "closed")
-            or type(task_id) is not int
-            or not 0 < task_id < 2**31
-            or moment.utcoffset() is None
-        ):
-            raise ValueError(cursor)
-    except (ValueError, TypeError, binascii.Error):
-        raise Unprocessable(
-            "Invalid cursor.", errors={"query": {"cursor": ["not a cursor from this API"]}}
-        ) from None
-    if written_days != days:
-        raise Unprocessable(
-            "The cursor belongs to another list.",
-            errors={"query": {"cursor": ["from a list of another `days`: start again"]}},
-        )
-    return part, moment.astimezone(UTC), task_id
+def _my_tasks_place(cursor: str, days: int) -> Place:
+    """Return the place a page of ``my_tasks`` ended on: its part (open, closed), sort time
+    and id. Raises Unprocessable (naming ``cursor``) for anything else, and for a cursor of
+    another ``days`` (a place in another list)."""
+    place = decode_cursor(cursor, parts=("open", "closed"), id_below=2**31)
+    if place.tag is None:
+        raise invalid_cursor()  # every cursor of this list names its days
+    if place.tag != days:
+        raise another_list("another `days`")
+    return place
 
 
 # --- overdue ----------------------------------------------------------------------------------

@@ -678,3 +678,37 @@ def test_a_community_handled_category_stays_with_the_community_office(client, wo
     assert body["status"] == "dispatched"
     assert body["responsible"]["unit"]["code"] == COMMUNITY_A
     assert body["responsible"]["assignee_id"] == worker_id
+
+
+# Cursors handed out before the case list and /me/tasks shared one cursor codec, written by
+# that code (``encode_cursor``) and kept here as they were: a phone or a client may hold one
+# across an upgrade. Each is 2026-11-20T12:00Z and id 1; the tagged ones carry the tag of
+# the default list (sort=-reported_at, no filters), the untagged one is older still.
+OLD_TAGGED = "WyIyMDI2LTExLTIwVDEyOjAwOjAwKzAwOjAwIiwgMSwgIjNhMDg2YzhiZTIxZCJd"
+OLD_TAGGED_CST = "WyIyMDI2LTExLTIwVDIwOjAwOjAwKzA4OjAwIiwgMSwgIjNhMDg2YzhiZTIxZCJd"  # +08:00
+OLD_UNTAGGED = "WyIyMDI2LTExLTIwVDEyOjAwOjAwKzAwOjAwIiwgMV0"
+
+
+def test_a_cursor_handed_out_before_the_shared_codec_pages_on(client, world, session):
+    """A cursor written by the old code, tagged or not, in UTC or +08:00, goes on from its
+    place; under another sort it is still refused as another list's."""
+    from sqlalchemy import update
+
+    from gridapi.models import Case
+
+    ids = [
+        client.post("/api/v1/cases", json=report_body(*center(c))).get_json()["id"]
+        for c in range(3)
+    ]
+    days = ("2026-11-19T08:00", "2026-11-20T11:00", "2026-11-21T08:00")
+    for case_id, day in zip(ids, days, strict=True):
+        moment = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        session.execute(update(Case).where(Case.id == case_id).values(reported_at=moment))
+    session.commit()
+    for cursor in (OLD_TAGGED, OLD_TAGGED_CST, OLD_UNTAGGED):
+        page = client.get(f"/api/v1/cases?cursor={cursor}")
+        assert page.status_code == 200, page.get_json()
+        # newest first, from the place the cursor names: those reported before 11-20 12:00
+        assert [c["id"] for c in page.get_json()["items"]] == [ids[1], ids[0]], cursor
+    other = client.get(f"/api/v1/cases?sort=reported_at&cursor={OLD_TAGGED}")
+    assert other.status_code == 422 and list(other.get_json()["errors"]["query"]) == ["cursor"]

@@ -835,3 +835,54 @@ def test_a_task_or_campaign_is_not_given_a_retired_category(people, client):
     assert office.get("/api/v1/tasks").get_json()["items"] == []
     assert client.patch("/api/v1/categories/5309", json={"is_active": True}).status_code == 200
     assert new_task(office, title="燃气排查", grid=A1, category="5309")["category"] == "5309"
+
+
+# /me/tasks cursors handed out before the phone's list and the case list shared one cursor
+# codec, written by that code (``_encode_my_cursor``) and kept here as they were: a phone may
+# hold one across an upgrade. ["open", 2099-06-01T00:00Z, id 1, days 7] and ["closed",
+# 2100-01-01T00:00Z, id 2**31-1, days 7].
+OLD_OPEN = "WyJvcGVuIiwgIjIwOTktMDYtMDFUMDA6MDA6MDArMDA6MDAiLCAxLCA3XQ"
+OLD_CLOSED = "WyJjbG9zZWQiLCAiMjEwMC0wMS0wMVQwMDowMDowMCswMDowMCIsIDIxNDc0ODM2NDcsIDdd"
+
+
+def test_a_my_tasks_cursor_handed_out_before_the_shared_codec_pages_on(people):
+    """An open-part cursor goes on with the tasks due after its time, then the finished
+    ones; a closed-part one with the finished ones only; under another `days` both are
+    refused as another list's."""
+    office, worker1 = people["office"], people["worker1"]
+    ids = people["ids"]
+    due = {}
+    for title, when_due in (("早", "2099-01-01"), ("中", "2099-12-01"), ("晚", "2099-12-02")):
+        body = {"assignee_id": ids["worker1"], "title": title, "due_at": f"{when_due}T08:00Z"}
+        due[title] = new_task(office, **body)["id"]
+    done = new_task(office, grid=A1, title="已完成")
+    ok(step(worker1, done["id"], "complete", {}))
+    page = ok(worker1.get(f"/api/v1/me/tasks?cursor={OLD_OPEN}"))
+    assert [t["id"] for t in page["items"]] == [due["中"], due["晚"], done["id"]]
+    page = ok(worker1.get(f"/api/v1/me/tasks?cursor={OLD_CLOSED}"))
+    assert [t["id"] for t in page["items"]] == [done["id"]]
+    for cursor in (OLD_OPEN, OLD_CLOSED):
+        other = worker1.get(f"/api/v1/me/tasks?days=1&cursor={cursor}")
+        assert other.status_code == 422, other.get_json()
+        assert list(other.get_json()["errors"]["query"]) == ["cursor"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ["open", "0001-01-01T00:00:00+14:00", 1, 7],  # before year 1 in UTC
+        ["open", "2026-11-19T19:06:37", 1, 7],  # no zone
+        ["open", "2026-11-19T19:06:37+00:00", 2**31, 7],
+        ["open", "2026-11-19T19:06:37+00:00", "2", 7],
+        ["later", "2026-11-19T19:06:37+00:00", 1, 7],
+        ["open", "2026-11-19T19:06:37+00:00", 1],
+        {"open": 1},
+    ],
+)
+def test_a_forged_my_tasks_cursor_is_422_naming_the_cursor(people, value):
+    import base64
+
+    cursor = base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+    r = people["worker1"].get(f"/api/v1/me/tasks?cursor={cursor}")
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"] == {"query": {"cursor": ["not a cursor from this API"]}}
