@@ -99,6 +99,27 @@ IDEMPOTENCY_HEADER = {
 }
 
 
+def if_match_header(description: str, *, example: str, required: bool = False) -> dict[str, Any]:
+    """Return the If-Match header parameter of an operation that changes a versioned object:
+    ``required``, a change without it is refused (428); otherwise the last writer wins."""
+    return {
+        "name": "If-Match",
+        "in": "header",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string", "example": example},
+    }
+
+
+def etag_header(description: str | None = None) -> dict[str, dict[str, Any]]:
+    """Return the ETag response header of an answer showing a versioned object, for
+    ``response(..., headers=...)``: ``description`` says what the tag is made of."""
+    header: dict[str, Any] = {"schema": {"type": "string"}}
+    if description is not None:
+        header["description"] = description
+    return {"ETag": header}
+
+
 class StrictParser(FlaskParser):
     # webargs ignores unknown query parameters by default; None defers to the schema (RAISE).
     DEFAULT_UNKNOWN_BY_LOCATION = {

@@ -29,7 +29,7 @@ from ..schemas.cases import (
 from ..services import cases as svc
 from ..services import idempotency, intake
 from ..services.preconditions import etag
-from .blueprint import IDEMPOTENCY_HEADER, Blueprint, routing_snapshot
+from .blueprint import IDEMPOTENCY_HEADER, Blueprint, etag_header, if_match_header, routing_snapshot
 
 blp = Blueprint(
     "cases",
@@ -39,14 +39,13 @@ blp = Blueprint(
     "through filing, dispatch, handling, verification and closure on working-day deadlines.",
 )
 
-_IF_MATCH_HEADER = {
-    "name": "If-Match",
-    "in": "header",
-    "required": True,
-    "description": "The case's ETag from the last read, as it came (a compressed answer's ends in "
-    "`:gzip`). Without it → 428; stale → 412.",
-    "schema": {"type": "string", "example": '"42-3"'},
-}
+_IF_MATCH_HEADER = if_match_header(
+    "The case's ETag from the last read, as it came (a compressed answer's ends in `:gzip`). "
+    "Without it → 428; stale → 412.",
+    example='"42-3"',
+    required=True,
+)
+_ETAG = etag_header()
 
 
 # What a phone gets back for a report (the answer of POST /api/v1/cases; a read and a step
@@ -322,9 +321,7 @@ class Cases(MethodView):
     @blp.requires("cases:write")
     @blp.arguments(CaseCreateSchema)
     @blp.doc(parameters=[IDEMPOTENCY_HEADER])
-    @blp.response(
-        201, CaseSchema, headers={"ETag": {"schema": {"type": "string"}}}, example=CASE_EXAMPLE
-    )
+    @blp.response(201, CaseSchema, headers=_ETAG, example=CASE_EXAMPLE)
     @blp.alt_response(
         409,
         response="CONFLICT",
@@ -337,7 +334,7 @@ class Cases(MethodView):
         description="The caller reported this client_id before, longer ago than its answer is "
         "kept (GRIDAPI_IDEMPOTENCY_DAYS): the case as it is now, with "
         "`Idempotent-Replayed: true` and its ETag; nothing is created.",
-        headers={"ETag": {"schema": {"type": "string"}}},
+        headers=_ETAG,
     )
     def post(self, data):
         """Report a case
@@ -485,7 +482,7 @@ class Queues(MethodView):
 @blp.route("/<id:case_id>")
 class CaseById(MethodView):
     @blp.requires("cases:read")
-    @blp.response(200, CaseSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.response(200, CaseSchema, headers=_ETAG)
     def get(self, case_id):
         """Get a case, with the actions the caller may take now and its ETag
 
@@ -509,7 +506,7 @@ class Transitions(MethodView):
     @blp.requires("cases:read")
     @blp.arguments(TransitionSchema)
     @blp.doc(parameters=[_IF_MATCH_HEADER])
-    @blp.response(200, CaseSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.response(200, CaseSchema, headers=_ETAG)
     @blp.alt_response(
         409,
         response="CONFLICT",
@@ -588,7 +585,7 @@ class Timeline(MethodView):
 class Rating(MethodView):
     @blp.requires("cases:write")
     @blp.arguments(RatingSchema)
-    @blp.response(200, CaseSchema, headers={"ETag": {"schema": {"type": "string"}}})
+    @blp.response(200, CaseSchema, headers=_ETAG)
     @blp.alt_response(
         409, response="CONFLICT", description="The case is not closed, or is rated already."
     )

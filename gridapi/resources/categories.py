@@ -19,7 +19,7 @@ from ..schemas.categories import (
 )
 from ..services import categories as svc
 from ..services.preconditions import etag
-from .blueprint import Blueprint
+from .blueprint import Blueprint, etag_header, if_match_header
 
 blp = Blueprint(
     "categories",
@@ -29,23 +29,17 @@ blp = Blueprint(
     "hours or days, standards and extra attributes.",
 )
 
-_IF_MATCH_HEADER = {
-    "name": "If-Match",
-    "in": "header",
-    "required": False,
-    "description": "Optional, recommended: the ETag of your last read of the category (its GET, "
-    'POST or PATCH answer, as it came; or `"<code>-<version>"` from its body). Sent, the change '
-    "is made only if nobody changed the category since (412 otherwise, with the current ETag); "
-    "not sent, the last writer wins.",
-    "schema": {"type": "string", "example": '"5301-3"'},
-}
-_ETAG = {
-    "ETag": {
-        "description": '`"<code>-<version>"`: the value to send as If-Match with a change (and '
-        "as If-None-Match for a 304).",
-        "schema": {"type": "string"},
-    }
-}
+_IF_MATCH_HEADER = if_match_header(
+    "Optional, recommended: the ETag of your last read of the category (its GET, POST or PATCH "
+    'answer, as it came; or `"<code>-<version>"` from its body). Sent, the change is made only '
+    "if nobody changed the category since (412 otherwise, with the current ETag); not sent, "
+    "the last writer wins.",
+    example='"5301-3"',
+)
+_ETAG = etag_header(
+    '`"<code>-<version>"`: the value to send as If-Match with a change (and as If-None-Match '
+    "for a 304)."
+)
 
 
 def _tagged(category: Any) -> dict[str, str]:

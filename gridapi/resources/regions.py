@@ -23,7 +23,7 @@ from ..schemas.regions import (
     SubtreeArgsSchema,
 )
 from ..services import regions as svc
-from .blueprint import Blueprint
+from .blueprint import Blueprint, etag_header, if_match_header
 
 blp = Blueprint(
     "regions",
@@ -38,22 +38,15 @@ def _scope():  # type: ignore[no-untyped-def]
     return current_principal().scope
 
 
-_IF_MATCH_HEADER = {
-    "name": "If-Match",
-    "in": "header",
-    "required": False,
-    "description": "The ETag of the last read of the region (its GET or PATCH answer, as it "
-    "came; with `on`, of that day's period). Sent, the change is made only if nobody changed "
-    "the period since (412 otherwise, with the current ETag); not sent, the last writer wins.",
-    "schema": {"type": "string", "example": '"42-5f1c0a9e2b7d4c18"'},
-}
-_ETAG = {
-    "ETag": {
-        "description": '`"<id>-<digest>"` of the period answered: the value to send as '
-        "If-Match with a change of it.",
-        "schema": {"type": "string"},
-    }
-}
+_IF_MATCH_HEADER = if_match_header(
+    "The ETag of the last read of the region (its GET or PATCH answer, as it came; with `on`, "
+    "of that day's period). Sent, the change is made only if nobody changed the period since "
+    "(412 otherwise, with the current ETag); not sent, the last writer wins.",
+    example='"42-5f1c0a9e2b7d4c18"',
+)
+_ETAG = etag_header(
+    '`"<id>-<digest>"` of the period answered: the value to send as If-Match with a change of it.'
+)
 
 
 def _common_region(rows: list[dict]) -> str | None:

@@ -53,6 +53,8 @@ from .blueprint import (
     NO_STORE,
     NO_STORE_HEADER,
     Blueprint,
+    etag_header,
+    if_match_header,
     routing_snapshot,
 )
 from .retries import Keyed, replayed
@@ -119,23 +121,16 @@ def _actor() -> str:
     return current_principal().actor_id
 
 
-_IF_MATCH_HEADER = {
-    "name": "If-Match",
-    "in": "header",
-    "required": False,
-    "description": "The ETag of the last read (of this object's GET, POST or PATCH answer, as it "
-    'came; or `"<id>-<version>"` from its body). Sent, the change is made only if nobody '
-    "changed the object since (412 otherwise, with the current ETag); not sent, the last "
-    "writer wins.",
-    "schema": {"type": "string", "example": '"42-3-5f1c0a9e2b7d"'},
-}
-_ETAG = {
-    "ETag": {
-        "description": '`"<id>-<version>-<digest>"`: the value to send as If-Match with a change '
-        "(and as If-None-Match for a 304).",
-        "schema": {"type": "string"},
-    }
-}
+_IF_MATCH_HEADER = if_match_header(
+    "The ETag of the last read (of this object's GET, POST or PATCH answer, as it came; or "
+    '`"<id>-<version>"` from its body). Sent, the change is made only if nobody changed the '
+    "object since (412 otherwise, with the current ETag); not sent, the last writer wins.",
+    example='"42-3-5f1c0a9e2b7d"',
+)
+_ETAG = etag_header(
+    '`"<id>-<version>-<digest>"`: the value to send as If-Match with a change (and as '
+    "If-None-Match for a 304)."
+)
 
 
 def _tagged(obj: Any, view: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -31,7 +31,7 @@ from ..schemas.tasks import (
 from ..services import tasks as svc
 from ..services.cases import region_names
 from ..services.preconditions import etag
-from .blueprint import Blueprint
+from .blueprint import Blueprint, etag_header, if_match_header
 
 blp = Blueprint(
     "tasks",
@@ -48,15 +48,13 @@ campaigns_blp = Blueprint(
     "item per house or household), progress rolled up the tree.",
 )
 
-_IF_MATCH = {
-    "name": "If-Match",
-    "in": "header",
-    "required": True,
-    "description": "The ETag from the last read, as it came (a compressed answer's ends in `:gzip`). "
+_IF_MATCH = if_match_header(
+    "The ETag from the last read, as it came (a compressed answer's ends in `:gzip`). "
     "Without it → 428; stale → 412.",
-    "schema": {"type": "string", "example": '"42-3"'},
-}
-_ETAG = {"ETag": {"schema": {"type": "string"}}}
+    example='"42-3"',
+    required=True,
+)
+_ETAG = etag_header()
 
 
 def _now() -> datetime:
