@@ -99,3 +99,29 @@ def test_nginx_keeps_personal_values_and_its_version_out():
     assert _directives("server_tokens") == ["off"]
     logs = _directives("error_log")
     assert len(logs) == 2 and all(line.split()[-1] == "crit" for line in logs)
+
+
+def _paging_table() -> dict[str, tuple[str, str]]:
+    """Return the rows of docs/integration.md's table of paged lists: path → (the parameter
+    a page's place is sent back as, the member it is answered in)."""
+    text = (ROOT / "docs" / "integration.md").read_text()
+    rows = re.findall(r"^\| `GET (/api/v1/\S+)` \| `(\w+)` \| `(\w+)`", text, flags=re.MULTILINE)
+    return {re.sub(r"\{[^}]+\}", "{}", path): (sent, answered) for path, sent, answered in rows}
+
+
+def test_the_table_of_paged_lists_names_every_paged_list_as_the_spec_does():
+    """The table a client pages by (cursor or after, next_cursor or next) is the spec's."""
+    spec = json.loads((ROOT / "openapi" / "openapi.json").read_text())
+    schemas = spec["components"]["schemas"]
+    paged = {}
+    for path, operations in spec["paths"].items():
+        get = operations.get("get", {})
+        query = {p["name"] for p in get.get("parameters", []) if p["in"] == "query"}
+        sent = [name for name in ("cursor", "after", "before") if name in query]
+        if not sent:
+            continue
+        body = get["responses"]["200"]["content"]["application/json"]["schema"]
+        members = schemas[body["$ref"].rsplit("/", 1)[1]]["properties"]
+        answered = [name for name in ("next_cursor", "next", "last_id") if name in members]
+        paged[re.sub(r"\{[^}]+\}", "{}", path)] = (sent[0], answered[0])
+    assert _paging_table() == paged
