@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 LEVELS = ("province", "city", "county", "township", "village")
 LEVEL_DEPTH = {level: depth for depth, level in enumerate(LEVELS)}
@@ -128,6 +129,23 @@ def subtree_prefix(code: str) -> str:
     """Return the prefix every code in the subtree of ``code`` starts with."""
     level = region_level(code)
     return code[: {"province": 2, "city": 4, "county": 6, "township": 9, "village": 12}[level]]
+
+
+def common_region(codes: Iterable[str]) -> str | None:
+    """Return the deepest region code whose subtree holds every code in ``codes`` (12-digit
+    region codes, or longer codes that start with one, as grid codes do), or None for none
+    or for codes of different provinces."""
+    codes = list(codes)
+    if not codes:
+        return None
+    prefix = codes[0]
+    for code in codes[1:]:
+        while not code.startswith(prefix):
+            prefix = prefix[:-1]
+    for n in (12, 9, 6, 4, 2):
+        if len(prefix) >= n:
+            return prefix[:n].ljust(12, "0")
+    return None
 
 
 def township_kind(code: str) -> str:

@@ -7,6 +7,7 @@ from flask.views import MethodView
 
 from ..auditing import audit
 from ..auth import current_principal
+from ..codes import common_region
 from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
 from ..schemas.regions import (
@@ -51,17 +52,7 @@ _ETAG = etag_header(
 
 def _common_region(rows: list[dict]) -> str | None:
     """Return the deepest code that is an ancestor-or-self of every imported row."""
-    codes = [str(r.get("code")) for r in rows if r.get("code")]
-    if not codes:
-        return None
-    prefix = codes[0]
-    for code in codes[1:]:
-        while not code.startswith(prefix):
-            prefix = prefix[:-1]
-    for n in (12, 9, 6, 4, 2):
-        if len(prefix) >= n:
-            return prefix[:n].ljust(12, "0")
-    return None
+    return common_region(str(r.get("code")) for r in rows if r.get("code"))
 
 
 @blp.route("")

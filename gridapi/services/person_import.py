@@ -35,6 +35,7 @@ from sqlalchemy import select
 from sqlalchemy import text as sql
 from sqlalchemy.orm import Session
 
+from ..codes import common_region
 from ..errors import DomainError, Unprocessable
 from ..geo.crs import SUPPORTED_CRS
 from ..models.register import (
@@ -287,16 +288,7 @@ class ImportReport:
         codes = sorted(self.regions)
         if not codes and len(scope.prefixes) == 1:
             codes = [scope.prefixes[0].ljust(12, "0")]
-        if not codes:
-            return None
-        prefix = codes[0]
-        for code in codes[1:]:
-            while not code.startswith(prefix):
-                prefix = prefix[:-1]
-        for n in (12, 9, 6, 4, 2):
-            if len(prefix) >= n:
-                return prefix[:n].ljust(12, "0")
-        return None
+        return common_region(codes)
 
 
 # --- reading the file -------------------------------------------------------------------------

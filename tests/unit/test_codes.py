@@ -10,6 +10,7 @@ from gridapi.codes import (
     LEVEL_DEPTH,
     PROVINCE_CODES,
     InvalidCode,
+    common_region,
     parent_candidates,
     region_level,
     subtree_prefix,
@@ -243,3 +244,12 @@ def test_parents_are_shallower_and_contain_the_code(code: str) -> None:
         assert code.startswith(subtree_prefix(parent))
         assert parent != code
     assert code.startswith(subtree_prefix(code))
+
+
+def test_common_region_is_the_deepest_region_holding_every_code():
+    assert common_region(["320508001001", "320508001002"]) == "320508001000"
+    assert common_region(["320508001001001", "320508002001"]) == "320508000000"  # a grid too
+    assert common_region(["320508001001", "320508001001"]) == "320508001001"
+    assert common_region(iter(["320508001001", "320583001001"])) == "320500000000"
+    assert common_region(["320508001001", "330108001001"]) is None  # two provinces
+    assert common_region([]) is None
