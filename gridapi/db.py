@@ -6,8 +6,9 @@ import contextlib
 import contextvars
 import os
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 # Imported before any connection loads mod_spatialite: SQLite loads extensions with
 # RTLD_GLOBAL, which puts the system GEOS in the global symbol scope; a shapely loaded after
@@ -19,6 +20,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import private_directory
+
+T = TypeVar("T")
 
 # Write requests open SQLite transactions with BEGIN IMMEDIATE, so two writers queue on the
 # busy timeout instead of failing when a read transaction tries to upgrade to a write (a
@@ -231,3 +234,31 @@ def spatial_extension_version(engine: Engine) -> str:
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     """Return the session factory; sessions never expire loaded objects on commit."""
     return sessionmaker(bind=engine, expire_on_commit=False, autoflush=True)
+
+
+Sessions = sessionmaker[Session]
+
+
+def sessions_of(bind: Engine | Sessions) -> Sessions:
+    """Return ``bind`` when it is a session factory, else a factory of sessions on it."""
+    return make_sessionmaker(bind) if isinstance(bind, Engine) else bind
+
+
+@contextlib.contextmanager
+def write_transaction(sessions: Sessions) -> Iterator[Session]:
+    """Yield a session in one write transaction of a job or a command, committed at the end
+    (rolled back on an error). On SQLite it begins IMMEDIATE, taking the write lock: a
+    transaction that reads and then writes, begun as a reader, fails at its first write
+    whenever another connection committed meanwhile."""
+    token = sqlite_write_intent.set(True)
+    try:
+        with sessions.begin() as session:
+            yield session
+    finally:
+        sqlite_write_intent.reset(token)
+
+
+def in_write_transaction(sessions: Sessions, work: Callable[[Session], T]) -> T:
+    """Return what ``work`` returns, run in one ``write_transaction``."""
+    with write_transaction(sessions) as session:
+        return work(session)

@@ -33,7 +33,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from .. import clock
 from ..config import private_directory
-from ..db import sqlite_write_intent
+from ..db import sqlite_write_intent, write_transaction
 from ..errors import NotFound
 from ..jsonio import dumps_bytes
 from ..models import ApiClient, Grid, User
@@ -855,19 +855,9 @@ def _takeable(now: datetime, options: JobOptions) -> Any:
     )
 
 
-@contextlib.contextmanager
-def _writing(sessions: Any) -> Iterator[Session]:
-    """One committed write transaction of the job runner: BEGIN IMMEDIATE on SQLite (it
-    reads, then writes; begun as a reader its first write fails at once whenever another
-    connection committed meanwhile). Everything else the runner does is a plain read: on
-    SQLite no write lock is held while a file is written, so the lease's renewal, the other
-    jobs and the server's requests write meanwhile."""
-    token = sqlite_write_intent.set(True)
-    try:
-        with sessions.begin() as session:
-            yield session
-    finally:
-        sqlite_write_intent.reset(token)
+# The job runner writes only in short ``write_transaction``s; everything else it does is a
+# plain read (``_reading``): on SQLite no write lock is held while a file is written, so the
+# lease's renewal, the other jobs and the server's requests write meanwhile.
 
 
 @contextlib.contextmanager
@@ -885,7 +875,7 @@ def _reading(sessions: Any) -> Iterator[Session]:
 
 def _give_up(sessions: Any, options: JobOptions, now: datetime) -> int:
     """Fail the jobs whose lease ran out on their last allowed attempt; return how many."""
-    with _writing(sessions) as session:
+    with write_transaction(sessions) as session:
         failed = session.execute(
             update(ExportJob)
             .where(_abandoned(now), ExportJob.attempts >= options.max_attempts)
@@ -907,7 +897,7 @@ def _claim(sessions: Any, options: JobOptions, now: datetime) -> tuple[int, int]
     """Take the oldest queued job (or one whose worker stopped: its lease ran out) and
     return (id, attempt); None when there is nothing to take. Two workers never take the
     same job: the update only succeeds while the job is still takeable."""
-    with _writing(sessions) as session:
+    with write_transaction(sessions) as session:
         for job_id in session.scalars(
             select(ExportJob.id).where(_takeable(now, options)).order_by(ExportJob.id).limit(5)
         ):
@@ -952,7 +942,7 @@ class _Lease:
         if not force and time.monotonic() < self.next:
             return
         until = utcnow() + timedelta(seconds=self.options.lease_seconds)
-        with _writing(self.sessions) as session:
+        with write_transaction(self.sessions) as session:
             kept = session.execute(
                 update(ExportJob).where(self.mine()).values(lease_until=until)
             ).rowcount
@@ -1057,7 +1047,7 @@ def run_job(
         )
     else:
         outcome.update(status="failed", error=problem)
-    with _writing(sessions) as session:
+    with write_transaction(sessions) as session:
         written = session.execute(update(ExportJob).where(lease.mine()).values(**outcome))
     if not written.rowcount:
         log.warning("export job %s was taken over by another worker", job_id)
@@ -1100,7 +1090,7 @@ def _delete_failed_files(sessions: Any, options: JobOptions) -> int:
     deleted = [job_id for job_id, path in failed if _delete_file(path)]
     if not deleted:
         return 0
-    with _writing(sessions) as session:
+    with write_transaction(sessions) as session:
         marked = session.execute(
             update(ExportJob)
             .where(ExportJob.id.in_(deleted), ExportJob.file_deleted_at.is_(None))
@@ -1136,7 +1126,7 @@ def purge_jobs(sessions: Any, options: JobOptions, now: datetime) -> int:
     that deleted the rows: when it then failed, the jobs stayed done with their files gone.
     Now a failed transaction leaves every file its job still serves, and a job whose file
     (or row) could not be deleted stays, marked, for the next round to try again."""
-    with _writing(sessions) as session:
+    with write_transaction(sessions) as session:
         expired = [
             (job.id, options.path_of(job))
             for job in session.scalars(select(ExportJob).where(_expired(now)))
@@ -1153,7 +1143,7 @@ def purge_jobs(sessions: Any, options: JobOptions, now: datetime) -> int:
     gone = [job_id for job_id, path in expired if _delete_file(path)]
     if not gone:
         return 0
-    with _writing(sessions) as session:
+    with write_transaction(sessions) as session:
         purged = session.execute(
             delete(ExportJob).where(ExportJob.id.in_(gone), ExportJob.file_deleted_at.is_not(None))
         )

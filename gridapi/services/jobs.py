@@ -32,10 +32,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, func, not_, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
-from ..db import make_sessionmaker, sqlite_write_intent
+from ..db import Sessions, in_write_transaction, sessions_of
 from ..models import Case, CaseEvent, Category, Notification
 from ..models.base import utcnow
 from ..workcalendar import WorkingCalendar
@@ -78,8 +78,6 @@ STAGE_NAMES = {"accept": "受理", "handle": "处置", "verify": "核查"}
 # Automatic supervision applies where an office could supervise by hand.
 SUPERVISED_STATUSES = ACTIONS["supervise"][0]
 ESCALATED_STATUSES = ("filed", "dispatched", "handling")
-
-Sessions = sessionmaker[Session]
 
 
 @dataclass(frozen=True)
@@ -527,20 +525,6 @@ def escalate_overdue(
 # --- running them -------------------------------------------------------------------------------
 
 
-def _sessions(bind: Engine | Sessions) -> Sessions:
-    return make_sessionmaker(bind) if isinstance(bind, Engine) else bind
-
-
-def _write_transaction(sessions: Sessions, work: Callable[[Session], Any]) -> Any:
-    """Run ``work`` in one committed write transaction (BEGIN IMMEDIATE on SQLite)."""
-    token = sqlite_write_intent.set(True)
-    try:
-        with sessions.begin() as session:
-            return work(session)
-    finally:
-        sqlite_write_intent.reset(token)
-
-
 def run_jobs(
     bind: Engine | Sessions,
     now: datetime,
@@ -555,7 +539,7 @@ def run_jobs(
     Each batch commits on its own. A job that fails (the database went away) is logged and
     counted; the other jobs still run. ``stop`` ends the run after the current batch.
     """
-    sessions = _sessions(bind)
+    sessions = sessions_of(bind)
     options = options or JobOptions()
     with sessions() as session:
         calendar = working_calendar(session, options.working_hours, options.timezone)
@@ -593,7 +577,7 @@ def run_jobs(
                         remove_orphan_files(session, Path(root), now) if root else 0
                     )
             elif name in simple_jobs:
-                counts = _write_transaction(sessions, simple_jobs[name])
+                counts = in_write_transaction(sessions, simple_jobs[name])
                 result.counts.update(counts)
             else:
                 _run_batches(sessions, batch_jobs[name], now, batch_size, result, stop)
@@ -614,7 +598,7 @@ def _run_batches(
 ) -> None:
     after = 0
     while True:
-        batch = _write_transaction(
+        batch = in_write_transaction(
             sessions, partial(job, now=now, after_id=after, limit=batch_size)
         )
         result.checked += batch.checked
@@ -635,7 +619,7 @@ def warn_of_calendar(bind: Engine | Sessions, now: datetime, timezone: str) -> s
     from .calendar import calendar_problem
 
     try:
-        with _sessions(bind)() as session:
+        with sessions_of(bind)() as session:
             problem = calendar_problem(session, now.astimezone(ZoneInfo(timezone)).date())
     except Exception:  # the database went away: the jobs' own errors say so
         log.exception("the working calendar could not be checked")
@@ -657,7 +641,7 @@ def run_forever(
     """Run the jobs every ``interval`` seconds until ``stop`` is set (the removal of
     unreferenced files, and the warning of a calendar that is not official, once a day);
     never raises."""
-    sessions = _sessions(bind)
+    sessions = sessions_of(bind)
     files_due = calendar_due = time.monotonic()
     while not stop.is_set():
         started = time.monotonic()

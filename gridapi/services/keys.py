@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Table, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db import sqlite_write_intent
+from ..db import write_transaction
 from ..models.register import ENCRYPTED_COLUMNS, Person, SpecialGroupRecord
 from ..models.webhooks import WebhookSubscription
 from ..security.fields import CiphertextError, FieldCipher
@@ -285,15 +285,11 @@ def _rotate_tables(
         total = totals.setdefault(table_name, RotationTotals())
         after = 0
         while True:
-            # Take SQLite's write lock at BEGIN: a batch reads, then writes what it read.
-            token = sqlite_write_intent.set(True)
-            try:
-                with sessions.begin() as session:
-                    result = rotate_batch(
-                        session, keys, table_name, after=after, limit=batch, reindex=reindex
-                    )
-            finally:
-                sqlite_write_intent.reset(token)
+            # A batch reads, then writes what it read: SQLite's write lock is taken at BEGIN.
+            with write_transaction(sessions) as session:
+                result = rotate_batch(
+                    session, keys, table_name, after=after, limit=batch, reindex=reindex
+                )
             total.add(result)
             if on_batch is not None:
                 on_batch(result)

@@ -42,11 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm import Session, aliased
 
 from .. import __version__, clock
 from ..codes import InvalidCode, region_level, subtree_prefix
-from ..db import make_sessionmaker, sqlite_write_intent
+from ..db import Sessions, in_write_transaction, sessions_of
 from ..errors import Conflict, NotFound, Unprocessable
 from ..models.base import utcnow
 from ..models.categories import Category
@@ -73,8 +73,6 @@ CLAIM_BATCH = 50
 PRUNE_INTERVAL_SECONDS = 3600.0
 # The PostgreSQL advisory lock (two-key form, first key) held while fanning out.
 _FAN_OUT_LOCK = 2270
-
-Sessions = sessionmaker[Session]
 
 
 # --- signing --------------------------------------------------------------------------------
@@ -866,20 +864,6 @@ def record(
     return values.get("status", "pending")
 
 
-def _sessions(bind: Engine | Sessions) -> Sessions:
-    return make_sessionmaker(bind) if isinstance(bind, Engine) else bind
-
-
-def _write(sessions: Sessions, work: Callable[[Session], Any]) -> Any:
-    """Run ``work`` in one committed write transaction (BEGIN IMMEDIATE on SQLite)."""
-    token = sqlite_write_intent.set(True)
-    try:
-        with sessions.begin() as session:
-            return work(session)
-    finally:
-        sqlite_write_intent.reset(token)
-
-
 @dataclass
 class RoundResult:
     """What one delivery round did."""
@@ -933,25 +917,25 @@ def deliver_round(
     """Fan out the new events, then claim, send and record due deliveries until none is
     due (at most ``max_batches`` claims: each takes the next event of every case); return
     the counts."""
-    sessions = _sessions(bind)
+    sessions = sessions_of(bind)
     result = RoundResult()
     if not _work_waiting(sessions, now()):
         return result  # the usual case: no write transaction (no SQLite write lock) taken
     while True:
-        fanned = _write(sessions, lambda s: fan_out(s, now()))
+        fanned = in_write_transaction(sessions, lambda s: fan_out(s, now()))
         result.fanned_out += fanned
         if fanned < FAN_OUT_BATCH:
             break
     with ThreadPoolExecutor(max_workers=options.concurrency) as pool:
         for _ in range(max_batches):
-            claims = _write(sessions, lambda s: claim_due(s, now(), cipher, options))
+            claims = in_write_transaction(sessions, lambda s: claim_due(s, now(), cipher, options))
             if not claims:
                 break
             outcomes = list(pool.map(lambda c: send(c, options.policy), claims))
             result.attempted += len(claims)
 
             store = partial(_record_all, claims=claims, outcomes=outcomes, now=now, options=options)
-            for status in _write(sessions, store):
+            for status in in_write_transaction(sessions, store):
                 if status == "delivered":
                     result.delivered += 1
                 elif status == "dead":
@@ -970,14 +954,14 @@ def run_forever(
 ) -> None:
     """Deliver every ``poll_seconds`` until ``stop`` is set, and prune the log older than
     ``retention_days`` once an hour; never raises."""
-    sessions = _sessions(bind)
+    sessions = sessions_of(bind)
     next_prune = 0.0
     while not stop.is_set():
         try:
             result = deliver_round(sessions, cipher, options)
             if time.monotonic() >= next_prune:
                 before = utcnow() - timedelta(days=options.retention_days)
-                pruned = _write(sessions, partial(prune, before=before))
+                pruned = in_write_transaction(sessions, partial(prune, before=before))
                 next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
                 if pruned:
                     log.info("webhooks: pruned=%s", pruned)

@@ -1157,7 +1157,7 @@ def test_two_workers_at_once_thin_or_delete_a_track_once(app, worker, world, eng
     them too (the first had not committed), waited for the first's deletion, then thinned the
     patrol again or counted it deleted again (PostgreSQL): every track counted twice, and a
     thinned patrol written twice."""
-    from gridapi.services.jobs import _write_transaction
+    from gridapi.db import in_write_transaction
 
     from ..races import send_while_uncommitted
 
@@ -1173,7 +1173,7 @@ def test_two_workers_at_once_thin_or_delete_a_track_once(app, worker, world, eng
             engine,
             first,
             "patrol_points",
-            lambda: _write_transaction(sessions, lambda s: thin_tracks(s, later, 30, 180)),
+            lambda: in_write_transaction(sessions, lambda s: thin_tracks(s, later, 30, 180)),
             waits_in="",  # any statement of the second waiting for the first's locks
         )
     assert second == expected
