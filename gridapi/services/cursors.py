@@ -7,6 +7,8 @@ list's sort and filters, ``/me/tasks``' ``days``), so that a cursor sent with an
 refused rather than paging it from a place in another. The case list and ``/me/tasks`` wrote
 these arrays each with a copy of this code; the layout is theirs, so the cursors they handed
 out before still decode.
+
+Most lists page by id alone, and their cursor is the last id shown (``page_by_id``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select
 
 from ..errors import Unprocessable
 from ..schemas.common import instant_problem
@@ -94,3 +99,19 @@ def another_list(what: str) -> Unprocessable:
         "The cursor belongs to another list.",
         errors={"query": {"cursor": [f"from a list of {what}: start again"]}},
     )
+
+
+#: The most rows a page of a list by id holds, whatever ``limit`` asks.
+PAGE_MAX = 200
+
+
+def page_by_id(
+    stmt: Select[Any], id_column: Any, after: int | None, limit: int, *, newest_first: bool = False
+) -> Select[Any]:
+    """Return ``stmt`` narrowed to one page by id: the rows after the id ``after`` (None or
+    0: from the first), in the order of ``id_column`` (``newest_first``: descending, and
+    "after" means below), at most ``limit`` of them and never more than ``PAGE_MAX``."""
+    if after:
+        stmt = stmt.where(id_column < after if newest_first else id_column > after)
+    order = id_column.desc() if newest_first else id_column
+    return stmt.order_by(order).limit(min(limit, PAGE_MAX))

@@ -46,6 +46,7 @@ from ..models import (
     Visit,
 )
 from ..scope import Scope, starts_with
+from .cursors import page_by_id
 from .identity import assignment_holds_on
 from .routing import IndexSnapshot
 from .uniques import add_or_conflict
@@ -82,7 +83,6 @@ STOP_SPREAD = 2.0
 # at least with its two neighbours when both lie within SMOOTH_SECONDS.
 SMOOTH_NEAR_SECONDS = 3.0
 SMOOTH_SECONDS = 20.0
-PAGE_MAX = 200
 
 
 def _not_found() -> NotFound:
@@ -911,10 +911,8 @@ def list_patrols(session: Session, principal: Principal, args: dict[str, Any]) -
         stmt = stmt.where(Patrol.started_at >= args["from_"])
     if args.get("to"):
         stmt = stmt.where(Patrol.started_at < args["to"])
-    if args.get("cursor"):
-        stmt = stmt.where(Patrol.id < args["cursor"])
-    limit = min(args.get("limit", 50), PAGE_MAX)
-    return list(session.scalars(stmt.order_by(Patrol.id.desc()).limit(limit)))
+    page = page_by_id(stmt, Patrol.id, args.get("cursor"), args.get("limit", 50), newest_first=True)
+    return list(session.scalars(page))
 
 
 def worker_names(session: Session, ids: set[int]) -> dict[int, str]:

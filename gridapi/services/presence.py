@@ -18,14 +18,13 @@ from ..errors import Unprocessable
 from ..geo.crs import no_fix, to_wgs84
 from ..models import GridAssignment, Presence, User
 from ..scope import Scope
+from .cursors import page_by_id
 from .identity import assignment_holds_on, roster, users_query
 from .patrols import TOLERANCE, dialect_insert, region_condition
 from .routing import IndexSnapshot
 
 if TYPE_CHECKING:
     from ..auth import Principal
-
-PAGE_MAX = 200
 
 
 def heartbeat(
@@ -199,10 +198,9 @@ def list_presence(
         stmt = stmt.where(
             or_(Presence.at.is_(None), Presence.at < now - timedelta(minutes=minutes))
         )
-    if args.get("cursor"):
-        stmt = stmt.where(User.id > args["cursor"])
-    limit = min(args.get("limit", 50), PAGE_MAX)
-    rows = session.execute(stmt.order_by(User.id).limit(limit)).all()
+    rows = session.execute(
+        page_by_id(stmt, User.id, args.get("cursor"), args.get("limit", 50))
+    ).all()
     return [
         presence_view(row, user, now, minutes, with_location=with_location) for user, row in rows
     ]

@@ -37,6 +37,7 @@ from ..personal import (
 from ..scope import Scope, starts_with
 from ..security.fields import FieldCipher, blind_index
 from . import cases as cases_svc
+from .cursors import page_by_id
 from .preconditions import check_if_match, flush_versioned
 from .regions import get_region
 from .routing import IndexSnapshot
@@ -44,8 +45,6 @@ from .uniques import add_or_conflict, conflicts_as
 
 if TYPE_CHECKING:
     from ..auth import Principal
-
-PAGE_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -366,12 +365,6 @@ def _move_household_visits(session: Session, condition: Any, place: Place) -> No
     _move(session, Visit, Visit.person_id.is_(None) & Visit.household_id.in_(ids), place)
 
 
-def _page(stmt, model: Any, after: int | None, limit: int):  # type: ignore[no-untyped-def]
-    if after:
-        stmt = stmt.where(model.id > after)
-    return stmt.order_by(model.id).limit(min(limit, PAGE_MAX))
-
-
 def _area_filters(stmt, model: Any, args: dict[str, Any]):  # type: ignore[no-untyped-def]
     if args.get("region"):
         from ..codes import subtree_prefix
@@ -388,7 +381,9 @@ def list_houses(session: Session, scope: Scope, args: dict[str, Any]) -> list[Ho
         stmt = stmt.where(House.address.contains(args["address"], autoescape=True))
     if args.get("use"):
         stmt = stmt.where(House.use == args["use"])
-    return list(session.scalars(_page(stmt, House, args.get("after"), args.get("limit", 50))))
+    return list(
+        session.scalars(page_by_id(stmt, House.id, args.get("after"), args.get("limit", 50)))
+    )
 
 
 # --- households -------------------------------------------------------------------------------
@@ -516,7 +511,9 @@ def list_households(session: Session, scope: Scope, args: dict[str, Any]) -> lis
         stmt = stmt.where(Household.number == args["number"])
     if args.get("type"):
         stmt = stmt.where(Household.type == args["type"])
-    return list(session.scalars(_page(stmt, Household, args.get("after"), args.get("limit", 50))))
+    return list(
+        session.scalars(page_by_id(stmt, Household.id, args.get("after"), args.get("limit", 50)))
+    )
 
 
 def members_of(session: Session, household_ids: list[int]) -> dict[int, list[Person]]:
@@ -859,7 +856,9 @@ def search_persons(
     registered address.
     """
     stmt = person_query(scope, args, keys, unmasks=unmasks)
-    return list(session.scalars(_page(stmt, Person, args.get("after"), args.get("limit", 50))))
+    return list(
+        session.scalars(page_by_id(stmt, Person.id, args.get("after"), args.get("limit", 50)))
+    )
 
 
 def name_condition(name: str, *, unmasks: bool):  # type: ignore[no-untyped-def]
@@ -1215,7 +1214,9 @@ def get_visit(session: Session, visit_id: int, scope: Scope) -> Visit:
 
 def list_visits(session: Session, scope: Scope, args: dict[str, Any]) -> list[Visit]:
     stmt = visit_query(scope, args)
-    return list(session.scalars(_page(stmt, Visit, args.get("after"), args.get("limit", 50))))
+    return list(
+        session.scalars(page_by_id(stmt, Visit.id, args.get("after"), args.get("limit", 50)))
+    )
 
 
 def visit_query(scope: Scope, args: dict[str, Any], stmt=None):  # type: ignore[no-untyped-def]

@@ -19,7 +19,8 @@ from ..models import Role, User
 from ..models.register import Person, SpecialGroupRecord, new_uid
 from ..personal import mask_name
 from ..scope import Scope
-from .register import PAGE_MAX, Keys, _area_filters, get_person, in_scope
+from .cursors import page_by_id
+from .register import Keys, _area_filters, get_person, in_scope
 from .uniques import add_or_conflict
 
 TYPE_NAMES = {
@@ -142,10 +143,8 @@ def list_records(session: Session, scope: Scope, args: dict[str, Any]) -> list[S
     for key in ("type", "attention_level", "status", "person_id", "helper_id"):
         if args.get(key) is not None:  # person_id=0 names no one, not everyone
             stmt = stmt.where(getattr(SpecialGroupRecord, key) == args[key])
-    if args.get("after"):
-        stmt = stmt.where(SpecialGroupRecord.id > args["after"])
-    limit = min(args.get("limit", 50), PAGE_MAX)
-    return list(session.scalars(stmt.order_by(SpecialGroupRecord.id).limit(limit)))
+    page = page_by_id(stmt, SpecialGroupRecord.id, args.get("after"), args.get("limit", 50))
+    return list(session.scalars(page))
 
 
 def record_views(

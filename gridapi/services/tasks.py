@@ -37,7 +37,14 @@ from ..scope import Scope, starts_with
 from ..workcalendar import WorkingCalendar
 from .cases import add_limit, region_names
 from .categories import attribute_schema_errors, check_attributes
-from .cursors import Place, another_list, decode_cursor, encode_cursor, invalid_cursor
+from .cursors import (
+    Place,
+    another_list,
+    decode_cursor,
+    encode_cursor,
+    invalid_cursor,
+    page_by_id,
+)
 from .identity import assignment_holds_on, current_grids, users_query
 from .preconditions import check_if_match, flush_versioned
 from .register import place_of_grid, place_of_region
@@ -60,7 +67,6 @@ ACTIONS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "cancel": (OPEN_TASK_STATUSES, "tasks:write", "office"),
 }
 CAMPAIGN_ACTIONS = {"cancel": (("active",), "tasks:write")}
-PAGE_MAX = 200
 # Levels of the progress tree below a campaign's region, by the length of their prefix.
 _LEVELS = (("province", 2), ("city", 4), ("county", 6), ("township", 9), ("village", 12))
 _COUNTS = (
@@ -592,10 +598,9 @@ def task_query(principal: Principal, args: dict[str, Any], stmt=None):  # type: 
 def list_tasks(session: Session, principal: Principal, args: dict[str, Any]) -> list[Task]:
     """Return a page of visible tasks matching the filters, by id."""
     stmt = task_query(principal, args)
-    if args.get("cursor"):
-        stmt = stmt.where(Task.id > args["cursor"])
-    limit = min(args.get("limit", 50), PAGE_MAX)
-    return list(session.scalars(stmt.order_by(Task.id).limit(limit)))
+    return list(
+        session.scalars(page_by_id(stmt, Task.id, args.get("cursor"), args.get("limit", 50)))
+    )
 
 
 def my_tasks(
@@ -852,10 +857,8 @@ def list_campaigns(session: Session, principal: Principal, args: dict[str, Any])
     stmt = _area_filter(select(Campaign).where(campaign_visible(principal)), Campaign, args)
     if args.get("status"):
         stmt = stmt.where(Campaign.status.in_(args["status"]))
-    if args.get("cursor"):
-        stmt = stmt.where(Campaign.id > args["cursor"])
-    limit = min(args.get("limit", 50), PAGE_MAX)
-    return list(session.scalars(stmt.order_by(Campaign.id).limit(limit)))
+    page = page_by_id(stmt, Campaign.id, args.get("cursor"), args.get("limit", 50))
+    return list(session.scalars(page))
 
 
 def cancel_campaign(

@@ -1513,3 +1513,39 @@ def test_a_visit_recorded_during_an_erasure_is_anonymised_with_the_others(
     thread.join(30)
     late = answers.pop()
     assert late.status_code == 422 and late.get_json()["errors"]["json"]["person_id"]
+
+
+def pages_of(client, path: str) -> list[list[int]]:  # type: ignore[no-untyped-def]
+    """Return the ids of each page of ``path`` read one row a page, following
+    ``next_cursor`` until it is null."""
+    pages, url = [], f"{path}?limit=1"
+    while url:
+        page = created(client.get(url), 200)
+        pages.append([row["id"] for row in page["items"]])
+        url = page["next_cursor"] and f"{path}?limit=1&cursor={page['next_cursor']}"
+    return pages
+
+
+def test_the_register_lists_page_by_id_to_the_last_page(client, world, household):
+    """Houses, households, residents, visits and special-group records come a page at a time
+    by id, each once, and the last page says so (its `next_cursor` is null)."""
+    second = created(
+        client.post("/api/v1/houses", json={"address": "平江路2号", "location": point(1)})
+    )
+    created(client.post("/api/v1/households", json={"number": "0002", "house_id": second["id"]}))
+    people = [add_person(client, household["id"], id_number=make_id(seq=s)) for s in ("201", "202")]
+    for person in people:
+        record_visit(client, person_id=person["id"], findings="入户走访")
+        body = {"person_id": person["id"], "type": "severe_mental_disorder"}
+        created(client.post("/api/v1/special-groups", json=body))
+    for path in (
+        "/api/v1/houses",
+        "/api/v1/households",
+        "/api/v1/persons",
+        "/api/v1/visits",
+        "/api/v1/special-groups",
+    ):
+        whole = [row["id"] for row in created(client.get(path), 200)["items"]]
+        assert len(whole) >= 2 and whole == sorted(whole), path
+        pages = pages_of(client, path)
+        assert [ids for ids in pages if ids] == [[i] for i in whole], path

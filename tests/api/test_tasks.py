@@ -886,3 +886,23 @@ def test_a_forged_my_tasks_cursor_is_422_naming_the_cursor(people, value):
     r = people["worker1"].get(f"/api/v1/me/tasks?cursor={cursor}")
     assert r.status_code == 422, r.get_json()
     assert r.get_json()["errors"] == {"query": {"cursor": ["not a cursor from this API"]}}
+
+
+def test_tasks_and_campaigns_page_by_id_to_the_last_page(people):
+    """The office's lists of tasks and of campaigns come a page at a time by id, each once,
+    and the last page says so (its `next_cursor` is null)."""
+    office = people["office"]
+    for title in ("甲", "乙", "丙"):
+        new_task(office, grid=A1, title=title)
+    for title in ("排查一", "排查二"):
+        body = {"title": title, "due_in": SOON, "region": TOWNSHIP}
+        ok(office.post("/api/v1/campaigns", json=body), 201)
+    for path in ("/api/v1/tasks", "/api/v1/campaigns"):
+        whole = [row["id"] for row in ok(office.get(path))["items"]]
+        assert len(whole) >= 2 and whole == sorted(whole), path
+        seen, url = [], f"{path}?limit=1"
+        while url:
+            page = ok(office.get(url))
+            seen += [row["id"] for row in page["items"]]
+            url = page["next_cursor"] and f"{path}?limit=1&cursor={page['next_cursor']}"
+        assert seen == whole, path
