@@ -936,11 +936,20 @@ def demo_data(seed: int) -> None:
         raise click.ClickException(
             f"GRIDAPI_DEMO_PASSWORD does not meet the password policy, {problem}"
         )
+    from .services import identity
+
+    password = settings.demo_password or DEMO_PASSWORD
+    # Hashed once, before the transaction: on SQLite it holds the one write lock, and a
+    # running server's reports waited for argon2 (as for `users create`).
+    password_hash = identity.hash_password(password)
     sessions = _sessions()
     with sessions.begin() as session:
         summary = load_demo_county(session, seed=seed, tolerance_m2=settings.grid_tolerance_m2)
         accounts = load_demo_users(
-            session, settings.demo_password or DEMO_PASSWORD, settings.key_bytes("blind_index_key")
+            session,
+            password,
+            settings.key_bytes("blind_index_key"),
+            password_hash=password_hash,
         )
         record(
             session,

@@ -453,3 +453,57 @@ def test_a_database_that_cannot_be_reached_is_named_without_a_traceback(tmp_path
         'used: connection failed: connection to server at "127.0.0.1", port 1 failed'
     ), result.output
     assert "s3cret" not in result.output and len(result.output.splitlines()) == 1
+
+
+def _a_write_transaction_is_open(database_url: str) -> bool:
+    """Whether another connection holds a writing transaction on the database now: SQLite's
+    one write lock (a ``BEGIN IMMEDIATE`` that may not wait is refused), or on PostgreSQL a
+    backend whose transaction has written (it has a transaction id)."""
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=0)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.rollback()
+            return False
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            conn.close()
+    engine = create_engine_for(database_url)
+    try:
+        with engine.connect() as conn:
+            return bool(
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL"
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def test_demo_accounts_are_hashed_before_the_transaction(database_url, monkeypatch):
+    """`gridapi demo-data` hashed each demo account's password (argon2) inside the write
+    transaction that builds the county: on SQLite that holds the one write lock, and a running
+    server's reports waited for every hash. It hashes once, before the transaction."""
+    from gridapi.services import identity
+
+    hashed_holding: list[bool] = []
+    real = identity.hash_password
+
+    def recording(password: str) -> str:
+        hashed_holding.append(_a_write_transaction_is_open(database_url))
+        return real(password)
+
+    monkeypatch.setattr(identity, "hash_password", recording)
+    result = run(database_url, "demo-data")
+    assert result.exit_code == 0, result.output
+    assert hashed_holding == [False]
+    engine = create_engine_for(database_url)
+    with engine.connect() as conn:
+        hashes = conn.exec_driver_sql("SELECT password_hash FROM users").scalars().all()
+    engine.dispose()
+    assert len(hashes) == 10
+    assert all(verify_password(h, "Gridapi-Demo-2026") for h in hashes)

@@ -81,12 +81,15 @@ def demo_password_problem(password: str) -> str | None:
 
 
 def load_demo_users(
-    session: Session, password: str, phone_key: bytes
+    session: Session, password: str, phone_key: bytes, *, password_hash: str | None = None
 ) -> list[tuple[str, str, str, bool]]:
     """Create one account of every role with a realistic scope; return (username, role,
     where, whether it was created now).
 
     Existing accounts are left alone, their passwords too, so loading twice changes nothing.
+    ``password_hash`` is ``hash_password(password)`` made before the caller's transaction
+    began (as for ``create_user``): hashed here, argon2 ran once per account holding
+    SQLite's one write lock.
     """
     from sqlalchemy import select as _select
 
@@ -161,6 +164,7 @@ def load_demo_users(
                 actor_rank=None,
                 username=username,
                 password=password,
+                password_hash=password_hash,
                 role=role,
                 phone_key=phone_key,
                 display_name=f"演示{username}",
