@@ -11,7 +11,7 @@ from flask import Response, request, send_file
 from flask.views import MethodView
 from marshmallow import ValidationError
 
-from ..auditing import audit
+from ..auditing import audit, request_actor
 from ..auth import Forbidden, Principal, current_principal
 from ..config import private_directory
 from ..db import writes
@@ -19,6 +19,7 @@ from ..errors import Conflict, NotFound, Unprocessable
 from ..extensions import commit, db_session, state
 from ..jsonio import dumps_bytes
 from ..limits import count_lookup
+from ..models.base import utcnow
 from ..phone import STREAMED
 from ..schemas.exports import (
     CaseExportArgsSchema,
@@ -388,7 +389,7 @@ def _download(kind: str, job_id: int) -> Response:
         max_age=0,
     )
     response.headers["Cache-Control"] = "private, no-store"  # as the streamed export's
-    if _begins_a_download(response):
+    if _is_recorded(session, response, job):
         summary: dict[str, Any] = {"job_id": job.id, "format": job.format, "rows": job.row_count}
         if kind == "persons":  # as export.queue and export.download say: full values, and why
             summary["masked"] = not job.unmask
@@ -409,17 +410,23 @@ def _download(kind: str, job_id: int) -> Response:
     return response
 
 
-def _begins_a_download(response: Response) -> bool:
-    """Return whether an answer of an export's file begins a download (and is audited): the
-    whole file (200), or a range from its first byte (206). A file fetched in 20 ranges wrote
-    20 rows; a 304 (nothing sent), a HEAD, and the later ranges of a resumed download write
-    none."""
-    if request.method != "GET":
+def _is_recorded(session: Any, response: Response, job: Any) -> bool:
+    """Return whether an answer of an export's file is audited (``export.file``): every GET
+    that sends bytes of it (200, 206) is a fetch, and is recorded when it sends the whole file
+    or a range from its first byte, or else (a range resuming a download) when no fetch of
+    this file by the same caller was recorded in the last ``RESUME_WINDOW``. A 304, a 416
+    and a HEAD send nothing and write none.
+
+    Ranges not from the first byte wrote no row at all: ``bytes=1-`` took a resident's file
+    (all but its first byte) unrecorded, and ``bytes=0-0`` then ``bytes=1-`` left only the
+    one-byte fetch. Now each fetch lies within the window after a recorded one."""
+    if request.method != "GET" or response.status_code not in (200, 206):
         return False
-    if response.status_code == 200:
+    if response.status_code == 200 or response.content_range.start == 0:
         return True
-    content_range = response.content_range
-    return response.status_code == 206 and content_range.start == 0
+    actor = request_actor()
+    since = utcnow() - svc.RESUME_WINDOW
+    return not svc.fetch_recorded_since(session, actor.type, actor.id, job, since)
 
 
 _NOUNS = {"cases": "cases", "tasks": "tasks", "visits": "visits", "persons": "residents"}
@@ -490,8 +497,8 @@ def _register_jobs(kind: str) -> None:
         the file was written (queue it again), or (unmasked residents) you no longer hold
         `persons:unmask`. A download cut off is resumed with `Range` (206; 416 for a range
         outside the file) and `If-Range`; `If-None-Match` answers 304. Audited (`export.file`)
-        once a download: for the whole file (200) or a range from its first byte, not for the
-        ranges that resume it, a 304 or a HEAD.
+        for the whole file (200) or a range from its first byte, and for any other range
+        unless your fetch of the file was recorded in the last hour; not for a 304 or a HEAD.
         """
     download = blp.requires(permission)(
         blp.doc(

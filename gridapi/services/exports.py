@@ -36,7 +36,7 @@ from ..config import private_directory
 from ..db import sqlite_write_intent, write_transaction
 from ..errors import NotFound
 from ..jsonio import dumps_bytes
-from ..models import ApiClient, Grid, User
+from ..models import ApiClient, AuditEntry, Grid, User
 from ..models.base import UTCDateTime, utcnow
 from ..models.cases import Case
 from ..models.exports import ExportJob
@@ -784,6 +784,29 @@ def get_job(session: Session, principal: Principal, kind: str, job_id: int) -> E
     if job is None:
         raise NotFound("The export job does not exist, has expired or is not yours.")
     return job
+
+
+#: How long one recorded fetch of a job's file stands for its requester's other fetches that
+#: resume it (a range not from the first byte).
+RESUME_WINDOW = timedelta(hours=1)
+
+
+def fetch_recorded_since(
+    session: Session, actor_type: str, actor_id: str | None, job: ExportJob, since: datetime
+) -> bool:
+    """Return whether a fetch of ``job``'s file by this actor was recorded (an ``export.file``
+    audit row) at ``since`` or later."""
+    summaries = session.scalars(
+        select(AuditEntry.summary).where(
+            AuditEntry.at >= since,
+            AuditEntry.action == "export.file",
+            AuditEntry.object_type == "export",
+            AuditEntry.object_id == job.kind,
+            AuditEntry.actor_type == actor_type,
+            AuditEntry.actor_id == actor_id,
+        )
+    )
+    return any((summary or {}).get("job_id") == job.id for summary in summaries)
 
 
 def rows_fingerprint(session: Session, principal: Principal) -> str:

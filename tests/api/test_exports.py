@@ -486,6 +486,81 @@ def test_a_file_downloaded_in_ranges_is_audited_once(client, world, app, engine)
     assert files() == 3
 
 
+def test_a_range_not_from_the_first_byte_is_audited_unless_resuming_a_recorded_fetch(
+    client, world, app, engine
+):
+    """A range not from the first byte wrote no export.file row: `bytes=1-` took all of a
+    file but its first byte unrecorded, and `bytes=0-0` then `bytes=1-` (hours apart) left
+    only a one-byte fetch. Now such a range is recorded unless the same caller's fetch of the
+    file was recorded in the last hour."""
+    jobs = []
+    for _ in range(3):
+        r = client.post("/api/v1/exports/cases/jobs", json={"format": "csv", "filters": {}})
+        assert r.status_code == 202, r.get_json()
+        jobs.append(r.get_json()["id"])
+    assert run_jobs(app)["done"] == 3
+
+    def url(job_id: int) -> str:
+        return f"/api/v1/exports/cases/jobs/{job_id}/file"
+
+    def rows_of(job_id: int) -> int:
+        with engine.connect() as conn:
+            summaries = conn.execute(
+                select(AuditEntry.summary).where(AuditEntry.action == "export.file")
+            ).scalars()
+            return sum(1 for summary in summaries if summary["job_id"] == job_id)
+
+    # All but the first byte, alone: a fetch, recorded.
+    whole = ok(client.get(url(jobs[0])))
+    assert rows_of(jobs[0]) == 1
+    first, rest = jobs[1], client.get(url(jobs[1]), headers={"Range": "bytes=1-"})
+    assert rest.status_code == 206 and rest.data == whole.data[1:]
+    assert rows_of(first) == 1
+    again = client.get(url(first), headers={"Range": "bytes=2-"})  # resumed within the hour
+    assert again.status_code == 206 and rows_of(first) == 1
+
+    # bytes=0-0, then bytes=1- more than an hour later: the second fetch is recorded too.
+    gamed = jobs[2]
+    assert client.get(url(gamed), headers={"Range": "bytes=0-0"}).status_code == 206
+    assert rows_of(gamed) == 1
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(AuditEntry.actor_type, AuditEntry.actor_id, AuditEntry.actor_name)
+            .where(AuditEntry.action == "export.file")
+            .order_by(AuditEntry.id.desc())
+            .limit(1)
+        ).one()
+    # A fetch of a job recorded two hours ago (the row its bytes=0-0 wrote, dated back: the
+    # append-only log refuses changing one), then bytes=1-: recorded.
+    fresh = client.post("/api/v1/exports/cases/jobs", json={"format": "csv", "filters": {}})
+    assert fresh.status_code == 202 and run_jobs(app)["done"] == 1
+    fresh_id = fresh.get_json()["id"]
+    with engine.begin() as conn:
+        conn.execute(
+            AuditEntry.__table__.insert().values(
+                at=datetime.now(UTC) - timedelta(hours=2),
+                actor_type=row.actor_type,
+                actor_id=row.actor_id,
+                actor_name=row.actor_name,
+                action="export.file",
+                object_type="export",
+                object_id="cases",
+                summary={"job_id": fresh_id, "format": "csv", "rows": 3},
+            )
+        )
+    assert rows_of(fresh_id) == 1
+    later = client.get(url(fresh_id), headers={"Range": "bytes=1-"})
+    assert later.status_code == 206 and later.data == whole.data[1:]
+    assert rows_of(fresh_id) == 2
+    # Nothing sent, nothing recorded.
+    assert client.head(url(fresh_id)).status_code == 200
+    assert (
+        client.get(url(fresh_id), headers={"If-None-Match": later.headers["ETag"]}).status_code
+        == 304
+    )
+    assert rows_of(fresh_id) == 2
+
+
 def test_export_files_and_their_directories_are_the_services_alone(settings, tmp_path, usual_umask):
     """Under umask 022, with GRIDAPI_DATA_DIR not made yet (keys set: no key file makes it),
     a spreadsheet streamed and a job's file leave GRIDAPI_DATA_DIR, exports/ and exports/tmp/
