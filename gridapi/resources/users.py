@@ -49,6 +49,24 @@ def _changed():  # type: ignore[no-untyped-def]
     state().principals.clear()
 
 
+def _username_probed(username: str) -> None:
+    """Count and audit an answer that a username is taken (then raised again): the name is
+    unique across every scope, so the 409 tells whether an account anywhere has it, also one
+    the caller may not see. The request's changes are rolled back; the audit row (filed under
+    the caller's region, naming no account) is committed, and outlives the refusal."""
+    p = current_principal()
+    db_session().rollback()
+    count_lookup(state().settings.person_lookup_rate, p.actor_id)
+    audit(
+        "user.username_taken",
+        "user",
+        None,
+        region_code=p.region_code,
+        summary={"username": username},
+    )
+    commit()
+
+
 def _view(user: User, scope: Scope) -> dict[str, Any]:
     """Return one account as ``scope`` may see it (``identity.user_view``)."""
     return svc.user_view(user, scope, svc.department_regions(db_session(), [user]))
@@ -105,6 +123,9 @@ class Users(MethodView):
         (`grids`, the roster starting today). The password must meet the policy. A phone
         number of another account, anywhere, is a 409; as that tells whether a number has an
         account, each such answer counts against GRIDAPI_PERSON_LOOKUP_RATE (429 when spent).
+        So is a username of another account, anywhere and in any case (usernames are unique
+        across every scope): the 409 counts likewise, and writes an audit row
+        `user.username_taken` naming the username tried.
         """
         p = current_principal()
         # Hashed before the request's transaction begins: on SQLite it holds the one write
@@ -123,6 +144,9 @@ class Users(MethodView):
         except svc.PhoneTaken:
             # an answer about a number of any account, in scope or not: a counted lookup
             count_lookup(state().settings.person_lookup_rate, p.actor_id)
+            raise
+        except svc.UsernameTaken:
+            _username_probed(data["username"])
             raise
         audit(
             "user.create",

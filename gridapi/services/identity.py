@@ -77,6 +77,12 @@ class PhoneTaken(Conflict):
     anywhere, so each such answer counts as an exact lookup of the caller."""
 
 
+class UsernameTaken(Conflict):
+    """The username is another account's, in any case. Usernames are unique across every
+    scope, so the answer tells whether an account has the name anywhere, also one the caller
+    may not see: each such answer counts as an exact lookup and is audited."""
+
+
 def user_scope(session: Session, user: User, on: date | None = None) -> Scope:
     """Return the scope of a user: admins everything, else the region or the grids."""
     if user.role_name == "admin" and not user.scope_region_code:
@@ -483,7 +489,7 @@ def rename_user(session: Session, user: User, username: str) -> None:
 
     def taken() -> Conflict | None:
         if _username_taken(session, username, user.id):
-            return Conflict(f"The username {username!r} is taken.")
+            return UsernameTaken(f"The username {username!r} is taken.")
         return None
 
     if (error := taken()) is not None:
@@ -568,7 +574,7 @@ def create_user(
 
     def taken() -> Conflict | None:
         if _username_taken(session, username):
-            return Conflict(f"The username {username!r} is taken.")
+            return UsernameTaken(f"The username {username!r} is taken.")
         if (
             hmac_value
             and session.scalars(select(User.id).where(User.phone_hmac == hmac_value)).first()

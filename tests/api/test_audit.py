@@ -183,7 +183,9 @@ def test_failed_writes_leave_no_row(client: Any, factory: Any, session: Any) -> 
     ledger.none(client.post("/api/v1/users", json=bad_user), 422)
     good_user = {**bad_user, "password": PASSWORD}
     ledger.one(client.post("/api/v1/users", json=good_user), 201, "user.create")
-    ledger.none(client.post("/api/v1/users", json=good_user), 409)
+    # A taken username tells that an account has it, in any scope: the probe is recorded.
+    taken = ledger.one(client.post("/api/v1/users", json=good_user), 409, "user.username_taken")
+    assert taken.summary == {"username": "wang"}
     ledger.none(client.patch("/api/v1/users/999999", json={"display_name": "x"}), 404)
     ledger.none(client.post("/api/v1/grid-versions/999999/activate", json={}), 404)
     bad_import = [{"code": "320508003000", "name": "x"}, {"code": "bad", "name": "y"}]

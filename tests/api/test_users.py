@@ -206,6 +206,42 @@ def test_asking_whether_phone_numbers_have_accounts_is_counted(office: Any, app:
     assert answers[2].headers["Retry-After"]
 
 
+def test_asking_whether_a_username_has_an_account_elsewhere_is_counted_and_audited(
+    world: None, accounts: Any, app: Any, engine: Any
+) -> None:
+    """Usernames are unique across every scope, so "username taken" (409) told a township
+    office whether an account it may not see (another township's) had a name, without limit
+    or trace. The 409 stays (the name cannot be given), but each one counts as an exact
+    lookup (GRIDAPI_PERSON_LOOKUP_RATE: 429 once spent) and writes an audit row
+    `user.username_taken` filed under the caller's region, naming no account."""
+    from gridapi.models import AuditEntry
+
+    app.extensions["gridapi"].settings.person_lookup_rate = "2 per hour"
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    other = accounts.client("office2", "township_office", scope_region=TOWNSHIP_2)
+    created(other, "zhangwei", grids=[C1])
+    assert office.get("/api/v1/users?q=zhangwei").get_json()["items"] == []
+    for n in range(3):  # free names: accounts made, nothing counted
+        created(office, f"li{n}", grids=[A2])
+    answers = [new_user(office, name, grids=[A1]) for name in ("zhangwei", "ZhangWei", "li0")]
+    assert [r.status_code for r in answers] == [409, 409, 429]
+    assert "taken" not in answers[2].get_data(as_text=True)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(AuditEntry.region_code, AuditEntry.object_id, AuditEntry.summary)
+            .where(AuditEntry.action == "user.username_taken")
+            .order_by(AuditEntry.id)
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (TOWNSHIP, None, {"username": "zhangwei"}),
+        (TOWNSHIP, None, {"username": "ZhangWei"}),
+    ]
+    # Nothing else of the refused requests was kept.
+    with app.extensions["gridapi"].sessions() as session:
+        names = session.scalars(select(User.username).where(User.username.ilike("zhangwei")))
+        assert list(names) == ["zhangwei"]
+
+
 def test_a_username_or_phone_taken_meanwhile_answers_as_one_taken_before(
     office: Any, app: Any, engine: Any
 ) -> None:
@@ -221,7 +257,7 @@ def test_a_username_or_phone_taken_meanwhile_answers_as_one_taken_before(
     from ..races import send_while_uncommitted
 
     st = app.extensions["gridapi"]
-    st.settings.person_lookup_rate = "1 per hour"
+    st.settings.person_lookup_rate = "2 per hour"  # a username's 409 counts too
 
     def race(username: str, phone: str, sent: dict) -> Any:
         with st.sessions() as session:  # another request's account, inserted, not committed
@@ -250,7 +286,7 @@ def test_a_username_or_phone_taken_meanwhile_answers_as_one_taken_before(
             select(User.username).where(User.username.in_(["wang", "lisi", "zhao"]))
         )
         assert sorted(names) == ["lisi", "wang"]
-    # the allowance of one lookup is spent by the race's answer
+    # the allowance of two lookups is spent by the races' answers
     assert new_user(office, "zhou", grids=[A2], phone=PHONE).status_code == 429
 
 
