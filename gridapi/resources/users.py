@@ -188,20 +188,40 @@ class UsersById(MethodView):
         """Change an account's name, role, scope or whether it is active
 
         Disabling an account or changing its role or scope ends its sessions. You cannot
-        change your own role or scope or disable yourself (422): another administrator must.
+        change your own role or scope, rename or disable yourself (422): another
+        administrator must. A new `username` (not another account's, in any case: 409, counted
+        and audited as on create) is the one the account signs in by from then on, the old
+        one no longer; its sessions go on (they name the account by id, and its rights are
+        unchanged). A rename writes an audit row `user.rename` with the old and the new name.
         Nor the role of an account on the roster of a grid outside your scope (422: an office
         over both may), and an unrestricted admin answers a restricted caller 404.
         """
         p = current_principal()
-        user = svc.update_user(
-            db_session(),
-            user_id,
-            data,
-            scope=p.scope,
-            actor_rank=p.rank,
-            actor_id=p.id if p.kind == "user" else None,
-        )
-        audit("user.update", "user", user.id, region_code=user.region_code, summary=data)
+        session = db_session()
+        before = svc.get_user(session, user_id, p.scope).username if "username" in data else None
+        try:
+            user = svc.update_user(
+                session,
+                user_id,
+                data,
+                scope=p.scope,
+                actor_rank=p.rank,
+                actor_id=p.id if p.kind == "user" else None,
+            )
+        except svc.UsernameTaken:
+            _username_probed(data["username"])
+            raise
+        changes = {k: v for k, v in data.items() if k != "username"}
+        if before is not None and before != user.username:
+            audit(
+                "user.rename",
+                "user",
+                user.id,
+                region_code=user.region_code,
+                summary={"from": before, "to": user.username},
+            )
+        if changes or before is None or before == user.username:
+            audit("user.update", "user", user.id, region_code=user.region_code, summary=changes)
         _changed()
         return _view(user, p.scope)
 

@@ -137,6 +137,13 @@ class UserCreateSchema(StrictSchema):
 
 
 class UserUpdateSchema(StrictSchema):
+    username = fields.String(
+        metadata={
+            "description": "A new username: 3-64 letters, digits, '_', '.' or '-', not another "
+            "account's in any case (409). The account signs in by it from now on, no longer by "
+            "the old one; its sessions go on."
+        }
+    )
     display_name = fields.String(validate=validate.Length(min=1, max=100))
     role = fields.String(validate=ROLE)
     is_active = fields.Boolean()

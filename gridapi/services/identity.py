@@ -753,8 +753,18 @@ def update_user(
     actor_rank: int | None,
     actor_id: int | None,
 ) -> User:
-    """Change a user's name, role, activity or scope. Raises NotFound, Unprocessable."""
+    """Change a user's username, display name, role, activity or scope. Raises NotFound,
+    Unprocessable, UsernameTaken."""
     user = changeable_user(session, user_id, scope=scope, actor_rank=actor_rank)
+    if "username" in changes and changes["username"] != user.username:
+        if actor_id == user.id:
+            # As its own role: a stolen token renamed its administrator, who then could not
+            # sign in by the name they knew.
+            raise Unprocessable(
+                "You cannot rename yourself; ask another administrator.",
+                errors={"json": {"username": ["not for your own account"]}},
+            )
+        rename_user(session, user, changes["username"])
     if "role" in changes and actor_id == user.id and changes["role"] != user.role_name:
         # An administrator demoting themselves could leave nobody able to undo it.
         raise Unprocessable(

@@ -242,6 +242,66 @@ def test_asking_whether_a_username_has_an_account_elsewhere_is_counted_and_audit
         assert list(names) == ["zhangwei"]
 
 
+def test_an_office_renames_an_account_which_then_signs_in_by_the_new_name_only(
+    office: Any, accounts: Any, anon_client: Any, app: Any, engine: Any
+) -> None:
+    """Usernames could be changed on the command line only (`gridapi users rename`). An
+    account manager renames with PATCH /users/{id} `username`: sign-in by the new name only,
+    sessions go on, an audit row with the old and the new name; a taken name is a 409
+    (counted and audited), a bad one a 422, your own account or one out of scope refused."""
+    from gridapi.models import AuditEntry
+
+    user = created(office, "wang", grids=[A1], display_name="王五")
+    session_tokens = tokens(anon_client, "wang")
+    r = office.patch(f"/api/v1/users/{user['id']}", json={"username": "wang.wu"})
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["username"], r.get_json()["display_name"]) == ("wang.wu", "王五")
+    assert sign_in(anon_client, "wang").status_code == 401
+    assert sign_in(anon_client, "WANG.WU").status_code == 200
+    # Its sessions go on: the access token and the refresh token still work.
+    me = anon_client.get("/api/v1/me", headers=bearer(session_tokens["access_token"]))
+    assert me.status_code == 200, me.get_json()
+    refreshed = anon_client.post(
+        "/api/v1/auth/refresh", json={"refresh_token": session_tokens["refresh_token"]}
+    )
+    assert refreshed.status_code == 200, refreshed.get_json()
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(AuditEntry.action, AuditEntry.object_id, AuditEntry.summary)
+            .where(AuditEntry.action.in_(["user.rename", "user.update"]))
+            .order_by(AuditEntry.id)
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("user.rename", str(user["id"]), {"from": "wang", "to": "wang.wu"})
+    ]
+
+    # Refusals: a name taken (here in another case, by an account of another township the
+    # office may not see), a bad name, an account out of scope, yourself.
+    other = accounts.client("office2", "township_office", scope_region=TOWNSHIP_2)
+    outsider = created(other, "zhangwei", grids=[C1])
+    r = office.patch(f"/api/v1/users/{user['id']}", json={"username": "ZhangWei"})
+    assert r.status_code == 409 and r.get_json()["message"] == "The username 'ZhangWei' is taken."
+    assert "username" in error_fields(
+        office.patch(f"/api/v1/users/{user['id']}", json={"username": "13812345678"}), 422
+    )
+    assert (
+        office.patch(f"/api/v1/users/{outsider['id']}", json={"username": "zw"}).status_code == 404
+    )
+    admin = accounts.client("root", "admin")
+    me = admin.get("/api/v1/me").get_json()
+    assert "username" in error_fields(
+        admin.patch(f"/api/v1/users/{me['id']}", json={"username": "root2"}), 422
+    )
+    with engine.connect() as conn:
+        probes = conn.execute(
+            select(AuditEntry.summary).where(AuditEntry.action == "user.username_taken")
+        ).scalars()
+        assert list(probes) == [{"username": "ZhangWei"}]
+        names = conn.execute(select(User.username).order_by(User.id)).scalars().all()
+    assert "wang.wu" in names and "zhangwei" in names and "root" in names
+    assert not {"ZhangWei", "13812345678", "zw", "root2", "wang"} & set(names)
+
+
 def test_a_username_or_phone_taken_meanwhile_answers_as_one_taken_before(
     office: Any, app: Any, engine: Any
 ) -> None:
