@@ -56,6 +56,17 @@ SPECIAL_GROUP_TYPES = (
 ATTENTION_LEVELS = ("high", "medium", "low")
 SPECIAL_GROUP_STATUSES = ("active", "suspended", "closed")
 
+#: Why a resident is erased: the codes the audit log keeps (``reason_code``).
+ERASE_REASONS = (
+    "moved_away",  # 迁出
+    "deceased",  # 死亡
+    "subject_request",  # 本人申请删除 (PIPL art. 47)
+    "duplicate",  # 重复登记
+    "entered_in_error",  # 误登记
+    "retention_expired",  # 保存期限届满
+    "other",
+)
+
 
 def new_uid() -> str:
     return uuid.uuid4().hex

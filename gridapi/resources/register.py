@@ -19,6 +19,7 @@ from ..geo.crs import no_fix
 from ..jsonio import dumps_bytes
 from ..limits import count_lookup
 from ..models import AuditEntry, House, Household
+from ..models.register import ERASE_REASONS
 from ..schemas.register import (
     AccessExportSchema,
     EraseArgsSchema,
@@ -505,6 +506,9 @@ class PersonById(MethodView):
 
         Deletes the resident and their special-group records, and anonymises visits that
         were about them alone; the audit trail (ids and field names, never values) stays.
+        Say why with `reason_code` and, optionally, the office's file number (`reference`):
+        the audit row keeps those. A free-text `reason` (deprecated) is accepted but not
+        kept, since the log outlives the erased record and text can name people.
         """
         session = db_session()
         person = svc.erase_person(session, person_id, current_principal().scope)
@@ -512,10 +516,27 @@ class PersonById(MethodView):
             "person.erase",
             "person",
             person_id,
-            summary={"reason": args["reason"]},
+            summary=erasure_summary(args),
             region_code=person.region_code,
         )
         commit()
+
+
+def erasure_summary(args: dict[str, Any]) -> dict[str, Any]:
+    """Return what the audit log keeps of an erasure's reason: its code and reference, never
+    free text. A ``reason`` that is a code is that code; any other text is ``other``, with
+    only the fact that a text was given (it stayed in the append-only log for good, beside
+    the ids of the resident it could name)."""
+    code = args.get("reason_code")
+    text = args.get("reason")
+    if code is None:
+        code = text if text in ERASE_REASONS else "other"
+    summary: dict[str, Any] = {"reason_code": code}
+    if args.get("reference"):
+        summary["reference"] = args["reference"]
+    if text is not None and text not in ERASE_REASONS:
+        summary["reason"] = "(given)"
+    return summary
 
 
 def _unmask_audit(action: str, person, purpose: str) -> AuditEntry:  # type: ignore[no-untyped-def]

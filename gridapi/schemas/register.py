@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
@@ -9,6 +10,7 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 from ..geo.crs import SUPPORTED_CRS
 from ..models.register import (
     ATTENTION_LEVELS,
+    ERASE_REASONS,
     HOUSE_USES,
     HOUSEHOLD_TYPES,
     POPULATION_TYPES,
@@ -280,12 +282,52 @@ class SensitivePersonSchema(StrictSchema):
     audit_id = fields.Integer(required=True, metadata={"description": "The audit row written."})
 
 
+_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.\-]{0,39}")
+
+
+def _reference_problem(value: str) -> str | None:
+    """Return why ``value`` cannot be an erasure's reference number, or None: a reference is
+    the office's file or ticket number, never a resident's ID or phone number."""
+    if not _REFERENCE.fullmatch(value):
+        return "1-40 letters, digits, '/', '_', '.' or '-' (a file or ticket number)"
+    bare = value.upper()
+    if re.fullmatch(r"[0-9]{15}|[0-9]{17}[0-9X]", bare) or re.fullmatch(r"1[3-9][0-9]{9}", bare):
+        return "must not be an ID or phone number: the audit log keeps it for good"
+    return None
+
+
 class EraseArgsSchema(StrictSchema):
-    reason = Stated(
-        required=True,
-        validate=validate.Length(min=4, max=200),
-        metadata={"description": "Why (moved away, deceased, request to delete); audited."},
+    reason_code = fields.String(
+        validate=validate.OneOf(ERASE_REASONS),
+        metadata={
+            "description": "Why: `moved_away`, `deceased`, `subject_request`, `duplicate`, "
+            "`entered_in_error`, `retention_expired` or `other`. Audited. Required unless "
+            "`reason` is given."
+        },
     )
+    reference = fields.String(
+        metadata={
+            "description": "The office's file or ticket number of the erasure (1-40 letters, "
+            "digits, '/', '_', '.' or '-'; not an ID or phone number). Audited."
+        },
+    )
+    reason = Stated(
+        validate=validate.Length(min=4, max=200),
+        metadata={
+            "description": "Deprecated: free text, accepted but not kept (it could name people, "
+            "and the audit log outlives the erased record): one of the `reason_code` values "
+            "is taken as that code, any other text as `other`. Send `reason_code` and "
+            "`reference` instead.",
+            "deprecated": True,
+        },
+    )
+
+    @validates_schema
+    def _a_reason(self, data: dict[str, Any], **_: Any) -> None:
+        if "reason_code" not in data and "reason" not in data:
+            raise ValidationError({"reason_code": ["say why the resident is erased (reason_code)"]})
+        if "reference" in data and (problem := _reference_problem(data["reference"])):
+            raise ValidationError({"reference": [problem]})
 
 
 # --- households -------------------------------------------------------------------------------

@@ -756,6 +756,49 @@ def test_erasure_keeps_the_audit_trail_and_removes_the_rest(client, engine, worl
     assert household_now["head"] is None
 
 
+def test_an_erasure_keeps_a_reason_code_and_reference_never_free_text(
+    client, engine, world, household
+):
+    """The free-text reason of an erasure went into the append-only audit log, kept for good
+    beside the erased resident's id: "张三 去世, 其子李四申请, 身份证…" outlived the record
+    it was about. The log now keeps a code and the office's reference number; free text is
+    accepted (the parameter was required) but not kept."""
+    people = [
+        add_person(client, household["id"], id_number=make_id(seq=f"12{n}"), phone=f"1381234560{n}")
+        for n in range(4)
+    ]
+
+    def erase(person: dict, query: str) -> Any:
+        return client.delete(f"/api/v1/persons/{person['id']}?{query}")
+
+    # Bad input: no reason at all, an unknown code, a reference that is a person's number.
+    assert "reason_code" in erase(people[0], "").get_json()["errors"]["query"]
+    assert "reason_code" in erase(people[0], "reason_code=bored").get_json()["errors"]["query"]
+    for bad in ("11010519491231002X", "13812345678", "平安办2026-12"):
+        r = erase(people[0], f"reason_code=deceased&reference={bad}")
+        assert r.status_code == 422 and "reference" in r.get_json()["errors"]["query"], bad
+    assert client.get(f"/api/v1/persons/{people[0]['id']}").status_code == 200
+
+    free = "张三去世，其子李四申请删除，电话13912345678"
+    assert erase(people[0], "reason_code=deceased&reference=PAB-2026/0012").status_code == 204
+    assert erase(people[1], f"reason={free}").status_code == 204
+    assert erase(people[2], "reason=moved_away").status_code == 204
+    assert erase(people[3], f"reason_code=subject_request&reason={free}").status_code == 204
+    summaries = {int(i): summary for _, i, summary in audit_rows(engine, "person.erase")}
+    assert summaries == {
+        people[0]["id"]: {"reason_code": "deceased", "reference": "PAB-2026/0012"},
+        people[1]["id"]: {"reason_code": "other", "reason": "(given)"},
+        people[2]["id"]: {"reason_code": "moved_away"},
+        people[3]["id"]: {"reason_code": "subject_request", "reason": "(given)"},
+    }
+    with engine.connect() as conn:
+        kept = json.dumps(
+            [r[0] for r in conn.execute(text("SELECT summary FROM audit_log"))],
+            ensure_ascii=False,
+        )
+    assert "李四" not in kept and "13912345678" not in kept
+
+
 def test_the_audit_trail_left_by_an_erasure_names_no_special_group(
     client, engine, world, household
 ):
