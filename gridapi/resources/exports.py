@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ from ..services import exports as svc
 from ..services import register as register_svc
 from ..services.register import Keys
 from .blueprint import Blueprint, _ref
+
+log = logging.getLogger(__name__)
 
 blp = Blueprint(
     "exports",
@@ -117,22 +120,38 @@ def _principal() -> Principal:
     return principal
 
 
-def _stream(plan: svc.ExportPlan, fmt: str) -> Response:
+def _stream(plan: svc.ExportPlan, fmt: str, region_code: str | None) -> Response:
     """Return the streaming response of ``plan``: the body is produced after the view has
     returned, so it reads through a session of its own, closed when the body ends (or the
-    client goes away)."""
+    client goes away).
+
+    A body that fails midway (the database gone, a statement cancelled) is logged, audited
+    (``export.failed``) and then raised again, so that the server aborts the transfer: no
+    terminating chunk, which curl, requests and browsers report as a failed download
+    (docs/exports.md, "When a streamed export fails"). Swallowed, the body would end
+    looking complete, its rows cut short."""
     st = state()
     sessions = st.sessions
     tmp_dir = os.path.join(st.settings.data_dir, "exports", "tmp")
     writer = svc.WRITERS[fmt]
+    actor = request_actor()  # the body runs after the request's context is gone
 
     def body() -> Iterator[bytes]:
-        with sessions() as session:
-            if fmt == "xlsx":
-                private_directory(tmp_dir)
-                yield from writer(session, plan, tmp_dir)
-            else:
-                yield from writer(session, plan)
+        sent = 0
+        try:
+            with sessions() as session:
+                if fmt == "xlsx":
+                    private_directory(tmp_dir)
+                    blocks = writer(session, plan, tmp_dir)
+                else:
+                    blocks = writer(session, plan)
+                for block in blocks:
+                    sent += len(block)
+                    yield block
+        except Exception as exc:  # not GeneratorExit: a client gone away is no failure
+            log.exception("streamed export of %s (%s) failed after %d bytes", plan.kind, fmt, sent)
+            svc.record_stream_failure(sessions, actor, plan.kind, fmt, sent, exc, region_code)
+            raise
 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     response = Response(body(), mimetype=svc.MEDIA_TYPES[fmt])
@@ -172,7 +191,7 @@ def _audited(
         region_code=_audit_region(args.get("region")),
     )
     commit()
-    return _stream(plan, fmt)
+    return _stream(plan, fmt, _audit_region(args.get("region")))
 
 
 @blp.route("/cases")

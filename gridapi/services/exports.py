@@ -878,6 +878,36 @@ def _takeable(now: datetime, options: JobOptions) -> Any:
     )
 
 
+def record_stream_failure(
+    sessions: Any,
+    actor: Any,
+    kind: str,
+    fmt: str,
+    bytes_sent: int,
+    error: BaseException,
+    region_code: str | None,
+) -> None:
+    """Audit a streamed export that failed after its audit row (``export.failed``: the kind,
+    the format, the bytes sent, the error's class) in a transaction of its own, the
+    request's being long over. Never raises: the database may be what failed (the log then
+    keeps the failure)."""
+    from .audit import record
+
+    try:
+        with write_transaction(sessions) as session:
+            record(
+                session,
+                actor,
+                "export.failed",
+                "export",
+                kind,
+                summary={"format": fmt, "bytes_sent": bytes_sent, "error": type(error).__name__},
+                region_code=region_code,
+            )
+    except Exception:
+        log.exception("the failure of a streamed %s export could not be audited", kind)
+
+
 # The job runner writes only in short ``write_transaction``s; everything else it does is a
 # plain read (``_reading``): on SQLite no write lock is held while a file is written, so the
 # lease's renewal, the other jobs and the server's requests write meanwhile.

@@ -386,6 +386,66 @@ def test_exports_need_the_read_permission_of_their_kind(accounts, world):
     assert anonymous.get("/api/v1/exports/cases").status_code == 401
 
 
+@pytest.mark.parametrize("fmt", ["csv", "geojson"])
+def test_a_streamed_export_the_database_fails_midway_is_cut_off_and_audited(
+    client, world, engine, monkeypatch, fmt
+):
+    """A streamed export whose query failed midway (the database gone, a statement
+    cancelled) left no trace but a traceback: no audit row said the file that left was cut
+    short. The failure is now audited (`export.failed`, with the bytes sent) and raised
+    again, so that the server aborts the transfer rather than end it as complete; a GeoJSON
+    body is left without its closing brackets. The error here is a real one: the export's
+    connection is interrupted (SQLite) or its backend terminated (PostgreSQL) between two
+    batches."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import DBAPIError
+
+    monkeypatch.setattr(exports_svc, "BATCH", 1)  # one case a batch: three batches
+    exporting: list[Any] = []
+
+    def note(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "FROM cases" in statement:
+            exporting.append(conn.connection.dbapi_connection)
+
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        r = client.get(f"/api/v1/exports/cases?format={fmt}", buffered=False)
+        assert r.status_code == 200
+        blocks = iter(r.response)
+        received = [next(blocks), next(blocks)]  # the header, the first case
+        (connection,) = exporting
+        if engine.dialect.name == "sqlite":
+            connection.interrupt()
+        else:
+            pid = connection.info.backend_pid
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                gone = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+                while conn.execute(gone, {"pid": pid}).scalar_one():
+                    conn.rollback()
+        with pytest.raises(DBAPIError):
+            received.extend(blocks)
+        r.close()
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    sent = b"".join(received)
+    if fmt == "geojson":
+        assert not sent.endswith(b"]}")
+        with pytest.raises(ValueError):
+            json.loads(sent)
+    else:
+        assert sent.decode("utf-8").count("\r\n") == 2  # the header and one case
+    with engine.connect() as conn:
+        failed = conn.execute(
+            select(AuditEntry.object_id, AuditEntry.summary).where(
+                AuditEntry.action == "export.failed"
+            )
+        ).all()
+    assert [tuple(row) for row in failed] == [
+        ("cases", {"format": fmt, "bytes_sent": len(sent), "error": "OperationalError"})
+    ]
+
+
 # --- export jobs ------------------------------------------------------------------------------
 
 
