@@ -400,38 +400,50 @@ def _check_unpacked_size(content: bytes) -> None:
 # text itself. A register of GRIDAPI_IMPORT_MAX_ROWS rows of 15 columns holds at most
 # 1.5 million distinct texts, some tens of millions of characters; a crafted part within
 # the unpacked-size limits holds tens of millions of strings, or one of 500 million
-# characters, gigabytes once read.
+# characters, gigabytes once read. A cell may also hold its text itself (t="inlineStr",
+# as some exporters write every text), or a formula's text result: each such value is read
+# whole with its row. Both count against the one budget below.
 MAX_SHARED_STRINGS = 2_000_000
 MAX_SHARED_STRING_CHARS = 50_000_000
 _XML_CHUNK = 64 * 1024
+# The elements of a worksheet whose text is a cell's value (an inline string's runs, a
+# stored result, a formula): what openpyxl reads whole with the row.
+_CELL_TEXT = frozenset({"is", "v", "f"})
 
 
 class _DocumentType(Exception):
     """A part declares a document type: no OOXML part has one (entities expand within)."""
 
 
-def _check_shared_strings(source: IO[bytes]) -> None:
-    """Read the shared-strings part as a stream, in constant memory, counting its strings
-    and characters; raise Unprocessable as soon as either exceeds its limit, and
-    ``_DocumentType`` or ``ExpatError`` for a part that is not plain XML."""
-    counted = {"strings": 0, "chars": 0}
+@dataclass
+class _TextBudget:
+    """The texts a workbook holds, counted across its parts (the shared strings, then the
+    sheet read): one limit for both, however the writer kept its texts."""
 
-    def start(name: str, _attributes: Any) -> None:
-        if name.rpartition(" ")[2] == "si":
-            counted["strings"] += 1
-            if counted["strings"] > MAX_SHARED_STRINGS:
-                raise _too_much_text()
+    strings: int = 0
+    chars: int = 0
 
-    def text(data: str) -> None:
-        counted["chars"] += len(data)
-        if counted["chars"] > MAX_SHARED_STRING_CHARS:
+    def count_string(self) -> None:
+        self.strings += 1
+        if self.strings > MAX_SHARED_STRINGS:
             raise _too_much_text()
+
+    def count_chars(self, n: int) -> None:
+        self.chars += n
+        if self.chars > MAX_SHARED_STRING_CHARS:
+            raise _too_much_text()
+
+
+def _scan_xml(source: IO[bytes], start: Any, end: Any, text: Any) -> None:
+    """Parse an XML part as a stream, in constant memory, with these handlers; raises
+    ``_DocumentType`` or ``ExpatError`` for a part that is not plain XML."""
 
     def doctype(*_: Any) -> None:
         raise _DocumentType
 
     parser = expat.ParserCreate(namespace_separator=" ")
     parser.StartElementHandler = start
+    parser.EndElementHandler = end
     parser.CharacterDataHandler = text
     parser.StartDoctypeDeclHandler = doctype
     parser.buffer_text = False  # text in the pieces read, never gathered whole
@@ -440,17 +452,55 @@ def _check_shared_strings(source: IO[bytes]) -> None:
     parser.Parse(b"", True)
 
 
+def _check_shared_strings(source: IO[bytes], budget: _TextBudget) -> None:
+    """Count the shared-strings part's strings and characters into ``budget`` as it
+    streams; raise Unprocessable as soon as either exceeds its limit."""
+
+    def start(name: str, _attributes: Any) -> None:
+        if name.rpartition(" ")[2] == "si":
+            budget.count_string()
+
+    _scan_xml(source, start, None, lambda data: budget.count_chars(len(data)))
+
+
+def _check_cell_texts(source: IO[bytes], budget: _TextBudget) -> None:
+    """Count the texts the worksheet's cells hold themselves (inline strings, stored
+    results and formulas) into ``budget`` as the part streams, before openpyxl reads a
+    row; raise Unprocessable as soon as the budget is spent."""
+    depth = 0  # inside a cell's text element (they do not nest, but count all the same)
+
+    def start(name: str, _attributes: Any) -> None:
+        nonlocal depth
+        local = name.rpartition(" ")[2]
+        if local in _CELL_TEXT:
+            depth += 1
+            if local == "is":
+                budget.count_string()
+
+    def end(name: str) -> None:
+        nonlocal depth
+        if name.rpartition(" ")[2] in _CELL_TEXT:
+            depth -= 1
+
+    def text(data: str) -> None:
+        if depth:
+            budget.count_chars(len(data))
+
+    _scan_xml(source, start, end, text)
+
+
 def _too_much_text() -> Unprocessable:
     return _file_error(
         f"The workbook holds more text than a register import reads (over "
-        f"{MAX_SHARED_STRINGS:,} distinct texts or {MAX_SHARED_STRING_CHARS:,} characters): "
+        f"{MAX_SHARED_STRINGS:,} texts or {MAX_SHARED_STRING_CHARS:,} characters): "
         "it is refused unread. Import the register in several files."
     )
 
 
-def _open_workbook(content: bytes) -> Any:
+def _open_workbook(content: bytes, budget: _TextBudget) -> Any:
     """Open the workbook read-only (formulas' cached values), its shared strings counted
-    before openpyxl reads them. Raises Unprocessable when they are too many or too long."""
+    into ``budget`` before openpyxl reads them. Raises Unprocessable when they are too many
+    or too long."""
     from openpyxl.reader.excel import ExcelReader
     from openpyxl.xml.constants import SHARED_STRINGS
 
@@ -459,7 +509,7 @@ def _open_workbook(content: bytes) -> Any:
             part = self.package.find(SHARED_STRINGS)
             if part is not None:
                 with self.archive.open(part.PartName[1:]) as source:
-                    _check_shared_strings(source)
+                    _check_shared_strings(source, budget)
             super().read_strings()
 
     reader = Reader(io.BytesIO(content), read_only=True, data_only=True)
@@ -516,8 +566,9 @@ class _XlsxRows:
 
         unreadable = _file_error("The file cannot be read as an XLSX workbook.")
         _check_unpacked_size(self.content)
+        budget = _TextBudget()
         try:
-            workbook = _open_workbook(self.content)
+            workbook = _open_workbook(self.content, budget)
         except DomainError:
             raise
         except Exception:  # a damaged or foreign file: the client's to fix
@@ -530,6 +581,13 @@ class _XlsxRows:
             visible = [ws for ws in workbook.worksheets if ws.sheet_state == "visible"]
             sheet = (visible or workbook.worksheets)[0]
             padded = _zero_padded_styles(workbook)
+            try:
+                with sheet._get_source() as source:
+                    _check_cell_texts(source, budget)
+            except DomainError:
+                raise
+            except Exception:
+                raise unreadable from None
 
             class Parser(WorkSheetParser):
                 def parse_cell(self, element: Any) -> dict[str, Any]:

@@ -268,7 +268,24 @@ def test_a_workbook_with_too_much_text_is_refused_unread(
     r = upload(client, _shared_strings_book(texts), "people.xlsx", mode="valid")
     assert r.status_code == 422, r.get_json()
     (message,) = r.get_json()["errors"]["file"]
-    assert "over 10 distinct texts" in message
+    assert "over 10 texts" in message
+    assert counts(engine) == (0, 0, 0) and audit_rows(engine) == []
+
+
+def test_a_workbook_with_too_much_inline_text_is_refused_unread(
+    client: Any, world: Any, engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Texts kept in the cells themselves (inlineStr) spend the budget the shared strings
+    do: past it (lowered here), 422 naming the file, nothing imported."""
+    from gridapi.services import person_import
+
+    from ..unit.test_person_import_reading import _inline_book
+
+    monkeypatch.setattr(person_import, "MAX_SHARED_STRING_CHARS", 1_000, raising=False)
+    r = upload(client, _inline_book(["张三", "平江路" * 400]), "people.xlsx", mode="valid")
+    assert r.status_code == 422, r.get_json()
+    (message,) = r.get_json()["errors"]["file"]
+    assert "over 2,000,000 texts or 1,000 characters" in message
     assert counts(engine) == (0, 0, 0) and audit_rows(engine) == []
 
 

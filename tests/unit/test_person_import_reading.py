@@ -133,7 +133,7 @@ def test_too_many_shared_strings_are_refused_before_they_are_read(
         tracemalloc.stop()
     (message,) = refused.value.errors["file"]
     assert message.startswith("The workbook holds more text than a register import reads")
-    assert "1,000 distinct texts" in message
+    assert "1,000 texts" in message
     assert peak < 5_000_000, f"reading took {peak / 1e6:.0f} MB"
     assert read_sheet(_shared_strings_book(texts[:1000]), "p.xlsx", 10).rows == [(2, {0: "张三"})]
 
@@ -186,3 +186,76 @@ def test_a_formula_whose_result_is_empty_text_is_blank() -> None:
     )
     sheet = read_sheet(_with_sheet_xml(_xlsx([["姓名"]]), header + row), "p.xlsx", 10)
     assert sheet.rows == [(2, {0: "张三"})]
+
+
+def _inline_book(texts: list[str]) -> bytes:
+    """A workbook whose cells hold their texts themselves (t="inlineStr", as some exporters
+    write every text): A1 is 姓名, A2, A3, … the ``texts``."""
+    cells = ['<row r="1"><c r="A1" t="inlineStr"><is><t>姓名</t></is></c></row>'] + [
+        f'<row r="{n}"><c r="A{n}" t="inlineStr"><is><t>{t}</t></is></c></row>'
+        for n, t in enumerate(texts, start=2)
+    ]
+    return _with_sheet_xml(_xlsx([["姓名"]]), "".join(cells))
+
+
+def test_an_inline_string_too_long_is_refused_before_it_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cell holding its text itself (inlineStr) was read whole with its row, bounded only
+    by the unpacked-size limit (512 MiB): past MAX_SHARED_STRING_CHARS the file is refused
+    before openpyxl reads a row."""
+    from gridapi.services import person_import
+
+    monkeypatch.setattr(person_import, "MAX_SHARED_STRING_CHARS", 100_000, raising=False)
+    crafted = _inline_book(["张三", "平江路" * 40_000])
+    tracemalloc.start()
+    try:
+        with pytest.raises(Unprocessable) as refused:
+            read_sheet(crafted, "people.xlsx", 100_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    (message,) = refused.value.errors["file"]
+    assert message.startswith("The workbook holds more text than a register import reads")
+    assert "100,000 characters" in message
+    assert peak < 2_000_000, f"reading took {peak / 1e6:.0f} MB"
+    assert read_sheet(_inline_book(["张三", "平江路" * 100]), "p.xlsx", 10).rows[0] == (
+        2,
+        {0: "张三"},
+    )
+
+
+def test_too_many_inline_strings_are_refused() -> None:
+    """Inline strings count as texts, as shared strings do."""
+    from gridapi.services import person_import
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(person_import, "MAX_SHARED_STRINGS", 50, raising=False)
+        with pytest.raises(Unprocessable) as refused:
+            read_sheet(_inline_book([f"张{n}" for n in range(60)]), "people.xlsx", 100_000)
+        assert "over 50 texts" in refused.value.errors["file"][0]
+        assert (
+            len(read_sheet(_inline_book([f"张{n}" for n in range(40)]), "p.xlsx", 100).rows) == 40
+        )
+
+
+def test_shared_and_inline_strings_spend_one_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared strings and the sheet's inline strings are counted together: each within
+    the limit, together past it, the file is refused."""
+    from gridapi.services import person_import
+
+    monkeypatch.setattr(person_import, "MAX_SHARED_STRING_CHARS", 1_000, raising=False)
+    shared = _shared_strings_book(["姓名", "张三", "平江路" * 200])  # 600 characters unused
+    with zipfile.ZipFile(io.BytesIO(shared)) as archive:
+        sst = archive.read("xl/sharedStrings.xml")
+    inline = (
+        '<row r="1"><c r="A1" t="s"><v>0</v></c></row>'
+        '<row r="2"><c r="A2" t="inlineStr"><is><t>' + "李" * 500 + "</t></is></c></row>"
+    )
+    book = _shared_strings_book([], sst)
+    crafted = _with_sheet_xml(book, inline)
+    with pytest.raises(Unprocessable) as refused:
+        read_sheet(crafted, "people.xlsx", 100)
+    assert "1,000 characters" in refused.value.errors["file"][0]
+    monkeypatch.setattr(person_import, "MAX_SHARED_STRING_CHARS", 1_200, raising=False)
+    assert read_sheet(crafted, "people.xlsx", 100).rows == [(2, {0: "李" * 500})]
