@@ -33,10 +33,11 @@ from xml.parsers import expat
 
 from sqlalchemy import select
 from sqlalchemy import text as sql
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from ..codes import common_region
-from ..errors import DomainError, Unprocessable
+from ..errors import Conflict, DomainError, Unprocessable
 from ..geo.crs import SUPPORTED_CRS
 from ..models.register import (
     HOUSE_USES,
@@ -1224,9 +1225,36 @@ def lock_import_area(session: Session, scope: Scope) -> None:
     } - exclusive
     for key in sorted(exclusive | shared):
         function = "pg_advisory_xact_lock" if key in exclusive else "pg_advisory_xact_lock_shared"
-        session.execute(
-            sql(f"SELECT {function}(:area_lock, :area)"),
-            {"area_lock": _IMPORT_AREA_LOCK, "area": key},
+        try:
+            session.execute(
+                sql(f"SELECT {function}(:area_lock, :area)"),
+                {"area_lock": _IMPORT_AREA_LOCK, "area": key},
+            )
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in _WAIT_ENDED:
+                raise
+            raise ImportAreaBusy() from None
+
+
+#: The SQLSTATEs of a wait cut short: the statement timeout (query_canceled), or a
+#: lock_timeout a deployment may set (lock_not_available).
+_WAIT_ENDED = frozenset({"57014", "55P03"})
+#: Seconds an import refused for another one of its area asks the client to wait.
+IMPORT_BUSY_RETRY_AFTER = 30
+
+
+class ImportAreaBusy(Conflict):
+    """Another import into the caller's area (or one above or below it) ran longer than
+    this one could wait for it (GRIDAPI_DB_STATEMENT_TIMEOUT_MS): nothing is imported, and
+    the client is asked to send the file again later, as a request whose key is in flight
+    is (409 with Retry-After). The generic 503 said the database was unavailable."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Another import into this area is running; nothing was imported. "
+            "Send the file again when it has finished.",
+            errors={"file": ["another import into this area is running"]},
+            headers={"Retry-After": str(IMPORT_BUSY_RETRY_AFTER)},
         )
 
 

@@ -857,6 +857,49 @@ def test_two_imports_at_once_register_each_house_and_household_once(
     assert count(engine, "persons") == 4
 
 
+@pytest.mark.engines("postgis")
+def test_an_import_waiting_too_long_for_another_of_its_area_is_told_so(
+    app: Any, settings: Any, world: Any, engine: Any
+) -> None:
+    """An import waiting for another import of its area past the statement timeout got the
+    generic 503 "The database is unavailable". It is now told what happened: 409 with
+    Retry-After, another import of the area is running, nothing imported, no audit row."""
+    from dataclasses import replace
+
+    from gridapi import create_app
+    from gridapi.services import person_import
+
+    from ..factories import Accounts
+
+    impatient = create_app(replace(settings, db_statement_timeout_ms=300))
+    try:
+        officer = Accounts(impatient).client(
+            "officer", "community_officer", scope_region=COMMUNITY_A
+        )
+        with engine.connect() as other:  # the county's import, running
+            other.execute(
+                text("SELECT pg_advisory_xact_lock(:a, :k)"),
+                {"a": person_import._IMPORT_AREA_LOCK, "k": person_import._area_key("320508")},
+            )
+            r = upload(officer, csv_bytes("姓名,身份证号,网格编码", f"张三,{ID1},{A1}"))
+            other.rollback()
+        assert r.status_code == 409, r.get_json()
+        assert r.headers["Retry-After"] == "30"
+        assert r.get_json() == {
+            "code": 409,
+            "status": "Conflict",
+            "message": "Another import into this area is running; nothing was imported. "
+            "Send the file again when it has finished.",
+            "errors": {"file": ["another import into this area is running"]},
+        }
+        assert counts(engine) == (0, 0, 0) and audit_rows(engine) == []
+        # once it has ended, the file goes through
+        r = upload(officer, csv_bytes("姓名,身份证号,网格编码", f"张三,{ID1},{A1}"))
+        assert r.status_code == 200, r.get_json()
+    finally:
+        impatient.extensions["gridapi"].engine.dispose()
+
+
 # ---- no values in the report -------------------------------------------------------------------
 
 
