@@ -405,7 +405,8 @@ class Persons(MethodView):
     @persons_blp.alt_response(
         409,
         response="CONFLICT",
-        description="The ID number is registered already, or the household has a head.",
+        description="The ID number is registered already, the household has a head, or a "
+        "resident of the same name without an ID number lives there already.",
     )
     @persons_blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, data):

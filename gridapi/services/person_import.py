@@ -46,7 +46,6 @@ from ..models.register import (
     RELATIONS,
     House,
     Household,
-    Person,
 )
 from ..personal import InvalidValue, parse_id_number, parse_phone
 from ..scope import Scope
@@ -1023,26 +1022,6 @@ class _Importer:
         )
         return house, 1
 
-    def _check_not_registered_again(
-        self, d: RowData, household: Household | None, place: Place | None
-    ) -> None:
-        """A resident without an ID number (境外人员) is known by name where they live: a
-        file sent again registered them once more each time. Raises RowError when a
-        resident of that name without an ID number lives in the row's household, or, for a
-        row without one, in its grid outside any household (in the caller's scope)."""
-        same = select(Person.id).where(
-            Person.name == d.name.strip(),
-            Person.id_number_hmac.is_(None),
-            register.in_scope(self.scope, Person),
-        )
-        if household is not None:
-            same = same.where(Person.household_id == household.id)
-        else:
-            assert place is not None and place.grid_code
-            same = same.where(Person.household_id.is_(None), Person.grid_code == place.grid_code)
-        if self.session.scalar(same.limit(1)) is not None:
-            raise RowError("name", "already registered here (same name, no ID number)")
-
     def _write(self, d: RowData) -> tuple[int, int, str]:
         """Register the row's house, household and person; return what was created.
 
@@ -1120,8 +1099,9 @@ class _Importer:
                 "grid",
                 "say where the resident lives: 网格编码, 经度 and 纬度 inside a grid, or 户号",
             )
-        if d.id_number is None:
-            self._check_not_registered_again(d, household, place)
+        # A resident without an ID number whose namesake lives there already (registered
+        # by an import or through the API) is refused by create_person: the row error
+        # "already registered here (same name, no ID number)".
         person = register.create_person(
             self.session, person_data, scope=self.scope, keys=self.keys, actor=self.actor
         )

@@ -632,6 +632,34 @@ def _head_taken(
     )
 
 
+def _check_namesake(
+    session: Session, name: str, household: Household | None, place: Place, scope: Scope
+) -> None:
+    """Raise Conflict when a resident named ``name`` without an ID number lives in
+    ``household``, or, without one, in the place's grid outside any household.
+
+    A resident without an ID number (境外人员) is known by name where they live: the API
+    and the import registered them again beside each other (the import checked only what
+    earlier imports and its own rows had written through it)."""
+    same = select(Person.id).where(
+        Person.name == name, Person.id_number_hmac.is_(None), in_scope(scope, Person)
+    )
+    if household is not None:
+        same = same.where(Person.household_id == household.id)
+    else:
+        same = same.where(Person.household_id.is_(None), _is(Person.grid_code, place.grid_code))
+    if session.scalar(same.limit(1)) is not None:
+        raise Conflict(
+            "A resident of this name without an ID number is already registered here.",
+            errors={"json": {"name": ["already registered here (same name, no ID number)"]}},
+        )
+
+
+def _is(column: Any, value: Any) -> Any:
+    """Return 'column equals value', None included."""
+    return column.is_(None) if value is None else column == value
+
+
 def create_person(
     session: Session,
     data: dict[str, Any],
@@ -662,6 +690,8 @@ def create_person(
     relation = data.get("relation") or ("other" if household else None)
     if relation == "head":
         _check_head(session, household.id if household else None, None)
+    if parsed is None:
+        _check_namesake(session, data["name"].strip(), household, place, scope)
     person = Person(
         county_code=place.county_code,
         region_code=place.region_code,

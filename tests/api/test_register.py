@@ -234,6 +234,67 @@ def test_a_foreign_resident_needs_no_id_number_and_a_place_is_required(client, w
     assert r.status_code == 422 and "household_id" in r.get_json()["errors"]["json"]
 
 
+def test_a_resident_without_an_id_number_is_registered_once_by_the_api_and_the_import(
+    client, world, household, engine
+):
+    """A resident without an ID number (境外人员) is known by name where they live. The
+    import refused a namesake registered before, but POST /persons registered them again
+    beside one registered by an import, or by POST /persons itself: now 409 naming the
+    name, in the household and in the grid outside households, whoever registered first."""
+    again = "already registered here (same name, no ID number)"
+
+    def import_rows(*rows: str) -> dict:
+        content = ("姓名,人口类型,户号,网格编码\n" + "\n".join(rows) + "\n").encode()
+        r = client.post(
+            "/api/v1/persons/import",
+            data={"file": (io.BytesIO(content), "people.csv"), "mode": "valid"},
+            content_type="multipart/form-data",
+        )
+        assert r.status_code == 200, r.get_json()
+        return r.get_json()
+
+    def persons() -> int:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT count(*) FROM persons")).scalar_one()
+
+    # imported first, then sent to the API: in the household, and in the grid
+    assert (
+        import_rows(f"John Smith,境外人员,0001,{A1}", f"Anna Ivanova,境外人员,,{A1}")["imported"]
+        == 2
+    )
+    for body in (
+        {"name": "John Smith", "population_type": "foreign", "household_id": household["id"]},
+        {"name": "Anna Ivanova ", "population_type": "foreign", "grid": A1},
+    ):
+        r = client.post("/api/v1/persons", json=body)
+        assert r.status_code == 409, r.get_json()
+        assert r.get_json()["errors"] == {"json": {"name": [again]}}
+    assert persons() == 2
+    # registered through the API first, then imported; and twice through the API
+    created(
+        client.post(
+            "/api/v1/persons",
+            json={"name": "Maria Rossi", "population_type": "foreign", "grid": A2},
+        )
+    )
+    report = import_rows(f"Maria Rossi,境外人员,,{A2}")
+    assert report["errors"] == [{"row": 2, "field": "姓名", "message": f"姓名: {again}"}]
+    r = client.post(
+        "/api/v1/persons", json={"name": "Maria Rossi", "population_type": "foreign", "grid": A2}
+    )
+    assert r.status_code == 409, r.get_json()
+    assert persons() == 3
+    # the same name elsewhere, or with an ID number, is another person
+    created(
+        client.post(
+            "/api/v1/persons",
+            json={"name": "Maria Rossi", "population_type": "foreign", "grid": A1},
+        )
+    )
+    add_person(client, household["id"], name="John Smith", population_type="foreign")
+    assert persons() == 5
+
+
 def test_search_by_name_id_phone_address_and_household(client, world, household):
     zhang = add_person(client, household["id"], current_address="平江路1号501室")
     li = add_person(
