@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -270,3 +272,43 @@ def test_a_database_migrated_by_a_newer_gridapi_is_named_so_and_left_alone(datab
     )
     assert migrations.current_revision(engine) == HEAD
     engine.dispose()
+
+
+def test_houses_registered_twice_are_merged_into_the_first(factory, client, engine):
+    """Nothing kept a house from being registered twice at one address and place before
+    migration 0039: it merges such houses into the first (their households, residents and
+    task items move to it, with new versions where they have them), leaves an audit row
+    naming the ids merged, and the unique indexes then refuse another."""
+    from sqlalchemy import text
+
+    from tests.api.test_register import A1, add_person, created
+
+    factory.regions()
+    factory.grid_version()
+    first = created(client.post("/api/v1/houses", json={"address": "平江路1号", "grid": A1}))
+    twin = created(client.post("/api/v1/houses", json={"address": "平江路1号 twin", "grid": A1}))
+    other = created(client.post("/api/v1/houses", json={"address": "平江路2号", "grid": A1}))
+    household = created(
+        client.post("/api/v1/households", json={"number": "0001", "house_id": twin["id"]})
+    )
+    person = add_person(client, household["id"])
+    migrations.downgrade(engine, "0038")
+    with engine.begin() as conn:  # as two requests at once registered it
+        conn.execute(
+            text("UPDATE houses SET address = '平江路1号' WHERE id = :id"), {"id": twin["id"]}
+        )
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    houses = client.get("/api/v1/houses").get_json()["items"]
+    assert sorted(h["id"] for h in houses) == [first["id"], other["id"]]
+    moved = client.get(f"/api/v1/households/{household['id']}").get_json()
+    assert (moved["house_id"], moved["version"]) == (first["id"], household["version"] + 1)
+    assert client.get(f"/api/v1/persons/{person['id']}").get_json()["house_id"] == first["id"]
+    with engine.connect() as conn:
+        (merge,) = conn.execute(
+            text("SELECT object_id, summary FROM audit_log WHERE action = 'house.merge'")
+        ).all()
+    summary = merge.summary if isinstance(merge.summary, dict) else json.loads(merge.summary)
+    assert (merge.object_id, summary["merged"]) == (str(first["id"]), [twin["id"]])
+    r = client.post("/api/v1/houses", json={"address": "平江路1号", "grid": A1})
+    assert r.status_code == 409, r.get_json()

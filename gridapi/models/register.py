@@ -103,6 +103,27 @@ class House(Base):
         Index("ix_houses_region_code_address", "region_code", "address"),
         Index("ix_houses_grid_code", "grid_code"),
         Index("ix_houses_county_code_address", "county_code", "address"),
+        # A house is its address at its place (community and grid): registered once, by the
+        # API and the import alike (services.register.house_at). Two partial indexes, since
+        # NULLs are distinct in a unique index on both engines: houses of a grid, and houses
+        # placed in a region without a grid.
+        Index(
+            "ix_houses_one_per_address_in_grid",
+            "region_code",
+            "grid_code",
+            "address",
+            unique=True,
+            postgresql_where=text("grid_code IS NOT NULL"),
+            sqlite_where=text("grid_code IS NOT NULL"),
+        ),
+        Index(
+            "ix_houses_one_per_address_in_region",
+            "region_code",
+            "address",
+            unique=True,
+            postgresql_where=text("grid_code IS NULL"),
+            sqlite_where=text("grid_code IS NULL"),
+        ),
     )
 
 

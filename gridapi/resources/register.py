@@ -162,6 +162,12 @@ class Houses(MethodView):
     @houses_blp.requires("persons:write")
     @houses_blp.arguments(HouseCreateSchema)
     @houses_blp.response(201, HouseSchema, headers=_ETAG)
+    @houses_blp.alt_response(
+        409,
+        response="CONFLICT",
+        description="A house with the address is registered at the place (community and "
+        "grid) already; the message and `errors.json.address` name it.",
+    )
     def post(self, data):
         """Register a house: its location is routed to a grid like a case (or give a grid)
 
@@ -169,7 +175,9 @@ class Houses(MethodView):
         grid covering it, else to the smallest region holding it), in a `grid`, or in a `region`; a
         `grid` given with a point wins over the routed grid, for houses on a boundary. Needs
         `persons:write`. A place outside the caller's scope, a grid not in service there, or no
-        place at all is a 422 naming the field. Writes an audit row `house.create`.
+        place at all is a 422 naming the field. A house is its address at its place: one
+        registered there already (through the API or an import) is a 409 naming it. Writes an
+        audit row `house.create`.
         """
         session = db_session()
         house = svc.create_house(
@@ -210,6 +218,12 @@ class HouseById(MethodView):
     @houses_blp.arguments(HouseUpdateSchema)
     @houses_blp.response(200, HouseSchema, headers=_ETAG)
     @houses_blp.doc(parameters=[_IF_MATCH_HEADER])
+    @houses_blp.alt_response(
+        409,
+        response="CONFLICT",
+        description="Another house has the new address at the new place; the message and "
+        "`errors.json.address` name it.",
+    )
     def patch(self, data, house_id):
         """Change a house's address, use or place (its households and residents move along)
 

@@ -996,22 +996,9 @@ class _Importer:
         """The house with the row's address at the row's place: found, or created."""
         if place is None:
             raise RowError("house_address", "needs a place: give 网格编码 or 经度 and 纬度")
-        grid = (
-            House.grid_code.is_(None)
-            if place.grid_code is None
-            else House.grid_code == place.grid_code
-        )
-        found = self.session.scalars(
-            select(House)
-            .where(
-                House.county_code == place.county_code,
-                House.region_code == place.region_code,
-                grid,
-                House.address == d.house_address,
-                register.in_scope(self.scope, House),
-            )
-            .order_by(House.id)
-        ).first()
+        # The API's rule (and the unique indexes'): the place is in the caller's scope, and
+        # so is a house there.
+        found = register.house_at(self.session, place, d.house_address)
         if found is not None:
             if d.house_use and d.house_use != found.use:
                 raise RowError("house_use", "differs from the use of the house in the register")
@@ -1031,7 +1018,9 @@ class _Importer:
         try:
             with self.session.begin_nested():  # a house made for the household goes too
                 return self._write_once(d)
-        except register.DuplicateHousehold:
+        except (register.DuplicateHousehold, register.DuplicateHouse):
+            # A house registered meanwhile (POST /api/v1/houses beside the import) is
+            # joined, as it would have been had it come first.
             return self._write_once(d)
 
     def _write_once(self, d: RowData) -> tuple[int, int, str]:

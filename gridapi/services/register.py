@@ -186,6 +186,44 @@ def _point(lon: float | None, lat: float | None) -> WKTElement | None:
     return WKTElement(f"POINT({lon!r} {lat!r})", srid=4326)
 
 
+class DuplicateHouse(Conflict):
+    """A house with the address is registered at the place already. The place is in the
+    caller's scope, and so is the house: the answer names it."""
+
+    def __init__(self, house_id: int) -> None:
+        super().__init__(
+            f"A house with this address is registered at this place already: house {house_id}.",
+            errors={"json": {"address": [f"already registered at this place: house {house_id}"]}},
+        )
+        self.house_id = house_id
+
+
+def house_at(
+    session: Session, place: Place, address: str, *, other_than: int | None = None
+) -> House | None:
+    """Return the house with ``address`` at ``place`` (its community and grid), or None.
+
+    A house is its address at its place: the rule the unique indexes of ``houses`` hold,
+    by which the API refuses a second one and the import joins the one registered."""
+    grid = (
+        House.grid_code.is_(None) if place.grid_code is None else House.grid_code == place.grid_code
+    )
+    stmt = select(House).where(
+        House.region_code == place.region_code, grid, House.address == address
+    )
+    if other_than is not None:
+        stmt = stmt.where(House.id != other_than)
+    return session.scalars(stmt.order_by(House.id).limit(1)).first()
+
+
+def _house_taken(
+    session: Session, place: Place, address: str, other_than: int | None = None
+) -> DuplicateHouse | None:
+    """The conflict of ``address`` at ``place`` with a house other than ``other_than``."""
+    found = house_at(session, place, address, other_than=other_than)
+    return None if found is None else DuplicateHouse(found.id)
+
+
 def create_house(
     session: Session,
     data: dict[str, Any],
@@ -194,12 +232,16 @@ def create_house(
     snapshot: IndexSnapshot | None,
     actor: str,
 ) -> House:
+    """Register a house; DuplicateHouse (409) when its address is registered at its place."""
     place, lon, lat = resolve_place(session, data, scope, snapshot)
+    address = data["address"].strip()
+    if (error := _house_taken(session, place, address)) is not None:
+        raise error
     house = House(
         county_code=place.county_code,
         region_code=place.region_code,
         grid_code=place.grid_code,
-        address=data["address"],
+        address=address,
         use=data.get("use", "self_occupied"),
         lon=lon,
         lat=lat,
@@ -207,8 +249,9 @@ def create_house(
         routing_method=place.method,
         created_by=actor,
     )
-    session.add(house)
-    session.flush()
+    # Registered by another request (an import) between the look-up and the insert: the
+    # same answer as when it came first, naming that house, not the generic conflict.
+    add_or_conflict(session, house, lambda: _house_taken(session, place, address))
     return house
 
 
@@ -253,6 +296,30 @@ def update_house(
     Returns the house and the fields that changed."""
     house = get_house(session, house_id, scope, for_update=True)
     check_if_match(house, if_match, noun="house", required=False)
+
+    def taken() -> DuplicateHouse | None:
+        # Its new address or place registered by another request meanwhile (PostgreSQL:
+        # the unique index waited for it): the same answer as when it came first.
+        where = Place(house.region_code, house.grid_code)
+        return _house_taken(session, where, house.address, house.id)
+
+    with conflicts_as(session, taken):
+        changed = _update_house(session, house, data, scope=scope, snapshot=snapshot)
+    return house, changed
+
+
+def _update_house(
+    session: Session,
+    house: House,
+    data: dict[str, Any],
+    *,
+    scope: Scope,
+    snapshot: IndexSnapshot | None,
+) -> list[str]:
+    """Make the changes of ``update_house`` to the locked ``house`` and flush them; return
+    the fields that changed."""
+    if isinstance(data.get("address"), str):
+        data = {**data, "address": data["address"].strip()}
     # Written by the one flush at the end: an autoflush by the moves' UPDATE statements
     # cleared what changed_fields reads, and a moved house was not audited.
     with session.no_autoflush:
@@ -286,8 +353,12 @@ def update_house(
             if key in data:
                 setattr(house, key, data[key])
         changed = changed_fields(house, _HOUSE_FIELDS, data)
+        if {"address", "grid", "region", "location"} & set(changed):
+            where = Place(house.region_code, house.grid_code)
+            if (error := _house_taken(session, where, house.address, house.id)) is not None:
+                raise error
     flush_versioned(session, "house")
-    return house, changed
+    return changed
 
 
 def changed_fields(obj: Any, fields: dict[str, tuple[str, ...]], sent: Iterable[str]) -> list[str]:

@@ -122,6 +122,138 @@ def test_a_house_is_routed_to_its_grid_like_a_case(client, world):
     assert [h["id"] for h in items] == [house["id"]]
 
 
+def test_a_house_is_registered_once_at_its_address_and_place(client, world):
+    """Nothing kept a house from being registered twice: a second POST /houses with the
+    address at the same community and grid made another. Now 409 naming the house, in a
+    grid and in a region without one; a change of address or place onto another house's
+    is refused the same way. The same address at another place is another house."""
+    first = created(client.post("/api/v1/houses", json={"address": "平江路1号", "grid": A1}))
+
+    def refused(response, house_id: int) -> None:
+        assert response.status_code == 409, response.get_json()
+        body = response.get_json()
+        assert body["message"] == (
+            f"A house with this address is registered at this place already: house {house_id}."
+        )
+        assert body["errors"] == {
+            "json": {"address": [f"already registered at this place: house {house_id}"]}
+        }
+
+    refused(client.post("/api/v1/houses", json={"address": "平江路1号", "grid": A1}), first["id"])
+    refused(
+        client.post("/api/v1/houses", json={"address": " 平江路1号 ", "location": point(0)}),
+        first["id"],
+    )
+    in_region = created(
+        client.post("/api/v1/houses", json={"address": "平江路1号", "region": COMMUNITY_A})
+    )
+    refused(
+        client.post("/api/v1/houses", json={"address": "平江路1号", "region": COMMUNITY_A}),
+        in_region["id"],
+    )
+    other = created(client.post("/api/v1/houses", json={"address": "平江路1号", "grid": A2}))
+    refused(client.patch(f"/api/v1/houses/{other['id']}", json={"grid": A1}), first["id"])
+    second = created(client.post("/api/v1/houses", json={"address": "平江路3号", "grid": A1}))
+    refused(
+        client.patch(f"/api/v1/houses/{second['id']}", json={"address": "平江路1号"}), first["id"]
+    )
+    # refused, nothing changed; sent with its own address, no conflict with itself
+    assert client.get(f"/api/v1/houses/{other['id']}").get_json()["grid"] == A2
+    r = client.patch(
+        f"/api/v1/houses/{first['id']}", json={"address": "平江路1号", "use": "rented"}
+    )
+    assert created(r, 200)["use"] == "rented"
+    items = client.get("/api/v1/houses?address=平江路1号").get_json()["items"]
+    assert sorted(h["id"] for h in items) == sorted([first["id"], in_region["id"], other["id"]])
+
+
+def test_a_house_registered_by_an_import_is_not_registered_again_by_the_api(client, world, engine):
+    """The import and POST /houses follow one rule: a house the import registered is a 409
+    for the API, naming it; one the API registered is joined by the import's rows."""
+
+    def import_rows(*rows: str) -> dict:
+        content = ("姓名,身份证号,房屋地址,网格编码\n" + "\n".join(rows) + "\n").encode()
+        r = client.post(
+            "/api/v1/persons/import",
+            data={"file": (io.BytesIO(content), "people.csv")},
+            content_type="multipart/form-data",
+        )
+        assert r.status_code == 200, r.get_json()
+        return r.get_json()
+
+    assert import_rows(f"张三,{make_id(seq='101')},平江路1号,{A1}")["houses_created"] == 1
+    (imported,) = client.get("/api/v1/houses").get_json()["items"]
+    r = client.post("/api/v1/houses", json={"address": "平江路1号", "grid": A1})
+    assert r.status_code == 409, r.get_json()
+    assert r.get_json()["errors"]["json"]["address"] == [
+        f"already registered at this place: house {imported['id']}"
+    ]
+    house = created(client.post("/api/v1/houses", json={"address": "平江路2号", "grid": A1}))
+    assert import_rows(f"李四,{make_id(seq='102')},平江路2号,{A1}")["houses_created"] == 0
+    (li,) = client.get("/api/v1/persons?name=李").get_json()["items"]
+    assert li["house_id"] == house["id"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM houses")).scalar_one() == 2
+
+
+def test_a_house_registered_meanwhile_is_named_not_registered_twice(app, client, world, engine):
+    """Two requests registering one house at once (PostgreSQL: threads, real connections)
+    both looked before either had committed, and both inserted it. The second now waits in
+    the unique index for the first, looks again, and answers as if the first had come
+    first: POST /houses the 409 naming the house, an import's row joins it. (SQLite: the
+    second runs after the first, the sequential case.)"""
+    from gridapi.models import House
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+
+    def uncommitted_house(session, address: str) -> None:
+        session.add(
+            House(
+                county_code=COMMUNITY_A[:6],
+                region_code=COMMUNITY_A,
+                grid_code=A1,
+                address=address,
+                created_by="user:other",
+            )
+        )
+
+    with st.sessions() as session:  # another request's house, inserted, not committed
+        uncommitted_house(session, "平江路7号")
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "houses",
+            lambda: client.post("/api/v1/houses", json={"address": "平江路7号", "grid": A1}),
+        )
+    (theirs,) = client.get("/api/v1/houses?address=平江路7号").get_json()["items"]
+    assert r.status_code == 409, r.get_json()
+    assert r.get_json()["errors"]["json"]["address"] == [
+        f"already registered at this place: house {theirs['id']}"
+    ]
+    content = f"姓名,身份证号,房屋地址,网格编码\n张三,{make_id(seq='103')},平江路8号,{A1}\n"
+    with st.sessions() as session:
+        uncommitted_house(session, "平江路8号")
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "houses",
+            lambda: client.post(
+                "/api/v1/persons/import",
+                data={"file": (io.BytesIO(content.encode()), "people.csv")},
+                content_type="multipart/form-data",
+            ),
+        )
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["imported"], r.get_json()["houses_created"]) == (1, 0)
+    (theirs,) = client.get("/api/v1/houses?address=平江路8号").get_json()["items"]
+    (zhang,) = client.get("/api/v1/persons?name=张").get_json()["items"]
+    assert zhang["house_id"] == theirs["id"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM houses")).scalar_one() == 2
+
+
 def test_moving_a_house_moves_its_households_residents_and_records(client, world, household):
     person = add_person(client, household["id"], relation="head")
     record = created(
