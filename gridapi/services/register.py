@@ -297,14 +297,20 @@ def update_house(
     house = get_house(session, house_id, scope, for_update=True)
     check_if_match(house, if_match, noun="house", required=False)
 
+    written: dict[str, Any] = {}
+
     def taken() -> DuplicateHouse | None:
         # Its new address or place registered by another request meanwhile (PostgreSQL:
-        # the unique index waited for it): the same answer as when it came first.
-        where = Place(house.region_code, house.grid_code)
-        return _house_taken(session, where, house.address, house.id)
+        # the unique index waited for it): the same answer as when it came first. What was
+        # written is read from ``written``: the rollback expired the house's attributes.
+        if not written:
+            return None
+        return _house_taken(session, written["place"], written["address"], house_id)
 
     with conflicts_as(session, taken):
-        changed = _update_house(session, house, data, scope=scope, snapshot=snapshot)
+        changed = _update_house(
+            session, house, data, scope=scope, snapshot=snapshot, written=written
+        )
     return house, changed
 
 
@@ -315,9 +321,11 @@ def _update_house(
     *,
     scope: Scope,
     snapshot: IndexSnapshot | None,
+    written: dict[str, Any],
 ) -> list[str]:
     """Make the changes of ``update_house`` to the locked ``house`` and flush them; return
-    the fields that changed."""
+    the fields that changed. Its place and address are left in ``written`` before the
+    flush."""
     if isinstance(data.get("address"), str):
         data = {**data, "address": data["address"].strip()}
     # Written by the one flush at the end: an autoflush by the moves' UPDATE statements
@@ -357,6 +365,7 @@ def _update_house(
             where = Place(house.region_code, house.grid_code)
             if (error := _house_taken(session, where, house.address, house.id)) is not None:
                 raise error
+            written.update(place=where, address=house.address)
     flush_versioned(session, "house")
     return changed
 

@@ -250,8 +250,25 @@ def test_a_house_registered_meanwhile_is_named_not_registered_twice(app, client,
     (theirs,) = client.get("/api/v1/houses?address=平江路8号").get_json()["items"]
     (zhang,) = client.get("/api/v1/persons?name=张").get_json()["items"]
     assert zhang["house_id"] == theirs["id"]
+    # a house given, by a change, the address another request registers meanwhile
+    mine = created(client.post("/api/v1/houses", json={"address": "平江路9号", "grid": A1}))
+    with st.sessions() as session:
+        uncommitted_house(session, "平江路10号")
+        r = send_while_uncommitted(
+            engine,
+            session,
+            "houses",
+            lambda: client.patch(f"/api/v1/houses/{mine['id']}", json={"address": "平江路10号"}),
+            waits_in="UPDATE houses",
+        )
+    (theirs,) = client.get("/api/v1/houses?address=平江路10号").get_json()["items"]
+    assert r.status_code == 409, r.get_json()
+    assert r.get_json()["errors"]["json"]["address"] == [
+        f"already registered at this place: house {theirs['id']}"
+    ]
+    assert client.get(f"/api/v1/houses/{mine['id']}").get_json()["address"] == "平江路9号"
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM houses")).scalar_one() == 2
+        assert conn.execute(text("SELECT count(*) FROM houses")).scalar_one() == 4
 
 
 def test_moving_a_house_moves_its_households_residents_and_records(client, world, household):
