@@ -63,7 +63,11 @@ class PlaceFields(StrictSchema):
         validate=GRID, metadata={"description": "The grid (wins over a routed point)."}
     )
     region = fields.String(
-        validate=REGION, metadata={"description": "A community, when no grid is known."}
+        validate=REGION,
+        metadata={
+            "description": "A community, when no grid is known (a township or a county "
+            "will do; a city or a province is a 422: rows lie in a county)."
+        },
     )
 
     @validates_schema

@@ -225,11 +225,9 @@ def route_point(
         return Routed(lon, lat, grid, match.method, match.distance_m, grid["community_code"])
     chain = snapshot.regions_for_point(lon, lat)
     if chain:
-        return Routed(
-            lon, lat, None, NONE, None, _in_a_county(snapshot, lon, lat, chain[0]["code"])
-        )
+        return Routed(lon, lat, None, NONE, None, in_a_county(snapshot, lon, lat, chain[0]["code"]))
     if fallback_region:
-        return Routed(lon, lat, None, NONE, None, _in_a_county(snapshot, lon, lat, fallback_region))
+        return Routed(lon, lat, None, NONE, None, in_a_county(snapshot, lon, lat, fallback_region))
     if len(snapshot.grids):
         nearest = snapshot.nearest_grid(lon, lat)
         return Routed(lon, lat, None, NONE, None, snapshot.grids[nearest]["community_code"])
@@ -239,7 +237,7 @@ def route_point(
     )
 
 
-def _in_a_county(snapshot: IndexSnapshot, lon: float, lat: float, code: str) -> str:
+def in_a_county(snapshot: IndexSnapshot, lon: float, lat: float, code: str) -> str:
     """Return ``code``, or for a city or a province the county under it nearest the point.
 
     A case taken in at a city's level had the county code "320500", no county's: its

@@ -21,6 +21,7 @@ from sqlalchemy import case, delete, inspect, or_, select, update
 from sqlalchemy.orm import Session
 
 from .. import clock
+from ..codes import region_level
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.crs import no_fix, to_wgs84
 from ..models import AuditEntry, Grid, IdempotencyKey
@@ -122,12 +123,19 @@ def place_of_grid(session: Session, code: str, scope: Scope, field: str = "grid"
 
 
 def place_of_region(session: Session, code: str, scope: Scope, field: str = "region") -> Place:
+    """Return the place of a region of county level or below in the scope; 422 otherwise.
+
+    A city or a province is no place of the register: its rows carry a county's code (the
+    unit household and ID numbers are unique within, the key rows are distributed by), and
+    a house placed at "苏州市" had the county code "320500", no county's."""
     try:
         get_region(session, code, scope=scope)  # the current period of the region
     except NotFound:
         raise _invalid(field, f"no region {code} in your scope") from None
     if not scope.covers_region(code):  # an ancestor is readable, but holds nothing of ours
         raise _invalid(field, f"no region {code} in your scope")
+    if region_level(code) in ("city", "province"):
+        raise _invalid(field, "is a city or a province: name its county, township or community")
     return Place(code, None)
 
 
@@ -146,7 +154,9 @@ def place_of_point(
         chain = snapshot.regions_for_point(lon, lat)
         if not chain:
             raise _invalid("location", "outside every known region")
-        place = Place(chain[0]["code"], None, "none")
+        # Held by a city or a province only: the county under it nearest the point takes
+        # it, as it takes a case in (cases.in_a_county), so the row carries a county code.
+        place = Place(cases_svc.in_a_county(snapshot, lon, lat, chain[0]["code"]), None, "none")
     if scope is not None:
         place = _check_place(place, scope, "location")
     return place, lon, lat

@@ -271,6 +271,54 @@ def test_a_house_registered_meanwhile_is_named_not_registered_twice(app, client,
         assert conn.execute(text("SELECT count(*) FROM houses")).scalar_one() == 4
 
 
+def test_register_rows_lie_in_a_county_never_in_a_city(client, world, engine):
+    """A house placed at a city ("region": 苏州市, or a point only a city's boundary holds)
+    carried the city's code as its county code ("320500", no county's), and its households
+    and residents with it. A point only a city holds now goes to the county under it nearest
+    the point, as a case does; a city or a province named as the region is a 422."""
+    from ..factories import CITY, COUNTY, PROVINCE, collection, feature, rectangle, square
+
+    nantong, chongchuan = "320600000000", "320602000000"
+    community = "320602001001"
+    rows = [
+        {"code": nantong, "name": "南通市", "boundary": rectangle(20, 0, 30, 5)},
+        {"code": chongchuan, "name": "崇川区"},
+        {"code": "320602001000", "name": "和平桥街道", "boundary": rectangle(28, 0, 29, 1)},
+        {"code": community, "name": "和平桥社区", "boundary": rectangle(28, 0, 29, 1)},
+    ]
+    assert client.post("/api/v1/regions/import", json=rows).status_code == 200
+    world.grid_version(collection(feature(community + "001", square(28, 0))))
+    for region in (CITY, PROVINCE, nantong):
+        r = client.post("/api/v1/houses", json={"address": "人民路1号", "region": region})
+        assert r.status_code == 422, r.get_json()
+        assert r.get_json()["errors"] == {
+            "json": {"region": ["is a city or a province: name its county, township or community"]}
+        }
+    in_county = created(
+        client.post("/api/v1/houses", json={"address": "人民路1号", "region": COUNTY})
+    )
+    assert in_county["county_code"] == "320508"
+    only_the_city = {"type": "Point", "coordinates": center(21)}
+    only_the_city["coordinates"][1] += 2 * STEP
+    house = created(
+        client.post("/api/v1/houses", json={"address": "人民路2号", "location": only_the_city})
+    )
+    assert (house["region_code"], house["county_code"], house["grid"]) == (
+        chongchuan,
+        "320602",
+        None,
+    )
+    household = created(
+        client.post("/api/v1/households", json={"number": "NT-1", "location": only_the_city})
+    )
+    assert (household["region_code"], household["county_code"]) == (chongchuan, "320602")
+    with engine.connect() as conn:
+        codes = conn.execute(
+            text("SELECT county_code FROM houses UNION SELECT county_code FROM households")
+        ).scalars()
+        assert sorted(set(codes)) == ["320508", "320602"]
+
+
 def test_moving_a_house_moves_its_households_residents_and_records(client, world, household):
     person = add_person(client, household["id"], relation="head")
     record = created(
