@@ -109,6 +109,7 @@ class House(Base):
         # placed in a region without a grid.
         Index(
             "ix_houses_one_per_address_in_grid",
+            "county_code",  # a unique index of a table distributed by county holds the key
             "region_code",
             "grid_code",
             "address",
@@ -118,6 +119,7 @@ class House(Base):
         ),
         Index(
             "ix_houses_one_per_address_in_region",
+            "county_code",  # a unique index of a table distributed by county holds the key
             "region_code",
             "address",
             unique=True,

@@ -12,7 +12,7 @@ deleted. Households and residents moved get a new version (their ``house_id`` ch
 Each merge leaves an audit row, ``house.merge`` on the kept house, naming the ids merged
 into it (ids only), so the trail says where a deleted house went.
 
-Revision ID: 0039_reg
+Revision ID: 0039
 Revises: 0038
 Create Date: 2026-12-01
 """
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0039_reg"
+revision = "0039"
 down_revision = "0038"
 branch_labels = None
 depends_on = None
@@ -46,10 +46,15 @@ _AUDIT = sa.table(
 
 def _merge_duplicates() -> None:
     conn = op.get_bind()
+    # Only the houses of addresses registered more than once (one pass with a window, both
+    # engines): the whole table in Python would be millions of rows.
     rows = conn.execute(
         sa.text(
-            "SELECT id, region_code, coalesce(grid_code, '') AS grid, address FROM houses "
-            "ORDER BY region_code, grid, address, id"
+            "SELECT id, region_code, grid, address FROM ("
+            " SELECT id, region_code, coalesce(grid_code, '') AS grid, address,"
+            " count(*) OVER (PARTITION BY region_code, coalesce(grid_code, ''), address) AS n"
+            " FROM houses) AS h "
+            "WHERE n > 1 ORDER BY region_code, grid, address, id"
         )
     ).all()
     keeper: dict[tuple[str, str, str], int] = {}
@@ -108,7 +113,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_houses_one_per_address_in_grid",
         "houses",
-        ["region_code", "grid_code", "address"],
+        ["county_code", "region_code", "grid_code", "address"],
         unique=True,
         postgresql_where=sa.text("grid_code IS NOT NULL"),
         sqlite_where=sa.text("grid_code IS NOT NULL"),
@@ -116,7 +121,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_houses_one_per_address_in_region",
         "houses",
-        ["region_code", "address"],
+        ["county_code", "region_code", "address"],
         unique=True,
         postgresql_where=sa.text("grid_code IS NULL"),
         sqlite_where=sa.text("grid_code IS NULL"),
