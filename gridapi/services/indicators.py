@@ -289,19 +289,43 @@ def located_in(code: str) -> ColumnElement[bool]:
     return starts_with(Case.county_code, prefix)
 
 
-def check_region(session: Session, scope: Scope, code: str, name: str = "region") -> Region:
-    """Return the current region ``code`` if the scope covers it; NotFound otherwise.
+def check_region(
+    session: Session,
+    scope: Scope,
+    code: str,
+    name: str = "region",
+    *,
+    start: date | None = None,
+    end: date | None = None,
+) -> Region:
+    """Return the region ``code`` as it was in the period [``start``, ``end``) if the scope
+    covers it; NotFound otherwise.
 
+    The period of the region is the latest one valid on some day of the asked period up to
+    today: a township merged away since still answers for the months it existed, and a
+    rename planned for later is not its name yet. Without a period, the one valid today.
     Out of scope answers as a region that does not exist.
     """
     try:
         region_level(code)
     except InvalidCode as exc:
         raise Unprocessable("Invalid region.", errors={"query": {name: [str(exc)]}}) from None
-    # The period valid today: a township whose merger is planned (an end next month) is still
-    # there, and a rename planned for later is not its name yet.
-    region = session.scalar(select(Region).where(Region.code == code, valid_on(clock.today())))
-    if region is None or not scope.covers_region(code):
+    if not scope.covers_region(code):
+        raise NotFound("No such region.")
+    today = clock.today()
+    last = today if end is None else min(end - timedelta(days=1), today)
+    first = last if start is None else min(start, last)
+    region = session.scalar(
+        select(Region)
+        .where(
+            Region.code == code,
+            or_(Region.valid_from.is_(None), Region.valid_from <= last),
+            or_(Region.valid_to.is_(None), Region.valid_to >= first),
+        )
+        .order_by(func.coalesce(Region.valid_from, date.min).desc())
+        .limit(1)
+    )
+    if region is None:
         raise NotFound("No such region.")
     return region
 
@@ -623,7 +647,9 @@ def _group_for(by: str | None) -> list[ColumnElement[Any]]:
     return []
 
 
-def _labels(session: Session, by: str, keys: Iterable[tuple[Any, ...]]) -> dict[Any, str]:
+def _labels(
+    session: Session, by: str, keys: Iterable[tuple[Any, ...]], day: date
+) -> dict[Any, str]:
     keys = list(keys)
     if by == "category":
         codes = sorted({k[0] for k in keys})
@@ -635,9 +661,7 @@ def _labels(session: Session, by: str, keys: Iterable[tuple[Any, ...]]) -> dict[
         names: dict[Any, str] = {}
         if regions:
             rows = session.execute(
-                select(Region.code, Region.name).where(
-                    Region.code.in_(regions), valid_on(clock.today())
-                )
+                select(Region.code, Region.name).where(Region.code.in_(regions), valid_on(day))
             )
             names.update({code: name for code, name in rows})
         if depts:
@@ -673,11 +697,11 @@ def indicators(
     where: list[ColumnElement[bool]] = []
     subject: dict[str, Any] = {}
     if region_code:
-        region = check_region(session, scope, region_code)
+        region = check_region(session, scope, region_code, start=args["from"], end=args["to"])
         where.append(located_in(region_code))
         subject["region"] = {"code": region.code, "name": region.name, "level": region.level}
     if unit:
-        held = check_region(session, scope, unit, "unit")
+        held = check_region(session, scope, unit, "unit", start=args["from"], end=args["to"])
         where.append(Case.responsible_region_code == unit)
         subject["unit"] = {"code": held.code, "name": held.name, "level": held.level}
     if args.get("department") is not None:
@@ -724,7 +748,9 @@ def indicators(
             for i, p in enumerate(parts)
         ]
     elif by:
-        labels = _labels(session, by, [k[1:] for k in found])
+        # The units' names on the period's last day (up to today): one merged since has its own.
+        day = min(end - timedelta(days=1), clock.today())
+        labels = _labels(session, by, [k[1:] for k in found], day)
         items = []
         for key in sorted(found, key=lambda k: tuple("" if v is None else str(v) for v in k)):
             item: dict[str, Any]
@@ -827,8 +853,8 @@ def bulletin(
     NotFound for an unknown or out-of-scope region, Unprocessable for a malformed month or
     one that has not begun (this month's is the month so far).
     """
-    region = check_region(session, scope, region_code, "region")
     first, after = month_period(month)
+    region = check_region(session, scope, region_code, "region", start=first, end=after)
     if first > now.astimezone(tz).date():  # it ranked every child region 0 of 0
         raise Unprocessable(
             "The month has not begun.",

@@ -486,3 +486,41 @@ def test_a_township_whose_end_is_planned_has_indicators_until_then(client, cases
     body = get(client, f"region={TOWNSHIP}&from=2026-03-01&to=2026-04-01")
     assert body["region"]["code"] == TOWNSHIP
     assert body["indicators"] == MARCH_TOWNSHIP
+
+
+def test_a_merged_townships_past_months_still_answer(app, client, cases):
+    """A township merged away last month (its period ended) answered 404 "No such region"
+    for the months it existed, although the county centre must still read them: the region
+    is looked up as it was in the period asked. A period after its end is still a 404."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from gridapi import clock
+    from gridapi.models import Region
+
+    ended = clock.today().replace(day=1) - timedelta(days=1)
+    with app.extensions["gridapi"].sessions.begin() as session:
+        session.execute(update(Region).where(Region.code == TOWNSHIP).values(valid_to=ended))
+    body = get(client, f"region={TOWNSHIP}&from=2026-03-01&to=2026-04-01")
+    assert body["region"] == {"code": TOWNSHIP, "name": "平江街道", "level": "township"}
+    assert body["indicators"] == MARCH_TOWNSHIP
+    body = get(client, f"unit={TOWNSHIP}&from=2026-03-01&to=2026-04-01")
+    assert body["unit"]["code"] == TOWNSHIP
+    body = get(client, f"region={TOWNSHIP}&from=2026-03-01&to=2026-04-01&by=unit")
+    names = {i["unit"]: i["name"] for i in body["items"] if i["department_id"] is None}
+    assert names[TOWNSHIP] == "平江街道"  # its name then, not "" for a region gone today
+    # A period reaching past its end still has its months; one wholly after it has not.
+    get(client, f"region={TOWNSHIP}&from=2026-03-01&to={clock.today().isoformat()}")
+    after = ended + timedelta(days=1)
+    r = client.get(
+        f"/api/v1/indicators?region={TOWNSHIP}&from={after.isoformat()}"
+        f"&to={(after + timedelta(days=1)).isoformat()}"
+    )
+    assert r.status_code == 404, r.get_json()
+    r = client.get(f"/api/v1/bulletins/{TOWNSHIP}/2026-03")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["region"]["code"] == TOWNSHIP
+    assert r.get_json()["total"] == MARCH_TOWNSHIP
+    r = client.get(f"/api/v1/bulletins/{TOWNSHIP}/{clock.today().isoformat()[:7]}")
+    assert r.status_code == 404, r.get_json()
