@@ -177,11 +177,12 @@ class GridVersionGrids(MethodView):
         Streams every grid of the version, draft, active or retired, ordered by code, as
         `application/geo+json` in WGS-84 with the properties `code`, `name`, `type`,
         `community_code` and `version_id`, so a draft can be reviewed on a map before activation.
-        Needs `grids:read`; only grids inside the caller's scope are included, and a version outside
-        it answers 404. The answer carries an ETag; send it as `If-None-Match` to get 304 while
-        nothing has changed.
+        Needs `grids:read`; only grids inside the caller's scope are included: a township office or
+        a grid worker reads its own grids of the county's version. A version of which the caller
+        sees neither the region nor any grid answers 404. The answer carries an ETag; send it as
+        `If-None-Match` to get 304 while nothing has changed.
         """
-        svc.get_version(db_session(), version_id, scope=_scope())
+        svc.check_version_seen(db_session(), version_id, scope=_scope())
         return _geojson_response(version_id=version_id)
 
 

@@ -1183,12 +1183,10 @@ DESIGNED: dict[Cell, tuple[int, str]] = {
     **{
         (method, path, actor, "in"): (
             404,
-            "an account scoped to grids sees grids, never a grid version (a region's object)",
+            "an account scoped to grids sees grids, never a grid version (a region's object): "
+            "it reads its own grids of a version (/grid-versions/{id}/grids), not the version",
         )
-        for method, path in (
-            ("GET", "/api/v1/grid-versions/{version_id}"),
-            ("GET", "/api/v1/grid-versions/{version_id}/grids"),
-        )
+        for method, path in (("GET", "/api/v1/grid-versions/{version_id}"),)
         for actor in ("grid_worker", "grid_chief")
     },
     **{

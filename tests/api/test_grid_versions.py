@@ -715,3 +715,36 @@ def test_an_import_answers_alike_for_a_community_out_of_scope_and_a_missing_one(
         )
         assert out_of_scope == missing, (query, out_of_scope, missing)
     assert answer(nobodys, with_one_of(nobodys))[0] == 201
+
+
+def test_a_narrower_caller_reads_its_own_grids_of_a_larger_regions_version(
+    factory, client, accounts
+):
+    """/grid-versions/{id}/grids admitted only callers whose scope covered the version's whole
+    region: a community officer, or a grid worker, of the township's version got 404 for its
+    own grids, which /grids/export?version= gave it. It now gets the grids inside its scope,
+    and a caller who sees none of them still gets 404, as for a version that does not exist."""
+    factory.regions()
+    version = factory.grid_version()
+    assert version["region_code"] == TOWNSHIP
+    path = f"/api/v1/grid-versions/{version['id']}/grids"
+
+    def codes(caller) -> list[str]:  # type: ignore[no-untyped-def]
+        r = caller.get(path, buffered=True)
+        assert r.status_code == 200, r.get_data(as_text=True)
+        return [f["properties"]["code"] for f in json.loads(r.get_data())["features"]]
+
+    assert codes(client) == [A1, A2, B1, B2]
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    assert codes(officer) == [A1, A2]
+    worker = accounts.client("worker", "grid_worker", grids=[B2])
+    assert codes(worker) == [B2]
+    ok_ = client.post("/api/v1/regions", json={"code": "320508002000", "name": "观前街道"})
+    assert ok_.status_code == 201, ok_.get_json()
+    other = accounts.client("other", "township_office", scope_region="320508002000")
+    hidden = other.get(path)
+    missing = other.get(f"/api/v1/grid-versions/{version['id'] + 1}/grids")
+    assert hidden.status_code == 404, hidden.get_data(as_text=True)
+    assert hidden.get_json() == missing.get_json()
+    # The version itself (its report covers the whole township) stays the region's.
+    assert worker.get(f"/api/v1/grid-versions/{version['id']}").status_code == 404
