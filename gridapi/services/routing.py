@@ -119,6 +119,7 @@ class IndexSnapshot:
         self._encoded: dict[int, bytes] = {}
         self._by_code: dict[str, int] | None = None
         self._build_cells()
+        self._build_county_trees()
 
     def __len__(self) -> int:
         return len(self.grids)
@@ -308,11 +309,33 @@ class IndexSnapshot:
         planar = shapely.transform(self.geoms[cand], to_plane)
         return int(cand[int(np.argmin(shapely.distance(planar, origin)))])
 
+    def _build_county_trees(self) -> None:
+        """Index, per city and per province, the grids of the counties under it (a tree each).
+
+        ``nearest_county`` then searches a few grids near the point instead of measuring the
+        distance to every grid of the city (O(grids) per city-level report).
+        """
+        self._county_trees: dict[str, tuple[np.ndarray, STRtree]] = {}
+        known = {c for c, r in self.regions.items() if r["level"] == "county"}
+        if not known or not len(self.grids):
+            return
+        counties = np.array([g["community_code"][:6].ljust(12, "0") for g in self.grids])
+        placed = np.flatnonzero(np.isin(counties, sorted(known)))
+        for digits in (2, 4):  # a province's subtree prefix, a city's
+            keys = np.array([c[:digits] for c in counties[placed]], dtype=object)
+            for key in np.unique(keys).tolist():
+                under = placed[keys == key]  # ascending: a lower index is a lower code
+                self._county_trees[key] = (under, STRtree(self.geoms[under]))
+
     def nearest_county(self, lon: float, lat: float, code: str) -> str | None:
         """Return the county under region ``code`` (a city or a province) nearest the point:
         the county of the grid in service under ``code`` nearest on the ground (ties to the
         lowest code); without such a grid, the county of the lowest code under it; None when
         no county is under it (a city without counties: 东莞's townships are its own).
+
+        The grids under ``code`` are searched with their tree: the one nearest in degrees
+        bounds the ground distance, and only the grids within it are measured in a local
+        plane of metres, as ``nearest_grid`` does.
         """
         prefix = subtree_prefix(code)
         counties = sorted(
@@ -320,15 +343,12 @@ class IndexSnapshot:
         )
         if not counties:
             return None
-        known = set(counties)
-        under = np.array(
-            [
-                i
-                for i, g in enumerate(self.grids)
-                if g["community_code"][:6].ljust(12, "0") in known
-            ],
-            dtype=int,
-        )
+        indexed = self._county_trees.get(prefix)
+        if indexed is None:  # not a city's or a province's prefix: measured one by one
+            under = self._grids_under_counties(set(counties))
+            tree = None
+        else:
+            under, tree = indexed
         if not under.size:
             return counties[0]
         kx, ky = metres_per_degree(lat)
@@ -336,9 +356,27 @@ class IndexSnapshot:
         def to_plane(c: np.ndarray) -> np.ndarray:
             return np.column_stack([(c[:, 0] - lon) * kx, (c[:, 1] - lat) * ky])
 
+        origin = shapely.points(0.0, 0.0)
+        if tree is not None:
+            point = shapely.points(lon, lat)
+            first = int(under[int(tree.nearest(point))])
+            reach = float(shapely.distance(shapely.transform(self.geoms[first], to_plane), origin))
+            near = tree.query(point, predicate="dwithin", distance=metres_to_degrees(reach, lat))
+            under = under[np.sort(near)] if near.size else np.array([first])
         planar = shapely.transform(self.geoms[under], to_plane)
-        nearest = int(under[int(np.argmin(shapely.distance(planar, shapely.points(0.0, 0.0))))])
+        nearest = int(under[int(np.argmin(shapely.distance(planar, origin)))])
         return self.grids[nearest]["community_code"][:6].ljust(12, "0")
+
+    def _grids_under_counties(self, known: set[str]) -> np.ndarray:
+        """Return the indices of the grids whose county is in ``known``, ascending."""
+        return np.array(
+            [
+                i
+                for i, g in enumerate(self.grids)
+                if g["community_code"][:6].ljust(12, "0") in known
+            ],
+            dtype=np.int64,
+        )
 
     def regions_for_point(self, lon: float, lat: float) -> list[dict[str, Any]]:
         """Return the chain of the smallest region whose boundary covers the point, or []."""

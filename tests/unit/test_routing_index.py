@@ -227,3 +227,81 @@ def test_batch_answers_are_the_single_answers_outside_grids_and_on_region_edges(
         ("none", "township"),  # the community without grids or boundary
         ("none", None),  # outside every region
     } <= outcomes
+
+
+def _city_of_counties(seed: int) -> IndexSnapshot:
+    """Grids of nine counties of 苏州 scattered over one degree, slanted and interleaved, and
+    a second city (无锡) whose counties have no grid in service."""
+    rng = random.Random(seed)
+    regions = {}
+
+    def region(code: str, level: str, parent: str | None) -> None:
+        regions[code] = {
+            "level": level,
+            "parent_code": parent,
+            "api": {"code": code, "name": code, "level": level},
+        }
+
+    region("320000000000", "province", None)
+    region("320500000000", "city", "320000000000")
+    region("320200000000", "city", "320000000000")
+    region("320205000000", "county", "320200000000")
+    region("320206000000", "county", "320200000000")
+    rows = []
+    for county in range(1, 10):
+        code = f"3205{county:02d}000000"
+        region(code, "county", "320500000000")
+        for grid in range(60):
+            x, y = 120.0 + rng.random(), 31.0 + rng.random()
+            w, h = rng.uniform(0.002, 0.02), rng.uniform(0.002, 0.02)
+            skew = rng.uniform(-0.01, 0.01)  # slanted edges: degrees are not ground
+            ring = [(x, y), (x + w, y + skew), (x + w, y + h + skew), (x, y + h), (x, y)]
+            rows.append((f"3205{county:02d}001001{grid:03d}", shapely.Polygon(ring)))
+    # Two grids of two counties equally far from a point between them: the lower code wins.
+    rows.append(("320509001001900", shapely.box(121.5, 31.5, 121.6, 31.6)))
+    rows.append(("320508001001900", shapely.box(121.7, 31.5, 121.8, 31.6)))
+    rows.sort()
+    index_rows = [
+        (i, code, code, "basic", code[:12], 1, shapely.to_wkb(geom))
+        for i, (code, geom) in enumerate(rows)
+    ]
+    return IndexSnapshot(1, index_rows, regions, [], snap_meters=50)
+
+
+def _nearest_county_by_every_grid(snap: IndexSnapshot, lon: float, lat: float, code: str):
+    """The rule, measured against every grid under ``code``: the county of the grid nearest
+    on the ground (a local plane of metres around the point), ties to the lowest code."""
+    from gridapi.geo.geodesy import metres_per_degree
+
+    prefix = code[:4] if code[2:4] != "00" else code[:2]
+    counties = sorted(
+        c for c, r in snap.regions.items() if r["level"] == "county" and c.startswith(prefix)
+    )
+    under = [i for i, g in enumerate(snap.grids) if g["community_code"][:6] + "000000" in counties]
+    if not under:
+        return counties[0] if counties else None
+    kx, ky = metres_per_degree(lat)
+    planar = shapely.transform(
+        snap.geoms[under],
+        lambda c: np.column_stack([(c[:, 0] - lon) * kx, (c[:, 1] - lat) * ky]),
+    )
+    distances = shapely.distance(planar, shapely.Point(0, 0))
+    return snap.grids[under[int(np.argmin(distances))]]["community_code"][:6] + "000000"
+
+
+def test_the_nearest_county_from_the_tree_is_that_of_the_nearest_grid_of_all():
+    """A city's report outside every grid measured its distance to every grid of the city
+    (O(grids) a report); the search with a tree per city and province picks the same county
+    as that rule for every point: near, far, between, inside, and at an exact tie."""
+    snap = _city_of_counties(11)
+    rng = random.Random(5)
+    points = [(rng.uniform(119.5, 121.5), rng.uniform(30.5, 32.5)) for _ in range(400)]
+    points += [(121.65, 31.55), (121.65, 31.7), (100.0, 10.0), (120.5, 31.5)]
+    for code in ("320500000000", "320000000000"):
+        for lon, lat in points:
+            expected = _nearest_county_by_every_grid(snap, lon, lat, code)
+            assert snap.nearest_county(lon, lat, code) == expected, (code, lon, lat)
+    assert snap.nearest_county(121.65, 31.55, "320500000000") == "320508000000"
+    # A city whose counties have no grid: its lowest county; one without counties: None.
+    assert snap.nearest_county(120.5, 31.5, "320200000000") == "320205000000"
+    assert snap.nearest_county(120.5, 31.5, "320300000000") is None
