@@ -142,6 +142,9 @@ def _post_worker_init(worker: Any) -> None:
     try:
         with app.app_context():
             routing.snapshot()
+        # Frozen even when it was built before (no rebuild to call after_rebuild); after a
+        # build the collection finds almost nothing left to walk.
+        freeze_long_lived()
     except DBAPIError as exc:
         # A worker respawned while the database restarts: raising here is gunicorn's "Worker
         # failed to boot", which halts the master and the API with it. The first request

@@ -255,6 +255,8 @@ def app(settings: Settings):  # type: ignore[no-untyped-def]
     application = create_app(settings)
     application.config["TESTING"] = True
     yield application
+    # A routing index rebuilt in the background reads the database: done before it goes.
+    application.extensions["gridapi"].routing.wait_for_rebuild(60)
     application.extensions["gridapi"].engine.dispose()
 
 

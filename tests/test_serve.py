@@ -335,6 +335,20 @@ def test_a_worker_keeps_its_routing_index_out_of_full_collections(factory, app):
         routing.invalidate()
         routing.snapshot()
         assert gc.get_freeze_count() > 0
+        # A rebuild in the background (another process moved the generation) freezes the
+        # new index too, once it serves.
+        gc.unfreeze()
+        old = routing.snapshot()
+        with app.extensions["gridapi"].engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE index_generations SET generation = generation + 1 WHERE name = 'grids'"
+                )
+            )
+        assert routing.snapshot() is old  # answered from the old one; the rebuild has begun
+        assert routing.wait_for_rebuild(60)
+        assert routing.snapshot().generation == old.generation + 1
+        assert gc.get_freeze_count() > 0
     finally:
         routing.after_rebuild = None
         gc.unfreeze()

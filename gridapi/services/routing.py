@@ -526,7 +526,16 @@ def region_chain(code: str, regions: dict[str, dict[str, Any]]) -> list[dict[str
 
 
 class RoutingIndex:
-    """The per-process holder of the current snapshot; refreshes when the generation moves."""
+    """The per-process holder of the current snapshot.
+
+    A request is answered from the snapshot at hand; when the generation has moved (a version
+    activated or a region edited by another process) or the county's date has changed
+    (midnight), a new snapshot is built in a background thread, one builder at a time, and
+    replaces the old one in a single assignment when complete: no request waits for the
+    rebuild (≈ 3 s at 200,000 grids) and none sees a half-built index. Only the first build,
+    when there is nothing to serve, and a change this process made itself (``invalidate``)
+    are waited for.
+    """
 
     def __init__(self, engine: Engine, snap_meters: float, refresh_seconds: float) -> None:
         self.engine = engine
@@ -534,58 +543,112 @@ class RoutingIndex:
         self.refresh_seconds = refresh_seconds
         self._snapshot: IndexSnapshot | None = None
         self._checked_at = 0.0
-        self._lock = threading.Lock()
-        #: Called after each rebuild (``gridapi serve`` freezes the garbage collector's view
-        #: of the new index there: see ``gridapi.serving``).
+        self._check_lock = threading.Lock()  # one generation check at a time
+        self._build_lock = threading.Lock()  # one builder at a time
+        self._builder: threading.Thread | None = None
+        #: Called after each rebuild, once the new snapshot serves (``gridapi serve`` freezes
+        #: the garbage collector's view of the new index there: see ``gridapi.serving``).
         self.after_rebuild: Callable[[], None] | None = None
+        #: Called with a new, complete snapshot just before it replaces the old one (tests
+        #: hold a rebuild there to see requests answered meanwhile).
+        self.before_swap: Callable[[IndexSnapshot], None] | None = None
 
     def invalidate(self) -> None:
-        """Make the next call check the generation (after this process activated a version)."""
-        self._checked_at = 0.0
+        """Bring the index up to date now and wait for it: this process changed what routing
+        answers (activated a version, edited a region), and its next request must see it."""
+        self.refresh()
 
     def snapshot(self) -> IndexSnapshot:
-        """Return a snapshot no older than the refresh interval allows."""
+        """Return the snapshot to answer with: the current one, while a newer one, if the
+        generation or the day has moved, is built in the background."""
         snap = self._snapshot
-        now = time.monotonic()
-        if snap is not None and now - self._checked_at < self.refresh_seconds:
+        if snap is None:
+            return self.refresh()  # nothing to serve yet
+        if time.monotonic() - self._checked_at < self.refresh_seconds:
             return snap
-        with self._lock:
-            if (
-                self._snapshot is not None
-                and time.monotonic() - self._checked_at < self.refresh_seconds
-            ):
-                return self._snapshot
-            # Plain reads on connections of their own: on SQLite a write request's BEGIN
-            # IMMEDIATE here would wait on the request's own write lock.
-            token = sqlite_write_intent.set(False)
-            try:
-                generation = current_generation(self.engine)
-                # The regions are those valid on the day the snapshot was built: a period that
-                # starts (a new name, a new boundary) or ends at midnight changes the answers
-                # without any write moving the generation.
-                if (
-                    self._snapshot is None
-                    or self._snapshot.generation != generation
-                    or self._snapshot.day != clock.today()
-                ):
-                    started = time.perf_counter()
-                    self._snapshot = build_snapshot(self.engine, generation, self.snap_meters)
-                    rebuilt = True
-                else:
-                    rebuilt = False
-            finally:
-                sqlite_write_intent.reset(token)
-            if rebuilt:
-                log.info(
-                    "routing index generation %s: %d grids in %.2f s",
-                    generation,
-                    len(self._snapshot),
-                    time.perf_counter() - started,
+        if not self._check_lock.acquire(blocking=False):
+            return snap  # another request is checking
+        try:
+            if not self.rebuilding() and self._stale(snap, current_generation_now(self.engine)):
+                self._builder = threading.Thread(
+                    target=self._rebuild_in_background, name="routing-index", daemon=True
                 )
-                if self.after_rebuild is not None:
-                    self.after_rebuild()
+                self._builder.start()
             self._checked_at = time.monotonic()
-            return self._snapshot
+        finally:
+            self._check_lock.release()
+        return snap
+
+    def refresh(self) -> IndexSnapshot:
+        """Return a snapshot of the generation and the day now, building it if needed and
+        waiting for it (and for a background build under way)."""
+        with self._build_lock:
+            snap = self._snapshot
+            generation = current_generation_now(self.engine)
+            if snap is None or self._stale(snap, generation):
+                snap = self._build(generation)
+            self._checked_at = time.monotonic()
+            return snap
+
+    def rebuilding(self) -> bool:
+        """Return whether a background rebuild is under way."""
+        return self._builder is not None and self._builder.is_alive()
+
+    def wait_for_rebuild(self, timeout: float | None = None) -> bool:
+        """Wait for the background rebuild under way, if any; return whether none is left."""
+        builder = self._builder
+        if builder is not None:
+            builder.join(timeout)
+        return not self.rebuilding()
+
+    @staticmethod
+    def _stale(snap: IndexSnapshot, generation: int) -> bool:
+        # The regions are those valid on the day the snapshot was built: a period that starts
+        # (a new name, a new boundary) or ends at midnight changes the answers without any
+        # write moving the generation.
+        return snap.generation != generation or snap.day != clock.today()
+
+    def _rebuild_in_background(self) -> None:
+        try:
+            with self._build_lock:
+                generation = current_generation_now(self.engine)
+                snap = self._snapshot
+                if snap is None or self._stale(snap, generation):
+                    self._build(generation)
+        except Exception:  # the old snapshot keeps serving; the next check tries again
+            log.exception("routing index rebuild failed; the previous index still serves")
+
+    def _build(self, generation: int) -> IndexSnapshot:
+        """Build the snapshot of ``generation`` and put it in service (the build lock held)."""
+        started = time.perf_counter()
+        token = sqlite_write_intent.set(False)
+        try:
+            snap = build_snapshot(self.engine, generation, self.snap_meters)
+        finally:
+            sqlite_write_intent.reset(token)
+        if self.before_swap is not None:
+            self.before_swap(snap)
+        self._snapshot = snap  # one assignment: a request has the old one or the new one
+        self._checked_at = time.monotonic()
+        log.info(
+            "routing index generation %s: %d grids in %.2f s",
+            generation,
+            len(snap),
+            time.perf_counter() - started,
+        )
+        if self.after_rebuild is not None:
+            self.after_rebuild()
+        return snap
+
+
+def current_generation_now(engine: Engine) -> int:
+    """Return ``current_generation`` read on a plain connection of its own: on SQLite a write
+    request's BEGIN IMMEDIATE here would wait on the request's own write lock."""
+    token = sqlite_write_intent.set(False)
+    try:
+        return current_generation(engine)
+    finally:
+        sqlite_write_intent.reset(token)
 
 
 def current_generation(engine: Engine) -> int:

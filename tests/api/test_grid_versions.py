@@ -167,6 +167,7 @@ def test_a_grid_with_nothing_left_is_reported_not_stored_and_routing_stands(
         conn.execute(
             text("UPDATE index_generations SET generation = generation + 1 WHERE name = 'grids'")
         )
+    client.application.extensions["gridapi"].routing.refresh()  # changed behind its back
     assert factory.locate(120.605, 31.305)["grid"] is None  # was 500
     assert (
         client.post("/api/v1/locate/batch", json={"points": [[120.605, 31.305]]}).status_code == 200

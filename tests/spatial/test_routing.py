@@ -201,10 +201,15 @@ def test_gcj02_and_bd09_are_converted_before_routing(factory, tiled, client):
 def test_activation_switches_routing_in_another_process_without_restart(settings, factory, client):
     factory.regions(with_boundaries=False)
     first = factory.grid_version(collection(feature(A1, square(0, 0))))
-    other_process = Accounts(create_app(settings)).client("admin2", "admin")  # own engine, index
+    other_app = create_app(settings)
+    other_process = Accounts(other_app).client("admin2", "admin")  # own engine, index
+    routing = other_app.extensions["gridapi"].routing
     point = f"lon={LON0 + 0.5 * STEP!r}&lat={LAT0 + 0.5 * STEP!r}"
     assert other_process.get(f"/api/v1/locate?{point}").get_json()["grid"]["code"] == A1
     second = factory.grid_version(collection(feature(A2, square(0, 0))))
+    # Its first request after the change starts the rebuild, answered from the index at hand.
+    assert other_process.get(f"/api/v1/locate?{point}").get_json()["grid"]["code"] == A1
+    assert routing.wait_for_rebuild(60)
     answer = other_process.get(f"/api/v1/locate?{point}").get_json()
     assert answer["grid"]["code"] == A2
     assert answer["grid"]["version_id"] == second["id"] != first["id"]
@@ -214,7 +219,10 @@ def test_activation_switches_routing_in_another_process_without_restart(settings
     assert versions == {first["id"]: "retired", second["id"]: "active"}
     # Re-activating the old version (rolling back) works the same way.
     client.post(f"/api/v1/grid-versions/{first['id']}/activate", json={})
+    other_process.get(f"/api/v1/locate?{point}")
+    assert routing.wait_for_rebuild(60)
     assert other_process.get(f"/api/v1/locate?{point}").get_json()["grid"]["code"] == A1
+    other_app.extensions["gridapi"].engine.dispose()
 
 
 def test_version_of_a_smaller_region_shadows_the_larger_one(factory, client):
@@ -281,6 +289,10 @@ def test_routing_answers_with_the_regions_of_the_new_day(factory, client, monkey
         "level": "village",
     }
     monkeypatch.setattr(clock, "today", lambda: tomorrow)
+    # The first request of the new day starts the rebuild in the background and is answered
+    # from the index at hand; the requests after it, from the new day's.
+    factory.locate(*point)
+    assert client.application.extensions["gridapi"].routing.wait_for_rebuild(60)
     answer = factory.locate(*point)
     assert answer["grid"]["code"] == A1
     assert answer["regions"][0] == {"code": COMMUNITY_A, "name": "新平江社区", "level": "village"}
@@ -310,3 +322,69 @@ def test_settings_that_cannot_route_stop_start_up(settings, factory, name, value
     # What a finite setting does meanwhile: a point in no grid is answered, not a 500.
     gap = f"lon={LON0 + STEP + 0.0001!r}&lat={LAT0 + 0.5 * STEP!r}"
     assert factory.client.get(f"/api/v1/locate?{gap}").get_json()["method"] == "snapped"
+
+
+def _activate_elsewhere(app, version_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Activate a version as another server process would: the database changes, this
+    process's index is not told (no ``invalidate``)."""
+    from gridapi.scope import Scope
+    from gridapi.services import grids as grid_svc
+
+    with app.extensions["gridapi"].sessions.begin() as session:
+        grid_svc.activate_version(session, version_id, force=True, scope=Scope.everything())
+
+
+def test_requests_during_a_rebuild_are_answered_from_the_old_index(app, factory, client):
+    """A new generation (a version activated by another process, or midnight) made the
+    request that noticed it, and every request behind it, wait for the whole rebuild
+    (≈ 3 s at 200,000 grids). The rebuild runs in the background: requests meanwhile are
+    answered from the old index, and the new one replaces it whole once built."""
+    import threading
+
+    factory.regions()
+    first = factory.grid_version()
+    redrawn = collection(feature(A1, square(0, 0, 2)), feature(B1, square(2, 0, 2)))
+    second = factory.grid_version(redrawn, activate=False)
+    point = (LON0 + 1.5 * STEP, LAT0 + 0.5 * STEP)  # A2 of the first version, A1 of the second
+    assert factory.locate(*point)["grid"]["code"] == A2
+    routing = app.extensions["gridapi"].routing
+    old = routing.snapshot()
+    held, release = threading.Event(), threading.Event()
+    built: list = []
+
+    def hold(new) -> None:  # type: ignore[no-untyped-def]
+        built.append(new)
+        held.set()
+        assert release.wait(60)
+
+    routing.before_swap = hold
+    try:
+        _activate_elsewhere(app, second["id"])
+        answer = factory.locate(*point)  # notices the new generation: starts the rebuild
+        assert (answer["grid"]["code"], answer["grid"]["version_id"]) == (A2, first["id"])
+        assert held.wait(60), "no rebuild started"
+        # The new index is complete but not in service yet: requests still get the old one.
+        assert factory.locate(*point)["grid"]["version_id"] == first["id"]
+        batch = client.post("/api/v1/locate/batch", json={"points": [list(point)]}).get_json()
+        assert batch["results"][0]["grid"]["code"] == A2
+        assert routing.snapshot() is old and routing.rebuilding()
+        assert len(built[0]) == 2 and built[0].locate(*point).grid >= 0
+    finally:
+        release.set()
+        routing.before_swap = None
+    assert routing.wait_for_rebuild(60)
+    assert routing.snapshot() is built[0]  # swapped whole: the snapshot built, no other
+    answer = factory.locate(*point)
+    assert (answer["grid"]["code"], answer["grid"]["version_id"]) == (A1, second["id"])
+
+
+def test_the_process_that_activates_a_version_routes_with_it_at_once(app, factory):
+    """The activating request waits for the rebuild (only it): the next request of the same
+    process already routes with the new version, even with a rebuild held in the background."""
+    factory.regions()
+    factory.grid_version()
+    redrawn = collection(feature(A1, square(0, 0, 2)), feature(B1, square(2, 0, 2)))
+    second = factory.grid_version(redrawn, force=True)
+    answer = factory.locate(LON0 + 1.5 * STEP, LAT0 + 0.5 * STEP)
+    assert (answer["grid"]["code"], answer["grid"]["version_id"]) == (A1, second["id"])
+    assert not app.extensions["gridapi"].routing.rebuilding()
