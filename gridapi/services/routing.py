@@ -319,12 +319,14 @@ class IndexSnapshot:
         known = {c for c, r in self.regions.items() if r["level"] == "county"}
         if not known or not len(self.grids):
             return
-        counties = np.array([g["community_code"][:6].ljust(12, "0") for g in self.grids])
-        placed = np.flatnonzero(np.isin(counties, sorted(known)))
+        county_digits = np.array([g["community_code"] for g in self.grids], dtype="U6")
+        placed = np.flatnonzero(np.isin(county_digits, sorted(c[:6] for c in known)))
         for digits in (2, 4):  # a province's subtree prefix, a city's
-            keys = np.array([c[:digits] for c in counties[placed]], dtype=object)
-            for key in np.unique(keys).tolist():
-                under = placed[keys == key]  # ascending: a lower index is a lower code
+            keys, group = np.unique(county_digits[placed].astype(f"U{digits}"), return_inverse=True)
+            order = np.argsort(group, kind="stable")  # stable: ascending grid indices kept
+            bounds = np.searchsorted(group[order], np.arange(len(keys) + 1))
+            for k, key in enumerate(keys.tolist()):
+                under = placed[order[bounds[k] : bounds[k + 1]]]  # a lower index: a lower code
                 self._county_trees[key] = (under, STRtree(self.geoms[under]))
 
     def nearest_county(self, lon: float, lat: float, code: str) -> str | None:
