@@ -187,6 +187,42 @@ def test_dispatch_and_supervision_of_an_ended_life_are_cleared(
     ]
 
 
+def test_feedback_of_an_ended_life_is_cleared(app, accounts, factory, client, engine):
+    """Cases reopened before the workflow cleared it kept the earlier life's ``feedback_at``
+    (the indicators counted them handled once dispatched again): migration 0039 clears it;
+    a feedback given since the reopen stays."""
+    from sqlalchemy import text
+
+    from tests.api.test_case_workflow import Desk
+
+    factory.regions()
+    factory.grid_version()
+    d = Desk(app, accounts, client)
+    reopened, fed_back, closed = (d.report(col=c)["id"] for c in range(3))
+    for cid in (reopened, fed_back, closed):
+        d.to_closed(cid)
+    for cid in (reopened, fed_back):
+        d.act(d.office, cid, "reopen", comment="问题复发")
+        d.act(d.office, cid, "dispatch", assignee_id=d.id("worker"))
+        d.act(d.worker, cid, "sign")
+    d.act(d.worker, fed_back, "feedback", comment="已清理")
+    ids = {"a": reopened, "b": fed_back, "c": closed}
+    with engine.begin() as conn:  # as the earlier reopen left it
+        conn.execute(text("UPDATE cases SET feedback_at = reported_at WHERE id = :a"), ids)
+    versions = {cid: d.get(cid)["version"] for cid in ids.values()}
+    migrations.downgrade(engine, "0038")
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    fed = "SELECT id, feedback_at IS NOT NULL FROM cases WHERE id IN (:a, :b, :c)"
+    with engine.connect() as conn:
+        assert dict(conn.execute(text(fed), ids).all()) == {
+            reopened: False,
+            fed_back: True,
+            closed: True,
+        }
+    assert {cid: d.get(cid)["version"] for cid in ids.values()} == versions
+
+
 def test_grids_of_communities_not_in_the_tree_leave_service(factory, client, engine):
     """A grid of a community missing from the tree, put in service by a forced activation
     before imports left such grids out, kept answering for the county's own points:

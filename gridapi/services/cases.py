@@ -1341,6 +1341,10 @@ def _reopen(ctx: TransitionContext, c: Case) -> str:
     # row and, named here, in this one; left on the case, the reopened case showed the first
     # life's red card, and the worker never gave a card for its own overdue (only raises).
     c.dispatched_at = None
+    # Nor has it been fed back: the first life's feedback (in its ``feedback`` row) left on
+    # the case counted the redispatched case as handled in that feedback's period, judged
+    # against the new deadline, before anybody reported back on it.
+    c.feedback_at = None
     if c.supervision != "normal":
         ctx.event_data["earlier_supervision"] = c.supervision
         c.supervision = "normal"

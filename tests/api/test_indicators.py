@@ -362,6 +362,7 @@ def _replay(session: Any, calendar: Any, start: datetime, end: datetime) -> dict
             f["closed"] = e.at
         if e.action == "reopen":
             f["closed"] = None
+            f["feedback"] = None  # a new life: not fed back until its own feedback
             f["rating"] = None  # the rating judged the closure the reopen undid
         f["rework"] += e.action == "verify_fail"
         f["extensions"] += e.action == "approve_extension"
@@ -454,6 +455,35 @@ def test_a_rating_counts_for_its_own_closure_only(app, client, accounts, world):
             expected["satisfaction_sum"],
         )
     )
+
+
+def test_a_reopened_case_is_not_handled_until_it_is_fed_back_again(app, client, accounts, world):
+    """A reopened case kept the feedback of the closure it undid: dispatched again, it
+    counted as handled in the month of that feedback, and on time against the new deadline,
+    before anybody reported back on it. The reopen ends the leg; its own feedback counts."""
+    t = Timeline(app, accounts.create("admin", "admin"))
+    h = t.filed(at(5, 11, 9))
+    t.dispatch(h, at(5, 11, 10))
+    t.finish(h, at(5, 12, 10), at(5, 12, 16))
+    may = f"region={TOWNSHIP}&from=2026-05-01&to=2026-06-01"
+    june = f"region={TOWNSHIP}&from=2026-06-01&to=2026-07-01"
+    assert get(client, may)["indicators"]["handled"] == 1
+    t.act(h, "reopen", at(6, 2, 10), comment="问题复发")
+    t.dispatch(h, at(6, 2, 11))
+    got = get(client, may)["indicators"]
+    assert (got["handled"], got["handled_on_time"], got["on_time_handling_rate"]) == (0, 0, None)
+    assert get(client, june)["indicators"]["handled"] == 0
+    t.act(h, "feedback", at(6, 3, 10))
+    got = get(client, june)["indicators"]
+    assert (got["handled"], got["handled_on_time"]) == (1, 1)
+    st = app.extensions["gridapi"]
+    for month in (5, 6):
+        start, end = at(month, 1, 0).astimezone(UTC), at(month + 1, 1, 0).astimezone(UTC)
+        with st.sessions() as s:
+            expected = _replay(s, st.calendar(s), start, end)
+            period = svc.Period("m", start, end, end)
+            counted = svc.aggregate(s, [svc.located_in(COUNTY)], [period]).get((0,), {})
+        assert counted.get("handled", 0) == expected["handled"] == (month == 6)
 
 
 @pytest.mark.engines("sqlite")
