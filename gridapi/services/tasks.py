@@ -29,9 +29,10 @@ from sqlalchemy import and_, case, exists, func, insert, or_, select, true, upda
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
+from .. import clock
 from ..codes import InvalidCode, region_level, subtree_prefix
 from ..errors import Conflict, NotFound, Unprocessable
-from ..models import Category, Grid, GridAssignment, House, Household, Role, User
+from ..models import Category, Grid, GridAssignment, House, Household, Region, Role, User
 from ..models.tasks import OPEN_TASK_STATUSES, Campaign, Task, TaskItem
 from ..scope import Scope, starts_with
 from ..workcalendar import WorkingCalendar
@@ -47,6 +48,7 @@ from .cursors import (
 )
 from .identity import assignment_holds_on, current_grids, users_query
 from .preconditions import check_if_match, flush_versioned
+from .regions import valid_on
 from .register import place_of_grid, place_of_region
 
 if TYPE_CHECKING:
@@ -283,6 +285,30 @@ def grid_workers(session: Session, region: str, grids: set[str], day: Any) -> di
 # --- tasks ------------------------------------------------------------------------------------
 
 
+def county_of(session: Session, region: str) -> str:
+    """Return the county code (six digits) of work in ``region``: its own county; for a city
+    or a province, the county under it of the lowest code, as a case taken in there without
+    a grid near it (a city without counties, 东莞, keeps its own).
+
+    The county code is what a task's export and the tables' distribution read: "320500", a
+    city's, named a county that is none.
+    """
+    try:
+        level = region_level(region)
+    except InvalidCode:
+        return region[:6]
+    if level not in ("city", "province"):
+        return region[:6]
+    county = session.scalar(
+        select(func.min(Region.code)).where(
+            Region.level == "county",
+            starts_with(Region.code, subtree_prefix(region)),
+            valid_on(clock.today()),
+        )
+    )
+    return (county or region)[:6]
+
+
 def create_task(
     session: Session,
     data: dict[str, Any],
@@ -314,7 +340,7 @@ def create_task(
             "assignee_id", "give assignee_id, grid or region", "Say for whom: a worker or a grid."
         )
     task = Task(
-        county_code=region[:6],
+        county_code=county_of(session, region),
         region_code=region,
         grid_code=grid,
         title=data["title"],
@@ -750,8 +776,11 @@ def create_campaign(
     assert due is not None
     item_scope = data.get("item_scope", "none")
     uses = data.get("item_uses") or None
+    # Over a city, the campaign's tasks lie in several counties (each in its grid's): the
+    # campaign row goes with those of the first grid, a county it has work in.
+    county = region[:6] if region_level(region) not in ("city", "province") else grids[0][1][:6]
     campaign = Campaign(
-        county_code=region[:6],
+        county_code=county,
         region_code=region,
         title=data["title"],
         description=data.get("description", ""),
@@ -822,7 +851,9 @@ def _fan_out_items(
     rows = [
         {
             "task_id": task_of[grid],
-            "county_code": campaign.county_code,
+            # The task's county (its grid's), not the campaign's: a city-wide campaign's
+            # items named one county for the houses of every county.
+            "county_code": grid[:6],
             key: subject_id,
             "label": (label or "")[:300],
             "status": "pending",

@@ -20,7 +20,16 @@ from gridapi.models import Task
 from gridapi.services.cases import add_limit
 from gridapi.services.tasks import flag_overdue_tasks
 
-from ..factories import COMMUNITY_A, COMMUNITY_B, COUNTY, TOWNSHIP
+from ..factories import (
+    CITY,
+    COMMUNITY_A,
+    COMMUNITY_B,
+    COUNTY,
+    TOWNSHIP,
+    collection,
+    feature,
+    rectangle,
+)
 
 A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
 B1, B2 = COMMUNITY_B + "001", COMMUNITY_B + "002"
@@ -906,3 +915,52 @@ def test_tasks_and_campaigns_page_by_id_to_the_last_page(people):
             seen += [row["id"] for row in page["items"]]
             url = page["next_cursor"] and f"{path}?limit=1&cursor={page['next_cursor']}"
         assert seen == whole, path
+
+
+# --- the county of work above a county --------------------------------------------------------
+
+WUZHONG = "320506000000"  # a second county of the city (吴中区)
+WZ_TOWNSHIP, WZ_COMMUNITY = "320506001000", "320506001001"
+WZ1 = WZ_COMMUNITY + "001"
+
+
+def test_work_over_a_city_lies_in_counties(client, factory, people, accounts, engine):
+    """A campaign or a task over a city carried the city's code as its county ("320500"),
+    and the items of a city-wide campaign the campaign's, whatever county their house was
+    in: the county code the task export shows and the tables are distributed by named no
+    county. Each task and item is in its grid's county; the campaign and a task at the
+    city's level in a county under the city."""
+    rows = [
+        {"code": WUZHONG, "name": "吴中区"},
+        {"code": WZ_TOWNSHIP, "name": "长桥街道", "boundary": rectangle(10, 0, 12, 1)},
+        {"code": WZ_COMMUNITY, "name": "龙桥社区", "boundary": rectangle(10, 0, 12, 1)},
+    ]
+    ok(client.post("/api/v1/regions/import", json=rows))
+    factory.grid_version(collection(feature(WZ1, rectangle(10, 0, 12, 1))))
+    house(client, A1, "rented", "平江路1号")
+    house(client, WZ1, "rented", "龙桥路2号")
+    city = accounts.client("city", "city_centre", scope_region=CITY)
+    body = {"title": "出租房屋大排查", "region": CITY, "due_in": SOON, "item_scope": "houses"}
+    made = ok(city.post("/api/v1/campaigns", json=body), 201)
+    assert made["fan_out"]["tasks"] == 5 and made["fan_out"]["items"] == 2
+    assert made["county_code"] == "320506"  # the county of its first grid, not "320500"
+    tasks = campaign_tasks(city, made["id"])
+    assert {g: t["county_code"] for g, t in tasks.items()} == {
+        A1: "320508",
+        A2: "320508",
+        B1: "320508",
+        B2: "320508",
+        WZ1: "320506",
+    }
+    with engine.connect() as conn:
+        items = conn.execute(
+            text(
+                "SELECT t.grid_code, i.county_code FROM task_items i"
+                " JOIN tasks t ON t.id = i.task_id ORDER BY t.grid_code"
+            )
+        ).all()
+    assert [tuple(r) for r in items] == [(WZ1, "320506"), (A1, "320508")]
+    task = new_task(city, region=CITY)
+    assert (task["region"]["code"], task["county_code"]) == (CITY, "320506")
+    # Below a county, as before: the region's own county.
+    assert new_task(city, region=TOWNSHIP)["county_code"] == "320508"
