@@ -15,6 +15,8 @@ from gridapi import migrations
 from gridapi.db import make_engine
 from gridapi.models import Base
 
+from .factories import COMMUNITY_A, COMMUNITY_B, TOWNSHIP
+
 HEAD = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
 OUR_TABLES = {
     "regions",
@@ -221,6 +223,36 @@ def test_feedback_of_an_ended_life_is_cleared(app, accounts, factory, client, en
             closed: True,
         }
     assert {cid: d.get(cid)["version"] for cid in ids.values()} == versions
+
+
+def test_cases_held_by_a_unit_they_were_handed_down_to_may_be_returned(
+    app, accounts, factory, client, engine
+):
+    """Cases handed down (交办) before the unit that handed them down was kept: migration
+    0039 finds it in the timeline for the open cases still held where they were handed
+    down, so those may be returned; not for a case moved on since, nor one never handed."""
+    from tests.api.test_case_workflow import Desk, ok
+
+    factory.regions()
+    factory.grid_version()
+    d = Desk(app, accounts, client)
+    handed, moved_on, filed = (d.report(col=c)["id"] for c in range(3))
+    for cid in (handed, moved_on, filed):
+        d.to_filed(cid)
+    for cid in (handed, moved_on):
+        d.act(d.office, cid, "dispatch", unit=COMMUNITY_A)
+    d.act(d.officer, handed, "dispatch", assignee_id=d.id("worker"))
+    d.act(d.worker, handed, "return", comment="不属于本网格")  # back to the community
+    d.act(d.office, moved_on, "transfer", unit=COMMUNITY_B, comment="属观前社区")
+    migrations.downgrade(engine, "0038")  # as the earlier workflow left them
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    officer_b = accounts.client("officer_b", "community_officer", scope_region=COMMUNITY_B)
+    assert "return" in ok(d.officer.get(f"/api/v1/cases/{handed}"))["allowed_actions"]
+    assert "return" not in ok(officer_b.get(f"/api/v1/cases/{moved_on}"))["allowed_actions"]
+    assert "return" not in ok(d.office.get(f"/api/v1/cases/{filed}"))["allowed_actions"]
+    back = d.act(d.officer, handed, "return", comment="不属于本社区")
+    assert back["responsible"]["unit"]["code"] == TOWNSHIP
 
 
 def test_grids_of_communities_not_in_the_tree_leave_service(factory, client, engine):

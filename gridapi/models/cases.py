@@ -124,6 +124,9 @@ class Case(Base):
     reporter_name: Mapped[str] = mapped_column(String(100), default="")
     client_id: Mapped[str | None] = mapped_column(String(36))
     responsible_region_code: Mapped[str] = mapped_column(String(12))
+    # The unit that handed the case down (交办) to the one holding it, which may return it
+    # there (回退); cleared by every other move of the case to another unit.
+    handed_down_from: Mapped[str | None] = mapped_column(String(12))
     department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"))
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     # When: the deadline of each stage on the working calendar, and the stage moments.

@@ -6,6 +6,7 @@ passed verification and closure:
     reported → accepted → filed → dispatched → handling → feedback → verified → closed
                                   filed → feedback (resolved on the spot)
                                   dispatched/handling → filed (return 回退, escalate 上报)
+                                  filed → filed (return of a case handed down 交办)
                                   feedback → dispatched (verification failed: rework 返工)
                                   closed → filed (reopen, with a reason)
     reported/accepted → rejected; any open state → cancelled (cancel, duplicate)
@@ -103,7 +104,8 @@ ACTIONS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "file": (("accepted",), "cases:file", "office"),
     "dispatch": (("filed",), "cases:dispatch", "office"),
     "sign": (("dispatched",), "cases:sign", "handler"),
-    "return": (("dispatched", "handling"), "cases:return", "handler"),
+    # From filed: a case handed down (交办) goes back to the unit that handed it down.
+    "return": (("filed", "dispatched", "handling"), "cases:return", "handler"),
     "escalate": (("accepted", "filed", "handling"), "cases:escalate", "handler"),
     "transfer": (("filed",), "cases:transfer", "office"),
     "request_extension": (("dispatched", "handling"), "cases:request_extension", "handler"),
@@ -726,6 +728,11 @@ def may_act(caller: Caller, case_obj: Case, action: str) -> bool:
     if not caller.principal.can(permission):
         return False
     office = is_office(caller, case_obj)
+    if action == "return" and case_obj.status == "filed":
+        # 回退 of a case handed down: the office of the unit it was handed down to, not one
+        # over the unit that handed it down (which takes it back by transferring it).
+        upper = case_obj.handed_down_from
+        return office and not (upper is not None and caller.scope.covers_region(upper))
     if who == "office":
         return office
     if who == "verifier":
@@ -799,6 +806,11 @@ READY: dict[str, Needs] = {
         lambda c, _: bool(c.extension_request),
         "No extension request is waiting.",
         "no extension requested",
+    ),
+    "return": Needs(
+        lambda c, _: c.status != "filed" or c.handed_down_from is not None,
+        "The case was not handed down to the unit holding it: there is nobody to return it to.",
+        "not handed down",
     ),
     "escalate": Needs(
         lambda c, _: not _at_the_top(c),
@@ -1075,7 +1087,7 @@ def _file(ctx: TransitionContext, c: Case) -> str:
         subtree_prefix(unit)
     ):
         ctx.event_data.update(from_unit=c.responsible_region_code, to_unit=unit)
-        c.responsible_region_code = unit
+        c.responsible_region_code, c.handed_down_from = unit, None
     return "filed"
 
 
@@ -1096,6 +1108,7 @@ def _dispatch(ctx: TransitionContext, c: Case) -> str:
                 "Not a lower unit.",
                 errors={"json": {"unit": ["must lie below the unit holding the case"]}},
             )
+        ctx.event_data["from_unit"] = c.handed_down_from = c.responsible_region_code
         c.responsible_region_code = unit
         c.assignee_id = c.department_id = None
         ctx.event_data["unit"] = unit
@@ -1180,6 +1193,15 @@ def _withdraw_extension_request(ctx: TransitionContext, c: Case) -> None:
 
 
 def _return(ctx: TransitionContext, c: Case) -> str:
+    if c.status == "filed":
+        # 回退 of a case handed down (交办): back to the unit that handed it down, with its
+        # deadline; not an escalation (no escalation_count), and no handling leg it ends.
+        upper = c.handed_down_from
+        assert upper is not None  # READY: handed down
+        ctx.event_data.update(from_unit=c.responsible_region_code, to_unit=upper)
+        c.responsible_region_code, c.handed_down_from = upper, None
+        ctx.notify.append(("returned", None, upper, f"事件 {c.number} 已回退"))
+        return "filed"
     # Who held it: the handler (a user id) and, when dispatched to one, the department (a
     # department id); one key for either read a department's id as a user's.
     if c.assignee_id is not None:
@@ -1199,7 +1221,7 @@ def _escalate(ctx: TransitionContext, c: Case) -> str:
     assert upper is not None  # READY: not at the top
     ctx.event_data["from_unit"] = c.responsible_region_code
     ctx.event_data["to_unit"] = upper
-    c.responsible_region_code = upper
+    c.responsible_region_code, c.handed_down_from = upper, None
     c.assignee_id = c.department_id = None
     c.dispatched_at = None  # as a return: the upper level dispatches it anew, or handles it
     _withdraw_extension_request(ctx, c)
@@ -1219,7 +1241,7 @@ def _transfer(ctx: TransitionContext, c: Case) -> str:
         )
     ctx.event_data["from_unit"] = c.responsible_region_code
     ctx.event_data["to_unit"] = unit
-    c.responsible_region_code = unit
+    c.responsible_region_code, c.handed_down_from = unit, None
     c.assignee_id = c.department_id = None
     ctx.notify.append(("transferred", None, unit, f"事件 {c.number} 转办至本单位"))
     return "filed"

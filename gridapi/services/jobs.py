@@ -508,7 +508,7 @@ def escalate_overdue(
         if c.extension_request:  # as the escalate step does: the row says where it went
             req = c.extension_request
             data["withdrawn_extension"] = {"amount": req["amount"], "unit": req["unit"]}
-        c.responsible_region_code = upper
+        c.responsible_region_code, c.handed_down_from = upper, None
         c.assignee_id = c.department_id = None
         c.dispatched_at = None  # as the escalate step: that handling leg ended
         c.extension_request = None

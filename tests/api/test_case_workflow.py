@@ -398,6 +398,63 @@ def test_a_rework_overdue_at_once_is_still_one_version(desk, app):
     assert [e["action"] for e in d.timeline(cid)[-2:]] == ["verify_fail", "overdue"]
 
 
+def test_a_lower_unit_returns_a_case_handed_down_to_it(desk, accounts):
+    """A community handed a case that is not its own (交办) had no 回退 to the township
+    that handed it down, only 上报, which counted as an escalation. It returns it now: the
+    township holds it again, filed, with its deadline, told in its inbox; no escalation."""
+    d = desk
+    cid = d.report()["id"]
+    filed = d.to_filed(cid)
+    assert "return" not in filed["allowed_actions"]  # held where it was filed: nobody above
+    refused = d.post(d.office, cid, "return", comment="不属于本街道")
+    assert refused.status_code == 409, refused.get_json()
+    assert refused.get_json()["errors"]["action"] == ["not handed down"]
+    d.act(d.office, cid, "dispatch", unit=COMMUNITY_A, comment="交办平江社区")
+    assert "return" in ok(d.officer.get(f"/api/v1/cases/{cid}"))["allowed_actions"]
+    # The township takes it back by transferring it, not by returning it to itself.
+    assert "return" not in d.get(cid)["allowed_actions"]
+    assert d.post(d.office, cid, "return", comment="收回").status_code == 403
+    assert d.post(d.officer, cid, "return").status_code == 422  # say why
+    returned = d.act(d.officer, cid, "return", comment="不属于本社区")
+    assert returned["status"] == "filed"
+    assert returned["responsible"]["unit"]["code"] == TOWNSHIP
+    assert returned["deadlines"]["handle"] == filed["deadlines"]["handle"]
+    assert returned["escalation_count"] == 0
+    row = d.timeline(cid)[-1]
+    assert (row["action"], row["from_status"], row["to_status"], row["unit"]) == (
+        "return",
+        "filed",
+        "filed",
+        TOWNSHIP,
+    )
+    assert row["data"] == {"from_unit": COMMUNITY_A, "to_unit": TOWNSHIP}
+    assert row["comment"] == "不属于本社区"
+    inbox = ok(d.office.get("/api/v1/me/notifications"))["items"]
+    assert [(n["kind"], n["case_id"]) for n in inbox] == [("returned", cid)]
+    # Back with the township, the community has nothing to return and no office step.
+    assert "return" not in ok(d.officer.get(f"/api/v1/cases/{cid}"))["allowed_actions"]
+    assert "return" not in returned["allowed_actions"]
+
+
+def test_a_case_handed_down_twice_goes_back_one_level(desk):
+    """Handed down by the county to the township, then by the township to the community:
+    the community returns it to the township; moved on by a transfer, it has nobody to
+    return it to."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    d.act(d.office, cid, "escalate", comment="需区级协调")
+    d.act(d.county, cid, "dispatch", unit=TOWNSHIP, comment="交办平江街道")
+    d.act(d.office, cid, "dispatch", unit=COMMUNITY_A, comment="交办平江社区")
+    back = d.act(d.officer, cid, "return", comment="不属于本社区")
+    assert back["responsible"]["unit"]["code"] == TOWNSHIP
+    assert back["escalation_count"] == 1  # the escalation by hand, not the return
+    d.act(d.office, cid, "dispatch", unit=COMMUNITY_A, comment="再次交办")
+    d.act(d.office, cid, "transfer", unit=COMMUNITY_B, comment="属观前社区")
+    refused = d.post(d.office, cid, "return", comment="退回")
+    assert refused.status_code == 409, refused.get_json()
+
+
 def test_dispatch_to_a_department_and_a_member_signs(desk):
     d = desk
     cid = d.report()["id"]
@@ -535,7 +592,7 @@ def test_dispatch_to_a_lower_unit_and_the_community_dispatches_it(desk):
         "department_id": None,
         "assignee_id": None,
     }
-    assert d.timeline(cid)[-1]["data"] == {"unit": COMMUNITY_A}
+    assert d.timeline(cid)[-1]["data"] == {"unit": COMMUNITY_A, "from_unit": TOWNSHIP}
     assert d.timeline(cid)[-1]["unit"] == COMMUNITY_A
     officer_view = ok(d.officer.get(f"/api/v1/cases/{cid}"))
     assert {"dispatch", "feedback", "cancel"} <= set(officer_view["allowed_actions"])
@@ -1639,22 +1696,28 @@ MATRIX_ACTORS: dict[str, dict[str, Any]] = {
 # Who is the office over a unit holding a case: an office whose area covers the unit.
 # Grid workers and chiefs (scoped to grids) and departments are nobody's office.
 OFFICES = {
+    COUNTY: {"county_centre", "city_centre", "admin"},
     TOWNSHIP: {"township_office", "county_centre", "city_centre", "admin"},
     COMMUNITY_A: {"community_officer", "township_office", "county_centre", "city_centre", "admin"},
 }
+# The unit that handed a filed case down (交办) to the unit holding it in the matrix.
+HANDED_DOWN_FROM = {TOWNSHIP: COUNTY, COMMUNITY_A: TOWNSHIP}
 # Whom a dispatched case is with, and which role that is.
 HANDLERS = {"worker": "grid_worker", "department": "department", None: None}
 
 
-def expected_answer(role: str, action: str, unit: str, handler: str | None) -> int:
+def expected_answer(role: str, action: str, unit: str, state: str, handler: str | None) -> int:
     """The answer to ``action`` by ``role`` on a case held by ``unit``, in a state that
     allows it: it needs the action's permission, and the office over the unit (office
     steps), the office or the case's handler (handler steps), or the office or the chief
-    of the case's grid (verification)."""
+    of the case's grid (verification). A filed case handed down is returned by the office
+    of the unit it was handed down to, not by one over the unit that handed it down."""
     _, permission, who = ACTIONS[action]
     if permission not in ROLE_PERMISSIONS[role]:
         return 403
     office = role in OFFICES[unit]
+    if action == "return" and state == "filed":
+        return 200 if office and role not in OFFICES[HANDED_DOWN_FROM[unit]] else 403
     if who == "office":
         return 200 if office else 403
     if who == "verifier":  # the office, or the grid chief over the case's grid (A1)
@@ -1745,6 +1808,8 @@ def put_case(
     values = {
         "status": state,
         "responsible_region_code": unit,
+        # Filed: handed down to the unit (交办), so that it may be returned.
+        "handed_down_from": HANDED_DOWN_FROM[unit] if state == "filed" else None,
         "assignee_id": assignee,
         "department_id": department,
         "extension_request": request if pending else None,
@@ -1781,7 +1846,7 @@ def test_every_role_takes_every_step_it_may_and_no_other(matrix_desk, engine, un
                     for a, (states, _, _) in ACTIONS.items()
                     if state in states
                     and a not in unready
-                    and expected_answer(role, a, unit, handler) == 200
+                    and expected_answer(role, a, unit, state, handler) == 200
                 }
                 if allowed != wanted:
                     problems.append(
@@ -1793,7 +1858,7 @@ def test_every_role_takes_every_step_it_may_and_no_other(matrix_desk, engine, un
                 json=action_body(action, m),
                 headers={"If-Match": etag},
             )
-            want = expected_answer(role, action, unit, handler)
+            want = expected_answer(role, action, unit, state, handler)
             if r.status_code != want:
                 problems.append(
                     f"{role} {action} from {state}/{handler}: expected {want}, got "
