@@ -1,5 +1,5 @@
-"""Cases: the unit that handed a case down, and the feedback of a reopened case's earlier
-life.
+"""Cases: the unit that handed a case down, the feedback of a reopened case's earlier life;
+notifications of tasks.
 
 ``cases.handed_down_from``: the unit that handed the case down (交办) to the one holding it.
 The receiving unit had no 回退 for a case handed down wrongly, only 上报, which counted as an
@@ -13,6 +13,9 @@ earlier life's feedback, judged against the new deadline (按期处置数), befo
 reported back on it. The workflow now clears it on reopen, as it clears ``dispatched_at``
 (0038); this clears it from the cases reopened before and not fed back since. It is not
 shown, so those cases keep their version. The timeline keeps the ``feedback`` row.
+
+``notifications.task_id``: a task given to a worker queues a notification for them, as a
+case dispatched to a worker does; it names the task.
 
 Revision ID: 0039_flow
 Revises: 0038
@@ -63,9 +66,14 @@ def upgrade() -> None:
     op.add_column("cases", sa.Column("handed_down_from", sa.String(12), nullable=True))
     op.execute(_HANDED_DOWN_FROM)
     op.execute(_FIRST_LIFE_FEEDBACK)
+    # No foreign key: tasks are never deleted (cancelled), and a key added to an existing
+    # table is a table rebuild on SQLite.
+    op.add_column("notifications", sa.Column("task_id", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM notifications WHERE task_id IS NOT NULL")
+    op.drop_column("notifications", "task_id")
     # Not batch mode: SQLite (3.35+) drops a column in place. Nothing to put back of
     # ``feedback_at``: the earlier code reads it as a case not fed back since its reopen,
     # and the cleared moment is in the timeline.

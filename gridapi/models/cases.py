@@ -347,7 +347,8 @@ class IdempotencyKey(Base):
 
 
 class Notification(Base):
-    """A message queued for a person or a unit (overdue, supervision, escalation...).
+    """A message queued for a person or a unit (overdue, supervision, escalation, a task
+    given to a worker...).
 
     Queued in the transaction of the change that raised it; delivery channels (SMS, app
     push) read the queue and stamp ``sent_at``.
@@ -358,6 +359,8 @@ class Notification(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     county_code: Mapped[str] = mapped_column(String(6))
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"))
+    # A task's notification (a task given to a worker) names the task instead of a case.
+    task_id: Mapped[int | None] = mapped_column(Integer)  # tasks are never deleted
     kind: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     region_code: Mapped[str | None] = mapped_column(String(12))

@@ -8,7 +8,10 @@ those addressed to their account and, unaddressed to any account, those to the u
 their scope region: the office (or department) of exactly that region, not the offices
 above it. Only notifications of cases the reader may read now are listed (a case moved
 out of their reach answers as one that does not exist, here as everywhere). The inbox is a
-feed: the phone keeps the last id it has and asks for what came after it.
+feed: the phone keeps the last id it has and asks for what came after it. A task given to a
+worker (``tasks.assigned_notice``) queues one naming the task, for the delivery channels; the
+inbox lists those of cases (its items name a case), and the phone has its tasks from
+``GET /me/tasks``.
 """
 
 from __future__ import annotations

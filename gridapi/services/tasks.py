@@ -32,7 +32,17 @@ from sqlalchemy.sql import ColumnElement
 from .. import clock
 from ..codes import InvalidCode, region_level, subtree_prefix
 from ..errors import Conflict, NotFound, Unprocessable
-from ..models import Category, Grid, GridAssignment, House, Household, Region, Role, User
+from ..models import (
+    Category,
+    Grid,
+    GridAssignment,
+    House,
+    Household,
+    Notification,
+    Region,
+    Role,
+    User,
+)
 from ..models.tasks import OPEN_TASK_STATUSES, Campaign, Task, TaskItem
 from ..scope import Scope, starts_with
 from ..workcalendar import WorkingCalendar
@@ -285,6 +295,21 @@ def grid_workers(session: Session, region: str, grids: set[str], day: Any) -> di
 # --- tasks ------------------------------------------------------------------------------------
 
 
+def assigned_notice(
+    task_id: int, version: int, county_code: str, title: str, user_id: int
+) -> dict[str, Any]:
+    """Return the notification row telling ``user_id`` a task is theirs (a task given or
+    handed to them, a campaign's task on their grid), as a case dispatched to a worker
+    queues one: in the transaction of the change, for the delivery channels."""
+    return {
+        "county_code": county_code,
+        "task_id": task_id,
+        "kind": f"task_assigned:{task_id}:{version}:{user_id}"[:64],
+        "user_id": user_id,
+        "message": f"任务「{title[:100]}」派给您",
+    }
+
+
 def county_of(session: Session, region: str) -> str:
     """Return the county code (six digits) of work in ``region``: its own county; for a city
     or a province, the county under it of the lowest code, as a case taken in there without
@@ -359,6 +384,9 @@ def create_task(
     )
     session.add(task)
     session.flush()
+    if task.assignee_id is not None:
+        notice = assigned_notice(task.id, 1, task.county_code, task.title, task.assignee_id)
+        session.add(Notification(**notice))
     return task
 
 
@@ -529,6 +557,9 @@ def reassign_task(
         task.overdue_since = None
     task.updated_at = now
     flush_versioned(session, "task")
+    if new_id is not None:
+        notice = assigned_notice(task.id, task.version, task.county_code, task.title, new_id)
+        session.add(Notification(**notice))
     return task, previous
 
 
@@ -824,6 +855,13 @@ def create_campaign(
     ]
     made = session.execute(insert(Task).returning(Task.id, Task.grid_code), rows).all()
     task_of = {grid: task_id for task_id, grid in made}
+    notices = [
+        assigned_notice(task_id, 1, grid[:6], campaign.title, workers[grid])
+        for task_id, grid in sorted(made)
+        if grid in workers
+    ]
+    if notices:
+        session.execute(insert(Notification), notices)
     items = _fan_out_items(session, campaign, prefix, task_of) if item_scope != "none" else 0
     return FannedOut(campaign, len(made), len(workers), items)
 

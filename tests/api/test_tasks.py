@@ -964,3 +964,37 @@ def test_work_over_a_city_lies_in_counties(client, factory, people, accounts, en
     assert (task["region"]["code"], task["county_code"]) == (CITY, "320506")
     # Below a county, as before: the region's own county.
     assert new_task(city, region=TOWNSHIP)["county_code"] == "320508"
+
+
+def test_a_worker_given_a_task_is_notified_as_for_a_case(people, engine):
+    """A case dispatched to a worker queues a notification for them; a task given to them
+    (by hand, by a campaign's fan-out, by a reassignment) queued nothing, so the delivery
+    channels never told them. Each queues one now, for the account it went to, in the
+    task's county; a task for the grid alone (nobody on it) tells nobody."""
+    office, ids = people["office"], people["ids"]
+    given = new_task(office, title="走访独居老人", assignee_id=ids["worker1"])
+    made = ok(
+        office.post(
+            "/api/v1/campaigns", json={"title": "消防大排查", "region": TOWNSHIP, "due_in": SOON}
+        ),
+        201,
+    )
+    tasks = campaign_tasks(office, made["id"])
+    ok(step(office, given["id"], "reassign", {"assignee_id": ids["worker2"]}))
+    ok(step(office, tasks[B2]["id"], "reassign", {"assignee_id": ids["worker3"]}))
+    ok(step(office, tasks[A1]["id"], "reassign", {"assignee_id": None}))  # to the grid
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT task_id, user_id, county_code, message FROM notifications"
+                " WHERE task_id IS NOT NULL ORDER BY id"
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (given["id"], ids["worker1"], "320508", "任务「走访独居老人」派给您"),
+        (tasks[A1]["id"], ids["worker1"], "320508", "任务「消防大排查」派给您"),
+        (tasks[A2]["id"], ids["worker2"], "320508", "任务「消防大排查」派给您"),
+        (tasks[B1]["id"], ids["worker3"], "320508", "任务「消防大排查」派给您"),
+        (given["id"], ids["worker2"], "320508", "任务「走访独居老人」派给您"),
+        (tasks[B2]["id"], ids["worker3"], "320508", "任务「消防大排查」派给您"),
+    ]
