@@ -255,6 +255,36 @@ def test_cases_held_by_a_unit_they_were_handed_down_to_may_be_returned(
     assert back["responsible"]["unit"]["code"] == TOWNSHIP
 
 
+def test_a_city_wide_campaign_and_its_items_are_moved_into_counties(
+    app, accounts, factory, client, engine
+):
+    """A campaign over a city carried the city's code as its county, its items the
+    campaign's: migration 0039 gives the items their task's county and the campaign its
+    first grid's (a new version: it is shown); a township's campaign stays as it was."""
+    from sqlalchemy import text
+
+    from tests.api.test_tasks import test_work_over_a_city_lies_in_counties as city_campaign
+
+    factory.regions()
+    factory.grid_version()
+    people = {
+        "ids": accounts.ids,
+        "office": accounts.client("office", "township_office", scope_region=TOWNSHIP),
+    }
+    city_campaign(client, factory, people, accounts, engine)
+    with engine.begin() as conn:  # as the earlier fan-out left them
+        conn.execute(text("UPDATE campaigns SET county_code = '320500'"))
+        conn.execute(text("UPDATE task_items SET county_code = '320500'"))
+        before = conn.execute(text("SELECT id, version FROM campaigns")).one()
+    migrations.downgrade(engine, "0038")
+    migrations.upgrade(engine)
+    with engine.connect() as conn:
+        after = conn.execute(text("SELECT id, version, county_code FROM campaigns")).one()
+        items = conn.execute(text("SELECT DISTINCT county_code FROM task_items")).scalars()
+        assert sorted(items) == ["320506", "320508"]
+    assert tuple(after) == (before[0], before[1] + 1, "320506")
+
+
 def test_grids_of_communities_not_in_the_tree_leave_service(factory, client, engine):
     """A grid of a community missing from the tree, put in service by a forced activation
     before imports left such grids out, kept answering for the county's own points:

@@ -14,6 +14,10 @@ reported back on it. The workflow now clears it on reopen, as it clears ``dispat
 (0038); this clears it from the cases reopened before and not fed back since. It is not
 shown, so those cases keep their version. The timeline keeps the ``feedback`` row.
 
+A campaign over a city carried the city's code as its county, and its task items the
+campaign's whatever county their house was in: the items get their task's county, the
+campaign its first grid's (a new version: it is shown).
+
 ``notifications.task_id``: a task given to a worker queues a notification for them, as a
 case dispatched to a worker does; it names the task.
 
@@ -62,10 +66,28 @@ _HANDED_DOWN_FROM = sa.text(
 )
 
 
+_ITEMS_IN_THEIR_TASKS_COUNTY = sa.text(
+    "UPDATE task_items SET county_code ="
+    " (SELECT t.county_code FROM tasks t WHERE t.id = task_items.task_id)"
+    " WHERE county_code <> (SELECT t.county_code FROM tasks t WHERE t.id = task_items.task_id)"
+)
+# A campaign over a city or a province (its county digits 00): its first grid's county.
+_FIRST_GRID = (
+    "(SELECT substr(min(t.grid_code), 1, 6) FROM tasks t WHERE t.campaign_id = campaigns.id)"
+)
+_CAMPAIGNS_IN_A_COUNTY = sa.text(
+    f"UPDATE campaigns SET county_code = {_FIRST_GRID}, version = version + 1"
+    " WHERE substr(region_code, 5, 2) = '00'"
+    f" AND {_FIRST_GRID} IS NOT NULL AND county_code <> {_FIRST_GRID}"
+)
+
+
 def upgrade() -> None:
     op.add_column("cases", sa.Column("handed_down_from", sa.String(12), nullable=True))
     op.execute(_HANDED_DOWN_FROM)
     op.execute(_FIRST_LIFE_FEEDBACK)
+    op.execute(_ITEMS_IN_THEIR_TASKS_COUNTY)
+    op.execute(_CAMPAIGNS_IN_A_COUNTY)
     # No foreign key: tasks are never deleted (cancelled), and a key added to an existing
     # table is a table rebuild on SQLite.
     op.add_column("notifications", sa.Column("task_id", sa.Integer(), nullable=True))
