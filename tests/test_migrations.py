@@ -191,7 +191,7 @@ def test_dispatch_and_supervision_of_an_ended_life_are_cleared(
 
 def test_feedback_of_an_ended_life_is_cleared(app, accounts, factory, client, engine):
     """Cases reopened before the workflow cleared it kept the earlier life's ``feedback_at``
-    (the indicators counted them handled once dispatched again): migration 0039 clears it;
+    (the indicators counted them handled once dispatched again): migration 0040 clears it;
     a feedback given since the reopen stays."""
     from sqlalchemy import text
 
@@ -212,7 +212,7 @@ def test_feedback_of_an_ended_life_is_cleared(app, accounts, factory, client, en
     with engine.begin() as conn:  # as the earlier reopen left it
         conn.execute(text("UPDATE cases SET feedback_at = reported_at WHERE id = :a"), ids)
     versions = {cid: d.get(cid)["version"] for cid in ids.values()}
-    migrations.downgrade(engine, "0038")
+    migrations.downgrade(engine, "0039")
     migrations.upgrade(engine)
     assert migrations.current_revision(engine) == HEAD
     fed = "SELECT id, feedback_at IS NOT NULL FROM cases WHERE id IN (:a, :b, :c)"
@@ -229,7 +229,7 @@ def test_cases_held_by_a_unit_they_were_handed_down_to_may_be_returned(
     app, accounts, factory, client, engine
 ):
     """Cases handed down (交办) before the unit that handed them down was kept: migration
-    0039 finds it in the timeline for the open cases still held where they were handed
+    0040 finds it in the timeline for the open cases still held where they were handed
     down, so those may be returned; not for a case moved on since, nor one never handed."""
     from tests.api.test_case_workflow import Desk, ok
 
@@ -244,7 +244,7 @@ def test_cases_held_by_a_unit_they_were_handed_down_to_may_be_returned(
     d.act(d.officer, handed, "dispatch", assignee_id=d.id("worker"))
     d.act(d.worker, handed, "return", comment="不属于本网格")  # back to the community
     d.act(d.office, moved_on, "transfer", unit=COMMUNITY_B, comment="属观前社区")
-    migrations.downgrade(engine, "0038")  # as the earlier workflow left them
+    migrations.downgrade(engine, "0039")  # as the earlier workflow left them
     migrations.upgrade(engine)
     assert migrations.current_revision(engine) == HEAD
     officer_b = accounts.client("officer_b", "community_officer", scope_region=COMMUNITY_B)
@@ -259,7 +259,7 @@ def test_a_city_wide_campaign_and_its_items_are_moved_into_counties(
     app, accounts, factory, client, engine
 ):
     """A campaign over a city carried the city's code as its county, its items the
-    campaign's: migration 0039 gives the items their task's county and the campaign its
+    campaign's: migration 0040 gives the items their task's county and the campaign its
     first grid's (a new version: it is shown); a township's campaign stays as it was."""
     from sqlalchemy import text
 
@@ -276,7 +276,7 @@ def test_a_city_wide_campaign_and_its_items_are_moved_into_counties(
         conn.execute(text("UPDATE campaigns SET county_code = '320500'"))
         conn.execute(text("UPDATE task_items SET county_code = '320500'"))
         before = conn.execute(text("SELECT id, version FROM campaigns")).one()
-    migrations.downgrade(engine, "0038")
+    migrations.downgrade(engine, "0039")
     migrations.upgrade(engine)
     with engine.connect() as conn:
         after = conn.execute(text("SELECT id, version, county_code FROM campaigns")).one()

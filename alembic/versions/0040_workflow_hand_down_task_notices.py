@@ -21,8 +21,8 @@ campaign its first grid's (a new version: it is shown).
 ``notifications.task_id``: a task given to a worker queues a notification for them, as a
 case dispatched to a worker does; it names the task.
 
-Revision ID: 0039_flow
-Revises: 0038
+Revision ID: 0040
+Revises: 0039
 Create Date: 2026-12-01
 """
 
@@ -32,8 +32,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0039_flow"
-down_revision = "0038"
+revision = "0040"
+down_revision = "0039"
 branch_labels = None
 depends_on = None
 
