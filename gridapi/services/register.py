@@ -122,8 +122,16 @@ def place_of_grid(session: Session, code: str, scope: Scope, field: str = "grid"
     return Place(grid.community_code, grid.code)
 
 
-def place_of_region(session: Session, code: str, scope: Scope, field: str = "region") -> Place:
-    """Return the place of a region of county level or below in the scope; 422 otherwise.
+def place_of_region(
+    session: Session,
+    code: str,
+    scope: Scope,
+    field: str = "region",
+    *,
+    above_county: bool = False,
+) -> Place:
+    """Return the place of a region in the scope, of county level or below unless
+    ``above_county`` (a city's campaign and its tasks); 422 otherwise.
 
     A city or a province is no place of the register: its rows carry a county's code (the
     unit household and ID numbers are unique within, the key rows are distributed by), and
@@ -134,7 +142,7 @@ def place_of_region(session: Session, code: str, scope: Scope, field: str = "reg
         raise _invalid(field, f"no region {code} in your scope") from None
     if not scope.covers_region(code):  # an ancestor is readable, but holds nothing of ours
         raise _invalid(field, f"no region {code} in your scope")
-    if region_level(code) in ("city", "province"):
+    if not above_county and region_level(code) in ("city", "province"):
         raise _invalid(field, "is a city or a province: name its county, township or community")
     return Place(code, None)
 

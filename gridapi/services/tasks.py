@@ -356,7 +356,7 @@ def create_task(
         place = place_of_grid(session, data["grid"], scope)
         region, grid = place.region_code, place.grid_code
     elif data.get("region"):
-        place = place_of_region(session, data["region"], scope)
+        place = place_of_region(session, data["region"], scope, above_county=True)
         region, grid = place.region_code, None
     elif assignee is not None:
         region, grid = _place_of_worker(session, assignee, scope, now, calendar)
@@ -789,7 +789,7 @@ def create_campaign(
     the grid (of the given house uses). Raises Unprocessable for a region out of scope or
     without grids, and for an invalid form."""
     scope = principal.scope
-    region = place_of_region(session, data["region"], scope).region_code
+    region = place_of_region(session, data["region"], scope, above_county=True).region_code
     schema = check_result_schema(data.get("result_schema"))
     prefix = subtree_prefix(region)
     grids = session.execute(
