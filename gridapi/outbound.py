@@ -191,12 +191,7 @@ def resolve(target: Target, policy: OutboundPolicy) -> list[str]:
     if literal is not None:
         infos = [str(literal)]
     else:
-        try:
-            found = socket.getaddrinfo(
-                target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-            )
-        except (OSError, UnicodeError) as exc:
-            raise OutboundRefused(f"the host {target.host!r} does not resolve ({exc})") from None
+        found = _getaddrinfo_within(target, policy.connect_timeout)
         infos = list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in found))
         if not infos:
             raise OutboundRefused(f"the host {target.host!r} does not resolve")
@@ -211,6 +206,36 @@ def resolve(target: Target, policy: OutboundPolicy) -> list[str]:
     return infos
 
 
+def _getaddrinfo_within(target: Target, timeout: float) -> list[Any]:
+    """Return ``socket.getaddrinfo`` of the target's host, asked in a thread and waited for
+    ``timeout`` seconds at most. Raises OutboundRefused when it fails or takes longer.
+
+    getaddrinfo has no timeout of its own (the resolver's are per server and try, and
+    add up): a slow DNS server held a delivery, and the round with it, far beyond its
+    timeouts. The thread is a daemon; one left waiting ends when the resolver gives up.
+    """
+    answer: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            answer.append(
+                socket.getaddrinfo(
+                    target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+                )
+            )
+        except (OSError, UnicodeError) as exc:
+            answer.append(exc)
+
+    thread = threading.Thread(target=lookup, name="gridapi-resolve", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not answer:
+        raise OutboundRefused(f"the host {target.host!r} did not resolve within {timeout:g} s")
+    if isinstance(answer[0], Exception):
+        raise OutboundRefused(f"the host {target.host!r} does not resolve ({answer[0]})")
+    return list(answer[0])
+
+
 def check_url(url: str, policy: OutboundPolicy) -> Target:
     """Return the target of ``url`` if it may be called now. Raises OutboundRefused."""
     target = parse_target(url)
@@ -223,6 +248,7 @@ def post(
 ) -> OutboundResponse:
     """POST ``body`` to ``url`` through the policy's checks; return the answer (status, the
     first ``max_response_bytes`` of the body). Raises OutboundRefused or OutboundFailed."""
+    started = time.monotonic()
     target = parse_target(url)
     address = resolve(target, policy)[0]
     default_port = 443 if target.scheme == "https" else 80
@@ -246,8 +272,7 @@ def post(
         pool = urllib3.HTTPConnectionPool(
             address, target.port, timeout=timeout, retries=False, maxsize=1
         )
-    started = time.monotonic()
-    # The whole attempt ends by this moment at most: the read timeout bounds each wait, and
+    # The whole attempt (the name's resolution included) ends by this moment at most: the read timeout bounds each wait, and
     # a receiver sending a byte now and then (a 500, then 1 kB every 0.5 s; or a header line
     # every few seconds) held an attempt, and the delivery round with it, for as long as it
     # liked. The body is read until then; the watchdog cuts the connection then.

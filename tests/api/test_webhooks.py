@@ -949,6 +949,48 @@ def test_an_internationalised_host_name_is_called_by_its_ascii_form(receiver, mo
     assert receiver.requests[0]["headers"]["Host"] == f"xn--fsqu00a.xn--fiqs8s:{receiver.port}"
 
 
+def test_a_resolver_that_hangs_ends_the_attempt_as_a_retry(
+    app, client, world, receiver, monkeypatch
+):
+    """getaddrinfo has no timeout of its own: a slow DNS server held the delivery (and the
+    round, and the lease of its batch) for as long as it took, whatever the timeouts."""
+    import socket
+
+    real = socket.getaddrinfo
+    slow = threading.Event()
+    release = threading.Event()
+
+    def resolver(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "hooks.example.test":
+            if slow.is_set():
+                release.wait(5)  # then answers: the attempt would have gone through
+            return real("127.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    sub = subscribe(
+        client, f"http://hooks.example.test:{receiver.port}/hook", events=["case.created"]
+    )
+    report(client)
+    slow.set()
+    try:
+        policy = replace(
+            svc.DeliveryOptions.from_settings(app.extensions["gridapi"].settings).policy,
+            connect_timeout=0.2,
+        )
+        result = deliver(app, policy=policy)
+    finally:
+        release.set()
+    assert result.attempted == 1 and result.retrying == 1
+    (delivery,) = deliveries(client, sub["id"])
+    assert delivery["status"] == "pending" and delivery["attempts"] == 1
+    assert delivery["last_status_code"] is None
+    assert delivery["last_error"] == (
+        "refused: the host 'hooks.example.test' did not resolve within 0.2 s"
+    )
+    assert receiver.requests == []
+
+
 def test_the_answer_read_is_capped_and_logged_short(app, client, world, receiver):
     receiver.reply = b"x" * 200_000
     policy = OutboundPolicy(allow=parse_allowlist("127.0.0.1/32"), max_response_bytes=1024)
