@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -662,9 +662,11 @@ class Claim:
     delivery_id: int
     attempts: int
     url: str
-    secret: str
+    secret: str  # as at the claim; ``send_signed_now`` signs with the one current then
     event_id: str
     body: bytes
+    subscription_id: int
+    subscription_uid: str
 
 
 def claim_due(
@@ -756,6 +758,8 @@ def claim_due(
                 secret=secret,
                 event_id=event_id(event),
                 body=event_body(event),
+                subscription_id=sub.id,
+                subscription_uid=sub.uid,
             )
         )
     session.flush()
@@ -829,6 +833,38 @@ def send(
         response.duration_ms,
         wait,
     )
+
+
+def send_signed_now(
+    sessions: Sessions, cipher: FieldCipher, claim: Claim, policy: OutboundPolicy
+) -> Outcome:
+    """Send a claimed delivery signed with its subscription's secret as it is now; never
+    raises.
+
+    A batch is claimed at once and sent a few at a time, each attempt taking up to the
+    timeouts: signed with the secret read at the claim, attempts sent after a
+    ``rotate-secret`` carried the old secret's signature, which the receiver had been told
+    stops at once (docs/webhooks.md), and refused them.
+    """
+    try:
+        with sessions() as session:
+            stored = session.scalar(
+                select(WebhookSubscription.secret_enc).where(
+                    WebhookSubscription.id == claim.subscription_id
+                )
+            )
+        if stored is None:  # deleted since the claim: its deliveries went with it
+            return Outcome(False, None, "the subscription was deleted", None)
+        secret = open_secret(cipher, claim.subscription_uid, stored)
+    except CiphertextError:
+        log.error(
+            "webhook subscription %s: its secret could not be decrypted", claim.subscription_id
+        )
+        return Outcome(False, None, "the subscription's secret could not be decrypted", None)
+    except Exception as exc:  # the database gone for a moment: retried as any failure
+        log.exception("webhook delivery %s: the secret could not be read", claim.delivery_id)
+        return Outcome(False, None, type(exc).__name__, None)
+    return send(replace(claim, secret=secret), policy)
 
 
 def record(
@@ -931,7 +967,9 @@ def deliver_round(
             claims = in_write_transaction(sessions, lambda s: claim_due(s, now(), cipher, options))
             if not claims:
                 break
-            outcomes = list(pool.map(lambda c: send(c, options.policy), claims))
+            outcomes = list(
+                pool.map(lambda c: send_signed_now(sessions, cipher, c, options.policy), claims)
+            )
             result.attempted += len(claims)
 
             store = partial(_record_all, claims=claims, outcomes=outcomes, now=now, options=options)

@@ -62,6 +62,7 @@ class Receiver:
         self.location: str | None = None
         self.extra_headers: dict[str, str] = {}
         self.reply = b"ok"
+        self.on_request: Any = None  # called with each request before it is answered
         self.server: ThreadingHTTPServer | None = None
         self.port = 0
         self.lock = threading.Lock()
@@ -77,6 +78,8 @@ class Receiver:
                         {"path": self.path, "headers": dict(self.headers), "body": body}
                     )
                     status = receiver.status
+                if receiver.on_request is not None:
+                    receiver.on_request(receiver.requests[-1])
                 self.send_response(status)
                 if receiver.location:
                     self.send_header("Location", receiver.location)
@@ -737,6 +740,30 @@ def test_a_rotated_secret_signs_the_next_deliveries(app, client, world, receiver
     request = receiver.requests[0]
     assert verify_signature(new, request["headers"], request["body"])
     assert not verify_signature(sub["secret"], request["headers"], request["body"])
+
+
+def test_a_secret_rotated_during_a_round_signs_the_attempts_sent_after_it(
+    app, client, world, receiver
+):
+    """The secret was read when a batch was claimed: the attempts sent after a rotation in
+    the same round carried the old secret's signature, which the docs say stops at once."""
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    report(client, col=0)
+    report(client, col=1)
+    rotated: list[str] = []
+
+    def rotate_on_first(_request: Any) -> None:
+        if not rotated:
+            answer = client.post(f"/api/v1/webhooks/{sub['id']}/rotate-secret")
+            rotated.append(ok(answer)["secret"])
+
+    receiver.on_request = rotate_on_first
+    result = deliver(app, concurrency=1)  # one batch, sent one after the other
+    assert result.attempted == 2 and result.delivered == 2
+    first, second = receiver.requests
+    assert verify_signature(sub["secret"], first["headers"], first["body"])
+    assert verify_signature(rotated[0], second["headers"], second["body"])
+    assert not verify_signature(sub["secret"], second["headers"], second["body"])
 
 
 def test_key_rotation_re_encrypts_webhook_secrets(app, client, world, engine, receiver):
