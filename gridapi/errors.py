@@ -14,7 +14,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException, default_exceptions
 
 from .codes import InvalidCode
-from .db import SpatialExtensionMissing
+from .db import SpatialExtensionMissing, spatial_extension_version
 from .security.fields import CiphertextError
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,40 @@ _NO_SPATIAL_FUNCTION = re.compile(
     r"CreateSpatialIndex|RecoverGeometryColumn|DisableSpatialIndex|Gpkg)",
     re.IGNORECASE,
 )
+
+#: PostgreSQL's errors for a function, type or column that is not there (undefined_function,
+#: undefined_object, undefined_column) and for a library it cannot load (undefined_file):
+#: what PostGIS dropped (``DROP EXTENSION postgis CASCADE`` takes the geometry columns with
+#: it) or half-upgraded (its functions pointing at a library no longer installed) gives.
+_UNDEFINED_SQLSTATES = frozenset({"42883", "42704", "42703", "58P01"})
+_POSTGIS_NAME = re.compile(r"\b(st_\w+|geometry|geography|box[23]d|postgis[\w.-]*)\b", re.I)
+
+
+def postgis_problem(exc: DBAPIError, engine: Any) -> str | None:
+    """Return what is wrong with PostGIS when ``exc`` (raised on ``engine``) comes of its
+    loss, else None: an undefined function, type or column answered while the extension is
+    not installed, or one of PostGIS's own while it is (its functions fail). Any other
+    undefined function is a bug, not an outage."""
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate not in _UNDEFINED_SQLSTATES or engine.dialect.name != "postgresql":
+        return None
+    error = str(exc.orig).splitlines()[0]
+    try:
+        version = spatial_extension_version(engine)
+    except SpatialExtensionMissing as missing:
+        return (
+            f"{error} ({missing} If it was dropped with CASCADE, its geometry columns went "
+            "with it: restore the database from a backup.)"
+        )
+    except DBAPIError:  # postgis_lib_version() fails too: the library is gone
+        version = "PostGIS"
+    if not _POSTGIS_NAME.search(error):
+        return None
+    return (
+        f"{error} ({version} is installed but its functions fail: install the PostGIS "
+        "package matching it (apt-get install postgresql-15-postgis-3, for your PostgreSQL "
+        "version), then run ALTER EXTENSION postgis UPDATE.)"
+    )
 
 
 class DomainError(Exception):
@@ -140,8 +174,20 @@ def register_error_handlers(app: Flask) -> None:
         # there then): the server is up, but nothing spatial can be answered until it is back.
         return _spatial_unavailable(exc)
 
+    def _postgis_lost(exc: DBAPIError) -> str | None:
+        from .extensions import state
+
+        try:
+            return postgis_problem(exc, state().engine)
+        except Exception:  # the check must not hide the error it was asked about
+            log.warning("the state of PostGIS could not be checked", exc_info=True)
+            return None
+
     @app.errorhandler(OperationalError)
     def _operational(exc: OperationalError):  # type: ignore[no-untyped-def]
+        problem = _postgis_lost(exc)
+        if problem:
+            return _spatial_unavailable(problem)
         if _NO_SPATIAL_FUNCTION.match(str(exc.orig)):
             return _spatial_unavailable(
                 f"{exc.orig} (SpatiaLite is not loaded on this connection; check "
@@ -185,6 +231,10 @@ def register_error_handlers(app: Flask) -> None:
                 503,
                 {"Retry-After": "2"},
             )
+        if isinstance(exc, DBAPIError):
+            problem = _postgis_lost(exc)
+            if problem:
+                return _spatial_unavailable(problem)
         log.exception("unhandled error (request %s)", g.get("request_id"))
         message = f"An unexpected error occurred (request id {g.get('request_id', '-')})."
         return jsonify(error_body(500, message)), 500

@@ -158,3 +158,87 @@ def test_a_spatial_function_missing_on_a_connection_is_503_with_retry_after(app,
     r = app.test_client().get("/spatial-probe")
     _assert_spatial_503(r, caplog)
     assert "GRIDAPI_SPATIALITE_PATH" in caplog.records[-1].getMessage()
+
+
+@pytest.fixture
+def scratch_postgis_url(postgis_url):  # type: ignore[no-untyped-def]
+    """A migrated PostgreSQL database of this test's own, to take PostGIS away from (never
+    the shared test database)."""
+    from gridapi import migrations
+
+    scratch = make_url(postgis_url).set(database=make_url(postgis_url).database + "_nopostgis")
+    admin = make_engine(make_url(postgis_url).set(database="postgres").render_as_string(False))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch.database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{scratch.database}"'))
+    url = scratch.render_as_string(hide_password=False)
+    try:
+        engine = make_engine(url)
+        migrations.upgrade(engine)
+        engine.dispose()
+        yield url
+    finally:
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{scratch.database}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_postgis_dropped_while_serving_is_503_with_retry_after(
+    scratch_postgis_url, tmp_path, caplog
+):
+    """DROP EXTENSION postgis CASCADE (an operator's mistake, a failed upgrade) takes the
+    geometry columns with it: every spatial request answered 500 with a traceback."""
+    from tests.api.test_cases import center, report_body
+    from tests.factories import Accounts, Factory
+
+    settings = Settings(
+        database_url=scratch_postgis_url,
+        data_dir=str(tmp_path / "data"),
+        routing_refresh_seconds=0.0,
+        argon2_time_cost=1,
+        argon2_memory_kib=1024,
+    )
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    try:
+        client = Accounts(app).client("admin")
+        factory = Factory(client)
+        factory.regions()
+        factory.grid_version()
+        assert client.get("/api/v1/grids").status_code == 200
+        engine = app.extensions["gridapi"].engine
+        with engine.begin() as conn:
+            conn.execute(text("DROP EXTENSION postgis CASCADE"))
+        caplog.set_level(logging.ERROR, logger="gridapi.errors")
+        for method, path, body in (
+            ("get", "/api/v1/grids", None),
+            ("get", "/api/v1/regions", None),
+            ("post", "/api/v1/cases", report_body(*center(0))),
+        ):
+            _assert_spatial_503(client.open(path, method=method, json=body), caplog)
+            logged = caplog.records[-1].getMessage()
+            assert "CREATE EXTENSION postgis" in logged and "backup" in logged
+    finally:
+        app.extensions["gridapi"].engine.dispose()
+
+
+@pytest.mark.engines("postgis")
+def test_a_postgis_function_failing_is_503_and_another_undefined_one_500(app, caplog):
+    """A PostGIS function missing (its library half-upgraded) is an outage to tell the
+    operator about; an undefined function that is not PostGIS's stays a bug (500)."""
+
+    def probe(sql: str):  # type: ignore[no-untyped-def]
+        def view():  # type: ignore[no-untyped-def]
+            with app.extensions["gridapi"].engine.connect() as conn:
+                conn.exec_driver_sql(sql)
+
+        return view
+
+    app.add_url_rule("/postgis-probe", "postgis", probe("SELECT ST_CoversNoMore(NULL, NULL)"))
+    app.add_url_rule("/other-probe", "other", probe("SELECT no_such_function(1)"))
+    caplog.set_level(logging.ERROR, logger="gridapi.errors")
+    r = app.test_client().get("/postgis-probe")
+    _assert_spatial_503(r, caplog)
+    assert "ALTER EXTENSION postgis UPDATE" in caplog.records[-1].getMessage()
+    r = app.test_client().get("/other-probe")
+    assert r.status_code == 500 and "Retry-After" not in r.headers
