@@ -25,7 +25,12 @@ from .db import (
 from .errors import register_error_handlers
 from .extensions import AppState, close_session
 from .jsonio import ApiRequest, OrjsonProvider
-from .limits import limiter, retry_after_only_when_waiting, storage_options
+from .limits import (
+    DATABASE_STORAGE_URI,
+    limiter,
+    retry_after_only_when_waiting,
+    storage_options,
+)
 from .outbound import policy_from_settings
 from .phone import NOT_MODIFIED, FieldsPlugin
 from .security.fields import FieldCipher, KeyConfigError, parse_keys
@@ -221,7 +226,7 @@ def create_app(
     install_spec(api)
     install_converters(app, api)
     app.config.update(
-        RATELIMIT_STORAGE_URI=settings.redis_url or "memory://",
+        RATELIMIT_STORAGE_URI=settings.redis_url or DATABASE_STORAGE_URI,
         RATELIMIT_STORAGE_OPTIONS=storage_options(settings.redis_url),
         RATELIMIT_HEADERS_ENABLED=True,
         RATELIMIT_ENABLED=True,

@@ -1,17 +1,31 @@
 """Rate limits: flask-limiter for sign-in throttling, the same storage for per-key limits.
 
 Storage is Redis when GRIDAPI_REDIS_URL is set (shared by every process and machine) and
-process memory otherwise. When Redis cannot be reached, what it limits answers 503 with
-Retry-After (``errors``): never unlimited, never 500.
+the database otherwise (``DatabaseStorage``: shared by every process too), where only the
+sensitive limits are counted (sign-in failures, exact lookups of personal data); the
+per-request limit of API keys is then counted in process memory (``auth``), so a report
+costs no database round trip for it. When Redis cannot be reached, what it limits answers
+503 with Retry-After (``errors``): never unlimited, never 500.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import Any
+
 from flask import request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from limits.storage import Storage
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
+from .db import sqlite_write_intent
 from .errors import DomainError
+
+log = logging.getLogger(__name__)
 
 limiter = Limiter(key_func=get_remote_address, default_limits=[], headers_enabled=True)
 
@@ -21,9 +35,14 @@ limiter = Limiter(key_func=get_remote_address, default_limits=[], headers_enable
 REDIS_TIMEOUT_SECONDS = 1.0
 
 
+#: The limits' storage URI without Redis: ``DatabaseStorage``.
+DATABASE_STORAGE_URI = "gridapi+db://"
+
+
 def storage_options(redis_url: str) -> dict[str, object]:
     """Return the options of the limits' storage: with Redis, bounded waits and its errors
-    raised as ``limits.errors.StorageError`` (answered 503)."""
+    raised as ``limits.errors.StorageError`` (answered 503); without, the database's errors
+    answered as the database's."""
     if not redis_url:
         return {"wrap_exceptions": False}
     return {
@@ -34,7 +53,7 @@ def storage_options(redis_url: str) -> dict[str, object]:
 
 
 def storage_reachable() -> bool:
-    """Return whether the limits' storage answers (process memory always does)."""
+    """Return whether the limits' storage answers."""
     return bool(limiter.storage.check())
 
 
@@ -59,6 +78,142 @@ def storage_warning(redis_url: str) -> str | None:
         f"GRIDAPI_REDIS_URL ({shown}) cannot be reached: until it can, sign-in, exact ID and "
         "phone lookups and requests with API keys answer 503, and /api/v1/health too."
     )
+
+
+class DatabaseStorage(Storage):
+    """The limits' fixed-window counters in the table ``rate_limit_counters``, shared by
+    every process and server on the database. Each call is one statement in a transaction
+    of its own (committed at once, whatever becomes of the request's): an increment is one
+    INSERT … ON CONFLICT DO UPDATE … RETURNING, which PostgreSQL and SQLite both take, so
+    two processes counting at once never lose a hit. Expired windows are deleted now and
+    then by the increment that finds them due."""
+
+    STORAGE_SCHEME = ["gridapi+db"]
+    #: How often (seconds) a process deletes the expired windows.
+    PRUNE_SECONDS = 300.0
+
+    _INCR = text(
+        "INSERT INTO rate_limit_counters (key, hits, expires_at)"
+        " VALUES (:key, :amount, :now + :expiry)"
+        " ON CONFLICT (key) DO UPDATE SET"
+        " hits = CASE WHEN rate_limit_counters.expires_at > :now"
+        " THEN rate_limit_counters.hits + excluded.hits ELSE excluded.hits END,"
+        " expires_at = CASE WHEN rate_limit_counters.expires_at > :now"
+        " THEN rate_limit_counters.expires_at ELSE excluded.expires_at END"
+        " RETURNING hits"
+    )
+    _WINDOW = text("SELECT hits, expires_at FROM rate_limit_counters WHERE key = :key")
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **_: Any) -> None:
+        super().__init__(uri, wrap_exceptions=wrap_exceptions)
+        self._next_prune = 0.0
+
+    @property
+    def engine(self) -> Any:
+        """The current application's engine: flask-limiter's limiter is one for every
+        application of the process (tests make several), each with its own database."""
+        from .extensions import state
+
+        return state().engine
+
+    @property
+    def base_exceptions(self) -> type[Exception]:
+        return DBAPIError
+
+    def _run(self, statement: Any, params: dict[str, Any], *, write: bool) -> Any:
+        # Its own connection and transaction: on SQLite a plain read, or a writer's for an
+        # increment, whatever the request's session began as.
+        if write and statement is self._INCR:
+            joined = _request_writer_session()
+            if joined is not None:
+                return self._incr_in(joined, params)
+        token = sqlite_write_intent.set(write)
+        try:
+            with self.engine.begin() as conn:
+                if write and params.get("now", 0.0) >= self._next_prune:
+                    self._next_prune = params["now"] + self.PRUNE_SECONDS
+                    conn.execute(
+                        text("DELETE FROM rate_limit_counters WHERE expires_at <= :now"),
+                        {"now": params["now"]},
+                    )
+                return conn.execute(statement, params).first()
+        finally:
+            sqlite_write_intent.reset(token)
+
+    def _incr_in(self, session: Any, params: dict[str, Any]) -> Any:
+        """Count in the request's own SQLite write transaction (another connection would wait
+        for the write lock this one holds, for the busy timeout); counted again on a
+        connection of its own if that transaction rolls back, so a refused request counts."""
+        session.info.setdefault(_PENDING, []).append((self, params))
+        return session.execute(self._INCR, params).first()
+
+    def _window(self, key: str) -> tuple[int, float] | None:
+        now = time.time()
+        row = self._run(self._WINDOW, {"key": key}, write=False)
+        if row is None or row.expires_at <= now:
+            return None
+        return int(row.hits), float(row.expires_at)
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        params = {"key": key, "amount": amount, "expiry": float(expiry), "now": time.time()}
+        return int(self._run(self._INCR, params, write=True).hits)
+
+    def get(self, key: str) -> int:
+        window = self._window(key)
+        return window[0] if window else 0
+
+    def get_expiry(self, key: str) -> float:
+        window = self._window(key)
+        return window[1] if window else time.time()
+
+    def check(self) -> bool:
+        try:
+            self._run(text("SELECT 1"), {}, write=False)
+        except DBAPIError:
+            return False
+        return True
+
+    def reset(self) -> int | None:
+        with self.engine.begin() as conn:
+            return int(conn.execute(text("DELETE FROM rate_limit_counters")).rowcount)
+
+    def clear(self, key: str) -> None:
+        self._run(
+            text("DELETE FROM rate_limit_counters WHERE key = :key"), {"key": key}, write=True
+        )
+
+
+def _request_writer_session() -> Any:
+    """Return the request's session when, on SQLite, it holds the database's one write lock
+    (a write request's transaction, BEGIN IMMEDIATE, under way); else None."""
+    from flask import g, has_request_context
+
+    if not has_request_context() or not sqlite_write_intent.get():
+        return None
+    session = g.get("_db_session")
+    if session is None or not session.in_transaction():
+        return None
+    return session if session.get_bind().dialect.name == "sqlite" else None
+
+
+#: ``Session.info`` key of the hits counted in a request's SQLite transaction not yet committed.
+_PENDING = "gridapi_rate_limit_hits"
+
+
+@event.listens_for(Session, "after_commit")
+def _committed_hits(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _count_rolled_back_hits(session: Session, transaction: Any) -> None:
+    # Runs once the transaction's connection is released (its write lock with it).
+    if transaction.parent is None and _PENDING in session.info:
+        for storage, params in session.info.pop(_PENDING):
+            try:
+                storage._run(storage._INCR, {**params, "now": time.time()}, write=True)
+            except DBAPIError as exc:  # the answer has gone; the database is down
+                log.warning("a rate-limit hit could not be counted again: %s", exc.orig)
 
 
 class TooManyRequests(DomainError):
@@ -153,8 +308,8 @@ def _spend(limit: str, identifiers: tuple[str, ...], message: str, *, cost: int 
 def count_lookup(limit: str, caller: str, kind: str = "lookup", cost: int = 1) -> None:
     """Count ``cost`` exact-value lookups of personal data by ``caller``; 429 past ``limit``.
 
-    Kept in the limiter's storage (Redis with GRIDAPI_REDIS_URL, so the count is shared by
-    every process), so that the API cannot be used to test at scale whether a person with a
+    Kept in the limiter's storage (Redis with GRIDAPI_REDIS_URL, else the database: the count
+    is shared by every process), so that the API cannot be used to test at scale whether a person with a
     given ID or phone number is registered.
     """
     message = f"Too many lookups of ID or phone numbers, or whole names ({limit}); retry later."

@@ -217,15 +217,15 @@ def exposure_warning(host: str, settings: Settings) -> str | None:
 
 
 def limits_warning(workers: int, settings: Settings) -> str | None:
-    """Return what several worker processes do to the rate limits when they count in
-    process memory (None with GRIDAPI_REDIS_URL, or one process)."""
+    """Return what several worker processes do to the rate limits of API keys, which they
+    count in process memory (None with GRIDAPI_REDIS_URL, or one process)."""
     if workers <= 1 or settings.redis_url:
         return None
     return (
-        f"{workers} worker processes and no GRIDAPI_REDIS_URL: each counts the rate limits "
-        "(sign-in failures, exact ID and phone lookups, API clients) on its own, so a user "
-        f"may make up to {workers} times GRIDAPI_PERSON_LOOKUP_RATE lookups. Set "
-        "GRIDAPI_REDIS_URL to share the counts (docs/deploy.md)."
+        f"{workers} worker processes and no GRIDAPI_REDIS_URL: sign-in failures and exact ID "
+        "and phone lookups are counted in the database, shared, but each process counts the "
+        f"request limits of API keys on its own, so a key may make up to {workers} times its "
+        "limit. Set GRIDAPI_REDIS_URL to share those too (docs/deploy.md)."
     )
 
 

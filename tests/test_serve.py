@@ -281,15 +281,16 @@ def test_keys_kept_in_the_data_directory_on_postgresql_are_warned(url, keys, nam
     [(1, "", False), (3, "", True), (3, "redis://127.0.0.1:6379/0", False)],
 )
 def test_several_workers_counting_limits_on_their_own_are_warned(workers, redis, warned):
-    """Without Redis each worker process counts the per-user lookup limit on its own: five
-    workers allowed 300 exact lookups an hour where 60 were configured (probed)."""
+    """Without Redis each worker process counts the request limits of API keys on its own
+    (the sign-in and lookup limits are shared through the database)."""
     from gridapi.config import Settings
     from gridapi.serving import limits_warning
 
     warning = limits_warning(workers, Settings(redis_url=redis))
     assert (warning is not None) == warned
     if warned:
-        assert f"{workers} times GRIDAPI_PERSON_LOOKUP_RATE" in warning
+        assert f"up to {workers} times its limit" in warning
+        assert "GRIDAPI_PERSON_LOOKUP_RATE" not in warning
 
 
 def test_spatialite_loaded_before_shapely_does_not_break_shapely(tmp_path: Path):

@@ -21,6 +21,7 @@ from .identity import (
     Role,
     User,
 )
+from .limits import RateLimitCounter
 from .patrols import Patrol, PatrolCheckin, PatrolFinding, PatrolPoint, Presence
 from .regions import Region
 from .register import House, Household, Person, SpecialGroupRecord, Visit
@@ -56,6 +57,7 @@ __all__ = [
     "PatrolPoint",
     "Person",
     "Presence",
+    "RateLimitCounter",
     "RefreshToken",
     "Region",
     "Role",

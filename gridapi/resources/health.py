@@ -34,7 +34,9 @@ class HealthSchema(StrictSchema):
         metadata={
             "example": "redis",
             "description": "Where rate limits are counted: `redis` (GRIDAPI_REDIS_URL, "
-            "shared by every process) or `memory` (each process on its own).",
+            "shared by every process) or `database` (sign-in and exact lookups shared by "
+            "every process through the database, API keys' request limits by each process "
+            "on its own).",
         },
     )
 
@@ -113,7 +115,7 @@ class Health(MethodView):
             "database": database,
             "grids_in_service": len(snap),
             "index_generation": snap.generation,
-            "rate_limits": "redis" if st.settings.redis_url else "memory",
+            "rate_limits": "redis" if st.settings.redis_url else "database",
         }
 
 

@@ -168,7 +168,7 @@ def test_a_count_that_fails_after_the_answer_is_made_answers_503(settings):
 
 
 def test_health_says_where_limits_are_counted(app):
-    assert app.test_client().get("/api/v1/health").get_json()["rate_limits"] == "memory"
+    assert app.test_client().get("/api/v1/health").get_json()["rate_limits"] == "database"
 
 
 @needs_redis
