@@ -3,8 +3,8 @@
 Without GRIDAPI_REDIS_URL each process counted them in its own memory: with 5 workers a
 caller had 5 × GRIDAPI_PERSON_LOOKUP_RATE exact lookups and 5 × the sign-in attempts.
 
-Revision ID: 0039_ops
-Revises: 0038
+Revision ID: 0041
+Revises: 0040
 Create Date: 2026-12-01
 """
 
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0039_ops"
-down_revision = "0038"
+revision = "0041"
+down_revision = "0040"
 branch_labels = None
 depends_on = None
 
