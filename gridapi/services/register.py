@@ -731,7 +731,14 @@ def _head_taken(
 
 
 def _check_namesake(
-    session: Session, name: str, household: Household | None, place: Place, scope: Scope
+    session: Session,
+    name: str,
+    household: Household | None,
+    place: Place,
+    scope: Scope,
+    *,
+    household_id: int | None = None,
+    other_than: int | None = None,
 ) -> None:
     """Raise Conflict when a resident named ``name`` without an ID number lives in
     ``household``, or, without one, in the place's grid outside any household.
@@ -742,8 +749,12 @@ def _check_namesake(
     same = select(Person.id).where(
         Person.name == name, Person.id_number_hmac.is_(None), in_scope(scope, Person)
     )
+    if other_than is not None:  # a resident changed: not a namesake of themselves
+        same = same.where(Person.id != other_than)
     if household is not None:
-        same = same.where(Person.household_id == household.id)
+        household_id = household.id
+    if household_id is not None:
+        same = same.where(Person.household_id == household_id)
     else:
         same = same.where(Person.household_id.is_(None), _is(Person.grid_code, place.grid_code))
     if session.scalar(same.limit(1)) is not None:
@@ -949,6 +960,23 @@ def update_person(
                     changed.append(key)
             if person.id_number_enc is None and person.population_type != "foreign":
                 raise _invalid("id_number", "is required (except for foreign residents)")
+            if person.id_number_hmac is None and {
+                "name",
+                "household_id",
+                "grid",
+                "id_number",
+            } & set(changed):
+                # Renamed, moved, or their ID number cleared: a second record of a namesake
+                # without an ID number where they now live, as a create would make.
+                _check_namesake(
+                    session,
+                    person.name,
+                    None,
+                    Place(person.region_code, person.grid_code),
+                    scope,
+                    household_id=person.household_id,
+                    other_than=person.id,
+                )
             changed = changed_fields(person, _PERSON_FIELDS, changed)
             written.update(
                 county=person.county_code,

@@ -492,6 +492,50 @@ def test_a_resident_without_an_id_number_is_registered_once_by_the_api_and_the_i
     assert persons() == 5
 
 
+def test_a_change_does_not_make_a_second_record_of_a_namesake_without_an_id_number(
+    client, world, household, engine
+):
+    """A create refused a second resident of one name without an ID number where they live,
+    but PATCH /persons made one: renamed to a namesake's name, moved into a namesake's
+    household or grid, or their ID number cleared. Each is now the same 409; a change that
+    leaves them where they are, or moves them where nobody of that name is, stays 200."""
+    again = {"json": {"name": ["already registered here (same name, no ID number)"]}}
+
+    def foreign(**where: Any) -> dict:
+        body = {"population_type": "foreign", **where}
+        return created(client.post("/api/v1/persons", json=body))
+
+    def patch(person: dict, body: dict) -> Any:
+        return client.patch(f"/api/v1/persons/{person['id']}", json=body)
+
+    foreign(name="John Smith", household_id=household["id"])
+    foreign(name="Anna Ivanova", grid=A1)
+    other = foreign(name="Maria Rossi", grid=A2)
+    for body in (
+        {"name": "Anna Ivanova"},  # renamed in A2: nobody of that name there
+        {"grid": A1},  # moved into A1, where an Anna Ivanova lives: 409
+    ):
+        r = patch(other, body)
+        if "grid" in body:
+            assert r.status_code == 409, r.get_json()
+            assert r.get_json()["errors"] == again
+        else:
+            assert r.status_code == 200, r.get_json()
+    r = patch(other, {"household_id": household["id"], "name": "John Smith"})
+    assert r.status_code == 409 and r.get_json()["errors"] == again
+    # an ID number cleared makes them one more namesake without one
+    with_id = add_person(client, household["id"], name="John Smith")
+    r = patch(with_id, {"id_number": None, "population_type": "foreign"})
+    assert r.status_code == 409 and r.get_json()["errors"] == again
+    # themselves are no namesake: a change of another field is taken
+    assert patch(other, {"current_address": "平江路 2 号"}).status_code == 200
+    with engine.connect() as conn:
+        names = conn.execute(
+            text("SELECT name, grid_code FROM persons WHERE id = :i"), {"i": other["id"]}
+        ).one()
+    assert tuple(names) == ("Anna Ivanova", A2)
+
+
 def test_search_by_name_id_phone_address_and_household(client, world, household):
     zhang = add_person(client, household["id"], current_address="平江路1号501室")
     li = add_person(
