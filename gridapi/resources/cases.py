@@ -45,7 +45,10 @@ _IF_MATCH_HEADER = if_match_header(
     example='"42-3"',
     required=True,
 )
-_ETAG = etag_header()
+_ETAG = etag_header(
+    '`"<id>-<version>"`: the value to send as If-Match with the next change of the case '
+    "(required there: 428 without it, 412 when the case changed since)."
+)
 
 
 # What a phone gets back for a report (the answer of POST /api/v1/cases; a read and a step

@@ -54,7 +54,10 @@ _IF_MATCH = if_match_header(
     example='"42-3"',
     required=True,
 )
-_ETAG = etag_header()
+_ETAG = etag_header(
+    '`"<id>-<version>"`: the value to send as If-Match with the next change of the task '
+    "(required there: 428 without it, 412 when the task changed since)."
+)
 
 
 def _now() -> datetime:
