@@ -135,7 +135,9 @@ class WebhookById(MethodView):
 
         Any of `url`, `events`, `region_codes`, `categories`, `description`, `active`.
         An inactive subscription keeps its pending deliveries and gets no new ones; they
-        go out when it is active again.
+        go out when it is active again. A new `url` of a subscription another account or an
+        app owns is the owner's to set, or an administrator's of the whole system: an admin
+        restricted to an area may pause or narrow such a subscription, not redirect it (403).
         """
         st = state()
         sub = svc.update_subscription(
@@ -176,7 +178,9 @@ class RotateWebhookSecret(MethodView):
         """Replace the signing secret; the answer shows the new one once
 
         The old secret stops at once: deliveries from now on (retries included) are signed
-        with the new one.
+        with the new one. Only the subscription's owner, or an administrator of the whole
+        system, may rotate it (403 for an admin restricted to an area: the owner would be
+        left without the secret).
         """
         sub, secret = svc.rotate_secret(
             db_session(), webhook_id, _principal(), cipher=state().cipher

@@ -266,6 +266,24 @@ def get_subscription(session: Session, sub_id: int, principal: Principal) -> Web
     return sub
 
 
+def _check_redirects(sub: WebhookSubscription, principal: Principal, what: str) -> None:
+    """Refuse (403) a change of where another owner's events go, or of the secret they are
+    signed with, to any caller but an unrestricted one.
+
+    An admin restricted to an area sees the subscriptions of that area, an app's too, and
+    may pause or narrow them; pointing a hotline's subscription at another URL, or giving
+    it a new secret only the admin then knew, took the app's events away from it."""
+    from ..auth import Forbidden
+
+    if principal.kind == "client" or principal.scope.unrestricted:
+        return  # a client sees only its own
+    if sub.owner_user_id == principal.id:
+        return
+    raise Forbidden(
+        f"Only the subscription's owner, or an administrator of the whole system, may {what}."
+    )
+
+
 def update_subscription(
     session: Session,
     sub_id: int,
@@ -277,7 +295,8 @@ def update_subscription(
     """Change url, events, area, categories, description or active. Raises NotFound,
     Unprocessable."""
     sub = get_subscription(session, sub_id, principal)
-    if "url" in data:
+    if "url" in data and data["url"] != sub.url:
+        _check_redirects(sub, principal, "change its url")
         _check_url(data["url"], policy)
         sub.url = data["url"]
     if "events" in data:
@@ -307,8 +326,10 @@ def delete_subscription(session: Session, sub_id: int, principal: Principal) -> 
 def rotate_secret(
     session: Session, sub_id: int, principal: Principal, *, cipher: FieldCipher
 ) -> tuple[WebhookSubscription, str]:
-    """Replace the secret (the old one stops at once); return the new one. Raises NotFound."""
+    """Replace the secret (the old one stops at once); return the new one. Raises NotFound,
+    and Forbidden for another owner's subscription (``_check_redirects``)."""
     sub = get_subscription(session, sub_id, principal)
+    _check_redirects(sub, principal, "rotate its secret")
     secret = new_secret()
     sub.secret_enc = _seal(cipher, sub, secret)
     sub.updated_at = utcnow()

@@ -1281,3 +1281,34 @@ def test_the_audit_log_keeps_no_token_of_the_receiver_url(client, world, engine,
         summary = row.summary if isinstance(row.summary, dict) else json.loads(row.summary)
         assert summary["url"] == receiver.url + "?…", summary
         assert "s3cr3t" not in json.dumps(summary)
+
+
+def test_an_area_admin_may_pause_but_not_redirect_an_app_s_subscription(
+    app, client, accounts, world, receiver
+):
+    """An admin restricted to an area sees the subscriptions of its area, an app's too. It
+    could point a hotline's subscription at another URL, or rotate its secret (and be the
+    only one to know the new one): the app's events were taken from it. Both are 403 now,
+    for any owner's subscription but the admin's own; pausing it stays allowed, and the
+    administrator of the whole system may still do both."""
+    hotline = api_client(app, client, COMMUNITY_A)
+    theirs = subscribe(hotline, receiver.url, events=["case.created"])
+    area_admin = accounts.client("admin2", "admin", scope_region=TOWNSHIP)
+    assert ok(area_admin.get(f"/api/v1/webhooks/{theirs['id']}"))["id"] == theirs["id"]
+    elsewhere = receiver.url + "?elsewhere=1"
+    r = area_admin.patch(f"/api/v1/webhooks/{theirs['id']}", json={"url": elsewhere})
+    assert r.status_code == 403, r.get_json()
+    assert "owner" in r.get_json()["message"]
+    r = area_admin.post(f"/api/v1/webhooks/{theirs['id']}/rotate-secret")
+    assert r.status_code == 403, r.get_json()
+    assert ok(hotline.get(f"/api/v1/webhooks/{theirs['id']}"))["url"] == receiver.url
+    paused = area_admin.patch(f"/api/v1/webhooks/{theirs['id']}", json={"active": False})
+    assert ok(paused)["active"] is False
+    # its own subscription, and the unrestricted admin: as before
+    own = subscribe(area_admin, receiver.url, events=["case.created"])
+    changed = area_admin.patch(f"/api/v1/webhooks/{own['id']}", json={"url": elsewhere})
+    assert ok(changed)["url"] == elsewhere
+    assert ok(area_admin.post(f"/api/v1/webhooks/{own['id']}/rotate-secret"))["secret"]
+    r = client.patch(f"/api/v1/webhooks/{theirs['id']}", json={"url": elsewhere})
+    assert ok(r)["url"] == elsewhere
+    assert ok(client.post(f"/api/v1/webhooks/{theirs['id']}/rotate-secret"))["secret"]
