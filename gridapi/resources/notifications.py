@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 from flask.views import MethodView
 from marshmallow import fields, validate
+from webargs.fields import DelimitedList
 
 from ..auth import Forbidden, current_principal
 from ..extensions import db_session
@@ -34,6 +35,18 @@ class InboxArgsSchema(StrictSchema):
         validate=validate.Range(min=1, max=500),
         metadata={"description": "At most this many (1-500)."},
     )
+    about = DelimitedList(
+        fields.String(validate=validate.OneOf(svc.ABOUT)),
+        # No load_default: the spec would show it joined ("case"), not as the array it is.
+        validate=validate.Length(min=1, error="name at least one"),
+        metadata={
+            "description": "Comma-separated: what the notifications are about, case, task "
+            "(default case). Those of tasks (a task given to you, a task past its deadline) "
+            "are listed only when asked: their items name a task, and no case "
+            "(`case_id` null).",
+            "example": ["case", "task"],
+        },
+    )
 
 
 class NotificationSchema(StrictSchema):
@@ -42,12 +55,34 @@ class NotificationSchema(StrictSchema):
         required=True,
         metadata={
             "description": "What happened: dispatched, overdue, supervision, escalated, "
-            "transferred, rework, extension_requested, …",
+            "transferred, rework, extension_requested, … (a task's: task_assigned, "
+            "overdue)",
             "example": "dispatched",
         },
     )
-    case_id = fields.Integer(required=True)
-    case_number = fields.String(required=True, metadata={"example": "320508-20261130-0003"})
+    about = fields.String(
+        required=True,
+        metadata={
+            "description": "What it is about: case, or task (only with `about=task`).",
+            "example": "case",
+        },
+    )
+    case_id = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The case; null on a task's (listed only with `about=task`)."},
+    )
+    case_number = fields.String(
+        required=True, allow_none=True, metadata={"example": "320508-20261130-0003"}
+    )
+    task_id = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "The task; null on a case's."}
+    )
+    task_title = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The task's title; null on a case's."},
+    )
     message = fields.String(
         required=True, metadata={"example": "事件 320508-20261130-0003 派遣给您"}
     )
@@ -75,7 +110,13 @@ class Inbox(MethodView):
         account (a case dispatched to you, its overdue and supervision notices, a rework),
         or to the unit of your scope region (a case escalated, transferred or handed down to
         it, an extension asked of it). Only cases you may read now. Oldest first, after the
-        id `after`: keep the last id you have (`last_id`) and ask for what came after it.
+        id `after`: keep the last id you have (`last_id`) and ask for what came after it;
+        what you have read is what lies up to it.
+
+        With `about=case,task` (or `task`), also those of tasks you may read now: a task
+        given to you (`task_assigned`), a task of yours, or one your unit issued, past its
+        deadline (`overdue`). Their items name the task (`task_id`, `task_title`) and no
+        case (`case_id` null); without `about` only cases' are listed, as before.
         For people's accounts; an app (API key) subscribes to webhooks instead (403).
         """
         principal = current_principal()
@@ -86,7 +127,13 @@ class Inbox(MethodView):
             )
         session = db_session()
         caller = cases_svc.caller_of(session, principal)
-        items = svc.inbox(session, caller, after=args["after"], limit=args["limit"])
+        items = svc.inbox(
+            session,
+            caller,
+            after=args["after"],
+            limit=args["limit"],
+            about=args.get("about", ["case"]),
+        )
         return {
             "items": [asdict(item) for item in items],
             "last_id": items[-1].id if items else None,

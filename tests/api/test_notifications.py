@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..factories import COUNTY
+from ..factories import COMMUNITY_B, COUNTY
 from .test_case_workflow import desk, ok  # noqa: F401  (the fixture)
 
+B1 = COMMUNITY_B + "001"
+SOON = {"amount": 3, "unit": "days"}
 
-def inbox(who: Any, after: int = 0) -> dict[str, Any]:
-    return ok(who.get(f"/api/v1/me/notifications?after={after}"))
+
+def inbox(who: Any, after: int = 0, about: str | None = None) -> dict[str, Any]:
+    query = f"after={after}" + (f"&about={about}" if about else "")
+    return ok(who.get(f"/api/v1/me/notifications?{query}"))
 
 
 def kinds(who: Any) -> list[tuple[str, int]]:
@@ -54,6 +58,67 @@ def test_notifications_of_a_case_out_of_reach_are_not_listed(desk):  # noqa: F81
     d.act(d.worker, cid, "return", comment="不属于本网格")
     assert d.worker.get(f"/api/v1/cases/{cid}").status_code == 404
     assert inbox(d.worker) == {"items": [], "last_id": None}
+
+
+def test_a_worker_reads_the_notices_of_their_tasks_when_asking_for_them(desk):  # noqa: F811
+    """A task given to a worker queued a notification nothing listed: the inbox joined
+    every notification to its case. They are listed now when asked (``about=task``, or
+    ``case,task`` for both in one feed), naming the task and no case; without ``about`` the
+    inbox is as it was, every item naming a case."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    d.act(d.office, cid, "dispatch", assignee_id=d.id("worker"))
+    body = {"title": "走访独居老人", "assignee_id": d.id("worker"), "due_in": SOON}
+    task = ok(d.office.post("/api/v1/tasks", json=body), 201)
+
+    assert kinds(d.worker) == [("dispatched", cid)]  # as before: only cases'
+    assert all(i["case_id"] is not None for i in inbox(d.worker)["items"])
+    tasks = inbox(d.worker, about="task")
+    (item,) = tasks["items"]
+    assert {k: v for k, v in item.items() if k not in ("id", "created_at")} == {
+        "kind": "task_assigned",
+        "about": "task",
+        "case_id": None,
+        "case_number": None,
+        "task_id": task["id"],
+        "task_title": "走访独居老人",
+        "message": "任务「走访独居老人」派给您",
+    }
+    assert tasks["last_id"] == item["id"]
+    both = inbox(d.worker, about="case,task")
+    assert [(i["about"], i["case_id"], i["task_id"]) for i in both["items"]] == [
+        ("case", cid, None),
+        ("task", None, task["id"]),
+    ]
+    # What the phone has read lies up to the last id: nothing comes after it.
+    assert inbox(d.worker, after=both["last_id"], about="case,task") == {
+        "items": [],
+        "last_id": None,
+    }
+    assert inbox(d.office, about="case,task")["items"] == []  # the worker's, not the office's
+    wrong = d.worker.get("/api/v1/me/notifications?about=tasks")
+    assert wrong.status_code == 422 and list(wrong.get_json()["errors"]["query"]) == ["about"]
+
+
+def test_the_notice_of_a_task_handed_out_of_reach_is_not_listed(desk, accounts):  # noqa: F811
+    """A task handed to a worker of another grid: the first worker no longer reads it (404),
+    and its notice to them is not listed, as a case's."""
+    d = desk
+    other = accounts.client("other", "grid_worker", grids=[B1])
+    body = {"title": "走访独居老人", "assignee_id": d.id("worker"), "due_in": SOON, "grid": B1}
+    task = ok(d.office.post("/api/v1/tasks", json=body), 201)
+    assert [i["task_id"] for i in inbox(d.worker, about="task")["items"]] == [task["id"]]
+    etag = d.office.get(f"/api/v1/tasks/{task['id']}").headers["ETag"]
+    moved = d.office.post(
+        f"/api/v1/tasks/{task['id']}/reassign",
+        json={"assignee_id": accounts.ids["other"]},
+        headers={"If-Match": etag},
+    )
+    assert moved.status_code == 200, moved.get_json()
+    assert d.worker.get(f"/api/v1/tasks/{task['id']}").status_code == 404
+    assert inbox(d.worker, about="task") == {"items": [], "last_id": None}
+    assert [i["task_id"] for i in inbox(other, about="task")["items"]] == [task["id"]]
 
 
 def test_apps_subscribe_to_webhooks_instead(desk, accounts):  # noqa: F811
