@@ -374,4 +374,14 @@ class Notification(Base):
         # The inboxes (services.notifications): a person's, and their unit's.
         Index("ix_notifications_user_id_id", "user_id", "id"),
         Index("ix_notifications_region_code_id", "region_code", "id"),
+        # What (case_id, kind) is for a case's: a task's notice of a kind is queued once
+        # (the overdue job inserts it with ON CONFLICT DO NOTHING).
+        Index(
+            "uq_notifications_task_id_kind",
+            "task_id",
+            "kind",
+            unique=True,
+            sqlite_where=text("task_id IS NOT NULL"),
+            postgresql_where=text("task_id IS NOT NULL"),
+        ),
     )

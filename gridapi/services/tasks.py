@@ -33,6 +33,7 @@ from .. import clock
 from ..codes import InvalidCode, region_level, subtree_prefix
 from ..errors import Conflict, NotFound, Unprocessable
 from ..models import (
+    ApiClient,
     Category,
     Grid,
     GridAssignment,
@@ -728,13 +729,19 @@ def _my_tasks_place(cursor: str, days: int) -> Place:
 
 def flag_overdue_tasks(session: Session, now: datetime) -> int:
     """Mark overdue every open task whose deadline is before ``now``: ``overdue``,
-    ``overdue_since`` (the deadline), a new version. Returns how many were marked; a second
-    run marks none. Flushes, never commits.
+    ``overdue_since`` (the deadline), a new version; and tell its assignee and the office
+    that issued it (``overdue_notices``). Returns how many were marked; a second run marks
+    none. Flushes, never commits.
 
     On PostgreSQL a task another transaction holds at that moment (a worker completing it, an
     office reassigning it or cancelling its campaign) is left to the next run: the job's
     UPDATE locked the late tasks in the table's order, cancelling a campaign locks its tasks
     by id, and the two could deadlock (PostgreSQL then kills one of them).
+
+    Only the tasks this run marks are told (a task marked before the notices existed is not
+    told now, long after). Two workers at once: PostgreSQL's UPDATE checks ``overdue`` again
+    on the locked row, so one of them marks it; SQLite's write transaction serialises them;
+    and a notice of a kind is queued once per task (``uq_notifications_task_id_kind``).
     """
     late = select(Task.id).where(
         Task.status.in_(OPEN_TASK_STATUSES),
@@ -744,9 +751,9 @@ def flag_overdue_tasks(session: Session, now: datetime) -> int:
     if session.get_bind().dialect.name == "postgresql":
         late = late.with_for_update(skip_locked=True)
     ids = list(session.scalars(late.order_by(Task.id)))
-    marked = 0
+    marked: list[Any] = []
     for start in range(0, len(ids), 1000):
-        result = session.execute(
+        rows = session.execute(
             update(Task)
             .where(Task.id.in_(ids[start : start + 1000]), Task.overdue.is_(False))
             .values(
@@ -755,11 +762,94 @@ def flag_overdue_tasks(session: Session, now: datetime) -> int:
                 version=Task.version + 1,
                 updated_at=now,
             )
+            .returning(
+                Task.id,
+                Task.county_code,
+                Task.title,
+                Task.due_at,
+                Task.assignee_id,
+                Task.created_by,
+            )
             .execution_options(synchronize_session="fetch")
-        )
-        marked += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        ).all()
+        marked += rows
+    notices = overdue_notices(session, marked, now)
+    for start in range(0, len(notices), 1000):
+        _queue_once(session, notices[start : start + 1000])
     session.flush()
-    return marked
+    return len(marked)
+
+
+def _issuing_offices(session: Session, issuers: Iterable[str]) -> dict[str, tuple[str, Any]]:
+    """Return, per issuer (``user:12``, ``client:3``), where a notice to its office goes:
+    ``("region", code)`` to the unit of its scope region; for a person of no unit (an
+    unrestricted account) ``("user", id)`` to them; an app of no unit is left out."""
+    ids: dict[str, set[int]] = defaultdict(set)
+    for issuer in issuers:
+        kind, _, number = issuer.partition(":")
+        if number.isdigit():
+            ids[kind].add(int(number))
+    where: dict[str, tuple[str, Any]] = {}
+    if ids["user"]:
+        for user_id, region in session.execute(
+            select(User.id, User.scope_region_code).where(User.id.in_(sorted(ids["user"])))
+        ):
+            where[f"user:{user_id}"] = ("region", region) if region else ("user", user_id)
+    if ids["client"]:
+        for client_id, region in session.execute(
+            select(ApiClient.id, ApiClient.scope_region_code).where(
+                ApiClient.id.in_(sorted(ids["client"]))
+            )
+        ):
+            if region:
+                where[f"client:{client_id}"] = ("region", region)
+    return where
+
+
+def overdue_notices(session: Session, tasks: Iterable[Any], now: datetime) -> list[dict[str, Any]]:
+    """Return the notification rows telling that each task (rows with ``id``,
+    ``county_code``, ``title``, ``due_at``, ``assignee_id``, ``created_by``) passed its
+    deadline: one to its assignee (kind ``overdue:assignee:<deadline>``; none for a task
+    left to its grid) and one to the office that issued it (``overdue:office:<deadline>``:
+    the unit of the issuer's scope region, or an unrestricted issuer's own account). The
+    kinds name the deadline: a task given a new deadline is told again when that passes."""
+    tasks = list(tasks)
+    offices = _issuing_offices(session, {t.created_by for t in tasks})
+    rows = []
+    for t in tasks:
+        stamp = t.due_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        message = f"任务「{t.title[:100]}」已超过期限"
+        base = {"county_code": t.county_code, "task_id": t.id, "message": message}
+        base["created_at"] = now
+        if t.assignee_id is not None:
+            to_assignee = {"kind": f"overdue:assignee:{stamp}", "user_id": t.assignee_id}
+            rows.append({**base, **to_assignee, "region_code": None})
+        office = offices.get(t.created_by)
+        if office is not None:
+            kind, to = office
+            to_office = {
+                "kind": f"overdue:office:{stamp}",
+                "user_id": to if kind == "user" else None,
+                "region_code": to if kind == "region" else None,
+            }
+            rows.append({**base, **to_office})
+    return rows
+
+
+def _queue_once(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert task notices, skipping any whose task has one of that kind already."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as upsert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as upsert
+    where = Notification.task_id.is_not(None)
+    session.execute(
+        upsert(Notification)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["task_id", "kind"], index_where=where)
+    )
 
 
 # --- campaigns --------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from sqlalchemy import select, text
 
 from gridapi.models import Task
 from gridapi.services.cases import add_limit
+from gridapi.services.jobs import run_jobs
 from gridapi.services.tasks import flag_overdue_tasks
 
 from ..factories import (
@@ -699,6 +700,93 @@ def test_flag_overdue_tasks_marks_open_late_tasks_once(people, app):
     assert [t["id"] for t in overdue] == [late["id"]]
     finished = ok(step(worker1, late["id"], "complete", {}))
     assert finished["overdue"] is False and finished["overdue_since"] is not None
+
+
+def task_notices(who: Any) -> list[tuple[str, int, str]]:
+    """Return (kind, task id, message) of the task notifications in ``who``'s inbox."""
+    items = ok(who.get("/api/v1/me/notifications?about=task"))["items"]
+    return [(i["kind"], i["task_id"], i["message"]) for i in items]
+
+
+def test_an_overdue_task_tells_its_assignee_and_the_office_that_issued_it_once(
+    people, accounts, app, engine
+):
+    """The overdue job flagged a late task and told nobody. Now the assignee and the office
+    that issued it (its unit: every account of the township office) are told, once: a
+    second run, and a task whose flag is found cleared again, queue nothing more; a task
+    given a new deadline is told again when that one passes."""
+    office, worker1 = people["office"], people["worker1"]
+    colleague = accounts.client("colleague", "township_office", scope_region=TOWNSHIP)
+    late = new_task(office, title="走访独居老人", assignee_id=people["ids"]["worker1"])
+    for_grid = new_task(office, title="排查", grid=B2)  # nobody on B2: the office alone
+    new_task(office, grid=A2, due_in={"amount": 30, "unit": "days"})
+    later = datetime.now(UTC) + timedelta(days=10)
+    st = app.extensions["gridapi"]
+    results = run_jobs(st.sessions, later, jobs=["tasks"])
+    assert [r.counts for r in results] == [{"overdue": 2}]
+    overdue = ("overdue", late["id"], "任务「走访独居老人」已超过期限")
+    assert task_notices(worker1) == [
+        ("task_assigned", late["id"], "任务「走访独居老人」派给您"),
+        overdue,
+    ]
+    to_office = [overdue, ("overdue", for_grid["id"], "任务「排查」已超过期限")]
+    assert task_notices(office) == task_notices(colleague) == to_office
+
+    assert [r.counts for r in run_jobs(st.sessions, later, jobs=["tasks"])] == [{"overdue": 0}]
+    with engine.begin() as conn:  # as if a second worker had not seen the first's flag
+        conn.execute(text("UPDATE tasks SET overdue = false"))
+    assert [r.counts for r in run_jobs(st.sessions, later, jobs=["tasks"])] == [{"overdue": 2}]
+    assert len(task_notices(worker1)) == 2 and task_notices(office) == to_office
+
+    due = (later + timedelta(days=5)).isoformat()
+    body = {"assignee_id": people["ids"]["worker2"], "due_at": due}
+    ok(step(office, late["id"], "reassign", body))
+    run_jobs(st.sessions, later + timedelta(days=6), jobs=["tasks"])
+    assert [k for k, t, _ in task_notices(people["worker2"])] == ["task_assigned", "overdue"]
+    assert [t for _, t, _ in task_notices(office)] == [late["id"], for_grid["id"], late["id"]]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT task_id, user_id, region_code, county_code FROM notifications"
+                " WHERE kind LIKE 'overdue:%' ORDER BY id"
+            )
+        ).all()
+    ids = people["ids"]
+    assert [tuple(r) for r in rows] == [
+        (late["id"], ids["worker1"], None, "320508"),
+        (late["id"], None, TOWNSHIP, "320508"),
+        (for_grid["id"], None, TOWNSHIP, "320508"),
+        (late["id"], ids["worker2"], None, "320508"),
+        (late["id"], None, TOWNSHIP, "320508"),
+    ]
+
+
+def test_an_overdue_task_an_unrestricted_account_issued_tells_that_account(people, client, app):
+    """An account of no unit (the admin) issued the task: the office's notice goes to it."""
+    task = new_task(client, grid=A1)
+    run_jobs(app.extensions["gridapi"].sessions, datetime.now(UTC) + timedelta(days=10))
+    assert [(k, t) for k, t, _ in task_notices(client)] == [("overdue", task["id"])]
+    assert task_notices(people["office"]) == []
+
+
+@pytest.mark.engines("postgis")
+def test_two_overdue_jobs_at_once_tell_a_task_once(people, app):
+    """Two workers run the task job at once: the first holds the late tasks it marks, the
+    second skips them (and marks nothing); each task is told once."""
+    office = people["office"]
+    task = new_task(office, assignee_id=people["ids"]["worker1"])
+    later = datetime.now(UTC) + timedelta(days=10)
+    sessions = app.extensions["gridapi"].sessions
+    with sessions.begin() as first:
+        assert flag_overdue_tasks(first, later) == 1
+        with sessions.begin() as second:
+            second.execute(text("SET LOCAL lock_timeout = '3s'"))
+            assert flag_overdue_tasks(second, later) == 0
+    with sessions.begin() as again:
+        assert flag_overdue_tasks(again, later) == 0
+    assert [t for k, t, _ in task_notices(office) if k == "overdue"] == [task["id"]]
+    overdue = [t for k, t, _ in task_notices(people["worker1"]) if k == "overdue"]
+    assert overdue == [task["id"]]
 
 
 # --- campaigns: cancel and close --------------------------------------------------------------
