@@ -15,7 +15,7 @@ from gridapi import migrations
 from gridapi.db import make_engine
 from gridapi.models import Base
 
-from .factories import COMMUNITY_A, COMMUNITY_B, TOWNSHIP
+from .factories import CITY, COMMUNITY_A, COMMUNITY_B, TOWNSHIP
 
 HEAD = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
 OUR_TABLES = {
@@ -413,3 +413,44 @@ def test_houses_registered_twice_are_merged_into_the_first(factory, client, engi
     assert (merge.object_id, summary["merged"]) == (str(first["id"]), [twin["id"]])
     r = client.post("/api/v1/houses", json={"address": "平江路1号", "grid": A1})
     assert r.status_code == 409, r.get_json()
+
+
+def test_tasks_given_to_a_city_are_moved_into_a_county(accounts, factory, client, engine):
+    """A task given to a city itself carried the city's code as its county ("320500")
+    before the last stop, and 0040 moved only campaigns and their items: migration 0042
+    gives such a task the county a task given there now gets (the county under the city of
+    the lowest code, a new version: it is shown), and its notices their task's county; a
+    task given to a township stays as it was."""
+    from sqlalchemy import text
+
+    from tests.api.test_tasks import SOON, WUZHONG, new_task
+
+    factory.regions()
+    factory.grid_version()
+    wuzhong = client.post("/api/v1/regions/import", json=[{"code": WUZHONG, "name": "吴中区"}])
+    assert wuzhong.status_code == 200, wuzhong.get_json()
+    city = accounts.client("city", "city_centre", scope_region=CITY)
+    accounts.client("worker", "grid_worker", grids=[COMMUNITY_A + "001"])
+    given = new_task(city, region=CITY, assignee_id=accounts.ids["worker"], due_in=SOON)
+    assert given["county_code"] == "320506"  # as a task given to the city now is
+    township = new_task(city, region=TOWNSHIP)
+    with engine.begin() as conn:  # as a task given to the city before the last stop
+        conn.execute(
+            text("UPDATE tasks SET county_code = '320500' WHERE id = :id"), {"id": given["id"]}
+        )
+        conn.execute(
+            text("UPDATE notifications SET county_code = '320500' WHERE task_id = :id"),
+            {"id": given["id"]},
+        )
+    migrations.downgrade(engine, "0041")
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    moved = client.get(f"/api/v1/tasks/{given['id']}").get_json()
+    assert (moved["county_code"], moved["version"]) == ("320506", given["version"] + 1)
+    stayed = client.get(f"/api/v1/tasks/{township['id']}").get_json()
+    assert (stayed["county_code"], stayed["version"]) == ("320508", township["version"])
+    with engine.connect() as conn:
+        notices = conn.execute(
+            text("SELECT county_code FROM notifications WHERE task_id = :id"), {"id": given["id"]}
+        ).scalars()
+        assert list(notices) == ["320506"]
