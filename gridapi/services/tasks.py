@@ -819,8 +819,12 @@ def overdue_notices(session: Session, tasks: Iterable[Any], now: datetime) -> li
     for t in tasks:
         stamp = t.due_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         message = f"任务「{t.title[:100]}」已超过期限"
-        base = {"county_code": t.county_code, "task_id": t.id, "message": message}
-        base["created_at"] = now
+        base = {
+            "county_code": t.county_code,
+            "task_id": t.id,
+            "message": message,
+            "created_at": now,
+        }
         if t.assignee_id is not None:
             to_assignee = {"kind": f"overdue:assignee:{stamp}", "user_id": t.assignee_id}
             rows.append({**base, **to_assignee, "region_code": None})
