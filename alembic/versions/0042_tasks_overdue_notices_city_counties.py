@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0042_tasks"
+revision = "0042"
 down_revision = "0041"
 branch_labels = None
 depends_on = None
