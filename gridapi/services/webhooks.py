@@ -59,6 +59,7 @@ from ..models.webhooks import (
 )
 from ..outbound import OutboundFailed, OutboundPolicy, OutboundRefused, check_url, post
 from ..security.fields import CiphertextError, FieldCipher
+from .cursors import page_by_id
 from .regions import valid_on
 
 if TYPE_CHECKING:
@@ -389,14 +390,13 @@ def list_deliveries(
         select(WebhookDelivery, WebhookEvent)
         .join(WebhookEvent, WebhookEvent.id == WebhookDelivery.event_id)
         .where(WebhookDelivery.subscription_id == sub.id)
-        .order_by(WebhookDelivery.id.desc())
-        .limit(args["limit"])
     )
     if args.get("status"):
         stmt = stmt.where(WebhookDelivery.status == args["status"])
-    if args.get("cursor"):
-        stmt = stmt.where(WebhookDelivery.id < args["cursor"])
-    return [(d, e) for d, e in session.execute(stmt).all()]
+    page = page_by_id(
+        stmt, WebhookDelivery.id, args.get("cursor"), args["limit"], newest_first=True
+    )
+    return [(d, e) for d, e in session.execute(page).all()]
 
 
 def delivery_view(delivery: WebhookDelivery, event: WebhookEvent) -> dict[str, Any]:

@@ -716,6 +716,34 @@ def test_ping_reaches_the_receiver_and_an_inactive_subscription_refuses_it(
         assert list(pings) == [str(sub["id"])] * 3
 
 
+def test_the_delivery_log_pages_newest_first_and_takes_its_cursors(app, client, world, receiver):
+    """The log pages by id, newest first, through ``page_by_id``; a ``next_cursor`` handed
+    out is the last id shown, so one from before still pages on from there."""
+    sub = subscribe(client, receiver.url)
+    ids = [ok(client.post(f"/api/v1/webhooks/{sub['id']}/ping"), 202)["id"] for _ in range(5)]
+    path = f"/api/v1/webhooks/{sub['id']}/deliveries"
+    seen: list[int] = []
+    query: dict[str, Any] = {"limit": 2}
+    while True:
+        page = ok(client.get(path, query_string=query))
+        seen += [d["id"] for d in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        assert page["next_cursor"] == page["items"][-1]["id"]
+        query["cursor"] = page["next_cursor"]
+    assert seen == sorted(ids, reverse=True)
+    assert [d["id"] for d in ok(client.get(path, query_string={"cursor": ids[3]}))["items"]] == (
+        ids[2::-1]
+    )
+    deliver(app)  # all delivered; a filter pages the same way
+    page = ok(client.get(path, query_string={"status": "delivered", "limit": 4}))
+    assert [d["id"] for d in page["items"]] == ids[:0:-1] and page["next_cursor"] == ids[1]
+    assert ok(client.get(path, query_string={"status": "pending"})) == {
+        "items": [],
+        "next_cursor": None,
+    }
+
+
 def test_an_inactive_subscription_holds_its_deliveries_and_gets_no_new_ones(
     app, client, world, receiver
 ):
