@@ -64,3 +64,9 @@ def from_db(value: Any) -> BaseGeometry | None:
 def to_geojson(geom: BaseGeometry | None) -> dict[str, Any] | None:
     """Return the GeoJSON mapping of ``geom`` with lon/lat coordinates."""
     return None if geom is None else mapping(geom)
+
+
+def geojson_point(lon: float, lat: float) -> dict[str, Any]:
+    """Return the GeoJSON Point at ``lon``, ``lat`` (GeoJSON order), the numbers as given:
+    ``{"type": "Point", "coordinates": [lon, lat]}``, its keys in that order."""
+    return {"type": "Point", "coordinates": [lon, lat]}

@@ -15,6 +15,7 @@ from ..auditing import audit
 from ..auth import current_principal
 from ..errors import NotFound
 from ..extensions import commit, db_session, reading_session, state
+from ..geo.shapes import geojson_point
 from ..models import Case, CaseAttachment
 from ..schemas.attachments import AttachmentListSchema, AttachmentSchema, AttachmentUploadSchema
 from ..services import attachments as svc
@@ -90,9 +91,7 @@ def attachment_view(att: CaseAttachment, caller: cases_svc.Caller) -> dict[str, 
     if caller.principal.can(_LOCATION_PERMISSION):
         view["taken_at"] = att.taken_at
         located = att.gps_lon is not None and att.gps_lat is not None
-        view["gps"] = (
-            {"type": "Point", "coordinates": [att.gps_lon, att.gps_lat]} if located else None
-        )
+        view["gps"] = geojson_point(att.gps_lon, att.gps_lat) if located else None
     return view
 
 

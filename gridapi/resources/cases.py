@@ -14,6 +14,7 @@ from ..auditing import audit, request_actor
 from ..auth import current_principal
 from ..extensions import commit, commit_adds_nothing, db_session, state
 from ..geo.geodesy import distance_m
+from ..geo.shapes import geojson_point
 from ..jsonio import dumps_bytes
 from ..models import Case, Category
 from ..schemas.cases import (
@@ -165,7 +166,7 @@ def case_view(
         "sensitive": c.sensitive,
         "parties": c.parties or [],
         "attributes": c.attributes or {},
-        "location": {"type": "Point", "coordinates": [c.lon, c.lat]},
+        "location": geojson_point(c.lon, c.lat),
         "reported_location": {"coordinates": [c.raw_lon, c.raw_lat], "crs": c.crs},
         "accuracy_m": c.accuracy_m,
         "address": c.address,
@@ -222,7 +223,7 @@ WITHHELD: dict[str, Any] = {
     "description": "",
     "parties": [],
     "attributes": {},
-    "location": {"type": "Point", "coordinates": [0.0, 0.0]},
+    "location": geojson_point(0.0, 0.0),
     "reported_location": {"coordinates": [0.0, 0.0], "crs": "wgs84"},
     "accuracy_m": None,
     "address": "",

@@ -16,6 +16,7 @@ from ..db import writes
 from ..errors import Conflict, DomainError, Unprocessable
 from ..extensions import commit, db_session, state
 from ..geo.crs import no_fix
+from ..geo.shapes import geojson_point
 from ..jsonio import dumps_bytes
 from ..limits import count_lookup
 from ..models import AuditEntry, House, Household
@@ -894,6 +895,6 @@ def _case_of_visit(session, visit, case_data: dict[str, Any]) -> dict[str, Any]:
                 "The case needs a location: the visit and its house have none.",
                 errors={"json": {"case": {"location": ["required: the visit has no location"]}}},
             )
-        case_data["location"] = {"type": "Point", "coordinates": [lon, lat]}
+        case_data["location"] = geojson_point(lon, lat)
         case_data["crs"] = "wgs84"
     return case_data

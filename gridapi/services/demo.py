@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from ..demo import build_demo_county
 from ..errors import Unprocessable
+from ..geo.shapes import geojson_point
 from ..models import GridVersion
 from ..scope import Scope
 from .grids import activate_version, import_grid_version
@@ -243,10 +244,7 @@ def load_demo_cases(session: Session, *, snapshot, calendar, now) -> int:  # typ
         body = {
             "category": category,
             "description": text,
-            "location": {
-                "type": "Point",
-                "coordinates": [point.x + 0.0001 * (n % 3), point.y + 0.0001 * (n % 2)],
-            },
+            "location": geojson_point(point.x + 0.0001 * (n % 3), point.y + 0.0001 * (n % 2)),
             "address": "演示地址",
             "source": "phone",
             "client_id": client_id,
@@ -344,7 +342,7 @@ def load_demo_register(session: Session, *, snapshot, keys) -> int:  # type: ign
     added = 0
     first_person = None
     for n, (number, address, use, kind, people) in enumerate(_DEMO_HOUSEHOLDS):
-        location = {"type": "Point", "coordinates": [point.x + 0.0002 * n, point.y]}
+        location = geojson_point(point.x + 0.0002 * n, point.y)
         house = create_house(
             session,
             {"address": address, "use": use, "location": location, "grid": grids[0]},

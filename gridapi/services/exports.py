@@ -35,6 +35,7 @@ from .. import clock
 from ..config import private_directory
 from ..db import sqlite_write_intent, write_transaction
 from ..errors import NotFound
+from ..geo.shapes import geojson_point
 from ..jsonio import dumps_bytes
 from ..models import ApiClient, AuditEntry, Grid, User
 from ..models.base import UTCDateTime, utcnow
@@ -96,9 +97,7 @@ def _points(lon_index: int, lat_index: int) -> Callable[[Sequence[Any]], list[by
         for row in rows:
             lon, lat = row[lon_index], row[lat_index]
             out.append(
-                b"null"
-                if lon is None or lat is None
-                else dumps_bytes({"type": "Point", "coordinates": [lon, lat]})
+                b"null" if lon is None or lat is None else dumps_bytes(geojson_point(lon, lat))
             )
         return out
 

@@ -19,7 +19,7 @@ from sqlalchemy.sql import ColumnElement
 from .. import clock
 from ..codes import InvalidCode, region_level
 from ..errors import NotFound, Unprocessable
-from ..geo.shapes import as_multipolygon
+from ..geo.shapes import as_multipolygon, geojson_point
 from ..models import Case, Grid, Region
 from .cases import OPEN_SQL, Caller, case_conditions, region_names
 from .grids import grids_query
@@ -237,10 +237,7 @@ def case_clusters(session: Session, caller: Caller, args: dict[str, Any]) -> dic
             {
                 "type": "Feature",
                 "properties": properties,
-                "geometry": {
-                    "type": "Point",
-                    "coordinates": [round(float(lon), DECIMALS), round(float(lat), DECIMALS)],
-                },
+                "geometry": geojson_point(round(float(lon), DECIMALS), round(float(lat), DECIMALS)),
             }
         )
     return {

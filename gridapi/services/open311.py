@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import DomainError
 from ..geo.crs import SUPPORTED_CRS
+from ..geo.shapes import geojson_point
 from ..models import Case, Category, Department
 from ..models.cases import TERMINAL
 from ..numbers import MAX_EXACT, PLAIN_DECIMAL, PLAIN_WHOLE
@@ -359,7 +360,7 @@ def report_arguments(
     return {
         "category": category.code,
         "description": description,
-        "location": {"type": "Point", "coordinates": [lon, lat]},
+        "location": geojson_point(lon, lat),
         "crs": crs,
         "accuracy_m": None,
         "address": address,

@@ -33,7 +33,7 @@ from ..codes import InvalidCode, subtree_prefix
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.crs import no_fix, to_wgs84
 from ..geo.geodesy import local_distance_m, metres_per_degree
-from ..geo.shapes import from_db, to_db
+from ..geo.shapes import from_db, geojson_point, to_db
 from ..models import (
     GridAssignment,
     House,
@@ -841,7 +841,7 @@ def place_finding(session: Session, patrol: Patrol, data: dict[str, Any]) -> dic
             "The case needs a location: the patrol has no usable points yet.",
             errors={"json": {"location": ["required: the track has no usable points"]}},
         )
-    return {**data, "location": {"type": "Point", "coordinates": list(last)}, "crs": "wgs84"}
+    return {**data, "location": geojson_point(*last), "crs": "wgs84"}
 
 
 def record_finding(session: Session, patrol: Patrol, case_id: int, now: datetime) -> None:
@@ -951,7 +951,7 @@ def patrol_view(patrol: Patrol, names: dict[int, str]) -> dict[str, Any]:
 def checkin_view(checkin: PatrolCheckin) -> dict[str, Any]:
     location = None
     if checkin.lon is not None:
-        location = {"type": "Point", "coordinates": [checkin.lon, checkin.lat]}
+        location = geojson_point(checkin.lon, checkin.lat)
     return {
         "id": checkin.id,
         "patrol_id": checkin.patrol_id,

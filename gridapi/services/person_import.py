@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from ..codes import common_region
 from ..errors import Conflict, DomainError, Unprocessable
 from ..geo.crs import SUPPORTED_CRS
+from ..geo.shapes import geojson_point
 from ..models.register import (
     HOUSE_USES,
     HOUSEHOLD_TYPES,
@@ -955,7 +956,7 @@ class _Importer:
         """The place the row names (a routed point, else its grid) and how to name it."""
         if d.lon is not None:
             where: dict[str, Any] = {
-                "location": {"type": "Point", "coordinates": [d.lon, d.lat]},
+                "location": geojson_point(d.lon, d.lat),
                 "crs": self.crs,
             }
             if d.grid:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from .. import clock
 from ..errors import Unprocessable
 from ..geo.crs import no_fix, to_wgs84
+from ..geo.shapes import geojson_point
 from ..models import GridAssignment, Presence, User
 from ..scope import Scope
 from .cursors import page_by_id
@@ -87,7 +88,7 @@ def presence_view(
     """Return a user's last seen (and, for ``with_location``, where)."""
     location = None
     if row is not None and with_location and row.lon is not None:
-        location = {"type": "Point", "coordinates": [row.lon, row.lat]}
+        location = geojson_point(row.lon, row.lat)
     return {
         "user_id": user.id,
         "username": user.username,

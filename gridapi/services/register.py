@@ -24,6 +24,7 @@ from .. import clock
 from ..codes import region_level
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.crs import no_fix, to_wgs84
+from ..geo.shapes import geojson_point
 from ..models import AuditEntry, Grid, IdempotencyKey
 from ..models.register import House, Household, Person, SpecialGroupRecord, Visit, new_uid
 from ..personal import (
@@ -1396,7 +1397,7 @@ def visit_query(scope: Scope, args: dict[str, Any], stmt=None):  # type: ignore[
 def house_view(house: House) -> dict[str, Any]:
     location = None
     if house.lon is not None:
-        location = {"type": "Point", "coordinates": [house.lon, house.lat]}
+        location = geojson_point(house.lon, house.lat)
     return {
         "id": house.id,
         "address": house.address,
@@ -1433,7 +1434,7 @@ def household_view(household: Household, people: list[dict[str, Any]]) -> dict[s
 def visit_view(visit: Visit) -> dict[str, Any]:
     location = None
     if visit.lon is not None:
-        location = {"type": "Point", "coordinates": [visit.lon, visit.lat]}
+        location = geojson_point(visit.lon, visit.lat)
     return {
         "id": visit.id,
         "worker_id": visit.worker_id,
