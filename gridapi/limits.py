@@ -27,7 +27,23 @@ from .errors import DomainError
 
 log = logging.getLogger(__name__)
 
-limiter = Limiter(key_func=get_remote_address, default_limits=[], headers_enabled=True)
+
+def address_key() -> str:
+    """Return the throttling key of the client's address: a keyed hash of it (HMAC-SHA256
+    under the blind-index key, as the name a sign-in gives), never the address itself.
+
+    The keys are the rows of ``rate_limit_counters`` (and Redis's keys): with the address
+    in them the table held who had tried to sign in from where for a window, personal data
+    the database has no other use for. A keyed hash is still one key per address, so the
+    limits count as before; without the key, nobody can try the 2^32 IPv4 addresses to read
+    them back."""
+    from .extensions import state
+    from .security.fields import blind_index
+
+    return f"address:{blind_index('address', get_remote_address() or '', state().phone_key)}"
+
+
+limiter = Limiter(key_func=address_key, default_limits=[], headers_enabled=True)
 
 #: How long a request waits for Redis to connect, then to answer, before the limits'
 #: storage counts as unreachable: without a bound, a Redis host that drops packets would hold

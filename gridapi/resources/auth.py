@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import g, request
 from flask.views import MethodView
-from flask_limiter.util import get_remote_address
 
 from ..auditing import audit
 from ..auth import AUTHENTICATED, Forbidden, Unauthorized, current_principal
@@ -12,6 +11,7 @@ from ..errors import Unprocessable
 from ..extensions import commit, db_session, reading_session, state
 from ..limits import (
     account_locked,
+    address_key,
     count_account_failure,
     limiter,
     login_name_key,
@@ -99,7 +99,7 @@ class AuthToken(MethodView):
     @blp.public
     @limiter.limit(
         _address_limit,
-        key_func=lambda: f"address:{get_remote_address()}",
+        key_func=address_key,
         deduct_when=_failed,
         scope="login-address",
         error_message=_address_message,

@@ -67,6 +67,44 @@ def test_limits_are_shared_between_processes_through_redis(settings):
         app.extensions["gridapi"].engine.dispose()
 
 
+@needs_redis
+def test_redis_keys_hold_no_client_address(settings):
+    """The sign-in limit by address kept the address in its Redis key; a keyed hash of it
+    now, one per address: the limit still holds for that address and no other."""
+    import redis
+
+    from gridapi.security.fields import blind_index
+
+    shared = settings.__class__(
+        **{**settings.__dict__, "redis_url": REDIS_URL, "login_rate_address": "2 per 15 minutes"}
+    )
+    app = create_app(shared)
+    # A documentation address of its own per run (database 15 is shared by the test runs).
+    there = f"2001:db8::{uuid.uuid4().hex[:4]}"
+    elsewhere = f"2001:db8:1::{uuid.uuid4().hex[:4]}"
+
+    def sign_in(address: str, n: int) -> int:
+        return (
+            app.test_client()
+            .post(
+                "/api/v1/auth/token",
+                json={"username": f"guess{n}", "password": "wrong"},
+                environ_base={"REMOTE_ADDR": address},
+            )
+            .status_code
+        )
+
+    try:
+        assert [sign_in(there, n) for n in range(3)] == [401, 401, 429]
+        assert sign_in(elsewhere, 9) == 401
+        keys = [k.decode() for k in redis.Redis.from_url(REDIS_URL).scan_iter("*address:*")]
+        assert not [k for k in keys if there in k or elsewhere in k]
+        hashed = blind_index("address", there, app.extensions["gridapi"].phone_key)
+        assert [k for k in keys if f"address:{hashed}" in k]
+    finally:
+        app.extensions["gridapi"].engine.dispose()
+
+
 def _nothing_listening() -> str:
     """Return a Redis URL at a port of this machine where nothing listens."""
     with socket.socket() as s:

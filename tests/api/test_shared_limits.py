@@ -10,6 +10,7 @@ from sqlalchemy import event, func, select
 
 from gridapi import create_app
 from gridapi.models import RateLimitCounter
+from gridapi.security.fields import blind_index
 
 from ..factories import PASSWORD, Accounts
 from .test_cases import center, report_body
@@ -84,3 +85,31 @@ def test_a_report_costs_no_round_trip_for_the_limits(client, world, app):
         event.remove(engine, "before_cursor_execute", seen)
     assert r.status_code == 201, r.get_json()
     assert statements and not [s for s in statements if "rate_limit_counters" in s]
+
+
+def test_the_counters_hold_no_client_address(settings):
+    """The sign-in limit by address kept the address itself in the counter's key: the
+    table held, for a window, who had tried to sign in from where. The key is a keyed hash
+    now, one per address, so the limit still holds for that address and no other."""
+    app = _worker(replace(settings, login_rate_address="3 per 15 minutes"))
+    there, elsewhere = "198.51.100.23", "198.51.100.24"
+
+    def sign_in(address: str, n: int) -> int:
+        return (
+            app.test_client()
+            .post(
+                "/api/v1/auth/token",
+                json={"username": f"guess{n}", "password": "wrong"},
+                environ_base={"REMOTE_ADDR": address},
+            )
+            .status_code
+        )
+
+    assert [sign_in(there, n) for n in range(4)] == [401, 401, 401, 429]
+    assert sign_in(elsewhere, 9) == 401
+    with app.extensions["gridapi"].engine.connect() as conn:
+        keys = list(conn.scalars(select(RateLimitCounter.key)))
+    assert keys and not [k for k in keys if there in k or elsewhere in k]
+    hashed = blind_index("address", there, app.extensions["gridapi"].phone_key)
+    assert [k for k in keys if f"address:{hashed}" in k]
+    app.extensions["gridapi"].engine.dispose()
