@@ -264,6 +264,7 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "webhook_poll_seconds": (0, 3_600, False),
     "webhook_concurrency": (1, 256, True),
     "webhook_retention_days": (1, _CENTURY_DAYS, True),
+    "webhook_secret_grace_hours": (0, 24 * 30, True),  # 0: a rotation is a hard cut-over
     "open311_round_m": (0, 100_000, False),  # public maps need locations snapped
     "open311_page_size": (1, 1_000, True),  # as the `page_size` a client may ask for
     "export_retention_hours": (0, _CENTURY_DAYS * 24, False),
@@ -352,6 +353,8 @@ class Settings:
     webhook_poll_seconds: float = 1.0
     webhook_concurrency: int = 4
     webhook_retention_days: int = 30
+    # How long a rotated-out webhook secret still signs deliveries (beside the new one).
+    webhook_secret_grace_hours: float = 24.0
     open311_public_read: bool = False  # answer GET requests without an api_key (anonymised)
     open311_round_m: float = 50.0  # public answers snap locations to a grid this coarse
     open311_page_size: int = 100  # default page_size of GET requests (at most 1000)

@@ -214,6 +214,7 @@ def test_rotate_re_encrypts_everything_under_the_newest_key(cli, server):
         "persons.phone": "v1: 3",
         "special_group_records.notes": "v1: 1",
         "webhook_subscriptions.secret": "no values",
+        "webhook_subscriptions.previous_secret": "no values",
     }
     out = ok(cli("keys", "status", keys=f"{KEY1},{KEY2}"))
     assert "current key version 2" in out
@@ -234,6 +235,7 @@ def test_rotate_re_encrypts_everything_under_the_newest_key(cli, server):
         "persons.phone": "v2: 3",
         "special_group_records.notes": "v2: 1",
         "webhook_subscriptions.secret": "no values",
+        "webhook_subscriptions.previous_secret": "no values",
     }
     assert "every value is under key version 2" in ok(cli("keys", "status", keys=KEY2))
 

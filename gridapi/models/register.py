@@ -281,7 +281,7 @@ class SpecialGroupRecord(Base):
 ENCRYPTED_COLUMNS = {
     "persons": ("id_number", "phone"),
     "special_group_records": ("notes",),
-    "webhook_subscriptions": ("secret",),
+    "webhook_subscriptions": ("secret", "previous_secret"),
 }
 
 __all__ = [

@@ -78,6 +78,10 @@ class WebhookSubscription(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     # The signing secret, encrypted with the field cipher (see gridapi.security.fields).
     secret_enc: Mapped[str] = mapped_column(Text)
+    # The secret a rotation replaced, encrypted alike, and when it stops signing deliveries
+    # (GRIDAPI_WEBHOOK_SECRET_GRACE_HOURS after the rotation; the worker then erases both).
+    previous_secret_enc: Mapped[str | None] = mapped_column(Text)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_by: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

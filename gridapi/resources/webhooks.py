@@ -3,6 +3,7 @@ the secret, the delivery log, redelivery and ping."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -177,15 +178,30 @@ class RotateWebhookSecret(MethodView):
     def post(self, webhook_id):
         """Replace the signing secret; the answer shows the new one once
 
-        The old secret stops at once: deliveries from now on (retries included) are signed
-        with the new one. Only the subscription's owner, or an administrator of the whole
-        system, may rotate it (403 for an admin restricted to an area: the owner would be
-        left without the secret).
+        Deliveries from now on (retries included) are signed with the new one in
+        `Webhook-Signature`. The old one goes on signing them too, in
+        `Webhook-Signature-Previous`, until `previous_secret_expires_at` (the server's
+        grace period after a rotation, 24 hours by default; `null` when it has none), so a
+        receiver that checks both headers may deploy the new secret meanwhile; it is then
+        erased. Rotating again ends that grace: only the secret just replaced is kept. Only
+        the subscription's owner, or an administrator of the whole system, may rotate it
+        (403 for an admin restricted to an area: the owner would be left without the secret).
         """
+        st = state()
         sub, secret = svc.rotate_secret(
-            db_session(), webhook_id, _principal(), cipher=state().cipher
+            db_session(),
+            webhook_id,
+            _principal(),
+            cipher=st.cipher,
+            grace=timedelta(hours=st.settings.webhook_secret_grace_hours),
+            now=utcnow(),
         )
-        _audit("rotate_secret", sub)
+        until = sub.previous_secret_expires_at
+        _audit(
+            "rotate_secret",
+            sub,
+            previous_secret_expires_at=until.isoformat() if until is not None else None,
+        )
         body = _body(sub, secret=secret)
         commit()
         return body

@@ -111,6 +111,16 @@ class WebhookSchema(StrictSchema):
         required=True,
         metadata={"description": "How many deliveries are pending and dead now."},
     )
+    previous_secret_expires_at = fields.DateTime(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Until when the secret the last `rotate-secret` replaced still "
+            "signs deliveries (in `Webhook-Signature-Previous`, beside the new secret's "
+            "`Webhook-Signature`); null when no replaced secret signs any more. The secret "
+            "itself is never shown."
+        },
+    )
 
 
 class WebhookCreatedSchema(WebhookSchema):
@@ -119,7 +129,9 @@ class WebhookCreatedSchema(WebhookSchema):
         metadata={
             "description": "The signing secret, shown once, now. Verify "
             "`Webhook-Signature: v1=<hex HMAC-SHA256 of '<Webhook-Timestamp>.<body>'>` with "
-            "the UTF-8 bytes of this whole string as the key.",
+            "the UTF-8 bytes of this whole string as the key (after a rotation, the old "
+            "secret's signature is in `Webhook-Signature-Previous` until "
+            "`previous_secret_expires_at`).",
             "example": "whsec_8Jk2m9QnV4xR7tY1uI0oP3aS6dF5gH2jK4lZ8xC1vB0",
         },
     )

@@ -10,7 +10,8 @@ Events are written by triggers (see ``gridapi.models.webhooks``). The worker, ev
    so no other worker takes them meanwhile, and never a delivery while an earlier one of the
    same case (``ordering_key``) to the same subscription is still pending;
 3. POSTs them, outside any transaction, signed (``Webhook-Signature: v1=<hex HMAC-SHA256 of
-   "<timestamp>.<body>">``) through ``gridapi.outbound``;
+   "<timestamp>.<body>">``; for ``GRIDAPI_WEBHOOK_SECRET_GRACE_HOURS`` after a rotation also
+   ``Webhook-Signature-Previous`` with the secret it replaced) through ``gridapi.outbound``;
 4. records each answer: 2xx → ``delivered``; anything else → retried after an exponential
    backoff with full jitter (or, on a 429 or 503 with ``Retry-After``, no sooner than the
    receiver asked, up to ``GRIDAPI_WEBHOOK_BACKOFF_MAX_SECONDS``), and ``dead`` after
@@ -90,15 +91,34 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def signed_headers(secret: str, event_id: str, body: bytes, timestamp: int) -> dict[str, str]:
-    """Return the headers of one attempt: id, timestamp, signature and the content type."""
-    return {
+#: The header of the previous secret's signature, sent during the grace after a rotation.
+PREVIOUS_SIGNATURE_HEADER = "Webhook-Signature-Previous"
+
+
+def signed_headers(
+    secret: str, event_id: str, body: bytes, timestamp: int, previous: str | None = None
+) -> dict[str, str]:
+    """Return the headers of one attempt: id, timestamp, signature and the content type, and
+    with ``previous`` (a rotated-out secret still in its grace) its signature too.
+
+    ``Webhook-Signature`` holds the current secret's signature alone, as it always has: a
+    receiver that compares the whole value with the one signature it computes (the code our
+    docs gave) goes on working with the new secret. Several values in that header (Stripe's
+    way) would have made every such receiver refuse every event of the grace period, the new
+    secret's included; the previous secret's signature goes in a header of its own, for
+    receivers that check it too (docs/webhooks.md)."""
+    headers = {
         "Content-Type": "application/json",
         "User-Agent": f"gridapi-webhooks/{__version__}",
         "Webhook-Id": event_id,
         "Webhook-Timestamp": str(timestamp),
         "Webhook-Signature": f"{SIGNATURE_VERSION}={sign(secret, timestamp, body)}",
     }
+    if previous is not None:
+        headers[PREVIOUS_SIGNATURE_HEADER] = (
+            f"{SIGNATURE_VERSION}={sign(previous, timestamp, body)}"
+        )
+    return headers
 
 
 def event_id(event: WebhookEvent) -> str:
@@ -123,6 +143,26 @@ def _seal(cipher: FieldCipher, sub: WebhookSubscription, secret: str) -> str:
 def open_secret(cipher: FieldCipher, uid: str, stored: str) -> str:
     """Return a subscription's secret. Raises CiphertextError."""
     return cipher.decrypt(stored, table="webhook_subscriptions", column="secret", row=uid)
+
+
+def _seal_previous(cipher: FieldCipher, sub: WebhookSubscription, secret: str) -> str:
+    return cipher.encrypt(
+        secret, table="webhook_subscriptions", column="previous_secret", row=sub.uid
+    )
+
+
+def open_previous_secret(cipher: FieldCipher, uid: str, stored: str) -> str:
+    """Return a subscription's previous secret. Raises CiphertextError."""
+    return cipher.decrypt(stored, table="webhook_subscriptions", column="previous_secret", row=uid)
+
+
+def previous_secret_until(sub: WebhookSubscription, now: datetime) -> datetime | None:
+    """Return until when the secret a rotation replaced still signs deliveries (None when
+    there is none, or its grace is over)."""
+    until = sub.previous_secret_expires_at
+    if sub.previous_secret_enc is None or until is None or until <= now:
+        return None
+    return until
 
 
 # --- subscriptions --------------------------------------------------------------------------
@@ -325,17 +365,60 @@ def delete_subscription(session: Session, sub_id: int, principal: Principal) -> 
 
 
 def rotate_secret(
-    session: Session, sub_id: int, principal: Principal, *, cipher: FieldCipher
+    session: Session,
+    sub_id: int,
+    principal: Principal,
+    *,
+    cipher: FieldCipher,
+    grace: timedelta = timedelta(0),
+    now: datetime | None = None,
 ) -> tuple[WebhookSubscription, str]:
-    """Replace the secret (the old one stops at once); return the new one. Raises NotFound,
-    and Forbidden for another owner's subscription (``_check_redirects``)."""
+    """Replace the secret; return the new one. For ``grace`` from ``now`` the old one goes
+    on signing deliveries beside it (kept encrypted, never shown); a zero grace stops it at
+    once. A rotation during a grace ends the grace of the secret before: only the one just
+    replaced is kept. Raises NotFound, and Forbidden for another owner's subscription
+    (``_check_redirects``)."""
     sub = get_subscription(session, sub_id, principal)
     _check_redirects(sub, principal, "rotate its secret")
+    now = now or utcnow()
+    sub.previous_secret_enc = None
+    sub.previous_secret_expires_at = None
+    if grace > timedelta(0):
+        try:
+            replaced = open_secret(cipher, sub.uid, sub.secret_enc)
+        except CiphertextError:
+            # It signs nothing now (its deliveries wait, then die): nothing to keep.
+            log.error("webhook subscription %s: its secret could not be decrypted", sub.id)
+        else:
+            sub.previous_secret_enc = _seal_previous(cipher, sub, replaced)
+            sub.previous_secret_expires_at = now + grace
     secret = new_secret()
     sub.secret_enc = _seal(cipher, sub, secret)
-    sub.updated_at = utcnow()
+    sub.updated_at = now
     session.flush()
     return sub, secret
+
+
+def erase_expired_secrets(session: Session, now: datetime) -> int:
+    """Erase the previous secrets whose grace is over; return how many. Flushes, never
+    commits."""
+    result = session.execute(
+        update(WebhookSubscription)
+        .where(WebhookSubscription.previous_secret_expires_at <= now)
+        .values(previous_secret_enc=None, previous_secret_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _secrets_to_erase(sessions: Sessions, moment: datetime) -> bool:
+    """Return whether a previous secret's grace is over (a plain read)."""
+    with sessions() as session:
+        stmt = select(WebhookSubscription.id).where(
+            WebhookSubscription.previous_secret_expires_at <= moment
+        )
+        return session.scalar(stmt.limit(1)) is not None
 
 
 def delivery_counts(session: Session, sub_ids: list[int]) -> dict[int, dict[str, int]]:
@@ -357,7 +440,7 @@ def delivery_counts(session: Session, sub_ids: list[int]) -> dict[int, dict[str,
 
 
 def subscription_view(
-    sub: WebhookSubscription, counts: dict[str, int] | None = None
+    sub: WebhookSubscription, counts: dict[str, int] | None = None, now: datetime | None = None
 ) -> dict[str, Any]:
     return {
         "id": sub.id,
@@ -376,6 +459,7 @@ def subscription_view(
         "created_at": sub.created_at,
         "updated_at": sub.updated_at,
         "deliveries": counts or {"pending": 0, "dead": 0},
+        "previous_secret_expires_at": previous_secret_until(sub, now or utcnow()),
     }
 
 
@@ -688,6 +772,7 @@ class Claim:
     body: bytes
     subscription_id: int
     subscription_uid: str
+    previous_secret: str | None = None  # a rotated-out secret in its grace, signing too
 
 
 def claim_due(
@@ -827,7 +912,9 @@ def send(
     claim: Claim, policy: OutboundPolicy, *, clock: Callable[[], float] = time.time
 ) -> Outcome:
     """POST one claimed delivery, signed with a fresh timestamp; never raises."""
-    headers = signed_headers(claim.secret, claim.event_id, claim.body, int(clock()))
+    headers = signed_headers(
+        claim.secret, claim.event_id, claim.body, int(clock()), claim.previous_secret
+    )
     headers["Webhook-Attempt"] = str(claim.attempts)
     started = time.monotonic()
     try:
@@ -857,26 +944,46 @@ def send(
 
 
 def send_signed_now(
-    sessions: Sessions, cipher: FieldCipher, claim: Claim, policy: OutboundPolicy
+    sessions: Sessions,
+    cipher: FieldCipher,
+    claim: Claim,
+    policy: OutboundPolicy,
+    now: datetime | None = None,
 ) -> Outcome:
-    """Send a claimed delivery signed with its subscription's secret as it is now; never
-    raises.
+    """Send a claimed delivery signed with its subscription's secret as it is now (and the
+    previous one while its grace lasts at ``now``); never raises.
 
     A batch is claimed at once and sent a few at a time, each attempt taking up to the
     timeouts: signed with the secret read at the claim, attempts sent after a
-    ``rotate-secret`` carried the old secret's signature, which the receiver had been told
-    stops at once (docs/webhooks.md), and refused them.
+    ``rotate-secret`` carried the old secret's signature alone, which a receiver that had
+    switched to the new one refused.
     """
+    now = now or utcnow()
     try:
         with sessions() as session:
-            stored = session.scalar(
-                select(WebhookSubscription.secret_enc).where(
-                    WebhookSubscription.id == claim.subscription_id
-                )
-            )
-        if stored is None:  # deleted since the claim: its deliveries went with it
+            row = session.execute(
+                select(
+                    WebhookSubscription.secret_enc,
+                    WebhookSubscription.previous_secret_enc,
+                    WebhookSubscription.previous_secret_expires_at,
+                ).where(WebhookSubscription.id == claim.subscription_id)
+            ).first()
+        if row is None:  # deleted since the claim: its deliveries went with it
             return Outcome(False, None, "the subscription was deleted", None)
-        secret = open_secret(cipher, claim.subscription_uid, stored)
+        secret = open_secret(cipher, claim.subscription_uid, row.secret_enc)
+        previous = None
+        if row.previous_secret_enc is not None and (
+            row.previous_secret_expires_at is not None and row.previous_secret_expires_at > now
+        ):
+            try:
+                previous = open_previous_secret(
+                    cipher, claim.subscription_uid, row.previous_secret_enc
+                )
+            except CiphertextError:  # the new secret's signature goes out all the same
+                log.error(
+                    "webhook subscription %s: its previous secret could not be decrypted",
+                    claim.subscription_id,
+                )
     except CiphertextError:
         log.error(
             "webhook subscription %s: its secret could not be decrypted", claim.subscription_id
@@ -885,7 +992,7 @@ def send_signed_now(
     except Exception as exc:  # the database gone for a moment: retried as any failure
         log.exception("webhook delivery %s: the secret could not be read", claim.delivery_id)
         return Outcome(False, None, type(exc).__name__, None)
-    return send(replace(claim, secret=secret), policy)
+    return send(replace(claim, secret=secret, previous_secret=previous), policy)
 
 
 def record(
@@ -971,11 +1078,13 @@ def deliver_round(
     now: Callable[[], datetime] = utcnow,
     max_batches: int = 100,
 ) -> RoundResult:
-    """Fan out the new events, then claim, send and record due deliveries until none is
-    due (at most ``max_batches`` claims: each takes the next event of every case); return
-    the counts."""
+    """Erase the previous secrets whose grace is over, fan out the new events, then claim,
+    send and record due deliveries until none is due (at most ``max_batches`` claims: each
+    takes the next event of every case); return the counts."""
     sessions = sessions_of(bind)
     result = RoundResult()
+    if _secrets_to_erase(sessions, now()):
+        in_write_transaction(sessions, lambda s: erase_expired_secrets(s, now()))
     if not _work_waiting(sessions, now()):
         return result  # the usual case: no write transaction (no SQLite write lock) taken
     while True:
@@ -989,7 +1098,9 @@ def deliver_round(
             if not claims:
                 break
             outcomes = list(
-                pool.map(lambda c: send_signed_now(sessions, cipher, c, options.policy), claims)
+                pool.map(
+                    lambda c: send_signed_now(sessions, cipher, c, options.policy, now()), claims
+                )
             )
             result.attempted += len(claims)
 

@@ -516,6 +516,26 @@ def test_the_documented_verification_accepts_deliveries_and_refuses_forgeries(
     assert [r["headers"]["Webhook-Attempt"] for r in receiver.requests] == ["1", "2"]
 
 
+@pytest.mark.engines("sqlite")
+@pytest.mark.parametrize("doc", ["webhooks.md", "integration.md"])
+def test_the_documented_verification_takes_either_secret_during_the_grace(
+    app, client, world, receiver, doc
+):
+    """The documented code took ``Webhook-Signature`` alone: a receiver that copied it could
+    not use the grace period after a rotation."""
+    verify = _documented_verify(doc)
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    new = ok(client.post(f"/api/v1/webhooks/{sub['id']}/rotate-secret"))["secret"]
+    report(client)
+    deliver(app)
+    headers, body = receiver.requests[0]["headers"], receiver.requests[0]["body"]
+    assert verify(new, headers, body) and verify(sub["secret"], headers, body)
+    assert not verify("whsec_other", headers, body)
+    assert not verify(sub["secret"], headers, body.replace(b"case.created", b"case.rated"))
+    old = str(int(headers["Webhook-Timestamp"]) - 301)
+    assert not verify(sub["secret"], {**headers, "Webhook-Timestamp": old}, body)
+
+
 def test_task_events_are_delivered(app, client, world, receiver):
     subscribe(client, receiver.url, events=["task.created", "task.cancelled"])
     task = ok(
@@ -792,6 +812,110 @@ def test_a_secret_rotated_during_a_round_signs_the_attempts_sent_after_it(
     assert verify_signature(sub["secret"], first["headers"], first["body"])
     assert verify_signature(rotated[0], second["headers"], second["body"])
     assert not verify_signature(sub["secret"], second["headers"], second["body"])
+
+
+def verify_previous(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """The check of a receiver that takes the previous secret's signature too."""
+    if "Webhook-Signature-Previous" not in headers:
+        return False
+    return verify_signature(
+        secret, {**headers, "Webhook-Signature": headers["Webhook-Signature-Previous"]}, body
+    )
+
+
+def stored_secrets(engine: Any, sub_id: int) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(
+                WebhookSubscription.secret_enc,
+                WebhookSubscription.previous_secret_enc,
+                WebhookSubscription.previous_secret_expires_at,
+            ).where(WebhookSubscription.id == sub_id)
+        ).one()
+
+
+def test_a_rotated_out_secret_signs_too_for_the_grace_period_then_is_erased(
+    app, client, world, engine, receiver
+):
+    """A rotation was a hard cut-over: a receiver that had not deployed the new secret yet
+    refused every event until it had. For GRIDAPI_WEBHOOK_SECRET_GRACE_HOURS (24 by
+    default) the old secret's signature goes along in a header of its own; then it stops,
+    and the old secret is erased."""
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    old = sub["secret"]
+    assert sub["previous_secret_expires_at"] is None
+    before = utcnow()
+    rotated = ok(client.post(f"/api/v1/webhooks/{sub['id']}/rotate-secret"))
+    new = rotated["secret"]
+    until = datetime.fromisoformat(rotated["previous_secret_expires_at"])
+    assert before + timedelta(hours=24) <= until <= utcnow() + timedelta(hours=24)
+    shown = ok(client.get(f"/api/v1/webhooks/{sub['id']}"))
+    assert shown["previous_secret_expires_at"] == rotated["previous_secret_expires_at"]
+    listed = client.get("/api/v1/webhooks").get_data(as_text=True)
+    assert old not in json.dumps(shown) and old not in listed and new not in listed
+    current, previous, expires = stored_secrets(engine, sub["id"])
+    assert previous is not None and old not in previous and previous.startswith("v")
+    assert expires == until
+
+    report(client, col=0)
+    deliver(app)
+    headers, body = receiver.requests[0]["headers"], receiver.requests[0]["body"]
+    # Webhook-Signature is the new secret's alone, as before: a receiver that checks the one
+    # signature with the new secret works; one that checks both works with either.
+    assert verify_signature(new, headers, body)
+    assert not verify_signature(old, headers, body)
+    assert verify_previous(old, headers, body)
+    assert not verify_previous(new, headers, body)
+
+    report(client, col=1)
+    deliver(app, until + timedelta(seconds=1))  # the grace is over
+    headers, body = receiver.requests[1]["headers"], receiver.requests[1]["body"]
+    assert "Webhook-Signature-Previous" not in headers
+    assert verify_signature(new, headers, body) and not verify_signature(old, headers, body)
+    assert stored_secrets(engine, sub["id"])[1:] == (None, None)  # erased
+    assert ok(client.get(f"/api/v1/webhooks/{sub['id']}"))["previous_secret_expires_at"] is None
+
+
+def test_a_second_rotation_keeps_only_the_secret_it_replaced(app, client, world, receiver):
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    first = sub["secret"]
+    second = ok(client.post(f"/api/v1/webhooks/{sub['id']}/rotate-secret"))["secret"]
+    third = ok(client.post(f"/api/v1/webhooks/{sub['id']}/rotate-secret"))["secret"]
+    report(client)
+    deliver(app)
+    headers, body = receiver.requests[0]["headers"], receiver.requests[0]["body"]
+    assert verify_signature(third, headers, body) and verify_previous(second, headers, body)
+    assert not verify_signature(first, headers, body) and not verify_previous(first, headers, body)
+
+
+def test_no_grace_period_is_a_hard_cut_over(app, client, world, engine, receiver, settings):
+    st = app.extensions["gridapi"]
+    st.settings = replace(settings, webhook_secret_grace_hours=0)
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    rotated = ok(client.post(f"/api/v1/webhooks/{sub['id']}/rotate-secret"))
+    assert rotated["previous_secret_expires_at"] is None
+    assert stored_secrets(engine, sub["id"])[1:] == (None, None)
+    report(client)
+    deliver(app)
+    headers, body = receiver.requests[0]["headers"], receiver.requests[0]["body"]
+    assert "Webhook-Signature-Previous" not in headers
+    assert verify_signature(rotated["secret"], headers, body)
+    assert not verify_signature(sub["secret"], headers, body)
+
+
+def test_key_rotation_re_encrypts_the_previous_webhook_secret(app, client, world, engine, receiver):
+    sub = subscribe(client, receiver.url, events=["case.created"])
+    ok(client.post(f"/api/v1/webhooks/{sub['id']}/rotate-secret"))
+    st = app.extensions["gridapi"]
+    newer = FieldCipher({**st.cipher.keys, st.cipher.current_version + 1: os.urandom(32)})
+    totals = rotate_all(st.sessions, Keys(newer, st.phone_key))
+    assert totals["webhook_subscriptions"].reencrypted == 2
+    assert stored_secrets(engine, sub["id"])[1].startswith(f"v{newer.current_version}:")
+    st.cipher = newer  # a server restarted with the new keys
+    report(client)
+    deliver(app)
+    headers, body = receiver.requests[0]["headers"], receiver.requests[0]["body"]
+    assert verify_previous(sub["secret"], headers, body)
 
 
 def test_key_rotation_re_encrypts_webhook_secrets(app, client, world, engine, receiver):

@@ -44,6 +44,7 @@ def _elsewhere(tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
         ("WEBHOOK_MAX_ATTEMPTS", "0"),
         ("WEBHOOK_POLL_SECONDS", "-1"),
         ("WEBHOOK_RETENTION_DAYS", "-1"),
+        ("WEBHOOK_SECRET_GRACE_HOURS", "-1"),
         ("OPEN311_ROUND_M", "0"),  # public answers gave exact locations
         ("OPEN311_ROUND_M", "nan"),  # every public answer was 500
         ("OPEN311_PAGE_SIZE", "5000"),
