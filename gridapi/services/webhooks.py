@@ -401,11 +401,15 @@ def rotate_secret(
 
 def erase_expired_secrets(session: Session, now: datetime) -> int:
     """Erase the previous secrets whose grace is over; return how many. Flushes, never
-    commits."""
+    commits. (``updated_at`` stays: nobody changed the subscription.)"""
     result = session.execute(
         update(WebhookSubscription)
         .where(WebhookSubscription.previous_secret_expires_at <= now)
-        .values(previous_secret_enc=None, previous_secret_expires_at=None)
+        .values(
+            previous_secret_enc=None,
+            previous_secret_expires_at=None,
+            updated_at=WebhookSubscription.updated_at,
+        )
         .execution_options(synchronize_session=False)
     )
     session.flush()
