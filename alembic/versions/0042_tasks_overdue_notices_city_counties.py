@@ -15,7 +15,7 @@ named no county. They get the county a task given there now gets (a new version:
 shown), and the notices queued for them their task's county. A city without counties
 (东莞) keeps its own code, as it does now.
 
-Revision ID: 0042_tasks
+Revision ID: 0042
 Revises: 0041
 Create Date: 2026-12-01
 """

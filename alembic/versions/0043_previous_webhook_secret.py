@@ -8,8 +8,8 @@ kept encrypted as the current one is (``previous_secret_enc``, bound to its own 
 erased by the worker once ``previous_secret_expires_at`` has passed. Subscriptions rotated
 before the upgrade have none.
 
-Revision ID: 0042_hooks
-Revises: 0041
+Revision ID: 0043
+Revises: 0042
 Create Date: 2026-12-01
 """
 
@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from alembic import op
 from gridapi.models.base import UTCDateTime
 
-revision = "0042_hooks"
-down_revision = "0041"
+revision = "0043"
+down_revision = "0042"
 branch_labels = None
 depends_on = None
 
