@@ -1310,6 +1310,9 @@ def keys_rotate(batch: int) -> None:
     column and row id; the audit row `keys.rotate` counts what was done, and where a
     rotation stopped. A key neither set nor kept in GRIDAPI_DATA_DIR is refused, never
     generated: the residents would be re-indexed under a key no server has.
+
+    Nothing anyone sees changes: a rewritten row keeps its version (ETag) and updated_at,
+    and phones do not download the residents again.
     """
     from .security.fields import FieldCipher
     from .services.keys import BLIND_INDEXES, RotationError, rotate_all

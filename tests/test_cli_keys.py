@@ -536,3 +536,114 @@ def test_a_server_refuses_a_database_of_another_revision(tmp_path):
     migrations.upgrade(engine)
     assert migrations.schema_problem(engine) is None
     engine.dispose()
+
+
+# --- what phones sync -------------------------------------------------------------------------
+
+
+def synced(client: Any, cursor: str | None, patience: float = 60) -> tuple[list[dict], str]:
+    """Sync until nothing more (waiting while PostgreSQL says changes are pending); return
+    the changes received and the cursor to keep."""
+    import time
+
+    changes: list[dict] = []
+    deadline = time.monotonic() + patience
+    while True:
+        query = {"cursor": cursor} if cursor else {}
+        r = client.get("/api/v1/sync", query_string=query)
+        assert r.status_code == 200, r.get_json()
+        body = r.get_json()
+        changes += body["changes"]
+        cursor = body["next_cursor"]
+        if body["pending"] and time.monotonic() < deadline:
+            time.sleep(0.05)  # a transaction anywhere on the server holds the horizon back
+            continue
+        assert not body["pending"], "still pending"
+        if not body["has_more"]:
+            return changes, cursor
+
+
+def test_a_rotation_is_no_change_a_phone_syncs(cli, server):
+    """Rotating rewrote every resident, and the sync log's triggers logged every household
+    with a resident as changed: every phone's next sync downloaded the whole register,
+    though nothing it is sent had changed."""
+    old = server(KEY1)
+    factory = Factory(old)
+    factory.regions()
+    factory.grid_version()
+    homes = []
+    for n, (name, id_number, phone) in enumerate(PEOPLE):
+        if n % 2 == 0:
+            r = old.post("/api/v1/households", json={"number": f"R{n}", "grid": A1})
+            assert r.status_code == 201, r.get_json()
+            homes.append(r.get_json()["id"])
+        body = {"name": name, "id_number": id_number, "household_id": homes[-1]}
+        if phone:
+            body["phone"] = phone
+        r = old.post("/api/v1/persons", json=body)
+        assert r.status_code == 201, r.get_json()
+    someone = r.get_json()
+    phone_before = Accounts(old.application).client("worker", "grid_worker", grids=[A1])
+    first, cursor = synced(phone_before, None)
+    assert {(c["type"], c["id"]) for c in first} == {("household", h) for h in homes}
+    kept = {c["id"]: c["data"] for c in first}
+
+    out = ok(cli("keys", "rotate", "--batch", "3", keys=f"{KEY1},{KEY2}"))
+    assert "persons: 4 row(s) read, 7 value(s) re-encrypted" in out
+    new = server(KEY2)
+    worker = Accounts(new.application).client("worker", "grid_worker", grids=[A1])
+    changes, cursor = synced(worker, cursor)
+    assert changes == []
+    # The residents are as they were: the same version (an ETag read before still names
+    # them) and time of their last change, the same masked values.
+    after = new.get(f"/api/v1/persons/{someone['id']}").get_json()
+    assert (after["version"], after["updated_at"], after["phone"]) == (
+        someone["version"],
+        someone["updated_at"],
+        someone["phone"],
+    )
+    for home in homes:
+        assert new.get(f"/api/v1/households/{home}").get_json()["members"] == kept[home]["members"]
+
+    # A change of a resident is still one of their household, sent at the next sync.
+    r = new.patch(f"/api/v1/persons/{someone['id']}", json={"phone": "17722334455"})
+    assert r.status_code == 200, r.get_json()
+    changes, _ = synced(worker, cursor)
+    assert [(c["type"], c["id"]) for c in changes] == [("household", homes[-1])]
+    members = {m["id"]: m for m in changes[0]["data"]["members"]}
+    assert members[someone["id"]]["phone"] == r.get_json()["phone"] != someone["phone"]
+
+
+def test_a_resident_changed_in_any_other_column_is_synced(server):
+    """Only the ciphertexts and keyed hashes may change unlogged: a change of any other
+    column, even by SQL that bumps no version, is a change of the household. SQLite's
+    trigger names the columns it compares: one added to persons must be added to it."""
+    from gridapi.models.register import Person
+
+    client = server(KEY1)
+    ids = register(client)
+    r = client.post("/api/v1/households", json={"number": "R1", "grid": A1})
+    home = r.get_json()["id"]
+    engine = engine_of(client)
+    key_columns = {"id_number_enc", "id_number_hmac", "phone_enc", "phone_hmac"}
+    with engine.begin() as conn:
+        conn.execute(update(Person).where(Person.id == ids["张三"]).values(household_id=home))
+
+    def logged(statement: str) -> bool:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM sync_log"))
+            conn.execute(text(statement), {"id": ids["张三"]})
+            return bool(conn.execute(text("SELECT count(*) FROM sync_log")).scalar_one())
+
+    assert not logged("UPDATE persons SET phone_hmac = 'x', id_number_enc = 'v9:x' WHERE id = :id")
+    assert logged("UPDATE persons SET name = name || '某' WHERE id = :id")
+    assert logged("UPDATE persons SET ethnicity = 'hui', phone_enc = NULL WHERE id = :id")
+    assert logged("UPDATE persons SET version = version + 1 WHERE id = :id")
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            trigger = conn.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'sync_persons_update'")
+            ).scalar_one()
+        for column in Person.__table__.columns:
+            if column.name not in key_columns:
+                assert f"OLD.{column.name} IS NOT NEW.{column.name}" in trigger, column.name
