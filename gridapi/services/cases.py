@@ -75,7 +75,7 @@ from ..scope import Scope
 from ..workcalendar import WorkingCalendar
 from .categories import check_attributes
 from .cursors import another_list, decode_cursor, encode_cursor
-from .preconditions import check_if_match, flush_versioned
+from .preconditions import PreconditionFailed, check_if_match, etag, flush_versioned
 from .regions import valid_on
 from .routing import NONE, IndexSnapshot
 
@@ -898,10 +898,15 @@ def transition(
         # The step locks the original too. Two offices closing two cases as duplicates of
         # each other at once each locked its own case and waited for the other's: a
         # deadlock (503). Locked in the order of their ids, the second waits for the first
-        # and then finds its If-Match stale (412) or the pair linked already (422).
+        # and then finds the pair linked already (409, or 422 when it read it so).
         lock_cases(session, [case_id, data["duplicate_of"]])
     case_obj = get_case(session, case_id, caller, for_update=True)
-    check_if_match(case_obj, if_match, noun="case", path="/api/v1/cases/{id}")
+    try:
+        check_if_match(case_obj, if_match, noun="case", path="/api/v1/cases/{id}")
+    except PreconditionFailed:
+        if data["action"] == "duplicate":
+            _check_not_linked_meanwhile(session, caller, case_obj, data.get("duplicate_of"))
+        raise
     duplicates = duplicates_of(session, case_obj)
     action = data["action"]
     states, permission, _ = ACTIONS[action]
@@ -986,6 +991,34 @@ def transition(
             .values(event_id=event.id)
         )
     return case_obj, event
+
+
+def _check_not_linked_meanwhile(
+    session: Session, caller: Caller, case_obj: Case, other_id: Any
+) -> None:
+    """Raise Conflict (409) when the case a duplicate step names was closed as a duplicate of
+    this one since the caller read it.
+
+    Two offices closing two cases as duplicates of each other at once: the step taken first
+    attached its case to the other, which is a change of the other (its ``duplicates``, its
+    version), and the second caller got 412 "the case changed since you read it" for an
+    If-Match that was current when sent; read again and sent again, the step was refused
+    anyway (422). The conflict is named at once instead. Only to a caller who may read the
+    other case; to any other the stale If-Match stands (412)."""
+    if not isinstance(other_id, int) or other_id == case_obj.id:
+        return
+    linked = session.scalar(select(Case.duplicate_of_id).where(Case.id == other_id))
+    if linked != case_obj.id or other_id not in readable_cases(session, caller, [other_id]):
+        return
+    duplicates = duplicates_of(session, case_obj)
+    raise Conflict(
+        f"Case {other_id} was closed as a duplicate of this case meanwhile.",
+        errors={
+            "json": {"duplicate_of": [f"case {other_id} is a duplicate of this case"]},
+            "allowed_actions": allowed_actions(caller, case_obj, duplicates),
+        },
+        headers={"ETag": etag(case_obj)},
+    )
 
 
 def next_seq(session: Session, case_id: int) -> int:

@@ -1475,7 +1475,10 @@ def test_two_cases_closed_as_duplicates_of_each_other_at_once(desk, accounts, mo
     """Two offices closing case X as a duplicate of Y and Y as one of X at the same moment:
     each step locked its own case, then waited for the other's, and PostgreSQL broke the
     deadlock with a 503. Both steps now lock the pair in one order: one of them is taken,
-    the other finds its case changed under it (412), and the pair is linked one way."""
+    and the pair is linked one way. The other was then answered 412 "the case changed since
+    you read it" for an If-Match that was current when sent (the step taken first changed
+    its case: a new duplicate); it is told the conflict instead (409), with its case's
+    ETag."""
     from gridapi.services import cases as case_svc
 
     d = desk
@@ -1507,9 +1510,18 @@ def test_two_cases_closed_as_duplicates_of_each_other_at_once(desk, accounts, mo
     answers = race(pairs, send)
     monkeypatch.undo()
     statuses = sorted(a.status_code for a in answers)
-    assert statuses == [200, 412], [(a.status_code, a.get_json()) for a in answers]
+    assert statuses == [200, 409], [(a.status_code, a.get_json()) for a in answers]
     winner = next(a.get_json() for a in answers if a.status_code == 200)
     loser = y if winner["id"] == x else x
+    refused = next(a for a in answers if a.status_code == 409)
+    assert refused.get_json()["message"] == (
+        f"Case {winner['id']} was closed as a duplicate of this case meanwhile."
+    )
+    assert refused.get_json()["errors"]["json"] == {
+        "duplicate_of": [f"case {winner['id']} is a duplicate of this case"]
+    }
+    assert "duplicate" in refused.get_json()["errors"]["allowed_actions"]
+    assert refused.headers["ETag"] == d.etag(loser) != tags[loser]
     assert (winner["status"], winner["duplicate_of"]) == ("cancelled", loser)
     kept = d.get(loser)
     assert (kept["status"], kept["duplicate_of"], kept["duplicates"]) == (
@@ -1519,6 +1531,52 @@ def test_two_cases_closed_as_duplicates_of_each_other_at_once(desk, accounts, mo
     )
     assert [s[0] for s in d.steps(winner["id"])] == ["report", "duplicate"]
     assert [s[0] for s in d.steps(loser)] == ["report", "duplicates_attached"]
+
+
+def test_two_reports_closed_as_duplicates_of_one_case_at_once(desk, accounts):
+    """Two offices closing two reports as duplicates of one case at the same moment: each
+    step changes the original (a new duplicate, a new version), but neither caller sent the
+    original's ETag, so both steps are taken; the original lists both."""
+    d = desk
+    first, original, second = d.report()["id"], d.report(col=1)["id"], d.report()["id"]
+    tags = {cid: d.etag(cid) for cid in (first, second)}
+
+    def send(pair: tuple[Any, int]) -> Any:
+        client, cid = pair
+        return client.post(
+            f"/api/v1/cases/{cid}/transitions",
+            json={"action": "duplicate", "duplicate_of": original},
+            headers={"If-Match": tags[cid]},
+        )
+
+    pairs = [(accounts.client("office"), first), (accounts.client("office"), second)]
+    answers = race(pairs, send)
+    assert [a.status_code for a in answers] == [200, 200], [a.get_json() for a in answers]
+    assert d.get(original)["duplicates"] == [first, second]
+    assert [s[0] for s in d.steps(original)] == [
+        "report",
+        "duplicates_attached",
+        "duplicates_attached",
+    ]
+    for cid in (first, second):
+        assert (d.get(cid)["status"], d.get(cid)["duplicate_of"]) == ("cancelled", original)
+
+
+def test_a_duplicate_step_refused_for_another_stale_if_match_is_412(desk):
+    """The conflict is named only where the pair was linked the other way: a duplicate step
+    with an If-Match made stale by any other change answers 412, as every step does."""
+    d = desk
+    x, y = d.report()["id"], d.report(col=1)["id"]
+    stale = d.etag(y)
+    d.act(d.office, y, "accept")
+    r = d.office.post(
+        f"/api/v1/cases/{y}/transitions",
+        json={"action": "duplicate", "duplicate_of": x},
+        headers={"If-Match": stale},
+    )
+    assert r.status_code == 412, r.get_json()
+    assert r.headers["ETag"] == d.etag(y)
+    assert d.get(y)["status"] == "accepted"
 
 
 # --- queues ---------------------------------------------------------------------------------
