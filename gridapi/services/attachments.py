@@ -568,12 +568,9 @@ def remove_orphan_files(
                 )
             )
         )
-        count = 0
-        for digest, path in old.items():
-            if digest not in referenced and _older(path, cutoff):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    count += 1
+        count = sum(
+            _remove_if_old(path, cutoff) for digest, path in old.items() if digest not in referenced
+        )
         old.clear()
         return count
 
@@ -596,6 +593,32 @@ def remove_orphan_files(
     if old:
         removed += sweep()
     return removed
+
+
+def _remove_if_old(path: Path, cutoff: float) -> bool:
+    """Remove the stored file at ``path`` if it is still older than ``cutoff``; return
+    whether it was removed.
+
+    An upload of the same bytes reuses the file: it touches it under its name
+    (``write_blob``), then commits its row. Judged old, then unlinked, the file was lost to
+    an upload that touched it in between: its row pointed at no file (500 on every read).
+    So the file is first taken from its name (renamed, which keeps its time), then judged:
+    touched before, it is young and is put back; touched after, the upload found no file
+    and wrote it again. A sweep killed in between leaves a temporary file, removed by a
+    later sweep as any other."""
+    claimed = path.with_name(f".upload-sweep-{path.name}.tmp")
+    try:
+        os.rename(path, claimed)
+    except FileNotFoundError:
+        return False
+    if _older(claimed, cutoff):
+        claimed.unlink(missing_ok=True)
+        return True
+    # Touched meanwhile: back under its name (an upload that wrote it again meanwhile
+    # wrote the same bytes, its name says so).
+    with contextlib.suppress(FileNotFoundError):  # another sweep took it as a leftover
+        os.replace(claimed, path)
+    return False
 
 
 def _older(path: Path, cutoff: float) -> bool:

@@ -1079,6 +1079,103 @@ def test_files_a_failed_request_left_are_removed_by_the_worker_after_a_day(
     assert path.stat().st_mtime > time.time() - 60
 
 
+def _run_files_job(app: Any, settings: Any) -> int:
+    from gridapi.services import jobs
+
+    options = jobs.JobOptions.from_settings(settings)
+    (result,) = jobs.run_jobs(app.extensions["gridapi"].sessions, utcnow(), options, jobs=["files"])
+    assert result.errors == 0
+    return result.counts["removed"]
+
+
+def _add_row(app: Any, case_id: int, upload_: Any, stored: Any) -> dict[str, Any]:
+    """Commit the row of a photo ``store_photo`` wrote (the second half of an upload)."""
+    from gridapi.models import Case
+    from gridapi.services import attachments as svc
+
+    with app.extensions["gridapi"].sessions.begin() as session:
+        attachment, new = svc.add_attachment(
+            session, session.get(Case, case_id), upload_, stored, "user:1"
+        )
+        assert new
+        return {"id": attachment.id, "sha256": attachment.sha256}
+
+
+def test_an_upload_not_yet_committed_keeps_its_files_through_the_removal(
+    app, client, world, case_id, settings
+):
+    """An upload writes its files, then commits its row; the removal of unreferenced files
+    running in between must not take them (they are younger than a day)."""
+    from gridapi.services import attachments as svc
+
+    store = svc.AttachmentStore.from_settings(settings)
+    checked = svc.check_file(jpeg((400, 300)), filename="a.jpg", content_type=None, store=store)
+    stored = svc.store_photo(checked, store)  # the files are written, the row is not yet
+    assert _run_files_job(app, settings) == 0
+    row = _add_row(app, case_id, checked, stored)
+    base = f"/api/v1/cases/{case_id}/attachments/{row['id']}"
+    assert client.get(f"{base}/content").status_code == 200
+    assert client.get(f"{base}/thumbnail").status_code == 200
+
+
+def test_an_old_file_reused_by_an_upload_while_it_is_removed_stays(
+    app, client, world, case_id, settings, monkeypatch
+):
+    """The removal judged an unreferenced file a day old, then unlinked it. An upload of the
+    same photo touching it in between (write_blob: the file exists, touched, reused) then
+    committed a row whose photo was gone: 500 on every read."""
+    from gridapi.models import Case
+    from gridapi.services import attachments as svc
+
+    store = svc.AttachmentStore.from_settings(settings)
+    data = jpeg((400, 300))
+    with app.extensions["gridapi"].sessions() as session:  # a request that failed: files left
+        svc.attach(
+            session,
+            session.get(Case, case_id),
+            data,
+            filename="lost.jpg",
+            content_type="image/jpeg",
+            uploaded_by="user:1",
+            store=store,
+        )
+        session.rollback()
+    two_days_ago = time.time() - 2 * 86400
+    for path in stored_files(settings):
+        os.utime(path, (two_days_ago, two_days_ago))
+    checked = svc.check_file(data, filename="again.jpg", content_type=None, store=store)
+    photo_sha = svc.sha256_hex(svc.prepare_photo(data, checked.format, store).data)
+
+    # The upload reaches its files just after the removal's last judgement of the photo
+    # (the first judgement is the listing): the moment an unlink could take it from it.
+    judged = {"n": 0}
+    uploaded: list[Any] = []
+    older = svc._older
+
+    def judge_then_upload(path: Path, cutoff: float) -> bool:
+        old = older(path, cutoff)
+        if old and photo_sha in path.name:
+            judged["n"] += 1
+            if judged["n"] == 2 and not uploaded:
+                uploaded.append(svc.store_photo(checked, store))
+        return old
+
+    monkeypatch.setattr(svc, "_older", judge_then_upload)
+    _run_files_job(app, settings)
+    monkeypatch.undo()
+    assert uploaded, "the upload did not run during the removal"
+    row = _add_row(app, case_id, checked, uploaded[0])
+    assert row["sha256"] == photo_sha
+    assert stored_path(settings, photo_sha, "jpg").exists()
+    base = f"/api/v1/cases/{case_id}/attachments/{row['id']}"
+    assert client.get(f"{base}/content").status_code == 200
+    assert client.get(f"{base}/thumbnail").status_code == 200
+    # Referenced now: kept by later runs, however old.
+    for path in stored_files(settings):
+        os.utime(path, (two_days_ago, two_days_ago))
+    assert _run_files_job(app, settings) == 0
+
+
 # --- evidence on the timeline ---------------------------------------------------------------
 
 
