@@ -12,8 +12,8 @@ PostgreSQL compares the whole row but those columns (a column added later counts
 a word); SQLite's trigger names the columns compared, as they are at this revision (a
 column added later must be added to it: ``tests/test_cli_keys.py`` checks).
 
-Revision ID: 0042_sync
-Revises: 0041
+Revision ID: 0044
+Revises: 0043
 Create Date: 2026-12-01
 """
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0042_sync"
-down_revision = "0041"
+revision = "0044"
+down_revision = "0043"
 branch_labels = None
 depends_on = None
 
