@@ -125,7 +125,8 @@ class Case(Base):
     client_id: Mapped[str | None] = mapped_column(String(36))
     responsible_region_code: Mapped[str] = mapped_column(String(12))
     # The unit that handed the case down (交办) to the one holding it, which may return it
-    # there (回退); cleared by every other move of the case to another unit.
+    # there (回退). A return sets it to the unit that handed the case down to that one, if
+    # any (services.cases.hand_down_chain); every other move to another unit clears it.
     handed_down_from: Mapped[str | None] = mapped_column(String(12))
     department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"))
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))

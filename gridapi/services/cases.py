@@ -1232,7 +1232,12 @@ def _return(ctx: TransitionContext, c: Case) -> str:
         upper = c.handed_down_from
         assert upper is not None  # READY: handed down
         ctx.event_data.update(from_unit=c.responsible_region_code, to_unit=upper)
-        c.responsible_region_code, c.handed_down_from = upper, None
+        # Handed down twice (county → township → community): back at the township, it may
+        # return the case to the county in turn. Cleared, the township had nobody to return
+        # it to, and the county's hand-down was lost.
+        chain = hand_down_chain(ctx.session, c.id)
+        below = chain[-2] if len(chain) > 1 and chain[-1] == upper else None
+        c.responsible_region_code, c.handed_down_from = upper, below
         ctx.notify.append(("returned", None, upper, f"事件 {c.number} 已回退"))
         return "filed"
     # Who held it: the handler (a user id) and, when dispatched to one, the department (a
@@ -1247,6 +1252,42 @@ def _return(ctx: TransitionContext, c: Case) -> str:
     c.dispatched_at = None
     _withdraw_extension_request(ctx, c)
     return "filed"
+
+
+def hand_down_chain(session: Session, case_id: int) -> list[str]:
+    """Return the units that handed the case down (交办) to the unit holding it, level by
+    level: the first handed it down first, the last to the unit holding it now
+    (``handed_down_from``); empty when it was not handed down to it.
+
+    Read from the timeline: a hand-down (a ``dispatch`` from filed to filed) adds the unit
+    it left, a return of a case handed down (``return`` from filed) takes off the last one,
+    and any other step that moves the case to another unit (filing to its handler,
+    escalation, transfer, the worker's escalation) starts afresh, as it clears
+    ``handed_down_from``.
+    """
+    rows = session.execute(
+        select(
+            CaseEvent.action,
+            CaseEvent.from_status,
+            CaseEvent.to_status,
+            CaseEvent.responsible_region_code,
+        )
+        .where(CaseEvent.case_id == case_id)
+        .order_by(CaseEvent.seq)
+    ).all()
+    chain: list[str] = []
+    unit: str | None = None
+    for action, before, after, held_by in rows:
+        if action == "dispatch" and before == "filed" and after == "filed" and unit:
+            chain.append(unit)
+        elif action == "return" and before == "filed":
+            if chain:
+                chain.pop()
+        elif held_by is not None and unit is not None and held_by != unit:
+            chain.clear()
+        if held_by is not None:
+            unit = held_by
+    return chain
 
 
 def _escalate(ctx: TransitionContext, c: Case) -> str:

@@ -455,6 +455,76 @@ def test_a_case_handed_down_twice_goes_back_one_level(desk):
     assert refused.status_code == 409, refused.get_json()
 
 
+def test_each_return_goes_back_one_level_of_a_chain_of_hand_downs(desk):
+    """County → township → community: the community returns the case to the township, and
+    the township then returns it to the county (it had nobody to return it to: the return
+    cleared the county's hand-down). Handed down again meanwhile, it still goes back one
+    level at a time; at the county, which got it by escalation, there is nobody above."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    d.act(d.office, cid, "escalate", comment="需区级协调")
+    d.act(d.county, cid, "dispatch", unit=TOWNSHIP, comment="交办平江街道")
+    d.act(d.office, cid, "dispatch", unit=COMMUNITY_A, comment="交办平江社区")
+    back = d.act(d.officer, cid, "return", comment="不属于本社区")
+    assert back["responsible"]["unit"]["code"] == TOWNSHIP
+    assert "return" in ok(d.office.get(f"/api/v1/cases/{cid}"))["allowed_actions"]
+    assert "return" not in ok(d.county.get(f"/api/v1/cases/{cid}"))["allowed_actions"]
+    # Handed down again and returned again: still the county's hand-down above.
+    d.act(d.office, cid, "dispatch", unit=COMMUNITY_A, comment="再次交办")
+    d.act(d.officer, cid, "return", comment="仍不属于本社区")
+    up = d.act(d.office, cid, "return", comment="不属于本街道")
+    assert up["status"] == "filed"
+    assert up["responsible"]["unit"]["code"] == COUNTY
+    assert up["escalation_count"] == 1  # the escalation by hand only
+    row = d.timeline(cid)[-1]
+    assert (row["action"], row["from_status"], row["to_status"], row["unit"]) == (
+        "return",
+        "filed",
+        "filed",
+        COUNTY,
+    )
+    assert row["data"] == {"from_unit": TOWNSHIP, "to_unit": COUNTY}
+    inbox = ok(d.county.get("/api/v1/me/notifications"))["items"]
+    assert ("returned", cid) in [(n["kind"], n["case_id"]) for n in inbox]
+    # At the county, which it reached by escalation: nobody to return it to.
+    assert "return" not in ok(d.county.get(f"/api/v1/cases/{cid}"))["allowed_actions"]
+    refused = d.post(d.county, cid, "return", comment="退回")
+    assert refused.status_code == 409, refused.get_json()
+    assert refused.get_json()["errors"]["action"] == ["not handed down"]
+    # Handed down from the county anew, the chain starts again from there.
+    d.act(d.county, cid, "dispatch", unit=TOWNSHIP, comment="重新交办")
+    d.act(d.office, cid, "dispatch", unit=COMMUNITY_A, comment="交办")
+    d.act(d.officer, cid, "return", comment="退回街道")
+    assert d.act(d.office, cid, "return", comment="退回区")["responsible"]["unit"]["code"] == (
+        COUNTY
+    )
+
+
+def test_a_transfer_ends_the_chain_of_hand_downs(desk, accounts):
+    """Handed down county → township → community A, then transferred by the township to
+    community B, which returns nothing; nor does the township once it has taken the case
+    back by transferring it to itself: the county's hand-down went with the first transfer,
+    and a later return does not bring it back."""
+    d = desk
+    officer_b = accounts.client("officer_b", "community_officer", scope_region=COMMUNITY_B)
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    d.act(d.office, cid, "escalate", comment="需区级协调")
+    d.act(d.county, cid, "dispatch", unit=TOWNSHIP, comment="交办平江街道")
+    d.act(d.office, cid, "dispatch", unit=COMMUNITY_A, comment="交办平江社区")
+    d.act(d.office, cid, "transfer", unit=COMMUNITY_B, comment="属观前社区")
+    refused = d.post(officer_b, cid, "return", comment="退回")
+    assert refused.status_code == 409, refused.get_json()
+    d.act(d.office, cid, "transfer", unit=TOWNSHIP, comment="收回街道")
+    d.act(d.office, cid, "dispatch", unit=COMMUNITY_A, comment="交办平江社区")
+    back = d.act(d.officer, cid, "return", comment="退回")
+    assert back["responsible"]["unit"]["code"] == TOWNSHIP
+    refused = d.post(d.office, cid, "return", comment="退回区")
+    assert refused.status_code == 409, refused.get_json()
+    assert refused.get_json()["errors"]["action"] == ["not handed down"]
+
+
 def test_dispatch_to_a_department_and_a_member_signs(desk):
     d = desk
     cid = d.report()["id"]
