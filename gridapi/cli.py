@@ -430,8 +430,10 @@ def calendar() -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def calendar_import(file: Path) -> None:
     """Import a year's arrangement (the holidays_cn.json format), replacing those years."""
+    from datetime import UTC, datetime
+
     from .errors import DomainError
-    from .services.calendar import import_days
+    from .services.calendar import import_days, recount_after_edit, working_calendar
 
     settings = _settings()
     try:
@@ -440,6 +442,7 @@ def calendar_import(file: Path) -> None:
         raise click.ClickException(f"{file} is not valid JSON: {exc}") from exc
     try:
         with _sessions().begin() as session:
+            before = working_calendar(session, settings.working_hours, settings.timezone)
             result = import_days(session, data, settings.working_hours, settings.timezone)
             record(
                 session,
@@ -449,11 +452,20 @@ def calendar_import(file: Path) -> None:
                 None,
                 summary={**result, "file": file.name},
             )
+            moved = recount_after_edit(
+                session,
+                before,
+                settings.working_hours,
+                settings.timezone,
+                datetime.now(UTC),
+                _cli_actor(),
+            )
     except DomainError as exc:
         raise click.ClickException(_describe(exc)) from exc
     click.echo(
         f"calendar: {result['years']} year(s), {result['holidays']} holidays, "
         f"{result['workdays']} workdays"
+        + (f"; {len(moved)} open case deadline(s) moved" if moved else "")
     )
 
 

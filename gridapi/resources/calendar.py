@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 
 from flask.views import MethodView
 
 from .. import clock
-from ..auditing import audit
+from ..auditing import audit, request_actor
 from ..auth import AUTHENTICATED
 from ..errors import NotFound, Unprocessable
 from ..extensions import commit, db_session, state
@@ -22,6 +22,7 @@ from ..schemas.calendar import (
     CalendarYearUpdateSchema,
 )
 from ..services import calendar as svc
+from ..workcalendar import WorkingCalendar
 from .blueprint import Blueprint
 
 blp = Blueprint(
@@ -37,6 +38,24 @@ def _day(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise NotFound("The day is not in the calendar.") from None
+
+
+def _recount(before: WorkingCalendar) -> list[int]:
+    """Move the deadlines still ahead that the edit changes (see services.calendar)."""
+    settings = state().settings
+    return svc.recount_after_edit(
+        db_session(),
+        before,
+        settings.working_hours,
+        settings.timezone,
+        datetime.now(UTC),
+        request_actor(),
+    )
+
+
+def _before() -> WorkingCalendar:
+    settings = state().settings
+    return svc.working_calendar(db_session(), settings.working_hours, settings.timezone)
 
 
 def _day_to_set(text: str) -> date:
@@ -94,11 +113,15 @@ class CalendarImport(MethodView):
         All or nothing: a file with any bad date changes nothing. Each year imported takes the
         `status` its entry gives (`official` unless it says `provisional`) and the file's
         `source`; a `source` of more than 2000 characters is a 422 naming it, as with
-        `PUT /api/v1/calendar/years/{year}`.
+        `PUT /api/v1/calendar/years/{year}`. The deadlines still ahead of open cases that the
+        import changes move with it (docs/cases.md, "When the calendar changes"): a
+        `deadline_moved` row in each case's timeline, an audit row `calendar.deadlines_moved`.
         """
         settings = state().settings
+        before = _before()
         result = svc.import_days(db_session(), data, settings.working_hours, settings.timezone)
         audit("calendar.import", "calendar", None, summary=result)
+        _recount(before)
         commit()
         state().forget_calendar()
         return result
@@ -117,11 +140,16 @@ class CalendarDay(MethodView):
         a 422), with an optional `name` such as 春节; a day that is no date, or not of the years
         2000-2100, is a 422 naming `day`. Setting the same values again changes nothing.
         Deadlines computed after the change use it: at once in the process that made it, within
-        GRIDAPI_CALENDAR_CACHE_SECONDS (10 s) in the others. Needs `calendar:write`; writes an audit
-        row `calendar.set`.
+        GRIDAPI_CALENDAR_CACHE_SECONDS (10 s) in the others. Deadlines still ahead of open cases
+        that counted the day are counted again from the same start, in this request (a
+        `deadline_moved` row in each case's timeline); deadlines already passed stay. Needs
+        `calendar:write`; writes an audit row `calendar.set`, and `calendar.deadlines_moved`
+        when deadlines moved.
         """
+        before = _before()
         row = svc.set_day(db_session(), _day_to_set(day), data["kind"], data["name"])
         audit("calendar.set", "calendar", day, summary=data)
+        _recount(before)
         commit()
         state().forget_calendar()
         return row
@@ -134,10 +162,13 @@ class CalendarDay(MethodView):
         Deletes the exception stored for the day, so it is again a working day from Monday to Friday
         and a rest day at the weekend, and answers 204. A day with no exception (or not a valid
         date) answers 404. Needs `calendar:write`; writes an audit row `calendar.remove`, and
-        deadlines computed afterwards use the change.
+        deadlines computed afterwards use the change; deadlines still ahead of open cases that
+        counted the day move as with `PUT` (`calendar.deadlines_moved`).
         """
+        before = _before()
         svc.remove_day(db_session(), _day(day))
         audit("calendar.remove", "calendar", day)
+        _recount(before)
         commit()
         state().forget_calendar()
 

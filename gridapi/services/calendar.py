@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, extract, func, select
+from sqlalchemy import and_, delete, extract, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..errors import NotFound, Unprocessable
 from ..models import CalendarDay, CalendarYear
 from ..workcalendar import YEAR_STATUSES, WorkingCalendar, parse_periods
+from .audit import Actor, record
 from .uniques import add_or_found
 
 # The years GET /api/v1/calendar?year= lists (CalendarQueryArgsSchema): a year imported
@@ -207,3 +208,165 @@ def calendar_problem(session: Session, today: date) -> str | None:
         "(POST /api/v1/calendar/import, gridapi calendar import) or, once its days are set, "
         "mark the year official (PUT /api/v1/calendar/years/<year>)."
     )
+
+
+# --- what an edit does to the deadlines already set ---------------------------------------------
+
+#: Where each stage's clock starts: the case's column (the handling clock restarts at a reopen,
+#: read from its timeline row) and the category's unit for it.
+_STAGE_START = {
+    "accept_due_at": ("reported_at", "accept_unit"),
+    "handle_due_at": ("filed_at", "handle_unit"),
+    "verify_due_at": ("feedback_at", "verify_unit"),
+}
+#: The ids of cases read per statement (the IN lists stay short on both engines).
+_CHUNK = 500
+
+
+def changed_days(before: WorkingCalendar, after: WorkingCalendar) -> set[date]:
+    """Return the days whose kind an edit changed (holiday, workday or neither)."""
+    return (before.holidays ^ after.holidays) | (before.workdays ^ after.workdays)
+
+
+def recounted(
+    before: WorkingCalendar, after: WorkingCalendar, start: datetime, due: datetime, unit: str
+) -> datetime:
+    """Return ``due``, counted from ``start`` on ``before``, counted as much from ``start`` on
+    ``after`` (in UTC).
+
+    ``hours``: the working hours ``before`` counts from ``start`` to ``due``, added on
+    ``after``. ``days``: the working days ``before`` counts after the day of ``start`` up to
+    the day of ``due``, added on ``after``, at ``due``'s time of day (the end of the day for a
+    limit in days; an extension in hours on top of one keeps its time).
+    """
+    if unit == "hours":
+        hours = before.working_hours_between(start, due)
+        return after.add_working_hours(start, hours).astimezone(UTC)
+    tz = before.tz
+    first, last = start.astimezone(tz).date(), due.astimezone(tz).date()
+    days = sum(
+        1 for n in range(1, (last - first).days + 1) if before.is_working_day(first + timedelta(n))
+    )
+    day = after.add_working_days(start, days).astimezone(after.tz).date()
+    moment = datetime.combine(day, due.astimezone(tz).time(), tzinfo=after.tz)
+    return moment.astimezone(UTC)
+
+
+def move_deadlines(
+    session: Session,
+    before: WorkingCalendar,
+    after: WorkingCalendar,
+    now: datetime,
+    actor: str,
+    actor_name: str,
+) -> list[int]:
+    """Count again, on ``after``, the deadlines still ahead that open cases run against now
+    and that ``before`` counted across a day the edit changed; return the ids of the cases
+    whose deadline moved, in id order.
+
+    Each keeps its start and its length (``recounted``, in its category's unit for the
+    stage). A deadline already passed stays (the case stays overdue: it was told, flagged,
+    perhaps carded); one that the new count would put at or before ``now`` stays too (a
+    case does not become overdue by a calendar edit, unwarned). Each moved case gets a
+    ``deadline_moved`` timeline row (``stage``, ``due_before``, ``due_at``), a new version,
+    and its ``overdue`` flag unchanged (false). Tasks keep their ``due_at``: a task keeps no
+    record of being given ``due_in`` rather than a moment.
+    """
+    from ..models import Case, CaseEvent, Category
+    from .cases import STAGE_DUE, add_event, next_seq
+
+    days = changed_days(before, after)
+    if not days:
+        return []
+    # A deadline before the first day changed counted none of them, nor one whose clock
+    # started after the last; the first bound is in SQL, the second below.
+    first = min(days)
+    bound = max(now, datetime.combine(first, time(0), tzinfo=before.tz).astimezone(UTC))
+    last_end = datetime.combine(max(days) + timedelta(days=1), time(0), tzinfo=before.tz)
+    conditions = []
+    for column in _STAGE_START:
+        states = [s for s, c in STAGE_DUE.items() if c == column]
+        conditions.append(and_(Case.status.in_(states), getattr(Case, column) > bound))
+    ids = list(
+        session.scalars(
+            select(Case.id).where(or_(*conditions), Case.overdue.is_(False)).order_by(Case.id)
+        )
+    )
+    moved: list[int] = []
+    units: dict[str, Category | None] = {}
+    for offset in range(0, len(ids), _CHUNK):
+        chunk = ids[offset : offset + _CHUNK]
+        cases = session.scalars(
+            select(Case).where(Case.id.in_(chunk)).order_by(Case.id).with_for_update()
+        ).all()
+        reopened = dict(
+            session.execute(
+                select(CaseEvent.case_id, func.max(CaseEvent.at))
+                .where(CaseEvent.case_id.in_(chunk), CaseEvent.action == "reopen")
+                .group_by(CaseEvent.case_id)
+            ).all()
+        )
+        for c in cases:
+            column = STAGE_DUE.get(c.status)
+            if column is None or c.overdue:  # moved on meanwhile (the lock waited for it)
+                continue
+            due = getattr(c, column)
+            start_column, unit_column = _STAGE_START[column]
+            start = getattr(c, start_column)
+            if column == "handle_due_at" and c.id in reopened:
+                start = max(filter(None, (start, reopened[c.id])))
+            if due is None or start is None or due <= bound or start >= last_end:
+                continue
+            if c.category_code not in units:
+                units[c.category_code] = session.get(Category, c.category_code)
+            category = units[c.category_code]
+            unit = getattr(category, unit_column) if category is not None else "days"
+            new_due = recounted(before, after, start, due, unit)
+            if new_due == due or new_due <= now:
+                continue
+            setattr(c, column, new_due)
+            c.updated_at = now
+            stage = column.removesuffix("_due_at")
+            add_event(
+                session,
+                c,
+                next_seq(session, c.id),
+                "deadline_moved",
+                c.status,
+                actor,
+                actor_name,
+                now,
+                data={
+                    "stage": stage,
+                    "due_before": due.isoformat(),
+                    "due_at": new_due.isoformat(),
+                },
+            )
+            moved.append(c.id)
+        session.flush()
+    return moved
+
+
+def recount_after_edit(
+    session: Session,
+    before: WorkingCalendar,
+    working_hours: str,
+    timezone: str,
+    now: datetime,
+    actor: Actor,
+) -> list[int]:
+    """Move the deadlines an edit of the calendar changes (``move_deadlines``, in the edit's
+    transaction) and, when any moved, write the audit row ``calendar.deadlines_moved``
+    naming the cases (``cases``: how many; ``case_ids``: the first 50). Returns their ids."""
+    after = working_calendar(session, working_hours, timezone)
+    moved = move_deadlines(session, before, after, now, actor.id or actor.type, actor.name or "")
+    if moved:
+        record(
+            session,
+            actor,
+            "calendar.deadlines_moved",
+            "calendar",
+            None,
+            summary={"cases": len(moved), "case_ids": moved},
+        )
+    return moved

@@ -1,0 +1,141 @@
+"""A calendar edit moves the deadlines still ahead that it changes, in the same
+transaction: open cases count again from the same start on the new calendar, with a timeline
+row and an audit row; deadlines already passed stay (docs/cases.md, "Deadlines and overdue
+cases")."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import update
+
+from gridapi.cli import main
+from gridapi.models import Case
+from gridapi.services.calendar import working_calendar
+
+from .test_case_workflow import Desk, ok, when
+
+HOURS, ZONE = "08:30-12:00,13:30-17:30", "Asia/Shanghai"
+
+
+@pytest.fixture
+def desk(app, accounts, client, world) -> Desk:  # type: ignore[no-untyped-def]
+    return Desk(app, accounts, client)
+
+
+def _audited(client, action: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [e for e in ok(client.get("/api/v1/audit"))["items"] if e["action"] == action]
+
+
+def test_a_holiday_set_moves_the_open_deadlines_that_count_it(desk, session, engine):
+    """The State Council's notice makes the day a case is due on a holiday: the case is
+    now due a working day later, told in its timeline (and the audit log). A case already
+    overdue keeps the deadline it missed, a closed case its own, and a case whose clock
+    started after the day changed is not touched."""
+    d = desk
+    moving = d.report(category="0102")["id"]  # handled within 1 working day
+    filed = d.to_filed(moving)
+    due = when(filed["deadlines"]["handle"])
+    assert due is not None and due > datetime.now(UTC)
+    overdue = d.report(category="0102")["id"]
+    d.to_filed(overdue)
+    closed = d.report(category="0102")["id"]
+    d.to_closed(closed)
+    now = datetime.now(UTC)
+    missed = now - timedelta(days=1)
+    with engine.begin() as conn:
+        conn.execute(
+            update(Case)
+            .where(Case.id == overdue)
+            .values(
+                filed_at=now - timedelta(days=10),
+                handle_due_at=missed,
+                overdue=True,
+                overdue_since=missed,
+                version=Case.version + 1,
+            )
+        )
+    before = {cid: d.get(cid) for cid in (moving, overdue, closed)}
+    steps = {cid: len(d.timeline(cid)) for cid in (moving, overdue, closed)}
+
+    # A day in the overdue case's span, before the others started: nothing moves.
+    past = (now - timedelta(days=5)).astimezone(working_calendar(session, HOURS, ZONE).tz)
+    ok(d.admin.put(f"/api/v1/calendar/{past.date()}", json={"kind": "holiday"}))
+    assert {cid: d.get(cid) for cid in before} == before
+    assert _audited(d.admin, "calendar.deadlines_moved") == []
+
+    # The day the first case is due on becomes a holiday.
+    day = due.astimezone(working_calendar(session, HOURS, ZONE).tz).date()
+    ok(d.admin.put(f"/api/v1/calendar/{day}", json={"kind": "holiday", "name": "元旦"}))
+    session.rollback()
+    cal = working_calendar(session, HOURS, ZONE)
+    filed_at = next(when(r["at"]) for r in d.timeline(moving) if r["action"] == "file")
+    expected = cal.add_working_days(filed_at, 1).astimezone(UTC)
+    after = d.get(moving)
+    assert when(after["deadlines"]["handle"]) == expected > due
+    assert after["version"] == before[moving]["version"] + 1  # a new ETag: the case changed
+    assert after["overdue"] is False
+    row = d.timeline(moving)[-1]
+    assert len(d.timeline(moving)) == steps[moving] + 1
+    assert (row["action"], row["from_status"], row["to_status"]) == (
+        "deadline_moved",
+        "filed",
+        "filed",
+    )
+    entry = _audited(d.admin, "calendar.deadlines_moved")
+    assert row["actor"] == entry[0]["actor_id"]  # the admin who set the day
+    assert row["data"]["stage"] == "handle"
+    assert when(row["data"]["due_before"]) == due
+    assert when(row["data"]["due_at"]) == expected
+    # The overdue case and the closed one are as they were.
+    for cid in (overdue, closed):
+        assert d.get(cid) == before[cid]
+        assert len(d.timeline(cid)) == steps[cid]
+    entry = _audited(d.admin, "calendar.deadlines_moved")
+    assert [(e["summary"]["cases"], e["summary"]["case_ids"]) for e in entry] == [(1, [moving])]
+
+    # Returned to a working day, the deadline comes back (a second row), and setting the
+    # same day again moves nothing.
+    assert d.admin.delete(f"/api/v1/calendar/{day}").status_code == 204
+    assert when(d.get(moving)["deadlines"]["handle"]) == due
+    assert [r["action"] for r in d.timeline(moving)[-2:]] == ["deadline_moved"] * 2
+    assert d.admin.delete(f"/api/v1/calendar/{day}").status_code == 404
+    assert len(d.timeline(moving)) == steps[moving] + 2
+
+
+def test_an_import_moves_deadlines_as_a_day_set_does(
+    desk, session, database_url, settings, tmp_path
+):
+    """The year's notice imported by the command line (or the API): the deadlines it
+    changes move, in the import's transaction."""
+    d = desk
+    cid = d.report(category="0102")["id"]
+    due = when(d.to_filed(cid)["deadlines"]["handle"])
+    assert due is not None
+    day = due.astimezone(working_calendar(session, HOURS, ZONE).tz).date()
+    year = {
+        "holidays": [
+            str(r["date"])
+            for r in ok(d.admin.get(f"/api/v1/calendar?year={day.year}"))["items"]
+            if r["kind"] == "holiday"
+        ]
+        + [str(day)],
+        "workdays": [
+            str(r["date"])
+            for r in ok(d.admin.get(f"/api/v1/calendar?year={day.year}"))["items"]
+            if r["kind"] == "workday"
+        ],
+    }
+    path = tmp_path / "notice.json"
+    path.write_text(json.dumps({"version": 1, "years": {str(day.year): year}}))
+    env = {"GRIDAPI_DATABASE_URL": database_url, "GRIDAPI_DATA_DIR": settings.data_dir}
+    result = CliRunner().invoke(main, ["calendar", "import", str(path)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "1 open case deadline(s) moved" in result.output
+    moved = when(d.get(cid)["deadlines"]["handle"])
+    assert moved is not None and moved > due
+    row = d.timeline(cid)[-1]
+    assert row["action"] == "deadline_moved" and row["actor"].startswith("cli:")
