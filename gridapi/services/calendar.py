@@ -283,10 +283,19 @@ def move_deadlines(
     first = min(days)
     bound = max(now, datetime.combine(first, time(0), tzinfo=before.tz).astimezone(UTC))
     last_end = datetime.combine(max(days) + timedelta(days=1), time(0), tzinfo=before.tz)
+    last_end = last_end.astimezone(UTC)
     conditions = []
-    for column in _STAGE_START:
+    for column, (start_column, _) in _STAGE_START.items():
         states = [s for s, c in STAGE_DUE.items() if c == column]
-        conditions.append(and_(Case.status.in_(states), getattr(Case, column) > bound))
+        # The clock starts at the column or later (a reopen): one started after the last day
+        # changed is left out here already.
+        conditions.append(
+            and_(
+                Case.status.in_(states),
+                getattr(Case, column) > bound,
+                getattr(Case, start_column) < last_end,
+            )
+        )
     ids = list(
         session.scalars(
             select(Case.id).where(or_(*conditions), Case.overdue.is_(False)).order_by(Case.id)
