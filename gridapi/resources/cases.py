@@ -515,7 +515,10 @@ class Transitions(MethodView):
         409,
         response="CONFLICT",
         description="The current state does not allow the action: `errors.allowed_actions` "
-        "lists those the caller may take now.",
+        "lists those the caller may take now. A reject or cancel refused because other "
+        "reports are closed as duplicates of the case: `errors.duplicates` (those you may "
+        "read), `errors.hidden_duplicates` (how many you may not) and, when there are such, "
+        "`errors.ask_unit` (the unit whose office reads them all).",
     )
     def post(self, data, case_id):
         """Take a workflow action on a case

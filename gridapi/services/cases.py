@@ -928,12 +928,26 @@ def transition(
     if not _ready(case_obj, action, duplicates):
         needs = READY[action]
         errors: dict[str, Any] = {"action": [needs.reason]}
+        message = needs.message
         if needs.names_duplicates:
             # Named only when the caller may read them; the refusal itself stands for all.
             shown = readable_cases(session, caller, duplicates)
             errors["duplicates"] = [d for d in duplicates if d in shown]
+            hidden = [d for d in duplicates if d not in shown]
+            errors["hidden_duplicates"] = len(hidden)
+            if hidden:
+                # Refused for reports it cannot see, the office had nothing to go on: it is
+                # told how many, and the office that sees them all (over its own unit, so
+                # no other unit is named).
+                unit = office_over_duplicates(session, case_obj, hidden)
+                errors["ask_unit"] = unit
+                name = region_names(session, [unit]).get(unit)
+                message += (
+                    f" {len(hidden)} of them are held where you cannot read them; the office "
+                    f"of {name or unit} ({unit}) reads them all."
+                )
         errors["allowed_actions"] = allowed_actions(caller, case_obj, duplicates)
-        raise Conflict(needs.message, errors=errors)
+        raise Conflict(message, errors=errors)
     comment = stated(data.get("comment") or "")
     if action in NEEDS_COMMENT and not comment:
         raise Unprocessable("Say why.", errors={"json": {"comment": [f"required for '{action}'"]}})
@@ -1692,6 +1706,22 @@ def shown_event_data(data: dict[str, Any], readable: Container[int]) -> dict[str
         if numbers_key and isinstance(numbers, list):
             shown[numbers_key] = [numbers[n] for n in keep if n < len(numbers)]
     return shown
+
+
+def office_over_duplicates(session: Session, case_obj: Case, duplicate_ids: list[int]) -> str:
+    """Return the lowest unit over the one holding the case and those holding the reports
+    closed as its duplicates (``duplicate_ids``): its office reads them all. It is the unit
+    holding the case or one above it, never another unit."""
+    own = case_obj.responsible_region_code
+    codes = set(
+        session.scalars(select(Case.responsible_region_code).where(Case.id.in_(duplicate_ids)))
+    )
+    for level in ("village", "township", "county", "city", "province"):
+        width = LEVEL_PREFIX[level]
+        prefix = own[:width]
+        if all(code[:width] == prefix for code in codes):
+            return prefix.ljust(12, "0")
+    return own[:2].ljust(12, "0")
 
 
 def duplicates_of(session: Session, case_obj: Case) -> list[int]:

@@ -224,14 +224,24 @@ def test_duplicate_links_name_only_cases_the_caller_may_read(desk, accounts, ses
     assert timeline(officer_b, c12["id"]) == {
         "duplicates_attached": {"attached": [], "attached_numbers": []}
     }
-    # Still followed up for them: not cancelled, and the refusal names none of them.
+    # Still followed up for them: not cancelled, and the refusal names none of them. It
+    # said only "Other reports are closed as duplicates", listing none: the officer had
+    # nothing to go on. It says how many it cannot read, and which office reads them all
+    # (the township over both communities, not the community holding them).
     assert "cancel" not in case(officer_b, c12["id"])["allowed_actions"]
-    refused = d.post(officer_b, c12["id"], "cancel", comment="撤销")
-    assert refused.status_code == 409
-    assert refused.get_json()["errors"]["duplicates"] == []
-    assert d.post(d.office, c12["id"], "cancel", comment="撤销").get_json()["errors"][
-        "duplicates"
-    ] == [c19["id"], c20["id"]]
+    for action, comment in (("cancel", "撤销"), ("reject", "不予受理")):
+        refused = d.post(officer_b, c12["id"], action, comment=comment)
+        assert refused.status_code == 409
+        errors = refused.get_json()["errors"]
+        assert errors["duplicates"] == []
+        assert (errors["hidden_duplicates"], errors["ask_unit"]) == (2, TOWNSHIP)
+        assert "2 of them" in refused.get_json()["message"]
+        assert TOWNSHIP in refused.get_json()["message"]
+        assert COMMUNITY_A not in json.dumps(refused.get_json())
+        assert c19["number"] not in json.dumps(refused.get_json())
+    shown = d.post(d.office, c12["id"], "cancel", comment="撤销").get_json()
+    assert shown["errors"]["duplicates"] == [c19["id"], c20["id"]]
+    assert shown["errors"]["hidden_duplicates"] == 0 and "ask_unit" not in shown["errors"]
 
     # Those who read all three are shown every link.
     for who in (d.office, d.admin):
