@@ -15,7 +15,7 @@ from gridapi import migrations
 from gridapi.db import make_engine
 from gridapi.models import Base
 
-from .factories import CITY, COMMUNITY_A, COMMUNITY_B, TOWNSHIP
+from .factories import CITY, COMMUNITY_A, COMMUNITY_B, COUNTY, TOWNSHIP
 
 HEAD = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
 OUR_TABLES = {
@@ -253,6 +253,42 @@ def test_cases_held_by_a_unit_they_were_handed_down_to_may_be_returned(
     assert "return" not in ok(d.office.get(f"/api/v1/cases/{filed}"))["allowed_actions"]
     back = d.act(d.officer, handed, "return", comment="不属于本社区")
     assert back["responsible"]["unit"]["code"] == TOWNSHIP
+
+
+def test_a_case_handed_down_twice_and_returned_once_may_be_returned_again(
+    app, accounts, factory, client, engine
+):
+    """Handed down county → township → community and returned by the community before the
+    chain was kept: the township had nobody to return it to. Migration 0045 reads the
+    county's hand-down from the timeline; not for a case moved on since by a transfer."""
+    from sqlalchemy import text
+
+    from tests.api.test_case_workflow import Desk, ok
+
+    factory.regions()
+    factory.grid_version()
+    d = Desk(app, accounts, client)
+    chained, moved_on = (d.report(col=c)["id"] for c in range(2))
+    for cid in (chained, moved_on):
+        d.to_filed(cid)
+        d.act(d.office, cid, "escalate", comment="需区级协调")
+        d.act(d.county, cid, "dispatch", unit=TOWNSHIP, comment="交办平江街道")
+        d.act(d.office, cid, "dispatch", unit=COMMUNITY_A, comment="交办平江社区")
+        d.act(d.officer, cid, "return", comment="不属于本社区")
+    d.act(d.office, moved_on, "transfer", unit=COMMUNITY_B, comment="属观前社区")
+    d.act(d.office, moved_on, "transfer", unit=TOWNSHIP, comment="收回街道")
+    versions = {cid: d.get(cid)["version"] for cid in (chained, moved_on)}
+    with engine.begin() as conn:  # as the earlier return left it
+        conn.execute(text("UPDATE cases SET handed_down_from = NULL"))
+    assert "return" not in ok(d.office.get(f"/api/v1/cases/{chained}"))["allowed_actions"]
+    migrations.downgrade(engine, "0044")
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    assert "return" in ok(d.office.get(f"/api/v1/cases/{chained}"))["allowed_actions"]
+    assert "return" not in ok(d.office.get(f"/api/v1/cases/{moved_on}"))["allowed_actions"]
+    assert {cid: d.get(cid)["version"] for cid in (chained, moved_on)} == versions
+    up = d.act(d.office, chained, "return", comment="不属于本街道")
+    assert up["responsible"]["unit"]["code"] == COUNTY
 
 
 def test_a_city_wide_campaign_and_its_items_are_moved_into_counties(
