@@ -100,7 +100,11 @@ def test_a_holiday_set_moves_the_open_deadlines_that_count_it(desk, session, eng
     # Returned to a working day, the deadline comes back (a second row), and setting the
     # same day again moves nothing.
     assert d.admin.delete(f"/api/v1/calendar/{day}").status_code == 204
-    assert when(d.get(moving)["deadlines"]["handle"]) == due
+    session.rollback()
+    back = working_calendar(session, HOURS, ZONE).add_working_days(filed_at, 1)
+    assert when(d.get(moving)["deadlines"]["handle"]) == back.astimezone(UTC)
+    if day.weekday() < 5:  # not a 调休 Saturday: the deadline it had
+        assert back == due
     assert [r["action"] for r in d.timeline(moving)[-2:]] == ["deadline_moved"] * 2
     assert d.admin.delete(f"/api/v1/calendar/{day}").status_code == 404
     assert len(d.timeline(moving)) == steps[moving] + 2
@@ -139,3 +143,35 @@ def test_an_import_moves_deadlines_as_a_day_set_does(
     assert moved is not None and moved > due
     row = d.timeline(cid)[-1]
     assert row["action"] == "deadline_moved" and row["actor"].startswith("cli:")
+
+
+def test_an_edit_does_not_make_a_case_overdue(desk, session, engine):
+    """A holiday removed that a case counted: counted again, its deadline would already
+    have passed. It stays as it was (nobody was warned of the earlier deadline); no row."""
+    d = desk
+    cid = d.report(category="0102")["id"]
+    d.to_filed(cid)
+    now = datetime.now(UTC)
+    tz = working_calendar(session, HOURS, ZONE).tz
+    start = (now - timedelta(days=20)).astimezone(tz)
+    past = [
+        start.date() + timedelta(days=n)
+        for n in range(1, (now.astimezone(tz).date() - start.date()).days)
+        if (start.date() + timedelta(days=n)).weekday() < 5
+    ]
+    for day in past:  # every weekday since the start a holiday
+        ok(d.admin.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
+    session.rollback()
+    due = working_calendar(session, HOURS, ZONE).add_working_days(start, 1).astimezone(UTC)
+    assert due > now
+    with engine.begin() as conn:
+        conn.execute(
+            update(Case)
+            .where(Case.id == cid)
+            .values(filed_at=start, handle_due_at=due, version=Case.version + 1)
+        )
+    before, steps = d.get(cid), len(d.timeline(cid))
+    assert d.admin.delete(f"/api/v1/calendar/{past[0]}").status_code == 204
+    assert d.get(cid) == before
+    assert len(d.timeline(cid)) == steps
+    assert _audited(d.admin, "calendar.deadlines_moved") == []
