@@ -8,8 +8,8 @@ it back by a return, with nothing set: the units a hand-down left are pushed, a 
 the last, any other move to another unit starts afresh. ``handed_down_from`` is not shown, so
 those cases keep their version.
 
-Revision ID: 0042_flow
-Revises: 0041
+Revision ID: 0045
+Revises: 0044
 Create Date: 2026-12-01
 """
 
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0042_flow"
-down_revision = "0041"
+revision = "0045"
+down_revision = "0044"
 branch_labels = None
 depends_on = None
 
