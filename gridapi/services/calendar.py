@@ -221,6 +221,9 @@ _STAGE_START = {
 }
 #: The ids of cases read per statement (the IN lists stay short on both engines).
 _CHUNK = 500
+#: How many of the moved cases' ids the audit row names (it counts them all): an edit that
+#: moves a county's year of deadlines must not write one row of a hundred thousand ids.
+AUDITED_CASE_IDS = 50
 
 
 def changed_days(before: WorkingCalendar, after: WorkingCalendar) -> set[date]:
@@ -376,6 +379,6 @@ def recount_after_edit(
             "calendar.deadlines_moved",
             "calendar",
             None,
-            summary={"cases": len(moved), "case_ids": moved},
+            summary={"cases": len(moved), "case_ids": moved[:AUDITED_CASE_IDS]},
         )
     return moved

@@ -175,3 +175,26 @@ def test_an_edit_does_not_make_a_case_overdue(desk, session, engine):
     assert d.get(cid) == before
     assert len(d.timeline(cid)) == steps
     assert _audited(d.admin, "calendar.deadlines_moved") == []
+
+
+def test_the_audit_row_of_a_large_move_names_only_the_first_cases(desk, session, monkeypatch):
+    """The audit row counts every case an edit moved and names only the first
+    ``AUDITED_CASE_IDS`` of them (each has its own timeline row): a holiday set over a
+    county's year of open cases wrote one row holding every id."""
+    from gridapi.services import calendar as calendar_service
+
+    monkeypatch.setattr(calendar_service, "AUDITED_CASE_IDS", 1)
+    d = desk
+    ids = [d.report(category="0102")["id"] for _ in range(2)]
+    dues = [when(d.to_filed(cid)["deadlines"]["handle"]) for cid in ids]
+    tz = working_calendar(session, HOURS, ZONE).tz
+    days = sorted({due.astimezone(tz).date() for due in dues if due is not None})
+    for day in days:  # one day, unless the two were filed either side of a day's end
+        ok(d.admin.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
+    entry = _audited(d.admin, "calendar.deadlines_moved")
+    assert sum(e["summary"]["cases"] for e in entry) == 2
+    assert all(len(e["summary"]["case_ids"]) == 1 for e in entry)
+    assert {i for e in entry for i in e["summary"]["case_ids"]} <= set(ids)
+    if len(days) == 1:
+        assert [(e["summary"]["cases"], e["summary"]["case_ids"]) for e in entry] == [(2, ids[:1])]
+    assert all(d.timeline(cid)[-1]["action"] == "deadline_moved" for cid in ids)
