@@ -22,6 +22,7 @@ from ..jsonio import dumps_bytes
 from ..limits import count_lookup
 from ..models.base import utcnow
 from ..phone import STREAMED
+from ..purposes import purpose_summary, stored_purpose, summary_of_stored
 from ..schemas.exports import (
     CaseExportArgsSchema,
     ExportJobCreateSchema,
@@ -181,8 +182,7 @@ def _audited(
     }
     if masked is not None:
         summary["masked"] = masked
-    if args.get("purpose"):
-        summary["purpose"] = args["purpose"]
+    summary.update(purpose_summary(args))
     audit(
         "export.download",
         "export",
@@ -261,9 +261,11 @@ class PersonExport(MethodView):
 
         The residents `GET /api/v1/persons` would find for the same filters, all of them, by
         id, streamed, masked as that search masks them (张*, 138****5678, 3201**********1234).
-        `unmask=true` with a `purpose` gives full names, ID and phone numbers and birth dates:
-        it needs `persons:unmask` (403 otherwise), counts against GRIDAPI_PERSON_LOOKUP_RATE
-        as do ID or phone filters (and a whole name from a caller who sees names masked), and the audit row names the purpose. Special-group data is
+        `unmask=true` with a `purpose_code` (and optionally a `reference`) gives full names, ID
+        and phone numbers and birth dates: it needs `persons:unmask` (403 otherwise), counts
+        against GRIDAPI_PERSON_LOOKUP_RATE as do ID or phone filters (and a whole name from a
+        caller who sees names masked), and the audit row names the purpose code and
+        reference (a deprecated free-text `purpose` is accepted, not kept). Special-group data is
         never exported. GeoJSON: the resident's house, else null. Audited.
         """
         principal = _principal()
@@ -362,7 +364,7 @@ def _queue(kind: str, data: dict[str, Any]) -> Response:
         data["format"],
         data["filters"],
         unmask=unmask,
-        purpose=data.get("purpose"),
+        purpose=stored_purpose(data),
         county_code=region[:6] if region else None,
     )
     summary: dict[str, Any] = {
@@ -373,8 +375,7 @@ def _queue(kind: str, data: dict[str, Any]) -> Response:
     }
     if kind == "persons":
         summary["masked"] = not unmask
-    if data.get("purpose"):
-        summary["purpose"] = data["purpose"]
+    summary.update(purpose_summary(data))
     audit(
         "export.queue",
         "export",
@@ -412,8 +413,7 @@ def _download(kind: str, job_id: int) -> Response:
         summary: dict[str, Any] = {"job_id": job.id, "format": job.format, "rows": job.row_count}
         if kind == "persons":  # as export.queue and export.download say: full values, and why
             summary["masked"] = not job.unmask
-            if job.purpose:
-                summary["purpose"] = job.purpose
+            summary.update(summary_of_stored(job.purpose))
         audit(
             "export.file",
             "export",

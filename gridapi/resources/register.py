@@ -21,6 +21,7 @@ from ..jsonio import dumps_bytes
 from ..limits import count_lookup
 from ..models import AuditEntry, House, Household
 from ..models.register import ERASE_REASONS
+from ..purposes import purpose_summary
 from ..schemas.register import (
     AccessExportSchema,
     EraseArgsSchema,
@@ -555,14 +556,19 @@ def erasure_summary(args: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _unmask_audit(action: str, person, purpose: str) -> AuditEntry:  # type: ignore[no-untyped-def]
+def _unmask_audit(action: str, person, args: dict[str, Any]) -> AuditEntry:  # type: ignore[no-untyped-def]
+    """The audit row of a read of full values: the purpose's code and reference, never the
+    free text of a deprecated ``purpose`` (see :mod:`gridapi.purposes`)."""
     return record(
         db_session(),
         request_actor(),
         action,
         "person",
         person.id,
-        summary={"purpose": purpose, "fields": ["name", "id_number", "phone", "birth_date"]},
+        summary={
+            **purpose_summary(args),
+            "fields": ["name", "id_number", "phone", "birth_date"],
+        },
         region_code=person.region_code,
     )
 
@@ -577,18 +583,26 @@ class PersonSensitive(MethodView):
     def get(self, args, person_id):
         """Read a resident's full name, ID and phone number, stating a purpose
 
-        The audit row (who, when, from where, which resident, the purpose) is committed
-        before the values are sent. Counted against GRIDAPI_PERSON_LOOKUP_RATE.
+        The audit row (who, when, from where, which resident, the `purpose_code` and
+        `reference`) is committed before the values are sent. Counted against
+        GRIDAPI_PERSON_LOOKUP_RATE. A free-text `purpose` (deprecated) is accepted but not
+        kept: the log is append-only and the text could name people.
         """
         count_lookup(state().settings.person_lookup_rate, _actor())
         session = db_session()
         person = svc.get_person(session, person_id, current_principal().scope)
         body = svc.reveal(person, keys())
-        entry = _unmask_audit("person.unmask", person, args["purpose"])
+        entry = _unmask_audit("person.unmask", person, args)
         session.flush()
         audit_id = entry.id
         commit()
-        return {**body, "purpose": args["purpose"], "audit_id": audit_id}, 200, NO_STORE
+        code = entry.summary["purpose_code"]
+        stated = {
+            "purpose": args.get("purpose") or code,
+            "purpose_code": code,
+            "reference": args.get("reference"),
+        }
+        return {**body, **stated, "audit_id": audit_id}, 200, NO_STORE
 
 
 @persons_blp.route("/<id:person_id>/export")
@@ -603,7 +617,7 @@ class PersonExport(MethodView):
 
         Full values, household, house, visits, who processed the record and why (from the
         audit log), and special-group records when the caller may read them. Audited with
-        the purpose before it is sent. Counted against GRIDAPI_PERSON_LOOKUP_RATE, as an
+        the `purpose_code` and `reference` before it is sent. Counted against GRIDAPI_PERSON_LOOKUP_RATE, as an
         unmasked read.
         """
         count_lookup(state().settings.person_lookup_rate, _actor())
@@ -612,7 +626,7 @@ class PersonExport(MethodView):
         person = svc.get_person(session, person_id, principal.scope)
         with_groups = principal.can("special_groups:read")
         body = svc.access_export(session, person, keys(), with_special_groups=with_groups)
-        _unmask_audit("person.export", person, args["purpose"])
+        _unmask_audit("person.export", person, args)
         for group in body.get("special_groups", []):  # a read of each record: audited
             record(
                 session,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import ValidationError, fields, validate, validates_schema
+from marshmallow import fields, validate
 from webargs.fields import DelimitedList
 
 from ..models.exports import EXPORT_JOB_STATUSES
 from ..services.exports import FORMATS, KINDS
 from .cases import CaseQueryArgsSchema
-from .common import Stated, StrictSchema
-from .register import PersonArgsSchema, VisitArgsSchema
+from .common import StrictSchema
+from .register import PersonArgsSchema, PurposeFields, VisitArgsSchema
 from .tasks import TaskArgsSchema
 
 _PAGING = ("cursor", "limit")
@@ -56,8 +56,10 @@ class VisitExportArgsSchema(VisitArgsSchema):
     format = _format()
 
 
-class PersonExportArgsSchema(PersonArgsSchema):
-    """The filters of `GET /api/v1/persons`, without paging; `unmask` with a `purpose`."""
+class PersonExportArgsSchema(PersonArgsSchema, PurposeFields):
+    """The filters of `GET /api/v1/persons`, without paging; `unmask` with a `purpose_code`."""
+
+    PURPOSE_ALWAYS = False
 
     class Meta(PersonArgsSchema.Meta):
         exclude = _PAGING
@@ -67,21 +69,9 @@ class PersonExportArgsSchema(PersonArgsSchema):
         load_default=False,
         metadata={
             "description": "Full names, ID and phone numbers and birth dates: needs "
-            "`persons:unmask` and a `purpose`; audited and rate-limited.",
+            "`persons:unmask` and a `purpose_code`; audited and rate-limited.",
         },
     )
-    purpose = Stated(
-        validate=validate.Length(min=4, max=200),
-        metadata={
-            "description": "Why the full values are needed (kept in the audit log).",
-            "example": "核实低保申请人身份",
-        },
-    )
-
-    @validates_schema
-    def _purpose(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data.get("unmask") and not data.get("purpose"):
-            raise ValidationError({"purpose": ["is required with unmask=true"]})
 
 
 # --- export jobs ------------------------------------------------------------------------------
@@ -126,7 +116,16 @@ class PersonJobFiltersSchema(_JobFilters, PersonExportArgsSchema):
     # No exact ID or phone number: a job keeps its filters, and those are never stored in
     # plain text (an exact lookup finds one resident: the streamed export serves it).
     class Meta(PersonExportArgsSchema.Meta):
-        exclude = (*_PAGING, "format", "unmask", "purpose", "id_number", "phone")
+        exclude = (
+            *_PAGING,
+            "format",
+            "unmask",
+            "purpose",
+            "purpose_code",
+            "reference",
+            "id_number",
+            "phone",
+        )
 
 
 _JOB_FILTERS: dict[str, type[StrictSchema]] = {
@@ -142,7 +141,9 @@ def job_filters_schema(kind: str) -> type[StrictSchema]:
     return _JOB_FILTERS[kind]
 
 
-class ExportJobCreateSchema(StrictSchema):
+class ExportJobCreateSchema(PurposeFields):
+    PURPOSE_ALWAYS = False
+
     format = fields.String(
         load_default="csv",
         validate=validate.OneOf(FORMATS),
@@ -160,22 +161,10 @@ class ExportJobCreateSchema(StrictSchema):
     unmask = fields.Boolean(
         load_default=False,
         metadata={
-            "description": "Residents only: full values; needs `persons:unmask` and a `purpose`.",
+            "description": "Residents only: full values; needs `persons:unmask` and a `purpose_code`.",
             "example": False,
         },
     )
-    purpose = Stated(
-        validate=validate.Length(min=4, max=200),
-        metadata={
-            "description": "Why the full values are needed.",
-            "example": "核实低保申请人身份",
-        },
-    )
-
-    @validates_schema
-    def _purpose(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if data.get("unmask") and not data.get("purpose"):
-            raise ValidationError({"purpose": ["is required with unmask=true"]})
 
 
 class ExportJobSchema(StrictSchema):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
@@ -18,6 +17,7 @@ from ..models.register import (
     SPECIAL_GROUP_STATUSES,
     SPECIAL_GROUP_TYPES,
 )
+from ..purposes import PURPOSES, reference_problem
 from .cases import CaseCreateSchema
 from .common import PointSchema, Stated, StrictSchema
 from .locate import CRS_FIELD_DOC
@@ -263,15 +263,54 @@ class PersonArgsSchema(AreaArgs):
     population_type = fields.String(validate=validate.OneOf(POPULATION_TYPES))
 
 
-class PurposeArgsSchema(StrictSchema):
-    purpose = Stated(
-        required=True,
-        validate=validate.Length(min=4, max=200),
+class PurposeFields(StrictSchema):
+    """Why full values are read: a `purpose_code` and an optional `reference`, kept in the
+    append-only audit log; the free-text `purpose` (deprecated) is accepted but not kept.
+    ``PURPOSE_ALWAYS``: a purpose is required, else only with ``unmask``."""
+
+    PURPOSE_ALWAYS = True
+
+    purpose_code = fields.String(
+        validate=validate.OneOf(PURPOSES),
         metadata={
-            "description": "Why the full values are needed (kept in the audit log).",
-            "example": "核实低保申请人身份",
+            "description": "Why the full values are needed (kept in the audit log): "
+            + ", ".join(f"`{c}`" for c in PURPOSES)
+            + ". Required unless the deprecated `purpose` is given.",
+            "example": "identity_verification",
         },
     )
+    reference = fields.String(
+        metadata={
+            "description": "The case, file or request number the read is for (1-40 letters, "
+            "digits, '/', '_', '.' or '-'; not an ID or phone number). Audited.",
+            "example": "MZJ-2026/0412",
+        },
+    )
+    purpose = Stated(
+        validate=validate.Length(min=4, max=200),
+        metadata={
+            "description": "Deprecated: free text, accepted but not kept (it could name "
+            "people, and the audit log keeps what it is given for good): one of the "
+            "`purpose_code` values is taken as that code, any other text as `other`. Send "
+            "`purpose_code` and `reference` instead.",
+            "deprecated": True,
+        },
+    )
+
+    @validates_schema
+    def _a_purpose(self, data: dict[str, Any], **_: Any) -> None:
+        needed = self.PURPOSE_ALWAYS or data.get("unmask")
+        if needed and "purpose_code" not in data and "purpose" not in data:
+            message = "say why the full values are needed (purpose_code)"
+            if not self.PURPOSE_ALWAYS:
+                message = "is required with unmask=true (purpose_code)"
+            raise ValidationError({"purpose_code": [message]})
+        if "reference" in data and (problem := reference_problem(data["reference"])):
+            raise ValidationError({"reference": [problem]})
+
+
+class PurposeArgsSchema(PurposeFields):
+    pass
 
 
 class SensitivePersonSchema(StrictSchema):
@@ -282,22 +321,21 @@ class SensitivePersonSchema(StrictSchema):
     gender = fields.String(allow_none=True, required=True)
     birth_date = fields.Date(allow_none=True, required=True)
     masked = fields.Boolean(required=True)
-    purpose = fields.String(required=True)
+    purpose = fields.String(
+        required=True,
+        metadata={
+            "description": "Deprecated: the `purpose` as sent, else the `purpose_code`.",
+            "deprecated": True,
+        },
+    )
+    purpose_code = fields.String(required=True, validate=validate.OneOf(PURPOSES))
+    reference = fields.String(allow_none=True, required=True)
     audit_id = fields.Integer(required=True, metadata={"description": "The audit row written."})
 
 
-_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.\-]{0,39}")
-
-
 def _reference_problem(value: str) -> str | None:
-    """Return why ``value`` cannot be an erasure's reference number, or None: a reference is
-    the office's file or ticket number, never a resident's ID or phone number."""
-    if not _REFERENCE.fullmatch(value):
-        return "1-40 letters, digits, '/', '_', '.' or '-' (a file or ticket number)"
-    bare = value.upper()
-    if re.fullmatch(r"[0-9]{15}|[0-9]{17}[0-9X]", bare) or re.fullmatch(r"1[3-9][0-9]{9}", bare):
-        return "must not be an ID or phone number: the audit log keeps it for good"
-    return None
+    """Return why ``value`` cannot be an erasure's reference number, or None."""
+    return reference_problem(value)
 
 
 class EraseArgsSchema(StrictSchema):

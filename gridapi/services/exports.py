@@ -592,6 +592,8 @@ WRITERS: dict[str, Callable[..., Iterator[bytes]]] = {
 
 
 _PERSONAL_FILTERS = frozenset({"id_number", "phone", "name", "address", "q"})
+#: Why full values were read: audited apart from the filters (``gridapi.purposes``).
+_PURPOSE_KEYS = frozenset({"purpose", "purpose_code", "reference"})
 
 
 def summary_of(args: dict[str, Any]) -> dict[str, Any]:
@@ -600,7 +602,7 @@ def summary_of(args: dict[str, Any]) -> dict[str, Any]:
     that one was given: the log holds ids and field names, and outlives an erasure)."""
     out: dict[str, Any] = {}
     for key, value in sorted(args.items()):
-        if value is None or key == "purpose":
+        if value is None or key in _PURPOSE_KEYS:
             continue
         if key in _PERSONAL_FILTERS:
             out[key] = "(given)"
@@ -688,7 +690,7 @@ def plan_for(
     unmask: bool = False,
 ) -> ExportPlan:
     """Return the plan of an export of ``kind`` for ``principal`` (``args`` as the export's
-    query schema loads them, without ``format``, ``unmask`` and ``purpose``)."""
+    query schema loads them, without ``format``, ``unmask`` and the purpose)."""
     args = dict(args)
     if "from_" in args:
         args["from"] = args.pop("from_")

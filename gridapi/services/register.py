@@ -1214,6 +1214,17 @@ def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
     return person
 
 
+def _purpose_of(summary: dict[str, Any]) -> dict[str, Any]:
+    """Why an audited processing was done: its purpose code and reference; the free text of
+    a row written before purposes were codes, as it was kept (``purpose``)."""
+    stated = summary.get("purpose")
+    return {
+        "purpose_code": summary.get("purpose_code"),
+        "reference": summary.get("reference"),
+        "purpose": None if "purpose_code" in summary else stated,
+    }
+
+
 def access_export(
     session: Session,
     person: Person,
@@ -1247,7 +1258,7 @@ def access_export(
                 "action": a.action,
                 "actor_type": a.actor_type,
                 "actor_name": a.actor_name,
-                "purpose": (a.summary or {}).get("purpose"),
+                **_purpose_of(a.summary or {}),
             }
             for a in audit_rows
         ],

@@ -274,9 +274,10 @@ def test_unmasking_needs_the_permission_and_a_purpose_and_is_audited(
     assert r.status_code == 403 and r.get_json()["code"] == 403
     r = client.get("/api/v1/exports/persons?unmask=true")
     assert r.status_code == 422
-    assert r.get_json()["errors"]["query"]["purpose"]
+    assert r.get_json()["errors"]["query"]["purpose_code"]
     assert audit_rows(engine) == []
-    r = ok(client.get(f"/api/v1/exports/persons?unmask=true&purpose={PURPOSE}&grid={A1}"))
+    stated = "purpose_code=identity_verification&reference=MZJ-2026/0412"
+    r = ok(client.get(f"/api/v1/exports/persons?unmask=true&{stated}&grid={A1}"))
     headers, rows = parse_csv(r)
     assert "出生日期" in headers
     assert [(row["name"], row["id_number"], row["phone"]) for row in rows] == [
@@ -292,7 +293,8 @@ def test_unmasking_needs_the_permission_and_a_purpose_and_is_audited(
         "format": "csv",
         "filters": {"grid": A1},
         "masked": False,
-        "purpose": PURPOSE,
+        "purpose_code": "identity_verification",
+        "reference": "MZJ-2026/0412",
     }
 
 
@@ -668,7 +670,13 @@ def test_a_job_keeps_the_scope_and_masking_of_its_requester(client, residents, a
     assert r.status_code == 403
     full = client.post(
         "/api/v1/exports/persons/jobs",
-        json={"format": "csv", "unmask": True, "purpose": PURPOSE, "filters": {"grid": A1}},
+        json={
+            "format": "csv",
+            "unmask": True,
+            "purpose_code": "legal_request",
+            "reference": "GA-2026/77",
+            "filters": {"grid": A1},
+        },
     )
     assert full.status_code == 202, full.get_json()
     assert run_jobs(app)["done"] == 2
@@ -694,9 +702,11 @@ def test_a_job_keeps_the_scope_and_masking_of_its_requester(client, residents, a
             .where(AuditEntry.action == "export.file")
             .order_by(AuditEntry.id)
         ).scalars()
-        assert [(f["job_id"], f["masked"], f.get("purpose")) for f in files] == [
-            (mine.get_json()["id"], True, None),
-            (full.get_json()["id"], False, PURPOSE),
+        assert [
+            (f["job_id"], f["masked"], f.get("purpose_code"), f.get("reference")) for f in files
+        ] == [
+            (mine.get_json()["id"], True, None, None),
+            (full.get_json()["id"], False, "legal_request", "GA-2026/77"),
         ]
     # An exact ID number would be kept in the job's filters: refused, never stored.
     r = client.post("/api/v1/exports/persons/jobs", json={"filters": {"id_number": make_id(1)}})

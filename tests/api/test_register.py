@@ -23,7 +23,7 @@ from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP
 
 A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
 B1 = COMMUNITY_B + "001"
-PURPOSE = "purpose=核实低保申请人身份"
+PURPOSE = "purpose_code=identity_verification"
 
 
 def make_id(born: str = "19900101", seq: str = "123", prefix: str = "320508") -> str:
@@ -720,7 +720,7 @@ def test_full_values_need_the_permission_and_a_purpose_and_are_audited_first(
     assert worker.get(f"/api/v1/persons/{person['id']}/sensitive?{PURPOSE}").status_code == 403
     officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
     r = officer.get(f"/api/v1/persons/{person['id']}/sensitive")
-    assert r.status_code == 422 and "purpose" in r.get_json()["errors"]["query"]
+    assert r.status_code == 422 and "purpose_code" in r.get_json()["errors"]["query"]
     # four spaces are no purpose (they passed the length check and were audited as one)
     blank = officer.get(f"/api/v1/persons/{person['id']}/sensitive?purpose=%20%20%20%20")
     assert blank.status_code == 422 and "purpose" in blank.get_json()["errors"]["query"]
@@ -737,7 +737,7 @@ def test_full_values_need_the_permission_and_a_purpose_and_are_audited_first(
     rows = audit_rows(engine, "person.unmask")
     assert len(rows) == 1
     assert rows[0][:2] == ("person", str(person["id"]))
-    assert rows[0][2]["purpose"] == "核实低保申请人身份"
+    assert rows[0][2]["purpose_code"] == "identity_verification"
     with engine.connect() as conn:
         audited = conn.execute(
             text("SELECT id FROM audit_log WHERE action = 'person.unmask'")
@@ -1101,6 +1101,87 @@ def test_an_erasure_keeps_a_reason_code_and_reference_never_free_text(
     assert "李四" not in kept and "13912345678" not in kept
 
 
+def test_a_read_of_full_values_keeps_a_purpose_code_and_reference_never_free_text(
+    client, engine, world, household
+):
+    """The free-text purpose of an unmasked read or export went into the append-only audit
+    log (and an export job's row) for good: callers typed "核实张三(身份证…)的低保" and the log
+    that outlives the record kept the name and number. The log now keeps a purpose code and
+    a case reference; free text is still accepted (old clients) but not kept."""
+    person = add_person(client, household["id"])
+    base = f"/api/v1/persons/{person['id']}"
+    free = "核实张三低保资格，身份证11010519491231002X，电话13912345678"
+
+    # Bad input: no purpose, an unknown code, a reference that is prose or a person's number.
+    assert "purpose_code" in client.get(f"{base}/sensitive").get_json()["errors"]["query"]
+    r = client.get(f"{base}/sensitive?purpose_code=curiosity")
+    assert r.status_code == 422 and "purpose_code" in r.get_json()["errors"]["query"]
+    for bad in ("11010519491231002X", "13812345678", "张三的低保", "a" * 41):
+        for path in (f"{base}/sensitive", f"{base}/export", "/api/v1/exports/persons"):
+            r = client.get(
+                path,
+                query_string={"purpose_code": "audit", "reference": bad, "unmask": "true"}
+                if "exports" in path
+                else {"purpose_code": "audit", "reference": bad},
+            )
+            assert r.status_code == 422 and "reference" in r.get_json()["errors"]["query"], bad
+    r = client.post("/api/v1/exports/persons/jobs", json={"unmask": True, "reference": "A-1"})
+    assert r.status_code == 422 and "purpose_code" in r.get_json()["errors"]["json"]
+    assert audit_rows(engine, "person.unmask") == []
+
+    coded = {"purpose_code": "case_handling", "reference": "SJ-2026/0815"}
+    body = created(client.get(f"{base}/sensitive", query_string=coded), 200)
+    assert (body["purpose_code"], body["reference"], body["purpose"]) == (
+        "case_handling",
+        "SJ-2026/0815",
+        "case_handling",
+    )
+    old = created(client.get(f"{base}/sensitive", query_string={"purpose": free}), 200)
+    assert (old["purpose_code"], old["reference"], old["purpose"]) == ("other", None, free)
+    created(client.get(f"{base}/sensitive?purpose=legal_request"), 200)
+    created(client.get(f"{base}/export", query_string={"purpose": free}), 200)
+    export = created(client.get(f"{base}/export?purpose_code=subject_access"), 200)
+    assert [
+        (p["action"], p["purpose_code"], p["reference"], p["purpose"])
+        for p in export["processing"]
+        if p["action"] != "person.create"
+    ] == [
+        ("person.unmask", "case_handling", "SJ-2026/0815", None),
+        ("person.unmask", "other", None, None),
+        ("person.unmask", "legal_request", None, None),
+        ("person.export", "other", None, None),
+    ]
+    stream = client.get("/api/v1/exports/persons", query_string={"unmask": "true", "purpose": free})
+    assert stream.status_code == 200
+    stream.get_data()
+    job = client.post("/api/v1/exports/persons/jobs", json={"unmask": True, "purpose": free})
+    assert job.status_code == 202, job.get_json()
+
+    fields = ["name", "id_number", "phone", "birth_date"]
+    assert [s for _, _, s in audit_rows(engine, "person.unmask")] == [
+        {"purpose_code": "case_handling", "reference": "SJ-2026/0815", "fields": fields},
+        {"purpose_code": "other", "purpose": "(given)", "fields": fields},
+        {"purpose_code": "legal_request", "fields": fields},
+    ]
+    assert [s for _, _, s in audit_rows(engine, "person.export")] == [
+        {"purpose_code": "other", "purpose": "(given)", "fields": fields},
+        {"purpose_code": "subject_access", "fields": fields},
+    ]
+    for action in ("export.download", "export.queue"):
+        (summary,) = [s for _, _, s in audit_rows(engine, action)]
+        assert (summary["purpose_code"], summary["purpose"]) == ("other", "(given)"), action
+    with engine.connect() as conn:
+        kept = json.dumps(
+            [
+                *[r[0] for r in conn.execute(text("SELECT summary FROM audit_log"))],
+                *[r[0] for r in conn.execute(text("SELECT purpose FROM export_jobs"))],
+            ],
+            ensure_ascii=False,
+        )
+    for part in ("张三", "低保", "11010519491231002X", "13912345678"):
+        assert part not in kept, part
+
+
 def test_the_audit_trail_left_by_an_erasure_names_no_special_group(
     client, engine, world, household
 ):
@@ -1148,7 +1229,7 @@ def test_an_access_request_exports_everything_held(client, accounts, engine, wor
     assert [p["action"] for p in body["processing"]] == ["person.create"]
     again = created(client.get(f"/api/v1/persons/{person['id']}/export?{PURPOSE}"), 200)
     last = again["processing"][-1]
-    assert (last["action"], last["purpose"]) == ("person.export", "核实低保申请人身份")
+    assert (last["action"], last["purpose_code"]) == ("person.export", "identity_verification")
     # without the special-group permission the export does not mention them at all
     with role_without(engine, "county_centre", "special_groups:"):
         centre = accounts.client("centre", "county_centre", scope_region="320508000000")

@@ -1,0 +1,85 @@
+"""Why full personal values are read: the purpose codes the audit log keeps.
+
+An unmasked read (`GET /persons/{id}/sensitive`), an access export (`GET /persons/{id}/export`)
+and an unmasked export of residents state a `purpose_code` from :data:`PURPOSES` and, optionally,
+a `reference` (the case, file or request number). The audit log is append-only and outlives an
+erased record, so it keeps those and never free text: a free-text `purpose` (deprecated, the
+only parameter once) is still accepted but not kept. One that is a code is that code; any other
+text is ``other``, with only the fact that a text was given.
+
+Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+#: The lawful purposes of reading a resident's full values (PIPL art. 13; DOMAIN.md §7).
+PURPOSES = (
+    "case_handling",  # 事件办理: handling a case or task about the resident
+    "identity_verification",  # 身份核实: checking who applies (低保, subsidies, registration)
+    "public_service",  # 公共服务: services and benefits the resident is owed
+    "subject_access",  # 本人查询: the resident's own access request (PIPL art. 45)
+    "legal_request",  # 依法调取: a court, procuratorate or police request under the law
+    "emergency",  # 应急处置: a public-health or safety emergency (PIPL art. 13(4))
+    "statistics",  # 统计核对: checking statistics against the register
+    "audit",  # 审计检查: an audit or supervision of the register's use
+    "other",
+)
+
+#: What the audit log keeps in place of a free-text purpose.
+GIVEN = "(given)"
+
+_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.\-]{0,39}")
+
+
+def reference_problem(value: str) -> str | None:
+    """Return why ``value`` cannot be a reference number, or None: a reference is the
+    office's case, file or ticket number, never a resident's ID or phone number."""
+    if not _REFERENCE.fullmatch(value):
+        return "1-40 letters, digits, '/', '_', '.' or '-' (a case, file or ticket number)"
+    bare = value.upper()
+    if re.fullmatch(r"[0-9]{15}|[0-9]{17}[0-9X]", bare) or re.fullmatch(r"1[3-9][0-9]{9}", bare):
+        return "must not be an ID or phone number: the audit log keeps it for good"
+    return None
+
+
+def purpose_summary(args: dict[str, Any]) -> dict[str, Any]:
+    """Return what the audit log keeps of a stated purpose (``purpose_code``, ``reference``,
+    deprecated ``purpose``): the code and reference, never free text. An empty dict when no
+    purpose was stated (a masked export)."""
+    code = args.get("purpose_code")
+    text = args.get("purpose")
+    if code is None and text is None:
+        return {}
+    if code is None:
+        code = text if text in PURPOSES else "other"
+    summary: dict[str, Any] = {"purpose_code": code}
+    if args.get("reference"):
+        summary["reference"] = args["reference"]
+    if text is not None and text not in PURPOSES:
+        summary["purpose"] = GIVEN
+    return summary
+
+
+def stored_purpose(args: dict[str, Any]) -> str | None:
+    """Return the purpose as an export job keeps it until its file is fetched (the job's
+    ``purpose`` column): ``code`` or ``code reference``, never the free text."""
+    summary = purpose_summary(args)
+    if not summary:
+        return None
+    if "reference" in summary:
+        return f"{summary['purpose_code']} {summary['reference']}"
+    return str(summary["purpose_code"])
+
+
+def summary_of_stored(stored: str | None) -> dict[str, Any]:
+    """Return the audit summary of a job's stored purpose (:func:`stored_purpose`); a job
+    queued before purposes were codes held free text, which stays out of the log."""
+    if not stored:
+        return {}
+    code, _, reference = stored.partition(" ")
+    if code in PURPOSES and (not reference or reference_problem(reference) is None):
+        return {"purpose_code": code, **({"reference": reference} if reference else {})}
+    return {"purpose_code": "other", "purpose": GIVEN}
