@@ -934,10 +934,14 @@ def _keys(settings: Settings):  # type: ignore[no-untyped-def]
 @click.option("--seed", default=2024, show_default=True)
 def demo_data(seed: int) -> None:
     """Build a deterministic demo county (10 townships, ~95 communities, ~940 grids)."""
+    from .demo import build_demo_county
     from .services.demo import (
         DEMO_PASSWORD,
+        activate_demo_grids,
+        demo_county_summary,
         demo_password_problem,
-        load_demo_county,
+        load_demo_grids,
+        load_demo_regions,
         load_demo_users,
     )
 
@@ -951,12 +955,25 @@ def demo_data(seed: int) -> None:
     from .services import identity
 
     password = settings.demo_password or DEMO_PASSWORD
-    # Hashed once, before the transaction: on SQLite it holds the one write lock, and a
-    # running server's reports waited for argon2 (as for `users create`).
+    # Hashed once, before any transaction: on SQLite a write transaction holds the one write
+    # lock, and a running server's reports waited for argon2 (as for `users create`).
     password_hash = identity.hash_password(password)
+    # Built before any transaction (pure computing, seconds), then loaded in short
+    # transactions of their own: the county in one held SQLite's write lock for about a
+    # minute, and a server started beside it waited. Each step leaves the database whole
+    # (a draft grid version, a batch of cases, ...) and a run cut between two is resumed by
+    # running it again: each step skips what an earlier run loaded.
+    county = build_demo_county(seed=seed)
     sessions = _sessions()
     with sessions.begin() as session:
-        summary = load_demo_county(session, seed=seed, tolerance_m2=settings.grid_tolerance_m2)
+        created = load_demo_regions(session, county)
+    with sessions.begin() as session:
+        version_id = load_demo_grids(
+            session, county, seed=seed, tolerance_m2=settings.grid_tolerance_m2
+        ).id
+    with sessions.begin() as session:
+        summary = demo_county_summary(county, created, activate_demo_grids(session, version_id))
+    with sessions.begin() as session:
         accounts = load_demo_users(
             session,
             password,
@@ -973,20 +990,24 @@ def demo_data(seed: int) -> None:
             summary={"seed": seed, "accounts": len(accounts)},
         )
 
-    # Cases go in a second transaction: routing reads the grids activated by the first.
+    # Cases after the grids are in service (routing reads them), a few per transaction.
     from datetime import UTC, datetime
 
     from .services.calendar import working_calendar
-    from .services.demo import load_demo_cases, load_demo_register
+    from .services.demo import demo_case_batches, load_demo_cases, load_demo_register
     from .services.routing import build_snapshot, current_generation
 
     engine = sessions.kw["bind"]
     snapshot = build_snapshot(engine, current_generation(engine), settings.routing_snap_meters)
-    with sessions.begin() as session:
-        calendar = working_calendar(session, settings.working_hours, settings.timezone)
-        cases = load_demo_cases(
-            session, snapshot=snapshot, calendar=calendar, now=datetime.now(UTC)
-        )
+    now = datetime.now(UTC)
+    cases = 0
+    for batch in demo_case_batches():
+        with sessions.begin() as session:
+            calendar = working_calendar(session, settings.working_hours, settings.timezone)
+            cases += load_demo_cases(
+                session, snapshot=snapshot, calendar=calendar, now=now, only=batch
+            )
+    with sessions.begin() as session:  # the register whole, or not at all
         residents = load_demo_register(session, snapshot=snapshot, keys=_keys(settings))
     click.echo(summary)
     click.echo(f"{cases} demo cases reported and carried along the workflow")

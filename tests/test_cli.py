@@ -460,8 +460,11 @@ def _a_write_transaction_is_open(database_url: str) -> bool:
     one write lock (a ``BEGIN IMMEDIATE`` that may not wait is refused), or on PostgreSQL a
     backend whose transaction has written (it has a transaction id)."""
     if database_url.startswith("sqlite"):
-        import sqlite3
+        # The engine's own SQLite library: another one in the process, closing its handle,
+        # dropped the engine's locks (POSIX locks are the process's) and took the WAL away.
+        from gridapi.db import sqlite_dbapi
 
+        sqlite3 = sqlite_dbapi()
         conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=0)
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -507,3 +510,80 @@ def test_demo_accounts_are_hashed_before_the_transaction(database_url, monkeypat
     engine.dispose()
     assert len(hashes) == 10
     assert all(verify_password(h, "Gridapi-Demo-2026") for h in hashes)
+
+
+def test_demo_data_loads_in_short_transactions_and_a_cut_run_resumes(database_url, monkeypatch):
+    """`gridapi demo-data` built the county in one write transaction: about a minute of
+    SQLite's one write lock, while a server started beside it waited. It loads in short
+    transactions (none open when the next step starts), and a run cut between two is
+    resumed by running it again, to the same demo data."""
+    from gridapi.services import demo
+
+    held: list[tuple[str, bool]] = []
+    cut: set[str] = set()
+
+    def watched(name: str) -> None:
+        real = getattr(demo, name)
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            held.append((name, _a_write_transaction_is_open(database_url)))
+            if name in cut:
+                cut.discard(name)
+                raise RuntimeError(f"cut at {name}")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(demo, name, step)
+
+    for name in (  # each the first step of a transaction
+        "import_regions",
+        "activate_version",
+        "load_demo_users",
+        "load_demo_register",
+    ):
+        watched(name)
+
+    def counts() -> dict[str, Any]:
+        engine = create_engine_for(database_url)
+        try:
+            with engine.connect() as conn:
+                one = conn.exec_driver_sql
+                return {
+                    "regions": one("SELECT count(*) FROM regions").scalar_one(),
+                    "versions": [
+                        tuple(r) for r in one("SELECT grid_count, status FROM grid_versions")
+                    ],
+                    "users": one("SELECT count(*) FROM users").scalar_one(),
+                    "cases": one("SELECT count(*) FROM cases").scalar_one(),
+                    "persons": one("SELECT count(*) FROM persons").scalar_one(),
+                }
+        finally:
+            engine.dispose()
+
+    cut.add("activate_version")  # cut after the grids were imported, before activation
+    with pytest.raises(RuntimeError, match="cut at activate_version"):
+        run(database_url, "demo-data")
+    after_cut = counts()
+    assert after_cut["regions"] > 100 and after_cut["users"] == 0
+    [(grids, status)] = after_cut["versions"]
+    assert grids > 800 and status == "draft"  # whole, not in service
+
+    cut.add("load_demo_register")  # cut after the cases, before the register
+    with pytest.raises(RuntimeError, match="cut at load_demo_register"):
+        run(database_url, "demo-data")
+    assert counts() == {**after_cut, "versions": [(grids, "active")], "users": 10, "cases": 11}
+
+    resumed = run(database_url, "demo-data")
+    assert resumed.exit_code == 0, resumed.output
+    assert f"grid version 1 with {grids} grids, 0 errors, active" in resumed.output
+    assert "0 demo cases reported" in resumed.output
+    assert "6 demo residents registered" in resumed.output
+    assert counts() == {
+        **after_cut,
+        "versions": [(grids, "active")],
+        "users": 10,
+        "cases": 11,
+        "persons": 6,
+    }
+    # No step began while an earlier step's transaction held the write lock.
+    assert len(held) == 10
+    assert [name for name, is_held in held if is_held] == []

@@ -8,7 +8,7 @@ from shapely.geometry import mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..demo import build_demo_county
+from ..demo import DemoCounty, build_demo_county
 from ..errors import Unprocessable
 from ..geo.shapes import geojson_point
 from ..models import GridVersion
@@ -20,12 +20,22 @@ EVERYTHING = Scope.everything()
 
 
 def load_demo_county(session: Session, *, seed: int = 2024, tolerance_m2: float = 1.0) -> str:
-    """Import the demo county's regions and grids and activate them; return a summary line.
+    """Import the demo county's regions and grids and activate them, in ``session``; return a
+    summary line. `gridapi demo-data` runs the same steps in transactions of their own
+    (:func:`load_demo_regions`, :func:`load_demo_grids`, :func:`activate_demo_grids`).
 
     Loading the same seed again changes nothing.
     """
-    label = f"demo county (seed {seed})"
     county = build_demo_county(seed=seed)
+    created = load_demo_regions(session, county)
+    version = load_demo_grids(session, county, seed=seed, tolerance_m2=tolerance_m2)
+    activate_demo_grids(session, version.id)
+    return demo_county_summary(county, created, version)
+
+
+def load_demo_regions(session: Session, county: DemoCounty) -> int:
+    """Import the demo county's regions (those there already are left alone); return how
+    many were new."""
     rows = [
         {
             "code": r["code"],
@@ -38,24 +48,42 @@ def load_demo_county(session: Session, *, seed: int = 2024, tolerance_m2: float 
     result = import_regions(session, rows, scope=EVERYTHING)
     if result.errors:
         raise Unprocessable(f"demo regions failed: {result.errors[:3]}")
+    return len(result.created)
+
+
+def load_demo_grids(
+    session: Session, county: DemoCounty, *, seed: int, tolerance_m2: float = 1.0
+) -> GridVersion:
+    """Return the demo grid version of ``seed``, imported as a draft unless an earlier run
+    imported it (a version is imported whole, in one transaction: one found is complete)."""
+    label = f"demo county (seed {seed})"
     existing = session.scalars(
         select(GridVersion).where(GridVersion.label == label).order_by(GridVersion.id.desc())
     ).first()
-    if existing is None:
-        version = import_grid_version(
-            session,
-            county.grids,
-            label=label,
-            source="demo",
-            tolerance_m2=tolerance_m2,
-            scope=EVERYTHING,
-        )
-    else:
-        version = existing
-    activate_version(session, version.id, scope=EVERYTHING)
+    if existing is not None:
+        return existing
+    return import_grid_version(
+        session,
+        county.grids,
+        label=label,
+        source="demo",
+        tolerance_m2=tolerance_m2,
+        scope=EVERYTHING,
+    )
+
+
+def activate_demo_grids(session: Session, version_id: int) -> GridVersion:
+    """Put the demo grid version in service (again: it changes nothing)."""
+    activate_version(session, version_id, scope=EVERYTHING)
+    version = session.get(GridVersion, version_id)
+    assert version is not None
+    return version
+
+
+def demo_county_summary(county: DemoCounty, created: int, version: GridVersion) -> str:
     return (
         f"demo county {county.regions[2]['name']} ({county.regions[2]['code']}): "
-        f"{len(county.regions)} regions ({len(result.created)} new), grid version "
+        f"{len(county.regions)} regions ({created} new), grid version "
         f"{version.id} with {version.grid_count} grids, {version.error_count} errors, active"
     )
 
@@ -207,13 +235,24 @@ _STOP_AFTER = {
 }
 
 
-def load_demo_cases(session: Session, *, snapshot, calendar, now) -> int:  # type: ignore[no-untyped-def]
+#: How many demo cases `gridapi demo-data` reports per transaction.
+DEMO_CASE_BATCH = 4
+
+
+def demo_case_batches() -> list[range]:
+    """The demo cases in the batches `gridapi demo-data` loads each in a transaction."""
+    total = len(_DEMO_CASES)
+    return [range(i, min(i + DEMO_CASE_BATCH, total)) for i in range(0, total, DEMO_CASE_BATCH)]
+
+
+def load_demo_cases(session: Session, *, snapshot, calendar, now, only: range | None = None) -> int:  # type: ignore[no-untyped-def]
     """Report demo cases in the first township and carry them along the workflow.
 
     Each goes through the real services (routing, numbering, deadlines, timeline), reported
     by the demo worker and handled by the township office, backdated so that deadlines and
     overdue flags look like a working week. Cases already there (by their client_id) are
-    left alone; returns how many were added.
+    left alone, so a run cut between batches (``only``: those of one batch) resumes where it
+    stopped; returns how many were added.
     """
     import uuid
     from datetime import timedelta
@@ -237,6 +276,8 @@ def load_demo_cases(session: Session, *, snapshot, calendar, now) -> int:  # typ
     handler = caller_of(session, worker_p)
     added = 0
     for n, (category, text, status, days_ago) in enumerate(_DEMO_CASES):
+        if only is not None and n not in only:
+            continue
         client_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"gridapi-demo-case-{n}"))
         if session.scalar(select(Case.id).where(Case.client_id == client_id)) is not None:
             continue
