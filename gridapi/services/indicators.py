@@ -860,26 +860,32 @@ def bulletin(
             "The month has not begun.",
             errors={"path": {"month": ["a month that has begun (this month or earlier)"]}},
         )
-    # The regions as they were at the end of the month (this month's: today): a past
-    # month's bulletin showed a township renamed since by its new name, left out one merged
-    # away since, and ranked one created since.
+    # The regions as they were in the month (this month's: up to today): a past month's
+    # bulletin showed a township renamed since by its new name, left out one merged away
+    # since, and ranked one created since.
     day = min(after - timedelta(days=1), clock.today())
     region = (
         session.scalar(select(Region).where(Region.code == region_code, valid_on(day))) or region
     )
     level = region_level(region_code)
-    # A community has no child regions: its bulletin is its total alone.
-    children = (
-        []
-        if level not in _CHILD_PREFIX
-        else list(
-            session.execute(
-                select(Region.code, Region.name)
-                .where(Region.parent_code == region_code, valid_on(day))
-                .order_by(Region.code)
-            ).all()
+    # A community has no child regions: its bulletin is its total alone. The children are
+    # those valid on any day of the month up to ``day``, each by its latest period in it: a
+    # township merged or ended mid-month had cases that month, and was left out of the
+    # ranking when only those valid on the month's last day were ranked.
+    children: list[tuple[str, str]] = []
+    if level in _CHILD_PREFIX:
+        rows = session.execute(
+            select(Region.code, Region.name)
+            .where(
+                Region.parent_code == region_code,
+                or_(Region.valid_from.is_(None), Region.valid_from <= day),
+                or_(Region.valid_to.is_(None), Region.valid_to >= first),
+            )
+            .order_by(Region.code, func.coalesce(Region.valid_from, date.min).desc())
         )
-    )
+        for code, name in rows:
+            if not children or children[-1][0] != code:
+                children.append((code, name))
     previous_first = _month_start(first - timedelta(days=1))
     bounds = [(month, first, after), (previous_first.strftime("%Y-%m"), previous_first, first)]
     periods = []

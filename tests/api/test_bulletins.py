@@ -14,7 +14,7 @@ from openpyxl import load_workbook
 from gridapi.models import Case
 
 from ..factories import COMMUNITY_A, COUNTY, TOWNSHIP
-from .test_indicators import MARCH_TOWNSHIP, TOWNSHIP_2, cases, world  # noqa: F401
+from .test_indicators import COMMUNITY_2, MARCH_TOWNSHIP, TOWNSHIP_2, cases, world  # noqa: F401
 
 
 def get(client: Any, path: str, status: int = 200) -> Any:
@@ -230,3 +230,25 @@ def test_a_past_months_bulletin_holds_the_townships_of_that_month(client, cases)
     assert this_month["region"]["name"] == "新姑苏区"
     items = {i["code"]: i["name"] for i in this_month["items"]}
     assert (items[TOWNSHIP], items[created]) == ("平江新区街道", "新设街道")
+
+
+def test_a_township_ended_mid_month_is_ranked_in_that_months_bulletin(client, cases):  # noqa: F811
+    """The ranking held the townships valid on the month's last day: one merged or ended
+    mid-month dropped out of that month's bulletin though it had cases. It holds those valid
+    on any day of the month; the next month's leaves it out."""
+    before = {i["code"]: i for i in get(client, f"{COUNTY}/2026-03").get_json()["items"]}
+    assert before[TOWNSHIP_2]["indicators"]["filed"] > 0
+    for code in (COMMUNITY_2, TOWNSHIP_2):  # the community first: none outlives its township
+        r = client.patch(f"/api/v1/regions/{code}", json={"valid_to": "2026-03-20"})
+        assert r.status_code == 200, r.get_json()
+
+    march = get(client, f"{COUNTY}/2026-03").get_json()
+    items = {i["code"]: i for i in march["items"]}
+    assert sorted(items) == [TOWNSHIP, TOWNSHIP_2]
+    assert items[TOWNSHIP_2]["name"] == "观前街道"
+    assert items[TOWNSHIP_2]["indicators"] == before[TOWNSHIP_2]["indicators"]
+    assert items[TOWNSHIP_2]["rank"] == before[TOWNSHIP_2]["rank"]
+    raw = get(client, f"{COUNTY}/2026-03?format=csv").get_data().decode("utf-8-sig")
+    assert TOWNSHIP_2 in {row[1] for row in csv.reader(io.StringIO(raw))}
+    april = get(client, f"{COUNTY}/2026-04").get_json()
+    assert [i["code"] for i in april["items"]] == [TOWNSHIP]
