@@ -734,15 +734,14 @@ def _head_taken(
 def _check_namesake(
     session: Session,
     name: str,
-    household: Household | None,
+    household_id: int | None,
     place: Place,
     scope: Scope,
     *,
-    household_id: int | None = None,
     other_than: int | None = None,
 ) -> None:
-    """Raise Conflict when a resident named ``name`` without an ID number lives in
-    ``household``, or, without one, in the place's grid outside any household.
+    """Raise Conflict when a resident named ``name`` without an ID number lives in the
+    household ``household_id``, or, without one, in the place's grid outside any household.
 
     A resident without an ID number (境外人员) is known by name where they live: the API
     and the import registered them again beside each other (the import checked only what
@@ -752,8 +751,6 @@ def _check_namesake(
     )
     if other_than is not None:  # a resident changed: not a namesake of themselves
         same = same.where(Person.id != other_than)
-    if household is not None:
-        household_id = household.id
     if household_id is not None:
         same = same.where(Person.household_id == household_id)
     else:
@@ -801,7 +798,9 @@ def create_person(
     if relation == "head":
         _check_head(session, household.id if household else None, None)
     if parsed is None:
-        _check_namesake(session, data["name"].strip(), household, place, scope)
+        _check_namesake(
+            session, data["name"].strip(), household.id if household else None, place, scope
+        )
     person = Person(
         county_code=place.county_code,
         region_code=place.region_code,
@@ -972,10 +971,9 @@ def update_person(
                 _check_namesake(
                     session,
                     person.name,
-                    None,
+                    person.household_id,
                     Place(person.region_code, person.grid_code),
                     scope,
-                    household_id=person.household_id,
                     other_than=person.id,
                 )
             changed = changed_fields(person, _PERSON_FIELDS, changed)
