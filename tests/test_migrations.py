@@ -490,3 +490,137 @@ def test_tasks_given_to_a_city_are_moved_into_a_county(accounts, factory, client
             text("SELECT county_code FROM notifications WHERE task_id = :id"), {"id": given["id"]}
         ).scalars()
         assert list(notices) == ["320506"]
+def test_houses_whose_addresses_differ_in_width_or_spaces_are_merged(factory, client, engine):
+    """0039 compared addresses exactly: "3号楼" and "３号楼" (full-width) at one place were two
+    houses. Migration 0042 compares them normalised (NFKC, runs of whitespace one space),
+    merges such twins into the first (their households move to it, with a new version),
+    leaves a ``house.merge`` audit row naming the ids, and the unique indexes then refuse
+    another; the kept house keeps its address as typed."""
+    from sqlalchemy import text
+
+    from tests.api.test_register import A1, created
+
+    factory.regions()
+    factory.grid_version()
+    first = created(client.post("/api/v1/houses", json={"address": "平江路 3号楼", "grid": A1}))
+    twins = [
+        created(client.post("/api/v1/houses", json={"address": f"平江路 3号楼 {n}", "grid": A1}))
+        for n in (1, 2)
+    ]
+    other = created(
+        client.post("/api/v1/houses", json={"address": "平江路 3号楼", "grid": A1[:-1] + "2"})
+    )
+    household = created(
+        client.post("/api/v1/households", json={"number": "0001", "house_id": twins[1]["id"]})
+    )
+    migrations.downgrade(engine, "0045")
+    with engine.begin() as conn:  # as they were registered before 0046
+        for twin, address in zip(twins, ("平江路　３号楼", "平江路  3号楼 "), strict=True):
+            conn.execute(
+                text("UPDATE houses SET address = :a WHERE id = :id"),
+                {"a": address, "id": twin["id"]},
+            )
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    houses = client.get("/api/v1/houses").get_json()["items"]
+    assert sorted((h["id"], h["address"]) for h in houses) == [
+        (first["id"], "平江路 3号楼"),
+        (other["id"], "平江路 3号楼"),
+    ]
+    moved = client.get(f"/api/v1/households/{household['id']}").get_json()
+    assert (moved["house_id"], moved["version"]) == (first["id"], household["version"] + 1)
+    with engine.connect() as conn:
+        (merge,) = conn.execute(
+            text("SELECT object_id, actor_id, summary FROM audit_log WHERE action = 'house.merge'")
+        ).all()
+    summary = merge.summary if isinstance(merge.summary, dict) else json.loads(merge.summary)
+    assert merge.object_id == str(first["id"]) and merge.actor_id.startswith("migration:")
+    assert summary["merged"] == [t["id"] for t in twins]
+    r = client.post("/api/v1/houses", json={"address": "平江路３号楼", "grid": A1})
+    assert r.status_code == 201, r.get_json()  # no space: another address
+    r = client.post("/api/v1/houses", json={"address": "平江路 ３号楼", "grid": A1})
+    assert r.status_code == 409, r.get_json()
+
+
+def test_register_rows_of_a_city_are_moved_into_a_county(factory, client, engine):
+    """Houses and households placed at a city before the register placed them in a county
+    carried the city's code as their county code ("320600"), their residents and visits
+    with them. Migration 0042 moves a house with a point into the county whose boundary
+    covers it, else into the county of the nearest grid in service, with its households,
+    residents and visits (new versions); a house without a point, and one whose 户号 is
+    registered in the county it would go to, stay."""
+    from sqlalchemy import text
+
+    from tests.api.test_register import add_person, created
+
+    from .factories import LAT0 as Y0
+    from .factories import LON0 as X0
+    from .factories import STEP, collection, feature, rectangle, square
+
+    factory.regions()
+    factory.grid_version()
+    chongchuan, tongzhou = "320602000000", "320612000000"
+    rows = [
+        {"code": "320600000000", "name": "南通市", "boundary": rectangle(20, 0, 30, 5)},
+        {"code": chongchuan, "name": "崇川区"},
+        {"code": "320602001000", "name": "和平桥街道", "boundary": rectangle(28, 0, 29, 1)},
+        {"code": "320602001001", "name": "和平桥社区", "boundary": rectangle(28, 0, 29, 1)},
+        {"code": tongzhou, "name": "通州区", "boundary": rectangle(20, 3, 24, 5)},
+    ]
+    assert client.post("/api/v1/regions/import", json=rows).status_code == 200
+    factory.grid_version(collection(feature("320602001001001", square(28, 0))))
+
+    def at(col: float, row: float) -> dict:
+        return {"type": "Point", "coordinates": [X0 + col * STEP, Y0 + row * STEP]}
+
+    def house(address: str, **where) -> dict:  # type: ignore[no-untyped-def]
+        return created(client.post("/api/v1/houses", json={"address": address, **where}))
+
+    in_tongzhou = house("通州1号", location=at(21.5, 4.5))
+    only_the_city = house("人民路2号", location=at(25.5, 2.5))
+    without_point = house("人民路3号", region=chongchuan)
+    taken = house("人民路4号", location=at(25.5, 1.5))
+    assert in_tongzhou["county_code"] == "320612" and only_the_city["county_code"] == "320602"
+    household = created(
+        client.post("/api/v1/households", json={"number": "NT-1", "house_id": only_the_city["id"]})
+    )
+    person = add_person(client, household["id"], relation="head")
+    visit = created(client.post("/api/v1/visits", json={"household_id": household["id"]}))
+    stays = created(
+        client.post("/api/v1/households", json={"number": "NT-2", "house_id": taken["id"]})
+    )
+    with engine.begin() as conn:  # as the register placed them at the city before
+        for table in ("houses", "households", "persons", "visits"):
+            conn.execute(
+                text(
+                    f"UPDATE {table} SET county_code = '320600', region_code = '320600000000'"
+                    " WHERE county_code IN ('320602', '320612')"
+                )
+            )
+    # 户号 NT-2 registered in 崇川区 since: the house holding the city's NT-2 stays
+    created(client.post("/api/v1/households", json={"number": "NT-2", "region": chongchuan}))
+    migrations.downgrade(engine, "0045")
+    migrations.upgrade(engine)
+
+    def place(table: str, row_id: int) -> tuple:
+        with engine.connect() as conn:
+            return tuple(
+                conn.execute(
+                    text(f"SELECT county_code, region_code, version FROM {table} WHERE id = :id"),
+                    {"id": row_id},
+                ).one()
+            )
+
+    assert place("houses", in_tongzhou["id"]) == ("320612", tongzhou, in_tongzhou["version"] + 1)
+    assert place("houses", only_the_city["id"]) == ("320602", chongchuan, 2)
+    assert place("households", household["id"]) == ("320602", chongchuan, household["version"] + 1)
+    assert place("persons", person["id"]) == ("320602", chongchuan, person["version"] + 1)
+    with engine.connect() as conn:
+        assert conn.execute(
+            text("SELECT county_code, region_code FROM visits WHERE id = :id"), {"id": visit["id"]}
+        ).one() == ("320602", chongchuan)
+    assert place("houses", without_point["id"])[:2] == ("320600", "320600000000")
+    assert place("houses", taken["id"])[:2] == ("320600", "320600000000")
+    assert place("households", stays["id"])[:2] == ("320600", "320600000000")
+    got = client.get(f"/api/v1/persons/{person['id']}").get_json()
+    assert (got["county_code"], got["region_code"]) == ("320602", chongchuan)

@@ -10,6 +10,8 @@ goes through the keyed hashes in the ``_hmac`` columns. Every table carries ``co
 
 from __future__ import annotations
 
+import re
+import unicodedata
 import uuid
 from datetime import date, datetime
 
@@ -26,7 +28,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, validates
 
 from .base import Base, UTCDateTime, utcnow
 
@@ -72,6 +74,16 @@ def new_uid() -> str:
     return uuid.uuid4().hex
 
 
+_WHITESPACE = re.compile(r"\s+")
+
+
+def address_key(address: str) -> str:
+    """Return the form in which house addresses are compared: Unicode NFKC (full-width
+    digits, letters and spaces typed with a Chinese input method are the ASCII ones: ３号楼
+    is 3号楼), every run of whitespace one space, none around."""
+    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", address)).strip()
+
+
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
@@ -85,7 +97,10 @@ class House(Base):
     county_code: Mapped[str] = mapped_column(String(6))
     region_code: Mapped[str] = mapped_column(String(12))
     grid_code: Mapped[str | None] = mapped_column(String(15))
-    address: Mapped[str] = mapped_column(String(300))
+    address: Mapped[str] = mapped_column(String(300))  # as typed (but for spaces around it)
+    # The address as compared (``address_key``), set with the address: what the unique
+    # indexes hold, so "３号楼" and "3号楼", or doubled spaces, are one house.
+    address_key: Mapped[str] = mapped_column(String(300))
     use: Mapped[str] = mapped_column(String(16), default="self_occupied")
     lon: Mapped[float | None] = mapped_column(Float)
     lat: Mapped[float | None] = mapped_column(Float)
@@ -103,30 +118,35 @@ class House(Base):
         Index("ix_houses_region_code_address", "region_code", "address"),
         Index("ix_houses_grid_code", "grid_code"),
         Index("ix_houses_county_code_address", "county_code", "address"),
-        # A house is its address at its place (community and grid): registered once, by the
-        # API and the import alike (services.register.house_at). Two partial indexes, since
-        # NULLs are distinct in a unique index on both engines: houses of a grid, and houses
-        # placed in a region without a grid.
+        # A house is its address (as compared: ``address_key``) at its place (community and
+        # grid): registered once, by the API and the import alike (services.register.house_at).
+        # Two partial indexes, since NULLs are distinct in a unique index on both engines:
+        # houses of a grid, and houses placed in a region without a grid.
         Index(
-            "ix_houses_one_per_address_in_grid",
+            "ix_houses_one_per_address_key_in_grid",
             "county_code",  # a unique index of a table distributed by county holds the key
             "region_code",
             "grid_code",
-            "address",
+            "address_key",
             unique=True,
             postgresql_where=text("grid_code IS NOT NULL"),
             sqlite_where=text("grid_code IS NOT NULL"),
         ),
         Index(
-            "ix_houses_one_per_address_in_region",
+            "ix_houses_one_per_address_key_in_region",
             "county_code",  # a unique index of a table distributed by county holds the key
             "region_code",
-            "address",
+            "address_key",
             unique=True,
             postgresql_where=text("grid_code IS NULL"),
             sqlite_where=text("grid_code IS NULL"),
         ),
     )
+
+    @validates("address")
+    def _keep_address_key(self, _key: str, address: str) -> str:
+        self.address_key = address_key(address)
+        return address
 
 
 class Household(Base):
@@ -298,4 +318,5 @@ __all__ = [
     "SPECIAL_GROUP_TYPES",
     "SpecialGroupRecord",
     "Visit",
+    "address_key",
 ]

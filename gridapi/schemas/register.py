@@ -95,7 +95,12 @@ class HouseCreateSchema(PlaceFields):
     address = fields.String(
         required=True,
         validate=validate.Length(min=1, max=300),
-        metadata={"example": "姑苏区平江路100号3幢2单元501室"},
+        metadata={
+            "example": "姑苏区平江路100号3幢2单元501室",
+            "description": "Kept as typed, but for the spaces around it. Compared with the "
+            "addresses registered at the place in Unicode NFKC with runs of whitespace as "
+            "one space: 3号楼 and ３号楼 (full-width) are one house.",
+        },
     )
     use = fields.String(
         load_default="self_occupied",
@@ -136,7 +141,13 @@ class HouseListSchema(StrictSchema):
 
 
 class HouseArgsSchema(AreaArgs):
-    address = fields.String(validate=validate.Length(min=1, max=100))
+    address = fields.String(
+        validate=validate.Length(min=1, max=100),
+        metadata={
+            "description": "Part of the address, matched as addresses are compared (Unicode "
+            "NFKC, runs of whitespace as one space): ３号楼 finds 3号楼."
+        },
+    )
     use = fields.String(validate=validate.OneOf(HOUSE_USES))
 
 

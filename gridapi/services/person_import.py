@@ -47,6 +47,7 @@ from ..models.register import (
     RELATIONS,
     House,
     Household,
+    address_key,
 )
 from ..personal import InvalidValue, parse_id_number, parse_phone
 from ..scope import Scope
@@ -1042,7 +1043,7 @@ class _Importer:
                 )
             if d.house_address:
                 house = self.session.get(House, household.house_id) if household.house_id else None
-                if house is None or house.address != d.house_address:
+                if house is None or house.address_key != address_key(d.house_address):
                     raise RowError(
                         "house_address", "differs from the household's house in the register"
                     )
@@ -1150,6 +1151,7 @@ _API_FIELDS = {
     "household_id": "household_number",
     "number": "household_number",
     "house_id": "house_address",
+    "address": "house_address",
 }
 
 

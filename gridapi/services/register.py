@@ -26,7 +26,15 @@ from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.crs import no_fix, to_wgs84
 from ..geo.shapes import geojson_point
 from ..models import AuditEntry, Grid, IdempotencyKey
-from ..models.register import House, Household, Person, SpecialGroupRecord, Visit, new_uid
+from ..models.register import (
+    House,
+    Household,
+    Person,
+    SpecialGroupRecord,
+    Visit,
+    address_key,
+    new_uid,
+)
 from ..personal import (
     InvalidValue,
     age_on,
@@ -223,12 +231,17 @@ def house_at(
     """Return the house with ``address`` at ``place`` (its community and grid), or None.
 
     A house is its address at its place: the rule the unique indexes of ``houses`` hold,
-    by which the API refuses a second one and the import joins the one registered."""
+    by which the API refuses a second one and the import joins the one registered. Addresses
+    are compared as ``address_key`` gives them: "３号楼" (full-width, typed with a Chinese
+    input method) is "3号楼", and doubled or full-width spaces are one space."""
     grid = (
         House.grid_code.is_(None) if place.grid_code is None else House.grid_code == place.grid_code
     )
     stmt = select(House).where(
-        House.region_code == place.region_code, grid, House.address == address
+        House.county_code == place.county_code,
+        House.region_code == place.region_code,
+        grid,
+        House.address_key == address_key(address),
     )
     if other_than is not None:
         stmt = stmt.where(House.id != other_than)
@@ -243,6 +256,19 @@ def _house_taken(
     return None if found is None else DuplicateHouse(found.id)
 
 
+def _check_address(address: str) -> str:
+    """Return the address without the spaces around it; 422 when its compared form
+    (``address_key``: compatibility characters spelt out, ㈱ is "(株)") outgrows the column."""
+    address = address.strip()
+    if len(address_key(address)) > ADDRESS_MAX:
+        raise _invalid("address", f"longer than {ADDRESS_MAX} characters once normalised")
+    return address
+
+
+#: The longest address a house has (``houses.address`` and ``address_key``).
+ADDRESS_MAX = 300
+
+
 def create_house(
     session: Session,
     data: dict[str, Any],
@@ -253,7 +279,7 @@ def create_house(
 ) -> House:
     """Register a house; DuplicateHouse (409) when its address is registered at its place."""
     place, lon, lat = resolve_place(session, data, scope, snapshot)
-    address = data["address"].strip()
+    address = _check_address(data["address"])
     if (error := _house_taken(session, place, address)) is not None:
         raise error
     house = House(
@@ -346,7 +372,7 @@ def _update_house(
     the fields that changed. Its place and address are left in ``written`` before the
     flush."""
     if isinstance(data.get("address"), str):
-        data = {**data, "address": data["address"].strip()}
+        data = {**data, "address": _check_address(data["address"])}
     # Written by the one flush at the end: an autoflush by the moves' UPDATE statements
     # cleared what changed_fields reads, and a moved house was not audited.
     with session.no_autoflush:
@@ -477,7 +503,8 @@ def _area_filters(stmt, model: Any, args: dict[str, Any]):  # type: ignore[no-un
 def list_houses(session: Session, scope: Scope, args: dict[str, Any]) -> list[House]:
     stmt = _area_filters(select(House).where(in_scope(scope, House)), House, args)
     if args.get("address"):
-        stmt = stmt.where(House.address.contains(args["address"], autoescape=True))
+        # In the form addresses are compared in: "３号楼" finds "3号楼".
+        stmt = stmt.where(House.address_key.contains(address_key(args["address"]), autoescape=True))
     if args.get("use"):
         stmt = stmt.where(House.use == args["use"])
     return list(

@@ -167,6 +167,56 @@ def test_a_house_is_registered_once_at_its_address_and_place(client, world):
     assert sorted(h["id"] for h in items) == sorted([first["id"], in_region["id"], other["id"]])
 
 
+def test_a_house_address_is_compared_as_normalised(client, world, engine):
+    """An address typed with a Chinese input method (full-width digits, the ideographic
+    space) or with doubled spaces made a second house at the same place: "3号楼 2单元" and
+    "３号楼　 2单元" were two. Addresses are compared in Unicode NFKC with runs of whitespace
+    as one space: POST, PATCH and the import meet the house registered, which keeps its
+    address as typed; a search finds it however its digits are written."""
+    first = created(
+        client.post("/api/v1/houses", json={"address": "平江路 3号楼 2单元", "grid": A1})
+    )
+    taken = {"json": {"address": [f"already registered at this place: house {first['id']}"]}}
+    for twin in ("平江路　３号楼  2单元", "平江路\t3号楼 ２单元", "平江路 ３号楼　2单元 "):
+        r = client.post("/api/v1/houses", json={"address": twin, "grid": A1})
+        assert r.status_code == 409, (twin, r.get_json())
+        assert r.get_json()["errors"] == taken
+    other = created(client.post("/api/v1/houses", json={"address": "平江路 4号楼", "grid": A1}))
+    r = client.patch(f"/api/v1/houses/{other['id']}", json={"address": "平江路  ３号楼 2单元"})
+    assert r.status_code == 409 and r.get_json()["errors"] == taken
+    # the same address elsewhere is another house; the one registered keeps what was typed
+    created(client.post("/api/v1/houses", json={"address": "平江路 ３号楼 2单元", "grid": A2}))
+    assert client.get(f"/api/v1/houses/{first['id']}").get_json()["address"] == "平江路 3号楼 2单元"
+    household = created(
+        client.post("/api/v1/households", json={"number": "0009", "house_id": first["id"]})
+    )
+    content = (
+        "姓名,身份证号,户号,房屋地址,网格编码\n"
+        f"张三,{make_id(seq='131')},,平江路　３号楼 2单元,{A1}\n"
+        f"李四,{make_id(seq='132')},0009,平江路 3号楼  ２单元,{A1}\n"
+    )
+    r = client.post(
+        "/api/v1/persons/import",
+        data={"file": (io.BytesIO(content.encode()), "people.csv")},
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["imported"], r.get_json()["houses_created"]) == (2, 0)
+    (zhang,) = client.get("/api/v1/persons?name=张").get_json()["items"]
+    (li,) = client.get("/api/v1/persons?name=李").get_json()["items"]
+    assert (zhang["house_id"], li["household_id"]) == (first["id"], household["id"])
+    found = client.get(f"/api/v1/houses?grid={A1}&address=３号楼").get_json()["items"]
+    assert [h["id"] for h in found] == [first["id"]]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM houses")).scalar_one() == 3
+    # spelt out, ㈱ is "(株)": 120 of them are 360 characters, more than an address holds
+    r = client.post("/api/v1/houses", json={"address": "㈱" * 120, "grid": A1})
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"] == {
+        "json": {"address": ["longer than 300 characters once normalised"]}
+    }
+
+
 def test_a_house_registered_by_an_import_is_not_registered_again_by_the_api(client, world, engine):
     """The import and POST /houses follow one rule: a house the import registered is a 409
     for the API, naming it; one the API registered is joined by the import's rows."""
