@@ -160,9 +160,9 @@ class PersonImport(MethodView):
     @blp.alt_response(
         409,
         response="CONFLICT",
-        description="Another import into the caller's area (or one above or below it) ran "
-        "longer than this one could wait (PostgreSQL): nothing was imported; send the file "
-        "again after Retry-After seconds.",
+        description="Another import into the caller's area (or one above or below it; on "
+        "SQLite any other import) ran longer than this one could wait: nothing was imported; "
+        "send the file again after Retry-After seconds.",
     )
     @blp.alt_response(413, response="CONTENT_TOO_LARGE")
     @blp.alt_response(429, response="TOO_MANY_REQUESTS")

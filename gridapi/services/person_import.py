@@ -21,17 +21,21 @@ import bisect
 import csv
 import hashlib
 import io
+import logging
 import math
+import os
 import re
 import unicodedata
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from time import monotonic, sleep
 from typing import IO, Any
 from xml.parsers import expat
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy import text as sql
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -54,6 +58,13 @@ from ..scope import Scope
 from . import register
 from .register import Keys, Place
 from .routing import IndexSnapshot
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory file locks
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 MODES = ("all", "valid")
 MAX_LISTED_ERRORS = 1000
@@ -1187,7 +1198,10 @@ def lock_import_area(session: Session, scope: Scope) -> None:
     one by a community in it, and two communities' imports do not wait for each other.
     Every import takes its locks in one order (their keys'), so no two wait for each
     other. SQLite writers are one at a time already: a request that writes begins with
-    BEGIN IMMEDIATE, the command line's import too."""
+    BEGIN IMMEDIATE, the command line's import too (``_begin_sqlite_import``)."""
+    if session.get_bind().dialect.name == "sqlite":
+        _begin_sqlite_import(session)
+        return
     if session.get_bind().dialect.name != "postgresql":
         return
     areas = {""} if scope.unrestricted else set(scope.prefixes) | set(scope.grid_codes)
@@ -1208,6 +1222,88 @@ def lock_import_area(session: Session, scope: Scope) -> None:
             raise ImportAreaBusy() from None
 
 
+def _import_marker(session: Session) -> Path | None:
+    """The file beside a SQLite database an import holds a lock on while it writes (None
+    for a database in memory, or where there are no advisory file locks)."""
+    if fcntl is None:
+        return None
+    database = session.get_bind().url.database
+    if not database or database == ":memory:":
+        return None
+    return Path(database + "-import.lock")
+
+
+def _begin_sqlite_import(session: Session) -> None:
+    """Begin the import's transaction (BEGIN IMMEDIATE: it waits, up to SQLite's busy
+    timeout, for the write before it) and mark it as an import's until it ends.
+
+    SQLite says only "database is locked" when a wait ends, whoever held the lock. The
+    mark is an advisory lock on a file beside the database (``_import_marker``), held by
+    the import whose transaction has the write lock: an import that waited in vain for an
+    import is told so (ImportAreaBusy, 409 with Retry-After, as on PostgreSQL); one that
+    waited for any other write gets the generic 503."""
+    marker = _import_marker(session)
+    try:
+        session.connection()
+    except OperationalError as exc:
+        if marker is not None and _sqlite_busy(exc) and _marked(marker):
+            raise ImportAreaBusy() from None
+        raise
+    if marker is not None:
+        _mark_until_the_end(session, marker)
+
+
+def _sqlite_busy(exc: OperationalError) -> bool:
+    name = getattr(exc.orig, "sqlite_errorname", None)
+    return name == "SQLITE_BUSY" if name else "database is locked" in str(exc.orig)
+
+
+def _open_marker(marker: Path) -> int:
+    return os.open(marker, os.O_RDWR | os.O_CREAT, 0o600)
+
+
+def _marked(marker: Path) -> bool:
+    """Whether an import holds the mark (its transaction has the database's write lock)."""
+    assert fcntl is not None
+    fd = _open_marker(marker)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # a lock taken goes with it
+    return False
+
+
+#: Seconds an import waits for the mark, which one ending (or a look at it) holds briefly.
+_MARK_WAIT_S = 5.0
+
+
+def _mark_until_the_end(session: Session, marker: Path) -> None:
+    """Hold the mark until the session's transaction ends (committed or rolled back). An
+    import not marked is still an import: another waiting for it is answered 503."""
+    assert fcntl is not None
+    fd = _open_marker(marker)
+    deadline = monotonic() + _MARK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if monotonic() > deadline:
+                os.close(fd)
+                log.warning("the import could not mark itself (%s)", marker)
+                return
+            sleep(0.01)
+    held = [fd]
+
+    def release(_session: Session, transaction: Any) -> None:
+        if transaction.parent is None and held:  # the import's, not a row's savepoint
+            os.close(held.pop())
+
+    event.listen(session, "after_transaction_end", release)
+
+
 #: The SQLSTATEs of a wait cut short: the statement timeout (query_canceled), or a
 #: lock_timeout a deployment may set (lock_not_available).
 _WAIT_ENDED = frozenset({"57014", "55P03"})
@@ -1216,8 +1312,9 @@ IMPORT_BUSY_RETRY_AFTER = 30
 
 
 class ImportAreaBusy(Conflict):
-    """Another import into the caller's area (or one above or below it) ran longer than
-    this one could wait for it (GRIDAPI_DB_STATEMENT_TIMEOUT_MS): nothing is imported, and
+    """Another import into the caller's area (or one above or below it; on SQLite any
+    other import) ran longer than this one could wait for it (GRIDAPI_DB_STATEMENT_TIMEOUT_MS;
+    on SQLite its busy timeout): nothing is imported, and
     the client is asked to send the file again later, as a request whose key is in flight
     is (409 with Retry-After). The generic 503 said the database was unavailable."""
 

@@ -9,7 +9,7 @@ from typing import Any
 import openpyxl
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from gridapi.cli import main
 from gridapi.personal import check_digit
@@ -898,6 +898,100 @@ def test_an_import_waiting_too_long_for_another_of_its_area_is_told_so(
         assert r.status_code == 200, r.get_json()
     finally:
         impatient.extensions["gridapi"].engine.dispose()
+
+
+@pytest.mark.engines("sqlite")
+def test_an_import_waiting_too_long_for_another_is_told_so_on_sqlite(
+    app: Any,
+    settings: Any,
+    client: Any,
+    world: Any,
+    engine: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQLite: an import that waited past the busy timeout for another import's write lock
+    got the generic 503 "The database is unavailable" (PostgreSQL answers 409). It is now
+    the same 409 with Retry-After, nothing imported, no audit row; an import that waited
+    as long for any other write still gets the 503."""
+    import threading
+
+    from gridapi import create_app
+    from gridapi.services import person_import
+
+    from ..factories import Accounts
+
+    impatient = create_app(settings)
+    impatient_engine = impatient.extensions["gridapi"].engine
+
+    @event.listens_for(impatient_engine, "connect")
+    def _impatient(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA busy_timeout=300")
+
+    impatient_engine.dispose()  # connections made before wait 30 s
+    held, release = threading.Event(), threading.Event()
+    run = person_import._Importer.run
+
+    def run_then_hold(importer: Any) -> None:
+        run(importer)
+        if not held.is_set():  # the first import: held before its commit
+            held.set()
+            release.wait(30)
+
+    try:
+        officer = Accounts(impatient).client(
+            "officer", "community_officer", scope_region=COMMUNITY_A
+        )
+        monkeypatch.setattr(person_import._Importer, "run", run_then_hold)
+        answers: list[Any] = []
+        first = threading.Thread(
+            target=lambda: answers.append(
+                upload(client, csv_bytes("姓名,身份证号,网格编码", f"李四,{ID2},{A1}"))
+            )
+        )
+        first.start()
+        try:
+            assert held.wait(30)
+            r = upload(officer, csv_bytes("姓名,身份证号,网格编码", f"张三,{ID1},{A1}"))
+        finally:
+            release.set()
+            first.join(30)
+        assert r.status_code == 409, r.get_json()
+        assert r.headers["Retry-After"] == "30"
+        assert r.get_json() == {
+            "code": 409,
+            "status": "Conflict",
+            "message": "Another import into this area is running; nothing was imported. "
+            "Send the file again when it has finished.",
+            "errors": {"file": ["another import into this area is running"]},
+        }
+        assert answers[0].status_code == 200, answers[0].get_json()
+        assert count(engine, "persons") == 1 and len(audit_rows(engine)) == 1  # the first's
+        # a wait as long for another write (not an import's) is the database's busy answer
+        taken = threading.Event()
+
+        def write() -> None:
+            with engine.connect() as conn:
+                conn.execute(text("UPDATE regions SET name = name WHERE code = :c"), {"c": A1[:12]})
+                taken.set()
+                release.wait(30)
+                conn.commit()
+
+        release.clear()
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            assert taken.wait(10)
+            r = upload(officer, csv_bytes("姓名,身份证号,网格编码", f"张三,{ID1},{A1}"))
+        finally:
+            release.set()
+            writer.join(30)
+        assert r.status_code == 503, r.get_json()
+        # once they have ended, the file goes through
+        r = upload(officer, csv_bytes("姓名,身份证号,网格编码", f"张三,{ID1},{A1}"))
+        assert r.status_code == 200, r.get_json()
+        assert count(engine, "persons") == 2
+    finally:
+        impatient_engine.dispose()
 
 
 # ---- no values in the report -------------------------------------------------------------------
