@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from geoalchemy2 import WKTElement
-from sqlalchemy import case, delete, inspect, or_, select, update
+from sqlalchemy import case, delete, inspect, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from .. import clock
@@ -772,7 +773,13 @@ def _check_namesake(
 
     A resident without an ID number (境外人员) is known by name where they live: the API
     and the import registered them again beside each other (the import checked only what
-    earlier imports and its own rows had written through it)."""
+    earlier imports and its own rows had written through it).
+
+    No unique index holds the rule: two namesakes registered at once both looked before
+    either had committed, and both went through. On PostgreSQL the place checked (the
+    household, else the grid) is locked first, to the end of the transaction, so the
+    second waits for the first and then sees it (SQLite serialises writers already)."""
+    _lock_namesakes_of(session, household_id, place)
     same = select(Person.id).where(
         Person.name == name, Person.id_number_hmac.is_(None), in_scope(scope, Person)
     )
@@ -787,6 +794,27 @@ def _check_namesake(
             "A resident of this name without an ID number is already registered here.",
             errors={"json": {"name": ["already registered here (same name, no ID number)"]}},
         )
+
+
+# PostgreSQL advisory locks, two-key form: this first key, then a place's (below).
+_NAMESAKE_LOCK = 2281
+
+
+def _lock_namesakes_of(session: Session, household_id: int | None, place: Place) -> None:
+    """Wait until no other transaction is checking namesakes at the place a namesake check
+    reads (the household, else the grid or, without one, the region), and keep any other
+    from doing so until this transaction ends (PostgreSQL; a no-op on SQLite)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    if household_id is not None:
+        where = f"household:{household_id}"
+    else:
+        where = f"grid:{place.grid_code}" if place.grid_code else f"region:{place.region_code}"
+    digest = hashlib.blake2b(where.encode(), digest_size=4).digest()
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(:namesakes, :place)"),
+        {"namesakes": _NAMESAKE_LOCK, "place": int.from_bytes(digest, "big", signed=True)},
+    )
 
 
 def _is(column: Any, value: Any) -> Any:

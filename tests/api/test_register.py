@@ -2025,3 +2025,42 @@ def test_the_register_lists_page_by_id_to_the_last_page(client, world, household
         assert len(whole) >= 2 and whole == sorted(whole), path
         pages = pages_of(client, path)
         assert [ids for ids in pages if ids] == [[i] for i in whole], path
+
+
+def test_two_namesakes_without_id_numbers_registered_at_once_are_one(app, accounts, world, engine):
+    """No unique index holds the namesake rule: two registrations at once of a resident
+    without an ID number (PostgreSQL: the second looked before the first had committed)
+    both went through, two records of one person. The second now waits for the first at
+    the place checked and answers the 409 it answers when the first came first, in a grid
+    as in a household. (SQLite: the second runs after the first, the sequential case.)"""
+    from gridapi.scope import Scope
+    from gridapi.services import register as svc
+
+    from ..races import send_while_uncommitted
+
+    st = app.extensions["gridapi"]
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    home = created(officer.post("/api/v1/households", json={"number": "0001", "grid": A1}))
+    for where in ({"grid": A1}, {"household_id": home["id"]}):
+        body = {"name": "John Smith", "population_type": "foreign", **where}
+        with st.sessions() as session:  # another request's resident, inserted, not committed
+            svc.create_person(
+                session,
+                body,
+                scope=Scope.everything(),
+                keys=svc.Keys(st.cipher, st.phone_key),
+                actor="user:other",
+            )
+            r = send_while_uncommitted(
+                engine,
+                session,
+                "persons",
+                lambda body=body: officer.post("/api/v1/persons", json=body),
+                waits_in="",  # for the place checked (the household, else the grid)
+            )
+        assert r.status_code == 409, (where, r.get_json())
+        assert r.get_json()["errors"] == {
+            "json": {"name": ["already registered here (same name, no ID number)"]}
+        }
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM persons")).scalar_one() == 2
