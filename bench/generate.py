@@ -51,6 +51,7 @@ import cases as bench_cases  # noqa: E402
 import synthetic  # noqa: E402
 
 from gridapi.db import make_engine  # noqa: E402
+from gridapi.models.register import address_key  # noqa: E402
 from gridapi.personal import age_on, check_digit, mask_id_number, parse_id_number  # noqa: E402
 from gridapi.security.fields import (  # noqa: E402
     FieldCipher,
@@ -546,11 +547,11 @@ def load_register(
         w.write(
             "houses",
             (
-                "id, county_code, region_code, grid_code, address, use, lon, lat, "
-                "routing_method, created_by, created_at, updated_at"
+                "id, county_code, region_code, grid_code, address, address_key, use, lon, "
+                "lat, routing_method, created_by, created_at, updated_at"
             ),
             (
-                (i, c, r, g, a, u, x, y, "given", ACTOR, now, now, x, y)
+                (i, c, r, g, a, address_key(a), u, x, y, "given", ACTOR, now, now, x, y)
                 for i, c, r, g, a, u, x, y in zip(
                     h["id"].tolist(),
                     h["county_code"].tolist(),

@@ -546,9 +546,9 @@ def test_register_rows_of_a_city_are_moved_into_a_county(factory, client, engine
     """Houses and households placed at a city before the register placed them in a county
     carried the city's code as their county code ("320600"), their residents and visits
     with them. Migration 0042 moves a house with a point into the county whose boundary
-    covers it, else into the county of the nearest grid in service, with its households,
-    residents and visits (new versions); a house without a point, and one whose 户号 is
-    registered in the county it would go to, stay."""
+    covers it, else into the county of the nearest grid in service (not the lowest code
+    under the city), with its households, residents and visits (new versions); a house
+    without a point, and one whose 户号 is registered in the county it would go to, stay."""
     from sqlalchemy import text
 
     from tests.api.test_register import add_person, created
@@ -562,13 +562,16 @@ def test_register_rows_of_a_city_are_moved_into_a_county(factory, client, engine
     chongchuan, tongzhou = "320602000000", "320612000000"
     rows = [
         {"code": "320600000000", "name": "南通市", "boundary": rectangle(20, 0, 30, 5)},
-        {"code": chongchuan, "name": "崇川区"},
+        {"code": chongchuan, "name": "崇川区"},  # no boundary: only its community's
         {"code": "320602001000", "name": "和平桥街道", "boundary": rectangle(28, 0, 29, 1)},
         {"code": "320602001001", "name": "和平桥社区", "boundary": rectangle(28, 0, 29, 1)},
-        {"code": tongzhou, "name": "通州区", "boundary": rectangle(20, 3, 24, 5)},
+        {"code": tongzhou, "name": "通州区", "boundary": rectangle(26, 3, 30, 5)},
+        {"code": "320612001000", "name": "金沙街道", "boundary": rectangle(24, 0, 25, 1)},
+        {"code": "320612001001", "name": "金沙社区", "boundary": rectangle(24, 0, 25, 1)},
     ]
     assert client.post("/api/v1/regions/import", json=rows).status_code == 200
     factory.grid_version(collection(feature("320602001001001", square(28, 0))))
+    factory.grid_version(collection(feature("320612001001001", square(24, 0))))
 
     def at(col: float, row: float) -> dict:
         return {"type": "Point", "coordinates": [X0 + col * STEP, Y0 + row * STEP]}
@@ -576,11 +579,12 @@ def test_register_rows_of_a_city_are_moved_into_a_county(factory, client, engine
     def house(address: str, **where) -> dict:  # type: ignore[no-untyped-def]
         return created(client.post("/api/v1/houses", json={"address": address, **where}))
 
-    in_tongzhou = house("通州1号", location=at(21.5, 4.5))
-    only_the_city = house("人民路2号", location=at(25.5, 2.5))
+    # covered by 通州区's boundary, though 崇川区's grid is the nearest
+    in_tongzhou = house("通州1号", location=at(28.5, 3.5))
+    # held by the city alone: 通州区's grid is the nearest (崇川区 has the lowest code)
+    only_the_city = house("人民路2号", location=at(24.5, 2.5))
     without_point = house("人民路3号", region=chongchuan)
-    taken = house("人民路4号", location=at(25.5, 1.5))
-    assert in_tongzhou["county_code"] == "320612" and only_the_city["county_code"] == "320602"
+    taken = house("人民路4号", location=at(24.5, 1.5))
     household = created(
         client.post("/api/v1/households", json={"number": "NT-1", "house_id": only_the_city["id"]})
     )
@@ -597,8 +601,8 @@ def test_register_rows_of_a_city_are_moved_into_a_county(factory, client, engine
                     " WHERE county_code IN ('320602', '320612')"
                 )
             )
-    # 户号 NT-2 registered in 崇川区 since: the house holding the city's NT-2 stays
-    created(client.post("/api/v1/households", json={"number": "NT-2", "region": chongchuan}))
+    # 户号 NT-2 registered in 通州区 since: the house holding the city's NT-2 stays
+    created(client.post("/api/v1/households", json={"number": "NT-2", "region": tongzhou}))
     migrations.downgrade(engine, "0045")
     migrations.upgrade(engine)
 
@@ -612,15 +616,15 @@ def test_register_rows_of_a_city_are_moved_into_a_county(factory, client, engine
             )
 
     assert place("houses", in_tongzhou["id"]) == ("320612", tongzhou, in_tongzhou["version"] + 1)
-    assert place("houses", only_the_city["id"]) == ("320602", chongchuan, 2)
-    assert place("households", household["id"]) == ("320602", chongchuan, household["version"] + 1)
-    assert place("persons", person["id"]) == ("320602", chongchuan, person["version"] + 1)
+    assert place("houses", only_the_city["id"]) == ("320612", tongzhou, 2)
+    assert place("households", household["id"]) == ("320612", tongzhou, household["version"] + 1)
+    assert place("persons", person["id"]) == ("320612", tongzhou, person["version"] + 1)
     with engine.connect() as conn:
         assert conn.execute(
             text("SELECT county_code, region_code FROM visits WHERE id = :id"), {"id": visit["id"]}
-        ).one() == ("320602", chongchuan)
+        ).one() == ("320612", tongzhou)
     assert place("houses", without_point["id"])[:2] == ("320600", "320600000000")
     assert place("houses", taken["id"])[:2] == ("320600", "320600000000")
     assert place("households", stays["id"])[:2] == ("320600", "320600000000")
     got = client.get(f"/api/v1/persons/{person['id']}").get_json()
-    assert (got["county_code"], got["region_code"]) == ("320602", chongchuan)
+    assert (got["county_code"], got["region_code"]) == ("320612", tongzhou)

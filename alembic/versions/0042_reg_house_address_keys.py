@@ -103,9 +103,12 @@ class _Counties:
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
-        self.cache: dict[str, tuple[list[tuple[str, Any]], list[tuple[str, str, Any]]]] = {}
+        self.cache: dict[str, tuple[list[tuple[str, Any]], list[str], Any, Any]] = {}
 
-    def under(self, city: str) -> tuple[list[tuple[str, Any]], list[tuple[str, str, Any]]]:
+    def under(self, city: str) -> tuple[list[tuple[str, Any]], list[str], Any, Any]:
+        """The counties under ``city`` (code, boundary), and the counties of the grids in
+        service under them with the grids' shapes and a tree of them (by grid code)."""
+        import numpy as np
         import shapely
 
         if city not in self.cache:
@@ -121,8 +124,8 @@ class _Counties:
                 )
             ]
             known = {c for c, _ in counties}
-            grids = [
-                (r.code, r.community_code[:6], shapely.from_wkb(bytes(r.wkb)))
+            rows = [
+                r
                 for r in self.conn.execute(
                     sa.text(
                         "SELECT code, community_code, ST_AsBinary(geom) AS wkb FROM grids"
@@ -132,37 +135,44 @@ class _Counties:
                 )
                 if r.community_code[:6] in known
             ]
-            self.cache[city] = (counties, grids)
+            shapes = np.array([shapely.from_wkb(bytes(r.wkb)) for r in rows], dtype=object)
+            tree = shapely.STRtree(shapes) if rows else None
+            self.cache[city] = (counties, [r.community_code[:6] for r in rows], shapes, tree)
         return self.cache[city]
 
     def of_point(self, city: str, lon: float, lat: float) -> str | None:
         """The county under ``city`` for a point: the one covering it (the lowest code on a
-        shared edge), else the county of the nearest grid in service under the city (on
-        the ground: in a local plane of metres; ties to the lowest grid code), else the
-        lowest county code; None when no county is under the city."""
+        shared edge), else the county of the grid in service under the city nearest on the
+        ground (ties to the lowest grid code), else the lowest county code; None when no
+        county is under the city. As ``IndexSnapshot.nearest_county`` measures: the grid
+        nearest in degrees bounds the distance, and the grids within it are measured in a
+        local plane of metres."""
         import numpy as np
         import shapely
 
-        counties, grids = self.under(city)
+        from gridapi.geo.geodesy import metres_per_degree, metres_to_degrees
+
+        counties, grid_counties, shapes, tree = self.under(city)
         if not counties:
             return None
         point = shapely.points(lon, lat)
         for code, boundary in counties:
             if boundary is not None and shapely.covers(boundary, point):
                 return code
-        if not grids:
+        if tree is None:
             return counties[0][0]
-        phi = np.radians(lat)
-        w = np.sqrt(1.0 - 0.00669437999014 * np.sin(phi) ** 2)
-        kx = 6378137.0 / w * np.cos(phi) * np.pi / 180.0
-        ky = 6378137.0 * (1.0 - 0.00669437999014) / w**3 * np.pi / 180.0
+        kx, ky = metres_per_degree(lat)
 
         def to_plane(c: np.ndarray) -> np.ndarray:
             return np.column_stack([(c[:, 0] - lon) * kx, (c[:, 1] - lat) * ky])
 
         origin = shapely.points(0.0, 0.0)
-        distances = [shapely.distance(shapely.transform(g, to_plane), origin) for _, _, g in grids]
-        return grids[int(np.argmin(distances))][1]
+        first = int(tree.nearest(point))
+        reach = float(shapely.distance(shapely.transform(shapes[first], to_plane), origin))
+        near = tree.query(point, predicate="dwithin", distance=metres_to_degrees(reach, lat))
+        candidates = np.sort(near) if near.size else np.array([first])
+        planar = shapely.transform(shapes[candidates], to_plane)
+        return grid_counties[int(candidates[int(np.argmin(shapely.distance(planar, origin)))])]
 
 
 def _ids(conn: Any, sql: str, **params: Any) -> list[int]:
