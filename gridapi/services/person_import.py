@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import bisect
 import csv
-import hashlib
 import io
 import logging
 import math
@@ -58,6 +57,7 @@ from ..scope import Scope
 from . import register
 from .register import Keys, Place
 from .routing import IndexSnapshot
+from .uniques import advisory_key
 
 try:
     import fcntl
@@ -1184,8 +1184,7 @@ _AREA_LEVELS = (0, 2, 4, 6, 9, 12)  # root, province, city, county, township, co
 
 def _area_key(area: str) -> int:
     """The lock's second key for an area (a code prefix; "" for everywhere): an int4."""
-    digest = hashlib.blake2b(area.encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return advisory_key(area)
 
 
 def lock_import_area(session: Session, scope: Scope) -> None:

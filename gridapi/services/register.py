@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -52,7 +51,7 @@ from .cursors import page_by_id
 from .preconditions import check_if_match, flush_versioned
 from .regions import get_region
 from .routing import IndexSnapshot
-from .uniques import add_or_conflict, conflicts_as
+from .uniques import add_or_conflict, advisory_key, conflicts_as
 
 if TYPE_CHECKING:
     from ..auth import Principal
@@ -257,6 +256,10 @@ def _house_taken(
     return None if found is None else DuplicateHouse(found.id)
 
 
+#: The longest address a house has (``houses.address`` and ``address_key``).
+ADDRESS_MAX = 300
+
+
 def _check_address(address: str) -> str:
     """Return the address without the spaces around it; 422 when its compared form
     (``address_key``: compatibility characters spelt out, ㈱ is "(株)") outgrows the column."""
@@ -264,10 +267,6 @@ def _check_address(address: str) -> str:
     if len(address_key(address)) > ADDRESS_MAX:
         raise _invalid("address", f"longer than {ADDRESS_MAX} characters once normalised")
     return address
-
-
-#: The longest address a house has (``houses.address`` and ``address_key``).
-ADDRESS_MAX = 300
 
 
 def create_house(
@@ -801,19 +800,15 @@ _NAMESAKE_LOCK = 2281
 
 
 def _lock_namesakes_of(session: Session, household_id: int | None, place: Place) -> None:
-    """Wait until no other transaction is checking namesakes at the place a namesake check
-    reads (the household, else the grid or, without one, the region), and keep any other
-    from doing so until this transaction ends (PostgreSQL; a no-op on SQLite)."""
+    """Wait until no other transaction is checking namesakes where a namesake check reads
+    (the household, else the grid), and keep any other from doing so until this
+    transaction ends (PostgreSQL; a no-op on SQLite)."""
     if session.get_bind().dialect.name != "postgresql":
         return
-    if household_id is not None:
-        where = f"household:{household_id}"
-    else:
-        where = f"grid:{place.grid_code}" if place.grid_code else f"region:{place.region_code}"
-    digest = hashlib.blake2b(where.encode(), digest_size=4).digest()
+    where = f"household:{household_id}" if household_id is not None else f"grid:{place.grid_code}"
     session.execute(
         text("SELECT pg_advisory_xact_lock(:namesakes, :place)"),
-        {"namesakes": _NAMESAKE_LOCK, "place": int.from_bytes(digest, "big", signed=True)},
+        {"namesakes": _NAMESAKE_LOCK, "place": advisory_key(where)},
     )
 
 

@@ -14,6 +14,7 @@ calendar set again), ``add_or_found`` returns the twin's row to change instead.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -62,3 +63,10 @@ def conflicts_as(session: Session, conflict: Callable[[], Exception | None]) -> 
         if error is None:
             raise
         raise error from None
+
+
+def advisory_key(name: str) -> int:
+    """Return the int4 key of ``name`` (an area, a place) for a PostgreSQL advisory lock's
+    two-key form, whose first key says what kind of thing is locked."""
+    digest = hashlib.blake2b(name.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
