@@ -490,9 +490,11 @@ def test_tasks_given_to_a_city_are_moved_into_a_county(accounts, factory, client
             text("SELECT county_code FROM notifications WHERE task_id = :id"), {"id": given["id"]}
         ).scalars()
         assert list(notices) == ["320506"]
+
+
 def test_houses_whose_addresses_differ_in_width_or_spaces_are_merged(factory, client, engine):
     """0039 compared addresses exactly: "3号楼" and "３号楼" (full-width) at one place were two
-    houses. Migration 0042 compares them normalised (NFKC, runs of whitespace one space),
+    houses. Migration 0046 compares them normalised (NFKC, runs of whitespace one space),
     merges such twins into the first (their households move to it, with a new version),
     leaves a ``house.merge`` audit row naming the ids, and the unique indexes then refuse
     another; the kept house keeps its address as typed."""
@@ -545,7 +547,7 @@ def test_houses_whose_addresses_differ_in_width_or_spaces_are_merged(factory, cl
 def test_register_rows_of_a_city_are_moved_into_a_county(factory, client, engine):
     """Houses and households placed at a city before the register placed them in a county
     carried the city's code as their county code ("320600"), their residents and visits
-    with them. Migration 0042 moves a house with a point into the county whose boundary
+    with them. Migration 0046 moves a house with a point into the county whose boundary
     covers it, else into the county of the nearest grid in service (not the lowest code
     under the city), with its households, residents and visits (new versions); a house
     without a point, and one whose 户号 is registered in the county it would go to, stay."""

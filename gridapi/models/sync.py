@@ -4,7 +4,7 @@ Written by database triggers (migration 0009) on every insert, update and delete
 tables phones keep — cases, tasks, households (and residents, which touch their household)
 — so that no code path, ORM or bulk UPDATE, can change a row without logging it. One
 update is left out: a resident's that rewrites nothing but ciphertexts and keyed hashes (a
-key rotation, migration 0042), which changes nothing a phone is sent.
+key rotation, migration 0044), which changes nothing a phone is sent.
 
 One ``upsert`` row per live object (older ones are deleted when a newer one is written), a
 ``leave`` row with the old keys when an object moves out of a grid, region or assignee, and a

@@ -9,7 +9,7 @@ batch and a rerun continues: rows already under the current version are left as 
 A rewritten row keeps its ``updated_at`` and ``version``: the resident, the record, the
 subscription did not change, and an ETag read before the rotation still names it. Nor does
 a phone sync it again: the triggers of ``sync_log`` leave out an update of a resident that
-changes its ciphertexts and keyed hashes alone (migration 0042).
+changes its ciphertexts and keyed hashes alone (migration 0044).
 
 Each row is written back only if it still holds what was read (compare and swap), so a
 resident changed by a running server meanwhile is not overwritten with stale values; it is

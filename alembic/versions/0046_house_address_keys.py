@@ -22,8 +22,8 @@ stay, as does a house whose 户号 or ID numbers are registered in the county it
 Houses, households and residents moved get a new version (their place is shown). A house
 moved onto the address of a house at the county is merged into it, as above.
 
-Revision ID: 0042_reg
-Revises: 0041
+Revision ID: 0046
+Revises: 0045
 Create Date: 2026-12-01
 """
 
@@ -39,8 +39,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0042_reg"
-down_revision = "0041"
+revision = "0046"
+down_revision = "0045"
 branch_labels = None
 depends_on = None
 
