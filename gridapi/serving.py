@@ -35,11 +35,26 @@ def default_workers(settings: Settings) -> int:
     return min(2 * cores + 1, 9)
 
 
-# Query parameters whose values are personal data or secrets (Open311 takes its API key as
-# ``api_key``): they must not be left in access logs (the request line is logged with its
-# query string).
+# Query parameters whose values are personal data, free text or secrets: they must not be
+# left in access logs (the request line is logged with its query string). Free text
+# (``q``; the deprecated ``purpose`` and erasure ``reason``) can name anyone; ``number`` is
+# a household's 户号; ``lon``/``lat`` (``/locate``) are where the caller stands, which the
+# tracks keep only 30 days; Open311 takes its API key as ``api_key``. Every query parameter
+# of the spec is either here or named harmless in tests/test_serve.py.
 PERSONAL_QUERY_PARAMETERS = frozenset(
-    {"id_number", "phone", "name", "address", "q", "purpose", "api_key"}
+    {
+        "id_number",
+        "phone",
+        "name",
+        "address",
+        "q",
+        "purpose",
+        "reason",
+        "number",
+        "lon",
+        "lat",
+        "api_key",
+    }
 )
 
 
