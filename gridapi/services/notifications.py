@@ -2,11 +2,13 @@
 
 Steps of a case and the background jobs queue notifications (``cases.queue_notification``,
 ``jobs.queue_once``) in the transaction of the change: to one account (``user_id``: a case
-dispatched to a worker, its overdue notice) or to a unit (``region_code``: a case
-escalated, transferred or handed down to it, an extension asked of it). A person reads
-those addressed to their account and, unaddressed to any account, those to the unit of
-their scope region: the office (or department) of exactly that region, not the offices
-above it. Only notifications of cases the reader may read now are listed (a case moved
+dispatched to a worker), to a unit (``region_code``: a case escalated, transferred or
+handed down to it, an extension asked of it), or to both in one row (an overdue or
+supervision notice: to the assignee and the unit holding the case). A person reads those
+addressed to their account and those addressed to the unit of their scope region, whatever
+account the row names too: the office (or department) of exactly that region, not the
+offices above it. One row for both keeps the notice once per case and kind (the unique
+``(case_id, kind)`` the jobs insert against) and one id in every inbox it reaches. Only notifications of cases the reader may read now are listed (a case moved
 out of their reach answers as one that does not exist, here as everywhere). The inbox is a
 feed: the phone keeps the last id it has and asks for what came after it.
 
@@ -66,7 +68,9 @@ def inbox(
     addressed = [Notification.user_id == principal.id]
     region = session.scalar(select(User.scope_region_code).where(User.id == principal.id))
     if region:
-        addressed.append(and_(Notification.user_id.is_(None), Notification.region_code == region))
+        # Whatever ``user_id`` is: an overdue or supervision notice is one row addressed to
+        # the assignee and to the unit holding the case, and reaches both.
+        addressed.append(Notification.region_code == region)
     readable = []
     if "case" in about:
         # Outer joins: a task's notice has no case, and the other way round.

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
+
+from gridapi.models.base import utcnow
+from gridapi.services.jobs import run_jobs
 
 from ..factories import COMMUNITY_B, COUNTY
 from .test_case_workflow import desk, ok  # noqa: F401  (the fixture)
@@ -44,6 +48,28 @@ def test_a_person_reads_their_own_and_their_units_notifications(desk):  # noqa: 
     d.act(d.office, cid, "escalate", comment="需区级协调")
     assert kinds(d.county) == [("escalated", cid)]
     assert kinds(d.worker) == [("dispatched", cid)]
+
+
+def test_an_overdue_or_supervision_notice_reaches_the_assignee_and_the_unit(desk, app):  # noqa: F811
+    """Overdue and supervision notices are one row addressed to the assignee and to the unit
+    holding the case: the unit's members read only rows addressed to no account, so the
+    office never heard that its case was overdue or supervised. Both read it now, once."""
+    d = desk
+    cid = d.to_handling(d.report()["id"])["id"]
+    d.act(d.county, cid, "supervise", level="yellow", comment="请加快")
+    assert kinds(d.worker) == [("dispatched", cid), ("supervision_yellow", cid)]
+    assert kinds(d.office) == [("supervision_yellow", cid)]
+
+    later = utcnow() + timedelta(days=30)
+    run_jobs(app.extensions["gridapi"].sessions, later, jobs=["overdue"])
+    assert kinds(d.worker)[2:] == [("overdue", cid)]
+    assert kinds(d.office) == [("supervision_yellow", cid), ("overdue", cid)]
+    assert kinds(d.county) == []  # the office above is not the unit holding it
+    # A second run queues nothing more; the feed after the office's last id is empty.
+    run_jobs(app.extensions["gridapi"].sessions, later, jobs=["overdue"])
+    last = inbox(d.office)["last_id"]
+    assert inbox(d.office, after=last) == {"items": [], "last_id": None}
+    assert len(kinds(d.office)) == 2
 
 
 def test_notifications_of_a_case_out_of_reach_are_not_listed(desk):  # noqa: F811
