@@ -293,6 +293,29 @@ def grid_workers(session: Session, region: str, grids: set[str], day: Any) -> di
     return {grid: user_id for grid, (_, user_id) in best.items()}
 
 
+def grid_rosters(session: Session, grids: Iterable[str], day: Any) -> dict[str, list[int]]:
+    """Return, for each grid of ``grids``, the workers on its roster on ``day`` (active, in a
+    role that completes tasks: those who may take a task left to the grid), by id. Grids
+    with nobody are left out."""
+    grids = sorted(set(grids))
+    rosters: dict[str, set[int]] = defaultdict(set)
+    for start in range(0, len(grids), 1000):
+        rows = session.execute(
+            select(GridAssignment.grid_code, User.id, Role.permissions)
+            .join(User, User.id == GridAssignment.user_id)
+            .join(Role, Role.name == User.role_name)
+            .where(
+                GridAssignment.grid_code.in_(grids[start : start + 1000]),
+                assignment_holds_on(day),
+                User.is_active.is_(True),
+            )
+        ).all()
+        for grid, user_id, permissions in rows:
+            if "tasks:complete" in (permissions or []):
+                rosters[grid].add(user_id)
+    return {grid: sorted(ids) for grid, ids in rosters.items()}
+
+
 # --- tasks ------------------------------------------------------------------------------------
 
 
@@ -729,8 +752,8 @@ def _my_tasks_place(cursor: str, days: int) -> Place:
 
 def flag_overdue_tasks(session: Session, now: datetime) -> int:
     """Mark overdue every open task whose deadline is before ``now``: ``overdue``,
-    ``overdue_since`` (the deadline), a new version; and tell its assignee and the office
-    that issued it (``overdue_notices``). Returns how many were marked; a second run marks
+    ``overdue_since`` (the deadline), a new version; and tell its assignee (or, left to its
+    grid, the grid's workers) and the office that issued it (``overdue_notices``). Returns how many were marked; a second run marks
     none. Flushes, never commits.
 
     On PostgreSQL a task another transaction holds at that moment (a worker completing it, an
@@ -768,6 +791,7 @@ def flag_overdue_tasks(session: Session, now: datetime) -> int:
                 Task.title,
                 Task.due_at,
                 Task.assignee_id,
+                Task.grid_code,
                 Task.created_by,
             )
             .execution_options(synchronize_session="fetch")
@@ -808,13 +832,17 @@ def _issuing_offices(session: Session, issuers: Iterable[str]) -> dict[str, tupl
 
 def overdue_notices(session: Session, tasks: Iterable[Any], now: datetime) -> list[dict[str, Any]]:
     """Return the notification rows telling that each task (rows with ``id``,
-    ``county_code``, ``title``, ``due_at``, ``assignee_id``, ``created_by``) passed its
-    deadline: one to its assignee (kind ``overdue:assignee:<deadline>``; none for a task
-    left to its grid) and one to the office that issued it (``overdue:office:<deadline>``:
-    the unit of the issuer's scope region, or an unrestricted issuer's own account). The
-    kinds name the deadline: a task given a new deadline is told again when that passes."""
+    ``county_code``, ``title``, ``due_at``, ``assignee_id``, ``grid_code``, ``created_by``)
+    passed its deadline: one to its assignee (kind ``overdue:assignee:<deadline>``); for a
+    task left to its grid, one to each worker on the grid's roster on the day of ``now``
+    (``overdue:grid:<deadline>:<user id>``, as a task given to a worker tells their
+    account); and one to the office that issued it (``overdue:office:<deadline>``: the unit
+    of the issuer's scope region, or an unrestricted issuer's own account). The kinds name
+    the deadline: a task given a new deadline is told again when that passes."""
     tasks = list(tasks)
     offices = _issuing_offices(session, {t.created_by for t in tasks})
+    left_to_grid = {t.grid_code for t in tasks if t.assignee_id is None and t.grid_code}
+    rosters = grid_rosters(session, left_to_grid, clock.date_of(now)) if left_to_grid else {}
     rows = []
     for t in tasks:
         stamp = t.due_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -828,6 +856,10 @@ def overdue_notices(session: Session, tasks: Iterable[Any], now: datetime) -> li
         if t.assignee_id is not None:
             to_assignee = {"kind": f"overdue:assignee:{stamp}", "user_id": t.assignee_id}
             rows.append({**base, **to_assignee, "region_code": None})
+        elif t.grid_code:
+            for user_id in rosters.get(t.grid_code, []):
+                to_worker = {"kind": f"overdue:grid:{stamp}:{user_id}", "user_id": user_id}
+                rows.append({**base, **to_worker, "region_code": None})
         office = offices.get(t.created_by)
         if office is not None:
             kind, to = office

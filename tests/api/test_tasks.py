@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from gridapi.models import Task
 from gridapi.services.cases import add_limit
@@ -759,6 +759,26 @@ def test_an_overdue_task_tells_its_assignee_and_the_office_that_issued_it_once(
         (late["id"], ids["worker2"], None, "320508"),
         (late["id"], None, TOWNSHIP, "320508"),
     ]
+
+
+def test_an_overdue_task_left_to_its_grid_tells_the_grids_workers_once(people, accounts, app):
+    """A task left to its grid (no assignee) that went overdue told only the office: the
+    workers who may take it never heard. Each worker on the grid's roster is told now, once
+    per deadline; workers of other grids are not."""
+    office, worker1 = people["office"], people["worker1"]
+    partner = accounts.client("partner", "grid_worker", grids=[A1])
+    task = new_task(office, title="排查", grid=A1)
+    later = datetime.now(UTC) + timedelta(days=10)
+    sessions = app.extensions["gridapi"].sessions
+    assert [r.counts for r in run_jobs(sessions, later, jobs=["tasks"])] == [{"overdue": 1}]
+    told = [("overdue", task["id"], "任务「排查」已超过期限")]
+    assert task_notices(worker1) == task_notices(partner) == told
+    assert task_notices(office) == told
+    assert task_notices(people["worker2"]) == []  # A2's worker: not their grid
+    with sessions.begin() as session:  # as if a second worker had not seen the first's flag
+        session.execute(update(Task).values(overdue=False))
+    assert [r.counts for r in run_jobs(sessions, later, jobs=["tasks"])] == [{"overdue": 1}]
+    assert task_notices(worker1) == task_notices(partner) == task_notices(office) == told
 
 
 def test_an_overdue_task_an_unrestricted_account_issued_tells_that_account(people, client, app):
