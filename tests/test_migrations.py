@@ -630,3 +630,44 @@ def test_register_rows_of_a_city_are_moved_into_a_county(factory, client, engine
     assert place("households", stays["id"])[:2] == ("320600", "320600000000")
     got = client.get(f"/api/v1/persons/{person['id']}").get_json()
     assert (got["county_code"], got["region_code"]) == ("320612", tongzhou)
+
+
+def test_export_jobs_keep_no_free_text_purpose(factory, client, engine):
+    """Export jobs queued before purposes were codes kept the purpose as typed, which could
+    name a resident. Migration 0047 rewrites every stored purpose that is not ``code`` or
+    ``code reference`` to ``other``; codes, codes with a reference and no purpose stay."""
+    from sqlalchemy import text
+
+    factory.regions()
+    stored = [
+        "核查张三（身份证320508199001011234）低保资格",
+        "audit 2026-审-17",  # a code, but not a reference: free text after it
+        "subject_access 320508199001011234",  # an ID number is no reference
+        "case_handling",
+        "legal_request JS-2026/17",
+        None,
+    ]
+    ids = []
+    for _ in stored:
+        r = client.post("/api/v1/exports/cases/jobs", json={"format": "csv", "filters": {}})
+        assert r.status_code == 202, r.get_json()
+        ids.append(r.get_json()["id"])
+    migrations.downgrade(engine, "0046")
+    with engine.begin() as conn:  # as jobs queued before purposes were codes kept them
+        for job_id, purpose in zip(ids, stored, strict=True):
+            conn.execute(
+                text("UPDATE export_jobs SET purpose = :p WHERE id = :id"),
+                {"p": purpose, "id": job_id},
+            )
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    with engine.connect() as conn:
+        after = dict(conn.execute(text("SELECT id, purpose FROM export_jobs")).all())
+    assert [after[i] for i in ids] == [
+        "other",
+        "other",
+        "other",
+        "case_handling",
+        "legal_request JS-2026/17",
+        None,
+    ]
