@@ -10,7 +10,7 @@ recorded as. NULL and an empty purpose (an export that stated none) stay.
 
 The downgrade leaves the rows as they are: the free text is gone.
 
-Revision ID: 0047_inbox
+Revision ID: 0047
 Revises: 0046
 Create Date: 2026-12-01
 """
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0047_inbox"
+revision = "0047"
 down_revision = "0046"
 branch_labels = None
 depends_on = None
