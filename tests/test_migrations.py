@@ -538,10 +538,88 @@ def test_houses_whose_addresses_differ_in_width_or_spaces_are_merged(factory, cl
     summary = merge.summary if isinstance(merge.summary, dict) else json.loads(merge.summary)
     assert merge.object_id == str(first["id"]) and merge.actor_id.startswith("migration:")
     assert summary["merged"] == [t["id"] for t in twins]
-    r = client.post("/api/v1/houses", json={"address": "平江路３号楼", "grid": A1})
-    assert r.status_code == 201, r.get_json()  # no space: another address
-    r = client.post("/api/v1/houses", json={"address": "平江路 ３号楼", "grid": A1})
-    assert r.status_code == 409, r.get_json()
+    for address in ("平江路 ３号楼", "平江路３号楼"):  # no space: the same since 0047
+        r = client.post("/api/v1/houses", json={"address": address, "grid": A1})
+        assert r.status_code == 409, r.get_json()
+
+
+def test_houses_whose_addresses_differ_by_a_space_or_case_are_merged(factory, client, engine):
+    """0046 compared addresses with runs of whitespace as one space and case kept: "3号楼
+    2单元" and "3号楼2单元", "A座" and "a座", at one place were two houses. Migration 0047
+    compares them without whitespace and case-folded, merges such twins into the first
+    (their households move to it, with a new version), leaves a ``house.merge`` audit row
+    naming the ids, and the unique indexes then refuse another. Downgrade computes 0046's
+    keys again and leaves the merged houses merged."""
+    from sqlalchemy import text
+
+    from tests.api.test_register import A1, created
+
+    factory.regions()
+    factory.grid_version()
+
+    def house(address: str, grid: str = A1) -> dict:
+        return created(client.post("/api/v1/houses", json={"address": address, "grid": grid}))
+
+    spaced, lettered = house("平江路 3号楼 2单元"), house("平江路9号A座")
+    twins = [house("平江路 3号楼 2单元 x"), house("平江路9号A座 x"), house("平江路 3号楼 2单元 y")]
+    other = house("平江路3号楼2单元", A1[:-1] + "2")
+    household = created(
+        client.post("/api/v1/households", json={"number": "0001", "house_id": twins[0]["id"]})
+    )
+    migrations.downgrade(engine, "0046")
+    with engine.begin() as conn:  # as they were registered before 0047 (0046's keys)
+        for twin, address in zip(
+            twins, ("平江路3号楼2单元", "平江路9号a座", "平江路 3号楼2单元"), strict=True
+        ):
+            conn.execute(
+                text("UPDATE houses SET address = :a, address_key = :a WHERE id = :id"),
+                {"a": address, "id": twin["id"]},
+            )
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    houses = client.get("/api/v1/houses").get_json()["items"]
+    assert sorted((h["id"], h["address"]) for h in houses) == [
+        (spaced["id"], "平江路 3号楼 2单元"),
+        (lettered["id"], "平江路9号A座"),
+        (other["id"], "平江路3号楼2单元"),
+    ]
+    moved = client.get(f"/api/v1/households/{household['id']}").get_json()
+    assert (moved["house_id"], moved["version"]) == (spaced["id"], household["version"] + 1)
+    with engine.connect() as conn:
+        merges = conn.execute(
+            text(
+                "SELECT object_id, actor_id, summary FROM audit_log WHERE action = 'house.merge'"
+                " ORDER BY object_id"
+            )
+        ).all()
+    summaries = [
+        m.summary if isinstance(m.summary, dict) else json.loads(m.summary) for m in merges
+    ]
+    assert sorted(
+        (m.object_id, s["merged"]) for m, s in zip(merges, summaries, strict=True)
+    ) == sorted(
+        [
+            (str(spaced["id"]), [twins[0]["id"], twins[2]["id"]]),
+            (str(lettered["id"]), [twins[1]["id"]]),
+        ]
+    )
+    (actor,) = {m.actor_id for m in merges}  # this migration's, not 0046's (it merged none)
+    assert actor.startswith("migration:") and actor != "migration:0046"
+    for address, kept in (("平江路3号楼 2单元", spaced), ("平江路 9号a座", lettered)):
+        r = client.post("/api/v1/houses", json={"address": address, "grid": A1})
+        assert r.status_code == 409, r.get_json()
+        assert r.get_json()["errors"]["json"]["address"] == [
+            f"already registered at this place: house {kept['id']}"
+        ]
+    migrations.downgrade(engine, "0046")  # 0046's keys again; merged houses stay merged
+    with engine.connect() as conn:
+        keys = conn.execute(text("SELECT id, address_key FROM houses ORDER BY id")).all()
+    assert [tuple(k) for k in keys] == [
+        (spaced["id"], "平江路 3号楼 2单元"),
+        (lettered["id"], "平江路9号A座"),
+        (other["id"], "平江路3号楼2单元"),
+    ]
+    migrations.upgrade(engine)
 
 
 def test_register_rows_of_a_city_are_moved_into_a_county(factory, client, engine):

@@ -80,8 +80,10 @@ _WHITESPACE = re.compile(r"\s+")
 def address_key(address: str) -> str:
     """Return the form in which house addresses are compared: Unicode NFKC (full-width
     digits, letters and spaces typed with a Chinese input method are the ASCII ones: ３号楼
-    is 3号楼), every run of whitespace one space, none around."""
-    return _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", address)).strip()
+    is 3号楼), case-folded ("A座" is "a座"), without whitespace ("3号楼 2单元" is
+    "3号楼2单元"). The model, the API's look-ups and search, and the import compare by it;
+    migrations keep a frozen copy (0047 this one, 0046 the one before)."""
+    return _WHITESPACE.sub("", unicodedata.normalize("NFKC", address).casefold())
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -99,7 +101,8 @@ class House(Base):
     grid_code: Mapped[str | None] = mapped_column(String(15))
     address: Mapped[str] = mapped_column(String(300))  # as typed (but for spaces around it)
     # The address as compared (``address_key``), set with the address: what the unique
-    # indexes hold, so "３号楼" and "3号楼", or doubled spaces, are one house.
+    # indexes hold, so "３号楼" and "3号楼", "A座" and "a座", "3号楼 2单元" and "3号楼2单元"
+    # are one house.
     address_key: Mapped[str] = mapped_column(String(300))
     use: Mapped[str] = mapped_column(String(16), default="self_occupied")
     lon: Mapped[float | None] = mapped_column(Float)

@@ -98,8 +98,9 @@ class HouseCreateSchema(PlaceFields):
         metadata={
             "example": "姑苏区平江路100号3幢2单元501室",
             "description": "Kept as typed, but for the spaces around it. Compared with the "
-            "addresses registered at the place in Unicode NFKC with runs of whitespace as "
-            "one space: 3号楼 and ３号楼 (full-width) are one house.",
+            "addresses registered at the place in Unicode NFKC, case-folded, without "
+            "whitespace: 3号楼 and ３号楼 (full-width), A座 and a座, 3号楼 2单元 and "
+            "3号楼2单元 are one house.",
         },
     )
     use = fields.String(
@@ -145,7 +146,8 @@ class HouseArgsSchema(AreaArgs):
         validate=validate.Length(min=1, max=100),
         metadata={
             "description": "Part of the address, matched as addresses are compared (Unicode "
-            "NFKC, runs of whitespace as one space): ３号楼 finds 3号楼."
+            "NFKC, case-folded, without whitespace): ３号楼 finds 3号楼, a座 finds A座, "
+            "3号楼 2单元 finds 3号楼2单元."
         },
     )
     use = fields.String(validate=validate.OneOf(HOUSE_USES))

@@ -233,7 +233,8 @@ def house_at(
     A house is its address at its place: the rule the unique indexes of ``houses`` hold,
     by which the API refuses a second one and the import joins the one registered. Addresses
     are compared as ``address_key`` gives them: "３号楼" (full-width, typed with a Chinese
-    input method) is "3号楼", and doubled or full-width spaces are one space."""
+    input method) is "3号楼", "A座" is "a座", and spaces do not count ("3号楼 2单元" is
+    "3号楼2单元")."""
     grid = (
         House.grid_code.is_(None) if place.grid_code is None else House.grid_code == place.grid_code
     )
@@ -503,7 +504,8 @@ def _area_filters(stmt, model: Any, args: dict[str, Any]):  # type: ignore[no-un
 def list_houses(session: Session, scope: Scope, args: dict[str, Any]) -> list[House]:
     stmt = _area_filters(select(House).where(in_scope(scope, House)), House, args)
     if args.get("address"):
-        # In the form addresses are compared in: "３号楼" finds "3号楼".
+        # In the form addresses are compared in: "３号楼" finds "3号楼", "a座" finds "A座",
+        # "3号楼 2单元" finds "3号楼2单元".
         stmt = stmt.where(House.address_key.contains(address_key(args["address"]), autoescape=True))
     if args.get("use"):
         stmt = stmt.where(House.use == args["use"])

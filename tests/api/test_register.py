@@ -217,6 +217,59 @@ def test_a_house_address_is_compared_as_normalised(client, world, engine):
     }
 
 
+def test_a_house_address_is_compared_without_spaces_or_case(client, world, engine):
+    """A space inside an address or the case of a Latin letter made a second house at one
+    place: "3号楼 2单元" and "3号楼2单元", "A座" and "a座" were two, though in a Chinese
+    address neither is another place. Addresses are compared without whitespace and
+    case-folded: POST, PATCH and the import meet the house registered, which keeps its
+    address as typed; a search finds it however it is spaced or cased."""
+    spaced = created(
+        client.post("/api/v1/houses", json={"address": "平江路 3号楼 2单元", "grid": A1})
+    )
+    lettered = created(client.post("/api/v1/houses", json={"address": "平江路9号A座", "grid": A1}))
+    for address, house in (
+        ("平江路3号楼2单元", spaced),
+        ("平江路３号楼２单元", spaced),
+        ("平江路9号a座", lettered),
+        ("平江路 9号 ａ座", lettered),
+    ):
+        r = client.post("/api/v1/houses", json={"address": address, "grid": A1})
+        assert r.status_code == 409, (address, r.get_json())
+        assert r.get_json()["errors"] == {
+            "json": {"address": [f"already registered at this place: house {house['id']}"]}
+        }
+    other = created(client.post("/api/v1/houses", json={"address": "平江路9号B座", "grid": A1}))
+    r = client.patch(f"/api/v1/houses/{other['id']}", json={"address": "平江路9号 a座"})
+    assert r.status_code == 409, r.get_json()
+    assert client.get(f"/api/v1/houses/{other['id']}").get_json()["address"] == "平江路9号B座"
+    content = (
+        "姓名,身份证号,房屋地址,网格编码\n"
+        f"张三,{make_id(seq='141')},平江路3号楼2单元,{A1}\n"
+        f"李四,{make_id(seq='142')},平江路9号a座,{A1}\n"
+    )
+    r = client.post(
+        "/api/v1/persons/import",
+        data={"file": (io.BytesIO(content.encode()), "people.csv")},
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["imported"], r.get_json()["houses_created"]) == (2, 0)
+    (zhang,) = client.get("/api/v1/persons?name=张").get_json()["items"]
+    (li,) = client.get("/api/v1/persons?name=李").get_json()["items"]
+    assert (zhang["house_id"], li["house_id"]) == (spaced["id"], lettered["id"])
+    # kept as typed; found however spaced or cased
+    assert (
+        client.get(f"/api/v1/houses/{spaced['id']}").get_json()["address"] == "平江路 3号楼 2单元"
+    )
+    assert client.get(f"/api/v1/houses/{lettered['id']}").get_json()["address"] == "平江路9号A座"
+    found = client.get(f"/api/v1/houses?grid={A1}&address=3号楼2单元").get_json()["items"]
+    assert [h["id"] for h in found] == [spaced["id"]]
+    found = client.get(f"/api/v1/houses?grid={A1}&address=9号 a座").get_json()["items"]
+    assert [h["id"] for h in found] == [lettered["id"]]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM houses")).scalar_one() == 3
+
+
 def test_a_house_registered_by_an_import_is_not_registered_again_by_the_api(client, world, engine):
     """The import and POST /houses follow one rule: a house the import registered is a 409
     for the API, naming it; one the API registered is joined by the import's rows."""
