@@ -538,14 +538,14 @@ def test_houses_whose_addresses_differ_in_width_or_spaces_are_merged(factory, cl
     summary = merge.summary if isinstance(merge.summary, dict) else json.loads(merge.summary)
     assert merge.object_id == str(first["id"]) and merge.actor_id.startswith("migration:")
     assert summary["merged"] == [t["id"] for t in twins]
-    for address in ("平江路 ３号楼", "平江路３号楼"):  # no space: the same since 0047
+    for address in ("平江路 ３号楼", "平江路３号楼"):  # no space: the same since 0048
         r = client.post("/api/v1/houses", json={"address": address, "grid": A1})
         assert r.status_code == 409, r.get_json()
 
 
 def test_houses_whose_addresses_differ_by_a_space_or_case_are_merged(factory, client, engine):
     """0046 compared addresses with runs of whitespace as one space and case kept: "3号楼
-    2单元" and "3号楼2单元", "A座" and "a座", at one place were two houses. Migration 0047
+    2单元" and "3号楼2单元", "A座" and "a座", at one place were two houses. Migration 0048
     compares them without whitespace and case-folded, merges such twins into the first
     (their households move to it, with a new version), leaves a ``house.merge`` audit row
     naming the ids, and the unique indexes then refuse another. Downgrade computes 0046's
@@ -566,8 +566,8 @@ def test_houses_whose_addresses_differ_by_a_space_or_case_are_merged(factory, cl
     household = created(
         client.post("/api/v1/households", json={"number": "0001", "house_id": twins[0]["id"]})
     )
-    migrations.downgrade(engine, "0046")
-    with engine.begin() as conn:  # as they were registered before 0047 (0046's keys)
+    migrations.downgrade(engine, "0047")
+    with engine.begin() as conn:  # as they were registered before 0048 (0046's keys)
         for twin, address in zip(
             twins, ("平江路3号楼2单元", "平江路9号a座", "平江路 3号楼2单元"), strict=True
         ):
@@ -611,7 +611,7 @@ def test_houses_whose_addresses_differ_by_a_space_or_case_are_merged(factory, cl
         assert r.get_json()["errors"]["json"]["address"] == [
             f"already registered at this place: house {kept['id']}"
         ]
-    migrations.downgrade(engine, "0046")  # 0046's keys again; merged houses stay merged
+    migrations.downgrade(engine, "0047")  # 0046's keys again; merged houses stay merged
     with engine.connect() as conn:
         keys = conn.execute(text("SELECT id, address_key FROM houses ORDER BY id")).all()
     assert [tuple(k) for k in keys] == [

@@ -8,7 +8,7 @@ whitespace; the address stays as typed, for display. Every key is computed again
 this reveals as registered twice are merged as 0046 merges them: the lowest id is kept,
 the households, residents, task items and patrol check-ins of the others move to it (the
 households and residents with a new version), the others are deleted, and a
-``house.merge`` audit row on the kept house names them (actor ``migration:0047_address``).
+``house.merge`` audit row on the kept house names them (actor ``migration:0048``).
 
 A key longer than the column (compatibility characters spelt out, case folding "ß" to
 "ss") keeps the key it had: that house is compared as before.
@@ -16,8 +16,8 @@ A key longer than the column (compatibility characters spelt out, case folding "
 Downgrade computes 0046's keys again. Merged houses are not split again: addresses one
 under this comparison are one under 0046's, so its indexes hold.
 
-Revision ID: 0047_address
-Revises: 0046
+Revision ID: 0048
+Revises: 0047
 Create Date: 2026-12-01
 """
 
@@ -33,8 +33,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0047_address"
-down_revision = "0046"
+revision = "0048"
+down_revision = "0047"
 branch_labels = None
 depends_on = None
 
