@@ -75,7 +75,13 @@ from ..scope import Scope
 from ..workcalendar import WorkingCalendar
 from .categories import check_attributes
 from .cursors import another_list, decode_cursor, encode_cursor
-from .preconditions import PreconditionFailed, check_if_match, etag, flush_versioned
+from .preconditions import (
+    PreconditionFailed,
+    check_if_match,
+    etag,
+    flush_versioned,
+    parse_etag,
+)
 from .regions import valid_on
 from .routing import NONE, IndexSnapshot
 
@@ -898,15 +904,18 @@ def transition(
         # The step locks the original too. Two offices closing two cases as duplicates of
         # each other at once each locked its own case and waited for the other's: a
         # deadlock (503). Locked in the order of their ids, the second waits for the first
-        # and then finds the pair linked already (409, or 422 when it read it so).
+        # and then finds the pair linked already (409, or 422 when it read it so), or its
+        # case changed only by that step attaching duplicates to it (taken all the same).
         lock_cases(session, [case_id, data["duplicate_of"]])
     case_obj = get_case(session, case_id, caller, for_update=True)
     try:
         check_if_match(case_obj, if_match, noun="case", path="/api/v1/cases/{id}")
     except PreconditionFailed:
-        if data["action"] == "duplicate":
-            _check_not_linked_meanwhile(session, caller, case_obj, data.get("duplicate_of"))
-        raise
+        if data["action"] != "duplicate":
+            raise
+        _check_not_linked_meanwhile(session, caller, case_obj, data.get("duplicate_of"))
+        if not _changed_only_by_attachments(session, case_obj, if_match):
+            raise
     duplicates = duplicates_of(session, case_obj)
     action = data["action"]
     states, permission, _ = ACTIONS[action]
@@ -1033,6 +1042,42 @@ def _check_not_linked_meanwhile(
         },
         headers={"ETag": etag(case_obj)},
     )
+
+
+ATTACHMENT_ROWS = frozenset({"duplicates_attached", "duplicate_moved"})
+
+
+def _changed_only_by_attachments(session: Session, case_obj: Case, if_match: str | None) -> bool:
+    """Return whether the case's If-Match names an earlier version of it and every change
+    since was another step attaching duplicates to it (or moving it on as one).
+
+    Case A closed as a duplicate of B while another office closes B as a duplicate of C: the
+    step taken first attached A to B, a new version of B, and the second caller was answered
+    412 "the case changed since you read it" for an If-Match that was current when sent;
+    sent again, the step was taken (A moving on to C with B). A duplicate step carries B's
+    duplicates along, whatever they are, so it is taken at once. Each such change is one
+    version and one timeline row of its own: the last (current - sent) rows are those changes
+    exactly, and any other step among them (any row of its own) leaves the 412."""
+    tags = parse_etag(if_match)
+    if not isinstance(tags, list):
+        return False
+    sent = []
+    for tag in tags:
+        parts = tag.split("-")
+        if len(parts) >= 2 and parts[0] == str(case_obj.id) and parts[1].isdigit():
+            sent.append(int(parts[1]))
+    if not sent:
+        return False
+    missed = case_obj.version - max(sent)
+    if not 0 < missed <= 50:
+        return False
+    rows = session.scalars(
+        select(CaseEvent.action)
+        .where(CaseEvent.case_id == case_obj.id)
+        .order_by(CaseEvent.seq.desc())
+        .limit(missed)
+    ).all()
+    return len(rows) == missed and all(r in ATTACHMENT_ROWS for r in rows)
 
 
 def next_seq(session: Session, case_id: int) -> int:

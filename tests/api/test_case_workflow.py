@@ -1649,6 +1649,72 @@ def test_a_duplicate_step_refused_for_another_stale_if_match_is_412(desk):
     assert d.get(y)["status"] == "accepted"
 
 
+@pytest.mark.parametrize("first", ["a_to_b", "b_to_c"])
+def test_a_chain_of_duplicates_closed_at_once(desk, accounts, first):
+    """Case A closed as a duplicate of B while another office closes B as a duplicate of C,
+    both with the ETag they had read. A taken first attached A to B (a new version of B), and
+    B's step was answered 412 "the case changed since you read it" for an If-Match that was
+    current when sent. It is taken now, A moving on to C with B, as one after the other
+    would. B taken first, A's step is refused naming C (422), as it always was: never a
+    412."""
+    d = desk
+    a, b, c = d.report()["id"], d.report(col=1)["id"], d.report()["id"]
+    tags = {cid: d.etag(cid) for cid in (a, b)}
+    steps = {"a_to_b": (a, b), "b_to_c": (b, c)}
+    done = threading.Event()
+
+    def send(pair: tuple[Any, str]) -> Any:
+        client, name = pair
+        cid, other = steps[name]
+        if name != first:
+            assert done.wait(30)  # sent at once, taken second (its ETag read before)
+        try:
+            return client.post(
+                f"/api/v1/cases/{cid}/transitions",
+                json={"action": "duplicate", "duplicate_of": other},
+                headers={"If-Match": tags[cid]},
+            )
+        finally:
+            done.set()
+
+    pairs = [(accounts.client("office"), "a_to_b"), (accounts.client("office"), "b_to_c")]
+    to_b, to_c = race(pairs, send)
+    assert to_c.status_code == 200, to_c.get_json()
+    assert to_c.headers["ETag"] == d.etag(b)
+    assert (d.get(b)["status"], d.get(b)["duplicate_of"]) == ("cancelled", c)
+    if first == "a_to_b":
+        assert to_b.status_code == 200, to_b.get_json()
+        assert to_c.get_json()["duplicates"] == []
+        assert d.timeline(b)[-1]["data"]["moved_duplicates"] == [a]
+        assert d.get(c)["duplicates"] == [a, b]
+        assert (d.get(a)["status"], d.get(a)["duplicate_of"]) == ("cancelled", c)
+        assert [s[0] for s in d.steps(a)] == ["report", "duplicate", "duplicate_moved"]
+        assert [s[0] for s in d.steps(b)] == ["report", "duplicates_attached", "duplicate"]
+    else:
+        assert to_b.status_code == 422, to_b.get_json()
+        assert to_b.get_json()["errors"]["json"] == {"duplicate_of": [f"use case {c}"]}
+        assert d.get(a)["status"] == "reported"
+        assert d.get(c)["duplicates"] == [b]
+
+
+def test_an_if_match_stale_by_more_than_attachments_is_412(desk):
+    """B's If-Match is let through only when every change since was another step attaching
+    duplicates to it: a step of its own meanwhile (accept) leaves the 412."""
+    d = desk
+    a, b, c = d.report()["id"], d.report(col=1)["id"], d.report()["id"]
+    stale = d.etag(b)
+    d.act(d.office, b, "accept")
+    d.act(d.office, a, "duplicate", duplicate_of=b)
+    r = d.office.post(
+        f"/api/v1/cases/{b}/transitions",
+        json={"action": "duplicate", "duplicate_of": c},
+        headers={"If-Match": stale},
+    )
+    assert r.status_code == 412, r.get_json()
+    assert r.headers["ETag"] == d.etag(b)
+    assert (d.get(b)["status"], d.get(a)["duplicate_of"]) == ("accepted", b)
+
+
 # --- queues ---------------------------------------------------------------------------------
 
 
