@@ -1104,8 +1104,15 @@ class _Importer:
         # A resident without an ID number whose namesake lives there already (registered
         # by an import or through the API) is refused by create_person: the row error
         # "already registered here (same name, no ID number)".
+        # The import waits for the place's namesake lock as long as it takes (a request
+        # holds it for a moment); a request waiting for the import is answered 409.
         person = register.create_person(
-            self.session, person_data, scope=self.scope, keys=self.keys, actor=self.actor
+            self.session,
+            person_data,
+            scope=self.scope,
+            keys=self.keys,
+            actor=self.actor,
+            wait_for_imports=True,
         )
         if household is None and house is not None:
             person.house_id = house.id

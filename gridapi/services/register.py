@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from geoalchemy2 import WKTElement
 from sqlalchemy import case, delete, inspect, or_, select, text, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from .. import clock
@@ -768,6 +769,7 @@ def _check_namesake(
     scope: Scope,
     *,
     other_than: int | None = None,
+    wait: bool = False,
 ) -> None:
     """Raise Conflict when a resident named ``name`` without an ID number lives in the
     household ``household_id``, or, without one, in the place's grid outside any household.
@@ -779,8 +781,10 @@ def _check_namesake(
     No unique index holds the rule: two namesakes registered at once both looked before
     either had committed, and both went through. On PostgreSQL the place checked (the
     household, else the grid) is locked first, to the end of the transaction, so the
-    second waits for the first and then sees it (SQLite serialises writers already)."""
-    _lock_namesakes_of(session, household_id, place)
+    second waits for the first and then sees it (SQLite serialises writers already).
+    ``wait``: as long as it takes (an import); else NAMESAKE_LOCK_WAIT_MS, then
+    NamesakePlaceBusy (see _lock_namesakes_of)."""
+    _lock_namesakes_of(session, household_id, place, wait=wait)
     same = select(Person.id).where(
         Person.name == name, Person.id_number_hmac.is_(None), in_scope(scope, Person)
     )
@@ -801,17 +805,68 @@ def _check_namesake(
 _NAMESAKE_LOCK = 2281
 
 
-def _lock_namesakes_of(session: Session, household_id: int | None, place: Place) -> None:
+#: How long a request waits for the namesake lock of a place before it is answered 409.
+NAMESAKE_LOCK_WAIT_MS = 2000
+#: The SQLSTATEs of a wait cut short: lock_timeout (lock_not_available), or the statement
+#: timeout (query_canceled).
+_WAIT_ENDED = frozenset({"55P03", "57014"})
+
+
+class NamesakePlaceBusy(Conflict):
+    """The household or grid a registration checks for namesakes is held by an import of
+    residents into it (which holds it until it commits): 409 with Retry-After, as an
+    import refused for another import is (person_import.ImportAreaBusy). The request waited
+    for the whole import before, and died on the statement timeout with a generic 503."""
+
+    def __init__(self, where: str) -> None:
+        from .person_import import IMPORT_BUSY_RETRY_AFTER
+
+        super().__init__(
+            f"Residents are being imported into this {where}; nothing was changed. "
+            "Send it again when the import has finished.",
+            errors={"json": {"name": [f"an import into this {where} is running"]}},
+            headers={"Retry-After": str(IMPORT_BUSY_RETRY_AFTER)},
+        )
+
+
+def _lock_namesakes_of(
+    session: Session, household_id: int | None, place: Place, *, wait: bool = False
+) -> None:
     """Wait until no other transaction is checking namesakes where a namesake check reads
     (the household, else the grid), and keep any other from doing so until this
-    transaction ends (PostgreSQL; a no-op on SQLite)."""
+    transaction ends (PostgreSQL; a no-op on SQLite).
+
+    An import holds the lock of each place it registers such a resident in until it
+    commits: a request waits NAMESAKE_LOCK_WAIT_MS at most (lock_timeout, in a savepoint
+    that restores it) and is then answered NamesakePlaceBusy; the import (``wait``) waits
+    as long as its statement timeout allows."""
     if session.get_bind().dialect.name != "postgresql":
         return
     where = f"household:{household_id}" if household_id is not None else f"grid:{place.grid_code}"
-    session.execute(
-        text("SELECT pg_advisory_xact_lock(:namesakes, :place)"),
-        {"namesakes": _NAMESAKE_LOCK, "place": advisory_key(where)},
-    )
+    lock = text("SELECT pg_advisory_xact_lock(:namesakes, :place)")
+    params = {"namesakes": _NAMESAKE_LOCK, "place": advisory_key(where)}
+    if wait:
+        session.execute(lock, params)
+        return
+    # A savepoint of its own (not session.begin_nested, which would flush the change under
+    # way before its version check): the wait cut short aborts only it, and lock_timeout
+    # set in it is undone with it.
+    was = session.scalar(text("SELECT current_setting('lock_timeout')"))
+    session.execute(text("SAVEPOINT namesake_lock"))
+    try:
+        session.execute(
+            text("SELECT set_config('lock_timeout', :wait, true)"),
+            {"wait": f"{NAMESAKE_LOCK_WAIT_MS}ms"},
+        )
+        session.execute(lock, params)
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) not in _WAIT_ENDED:
+            raise
+        session.execute(text("ROLLBACK TO SAVEPOINT namesake_lock"))
+        raise NamesakePlaceBusy("household" if household_id is not None else "grid") from None
+    # Kept: the lock (the transaction's now) and the setting, undone by hand.
+    session.execute(text("RELEASE SAVEPOINT namesake_lock"))
+    session.execute(text("SELECT set_config('lock_timeout', :was, true)"), {"was": was})
 
 
 def _is(column: Any, value: Any) -> Any:
@@ -826,8 +881,12 @@ def create_person(
     scope: Scope,
     keys: Keys,
     actor: str,
+    wait_for_imports: bool = False,
 ) -> Person:
-    """Register a resident in a household (taking its place) or directly in a grid."""
+    """Register a resident in a household (taking its place) or directly in a grid.
+
+    ``wait_for_imports``: wait for an import holding the place's namesake lock as long as
+    it takes (an import's own rows); a request is answered NamesakePlaceBusy instead."""
     parsed = _check_id(data.get("id_number"))
     if parsed is None and data.get("population_type", "registered") != "foreign":
         raise _invalid("id_number", "is required (except for foreign residents)")
@@ -851,7 +910,12 @@ def create_person(
         _check_head(session, household.id if household else None, None)
     if parsed is None:
         _check_namesake(
-            session, data["name"].strip(), household.id if household else None, place, scope
+            session,
+            data["name"].strip(),
+            household.id if household else None,
+            place,
+            scope,
+            wait=wait_for_imports,
         )
     person = Person(
         county_code=place.county_code,

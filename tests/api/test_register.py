@@ -10,6 +10,8 @@ import contextlib
 import csv
 import io
 import json
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -2117,3 +2119,94 @@ def test_two_namesakes_without_id_numbers_registered_at_once_are_one(app, accoun
         }
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM persons")).scalar_one() == 2
+
+
+def test_a_registration_waiting_for_an_import_of_its_place_is_told_so(
+    client, world, household, engine
+):
+    """An import of residents without ID numbers holds the namesake lock of each place it
+    registers them in (the household, else the grid) until it commits. POST and PATCH
+    /persons in that place waited for the whole import and died on the statement timeout
+    with a generic 503; they now wait a moment and answer 409 with Retry-After, naming the
+    import. The import itself still waits for the place as long as it takes. (PostgreSQL:
+    SQLite serialises writers at BEGIN.)"""
+    from gridapi.services import register as svc
+    from gridapi.services.uniques import advisory_key
+
+    from ..races import wait_until_waiting
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("an advisory lock of PostgreSQL")
+    other = created(
+        client.post(
+            "/api/v1/persons",
+            json={"name": "Maria Rossi", "population_type": "foreign", "grid": A2},
+        )
+    )
+
+    @contextlib.contextmanager
+    def held(where: str) -> Any:
+        """An import's transaction (another connection) holding the place's lock."""
+        with engine.connect() as conn, conn.begin():
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(:n, :p)"),
+                {"n": svc._NAMESAKE_LOCK, "p": advisory_key(where)},
+            )
+            yield
+
+    sends = {
+        f"grid:{A1}": (
+            "grid",
+            lambda: client.post(
+                "/api/v1/persons",
+                json={"name": "John Smith", "population_type": "foreign", "grid": A1},
+            ),
+        ),
+        f"household:{household['id']}": (
+            "household",
+            lambda: client.patch(
+                f"/api/v1/persons/{other['id']}", json={"household_id": household["id"]}
+            ),
+        ),
+    }
+    for where, (noun, send) in sends.items():
+        with held(where):
+            began = time.monotonic()
+            r = send()
+            waited = time.monotonic() - began
+        assert r.status_code == 409, (where, r.get_json())
+        assert r.headers["Retry-After"] == "30"
+        assert r.get_json()["message"] == (
+            f"Residents are being imported into this {noun}; nothing was changed. "
+            "Send it again when the import has finished."
+        )
+        assert r.get_json()["errors"] == {
+            "json": {"name": [f"an import into this {noun} is running"]}
+        }
+        assert waited < 10, waited
+    assert client.get(f"/api/v1/persons/{other['id']}").get_json()["grid"] == A2
+    # The import waits for the place (longer than a request would) and then registers.
+    content = f"姓名,人口类型,户号,网格编码\nAnna Ivanova,境外人员,,{A1}\n".encode()
+    answers: list[Any] = []
+
+    def run_import() -> None:
+        answers.append(
+            client.post(
+                "/api/v1/persons/import",
+                data={"file": (io.BytesIO(content), "people.csv"), "mode": "valid"},
+                content_type="multipart/form-data",
+            )
+        )
+
+    with held(f"grid:{A1}"):
+        thread = threading.Thread(target=run_import)
+        thread.start()
+        wait_until_waiting(engine, thread, "SELECT pg_advisory_xact_lock")
+        time.sleep(svc.NAMESAKE_LOCK_WAIT_MS / 1000 + 0.5)
+        assert thread.is_alive()
+    thread.join(30)
+    assert answers[0].status_code == 200, answers[0].get_json()
+    assert answers[0].get_json()["imported"] == 1
+    # Nothing held: the registration goes through.
+    r = sends[f"grid:{A1}"][1]()
+    assert r.status_code == 201, r.get_json()
