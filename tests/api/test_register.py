@@ -2121,6 +2121,7 @@ def test_two_namesakes_without_id_numbers_registered_at_once_are_one(app, accoun
         assert conn.execute(text("SELECT count(*) FROM persons")).scalar_one() == 2
 
 
+@pytest.mark.engines("postgis")
 def test_a_registration_waiting_for_an_import_of_its_place_is_told_so(
     client, world, household, engine
 ):
@@ -2135,8 +2136,6 @@ def test_a_registration_waiting_for_an_import_of_its_place_is_told_so(
 
     from ..races import wait_until_waiting
 
-    if engine.dialect.name != "postgresql":
-        pytest.skip("an advisory lock of PostgreSQL")
     other = created(
         client.post(
             "/api/v1/persons",
