@@ -40,7 +40,9 @@ def reference_problem(value: str) -> str | None:
     if not _REFERENCE.fullmatch(value):
         return "1-40 letters, digits, '/', '_', '.' or '-' (a case, file or ticket number)"
     bare = value.upper()
-    if re.fullmatch(r"[0-9]{15}|[0-9]{17}[0-9X]", bare) or re.fullmatch(r"1[3-9][0-9]{9}", bare):
+    # A phone number is written with separators as often as without (138-1234-5678).
+    digits = re.sub(r"[/_.\-]", "", bare)
+    if re.fullmatch(r"[0-9]{15}|[0-9]{17}[0-9X]", bare) or re.fullmatch(r"1[3-9][0-9]{9}", digits):
         return "must not be an ID or phone number: the audit log keeps it for good"
     return None
 

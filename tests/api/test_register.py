@@ -1287,6 +1287,27 @@ def test_a_read_of_full_values_keeps_a_purpose_code_and_reference_never_free_tex
         assert part not in kept, part
 
 
+def test_a_reference_that_is_a_phone_number_written_with_separators_is_refused(
+    client, engine, world, household
+):
+    """A reference is kept for good in the audit log, so a phone number is refused as one;
+    but only as eleven bare digits: "138-1234-5678" (as phone numbers are written) or
+    "138.1234.5678" went through and were kept beside the resident's id. A case or file
+    number with the same separators is still taken."""
+    person = add_person(client, household["id"])
+    base = f"/api/v1/persons/{person['id']}"
+    for bad in ("138-1234-5678", "138.1234.5678", "138/1234/5678", "1381234_5678"):
+        r = client.get(
+            f"{base}/sensitive", query_string={"purpose_code": "audit", "reference": bad}
+        )
+        assert r.status_code == 422 and "reference" in r.get_json()["errors"]["query"], bad
+        r = client.delete(f"{base}?reason_code=deceased&reference={bad}")
+        assert r.status_code == 422 and "reference" in r.get_json()["errors"]["query"], bad
+    assert audit_rows(engine, "person.unmask") == []
+    ok = {"purpose_code": "case_handling", "reference": "320508-20261130-0003"}
+    assert client.get(f"{base}/sensitive", query_string=ok).status_code == 200
+
+
 def test_the_audit_trail_left_by_an_erasure_names_no_special_group(
     client, engine, world, household
 ):
