@@ -276,7 +276,7 @@ def move_deadlines(
     record of being given ``due_in`` rather than a moment.
     """
     from ..models import Case, CaseEvent, Category
-    from .cases import STAGE_DUE, add_event, next_seq
+    from .cases import STAGE_DUE, add_event
 
     days = changed_days(before, after)
     if not days:
@@ -318,6 +318,14 @@ def move_deadlines(
                 .group_by(CaseEvent.case_id)
             ).all()
         )
+        # The timeline rows numbered by one read of the chunk, not one per case moved.
+        last_seq = dict(
+            session.execute(
+                select(CaseEvent.case_id, func.max(CaseEvent.seq))
+                .where(CaseEvent.case_id.in_(chunk))
+                .group_by(CaseEvent.case_id)
+            ).all()
+        )
         for c in cases:
             column = STAGE_DUE.get(c.status)
             if column is None or c.overdue:  # moved on meanwhile (the lock waited for it)
@@ -342,7 +350,7 @@ def move_deadlines(
             add_event(
                 session,
                 c,
-                next_seq(session, c.id),
+                (last_seq.get(c.id) or 0) + 1,
                 "deadline_moved",
                 c.status,
                 actor,

@@ -198,3 +198,37 @@ def test_the_audit_row_of_a_large_move_names_only_the_first_cases(desk, session,
     if len(days) == 1:
         assert [(e["summary"]["cases"], e["summary"]["case_ids"]) for e in entry] == [(2, ids[:1])]
     assert all(d.timeline(cid)[-1]["action"] == "deadline_moved" for cid in ids)
+
+
+def test_an_edit_reads_the_timelines_of_the_cases_it_moves_per_batch_not_per_case(
+    desk, session, app
+):
+    """Each moved case's timeline row took a statement of its own to number it (and the
+    row's flush with it): a holiday set over a county's open cases sent three statements a
+    case, a hundred thousand cases held the edit's transaction for minutes. The rows are
+    numbered by one read per batch of cases, as the overdue job numbers its rows."""
+    from sqlalchemy import event
+
+    d = desk
+    ids = [d.report(category="0102")["id"] for _ in range(3)]
+    dues = [when(d.to_filed(cid)["deadlines"]["handle"]) for cid in ids]
+    tz = working_calendar(session, HOURS, ZONE).tz
+    days = sorted({due.astimezone(tz).date() for due in dues if due is not None})
+    engine = app.extensions["gridapi"].engine
+    numbered: list[str] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "max(case_events.seq)" in statement:
+            numbered.append(statement)
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        for day in days:  # one day, unless the cases were filed either side of a day's end
+            ok(d.admin.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert all(d.timeline(cid)[-1]["action"] == "deadline_moved" for cid in ids)
+    assert [[r["seq"] for r in d.timeline(cid)] for cid in ids] == [
+        list(range(1, len(d.timeline(cid)) + 1)) for cid in ids
+    ]
+    assert len(numbered) == len(days), numbered
