@@ -42,7 +42,9 @@ blp = Blueprint(
 
 _IF_MATCH_HEADER = if_match_header(
     "The case's ETag from the last read, as it came (a compressed answer's ends in `:gzip`). "
-    "Without it → 428; stale → 412.",
+    "Without it → 428; stale → 412, unless the only changes since were other reports attached "
+    "to the case as its duplicates: then the step is taken, judged on the case as it is now "
+    "(a reject or cancel refused for those duplicates, 409).",
     example='"42-3"',
     required=True,
 )
@@ -529,7 +531,9 @@ class Transitions(MethodView):
         scope; sign, return, feedback and request_extension also suit its assignee or a
         member of its department. An action the current state does not allow → 409 with
         `errors.allowed_actions`. A field only another action takes (not null) → 422 naming
-        it. Needs `If-Match` (428 without, 412 when stale).
+        it. Needs `If-Match` (428 without, 412 when stale; stale only by other reports attached
+        to the case as its duplicates since, it is taken, and the answer's `ETag` is the new
+        version).
 
         A step after which the caller may no longer read the case (a handler returning or
         escalating a sensitive case, an office escalating one above its area) answers 200

@@ -911,11 +911,14 @@ def transition(
     try:
         check_if_match(case_obj, if_match, noun="case", path="/api/v1/cases/{id}")
     except PreconditionFailed:
-        if data["action"] != "duplicate":
-            raise
-        _check_not_linked_meanwhile(session, caller, case_obj, data.get("duplicate_of"))
+        if data["action"] == "duplicate":
+            _check_not_linked_meanwhile(session, caller, case_obj, data.get("duplicate_of"))
+        # Residents' reports attached to the case as its duplicates meanwhile are no change
+        # the step would overwrite: taken, judged below on the case as it is now (a reject
+        # or cancel is refused for those duplicates, 409, as if they had been read).
         if not _changed_only_by_attachments(session, case_obj, if_match):
             raise
+    # Read after the lock: the duplicates attached since the caller's read count too.
     duplicates = duplicates_of(session, case_obj)
     action = data["action"]
     states, permission, _ = ACTIONS[action]
@@ -1057,7 +1060,12 @@ def _changed_only_by_attachments(session: Session, case_obj: Case, if_match: str
     sent again, the step was taken (A moving on to C with B). A duplicate step carries B's
     duplicates along, whatever they are, so it is taken at once. Each such change is one
     version and one timeline row of its own: the last (current - sent) rows are those changes
-    exactly, and any other step among them (any row of its own) leaves the 412."""
+    exactly, and any other step among them (any row of its own) leaves the 412.
+
+    Any other step of the case is let through the same way: in a busy township (a burst pipe
+    reported by ten residents) the office's every accept, dispatch or close was answered 412
+    while reports kept being attached to the case, changes it did not make and which leave
+    the case's state as it read it."""
     tags = parse_etag(if_match)
     if not isinstance(tags, list):
         return False

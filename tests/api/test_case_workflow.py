@@ -1715,6 +1715,78 @@ def test_an_if_match_stale_by_more_than_attachments_is_412(desk):
     assert (d.get(b)["status"], d.get(a)["duplicate_of"]) == ("accepted", b)
 
 
+def test_a_step_sent_before_reports_were_attached_is_taken(desk):
+    """A burst pipe reported by many residents: while the office accepts the first report,
+    others are closed as its duplicates, each a new version of it. The office's step, sent
+    with the ETag it had read, was answered 412 "the case changed since you read it" for
+    changes it did not make and which left the case's state as it read it: it is taken,
+    and the answer's ETag is the version it made."""
+    d = desk
+    b, a1, a2 = d.report(col=1)["id"], d.report()["id"], d.report()["id"]
+    read = d.get(b)
+    stale = d.etag(b)
+    d.act(d.office, a1, "duplicate", duplicate_of=b)
+    d.act(d.office, a2, "duplicate", duplicate_of=b)
+    r = transition(d.office, b, stale, "accept")
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert (body["status"], body["duplicates"]) == ("accepted", [a1, a2])
+    assert body["version"] == read["version"] + 3
+    assert r.headers["ETag"] == f'"{b}-{body["version"]}"' == d.etag(b)
+    assert [s[0] for s in d.steps(b)] == [
+        "report",
+        "duplicates_attached",
+        "duplicates_attached",
+        "accept",
+    ]
+    # The ETag it was given is the one to send next; the one it sent is stale now.
+    assert transition(d.office, b, stale, "file").status_code == 412
+    assert transition(d.office, b, r.headers["ETag"], "file").status_code == 200
+
+
+@pytest.mark.parametrize("action", ["reject", "cancel"])
+def test_a_reject_sent_before_a_report_was_attached_is_refused_for_it(desk, action):
+    """Taken past a stale If-Match, the step is judged on the case as it is now: a reject or
+    cancel of a case a report was attached to since the office read it is refused for that
+    duplicate (409, as when read after it), neither taken nor a 412."""
+    d = desk
+    original, copy = d.report(col=1)["id"], d.report()["id"]
+    stale = d.etag(original)
+    d.act(d.office, copy, "duplicate", duplicate_of=original)
+    before, steps = d.get(original), d.steps(original)
+    r = d.office.post(
+        f"/api/v1/cases/{original}/transitions",
+        json={"action": action, "comment": "无效信息"},
+        headers={"If-Match": stale},
+    )
+    assert r.status_code == 409, r.get_json()
+    body = r.get_json()
+    assert (body["code"], body["message"]) == (409, FOLLOWED_UP)
+    assert body["errors"]["duplicates"] == [copy]
+    assert not {"reject", "cancel"} & set(body["errors"]["allowed_actions"])
+    assert d.get(original) == before and d.steps(original) == steps
+    assert d.get(copy)["duplicate_of"] == original
+
+
+@pytest.mark.parametrize("accept_first", [True, False])
+def test_a_step_stale_by_an_attachment_and_a_step_is_412(desk, accept_first):
+    """Only attachments are let through: an If-Match stale also by a step of the case's own
+    (an accept, before or after the attachment) answers 412, and nothing changes."""
+    d = desk
+    b, a = d.report(col=1)["id"], d.report()["id"]
+    stale = d.etag(b)
+    if accept_first:
+        d.act(d.office, b, "accept")
+    d.act(d.office, a, "duplicate", duplicate_of=b)
+    if not accept_first:
+        d.act(d.office, b, "accept")
+    before, steps = d.get(b), d.steps(b)
+    r = transition(d.office, b, stale, "file")
+    assert r.status_code == 412, r.get_json()
+    assert r.headers["ETag"] == d.etag(b)
+    assert d.get(b) == before and d.steps(b) == steps
+
+
 # --- queues ---------------------------------------------------------------------------------
 
 
