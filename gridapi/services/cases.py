@@ -1079,13 +1079,20 @@ def _changed_only_by_attachments(session: Session, case_obj: Case, if_match: str
     missed = case_obj.version - max(sent)
     if not 0 < missed <= 50:
         return False
-    rows = session.scalars(
-        select(CaseEvent.action)
+    rows = session.execute(
+        select(CaseEvent.action, CaseEvent.at)
         .where(CaseEvent.case_id == case_obj.id)
         .order_by(CaseEvent.seq.desc())
         .limit(missed)
     ).all()
-    return len(rows) == missed and all(r in ATTACHMENT_ROWS for r in rows)
+    # A change that writes no row of its own (a category made sensitive: a new version of
+    # each of its cases) would leave rows written before the read to be counted: the last
+    # change was an attachment only when it also set the case's updated_at, to its row's time.
+    return (
+        len(rows) == missed
+        and all(r.action in ATTACHMENT_ROWS for r in rows)
+        and rows[0].at == case_obj.updated_at
+    )
 
 
 def next_seq(session: Session, case_id: int) -> int:

@@ -1787,6 +1787,24 @@ def test_a_step_stale_by_an_attachment_and_a_step_is_412(desk, accept_first):
     assert d.get(b) == before and d.steps(b) == steps
 
 
+def test_a_step_stale_by_a_change_without_a_timeline_row_is_412(desk):
+    """A change of the case that writes no timeline row of its own (its category made
+    sensitive: a new version of each of its cases) is no attachment, though the case's last
+    row is one (written before the caller's read): the stale If-Match answers 412."""
+    d = desk
+    b, a = d.report(col=1)["id"], d.report()["id"]
+    d.act(d.office, a, "duplicate", duplicate_of=b)
+    stale = d.etag(b)
+    category = d.get(b)["category"]["code"]
+    flip = d.admin.patch(f"/api/v1/categories/{category}", json={"sensitive": True})
+    assert flip.status_code == 200, flip.get_json()
+    assert d.etag(b) != stale
+    r = transition(d.office, b, stale, "accept")
+    assert r.status_code == 412, r.get_json()
+    assert r.headers["ETag"] == d.etag(b)
+    assert d.get(b)["status"] == "reported"
+
+
 # --- queues ---------------------------------------------------------------------------------
 
 
