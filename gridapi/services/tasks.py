@@ -320,17 +320,26 @@ def grid_rosters(session: Session, grids: Iterable[str], day: Any) -> dict[str, 
 
 
 def assigned_notice(
-    task_id: int, version: int, county_code: str, title: str, user_id: int
+    task_id: int,
+    version: int,
+    county_code: str,
+    title: str,
+    user_id: int,
+    *,
+    overdue: bool = False,
 ) -> dict[str, Any]:
     """Return the notification row telling ``user_id`` a task is theirs (a task given or
     handed to them, a campaign's task on their grid), as a case dispatched to a worker
-    queues one: in the transaction of the change, for the delivery channels."""
+    queues one: in the transaction of the change, for the delivery channels. A task handed
+    over already ``overdue`` says so: the overdue job told its earlier worker, and tells
+    nobody again until a new deadline passes."""
+    late = "（已超过期限）" if overdue else ""
     return {
         "county_code": county_code,
         "task_id": task_id,
         "kind": f"task_assigned:{task_id}:{version}:{user_id}"[:64],
         "user_id": user_id,
-        "message": f"任务「{title[:100]}」派给您",
+        "message": f"任务「{title[:100]}」派给您{late}",
     }
 
 
@@ -582,7 +591,9 @@ def reassign_task(
     task.updated_at = now
     flush_versioned(session, "task")
     if new_id is not None:
-        notice = assigned_notice(task.id, task.version, task.county_code, task.title, new_id)
+        notice = assigned_notice(
+            task.id, task.version, task.county_code, task.title, new_id, overdue=task.overdue
+        )
         session.add(Notification(**notice))
     return task, previous
 

@@ -708,6 +708,28 @@ def task_notices(who: Any) -> list[tuple[str, int, str]]:
     return [(i["kind"], i["task_id"], i["message"]) for i in items]
 
 
+def test_a_task_handed_over_while_overdue_tells_its_new_worker_so(people, app):
+    """The overdue job tells a late task's worker once per deadline: handed to another
+    worker without a new deadline, the task stays overdue and its new worker was told only
+    "派给您", as if it were on time. The notice now says it is late; with a new deadline
+    it does not."""
+    office = people["office"]
+    ids = people["ids"]
+    late = new_task(office, title="走访独居老人", assignee_id=ids["worker1"])
+    on_time = new_task(office, title="排查", assignee_id=ids["worker1"])
+    later = datetime.now(UTC) + timedelta(days=10)
+    st = app.extensions["gridapi"]
+    assert [r.counts for r in run_jobs(st.sessions, later, jobs=["tasks"])] == [{"overdue": 2}]
+    ok(step(office, late["id"], "reassign", {"assignee_id": ids["worker2"]}))
+    due = (later + timedelta(days=5)).isoformat()
+    ok(step(office, on_time["id"], "reassign", {"assignee_id": ids["worker2"], "due_at": due}))
+    assert ok(people["worker2"].get(f"/api/v1/tasks/{late['id']}"))["overdue"] is True
+    assert task_notices(people["worker2"]) == [
+        ("task_assigned", late["id"], "任务「走访独居老人」派给您（已超过期限）"),
+        ("task_assigned", on_time["id"], "任务「排查」派给您"),
+    ]
+
+
 def test_an_overdue_task_tells_its_assignee_and_the_office_that_issued_it_once(
     people, accounts, app, engine
 ):
