@@ -47,22 +47,32 @@ def reference_problem(value: str) -> str | None:
     return None
 
 
-def purpose_summary(args: dict[str, Any]) -> dict[str, Any]:
-    """Return what the audit log keeps of a stated purpose (``purpose_code``, ``reference``,
-    deprecated ``purpose``): the code and reference, never free text. An empty dict when no
-    purpose was stated (a masked export)."""
-    code = args.get("purpose_code")
-    text = args.get("purpose")
-    if code is None and text is None:
-        return {}
+def coded_summary(
+    args: dict[str, Any], code_key: str, text_key: str, codes: tuple[str, ...]
+) -> dict[str, Any]:
+    """Return what the audit log keeps of a coded statement (``code_key``, ``reference``,
+    deprecated free text ``text_key``): the code and reference, never free text. A text
+    that is one of ``codes`` is that code; any other is ``other``, with only the fact that
+    a text was given. Used for purposes and for erasures' reasons."""
+    code = args.get(code_key)
+    text = args.get(text_key)
     if code is None:
-        code = text if text in PURPOSES else "other"
-    summary: dict[str, Any] = {"purpose_code": code}
+        code = text if text in codes else "other"
+    summary: dict[str, Any] = {code_key: code}
     if args.get("reference"):
         summary["reference"] = args["reference"]
-    if text is not None and text not in PURPOSES:
-        summary["purpose"] = GIVEN
+    if text is not None and text not in codes:
+        summary[text_key] = GIVEN
     return summary
+
+
+def purpose_summary(args: dict[str, Any]) -> dict[str, Any]:
+    """Return what the audit log keeps of a stated purpose (``purpose_code``, ``reference``,
+    deprecated ``purpose``): ``coded_summary``. An empty dict when no purpose was stated (a
+    masked export)."""
+    if args.get("purpose_code") is None and args.get("purpose") is None:
+        return {}
+    return coded_summary(args, "purpose_code", "purpose", PURPOSES)
 
 
 def stored_purpose(args: dict[str, Any]) -> str | None:

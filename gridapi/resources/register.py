@@ -21,7 +21,7 @@ from ..jsonio import dumps_bytes
 from ..limits import count_lookup
 from ..models import AuditEntry, House, Household
 from ..models.register import ERASE_REASONS
-from ..purposes import purpose_summary
+from ..purposes import coded_summary, purpose_summary
 from ..schemas.register import (
     AccessExportSchema,
     EraseArgsSchema,
@@ -541,19 +541,9 @@ class PersonById(MethodView):
 
 def erasure_summary(args: dict[str, Any]) -> dict[str, Any]:
     """Return what the audit log keeps of an erasure's reason: its code and reference, never
-    free text. A ``reason`` that is a code is that code; any other text is ``other``, with
-    only the fact that a text was given (it stayed in the append-only log for good, beside
-    the ids of the resident it could name)."""
-    code = args.get("reason_code")
-    text = args.get("reason")
-    if code is None:
-        code = text if text in ERASE_REASONS else "other"
-    summary: dict[str, Any] = {"reason_code": code}
-    if args.get("reference"):
-        summary["reference"] = args["reference"]
-    if text is not None and text not in ERASE_REASONS:
-        summary["reason"] = "(given)"
-    return summary
+    free text (``coded_summary``: the free text stayed in the append-only log for good,
+    beside the ids of the resident it could name)."""
+    return coded_summary(args, "reason_code", "reason", ERASE_REASONS)
 
 
 def _unmask_audit(action: str, person, args: dict[str, Any]) -> AuditEntry:  # type: ignore[no-untyped-def]
