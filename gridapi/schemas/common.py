@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
 
 class StrictBool(fields.Boolean):
@@ -233,10 +233,23 @@ class GeoJSONGeometry(fields.Dict):
 
 
 class PointSchema(StrictSchema):
+    """A GeoJSON Point. A position may carry an altitude as its third element (RFC 7946
+    §3.1.1: phones' location APIs and GeoJSON writers add it); it is read and dropped, the
+    point is [lon, lat]. Four elements or more are refused (their meaning is unspecified)."""
+
     type = fields.String(required=True, validate=validate.Equal("Point"))
     coordinates = fields.List(
         fields.Float(allow_nan=False),
         required=True,
-        validate=validate.Length(equal=2),
-        metadata={"description": "[lon, lat] in WGS-84 (EPSG:4326)."},
+        validate=validate.Length(min=2, max=3),
+        metadata={
+            "description": "[lon, lat] in WGS-84 (EPSG:4326); an altitude given as a third "
+            "element is accepted and ignored."
+        },
     )
+
+    @post_load
+    def _without_altitude(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if len(data["coordinates"]) > 2:
+            data["coordinates"] = data["coordinates"][:2]
+        return data

@@ -114,6 +114,33 @@ def test_report_in_chinese_coordinates_is_routed_after_conversion(client, world,
     assert abs(got_lon - lon) < 1e-6 and abs(got_lat - lat) < 1e-6
 
 
+def test_a_position_with_an_altitude_is_reported_and_the_altitude_dropped(client, world, session):
+    """RFC 7946 lets a position carry an altitude; phones' GeoJSON writers add it. A report
+    with one was refused 422 ("Length must be 2") and the phone's queue kept retrying it."""
+    lon, lat = center(0)
+    r = client.post(
+        "/api/v1/cases",
+        json=report_body(lon, lat, crs="wgs84")
+        | {"location": {"type": "Point", "coordinates": [lon, lat, 12.5]}},
+    )
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert body["grid"]["code"] == A1
+    assert body["location"]["coordinates"] == [lon, lat]
+    assert body["reported_location"] == {"coordinates": [lon, lat], "crs": "wgs84"}
+    stored = session.execute(text("SELECT lon, lat FROM cases WHERE id = :i"), {"i": body["id"]})
+    assert tuple(stored.one()) == (lon, lat)
+    # Four elements have no agreed meaning: refused, in the one error shape, nothing stored.
+    four = client.post(
+        "/api/v1/cases",
+        json=report_body(lon, lat)
+        | {"location": {"type": "Point", "coordinates": [lon, lat, 12.5, 3.0]}},
+    )
+    assert four.status_code == 422
+    assert four.get_json()["errors"]["json"]["location"]["coordinates"]
+    assert session.execute(text("SELECT count(*) FROM cases")).scalar() == 1
+
+
 def test_a_point_outside_every_grid_is_kept_in_the_region_intake_queue(client, world):
     # Inside the township's boundary but north of every grid and community: no grid, no
     # community; the township takes it.
