@@ -38,6 +38,7 @@ OUR_TABLES = {
     "case_counters",
     "idempotency_keys",
     "notifications",
+    "notification_read_marks",
 }
 
 

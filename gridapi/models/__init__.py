@@ -8,6 +8,7 @@ from .cases import (
     CaseEvent,
     IdempotencyKey,
     Notification,
+    NotificationReadMark,
 )
 from .categories import CalendarDay, CalendarYear, Category
 from .exports import ExportJob
@@ -51,6 +52,7 @@ __all__ = [
     "IdempotencyKey",
     "IndexGeneration",
     "Notification",
+    "NotificationReadMark",
     "Patrol",
     "PatrolCheckin",
     "PatrolFinding",

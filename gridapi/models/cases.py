@@ -386,3 +386,25 @@ class Notification(Base):
             postgresql_where=text("task_id IS NOT NULL"),
         ),
     )
+
+
+class NotificationReadMark(Base):
+    """How far a person has read their inbox: the highest notification id they marked read
+    (``PUT /me/notifications/read``), one mark for every device and the web console, which
+    only moves forward. An account that never marked has no row (mark 0).
+
+    One row per account, read and written by ``user_id`` alone, never by county: like
+    ``users`` and ``refresh_tokens`` it grows with accounts, not with people or cases, and
+    has no county code (an account of a city, or of the whole system, has none); see
+    docs/scaling.md. No time of reading is kept: when a worker read their notices is
+    nothing a function needs.
+    """
+
+    __tablename__ = "notification_read_marks"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    read_up_to: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (CheckConstraint("read_up_to >= 0", name="read_up_to"),)

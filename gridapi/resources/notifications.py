@@ -8,9 +8,9 @@ from flask.views import MethodView
 from marshmallow import fields, validate
 from webargs.fields import DelimitedList
 
-from ..auth import Forbidden, current_principal
-from ..extensions import db_session
-from ..schemas.common import StrictSchema
+from ..auth import Forbidden, Principal, current_principal
+from ..extensions import commit, db_session
+from ..schemas.common import ID32, StrictSchema
 from ..services import cases as cases_svc
 from ..services import notifications as svc
 from .blueprint import Blueprint
@@ -24,17 +24,7 @@ blp = Blueprint(
 )
 
 
-class InboxArgsSchema(StrictSchema):
-    after = fields.Integer(
-        load_default=0,
-        validate=validate.Range(min=0),
-        metadata={"description": "The last id the phone has: only later notifications."},
-    )
-    limit = fields.Integer(
-        load_default=100,
-        validate=validate.Range(min=1, max=500),
-        metadata={"description": "At most this many (1-500)."},
-    )
+class AboutArgsSchema(StrictSchema):
     about = DelimitedList(
         fields.String(validate=validate.OneOf(svc.ABOUT)),
         # No load_default: the spec would show it joined ("case"), not as the array it is.
@@ -47,6 +37,52 @@ class InboxArgsSchema(StrictSchema):
             "example": ["case", "task"],
         },
     )
+
+
+class InboxArgsSchema(AboutArgsSchema):
+    after = fields.Integer(
+        load_default=0,
+        validate=validate.Range(min=0),
+        metadata={"description": "The last id the phone has: only later notifications."},
+    )
+    limit = fields.Integer(
+        load_default=100,
+        validate=validate.Range(min=1, max=500),
+        metadata={"description": "At most this many (1-500)."},
+    )
+
+
+class ReadMarkArgsSchema(AboutArgsSchema):
+    """The kinds the answer's ``unread`` counts (as the inbox's ``about``)."""
+
+
+class MarkReadSchema(StrictSchema):
+    up_to = fields.Integer(
+        required=True,
+        # An id: 32 bits, as the column (a larger one was a field-less 422 on PostgreSQL).
+        validate=validate.Range(min=0, max=ID32.max),
+        metadata={
+            "description": "The id of the last notification read (an item's `id`, or the "
+            "list's `last_id`). The mark moves to the last of your notifications at or "
+            "below it (a larger id marks all you have; never one you cannot read), and never "
+            "backwards.",
+            "example": 42,
+        },
+    )
+
+
+_READ_UP_TO = {
+    "description": "Your read mark, kept by the server for every device: the id of the "
+    "last notification you marked read (0: none). `after=read_up_to` lists the unread.",
+    "example": 42,
+}
+_UNREAD = {
+    "description": f"How many of the notifications this list would show (same `about`, "
+    f"only of what you may read now) lie above `read_up_to`, counted up to "
+    f"{svc.UNREAD_CAP}: {svc.UNREAD_CAP} means that many or more (show "
+    f'"{svc.UNREAD_CAP - 1}+").',
+    "example": 3,
+}
 
 
 class NotificationSchema(StrictSchema):
@@ -96,6 +132,24 @@ class InboxSchema(StrictSchema):
         allow_none=True,
         metadata={"description": "The id to send as `after` next (null: nothing new)."},
     )
+    read_up_to = fields.Integer(required=True, metadata=_READ_UP_TO)
+    unread = fields.Integer(required=True, metadata=_UNREAD)
+
+
+class ReadMarkSchema(StrictSchema):
+    read_up_to = fields.Integer(required=True, metadata=_READ_UP_TO)
+    unread = fields.Integer(required=True, metadata=_UNREAD)
+
+
+def _person() -> Principal:
+    """Return the caller, a person; raise Forbidden for an app."""
+    principal = current_principal()
+    if principal.kind != "user":
+        raise Forbidden(
+            "Notifications are for people's accounts; an app subscribes to webhooks "
+            "(docs/webhooks.md)."
+        )
+    return principal
 
 
 @blp.route("/me/notifications")
@@ -110,8 +164,11 @@ class Inbox(MethodView):
         account (a case dispatched to you, its overdue and supervision notices, a rework),
         or to the unit of your scope region (a case escalated, transferred or handed down to
         it, an extension asked of it). Only cases you may read now. Oldest first, after the
-        id `after`: keep the last id you have (`last_id`) and ask for what came after it;
-        what you have read is what lies up to it.
+        id `after`: keep the last id you have (`last_id`) and ask for what came after it.
+
+        The answer also says how far you have read on any device (`read_up_to`, the mark
+        moved by `PUT /me/notifications/read`) and how many of these notifications lie
+        above it (`unread`, counted up to 1000). Listing moves no mark.
 
         With `about=case,task` (or `task`), also those of tasks you may read now: a task
         given to you (`task_assigned`), a task of yours, or one your unit issued, past its
@@ -119,22 +176,42 @@ class Inbox(MethodView):
         case (`case_id` null); without `about` only cases' are listed, as before.
         For people's accounts; an app (API key) subscribes to webhooks instead (403).
         """
-        principal = current_principal()
-        if principal.kind != "user":
-            raise Forbidden(
-                "Notifications are for people's accounts; an app subscribes to webhooks "
-                "(docs/webhooks.md)."
-            )
+        principal = _person()
         session = db_session()
         caller = cases_svc.caller_of(session, principal)
-        items = svc.inbox(
-            session,
-            caller,
-            after=args["after"],
-            limit=args["limit"],
-            about=args.get("about", ["case"]),
-        )
+        about = args.get("about", ["case"])
+        items = svc.inbox(session, caller, after=args["after"], limit=args["limit"], about=about)
+        mark = svc.read_mark(session, principal.id)
         return {
             "items": [asdict(item) for item in items],
             "last_id": items[-1].id if items else None,
+            "read_up_to": mark,
+            "unread": svc.unread(session, caller, above=mark, about=about),
         }
+
+
+@blp.route("/me/notifications/read")
+class InboxReadMark(MethodView):
+    @blp.requires("cases:read")
+    @blp.arguments(ReadMarkArgsSchema, location="query")
+    @blp.arguments(MarkReadSchema)
+    @blp.response(200, ReadMarkSchema)
+    def put(self, args, data):
+        """Mark my notifications read up to an id (for every device)
+
+        Moves the read mark the server keeps for your account, which every device and the
+        web console read back from the inbox (`read_up_to`, `unread`). The mark moves to the
+        last of your notifications (cases' and tasks', of what you may read now) at or below
+        `up_to`: an id beyond yours marks all you have, and never a notification you cannot
+        read; it never moves backwards (an older id changes nothing, and answers the mark as
+        it is). Sending the same id again answers the same. Returns the mark and how many
+        notifications of `about` (default case) lie above it. Not audited: a read mark is no
+        read of anyone's data. For people's accounts; an app (API key) gets 403.
+        """
+        principal = _person()
+        session = db_session()
+        caller = cases_svc.caller_of(session, principal)
+        mark = svc.mark_read(session, caller, data["up_to"])
+        unread = svc.unread(session, caller, above=mark, about=args.get("about", ["case"]))
+        commit()
+        return {"read_up_to": mark, "unread": unread}

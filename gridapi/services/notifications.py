@@ -19,6 +19,15 @@ The inbox lists them only when asked (``about`` names ``task``): its items named
 always, and a phone written for that must not meet one that names none. Only tasks the
 reader may read now (``tasks.task_visible``: a task handed to another worker out of their
 reach is not listed).
+
+The server keeps one read mark per account (``notification_read_marks``): the highest id
+the person marked read, from any device. It moves forward only, and only to the id of a
+notification the person may read now (``mark_read``: an id beyond theirs is clamped to the
+last of theirs at or below it), so no one marks rows they do not know of. One mark covers
+both kinds: a phone that lists only cases' and marks up to its last has read the tasks'
+below it too. ``unread`` counts, by the list's own rule and ``about``, the notifications
+above the mark, up to ``UNREAD_CAP``: a worker with years of notices never marked costs a
+bounded count, not a scan of them all.
 """
 
 from __future__ import annotations
@@ -26,15 +35,20 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from ..models import Case, Notification, Task, User
+from ..models import Case, Notification, NotificationReadMark, Task, User
 from .cases import Caller, visible_condition
+from .patrols import dialect_insert
 from .tasks import task_visible
 
 ABOUT = ("case", "task")
+#: ``unread`` counts at most this many: the count of a worker who never marked stays cheap.
+#: An app shows it as "999+".
+UNREAD_CAP = 1000
 
 
 @dataclass(frozen=True)
@@ -55,18 +69,11 @@ def base_kind(kind: str) -> str:
     return kind.split(":", 1)[0]
 
 
-def inbox(
-    session: Session,
-    caller: Caller,
-    *,
-    after: int,
-    limit: int,
-    about: Collection[str] = ("case",),
-) -> list[Item]:
-    """Return the caller's notifications with an id above ``after``, oldest first: those of
-    cases, and of tasks when ``about`` names them (each only of what the caller may read)."""
+def _feed(session: Session, caller: Caller, about: Collection[str]) -> Select[Any] | None:
+    """Return the caller's notifications (with their case's number and task's title) of the
+    kinds ``about`` names that they may read now, unordered; None when it names none."""
     principal = caller.principal
-    addressed = [Notification.user_id == principal.id]
+    addressed: list[ColumnElement[bool]] = [Notification.user_id == principal.id]
     region = session.scalar(select(User.scope_region_code).where(User.id == principal.id))
     if region:
         # Whatever ``user_id`` is: an overdue or supervision notice is one row addressed to
@@ -79,14 +86,30 @@ def inbox(
     if "task" in about:
         readable.append(and_(Task.id.is_not(None), task_visible(principal)))
     if not readable:
-        return []
-    rows = session.execute(
+        return None
+    return (
         select(Notification, Case.number, Task.title)
         .outerjoin(Case, Case.id == Notification.case_id)
         .outerjoin(Task, Task.id == Notification.task_id)
-        .where(or_(*addressed), Notification.id > after, or_(*readable))
-        .order_by(Notification.id)
-        .limit(limit)
+        .where(or_(*addressed), or_(*readable))
+    )
+
+
+def inbox(
+    session: Session,
+    caller: Caller,
+    *,
+    after: int,
+    limit: int,
+    about: Collection[str] = ("case",),
+) -> list[Item]:
+    """Return the caller's notifications with an id above ``after``, oldest first: those of
+    cases, and of tasks when ``about`` names them (each only of what the caller may read)."""
+    feed = _feed(session, caller, about)
+    if feed is None:
+        return []
+    rows = session.execute(
+        feed.where(Notification.id > after).order_by(Notification.id).limit(limit)
     ).all()
     return [
         Item(
@@ -102,3 +125,61 @@ def inbox(
         )
         for n, number, title in rows
     ]
+
+
+def read_mark(session: Session, user_id: int) -> int:
+    """Return the highest notification id the account marked read (0: none)."""
+    mark = session.scalar(
+        select(NotificationReadMark.read_up_to).where(NotificationReadMark.user_id == user_id)
+    )
+    return mark or 0
+
+
+def unread(
+    session: Session, caller: Caller, *, above: int, about: Collection[str] = ("case",)
+) -> int:
+    """Return how many of the caller's notifications the inbox would list after ``above``
+    (same rule, same ``about``), counted up to ``UNREAD_CAP``."""
+    feed = _feed(session, caller, about)
+    if feed is None:
+        return 0
+    ids = (
+        feed.with_only_columns(Notification.id)
+        .where(Notification.id > above)
+        .limit(UNREAD_CAP)
+        .subquery()
+    )
+    return session.scalar(select(func.count()).select_from(ids)) or 0
+
+
+def mark_read(session: Session, caller: Caller, up_to: int) -> int:
+    """Move the caller's read mark up to ``up_to``, clamped to the last notification at or
+    below it that they may read now (of cases or tasks); return the mark.
+
+    Never backwards: a mark at or above ``up_to`` stays, also against a concurrent request
+    that moved it further (the upsert keeps the higher). Nothing of theirs in between
+    leaves it where it is.
+    """
+    user_id = caller.principal.id
+    current = read_mark(session, user_id)
+    if up_to <= current:
+        return current
+    feed = _feed(session, caller, ABOUT)
+    assert feed is not None  # ABOUT names every kind
+    last = session.scalar(
+        feed.with_only_columns(func.max(Notification.id)).where(
+            Notification.id > current, Notification.id <= up_to
+        )
+    )
+    if last is None:
+        return current
+    insert = dialect_insert(session)
+    stmt = insert(NotificationReadMark).values(user_id=user_id, read_up_to=last)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["user_id"],
+            set_={"read_up_to": stmt.excluded.read_up_to},
+            where=NotificationReadMark.read_up_to < stmt.excluded.read_up_to,
+        )
+    )
+    return read_mark(session, user_id)

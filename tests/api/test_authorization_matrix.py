@@ -769,6 +769,10 @@ REQUESTS: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/health/jobs"): Case(plain, out=None),
     # the caller's own inbox: addressed to the caller, of cases the caller reads
     ("GET", "/api/v1/me/notifications"): Case(plain, out=None),
+    # the caller's own read mark: clamped to the caller's own notifications
+    ("PUT", "/api/v1/me/notifications/read"): Case(
+        lambda c: Call(json={"up_to": MISSING_ID}), out=None
+    ),
     ("POST", "/api/v1/auth/token"): Case(sign_in, out=None),
     ("POST", "/api/v1/auth/refresh"): Case(refresh, out=None),
     # the caller itself
