@@ -77,8 +77,8 @@ _READ_UP_TO = {
     "example": 42,
 }
 _UNREAD = {
-    "description": f"How many of the notifications this list would show (same `about`, "
-    f"only of what you may read now) lie above `read_up_to`, counted up to "
+    "description": f"How many of your notifications the inbox lists with this `about` "
+    f"(default case; only of what you may read now) lie above `read_up_to`, counted up to "
     f"{svc.UNREAD_CAP}: {svc.UNREAD_CAP} means that many or more (show "
     f'"{svc.UNREAD_CAP - 1}+").',
     "example": 3,
