@@ -7,7 +7,7 @@ marked read (``PUT /api/v1/me/notifications/read``). An account without a row ha
 nothing (mark 0). The table grows with accounts, as ``users`` and ``refresh_tokens`` do,
 and carries no county code (docs/scaling.md).
 
-Revision ID: 0049_inbox
+Revision ID: 0049
 Revises: 0048
 Create Date: 2026-12-01
 """
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0049_inbox"
+revision = "0049"
 down_revision = "0048"
 branch_labels = None
 depends_on = None
