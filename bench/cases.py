@@ -1690,6 +1690,7 @@ def record_summary(
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DB_NAME
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -1705,7 +1706,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--admin-url",
         default=os.environ.get("GRIDAPI_BENCH_ADMIN_URL", routing.ADMIN_URL),
-        help="a PostgreSQL database to create gridapi_bench_cases from",
+        help="a PostgreSQL database to create the benchmark database (--database) from",
     )
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument(
@@ -1746,7 +1747,16 @@ def main(argv: list[str] | None = None) -> int:
         "< 15%% of the cores (a shared machine); 0: never wait (default)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database")
+    parser.add_argument(
+        "--database",
+        default=DB_NAME,
+        help="the database to (re)create, named gridapi_bench_* (default %(default)s): "
+        "two runs on one server need one each, since each drops its own",
+    )
     args = parser.parse_args(argv)
+    if not args.database.startswith("gridapi_bench_"):
+        parser.error("--database must be named gridapi_bench_* (it is dropped and recreated)")
+    DB_NAME = args.database  # read by the CPU counters and the set-up below
     QUIET["max_wait_s"] = args.wait_quiet
     if args.workers <= 0:
         from gridapi.config import Settings
