@@ -154,12 +154,14 @@ def test_an_edit_does_not_make_a_case_overdue(desk, session, engine):
     now = datetime.now(UTC)
     tz = working_calendar(session, HOURS, ZONE).tz
     start = (now - timedelta(days=20)).astimezone(tz)
+    # Every weekday since the start a holiday, today too: with today a working day the
+    # deadline fell at its 17:30 and the test failed when run after that (09:30 UTC).
     past = [
         start.date() + timedelta(days=n)
-        for n in range(1, (now.astimezone(tz).date() - start.date()).days)
+        for n in range(1, (now.astimezone(tz).date() - start.date()).days + 1)
         if (start.date() + timedelta(days=n)).weekday() < 5
     ]
-    for day in past:  # every weekday since the start a holiday
+    for day in past:
         ok(d.admin.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
     session.rollback()
     due = working_calendar(session, HOURS, ZONE).add_working_days(start, 1).astimezone(UTC)
