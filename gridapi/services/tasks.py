@@ -262,11 +262,12 @@ def assignee_in_scope(session: Session, user_id: int, scope: Scope, field: str) 
     return row[0]
 
 
-def grid_workers(session: Session, region: str, grids: set[str], day: Any) -> dict[str, int]:
-    """Return, for each grid of ``grids`` (all below ``region``), the worker a campaign task
-    goes to: on the grid's roster on ``day``, active, in a role that completes tasks; the
-    one whose primary grid it is first, then the lowest role (a worker before a chief), then
-    the oldest account. Grids with nobody are left out."""
+def _rosters(
+    session: Session, day: Any, where: ColumnElement[bool]
+) -> list[tuple[str, bool, int, int]]:
+    """Return (grid, primary, user id, role rank) of every assignment of the grids ``where``
+    selects that holds on ``day``, of an active account in a role that completes tasks: the
+    workers who may take a task left to the grid."""
     rows = session.execute(
         select(
             GridAssignment.grid_code,
@@ -277,15 +278,24 @@ def grid_workers(session: Session, region: str, grids: set[str], day: Any) -> di
         )
         .join(User, User.id == GridAssignment.user_id)
         .join(Role, Role.name == User.role_name)
-        .where(
-            starts_with(GridAssignment.grid_code, subtree_prefix(region)),
-            assignment_holds_on(day),
-            User.is_active.is_(True),
-        )
+        .where(where, assignment_holds_on(day), User.is_active.is_(True))
     ).all()
+    return [
+        (grid, primary, user_id, rank)
+        for grid, primary, user_id, rank, permissions in rows
+        if "tasks:complete" in (permissions or [])
+    ]
+
+
+def grid_workers(session: Session, region: str, grids: set[str], day: Any) -> dict[str, int]:
+    """Return, for each grid of ``grids`` (all below ``region``), the worker a campaign task
+    goes to: on the grid's roster on ``day``, active, in a role that completes tasks; the
+    one whose primary grid it is first, then the lowest role (a worker before a chief), then
+    the oldest account. Grids with nobody are left out."""
+    in_region = starts_with(GridAssignment.grid_code, subtree_prefix(region))
     best: dict[str, tuple[tuple[int, int, int], int]] = {}
-    for grid, primary, user_id, rank, permissions in rows:
-        if grid not in grids or "tasks:complete" not in (permissions or []):
+    for grid, primary, user_id, rank in _rosters(session, day, in_region):
+        if grid not in grids:
             continue
         key = (0 if primary else 1, rank, user_id)
         if grid not in best or key < best[grid][0]:
@@ -300,19 +310,9 @@ def grid_rosters(session: Session, grids: Iterable[str], day: Any) -> dict[str, 
     grids = sorted(set(grids))
     rosters: dict[str, set[int]] = defaultdict(set)
     for start in range(0, len(grids), 1000):
-        rows = session.execute(
-            select(GridAssignment.grid_code, User.id, Role.permissions)
-            .join(User, User.id == GridAssignment.user_id)
-            .join(Role, Role.name == User.role_name)
-            .where(
-                GridAssignment.grid_code.in_(grids[start : start + 1000]),
-                assignment_holds_on(day),
-                User.is_active.is_(True),
-            )
-        ).all()
-        for grid, user_id, permissions in rows:
-            if "tasks:complete" in (permissions or []):
-                rosters[grid].add(user_id)
+        chunk = GridAssignment.grid_code.in_(grids[start : start + 1000])
+        for grid, _, user_id, _ in _rosters(session, day, chunk):
+            rosters[grid].add(user_id)
     return {grid: sorted(ids) for grid, ids in rosters.items()}
 
 
