@@ -764,7 +764,7 @@ def _my_tasks_place(cursor: str, days: int) -> Place:
 def flag_overdue_tasks(session: Session, now: datetime) -> int:
     """Mark overdue every open task whose deadline is before ``now``: ``overdue``,
     ``overdue_since`` (the deadline), a new version; and tell its assignee (or, left to its
-    grid, the grid's workers) and the office that issued it (``overdue_notices``). Returns how many were marked; a second run marks
+    grid, the grid's workers; left to its region, the region's unit) and the office that issued it (``overdue_notices``). Returns how many were marked; a second run marks
     none. Flushes, never commits.
 
     On PostgreSQL a task another transaction holds at that moment (a worker completing it, an
@@ -803,6 +803,7 @@ def flag_overdue_tasks(session: Session, now: datetime) -> int:
                 Task.due_at,
                 Task.assignee_id,
                 Task.grid_code,
+                Task.region_code,
                 Task.created_by,
             )
             .execution_options(synchronize_session="fetch")
@@ -843,13 +844,16 @@ def _issuing_offices(session: Session, issuers: Iterable[str]) -> dict[str, tupl
 
 def overdue_notices(session: Session, tasks: Iterable[Any], now: datetime) -> list[dict[str, Any]]:
     """Return the notification rows telling that each task (rows with ``id``,
-    ``county_code``, ``title``, ``due_at``, ``assignee_id``, ``grid_code``, ``created_by``)
-    passed its deadline: one to its assignee (kind ``overdue:assignee:<deadline>``); for a
-    task left to its grid, one to each worker on the grid's roster on the day of ``now``
-    (``overdue:grid:<deadline>:<user id>``, as a task given to a worker tells their
-    account); and one to the office that issued it (``overdue:office:<deadline>``: the unit
-    of the issuer's scope region, or an unrestricted issuer's own account). The kinds name
-    the deadline: a task given a new deadline is told again when that passes."""
+    ``county_code``, ``title``, ``due_at``, ``assignee_id``, ``grid_code``,
+    ``region_code``, ``created_by``) passed its deadline: one to its assignee (kind
+    ``overdue:assignee:<deadline>``); for a task left to its grid, one to each worker on
+    the grid's roster on the day of ``now`` (``overdue:grid:<deadline>:<user id>``, as a
+    task given to a worker tells their account); for a task left to its region (no grid,
+    no assignee), one to the unit of that region (``overdue:region:<deadline>``: every
+    account whose scope region it is, those who may take it), unless that unit issued it;
+    and one to the office that issued it (``overdue:office:<deadline>``: the unit of the
+    issuer's scope region, or an unrestricted issuer's own account). The kinds name the
+    deadline: a task given a new deadline is told again when that passes."""
     tasks = list(tasks)
     offices = _issuing_offices(session, {t.created_by for t in tasks})
     left_to_grid = {t.grid_code for t in tasks if t.assignee_id is None and t.grid_code}
@@ -872,6 +876,11 @@ def overdue_notices(session: Session, tasks: Iterable[Any], now: datetime) -> li
                 to_worker = {"kind": f"overdue:grid:{stamp}:{user_id}", "user_id": user_id}
                 rows.append({**base, **to_worker, "region_code": None})
         office = offices.get(t.created_by)
+        if t.assignee_id is None and not t.grid_code and office != ("region", t.region_code):
+            # Left to its region: its unit (the office of exactly that region, whose people
+            # may take it) is told, unless it issued the task and hears of it below.
+            to_unit = {"kind": f"overdue:region:{stamp}", "user_id": None}
+            rows.append({**base, **to_unit, "region_code": t.region_code})
         if office is not None:
             kind, to = office
             to_office = {

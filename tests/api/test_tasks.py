@@ -803,6 +803,29 @@ def test_an_overdue_task_left_to_its_grid_tells_the_grids_workers_once(people, a
     assert task_notices(worker1) == task_notices(partner) == task_notices(office) == told
 
 
+def test_an_overdue_task_left_to_its_region_tells_the_regions_unit_once(people, accounts, app):
+    """A task given to a community (no grid, no worker) that went overdue told only the
+    office that issued it: the community's own office, whose people may take it, never
+    heard. The unit of the region is told now, once per deadline; a task the unit issued
+    itself is told to it once, as the issuer."""
+    office, worker1 = people["office"], people["worker1"]
+    community = accounts.client("community", "community_officer", scope_region=COMMUNITY_A)
+    neighbour = accounts.client("neighbour", "community_officer", scope_region=COMMUNITY_B)
+    task = new_task(office, title="排查", region=COMMUNITY_A)
+    own = new_task(community, title="走访", region=COMMUNITY_A)
+    later = datetime.now(UTC) + timedelta(days=10)
+    sessions = app.extensions["gridapi"].sessions
+    assert [r.counts for r in run_jobs(sessions, later, jobs=["tasks"])] == [{"overdue": 2}]
+    told = ("overdue", task["id"], "任务「排查」已超过期限")
+    assert task_notices(community) == [told, ("overdue", own["id"], "任务「走访」已超过期限")]
+    assert task_notices(office) == [told]
+    assert task_notices(worker1) == task_notices(neighbour) == []
+    with sessions.begin() as session:  # as if a second worker had not seen the first's flag
+        session.execute(update(Task).values(overdue=False))
+    assert [r.counts for r in run_jobs(sessions, later, jobs=["tasks"])] == [{"overdue": 2}]
+    assert len(task_notices(community)) == 2 and task_notices(office) == [told]
+
+
 def test_an_overdue_task_an_unrestricted_account_issued_tells_that_account(people, client, app):
     """An account of no unit (the admin) issued the task: the office's notice goes to it."""
     task = new_task(client, grid=A1)
