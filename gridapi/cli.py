@@ -434,6 +434,7 @@ def calendar_import(file: Path) -> None:
 
     from .errors import DomainError
     from .services.calendar import import_days, recount_after_edit, working_calendar
+    from .services.tasks import recount_tasks_after_edit
 
     settings = _settings()
     try:
@@ -460,12 +461,21 @@ def calendar_import(file: Path) -> None:
                 datetime.now(UTC),
                 _cli_actor(),
             )
+            tasks_moved = recount_tasks_after_edit(
+                session,
+                before,
+                settings.working_hours,
+                settings.timezone,
+                datetime.now(UTC),
+                _cli_actor(),
+            )
     except DomainError as exc:
         raise click.ClickException(_describe(exc)) from exc
     click.echo(
         f"calendar: {result['years']} year(s), {result['holidays']} holidays, "
         f"{result['workdays']} workdays"
         + (f"; {len(moved)} open case deadline(s) moved" if moved else "")
+        + (f"; {len(tasks_moved)} open task deadline(s) moved" if tasks_moved else "")
     )
 
 

@@ -100,6 +100,12 @@ class Task(Base):
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     status: Mapped[str] = mapped_column(String(16), default="pending")
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A deadline given as working time (``due_in``): its length and the moment it was counted
+    # from, so that a calendar edit counts it again. None: a moment (``due_at``), or a task
+    # made before these were kept (0049), whose deadline stays the moment it is.
+    due_in_amount: Mapped[int | None] = mapped_column(Integer)
+    due_in_unit: Mapped[str | None] = mapped_column(String(8))  # hours | days
+    due_in_from: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The result form of a task outside a campaign (a campaign's tasks use the campaign's).
     result_schema: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     results: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

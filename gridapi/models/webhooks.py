@@ -30,7 +30,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from .base import Base, UTCDateTime, utcnow
 from .register import new_uid
 
-# Every event type a subscription may ask for (the triggers of migration 0010 write them).
+# Every event type a subscription may ask for (the triggers of migrations 0010 and 0049
+# write them).
 EVENT_TYPES = (
     "case.created",
     "case.transitioned",
@@ -42,6 +43,7 @@ EVENT_TYPES = (
     "task.cancelled",
     "task.reassigned",
     "task.overdue",
+    "task.deadline_moved",
 )
 # Sent only by POST /webhooks/{id}/ping, to that subscription.
 PING = "ping"

@@ -22,6 +22,7 @@ from ..schemas.calendar import (
     CalendarYearUpdateSchema,
 )
 from ..services import calendar as svc
+from ..services.tasks import recount_tasks_after_edit
 from ..workcalendar import WorkingCalendar
 from .blueprint import Blueprint
 
@@ -41,16 +42,14 @@ def _day(text: str) -> date:
 
 
 def _recount(before: WorkingCalendar) -> list[int]:
-    """Move the deadlines still ahead that the edit changes (see services.calendar)."""
+    """Move the deadlines still ahead that the edit changes (see services.calendar), and
+    the tasks' given in working time (services.tasks.move_task_deadlines)."""
     settings = state().settings
-    return svc.recount_after_edit(
-        db_session(),
-        before,
-        settings.working_hours,
-        settings.timezone,
-        datetime.now(UTC),
-        request_actor(),
-    )
+    now, actor = datetime.now(UTC), request_actor()
+    args = (db_session(), before, settings.working_hours, settings.timezone, now, actor)
+    moved = svc.recount_after_edit(*args)
+    recount_tasks_after_edit(*args)
+    return moved
 
 
 def _before() -> WorkingCalendar:
@@ -115,7 +114,9 @@ class CalendarImport(MethodView):
         `source`; a `source` of more than 2000 characters is a 422 naming it, as with
         `PUT /api/v1/calendar/years/{year}`. The deadlines still ahead of open cases that the
         import changes move with it (docs/cases.md, "When the calendar changes"): a
-        `deadline_moved` row in each case's timeline, an audit row `calendar.deadlines_moved`.
+        `deadline_moved` row in each case's timeline, an audit row `calendar.deadlines_moved`;
+        so do those of open tasks given working time (`due_in`; docs/tasks.md): a new version,
+        an audit row `task.deadline_moved` each.
         """
         settings = state().settings
         before = _before()
@@ -142,7 +143,9 @@ class CalendarDay(MethodView):
         Deadlines computed after the change use it: at once in the process that made it, within
         GRIDAPI_CALENDAR_CACHE_SECONDS (10 s) in the others. Deadlines still ahead of open cases
         that counted the day are counted again from the same start, in this request (a
-        `deadline_moved` row in each case's timeline); deadlines already passed stay. Needs
+        `deadline_moved` row in each case's timeline), and so are those of open tasks given
+        working time (`due_in`, an audit row `task.deadline_moved`); deadlines already passed
+        stay. Needs
         `calendar:write`; writes an audit row `calendar.set`, and `calendar.deadlines_moved`
         when deadlines moved.
         """

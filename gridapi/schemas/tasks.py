@@ -161,6 +161,17 @@ class TaskSchema(StrictSchema):
     county_code = fields.String(required=True)
     assignee = fields.Nested(AssigneeSchema, allow_none=True, required=True)
     due_at = fields.AwareDateTime(required=True)
+    due_in = fields.Nested(
+        DueInSchema,
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "The working time the deadline was given as (`due_in`, counted from "
+            "the task's creation or the reassignment that gave it): an edit of the working "
+            "calendar counts `due_at` again from it while it is ahead. Null for a deadline "
+            "given as a moment, and for tasks made before it was kept: `due_at` stays."
+        },
+    )
     overdue = fields.Boolean(required=True)
     overdue_since = fields.AwareDateTime(allow_none=True, required=True)
     result_schema = fields.List(

@@ -272,8 +272,8 @@ def move_deadlines(
     perhaps carded); one that the new count would put at or before ``now`` stays too (a
     case does not become overdue by a calendar edit, unwarned). Each moved case gets a
     ``deadline_moved`` timeline row (``stage``, ``due_before``, ``due_at``), a new version,
-    and its ``overdue`` flag unchanged (false). Tasks keep their ``due_at``: a task keeps no
-    record of being given ``due_in`` rather than a moment.
+    and its ``overdue`` flag unchanged (false). Tasks given working time are moved alike by
+    ``services.tasks.move_task_deadlines``, called next to this one.
     """
     from ..models import Case, CaseEvent, Category
     from .cases import STAGE_DUE, add_event

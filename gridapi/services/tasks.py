@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, case, exists, func, insert, or_, select, true, update
@@ -47,6 +47,8 @@ from ..models import (
 from ..models.tasks import OPEN_TASK_STATUSES, Campaign, Task, TaskItem
 from ..scope import Scope, starts_with
 from ..workcalendar import WorkingCalendar
+from .audit import Actor, record
+from .calendar import changed_days, working_calendar
 from .cases import add_limit, region_names
 from .categories import attribute_schema_errors, check_attributes
 from .cursors import (
@@ -195,6 +197,20 @@ def due_date(
     if required:
         raise _invalid("due_at", "give due_at or due_in", "When is it due?")
     return None
+
+
+def due_in_record(data: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Return the columns that keep a deadline given as working time (``due_in``): its
+    amount, unit and the moment it was counted from (``now``), so that a calendar edit can
+    count it again (``move_task_deadlines``); all None for a moment (``due_at``)."""
+    due_in = data.get("due_in") if data.get("due_at") is None else None
+    if due_in is None:
+        return {"due_in_amount": None, "due_in_unit": None, "due_in_from": None}
+    return {
+        "due_in_amount": due_in["amount"],
+        "due_in_unit": due_in["unit"],
+        "due_in_from": now.astimezone(UTC),
+    }
 
 
 def check_result_schema(schema: Any, field: str = "result_schema") -> list[dict[str, Any]]:
@@ -407,6 +423,7 @@ def create_task(
         assignee_id=assignee.id if assignee else None,
         status="pending",
         due_at=due_date(data, calendar, now),
+        **due_in_record(data, now),
         result_schema=check_result_schema(data.get("result_schema")),
         results={},
         evidence=[],
@@ -586,6 +603,8 @@ def reassign_task(
     due = due_date(data, calendar, now, required=False)
     if due is not None:
         task.due_at = due
+        for column, value in due_in_record(data, now).items():
+            setattr(task, column, value)
         task.overdue = False
         task.overdue_since = None
     task.updated_at = now
@@ -908,6 +927,115 @@ def _queue_once(session: Session, rows: list[dict[str, Any]]) -> None:
     )
 
 
+# --- calendar edits --------------------------------------------------------------------------
+
+#: The ids of tasks locked and moved per statement (the IN lists stay short on both engines).
+_MOVE_CHUNK = 500
+
+
+def move_task_deadlines(
+    session: Session,
+    before: WorkingCalendar,
+    after: WorkingCalendar,
+    now: datetime,
+    actor: Actor,
+) -> list[int]:
+    """Count again, on ``after``, the deadlines of open tasks given as working time
+    (``due_in``) that are still ahead and that ``before`` counted across a day the edit
+    changed; return the ids of the tasks whose deadline moved, in id order.
+
+    Each keeps its start and its length (``due_in_from``, ``due_in_amount`` working
+    ``due_in_unit``, counted by ``add_limit`` as when it was given). A task given a moment
+    (``due_at``), or made before the length was kept, keeps its deadline; so does one
+    flagged overdue, or whose deadline has passed (it was told), and one the new count
+    would put at or before ``now`` (an edit makes no task overdue, unwarned). Each task
+    moved gets a new version and ``updated_at`` (the phone's sync sees it, the webhook
+    trigger sends ``task.deadline_moved``) and an audit row ``task.deadline_moved``
+    (``due_before``, ``due_at``) by ``actor``, in the edit's transaction. Flushes, never
+    commits."""
+    days = changed_days(before, after)
+    if not days:
+        return []
+    # A deadline before the first day changed counted none of them, nor one counted from
+    # after the last.
+    first = datetime.combine(min(days), time(0), tzinfo=before.tz)
+    last_end = datetime.combine(max(days) + timedelta(days=1), time(0), tzinfo=before.tz)
+    bound = max(now, first.astimezone(UTC))
+    ids = list(
+        session.scalars(
+            select(Task.id)
+            .where(
+                Task.status.in_(OPEN_TASK_STATUSES),
+                Task.overdue.is_(False),
+                Task.due_in_unit.is_not(None),
+                Task.due_at > bound,
+                Task.due_in_from < last_end.astimezone(UTC),
+            )
+            .order_by(Task.id)
+        )
+    )
+    moved: list[int] = []
+    for start in range(0, len(ids), _MOVE_CHUNK):
+        tasks = session.scalars(
+            select(Task)
+            .where(Task.id.in_(ids[start : start + _MOVE_CHUNK]))
+            .order_by(Task.id)
+            .with_for_update()
+        ).all()
+        for task in tasks:
+            due, counted_from = task.due_at, task.due_in_from
+            # Moved on meanwhile (the lock waited for a step: completed, given a moment).
+            if (
+                task.status not in OPEN_TASK_STATUSES
+                or task.overdue
+                or task.due_in_unit is None
+                or task.due_in_amount is None
+                or counted_from is None
+                or due <= bound
+            ):
+                continue
+            first_day = counted_from.astimezone(before.tz).date()
+            last_day = due.astimezone(before.tz).date()
+            if not any(first_day <= day <= last_day for day in days):
+                continue
+            new_due = add_limit(after, counted_from, task.due_in_amount, task.due_in_unit)
+            if new_due == due or new_due <= now:
+                continue
+            task.due_at = new_due
+            task.updated_at = now
+            record(
+                session,
+                actor,
+                "task.deadline_moved",
+                "task",
+                task.id,
+                summary={
+                    "status": task.status,
+                    "grid": task.grid_code,
+                    "due_before": due.isoformat(),
+                    "due_at": new_due.isoformat(),
+                },
+                region_code=task.region_code,
+            )
+            moved.append(task.id)
+        session.flush()
+    return moved
+
+
+def recount_tasks_after_edit(
+    session: Session,
+    before: WorkingCalendar,
+    working_hours: str,
+    timezone: str,
+    now: datetime,
+    actor: Actor,
+) -> list[int]:
+    """Move the task deadlines an edit of the calendar changes (``move_task_deadlines``, in
+    the edit's transaction, next to the cases' ``recount_after_edit``). Returns their ids."""
+    after = working_calendar(session, working_hours, timezone)
+    return move_task_deadlines(session, before, after, now, actor)
+
+
 # --- campaigns --------------------------------------------------------------------------------
 
 
@@ -976,6 +1104,7 @@ def create_campaign(
     workers = grid_workers(
         session, region, {code for code, _ in grids}, now.astimezone(calendar.tz).date()
     )
+    due_in = due_in_record(data, now)
     rows = [
         {
             "county_code": community[:6],
@@ -988,6 +1117,7 @@ def create_campaign(
             "assignee_id": workers.get(code),
             "status": "pending",
             "due_at": due,
+            **due_in,
             "results": {},
             "evidence": [],
             "comment": "",
@@ -1364,6 +1494,11 @@ def task_view(
             else None
         ),
         "due_at": task.due_at,
+        "due_in": (
+            {"amount": task.due_in_amount, "unit": task.due_in_unit}
+            if task.due_in_unit is not None
+            else None
+        ),
         "overdue": task.overdue,
         "overdue_since": task.overdue_since,
         "result_schema": form,

@@ -14,9 +14,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import select, text, update
 
+from gridapi.cli import main
 from gridapi.models import Task
+from gridapi.services.calendar import working_calendar
 from gridapi.services.cases import add_limit
 from gridapi.services.jobs import run_jobs
 from gridapi.services.tasks import flag_overdue_tasks
@@ -1151,3 +1154,181 @@ def test_a_worker_given_a_task_is_notified_as_for_a_case(people, engine):
         (given["id"], ids["worker2"], "320508", "任务「走访独居老人」派给您"),
         (tasks[B2]["id"], ids["worker3"], "320508", "任务「消防大排查」派给您"),
     ]
+
+
+# --- calendar edits ---------------------------------------------------------------------------
+
+
+def _calendar(app):  # type: ignore[no-untyped-def]
+    st = app.extensions["gridapi"]
+    with st.sessions() as session:
+        return working_calendar(session, st.settings.working_hours, st.settings.timezone)
+
+
+def _webhook_events(engine, task_id: int) -> list[str]:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                text("SELECT event_type FROM webhook_events WHERE task_id = :t ORDER BY id"),
+                {"t": task_id},
+            ).scalars()
+        )
+
+
+def test_a_calendar_edit_moves_the_deadlines_of_tasks_given_in_working_time(
+    people, client, app, engine
+):
+    """The day a task given 1 working day falls due on becomes a holiday: the task is now
+    due a working day later, with a new version, an audit row and a webhook event, as a
+    case's deadline moves. A task given that moment itself, one made before the length was
+    kept, one completed and one already overdue keep theirs; back to a working day, the
+    deadline comes back."""
+    office, worker1 = people["office"], people["worker1"]
+    one_day = {"amount": 1, "unit": "days"}
+    moving = new_task(office, title="走访", grid=A1, due_in=one_day)
+    assert moving["due_in"] == one_day
+    due = when(moving["due_at"])
+    moment = new_task(office, grid=A1, due_at=moving["due_at"])
+    assert moment["due_in"] is None
+    older = new_task(office, grid=A2, due_in=one_day)
+    done = new_task(office, grid=A1, due_in=one_day)
+    late = new_task(office, grid=A2, due_in=one_day)
+    campaign = ok(
+        office.post(
+            "/api/v1/campaigns",
+            json={"title": "排查", "region": COMMUNITY_B, "due_in": one_day},
+        ),
+        201,
+    )
+    fanned = campaign_tasks(office, campaign["id"])  # B1's and B2's
+    ok(step(worker1, done["id"], "complete", {}))
+    with engine.begin() as conn:
+        # A task made before 0049 kept nothing; a task flagged overdue (as if by the job).
+        conn.execute(
+            update(Task)
+            .where(Task.id == older["id"])
+            .values(due_in_amount=None, due_in_unit=None, due_in_from=None)
+        )
+        conn.execute(
+            update(Task)
+            .where(Task.id == late["id"])
+            .values(overdue=True, overdue_since=due, version=Task.version + 1)
+        )
+    kept = (moment, older, done, late)
+    before = {t["id"]: ok(office.get(f"/api/v1/tasks/{t['id']}")) for t in kept}
+    events = {t["id"]: _webhook_events(engine, t["id"]) for t in (*kept, moving)}
+
+    day = due.astimezone(SHANGHAI).date()
+    ok(client.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
+    expected = add_limit(_calendar(app), when(moving["created_at"]), 1, "days")
+    assert expected > due
+    after = ok_response(office.get(f"/api/v1/tasks/{moving['id']}"))
+    body = after.get_json()
+    assert when(body["due_at"]) == expected and body["overdue"] is False
+    assert body["version"] == moving["version"] + 1
+    assert after.headers["ETag"] == f'"{moving["id"]}-{moving["version"] + 1}"'
+    for t in fanned.values():
+        assert when(ok(office.get(f"/api/v1/tasks/{t['id']}"))["due_at"]) == expected
+    assert {t["id"]: ok(office.get(f"/api/v1/tasks/{t['id']}")) for t in kept} == before
+    assert {t["id"]: _webhook_events(engine, t["id"]) for t in kept} == {
+        i: e for i, e in events.items() if i != moving["id"]
+    }
+    assert _webhook_events(engine, moving["id"]) == [*events[moving["id"]], "task.deadline_moved"]
+    rows = [r for r in audit_rows(engine, "task.deadline_moved") if r[0] == str(moving["id"])]
+    assert len(rows) == 1
+    (_, actor, region, summary) = rows[0]
+    assert actor == f"user:{people['ids']['admin']}"  # the admin who set the day
+    assert region == COMMUNITY_A
+    assert when(summary["due_before"]) == due and when(summary["due_at"]) == expected
+    moved_ids = {int(r[0]) for r in audit_rows(engine, "task.deadline_moved")}
+    assert moved_ids == {moving["id"], *(t["id"] for t in fanned.values())}
+
+    # Returned to a working day, the deadline comes back.
+    assert client.delete(f"/api/v1/calendar/{day}").status_code == 204
+    back = ok(office.get(f"/api/v1/tasks/{moving['id']}"))
+    assert when(back["due_at"]) == add_limit(_calendar(app), when(moving["created_at"]), 1, "days")
+    if day.weekday() < 5:  # not a 调休 Saturday: the deadline it had
+        assert when(back["due_at"]) == due
+    assert back["version"] == moving["version"] + 2
+
+
+def test_a_reassignment_keeps_the_kind_of_deadline_it_gives(people, client, app):
+    """A task given working time, reassigned with a moment, keeps that moment through a
+    calendar edit; one reassigned with working time moves, counted from the reassignment."""
+    office, ids = people["office"], people["ids"]
+    fixed = new_task(office, grid=A1, due_in=SOON)
+    counted = new_task(office, grid=A1, due_at=(datetime.now(UTC) + timedelta(days=30)).isoformat())
+    one_day = {"amount": 1, "unit": "days"}
+    fixed = ok(
+        step(
+            office,
+            fixed["id"],
+            "reassign",
+            {"assignee_id": ids["worker1"], "due_at": counted["due_at"]},
+        )
+    )
+    counted = ok(
+        step(office, counted["id"], "reassign", {"assignee_id": ids["worker1"], "due_in": one_day})
+    )
+    assert (fixed["due_in"], counted["due_in"]) == (None, one_day)
+    day = when(counted["due_at"]).astimezone(SHANGHAI).date()
+    other = when(fixed["due_at"]).astimezone(SHANGHAI).date()
+    for d in (day, other):
+        ok(client.put(f"/api/v1/calendar/{d}", json={"kind": "holiday"}))
+    assert ok(office.get(f"/api/v1/tasks/{fixed['id']}"))["due_at"] == fixed["due_at"]
+    assert (
+        when(ok(office.get(f"/api/v1/tasks/{counted['id']}"))["due_at"])
+        == add_limit(_calendar(app), when(counted["updated_at"]), 1, "days")
+        > when(counted["due_at"])
+    )
+
+
+def test_a_calendar_edit_does_not_make_a_task_overdue(people, client, app, engine):
+    """A holiday removed that a task counted: counted again, its deadline would already
+    have passed. It stays as it was (nobody was warned of the earlier one)."""
+    office = people["office"]
+    task = new_task(office, grid=A1, due_in={"amount": 1, "unit": "days"})
+    now = datetime.now(UTC)
+    start = (now - timedelta(days=20)).astimezone(SHANGHAI)
+    past = [
+        start.date() + timedelta(days=n)
+        for n in range(1, (now.astimezone(SHANGHAI).date() - start.date()).days + 1)
+        if (start.date() + timedelta(days=n)).weekday() < 5
+    ]
+    for day in past:  # every weekday since the start, today too, a holiday
+        ok(client.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
+    due = add_limit(_calendar(app), start, 1, "days")
+    assert due > now
+    with engine.begin() as conn:
+        conn.execute(
+            update(Task)
+            .where(Task.id == task["id"])
+            .values(due_in_from=start, due_at=due, version=Task.version + 1)
+        )
+    before = ok(office.get(f"/api/v1/tasks/{task['id']}"))
+    assert client.delete(f"/api/v1/calendar/{past[0]}").status_code == 204
+    assert ok(office.get(f"/api/v1/tasks/{task['id']}")) == before
+    assert audit_rows(engine, "task.deadline_moved") == []
+
+
+def test_a_calendar_import_by_the_command_line_moves_task_deadlines(
+    people, app, database_url, settings, tmp_path
+):
+    """`gridapi calendar import`: the task deadlines the notice changes move in its
+    transaction, and the command says how many."""
+    office = people["office"]
+    task = new_task(office, grid=A1, due_in={"amount": 1, "unit": "days"})
+    due = when(task["due_at"])
+    day = due.astimezone(SHANGHAI).date()
+    cal = _calendar(app)
+    year = {
+        "holidays": [str(d) for d in sorted(cal.holidays) if d.year == day.year] + [str(day)],
+        "workdays": [str(d) for d in sorted(cal.workdays) if d.year == day.year],
+    }
+    path = tmp_path / "notice.json"
+    path.write_text(json.dumps({"version": 1, "years": {str(day.year): year}}))
+    env = {"GRIDAPI_DATABASE_URL": database_url, "GRIDAPI_DATA_DIR": settings.data_dir}
+    result = CliRunner().invoke(main, ["calendar", "import", str(path)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "1 open task deadline(s) moved" in result.output
+    assert when(ok(office.get(f"/api/v1/tasks/{task['id']}"))["due_at"]) > due
