@@ -45,10 +45,22 @@ def _recount(before: WorkingCalendar) -> list[int]:
     """Move the deadlines still ahead that the edit changes (see services.calendar), and
     the tasks' given in working time (services.tasks.move_task_deadlines)."""
     settings = state().settings
-    now, actor = datetime.now(UTC), request_actor()
-    args = (db_session(), before, settings.working_hours, settings.timezone, now, actor)
-    moved = svc.recount_after_edit(*args)
-    recount_tasks_after_edit(*args)
+    moved = svc.recount_after_edit(
+        db_session(),
+        before,
+        settings.working_hours,
+        settings.timezone,
+        datetime.now(UTC),
+        request_actor(),
+    )
+    recount_tasks_after_edit(
+        db_session(),
+        before,
+        settings.working_hours,
+        settings.timezone,
+        datetime.now(UTC),
+        request_actor(),
+    )
     return moved
 
 
