@@ -11,8 +11,8 @@ The ``tasks`` webhook trigger sends ``task.deadline_moved`` when a task's ``due_
 and nothing that already sends an event does (only a calendar edit does so): the deadline
 moved without a word to the subscribers.
 
-Revision ID: 0049_taskdue
-Revises: 0048
+Revision ID: 0050
+Revises: 0049
 Create Date: 2026-12-01
 """
 
@@ -23,8 +23,8 @@ import sqlalchemy as sa
 import gridapi.models.base
 from alembic import op
 
-revision = "0049_taskdue"
-down_revision = "0048"
+revision = "0050"
+down_revision = "0049"
 branch_labels = None
 depends_on = None
 
