@@ -602,7 +602,7 @@ def load_register(
                 "id, uid, county_code, region_code, grid_code, household_id, house_id, "
                 "relation, name, id_number_enc, id_number_hmac, phone_enc, phone_hmac, gender, "
                 "birth_date, ethnicity, population_type, current_address, registered_address, "
-                "created_by, created_at, updated_at"
+                "current_address_key, registered_address_key, created_by, created_at, updated_at"
             ),
             _person_rows(reg["persons"], cipher, blind_key, now),
         )
@@ -695,6 +695,8 @@ def _person_rows(
             population,
             current,
             registered,
+            None if current is None else address_key(current),
+            None if registered is None else address_key(registered),
             ACTOR,
             now,
             now,

@@ -615,9 +615,10 @@ def test_a_rotation_is_no_change_a_phone_syncs(cli, server):
 
 
 def test_a_resident_changed_in_any_other_column_is_synced(server):
-    """Only the ciphertexts and keyed hashes may change unlogged: a change of any other
-    column, even by SQL that bumps no version, is a change of the household. SQLite's
-    trigger names the columns it compares: one added to persons must be added to it."""
+    """Only the ciphertexts, keyed hashes and address keys (each derived from a column
+    that is compared) may change unlogged: a change of any other column, even by SQL that
+    bumps no version, is a change of the household. SQLite's trigger names the columns it
+    compares: one added to persons must be added to it."""
     from gridapi.models.register import Person
 
     client = server(KEY1)
@@ -625,7 +626,14 @@ def test_a_resident_changed_in_any_other_column_is_synced(server):
     r = client.post("/api/v1/households", json={"number": "R1", "grid": A1})
     home = r.get_json()["id"]
     engine = engine_of(client)
-    key_columns = {"id_number_enc", "id_number_hmac", "phone_enc", "phone_hmac"}
+    key_columns = {
+        "id_number_enc",
+        "id_number_hmac",
+        "phone_enc",
+        "phone_hmac",
+        "current_address_key",
+        "registered_address_key",
+    }
     with engine.begin() as conn:
         conn.execute(update(Person).where(Person.id == ids["张三"]).values(household_id=home))
 
@@ -636,7 +644,11 @@ def test_a_resident_changed_in_any_other_column_is_synced(server):
             return bool(conn.execute(text("SELECT count(*) FROM sync_log")).scalar_one())
 
     assert not logged("UPDATE persons SET phone_hmac = 'x', id_number_enc = 'v9:x' WHERE id = :id")
+    assert not logged("UPDATE persons SET current_address_key = 'x' WHERE id = :id")
     assert logged("UPDATE persons SET name = name || '某' WHERE id = :id")
+    assert logged(
+        "UPDATE persons SET current_address = 'x', current_address_key = 'x' WHERE id = :id"
+    )
     assert logged("UPDATE persons SET ethnicity = 'hui', phone_enc = NULL WHERE id = :id")
     assert logged("UPDATE persons SET version = version + 1 WHERE id = :id")
     if engine.dialect.name == "sqlite":

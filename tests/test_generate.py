@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from gridapi.db import make_engine
+from gridapi.models.register import address_key
 from gridapi.personal import parse_id_number
 from gridapi.security.fields import FieldCipher, blind_index, parse_keys
 
@@ -101,6 +102,13 @@ def test_generates_a_readable_city_deterministically(target, engine_name):  # ty
             heads = conn.execute(
                 text("SELECT count(*) FROM persons WHERE relation = 'head'")
             ).scalar_one()
+            # The register's addresses are keyed as the API keys them (the search's).
+            addresses = conn.execute(
+                text(
+                    "SELECT current_address, current_address_key, registered_address, "
+                    "registered_address_key FROM persons"
+                )
+            ).all()
             unrouted_houses = conn.execute(
                 text(
                     "SELECT count(*) FROM houses h JOIN grids g ON g.code = h.grid_code "
@@ -110,6 +118,14 @@ def test_generates_a_readable_city_deterministically(target, engine_name):  # ty
     finally:
         engine.dispose()
     assert heads == households
+    assert all(
+        (key, other_key)
+        == (
+            None if current is None else address_key(current),
+            None if registered is None else address_key(registered),
+        )
+        for current, key, registered, other_key in addresses
+    )
     assert unrouted_houses == 0
     with_phone = 0
     for uid, id_enc, id_hmac, phone_enc, phone_hmac, gender, born, population in people:

@@ -750,3 +750,39 @@ def test_export_jobs_keep_no_free_text_purpose(factory, client, engine):
         "legal_request JS-2026/17",
         None,
     ]
+
+
+def test_residents_registered_before_0049_are_found_by_their_addresses_as_compared(
+    factory, client, engine
+):
+    """Migration 0049 keys the addresses of the residents already registered (NFKC,
+    case-folded, without whitespace), so the search finds "3号楼 2单元" by "3号楼2单元" and
+    "A座" by "a座" for them too; computing the keys is no change a phone syncs."""
+    from sqlalchemy import text
+
+    from tests.api.test_register import A1, add_person, created
+
+    factory.regions()
+    factory.grid_version()
+    household = created(client.post("/api/v1/households", json={"number": "0001", "grid": A1}))
+    person = add_person(
+        client,
+        household["id"],
+        current_address="平江路 3号楼 2单元",
+        registered_address="干将路9号A座",
+    )
+    migrations.downgrade(engine, "0048")
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM sync_log"))
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    with engine.connect() as conn:
+        keys = conn.execute(
+            text("SELECT current_address_key, registered_address_key FROM persons WHERE id = :i"),
+            {"i": person["id"]},
+        ).one()
+        assert conn.execute(text("SELECT count(*) FROM sync_log")).scalar_one() == 0
+    assert tuple(keys) == ("平江路3号楼2单元", "干将路9号a座")
+    for address in ("3号楼2单元", "９号ａ座"):
+        found = client.get("/api/v1/persons", query_string={"address": address}).get_json()
+        assert [p["id"] for p in found["items"]] == [person["id"]], address

@@ -206,6 +206,12 @@ class Person(Base):
     population_type: Mapped[str] = mapped_column(String(16), default="registered")
     current_address: Mapped[str | None] = mapped_column(String(300))
     registered_address: Mapped[str | None] = mapped_column(String(300))
+    # The addresses as compared (``address_key``), set with them: what the search matches,
+    # so "3号楼 2单元" finds "3号楼2单元", "a座" finds "A座", "３号楼" finds "3号楼", as
+    # houses are found. Text: a key may outgrow the address (compatibility characters
+    # spelt out).
+    current_address_key: Mapped[str | None] = mapped_column(Text)
+    registered_address_key: Mapped[str | None] = mapped_column(Text)
     created_by: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -233,6 +239,11 @@ class Person(Base):
         Index("ix_persons_house_id", "house_id"),
         Index("ix_persons_name", "name"),
     )
+
+    @validates("current_address", "registered_address")
+    def _keep_address_keys(self, key: str, address: str | None) -> str | None:
+        setattr(self, f"{key}_key", None if address is None else address_key(address))
+        return address
 
 
 class Visit(Base):

@@ -269,7 +269,11 @@ class PersonArgsSchema(AreaArgs):
     )
     address = fields.String(
         validate=validate.Length(min=1, max=100),
-        metadata={"description": "Text in the current or registered address."},
+        metadata={
+            "description": "Part of the current or registered address, matched as addresses "
+            "are compared (Unicode NFKC, case-folded, without whitespace): ３号楼 finds 3号楼, "
+            "a座 finds A座, 3号楼 2单元 finds 3号楼2单元."
+        },
     )
     household_id = fields.Integer()
     house_id = fields.Integer()

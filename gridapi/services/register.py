@@ -1124,7 +1124,7 @@ def search_persons(
     ``id_number`` and ``phone`` are matched exactly through their keyed hashes (validated
     first: a malformed value is a 422, not an empty answer); ``name`` as ``name_condition``
     says for a caller who ``unmasks`` or not; ``address`` anywhere in the current or
-    registered address.
+    registered address, both compared as ``address_key`` gives them.
     """
     stmt = person_query(scope, args, keys, unmasks=unmasks)
     return list(
@@ -1175,11 +1175,13 @@ def person_query(  # type: ignore[no-untyped-def]
     if args.get("name"):
         stmt = stmt.where(name_condition(args["name"], unmasks=unmasks))
     if args.get("address"):
-        text = args["address"]
+        # Compared as house addresses are (``address_key``): "3号楼 2单元" finds
+        # "3号楼2单元", "a座" finds "A座", "３号楼" finds "3号楼", on both engines alike.
+        compared = address_key(args["address"])
         stmt = stmt.where(
             or_(
-                Person.current_address.contains(text, autoescape=True),
-                Person.registered_address.contains(text, autoescape=True),
+                Person.current_address_key.contains(compared, autoescape=True),
+                Person.registered_address_key.contains(compared, autoescape=True),
             )
         )
     for key in ("household_id", "house_id"):
