@@ -13,7 +13,10 @@ Pure functions, no I/O.
 from __future__ import annotations
 
 import re
+from datetime import date
 from typing import Any
+
+from .personal import InvalidValue, parse_id_number
 
 #: The lawful purposes of reading a resident's full values (PIPL art. 13; DOMAIN.md §7).
 PURPOSES = (
@@ -32,6 +35,7 @@ PURPOSES = (
 GIVEN = "(given)"
 
 _REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9/_.\-]{0,39}")
+_SEPARATORS = re.compile(r"[\s/_.\-]")
 
 
 def reference_problem(value: str) -> str | None:
@@ -45,6 +49,25 @@ def reference_problem(value: str) -> str | None:
     if re.fullmatch(r"[0-9]{15}|[0-9]{17}[0-9X]", bare) or re.fullmatch(r"1[3-9][0-9]{9}", digits):
         return "must not be an ID or phone number: the audit log keeps it for good"
     return None
+
+
+def is_id_number_written_apart(value: str, today: date | None = None) -> bool:
+    """Return whether ``value`` is a resident's ID number written with separators
+    (``110105-19491231-002X``, ``110105 19491231 002X``): a valid one (region, a birth
+    date neither in the future nor before 1890, check digit) once they are dropped.
+
+    :func:`reference_problem` cannot refuse it: a case number
+    (``<county code>-<YYYYMMDD>-<NNNN>``) has the same shape, and one in eleven carries a
+    valid check digit by chance. Only a look-up of the cases tells them apart
+    (``services.register.check_reference``)."""
+    bare = _SEPARATORS.sub("", value)
+    if bare == value.strip():
+        return False  # no separators: reference_problem refuses an ID number as such
+    try:
+        parse_id_number(bare, today)
+    except InvalidValue:
+        return False
+    return True
 
 
 def coded_summary(

@@ -269,6 +269,7 @@ class PersonExport(MethodView):
         never exported. GeoJSON: the resident's house, else null. Audited.
         """
         principal = _principal()
+        _check_reference(principal, args, "query")
         fmt = args.pop("format")
         unmask = args.pop("unmask")
         st = state()
@@ -334,9 +335,18 @@ def job_options() -> svc.JobOptions:
     )
 
 
+def _check_reference(principal: Principal, args: dict[str, Any], location: str) -> None:
+    """Refuse (422) a ``reference`` that is a resident's ID number written with separators
+    and no case's number (``register_svc.check_reference``)."""
+    session = db_session()
+    caller = cases_svc.caller_of(session, principal)
+    register_svc.check_reference(session, caller, args.get("reference"), location=location)
+
+
 def _queue(kind: str, data: dict[str, Any]) -> Response:
     principal = _principal()
     session = db_session()
+    _check_reference(principal, data, "json")
     try:
         args = job_filters_schema(kind)().load(data["filters"])
     except ValidationError as exc:

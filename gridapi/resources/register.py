@@ -47,6 +47,7 @@ from ..schemas.register import (
     VisitListSchema,
     VisitSchema,
 )
+from ..services import cases as cases_svc
 from ..services import idempotency, intake
 from ..services import register as svc
 from ..services.audit import record
@@ -528,6 +529,7 @@ class PersonById(MethodView):
         kept, since the log outlives the erased record and text can name people.
         """
         session = db_session()
+        _check_reference(args, "query")
         person = svc.erase_person(session, person_id, current_principal().scope)
         audit(
             "person.erase",
@@ -537,6 +539,14 @@ class PersonById(MethodView):
             region_code=person.region_code,
         )
         commit()
+
+
+def _check_reference(args: dict[str, Any], location: str) -> None:
+    """Refuse (422) a ``reference`` that is a resident's ID number written with separators
+    and no case's number (``svc.check_reference``)."""
+    session = db_session()
+    caller = cases_svc.caller_of(session, current_principal())
+    svc.check_reference(session, caller, args.get("reference"), location=location)
 
 
 def erasure_summary(args: dict[str, Any]) -> dict[str, Any]:
@@ -578,6 +588,7 @@ class PersonSensitive(MethodView):
         GRIDAPI_PERSON_LOOKUP_RATE. A free-text `purpose` (deprecated) is accepted but not
         kept: the log is append-only and the text could name people.
         """
+        _check_reference(args, "query")
         count_lookup(state().settings.person_lookup_rate, _actor())
         session = db_session()
         person = svc.get_person(session, person_id, current_principal().scope)
@@ -610,6 +621,7 @@ class PersonExport(MethodView):
         the `purpose_code` and `reference` before it is sent. Counted against GRIDAPI_PERSON_LOOKUP_RATE, as an
         unmasked read.
         """
+        _check_reference(args, "query")
         count_lookup(state().settings.person_lookup_rate, _actor())
         session = db_session()
         principal = current_principal()

@@ -299,7 +299,8 @@ class PurposeFields(StrictSchema):
     reference = fields.String(
         metadata={
             "description": "The case, file or request number the read is for (1-40 letters, "
-            "digits, '/', '_', '.' or '-'; not an ID or phone number). Audited.",
+            "digits, '/', '_', '.' or '-'; not an ID or phone number, also not written with "
+            "separators, unless it is the number of a case you can read). Audited.",
             "example": "MZJ-2026/0412",
         },
     )
@@ -367,7 +368,8 @@ class EraseArgsSchema(StrictSchema):
     reference = fields.String(
         metadata={
             "description": "The office's file or ticket number of the erasure (1-40 letters, "
-            "digits, '/', '_', '.' or '-'; not an ID or phone number). Audited."
+            "digits, '/', '_', '.' or '-'; not an ID or phone number, also not written with "
+            "separators, unless it is the number of a case you can read). Audited."
         },
     )
     reason = Stated(

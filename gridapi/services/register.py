@@ -26,7 +26,7 @@ from ..codes import region_level
 from ..errors import Conflict, NotFound, Unprocessable
 from ..geo.crs import no_fix, to_wgs84
 from ..geo.shapes import geojson_point
-from ..models import AuditEntry, Grid, IdempotencyKey
+from ..models import AuditEntry, Case, Grid, IdempotencyKey
 from ..models.register import (
     House,
     Household,
@@ -45,6 +45,7 @@ from ..personal import (
     parse_id_number,
     parse_phone,
 )
+from ..purposes import is_id_number_written_apart
 from ..scope import Scope, starts_with
 from ..security.fields import FieldCipher, blind_index
 from . import cases as cases_svc
@@ -1243,6 +1244,36 @@ def _answer_id(response: Any) -> Any:
     except orjson.JSONDecodeError:
         return None
     return body.get("id") if isinstance(body, dict) else None
+
+
+def check_reference(
+    session: Session, caller: cases_svc.Caller, reference: str | None, *, location: str
+) -> None:
+    """Raise Unprocessable (naming ``reference`` under ``location``) when the reference of
+    a purpose or an erasure is a resident's ID number written with separators
+    (``110105-19491231-002X``), unless a case the caller may read has that number: a case
+    number (``320508-20261130-0001``) has the same shape, and one in eleven a valid check
+    digit. The schema refuses the rest (``purposes.reference_problem``); this needs the
+    cases, so it is one look-up, made only for such a reference (unmasked reads, exports
+    and erasures are rare requests)."""
+    if not reference or not is_id_number_written_apart(reference, clock.today()):
+        return
+    if session.scalar(
+        select(Case.id).where(Case.number == reference.strip(), cases_svc.visible_condition(caller))
+    ):
+        return
+    raise Unprocessable(
+        "The reference is a resident's ID number; the audit log keeps it for good.",
+        errors={
+            location: {
+                "reference": [
+                    "must not be an ID number (written with separators or not): the audit log "
+                    "keeps it for good; a case number of that shape is taken when it is the "
+                    "number of a case you can read"
+                ]
+            }
+        },
+    )
 
 
 def erase_person(session: Session, person_id: int, scope: Scope) -> Person:
