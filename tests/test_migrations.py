@@ -752,10 +752,10 @@ def test_export_jobs_keep_no_free_text_purpose(factory, client, engine):
     ]
 
 
-def test_residents_registered_before_0049_are_found_by_their_addresses_as_compared(
+def test_residents_registered_before_0051_are_found_by_their_addresses_as_compared(
     factory, client, engine
 ):
-    """Migration 0049 keys the addresses of the residents already registered (NFKC,
+    """Migration 0051 keys the addresses of the residents already registered (NFKC,
     case-folded, without whitespace), so the search finds "3号楼 2单元" by "3号楼2单元" and
     "A座" by "a座" for them too; computing the keys is no change a phone syncs."""
     from sqlalchemy import text
@@ -771,7 +771,7 @@ def test_residents_registered_before_0049_are_found_by_their_addresses_as_compar
         current_address="平江路 3号楼 2单元",
         registered_address="干将路9号A座",
     )
-    migrations.downgrade(engine, "0048")
+    migrations.downgrade(engine, "0050")
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM sync_log"))
     migrations.upgrade(engine)

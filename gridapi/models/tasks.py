@@ -102,7 +102,7 @@ class Task(Base):
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # A deadline given as working time (``due_in``): its length and the moment it was counted
     # from, so that a calendar edit counts it again. None: a moment (``due_at``), or a task
-    # made before these were kept (0049), whose deadline stays the moment it is.
+    # made before these were kept (0050), whose deadline stays the moment it is.
     due_in_amount: Mapped[int | None] = mapped_column(Integer)
     due_in_unit: Mapped[str | None] = mapped_column(String(8))  # hours | days
     due_in_from: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from .base import Base, UTCDateTime, utcnow
 from .register import new_uid
 
-# Every event type a subscription may ask for (the triggers of migrations 0010 and 0049
+# Every event type a subscription may ask for (the triggers of migrations 0010 and 0050
 # write them).
 EVENT_TYPES = (
     "case.created",

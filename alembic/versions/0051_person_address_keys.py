@@ -15,8 +15,8 @@ every phone's next sync downloaded the whole register.
 
 Downgrade drops the keys (and gives PostgreSQL's trigger 0044's body).
 
-Revision ID: 0049_privfix
-Revises: 0048
+Revision ID: 0051
+Revises: 0050
 Create Date: 2026-12-01
 """
 
@@ -30,8 +30,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0049_privfix"
-down_revision = "0048"
+revision = "0051"
+down_revision = "0050"
 branch_labels = None
 depends_on = None
 
