@@ -1203,7 +1203,7 @@ def test_a_calendar_edit_moves_the_deadlines_of_tasks_given_in_working_time(
     fanned = campaign_tasks(office, campaign["id"])  # B1's and B2's
     ok(step(worker1, done["id"], "complete", {}))
     with engine.begin() as conn:
-        # A task made before 0049 kept nothing; a task flagged overdue (as if by the job).
+        # A task made before 0050 kept nothing; a task flagged overdue (as if by the job).
         conn.execute(
             update(Task)
             .where(Task.id == older["id"])
