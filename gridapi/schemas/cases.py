@@ -406,7 +406,11 @@ class TimelineEntrySchema(StrictSchema):
         metadata={
             "description": "Details of the step. A case it names that you may not read (a "
             "duplicate link) is left out: its id and number are null, or it is dropped from "
-            "a list with its number."
+            "a list with its number. The rows that start a stage's clock name the limit its "
+            "deadline was counted with (`report`: `accept_limit`, `accept_unit`; `file`, "
+            "`reopen`: `handle_limit`, `handle_unit`; `feedback`: `verify_limit`, "
+            "`verify_unit`), which a calendar edit counts again (`deadline_moved`: `stage`, "
+            "`due_before`, `due_at`)."
         },
     )
     evidence = fields.List(fields.Integer(), required=True)

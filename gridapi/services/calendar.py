@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -224,6 +226,16 @@ _CHUNK = 500
 #: How many of the moved cases' ids the audit row names (it counts them all): an edit that
 #: moves a county's year of deadlines must not write one row of a hundred thousand ids.
 AUDITED_CASE_IDS = 50
+#: The timeline rows that start each stage's clock; each records the limit it counted
+#: (``<stage>_limit``, ``<stage>_unit``; rows older than that do not).
+_CLOCK_ROWS = {
+    "accept_due_at": ("report",),
+    "handle_due_at": ("file", "reopen"),
+    "verify_due_at": ("feedback",),
+}
+#: The rows that set a deadline: those, and an extension approved (``amount``, ``unit``).
+_COUNTING_ACTIONS = ("report", "file", "reopen", "feedback", "approve_extension")
+_UNITS = ("hours", "days")
 
 
 def changed_days(before: WorkingCalendar, after: WorkingCalendar) -> set[date]:
@@ -255,6 +267,154 @@ def recounted(
     return moment.astimezone(UTC)
 
 
+@dataclass(frozen=True)
+class Counted:
+    """How the deadline of a case's current stage was counted, as its timeline says: from
+    ``start``, ``limit`` in ``unit`` (None: a row written before they were recorded), then
+    each extension approved since (amount, unit; a unit of "?" for a row that does not say),
+    in order; ``set_at``: when each of those rows was written."""
+
+    start: datetime
+    limit: int | None
+    unit: str | None
+    extensions: tuple[tuple[int, str], ...] = ()
+    set_at: tuple[datetime, ...] = ()
+
+    @property
+    def exact(self) -> bool:
+        """Whether the extensions are all known (and so the deadline can be counted again)."""
+        return all(unit in _UNITS for _, unit in self.extensions)
+
+    def due(self, calendar: WorkingCalendar, limit: int, unit: str) -> datetime:
+        """Return the deadline so counted on ``calendar`` (in UTC)."""
+        from .cases import add_limit
+
+        due = add_limit(calendar, self.start, limit, unit)
+        for amount, extra_unit in self.extensions:
+            due = add_limit(calendar, due, amount, extra_unit)
+        return due
+
+
+def _units_ok(limit: Any, unit: Any) -> bool:
+    return isinstance(limit, int) and not isinstance(limit, bool) and unit in _UNITS
+
+
+def counted_deadlines(session: Session, cases: Sequence[Any]) -> dict[int, Counted]:
+    """Return, by case id, how the deadline each case runs against now was counted (one
+    read of their timelines). A case in no stage with a clock, or without the row that
+    started it, is left out."""
+    from ..models import CaseEvent
+    from .cases import STAGE_DUE
+
+    if not cases:
+        return {}
+    rows = session.execute(
+        select(CaseEvent.case_id, CaseEvent.action, CaseEvent.at, CaseEvent.data)
+        .where(
+            CaseEvent.case_id.in_([c.id for c in cases]),
+            CaseEvent.action.in_(_COUNTING_ACTIONS),
+        )
+        .order_by(CaseEvent.case_id, CaseEvent.seq)
+    ).all()
+    timelines: dict[int, list[Any]] = {}
+    for row in rows:
+        timelines.setdefault(row.case_id, []).append(row)
+    out: dict[int, Counted] = {}
+    for c in cases:
+        column = STAGE_DUE.get(c.status)
+        if column is None:
+            continue
+        stage = column.removesuffix("_due_at")
+        found: Counted | None = None
+        for row in timelines.get(c.id, ()):
+            data = row.data or {}
+            if row.action in _CLOCK_ROWS[column]:
+                limit, unit = data.get(f"{stage}_limit"), data.get(f"{stage}_unit")
+                if not _units_ok(limit, unit):
+                    limit = unit = None
+                found = Counted(row.at, limit, unit, set_at=(row.at,))
+            elif row.action == "approve_extension" and found is not None and stage == "handle":
+                amount, unit = data.get("amount"), data.get("unit")
+                extension = (amount, unit) if _units_ok(amount, unit) else (0, "?")
+                found = Counted(
+                    found.start,
+                    found.limit,
+                    found.unit,
+                    (*found.extensions, extension),
+                    (*found.set_at, row.at),
+                )
+        if found is not None:
+            out[c.id] = found
+    return out
+
+
+def _count_again(
+    before: WorkingCalendar,
+    after: WorkingCalendar,
+    start: datetime,
+    due: datetime,
+    counted: Counted | None,
+    category_limit: int | None,
+    category_unit: str,
+) -> datetime:
+    """Return ``due`` counted again on ``after``: exactly as it was counted (its recorded
+    limit and unit, or the category's when they give ``due`` on ``before``, then each
+    extension in its own unit), else ``recounted`` from ``start`` in the recorded unit, or
+    the category's."""
+    if counted is not None and counted.exact:
+        limit, unit = counted.limit, counted.unit
+        if limit is None or unit is None:
+            limit, unit = category_limit, category_unit
+        if limit is not None and counted.due(before, limit, unit) == due:
+            return counted.due(after, limit, unit)
+    unit = (counted.unit if counted is not None else None) or category_unit
+    return recounted(before, after, start, due, unit)
+
+
+def _record_move(
+    session: Session,
+    c: Any,
+    column: str,
+    due: datetime,
+    new_due: datetime,
+    seq: int,
+    actor: str,
+    actor_name: str,
+    now: datetime,
+) -> None:
+    from .cases import add_event
+
+    setattr(c, column, new_due)
+    c.updated_at = now
+    add_event(
+        session,
+        c,
+        seq,
+        "deadline_moved",
+        c.status,
+        actor,
+        actor_name,
+        now,
+        data={
+            "stage": column.removesuffix("_due_at"),
+            "due_before": due.isoformat(),
+            "due_at": new_due.isoformat(),
+        },
+    )
+
+
+def _last_seqs(session: Session, ids: Sequence[int]) -> dict[int, int]:
+    from ..models import CaseEvent
+
+    # The timeline rows numbered by one read of the chunk, not one per case moved.
+    rows = session.execute(
+        select(CaseEvent.case_id, func.max(CaseEvent.seq))
+        .where(CaseEvent.case_id.in_(ids))
+        .group_by(CaseEvent.case_id)
+    ).all()
+    return {case_id: seq or 0 for case_id, seq in rows}
+
+
 def move_deadlines(
     session: Session,
     before: WorkingCalendar,
@@ -267,16 +427,19 @@ def move_deadlines(
     and that ``before`` counted across a day the edit changed; return the ids of the cases
     whose deadline moved, in id order.
 
-    Each keeps its start and its length (``recounted``, in its category's unit for the
-    stage). A deadline already passed stays (the case stays overdue: it was told, flagged,
-    perhaps carded); one that the new count would put at or before ``now`` stays too (a
-    case does not become overdue by a calendar edit, unwarned). Each moved case gets a
-    ``deadline_moved`` timeline row (``stage``, ``due_before``, ``due_at``), a new version,
-    and its ``overdue`` flag unchanged (false). Tasks given working time are moved alike by
-    ``services.tasks.move_task_deadlines``, called next to this one.
+    Each is counted as it was (``Counted``: its start, the limit and unit its timeline row
+    recorded, each approved extension in its own unit), or, for a deadline its timeline
+    does not account for, keeps its start and its length (``recounted``, in the unit
+    recorded, else its category's for the stage). A deadline already passed stays (the
+    case stays overdue: it was told, flagged, perhaps carded); one that the new count would
+    put at or before ``now`` stays too (a case does not become overdue by a calendar edit,
+    unwarned). Each moved case gets a ``deadline_moved`` timeline row (``stage``,
+    ``due_before``, ``due_at``), a new version, and its ``overdue`` flag unchanged (false).
+    Tasks given working time are moved alike by ``services.tasks.move_task_deadlines``,
+    called next to this one.
     """
-    from ..models import Case, CaseEvent, Category
-    from .cases import STAGE_DUE, add_event
+    from ..models import Case, Category
+    from .cases import STAGE_DUE
 
     days = changed_days(before, after)
     if not days:
@@ -305,63 +468,34 @@ def move_deadlines(
         )
     )
     moved: list[int] = []
-    units: dict[str, Category | None] = {}
+    categories: dict[str, Category | None] = {}
     for offset in range(0, len(ids), _CHUNK):
         chunk = ids[offset : offset + _CHUNK]
         cases = session.scalars(
             select(Case).where(Case.id.in_(chunk)).order_by(Case.id).with_for_update()
         ).all()
-        reopened = dict(
-            session.execute(
-                select(CaseEvent.case_id, func.max(CaseEvent.at))
-                .where(CaseEvent.case_id.in_(chunk), CaseEvent.action == "reopen")
-                .group_by(CaseEvent.case_id)
-            ).all()
-        )
-        # The timeline rows numbered by one read of the chunk, not one per case moved.
-        last_seq = dict(
-            session.execute(
-                select(CaseEvent.case_id, func.max(CaseEvent.seq))
-                .where(CaseEvent.case_id.in_(chunk))
-                .group_by(CaseEvent.case_id)
-            ).all()
-        )
+        counted = counted_deadlines(session, cases)
+        last_seq = _last_seqs(session, chunk)
         for c in cases:
             column = STAGE_DUE.get(c.status)
             if column is None or c.overdue:  # moved on meanwhile (the lock waited for it)
                 continue
             due = getattr(c, column)
             start_column, unit_column = _STAGE_START[column]
-            start = getattr(c, start_column)
-            if column == "handle_due_at" and c.id in reopened:
-                start = max(filter(None, (start, reopened[c.id])))
+            how = counted.get(c.id)
+            start = how.start if how is not None else getattr(c, start_column)
             if due is None or start is None or due <= bound or start >= last_end:
                 continue
-            if c.category_code not in units:
-                units[c.category_code] = session.get(Category, c.category_code)
-            category = units[c.category_code]
+            if c.category_code not in categories:
+                categories[c.category_code] = session.get(Category, c.category_code)
+            category = categories[c.category_code]
+            limit = getattr(category, unit_column.replace("_unit", "_limit"), None)
             unit = getattr(category, unit_column) if category is not None else "days"
-            new_due = recounted(before, after, start, due, unit)
+            new_due = _count_again(before, after, start, due, how, limit, unit)
             if new_due == due or new_due <= now:
                 continue
-            setattr(c, column, new_due)
-            c.updated_at = now
-            stage = column.removesuffix("_due_at")
-            add_event(
-                session,
-                c,
-                (last_seq.get(c.id) or 0) + 1,
-                "deadline_moved",
-                c.status,
-                actor,
-                actor_name,
-                now,
-                data={
-                    "stage": stage,
-                    "due_before": due.isoformat(),
-                    "due_at": new_due.isoformat(),
-                },
-            )
+            last_seq[c.id] = last_seq.get(c.id, 0) + 1
+            _record_move(session, c, column, due, new_due, last_seq[c.id], actor, actor_name, now)
             moved.append(c.id)
         session.flush()
     return moved

@@ -435,12 +435,16 @@ def new_case_row(
     }
 
 
-def first_event_data(case_row: dict[str, Any]) -> dict[str, Any]:
-    """Return the ``data`` of a case's first timeline row (``report``)."""
+def first_event_data(case_row: dict[str, Any], category: Category) -> dict[str, Any]:
+    """Return the ``data`` of a case's first timeline row (``report``), with the limit its
+    acceptance deadline was counted with (``accept_limit``, ``accept_unit``: a calendar
+    edit counts it again so, whatever the category says by then)."""
     return {
         "grid": case_row["grid_code"],
         "method": case_row["routing_method"],
         "source": case_row["source"],
+        "accept_limit": category.accept_limit,
+        "accept_unit": category.accept_unit,
     }
 
 
@@ -488,7 +492,7 @@ def report(
             at=now,
             comment="",
             responsible_region_code=case_row["responsible_region_code"],
-            data=first_event_data(case_row),
+            data=first_event_data(case_row, category),
             evidence=[],
         )
     )
@@ -1187,7 +1191,11 @@ def _file(ctx: TransitionContext, c: Case) -> str:
     assert category is not None
     c.filed_at = ctx.now
     c.handle_due_at = add_limit(ctx.calendar, ctx.now, category.handle_limit, category.handle_unit)
-    ctx.event_data["handle_due_at"] = c.handle_due_at.isoformat()
+    ctx.event_data.update(
+        handle_due_at=c.handle_due_at.isoformat(),
+        handle_limit=category.handle_limit,
+        handle_unit=category.handle_unit,
+    )
     unit = handling_unit(category, c.region_code)
     # Filed with the category's handling unit, unless the case was escalated above it already.
     if unit != c.responsible_region_code and c.responsible_region_code.startswith(
@@ -1453,7 +1461,11 @@ def _feedback(ctx: TransitionContext, c: Case) -> str:
     c.feedback_at = ctx.now
     _withdraw_extension_request(ctx, c)
     c.verify_due_at = add_limit(ctx.calendar, ctx.now, category.verify_limit, category.verify_unit)
-    ctx.event_data["verify_due_at"] = c.verify_due_at.isoformat()
+    ctx.event_data.update(
+        verify_due_at=c.verify_due_at.isoformat(),
+        verify_limit=category.verify_limit,
+        verify_unit=category.verify_unit,
+    )
     if c.status == "filed":
         ctx.event_data["on_the_spot"] = True
     return "feedback"
@@ -1519,7 +1531,11 @@ def _reopen(ctx: TransitionContext, c: Case) -> str:
         ctx.event_data["earlier_supervision"] = c.supervision
         c.supervision = "normal"
     c.handle_due_at = add_limit(ctx.calendar, ctx.now, category.handle_limit, category.handle_unit)
-    ctx.event_data["handle_due_at"] = c.handle_due_at.isoformat()
+    ctx.event_data.update(
+        handle_due_at=c.handle_due_at.isoformat(),
+        handle_limit=category.handle_limit,
+        handle_unit=category.handle_unit,
+    )
     if c.satisfaction is not None:
         # The rating judged the closure this undoes: it stays in the timeline (its rate row,
         # and here), and the reporter rates the next closure (the indicators count a

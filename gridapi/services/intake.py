@@ -523,7 +523,7 @@ class _TwoStatements:
                 "reporter_name": case["reporter_name"],
                 "responsible": case["responsible_region_code"],
                 "region_code": case["region_code"],
-                "event_data": dumps_bytes(svc.first_event_data(case)).decode(),
+                "event_data": dumps_bytes(svc.first_event_data(case, category)).decode(),  # type: ignore[arg-type]
                 "now": r.now,
                 "actor_type": actor.type,
                 "actor_id": actor.id,

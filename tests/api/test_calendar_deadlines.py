@@ -6,14 +6,16 @@ cases")."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from gridapi.cli import main
-from gridapi.models import Case
+from gridapi.models import Case, CaseEvent, Category
 from gridapi.services.calendar import working_calendar
 
 from .test_case_workflow import Desk, ok, when
@@ -234,3 +236,89 @@ def test_an_edit_reads_the_timelines_of_the_cases_it_moves_per_batch_not_per_cas
         list(range(1, len(d.timeline(cid)) + 1)) for cid in ids
     ]
     assert len(numbered) == len(days), numbered
+
+
+# A week no calendar row touches (the seeded years end earlier): Monday to Friday working.
+MONDAY = date(2030, 1, 7)
+
+
+def _local(day: date, hour: int, minute: int = 0) -> datetime:
+    return datetime.combine(day, dtime(hour, minute), tzinfo=ZoneInfo(ZONE)).astimezone(UTC)
+
+
+def _clock_started(engine, cid: int, action: str, at: datetime, due: datetime, **data) -> None:  # type: ignore[no-untyped-def]
+    """Move the case's handling clock to ``at`` (its ``action`` row too, with ``data``)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(Case)
+            .where(Case.id == cid)
+            .values(filed_at=at, handle_due_at=due, version=Case.version + 1)
+        )
+        row = conn.execute(
+            select(CaseEvent.id, CaseEvent.data).where(
+                CaseEvent.case_id == cid, CaseEvent.action == action
+            )
+        ).one()
+        conn.execute(
+            update(CaseEvent).where(CaseEvent.id == row.id).values(at=at, data={**row.data, **data})
+        )
+
+
+def test_a_deadline_with_an_extension_in_the_other_unit_is_counted_again_exactly(desk, engine):
+    """A handling limit of 3 working hours, filed on Monday at 10:00 (due at 14:30), then
+    a day's extension: due on Tuesday at 17:30. Monday becomes a holiday: the 3 hours end on Tuesday at 11:30, and a
+    day more is Wednesday at 17:30. Counted again all in hours (14 working hours from
+    Monday 10:00), it was Wednesday at 16:00, an hour and a half short of the extension."""
+    d = desk
+    with engine.begin() as conn:
+        conn.execute(
+            update(Category)
+            .where(Category.code == "0102")
+            .values(handle_limit=3, handle_unit="hours")
+        )
+    cid = d.report(category="0102")["id"]
+    d.to_handling(cid)
+    d.act(d.worker, cid, "request_extension", amount=1, unit_of_time="days", comment="雨天")
+    d.act(d.office, cid, "approve_extension")
+    assert MONDAY.weekday() == 0
+    due = _local(MONDAY + timedelta(days=1), 17, 30)
+    _clock_started(engine, cid, "file", _local(MONDAY, 10), due)
+    with engine.begin() as conn:  # the extension approved on Monday, from that deadline
+        conn.execute(
+            update(CaseEvent)
+            .where(CaseEvent.case_id == cid, CaseEvent.action == "approve_extension")
+            .values(at=_local(MONDAY, 10, 30))
+        )
+    steps = len(d.timeline(cid))
+    ok(d.admin.put(f"/api/v1/calendar/{MONDAY}", json={"kind": "holiday"}))
+    expected = _local(MONDAY + timedelta(days=2), 17, 30)
+    assert when(d.get(cid)["deadlines"]["handle"]) == expected
+    row = d.timeline(cid)[-1]
+    assert len(d.timeline(cid)) == steps + 1 and row["action"] == "deadline_moved"
+    assert (when(row["data"]["due_before"]), when(row["data"]["due_at"])) == (due, expected)
+
+
+def test_a_deadline_keeps_the_unit_it_was_counted_in_when_its_category_changes(desk, engine):
+    """Filed on Monday with a limit of 1 working day: due on Tuesday at 17:30. The category
+    is then given 14 working hours instead. Monday becomes a holiday: a day counted after
+    Monday is still Tuesday, so the deadline stays. It was counted again in the category's
+    new unit: 14 working hours from Monday 10:00, Wednesday at 16:00."""
+    d = desk
+    cid = d.report(category="0102")["id"]  # handled within 1 working day
+    d.to_filed(cid)
+    assert d.timeline(cid)[-1]["data"]["handle_unit"] == "days"  # the file row says so
+    due = _local(MONDAY + timedelta(days=1), 17, 30)
+    _clock_started(engine, cid, "file", _local(MONDAY, 10), due)
+    with engine.begin() as conn:
+        conn.execute(
+            update(Category)
+            .where(Category.code == "0102")
+            .values(handle_limit=14, handle_unit="hours")
+        )
+    before, steps = d.get(cid), len(d.timeline(cid))
+    ok(d.admin.put(f"/api/v1/calendar/{MONDAY}", json={"kind": "holiday"}))
+    assert d.get(cid) == before
+    assert len(d.timeline(cid)) == steps
+    # A holiday the day counts: one working day after Monday is Wednesday, end of day.
+    ok(d.admin.put(f"/api/v1/calendar/{MONDAY + timedelta(days=1)}", json={"kind": "holiday"}))
+    assert when(d.get(cid)["deadlines"]["handle"]) == _local(MONDAY + timedelta(days=2), 17, 30)

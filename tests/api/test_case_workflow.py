@@ -214,12 +214,18 @@ def test_report_to_rating_on_the_main_road(desk, app, session):
     assert events[2]["comment"] == "立案"
     assert events[2]["data"] == {
         "handle_due_at": handle_due.isoformat(),
+        "handle_limit": 4,  # what it was counted with: a calendar edit counts it again so
+        "handle_unit": "hours",
         "from_unit": COMMUNITY_A,
         "to_unit": TOWNSHIP,
     }
     assert events[3]["data"] == {"assignee_id": d.id("worker")}
     assert events[5]["comment"] == "已清理完毕"
-    assert events[5]["data"] == {"verify_due_at": verify_due.isoformat()}
+    assert events[5]["data"] == {
+        "verify_due_at": verify_due.isoformat(),
+        "verify_limit": 1,
+        "verify_unit": "days",
+    }
     assert events[6]["comment"] == "现场核查通过"
     assert events[8]["data"] == {"score": 5}
     assert {e["actor_name"] for e in events} == {"office", "worker"}
@@ -1057,7 +1063,11 @@ def test_reopen_needs_a_reason(desk, app, session):
         "filed",
         "群众反映问题复发",
     )
-    assert event["data"] == {"handle_due_at": reopened["deadlines"]["handle"]}
+    assert event["data"] == {
+        "handle_due_at": reopened["deadlines"]["handle"],
+        "handle_limit": 4,
+        "handle_unit": "hours",
+    }
 
 
 def test_a_closure_keeps_its_evaluation_in_its_timeline_row(desk, session):
@@ -1202,6 +1212,8 @@ def test_a_return_escalation_or_reopen_ends_the_dispatch_the_indicators_count(de
     for cid in (returned, escalated, reopened):
         assert d.timeline(cid)[-1]["data"] == {
             "verify_due_at": d.get(cid)["deadlines"]["verify"],
+            "verify_limit": 1,
+            "verify_unit": "days",
             "on_the_spot": True,
         }
     d.to_handling(handled)
