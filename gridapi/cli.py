@@ -460,6 +460,7 @@ def calendar_import(file: Path) -> None:
                 settings.timezone,
                 datetime.now(UTC),
                 _cli_actor(),
+                cache_seconds=settings.calendar_cache_seconds,
             )
             tasks_moved = recount_tasks_after_edit(
                 session,

@@ -10,7 +10,7 @@ from .cases import (
     Notification,
     NotificationReadMark,
 )
-from .categories import CalendarDay, CalendarYear, Category
+from .categories import CalendarDay, CalendarEdit, CalendarYear, Category
 from .exports import ExportJob
 from .grids import Grid, GridVersion, IndexGeneration
 from .identity import (
@@ -35,6 +35,7 @@ __all__ = [
     "AuditEntry",
     "Base",
     "CalendarDay",
+    "CalendarEdit",
     "CalendarYear",
     "Campaign",
     "Case",

@@ -114,3 +114,18 @@ class CalendarYear(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     __table_args__ = (CheckConstraint("status IN ('official', 'provisional')", name="status"),)
+
+
+class CalendarEdit(Base):
+    """An edit of the working calendar that changed a day. Processes keep the calendar
+    GRIDAPI_CALENDAR_CACHE_SECONDS: a deadline set meanwhile may be counted on the old one.
+    The worker counts again the deadlines set between ``recount_from`` and ``recount_until``
+    once that has passed, and then sets ``recounted_at``."""
+
+    __tablename__ = "calendar_edits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    edited_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    recount_from: Mapped[datetime] = mapped_column(UTCDateTime)
+    recount_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    recounted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -52,6 +52,7 @@ def _recount(before: WorkingCalendar) -> list[int]:
         settings.timezone,
         datetime.now(UTC),
         request_actor(),
+        cache_seconds=settings.calendar_cache_seconds,
     )
     recount_tasks_after_edit(
         db_session(),

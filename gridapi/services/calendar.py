@@ -236,6 +236,11 @@ _CLOCK_ROWS = {
 #: The rows that set a deadline: those, and an extension approved (``amount``, ``unit``).
 _COUNTING_ACTIONS = ("report", "file", "reopen", "feedback", "approve_extension")
 _UNITS = ("hours", "days")
+#: How far around an edit's window the worker looks: a step that began before the edit (its
+#: calendar read earlier) and committed after it, and the edit's own transaction's length.
+RECOUNT_MARGIN = timedelta(seconds=60)
+#: Who the worker's ``deadline_moved`` rows name (as the other jobs' rows).
+WORKER_ACTOR, WORKER_NAME = "system:worker", "系统"
 
 
 def changed_days(before: WorkingCalendar, after: WorkingCalendar) -> set[date]:
@@ -501,6 +506,107 @@ def move_deadlines(
     return moved
 
 
+def recount_stale_deadlines(
+    session: Session, calendar: WorkingCalendar, since: datetime, until: datetime, now: datetime
+) -> list[int]:
+    """Count again on ``calendar`` the deadlines of the open cases whose current deadline was
+    set (a report, a filing, a reopen, a feedback, an extension approved) between ``since``
+    and ``until``, as their timeline says they were counted (``Counted``, with the limit and
+    unit recorded); move each that differs, still ahead and staying ahead of ``now``, with a
+    ``deadline_moved`` row by the worker. Returns the ids moved, in id order.
+
+    Idempotent: a deadline counted on ``calendar`` already is left as it is."""
+    from ..models import Case
+    from .cases import STAGE_DUE
+
+    # A step changes the case's updated_at: the open cases not overdue (the overdue job's
+    # index) changed since the window began; their timelines say which it set a deadline.
+    ids = list(
+        session.scalars(
+            select(Case.id)
+            .where(
+                Case.overdue.is_(False),
+                Case.status.in_(tuple(STAGE_DUE)),
+                Case.updated_at >= since,
+            )
+            .order_by(Case.id)
+        )
+    )
+    moved: list[int] = []
+    for offset in range(0, len(ids), _CHUNK):
+        chunk = ids[offset : offset + _CHUNK]
+        cases = session.scalars(
+            select(Case)
+            .where(
+                Case.id.in_(chunk),
+                Case.status.in_(tuple(STAGE_DUE)),
+                Case.overdue.is_(False),
+            )
+            .order_by(Case.id)
+            .with_for_update()
+        ).all()
+        counted = counted_deadlines(session, cases)
+        last_seq = _last_seqs(session, [c.id for c in cases]) if cases else {}
+        for c in cases:
+            column = STAGE_DUE[c.status]
+            due, how = getattr(c, column), counted.get(c.id)
+            if due is None or due <= now or how is None or how.limit is None or how.unit is None:
+                continue
+            if not how.exact or not any(since <= at <= until for at in how.set_at):
+                continue
+            new_due = how.due(calendar, how.limit, how.unit)
+            if new_due == due or new_due <= now:
+                continue
+            last_seq[c.id] = last_seq.get(c.id, 0) + 1
+            _record_move(
+                session, c, column, due, new_due, last_seq[c.id], WORKER_ACTOR, WORKER_NAME, now
+            )
+            moved.append(c.id)
+        session.flush()
+    return moved
+
+
+def recount_after_cache(
+    session: Session, working_hours: str, timezone: str, now: datetime
+) -> list[int]:
+    """Finish the calendar edits whose cache window has passed (``recount_until`` at or
+    before ``now``): count again the deadlines set in their windows, by other processes
+    perhaps on the calendar they still held (``recount_stale_deadlines``), mark each edit
+    done, and write one audit row ``calendar.deadlines_moved`` when any moved. Returns the
+    ids moved. Several workers: on PostgreSQL each takes the edits no other holds."""
+    from ..models import CalendarEdit
+
+    stmt = (
+        select(CalendarEdit)
+        .where(CalendarEdit.recounted_at.is_(None), CalendarEdit.recount_until <= now)
+        .order_by(CalendarEdit.id)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    edits = list(session.scalars(stmt))
+    if not edits:
+        return []
+    calendar = working_calendar(session, working_hours, timezone)
+    moved: set[int] = set()
+    for edit in edits:
+        moved.update(
+            recount_stale_deadlines(session, calendar, edit.recount_from, edit.recount_until, now)
+        )
+        edit.recounted_at = now
+    session.flush()
+    ids = sorted(moved)
+    if ids:
+        record(
+            session,
+            Actor("system", WORKER_ACTOR, WORKER_NAME),
+            "calendar.deadlines_moved",
+            "calendar",
+            None,
+            summary={"cases": len(ids), "case_ids": ids[:AUDITED_CASE_IDS]},
+        )
+    return ids
+
+
 def recount_after_edit(
     session: Session,
     before: WorkingCalendar,
@@ -508,11 +614,28 @@ def recount_after_edit(
     timezone: str,
     now: datetime,
     actor: Actor,
+    *,
+    cache_seconds: float = 10.0,
 ) -> list[int]:
     """Move the deadlines an edit of the calendar changes (``move_deadlines``, in the edit's
     transaction) and, when any moved, write the audit row ``calendar.deadlines_moved``
-    naming the cases (``cases``: how many; ``case_ids``: the first 50). Returns their ids."""
+    naming the cases (``cases``: how many; ``case_ids``: the first 50). Returns their ids.
+
+    An edit that changed a day is recorded (``calendar_edits``): the processes that keep the
+    calendar ``cache_seconds`` (GRIDAPI_CALENDAR_CACHE_SECONDS) may count deadlines on the
+    old one until then, and the worker counts again those set meanwhile
+    (``recount_after_cache``)."""
+    from ..models import CalendarEdit
+
     after = working_calendar(session, working_hours, timezone)
+    if changed_days(before, after):
+        session.add(
+            CalendarEdit(
+                edited_at=now,
+                recount_from=now - RECOUNT_MARGIN,
+                recount_until=now + timedelta(seconds=cache_seconds) + RECOUNT_MARGIN,
+            )
+        )
     moved = move_deadlines(session, before, after, now, actor.id or actor.type, actor.name or "")
     if moved:
         record(

@@ -1,6 +1,7 @@
-"""Background jobs: case deadlines (overdue marking, automatic supervision and escalation),
-overdue tasks, the retention of patrol tracks and of the sync log, idempotency keys, and
-attachment files no row references (left by requests that failed after writing them).
+"""Background jobs: case deadlines (counted again after a calendar edit, overdue marking,
+automatic supervision and escalation), overdue tasks, the retention of patrol tracks and of
+the sync log, idempotency keys, and attachment files no row references (left by requests
+that failed after writing them).
 
 ``gridapi worker`` runs them every ``GRIDAPI_WORKER_INTERVAL_SECONDS``; ``gridapi serve`` can
 run one such worker beside the server. Each job walks its candidate cases in batches of
@@ -40,7 +41,7 @@ from ..models import Case, CaseEvent, Category, Notification
 from ..models.base import utcnow
 from ..workcalendar import WorkingCalendar
 from .attachments import remove_orphan_files
-from .calendar import working_calendar
+from .calendar import recount_after_cache, working_calendar
 from .cases import ACTIONS, STAGE_DUE, add_event, escalation_target
 from .idempotency import purge
 from .patrols import thin_tracks
@@ -54,6 +55,7 @@ SYSTEM_NAME = "系统"
 BATCH_SIZE = 200
 # Each job and what it counts, in the order they run.
 JOBS = {
+    "calendar": ("moved",),
     "overdue": ("marked",),
     "supervision": ("yellow", "red"),
     "escalation": ("escalated",),
@@ -64,7 +66,7 @@ JOBS = {
     "files": ("removed",),
 }
 JOB_NAMES = tuple(JOBS)
-SIMPLE_JOBS = ("idempotency", "tasks", "tracks", "sync", "files")
+SIMPLE_JOBS = ("calendar", "idempotency", "tasks", "tracks", "sync", "files")
 #: The removal of unreferenced attachment files walks the whole store: ``run_forever`` runs
 #: it once at start and then once a day (``gridapi worker --once`` always).
 FILES_EVERY_SECONDS = 24 * 3600.0
@@ -555,6 +557,11 @@ def run_jobs(
     }
     # Jobs done in one transaction each; they return their counts.
     simple_jobs: dict[str, Callable[[Session], dict[str, int]]] = {
+        # Before the overdue marking: a deadline counted on a calendar a process still held
+        # after an edit is first counted again.
+        "calendar": lambda s: {
+            "moved": len(recount_after_cache(s, options.working_hours, options.timezone, now))
+        },
         "idempotency": lambda s: {"purged": purge(s, now)},
         "tasks": lambda s: {"overdue": flag_overdue_tasks(s, now)},
         "tracks": lambda s: thin_tracks(

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from gridapi.cli import main
 from gridapi.models import Case, CaseEvent, Category
 from gridapi.services.calendar import working_calendar
+from gridapi.services.cases import add_limit
 
 from .test_case_workflow import Desk, ok, when
 
@@ -322,3 +323,63 @@ def test_a_deadline_keeps_the_unit_it_was_counted_in_when_its_category_changes(d
     # A holiday the day counts: one working day after Monday is Wednesday, end of day.
     ok(d.admin.put(f"/api/v1/calendar/{MONDAY + timedelta(days=1)}", json={"kind": "holiday"}))
     assert when(d.get(cid)["deadlines"]["handle"]) == _local(MONDAY + timedelta(days=2), 17, 30)
+
+
+def test_the_worker_moves_a_deadline_counted_on_the_calendar_another_process_still_held(
+    desk, session, settings, engine
+):
+    """Another process keeps the calendar it read for GRIDAPI_CALENDAR_CACHE_SECONDS: a case
+    reported there just after an edit got its deadline on the old calendar, and the edit,
+    committed before, did not see it. Once the window has passed the worker counts the
+    deadlines set in it again: that one moves (a ``deadline_moved`` row by the worker, an
+    audit row), the others, counted on the new calendar, stay; a second run does nothing."""
+    from gridapi import create_app
+    from gridapi.services import jobs
+
+    d = desk
+    other = create_app(settings)
+    try:
+        reporter = other.test_client()
+        reporter.environ_base["HTTP_AUTHORIZATION"] = d.admin.environ_base["HTTP_AUTHORIZATION"]
+        first = d.report(reporter, category="0102")  # the other process reads the calendar
+        due = when(first["deadlines"]["accept"])
+        assert due is not None
+        tz = working_calendar(session, HOURS, ZONE).tz
+        day = due.astimezone(tz).date()
+        ok(d.admin.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
+        moved_by_edit = when(d.get(first["id"])["deadlines"]["accept"])
+        stale = d.report(reporter, category="0102")  # on the calendar it still holds
+    finally:
+        other.extensions["gridapi"].routing.wait_for_rebuild(60)
+        other.extensions["gridapi"].engine.dispose()
+    session.rollback()
+    calendar = working_calendar(session, HOURS, ZONE)
+    category = session.get(Category, "0102")
+    assert category is not None
+    reported_at = when(stale["reported_at"])
+    assert reported_at is not None
+    expected = add_limit(calendar, reported_at, category.accept_limit, category.accept_unit)
+    stale_due = when(stale["deadlines"]["accept"])
+    assert stale_due is not None and stale_due != expected  # counted on the old calendar
+    steps = len(d.timeline(stale["id"]))
+
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    results = jobs.run_jobs(engine, later, jobs=["calendar"])
+    assert [(r.name, r.counts) for r in results] == [("calendar", {"moved": 1})]
+    assert when(d.get(stale["id"])["deadlines"]["accept"]) == expected
+    assert when(d.get(first["id"])["deadlines"]["accept"]) == moved_by_edit
+    timeline = d.timeline(stale["id"])
+    assert len(timeline) == steps + 1
+    assert (timeline[-1]["action"], timeline[-1]["actor"]) == ("deadline_moved", "system:worker")
+    assert (when(timeline[-1]["data"]["due_before"]), when(timeline[-1]["data"]["due_at"])) == (
+        stale_due,
+        expected,
+    )
+    entry = _audited(d.admin, "calendar.deadlines_moved")
+    assert [e["summary"]["case_ids"] for e in entry if e["actor_type"] == "system"] == [
+        [stale["id"]]
+    ]
+    # Done once: a second run (or a second worker) moves nothing.
+    again = jobs.run_jobs(engine, later + timedelta(minutes=1), jobs=["calendar"])
+    assert again[0].counts == {"moved": 0}
+    assert len(d.timeline(stale["id"])) == steps + 1

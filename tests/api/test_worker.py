@@ -339,6 +339,7 @@ def test_two_workers_at_once_change_each_case_exactly_once(client, world, app, s
             for key, value in r.counts.items():
                 totals[key] = totals.get(key, 0) + value
     assert totals == {
+        "moved": 0,
         "marked": 30,
         "yellow": 0,
         "red": 30,
@@ -422,26 +423,27 @@ def test_worker_once_prints_a_line_per_job(client, world, app, settings):
     # writes says so, and on SQLite begins as a writer.
     assert unsafe == []
     lines = result.output.strip().splitlines()
-    assert lines[0] == "overdue: checked=1 marked=1 errors=0"
-    assert lines[1] == "supervision: checked=1 yellow=1 red=0 errors=0"
-    assert lines[2:] == [
+    assert lines[0] == "calendar: moved=0 errors=0"  # no calendar edit to finish
+    assert lines[1] == "overdue: checked=1 marked=1 errors=0"
+    assert lines[2] == "supervision: checked=1 yellow=1 red=0 errors=0"
+    assert lines[3:] == [
         "escalation: checked=0 escalated=0 errors=0",
         "idempotency: purged=0 errors=0",
         "tasks: overdue=0 errors=0",
         "tracks: ended=0 thinned=0 deleted=0 presence_cleared=0 errors=0",
         "sync: pruned=0 errors=0",
         "files: removed=0 errors=0",
-        lines[8],
+        lines[9],
         "exports: done=0 failed=0 purged=0",
     ]
     # The outbox events of the report and the steps are fanned out; nobody subscribed.
     assert re.fullmatch(
-        r"webhooks: fanned_out=\d+ attempted=0 delivered=0 retrying=0 dead=0", lines[8]
-    ), lines[8]
+        r"webhooks: fanned_out=\d+ attempted=0 delivered=0 retrying=0 dead=0", lines[9]
+    ), lines[9]
     assert get_case(app, case_id).overdue is True
     again = cli(settings, "worker", "--once")
     assert again.exit_code == 0, again.output
-    first, second = again.output.splitlines()[:2]
+    first, second = again.output.splitlines()[1:3]
     assert first == "overdue: checked=0 marked=0 errors=0"
     # A yellow case a day overdue is looked at again for red, and left yellow.
     assert re.fullmatch(r"supervision: checked=\d+ yellow=0 red=0 errors=0", second), second
