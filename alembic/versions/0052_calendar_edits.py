@@ -5,8 +5,8 @@ a stage started there just after an edit got a deadline counted on the old calen
 nobody counted it again. Each edit that changes a day now writes a row here; the worker,
 once the window has passed, counts again the deadlines set in it and marks the row done.
 
-Revision ID: 0049_calrecount
-Revises: 0048
+Revision ID: 0052
+Revises: 0051
 Create Date: 2026-12-01
 """
 
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from alembic import op
 from gridapi.models.base import UTCDateTime
 
-revision = "0049_calrecount"
-down_revision = "0048"
+revision = "0052"
+down_revision = "0051"
 branch_labels = None
 depends_on = None
 
