@@ -111,10 +111,15 @@ def stored_purpose(args: dict[str, Any]) -> str | None:
 
 def summary_of_stored(stored: str | None) -> dict[str, Any]:
     """Return the audit summary of a job's stored purpose (:func:`stored_purpose`); a job
-    queued before purposes were codes held free text, which stays out of the log."""
+    queued before purposes were codes held free text, which stays out of the log. A
+    reference that is an ID number written with separators (a job queued before those were
+    refused) is not copied into the download's row either: ``(given)`` stands for it (the
+    job's own row still names a case number of that shape)."""
     if not stored:
         return {}
     code, _, reference = stored.partition(" ")
     if code in PURPOSES and (not reference or reference_problem(reference) is None):
+        if reference and is_id_number_written_apart(reference):
+            return {"purpose_code": code, "reference": GIVEN}
         return {"purpose_code": code, **({"reference": reference} if reference else {})}
     return {"purpose_code": "other", "purpose": GIVEN}

@@ -713,6 +713,33 @@ def test_a_job_keeps_the_scope_and_masking_of_its_requester(client, residents, a
     assert r.status_code == 422 and "id_number" in r.get_json()["errors"]["json"]["filters"]
 
 
+def test_a_job_queued_with_an_id_number_as_reference_does_not_copy_it_at_download(
+    client, residents, app, engine
+):
+    """Before an ID number written with separators was refused as a ``reference``, a job
+    could be queued with one; its file's download copied it into the append-only log."""
+    r = client.post(
+        "/api/v1/exports/persons/jobs",
+        json={"unmask": True, "purpose_code": "legal_request", "reference": "GA-2026/77"},
+    )
+    assert r.status_code == 202, r.get_json()
+    job = r.get_json()["id"]
+    written_apart = f"{make_id(1)[:6]}-{make_id(1)[6:14]}-{make_id(1)[14:]}"
+    with engine.begin() as conn:  # as such a job was stored before the fix
+        conn.execute(
+            text("UPDATE export_jobs SET purpose = :p WHERE id = :i"),
+            {"p": f"legal_request {written_apart}", "i": job},
+        )
+    assert run_jobs(app)["done"] == 1
+    ok(client.get(f"/api/v1/exports/persons/jobs/{job}/file"))
+    with engine.connect() as conn:
+        (summary,) = conn.execute(
+            select(AuditEntry.summary).where(AuditEntry.action == "export.file")
+        ).scalars()
+    assert (summary["purpose_code"], summary["reference"]) == ("legal_request", "(given)")
+    assert make_id(1)[6:14] not in json.dumps(summary)
+
+
 def test_after_an_erasure_no_export_job_serves_or_keeps_anything_of_the_resident(
     client, residents, app, engine
 ):
