@@ -433,7 +433,7 @@ def calendar_import(file: Path) -> None:
     from datetime import UTC, datetime
 
     from .errors import DomainError
-    from .services.calendar import import_days, recount_after_edit, working_calendar
+    from .services.calendar import calendar_for_edit, import_days, recount_after_edit
     from .services.tasks import recount_tasks_after_edit
 
     settings = _settings()
@@ -443,7 +443,7 @@ def calendar_import(file: Path) -> None:
         raise click.ClickException(f"{file} is not valid JSON: {exc}") from exc
     try:
         with _sessions().begin() as session:
-            before = working_calendar(session, settings.working_hours, settings.timezone)
+            before = calendar_for_edit(session, settings.working_hours, settings.timezone)
             result = import_days(session, data, settings.working_hours, settings.timezone)
             record(
                 session,

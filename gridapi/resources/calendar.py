@@ -67,7 +67,7 @@ def _recount(before: WorkingCalendar) -> list[int]:
 
 def _before() -> WorkingCalendar:
     settings = state().settings
-    return svc.working_calendar(db_session(), settings.working_hours, settings.timezone)
+    return svc.calendar_for_edit(db_session(), settings.working_hours, settings.timezone)
 
 
 def _day_to_set(text: str) -> date:

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, delete, extract, func, or_, select
+from sqlalchemy import and_, delete, extract, func, or_, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,6 +41,28 @@ def working_calendar(session: Session, working_hours: str, timezone: str) -> Wor
         periods=parse_periods(working_hours),
         tz=ZoneInfo(timezone),
     )
+
+
+# PostgreSQL advisory lock, two-key form (see services.regions): the calendar's edits.
+_CALENDAR_LOCK = 2290
+
+
+def calendar_for_edit(session: Session, working_hours: str, timezone: str) -> WorkingCalendar:
+    """Wait until no other transaction is editing the calendar or counting deadlines again
+    after an edit, keep the others from doing so until this transaction ends, and return
+    the calendar as it is now: the ``before`` of an edit.
+
+    Every edit (a day set or removed, an import) takes it before it reads the calendar, as
+    does the worker's recount (``recount_after_cache``). Two edits at once each counted the
+    deadlines on the calendar they read before the other committed: the second, having
+    waited for the first's case locks, moved them back on a calendar without the first's
+    day. Now the second waits here, then reads the first's day. SQLite writers are one at
+    a time already."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:calendar, 0)"), {"calendar": _CALENDAR_LOCK}
+        )
+    return working_calendar(session, working_hours, timezone)
 
 
 def list_days(session: Session, year: int | None = None) -> list[CalendarDay]:
@@ -586,7 +608,8 @@ def recount_after_cache(
     edits = list(session.scalars(stmt))
     if not edits:
         return []
-    calendar = working_calendar(session, working_hours, timezone)
+    # After an edit that is still counting commits (its calendar is read here then).
+    calendar = calendar_for_edit(session, working_hours, timezone)
     moved: set[int] = set()
     for edit in edits:
         moved.update(

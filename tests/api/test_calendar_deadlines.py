@@ -383,3 +383,52 @@ def test_the_worker_moves_a_deadline_counted_on_the_calendar_another_process_sti
     again = jobs.run_jobs(engine, later + timedelta(minutes=1), jobs=["calendar"])
     assert again[0].counts == {"moved": 0}
     assert len(d.timeline(stale["id"])) == steps + 1
+
+
+def test_two_edits_of_one_day_at_once_move_a_deadline_once(desk, app, engine):
+    """Two admins make the same Tuesday a holiday at once, inside a case's three working
+    days (filed Monday 10:00, due Thursday 10:00). The second edit read the calendar before
+    the first committed; once the first's locks were released it counted the deadline
+    again, already Friday, as if the day had only now become a holiday: Monday, a working
+    day lost. Edits now take turns (on PostgreSQL a lock before the read; SQLite writers are
+    one at a time): the second sees the day set, changes no day, and moves nothing."""
+    import threading
+
+    from gridapi.services.audit import Actor
+    from gridapi.services.calendar import calendar_for_edit, recount_after_edit, set_day
+
+    from ..races import wait_until_waiting
+
+    d = desk
+    with engine.begin() as conn:
+        conn.execute(
+            update(Category)
+            .where(Category.code == "0102")
+            .values(handle_limit=3, handle_unit="days")
+        )
+    cid = d.report(category="0102")["id"]
+    d.to_filed(cid)
+    _clock_started(engine, cid, "file", _local(MONDAY, 10), _local(MONDAY + timedelta(days=3), 10))
+    tuesday = MONDAY + timedelta(days=1)
+    friday = _local(MONDAY + timedelta(days=4), 10)
+
+    answers: list = []
+    with app.extensions["gridapi"].sessions() as first:
+        before = calendar_for_edit(first, HOURS, ZONE)
+        set_day(first, tuesday, "holiday")
+        now = datetime.now(UTC)
+        moved = recount_after_edit(first, before, HOURS, ZONE, now, Actor("user", "1", "甲"))
+        assert moved == [cid]  # to Friday 10:00, not yet committed
+        second = threading.Thread(
+            target=lambda: answers.append(
+                d.admin.put(f"/api/v1/calendar/{tuesday}", json={"kind": "holiday", "name": "假"})
+            )
+        )
+        second.start()
+        wait_until_waiting(engine, second, "")
+        first.commit()
+    second.join(30)
+    assert answers and answers[0].status_code == 200, answers
+    assert when(d.get(cid)["deadlines"]["handle"]) == friday
+    moves = [r for r in d.timeline(cid) if r["action"] == "deadline_moved"]
+    assert [when(r["data"]["due_at"]) for r in moves] == [friday]
