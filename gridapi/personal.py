@@ -22,6 +22,7 @@ RESIDENCE_PERMIT_PREFIXES = frozenset({"81", "82", "83"})
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK = "10X98765432"
 _ID_SHAPE = re.compile(r"[0-9]{17}[0-9X]")
+_FIRST_GENERATION_SHAPE = re.compile(r"[0-9]{15}")
 _PHONE = re.compile(r"1[3-9][0-9]{9}")
 _PHONE_NOISE = re.compile(r"[\s\-()]")
 EARLIEST_BIRTH = date(1890, 1, 1)
@@ -62,19 +63,45 @@ def parse_id_number(raw: str, today: date | None = None) -> IdNumber:
     # Residence permits of Hong Kong, Macao and Taiwan residents (港澳台居民居住证) carry
     # 810000, 820000 and 830000: a province with no county, unlike every mainland number.
     permit = value[:2] in RESIDENCE_PERMIT_PREFIXES and value[2:6] == "0000"
-    if value[:2] not in PROVINCE_PREFIXES or (value[2:6] == "0000" and not permit):
+    _check_region(value[:6], PROVINCE_PREFIXES, permit=permit)
+    born = _birth_date(value[6:10], value[10:12], value[12:14], today)
+    if check_digit(value[:17]) != value[17]:
+        raise InvalidValue("has a wrong check digit")
+    return IdNumber(value, born, "male" if int(value[16]) % 2 else "female")
+
+
+def parse_first_generation_id_number(raw: str, today: date | None = None) -> IdNumber:
+    """Return a first-generation (15-digit, 1984-2004) ID number with the birth date and
+    gender it encodes: a region code, the birth date as YYMMDD in the 1900s, a sequence
+    number (odd for men), and no check digit. Old paper records still carry them.
+
+    Raises InvalidValue with the reason: length, characters, region prefix, birth date,
+    as :func:`parse_id_number` checks them (no residence permit had 15 digits: a
+    mainland province's code only).
+    """
+    value = unicodedata.normalize("NFKC", str(raw)).strip()
+    if not _FIRST_GENERATION_SHAPE.fullmatch(value):
+        raise InvalidValue("must be 15 digits")
+    _check_region(value[:6], PROVINCE_CODES, permit=False)
+    born = _birth_date("19" + value[6:8], value[8:10], value[10:12], today)
+    return IdNumber(value, born, "male" if int(value[14]) % 2 else "female")
+
+
+def _check_region(code: str, provinces: frozenset[str], *, permit: bool) -> None:
+    if code[:2] not in provinces or (code[2:] == "0000" and not permit):
         raise InvalidValue("does not start with a known region code")
+
+
+def _birth_date(year: str, month: str, day: str, today: date | None) -> date:
     try:
-        born = date(int(value[6:10]), int(value[10:12]), int(value[12:14]))
+        born = date(int(year), int(month), int(day))
     except ValueError:
         raise InvalidValue("does not contain a real birth date") from None
     # Today where the number was issued (China, UTC+8, as are the residence permits): a
     # server on UTC, eight hours behind, took tomorrow's births for a day (age -1).
     if born < EARLIEST_BIRTH or born > (today or datetime.now(ISSUED_IN).date()):
         raise InvalidValue("contains a birth date in the future or before 1890")
-    if check_digit(value[:17]) != value[17]:
-        raise InvalidValue("has a wrong check digit")
-    return IdNumber(value, born, "male" if int(value[16]) % 2 else "female")
+    return born
 
 
 def parse_phone(raw: str) -> str:

@@ -16,7 +16,7 @@ import re
 from datetime import date
 from typing import Any
 
-from .personal import InvalidValue, parse_id_number
+from .personal import InvalidValue, parse_first_generation_id_number, parse_id_number
 
 #: The lawful purposes of reading a resident's full values (PIPL art. 13; DOMAIN.md §7).
 PURPOSES = (
@@ -54,7 +54,9 @@ def reference_problem(value: str) -> str | None:
 def is_id_number_written_apart(value: str, today: date | None = None) -> bool:
     """Return whether ``value`` is a resident's ID number written with separators
     (``110105-19491231-002X``, ``110105 19491231 002X``): a valid one (region, a birth
-    date neither in the future nor before 1890, check digit) once they are dropped.
+    date neither in the future nor before 1890, check digit) once they are dropped. A
+    first-generation 15-digit number (``110105-491231-002``, still on old paper records)
+    is one too when its region and birth date are plausible (it has no check digit).
 
     :func:`reference_problem` cannot refuse it: a case number
     (``<county code>-<YYYYMMDD>-<NNNN>``) has the same shape, and one in eleven carries a
@@ -63,11 +65,13 @@ def is_id_number_written_apart(value: str, today: date | None = None) -> bool:
     bare = _SEPARATORS.sub("", value)
     if bare == value.strip():
         return False  # no separators: reference_problem refuses an ID number as such
-    try:
-        parse_id_number(bare, today)
-    except InvalidValue:
-        return False
-    return True
+    for parse in (parse_id_number, parse_first_generation_id_number):
+        try:
+            parse(bare, today)
+        except InvalidValue:
+            continue
+        return True
+    return False
 
 
 def coded_summary(

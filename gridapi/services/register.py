@@ -1251,7 +1251,8 @@ def check_reference(
 ) -> None:
     """Raise Unprocessable (naming ``reference`` under ``location``) when the reference of
     a purpose or an erasure is a resident's ID number written with separators
-    (``110105-19491231-002X``), unless a case the caller may read has that number: a case
+    (``110105-19491231-002X``, or a first-generation 15-digit one: ``110105-491231-002``;
+    ``purposes.is_id_number_written_apart``), unless a case the caller may read has that number: a case
     number (``320508-20261130-0001``) has the same shape, and one in eleven a valid check
     digit. The schema refuses the rest (``purposes.reference_problem``); this needs the
     cases, so it is one look-up, made only for such a reference (unmasked reads, exports

@@ -1429,6 +1429,64 @@ def test_a_reference_that_is_an_id_number_written_with_separators_is_refused(
     assert r.status_code == 200, r.get_json()
 
 
+def test_a_reference_that_is_a_first_generation_id_number_written_apart_is_refused(
+    client, engine, world, household
+):
+    """A first-generation ID number (15 digits: region, YYMMDD, sequence; still on old
+    paper records) written with separators went through as a reference and was kept for
+    good beside the resident's id; the 18-digit ones were refused. One whose region or
+    birth date is not plausible is a reference like any other."""
+    person = add_person(client, household["id"])
+    base = f"/api/v1/persons/{person['id']}"
+    written_apart = (
+        "110105-491231-002",
+        "110105.491231.002",
+        "110105_491231/002",
+        "1101-0549-1231-002",
+        "110105 491231 002",
+        "320508-960229-001",  # 29 February 1996
+    )
+    for bad in written_apart:
+        stated = {"purpose_code": "audit", "reference": bad}
+        for path, query in (
+            (f"{base}/sensitive", stated),
+            (f"{base}/export", stated),
+            ("/api/v1/exports/persons", {**stated, "unmask": "true"}),
+        ):
+            r = client.get(path, query_string=query)
+            assert r.status_code == 422, (path, bad, r.get_json())
+            assert list(r.get_json()["errors"]["query"]) == ["reference"], (path, bad)
+        r = client.post("/api/v1/exports/persons/jobs", json={"unmask": True, **stated})
+        assert r.status_code == 422 and list(r.get_json()["errors"]["json"]) == ["reference"]
+        r = client.delete(base, query_string={"reason_code": "deceased", "reference": bad})
+        assert r.status_code == 422 and list(r.get_json()["errors"]["query"]) == ["reference"]
+    # Fifteen bare digits were refused already, plausible or not.
+    r = client.get(
+        f"{base}/sensitive", query_string={"purpose_code": "audit", "reference": "110105491231002"}
+    )
+    assert r.status_code == 422 and list(r.get_json()["errors"]["query"]) == ["reference"]
+    assert client.get(base).status_code == 200  # not erased
+    for action in ("person.unmask", "person.export", "person.erase", "export.download"):
+        assert audit_rows(engine, action) == [], action
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM export_jobs")).scalar_one() == 0
+    # Not plausible as an ID number: no real birth date (month 13, 29 February 1900), no
+    # province (20, 99), no county (0000): references like any other.
+    for fine in (
+        "110105-491331-002",
+        "320508-000229-001",
+        "200105-491231-002",
+        "990105-491231-002",
+        "110000-491231-002",
+        "2026-1130-0001234",
+    ):
+        r = client.get(
+            f"{base}/sensitive", query_string={"purpose_code": "audit", "reference": fine}
+        )
+        assert r.status_code == 200, (fine, r.get_json())
+        assert audit_rows(engine, "person.unmask")[-1][2]["reference"] == fine
+
+
 def test_the_audit_trail_left_by_an_erasure_names_no_special_group(
     client, engine, world, household
 ):

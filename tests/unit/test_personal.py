@@ -15,6 +15,7 @@ from gridapi.personal import (
     mask_id_number,
     mask_name,
     mask_phone,
+    parse_first_generation_id_number,
     parse_id_number,
     parse_phone,
 )
@@ -181,6 +182,37 @@ def test_check_digit_known_value():
     # The example of GB 11643-1999, appendix A.
     assert check_digit("11010519491231002") == "X"
     assert parse_id_number("11010519491231002X", today=TODAY).gender == "female"
+
+
+# --- first-generation (15-digit) ID numbers ---------------------------------------------------
+
+
+def test_a_first_generation_id_number_gives_its_birth_date_in_the_1900s_and_gender():
+    parsed = parse_first_generation_id_number(" 110105491231002 ")
+    assert (parsed.value, parsed.birth_date, parsed.gender) == (
+        "110105491231002",
+        date(1949, 12, 31),
+        "female",
+    )
+    assert parse_first_generation_id_number("１１０１０５４９１２３１００３").gender == "male"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("11010549123100", "must be 15 digits"),
+        ("1101054912310021", "must be 15 digits"),
+        ("11010549123100X", "must be 15 digits"),
+        ("990105491231002", "does not start with a known region code"),
+        ("830105491231002", "does not start with a known region code"),  # permits had 18
+        ("110000491231002", "does not start with a known region code"),
+        ("110105491331002", "does not contain a real birth date"),
+        ("110105000229002", "does not contain a real birth date"),  # 1900 was no leap year
+    ],
+)
+def test_an_implausible_first_generation_id_number_is_refused_with_the_reason(value, why):
+    with pytest.raises(InvalidValue, match=why):
+        parse_first_generation_id_number(value)
 
 
 # --- phones -----------------------------------------------------------------------------------
