@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -176,6 +176,18 @@ def stated(text: str) -> str:
 
 def _blank(ch: str) -> bool:
     return ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc", "Zs", "Zl", "Zp")
+
+
+def something_to_find(compared: Callable[[str], str]) -> Callable[[str], None]:
+    """Return a validator of a search text that refuses one which is nothing once made into
+    the form the search compares (``compared``, e.g. an address without whitespace): white
+    space alone found every row, as if no text had been given."""
+
+    def check(value: str) -> None:
+        if not compared(value):
+            raise ValidationError("Must contain more than white space: it would match everything.")
+
+    return check
 
 
 class Stated(fields.String):

@@ -16,10 +16,11 @@ from ..models.register import (
     RELATIONS,
     SPECIAL_GROUP_STATUSES,
     SPECIAL_GROUP_TYPES,
+    address_key,
 )
 from ..purposes import PURPOSES, reference_problem
 from .cases import CaseCreateSchema
-from .common import PointSchema, Stated, StrictSchema
+from .common import PointSchema, Stated, StrictSchema, something_to_find
 from .locate import CRS_FIELD_DOC
 
 GRID = validate.Regexp(r"^[0-9]{15}\Z", error="a 15-digit grid code")
@@ -143,11 +144,12 @@ class HouseListSchema(StrictSchema):
 
 class HouseArgsSchema(AreaArgs):
     address = fields.String(
-        validate=validate.Length(min=1, max=100),
+        validate=[validate.Length(min=1, max=100), something_to_find(address_key)],
         metadata={
             "description": "Part of the address, matched as addresses are compared (Unicode "
             "NFKC, case-folded, without whitespace): ３号楼 finds 3号楼, a座 finds A座, "
-            "3号楼 2单元 finds 3号楼2单元."
+            "3号楼 2单元 finds 3号楼2单元. White space alone is a 422 (it would match "
+            "every house)."
         },
     )
     use = fields.String(validate=validate.OneOf(HOUSE_USES))
@@ -251,12 +253,13 @@ class PersonListSchema(StrictSchema):
 
 class PersonArgsSchema(AreaArgs):
     name = fields.String(
-        validate=validate.Length(min=1, max=100),
+        validate=[validate.Length(min=1, max=100), something_to_find(str.strip)],
         metadata={
             "description": "Names starting with this, for callers holding `persons:unmask`. "
             "Callers without it see names masked (张*): for them one character finds the names "
             "starting with it and more find whole names only, so that the mask cannot be read "
-            "back a character at a time. Results are masked."
+            "back a character at a time. Results are masked. Spaces around it are dropped; "
+            "white space alone is a 422 (it would match every resident)."
         },
     )
     id_number = fields.String(
@@ -268,11 +271,12 @@ class PersonArgsSchema(AreaArgs):
         metadata={"description": "Exact phone number (via its keyed hash); rate-limited per user."},
     )
     address = fields.String(
-        validate=validate.Length(min=1, max=100),
+        validate=[validate.Length(min=1, max=100), something_to_find(address_key)],
         metadata={
             "description": "Part of the current or registered address, matched as addresses "
             "are compared (Unicode NFKC, case-folded, without whitespace): ３号楼 finds 3号楼, "
-            "a座 finds A座, 3号楼 2单元 finds 3号楼2单元."
+            "a座 finds A座, 3号楼 2单元 finds 3号楼2单元. White space alone is a 422 (it "
+            "would match every resident with an address)."
         },
     )
     household_id = fields.Integer()

@@ -786,6 +786,45 @@ def test_a_bad_number_to_search_by_is_named_in_the_query(client, world):
         assert list(r.get_json()["errors"]) == ["query"] and r.get_json()["errors"]["query"][name]
 
 
+def test_a_search_text_of_white_space_alone_is_refused_not_matched_by_everything(
+    client, world, household, engine
+):
+    """An address is searched without its whitespace, and a name without the spaces around
+    it: `address=%20` (or a full-width space, a tab) searched for "" and listed every house
+    and every resident with an address, `name=%20` every resident, as if no text had been
+    given (and the export of all of them went out as a search). Now a 422 naming the field,
+    as other bad query arguments are, in the search, the export and an export job's
+    filters."""
+    add_person(client, household["id"], current_address="平江路1号501室")
+    blanks = (" ", "\u3000", "\t", " \u3000 ")
+
+    def refused(path: str, query: dict, field: str) -> None:
+        r = client.get(path, query_string=query)
+        assert r.status_code == 422, (path, query, r.get_json())
+        body = r.get_json()
+        assert (body["code"], list(body["errors"])) == (422, ["query"]), body
+        assert list(body["errors"]["query"]) == [field], body
+        assert "white space" in body["errors"]["query"][field][0]
+
+    for blank in blanks:
+        refused("/api/v1/houses", {"address": blank}, "address")
+        refused("/api/v1/persons", {"address": blank}, "address")
+        refused("/api/v1/persons", {"name": blank}, "name")
+        refused("/api/v1/exports/persons", {"address": blank, "format": "csv"}, "address")
+        refused("/api/v1/exports/persons", {"name": blank, "format": "csv"}, "name")
+        for field in ("address", "name"):
+            r = client.post("/api/v1/exports/persons/jobs", json={"filters": {field: blank}})
+            assert r.status_code == 422, r.get_json()
+            assert list(r.get_json()["errors"]["json"]["filters"]) == [field]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM export_jobs")).scalar_one() == 0
+    # Text around the spaces is searched as before.
+    r = client.get("/api/v1/houses", query_string={"address": " 平江路 1号 "})
+    assert [h["address"] for h in r.get_json()["items"]] == ["平江路1号"]
+    r = client.get("/api/v1/persons", query_string={"address": " 501 ", "name": " 张 "})
+    assert len(r.get_json()["items"]) == 1
+
+
 def test_a_worker_of_another_grid_cannot_find_a_resident_by_id(client, accounts, world):
     person = add_person(client, None, grid=B1)
     worker = accounts.client("worker_a", "grid_worker", grids=[A1])
