@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import MetaData, Table, select, text
 from sqlalchemy.engine import Engine, make_url
 
@@ -26,6 +27,11 @@ from gridapi.db import make_engine
 from .factories import Accounts, Factory
 
 ENGINES = ("sqlite", "postgis")
+
+# Property tests have no time limit per example: Hypothesis's default (200 ms) is a timed
+# assertion, and on a shared machine an ID number's parse failed it once (a flaky red CI).
+hypothesis_settings.register_profile("gridapi", deadline=None)
+hypothesis_settings.load_profile("gridapi")
 _PG_BASE = make_url(
     os.environ.get(
         "GRIDAPI_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/gridapi_test"
