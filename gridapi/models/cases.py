@@ -352,7 +352,9 @@ class Notification(Base):
     given to a worker...).
 
     Queued in the transaction of the change that raised it; delivery channels (SMS, app
-    push) read the queue and stamp ``sent_at``.
+    push) hear of each row by the webhook event ``notification.created``, which a trigger
+    on this table writes in that transaction (migration 0053; no personal data), or read the
+    queue and stamp ``sent_at``.
     """
 
     __tablename__ = "notifications"

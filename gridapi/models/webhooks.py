@@ -1,7 +1,7 @@
 """Webhook subscriptions, the transactional outbox of events, and the delivery log.
 
 ``webhook_events`` is written by database triggers (migration 0010) on ``case_events``
-inserts and on ``tasks`` inserts and updates, in the transaction of the change itself: a
+inserts, on ``tasks`` inserts and updates, and on ``notifications`` inserts (0053), in the transaction of the change itself: a
 change that commits has its event, one rolled back has none, whatever code path made it.
 The worker fans each event out to the matching subscriptions (one ``webhook_deliveries`` row
 per subscription and event) and delivers them signed, with retries, in order per case.
@@ -30,8 +30,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from .base import Base, UTCDateTime, utcnow
 from .register import new_uid
 
-# Every event type a subscription may ask for (the triggers of migrations 0010 and 0050
-# write them).
+# Every event type a subscription may ask for (the triggers of migrations 0010, 0050 and
+# 0053 write them).
 EVENT_TYPES = (
     "case.created",
     "case.transitioned",
@@ -44,6 +44,9 @@ EVENT_TYPES = (
     "task.reassigned",
     "task.overdue",
     "task.deadline_moved",
+    # A row of ``notifications`` inserted (migration 0053): for SMS and push gateways, with
+    # no personal data (docs/webhooks.md).
+    "notification.created",
 )
 # Sent only by POST /webhooks/{id}/ping, to that subscription.
 PING = "ping"

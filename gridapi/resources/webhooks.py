@@ -33,7 +33,8 @@ blp = Blueprint(
     __name__,
     url_prefix="/api/v1/webhooks",
     description="Signed webhooks (事件推送) for third-party apps: subscribe to case and task "
-    "events of an area, receive them at-least-once, in order per case, signed with "
+    "events of an area (and, with `notifications:relay`, to the notifications queued for "
+    "people, for an SMS or push gateway), receive them at-least-once, in order per case, signed with "
     "HMAC-SHA256 (`Webhook-Id`, `Webhook-Timestamp`, `Webhook-Signature`); see the delivery "
     "log, redeliver, ping. Details: docs/webhooks.md.",
 )
