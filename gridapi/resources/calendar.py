@@ -12,7 +12,7 @@ from ..auth import AUTHENTICATED
 from ..errors import NotFound, Unprocessable
 from ..extensions import commit, db_session, state
 from ..schemas.calendar import (
-    CalendarDaySchema,
+    CalendarDaySetSchema,
     CalendarDayUpdateSchema,
     CalendarImportResultSchema,
     CalendarImportSchema,
@@ -41,9 +41,10 @@ def _day(text: str) -> date:
         raise NotFound("The day is not in the calendar.") from None
 
 
-def _recount(before: WorkingCalendar) -> list[int]:
+def _recount(before: WorkingCalendar) -> dict[str, int]:
     """Move the deadlines still ahead that the edit changes (see services.calendar), and
-    the tasks' given in working time (services.tasks.move_task_deadlines)."""
+    the tasks' given in working time (services.tasks.move_task_deadlines); return how many
+    of each moved (``cases_moved``, ``tasks_moved``)."""
     settings = state().settings
     moved = svc.recount_after_edit(
         db_session(),
@@ -54,7 +55,7 @@ def _recount(before: WorkingCalendar) -> list[int]:
         request_actor(),
         cache_seconds=settings.calendar_cache_seconds,
     )
-    recount_tasks_after_edit(
+    tasks_moved = recount_tasks_after_edit(
         db_session(),
         before,
         settings.working_hours,
@@ -62,7 +63,7 @@ def _recount(before: WorkingCalendar) -> list[int]:
         datetime.now(UTC),
         request_actor(),
     )
-    return moved
+    return {"cases_moved": len(moved), "tasks_moved": len(tasks_moved)}
 
 
 def _before() -> WorkingCalendar:
@@ -129,23 +130,24 @@ class CalendarImport(MethodView):
         import changes move with it (docs/cases.md, "When the calendar changes"): a
         `deadline_moved` row in each case's timeline, an audit row `calendar.deadlines_moved`;
         so do those of open tasks given working time (`due_in`; docs/tasks.md): a new version,
-        an audit row `task.deadline_moved` each.
+        an audit row `task.deadline_moved` each, and a notice to those doing it when it comes
+        earlier. The answer says how many of each moved (`cases_moved`, `tasks_moved`).
         """
         settings = state().settings
         before = _before()
         result = svc.import_days(db_session(), data, settings.working_hours, settings.timezone)
         audit("calendar.import", "calendar", None, summary=result)
-        _recount(before)
+        moved = _recount(before)
         commit()
         state().forget_calendar()
-        return result
+        return {**result, **moved}
 
 
 @blp.route("/<date:day>")
 class CalendarDay(MethodView):
     @blp.requires("calendar:write")
     @blp.arguments(CalendarDayUpdateSchema)
-    @blp.response(200, CalendarDaySchema)
+    @blp.response(200, CalendarDaySetSchema)
     def put(self, data, day):
         """Mark a day as a holiday or as a weekend day worked in exchange
 
@@ -157,18 +159,18 @@ class CalendarDay(MethodView):
         GRIDAPI_CALENDAR_CACHE_SECONDS (10 s) in the others. Deadlines still ahead of open cases
         that counted the day are counted again from the same start, in this request (a
         `deadline_moved` row in each case's timeline), and so are those of open tasks given
-        working time (`due_in`, an audit row `task.deadline_moved`); deadlines already passed
-        stay. Needs
-        `calendar:write`; writes an audit row `calendar.set`, and `calendar.deadlines_moved`
-        when deadlines moved.
+        working time (`due_in`, an audit row `task.deadline_moved`, and a notice to those doing
+        it when it comes earlier); deadlines already passed stay. The answer says how many of
+        each moved (`cases_moved`, `tasks_moved`). Needs `calendar:write`; writes an audit row
+        `calendar.set`, and `calendar.deadlines_moved` when case deadlines moved.
         """
         before = _before()
         row = svc.set_day(db_session(), _day_to_set(day), data["kind"], data["name"])
         audit("calendar.set", "calendar", day, summary=data)
-        _recount(before)
+        moved = _recount(before)
         commit()
         state().forget_calendar()
-        return row
+        return {"day": row.day, "kind": row.kind, "name": row.name, **moved}
 
     @blp.requires("calendar:write")
     @blp.response(204)
@@ -178,8 +180,10 @@ class CalendarDay(MethodView):
         Deletes the exception stored for the day, so it is again a working day from Monday to Friday
         and a rest day at the weekend, and answers 204. A day with no exception (or not a valid
         date) answers 404. Needs `calendar:write`; writes an audit row `calendar.remove`, and
-        deadlines computed afterwards use the change; deadlines still ahead of open cases that
-        counted the day move as with `PUT` (`calendar.deadlines_moved`).
+        deadlines computed afterwards use the change; deadlines still ahead of open cases and
+        of open tasks given working time that counted the day move as with `PUT`
+        (`calendar.deadlines_moved`, `task.deadline_moved`; the audit rows say how many: the
+        answer has no body).
         """
         before = _before()
         svc.remove_day(db_session(), _day(day))

@@ -92,7 +92,7 @@ class NotificationSchema(StrictSchema):
         metadata={
             "description": "What happened: dispatched, overdue, supervision, escalated, "
             "transferred, rework, extension_requested, … (a task's: task_assigned, "
-            "overdue)",
+            "overdue, deadline_earlier)",
             "example": "dispatched",
         },
     )
@@ -172,7 +172,8 @@ class Inbox(MethodView):
 
         With `about=case,task` (or `task`), also those of tasks you may read now: a task
         given to you (`task_assigned`), a task of yours, or one your unit issued, past its
-        deadline (`overdue`). Their items name the task (`task_id`, `task_title`) and no
+        deadline (`overdue`), a task of yours whose deadline a calendar edit brought earlier
+        (`deadline_earlier`). Their items name the task (`task_id`, `task_title`) and no
         case (`case_id` null); without `about` only cases' are listed, as before.
         For people's accounts; an app (API key) subscribes to webhooks instead (403).
         """

@@ -16,6 +16,20 @@ class CalendarDaySchema(StrictSchema):
     name = fields.String(required=True)
 
 
+_CASES_MOVED = (
+    'How many open cases\' deadlines the edit moved (docs/cases.md, "When the calendar changes").'
+)
+_TASKS_MOVED = (
+    "How many open tasks' deadlines, given as working time (`due_in`), the edit moved "
+    '(docs/tasks.md, "When the calendar changes").'
+)
+
+
+class CalendarDaySetSchema(CalendarDaySchema):
+    cases_moved = fields.Integer(required=True, metadata={"description": _CASES_MOVED})
+    tasks_moved = fields.Integer(required=True, metadata={"description": _TASKS_MOVED})
+
+
 class CalendarYearSchema(StrictSchema):
     year = fields.Integer(required=True, metadata={"example": 2027})
     status = fields.String(
@@ -96,3 +110,5 @@ class CalendarImportResultSchema(StrictSchema):
     years = fields.Integer(required=True)
     holidays = fields.Integer(required=True)
     workdays = fields.Integer(required=True)
+    cases_moved = fields.Integer(required=True, metadata={"description": _CASES_MOVED})
+    tasks_moved = fields.Integer(required=True, metadata={"description": _TASKS_MOVED})

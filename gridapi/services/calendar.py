@@ -588,15 +588,27 @@ def recount_stale_deadlines(
     return moved
 
 
+@dataclass(frozen=True)
+class Recounted:
+    """What the worker's recount after an edit moved: the ids of the cases and of the
+    tasks, each in id order."""
+
+    cases: list[int]
+    tasks: list[int]
+
+
 def recount_after_cache(
     session: Session, working_hours: str, timezone: str, now: datetime
-) -> list[int]:
+) -> Recounted:
     """Finish the calendar edits whose cache window has passed (``recount_until`` at or
     before ``now``): count again the deadlines set in their windows, by other processes
-    perhaps on the calendar they still held (``recount_stale_deadlines``), mark each edit
-    done, and write one audit row ``calendar.deadlines_moved`` when any moved. Returns the
-    ids moved. Several workers: on PostgreSQL each takes the edits no other holds."""
+    perhaps on the calendar they still held: the cases' (``recount_stale_deadlines``), and
+    the tasks' given working time (``tasks.recount_stale_task_deadlines``: an audit row
+    ``task.deadline_moved`` each); mark each edit done, and write one audit row
+    ``calendar.deadlines_moved`` when any case moved. Returns the ids moved. Several
+    workers: on PostgreSQL each takes the edits no other holds."""
     from ..models import CalendarEdit
+    from .tasks import recount_stale_task_deadlines
 
     stmt = (
         select(CalendarEdit)
@@ -607,13 +619,17 @@ def recount_after_cache(
         stmt = stmt.with_for_update(skip_locked=True)
     edits = list(session.scalars(stmt))
     if not edits:
-        return []
+        return Recounted([], [])
     # After an edit that is still counting commits (its calendar is read here then).
     calendar = calendar_for_edit(session, working_hours, timezone)
+    worker = Actor("system", WORKER_ACTOR, WORKER_NAME)
     moved: set[int] = set()
+    tasks_moved: set[int] = set()
     for edit in edits:
-        moved.update(
-            recount_stale_deadlines(session, calendar, edit.recount_from, edit.recount_until, now)
+        since, until = edit.recount_from, edit.recount_until
+        moved.update(recount_stale_deadlines(session, calendar, since, until, now))
+        tasks_moved.update(
+            recount_stale_task_deadlines(session, calendar, since, until, now, worker)
         )
         edit.recounted_at = now
     session.flush()
@@ -621,13 +637,13 @@ def recount_after_cache(
     if ids:
         record(
             session,
-            Actor("system", WORKER_ACTOR, WORKER_NAME),
+            worker,
             "calendar.deadlines_moved",
             "calendar",
             None,
             summary={"cases": len(ids), "case_ids": ids[:AUDITED_CASE_IDS]},
         )
-    return ids
+    return Recounted(ids, sorted(tasks_moved))
 
 
 def recount_after_edit(

@@ -1,7 +1,7 @@
-"""Background jobs: case deadlines (counted again after a calendar edit, overdue marking,
-automatic supervision and escalation), overdue tasks, the retention of patrol tracks and of
-the sync log, idempotency keys, and attachment files no row references (left by requests
-that failed after writing them).
+"""Background jobs: case deadlines (counted again after a calendar edit, with the task
+deadlines given in working time; overdue marking, automatic supervision and escalation),
+overdue tasks, the retention of patrol tracks and of the sync log, idempotency keys, and
+attachment files no row references (left by requests that failed after writing them).
 
 ``gridapi worker`` runs them every ``GRIDAPI_WORKER_INTERVAL_SECONDS``; ``gridapi serve`` can
 run one such worker beside the server. Each job walks its candidate cases in batches of
@@ -55,7 +55,7 @@ SYSTEM_NAME = "系统"
 BATCH_SIZE = 200
 # Each job and what it counts, in the order they run.
 JOBS = {
-    "calendar": ("moved",),
+    "calendar": ("moved", "tasks_moved"),
     "overdue": ("marked",),
     "supervision": ("yellow", "red"),
     "escalation": ("escalated",),
@@ -527,6 +527,11 @@ def escalate_overdue(
 # --- running them -------------------------------------------------------------------------------
 
 
+def _recount_after_cache(session: Session, options: JobOptions, now: datetime) -> dict[str, int]:
+    recounted = recount_after_cache(session, options.working_hours, options.timezone, now)
+    return {"moved": len(recounted.cases), "tasks_moved": len(recounted.tasks)}
+
+
 def run_jobs(
     bind: Engine | Sessions,
     now: datetime,
@@ -559,9 +564,7 @@ def run_jobs(
     simple_jobs: dict[str, Callable[[Session], dict[str, int]]] = {
         # Before the overdue marking: a deadline counted on a calendar a process still held
         # after an edit is first counted again.
-        "calendar": lambda s: {
-            "moved": len(recount_after_cache(s, options.working_hours, options.timezone, now))
-        },
+        "calendar": lambda s: _recount_after_cache(s, options, now),
         "idempotency": lambda s: {"purged": purge(s, now)},
         "tasks": lambda s: {"overdue": flag_overdue_tasks(s, now)},
         "tracks": lambda s: thin_tracks(

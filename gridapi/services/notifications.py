@@ -14,7 +14,9 @@ feed: the phone keeps the last id it has and asks for what came after it.
 
 A task given to a worker (``tasks.assigned_notice``) and a task past its deadline (the overdue
 job, to its assignee or, left to its grid, each worker of the grid, left to its region, that
-region's unit, and to the office that issued it) queue notifications naming the task.
+region's unit, and to the office that issued it) and a task whose deadline a calendar edit
+brought earlier (``tasks.earlier_notices``, to those doing it) queue notifications naming the
+task.
 The inbox lists them only when asked (``about`` names ``task``): its items named a case
 always, and a phone written for that must not meet one that names none. Only tasks the
 reader may read now (``tasks.task_visible``: a task handed to another worker out of their

@@ -20,7 +20,7 @@ answers exactly like a missing one. Services take a Session and never commit.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
@@ -951,8 +951,8 @@ def move_task_deadlines(
     would put at or before ``now`` (an edit makes no task overdue, unwarned). Each task
     moved gets a new version and ``updated_at`` (the phone's sync sees it, the webhook
     trigger sends ``task.deadline_moved``) and an audit row ``task.deadline_moved``
-    (``due_before``, ``due_at``) by ``actor``, in the edit's transaction. Flushes, never
-    commits."""
+    (``due_before``, ``due_at``) by ``actor``, in the edit's transaction; one moved earlier
+    tells those doing it (``earlier_notices``). Flushes, never commits."""
     days = changed_days(before, after)
     if not days:
         return []
@@ -974,13 +974,75 @@ def move_task_deadlines(
             .order_by(Task.id)
         )
     )
+
+    def spans_a_changed_day(task: Task) -> bool:
+        if task.due_at <= bound:
+            return False
+        assert task.due_in_from is not None  # checked before
+        first_day = task.due_in_from.astimezone(before.tz).date()
+        last_day = task.due_at.astimezone(before.tz).date()
+        return any(first_day <= day <= last_day for day in days)
+
+    return _count_tasks_again(session, ids, after, now, actor, spans_a_changed_day)
+
+
+def recount_stale_task_deadlines(
+    session: Session,
+    calendar: WorkingCalendar,
+    since: datetime,
+    until: datetime,
+    now: datetime,
+    actor: Actor,
+) -> list[int]:
+    """Count again on ``calendar`` the deadlines of the open tasks given working time
+    (``due_in``) between ``since`` and ``until`` (``due_in_from``: their creation, or the
+    reassignment that gave it), by another process perhaps on the calendar it still held
+    after an edit; move each that differs, still ahead and staying ahead of ``now``, as
+    ``move_task_deadlines`` does, by ``actor``. Returns the ids moved, in id order.
+
+    Idempotent: a deadline counted on ``calendar`` already is left as it is."""
+    ids = list(
+        session.scalars(
+            select(Task.id)
+            .where(
+                Task.status.in_(OPEN_TASK_STATUSES),
+                Task.overdue.is_(False),
+                Task.due_in_unit.is_not(None),
+                Task.due_in_from >= since,
+                Task.due_in_from <= until,
+                Task.due_at > now,
+            )
+            .order_by(Task.id)
+        )
+    )
+
+    def given_in_window(task: Task) -> bool:
+        return task.due_in_from is not None and since <= task.due_in_from <= until
+
+    return _count_tasks_again(session, ids, calendar, now, actor, given_in_window)
+
+
+def _count_tasks_again(
+    session: Session,
+    ids: list[int],
+    calendar: WorkingCalendar,
+    now: datetime,
+    actor: Actor,
+    concerned: Callable[[Task], bool],
+) -> list[int]:
+    """Lock the tasks ``ids`` (by id, in chunks) and move the deadline of each still open,
+    not overdue, given working time, ahead of ``now`` and ``concerned`` (a test of the
+    task) to its count on ``calendar``, unless that is the same or at or before ``now``.
+    Returns the ids moved, in id order."""
     moved: list[int] = []
+    earlier: list[Task] = []
     for start in range(0, len(ids), _MOVE_CHUNK):
         tasks = session.scalars(
             select(Task)
             .where(Task.id.in_(ids[start : start + _MOVE_CHUNK]))
             .order_by(Task.id)
             .with_for_update()
+            .execution_options(populate_existing=True)
         ).all()
         for task in tasks:
             due, counted_from = task.due_at, task.due_in_from
@@ -991,14 +1053,11 @@ def move_task_deadlines(
                 or task.due_in_unit is None
                 or task.due_in_amount is None
                 or counted_from is None
-                or due <= bound
+                or due <= now
+                or not concerned(task)
             ):
                 continue
-            first_day = counted_from.astimezone(before.tz).date()
-            last_day = due.astimezone(before.tz).date()
-            if not any(first_day <= day <= last_day for day in days):
-                continue
-            new_due = add_limit(after, counted_from, task.due_in_amount, task.due_in_unit)
+            new_due = add_limit(calendar, counted_from, task.due_in_amount, task.due_in_unit)
             if new_due == due or new_due <= now:
                 continue
             task.due_at = new_due
@@ -1018,8 +1077,51 @@ def move_task_deadlines(
                 region_code=task.region_code,
             )
             moved.append(task.id)
+            if new_due < due:
+                earlier.append(task)
         session.flush()
+    notices = earlier_notices(session, earlier, now, calendar)
+    for start in range(0, len(notices), 1000):
+        _queue_once(session, notices[start : start + 1000])
     return moved
+
+
+def earlier_notices(
+    session: Session, tasks: Iterable[Any], now: datetime, calendar: WorkingCalendar
+) -> list[dict[str, Any]]:
+    """Return the notification rows telling those doing each task (rows with ``id``,
+    ``county_code``, ``title``, ``due_at``: the new deadline, ``assignee_id``,
+    ``grid_code``, ``region_code``) that a calendar edit brought its deadline earlier: its
+    assignee (kind ``deadline_earlier:assignee:<deadline>``); left to its grid, each worker
+    on the grid's roster on the day of ``now`` (``deadline_earlier:grid:<deadline>:<user
+    id>``); left to its region, the unit of that region (``deadline_earlier:region:
+    <deadline>``). The kinds name the new deadline: queued once per task and deadline (a
+    second worker, an edit undone and made again), told again for another. A later
+    deadline tells nobody: the phone shows it at its next sync."""
+    tasks = list(tasks)
+    left_to_grid = {t.grid_code for t in tasks if t.assignee_id is None and t.grid_code}
+    rosters = grid_rosters(session, left_to_grid, clock.date_of(now)) if left_to_grid else {}
+    rows = []
+    for t in tasks:
+        stamp = t.due_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        local = t.due_at.astimezone(calendar.tz).strftime("%Y-%m-%d %H:%M")
+        base = {
+            "county_code": t.county_code,
+            "task_id": t.id,
+            "message": f"任务「{t.title[:100]}」的期限因工作日历调整提前至{local}",
+            "created_at": now,
+        }
+        if t.assignee_id is not None:
+            to = {"kind": f"deadline_earlier:assignee:{stamp}", "user_id": t.assignee_id}
+            rows.append({**base, **to, "region_code": None})
+        elif t.grid_code:
+            for user_id in rosters.get(t.grid_code, []):
+                to = {"kind": f"deadline_earlier:grid:{stamp}:{user_id}", "user_id": user_id}
+                rows.append({**base, **to, "region_code": None})
+        else:
+            to = {"kind": f"deadline_earlier:region:{stamp}", "user_id": None}
+            rows.append({**base, **to, "region_code": t.region_code})
+    return rows
 
 
 def recount_tasks_after_edit(

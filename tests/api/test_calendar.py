@@ -16,6 +16,8 @@ from gridapi.cli import main
 from gridapi.services.calendar import calendar_problem, working_calendar
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
+#: What an edit answers when it moved no deadline.
+NOTHING_MOVED = {"cases_moved": 0, "tasks_moved": 0}
 
 
 def test_the_seeded_2026_arrangement_is_served(accounts, anon_client):
@@ -61,7 +63,12 @@ def test_admin_edits_days_and_deadlines_follow(client, accounts, session, factor
 def test_import_replaces_a_year_all_or_nothing(client, database_url, settings, tmp_path):
     year = {"holidays": ["2027-01-01", "2027-02-06", "2027-02-07"], "workdays": ["2027-02-13"]}
     r = client.post("/api/v1/calendar/import", json={"version": 1, "years": {"2027": year}})
-    assert r.status_code == 200 and r.get_json() == {"years": 1, "holidays": 3, "workdays": 1}
+    assert r.status_code == 200 and r.get_json() == {
+        "years": 1,
+        "holidays": 3,
+        "workdays": 1,
+        **NOTHING_MOVED,
+    }
     days = {d["date"] for d in client.get("/api/v1/calendar?year=2027").get_json()["items"]}
     assert days == {"2027-01-01", "2027-02-06", "2027-02-07", "2027-02-13"}
     bad = {
@@ -298,7 +305,7 @@ def test_a_day_set_meanwhile_by_another_admin_is_set_again_as_after_it(client, a
             lambda: client.put("/api/v1/calendar/2030-06-10", json=sent),
         )
     assert r.status_code == 200, r.get_json()
-    assert r.get_json() == {"date": "2030-06-10", **sent}
+    assert r.get_json() == {"date": "2030-06-10", **sent, **NOTHING_MOVED}
     with st.sessions() as session:
         rows = session.execute(
             select(CalendarDay.kind, CalendarDay.name).where(CalendarDay.day == date(2030, 6, 10))
@@ -362,7 +369,7 @@ def test_a_year_imported_meanwhile_by_another_admin_is_replaced_as_after_it(
             lambda: client.post("/api/v1/calendar/import", json=ours),
         )
     assert r.status_code == 200, r.get_json()
-    assert r.get_json() == {"years": 1, "holidays": 2, "workdays": 1}
+    assert r.get_json() == {"years": 1, "holidays": 2, "workdays": 1, **NOTHING_MOVED}
     assert _dates(client, 2030) == ["2030-01-01", "2030-02-04", "2030-02-09"]
     with st.sessions() as session:
         rows = session.execute(
@@ -396,7 +403,7 @@ def test_a_day_removed_meanwhile_is_set_or_not_found_as_after_it(client, app, en
                 engine, session, "calendar_days", send, waits_in=""
             )
     assert answers["2026-10-01"].status_code == 200, answers["2026-10-01"].get_json()
-    assert answers["2026-10-01"].get_json() == {"date": "2026-10-01", **sent}
+    assert answers["2026-10-01"].get_json() == {"date": "2026-10-01", **sent, **NOTHING_MOVED}
     assert answers["2026-10-02"].status_code == 404, answers["2026-10-02"].get_json()
     assert answers["2026-10-02"].get_json()["message"] == "The day is not in the calendar."
     with st.sessions() as session:

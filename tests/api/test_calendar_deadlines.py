@@ -72,7 +72,8 @@ def test_a_holiday_set_moves_the_open_deadlines_that_count_it(desk, session, eng
 
     # The day the first case is due on becomes a holiday.
     day = due.astimezone(working_calendar(session, HOURS, ZONE).tz).date()
-    ok(d.admin.put(f"/api/v1/calendar/{day}", json={"kind": "holiday", "name": "元旦"}))
+    answer = ok(d.admin.put(f"/api/v1/calendar/{day}", json={"kind": "holiday", "name": "元旦"}))
+    assert (answer["cases_moved"], answer["tasks_moved"]) == (1, 0)  # the answer says so
     session.rollback()
     cal = working_calendar(session, HOURS, ZONE)
     filed_at = next(when(r["at"]) for r in d.timeline(moving) if r["action"] == "file")
@@ -365,7 +366,7 @@ def test_the_worker_moves_a_deadline_counted_on_the_calendar_another_process_sti
 
     later = datetime.now(UTC) + timedelta(minutes=2)
     results = jobs.run_jobs(engine, later, jobs=["calendar"])
-    assert [(r.name, r.counts) for r in results] == [("calendar", {"moved": 1})]
+    assert [(r.name, r.counts) for r in results] == [("calendar", {"moved": 1, "tasks_moved": 0})]
     assert when(d.get(stale["id"])["deadlines"]["accept"]) == expected
     assert when(d.get(first["id"])["deadlines"]["accept"]) == moved_by_edit
     timeline = d.timeline(stale["id"])
@@ -381,7 +382,7 @@ def test_the_worker_moves_a_deadline_counted_on_the_calendar_another_process_sti
     ]
     # Done once: a second run (or a second worker) moves nothing.
     again = jobs.run_jobs(engine, later + timedelta(minutes=1), jobs=["calendar"])
-    assert again[0].counts == {"moved": 0}
+    assert again[0].counts == {"moved": 0, "tasks_moved": 0}
     assert len(d.timeline(stale["id"])) == steps + 1
 
 

@@ -1219,7 +1219,9 @@ def test_a_calendar_edit_moves_the_deadlines_of_tasks_given_in_working_time(
     events = {t["id"]: _webhook_events(engine, t["id"]) for t in (*kept, moving)}
 
     day = due.astimezone(SHANGHAI).date()
-    ok(client.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
+    answer = ok(client.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
+    # The answer says how many moved: this one and the campaign's two.
+    assert (answer["cases_moved"], answer["tasks_moved"]) == (0, 3)
     expected = add_limit(_calendar(app), when(moving["created_at"]), 1, "days")
     assert expected > due
     after = ok_response(office.get(f"/api/v1/tasks/{moving['id']}"))
@@ -1332,3 +1334,177 @@ def test_a_calendar_import_by_the_command_line_moves_task_deadlines(
     assert result.exit_code == 0, result.output
     assert "1 open task deadline(s) moved" in result.output
     assert when(ok(office.get(f"/api/v1/tasks/{task['id']}"))["due_at"]) > due
+
+
+def _free_weekend_day(app, start: datetime, due: datetime) -> Any:
+    """Return the first Saturday or Sunday after the day of ``start`` and before the day of
+    ``due`` that the calendar holds nothing for: worked in exchange, it brings earlier a
+    deadline counted in working days across it."""
+    cal = _calendar(app)
+    day = start.astimezone(SHANGHAI).date() + timedelta(days=1)
+    while day < due.astimezone(SHANGHAI).date():
+        if day.weekday() >= 5 and day not in cal.holidays and day not in cal.workdays:
+            return day
+        day += timedelta(days=1)
+    raise AssertionError("no free weekend day in the deadline's span")
+
+
+def _earlier_notices(who: Any) -> list[tuple[int, str]]:
+    return [(t, m) for k, t, m in task_notices(who) if k == "deadline_earlier"]
+
+
+def test_a_deadline_a_calendar_edit_brings_earlier_tells_those_doing_the_task_once(
+    people, accounts, client, app
+):
+    """A Saturday worked in exchange (调休) inside a task's seven working days brings its
+    deadline a day earlier: those doing it had planned for the old one, and the phone shows
+    the new one only at its next sync. They are told: the assignee, the workers of the grid
+    a task is left to, the unit of the community a task is left to; a worker of another
+    grid, and the office that issued them, are not. A later deadline (the Saturday given
+    back) tells nobody; the same earlier deadline again (an import of the same notice) is
+    not told twice."""
+    office, worker1, ids = people["office"], people["worker1"], people["ids"]
+    partner = accounts.client("partner", "grid_worker", grids=[A1])
+    community = accounts.client("community", "community_officer", scope_region=COMMUNITY_A)
+    week = {"amount": 7, "unit": "days"}
+    assigned = new_task(office, title="走访", assignee_id=ids["worker1"], due_in=week)
+    for_grid = new_task(office, title="排查", grid=A1, due_in=week)
+    for_region = new_task(office, title="宣传", region=COMMUNITY_A, due_in=week)
+    old_due = when(assigned["due_at"])
+    saturday = _free_weekend_day(app, when(assigned["created_at"]), old_due)
+
+    answer = ok(client.put(f"/api/v1/calendar/{saturday}", json={"kind": "workday"}))
+    assert (answer["cases_moved"], answer["tasks_moved"]) == (0, 3)
+    moved = {
+        t["id"]: when(ok(office.get(f"/api/v1/tasks/{t['id']}"))["due_at"])
+        for t in (assigned, for_grid, for_region)
+    }
+    for t in (assigned, for_grid, for_region):
+        expected = add_limit(_calendar(app), when(t["created_at"]), 7, "days")
+        assert moved[t["id"]] == expected < when(t["due_at"])
+    local = moved[assigned["id"]].astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
+
+    def told(task: dict[str, Any]) -> tuple[int, str]:
+        return (task["id"], f"任务「{task['title']}」的期限因工作日历调整提前至{local}")
+
+    assert _earlier_notices(worker1) == [told(assigned), told(for_grid)]
+    assert _earlier_notices(partner) == [told(for_grid)]
+    assert _earlier_notices(community) == [told(for_region)]
+    assert _earlier_notices(people["worker2"]) == _earlier_notices(office) == []
+
+    # Given back: the deadlines come back, later, and nobody is told.
+    assert client.delete(f"/api/v1/calendar/{saturday}").status_code == 204
+    assert ok(office.get(f"/api/v1/tasks/{assigned['id']}"))["due_at"] == assigned["due_at"]
+    assert len(_earlier_notices(worker1)) == 2
+    # The same notice imported: the same earlier deadlines, told once already.
+    cal = _calendar(app)
+    year = {
+        "holidays": [str(d) for d in sorted(cal.holidays) if d.year == saturday.year],
+        "workdays": [str(d) for d in sorted(cal.workdays) if d.year == saturday.year]
+        + [str(saturday)],
+    }
+    notice = {"version": 1, "years": {str(saturday.year): year}}
+    answer = ok(client.post("/api/v1/calendar/import", json=notice))
+    assert (answer["cases_moved"], answer["tasks_moved"]) == (0, 3)
+    assert (
+        when(ok(office.get(f"/api/v1/tasks/{assigned['id']}"))["due_at"]) == moved[assigned["id"]]
+    )
+    assert _earlier_notices(worker1) == [told(assigned), told(for_grid)]
+    assert _earlier_notices(partner) == [told(for_grid)]
+    assert _earlier_notices(community) == [told(for_region)]
+
+
+def _other_process(app, settings, who: Any) -> tuple[Any, Any]:  # type: ignore[no-untyped-def]
+    """Return another app on the same database (its own calendar cache) and a client of it
+    signed in as ``who``."""
+    from gridapi import create_app
+
+    other = create_app(settings)
+    there = other.test_client()
+    there.environ_base["HTTP_AUTHORIZATION"] = who.environ_base["HTTP_AUTHORIZATION"]
+    return other, there
+
+
+def _close(other) -> None:  # type: ignore[no-untyped-def]
+    other.extensions["gridapi"].routing.wait_for_rebuild(60)
+    other.extensions["gridapi"].engine.dispose()
+
+
+def test_the_worker_moves_a_task_deadline_counted_on_the_calendar_another_process_held(
+    people, client, app, settings, engine
+):
+    """Another process keeps the calendar it read for GRIDAPI_CALENDAR_CACHE_SECONDS: a task
+    given working time there just after an edit got its deadline on the old calendar, and
+    the edit, committed before, did not see it. Once the window has passed the worker counts
+    it again, as the cases': it moves (a new version, an audit row by the worker, its
+    assignee told, the deadline being earlier); a task counted on the new calendar stays; a
+    second run does nothing."""
+    office, ids = people["office"], people["ids"]
+    week = {"amount": 7, "unit": "days"}
+    other, there = _other_process(app, settings, office)
+    try:
+        # The other process reads the calendar, and keeps it.
+        first = new_task(there, title="走访", assignee_id=ids["worker1"], due_in=week)
+        saturday = _free_weekend_day(app, when(first["created_at"]), when(first["due_at"]))
+        ok(client.put(f"/api/v1/calendar/{saturday}", json={"kind": "workday"}))
+        moved_by_edit = ok(office.get(f"/api/v1/tasks/{first['id']}"))
+        stale = new_task(there, title="排查", assignee_id=ids["worker2"], due_in=week)
+    finally:
+        _close(other)
+    fresh = new_task(office, grid=A1, due_in=week)  # this process: the new calendar
+    expected = add_limit(_calendar(app), when(stale["created_at"]), 7, "days")
+    assert when(stale["due_at"]) > expected  # counted on the old calendar
+    assert when(fresh["due_at"]) == add_limit(_calendar(app), when(fresh["created_at"]), 7, "days")
+    kept = {t["id"]: ok(office.get(f"/api/v1/tasks/{t['id']}")) for t in (first, fresh)}
+    assert kept[first["id"]] == moved_by_edit
+    assert _earlier_notices(people["worker2"]) == []
+
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    results = run_jobs(engine, later, jobs=["calendar"])
+    assert [(r.name, r.counts) for r in results] == [("calendar", {"moved": 0, "tasks_moved": 1})]
+    after = ok(office.get(f"/api/v1/tasks/{stale['id']}"))
+    assert when(after["due_at"]) == expected and after["version"] == stale["version"] + 1
+    assert {t: ok(office.get(f"/api/v1/tasks/{t}")) for t in kept} == kept
+    rows = [r for r in audit_rows(engine, "task.deadline_moved") if r[0] == str(stale["id"])]
+    assert [(r[1], when(r[3]["due_before"]), when(r[3]["due_at"])) for r in rows] == [
+        ("system:worker", when(stale["due_at"]), expected)
+    ]
+    local = expected.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
+    told = [(stale["id"], f"任务「排查」的期限因工作日历调整提前至{local}")]
+    assert _earlier_notices(people["worker2"]) == told
+
+    # Done once: a second run (or a second worker) moves nothing, tells nobody again.
+    again = run_jobs(engine, later + timedelta(minutes=1), jobs=["calendar"])
+    assert again[0].counts == {"moved": 0, "tasks_moved": 0}
+    assert ok(office.get(f"/api/v1/tasks/{stale['id']}")) == after
+    assert _earlier_notices(people["worker2"]) == told
+
+
+@pytest.mark.engines("postgis")
+def test_two_workers_at_once_count_a_stale_task_deadline_again_once(people, client, app, settings):
+    """Two workers finish the same calendar edit at once: the first holds the edit, the
+    second skips it (and moves nothing); the task moves once, its assignee is told once."""
+    from gridapi.services.calendar import recount_after_cache
+
+    office, ids = people["office"], people["ids"]
+    week = {"amount": 7, "unit": "days"}
+    other, there = _other_process(app, settings, office)
+    try:
+        first = new_task(there, assignee_id=ids["worker1"], due_in=week)
+        saturday = _free_weekend_day(app, when(first["created_at"]), when(first["due_at"]))
+        ok(client.put(f"/api/v1/calendar/{saturday}", json={"kind": "workday"}))
+        stale = new_task(there, title="排查", assignee_id=ids["worker2"], due_in=week)
+    finally:
+        _close(other)
+    st = app.extensions["gridapi"]
+    hours, zone = st.settings.working_hours, st.settings.timezone
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    with st.sessions.begin() as one:
+        assert recount_after_cache(one, hours, zone, later).tasks == [stale["id"]]
+        with st.sessions.begin() as two:
+            two.execute(text("SET LOCAL lock_timeout = '3s'"))
+            assert recount_after_cache(two, hours, zone, later).tasks == []
+    with st.sessions.begin() as again:
+        assert recount_after_cache(again, hours, zone, later).tasks == []
+    assert ok(office.get(f"/api/v1/tasks/{stale['id']}"))["version"] == stale["version"] + 1
+    assert len(_earlier_notices(people["worker2"])) == 1

@@ -340,6 +340,7 @@ def test_two_workers_at_once_change_each_case_exactly_once(client, world, app, s
                 totals[key] = totals.get(key, 0) + value
     assert totals == {
         "moved": 0,
+        "tasks_moved": 0,
         "marked": 30,
         "yellow": 0,
         "red": 30,
@@ -423,7 +424,7 @@ def test_worker_once_prints_a_line_per_job(client, world, app, settings):
     # writes says so, and on SQLite begins as a writer.
     assert unsafe == []
     lines = result.output.strip().splitlines()
-    assert lines[0] == "calendar: moved=0 errors=0"  # no calendar edit to finish
+    assert lines[0] == "calendar: moved=0 tasks_moved=0 errors=0"  # no calendar edit to finish
     assert lines[1] == "overdue: checked=1 marked=1 errors=0"
     assert lines[2] == "supervision: checked=1 yellow=1 red=0 errors=0"
     assert lines[3:] == [
