@@ -91,7 +91,8 @@ class NotificationSchema(StrictSchema):
         required=True,
         metadata={
             "description": "What happened: dispatched, overdue, supervision, escalated, "
-            "transferred, rework, extension_requested, … (a task's: task_assigned, "
+            "transferred, rework, extension_requested, deadline_earlier (a calendar edit "
+            "brought the deadline earlier), … (a task's: task_assigned, "
             "overdue, deadline_earlier)",
             "example": "dispatched",
         },
@@ -161,9 +162,9 @@ class Inbox(MethodView):
         """List my notifications (for the phone)
 
         What the workflow and the background worker queued for you: addressed to your
-        account (a case dispatched to you, its overdue and supervision notices, a rework),
-        or to the unit of your scope region (a case escalated, transferred or handed down to
-        it, an extension asked of it). Only cases you may read now. Oldest first, after the
+        account (a case dispatched to you, its overdue and supervision notices, its deadline
+        brought earlier by a calendar edit, a rework), or to the unit of your scope region (a
+        case escalated, transferred or handed down to it, an extension asked of it). Only cases you may read now. Oldest first, after the
         id `after`: keep the last id you have (`last_id`) and ask for what came after it.
 
         The answer also says how far you have read on any device (`read_up_to`, the mark

@@ -408,11 +408,14 @@ def _record_move(
     actor: str,
     actor_name: str,
     now: datetime,
+    tz: ZoneInfo,
 ) -> None:
     from .cases import add_event
 
     setattr(c, column, new_due)
     c.updated_at = now
+    if new_due < due:
+        _tell_earlier(session, c, column.removesuffix("_due_at"), new_due, now, tz)
     add_event(
         session,
         c,
@@ -427,6 +430,27 @@ def _record_move(
             "due_before": due.isoformat(),
             "due_at": new_due.isoformat(),
         },
+    )
+
+
+def _tell_earlier(
+    session: Session, c: Any, stage: str, new_due: datetime, now: datetime, tz: ZoneInfo
+) -> None:
+    """Tell the case's assignee and the unit holding it (as the overdue notice does) that an
+    edit brought the stage's deadline earlier: they planned for the old one. Once per case
+    and deadline (the kind names it: ``deadline_earlier:<stage>:<deadline>``)."""
+    from .jobs import STAGE_NAMES, queue_once
+
+    stamp = new_due.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    local = new_due.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+    queue_once(
+        session,
+        c,
+        f"deadline_earlier:{stage}:{stamp}",
+        f"事件 {c.number} 的{STAGE_NAMES.get(stage, '')}期限因工作日历调整提前至{local}",
+        now,
+        user_id=c.assignee_id,
+        region=c.responsible_region_code,
     )
 
 
@@ -461,7 +485,8 @@ def move_deadlines(
     case stays overdue: it was told, flagged, perhaps carded); one that the new count would
     put at or before ``now`` stays too (a case does not become overdue by a calendar edit,
     unwarned). Each moved case gets a ``deadline_moved`` timeline row (``stage``,
-    ``due_before``, ``due_at``), a new version, and its ``overdue`` flag unchanged (false).
+    ``due_before``, ``due_at``), a new version, and its ``overdue`` flag unchanged (false);
+    one moved earlier, a notice to its assignee and unit (``_tell_earlier``).
     Tasks given working time are moved alike by ``services.tasks.move_task_deadlines``,
     called next to this one.
     """
@@ -522,7 +547,9 @@ def move_deadlines(
             if new_due == due or new_due <= now:
                 continue
             last_seq[c.id] = last_seq.get(c.id, 0) + 1
-            _record_move(session, c, column, due, new_due, last_seq[c.id], actor, actor_name, now)
+            _record_move(
+                session, c, column, due, new_due, last_seq[c.id], actor, actor_name, now, after.tz
+            )
             moved.append(c.id)
         session.flush()
     return moved
@@ -580,8 +607,9 @@ def recount_stale_deadlines(
             if new_due == due or new_due <= now:
                 continue
             last_seq[c.id] = last_seq.get(c.id, 0) + 1
+            seq = last_seq[c.id]
             _record_move(
-                session, c, column, due, new_due, last_seq[c.id], WORKER_ACTOR, WORKER_NAME, now
+                session, c, column, due, new_due, seq, WORKER_ACTOR, WORKER_NAME, now, calendar.tz
             )
             moved.append(c.id)
         session.flush()

@@ -386,6 +386,51 @@ def test_the_worker_moves_a_deadline_counted_on_the_calendar_another_process_sti
     assert len(d.timeline(stale["id"])) == steps + 1
 
 
+def _earlier(who) -> list[tuple[int, str]]:  # type: ignore[no-untyped-def]
+    items = ok(who.get("/api/v1/me/notifications"))["items"]
+    return [(i["case_id"], i["message"]) for i in items if i["kind"] == "deadline_earlier"]
+
+
+def test_a_deadline_a_calendar_edit_brings_earlier_tells_the_assignee_and_the_unit_once(
+    desk, engine, session
+):
+    """A Saturday worked in exchange (调休) inside a case's seven working days of handling
+    brings its deadline a day earlier: the worker handling it and the unit holding it had
+    planned for the old one, and are told (as of an overdue case). Given back (a later
+    deadline), nobody is told; the same earlier deadline again is not told twice."""
+    d = desk
+    with engine.begin() as conn:
+        conn.execute(
+            update(Category)
+            .where(Category.code == "0102")
+            .values(handle_limit=7, handle_unit="days")
+        )
+    case = d.report(category="0102")
+    handling = d.to_handling(case["id"])
+    due = when(handling["deadlines"]["handle"])
+    filed_at = next(when(r["at"]) for r in d.timeline(case["id"]) if r["action"] == "file")
+    cal = working_calendar(session, HOURS, ZONE)
+    saturday = filed_at.astimezone(cal.tz).date() + timedelta(days=1)
+    while saturday.weekday() < 5 or saturday in cal.holidays or saturday in cal.workdays:
+        saturday += timedelta(days=1)
+    assert saturday < due.astimezone(cal.tz).date()
+
+    answer = ok(d.admin.put(f"/api/v1/calendar/{saturday}", json={"kind": "workday"}))
+    assert answer["cases_moved"] == 1
+    session.rollback()
+    expected = working_calendar(session, HOURS, ZONE).add_working_days(filed_at, 7)
+    assert when(d.get(case["id"])["deadlines"]["handle"]) == expected.astimezone(UTC) < due
+    local = expected.astimezone(ZoneInfo(ZONE)).strftime("%Y-%m-%d %H:%M")
+    told = [(case["id"], f"事件 {case['number']} 的处置期限因工作日历调整提前至{local}")]
+    assert _earlier(d.worker) == _earlier(d.office) == told
+
+    assert d.admin.delete(f"/api/v1/calendar/{saturday}").status_code == 204
+    assert when(d.get(case["id"])["deadlines"]["handle"]) == due
+    ok(d.admin.put(f"/api/v1/calendar/{saturday}", json={"kind": "workday"}))
+    assert when(d.get(case["id"])["deadlines"]["handle"]) == expected.astimezone(UTC)
+    assert _earlier(d.worker) == _earlier(d.office) == told
+
+
 def test_two_edits_of_one_day_at_once_move_a_deadline_once(desk, app, engine):
     """Two admins make the same Tuesday a holiday at once, inside a case's three working
     days (filed Monday 10:00, due Thursday 10:00). The second edit read the calendar before
