@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -786,3 +787,80 @@ def test_residents_registered_before_0051_are_found_by_their_addresses_as_compar
     for address in ("3号楼2单元", "９号ａ座"):
         found = client.get("/api/v1/persons", query_string={"address": address}).get_json()
         assert [p["id"] for p in found["items"]] == [person["id"]], address
+
+
+def test_campaigns_made_before_0054_keep_the_working_time_their_tasks_agree_on(
+    accounts, factory, client, engine
+):
+    """Migration 0054 gives a campaign the working time every task of it kept (its tasks
+    were made with it), so an edit of the calendar moves it with them; one whose tasks
+    differ (one reassigned with another deadline), or one given a moment, keeps its
+    deadline as it is. An active campaign whose open tasks a calendar edit moved before
+    (and not it) takes their deadline, with a new version; the others are left alone."""
+    from sqlalchemy import text
+
+    def when(value: str) -> datetime:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+    factory.regions()
+    factory.grid_version()
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    worker = accounts.client("worker", "grid_worker", grids=[COMMUNITY_B + "001"])
+    week = {"amount": 7, "unit": "days"}
+
+    def campaign(region: str, **deadline: object) -> dict:
+        r = office.post("/api/v1/campaigns", json={"title": "排查", "region": region, **deadline})
+        assert r.status_code == 201, r.get_json()
+        return r.get_json()
+
+    def tasks(campaign_id: int) -> dict[str, dict]:
+        r = office.get(f"/api/v1/tasks?campaign_id={campaign_id}")
+        return {t["grid"]["code"]: t for t in r.get_json()["items"]}
+
+    agreed = campaign(COMMUNITY_A, due_in=week)
+    moved = campaign(COMMUNITY_B, due_in=week)
+    differ = campaign(COMMUNITY_A, due_in=week)
+    moment = campaign(COMMUNITY_A, due_at=agreed["due_at"])
+    a2 = tasks(differ["id"])[COMMUNITY_A + "002"]
+    etag = office.get(f"/api/v1/tasks/{a2['id']}").headers["ETag"]
+    r = office.post(
+        f"/api/v1/tasks/{a2['id']}/reassign",
+        json={"assignee_id": accounts.ids["worker"], "due_in": {"amount": 3, "unit": "days"}},
+        headers={"If-Match": etag},
+    )
+    assert r.status_code == 200, r.get_json()
+    # A calendar edit moved the open tasks of ``moved`` (not the one completed: it keeps
+    # the deadline it had), and not the campaign, as before 0054.
+    b1 = tasks(moved["id"])[COMMUNITY_B + "001"]
+    etag = worker.get(f"/api/v1/tasks/{b1['id']}").headers["ETag"]
+    done = worker.post(f"/api/v1/tasks/{b1['id']}/complete", json={}, headers={"If-Match": etag})
+    assert done.status_code == 200, done.get_json()
+    later = (when(moved["due_at"]) + timedelta(days=1)).isoformat()
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE tasks SET due_at = :d, version = version + 1"
+                " WHERE campaign_id = :c AND status = 'pending'"
+            ),
+            {"d": when(later), "c": moved["id"]},
+        )
+    views = {
+        c["id"]: office.get(f"/api/v1/campaigns/{c['id']}").get_json()
+        for c in (agreed, moved, differ, moment)
+    }
+
+    migrations.downgrade(engine, "0053")
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    after = {c: office.get(f"/api/v1/campaigns/{c}").get_json() for c in views}
+    for c in (agreed, differ, moment):
+        assert after[c["id"]]["due_at"] == views[c["id"]]["due_at"]
+        assert after[c["id"]]["version"] == views[c["id"]]["version"]
+    assert [after[c["id"]]["due_in"] for c in (agreed, moved, differ, moment)] == [
+        week,
+        week,
+        None,
+        None,
+    ]
+    assert when(after[moved["id"]]["due_at"]) == when(later)
+    assert after[moved["id"]]["version"] == views[moved["id"]]["version"] + 1

@@ -56,6 +56,12 @@ class Campaign(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     category_code: Mapped[str | None] = mapped_column(String(4))
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A deadline given as working time (``due_in``), kept as its tasks keep it (0054): an
+    # edit of the calendar moves the campaign's with theirs. None: a moment (``due_at``),
+    # or a campaign made before whose tasks did not all keep the same one.
+    due_in_amount: Mapped[int | None] = mapped_column(Integer)
+    due_in_unit: Mapped[str | None] = mapped_column(String(8))  # hours | days
+    due_in_from: Mapped[datetime | None] = mapped_column(UTCDateTime)
     result_schema: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     item_scope: Mapped[str] = mapped_column(String(16), default="none")
     # House uses the items are limited to (e.g. ["rented"]); None: every house.

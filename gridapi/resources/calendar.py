@@ -43,8 +43,9 @@ def _day(text: str) -> date:
 
 def _recount(before: WorkingCalendar) -> dict[str, int]:
     """Move the deadlines still ahead that the edit changes (see services.calendar), and
-    the tasks' given in working time (services.tasks.move_task_deadlines); return how many
-    of each moved (``cases_moved``, ``tasks_moved``)."""
+    the tasks' and active campaigns' given in working time (services.tasks.
+    move_task_deadlines); return how many cases and tasks moved (``cases_moved``,
+    ``tasks_moved``)."""
     settings = state().settings
     moved = svc.recount_after_edit(
         db_session(),
@@ -131,7 +132,9 @@ class CalendarImport(MethodView):
         `deadline_moved` row in each case's timeline, an audit row `calendar.deadlines_moved`;
         so do those of open tasks given working time (`due_in`; docs/tasks.md): a new version,
         an audit row `task.deadline_moved` each, and a notice to those doing it when it comes
-        earlier. The answer says how many of each moved (`cases_moved`, `tasks_moved`).
+        earlier; and those of active campaigns given working time (an audit row
+        `campaign.deadline_moved` each). The answer says how many cases and tasks moved
+        (`cases_moved`, `tasks_moved`).
         """
         settings = state().settings
         before = _before()
@@ -160,7 +163,8 @@ class CalendarDay(MethodView):
         that counted the day are counted again from the same start, in this request (a
         `deadline_moved` row in each case's timeline), and so are those of open tasks given
         working time (`due_in`, an audit row `task.deadline_moved`, and a notice to those doing
-        it when it comes earlier); deadlines already passed stay. The answer says how many of
+        it when it comes earlier) and of active campaigns given working time (an audit row
+        `campaign.deadline_moved`); deadlines already passed stay. The answer says how many of
         each moved (`cases_moved`, `tasks_moved`). Needs `calendar:write`; writes an audit row
         `calendar.set`, and `calendar.deadlines_moved` when case deadlines moved.
         """
@@ -181,9 +185,9 @@ class CalendarDay(MethodView):
         and a rest day at the weekend, and answers 204. A day with no exception (or not a valid
         date) answers 404. Needs `calendar:write`; writes an audit row `calendar.remove`, and
         deadlines computed afterwards use the change; deadlines still ahead of open cases and
-        of open tasks given working time that counted the day move as with `PUT`
-        (`calendar.deadlines_moved`, `task.deadline_moved`; the audit rows say how many: the
-        answer has no body).
+        of open tasks and active campaigns given working time that counted the day move as with
+        `PUT` (`calendar.deadlines_moved`, `task.deadline_moved`, `campaign.deadline_moved`;
+        the audit rows say how many: the answer has no body).
         """
         before = _before()
         svc.remove_day(db_session(), _day(day))

@@ -308,6 +308,18 @@ class CampaignSchema(StrictSchema):
     region = fields.Nested(NamedRefSchema, required=True)
     county_code = fields.String(required=True)
     due_at = fields.AwareDateTime(required=True)
+    due_in = fields.Nested(
+        DueInSchema,
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "The working time the deadline was given as (`due_in`, counted from "
+            "the campaign's creation), as its tasks keep it: an edit of the working calendar "
+            "counts `due_at` again from it while the campaign is active and it is ahead, as "
+            "its tasks'. Null for a deadline given as a moment, and for campaigns made before "
+            "it was kept whose tasks differ: `due_at` stays."
+        },
+    )
     result_schema = fields.List(fields.Nested(AttributeSchema), required=True)
     item_scope = fields.String(required=True)
     item_uses = fields.List(fields.String(), allow_none=True, required=True)

@@ -631,8 +631,9 @@ def recount_after_cache(
     """Finish the calendar edits whose cache window has passed (``recount_until`` at or
     before ``now``): count again the deadlines set in their windows, by other processes
     perhaps on the calendar they still held: the cases' (``recount_stale_deadlines``), and
-    the tasks' given working time (``tasks.recount_stale_task_deadlines``: an audit row
-    ``task.deadline_moved`` each); mark each edit done, and write one audit row
+    the tasks' and active campaigns' given working time (``tasks.
+    recount_stale_task_deadlines``: an audit row ``task.deadline_moved`` or
+    ``campaign.deadline_moved`` each); mark each edit done, and write one audit row
     ``calendar.deadlines_moved`` when any case moved. Returns the ids moved. Several
     workers: on PostgreSQL each takes the edits no other holds."""
     from ..models import CalendarEdit

@@ -952,7 +952,8 @@ def move_task_deadlines(
     moved gets a new version and ``updated_at`` (the phone's sync sees it, the webhook
     trigger sends ``task.deadline_moved``) and an audit row ``task.deadline_moved``
     (``due_before``, ``due_at``) by ``actor``, in the edit's transaction; one moved earlier
-    tells those doing it (``earlier_notices``). Flushes, never commits."""
+    tells those doing it (``earlier_notices``). An active campaign given working time moves
+    alike, after its tasks (``_count_campaigns_again``). Flushes, never commits."""
     days = changed_days(before, after)
     if not days:
         return []
@@ -975,15 +976,30 @@ def move_task_deadlines(
         )
     )
 
-    def spans_a_changed_day(task: Task) -> bool:
-        if task.due_at <= bound:
+    campaign_ids = list(
+        session.scalars(
+            select(Campaign.id)
+            .where(
+                Campaign.status == "active",
+                Campaign.due_in_unit.is_not(None),
+                Campaign.due_at > bound,
+                Campaign.due_in_from < last_end.astimezone(UTC),
+            )
+            .order_by(Campaign.id)
+        )
+    )
+
+    def spans_a_changed_day(given: Task | Campaign) -> bool:
+        if given.due_at <= bound:
             return False
-        assert task.due_in_from is not None  # checked before
-        first_day = task.due_in_from.astimezone(before.tz).date()
-        last_day = task.due_at.astimezone(before.tz).date()
+        assert given.due_in_from is not None  # checked before
+        first_day = given.due_in_from.astimezone(before.tz).date()
+        last_day = given.due_at.astimezone(before.tz).date()
         return any(first_day <= day <= last_day for day in days)
 
-    return _count_tasks_again(session, ids, after, now, actor, spans_a_changed_day)
+    moved = _count_tasks_again(session, ids, after, now, actor, spans_a_changed_day)
+    _count_campaigns_again(session, campaign_ids, after, now, actor, spans_a_changed_day)
+    return moved
 
 
 def recount_stale_task_deadlines(
@@ -998,7 +1014,8 @@ def recount_stale_task_deadlines(
     (``due_in``) between ``since`` and ``until`` (``due_in_from``: their creation, or the
     reassignment that gave it), by another process perhaps on the calendar it still held
     after an edit; move each that differs, still ahead and staying ahead of ``now``, as
-    ``move_task_deadlines`` does, by ``actor``. Returns the ids moved, in id order.
+    ``move_task_deadlines`` does, by ``actor``, and so the active campaigns given working
+    time in that window. Returns the ids of the tasks moved, in id order.
 
     Idempotent: a deadline counted on ``calendar`` already is left as it is."""
     ids = list(
@@ -1016,10 +1033,26 @@ def recount_stale_task_deadlines(
         )
     )
 
-    def given_in_window(task: Task) -> bool:
-        return task.due_in_from is not None and since <= task.due_in_from <= until
+    campaign_ids = list(
+        session.scalars(
+            select(Campaign.id)
+            .where(
+                Campaign.status == "active",
+                Campaign.due_in_unit.is_not(None),
+                Campaign.due_in_from >= since,
+                Campaign.due_in_from <= until,
+                Campaign.due_at > now,
+            )
+            .order_by(Campaign.id)
+        )
+    )
 
-    return _count_tasks_again(session, ids, calendar, now, actor, given_in_window)
+    def given_in_window(given: Task | Campaign) -> bool:
+        return given.due_in_from is not None and since <= given.due_in_from <= until
+
+    moved = _count_tasks_again(session, ids, calendar, now, actor, given_in_window)
+    _count_campaigns_again(session, campaign_ids, calendar, now, actor, given_in_window)
+    return moved
 
 
 def _count_tasks_again(
@@ -1083,6 +1116,62 @@ def _count_tasks_again(
     notices = earlier_notices(session, earlier, now, calendar)
     for start in range(0, len(notices), 1000):
         _queue_once(session, notices[start : start + 1000])
+    return moved
+
+
+def _count_campaigns_again(
+    session: Session,
+    ids: list[int],
+    calendar: WorkingCalendar,
+    now: datetime,
+    actor: Actor,
+    concerned: Callable[[Campaign], bool],
+) -> list[int]:
+    """Lock the campaigns ``ids`` (by id, after the tasks: the order completing a task and
+    cancelling a campaign take) and move the deadline of each still active, given working
+    time, ahead of ``now`` and ``concerned`` to its count on ``calendar``, as its tasks'
+    (``_count_tasks_again``): a new version, ``updated_at`` and an audit row
+    ``campaign.deadline_moved`` (``due_before``, ``due_at``) by ``actor``. A campaign given
+    a moment keeps it. Returns the ids moved, in id order."""
+    moved: list[int] = []
+    for start in range(0, len(ids), _MOVE_CHUNK):
+        campaigns = session.scalars(
+            select(Campaign)
+            .where(Campaign.id.in_(ids[start : start + _MOVE_CHUNK]))
+            .order_by(Campaign.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).all()
+        for campaign in campaigns:
+            due, counted_from = campaign.due_at, campaign.due_in_from
+            # Closed or cancelled meanwhile (the lock waited for its last task's step).
+            if (
+                campaign.status != "active"
+                or campaign.due_in_unit is None
+                or campaign.due_in_amount is None
+                or counted_from is None
+                or due <= now
+                or not concerned(campaign)
+            ):
+                continue
+            new_due = add_limit(
+                calendar, counted_from, campaign.due_in_amount, campaign.due_in_unit
+            )
+            if new_due == due or new_due <= now:
+                continue
+            campaign.due_at = new_due
+            campaign.updated_at = now
+            record(
+                session,
+                actor,
+                "campaign.deadline_moved",
+                "campaign",
+                campaign.id,
+                summary={"due_before": due.isoformat(), "due_at": new_due.isoformat()},
+                region_code=campaign.region_code,
+            )
+            moved.append(campaign.id)
+        session.flush()
     return moved
 
 
@@ -1186,6 +1275,7 @@ def create_campaign(
     # Over a city, the campaign's tasks lie in several counties (each in its grid's): the
     # campaign row goes with those of the first grid, a county it has work in.
     county = region[:6] if region_level(region) not in ("city", "province") else grids[0][1][:6]
+    due_in = due_in_record(data, now)
     campaign = Campaign(
         county_code=county,
         region_code=region,
@@ -1193,6 +1283,7 @@ def create_campaign(
         description=data.get("description", ""),
         category_code=_category(session, data.get("category")),
         due_at=due,
+        **due_in,
         result_schema=schema,
         item_scope=item_scope,
         item_uses=uses,
@@ -1206,7 +1297,6 @@ def create_campaign(
     workers = grid_workers(
         session, region, {code for code, _ in grids}, now.astimezone(calendar.tz).date()
     )
-    due_in = due_in_record(data, now)
     rows = [
         {
             "county_code": community[:6],
@@ -1635,6 +1725,11 @@ def campaign_view(
         "region": {"code": campaign.region_code, "name": names.get(campaign.region_code)},
         "county_code": campaign.county_code,
         "due_at": campaign.due_at,
+        "due_in": (
+            {"amount": campaign.due_in_amount, "unit": campaign.due_in_unit}
+            if campaign.due_in_unit is not None
+            else None
+        ),
         "result_schema": campaign.result_schema or [],
         "item_scope": campaign.item_scope,
         "item_uses": campaign.item_uses,

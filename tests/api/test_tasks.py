@@ -1508,3 +1508,101 @@ def test_two_workers_at_once_count_a_stale_task_deadline_again_once(people, clie
         assert recount_after_cache(again, hours, zone, later).tasks == []
     assert ok(office.get(f"/api/v1/tasks/{stale['id']}"))["version"] == stale["version"] + 1
     assert len(_earlier_notices(people["worker2"])) == 1
+
+
+def _campaign(office, region: str, **deadline: Any) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    return ok(
+        office.post("/api/v1/campaigns", json={"title": "排查", "region": region, **deadline}), 201
+    )
+
+
+def test_a_calendar_edit_moves_a_campaign_given_working_time_with_its_tasks(
+    people, client, app, engine
+):
+    """The day a campaign given 1 working day falls due on becomes a holiday: its tasks are
+    due a working day later, and so is the campaign (a new version, an audit row
+    ``campaign.deadline_moved``), whose view shows the deadline its tasks show. A campaign
+    given that moment itself, and a cancelled one, keep theirs; back to a working day, the
+    deadline comes back."""
+    office = people["office"]
+    one_day = {"amount": 1, "unit": "days"}
+    counted = _campaign(office, COMMUNITY_B, due_in=one_day)
+    assert counted["due_in"] == one_day
+    due = when(counted["due_at"])
+    moment = _campaign(office, COMMUNITY_A, due_at=counted["due_at"])
+    assert moment["due_in"] is None
+    dropped = _campaign(office, COMMUNITY_A, due_in=one_day)
+    etag = etag_of(office, dropped["id"], "campaigns")
+    url = f"/api/v1/campaigns/{dropped['id']}/cancel"
+    ok(office.post(url, json={"reason": "上级取消"}, headers={"If-Match": etag}))
+    kept = {c["id"]: ok(office.get(f"/api/v1/campaigns/{c['id']}")) for c in (moment, dropped)}
+
+    day = due.astimezone(SHANGHAI).date()
+    answer = ok(client.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
+    assert answer["tasks_moved"] == 2  # the counted campaign's, on B1 and B2
+    expected = add_limit(_calendar(app), when(counted["created_at"]), 1, "days")
+    assert expected > due
+    after = ok_response(office.get(f"/api/v1/campaigns/{counted['id']}"))
+    body = after.get_json()
+    tasks = campaign_tasks(office, counted["id"]).values()
+    assert {when(t["due_at"]) for t in tasks} == {when(body["due_at"])} == {expected}
+    assert body["due_in"] == one_day and body["status"] == "active"
+    assert body["version"] == counted["version"] + 1
+    assert after.headers["ETag"] == f'"{counted["id"]}-{counted["version"] + 1}"'
+    assert {c: ok(office.get(f"/api/v1/campaigns/{c}")) for c in kept} == kept
+    assert {t["due_at"] for t in campaign_tasks(office, moment["id"]).values()} == {
+        moment["due_at"]
+    }
+    [(campaign_id, actor, region, summary)] = audit_rows(engine, "campaign.deadline_moved")
+    assert (campaign_id, actor, region) == (
+        str(counted["id"]),
+        f"user:{people['ids']['admin']}",
+        COMMUNITY_B,
+    )
+    assert when(summary["due_before"]) == due and when(summary["due_at"]) == expected
+
+    # Returned to a working day, the deadline comes back, with its tasks'.
+    assert client.delete(f"/api/v1/calendar/{day}").status_code == 204
+    back = ok(office.get(f"/api/v1/campaigns/{counted['id']}"))
+    tasks = campaign_tasks(office, counted["id"]).values()
+    assert {when(t["due_at"]) for t in tasks} == {when(back["due_at"])}
+    assert when(back["due_at"]) == add_limit(_calendar(app), when(counted["created_at"]), 1, "days")
+    assert back["version"] == counted["version"] + 2
+    assert len(audit_rows(engine, "campaign.deadline_moved")) == 2
+
+
+def test_the_worker_moves_a_campaign_deadline_counted_on_the_calendar_another_process_held(
+    people, client, app, settings, engine
+):
+    """A campaign given working time in another process just after an edit was counted on
+    the calendar that process still held, its tasks too: once the window has passed the
+    worker counts them again, the campaign with its tasks (an audit row by the worker); a
+    second run does nothing."""
+    office = people["office"]
+    week = {"amount": 7, "unit": "days"}
+    other, there = _other_process(app, settings, office)
+    try:
+        first = new_task(there, assignee_id=people["ids"]["worker1"], due_in=week)
+        saturday = _free_weekend_day(app, when(first["created_at"]), when(first["due_at"]))
+        ok(client.put(f"/api/v1/calendar/{saturday}", json={"kind": "workday"}))
+        stale = _campaign(there, COMMUNITY_B, due_in=week)
+    finally:
+        _close(other)
+    expected = add_limit(_calendar(app), when(stale["created_at"]), 7, "days")
+    assert when(stale["due_at"]) > expected  # counted on the old calendar
+
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    results = run_jobs(engine, later, jobs=["calendar"])
+    assert results[0].counts == {"moved": 0, "tasks_moved": 2}
+    after = ok(office.get(f"/api/v1/campaigns/{stale['id']}"))
+    tasks = campaign_tasks(office, stale["id"]).values()
+    assert {when(t["due_at"]) for t in tasks} == {when(after["due_at"])} == {expected}
+    assert after["version"] == stale["version"] + 1
+    rows = audit_rows(engine, "campaign.deadline_moved")
+    assert [(r[0], r[1], when(r[3]["due_before"]), when(r[3]["due_at"])) for r in rows] == [
+        (str(stale["id"]), "system:worker", when(stale["due_at"]), expected)
+    ]
+
+    again = run_jobs(engine, later + timedelta(minutes=1), jobs=["calendar"])
+    assert again[0].counts == {"moved": 0, "tasks_moved": 0}
+    assert ok(office.get(f"/api/v1/campaigns/{stale['id']}")) == after
