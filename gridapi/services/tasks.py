@@ -1065,58 +1065,25 @@ def _count_tasks_again(
 ) -> list[int]:
     """Lock the tasks ``ids`` (by id, in chunks) and move the deadline of each still open,
     not overdue, given working time, ahead of ``now`` and ``concerned`` (a test of the
-    task) to its count on ``calendar``, unless that is the same or at or before ``now``.
-    Returns the ids moved, in id order."""
-    moved: list[int] = []
-    earlier: list[Task] = []
-    for start in range(0, len(ids), _MOVE_CHUNK):
-        tasks = session.scalars(
-            select(Task)
-            .where(Task.id.in_(ids[start : start + _MOVE_CHUNK]))
-            .order_by(Task.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).all()
-        for task in tasks:
-            due, counted_from = task.due_at, task.due_in_from
-            # Moved on meanwhile (the lock waited for a step: completed, given a moment).
-            if (
-                task.status not in OPEN_TASK_STATUSES
-                or task.overdue
-                or task.due_in_unit is None
-                or task.due_in_amount is None
-                or counted_from is None
-                or due <= now
-                or not concerned(task)
-            ):
-                continue
-            new_due = add_limit(calendar, counted_from, task.due_in_amount, task.due_in_unit)
-            if new_due == due or new_due <= now:
-                continue
-            task.due_at = new_due
-            task.updated_at = now
-            record(
-                session,
-                actor,
-                "task.deadline_moved",
-                "task",
-                task.id,
-                summary={
-                    "status": task.status,
-                    "grid": task.grid_code,
-                    "due_before": due.isoformat(),
-                    "due_at": new_due.isoformat(),
-                },
-                region_code=task.region_code,
-            )
-            moved.append(task.id)
-            if new_due < due:
-                earlier.append(task)
-        session.flush()
+    task) to its count on ``calendar``, unless that is the same or at or before ``now``;
+    one brought earlier tells those doing it. Returns the ids moved, in id order."""
+    moved = _count_again_locked(
+        session,
+        Task,
+        ids,
+        calendar,
+        now,
+        actor,
+        concerned,
+        # Moved on meanwhile (the lock waited for a step: completed, given a moment).
+        still_open=lambda task: task.status in OPEN_TASK_STATUSES and not task.overdue,
+        summary=lambda task: {"status": task.status, "grid": task.grid_code},
+    )
+    earlier = [task for task, due_before in moved if task.due_at < due_before]
     notices = earlier_notices(session, earlier, now, calendar)
     for start in range(0, len(notices), 1000):
         _queue_once(session, notices[start : start + 1000])
-    return moved
+    return [task.id for task, _ in moved]
 
 
 def _count_campaigns_again(
@@ -1130,47 +1097,81 @@ def _count_campaigns_again(
     """Lock the campaigns ``ids`` (by id, after the tasks: the order completing a task and
     cancelling a campaign take) and move the deadline of each still active, given working
     time, ahead of ``now`` and ``concerned`` to its count on ``calendar``, as its tasks'
-    (``_count_tasks_again``): a new version, ``updated_at`` and an audit row
-    ``campaign.deadline_moved`` (``due_before``, ``due_at``) by ``actor``. A campaign given
-    a moment keeps it. Returns the ids moved, in id order."""
-    moved: list[int] = []
+    (``_count_tasks_again``). A campaign given a moment keeps it. Returns the ids moved, in
+    id order."""
+    moved = _count_again_locked(
+        session,
+        Campaign,
+        ids,
+        calendar,
+        now,
+        actor,
+        concerned,
+        # Closed or cancelled meanwhile (the lock waited for its last task's step).
+        still_open=lambda campaign: campaign.status == "active",
+    )
+    return [campaign.id for campaign, _ in moved]
+
+
+def _count_again_locked(
+    session: Session,
+    model: Any,
+    ids: list[int],
+    calendar: WorkingCalendar,
+    now: datetime,
+    actor: Actor,
+    concerned: Callable[[Any], bool],
+    *,
+    still_open: Callable[[Any], bool],
+    summary: Callable[[Any], dict[str, Any]] = lambda _: {},
+) -> list[tuple[Any, datetime]]:
+    """Lock the rows ``ids`` of ``model`` (a task or a campaign: ``due_at`` and the
+    ``due_in_*`` it was given) by id, in chunks, and move the deadline of each
+    ``still_open``, given working time, ahead of ``now`` and ``concerned`` to its count on
+    ``calendar`` (``add_limit`` from ``due_in_from``), unless that is the same or at or
+    before ``now``: a new version, ``updated_at`` and an audit row
+    ``<task|campaign>.deadline_moved`` (``due_before``, ``due_at``, and ``summary`` of the
+    row) by ``actor``. Returns each row moved with its deadline before, in id order."""
+    kind = model.__tablename__.removesuffix("s")
+    moved: list[tuple[Any, datetime]] = []
     for start in range(0, len(ids), _MOVE_CHUNK):
-        campaigns = session.scalars(
-            select(Campaign)
-            .where(Campaign.id.in_(ids[start : start + _MOVE_CHUNK]))
-            .order_by(Campaign.id)
+        rows = session.scalars(
+            select(model)
+            .where(model.id.in_(ids[start : start + _MOVE_CHUNK]))
+            .order_by(model.id)
             .with_for_update()
             .execution_options(populate_existing=True)
         ).all()
-        for campaign in campaigns:
-            due, counted_from = campaign.due_at, campaign.due_in_from
-            # Closed or cancelled meanwhile (the lock waited for its last task's step).
+        for given in rows:
+            due, counted_from = given.due_at, given.due_in_from
             if (
-                campaign.status != "active"
-                or campaign.due_in_unit is None
-                or campaign.due_in_amount is None
+                not still_open(given)
+                or given.due_in_unit is None
+                or given.due_in_amount is None
                 or counted_from is None
                 or due <= now
-                or not concerned(campaign)
+                or not concerned(given)
             ):
                 continue
-            new_due = add_limit(
-                calendar, counted_from, campaign.due_in_amount, campaign.due_in_unit
-            )
+            new_due = add_limit(calendar, counted_from, given.due_in_amount, given.due_in_unit)
             if new_due == due or new_due <= now:
                 continue
-            campaign.due_at = new_due
-            campaign.updated_at = now
+            given.due_at = new_due
+            given.updated_at = now
             record(
                 session,
                 actor,
-                "campaign.deadline_moved",
-                "campaign",
-                campaign.id,
-                summary={"due_before": due.isoformat(), "due_at": new_due.isoformat()},
-                region_code=campaign.region_code,
+                f"{kind}.deadline_moved",
+                kind,
+                given.id,
+                summary={
+                    **summary(given),
+                    "due_before": due.isoformat(),
+                    "due_at": new_due.isoformat(),
+                },
+                region_code=given.region_code,
             )
-            moved.append(campaign.id)
+            moved.append((given, due))
         session.flush()
     return moved
 
