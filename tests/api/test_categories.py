@@ -358,6 +358,8 @@ def test_a_code_taken_meanwhile_answers_as_one_taken_before(client, app, engine)
             session,
             "categories",
             lambda: client.post("/api/v1/categories", json={"code": "5309", "name": "燃气"}),
+            # It waits for the other in the look-up of the parent row its insert locked.
+            waits_in="SELECT categories.",
         )
     assert r.status_code == 409, r.get_json()
     assert r.get_json()["message"] == "Category 5309 exists."

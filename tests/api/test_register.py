@@ -1906,6 +1906,8 @@ def test_a_special_group_record_made_meanwhile_answers_as_one_made_before(
             session,
             "special_group_records",
             lambda: client.post("/api/v1/special-groups", json=body),
+            # It waits for the other in the resident's row, which its insert locked.
+            waits_in="SELECT persons.",
         )
     assert r.status_code == 409 and r.get_json()["errors"] == {
         "json": {"type": ["the resident has a record of this type already"]}
