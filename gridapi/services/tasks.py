@@ -887,19 +887,11 @@ def overdue_notices(session: Session, tasks: Iterable[Any], now: datetime) -> li
             "message": message,
             "created_at": now,
         }
-        if t.assignee_id is not None:
-            to_assignee = {"kind": f"overdue:assignee:{stamp}", "user_id": t.assignee_id}
-            rows.append({**base, **to_assignee, "region_code": None})
-        elif t.grid_code:
-            for user_id in rosters.get(t.grid_code, []):
-                to_worker = {"kind": f"overdue:grid:{stamp}:{user_id}", "user_id": user_id}
-                rows.append({**base, **to_worker, "region_code": None})
         office = offices.get(t.created_by)
-        if t.assignee_id is None and not t.grid_code and office != ("region", t.region_code):
-            # Left to its region: its unit (the office of exactly that region, whose people
-            # may take it) is told, unless it issued the task and hears of it below.
-            to_unit = {"kind": f"overdue:region:{stamp}", "user_id": None}
-            rows.append({**base, **to_unit, "region_code": t.region_code})
+        # Left to its region: its unit (the office of exactly that region, whose people may
+        # take it) is told, unless it issued the task and hears of it below.
+        unit_told = office != ("region", t.region_code)
+        rows.extend(_to_those_doing(t, base, f"overdue:{{}}:{stamp}", rosters, unit_told))
         if office is not None:
             kind, to = office
             to_office = {
@@ -1201,17 +1193,35 @@ def earlier_notices(
             "message": f"任务「{t.title[:100]}」的期限因工作日历调整提前至{local}",
             "created_at": now,
         }
-        if t.assignee_id is not None:
-            to = {"kind": f"deadline_earlier:assignee:{stamp}", "user_id": t.assignee_id}
-            rows.append({**base, **to, "region_code": None})
-        elif t.grid_code:
-            for user_id in rosters.get(t.grid_code, []):
-                to = {"kind": f"deadline_earlier:grid:{stamp}:{user_id}", "user_id": user_id}
-                rows.append({**base, **to, "region_code": None})
-        else:
-            to = {"kind": f"deadline_earlier:region:{stamp}", "user_id": None}
-            rows.append({**base, **to, "region_code": t.region_code})
+        rows.extend(_to_those_doing(t, base, f"deadline_earlier:{{}}:{stamp}", rosters))
     return rows
+
+
+def _to_those_doing(
+    task: Any,
+    base: dict[str, Any],
+    kind: str,
+    rosters: dict[str, list[int]],
+    unit_told: bool = True,
+) -> list[dict[str, Any]]:
+    """Return ``base`` addressed to those doing ``task``: its assignee (``kind`` with
+    ``assignee`` for ``{}``); left to its grid, each worker on the grid's roster
+    (``grid``, then ``:<user id>``); left to its region, that region's unit (``region``),
+    when ``unit_told``."""
+    if task.assignee_id is not None:
+        to = {"kind": kind.format("assignee"), "user_id": task.assignee_id}
+        return [{**base, **to, "region_code": None}]
+    if task.grid_code:
+        grid = kind.format("grid")
+        return [
+            {**base, "kind": f"{grid}:{user_id}", "user_id": user_id, "region_code": None}
+            for user_id in rosters.get(task.grid_code, [])
+        ]
+    if not unit_told:
+        return []
+    return [
+        {**base, "kind": kind.format("region"), "user_id": None, "region_code": task.region_code}
+    ]
 
 
 def recount_tasks_after_edit(
