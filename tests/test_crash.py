@@ -18,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("engine_kind", "reports", "kills"),
     [("sqlite", 120, 2), ("postgis", 160, 3)],
