@@ -354,7 +354,8 @@ class Notification(Base):
     Queued in the transaction of the change that raised it; delivery channels (SMS, app
     push) hear of each row by the webhook event ``notification.created``, which a trigger
     on this table writes in that transaction (migration 0053; no personal data), or read the
-    queue and stamp ``sent_at``.
+    queue (``GET /notifications``) and stamp ``sent_at`` (``POST /notifications/sent``,
+    ``services.notifications.stamp_sent``).
     """
 
     __tablename__ = "notifications"

@@ -8,6 +8,7 @@ from flask.views import MethodView
 from marshmallow import fields, validate
 from webargs.fields import DelimitedList
 
+from ..auditing import audit
 from ..auth import Forbidden, Principal, current_principal
 from ..extensions import commit, db_session
 from ..schemas.common import ID32, StrictSchema
@@ -217,3 +218,149 @@ class InboxReadMark(MethodView):
         unread = svc.unread(session, caller, above=mark, about=args.get("about", ["case"]))
         commit()
         return {"read_up_to": mark, "unread": unread}
+
+
+# --- the relay queue: for a gateway that polls instead of receiving webhooks ------------------
+
+
+class RelayArgsSchema(StrictSchema):
+    after = fields.Integer(
+        load_default=0,
+        validate=validate.Range(min=0, max=ID32.max),
+        metadata={"description": "The last id the gateway has: only later notifications."},
+    )
+    limit = fields.Integer(
+        load_default=100,
+        validate=validate.Range(min=1, max=500),
+        metadata={"description": "At most this many (1-500)."},
+    )
+    unsent = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "Only those no gateway has said it sent (`sent_at` null): the "
+            "queue still to relay."
+        },
+    )
+
+
+class RecipientsSchema(StrictSchema):
+    user_id = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "An account, or null."}
+    )
+    region_code = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "A unit (the office of exactly that region), or null."},
+    )
+
+
+class RelayedCaseSchema(StrictSchema):
+    case_id = fields.Integer(required=True)
+    number = fields.String(required=True, metadata={"example": "320508-20261128-0007"})
+
+
+class RelayedSchema(StrictSchema):
+    notification_id = fields.Integer(required=True, attribute="id")
+    kind = fields.String(required=True, metadata={"example": "overdue"})
+    about = fields.String(required=True, metadata={"example": "case"})
+    created_at = fields.DateTime(required=True)
+    sent_at = fields.DateTime(
+        required=True,
+        allow_none=True,
+        metadata={"description": "When a gateway first said it sent it; null: not yet."},
+    )
+    recipients = fields.Nested(RecipientsSchema, required=True)
+    case = fields.Nested(
+        RelayedCaseSchema,
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Null for a task's notice and for a case of a sensitive "
+            "category (`sensitive` true)."
+        },
+    )
+    sensitive = fields.Boolean(required=True)
+    task_id = fields.Integer(required=True, allow_none=True)
+
+
+class RelayQueueSchema(StrictSchema):
+    items = fields.List(fields.Nested(RelayedSchema), required=True)
+    last_id = fields.Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "The id to send as `after` next (null: nothing more)."},
+    )
+
+
+class StampSchema(StrictSchema):
+    ids = fields.List(
+        fields.Integer(validate=validate.Range(min=1, max=ID32.max)),
+        required=True,
+        validate=validate.Length(min=1, max=svc.STAMP_MAX),
+        metadata={"description": "The notifications sent (1-500 ids).", "example": [5120]},
+    )
+
+
+class StampedSchema(StrictSchema):
+    sent = fields.List(
+        fields.Integer(),
+        required=True,
+        metadata={"description": "Ids stamped by this request, in order."},
+    )
+    already = fields.List(
+        fields.Integer(),
+        required=True,
+        metadata={"description": "Ids some gateway had stamped before: their time is kept."},
+    )
+
+
+@blp.route("/notifications")
+class RelayQueue(MethodView):
+    @blp.requires("notifications:relay")
+    @blp.arguments(RelayArgsSchema, location="query")
+    @blp.response(200, RelayQueueSchema)
+    def get(self, args):
+        """Read the notification queue (for an SMS or push gateway)
+
+        The notifications queued for people in your area (by where their case or task is),
+        oldest first, after the id `after`: what the webhook event `notification.created`
+        carries, for a gateway that cannot receive webhooks (a county's intranet) and polls
+        instead. Each item names who is to be told (an account id, a unit code) of what kind
+        of thing, never what: no message, title, name or phone number; a case of a
+        sensitive category is not named (`case` null, `sensitive` true). With `unsent=true`
+        only those no gateway has said it sent: read, relay, then
+        `POST /notifications/sent`. Needs `notifications:relay` (docs/webhooks.md,
+        "Relaying notifications").
+        """
+        items = svc.relay_queue(
+            db_session(),
+            current_principal().scope,
+            after=args["after"],
+            limit=args["limit"],
+            unsent=args["unsent"],
+        )
+        return {"items": items, "last_id": items[-1].id if items else None}
+
+
+@blp.route("/notifications/sent")
+class RelaySent(MethodView):
+    @blp.requires("notifications:relay")
+    @blp.arguments(StampSchema)
+    @blp.response(200, StampedSchema)
+    def post(self, data):
+        """Say which notifications a gateway sent
+
+        Stamps `sent_at` on each notification of `ids`, once: an id stamped before keeps its
+        first time and is answered under `already`, so a gateway that retries, or two
+        gateways that relayed the same notice, change nothing. An id that is not a
+        notification of your area is a 422 naming `ids`, and then none is stamped.
+        One audit row (`notifications.sent`) per request. Needs `notifications:relay`.
+        """
+        stamped = svc.stamp_sent(db_session(), current_principal().scope, data["ids"])
+        audit(
+            "notifications.sent",
+            "notification",
+            summary={"sent": stamped.sent, "already": len(stamped.already)},
+        )
+        commit()
+        return {"sent": stamped.sent, "already": stamped.already}

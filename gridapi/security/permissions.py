@@ -55,7 +55,8 @@ PERMISSIONS = {
     "presence:read": "See who is on duty in a grid and when workers were last seen",
     "webhooks:manage": "Manage webhook subscriptions",
     "notifications:relay": "Receive the notifications queued for people as webhook events "
-    "(notification.created, no personal data), to relay them by SMS or app push",
+    "(notification.created, no personal data), or read their queue and say which were sent, "
+    "to relay them by SMS or app push",
     "categories:write": "Create and change case categories",
     "calendar:write": "Edit and import the working calendar (holidays, 调休)",
     "indicators:read": "Read indicators and monthly bulletins (考核指标, 月度通报) in scope",

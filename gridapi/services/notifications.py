@@ -39,10 +39,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from ..models import Case, Notification, NotificationReadMark, Task, User
+from ..errors import Unprocessable
+from ..models import Case, Category, Notification, NotificationReadMark, Task, User
+from ..models.base import utcnow
+from ..scope import Scope
 from .cases import Caller, visible_condition
 from .patrols import dialect_insert
 from .tasks import task_visible
@@ -185,3 +188,103 @@ def mark_read(session: Session, caller: Caller, up_to: int) -> int:
         )
     )
     return read_mark(session, user_id)
+
+
+# --- the relay queue (SMS and push gateways) ---------------------------------------------------
+#
+# A gateway that cannot be reached by webhooks (a county's intranet lets nothing in) reads the
+# queue instead and says what it sent. What it reads is what ``notification.created`` carries
+# (revision 0053): ids, the base kind, the recipients as the row holds them, a case's id and
+# number unless its category is sensitive; never the message, which names the case or the
+# task's title.
+
+#: How many ids one ``stamp_sent`` takes.
+STAMP_MAX = 500
+
+
+@dataclass(frozen=True)
+class Relayed:
+    id: int
+    kind: str
+    about: str  # case | task
+    created_at: datetime
+    sent_at: datetime | None
+    recipients: dict[str, Any]
+    case: dict[str, Any] | None
+    sensitive: bool
+    task_id: int | None
+
+
+def _relay_rows(scope: Scope) -> Select[Any]:
+    """Notifications of the caller's area (by the region of their case or task) with what a
+    gateway may read of their case."""
+    hidden = and_(
+        Notification.case_id.is_not(None),
+        or_(Case.sensitive.is_(True), Category.sensitive.is_(True)),
+    )
+    return (
+        select(Notification, Case.number, hidden.label("hidden"))
+        .outerjoin(Case, Case.id == Notification.case_id)
+        .outerjoin(Category, Category.code == Case.category_code)
+        .outerjoin(Task, Task.id == Notification.task_id)
+        .where(scope.region_condition(func.coalesce(Case.region_code, Task.region_code)))
+    )
+
+
+def relay_queue(
+    session: Session, scope: Scope, *, after: int, limit: int, unsent: bool
+) -> list[Relayed]:
+    """Return the notifications of ``scope`` above the id ``after``, oldest first; with
+    ``unsent`` only those no gateway has said it sent."""
+    stmt = _relay_rows(scope).where(Notification.id > after)
+    if unsent:
+        stmt = stmt.where(Notification.sent_at.is_(None))
+    rows = session.execute(stmt.order_by(Notification.id).limit(limit)).all()
+    return [
+        Relayed(
+            id=n.id,
+            kind=base_kind(n.kind),
+            about="case" if n.case_id is not None else "task",
+            created_at=n.created_at,
+            sent_at=n.sent_at,
+            recipients={"user_id": n.user_id, "region_code": n.region_code},
+            case=None if n.case_id is None or hidden else {"case_id": n.case_id, "number": number},
+            sensitive=bool(hidden),
+            task_id=n.task_id,
+        )
+        for n, number, hidden in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Stamped:
+    sent: list[int]  # stamped now
+    already: list[int]  # stamped before: their time is kept
+
+
+def stamp_sent(session: Session, scope: Scope, ids: Collection[int]) -> Stamped:
+    """Record that a gateway sent the notifications ``ids`` (of ``scope``): ``sent_at`` is
+    set once, the first time. Raises Unprocessable, stamping none, when an id is not a
+    notification of the caller's area (answered as one that does not exist)."""
+    wanted = sorted(set(ids))
+    found = {
+        n.id: n
+        for n, _number, _hidden in session.execute(
+            _relay_rows(scope).where(Notification.id.in_(wanted)).with_for_update(of=Notification)
+        )
+    }
+    unknown = [i for i in wanted if i not in found]
+    if unknown:
+        raise Unprocessable(
+            "Some ids are not notifications of your area; none was stamped.",
+            errors={"json": {"ids": [f"no such notification: {', '.join(map(str, unknown))}"]}},
+        )
+    sent = [i for i in wanted if found[i].sent_at is None]
+    already = [i for i in wanted if found[i].sent_at is not None]
+    if sent:
+        session.execute(
+            update(Notification)
+            .where(Notification.id.in_(sent), Notification.sent_at.is_(None))
+            .values(sent_at=utcnow())
+        )
+    return Stamped(sent=sent, already=already)

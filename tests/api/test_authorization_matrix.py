@@ -350,6 +350,14 @@ class World:
         self.step(case_id, "file")
         return case_id, self.step(case_id, "dispatch", assignee_id=assignee)
 
+    def notification(self, area: Area) -> int:
+        """Return the id of the notice of a new case of the area dispatched to its member."""
+        case_id, _etag = self.dispatched_case(area, self.ids[f"member_{area.name}"])
+        with self.app.extensions["gridapi"].engine.connect() as conn:
+            return conn.execute(
+                text("SELECT max(id) FROM notifications WHERE case_id = :case"), {"case": case_id}
+            ).scalar_one()
+
     def closed_case(self, area: Area, reporter: Any) -> int:
         """Return a new case of the area reported by ``reporter``, resolved and closed."""
         case_id = self.case(area, reporter)
@@ -772,6 +780,11 @@ REQUESTS: dict[tuple[str, str], Case] = {
     # the caller's own read mark: clamped to the caller's own notifications
     ("PUT", "/api/v1/me/notifications/read"): Case(
         lambda c: Call(json={"up_to": MISSING_ID}), out=None
+    ),
+    # the gateways' queue: of the caller's area (by the case's or task's region)
+    ("GET", "/api/v1/notifications"): Case(plain, out=None),
+    ("POST", "/api/v1/notifications/sent"): Case(
+        lambda c: Call(json={"ids": [c.fresh(c.world.notification)]}), out=422
     ),
     ("POST", "/api/v1/auth/token"): Case(sign_in, out=None),
     ("POST", "/api/v1/auth/refresh"): Case(refresh, out=None),
