@@ -30,8 +30,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from .base import Base, UTCDateTime, utcnow
 from .register import new_uid
 
-# Every event type a subscription may ask for (the triggers of migrations 0010, 0050 and
-# 0053 write them).
+# Every event type a subscription may ask for (the triggers of migrations 0010, 0050, 0053
+# and 0055 write them).
 EVENT_TYPES = (
     "case.created",
     "case.transitioned",
@@ -44,6 +44,12 @@ EVENT_TYPES = (
     "task.reassigned",
     "task.overdue",
     "task.deadline_moved",
+    # A campaign made, closed (its last task done), cancelled, its deadline moved by a
+    # calendar edit (migration 0055).
+    "campaign.created",
+    "campaign.closed",
+    "campaign.cancelled",
+    "campaign.deadline_moved",
     # A row of ``notifications`` inserted (migration 0053): for SMS and push gateways, with
     # no personal data (docs/webhooks.md).
     "notification.created",

@@ -241,6 +241,7 @@ def _visible(sub: WebhookSubscription, principal: Principal) -> bool:
 EVENT_PERMISSIONS = {
     "case": "cases:read",
     "task": "tasks:read",
+    "campaign": "tasks:read",
     "notification": "notifications:relay",
 }
 
