@@ -277,6 +277,7 @@ HARMLESS_QUERY_PARAMETERS = frozenset(
         "unit",
         "unmask",
         "unrouted",
+        "unsent",
         "until",
         "use",
         "version",
