@@ -424,7 +424,9 @@ def test_a_worker_keeps_its_routing_index_out_of_full_collections(factory, app):
     factory.regions()
     factory.grid_version()
     routing = app.extensions["gridapi"].routing
+    gc.unfreeze()  # tests/conftest.py froze what the run had loaded
     try:
+        assert gc.get_freeze_count() == 0
         serving._post_worker_init(SimpleNamespace(wsgi=app))
         frozen = gc.get_freeze_count()
         assert frozen > 0 and routing.after_rebuild is serving.freeze_long_lived
@@ -451,6 +453,7 @@ def test_a_worker_keeps_its_routing_index_out_of_full_collections(factory, app):
     finally:
         routing.after_rebuild = None
         gc.unfreeze()
+        gc.freeze()  # as tests/conftest.py leaves it for the rest of the run
 
 
 def test_the_embedded_database_and_its_key_files_are_the_services_alone(
