@@ -1082,6 +1082,7 @@ def check_api(url: str, field_keys: str, blind_key: str) -> str:
     from gridapi.config import Settings
     from gridapi.models import Person, User
     from gridapi.scope import Scope
+    from gridapi.security.passwords import random_password
     from gridapi.services.identity import create_user
 
     with tempfile.TemporaryDirectory() as data_dir:
@@ -1105,7 +1106,7 @@ def check_api(url: str, field_keys: str, blind_key: str) -> str:
                     scope=Scope.everything(),
                     actor_rank=None,
                     username=username,
-                    password=secrets.token_urlsafe(24),
+                    password=random_password(),
                     role="admin",
                     phone_key=st.phone_key,
                 )
