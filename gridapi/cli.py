@@ -462,7 +462,7 @@ def calendar_import(file: Path) -> None:
                 _cli_actor(),
                 cache_seconds=settings.calendar_cache_seconds,
             )
-            tasks_moved = recount_tasks_after_edit(
+            given = recount_tasks_after_edit(
                 session,
                 before,
                 settings.working_hours,
@@ -476,7 +476,8 @@ def calendar_import(file: Path) -> None:
         f"calendar: {result['years']} year(s), {result['holidays']} holidays, "
         f"{result['workdays']} workdays"
         + (f"; {len(moved)} open case deadline(s) moved" if moved else "")
-        + (f"; {len(tasks_moved)} open task deadline(s) moved" if tasks_moved else "")
+        + (f"; {len(given.tasks)} open task deadline(s) moved" if given.tasks else "")
+        + (f"; {len(given.campaigns)} campaign deadline(s) moved" if given.campaigns else "")
     )
 
 

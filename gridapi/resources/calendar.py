@@ -44,8 +44,8 @@ def _day(text: str) -> date:
 def _recount(before: WorkingCalendar) -> dict[str, int]:
     """Move the deadlines still ahead that the edit changes (see services.calendar), and
     the tasks' and active campaigns' given in working time (services.tasks.
-    move_task_deadlines); return how many cases and tasks moved (``cases_moved``,
-    ``tasks_moved``)."""
+    move_task_deadlines); return how many cases, tasks and campaigns moved (``cases_moved``,
+    ``tasks_moved``, ``campaigns_moved``)."""
     settings = state().settings
     moved = svc.recount_after_edit(
         db_session(),
@@ -56,7 +56,7 @@ def _recount(before: WorkingCalendar) -> dict[str, int]:
         request_actor(),
         cache_seconds=settings.calendar_cache_seconds,
     )
-    tasks_moved = recount_tasks_after_edit(
+    given = recount_tasks_after_edit(
         db_session(),
         before,
         settings.working_hours,
@@ -64,7 +64,11 @@ def _recount(before: WorkingCalendar) -> dict[str, int]:
         datetime.now(UTC),
         request_actor(),
     )
-    return {"cases_moved": len(moved), "tasks_moved": len(tasks_moved)}
+    return {
+        "cases_moved": len(moved),
+        "tasks_moved": len(given.tasks),
+        "campaigns_moved": len(given.campaigns),
+    }
 
 
 def _before() -> WorkingCalendar:
@@ -133,8 +137,8 @@ class CalendarImport(MethodView):
         so do those of open tasks given working time (`due_in`; docs/tasks.md): a new version,
         an audit row `task.deadline_moved` each, and a notice to those doing it when it comes
         earlier; and those of active campaigns given working time (an audit row
-        `campaign.deadline_moved` each). The answer says how many cases and tasks moved
-        (`cases_moved`, `tasks_moved`).
+        `campaign.deadline_moved` and a webhook event each). The answer says how many cases,
+        tasks and campaigns moved (`cases_moved`, `tasks_moved`, `campaigns_moved`).
         """
         settings = state().settings
         before = _before()
@@ -164,8 +168,8 @@ class CalendarDay(MethodView):
         `deadline_moved` row in each case's timeline), and so are those of open tasks given
         working time (`due_in`, an audit row `task.deadline_moved`, and a notice to those doing
         it when it comes earlier) and of active campaigns given working time (an audit row
-        `campaign.deadline_moved`); deadlines already passed stay. The answer says how many of
-        each moved (`cases_moved`, `tasks_moved`). Needs `calendar:write`; writes an audit row
+        `campaign.deadline_moved` and a webhook event); deadlines already passed stay. The
+        answer says how many of each moved (`cases_moved`, `tasks_moved`, `campaigns_moved`). Needs `calendar:write`; writes an audit row
         `calendar.set`, and `calendar.deadlines_moved` when case deadlines moved.
         """
         before = _before()

@@ -23,11 +23,16 @@ _TASKS_MOVED = (
     "How many open tasks' deadlines, given as working time (`due_in`), the edit moved "
     '(docs/tasks.md, "When the calendar changes").'
 )
+_CAMPAIGNS_MOVED = (
+    "How many active campaigns' deadlines, given as working time (`due_in`), the edit moved "
+    "with their tasks'."
+)
 
 
 class CalendarDaySetSchema(CalendarDaySchema):
     cases_moved = fields.Integer(required=True, metadata={"description": _CASES_MOVED})
     tasks_moved = fields.Integer(required=True, metadata={"description": _TASKS_MOVED})
+    campaigns_moved = fields.Integer(required=True, metadata={"description": _CAMPAIGNS_MOVED})
 
 
 class CalendarYearSchema(StrictSchema):
@@ -112,3 +117,4 @@ class CalendarImportResultSchema(StrictSchema):
     workdays = fields.Integer(required=True)
     cases_moved = fields.Integer(required=True, metadata={"description": _CASES_MOVED})
     tasks_moved = fields.Integer(required=True, metadata={"description": _TASKS_MOVED})
+    campaigns_moved = fields.Integer(required=True, metadata={"description": _CAMPAIGNS_MOVED})

@@ -925,16 +925,25 @@ def _queue_once(session: Session, rows: list[dict[str, Any]]) -> None:
 _MOVE_CHUNK = 500
 
 
+@dataclass(frozen=True)
+class DeadlinesMoved:
+    """What an edit of the calendar moved: the ids of the tasks and of the campaigns, each
+    in id order."""
+
+    tasks: list[int]
+    campaigns: list[int]
+
+
 def move_task_deadlines(
     session: Session,
     before: WorkingCalendar,
     after: WorkingCalendar,
     now: datetime,
     actor: Actor,
-) -> list[int]:
+) -> DeadlinesMoved:
     """Count again, on ``after``, the deadlines of open tasks given as working time
     (``due_in``) that are still ahead and that ``before`` counted across a day the edit
-    changed; return the ids of the tasks whose deadline moved, in id order.
+    changed; return the ids of the tasks and of the campaigns whose deadline moved.
 
     Each keeps its start and its length (``due_in_from``, ``due_in_amount`` working
     ``due_in_unit``, counted by ``add_limit`` as when it was given). A task given a moment
@@ -948,7 +957,7 @@ def move_task_deadlines(
     alike, after its tasks (``_count_campaigns_again``). Flushes, never commits."""
     days = changed_days(before, after)
     if not days:
-        return []
+        return DeadlinesMoved([], [])
     # A deadline before the first day changed counted none of them, nor one counted from
     # after the last.
     first = datetime.combine(min(days), time(0), tzinfo=before.tz)
@@ -989,9 +998,11 @@ def move_task_deadlines(
         last_day = given.due_at.astimezone(before.tz).date()
         return any(first_day <= day <= last_day for day in days)
 
-    moved = _count_tasks_again(session, ids, after, now, actor, spans_a_changed_day)
-    _count_campaigns_again(session, campaign_ids, after, now, actor, spans_a_changed_day)
-    return moved
+    tasks = _count_tasks_again(session, ids, after, now, actor, spans_a_changed_day)
+    campaigns = _count_campaigns_again(
+        session, campaign_ids, after, now, actor, spans_a_changed_day
+    )
+    return DeadlinesMoved(tasks, campaigns)
 
 
 def recount_stale_task_deadlines(
@@ -1231,9 +1242,10 @@ def recount_tasks_after_edit(
     timezone: str,
     now: datetime,
     actor: Actor,
-) -> list[int]:
-    """Move the task deadlines an edit of the calendar changes (``move_task_deadlines``, in
-    the edit's transaction, next to the cases' ``recount_after_edit``). Returns their ids."""
+) -> DeadlinesMoved:
+    """Move the task and campaign deadlines an edit of the calendar changes
+    (``move_task_deadlines``, in the edit's transaction, next to the cases'
+    ``recount_after_edit``). Returns their ids."""
     after = working_calendar(session, working_hours, timezone)
     return move_task_deadlines(session, before, after, now, actor)
 

@@ -17,7 +17,7 @@ from gridapi.services.calendar import calendar_problem, working_calendar
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 #: What an edit answers when it moved no deadline.
-NOTHING_MOVED = {"cases_moved": 0, "tasks_moved": 0}
+NOTHING_MOVED = {"cases_moved": 0, "tasks_moved": 0, "campaigns_moved": 0}
 
 
 def test_the_seeded_2026_arrangement_is_served(accounts, anon_client):

@@ -1220,8 +1220,8 @@ def test_a_calendar_edit_moves_the_deadlines_of_tasks_given_in_working_time(
 
     day = due.astimezone(SHANGHAI).date()
     answer = ok(client.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
-    # The answer says how many moved: this one and the campaign's two.
-    assert (answer["cases_moved"], answer["tasks_moved"]) == (0, 3)
+    # The answer says how many moved: this one and the campaign's two, and the campaign.
+    assert (answer["cases_moved"], answer["tasks_moved"], answer["campaigns_moved"]) == (0, 3, 1)
     expected = add_limit(_calendar(app), when(moving["created_at"]), 1, "days")
     assert expected > due
     after = ok_response(office.get(f"/api/v1/tasks/{moving['id']}"))
@@ -1316,12 +1316,14 @@ def test_a_calendar_edit_does_not_make_a_task_overdue(people, client, app, engin
 def test_a_calendar_import_by_the_command_line_moves_task_deadlines(
     people, app, database_url, settings, tmp_path
 ):
-    """`gridapi calendar import`: the task deadlines the notice changes move in its
-    transaction, and the command says how many."""
+    """`gridapi calendar import`: the task and campaign deadlines the notice changes move in
+    its transaction, and the command says how many of each."""
     office = people["office"]
     task = new_task(office, grid=A1, due_in={"amount": 1, "unit": "days"})
+    campaign = _campaign(office, COMMUNITY_B, due_in={"amount": 1, "unit": "days"})
     due = when(task["due_at"])
     day = due.astimezone(SHANGHAI).date()
+    assert when(campaign["due_at"]).astimezone(SHANGHAI).date() == day
     cal = _calendar(app)
     year = {
         "holidays": [str(d) for d in sorted(cal.holidays) if d.year == day.year] + [str(day)],
@@ -1332,7 +1334,8 @@ def test_a_calendar_import_by_the_command_line_moves_task_deadlines(
     env = {"GRIDAPI_DATABASE_URL": database_url, "GRIDAPI_DATA_DIR": settings.data_dir}
     result = CliRunner().invoke(main, ["calendar", "import", str(path)], env=env)
     assert result.exit_code == 0, result.output
-    assert "1 open task deadline(s) moved" in result.output
+    # The task, the campaign's two (B1, B2) and the campaign.
+    assert "3 open task deadline(s) moved; 1 campaign deadline(s) moved" in result.output
     assert when(ok(office.get(f"/api/v1/tasks/{task['id']}"))["due_at"]) > due
 
 
@@ -1374,7 +1377,7 @@ def test_a_deadline_a_calendar_edit_brings_earlier_tells_those_doing_the_task_on
     saturday = _free_weekend_day(app, when(assigned["created_at"]), old_due)
 
     answer = ok(client.put(f"/api/v1/calendar/{saturday}", json={"kind": "workday"}))
-    assert (answer["cases_moved"], answer["tasks_moved"]) == (0, 3)
+    assert (answer["cases_moved"], answer["tasks_moved"], answer["campaigns_moved"]) == (0, 3, 0)
     moved = {
         t["id"]: when(ok(office.get(f"/api/v1/tasks/{t['id']}"))["due_at"])
         for t in (assigned, for_grid, for_region)
@@ -1405,7 +1408,7 @@ def test_a_deadline_a_calendar_edit_brings_earlier_tells_those_doing_the_task_on
     }
     notice = {"version": 1, "years": {str(saturday.year): year}}
     answer = ok(client.post("/api/v1/calendar/import", json=notice))
-    assert (answer["cases_moved"], answer["tasks_moved"]) == (0, 3)
+    assert (answer["cases_moved"], answer["tasks_moved"], answer["campaigns_moved"]) == (0, 3, 0)
     assert (
         when(ok(office.get(f"/api/v1/tasks/{assigned['id']}"))["due_at"]) == moved[assigned["id"]]
     )
@@ -1540,6 +1543,7 @@ def test_a_calendar_edit_moves_a_campaign_given_working_time_with_its_tasks(
     day = due.astimezone(SHANGHAI).date()
     answer = ok(client.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
     assert answer["tasks_moved"] == 2  # the counted campaign's, on B1 and B2
+    assert answer["campaigns_moved"] == 1  # the counted campaign; not the moment, not dropped
     expected = add_limit(_calendar(app), when(counted["created_at"]), 1, "days")
     assert expected > due
     after = ok_response(office.get(f"/api/v1/campaigns/{counted['id']}"))
