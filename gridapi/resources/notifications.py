@@ -305,12 +305,14 @@ class StampedSchema(StrictSchema):
     sent = fields.List(
         fields.Integer(),
         required=True,
-        metadata={"description": "Ids stamped by this request, in order."},
+        metadata={"description": "Ids stamped by this request, in id order."},
     )
     already = fields.List(
         fields.Integer(),
         required=True,
-        metadata={"description": "Ids some gateway had stamped before: their time is kept."},
+        metadata={
+            "description": "Ids some gateway had stamped before (their time is kept), in id order."
+        },
     )
 
 

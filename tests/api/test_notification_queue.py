@@ -185,3 +185,14 @@ def test_two_gateways_stamping_one_notice_at_once_stamp_it_once(desk, engine, se
         waits_in="SELECT notifications.",
     )
     assert ok(answer) == {"sent": [], "already": [row.id]}
+
+
+def test_the_stamped_ids_are_answered_once_each_in_id_order(desk, engine):  # noqa: F811
+    d = desk
+    overdue_case(d)
+    relay = gateway(d)
+    ids = [n.id for n in rows(engine)]
+    assert len(ids) >= 2
+    answer = ok(relay.post(SENT, json={"ids": [ids[-1], ids[0], ids[-1]]}))
+    assert answer == {"sent": [ids[0], ids[-1]], "already": []}
+    assert [n.id for n in rows(engine) if n.sent_at is not None] == [ids[0], ids[-1]]
