@@ -169,8 +169,9 @@ class CalendarDay(MethodView):
         working time (`due_in`, an audit row `task.deadline_moved`, and a notice to those doing
         it when it comes earlier) and of active campaigns given working time (an audit row
         `campaign.deadline_moved` and a webhook event); deadlines already passed stay. The
-        answer says how many of each moved (`cases_moved`, `tasks_moved`, `campaigns_moved`). Needs `calendar:write`; writes an audit row
-        `calendar.set`, and `calendar.deadlines_moved` when case deadlines moved.
+        answer says how many of each moved (`cases_moved`, `tasks_moved`, `campaigns_moved`).
+        Needs `calendar:write`; writes an audit row `calendar.set`, and
+        `calendar.deadlines_moved` when case deadlines moved.
         """
         before = _before()
         row = svc.set_day(db_session(), _day_to_set(day), data["kind"], data["name"])

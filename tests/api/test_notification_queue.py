@@ -17,6 +17,7 @@ from gridapi.services.jobs import run_jobs
 from ..factories import COMMUNITY_B, COUNTY
 from .test_case_workflow import desk  # noqa: F401  (the fixture)
 from .test_notification_relay import PAYLOAD_KEYS
+from .test_notification_relay import gateway as relay_client
 from .test_webhooks import ok
 
 QUEUE = "/api/v1/notifications"
@@ -26,12 +27,8 @@ SENT = "/api/v1/notifications/sent"
 def gateway(
     d: Any, scopes: tuple[str, ...] = ("notifications:relay",), region: str = COUNTY
 ) -> Any:
-    """An SMS gateway's API client over ``region``, with ``scopes`` (no webhooks)."""
-    body = {"name": "短信网关", "scopes": list(scopes), "scope_region": region}
-    key = ok(d.admin.post("/api/v1/clients", json=body), 201)["api_key"]
-    client = d.app.test_client()
-    client.environ_base["HTTP_X_API_KEY"] = key
-    return client
+    """An SMS gateway's API client that polls (no webhooks)."""
+    return relay_client(d, scopes, region)
 
 
 def rows(engine: Any) -> list[Any]:

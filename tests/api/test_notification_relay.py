@@ -32,9 +32,13 @@ PAYLOAD_KEYS = {
 }
 
 
-def gateway(d: Any, scopes: tuple[str, ...] = ("webhooks:manage", "notifications:relay")) -> Any:
-    """An SMS gateway's API client over the county, with ``scopes``."""
-    body = {"name": "短信网关", "scopes": list(scopes), "scope_region": COUNTY}
+def gateway(
+    d: Any,
+    scopes: tuple[str, ...] = ("webhooks:manage", "notifications:relay"),
+    region: str = COUNTY,
+) -> Any:
+    """An SMS gateway's API client over ``region`` (the county), with ``scopes``."""
+    body = {"name": "短信网关", "scopes": list(scopes), "scope_region": region}
     key = ok(d.admin.post("/api/v1/clients", json=body), 201)["api_key"]
     client = d.app.test_client()
     client.environ_base["HTTP_X_API_KEY"] = key
