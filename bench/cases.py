@@ -1169,11 +1169,11 @@ def explain(world: World) -> str:
         )
         cases_: list[tuple[str, Callable[[], Any]]] = []
         base = {"region": township, "open": True, "limit": 50}
-        rows, cursor = svc.list_cases(session, officer, dict(base))
+        cursor = svc.list_cases(session, officer, dict(base)).cursor
         for _ in range(8):  # a deep page: the 10th
             if not cursor:
                 break
-            rows, cursor = svc.list_cases(session, officer, dict(base, cursor=cursor))
+            cursor = svc.list_cases(session, officer, dict(base, cursor=cursor)).cursor
         deep_cursor = cursor
         cases_.append(
             (
@@ -1318,7 +1318,11 @@ LIST_BREAKDOWN = (
     ("view `Cases.get`", "gridapi/resources/cases.py", "get"),
     ("… `services.cases.list_cases` (query + ORM load)", "gridapi/services/cases.py", "list_cases"),
     ("… region and grid names (1 query)", "gridapi/resources/cases.py", "_names_for"),
-    ("… category names (1 query)", "gridapi/resources/cases.py", "_category_names"),
+    (
+        "… duplicate links (a query only for cases that have duplicates)",
+        "gridapi/services/cases.py",
+        "duplicate_links",
+    ),
     ("… `case_view` × 50 (view dicts)", "gridapi/resources/cases.py", "case_view"),
     ("…… `allowed_actions` × 50", "gridapi/services/cases.py", "allowed_actions"),
     ("marshmallow dump of the page (flask-smorest response)", "marshmallow/schema.py", "dump"),

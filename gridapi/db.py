@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import private_directory
+from .jsonio import loads_stored
 
 T = TypeVar("T")
 
@@ -101,6 +102,7 @@ def make_engine(
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_recycle=1800,
+            json_deserializer=loads_stored,
             connect_args={
                 "options": f"-c statement_timeout={int(statement_timeout_ms)}",
                 "connect_timeout": 5,
@@ -160,7 +162,12 @@ def _make_sqlite_engine(database_url: str, spatialite_path: str, immediate: bool
         private_directory(Path(url.database).parent)
         with contextlib.suppress(FileExistsError):
             os.close(os.open(url.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    engine = create_engine(url, module=sqlite_dbapi(), connect_args={"timeout": 30})
+    engine = create_engine(
+        url,
+        module=sqlite_dbapi(),
+        connect_args={"timeout": 30},
+        json_deserializer=loads_stored,
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
+import re
 import uuid
 from typing import Any
 
@@ -29,6 +31,25 @@ def _default(value: Any) -> Any:
 def dumps_bytes(value: Any) -> bytes:
     """Return ``value`` as compact UTF-8 JSON bytes."""
     return orjson.dumps(value, default=_default, option=_OPTIONS)
+
+
+#: 19 digits in a row: perhaps an integer beyond 64 bits, which orjson reads as a float.
+_LONG_DIGITS = re.compile(r"\d{19}")
+_LONG_DIGITS_BYTES = re.compile(rb"\d{19}")
+
+
+def loads_stored(text: str | bytes) -> Any:
+    """Parse the JSON of a database column to what the standard library gives: with orjson
+    (a list of 50 cases parses 150 such values), except where 19 digits follow each other
+    (in a number or a string). orjson reads an integer beyond 64 bits as a float, losing
+    digits, and a column may hold one (an attribute's number, an audit summary)."""
+    long = _LONG_DIGITS_BYTES if isinstance(text, bytes) else _LONG_DIGITS
+    if long.search(text) is None:  # type: ignore[arg-type]
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass  # the standard library's error, or what it makes of it
+    return json.loads(text)
 
 
 class OrjsonProvider(JSONProvider):

@@ -119,6 +119,19 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+#: The columns ``case_view`` reads (every one but the geometry: ``lon`` and ``lat`` say where).
+_VIEWED = frozenset(c.key for c in Case.__table__.columns) - {"location"}
+
+
+def _as_read(case_obj: Any) -> Any:
+    """Return the case's columns as a plain object when every one the view reads is loaded
+    (a list's cases, a case just read): reading a plain attribute costs a tenth of what the
+    ORM's descriptor does, 55 times per case. A case with a column expired (after a flush
+    that the database filled in) is returned as it is, to load it."""
+    loaded = case_obj.__dict__
+    return intake.Row(loaded) if loaded.keys() >= _VIEWED else case_obj
+
+
 def case_view(
     case_obj: Case,
     caller: svc.Caller,
@@ -136,7 +149,7 @@ def case_view(
     original it may not read) and lists the duplicates unless ``with_duplicates`` is false
     (a list's items).
     """
-    c = case_obj
+    c = _as_read(case_obj)
     community = c.region_code if c.grid_code or len(c.region_code) == 12 else None
     if community and community[9:] == "000":
         community = None  # an intake region above the community level
@@ -212,7 +225,7 @@ def case_view(
         "client_id": c.client_id,
         "reporter": c.reporter,
         "version": c.version,
-        "allowed_actions": svc.allowed_actions(caller, c, links.duplicates(c.id)),
+        "allowed_actions": svc.allowed_actions(caller, case_obj, links.duplicates(c.id)),
     }
     if with_duplicates:
         view["duplicates"] = links.shown_duplicates(c.id)
@@ -449,24 +462,23 @@ class Cases(MethodView):
         caller = svc.caller_of(session, principal)
         if "from_" in args:
             args["from"] = args.pop("from_")
-        rows, cursor = svc.list_cases(session, caller, args)
-        names = _names_for(session, rows)
-        categories = _category_names(session, rows)
-        links = svc.duplicate_links(session, caller, rows)
+        page = svc.list_cases(session, caller, args)
+        names = _names_for(session, page.cases)
+        links = svc.duplicate_links(session, caller, page.cases, originals=page.originals)
         items = [
             case_view(
                 c,
                 caller,
                 names,
-                category_name=categories.get(c.category_code),
+                category_name=page.category_names.get(c.category_code),
                 links=links,
                 with_duplicates=False,
             )
-            for c in rows
+            for c in page.cases
         ]
         # The view dicts are in the documented shape already: encoded directly, a page costs
         # a third of what a schema dump of 50 cases does.
-        return _json({"items": items, "next_cursor": cursor}, 200)
+        return _json({"items": items, "next_cursor": page.cursor}, 200)
 
 
 @blp.route("/queues")
