@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -480,12 +482,9 @@ def _one_case_and_older_copies(client, engine, **change) -> dict:  # type: ignor
     return row
 
 
-def test_the_newest_cases_of_every_region_are_read_from_an_index(client, world, app):
-    """An unrestricted caller's list with no filter, and its next page, walk
-    ix_cases_reported_at backwards: no read and sort of the whole table (≈ 0.3 s on
-    PostgreSQL and seconds on SQLite at 1 M cases before migration 0017)."""
-    engine = app.extensions["gridapi"].engine
-    _one_case_and_older_copies(client, engine)  # so the planner weighs a real table
+@contextmanager
+def _lists_sent(engine) -> Iterator[list[tuple[str, object]]]:  # type: ignore[no-untyped-def]
+    """Collect the list statements (newest first) sent meanwhile, with their parameters."""
     sent: list[tuple[str, object]] = []
 
     def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
@@ -494,10 +493,20 @@ def test_the_newest_cases_of_every_region_are_read_from_an_index(client, world, 
 
     event.listen(engine, "before_cursor_execute", capture)
     try:
-        first = client.get("/api/v1/cases?limit=50").get_json()
-        second = client.get(f"/api/v1/cases?limit=50&cursor={first['next_cursor']}").get_json()
+        yield sent
     finally:
         event.remove(engine, "before_cursor_execute", capture)
+
+
+def test_the_newest_cases_of_every_region_are_read_from_an_index(client, world, app):
+    """An unrestricted caller's list with no filter, and its next page, walk
+    ix_cases_reported_at backwards: no read and sort of the whole table (≈ 0.3 s on
+    PostgreSQL and seconds on SQLite at 1 M cases before migration 0017)."""
+    engine = app.extensions["gridapi"].engine
+    _one_case_and_older_copies(client, engine)  # so the planner weighs a real table
+    with _lists_sent(engine) as sent:
+        first = client.get("/api/v1/cases?limit=50").get_json()
+        second = client.get(f"/api/v1/cases?limit=50&cursor={first['next_cursor']}").get_json()
     times = [c["reported_at"] for c in first["items"] + second["items"]]
     assert len(times) == 100 and times == sorted(times, reverse=True)
     assert len(sent) == 2
@@ -515,17 +524,8 @@ def test_a_list_asks_for_duplicates_by_index_for_the_page_only(client, world, ap
     on every list (70 ms at 100,000 cases)."""
     engine = app.extensions["gridapi"].engine
     _one_case_and_older_copies(client, engine)
-    sent: list[tuple[str, object]] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if "FROM cases" in statement and "ORDER BY cases.reported_at DESC" in statement:
-            sent.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
+    with _lists_sent(engine) as sent:
         page = client.get("/api/v1/cases?limit=50").get_json()
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
     assert len(page["items"]) == 50
     assert {c["category"]["name"] for c in page["items"]} == {"暴露垃圾"}
     assert len(sent) == 1
