@@ -317,16 +317,29 @@ def render(  # type: ignore[no-untyped-def]
     *,
     full: bool = True,
     category_name: str | None = None,
+    originals: frozenset[int] | None = None,
+    duplicates: list[int] | None = None,
 ) -> dict[str, Any]:
+    """Return the case's view. ``category_name`` and its duplicates are read unless given:
+    ``originals`` says whether it has some (``svc.read_case``), ``duplicates`` which
+    (``svc.transition``)."""
     names = _names_for(session, [case_obj])
     if category_name is None:
-        category_name = _category_names(session, [case_obj]).get(case_obj.category_code)
+        # By its key: no statement when the request has read the category already.
+        category = session.get(Category, case_obj.category_code)
+        category_name = category.name if category is not None else None
     return case_view(
         case_obj,
         caller,
         names,
         category_name=category_name,
-        links=svc.duplicate_links(session, caller, [case_obj]),
+        links=svc.duplicate_links(
+            session,
+            caller,
+            [case_obj],
+            originals=originals,
+            known=None if duplicates is None else {case_obj.id: duplicates},
+        ),
         with_duplicates=full,
     )
 
@@ -515,8 +528,15 @@ class CaseById(MethodView):
         """
         session = db_session()
         caller = svc.caller_of(session, current_principal())
-        case_obj = svc.get_case(session, case_id, caller)
-        return render(session, caller, case_obj), 200, {"ETag": etag(case_obj)}
+        read = svc.read_case(session, case_id, caller)
+        view = render(
+            session,
+            caller,
+            read.case,
+            category_name=read.category_name,
+            originals=read.originals,
+        )
+        return view, 200, {"ETag": etag(read.case)}
 
 
 @blp.route("/<id:case_id>/transitions")
@@ -557,7 +577,7 @@ class Transitions(MethodView):
         session = db_session()
         caller = svc.caller_of(session, current_principal())
         now = _now()
-        case_obj, event = svc.transition(
+        case_obj, event, duplicates = svc.transition(
             session,
             case_id,
             data,
@@ -573,7 +593,7 @@ class Transitions(MethodView):
             summary={"from": event.from_status, "to": event.to_status, **event.data},
             region_code=case_obj.region_code,
         )
-        view = render(session, caller, case_obj)
+        view = render(session, caller, case_obj, duplicates=duplicates)
         if not svc.may_see(caller, case_obj):
             view = out_of_reach_view(view)
         commit()

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import event, select, text, update
 
 from gridapi import clock
 from gridapi.models import Case
@@ -1725,6 +1725,34 @@ def test_an_if_match_stale_by_more_than_attachments_is_412(desk):
     assert r.status_code == 412, r.get_json()
     assert r.headers["ETag"] == d.etag(b)
     assert (d.get(b)["status"], d.get(a)["duplicate_of"]) == ("accepted", b)
+
+
+def test_a_steps_answer_shows_the_duplicates_the_step_read(desk, app):
+    """A step reads the case's duplicates once, after locking it; its answer shows them
+    from that read (it asked for them again). Closing a case as a duplicate moves its own
+    duplicates to the original: its answer shows none."""
+    d = desk
+    b, a, c = d.report(col=1)["id"], d.report()["id"], d.report(col=2)["id"]
+    d.act(d.office, a, "duplicate", duplicate_of=b)
+    engine = app.extensions["gridapi"].engine
+    sent: list[str] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "cases.duplicate_of_id IN" in statement:
+            sent.append(statement)
+
+    tag = d.etag(b)
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        accepted = transition(d.office, b, tag, "accept")
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert len(sent) == 1, sent
+    moved = d.post(d.office, b, "duplicate", duplicate_of=c)
+    assert (accepted.status_code, accepted.get_json()["duplicates"]) == (200, [a])
+    assert moved.status_code == 200, moved.get_json()
+    assert (moved.get_json()["duplicate_of"], moved.get_json()["duplicates"]) == (c, [])
+    assert d.get(c)["duplicates"] == sorted([a, b])  # in id order
 
 
 def test_a_step_sent_before_reports_were_attached_is_taken(desk):

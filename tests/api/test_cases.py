@@ -544,6 +544,30 @@ def test_a_list_asks_for_duplicates_by_index_for_the_page_only(client, world, ap
         assert [n["Node Type"] for n in read] == ["Index Scan", "Index Scan"], plan
 
 
+def test_a_case_is_read_with_its_category_name_and_duplicates_in_one_statement(client, world, app):
+    """GET /cases/{id} reads the case, its category's name and whether reports were closed
+    as its duplicates in one statement (two more round trips asked for the name and the
+    duplicates by its id); the duplicates themselves are read only for a case with some."""
+    engine = app.extensions["gridapi"].engine
+    created = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()
+    sent: list[str] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "FROM cases" in statement or "FROM categories" in statement:
+            sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        r = client.get(f"/api/v1/cases/{created['id']}")
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert r.status_code == 200
+    body = r.get_json()
+    assert (body["category"]["name"], body["duplicates"]) == ("暴露垃圾", [])
+    assert r.headers["ETag"] == f'"{created["id"]}-{body["version"]}"'
+    assert len(sent) == 1, sent
+
+
 def test_the_duplicate_search_reads_open_cases_only(client, world, app):
     """Each report's search for possible duplicates (open cases of its category near its
     point, reported in the last days) is decided in ix_cases_open_duplicates: the closed
