@@ -309,7 +309,7 @@ def load_demo_cases(session: Session, *, snapshot, calendar, now, only: range | 
                 steps.append((action, who, extra))
         for i, (action, who, extra) in enumerate(steps):
             step_at = min(at + timedelta(hours=3 * (i + 1)), now)
-            case, _ = transition(
+            case = transition(
                 session,
                 case.id,
                 {"action": action, **extra},
@@ -317,7 +317,7 @@ def load_demo_cases(session: Session, *, snapshot, calendar, now, only: range | 
                 calendar=calendar,
                 now=step_at,
                 if_match="*",
-            )
+            ).case
     session.flush()
     return added
 
