@@ -90,7 +90,8 @@ IDEMPOTENCY_HEADER = {
     "in": "header",
     "required": False,
     "description": "Any string of 1-200 printable characters, quoted or bare, unique per "
-    "request of this caller. A retry with the same key and body returns the first answer "
+    "request of this caller; one key (two header lines, or a comma in a bare key, → 422), "
+    "compared exactly (upper and lower case are two keys). A retry with the same key and body returns the first answer "
     "(with `Idempotent-Replayed: true` and the ETag of the version it shows) and creates "
     "nothing; the same key with another body "
     "→ 422; while the first request is still running → 409 with Retry-After. Kept at least "

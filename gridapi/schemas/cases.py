@@ -11,7 +11,7 @@ from webargs.fields import DelimitedList
 from ..geo.crs import SUPPORTED_CRS
 from ..models.cases import SEVERITIES, SOURCES, STATUSES, SUPERVISION_LEVELS
 from ..services.cases import ACTIONS, QUEUE_NAMES, SORTS
-from .common import PointSchema, StrictSchema, user_ref
+from .common import PointSchema, Stated, StrictSchema, user_ref
 from .locate import CRS_FIELD_DOC
 
 
@@ -31,7 +31,7 @@ class CaseCreateSchema(StrictSchema):
         validate=validate.Regexp(r"^([0-9]{2}|[0-9]{4})\Z", error="a category code"),
         metadata={"description": "Category code (a subclass, or a class).", "example": "0101"},
     )
-    description = fields.String(
+    description = Stated(  # "   " was a description, where "" was refused
         required=True,
         validate=validate.Length(min=1, max=5000),
         metadata={"example": "小区门口垃圾堆放"},

@@ -578,8 +578,9 @@ def nearest_duplicates(
     """Keep the candidates (from the box, newest first) within the radius that the caller
     may read (a case it may not read is not named, nor is its distance); at most 10. None
     for a point at 0°, 0° (``no_fix``): a phone without a fix, whose reports from anywhere
-    would all be duplicates of each other."""
-    if no_fix(lon, lat):
+    would all be duplicates of each other; none to a caller without ``cases:read`` (an app
+    that only reports reads no case, in its area or not)."""
+    if no_fix(lon, lat) or not caller.principal.can("cases:read"):
         return []
     return [
         c

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,8 @@ from ..errors import Conflict, Unprocessable
 from ..models import IdempotencyKey
 
 MAX_KEY_LENGTH = 200
+#: Where two quoted values meet in a header sent twice ('"a", "b"').
+_QUOTED_LIST = re.compile(r'"\s*,\s*"')
 
 
 def parse_header(value: str | None) -> str | None:
@@ -37,8 +40,22 @@ def parse_header(value: str | None) -> str | None:
     if value is None:
         return None
     key = value.strip()
-    if len(key) >= 2 and key[0] == key[-1] == '"':
+    quoted = len(key) >= 2 and key[0] == key[-1] == '"'
+    if quoted:
         key = key[1:-1]
+    # Two header lines reach the app joined by a comma ("a, b", '"a", "b"'): stored as one
+    # new key, a retry sending either line alone made a second case.
+    if _QUOTED_LIST.search(key) if quoted else "," in key:
+        raise Unprocessable(
+            "Send one Idempotency-Key: this one holds several values.",
+            errors={
+                "headers": {
+                    "Idempotency-Key": [
+                        "one key: several header lines, or a comma in a bare key (quote it)"
+                    ]
+                }
+            },
+        )
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise Unprocessable(
             "Invalid Idempotency-Key.",
@@ -84,24 +101,34 @@ def claim(session: Session, caller: str, keys: list[str], *, wait: bool = False)
         session.execute(text(f"SELECT {waits}"), {f"k{i}": lock for i, lock in enumerate(locks)})
         return
     params = {f"k{i}": lock_id(caller, key) for i, key in enumerate(keys)}
-    expr = " AND ".join(f"pg_try_advisory_xact_lock(:k{i})" for i in range(len(keys)))
-    if not session.execute(text(f"SELECT {expr}"), params).scalar():
-        raise_in_flight(keys)
+    # Every lock tried (not AND, which stops at the first held): the 409 names those held.
+    probes = ", ".join(f"pg_try_advisory_xact_lock(:k{i})" for i in range(len(keys)))
+    taken = session.execute(text(f"SELECT {probes}"), params).one()
+    if not all(taken):
+        raise_in_flight(keys, [k for k, ok in zip(keys, taken, strict=True) if not ok])
 
 
-def raise_in_flight(keys: list[str]) -> None:
-    """Refuse a request whose key is held by one still in flight: 409, retry shortly. The
-    error names the Idempotency-Key header when the request sent one, else its client_id
-    (it named the header for a phone that sent none)."""
-    if any(k.startswith("client_id:") for k in keys) and not any(
-        k.startswith("key:") for k in keys
-    ):
-        where, field = "json", "client_id"
-    else:
-        where, field = "headers", "Idempotency-Key"
+def raise_in_flight(keys: list[str], held: list[str] | None = None) -> None:
+    """Refuse a request whose key is held by one still in flight: 409, retry shortly.
+
+    The error names what is in flight: the Idempotency-Key header, the body's client_id, or
+    both (``held``: the keys whose locks another request holds; unknown, every key sent).
+    It named the header when a request with a new key clashed on its client_id, and inside
+    a sync batch, whose actions send no header."""
+    named = held or keys
+    errors: dict[str, Any] = {}
+    if any(k.startswith("key:") for k in named):
+        errors["headers"] = {"Idempotency-Key": ["in flight"]}
+    if any(k.startswith("client_id:") for k in named):
+        errors["json"] = {"client_id": ["in flight"]}
+    what = " and ".join(
+        name
+        for name, where in (("Idempotency-Key", "headers"), ("client_id", "json"))
+        if where in errors
+    )
     raise Conflict(
-        f"A request with this {field} is still being processed; retry shortly to get its answer.",
-        errors={where: {field: ["in flight"]}},
+        f"A request with this {what} is still being processed; retry shortly to get its answer.",
+        errors=errors,
         headers={"Retry-After": "1"},
     )
 

@@ -542,12 +542,22 @@ class _TwoStatements:
         )
         free, stored, number = inserted.fetchone()
         if free is False:
-            idempotency.raise_in_flight(r.keys)
+            idempotency.raise_in_flight(r.keys, self._held(caller, r.keys))
         if number is None:  # answered (and committed) while this one was being rendered
             replayed = _answered(stored, r.body_hash)
             assert replayed is not None
             return replayed
         return Taken(201, payload.replace(mark, number), False, case_id, etag(new))
+
+    def _held(self, caller: str, keys: list[str]) -> list[str]:
+        """Return which of the keys a request in flight holds (its lock is another
+        transaction's now), for the 409 to name it; all of them when none is held any more."""
+        if len(keys) < 2:
+            return keys
+        probes = ", ".join(f"pg_try_advisory_xact_lock(%(k{i})s)" for i in range(len(keys)))
+        locks = {f"k{i}": idempotency.lock_id(caller, k) for i, k in enumerate(keys)}
+        taken = self.execute(f"SELECT {probes}", locks).fetchone()
+        return [k for k, ok in zip(keys, taken, strict=True) if not ok] or keys
 
     def _category(
         self, code: str, as_text: str | None, cached: tuple[str, Row] | None

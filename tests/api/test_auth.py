@@ -389,6 +389,25 @@ def test_an_api_key_works_as_x_api_key_and_as_bearer(app: Any, client: Any) -> N
         assert anon.get("/api/v1/grids", headers=headers).status_code == 200
 
 
+def test_a_request_with_a_token_and_a_key_is_the_tokens(
+    app: Any, client: Any, anon_client: Any, alice: int
+) -> None:
+    """Both headers: the Authorization header's credential is used, the X-API-Key is not
+    read (docs/integration.md), whichever comes first."""
+    key = make_key(app)["api_key"]
+    access = tokens(anon_client, "alice")["access_token"]
+    for headers in (
+        {"X-API-Key": key, "Authorization": f"Bearer {access}"},
+        {"Authorization": f"Bearer {access}", "X-API-Key": key},
+    ):
+        r = anon_client.get("/api/v1/me", headers=headers)
+        assert r.status_code == 200, r.get_json()
+        assert (r.get_json()["kind"], r.get_json()["id"]) == ("user", alice)
+    # and a bad token is refused, not passed over for the key
+    bad = anon_client.get("/api/v1/me", headers={"X-API-Key": key, "Authorization": "Bearer x.y.z"})
+    assert bad.status_code == 401
+
+
 def test_an_api_key_gets_only_its_scopes(app: Any, client: Any) -> None:
     key = make_key(app, scopes=["grids:read"])["api_key"]
     r = app.test_client().get("/api/v1/regions", headers={"X-API-Key": key})

@@ -130,6 +130,36 @@ def test_an_invalid_key_is_422_and_creates_nothing(client, world, session, key):
     assert counts(session) == (0, 0, 0)
 
 
+@pytest.mark.parametrize(
+    "lines",
+    [["k-1", "k-2"], ['"k-1"', '"k-2"'], ["k-1,k-2"], ['"k-1", "k-2"']],
+    ids=["two-bare", "two-quoted", "bare-comma", "quoted-list"],
+)
+def test_several_keys_in_one_request_are_422_and_create_nothing(client, world, session, lines):
+    """Two Idempotency-Key lines reach the app joined by a comma: stored as one new key,
+    a retry sending either line alone made a second case."""
+    r = client.post(
+        "/api/v1/cases",
+        json=report_body(*center(0)),
+        headers=[("Idempotency-Key", line) for line in lines],
+    )
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"] == {
+        "headers": {
+            "Idempotency-Key": [
+                "one key: several header lines, or a comma in a bare key (quote it)"
+            ]
+        }
+    }
+    assert counts(session) == (0, 0, 0)
+    # a comma inside a quoted key is part of that one key
+    body = report_body(*center(0))
+    first, again = post(client, body, '"k-1,k-2"'), post(client, body, '"k-1,k-2"')
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert counts(session) == (1, 1, 1)
+
+
 def test_the_same_key_with_another_body_is_422_and_creates_nothing(client, world, session):
     assert post(client, report_body(*center(0)), "k").status_code == 201
     other = post(client, report_body(*center(1)), "k")
@@ -270,26 +300,40 @@ def test_twenty_retries_at_once_make_one_case(client, world, accounts, session, 
 
 
 @pytest.mark.engines("postgis")
-@pytest.mark.parametrize("header", [False, True])
-def test_a_retry_in_flight_is_named_by_what_the_phone_sent(client, world, session, engine, header):
+@pytest.mark.parametrize(
+    ("header", "held"),
+    [(False, ["client_id"]), (True, ["client_id"]), (True, ["key"]), (True, ["key", "client_id"])],
+)
+def test_a_retry_in_flight_is_named_by_what_is_in_flight(
+    client, world, session, engine, header, held
+):
     """A phone that sends no Idempotency-Key, only a client_id: a retry still in flight was
-    told its Idempotency-Key header was, a header it never sent."""
+    told its Idempotency-Key header was, a header it never sent. A report with a new key
+    whose client_id was in flight (another request, another key) was told the same."""
     from gridapi.services import idempotency
 
     probe = post(client, report_body(*center(1), client_id=str(uuid.uuid4())))
     assert probe.status_code == 201
     caller = session.execute(text("SELECT caller FROM idempotency_keys")).scalar()
     cid = str(uuid.uuid4())
-    with engine.connect() as other:  # the first request, still in flight, holds the key
-        taken = other.execute(
-            text("SELECT pg_try_advisory_xact_lock(:n)"),
-            {"n": idempotency.lock_id(caller, f"client_id:{cid}")},
-        )
-        assert taken.scalar() is True
+    keys = {"client_id": f"client_id:{cid}", "key": "key:k"}
+    with engine.connect() as other:  # the first request, still in flight, holds the keys
+        for name in held:
+            taken = other.execute(
+                text("SELECT pg_try_advisory_xact_lock(:n)"),
+                {"n": idempotency.lock_id(caller, keys[name])},
+            )
+            assert taken.scalar() is True
         r = post(client, report_body(*center(0), client_id=cid), "k" if header else None)
         other.rollback()
     assert r.status_code == 409, r.get_json()
     assert r.headers["Retry-After"] == "1"
-    expected = {"headers": {"Idempotency-Key": ["in flight"]}} if header else None
-    assert r.get_json()["errors"] == (expected or {"json": {"client_id": ["in flight"]}})
+    expected: dict[str, Any] = {}
+    if "key" in held:
+        expected["headers"] = {"Idempotency-Key": ["in flight"]}
+    if "client_id" in held:
+        expected["json"] = {"client_id": ["in flight"]}
+    assert r.get_json()["errors"] == expected
+    what = " and ".join({"key": "Idempotency-Key", "client_id": "client_id"}[n] for n in held)
+    assert r.get_json()["message"].startswith(f"A request with this {what} is still")
     assert count(session, "cases") == 1

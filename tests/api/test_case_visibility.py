@@ -77,6 +77,22 @@ def test_possible_duplicates_name_only_cases_the_reporter_may_read(desk, account
     assert sensitive not in named(county_app, "5107")
 
 
+def test_possible_duplicates_are_named_to_no_caller_that_reads_no_case(desk):
+    """An app that may only report (``cases:write``) reads no case: its report named the
+    cases near it (id, number, status, distance) while each of them answered it 403."""
+    d = desk
+    plain = d.report(d.worker, category="0101")["id"]
+    writer = app_key(d.app, d.admin, ["cases:write"], COUNTY)
+    r = writer.post("/api/v1/cases", json=report_body(*near(), category="0101"))
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["possible_duplicates"] == []
+    assert writer.get(f"/api/v1/cases/{plain}").status_code == 403
+    # the same app with the right to read is told of it
+    reader = app_key(d.app, d.admin, ["cases:read", "cases:write"], COUNTY)
+    body = ok(reader.post("/api/v1/cases", json=report_body(*near(), category="0101")), 201)
+    assert plain in [p["id"] for p in body["possible_duplicates"]]
+
+
 def test_a_sensitive_case_is_read_by_its_offices_handler_and_reporter_only(desk, accounts):
     """A family dispute filed to the township: the offices over it (township, county) read
     it; a department member and apps whose area covers it do not, until it is dispatched to

@@ -237,6 +237,9 @@ def test_a_point_just_outside_a_grid_snaps_to_it(client, world):
         ({"occurred_at": "0001-01-01T00:00:00+14:00"}, "occurred_at"),
         ({"occurred_at": "1970-01-01T00:00:00+08:00"}, "occurred_at"),
         ({"description": ""}, "description"),
+        # white space alone, and a zero-width space, were a description (201)
+        ({"description": "   "}, "description"),
+        ({"description": "\u200b\n"}, "description"),
         ({"severity": "huge"}, "severity"),
         ({"colour": "red"}, "colour"),
         # marshmallow's Float reads text: a coordinate sent as a string was reported
