@@ -864,3 +864,55 @@ def test_campaigns_made_before_0054_keep_the_working_time_their_tasks_agree_on(
     ]
     assert when(after[moved["id"]]["due_at"]) == when(later)
     assert after[moved["id"]]["version"] == views[moved["id"]]["version"] + 1
+
+
+def test_the_seeded_counts_are_bounded_by_0056_where_no_admin_bounded_them(client, engine, factory):
+    """Migration 0056 makes 邻里纠纷's parties_count and 劳资纠纷's workers whole numbers of
+    at least 1 and its amount at least 0, each category with a new version; bounds an admin
+    gave stay as they are, and a downgrade takes off only what 0056 added."""
+    import sqlalchemy as sa
+
+    table = sa.table(
+        "categories",
+        sa.column("code", sa.String),
+        sa.column("attributes", sa.JSON),
+        sa.column("version", sa.Integer),
+    )
+
+    def attributes(code: str) -> dict[str, dict]:
+        body = client.get(f"/api/v1/categories/{code}").get_json()
+        return {a["code"]: a for a in body["attributes"]}
+
+    migrations.downgrade(engine, "0055")
+    assert "minimum" not in attributes("5102")["parties_count"]
+    with engine.begin() as conn:  # an admin bounded the amount (up to 10,000 元)
+        found = conn.execute(sa.select(table.c.attributes).where(table.c.code == "5104"))
+        form = [{**a, "maximum": 10000} if a["code"] == "amount" else a for a in found.scalar_one()]
+        conn.execute(table.update().where(table.c.code == "5104").values(attributes=form))
+    before = {
+        c: client.get(f"/api/v1/categories/{c}").get_json()["version"]
+        for c in ("5102", "5104", "0101")
+    }
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    parties, labour = attributes("5102"), attributes("5104")
+    assert (parties["parties_count"]["minimum"], parties["parties_count"]["integer"]) == (1, True)
+    assert (labour["workers"]["minimum"], labour["workers"]["integer"]) == (1, True)
+    assert labour["amount"]["maximum"] == 10000 and "minimum" not in labour["amount"]
+    after = {c: client.get(f"/api/v1/categories/{c}").get_json()["version"] for c in before}
+    assert after == {"5102": before["5102"] + 1, "5104": before["5104"] + 1, "0101": before["0101"]}
+    from .api.test_cases import center, report_body
+
+    factory.regions()
+    factory.grid_version()
+    body = report_body(*center(0), category="5102", attributes={"parties_count": -5})
+    refused = client.post("/api/v1/cases", json=body)
+    assert refused.status_code == 422, refused.get_json()
+    assert refused.get_json()["errors"]["json"]["attributes"] == {
+        "parties_count": ["must be at least 1"]
+    }
+    migrations.downgrade(engine, "0055")
+    assert "minimum" not in attributes("5102")["parties_count"]
+    assert attributes("5104")["amount"]["maximum"] == 10000
+    assert "integer" not in attributes("5104")["workers"]
+    migrations.upgrade(engine)

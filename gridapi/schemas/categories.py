@@ -33,6 +33,13 @@ class AttributeSchema(StrictSchema):
         },
     )
     description = fields.String()
+    minimum = fields.Float(
+        metadata={"description": "A number's least value (inclusive); absent: none."}
+    )
+    maximum = fields.Float(
+        metadata={"description": "A number's greatest value (inclusive); absent: none."}
+    )
+    integer = fields.Boolean(metadata={"description": "A number that counts: whole numbers only."})
 
 
 class CategorySchema(StrictSchema):
@@ -138,6 +145,18 @@ class AttributeDefinitionSchema(StrictSchema):
     description = fields.String(
         validate=validate.Length(max=MAX_DESCRIPTION),
         metadata={"example": "双方是否已经人民调解"},
+    )
+    minimum = fields.Float(
+        allow_none=True,
+        metadata={"description": "For a number: its least value (inclusive).", "example": 1},
+    )
+    maximum = fields.Float(
+        allow_none=True,
+        metadata={"description": "For a number: its greatest value (inclusive).", "example": 500},
+    )
+    integer = fields.Boolean(
+        allow_none=True,
+        metadata={"description": "For a number: whole numbers only (a count; default false)."},
     )
 
 

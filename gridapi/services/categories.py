@@ -21,7 +21,19 @@ from .uniques import add_or_conflict
 # fullmatch, not ``$``: ``$`` also matches before a final newline ("community\n").
 _HANDLER_RE = re.compile(r"community|township|county|department:[A-Za-z0-9_.\-]{2,32}")
 _ATTR_CODE_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
-ATTRIBUTE_KEYS = ("code", "label", "type", "required", "values", "description")
+ATTRIBUTE_KEYS = (
+    "code",
+    "label",
+    "type",
+    "required",
+    "values",
+    "description",
+    "minimum",
+    "maximum",
+    "integer",
+)
+#: The keys only a number attribute takes: its bounds (inclusive) and whether it counts.
+NUMBER_KEYS = ("minimum", "maximum", "integer")
 MAX_ATTRIBUTES = 50
 MAX_LABEL = 100
 MAX_DESCRIPTION = 1000
@@ -133,7 +145,39 @@ def _definition_problems(attr: Any, seen: set[str]) -> dict[str, list[str]]:
         problems["values"] = ["values are only for choices"]
     if "required" in attr and not isinstance(attr["required"], bool):
         problems["required"] = ["must be true or false"]
+    problems.update(_number_problems(attr, kind))
     return problems
+
+
+def _number_problems(attr: dict[str, Any], kind: Any) -> dict[str, list[str]]:
+    """Return the problems of a definition's bounds and ``integer`` (numbers only)."""
+    problems: dict[str, list[str]] = {}
+    given = [k for k in NUMBER_KEYS if attr.get(k) is not None]
+    if kind != "number":
+        for key in given:
+            problems[key] = [f"{key} is only for numbers"]
+        return problems
+    bounds = {}
+    for key in ("minimum", "maximum"):
+        value = attr.get(key)
+        if value is None:
+            continue
+        if _finite(value) and abs(value) <= MAX_EXACT:
+            bounds[key] = value
+        else:
+            problems[key] = [f"must be a number of at most {MAX_EXACT} in magnitude"]
+    if len(bounds) == 2 and bounds["minimum"] > bounds["maximum"]:
+        problems["maximum"] = ["must not be less than minimum"]
+    if "integer" in attr and not isinstance(attr["integer"], bool | None):
+        problems["integer"] = ["must be true or false"]
+    return problems
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a JSON number (not a boolean), neither NaN nor infinite."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return value == value and value not in (float("inf"), float("-inf"))
 
 
 def _text_problem(value: Any, limit: int, *, required: bool) -> str | None:
@@ -233,7 +277,7 @@ def _check_value(attr: dict[str, Any], value: Any) -> tuple[str | None, Any]:
         if isinstance(value, int) and abs(value) > MAX_EXACT:
             # past 64 bits a 500 on PostgreSQL, and a case SQLite stored but could not show
             return f"a whole number of at most {MAX_EXACT} in magnitude", None
-        return None, value
+        return _bounded(attr, value)
     if kind == "date":
         # Only YYYY-MM-DD: fromisoformat also reads ISO weeks and the basic form ("2026W48",
         # "20261130"), which a report then kept as a date nobody had written.
@@ -255,6 +299,29 @@ def _check_value(attr: dict[str, Any], value: Any) -> tuple[str | None, Any]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v in allowed for v in value):
         return f"must be a list of: {', '.join(attr['values'])}", None
     return None, list(dict.fromkeys(value))
+
+
+def _bounded(attr: dict[str, Any], value: float) -> tuple[str | None, Any]:
+    """Check a number against its definition's ``integer``, ``minimum`` and ``maximum``
+    (a count of people was taken as -5, 2.5 or 1e308); a whole number sent as 3.0 is
+    stored as 3."""
+    if attr.get("integer") and isinstance(value, float):
+        if not value.is_integer():
+            return "must be a whole number", None
+        if abs(value) > MAX_EXACT:
+            return f"a whole number of at most {MAX_EXACT} in magnitude", None
+        value = int(value)
+    low, high = attr.get("minimum"), attr.get("maximum")
+    if low is not None and value < low:
+        return f"must be at least {_shown(low)}", None
+    if high is not None and value > high:
+        return f"must be at most {_shown(high)}", None
+    return None, value
+
+
+def _shown(bound: float) -> float | int:
+    """A bound as a person writes it: 1, not 1.0."""
+    return int(bound) if isinstance(bound, float) and bound.is_integer() else bound
 
 
 def _has_nul(value: Any) -> bool:

@@ -617,3 +617,60 @@ def test_a_date_attribute_takes_only_a_calendar_date_of_sane_years(client, world
         r = _report(client, {"found_on": good})
         assert r.status_code == 201, (good, r.get_json())
         assert r.get_json()["attributes"] == {"found_on": good}
+
+
+def test_a_number_attribute_keeps_to_its_bounds(client, world, session):
+    """A count of people was taken as -5, 2.5 or 1e308: a number's definition may say its
+    least and greatest values and that it counts (whole numbers only)."""
+    form = [
+        {"code": "people", "label": "人数", "type": "number", "minimum": 1, "integer": True},
+        {"code": "depth", "label": "深度（米）", "type": "number", "minimum": 0, "maximum": 2.5},
+    ]
+    r = client.patch("/api/v1/categories/0101", json={"attributes": form})
+    assert r.status_code == 200, r.get_json()
+    shown = {a["code"]: a for a in r.get_json()["attributes"]}
+    assert (shown["people"]["minimum"], shown["people"]["integer"]) == (1, True)
+    assert (shown["depth"]["minimum"], shown["depth"]["maximum"]) == (0, 2.5)
+    assert "maximum" not in shown["people"] and "integer" not in shown["depth"]
+    for values, errors in (
+        ({"people": 0}, {"people": ["must be at least 1"]}),
+        ({"people": -5}, {"people": ["must be at least 1"]}),
+        ({"people": 2.5}, {"people": ["must be a whole number"]}),
+        (
+            {"people": 1e308},
+            {"people": ["a whole number of at most 9007199254740991 in magnitude"]},
+        ),
+        ({"depth": 2.6}, {"depth": ["must be at most 2.5"]}),
+        ({"depth": -0.1, "people": 3}, {"depth": ["must be at least 0"]}),
+    ):
+        r = _report(client, values)
+        assert r.status_code == 422, (values, r.get_json())
+        assert r.get_json()["errors"]["json"]["attributes"] == errors, values
+    assert _cases(session) == 0
+    r = _report(client, {"people": 3.0, "depth": 2.5})
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["attributes"] == {"people": 3, "depth": 2.5}
+
+
+@pytest.mark.parametrize(
+    ("definition", "errors"),
+    [
+        ({"type": "string", "minimum": 1}, {"minimum": ["minimum is only for numbers"]}),
+        ({"type": "date", "integer": True}, {"integer": ["integer is only for numbers"]}),
+        (
+            {"type": "number", "minimum": 5, "maximum": 1},
+            {"maximum": ["must not be less than minimum"]},
+        ),
+        (
+            {"type": "number", "maximum": 1e300},
+            {"maximum": ["must be a number of at most 9007199254740991 in magnitude"]},
+        ),
+        ({"type": "number", "minimum": "1"}, {"minimum": ["Not a valid number."]}),
+    ],
+)
+def test_bounds_that_cannot_be_are_refused_naming_them(client, world, definition, errors):
+    attribute = {"code": "x", "label": "某项", **definition}
+    r = client.patch("/api/v1/categories/0101", json={"attributes": [attribute]})
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"]["json"]["attributes"] == {"0": errors}
+    assert client.get("/api/v1/categories/0101").get_json()["attributes"] == []
