@@ -22,7 +22,6 @@ from ..auth import current_principal
 from ..errors import Unprocessable, error_body
 from ..extensions import AppState, db_session, state, use_session
 from ..jsonio import dumps_bytes
-from ..models import CalendarDay, Category
 from ..models.tasks import TaskItem
 from ..schemas.calendar import CalendarDaySchema
 from ..schemas.cases import CaseCreateSchema
@@ -95,58 +94,27 @@ class SyncPageSchema(StrictSchema):
 
 
 def _references(session, scope) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Digest and builder of each reference set (a digest is one query each: the key and
-    stamp of each row, for the grids the code and version of each grid in service in the
-    scope)."""
+    """Digest and builder of each reference set, by name. The digests are taken of each row's key and
+    stamp (``svc.reference_stamps``, one statement for the three sets): the categories' and
+    the calendar's codes or days and ``updated_at`` (their count and latest ``updated_at``
+    stayed the same when an edit stamped before another one committed after it, and phones
+    kept the old row), the code and version of each grid in service in the scope (their
+    count, highest version and highest code stayed the same when a community rolled back to
+    its older version while another's later one served)."""
+    stamps = svc.reference_stamps(session, grids_svc.grids_query(scope=scope))
 
-    # The categories and the calendar: each row's key and updated_at (a few hundred short
-    # rows). Their count and latest updated_at stayed the same when an edit stamped before
-    # another one committed after it (two admins at once), and phones kept the old row.
-    def categories():  # type: ignore[no-untyped-def]
-        stamp = [
-            [code, str(at)]
-            for code, at in session.execute(
-                select(Category.code, Category.updated_at).order_by(Category.code)
-            )
-        ]
+    def categories() -> list[dict[str, Any]]:
+        rows = categories_svc.list_categories(session, include_inactive=True)
+        return CategorySchema(many=True).dump(rows)
 
-        def full() -> list[dict[str, Any]]:
-            rows = categories_svc.list_categories(session, include_inactive=True)
-            return CategorySchema(many=True).dump(rows)
+    def calendar() -> list[dict[str, Any]]:
+        return CalendarDaySchema(many=True).dump(calendar_svc.list_days(session))
 
-        return svc.digest(stamp), full
+    def grids() -> dict[str, Any]:
+        return orjson.loads(b"".join(grids_svc.iter_geojson(session, scope=scope)))
 
-    def calendar():  # type: ignore[no-untyped-def]
-        stamp = [
-            [str(day), str(at)]
-            for day, at in session.execute(
-                select(CalendarDay.day, CalendarDay.updated_at).order_by(CalendarDay.day)
-            )
-        ]
-
-        def full() -> list[dict[str, Any]]:
-            return CalendarDaySchema(many=True).dump(calendar_svc.list_days(session))
-
-        return svc.digest(stamp), full
-
-    def grids():  # type: ignore[no-untyped-def]
-        # Every grid in service with its version (two short columns, a few rows for a
-        # worker): their count, highest version and highest code stayed the same when a
-        # community rolled back to its older version while another's later one served.
-        query = grids_svc.grids_query(scope=scope).subquery()
-        stamp = [
-            list(row)
-            for row in session.execute(
-                select(query.c.code, query.c.version_id).order_by(query.c.code)
-            )
-        ]
-
-        def full() -> dict[str, Any]:
-            return orjson.loads(b"".join(grids_svc.iter_geojson(session, scope=scope)))
-
-        return svc.digest(stamp), full
-
-    return {"categories": categories, "calendar": calendar, "grids": grids}
+    full = {"categories": categories, "calendar": calendar, "grids": grids}
+    return {name: (svc.digest(stamps[name]), build) for name, build in full.items()}
 
 
 def render(session, caller, changes: list[svc.Change]) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]

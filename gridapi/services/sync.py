@@ -410,14 +410,61 @@ def digest(payload: Any) -> str:
     ).hexdigest()
 
 
+def reference_stamps(session: Session, grids: Any) -> dict[str, list[list[Any]]]:
+    """Return what each reference set's digest is taken of, from one statement: each
+    category's code and ``updated_at``, each calendar day's date and ``updated_at``, each
+    grid's (of the select ``grids``: the caller's in service) code and version, in order of
+    code or day. It took a statement per set (three round trips on every sync); the stamps,
+    and so the digests phones keep in their cursors, are the same."""
+    from sqlalchemy import Date, Integer, String, cast, literal, null, union_all
+
+    from ..models import CalendarDay, Category
+    from ..models.base import UTCDateTime
+
+    found = grids.subquery()
+    # Each null cast to its column's type: PostgreSQL types a union's columns from its
+    # branches, and untyped nulls made the grids' versions text.
+    stmt = union_all(
+        select(
+            literal("categories", String).label("kind"),
+            Category.code.label("name"),
+            cast(null(), Date).label("day"),
+            Category.updated_at.label("at"),
+            cast(null(), Integer).label("version_id"),
+        ),
+        select(
+            literal("calendar", String),
+            cast(null(), String),
+            CalendarDay.day,
+            CalendarDay.updated_at,
+            cast(null(), Integer),
+        ),
+        select(
+            literal("grids", String),
+            found.c.code,
+            cast(null(), Date),
+            cast(null(), UTCDateTime),
+            found.c.version_id,
+        ),
+    ).order_by(text("kind"), text("name"), text("day"))
+    stamps: dict[str, list[list[Any]]] = {"categories": [], "calendar": [], "grids": []}
+    for kind, name, day, at, version_id in session.execute(stmt):
+        if kind == "categories":
+            stamps[kind].append([name, str(at)])
+        elif kind == "calendar":
+            stamps[kind].append([str(day), str(at)])
+        else:
+            stamps[kind].append([name, version_id])
+    return stamps
+
+
 def changed_references(
-    cursor: Cursor, builders: dict[str, Callable[[], tuple[str, Callable[[], Any]]]]
+    cursor: Cursor, references: dict[str, tuple[str, Callable[[], Any]]]
 ) -> dict[str, Any]:
     """Return the reference sets whose digest differs from the cursor's (and note the new
-    digests in it). Each builder returns (digest, a function building the full set)."""
+    digests in it). Each set comes as (its digest, a function building it whole)."""
     out: dict[str, Any] = {}
-    for name, build in builders.items():
-        stamp, full = build()
+    for name, (stamp, full) in references.items():
         if cursor.refs.get(name) != stamp:
             out[name] = full()
             cursor.refs[name] = stamp

@@ -1654,3 +1654,58 @@ def test_a_first_sync_leaves_out_what_ended_long_ago(app, client, worker, accoun
             {"t": datetime.now(UTC), "i": old_closed},
         )
     assert ("case", old_closed, "upsert") in {(c["type"], c["id"], c["op"]) for c in phone.pull()}
+
+
+def test_the_reference_digests_are_those_of_each_set_read_alone(worker, app, session):
+    """A sync reads the stamps of the categories, the calendar and the worker's grids in one
+    statement (it was one each). The digests that phones keep in their cursors must be the
+    same as before, or every phone would download the three sets again: each set is read
+    here as it was."""
+    from sqlalchemy import event
+
+    from gridapi.models import CalendarDay, Category
+    from gridapi.scope import Scope
+    from gridapi.services import grids as grids_svc
+    from gridapi.services import sync as sync_svc
+
+    phone = Phone(worker)
+    phone.pull()
+    engine = app.extensions["gridapi"].engine
+    sent: list[str] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "calendar_days" in statement:
+            sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        ok(worker.get("/api/v1/sync", query_string={"cursor": phone.cursor}))
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert len(sent) == 1 and "FROM categories" in sent[0], sent
+    session.rollback()
+    for scope in (Scope(grid_codes=frozenset({A1})), Scope(grid_codes=frozenset({A1, A2}))):
+        grids = grids_svc.grids_query(scope=scope).subquery()
+        alone = {
+            "categories": [
+                [code, str(at)]
+                for code, at in session.execute(
+                    select(Category.code, Category.updated_at).order_by(Category.code)
+                )
+            ],
+            "calendar": [
+                [str(day), str(at)]
+                for day, at in session.execute(
+                    select(CalendarDay.day, CalendarDay.updated_at).order_by(CalendarDay.day)
+                )
+            ],
+            "grids": [
+                list(row)
+                for row in session.execute(
+                    select(grids.c.code, grids.c.version_id).order_by(grids.c.code)
+                )
+            ],
+        }
+        assert all(alone.values()), alone
+        stamps = sync_svc.reference_stamps(session, grids_svc.grids_query(scope=scope))
+        assert stamps == alone
