@@ -361,10 +361,16 @@ class Settings:
     export_retention_hours: float = 72.0  # export-job files are deleted this long after
 
     def __post_init__(self) -> None:
-        """Check the settings that can be checked without the database; ValueError names it."""
+        """Check the settings that can be checked without the database; ValueError names it.
+        A relative ``data_dir`` is made absolute (against the working directory)."""
         from .outbound import parse_allowlist
         from .services.indicators import parse_weights
         from .workcalendar import parse_periods
+
+        # Absolute once, here, for every use: Flask's send_file reads a relative path against
+        # the package, not the working directory, so with the README's GRIDAPI_DATA_DIR=var
+        # every export-job file the worker wrote under ./var answered 500.
+        self.data_dir = os.path.abspath(self.data_dir)
 
         for name in _RANGES:
             problem = range_problem(name, getattr(self, name))

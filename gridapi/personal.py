@@ -120,6 +120,23 @@ def parse_phone(raw: str) -> str:
     return value
 
 
+#: A run of digits as long as a phone number or longer, once separators are dropped.
+_LONG_NUMBER = re.compile(r"[0-9]{11,}")
+_NUMBER_SEPARATORS = re.compile(r"[\s\-_./]")
+
+
+def number_in_name(name: str) -> bool:
+    """Whether a name holds what can only be a phone or ID number (11 digits or more in a
+    row, spaces and dashes between them dropped): a misplaced column stored it where names
+    are kept in clear (and searched, and exported)."""
+    bare = _NUMBER_SEPARATORS.sub("", unicodedata.normalize("NFKC", name))
+    return _LONG_NUMBER.search(bare) is not None
+
+
+#: Why ``number_in_name`` refuses a name.
+NUMBER_IN_NAME = "must not be an ID or phone number: a name is kept unencrypted"
+
+
 def mask_name(name: str) -> str:
     """Return 张* for 张三, 欧** for 欧阳修: the first character, one star for each other."""
     name = name.strip()

@@ -39,8 +39,10 @@ def default_workers(settings: Settings) -> int:
 # left in access logs (the request line is logged with its query string). Free text
 # (``q``; the deprecated ``purpose`` and erasure ``reason``) can name anyone; ``number`` is
 # a household's 户号; ``lon``/``lat`` (``/locate``) are where the caller stands, which the
-# tracks keep only 30 days; Open311 takes its API key as ``api_key``. Every query parameter
-# of the spec is either here or named harmless in tests/test_serve.py.
+# tracks keep only 30 days; Open311 takes its API key as ``api_key``; ``reference`` (of a
+# purpose or an erasure) is typed by people, and a refused one (422: an ID or phone number)
+# is logged all the same. Every query parameter of the spec is either here or named harmless
+# in tests/test_serve.py.
 PERSONAL_QUERY_PARAMETERS = frozenset(
     {
         "id_number",
@@ -54,6 +56,7 @@ PERSONAL_QUERY_PARAMETERS = frozenset(
         "lon",
         "lat",
         "api_key",
+        "reference",
     }
 )
 

@@ -117,7 +117,7 @@ def _grids_key(app) -> str:
     return key
 
 
-def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Path):
+def test_serve_runs_workers_that_route(factory, app, accounts, database_url, tmp_path: Path):
     factory.regions()
     factory.grid_version()
     key = _grids_key(app)
@@ -149,6 +149,13 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
         # a search by ID number: the access log keeps the parameter, never the value
         status, _ = _get(port, f"/api/v1/persons?id_number={SECRET_ID}&limit=5", key=key)
         assert status == 403  # the key may not read the register; the request is logged
+        # a phone number given as the reference of an unmasked read: refused, still logged
+        status, refused = _get(
+            port,
+            f"/api/v1/persons/1/sensitive?purpose_code=other&reference={REFERENCE}",
+            Authorization=f"Bearer {accounts.token('admin')}",
+        )
+        assert status == 422 and "reference" in refused["errors"]["query"], refused
         # Open311 takes the API key in the query: logged without it (it was in clear)
         _get(port, f"/open311/v2/requests.json?jurisdiction_id=320508&api_key={key}")
         # the request id: the one nginx sent, else the one gridapi made, ends the log line
@@ -177,7 +184,8 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
     text = log.read_text()
     assert "SIGSEGV" not in text and "Traceback" not in text, text
     assert "GET /api/v1/persons?id_number=***&limit=5" in text, text
-    assert SECRET_ID not in text and "13812345678" not in text
+    assert "GET /api/v1/persons/1/sensitive?purpose_code=other&reference=*** " in text, text
+    assert SECRET_ID not in text and "13812345678" not in text and REFERENCE not in text
     assert key not in text and "requests.json?jurisdiction_id=320508&api_key=*** " in text
     assert request_ids[0] == "nginx-0f3a9c" and request_ids[1], request_ids
     for query, request_id in zip(("?rid=1a ", "?rid=1b "), request_ids, strict=True):
@@ -195,6 +203,7 @@ def test_serve_runs_workers_that_route(factory, app, database_url, tmp_path: Pat
 
 
 SECRET_ID = "320508199001011232"
+REFERENCE = "13951110001"
 REFERER = "https://grid.example.cn/search?phone=13812345678&limit=5"
 
 
@@ -213,6 +222,13 @@ def test_redact_query_hides_personal_values_only():
     )
     assert redact_query("number=0012&lon=120.6&lat=31.3&crs=wgs84") == (
         "number=***&lon=***&lat=***&crs=wgs84"
+    )
+    # a purpose's or an erasure's reference is typed by people: a phone number refused (422)
+    assert redact_query("purpose_code=other&reference=13951110001") == (
+        "purpose_code=other&reference=***"
+    )
+    assert redact_query("reason_code=duplicate&reference=MZJ-2026%2F0412") == (
+        "reason_code=duplicate&reference=***"
     )
 
 
@@ -263,7 +279,6 @@ HARMLESS_QUERY_PARAMETERS = frozenset(
         "purpose_code",
         "queue",
         "reason_code",
-        "reference",
         "region",
         "role",
         "simplify",

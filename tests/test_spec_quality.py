@@ -4,6 +4,8 @@ it, what it takes and answers (with examples) and how it fails; the committed co
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +133,41 @@ def test_every_example_matches_its_schema(generated):
                     at = "/".join(map(str, err.absolute_path))
                     wrong.append(f"{method.upper()} {path} {where} example at /{at}: {err.message}")
     assert not wrong, "\n".join(wrong)
+
+
+#: The answers that give a resident's full numbers (with a purpose, audited).
+REVEALING = {"/api/v1/persons/{person_id}/sensitive", "/api/v1/persons/{person_id}/export"}
+FULL_NUMBER = re.compile(r"1[3-9][0-9]{9}|[0-9]{17}[0-9Xx]")
+
+
+def _numbers(node: Any, where: str) -> Iterator[str]:
+    """Yield where in ``node`` a phone or ID number is written in full."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("phone", "id_number") and isinstance(value, str):
+                if FULL_NUMBER.fullmatch(value):
+                    yield f"{where}/{key}: {value}"
+            else:
+                yield from _numbers(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _numbers(value, f"{where}/{index}")
+
+
+def test_answers_examples_show_phone_and_id_numbers_masked_as_the_answers_do(generated):
+    """The users' examples (GET/POST /users, GET/PATCH /users/{id}, a roster's user) showed
+    13800138000 where the schema says, and the API sends, 138****5678. Only the answers that
+    reveal a resident's numbers show them in full; requests take them in full."""
+    shown = []
+    for path, item in generated["paths"].items():
+        for method in METHODS:
+            responses = item.get(method, {}).get("responses", {})
+            for code, response in responses.items():
+                for media_type, media in response.get("content", {}).items():
+                    if path not in REVEALING and "example" in media:
+                        where = f"{method.upper()} {path} {code} {media_type}"
+                        shown += _numbers(media["example"], where)
+    assert not shown, "\n".join(shown)
 
 
 def test_committed_spec_equals_the_generated_one(generated):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import g, request
 from flask.views import MethodView
 
@@ -71,22 +73,31 @@ def _tokens_body(issued: svc.IssuedTokens) -> dict:
 LOGIN_SHOWN_CHARS = 32
 
 
+#: A run of digits as long as a phone number or longer (an ID number, a card number).
+_LONG_NUMBER = re.compile(r"[0-9]{11,}")
+
+
 def _audit_failed_sign_in(login: str, failed: svc.LoginFailed) -> None:
     """Add the audit row of a refused sign-in: the name as typed (cut short; a phone number
     not at all, as it is kept only encrypted), why it was refused, the account it named.
+
+    Nor any name holding a run of 11 digits or more, whatever else it holds: an ID number
+    typed as the name, or a phone number written as +86…, was kept as typed, in rows that
+    are never updated or deleted.
 
     The rows are bounded by the sign-in's limits: only a 401 writes one, and 401s spend the
     allowances of the address and of the name (a 429 is answered before the check).
     """
     login = login.strip()
-    by_phone = svc.PHONE_RE.fullmatch(login) is not None
+    by_phone = svc.login_phone(login) is not None
+    personal = by_phone or _LONG_NUMBER.search(login.replace(" ", "").replace("-", ""))
     audit(
         "auth.login_failed",
         "user",
         failed.user_id,
         region_code=failed.region_code,
         summary={
-            "login": None if by_phone else login[:LOGIN_SHOWN_CHARS],
+            "login": None if personal else login[:LOGIN_SHOWN_CHARS],
             "by": "phone" if by_phone else "username",
             "reason": failed.reason,
         },
@@ -124,7 +135,9 @@ class AuthToken(MethodView):
         together, and once they are spent it is refused (401, as a wrong password) by any
         other name until the window passes. Each refused attempt (401) writes an audit row
         `auth.login_failed`: the name as typed (cut to 32 characters; none for a phone
-        number), why it was refused (`unknown_account`, `wrong_password`, `disabled`,
+        number, also written with spaces, dashes or +86, which sign in as its 11 digits do,
+        nor for a name holding 11 digits in a row, an ID number typed as the name), why it
+        was refused (`unknown_account`, `wrong_password`, `disabled`,
         `account_changed`, `locked`) and the account named; the answer itself is the same
         whatever the reason.
         """

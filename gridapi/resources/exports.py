@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 from collections.abc import Iterator
@@ -49,34 +51,161 @@ blp = Blueprint(
     "purpose. Every export is audited before its first byte is sent.",
 )
 
-_FEATURE_EXAMPLE = {
-    "type": "FeatureCollection",
-    "features": [
-        {
-            "type": "Feature",
-            "id": 1,
-            "properties": {"id": 1, "number": "320508-20261128-0001", "status": "reported"},
-            "geometry": {"type": "Point", "coordinates": [120.605, 31.305]},
-        }
+# --- the spec's examples: one row of each export, as it writes it ---------------------------
+
+_AT = "2026-11-28T01:30:00.000000+00:00"
+_POINT = {"type": "Point", "coordinates": [120.605, 31.305]}
+_GRID = {
+    "type": "MultiPolygon",
+    "coordinates": [
+        [[[120.6, 31.3], [120.61, 31.3], [120.61, 31.31], [120.6, 31.31], [120.6, 31.3]]]
     ],
 }
-FILES = {
-    "200": {
-        "description": "The export, streamed: `format=csv` (default), `xlsx` or `geojson`. "
-        "`Content-Disposition` names the file.",
-        "content": {
-            "text/csv": {
-                "schema": {"type": "string"},
-                "example": "\ufeff编号,事件编号,状态\r\n1,320508-20261128-0001,reported\r\n",
-            },
-            svc.MEDIA_TYPES["xlsx"]: {"schema": {"type": "string", "format": "binary"}},
-            "application/geo+json": {
-                "schema": {"type": "object"},
-                "example": _FEATURE_EXAMPLE,
-            },
+_PLACE = {"grid": "320508001001001", "region_code": "320508001001", "county_code": "320508"}
+
+#: One row of each kind keyed by its columns (residents masked, as exported by default), and
+#: its GeoJSON geometry. Each example is built from the export's own columns: one added to an
+#: export and not here stops the import (KeyError), so the spec never shows another's columns.
+_EXAMPLE_ROWS: dict[str, tuple[tuple[tuple[str, str], ...], dict[str, Any], dict[str, Any]]] = {
+    "cases": (
+        svc.CASE_COLUMNS,
+        {
+            "id": 1,
+            "number": "320508-20261128-0001",
+            "status": "dispatched",
+            "status_name": "已派遣",
+            "category": "0101",
+            "description": "楼道堆放杂物",
+            "source": "phone",
+            "urgent": False,
+            "severity": "general",
+            "address": "平江路100号",
+            "lon": 120.605,
+            "lat": 31.305,
+            "occurred_at": None,
+            "reported_at": _AT,
+            "updated_at": "2026-11-28T02:05:00.000000+00:00",
+            **_PLACE,
+            "responsible_unit": "320508001001",
+            "assignee_id": 7,
+            "handle_due_at": "2026-11-30T01:30:00.000000+00:00",
+            "overdue": False,
+            "supervision": "normal",
+            "rework_count": 0,
+            "extension_count": 0,
+            "closed_at": None,
+            "satisfaction": None,
         },
-    }
+        _POINT,
+    ),
+    "tasks": (
+        svc.TASK_COLUMNS,
+        {
+            "id": 1,
+            "title": "走访独居老人",
+            "description": "每月上门一次",
+            "category": None,
+            "status": "pending",
+            "status_name": "待接收",
+            "campaign_id": None,
+            **_PLACE,
+            "assignee_id": 7,
+            "due_at": "2026-12-03T09:30:00.000000+00:00",
+            "overdue": False,
+            "comment": "",
+            "created_by": "user:2",
+            "created_at": _AT,
+            "accepted_at": None,
+            "completed_at": None,
+            "cancelled_at": None,
+            "updated_at": _AT,
+        },
+        _GRID,
+    ),
+    "visits": (
+        svc.VISIT_COLUMNS,
+        {
+            "id": 1,
+            "worker_id": 7,
+            "visited_at": _AT,
+            "place": "",
+            "lon": 120.605,
+            "lat": 31.305,
+            "household_id": 3,
+            "person_id": 12,
+            "findings": "身体状况良好",
+            "follow_up": "",
+            "case_id": None,
+            "grid": _PLACE["grid"],
+            "region_code": _PLACE["region_code"],
+            "created_by": "user:7",
+            "created_at": _AT,
+        },
+        _POINT,
+    ),
+    "persons": (
+        svc.PERSON_COLUMNS,
+        {
+            "id": 12,
+            "name": "张*",
+            "id_number": "3205**********1234",
+            "phone": "138****5678",
+            "gender": "male",
+            "age": 36,
+            "ethnicity": "汉族",
+            "population_type": "registered",
+            "current_address": "姑苏区平江路100号3幢2单元501室",
+            "registered_address": None,
+            "household_id": 3,
+            "house_id": 5,
+            "relation": "head",
+            **_PLACE,
+            "created_at": _AT,
+            "updated_at": _AT,
+        },
+        _POINT,
+    ),
 }
+
+
+def _csv_example(kind: str) -> str:
+    """Return the example row of ``kind`` as its export writes CSV (BOM, CRLF, Chinese
+    headers, booleans as true/false, null as an empty cell)."""
+    columns, row, _ = _EXAMPLE_ROWS[kind]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow([header for _, header in columns])
+    cells = [row[key] for key, _ in columns]
+    writer.writerow([("true" if v else "false") if isinstance(v, bool) else v for v in cells])
+    return "\ufeff" + out.getvalue()
+
+
+def _geojson_example(kind: str) -> dict[str, Any]:
+    """Return the example row of ``kind`` as its export writes GeoJSON."""
+    columns, row, geometry = _EXAMPLE_ROWS[kind]
+    properties = {key: row[key] for key, _ in columns}
+    feature = {"type": "Feature", "id": row["id"], "properties": properties, "geometry": geometry}
+    return {"type": "FeatureCollection", "features": [feature]}
+
+
+def _file_content(kind: str) -> dict[str, Any]:
+    """Return the media types of an export file of ``kind``, with its examples."""
+    return {
+        "text/csv": {"schema": {"type": "string"}, "example": _csv_example(kind)},
+        svc.MEDIA_TYPES["xlsx"]: {"schema": {"type": "string", "format": "binary"}},
+        "application/geo+json": {"schema": {"type": "object"}, "example": _geojson_example(kind)},
+    }
+
+
+def _streamed(kind: str) -> dict[str, Any]:
+    """Return the 200 of the streamed export of ``kind``."""
+    return {
+        "200": {
+            "description": "The export, streamed: `format=csv` (default), `xlsx` or `geojson`. "
+            "`Content-Disposition` names the file.",
+            "content": _file_content(kind),
+        }
+    }
 
 
 def _text(description: str) -> dict[str, Any]:
@@ -93,26 +222,34 @@ _FILE_HEADERS = {
     "Cache-Control": _text("`private, no-store`."),
     "Expires": _text("The time of the answer: it is not to be reused."),
 }
-DOWNLOAD = {
-    "200": {**FILES["200"], "description": "The file.", "headers": _FILE_HEADERS},
-    "206": {
-        "description": "The part of the file the `Range` header asked for.",
-        "headers": {
-            **_FILE_HEADERS,
-            "Content-Range": _text("The part sent: `bytes <first>-<last>/<size>`."),
+
+
+def _file_answers(kind: str) -> dict[str, Any]:
+    """Return the answers of the download of an export job's file of ``kind``."""
+    return {
+        "200": {
+            "description": "The file.",
+            "headers": _FILE_HEADERS,
+            "content": _file_content(kind),
         },
-        "content": FILES["200"]["content"],
-    },
-    "304": {
-        "description": "Not modified: the `If-None-Match` ETag is current (no body).",
-        "headers": _FILE_HEADERS,
-    },
-    "416": {
-        "description": "The `Range` lies outside the file.",
-        "headers": {"Content-Range": _text("`bytes */<size>`: the file's size.")},
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    },
-}
+        "206": {
+            "description": "The part of the file the `Range` header asked for.",
+            "headers": {
+                **_FILE_HEADERS,
+                "Content-Range": _text("The part sent: `bytes <first>-<last>/<size>`."),
+            },
+            "content": _file_content(kind),
+        },
+        "304": {
+            "description": "Not modified: the `If-None-Match` ETag is current (no body).",
+            "headers": _FILE_HEADERS,
+        },
+        "416": {
+            "description": "The `Range` lies outside the file.",
+            "headers": {"Content-Range": _text("`bytes */<size>`: the file's size.")},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        },
+    }
 
 
 def _principal() -> Principal:
@@ -198,7 +335,7 @@ def _audited(
 class CaseExport(MethodView):
     @blp.requires("cases:read")
     @blp.arguments(CaseExportArgsSchema, location="query")
-    @blp.doc(**STREAMED, responses=FILES)
+    @blp.doc(**STREAMED, responses=_streamed("cases"))
     @blp.response(200)
     @writes
     def get(self, args):
@@ -219,7 +356,7 @@ class CaseExport(MethodView):
 class TaskExport(MethodView):
     @blp.requires("tasks:read")
     @blp.arguments(TaskExportArgsSchema, location="query")
-    @blp.doc(**STREAMED, responses=FILES)
+    @blp.doc(**STREAMED, responses=_streamed("tasks"))
     @blp.response(200)
     @writes
     def get(self, args):
@@ -236,7 +373,7 @@ class TaskExport(MethodView):
 class VisitExport(MethodView):
     @blp.requires("persons:read")
     @blp.arguments(VisitExportArgsSchema, location="query")
-    @blp.doc(**STREAMED, responses=FILES)
+    @blp.doc(**STREAMED, responses=_streamed("visits"))
     @blp.response(200)
     @writes
     def get(self, args):
@@ -253,7 +390,7 @@ class VisitExport(MethodView):
 class PersonExport(MethodView):
     @blp.requires("persons:read")
     @blp.arguments(PersonExportArgsSchema, location="query")
-    @blp.doc(**STREAMED, responses={**FILES, "429": _ref("TOO_MANY_REQUESTS")})
+    @blp.doc(**STREAMED, responses={**_streamed("persons"), "429": _ref("TOO_MANY_REQUESTS")})
     @blp.response(200)
     @writes
     def get(self, args):
@@ -532,7 +669,7 @@ def _register_jobs(kind: str) -> None:
     download = blp.requires(permission)(
         blp.doc(
             **STREAMED,
-            responses={**DOWNLOAD, "404": _ref("NOT_FOUND"), "409": _ref("CONFLICT")},
+            responses={**_file_answers(kind), "404": _ref("NOT_FOUND"), "409": _ref("CONFLICT")},
         )(blp.response(200)(download))
     )
 

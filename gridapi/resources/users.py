@@ -193,8 +193,10 @@ class UsersById(MethodView):
         and audited as on create) is the one the account signs in by from then on, the old
         one no longer; its sessions go on (they name the account by id, and its rights are
         unchanged). A rename writes an audit row `user.rename` with the old and the new name.
-        Nor the role of an account on the roster of a grid outside your scope (422: an office
-        over both may), and an unrestricted admin answers a restricted caller 404.
+        Nor the role, name, activity or scope of an account that works outside your scope (a
+        grid of another township on its roster, the region it sees, its department: 422 naming
+        the field; an office over all of it may; its display name you may), and an
+        unrestricted admin answers a restricted caller 404.
         """
         p = current_principal()
         session = db_session()
@@ -238,8 +240,10 @@ class UserPassword(MethodView):
         theirs, and answers 204. Needs `users:write`, and the account must be in the caller's scope
         and of a lower rank than the caller (administrators may reset any); otherwise 404. A
         password that fails the policy (at least 10 characters of three kinds, not a common one,
-        without the username or phone number) is refused with 422 naming the problems. On success
-        every access and refresh token of the account stops working, and an audit row
+        without the username or phone number) is refused with 422 naming the problems, and so is
+        an account that works outside the caller's scope (a grid of another township on its
+        roster, the region it sees, its department): an office over all of it resets it. On
+        success every access and refresh token of the account stops working, and an audit row
         `user.password_reset` is written (without the password).
         """
         p = current_principal()
@@ -253,6 +257,7 @@ class UserPassword(MethodView):
         session = db_session()
         user = svc.get_user(session, user_id, p.scope)
         svc.changeable_user(session, user_id, scope=p.scope, actor_rank=p.rank)
+        svc.check_whole_account(session, user, p.scope, "new_password", "password")
         svc.set_password(
             session, user, data["new_password"], phone_key=state().phone_key, new_hash=new_hash
         )

@@ -13,6 +13,7 @@ from ..models.cases import SEVERITIES, SOURCES, STATUSES, SUPERVISION_LEVELS
 from ..services.cases import ACTIONS, QUEUE_NAMES, SORTS
 from .common import PointSchema, Stated, StrictSchema, user_ref
 from .locate import CRS_FIELD_DOC
+from .regions import REGION_CODE
 
 
 class PartySchema(StrictSchema):
@@ -258,7 +259,7 @@ class CaseQueryArgsSchema(StrictSchema):
         metadata={"description": "A subclass, or a class with all its subclasses."},
     )
     region = fields.String(
-        validate=validate.Regexp(r"^[0-9]{12}\Z"),
+        validate=REGION_CODE,
         metadata={"description": "Cases located in this region's subtree."},
     )
     grid = fields.String(validate=validate.Regexp(r"^[0-9]{15}\Z"))

@@ -6,7 +6,7 @@ from marshmallow import fields, validate
 
 from ..security.permissions import CLIENT_SCOPES, ROLE_RANK
 from .common import PageArgsSchema, StrictSchema, distinct
-from .regions import CODE12
+from .regions import CODE12, REGION_CODE
 
 GRID15 = validate.Regexp(r"^[0-9]{15}\Z", error="must be a 15-digit grid code")
 ROLE = validate.OneOf(sorted(ROLE_RANK))
@@ -70,7 +70,9 @@ class UserSchema(StrictSchema):
     username = fields.String(required=True)
     display_name = fields.String(required=True)
     phone = fields.String(
-        attribute="phone_masked", allow_none=True, metadata={"description": "Masked: 138****5678."}
+        attribute="phone_masked",
+        allow_none=True,
+        metadata={"description": "Masked: 138****5678.", "example": "138****5678"},
     )
     role = fields.String(attribute="role_name", required=True)
     scope_region = fields.String(
@@ -110,7 +112,7 @@ class UserPageSchema(StrictSchema):
 
 class UserQueryArgsSchema(PageArgsSchema):
     role = fields.String(validate=ROLE)
-    region = fields.String(validate=CODE12)
+    region = fields.String(validate=REGION_CODE)
     q = fields.String(validate=validate.Length(min=1, max=64))
     after = fields.Integer(
         validate=validate.Range(min=0),
@@ -211,7 +213,7 @@ class DepartmentListSchema(StrictSchema):
 
 
 class DepartmentQueryArgsSchema(StrictSchema):
-    region = fields.String(validate=CODE12)
+    region = fields.String(validate=REGION_CODE)
 
 
 class DepartmentCreateSchema(StrictSchema):

@@ -18,10 +18,12 @@ from ..models.register import (
     SPECIAL_GROUP_TYPES,
     address_key,
 )
+from ..personal import NUMBER_IN_NAME, number_in_name
 from ..purposes import PURPOSES, reference_problem
 from .cases import CaseCreateSchema
 from .common import PointSchema, Stated, StrictSchema, something_to_find
 from .locate import CRS_FIELD_DOC
+from .regions import REGION_CODE
 
 GRID = validate.Regexp(r"^[0-9]{15}\Z", error="a 15-digit grid code")
 REGION = validate.Regexp(r"^[0-9]{12}\Z", error="a 12-digit region code")
@@ -85,7 +87,7 @@ class PageArgs(StrictSchema):
 
 
 class AreaArgs(PageArgs):
-    region = fields.String(validate=REGION, metadata={"description": "A region's subtree."})
+    region = fields.String(validate=REGION_CODE, metadata={"description": "A region's subtree."})
     grid = fields.String(validate=GRID)
 
 
@@ -158,10 +160,19 @@ class HouseArgsSchema(AreaArgs):
 # --- persons ----------------------------------------------------------------------------------
 
 
+def _a_name(value: str) -> None:
+    """Refuse a name that is an ID or phone number (a misplaced column): names are kept in
+    clear, numbers only encrypted."""
+    if number_in_name(value):
+        raise ValidationError(NUMBER_IN_NAME)
+
+
 class PersonCreateSchema(StrictSchema):
     # Stripped before the length check: a name of spaces was stored as "".
     name = Stated(
-        required=True, validate=validate.Length(min=1, max=100), metadata={"example": "张三"}
+        required=True,
+        validate=[validate.Length(min=1, max=100), _a_name],
+        metadata={"example": "张三"},
     )
     id_number = fields.String(
         allow_none=True,
@@ -195,7 +206,7 @@ class PersonCreateSchema(StrictSchema):
 
 
 class PersonUpdateSchema(StrictSchema):
-    name = Stated(validate=validate.Length(min=1, max=100))
+    name = Stated(validate=[validate.Length(min=1, max=100), _a_name])
     id_number = fields.String(
         allow_none=True, validate=validate.Length(max=40), metadata={"description": ID_NUMBER_DOC}
     )

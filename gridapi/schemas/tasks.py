@@ -11,6 +11,7 @@ from ..models.tasks import CAMPAIGN_STATUSES, ITEM_SCOPES, TASK_STATUSES
 from ..services.categories import MAX_ATTRIBUTES
 from .categories import AttributeDefinitionSchema, AttributeSchema
 from .common import StrictSchema, user_ref
+from .regions import REGION_CODE
 from .register import GRID, REGION
 
 TITLE = validate.Length(min=1, max=200)
@@ -230,7 +231,7 @@ class PageArgs(StrictSchema):
 
 
 class TaskArgsSchema(PageArgs):
-    region = fields.String(validate=REGION, metadata={"description": "A region's subtree."})
+    region = fields.String(validate=REGION_CODE, metadata={"description": "A region's subtree."})
     grid = fields.String(validate=GRID)
     campaign_id = fields.Integer()
     status = fields.List(
@@ -344,7 +345,7 @@ class CampaignListSchema(StrictSchema):
 
 
 class CampaignArgsSchema(PageArgs):
-    region = fields.String(validate=REGION, metadata={"description": "A region's subtree."})
+    region = fields.String(validate=REGION_CODE, metadata={"description": "A region's subtree."})
     status = fields.List(fields.String(validate=validate.OneOf(CAMPAIGN_STATUSES)))
 
 

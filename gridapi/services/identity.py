@@ -17,7 +17,7 @@ from ..codes import subtree_prefix
 from ..errors import Conflict, NotFound, Unprocessable
 from ..models import ApiClient, Department, Grid, GridAssignment, RefreshToken, Role, User
 from ..models.base import utcnow
-from ..personal import mask_phone
+from ..personal import InvalidValue, mask_phone, parse_phone
 from ..scope import Scope
 from ..security.fields import blind_index
 from ..security.passwords import hash_password, needs_rehash, password_problems, verify_password
@@ -182,15 +182,31 @@ class LoginFailed(Exception):
         return cls(reason, user.id, user.region_code) if user else cls(reason)
 
 
+def login_phone(login: str) -> str | None:
+    """Return the mobile number a sign-in name is written as (11 digits; spaces, dashes,
+    +86 or 0086 as people write it, as the register reads it), or None."""
+    try:
+        return parse_phone(login)
+    except InvalidValue:
+        return None
+
+
 def find_login_user(session: Session, login: str, phone_key: bytes) -> User | None:
-    """Return the user a sign-in names, by username or by phone number."""
+    """Return the user a sign-in names, by username or by phone number. A name that is a
+    username (``137-0000-2222`` may be one) is the username's; a number written with spaces,
+    dashes or +86 is found as its 11 digits (it was an unknown name)."""
     login = login.strip()
     if PHONE_RE.fullmatch(login):
         return session.scalars(
             select(User).where(User.phone_hmac == phone_index(login, phone_key))
         ).first()
     # Usernames are case-insensitive at sign-in (and unique regardless of case).
-    return session.scalars(select(User).where(func.lower(User.username) == login.lower())).first()
+    user = session.scalars(select(User).where(func.lower(User.username) == login.lower())).first()
+    if user is None and (phone := login_phone(login)) is not None:
+        user = session.scalars(
+            select(User).where(User.phone_hmac == phone_index(phone, phone_key))
+        ).first()
+    return user
 
 
 @dataclass(frozen=True)
@@ -467,7 +483,7 @@ def _grid_in_service(session: Session, code: str, scope: Scope) -> Grid | None:
 def _username_problem(username: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z0-9_.\-]{3,64}", username):
         return "3-64 letters, digits, '_', '.' or '-'"
-    if PHONE_RE.fullmatch(username):
+    if login_phone(username) is not None:  # 13800138000, 138-0013-8000
         return "must not look like a phone number (people sign in by phone too)"
     return None
 
@@ -489,7 +505,9 @@ def rename_user(session: Session, user: User, username: str) -> None:
 
     def taken() -> Conflict | None:
         if _username_taken(session, username, user.id):
-            return UsernameTaken(f"The username {username!r} is taken.")
+            return UsernameTaken(
+                f"The username {username!r} is taken.", errors={"json": {"username": ["taken"]}}
+            )
         return None
 
     if (error := taken()) is not None:
@@ -574,12 +592,17 @@ def create_user(
 
     def taken() -> Conflict | None:
         if _username_taken(session, username):
-            return UsernameTaken(f"The username {username!r} is taken.")
+            return UsernameTaken(
+                f"The username {username!r} is taken.", errors={"json": {"username": ["taken"]}}
+            )
         if (
             hmac_value
             and session.scalars(select(User.id).where(User.phone_hmac == hmac_value)).first()
         ):
-            return PhoneTaken("The phone number belongs to another account.")
+            return PhoneTaken(
+                "The phone number belongs to another account.",
+                errors={"json": {"phone": ["another account's"]}},
+            )
         return None
 
     if (error := taken()) is not None:
@@ -744,6 +767,51 @@ def changeable_user(
     return user
 
 
+def works_beyond(session: Session, user: User, scope: Scope) -> bool:
+    """Return whether the account reaches outside ``scope``: a grid on its roster now, the
+    region it sees, or the department it is in, outside it."""
+    if scope.unrestricted:
+        return False
+    if user.scope_region_code and not scope.covers_region(user.scope_region_code):
+        return True
+    if user.department_id is not None:
+        served = session.scalar(
+            select(Department.region_code).where(Department.id == user.department_id)
+        )
+        if served and not scope.covers_region(served):
+            return True
+    today = clock.today()
+    grids = session.scalars(
+        select(GridAssignment.grid_code).where(
+            GridAssignment.user_id == user.id,
+            or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > today),
+        )
+    )
+    return not all(scope.covers_grid(code) for code in grids)  # not named: out of scope
+
+
+def check_whole_account(
+    session: Session, user: User, scope: Scope, field_name: str, what: str
+) -> None:
+    """Refuse (422 naming ``field_name``) a change of what gives an account its access (its
+    role, name, password, activity, area) to a caller whose scope does not hold all of the
+    account's reach (``works_beyond``). A township office reset the password of an account
+    that the county had also put on another township's grid, signed in as it and read that
+    township's residents. An office over all of it may."""
+    if works_beyond(session, user, scope):
+        raise Unprocessable(
+            "The account works outside your scope.",
+            errors={
+                "json": {
+                    field_name: [
+                        "the account works outside your scope (a grid, the region it sees or "
+                        f"its department): an office over all of it may change its {what}"
+                    ]
+                }
+            },
+        )
+
+
 def update_user(
     session: Session,
     user_id: int,
@@ -756,6 +824,15 @@ def update_user(
     """Change a user's username, display name, role, activity or scope. Raises NotFound,
     Unprocessable, UsernameTaken."""
     user = changeable_user(session, user_id, scope=scope, actor_rank=actor_rank)
+    for field_name, current, what in (
+        ("username", user.username, "name"),
+        ("role", user.role_name, "role"),
+        ("is_active", user.is_active, "activity"),
+        ("scope_region", user.scope_region_code, "area"),
+    ):
+        # A change only: an edit form sends every field, and the same value is no change.
+        if field_name in changes and changes[field_name] != current and actor_id != user.id:
+            check_whole_account(session, user, scope, field_name, what)
     if "username" in changes and changes["username"] != user.username:
         if actor_id == user.id:
             # As its own role: a stolen token renamed its administrator, who then could not
@@ -787,29 +864,6 @@ def update_user(
                 "An admin's area is a region: give scope_region with the role.",
                 errors={"json": {"scope_region": ["required to make this account an admin"]}},
             )
-        if changes["role"] != user.role_name and not region_after and not scope.unrestricted:
-            # An account on grids sees them all, also one of another township the county put
-            # it on: its own township's office gave it a role over that grid (a community
-            # officer unmasks residents there), an area the office may not touch.
-            today = clock.today()
-            grids = session.scalars(
-                select(GridAssignment.grid_code).where(
-                    GridAssignment.user_id == user.id,
-                    or_(GridAssignment.valid_to.is_(None), GridAssignment.valid_to > today),
-                )
-            )
-            if not all(scope.covers_grid(code) for code in grids):  # not named: out of scope
-                raise Unprocessable(
-                    "The account works a grid outside your scope.",
-                    errors={
-                        "json": {
-                            "role": [
-                                "the account is on the roster of a grid outside your scope: "
-                                "an office over both may change its role"
-                            ]
-                        }
-                    },
-                )
         if changes["role"] != user.role_name:  # the same role again ends no session
             user.role_name = changes["role"]
             user.token_version += 1

@@ -52,7 +52,7 @@ from ..models.register import (
     Household,
     address_key,
 )
-from ..personal import InvalidValue, parse_id_number, parse_phone
+from ..personal import NUMBER_IN_NAME, InvalidValue, number_in_name, parse_id_number, parse_phone
 from ..scope import Scope
 from . import register
 from .register import Keys, Place
@@ -898,6 +898,8 @@ class _Importer:
         name = text("name")
         if name is None and not any(p.key == "name" for p in problems):
             problems.append(RowError("name", "is required"))
+        elif name is not None and number_in_name(name):
+            problems.append(RowError("name", NUMBER_IN_NAME))
         population_type = choice("population_type") or "registered"
         id_number = None
         if values.get("id_number"):

@@ -199,6 +199,39 @@ def test_each_refused_sign_in_is_audited_with_its_reason(
     assert wrong not in dumped and PASSWORD not in dumped and "5678" not in dumped
 
 
+@pytest.mark.parametrize(
+    "written", ["+86 138 1234 5678", "0086-138-1234-5678", "138-1234-5678", "+8613812345678"]
+)
+def test_a_phone_number_as_people_write_it_signs_in(
+    anon_client: Any, alice: int, written: str
+) -> None:
+    """Only 11 bare digits were a phone number at sign-in: +86 or spaces made it an unknown
+    name (the register reads such numbers as the 11 digits)."""
+    r = sign_in(anon_client, written)
+    assert r.status_code == 200, r.get_json()
+    assert me(anon_client, r.get_json()["access_token"]).get_json()["id"] == alice
+
+
+def test_no_refused_sign_in_keeps_a_number_in_the_audit_log(
+    anon_client: Any, alice: int, session: Any
+) -> None:
+    """A phone number written with +86 or spaces, an ID number typed as the name, a name
+    with a long number in it: each was kept as typed in the audit log, whose rows are never
+    updated or deleted. The row says it was refused and why, not the number."""
+    wrong = "Wrong-Passw0rd!"
+    names = ["+86 138 1234 5678", "+8613900000000", "320508196203150317", "x13912345678y"]
+    for name in names:
+        assert_unauthorized(sign_in(anon_client, name, wrong))
+    rows = sorted(audit_actions(session, "auth.login_failed"), key=lambda row: row.id)
+    assert [row.summary for row in rows] == [
+        {"login": None, "by": "phone", "reason": "wrong_password"},
+        {"login": None, "by": "phone", "reason": "unknown_account"},
+        {"login": None, "by": "username", "reason": "unknown_account"},
+        {"login": None, "by": "username", "reason": "unknown_account"},
+    ]
+    assert rows[0].object_id == str(alice)
+
+
 def test_a_throttled_sign_in_writes_no_row(anon_client: Any, alice: int, session: Any) -> None:
     """What bounds the failed sign-ins' rows: only a 401 writes one, and 401s spend the
     account's and the address's allowances; a 429 is answered before any check."""

@@ -260,6 +260,48 @@ def test_a_negative_page_cursor_is_422_naming_it_on_every_list(client, world, ur
     assert client.get(url.replace("=-1", "=0")).status_code == 200
 
 
+NO_PROVINCE = "999999999999"  # 12 digits, but 99 is no GB/T 2260 province code
+NOT_A_PROVINCE = ["province digits 99 are not a GB/T 2260 province code"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/cases",
+        "/api/v1/persons",
+        "/api/v1/households",
+        "/api/v1/houses",
+        "/api/v1/visits",
+        "/api/v1/special-groups",
+        "/api/v1/tasks",
+        "/api/v1/campaigns",
+        "/api/v1/departments",
+        "/api/v1/users",
+        "/api/v1/exports/cases?format=csv",
+        "/api/v1/exports/tasks?format=csv",
+        "/api/v1/exports/visits?format=csv",
+        "/api/v1/exports/persons?format=csv",
+    ],
+)
+def test_a_region_that_is_no_division_code_is_422_naming_it_on_every_list(client, world, url):
+    """`region=999999999999` answered 422 with `"errors": {}` on the register's lists and
+    the exports of residents and visits (a service's bare code error), where the cases
+    named `errors.query.region`."""
+    joined = "&" if "?" in url else "?"
+    body = _assert_error(client.get(f"{url}{joined}region={NO_PROVINCE}"), 422)
+    assert body["errors"] == {"query": {"region": NOT_A_PROVINCE}}, body
+    assert client.get(f"{url}{joined}region=320508001000").status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["cases", "tasks", "visits", "persons"])
+def test_a_region_that_is_no_division_code_in_a_jobs_filters_is_422_naming_it(client, world, kind):
+    """In an export job's filters (JSON), the region was named as a query parameter (cases,
+    tasks) or not at all (visits, residents)."""
+    body = {"format": "csv", "filters": {"region": NO_PROVINCE}}
+    answer = _assert_error(client.post(f"/api/v1/exports/{kind}/jobs", json=body), 422)
+    assert answer["errors"] == {"json": {"filters": {"region": NOT_A_PROVINCE}}}, answer
+
+
 def test_a_query_parameter_given_twice_is_422_not_half_read(client, world):
     """status=filed&status=dispatched listed only the filed cases (webargs kept the first
     value of a parameter that takes one); the comma-separated list is the documented form."""

@@ -662,6 +662,35 @@ def test_export_files_and_their_directories_are_the_services_alone(settings, tmp
     assert {mode for is_dir, mode in made.values() if not is_dir} == {"0o600"}, made
 
 
+@pytest.mark.parametrize(("kind", "fmt"), [("cases", "csv"), ("persons", "xlsx")])
+def test_a_job_file_is_downloaded_with_a_relative_data_directory(
+    settings, tmp_path, monkeypatch, kind, fmt
+):
+    """With GRIDAPI_DATA_DIR=var (the README's default, relative to the working directory)
+    the worker wrote ./var/exports/1.csv, and every download of it answered 500: Flask's
+    send_file read the relative path against the gridapi package instead."""
+    import dataclasses
+
+    from gridapi import create_app
+
+    from ..factories import Accounts, Factory
+
+    monkeypatch.chdir(tmp_path)
+    app = create_app(dataclasses.replace(settings, data_dir="var"))
+    try:
+        client = Accounts(app).client("admin")
+        Factory(client).regions()
+        job = ok(client.post(f"/api/v1/exports/{kind}/jobs", json={"format": fmt}), 202)
+        assert run_jobs(app) == {"done": 1, "failed": 0, "purged": 0}
+        written = (tmp_path / "var" / "exports" / f"{job.get_json()['id']}.{fmt}").read_bytes()
+        url = f"/api/v1/exports/{kind}/jobs/{job.get_json()['id']}/file"
+        assert ok(client.get(url)).get_data() == written
+        part = ok(client.get(url, headers={"Range": "bytes=0-9"}), 206)
+        assert part.get_data() == written[:10]
+    finally:
+        app.extensions["gridapi"].engine.dispose()
+
+
 def test_a_job_keeps_the_scope_and_masking_of_its_requester(client, residents, accounts, app):
     worker = accounts.client("worker1", "grid_worker", grids=[A1])
     mine = worker.post("/api/v1/exports/persons/jobs", json={"format": "xlsx"})
@@ -1309,6 +1338,39 @@ def of_every_kind(client, residents, accounts):  # type: ignore[no-untyped-def]
         body = {"title": f"走访独居老人 {grid}", "grid": grid, "due_in": SOON}
         ok(office.post("/api/v1/tasks", json=body), 201)
     return {"cases": 3, "persons": 3, "visits": 2, "tasks": 2}
+
+
+@pytest.mark.parametrize("kind", ["cases", "tasks", "visits", "persons"])
+def test_the_specs_examples_of_each_export_are_written_as_that_export_writes(
+    client, of_every_kind, kind
+):
+    """The CSV and GeoJSON examples of the residents', visits' and tasks' exports (streamed
+    and a job's file, 200 and 206) were copies of the cases' (编号,事件编号,状态)."""
+    spec = client.get("/openapi.json").get_json()["paths"]
+    headers, rows = parse_csv(ok(client.get(f"/api/v1/exports/{kind}")))
+    exported = json.loads(ok(client.get(f"/api/v1/exports/{kind}?format=geojson")).get_data())
+    feature = exported["features"][0]
+    for path, code in [
+        (f"/api/v1/exports/{kind}", "200"),
+        (f"/api/v1/exports/{kind}/jobs/{{job_id}}/file", "200"),
+        (f"/api/v1/exports/{kind}/jobs/{{job_id}}/file", "206"),
+    ]:
+        content = spec[path]["get"]["responses"][code]["content"]
+        example = content["text/csv"]["example"]
+        lines = example.removeprefix("\ufeff").split("\r\n")
+        assert example.startswith("\ufeff") and lines[0].split(",") == headers, (path, code)
+        (shown,) = content["application/geo+json"]["example"]["features"]
+        assert list(shown["properties"]) == list(feature["properties"]), (path, code)
+        if feature["geometry"] is not None:  # residents without a house have none
+            assert shown["geometry"]["type"] == feature["geometry"]["type"], (path, code)
+        for key, value in feature["properties"].items():
+            if value is not None and shown["properties"][key] is not None:
+                assert type(shown["properties"][key]) is type(value), (path, code, key)
+    if kind == "persons":  # masked, as the export is unless unmasked with a purpose
+        assert rows[0]["name"].endswith("*") and "****" in rows[0]["phone"]
+        assert (shown["properties"]["name"], shown["properties"]["phone"]) == ("张*", "138****5678")
+        assert shown["properties"]["id_number"] == "3205**********1234"
+        assert "3205**********1234,138****5678" in example
 
 
 def pausing_at_the_first_row(monkeypatch: Any, at_first_row: Any) -> None:

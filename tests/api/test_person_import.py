@@ -1334,3 +1334,27 @@ def test_a_utf8_file_with_a_damaged_character_is_not_read_as_gbk(
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT name, current_address FROM persons ORDER BY id")).all()
     assert [tuple(r) for r in rows] == [("张三", "人民广场"), ("王五", "观前街口")]
+
+
+def test_an_id_or_phone_number_in_the_name_column_is_refused(
+    client: Any, world: Any, engine: Any
+) -> None:
+    """A sheet whose columns were shifted put an ID number under 姓名: it was imported as a
+    name, which is kept unencrypted (and searched, and exported), where ID and phone numbers
+    are kept only encrypted."""
+    content = csv_bytes(
+        HEADER,
+        f"{ID1},,,,境外人员,,,,,,{A1}",
+        f"138 1234 5678,,,,境外人员,,,,,,{A1}",
+        f"John Smith,,,,境外人员,,,,,,{A1}",
+    )
+    r = upload(client, content, mode="valid")
+    assert r.status_code == 200, r.get_json()
+    report = r.get_json()
+    assert (report["rows"], report["imported"], report["failed"]) == (3, 1, 2)
+    message = "姓名: must not be an ID or phone number: a name is kept unencrypted"
+    assert report["errors"] == [
+        {"row": 2, "field": "姓名", "message": message},
+        {"row": 3, "field": "姓名", "message": message},
+    ]
+    assert counts(engine) == (1, 0, 0)

@@ -641,6 +641,24 @@ def test_a_change_does_not_make_a_second_record_of_a_namesake_without_an_id_numb
     assert tuple(names) == ("Anna Ivanova", A2)
 
 
+@pytest.mark.parametrize("name", ["320508199202023456", "13811118888", "王 138-1111-8888"])
+def test_a_name_that_is_an_id_or_phone_number_is_refused(client, world, session, name):
+    """A name is kept unencrypted (searched, exported); an ID or phone number typed into it
+    was stored so, where such numbers are kept only encrypted."""
+    body = {"name": name, "population_type": "foreign", "grid": A1}
+    r = client.post("/api/v1/persons", json=body)
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"]["json"]["name"] == [
+        "must not be an ID or phone number: a name is kept unencrypted"
+    ]
+    assert session.execute(text("SELECT count(*) FROM persons")).scalar() == 0
+    made = client.post("/api/v1/persons", json={**body, "name": "John Smith"})
+    assert made.status_code == 201, made.get_json()
+    r = client.patch(f"/api/v1/persons/{made.get_json()['id']}", json={"name": name})
+    assert r.status_code == 422, r.get_json()
+    assert "name" in r.get_json()["errors"]["json"]
+
+
 def test_search_by_name_id_phone_address_and_household(client, world, household):
     zhang = add_person(client, household["id"], current_address="平江路1号501室")
     li = add_person(

@@ -187,9 +187,11 @@ def test_invalid_accounts_are_refused_naming_the_field(
 
 
 def test_a_taken_username_or_phone_is_a_conflict(office: Any) -> None:
+    """Each 409 names the field, as every error does (its `errors` was empty)."""
     created(office, "wang", grids=[A1], phone=PHONE)
-    assert new_user(office, "wang", grids=[A2]).status_code == 409
-    assert new_user(office, "zhao", grids=[A2], phone=PHONE).status_code == 409
+    assert error_fields(new_user(office, "wang", grids=[A2]), 409) == {"username": ["taken"]}
+    phone = error_fields(new_user(office, "zhao", grids=[A2], phone=PHONE), 409)
+    assert phone == {"phone": ["another account's"]}
 
 
 def test_asking_whether_phone_numbers_have_accounts_is_counted(office: Any, app: Any) -> None:
@@ -1158,6 +1160,59 @@ def test_an_office_cannot_give_a_role_over_another_townships_grid(
     ended = county.post(f"{path}/assignments/{C1}/end", json={})
     assert ended.status_code == 200, ended.get_json()
     assert office.patch(path, json={"role": "grid_chief"}).status_code == 200
+
+
+def test_an_office_cannot_take_over_an_account_that_works_in_another_township(
+    office: Any, accounts: Any, county: Any, anon_client: Any
+) -> None:
+    """Its role was guarded, the rest was not: a township office reset the password of an
+    account the county had also put on another township's grid, renamed it, signed in as it
+    and read that township's residents; it could also disable it or narrow its area. Each
+    is for an office over all of it (the county); the display name stays the township's."""
+    w = created(office, "w-x", grids=[A1])
+    r = county.post(f"/api/v1/users/{w['id']}/assignments", json={"grid": C1})
+    assert r.status_code == 201, r.get_json()
+    path = f"/api/v1/users/{w['id']}"
+    r = office.post(f"{path}/password", json={"new_password": NEW_PASSWORD})
+    assert "new_password" in error_fields(r, 422)
+    assert sign_in(anon_client, "w-x", NEW_PASSWORD).status_code == 401
+    for change in ({"username": "w-x2"}, {"is_active": False}, {"scope_region": COMMUNITY_A}):
+        r = office.patch(path, json=change)
+        assert list(error_fields(r, 422)) == list(change), change
+    kept = county.get(path).get_json()
+    assert (kept["username"], kept["is_active"], kept["scope_region"]) == ("w-x", True, None)
+    # the same values again are no change, and the display name is the township's to give
+    same = {"username": "w-x", "is_active": True, "role": "grid_worker", "display_name": "王"}
+    assert office.patch(path, json=same).status_code == 200
+    # the county over both may
+    r = county.post(f"{path}/password", json={"new_password": NEW_PASSWORD})
+    assert r.status_code == 204, r.get_json()
+    assert sign_in(anon_client, "w-x", NEW_PASSWORD).status_code == 200
+    # and so may the township, once the account works only there
+    ended = county.post(f"{path}/assignments/{C1}/end", json={})
+    assert ended.status_code == 200, ended.get_json()
+    assert office.post(f"{path}/password", json={"new_password": PASSWORD + "x"}).status_code == 204
+
+
+def test_an_office_cannot_take_over_a_member_of_a_county_department(
+    office: Any, county: Any, anon_client: Any
+) -> None:
+    """A member of a county department (it reads the cases dispatched to it, county-wide)
+    living in the township: its township office could reset its password and sign in as it.
+    Its display name the office still gives; the county resets it."""
+    r = county.post(
+        "/api/v1/departments", json={"code": "gusu-fire", "name": "消防", "region_code": COUNTY}
+    )
+    assert r.status_code == 201, r.get_json()
+    member = created(
+        county, "d-y", "department", scope_region=COMMUNITY_A, department_id=r.get_json()["id"]
+    )
+    path = f"/api/v1/users/{member['id']}"
+    r = office.post(f"{path}/password", json={"new_password": NEW_PASSWORD})
+    assert "new_password" in error_fields(r, 422)
+    assert office.patch(path, json={"display_name": "消防员"}).status_code == 200
+    assert county.post(f"{path}/password", json={"new_password": NEW_PASSWORD}).status_code == 204
+    assert sign_in(anon_client, "d-y", NEW_PASSWORD).status_code == 200
 
 
 def test_an_admin_cannot_narrow_its_own_scope(client: Any, accounts: Any, world: Any) -> None:
