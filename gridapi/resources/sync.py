@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -227,6 +228,34 @@ ACTIONS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "task.complete": ("POST", "/api/v1/tasks/{task_id}/complete", ("task_id",)),
     "presence.heartbeat": ("POST", "/api/v1/presence/heartbeat", ()),
 }
+# What the id in an action's answer names: a "ref:" to its key stands for that kind of object
+# only (a patrol's id given as a case_id rated whichever case had that number).
+_NAMES = {
+    "case.create": "case",
+    "case.transition": "case",
+    "case.rating": "case",
+    "visit.create": "visit",
+    "patrol.start": "patrol",
+    "patrol.end": "patrol",
+    "patrol.checkin": "checkin",
+    "task.accept": "task",
+    "task.complete": "task",
+}
+# The path an action's key was kept with → its type (a key kept online: its endpoint's).
+_PATHS = [
+    (re.compile("^" + re.sub(r"\{[a-z_]+\}", "[0-9]+", template) + "$"), kind)
+    for kind, (_, template, _) in ACTIONS.items()
+]
+
+
+def _named_by(path: str) -> str | None:
+    """Return what the id kept with a request to ``path`` names (``_NAMES``), or None."""
+    for pattern, kind in _PATHS:
+        if pattern.match(path):
+            return _NAMES.get(kind)
+    return None
+
+
 # Actions whose endpoint needs If-Match: the payload's `if_match`, else "*" (the state
 # machine still refuses what the current state does not allow).
 _IF_MATCH = {"case.transition", "task.accept", "task.complete"}
@@ -312,14 +341,15 @@ class SyncBatch(MethodView):
         st = state()
         headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "X-Api-Key")}
         in_batch = {action["key"] for action in data["actions"]}
-        created: dict[str, int | None] = {}
+        # Each applied key: the id its answer carries, and what that id names.
+        created: dict[str, tuple[int | None, str | None]] = {}
         results = []
         for action in data["actions"]:
             result = _apply(st, principal.actor_id, action, headers, created, in_batch)
             # A key given again for another action (422) leaves what its applied action
             # created: "ref:" to it answered that the action had failed.
             if action["key"] not in created or 200 <= result["status"] < 300:
-                created[action["key"]] = result["id"]
+                created[action["key"]] = (result["id"], _NAMES.get(action["type"]))
             results.append(result)
         return {"results": results}
 
@@ -335,7 +365,7 @@ def _apply(
     caller: str,
     action: dict[str, Any],
     headers: dict[str, str],
-    created: dict[str, int | None],
+    created: dict[str, tuple[int | None, str | None]],
     in_batch: set[str],
 ) -> dict[str, Any]:
     """Apply one action in a transaction of its own; return its result.
@@ -362,7 +392,7 @@ def _apply_in_transaction(
     caller: str,
     action: dict[str, Any],
     headers: dict[str, str],
-    created: dict[str, int | None],
+    created: dict[str, tuple[int | None, str | None]],
     in_batch: set[str],
 ) -> dict[str, Any]:
     """Apply one action in a transaction of its own; return its result.
@@ -482,13 +512,15 @@ def _resolve(
     session: Session,
     caller: str,
     payload: dict[str, Any],
-    created: dict[str, int | None],
+    created: dict[str, tuple[int | None, str | None]],
     in_batch: set[str],
 ) -> dict[str, Any]:
     """Return the payload with each `"ref:<key>"` replaced by the id the action with that key
-    created: earlier in this batch, else as kept with its key by an earlier batch.
+    created: earlier in this batch, else as kept with its key by an earlier batch. The id
+    must name what the field does (a ``case_id`` a case): a patrol's id taken as a case's
+    rated whichever case had that number.
 
-    Raises Unprocessable naming each field whose reference has no id.
+    Raises Unprocessable naming each field whose reference has no id, or one of another kind.
     """
     refs = {
         name: value[len(REF_PREFIX) :]
@@ -501,14 +533,16 @@ def _resolve(
         return payload
     # A NUL is in no key (the batch refuses it), and PostgreSQL cannot even compare it.
     looked_up = [ref for ref in refs.values() if ref not in created and "\x00" not in ref]
-    kept = idempotency.resource_ids(session, caller, [f"{KEY_PREFIX}{ref}" for ref in looked_up])
+    kept = idempotency.resources(session, caller, [f"{KEY_PREFIX}{ref}" for ref in looked_up])
     resolved, problems = dict(payload), {}
     for name, ref in refs.items():
+        wanted = name.removesuffix("_id")
         if ref in created:
-            ident = created[ref]
+            ident, named = created[ref]
             problem = f"the action {ref!r} of this batch failed or created nothing"
         elif f"{KEY_PREFIX}{ref}" in kept:
-            ident = kept[f"{KEY_PREFIX}{ref}"]
+            ident, path = kept[f"{KEY_PREFIX}{ref}"]
+            named = _named_by(path)
             problem = f"the action {ref!r} created nothing"
         elif ref in in_batch:
             # Later in the batch, and not applied by an earlier send (it would be kept).
@@ -517,6 +551,9 @@ def _resolve(
         else:
             ident = None
             problem = f"no action {ref!r} was applied"
+        if ident is not None and named != wanted:
+            ident = None
+            problem = f"the action {ref!r} made a {named or 'record'} id, not a {wanted} id"
         if ident is None:
             problems[name] = [problem]
         else:

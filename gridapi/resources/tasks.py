@@ -5,12 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import request
+import orjson
+from flask import Response, request
 from flask.views import MethodView
 
 from ..auditing import audit
 from ..auth import Principal, current_principal
 from ..extensions import commit, db_session, state
+from ..jsonio import dumps_bytes
 from ..models.tasks import Campaign, Task
 from ..schemas.tasks import (
     CampaignArgsSchema,
@@ -31,7 +33,8 @@ from ..schemas.tasks import (
 from ..services import tasks as svc
 from ..services.cases import region_names
 from ..services.preconditions import etag
-from .blueprint import Blueprint, etag_header, if_match_header
+from .blueprint import IDEMPOTENCY_HEADER, Blueprint, etag_header, if_match_header
+from .retries import Keyed
 
 blp = Blueprint(
     "tasks",
@@ -127,7 +130,14 @@ class Tasks(MethodView):
 
     @blp.requires("tasks:write")
     @blp.arguments(TaskCreateSchema)
+    @blp.doc(parameters=[IDEMPOTENCY_HEADER])
     @blp.response(201, TaskSchema, headers=_ETAG)
+    @blp.alt_response(
+        409,
+        response="CONFLICT",
+        description="A request with the same Idempotency-Key is still running: retry after "
+        "Retry-After seconds (the retry gets its answer).",
+    )
     def post(self, data):
         """Create a task for a worker or a grid
 
@@ -136,16 +146,48 @@ class Tasks(MethodView):
         `due_at`, or `due_in` working hours or days on the working calendar. An optional
         `result_schema` is the form the task is completed with. A grid, region or worker
         outside your scope → 422.
+
+        Safe to retry with an `Idempotency-Key`: a retry gets the first answer again
+        (`Idempotent-Replayed: true`) and creates nothing.
         """
         principal = _principal()
         session = db_session()
+        now = _now()
+        keyed = Keyed.of_request()
+        answer = keyed.answered(session, principal.actor_id) if keyed is not None else None
+        if answer is not None:
+            return _with_etag(answer)
         task = svc.create_task(
-            session, data, principal=principal, calendar=state().calendar(session), now=_now()
+            session, data, principal=principal, calendar=state().calendar(session), now=now
         )
         _audit_task("create", task, assignee_id=task.assignee_id, due_at=task.due_at.isoformat())
         body = _task_body(session, task, principal)
-        commit()
-        return body, 201, {"ETag": etag(task)}  # type: ignore[arg-type]
+        return _created(keyed, session, principal, TaskSchema().dump(body), task, now)
+
+
+def _created(  # type: ignore[no-untyped-def]
+    keyed: Keyed | None,
+    session,
+    principal: Principal,
+    view: dict[str, Any],
+    obj: Any,
+    now: datetime,
+) -> Response:
+    """Commit a creation and answer it (201, its ETag); with an Idempotency-Key, the answer
+    is stored under it in the same transaction, and sent byte for byte as stored."""
+    payload = dumps_bytes(view).decode()
+    if keyed is not None:
+        keyed.remember(session, principal.actor_id, payload, resource_id=obj.id, now=now)
+    commit()
+    return Response(payload, status=201, mimetype="application/json", headers={"ETag": etag(obj)})
+
+
+def _with_etag(answer: Response) -> Response:
+    """A replayed creation with the ETag of the version it shows (when it shows one)."""
+    shown = orjson.loads(answer.get_data())
+    if isinstance(shown, dict) and isinstance(shown.get("version"), int):
+        answer.headers["ETag"] = f'"{shown["id"]}-{shown["version"]}"'
+    return answer
 
 
 @blp.route("/tasks/<id:task_id>")
@@ -303,7 +345,8 @@ class MyTasks(MethodView):
     def get(self, args):
         """List my tasks (for the phone)
 
-        Assigned to you, or unassigned in the grids you are on the roster of: open ones
+        Assigned to you, or unassigned in the grids you are on the roster of or given to
+        your own region without a grid (a community's task to its officer): open ones
         first, by deadline, with their items and result form; then those completed or
         cancelled in the last `days` days. Pass `next_cursor` back as `cursor` (with the
         same `days`) for the next page; it is null on the last.
@@ -348,7 +391,14 @@ class Campaigns(MethodView):
 
     @campaigns_blp.requires("tasks:write")
     @campaigns_blp.arguments(CampaignCreateSchema)
+    @campaigns_blp.doc(parameters=[IDEMPOTENCY_HEADER])
     @campaigns_blp.response(201, CampaignSchema, headers=_ETAG)
+    @campaigns_blp.alt_response(
+        409,
+        response="CONFLICT",
+        description="A request with the same Idempotency-Key is still running: retry after "
+        "Retry-After seconds (the retry gets its answer).",
+    )
     def post(self, data):
         """Create a campaign over a region
 
@@ -357,11 +407,20 @@ class Campaigns(MethodView):
         campaign's deadline; with `item_scope` one item per house or household of the grid
         (only of `item_uses`, e.g. `["rented"]`). A region outside your scope, or with no
         grid in service → 422.
+
+        Safe to retry with an `Idempotency-Key`: a retry gets the first answer again
+        (`Idempotent-Replayed: true`) and creates nothing (a campaign sent twice made every
+        task, notice and webhook event twice).
         """
         principal = _principal()
         session = db_session()
+        now = _now()
+        keyed = Keyed.of_request()
+        answer = keyed.answered(session, principal.actor_id) if keyed is not None else None
+        if answer is not None:
+            return _with_etag(answer)
         made = svc.create_campaign(
-            session, data, principal=principal, calendar=state().calendar(session), now=_now()
+            session, data, principal=principal, calendar=state().calendar(session), now=now
         )
         campaign = made.campaign
         audit(
@@ -381,8 +440,7 @@ class Campaigns(MethodView):
             **_campaign_body(session, campaign, principal),
             "fan_out": {"tasks": made.tasks, "assigned": made.assigned, "items": made.items},
         }
-        commit()
-        return body, 201, {"ETag": etag(campaign)}  # type: ignore[arg-type]
+        return _created(keyed, session, principal, CampaignSchema().dump(body), campaign, now)
 
 
 @campaigns_blp.route("/<id:campaign_id>")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate, validates_schema
@@ -75,7 +76,15 @@ class EvidenceSchema(StrictSchema):
     """A piece of evidence the phone refers to: a file by hash or address, and a note."""
 
     sha256 = fields.String(validate=validate.Regexp(r"^[0-9a-f]{64}\Z", error="64 hex digits"))
-    url = fields.String(validate=validate.Length(min=1, max=500))
+    # http(s) only, as Open311's media_url: "javascript:…" was stored, a link in any console
+    # that showed the evidence.
+    url = fields.String(
+        validate=[
+            validate.Length(min=1, max=500),
+            validate.Regexp(r"^https?://\S+\Z", flags=re.IGNORECASE, error="an http(s) address"),
+        ],
+        metadata={"example": "https://files.example.cn/evidence/1.jpg"},
+    )
     note = fields.String(validate=validate.Length(max=500))
 
     @validates_schema

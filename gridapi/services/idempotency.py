@@ -188,6 +188,19 @@ def resource_ids(session: Session, caller: str, keys: list[str]) -> dict[str, in
     return {key: resource_id for key, resource_id in rows}
 
 
+def resources(session: Session, caller: str, keys: list[str]) -> dict[str, tuple[int | None, str]]:
+    """Return the id stored with each of the keys that is kept, and the path of the request
+    it answered (what the id names)."""
+    if not keys:
+        return {}
+    rows = session.execute(
+        select(IdempotencyKey.key, IdempotencyKey.resource_id, IdempotencyKey.path).where(
+            IdempotencyKey.caller == caller, IdempotencyKey.key.in_(keys)
+        )
+    ).all()
+    return {key: (resource_id, path) for key, resource_id, path in rows}
+
+
 def remember(
     session: Session,
     caller: str,

@@ -46,6 +46,7 @@ from ..models.register import Household
 from ..models.tasks import OPEN_TASK_STATUSES
 from .cases import Caller
 from .register import in_scope
+from .tasks import unassigned_held
 
 ENTITIES = ("household", "task", "case")
 
@@ -224,13 +225,11 @@ def visible(entity: str, caller: Caller, since: datetime | None = None):  # type
             return Case, or_(*own)
         return Case, and_(or_(*own), or_(Case.status.not_in(TERMINAL), Case.updated_at >= since))
     if entity == "task":
-        # As GET /api/v1/me/tasks: assigned to the caller, or unassigned in their grids.
+        # As GET /api/v1/me/tasks: assigned to the caller, or unassigned in their grids or
+        # given to their own region.
         mine = Task.assignee_id == uid if uid is not None else false()
-        grids = sorted(scope.grid_codes)
-        open_in_grids = (
-            and_(Task.assignee_id.is_(None), Task.grid_code.in_(grids)) if grids else false()
-        )
-        kept = or_(mine, open_in_grids)
+        held = and_(Task.assignee_id.is_(None), unassigned_held(scope.grid_codes, scope))
+        kept = or_(mine, held)
         if since is None:
             return Task, kept
         return Task, and_(kept, or_(Task.status.in_(OPEN_TASK_STATUSES), Task.updated_at >= since))
@@ -255,9 +254,8 @@ def _log_condition(caller: Caller, entities: tuple[str, ...]):  # type: ignore[n
         parts.append(and_(SyncLog.entity == "case", SyncLog.entity_id.in_(reported)))
     if "task" in entities:
         mine = SyncLog.user2 == uid if uid is not None else false()
-        grids = sorted(scope.grid_codes)
-        in_grids = SyncLog.grid_code.in_(grids) if grids else false()
-        parts.append(and_(SyncLog.entity == "task", or_(mine, in_grids)))
+        held = unassigned_held(scope.grid_codes, scope, SyncLog.grid_code, SyncLog.region_code)
+        parts.append(and_(SyncLog.entity == "task", or_(mine, held)))
     if "household" in entities:
         parts.append(and_(SyncLog.entity == "household", area))
     return or_(*parts) if parts else false()

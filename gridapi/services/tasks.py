@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, case, exists, func, insert, or_, select, true, update
+from sqlalchemy import and_, case, exists, false, func, insert, or_, select, true, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement
 
@@ -714,6 +714,32 @@ def list_tasks(session: Session, principal: Principal, args: dict[str, Any]) -> 
     )
 
 
+def own_regions(scope: Scope) -> list[str]:
+    """Return the regions a scope names itself (the community of an officer, the township of
+    an office), by code: the unit an unassigned task given to a region is for."""
+    return sorted(prefix.ljust(12, "0") for prefix in scope.prefixes)
+
+
+def unassigned_held(
+    grid_codes: Iterable[str],
+    scope: Scope,
+    grid: Any = Task.grid_code,
+    region: Any = Task.region_code,
+) -> ColumnElement[bool]:
+    """Return the condition on a task (or its change-log row: ``grid``, ``region``) of an
+    unassigned one the caller holds: of a grid on its roster, or given to a region without a
+    grid, to the very region of its area (a community's officer holds its community's; an
+    office its township's). A region's task reached nobody's phone nor list of work, though
+    its officer could accept it and its overdue notice went to that officer."""
+    parts: list[ColumnElement[bool]] = []
+    grids = sorted(grid_codes)
+    if grids:
+        parts.append(grid.in_(grids))
+    if regions := own_regions(scope):
+        parts.append(and_(grid.is_(None), region.in_(regions)))
+    return or_(*parts) if parts else false()
+
+
 def my_tasks(
     session: Session,
     principal: Principal,
@@ -730,10 +756,10 @@ def my_tasks(
     if principal.kind != "user":
         return [], None
     after = _my_tasks_place(cursor, days) if cursor else None
-    mine: ColumnElement[bool] = Task.assignee_id == principal.id
-    grids = current_grids(session, principal.id)
-    if grids:
-        mine = or_(mine, and_(Task.assignee_id.is_(None), Task.grid_code.in_(sorted(grids))))
+    held = unassigned_held(current_grids(session, principal.id), principal.scope)
+    mine: ColumnElement[bool] = or_(
+        Task.assignee_id == principal.id, and_(Task.assignee_id.is_(None), held)
+    )
     rows: list[Task] = []
     if after is None or after.part == "open":
         stmt = select(Task).where(mine, Task.status.in_(OPEN_TASK_STATUSES))

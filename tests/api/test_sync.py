@@ -18,7 +18,7 @@ from sqlalchemy import select, text, update
 
 from gridapi.personal import check_digit
 
-from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP
+from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP, TOWNSHIP
 from .test_case_workflow import race
 
 A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
@@ -1709,3 +1709,73 @@ def test_the_reference_digests_are_those_of_each_set_read_alone(worker, app, ses
         assert all(alone.values()), alone
         stamps = sync_svc.reference_stamps(session, grids_svc.grids_query(scope=scope))
         assert stamps == alone
+
+
+def test_a_reference_stands_only_for_what_its_action_made(worker, client, engine):
+    """A "ref:" resolved to the id of any earlier action: a patrol's id given as a case_id
+    rated the worker's closed case that had the same number, and in another batch a task
+    of that number was accepted. A reference to an action that made another kind of object
+    is refused (422 naming the field), in its batch and in a later one."""
+    report(worker)  # a case of the worker, with the number the patrol will have
+    patrol = {"key": "pt", "type": "patrol.start", "payload": {}}
+    rate = {"key": "rt", "type": "case.rating", "payload": {"case_id": "ref:pt", "score": 5}}
+    started, rated = batch(worker, [patrol, rate])
+    assert started["status"] == 201, started
+    message = "the action 'pt' made a patrol id, not a case id"
+    assert rated["status"] == 422, rated
+    assert rated["error"]["errors"] == {"json": {"payload": {"case_id": [message]}}}
+    later = {"key": "ta", "type": "task.accept", "payload": {"task_id": "ref:pt"}}
+    (accepted,) = batch(worker, [later])
+    assert accepted["status"] == 422, accepted
+    assert accepted["error"]["errors"] == {
+        "json": {"payload": {"task_id": ["the action 'pt' made a patrol id, not a task id"]}}
+    }
+    with engine.connect() as conn:
+        ratings = conn.execute(text("SELECT count(*) FROM cases WHERE satisfaction IS NOT NULL"))
+        assert ratings.scalar() == 0
+    # a reference of the right kind still resolves, in the batch and later
+    ends = {"key": "pe", "type": "patrol.end", "payload": {"patrol_id": "ref:pt"}}
+    (ended,) = batch(worker, [ends])
+    assert ended["status"] == 200, ended
+
+
+def test_a_task_given_to_a_region_reaches_the_unit_of_that_region(accounts, client, world):
+    """An unassigned task for a community (no grid) reached nobody's phone nor list of
+    work: its officer could accept it, and was sent its overdue notice, but had to look
+    for it. Its officer holds it now; the township office (above) and the community's
+    grid workers (below) do not; given to someone else, it leaves the officer's phone."""
+    office = accounts.client("office_t", "township_office", scope_region=TOWNSHIP)
+    officer = accounts.client("officer_a", "community_officer", scope_region=COMMUNITY_A)
+    other = accounts.client("officer_b", "community_officer", scope_region=COMMUNITY_B)
+    phones = {who: Phone(c) for who, c in (("officer", officer), ("other", other))}
+    for phone in phones.values():
+        phone.pull()
+    r = office.post(
+        "/api/v1/tasks",
+        json={"title": "社区例会", "region": COMMUNITY_A, "due_in": {"amount": 3, "unit": "days"}},
+    )
+    assert r.status_code == 201, r.get_json()
+    task = r.get_json()
+    assert task["grid"] is None and task["assignee"] is None
+    phones["officer"].pull()
+    phones["other"].pull()
+    assert ("task", task["id"]) in phones["officer"].kept
+    assert ("task", task["id"]) not in phones["other"].kept
+    listed = ok(officer.get("/api/v1/me/tasks"))["items"]
+    assert [t["id"] for t in listed] == [task["id"]]
+    assert ok(office.get("/api/v1/me/tasks"))["items"] == []
+    fresh = Phone(officer)
+    fresh.pull()
+    assert ("task", task["id"]) in fresh.kept  # in a sync from empty too
+    # given to the other community's officer? out of scope; to a worker of A1: it leaves
+    worker = accounts.client("worker_a1", "grid_worker", grids=[A1])
+    etag = office.get(f"/api/v1/tasks/{task['id']}").headers["ETag"]
+    r = office.post(
+        f"/api/v1/tasks/{task['id']}/reassign",
+        json={"assignee_id": accounts.ids["worker_a1"]},
+        headers={"If-Match": etag},
+    )
+    assert r.status_code == 200, r.get_json()
+    phones["officer"].pull()
+    assert ("task", task["id"]) not in phones["officer"].kept
+    assert [t["id"] for t in ok(worker.get("/api/v1/me/tasks"))["items"]] == [task["id"]]

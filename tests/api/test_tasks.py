@@ -446,6 +446,18 @@ def test_a_worker_accepts_a_grid_task_and_completes_it_with_checked_results(peop
         r = step(worker, task["id"], "complete", {"results": results})
         assert r.status_code == 422, r.get_json()
         assert r.get_json()["errors"] == {"json": {"results": problem}}
+    # evidence is an http(s) address: "javascript:…" was stored, a link in any console
+    for url in ("javascript:alert(1)", "file:///sdcard/1.jpg", "data:text/html,x"):
+        r = step(
+            worker,
+            task["id"],
+            "complete",
+            {"results": {"hazard": "无"}, "evidence": [{"url": url}]},
+        )
+        assert r.status_code == 422, (url, r.get_json())
+        assert r.get_json()["errors"] == {
+            "json": {"evidence": {"0": {"url": ["an http(s) address"]}}}
+        }, url
     assert ok(worker.get(f"/api/v1/tasks/{task['id']}"))["status"] == "accepted"
 
     evidence = [
@@ -1610,3 +1622,39 @@ def test_the_worker_moves_a_campaign_deadline_counted_on_the_calendar_another_pr
     again = run_jobs(engine, later + timedelta(minutes=1), jobs=["calendar"])
     assert again[0].counts == {"moved": 0, "tasks_moved": 0}
     assert ok(office.get(f"/api/v1/campaigns/{stale['id']}")) == after
+
+
+def test_a_task_or_campaign_sent_again_with_its_key_is_made_once(people, engine):
+    """POST /tasks and /campaigns dropped the Idempotency-Key: an office on a bad network
+    that sent a campaign again made every task, notice and webhook event of it twice."""
+    office, ids = people["office"], people["ids"]
+
+    def count(table: str) -> int:
+        with engine.connect() as conn:
+            return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+
+    body = {"title": "检查", "assignee_id": ids["worker1"], "due_in": SOON}
+    first = office.post("/api/v1/tasks", json=body, headers={"Idempotency-Key": "t-1"})
+    assert first.status_code == 201, first.get_json()
+    again = office.post("/api/v1/tasks", json=body, headers={"Idempotency-Key": "t-1"})
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.data == first.data and again.headers["ETag"] == first.headers["ETag"]
+    other = office.post(
+        "/api/v1/tasks", json={**body, "title": "另一件"}, headers={"Idempotency-Key": "t-1"}
+    )
+    assert other.status_code == 422, other.get_json()
+    assert other.get_json()["errors"] == {"headers": {"Idempotency-Key": ["reused"]}}
+    assert count("tasks") == 1
+
+    sweep = {"title": "大排查", "region": TOWNSHIP, "due_in": SOON}
+    made = office.post("/api/v1/campaigns", json=sweep, headers={"Idempotency-Key": "c-1"})
+    assert made.status_code == 201, made.get_json()
+    tasks = count("tasks")
+    assert tasks == 1 + made.get_json()["fan_out"]["tasks"]
+    resent = office.post("/api/v1/campaigns", json=sweep, headers={"Idempotency-Key": "c-1"})
+    assert resent.status_code == 201 and resent.headers["Idempotent-Replayed"] == "true"
+    assert resent.data == made.data
+    assert (count("campaigns"), count("tasks")) == (1, tasks)
+    # without a key, each request is a new one, as before
+    assert office.post("/api/v1/tasks", json=body).status_code == 201
+    assert count("tasks") == tasks + 1
