@@ -35,7 +35,7 @@ from ..services import grids as grids_svc
 from ..services import idempotency
 from ..services import sync as svc
 from ..services import tasks as tasks_svc
-from .blueprint import Blueprint
+from .blueprint import MAX_ID, Blueprint
 from .cases import _category_names, _names_for, case_view
 from .register import households_body
 
@@ -593,11 +593,14 @@ def _idempotency_header(key: str) -> str | None:
 
 
 def _is_id(value: Any) -> bool:
-    """Whether a path parameter is an id (a number, or its digits), nothing else for the
-    path to carry."""
+    """Whether a path parameter is an id (a number, or its digits, of the ids' range),
+    nothing else for the path to carry. One beyond the range (the paths' converter refuses
+    it) answered the router's "URL not found"."""
     if isinstance(value, str):
-        return value.isascii() and value.isdigit()
-    return isinstance(value, int) and not isinstance(value, bool)
+        if not (value.isascii() and value.isdigit()):
+            return False
+        value = int(value)
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
 
 
 def _dispatch(

@@ -282,8 +282,10 @@ class ReassignTask(MethodView):
         """Reassign a task (改派)
 
         To another worker in your scope (`assignee_id`), or back to its grid (null); it is
-        pending again. Optionally a new deadline (`due_at` or `due_in`). For an office whose
-        area holds the task (403 otherwise); finished → 409. Needs `If-Match`.
+        pending again. Optionally a new deadline (`due_at` or `due_in`); the same assignee
+        with a new deadline changes the deadline alone (accepted stays accepted; the same
+        assignee without one → 422). For an office whose area holds the task (403 otherwise);
+        finished → 409. Needs `If-Match`.
         """
         principal = _principal()
         session = db_session()

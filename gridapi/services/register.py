@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from geoalchemy2 import WKTElement
-from sqlalchemy import case, delete, inspect, or_, select, text, update
+from sqlalchemy import and_, case, delete, func, inspect, or_, select, text, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -1142,8 +1142,12 @@ def name_condition(name: str, *, unmasks: bool):  # type: ignore[no-untyped-def]
     character at a time (王, then 王建, 王建国: each answer says whether a resident's name
     goes on so), which is what the mask is for."""
     name = name.strip()
-    if unmasks or len(name) <= 1:
+    if unmasks:
         return Person.name.startswith(name, autoescape=True)
+    if len(name) <= 1:
+        # Not a name of that one character: its mask (*) shows nothing of it, and the
+        # search, uncounted, named it in full.
+        return and_(Person.name.startswith(name, autoescape=True), func.length(Person.name) > 1)
     return Person.name == name
 
 

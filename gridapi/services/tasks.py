@@ -585,8 +585,9 @@ def reassign_task(
     if_match: str | None,
 ) -> tuple[Task, int | None]:
     """Give a task to another worker in the caller's scope (``assignee_id``), or back to its
-    grid (null), optionally with a new deadline; it is pending again. Returns the task and
-    the previous assignee."""
+    grid (null), optionally with a new deadline; it is pending again. The same assignee with
+    a new deadline changes the deadline alone (an overdue task was given away and back to
+    extend it, and its acceptance lost). Returns the task and the previous assignee."""
     task = _take(session, task_id, "reassign", principal, if_match)
     previous = task.assignee_id
     new_id = data["assignee_id"]
@@ -595,11 +596,13 @@ def reassign_task(
             raise _invalid("assignee_id", "a task without a grid needs a worker")
     else:
         new_id = assignee_in_scope(session, new_id, principal.scope, "assignee_id").id
-    if new_id == previous:
-        raise _invalid("assignee_id", "the task is assigned so already")
-    task.assignee_id = new_id
-    task.status = "pending"
-    task.accepted_at = None
+    moved = new_id != previous
+    if not moved and data.get("due_at") is None and data.get("due_in") is None:
+        raise _invalid("assignee_id", "the task is assigned so already (give a new deadline)")
+    if moved:
+        task.assignee_id = new_id
+        task.status = "pending"
+        task.accepted_at = None
     due = due_date(data, calendar, now, required=False)
     if due is not None:
         task.due_at = due
@@ -609,7 +612,7 @@ def reassign_task(
         task.overdue_since = None
     task.updated_at = now
     flush_versioned(session, "task")
-    if new_id is not None:
+    if new_id is not None and moved:
         notice = assigned_notice(
             task.id, task.version, task.county_code, task.title, new_id, overdue=task.overdue
         )

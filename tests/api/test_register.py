@@ -688,7 +688,7 @@ def test_a_caller_who_sees_names_masked_cannot_read_them_back_by_prefix(client, 
     whole names only. Callers who may unmask keep the prefix search."""
     people = {
         name: add_person(client, None, name=name, id_number=make_id(seq=seq), grid=A1)["id"]
-        for name, seq in (("张三", "101"), ("张三丰", "102"), ("欧阳修", "103"))
+        for name, seq in (("张三", "101"), ("张三丰", "102"), ("欧阳修", "103"), ("张", "104"))
     }
     worker = accounts.client("worker_a", "grid_worker", grids=[A1])
     officer = accounts.client("officer_a", "community_officer", scope_region=COMMUNITY_A)
@@ -699,7 +699,10 @@ def test_a_caller_who_sees_names_masked_cannot_read_them_back_by_prefix(client, 
         return sorted(n for n, i in people.items() if i in {p["id"] for p in r.get_json()["items"]})
 
     assert worker.get("/api/v1/persons").get_json()["items"][0]["name"] == "张*"
+    # a name of one character shows nothing (*): the one-character search, uncounted,
+    # named it in full
     assert names(worker, "张") == ["张三", "张三丰"]
+    assert names(officer, "张") == ["张", "张三", "张三丰"]
     assert names(worker, "张三") == ["张三"]
     assert names(worker, " 张三丰 ") == ["张三丰"]
     assert names(worker, "欧阳") == [] and names(worker, "欧阳修") == ["欧阳修"]

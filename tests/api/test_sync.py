@@ -996,9 +996,12 @@ def test_a_value_no_header_can_carry_fails_its_action_alone(worker, engine):
     assert count_rows(engine, "cases") == 3
 
 
-@pytest.mark.parametrize("case_id", ["1/rating#", "1?x=", True, 1.5, "", "١"])
+@pytest.mark.parametrize(
+    "case_id", ["1/rating#", "1?x=", True, 1.5, "", "١", 0, -3, 2**31, "99999999999"]
+)
 def test_a_path_parameter_that_is_no_id_is_refused_for_its_action(worker, engine, case_id):
-    """A path parameter is an id, nothing that would take the action to another path."""
+    """A path parameter is an id, nothing that would take the action to another path (and
+    of the ids' range: one beyond it answered the router's "URL not found")."""
     results = batch(
         worker,
         [

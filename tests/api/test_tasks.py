@@ -1658,3 +1658,22 @@ def test_a_task_or_campaign_sent_again_with_its_key_is_made_once(people, engine)
     # without a key, each request is a new one, as before
     assert office.post("/api/v1/tasks", json=body).status_code == 201
     assert count("tasks") == tasks + 1
+
+
+def test_an_office_extends_a_task_without_giving_it_away(people):
+    """A new deadline came only with a new assignee: to extend an overdue task an office
+    gave it away and back, and the worker's acceptance was lost. The same assignee with a
+    new deadline changes the deadline alone; without one it is still refused."""
+    office, worker1, ids = people["office"], people["worker1"], people["ids"]
+    task = new_task(office, assignee_id=ids["worker1"])
+    accepted = ok(step(worker1, task["id"], "accept"))
+    later = {"amount": 10, "unit": "days"}
+    r = step(office, task["id"], "reassign", {"assignee_id": ids["worker1"], "due_in": later})
+    extended = ok(r)
+    assert extended["assignee"]["id"] == ids["worker1"] and extended["status"] == "accepted"
+    assert extended["accepted_at"] == accepted["accepted_at"]
+    assert extended["due_at"] > task["due_at"]
+    assert extended["version"] == accepted["version"] + 1
+    same = step(office, task["id"], "reassign", {"assignee_id": ids["worker1"]})
+    assert same.status_code == 422, same.get_json()
+    assert "assignee_id" in same.get_json()["errors"]["json"]
