@@ -19,6 +19,7 @@ from gridapi.models import Case, CaseEvent, Category
 from gridapi.services.calendar import working_calendar
 from gridapi.services.cases import add_limit
 
+from ..statements import statements_sent
 from .test_case_workflow import Desk, ok, when
 
 HOURS, ZONE = "08:30-12:00,13:30-17:30", "Asia/Shanghai"
@@ -214,7 +215,6 @@ def test_an_edit_reads_the_timelines_of_the_cases_it_moves_per_batch_not_per_cas
     row's flush with it): a holiday set over a county's open cases sent three statements a
     case, a hundred thousand cases held the edit's transaction for minutes. The rows are
     numbered by one read per batch of cases, as the overdue job numbers its rows."""
-    from sqlalchemy import event
 
     d = desk
     ids = [d.report(category="0102")["id"] for _ in range(3)]
@@ -222,18 +222,9 @@ def test_an_edit_reads_the_timelines_of_the_cases_it_moves_per_batch_not_per_cas
     tz = working_calendar(session, HOURS, ZONE).tz
     days = sorted({due.astimezone(tz).date() for due in dues if due is not None})
     engine = app.extensions["gridapi"].engine
-    numbered: list[str] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if "max(case_events.seq)" in statement:
-            numbered.append(statement)
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
+    with statements_sent(engine, lambda s: "max(case_events.seq)" in s) as numbered:
         for day in days:  # one day, unless the cases were filed either side of a day's end
             ok(d.admin.put(f"/api/v1/calendar/{day}", json={"kind": "holiday"}))
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
     assert all(d.timeline(cid)[-1]["action"] == "deadline_moved" for cid in ids)
     assert [[r["seq"] for r in d.timeline(cid)] for cid in ids] == [
         list(range(1, len(d.timeline(cid)) + 1)) for cid in ids

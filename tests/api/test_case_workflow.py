@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text, update
+from sqlalchemy import select, text, update
 
 from gridapi import clock
 from gridapi.models import Case
@@ -19,6 +19,7 @@ from gridapi.security.permissions import ROLES
 from gridapi.services.cases import ACTIONS, add_limit
 
 from ..factories import CITY, COMMUNITY_A, COMMUNITY_B, COUNTY, PASSWORD, TOWNSHIP
+from ..statements import statements_sent
 from .test_cases import A1, center, report_body
 
 A2 = COMMUNITY_A + "002"
@@ -1735,18 +1736,9 @@ def test_a_steps_answer_shows_the_duplicates_the_step_read(desk, app):
     b, a, c = d.report(col=1)["id"], d.report()["id"], d.report(col=2)["id"]
     d.act(d.office, a, "duplicate", duplicate_of=b)
     engine = app.extensions["gridapi"].engine
-    sent: list[str] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if "cases.duplicate_of_id IN" in statement:
-            sent.append(statement)
-
     tag = d.etag(b)
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
+    with statements_sent(engine, lambda s: "cases.duplicate_of_id IN" in s) as sent:
         accepted = transition(d.office, b, tag, "accept")
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
     assert len(sent) == 1, sent
     moved = d.post(d.office, b, "duplicate", duplicate_of=c)
     assert (accepted.status_code, accepted.get_json()["duplicates"]) == (200, [a])

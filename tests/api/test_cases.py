@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -29,6 +28,7 @@ from ..factories import (
     rectangle,
     square,
 )
+from ..statements import statements_sent
 
 A1 = COMMUNITY_A + "001"
 B2 = COMMUNITY_B + "002"
@@ -485,20 +485,13 @@ def _one_case_and_older_copies(client, engine, **change) -> dict:  # type: ignor
     return row
 
 
-@contextmanager
-def _lists_sent(engine) -> Iterator[list[tuple[str, object]]]:  # type: ignore[no-untyped-def]
-    """Collect the list statements (newest first) sent meanwhile, with their parameters."""
-    sent: list[tuple[str, object]] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if "FROM cases" in statement and "ORDER BY cases.reported_at DESC" in statement:
-            sent.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        yield sent
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
+def _lists_sent(engine) -> Any:  # type: ignore[no-untyped-def]
+    """Collect the list statements sent meanwhile, with their parameters."""
+    return statements_sent(
+        engine,
+        lambda s: "FROM cases" in s and "ORDER BY cases.reported_at DESC" in s,
+        parameters=True,
+    )
 
 
 def test_the_newest_cases_of_every_region_are_read_from_an_index(client, world, app):
@@ -553,17 +546,9 @@ def test_a_case_is_read_with_its_category_name_and_duplicates_in_one_statement(c
     duplicates by its id); the duplicates themselves are read only for a case with some."""
     engine = app.extensions["gridapi"].engine
     created = client.post("/api/v1/cases", json=report_body(*center(0))).get_json()
-    sent: list[str] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if "FROM cases" in statement or "FROM categories" in statement:
-            sent.append(statement)
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
+    reads = statements_sent(engine, lambda s: "FROM cases" in s or "FROM categories" in s)
+    with reads as sent:
         r = client.get(f"/api/v1/cases/{created['id']}")
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
     assert r.status_code == 200
     body = r.get_json()
     assert (body["category"]["name"], body["duplicates"]) == ("暴露垃圾", [])

@@ -19,6 +19,7 @@ from sqlalchemy import select, text, update
 from gridapi.personal import check_digit
 
 from ..factories import COMMUNITY_A, COMMUNITY_B, LAT0, LON0, STEP, TOWNSHIP
+from ..statements import statements_sent
 from .test_case_workflow import race
 
 A1, A2 = COMMUNITY_A + "001", COMMUNITY_A + "002"
@@ -1664,8 +1665,6 @@ def test_the_reference_digests_are_those_of_each_set_read_alone(worker, app, ses
     statement (it was one each). The digests that phones keep in their cursors must be the
     same as before, or every phone would download the three sets again: each set is read
     here as it was."""
-    from sqlalchemy import event
-
     from gridapi.models import CalendarDay, Category
     from gridapi.scope import Scope
     from gridapi.services import grids as grids_svc
@@ -1674,17 +1673,8 @@ def test_the_reference_digests_are_those_of_each_set_read_alone(worker, app, ses
     phone = Phone(worker)
     phone.pull()
     engine = app.extensions["gridapi"].engine
-    sent: list[str] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if "calendar_days" in statement:
-            sent.append(statement)
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
+    with statements_sent(engine, lambda s: "calendar_days" in s) as sent:
         ok(worker.get("/api/v1/sync", query_string={"cursor": phone.cursor}))
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
     assert len(sent) == 1 and "FROM categories" in sent[0], sent
     session.rollback()
     for scope in (Scope(grid_codes=frozenset({A1})), Scope(grid_codes=frozenset({A1, A2}))):
