@@ -28,6 +28,7 @@ from ..schemas.identity import (
     UserUpdateSchema,
 )
 from ..scope import Scope
+from ..security.permissions import ROLE_RANK
 from ..services import identity as svc
 from .blueprint import Blueprint
 
@@ -196,9 +197,16 @@ class UsersById(MethodView):
         Nor the role, name, activity or scope of an account that works outside your scope (a
         grid of another township on its roster, the region it sees, its department: 422 naming
         the field; an office over all of it may; its display name you may), and an
-        unrestricted admin answers a restricted caller 404.
+        unrestricted admin answers a restricted caller 404. Your own account, below an
+        administrator, is changed by an office above you (403; it answered 404, where `GET`
+        answers 200).
         """
         p = current_principal()
+        if p.kind == "user" and p.id == user_id and p.rank < ROLE_RANK["admin"]:
+            raise Forbidden(
+                "Your own account is changed by an office above you; change your password "
+                "with POST /api/v1/auth/password."
+            )
         session = db_session()
         before = svc.get_user(session, user_id, p.scope).username if "username" in data else None
         try:

@@ -1215,6 +1215,17 @@ def test_an_office_cannot_take_over_a_member_of_a_county_department(
     assert sign_in(anon_client, "d-y", NEW_PASSWORD).status_code == 200
 
 
+def test_an_office_changing_its_own_account_is_told_why_not(office: Any, accounts: Any) -> None:
+    """A township office that PATCHed its own account was answered 404 "does not exist or is
+    outside your scope" while GET of it answered 200: it is 403, saying who changes it."""
+    path = f"/api/v1/users/{accounts.ids['office']}"
+    assert office.get(path).status_code == 200
+    r = office.patch(path, json={"display_name": "平安办"})
+    assert r.status_code == 403, r.get_json()
+    assert "office above you" in r.get_json()["message"]
+    assert office.get(path).get_json()["display_name"] != "平安办"
+
+
 def test_an_admin_cannot_narrow_its_own_scope(client: Any, accounts: Any, world: Any) -> None:
     """Its own role it may not change (it could leave nobody able to undo it), but an
     unrestricted admin could give itself a region: a regional admin, which may not make an
