@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 from flask import g, request
 from flask.views import MethodView
 
@@ -20,6 +18,7 @@ from ..limits import (
     password_guesses,
 )
 from ..models import User
+from ..personal import number_in_name
 from ..schemas.identity import (
     LoginSchema,
     MeSchema,
@@ -73,10 +72,6 @@ def _tokens_body(issued: svc.IssuedTokens) -> dict:
 LOGIN_SHOWN_CHARS = 32
 
 
-#: A run of digits as long as a phone number or longer (an ID number, a card number).
-_LONG_NUMBER = re.compile(r"[0-9]{11,}")
-
-
 def _audit_failed_sign_in(login: str, failed: svc.LoginFailed) -> None:
     """Add the audit row of a refused sign-in: the name as typed (cut short; a phone number
     not at all, as it is kept only encrypted), why it was refused, the account it named.
@@ -90,7 +85,7 @@ def _audit_failed_sign_in(login: str, failed: svc.LoginFailed) -> None:
     """
     login = login.strip()
     by_phone = svc.login_phone(login) is not None
-    personal = by_phone or _LONG_NUMBER.search(login.replace(" ", "").replace("-", ""))
+    personal = by_phone or number_in_name(login)
     audit(
         "auth.login_failed",
         "user",

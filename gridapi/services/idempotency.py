@@ -178,14 +178,7 @@ def choose(rows: list[Found], hash_: str) -> Stored | None:
 
 def resource_ids(session: Session, caller: str, keys: list[str]) -> dict[str, int | None]:
     """Return the id stored with each of the keys that is kept (None: it created nothing)."""
-    if not keys:
-        return {}
-    rows = session.execute(
-        select(IdempotencyKey.key, IdempotencyKey.resource_id).where(
-            IdempotencyKey.caller == caller, IdempotencyKey.key.in_(keys)
-        )
-    ).all()
-    return {key: resource_id for key, resource_id in rows}
+    return {key: found for key, (found, _) in resources(session, caller, keys).items()}
 
 
 def resources(session: Session, caller: str, keys: list[str]) -> dict[str, tuple[int | None, str]]:

@@ -35,12 +35,27 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, false, func, or_, select, text, tuple_
+from sqlalchemy import (
+    Date,
+    Integer,
+    String,
+    and_,
+    cast,
+    false,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    text,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from ..errors import DomainError, Unprocessable
-from ..models import Case, SyncLog, Task
-from ..models.base import utcnow
+from ..models import CalendarDay, Case, Category, SyncLog, Task
+from ..models.base import UTCDateTime, utcnow
 from ..models.cases import TERMINAL
 from ..models.register import Household
 from ..models.tasks import OPEN_TASK_STATUSES
@@ -414,11 +429,6 @@ def reference_stamps(session: Session, grids: Any) -> dict[str, list[list[Any]]]
     grid's (of the select ``grids``: the caller's in service) code and version, in order of
     code or day. It took a statement per set (three round trips on every sync); the stamps,
     and so the digests phones keep in their cursors, are the same."""
-    from sqlalchemy import Date, Integer, String, cast, literal, null, union_all
-
-    from ..models import CalendarDay, Category
-    from ..models.base import UTCDateTime
-
     found = grids.subquery()
     # Each null cast to its column's type: PostgreSQL types a union's columns from its
     # branches, and untyped nulls made the grids' versions text.
