@@ -1,9 +1,10 @@
 """Evidence photos of cases: checked, re-encoded without metadata, stored by content hash.
 
-An upload is refused (422, nothing stored) when it is too large, has too many pixels, is not
-a JPEG, PNG or WebP by its content, carries markup (outside its compressed pixels), is
-truncated or corrupt, or is named or declared as another format. What is kept is a fresh encoding of the pixels (EXIF orientation
-applied) with no EXIF, GPS, XMP, ICC profile, comment or text chunk, and a thumbnail; both
+An upload is refused (422, nothing stored) when it is too large, has too many pixels or is
+more than ``MAX_ASPECT`` times longer than wide, is not a JPEG, PNG or WebP by its content,
+carries markup (outside its compressed pixels), is truncated or corrupt (a PNG whose pixel
+data ends before its last row, too), or is named or declared as another format. What is
+kept is a fresh encoding of the pixels (EXIF orientation applied) with no EXIF, GPS, XMP, ICC profile, comment or text chunk, and a thumbnail; both
 live under ``<data_dir>/attachments/<sha[:2]>/<sha>.<ext>``, named by the SHA-256 of the
 stored bytes. The capture time and position read from EXIF go into the row only.
 """
@@ -19,6 +20,7 @@ import re
 import tempfile
 import unicodedata
 import warnings
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
@@ -65,6 +67,10 @@ THUMBNAIL_PX = 320
 #: held a worker past its 120 s timeout. Phones write one scan (baseline); progressive
 #: encoders (libjpeg, mozjpeg) about ten. 32 scans of 40 megapixels decode in ≈ 1 s.
 MAX_JPEG_SCANS = 32
+#: How many times longer than wide (or wide than long) a photo may be. A phone's panorama is
+#: 2:1 to about 10:1; a PNG of one pixel by 40 million rows is a few kB that take a worker
+#: seconds to decode, row by row.
+MAX_ASPECT = 20
 JPEG_QUALITY = 85
 WEBP_QUALITY = 85
 _FIELD = "file"
@@ -229,6 +235,61 @@ def _png_parts(data: bytes) -> Iterator[memoryview]:
     yield view[i:]
 
 
+# PNG colour type → samples per pixel
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# Adam7's passes: (first column, first row, column step, row step)
+_ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+
+
+def png_pixels_complete(data: bytes) -> bool:
+    """Whether a PNG's pixel data (its IDAT chunks, the first picture) inflates to as many
+    bytes as its header's rows need.
+
+    Pillow takes a compressed stream that ends early as the whole picture and fills the rows
+    it lacks with black, so a PNG cut short but for a proper end of its zlib stream would be
+    stored as a photo. The stream is inflated a megabyte at a time, counted, not kept.
+    """
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return False
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    depth, colour, interlaced = data[24], data[25], data[28]
+    bits = _PNG_SAMPLES.get(colour, 0) * depth
+    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
+    needed = 0
+    for column, row, column_step, row_step in passes:
+        columns = (width - column + column_step - 1) // column_step
+        rows = (height - row + row_step - 1) // row_step
+        if columns > 0 and rows > 0:
+            needed += rows * (1 + (columns * bits + 7) // 8)
+    inflate, got = zlib.decompressobj(), 0
+    view, i, size = memoryview(data), 8, len(data)
+    try:
+        while i + 8 <= size and got < needed:
+            kind = data[i + 4 : i + 8]
+            end = i + 12 + int.from_bytes(data[i : i + 4], "big")
+            if kind == b"IDAT":
+                pending = bytes(view[i + 8 : min(end - 4, size)])
+                while pending and got < needed:
+                    got += len(inflate.decompress(pending, 1 << 20))
+                    pending = inflate.unconsumed_tail
+            elif kind == b"IEND":
+                break
+            i = end
+        if got < needed:
+            got += len(inflate.flush())  # what the last megabyte's limit held back
+    except zlib.error:
+        return False
+    return got >= needed
+
+
 def _riff_parts(view: memoryview, i: int, end: int) -> Iterator[memoryview]:
     """Yield a WebP's chunks from ``i`` to ``end`` but the pixel data, looking into each
     animation frame (ANMF: a 16-byte header, then the frame's chunks)."""
@@ -323,6 +384,13 @@ def decode(data: bytes, fmt: str, store: AttachmentStore) -> Image.Image:
                 raise too_many
             if width < 1 or height < 1:
                 raise _refuse("The image has no pixels.")
+            if max(width, height) > MAX_ASPECT * min(width, height):
+                raise _refuse(
+                    f"The image is {width} × {height} pixels: a photo is at most "
+                    f"{MAX_ASPECT} times longer than it is wide."
+                )
+            if fmt == "PNG" and not png_pixels_complete(data):
+                raise _refuse("The image is truncated or corrupt.")
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise too_many from None

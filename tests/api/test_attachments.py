@@ -132,6 +132,39 @@ def png_stored(rows: list[bytes]) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def png_rows_short(width: int, height: int, rows: int) -> bytes:
+    """An 8-bit grey PNG whose header says width × height and whose zlib stream, properly
+    ended, holds the first ``rows`` rows only (Pillow filled the rest with black)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress((b"\x00" + b"\x80" * width) * rows)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+
+
+def png_interlaced(img: Image.Image, cut: int = 0) -> bytes:
+    """An interlaced (Adam7) 8-bit RGB PNG of ``img``, which Pillow cannot write, its zlib
+    stream holding all but the last ``cut`` bytes of the passes' rows."""
+    raw = bytearray()
+    for x0, y0, dx, dy in ADAM7:
+        for y in range(y0, img.height, dy):
+            columns = range(x0, img.width, dx)
+            if columns:
+                raw += b"\x00" + b"".join(bytes(img.getpixel((x, y))) for x in columns)
+    ihdr = struct.pack(">IIBBBBB", img.width, img.height, 8, 2, 0, 0, 1)
+    idat = zlib.compress(bytes(raw[: len(raw) - cut]))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def with_text(text: str) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", text)
@@ -605,6 +638,26 @@ HOSTILE = {
     "truncated jpeg": (lambda: jpeg((400, 300))[:-2000], "photo.jpg", "truncated or corrupt"),
     "png bomb 20000x20000": (lambda: png_bomb(20_000), "photo.png", "million pixels"),
     "png bomb 7000x7000": (lambda: png_bomb(7_000), "photo.png", "million pixels"),
+    "png of 1 x 39,999,999 pixels": (
+        lambda: png_rows_short(1, 39_999_999, 1),
+        "photo.png",
+        "20 times longer",
+    ),
+    "png of 2,000,000 x 2 pixels": (
+        lambda: png_rows_short(2_000_000, 2, 1),
+        "tall.png",
+        "20 times",
+    ),
+    "png whose rows end early": (
+        lambda: png_rows_short(400, 3000, 100),
+        "photo.png",
+        "truncated or corrupt",
+    ),
+    "interlaced png whose last pass ends early": (
+        lambda: png_interlaced(picture((60, 40)), cut=7),
+        "photo.png",
+        "truncated or corrupt",
+    ),
     "svg": (lambda: SVG, "photo.svg", "Only JPEG, PNG and WebP"),
     "svg named jpg": (lambda: SVG, "photo.jpg", "Only JPEG, PNG and WebP"),
     "html then jpeg": (lambda: HTML + jpeg(), "photo.jpg", "Only JPEG, PNG and WebP"),
@@ -1299,3 +1352,26 @@ def test_a_category_can_ask_for_a_photo_with_every_feedback(client, world):
     assert unflagged.status_code == 200
     other, other_etag = filed(1)
     assert feedback(other, other_etag).status_code == 200
+
+
+def test_an_interlaced_png_and_a_panorama_are_taken_whole(client, case_id):
+    """The check that a PNG's rows are all there counts Adam7's seven passes; a panorama
+    within 20:1 is a photo."""
+    img = picture((60, 40))
+    body = upload(client, case_id, png_interlaced(img), "adam7.png").get_json()
+    stored = reopen_bytes(client.get(body["links"]["content"]).data).convert("RGB")
+    assert (body["width"], body["height"]) == (60, 40)
+    assert stored.tobytes() == img.convert("RGB").tobytes()
+
+    r = upload(client, case_id, png_of(Image.new("L", (2000, 100), 90)), "pano.png")
+    assert r.status_code == 201, r.get_json()
+    assert (r.get_json()["width"], r.get_json()["height"]) == (2000, 100)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"])
+@pytest.mark.parametrize("size", [(1, 1), (7, 3), (33, 9)])
+def test_pngs_of_every_depth_and_colour_type_count_as_whole(client, case_id, mode, size):
+    img = Image.new(mode, size)
+    img.putdata([(i * 37) % 2 if mode == "1" else (i * 37) % 250 for i in range(size[0] * size[1])])
+    r = upload(client, case_id, png_of(img), "p.png")
+    assert r.status_code == 201, r.get_json()
