@@ -916,3 +916,59 @@ def test_the_seeded_counts_are_bounded_by_0056_where_no_admin_bounded_them(clien
     assert attributes("5104")["amount"]["maximum"] == 10000
     assert "integer" not in attributes("5104")["workers"]
     migrations.upgrade(engine)
+
+
+def test_notices_to_departments_are_addressed_to_them_by_0057(app, accounts, client, factory):
+    """Migration 0057 moves a department's notices of before (addressed to its region, the
+    county office's too) to the department: a dispatch naming it, and rework of a case it
+    holds with nobody signed; other notices of the region stay the office's. A downgrade
+    addresses them to the region again, as the code before reads them."""
+    from sqlalchemy import text
+
+    from .api.test_case_workflow import Desk
+
+    factory.regions()
+    factory.grid_version()
+    d = Desk(app, accounts, client)
+    engine = app.extensions["gridapi"].engine
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    d.act(d.office, cid, "dispatch", department_id=d.dept)
+    d.act(d.office, cid, "sign")
+    d.act(d.member, cid, "feedback", comment="已整改")
+    d.act(d.office, cid, "verify_fail", comment="仍未整改")
+    d.act(d.office, cid, "request_extension", amount=1, unit_of_time="days", comment="材料未到")
+
+    def addressed() -> list[tuple[str, str | None, int | None]]:
+        with engine.connect() as conn:
+            return [
+                (kind.split(":", 1)[0], region, department)
+                for kind, region, department in conn.execute(
+                    text(
+                        "SELECT kind, region_code, department_id FROM notifications"
+                        " WHERE case_id = :c ORDER BY id"
+                    ),
+                    {"c": cid},
+                )
+            ]
+
+    now = [
+        ("dispatched", None, d.dept),
+        ("rework", None, d.dept),
+        ("extension_requested", TOWNSHIP, None),
+    ]
+    assert addressed() == now
+    migrations.downgrade(engine, "0056")
+    with engine.connect() as conn:
+        before = conn.execute(
+            text("SELECT kind, region_code FROM notifications WHERE case_id = :c ORDER BY id"),
+            {"c": cid},
+        ).all()
+    assert [(k.split(":", 1)[0], r) for k, r in before] == [
+        ("dispatched", COMMUNITY_A),
+        ("rework", COMMUNITY_A),
+        ("extension_requested", TOWNSHIP),
+    ]
+    migrations.upgrade(engine)
+    assert migrations.current_revision(engine) == HEAD
+    assert addressed() == now

@@ -368,6 +368,10 @@ class Notification(Base):
     kind: Mapped[str] = mapped_column(String(64))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     region_code: Mapped[str | None] = mapped_column(String(12))
+    # A department (its region is its county's, whose office the region code names): a
+    # case dispatched to it, and the notices of one it handles with nobody of it signed.
+    # No foreign key, as task_id (migration 0057).
+    department_id: Mapped[int | None] = mapped_column(Integer)
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -378,6 +382,7 @@ class Notification(Base):
         # The inboxes (services.notifications): a person's, and their unit's.
         Index("ix_notifications_user_id_id", "user_id", "id"),
         Index("ix_notifications_region_code_id", "region_code", "id"),
+        Index("ix_notifications_department_id_id", "department_id", "id"),
         # What (case_id, kind) is for a case's: a task's notice of a kind is queued once
         # (the overdue job inserts it with ON CONFLICT DO NOTHING).
         Index(

@@ -301,10 +301,15 @@ def _stream(plan: svc.ExportPlan, fmt: str, region_code: str | None) -> Response
 
 
 def _audit_region(region: str | None) -> str | None:
-    """The region an export's audit row is filed under: the region exported, else the
-    exporter's own. Filed under none, only admins saw it, never the centre over the
-    officer who took every resident of a community out unmasked."""
-    return region or current_principal().region_code
+    """The region an export's audit row is filed under: the region exported when it lies in
+    the exporter's scope, else the exporter's own. Filed under none, only admins saw it,
+    never the centre over the officer who took every resident of a community out unmasked;
+    filed under a region above the exporter's (a township naming its county or province),
+    the rows, all of the township, were filed where the county centre never looked."""
+    principal = current_principal()
+    if region and principal.scope.covers_region(region):
+        return region
+    return principal.region_code
 
 
 def _audited(

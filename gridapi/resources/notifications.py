@@ -252,6 +252,13 @@ class RecipientsSchema(StrictSchema):
         allow_none=True,
         metadata={"description": "A unit (the office of exactly that region), or null."},
     )
+    department_id = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "A department (its members: a case dispatched to it, notices of "
+            "one it handles with nobody of it signed), or null."
+        },
+    )
 
 
 class RelayedCaseSchema(StrictSchema):

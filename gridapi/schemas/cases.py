@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from marshmallow import ValidationError, fields, validate, validates, validates_schema
+from marshmallow import ValidationError, fields, pre_load, validate, validates, validates_schema
 from webargs.fields import DelimitedList
 
 from ..geo.crs import SUPPORTED_CRS
@@ -333,6 +333,7 @@ class TransitionSchema(StrictSchema):
     )
     comment = fields.String(
         load_default="",
+        allow_none=True,
         validate=validate.Length(max=5000),
         metadata={
             "description": "Required for reject, return, escalate, transfer, "
@@ -355,6 +356,7 @@ class TransitionSchema(StrictSchema):
     )
     unit_of_time = fields.String(
         load_default="days",
+        allow_none=True,
         validate=validate.OneOf(("hours", "days")),
         metadata={"description": "request_extension: working hours or working days."},
     )
@@ -369,9 +371,19 @@ class TransitionSchema(StrictSchema):
     evidence = fields.List(
         fields.Integer(),
         load_default=list,
+        allow_none=True,
         validate=validate.Length(max=20),
         metadata={"description": "Ids of attachments of this case that support the step."},
     )
+
+    @pre_load
+    def _null_is_not_sent(self, data: Any, **kwargs: Any) -> Any:
+        """A field sent as null counts as not sent (docs/cases.md; a form sends every
+        field): ``comment``, ``evidence`` and ``unit_of_time`` take their defaults, as
+        the other fields take no value. They answered 422 "Field may not be null"."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k == "action"}
+        return data
 
     @validates_schema(pass_original=True)
     def _fields_of_the_action(

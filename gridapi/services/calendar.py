@@ -439,6 +439,7 @@ def _tell_earlier(
     """Tell the case's assignee and the unit holding it (as the overdue notice does) that an
     edit brought the stage's deadline earlier: they planned for the old one. Once per case
     and deadline (the kind names it: ``deadline_earlier:<stage>:<deadline>``)."""
+    from .cases import those_handling
     from .jobs import STAGE_NAMES, queue_once
 
     stamp = new_due.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -449,8 +450,7 @@ def _tell_earlier(
         f"deadline_earlier:{stage}:{stamp}",
         f"事件 {c.number} 的{STAGE_NAMES.get(stage, '')}期限因工作日历调整提前至{local}",
         now,
-        user_id=c.assignee_id,
-        region=c.responsible_region_code,
+        **those_handling(c),
     )
 
 

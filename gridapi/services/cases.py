@@ -909,6 +909,28 @@ def state_actions(status: str) -> list[str]:
     return [name for name, (states, _, _) in ACTIONS.items() if status in states]
 
 
+class Notice(NamedTuple):
+    """A notification a step queues: to an account, a unit (the office of exactly that
+    region) and/or a department."""
+
+    kind: str
+    message: str
+    user_id: int | None = None
+    region: str | None = None
+    department_id: int | None = None
+
+
+def those_handling(c: Case) -> dict[str, Any]:
+    """The recipients of a notice about a case's deadline or supervision: its handler and
+    the unit holding it, and the department it was dispatched to while nobody of it has
+    signed (a member who signs is its handler)."""
+    return {
+        "user_id": c.assignee_id,
+        "region": c.responsible_region_code,
+        "department_id": c.department_id if c.assignee_id is None else None,
+    }
+
+
 @dataclass
 class TransitionContext:
     session: Session
@@ -918,7 +940,7 @@ class TransitionContext:
     data: dict[str, Any]
     comment: str = ""  # the step's comment as the timeline keeps it (stripped)
     event_data: dict[str, Any] = field(default_factory=dict)
-    notify: list[tuple[str, int | None, str | None, str]] = field(default_factory=list)
+    notify: list[Notice] = field(default_factory=list)
 
 
 class Stepped(NamedTuple):
@@ -1028,10 +1050,13 @@ def transition(
     if after in TERMINAL or due is None or due >= now:
         case_obj.overdue = False
         case_obj.overdue_since = None
-    elif not (case_obj.overdue and case_obj.overdue_since == due):
+    elif not (
+        case_obj.overdue and case_obj.overdue_since == due and STAGE_DUE.get(before) == due_name
+    ):
         # e.g. rework after the handling deadline: overdue at once, against that deadline,
         # with the row and the notice the worker would have written (one overdue against
-        # the verification deadline does not keep that one: wrong stage)
+        # the verification deadline does not keep that one: wrong stage, also when both
+        # deadlines fell on one instant)
         overdue_now = True
         # Flagged now, with the step's other changes: the row below reads the timeline,
         # which flushes them, and flagging after it was a second update (two versions
@@ -1051,8 +1076,8 @@ def transition(
         data=ctx.event_data,
         evidence=evidence,
     )
-    for kind, user_id, region, message in ctx.notify:
-        queue_notification(session, case_obj, kind, message, user_id=user_id, region=region)
+    for notice in ctx.notify:
+        queue_notification(session, case_obj, notice)
     if overdue_now:
         from .jobs import mark_case_overdue
 
@@ -1185,25 +1210,19 @@ def add_event(
     return event
 
 
-def queue_notification(
-    session: Session,
-    case_obj: Case,
-    kind: str,
-    message: str,
-    *,
-    user_id: int | None = None,
-    region: str | None = None,
-) -> None:
+def queue_notification(session: Session, case_obj: Case, notice: Notice) -> None:
     from ..models import Notification
 
+    to = notice.user_id or notice.region or f"department:{notice.department_id}"
     session.add(
         Notification(
             county_code=case_obj.county_code,
             case_id=case_obj.id,
-            kind=f"{kind}:{case_obj.version}:{user_id or region or ''}"[:64],
-            user_id=user_id,
-            region_code=region,
-            message=message,
+            kind=f"{notice.kind}:{case_obj.version}:{to}"[:64],
+            user_id=notice.user_id,
+            region_code=notice.region,
+            department_id=notice.department_id,
+            message=notice.message,
         )
     )
 
@@ -1218,8 +1237,12 @@ def _unit_in_scope(ctx: TransitionContext, code: str, name: str) -> str:
     exists = ctx.session.scalar(
         select(Region.id).where(Region.code == code, valid_on(clock.today())).limit(1)
     )
+    # One answer for a unit that does not exist and one outside the caller's scope (the
+    # county above a township office, which exists: "no region" was untrue of it).
     if exists is None or not ctx.caller.scope.covers_region(code):
-        raise Unprocessable("Unknown unit.", errors={"json": {name: [f"no region {code}"]}})
+        raise Unprocessable(
+            "Unknown unit.", errors={"json": {name: [f"no region {code} in your scope"]}}
+        )
     return code
 
 
@@ -1273,7 +1296,7 @@ def _dispatch(ctx: TransitionContext, c: Case) -> str:
         c.responsible_region_code = unit
         c.assignee_id = c.department_id = None
         ctx.event_data["unit"] = unit
-        ctx.notify.append(("dispatched", None, unit, f"事件 {c.number} 已交办"))
+        ctx.notify.append(Notice("dispatched", f"事件 {c.number} 已交办", region=unit))
         return "filed"
     c.dispatched_at = ctx.now
     if "assignee_id" in targets:
@@ -1291,7 +1314,7 @@ def _dispatch(ctx: TransitionContext, c: Case) -> str:
             )
         c.assignee_id, c.department_id = user.id, None
         ctx.event_data["assignee_id"] = user.id
-        ctx.notify.append(("dispatched", user.id, None, f"事件 {c.number} 派遣给您"))
+        ctx.notify.append(Notice("dispatched", f"事件 {c.number} 派遣给您", user_id=user.id))
     else:
         # A department of the caller's area, or of the county holding the case: the county's
         # fire brigade serves every township, whose office dispatches to it (a category's
@@ -1320,7 +1343,7 @@ def _dispatch(ctx: TransitionContext, c: Case) -> str:
         c.department_id, c.assignee_id = dept.id, None
         ctx.event_data["department_id"] = dept.id
         ctx.notify.append(
-            ("dispatched", None, dept.region_code, f"事件 {c.number} 派遣至{dept.name}")
+            Notice("dispatched", f"事件 {c.number} 派遣至{dept.name}", department_id=dept.id)
         )
     return "dispatched"
 
@@ -1366,7 +1389,7 @@ def _return(ctx: TransitionContext, c: Case) -> str:
         chain = hand_down_chain(ctx.session, c.id)
         below = chain[-2] if len(chain) > 1 and chain[-1] == upper else None
         c.responsible_region_code, c.handed_down_from = upper, below
-        ctx.notify.append(("returned", None, upper, f"事件 {c.number} 已回退"))
+        ctx.notify.append(Notice("returned", f"事件 {c.number} 已回退", region=upper))
         return "filed"
     # Who held it: the handler (a user id) and, when dispatched to one, the department (a
     # department id); one key for either read a department's id as a user's.
@@ -1428,7 +1451,7 @@ def _escalate(ctx: TransitionContext, c: Case) -> str:
     c.dispatched_at = None  # as a return: the upper level dispatches it anew, or handles it
     _withdraw_extension_request(ctx, c)
     c.escalation_count += 1
-    ctx.notify.append(("escalated", None, upper, f"事件 {c.number} 已上报"))
+    ctx.notify.append(Notice("escalated", f"事件 {c.number} 已上报", region=upper))
     return "accepted" if c.status == "accepted" else "filed"
 
 
@@ -1445,7 +1468,7 @@ def _transfer(ctx: TransitionContext, c: Case) -> str:
     ctx.event_data["to_unit"] = unit
     c.responsible_region_code, c.handed_down_from = unit, None
     c.assignee_id = c.department_id = None
-    ctx.notify.append(("transferred", None, unit, f"事件 {c.number} 转办至本单位"))
+    ctx.notify.append(Notice("transferred", f"事件 {c.number} 转办至本单位", region=unit))
     return "filed"
 
 
@@ -1469,7 +1492,7 @@ def _request_extension(ctx: TransitionContext, c: Case) -> str:
     }
     ctx.event_data.update(amount=amount, unit=unit)
     ctx.notify.append(
-        ("extension_requested", None, c.responsible_region_code, f"事件 {c.number} 申请延期")
+        Notice("extension_requested", f"事件 {c.number} 申请延期", region=c.responsible_region_code)
     )
     return c.status
 
@@ -1529,13 +1552,11 @@ def _verify_fail(ctx: TransitionContext, c: Case) -> str:
         return "filed"  # handled on the spot by the office: back to the office
     message = f"事件 {c.number} 核查未通过，请返工"
     if c.assignee_id is not None:
-        ctx.notify.append(("rework", c.assignee_id, None, message))
+        ctx.notify.append(Notice("rework", message, user_id=c.assignee_id))
     else:
         # Dispatched to a department that nobody of it signed for (its office signed on its
         # behalf): the department is told, as it was of the dispatch.
-        dept = ctx.session.get(Department, c.department_id)
-        if dept is not None:
-            ctx.notify.append(("rework", None, dept.region_code, message))
+        ctx.notify.append(Notice("rework", message, department_id=c.department_id))
     return "dispatched"
 
 
@@ -1602,12 +1623,7 @@ def _supervise(ctx: TransitionContext, c: Case) -> str:
     c.supervision = level
     if level != "normal":
         ctx.notify.append(
-            (
-                f"supervision_{level}",
-                c.assignee_id,
-                c.responsible_region_code,
-                f"事件 {c.number} 被督办",
-            )
+            Notice(f"supervision_{level}", f"事件 {c.number} 被督办", **those_handling(c))
         )
     return c.status
 

@@ -42,7 +42,7 @@ from ..models.base import utcnow
 from ..workcalendar import WorkingCalendar
 from .attachments import remove_orphan_files
 from .calendar import recount_after_cache, working_calendar
-from .cases import ACTIONS, STAGE_DUE, add_event, escalation_target
+from .cases import ACTIONS, STAGE_DUE, add_event, escalation_target, those_handling
 from .idempotency import purge
 from .patrols import thin_tracks
 from .sync import prune as prune_sync_log
@@ -225,6 +225,7 @@ def queue_once(
     *,
     user_id: int | None = None,
     region: str | None = None,
+    department_id: int | None = None,
 ) -> bool:
     """Queue a notification unless the case has one of this kind; return whether it did.
 
@@ -242,6 +243,7 @@ def queue_once(
             kind=kind[:64],
             user_id=user_id,
             region_code=region,
+            department_id=department_id,
             message=message,
             created_at=now,
         )
@@ -330,8 +332,7 @@ def mark_case_overdue(session: Session, c: Case, seq: int, now: datetime) -> Non
         f"overdue:{stage}:{_stamp(due)}",
         f"事件 {c.number} 已超过{STAGE_NAMES.get(stage, '')}期限",
         now,
-        user_id=c.assignee_id,
-        region=c.responsible_region_code,
+        **those_handling(c),
     )
 
 
@@ -394,8 +395,7 @@ def raise_supervision(
             f"supervision_{level}:auto:{_stamp(c.overdue_since)}",
             f"事件 {c.number} 超期 {hours:.1f} 个工作小时，{LEVEL_NAMES[level]}督办",
             now,
-            user_id=c.assignee_id,
-            region=c.responsible_region_code,
+            **those_handling(c),
         ):
             return None  # given once already in this overdue period
         previous = c.supervision

@@ -6,8 +6,10 @@ dispatched to a worker), to a unit (``region_code``: a case escalated, transferr
 handed down to it, an extension asked of it), or to both in one row (an overdue or
 supervision notice: to the assignee and the unit holding the case). A person reads those
 addressed to their account and those addressed to the unit of their scope region, whatever
-account the row names too: the office (or department) of exactly that region, not the
-offices above it. One row for both keeps the notice once per case and kind (the unique
+account the row names too: the office of exactly that region, not the offices above it. A
+department's member reads, instead of the region's, those addressed to the department (a
+case dispatched to it; rework, overdue and supervision notices of one it handles with
+nobody of it signed), whose region is its county's, as the county office's is. One row for both keeps the notice once per case and kind (the unique
 ``(case_id, kind)`` the jobs insert against) and one id in every inbox it reaches. Only notifications of cases the reader may read now are listed (a case moved
 out of their reach answers as one that does not exist, here as everywhere). The inbox is a
 feed: the phone keeps the last id it has and asks for what came after it.
@@ -79,11 +81,16 @@ def _feed(session: Session, caller: Caller, about: Collection[str]) -> Select[An
     kinds ``about`` names that they may read now, unordered; None when it names none."""
     principal = caller.principal
     addressed: list[ColumnElement[bool]] = [Notification.user_id == principal.id]
-    region = session.scalar(select(User.scope_region_code).where(User.id == principal.id))
-    if region:
-        # Whatever ``user_id`` is: an overdue or supervision notice is one row addressed to
-        # the assignee and to the unit holding the case, and reaches both.
-        addressed.append(Notification.region_code == region)
+    if caller.department_id is not None:
+        # A department's member reads the department's, not those of the office of its
+        # region (the county's: escalations and supervision it cannot act on).
+        addressed.append(Notification.department_id == caller.department_id)
+    else:
+        region = session.scalar(select(User.scope_region_code).where(User.id == principal.id))
+        if region:
+            # Whatever ``user_id`` is: an overdue or supervision notice is one row addressed
+            # to the assignee and to the unit holding the case, and reaches both.
+            addressed.append(Notification.region_code == region)
     readable = []
     if "case" in about:
         # Outer joins: a task's notice has no case, and the other way round.
@@ -247,7 +254,11 @@ def relay_queue(
             about="case" if n.case_id is not None else "task",
             created_at=n.created_at,
             sent_at=n.sent_at,
-            recipients={"user_id": n.user_id, "region_code": n.region_code},
+            recipients={
+                "user_id": n.user_id,
+                "region_code": n.region_code,
+                "department_id": n.department_id,
+            },
             case=None if n.case_id is None or hidden else {"case_id": n.case_id, "number": number},
             sensitive=bool(hidden),
             task_id=n.task_id,

@@ -380,13 +380,13 @@ def test_a_failed_check_tells_the_department_nobody_of_it_signed_for(desk, sessi
     assert failed["responsible"]["department_id"] == d.dept
     notices = session.execute(
         text(
-            "SELECT user_id, region_code, message FROM notifications"
+            "SELECT user_id, region_code, department_id, message FROM notifications"
             " WHERE case_id = :id AND kind LIKE 'rework:%'"
         ),
         {"id": cid},
     ).all()
     assert [tuple(n) for n in notices] == [
-        (None, COMMUNITY_A, f"事件 {failed['number']} 核查未通过，请返工")
+        (None, None, d.dept, f"事件 {failed['number']} 核查未通过，请返工")
     ]
 
 
@@ -403,6 +403,28 @@ def test_a_rework_overdue_at_once_is_still_one_version(desk, app):
     failed = d.act(d.office, cid, "verify_fail", comment="仍有垃圾")  # one version more
     assert failed["overdue"] is True and when(failed["overdue_since"]) == passed
     assert [e["action"] for e in d.timeline(cid)[-2:]] == ["verify_fail", "overdue"]
+
+
+def test_rework_of_a_case_overdue_at_verification_is_overdue_at_handling(desk, app):
+    """A case overdue against its verification deadline, which fell on the instant of its
+    passed handling deadline, sent back for rework: overdue against the handling deadline,
+    with its row and notice. The step took the flag as the handling stage's (same
+    instant) and wrote neither."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_handling(cid)
+    d.act(d.worker, cid, "feedback", comment="已清理")
+    passed = datetime.now(UTC) - timedelta(days=2)
+    with app.extensions["gridapi"].sessions.begin() as s:
+        s.execute(
+            update(Case)
+            .where(Case.id == cid)
+            .values(handle_due_at=passed, verify_due_at=passed, overdue=True, overdue_since=passed)
+        )
+    failed = d.act(d.office, cid, "verify_fail", comment="仍有垃圾")
+    assert failed["overdue"] is True and when(failed["overdue_since"]) == passed
+    row = d.timeline(cid)[-1]
+    assert (row["action"], row["data"]["stage"]) == ("overdue", "handle")
 
 
 def test_a_lower_unit_returns_a_case_handed_down_to_it(desk, accounts):
@@ -634,10 +656,17 @@ def test_dispatch_needs_exactly_one_target_in_the_dispatchers_area(desk, account
         ({"department_id": other_dept}, "department_id"),  # the city's, above the township
         ({"unit": TOWNSHIP}, "unit"),  # not lower than the township itself
         ({"unit": "320508009001"}, "unit"),  # no such region
+        ({"unit": COUNTY}, "unit"),  # above the township
     ):
         r = d.post(d.office, cid, "dispatch", **body)
         assert r.status_code == 422, (body, r.get_json())
         assert field in r.get_json()["errors"]["json"], r.get_json()
+    # The county above exists (the office reads its name): not "no region", and no
+    # different from a unit that does not exist.
+    above = d.post(d.office, cid, "dispatch", unit=COUNTY).get_json()
+    assert above["errors"]["json"]["unit"] == [f"no region {COUNTY} in your scope"]
+    missing = d.post(d.office, cid, "dispatch", unit="320508009001").get_json()
+    assert missing["errors"]["json"]["unit"] == ["no region 320508009001 in your scope"]
     # A worker of community B is still in the township office's area.
     assert d.act(d.office, cid, "dispatch", assignee_id=stranger)["status"] == "dispatched"
     assert d.get(cid)["version"] == 4  # report 1, accept 2, file 3, dispatch 4: no 422 counted
@@ -989,9 +1018,19 @@ def test_a_field_only_another_action_takes_is_refused(desk):
         assert r.status_code == 422, (action, r.get_json())
         assert set(r.get_json()["errors"]["json"]) == set(extra) - {"level"}, r.get_json()
     assert d.get(cid) == before  # nothing changed
-    # Null is no value: a form may send every field.
+    # Null is no value: a form may send every field, those with a default too (comment,
+    # evidence and unit_of_time answered 422 "Field may not be null").
     approved = d.act(d.office, cid, "approve_extension", amount=None, level=None, unit=None)
     assert approved["extension_count"] == 1
+    asked = d.act(
+        d.worker, cid, "request_extension", amount=2, unit_of_time=None, comment="仍缺配件"
+    )
+    assert (asked["extension_request"]["amount"], asked["extension_request"]["unit"]) == (
+        2,
+        "days",
+    )
+    d.act(d.office, cid, "approve_extension", comment=None, evidence=None)
+    assert d.timeline(cid)[-1]["comment"] == "" and d.timeline(cid)[-1]["evidence"] == []
 
     filed = d.report(col=1)["id"]
     d.to_filed(filed)

@@ -298,6 +298,29 @@ def test_unmasking_needs_the_permission_and_a_purpose_and_is_audited(
     }
 
 
+def test_an_export_naming_a_region_above_the_exporters_is_filed_under_the_exporters(
+    client, residents, accounts, engine
+):
+    """An officer's unmasked export naming the township or the county as its region (it
+    still holds only the officer's residents) was filed under that region: one above the
+    township office and the community, where only the county centre or an admin looked.
+    It is filed under the officer's own region, as one naming none."""
+    officer = accounts.client("officer_a", "community_officer", scope_region=COMMUNITY_A)
+    for region in (TOWNSHIP, COUNTY, COMMUNITY_B, COMMUNITY_A):
+        ok(officer.get(f"/api/v1/exports/persons?unmask=true&purpose={PURPOSE}&region={region}"))
+    assert [e["region"] for e in audit_rows(engine)] == [COMMUNITY_A] * 4
+    job = officer.post(
+        "/api/v1/exports/persons/jobs",
+        json={"unmask": True, "purpose_code": "statistics", "filters": {"region": COUNTY}},
+    )
+    assert job.status_code == 202, job.get_json()
+    with engine.connect() as conn:
+        queued = conn.execute(
+            text("SELECT region_code FROM audit_log WHERE action = 'export.queue'")
+        ).scalars()
+        assert list(queued) == [COMMUNITY_A]
+
+
 def test_an_export_without_a_region_is_filed_under_the_exporters_and_the_centre_sees_it(
     client, residents, accounts, engine
 ):

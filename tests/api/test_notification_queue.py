@@ -68,7 +68,11 @@ def test_a_gateway_reads_the_queue_and_stamps_what_it_sent(desk, engine):  # noq
         "about": "case",
         "created_at": row.created_at,
         "sent_at": None,
-        "recipients": {"user_id": d.id("worker"), "region_code": row.region_code},
+        "recipients": {
+            "user_id": d.id("worker"),
+            "region_code": row.region_code,
+            "department_id": None,
+        },
         "case": {"case_id": case["id"], "number": case["number"]},
         "sensitive": False,
         "task_id": None,

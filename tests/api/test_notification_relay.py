@@ -103,7 +103,7 @@ def test_a_task_overdue_notice_goes_to_the_subscribers_of_the_event(desk, engine
             "kind": "overdue",
             "about": "task",
             "created_at": row.created_at,
-            "recipients": {"user_id": None, "region_code": TOWNSHIP},
+            "recipients": {"user_id": None, "region_code": TOWNSHIP, "department_id": None},
             "case": None,
             "sensitive": False,
             "task_id": task["id"],
@@ -142,7 +142,11 @@ def test_a_case_overdue_notice_goes_to_the_subscribers_of_the_event(desk, engine
             "kind": "overdue",
             "about": "case",
             "created_at": row.created_at,
-            "recipients": {"user_id": d.id("worker"), "region_code": row.region_code},
+            "recipients": {
+                "user_id": d.id("worker"),
+                "region_code": row.region_code,
+                "department_id": None,
+            },
             "case": {"case_id": cid, "number": case["number"]},
             "sensitive": False,
             "task_id": None,
@@ -174,7 +178,11 @@ def test_a_sensitive_case_s_notice_names_no_case(desk, engine, receiver):  # noq
     (data,) = relayed(receiver)
     assert data["case"] is None and data["sensitive"] is True and data["task_id"] is None
     assert (data["about"], data["kind"], data["notification_id"]) == ("case", "overdue", row.id)
-    assert data["recipients"] == {"user_id": d.id("worker"), "region_code": row.region_code}
+    assert data["recipients"] == {
+        "user_id": d.id("worker"),
+        "region_code": row.region_code,
+        "department_id": None,
+    }
     raw = receiver.requests[0]["body"]
     assert case["number"].encode() not in raw and b"5103" not in raw
     (delivered,) = deliveries(relay, relay_sub)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -332,3 +333,67 @@ def test_a_bad_mark_is_422_naming_the_field(desk, body, field, query):  # noqa: 
     where = "query" if query else "json"
     assert list(error["errors"][where]) == [field]
     assert inbox(d.worker)["read_up_to"] == 0
+
+
+def test_a_department_reads_its_own_notices_not_its_countys_office(desk, app, engine):  # noqa: F811
+    """A county department's region is the county, whose office a notice to the region
+    reaches: the fire brigade read every escalation, return and supervision notice of the
+    county office, and a notice to the brigade reached the county office. A notice now
+    names the department, which its members read, and they no longer read the region's;
+    the gateway's queue names the department among the recipients."""
+    from .test_notification_queue import gateway
+
+    d = desk
+    body = {"code": "FIRE-C", "name": "区消防大队", "region_code": COUNTY}
+    brigade = ok(d.admin.post("/api/v1/departments", json=body), 201)["id"]
+    member = d.department_member("firefighter", brigade, COUNTY)
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    d.act(d.office, cid, "escalate", comment="需区级协调")
+    assert kinds(d.county) == [("escalated", cid)]
+    assert kinds(member) == []
+
+    d.act(d.county, cid, "dispatch", department_id=brigade)
+    d.act(d.county, cid, "supervise", level="yellow", comment="请加快")
+    later = utcnow() + timedelta(days=30)
+    run_jobs(app.extensions["gridapi"].sessions, later, jobs=["overdue"])
+    assert kinds(member) == [
+        ("dispatched", cid),
+        ("supervision_yellow", cid),
+        ("overdue", cid),
+    ]
+    # The county office holds the case: it reads its supervision and overdue notices, not
+    # the brigade's dispatch.
+    assert kinds(d.county) == [("escalated", cid), ("supervision_yellow", cid), ("overdue", cid)]
+    d.act(member, cid, "sign")
+    d.act(d.county, cid, "supervise", level="red", comment="立即处置")
+    # Signed, the member is the handler: told as such, not the whole brigade again.
+    assert kinds(member)[-1] == ("supervision_red", cid)
+    with engine.connect() as conn:
+        red = conn.execute(
+            text(
+                "SELECT user_id, region_code, department_id FROM notifications"
+                " WHERE case_id = :c AND kind LIKE 'supervision_red:%'"
+            ),
+            {"c": cid},
+        ).one()
+    assert tuple(red) == (d.id("firefighter"), COUNTY, None)
+
+    queued = ok(gateway(d).get("/api/v1/notifications"))["items"]
+    assert [(i["kind"], i["recipients"]) for i in queued if i["kind"] != "escalated"][:2] == [
+        ("dispatched", {"user_id": None, "region_code": None, "department_id": brigade}),
+        ("supervision_yellow", {"user_id": None, "region_code": COUNTY, "department_id": brigade}),
+    ]
+    # The webhook event the trigger wrote with each notice names the same recipients.
+    with engine.connect() as conn:
+        payloads = conn.execute(
+            text(
+                "SELECT payload FROM webhook_events WHERE event_type = 'notification.created'"
+                " AND case_id = :c ORDER BY id"
+            ),
+            {"c": cid},
+        ).scalars()
+        events = [p if isinstance(p, dict) else json.loads(p) for p in payloads]
+    by_id = {i["notification_id"]: i["recipients"] for i in queued}
+    assert [e["recipients"] for e in events] == [by_id[e["notification_id"]] for e in events]
+    assert len(events) == 5
