@@ -21,6 +21,11 @@ def use(name: str) -> None:
     _zone = ZoneInfo(name)
 
 
+def zone() -> tzinfo:
+    """Return the county's time zone."""
+    return _zone
+
+
 def today() -> date:
     """Return today's date in the county's time zone."""
     return datetime.now(_zone).date()

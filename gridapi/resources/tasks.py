@@ -10,7 +10,7 @@ from flask import Response, request
 from flask.views import MethodView
 
 from ..auditing import audit
-from ..auth import Principal, current_principal
+from ..auth import Forbidden, Principal, current_principal
 from ..extensions import commit, db_session, state
 from ..jsonio import dumps_bytes
 from ..models.tasks import Campaign, Task
@@ -351,9 +351,15 @@ class MyTasks(MethodView):
         your own region without a grid (a community's task to its officer): open ones
         first, by deadline, with their items and result form; then those completed or
         cancelled in the last `days` days. Pass `next_cursor` back as `cursor` (with the
-        same `days`) for the next page; it is null on the last.
+        same `days`) for the next page; it is null on the last. For people's accounts: an
+        app (API key with `tasks:read`) lists the tasks of its area at `GET /api/v1/tasks`
+        (403).
         """
         principal = _principal()
+        if principal.kind != "user":
+            raise Forbidden(
+                "An app has no tasks of its own: list those of its area at GET /api/v1/tasks."
+            )
         session = db_session()
         rows, next_cursor = svc.my_tasks(
             session,

@@ -70,6 +70,7 @@ CLIENT_SCOPES = frozenset(
         "grids:read",
         "cases:read",
         "cases:write",
+        "tasks:read",
         "webhooks:manage",
         "notifications:relay",
     }

@@ -204,7 +204,7 @@ def kept_entities(caller: Caller) -> tuple[str, ...]:
     kept = []
     if p.can("persons:read"):
         kept.append("household")
-    if p.can("tasks:read"):
+    if p.can("tasks:read") and p.kind == "user":  # an app has no tasks of its own to keep
         kept.append("task")
     if p.can("cases:read"):
         kept.append("case")

@@ -235,8 +235,8 @@ def _visible(sub: WebhookSubscription, principal: Principal) -> bool:
 
 
 #: What an owner must be able to read to hear of events of each kind: a task's title and
-#: assignee went to every subscriber of the area, an app (which cannot be given tasks:read)
-#: included, and a case's events to an owner that may not read cases. Who is notified of
+#: assignee went to every subscriber of the area, an app without tasks:read included, and
+#: a case's events to an owner that may not read cases. Who is notified of
 #: what, and when, is for the gateways that relay it (SMS, app push) alone.
 EVENT_PERMISSIONS = {
     "case": "cases:read",

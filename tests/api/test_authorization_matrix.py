@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
+from gridapi import clock
 from gridapi.auth import AUTHENTICATED
 from gridapi.personal import check_digit
 from gridapi.scope import Scope
@@ -480,14 +481,12 @@ class World:
     def patrol(self, area: Area) -> int:
         """Return a new ended patrol of the area's member, with a short track in its grid."""
         member = self.member_client(area)
-        began = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+        began = patrol_start()
         start = {"started_at": began.isoformat()}
         patrol_id = ok(member.post("/api/v1/patrols", json=start), 201)["id"]
         lon, lat = center(area.grids[0])
-        points = [
-            {"t": (began + datetime.timedelta(minutes=i)).isoformat(), "lon": lon, "lat": lat}
-            for i in range(1, 4)
-        ]
+        step = (datetime.datetime.now(datetime.UTC) - began) / 4
+        points = [{"t": (began + step * i).isoformat(), "lon": lon, "lat": lat} for i in (1, 2, 3)]
         ok(member.post(f"/api/v1/patrols/{patrol_id}/points", json={"points": points}))
         ok(member.post(f"/api/v1/patrols/{patrol_id}/end", json={}))
         return patrol_id
@@ -503,7 +502,7 @@ class World:
         account = self.accounts.ids.get(f"actor_{c.actor}")
         if not mine or account is None or "patrols:write" not in actor_permissions(spec):
             return self.patrol(c.area)
-        began = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+        began = patrol_start()
         where = {"type": "Point", "coordinates": list(center(c.area.grids[0]))}
         r = self.clients[c.actor].post(
             "/api/v1/patrols", json={"started_at": began.isoformat(), "location": where}
@@ -517,9 +516,11 @@ class World:
         return {"type": "Point", "coordinates": list(center(c.area.grids[0]))}
 
     def track_point(self, c: Ctx) -> dict[str, Any]:
-        """Return a point in the area's first grid, a minute into an hour-old patrol."""
+        """Return a point in the area's first grid, a little into a patrol started at
+        ``patrol_start`` (an hour-old one: a minute into it)."""
         lon, lat = center(c.area.grids[0])
-        at = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=59)
+        began = patrol_start()
+        at = began + (datetime.datetime.now(datetime.UTC) - began) / 60
         return {"t": at.isoformat(), "lon": lon, "lat": lat}
 
     def read_patrol(self, c: Ctx) -> Call:
@@ -529,6 +530,16 @@ class World:
         if own and self.accounts.ids.get(f"actor_{c.actor}") is not None:
             return Call(params={"patrol_id": self.own_patrol(c)})
         return Call(params={"patrol_id": c.fresh(self.patrol)})
+
+
+def patrol_start() -> datetime.datetime:
+    """An hour ago, or the start of the county's day if that is later: the accounts'
+    rosters start today (the county's date), and a patrol started before midnight belongs
+    to the grid of that day's roster: none, so that its grid's chief could not read it
+    (between 00:00 and 01:00 in Shanghai the matrix failed)."""
+    now = datetime.datetime.now(datetime.UTC)
+    midnight = datetime.datetime.combine(clock.today(), datetime.time(), clock.zone())
+    return max(now - datetime.timedelta(hours=1), midnight + datetime.timedelta(seconds=1))
 
 
 # --- requests -------------------------------------------------------------------------------

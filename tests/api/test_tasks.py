@@ -1677,3 +1677,47 @@ def test_an_office_extends_a_task_without_giving_it_away(people):
     same = step(office, task["id"], "reassign", {"assignee_id": ids["worker1"]})
     assert same.status_code == 422, same.get_json()
     assert "assignee_id" in same.get_json()["errors"]["json"]
+
+
+def test_an_app_reads_the_tasks_and_campaigns_of_its_area(app, client, people):
+    """A city system may be given tasks:read (it could not): it lists and reads the tasks
+    and campaigns of its area and exports them, as an office's account would; a task
+    outside its area answers as one that does not exist. It has no tasks of its own:
+    /me/tasks is a 403 saying where to look, and a sync keeps none, not even one given to
+    its region without a grid (which a sync keeps for the unit of that region)."""
+    from .test_sync import Phone
+
+    office = people["office"]
+    in_a = new_task(office, grid=A1)
+    in_b = new_task(office, grid=B1)
+    to_region = new_task(office, region=COMMUNITY_A)
+    body = {"title": "消防排查", "region": COMMUNITY_A, "due_in": SOON}
+    campaign = ok(office.post("/api/v1/campaigns", json=body), 201)
+    key = ok(
+        client.post(
+            "/api/v1/clients",
+            json={
+                "name": "城运中心",
+                "scopes": ["cases:read", "tasks:read"],
+                "scope_region": COMMUNITY_A,
+            },
+        ),
+        201,
+    )["api_key"]
+    city = app.test_client()
+    city.environ_base["HTTP_X_API_KEY"] = key
+    listed = {t["id"] for t in ok(city.get("/api/v1/tasks?limit=100"))["items"]}
+    assert {in_a["id"], to_region["id"]} <= listed and in_b["id"] not in listed
+    assert ok(city.get(f"/api/v1/tasks/{in_a['id']}"))["title"] == "走访独居老人"
+    assert city.get(f"/api/v1/tasks/{in_b['id']}").status_code == 404
+    assert ok(city.get(f"/api/v1/campaigns/{campaign['id']}"))["id"] == campaign["id"]
+    mine = city.get("/api/v1/me/tasks")
+    assert mine.status_code == 403 and "GET /api/v1/tasks" in mine.get_json()["message"]
+    exported = city.get("/api/v1/exports/tasks?format=csv")
+    assert exported.status_code == 200
+    assert exported.get_data(as_text=True).count("\n") == len(listed) + 1  # header + rows
+    phone = Phone(city)
+    phone.pull()
+    assert phone.ids("task") == set()
+    # Granted nothing it does not need: a step on a task is still refused.
+    assert step(city, in_a["id"], "cancel", {"reason": "x"}).status_code == 403

@@ -301,7 +301,7 @@ def test_an_app_subscribes_inside_its_area_and_gets_only_its_events(app, client,
 
 def test_an_owner_hears_only_of_what_it_may_read(app, client, world, receiver, engine):
     """Task events (a title written by an office, an assignee) went to every subscriber of
-    the area, an app included, though no app can be given tasks:read; case events went to
+    the area, an app without tasks:read included; case events went to
     an owner without cases:read. Such events are refused when subscribing (422 naming
     events), and a subscription made before hears nothing of them."""
     hotline = api_client(app, client, COMMUNITY_A)
@@ -1466,3 +1466,30 @@ def test_an_area_admin_may_pause_but_not_redirect_an_app_s_subscription(
     r = client.patch(f"/api/v1/webhooks/{theirs['id']}", json={"url": elsewhere})
     assert ok(r)["url"] == elsewhere
     assert ok(client.post(f"/api/v1/webhooks/{theirs['id']}/rotate-secret"))["secret"]
+
+
+def test_an_app_given_tasks_read_hears_of_task_events(app, client, world, receiver):
+    """An app may be given tasks:read now: it subscribes to task events of its area."""
+    created = client.post(
+        "/api/v1/clients",
+        json={
+            "name": "城运中心",
+            "scopes": ["tasks:read", "webhooks:manage"],
+            "scope_region": COMMUNITY_A,
+        },
+    )
+    assert created.status_code == 201, created.get_json()
+    city = app.test_client()
+    city.environ_base["HTTP_X_API_KEY"] = created.get_json()["api_key"]
+    sub = subscribe(city, receiver.url, events=["task.created"])
+    body = {
+        "title": "走访独居老人",
+        "grid": COMMUNITY_A + "001",
+        "due_in": {"amount": 3, "unit": "days"},
+    }
+    task = ok(client.post("/api/v1/tasks", json=body), 201)
+    deliver(app)
+    assert [(e["type"], e["data"]["task_id"]) for e in receiver.events()] == [
+        ("task.created", task["id"])
+    ]
+    assert [d["task_id"] for d in deliveries(city, sub["id"])] == [task["id"]]
