@@ -332,6 +332,19 @@ def count_lookup(limit: str, caller: str, kind: str = "lookup", cost: int = 1) -
     _spend(limit, (kind, caller), message, cost=cost)
 
 
+def require_lookup_left(limit: str, caller: str, kind: str = "lookup") -> None:
+    """Raise TooManyRequests (429) when ``caller`` has no exact lookup left of ``limit``;
+    count nothing.
+
+    Asked before a number is checked against the register (an ID number, a household
+    number, a username or phone number of an account), where only a hit is counted (its
+    409 tells that the number is taken) and a miss is not, so that ordinary data entry
+    spends nothing. Past the allowance the request is refused before anything is looked up,
+    hit or miss: refused only on a hit, a 429 meant "registered" and a 201 "not
+    registered", an oracle without limit."""
+    count_lookup(limit, caller, kind, cost=0)
+
+
 def password_guesses(limit: str, user_id: int, *, failed: bool) -> None:
     """Check (``failed`` false) or count (true) the wrong current passwords sent by an
     account's own session, against the sign-in failures' allowance of that account (the

@@ -45,7 +45,7 @@ from ..schemas.patrols import (
 from ..services import cases as cases_svc
 from ..services import patrols as svc
 from ..services import presence as presence_svc
-from .blueprint import IDEMPOTENCY_HEADER, Blueprint, routing_snapshot
+from .blueprint import IDEMPOTENCY_HEADER, NO_STORE, NO_STORE_HEADER, Blueprint, routing_snapshot
 from .cases import render as render_case
 from .retries import Keyed
 
@@ -194,14 +194,15 @@ class PatrolStats(MethodView):
 class PatrolById(MethodView):
     @blp.requires(AUTHENTICATED)
     @blp.arguments(PatrolGetArgsSchema, location="query")
-    @blp.response(200, PatrolDetailSchema)
+    @blp.response(200, PatrolDetailSchema, headers=NO_STORE_HEADER)
     @writes
     def get(self, args, patrol_id):
         """Get a patrol with its statistics, its line (GeoJSON), check-ins and findings
 
         Needs `patrols:write` (your own patrols) or `patrols:read` (patrols in your scope);
         any other patrol answers 404. The raw points only with `?points=true`. A read of
-        someone else's track is audited (`patrol.read_track`).
+        someone else's track is audited (`patrol.read_track`). A track is whereabouts: the
+        answer is `Cache-Control: private, no-store`, kept in no cache.
         """
         principal = _reader()
         # Read in a plain read: on SQLite the request's own session begins as a writer (the
@@ -221,7 +222,9 @@ class PatrolById(MethodView):
                 region_code=patrol.region_code,
             )
             commit()
-        return view
+        # Whereabouts, as full personal values are: a browser on an office's shared computer
+        # kept the line and the raw points on its disk ("private, no-cache").
+        return view, 200, NO_STORE
 
 
 @blp.route("/<id:patrol_id>/end")

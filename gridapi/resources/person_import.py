@@ -19,7 +19,7 @@ from ..limits import count_lookup
 from ..schemas.common import StrictSchema
 from ..services import person_import as svc
 from .blueprint import Blueprint, StrictParser, one_file, routing_snapshot
-from .register import keys
+from .register import keys, lookup_left
 
 
 class MultipartParser(StrictParser):
@@ -176,7 +176,9 @@ class PersonImport(MethodView):
         the file, is a row error; each such row whose resident is outside your scope counts
         as an exact lookup against GRIDAPI_PERSON_LOOKUP_RATE (429 when the allowance is
         spent: nothing imported), as does each row whose 户号 belongs to a household outside
-        your scope. Dry runs count the same.
+        your scope; other rows count nothing. Once the allowance is spent, a file with any ID
+        number or 户号 is a 429 before a number is looked up, registered or not. Dry runs
+        count the same.
 
         One transaction: in mode `all` any row error imports nothing (422 with the report);
         in mode `valid` exactly the rows reported valid are imported; any other failure
@@ -197,6 +199,7 @@ class PersonImport(MethodView):
             dry_run=data["dry_run"],
             max_rows=state().settings.import_max_rows,
             crs=data["crs"],
+            before_lookup=lookup_left,
         )
         if report.unseen_duplicates:
             # Each such row told the caller that an ID number or a household number (户号)

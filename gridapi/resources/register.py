@@ -18,7 +18,7 @@ from ..extensions import commit, db_session, state
 from ..geo.crs import no_fix
 from ..geo.shapes import geojson_point
 from ..jsonio import dumps_bytes
-from ..limits import count_lookup
+from ..limits import count_lookup, require_lookup_left
 from ..models import AuditEntry, House, Household
 from ..models.register import ERASE_REASONS
 from ..purposes import coded_summary, purpose_summary
@@ -123,6 +123,14 @@ def _audit_changes(noun: str, obj: Any, changed: list[str]) -> None:
 
 def _actor() -> str:
     return current_principal().actor_id
+
+
+def lookup_left() -> None:
+    """Refuse (429) a request about to look an ID number or a household number (户号) up
+    in the register once the caller's lookup allowance is spent, hit or miss (a hit's 409
+    counts; a miss counts nothing, but past the allowance is refused too, else the 429
+    itself told that the number is registered)."""
+    require_lookup_left(state().settings.person_lookup_rate, _actor())
 
 
 _IF_MATCH_HEADER = if_match_header(
@@ -306,9 +314,10 @@ class Households(MethodView):
         of its `house_id`, or else of a `location`, `grid` or `region` as a house does. Members are
         added by registering residents with this `household_id`. Needs `persons:write`. A number
         already registered in the county is a 409, counted as a lookup against
-        GRIDAPI_PERSON_LOOKUP_RATE (429 once the allowance is spent), as a duplicate ID number
-        is; a house or place outside the caller's scope is a 422. Writes an audit row
-        `household.create`.
+        GRIDAPI_PERSON_LOOKUP_RATE, as a duplicate ID number is (a new number counts nothing);
+        once the allowance is spent, every create is a 429 before the number is looked up,
+        registered or not. A house or place outside the caller's scope is a 422. Writes an
+        audit row `household.create`.
         """
         session = db_session()
         try:
@@ -318,6 +327,7 @@ class Households(MethodView):
                 scope=current_principal().scope,
                 snapshot=routing_snapshot(),
                 actor=_actor(),
+                before_lookup=lookup_left,
             )
         except svc.DuplicateHousehold:
             # The 409 tells that the number exists somewhere in the county.
@@ -431,13 +441,21 @@ class Persons(MethodView):
 
         The ID number is validated (length, province, birth date, check digit) and gives
         the gender and birth date. A number already registered in the county → 409, counted
-        as a lookup (so creation cannot be used to test who is registered).
+        as a lookup (GRIDAPI_PERSON_LOOKUP_RATE; a new number counts nothing); once the
+        allowance is spent, a create with an ID number is a 429 before the number is looked
+        up, registered or not, so creation cannot be used to test who is registered. A
+        `grid` other than the household's, given with `household_id`, is a 422.
         """
         session = db_session()
         k = keys()
         try:
             person = svc.create_person(
-                session, data, scope=current_principal().scope, keys=k, actor=_actor()
+                session,
+                data,
+                scope=current_principal().scope,
+                keys=k,
+                actor=_actor(),
+                before_lookup=lookup_left,
             )
         except svc.DuplicatePerson:
             session.rollback()
@@ -493,7 +511,9 @@ class PersonById(MethodView):
         is validated and re-derives gender and birth date, and only a foreign resident may have
         none (422). Needs `persons:write`; a resident out of scope answers 404. An ID number
         already registered in the county, or a second head (户长) for the household, is a 409; a
-        duplicate ID number also counts against the caller's lookup allowance. The audit row
+        duplicate ID number also counts against the caller's lookup allowance, and once it is
+        spent a change that would look an ID number up (one sent, or theirs in the county
+        they move to) is a 429 before it looks, registered or not. The audit row
         `person.update` names the fields changed.
         """
         session = db_session()
@@ -506,6 +526,7 @@ class PersonById(MethodView):
                 scope=current_principal().scope,
                 keys=k,
                 if_match=request.headers.get("If-Match"),
+                before_lookup=lookup_left,
             )
         except svc.DuplicatePerson:
             session.rollback()

@@ -10,7 +10,7 @@ from .. import clock
 from ..auditing import audit
 from ..auth import Forbidden, current_principal
 from ..extensions import commit, db_session, state
-from ..limits import count_lookup
+from ..limits import count_lookup, require_lookup_left
 from ..models import Role, User
 from ..schemas.identity import (
     AssignmentCreateSchema,
@@ -126,9 +126,13 @@ class Users(MethodView):
         account, each such answer counts against GRIDAPI_PERSON_LOOKUP_RATE (429 when spent).
         So is a username of another account, anywhere and in any case (usernames are unique
         across every scope): the 409 counts likewise, and writes an audit row
-        `user.username_taken` naming the username tried.
+        `user.username_taken` naming the username tried. Once the allowance is spent, every
+        create is a 429 before the username and phone number are looked up, taken or not.
         """
         p = current_principal()
+        # Refused before anything is looked up, taken or not: refused only when a name or
+        # number was taken, the 429 told that it was, and a 201 that it was not.
+        require_lookup_left(state().settings.person_lookup_rate, p.actor_id)
         # Hashed before the request's transaction begins: on SQLite it holds the one write
         # lock, and every phone's report waited for argon2 (as for a sign-in).
         password_hash = svc.hash_password(data["password"])
@@ -191,7 +195,8 @@ class UsersById(MethodView):
         Disabling an account or changing its role or scope ends its sessions. You cannot
         change your own role or scope, rename or disable yourself (422): another
         administrator must. A new `username` (not another account's, in any case: 409, counted
-        and audited as on create) is the one the account signs in by from then on, the old
+        and audited as on create; 429 before it is looked up once the allowance is spent) is
+        the one the account signs in by from then on, the old
         one no longer; its sessions go on (they name the account by id, and its rights are
         unchanged). A rename writes an audit row `user.rename` with the old and the new name.
         Nor the role, name, activity or scope of an account that works outside your scope (a
@@ -209,6 +214,10 @@ class UsersById(MethodView):
             )
         session = db_session()
         before = svc.get_user(session, user_id, p.scope).username if "username" in data else None
+        if before is not None and data["username"] != before:
+            # A new name is looked up: refused before, taken or not, once the allowance is
+            # spent (as on create).
+            require_lookup_left(state().settings.person_lookup_rate, p.actor_id)
         try:
             user = svc.update_user(
                 session,

@@ -185,7 +185,13 @@ class PersonCreateSchema(StrictSchema):
     household_id = fields.Integer(
         allow_none=True, metadata={"description": "The household (its place is the resident's)."}
     )
-    grid = fields.String(validate=GRID, metadata={"description": "When not in a household."})
+    grid = fields.String(
+        validate=GRID,
+        metadata={
+            "description": "When not in a household (given with `household_id`, it must be "
+            "the household's grid: 422 otherwise)."
+        },
+    )
     relation = fields.String(
         allow_none=True,
         validate=validate.OneOf(RELATIONS),

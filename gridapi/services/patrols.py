@@ -378,7 +378,9 @@ def active_patrol(session: Session, worker_id: int) -> Patrol | None:
     ).first()
 
 
-def _not_future(value: datetime, now: datetime, field: str) -> datetime:
+def not_in_future(value: datetime, now: datetime, field: str) -> datetime:
+    """Return ``value`` in UTC; raises Unprocessable naming ``field`` when it lies more than
+    ``TOLERANCE`` (a phone's clock running ahead) after ``now``."""
     if value > now + TOLERANCE:
         raise _invalid(field, "lies in the future")
     return value.astimezone(UTC)
@@ -403,7 +405,7 @@ def start_patrol(
     the grid walked, not to the one of the day it was uploaded."""
     if principal.kind != "user":
         raise Unprocessable("Only a person patrols.", errors={"json": {"worker": ["not a user"]}})
-    started_at = _not_future(data.get("started_at") or now, now, "started_at")
+    started_at = not_in_future(data.get("started_at") or now, now, "started_at")
     if kept_days is not None and started_at < now - timedelta(days=kept_days):
         raise _invalid("started_at", f"lies before the {kept_days:g} days tracks are kept")
 
@@ -474,7 +476,7 @@ def end_patrol(
         # replace.
         end = max(now, patrol.started_at, *([last] if last is not None else []))
     else:
-        end = _not_future(ended_at, now, "ended_at")
+        end = not_in_future(ended_at, now, "ended_at")
         if last is not None and end + TOLERANCE < last:
             raise _invalid("ended_at", "lies before the last point of the track")
         # The end given is the end, whether the last points came before it or after (an

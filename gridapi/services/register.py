@@ -10,9 +10,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -50,6 +50,7 @@ from ..scope import Scope, starts_with
 from ..security.fields import FieldCipher, blind_index
 from . import cases as cases_svc
 from .cursors import page_by_id
+from .patrols import not_in_future
 from .preconditions import check_if_match, flush_versioned
 from .regions import get_region
 from .routing import IndexSnapshot
@@ -78,6 +79,12 @@ class Keys:
         if stored is None:
             return None
         return self.cipher.decrypt(stored, table=table, column=column, row=uid)
+
+
+#: Called before an ID number or a household number (户号) is looked up in the register, to
+#: refuse the request (it raises) when the caller may look no more up: the resource's check
+#: of its lookup allowance (``gridapi.limits.require_lookup_left``), asked hit or miss.
+BeforeLookup = Callable[[], None]
 
 
 def _not_found(kind: str) -> NotFound:
@@ -533,7 +540,10 @@ def create_household(
     scope: Scope,
     snapshot: IndexSnapshot | None,
     actor: str,
+    before_lookup: BeforeLookup | None = None,
 ) -> Household:
+    """Register a household; raises DuplicateHousehold when its number is registered in the
+    county. ``before_lookup`` is called before the number is looked up."""
     house = None
     if data.get("house_id") is not None:
         # Locked like a move locks it: a household created while its house moves takes the
@@ -557,6 +567,8 @@ def create_household(
             errors={"json": {"number": ["already registered in the county"]}},
         )
 
+    if before_lookup is not None:
+        before_lookup()
     if (error := duplicate()) is not None:
         raise error
     household = Household(
@@ -715,8 +727,18 @@ def _id_taken_in(
     )
 
 
-def _set_id_number(session: Session, person: Person, parsed: Any, keys: Keys) -> None:
+def _set_id_number(
+    session: Session,
+    person: Person,
+    parsed: Any,
+    keys: Keys,
+    before_lookup: BeforeLookup | None = None,
+) -> None:
+    """Give ``person`` the ID number ``parsed``; raises DuplicatePerson when another resident
+    of its county has it. ``before_lookup`` is called before the number is looked up."""
     digest = keys.index("id_number", parsed.value)
+    if before_lookup is not None:
+        before_lookup()
     if (error := _id_taken(session, person, digest)) is not None:
         raise error
     if person.id_number_enc is not None and person.id_number_hmac == digest:
@@ -875,6 +897,10 @@ def _is(column: Any, value: Any) -> Any:
     return column.is_(None) if value is None else column == value
 
 
+#: Why a grid is refused for a resident who lives in a household (it is the household's).
+_IN_A_HOUSEHOLD = "the resident lives in a household: move the household"
+
+
 def create_person(
     session: Session,
     data: dict[str, Any],
@@ -883,11 +909,13 @@ def create_person(
     keys: Keys,
     actor: str,
     wait_for_imports: bool = False,
+    before_lookup: BeforeLookup | None = None,
 ) -> Person:
     """Register a resident in a household (taking its place) or directly in a grid.
 
     ``wait_for_imports``: wait for an import holding the place's namesake lock as long as
-    it takes (an import's own rows); a request is answered NamesakePlaceBusy instead."""
+    it takes (an import's own rows); a request is answered NamesakePlaceBusy instead.
+    ``before_lookup`` is called before the ID number is looked up in the register."""
     parsed = _check_id(data.get("id_number"))
     if parsed is None and data.get("population_type", "registered") != "foreign":
         raise _invalid("id_number", "is required (except for foreign residents)")
@@ -899,6 +927,11 @@ def create_person(
             session, data["household_id"], scope, field="household_id", for_update=True
         )
         place = Place(household.region_code, household.grid_code)
+        if data.get("grid") and data["grid"] != household.grid_code:
+            # As a change of their grid is refused (update_person): it was dropped without a
+            # word, the resident registered in the household's grid, whatever grid was sent
+            # (one outside the caller's scope too).
+            raise _invalid("grid", _IN_A_HOUSEHOLD)
     elif data.get("grid"):
         place = place_of_grid(session, data["grid"], scope)
     else:
@@ -934,7 +967,7 @@ def create_person(
     )
     person.uid = new_uid()
     if parsed is not None:
-        _set_id_number(session, person, parsed, keys)
+        _set_id_number(session, person, parsed, keys, before_lookup)
     _set_phone(person, phone, keys)
     # An ID number registered by another request between the look-up and the insert: the
     # same answer, counted the same, as when it came first (a second head cannot race: the
@@ -971,11 +1004,15 @@ def update_person(
     scope: Scope,
     keys: Keys,
     if_match: str | None = None,
+    before_lookup: BeforeLookup | None = None,
 ) -> tuple[Person, list[str]]:
     """Change a resident; return it and the names of the fields that changed. With
-    ``if_match``, only the version it names (412 otherwise)."""
+    ``if_match``, only the version it names (412 otherwise). ``before_lookup`` is called
+    before an ID number is looked up in the register (one sent, or theirs in the county
+    they move to)."""
     person = get_person(session, person_id, scope, for_update=True)
     check_if_match(person, if_match, noun="resident", required=False)
+    county_before = person.county_code
     written: dict[str, Any] = {}
 
     def taken() -> Conflict | None:
@@ -1032,7 +1069,7 @@ def update_person(
                 person.relation = None  # out of a household: related to nobody in it
             if data.get("grid") and data["grid"] != person.grid_code:
                 if person.household_id is not None:
-                    raise _invalid("grid", "the resident lives in a household: move the household")
+                    raise _invalid("grid", _IN_A_HOUSEHOLD)
                 place = place_of_grid(session, data["grid"], scope)
                 person.region_code, person.grid_code = place.region_code, place.grid_code
                 person.county_code = place.county_code
@@ -1056,12 +1093,13 @@ def update_person(
                     person.id_number_enc = person.id_number_hmac = None
                     person.birth_date = person.gender = None
                 else:
-                    _set_id_number(session, person, parsed, keys)
+                    _set_id_number(session, person, parsed, keys, before_lookup)
                 changed.append("id_number")
-            elif ("household_id" in changed or "grid" in changed) and person.id_number_enc:
-                # The county may have changed: the ID number must still be unique in the new one.
+            elif person.county_code != county_before and person.id_number_enc:
+                # Moved into another county: the ID number must be unique in it too (in the
+                # county they leave, the unique index held it already).
                 value = keys.open("persons", "id_number", person.uid, person.id_number_enc)
-                _set_id_number(session, person, _check_id(value), keys)
+                _set_id_number(session, person, _check_id(value), keys, before_lookup)
             if "phone" in data:
                 _set_phone(person, _check_phone(data["phone"]), keys)
                 changed.append("phone")
@@ -1437,6 +1475,12 @@ def access_export(
 # --- visits -----------------------------------------------------------------------------------
 
 
+#: Visits recorded before this year are refused, as a case that occurred before it is
+#: (``schemas.cases``): no visit of the register is older, and such a time is a phone's
+#: clock reset or a typing slip (1900, 2000 for 2020), which sorted first in every list.
+FIRST_VISIT_YEAR = 2000
+
+
 def create_visit(
     session: Session,
     data: dict[str, Any],
@@ -1447,7 +1491,13 @@ def create_visit(
     worker_id: int | None,
     now: datetime,
 ) -> Visit:
-    """Record a visit to a household and/or a resident (their place is the visit's)."""
+    """Record a visit to a household and/or a resident (their place is the visit's).
+    Raises Unprocessable naming ``visited_at`` for a time in the future (beyond a phone's
+    clock running ahead, as for a patrol) or before FIRST_VISIT_YEAR."""
+    # In UTC as the database gives it back: the answer and every read say the same.
+    visited_at = not_in_future(data.get("visited_at") or now, now, "visited_at")
+    if data.get("visited_at") is not None and data["visited_at"].year < FIRST_VISIT_YEAR:
+        raise _invalid("visited_at", f"lies before the year {FIRST_VISIT_YEAR}")
     household = person = None
     # The subject (the resident, else the household) is locked as a move locks it: a visit
     # recorded while they move takes their new place, never the old one (PostgreSQL; SQLite
@@ -1481,8 +1531,7 @@ def create_visit(
         region_code=subject.region_code,
         grid_code=subject.grid_code,
         worker_id=worker_id,
-        # In UTC as the database gives it back: the answer and every read say the same.
-        visited_at=(data.get("visited_at") or now).astimezone(UTC),
+        visited_at=visited_at,
         place=data.get("place", ""),
         lon=lon,
         lat=lat,

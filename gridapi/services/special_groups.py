@@ -8,6 +8,7 @@ the audit log hides their rows). The resource audits every record it returns.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from sqlalchemy import select
@@ -59,6 +60,15 @@ def _check_helper(session: Session, helper_id: int | None, scope: Scope) -> None
         )
 
 
+def _check_dates(started_on: date | None, ended_on: date | None) -> None:
+    """Refuse (422 naming ``ended_on``) a record that ends before it starts."""
+    if started_on and ended_on and ended_on < started_on:
+        raise Unprocessable(
+            "The record ends before it starts.",
+            errors={"json": {"ended_on": ["must not be before started_on"]}},
+        )
+
+
 def create_record(
     session: Session, data: dict[str, Any], *, scope: Scope, keys: Keys, actor: str
 ) -> SpecialGroupRecord:
@@ -81,6 +91,10 @@ def create_record(
             errors={"json": {"type": ["the resident has a record of this type already"]}},
         )
 
+    started_on = data.get("started_on") or clock.today()
+    # A change was checked, a create not: records were opened (active) ending before they
+    # started.
+    _check_dates(started_on, data.get("ended_on"))
     if (error := taken()) is not None:
         raise error
     record = SpecialGroupRecord(
@@ -93,7 +107,7 @@ def create_record(
         attention_level=data.get("attention_level", "medium"),
         helper_id=data.get("helper_id"),
         status=data.get("status", "active"),
-        started_on=data.get("started_on") or clock.today(),
+        started_on=started_on,
         ended_on=data.get("ended_on"),
         created_by=actor,
     )
@@ -125,11 +139,7 @@ def update_record(
             setattr(record, key, data[key])
     if "notes" in data:
         record.notes_enc = keys.seal("special_group_records", "notes", record.uid, data["notes"])
-    if record.ended_on and record.started_on and record.ended_on < record.started_on:
-        raise Unprocessable(
-            "The record ends before it starts.",
-            errors={"json": {"ended_on": ["must not be before started_on"]}},
-        )
+    _check_dates(record.started_on, record.ended_on)  # the date not sent as stored
     session.flush()
     return record, sorted(data)
 

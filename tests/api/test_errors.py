@@ -377,14 +377,23 @@ def test_a_time_in_the_years_as_written_is_taken_and_stored_alike_on_both_engine
     household = client.post(
         "/api/v1/households", json={"number": "0001", "house_id": house["id"]}
     ).get_json()
+    # A visit keeps a rule of its own (none before the year 2000, as a case's occurred_at),
+    # checked as written too: its first instant lies in 1999 in UTC.
     r = client.post("/api/v1/visits", json={"household_id": household["id"], "visited_at": first})
+    assert r.status_code == 422
+    assert r.get_json()["errors"] == {"json": {"visited_at": ["lies before the year 2000"]}}
+    floor = "2000-01-01T00:00:00+08:00"
+    r = client.post("/api/v1/visits", json={"household_id": household["id"], "visited_at": floor})
     assert r.status_code == 201, r.get_json()
     visit = r.get_json()
-    assert datetime.fromisoformat(visit["visited_at"]) == datetime.fromisoformat(first)
+    assert datetime.fromisoformat(visit["visited_at"]) == datetime.fromisoformat(floor)
     read = client.get(f"/api/v1/visits/{visit['id']}").get_json()
-    assert read["visited_at"] == "1899-12-31T16:00:00+00:00"
+    assert read["visited_at"] == "1999-12-31T16:00:00+00:00"
     since = client.get(f"/api/v1/visits?since={first.replace('+', '%2B')}").get_json()
     until = client.get(f"/api/v1/visits?until={first.replace('+', '%2B')}").get_json()
+    assert ([v["id"] for v in since["items"]], until["items"]) == ([visit["id"]], [])
+    since = client.get(f"/api/v1/visits?since={floor.replace('+', '%2B')}").get_json()
+    until = client.get(f"/api/v1/visits?until={floor.replace('+', '%2B')}").get_json()
     assert ([v["id"] for v in since["items"]], until["items"]) == ([visit["id"]], [])
     r = client.post("/api/v1/tasks", json={"title": "走访独居老人", "grid": A1, "due_at": last})
     assert r.status_code == 201, r.get_json()

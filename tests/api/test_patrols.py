@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+from gridapi import clock
 from gridapi.geo.crs import wgs84_to_gcj02
 from gridapi.geo.geodesy import distance_m, metres_per_degree
 from gridapi.services.patrols import thin_tracks, track_length_m
@@ -73,8 +74,18 @@ def audit_rows(engine, action: str) -> list[tuple]:  # type: ignore[no-untyped-d
 
 
 @pytest.fixture
-def worker(accounts, world):  # type: ignore[no-untyped-def]
-    return accounts.client("worker1", "grid_worker", grids=[A1])
+def worker(accounts, world, engine):  # type: ignore[no-untyped-def]
+    """The worker of A1, on its roster since yesterday: a patrol started an hour ago belongs
+    to the roster of the day it started, which between 00:00 and 01:00 in the county is
+    yesterday; on a roster starting today the patrol had no grid, and the tests that read
+    it as the grid's chief failed in that hour."""
+    client = accounts.client("worker1", "grid_worker", grids=[A1])
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE grid_assignments SET valid_from = :d WHERE user_id = :u"),
+            {"d": clock.today() - timedelta(days=1), "u": accounts.ids["worker1"]},
+        )
+    return client
 
 
 def start(client, **body) -> dict:  # type: ignore[no-untyped-def]
@@ -919,6 +930,32 @@ def test_a_track_is_read_by_its_worker_their_chief_and_offices_in_scope(
     assert all(
         s == {"worker_id": patrol_worker(engine), "grid": A1, "points": True} for *_, s in audited
     )
+
+
+def test_a_track_is_kept_in_no_cache(accounts, worker, world):
+    """A track (the walk's line, and its raw points with ?points=true) is whereabouts,
+    sensitive personal information, but answered "private, no-cache", which lets a browser
+    on an office's shared computer keep it on disk, where full personal values answer
+    "private, no-store". Now no-store too, for its worker and any other reader, also when
+    the answer is a 304."""
+    # Started now: started an hour ago, shortly after midnight in GRIDAPI_TIMEZONE, it fell
+    # on the day before the worker's roster began, in no grid the chief reads.
+    patrol = start(worker)
+    upload(worker, patrol["id"], walk(datetime.fromisoformat(patrol["started_at"]), n=4))
+    chief = accounts.client("chief1", "grid_chief", grids=[A1, A2])
+    url = f"/api/v1/patrols/{patrol['id']}"
+    for reader in (worker, chief):
+        for query in ("?points=true", "", "?points=false"):
+            r = reader.get(url + query)
+            assert r.status_code == 200, r.get_json()
+            assert r.get_json()["track"]["type"] == "LineString"
+            assert r.headers["Cache-Control"] == "private, no-store", query
+            again = reader.get(url + query, headers={"If-None-Match": r.headers["ETag"]})
+            assert again.status_code == 304 and again.headers["Cache-Control"] == (
+                "private, no-store"
+            )
+    # lists carry no track: as every other GET
+    assert worker.get("/api/v1/patrols").headers["Cache-Control"] == "private, no-cache"
 
 
 @pytest.mark.parametrize("reader", ["worker1", "chief1"])

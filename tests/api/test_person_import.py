@@ -661,6 +661,47 @@ def test_rows_of_residents_outside_scope_count_as_lookups(
     )
 
 
+def test_past_the_allowance_a_file_of_new_numbers_is_refused_as_one_of_registered_ones(
+    app: Any, client: Any, accounts: Any, world: Any, engine: Any
+) -> None:
+    """Only the rows of numbers registered outside the caller's scope counted: once the
+    allowance was spent, a dry run answered 429 for a file naming a registered ID number or
+    户号 and 200 for one naming none, so one file a request still tested thousands of
+    numbers. Past the allowance, a file giving any ID number or 户号 is refused before a
+    number is looked up (a dry run too); one giving none is imported as before."""
+    theirs = make_id(21)
+    assert (
+        upload(
+            client, csv_bytes("姓名,身份证号,户号,网格编码", f"某,{theirs},H-OUT,{B1}")
+        ).status_code
+        == 200
+    )
+    app.extensions["gridapi"].settings.person_lookup_rate = "1 per hour"
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    new = [f"新{n},{make_id(70 + n)},H-NEW-{n},{A1}" for n in range(5)]
+    dry = upload(officer, csv_bytes("姓名,身份证号,户号,网格编码", *new), dry_run=True)
+    assert dry.status_code == 200 and dry.get_json()["valid"] == 5  # new numbers cost nothing
+    assert officer.get(f"/api/v1/persons?id_number={make_id(99)}").status_code == 200  # spent
+    before = counts(engine)
+    probes = (
+        ("姓名,身份证号,网格编码", f"试,{theirs},{A1}"),  # a registered ID number
+        ("姓名,身份证号,网格编码", f"试,{make_id(80)},{A1}"),  # a new one
+        ("姓名,人口类型,户号,网格编码", f"Tom,境外人员,H-OUT,{A1}"),  # a registered 户号
+        ("姓名,人口类型,户号,网格编码", f"Tom,境外人员,H-NEW-X,{A1}"),  # a new one
+    )
+    for lines in probes:
+        for form in ({"dry_run": True}, {"mode": "valid"}):
+            r = upload(officer, csv_bytes(*lines), **form)
+            assert r.status_code == 429, (lines, form, r.get_json())
+            assert r.get_json()["code"] == 429 and int(r.headers["Retry-After"]) > 0
+    assert counts(engine) == before
+    assert len(audit_rows(engine)) == 2  # the county's import and the dry run, no more
+    # A file giving no number looks nothing up (a column left empty gives none).
+    foreign = ("姓名,身份证号,人口类型,网格编码", f"Tom,,境外人员,{A1}", f"Ann,,境外人员,{A1}")
+    r = upload(officer, csv_bytes(*foreign))
+    assert r.status_code == 200 and r.get_json()["imported"] == 2, r.get_json()
+
+
 def test_an_existing_household_outside_scope_is_not_joined(
     client: Any, accounts: Any, world: Any, engine: Any
 ) -> None:

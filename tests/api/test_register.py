@@ -12,7 +12,7 @@ import io
 import json
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -908,6 +908,103 @@ def test_a_household_number_registered_in_the_county_counts_as_a_lookup(
     assert len(audit_rows(engine, "household.create")) == 4  # no row for a refused one
 
 
+def test_past_the_lookup_allowance_a_new_number_is_refused_as_a_registered_one_is(
+    app, client, accounts, world, engine
+):
+    """Only a hit counted (a 409 for a registered ID number or 户号): once the allowance
+    was spent a registered number answered 429 and a new one 201 (200 for a change), so
+    the 429 itself told who is registered, without limit. Past the allowance, every request
+    that would look a number up is refused before it looks, registered or not, and creates
+    or changes nothing; a request that looks nothing up goes on, and before the allowance
+    is spent a new number still costs nothing."""
+    taken, free = make_id(seq="901"), make_id(seq="902")
+    created(client.post("/api/v1/households", json={"number": "H-OUT-9", "grid": B1}))
+    add_person(client, None, grid=B1, id_number=taken)
+    app.extensions["gridapi"].settings.person_lookup_rate = "2 per hour"
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    mine = add_person(officer, None, grid=A1, id_number=make_id(seq="903"))
+    for n in range(3):  # new numbers cost nothing
+        created(officer.post("/api/v1/households", json={"number": f"H-N-{n}", "grid": A1}))
+        add_person(officer, None, grid=A1, name=f"新{n}", id_number=make_id(seq=f"91{n}"))
+    for seq in ("001", "002"):  # the allowance, spent
+        assert officer.get(f"/api/v1/persons?id_number={make_id(seq=seq)}").status_code == 200
+    with engine.connect() as conn:
+        before = conn.execute(
+            text("SELECT (SELECT count(*) FROM persons), (SELECT count(*) FROM households)")
+        ).one()
+
+    def refused(r) -> None:  # type: ignore[no-untyped-def]
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0, r.get_json()
+        assert r.get_json()["code"] == 429
+
+    for number in (taken, free):
+        refused(
+            officer.post("/api/v1/persons", json={"name": "王五", "id_number": number, "grid": A1})
+        )
+        refused(officer.patch(f"/api/v1/persons/{mine['id']}", json={"id_number": number}))
+    for number in ("H-OUT-9", "H-NEW-9"):
+        refused(officer.post("/api/v1/households", json={"number": number, "grid": A1}))
+    with engine.connect() as conn:
+        assert (
+            conn.execute(
+                text("SELECT (SELECT count(*) FROM persons), (SELECT count(*) FROM households)")
+            ).one()
+            == before
+        )
+    assert created(officer.get(f"/api/v1/persons/{mine['id']}"), 200)["version"] == mine["version"]
+    # What looks no number up is not limited: a change of other fields, a move in the county,
+    # a resident without an ID number.
+    r = officer.patch(f"/api/v1/persons/{mine['id']}", json={"current_address": "平江路9号"})
+    assert created(r, 200)["current_address"] == "平江路9号"
+    assert created(officer.patch(f"/api/v1/persons/{mine['id']}", json={"grid": A2}), 200)
+    add_person(officer, None, grid=A1, name="John", id_number=None, population_type="foreign")
+    assert len(audit_rows(engine, "person.update")) == 2
+
+
+def test_past_the_lookup_allowance_a_move_into_another_county_is_refused_before_it_looks(
+    app, client, world, engine
+):
+    """Moved into another county, a resident's ID number is looked up there (a 409 when a
+    resident of that county has it, counted): past the allowance the move answered 429 when
+    the number was registered there and 200 when not. Now 429 either way, before it looks."""
+    r = client.post(
+        "/api/v1/regions/import",
+        json=[
+            {"code": "320509000000", "name": "另一区"},
+            {"code": "320509001000", "name": "街道"},
+            {"code": "320509001001", "name": "社区"},
+        ],
+    )
+    assert r.status_code == 200, r.get_json()
+    there = created(
+        client.post("/api/v1/households", json={"number": "H-C2", "region": "320509001001"})
+    )
+    both = make_id(seq="921")
+    add_person(client, there["id"], id_number=both)
+    movers = [
+        add_person(client, None, grid=A1, name=name, id_number=number)
+        for name, number in (("李四", both), ("王五", make_id(seq="922")))
+    ]
+    r = client.patch(f"/api/v1/persons/{movers[0]['id']}", json={"household_id": there["id"]})
+    assert r.status_code == 409 and r.get_json()["errors"]["json"]["id_number"]
+    app.extensions["gridapi"].settings.person_lookup_rate = "2 per hour"
+    assert client.get(f"/api/v1/persons?id_number={both}").status_code == 200
+    r = client.patch(f"/api/v1/persons/{movers[0]['id']}", json={"household_id": there["id"]})
+    assert r.status_code == 409  # the second lookup: the allowance is spent
+    for mover in movers:
+        r = client.patch(f"/api/v1/persons/{mover['id']}", json={"household_id": there["id"]})
+        assert r.status_code == 429 and r.get_json()["code"] == 429, r.get_json()
+    with engine.connect() as conn:
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM persons WHERE household_id = :h"), {"h": there["id"]}
+            ).scalar_one()
+            == 1
+        )
+    # In its own county a move looks nothing up (the unique index holds the number there).
+    assert created(client.patch(f"/api/v1/persons/{movers[1]['id']}", json={"grid": A2}), 200)
+
+
 def test_the_access_export_counts_as_an_unmasked_read(app, client, world, household):
     """It gave full values without counting: past the allowance, unmasking was 429 and
     the export of the same values 200."""
@@ -1088,7 +1185,72 @@ def test_a_visits_answer_gives_its_time_as_every_read_does(client, world, househ
         assert created(again) == read
 
 
+@pytest.mark.parametrize(
+    ("visited_at", "reason"),
+    [
+        ("2099-01-01T09:00:00+08:00", "lies in the future"),
+        ("1900-01-01T09:00:00+08:00", "lies before the year 2000"),
+        ("1999-12-31T23:59:59+08:00", "lies before the year 2000"),
+    ],
+)
+def test_a_visit_in_the_future_or_before_2000_is_refused(
+    client, world, household, engine, visited_at, reason
+):
+    """Visits were recorded in 2099 and in 1900 (201), where a patrol's start and end and a
+    heartbeat refuse a time in the future: they sorted first (or last) in every list of
+    visits and counted in no month's statistics. A 422 naming the field; nothing recorded."""
+    r = client.post(
+        "/api/v1/visits", json={"household_id": household["id"], "visited_at": visited_at}
+    )
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"] == {"json": {"visited_at": [reason]}}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM visits")).scalar_one() == 0
+
+
+def test_a_visit_a_few_minutes_ahead_is_a_phones_clock_and_taken(client, world, household):
+    """A phone's clock runs ahead by a minute or two: taken, as a patrol's points and a
+    heartbeat are (up to the same few minutes), as is a visit recorded long ago."""
+    from gridapi.services.patrols import TOLERANCE
+
+    now = datetime.now(UTC)
+    for at in (now + TOLERANCE / 2, datetime(2000, 1, 1, tzinfo=UTC)):
+        body = {"household_id": household["id"], "visited_at": at.isoformat()}
+        visit = created(client.post("/api/v1/visits", json=body))
+        assert abs(datetime.fromisoformat(visit["visited_at"]) - at) < timedelta(seconds=1)
+    body = {"household_id": household["id"], "visited_at": (now + 2 * TOLERANCE).isoformat()}
+    r = client.post("/api/v1/visits", json=body)
+    assert r.status_code == 422 and r.get_json()["errors"] == {
+        "json": {"visited_at": ["lies in the future"]}
+    }
+
+
 # --- special groups ---------------------------------------------------------------------------
+
+
+def test_a_special_group_record_cannot_end_before_it_starts(client, world, household, engine):
+    """A record was opened ending before it started (201, "active"); a change to such dates
+    was a 422. Both are a 422 naming ended_on; a change counts the date it does not send as
+    stored."""
+    person = add_person(client, household["id"])
+    body = {"person_id": person["id"], "type": "petitioner"}
+    for dates in (
+        {"started_on": "2026-03-01", "ended_on": "2026-02-28"},
+        {"ended_on": "2001-01-01"},  # started: today, by default
+    ):
+        r = client.post("/api/v1/special-groups", json={**body, **dates})
+        assert r.status_code == 422, r.get_json()
+        assert r.get_json()["errors"] == {"json": {"ended_on": ["must not be before started_on"]}}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM special_group_records")).scalar_one() == 0
+    dates = {"started_on": "2026-03-01", "ended_on": "2026-03-01"}  # a day's record
+    record = created(client.post("/api/v1/special-groups", json={**body, **dates}))
+    for change in ({"ended_on": "2026-02-01"}, {"started_on": "2026-04-01"}):
+        r = client.patch(f"/api/v1/special-groups/{record['id']}", json=change)
+        assert r.status_code == 422, r.get_json()
+        assert r.get_json()["errors"] == {"json": {"ended_on": ["must not be before started_on"]}}
+    got = created(client.get(f"/api/v1/special-groups/{record['id']}"), 200)
+    assert (got["started_on"], got["ended_on"]) == ("2026-03-01", "2026-03-01")
 
 
 def test_special_groups_are_invisible_without_their_permission(
@@ -1944,6 +2106,30 @@ def test_a_household_member_moves_with_the_household_not_alone(client, world, ho
     r = client.patch(f"/api/v1/persons/{person['id']}", json={"household_id": None, "grid": B1})
     moved = created(r, 200)
     assert (moved["grid"], moved["household_id"], moved["house_id"]) == (B1, None, None)
+
+
+def test_a_resident_registered_in_a_household_with_another_grid_is_refused(
+    client, accounts, world, household, engine
+):
+    """A create naming a household and a grid other than the household's was registered in
+    the household's grid, the grid dropped without a word (also one outside the caller's
+    scope), where a change of the grid of a household's member is a 422. Now a 422 naming
+    the grid, as the change is; the household's own grid is no contradiction."""
+    worker = accounts.client("worker", "grid_worker", grids=[A1])
+    in_household = {"name": "李四", "household_id": household["id"]}
+    for n, grid in enumerate((A2, B1)):  # another grid of the scope; one outside it
+        body = {**in_household, "id_number": make_id(seq=f"93{n}"), "grid": grid}
+        r = worker.post("/api/v1/persons", json=body)
+        assert r.status_code == 422, r.get_json()
+        assert r.get_json()["errors"] == {
+            "json": {"grid": ["the resident lives in a household: move the household"]}
+        }
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM persons")).scalar_one() == 0
+    assert audit_rows(engine, "person.create") == []
+    body = {**in_household, "id_number": make_id(seq="939"), "grid": household["grid"]}
+    person = created(worker.post("/api/v1/persons", json=body))
+    assert (person["grid"], person["household_id"]) == (A1, household["id"])
 
 
 def test_houses_do_not_move_to_another_county(client, factory, world, household):

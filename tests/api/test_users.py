@@ -6,7 +6,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from gridapi.models import User
 from gridapi.security.permissions import ROLES
@@ -206,6 +206,44 @@ def test_asking_whether_phone_numbers_have_accounts_is_counted(office: Any, app:
     assert [r.status_code for r in answers] == [409, 409, 429]
     assert "belongs to another account" not in answers[2].get_data(as_text=True)
     assert answers[2].headers["Retry-After"]
+
+
+def test_past_the_allowance_a_free_name_or_number_is_refused_as_a_taken_one_is(
+    office: Any, app: Any, engine: Any
+) -> None:
+    """Only a taken username or phone number counted (its 409): once the allowance was
+    spent, a taken one answered 429 and a free one 201 (200 for a rename), so the 429 itself
+    told whether an account has the name or number, without limit. Past the allowance every
+    create, and every rename, is refused before anything is looked up, taken or not, and
+    makes nothing; other changes go on."""
+    app.extensions["gridapi"].settings.person_lookup_rate = "1 per hour"
+    created(office, "wang", grids=[A1], phone=PHONE)
+    user = created(office, "liu", grids=[A2])
+    assert new_user(office, "zhao", grids=[A2], phone=PHONE).status_code == 409  # spent
+    with engine.connect() as conn:
+        before = conn.execute(select(func.count()).select_from(User)).scalar_one()
+    for username, phone in (
+        ("wang", None),
+        ("zhou", PHONE),
+        ("zhou", "13900000009"),
+        ("zhou", None),
+    ):
+        extra = {"phone": phone} if phone else {}
+        r = new_user(office, username, grids=[A2], **extra)
+        assert r.status_code == 429 and r.get_json()["code"] == 429, (username, phone)
+        assert int(r.headers["Retry-After"]) > 0
+    for username in ("wang", "zhou"):
+        r = office.patch(f"/api/v1/users/{user['id']}", json={"username": username})
+        assert r.status_code == 429 and r.get_json()["code"] == 429, username
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(User)).scalar_one() == before
+        assert (
+            conn.execute(select(User.username).where(User.id == user["id"])).scalar_one() == "liu"
+        )
+    # Nothing looked up: an edit form sending the name unchanged, another field.
+    body = {"username": "liu", "display_name": "李工"}
+    r = office.patch(f"/api/v1/users/{user['id']}", json=body)
+    assert r.status_code == 200 and r.get_json()["display_name"] == "李工", r.get_json()
 
 
 def test_asking_whether_a_username_has_an_account_elsewhere_is_counted_and_audited(
