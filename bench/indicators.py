@@ -289,9 +289,13 @@ def bench_http(
 
 def explain(url: str, county12: str, city12: str, month: date) -> str:
     """EXPLAIN (ANALYZE, BUFFERS) of every cases query gridapi.services.indicators sends for
-    the county's month (plain and by category) and the city's bulletin."""
+    the county's month (plain and by category) and the city's bulletin, asked as the
+    city-centre user of the HTTP requests (its scope, and the sensitive cases' condition)."""
+    from gridapi.auth import Principal
     from gridapi.scope import Scope
+    from gridapi.security.permissions import ROLES
     from gridapi.services import indicators as svc
+    from gridapi.services.cases import Caller
 
     engine = make_engine(url)
     captured: list[tuple[str, Any]] = []
@@ -303,26 +307,40 @@ def explain(url: str, county12: str, city12: str, month: date) -> str:
     tz = ZoneInfo(cases.TZ)
     weights = svc.parse_weights(svc.DEFAULT_WEIGHTS)
     now = datetime.now(UTC)
-    scope = Scope.everything()
+    role, _, rank, permissions = next(r for r in ROLES if r[0] == "city_centre")
+    caller = Caller(
+        Principal(
+            kind="user",
+            id=0,
+            name="bench",
+            role=role,
+            rank=rank,
+            permissions=frozenset(permissions),
+            scope=Scope.of_region(city12),
+        )
+    )
     base = {"region": county12, "from": month, "to": next_month(month)}
     calls = [
-        ("county month", lambda s: svc.indicators(s, scope, base, weights=weights, tz=tz, now=now)),
+        (
+            "county month",
+            lambda s: svc.indicators(s, caller, base, weights=weights, tz=tz, now=now),
+        ),
         (
             "county month by category",
             lambda s: svc.indicators(
-                s, scope, dict(base, by="category"), weights=weights, tz=tz, now=now
+                s, caller, dict(base, by="category"), weights=weights, tz=tz, now=now
             ),
         ),
         (
             "county month by day",
             lambda s: svc.indicators(
-                s, scope, dict(base, by="day"), weights=weights, tz=tz, now=now
+                s, caller, dict(base, by="day"), weights=weights, tz=tz, now=now
             ),
         ),
         (
             "city bulletin",
             lambda s: svc.bulletin(
-                s, scope, city12, f"{month:%Y-%m}", weights=weights, tz=tz, now=now
+                s, caller, city12, f"{month:%Y-%m}", weights=weights, tz=tz, now=now
             ),
         ),
     ]

@@ -54,7 +54,7 @@ _DEADLINE_STATUSES = (
 )
 _SUPERVISED_STATUSES = "'accepted', 'filed', 'dispatched', 'handling', 'feedback', 'verified'"
 # Every column the indicator queries read (gridapi.services.indicators), carried by
-# ix_cases_indicators so that they are index-only scans (migration 0013).
+# ix_cases_indicators so that they are index-only scans (migrations 0013, 0058).
 INDICATOR_COLUMNS = (
     "closed_at",
     "handle_due_at",
@@ -72,6 +72,8 @@ INDICATOR_COLUMNS = (
     "responsible_region_code",
     "department_id",
     "id",
+    # Who may count a case (migration 0058): a sensitive one only for its offices.
+    "sensitive",
 )
 
 

@@ -14,6 +14,7 @@ from ..auth import current_principal
 from ..extensions import db_session
 from ..schemas.indicators import BulletinArgsSchema, BulletinSchema
 from ..services import indicators as svc
+from ..services.cases import caller_of
 from .blueprint import Blueprint
 from .indicators import timezone, weights
 
@@ -100,9 +101,10 @@ class BulletinByRegionMonth(MethodView):
         """
         principal = current_principal()
         assert principal is not None
+        session = db_session()
         body = svc.bulletin(
-            db_session(),
-            principal.scope,
+            session,
+            caller_of(session, principal),
             region,
             month,
             weights=weights(),

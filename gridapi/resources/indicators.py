@@ -11,6 +11,7 @@ from ..auth import current_principal
 from ..extensions import db_session, state
 from ..schemas.indicators import IndicatorArgsSchema, IndicatorsSchema
 from ..services import indicators as svc
+from ..services.cases import caller_of
 from .blueprint import Blueprint
 
 blp = Blueprint(
@@ -85,15 +86,18 @@ class Indicators(MethodView):
         dispatched to a department; they combine. `by=category|source|unit` adds a breakdown,
         `by=day|week|month` a trend (at most 366 parts). Rates are fractions with their
         numerators and denominators alongside; a rate without a denominator is null. Every
-        definition is in docs/indicators.md. A region or unit outside your scope → 404.
+        definition is in docs/indicators.md. A region or unit outside your scope → 404
+        naming it; a period that begins after today → 422 naming `from`. A sensitive case
+        counts only for the offices over the unit holding it.
         """
         principal = current_principal()
         assert principal is not None
         query = dict(args)
         query["from"] = query.pop("from_")
+        session = db_session()
         return svc.indicators(
-            db_session(),
-            principal.scope,
+            session,
+            caller_of(session, principal),
             query,
             weights=weights(),
             tz=timezone(),

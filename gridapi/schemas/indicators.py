@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -11,6 +12,19 @@ from .common import StrictSchema
 
 REGION = validate.Regexp(r"^[0-9]{12}\Z", error="a 12-digit region code")
 RATE = "A fraction from 0 to 1 (4 decimals); null when its denominator is 0."
+# ASCII: \d alone matches any Unicode digit (full-width ２０２６), which date() reads.
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+class Day(fields.Date):
+    """A local date written YYYY-MM-DD, as every date of the API (the ``<date:day>`` path
+    converter, a category's date attribute) and nothing else: ``date.fromisoformat`` also
+    reads the basic form and ISO weeks ("20261101", "2026W45"), which were taken as dates."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, str) or not _DAY.fullmatch(value):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class IndicatorArgsSchema(StrictSchema):
@@ -29,12 +43,12 @@ class IndicatorArgsSchema(StrictSchema):
         validate=validate.Range(min=1, max=2**31 - 1),
         metadata={"description": "Cases dispatched to this functional department."},
     )
-    from_ = fields.Date(
+    from_ = Day(
         data_key="from",
         required=True,
         metadata={"description": "First day of the period (local date).", "example": "2026-03-01"},
     )
-    to = fields.Date(
+    to = Day(
         required=True,
         metadata={
             "description": "Day after the period's last day: the period is [from, to).",

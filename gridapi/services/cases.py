@@ -909,6 +909,13 @@ def state_actions(status: str) -> list[str]:
     return [name for name, (states, _, _) in ACTIONS.items() if status in states]
 
 
+def with_departments(units: Iterable[str]) -> list[str]:
+    """Return those of ``units`` whose departments the units below them dispatch to: up to
+    a county (its fire brigade serves every township), not a city or province, whose
+    departments a case reaches by escalating."""
+    return sorted(u for u in set(units) if region_level(u) not in ("city", "province"))
+
+
 class Notice(NamedTuple):
     """A notification a step queues: to an account, a unit (the office of exactly that
     region) and/or a department."""
@@ -1320,9 +1327,7 @@ def _dispatch(ctx: TransitionContext, c: Case) -> str:
         # fire brigade serves every township, whose office dispatches to it (a category's
         # handler department:<code>). A city's department is reached by escalating.
         unit = c.responsible_region_code
-        serving = [unit] + [
-            a for a in ancestor_prefix_codes(unit) if region_level(a) not in ("city", "province")
-        ]
+        serving = with_departments([unit, *ancestor_prefix_codes(unit)])
         dept = ctx.session.scalar(
             select(Department).where(
                 Department.id == d["department_id"],

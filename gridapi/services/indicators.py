@@ -9,7 +9,8 @@ hours from filing to closing, stored at closing). On PostgreSQL that is one grou
 (the median and, for a breakdown, the totals included) fed by an index-only scan of
 ``ix_cases_indicators``; on SQLite one grouped query plus one for the median.
 ``tests/api/test_indicators.py`` proves the result equal to a direct replay of the
-timelines.
+timelines. A sensitive case counts only for the offices over the unit holding it
+(``counted``), as only they read it.
 
 Services take a Session and never commit.
 """
@@ -17,6 +18,7 @@ Services take a Session and never commit.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -44,7 +46,9 @@ from ..codes import InvalidCode, region_level, subtree_prefix
 from ..errors import NotFound, Unprocessable
 from ..models import Case, Category, Department, Region
 from ..models.base import UTCDateTime
+from ..schemas.common import FIRST_YEAR, LAST_YEAR
 from ..scope import Scope, starts_with
+from .cases import Caller, reads_every_case, reads_sensitive_by_unit, with_departments
 from .regions import valid_on
 
 # The rates a composite score may weigh; the "lower is better" ones count as (1 - rate).
@@ -108,6 +112,11 @@ COUNTS = (
 )
 BREAKDOWNS = ("category", "source", "unit", "day", "week", "month")
 MAX_BUCKETS = 366
+#: Why a region, unit or department is a 404: the same words, naming nothing but the
+#: parameter, whether it does not exist or lies outside the caller's scope (the two must
+#: answer alike, to the byte).
+NO_REGION = "no region of this code in your scope"
+NO_DEPARTMENT = "no department you dispatch cases to has this id"
 _CHILD_PREFIX = {"province": 4, "city": 6, "county": 9, "township": 12}
 
 
@@ -234,21 +243,20 @@ def periods_between(
     return result
 
 
+_MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+
+
 def month_period(month: str) -> tuple[date, date]:
     """Return the first day of ``month`` ("YYYY-MM") and of the month after it.
 
-    Raises Unprocessable for anything else than a month from 2000-01 to 2999-12.
+    Raises Unprocessable naming the path's ``month`` for anything else than a month of the
+    years every date of the API lies in (``schemas.common``: 1900-2100; 9999-12 was a 422
+    "A number is too large." naming nothing, its next month beyond what Python holds).
     """
-    try:
-        if len(month) != 7:
-            raise ValueError(month)
-        first = datetime.strptime(month, "%Y-%m").date()
-        if first.year < 2000:
-            raise ValueError(month)
-    except ValueError:
-        raise Unprocessable(
-            "Invalid month.", errors={"path": {"month": ["a month as YYYY-MM, e.g. 2026-03"]}}
-        ) from None
+    if not _MONTH.fullmatch(month) or not FIRST_YEAR <= int(month[:4]) <= LAST_YEAR:
+        reason = f"a month as YYYY-MM of the years {FIRST_YEAR}-{LAST_YEAR}, e.g. 2026-03"
+        raise Unprocessable("Invalid month.", errors={"path": {"month": [reason]}})
+    first = date(int(month[:4]), int(month[5:]), 1)
     return first, _next_month(first)
 
 
@@ -297,6 +305,7 @@ def check_region(
     *,
     start: date | None = None,
     end: date | None = None,
+    location: str = "query",
 ) -> Region:
     """Return the region ``code`` as it was in the period [``start``, ``end``) if the scope
     covers it; NotFound otherwise.
@@ -304,14 +313,17 @@ def check_region(
     The period of the region is the latest one valid on some day of the asked period up to
     today: a township merged away since still answers for the months it existed, and a
     rename planned for later is not its name yet. Without a period, the one valid today.
-    Out of scope answers as a region that does not exist.
+    Out of scope answers as a region that does not exist. Either error names the parameter
+    ``name`` in its ``location`` (``query``, or ``path`` for a bulletin's region).
     """
     try:
         region_level(code)
     except InvalidCode as exc:
-        raise Unprocessable("Invalid region.", errors={"query": {name: [str(exc)]}}) from None
+        raise Unprocessable("Invalid region.", errors={location: {name: [str(exc)]}}) from None
+    # The same answer for a region outside the scope and one that does not exist.
+    missing = NotFound("No such region.", errors={location: {name: [NO_REGION]}})
     if not scope.covers_region(code):
-        raise NotFound("No such region.")
+        raise missing
     today = clock.today()
     last = today if end is None else min(end - timedelta(days=1), today)
     first = last if start is None else min(start, last)
@@ -326,8 +338,36 @@ def check_region(
         .limit(1)
     )
     if region is None:
-        raise NotFound("No such region.")
+        raise missing
     return region
+
+
+def counted(caller: Caller) -> ColumnElement[bool] | None:
+    """Return the condition 'the case counts in the caller's indicators', or None for all.
+
+    A sensitive case (special groups, petitions, family disputes) counts only for an office
+    over the unit holding it (``services.cases.visible_condition``: such a case is not seen
+    by where it is): a community officer's figures counted the special-group case the
+    township holds in its community, which answered the officer 404. A caller that reads
+    every case counts every case; one that is no office (no ``cases:dispatch``) counts no
+    sensitive case, not even one it reported or handles: those are no unit's figures.
+    """
+    if reads_every_case(caller):
+        return None
+    plain = Case.sensitive.is_(False)
+    if not reads_sensitive_by_unit(caller):
+        return plain
+    return or_(plain, caller.scope.region_condition(Case.responsible_region_code))
+
+
+def dispatched_to(scope: Scope) -> ColumnElement[bool]:
+    """Return 'a department the caller dispatches cases to': one of its area, or one of a
+    unit above it up to its county, as the workflow decides (``services.cases``, the
+    ``dispatch`` step: a township dispatches to the county's fire brigade; a city's or a
+    province's department is reached by escalating). Deactivated ones too: they had cases.
+    """
+    above = with_departments(scope.ancestors)
+    return or_(scope.region_condition(Department.region_code), Department.region_code.in_(above))
 
 
 # --- the computation --------------------------------------------------------------------------
@@ -339,7 +379,14 @@ def _conditions(p: Any) -> dict[str, ColumnElement[bool]]:
     due = and_(
         live,
         or_(
-            and_(Case.handle_due_at >= p.c.p_from, Case.handle_due_at < p.c.p_to),
+            # A deadline still ahead of the cut-off (a period not yet over) is not due yet,
+            # unless the case is already closed: the month so far held against a unit a
+            # case due next week, and closed early counts as closed on time.
+            and_(
+                Case.handle_due_at >= p.c.p_from,
+                Case.handle_due_at < p.c.p_to,
+                or_(Case.handle_due_at < p.c.p_cut, Case.closed_at < p.c.p_cut),
+            ),
             and_(
                 Case.handle_due_at < p.c.p_from,
                 or_(Case.closed_at.is_(None), Case.closed_at >= p.c.p_from),
@@ -675,7 +722,7 @@ def _labels(
 
 def indicators(
     session: Session,
-    scope: Scope,
+    caller: Caller,
     args: Mapping[str, Any],
     *,
     weights: Mapping[str, float],
@@ -685,9 +732,12 @@ def indicators(
     """Answer GET /indicators: the totals of the period and, with ``by``, the breakdown.
 
     ``region`` selects cases by where they are (its subtree); ``unit`` by the unit holding
-    them (exactly that unit); ``department`` by the department they were dispatched to.
-    Raises NotFound for a region or unit outside the scope, Unprocessable for bad input.
+    them (exactly that unit); ``department`` by the department they were dispatched to (one
+    the caller dispatches to). Only the cases that count for the caller (``counted``).
+    Raises NotFound naming the parameter for a region, unit or department outside the scope,
+    Unprocessable for bad input or a period that has not begun.
     """
+    scope = caller.scope
     region_code, unit = args.get("region"), args.get("unit")
     if not region_code and not unit:
         raise Unprocessable(
@@ -706,17 +756,21 @@ def indicators(
         subject["unit"] = {"code": held.code, "name": held.name, "level": held.level}
     if args.get("department") is not None:
         dept = session.scalar(
-            select(Department).where(
-                Department.id == args["department"],
-                scope.region_condition(Department.region_code),
-            )
+            select(Department).where(Department.id == args["department"], dispatched_to(scope))
         )
         if dept is None:
-            raise NotFound("No such department.")
+            raise NotFound("No such department.", errors={"query": {"department": [NO_DEPARTMENT]}})
         where.append(Case.department_id == dept.id)
         subject["department"] = {"id": dept.id, "name": dept.name}
     by = args.get("by")
     start, end = args["from"], args["to"]
+    if local_midnight(start, tz) > now:  # every open case counted overdue, the score 0
+        raise Unprocessable(
+            "The period has not begun.",
+            errors={"query": {"from": ["a day that has begun (today or earlier)"]}},
+        )
+    if (sensitive := counted(caller)) is not None:
+        where.append(sensitive)
     total_period = periods_between(start, end, tz, now)
     group = _group_for(by)
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -838,7 +892,7 @@ def _child_key(prefixes: Sequence[str]) -> ColumnElement[Any]:
 
 def bulletin(
     session: Session,
-    scope: Scope,
+    caller: Caller,
     region_code: str,
     month: str,
     *,
@@ -847,14 +901,18 @@ def bulletin(
     now: datetime,
 ) -> dict[str, Any]:
     """Return the monthly bulletin (月度通报) of a region: its child regions ranked by the
-    composite score, with every indicator, last month's and the change.
+    composite score, with every indicator, last month's and the change, counting only the
+    cases that count for the caller (``counted``).
 
     A community has no child regions: its bulletin has the total and no rows. Raises
     NotFound for an unknown or out-of-scope region, Unprocessable for a malformed month or
-    one that has not begun (this month's is the month so far).
+    one that has not begun (this month's is the month so far); both name the path's
+    parameter.
     """
     first, after = month_period(month)
-    region = check_region(session, scope, region_code, "region", start=first, end=after)
+    region = check_region(
+        session, caller.scope, region_code, "region", start=first, end=after, location="path"
+    )
     if first > now.astimezone(tz).date():  # it ranked every child region 0 of 0
         raise Unprocessable(
             "The month has not begun.",
@@ -892,14 +950,15 @@ def bulletin(
     for key, a, b in bounds:
         start, end = local_midnight(a, tz), local_midnight(b, tz)
         periods.append(Period(key, start, end, min(end, now)))
+    where = [located_in(region_code)]
+    if (sensitive := counted(caller)) is not None:
+        where.append(sensitive)
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     if children:
         child_key = _child_key([subtree_prefix(code) for code, _ in children])
-        found, whole = aggregate_with_total(
-            session, [located_in(region_code)], periods, [child_key]
-        )
+        found, whole = aggregate_with_total(session, where, periods, [child_key])
     else:
-        whole = aggregate(session, [located_in(region_code)], periods)
+        whole = aggregate(session, where, periods)
     items = []
     for code, name in children:
         prefix = subtree_prefix(code)
@@ -950,6 +1009,7 @@ def bulletin_rows(body: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
         rows.append(row)
     total: list[Any] = [None, body["region"]["code"], _text_cell(f"{body['region']['name']}(合计)")]
     total += [body["total"][key] for key, _ in INDICATORS]
-    total += [None for _ in INDICATORS]
+    change = _change(body["total"], body["previous_total"])
+    total += [change[key] for key, _ in INDICATORS]
     rows.append(total)
     return headers, rows

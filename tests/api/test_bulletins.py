@@ -252,3 +252,44 @@ def test_a_township_ended_mid_month_is_ranked_in_that_months_bulletin(client, ca
     assert TOWNSHIP_2 in {row[1] for row in csv.reader(io.StringIO(raw))}
     april = get(client, f"{COUNTY}/2026-04").get_json()
     assert [i["code"] for i in april["items"]] == [TOWNSHIP]
+
+
+def test_the_total_row_carries_the_change_from_last_month(client, cases):  # noqa: F811
+    """The CSV's and the XLSX's "(合计)" row had every "…较上月" blank, though the JSON
+    carries ``previous_total``: it is this month's total minus last month's, as in every
+    other row."""
+    body = get(client, f"{COUNTY}/2026-03").get_json()
+    total, before = body["total"], body["previous_total"]
+    assert (total["filed"], before["filed"]) == (5, 1)  # B, C, D, F, G; A in February
+    raw = get(client, f"{COUNTY}/2026-03?format=csv").get_data().decode("utf-8-sig")
+    header, *rows = list(csv.reader(io.StringIO(raw)))
+    last = rows[-1]
+    assert last[2] == "姑苏区(合计)"
+    assert last[header.index("立案数较上月")] == "4"
+    assert last[header.index("结案数较上月")] == str(total["closed"] - before["closed"])
+    assert last[header.index("结案率较上月")] == ""  # no rate last month: no change
+    book = load_workbook(io.BytesIO(get(client, f"{COUNTY}/2026-03?format=xlsx").get_data()))
+    values = [list(row) for row in book.active.iter_rows(values_only=True)]
+    assert values[-1][header.index("立案数较上月")] == 4
+    assert (
+        values[-1][header.index("超期在办数较上月")]
+        == total["overdue_open"] - before["overdue_open"]
+    )
+
+
+def test_errors_name_the_path_parameter(client, accounts, world):  # noqa: F811
+    """A malformed region was filed under ``errors.query.region`` though the region is in
+    the path, and a month past the years Python holds was "A number is too large." naming
+    nothing. Both name the path's parameter; so does the 404, alike for a region that does
+    not exist and one outside the scope."""
+    body = get(client, "999999999999/2026-11", 422).get_json()
+    assert list(body["errors"]) == ["path"] and list(body["errors"]["path"]) == ["region"]
+    body = get(client, f"{COUNTY}/9999-12", 422).get_json()
+    assert list(body["errors"]) == ["path"] and list(body["errors"]["path"]) == ["month"]
+    body = get(client, "320508009000/2026-03", 404).get_json()
+    assert list(body["errors"]) == ["path"] and list(body["errors"]["path"]) == ["region"]
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    assert (
+        get(office, f"{TOWNSHIP_2}/2026-03", 404).get_json()
+        == get(office, "320508009000/2026-03", 404).get_json()
+    )

@@ -19,7 +19,7 @@ from gridapi.security.permissions import PERMISSIONS
 from gridapi.services import cases as case_svc
 from gridapi.services import indicators as svc
 
-from ..factories import COUNTY, LAT0, LON0, STEP, TOWNSHIP, rectangle
+from ..factories import COMMUNITY_A, COUNTY, LAT0, LON0, STEP, TOWNSHIP, rectangle
 
 SH = ZoneInfo("Asia/Shanghai")
 TOWNSHIP_2 = "320508002000"
@@ -554,3 +554,275 @@ def test_a_merged_townships_past_months_still_answer(app, client, cases):
     assert r.get_json()["total"] == MARCH_TOWNSHIP
     r = client.get(f"/api/v1/bulletins/{TOWNSHIP}/{clock.today().isoformat()[:7]}")
     assert r.status_code == 404, r.get_json()
+
+
+# --- who counts which case, the period, the parameters ----------------------------------------
+
+MAY_11 = "from=2026-05-11&to=2026-05-12"
+
+
+def _filed_by_category(who: Any, region: str) -> tuple[int, dict[str, int]]:
+    body = get(who, f"region={region}&{MAY_11}&by=category")
+    items = {i["key"]: i["indicators"]["filed"] for i in body["items"]}
+    assert sum(items.values()) == body["indicators"]["filed"]  # the parts sum to the total
+    return body["indicators"]["filed"], items
+
+
+def test_a_sensitive_case_counts_only_for_the_offices_over_its_holder(app, accounts, world):
+    """A special-group case (5401, sensitive) the township files in community A answered
+    the community officer 404, yet the officer's indicators showed its 5401 row with filed 1
+    (DOMAIN §7: special-group matters are left out of the counts of all who may not read
+    them). It counts for the offices over the unit holding it: the township's and the
+    county's; the community's once handed down to it, when the officer reads it too."""
+    t = Timeline(app, accounts.create("admin", "admin"))
+    special = t.filed(at(5, 11, 9), category="5401")
+    t.filed(at(5, 11, 10), category="0202")
+    officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    county = accounts.client("county", "county_centre", scope_region=COUNTY)
+    assert officer.get(f"/api/v1/cases/{special}").status_code == 404
+    assert _filed_by_category(officer, COMMUNITY_A) == (1, {"0202": 1})
+    for who in (office, county):
+        assert _filed_by_category(who, COMMUNITY_A) == (2, {"0202": 1, "5401": 1})
+    by_unit = get(office, f"region={COMMUNITY_A}&{MAY_11}&by=unit")
+    assert [(i["key"], i["indicators"]["filed"]) for i in by_unit["items"]] == [(TOWNSHIP, 2)]
+    # The bulletins agree: the officer's community total, the township's row for it.
+    r = officer.get(f"/api/v1/bulletins/{COMMUNITY_A}/2026-05")
+    assert r.status_code == 200 and r.get_json()["total"]["filed"] == 1, r.get_json()
+    rows = office.get(f"/api/v1/bulletins/{TOWNSHIP}/2026-05").get_json()["items"]
+    assert {i["code"]: i["indicators"]["filed"] for i in rows}[COMMUNITY_A] == 2
+    # Handed down to the community: its officer is now an office over the unit holding it.
+    t.act(special, "dispatch", at(5, 11, 11), unit=COMMUNITY_A)
+    assert officer.get(f"/api/v1/cases/{special}").status_code == 200
+    assert _filed_by_category(officer, COMMUNITY_A) == (2, {"0202": 1, "5401": 1})
+    # A role that reads indicators but dispatches nothing is nobody's office: no sensitive
+    # case counts for it, whatever its area.
+    reader = case_svc.Caller(
+        Principal(
+            kind="user",
+            id=0,
+            name="analyst",
+            role="analyst",
+            rank=30,
+            permissions=frozenset({"indicators:read", "cases:read"}),
+            scope=Scope.of_region(COUNTY),
+        )
+    )
+    st = app.extensions["gridapi"]
+    args = {"region": COMMUNITY_A, "from": at(5, 11, 0).date(), "to": at(5, 12, 0).date()}
+    with st.sessions() as session:
+        body = svc.indicators(
+            session, reader, args, weights={"closure_rate": 1.0}, tz=SH, now=datetime.now(UTC)
+        )
+    assert body["indicators"]["filed"] == 1
+
+
+def test_a_period_that_has_not_begun_is_422_naming_from(client, world):
+    """A period wholly in the future answered 200 with every open case overdue and a score
+    of 0, while the bulletin of a month that has not begun was a 422."""
+    from datetime import timedelta
+
+    from gridapi import clock
+
+    r = client.get(f"/api/v1/indicators?region={TOWNSHIP}&from=2030-01-01&to=2030-02-01")
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["message"] == "The period has not begun."
+    assert list(r.get_json()["errors"]) == ["query"]
+    assert "begun" in r.get_json()["errors"]["query"]["from"][0]
+    today = clock.today()
+    tomorrow, after = today + timedelta(days=1), today + timedelta(days=2)
+    get(client, f"region={TOWNSHIP}&from={tomorrow}&to={after}", 422)
+    get(client, f"region={TOWNSHIP}&from={today}&to={tomorrow}")  # today so far
+    get(client, f"region={TOWNSHIP}&from={today}&to={after}&by=day")  # reaching ahead
+
+
+def test_an_unknown_region_unit_or_department_is_a_404_naming_it(client, accounts, world):
+    """The 404s named nothing ({}): which of region, unit and department was it? Out of
+    scope and unknown still look the same."""
+    query = "from=2026-03-01&to=2026-04-01"
+    for params, name in (
+        (f"region=320508009000&{query}", "region"),
+        (f"unit=320508009000&{query}", "unit"),
+        (f"region={TOWNSHIP}&unit=320508009000&{query}", "unit"),
+        (f"region={TOWNSHIP}&department=999999&{query}", "department"),
+    ):
+        body = get(client, params, 404)
+        assert list(body["errors"]) == ["query"] and list(body["errors"]["query"]) == [name], (
+            params,
+            body,
+        )
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    assert get(office, f"region={TOWNSHIP_2}&{query}", 404) == get(
+        office, f"region=320508009000&{query}", 404
+    )
+    assert get(office, f"region={TOWNSHIP}&unit={TOWNSHIP_2}&{query}", 404) == get(
+        office, f"region={TOWNSHIP}&unit=320508009000&{query}", 404
+    )
+
+
+def test_dates_are_yyyy_mm_dd_of_the_apis_years(client, world):
+    """``from=20261101`` (the ISO basic form) and ``2026W45`` (an ISO week) were read as
+    dates; every date of the API is YYYY-MM-DD, of the years 1900-2100 (as a month of the
+    bulletin now: 9999-12 was "A number is too large." naming nothing)."""
+    for day in ("20260301", "2026W10", "2026-3-1", "２０２６-03-01"):
+        body = get(client, f"region={TOWNSHIP}&from={day}&to=2026-04-01", 422)
+        assert list(body["errors"]["query"]) == ["from"], (day, body)
+    body = get(client, f"region={TOWNSHIP}&from=2026-03-01&to=20260401", 422)
+    assert list(body["errors"]["query"]) == ["to"]
+    get(client, f"region={TOWNSHIP}&from=1900-01-01&to=1900-02-01")
+    body = get(client, f"region={TOWNSHIP}&from=1899-12-01&to=1900-01-01", 422)
+    assert "1900" in body["errors"]["query"]["from"][0]
+    r = client.get(f"/api/v1/bulletins/{TOWNSHIP}/1900-01")
+    assert r.status_code == 200, r.get_json()
+    for month in ("1899-12", "9999-12"):
+        r = client.get(f"/api/v1/bulletins/{TOWNSHIP}/{month}")
+        assert r.status_code == 422, r.get_json()
+        reason = "a month as YYYY-MM of the years 1900-2100, e.g. 2026-03"
+        assert r.get_json()["errors"] == {"path": {"month": [reason]}}, month
+
+
+def test_a_township_filters_by_a_county_department_it_dispatches_to(app, client, accounts, world):
+    """A township office dispatches to the county's fire brigade (docs/cases.md), and its
+    breakdown by unit showed the row '<township>/department:<id>', yet department=<id>
+    answered 404 "No such department.". Any department it dispatches to is a filter (the
+    counts still only of its region); another township's, or the city's, is a 404."""
+
+    def department(code: str, region: str) -> int:
+        body = {"code": code, "name": code, "region_code": region}
+        r = client.post("/api/v1/departments", json=body)
+        assert r.status_code == 201, r.get_json()
+        return r.get_json()["id"]
+
+    brigade = department("fire", COUNTY)
+    other = department("other", TOWNSHIP_2)
+    city = department("city", "320500000000")
+    t = Timeline(app, accounts.create("admin", "admin"))
+    dispatched = t.filed(at(5, 11, 9))
+    t.act(dispatched, "dispatch", at(5, 11, 10), department_id=brigade)
+    t.filed(at(5, 11, 11))
+    t.act(t.filed(at(5, 11, 12), col=4.5), "dispatch", at(5, 11, 13), department_id=brigade)
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    by_unit = get(office, f"region={TOWNSHIP}&{MAY_11}&by=unit")
+    rows = {i["key"]: i["indicators"]["filed"] for i in by_unit["items"]}
+    assert rows == {TOWNSHIP: 1, f"{TOWNSHIP}/department:{brigade}": 1}
+    body = get(office, f"region={TOWNSHIP}&department={brigade}&{MAY_11}")
+    assert body["department"] == {"id": brigade, "name": "fire"}
+    assert body["indicators"]["filed"] == 1  # not the other township's case it also has
+    for dept in (other, city):
+        body = get(office, f"region={TOWNSHIP}&department={dept}&{MAY_11}", 404)
+        assert list(body["errors"]["query"]) == ["department"]
+    assert get(office, f"region={TOWNSHIP}&department={other}&{MAY_11}", 404) == get(
+        office, f"region={TOWNSHIP}&department=999999&{MAY_11}", 404
+    )
+
+
+def test_the_month_so_far_holds_no_deadline_still_ahead_against_a_unit(app, accounts, world):
+    """This month's bulletin counted as due a case whose deadline is next week: a township
+    whose only case was due later scored 0 on closure and ranked last. A deadline after the
+    cut-off (now) is not due yet, unless the case is closed already; once the month is over
+    every deadline of it is."""
+    t = Timeline(app, accounts.create("admin", "admin"))
+    waiting = t.filed(at(5, 11, 9), col=4.5)  # township 2: due Thu 14 May 17:30
+    early = t.filed(at(5, 11, 9))  # township 1: due 14 May too, closed on 12 May
+    t.dispatch(early, at(5, 11, 10))
+    t.finish(early, at(5, 12, 9), at(5, 12, 10))
+    st = app.extensions["gridapi"]
+    weights = svc.parse_weights(svc.DEFAULT_WEIGHTS)
+
+    def bulletin(now: datetime) -> dict[str, Any]:
+        with st.sessions() as session:
+            body = svc.bulletin(
+                session,
+                case_svc.Caller(t.principal),
+                COUNTY,
+                "2026-05",
+                weights=weights,
+                tz=SH,
+                now=now.astimezone(UTC),
+            )
+        return {i["code"]: i for i in body["items"]}
+
+    so_far = bulletin(at(5, 12, 12))
+    second, first = so_far[TOWNSHIP_2], so_far[TOWNSHIP]
+    assert (second["indicators"]["due"], second["indicators"]["closure_rate"]) == (0, None)
+    assert second["indicators"]["overdue_open"] == 0
+    assert (first["indicators"]["due"], first["indicators"]["due_closed"]) == (1, 1)
+    assert first["indicators"]["on_time_closure_rate"] == 1.0
+    assert first["rank"] == 1
+    over = bulletin(at(6, 1, 9))
+    assert (
+        over[TOWNSHIP_2]["indicators"]["due"],
+        over[TOWNSHIP_2]["indicators"]["closure_rate"],
+    ) == (1, 0.0)
+    assert over[TOWNSHIP_2]["indicators"]["overdue_open"] == 1
+    assert over[TOWNSHIP]["indicators"]["due"] == 1
+    with st.sessions() as session:
+        assert session.get(Case, waiting).closed_at is None
+
+
+def test_the_counts_read_the_covering_index_only(app, client, accounts, world, engine):
+    """The sensitive cases' condition reads ``cases.sensitive``, which 0013's covering index
+    did not hold: each case counted was fetched from the table again. Migration 0058 builds
+    the index again with it, so the indicators of an office (the condition included) are an
+    index-only scan on PostgreSQL; down, it is 0013's index again; SQLite's plain
+    (county_code, filed_at) index stays as it is."""
+    import json
+
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import text
+
+    from gridapi import migrations
+
+    from ..statements import statements_sent
+
+    def definition() -> str:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                query = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_cases_indicators'"
+            else:
+                query = "SELECT sql FROM sqlite_master WHERE name = 'ix_cases_indicators'"
+            return conn.execute(text(query)).scalar_one()
+
+    t = Timeline(app, accounts.create("admin", "admin"))
+    for hour in (9, 10, 11):
+        t.filed(at(5, 11, hour), category="5401" if hour == 9 else "0202")
+    office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
+    with statements_sent(
+        engine, lambda s: "sum(CASE" in s and "cases.sensitive" in s, parameters=True
+    ) as sent:
+        get(office, f"region={TOWNSHIP}&{MAY_11}")
+        get(office, f"region={TOWNSHIP}&{MAY_11}&by=category")
+        assert office.get(f"/api/v1/bulletins/{TOWNSHIP}/2026-05").status_code == 200
+    assert len(sent) >= 3
+    now = definition()
+    if engine.dialect.name == "postgresql":
+        assert "sensitive" in now.split("INCLUDE", 1)[1]
+        with engine.connect() as conn:
+            # The planner's choice on a table of three rows is no measure: with the table
+            # scans priced out, it reads the index alone only if the index holds every
+            # column the query reads.
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            conn.exec_driver_sql("SET enable_bitmapscan = off")
+            for statement, parameters in sent:
+                plan = json.dumps(
+                    conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters).scalar()
+                )
+                assert '"Index Only Scan"' in plan and "ix_cases_indicators" in plan, plan
+                assert '"Index Scan"' not in plan, plan
+    previous = ScriptDirectory.from_config(migrations.alembic_config()).get_revision("0058")
+    engine.dispose()
+    migrations.downgrade(engine, previous.down_revision)
+    before = definition()
+    migrations.upgrade(engine)
+    assert definition() == now
+    if engine.dialect.name == "postgresql":
+        assert "sensitive" not in before and "responsible_region_code" in before
+    else:
+        assert (
+            before
+            == now
+            == (
+                "CREATE INDEX ix_cases_indicators ON cases (county_code, filed_at) "
+                "WHERE filed_at IS NOT NULL"
+            )
+        )

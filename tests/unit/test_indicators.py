@@ -75,9 +75,13 @@ def test_periods_are_local_days_split_by_week_and_month():
 
 def test_months_are_yyyy_mm():
     assert month_period("2026-12") == (date(2026, 12, 1), date(2027, 1, 1))
-    for bad in ("2026-13", "2026-3", "26-03", "1999-01", "2026-03-01"):
-        with pytest.raises(Unprocessable):
+    # The years of every date of the API (schemas.common): 1900-2100.
+    assert month_period("1900-01")[0] == date(1900, 1, 1)
+    assert month_period("2100-12")[1] == date(2101, 1, 1)
+    for bad in ("2026-13", "2026-3", "26-03", "1899-12", "2101-01", "9999-12", "2026-03-01"):
+        with pytest.raises(Unprocessable) as refused:
             month_period(bad)
+        assert list(refused.value.errors["path"]) == ["month"]
 
 
 @pytest.mark.parametrize("weight", ["1e308", "1.7e308", "1e-320", "5e-324"])
