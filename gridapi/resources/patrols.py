@@ -431,17 +431,18 @@ class Heartbeat(MethodView):
 @presence_blp.route("/grids/<digits:grid_code>/on-duty")
 class OnDuty(MethodView):
     @presence_blp.requires("presence:read")
-    @presence_blp.response(200, OnDutySchema)
+    @presence_blp.response(200, OnDutySchema, headers=NO_STORE_HEADER)
     def get(self, grid_code):
         """Who is on duty in a grid now: on its roster or located in it, seen recently
 
         A heartbeat within GRIDAPI_PRESENCE_MINUTES counts; the roster's other members are
         listed in `off_duty` with when they were last seen. A worker located in the grid
         is listed only when in your scope (as in `/presence`). A grid out of scope: 404.
-        Locations only with `patrols:read`.
+        Locations only with `patrols:read`. Where people are now: `Cache-Control: private,
+        no-store`, as a track.
         """
         principal = current_principal()
-        return presence_svc.on_duty(
+        body = presence_svc.on_duty(
             db_session(),
             grid_code,
             principal.scope,
@@ -449,18 +450,20 @@ class OnDuty(MethodView):
             minutes=state().settings.presence_minutes,
             with_location=_with_location(principal),
         )
+        return body, 200, NO_STORE
 
 
 @presence_blp.route("/presence")
 class PresenceList(MethodView):
     @presence_blp.requires("presence:read")
     @presence_blp.arguments(PresenceArgsSchema, location="query")
-    @presence_blp.response(200, PresenceListSchema)
+    @presence_blp.response(200, PresenceListSchema, headers=NO_STORE_HEADER)
     def get(self, args):
         """List when the workers in your scope were last seen, and whether they are on duty
 
         Workers on a grid's roster now or with a heartbeat; filter by their region, a grid's
-        roster, or `on_duty`. Locations only with `patrols:read`.
+        roster, or `on_duty`. Locations only with `patrols:read`. Where people are now:
+        `Cache-Control: private, no-store`, as a track.
         """
         principal = current_principal()
         items = presence_svc.list_presence(
@@ -472,4 +475,5 @@ class PresenceList(MethodView):
             with_location=_with_location(principal),
         )
         next_cursor = items[-1]["user_id"] if len(items) == args["limit"] else None
-        return {"items": items, "next_cursor": next_cursor}
+        # Whereabouts (the last heartbeat's place): kept in no cache, as a patrol's track.
+        return {"items": items, "next_cursor": next_cursor}, 200, NO_STORE

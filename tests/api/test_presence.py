@@ -223,3 +223,13 @@ def test_a_deactivated_account_is_not_listed_off_duty(people, accounts, client):
     duty = ok(chief.get(f"/api/v1/grids/{A1}/on-duty"))
     assert {i["username"] for i in duty["off_duty"]} == {"chief1"}
     assert {i["username"] for i in duty["items"]} == {"worker1"}
+
+
+def test_where_workers_are_is_kept_in_no_cache(people):
+    """Who is where now (the last heartbeat's place) was answered 'private, no-cache', so a
+    browser on an office's shared computer kept it on disk; a patrol's track is 'no-store'."""
+    beat(people["worker1"], 0)
+    for url in (f"/api/v1/grids/{A1}/on-duty", "/api/v1/presence"):
+        r = people["chief"].get(url)
+        assert r.status_code == 200, r.get_json()
+        assert r.headers["Cache-Control"] == "private, no-store", url
