@@ -194,6 +194,12 @@ def _describe(index: int, code: str | None) -> str:
     return f"features[{index}]" + (f" (code {code!r})" if code else "")
 
 
+#: Vertices one grid may have. A community's grid drawn in a GIS has hundreds, a few thousand
+#: at most; one of 100,000 zig-zag vertices (4 MB, under the body limit) held a worker until
+#: gunicorn killed it, and on SQLite every other write waited for it.
+MAX_VERTICES = 20_000
+
+
 def _parse_geometry(obj: Any, where: str) -> tuple[MultiPolygon | None, Problem | None]:
     """Return (geometry, None) or (None, problem) for a GeoJSON geometry object."""
     if obj is None:
@@ -222,6 +228,13 @@ def _parse_geometry(obj: Any, where: str) -> tuple[MultiPolygon | None, Problem 
         )
     geom = shapely.force_2d(geom)
     coords = shapely.get_coordinates(geom)
+    if len(coords) > MAX_VERTICES:
+        return None, _problem(
+            "too_many_vertices",
+            f"{where} has {len(coords):,} vertices; a grid has at most {MAX_VERTICES:,} "
+            "(simplify its boundary: a tolerance of 0.5 m keeps it exact for routing)",
+            count=int(len(coords)),
+        )
     if len(coords):
         lon, lat = coords[:, 0], coords[:, 1]
         bad = ~(np.isfinite(lon) & np.isfinite(lat))
@@ -597,14 +610,18 @@ def validate_grid_features(
     community_codes = sorted({g.community_code for g in grids})
     community_index = {c: i for i, c in enumerate(community_codes)}
     community_ids = np.array([community_index[g.community_code] for g in grids], dtype=np.int64)
-    active = np.flatnonzero(~empty)
+    # The later copies of a code are not grids of the version (the import keeps the first):
+    # counted in, they covered the area their first copy leaves uncovered, and the report
+    # promised no gap where activation left points routed nowhere.
+    later = np.array([first_by_code[g.code] is not g for g in grids], dtype=bool)
+    active = np.flatnonzero(~empty & ~later)
 
     _check_overlaps(grids, geoms, active, community_ids, tolerance_m2)
 
     members_of: dict[int, list[int]] = defaultdict(list)
     for k in active:
         members_of[int(community_ids[k])].append(int(k))
-    counts = np.bincount(community_ids, minlength=len(community_codes))
+    counts = np.bincount(community_ids[active], minlength=len(community_codes))
 
     community_reports: list[dict[str, Any]] = []
     for cid, code in enumerate(community_codes):

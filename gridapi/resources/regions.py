@@ -116,7 +116,13 @@ class RegionsImport(MethodView):
         if result.errors:
             raise Unprocessable(
                 f"{len(result.errors)} row(s) have errors; nothing was imported.",
-                errors={"json": {str(e["row"]): {"code": [e["message"]]} for e in result.errors}},
+                # Under the field at fault: a bad name or boundary was filed under "code".
+                errors={
+                    "json": {
+                        str(e["row"]): {e.get("field", "code"): [e["message"]]}
+                        for e in result.errors
+                    }
+                },
             )
         audit(
             "region.import",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from datetime import date
@@ -170,6 +171,14 @@ def _number_problems(attr: dict[str, Any], kind: Any) -> dict[str, list[str]]:
         problems["maximum"] = ["must not be less than minimum"]
     if "integer" in attr and not isinstance(attr["integer"], bool | None):
         problems["integer"] = ["must be true or false"]
+    elif (
+        attr.get("integer") is True
+        and len(bounds) == 2
+        and "maximum" not in problems
+        and math.ceil(bounds["minimum"]) > math.floor(bounds["maximum"])
+    ):
+        # 0.5 to 0.7, whole: no report could give a value (made required, none at all).
+        problems["integer"] = ["no whole number lies between minimum and maximum"]
     return problems
 
 

@@ -129,8 +129,9 @@ def import_grid_version(
     seen: set[str] = set()
     rows = []
     for g in report.grids:
-        if g.code in seen:  # duplicates are reported; the first copy is kept
+        if g.code in seen:  # duplicates are reported; the first copy is kept, or none
             continue
+        seen.add(g.code)  # the first copy, also when it is left out below (as validated)
         if g.community_code not in boundaries:
             continue
         if g.geometry.is_empty:
@@ -138,7 +139,6 @@ def import_grid_version(
             # as empty_geometry and, like an unreadable feature, not a grid. SQLite cannot
             # store it, and routing has no place for it.
             continue
-        seen.add(g.code)
         rows.append(
             {
                 "version_id": version.id,

@@ -11,9 +11,9 @@ from datetime import date, timedelta
 from typing import Any
 
 import shapely
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import and_, case, exists, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from .. import clock
 from ..codes import (
@@ -494,7 +494,9 @@ def update_region(
                 field="valid_to" if "valid_to" in changes else "valid_from",
             )
         session.flush()
-        _keep_grids_placed(session, code, "valid_to" if "valid_to" in changes else "valid_from")
+        changed = "valid_to" if "valid_to" in changes else "valid_from"
+        _keep_grids_placed(session, code, changed)
+        _keep_children_parented(session, code, changed)
         routing_changed(session)
         return region
     _check_period(effective, changes.get("valid_to"), start_field="effective_from")
@@ -559,6 +561,7 @@ def update_region(
     session.add(successor)
     session.flush()
     _keep_grids_placed(session, code, "valid_to")
+    _keep_children_parented(session, code, "valid_to")
     routing_changed(session)
     return successor
 
@@ -591,6 +594,37 @@ def _keep_grids_placed(session: Session, code: str, field: str) -> None:
         f"Region {code} would end while regions under it are current: end or move them first.",
         field,
         "current regions under it",
+    )
+
+
+def _keep_children_parented(session: Session, code: str, field: str) -> None:
+    """Refuse a change of region ``code``'s periods that leaves a region under it, current or
+    planned, beginning on a day no period of ``code`` covers: a community planned from July
+    under a township shortened to end in June was left with no parent (its ancestors came
+    back empty, the county and the rest lost), though creating it so is refused."""
+    child, period = aliased(Region), aliased(Region)
+    today = clock.today()
+    begins = case(
+        (or_(child.valid_from.is_(None), child.valid_from < today), today),
+        else_=child.valid_from,
+    )
+    parentless = select(child.code).where(
+        child.parent_code == code,
+        or_(child.valid_to.is_(None), child.valid_to >= today),
+        ~exists(
+            select(period.id).where(
+                period.code == code,
+                or_(period.valid_from.is_(None), period.valid_from <= begins),
+                or_(period.valid_to.is_(None), period.valid_to >= begins),
+            )
+        ),
+    )
+    _refuse_ending(
+        session,
+        parentless,
+        f"Region {code} would not be valid when regions under it begin: end or move them first.",
+        field,
+        "regions under it beginning outside its periods",
     )
 
 
@@ -707,13 +741,19 @@ def import_regions(session: Session, rows: list[Any], *, scope: Scope) -> Import
                 {
                     "row": index,
                     "code": code,
+                    "field": "level",
                     "message": f"level {row['level']} does not match the code ({level})",
                 }
             )
             continue
         if not name or len(name) > 100:
             result.errors.append(
-                {"row": index, "code": code, "message": "name is required (at most 100 characters)"}
+                {
+                    "row": index,
+                    "code": code,
+                    "field": "name",
+                    "message": "name is required (at most 100 characters)",
+                }
             )
             continue
         if code in parsed:
@@ -724,13 +764,16 @@ def import_regions(session: Session, rows: list[Any], *, scope: Scope) -> Import
             try:
                 boundary = multipolygon_from_geojson(row["boundary"])
             except GeometryError as exc:
-                result.errors.append({"row": index, "code": code, "message": f"boundary {exc}"})
+                result.errors.append(
+                    {"row": index, "code": code, "field": "boundary", "message": f"boundary {exc}"}
+                )
                 continue
             if not boundary.is_valid:
                 result.errors.append(
                     {
                         "row": index,
                         "code": code,
+                        "field": "boundary",
                         "message": "boundary is an "
                         f"invalid geometry: {shapely.is_valid_reason(boundary)}",
                     }

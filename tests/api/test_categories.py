@@ -666,6 +666,10 @@ def test_a_number_attribute_keeps_to_its_bounds(client, world, session):
             {"maximum": ["must be a number of at most 9007199254740991 in magnitude"]},
         ),
         ({"type": "number", "minimum": "1"}, {"minimum": ["Not a valid number."]}),
+        (  # whole numbers between 0.5 and 0.7: none; made required, no report could be made
+            {"type": "number", "integer": True, "minimum": 0.5, "maximum": 0.7},
+            {"integer": ["no whole number lies between minimum and maximum"]},
+        ),
     ],
 )
 def test_bounds_that_cannot_be_are_refused_naming_them(client, world, definition, errors):

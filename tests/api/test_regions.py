@@ -1210,6 +1210,45 @@ def test_a_region_with_current_regions_under_it_cannot_end_now(client, factory):
     )
 
 
+def test_a_region_cannot_end_before_a_region_under_it_begins(client, factory):
+    """A township planned from next June with a community planned from July: shortened to
+    end in mid-June, the township left the community with no parent (its ancestors came
+    back empty, the county, city and province lost), though creating the community so
+    was refused. Also when the township is current today and only its end moves."""
+    from datetime import timedelta
+
+    from gridapi import clock
+
+    factory.regions()
+    year = clock.today().year + 1
+    town, village = "320508150000", "320508150003"
+    later = {"code": town, "name": "未来镇", "valid_from": f"{year}-06-01"}
+    assert client.post("/api/v1/regions", json=later).status_code == 201
+    body = {"code": village, "name": "晚到社区", "valid_from": f"{year}-07-01"}
+    assert (
+        client.post("/api/v1/regions", json={**body, "valid_to": f"{year}-08-01"}).status_code
+        == 201
+    )
+    r = client.patch(f"/api/v1/regions/{town}?on={year}-07-01", json={"valid_to": f"{year}-06-15"})
+    body409 = assert_error(r, 409, "json", "valid_to")
+    assert village in body409["errors"]["json"]["valid_to"][0]
+    ancestors = client.get(f"/api/v1/regions/{village}/ancestors?on={year}-07-10").get_json()
+    assert [a["code"] for a in ancestors["items"]][:2] == [town, "320508000000"]
+    # ending after the community ends is fine
+    ok = client.patch(f"/api/v1/regions/{town}?on={year}-07-01", json={"valid_to": f"{year}-09-01"})
+    assert ok.status_code == 200, ok.get_json()
+
+    current = "320508151000"
+    assert client.post("/api/v1/regions", json={"code": current, "name": "现镇"}).status_code == 201
+    planned = {"code": "320508151001", "name": "新社区", "valid_from": f"{year}-03-01"}
+    assert client.post("/api/v1/regions", json=planned).status_code == 201
+    soon = (clock.today() + timedelta(days=10)).isoformat()
+    r = client.patch(f"/api/v1/regions/{current}", json={"valid_to": soon})
+    assert (
+        "320508151001" in assert_error(r, 409, "json", "valid_to")["errors"]["json"]["valid_to"][0]
+    )
+
+
 def test_a_region_name_of_spaces_is_refused(client, tree):
     r = client.post("/api/v1/regions", json={"code": "320508001088", "name": "   "})
     assert_error(r, 422, "json", "name")
@@ -1263,3 +1302,27 @@ def test_the_spec_documents_the_regions_etag_and_an_optional_if_match(client):
     (if_match,) = [p for p in op["patch"]["parameters"] if p["name"] == "If-Match"]
     assert if_match["required"] is False and if_match["in"] == "header"
     assert "412" in op["patch"]["responses"] and "428" not in op["patch"]["responses"]
+
+
+def test_an_import_row_error_is_filed_under_the_field_at_fault(client, tree):
+    """Every row error of an import was filed under `code`: a name missing or a boundary
+    that crosses itself read as a wrong code."""
+    bowtie = {
+        "type": "Polygon",
+        "coordinates": [
+            [[120.0, 31.0], [120.1, 31.1], [120.1, 31.0], [120.0, 31.1], [120.0, 31.0]]
+        ],
+    }
+    rows = [
+        {"code": "320508001091", "name": ""},
+        {"code": "320508001092", "name": "自交社区", "boundary": bowtie},
+        {"code": "320508001093", "name": "错级", "level": "township"},
+        {"code": "320508001094x", "name": "坏码"},
+    ]
+    body = assert_error(client.post("/api/v1/regions/import", json=rows), 422, "json", "0")
+    assert {row: list(fields) for row, fields in body["errors"]["json"].items()} == {
+        "0": ["name"],
+        "1": ["boundary"],
+        "2": ["level"],
+        "3": ["code"],
+    }

@@ -281,7 +281,48 @@ def test_duplicate_code_is_reported_on_later_copies() -> None:
     for index in (1, 2):
         [problem] = grid(report, grid_code(1), index).problems
         assert problem["kind"] == "duplicate_code" and problem["first_index"] == 0
-    assert report.error_count == 2
+    # The later copies are left out of the version: the cells they cover are a gap.
+    assert kinds(community(report)["problems"]) == ["gap"]
+    assert report.error_count == 3
+
+
+def test_a_later_copy_of_a_code_covers_no_gap() -> None:
+    """The import keeps the first copy of a code: the second copy's area was counted as
+    covered, the report showed no gap, and a forced activation left it routed nowhere."""
+    features = [
+        feature(grid_code(1), polygon(cell(0, 0))),
+        feature(grid_code(1), polygon(cell(1, 0))),  # meant as grid 2, coded as 1
+    ]
+    report = validate_grid_features(features, {COMMUNITY: box(*cell(0, 0, 2, 1))})
+    c = community(report)
+    assert c["grid_count"] == 1
+    assert c["gap_area_m2"] == pytest.approx(expected_area(*cell(1, 0)), rel=0.01)
+    assert kinds(c["problems"]) == ["gap"]
+
+
+def test_a_grid_of_too_many_vertices_is_not_a_grid() -> None:
+    """A valid zig-zag of 100,000 vertices held a worker past its timeout; more than
+    MAX_VERTICES is a feature problem, read no further."""
+    from gridapi.geo.validation import MAX_VERTICES
+
+    n = MAX_VERTICES + 1
+    x0, y0 = LON0 + D / 2, LAT0 + D / 2
+    ring = [
+        [
+            x0 + (0.004 if k % 2 else 0.002) * math.cos(2 * math.pi * k / n),
+            y0 + (0.004 if k % 2 else 0.002) * math.sin(2 * math.pi * k / n),
+        ]
+        for k in range(n)
+    ]
+    spiky = feature(grid_code(1), {"type": "Polygon", "coordinates": [[*ring, ring[0]]]})
+    report = validate_grid_features([spiky], {COMMUNITY: box(*cell(0, 0))})
+    assert report.grids == []
+    [problem] = report.feature_problems
+    assert problem["kind"] == "too_many_vertices" and problem["count"] == n + 1
+    assert f"at most {MAX_VERTICES:,}" in problem["message"]
+    at_cap = [[x, y] for x, y in ring[: MAX_VERTICES - 1]]
+    kept = feature(grid_code(1), {"type": "Polygon", "coordinates": [[*at_cap, at_cap[0]]]})
+    assert len(validate_grid_features([kept], {COMMUNITY: box(*cell(0, 0))}).grids) == 1
 
 
 def test_empty_and_zero_area_geometries() -> None:
