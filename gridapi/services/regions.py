@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import shapely
-from sqlalchemy import and_, case, exists, or_, select, text, update
+from sqlalchemy import and_, case, exists, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -317,12 +317,14 @@ def create_region(
                 }
             },
         )
+    geom = _boundary_or_422(boundary)
+    _inside_parent(session, geom, parent, start or clock.today())
     region = Region(
         code=code,
         name=name,
         level=level,
         parent_code=parent,
-        boundary=to_db(_boundary_or_422(boundary)),
+        boundary=to_db(geom),
         valid_from=valid_from,
         valid_to=valid_to,
     )
@@ -439,6 +441,33 @@ def _boundary_or_422(boundary: dict | None, path: tuple[str, ...] = ("json", "bo
     return geom
 
 
+def _inside_parent(session: Session, geom: Any, parent: str | None, on: date) -> None:
+    """Refuse a boundary that lies wholly outside its parent's (where the parent has one):
+    a community drawn in Beijing under a Suzhou township was taken, and /locate named the
+    township for points in Beijing. Touching or overlapping its parent's edge is allowed
+    (boundaries of two sources never match exactly); nothing in common is a mistake (the
+    coordinates swapped, projected, or another place's)."""
+    if geom is None or parent is None:
+        return
+    wkb = session.scalar(
+        select(func.ST_AsBinary(Region.boundary)).where(Region.code == parent, valid_on(on))
+    )
+    if wkb is None:
+        return
+    if not geom.intersects(shapely.from_wkb(bytes(wkb))):
+        raise Unprocessable(
+            "The boundary lies wholly outside its parent's.",
+            errors={
+                "json": {
+                    "boundary": [
+                        f"nothing in common with the boundary of {parent}: check that "
+                        "coordinates are [lon, lat] in WGS-84"
+                    ]
+                }
+            },
+        )
+
+
 def _nest(path: tuple[str, ...], value: Any) -> dict:
     out: Any = value
     for key in reversed(path):
@@ -477,7 +506,9 @@ def update_region(
     check_if_match(region, if_match, noun="region", required=False, current=region_etag(region))
     effective = changes.pop("effective_from", None)
     if "boundary" in changes:
-        changes["boundary"] = to_db(_boundary_or_422(changes["boundary"]))
+        geom = _boundary_or_422(changes["boundary"])
+        _inside_parent(session, geom, region.parent_code, on or clock.today())
+        changes["boundary"] = to_db(geom)
     if effective is None:
         # Checked before the change is written: a period made open-ended over a later one
         # was refused by the index of current codes first, with the generic 409.

@@ -131,6 +131,32 @@ def test_create_accepts_matching_level_and_parent_and_a_boundary(client, factory
     assert body["boundary"]["coordinates"] == [boundary["coordinates"]]
 
 
+def test_a_boundary_wholly_outside_its_parents_is_refused(client, factory):
+    """A community drawn in Beijing under a Suzhou township (the township with a boundary)
+    was taken, and /locate named the township for points in Beijing. Nothing in common with
+    the parent's boundary is a 422 naming boundary, on create and on change; one that only
+    spills over the parent's edge is taken (two sources' lines never match exactly)."""
+    factory.regions()  # the township is columns 0-4 of row 0
+    beijing = {
+        "type": "Polygon",
+        "coordinates": [
+            [[116.3, 39.9], [116.31, 39.9], [116.31, 39.91], [116.3, 39.91], [116.3, 39.9]]
+        ],
+    }
+    r = client.post(
+        "/api/v1/regions", json={"code": "320508001062", "name": "远方", "boundary": beijing}
+    )
+    assert_error(r, 422, "json", "boundary")
+    assert client.get("/api/v1/regions/320508001062").status_code == 404
+    r = client.patch(f"/api/v1/regions/{COMMUNITY_A}", json={"boundary": beijing})
+    assert_error(r, 422, "json", "boundary")
+    spills = rectangle(3, 0, 5, 1)  # half inside the township, half beyond its edge
+    r = client.post(
+        "/api/v1/regions", json={"code": "320508001063", "name": "边上", "boundary": spills}
+    )
+    assert r.status_code == 201, r.get_json()
+
+
 @pytest.mark.parametrize(
     ("payload", "field"),
     [
