@@ -221,18 +221,27 @@ def _jpeg_parts(data: bytes) -> Iterator[memoryview]:
                 i = following.start()
 
 
-def _png_parts(data: bytes) -> Iterator[memoryview]:
-    """Yield a PNG's chunks but the pixel data (IDAT, fdAT), and what follows IEND."""
-    view, i, size = memoryview(data), 8, len(data)
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """Yield (kind, start, end) of a PNG's chunks, IEND the last (the end of a chunk cut
+    short lies beyond the data)."""
+    i, size = 8, len(data)
     while i + 8 <= size:
         kind = data[i + 4 : i + 8]
         end = i + 12 + int.from_bytes(data[i : i + 4], "big")
-        if kind not in _PNG_PIXELS:
-            yield view[i:end]
-        i = end
+        yield kind, i, end
         if kind == b"IEND":
-            break
-    yield view[i:]
+            return
+        i = end
+
+
+def _png_parts(data: bytes) -> Iterator[memoryview]:
+    """Yield a PNG's chunks but the pixel data (IDAT, fdAT), and what follows IEND."""
+    view, rest = memoryview(data), 8
+    for kind, start, end in _png_chunks(data):
+        if kind not in _PNG_PIXELS:
+            yield view[start:end]
+        rest = end
+    yield view[rest:]
 
 
 # PNG colour type → samples per pixel
@@ -270,19 +279,16 @@ def png_pixels_complete(data: bytes) -> bool:
         if columns > 0 and rows > 0:
             needed += rows * (1 + (columns * bits + 7) // 8)
     inflate, got = zlib.decompressobj(), 0
-    view, i, size = memoryview(data), 8, len(data)
+    view = memoryview(data)
     try:
-        while i + 8 <= size and got < needed:
-            kind = data[i + 4 : i + 8]
-            end = i + 12 + int.from_bytes(data[i : i + 4], "big")
+        for kind, start, end in _png_chunks(data):
+            if got >= needed:
+                break
             if kind == b"IDAT":
-                pending = bytes(view[i + 8 : min(end - 4, size)])
+                pending = bytes(view[start + 8 : min(end - 4, len(data))])
                 while pending and got < needed:
                     got += len(inflate.decompress(pending, 1 << 20))
                     pending = inflate.unconsumed_tail
-            elif kind == b"IEND":
-                break
-            i = end
         if got < needed:
             got += len(inflate.flush())  # what the last megabyte's limit held back
     except zlib.error:
