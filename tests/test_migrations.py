@@ -647,7 +647,18 @@ def test_register_rows_of_a_city_are_moved_into_a_county(factory, client, engine
         {"code": chongchuan, "name": "崇川区"},  # no boundary: only its community's
         {"code": "320602001000", "name": "和平桥街道", "boundary": rectangle(28, 0, 29, 1)},
         {"code": "320602001001", "name": "和平桥社区", "boundary": rectangle(28, 0, 29, 1)},
-        {"code": tongzhou, "name": "通州区", "boundary": rectangle(26, 3, 30, 5)},
+        # two parts: the north-east, and its township's (24, 0) away from it
+        {
+            "code": tongzhou,
+            "name": "通州区",
+            "boundary": {
+                "type": "MultiPolygon",
+                "coordinates": [
+                    rectangle(26, 3, 30, 5)["coordinates"],
+                    rectangle(24, 0, 25, 1)["coordinates"],
+                ],
+            },
+        },
         {"code": "320612001000", "name": "金沙街道", "boundary": rectangle(24, 0, 25, 1)},
         {"code": "320612001001", "name": "金沙社区", "boundary": rectangle(24, 0, 25, 1)},
     ]

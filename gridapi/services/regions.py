@@ -878,6 +878,11 @@ def _write_import(
             )
             continue
         item["parent"] = parent
+    for code, item in parsed.items():
+        if "parent" in item and (problem := _outside_parent(item, parsed, existing_rows)):
+            result.errors.append(
+                {"row": item["row"], "code": code, "field": "boundary", "message": problem}
+            )
     if result.errors:
         return
 
@@ -905,6 +910,30 @@ def _write_import(
             result.unchanged.append(code)
     session.flush()
     _adopt_counties(session, created)
+
+
+def _outside_parent(
+    item: dict[str, Any], parsed: dict[str, dict[str, Any]], existing: dict[str, Region]
+) -> str | None:
+    """The import's error for a row whose new boundary has nothing in common with its
+    parent's (the parent's in the file where it brings one, else the one in service), as
+    ``_inside_parent`` refuses on create and change; ``None`` when it has or cannot tell.
+    A boundary the import leaves as it is is not judged again."""
+    geom, parent = item["boundary"], item["parent"]
+    if geom is None or parent is None:
+        return None
+    current = existing.get(item["code"])
+    if current is not None and not _boundary_changed(current, geom):
+        return None
+    outer = parsed[parent]["boundary"] if parent in parsed else None
+    if outer is None and parent in existing:
+        outer = from_db(existing[parent].boundary)
+    if outer is None or geom.intersects(outer):
+        return None
+    return (
+        f"boundary has nothing in common with the boundary of {parent}: check that "
+        "coordinates are [lon, lat] in WGS-84"
+    )
 
 
 def _other_periods(session: Session, codes: set[str]) -> dict[str, list[Region]]:

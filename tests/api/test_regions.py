@@ -23,6 +23,7 @@ from ..factories import (
     TOWNSHIP,
     rectangle,
     region_rows,
+    to_multi,
 )
 
 TREE = [PROVINCE, CITY, COUNTY, TOWNSHIP, COMMUNITY_A, COMMUNITY_B]
@@ -78,6 +79,44 @@ def assert_error(response: Any, status: int, *path: str) -> dict[str, Any]:
     if path:
         assert node, body
     return body
+
+
+def test_an_import_row_wholly_outside_its_parents_boundary_is_refused(client, factory, session):
+    """Imports took what create and change refuse: a community drawn in Beijing under a
+    Suzhou township, the parent's boundary the one in service or the one the file brings.
+    Nothing in common with it is a row error under `boundary`, and nothing is written."""
+    factory.regions()  # the township is columns 0-4 of row 0
+    before = region_count(session)
+    beijing = {
+        "type": "Polygon",
+        "coordinates": [
+            [[116.3, 39.9], [116.31, 39.9], [116.31, 39.91], [116.3, 39.91], [116.3, 39.9]]
+        ],
+    }
+    rows = [
+        {"code": "320508001071", "name": "边上", "boundary": rectangle(3, 0, 5, 1)},
+        {"code": "320508001072", "name": "远方", "boundary": beijing},
+        # a new township and its community in one file: judged against the file's boundary
+        {"code": "320508009000", "name": "新镇", "boundary": rectangle(10, 0, 12, 1)},
+        {"code": "320508009001", "name": "新村", "boundary": rectangle(0, 3, 1, 4)},
+    ]
+    body = assert_error(client.post("/api/v1/regions/import", json=rows), 422, "json", "1")
+    assert {row: list(fields) for row, fields in body["errors"]["json"].items()} == {
+        "1": ["boundary"],
+        "3": ["boundary"],
+    }
+    assert "320508001000" in body["errors"]["json"]["1"]["boundary"][0]
+    assert "320508009000" in body["errors"]["json"]["3"]["boundary"][0]
+    assert region_count(session) == before
+    rows[1]["boundary"] = rectangle(1, 0, 2, 1)
+    rows[3]["boundary"] = rectangle(11, 0, 12, 1)
+    r = client.post("/api/v1/regions/import", json=rows)
+    assert r.status_code == 200, r.get_json()
+    assert region_count(session) == before + 4
+    r = client.post("/api/v1/regions/import", json=[{**rows[1], "boundary": beijing}])
+    assert_error(r, 422, "json", "0", "boundary")
+    stored = client.get("/api/v1/regions/320508001072").get_json()["boundary"]
+    assert stored == to_multi(rows[1]["boundary"])
 
 
 @pytest.fixture
