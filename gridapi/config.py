@@ -388,6 +388,12 @@ class Settings:
                     f"GRIDAPI_{name.upper()}={getattr(self, name)!r}: {problem}, "
                     "e.g. '30 per 15 minutes' or '10/second'"
                 )
+        from .services.identity import client_rate_limit_beyond_bounds
+
+        # The default of every new app's limit: beyond an app's bounds, each POST /clients
+        # without rate_limit answered 422 naming a field the caller did not send.
+        if problem := client_rate_limit_beyond_bounds(self.client_rate_limit):
+            raise ValueError(f"GRIDAPI_CLIENT_RATE_LIMIT={self.client_rate_limit!r}: {problem}")
         try:
             parse_weights(self.indicator_weights)
         except ValueError as exc:

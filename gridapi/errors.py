@@ -7,7 +7,7 @@ import re
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, g, jsonify
+from flask import Flask, g, has_request_context, jsonify, request
 from limits.errors import StorageError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -109,6 +109,26 @@ SPATIAL_RETRY_AFTER = 30
 #: The message of a 413; nginx answers a body over its client_max_body_size with the same
 #: error body (docs/deploy/nginx.conf).
 BODY_TOO_LARGE = "The request body is larger than the configured limit (GRIDAPI_MAX_BODY_MB)."
+
+
+def too_large_message() -> str:
+    """Return the message of a 413 for the current request: ``BODY_TOO_LARGE``, or, for a
+    body its Content-Length puts within the limit, what else werkzeug answers 413 for.
+
+    Werkzeug raises the same bare 413 for a multipart form of more parts than
+    ``MAX_FORM_PARTS`` or a text field longer than ``MAX_FORM_MEMORY_SIZE``: a photo sent
+    with 1,001 empty fields was told its body was over GRIDAPI_MAX_BODY_MB. Without a
+    Content-Length (chunked) the cause cannot be told: the body limit is named, as before.
+    """
+    if not has_request_context():
+        return BODY_TOO_LARGE
+    length, limit = request.content_length, request.max_content_length
+    if length is None or (limit is not None and length > limit):
+        return BODY_TOO_LARGE
+    parts, field = request.max_form_parts, request.max_form_memory_size
+    return (
+        f"The form has too many parts (at most {parts}) or a text field larger than {field} bytes."
+    )
 
 
 def error_body(
@@ -248,7 +268,7 @@ def register_error_handlers(app: Flask) -> None:
         errors = data.get("messages")
         message = data.get("message") or (exc.description if status != 500 else None)
         if status == 413:
-            message = BODY_TOO_LARGE
+            message = too_large_message()
         if status == 400 and errors and "json" in errors and isinstance(errors["json"], list):
             message = "The request body is not valid JSON."
         response = jsonify(error_body(status, message, errors))

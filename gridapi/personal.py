@@ -136,6 +136,17 @@ def number_in_name(name: str) -> bool:
 #: Why ``number_in_name`` refuses a name.
 NUMBER_IN_NAME = "must not be an ID or phone number: a name is kept unencrypted"
 
+#: A run of 11 digits or more, written apart or not (any decimal digits: full-width too),
+#: an ID number's final X included.
+_NUMBER_IN_TEXT = re.compile(r"\d(?:[\s\-_./－]*\d){10,}[Xx]?")
+
+
+def mask_numbers_in(text: str) -> str:
+    """Return ``text`` with every ID or phone number in it masked (``number_in_name``'s
+    runs of 11 digits or more, separators and all): 电话 138****5678. For text stored
+    before such numbers were refused in it."""
+    return _NUMBER_IN_TEXT.sub(lambda m: m[0][:3] + "****" + m[0][-4:], text)
+
 
 def mask_name(name: str) -> str:
     """Return 张* for 张三, 欧** for 欧阳修: the first character, one star for each other."""

@@ -31,7 +31,11 @@ FIELDS_PARAMETER = {
     "in": "query",
     "required": False,
     "description": "Sparse fieldset: comma-separated members to keep in each object of the "
-    "answer (dots for nested members, e.g. `id,status,grid.code`); `id` is always kept.",
+    "answer (dots for nested members, e.g. `id,status,grid.code`); `id` is always kept. "
+    "With `fields`, only the members named (and `id`) are present, so the members the "
+    "answer's schema marks required are required only without `fields`. In a list "
+    "(`items`) each item is cut so and the list's own members (`next`…) stay. A name the "
+    "answer does not hold is ignored, not an error.",
     "schema": {"type": "string", "maxLength": 1000},  # MAX_FIELDS_LENGTH
 }
 MAX_FIELDS_LENGTH = 1000

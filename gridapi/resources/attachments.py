@@ -164,8 +164,9 @@ class Attachments(MethodView):
         `multipart/form-data` with the photo in the field `file`, one photo per request.
         Refused with 422 (nothing stored; `errors.files.file` says why) when `file` is a
         text field rather than a file or is sent more than once, when the photo is too large
-        or has too many pixels, is more than 20 times longer than it is wide, is not a
-        JPEG, PNG or WebP by its content (SVG, HTML, PDF,
+        or has too many pixels, is more than 20 times longer than it is wide, has more than
+        8 megapixels packed in less than a hundredth of their decoded size (a decompression
+        bomb, not a photo), is not a JPEG, PNG or WebP by its content (SVG, HTML, PDF,
         polyglots), is truncated or corrupt, or its file name or declared type names another
         format. The stored copy is re-encoded in the same format, upright, with no metadata;
         EXIF capture time and position are kept apart (shown only with

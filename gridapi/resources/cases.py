@@ -11,15 +11,19 @@ from flask.views import MethodView
 from sqlalchemy.exc import IntegrityError
 
 from ..auditing import audit, request_actor
-from ..auth import current_principal
+from ..auth import Forbidden, current_principal
+from ..db import writes
 from ..extensions import commit, commit_adds_nothing, db_session, state
 from ..geo.geodesy import distance_m
 from ..geo.shapes import geojson_point
 from ..jsonio import dumps_bytes
+from ..limits import count_lookup
 from ..models import Case, Category
+from ..purposes import purpose_summary
 from ..schemas.cases import (
     CaseCreateSchema,
     CaseListSchema,
+    CasePartiesSchema,
     CaseQueryArgsSchema,
     CaseSchema,
     QueuesSchema,
@@ -27,10 +31,21 @@ from ..schemas.cases import (
     TimelineSchema,
     TransitionSchema,
 )
+from ..schemas.register import PurposeArgsSchema
 from ..services import cases as svc
 from ..services import idempotency, intake
+from ..services import register as register_svc
+from ..services.audit import record
 from ..services.preconditions import etag
-from .blueprint import IDEMPOTENCY_HEADER, Blueprint, etag_header, if_match_header, routing_snapshot
+from .blueprint import (
+    IDEMPOTENCY_HEADER,
+    NO_STORE,
+    NO_STORE_HEADER,
+    Blueprint,
+    etag_header,
+    if_match_header,
+    routing_snapshot,
+)
 
 blp = Blueprint(
     "cases",
@@ -179,7 +194,7 @@ def case_view(
         "urgent": c.urgent,
         "severity": c.severity,
         "sensitive": c.sensitive,
-        "parties": c.parties or [],
+        "parties": svc.masked_parties(c.parties),
         "attributes": c.attributes or {},
         "location": geojson_point(c.lon, c.lat),
         "reported_location": {"coordinates": [c.raw_lon, c.raw_lat], "crs": c.crs},
@@ -622,6 +637,60 @@ class Timeline(MethodView):
             "number": case_obj.number,
             "items": svc.timeline(session, case_obj, caller),
         }
+
+
+@blp.route("/<id:case_id>/parties")
+class Parties(MethodView):
+    @blp.requires("cases:read")
+    @blp.arguments(PurposeArgsSchema, location="query")
+    @blp.response(200, CasePartiesSchema, headers=NO_STORE_HEADER)
+    @blp.alt_response(429, response="TOO_MANY_REQUESTS")
+    @writes
+    def get(self, args, case_id):
+        """Read the full names of the people a case names, stating a purpose
+
+        Every answer shows a case's parties masked (王*). Their full names are for the
+        case's office, its handler (the assignee, or the members of the department it was
+        dispatched to), its reporter and callers holding `persons:unmask`; anyone else who
+        reads the case gets 403, and a case the caller may not read answers 404. The audit
+        row (who, when, from where, which case, the `purpose_code` and `reference`) is
+        committed before the names are sent. Counted against GRIDAPI_PERSON_LOOKUP_RATE, as
+        an unmasked read of a resident.
+        """
+        session = db_session()
+        caller = svc.caller_of(session, current_principal())
+        register_svc.check_reference(session, caller, args.get("reference"), location="query")
+        case_obj = svc.get_case(session, case_id, caller)
+        if not svc.may_read_parties(caller, case_obj):
+            raise Forbidden(
+                "A case's parties are read in full by its office, its handler, its reporter "
+                "and callers holding persons:unmask."
+            )
+        count_lookup(state().settings.person_lookup_rate, caller.actor)
+        entry = record(
+            session,
+            request_actor(),
+            "case.parties_read",
+            "case",
+            case_obj.id,
+            summary={**purpose_summary(args), "fields": ["parties"]},
+            region_code=case_obj.region_code,
+        )
+        session.flush()
+        audit_id = entry.id
+        body = {
+            "case_id": case_obj.id,
+            "number": case_obj.number,
+            "parties": list(case_obj.parties or []),
+        }
+        commit()
+        code = entry.summary["purpose_code"]
+        stated = {
+            "purpose": args.get("purpose") or code,
+            "purpose_code": code,
+            "reference": args.get("reference"),
+        }
+        return {**body, **stated, "audit_id": audit_id}, 200, NO_STORE
 
 
 @blp.route("/<id:case_id>/rating")

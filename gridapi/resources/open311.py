@@ -320,6 +320,7 @@ def requests_create(fmt: str) -> Response:
     if not principal.can("cases:write"):
         raise Forbidden("This api_key may not create service requests (it lacks cases:write).")
     svc.refuse_nul(_form_items())
+    svc.refuse_repeated(_form_items())
     snapshot = (
         state().routing.snapshot()
     )  # before the transaction (Blueprint.takes_routing_snapshot)

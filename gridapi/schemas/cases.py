@@ -10,10 +10,21 @@ from webargs.fields import DelimitedList
 
 from ..geo.crs import SUPPORTED_CRS
 from ..models.cases import SEVERITIES, SOURCES, STATUSES, SUPERVISION_LEVELS
+from ..personal import number_in_name
 from ..services.cases import ACTIONS, QUEUE_NAMES, SORTS
 from .common import PointSchema, Stated, StrictSchema, user_ref
 from .locate import CRS_FIELD_DOC
 from .regions import REGION_CODE
+
+_PARTY_NUMBER = (
+    "must not hold an ID or phone number: a party's name and note are kept unencrypted and "
+    "shown to whoever reads the case"
+)
+
+
+def _no_number(value: str) -> None:
+    if number_in_name(value):
+        raise ValidationError(_PARTY_NUMBER)
 
 
 class PartySchema(StrictSchema):
@@ -22,8 +33,22 @@ class PartySchema(StrictSchema):
         validate=validate.Length(min=1, max=50),
         metadata={"description": "e.g. 当事人, 投诉人, 被投诉人, 证人.", "example": "当事人"},
     )
-    name = fields.String(validate=validate.Length(max=100), metadata={"example": "王某"})
-    note = fields.String(validate=validate.Length(max=500))
+    name = fields.String(
+        validate=[validate.Length(max=100), _no_number],
+        metadata={
+            "description": "Masked in every answer (王*); the full names are read with "
+            "`GET /api/v1/cases/{id}/parties`, stating a purpose. Not an ID or phone number.",
+            "example": "王某",
+        },
+    )
+    note = fields.String(
+        validate=[validate.Length(max=500), _no_number],
+        metadata={
+            "description": "Not an ID or phone number (11 digits or more in a row, also "
+            "written apart): it is kept and shown unencrypted. A number stored before this "
+            "rule is shown masked (138****5678)."
+        },
+    )
 
 
 class CaseCreateSchema(StrictSchema):
@@ -354,11 +379,16 @@ class TransitionSchema(StrictSchema):
         validate=validate.Range(min=1, max=1000),
         metadata={"description": "request_extension: how much more time."},
     )
+    # No load_default: a default in the spec is sent by generated clients with every action,
+    # and answered 422 for all but request_extension. Its service counts days when not sent.
     unit_of_time = fields.String(
-        load_default="days",
         allow_none=True,
         validate=validate.OneOf(("hours", "days")),
-        metadata={"description": "request_extension: working hours or working days."},
+        metadata={
+            "description": "request_extension: working hours or working days; working days "
+            "when not sent. Another action takes `days` as not sent (clients generated "
+            "from an older spec send it), and refuses `hours`."
+        },
     )
     level = fields.String(
         allow_none=True,
@@ -379,10 +409,11 @@ class TransitionSchema(StrictSchema):
     @pre_load
     def _null_is_not_sent(self, data: Any, **kwargs: Any) -> Any:
         """A field sent as null counts as not sent (docs/cases.md; a form sends every
-        field): ``comment``, ``evidence`` and ``unit_of_time`` take their defaults, as
-        the other fields take no value. They answered 422 "Field may not be null"."""
+        field): ``comment`` and ``evidence`` take their defaults, as the other fields take
+        no value. They answered 422 "Field may not be null". So does ``unit_of_time``
+        ``days`` with another action than request_extension (see `_sent_as_no_value`)."""
         if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v is not None or k == "action"}
+            return {k: v for k, v in data.items() if not _sent_as_no_value(data, k)}
         return data
 
     @validates_schema(pass_original=True)
@@ -398,10 +429,41 @@ class TransitionSchema(StrictSchema):
         foreign = {
             name: [f"not a field of '{action}' (only of {', '.join(sorted(takers))})"]
             for name, takers in ACTION_FIELDS.items()
-            if action not in takers and original_data.get(name) is not None
+            if action not in takers
+            and name in original_data
+            and not _sent_as_no_value(original_data, name)
         }
         if foreign:
             raise ValidationError(foreign)
+
+
+def _sent_as_no_value(data: dict[str, Any], name: str) -> bool:
+    """Return whether the field ``name`` of a transition ``data`` counts as not sent: null
+    (but for ``action``), or ``unit_of_time`` ``days`` with another action than
+    request_extension, the default an older spec declared, which generated clients send
+    with every action (``accept`` with it answered 422)."""
+    value = data.get(name)
+    if value is None:
+        return name != "action"
+    return name == "unit_of_time" and value == "days" and data.get("action") != "request_extension"
+
+
+class CasePartiesSchema(StrictSchema):
+    case_id = fields.Integer(required=True)
+    number = fields.String(required=True)
+    parties = fields.List(
+        fields.Nested(PartySchema),
+        required=True,
+        metadata={"description": "As reported, names in full."},
+    )
+    purpose = fields.String(
+        required=True, metadata={"description": "Deprecated: the same as `purpose_code`."}
+    )
+    purpose_code = fields.String(required=True)
+    reference = fields.String(allow_none=True, required=True)
+    audit_id = fields.Integer(
+        required=True, metadata={"description": "The audit row of this read, committed first."}
+    )
 
 
 class TimelineEntrySchema(StrictSchema):

@@ -264,7 +264,11 @@ class ClientCreateSchema(StrictSchema):
     )
     rate_limit = fields.String(
         validate=validate.Length(min=3, max=40),
-        metadata={"description": "e.g. '600 per minute' (default GRIDAPI_CLIENT_RATE_LIMIT)."},
+        metadata={
+            "description": "One limit, e.g. '600 per minute' or '10/second' (default "
+            "GRIDAPI_CLIENT_RATE_LIMIT): 1 to 1000000 requests per 1 to 1000 of a unit "
+            "(second, minute, hour, day, month, year), the period at most a year (366 days)."
+        },
     )
 
 

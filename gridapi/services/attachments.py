@@ -1,12 +1,19 @@
 """Evidence photos of cases: checked, re-encoded without metadata, stored by content hash.
 
-An upload is refused (422, nothing stored) when it is too large, has too many pixels or is
-more than ``MAX_ASPECT`` times longer than wide, is not a JPEG, PNG or WebP by its content,
-carries markup (outside its compressed pixels), is truncated or corrupt (a PNG whose pixel
-data ends before its last row, too), or is named or declared as another format. What is
-kept is a fresh encoding of the pixels (EXIF orientation applied) with no EXIF, GPS, XMP, ICC profile, comment or text chunk, and a thumbnail; both
-live under ``<data_dir>/attachments/<sha[:2]>/<sha>.<ext>``, named by the SHA-256 of the
-stored bytes. The capture time and position read from EXIF go into the row only.
+An upload is refused (422, nothing stored) when it is too large, has too many pixels, is
+more than ``MAX_ASPECT`` times longer than wide or would decode to more than
+``MAX_EXPANSION`` times its file (a decompression bomb; all three read from the header), is
+a JPEG of more than ``MAX_JPEG_SCANS`` scans, is not a JPEG, PNG or WebP by its content, is
+named or declared as another format, carries markup that can be read as it is (anywhere but
+inside compressed data), or does not decode to all its pixels (a file cut or corrupt, a PNG
+whose pixel data ends before its last row). What is kept is a fresh encoding of the decoded
+pixels (EXIF orientation applied) with no EXIF, GPS, XMP, ICC profile, comment or text
+chunk, and a thumbnail; nothing else of the upload is stored or served. So what passes
+though not quite whole is dropped with the rest, harmlessly: markup inside compressed pixels
+or a compressed text chunk (zTXt, iTXt), and a PNG whose rows are all there but whose end
+(the IEND chunk, the last checksums) is missing. Both files live under
+``<data_dir>/attachments/<sha[:2]>/<sha>.<ext>``, named by the SHA-256 of the stored bytes.
+The capture time and position read from EXIF go into the row only.
 """
 
 from __future__ import annotations
@@ -71,6 +78,18 @@ MAX_JPEG_SCANS = 32
 #: 2:1 to about 10:1; a PNG of one pixel by 40 million rows is a few kB that take a worker
 #: seconds to decode, row by row.
 MAX_ASPECT = 20
+#: Above this many pixels an image must not decode to more than ``MAX_EXPANSION`` times its
+#: file. Below it, any image is cheap (8 MP of RGB are 24 MB, decoded in well under a
+#: second), and screenshots, scans and drawings compress far better than photos.
+EXPANSION_FLOOR_PIXELS = 8_000_000
+#: How many times its file's size an image of more than ``EXPANSION_FLOOR_PIXELS`` may be
+#: once decoded, counting 3 bytes (RGB) a pixel: at least 0.24 bits a pixel. Phones write
+#: 1 to 5 bits a pixel (a 12 MP JPEG of 1.5 to 8 MB: ratios 5 to 25); even a 12 MP
+#: featureless gradient with a sensor's faintest noise (one level), saved at quality 90,
+#: has a ratio of 55. A 6300 × 6300 PNG of zeros, 16-bit RGBA, is 320 kB (a ratio of 370)
+#: that took 4.3 s and 760 MB to decode; a WebP of it is 34 bytes. The pixel cap bounds
+#: what one image costs; this, how cheaply it is sent (40 MP in no less than 1.2 MB).
+MAX_EXPANSION = 100
 JPEG_QUALITY = 85
 WEBP_QUALITY = 85
 _FIELD = "file"
@@ -369,8 +388,10 @@ def check_upload(data: bytes, *, filename: str, content_type: str, store: Attach
 def decode(data: bytes, fmt: str, store: AttachmentStore) -> Image.Image:
     """Return the image fully decoded (its first frame), after checking its declared size.
 
-    Raises Unprocessable when the header names more pixels than allowed (checked before any
-    pixel is decoded) or the file is truncated or corrupt.
+    Raises Unprocessable when the header names more pixels than allowed, or a shape (more
+    than ``MAX_ASPECT`` to one) or a size for its file (more than ``MAX_EXPANSION`` times
+    it, over ``EXPANSION_FLOOR_PIXELS``) no photo has (checked before any pixel is
+    decoded), or the file is truncated or corrupt.
     """
     too_many = _refuse(
         f"The image has more than {store.max_pixels / 1_000_000:g} million pixels "
@@ -394,6 +415,14 @@ def decode(data: bytes, fmt: str, store: AttachmentStore) -> Image.Image:
                 raise _refuse(
                     f"The image is {width} × {height} pixels: a photo is at most "
                     f"{MAX_ASPECT} times longer than it is wide."
+                )
+            if width * height > EXPANSION_FLOOR_PIXELS and width * height * 3 > (
+                MAX_EXPANSION * len(data)
+            ):
+                raise _refuse(
+                    f"The image is {width} × {height} pixels in only {len(data):,} bytes: "
+                    f"decoded, it would be more than {MAX_EXPANSION} times its file, which no "
+                    "photo of that size is; send the photo as the camera saved it."
                 )
             if fmt == "PNG" and not png_pixels_complete(data):
                 raise _refuse("The image is truncated or corrupt.")

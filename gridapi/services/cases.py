@@ -70,6 +70,7 @@ from ..models import (
     User,
 )
 from ..models.cases import OPEN_STATUSES, TERMINAL
+from ..personal import mask_name, mask_numbers_in
 from ..schemas.common import stated
 from ..scope import Scope
 from ..workcalendar import WorkingCalendar
@@ -676,6 +677,36 @@ def may_see(caller: Caller, case: Any) -> bool:
         scope.covers_region(case.responsible_region_code)
         or scope.covers_region(case.region_code)
         or (case.grid_code is not None and case.grid_code in scope.grid_codes)
+    )
+
+
+def masked_parties(parties: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Return a case's parties as every answer shows them (DOMAIN.md §7): names masked (王*),
+    and any ID or phone number in a note masked (stored before notes refused them). The
+    people a case names (the one complained about, witnesses) were shown in full to every
+    caller who reads the case by its place, a county department among them."""
+    if not parties:
+        return []
+    shown = []
+    for party in parties:
+        party = dict(party)
+        if party.get("name"):
+            party["name"] = mask_name(party["name"])
+        if party.get("note"):
+            party["note"] = mask_numbers_in(party["note"])
+        shown.append(party)
+    return shown
+
+
+def may_read_parties(caller: Caller, case_obj: Case) -> bool:
+    """Whether the caller, who reads the case, may read its parties' full names: its office
+    (``is_office``), its handler (``holds``: who must reach the people it names), its
+    reporter (who named them), or a caller who may unmask residents (``persons:unmask``)."""
+    return (
+        case_obj.reporter == caller.actor
+        or holds(caller, case_obj)
+        or is_office(caller, case_obj)
+        or caller.principal.can("persons:unmask")
     )
 
 
@@ -1478,6 +1509,9 @@ def _transfer(ctx: TransitionContext, c: Case) -> str:
 
 
 def _extension_amount(ctx: TransitionContext) -> tuple[int, str]:
+    """Return the time a request_extension asks for: its amount and its unit, working days
+    when not sent (the schema declares no default, which clients would send with every
+    action); raise `Unprocessable` without a positive amount."""
     amount, unit = ctx.data.get("amount"), ctx.data.get("unit_of_time") or "days"
     if not isinstance(amount, int) or amount < 1:
         raise Unprocessable(

@@ -1119,6 +1119,30 @@ def update_department(
 # --- API clients ----------------------------------------------------------------------------
 
 
+#: The bounds of an app's rate limit ("<amount> per <multiple> <unit>"). Beyond them a limit
+#: is no limit anyone means: "1 per 99999999999999999999 second" was taken, and its first
+#: refusal asked the app to retry in three trillion years.
+CLIENT_RATE_MAX_AMOUNT = 1_000_000
+CLIENT_RATE_MAX_MULTIPLE = 1000
+CLIENT_RATE_MAX_WINDOW = timedelta(days=366)
+
+
+def client_rate_limit_beyond_bounds(text: str) -> str | None:
+    """Return why the rate limit ``text`` (one that `rate_limit_problem` reads) lies beyond
+    the bounds of an app's limit, or None: at most `CLIENT_RATE_MAX_AMOUNT` requests, per at
+    most `CLIENT_RATE_MAX_MULTIPLE` of a unit, a window of at most `CLIENT_RATE_MAX_WINDOW`."""
+    from limits import parse
+
+    item = parse(text)
+    if item.amount > CLIENT_RATE_MAX_AMOUNT:
+        return f"at most {CLIENT_RATE_MAX_AMOUNT} requests per period"
+    if item.multiples > CLIENT_RATE_MAX_MULTIPLE:
+        return f"a period of at most {CLIENT_RATE_MAX_MULTIPLE} of its unit"
+    if item.get_expiry() > CLIENT_RATE_MAX_WINDOW.total_seconds():
+        return f"a period of at most a year ({CLIENT_RATE_MAX_WINDOW.days} days)"
+    return None
+
+
 def create_client(
     session: Session,
     *,
@@ -1164,6 +1188,8 @@ def create_client(
             "Invalid rate limit.",
             errors={"json": {"rate_limit": ["one limit, e.g. '600 per minute' or '10/second'"]}},
         )
+    if beyond := client_rate_limit_beyond_bounds(rate_limit):
+        raise Unprocessable("Invalid rate limit.", errors={"json": {"rate_limit": [beyond]}})
     if scope_region:
         _region_or_422(session, scope_region, scope, "scope_region")
         if not scope.covers_region(scope_region):

@@ -25,7 +25,7 @@ from ..geo.shapes import geojson_point
 from ..models import Case, Category, Department
 from ..models.cases import TERMINAL
 from ..numbers import MAX_EXACT, PLAIN_DECIMAL, PLAIN_WHOLE
-from ..personal import InvalidValue, mask_phone, parse_phone
+from ..personal import NUMBER_IN_NAME, InvalidValue, mask_phone, number_in_name, parse_phone
 from ..schemas.common import ID32, instant_problem
 from .cases import STATUS_NAMES, SUBCLASS_SQL, Caller, region_names, visible_condition
 from .categories import in_display_order
@@ -61,6 +61,30 @@ _W3C = re.compile(
     r"(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?"
 )
 NUL_MESSAGE = "Must not contain NUL characters (U+0000)."
+#: The fields of a posted request that are read as one value. Sent twice, which was meant
+#: cannot be told: the first was taken and the other dropped without a word.
+#: (`jurisdiction_id`, `device_id` and `account_id` are not read, so not among them.)
+SINGLE_FIELDS = frozenset(
+    {
+        "api_key",
+        "service_code",
+        "lat",
+        "long",
+        "crs",
+        "address_string",
+        "description",
+        "media_url",
+        "first_name",
+        "last_name",
+        "phone",
+        "email",
+        "source",
+    }
+)
+#: The longest reporter's name a case party holds (the native API's, PartySchema's).
+MAX_NAME_LENGTH = 100
+#: Text on either side of one @: what an e-mail address is at the least.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 
 
 class BadRequest(DomainError):
@@ -215,6 +239,13 @@ def refuse_nul(items: Iterable[tuple[str, list[str]]]) -> None:
             raise BadRequest(f"{key}: {NUL_MESSAGE}")
 
 
+def refuse_repeated(items: Iterable[tuple[str, list[str]]]) -> None:
+    """Raise BadRequest naming the first of the `SINGLE_FIELDS` sent more than once."""
+    for key, values in items:
+        if key in SINGLE_FIELDS and len(values) > 1:
+            raise BadRequest(f"{key} was sent {len(values)} times: send it once")
+
+
 def _decimal(raw: str) -> float | None:
     """Return a plain ASCII decimal number (sign, fraction, exponent allowed), else None."""
     return float(raw) + 0.0 if PLAIN_DECIMAL.fullmatch(raw) else None  # -0.0 is 0.0
@@ -295,6 +326,9 @@ def reporter_party(form: Mapping[str, str]) -> dict[str, str] | None:
     Full phone numbers and e-mail addresses are not kept: the hotline that posts holds its
     caller's contact, and no function here calls a reporter back (DOMAIN.md §7: collect
     nothing no function needs).
+
+    Raises BadRequest for a name that is an ID or phone number (a party's name is kept
+    unencrypted) or longer than a party's name may be, and for an e-mail that is no address.
     """
     first = (form.get("first_name") or "").strip()
     last = (form.get("last_name") or "").strip()
@@ -302,14 +336,25 @@ def reporter_party(form: Mapping[str, str]) -> dict[str, str] | None:
     email = (form.get("email") or "").strip()
     if not (first or last or phone or email):
         return None
+    for field, value in (("first_name", first), ("last_name", last)):
+        if number_in_name(value):
+            raise BadRequest(f"{field} {NUMBER_IN_NAME}")
     # 张 + 三: a Chinese name is family name first, without a space.
     name = last + first if _CJK.search(first + last) else " ".join(p for p in (first, last) if p)
+    if number_in_name(name):  # a number split between the two
+        raise BadRequest(f"first_name and last_name together {NUMBER_IN_NAME}")
+    if len(name) > MAX_NAME_LENGTH:  # it was cut there without a word
+        raise BadRequest(
+            f"first_name and last_name together are longer than {MAX_NAME_LENGTH} characters"
+        )
+    if email and not _EMAIL.fullmatch(email):
+        raise BadRequest("email must be an e-mail address (name@example.com)")
     notes = []
     if phone:
         notes.append(f"电话 {mask_contact_phone(phone)}")
     if email:
         notes.append(f"邮箱 {mask_email(email)}")
-    party = {"role": REPORTER_ROLE, "name": name[:100] or "（未留姓名）"}
+    party = {"role": REPORTER_ROLE, "name": name or "（未留姓名）"}
     if notes:
         party["note"] = "；".join(notes)[:500]
     return party

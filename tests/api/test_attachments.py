@@ -17,7 +17,7 @@ from PIL import ExifTags, Image, ImageCms, PngImagePlugin
 from PIL.TiffImagePlugin import IFDRational
 from sqlalchemy import text
 
-from gridapi.errors import Unprocessable
+from gridapi.errors import BODY_TOO_LARGE, Unprocessable, error_body
 from gridapi.models.base import utcnow
 from gridapi.services.attachments import check_evidence
 
@@ -711,6 +711,60 @@ def test_a_hostile_or_wrong_file_is_refused_quickly_and_nothing_is_stored(
     assert audit_count(session, "case.attach") == 0
 
 
+def png_of_zeros(side: int) -> bytes:
+    """A valid 16-bit RGBA PNG of side × side transparent black pixels: 8 bytes a pixel that
+    compress to almost nothing (6300² are 320 kB, decoded in seconds and 760 MB)."""
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + side * 8)  # filter byte 0 and four 16-bit samples a pixel
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def webp_of_zeros(side: int) -> bytes:
+    """A lossless WebP of side × side black pixels: a few bytes."""
+    out = io.BytesIO()
+    Image.new("RGB", (side, side)).save(out, "WEBP", lossless=True, method=0)
+    return out.getvalue()
+
+
+BOMBS = {
+    "png of 6300 x 6300 zeros, 16-bit rgba": (lambda: png_of_zeros(6300), "bomb.png"),
+    "webp of 6300 x 6300 zeros": (lambda: webp_of_zeros(6300), "bomb.webp"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_an_image_far_smaller_than_its_pixels_is_refused_and_nothing_stored(
+    client, case_id, settings, session, name
+):
+    """Within the pixel cap (39.7 MP), a PNG of zeros of 320 kB took 4.3 s and 760 MB of a
+    worker to decode and was stored; five at once held every worker. No photo of that many
+    pixels is so small: such an image is refused from its header, before decoding."""
+    make, filename = BOMBS[name]
+    data = make()
+    assert len(data) * 100 < 6300 * 6300 * 3
+    r = upload(client, case_id, data, filename)
+    assert_refused_and_nothing_stored(r, "more than 100 times its file", settings, session)
+    assert "6300 × 6300 pixels" in r.get_json()["message"]
+
+
+def test_a_noisy_photo_of_many_pixels_and_a_flat_image_of_few_are_taken(client, case_id):
+    """The size a file must have for its pixels applies above 8 MP only, and a photo (noise
+    compresses as badly as a camera's pictures) is well within it."""
+    noisy = Image.effect_noise((3500, 2500), 40).convert("RGB")  # 8.75 MP
+    out = io.BytesIO()
+    noisy.save(out, "JPEG", quality=85)
+    r = upload(client, case_id, out.getvalue(), "street.jpg")
+    assert r.status_code == 201, r.get_json()
+    assert (r.get_json()["width"], r.get_json()["height"]) == (3500, 2500)
+
+    flat = png_bomb(2800)  # 7.84 MP of white in a few kB: a drawing, below the 8 MP floor
+    r = upload(client, case_id, flat, "drawing.png")
+    assert r.status_code == 201, r.get_json()
+    assert (r.get_json()["width"], r.get_json()["height"]) == (2800, 2800)
+
+
 def test_pixels_that_spell_markup_are_not_markup(client, case_id, settings, session):
     """Compressed pixels look like random bytes, in which "<svg>" and its like occur by
     chance (about once in 17 GB: one 4 MB photo in some 4,000), and such a photo was refused
@@ -900,7 +954,27 @@ def test_the_default_caps_give_422_at_12_mb_and_413_beyond_the_body_limit(
     assert huge.status_code == 413
     body = huge.get_json()
     assert set(body) == {"code", "status", "message", "errors"} and body["code"] == 413
-    assert "GRIDAPI_MAX_BODY_MB" in body["message"]
+    assert body["message"] == BODY_TOO_LARGE
+    assert rows(session) == [] and stored_files(settings) == []
+
+
+def test_a_form_of_too_many_parts_is_not_told_its_body_is_too_large(
+    client, case_id, settings, session
+):
+    """Werkzeug answers a form of more than 1,000 parts with the 413 of a body over its
+    limit: a photo with 1,001 empty fields (a small body) was told the body was larger than
+    GRIDAPI_MAX_BODY_MB."""
+    fields: dict[str, Any] = {f"note{i}": "" for i in range(1001)}
+    fields["file"] = (io.BytesIO(jpeg()), "photo.jpg")
+    r = client.post(
+        f"/api/v1/cases/{case_id}/attachments", data=fields, content_type="multipart/form-data"
+    )
+    assert r.status_code == 413
+    body = r.get_json()
+    assert body == error_body(
+        413,
+        "The form has too many parts (at most 1000) or a text field larger than 500000 bytes.",
+    )
     assert rows(session) == [] and stored_files(settings) == []
 
 

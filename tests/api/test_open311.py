@@ -208,8 +208,8 @@ def test_post_creates_a_routed_case_through_the_native_path(anon_client, key, cl
     assert native["status"] == "reported" and native["reporter"].startswith("client:")
     assert native["address"] == "平江路 1 号"
     assert native["parties"] == [
-        {"role": "报告人", "name": "张三", "note": "电话 138****5678；邮箱 z***@example.com"}
-    ]
+        {"role": "报告人", "name": "张*", "note": "电话 138****5678；邮箱 z***@example.com"}
+    ]  # masked in every answer; GET /cases/{id}/parties reads 张三
     # The contact is kept masked only: the full number is nowhere in the case.
     row = scalar(
         session,

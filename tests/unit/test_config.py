@@ -102,6 +102,21 @@ def test_a_rate_limit_that_cannot_be_read_stops_start_up_naming_the_variable(nam
     )
 
 
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("99999999999999999999 per second", "at most 1000000 requests per period"),
+        ("1 per 99999999999999999999 second", "a period of at most 1000 of its unit"),
+    ],
+)
+def test_a_default_app_limit_beyond_an_apps_bounds_stops_start_up(raw, problem):
+    """Every POST /clients without a rate_limit would have answered 422 naming a field the
+    caller did not send."""
+    with pytest.raises(ValueError) as refused:
+        Settings.from_env({"GRIDAPI_CLIENT_RATE_LIMIT": raw})
+    assert str(refused.value) == f"GRIDAPI_CLIENT_RATE_LIMIT={raw!r}: {problem}"
+
+
 @pytest.mark.parametrize("raw", ["5 per 15 minutes", "10/second", "100 per 1 hour"])
 def test_rate_limits_as_the_readme_writes_them_are_taken(raw):
     assert Settings.from_env({"GRIDAPI_LOGIN_RATE_ACCOUNT": raw}).login_rate_account == raw
