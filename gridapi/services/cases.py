@@ -624,6 +624,15 @@ def reads_sensitive_by_unit(caller: Caller) -> bool:
     return caller.principal.can("cases:dispatch")
 
 
+def only_its_own(caller: Caller) -> bool:
+    """Return whether the caller reads only the cases it reported, holds or handles, whatever
+    its area: a department member (职能部门 receive dispatched cases and report back). By
+    its area (a county's), the fire brigade read every complaint of the county, parties,
+    timeline and photos, exported them and saw them on its maps: more than its work needs
+    (DOMAIN.md §7, minimum necessary)."""
+    return caller.department_id is not None and not reads_sensitive_by_unit(caller)
+
+
 def reads_every_case(caller: Caller) -> bool:
     """Return whether the caller may read every case (an office with no area limit)."""
     return caller.scope.unrestricted and reads_sensitive_by_unit(caller)
@@ -648,12 +657,15 @@ def visible_condition(caller: Caller, *, location_in_scope: bool = False) -> Col
     if reads_every_case(caller):
         return literal(True) == literal(True)
     not_sensitive = Case.sensitive.is_(False)
-    held = scope.region_condition(Case.responsible_region_code)
-    own = [held if office else and_(not_sensitive, held), Case.reporter == caller.actor]
+    own: list[ColumnElement[bool]] = [Case.reporter == caller.actor]
     if caller.principal.kind == "user":
         own.append(Case.assignee_id == caller.principal.id)
         if caller.department_id is not None:
             own.append(Case.department_id == caller.department_id)
+    if only_its_own(caller):
+        return or_(*own)
+    held = scope.region_condition(Case.responsible_region_code)
+    own.append(held if office else and_(not_sensitive, held))
     if location_in_scope:
         by_location: ColumnElement[bool] = not_sensitive
     else:
@@ -671,6 +683,8 @@ def may_see(caller: Caller, case: Any) -> bool:
         return True
     if case.reporter == caller.actor or holds(caller, case):
         return True
+    if only_its_own(caller):
+        return False
     if case.sensitive:
         return office and scope.covers_region(case.responsible_region_code)
     return (

@@ -922,6 +922,12 @@ REQUESTS: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/cases/queues"): Case(plain, out=None),
     ("GET", "/api/v1/cases/{case_id}"): Case(a_case, out=404),
     ("GET", "/api/v1/cases/{case_id}/timeline"): Case(a_case, out=404),
+    ("GET", "/api/v1/cases/{case_id}/parties"): Case(
+        lambda c: Call(
+            params={"case_id": c.fresh(c.world.case)}, query={"purpose_code": "case_handling"}
+        ),
+        out=404,
+    ),
     ("POST", "/api/v1/cases/{case_id}/transitions"): Case(sign, out=404),
     ("POST", "/api/v1/cases/{case_id}/rating"): Case(rate, out=404),
     # evidence photos of cases: a case out of scope answers like a missing one
@@ -1208,6 +1214,14 @@ Cell = tuple[str, str, str, str]  # method, path, actor, variant
 
 # Answers that differ from the general rule by design, and why.
 DESIGNED: dict[Cell, tuple[int, str]] = {
+    **{
+        ("GET", "/api/v1/cases/{case_id}/parties", actor, "in"): (
+            403,
+            "reads the case by its area but neither works it (office, handler, reporter) nor "
+            "may unmask residents: the parties' full names are not its to read",
+        )
+        for actor in ("grid_worker", "grid_chief", "department", "api_client")
+    },
     **{
         (method, path, actor, "in"): (
             404,

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from .test_case_workflow import desk, ok  # noqa: F401 (the fixture)
+from .test_cases import A1
 
 PARTIES = [
     {"role": "当事人", "name": "孙悟空", "note": "男方，常住三楼"},
@@ -37,18 +38,22 @@ def test_parties_are_masked_in_every_answer(desk):  # noqa: F811
     reported = d.report(d.worker, parties=PARTIES)
     assert reported["parties"] == MASKED
     case_id = reported["id"]
-    for who in (d.worker, d.office, d.member, d.county, d.admin):
+    for who in (d.worker, d.office, d.county, d.admin):
         assert ok(who.get(f"/api/v1/cases/{case_id}"))["parties"] == MASKED
+    assert d.act(d.office, case_id, "accept")["parties"] == MASKED
+    d.act(d.office, case_id, "file")
+    d.act(d.office, case_id, "dispatch", department_id=d.dept)
     listed = ok(d.member.get("/api/v1/cases"))["items"]
     assert [c["parties"] for c in listed if c["id"] == case_id] == [MASKED]
-    assert d.act(d.office, case_id, "accept")["parties"] == MASKED
 
 
-def test_parties_are_read_in_full_by_those_who_work_the_case(desk, session):  # noqa: F811
+def test_parties_are_read_in_full_by_those_who_work_the_case(desk, accounts):  # noqa: F811
     d = desk
     case_id = d.report(d.worker, parties=PARTIES)["id"]
-    # The department reads the case by its place, but it was not dispatched to it.
-    r = parties_of(d.member, case_id, purpose_code="case_handling")
+    # Another worker of the grid reads the case by its place, but does not work it.
+    neighbour = accounts.client("neighbour", "grid_worker", grids=[A1])
+    assert ok(neighbour.get(f"/api/v1/cases/{case_id}"))["parties"] == MASKED
+    r = parties_of(neighbour, case_id, purpose_code="case_handling")
     assert r.status_code == 403, r.get_json()
     assert set(r.get_json()) == {"code", "status", "message", "errors"}
     assert not audited(d.admin, "case.parties_read")
