@@ -135,6 +135,9 @@ def _now() -> datetime:
 
 
 #: The columns ``case_view`` reads (every one but the geometry: ``lon`` and ``lat`` say where).
+#: What a report's members left out mean: a retry that sends them is the same request.
+REPORT_DEFAULTS = idempotency.schema_defaults(CaseCreateSchema)
+
 _VIEWED = frozenset(c.key for c in Case.__table__.columns) - {"location"}
 
 
@@ -438,7 +441,9 @@ class Cases(MethodView):
                 principal=principal,
                 actor=request_actor(),
                 keys=keys,
-                body_hash=idempotency.request_hash("POST", request.path, body),
+                body_hash=idempotency.request_hash(
+                    "POST", request.path, body, defaults=REPORT_DEFAULTS
+                ),
                 path=request.path,
                 snapshot=routing_snapshot(),
                 calendar=st.calendar(session),

@@ -794,7 +794,7 @@ class _Retry:
 
     client_id: str | None
     keys: list[str]
-    body_hash: str
+    body_hash: idempotency.RequestHash
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> _Retry | None:
@@ -871,7 +871,7 @@ def _visit_with_case(  # type: ignore[no-untyped-def]
             principal=principal,
             actor=request_actor(),
             keys=retry.keys if retry else [],
-            body_hash=retry.body_hash if retry else "",
+            body_hash=retry.body_hash if retry else idempotency.UNKEYED,
             path=request.path,
             snapshot=routing_snapshot(),
             calendar=st.calendar(session),

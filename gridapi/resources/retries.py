@@ -32,7 +32,7 @@ class Keyed:
     """The request's ``Idempotency-Key`` (as the caller's key) and the hash of the request."""
 
     keys: list[str]
-    body_hash: str
+    body_hash: idempotency.RequestHash
 
     @classmethod
     def of_request(cls) -> Keyed | None:

@@ -36,7 +36,7 @@ from ..services import idempotency
 from ..services import sync as svc
 from ..services import tasks as tasks_svc
 from .blueprint import MAX_ID, Blueprint
-from .cases import _category_names, _names_for, case_view
+from .cases import REPORT_DEFAULTS, _category_names, _names_for, case_view
 from .register import households_body
 
 blp = Blueprint(
@@ -408,7 +408,12 @@ def _apply_in_transaction(
     stored_key = f"{KEY_PREFIX}{key}"
     # The action as the phone wrote it (references unresolved) is what its key names:
     # a replay is recognised before anything is resolved, in whatever order it comes.
-    body_hash = idempotency.request_hash("BATCH", kind, _as_read(kind, action["payload"]))
+    body_hash = idempotency.request_hash(
+        "BATCH",
+        kind,
+        _as_read(kind, action["payload"]),
+        defaults=REPORT_DEFAULTS if kind == "case.create" else None,
+    )
     # Checked before the transaction, the action's request finds the snapshot fresh and
     # needs no second connection while this one is held (Blueprint.takes_routing_snapshot).
     st.routing.snapshot()

@@ -22,8 +22,11 @@ import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, NamedTuple
 
+import orjson
+from marshmallow import Schema, missing
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
@@ -70,10 +73,98 @@ def parse_header(value: str | None) -> str | None:
     return key
 
 
-def request_hash(method: str, path: str, body: Any) -> str:
-    """Return the hash that tells a retry from a different request (canonical JSON body)."""
-    canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+class RequestHash:
+    """What tells a retry from a different request: ``value``, the hash kept with a new key
+    (of the canonical body, ``canonical_body``), and ``legacy``, the one releases before it
+    kept (of the body's JSON as sent, sorted), which a key they stored and that is still
+    kept (``GRIDAPI_IDEMPOTENCY_DAYS``) carries. ``legacy`` is computed only when a stored
+    hash is not ``value``: a retry of a request made since costs one hash."""
+
+    __slots__ = ("value", "_method", "_path", "_body", "_legacy")
+
+    def __init__(self, value: str, method: str = "", path: str = "", body: Any = ...) -> None:
+        self.value = value
+        self._method, self._path, self._body = method, path, body
+        self._legacy: str | None = value if body is ... else None  # no body: nothing older
+
+    @property
+    def legacy(self) -> str:
+        if self._legacy is None:
+            as_sent = json.dumps(
+                self._body, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+            )
+            self._legacy = _digest(self._method, self._path, as_sent.encode())
+        return self._legacy
+
+    def matches(self, stored: str) -> bool:
+        return stored == self.value or stored == self.legacy
+
+    def __repr__(self) -> str:
+        return f"RequestHash({self.value!r})"
+
+
+#: The hash of a request that sends no key (nothing is looked up or stored under it).
+UNKEYED = RequestHash("")
+
+
+def _digest(method: str, path: str, body: bytes) -> str:
+    return hashlib.sha256(f"{method} {path}\n".encode() + body).hexdigest()
+
+
+def canonical_body(body: Any, defaults: dict[str, Any] | None = None) -> Any:
+    """Return ``body`` as a request hash sees it: a number by its value (``12.0`` is ``12``,
+    as JSON has one kind of number and an app re-encoding its queue may write either), and
+    the top-level members equal to what leaving them out means (``defaults``: a schema's
+    defaults as JSON, ``schema_defaults``) left out. A retry that says the same thing is the
+    same request, whatever its encoder's habits; one that says something else is not."""
+    body = _numbers_by_value(body)
+    if defaults and isinstance(body, dict):
+        body = {
+            k: v
+            for k, v in body.items()
+            if k not in defaults or v != defaults[k] or type(v) is not type(defaults[k])
+        }
+    return body
+
+
+def _numbers_by_value(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:  # finite, whole
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _numbers_by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers_by_value(v) for v in value]
+    return value
+
+
+@cache
+def schema_defaults(schema: type[Schema]) -> dict[str, Any]:
+    """Return the JSON values a schema's fields take when left out (by their names in the
+    body): the ``load_default`` of each field that has a plain one (a string, number or
+    boolean) or makes an empty list or object."""
+    found: dict[str, Any] = {}
+    for name, field in schema().fields.items():
+        default = field.load_default
+        if default is missing or field.dump_only:
+            continue
+        if default in (list, dict):
+            default = default()
+        if isinstance(default, str | int | float | bool | list | dict):
+            found[field.data_key or name] = _numbers_by_value(default)
+    return found
+
+
+def request_hash(
+    method: str, path: str, body: Any, *, defaults: dict[str, Any] | None = None
+) -> RequestHash:
+    """Return the hash that tells a retry from a different request: of the canonical JSON of
+    the body (``canonical_body``; orjson, keys sorted), and lazily the one kept before."""
+    canonical = canonical_body(body, defaults)
+    try:
+        text_ = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits (the body's parser makes none): as text
+        text_ = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+    return RequestHash(_digest(method, path, text_), method, path, body)
 
 
 @dataclass(frozen=True)
@@ -133,7 +224,7 @@ def raise_in_flight(keys: list[str], held: list[str] | None = None) -> None:
     )
 
 
-def find(session: Session, caller: str, keys: list[str], hash_: str) -> Stored | None:
+def find(session: Session, caller: str, keys: list[str], hash_: RequestHash) -> Stored | None:
     """Return the stored answer for any of the keys, or None; 422 if it was another request."""
     if not keys:
         return None
@@ -161,11 +252,11 @@ class Found(NamedTuple):
     resource_id: int | None
 
 
-def choose(rows: list[Found], hash_: str) -> Stored | None:
+def choose(rows: list[Found], hash_: RequestHash) -> Stored | None:
     """Return the answer stored under the first of the keys found, or None; 422 if one of
     them was used for another request."""
     for row in rows:
-        if row.request_hash != hash_:
+        if not hash_.matches(row.request_hash):
             field = "client_id" if row.key.startswith("client_id:") else "Idempotency-Key"
             raise Unprocessable(
                 f"This {field} was used for a different request.",
@@ -199,7 +290,7 @@ def remember(
     caller: str,
     keys: list[str],
     *,
-    hash_: str,
+    hash_: RequestHash,
     method: str,
     path: str,
     status_code: int,
@@ -218,7 +309,7 @@ def remember(
             {
                 "caller": caller,
                 "key": key,
-                "request_hash": hash_,
+                "request_hash": hash_.value,
                 "method": method,
                 "path": path[:255],
                 "status_code": status_code,

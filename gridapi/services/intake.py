@@ -83,7 +83,7 @@ def report_once(
     principal: Principal,
     actor: Actor,
     keys: list[str],
-    body_hash: str,
+    body_hash: idempotency.RequestHash,
     path: str,
     snapshot: IndexSnapshot,
     calendar: WorkingCalendar,
@@ -117,7 +117,7 @@ class _Request:
     principal: Principal
     actor: Actor
     keys: list[str]
-    body_hash: str
+    body_hash: idempotency.RequestHash
     path: str
     snapshot: IndexSnapshot
     calendar: WorkingCalendar
@@ -132,7 +132,7 @@ def _replay(stored: idempotency.Stored) -> Taken:
     return Taken(stored.status_code, stored.response, True, stored.resource_id)
 
 
-def _answered(stored: str | None, body_hash: str) -> Taken | None:
+def _answered(stored: str | None, body_hash: idempotency.RequestHash) -> Taken | None:
     """Return the replay of the answer stored under the keys (``stored``: the rows of
     ``gridapi_stored_answers`` as JSON text, or null), or None; 422 if a key was used for
     another request."""
@@ -531,7 +531,7 @@ class _TwoStatements:
                 "summary": dumps_bytes(clean_summary(r.summary(new))).decode(),
                 "request_id": actor.request_id,
                 "client_address": actor.address,
-                "hash": r.body_hash,
+                "hash": r.body_hash.value,
                 "path": r.path[:255],
                 "response": payload,
                 "expires": r.now + timedelta(days=keep_days),

@@ -3,6 +3,8 @@ back and never a second case, also when the retries arrive all at once."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -166,6 +168,82 @@ def test_the_same_key_with_another_body_is_422_and_creates_nothing(client, world
     assert other.status_code == 422, other.get_json()
     assert other.get_json()["errors"] == {"headers": {"Idempotency-Key": ["reused"]}}
     assert "Idempotent-Replayed" not in other.headers
+    assert counts(session) == (1, 1, 1)
+
+
+REENCODED = [
+    # an encoder that writes every number of a float field with a point
+    ({"accuracy_m": 12}, {"accuracy_m": 12.0}),
+    # an app that writes what it left out before (the documented defaults)
+    (
+        {},
+        {
+            "crs": "wgs84",
+            "urgent": False,
+            "severity": "general",
+            "parties": [],
+            "attributes": {},
+        },
+    ),
+    # and the other way round: the first sent them, the retry leaves them out
+    ({"crs": "wgs84", "parties": [], "urgent": False}, {}),
+]
+
+
+@pytest.mark.parametrize("first_how, retry_how", REENCODED)
+@pytest.mark.parametrize("by", ["key", "client_id"])
+def test_a_retry_written_otherwise_is_the_same_request(
+    client, world, session, first_how, retry_how, by
+):
+    """The same report in other JSON (12.0 for 12, a default written out or left out) is the
+    same request: a phone that rebuilds its queue from its database gets its answer, not a
+    422 "reused" that leaves the report unconfirmed for ever."""
+    base = report_body(*center(0), accuracy_m=12)
+    extra = {"client_id": str(uuid.uuid4())} if by == "client_id" else {}
+    key = "re-encoded" if by == "key" else None
+    first = post(client, {**base, **first_how, **extra}, key)
+    assert first.status_code == 201, first.get_json()
+    again = post(client, {**base, **retry_how, **extra}, key)
+    assert again.status_code == 201, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.data == first.data
+    assert count(session, "cases") == 1 and count(session, "case_events") == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"accuracy_m": 12.5}, {"severity": "major"}, {"urgent": True}, {"crs": "gcj02"}],
+    ids=["a number", "a default changed", "a flag set", "another crs"],
+)
+def test_a_retry_that_says_something_else_is_still_another_request(client, world, session, change):
+    lon, lat = center(0)
+    body = report_body(lon, lat, accuracy_m=12)
+    assert post(client, body, "said").status_code == 201
+    other = post(client, {**body, **change}, "said")
+    assert other.status_code == 422, other.get_json()
+    assert other.get_json()["errors"] == {"headers": {"Idempotency-Key": ["reused"]}}
+    assert counts(session) == (1, 1, 1)
+
+
+def test_a_key_stored_before_bodies_were_canonical_still_answers_its_retry(client, world, session):
+    """Keys stored by the release before kept the hash of the body as sent (its JSON with
+    sorted keys): a phone retrying such a report after the upgrade gets its answer."""
+    body = report_body(*center(0), accuracy_m=12.0, crs="wgs84", urgent=False)
+    first = post(client, body, "from-before")
+    assert first.status_code == 201, first.get_json()
+    as_sent = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    before = hashlib.sha256(f"POST /api/v1/cases\n{as_sent}".encode()).hexdigest()
+    session.rollback()
+    session.execute(
+        text("UPDATE idempotency_keys SET request_hash = :h WHERE key = 'key:from-before'"),
+        {"h": before},
+    )
+    session.commit()
+    again = post(client, body, "from-before")
+    assert again.status_code == 201, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true" and again.data == first.data
+    other = post(client, {**body, "accuracy_m": 13}, "from-before")
+    assert other.status_code == 422, other.get_json()
     assert counts(session) == (1, 1, 1)
 
 
