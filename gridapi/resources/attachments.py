@@ -12,7 +12,7 @@ from flask.views import MethodView
 from sqlalchemy.orm import Session
 
 from ..auditing import audit
-from ..auth import current_principal
+from ..auth import Forbidden, current_principal
 from ..errors import NotFound
 from ..extensions import commit, db_session, reading_session, state
 from ..geo.shapes import geojson_point
@@ -149,6 +149,11 @@ def _case_to_attach_to(session: Session, case_id: int, caller: cases_svc.Caller)
     if not principal.can("cases:read") and case_obj.reporter != principal.actor_id:
         # Another case answers as a missing one (it added photos to any in its area).
         raise NotFound("No such case.")
+    if not cases_svc.may_attach(caller, case_obj):
+        raise Forbidden(
+            "Evidence is added by those who work the case: its reporter, its handler, its "
+            "office, or a worker of its grid."
+        )
     return case_obj
 
 
@@ -173,8 +178,10 @@ class Attachments(MethodView):
         `cases:evidence_location`).
 
         Safe to retry: the same bytes sent to the same case again answer the first
-        attachment (201, same body) and store nothing. A caller without `cases:read` (an app
-        that only reports) attaches to the cases it reported; another answers 404.
+        attachment (201, same body) and store nothing. Those who work the case attach to it
+        (its reporter, handler and office, the workers of its grid); another reader gets 403.
+        A caller without `cases:read` (an app that only reports) attaches to the cases it
+        reported; another answers 404.
         """
         upload = one_file()
         principal = current_principal()

@@ -724,6 +724,21 @@ def may_read_parties(caller: Caller, case_obj: Case) -> bool:
     )
 
 
+def may_attach(caller: Caller, case_obj: Case) -> bool:
+    """Whether the caller, who reads the case, may add evidence to it: its reporter, its
+    handler (``holds``), its office (``is_office``), or a worker or chief of the grid it lies
+    in (who may be sent to look). A reader by area alone (an app of the county, a worker of
+    another grid of the community) may not: a photo is evidence the office judges the case
+    by, and the timeline names who added it."""
+    grid = case_obj.grid_code
+    return (
+        case_obj.reporter == caller.actor
+        or holds(caller, case_obj)
+        or is_office(caller, case_obj)
+        or (grid is not None and grid in caller.scope.grid_codes)
+    )
+
+
 def readable_cases(session: Session, caller: Caller, case_ids: Iterable[int]) -> set[int]:
     """Return those of ``case_ids`` the caller may read, by the rule of ``get_case``
     (``visible_condition``): one query for all of them, none when there is nothing to ask

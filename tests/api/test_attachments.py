@@ -1040,6 +1040,45 @@ def test_an_app_that_only_reports_adds_photos_to_its_own_reports_only(app, clien
     assert client.get(f"/api/v1/cases/{case_id}/attachments").get_json() == {"items": []}
 
 
+def test_evidence_is_added_by_those_who_work_the_case(app, client, accounts, case_id, settings):
+    """A photo is evidence the office judges a case by: its reporter, handler and office
+    add it, and the workers of its grid; a reader by area alone (an app of the community,
+    a department role without a department) is refused, 403, and nothing is stored. It
+    added photos to any case it could read."""
+    made = client.post(
+        "/api/v1/clients",
+        json={
+            "name": "市民通",
+            "scopes": ["cases:read", "cases:write"],
+            "scope_region": COMMUNITY_A,
+        },
+    ).get_json()
+    area_app = app.test_client()
+    area_app.environ_base["HTTP_X_API_KEY"] = made["api_key"]
+    reader = accounts.client("area-reader", "department", scope_region=COMMUNITY_A)
+    assert area_app.get(f"/api/v1/cases/{case_id}").status_code == 200
+    assert reader.get(f"/api/v1/cases/{case_id}").status_code == 200
+    files = stored_files(settings)
+    for outsider in (area_app, reader):
+        r = upload(outsider, case_id, png(), "x.png")
+        assert r.status_code == 403, r.get_json()
+        assert "work the case" in r.get_json()["message"]
+    assert stored_files(settings) == files
+    assert client.get(f"/api/v1/cases/{case_id}/attachments").get_json() == {"items": []}
+    grid_worker = accounts.client("a1-worker", "grid_worker", grids=[A1])
+    officer = accounts.client("a-officer", "community_officer", scope_region=COMMUNITY_A)
+    taken = [
+        upload(who, case_id, jpeg((60 + i, 40)))
+        for i, who in enumerate((grid_worker, officer, client))
+    ]
+    assert [r.status_code for r in taken] == [201, 201, 201], [r.get_json() for r in taken]
+    listed = client.get(f"/api/v1/cases/{case_id}/attachments").get_json()["items"]
+    assert len(listed) == 3
+    # the app's own report takes its photos
+    own = area_app.post("/api/v1/cases", json=report_body(*center(0))).get_json()["id"]
+    assert upload(area_app, own, png(), "x.png").status_code == 201
+
+
 def test_anonymous_and_apps_without_cases_write_may_not_upload(app, client, case_id):
     r = app.test_client().post(
         f"/api/v1/cases/{case_id}/attachments",

@@ -1214,6 +1214,12 @@ Cell = tuple[str, str, str, str]  # method, path, actor, variant
 
 # Answers that differ from the general rule by design, and why.
 DESIGNED: dict[Cell, tuple[int, str]] = {
+    ("POST", "/api/v1/cases/{case_id}/attachments", "department", "in"): (
+        403,
+        "reads the case by its area (a department role without a department) but does not "
+        "work it: evidence is added by the reporter, the handler, the office or the grid's "
+        "own workers",
+    ),
     **{
         ("GET", "/api/v1/cases/{case_id}/parties", actor, "in"): (
             403,
