@@ -20,7 +20,7 @@ from .db import (
     make_sessionmaker,
     spatial_extension_version,
     sqlite_write_intent,
-    view_writes,
+    view_writes_now,
 )
 from .errors import register_error_handlers
 from .extensions import AppState, close_session
@@ -73,7 +73,7 @@ def _view_writes() -> bool:
     if cls is not None:
         method = "get" if request.method == "HEAD" else request.method.lower()
         view = getattr(cls, method, None)
-    return view is not None and view_writes(view)
+    return view is not None and view_writes_now(view)
 
 
 # Request ids: a random per-process prefix and a counter. uuid4 reads the kernel's random

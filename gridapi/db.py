@@ -44,9 +44,30 @@ def writes(view: Any) -> Any:
     return view
 
 
+def writes_when(predicate: Callable[[], bool]) -> Callable[[Any], Any]:
+    """Mark a view of a reading method (GET) that writes for some requests only — an audit
+    row of an exact lookup — so that on SQLite its transaction begins as a writer's when
+    ``predicate()`` (called in the request's context, before the view) says it will write,
+    and as a plain read otherwise."""
+
+    def mark(view: Any) -> Any:
+        setattr(view, _WRITES, predicate)
+        return view
+
+    return mark
+
+
 def view_writes(view: Any) -> bool:
-    """Return whether ``view`` (a view function, or a method of a MethodView) is marked."""
+    """Return whether ``view`` (a view function, or a method of a MethodView) is marked
+    (``writes`` or ``writes_when``)."""
     return bool(getattr(view, _WRITES, False))
+
+
+def view_writes_now(view: Any) -> bool:
+    """Return whether ``view`` writes in the current request: marked with ``writes``, or with
+    ``writes_when`` and its predicate says so."""
+    marker = getattr(view, _WRITES, False)
+    return bool(marker()) if callable(marker) else bool(marker)
 
 
 #: What SQLite's -wal file is cut back to when it starts again from the beginning (after a

@@ -408,7 +408,9 @@ class PersonExport(MethodView):
         against GRIDAPI_PERSON_LOOKUP_RATE as do ID or phone filters (and a whole name from a
         caller who sees names masked), and the audit row names the purpose code and
         reference (a deprecated free-text `purpose` is accepted, not kept). Special-group data is
-        never exported. GeoJSON: the resident's house, else null. Audited.
+        never exported. GeoJSON: the resident's house, else null. Audited. An `id_number` or
+        `phone` is also audited as the search's is (`person.lookup`, `via: export`: the kind of
+        number, masked, how many residents the file holds and which).
         """
         principal = _principal()
         _check_reference(principal, args, "query")
@@ -420,13 +422,19 @@ class PersonExport(MethodView):
         unmasks = principal.can("persons:unmask")
         if unmask or register_svc.is_lookup(args, unmasks=unmasks):
             count_lookup(st.settings.person_lookup_rate, principal.actor_id)
-        plan = svc.plan_persons(
-            principal.scope,
-            args,
-            Keys(st.cipher, st.phone_key),
-            unmasks=unmasks,
-            unmask=unmask,
-        )
+        keys = Keys(st.cipher, st.phone_key)
+        plan = svc.plan_persons(principal.scope, args, keys, unmasks=unmasks, unmask=unmask)
+        if register_svc.numbers_searched(args):  # a lookup by number: audited as the search's
+            session = db_session()
+            register_svc.record_lookup(
+                session,
+                request_actor(),
+                args,
+                register_svc.lookup_matches(session, principal.scope, args, keys, unmasks=unmasks),
+                scope=principal.scope,
+                home_region=principal.region_code,
+                via="export",
+            )
         return _audited(plan, args, fmt, masked=not unmask)
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..auditing import audit, request_actor
 from ..auth import current_principal
-from ..db import writes
+from ..db import writes, writes_when
 from ..errors import Conflict, DomainError, Unprocessable
 from ..extensions import commit, db_session, state
 from ..geo.crs import no_fix
@@ -402,12 +402,19 @@ def _lookups(args: dict[str, Any]) -> None:
         count_lookup(state().settings.person_lookup_rate, _actor())
 
 
+def _looks_a_number_up() -> bool:
+    """Whether the search asked for looks a resident up by an exact ID or phone number (and
+    so writes its audit row: ``svc.record_lookup``), read from the query as sent."""
+    return bool(request.args.get("id_number") or request.args.get("phone"))
+
+
 @persons_blp.route("")
 class Persons(MethodView):
     @persons_blp.requires("persons:read")
     @persons_blp.arguments(PersonArgsSchema, location="query")
     @persons_blp.response(200, PersonListSchema)
     @persons_blp.alt_response(429, response="TOO_MANY_REQUESTS")
+    @writes_when(_looks_a_number_up)
     def get(self, args):
         """Search residents in your scope (masked)
 
@@ -416,14 +423,33 @@ class Persons(MethodView):
         counted as an exact lookup), exact ID number or phone number (matched through keyed
         hashes, never the plain value; rate-limited per caller: GRIDAPI_PERSON_LOOKUP_RATE), address
         text, region, grid, household or house. Residents outside your scope are not found.
+
+        A search by ID or phone number tells whether someone lives in your area, and where:
+        it is audited as a read of personal data (`person.lookup`: the kind of number, the
+        number masked, how many residents matched and which, and the optional `purpose_code`
+        and `reference`), committed with the answer, hit or miss.
         """
+        if args.get("reference"):
+            _check_reference(args, "query")
         _lookups(args)
         k = keys()
         principal = current_principal()
+        session = db_session()
         rows = svc.search_persons(
-            db_session(), principal.scope, _args(args), k, unmasks=principal.can("persons:unmask")
+            session, principal.scope, _args(args), k, unmasks=principal.can("persons:unmask")
         )
         items = [svc.person_view(p, k) for p in rows]
+        entry = svc.record_lookup(
+            session,
+            request_actor(),
+            args,
+            [(p.id, p.region_code) for p in rows],
+            scope=principal.scope,
+            home_region=principal.region_code,
+            via="search",
+        )
+        if entry is not None:
+            commit()
         return {"items": items, "next_cursor": _page(items, args["limit"])}
 
     @persons_blp.requires("persons:write")

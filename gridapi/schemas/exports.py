@@ -11,7 +11,13 @@ from ..models.exports import EXPORT_JOB_STATUSES
 from ..services.exports import FORMATS, KINDS
 from .cases import CaseQueryArgsSchema
 from .common import StrictSchema
-from .register import PersonArgsSchema, PurposeFields, VisitArgsSchema
+from .register import (
+    PersonArgsSchema,
+    PurposeFields,
+    VisitArgsSchema,
+    purpose_code_field,
+    reference_field,
+)
 from .tasks import TaskArgsSchema
 
 _PAGING = ("cursor", "limit")
@@ -65,6 +71,14 @@ class PersonExportArgsSchema(PersonArgsSchema, PurposeFields):
         exclude = _PAGING
 
     format = _format()
+    # Not the search's: here it is also why full values are read (required with unmask).
+    purpose_code = purpose_code_field(
+        "Why the full values are needed, or an ID or phone number looked up (kept in the "
+        "audit log)",
+        " Required with `unmask=true` unless the deprecated `purpose` is given; optional "
+        "otherwise, and kept in the `person.lookup` row of an `id_number` or `phone`.",
+    )
+    reference = reference_field()
     unmask = fields.Boolean(
         load_default=False,
         metadata={

@@ -157,6 +157,43 @@ class HouseArgsSchema(AreaArgs):
     use = fields.String(validate=validate.OneOf(HOUSE_USES))
 
 
+def reference_field(what: str = "read") -> fields.Field:
+    """The ``reference`` of a read of personal data: the case, file or request number it is
+    for (checked by :class:`ReferenceChecked`)."""
+    return fields.String(
+        metadata={
+            "description": f"The case, file or request number the {what} is for (1-40 "
+            "letters, digits, '/', '_', '.' or '-'; not an ID or phone number, also not "
+            "written with separators, unless it is the number of a case you can read). "
+            "Audited.",
+            "example": "MZJ-2026/0412",
+        },
+    )
+
+
+class ReferenceChecked(StrictSchema):
+    """Refuses a ``reference`` that cannot be one: never a resident's ID or phone number,
+    since the audit log keeps it for good."""
+
+    @validates_schema
+    def _a_reference(self, data: dict[str, Any], **_: Any) -> None:
+        if "reference" in data and (problem := reference_problem(data["reference"])):
+            raise ValidationError({"reference": [problem]})
+
+
+def purpose_code_field(description: str, after: str = "") -> fields.Field:
+    """A ``purpose_code``: one of :data:`PURPOSES`, described as ``description``, the codes,
+    then ``after``."""
+    codes = ", ".join(f"`{c}`" for c in PURPOSES)
+    return fields.String(
+        validate=validate.OneOf(PURPOSES),
+        metadata={
+            "description": f"{description}: {codes}.{after}",
+            "example": "identity_verification",
+        },
+    )
+
+
 # --- persons ----------------------------------------------------------------------------------
 
 
@@ -268,7 +305,7 @@ class PersonListSchema(StrictSchema):
     next_cursor = fields.Integer(allow_none=True, required=True)
 
 
-class PersonArgsSchema(AreaArgs):
+class PersonArgsSchema(AreaArgs, ReferenceChecked):
     name = fields.String(
         validate=[validate.Length(min=1, max=100), something_to_find(str.strip)],
         metadata={
@@ -281,11 +318,17 @@ class PersonArgsSchema(AreaArgs):
     )
     id_number = fields.String(
         validate=validate.Length(max=40),
-        metadata={"description": "Exact ID number (via its keyed hash); rate-limited per user."},
+        metadata={
+            "description": "Exact ID number (via its keyed hash); rate-limited per user and "
+            "audited (`person.lookup`: the number masked, how many residents matched)."
+        },
     )
     phone = fields.String(
         validate=validate.Length(max=40),
-        metadata={"description": "Exact phone number (via its keyed hash); rate-limited per user."},
+        metadata={
+            "description": "Exact phone number (via its keyed hash); rate-limited per user and "
+            "audited (`person.lookup`: the number masked, how many residents matched)."
+        },
     )
     address = fields.String(
         validate=[validate.Length(min=1, max=100), something_to_find(address_key)],
@@ -299,32 +342,26 @@ class PersonArgsSchema(AreaArgs):
     household_id = fields.Integer()
     house_id = fields.Integer()
     population_type = fields.String(validate=validate.OneOf(POPULATION_TYPES))
+    purpose_code = purpose_code_field(
+        "Optional: why an ID or phone number is looked up, kept in the lookup's audit row "
+        "(`person.lookup`, written for every search by `id_number` or `phone`; a search "
+        "without either writes none and keeps no purpose)"
+    )
+    reference = reference_field("lookup")
 
 
-class PurposeFields(StrictSchema):
+class PurposeFields(ReferenceChecked):
     """Why full values are read: a `purpose_code` and an optional `reference`, kept in the
     append-only audit log; the free-text `purpose` (deprecated) is accepted but not kept.
     ``PURPOSE_ALWAYS``: a purpose is required, else only with ``unmask``."""
 
     PURPOSE_ALWAYS = True
 
-    purpose_code = fields.String(
-        validate=validate.OneOf(PURPOSES),
-        metadata={
-            "description": "Why the full values are needed (kept in the audit log): "
-            + ", ".join(f"`{c}`" for c in PURPOSES)
-            + ". Required unless the deprecated `purpose` is given.",
-            "example": "identity_verification",
-        },
+    purpose_code = purpose_code_field(
+        "Why the full values are needed (kept in the audit log)",
+        " Required unless the deprecated `purpose` is given.",
     )
-    reference = fields.String(
-        metadata={
-            "description": "The case, file or request number the read is for (1-40 letters, "
-            "digits, '/', '_', '.' or '-'; not an ID or phone number, also not written with "
-            "separators, unless it is the number of a case you can read). Audited.",
-            "example": "MZJ-2026/0412",
-        },
-    )
+    reference = reference_field()
     purpose = Stated(
         validate=validate.Length(min=4, max=200),
         metadata={
@@ -344,8 +381,6 @@ class PurposeFields(StrictSchema):
             if not self.PURPOSE_ALWAYS:
                 message = "is required with unmask=true (purpose_code)"
             raise ValidationError({"purpose_code": [message]})
-        if "reference" in data and (problem := reference_problem(data["reference"])):
-            raise ValidationError({"reference": [problem]})
 
 
 class PurposeArgsSchema(PurposeFields):

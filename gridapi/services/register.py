@@ -45,10 +45,11 @@ from ..personal import (
     parse_id_number,
     parse_phone,
 )
-from ..purposes import is_id_number_written_apart
+from ..purposes import is_id_number_written_apart, purpose_summary
 from ..scope import Scope, starts_with
 from ..security.fields import FieldCipher, blind_index
 from . import cases as cases_svc
+from .audit import Actor, record
 from .cursors import page_by_id
 from .patrols import not_in_future
 from .preconditions import check_if_match, flush_versioned
@@ -1233,6 +1234,95 @@ def person_query(  # type: ignore[no-untyped-def]
     if args.get("population_type"):
         stmt = stmt.where(Person.population_type == args["population_type"])
     return stmt
+
+
+#: The audit action of a search of residents by an exact ID or phone number.
+LOOKUP_ACTION = "person.lookup"
+#: The most resident ids a lookup's audit row names (how many matched is always said).
+LOOKUP_IDS_KEPT = 50
+
+
+def numbers_searched(args: dict[str, Any]) -> dict[str, str]:
+    """Return the exact numbers a search (or an export) of residents looks up — ``id_number``
+    and ``phone``, each the kind of number — masked as every answer masks them
+    (``3205**********1234``, ``138****5678``): what its audit row keeps. Empty when it looks
+    up none. A malformed number is a 422 naming it (``errors.query``), as the search says."""
+    numbers: dict[str, str] = {}
+    if args.get("id_number"):
+        numbers["id_number"] = mask_id_number(_check_id(args["id_number"], location="query").value)
+    if args.get("phone"):
+        phone = _check_phone(args["phone"], location="query")
+        if phone:
+            numbers["phone"] = mask_phone(phone)
+    return numbers
+
+
+def lookup_matches(
+    session: Session, scope: Scope, args: dict[str, Any], keys: Keys, *, unmasks: bool
+) -> list[tuple[int, str]]:
+    """Return (id, region code) of every resident in scope an export of residents with the
+    filters ``args`` holds, by id (of a lookup by number: a few rows at most)."""
+    stmt = person_query(
+        scope, args, keys, select(Person.id, Person.region_code), unmasks=unmasks
+    ).order_by(Person.id)
+    return [(person_id, region) for person_id, region in session.execute(stmt)]
+
+
+def record_lookup(
+    session: Session,
+    actor: Actor,
+    args: dict[str, Any],
+    matches: Iterable[tuple[int, str]],
+    *,
+    scope: Scope,
+    home_region: str | None,
+    via: str,
+) -> AuditEntry | None:
+    """Add the audit row of a search of residents by an exact ID or phone number
+    (``person.lookup``) to the session's transaction, or nothing when ``args`` look up no
+    number. Such a search tells whether a given person lives in the caller's area, and
+    where: a read of sensitive personal information (PIPL; DOMAIN.md §7), audited as an
+    unmasked read is, hit or miss.
+
+    The row keeps the kinds of number searched (``by``), each number masked
+    (``id_number_masked``, ``phone_masked``: never in clear), how many residents ``matched``
+    (those answered: a page of the search, every row of an export) and their ids, the
+    purpose code and reference when stated, and ``via`` (``search``, ``export``). It is about
+    the resident when exactly one matched (``object_id``), and filed under that resident's
+    region, or the one region of all that matched; otherwise (none, or several regions) under
+    the region or grid searched when it lies in the scope, else the caller's ``home_region``.
+    """
+    numbers = numbers_searched(args)
+    if not numbers:
+        return None
+    found = list(matches)
+    ids = [person_id for person_id, _ in found]
+    regions = {region for _, region in found}
+    if len(regions) == 1:
+        region_code: str | None = next(iter(regions))
+    elif args.get("region") and scope.covers_region(args["region"]):
+        region_code = args["region"]
+    elif args.get("grid") and scope.covers_grid(args["grid"]):
+        region_code = args["grid"][:12]
+    else:
+        region_code = home_region
+    summary: dict[str, Any] = {
+        "by": sorted(numbers),
+        **{f"{kind}_masked": masked for kind, masked in sorted(numbers.items())},
+        "matched": len(ids),
+        "person_ids": ids[:LOOKUP_IDS_KEPT],
+        "via": via,
+        **purpose_summary(args),
+    }
+    return record(
+        session,
+        actor,
+        LOOKUP_ACTION,
+        "person",
+        ids[0] if len(ids) == 1 else None,
+        summary=summary,
+        region_code=region_code,
+    )
 
 
 def person_view(person: Person, keys: Keys, today: date | None = None) -> dict[str, Any]:

@@ -1,0 +1,316 @@
+"""Searches of the register by an exact ID or phone number are audited (both engines).
+
+Such a search tells whether a given person lives in the caller's area, and where: a read of
+sensitive personal information (PIPL; DOMAIN.md §7). Each one, in the search and in the
+residents' export, hit or miss, writes a ``person.lookup`` row in the request's transaction:
+the kind of number, the number masked (never in clear), how many residents matched and which,
+and the purpose code and reference when stated. A search without a number writes none, and
+the answers are what they were.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from gridapi.personal import check_digit
+
+from ..factories import COMMUNITY_A, COMMUNITY_B, COUNTY
+from ..sqlite_locks import writes_begun_as_reads
+from .test_sqlite_writers import HOLD_S, holding_the_write_lock
+
+A1 = COMMUNITY_A + "001"
+B1 = COMMUNITY_B + "001"
+PHONE = "13812345678"
+SHARED_PHONE = "13900001111"  # a parent's number, given for a child too
+
+
+def make_id(seq: str = "123", born: str = "19900101", prefix: str = "320508") -> str:
+    first = prefix + born + seq
+    return first + check_digit(first)
+
+
+def ok(response: Any, status: int = 200) -> Any:
+    assert response.status_code == status, (response.status_code, response.get_data()[:500])
+    return response
+
+
+@pytest.fixture
+def people(client, world) -> dict[str, dict[str, Any]]:  # type: ignore[no-untyped-def]
+    def add(name: str, seq: str, phone: str, grid: str) -> dict[str, Any]:
+        body = {"name": name, "id_number": make_id(seq), "phone": phone, "grid": grid}
+        return ok(client.post("/api/v1/persons", json=body), 201).get_json()
+
+    return {
+        "zhang": add("张三", "101", PHONE, A1),
+        "mother": add("王芳", "102", SHARED_PHONE, A1),
+        "child": add("王小明", "103", SHARED_PHONE, A1),
+        "li": add("李四", "104", "13700002222", B1),
+    }
+
+
+@pytest.fixture
+def officer(accounts, world):  # type: ignore[no-untyped-def]
+    return accounts.client("officer_a", "community_officer", scope_region=COMMUNITY_A)
+
+
+@pytest.fixture
+def centre(accounts, world):  # type: ignore[no-untyped-def]
+    """The county centre: reads the audit log of the county."""
+    return accounts.client("centre", "county_centre", scope_region=COUNTY)
+
+
+def lookups(reader: Any) -> list[dict[str, Any]]:
+    """The ``person.lookup`` entries the audit API lists to ``reader``, oldest first."""
+    r = ok(reader.get("/api/v1/audit", query_string={"action": "person.lookup", "limit": 200}))
+    return list(reversed(r.get_json()["items"]))
+
+
+def audit_log_text(engine: Any) -> str:
+    """Every audit row as text, all columns."""
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM audit_log ORDER BY id")).all()
+    return json.dumps([[str(v) for v in row] for row in rows], ensure_ascii=False)
+
+
+def count_rows(engine: Any, action: str | None = None) -> int:
+    with engine.connect() as conn:
+        if action is None:
+            return conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one()
+        return conn.execute(
+            text("SELECT count(*) FROM audit_log WHERE action = :a"), {"a": action}
+        ).scalar_one()
+
+
+def test_a_search_by_id_number_is_audited_with_the_number_masked(
+    officer, centre, people, accounts, engine
+):
+    zhang = people["zhang"]
+    number = make_id("101")
+    r = ok(officer.get("/api/v1/persons", query_string={"id_number": number}))
+    # The answer is what it was: the resident, masked, as any other search shows them.
+    same = ok(officer.get(f"/api/v1/persons?grid={A1}")).get_json()["items"]
+    assert r.get_json() == {
+        "items": [p for p in same if p["id"] == zhang["id"]],
+        "next_cursor": None,
+    }
+    assert r.get_json()["items"][0]["id_number"] == number[:4] + "*" * 10 + number[-4:]
+
+    (entry,) = lookups(centre)  # the county centre over the officer reads it
+    assert entry["actor_id"] == f"user:{accounts.ids['officer_a']}"
+    assert entry["request_id"] == r.headers["X-Request-ID"]
+    assert (entry["object_type"], entry["object_id"]) == ("person", str(zhang["id"]))
+    assert entry["region_code"] == COMMUNITY_A
+    assert entry["summary"] == {
+        "by": ["id_number"],
+        "id_number_masked": number[:4] + "**********" + number[-4:],
+        "matched": 1,
+        "person_ids": [zhang["id"]],
+        "via": "search",
+    }
+    assert number not in audit_log_text(engine)
+    assert number[6:14] not in audit_log_text(engine)  # nor its birth date
+    # A lower-case x, spaces or full-width digits are the same number, masked the same way.
+    ok(officer.get("/api/v1/persons", query_string={"id_number": f" {number.lower()} "}))
+    assert (
+        lookups(centre)[-1]["summary"]["id_number_masked"] == entry["summary"]["id_number_masked"]
+    )
+
+
+def test_a_search_that_finds_nobody_is_audited_and_committed(officer, centre, people, engine):
+    """A miss answers the question too (this person does not live here): its row is
+    committed with the empty answer, filed under the caller's area."""
+    number = make_id("999")
+    phone = "+86 158-0000-9999"
+    r = ok(officer.get("/api/v1/persons", query_string={"id_number": number, "phone": phone}))
+    assert r.get_json() == {"items": [], "next_cursor": None}
+    (entry,) = lookups(centre)
+    assert entry["object_id"] is None
+    assert entry["region_code"] == COMMUNITY_A
+    assert entry["summary"] == {
+        "by": ["id_number", "phone"],
+        "id_number_masked": number[:4] + "**********" + number[-4:],
+        "phone_masked": "158****9999",
+        "matched": 0,
+        "person_ids": [],
+        "via": "search",
+    }
+    logged = audit_log_text(engine)
+    assert number not in logged and "15800009999" not in logged and "158-0000-9999" not in logged
+    # A resident outside the caller's area is not found, and the row says so.
+    ok(officer.get("/api/v1/persons", query_string={"id_number": make_id("104")}))
+    assert lookups(centre)[-1]["summary"]["matched"] == 0
+
+
+def test_a_phone_number_shared_by_several_residents(officer, centre, people, engine):
+    r = ok(officer.get("/api/v1/persons", query_string={"phone": "139 0000 1111"}))
+    ids = [p["id"] for p in r.get_json()["items"]]
+    assert ids == [people["mother"]["id"], people["child"]["id"]]
+    assert all(p["phone"] == "139****1111" for p in r.get_json()["items"])
+    (entry,) = lookups(centre)
+    assert entry["object_id"] is None  # about no one resident: the ids are in the summary
+    assert entry["region_code"] == COMMUNITY_A
+    assert entry["summary"]["by"] == ["phone"]
+    assert entry["summary"]["phone_masked"] == "139****1111"
+    assert (entry["summary"]["matched"], entry["summary"]["person_ids"]) == (2, ids)
+    assert SHARED_PHONE not in audit_log_text(engine)
+    # A page of it: each page is a lookup, and its row names what that page answered.
+    r = ok(officer.get("/api/v1/persons", query_string={"phone": SHARED_PHONE, "limit": 1}))
+    assert r.get_json()["next_cursor"] == ids[0]
+    assert lookups(centre)[-1]["summary"]["person_ids"] == [ids[0]]
+    assert lookups(centre)[-1]["object_id"] == str(ids[0])
+
+
+def test_the_purpose_and_reference_are_kept_when_stated(officer, centre, people, engine):
+    query = {
+        "id_number": make_id("101"),
+        "purpose_code": "identity_verification",
+        "reference": "MZJ-2026/0412",
+    }
+    plain = ok(officer.get("/api/v1/persons", query_string={"id_number": make_id("101")}))
+    stated = ok(officer.get("/api/v1/persons", query_string=query))
+    assert stated.get_json() == plain.get_json()
+    entry = lookups(centre)[-1]
+    assert entry["summary"]["purpose_code"] == "identity_verification"
+    assert entry["summary"]["reference"] == "MZJ-2026/0412"
+    assert "purpose_code" not in lookups(centre)[0]["summary"]  # optional: none was stated
+    before = count_rows(engine)
+    # A reference that is an ID or phone number is refused (the log keeps it for good); so
+    # is an unknown code. Nothing is looked up, counted or audited.
+    for bad in (
+        {"reference": make_id("101")},
+        {"reference": "139-0000-1111"},
+        {"reference": f"{make_id('101')[:6]}-{make_id('101')[6:14]}-{make_id('101')[14:]}"},
+        {"purpose_code": "curiosity"},
+    ):
+        r = officer.get("/api/v1/persons", query_string={"id_number": make_id("101"), **bad})
+        assert r.status_code == 422, r.get_json()
+        assert set(r.get_json()["errors"]["query"]) == set(bad)
+    assert count_rows(engine) == before
+
+
+def test_a_search_without_a_number_writes_no_row(officer, client, people, engine):
+    before = count_rows(engine)
+    for query in (
+        {},
+        {"name": "张"},
+        {"name": "张三"},
+        {"grid": A1},
+        {"address": "平江路"},
+        {"household_id": 1},
+        {"id_number": ""},
+        {"phone": ""},
+        # a purpose alone looks nothing up: accepted, and kept nowhere
+        {"grid": A1, "purpose_code": "statistics", "reference": "TJ-2026/1"},
+    ):
+        ok(officer.get("/api/v1/persons", query_string=query))
+        ok(client.get("/api/v1/persons", query_string=query))
+    assert count_rows(engine) == before
+
+
+def test_a_malformed_or_refused_lookup_writes_no_row(app, officer, people, engine):
+    before = count_rows(engine)
+    r = officer.get("/api/v1/persons", query_string={"id_number": "12345"})
+    assert r.status_code == 422 and r.get_json()["errors"]["query"]["id_number"]
+    r = officer.get("/api/v1/persons", query_string={"phone": "12345"})
+    assert r.status_code == 422 and r.get_json()["errors"]["query"]["phone"]
+    assert count_rows(engine) == before
+    # Past the allowance: 429 before anything is looked up, and nothing is audited.
+    app.extensions["gridapi"].settings.person_lookup_rate = "1 per hour"
+    ok(officer.get("/api/v1/persons", query_string={"id_number": make_id("101")}))
+    assert count_rows(engine, "person.lookup") == 1
+    r = officer.get("/api/v1/persons", query_string={"phone": PHONE})
+    assert r.status_code == 429
+    assert count_rows(engine, "person.lookup") == 1
+
+
+def test_an_export_by_number_is_audited_as_the_search_is(officer, centre, people, engine):
+    def rows(response: Any) -> list[list[str]]:
+        return list(csv.reader(io.StringIO(response.get_data(as_text=True).lstrip("\ufeff"))))
+
+    masked = ok(officer.get("/api/v1/exports/persons", query_string={"phone": SHARED_PHONE}))
+    by_grid = ok(officer.get("/api/v1/exports/persons", query_string={"grid": A1}))
+    family = {str(people["mother"]["id"]), str(people["child"]["id"])}
+    assert rows(masked)[1:] == [row for row in rows(by_grid)[1:] if row[0] in family]
+    assert count_rows(engine, "person.lookup") == 1  # the grid's export looked nothing up
+    entry = lookups(centre)[-1]
+    assert entry["summary"] == {
+        "by": ["phone"],
+        "phone_masked": "139****1111",
+        "matched": 2,
+        "person_ids": sorted(int(i) for i in family),
+        "via": "export",
+    }
+    # Unmasked, with its purpose: the lookup's row keeps the purpose as the export's does.
+    query = {
+        "id_number": make_id("101"),
+        "unmask": "true",
+        "purpose_code": "legal_request",
+        "reference": "GA-2026/77",
+    }
+    full = rows(ok(officer.get("/api/v1/exports/persons", query_string=query)))
+    assert [row[0] for row in full[1:]] == [str(people["zhang"]["id"])]
+    assert make_id("101") in full[1]  # the file has it in full: the log does not
+    entry = lookups(centre)[-1]
+    assert (entry["object_id"], entry["region_code"]) == (str(people["zhang"]["id"]), A1[:12])
+    assert entry["summary"] == {
+        "by": ["id_number"],
+        "id_number_masked": make_id("101")[:4] + "**********" + make_id("101")[-4:],
+        "matched": 1,
+        "person_ids": [people["zhang"]["id"]],
+        "via": "export",
+        "purpose_code": "legal_request",
+        "reference": "GA-2026/77",
+    }
+    # The export's own row is as it was: the filter named, its value not.
+    with engine.connect() as conn:
+        summary = conn.execute(
+            text("SELECT summary FROM audit_log WHERE action = 'export.download' ORDER BY id DESC")
+        ).scalar()
+    summary = json.loads(summary) if isinstance(summary, str) else summary
+    assert list(summary["filters"]) == ["id_number"]
+    # A miss in the export is committed too.
+    ok(officer.get("/api/v1/exports/persons", query_string={"id_number": make_id("998")}))
+    assert lookups(centre)[-1]["summary"]["matched"] == 0
+    logged = audit_log_text(engine)
+    for value in (make_id("101"), make_id("998"), SHARED_PHONE):
+        assert value not in logged
+
+
+def test_a_queued_export_cannot_search_by_number(officer, people, engine):
+    """A job keeps its filters until it has run: an exact number is refused there (422), so
+    no job looks one up unaudited."""
+    before = count_rows(engine)
+    for filters in ({"id_number": make_id("101")}, {"phone": PHONE}):
+        r = officer.post("/api/v1/exports/persons/jobs", json={"filters": filters})
+        assert r.status_code == 422, r.get_json()
+        assert set(r.get_json()["errors"]["json"]["filters"]) == set(filters)
+    assert count_rows(engine) == before
+
+
+@pytest.mark.engines("sqlite")
+def test_on_sqlite_a_lookup_begins_as_a_writer_and_a_plain_search_as_a_read(
+    officer, people, engine
+):
+    """A search by number writes its audit row: on SQLite its transaction begins as a
+    writer's (begun as a read, its INSERT is refused at once, "database is locked", whenever
+    another connection committed meanwhile). A search that looks no number up stays a plain
+    read, answered while a writer holds the lock."""
+    with writes_begun_as_reads() as unsafe:
+        r = ok(officer.get("/api/v1/persons", query_string={"id_number": make_id("101")}))
+        ok(officer.get("/api/v1/persons", query_string={"phone": SHARED_PHONE}))
+    assert [p["id"] for p in r.get_json()["items"]] == [people["zhang"]["id"]]
+    assert count_rows(engine, "person.lookup") == 2
+    assert unsafe == []
+    writer = holding_the_write_lock(engine)
+    began = time.monotonic()
+    r = ok(officer.get("/api/v1/persons", query_string={"name": "张"}))
+    assert time.monotonic() - began < HOLD_S * 0.5  # it did not wait for the writer
+    writer.join()
+    assert len(r.get_json()["items"]) == 1
