@@ -256,6 +256,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
         GRIDAPI_DEMO_PASSWORD=PASSWORD,
         GRIDAPI_CLIENT_RATE_LIMIT="1000000 per minute",
         GRIDAPI_LOGIN_RATE_ACCOUNT="1000 per minute",
+        GRIDAPI_LOGIN_RATE_ACCOUNT_ADDRESS="1000 per minute",
         GRIDAPI_PERSON_LOOKUP_RATE="100000 per hour",
     )
     for command in (["db", "upgrade"], ["demo-data"]):

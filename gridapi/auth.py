@@ -63,24 +63,22 @@ class Principal:
 class PrincipalCache:
     """A short per-process cache of principals, so a request need not reload its user.
 
-    Entries live ``ttl`` seconds (never past the credential's own expiry): a disabled user or
-    a revoked key stops working within that time in every process, and at once in the
-    process that made the change.
+    Entries live ``ttl`` seconds (never past the credential's own expiry): a disabled user,
+    a revoked key or a signed-out sign-in stops working within that time in every process,
+    and at once in the process that made the change.
     """
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._items: dict[tuple[Any, ...], tuple[float, Principal | None]] = {}
+        self._items: dict[tuple[Any, ...], tuple[float, Any]] = {}
 
-    def get(self, key: tuple[Any, ...]) -> tuple[bool, Principal | None]:
+    def get(self, key: tuple[Any, ...]) -> tuple[bool, Any]:
         item = self._items.get(key)
         if item is None or time.monotonic() > item[0]:
             return False, None
         return True, item[1]
 
-    def put(
-        self, key: tuple[Any, ...], value: Principal | None, expires_at: float | None = None
-    ) -> None:
+    def put(self, key: tuple[Any, ...], value: Any, expires_at: float | None = None) -> None:
         """Keep ``value`` for ``ttl`` seconds, or until ``expires_at`` (epoch) if sooner."""
         if self.ttl <= 0:
             return
@@ -89,6 +87,11 @@ class PrincipalCache:
             if len(self._items) > 10_000:
                 self._items.clear()
             self._items[key] = (time.monotonic() + lifetime, value)
+
+    def end_session(self, session_id: str) -> None:
+        """Refuse the access tokens of the sign-in ``session_id`` from now on in this process
+        (its refresh tokens were revoked; other processes see it within ``ttl``)."""
+        self.put(("session", session_id), False)
 
     def clear(self) -> None:
         self._items.clear()
@@ -142,22 +145,29 @@ def _authenticate_read(kind: str, value: str) -> Principal:
     if kind == "token":
         # A token already verified in this process skips the signature check until the
         # cache entry ends (at most ttl, never past the token's expiry).
-        hit, principal = cache.get(("jwt", value))
-        if hit and principal is not None:
-            return principal
-        try:
-            claims = st.tokens.verify(value)
-            user_id, version = int(claims["sub"]), int(claims.get("ver", -1))
-        except (InvalidToken, KeyError, ValueError):
-            raise Unauthorized("The access token is invalid or expired.") from None
-        hit, principal = cache.get(("user", user_id, version))
-        if not hit:
-            with st.sessions() as session:
-                principal = identity.user_principal(session, user_id, version)
-            cache.put(("user", user_id, version), principal)
-        if principal is None:
+        hit, verified = cache.get(("jwt", value))
+        if hit and verified is not None:
+            principal, session_id = verified
+        else:
+            try:
+                claims = st.tokens.verify(value)
+                user_id, version = int(claims["sub"]), int(claims.get("ver", -1))
+                session_id = claims.get("sid")
+                if session_id is not None and not isinstance(session_id, str):
+                    raise ValueError("sid")
+            except (InvalidToken, KeyError, ValueError):
+                raise Unauthorized("The access token is invalid or expired.") from None
+            hit, principal = cache.get(("user", user_id, version))
+            if not hit:
+                with st.sessions() as session:
+                    principal = identity.user_principal(session, user_id, version)
+                cache.put(("user", user_id, version), principal)
+            if principal is None:
+                raise Unauthorized("The access token is no longer valid.")
+            cache.put(("jwt", value), (principal, session_id), expires_at=float(claims["exp"]))
+        # Tokens issued before they carried ``sid`` end with their lifetime, as they did.
+        if session_id is not None and not _session_live(session_id):
             raise Unauthorized("The access token is no longer valid.")
-        cache.put(("jwt", value), principal, expires_at=float(claims["exp"]))
         return principal
     prefix = api_key_prefix(value)
     if prefix is None:
@@ -171,6 +181,23 @@ def _authenticate_read(kind: str, value: str) -> Principal:
         raise Unauthorized("The API key is invalid or revoked.")
     _check_client_rate(principal)
     return principal
+
+
+def _session_live(session_id: str) -> bool:
+    """Return whether the sign-in an access token belongs to is still live (not signed out,
+    not ended by a replayed refresh token or a new password). Read from the database at
+    most once per GRIDAPI_AUTH_CACHE_SECONDS per sign-in and process: a request whose token
+    this process has seen costs a dictionary lookup."""
+    from .services import identity
+
+    st = state()
+    cache: PrincipalCache = st.principals
+    hit, live = cache.get(("session", session_id))
+    if not hit:
+        with st.sessions() as session:
+            live = identity.session_live(session, session_id)
+        cache.put(("session", session_id), live)
+    return bool(live)
 
 
 @functools.lru_cache(maxsize=256)

@@ -143,6 +143,7 @@ def rate_limit_problem(text: str) -> str | None:
 #: GRIDAPI_PERSON_LOOKUP_RATE answered every exact ID or phone lookup 500.
 _RATE_LIMITS = (
     "login_rate_account",
+    "login_rate_account_address",
     "login_rate_address",
     "client_rate_limit",
     "person_lookup_rate",
@@ -314,8 +315,12 @@ class Settings:
     access_token_minutes: int = 15
     refresh_token_days: int = 30
     redis_url: str = ""
-    login_rate_account: str = "5 per 15 minutes"
-    login_rate_address: str = "30 per 15 minutes"
+    # Failed sign-ins are counted per account and client address, so that someone elsewhere
+    # who knows a name cannot lock its owner out; an account's count over every address is
+    # ten times higher, to bound guessing spread over many addresses (docs: README).
+    login_rate_account_address: str = "5 per 15 minutes"
+    login_rate_account: str = "50 per 15 minutes"
+    login_rate_address: str = "100 per 15 minutes"
     client_rate_limit: str = "600 per minute"
     auth_cache_seconds: float = 5.0
     demo_password: str = ""

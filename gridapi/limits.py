@@ -28,19 +28,25 @@ from .errors import DomainError
 log = logging.getLogger(__name__)
 
 
+def _address_hash() -> str:
+    """Return the keyed hash of the client's address (HMAC-SHA256 under the blind-index
+    key, as the name a sign-in gives), never the address itself."""
+    from .extensions import state
+    from .security.fields import blind_index
+
+    return blind_index("address", get_remote_address() or "", state().phone_key)
+
+
 def address_key() -> str:
-    """Return the throttling key of the client's address: a keyed hash of it (HMAC-SHA256
-    under the blind-index key, as the name a sign-in gives), never the address itself.
+    """Return the throttling key of the client's address: a keyed hash of it, never the
+    address itself.
 
     The keys are the rows of ``rate_limit_counters`` (and Redis's keys): with the address
     in them the table held who had tried to sign in from where for a window, personal data
     the database has no other use for. A keyed hash is still one key per address, so the
     limits count as before; without the key, nobody can try the 2^32 IPv4 addresses to read
     them back."""
-    from .extensions import state
-    from .security.fields import blind_index
-
-    return f"address:{blind_index('address', get_remote_address() or '', state().phone_key)}"
+    return f"address:{_address_hash()}"
 
 
 limiter = Limiter(key_func=address_key, default_limits=[], headers_enabled=True)
@@ -261,12 +267,16 @@ def limiter_strategy():  # type: ignore[no-untyped-def]
 
 
 def login_name_key() -> str:
-    """Return the throttling key of the name a sign-in gives, as typed (trimmed, any case).
+    """Return the throttling key of the name a sign-in gives, as typed (trimmed, any case),
+    from the client's address.
 
-    The limit on it answers 429. It is not the account's: failures by an account's phone
-    number then locking its username too (429 for one, 401 for a name that was not the
-    number's) told anyone who could guess both whose number it was. An account's own
-    allowance is kept beside it (``account_locked``), and refuses silently.
+    The limit on it (GRIDAPI_LOGIN_RATE_ACCOUNT_ADDRESS) answers 429. It is counted per
+    address: counted per name alone, anyone who knew a grid worker's username could keep
+    the worker locked out from wherever they were (a 429 for the right password too). Nor
+    is it the account's: failures by an account's phone number then locking its username
+    too (429 for one, 401 for a name that was not the number's) told anyone who could guess
+    both whose number it was. An account's own allowances are kept beside it
+    (``account_locked``), and refuse silently.
     """
     from .extensions import state
     from .security.fields import blind_index
@@ -275,35 +285,63 @@ def login_name_key() -> str:
     login = data.get("username") if isinstance(data, dict) else None
     login = str(login or "").strip()
     if not login or len(login) > 64 or "\x00" in login:
-        # Not a name the sign-in takes (its schema answers 422): one key for all of them.
-        return "account:invalid"
+        # Not a name the sign-in takes (its schema answers 422): one key for all of them
+        # from an address.
+        return f"account:invalid:{_address_hash()}"
     # Keyed hash: a phone number typed (staff's are kept only encrypted) is no storage key.
-    return f"account:name:{blind_index('login', login.lower(), state().phone_key)}"
+    name = blind_index("login", login.lower(), state().phone_key)
+    return f"account:name:{name}:{_address_hash()}"
 
 
-#: The scope of the sign-in failures counted per account (``count_account_failure``,
-#: ``account_locked`` and ``password_guesses`` spend the same allowance).
+#: The scopes of the sign-in failures counted per account: from one client address
+#: (GRIDAPI_LOGIN_RATE_ACCOUNT_ADDRESS) and from every address together
+#: (GRIDAPI_LOGIN_RATE_ACCOUNT). ``count_account_failure``, ``account_locked`` and
+#: ``password_guesses`` spend the same allowances.
+LOGIN_ACCOUNT_ADDRESS_SCOPE = "login-account-address"
 LOGIN_ACCOUNT_SCOPE = "login-account"
 
 
 def account_key(user_id: int) -> str:
-    """Return the throttling key of an account's sign-in failures."""
+    """Return the throttling key of an account's sign-in failures from every address."""
     return f"account:user:{user_id}"
 
 
-def account_locked(limit: str, user_id: int) -> bool:
+def _account_allowances(user_id: int) -> tuple[tuple[str, tuple[str, str]], ...]:
+    """Return the account's allowances of failed sign-ins, each as (limit, identifiers):
+    from the client's address first, then from every address."""
+    from .extensions import state
+
+    settings = state().settings
+    return (
+        (
+            settings.login_rate_account_address,
+            (f"{account_key(user_id)}:{_address_hash()}", LOGIN_ACCOUNT_ADDRESS_SCOPE),
+        ),
+        (settings.login_rate_account, (account_key(user_id), LOGIN_ACCOUNT_SCOPE)),
+    )
+
+
+def account_locked(user_id: int) -> bool:
     """Return whether an account's allowance of failed sign-ins is spent (by any of its
-    names, or wrong current passwords)."""
+    names, or wrong current passwords): the one from the client's address, or the one from
+    every address."""
     from limits import parse
 
-    return not limiter_strategy().test(parse(limit), account_key(user_id), LOGIN_ACCOUNT_SCOPE)
+    strategy = limiter_strategy()
+    return not all(
+        strategy.test(parse(limit), *identifiers)
+        for limit, identifiers in _account_allowances(user_id)
+    )
 
 
-def count_account_failure(limit: str, user_id: int) -> None:
-    """Count a failed sign-in against the account it named."""
+def count_account_failure(user_id: int) -> None:
+    """Count a failed sign-in against the account it named, from the client's address and
+    from every address."""
     from limits import parse
 
-    limiter_strategy().hit(parse(limit), account_key(user_id), LOGIN_ACCOUNT_SCOPE)
+    strategy = limiter_strategy()
+    for limit, identifiers in _account_allowances(user_id):
+        strategy.hit(parse(limit), *identifiers)
 
 
 def _spend(limit: str, identifiers: tuple[str, ...], message: str, *, cost: int = 0) -> None:
@@ -345,11 +383,17 @@ def require_lookup_left(limit: str, caller: str, kind: str = "lookup") -> None:
     count_lookup(limit, caller, kind, cost=0)
 
 
-def password_guesses(limit: str, user_id: int, *, failed: bool) -> None:
+def password_guesses(user_id: int, *, failed: bool) -> None:
     """Check (``failed`` false) or count (true) the wrong current passwords sent by an
-    account's own session, against the sign-in failures' allowance of that account (the
-    same key and scope as the sign-in's limit): 429 when it is spent. A stolen access token
+    account's own session, against the sign-in failures' allowances of that account (the
+    same keys and scopes as the sign-in's): 429 when one is spent. A stolen access token
     could otherwise guess the password at ``POST /auth/password`` without limit."""
-    message = f"Too many wrong passwords for this account ({limit}); retry later."
-    identifiers = (account_key(user_id), LOGIN_ACCOUNT_SCOPE)
-    _spend(limit, identifiers, message, cost=1 if failed else 0)
+    spent = None
+    for limit, identifiers in _account_allowances(user_id):
+        message = f"Too many wrong passwords for this account ({limit}); retry later."
+        try:
+            _spend(limit, identifiers, message, cost=1 if failed else 0)
+        except TooManyRequests as exc:
+            spent = spent or exc  # counted against both all the same
+    if spent is not None:
+        raise spent

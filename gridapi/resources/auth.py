@@ -42,8 +42,8 @@ def _failed(response) -> bool:  # type: ignore[no-untyped-def]
     return response.status_code == 401
 
 
-def _account_limit() -> str:
-    return state().settings.login_rate_account
+def _account_address_limit() -> str:
+    return state().settings.login_rate_account_address
 
 
 def _address_limit() -> str:
@@ -55,7 +55,10 @@ def _address_message() -> str:
 
 
 def _account_message() -> str:
-    return f"Too many failed sign-ins for this account ({_account_limit()}); retry later."
+    return (
+        f"Too many failed sign-ins for this account from this address "
+        f"({_account_address_limit()}); retry later."
+    )
 
 
 def _tokens_body(issued: svc.IssuedTokens) -> dict:
@@ -111,7 +114,7 @@ class AuthToken(MethodView):
         error_message=_address_message,
     )
     @limiter.limit(
-        _account_limit,
+        _account_address_limit,
         key_func=login_name_key,
         deduct_when=_failed,
         scope="login-name",
@@ -125,10 +128,15 @@ class AuthToken(MethodView):
         """Sign in with a username (or phone number) and password
 
         Returns an access token (a JWT, valid `expires_in` seconds) and a single-use refresh
-        token. Failed attempts are throttled per name given and per client address (429 with
-        Retry-After); an account's failures by its username and its phone number count
-        together, and once they are spent it is refused (401, as a wrong password) by any
-        other name until the window passes. Each refused attempt (401) writes an audit row
+        token. Failed attempts are throttled per name given from one client address
+        (GRIDAPI_LOGIN_RATE_ACCOUNT_ADDRESS) and per client address (GRIDAPI_LOGIN_RATE_ADDRESS):
+        429 with Retry-After. An account's failures by its username and its phone number count
+        together, from the client's address and, with a higher allowance, from every address
+        (GRIDAPI_LOGIN_RATE_ACCOUNT); once one is spent the account is refused (401, as a wrong
+        password) by any other name from that address, or from every address, until the
+        window passes. Failures from elsewhere therefore do not lock its owner out of their
+        own address until the allowance of every address is spent. Each refused attempt
+        (401) writes an audit row
         `auth.login_failed`: the name as typed (cut to 32 characters; none for a phone
         number, also written with spaces, dashes or +86, which sign in as its 11 digits do,
         nor for a name holding 11 digits in a row, an ID number typed as the name), why it
@@ -137,7 +145,6 @@ class AuthToken(MethodView):
         whatever the reason.
         """
         st = state()
-        limit = st.settings.login_rate_account
         try:
             # The password is checked before the request's transaction begins: on SQLite a
             # POST begins as a writer, and every report and step of every phone waited for
@@ -146,7 +153,7 @@ class AuthToken(MethodView):
                 checked = svc.check_credentials(
                     reading, data["username"], data["password"], phone_key=st.phone_key
                 )
-            if account_locked(limit, checked.user_id):
+            if account_locked(checked.user_id):
                 raise svc.LoginFailed("locked", checked.user_id, checked.region_code)
             issued = svc.login(
                 db_session(),
@@ -161,10 +168,10 @@ class AuthToken(MethodView):
                 # spent its other names are refused as a wrong password is (401), not 429:
                 # a 429 there told whose a phone number was. The password was checked all
                 # the same, so the answer takes as long.
-                if account_locked(limit, failed.user_id):
+                if account_locked(failed.user_id):
                     failed = svc.LoginFailed("locked", failed.user_id, failed.region_code)
                 else:
-                    count_account_failure(limit, failed.user_id)
+                    count_account_failure(failed.user_id)
             _audit_failed_sign_in(data["username"], failed)
             commit()  # the row outlives the refusal (the request's rollback)
             raise Unauthorized(
@@ -195,7 +202,8 @@ class AuthRefresh(MethodView):
         """Exchange a refresh token for a new token pair
 
         The refresh token is single use. Presenting one that was already used revokes its
-        whole family: the next refresh of either holder fails and the user signs in again.
+        whole family: the next refresh of either holder fails, the family's access tokens are
+        refused as after a sign-out, and the user signs in again.
         """
         st = state()
         session = db_session()
@@ -226,6 +234,8 @@ class AuthRefresh(MethodView):
                     ),
                 )
                 commit()
+                if exc.family_id is not None:
+                    st.principals.end_session(exc.family_id)
             raise Unauthorized("The refresh token is invalid, expired or revoked.") from None
         commit()
         return _tokens_body(issued)
@@ -237,16 +247,22 @@ class AuthLogout(MethodView):
     @blp.arguments(RefreshSchema)
     @blp.response(204)
     def post(self, data):
-        """Sign out: revoke the refresh token's family
+        """Sign out: revoke the refresh token's family, and its access tokens
 
-        The access token stays valid until it expires (at most its lifetime).
+        Every access token issued with that sign-in (by the sign-in or a refresh of it) is
+        refused from then on (401): at once by the server that answered, and by every other
+        within GRIDAPI_AUTH_CACHE_SECONDS (5 s by default), the time a server trusts a token
+        it has checked. Other sign-ins of the same person (another phone) go on.
         """
         principal = current_principal()
         if principal.kind != "user":
             raise Forbidden("Only people sign out; API keys are revoked by an admin.")
-        if svc.logout(db_session(), data["refresh_token"], principal.id):
+        ended = svc.logout(db_session(), data["refresh_token"], principal.id)
+        if ended is not None:
             audit("auth.logout", "user", principal.id, region_code=principal.region_code)
         commit()
+        if ended is not None:
+            state().principals.end_session(ended)
 
 
 @blp.route("/auth/password")
@@ -258,14 +274,14 @@ class AuthPassword(MethodView):
         """Change your own password
 
         Every token issued before stops working: sign in again with the new password. A wrong
-        `current_password` counts as a failed sign-in of the account (GRIDAPI_LOGIN_RATE_ACCOUNT):
-        past the allowance, 429.
+        `current_password` counts as a failed sign-in of the account, from the client's address
+        (GRIDAPI_LOGIN_RATE_ACCOUNT_ADDRESS) and from every address (GRIDAPI_LOGIN_RATE_ACCOUNT):
+        past either allowance, 429.
         """
         principal = current_principal()
         if principal.kind != "user":
             raise Forbidden("API keys have no password.")
-        limit = state().settings.login_rate_account
-        password_guesses(limit, principal.id, failed=False)  # spent: 429 before any check
+        password_guesses(principal.id, failed=False)  # spent: 429 before any check
         try:
             # Checked and hashed before the request's transaction begins (argon2 twice): on
             # SQLite that transaction holds the database's one write lock.
@@ -280,7 +296,7 @@ class AuthPassword(MethodView):
             svc.change_password(db_session(), checked, new_hash)
         except Unprocessable as exc:
             if "current_password" in (exc.errors or {}).get("json", {}):
-                password_guesses(limit, principal.id, failed=True)
+                password_guesses(principal.id, failed=True)
             raise
         audit("user.password_change", "user", principal.id, region_code=principal.region_code)
         commit()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .. import clock
@@ -281,19 +281,26 @@ def _issue(session: Session, user: User, signer, refresh_days: int, family: str)
         )
     )
     session.flush()
+    # ``sid`` names the sign-in the token belongs to (its refresh family), so that signing
+    # out (or a replayed refresh token) ends its access tokens too (``session_live``).
     access = signer.issue(
-        subject=str(user.id), claims={"ver": user.token_version, "role": user.role_name}
+        subject=str(user.id),
+        claims={"ver": user.token_version, "role": user.role_name, "sid": family},
     )
     return IssuedTokens(access, refresh, signer.lifetime_seconds, user)
 
 
 class RefreshRejected(Exception):
-    """The refresh token is unknown, expired, revoked or was used before."""
+    """The refresh token is unknown, expired, revoked or was used before. ``family_id`` is
+    the sign-in a reused token revoked (``reuse``)."""
 
-    def __init__(self, reuse: bool = False, user_id: int | None = None) -> None:
+    def __init__(
+        self, reuse: bool = False, user_id: int | None = None, family_id: str | None = None
+    ) -> None:
         super().__init__()
         self.reuse = reuse
         self.user_id = user_id
+        self.family_id = family_id
 
 
 def refresh(session: Session, token: str, *, signer, refresh_days: int) -> IssuedTokens:  # type: ignore[no-untyped-def]
@@ -323,7 +330,7 @@ def refresh(session: Session, token: str, *, signer, refresh_days: int) -> Issue
     if row.used_at is not None or row.revoked_at is not None:
         if row.used_at is not None:
             revoke_family(session, row.family_id)
-            raise RefreshRejected(reuse=True, user_id=row.user_id)
+            raise RefreshRejected(reuse=True, user_id=row.user_id, family_id=row.family_id)
         raise RefreshRejected
     if row.expires_at <= now:
         raise RefreshRejected
@@ -337,12 +344,13 @@ def refresh(session: Session, token: str, *, signer, refresh_days: int) -> Issue
     )
     if marked.rowcount != 1:
         revoke_family(session, row.family_id)
-        raise RefreshRejected(reuse=True, user_id=row.user_id)
+        raise RefreshRejected(reuse=True, user_id=row.user_id, family_id=row.family_id)
     return _issue(session, user, signer, refresh_days, family=row.family_id)
 
 
 def revoke_family(session: Session, family_id: str) -> None:
-    """Revoke every token of a refresh family."""
+    """Revoke every token of a refresh family: the sign-in ends, its access tokens with it
+    (``session_live``)."""
     session.execute(
         update(RefreshToken)
         .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
@@ -350,17 +358,33 @@ def revoke_family(session: Session, family_id: str) -> None:
     )
 
 
-def logout(session: Session, token: str, user_id: int) -> bool:
-    """Revoke the family of a refresh token the user holds; return whether one was found."""
+def logout(session: Session, token: str, user_id: int) -> str | None:
+    """Revoke the family of a refresh token the user holds; return the family (the sign-in
+    ended), or None when the user holds no such token."""
     row = session.scalars(
         select(RefreshToken).where(
             RefreshToken.token_hash == digest(token), RefreshToken.user_id == user_id
         )
     ).first()
     if row is None:
-        return False
+        return None
     revoke_family(session, row.family_id)
-    return True
+    return row.family_id
+
+
+def session_live(session: Session, family_id: str) -> bool:
+    """Return whether the sign-in ``family_id`` (an access token's ``sid``) still holds a
+    refresh token not revoked: false once it was signed out, replayed, or ended by a new
+    password, a disabling or a role change (which revoke every refresh token)."""
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None)
+                )
+            )
+        )
+    )
 
 
 def check_password_change(

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import jwt
 import pytest
 from argon2 import PasswordHasher
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
+from gridapi import create_app
+from gridapi.config import Settings
 from gridapi.models import AuditEntry, User
 from gridapi.security.tokens import CLOCK_SKEW_SECONDS, TokenSigner
 
@@ -23,6 +27,18 @@ NEW_PASSWORD = "Brand-New-Pa55!"
 
 def sign_in(client: Any, login: str, password: str = PASSWORD) -> Any:
     return client.post("/api/v1/auth/token", json={"username": login, "password": password})
+
+
+#: Client addresses of the throttling tests (documentation ranges, RFC 5737).
+HOME, ELSEWHERE, FAR_AWAY = "192.0.2.10", "198.51.100.7", "203.0.113.99"
+
+
+def sign_in_from(client: Any, address: str, login: str, password: str = PASSWORD) -> Any:
+    return client.post(
+        "/api/v1/auth/token",
+        json={"username": login, "password": password},
+        environ_base={"REMOTE_ADDR": address},
+    )
 
 
 def tokens(client: Any, login: str, password: str = PASSWORD) -> dict[str, Any]:
@@ -83,6 +99,23 @@ def alice(factory: Any, accounts: Any) -> int:
 @pytest.fixture
 def bob(factory: Any, accounts: Any, alice: int) -> int:
     return accounts.create("bob", "township_office", scope_region=TOWNSHIP)
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[Callable[..., Any]]:
+    """Make another application on the test database (another server process, with its own
+    cache of callers), with ``changes`` to its settings; return its application."""
+    made: list[Any] = []
+
+    def make(**changes: Any) -> Any:
+        application = create_app(replace(settings, **changes))
+        application.config["TESTING"] = True
+        made.append(application)
+        return application
+
+    yield make
+    for application in made:
+        application.extensions["gridapi"].engine.dispose()
 
 
 # ---- sign-in ---------------------------------------------------------------------------------
@@ -619,6 +652,95 @@ def test_logout_cannot_revoke_another_users_tokens(anon_client: Any, alice: int,
     )
     assert r.status_code == 204
     assert refresh(anon_client, alices["refresh_token"]).status_code == 200
+    # Nobody's sign-in ended: both access tokens still work.
+    assert me(anon_client, alices["access_token"]).status_code == 200
+    assert me(anon_client, bobs["access_token"]).status_code == 200
+
+
+def logout(client: Any, pair: dict[str, Any]) -> Any:
+    return client.post(
+        "/api/v1/auth/logout",
+        json={"refresh_token": pair["refresh_token"]},
+        headers=_bearer(pair["access_token"]),
+    )
+
+
+def test_logout_ends_the_access_tokens_of_the_sign_in_at_once(
+    anon_client: Any, alice: int, server: Any
+) -> None:
+    """The access token stayed valid for its 15 minutes after sign-out: a phone handed on,
+    or a token copied from it, went on reading and writing as the worker."""
+    phone = tokens(anon_client, "alice")
+    rotated = refresh(anon_client, phone["refresh_token"]).get_json()
+    laptop = tokens(anon_client, "alice")
+    for access in (phone["access_token"], rotated["access_token"], laptop["access_token"]):
+        assert me(anon_client, access).status_code == 200  # checked, and kept in the cache
+    assert logout(anon_client, rotated).status_code == 204
+    # Both access tokens of that sign-in (before and after its refresh) are refused...
+    for access in (rotated["access_token"], phone["access_token"]):
+        body = assert_unauthorized(me(anon_client, access))
+        assert set(body) == {"code", "status", "message", "errors"}
+        assert body["message"] == "The access token is no longer valid."
+    # ...for writes too, and by a server that never saw them.
+    r = anon_client.post(
+        "/api/v1/auth/logout",
+        json={"refresh_token": laptop["refresh_token"]},
+        headers=_bearer(rotated["access_token"]),
+    )
+    assert_unauthorized(r)
+    assert_unauthorized(me(server().test_client(), rotated["access_token"]))
+    # The person's other sign-in goes on.
+    assert me(anon_client, laptop["access_token"]).get_json()["id"] == alice
+    assert refresh(anon_client, laptop["refresh_token"]).status_code == 200
+
+
+def test_a_server_that_trusted_a_signed_out_token_refuses_it_when_its_cache_ends(
+    anon_client: Any, alice: int, server: Any
+) -> None:
+    """Another server trusts a token it checked for GRIDAPI_AUTH_CACHE_SECONDS at most."""
+    other = server()
+    pair = tokens(anon_client, "alice")
+    assert me(other.test_client(), pair["access_token"]).status_code == 200
+    assert logout(anon_client, pair).status_code == 204
+    other.extensions["gridapi"].principals.clear()  # what GRIDAPI_AUTH_CACHE_SECONDS does
+    assert_unauthorized(me(other.test_client(), pair["access_token"]))
+    # Without a cache (GRIDAPI_AUTH_CACHE_SECONDS=0) it is refused at once everywhere.
+    uncached = server(auth_cache_seconds=0.0)
+    second = tokens(anon_client, "alice")
+    assert me(uncached.test_client(), second["access_token"]).status_code == 200
+    assert logout(anon_client, second).status_code == 204
+    assert_unauthorized(me(uncached.test_client(), second["access_token"]))
+
+
+def test_a_replayed_refresh_token_ends_the_access_tokens_of_its_sign_in(
+    anon_client: Any, alice: int
+) -> None:
+    first = tokens(anon_client, "alice")
+    second = refresh(anon_client, first["refresh_token"]).get_json()
+    assert me(anon_client, second["access_token"]).status_code == 200
+    assert_unauthorized(refresh(anon_client, first["refresh_token"]))  # stolen and replayed
+    assert_unauthorized(me(anon_client, second["access_token"]))
+    assert_unauthorized(me(anon_client, first["access_token"]))
+
+
+def test_a_request_with_a_checked_token_reads_nothing_for_it(
+    anon_client: Any, alice: int, engine: Any
+) -> None:
+    """The sign-in an access token belongs to is read once per GRIDAPI_AUTH_CACHE_SECONDS
+    and process, not on every request."""
+    access = tokens(anon_client, "alice")["access_token"]
+    assert me(anon_client, access).status_code == 200
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert me(anon_client, access).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert not [s for s in statements if "refresh_tokens" in s or "users" in s], statements
 
 
 # ---- throttling ------------------------------------------------------------------------------
@@ -655,7 +777,8 @@ def test_only_the_429_of_the_sign_in_asks_to_wait_and_says_why(
     body = r.get_json()
     assert set(body) == {"code", "status", "message", "errors"}
     assert body["message"] == (
-        "Too many failed sign-ins for this account (5 per 15 minutes); retry later."
+        "Too many failed sign-ins for this account from this address (5 per 15 minutes);"
+        " retry later."
     )
 
 
@@ -671,8 +794,8 @@ def test_successful_sign_ins_do_not_count(anon_client: Any, alice: int) -> None:
 def test_the_address_limit_is_higher_and_covers_every_name(
     anon_client: Any, alice: int, bob: int
 ) -> None:
-    for n in range(30):  # 3 failures for each of 10 names: no account reaches its limit
-        assert_unauthorized(sign_in(anon_client, f"guess{n % 10}", "Wrong-Passw0rd!"))
+    for n in range(100):  # 4 failures for each of 25 names: no name reaches its limit
+        assert_unauthorized(sign_in(anon_client, f"guess{n % 25}", "Wrong-Passw0rd!"))
     r = sign_in(anon_client, "bob")
     assert r.status_code == 429, r.get_json()
     assert int(r.headers["Retry-After"]) >= 1
@@ -706,6 +829,83 @@ def test_a_lockout_does_not_tell_whose_a_phone_number_is(
     rows = sorted(audit_actions(session, "auth.login_failed"), key=lambda row: row.id)
     reasons = [row.summary["reason"] for row in rows if row.object_id == str(alice)]
     assert reasons == ["wrong_password"] * 5 + ["locked"] * 2
+
+
+def test_failures_from_elsewhere_do_not_lock_the_owner_out_of_their_own_address(
+    anon_client: Any, alice: int, session: Any
+) -> None:
+    """Failures were counted per account alone: whoever knew a grid worker's username could
+    keep the worker locked out all day, from anywhere. Counted per account and address, the
+    guesser is stopped where they are, and the worker signs in from their own address."""
+    for _ in range(5):
+        assert_unauthorized(sign_in_from(anon_client, ELSEWHERE, "alice", "Wrong-Passw0rd!"))
+    assert sign_in_from(anon_client, ELSEWHERE, "alice").status_code == 429
+    # The guesser's other names of the account are refused there as a wrong password is.
+    assert_unauthorized(sign_in_from(anon_client, ELSEWHERE, PHONE))
+    for login in ("alice", PHONE):
+        r = sign_in_from(anon_client, HOME, login)
+        assert r.status_code == 200, r.get_json()
+    # From home, the worker's own allowance is whole: a typo does not lock them out.
+    assert_unauthorized(sign_in_from(anon_client, HOME, "alice", "Wrong-Passw0rd!"))
+    assert sign_in_from(anon_client, HOME, "alice").status_code == 200
+    logins = [row for row in audit_actions(session, "auth.login") if row.object_id == str(alice)]
+    assert [row.client_address for row in logins] == [HOME] * 3
+
+
+def test_failures_from_many_addresses_are_bounded_per_account(
+    alice: int, bob: int, server: Any, session: Any
+) -> None:
+    """Guessing spread over many addresses still meets the account's own allowance
+    (GRIDAPI_LOGIN_RATE_ACCOUNT): the owner signs in from home until it is spent, then
+    is refused as a wrong password is, the right password too, with no other answer than
+    an unknown name's."""
+    client = server(login_rate_account="8 per 15 minutes").test_client()
+    for _ in range(5):
+        assert_unauthorized(sign_in_from(client, ELSEWHERE, "alice", "Wrong-Passw0rd!"))
+    for _ in range(2):
+        assert_unauthorized(sign_in_from(client, FAR_AWAY, PHONE, "Wrong-Passw0rd!"))
+    assert sign_in_from(client, HOME, "alice").status_code == 200  # 7 of 8 spent
+    assert_unauthorized(sign_in_from(client, FAR_AWAY, "alice", "Wrong-Passw0rd!"))
+    locked = sign_in_from(client, HOME, "alice")
+    unknown = sign_in_from(client, HOME, "nobody", "Wrong-Passw0rd!")
+    assert assert_unauthorized(locked) == assert_unauthorized(unknown)
+    assert "Retry-After" not in locked.headers
+    assert_unauthorized(sign_in_from(client, HOME, PHONE))
+    assert sign_in_from(client, HOME, "bob").status_code == 200  # other accounts go on
+    rows = sorted(audit_actions(session, "auth.login_failed"), key=lambda row: row.id)
+    reasons = [
+        (row.client_address, row.summary["reason"]) for row in rows if row.object_id == str(alice)
+    ]
+    assert reasons == (
+        [(ELSEWHERE, "wrong_password")] * 5
+        + [(FAR_AWAY, "wrong_password")] * 3
+        + [(HOME, "locked")] * 2
+    )
+
+
+def test_the_account_allowance_of_every_address_is_shared_by_every_server(
+    alice: int, server: Any
+) -> None:
+    limited = {"login_rate_account": "6 per 15 minutes"}
+    first, second = server(**limited).test_client(), server(**limited).test_client()
+    for address in (ELSEWHERE, FAR_AWAY, "192.0.2.77"):
+        for client in (first, second):
+            assert_unauthorized(sign_in_from(client, address, "alice", "Wrong-Passw0rd!"))
+    assert_unauthorized(sign_in_from(first, HOME, "alice"))
+
+
+def test_wrong_current_passwords_spend_the_allowance_of_every_address_too(
+    alice: int, server: Any
+) -> None:
+    client = server(login_rate_account="7 per 15 minutes").test_client()
+    for _ in range(5):
+        assert_unauthorized(sign_in_from(client, ELSEWHERE, "alice", "Wrong-Passw0rd!"))
+    access = tokens(client, "alice")["access_token"]
+    answers = [
+        change_password(client, access, f"Wrong-Passw0rd-{i}", NEW_PASSWORD).status_code
+        for i in range(3)
+    ]
+    assert answers == [422, 422, 429], answers
 
 
 # ---- password change -------------------------------------------------------------------------

@@ -33,7 +33,11 @@ def test_limits_are_shared_between_processes_through_redis(settings):
 
     redis.Redis.from_url(REDIS_URL).flushdb()  # database 15 is the tests' own
     shared = settings.__class__(
-        **{**settings.__dict__, "redis_url": REDIS_URL, "login_rate_account": "3 per 15 minutes"}
+        **{
+            **settings.__dict__,
+            "redis_url": REDIS_URL,
+            "login_rate_account_address": "3 per 15 minutes",
+        }
     )
     first, second = create_app(shared), create_app(shared)
     username = f"r{uuid.uuid4().hex[:10]}"

@@ -53,7 +53,7 @@ def test_exact_lookups_are_counted_across_workers(settings):
 def test_sign_in_failures_are_counted_across_workers(settings):
     """The lockout of an account (and of the name typed) spent per worker: 5 workers gave
     25 password guesses a quarter of an hour instead of 5."""
-    shared = replace(settings, login_rate_account="3 per 15 minutes")
+    shared = replace(settings, login_rate_account_address="3 per 15 minutes")
     first = _worker(shared)
     Accounts(first).create("alice", "admin")
     wrong = {"username": "alice", "password": "wrong"}

@@ -82,7 +82,14 @@ def test_serve_on_a_port_that_cannot_be_bound_exits_with_the_reason(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["LOGIN_RATE_ACCOUNT", "LOGIN_RATE_ADDRESS", "CLIENT_RATE_LIMIT", "PERSON_LOOKUP_RATE"]
+    "name",
+    [
+        "LOGIN_RATE_ACCOUNT",
+        "LOGIN_RATE_ACCOUNT_ADDRESS",
+        "LOGIN_RATE_ADDRESS",
+        "CLIENT_RATE_LIMIT",
+        "PERSON_LOOKUP_RATE",
+    ],
 )
 @pytest.mark.parametrize(
     ("raw", "problem"),
