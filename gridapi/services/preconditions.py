@@ -11,6 +11,11 @@ Where an answer shows more than its row (a household's members, a resident's age
 asked), its tag is ``"<id>-<version>-<digest>"``: the digest of the answer keeps conditional
 GETs (If-None-Match → 304) true when only those parts change, and If-Match compares the
 ``<id>-<version>`` part, the state a change would overwrite.
+
+If-Match compares strongly (RFC 9110 §13.1.1): a weak tag (``W/"12-3"``) never matches, as
+if it named another version (412), and ``*`` matches whatever version the object is at. The
+server sends no weak tags: a weak one was made by something between, which may have changed
+the bytes (and no version may be inferred from it).
 """
 
 from __future__ import annotations
@@ -39,10 +44,11 @@ _CODING_SUFFIXES = (":gzip", ":br", ":deflate", ":zstd")
 
 
 def parse_etag(header: str | None) -> list[str] | str | None:
-    """Return the entity tags (``<id>-<version>``, unquoted) an If-Match header names,
-    ``"*"``, or None if absent. Weak (``W/"…"``), quoted and bare tags are accepted, and so is
-    the tag of a compressed answer (``"12-3:gzip"``): every phone asks for compression, and
-    the tag it was given names the version it read."""
+    """Return the strong entity tags (``<id>-<version>``, unquoted) an If-Match header names,
+    ``"*"``, or None if absent. Quoted and bare tags are read, and so is the tag of a
+    compressed answer (``"12-3:gzip"``): every phone asks for compression, and the tag it was
+    given names the version it read. Weak tags (``W/"…"``) are left out: If-Match compares
+    strongly, so one never matches (a header naming only weak tags names none: 412)."""
     if header is None or not header.strip():
         return None
     value = header.strip()
@@ -52,7 +58,7 @@ def parse_etag(header: str | None) -> list[str] | str | None:
     for part in value.split(","):
         part = part.strip()
         if part.startswith("W/"):
-            part = part[2:]
+            continue
         tag = part.strip('"')
         for suffix in _CODING_SUFFIXES:
             tag = tag.removesuffix(suffix)

@@ -1517,8 +1517,7 @@ def test_if_match_is_required_and_must_be_current(desk):
     # Unchanged, and no timeline row.
     assert d.get(cid) == before
     assert [s[0] for s in d.steps(cid)] == ["report", "accept"]
-    weak = transition(d.office, cid, f'W/"{cid}-2"', "file")
-    assert weak.status_code == 200, weak.get_json()
+    assert transition(d.office, cid, f'"{cid}-2"', "file").status_code == 200
     listed = transition(d.office, cid, f'"{other}-1", "{cid}-3"', "dispatch")
     assert listed.status_code == 422  # past If-Match: no target given
     bare = transition(d.office, cid, f"{cid}-3", "cancel")
@@ -1535,6 +1534,29 @@ def test_another_cases_etag_is_not_this_cases(desk):
     r = transition(d.office, cid, f'"{other}-1"')
     assert r.status_code == 412, r.get_json()
     assert d.get(cid)["status"] == "reported"
+
+
+def test_a_weak_etag_never_matches_and_star_matches_any_version(desk):
+    """If-Match compares strongly (RFC 9110 §13.1.1): `W/"<id>-<version>"` of the current
+    version was taken as the version itself, gzipped or not, alone or in a list."""
+    d = desk
+    cid = d.report()["id"]
+    current = d.etag(cid)
+    assert current == f'"{cid}-1"'
+    stale = transition(d.office, cid, f'"{cid}-0"')
+    for tag in (f"W/{current}", f'W/"{cid}-1:gzip"', f'W/"{cid}-1", "{cid}-0"'):
+        weak = transition(d.office, cid, tag)
+        assert weak.status_code == 412, (tag, weak.get_json())
+        assert weak.get_json() == stale.get_json()  # the one error shape, the stale words
+        assert weak.headers["ETag"] == current
+    assert d.get(cid)["status"] == "reported"
+    assert [s[0] for s in d.steps(cid)] == ["report"]
+    # A strong tag among weak ones still matches; `*` matches whatever version it is at.
+    listed = transition(d.office, cid, f'W/"{cid}-1", {current}')
+    assert listed.status_code == 200, listed.get_json()
+    star = transition(d.office, cid, "*", "file")
+    assert star.status_code == 200, star.get_json()
+    assert d.get(cid)["status"] == "filed" and d.get(cid)["version"] == 3
 
 
 def race(clients: list[Any], send: Any) -> list[Any]:

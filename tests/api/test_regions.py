@@ -1347,9 +1347,12 @@ def test_a_change_with_a_stale_etag_is_412_and_changes_nothing(client, tree, ses
     assert client.get(path).get_json()["name"] == "平江街道"
     session.rollback()
     assert session.scalar(select(Region.name).where(Region.code == TOWNSHIP)) == "平江街道"
-    # Weak, compressed and "*" forms of a current tag are taken; no If-Match is as before.
+    # A weak form of the current tag never matches (strong comparison, RFC 9110 §13.1.1);
+    # "*" is taken; no If-Match is as before.
     weak = client.patch(path, json={"name": "平江街道一"}, headers={"If-Match": "W/" + second})
-    assert weak.status_code == 200, weak.get_json()
+    assert assert_error(weak, 412)["message"] == stale.get_json()["message"]
+    assert weak.headers["ETag"] == second
+    assert client.get(path).get_json()["name"] == "平江街道"
     star = client.patch(path, json={"name": "平江街道二"}, headers={"If-Match": "*"})
     assert star.status_code == 200, star.get_json()
     plain = client.patch(path, json={"name": "平江街道"})

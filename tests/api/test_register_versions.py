@@ -107,8 +107,9 @@ def test_a_stale_if_match_changes_nothing_and_says_what_is_current(client, engin
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_if_match_as_phones_send_it(client, objects, kind):
-    """As it came from a gzipped answer, bare, weak, or built from the body's version; `*`;
-    and no If-Match at all (the last writer wins, as before versions)."""
+    """As it came from a gzipped answer, bare, or built from the body's version; `*`; and
+    no If-Match at all (the last writer wins, as before versions). A weak tag of the current
+    version is no match (412): If-Match compares strongly."""
     obj = objects[kind]
     first, second = CHANGE[kind][1:]
     read = client.get(url(kind, obj), headers={"Accept-Encoding": "gzip"})
@@ -119,19 +120,23 @@ def test_if_match_as_phones_send_it(client, objects, kind):
     for value, tag in [
         (first, gz_tag),
         (second, f"{obj['id']}-{v + 1}"),
-        (first, f'W/"{obj["id"]}-{v + 2}"'),
-        (second, "*"),
-        (first, None),
+        (first, "*"),
+        (second, None),
     ]:
         r = patch(client, kind, obj, value, if_match=tag)
         assert r.status_code == 200, (tag, r.get_json())
-    assert client.get(url(kind, obj)).get_json()["version"] == v + 5
+    assert client.get(url(kind, obj)).get_json()["version"] == v + 4
+    weak = patch(client, kind, obj, first, if_match=f'W/"{obj["id"]}-{v + 4}"')
+    assert weak.status_code == 412, weak.get_json()
+    assert "changed since you read it" in weak.get_json()["message"]
+    assert weak.headers["ETag"] == f'"{obj["id"]}-{v + 4}"'
     # another object's tag at the same version is not this one's
-    other = f'"{obj["id"] + 1000}-{v + 5}"'
-    assert patch(client, kind, obj, second, if_match=other).status_code == 412
+    other = f'"{obj["id"] + 1000}-{v + 4}"'
+    assert patch(client, kind, obj, first, if_match=other).status_code == 412
+    assert client.get(url(kind, obj)).get_json()["version"] == v + 4
     # a change that changes nothing makes no new version
-    assert patch(client, kind, obj, first, if_match=f'"{obj["id"]}-{v + 5}"').status_code == 200
-    assert client.get(url(kind, obj)).get_json()["version"] == v + 5
+    assert patch(client, kind, obj, second, if_match=f'"{obj["id"]}-{v + 4}"').status_code == 200
+    assert client.get(url(kind, obj)).get_json()["version"] == v + 4
 
 
 def test_a_conditional_get_sees_a_new_member_and_if_match_still_passes(client, objects):

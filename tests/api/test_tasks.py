@@ -496,6 +496,40 @@ def test_a_worker_accepts_a_grid_task_and_completes_it_with_checked_results(peop
     )
 
 
+def test_a_weak_etag_never_matches_a_task_or_a_campaign_and_star_does(people):
+    """If-Match compares strongly (RFC 9110 §13.1.1): the weak form of a task's or a
+    campaign's current ETag was taken as the ETag itself."""
+    office, worker = people["office"], people["worker1"]
+    task = new_task(office, grid=A1)
+    current = etag_of(worker, task["id"])
+    assert current == f'"{task["id"]}-1"'
+    stale = step(worker, task["id"], "accept", etag=f'"{task["id"]}-0"')
+    for tag in (f"W/{current}", f'W/"{task["id"]}-1:gzip"'):
+        weak = step(worker, task["id"], "accept", etag=tag)
+        assert weak.status_code == 412, (tag, weak.get_json())
+        assert weak.get_json() == stale.get_json()
+        assert set(weak.get_json()) == {"code", "status", "message", "errors"}
+        assert weak.headers["ETag"] == current
+    assert ok(worker.get(f"/api/v1/tasks/{task['id']}"))["status"] == "pending"
+    accepted = ok(step(worker, task["id"], "accept", etag="*"))
+    assert accepted["status"] == "accepted" and accepted["version"] == 2
+
+    made = ok(
+        office.post(
+            "/api/v1/campaigns", json={"title": "排查", "region": COMMUNITY_A, "due_in": SOON}
+        ),
+        201,
+    )
+    url = f"/api/v1/campaigns/{made['id']}/cancel"
+    tag = etag_of(office, made["id"], "campaigns")
+    weak = office.post(url, json={"reason": "上级取消"}, headers={"If-Match": f"W/{tag}"})
+    assert weak.status_code == 412, weak.get_json()
+    assert weak.get_json()["code"] == 412 and weak.headers["ETag"] == tag
+    assert ok(office.get(f"/api/v1/campaigns/{made['id']}"))["status"] == "active"
+    star = office.post(url, json={"reason": "上级取消"}, headers={"If-Match": "*"})
+    assert ok(star)["status"] == "cancelled"
+
+
 def test_a_pending_task_with_items_is_completed_at_once_item_by_item(client, people):
     house(client, A1, "rented", "平江路1号")
     made = ok(
