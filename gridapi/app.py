@@ -122,7 +122,8 @@ def _document_security(api: Api) -> None:
             "in": "header",
             "name": "X-API-Key",
             "description": "A third-party client's key (also accepted as 'Authorization: "
-            "Bearer gk_…').",
+            "Bearer gk_…'). Not read when the request carries an Authorization header: that "
+            "header alone is then the credential (an empty or malformed one is 401).",
         },
     )
     api.spec.components.responses_lazy.pop("NOT_MODIFIED", None)

@@ -98,8 +98,14 @@ class PrincipalCache:
 
 
 def _credentials() -> tuple[str, str] | None:
-    header = request.headers.get("Authorization", "")
-    if header:
+    """Return the request's credential as (``"token"`` or ``"key"``, value), or None.
+
+    A request carrying an Authorization header is authenticated by it alone, whatever else it
+    carries: X-API-Key is then not read. So one that is present but empty or malformed is
+    refused (Unauthorized), as a bad token is, never passed over for the key: the caller
+    meant to send a credential there, and which one it is must not be guessed."""
+    header = request.headers.get("Authorization")
+    if header is not None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise Unauthorized("The Authorization header must be 'Bearer <token>'.")

@@ -474,6 +474,30 @@ def test_a_request_with_a_token_and_a_key_is_the_tokens(
     assert bad.status_code == 401
 
 
+@pytest.mark.parametrize("authorization", ["", "Bearer ", "Bearer", " ", "Basic Z2s6", "Token x"])
+def test_an_empty_or_malformed_authorization_is_refused_whatever_key_comes_with_it(
+    app: Any, client: Any, authorization: str
+) -> None:
+    """An empty `Authorization:` sent with a valid X-API-Key was taken as the key: the
+    Authorization header, when present, is the request's credential (the key is not read
+    beside it), so an empty one is a bad credential, as a malformed one was already."""
+    key = make_key(app)["api_key"]
+    anon = app.test_client()
+    assert anon.get("/api/v1/grids", headers={"X-API-Key": key}).status_code == 200
+    for path in ("/api/v1/grids", "/api/v1/me"):
+        r = anon.get(path, headers={"Authorization": authorization, "X-API-Key": key})
+        body = assert_unauthorized(r)
+        assert body["message"] == "The Authorization header must be 'Bearer <token>'."
+        assert r.headers["WWW-Authenticate"] == 'Bearer realm="gridapi"'
+    # A write is refused before anything is done.
+    r = anon.post(
+        "/api/v1/clients",
+        json={"name": "x", "scopes": ["grids:read"], "rate_limit": "1/second"},
+        headers={"Authorization": authorization, "X-API-Key": key},
+    )
+    assert_unauthorized(r)
+
+
 def test_an_api_key_gets_only_its_scopes(app: Any, client: Any) -> None:
     key = make_key(app, scopes=["grids:read"])["api_key"]
     r = app.test_client().get("/api/v1/regions", headers={"X-API-Key": key})
