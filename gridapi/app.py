@@ -28,6 +28,7 @@ from .jsonio import ApiRequest, OrjsonProvider
 from .limits import (
     DATABASE_STORAGE_URI,
     limiter,
+    rate_limit_headers,
     retry_after_only_when_waiting,
     storage_options,
 )
@@ -232,8 +233,9 @@ def create_app(
         RATELIMIT_HEADERS_ENABLED=True,
         RATELIMIT_ENABLED=True,
     )
-    # Flask runs after-request functions in reverse order: this one sees the limiter's headers.
+    # Flask runs after-request functions in reverse order: these see the limiter's headers.
     app.after_request(retry_after_only_when_waiting)
+    app.after_request(rate_limit_headers)
     limiter.init_app(app)
     register_error_handlers(app)
     phone.init_app(app)

@@ -18,6 +18,7 @@ from flask import g, request
 from .db import sqlite_write_intent
 from .errors import DomainError
 from .extensions import state
+from .limits import RateWindow
 from .scope import Scope
 from .security.tokens import InvalidToken, api_key_prefix, digest
 
@@ -224,40 +225,45 @@ class LocalRateLimiter:
         self._windows: dict[tuple[int, str], tuple[int, int]] = {}
         self._lock = threading.Lock()
 
-    def hit(self, key: int, limit: str) -> int | None:
-        """Count a request; return None when allowed, else the seconds until the reset."""
+    def hit(self, key: int, limit: str) -> tuple[bool, RateWindow]:
+        """Count a request; return whether it is allowed, and the window it was counted in."""
         item = _parse_limit(limit)
         period = item.get_expiry()
         now = time.time()
         window = int(now // period)
+        reset_at = (window + 1) * period
         with self._lock:
             start, count = self._windows.get((key, limit), (window, 0))
             if start != window:
                 start, count = window, 0
             if count >= item.amount:
-                return max(1, int((window + 1) * period - now))
+                return False, RateWindow(item.amount, 0, reset_at)
             self._windows[(key, limit)] = (start, count + 1)
-        return None
+        return True, RateWindow(item.amount, item.amount - count - 1, reset_at)
 
 
 def _check_client_rate(principal: Principal) -> None:
+    """Count the request against the key's own limit; 429 past it. The window is kept for
+    the answer's ``X-RateLimit-*`` headers (``limits.rate_limit_headers``), which every
+    answer to the key carries, as every answer of a route flask-limiter limits does."""
     from .limits import TooManyRequests, limiter_strategy
 
     if not principal.rate_limit:
         return
     st = state()
     if not st.settings.redis_url:
-        wait = st.client_limits.hit(principal.id, principal.rate_limit)
-        if wait is not None:
-            raise TooManyRequests(retry_after=wait)
-        return
-    from limits import parse
+        allowed, window = st.client_limits.hit(principal.id, principal.rate_limit)
+    else:
+        from limits import parse
 
-    item = parse(principal.rate_limit)
-    strategy = limiter_strategy()
-    if not strategy.hit(item, "client", str(principal.id)):
-        reset, _ = strategy.get_window_stats(item, "client", str(principal.id))
-        raise TooManyRequests(retry_after=max(1, int(reset - time.time())))
+        item = parse(principal.rate_limit)
+        strategy = limiter_strategy()
+        allowed = strategy.hit(item, "client", str(principal.id))
+        reset, remaining = strategy.get_window_stats(item, "client", str(principal.id))
+        window = RateWindow(item.amount, remaining if allowed else 0, reset)
+    g.client_rate_window = window
+    if not allowed:
+        raise TooManyRequests(retry_after=window.retry_after(), window=window)
 
 
 def check_permission(permission: str) -> Principal:

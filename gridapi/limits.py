@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from flask import request
@@ -238,14 +239,64 @@ def _count_rolled_back_hits(session: Session, transaction: Any) -> None:
                 log.warning("a rate-limit hit could not be counted again: %s", exc.orig)
 
 
+@dataclass(frozen=True)
+class RateWindow:
+    """Where a caller stands in the window of one rate limit, as flask-limiter's
+    ``X-RateLimit-*`` headers tell it on the sign-in: ``limit`` requests per window,
+    ``remaining`` of them left, the window ending at ``reset_at`` (epoch seconds)."""
+
+    limit: int
+    remaining: int
+    reset_at: float
+
+    def retry_after(self) -> int:
+        """Return the seconds until the window ends (at least 1): the 429's Retry-After."""
+        return max(1, int(self.reset_at - time.time()))
+
+    def headers(self) -> dict[str, str]:
+        """Return the ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` headers."""
+        return {
+            RATE_LIMIT_LIMIT: str(self.limit),
+            RATE_LIMIT_REMAINING: str(max(0, self.remaining)),
+            RATE_LIMIT_RESET: str(int(self.reset_at)),
+        }
+
+
+#: The headers flask-limiter writes (``RATELIMIT_HEADERS_ENABLED``), written alike here.
+RATE_LIMIT_LIMIT = "X-RateLimit-Limit"
+RATE_LIMIT_REMAINING = "X-RateLimit-Remaining"
+RATE_LIMIT_RESET = "X-RateLimit-Reset"
+
+
 class TooManyRequests(DomainError):
+    """429 with Retry-After; given the ``window`` of the limit that refused, with its
+    ``X-RateLimit-*`` headers too (the ones flask-limiter's 429s carry)."""
+
     status = 429
 
-    def __init__(self, retry_after: int, message: str | None = None) -> None:
+    def __init__(
+        self, retry_after: int, message: str | None = None, *, window: RateWindow | None = None
+    ) -> None:
+        headers = {"Retry-After": str(retry_after)}
+        if window is not None:
+            headers.update(window.headers())
         super().__init__(
-            message or f"Too many requests; retry after {retry_after} s.",
-            headers={"Retry-After": str(retry_after)},
+            message or f"Too many requests; retry after {retry_after} s.", headers=headers
         )
+
+
+def rate_limit_headers(response):  # type: ignore[no-untyped-def]
+    """Add the ``X-RateLimit-*`` headers of the API key's own limit (``auth``) to every
+    answer to a request the key authenticated, as flask-limiter adds its own to the answers
+    of the routes it limits; a header already there (a 429 of another limit) is kept."""
+    from flask import g
+
+    window = g.get("client_rate_window")
+    if window is not None:
+        for name, value in window.headers().items():
+            if name not in response.headers:
+                response.headers[name] = value
+    return response
 
 
 #: The answers that ask the client to wait: flask-limiter adds Retry-After to every answer
@@ -347,7 +398,6 @@ def count_account_failure(user_id: int) -> None:
 def _spend(limit: str, identifiers: tuple[str, ...], message: str, *, cost: int = 0) -> None:
     """Spend ``cost`` of ``limit`` under ``identifiers`` (0: only check that some is left);
     raise TooManyRequests (with the wait) when there is not enough."""
-    import time
 
     from limits import parse
 
@@ -356,7 +406,8 @@ def _spend(limit: str, identifiers: tuple[str, ...], message: str, *, cost: int 
     if strategy.hit(item, *identifiers, cost=cost) if cost else strategy.test(item, *identifiers):
         return
     reset, _ = strategy.get_window_stats(item, *identifiers)
-    raise TooManyRequests(max(1, int(reset - time.time())), message)
+    window = RateWindow(item.amount, 0, reset)
+    raise TooManyRequests(window.retry_after(), message, window=window)
 
 
 def count_lookup(limit: str, caller: str, kind: str = "lookup", cost: int = 1) -> None:

@@ -58,9 +58,11 @@ class Api(flask_smorest.Api):
                 )
                 self._spec.tag({"name": name, "description": blp.description})
                 self._undocumented.pop(0)
-            # The shared answers (errors, 304) the operations refer to, now all registered.
+            # The shared answers (errors, 304) the operations refer to, now all registered;
+            # any of them may answer a request an API key authenticated.
             for response in self._spec.components.responses.values():
                 with_request_id(response)
+                with_rate_limit(response)
         finally:
             self._documenting = False
 
@@ -135,6 +137,34 @@ REQUEST_ID_PARAMETER = {
     "`A-Z a-z 0-9 . _ -`; anything else is replaced by an id the server makes (never refused).",
     "schema": {"type": "string", "example": "phone-7f3a-000123"},
 }
+
+
+#: The headers of a rate limit's window (``limits.RateWindow``), on every answer to a request
+#: an API key authenticated (the key's own limit), on every answer of the sign-in (its
+#: limits, flask-limiter's) and on every 429 (the limit that refused). Components, named by
+#: reference.
+RATE_LIMIT_HEADERS: dict[str, dict[str, Any]] = {
+    "X-RateLimit-Limit": {
+        "description": "The requests the limit allows per window: the API key's own limit "
+        "on an answer to a key, the limit that refused on a 429. Absent on answers to a "
+        "person's access token (but for a sign-in's).",
+        "schema": {"type": "integer", "minimum": 1, "example": 600},
+    },
+    "X-RateLimit-Remaining": {
+        "description": "The requests left in the current window (0 on a 429).",
+        "schema": {"type": "integer", "minimum": 0, "example": 599},
+    },
+    "X-RateLimit-Reset": {
+        "description": "When the current window ends, in seconds since the Unix epoch (UTC).",
+        "schema": {"type": "integer", "example": 1796281785},
+    },
+}
+RATE_LIMIT_REFS = {name: {"$ref": f"#/components/headers/{name}"} for name in RATE_LIMIT_HEADERS}
+
+
+def with_rate_limit(response: dict[str, Any]) -> None:
+    """Name the ``X-RateLimit-*`` headers in ``response`` (a new headers mapping)."""
+    response["headers"] = {**response.get("headers", {}), **RATE_LIMIT_REFS}
 
 
 def with_request_id(response: dict[str, Any]) -> None:
@@ -285,9 +315,12 @@ class SpecPlugin(BasePlugin):
             parameters = operation.setdefault("parameters", [])
             if not any(isinstance(p, dict) and p.get("name") == REQUEST_ID for p in parameters):
                 parameters.append(dict(REQUEST_ID_PARAMETER))
+            by_key = any("apiKey" in r for r in operation.get("security") or [])
             for response in responses.values():
                 if isinstance(response, dict) and "$ref" not in response:
                     with_request_id(response)  # shared ones: Api._document_pending
+                    if by_key:  # the key's own limit, on every answer to it
+                        with_rate_limit(response)
             if any(_is_idempotency_key(p) for p in operation.get("parameters", [])):
                 for code, response in responses.items():
                     if str(code).startswith("2") and isinstance(response, dict):
@@ -405,5 +438,7 @@ def install(api: Any) -> None:
     plugin = SpecPlugin()
     plugin.init_spec(api.spec)
     api.spec.components.header(REQUEST_ID, REQUEST_ID_HEADER)
+    for name, header in RATE_LIMIT_HEADERS.items():
+        api.spec.components.header(name, header)
     api.spec.plugins.append(plugin)
     api.ma_plugin.converter.add_attribute_function(ecma_pattern)

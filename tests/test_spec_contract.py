@@ -13,7 +13,7 @@ from openapi_schema_validator import OAS30Validator
 from gridapi.app import create_app
 from gridapi.config import Settings
 
-from .factories import LAT0, LON0, STEP
+from .factories import LAT0, LON0, PASSWORD, STEP
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -253,6 +253,31 @@ def test_error_answers_name_their_headers(app, client, anon_client, factory):
     assert not checked.problems + anonymous.problems, "\n".join(
         checked.problems + anonymous.problems
     )
+
+
+def test_rate_limited_answers_name_their_headers(app, client, anon_client, factory, accounts):
+    """Every answer to an API key carries its limit's X-RateLimit-* headers, its 429 with
+    Retry-After, and so do the sign-in's answers (flask-limiter's): all named in the spec."""
+    factory.regions()
+    body = {"name": "hotline", "scopes": ["grids:read"], "rate_limit": "2 per minute"}
+    key = {"X-API-Key": client.post("/api/v1/clients", json=body).get_json()["api_key"]}
+    by_key = Checked(app, anon_client)
+    assert by_key("GET", "/api/v1/grids", headers=key).status_code == 200
+    assert by_key("GET", "/api/v1/regions", headers=key).status_code == 403
+    refused = by_key("GET", "/api/v1/grids", headers=key)
+    assert refused.status_code == 429 and refused.headers["X-RateLimit-Remaining"] == "0"
+    accounts.create("signer", "admin")
+    signing = Checked(app, app.test_client())
+    assert signing("POST", "/api/v1/auth/token", json=_login("signer")).status_code == 200
+    for _ in range(5):
+        signing("POST", "/api/v1/auth/token", json=_login("signer", "wrong"))
+    throttled = signing("POST", "/api/v1/auth/token", json=_login("signer"))
+    assert throttled.status_code == 429 and throttled.headers["X-RateLimit-Limit"]
+    assert not by_key.problems + signing.problems, "\n".join(by_key.problems + signing.problems)
+
+
+def _login(username: str, password: str | None = None) -> dict[str, str]:
+    return {"username": username, "password": password or PASSWORD}
 
 
 def test_a_shared_error_answer_keeps_the_description_an_operation_gives_it(served):

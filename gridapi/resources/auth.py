@@ -28,6 +28,7 @@ from ..schemas.identity import (
 )
 from ..services import identity as svc
 from ..services.audit import Actor
+from ..spec import RATE_LIMIT_REFS
 from .blueprint import Blueprint
 
 blp = Blueprint(
@@ -121,7 +122,7 @@ class AuthToken(MethodView):
         error_message=_account_message,
     )
     @blp.arguments(LoginSchema)
-    @blp.response(200, TokenSchema)
+    @blp.response(200, TokenSchema, headers=RATE_LIMIT_REFS)
     @blp.alt_response(401, response="UNAUTHORIZED")
     @blp.alt_response(429, response="TOO_MANY_REQUESTS")
     def post(self, data):

@@ -18,6 +18,7 @@ from werkzeug.routing import BaseConverter, IntegerConverter
 
 from ..auth import requires_permission
 from ..numbers import PLAIN_DECIMAL, PLAIN_WHOLE
+from ..spec import RATE_LIMIT_REFS
 
 SECURITY = [{"bearerAuth": []}, {"apiKey": []}]
 ERROR_RESPONSES = {
@@ -312,6 +313,8 @@ class Blueprint(flask_smorest.Blueprint):
             headers = ERROR_HEADERS.get(response)
             if response in WAIT_RESPONSES:
                 headers = {"Retry-After": RETRY_AFTER_HEADER}
+            if response == "TOO_MANY_REQUESTS":
+                headers = {**headers, **RATE_LIMIT_REFS}
             return super().alt_response(
                 status_code, schema="Error", description=description, headers=headers, **kwargs
             )

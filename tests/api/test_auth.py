@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -965,6 +966,10 @@ def test_guessing_the_current_password_is_throttled_as_sign_ins_are(
     r = change_password(anon_client, access, PASSWORD, NEW_PASSWORD)
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
     assert r.get_json()["code"] == 429
+    # The headers of the limit that refused, as the sign-in's own 429 carries them.
+    assert (r.headers["X-RateLimit-Limit"], r.headers["X-RateLimit-Remaining"]) == ("5", "0")
+    wait = int(r.headers["X-RateLimit-Reset"]) - time.time()
+    assert abs(wait - int(r.headers["Retry-After"])) <= 2
     assert_unauthorized(sign_in(anon_client, "alice"))  # and no sign-in either
 
 

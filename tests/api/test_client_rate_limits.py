@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -51,3 +52,52 @@ def test_a_key_over_a_long_limit_is_told_to_wait_at_most_its_period(app: Any, cl
     refused = anon.get("/api/v1/grids", headers={"X-API-Key": key})
     assert refused.status_code == 429
     assert 0 < int(refused.headers["Retry-After"]) <= 1000
+
+
+RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+def test_a_keys_answers_and_its_429_carry_the_rate_limit_headers_a_sign_ins_do(
+    app: Any, client: Any, accounts: Any
+) -> None:
+    """A key over its limit got 429 with Retry-After only, and its answers no X-RateLimit-*
+    at all, while the sign-in's answers and 429s (flask-limiter's) carry all of them."""
+    key = register(client, "3 per minute").get_json()["api_key"]
+    anon = app.test_client()
+    answers = [anon.get("/api/v1/grids", headers={"X-API-Key": key}) for _ in range(3)]
+    assert [r.status_code for r in answers] == [200] * 3
+    assert [r.headers.get("X-RateLimit-Limit") for r in answers] == ["3"] * 3
+    assert [r.headers.get("X-RateLimit-Remaining") for r in answers] == ["2", "1", "0"]
+    assert all("Retry-After" not in r.headers for r in answers)
+    refused = [anon.get("/api/v1/grids", headers={"X-API-Key": key}) for _ in range(2)]
+    reset = int(answers[0].headers["X-RateLimit-Reset"])
+    for r in refused:
+        assert r.status_code == 429
+        body = r.get_json()
+        assert set(body) == {"code", "status", "message", "errors"} and body["code"] == 429
+        assert (r.headers["X-RateLimit-Limit"], r.headers["X-RateLimit-Remaining"]) == ("3", "0")
+        assert int(r.headers["X-RateLimit-Reset"]) == reset
+        assert abs(reset - time.time() - int(r.headers["Retry-After"])) <= 2
+        assert 1 <= int(r.headers["Retry-After"]) <= 60
+    # The sign-in's 429 carries the same headers, no other.
+    for _ in range(6):
+        locked = anon.post("/api/v1/auth/token", json={"username": "nobody", "password": "x"})
+    assert locked.status_code == 429
+    assert {h for h in RATE_HEADERS + ("Retry-After",) if h in locked.headers} == {
+        h for h in RATE_HEADERS + ("Retry-After",) if h in refused[0].headers
+    }
+    # A person's access token has no per-request limit: none of them.
+    me = client.get("/api/v1/grids")
+    assert me.status_code == 200 and not [h for h in RATE_HEADERS if h in me.headers]
+
+
+def test_a_key_under_its_limit_gets_the_headers_on_an_error_too(app: Any, client: Any) -> None:
+    key = register(client, "5 per minute").get_json()["api_key"]
+    anon = app.test_client()
+    ok = anon.get("/api/v1/grids", headers={"X-API-Key": key})
+    missing = anon.get("/api/v1/cases/999999", headers={"X-API-Key": key})
+    assert ok.status_code == 200 and missing.status_code in (403, 404)
+    assert [ok.headers["X-RateLimit-Remaining"], missing.headers["X-RateLimit-Remaining"]] == [
+        "4",
+        "3",
+    ]

@@ -4,6 +4,7 @@ when it cannot be reached, what it limits answers 503, never 500 and never unlim
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 
 import pytest
@@ -62,11 +63,16 @@ def test_limits_are_shared_between_processes_through_redis(settings):
             rate_limit="2 per minute",
             created_by=None,
         )
-    statuses = [
-        app.test_client().get("/api/v1/grids", headers={"X-API-Key": key}).status_code
+    answers = [
+        app.test_client().get("/api/v1/grids", headers={"X-API-Key": key})
         for app in (first, second, first)
     ]
-    assert statuses == [200, 200, 429]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    # The window counted in Redis, as every process sees it: in the X-RateLimit-* headers.
+    assert [r.headers["X-RateLimit-Remaining"] for r in answers] == ["1", "0", "0"]
+    assert {r.headers["X-RateLimit-Limit"] for r in answers} == {"2"}
+    assert 1 <= int(answers[2].headers["Retry-After"]) <= 60
+    assert int(answers[2].headers["X-RateLimit-Reset"]) >= int(time.time())
     for app in (first, second):
         app.extensions["gridapi"].engine.dispose()
 
