@@ -366,6 +366,10 @@ def run(settings: Settings, *, host: str, port: int, workers: int = 0) -> None:
         "timeout": 120,
         "graceful_timeout": 20,
         "keepalive": 5,
+        # gunicorn's most (default 4094): an Open311 read of up to 1000 comma-separated ids
+        # is a request line of up to 8,000 bytes (docs/open311.md), as nginx's default
+        # buffers take (8k). Longer answers 414 in the one error format.
+        "limit_request_line": 8190,
         "accesslog": "-",
         "access_log_format": ACCESS_LOG_FORMAT,
         "errorlog": "-",

@@ -104,12 +104,13 @@ def _raw(port: int, request: bytes) -> tuple[int, str, int]:
 
 
 def _grids_key(app) -> str:
-    """An API key that may locate points (grids:read), for requests to a served app."""
+    """An API key that may locate points and read cases (grids:read, cases:read), for
+    requests to a served app."""
     with app.extensions["gridapi"].sessions.begin() as session:
         _, key = create_client(
             session,
             name="serve test",
-            scopes=["grids:read"],
+            scopes=["grids:read", "cases:read"],
             scope_region=None,
             rate_limit="1000 per minute",
             created_by=None,
@@ -171,6 +172,15 @@ def test_serve_runs_workers_that_route(factory, app, accounts, database_url, tmp
         conn.request("GET", "/api/v1/health/live?rid=2", headers={"Referer": REFERER})
         conn.getresponse().read()
         conn.close()
+        # an Open311 read of 1000 ids (of six digits) reaches the app: a request line of
+        # 7,000 bytes, beyond gunicorn's default limit (4094), which answered 414
+        many = ",".join(str(100_000 + i) for i in range(1000))
+        status, found = _get(
+            port,
+            f"/open311/v2/requests.json?jurisdiction_id=320508&service_request_id={many}",
+            key=key,
+        )
+        assert (status, found) == (200, []), (status, found)
         # through a proxy: the access log names the client the proxy saw, not what it sent
         forwarded = {"X-Forwarded-For": "10.1.2.3, 203.0.113.7"}
         assert _get(port, "/api/v1/health/live?via=proxy", **forwarded)[0] == 200
