@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import struct
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -113,7 +114,8 @@ def _digest(method: str, path: str, body: bytes) -> str:
 
 def canonical_body(body: Any, defaults: dict[str, Any] | None = None) -> Any:
     """Return ``body`` as a request hash sees it: a number by its value (``12.0`` is ``12``,
-    as JSON has one kind of number and an app re-encoding its queue may write either), and
+    as JSON has one kind of number and an app re-encoding its queue may write either), text
+    in its composed form (NFC), and
     the top-level members equal to what leaving them out means (``defaults``: a schema's
     defaults as JSON, ``schema_defaults``) left out. A retry that says the same thing is the
     same request, whatever its encoder's habits; one that says something else is not."""
@@ -128,6 +130,14 @@ def canonical_body(body: Any, defaults: dict[str, Any] | None = None) -> Any:
 
 
 def _numbers_by_value(value: Any) -> Any:
+    """Return ``value`` with whole floats as integers and text in Unicode's composed form
+    (NFC: "é" typed as e and an accent is the "é" another keyboard sends)."""
+    if isinstance(value, str):
+        return (
+            value
+            if unicodedata.is_normalized("NFC", value)
+            else unicodedata.normalize("NFC", value)
+        )
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:  # finite, whole
         return int(value)
     if isinstance(value, dict):
