@@ -857,6 +857,9 @@ def flag_overdue_tasks(session: Session, now: datetime) -> int:
             .execution_options(synchronize_session="fetch")
         ).all()
         marked += rows
+    # In the tasks' order: RETURNING gives the rows in the order the UPDATE found them
+    # (PostgreSQL's, not the ids'), and the inboxes list the notices in the order queued.
+    marked.sort(key=lambda row: row.id)
     notices = overdue_notices(session, marked, now)
     for start in range(0, len(notices), 1000):
         _queue_once(session, notices[start : start + 1000])
