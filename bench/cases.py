@@ -177,7 +177,7 @@ def _create_callers(engine: Engine, world: World) -> None:
             name="bench county app",
             scopes=["cases:read", "cases:write"],
             scope_region=world.county.ljust(12, "0"),
-            rate_limit="100000000 per minute",
+            rate_limit="1000000 per second",  # the most a key may have: no limit here
             created_by="bench",
         )
         world.client_key, world.client_actor = key, f"client:{client.id}"
@@ -186,7 +186,7 @@ def _create_callers(engine: Engine, world: World) -> None:
             name="bench province app",
             scopes=["cases:read", "cases:write"],
             scope_region=None,
-            rate_limit="100000000 per minute",
+            rate_limit="1000000 per second",  # the most a key may have: no limit here
             created_by="bench",
         )
         world.open_key, world.open_actor = key, f"client:{client.id}"
