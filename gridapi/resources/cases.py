@@ -134,10 +134,10 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-#: The columns ``case_view`` reads (every one but the geometry: ``lon`` and ``lat`` say where).
 #: What a report's members left out mean: a retry that sends them is the same request.
 REPORT_DEFAULTS = idempotency.schema_defaults(CaseCreateSchema)
 
+#: The columns ``case_view`` reads (every one but the geometry: ``lon`` and ``lat`` say where).
 _VIEWED = frozenset(c.key for c in Case.__table__.columns) - {"location"}
 
 

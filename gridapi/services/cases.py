@@ -716,11 +716,14 @@ def may_read_parties(caller: Caller, case_obj: Case) -> bool:
     """Whether the caller, who reads the case, may read its parties' full names: its office
     (``is_office``), its handler (``holds``: who must reach the people it names), its
     reporter (who named them), or a caller who may unmask residents (``persons:unmask``)."""
+    return works_on(caller, case_obj) or caller.principal.can("persons:unmask")
+
+
+def works_on(caller: Caller, case_obj: Case) -> bool:
+    """Whether the caller works the case: its reporter, its handler (``holds``) or its
+    office (``is_office``)."""
     return (
-        case_obj.reporter == caller.actor
-        or holds(caller, case_obj)
-        or is_office(caller, case_obj)
-        or caller.principal.can("persons:unmask")
+        case_obj.reporter == caller.actor or holds(caller, case_obj) or is_office(caller, case_obj)
     )
 
 
@@ -731,12 +734,7 @@ def may_attach(caller: Caller, case_obj: Case) -> bool:
     another grid of the community) may not: a photo is evidence the office judges the case
     by, and the timeline names who added it."""
     grid = case_obj.grid_code
-    return (
-        case_obj.reporter == caller.actor
-        or holds(caller, case_obj)
-        or is_office(caller, case_obj)
-        or (grid is not None and grid in caller.scope.grid_codes)
-    )
+    return works_on(caller, case_obj) or (grid is not None and grid in caller.scope.grid_codes)
 
 
 def readable_cases(session: Session, caller: Caller, case_ids: Iterable[int]) -> set[int]:

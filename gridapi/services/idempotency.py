@@ -115,11 +115,10 @@ def _digest(method: str, path: str, body: bytes) -> str:
 def canonical_body(body: Any, defaults: dict[str, Any] | None = None) -> Any:
     """Return ``body`` as a request hash sees it: a number by its value (``12.0`` is ``12``,
     as JSON has one kind of number and an app re-encoding its queue may write either), text
-    in its composed form (NFC), and
-    the top-level members equal to what leaving them out means (``defaults``: a schema's
-    defaults as JSON, ``schema_defaults``) left out. A retry that says the same thing is the
+    in its composed form (NFC), and the top-level members equal to what leaving them out
+    means (``defaults``: a schema's defaults as JSON, ``schema_defaults``) left out. A retry that says the same thing is the
     same request, whatever its encoder's habits; one that says something else is not."""
-    body = _numbers_by_value(body)
+    body = _by_value(body)
     if defaults and isinstance(body, dict):
         body = {
             k: v
@@ -129,7 +128,7 @@ def canonical_body(body: Any, defaults: dict[str, Any] | None = None) -> Any:
     return body
 
 
-def _numbers_by_value(value: Any) -> Any:
+def _by_value(value: Any) -> Any:
     """Return ``value`` with whole floats as integers and text in Unicode's composed form
     (NFC: "é" typed as e and an accent is the "é" another keyboard sends)."""
     if isinstance(value, str):
@@ -141,9 +140,9 @@ def _numbers_by_value(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:  # finite, whole
         return int(value)
     if isinstance(value, dict):
-        return {k: _numbers_by_value(v) for k, v in value.items()}
+        return {k: _by_value(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_numbers_by_value(v) for v in value]
+        return [_by_value(v) for v in value]
     return value
 
 
@@ -160,7 +159,7 @@ def schema_defaults(schema: type[Schema]) -> dict[str, Any]:
         if default in (list, dict):
             default = default()
         if isinstance(default, str | int | float | bool | list | dict):
-            found[field.data_key or name] = _numbers_by_value(default)
+            found[field.data_key or name] = _by_value(default)
     return found
 
 

@@ -23,6 +23,7 @@ from gridapi.services.attachments import check_evidence
 
 from ..factories import COMMUNITY_A, LAT0, LON0, STEP
 from ..races import report_while_held
+from .test_case_visibility import app_key
 from .test_case_workflow import race
 
 A1 = COMMUNITY_A + "001"
@@ -1045,16 +1046,7 @@ def test_evidence_is_added_by_those_who_work_the_case(app, client, accounts, cas
     add it, and the workers of its grid; a reader by area alone (an app of the community,
     a department role without a department) is refused, 403, and nothing is stored. It
     added photos to any case it could read."""
-    made = client.post(
-        "/api/v1/clients",
-        json={
-            "name": "市民通",
-            "scopes": ["cases:read", "cases:write"],
-            "scope_region": COMMUNITY_A,
-        },
-    ).get_json()
-    area_app = app.test_client()
-    area_app.environ_base["HTTP_X_API_KEY"] = made["api_key"]
+    area_app = app_key(app, client, ["cases:read", "cases:write"], COMMUNITY_A)
     reader = accounts.client("area-reader", "department", scope_region=COMMUNITY_A)
     assert area_app.get(f"/api/v1/cases/{case_id}").status_code == 200
     assert reader.get(f"/api/v1/cases/{case_id}").status_code == 200
