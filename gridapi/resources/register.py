@@ -408,6 +408,17 @@ def _looks_a_number_up() -> bool:
     return bool(request.args.get("id_number") or request.args.get("phone"))
 
 
+def _refused_as_taken(session: Any, error: svc.DuplicatePerson, *, via: str) -> None:
+    """Undo a create or change of a resident whose ID number is registered in the county,
+    count it as an exact lookup (429 past the allowance: then nothing is told) and commit its
+    audit row (``svc.record_taken_number``): the 409 that follows tells the caller that the
+    number is someone's."""
+    session.rollback()
+    count_lookup(state().settings.person_lookup_rate, _actor())
+    svc.record_taken_number(session, request_actor(), error, via=via)
+    commit()
+
+
 @persons_blp.route("")
 class Persons(MethodView):
     @persons_blp.requires("persons:read")
@@ -467,7 +478,8 @@ class Persons(MethodView):
 
         The ID number is validated (length, province, birth date, check digit) and gives
         the gender and birth date. A number already registered in the county → 409, counted
-        as a lookup (GRIDAPI_PERSON_LOOKUP_RATE; a new number counts nothing); once the
+        as a lookup (GRIDAPI_PERSON_LOOKUP_RATE; a new number counts nothing) and audited as
+        one (`person.lookup` about the resident who has it, `via: create`); once the
         allowance is spent, a create with an ID number is a 429 before the number is looked
         up, registered or not, so creation cannot be used to test who is registered. A
         `grid` other than the household's, given with `household_id`, is a 422.
@@ -483,9 +495,8 @@ class Persons(MethodView):
                 actor=_actor(),
                 before_lookup=lookup_left,
             )
-        except svc.DuplicatePerson:
-            session.rollback()
-            count_lookup(state().settings.person_lookup_rate, _actor())
+        except svc.DuplicatePerson as error:
+            _refused_as_taken(session, error, via="create")
             raise
         audit(
             "person.create",
@@ -537,7 +548,8 @@ class PersonById(MethodView):
         is validated and re-derives gender and birth date, and only a foreign resident may have
         none (422). Needs `persons:write`; a resident out of scope answers 404. An ID number
         already registered in the county, or a second head (户长) for the household, is a 409; a
-        duplicate ID number also counts against the caller's lookup allowance, and once it is
+        duplicate ID number also counts against the caller's lookup allowance and is audited
+        as a lookup (`person.lookup`, `via: update`), and once it is
         spent a change that would look an ID number up (one sent, or theirs in the county
         they move to) is a 429 before it looks, registered or not. The audit row
         `person.update` names the fields changed.
@@ -554,9 +566,8 @@ class PersonById(MethodView):
                 if_match=request.headers.get("If-Match"),
                 before_lookup=lookup_left,
             )
-        except svc.DuplicatePerson:
-            session.rollback()
-            count_lookup(state().settings.person_lookup_rate, _actor())
+        except svc.DuplicatePerson as error:
+            _refused_as_taken(session, error, via="update")
             raise
         _audit_changes("person", person, changed)
         commit()

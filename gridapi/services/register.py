@@ -675,12 +675,17 @@ def members_of(session: Session, household_ids: list[int]) -> dict[int, list[Per
 
 class DuplicatePerson(Conflict):
     """The ID number is registered in the county already (wherever: the answer is the same
-    whether or not the caller could see that record). ``holder``: the resident's
-    ``grid_code`` and ``region_code``, for the caller to count a hit outside its scope."""
+    whether or not the caller could see that record). ``holder``: the resident's ``id``,
+    ``grid_code`` and ``region_code``, for the caller to count a hit outside its scope and
+    for the audit row of the lookup (``record_taken_number``); ``masked``: the number looked
+    up, masked."""
 
-    def __init__(self, message: str, *, errors: dict[str, Any], holder: Any = None) -> None:
+    def __init__(
+        self, message: str, *, errors: dict[str, Any], holder: Any = None, masked: str = ""
+    ) -> None:
         super().__init__(message, errors=errors)
         self.holder = holder
+        self.masked = masked
 
 
 def _check_id(value: str | None, field: str = "id_number", location: str = "json") -> Any:
@@ -701,19 +706,19 @@ def _check_phone(value: str | None, field: str = "phone", location: str = "json"
         raise _invalid(field, str(exc), location) from None
 
 
-def _id_taken(session: Session, person: Person, digest: str) -> DuplicatePerson | None:
-    """The conflict of ``person``'s ID number (its index ``digest``) with another
-    resident's in the county, or None."""
-    return _id_taken_in(session, person.county_code, digest, person.id)
+def _id_taken(session: Session, person: Person, digest: str, masked: str) -> DuplicatePerson | None:
+    """The conflict of ``person``'s ID number (its index ``digest``; ``masked``, the number
+    masked) with another resident's in the county, or None."""
+    return _id_taken_in(session, person.county_code, digest, person.id, masked)
 
 
 def _id_taken_in(
-    session: Session, county_code: str, digest: str, person_id: int | None
+    session: Session, county_code: str, digest: str, person_id: int | None, masked: str
 ) -> DuplicatePerson | None:
-    """The conflict of an ID number (its index ``digest``) with that of a resident of
-    ``county_code`` other than ``person_id``, or None."""
+    """The conflict of an ID number (its index ``digest``; ``masked``, the number masked)
+    with that of a resident of ``county_code`` other than ``person_id``, or None."""
     clash = session.execute(
-        select(Person.grid_code, Person.region_code).where(
+        select(Person.id, Person.grid_code, Person.region_code).where(
             Person.county_code == county_code,
             Person.id_number_hmac == digest,
             Person.id != (person_id or 0),
@@ -725,6 +730,7 @@ def _id_taken_in(
         "A resident with this ID number is already registered in the county.",
         errors={"json": {"id_number": ["already registered in the county"]}},
         holder=clash,
+        masked=masked,
     )
 
 
@@ -740,7 +746,7 @@ def _set_id_number(
     digest = keys.index("id_number", parsed.value)
     if before_lookup is not None:
         before_lookup()
-    if (error := _id_taken(session, person, digest)) is not None:
+    if (error := _id_taken(session, person, digest, mask_id_number(parsed.value))) is not None:
         raise error
     if person.id_number_enc is not None and person.id_number_hmac == digest:
         return  # the same number: sealed again it would be a change that is none
@@ -976,7 +982,11 @@ def create_person(
     add_or_conflict(
         session,
         person,
-        lambda: _id_taken(session, person, person.id_number_hmac) if parsed else None,
+        lambda: (
+            _id_taken(session, person, person.id_number_hmac, mask_id_number(parsed.value))
+            if parsed
+            else None
+        ),
     )
     return person
 
@@ -1016,6 +1026,10 @@ def update_person(
     county_before = person.county_code
     written: dict[str, Any] = {}
 
+    def masked_number() -> str:
+        value = keys.open("persons", "id_number", person.uid, person.id_number_enc)
+        return mask_id_number(value) if value else ""
+
     def taken() -> Conflict | None:
         # An ID number registered, or a head given to the household, by another request
         # between the look-up and the write (PostgreSQL: the unique index waited for it):
@@ -1023,7 +1037,9 @@ def update_person(
         if not written:
             return None
         if written["digest"] and (
-            error := _id_taken_in(session, written["county"], written["digest"], person_id)
+            error := _id_taken_in(
+                session, written["county"], written["digest"], person_id, masked_number()
+            )
         ):
             return error
         return _head_taken(session, written["household_id"], person_id)
@@ -1322,6 +1338,34 @@ def record_lookup(
         ids[0] if len(ids) == 1 else None,
         summary=summary,
         region_code=region_code,
+    )
+
+
+def record_taken_number(
+    session: Session, actor: Actor, error: DuplicatePerson, *, via: str
+) -> AuditEntry:
+    """Add the audit row of a create or change of a resident refused because its ID number
+    is registered in the county (``error``): ``person.lookup`` as a search by that number
+    writes it, ``via`` ``create`` or ``update``. The 409 tells the caller that someone in the
+    county has the number, wherever they live, so it is a lookup of them: about that
+    resident (``object_id``; it shows in their access export), filed under their region,
+    with the number masked."""
+    holder = error.holder
+    summary: dict[str, Any] = {
+        "by": ["id_number"],
+        "id_number_masked": error.masked,
+        "matched": 1,
+        "person_ids": [holder.id],
+        "via": via,
+    }
+    return record(
+        session,
+        actor,
+        LOOKUP_ACTION,
+        "person",
+        holder.id,
+        summary=summary,
+        region_code=holder.region_code,
     )
 
 

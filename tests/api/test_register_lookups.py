@@ -230,6 +230,68 @@ def test_a_malformed_or_refused_lookup_writes_no_row(app, officer, people, engin
     assert count_rows(engine, "person.lookup") == 1
 
 
+def test_a_create_or_change_refused_for_a_registered_number_is_audited_as_a_lookup(
+    app, officer, centre, client, people, engine
+):
+    """A 409 "already registered in the county" tells the caller that someone in the county
+    has that ID number, wherever they live (here in a community the officer cannot see): a
+    lookup of that resident, audited as the search's, about them and filed under their
+    region; it shows in their access export. Before, the refused write was rolled back with
+    nothing audited."""
+    li, zhang = people["li"], people["zhang"]
+    number = make_id("104")  # 李四's, in community B
+    r = officer.post("/api/v1/persons", json={"name": "赵六", "id_number": number, "grid": A1})
+    assert r.status_code == 409, r.get_json()
+    assert r.get_json()["errors"]["json"]["id_number"] == ["already registered in the county"]
+    (entry,) = lookups(centre)
+    assert (entry["object_type"], entry["object_id"]) == ("person", str(li["id"]))
+    assert entry["region_code"] == COMMUNITY_B
+    assert entry["request_id"] == r.headers["X-Request-ID"]
+    assert entry["summary"] == {
+        "by": ["id_number"],
+        "id_number_masked": number[:4] + "**********" + number[-4:],
+        "matched": 1,
+        "person_ids": [li["id"]],
+        "via": "create",
+    }
+    assert number not in audit_log_text(engine)
+    assert count_rows(engine, "person.create") == 4  # the fixture's four, not a fifth
+
+    # A change of a resident's number to one registered in the county: the same.
+    tag = ok(officer.get(f"/api/v1/persons/{zhang['id']}")).headers["ETag"]
+    r = officer.patch(
+        f"/api/v1/persons/{zhang['id']}",
+        json={"id_number": number},
+        headers={"If-Match": tag},
+    )
+    assert r.status_code == 409, r.get_json()
+    entry = lookups(centre)[-1]
+    assert (entry["object_id"], entry["summary"]["via"]) == (str(li["id"]), "update")
+    assert entry["summary"]["id_number_masked"] == number[:4] + "**********" + number[-4:]
+    assert ok(officer.get(f"/api/v1/persons/{zhang['id']}")).get_json()["id_number"] == (
+        make_id("101")[:4] + "**********" + make_id("101")[-4:]
+    )  # unchanged
+    assert count_rows(engine, "person.update") == 0
+
+    # The resident's access export lists both lookups of them.
+    export = ok(
+        client.get(
+            f"/api/v1/persons/{li['id']}/export",
+            query_string={"purpose_code": "subject_access", "reference": "SAR-1"},
+        )
+    ).get_json()
+    assert "person.lookup" in json.dumps(export)
+
+    # Past the allowance: 429 before the number is looked up, and nothing is audited.
+    app.extensions["gridapi"].settings.person_lookup_rate = "1 per hour"
+    before = count_rows(engine, "person.lookup")
+    r = officer.post("/api/v1/persons", json={"name": "赵六", "id_number": number, "grid": A1})
+    assert r.status_code == 409
+    r = officer.post("/api/v1/persons", json={"name": "赵六", "id_number": number, "grid": A1})
+    assert r.status_code == 429
+    assert count_rows(engine, "person.lookup") == before + 1
+
+
 def test_an_export_by_number_is_audited_as_the_search_is(officer, centre, people, engine):
     def rows(response: Any) -> list[list[str]]:
         return list(csv.reader(io.StringIO(response.get_data(as_text=True).lstrip("\ufeff"))))
