@@ -125,6 +125,14 @@ class NotificationSchema(StrictSchema):
         required=True, metadata={"example": "事件 320508-20261130-0003 派遣给您"}
     )
     created_at = fields.DateTime(required=True)
+    sent_at = fields.DateTime(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "When a gateway (SMS, push) reported it sent it "
+            "(`POST /notifications/sent`); null until then."
+        },
+    )
 
 
 class InboxSchema(StrictSchema):

@@ -69,6 +69,7 @@ class Item:
     task_title: str | None
     message: str
     created_at: datetime
+    sent_at: datetime | None  # when a gateway (SMS, push) said it sent it; None: not yet
 
 
 def base_kind(kind: str) -> str:
@@ -134,6 +135,7 @@ def inbox(
             title,
             n.message,
             n.created_at,
+            n.sent_at,
         )
         for n, number, title in rows
     ]

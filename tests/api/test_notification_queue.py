@@ -113,6 +113,23 @@ def test_a_gateway_reads_the_queue_and_stamps_what_it_sent(desk, engine):  # noq
     assert audits[0].summary == {"sent": [row.id], "already": 0}
 
 
+def test_the_inbox_says_when_a_gateway_sent_a_notice(desk, engine):  # noqa: F811
+    """The phone's inbox item carries ``sent_at``: null until a gateway stamps it, then the
+    time stamped (a worker sees that the SMS went out, and when)."""
+    d = desk
+    _case, row = overdue_case(d)
+
+    def item() -> dict[str, Any]:
+        listed = ok(d.worker.get("/api/v1/me/notifications?after=0"))["items"]
+        (found,) = [i for i in listed if i["id"] == row.id]
+        return found
+
+    assert item()["sent_at"] is None
+    ok(gateway(d).post(SENT, json={"ids": [row.id]}))
+    (stamped,) = [n for n in rows(engine) if n.id == row.id]
+    assert datetime.fromisoformat(item()["sent_at"]) == stamped.sent_at
+
+
 def test_a_sensitive_case_s_notice_names_no_case_in_the_queue(desk, engine):  # noqa: F811
     d = desk
     case, row = overdue_case(d, category="5103")

@@ -117,6 +117,7 @@ def test_a_worker_reads_the_notices_of_their_tasks_when_asking_for_them(desk):  
         "task_id": task["id"],
         "task_title": "走访独居老人",
         "message": "任务「走访独居老人」派给您",
+        "sent_at": None,
     }
     assert tasks["last_id"] == item["id"]
     both = inbox(d.worker, about="case,task")
