@@ -1322,13 +1322,30 @@ def record_lookup(
         region_code = args["grid"][:12]
     else:
         region_code = home_region
+    return _lookup_row(
+        session, actor, numbers, ids, region_code, via=via, purpose=purpose_summary(args)
+    )
+
+
+def _lookup_row(
+    session: Session,
+    actor: Actor,
+    numbers: dict[str, str],
+    ids: list[int],
+    region_code: str | None,
+    *,
+    via: str,
+    purpose: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """Add a ``person.lookup`` row: the numbers looked up (kind → masked), the residents
+    matched (about the one when exactly one did), filed under ``region_code``."""
     summary: dict[str, Any] = {
         "by": sorted(numbers),
         **{f"{kind}_masked": masked for kind, masked in sorted(numbers.items())},
         "matched": len(ids),
         "person_ids": ids[:LOOKUP_IDS_KEPT],
         "via": via,
-        **purpose_summary(args),
+        **(purpose or {}),
     }
     return record(
         session,
@@ -1351,22 +1368,8 @@ def record_taken_number(
     resident (``object_id``; it shows in their access export), filed under their region,
     with the number masked."""
     holder = error.holder
-    summary: dict[str, Any] = {
-        "by": ["id_number"],
-        "id_number_masked": error.masked,
-        "matched": 1,
-        "person_ids": [holder.id],
-        "via": via,
-    }
-    return record(
-        session,
-        actor,
-        LOOKUP_ACTION,
-        "person",
-        holder.id,
-        summary=summary,
-        region_code=holder.region_code,
-    )
+    numbers = {"id_number": error.masked}
+    return _lookup_row(session, actor, numbers, [holder.id], holder.region_code, via=via)
 
 
 def person_view(person: Person, keys: Keys, today: date | None = None) -> dict[str, Any]:
