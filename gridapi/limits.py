@@ -350,6 +350,9 @@ def login_name_key() -> str:
 #: ``password_guesses`` spend the same allowances.
 LOGIN_ACCOUNT_ADDRESS_SCOPE = "login-account-address"
 LOGIN_ACCOUNT_SCOPE = "login-account"
+#: The scope of the sign-in failures counted per account on a device that signed in to it
+#: before (a valid ``device_token``; GRIDAPI_LOGIN_RATE_ACCOUNT_ADDRESS).
+LOGIN_DEVICE_SCOPE = "login-account-device"
 
 
 def account_key(user_id: int) -> str:
@@ -357,11 +360,41 @@ def account_key(user_id: int) -> str:
     return f"account:user:{user_id}"
 
 
-def _account_allowances(user_id: int) -> tuple[tuple[str, tuple[str, str]], ...]:
-    """Return the account's allowances of failed sign-ins, each as (limit, identifiers):
-    from the client's address first, then from every address."""
+def _device_allowance(user_id: int, device: str) -> tuple[str, tuple[str, str]]:
     from .extensions import state
 
+    return (
+        state().settings.login_rate_account_address,
+        (f"{account_key(user_id)}:device:{device}", LOGIN_DEVICE_SCOPE),
+    )
+
+
+def trusted_device(user_id: int, device: str | None) -> str | None:
+    """Return ``device`` (the id of a valid device token of the account) while its own
+    allowance of failed sign-ins is left, else None: a device token stolen with the device
+    buys a guesser that allowance once, then counts for nothing."""
+    if device is None:
+        return None
+    from limits import parse
+
+    limit, identifiers = _device_allowance(user_id, device)
+    return device if limiter_strategy().test(parse(limit), *identifiers) else None
+
+
+def _account_allowances(
+    user_id: int, device: str | None = None
+) -> tuple[tuple[str, tuple[str, str]], ...]:
+    """Return the account's allowances of failed sign-ins, each as (limit, identifiers): on a
+    trusted device (``trusted_device``), that device's alone; elsewhere, from the client's
+    address first, then from every address.
+
+    A device that signed in to the account before is not held by the allowance of every
+    address: once someone elsewhere has spent it guessing, the owner still signs in on their
+    phone (OWASP's device cookies), wherever its address is that day."""
+    from .extensions import state
+
+    if device is not None:
+        return (_device_allowance(user_id, device),)
     settings = state().settings
     return (
         (
@@ -372,26 +405,26 @@ def _account_allowances(user_id: int) -> tuple[tuple[str, tuple[str, str]], ...]
     )
 
 
-def account_locked(user_id: int) -> bool:
+def account_locked(user_id: int, device: str | None = None) -> bool:
     """Return whether an account's allowance of failed sign-ins is spent (by any of its
     names, or wrong current passwords): the one from the client's address, or the one from
-    every address."""
+    every address; on a trusted ``device``, that device's."""
     from limits import parse
 
     strategy = limiter_strategy()
     return not all(
         strategy.test(parse(limit), *identifiers)
-        for limit, identifiers in _account_allowances(user_id)
+        for limit, identifiers in _account_allowances(user_id, device)
     )
 
 
-def count_account_failure(user_id: int) -> None:
+def count_account_failure(user_id: int, device: str | None = None) -> None:
     """Count a failed sign-in against the account it named, from the client's address and
-    from every address."""
+    from every address; on a trusted ``device``, against that device's allowance."""
     from limits import parse
 
     strategy = limiter_strategy()
-    for limit, identifiers in _account_allowances(user_id):
+    for limit, identifiers in _account_allowances(user_id, device):
         strategy.hit(parse(limit), *identifiers)
 
 

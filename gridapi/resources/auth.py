@@ -16,6 +16,7 @@ from ..limits import (
     limiter,
     login_name_key,
     password_guesses,
+    trusted_device,
 )
 from ..models import User
 from ..personal import number_in_name
@@ -26,6 +27,7 @@ from ..schemas.identity import (
     RefreshSchema,
     TokenSchema,
 )
+from ..security.tokens import device_of, issue_device_token
 from ..services import identity as svc
 from ..services.audit import Actor
 from ..spec import RATE_LIMIT_REFS
@@ -60,6 +62,14 @@ def _account_message() -> str:
         f"Too many failed sign-ins for this account from this address "
         f"({_account_address_limit()}); retry later."
     )
+
+
+def _trusted_device(data: dict, user_id: int) -> str | None:
+    """Return the device id of the sign-in's ``device_token`` when it is one of the account
+    ``user_id``'s and its device's allowance of failures is left (``limits.trusted_device``),
+    else None."""
+    device = device_of(state().tokens.key, data.get("device_token"), user_id)
+    return trusted_device(user_id, device)
 
 
 def _tokens_body(issued: svc.IssuedTokens) -> dict:
@@ -136,7 +146,9 @@ class AuthToken(MethodView):
         (GRIDAPI_LOGIN_RATE_ACCOUNT); once one is spent the account is refused (401, as a wrong
         password) by any other name from that address, or from every address, until the
         window passes. Failures from elsewhere therefore do not lock its owner out of their
-        own address until the allowance of every address is spent. Each refused attempt
+        own address until the allowance of every address is spent, nor ever out of a device
+        that sends the `device_token` an earlier sign-in to the account answered: while it is
+        valid, that device's failures count on it alone. Each refused attempt
         (401) writes an audit row
         `auth.login_failed`: the name as typed (cut to 32 characters; none for a phone
         number, also written with spaces, dashes or +86, which sign in as its 11 digits do,
@@ -154,7 +166,8 @@ class AuthToken(MethodView):
                 checked = svc.check_credentials(
                     reading, data["username"], data["password"], phone_key=st.phone_key
                 )
-            if account_locked(checked.user_id):
+            device = _trusted_device(data, checked.user_id)
+            if account_locked(checked.user_id, device):
                 raise svc.LoginFailed("locked", checked.user_id, checked.region_code)
             issued = svc.login(
                 db_session(),
@@ -169,10 +182,11 @@ class AuthToken(MethodView):
                 # spent its other names are refused as a wrong password is (401), not 429:
                 # a 429 there told whose a phone number was. The password was checked all
                 # the same, so the answer takes as long.
-                if account_locked(failed.user_id):
+                device = _trusted_device(data, failed.user_id)
+                if account_locked(failed.user_id, device):
                     failed = svc.LoginFailed("locked", failed.user_id, failed.region_code)
                 else:
-                    count_account_failure(failed.user_id)
+                    count_account_failure(failed.user_id, device)
             _audit_failed_sign_in(data["username"], failed)
             commit()  # the row outlives the refusal (the request's rollback)
             raise Unauthorized(
@@ -190,7 +204,13 @@ class AuthToken(MethodView):
             ),
         )
         commit()
-        return _tokens_body(issued)
+        kept = device_of(st.tokens.key, data.get("device_token"), user.id)
+        return {
+            **_tokens_body(issued),
+            "device_token": data["device_token"]
+            if kept
+            else issue_device_token(st.tokens.key, user.id),
+        }
 
 
 @blp.route("/auth/refresh")

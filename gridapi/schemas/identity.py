@@ -21,6 +21,18 @@ class LoginSchema(StrictSchema):
     password = fields.String(
         required=True, validate=validate.Length(min=1, max=256), load_only=True
     )
+    device_token = fields.String(
+        load_only=True,
+        allow_none=True,
+        validate=validate.Length(max=200),
+        metadata={
+            "description": "The `device_token` the last successful sign-in on this device "
+            "answered, if any. While it is valid (180 days, for this account) the device is "
+            "trusted: failed sign-ins on it are counted on it alone, so the account is not "
+            "locked for it when others have spent the allowance of every address "
+            "(GRIDAPI_LOGIN_RATE_ACCOUNT) guessing. Anything else is ignored."
+        },
+    )
 
 
 class RefreshSchema(StrictSchema):
@@ -38,6 +50,13 @@ class TokenSchema(StrictSchema):
     )
     token_type = fields.String(required=True, metadata={"example": "Bearer"})
     expires_in = fields.Integer(required=True, metadata={"description": "Seconds."})
+    device_token = fields.String(
+        metadata={
+            "description": "Sign-in only (not refresh): keep it on the device and send it with "
+            "the next sign-in (`device_token`). It is no credential: it signs nothing in and "
+            "is refused as a bearer token. The one sent is answered back while valid."
+        }
+    )
 
 
 #: A password is at most this long (a 5 MB one took seconds and 400 MB to check against a

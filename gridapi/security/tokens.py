@@ -112,3 +112,45 @@ def api_key_prefix(key: str) -> str | None:
         return None
     prefix, _, rest = key[len(API_KEY_PREFIX) :].partition("_")
     return prefix if rest and _PREFIX.fullmatch(prefix) else None
+
+
+#: How long a device token (``device_token``) is honoured after it was issued.
+DEVICE_TOKEN_DAYS = 180
+_DEVICE_PREFIX = "gd1"
+
+
+def _device_mac(key: bytes, body: str) -> str:
+    # A key of its own, derived from the signing key: a device token is no access token,
+    # and no access token's signature is a device token's.
+    device_key = hmac.new(key, b"gridapi-device-token", hashlib.sha256).digest()
+    mac = hmac.new(device_key, body.encode(), hashlib.sha256).hexdigest()
+    return mac[:32]
+
+
+def issue_device_token(key: bytes, user_id: int, now: float | None = None) -> str:
+    """Return a new device token for the account ``user_id``: proof that a sign-in to that
+    account succeeded on the device that keeps it (OWASP's "device cookie"). It signs nothing
+    in, and is not an access token; ``device_of`` reads it back."""
+    issued = int(time.time() if now is None else now)
+    body = f"{_DEVICE_PREFIX}.{user_id}.{issued}.{secrets.token_hex(12)}"
+    return f"{body}.{_device_mac(key, body)}"
+
+
+_DEVICE = re.compile(rf"{_DEVICE_PREFIX}\.([1-9][0-9]{{0,17}})\.([0-9]{{1,12}})\.([0-9a-f]{{24}})")
+
+
+def device_of(key: bytes, token: str | None, user_id: int, now: float | None = None) -> str | None:
+    """Return the device id (the token's random part) of a device token issued for the
+    account ``user_id`` within ``DEVICE_TOKEN_DAYS``, or None for anything else: none, a
+    forged or altered one, another account's, an expired one."""
+    if not token:
+        return None
+    body, _, mac = token.rpartition(".")
+    match = _DEVICE.fullmatch(body)
+    if match is None or not hmac.compare_digest(mac.encode(), _device_mac(key, body).encode()):
+        return None
+    owner, issued, device = int(match[1]), int(match[2]), match[3]
+    age = (time.time() if now is None else now) - issued
+    if owner != user_id or not -CLOCK_SKEW_SECONDS <= age <= DEVICE_TOKEN_DAYS * 86400:
+        return None
+    return device

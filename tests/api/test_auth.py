@@ -34,12 +34,13 @@ def sign_in(client: Any, login: str, password: str = PASSWORD) -> Any:
 HOME, ELSEWHERE, FAR_AWAY = "192.0.2.10", "198.51.100.7", "203.0.113.99"
 
 
-def sign_in_from(client: Any, address: str, login: str, password: str = PASSWORD) -> Any:
-    return client.post(
-        "/api/v1/auth/token",
-        json={"username": login, "password": password},
-        environ_base={"REMOTE_ADDR": address},
-    )
+def sign_in_from(
+    client: Any, address: str, login: str, password: str = PASSWORD, device: str | None = None
+) -> Any:
+    body = {"username": login, "password": password}
+    if device is not None:
+        body["device_token"] = device
+    return client.post("/api/v1/auth/token", json=body, environ_base={"REMOTE_ADDR": address})
 
 
 def tokens(client: Any, login: str, password: str = PASSWORD) -> dict[str, Any]:
@@ -129,7 +130,13 @@ def test_sign_in_by_username_or_phone_returns_a_token_pair(
     r = sign_in(anon_client, login)
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
-    assert set(body) == {"access_token", "refresh_token", "token_type", "expires_in"}
+    assert set(body) == {
+        "access_token",
+        "refresh_token",
+        "token_type",
+        "expires_in",
+        "device_token",
+    }
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 900
     assert body["access_token"].count(".") == 2
@@ -906,6 +913,85 @@ def test_failures_from_many_addresses_are_bounded_per_account(
         + [(FAR_AWAY, "wrong_password")] * 3
         + [(HOME, "locked")] * 2
     )
+
+
+def test_a_device_that_signed_in_before_is_not_locked_out_by_guessing_elsewhere(
+    alice: int, bob: int, server: Any, session: Any
+) -> None:
+    """Once guessers from many addresses have spent the account's allowance of every
+    address, its owner was refused everywhere, the right password too. A phone that signed
+    in before keeps the sign-in's ``device_token`` and sends it: it is trusted, whatever its
+    address that day (a phone's changes), and its failures count on it alone."""
+    client = server(login_rate_account="6 per 15 minutes").test_client()
+    first = sign_in_from(client, HOME, "alice")
+    assert first.status_code == 200
+    device = first.get_json()["device_token"]
+    for address in (ELSEWHERE, FAR_AWAY, "192.0.2.77"):
+        for _ in range(2):
+            assert_unauthorized(sign_in_from(client, address, "alice", "Wrong-Passw0rd!"))
+    phone_today = "192.0.2.200"  # the owner's phone, on another network than at first
+    assert_unauthorized(sign_in_from(client, phone_today, "alice"))  # without the token
+    r = sign_in_from(client, phone_today, "alice", device=device)
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["device_token"] == device  # answered back while valid
+    assert me(client, r.get_json()["access_token"]).status_code == 200
+    # By the phone number too: the token is the account's, whatever name signs in.
+    assert sign_in_from(client, phone_today, PHONE, device=device).status_code == 200
+    # Someone else's token, an altered one, a forged one: not trusted (401 as before).
+    bobs = sign_in_from(client, FAR_AWAY, "bob").get_json()["device_token"]
+    altered = device[:-1] + ("0" if device[-1] != "0" else "1")
+    forged = f"gd1.{alice}.{int(time.time())}.{'ab' * 12}.{'0' * 32}"
+    for n, token in enumerate((bobs, altered, forged, "", "x" * 200)):
+        assert_unauthorized(sign_in_from(client, f"192.0.2.{210 + n}", "alice", device=token))
+    # Nor is it a credential: as a bearer token it is refused.
+    assert_unauthorized(me(client, device))
+    rows = sorted(audit_actions(session, "auth.login"), key=lambda row: row.id)
+    assert [row.client_address for row in rows if row.object_id == str(alice)] == [
+        HOME,
+        phone_today,
+        phone_today,
+    ]
+
+
+def test_a_stolen_device_token_buys_a_guesser_its_own_allowance_once(
+    alice: int, server: Any
+) -> None:
+    """Failures on a trusted device count against the device's allowance
+    (GRIDAPI_LOGIN_RATE_ACCOUNT_ADDRESS) and not the account's of every address; once it is
+    spent the token counts for nothing, and the account's allowances hold as without it."""
+    client = server(login_rate_account="6 per 15 minutes").test_client()
+    device = sign_in_from(client, HOME, "alice").get_json()["device_token"]
+    places = [f"198.51.100.{n}" for n in range(1, 12)]
+    for address in places[:5]:  # five guesses on the stolen token, from five addresses
+        assert_unauthorized(
+            sign_in_from(client, address, "alice", "Wrong-Passw0rd!", device=device)
+        )
+    for address in places[5:11]:  # then six more: the account's allowance of every address
+        assert_unauthorized(
+            sign_in_from(client, address, "alice", "Wrong-Passw0rd!", device=device)
+        )
+    # Both spent: the right password is refused, with the token or without, from anywhere.
+    assert_unauthorized(sign_in_from(client, "192.0.2.201", "alice", device=device))
+    assert_unauthorized(sign_in_from(client, "192.0.2.202", "alice"))
+
+
+def test_a_refresh_answers_no_device_token(anon_client: Any, alice: int) -> None:
+    pair = tokens(anon_client, "alice")
+    refreshed = refresh(anon_client, pair["refresh_token"]).get_json()
+    assert set(refreshed) == {"access_token", "refresh_token", "token_type", "expires_in"}
+
+
+def test_a_device_token_is_honoured_for_180_days_for_its_account_only() -> None:
+    from gridapi.security.tokens import device_of, issue_device_token
+
+    key, now = b"k" * 32, 1_800_000_000.0
+    token = issue_device_token(key, 42, now=now)
+    device = device_of(key, token, 42, now=now + 179 * 86400)
+    assert device is not None and device in token
+    assert device_of(key, token, 42, now=now + 181 * 86400) is None  # expired
+    assert device_of(key, token, 43, now=now) is None  # another account's
+    assert device_of(b"j" * 32, token, 42, now=now) is None  # another server's key
+    assert issue_device_token(key, 42, now=now) != token  # a new device each time
 
 
 def test_the_account_allowance_of_every_address_is_shared_by_every_server(
