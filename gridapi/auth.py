@@ -254,13 +254,22 @@ def _check_client_rate(principal: Principal) -> None:
     if not st.settings.redis_url:
         allowed, window = st.client_limits.hit(principal.id, principal.rate_limit)
     else:
-        from limits import parse
+        from limits.strategies import FixedWindowRateLimiter
 
-        item = parse(principal.rate_limit)
+        item = _parse_limit(principal.rate_limit)
         strategy = limiter_strategy()
-        allowed = strategy.hit(item, "client", str(principal.id))
-        reset, remaining = strategy.get_window_stats(item, "client", str(principal.id))
-        window = RateWindow(item.amount, remaining if allowed else 0, reset)
+        if isinstance(strategy, FixedWindowRateLimiter):
+            # The count the hit answers is where the key stands: one round trip to Redis
+            # fewer than asking for it again (get_window_stats reads it, then the expiry).
+            key = item.key_for("client", str(principal.id))
+            count = strategy.storage.incr(key, item.get_expiry())
+            allowed = count <= item.amount
+            reset = strategy.storage.get_expiry(key)
+            window = RateWindow(item.amount, item.amount - count if allowed else 0, reset)
+        else:
+            allowed = strategy.hit(item, "client", str(principal.id))
+            reset, remaining = strategy.get_window_stats(item, "client", str(principal.id))
+            window = RateWindow(item.amount, remaining if allowed else 0, reset)
     g.client_rate_window = window
     if not allowed:
         raise TooManyRequests(retry_after=window.retry_after(), window=window)
