@@ -8,6 +8,8 @@
 * **Sparse fieldsets**: ``fields=id,status,deadlines`` keeps only those members of each
   object (of each item of a list answer, or of the answer itself); nested members are named
   with dots (``grid.code``). ``id`` is always kept.
+* **Compressed requests**: a body sent with ``Content-Encoding: gzip`` (or ``deflate``) is
+  decoded before anything reads it (``DecodedRequestBody``); another coding answers 415.
 
 The ``fields`` query parameter and the 304 answer are added to the spec of every GET that
 answers JSON or GeoJSON, unless streamed (``FieldsPlugin``).
@@ -16,6 +18,9 @@ answers JSON or GeoJSON, unless streamed (``FieldsPlugin``).
 from __future__ import annotations
 
 import hashlib
+import io
+import zlib
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -23,7 +28,7 @@ from apispec import BasePlugin
 from flask import Flask, Response, request
 from flask_compress import Compress
 
-from .errors import Unprocessable
+from .errors import BODY_TOO_LARGE, DomainError, Unprocessable
 
 compress = Compress()
 FIELDS_PARAMETER = {
@@ -167,9 +172,136 @@ def _phone_after_request(response: Response) -> Response:
     return response.make_conditional(request)
 
 
+#: Content codings a request body may carry, with the zlib window bits that read them
+#: (47: gzip or zlib, told by the header; 15: zlib, HTTP's "deflate").
+REQUEST_CODINGS = {"gzip": 47, "x-gzip": 47, "deflate": 15}
+ACCEPTED_REQUEST_CODINGS = "gzip, deflate, identity"
+#: Where the middleware leaves a body it could not decode, for the request to refuse.
+_BODY_ERROR = "gridapi.request_body_error"
+
+
+class BodyNotDecoded(DomainError):
+    """A request body the server cannot decode: its coding is unknown (415), its bytes are
+    not of the coding named (400), or decoded it is over GRIDAPI_MAX_BODY_MB (413)."""
+
+    def __init__(self, status: int, message: str, errors: dict[str, Any] | None = None):
+        super().__init__(message, errors=errors)
+        self.status = status
+        if status == 415:  # RFC 7694: say which codings are taken
+            self.headers = {"Accept-Encoding": ACCEPTED_REQUEST_CODINGS}
+
+
+def _inflate(data: bytes, coding: str, max_bytes: int) -> bytes:
+    """Return ``data`` decoded from ``coding``; BodyNotDecoded when it is not of that coding
+    or decodes to more than ``max_bytes`` (a small body that inflates to gigabytes)."""
+    attempts = [REQUEST_CODINGS[coding]] + ([-15] if coding == "deflate" else [])
+    for wbits in attempts:  # "deflate" is zlib by the RFC, raw deflate by some clients
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(data, max_bytes + 1)
+        except zlib.error:
+            continue
+        if len(out) > max_bytes:
+            raise BodyNotDecoded(413, BODY_TOO_LARGE)
+        if inflater.eof:
+            return out
+    raise BodyNotDecoded(
+        400,
+        f"The request body is not {coding} data, as its Content-Encoding says (or it is cut off).",
+        {"headers": {"Content-Encoding": [f"the body is not {coding} data"]}},
+    )
+
+
+def _read_body(environ: dict[str, Any], max_bytes: int) -> bytes | None:
+    """Return the body as sent, at most ``max_bytes`` + 1 bytes; None when it has none."""
+    stream = environ.get("wsgi.input")
+    length = environ.get("CONTENT_LENGTH")
+    if stream is None:
+        return None
+    if length:
+        try:
+            size = int(length)
+        except ValueError:
+            return None
+        if size <= 0:
+            return None
+        if size > max_bytes:
+            raise BodyNotDecoded(413, BODY_TOO_LARGE)
+        return stream.read(size)
+    if environ.get("wsgi.input_terminated"):  # chunked: the server ends the stream
+        return stream.read(max_bytes + 1) or None
+    return None
+
+
+def _decode_body(environ: dict[str, Any], max_bytes: int) -> None:
+    header = environ.get("HTTP_CONTENT_ENCODING", "")
+    codings = [c.strip().lower() for c in header.split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings:
+        return
+    unknown = [c for c in codings if c not in REQUEST_CODINGS]
+    if unknown:
+        if _read_body(environ, max_bytes) is None:
+            return  # no body: nothing is coded (a GET that copies its headers)
+        raise BodyNotDecoded(
+            415,
+            f"A request body coded {unknown[0]!r} is not taken: send it gzip, deflate or as is.",
+            {"headers": {"Content-Encoding": [f"one of {ACCEPTED_REQUEST_CODINGS}"]}},
+        )
+    data = _read_body(environ, max_bytes)
+    if data is None:
+        return
+    for coding in reversed(codings):  # applied in the order listed, undone last first
+        data = _inflate(data, coding, max_bytes)
+    environ["wsgi.input"] = io.BytesIO(data)
+    environ["wsgi.input_terminated"] = False
+    environ["CONTENT_LENGTH"] = str(len(data))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    del environ["HTTP_CONTENT_ENCODING"]
+
+
+class DecodedRequestBody:
+    """WSGI middleware: a request body sent with ``Content-Encoding: gzip`` or ``deflate``
+    (an app that compresses its offline queue) reaches the application decoded, so that
+    JSON, forms, idempotency (which compares the JSON, not the bytes) and the body limit see
+    what was meant. It was read as JSON as sent: "not valid JSON", and a phone that drops a
+    report refused 400 lost it; a body in a coding the server does not know was taken as
+    plain. A body that cannot be decoded is refused by the request it came with
+    (``refuse_undecoded_body``), with the one error body."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        if "HTTP_CONTENT_ENCODING" in environ:
+            try:
+                _decode_body(environ, self.max_bytes)
+            except BodyNotDecoded as exc:
+                environ[_BODY_ERROR] = exc
+                environ["wsgi.input"] = io.BytesIO(b"")
+                environ["CONTENT_LENGTH"] = "0"
+                environ.pop("HTTP_CONTENT_ENCODING", None)
+        return self.app(environ, start_response)
+
+
+def refuse_undecoded_body() -> None:
+    """Raise the error the middleware found in the request's body, before a view runs."""
+    error = request.environ.get(_BODY_ERROR)
+    if error is not None:
+        raise error
+
+
 def init_app(app: Flask) -> None:
     """Compression first, so that conditional GETs and sparse fields see the plain body
-    (Flask runs after-request functions in reverse order of registration)."""
+    (Flask runs after-request functions in reverse order of registration). Compressed
+    request bodies are decoded below Flask (``DecodedRequestBody``)."""
+    app.wsgi_app = DecodedRequestBody(  # type: ignore[method-assign]
+        app.wsgi_app, int(app.config["MAX_CONTENT_LENGTH"])
+    )
+    app.before_request(refuse_undecoded_body)
     app.config.setdefault("COMPRESS_MIMETYPES", list(_JSON_TYPES))
     app.config.setdefault("COMPRESS_MIN_SIZE", 1024)
     app.config.setdefault("COMPRESS_ALGORITHM", ["gzip", "br", "deflate"])

@@ -193,3 +193,77 @@ def test_geojson_answers_document_and_honour_fields_and_304(client, world):
     assert sparse.status_code == 200 and sparse.get_json() == {"type": "FeatureCollection"}
     etag = {"If-None-Match": full.headers["ETag"]}
     assert client.get(counts, headers=etag).status_code == 304
+
+
+def _coded(client, body: bytes, coding: str, **headers):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/api/v1/cases",
+        data=body,
+        headers={"Content-Type": "application/json", "Content-Encoding": coding, **headers},
+    )
+
+
+def test_a_gzipped_report_is_read_and_its_retry_replays(client, world, session):
+    """A phone that gzips its queue's bodies was told its JSON was not valid (400), and a
+    body in a coding the server does not know was read as if plain."""
+    import uuid
+    import zlib
+
+    from sqlalchemy import text
+
+    body = {
+        "category": "0101",
+        "description": "压缩上报",
+        "location": {"type": "Point", "coordinates": [LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP]},
+        "client_id": str(uuid.uuid4()),
+    }
+    raw = json.dumps(body, ensure_ascii=False).encode()
+    first = _coded(client, gzip.compress(raw), "gzip", **{"Idempotency-Key": "gz-1"})
+    assert first.status_code == 201, first.get_json()
+    assert first.get_json()["description"] == "压缩上报"
+    # the same report sent plain, and deflated, is the same request: replayed
+    plain = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "gz-1"})
+    assert plain.status_code == 201 and plain.headers["Idempotent-Replayed"] == "true"
+    assert plain.get_data() == first.get_data()
+    deflated = _coded(client, zlib.compress(raw), "deflate", **{"Idempotency-Key": "gz-1"})
+    assert deflated.status_code == 201 and deflated.headers["Idempotent-Replayed"] == "true"
+    session.rollback()
+    assert (
+        session.execute(text("SELECT count(*) FROM cases WHERE description = '压缩上报'")).scalar()
+        == 1
+    )
+
+    # bytes that are not gzip: 400 naming the header, not "invalid JSON"
+    broken = _coded(client, raw, "gzip")
+    assert broken.status_code == 400
+    assert broken.get_json()["errors"] == {
+        "headers": {"Content-Encoding": ["the body is not gzip data"]}
+    }
+    cut = _coded(client, gzip.compress(raw)[:-12], "gzip")
+    assert cut.status_code == 400 and set(cut.get_json()) == {"code", "status", "message", "errors"}
+    # a coding the server does not decode: 415, saying which it does; nothing stored
+    brotli = _coded(client, raw, "br")
+    assert brotli.status_code == 415
+    assert brotli.headers["Accept-Encoding"] == "gzip, deflate, identity"
+    assert brotli.get_json()["errors"] == {
+        "headers": {"Content-Encoding": ["one of gzip, deflate, identity"]}
+    }
+    identity = _coded(
+        client, json.dumps(dict(body, client_id=str(uuid.uuid4()))).encode(), "identity"
+    )
+    assert identity.status_code == 201
+    session.rollback()
+    assert (
+        session.execute(text("SELECT count(*) FROM cases WHERE description = '压缩上报'")).scalar()
+        == 2
+    )
+
+
+def test_a_gzip_body_that_inflates_past_the_limit_is_refused(client, world):
+    """A few kilobytes of gzip may inflate to gigabytes: decoding stops at the body limit."""
+    limit = client.application.config["MAX_CONTENT_LENGTH"]
+    bomb = gzip.compress(b" " * (limit + 1024))
+    assert len(bomb) < limit // 100
+    r = _coded(client, bomb, "gzip")
+    assert r.status_code == 413
+    assert "GRIDAPI_MAX_BODY_MB" in r.get_json()["message"]
