@@ -136,6 +136,8 @@ def _now() -> datetime:
 
 #: What a report's members left out mean: a retry that sends them is the same request.
 REPORT_DEFAULTS = idempotency.schema_defaults(CaseCreateSchema)
+#: A report's date-times (``occurred_at``): the same instant written otherwise is the same.
+REPORT_INSTANTS = idempotency.schema_instants(CaseCreateSchema)
 
 #: The columns ``case_view`` reads (every one but the geometry: ``lon`` and ``lat`` say where).
 _VIEWED = frozenset(c.key for c in Case.__table__.columns) - {"location"}
@@ -442,7 +444,7 @@ class Cases(MethodView):
                 actor=request_actor(),
                 keys=keys,
                 body_hash=idempotency.request_hash(
-                    "POST", request.path, body, defaults=REPORT_DEFAULTS
+                    "POST", request.path, body, defaults=REPORT_DEFAULTS, instants=REPORT_INSTANTS
                 ),
                 path=request.path,
                 snapshot=routing_snapshot(),

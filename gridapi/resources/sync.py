@@ -36,7 +36,7 @@ from ..services import idempotency
 from ..services import sync as svc
 from ..services import tasks as tasks_svc
 from .blueprint import MAX_ID, Blueprint
-from .cases import REPORT_DEFAULTS, _category_names, _names_for, case_view
+from .cases import REPORT_DEFAULTS, REPORT_INSTANTS, _category_names, _names_for, case_view
 from .register import households_body
 
 blp = Blueprint(
@@ -413,6 +413,7 @@ def _apply_in_transaction(
         kind,
         _as_read(kind, action["payload"]),
         defaults=REPORT_DEFAULTS if kind == "case.create" else None,
+        instants=REPORT_INSTANTS if kind == "case.create" else frozenset(),
     )
     # Checked before the transaction, the action's request finds the snapshot fresh and
     # needs no second connection while this one is held (Blueprint.takes_routing_snapshot).

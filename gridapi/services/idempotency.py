@@ -22,12 +22,12 @@ import re
 import struct
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
 
 import orjson
-from marshmallow import Schema, missing
+from marshmallow import Schema, fields, missing
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.orm import Session
 
@@ -81,12 +81,22 @@ class RequestHash:
     kept (``GRIDAPI_IDEMPOTENCY_DAYS``) carries. ``legacy`` is computed only when a stored
     hash is not ``value``: a retry of a request made since costs one hash."""
 
-    __slots__ = ("value", "_method", "_path", "_body", "_legacy")
+    __slots__ = ("value", "_method", "_path", "_body", "_legacy", "_previous")
 
-    def __init__(self, value: str, method: str = "", path: str = "", body: Any = ...) -> None:
+    def __init__(
+        self,
+        value: str,
+        method: str = "",
+        path: str = "",
+        body: Any = ...,
+        previous: str | None = None,
+    ) -> None:
         self.value = value
         self._method, self._path, self._body = method, path, body
         self._legacy: str | None = value if body is ... else None  # no body: nothing older
+        # The hash before nulls and instants were read by their meaning (2026-12-03): a key
+        # stored then for a body with an explicit null or a date-time is still found.
+        self._previous = previous or value
 
     @property
     def legacy(self) -> str:
@@ -98,7 +108,7 @@ class RequestHash:
         return self._legacy
 
     def matches(self, stored: str) -> bool:
-        return stored == self.value or stored == self.legacy
+        return stored == self.value or stored == self._previous or stored == self.legacy
 
     def __repr__(self) -> str:
         return f"RequestHash({self.value!r})"
@@ -112,13 +122,20 @@ def _digest(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(f"{method} {path}\n".encode() + body).hexdigest()
 
 
-def canonical_body(body: Any, defaults: dict[str, Any] | None = None) -> Any:
+def canonical_body(
+    body: Any, defaults: dict[str, Any] | None = None, instants: frozenset[str] = frozenset()
+) -> Any:
     """Return ``body`` as a request hash sees it: a number by its value (``12.0`` is ``12``,
     as JSON has one kind of number and an app re-encoding its queue may write either), text
-    in its composed form (NFC), and the top-level members equal to what leaving them out
-    means (``defaults``: a schema's defaults as JSON, ``schema_defaults``) left out. A retry that says the same thing is the
-    same request, whatever its encoder's habits; one that says something else is not."""
+    in its composed form (NFC), the top-level members equal to what leaving them out
+    means (``defaults``: a schema's defaults as JSON, ``schema_defaults``; ``null`` for a
+    member that may be null and has no other default) left out, and the top-level
+    date-times named in ``instants`` by the instant they name (``…T10:00:00+08:00``,
+    ``…T02:00:00Z`` and ``…T02:00:00.000Z`` are one). A retry that says the same thing is
+    the same request, whatever its encoder's habits; one that says something else is not."""
     body = _by_value(body)
+    if instants and isinstance(body, dict):
+        body = {k: _instant(v) if k in instants else v for k, v in body.items()}
     if defaults and isinstance(body, dict):
         body = {
             k: v
@@ -150,11 +167,16 @@ def _by_value(value: Any) -> Any:
 def schema_defaults(schema: type[Schema]) -> dict[str, Any]:
     """Return the JSON values a schema's fields take when left out (by their names in the
     body): the ``load_default`` of each field that has a plain one (a string, number or
-    boolean) or makes an empty list or object."""
+    boolean) or makes an empty list or object, and ``None`` for a field that may be null and
+    has no other default."""
     found: dict[str, Any] = {}
     for name, field in schema().fields.items():
         default = field.load_default
-        if default is missing or field.dump_only:
+        if field.dump_only:
+            continue
+        if default is missing or default is None:
+            if field.allow_none:  # null says what leaving it out says
+                found[field.data_key or name] = None
             continue
         if default in (list, dict):
             default = default()
@@ -163,17 +185,61 @@ def schema_defaults(schema: type[Schema]) -> dict[str, Any]:
     return found
 
 
-def request_hash(
-    method: str, path: str, body: Any, *, defaults: dict[str, Any] | None = None
-) -> RequestHash:
-    """Return the hash that tells a retry from a different request: of the canonical JSON of
-    the body (``canonical_body``; orjson, keys sorted), and lazily the one kept before."""
-    canonical = canonical_body(body, defaults)
+@cache
+def schema_instants(schema: type[Schema]) -> frozenset[str]:
+    """Return the names in the body of a schema's date-time fields."""
+    return frozenset(
+        field.data_key or name
+        for name, field in schema().fields.items()
+        if isinstance(field, fields.DateTime) and not field.dump_only
+    )
+
+
+def _instant(value: Any) -> Any:
+    """Return a date-time with an offset as its instant in UTC (ISO 8601, microseconds
+    always written); anything else (a date-time without an offset, which is refused) as is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return value
+    try:
+        return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    except OverflowError:  # 0001-01-01T00:00+14:00, before the first instant in UTC
+        return value
+
+
+def _hash_of(method: str, path: str, canonical: Any) -> str:
     try:
         text_ = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
     except TypeError:  # an integer beyond 64 bits (the body's parser makes none): as text
         text_ = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
-    return RequestHash(_digest(method, path, text_), method, path, body)
+    return _digest(method, path, text_)
+
+
+def request_hash(
+    method: str,
+    path: str,
+    body: Any,
+    *,
+    defaults: dict[str, Any] | None = None,
+    instants: frozenset[str] = frozenset(),
+) -> RequestHash:
+    """Return the hash that tells a retry from a different request: of the canonical JSON of
+    the body (``canonical_body``; orjson, keys sorted), and lazily the one kept before."""
+    canonical = canonical_body(body, defaults, instants)
+    value = _hash_of(method, path, canonical)
+    previous = None
+    if isinstance(body, dict) and (
+        any(body.get(k, 0) is None for k in defaults or {}) or instants & body.keys()
+    ):
+        # Before nulls and instants were read by their meaning: the nulls kept, the text.
+        kept = {k: v for k, v in (defaults or {}).items() if v is not None}
+        previous = _hash_of(method, path, canonical_body(body, kept))
+    return RequestHash(value, method, path, body, previous)
 
 
 @dataclass(frozen=True)

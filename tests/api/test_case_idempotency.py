@@ -189,6 +189,14 @@ REENCODED = [
     ({"crs": "wgs84", "parties": [], "urgent": False}, {}),
     # text composed or decomposed (NFC, NFD): the same characters
     ({"address": "Café 1 号"}, {"address": "Cafe\u0301 1 号"}),
+    # null for a member that may be null and was left out (an encoder that writes nulls)
+    ({}, {"occurred_at": None, "client_id": None}),
+    ({"occurred_at": None}, {}),
+    # one instant in another offset, or with its fraction written (JavaScript's toISOString)
+    (
+        {"occurred_at": "2026-12-01T10:00:00+08:00"},
+        {"occurred_at": "2026-12-01T02:00:00.000Z"},
+    ),
 ]
 
 
@@ -224,6 +232,43 @@ def test_a_retry_that_says_something_else_is_still_another_request(client, world
     other = post(client, {**body, **change}, "said")
     assert other.status_code == 422, other.get_json()
     assert other.get_json()["errors"] == {"headers": {"Idempotency-Key": ["reused"]}}
+    assert counts(session) == (1, 1, 1)
+
+
+def test_another_instant_is_another_request(client, world, session):
+    body = report_body(*center(0), occurred_at="2026-12-01T10:00:00+08:00")
+    assert post(client, body, "when").status_code == 201
+    # the same wall-clock time in UTC is eight hours earlier: another report
+    other = post(client, {**body, "occurred_at": "2026-12-01T10:00:00Z"}, "when")
+    assert other.status_code == 422, other.get_json()
+    assert other.get_json()["errors"] == {"headers": {"Idempotency-Key": ["reused"]}}
+    assert counts(session) == (1, 1, 1)
+
+
+def test_a_key_stored_before_nulls_and_instants_were_read_still_answers(client, world, session):
+    """Keys stored before nulls and date-times were read by their meaning kept the hash of
+    the body with its nulls and its date-time as written: its retry still replays."""
+    from gridapi.resources.cases import REPORT_DEFAULTS
+    from gridapi.services import idempotency
+
+    body = report_body(
+        *center(0), occurred_at="2026-12-01T10:00:00+08:00", client_id=None, urgent=False
+    )
+    first = post(client, body, "nulls-before")
+    assert first.status_code == 201, first.get_json()
+    kept = {k: v for k, v in REPORT_DEFAULTS.items() if v is not None}
+    canonical = idempotency.canonical_body(body, kept)
+    as_then = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    before = hashlib.sha256(f"POST /api/v1/cases\n{as_then}".encode()).hexdigest()
+    session.rollback()
+    session.execute(
+        text("UPDATE idempotency_keys SET request_hash = :h WHERE key = 'key:nulls-before'"),
+        {"h": before},
+    )
+    session.commit()
+    again = post(client, body, "nulls-before")
+    assert again.status_code == 201, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true" and again.data == first.data
     assert counts(session) == (1, 1, 1)
 
 
