@@ -406,12 +406,13 @@ def _apply_in_transaction(
     key, kind = action["key"], action["type"]
     method, template, params = ACTIONS[kind]
     stored_key = f"{KEY_PREFIX}{key}"
+    read = _as_read(kind, action["payload"])
     # The action as the phone wrote it (references unresolved) is what its key names:
     # a replay is recognised before anything is resolved, in whatever order it comes.
     body_hash = idempotency.request_hash(
         "BATCH",
         kind,
-        _as_read(kind, action["payload"]),
+        read,
         defaults=REPORT_DEFAULTS if kind == "case.create" else None,
         instants=REPORT_INSTANTS if kind == "case.create" else frozenset(),
     )
@@ -423,7 +424,7 @@ def _apply_in_transaction(
         connection.begin() as transaction,
         st.sessions(bind=connection, join_transaction_mode="rollback_only") as session,
     ):
-        idempotency.claim(session, caller, [stored_key], wait=True)
+        idempotency.claim(session, caller, _waited_for(stored_key, key, kind, read), wait=True)
         try:
             found = idempotency.find(session, caller, [stored_key], body_hash)
         except Unprocessable:
@@ -570,6 +571,21 @@ def _resolve(
             errors={"json": {"payload": problems}},
         )
     return resolved
+
+
+def _waited_for(stored_key: str, key: str, kind: str, read: dict[str, Any]) -> list[str]:
+    """Return the keys an action's transaction waits for before it looks for its answer:
+    its own, and those its endpoint takes without waiting (the key as its Idempotency-Key,
+    a report's client_id). A phone whose report timed out online and which sent it again in
+    its queue while the first was still being written got 409 "in flight" for the action
+    from the endpoint; it now waits for that request, then finds its answer."""
+    keys = [stored_key]
+    if kind in _KEYED and _idempotency_header(key) is not None:
+        keys.append(f"key:{key}")
+    client_id = read.get("client_id") if kind == "case.create" else None
+    if isinstance(client_id, str):
+        keys.append(f"client_id:{client_id}")
+    return keys
 
 
 def _as_read(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
