@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import decimal
 import json
@@ -66,13 +67,52 @@ class OrjsonProvider(JSONProvider):
         return self._app.response_class(dumps_bytes(obj), mimetype="application/json")
 
 
+#: Byte-order marks a JSON text may start with (RFC 8259 §8.1 lets a parser ignore one),
+#: with the encoding each names: the longer UTF-32 marks before UTF-16's, which they begin with.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+_UTF8 = {"utf-8", "utf8"}
+
+
+def _as_declared(data: bytes, charset: str | None) -> str | None:
+    """Return the text of a body that is not UTF-8 JSON as sent: read by its byte-order
+    mark, else by the charset its Content-Type declares (an app on GBK, GB 18030 or
+    UTF-16); None when neither says how, or the body is not in that encoding."""
+    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), None)
+    if encoding is None and charset and charset.strip().lower() not in _UTF8:
+        encoding = charset.strip()
+    if encoding is None:
+        return None
+    try:
+        return data.decode(encoding)
+    except (LookupError, UnicodeDecodeError):
+        return None
+
+
 class ApiRequest(Request):
     """Flask's request, with a body that is not JSON answered as the API answers it: 400,
-    ``errors.json`` = ["Invalid JSON body."] (as webargs does), wherever it is read."""
+    ``errors.json`` = ["Invalid JSON body."] (as webargs does), wherever it is read.
+
+    JSON is UTF-8 (RFC 8259), and a UTF-8 body is read as it comes. A body that does not
+    parse so is read again by its byte-order mark or its declared charset: a phone that
+    sends ``charset=GBK`` (or UTF-16, or a UTF-8 BOM, as .NET writes) was told its JSON was
+    invalid, and its report was dropped. A body that parses as sent is never read otherwise,
+    whatever charset it declares."""
 
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         if e is None:  # not a JSON content type: Flask's 415
             return super().on_json_loading_failed(e)
+        text = _as_declared(self.get_data(cache=True), self.mimetype_params.get("charset"))
+        if text is not None:
+            try:
+                return orjson.loads(text)
+            except orjson.JSONDecodeError:
+                pass
         from webargs.flaskparser import abort
 
         abort(400, exc=e, messages={"json": ["Invalid JSON body."]})

@@ -3,9 +3,12 @@ lists and boundaries, timestamps with time zones."""
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
 import re
+
+import pytest
 
 from ..factories import COMMUNITY_A, LAT0, LON0, STEP
 
@@ -267,3 +270,68 @@ def test_a_gzip_body_that_inflates_past_the_limit_is_refused(client, world):
     r = _coded(client, bomb, "gzip")
     assert r.status_code == 413
     assert "GRIDAPI_MAX_BODY_MB" in r.get_json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("encoded", "content_type"),
+    [
+        (lambda text: text.encode("gbk"), "application/json; charset=GBK"),
+        (lambda text: text.encode("gb18030"), "application/json;charset=gb18030"),
+        (lambda text: text.encode("utf-16"), "application/json"),  # its BOM says
+        (lambda text: codecs.BOM_UTF8 + text.encode(), "application/json"),
+    ],
+    ids=["gbk", "gb18030", "utf-16 with its bom", "utf-8 with a bom"],
+)
+def test_a_report_in_its_declared_charset_is_read_and_is_the_same_request(
+    client, world, session, encoded, content_type
+):
+    """A phone that sends its JSON in GBK (saying so), in UTF-16 or with a UTF-8 BOM was
+    told its JSON was invalid (400) and dropped the report. The body is read as it says, and
+    its retry in UTF-8 is the same request."""
+    import uuid
+
+    from sqlalchemy import text
+
+    body = {
+        "category": "0101",
+        "description": "小区门口垃圾堆放",
+        "address": "平江路 1 号",
+        "location": {"type": "Point", "coordinates": [LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP]},
+        "client_id": str(uuid.uuid4()),
+    }
+    raw = encoded(json.dumps(body, ensure_ascii=False))
+    first = client.post(
+        "/api/v1/cases",
+        data=raw,
+        headers={"Content-Type": content_type, "Idempotency-Key": "charset-1"},
+    )
+    assert first.status_code == 201, first.get_json()
+    assert first.get_json()["description"] == "小区门口垃圾堆放"
+    again = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "charset-1"})
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    session.rollback()
+    assert session.execute(text("SELECT count(*) FROM cases")).scalar() == 1
+
+
+def test_a_body_that_parses_as_sent_is_never_read_otherwise(client, world):
+    """UTF-8 sent under another charset's name (a library's default) is read as UTF-8;
+    bytes in no encoding they name stay invalid JSON (400)."""
+    body = {
+        "category": "0101",
+        "description": "垃圾",
+        "location": {"type": "Point", "coordinates": [LON0 + 0.5 * STEP, LAT0 + 0.5 * STEP]},
+    }
+    raw = json.dumps(body, ensure_ascii=False).encode()
+    for charset in ("ISO-8859-1", "gbk"):
+        r = client.post(
+            "/api/v1/cases",
+            data=raw,
+            headers={"Content-Type": f"application/json; charset={charset}"},
+        )
+        assert r.status_code == 201 and r.get_json()["description"] == "垃圾", r.get_json()
+    for content_type in ("application/json; charset=no-such-charset", "application/json"):
+        r = client.post(
+            "/api/v1/cases", data="垃圾".encode("gbk"), headers={"Content-Type": content_type}
+        )
+        assert r.status_code == 400
+        assert r.get_json()["errors"] == {"json": ["Invalid JSON body."]}
