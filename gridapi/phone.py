@@ -229,7 +229,10 @@ def _read_body(environ: dict[str, Any], max_bytes: int) -> bytes | None:
             raise BodyNotDecoded(413, BODY_TOO_LARGE)
         return stream.read(size)
     if environ.get("wsgi.input_terminated"):  # chunked: the server ends the stream
-        return stream.read(max_bytes + 1) or None
+        data = stream.read(max_bytes + 1)
+        if len(data) > max_bytes:  # not a cut-off gzip (400): a body over the limit
+            raise BodyNotDecoded(413, BODY_TOO_LARGE)
+        return data or None
     return None
 
 

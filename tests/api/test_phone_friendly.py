@@ -335,3 +335,22 @@ def test_a_body_that_parses_as_sent_is_never_read_otherwise(client, world):
         )
         assert r.status_code == 400
         assert r.get_json()["errors"] == {"json": ["Invalid JSON body."]}
+
+
+def test_a_chunked_gzip_body_over_the_limit_is_413_not_a_cut_off_gzip(client, world):
+    """Sent chunked (no Content-Length), a compressed body over the limit was read up to
+    the limit and refused 400 as cut-off gzip data."""
+    import io
+    import os
+
+    limit = client.application.config["MAX_CONTENT_LENGTH"]
+    noise = gzip.compress(os.urandom(limit + 1024), compresslevel=1)  # does not compress
+    r = client.post(
+        "/api/v1/cases",
+        input_stream=io.BytesIO(noise),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        # as gunicorn hands over a chunked body: no length, a stream that ends
+        environ_overrides={"CONTENT_LENGTH": "", "wsgi.input_terminated": True},
+    )
+    assert r.status_code == 413, r.get_json()
+    assert "GRIDAPI_MAX_BODY_MB" in r.get_json()["message"]
