@@ -599,6 +599,8 @@ def _as_read(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         client_id = _CLIENT_ID.deserialize(payload["client_id"])
     except ValidationError:
         return payload  # the endpoint refuses it
+    if client_id is None:  # the nil UUID: none, as the endpoint reads it
+        return {**payload, "client_id": None}
     return {**payload, "client_id": str(client_id)}
 
 

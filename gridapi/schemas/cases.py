@@ -51,6 +51,16 @@ class PartySchema(StrictSchema):
     )
 
 
+class ClientId(fields.UUID):
+    """A phone's UUID for its report; the nil UUID reads as none. A phone whose library
+    writes 00000000-0000-0000-0000-000000000000 for "no id" had its second report, a
+    different one, refused as a reuse of the first's client_id (422), and lost."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        return None if parsed is not None and parsed.int == 0 else parsed
+
+
 class CaseCreateSchema(StrictSchema):
     category = fields.String(
         required=True,
@@ -92,11 +102,12 @@ class CaseCreateSchema(StrictSchema):
         load_default=dict,
         metadata={"description": "Values of the category's extra attributes, by code."},
     )
-    client_id = fields.UUID(
+    client_id = ClientId(
         allow_none=True,
         metadata={
             "description": "The phone's own id for this report: a repeat from the same caller "
-            "returns the first answer and creates nothing."
+            "returns the first answer and creates nothing. The nil UUID (all zeros), which "
+            "some phone libraries write for none, is taken as none."
         },
     )
 

@@ -322,6 +322,22 @@ def test_a_repeated_client_id_is_a_retry(client, world, session):
     assert count(session, "cases") == 1 and count(session, "case_events") == 1
 
 
+def test_the_nil_uuid_is_no_client_id(client, world, session):
+    """A phone library that writes the nil UUID for "no id" sent it with every report: the
+    second, another report, was refused 422 as a reuse of the first's client_id, and lost."""
+    nil = "00000000-0000-0000-0000-000000000000"
+    first = post(client, report_body(*center(0), client_id=nil))
+    second = post(client, report_body(*center(1), client_id=nil))
+    assert (first.status_code, second.status_code) == (201, 201), second.get_json()
+    assert first.get_json()["id"] != second.get_json()["id"]
+    assert first.get_json()["client_id"] is None and second.get_json()["client_id"] is None
+    # A retry of one of them with its key is still answered as the first time.
+    keyed = post(client, report_body(*center(2), client_id=nil), "nil-1")
+    again = post(client, report_body(*center(2), client_id=nil), "nil-1")
+    assert again.headers["Idempotent-Replayed"] == "true" and again.data == keyed.data
+    assert count(session, "cases") == 3
+
+
 def test_a_key_is_kept_for_at_least_seven_days(client, world, session):
     before = datetime.now(UTC)
     cid = str(uuid.uuid4())

@@ -1157,6 +1157,18 @@ def test_each_batch_key_is_its_own_key(worker, engine):
     assert count_rows(engine, "patrols") == 0
 
 
+def test_the_nil_uuid_is_no_client_id_in_a_batch(worker, engine):
+    """As on POST /cases: two queued reports that both carry the nil UUID are two reports."""
+    nil = "00000000-0000-0000-0000-000000000000"
+    actions = [offline_report("nil-a"), offline_report("nil-b", 1)]
+    for action in actions:
+        action["payload"]["client_id"] = nil
+    answers = batch(worker, actions)
+    assert [a["status"] for a in answers] == [201, 201], answers
+    assert batch(worker, actions) == [{**a, "replayed": True} for a in answers]
+    assert count_rows(engine, "cases") == 2
+
+
 def test_a_client_id_in_other_letter_case_is_the_same_report(worker, engine):
     """iOS writes a UUID in upper case: a resend with it in lower case is the same report,
     as POST /api/v1/cases says; a payload whose client_id was canonical keeps the hash
