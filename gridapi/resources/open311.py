@@ -378,7 +378,13 @@ def requests_create(fmt: str) -> Response:
     return _answer(fmt, "service_requests", orjson.loads(taken.payload), taken.status_code, headers)
 
 
-@bp.route("/", defaults={"rest": ""}, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+# Not strict about the slash: Werkzeug redirected /open311/v2 to /open311/v2/ with an HTML page.
+@bp.route(
+    "/",
+    defaults={"rest": ""},
+    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+    strict_slashes=False,
+)
 @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def unknown(rest: str) -> Response:
     """Anything else under /open311/v2/: 404, or 405 for a known path and another method."""

@@ -752,6 +752,16 @@ def test_unknown_paths_and_methods_answer_in_open311_shape(anon_client):
     one_error(anon_client.options(f"{BASE}/nothing.json"), 404)
 
 
+def test_the_base_path_without_its_slash_is_an_open311_404_not_an_html_redirect(anon_client):
+    """``/open311/v2`` (the discovery URL without its slash) answered a 308 with an HTML page:
+    a client reading JSON errors met HTML, and a POST was sent elsewhere."""
+    for method in ("get", "post", "delete"):
+        r = getattr(anon_client, method)(BASE)
+        assert "html" not in r.content_type, (method, r.get_data(as_text=True))
+        assert "not an Open311 GeoReport v2 resource" in one_error(r, 404)
+        assert "Location" not in r.headers
+
+
 def test_a_json_post_is_told_to_send_a_form(anon_client, key, session):
     """A JSON body was answered "service_code is required" (or "api_key is required")."""
     r = anon_client.post(f"{BASE}/requests.json?api_key={key}", json=form(*center(0)))
