@@ -293,13 +293,21 @@ def _attribute_value(attr: dict[str, Any] | None, values: list[str], tz: tzinfo)
 def attributes_from_form(
     category: Category, items: Iterable[tuple[str, list[str]]], tz: tzinfo
 ) -> dict:
-    """Return ``attribute[code]`` / ``attribute[code][]`` form fields as attribute values."""
+    """Return ``attribute[code]`` / ``attribute[code][]`` form fields as attribute values.
+
+    Raises BadRequest naming an attribute of one value (any but a multivaluelist) sent more
+    than once: keeping one of them would drop what the caller may have meant.
+    """
     schema = {a["code"]: a for a in category.attributes or []}
     values: dict[str, list[str]] = {}
     for key, found in items:
         match = _ATTRIBUTE_KEY.fullmatch(key)
         if match:
             values.setdefault(match.group(1), []).extend(found)
+    for code, found in values.items():
+        attr = schema.get(code)
+        if attr and attr["type"] != "multiple_choice" and len(found) > 1:
+            raise BadRequest(f"attribute[{code}] was sent {len(found)} times: send it once")
     return {code: _attribute_value(schema.get(code), found, tz) for code, found in values.items()}
 
 

@@ -77,6 +77,26 @@ def test_a_field_read_as_one_value_sent_twice_is_400_naming_it(anon_client, key,
     assert scalar(session, "SELECT count(*) FROM cases") == 0
 
 
+@pytest.mark.parametrize("name", ["attribute[place_type]", "attribute[place_type][]"])
+def test_an_attribute_of_one_value_sent_twice_is_400_naming_it(anon_client, key, session, name):
+    """A singlevaluelist sent twice kept the last value and dropped the other: 出租房 and 企业
+    became 企业, whichever the caller meant."""
+    values = form(*center(0), service_code="5301", api_key=key)
+    pairs = [*values.items(), ("attribute[hazard][]", "其他")]
+    pairs += [(name, "出租房"), (name, "企业")]
+    message = one_error(post_pairs(anon_client, pairs), 400)
+    assert message == "attribute[place_type] was sent 2 times: send it once"
+    assert "place_type" in xml_error(post_pairs(anon_client, pairs, "xml"), 400)
+    assert scalar(session, "SELECT count(*) FROM cases") == 0
+    # a multivaluelist takes several, under either name
+    pairs = [*values.items(), ("attribute[hazard]", "其他"), ("attribute[hazard][]", "灭火器缺失")]
+    r = post_pairs(anon_client, pairs + [("attribute[place_type]", "企业")])
+    assert r.status_code == 201, r.get_data(as_text=True)
+    session.rollback()
+    case = session.get(Case, int(r.get_json()[0]["service_request_id"]))
+    assert case.attributes == {"hazard": ["其他", "灭火器缺失"], "place_type": "企业"}
+
+
 def test_fields_that_are_not_read_may_repeat_and_the_form_is_taken(anon_client, key, session):
     pairs = [*full_form(key).items(), ("device_id", "a"), ("device_id", "b")]
     pairs += [("jurisdiction_id", "x"), ("jurisdiction_id", "y"), ("account_id", "1")]
