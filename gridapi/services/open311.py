@@ -455,7 +455,10 @@ def parse_datetime(
 
     A year, month or day alone given as an ``upper`` bound (``end_date``,
     ``updated_before``) is its period's last instant: ``end_date=2026-11-30`` meant that
-    day's midnight, so a request filed on it was left out of a query for the day.
+    day's midnight, so a request filed on it was left out of a query for the day. So is a
+    time to the minute or the second (answers give times to the second: a request shown
+    as filed at 09:30:15 was left out of ``end_date=…09:30:15``); one with a fraction is
+    that instant.
     """
     if not value:
         return None
@@ -463,9 +466,11 @@ def parse_datetime(
     wrong = BadRequest(f"{name} must be a W3C datetime, e.g. 2026-11-28T09:30:00+08:00")
     # W3C-DTF's forms only (Python reads ISO 8601's others too: 2026-W48, 20261130,
     # 2026-11-28T09), and the year and the month alone, which it refused.
-    if not _W3C.fullmatch(text):
+    if not (match := _W3C.fullmatch(text)):
         raise wrong
     period = {4: "year", 7: "month", 10: "day"}.get(len(text))
+    if match.group(3) and not match.group(5):  # hh:mm or hh:mm:ss, no fraction
+        period = "second" if match.group(4) else "minute"
     if len(text) in (4, 7):
         text = f"{text}-01-01"[:10]
     try:
@@ -479,7 +484,10 @@ def parse_datetime(
 
 
 def _period_end(start: datetime, period: str) -> datetime:
-    """Return the last microsecond of the year, month or day that begins at ``start``."""
+    """Return the last microsecond of the year, month, day, minute or second that begins
+    at ``start``."""
+    if period in ("minute", "second"):
+        return start + timedelta(**{f"{period}s": 1}) - timedelta(microseconds=1)
     if period == "day":
         following = start.date() + timedelta(days=1)
     elif period == "month":

@@ -890,6 +890,35 @@ def test_a_form_not_in_its_charset_is_400_and_stores_nothing(
     assert scalar(session, "SELECT count(*) FROM cases") == before
 
 
+def test_a_minute_or_second_as_an_upper_bound_takes_in_the_whole_of_it(anon_client, key, engine):
+    """Answers give times to the second, but an upper bound was its first instant: a
+    request answered as ``requested_datetime`` 09:30:15 was left out of
+    ``end_date=…09:30:15`` (it was filed at 09:30:15.5), as of ``…09:30``, and so of
+    ``updated_before``. A minute or a second as an upper bound now ends with it."""
+    number = post(anon_client, key, form(*center(0))).get_json()[0]["service_request_id"]
+    at = datetime(2026, 11, 28, 1, 30, 15, 500000, tzinfo=UTC)  # 09:30:15.5 in Shanghai
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE cases SET reported_at = :t, updated_at = :t WHERE id = :id"),
+            {"t": at, "id": int(number)},
+        )
+    url = f"{BASE}/requests.json?api_key={key}"
+    [got] = anon_client.get(f"{url}&service_request_id={number}").get_json()
+    shown = got["requested_datetime"]
+    assert shown == got["updated_datetime"] == "2026-11-28T09:30:15+08:00"
+    for bound in (shown, "2026-11-28T09:30+08:00", "2026-11-28T01:30:15Z", "2026-11-28T09:30"):
+        q = quote(bound)
+        assert _numbers(anon_client.get(f"{url}&start_date={q}&end_date={q}")) == [number], bound
+        assert _numbers(anon_client.get(f"{url}&updated_after={q}&updated_before={q}")) == [
+            number
+        ], bound
+    # a fraction is an exact instant, and the bound before the second still leaves it out
+    for bound in ("2026-11-28T09:30:15.4+08:00", "2026-11-28T09:30:14+08:00"):
+        q = quote(bound)
+        assert _numbers(anon_client.get(f"{url}&start_date=2026&end_date={q}")) == [], bound
+        assert _numbers(anon_client.get(f"{url}&updated_before={q}")) == [], bound
+
+
 def test_a_day_month_or_year_alone_as_an_upper_bound_takes_in_the_whole_period(anon_client, key):
     """``end_date=<today>`` meant today's midnight: a query for one day
     (``start_date=D&end_date=D``) found nothing, and the requests filed today were left
