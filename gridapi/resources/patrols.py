@@ -115,7 +115,7 @@ class Patrols(MethodView):
         rows = svc.list_patrols(session, principal, args)
         names = svc.worker_names(session, {p.worker_id for p in rows})
         items = [svc.patrol_view(p, names) for p in rows]
-        next_cursor = items[-1]["id"] if len(items) == args["limit"] else None
+        next_cursor = items[-1]["id"] if rows.more else None
         return {"items": items, "next_cursor": next_cursor}
 
     @blp.requires("patrols:write")
@@ -474,6 +474,6 @@ class PresenceList(MethodView):
             minutes=state().settings.presence_minutes,
             with_location=_with_location(principal),
         )
-        next_cursor = items[-1]["user_id"] if len(items) == args["limit"] else None
+        next_cursor = items[-1]["user_id"] if items.more else None
         # Whereabouts (the last heartbeat's place): kept in no cache, as a patrol's track.
         return {"items": items, "next_cursor": next_cursor}, 200, NO_STORE

@@ -51,6 +51,7 @@ from ..services import cases as cases_svc
 from ..services import idempotency, intake
 from ..services import register as svc
 from ..services.audit import record
+from ..services.cursors import Page
 from ..services.preconditions import etag
 from .blueprint import (
     IDEMPOTENCY_HEADER,
@@ -99,8 +100,9 @@ houses_blp.takes_routing_snapshot()
 visits_blp.takes_routing_snapshot()
 
 
-def _page(items: list[Any], limit: int) -> int | None:
-    return items[-1]["id"] if len(items) == limit else None
+def _page(items: list[Any], rows: Page) -> int | None:
+    """Return the next cursor of a page: its last id when more rows follow, else None."""
+    return items[-1]["id"] if rows.more else None
 
 
 def _args(args: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +170,7 @@ class Houses(MethodView):
         """
         rows = svc.list_houses(db_session(), current_principal().scope, _args(args))
         items = [svc.house_view(h) for h in rows]
-        return {"items": items, "next_cursor": _page(items, args["limit"])}
+        return {"items": items, "next_cursor": _page(items, rows)}
 
     @houses_blp.requires("persons:write")
     @houses_blp.arguments(HouseCreateSchema)
@@ -298,7 +300,7 @@ class Households(MethodView):
         session = db_session()
         rows = svc.list_households(session, current_principal().scope, _args(args))
         items = households_body(session, rows)
-        return {"items": items, "next_cursor": _page(items, args["limit"])}
+        return {"items": items, "next_cursor": _page(items, rows)}
 
     @households_blp.requires("persons:write")
     @households_blp.arguments(HouseholdCreateSchema)
@@ -461,7 +463,7 @@ class Persons(MethodView):
         )
         if entry is not None:
             commit()
-        return {"items": items, "next_cursor": _page(items, args["limit"])}
+        return {"items": items, "next_cursor": _page(items, rows)}
 
     @persons_blp.requires("persons:write")
     @persons_blp.arguments(PersonCreateSchema)
@@ -721,7 +723,7 @@ class Visits(MethodView):
         """
         rows = svc.list_visits(db_session(), current_principal().scope, _args(args))
         items = [svc.visit_view(v) for v in rows]
-        return {"items": items, "next_cursor": _page(items, args["limit"])}
+        return {"items": items, "next_cursor": _page(items, rows)}
 
     @visits_blp.requires("persons:write")
     @visits_blp.arguments(VisitCreateSchema)

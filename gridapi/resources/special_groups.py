@@ -80,7 +80,7 @@ class SpecialGroups(MethodView):
         items = svc.record_views(session, rows, keys())
         _audit("special_group.read", rows)
         commit()
-        next_cursor = items[-1]["id"] if len(items) == args["limit"] else None
+        next_cursor = items[-1]["id"] if rows.more else None
         return {"items": items, "next_cursor": next_cursor}, 200, NO_STORE
 
     @blp.requires("special_groups:write")

@@ -32,6 +32,7 @@ from ..schemas.tasks import (
 )
 from ..services import tasks as svc
 from ..services.cases import region_names
+from ..services.cursors import Page
 from ..services.preconditions import etag
 from .blueprint import IDEMPOTENCY_HEADER, Blueprint, etag_header, if_match_header
 from .retries import Keyed
@@ -91,8 +92,8 @@ def _campaign_body(session, campaign: Campaign, principal: Principal) -> dict[st
     return svc.campaign_view(campaign, principal, region_names(session, [campaign.region_code]))
 
 
-def _next(rows: list[Any], limit: int) -> int | None:
-    return rows[-1].id if len(rows) == limit else None
+def _next(rows: Page) -> int | None:
+    return rows[-1].id if rows.more else None
 
 
 def _audit_task(action: str, task: Task, **summary: Any) -> None:
@@ -125,7 +126,7 @@ class Tasks(MethodView):
         rows = svc.list_tasks(session, principal, args)
         return {
             "items": _tasks_body(session, rows, principal, items=False),
-            "next_cursor": _next(rows, args["limit"]),
+            "next_cursor": _next(rows),
         }
 
     @blp.requires("tasks:write")
@@ -394,7 +395,7 @@ class Campaigns(MethodView):
         names = region_names(session, [c.region_code for c in rows])
         return {
             "items": [svc.campaign_view(c, principal, names) for c in rows],
-            "next_cursor": _next(rows, args["limit"]),
+            "next_cursor": _next(rows),
         }
 
     @campaigns_blp.requires("tasks:write")

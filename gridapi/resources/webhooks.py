@@ -226,7 +226,7 @@ class WebhookDeliveries(MethodView):
         rows = svc.list_deliveries(session, sub, args)
         return {
             "items": [svc.delivery_view(d, e) for d, e in rows],
-            "next_cursor": rows[-1][0].id if len(rows) == args["limit"] else None,
+            "next_cursor": rows[-1][0].id if rows.more else None,
         }
 
 

@@ -105,13 +105,33 @@ def another_list(what: str) -> Unprocessable:
 PAGE_MAX = 200
 
 
+class Page(list):  # type: ignore[type-arg]
+    """The rows of one page of a list, and whether more rows follow it (``more``): the page
+    answers ``next_cursor`` only then, so a full last page answers null as every list's
+    last page does (docs/integration.md). Before, a page exactly ``limit`` long always named
+    a next page, and the client's next request answered an empty one."""
+
+    more: bool = False
+
+
+def one_page(rows: Any, limit: int) -> Page:
+    """Return the first ``limit`` (at most ``PAGE_MAX``) of ``rows``, as ``page_by_id``
+    reads them (one more than a page, to tell whether more follow), as a Page."""
+    rows = list(rows)
+    size = min(limit, PAGE_MAX)
+    page = Page(rows[:size])
+    page.more = len(rows) > size
+    return page
+
+
 def page_by_id(
     stmt: Select[Any], id_column: Any, after: int | None, limit: int, *, newest_first: bool = False
 ) -> Select[Any]:
     """Return ``stmt`` narrowed to one page by id: the rows after the id ``after`` (None or
     0: from the first), in the order of ``id_column`` (``newest_first``: descending, and
-    "after" means below), at most ``limit`` of them and never more than ``PAGE_MAX``."""
+    "after" means below), ``limit`` of them (never more than ``PAGE_MAX``) and one more,
+    which tells whether more follow: read the rows with ``one_page``."""
     if after:
         stmt = stmt.where(id_column < after if newest_first else id_column > after)
     order = id_column.desc() if newest_first else id_column
-    return stmt.order_by(order).limit(min(limit, PAGE_MAX))
+    return stmt.order_by(order).limit(min(limit, PAGE_MAX) + 1)

@@ -46,7 +46,7 @@ from ..models import (
     Visit,
 )
 from ..scope import Scope, starts_with
-from .cursors import page_by_id
+from .cursors import one_page, page_by_id
 from .identity import assignment_holds_on
 from .routing import IndexSnapshot
 from .uniques import add_or_conflict
@@ -913,8 +913,9 @@ def list_patrols(session: Session, principal: Principal, args: dict[str, Any]) -
         stmt = stmt.where(Patrol.started_at >= args["from_"])
     if args.get("to"):
         stmt = stmt.where(Patrol.started_at < args["to"])
-    page = page_by_id(stmt, Patrol.id, args.get("cursor"), args.get("limit", 50), newest_first=True)
-    return list(session.scalars(page))
+    limit = args.get("limit", 50)
+    page = page_by_id(stmt, Patrol.id, args.get("cursor"), limit, newest_first=True)
+    return one_page(session.scalars(page), limit)
 
 
 def worker_names(session: Session, ids: set[int]) -> dict[int, str]:

@@ -19,7 +19,7 @@ from ..geo.crs import no_fix, to_wgs84
 from ..geo.shapes import geojson_point
 from ..models import GridAssignment, Presence, User
 from ..scope import Scope
-from .cursors import page_by_id
+from .cursors import Page, one_page, page_by_id
 from .identity import assignment_holds_on, roster, users_query
 from .patrols import TOLERANCE, dialect_insert, region_condition
 from .routing import IndexSnapshot
@@ -199,9 +199,10 @@ def list_presence(
         stmt = stmt.where(
             or_(Presence.at.is_(None), Presence.at < now - timedelta(minutes=minutes))
         )
-    rows = session.execute(
-        page_by_id(stmt, User.id, args.get("cursor"), args.get("limit", 50))
-    ).all()
-    return [
+    limit = args.get("limit", 50)
+    rows = one_page(session.execute(page_by_id(stmt, User.id, args.get("cursor"), limit)), limit)
+    views = Page(
         presence_view(row, user, now, minutes, with_location=with_location) for user, row in rows
-    ]
+    )
+    views.more = rows.more
+    return views

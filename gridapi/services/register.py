@@ -50,7 +50,7 @@ from ..scope import Scope, starts_with
 from ..security.fields import FieldCipher, blind_index
 from . import cases as cases_svc
 from .audit import Actor, record
-from .cursors import page_by_id
+from .cursors import one_page, page_by_id
 from .patrols import not_in_future
 from .preconditions import check_if_match, flush_versioned
 from .regions import get_region
@@ -519,9 +519,8 @@ def list_houses(session: Session, scope: Scope, args: dict[str, Any]) -> list[Ho
         stmt = stmt.where(House.address_key.contains(address_key(args["address"]), autoescape=True))
     if args.get("use"):
         stmt = stmt.where(House.use == args["use"])
-    return list(
-        session.scalars(page_by_id(stmt, House.id, args.get("after"), args.get("limit", 50)))
-    )
+    limit = args.get("limit", 50)
+    return one_page(session.scalars(page_by_id(stmt, House.id, args.get("after"), limit)), limit)
 
 
 # --- households -------------------------------------------------------------------------------
@@ -654,9 +653,9 @@ def list_households(session: Session, scope: Scope, args: dict[str, Any]) -> lis
         stmt = stmt.where(Household.number == args["number"])
     if args.get("type"):
         stmt = stmt.where(Household.type == args["type"])
-    return list(
-        session.scalars(page_by_id(stmt, Household.id, args.get("after"), args.get("limit", 50)))
-    )
+    limit = args.get("limit", 50)
+    page = page_by_id(stmt, Household.id, args.get("after"), limit)
+    return one_page(session.scalars(page), limit)
 
 
 def members_of(session: Session, household_ids: list[int]) -> dict[int, list[Person]]:
@@ -1183,9 +1182,8 @@ def search_persons(
     registered address, both compared as ``address_key`` gives them.
     """
     stmt = person_query(scope, args, keys, unmasks=unmasks)
-    return list(
-        session.scalars(page_by_id(stmt, Person.id, args.get("after"), args.get("limit", 50)))
-    )
+    limit = args.get("limit", 50)
+    return one_page(session.scalars(page_by_id(stmt, Person.id, args.get("after"), limit)), limit)
 
 
 def name_condition(name: str, *, unmasks: bool):  # type: ignore[no-untyped-def]
@@ -1720,9 +1718,8 @@ def get_visit(session: Session, visit_id: int, scope: Scope) -> Visit:
 
 def list_visits(session: Session, scope: Scope, args: dict[str, Any]) -> list[Visit]:
     stmt = visit_query(scope, args)
-    return list(
-        session.scalars(page_by_id(stmt, Visit.id, args.get("after"), args.get("limit", 50)))
-    )
+    limit = args.get("limit", 50)
+    return one_page(session.scalars(page_by_id(stmt, Visit.id, args.get("after"), limit)), limit)
 
 
 def visit_query(scope: Scope, args: dict[str, Any], stmt=None):  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ from ..models import Role, User
 from ..models.register import Person, SpecialGroupRecord, new_uid
 from ..personal import mask_name
 from ..scope import Scope
-from .cursors import page_by_id
+from .cursors import one_page, page_by_id
 from .register import Keys, _area_filters, get_person, in_scope
 from .uniques import add_or_conflict
 
@@ -153,8 +153,9 @@ def list_records(session: Session, scope: Scope, args: dict[str, Any]) -> list[S
     for key in ("type", "attention_level", "status", "person_id", "helper_id"):
         if args.get(key) is not None:  # person_id=0 names no one, not everyone
             stmt = stmt.where(getattr(SpecialGroupRecord, key) == args[key])
-    page = page_by_id(stmt, SpecialGroupRecord.id, args.get("after"), args.get("limit", 50))
-    return list(session.scalars(page))
+    limit = args.get("limit", 50)
+    page = page_by_id(stmt, SpecialGroupRecord.id, args.get("after"), limit)
+    return one_page(session.scalars(page), limit)
 
 
 def record_views(

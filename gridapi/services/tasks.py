@@ -57,6 +57,7 @@ from .cursors import (
     decode_cursor,
     encode_cursor,
     invalid_cursor,
+    one_page,
     page_by_id,
 )
 from .identity import assignment_holds_on, current_grids, users_query
@@ -712,9 +713,8 @@ def task_query(principal: Principal, args: dict[str, Any], stmt=None):  # type: 
 def list_tasks(session: Session, principal: Principal, args: dict[str, Any]) -> list[Task]:
     """Return a page of visible tasks matching the filters, by id."""
     stmt = task_query(principal, args)
-    return list(
-        session.scalars(page_by_id(stmt, Task.id, args.get("cursor"), args.get("limit", 50)))
-    )
+    limit = args.get("limit", 50)
+    return one_page(session.scalars(page_by_id(stmt, Task.id, args.get("cursor"), limit)), limit)
 
 
 def own_regions(scope: Scope) -> list[str]:
@@ -1449,8 +1449,10 @@ def list_campaigns(session: Session, principal: Principal, args: dict[str, Any])
     stmt = _area_filter(select(Campaign).where(campaign_visible(principal)), Campaign, args)
     if args.get("status"):
         stmt = stmt.where(Campaign.status.in_(args["status"]))
-    page = page_by_id(stmt, Campaign.id, args.get("cursor"), args.get("limit", 50))
-    return list(session.scalars(page))
+    limit = args.get("limit", 50)
+    return one_page(
+        session.scalars(page_by_id(stmt, Campaign.id, args.get("cursor"), limit)), limit
+    )
 
 
 def cancel_campaign(

@@ -60,7 +60,7 @@ from ..models.webhooks import (
 )
 from ..outbound import OutboundFailed, OutboundPolicy, OutboundRefused, check_url, post
 from ..security.fields import CiphertextError, FieldCipher
-from .cursors import page_by_id
+from .cursors import one_page, page_by_id
 from .regions import valid_on
 
 if TYPE_CHECKING:
@@ -490,7 +490,7 @@ def list_deliveries(
     page = page_by_id(
         stmt, WebhookDelivery.id, args.get("cursor"), args["limit"], newest_first=True
     )
-    return [(d, e) for d, e in session.execute(page).all()]
+    return one_page(((d, e) for d, e in session.execute(page)), args["limit"])
 
 
 def delivery_view(delivery: WebhookDelivery, event: WebhookEvent) -> dict[str, Any]:

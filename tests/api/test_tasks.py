@@ -1111,12 +1111,13 @@ def test_tasks_and_campaigns_page_by_id_to_the_last_page(people):
     for path in ("/api/v1/tasks", "/api/v1/campaigns"):
         whole = [row["id"] for row in ok(office.get(path))["items"]]
         assert len(whole) >= 2 and whole == sorted(whole), path
-        seen, url = [], f"{path}?limit=1"
+        pages, url = [], f"{path}?limit=1"
         while url:
             page = ok(office.get(url))
-            seen += [row["id"] for row in page["items"]]
+            pages.append([row["id"] for row in page["items"]])
             url = page["next_cursor"] and f"{path}?limit=1&cursor={page['next_cursor']}"
-        assert seen == whole, path
+        assert pages == [[i] for i in whole], path  # no empty page after the last
+        assert ok(office.get(f"{path}?limit={len(whole)}"))["next_cursor"] is None, path
 
 
 # --- the county of work above a county --------------------------------------------------------

@@ -758,6 +758,9 @@ def test_the_delivery_log_pages_newest_first_and_takes_its_cursors(app, client, 
     deliver(app)  # all delivered; a filter pages the same way
     page = ok(client.get(path, query_string={"status": "delivered", "limit": 4}))
     assert [d["id"] for d in page["items"]] == ids[:0:-1] and page["next_cursor"] == ids[1]
+    # A full last page answers null: it named a next page, and that page was empty.
+    page = ok(client.get(path, query_string={"status": "delivered", "limit": 5}))
+    assert len(page["items"]) == 5 and page["next_cursor"] is None
     assert ok(client.get(path, query_string={"status": "pending"})) == {
         "items": [],
         "next_cursor": None,
