@@ -583,7 +583,10 @@ class Transitions(MethodView):
         `cases:decide_extension`, verify_pass/verify_fail `cases:verify`) and a case the
         caller may act on: office steps need the unit holding the case in the caller's
         scope; sign, return, feedback and request_extension also suit its assignee or a
-        member of its department. An action the current state does not allow → 409 with
+        member of its department. The handler does not verify its own work, an extension
+        is approved by someone other than who asked for it, and a supervision level is
+        lowered only by an office above the unit holding the case (403 otherwise). An
+        action the current state does not allow → 409 with
         `errors.allowed_actions`. A field only another action takes (not null) → 422 naming
         it. Needs `If-Match` (428 without, 412 when stale; stale only by other reports attached
         to the case as its duplicates since, it is taken, and the answer's `ETag` is the new

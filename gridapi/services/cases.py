@@ -164,6 +164,7 @@ QUEUES = (
 # Every queue GET /cases/queues may answer, in its order: the work queues and 超期.
 QUEUE_NAMES = (*(name for name, *_ in QUEUES), "overdue")
 OPEN_SQL = "cases.status NOT IN ('closed', 'rejected', 'cancelled')"
+SUPERVISION_RANK = {"normal": 0, "yellow": 1, "red": 2}
 LEVEL_PREFIX = {"province": 2, "city": 4, "county": 6, "township": 9, "village": 12}
 
 
@@ -827,13 +828,42 @@ def may_act(caller: Caller, case_obj: Case, action: str) -> bool:
         # over the unit that handed it down (which takes it back by transferring it).
         upper = case_obj.handed_down_from
         return office and not (upper is not None and caller.scope.covers_region(upper))
+    if action == "approve_extension":
+        # Time is granted by someone other than who asked for it: an office that asked on
+        # its handler's behalf (or a handler who is also an office) approved its own request.
+        # It may still withdraw it (deny_extension).
+        return office and not _requested_by(caller, case_obj)
     if who == "office":
         return office
     if who == "verifier":
-        # A grid chief (网格长) verifies the results in the grids they oversee.
+        # A grid chief (网格长) verifies the results in the grids they oversee; the case's
+        # handler does not check its own work (核查 is the check on the handler). The office
+        # that resolved it on the spot, with no handler, checks it as before.
         grids = caller.scope.grid_codes
-        return office or (case_obj.grid_code is not None and case_obj.grid_code in grids)
+        verifier = office or (case_obj.grid_code is not None and case_obj.grid_code in grids)
+        return verifier and not holds(caller, case_obj)
     return office or holds(caller, case_obj)
+
+
+def _requested_by(caller: Caller, case_obj: Case) -> bool:
+    """Return whether the extension request waiting on the case is the caller's own."""
+    request = case_obj.extension_request or {}
+    return request.get("requested_by") == caller.actor
+
+
+def is_office_above(caller: Caller, case_obj: Case) -> bool:
+    """Return whether the caller is an office above the unit holding the case: an office
+    (``is_office``) whose area is larger than that unit's (a township over a community's
+    case, a county over a township's), or unrestricted. The office of the unit itself is
+    not: it is the one supervised (督办)."""
+    if not is_office(caller, case_obj):
+        return False
+    scope = caller.scope
+    if scope.unrestricted:
+        return True
+    code = case_obj.responsible_region_code
+    own = subtree_prefix(code)
+    return any(code.startswith(p) and p != own for p in scope.prefixes)
 
 
 def escalation_target(session: Session | None, code: str) -> str | None:
@@ -1068,6 +1098,10 @@ def transition(
             },
         )
     if not may_act(caller, case_obj, action):
+        if action == "approve_extension" and _requested_by(caller, case_obj):
+            raise Forbidden("An extension is approved by someone other than who asked for it.")
+        if ACTIONS[action][2] == "verifier" and holds(caller, case_obj):
+            raise Forbidden("The case's handler does not verify its own work.")
         raise Forbidden(
             f"'{action}' is for the unit holding the case"
             + (" or its handler." if ACTIONS[action][2] == "handler" else ".")
@@ -1685,6 +1719,16 @@ def _supervise(ctx: TransitionContext, c: Case) -> str:
             "Which supervision level?",
             errors={"json": {"level": ["one of normal, yellow, red"]}},
         )
+    if SUPERVISION_RANK[level] < SUPERVISION_RANK[c.supervision] and not is_office_above(
+        ctx.caller, c
+    ):
+        from ..auth import Forbidden
+
+        # A card (督办) judges the unit holding the case: that unit lifting it, or lowering
+        # the worker's automatic one, undid the county's sanction on itself.
+        raise Forbidden(
+            "A supervision level is lowered by an office above the unit holding the case."
+        )
     ctx.event_data.update(level=level, previous=c.supervision)
     c.supervision = level
     if level != "normal":
@@ -2265,6 +2309,12 @@ def queue_conditions(caller: Caller) -> dict[str, tuple[str, ColumnElement[bool]
     verifier = office
     if scope.grid_codes:
         verifier = or_(office, Case.grid_code.in_(sorted(scope.grid_codes)))
+    # Not the cases the caller handled: a handler does not verify its own work (may_act).
+    # (Compared with 0 for none, so that a case without a handler is not left out.)
+    if caller.principal.kind == "user":
+        verifier = and_(verifier, func.coalesce(Case.assignee_id, 0) != caller.principal.id)
+    if caller.department_id is not None:
+        verifier = and_(verifier, func.coalesce(Case.department_id, 0) != caller.department_id)
     found: dict[str, tuple[str, ColumnElement[bool]]] = {}
     for name, title, statuses, permission in QUEUES:
         if not caller.principal.can(permission):

@@ -157,7 +157,7 @@ def test_children_below_a_skipped_level_are_counted(app, client, accounts, world
     ]
     r = client.post("/api/v1/regions/import", json=rows)
     assert r.status_code == 200, r.get_json()
-    t = Timeline(app, accounts.create("admin2", "admin"))
+    t = Timeline(app, accounts.create("admin2", "admin"), accounts.create("checker", "admin"))
     dongguan = t.filed(at(3, 2, 9), col=11)
     xiantao = t.filed(at(3, 3, 9), col=15)
     t.finish(xiantao, at(3, 3, 10), at(3, 3, 11))

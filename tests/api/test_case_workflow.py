@@ -953,6 +953,104 @@ def test_extensions_are_requested_once_and_decided_by_the_office(desk, app, sess
     ]
 
 
+def test_an_extension_is_approved_by_someone_other_than_who_asked(desk):
+    """The office asked for more time on its handler's behalf and approved its own request
+    at once: the deadline moved with nobody deciding. Another office decides it (the county
+    over the township), and the one who asked may still withdraw it (deny)."""
+    d = desk
+    cid = d.report()["id"]
+    handling = d.to_handling(cid)
+    d.act(d.office, cid, "request_extension", amount=3, comment="设备未到")
+    view = ok(d.office.get(f"/api/v1/cases/{cid}"))
+    assert "approve_extension" not in view["allowed_actions"]
+    assert "deny_extension" in view["allowed_actions"]
+    own = d.post(d.office, cid, "approve_extension", comment="同意")
+    assert own.status_code == 403, own.get_json()
+    assert set(own.get_json()) == {"code", "status", "message", "errors"}
+    unchanged = d.get(cid)
+    assert unchanged["extension_count"] == 0 and unchanged["extension_request"] is not None
+    assert unchanged["deadlines"]["handle"] == handling["deadlines"]["handle"]
+    assert "approve_extension" in ok(d.county.get(f"/api/v1/cases/{cid}"))["allowed_actions"]
+    approved = d.act(d.county, cid, "approve_extension", comment="同意")
+    assert approved["extension_count"] == 1
+    assert approved["deadlines"]["handle"] != handling["deadlines"]["handle"]
+    # Asked by the office again, it may take its own request back.
+    d.act(d.office, cid, "request_extension", amount=1, comment="再延一天")
+    withdrawn = d.act(d.office, cid, "deny_extension", comment="撤回")
+    assert withdrawn["extension_request"] is None and withdrawn["extension_count"] == 1
+
+
+def test_the_handler_does_not_verify_its_own_work(desk, accounts):
+    """A grid chief dispatched a case of their own grid handled it, reported back and passed
+    their own check (核查): nobody but the handler looked at the result. The chief verifies
+    the work of others in their grids; the office verifies the chief's."""
+    d = desk
+    chief = accounts.client("chief", "grid_chief", grids=[A1, A2])
+    cid = d.report()["id"]
+    d.to_filed(cid)
+    d.act(d.office, cid, "dispatch", assignee_id=d.id("chief"))
+    d.act(chief, cid, "sign")
+    d.act(chief, cid, "feedback", comment="已清理")
+    assert ok(chief.get(f"/api/v1/cases/{cid}"))["allowed_actions"] == []
+    # Nor is it in the chief's 待核查, counted or listed.
+    counts = {q["queue"]: q["count"] for q in ok(chief.get("/api/v1/cases/queues"))["items"]}
+    assert counts["verify"] == 0
+    assert ok(chief.get("/api/v1/cases?queue=verify"))["items"] == []
+    assert [c["id"] for c in ok(d.office.get("/api/v1/cases?queue=verify"))["items"]] == [cid]
+    for action in ("verify_pass", "verify_fail"):
+        own = d.post(chief, cid, action, comment="自查")
+        assert own.status_code == 403, (action, own.get_json())
+        assert "own work" in own.get_json()["message"]
+    assert d.get(cid)["status"] == "feedback" and d.get(cid)["rework_count"] == 0
+    assert d.act(d.office, cid, "verify_pass")["status"] == "verified"
+    # The worker's work in the chief's grid is the chief's to check.
+    other = d.report()["id"]
+    d.to_handling(other)
+    d.act(d.worker, other, "feedback", comment="已清理")
+    assert d.act(chief, other, "verify_pass")["status"] == "verified"
+    # An office member the case was dispatched to is its handler too.
+    third = d.report()["id"]
+    d.to_filed(third)
+    colleague = accounts.client("office_b", "township_office", scope_region=TOWNSHIP)
+    d.act(d.office, third, "dispatch", assignee_id=d.id("office_b"))
+    d.act(colleague, third, "sign")
+    d.act(colleague, third, "feedback", comment="已处置")
+    assert d.post(colleague, third, "verify_pass").status_code == 403
+    assert d.act(d.office, third, "verify_pass")["status"] == "verified"
+
+
+def test_the_unit_holding_a_case_does_not_lift_its_card(desk):
+    """The county gave a township's case a red card (督办) and the township set it back to
+    normal itself: the sanction was undone by the unit it judged. Lowering a level takes an
+    office above the unit holding the case; raising one does not."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_handling(cid)
+    assert d.get(cid)["responsible"]["unit"]["code"] == TOWNSHIP
+    d.act(d.county, cid, "supervise", level="red", comment="严重超期")
+    for level in ("normal", "yellow"):
+        lifted = d.post(d.office, cid, "supervise", level=level, comment="已在处理")
+        assert lifted.status_code == 403, (level, lifted.get_json())
+        assert set(lifted.get_json()) == {"code", "status", "message", "errors"}
+    assert d.get(cid)["supervision"] == "red"
+    assert [e["data"]["level"] for e in d.timeline(cid) if e["action"] == "supervise"] == ["red"]
+    assert d.act(d.county, cid, "supervise", level="normal", comment="已整改")["supervision"] == (
+        "normal"
+    )
+    # The unit holding it may raise a level; the office above lowers it.
+    assert d.act(d.office, cid, "supervise", level="yellow", comment="加快")["supervision"] == (
+        "yellow"
+    )
+    # A township lifts a card on a case a community holds (handed down to it).
+    handed = d.report()["id"]
+    d.to_filed(handed)
+    d.act(d.office, handed, "dispatch", unit=COMMUNITY_A)
+    d.act(d.office, handed, "supervise", level="yellow", comment="请加快")
+    assert d.act(d.office, handed, "supervise", level="normal", comment="已整改")[
+        "supervision"
+    ] == ("normal")
+
+
 @pytest.mark.parametrize("action", ["return", "escalate", "feedback", "duplicate"])
 def test_a_step_that_ends_the_handling_withdraws_a_waiting_extension_request(desk, action):
     """A request for more time waits for the office; a step that ends the handling it asked

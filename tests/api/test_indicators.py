@@ -30,19 +30,27 @@ def at(month: int, day: int, hour: int, minute: int = 0) -> datetime:
     return datetime(2026, month, day, hour, minute, tzinfo=SH)
 
 
+# The steps a second admin takes: the handler (the first, dispatched to itself) neither
+# verifies its own work nor approves the time it asked for.
+CHECKS = frozenset({"approve_extension", "deny_extension", "verify_pass", "verify_fail"})
+
+
 class Timeline:
     """Moves cases through the real workflow services at chosen moments (a fixed clock)."""
 
-    def __init__(self, app: Any, user_id: int) -> None:
+    def __init__(self, app: Any, user_id: int, checker_id: int) -> None:
         self.state = app.extensions["gridapi"]
-        self.principal = Principal(
-            kind="user",
-            id=user_id,
-            name="admin",
-            role="admin",
-            rank=100,
-            permissions=frozenset(PERMISSIONS),
-            scope=Scope.everything(),
+        self.principal, self.checker = (
+            Principal(
+                kind="user",
+                id=uid,
+                name=name,
+                role="admin",
+                rank=100,
+                permissions=frozenset(PERMISSIONS),
+                scope=Scope.everything(),
+            )
+            for uid, name in ((user_id, "admin"), (checker_id, "checker"))
         )
 
     def report(self, when: datetime, col: float = 0.5, category: str = "0202", **extra: Any) -> int:
@@ -70,7 +78,7 @@ class Timeline:
                 session,
                 case_id,
                 {"action": action, "comment": data.pop("comment", "说明"), **data},
-                caller=case_svc.Caller(self.principal),
+                caller=case_svc.Caller(self.checker if action in CHECKS else self.principal),
                 calendar=self.state.calendar(session),
                 now=when.astimezone(UTC),
                 if_match="*",
@@ -128,7 +136,7 @@ def cases(app, accounts, world):  # type: ignore[no-untyped-def]
     G: in the second township: filed Tue 3 Mar 09:00, handled on the spot, closed 15:00,
        rated 4; 4.5 working hours.
     """
-    t = Timeline(app, accounts.create("admin", "admin"))
+    t = Timeline(app, accounts.create("admin", "admin"), accounts.create("checker", "admin"))
     ids: dict[str, int] = {}
     ids["A"] = a = t.filed(at(2, 26, 9))
     t.dispatch(a, at(2, 26, 10))
@@ -426,7 +434,7 @@ def test_the_sql_equals_a_replay_of_the_timelines(app, cases, month):
 def test_a_rating_counts_for_its_own_closure_only(app, client, accounts, world):
     """A case rated 1, reopened and closed again counted the 1 for its new closure, and its
     reporter could not rate that one: the reopen clears it, the next rating counts."""
-    t = Timeline(app, accounts.create("admin", "admin"))
+    t = Timeline(app, accounts.create("admin", "admin"), accounts.create("checker", "admin"))
     h = t.filed(at(5, 11, 9))
     t.dispatch(h, at(5, 11, 10))
     t.finish(h, at(5, 12, 10), at(5, 12, 16))
@@ -461,7 +469,7 @@ def test_a_reopened_case_is_not_handled_until_it_is_fed_back_again(app, client, 
     """A reopened case kept the feedback of the closure it undid: dispatched again, it
     counted as handled in the month of that feedback, and on time against the new deadline,
     before anybody reported back on it. The reopen ends the leg; its own feedback counts."""
-    t = Timeline(app, accounts.create("admin", "admin"))
+    t = Timeline(app, accounts.create("admin", "admin"), accounts.create("checker", "admin"))
     h = t.filed(at(5, 11, 9))
     t.dispatch(h, at(5, 11, 10))
     t.finish(h, at(5, 12, 10), at(5, 12, 16))
@@ -574,7 +582,7 @@ def test_a_sensitive_case_counts_only_for_the_offices_over_its_holder(app, accou
     (DOMAIN §7: special-group matters are left out of the counts of all who may not read
     them). It counts for the offices over the unit holding it: the township's and the
     county's; the community's once handed down to it, when the officer reads it too."""
-    t = Timeline(app, accounts.create("admin", "admin"))
+    t = Timeline(app, accounts.create("admin", "admin"), accounts.create("checker", "admin"))
     special = t.filed(at(5, 11, 9), category="5401")
     t.filed(at(5, 11, 10), category="0202")
     officer = accounts.client("officer", "community_officer", scope_region=COMMUNITY_A)
@@ -696,7 +704,7 @@ def test_a_township_filters_by_a_county_department_it_dispatches_to(app, client,
     brigade = department("fire", COUNTY)
     other = department("other", TOWNSHIP_2)
     city = department("city", "320500000000")
-    t = Timeline(app, accounts.create("admin", "admin"))
+    t = Timeline(app, accounts.create("admin", "admin"), accounts.create("checker", "admin"))
     dispatched = t.filed(at(5, 11, 9))
     t.act(dispatched, "dispatch", at(5, 11, 10), department_id=brigade)
     t.filed(at(5, 11, 11))
@@ -721,7 +729,7 @@ def test_the_month_so_far_holds_no_deadline_still_ahead_against_a_unit(app, acco
     whose only case was due later scored 0 on closure and ranked last. A deadline after the
     cut-off (now) is not due yet, unless the case is closed already; once the month is over
     every deadline of it is."""
-    t = Timeline(app, accounts.create("admin", "admin"))
+    t = Timeline(app, accounts.create("admin", "admin"), accounts.create("checker", "admin"))
     waiting = t.filed(at(5, 11, 9), col=4.5)  # township 2: due Thu 14 May 17:30
     early = t.filed(at(5, 11, 9))  # township 1: due 14 May too, closed on 12 May
     t.dispatch(early, at(5, 11, 10))
@@ -783,7 +791,7 @@ def test_the_counts_read_the_covering_index_only(app, client, accounts, world, e
                 query = "SELECT sql FROM sqlite_master WHERE name = 'ix_cases_indicators'"
             return conn.execute(text(query)).scalar_one()
 
-    t = Timeline(app, accounts.create("admin", "admin"))
+    t = Timeline(app, accounts.create("admin", "admin"), accounts.create("checker", "admin"))
     for hour in (9, 10, 11):
         t.filed(at(5, 11, hour), category="5401" if hour == 9 else "0202")
     office = accounts.client("office", "township_office", scope_region=TOWNSHIP)
