@@ -1719,16 +1719,21 @@ def _supervise(ctx: TransitionContext, c: Case) -> str:
             "Which supervision level?",
             errors={"json": {"level": ["one of normal, yellow, red"]}},
         )
-    if SUPERVISION_RANK[level] < SUPERVISION_RANK[c.supervision] and not is_office_above(
-        ctx.caller, c
-    ):
+    if SUPERVISION_RANK[level] < SUPERVISION_RANK[c.supervision]:
         from ..auth import Forbidden
 
         # A card (督办) judges the unit holding the case: that unit lifting it, or lowering
         # the worker's automatic one, undid the county's sanction on itself.
-        raise Forbidden(
-            "A supervision level is lowered by an office above the unit holding the case."
-        )
+        if not is_office_above(ctx.caller, c):
+            raise Forbidden(
+                "A supervision level is lowered by an office above the unit holding the case."
+            )
+        # Nor does an office lift the card of one above it (the county the city's).
+        area = _card_givers_area(ctx.session, c)
+        if area is not None and not ctx.caller.scope.covers_region(area or None):
+            raise Forbidden(
+                "A supervision level is lowered by the office that set it or one above it."
+            )
     ctx.event_data.update(level=level, previous=c.supervision)
     c.supervision = level
     if level != "normal":
@@ -1736,6 +1741,24 @@ def _supervise(ctx: TransitionContext, c: Case) -> str:
             Notice(f"supervision_{level}", f"事件 {c.number} 被督办", **those_handling(c))
         )
     return c.status
+
+
+def _card_givers_area(session: Session, c: Case) -> str | None:
+    """Return the area of the account that set the case's supervision level (the last
+    ``supervise`` row): its region, "" for an unrestricted account, None when no account set
+    it (the worker's automatic card, an app) or the account is gone."""
+    actor = session.scalar(
+        select(CaseEvent.actor)
+        .where(CaseEvent.case_id == c.id, CaseEvent.action == "supervise")
+        .order_by(CaseEvent.seq.desc())
+        .limit(1)
+    )
+    if not actor or not actor.startswith("user:") or not actor[5:].isdigit():
+        return None
+    found = session.execute(select(User.region_code).where(User.id == int(actor[5:]))).first()
+    if found is None:
+        return None
+    return found[0] or ""
 
 
 def _duplicate(ctx: TransitionContext, c: Case) -> str:

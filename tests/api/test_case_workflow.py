@@ -1041,6 +1041,14 @@ def test_the_unit_holding_a_case_does_not_lift_its_card(desk):
     assert d.act(d.office, cid, "supervise", level="yellow", comment="加快")["supervision"] == (
         "yellow"
     )
+    # Nor does the county lift the city's card: the office that set it, or one above it, does.
+    d.act(d.city, cid, "supervise", level="red", comment="市级督办")
+    by_county = d.post(d.county, cid, "supervise", level="yellow", comment="已整改")
+    assert by_county.status_code == 403, by_county.get_json()
+    assert d.get(cid)["supervision"] == "red"
+    assert d.act(d.city, cid, "supervise", level="normal", comment="已整改")["supervision"] == (
+        "normal"
+    )
     # A township lifts a card on a case a community holds (handed down to it).
     handed = d.report()["id"]
     d.to_filed(handed)
