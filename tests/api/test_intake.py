@@ -37,7 +37,7 @@ def _body(i: int) -> dict[str, Any]:
         occurred_at="2026-11-28T09:30:00+08:00",  # answered in UTC by both paths
         urgent=True,
         parties=[{"name": "张三", "role": "reporter"}],
-        client_id=str(uuid.UUID(int=i)),
+        client_id=str(uuid.UUID(int=i + 1)),  # the nil UUID (0) is no client_id
     )
 
 
@@ -78,9 +78,9 @@ def test_the_two_statement_report_writes_what_the_one_by_one_report_writes(
     keys = _rows(session, "SELECT * FROM idempotency_keys ORDER BY id")
     assert [(k["key"], k["resource_id"]) for k in keys] == [
         ("key:k0", cases[0]["id"]),
-        (f"client_id:{uuid.UUID(int=0)}", cases[0]["id"]),
+        (f"client_id:{uuid.UUID(int=1)}", cases[0]["id"]),
         ("key:k1", cases[1]["id"]),
-        (f"client_id:{uuid.UUID(int=1)}", cases[1]["id"]),
+        (f"client_id:{uuid.UUID(int=2)}", cases[1]["id"]),
     ]
     assert [orjson.loads(k["response"]) for k in keys[::2]] == answers
 
@@ -195,7 +195,7 @@ def test_the_same_key_used_while_a_report_is_being_rendered(
     assert audit[0]["n"] == 1
     assert _rows(session, "SELECT last FROM case_counters") == [{"last": 1}]
     keys = _rows(session, "SELECT key FROM idempotency_keys ORDER BY id")
-    expected = ["key:probe", f"client_id:{uuid.UUID(int=0)}"]
+    expected = ["key:probe", f"client_id:{uuid.UUID(int=1)}"]
     assert [k["key"] for k in keys] == expected + ([] if meanwhile == "in flight" else ["key:k"])
     if meanwhile == "in flight":  # the lock is gone: the retry reports the case
         again = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "k"})
