@@ -76,12 +76,14 @@ def parse_header(value: str | None) -> str | None:
 
 class RequestHash:
     """What tells a retry from a different request: ``value``, the hash kept with a new key
-    (of the canonical body, ``canonical_body``), and ``legacy``, the one releases before it
-    kept (of the body's JSON as sent, sorted), which a key they stored and that is still
-    kept (``GRIDAPI_IDEMPOTENCY_DAYS``) carries. ``legacy`` is computed only when a stored
-    hash is not ``value``: a retry of a request made since costs one hash."""
+    (of the canonical body, ``canonical_body``), and the hashes earlier releases kept, which
+    a key they stored and that is still kept (``GRIDAPI_IDEMPOTENCY_DAYS``) carries:
+    ``previous`` (before nulls and date-times were read by their meaning, 2026-12-03: the
+    nulls kept, the date-times as written) and ``legacy`` (of the body's JSON as sent,
+    sorted). Each older one is computed only when the stored hash is none of the newer: a
+    retry of a request made since costs one hash."""
 
-    __slots__ = ("value", "_method", "_path", "_body", "_legacy", "_previous")
+    __slots__ = ("value", "_method", "_path", "_body", "_defaults", "_previous", "_legacy")
 
     def __init__(
         self,
@@ -89,14 +91,22 @@ class RequestHash:
         method: str = "",
         path: str = "",
         body: Any = ...,
-        previous: str | None = None,
+        defaults: dict[str, Any] | None = None,
     ) -> None:
         self.value = value
         self._method, self._path, self._body = method, path, body
-        self._legacy: str | None = value if body is ... else None  # no body: nothing older
-        # The hash before nulls and instants were read by their meaning (2026-12-03): a key
-        # stored then for a body with an explicit null or a date-time is still found.
-        self._previous = previous or value
+        self._defaults = defaults
+        no_body = body is ...  # nothing older
+        self._previous: str | None = value if no_body else None
+        self._legacy: str | None = value if no_body else None
+
+    @property
+    def previous(self) -> str:
+        if self._previous is None:
+            kept = {k: v for k, v in (self._defaults or {}).items() if v is not None}
+            canonical = canonical_body(self._body, kept)
+            self._previous = _hash_of(self._method, self._path, canonical)
+        return self._previous
 
     @property
     def legacy(self) -> str:
@@ -108,7 +118,7 @@ class RequestHash:
         return self._legacy
 
     def matches(self, stored: str) -> bool:
-        return stored == self.value or stored == self._previous or stored == self.legacy
+        return stored == self.value or stored == self.previous or stored == self.legacy
 
     def __repr__(self) -> str:
         return f"RequestHash({self.value!r})"
@@ -229,17 +239,9 @@ def request_hash(
     instants: frozenset[str] = frozenset(),
 ) -> RequestHash:
     """Return the hash that tells a retry from a different request: of the canonical JSON of
-    the body (``canonical_body``; orjson, keys sorted), and lazily the one kept before."""
-    canonical = canonical_body(body, defaults, instants)
-    value = _hash_of(method, path, canonical)
-    previous = None
-    if isinstance(body, dict) and (
-        any(body.get(k, 0) is None for k in defaults or {}) or instants & body.keys()
-    ):
-        # Before nulls and instants were read by their meaning: the nulls kept, the text.
-        kept = {k: v for k, v in (defaults or {}).items() if v is not None}
-        previous = _hash_of(method, path, canonical_body(body, kept))
-    return RequestHash(value, method, path, body, previous)
+    the body (``canonical_body``; orjson, keys sorted), and lazily the ones kept before."""
+    value = _hash_of(method, path, canonical_body(body, defaults, instants))
+    return RequestHash(value, method, path, body, defaults)
 
 
 @dataclass(frozen=True)

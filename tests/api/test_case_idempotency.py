@@ -245,6 +245,19 @@ def test_another_instant_is_another_request(client, world, session):
     assert counts(session) == (1, 1, 1)
 
 
+def stored_as(session: Any, key: str, body: Any) -> None:
+    """Give the key's stored answer the hash a release before kept: of ``body``'s JSON,
+    sorted, as that release hashed it."""
+    as_then = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    before = hashlib.sha256(f"POST /api/v1/cases\n{as_then}".encode()).hexdigest()
+    session.rollback()
+    session.execute(
+        text("UPDATE idempotency_keys SET request_hash = :h WHERE key = :k"),
+        {"h": before, "k": f"key:{key}"},
+    )
+    session.commit()
+
+
 def test_a_key_stored_before_nulls_and_instants_were_read_still_answers(client, world, session):
     """Keys stored before nulls and date-times were read by their meaning kept the hash of
     the body with its nulls and its date-time as written: its retry still replays."""
@@ -257,15 +270,7 @@ def test_a_key_stored_before_nulls_and_instants_were_read_still_answers(client, 
     first = post(client, body, "nulls-before")
     assert first.status_code == 201, first.get_json()
     kept = {k: v for k, v in REPORT_DEFAULTS.items() if v is not None}
-    canonical = idempotency.canonical_body(body, kept)
-    as_then = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    before = hashlib.sha256(f"POST /api/v1/cases\n{as_then}".encode()).hexdigest()
-    session.rollback()
-    session.execute(
-        text("UPDATE idempotency_keys SET request_hash = :h WHERE key = 'key:nulls-before'"),
-        {"h": before},
-    )
-    session.commit()
+    stored_as(session, "nulls-before", idempotency.canonical_body(body, kept))
     again = post(client, body, "nulls-before")
     assert again.status_code == 201, again.get_json()
     assert again.headers["Idempotent-Replayed"] == "true" and again.data == first.data
@@ -278,14 +283,7 @@ def test_a_key_stored_before_bodies_were_canonical_still_answers_its_retry(clien
     body = report_body(*center(0), accuracy_m=12.0, crs="wgs84", urgent=False)
     first = post(client, body, "from-before")
     assert first.status_code == 201, first.get_json()
-    as_sent = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    before = hashlib.sha256(f"POST /api/v1/cases\n{as_sent}".encode()).hexdigest()
-    session.rollback()
-    session.execute(
-        text("UPDATE idempotency_keys SET request_hash = :h WHERE key = 'key:from-before'"),
-        {"h": before},
-    )
-    session.commit()
+    stored_as(session, "from-before", body)
     again = post(client, body, "from-before")
     assert again.status_code == 201, again.get_json()
     assert again.headers["Idempotent-Replayed"] == "true" and again.data == first.data
