@@ -550,6 +550,14 @@ def parse_request_query(
     )
     if len(query.ids) > MAX_PAGE_SIZE:
         raise BadRequest(f"at most {MAX_PAGE_SIZE} service_request_id values")
+    # A range that ends before it starts matches nothing: answered [] as if no request had
+    # been filed in it, where the native list refuses it (422). Said, as a typo usually is.
+    for low, high, start, end in (
+        ("start_date", "end_date", query.start, query.end),
+        ("updated_after", "updated_before", query.updated_after, query.updated_before),
+    ):
+        if start is not None and end is not None and end < start:
+            raise BadRequest(f"{high} lies before {low}: the range is empty")
     return query
 
 

@@ -779,6 +779,22 @@ def test_dates_are_w3c_datetimes_and_nothing_else(anon_client, key):
         assert "W3C" in one_error(anon_client.get(url + bad), 400), bad
 
 
+def test_a_range_that_ends_before_it_starts_is_400_naming_it(anon_client, key):
+    """start_date after end_date answered [] (as if nothing had been filed), where the native
+    list answers 422: a consumer with the dates swapped saw an empty city."""
+    url = f"{BASE}/requests.json?api_key={key}"
+    post(anon_client, key, form(*center(0)))
+    message = one_error(anon_client.get(f"{url}&start_date=2026-12-01&end_date=2026-11-01"), 400)
+    assert "end_date" in message and "start_date" in message
+    message = one_error(
+        anon_client.get(f"{url}&updated_after=2026-12-01&updated_before=2026-11-30"), 400
+    )
+    assert "updated_before" in message and "updated_after" in message
+    # One day given as both ends is that whole day, not an empty range.
+    today = clock.today().isoformat()
+    assert len(anon_client.get(f"{url}&start_date={today}&end_date={today}").get_json()) == 1
+
+
 def test_snap_is_stable_within_a_cell():
     a = snap(120.6051, 31.3051, 50.0)
     assert snap(*a, 50.0) == a
