@@ -34,7 +34,7 @@ def server(app, factory) -> Iterator[str]:  # type: ignore[no-untyped-def]
     factory.regions()
     factory.grid_version()
     http = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread = threading.Thread(target=http.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{http.server_port}/open311/v2"
     http.shutdown()
