@@ -221,11 +221,11 @@ def create_app(
     # One Api per application: flask-smorest keeps the spec on the Api object.
     api = Api(app, spec_kwargs={"extra_plugins": [FieldsPlugin()]})
     app.extensions["gridapi_api"] = api
-    _document_security(api)
+    api.defer(lambda: _document_security(api))
     from .resources.blueprint import install_converters
     from .spec import install as install_spec
 
-    install_spec(api)
+    api.defer(lambda: install_spec(api))
     install_converters(app, api)
     app.config.update(
         RATELIMIT_STORAGE_URI=settings.redis_url or DATABASE_STORAGE_URI,

@@ -6,6 +6,7 @@ import json
 import re
 import tempfile
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import flask_smorest
@@ -22,17 +23,29 @@ class Api(flask_smorest.Api):
     request, not at start-up, and the test suite (an application per test) not at all unless a
     test reads the spec. Routes are registered at once, so requests never wait for it; the
     document is the same as flask-smorest's, built in the order the blueprints were registered.
+    The shared answers are deferred the same way (``defer``): flask-smorest's default answer
+    for each HTTP status and the ones the application puts in their place took ≈ 16 ms of
+    every application's start, a tenth of an API test's set-up.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._undocumented: list[tuple[Any, str, Any]] = []
+        self._deferred: list[Callable[[], None]] = []
         self._documenting = False
         self._doc_lock = threading.RLock()
         super().__init__(*args, **kwargs)
 
+    def defer(self, step: Callable[[], None]) -> None:
+        """Run ``step`` (a change to the spec) when the spec is first read, after the steps
+        deferred before it and before the blueprints are documented."""
+        self._deferred.append(step)
+
+    def _register_responses(self) -> None:
+        self.defer(super()._register_responses)
+
     @property
     def spec(self) -> Any:
-        if self._undocumented:
+        if self._undocumented or self._deferred:
             with self._doc_lock:
                 if not self._documenting:  # not re-entered from a documenting callback
                     self._document_pending()
@@ -51,6 +64,8 @@ class Api(flask_smorest.Api):
     def _document_pending(self) -> None:
         self._documenting = True
         try:
+            while self._deferred:
+                self._deferred.pop(0)()
             while self._undocumented:
                 blp, name, parameters = self._undocumented[0]
                 blp.register_views_in_doc(
