@@ -21,12 +21,14 @@ import hashlib
 import io
 import zlib
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from apispec import BasePlugin
-from flask import Flask, Response, request
+from flask import Flask, Response, g, has_request_context, request
 from flask_compress import Compress
+from werkzeug.http import parse_date
 
 from .errors import BODY_TOO_LARGE, DomainError, Unprocessable
 
@@ -101,6 +103,51 @@ class FieldsPlugin(BasePlugin):
                 headers["ETag"] = ETAG_HEADER
             if "cache-control" not in named:
                 headers["Cache-Control"] = CACHE_CONTROL_HEADER
+
+
+#: A phone's clock within this of the server's is taken as right: the ``Date`` header's
+#: one-second resolution and an upload over a slow network never move a report's time.
+CLOCK_SLACK = timedelta(seconds=60)
+#: A clock off by more than this is not corrected (its times are judged as they are).
+CLOCK_MAX = timedelta(days=366)
+_NO_OFFSET = timedelta(0)
+
+DATE_HEADER = {
+    "name": "Date",
+    "in": "header",
+    "required": False,
+    "description": "When the request was sent, by the sender's own clock (RFC 9110 §6.6.1, "
+    "e.g. `Sat, 28 Nov 2026 01:12:00 GMT`). A phone whose clock is off by more than a minute "
+    "(and less than a year) has the times it reports (`occurred_at`) moved by that much to "
+    "the server's clock before they are checked and stored, so that a fast clock's report "
+    "is not refused as lying in the future. Send it again with each retry: it is read, never "
+    "stored. Without it (or unreadable) the times are taken as written.",
+    "schema": {"type": "string", "example": "Sat, 28 Nov 2026 01:12:00 GMT"},
+}
+
+
+def clock_offset() -> timedelta:
+    """Return how far the sender's clock is behind the server's (negative: ahead), read from
+    the request's ``Date`` header; zero outside a request, without the header or with one
+    that cannot be read, within ``CLOCK_SLACK`` or beyond ``CLOCK_MAX``.
+
+    The offset of a report queued offline is the clock's error when it was sent, which is
+    its error when it was written (a clock drifts seconds a day): the offline time is not in
+    it, since the header is the time of sending. Sentry corrects its events' times by the
+    envelope's ``sent_at`` the same way.
+    """
+    if not has_request_context():
+        return _NO_OFFSET
+    offset = g.get("_clock_offset")
+    if offset is None:
+        offset = _NO_OFFSET
+        sent = parse_date(request.headers.get("Date"))
+        if sent is not None:
+            ahead = datetime.now(UTC) - sent.astimezone(UTC)
+            if CLOCK_SLACK < abs(ahead) <= CLOCK_MAX:
+                offset = ahead
+        g._clock_offset = offset
+    return offset
 
 
 def parse_fields(value: str | None) -> list[list[str]] | None:

@@ -19,6 +19,7 @@ from ..geo.shapes import geojson_point
 from ..jsonio import dumps_bytes
 from ..limits import count_lookup
 from ..models import Case, Category
+from ..phone import DATE_HEADER
 from ..purposes import purpose_summary
 from ..schemas.cases import (
     CaseCreateSchema,
@@ -372,7 +373,7 @@ def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = No
 class Cases(MethodView):
     @blp.requires("cases:write")
     @blp.arguments(CaseCreateSchema)
-    @blp.doc(parameters=[IDEMPOTENCY_HEADER])
+    @blp.doc(parameters=[IDEMPOTENCY_HEADER, DATE_HEADER])
     @blp.response(201, CaseSchema, headers=_ETAG, example=CASE_EXAMPLE)
     @blp.alt_response(
         409,

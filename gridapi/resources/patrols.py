@@ -20,6 +20,7 @@ from ..db import writes
 from ..extensions import commit, db_session, reading_session, state
 from ..jsonio import dumps_bytes
 from ..models import Case, User
+from ..phone import DATE_HEADER
 from ..schemas.patrols import (
     HeartbeatSchema,
     OnDutySchema,
@@ -335,6 +336,7 @@ class PatrolCheckins(MethodView):
 class PatrolFindings(MethodView):
     @blp.requires("patrols:write")
     @blp.arguments(PatrolFindingCreateSchema)
+    @blp.doc(parameters=[DATE_HEADER])
     @blp.response(201, PatrolFindingSchema)
     def post(self, data, patrol_id):
         """Report a case found on your patrol (source `patrol`)

@@ -21,6 +21,7 @@ from ..jsonio import dumps_bytes
 from ..limits import count_lookup, require_lookup_left
 from ..models import AuditEntry, House, Household
 from ..models.register import ERASE_REASONS
+from ..phone import DATE_HEADER
 from ..purposes import coded_summary, purpose_summary
 from ..schemas.register import (
     AccessExportSchema,
@@ -727,7 +728,7 @@ class Visits(MethodView):
 
     @visits_blp.requires("persons:write")
     @visits_blp.arguments(VisitCreateSchema)
-    @visits_blp.doc(parameters=[IDEMPOTENCY_HEADER])
+    @visits_blp.doc(parameters=[IDEMPOTENCY_HEADER, DATE_HEADER])
     @visits_blp.response(201, VisitSchema)
     @visits_blp.alt_response(
         200,

@@ -24,6 +24,7 @@ from ..errors import Unprocessable, error_body
 from ..extensions import AppState, db_session, state, use_session
 from ..jsonio import dumps_bytes
 from ..models.tasks import TaskItem
+from ..phone import DATE_HEADER
 from ..schemas.calendar import CalendarDaySchema
 from ..schemas.cases import CaseCreateSchema
 from ..schemas.categories import CategorySchema
@@ -322,6 +323,7 @@ class BatchResultSchema(StrictSchema):
 class SyncBatch(MethodView):
     @blp.requires("cases:read")
     @blp.arguments(BatchSchema)
+    @blp.doc(parameters=[DATE_HEADER])
     @blp.response(200, BatchResultSchema)
     def post(self, data):
         """Apply actions queued offline, in order, each in its own transaction, each once
@@ -339,7 +341,10 @@ class SyncBatch(MethodView):
         """
         principal = current_principal()
         st = state()
-        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "X-Api-Key")}
+        # The credentials, and the phone's clock at sending (its Date moves the times its
+        # reports were written at to the server's clock: phone.clock_offset).
+        forwarded = ("Authorization", "X-Api-Key", "Date")
+        headers = {k: v for k, v in request.headers.items() if k in forwarded}
         in_batch = {action["key"] for action in data["actions"]}
         # Each applied key: the id its answer carries, and what that id names.
         created: dict[str, tuple[int | None, str | None]] = {}

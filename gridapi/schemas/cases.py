@@ -5,12 +5,21 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from marshmallow import ValidationError, fields, pre_load, validate, validates, validates_schema
+from marshmallow import (
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+    validates,
+    validates_schema,
+)
 from webargs.fields import DelimitedList
 
 from ..geo.crs import SUPPORTED_CRS
 from ..models.cases import SEVERITIES, SOURCES, STATUSES, SUPERVISION_LEVELS
 from ..personal import number_in_name
+from ..phone import clock_offset
 from ..services.cases import ACTIONS, QUEUE_NAMES, SORTS
 from .common import PointSchema, Stated, StrictSchema, user_ref
 from .locate import CRS_FIELD_DOC
@@ -90,7 +99,11 @@ class CaseCreateSchema(StrictSchema):
     address = fields.String(load_default="", validate=validate.Length(max=500))
     occurred_at = fields.AwareDateTime(
         allow_none=True,
-        metadata={"description": "When it happened (ISO 8601 with a time zone)."},
+        metadata={
+            "description": "When it happened (ISO 8601 with a time zone), by the phone's clock: "
+            "moved to the server's clock when the request's `Date` header says that clock is "
+            "off by more than a minute. At most 10 minutes ahead of the server's clock."
+        },
     )
     source = fields.String(validate=validate.OneOf(SOURCES), metadata={"example": "phone"})
     urgent = fields.Boolean(load_default=False)
@@ -130,8 +143,16 @@ class CaseCreateSchema(StrictSchema):
         # the first instant Python can hold in UTC).
         if value.year < 2000:
             raise ValidationError("lies before the year 2000")
-        if value > datetime.now(UTC) + timedelta(minutes=10):
+        if value + clock_offset() > datetime.now(UTC) + timedelta(minutes=10):
             raise ValidationError("lies in the future")
+
+    @post_load
+    def _in_server_time(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """A time the phone wrote by a clock its Date header says is off, in server time."""
+        offset = clock_offset()
+        if offset and data.get("occurred_at") is not None:
+            data["occurred_at"] = data["occurred_at"] + offset
+        return data
 
 
 class NamedCodeSchema(StrictSchema):

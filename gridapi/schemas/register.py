@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, post_load, validate, validates_schema
 
 from ..geo.crs import SUPPORTED_CRS
 from ..models.register import (
@@ -19,6 +19,7 @@ from ..models.register import (
     address_key,
 )
 from ..personal import NUMBER_IN_NAME, number_in_name
+from ..phone import clock_offset
 from ..purposes import PURPOSES, reference_problem
 from .cases import CaseCreateSchema
 from .common import PointSchema, Stated, StrictSchema, something_to_find
@@ -555,6 +556,15 @@ class VisitCreateSchema(StrictSchema):
     @validates_schema
     def _point(self, data: dict[str, Any], **kwargs: Any) -> None:
         _check_point(data)
+
+    @post_load
+    def _in_server_time(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """``visited_at`` by a clock the Date header says is off, in server time (as its
+        case's ``occurred_at``, CaseCreateSchema)."""
+        offset = clock_offset()
+        if offset and data.get("visited_at") is not None:
+            data["visited_at"] = data["visited_at"] + offset
+        return data
 
 
 class VisitSchema(StrictSchema):

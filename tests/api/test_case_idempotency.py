@@ -476,3 +476,115 @@ def test_a_retry_in_flight_is_named_by_what_is_in_flight(
     what = " and ".join({"key": "Idempotency-Key", "client_id": "client_id"}[n] for n in held)
     assert r.get_json()["message"].startswith(f"A request with this {what} is still")
     assert count(session, "cases") == 1
+
+
+# --- a phone whose clock is wrong ------------------------------------------------------------
+
+
+def _phone_clock(ahead: timedelta) -> tuple[datetime, str]:
+    """Return the phone's 'now' when its clock is ``ahead`` of the server's, and the Date
+    header it would send (RFC 9110's format, whole seconds)."""
+    from werkzeug.http import http_date
+
+    now = datetime.now(UTC) + ahead
+    return now, http_date(now)
+
+
+def _stored_occurred_at(session: Any, case_id: int) -> datetime:
+    session.rollback()
+    value = session.execute(
+        text("SELECT occurred_at FROM cases WHERE id = :i"), {"i": case_id}
+    ).scalar_one()
+    if isinstance(value, str):  # SQLite
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def test_a_fast_phone_clock_is_corrected_by_its_date_header(client, world, session):
+    """A phone two hours fast wrote occurred_at two hours ahead: 422 "lies in the future",
+    and an offline queue replayed by it lost the report. Its Date header says how fast it
+    is: the report is taken, its time moved to the server's clock."""
+    phone_now, date = _phone_clock(timedelta(hours=2))
+    written = (phone_now - timedelta(minutes=5)).isoformat()
+    body = report_body(*center(0), occurred_at=written)
+    refused = post(client, body, "fast-1")
+    assert refused.status_code == 422
+    assert refused.get_json()["errors"]["json"]["occurred_at"] == ["lies in the future"]
+    r = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "fast-1", "Date": date})
+    assert r.status_code == 201, r.get_json()
+    expected = datetime.now(UTC) - timedelta(minutes=5)
+    answered = datetime.fromisoformat(r.get_json()["occurred_at"])
+    assert abs(answered - expected) < timedelta(seconds=5), (answered, expected)
+    assert abs(_stored_occurred_at(session, r.get_json()["id"]) - expected) < timedelta(seconds=5)
+    # A retry sends a Date of its own (later): the same body, the first answer, no new case.
+    later = client.post(
+        "/api/v1/cases",
+        json=body,
+        headers={
+            "Idempotency-Key": "fast-1",
+            "Date": _phone_clock(timedelta(hours=2, minutes=1))[1],
+        },
+    )
+    assert later.status_code == 201
+    assert later.headers["Idempotent-Replayed"] == "true"
+    assert later.data == r.data
+    assert counts(session) == (1, 1, 1)
+
+
+def test_a_slow_phone_clock_is_corrected_too(client, world, session):
+    phone_now, date = _phone_clock(-timedelta(hours=3))
+    body = report_body(*center(0), occurred_at=(phone_now - timedelta(minutes=30)).isoformat())
+    r = client.post("/api/v1/cases", json=body, headers={"Date": date})
+    assert r.status_code == 201, r.get_json()
+    expected = datetime.now(UTC) - timedelta(minutes=30)
+    assert abs(_stored_occurred_at(session, r.get_json()["id"]) - expected) < timedelta(seconds=5)
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "within a minute",
+        "not a date",
+        "two years fast",
+    ],
+)
+def test_a_date_header_that_says_nothing_leaves_the_time_as_written(client, world, session, date):
+    """Within a minute (the header's resolution, a slow upload), unreadable, or off by more
+    than a year: the time is taken as the phone wrote it."""
+    header = {
+        "within a minute": _phone_clock(timedelta(seconds=40))[1],
+        "not a date": "yesterday",
+        "two years fast": _phone_clock(timedelta(days=730))[1],
+    }[date]
+    written = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    body = report_body(*center(0), occurred_at=written.isoformat())
+    r = client.post("/api/v1/cases", json=body, headers={"Date": header})
+    assert r.status_code == 201, r.get_json()
+    assert _stored_occurred_at(session, r.get_json()["id"]) == written
+
+
+def test_an_offline_queue_from_a_fast_phone_is_taken_with_the_batch_s_date(client, world, session):
+    """The batch's Date applies to each report in it: the case.create of a phone an hour
+    fast, written three hours before the queue was sent, is stored at its true time."""
+    phone_now, date = _phone_clock(timedelta(hours=1))
+    body = report_body(*center(0), occurred_at=(phone_now - timedelta(hours=3)).isoformat())
+    future = report_body(*center(1), occurred_at=(phone_now - timedelta(minutes=1)).isoformat())
+    batch = {
+        "actions": [
+            {"key": "queued-1", "type": "case.create", "payload": body},
+            {"key": "queued-2", "type": "case.create", "payload": future},
+        ]
+    }
+    r = client.post("/api/v1/sync/batch", json=batch, headers={"Date": date})
+    assert r.status_code == 200, r.get_json()
+    results = r.get_json()["results"]
+    assert [x["status"] for x in results] == [201, 201], results
+    now = datetime.now(UTC)
+    for result, ago in zip(results, (timedelta(hours=3), timedelta(minutes=1)), strict=True):
+        stored = _stored_occurred_at(session, result["id"])
+        assert abs(stored - (now - ago)) < timedelta(seconds=5), (stored, now - ago)
+    # Without the header the second report lies in the future, as before.
+    again = {"actions": [{"key": "queued-3", "type": "case.create", "payload": future}]}
+    [refused] = client.post("/api/v1/sync/batch", json=again).get_json()["results"]
+    assert refused["status"] == 422
+    assert count(session, "cases") == 2

@@ -1251,3 +1251,24 @@ def test_a_patrol_started_offline_belongs_to_the_grid_of_the_day_it_started(
     assert (patrol["grid"], patrol["region_code"]) == (A1, COMMUNITY_A)
     ok(mover.post(f"/api/v1/patrols/{patrol['id']}/end", json={}))
     assert start(mover)["grid"] == A2  # a patrol started today is A2's
+
+
+def test_a_finding_from_a_fast_phone_clock_is_corrected_by_its_date_header(worker, world, engine):
+    """A finding's occurred_at by a clock 90 minutes fast was refused as lying in the future;
+    with the phone's Date header it is moved to the server's clock (docs/cases.md)."""
+    from werkzeug.http import http_date
+
+    patrol, _ = started_an_hour_ago(worker)
+    url = f"/api/v1/patrols/{patrol['id']}/findings"
+    phone_now = datetime.now(UTC) + timedelta(minutes=90)
+    report = {
+        "category": "0101",
+        "description": "路灯损坏",
+        "location": point(0.5),
+        "occurred_at": iso(phone_now - timedelta(minutes=2)),
+    }
+    assert "occurred_at" in ok(worker.post(url, json=report), 422)["errors"]["json"]
+    case = ok(worker.post(url, json=report, headers={"Date": http_date(phone_now)}), 201)["case"]
+    occurred = datetime.fromisoformat(case["occurred_at"])
+    assert abs(occurred - (datetime.now(UTC) - timedelta(minutes=2))) < timedelta(seconds=5)
+    assert rows(engine, "SELECT count(*) FROM cases") == [(1,)]

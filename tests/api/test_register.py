@@ -2659,3 +2659,33 @@ def test_a_registration_waiting_for_an_import_of_its_place_is_told_so(
     # Nothing held: the registration goes through.
     r = sends[f"grid:{A1}"][1]()
     assert r.status_code == 201, r.get_json()
+
+
+def test_a_visit_from_a_fast_phone_clock_is_corrected_by_its_date_header(client, world, household):
+    """visited_at and the case's occurred_at by a clock an hour fast: refused as lying in the
+    future, taken in the server's time with the phone's Date header (docs/cases.md)."""
+    from datetime import UTC, datetime, timedelta
+
+    from werkzeug.http import http_date
+
+    person = add_person(client, household["id"])
+    phone_now = datetime.now(UTC) + timedelta(hours=1)
+    body = {
+        "person_id": person["id"],
+        "visited_at": (phone_now - timedelta(minutes=20)).isoformat(),
+        "case": {
+            "category": "0101",
+            "description": "楼道堆放杂物",
+            "occurred_at": (phone_now - timedelta(minutes=30)).isoformat(),
+        },
+    }
+    assert client.post("/api/v1/visits", json=body).status_code == 422
+    visit = created(
+        client.post("/api/v1/visits", json=body, headers={"Date": http_date(phone_now)})
+    )
+    now = datetime.now(UTC)
+    visited = datetime.fromisoformat(visit["visited_at"])
+    assert abs(visited - (now - timedelta(minutes=20))) < timedelta(seconds=5)
+    case = client.get(f"/api/v1/cases/{visit['case_id']}").get_json()
+    occurred = datetime.fromisoformat(case["occurred_at"])
+    assert abs(occurred - (now - timedelta(minutes=30))) < timedelta(seconds=5)
