@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import Connection, Engine
 
 from gridapi import clock
-from gridapi.config import Settings
+
+from ..snapshots import Snapshot, State, settings_key, take
 
 
 @pytest.fixture
@@ -18,127 +16,20 @@ def world(factory, app, settings, engine_name):  # type: ignore[no-untyped-def]
     """The factories' regions (province to the township's two communities) and an active
     grid version tiling them; modules that need more override it.
 
-    Built through the HTTP API (regions import, grid version, activation) the first time in
-    a test process for an engine and settings; later tests that ask for it on a database in
-    the same state (only what the fixtures before it made) get the rows that build wrote,
-    copied back in one transaction: the build took ~90 ms of a typical API test's ~170 ms of
-    set-up, and about two thousand tests ask for it."""
+    Built through the HTTP API (regions import, grid version, activation) by the first test
+    of a process for an engine and settings; later tests get its rows back (tests/snapshots.py):
+    ~40 ms less set-up for each of the ~2,000 tests that use it."""
     engine = app.extensions["gridapi"].engine
-    key = (engine_name, _settings_key(settings), clock.today())
+    key = (engine_name, settings_key(settings), clock.today())
     built = _WORLDS.get(key)
     if built is not None and built.restore(engine):
         return factory
-    before = _State.read(engine)
+    before = State.read(engine) if built is None else None
     factory.regions()
     factory.grid_version()
-    if built is None:
-        _WORLDS[key] = _World.save(engine, before, _State.read(engine), len(_WORLDS))
+    if before is not None:
+        _WORLDS[key] = take(engine, before)
     return factory
 
 
-def _settings_key(settings: Settings) -> str:
-    """The settings a world's build may depend on: all but the test's own paths."""
-    kept = dataclasses.asdict(settings)
-    del kept["database_url"], kept["data_dir"]
-    return hashlib.sha256(repr(sorted(kept.items())).encode()).hexdigest()
-
-
-def _tables() -> list[str]:
-    from gridapi.models import Base
-
-    return [t.name for t in Base.metadata.sorted_tables]  # parents before children
-
-
-@dataclasses.dataclass(frozen=True)
-class _State:
-    """Every table's rows (as sortable text) and, on PostgreSQL, every sequence's position."""
-
-    rows: dict[str, list[str]]
-    sequences: dict[str, tuple[int, bool]]
-
-    @classmethod
-    def read(cls, engine: Engine) -> _State:
-        with engine.connect() as conn:
-            rows = {
-                t: sorted(map(repr, conn.exec_driver_sql(f'SELECT * FROM "{t}"').all()))
-                for t in _tables()
-            }
-            return cls(rows, _sequences(conn))
-
-
-def _sequences(conn: Connection) -> dict[str, tuple[int, bool]]:
-    if conn.dialect.name != "postgresql":
-        return {}
-    names = conn.exec_driver_sql(
-        "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n"
-        " ON n.oid = c.relnamespace WHERE c.relkind = 'S' AND n.nspname = 'public'"
-    ).scalars()
-    return {
-        name: tuple(conn.exec_driver_sql(f"SELECT last_value, is_called FROM {name}").one())
-        for name in names
-    }
-
-
-@dataclasses.dataclass
-class _World:
-    """What building the world wrote: the tables it changed, their rows after it (on SQLite
-    as values; on PostgreSQL in a schema of their own), and the sequences it moved."""
-
-    counts: dict[str, int]  # every table's row count before the build
-    changed: list[str]
-    schema: str
-    rows: dict[str, list[tuple[Any, ...]]]
-    sequences: dict[str, tuple[int, bool]]
-
-    @classmethod
-    def save(cls, engine: Engine, before: _State, after: _State, number: int) -> _World:
-        changed = [t for t in _tables() if before.rows[t] != after.rows[t]]
-        sequences = {
-            name: value
-            for name, value in after.sequences.items()
-            if before.sequences.get(name) != value
-        }
-        schema = f"world_{number}"
-        rows: dict[str, list[tuple[Any, ...]]] = {}
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-                conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-                for t in changed:
-                    conn.exec_driver_sql(f'CREATE TABLE "{schema}"."{t}" AS TABLE "{t}"')
-            else:
-                rows = {
-                    t: [tuple(r) for r in conn.exec_driver_sql(f'SELECT * FROM "{t}"')]
-                    for t in changed
-                }
-        counts = {t: len(before.rows[t]) for t in _tables()}
-        return cls(counts, changed, schema, rows, sequences)
-
-    def restore(self, engine: Engine) -> bool:
-        """Write the world's rows when the database is as it was before the build (only the
-        rows the fixtures before it made); return False, writing nothing, when it is not."""
-        tables = list(self.counts)
-        counts = "SELECT " + ", ".join(f'(SELECT count(*) FROM "{t}")' for t in tables)
-        with engine.begin() as conn:
-            if list(conn.exec_driver_sql(counts).one()) != list(self.counts.values()):
-                return False
-            postgres = conn.dialect.name == "postgresql"
-            if postgres:
-                # Rows as they were written: no trigger (sync log, foreign keys) runs again.
-                conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
-            else:
-                conn.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
-            for t in self.changed:
-                if self.counts[t]:
-                    conn.exec_driver_sql(f'DELETE FROM "{t}"')
-                if postgres:
-                    conn.exec_driver_sql(f'INSERT INTO "{t}" SELECT * FROM "{self.schema}"."{t}"')
-                elif self.rows[t]:
-                    marks = ", ".join("?" * len(self.rows[t][0]))
-                    conn.exec_driver_sql(f'INSERT INTO "{t}" VALUES ({marks})', self.rows[t])
-            for name, (value, called) in self.sequences.items():
-                conn.exec_driver_sql(f"SELECT setval('{name}', {value}, {called})")
-        return True
-
-
-_WORLDS: dict[tuple[str, str, Any], _World] = {}
+_WORLDS: dict[tuple[str, str, Any], Snapshot] = {}

@@ -57,6 +57,7 @@ from ..factories import (
     region_rows,
     square,
 )
+from ..snapshots import Snapshot, State, settings_key, take
 
 OUT_CITY, OUT_COUNTY, OUT_TOWNSHIP = "320600000000", "320602000000", "320602001000"
 COMMUNITY_C = "320602001001"
@@ -219,6 +220,45 @@ class World:
             world.ids[f"client_{area.name}"] = world.api_client(area.community)[0]
         for name, spec in ACTORS.items():
             world.add_actor(name, spec)
+        return world
+
+    def kept(self, snapshot: Snapshot) -> _Kept:
+        """Return what a restored copy of this world (just built) needs besides its rows; its
+        serial goes on from where this one's does."""
+        serial = next(self.serial)
+        self.serial = itertools.count(serial)
+        keys = {
+            name: self.clients[name].environ_base["HTTP_X_API_KEY"]
+            for name, spec in ACTORS.items()
+            if "scopes" in spec
+        }
+        return _Kept(
+            snapshot, dict(self.ids), dict(self.usernames), serial, dict(self.accounts.ids), keys
+        )
+
+    @classmethod
+    def restored(cls, app: Any, accounts: Any, kept: _Kept) -> World:
+        """Return the world ``kept`` was taken from, on an application whose database has
+        its rows back: callers signed in afresh (the signing key is the application's), the
+        apps with their keys, the serial going on where the build left it."""
+        world = cls.__new__(cls)
+        world.app, world.accounts = app, accounts
+        accounts.ids.update(kept.accounts)
+        world.serial = itertools.count(kept.serial)
+        world.setup = accounts.client("setup")
+        world.anonymous = app.test_client()
+        world.ids, world.usernames = dict(kept.ids), dict(kept.usernames)
+        world.actors, world.clients, world.categories = {}, {}, []
+        for name, spec in ACTORS.items():
+            world.actors[name] = spec
+            if not spec:
+                world.clients[name] = world.anonymous
+            elif "scopes" in spec:
+                client = app.test_client()
+                client.environ_base["HTTP_X_API_KEY"] = kept.keys[name]
+                world.clients[name] = client
+            else:
+                world.clients[name] = accounts.client(f"actor_{name}")
         return world
 
     # -- callers
@@ -1341,10 +1381,37 @@ def app(app):  # type: ignore[no-untyped-def]
     return app
 
 
+@dataclasses.dataclass(frozen=True)
+class _Kept:
+    """A built world: its rows (``Snapshot``) and the Python state a restored copy needs."""
+
+    snapshot: Snapshot
+    ids: dict[str, int]
+    usernames: dict[int, str]
+    serial: int
+    accounts: dict[str, int]  # username -> id, of Accounts
+    keys: dict[str, str]  # the apps' API keys, by actor
+
+
+_KEPT: dict[tuple[str, str, Any], _Kept] = {}
+
+
 @pytest.fixture
-def world(app, accounts, engine):  # type: ignore[no-untyped-def]
-    """The world of ``World.build``; the categories it made are removed afterwards."""
-    built = World.build(app, accounts)
+def world(app, accounts, engine, settings, engine_name):  # type: ignore[no-untyped-def]
+    """The world of ``World.build``; the categories it made are removed afterwards.
+
+    Built through the API by the first test of a process (per engine and settings); later
+    tests get its rows back and a ``World`` as the build left it (tests/snapshots.py): the
+    build was ~0.35 s of each of these ~470 tests."""
+    key = (engine_name, settings_key(settings), clock.today())
+    kept = _KEPT.get(key)
+    if kept is not None and kept.snapshot.restore(engine):
+        built = World.restored(app, accounts, kept)
+    else:
+        before = State.read(engine) if kept is None else None
+        built = World.build(app, accounts)
+        if before is not None:
+            _KEPT[key] = built.kept(take(engine, before))
     yield built
     with engine.begin() as conn:
         for code in built.categories:  # subclasses first
