@@ -125,11 +125,32 @@ _LONG_NUMBER = re.compile(r"[0-9]{11,}")
 _NUMBER_SEPARATORS = re.compile(r"[\s\-_./]")
 
 
+#: Digits written in Chinese, as a number is read out or written to slip past a filter
+#: (一三八…, 壹叁捌…, 幺 for one, 〇 and 零 for nought); 十, 百 and 千 are left alone: a
+#: run of 11 single digits is a number no quantity is written as.
+_CHINESE_DIGITS = str.maketrans(
+    {
+        **dict.fromkeys("〇零○", "0"),
+        **dict.fromkeys("一壹幺", "1"),
+        **dict.fromkeys("二贰貳两兩", "2"),
+        **dict.fromkeys("三叁參", "3"),
+        **dict.fromkeys("四肆", "4"),
+        **dict.fromkeys("五伍", "5"),
+        **dict.fromkeys("六陆陸", "6"),
+        **dict.fromkeys("七柒", "7"),
+        **dict.fromkeys("八捌", "8"),
+        **dict.fromkeys("九玖", "9"),
+    }
+)
+
+
 def number_in_name(name: str) -> bool:
     """Whether a name holds what can only be a phone or ID number (11 digits or more in a
-    row, spaces and dashes between them dropped): a misplaced column stored it where names
-    are kept in clear (and searched, and exported)."""
-    bare = _NUMBER_SEPARATORS.sub("", unicodedata.normalize("NFKC", name))
+    row, spaces and dashes between them dropped, digits written in Chinese read as digits):
+    a misplaced column stored it where names are kept in clear (and searched, and
+    exported)."""
+    normal = unicodedata.normalize("NFKC", name)
+    bare = _NUMBER_SEPARATORS.sub("", normal.translate(_CHINESE_DIGITS))
     return _LONG_NUMBER.search(bare) is not None
 
 

@@ -54,8 +54,8 @@ class PartySchema(StrictSchema):
         validate=[validate.Length(max=500), _no_number],
         metadata={
             "description": "Not an ID or phone number (11 digits or more in a row, also "
-            "written apart): it is kept and shown unencrypted. A number stored before this "
-            "rule is shown masked (138****5678)."
+            "written apart or in Chinese digits, 一三八…): it is kept and shown unencrypted. A "
+            "number stored before this rule is shown masked (138****5678)."
         },
     )
 
