@@ -143,7 +143,9 @@ def clock_offset() -> timedelta:
         offset = _NO_OFFSET
         sent = parse_date(request.headers.get("Date"))
         if sent is not None:
-            ahead = datetime.now(UTC) - sent.astimezone(UTC)
+            # Subtracted as it is: in UTC, 9999-12-31 23:59:59 -12:00 lies past the last
+            # instant Python can hold (astimezone raised OverflowError: a 500).
+            ahead = datetime.now(UTC) - sent
             if CLOCK_SLACK < abs(ahead) <= CLOCK_MAX:
                 offset = ahead
         g._clock_offset = offset

@@ -546,15 +546,18 @@ def test_a_slow_phone_clock_is_corrected_too(client, world, session):
         "within a minute",
         "not a date",
         "two years fast",
+        "the last year, west of UTC",
     ],
 )
 def test_a_date_header_that_says_nothing_leaves_the_time_as_written(client, world, session, date):
     """Within a minute (the header's resolution, a slow upload), unreadable, or off by more
-    than a year: the time is taken as the phone wrote it."""
+    than a year (however far): the time is taken as the phone wrote it."""
     header = {
         "within a minute": _phone_clock(timedelta(seconds=40))[1],
         "not a date": "yesterday",
         "two years fast": _phone_clock(timedelta(days=730))[1],
+        # Past the last instant Python holds, once in UTC: a 500 (OverflowError) at first.
+        "the last year, west of UTC": "Fri, 31 Dec 9999 23:59:59 -1200",
     }[date]
     written = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     body = report_body(*center(0), occurred_at=written.isoformat())
