@@ -526,7 +526,13 @@ def _open_workbook(content: bytes, budget: _TextBudget) -> Any:
             super().read_strings()
 
     reader = Reader(io.BytesIO(content), read_only=True, data_only=True)
-    reader.read()
+    try:
+        reader.read()
+    except BaseException:
+        # A read-only workbook keeps its archive open for its rows; one refused half-read
+        # is closed here, not whenever the garbage collector gets to it.
+        reader.archive.close()
+        raise
     return reader.wb
 
 

@@ -173,6 +173,22 @@ def test_a_shared_strings_part_with_a_document_type_is_unreadable() -> None:
     assert refused.value.errors == {"file": ["The file cannot be read as an XLSX workbook."]}
 
 
+def _open_archives() -> set[int]:
+    import gc
+
+    return {id(o) for o in gc.get_objects() if isinstance(o, zipfile.ZipFile) and o.fp}
+
+
+def test_a_workbook_refused_half_read_is_closed_at_once() -> None:
+    """A workbook openpyxl failed to read kept its archive open until the garbage collector
+    closed it (a warning at the end of a CI run: KeyboardInterrupt in ZipFile.__del__)."""
+    before = _open_archives()
+    with pytest.raises(Unprocessable) as refused:  # its traceback keeps the reader alive
+        read_sheet(_shared_strings_book([], b"<sst"), "people.xlsx", 10)
+    assert refused.value.errors == {"file": ["The file cannot be read as an XLSX workbook."]}
+    assert _open_archives() - before == set()
+
+
 def test_a_formula_whose_result_is_empty_text_is_blank() -> None:
     """Excel keeps the result of ="" as empty text (t="str"): a blank cell, not a formula
     whose result the file lacks."""
