@@ -152,6 +152,15 @@ def clock_offset() -> timedelta:
     return offset
 
 
+def in_server_time(data: dict[str, Any], name: str) -> dict[str, Any]:
+    """Return ``data`` (a loaded body) with its date-time ``name``, written by the phone's
+    clock, moved by ``clock_offset`` to the server's; as it is without an offset or a value."""
+    offset = clock_offset()
+    if offset and data.get(name) is not None:
+        data[name] = data[name] + offset
+    return data
+
+
 def parse_fields(value: str | None) -> list[list[str]] | None:
     if not value:
         return None

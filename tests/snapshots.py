@@ -12,18 +12,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+from datetime import date
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
+from gridapi import clock
 from gridapi.config import Settings
 
+#: engine, settings digest, day
+WorldKey = tuple[str, str, date]
 
-def settings_key(settings: Settings) -> str:
-    """The settings a world's build may depend on: all but the test's own paths."""
+
+def world_key(engine_name: str, settings: Settings) -> WorldKey:
+    """What a world's build may depend on: the engine, the settings but the test's own
+    paths, and the day (regions and rosters are valid from today)."""
     kept = dataclasses.asdict(settings)
     del kept["database_url"], kept["data_dir"]
-    return hashlib.sha256(repr(sorted(kept.items())).encode()).hexdigest()
+    digest = hashlib.sha256(repr(sorted(kept.items())).encode()).hexdigest()
+    return engine_name, digest, clock.today()
 
 
 def _tables() -> list[str]:

@@ -19,7 +19,7 @@ from webargs.fields import DelimitedList
 from ..geo.crs import SUPPORTED_CRS
 from ..models.cases import SEVERITIES, SOURCES, STATUSES, SUPERVISION_LEVELS
 from ..personal import number_in_name
-from ..phone import clock_offset
+from ..phone import clock_offset, in_server_time
 from ..services.cases import ACTIONS, QUEUE_NAMES, SORTS
 from .common import PointSchema, Stated, StrictSchema, user_ref
 from .locate import CRS_FIELD_DOC
@@ -149,10 +149,7 @@ class CaseCreateSchema(StrictSchema):
     @post_load
     def _in_server_time(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """A time the phone wrote by a clock its Date header says is off, in server time."""
-        offset = clock_offset()
-        if offset and data.get("occurred_at") is not None:
-            data["occurred_at"] = data["occurred_at"] + offset
-        return data
+        return in_server_time(data, "occurred_at")
 
 
 class NamedCodeSchema(StrictSchema):

@@ -19,7 +19,7 @@ from ..models.register import (
     address_key,
 )
 from ..personal import NUMBER_IN_NAME, number_in_name
-from ..phone import clock_offset
+from ..phone import in_server_time
 from ..purposes import PURPOSES, reference_problem
 from .cases import CaseCreateSchema
 from .common import PointSchema, Stated, StrictSchema, something_to_find
@@ -561,10 +561,7 @@ class VisitCreateSchema(StrictSchema):
     def _in_server_time(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """``visited_at`` by a clock the Date header says is off, in server time (as its
         case's ``occurred_at``, CaseCreateSchema)."""
-        offset = clock_offset()
-        if offset and data.get("visited_at") is not None:
-            data["visited_at"] = data["visited_at"] + offset
-        return data
+        return in_server_time(data, "visited_at")
 
 
 class VisitSchema(StrictSchema):

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
-from gridapi import clock
-
-from ..snapshots import Snapshot, State, settings_key, take
+from ..snapshots import Snapshot, State, WorldKey, take, world_key
 
 
 @pytest.fixture
@@ -20,7 +16,7 @@ def world(factory, app, settings, engine_name):  # type: ignore[no-untyped-def]
     of a process for an engine and settings; later tests get its rows back (tests/snapshots.py):
     ~40 ms less set-up for each of the ~2,000 tests that use it."""
     engine = app.extensions["gridapi"].engine
-    key = (engine_name, settings_key(settings), clock.today())
+    key = world_key(engine_name, settings)
     built = _WORLDS.get(key)
     if built is not None and built.restore(engine):
         return factory
@@ -32,4 +28,4 @@ def world(factory, app, settings, engine_name):  # type: ignore[no-untyped-def]
     return factory
 
 
-_WORLDS: dict[tuple[str, str, Any], Snapshot] = {}
+_WORLDS: dict[WorldKey, Snapshot] = {}

@@ -57,7 +57,7 @@ from ..factories import (
     region_rows,
     square,
 )
-from ..snapshots import Snapshot, State, settings_key, take
+from ..snapshots import Snapshot, State, WorldKey, take, world_key
 
 OUT_CITY, OUT_COUNTY, OUT_TOWNSHIP = "320600000000", "320602000000", "320602001000"
 COMMUNITY_C = "320602001001"
@@ -1393,7 +1393,7 @@ class _Kept:
     keys: dict[str, str]  # the apps' API keys, by actor
 
 
-_KEPT: dict[tuple[str, str, Any], _Kept] = {}
+_KEPT: dict[WorldKey, _Kept] = {}
 
 
 @pytest.fixture
@@ -1403,7 +1403,7 @@ def world(app, accounts, engine, settings, engine_name):  # type: ignore[no-unty
     Built through the API by the first test of a process (per engine and settings); later
     tests get its rows back and a ``World`` as the build left it (tests/snapshots.py): the
     build was ~0.35 s of each of these ~470 tests."""
-    key = (engine_name, settings_key(settings), clock.today())
+    key = world_key(engine_name, settings)
     kept = _KEPT.get(key)
     if kept is not None and kept.snapshot.restore(engine):
         built = World.restored(app, accounts, kept)

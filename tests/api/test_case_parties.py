@@ -96,6 +96,13 @@ def test_reading_the_parties_needs_a_purpose_and_a_readable_case(desk):  # noqa:
     assert not audited(d.admin, "case.parties_read")
 
 
+def report_with_parties(desk, parties: list[dict]):  # type: ignore[no-untyped-def]  # noqa: F811
+    """The worker reports a dispute beside the desk's first case, with ``parties``."""
+    location = desk.report()["location"]
+    body = {"category": "0101", "description": "邻里纠纷", "location": location, "parties": parties}
+    return desk.worker.post("/api/v1/cases", json=body)
+
+
 @pytest.mark.parametrize(
     ("party", "field"),
     [
@@ -112,17 +119,7 @@ def test_reading_the_parties_needs_a_purpose_and_a_readable_case(desk):  # noqa:
 def test_a_party_holding_an_id_or_phone_number_is_refused(desk, engine, party, field):  # noqa: F811
     """A note is kept and shown unencrypted: a phone or ID number typed into it was stored
     in clear beside the encrypted register, and shown to whoever read the case."""
-    d = desk
-    location = d.report()["location"]
-    r = d.worker.post(
-        "/api/v1/cases",
-        json={
-            "category": "0101",
-            "description": "邻里纠纷",
-            "location": location,
-            "parties": [party],
-        },
-    )
+    r = report_with_parties(desk, [party])
     assert r.status_code == 422, r.get_json()
     assert list(r.get_json()["errors"]["json"]["parties"]["0"]) == [field]
     with engine.connect() as conn:
@@ -132,19 +129,9 @@ def test_a_party_holding_an_id_or_phone_number_is_refused(desk, engine, party, f
 def test_numbers_in_words_are_not_phone_numbers(desk):  # noqa: F811
     """Chinese digits are read as digits only in a run as long as a phone number: a note
     with a building number, a date or a sum in words is taken."""
-    d = desk
-    location = d.report()["location"]
     notes = ["住三十八号楼一二三室", "二〇二六年十一月二十八日", "欠款一万二千五百元", "陆某之兄"]
     parties = [{"role": "当事人", "name": "陆某", "note": note} for note in notes]
-    r = d.worker.post(
-        "/api/v1/cases",
-        json={
-            "category": "0101",
-            "description": "邻里纠纷",
-            "location": location,
-            "parties": parties,
-        },
-    )
+    r = report_with_parties(desk, parties)
     assert r.status_code == 201, r.get_json()
 
 
