@@ -43,6 +43,26 @@ class Api(flask_smorest.Api):
     def _register_responses(self) -> None:
         self.defer(super()._register_responses)
 
+    # Both read ``spec``, which runs what is deferred: called at once by flask-smorest's
+    # ``_init_spec`` right after ``_register_responses``, they ran it at every start.
+    def _register_etag_headers(self) -> None:
+        self.defer(super()._register_etag_headers)
+
+    def _register_pagination_header(self) -> None:
+        self.defer(super()._register_pagination_header)
+
+    # flask-smorest asks ``self.spec is not None`` to learn whether the application is
+    # initialised, which would run what is deferred: the registration needs the plugins only.
+    def register_converter(self, converter: Any, func: Any) -> None:
+        self._converters.append((converter, func))
+        if getattr(self, "_spec", None) is not None:
+            self._register_converter(converter, func)
+
+    def register_field(self, field: Any, *args: Any) -> None:
+        self._fields.append((field, *args))
+        if getattr(self, "_spec", None) is not None:
+            self._register_field(field, *args)
+
     @property
     def spec(self) -> Any:
         if self._undocumented or self._deferred:

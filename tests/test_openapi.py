@@ -71,3 +71,17 @@ def test_the_spec_is_built_once_when_first_asked_for_by_many_at_once(app):
         assert [tag["name"] for tag in document["tags"]] == [
             tag["name"] for tag in committed["tags"]
         ]
+
+
+def test_an_application_documents_nothing_until_its_spec_is_read(app):
+    """Starting an application (one per test, one per server worker) registers routes and
+    documents nothing: flask-smorest's default answers, its ETag and pagination headers and
+    the operations wait for the first read of the spec. Two of its start-up steps read the
+    spec and so ran all of it at every start, undoing the deferral."""
+    api = app.extensions["gridapi_api"]
+    assert api._spec.to_dict()["paths"] == {}
+    assert api._spec.to_dict().get("components", {}).get("responses", {}) == {}
+    assert api._deferred and api._undocumented
+    document = api.spec.to_dict()
+    assert "NOT_FOUND" in document["components"]["responses"]
+    assert not api._deferred and not api._undocumented
