@@ -118,10 +118,12 @@ DATE_HEADER = {
     "required": False,
     "description": "When the request was sent, by the sender's own clock (RFC 9110 §6.6.1, "
     "e.g. `Sat, 28 Nov 2026 01:12:00 GMT`). A phone whose clock is off by more than a minute "
-    "(and less than a year) has the times it reports (`occurred_at`) moved by that much to "
-    "the server's clock before they are checked and stored, so that a fast clock's report "
-    "is not refused as lying in the future. Send it again with each retry: it is read, never "
-    "stored. Without it (or unreadable) the times are taken as written.",
+    "(and less than a year) has the times it reports (`occurred_at`, `visited_at`, a "
+    "heartbeat's `at`) moved by that much to the server's clock before they are checked and "
+    "stored, so that a fast clock's report is not refused as lying in the future. Send it "
+    "again with each retry: it is read, never stored (except by a patrol's start, which "
+    "keeps it as `clock_offset_s` for the patrol's later times). Without it (or unreadable) "
+    "the times are taken as written.",
     "schema": {"type": "string", "example": "Sat, 28 Nov 2026 01:12:00 GMT"},
 }
 

@@ -54,6 +54,11 @@ class Patrol(Base):
     # Points left out of the line, its length and the grids crossed: jumps no patrol makes.
     outlier_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     thinned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Seconds added to every time the phone sends for this patrol (its start, end, points and
+    # check-ins): how far its clock was behind the server's (negative: ahead) when the patrol
+    # started, by the start's Date header (``phone.clock_offset``); 0 when it did not say.
+    # One figure for the whole patrol, so that a point sent again is the same point.
+    clock_offset_s: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     version: Mapped[int] = mapped_column(Integer, default=1)

@@ -20,7 +20,7 @@ from ..db import writes
 from ..extensions import commit, db_session, reading_session, state
 from ..jsonio import dumps_bytes
 from ..models import Case, User
-from ..phone import DATE_HEADER
+from ..phone import DATE_HEADER, clock_offset
 from ..schemas.patrols import (
     HeartbeatSchema,
     OnDutySchema,
@@ -120,7 +120,7 @@ class Patrols(MethodView):
         return {"items": items, "next_cursor": next_cursor}
 
     @blp.requires("patrols:write")
-    @blp.doc(parameters=[IDEMPOTENCY_HEADER])
+    @blp.doc(parameters=[IDEMPOTENCY_HEADER, DATE_HEADER])
     @blp.arguments(PatrolStartSchema)
     @blp.response(201, PatrolSchema)
     @blp.alt_response(
@@ -138,6 +138,10 @@ class Patrols(MethodView):
         the GRIDAPI_TRACK_RETENTION_DAYS tracks are kept. The
         patrol belongs to the worker's primary grid (else their region; an account with
         neither says where with `location`).
+
+        A phone whose clock is off says so with `Date`: the patrol keeps that error
+        (`clock_offset_s`) and moves its start, end, points and check-ins by it to the
+        server's clock.
 
         Safe to retry with an `Idempotency-Key`: a retry gets the first answer again
         (`Idempotent-Replayed: true`) and starts nothing, also after that patrol ended.
@@ -157,6 +161,7 @@ class Patrols(MethodView):
             now=now,
             tz=_tz(),
             kept_days=state().settings.track_retention_days,
+            clock=clock_offset(),
         )
         audit(
             "patrol.start",
@@ -243,7 +248,8 @@ class PatrolEnd(MethodView):
         count and grids crossed. Without `ended_at` it ends now, or at its start or its latest
         uploaded point that is no outlier if that is later (a start a few minutes ahead, by the
         phone's clock, ends at its start); an `ended_at` in the future (beyond a few minutes'
-        clock skew), before the start, or more than a few minutes before that point is a 422. Safe to retry: ending an
+        clock skew), before the start, or more than a few minutes before that point is a 422.
+        `ended_at` is moved by the patrol's `clock_offset_s` first. Safe to retry: ending an
         ended patrol again without `ended_at`, or at the same time, answers the same patrol and
         writes nothing; at another time it is a 409. Needs `patrols:write`, and only the worker who
         started the patrol may end it: any other patrol answers 404. Writes an audit row
@@ -281,7 +287,8 @@ class PatrolPoints(MethodView):
         duplicate, and the line, length, duration and grids crossed are rebuilt from all the
         points ordered by time. Points after the patrol ended are taken if their times lie
         within it (an offline phone uploading late); a time outside the patrol (±5 minutes)
-        is rejected and counted. GCJ-02 and BD-09 are converted to WGS-84.
+        is rejected and counted. GCJ-02 and BD-09 are converted to WGS-84. Each `t` is moved
+        by the patrol's `clock_offset_s` (the phone's clock error when it started) first.
         """
         session = db_session()
         patrol = svc.get_own(session, patrol_id, current_principal())
@@ -306,7 +313,8 @@ class PatrolCheckins(MethodView):
         """Check in on your patrol at a house (in your scope), a location or a named place
 
         A repeat with the same `at` returns the first check-in. A check-in at a house counts
-        its households as visited in the monthly statistics.
+        its households as visited in the monthly statistics. `at` is moved by the patrol's
+        `clock_offset_s` (the phone's clock error when it started) first.
         """
         principal = current_principal()
         session = db_session()
@@ -410,12 +418,14 @@ def _with_location(principal: Principal) -> bool:
 @presence_blp.route("/presence/heartbeat")
 class Heartbeat(MethodView):
     @presence_blp.requires("patrols:write")
+    @presence_blp.doc(parameters=[DATE_HEADER])
     @presence_blp.arguments(HeartbeatSchema)
     @presence_blp.response(200, PresenceSchema)
     def post(self, data):
         """Send a heartbeat: where you are now (routed to a grid), accuracy and battery
 
-        A heartbeat older than the one stored changes nothing. Not audited (one a minute per
+        A heartbeat older than the one stored changes nothing. `at` is moved by the
+        request's `Date` header, as a report's `occurred_at`. Not audited (one a minute per
         worker); the coordinates are cleared after GRIDAPI_TRACK_RAW_DAYS.
         """
         principal = current_principal()

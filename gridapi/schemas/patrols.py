@@ -6,10 +6,11 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, post_load, validate, validates_schema
 
 from ..geo.crs import SUPPORTED_CRS
 from ..models.patrols import PATROL_STATUSES
+from ..phone import in_server_time
 from ..services.patrols import MAX_POINTS
 from .cases import CaseCreateSchema, CaseSchema
 from .common import PointSchema, StrictSchema, in_years
@@ -295,6 +296,16 @@ class PatrolSchema(StrictSchema):
         required=True,
         metadata={"description": "The grids the walk's line passes, in the order first entered."},
     )
+    clock_offset_s = fields.Integer(
+        required=True,
+        metadata={
+            "description": "Seconds the patrol's times were moved by: how far the phone's "
+            "clock was behind the server's (negative: ahead) when the patrol started, by that "
+            "request's `Date` header; its start, end, points and check-ins, written by the "
+            "phone's clock, are stored on the server's. 0 when the clock was within a minute "
+            "or the start sent no `Date`."
+        },
+    )
     thinned_at = fields.AwareDateTime(
         allow_none=True,
         required=True,
@@ -435,6 +446,13 @@ class HeartbeatSchema(StrictSchema):
     @validates_schema
     def _point(self, data: dict[str, Any], **kwargs: Any) -> None:
         _check_point(data)
+
+    @post_load
+    def _in_server_time(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """``at`` by a clock the Date header says is off, in server time (as a report's
+        ``occurred_at``, CaseCreateSchema): a fast clock's heartbeat was refused as lying in
+        the future, and a slow one's was older than the one stored, and changed nothing."""
+        return in_server_time(data, "at")
 
 
 class PresenceSchema(StrictSchema):

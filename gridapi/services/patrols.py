@@ -378,6 +378,15 @@ def active_patrol(session: Session, worker_id: int) -> Patrol | None:
     ).first()
 
 
+def by_server_clock(patrol: Patrol, value: datetime) -> datetime:
+    """Return ``value``, a time the patrol's phone wrote by its own clock, on the server's:
+    moved by the clock error measured when the patrol started (``Patrol.clock_offset_s``).
+    The same figure for every request of the patrol: a point or check-in sent again (a later
+    retry, whose Date header says a few seconds more or less) is moved to the same instant,
+    and stays the one it was."""
+    return value + timedelta(seconds=patrol.clock_offset_s) if patrol.clock_offset_s else value
+
+
 def not_in_future(value: datetime, now: datetime, field: str) -> datetime:
     """Return ``value`` in UTC; raises Unprocessable naming ``field`` when it lies more than
     ``TOLERANCE`` (a phone's clock running ahead) after ``now``."""
@@ -395,17 +404,26 @@ def start_patrol(
     now: datetime,
     tz: tzinfo,
     kept_days: float | None = None,
+    clock: timedelta = timedelta(0),
 ) -> Patrol:
     """Start a patrol of the caller. Raises Conflict (with the active patrol's id) while one
     is active, Unprocessable when nothing says where the patrol belongs or when it started
     before the ``kept_days`` tracks are kept (the retention job would delete it at once).
+
+    ``clock`` is how far the phone's clock is behind the server's (``phone.clock_offset``):
+    kept in whole seconds, it moves ``started_at`` and every time the phone sends for the
+    patrol later (``by_server_clock``).
 
     Its grid is the worker's primary grid on the roster of the day it started (in ``tz``):
     a start made offline before midnight and uploaded after a change of roster belongs to
     the grid walked, not to the one of the day it was uploaded."""
     if principal.kind != "user":
         raise Unprocessable("Only a person patrols.", errors={"json": {"worker": ["not a user"]}})
-    started_at = not_in_future(data.get("started_at") or now, now, "started_at")
+    offset_s = round(clock.total_seconds())
+    given = data.get("started_at")
+    if given is not None:
+        given += timedelta(seconds=offset_s)
+    started_at = not_in_future(given or now, now, "started_at")
     if kept_days is not None and started_at < now - timedelta(days=kept_days):
         raise _invalid("started_at", f"lies before the {kept_days:g} days tracks are kept")
 
@@ -443,6 +461,7 @@ def start_patrol(
         duration_s=0,
         grids_crossed=[],
         point_count=0,
+        clock_offset_s=offset_s,
         version=1,
     )
     # One started by another request between the look-up and the insert: the same answer,
@@ -459,8 +478,11 @@ def end_patrol(
 
     Returns False when it had ended already at that time (a retry: nothing changes).
     Raises Conflict when it ended at another time, Unprocessable for an ``ended_at`` before
-    its start or more than ``TOLERANCE`` before the walk's latest point.
+    its start or more than ``TOLERANCE`` before the walk's latest point. ``ended_at`` is by
+    the phone's clock (``by_server_clock``).
     """
+    if ended_at is not None:
+        ended_at = by_server_clock(patrol, ended_at)
     if patrol.status == "ended":
         if ended_at is None or ended_at == patrol.ended_at:
             return False
@@ -533,7 +555,7 @@ def add_points(
     seen: set[datetime] = set()
     rejected = repeated = 0
     for point in points:
-        at = point["t"].astimezone(UTC)
+        at = by_server_clock(patrol, point["t"]).astimezone(UTC)
         if not low <= at <= high or no_fix(point["lon"], point["lat"]):
             rejected += 1
             continue
@@ -756,7 +778,7 @@ def add_checkin(
     """
     from .register import get_house
 
-    at = (data.get("at") or now).astimezone(UTC)
+    at = (by_server_clock(patrol, data["at"]) if data.get("at") else now).astimezone(UTC)
     low, high = window(patrol, now)
     if not low <= at <= high:
         raise _invalid("at", "lies outside the patrol's time")
@@ -945,6 +967,7 @@ def patrol_view(patrol: Patrol, names: dict[int, str]) -> dict[str, Any]:
         "outlier_count": patrol.outlier_count,
         "grids_crossed": list(patrol.grids_crossed or []),
         "thinned_at": patrol.thinned_at,
+        "clock_offset_s": patrol.clock_offset_s,
         "created_at": patrol.created_at,
         "updated_at": patrol.updated_at,
         "version": patrol.version,

@@ -1272,3 +1272,96 @@ def test_a_finding_from_a_fast_phone_clock_is_corrected_by_its_date_header(worke
     occurred = datetime.fromisoformat(case["occurred_at"])
     assert abs(occurred - (datetime.now(UTC) - timedelta(minutes=2))) < timedelta(seconds=5)
     assert rows(engine, "SELECT count(*) FROM cases") == [(1,)]
+
+
+def _stored_times(engine, patrol_id: int) -> dict[str, list[datetime]]:  # type: ignore[no-untyped-def]
+    def utc(value):  # type: ignore[no-untyped-def]
+        value = datetime.fromisoformat(value) if isinstance(value, str) else value  # SQLite
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    points = rows(
+        engine, "SELECT recorded_at FROM patrol_points WHERE patrol_id = :p ORDER BY 1", p=patrol_id
+    )
+    checkins = rows(engine, "SELECT at FROM patrol_checkins WHERE patrol_id = :p", p=patrol_id)
+    return {"points": [utc(t) for (t,) in points], "checkins": [utc(t) for (t,) in checkins]}
+
+
+def test_a_patrol_by_a_phone_two_hours_fast_is_kept_on_the_servers_clock(worker, world, engine):
+    """A phone whose clock ran two hours ahead could not start its patrol: `started_at`
+    lay in the future (422), and the walk it had recorded offline was lost. Its Date header
+    says how fast it is: the patrol keeps that error and moves its start, points, check-ins
+    and end by it. Every later request of the patrol is moved by the same figure, whatever
+    its own Date says, so that points sent again are the points stored (docs/patrols.md)."""
+    from werkzeug.http import http_date
+
+    ahead = timedelta(hours=2)
+    now = datetime.now(UTC).replace(microsecond=0)
+    phone_began = now + ahead - timedelta(minutes=30)  # by the phone's clock
+    body = {"started_at": iso(phone_began)}
+    refused = ok(worker.post("/api/v1/patrols", json=body), 422)
+    assert "started_at" in refused["errors"]["json"]
+    patrol = ok(
+        worker.post("/api/v1/patrols", json=body, headers={"Date": http_date(now + ahead)}), 201
+    )
+    assert abs(patrol["clock_offset_s"] + 7200) <= 2, patrol["clock_offset_s"]
+    began = datetime.fromisoformat(patrol["started_at"])
+    assert abs(began - (now - timedelta(minutes=30))) <= timedelta(seconds=2)
+    pid = patrol["id"]
+    url = f"/api/v1/patrols/{pid}"
+
+    points = walk(phone_began + timedelta(minutes=1))
+    first = ok(worker.post(f"{url}/points", json={"points": points}))
+    assert (first["accepted"], first["rejected"]) == (21, 0)
+    # Sent again later, with a Date some seconds on (the network): the same 21 points.
+    later = {"Date": http_date(now + ahead + timedelta(seconds=37))}
+    again = ok(worker.post(f"{url}/points", json={"points": points}, headers=later))
+    assert (again["accepted"], again["duplicates"], again["point_count"]) == (0, 21, 21)
+    stored = _stored_times(engine, pid)
+    offset = timedelta(seconds=patrol["clock_offset_s"])
+    assert stored["points"][0] == datetime.fromisoformat(points[0]["t"]) + offset
+    assert stored["points"][-1] < now
+
+    at = {"at": iso(phone_began + timedelta(minutes=20)), "place": "村委会"}
+    checkin = ok(worker.post(f"{url}/checkins", json=at), 201)
+    assert datetime.fromisoformat(checkin["at"]) == datetime.fromisoformat(at["at"]) + offset
+    assert ok(worker.post(f"{url}/checkins", json=at, headers=later), 201)["id"] == checkin["id"]
+    assert len(_stored_times(engine, pid)["checkins"]) == 1
+
+    end = {"ended_at": iso(phone_began + timedelta(minutes=29))}
+    ended = ok(worker.post(f"{url}/end", json=end))
+    assert ended["duration_s"] == 29 * 60
+    assert datetime.fromisoformat(ended["ended_at"]) < now
+    assert ok(worker.post(f"{url}/end", json=end, headers=later))["ended_at"] == ended["ended_at"]
+
+
+def test_a_patrol_by_a_phone_set_back_lasts_as_long_as_it_was_walked(worker, world, engine):
+    """A phone set three hours back started a patrol ten minutes ago by its clock, and the
+    worker ended it without a time (now, by the server): it lasted 3 h 10 min in the monthly
+    figures, and began at dawn. With the phone's Date it began ten minutes ago."""
+    from werkzeug.http import http_date
+
+    behind = timedelta(hours=3)
+    now = datetime.now(UTC).replace(microsecond=0)
+    phone = {"Date": http_date(now - behind)}
+    body = {"started_at": iso(now - behind - timedelta(minutes=10))}
+    patrol = ok(worker.post("/api/v1/patrols", json=body, headers=phone), 201)
+    assert abs(patrol["clock_offset_s"] - 3 * 3600) <= 2
+    ended = ok(worker.post(f"/api/v1/patrols/{patrol['id']}/end", json={}))
+    assert 600 <= ended["duration_s"] <= 610, ended["duration_s"]
+
+
+def test_a_patrol_started_without_a_date_takes_the_phones_times_as_written(worker, world):
+    """No Date (or one within a minute of the server's): nothing is moved, as before."""
+    from werkzeug.http import http_date
+
+    patrol, began = started_an_hour_ago(worker)
+    assert patrol["clock_offset_s"] == 0
+    assert datetime.fromisoformat(patrol["started_at"]) == began
+    # A Date on a later request does not move the patrol's times: its start's did not.
+    points = walk(began + timedelta(minutes=1), n=3)
+    fast = {"Date": http_date(datetime.now(UTC) + timedelta(hours=2))}
+    url = f"/api/v1/patrols/{patrol['id']}"
+    assert ok(worker.post(f"{url}/points", json={"points": points}, headers=fast))["accepted"] == 3
+    end = {"ended_at": iso(began + timedelta(minutes=30))}
+    ended = ok(worker.post(f"{url}/end", json=end, headers=fast))
+    assert (ended["ended_at"], ended["clock_offset_s"]) == (end["ended_at"], 0)

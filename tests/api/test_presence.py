@@ -233,3 +233,19 @@ def test_where_workers_are_is_kept_in_no_cache(people):
         r = people["chief"].get(url)
         assert r.status_code == 200, r.get_json()
         assert r.headers["Cache-Control"] == "private, no-store", url
+
+
+def test_a_heartbeat_by_a_fast_clock_is_moved_by_its_date_header(people):
+    """A heartbeat stamped by a clock an hour fast was refused as lying in the future (and
+    one by a slow clock was older than the one stored, and changed nothing). With the
+    phone's Date header its `at` is moved to the server's clock."""
+    from werkzeug.http import http_date
+
+    worker = people["worker1"]
+    phone_now = datetime.now(UTC) + timedelta(hours=1)
+    body = {"location": point(0), "at": phone_now.isoformat()}
+    assert "at" in ok(worker.post("/api/v1/presence/heartbeat", json=body), 422)["errors"]["json"]
+    headers = {"Date": http_date(phone_now)}
+    seen = ok(worker.post("/api/v1/presence/heartbeat", json=body, headers=headers))
+    assert abs(datetime.fromisoformat(seen["last_seen"]) - datetime.now(UTC)) < timedelta(seconds=5)
+    assert seen["on_duty"] is True
