@@ -409,8 +409,9 @@ class PersonExport(MethodView):
         caller who sees names masked), and the audit row names the purpose code and
         reference (a deprecated free-text `purpose` is accepted, not kept). Special-group data is
         never exported. GeoJSON: the resident's house, else null. Audited. An `id_number` or
-        `phone` is also audited as the search's is (`person.lookup`, `via: export`: the kind of
-        number, masked, how many residents the file holds and which).
+        `phone` (or a whole `name`, for a caller who sees names masked) is also audited as the
+        search's is (`person.lookup`, `via: export`: the kind of number, masked, how many
+        residents the file holds and which).
         """
         principal = _principal()
         _check_reference(principal, args, "query")
@@ -424,7 +425,7 @@ class PersonExport(MethodView):
             count_lookup(st.settings.person_lookup_rate, principal.actor_id)
         keys = Keys(st.cipher, st.phone_key)
         plan = svc.plan_persons(principal.scope, args, keys, unmasks=unmasks, unmask=unmask)
-        if register_svc.numbers_searched(args):  # a lookup by number: audited as the search's
+        if register_svc.looked_up(args, unmasks=unmasks):  # audited as the search's
             session = db_session()
             register_svc.record_lookup(
                 session,
@@ -434,6 +435,7 @@ class PersonExport(MethodView):
                 scope=principal.scope,
                 home_region=principal.region_code,
                 via="export",
+                unmasks=unmasks,
             )
         return _audited(plan, args, fmt, masked=not unmask)
 

@@ -405,10 +405,13 @@ def _lookups(args: dict[str, Any]) -> None:
         count_lookup(state().settings.person_lookup_rate, _actor())
 
 
-def _looks_a_number_up() -> bool:
-    """Whether the search asked for looks a resident up by an exact ID or phone number (and
-    so writes its audit row: ``svc.record_lookup``), read from the query as sent."""
-    return bool(request.args.get("id_number") or request.args.get("phone"))
+def _looks_someone_up() -> bool:
+    """Whether the search asked for may look a resident up by an exact ID or phone number or
+    a whole name (and so write its audit row: ``svc.record_lookup``), read from the query as
+    sent, before the caller is known: a whole name is audited only for a caller who sees
+    names masked, and the search of one who does not begins as a writer's all the same."""
+    args = request.args
+    return bool(args.get("id_number") or args.get("phone") or len(args.get("name", "").strip()) > 1)
 
 
 def _refused_as_taken(session: Any, error: svc.DuplicatePerson, *, via: str) -> None:
@@ -428,7 +431,7 @@ class Persons(MethodView):
     @persons_blp.arguments(PersonArgsSchema, location="query")
     @persons_blp.response(200, PersonListSchema)
     @persons_blp.alt_response(429, response="TOO_MANY_REQUESTS")
-    @writes_when(_looks_a_number_up)
+    @writes_when(_looks_someone_up)
     def get(self, args):
         """Search residents in your scope (masked)
 
@@ -441,7 +444,8 @@ class Persons(MethodView):
         A search by ID or phone number tells whether someone lives in your area, and where:
         it is audited as a read of personal data (`person.lookup`: the kind of number, the
         number masked, how many residents matched and which, and the optional `purpose_code`
-        and `reference`), committed with the answer, hit or miss.
+        and `reference`), committed with the answer, hit or miss. So is a search by a whole
+        name for a caller who sees names masked (`by: ["name"]`, `name_masked` 张*).
         """
         if args.get("reference"):
             _check_reference(args, "query")
@@ -461,6 +465,7 @@ class Persons(MethodView):
             scope=principal.scope,
             home_region=principal.region_code,
             via="search",
+            unmasks=principal.can("persons:unmask"),
         )
         if entry is not None:
             commit()

@@ -1213,7 +1213,25 @@ def is_lookup(args: dict[str, Any], *, unmasks: bool) -> bool:
     name back in full."""
     if args.get("id_number") or args.get("phone"):
         return True
-    return not unmasks and len((args.get("name") or "").strip()) > 1
+    return _name_looked_up(args, unmasks=unmasks) is not None
+
+
+def _name_looked_up(args: dict[str, Any], *, unmasks: bool) -> str | None:
+    """Return the whole name a caller who sees names masked searches for (``is_lookup``),
+    else None."""
+    name = (args.get("name") or "").strip()
+    return name if not unmasks and len(name) > 1 else None
+
+
+def looked_up(args: dict[str, Any], *, unmasks: bool) -> dict[str, str]:
+    """Return what a search (or an export) of residents looks someone up by, each kind masked
+    as answers mask it: the numbers (``numbers_searched``) and, for a caller who sees names
+    masked, a whole name (张三 → 张*). Empty when it looks nobody up."""
+    found = numbers_searched(args)
+    name = _name_looked_up(args, unmasks=unmasks)
+    if name is not None:
+        found["name"] = mask_name(name)
+    return found
 
 
 def person_query(  # type: ignore[no-untyped-def]
@@ -1291,22 +1309,25 @@ def record_lookup(
     scope: Scope,
     home_region: str | None,
     via: str,
+    unmasks: bool,
 ) -> AuditEntry | None:
-    """Add the audit row of a search of residents by an exact ID or phone number
-    (``person.lookup``) to the session's transaction, or nothing when ``args`` look up no
-    number. Such a search tells whether a given person lives in the caller's area, and
-    where: a read of sensitive personal information (PIPL; DOMAIN.md §7), audited as an
-    unmasked read is, hit or miss.
+    """Add the audit row of a search of residents by an exact ID or phone number, or by a
+    whole name for a caller who sees names masked (``person.lookup``), to the session's
+    transaction, or nothing when ``args`` look nobody up (``looked_up``). Such a search
+    tells whether a given person lives in the caller's area, and where: a read of sensitive
+    personal information (PIPL; DOMAIN.md §7), audited as an unmasked read is, hit or miss.
+    A whole name tested by a caller shown 张* is a guess at the hidden part, counted against
+    the lookup allowance as a number is (``is_lookup``), and audited as one.
 
-    The row keeps the kinds of number searched (``by``), each number masked
-    (``id_number_masked``, ``phone_masked``: never in clear), how many residents ``matched``
+    The row keeps the kinds searched (``by``), each masked (``id_number_masked``,
+    ``phone_masked``, ``name_masked``: never in clear), how many residents ``matched``
     (those answered: a page of the search, every row of an export) and their ids, the
     purpose code and reference when stated, and ``via`` (``search``, ``export``). It is about
     the resident when exactly one matched (``object_id``), and filed under that resident's
     region, or the one region of all that matched; otherwise (none, or several regions) under
     the region or grid searched when it lies in the scope, else the caller's ``home_region``.
     """
-    numbers = numbers_searched(args)
+    numbers = looked_up(args, unmasks=unmasks)
     if not numbers:
         return None
     found = list(matches)

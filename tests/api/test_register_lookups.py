@@ -195,12 +195,44 @@ def test_the_purpose_and_reference_are_kept_when_stated(officer, centre, people,
     assert count_rows(engine) == before
 
 
+def test_a_whole_name_searched_by_a_caller_shown_masked_names_is_audited(
+    centre, people, accounts, engine
+):
+    """A grid worker sees residents as 张*; searching 张三 tests a guess at the hidden part
+    (counted against the lookup allowance as a number is). It was not audited: it now writes
+    its `person.lookup` row as a search by number does, the name masked. One character
+    looks nobody up, and a caller who sees whole names (the officer) searches by them as
+    before, unaudited (test below)."""
+    worker = accounts.client("worker_a", "grid_worker", grids=[A1])
+    zhang = people["zhang"]
+    r = ok(worker.get("/api/v1/persons", query_string={"name": "张三"}))
+    assert [p["id"] for p in r.get_json()["items"]] == [zhang["id"]]
+    assert r.get_json()["items"][0]["name"] == "张*"
+    (entry,) = lookups(centre)
+    assert entry["actor_id"] == f"user:{accounts.ids['worker_a']}"
+    assert (entry["object_type"], entry["object_id"]) == ("person", str(zhang["id"]))
+    assert entry["region_code"] == COMMUNITY_A
+    assert entry["summary"] == {
+        "by": ["name"],
+        "name_masked": "张*",
+        "matched": 1,
+        "person_ids": [zhang["id"]],
+        "via": "search",
+    }
+    assert "张三" not in audit_log_text(engine)
+    # A miss is a row too; one character is no lookup.
+    ok(worker.get("/api/v1/persons", query_string={"name": "张伟"}))
+    assert lookups(centre)[-1]["summary"]["matched"] == 0
+    ok(worker.get("/api/v1/persons", query_string={"name": "张"}))
+    assert len(lookups(centre)) == 2
+
+
 def test_a_search_without_a_number_writes_no_row(officer, client, people, engine):
     before = count_rows(engine)
     for query in (
         {},
         {"name": "张"},
-        {"name": "张三"},
+        {"name": "张三"},  # by callers who see whole names
         {"grid": A1},
         {"address": "平江路"},
         {"household_id": 1},
