@@ -10,7 +10,7 @@ from marshmallow import fields, validate
 from webargs.multidictproxy import MultiDictProxy
 from werkzeug.datastructures import CombinedMultiDict
 
-from ..auditing import audit
+from ..auditing import audit, request_actor
 from ..auth import current_principal
 from ..errors import Unprocessable
 from ..extensions import commit, db_session, state
@@ -18,6 +18,7 @@ from ..geo.crs import SUPPORTED_CRS
 from ..limits import count_lookup
 from ..schemas.common import StrictSchema
 from ..services import person_import as svc
+from ..services import register as register_svc
 from .blueprint import Blueprint, StrictParser, one_file, routing_snapshot
 from .register import keys, lookup_left
 
@@ -211,7 +212,15 @@ class PersonImport(MethodView):
                 cost=report.unseen_duplicates,
             )
         if not report.committed:
-            session.rollback()  # a dry run, or a refused file: only the audit row is kept
+            session.rollback()  # a dry run, or a refused file: only the audit rows are kept
+        # Each row refused for an ID number registered outside the caller's scope told them
+        # that someone in the county has it: audited as the lookup it was counted as, about
+        # that resident, as a create refused so is (dry run or not).
+        actor = request_actor()
+        for masked, holder_id, region_code in report.unseen_holders:
+            register_svc.record_number_holder(
+                session, actor, masked, holder_id, region_code, via="import"
+            )
         audit(
             "person.import",
             "person_import",

@@ -260,6 +260,9 @@ class ImportReport:
     #: number (户号) to a household, outside the caller's scope: each tells that the number
     #: is registered, and counts as an exact lookup.
     unseen_duplicates: int = field(default=0, repr=False)
+    #: Of those, the ID numbers: (the number masked, the resident's id, their region), for
+    #: the ``person.lookup`` audit row each is (``register.record_taken_number``).
+    unseen_holders: list[tuple[str, int, str]] = field(default_factory=list, repr=False)
 
     def add_error(self, row: int, field_name: str | None, message: str) -> None:
         self.error_count += 1
@@ -1153,6 +1156,8 @@ class _Importer:
                     problems.append(_row_error(exc))
                     if isinstance(exc, register.DuplicatePerson) and not self._visible(exc.holder):
                         report.unseen_duplicates += 1
+                        holder = exc.holder
+                        report.unseen_holders.append((exc.masked, holder.id, holder.region_code))
                 else:
                     report.valid += 1
                     report.houses_created += houses

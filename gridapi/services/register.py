@@ -1387,8 +1387,19 @@ def record_taken_number(
     resident (``object_id``; it shows in their access export), filed under their region,
     with the number masked."""
     holder = error.holder
-    numbers = {"id_number": error.masked}
-    return _lookup_row(session, actor, numbers, [holder.id], holder.region_code, via=via)
+    return record_number_holder(
+        session, actor, error.masked, holder.id, holder.region_code, via=via
+    )
+
+
+def record_number_holder(
+    session: Session, actor: Actor, masked: str, holder_id: int, region_code: str, *, via: str
+) -> AuditEntry:
+    """Add the ``person.lookup`` row of a write refused because the ID number (``masked``)
+    is the resident ``holder_id``'s: about them, filed under their ``region_code``
+    (``record_taken_number``; an import's rows, ``via`` ``import``)."""
+    numbers = {"id_number": masked}
+    return _lookup_row(session, actor, numbers, [holder_id], region_code, via=via)
 
 
 def person_view(person: Person, keys: Keys, today: date | None = None) -> dict[str, Any]:

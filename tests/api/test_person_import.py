@@ -650,6 +650,32 @@ def test_rows_of_residents_outside_scope_count_as_lookups(
     probe = csv_bytes("姓名,身份证号,网格编码", *(f"试{n},{x},{A1}" for n, x in enumerate(theirs)))
     first = upload(officer, probe, dry_run=True)
     assert first.status_code == 422 and first.get_json()["errors"]["failed"] == 2
+    # ... and audited as the lookups they are, about each resident, the number masked, as a
+    # create refused for a registered number is (they were counted, never audited).
+    with engine.connect() as conn:
+        looked = conn.execute(
+            text(
+                "SELECT actor_id, object_id, region_code, summary FROM audit_log "
+                "WHERE action = 'person.lookup' ORDER BY id"
+            )
+        ).all()
+        ids = conn.execute(
+            text("SELECT id FROM persons WHERE grid_code = :g ORDER BY id"), {"g": B1}
+        )
+        elsewhere = [person_id for (person_id,) in ids]
+    assert [(r.actor_id, int(r.object_id), r.region_code) for r in looked] == [
+        (f"user:{accounts.ids['officer']}", person_id, COMMUNITY_B) for person_id in elsewhere
+    ]
+    for row, number, person_id in zip(looked, theirs, elsewhere, strict=True):
+        summary = row.summary if isinstance(row.summary, dict) else json.loads(row.summary)
+        assert summary == {
+            "by": ["id_number"],
+            "id_number_masked": number[:4] + "*" * 10 + number[-4:],
+            "matched": 1,
+            "person_ids": [person_id],
+            "via": "import",
+        }
+        assert number not in json.dumps([str(v) for v in row])
     refused = upload(officer, probe, mode="valid")
     assert refused.status_code == 429 and refused.get_json()["code"] == 429
     assert int(refused.headers["Retry-After"]) > 0
