@@ -27,7 +27,9 @@ class Audit(MethodView):
         """List audit entries in your scope, newest first
 
         Entries about special-group records are listed only to callers holding
-        `special_groups:read`: to everyone else they do not exist.
+        `special_groups:read`: to everyone else they do not exist. A resident's history
+        (`object_type=person&object_id=…`) includes the lookups that found them among
+        several (`person_ids`; such an entry has no `object_id`).
         """
         limit = args.pop("limit")
         principal = current_principal()

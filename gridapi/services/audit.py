@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select, text
 from sqlalchemy.orm import Session
 
 from ..models import AuditEntry
@@ -25,6 +25,36 @@ _SECRET_KEYS = {
     "phone",
     "id_number",
 }
+
+
+#: Rows about several residents at once name them in ``summary.person_ids`` and have no
+#: ``object_id``: a search by a phone number a family shares (``register.record_lookup``).
+SHARED_ROW_ACTIONS = ("person.lookup",)
+
+# Whether a row's summary.person_ids holds :person_id, per engine. On PostgreSQL the column
+# is json (compared as jsonb); on SQLite, json_each reads the array.
+_NAMES_PERSON = {
+    "postgresql": "(audit_log.summary -> 'person_ids')::jsonb @> jsonb_build_array(:person_id)",
+    "sqlite": "EXISTS (SELECT 1 FROM json_each(audit_log.summary, '$.person_ids') AS j "
+    "WHERE j.value = :person_id)",
+}
+
+
+def about_person(session: Session, person_id: int) -> ColumnElement[bool]:
+    """Return the condition of the rows about the resident ``person_id``: those whose object
+    they are, and those about several residents that name them among ``person_ids`` (a
+    lookup that matched a mother and her child is in the history of both, and in each one's
+    access export)."""
+    names = text(_NAMES_PERSON[session.get_bind().dialect.name]).bindparams(person_id=person_id)
+    return or_(
+        and_(AuditEntry.object_type == "person", AuditEntry.object_id == str(person_id)),
+        and_(
+            AuditEntry.object_type == "person",
+            AuditEntry.object_id.is_(None),
+            AuditEntry.action.in_(SHARED_ROW_ACTIONS),
+            names,
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +106,10 @@ def record(
     return entry
 
 
+def _an_id(value: str | None) -> bool:
+    return bool(value) and value.isascii() and value.isdigit() and len(value) <= 18  # type: ignore[union-attr]
+
+
 def list_entries(
     session: Session,
     scope: Scope,
@@ -94,7 +128,8 @@ def list_entries(
 
     Rows without a region (sign-ins, system changes) are visible only to unrestricted callers;
     rows about ``hidden_types`` (special-group records, for callers who may not read them)
-    to nobody.
+    to nobody. The rows of a resident (``object_type`` person and their id) include those
+    that name them among several (``about_person``).
     """
     stmt = select(AuditEntry)
     hidden = sorted(hidden_types)
@@ -104,10 +139,13 @@ def list_entries(
         stmt = stmt.where(scope.region_condition(AuditEntry.region_code))
     if action:
         stmt = stmt.where(AuditEntry.action == action)
-    if object_type:
-        stmt = stmt.where(AuditEntry.object_type == object_type)
-    if object_id:
-        stmt = stmt.where(AuditEntry.object_id == object_id)
+    if object_type == "person" and _an_id(object_id):
+        stmt = stmt.where(about_person(session, int(object_id)))
+    else:
+        if object_type:
+            stmt = stmt.where(AuditEntry.object_type == object_type)
+        if object_id:
+            stmt = stmt.where(AuditEntry.object_id == object_id)
     if actor_id:
         stmt = stmt.where(AuditEntry.actor_id == actor_id)
     if since:

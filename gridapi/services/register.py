@@ -49,7 +49,7 @@ from ..purposes import is_id_number_written_apart, purpose_summary
 from ..scope import Scope, starts_with
 from ..security.fields import FieldCipher, blind_index
 from . import cases as cases_svc
-from .audit import Actor, record
+from .audit import Actor, about_person, record
 from .cursors import one_page, page_by_id
 from .patrols import not_in_future
 from .preconditions import check_if_match, flush_versioned
@@ -1596,9 +1596,7 @@ def access_export(
         select(Visit).where(Visit.person_id == person.id).order_by(Visit.visited_at)
     ).all()
     audit_rows = session.scalars(
-        select(AuditEntry)
-        .where(AuditEntry.object_type == "person", AuditEntry.object_id == str(person.id))
-        .order_by(AuditEntry.id)
+        select(AuditEntry).where(about_person(session, person.id)).order_by(AuditEntry.id)
     ).all()
     body: dict[str, Any] = {
         "person": {

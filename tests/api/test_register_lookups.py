@@ -160,6 +160,29 @@ def test_a_phone_number_shared_by_several_residents(officer, centre, people, eng
     assert entry["summary"]["phone_masked"] == "139****1111"
     assert (entry["summary"]["matched"], entry["summary"]["person_ids"]) == (2, ids)
     assert SHARED_PHONE not in audit_log_text(engine)
+    # Yet it is in the history of each, and in each one's access export: an access request
+    # of the child was answered without the lookup that found them.
+    for person_id in ids:
+        history = ok(
+            centre.get(
+                "/api/v1/audit",
+                query_string={"object_type": "person", "object_id": person_id, "limit": 200},
+            )
+        ).get_json()["items"]
+        assert entry["id"] in [row["id"] for row in history], person_id
+        export = ok(
+            centre.get(
+                f"/api/v1/persons/{person_id}/export",
+                query_string={"purpose_code": "subject_access"},
+            )
+        ).get_json()
+        assert "person.lookup" in [row["action"] for row in export["processing"]]
+    # Not in the history of a resident it did not find.
+    zhang = people["zhang"]["id"]
+    history = ok(
+        centre.get("/api/v1/audit", query_string={"object_type": "person", "object_id": zhang})
+    ).get_json()["items"]
+    assert entry["id"] not in [row["id"] for row in history]
     # A page of it: each page is a lookup, and its row names what that page answered.
     r = ok(officer.get("/api/v1/persons", query_string={"phone": SHARED_PHONE, "limit": 1}))
     assert r.get_json()["next_cursor"] == ids[0]
