@@ -95,11 +95,13 @@ class ClientsById(MethodView):
         Revokes the app's key: requests made with it are refused with 401 from then on (other server
         processes notice within the credential cache time). The client row stays, with `revoked_at`
         set, and is returned; revoking again keeps the first `revoked_at`. Needs `clients:manage`; a
-        client outside the caller's scope answers 404. Writes an audit row `client.revoke`. There is
-        no un-revoke: register a new client instead.
+        client outside the caller's scope answers 404. Writes an audit row `client.revoke` (once:
+        revoking again changes nothing and writes none). There is no un-revoke: register a new
+        client instead.
         """
-        client = svc.revoke_client(db_session(), client_id, current_principal().scope)
-        audit("client.revoke", "client", client.id, region_code=client.scope_region_code)
+        client, revoked = svc.revoke_client(db_session(), client_id, current_principal().scope)
+        if revoked:
+            audit("client.revoke", "client", client.id, region_code=client.scope_region_code)
         commit()
         state().principals.clear()
         return client

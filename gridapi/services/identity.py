@@ -1261,10 +1261,12 @@ def get_client(session: Session, client_id: int, scope: Scope) -> ApiClient:
     return client
 
 
-def revoke_client(session: Session, client_id: int, scope: Scope) -> ApiClient:
-    """Revoke an app's key; it stops working at once (or within the auth cache time)."""
+def revoke_client(session: Session, client_id: int, scope: Scope) -> tuple[ApiClient, bool]:
+    """Revoke an app's key; it stops working at once (or within the auth cache time).
+    Returns the client and whether this revoked it (False: revoked before, nothing changed)."""
     client = get_client(session, client_id, scope)
-    if client.revoked_at is None:
-        client.revoked_at = utcnow()
+    if client.revoked_at is not None:
+        return client, False
+    client.revoked_at = utcnow()
     session.flush()
-    return client
+    return client, True

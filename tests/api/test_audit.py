@@ -163,6 +163,8 @@ def test_every_write_leaves_exactly_one_row(client: Any, anon_client: Any, sessi
 
     client_id = _service_client(client.application)
     ledger.one(client.delete(f"/api/v1/clients/{client_id}"), 200, "client.revoke")
+    # Revoking it again changes nothing (the first revoked_at stays) and writes no second row.
+    ledger.none(client.delete(f"/api/v1/clients/{client_id}"), 200)
 
     # Reads write nothing.
     for path in ("/api/v1/users", "/api/v1/regions", "/api/v1/audit", "/api/v1/me"):
