@@ -1820,3 +1820,51 @@ def test_a_task_given_to_a_region_reaches_the_unit_of_that_region(accounts, clie
     phones["officer"].pull()
     assert ("task", task["id"]) not in phones["officer"].kept
     assert [t["id"] for t in ok(worker.get("/api/v1/me/tasks"))["items"]] == [task["id"]]
+
+
+def test_an_offline_patrol_from_a_fast_phone_is_taken_with_the_batch_s_date(worker, world):
+    """A phone an hour fast queued a patrol offline: its start, points and end by its own
+    clock. The batch's Date goes to each action: the start keeps the clock's error, and the
+    points and the end (which send no Date of their own here) are moved by it. Without it
+    the start lay in the future and the whole walk was refused."""
+    from datetime import timedelta
+
+    from werkzeug.http import http_date
+
+    ahead = timedelta(hours=1)
+    now = datetime.now(UTC).replace(microsecond=0)
+    began = now + ahead - timedelta(minutes=30)  # by the phone's clock
+    track = [
+        {
+            "t": (began + timedelta(minutes=m)).isoformat(),
+            "lon": center(0)[0] + 0.0001 * m,
+            "lat": center(0)[1],
+        }
+        for m in range(1, 21)
+    ]
+    actions = [
+        {"key": "p", "type": "patrol.start", "payload": {"started_at": began.isoformat()}},
+        {"key": "pts", "type": "patrol.points", "payload": {"patrol_id": "ref:p", "points": track}},
+        {
+            "key": "end",
+            "type": "patrol.end",
+            "payload": {
+                "patrol_id": "ref:p",
+                "ended_at": (began + timedelta(minutes=25)).isoformat(),
+            },
+        },
+    ]
+    refused = batch(worker, actions[:1])
+    assert refused[0]["status"] == 422, refused
+    sent = worker.post(
+        "/api/v1/sync/batch", json={"actions": actions}, headers={"Date": http_date(now + ahead)}
+    )
+    started, points, ended = ok(sent)["results"]
+    assert [started["status"], points["status"], ended["status"]] == [201, 200, 200], (
+        sent.get_json()
+    )
+    patrol = ok(worker.get(f"/api/v1/patrols/{started['id']}"))
+    assert patrol["point_count"] == 20
+    assert abs(patrol["clock_offset_s"] + 3600) <= 2
+    assert datetime.fromisoformat(patrol["ended_at"]) < now
+    assert patrol["duration_s"] == 25 * 60
