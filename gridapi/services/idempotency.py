@@ -83,7 +83,16 @@ class RequestHash:
     sorted). Each older one is computed only when the stored hash is none of the newer: a
     retry of a request made since costs one hash."""
 
-    __slots__ = ("value", "_method", "_path", "_body", "_defaults", "_previous", "_legacy")
+    __slots__ = (
+        "value",
+        "_method",
+        "_path",
+        "_body",
+        "_defaults",
+        "_with_altitude",
+        "_previous",
+        "_legacy",
+    )
 
     def __init__(
         self,
@@ -92,10 +101,15 @@ class RequestHash:
         path: str = "",
         body: Any = ...,
         defaults: dict[str, Any] | None = None,
+        with_altitude: str | None = None,
     ) -> None:
         self.value = value
         self._method, self._path, self._body = method, path, body
         self._defaults = defaults
+        # The hash of the same canonical body with its location's altitude, which keys
+        # stored before altitudes were left out (2026-12-03) kept: the same as ``value``
+        # for a body without one.
+        self._with_altitude = value if with_altitude is None else with_altitude
         no_body = body is ...  # nothing older
         self._previous: str | None = value if no_body else None
         self._legacy: str | None = value if no_body else None
@@ -118,7 +132,12 @@ class RequestHash:
         return self._legacy
 
     def matches(self, stored: str) -> bool:
-        return stored == self.value or stored == self.previous or stored == self.legacy
+        return (
+            stored == self.value
+            or stored == self._with_altitude
+            or stored == self.previous
+            or stored == self.legacy
+        )
 
     def __repr__(self) -> str:
         return f"RequestHash({self.value!r})"
@@ -239,9 +258,29 @@ def request_hash(
     instants: frozenset[str] = frozenset(),
 ) -> RequestHash:
     """Return the hash that tells a retry from a different request: of the canonical JSON of
-    the body (``canonical_body``; orjson, keys sorted), and lazily the ones kept before."""
-    value = _hash_of(method, path, canonical_body(body, defaults, instants))
-    return RequestHash(value, method, path, body, defaults)
+    the body (``canonical_body``; orjson, keys sorted) without its location's altitude
+    (``without_altitude``), and lazily the ones kept before."""
+    canonical = canonical_body(body, defaults, instants)
+    flat = without_altitude(canonical)
+    value = _hash_of(method, path, flat)
+    before = None if flat is canonical else _hash_of(method, path, canonical)
+    return RequestHash(value, method, path, body, defaults, with_altitude=before)
+
+
+def without_altitude(body: Any) -> Any:
+    """Return ``body`` with the altitude of its ``location`` (a GeoJSON position's third
+    element) left out; ``body`` itself when it has none. The point is read and stored as
+    [lon, lat] (``PointSchema``): a retry whose phone added the altitude of a later fix, or
+    an app that writes it since an update, says the same thing and gets its answer."""
+    if not isinstance(body, dict):
+        return body
+    location = body.get("location")
+    if not isinstance(location, dict):
+        return body
+    position = location.get("coordinates")
+    if not isinstance(position, list) or len(position) != 3:
+        return body
+    return {**body, "location": {**location, "coordinates": position[:2]}}
 
 
 @dataclass(frozen=True)

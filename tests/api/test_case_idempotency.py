@@ -277,6 +277,59 @@ def test_a_key_stored_before_nulls_and_instants_were_read_still_answers(client, 
     assert counts(session) == (1, 1, 1)
 
 
+@pytest.mark.parametrize(
+    "first_alt, retry_alt",
+    [(None, 35.2), (35.2, None), (35.2, 41.0)],
+    ids=["added", "left out", "another"],
+)
+@pytest.mark.parametrize("by", ["key", "client_id"])
+def test_a_retry_that_differs_in_altitude_only_is_the_same_request(
+    client, world, session, first_alt, retry_alt, by
+):
+    """The point is stored as [lon, lat]: an altitude (a third coordinate) is read and
+    dropped. A retry whose phone added the altitude of a later fix, or left it out, got 422
+    "reused" for a report that says the same thing, and the phone never learnt its case."""
+    lon, lat = center(0)
+    extra = {"client_id": str(uuid.uuid4())} if by == "client_id" else {}
+    key = "altitude" if by == "key" else None
+
+    def body(alt: float | None) -> dict[str, Any]:
+        position = [lon, lat] if alt is None else [lon, lat, alt]
+        return {**report_body(lon, lat), "location": {"type": "Point", "coordinates": position}}
+
+    first = post(client, {**body(first_alt), **extra}, key)
+    assert first.status_code == 201, first.get_json()
+    again = post(client, {**body(retry_alt), **extra}, key)
+    assert again.status_code == 201, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true" and again.data == first.data
+    assert count(session, "cases") == 1
+    # Another point is another report.
+    moved = {**report_body(*center(1)), **extra}
+    assert post(client, moved, key).status_code == 422
+    assert count(session, "cases") == 1
+
+
+def test_a_key_stored_with_an_altitude_still_answers_its_retry(client, world, session):
+    """Keys stored before altitudes were left out kept the hash of the body with its
+    altitude: the same retry still replays."""
+    from gridapi.resources.cases import REPORT_DEFAULTS, REPORT_INSTANTS
+    from gridapi.services import idempotency
+
+    lon, lat = center(0)
+    body = {
+        **report_body(lon, lat, occurred_at="2026-12-01T10:00:00+08:00"),
+        "location": {"type": "Point", "coordinates": [lon, lat, 9.5]},
+    }
+    first = post(client, body, "alt-before")
+    assert first.status_code == 201, first.get_json()
+    then = idempotency.canonical_body(body, REPORT_DEFAULTS, REPORT_INSTANTS)
+    stored_as(session, "alt-before", then)
+    again = post(client, body, "alt-before")
+    assert again.status_code == 201, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true" and again.data == first.data
+    assert counts(session) == (1, 1, 1)
+
+
 def test_a_key_stored_before_bodies_were_canonical_still_answers_its_retry(client, world, session):
     """Keys stored by the release before kept the hash of the body as sent (its JSON with
     sorted keys): a phone retrying such a report after the upgrade gets its answer."""
