@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import datetime as dt
 import decimal
 import json
@@ -53,6 +54,43 @@ def loads_stored(text: str | bytes) -> Any:
     return json.loads(text)
 
 
+class RepeatedMember(ValueError):
+    """A JSON object of a request body names one member twice."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the member {name!r} is given twice")
+        self.name = name
+
+
+def _members_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) < len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise RepeatedMember(name)
+            seen.add(name)
+    return members
+
+
+def loads_body(data: str | bytes) -> Any:
+    """Parse a request body with orjson; raise RepeatedMember when an object in it names a
+    member twice (``{"category": "0101", "category": "0902"}``).
+
+    JSON leaves such an object's meaning open (RFC 8259 §4; I-JSON, RFC 7493, forbids it),
+    and every parser picks its own: orjson and Python keep the last, others the first. A
+    gateway or app that checked the first and a server that stored the last disagree about
+    what was reported, so the body is refused, as a query parameter given twice is. orjson
+    cannot tell, so a body holding objects is read again by the standard library's parser,
+    for its member names only (≈ 10 µs for a report)."""
+    value = orjson.loads(data)
+    if isinstance(value, (dict, list)) and value:
+        # Nested deeper than it reads: no operation's schema takes such a body anyway.
+        with contextlib.suppress(RecursionError):
+            json.loads(data, object_pairs_hook=_members_once)
+    return value
+
+
 class OrjsonProvider(JSONProvider):
     """Flask JSON provider backed by orjson (UTF-8, Chinese text unescaped)."""
 
@@ -60,7 +98,7 @@ class OrjsonProvider(JSONProvider):
         return dumps_bytes(obj).decode()
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return orjson.loads(s)
+        return loads_body(s)
 
     def response(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         obj = self._prepare_response_obj(args, kwargs)
@@ -107,12 +145,17 @@ class ApiRequest(Request):
     def on_json_loading_failed(self, e: ValueError | None) -> Any:
         if e is None:  # not a JSON content type: Flask's 415
             return super().on_json_loading_failed(e)
-        text = _as_declared(self.get_data(cache=True), self.mimetype_params.get("charset"))
-        if text is not None:
-            try:
-                return orjson.loads(text)
-            except orjson.JSONDecodeError:
-                pass
         from webargs.flaskparser import abort
 
+        if not isinstance(e, RepeatedMember):
+            text = _as_declared(self.get_data(cache=True), self.mimetype_params.get("charset"))
+            if text is not None:
+                try:
+                    return loads_body(text)
+                except RepeatedMember as repeated:
+                    e = repeated
+                except orjson.JSONDecodeError:
+                    pass
+        if isinstance(e, RepeatedMember):
+            abort(400, exc=e, messages={"json": [f"Invalid JSON body: {e}."]})
         abort(400, exc=e, messages={"json": ["Invalid JSON body."]})

@@ -29,7 +29,8 @@ ERROR_RESPONSES = {
     "PRECONDITION_FAILED": "The If-Match ETag is stale: read the object again",
     "PRECONDITION_REQUIRED": "If-Match is required: send the ETag of your last read",
     "TOO_MANY_REQUESTS": "Rate limit reached; see Retry-After",
-    "BAD_REQUEST": "The body is not valid JSON, or not of the type the operation takes",
+    "BAD_REQUEST": "The body is not valid JSON (an object naming a member twice included), "
+    "or not of the type the operation takes",
     "CONTENT_TOO_LARGE": "The request body is larger than GRIDAPI_MAX_BODY_MB",
     "SERVICE_UNAVAILABLE": "The database or the rate-limit storage cannot be reached; "
     "retry after Retry-After",

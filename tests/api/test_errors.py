@@ -433,3 +433,54 @@ def test_head_carries_the_etag_of_get(client):
     assert head.headers["ETag"] == got.headers["ETag"]
     again = client.head("/api/v1/roles", headers={"If-None-Match": got.headers["ETag"]})
     assert again.status_code == 304
+
+
+REPEATED = (
+    b'{"category": "0101", "description": "\xe8\xb7\xaf\xe7\x81\xaf\xe6\x8d\x9f\xe5\x9d\x8f",'
+    b' "category": "0902", "location": {"type": "Point", "coordinates": [120.62, 31.31]}}'
+)
+REPEATED_INSIDE = (
+    b'{"category": "0101", "description": "x", "location": {"type": "Point",'
+    b' "coordinates": [120.62, 31.31], "coordinates": [121.0, 31.0]}}'
+)
+
+
+@pytest.mark.parametrize(
+    "data, name", [(REPEATED, "category"), (REPEATED_INSIDE, "coordinates")], ids=["top", "inside"]
+)
+def test_a_body_naming_a_member_twice_is_400_naming_it(client, world, engine, data, name):
+    """{"category": "0101", ..., "category": "0902"} was read as 0902 (orjson keeps the
+    last), where a gateway that checked the first saw 0101: the two disagreed about what was
+    reported. Such a body is refused, as a query parameter given twice is, and nothing is
+    written."""
+    from sqlalchemy import text
+
+    r = client.post(
+        "/api/v1/cases",
+        data=data,
+        content_type="application/json",
+        headers={"Idempotency-Key": "twice"},
+    )
+    body = _assert_error(r, 400)
+    assert body["errors"] == {"json": [f"Invalid JSON body: the member '{name}' is given twice."]}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM cases")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM idempotency_keys")).scalar() == 0
+    # Declared in another charset, it is refused the same way, not read again as sent.
+    gbk = client.post(
+        "/api/v1/cases",
+        data=data.decode().encode("gbk"),
+        content_type="application/json; charset=GBK",
+    )
+    assert _assert_error(gbk, 400)["errors"] == body["errors"]
+    # The same member in two objects is no repetition.
+    fine = client.post(
+        "/api/v1/sync/batch",
+        json={
+            "actions": [
+                {"key": "a", "type": "case.create", "payload": {"category": "0101"}},
+                {"key": "b", "type": "case.create", "payload": {"category": "0101"}},
+            ]
+        },
+    )
+    assert fine.status_code == 200, fine.get_json()
