@@ -248,6 +248,11 @@ def test_a_whole_name_searched_by_a_caller_shown_masked_names_is_audited(
     assert lookups(centre)[-1]["summary"]["matched"] == 0
     ok(worker.get("/api/v1/persons", query_string={"name": "张"}))
     assert len(lookups(centre)) == 2
+    # The residents' export by a whole name is the same lookup, audited as the search's.
+    ok(worker.get("/api/v1/exports/persons", query_string={"name": "张三", "format": "csv"}))
+    exported = lookups(centre)[-1]
+    assert exported["summary"] == {**entry["summary"], "via": "export"}
+    assert exported["object_id"] == str(zhang["id"])
 
 
 def test_a_search_without_a_number_writes_no_row(officer, client, people, engine):
