@@ -11,7 +11,7 @@ from flask.views import MethodView
 from sqlalchemy.exc import IntegrityError
 
 from ..auditing import audit, request_actor
-from ..auth import current_principal
+from ..auth import Unauthorized, current_principal
 from ..db import writes, writes_when
 from ..errors import Conflict, DomainError, Unprocessable
 from ..extensions import commit, db_session, state
@@ -406,12 +406,24 @@ def _lookups(args: dict[str, Any]) -> None:
 
 
 def _looks_someone_up() -> bool:
-    """Whether the search asked for may look a resident up by an exact ID or phone number or
-    a whole name (and so write its audit row: ``svc.record_lookup``), read from the query as
-    sent, before the caller is known: a whole name is audited only for a caller who sees
-    names masked, and the search of one who does not begins as a writer's all the same."""
+    """Whether the search asked for looks a resident up by an exact ID or phone number, or
+    by a whole name for a caller who sees names masked (and so writes its audit row:
+    ``svc.record_lookup``), read from the query as sent. Called before the view: the caller
+    is authenticated here for a whole name (in a session of its own, as the view would, and
+    kept for it); a caller whose credentials are refused is answered 401 by the view, which
+    writes nothing."""
     args = request.args
-    return bool(args.get("id_number") or args.get("phone") or len(args.get("name", "").strip()) > 1)
+    if args.get("id_number") or args.get("phone"):
+        return True
+    if len(args.get("name", "").strip()) < 2:
+        return False
+    try:
+        principal = current_principal(required=False)
+    except Unauthorized:
+        return False
+    return principal is not None and svc.is_lookup(
+        {"name": args["name"]}, unmasks=principal.can("persons:unmask")
+    )
 
 
 def _refused_as_taken(session: Any, error: svc.DuplicatePerson, *, via: str) -> None:

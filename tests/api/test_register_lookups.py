@@ -436,3 +436,31 @@ def test_on_sqlite_a_lookup_begins_as_a_writer_and_a_plain_search_as_a_read(
     assert time.monotonic() - began < HOLD_S * 0.5  # it did not wait for the writer
     writer.join()
     assert len(r.get_json()["items"]) == 1
+
+
+@pytest.mark.engines("sqlite")
+def test_on_sqlite_a_whole_name_begins_as_a_writer_only_for_a_caller_shown_masked_names(
+    officer, accounts, people, engine
+):
+    """A grid worker's search by a whole name writes its audit row (it sees names masked):
+    its transaction begins as a writer's. The officer, who sees whole names, searches by
+    them unaudited, and stays a plain read, answered while a writer holds the lock: the
+    search did not know the caller yet and began every whole-name search as a writer's."""
+    worker = accounts.client("worker_a", "grid_worker", grids=[A1])
+    with writes_begun_as_reads() as unsafe:
+        r = ok(worker.get("/api/v1/persons", query_string={"name": "张三"}))
+    assert [p["id"] for p in r.get_json()["items"]] == [people["zhang"]["id"]]
+    assert count_rows(engine, "person.lookup") == 1
+    assert unsafe == []
+    writer = holding_the_write_lock(engine)
+    began = time.monotonic()
+    r = ok(officer.get("/api/v1/persons", query_string={"name": "张三"}))
+    assert time.monotonic() - began < HOLD_S * 0.5  # it did not wait for the writer
+    writer.join()
+    assert [p["id"] for p in r.get_json()["items"]] == [people["zhang"]["id"]]
+    assert count_rows(engine, "person.lookup") == 1
+    # Credentials refused: 401, as before, and nothing written.
+    bad = worker.get(
+        "/api/v1/persons", query_string={"name": "张三"}, headers={"Authorization": "Bearer x"}
+    )
+    assert bad.status_code == 401
