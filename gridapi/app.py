@@ -264,4 +264,5 @@ def create_app(
             sqlite_write_intent.reset(token)
 
     app.teardown_appcontext(close_session)
+    api.built()
     return app
