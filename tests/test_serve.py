@@ -690,6 +690,9 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+BOOTED_WITHOUT_INDEX = "routing index not built at worker start, the database cannot be reached"
+
+
 @pytest.mark.engines("postgis")
 def test_a_worker_respawned_while_the_database_is_down_keeps_the_api_up(
     factory, app, database_url: str, tmp_path: Path
@@ -729,7 +732,14 @@ def test_a_worker_respawned_while_the_database_is_down_keeps_the_api_up(
                 assert proc.poll() is None, log.read_text()  # the master halted
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
-            time.sleep(2)  # the new worker's boot, which used to halt the master
+            # The new worker's boot, which used to halt the master. Waited for by its line in
+            # the log, not for a fixed time: a boot slower than that (CI, both cores busy)
+            # reached the database after it was back, and the line was never written.
+            deadline = time.monotonic() + 60
+            while BOOTED_WITHOUT_INDEX not in log.read_text():
+                assert proc.poll() is None, log.read_text()  # the master halted
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
             assert proc.poll() is None, log.read_text()
             status, body = _get(port, "/api/v1/health")
             assert status == 503, body
@@ -748,4 +758,3 @@ def test_a_worker_respawned_while_the_database_is_down_keeps_the_api_up(
         switch.down()
     text = log.read_text()
     assert "Worker failed to boot" not in text, text
-    assert "routing index not built at worker start, the database cannot be reached" in text
