@@ -15,6 +15,8 @@ from sqlalchemy import (
     Integer,
     String,
     func,
+    literal_column,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -125,6 +127,14 @@ class ApiClient(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+#: The residents an audit row about several names (``summary.person_ids``), as jsonb, and
+#: the rows that may name several: PostgreSQL's index on them and the query that reads them
+#: (``services.audit.about_person``) are written with the same text, as a partial index
+#: must be.
+PERSON_IDS_SQL = "((summary -> 'person_ids')::jsonb)"
+SHARED_ROWS_SQL = "object_id IS NULL AND action = 'person.lookup'"
+
+
 class AuditEntry(Base):
     """One append-only audit row: a write, or a read of unmasked personal data.
 
@@ -150,4 +160,13 @@ class AuditEntry(Base):
         Index("ix_audit_log_region_code_at", "region_code", "at"),
         Index("ix_audit_log_object", "object_type", "object_id"),
         Index("ix_audit_log_at", "at"),
+        # The lookups that found several residents, by resident (``audit.about_person``):
+        # without it a resident's history read every such row (PostgreSQL only; 0060).
+        Index(
+            "ix_audit_log_person_ids",
+            literal_column(PERSON_IDS_SQL).label("person_ids"),
+            postgresql_using="gin",
+            postgresql_ops={"person_ids": "jsonb_path_ops"},
+            postgresql_where=text(SHARED_ROWS_SQL),
+        ).ddl_if(dialect="postgresql"),
     )

@@ -1270,8 +1270,6 @@ def person_query(  # type: ignore[no-untyped-def]
 
 #: The audit action of a search of residents by an exact ID or phone number.
 LOOKUP_ACTION = "person.lookup"
-#: The most resident ids a lookup's audit row names (how many matched is always said).
-LOOKUP_IDS_KEPT = 50
 
 
 def numbers_searched(args: dict[str, Any]) -> dict[str, str]:
@@ -1362,7 +1360,9 @@ def _lookup_row(
         "by": sorted(numbers),
         **{f"{kind}_masked": masked for kind, masked in sorted(numbers.items())},
         "matched": len(ids),
-        "person_ids": ids[:LOOKUP_IDS_KEPT],
+        # All of them: each one's history and access export (查阅复制) reads them here. A
+        # lookup is of one number or whole name within the caller's scope, so few match.
+        "person_ids": ids,
         "via": via,
         **(purpose or {}),
     }
