@@ -238,6 +238,9 @@ REQUEST_CODINGS = {"gzip": 47, "x-gzip": 47, "deflate": 15}
 ACCEPTED_REQUEST_CODINGS = "gzip, deflate, identity"
 #: Where the middleware leaves a body it could not decode, for the request to refuse.
 _BODY_ERROR = "gridapi.request_body_error"
+#: The environ key of how many bytes a compressed request body took to send (before it was
+#: decoded): an upload judged by its size is judged by what it cost to send.
+SENT_BODY_BYTES = "gridapi.sent_body_bytes"
 
 
 class BodyNotDecoded(DomainError):
@@ -314,6 +317,7 @@ def _decode_body(environ: dict[str, Any], max_bytes: int) -> None:
     data = _read_body(environ, max_bytes)
     if data is None:
         return
+    environ[SENT_BODY_BYTES] = len(data)
     for coding in reversed(codings):  # applied in the order listed, undone last first
         data = _inflate(data, coding, max_bytes)
     environ["wsgi.input"] = io.BytesIO(data)

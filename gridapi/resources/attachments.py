@@ -17,6 +17,7 @@ from ..errors import NotFound
 from ..extensions import commit, db_session, reading_session, state
 from ..geo.shapes import geojson_point
 from ..models import Case, CaseAttachment
+from ..phone import SENT_BODY_BYTES
 from ..schemas.attachments import AttachmentListSchema, AttachmentSchema, AttachmentUploadSchema
 from ..services import attachments as svc
 from ..services import cases as cases_svc
@@ -171,7 +172,8 @@ class Attachments(MethodView):
         text field rather than a file or is sent more than once, when the photo is too large
         or has too many pixels, is more than 20 times longer than it is wide, has more than
         8 megapixels packed in less than a hundredth of their decoded size (a decompression
-        bomb, not a photo), is not a JPEG, PNG or WebP by its content (SVG, HTML, PDF,
+        bomb, not a photo: its compressed pixels are counted, as sent), is a JPEG of more
+        than 32 scans, is not a JPEG, PNG or WebP by its content (SVG, HTML, PDF,
         polyglots), is truncated or corrupt, or its file name or declared type names another
         format. The stored copy is re-encoded in the same format, upright, with no metadata;
         EXIF capture time and position are kept apart (shown only with
@@ -199,6 +201,7 @@ class Attachments(MethodView):
                 filename=upload.filename,
                 content_type=upload.content_type,
                 store=store,
+                sent_bytes=request.environ.get(SENT_BODY_BYTES),
             )
             earlier = svc.find_upload(reading, case_obj, checked)
             if earlier is not None:  # a retry: nothing to store

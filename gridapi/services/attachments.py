@@ -2,7 +2,8 @@
 
 An upload is refused (422, nothing stored) when it is too large, has too many pixels, is
 more than ``MAX_ASPECT`` times longer than wide or would decode to more than
-``MAX_EXPANSION`` times its file (a decompression bomb; all three read from the header), is
+``MAX_EXPANSION`` times its compressed pixels, or than its compressed request took to send
+(a decompression bomb; all three read from the header), is
 a JPEG of more than ``MAX_JPEG_SCANS`` scans, is not a JPEG, PNG or WebP by its content, is
 named or declared as another format, carries markup that can be read as it is (anywhere but
 inside compressed data), or does not decode to all its pixels (a file cut or corrupt, a PNG
@@ -57,9 +58,16 @@ CONTENT_TYPES = {content_type: fmt for fmt, (content_type, _, _) in FORMATS.item
 _UNSPECIFIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 _TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
 # Markup that makes a file something a browser could run as a page, wherever it sits in it
-# outside its compressed pixels (``_searched_parts``).
+# outside its compressed pixels (``_searched_parts``): the elements that run script or load
+# something (an <img> with onerror, <meta http-equiv=refresh>, a link), also with a
+# namespace prefix (<x:script xmlns:x="…xhtml">) or ended by a NUL as browsers read them.
+# Five bytes at least (a tag and what ends it), so that a camera's binary maker notes,
+# also searched, do not spell one by chance (one photo in hundreds of millions).
 _MARKUP = re.compile(
-    rb"<(?:script|html|svg|iframe|body|object|embed|!doctype\s+html|\?xml-stylesheet)[\s>/]",
+    rb"<(?:[a-z][a-z0-9_.-]*:)?"
+    rb"(?:script|html|svg|iframe|frame|frameset|body|object|embed|img|meta|math|form|link"
+    rb"|style|base|!doctype\s+html|\?xml-stylesheet)[\s>/\x00]"
+    rb"|<a\s+href\s*=",
     re.IGNORECASE,
 )
 # Chunks that hold compressed pixels (PNG, APNG; WebP's lossy, lossless and alpha data).
@@ -68,6 +76,10 @@ _WEBP_PIXELS = frozenset({b"VP8 ", b"VP8L", b"ALPH"})
 # What ends a JPEG's entropy-coded data: 0xFF and a byte other than 0x00 (a stuffed 0xFF)
 # or a restart marker (RSTn).
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+# Where libjpeg finds the next marker between segments (``next_marker``): any bytes up to a
+# 0xFF are skipped (a warning, "extraneous bytes"), then fill bytes (0xFF), and a 0xFF
+# followed by 0x00; the marker is the byte after.
+_JPEG_NEXT_MARKER = re.compile(rb"\xff+([^\x00\xff])")
 THUMBNAIL_PX = 320
 #: Scans a JPEG may have. Each scan of a progressive JPEG is one more pass of the decoder
 #: over every pixel: a 600 kB file of a 40-megapixel grey picture with thousands of scans
@@ -79,10 +91,10 @@ MAX_JPEG_SCANS = 32
 #: seconds to decode, row by row.
 MAX_ASPECT = 20
 #: Above this many pixels an image must not decode to more than ``MAX_EXPANSION`` times its
-#: file. Below it, any image is cheap (8 MP of RGB are 24 MB, decoded in well under a
+#: compressed pixels (``pixel_data_bytes``). Below it, any image is cheap (8 MP of RGB are 24 MB, decoded in well under a
 #: second), and screenshots, scans and drawings compress far better than photos.
 EXPANSION_FLOOR_PIXELS = 8_000_000
-#: How many times its file's size an image of more than ``EXPANSION_FLOOR_PIXELS`` may be
+#: How many times its compressed pixels an image of more than ``EXPANSION_FLOOR_PIXELS`` may be
 #: once decoded, counting 3 bytes (RGB) a pixel: at least 0.24 bits a pixel. Phones write
 #: 1 to 5 bits a pixel (a 12 MP JPEG of 1.5 to 8 MB: ratios 5 to 25); even a 12 MP
 #: featureless gradient with a sensor's faintest noise (one level), saved at quality 90,
@@ -154,36 +166,76 @@ def sniff(data: bytes) -> str | None:
 
 def jpeg_scans(data: bytes, stop_at: int = MAX_JPEG_SCANS + 1) -> int:
     """Return how many scans (SOS segments) the first picture of a JPEG has, counting at
-    most ``stop_at``. Walks the segments, skipping their contents and the entropy-coded
-    data (an SOS inside an APP segment, as in an EXIF thumbnail, is not counted); stops at
-    the end of the picture, or where the structure breaks (the decoder then says why)."""
-    scans, i, size = 0, 2, len(data)
-    while i + 4 <= size and scans < stop_at:
-        if data[i] != 0xFF:
+    most ``stop_at`` (``jpeg_layout``)."""
+    return jpeg_layout(data, stop_at)[0]
+
+
+def jpeg_layout(data: bytes, stop_at: int = MAX_JPEG_SCANS + 1) -> tuple[int, int]:
+    """Return how many scans (SOS segments) the first picture of a JPEG has, counting at
+    most ``stop_at``, and how many bytes of entropy-coded data (its compressed pixels)
+    they hold.
+
+    Walks the segments as libjpeg reads them (``_JPEG_NEXT_MARKER``), skipping their
+    contents and the entropy-coded data (an SOS inside an APP segment, as in an EXIF
+    thumbnail, is not counted); stops at the end of the picture. The walk stopped at the
+    first byte between two segments that was not a marker's, where libjpeg skips it with a
+    warning and goes on: one stray byte hid 2,000 scans, 17 s of a worker."""
+    scans, coded, i, size = 0, 0, 2, len(data)
+    while scans < stop_at:
+        found = _JPEG_NEXT_MARKER.search(data, i)
+        if found is None:
             break
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
+        marker, i = found[1][0], found.end()
         if marker == 0xD9:  # end of the picture
             break
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
-            i += 2
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
             continue
-        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        i += int.from_bytes(data[i : i + 2], "big")
         if marker != 0xDA:
             continue
         scans += 1
-        while True:  # the entropy-coded data: up to a marker other than FF00 or RSTn
-            i = data.find(b"\xff", i)
-            if i < 0 or i + 1 >= size:
-                return scans
-            following = data[i + 1]
-            if following == 0x00 or 0xD0 <= following <= 0xD7:
-                i += 2
-                continue
-            break
-    return scans
+        # The entropy-coded data: up to a marker other than FF00 or RSTn.
+        following = _JPEG_MARKER.search(data, i)
+        stop = size if following is None else following.start()
+        coded += max(0, stop - i)
+        i = stop
+    return scans, coded
+
+
+def pixel_data_bytes(data: bytes, fmt: str) -> int:
+    """Return how many bytes of an image's file are the compressed pixels of its first
+    picture (what the decoder inflates): a JPEG's entropy-coded data, a PNG's IDAT chunks,
+    a WebP's VP8, VP8L and ALPH chunks (of its first frame, when animated). Metadata,
+    other chunks, later pictures and whatever follows the image are not: a bomb padded
+    with any of them was taken for a photo of its file's size (``decode``)."""
+    if fmt == "JPEG":
+        return jpeg_layout(data, stop_at=1 << 30)[1]
+    size = len(data)
+    if fmt == "PNG":
+        return sum(
+            max(0, min(end - 4, size) - (start + 8))
+            for kind, start, end in _png_chunks(data)
+            if kind == b"IDAT"
+        )
+    return _webp_pixel_bytes(
+        memoryview(data), 12, min(size, 8 + int.from_bytes(data[4:8], "little"))
+    )
+
+
+def _webp_pixel_bytes(view: memoryview, i: int, end: int) -> int:
+    """Return the bytes of the pixel chunks of a WebP's first picture from ``i`` to ``end``:
+    those of the file, or of its first animation frame (ANMF)."""
+    total = 0
+    while i + 8 <= end:
+        kind = bytes(view[i : i + 4])
+        length = int.from_bytes(view[i + 4 : i + 8], "little")
+        stop = min(end, i + 8 + length + (length & 1))
+        if kind == b"ANMF":
+            return total + _webp_pixel_bytes(view, i + 24, stop)
+        if kind in _WEBP_PIXELS:
+            total += max(0, min(stop, i + 8 + length) - (i + 8))
+        i = stop
+    return total
 
 
 def _searched_parts(data: bytes, fmt: str) -> Iterator[memoryview]:
@@ -385,12 +437,15 @@ def check_upload(data: bytes, *, filename: str, content_type: str, store: Attach
     return fmt
 
 
-def decode(data: bytes, fmt: str, store: AttachmentStore) -> Image.Image:
+def decode(
+    data: bytes, fmt: str, store: AttachmentStore, *, sent_bytes: int | None = None
+) -> Image.Image:
     """Return the image fully decoded (its first frame), after checking its declared size.
 
     Raises Unprocessable when the header names more pixels than allowed, or a shape (more
-    than ``MAX_ASPECT`` to one) or a size for its file (more than ``MAX_EXPANSION`` times
-    it, over ``EXPANSION_FLOOR_PIXELS``) no photo has (checked before any pixel is
+    than ``MAX_ASPECT`` to one) or a size for its compressed pixels (more than
+    ``MAX_EXPANSION`` times them, or ``sent_bytes``, what its request took to send when
+    fewer, over ``EXPANSION_FLOOR_PIXELS``) no photo has (checked before any pixel is
     decoded), or the file is truncated or corrupt.
     """
     too_many = _refuse(
@@ -416,14 +471,18 @@ def decode(data: bytes, fmt: str, store: AttachmentStore) -> Image.Image:
                     f"The image is {width} × {height} pixels: a photo is at most "
                     f"{MAX_ASPECT} times longer than it is wide."
                 )
-            if width * height > EXPANSION_FLOOR_PIXELS and width * height * 3 > (
-                MAX_EXPANSION * len(data)
-            ):
-                raise _refuse(
-                    f"The image is {width} × {height} pixels in only {len(data):,} bytes: "
-                    f"decoded, it would be more than {MAX_EXPANSION} times its file, which no "
-                    "photo of that size is; send the photo as the camera saved it."
-                )
+            if width * height > EXPANSION_FLOOR_PIXELS:
+                # Its compressed pixels, not its file (padding is free to add), and no more
+                # than the request took to send (a body compressed with Content-Encoding: a
+                # megabyte of padding or of stored zeros is a few kB gzipped).
+                packed = min(pixel_data_bytes(data, fmt), sent_bytes or len(data))
+                if width * height * 3 > MAX_EXPANSION * packed:
+                    raise _refuse(
+                        f"The image is {width} × {height} pixels in only {packed:,} bytes of "
+                        f"compressed pixels as sent: decoded, it would be more than "
+                        f"{MAX_EXPANSION} times its file, which no photo of that size is; "
+                        "send the photo as the camera saved it."
+                    )
             if fmt == "PNG" and not png_pixels_complete(data):
                 raise _refuse("The image is truncated or corrupt.")
             img.load()
@@ -578,12 +637,15 @@ def thumbnail(img: Image.Image, fmt: str) -> bytes:
     return encode(small, fmt)
 
 
-def prepare_photo(data: bytes, fmt: str, store: AttachmentStore) -> Photo:
-    """Return the cleaned photo of an upload ``check_upload`` found to be ``fmt``.
+def prepare_photo(
+    data: bytes, fmt: str, store: AttachmentStore, *, sent_bytes: int | None = None
+) -> Photo:
+    """Return the cleaned photo of an upload ``check_upload`` found to be ``fmt``
+    (``sent_bytes``: what its request took to send, when compressed).
 
     Raises Unprocessable when it has too many pixels or does not decode.
     """
-    img = decode(data, fmt, store)
+    img = decode(data, fmt, store, sent_bytes=sent_bytes)
     try:
         taken_at, lon, lat = read_exif(img, store.timezone)
         clean = strip_metadata(img)
@@ -736,12 +798,14 @@ def _older(path: Path, cutoff: float) -> bool:
 
 @dataclass(frozen=True)
 class Upload:
-    """An upload that passed the checks: its bytes, safe file name, format and hash."""
+    """An upload that passed the checks: its bytes, safe file name, format and hash, and
+    how many bytes its request took to send when it was compressed (Content-Encoding)."""
 
     data: bytes
     filename: str
     format: str
     sha256: str
+    sent_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -755,12 +819,18 @@ class StoredPhoto:
 
 
 def check_file(
-    data: bytes, *, filename: str | None, content_type: str | None, store: AttachmentStore
+    data: bytes,
+    *,
+    filename: str | None,
+    content_type: str | None,
+    store: AttachmentStore,
+    sent_bytes: int | None = None,
 ) -> Upload:
-    """Return the upload once checked. Raises Unprocessable (``errors.files.file``)."""
+    """Return the upload once checked (``sent_bytes``: what the request took to send, when
+    it was compressed). Raises Unprocessable (``errors.files.file``)."""
     name = safe_filename(filename)
     fmt = check_upload(data, filename=name, content_type=content_type or "", store=store)
-    return Upload(data, name, fmt, sha256_hex(data))
+    return Upload(data, name, fmt, sha256_hex(data), sent_bytes)
 
 
 def find_upload(session: Session, case_obj: Case, upload: Upload) -> CaseAttachment | None:
@@ -778,7 +848,7 @@ def store_photo(upload: Upload, store: AttachmentStore) -> StoredPhoto:
     Up to seconds of CPU for a phone's large photo, and two fsyncs: run it outside any write
     transaction (on SQLite one holds the database's one write lock). Raises Unprocessable.
     """
-    photo = prepare_photo(upload.data, upload.format, store)
+    photo = prepare_photo(upload.data, upload.format, store, sent_bytes=upload.sent_bytes)
     stored_type = FORMATS[upload.format][0]
     digest = write_blob(store, photo.data, stored_type)
     thumb_digest = write_blob(store, photo.thumbnail, stored_type)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import io
 import os
@@ -634,8 +635,27 @@ def jpeg_scan_bomb(extra_scans: int = 500) -> bytes:
     return data[:-2] + last * extra_scans + b"\xff\xd9"
 
 
+def jpeg_scan_bomb_with_a_stray_byte() -> bytes:
+    """The scan bomb of 8 MP (below the floor of the size check), with one byte that is no
+    marker's between two of its segments: libjpeg skips it with a warning and decodes every
+    scan, and the count of scans stopped there. 2,000 such scans held a worker 17 s."""
+    out = io.BytesIO()
+    Image.new("L", (2828, 2828), 128).save(out, "JPEG", progressive=True)
+    data = out.getvalue()
+    last = data[data.rindex(b"\xff\xc4", 0, data.rindex(b"\xff\xda")) : -2]
+    data = data[:-2] + last * 500 + b"\xff\xd9"
+    table = data.index(b"\xff\xc4", data.index(b"\xff\xda"))  # after the first scan
+    cut = table + 2 + int.from_bytes(data[table + 2 : table + 4], "big")
+    return data[:cut] + b"\x00" + data[cut:]
+
+
 HOSTILE = {
     "progressive jpeg of 500 scans": (jpeg_scan_bomb, "photo.jpg", "scans"),
+    "progressive jpeg of 500 scans behind a stray byte": (
+        jpeg_scan_bomb_with_a_stray_byte,
+        "photo.jpg",
+        "scans",
+    ),
     "truncated jpeg": (lambda: jpeg((400, 300))[:-2000], "photo.jpg", "truncated or corrupt"),
     "png bomb 20000x20000": (lambda: png_bomb(20_000), "photo.png", "million pixels"),
     "png bomb 7000x7000": (lambda: png_bomb(7_000), "photo.png", "million pixels"),
@@ -668,6 +688,20 @@ HOSTILE = {
         "photo.jpg",
         "markup",
     ),
+    **{
+        f"valid jpeg with {name} in a comment": (
+            lambda markup=markup: jpeg(comment=markup),
+            "photo.jpg",
+            "markup",
+        )
+        for name, markup in {
+            "an img's onerror": b"<img src=x onerror=alert(1)>",
+            "a link to script": b"<a href=javascript:alert(1)>x</a>",
+            "a refresh": b'<meta http-equiv="refresh" content="0;url=//x">',
+            "a script of a namespace": b'<x:script xmlns:x="http://www.w3.org/1999/xhtml">',
+            "a script tag ended by a nul": b"<script\x00>alert(1)</script>",
+        }.items()
+    },
     "pdf": (lambda: b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF", "photo.jpg", "Only"),
     "gif": (lambda: b"GIF89a\x01\x00\x01\x00\x00\x00\x00;", "photo.gif", "Only JPEG"),
     "png named jpg": (lambda: png(), "photo.jpg", "named .jpg"),
@@ -722,6 +756,30 @@ def png_of_zeros(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def png_of_zeros_padded(side: int) -> bytes:
+    """``png_of_zeros`` with 1.3 MB of zeros in a chunk of no meaning (ancillary, private):
+    a file of more than a hundredth of its pixels, which was all the check of its size
+    looked at."""
+    data = png_of_zeros(side)
+    end = data.index(b"IEND") - 4
+    return data[:end] + chunk(b"paDd", bytes(1_300_000)) + data[end:]
+
+
+def png_of_zeros_partly_stored(side: int) -> bytes:
+    """``png_of_zeros`` whose compressed rows hold 27 rows stored as they are (1.3 MB of
+    zeros a deflate stream may hold uncompressed): big enough a file, pixel data
+    included, and a few kB once the request is gzipped."""
+    row = bytes(1 + side * 8)
+    stored, packed = zlib.compressobj(0, wbits=-15), zlib.compressobj(9, wbits=-15)
+    body = b"".join(stored.compress(row) for _ in range(27)) + stored.flush(zlib.Z_FULL_FLUSH)
+    body += b"".join(packed.compress(row) for _ in range(side - 27)) + packed.flush()
+    adler = zlib.adler32(row * side)
+    idat = b"\x78\x01" + body + struct.pack(">I", adler)
+    assert zlib.decompress(idat) == row * side
+    ihdr = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def webp_of_zeros(side: int) -> bytes:
     """A lossless WebP of side × side black pixels: a few bytes."""
     out = io.BytesIO()
@@ -731,6 +789,11 @@ def webp_of_zeros(side: int) -> bytes:
 
 BOMBS = {
     "png of 6300 x 6300 zeros, 16-bit rgba": (lambda: png_of_zeros(6300), "bomb.png"),
+    "png of 6300 x 6300 zeros padded": (lambda: png_of_zeros_padded(6300), "bomb.png"),
+    "png of 6300 x 6300 zeros after its end": (
+        lambda: png_of_zeros(6300) + bytes(1_300_000),
+        "bomb.png",
+    ),
     "webp of 6300 x 6300 zeros": (lambda: webp_of_zeros(6300), "bomb.webp"),
 }
 
@@ -743,11 +806,47 @@ def test_an_image_far_smaller_than_its_pixels_is_refused_and_nothing_stored(
     worker to decode and was stored; five at once held every worker. No photo of that many
     pixels is so small: such an image is refused from its header, before decoding."""
     make, filename = BOMBS[name]
-    data = make()
-    assert len(data) * 100 < 6300 * 6300 * 3
-    r = upload(client, case_id, data, filename)
+    started = time.monotonic()
+    r = upload(client, case_id, make(), filename)
     assert_refused_and_nothing_stored(r, "more than 100 times its file", settings, session)
     assert "6300 × 6300 pixels" in r.get_json()["message"]
+    assert time.monotonic() - started < 3  # never decoded (4.3 s and 760 MB when it was)
+
+
+def test_an_upload_is_judged_by_what_its_compressed_request_took_to_send(
+    client, case_id, settings, session
+):
+    """A PNG of 6300² zeros whose pixel data holds 1.3 MB stored as is passes the check of
+    its size (a hundredth of its pixels), and gzips to a few kB: with Content-Encoding:
+    gzip it was 2 kB sent for 4 s of a worker and 700 MB. It is judged by what it took to
+    send; a photo (which gzip cannot shrink) sent so is taken."""
+    from werkzeug.datastructures import FileStorage
+    from werkzeug.test import encode_multipart
+
+    def gzipped(data: bytes, filename: str) -> Any:
+        part = FileStorage(io.BytesIO(data), filename=filename)
+        boundary, body = encode_multipart({"file": part})
+        return client.post(
+            f"/api/v1/cases/{case_id}/attachments",
+            data=gzip.compress(body),
+            headers={
+                "Content-Encoding": "gzip",
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+            },
+        )
+
+    data = png_of_zeros_partly_stored(6300)
+    assert len(gzip.compress(data)) < 20_000 and len(data) * 100 > 6300 * 6300 * 3
+    started = time.monotonic()
+    r = gzipped(data, "bomb.png")
+    assert_refused_and_nothing_stored(r, "more than 100 times its file", settings, session)
+    assert time.monotonic() - started < 3
+    noisy = Image.effect_noise((3500, 2500), 40).convert("RGB")  # 8.75 MP
+    out = io.BytesIO()
+    noisy.save(out, "JPEG", quality=85)
+    r = gzipped(out.getvalue(), "street.jpg")
+    assert r.status_code == 201, r.get_json()
+    assert (r.get_json()["width"], r.get_json()["height"]) == (3500, 2500)
 
 
 def test_a_noisy_photo_of_many_pixels_and_a_flat_image_of_few_are_taken(client, case_id):
