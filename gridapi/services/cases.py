@@ -1728,12 +1728,13 @@ def _supervise(ctx: TransitionContext, c: Case) -> str:
             raise Forbidden(
                 "A supervision level is lowered by an office above the unit holding the case."
             )
-        # Nor does an office lift the card of one above it (the county the city's).
-        area = _card_givers_area(ctx.session, c)
-        if area is not None and not ctx.caller.scope.covers_region(area or None):
-            raise Forbidden(
-                "A supervision level is lowered by the office that set it or one above it."
-            )
+        # Nor does an office lift the card of one above it (the county the city's): every
+        # card the lowering lifts must have been given inside the caller's area.
+        for area in _card_givers_areas(ctx.session, c, above=SUPERVISION_RANK[level]):
+            if area is not None and not ctx.caller.scope.covers_region(area or None):
+                raise Forbidden(
+                    "A supervision level is lowered by the office that set it or one above it."
+                )
     ctx.event_data.update(level=level, previous=c.supervision)
     c.supervision = level
     if level != "normal":
@@ -1743,22 +1744,57 @@ def _supervise(ctx: TransitionContext, c: Case) -> str:
     return c.status
 
 
-def _card_givers_area(session: Session, c: Case) -> str | None:
-    """Return the area of the account that set the case's supervision level (the last
-    ``supervise`` row): its region, "" for an unrestricted account, None when no account set
-    it (the worker's automatic card, an app) or the account is gone."""
-    actor = session.scalar(
-        select(CaseEvent.actor)
-        .where(CaseEvent.case_id == c.id, CaseEvent.action == "supervise")
-        .order_by(CaseEvent.seq.desc())
-        .limit(1)
-    )
-    if not actor or not actor.startswith("user:") or not actor[5:].isdigit():
-        return None
-    found = session.execute(select(User.region_code).where(User.id == int(actor[5:]))).first()
-    if found is None:
-        return None
-    return found[0] or ""
+def _card_givers_areas(session: Session, c: Case, *, above: int) -> list[str | None]:
+    """Return the areas of the accounts that gave the cards standing on the case above the
+    rank ``above`` (what a lowering to that level lifts): each one's region, "" for an
+    unrestricted account, None when no account gave it (the worker's automatic card, an
+    app) or the account is gone.
+
+    The cards are read from the timeline: a ``supervise`` step that raises the level gives
+    a card, one that lowers it lifts those above its level (what is left of the card it
+    lowers stays its giver's), one that keeps it changes nothing (a county that set the city's red card again did not make it its own to lift),
+    and a reopen lifts them all. Only the last step was read: any office could take a card
+    over so, and the county lift the city's."""
+    events = session.execute(
+        select(CaseEvent.action, CaseEvent.actor, CaseEvent.data)
+        .where(CaseEvent.case_id == c.id, CaseEvent.action.in_(("supervise", "reopen")))
+        .order_by(CaseEvent.seq)
+    ).all()
+    standing: list[tuple[int, str | None]] = []  # (rank, actor), lowest first
+    for action, actor, data in events:
+        if action == "reopen":
+            standing.clear()
+            continue
+        rank = SUPERVISION_RANK.get((data or {}).get("level"), 0)
+        if rank > (standing[-1][0] if standing else 0):
+            standing.append((rank, actor))
+            continue
+        lifted = None
+        while standing and standing[-1][0] > rank:
+            lifted = standing.pop()
+        if lifted is not None and rank > (standing[-1][0] if standing else 0):
+            # A red card lowered to yellow: the yellow left is still its giver's.
+            standing.append((rank, lifted[1]))
+    givers = [actor for rank, actor in standing if rank > above]
+    users = {
+        int(actor[5:])
+        for actor in givers
+        if actor and actor.startswith("user:") and actor[5:].isdigit()
+    }
+    regions: dict[int, str | None] = {}
+    if users:
+        rows = session.execute(select(User.id, User.region_code).where(User.id.in_(users)))
+        regions = {user_id: region for user_id, region in rows}
+    areas: list[str | None] = []
+    for actor in givers:
+        user_id = (
+            int(actor[5:]) if actor and actor.startswith("user:") and actor[5:].isdigit() else None
+        )
+        if user_id is None or user_id not in regions:
+            areas.append(None)
+        else:
+            areas.append(regions[user_id] or "")
+    return areas
 
 
 def _duplicate(ctx: TransitionContext, c: Case) -> str:

@@ -1059,6 +1059,44 @@ def test_the_unit_holding_a_case_does_not_lift_its_card(desk):
     ] == ("normal")
 
 
+@pytest.mark.parametrize("variant", ["set again", "set again by the unit", "raised above it"])
+def test_an_office_does_not_take_over_a_card_given_above_it(desk, variant):
+    """Who gave a card was read from the last supervise step alone, and setting a level
+    again passed every check: the county set the city's red card again (or the carded
+    township did) and then lifted it, or raised the city's yellow to red and lowered it to
+    normal. The card stays the city's until the city (or one above it) lifts it; the
+    county lifts only its own, down to the city's."""
+    d = desk
+    cid = d.report()["id"]
+    d.to_handling(cid)
+    if variant == "raised above it":
+        d.act(d.city, cid, "supervise", level="yellow", comment="市级督办")
+        d.act(d.county, cid, "supervise", level="red", comment="县级督办")
+        assert d.post(d.county, cid, "supervise", level="normal").status_code == 403
+        # Its own red it lowers, to the city's yellow.
+        assert d.act(d.county, cid, "supervise", level="yellow")["supervision"] == "yellow"
+        assert d.post(d.county, cid, "supervise", level="normal").status_code == 403
+    else:
+        d.act(d.city, cid, "supervise", level="red", comment="市级督办")
+        again = d.county if variant == "set again" else d.office
+        assert d.act(again, cid, "supervise", level="red", comment="再次督办")["supervision"] == (
+            "red"
+        )
+        for level in ("yellow", "normal"):
+            lifted = d.post(d.county, cid, "supervise", level=level, comment="已整改")
+            assert lifted.status_code == 403, (level, lifted.get_json())
+        # The city lowers its red to yellow: the yellow left is still the city's.
+        assert d.act(d.city, cid, "supervise", level="yellow")["supervision"] == "yellow"
+        assert d.post(d.county, cid, "supervise", level="normal").status_code == 403
+    assert d.get(cid)["supervision"] == "yellow"
+    assert d.act(d.city, cid, "supervise", level="normal", comment="已整改")["supervision"] == (
+        "normal"
+    )
+    # Lifted, a card the county gives is the county's to lift.
+    d.act(d.county, cid, "supervise", level="red", comment="县级督办")
+    assert d.act(d.county, cid, "supervise", level="normal")["supervision"] == "normal"
+
+
 @pytest.mark.parametrize("action", ["return", "escalate", "feedback", "duplicate"])
 def test_a_step_that_ends_the_handling_withdraws_a_waiting_extension_request(desk, action):
     """A request for more time waits for the office; a step that ends the handling it asked
