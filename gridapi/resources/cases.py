@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +48,7 @@ from .blueprint import (
     if_match_header,
     routing_snapshot,
 )
+from .retries import Keyed, replays_before_validation
 
 blp = Blueprint(
     "cases",
@@ -369,9 +371,44 @@ def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = No
     return Response(dumps_bytes(body), status=status, mimetype="application/json", headers=headers)
 
 
+def _report_of_request() -> Keyed | None:
+    """Return a report's keys and hash read from its body as sent, as ``Cases.post`` makes
+    them from the body as read (``replays_before_validation``); None when it sent none."""
+    key = idempotency.parse_header(request.headers.get("Idempotency-Key"))
+    keys = [f"key:{key}"] if key else []
+    body = request.get_json(silent=True)
+    sent = body.get("client_id") if isinstance(body, dict) else None
+    try:
+        client_id = uuid.UUID(sent) if isinstance(sent, str) else None
+    except ValueError:
+        client_id = None
+    if client_id is not None and client_id.int and isinstance(body, dict):
+        body = {**body, "client_id": str(client_id)}
+        keys.append(f"client_id:{client_id}")
+    if not keys:
+        return None
+    return Keyed(
+        keys,
+        idempotency.request_hash(
+            "POST", request.path, body, defaults=REPORT_DEFAULTS, instants=REPORT_INSTANTS
+        ),
+    )
+
+
+def _replay_etag(answer: Response) -> Response:
+    """A replayed report with the ETag of the version its answer shows: a phone whose first
+    answer was lost sends it as If-Match with its next step (stale by then: 412)."""
+    shown = orjson.loads(answer.get_data())
+    ident, version = (shown.get("id"), shown.get("version")) if isinstance(shown, dict) else (0, 0)
+    if answer.status_code == 201 and isinstance(ident, int) and isinstance(version, int):
+        answer.headers["ETag"] = f'"{ident}-{version}"'
+    return answer
+
+
 @blp.route("")
 class Cases(MethodView):
     @blp.requires("cases:write")
+    @replays_before_validation(_report_of_request, _replay_etag)
     @blp.arguments(CaseCreateSchema)
     @blp.doc(parameters=[IDEMPOTENCY_HEADER, DATE_HEADER])
     @blp.response(201, CaseSchema, headers=_ETAG, example=CASE_EXAMPLE)

@@ -48,7 +48,7 @@ from ..services import patrols as svc
 from ..services import presence as presence_svc
 from .blueprint import IDEMPOTENCY_HEADER, NO_STORE, NO_STORE_HEADER, Blueprint, routing_snapshot
 from .cases import render as render_case
-from .retries import Keyed
+from .retries import Keyed, replays_before_validation
 
 blp = Blueprint(
     "patrols",
@@ -120,6 +120,7 @@ class Patrols(MethodView):
         return {"items": items, "next_cursor": next_cursor}
 
     @blp.requires("patrols:write")
+    @replays_before_validation(Keyed.of_request)
     @blp.doc(parameters=[IDEMPOTENCY_HEADER, DATE_HEADER])
     @blp.arguments(PatrolStartSchema)
     @blp.response(201, PatrolSchema)

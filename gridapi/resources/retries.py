@@ -10,13 +10,19 @@ their own paths (``services.intake``, ``resources.register``).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from flask import Response, request
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import UnprocessableEntity
 
-from ..extensions import state
+from ..auth import current_principal
+from ..errors import Unprocessable
+from ..extensions import reading_session, state
 from ..services import idempotency
 
 
@@ -80,3 +86,53 @@ class Keyed:
             now=now,
             keep_days=state().settings.idempotency_days,
         )
+
+    def stored_answer(self, caller: str) -> idempotency.Stored | None:
+        """Return the answer stored for this request (its keys and body), read in a session
+        of its own, or None: none is stored, or what is was for another request."""
+        with reading_session() as session:
+            try:
+                return idempotency.find(session, caller, self.keys, self.body_hash)
+            except Unprocessable:
+                return None
+
+
+def replays_before_validation(
+    of_request: Callable[[], Keyed | None],
+    respond: Callable[[Response], Response] | None = None,
+) -> Callable[[Any], Any]:
+    """Decorate a keyed write, between its permission and its arguments: a retry whose body
+    no longer validates gets the answer stored for it all the same.
+
+    What a body is checked against moves: the server's clock (an ``occurred_at`` five
+    minutes ahead, and a phone whose clock was corrected since its first send no longer says
+    by ``Date`` how far off the body's times are), the categories and their attributes, the
+    caller's area. A phone that never got the answer to a report the server took, and sent
+    it again, got 422 "lies in the future" for a report that exists: it could never learn
+    its number. The arguments' 422 is answered by the stored answer when ``of_request``
+    (the request's keys and hash, read from the body as sent) finds one, with
+    ``Idempotent-Replayed: true`` (``respond`` adds what the view's replay adds); otherwise
+    it stands."""
+
+    def decorator(view: Any) -> Any:
+        @functools.wraps(view)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return view(*args, **kwargs)
+            except UnprocessableEntity as exc:  # webargs': the arguments did not validate
+                if not isinstance(getattr(exc, "data", None), dict) or "messages" not in exc.data:
+                    raise
+                principal = current_principal()
+                try:
+                    keyed = of_request() if principal is not None else None
+                except Unprocessable:  # a malformed key: the body's errors say more
+                    keyed = None
+                stored = keyed.stored_answer(principal.actor_id) if keyed and principal else None
+                if stored is None:
+                    raise
+                answer = replayed(stored.response, stored.status_code)
+                return respond(answer) if respond is not None else answer
+
+        return checked
+
+    return decorator

@@ -35,7 +35,7 @@ from ..services.cases import region_names
 from ..services.cursors import Page
 from ..services.preconditions import etag
 from .blueprint import IDEMPOTENCY_HEADER, Blueprint, etag_header, if_match_header
-from .retries import Keyed
+from .retries import Keyed, replays_before_validation
 
 blp = Blueprint(
     "tasks",
@@ -130,6 +130,7 @@ class Tasks(MethodView):
         }
 
     @blp.requires("tasks:write")
+    @replays_before_validation(Keyed.of_request, lambda answer: _with_etag(answer))
     @blp.arguments(TaskCreateSchema)
     @blp.doc(parameters=[IDEMPOTENCY_HEADER])
     @blp.response(201, TaskSchema, headers=_ETAG)
@@ -399,6 +400,7 @@ class Campaigns(MethodView):
         }
 
     @campaigns_blp.requires("tasks:write")
+    @replays_before_validation(Keyed.of_request, lambda answer: _with_etag(answer))
     @campaigns_blp.arguments(CampaignCreateSchema)
     @campaigns_blp.doc(parameters=[IDEMPOTENCY_HEADER])
     @campaigns_blp.response(201, CampaignSchema, headers=_ETAG)

@@ -584,6 +584,48 @@ def test_a_fast_phone_clock_is_corrected_by_its_date_header(client, world, sessi
     assert counts(session) == (1, 1, 1)
 
 
+@pytest.mark.parametrize("by", ["key", "client_id", "batch"])
+def test_a_retry_after_the_phone_clock_was_corrected_gets_its_answer(client, world, session, by):
+    """A phone two hours fast sent a report (its Date said so), lost the answer, had its
+    clock corrected once it had network, and sent the same report again: the body, checked
+    against the retry's own Date (or none), lay in the future, and the 422 kept the phone
+    from ever learning the number of a report the server had taken. The retry is answered
+    as the first send was, by its key, by its client_id, and in an offline batch."""
+    phone_now, date = _phone_clock(timedelta(hours=2))
+    body = report_body(
+        *center(0),
+        occurred_at=(phone_now - timedelta(minutes=10)).isoformat(),
+        client_id=str(uuid.uuid4()),
+    )
+    first = client.post("/api/v1/cases", json=body, headers={"Idempotency-Key": "k1", "Date": date})
+    assert first.status_code == 201, first.get_json()
+    if by == "batch":
+        batch = {"actions": [{"key": "k1", "type": "case.create", "payload": body}]}
+        r = client.post("/api/v1/sync/batch", json=batch)
+        assert r.status_code == 200, r.get_json()
+        [result] = r.get_json()["results"]
+        assert (result["status"], result["id"], result["replayed"]) == (
+            201,
+            first.get_json()["id"],
+            True,
+        ), result
+    else:
+        again = post(client, body, "k1" if by == "key" else None)  # no Date: a right clock
+        assert again.status_code == 201, again.get_json()
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.headers["ETag"] == first.headers["ETag"]
+        assert again.data == first.data
+    assert count(session, "cases") == 1
+    # Another report that lies in the future is still refused, and so is this one under a
+    # new key and client_id.
+    fresh = post(client, {**body, "client_id": str(uuid.uuid4())}, "k2")
+    assert fresh.status_code == 422
+    assert fresh.get_json()["errors"]["json"]["occurred_at"] == ["lies in the future"]
+    changed = post(client, {**body, "description": "另一件事"}, "k1")
+    assert changed.status_code == 422 and "occurred_at" in changed.get_json()["errors"]["json"]
+    assert count(session, "cases") == 1
+
+
 def test_a_slow_phone_clock_is_corrected_too(client, world, session):
     phone_now, date = _phone_clock(-timedelta(hours=3))
     body = report_body(*center(0), occurred_at=(phone_now - timedelta(minutes=30)).isoformat())

@@ -1334,6 +1334,29 @@ def test_a_patrol_by_a_phone_two_hours_fast_is_kept_on_the_servers_clock(worker,
     assert ok(worker.post(f"{url}/end", json=end, headers=later))["ended_at"] == ended["ended_at"]
 
 
+def test_a_start_retried_after_the_phone_clock_was_corrected_gets_its_answer(worker, world):
+    """A phone two hours fast started its patrol (its Date said so), lost the answer and
+    sent the start again once its clock was corrected: `started_at` lay in the future by
+    the retry's clock, and the 422 left the phone without the patrol it had started (and
+    409 "an active patrol" for a new one). The retry gets the first answer."""
+    from werkzeug.http import http_date
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    body = {"started_at": iso(now + timedelta(hours=2) - timedelta(minutes=30))}
+    key = {"Idempotency-Key": "start-1"}
+    first = worker.post(
+        "/api/v1/patrols", json=body, headers={**key, "Date": http_date(now + timedelta(hours=2))}
+    )
+    assert first.status_code == 201, first.get_json()
+    again = worker.post("/api/v1/patrols", json=body, headers=key)
+    assert again.status_code == 201, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    # Without the key it is a new start, checked as one.
+    refused = worker.post("/api/v1/patrols", json=body)
+    assert refused.status_code == 422 and "started_at" in refused.get_json()["errors"]["json"]
+
+
 def test_a_patrol_by_a_phone_set_back_lasts_as_long_as_it_was_walked(worker, world, engine):
     """A phone set three hours back started a patrol ten minutes ago by its clock, and the
     worker ended it without a time (now, by the server): it lasted 3 h 10 min in the monthly
