@@ -239,6 +239,7 @@ _NAMES = {
     "patrol.start": "patrol",
     "patrol.end": "patrol",
     "patrol.checkin": "checkin",
+    "patrol.finding": "case",
     "task.accept": "task",
     "task.complete": "task",
 }
@@ -306,7 +307,14 @@ class BatchSchema(StrictSchema):
 class ResultSchema(StrictSchema):
     key = fields.String(required=True)
     status = fields.Integer(required=True, metadata={"description": "The HTTP status."})
-    id = fields.Integer(allow_none=True, required=True)
+    id = fields.Integer(
+        allow_none=True,
+        required=True,
+        metadata={
+            "description": "The id of what the action created or acted on (a finding's: the "
+            "case it reported); null when it failed or names nothing (points, a heartbeat)."
+        },
+    )
     error = fields.Dict(
         allow_none=True,
         required=True,
@@ -703,6 +711,11 @@ def _result(key: str, response: Response) -> dict[str, Any]:
         body = None
     ok = 200 <= response.status_code < 300
     ident = body.get("id") if ok and isinstance(body, dict) else None
+    if ok and ident is None and isinstance(body, dict) and isinstance(body.get("case"), dict):
+        # A patrol's finding answers its patrol and the case it reported: the id is the
+        # case's (a "ref:" to the finding is a case_id). It was null: the phone could not
+        # learn the case's id from its queue, nor refer to it.
+        ident = body["case"].get("id")
     return {
         "key": key,
         "status": response.status_code,

@@ -1219,6 +1219,46 @@ def test_a_client_id_in_other_letter_case_is_the_same_report(worker, engine):
     assert stored == digest.value == digest.legacy  # nothing in it to write otherwise
 
 
+def test_a_finding_s_result_is_the_id_of_its_case_and_may_be_referred_to(worker, engine):
+    """A finding answered 201 with a null id: its answer nests the case it reported, and
+    the batch read a top-level id only. The phone could not learn the case's id from its
+    queue, and a transition of it by "ref:" was refused ("failed or created nothing").
+    Its id is the case's, now and in a later batch, and a reference to it is a case_id."""
+    from datetime import UTC, datetime, timedelta
+
+    started = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    finding = {
+        "key": "fd-1",
+        "type": "patrol.finding",
+        "payload": {**offline_report("fd-1", 1)["payload"], "patrol_id": "ref:ps-1"},
+    }
+    # A step the worker may not take on a reported case: its 409 is the case's answer, so
+    # the reference reached the case (it was 422, "failed or created nothing").
+    step = {
+        "key": "fd-2",
+        "type": "case.transition",
+        "payload": {"case_id": "ref:fd-1", "action": "escalate", "comment": "需上级处理"},
+    }
+    start = {"key": "ps-1", "type": "patrol.start", "payload": {"started_at": started}}
+    answers = batch(worker, [start, finding, step])
+    assert [a["status"] for a in answers] == [201, 201, 409], answers
+    case_id = answers[1]["id"]
+    assert isinstance(case_id, int)
+    assert "not allowed in state reported" in answers[2]["error"]["errors"]["action"][0]
+    patrol = ok(worker.get(f"/api/v1/patrols/{answers[0]['id']}"))
+    assert case_id in patrol["findings"], patrol
+    # Sent again: the same ids; referred to from a later batch: the same case.
+    assert batch(worker, [start, finding]) == [{**a, "replayed": True} for a in answers[:2]]
+    [later] = batch(worker, [{**step, "key": "fd-3"}])
+    assert later["status"] == 409, later
+    # A finding is no patrol: a patrol_id by a reference to it is refused as such.
+    points = {"key": "fd-4", "type": "patrol.end", "payload": {"patrol_id": "ref:fd-1"}}
+    [refused] = batch(worker, [points])
+    assert refused["status"] == 422
+    assert "made a case id, not a patrol id" in refused["error"]["message"], refused
+    assert count_rows(engine, "cases") == 1
+
+
 def test_a_case_upsert_is_the_case_as_its_get_answers_it_with_its_duplicates(client, worker):
     original, copy = report(worker, 0)["id"], report(worker, 0)["id"]
     step(client, copy, "duplicate", duplicate_of=original, comment="重复上报")
