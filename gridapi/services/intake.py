@@ -260,7 +260,7 @@ def _insert_sql() -> str:
     first timeline row, its audit row and its idempotency keys.
 
     ``g`` takes the keys' advisory locks without waiting (false when a request with one of
-    them is in flight, null when there are no keys) and then reads the answers stored under
+    them is in flight, null when there are no keys; ``taken``, which of them it took) and then reads the answers stored under
     them with a VOLATILE function (migration 0014), whose query takes a snapshot of its own:
     it sees a request with the same key that committed after this statement began (a report
     without keys skips it). Nothing is inserted when a lock is held or an answer is stored;
@@ -283,10 +283,11 @@ def _insert_sql() -> str:
     names = ", ".join(c.name for c in Case.__table__.columns if c.name not in _COMPUTED)
     return f"""
 WITH g AS MATERIALIZED (
-    SELECT l.free, CASE WHEN l.free
+    SELECT l.free, l.taken, CASE WHEN l.free
                         THEN gridapi_stored_answers(%(caller)s, %(keys)s::text[]) END AS stored
-    FROM (SELECT bool_and(pg_try_advisory_xact_lock(x)) AS free
-          FROM unnest(%(locks)s::bigint[]) AS x) AS l
+    FROM (SELECT bool_and(t) AS free, array_agg(t ORDER BY o) AS taken
+          FROM (SELECT pg_try_advisory_xact_lock(x) AS t, o
+                FROM unnest(%(locks)s::bigint[]) WITH ORDINALITY AS u(x, o)) AS p) AS l
 ), n AS (
     INSERT INTO case_counters (county_code, day, last)
     SELECT %(county_code)s, %(day)s, 1 FROM g WHERE g.free IS NOT FALSE AND g.stored IS NULL
@@ -317,7 +318,7 @@ WITH g AS MATERIALIZED (
            replace(%(response)s, %(mark)s, c.number), c.id, %(now)s, %(expires)s
     FROM c, unnest(%(keys)s::text[]) AS k
 )
-SELECT g.free, g.stored::text, (SELECT number FROM c) FROM g"""
+SELECT g.free, g.stored::text, (SELECT number FROM c), g.taken FROM g"""
 
 
 @cache
@@ -540,24 +541,18 @@ class _TwoStatements:
                 "locks": _array(str(idempotency.lock_id(caller, k)) for k in r.keys),
             },
         )
-        free, stored, number = inserted.fetchone()
+        free, stored, number, taken = inserted.fetchone()
         if free is False:
-            idempotency.raise_in_flight(r.keys, self._held(caller, r.keys))
+            # The keys whose locks another request holds, as the statement found them (read
+            # again after it, they were free once that request had ended, and the 409 named
+            # the Idempotency-Key of a request whose client_id alone was in flight).
+            held = [k for k, ok in zip(r.keys, taken, strict=True) if not ok]
+            idempotency.raise_in_flight(r.keys, held)
         if number is None:  # answered (and committed) while this one was being rendered
             replayed = _answered(stored, r.body_hash)
             assert replayed is not None
             return replayed
         return Taken(201, payload.replace(mark, number), False, case_id, etag(new))
-
-    def _held(self, caller: str, keys: list[str]) -> list[str]:
-        """Return which of the keys a request in flight holds (its lock is another
-        transaction's now), for the 409 to name it; all of them when none is held any more."""
-        if len(keys) < 2:
-            return keys
-        probes = ", ".join(f"pg_try_advisory_xact_lock(%(k{i})s)" for i in range(len(keys)))
-        locks = {f"k{i}": idempotency.lock_id(caller, k) for i, k in enumerate(keys)}
-        taken = self.execute(f"SELECT {probes}", locks).fetchone()
-        return [k for k, ok in zip(keys, taken, strict=True) if not ok] or keys
 
     def _category(
         self, code: str, as_text: str | None, cached: tuple[str, Row] | None

@@ -531,6 +531,44 @@ def test_a_retry_in_flight_is_named_by_what_is_in_flight(
     assert count(session, "cases") == 1
 
 
+@pytest.mark.engines("postgis")
+def test_a_client_id_in_flight_is_named_after_its_request_ended(
+    client, world, session, app, monkeypatch
+):
+    """Twenty reports with one client_id and a key each: a 409 named the Idempotency-Key
+    too when the request holding the client_id had ended between the report's statement
+    and the check of which lock was held (read again after the statement, every lock was
+    free, and the 409 named them all). It names what the statement found held."""
+    from gridapi.services import idempotency, intake
+
+    probe = post(client, report_body(*center(1), client_id=str(uuid.uuid4())))
+    assert probe.status_code == 201
+    caller = session.execute(text("SELECT caller FROM idempotency_keys")).scalar()
+    cid = str(uuid.uuid4())
+    engine = app.extensions["gridapi"].engine
+    with engine.connect() as other:  # the first request, in flight, holds the client_id
+        taken = other.execute(
+            text("SELECT pg_try_advisory_xact_lock(:n)"),
+            {"n": idempotency.lock_id(caller, f"client_id:{cid}")},
+        )
+        assert taken.scalar() is True
+
+        execute = intake._TwoStatements.execute
+
+        def first_request_ends(self, sql, params):  # type: ignore[no-untyped-def]
+            done = execute(self, sql, params)
+            if "INSERT INTO case_counters" in sql and other.in_transaction():
+                other.rollback()  # just after the report's statement found the lock held
+            return done
+
+        monkeypatch.setattr(intake._TwoStatements, "execute", first_request_ends)
+        r = post(client, report_body(*center(0), client_id=cid), "fresh-key")
+        monkeypatch.undo()
+    assert r.status_code == 409, r.get_json()
+    assert r.get_json()["errors"] == {"json": {"client_id": ["in flight"]}}
+    assert count(session, "cases") == 1
+
+
 # --- a phone whose clock is wrong ------------------------------------------------------------
 
 
