@@ -371,6 +371,27 @@ def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = No
     return Response(dumps_bytes(body), status=status, mimetype="application/json", headers=headers)
 
 
+def _report_hash(body: Any, client_id: uuid.UUID | None) -> idempotency.RequestHash:
+    """Return the hash of a report's body with its ``client_id`` as read: the UUID in its
+    canonical form (iOS writes upper case, the answer gives it back in lower case, and a
+    replay may send either), the nil UUID as none (as leaving it out: a retry that wrote it
+    otherwise was 422 "reused"). Keys stored before the nil UUID was read so still match
+    (``RequestHash.as_sent``)."""
+    if not isinstance(body, dict) or body.get("client_id") is None:
+        return idempotency.request_hash(
+            "POST", request.path, body, defaults=REPORT_DEFAULTS, instants=REPORT_INSTANTS
+        )
+    read = {**body, "client_id": str(client_id) if client_id else None}
+    found = idempotency.request_hash(
+        "POST", request.path, read, defaults=REPORT_DEFAULTS, instants=REPORT_INSTANTS
+    )
+    if client_id is None:
+        found.as_sent = idempotency.request_hash(
+            "POST", request.path, body, defaults=REPORT_DEFAULTS, instants=REPORT_INSTANTS
+        )
+    return found
+
+
 def _report_of_request() -> Keyed | None:
     """Return a report's keys and hash read from its body as sent, as ``Cases.post`` makes
     them from the body as read (``replays_before_validation``); None when it sent none."""
@@ -381,18 +402,12 @@ def _report_of_request() -> Keyed | None:
     try:
         client_id = uuid.UUID(sent) if isinstance(sent, str) else None
     except ValueError:
-        client_id = None
-    if client_id is not None and client_id.int and isinstance(body, dict):
-        body = {**body, "client_id": str(client_id)}
+        return None  # no UUID: the body's error is the answer
+    if client_id is not None and not client_id.int:
+        client_id = None  # the nil UUID: none
+    if client_id is not None:
         keys.append(f"client_id:{client_id}")
-    if not keys:
-        return None
-    return Keyed(
-        keys,
-        idempotency.request_hash(
-            "POST", request.path, body, defaults=REPORT_DEFAULTS, instants=REPORT_INSTANTS
-        ),
-    )
+    return Keyed(keys, _report_hash(body, client_id)) if keys else None
 
 
 def _replay_etag(answer: Response) -> Response:
@@ -469,11 +484,6 @@ class Cases(MethodView):
             # The view is in the documented shape (tests load it with CaseSchema): encoded as is.
             return dumps_bytes(view).decode()
 
-        body = request.get_json()
-        if data.get("client_id") and isinstance(body, dict):
-            # The UUID as read: upper and lower case name the same one (iOS writes upper case,
-            # the answer gives it back in lower case, and a replay may send either).
-            body = {**body, "client_id": str(data["client_id"])}
         try:
             taken = intake.report_once(
                 session,
@@ -481,9 +491,7 @@ class Cases(MethodView):
                 principal=principal,
                 actor=request_actor(),
                 keys=keys,
-                body_hash=idempotency.request_hash(
-                    "POST", request.path, body, defaults=REPORT_DEFAULTS, instants=REPORT_INSTANTS
-                ),
+                body_hash=_report_hash(request.get_json(), data.get("client_id")),
                 path=request.path,
                 snapshot=routing_snapshot(),
                 calendar=st.calendar(session),

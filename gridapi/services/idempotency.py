@@ -92,6 +92,7 @@ class RequestHash:
         "_with_altitude",
         "_previous",
         "_legacy",
+        "as_sent",
     )
 
     def __init__(
@@ -113,6 +114,9 @@ class RequestHash:
         no_body = body is ...  # nothing older
         self._previous: str | None = value if no_body else None
         self._legacy: str | None = value if no_body else None
+        #: The hash of the body as sent, when the view read it otherwise before hashing it
+        #: (a report's nil client_id as none): keys stored before it did still match.
+        self.as_sent: RequestHash | None = None
 
     @property
     def previous(self) -> str:
@@ -137,6 +141,7 @@ class RequestHash:
             or stored == self._with_altitude
             or stored == self.previous
             or stored == self.legacy
+            or (self.as_sent is not None and self.as_sent.matches(stored))
         )
 
     def __repr__(self) -> str:

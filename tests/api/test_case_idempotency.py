@@ -389,6 +389,53 @@ def test_the_nil_uuid_is_no_client_id(client, world, session):
     assert count(session, "cases") == 3
 
 
+@pytest.mark.parametrize("retry", ["nil", "null", "left out"])
+@pytest.mark.parametrize("first", ["nil", "left out"])
+def test_a_nil_client_id_is_the_same_request_as_none(client, world, session, first, retry):
+    """The nil UUID is read as no client_id, and a member written with the value that means
+    leaving it out is the same request: a report sent without a client_id and retried with
+    the nil UUID (a phone library's "no id") was 422 "reused" online, and a replay in a
+    batch (which read it as none)."""
+    nil = "00000000-0000-0000-0000-000000000000"
+    written = {"nil": nil, "null": None}
+
+    def body(how: str) -> dict[str, Any]:
+        made = report_body(*center(0))
+        made.pop("client_id", None)
+        return made if how == "left out" else {**made, "client_id": written[how]}
+
+    one = post(client, body(first), "nil-key")
+    assert one.status_code == 201, one.get_json()
+    again = post(client, body(retry), "nil-key")
+    assert again.status_code == 201, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true" and again.data == one.data
+    assert count(session, "cases") == 1
+
+
+def test_a_key_stored_with_a_nil_client_id_as_sent_still_answers(client, world, session):
+    """Keys stored before the nil UUID was read as none kept the hash of the body with the
+    nil UUID as written: its retry still replays."""
+    from gridapi.resources.cases import REPORT_DEFAULTS, REPORT_INSTANTS
+    from gridapi.services import idempotency
+
+    body = report_body(*center(0), client_id="00000000-0000-0000-0000-000000000000")
+    first = post(client, body, "nil-before")
+    assert first.status_code == 201, first.get_json()
+    before = idempotency.request_hash(
+        "POST", "/api/v1/cases", body, defaults=REPORT_DEFAULTS, instants=REPORT_INSTANTS
+    )
+    session.rollback()
+    session.execute(
+        text("UPDATE idempotency_keys SET request_hash = :h WHERE key = 'key:nil-before'"),
+        {"h": before.value},
+    )
+    session.commit()
+    again = post(client, body, "nil-before")
+    assert again.status_code == 201, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true" and again.data == first.data
+    assert counts(session) == (1, 1, 1)
+
+
 def test_a_key_is_kept_for_at_least_seven_days(client, world, session):
     before = datetime.now(UTC)
     cid = str(uuid.uuid4())
