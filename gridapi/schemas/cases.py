@@ -143,7 +143,12 @@ class CaseCreateSchema(StrictSchema):
         # the first instant Python can hold in UTC).
         if value.year < 2000:
             raise ValidationError("lies before the year 2000")
-        if value + clock_offset() > datetime.now(UTC) + timedelta(minutes=10):
+        # Checked as stored, in server time: 2000-01-01T00:30Z from a phone 300 days fast
+        # was stored as 1999-03-07.
+        moved = value + clock_offset()
+        if moved.year < 2000:
+            raise ValidationError("lies before the year 2000")
+        if moved > datetime.now(UTC) + timedelta(minutes=10):
             raise ValidationError("lies in the future")
 
     @post_load

@@ -746,6 +746,17 @@ def test_a_date_header_that_says_nothing_leaves_the_time_as_written(client, worl
     assert _stored_occurred_at(session, r.get_json()["id"]) == written
 
 
+def test_a_time_moved_before_the_year_2000_is_refused(client, world, session):
+    """The year was checked as written, before the Date header moved the time: a report of
+    2000-01-01 00:30 from a phone 300 days fast was stored as 1999-03-07."""
+    date = _phone_clock(timedelta(days=300))[1]
+    body = report_body(*center(0), occurred_at="2000-01-01T00:30:00Z")
+    r = client.post("/api/v1/cases", json=body, headers={"Date": date})
+    assert r.status_code == 422, r.get_json()
+    assert r.get_json()["errors"]["json"]["occurred_at"] == ["lies before the year 2000"]
+    assert count(session, "cases") == 0
+
+
 def test_an_offline_queue_from_a_fast_phone_is_taken_with_the_batch_s_date(client, world, session):
     """The batch's Date applies to each report in it: the case.create of a phone an hour
     fast, written three hours before the queue was sent, is stored at its true time."""
