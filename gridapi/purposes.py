@@ -44,11 +44,34 @@ def reference_problem(value: str) -> str | None:
     if not _REFERENCE.fullmatch(value):
         return "1-40 letters, digits, '/', '_', '.' or '-' (a case, file or ticket number)"
     bare = value.upper()
-    # A phone number is written with separators as often as without (138-1234-5678).
-    digits = re.sub(r"[/_.\-]", "", bare)
-    if re.fullmatch(r"[0-9]{15}|[0-9]{17}[0-9X]", bare) or re.fullmatch(r"1[3-9][0-9]{9}", digits):
-        return "must not be an ID or phone number: the audit log keeps it for good"
+    refused = "must not be or hold an ID or phone number: the audit log keeps it for good"
+    # Eleven digits or more in a row are no office's number written so (a case number has
+    # its dashes): a phone or ID number, bare or inside a longer text (TEL13812345678,
+    # 8613812345678, ID110105194912310021). Only a whole number was refused.
+    if re.search(r"[0-9]{11,}", bare):
+        return refused
+    # A phone number is written with separators as often as without (138-1234-5678), also
+    # inside a longer text (TEL-138-1234-5678); an ID number so written inside one
+    # (ID-110105-19491231-0021), as the whole reference, may be a case number
+    # (``is_id_number_written_apart``).
+    digits = _SEPARATORS.sub("", bare)
+    for run in re.findall(r"[0-9]+X?", digits):
+        if re.fullmatch(r"1[3-9][0-9]{9}", run):
+            return refused
+        if run != digits and _parses_as_id_number(run):
+            return refused
     return None
+
+
+def _parses_as_id_number(digits: str) -> bool:
+    """Return whether ``digits`` is a valid ID number, or a plausible first-generation one."""
+    for parse in (parse_id_number, parse_first_generation_id_number):
+        try:
+            parse(digits)
+        except InvalidValue:
+            continue
+        return True
+    return False
 
 
 def is_id_number_written_apart(value: str, today: date | None = None) -> bool:
