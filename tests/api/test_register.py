@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1427,6 +1428,23 @@ def test_erasure_keeps_the_audit_trail_and_removes_the_rest(client, engine, worl
     household_now = client.get(f"/api/v1/households/{household['id']}").get_json()
     assert [m["id"] for m in household_now["members"]] == [other["id"]]
     assert household_now["head"] is None
+
+
+@pytest.mark.engines("sqlite")
+def test_an_erased_residents_name_is_not_left_in_the_database_file(client, engine, world):
+    """After an erasure no row held the resident's name or address, yet the SQLite file
+    did, in the space the rows had used: anyone with a copy of the file read them. What is
+    deleted is overwritten now (PRAGMA secure_delete)."""
+    name, address = "诸葛抹除", "抹除测试巷九号"
+    person = add_person(client, name=name, current_address=address, grid=A1)
+    r = client.delete(f"/api/v1/persons/{person['id']}?reason_code=subject_request")
+    assert r.status_code == 204, r.get_json()
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    database = engine.url.database
+    assert database
+    raw = b"".join(Path(p).read_bytes() for p in (database, database + "-wal") if Path(p).exists())
+    assert name.encode() not in raw and address.encode() not in raw
 
 
 def test_an_erasure_keeps_a_reason_code_and_reference_never_free_text(
