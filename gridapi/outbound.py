@@ -378,12 +378,14 @@ def _read_until(response: Any, limit: int, deadline: float) -> bytes:
 
 def _reason(exc: Exception) -> str:
     """A short, stable description of a failed request (no stack, no internal objects)."""
+    # NewConnectionError first: urllib3 2 makes it a kind of ConnectTimeoutError, and a
+    # refused connection was reported as a timeout (in 0 ms).
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return "connection refused or unreachable"
     if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
         return "connect timeout"
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
         return "read timeout"
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        return "connection refused or unreachable"
     if isinstance(exc, urllib3.exceptions.SSLError):
         return "TLS error"
     if isinstance(exc, urllib3.exceptions.ProtocolError):

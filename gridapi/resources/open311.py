@@ -182,7 +182,14 @@ def _caller(required: bool) -> Principal | None:
 
     Raises Unauthorized (answered 403) when a key is required and missing, or is invalid.
     """
-    key = (request.values.get("api_key") or "").strip()
+    given = request.args.getlist("api_key") + (
+        request.form.getlist("api_key") if request.method == "POST" else []
+    )
+    if len(given) > 1:
+        # In the query and in the form (or twice in either): the query's won and the form's
+        # was dropped, so which client acted could not be told from the request.
+        raise svc.BadRequest("api_key is given more than once: send one key.")
+    key = (given[0] if given else "").strip()
     if "\x00" in key:  # no key holds it, and PostgreSQL cannot look it up (500)
         raise Unauthorized("The API key is invalid or revoked.")
     if key:

@@ -200,8 +200,13 @@ def parse_form(body: bytes, charset: str | None) -> list[tuple[str, str]]:
     label = (charset or "utf-8").strip().strip('"').lower()
     encoding = "gb18030" if label in _GB_LABELS else label
     try:
-        codecs.lookup(encoding)
+        # A text encoding: hex, base64, rot13 and the like are codecs too, known to
+        # codecs.lookup, whose decode of bytes raised LookupError (a 500). The flag is the
+        # one bytes.decode itself checks.
+        text_codec = getattr(codecs.lookup(encoding), "_is_text_encoding", True)
     except LookupError:
+        text_codec = False
+    if not text_codec:
         raise BadRequest(
             f"The form's charset {charset!r} is not one this service reads: "
             "post UTF-8 (or declare GBK / GB18030)."

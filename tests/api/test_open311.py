@@ -286,6 +286,22 @@ def test_posting_needs_a_key_with_cases_write(app, anon_client, key, session):
     assert scalar(session, "SELECT count(*) FROM cases") == 0
 
 
+def test_an_api_key_in_the_query_and_the_form_is_400(app, anon_client, key, session):
+    """A key in the query and another in the form: the query's won and the form's was
+    dropped (a read-only key in the form and a writing one in the query made a case), as
+    if one key had been sent. Which client meant to act cannot be told: 400, as for any
+    single-value field sent twice."""
+    reader = make_key(app, name="reader", scopes=["cases:read"])["api_key"]
+    for query, sent in ((key, reader), (reader, key), (key, key)):
+        r = anon_client.post(
+            f"{BASE}/requests.json?api_key={query}", data={**form(*center(0)), "api_key": sent}
+        )
+        assert "more than once" in one_error(r, 400)
+        r = anon_client.get(f"{BASE}/requests.json?api_key={query}&api_key={sent}")
+        assert "more than once" in one_error(r, 400)
+    assert scalar(session, "SELECT count(*) FROM cases") == 0
+
+
 @pytest.mark.parametrize(
     ("change", "words"),
     [
@@ -889,6 +905,10 @@ def test_a_gbk_form_is_read_in_its_declared_charset(anon_client, key, label, raw
     [
         ("application/x-www-form-urlencoded", "not UTF-8"),
         ("application/x-www-form-urlencoded; charset=klingon", "klingon"),
+        # codecs of bytes, not of text: a 500 ("'hex' is not a text encoding")
+        ("application/x-www-form-urlencoded; charset=hex", "hex"),
+        ("application/x-www-form-urlencoded; charset=base64", "base64"),
+        ("application/x-www-form-urlencoded; charset=rot13", "rot13"),
     ],
 )
 def test_a_form_not_in_its_charset_is_400_and_stores_nothing(
