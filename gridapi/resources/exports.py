@@ -545,6 +545,22 @@ def _queue(kind: str, data: dict[str, Any]) -> Response:
         summary=summary,
         region_code=_audit_region(args.get("region")),
     )
+    if kind == "persons" and register_svc.looked_up(args, unmasks=unmasks):
+        # A whole name from a caller shown names masked: a lookup, audited as the streamed
+        # export's and the search's are (counted above, it wrote no person.lookup row, and
+        # the residents' histories and access exports did not show it). The residents it
+        # matches now: those the file will hold, unless the register changes meanwhile.
+        keys = Keys(st.cipher, st.phone_key)
+        register_svc.record_lookup(
+            session,
+            request_actor(),
+            args,
+            register_svc.lookup_matches(session, principal.scope, args, keys, unmasks=unmasks),
+            scope=principal.scope,
+            home_region=principal.region_code,
+            via="export_job",
+            unmasks=unmasks,
+        )
     commit()
     body = _job_view(job)
     response = Response(dumps_bytes(body), status=202, mimetype="application/json")

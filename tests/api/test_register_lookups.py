@@ -255,6 +255,16 @@ def test_a_whole_name_searched_by_a_caller_shown_masked_names_is_audited(
     exported = lookups(centre)[-1]
     assert exported["summary"] == {**entry["summary"], "via": "export"}
     assert exported["object_id"] == str(zhang["id"])
+    # So is an export job's: queued, it was counted and wrote no row (the history and the
+    # access export of the resident in its file did not show it).
+    job = worker.post(
+        "/api/v1/exports/persons/jobs", json={"format": "csv", "filters": {"name": "张三"}}
+    )
+    assert job.status_code == 202, job.get_json()
+    queued = lookups(centre)[-1]
+    assert queued["summary"] == {**entry["summary"], "via": "export_job"}
+    assert queued["object_id"] == str(zhang["id"])
+    assert "张三" not in audit_log_text(engine)
 
 
 def test_a_search_without_a_number_writes_no_row(officer, client, people, engine):
