@@ -425,19 +425,27 @@ class PersonExport(MethodView):
             count_lookup(st.settings.person_lookup_rate, principal.actor_id)
         keys = Keys(st.cipher, st.phone_key)
         plan = svc.plan_persons(principal.scope, args, keys, unmasks=unmasks, unmask=unmask)
-        if register_svc.looked_up(args, unmasks=unmasks):  # audited as the search's
-            session = db_session()
-            register_svc.record_lookup(
-                session,
-                request_actor(),
-                args,
-                register_svc.lookup_matches(session, principal.scope, args, keys, unmasks=unmasks),
-                scope=principal.scope,
-                home_region=principal.region_code,
-                via="export",
-                unmasks=unmasks,
-            )
+        _record_lookup(db_session(), principal, args, keys, unmasks=unmasks, via="export")
         return _audited(plan, args, fmt, masked=not unmask)
+
+
+def _record_lookup(
+    session: Any, principal: Any, args: dict[str, Any], keys: Keys, *, unmasks: bool, via: str
+) -> None:
+    """Audit an export of residents that looks someone up (a whole name from a caller shown
+    names masked, a number) as the search's lookup is, with the residents it matches."""
+    if not register_svc.looked_up(args, unmasks=unmasks):
+        return
+    register_svc.record_lookup(
+        session,
+        request_actor(),
+        args,
+        register_svc.lookup_matches(session, principal.scope, args, keys, unmasks=unmasks),
+        scope=principal.scope,
+        home_region=principal.region_code,
+        via=via,
+        unmasks=unmasks,
+    )
 
 
 # --- export jobs ------------------------------------------------------------------------------
@@ -545,22 +553,13 @@ def _queue(kind: str, data: dict[str, Any]) -> Response:
         summary=summary,
         region_code=_audit_region(args.get("region")),
     )
-    if kind == "persons" and register_svc.looked_up(args, unmasks=unmasks):
+    if kind == "persons":
         # A whole name from a caller shown names masked: a lookup, audited as the streamed
         # export's and the search's are (counted above, it wrote no person.lookup row, and
         # the residents' histories and access exports did not show it). The residents it
         # matches now: those the file will hold, unless the register changes meanwhile.
         keys = Keys(st.cipher, st.phone_key)
-        register_svc.record_lookup(
-            session,
-            request_actor(),
-            args,
-            register_svc.lookup_matches(session, principal.scope, args, keys, unmasks=unmasks),
-            scope=principal.scope,
-            home_region=principal.region_code,
-            via="export_job",
-            unmasks=unmasks,
-        )
+        _record_lookup(session, principal, args, keys, unmasks=unmasks, via="export_job")
     commit()
     body = _job_view(job)
     response = Response(dumps_bytes(body), status=202, mimetype="application/json")
