@@ -156,6 +156,12 @@ def number_in_name(name: str) -> bool:
 
 #: Why ``number_in_name`` refuses a name.
 NUMBER_IN_NAME = "must not be an ID or phone number: a name is kept unencrypted"
+#: Why a free text about a resident (an address, an ethnicity, a visit's findings) holding
+#: what ``number_in_name`` finds is refused.
+NUMBER_IN_TEXT = (
+    "must not hold an ID or phone number (11 digits or more in a row): it is kept and shown "
+    "unencrypted; numbers go in their own fields, encrypted"
+)
 
 #: A run of 11 digits or more, written apart or not (any decimal digits: full-width too),
 #: an ID number's final X included.

@@ -18,7 +18,7 @@ from ..models.register import (
     SPECIAL_GROUP_TYPES,
     address_key,
 )
-from ..personal import NUMBER_IN_NAME, number_in_name
+from ..personal import NUMBER_IN_NAME, NUMBER_IN_TEXT, number_in_name
 from ..phone import in_server_time
 from ..purposes import PURPOSES, reference_problem
 from .cases import CaseCreateSchema
@@ -205,6 +205,14 @@ def _a_name(value: str) -> None:
         raise ValidationError(NUMBER_IN_NAME)
 
 
+def _no_number(value: str | None) -> None:
+    """Refuse a free text about a resident holding an ID or phone number (an address, an
+    ethnicity, a visit's findings): "住户电话13712345001" was stored in clear, listed and
+    exported to grid workers, where the phone field shows 137****5001."""
+    if value and number_in_name(value):
+        raise ValidationError(NUMBER_IN_TEXT)
+
+
 class PersonCreateSchema(StrictSchema):
     # Stripped before the length check: a name of spaces was stored as "".
     name = Stated(
@@ -236,7 +244,9 @@ class PersonCreateSchema(StrictSchema):
         metadata={"description": "Relation to the head of the household (head = 户长)."},
     )
     ethnicity = fields.String(
-        allow_none=True, validate=validate.Length(max=32), metadata={"example": "汉族"}
+        allow_none=True,
+        validate=[validate.Length(max=32), _no_number],
+        metadata={"example": "汉族"},
     )
     population_type = fields.String(
         load_default="registered",
@@ -245,8 +255,12 @@ class PersonCreateSchema(StrictSchema):
             "description": "registered 户籍, floating 流动, unregistered 未落户, foreign 境外"
         },
     )
-    current_address = fields.String(allow_none=True, validate=validate.Length(max=300))
-    registered_address = fields.String(allow_none=True, validate=validate.Length(max=300))
+    current_address = fields.String(
+        allow_none=True, validate=[validate.Length(max=300), _no_number]
+    )
+    registered_address = fields.String(
+        allow_none=True, validate=[validate.Length(max=300), _no_number]
+    )
 
 
 class PersonUpdateSchema(StrictSchema):
@@ -260,10 +274,14 @@ class PersonUpdateSchema(StrictSchema):
     household_id = fields.Integer(allow_none=True)
     grid = fields.String(validate=GRID)
     relation = fields.String(allow_none=True, validate=validate.OneOf(RELATIONS))
-    ethnicity = fields.String(allow_none=True, validate=validate.Length(max=32))
+    ethnicity = fields.String(allow_none=True, validate=[validate.Length(max=32), _no_number])
     population_type = fields.String(validate=validate.OneOf(POPULATION_TYPES))
-    current_address = fields.String(allow_none=True, validate=validate.Length(max=300))
-    registered_address = fields.String(allow_none=True, validate=validate.Length(max=300))
+    current_address = fields.String(
+        allow_none=True, validate=[validate.Length(max=300), _no_number]
+    )
+    registered_address = fields.String(
+        allow_none=True, validate=[validate.Length(max=300), _no_number]
+    )
 
 
 class PersonSchema(StrictSchema):
@@ -541,8 +559,16 @@ class VisitCreateSchema(StrictSchema):
         validate=validate.OneOf(SUPPORTED_CRS),
         metadata={"description": CRS_FIELD_DOC},
     )
-    findings = fields.String(load_default="", validate=validate.Length(max=5000))
-    follow_up = fields.String(load_default="", validate=validate.Length(max=5000))
+    findings = fields.String(
+        load_default="",
+        validate=[validate.Length(max=5000), _no_number],
+        metadata={"description": "Not an ID or phone number: kept and shown unencrypted."},
+    )
+    follow_up = fields.String(
+        load_default="",
+        validate=[validate.Length(max=5000), _no_number],
+        metadata={"description": "Not an ID or phone number: kept and shown unencrypted."},
+    )
     case = fields.Nested(
         VisitCaseSchema,
         allow_none=True,

@@ -52,7 +52,14 @@ from ..models.register import (
     Household,
     address_key,
 )
-from ..personal import NUMBER_IN_NAME, InvalidValue, number_in_name, parse_id_number, parse_phone
+from ..personal import (
+    NUMBER_IN_NAME,
+    NUMBER_IN_TEXT,
+    InvalidValue,
+    number_in_name,
+    parse_id_number,
+    parse_phone,
+)
 from ..scope import Scope
 from . import register
 from .register import Keys, Place
@@ -904,6 +911,9 @@ class _Importer:
                 problems.append(RowError(key, f"not a known value; use {listed}"))
             return found
 
+        for key in ("ethnicity", "current_address", "registered_address"):
+            if number_in_name(values.get(key, "")):  # as the API refuses it
+                problems.append(RowError(key, NUMBER_IN_TEXT))
         name = text("name")
         if name is None and not any(p.key == "name" for p in problems):
             problems.append(RowError("name", "is required"))

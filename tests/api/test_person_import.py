@@ -1403,6 +1403,25 @@ def test_a_utf8_file_with_a_damaged_character_is_not_read_as_gbk(
     assert [tuple(r) for r in rows] == [("张三", "人民广场"), ("王五", "观前街口")]
 
 
+def test_an_id_or_phone_number_in_a_free_text_column_is_refused(
+    client: Any, world: Any, engine: Any
+) -> None:
+    """As the API refuses it: a phone number under 民族 (a shifted sheet) was kept in clear."""
+    content = csv_bytes(
+        HEADER,
+        f"John Smith,,,138 1234 5678,境外人员,,,,,,{A1}",
+        f"Jane Smith,,,,境外人员,,,,,,{A1}",
+    )
+    r = upload(client, content, mode="valid")
+    assert r.status_code == 200, r.get_json()
+    report = r.get_json()
+    assert (report["rows"], report["imported"], report["failed"]) == (2, 1, 1)
+    [error] = report["errors"]
+    assert (error["row"], error["field"]) == (2, "民族")
+    assert "must not hold an ID or phone number" in error["message"]
+    assert "1234" not in error["message"]
+
+
 def test_an_id_or_phone_number_in_the_name_column_is_refused(
     client: Any, world: Any, engine: Any
 ) -> None:

@@ -1447,6 +1447,37 @@ def test_an_erased_residents_name_is_not_left_in_the_database_file(client, engin
     assert name.encode() not in raw and address.encode() not in raw
 
 
+def test_free_text_about_a_resident_holds_no_id_or_phone_number(client, engine, world):
+    """Names and a case party's note refused numbers; an address, an ethnicity and a visit's
+    findings took them and kept them in clear ("住户电话13712345001": listed and exported to
+    grid workers, where the phone field shows 137****5001)."""
+    person = add_person(client, grid=A1)
+    for field, value in (
+        ("current_address", "平江路1号 联系 186-9876-5002"),
+        ("registered_address", "身份证320508197707071350"),
+        ("ethnicity", "110105198512122466"),
+    ):
+        body = {"name": "李四", "id_number": make_id(seq="777"), "grid": A1, field: value}
+        r = client.post("/api/v1/persons", json=body)
+        assert r.status_code == 422, r.get_json()
+        assert "ID or phone number" in r.get_json()["errors"]["json"][field][0]
+        r = client.patch(
+            f"/api/v1/persons/{person['id']}", json={field: value}, headers={"If-Match": "*"}
+        )
+        assert r.status_code == 422, r.get_json()
+    for field in ("findings", "follow_up"):
+        body = {"person_id": person["id"], field: "住户电话13712345001"}
+        r = client.post("/api/v1/visits", json=body)
+        assert r.status_code == 422, r.get_json()
+        assert field in r.get_json()["errors"]["json"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM visits")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM persons")).scalar() == 1
+    # Numbers of fewer digits are addresses' and findings' own.
+    ok = {"person_id": person["id"], "findings": "2026年12月3日 平江路123号 3楼"}
+    assert client.post("/api/v1/visits", json=ok).status_code == 201
+
+
 def test_an_erasure_keeps_a_reason_code_and_reference_never_free_text(
     client, engine, world, household
 ):
