@@ -188,7 +188,7 @@ def _caller(required: bool) -> Principal | None:
     if len(given) > 1:
         # In the query and in the form (or twice in either): the query's won and the form's
         # was dropped, so which client acted could not be told from the request.
-        raise svc.BadRequest("api_key is given more than once: send one key.")
+        raise svc.BadRequest(f"api_key was sent {len(given)} times: send it once")
     key = (given[0] if given else "").strip()
     if "\x00" in key:  # no key holds it, and PostgreSQL cannot look it up (500)
         raise Unauthorized("The API key is invalid or revoked.")
