@@ -6,7 +6,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from flask import Response, request
 from flask.views import MethodView
 from sqlalchemy.exc import IntegrityError
@@ -48,7 +47,7 @@ from .blueprint import (
     if_match_header,
     routing_snapshot,
 )
-from .retries import Keyed, replays_before_validation
+from .retries import Keyed, replayed, replays_before_validation, with_version_etag
 
 blp = Blueprint(
     "cases",
@@ -410,20 +409,10 @@ def _report_of_request() -> Keyed | None:
     return Keyed(keys, _report_hash(body, client_id)) if keys else None
 
 
-def _replay_etag(answer: Response) -> Response:
-    """A replayed report with the ETag of the version its answer shows: a phone whose first
-    answer was lost sends it as If-Match with its next step (stale by then: 412)."""
-    shown = orjson.loads(answer.get_data())
-    ident, version = (shown.get("id"), shown.get("version")) if isinstance(shown, dict) else (0, 0)
-    if answer.status_code == 201 and isinstance(ident, int) and isinstance(version, int):
-        answer.headers["ETag"] = f'"{ident}-{version}"'
-    return answer
-
-
 @blp.route("")
 class Cases(MethodView):
     @blp.requires("cases:write")
-    @replays_before_validation(_report_of_request, _replay_etag)
+    @replays_before_validation(_report_of_request, with_version_etag)
     @blp.arguments(CaseCreateSchema)
     @blp.doc(parameters=[IDEMPOTENCY_HEADER, DATE_HEADER])
     @blp.response(201, CaseSchema, headers=_ETAG, example=CASE_EXAMPLE)
@@ -514,18 +503,13 @@ class Cases(MethodView):
             return _json(render(session, caller, earlier), 200, headers)
         if taken.replayed:
             session.rollback()
-            headers = {"Idempotent-Replayed": "true"}
-            # The ETag of the version the answer shows: a phone whose first answer was lost
-            # sends it as If-Match with its next step (stale by then → 412).
-            shown = orjson.loads(taken.payload)
-            version = shown.get("version") if isinstance(shown, dict) else None
-            if taken.status_code == 201 and isinstance(version, int):
-                headers["ETag"] = f'"{taken.case_id}-{version}"'
-        else:
-            commit()
-            headers = {"ETag": taken.etag}
+            return with_version_etag(replayed(taken.payload, taken.status_code))
+        commit()
         return Response(
-            taken.payload, status=taken.status_code, mimetype="application/json", headers=headers
+            taken.payload,
+            status=taken.status_code,
+            mimetype="application/json",
+            headers={"ETag": taken.etag},
         )
 
     @blp.requires("cases:read")

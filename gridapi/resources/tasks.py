@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from flask import Response, request
 from flask.views import MethodView
 
@@ -35,7 +34,7 @@ from ..services.cases import region_names
 from ..services.cursors import Page
 from ..services.preconditions import etag
 from .blueprint import IDEMPOTENCY_HEADER, Blueprint, etag_header, if_match_header
-from .retries import Keyed, replays_before_validation
+from .retries import Keyed, replays_before_validation, with_version_etag
 
 blp = Blueprint(
     "tasks",
@@ -130,7 +129,7 @@ class Tasks(MethodView):
         }
 
     @blp.requires("tasks:write")
-    @replays_before_validation(Keyed.of_request, lambda answer: _with_etag(answer))
+    @replays_before_validation(Keyed.of_request, with_version_etag)
     @blp.arguments(TaskCreateSchema)
     @blp.doc(parameters=[IDEMPOTENCY_HEADER])
     @blp.response(201, TaskSchema, headers=_ETAG)
@@ -158,7 +157,7 @@ class Tasks(MethodView):
         keyed = Keyed.of_request()
         answer = keyed.answered(session, principal.actor_id) if keyed is not None else None
         if answer is not None:
-            return _with_etag(answer)
+            return with_version_etag(answer)
         task = svc.create_task(
             session, data, principal=principal, calendar=state().calendar(session), now=now
         )
@@ -182,14 +181,6 @@ def _created(  # type: ignore[no-untyped-def]
         keyed.remember(session, principal.actor_id, payload, resource_id=obj.id, now=now)
     commit()
     return Response(payload, status=201, mimetype="application/json", headers={"ETag": etag(obj)})
-
-
-def _with_etag(answer: Response) -> Response:
-    """A replayed creation with the ETag of the version it shows (when it shows one)."""
-    shown = orjson.loads(answer.get_data())
-    if isinstance(shown, dict) and isinstance(shown.get("version"), int):
-        answer.headers["ETag"] = f'"{shown["id"]}-{shown["version"]}"'
-    return answer
 
 
 @blp.route("/tasks/<id:task_id>")
@@ -400,7 +391,7 @@ class Campaigns(MethodView):
         }
 
     @campaigns_blp.requires("tasks:write")
-    @replays_before_validation(Keyed.of_request, lambda answer: _with_etag(answer))
+    @replays_before_validation(Keyed.of_request, with_version_etag)
     @campaigns_blp.arguments(CampaignCreateSchema)
     @campaigns_blp.doc(parameters=[IDEMPOTENCY_HEADER])
     @campaigns_blp.response(201, CampaignSchema, headers=_ETAG)
@@ -429,7 +420,7 @@ class Campaigns(MethodView):
         keyed = Keyed.of_request()
         answer = keyed.answered(session, principal.actor_id) if keyed is not None else None
         if answer is not None:
-            return _with_etag(answer)
+            return with_version_etag(answer)
         made = svc.create_campaign(
             session, data, principal=principal, calendar=state().calendar(session), now=now
         )

@@ -1775,26 +1775,20 @@ def _card_givers_areas(session: Session, c: Case, *, above: int) -> list[str | N
         if lifted is not None and rank > (standing[-1][0] if standing else 0):
             # A red card lowered to yellow: the yellow left is still its giver's.
             standing.append((rank, lifted[1]))
-    givers = [actor for rank, actor in standing if rank > above]
-    users = {
-        int(actor[5:])
-        for actor in givers
-        if actor and actor.startswith("user:") and actor[5:].isdigit()
-    }
+    givers = [
+        int(actor[5:]) if actor and actor.startswith("user:") and actor[5:].isdigit() else None
+        for rank, actor in standing
+        if rank > above
+    ]
+    users = {user_id for user_id in givers if user_id is not None}
     regions: dict[int, str | None] = {}
     if users:
         rows = session.execute(select(User.id, User.region_code).where(User.id.in_(users)))
         regions = {user_id: region for user_id, region in rows}
-    areas: list[str | None] = []
-    for actor in givers:
-        user_id = (
-            int(actor[5:]) if actor and actor.startswith("user:") and actor[5:].isdigit() else None
-        )
-        if user_id is None or user_id not in regions:
-            areas.append(None)
-        else:
-            areas.append(regions[user_id] or "")
-    return areas
+    return [
+        None if user_id is None or user_id not in regions else regions[user_id] or ""
+        for user_id in givers
+    ]
 
 
 def _duplicate(ctx: TransitionContext, c: Case) -> str:
